@@ -1,0 +1,150 @@
+"""The typed graph: nodes (typed ops), edges (tensors with shapes), and its JSON form.
+
+A tensor is identified by the ``(node id, output port)`` that produced it; every consumer of
+that tensor has one :class:`Edge` from it. Node ids are positions in :attr:`Graph.nodes`, in
+execution order (a topological order).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from .meta import meta_to_dict
+from .optypes import STYLES, OpType
+
+Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Edge:
+    """A tensor flowing from ``source``'s output ``source_port`` into ``target``'s input
+    ``target_port``."""
+
+    source: int
+    source_port: int
+    target: int
+    target_port: int
+    shape: Shape
+    dtype: str
+
+
+@dataclass
+class Node:
+    """One op of the traced model.
+
+    ``name`` is unique: the module path for module nodes (``layer1.0.conv1``; a reused module's
+    later calls get ``:1``, ``:2``), ``<module>.<op>`` for functional ops (``layer1.0.add``).
+    ``module`` is the module path of the module itself (module nodes) or of the module whose
+    forward ran the op (functional nodes; ``""`` is the root). ``params`` maps the node's local
+    parameter names to state_dict keys (a PARAMETER node uses the local name ``""``).
+    """
+
+    id: int
+    name: str
+    op_type: OpType
+    module: str
+    target: str
+    meta: object | None = None
+    in_shapes: tuple[Shape, ...] = ()
+    out_shapes: tuple[Shape, ...] = ()
+    params: dict[str, str] = field(default_factory=dict)
+    param_shapes: dict[str, Shape] = field(default_factory=dict)
+    grad_fn: str | None = None
+    call: int = 0
+    attrs: dict = field(default_factory=dict)  #: public scalar attributes of the module
+    custom: object | None = field(default=None, repr=False)  #: CustomLayer registration
+
+    @property
+    def is_module(self) -> bool:
+        """True for nodes made from an ``nn.Module`` call (not functional ops or sources)."""
+        return self.target.startswith("module:")
+
+    def to_dict(self) -> dict:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "op_type": self.op_type.value,
+            "module": self.module,
+            "target": self.target,
+            "meta": meta_to_dict(self.meta),
+            "in_shapes": [list(s) for s in self.in_shapes],
+            "out_shapes": [list(s) for s in self.out_shapes],
+            "params": {k: {"name": v, "shape": list(self.param_shapes.get(k, ()))}
+                       for k, v in self.params.items()},
+            "grad_fn": self.grad_fn,
+            "call": self.call,
+            "attrs": self.attrs,
+        }
+
+
+@dataclass
+class Graph:
+    """A traced model. Build with :func:`viewer.build_graph`."""
+
+    nodes: list[Node]
+    edges: list[Edge]
+    info: dict = field(default_factory=dict)
+
+    @cached_property
+    def by_name(self) -> dict[str, Node]:
+        return {n.name: n for n in self.nodes}
+
+    @cached_property
+    def in_edges(self) -> dict[int, list[Edge]]:
+        """Edges into each node, sorted by input port."""
+        d: dict[int, list[Edge]] = defaultdict(list)
+        for e in self.edges:
+            d[e.target].append(e)
+        for lst in d.values():
+            lst.sort(key=lambda e: e.target_port)
+        return d
+
+    @cached_property
+    def consumers(self) -> dict[tuple[int, int], list[Edge]]:
+        """Edges out of each tensor ``(node, port)``."""
+        d: dict[tuple[int, int], list[Edge]] = defaultdict(list)
+        for e in self.edges:
+            d[(e.source, e.source_port)].append(e)
+        return d
+
+    def node(self, key: int | str) -> Node:
+        """A node by id or by name (raises KeyError naming close matches)."""
+        if isinstance(key, int):
+            return self.nodes[key]
+        try:
+            return self.by_name[key]
+        except KeyError:
+            close = [n for n in self.by_name if key in n][:5]
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise KeyError(f"no node named {key!r}{hint}") from None
+
+    def predecessors(self, node_id: int) -> list[int]:
+        return [e.source for e in self.in_edges.get(node_id, [])]
+
+    def successors(self, node_id: int) -> list[int]:
+        out = []
+        for port in range(len(self.nodes[node_id].out_shapes)):
+            out += [e.target for e in self.consumers.get((node_id, port), [])]
+        return out
+
+    def count(self) -> dict[str, int]:
+        """How many nodes of each OpType (only types that occur)."""
+        c: dict[str, int] = defaultdict(int)
+        for n in self.nodes:
+            c[n.op_type.value] += 1
+        return dict(c)
+
+    def to_dict(self) -> dict:
+        """The documented JSON schema (see README, "Graph JSON")."""
+        return {
+            "info": self.info,
+            "op_types": {t.value: {"label": s.label, "color": s.color} for t, s in STYLES.items()},
+            "nodes": [n.to_dict() for n in self.nodes],
+            "edges": [
+                {"source": e.source, "source_port": e.source_port, "target": e.target,
+                 "target_port": e.target_port, "shape": list(e.shape), "dtype": e.dtype}
+                for e in self.edges
+            ],
+        }

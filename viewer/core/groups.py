@@ -1,0 +1,1031 @@
+"""Pruning groups: which positions of which tensors must go together.
+
+The model: a *unit* is one prunable choice (one channel, one head, ...). Starting from a layer
+whose output channels are born there (a conv, a linear, an embedding, ...), each output channel
+is a unit. Units flow as ``(unit, position)`` pairs along one dim of each tensor, through every
+op by the rule of its :class:`OpType` (:data:`RULES`), forward and backward: through concat
+offsets, split ranges, slices, reshapes (a channel feeding a linear through ``flatten`` occupies
+H*W input features), residual adds, matmuls and attention. When two units land on one position
+they are merged (union-find): this is how heads appear (a ``view`` splitting D into (H, d) merges
+each head's d channels into one unit) and how a channel shuffle couples channels across
+branches. The search visits every (tensor, dim, position) once, so all groups of a model cost
+time linear in the graph size times its widths.
+
+    >>> g = build_graph(model, x)
+    >>> grp = group_of(g, "layer1.0.conv1")           # out channels by default
+    >>> grp.n_units, grp.prunable, [m.node_name for m in grp.members]
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import DepViewError
+from .graph import Graph, Node
+from .optypes import OpGroup, OpType
+
+IntArray = np.ndarray
+TensorKey = tuple[int, int, int]  # (node id, output port, dim)
+
+
+@dataclass(frozen=True)
+class Flow:
+    """Pairs moving across a node: to its ``side`` ("in"/"out") ``port`` along ``dim``."""
+
+    side: str
+    port: int
+    dim: int
+    units: IntArray
+    pos: IntArray
+
+
+@dataclass
+class Member:
+    """One layer (or parameter) in a group. ``side`` is "out" (its output channels), "in" (its
+    input channels) or "param" (a bare nn.Parameter, along ``dim``). ``pos[i]`` is a position
+    of that side that unit ``unit[i]`` owns; a unit may own several positions."""
+
+    node: int
+    node_name: str
+    module: str
+    op_type: OpType
+    side: str
+    dim: int
+    pos: IntArray
+    unit: IntArray
+
+    def indices(self, units: IntArray | list[int]) -> IntArray:
+        """Positions owned by the given units, sorted."""
+        return np.unique(self.pos[np.isin(self.unit, np.asarray(units, dtype=np.int64))])
+
+
+@dataclass
+class Group:
+    """All that must be pruned together. ``n_units`` choices; ``prunable`` with ``reasons``."""
+
+    id: int
+    root: str
+    root_side: str
+    n_units: int
+    members: list[Member]
+    tensors: dict[TensorKey, tuple[IntArray, IntArray]]  # (pos, unit) on every tensor visited
+    reasons: list[str] = field(default_factory=list)
+    exact: bool = True  # False when pruning changes statistics (norm over channels, softmax)
+    stats_notes: list[str] = field(default_factory=list)
+
+    @property
+    def prunable(self) -> bool:
+        return not self.reasons and self.n_units > 1
+
+    @property
+    def reason(self) -> str:
+        if self.reasons:
+            return "; ".join(dict.fromkeys(self.reasons))
+        if self.n_units <= 1:
+            return "only one unit: removing it would remove the whole tensor"
+        return ""
+
+    def member(self, node_name: str, side: str | None = None) -> Member:
+        for m in self.members:
+            if m.node_name == node_name and (side is None or m.side == side):
+                return m
+        raise KeyError(f"{node_name} ({side}) is not in group {self.id}")
+
+    def to_dict(self, with_indices: bool = True) -> dict:
+        members = []
+        for m in self.members:
+            d = {"node": m.node_name, "module": m.module, "op_type": m.op_type.value,
+                 "side": m.side, "dim": m.dim, "width": int(len(np.unique(m.pos)))}
+            if with_indices:
+                d["indices"] = [int(i) for i in np.unique(m.pos)]
+            members.append(d)
+        return {"id": self.id, "root": self.root, "root_side": self.root_side,
+                "channels": self.n_units, "members": members, "prunable": self.prunable,
+                "reason": self.reason, "exact": self.exact}
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers for rules.
+
+
+def _fwd_dim(out_ndim: int, in_ndim: int, d: int) -> int:
+    return d + out_ndim - in_ndim  # broadcasting aligns shapes on the right
+
+
+def _norm(d: int, ndim: int) -> int:
+    return d + ndim if d < 0 else d
+
+
+class _Ctx:
+    """What a rule may do besides returning flows: record members and reasons."""
+
+    def __init__(self, search: _Search):
+        self.search = search
+
+    def member(self, node: Node, side: str, dim: int, units: IntArray, pos: IntArray) -> None:
+        self.search.add_member(node, side, dim, units, pos)
+
+    def block(self, reason: str) -> None:
+        self.search.reasons.append(reason)
+
+    def inexact(self, note: str) -> None:
+        self.search.stats_notes.append(note)
+
+    def merge(self, units: IntArray) -> None:
+        self.search.union_all(units)
+
+
+Rule = Callable[[Graph, Node, str, int, int, IntArray, IntArray, _Ctx], list[Flow]]
+
+
+def _stop(*_args) -> list[Flow]:
+    return []
+
+
+def _source_block(what: str) -> Rule:
+    def rule(g, node, side, port, dim, units, pos, ctx):
+        ctx.block(f"it reaches {what} '{node.name}'")
+        return []
+    return rule
+
+
+def _channel_dim(shape) -> int:
+    return 1 if len(shape) >= 2 else 0
+
+
+# --- layers whose channels are born (out) and consumed (in) -------------------------------
+
+
+def _layer_rule(out_dim: Callable[[Node], int], in_dim: Callable[[Node], int],
+                passthrough: bool = False, block_in: Callable[[Node], str | None] = lambda n: None,
+                block_out: Callable[[Node], str | None] = lambda n: None) -> Rule:
+    """Conv/linear-like: ``out_dim`` of output 0 and ``in_dim`` of input 0 are channel dims.
+    Other dims pass straight through when input and output agree on them (linear on tokens).
+    ``passthrough`` couples in and out channels index by index (norms, depthwise convs)."""
+
+    def rule(g, node, side, port, dim, units, pos, ctx):
+        if port != 0:
+            return []
+        nd_in, nd_out = len(node.in_shapes[0]), len(node.out_shapes[0])
+        od, id_ = _norm(out_dim(node), nd_out), _norm(in_dim(node), nd_in)
+        if side == "out" and dim == od or side == "in" and dim == id_:
+            msg = (block_out if side == "out" else block_in)(node)
+            if msg:
+                ctx.block(msg)
+            ctx.member(node, side, dim, units, pos)
+            if passthrough:
+                other = "in" if side == "out" else "out"
+                ctx.member(node, other, id_ if side == "out" else od, units, pos)
+                return [Flow(other, 0, id_ if side == "out" else od, units, pos)]
+            return []
+        # a non-channel dim: passes through if both sides have it with the same size
+        other = "in" if side == "out" else "out"
+        od2 = dim - nd_out + nd_in if side == "out" else dim + nd_out - nd_in
+        shapes_from = node.out_shapes[0] if side == "out" else node.in_shapes[0]
+        shapes_to = node.in_shapes[0] if side == "out" else node.out_shapes[0]
+        if 0 <= od2 < len(shapes_to) and shapes_to[od2] == shapes_from[dim] and nd_in == nd_out \
+                and node.op_type in (OpType.LINEAR, OpType.LN, OpType.PRELU, OpType.EMBED):
+            return [Flow(other, 0, od2, units, pos)]
+        return []
+
+    return rule
+
+
+def _grouped_conv_reason(node: Node) -> str | None:
+    groups = node.attrs.get("groups", 1)
+    if groups > 1:
+        return (f"'{node.name}' is a grouped convolution (groups={groups}): its channels must be "
+                "removed evenly per group, which is not supported yet")
+    return None
+
+
+def _conv_transpose_groups_reason(node: Node) -> str | None:
+    w = node.param_shapes.get("weight")
+    if w is not None and w[0] != node.in_shapes[0][1]:
+        return f"'{node.name}' is a grouped transposed convolution: not supported yet"
+    return None
+
+
+def _gn_rule() -> Rule:
+    base = _layer_rule(lambda n: 1, lambda n: 1, passthrough=True)
+
+    def rule(g, node, side, port, dim, units, pos, ctx):
+        if port == 0 and dim == 1:
+            # GroupNorm(G, C) needs each group to keep the same width: a unit must remove the
+            # channel at the same offset of every group (channels c and c + k*C/G are merged).
+            c = node.in_shapes[0][1]
+            groups = int(node.attrs.get("num_groups", 1))
+            per = c // groups
+            ctx.inexact(f"'{node.name}' (GroupNorm) normalises over pruned channels")
+            pos_all = (pos % per)[:, None] + per * np.arange(groups)[None, :]
+            units_all = np.repeat(units, groups)
+            return base(g, node, side, port, dim, units_all, pos_all.reshape(-1), ctx)
+        return base(g, node, side, port, dim, units, pos, ctx)
+
+    return rule
+
+
+def _ln_rule(g, node, side, port, dim, units, pos, ctx):
+    if port != 0:
+        return []
+    shape = node.in_shapes[0]
+    nd = len(shape)
+    w = node.param_shapes.get("weight") or node.param_shapes.get("bias")
+    n_norm = len(w) if w else 1
+    other = "in" if side == "out" else "out"
+    if dim >= nd - n_norm:
+        ctx.inexact(f"'{node.name}' normalises over pruned channels")
+        if w:
+            ctx.member(node, "out", dim, units, pos)
+            ctx.member(node, "in", dim, units, pos)
+    return [Flow(other, 0, dim, units, pos)]
+
+
+def _atomic_block(reason: Callable[[Node], str]) -> Rule:
+    def rule(g, node, side, port, dim, units, pos, ctx):
+        shape = node.in_shapes[port] if side == "in" else node.out_shapes[port]
+        if dim == len(shape) - 1:
+            ctx.block(reason(node))
+        return []
+    return rule
+
+
+def _recurrent_rule(g, node, side, port, dim, units, pos, ctx):
+    shape = node.in_shapes[port] if side == "in" else node.out_shapes[port]
+    if dim != len(shape) - 1:
+        return []
+    if "weight_hr_l0" in node.params:
+        ctx.block(f"'{node.name}' uses proj_size, which is not supported")
+        return []
+    hidden = node.param_shapes["weight_hh_l0"][1]
+    if side == "in" and port == 0:
+        ctx.member(node, "in", dim, units, pos)
+        return []
+    if side == "in":  # initial states h0/c0: their last dim is the hidden size
+        ctx.block(f"'{node.name}' receives initial hidden states")
+        return []
+    # output features are [forward hidden | reverse hidden] for bidirectional models; both
+    # directions share hidden_size, so unit h of one direction is unit h of the other.
+    pos_h = pos % hidden
+    bidir = any(k.endswith("_reverse") for k in node.params)
+    p_all = np.concatenate([pos_h, pos_h + hidden]) if bidir else pos_h
+    u_all = np.concatenate([units, units]) if bidir else units
+    ctx.member(node, "out", dim, u_all, p_all)
+    flows = []
+    for p_out in range(len(node.out_shapes)):
+        if p_out != port:
+            flows.append(Flow("out", p_out, len(node.out_shapes[p_out]) - 1, u_all, p_all))
+    if port == 0:
+        return flows
+    return flows
+
+
+def _custom_rule(g, node, side, port, dim, units, pos, ctx):
+    entry = node.custom
+    if port != 0:
+        return []
+    shape = node.in_shapes[0] if side == "in" else node.out_shapes[0]
+    cd = _norm(entry.in_channel_dim if side == "in" else entry.out_channel_dim, len(shape))
+    if dim != cd:
+        return []
+    ctx.member(node, side, dim, units, pos)
+    if entry.passthrough:
+        other = "out" if side == "in" else "in"
+        oshape = node.out_shapes[0] if side == "in" else node.in_shapes[0]
+        od = _norm(entry.out_channel_dim if side == "in" else entry.in_channel_dim, len(oshape))
+        ctx.member(node, other, od, units, pos)
+        return [Flow(other, 0, od, units, pos)]
+    return []
+
+
+def _parameter_rule(g, node, side, port, dim, units, pos, ctx):
+    ctx.member(node, "param", dim, units, pos)
+    return []
+
+
+# --- virtual ops ------------------------------------------------------------------------------
+
+
+def _elementwise_rule(g, node, side, port, dim, units, pos, ctx):
+    """Broadcasting ops: index i of every full-size input is index i of the output."""
+    outs = node.out_shapes
+    if not outs:
+        return []
+    out = outs[0]
+    # sanity: every input must broadcast to the output, or we do not know this op
+    for s in node.in_shapes:
+        if len(s) > len(out) or any(a not in (1, b) for a, b in zip(s[::-1], out[::-1], strict=False)):
+            if s != () and len(s) > 0:
+                ctx.block(f"'{node.name}' ({node.target}) changes shape in a way DepView does "
+                          "not model")
+                return []
+    if side == "out":
+        od = dim
+    else:
+        od = _fwd_dim(len(out), len(node.in_shapes[port]), dim)
+        if node.in_shapes[port][dim] == 1 and out[od] != 1:
+            # a broadcast input along the tracked dim: its one position feeds all of them
+            ctx.merge(units)
+            pos = np.zeros(0, dtype=np.int64)
+            return []
+    flows = [Flow("out", p, od, units, pos) for p in range(len(outs))
+             if (side, port) != ("out", p) and len(outs[p]) == len(out)]
+    for p, s in enumerate(node.in_shapes):
+        if side == "in" and p == port:
+            continue
+        d = od - (len(out) - len(s))
+        if d < 0 or s[d] == 1:
+            continue  # broadcast along this dim: nothing of this input is coupled
+        flows.append(Flow("in", p, d, units, pos))
+    return flows
+
+
+def _concat_rule(g, node, side, port, dim, units, pos, ctx):
+    meta = node.meta
+    offs = meta.offsets
+    if side == "in":
+        nd_in = len(node.in_shapes[port])
+        if meta.stacked:
+            od = dim if dim < meta.dim else dim + 1
+            flows = [Flow("out", 0, od, units, pos)]
+            flows += [Flow("in", p, dim, units, pos) for p in range(len(node.in_shapes))
+                      if p != port]
+            return flows
+        if dim == meta.dim:
+            return [Flow("out", 0, dim, units, pos + offs[port])]
+        flows = [Flow("out", 0, dim, units, pos)]
+        flows += [Flow("in", p, dim, units, pos) for p in range(len(node.in_shapes))
+                  if p != port and len(node.in_shapes[p]) == nd_in]
+        return flows
+    if meta.stacked:
+        if dim == meta.dim:
+            ctx.block(f"'{node.name}' stacks tensors along the tracked dim")
+            return []
+        d = dim if dim < meta.dim else dim - 1
+        return [Flow("in", p, d, units, pos) for p in range(len(node.in_shapes))]
+    if dim == meta.dim:
+        flows = []
+        for p, (o, s) in enumerate(zip(offs, meta.sizes, strict=True)):
+            m = (pos >= o) & (pos < o + s)
+            if m.any():
+                flows.append(Flow("in", p, dim, units[m], pos[m] - o))
+        return flows
+    return [Flow("in", p, dim, units, pos) for p in range(len(node.in_shapes))]
+
+
+def _split_rule(g, node, side, port, dim, units, pos, ctx):
+    meta = node.meta
+    offs = meta.offsets
+    if dim == meta.dim and meta.computed:
+        # torch computes the cut points from the width: every part must lose the same
+        # relative positions, so position r of one part is position r of all parts.
+        if len(set(meta.sizes)) > 1:
+            ctx.block(f"'{node.name}' splits into uneven parts whose sizes torch computes")
+            return []
+        size = meta.sizes[0]
+        rel = pos - offs[port] if side == "out" else pos % size
+        flows = [Flow("out", p, dim, units, rel) for p in range(len(meta.sizes))
+                 if (side, port) != ("out", p)]
+        allp = (rel[:, None] + np.asarray(offs)[None, :]).reshape(-1)
+        return flows + [Flow("in", 0, dim, np.repeat(units, len(offs)), allp)]
+    if side == "in":
+        if dim == meta.dim:
+            flows = []
+            for p, (o, s) in enumerate(zip(offs, meta.sizes, strict=True)):
+                m = (pos >= o) & (pos < o + s)
+                if m.any():
+                    flows.append(Flow("out", p, dim, units[m], pos[m] - o))
+            return flows
+        return [Flow("out", p, dim, units, pos) for p in range(len(node.out_shapes))]
+    if dim == meta.dim:
+        return [Flow("in", 0, dim, units, pos + offs[port])]
+    flows = [Flow("in", 0, dim, units, pos)]
+    flows += [Flow("out", p, dim, units, pos) for p in range(len(node.out_shapes)) if p != port]
+    return flows
+
+
+def _unbind_rule(g, node, side, port, dim, units, pos, ctx):
+    ud = node.meta.dim
+    if side == "in":
+        if dim == ud:
+            ctx.block(f"'{node.name}' unbinds the tracked dim: its parts cannot be removed")
+            return []
+        d = dim if dim < ud else dim - 1
+        return [Flow("out", p, d, units, pos) for p in range(len(node.out_shapes))]
+    d = dim if dim < ud else dim + 1
+    flows = [Flow("in", 0, d, units, pos)]
+    flows += [Flow("out", p, dim, units, pos) for p in range(len(node.out_shapes)) if p != port]
+    return flows
+
+
+def _slice_rule(g, node, side, port, dim, units, pos, ctx):
+    meta = node.meta
+    if meta is None or not hasattr(meta, "dim_map"):
+        ctx.block(f"'{node.name}' indexes in a way DepView does not model")
+        return []
+    if port != 0:
+        if side == "in":
+            ctx.block(f"'{node.name}' indexes with a tensor that is coupled to the group")
+        return []
+    sl = {s.dim: s for s in meta.slices}
+    sel = dict(meta.selects)
+    if side == "in":
+        if meta.advanced and meta.dim_map[dim] is not None and dim not in sl and dim not in sel \
+                and meta.in_shape[dim] != meta.out_shape[meta.dim_map[dim]]:
+            ctx.block(f"'{node.name}' gathers along the tracked dim with a tensor index")
+            return []
+        if dim in sel:
+            if (pos == sel[dim]).any():
+                ctx.block(f"'{node.name}' selects one index of the tracked dim")
+            return []
+        od = meta.dim_map[dim]
+        if dim in sl:
+            s = sl[dim]
+            m = (pos >= s.start) & (pos < s.stop) & ((pos - s.start) % s.step == 0)
+            if not m.any():
+                return []
+            return [Flow("out", 0, od, units[m], (pos[m] - s.start) // s.step)]
+        return [Flow("out", 0, od, units, pos)]
+    in_dim = meta.dim_map.index(dim) if dim in meta.dim_map else None
+    if in_dim is None:
+        return []  # a new axis (None index)
+    if in_dim in sl:
+        s = sl[in_dim]
+        return [Flow("in", 0, in_dim, units, s.start + pos * s.step)]
+    return [Flow("in", 0, in_dim, units, pos)]
+
+
+def dim_groups(a: tuple[int, ...], b: tuple[int, ...]) -> list[tuple[list[int], list[int]]]:
+    """Pair up dims of two shapes with equal numel into row-major regroupings.
+
+    >>> dim_groups((2, 12, 5), (2, 3, 4, 5))
+    [([0], [0]), ([1], [1, 2]), ([2], [3])]
+    """
+    groups: list[tuple[list[int], list[int]]] = []
+    i = j = 0
+    while i < len(a) and j < len(b):
+        gi, gj = [i], [j]
+        pa, pb = a[i], b[j]
+        i += 1
+        j += 1
+        while pa != pb:
+            if pa < pb:
+                if i >= len(a):
+                    break
+                gi.append(i)
+                pa *= a[i]
+                i += 1
+            else:
+                if j >= len(b):
+                    break
+                gj.append(j)
+                pb *= b[j]
+                j += 1
+        groups.append((gi, gj))
+    if groups:
+        groups[-1][0].extend(range(i, len(a)))
+        groups[-1][1].extend(range(j, len(b)))
+    return groups
+
+
+def map_reshape(a, b, dim, units, pos, inferred: int | None = None,
+                copies: frozenset = frozenset()):
+    """Map pairs on ``dim`` of shape ``a`` to one dim of shape ``b`` (row-major regrouping).
+
+    Returns ``(out_dim, units, pos)``. When the tracked dim splits into several dims, the
+    output dim is the one where each unit stays a whole slab; if none is, the dim left to
+    torch (``-1`` in the call), else the largest dim that is not a broadcast copy
+    (``copies``); units sharing a position on it merge (e.g. the channels of one head).
+    """
+    for gi, gj in dim_groups(tuple(a), tuple(b)):
+        if dim not in gi:
+            continue
+        ga = [a[k] for k in gi]
+        gb = [b[k] for k in gj]
+        k = gi.index(dim)
+        stride_a = int(np.prod(ga[k + 1:], dtype=np.int64))
+        others = [n for t, n in enumerate(ga) if t != k]
+        n_other = int(np.prod(others, dtype=np.int64))
+        # flat offsets (within the group) of every combination of the other input dims
+        grids = np.indices(others).reshape(len(others), -1) if others else np.zeros((0, 1), int)
+        other_strides = [int(np.prod(ga[t + 1:], dtype=np.int64)) for t in range(len(ga))
+                         if t != k]
+        other_off = (np.asarray(other_strides, dtype=np.int64)[:, None] * grids).sum(0) \
+            if others else np.zeros(1, dtype=np.int64)
+        flats = pos[:, None] * stride_a + other_off[None, :]  # (n_pairs, n_other)
+        sizes = [s for s in gb]
+        big = [t for t, s in enumerate(sizes) if s > 1]
+        if len(big) <= 1:
+            t = big[0] if big else len(gj) - 1
+            stride_b = int(np.prod(gb[t + 1:], dtype=np.int64))
+            coords = (flats // stride_b) % gb[t]
+            return gj[t], np.repeat(units, coords.shape[1]), coords.reshape(-1)
+        total = int(np.prod(gb, dtype=np.int64))
+        choice = None
+        for t in big:
+            stride_b = int(np.prod(gb[t + 1:], dtype=np.int64))
+            coords = (flats // stride_b) % gb[t]
+            if n_other == total // gb[t] and (coords == coords[:, :1]).all():
+                return gj[t], units, coords[:, 0]
+        if inferred is not None and inferred in gj and b[inferred] > 1:
+            choice = gj.index(inferred)
+        else:
+            real = [t for t in big if gj[t] not in copies] or big
+            choice = max(real, key=lambda t: (gb[t], -t))
+        stride_b = int(np.prod(gb[choice + 1:], dtype=np.int64))
+        coords = (flats // stride_b) % gb[choice]
+        return gj[choice], np.repeat(units, coords.shape[1]), coords.reshape(-1)
+    raise DepViewError(f"reshape {a} -> {b}: dim {dim} not found")
+
+
+def _reshape_rule(g, node, side, port, dim, units, pos, ctx):
+    meta = node.meta
+    a, b = (meta.in_shape, meta.out_shape) if side == "in" else (meta.out_shape, meta.in_shape)
+    inferred = meta.inferred if side == "in" else None
+    copies: frozenset = frozenset()
+    if side == "out":  # going back: dims an expand made from size 1 carry no data of their own
+        edges = g.in_edges.get(node.id, [])
+        src = g.nodes[edges[0].source] if edges else None
+        if src is not None and src.op_type is OpType.EXPAND:
+            ea, eb = src.in_shapes[0], src.out_shapes[0]
+            copies = frozenset(d for d in range(len(eb))
+                               if d - (len(eb) - len(ea)) < 0 or ea[d - (len(eb) - len(ea))] == 1
+                               and eb[d] > 1)
+    d, u, p = map_reshape(a, b, dim, units, pos, inferred, copies)
+    return [Flow("out" if side == "in" else "in", 0, d, u, p)]
+
+
+def _permute_rule(g, node, side, port, dim, units, pos, ctx):
+    perm = node.meta.perm
+    if side == "in":
+        return [Flow("out", 0, perm.index(dim), units, pos)]
+    return [Flow("in", 0, perm[dim], units, pos)]
+
+
+def _expand_rule(g, node, side, port, dim, units, pos, ctx):
+    a, b = node.in_shapes[0], node.out_shapes[0]
+    if port != 0:
+        return []
+    if side == "in":
+        od = _fwd_dim(len(b), len(a), dim)
+        if a[dim] == 1 and b[od] != 1:
+            ctx.merge(units)
+            return []
+        return [Flow("out", 0, od, units, pos)]
+    d = dim - (len(b) - len(a))
+    if d < 0 or a[d] != b[dim]:
+        return []
+    return [Flow("in", 0, d, units, pos)]
+
+
+def _pixel_shuffle_rule(g, node, side, port, dim, units, pos, ctx):
+    if dim != len(node.in_shapes[0]) - 3 or port != 0:
+        return []  # only the channel dim (N, C, H, W) is modelled
+    r2 = node.meta.factor ** 2 if node.meta else 1
+    fold = (side == "in") != node.meta.unshuffle  # in->out of shuffle, or out->in of unshuffle
+    other = "out" if side == "in" else "in"
+    if fold:
+        return [Flow(other, 0, dim, units, pos // r2)]
+    p_all = (pos[:, None] * r2 + np.arange(r2)[None, :]).reshape(-1)
+    return [Flow(other, 0, dim, np.repeat(units, r2), p_all)]
+
+
+def _spatial_rule(g, node, side, port, dim, units, pos, ctx):
+    if port != 0 or dim > 1:
+        return []
+    return [Flow("out" if side == "in" else "in", 0, dim, units, pos)]
+
+
+def _matmul_dims(node: Node):
+    """(a_port, b_port, a_shape, b_shape, out_shape, linear?) of a matmul-family node."""
+    name = node.target
+    ins = node.in_shapes
+    if name in ("addmm", "baddbmm"):
+        return 1, 2, ins[1], ins[2], node.out_shapes[0], False
+    return 0, 1, ins[0], ins[1], node.out_shapes[0], name == "linear"
+
+
+def _matmul_rule(g, node, side, port, dim, units, pos, ctx):
+    pa, pb, a, b, out, linear = _matmul_dims(node)
+    no = len(out)
+    if len(a) < 2 and not linear or len(b) < 1 or len(b) < 2 and not linear:
+        ctx.block(f"'{node.name}' is a vector product; DepView does not model it")
+        return []
+    flows: list[Flow] = []
+
+    def batch(src_shape, d, skip):
+        od = d + no - len(src_shape)
+        res = [] if skip == "out" else [Flow("out", 0, od, units, pos)]
+        for p, s in ((pa, a), (pb, b)):
+            if skip == p or (linear and p == pb):
+                continue
+            dd = od - (no - len(s))
+            if dd >= 0 and s[dd] != 1:
+                res.append(Flow("in", p, dd, units, pos))
+        return res
+
+    if linear:  # out = x @ W.T (+ bias): W is (out, in)
+        bias_port = 2 if len(node.in_shapes) > 2 else None
+        if side == "in" and port == pa:
+            if dim == len(a) - 1:
+                return [Flow("in", pb, 1, units, pos)]
+            return [Flow("out", 0, dim + no - len(a), units, pos)]
+        if side == "in" and port == pb:
+            if dim == 1:
+                return [Flow("in", pa, len(a) - 1, units, pos)]
+            flows = [Flow("out", 0, no - 1, units, pos)]
+            if bias_port is not None:
+                flows.append(Flow("in", bias_port, 0, units, pos))
+            return flows
+        if side == "in" and port == bias_port:
+            return [Flow("out", 0, no - 1, units, pos), Flow("in", pb, 0, units, pos)]
+        if side == "out":
+            if dim == no - 1:
+                flows = [Flow("in", pb, 0, units, pos)]
+                if bias_port is not None:
+                    flows.append(Flow("in", bias_port, 0, units, pos))
+                return flows
+            return [Flow("in", pa, dim - (no - len(a)), units, pos)]
+        return []
+
+    if side == "in" and port not in (pa, pb):  # addmm's bias: broadcast onto the output
+        s = node.in_shapes[port]
+        return [Flow("out", 0, dim + no - len(s), units, pos)]
+    if side == "in" and port == pa:
+        if dim == len(a) - 1:
+            return [Flow("in", pb, len(b) - 2, units, pos)]
+        if dim == len(a) - 2:
+            return [Flow("out", 0, no - 2, units, pos)]
+        return batch(a, dim, pa)
+    if side == "in" and port == pb:
+        if dim == len(b) - 2:
+            return [Flow("in", pa, len(a) - 1, units, pos)]
+        if dim == len(b) - 1:
+            res = [Flow("out", 0, no - 1, units, pos)]
+            if node.target in ("addmm",) and len(node.in_shapes[0]) >= 1 \
+                    and node.in_shapes[0][-1] != 1:
+                res.append(Flow("in", 0, len(node.in_shapes[0]) - 1, units, pos))
+            return res
+        return batch(b, dim, pb)
+    if dim == no - 1:
+        return [Flow("in", pb, len(b) - 1, units, pos)]
+    if dim == no - 2:
+        return [Flow("in", pa, len(a) - 2, units, pos)]
+    return batch(out, dim, "out")
+
+
+def _attention_rule(g, node, side, port, dim, units, pos, ctx):
+    """sdpa(q (..., L, E), k (..., S, E), v (..., S, Ev)) -> (..., L, Ev)."""
+    if len(node.in_shapes) < 3:
+        return []
+    q, k, v = node.in_shapes[:3]
+    out = node.out_shapes[0]
+    nd = len(out)
+    if side == "in" and port > 2:
+        s = node.in_shapes[port]
+        if dim >= len(s) - 2:
+            ctx.block(f"'{node.name}' takes an attention mask coupled to the group")
+        return []
+    shapes = {0: q, 1: k, 2: v}
+    shape = shapes[port] if side == "in" else out
+    last, second = len(shape) - 1, len(shape) - 2
+    if dim == last:
+        if side == "out" or port == 2:
+            return [Flow("in", 2, len(v) - 1, units, pos)] if side == "out" else \
+                [Flow("out", 0, nd - 1, units, pos)]
+        return [Flow("in", 1 - port, len(shapes[1 - port]) - 1, units, pos)]
+    if dim == second:
+        if side == "out":
+            return [Flow("in", 0, len(q) - 2, units, pos)]
+        if port == 0:
+            return [Flow("out", 0, nd - 2, units, pos)]
+        return [Flow("in", 3 - port, len(shapes[3 - port]) - 2, units, pos)]  # k <-> v
+    # batch dims (heads): with grouped-query attention q has n_rep heads per kv head
+    od = dim + nd - len(shape)
+    flows: list[Flow] = []
+    if not (side == "out"):
+        flows.append(Flow("out", 0, od, units, pos))
+    hq = out[od]
+    for p, s in shapes.items():
+        if side == "in" and p == port:
+            continue
+        d = od - (nd - len(s))
+        if d < 0 or s[d] == 1:
+            continue
+        src_n = shape[dim]
+        if s[d] == src_n:
+            flows.append(Flow("in", p, d, units, pos))
+        elif s[d] < src_n:  # to a kv input from q/out: heads fold
+            flows.append(Flow("in", p, d, units, pos // (src_n // s[d])))
+        else:  # from kv to q
+            r = s[d] // src_n
+            p_all = (pos[:, None] * r + np.arange(r)[None, :]).reshape(-1)
+            flows.append(Flow("in", p, d, np.repeat(units, r), p_all))
+    if side == "in" and shape[dim] != hq and port != 0:
+        r = hq // shape[dim]
+        p_all = (pos[:, None] * r + np.arange(r)[None, :]).reshape(-1)
+        flows = [f for f in flows if not (f.side == "out")]
+        flows.append(Flow("out", 0, od, np.repeat(units, r), p_all))
+    return flows
+
+
+def _reduction_rule(g, node, side, port, dim, units, pos, ctx):
+    meta = node.meta
+    if port != 0:
+        return []
+    if meta is None or not hasattr(meta, "dims"):
+        return []
+    a, b = node.in_shapes[0], node.out_shapes[0]
+    if side == "in":
+        if dim in meta.dims:
+            if meta.keepdim and len(b) == len(a) and b[dim] == a[dim]:
+                ctx.inexact(f"'{node.name}' ({node.target}) normalises over pruned channels")
+                return [Flow("out", p, dim, units, pos) for p in range(len(node.out_shapes))]
+            return []  # reduced away: fewer terms in the reduction, shapes unaffected
+        od = dim if meta.keepdim or len(b) == len(a) else dim - sum(d < dim for d in meta.dims)
+        return [Flow("out", p, od, units, pos) for p in range(len(node.out_shapes))]
+    if meta.keepdim or len(b) == len(a):
+        d = dim
+    else:
+        kept = [d for d in range(len(a)) if d not in meta.dims]
+        d = kept[dim]
+    if d in meta.dims and not (len(b) == len(a) and b[dim] == a[dim]):
+        return []
+    flows = [Flow("in", 0, d, units, pos)]
+    flows += [Flow("out", p, dim, units, pos) for p in range(len(node.out_shapes)) if p != port]
+    return flows
+
+
+def _functional_layer_rule(g, node, side, port, dim, units, pos, ctx):
+    ctx.block(f"'{node.name}' is a functional {node.target} call; DepView prunes layers "
+              "called as modules")
+    return []
+
+
+def _mha_reason(node: Node) -> str:
+    return (f"'{node.name}' is an nn.MultiheadAttention: torch ties its query width to "
+            "embed_dim, so the width around it cannot change")
+
+
+#: How units cross each op type. One entry per OpType (a test checks it is complete).
+RULES: dict[OpType, Rule] = {
+    OpType.INPUT: _source_block("the model input"),
+    OpType.OUTPUT: _source_block("the model output"),
+    OpType.BUFFER: _source_block("the buffer"),
+    OpType.CONSTANT: _source_block("a tensor computed inside forward"),
+    OpType.PARAMETER: _parameter_rule,
+    OpType.CONV: _layer_rule(lambda n: 1, lambda n: 1, block_in=_grouped_conv_reason,
+                             block_out=_grouped_conv_reason),
+    OpType.DEPTHWISE_CONV: _layer_rule(lambda n: 1, lambda n: 1, passthrough=True),
+    OpType.CONV_TRANSPOSE: _layer_rule(lambda n: 1, lambda n: 1,
+                                       block_in=_conv_transpose_groups_reason,
+                                       block_out=_conv_transpose_groups_reason),
+    OpType.BN: _layer_rule(lambda n: 1, lambda n: 1, passthrough=True),
+    OpType.IN: _layer_rule(lambda n: 1, lambda n: 1, passthrough=True),
+    OpType.GN: _gn_rule(),
+    OpType.LN: _ln_rule,
+    OpType.PRELU: _layer_rule(lambda n: _channel_dim(n.in_shapes[0]),
+                              lambda n: _channel_dim(n.in_shapes[0]), passthrough=True),
+    OpType.LINEAR: _layer_rule(lambda n: -1, lambda n: -1),
+    OpType.EMBED: _layer_rule(lambda n: -1, lambda n: 10**6),
+    OpType.MHA: _atomic_block(_mha_reason),
+    OpType.LSTM: _recurrent_rule,
+    OpType.GRU: _recurrent_rule,
+    OpType.RNN: _recurrent_rule,
+    OpType.CUSTOMIZED: _custom_rule,
+    OpType.CONCAT: _concat_rule,
+    OpType.SPLIT: _split_rule,
+    OpType.UNBIND: _unbind_rule,
+    OpType.SLICE: _slice_rule,
+    OpType.RESHAPE: _reshape_rule,
+    OpType.PERMUTE: _permute_rule,
+    OpType.EXPAND: _expand_rule,
+    OpType.PIXEL_SHUFFLE: _pixel_shuffle_rule,
+    OpType.SPATIAL: _spatial_rule,
+    OpType.MATMUL: _matmul_rule,
+    OpType.ATTENTION: _attention_rule,
+    OpType.REDUCTION: _reduction_rule,
+    OpType.ELEMENTWISE: _elementwise_rule,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# The search.
+
+
+class _Search:
+    def __init__(self, graph: Graph, n_units: int):
+        self.g = graph
+        self.parent = np.arange(n_units, dtype=np.int64)
+        self.owner: dict[TensorKey, IntArray] = {}
+        self.reasons: list[str] = []
+        self.stats_notes: list[str] = []
+        self.members: dict[tuple[int, str, int], list[tuple[IntArray, IntArray]]] = {}
+        self.queue: deque = deque()
+
+    # union-find over units
+    def find(self, u: IntArray) -> IntArray:
+        p = self.parent
+        r = p[u]
+        while True:
+            rr = p[r]
+            if np.array_equal(rr, r):
+                break
+            r = rr
+        p[u] = r  # path compression (one level is enough for amortised speed here)
+        return r
+
+    def union_pairs(self, a: IntArray, b: IntArray) -> None:
+        for x, y in zip(a.tolist(), b.tolist(), strict=True):
+            rx, ry = int(self.find(np.array([x]))[0]), int(self.find(np.array([y]))[0])
+            if rx != ry:
+                lo, hi = min(rx, ry), max(rx, ry)
+                self.parent[hi] = lo
+
+    def union_all(self, units: IntArray) -> None:
+        if len(units) > 1:
+            self.union_pairs(units[:-1], units[1:])
+
+    def add_member(self, node, side, dim, units, pos):
+        self.members.setdefault((node.id, side, dim), []).append((units, pos))
+
+    def arrive(self, node_id: int, port: int, dim: int, units: IntArray, pos: IntArray,
+               via: tuple | None = None):
+        """Pairs arrive on tensor (node_id, port) along dim: keep the new ones, merge units
+        that land on a taken position, and queue the rest for the tensor's producer and
+        consumers."""
+        if len(pos) == 0:
+            return
+        shape = self.g.nodes[node_id].out_shapes[port]
+        if dim < 0 or dim >= len(shape):
+            return
+        key = (node_id, port, dim)
+        own = self.owner.get(key)
+        if own is None:
+            own = self.owner[key] = np.full(shape[dim], -1, dtype=np.int64)
+        # dedupe within this arrival; equal positions with different units merge
+        order = np.lexsort((units, pos))
+        pos, units = pos[order], units[order]
+        same = np.nonzero(pos[1:] == pos[:-1])[0]
+        if len(same):
+            diff = units[same] != units[same + 1]
+            if diff.any():
+                self.union_pairs(units[same][diff], units[same + 1][diff])
+            keep = np.ones(len(pos), dtype=bool)
+            keep[same + 1] = False
+            pos, units = pos[keep], units[keep]
+        prev = own[pos]
+        taken = prev >= 0
+        if taken.any():
+            clash = taken & (prev != units)
+            if clash.any():
+                self.union_pairs(prev[clash], units[clash])
+        new = ~taken
+        if not new.any():
+            return
+        pos, units = pos[new], units[new]
+        own[pos] = units
+        self.queue.append((node_id, port, dim, units, pos, via))
+
+    def run(self, ctx: _Ctx) -> None:
+        g = self.g
+        while self.queue:
+            nid, port, dim, units, pos, via = self.queue.popleft()
+            # never send pairs straight back through the op they came from: reshape-like maps
+            # are not exactly invertible once units have been coarsened
+            if via != (nid, "out", port):
+                self.apply(g.nodes[nid], "out", port, dim, units, pos, ctx)
+            for e in g.consumers.get((nid, port), ()):
+                if via != (e.target, "in", e.target_port):
+                    self.apply(g.nodes[e.target], "in", e.target_port, dim, units, pos, ctx)
+
+    def apply(self, node: Node, side, port, dim, units, pos, ctx):
+        for f in RULES[node.op_type](self.g, node, side, port, dim, units, pos, ctx):
+            if f.side == "out":
+                self.arrive(node.id, f.port, f.dim, f.units, f.pos, (node.id, "out", f.port))
+            else:
+                edges = self.g.in_edges.get(node.id, [])
+                if f.port < len(edges):
+                    e = edges[f.port]
+                    self.arrive(e.source, e.source_port, f.dim, f.units, f.pos,
+                                (node.id, "in", f.port))
+
+
+#: For each layer type: the dim of its output that carries the channels it creates.
+def root_dim(node: Node) -> int | None:
+    """The output dim whose channels this node creates, or None if it creates none."""
+    if not node.out_shapes or not node.out_shapes[0]:
+        return None
+    nd = len(node.out_shapes[0])
+    t = node.op_type
+    if t in (OpType.CONV, OpType.CONV_TRANSPOSE):
+        return 1
+    if t in OpGroup.RECURRENT | {OpType.LINEAR, OpType.EMBED, OpType.MHA}:
+        return nd - 1
+    if t is OpType.CUSTOMIZED:
+        return _norm(node.custom.out_channel_dim, nd)
+    if t is OpType.PARAMETER:
+        return nd - 1
+    return None
+
+
+def _search(graph: Graph, root: Node, side: str, dim: int, pos: IntArray,
+            gid: int) -> Group:
+    n = len(pos)
+    s = _Search(graph, n)
+    ctx = _Ctx(s)
+    units = np.arange(n, dtype=np.int64)
+    if side == "out":
+        s.arrive(root.id, 0, dim, units, pos)
+    else:
+        e = graph.in_edges[root.id][0]
+        s.arrive(e.source, e.source_port, dim, units, pos)
+    s.run(ctx)
+    # final units: union-find roots renumbered 0..k-1 in order of their smallest member
+    roots = s.find(np.arange(n, dtype=np.int64))
+    _, first_idx, inverse = np.unique(roots, return_index=True, return_inverse=True)
+    order = np.argsort(np.argsort(first_idx))
+    label = order[inverse]
+    members = []
+    for (nid, mside, mdim), chunks in s.members.items():
+        node = graph.nodes[nid]
+        u = np.concatenate([c[0] for c in chunks])
+        p = np.concatenate([c[1] for c in chunks])
+        lab = label[u]
+        key = np.unique(np.stack([p, lab]), axis=1) if len(p) else np.zeros((2, 0), int)
+        members.append(Member(nid, node.name, node.module, node.op_type, mside, mdim,
+                              key[0].astype(np.int64), key[1].astype(np.int64)))
+    members.sort(key=lambda m: (m.node, m.side))
+    tensors = {k: (np.nonzero(v >= 0)[0], label[v[v >= 0]]) for k, v in s.owner.items()}
+    grp = Group(gid, root.name, side, int(label.max()) + 1 if n else 0, members, tensors,
+                list(dict.fromkeys(s.reasons)))
+    grp.stats_notes = list(dict.fromkeys(s.stats_notes))
+    grp.exact = not grp.stats_notes
+    return grp
+
+
+def group_of(graph: Graph, node: str | int, side: str = "out") -> Group:
+    """The pruning group of a node's output (``side="out"``) or input (``"in"``) channels.
+
+    For ``"in"`` the group is the one its input tensor's channels belong to.
+    """
+    n = graph.node(node)
+    if side not in ("in", "out"):
+        raise DepViewError(f"side must be 'in' or 'out', not {side!r}")
+    if side == "out":
+        d = root_dim(n)
+        if d is None:
+            if not n.out_shapes or not n.out_shapes[0]:
+                raise DepViewError(f"'{n.name}' has no output channels")
+            d = _channel_dim(n.out_shapes[0]) if n.op_type not in (
+                OpType.LN, OpType.LINEAR) and len(n.out_shapes[0]) == 4 else \
+                len(n.out_shapes[0]) - 1
+        width = n.out_shapes[0][d]
+    else:
+        if not graph.in_edges.get(n.id):
+            raise DepViewError(f"'{n.name}' has no inputs")
+        shape = n.in_shapes[0]
+        if n.op_type in (OpType.CONV, OpType.CONV_TRANSPOSE, OpType.DEPTHWISE_CONV, OpType.BN,
+                         OpType.GN, OpType.IN) or (len(shape) == 4 and n.op_type not in (
+                OpType.LINEAR, OpType.LN)):
+            d = 1
+        else:
+            d = len(shape) - 1
+        width = shape[d]
+    return _search(graph, n, side, d, np.arange(width, dtype=np.int64), 0)
+
+
+def all_groups(graph: Graph) -> list[Group]:
+    """Every group of the model, each once, in the order of their root layers.
+
+    Roots are layers that create channels (conv, linear, embedding, recurrent, custom) and
+    bare parameters; a root whose channels already belong to a group starts no new one.
+    """
+    covered: dict[TensorKey, np.ndarray] = {}
+    groups: list[Group] = []
+    for node in graph.nodes:
+        d = root_dim(node)
+        if d is None:
+            continue
+        width = node.out_shapes[0][d]
+        cov = covered.get((node.id, 0, d))
+        pos = np.arange(width, dtype=np.int64) if cov is None else np.nonzero(~cov)[0]
+        if len(pos) == 0:
+            continue
+        grp = _search(graph, node, "out", d, pos, len(groups))
+        if node.op_type is OpType.PARAMETER and not any(
+                m.side != "param" for m in grp.members) and grp.n_units and not grp.reasons:
+            # a parameter no layer shares channels with: not a structural group of its own
+            pass
+        groups.append(grp)
+        for key, (p, _) in grp.tensors.items():
+            nid, port, dim = key
+            arr = covered.get(key)
+            if arr is None:
+                arr = covered[key] = np.zeros(graph.nodes[nid].out_shapes[port][dim], bool)
+            arr[p] = True
+    return groups

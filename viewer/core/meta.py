@@ -1,0 +1,205 @@
+"""Metadata carried by virtual (functional-op) nodes: frozen, complete at trace time.
+
+Every class turns into JSON with :func:`meta_to_dict`. Dims are always normalised to be
+non-negative and relative to the *input* tensor of the op (for CONCAT, the output).
+
+    >>> ConcatMeta(dim=1, sizes=(16, 8, 8)).offsets
+    (0, 16, 24)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from itertools import accumulate
+
+Shape = tuple[int, ...]
+
+
+def _offsets(sizes: tuple[int, ...]) -> tuple[int, ...]:
+    return (0, *accumulate(sizes))[:-1]
+
+
+@dataclass(frozen=True)
+class ConcatMeta:
+    """``torch.cat``/``stack``: input k occupies ``[offsets[k], offsets[k] + sizes[k])`` of
+    ``dim`` in the output. ``stacked`` means each input got a new dim of size 1 first."""
+
+    dim: int
+    sizes: tuple[int, ...]
+    stacked: bool = False
+
+    @property
+    def offsets(self) -> tuple[int, ...]:
+        return _offsets(self.sizes)
+
+
+@dataclass(frozen=True)
+class SplitMeta:
+    """``split``/``chunk``/``tensor_split``: output k is ``[offsets[k], +sizes[k])`` of ``dim``.
+
+    ``computed`` is True when torch derived the sizes from the tensor (``chunk(2)``,
+    ``split(8)``, ``tensor_split(3)``): after pruning, the cut points move with the width."""
+
+    dim: int
+    sizes: tuple[int, ...]
+    computed: bool = False
+
+    @property
+    def offsets(self) -> tuple[int, ...]:
+        return _offsets(self.sizes)
+
+
+@dataclass(frozen=True)
+class UnbindMeta:
+    """``unbind``: output k is index k of ``dim``, which disappears."""
+
+    dim: int
+    n: int
+
+
+@dataclass(frozen=True)
+class DimSlice:
+    """One input dim kept as ``range(start, stop, step)``."""
+
+    dim: int
+    start: int
+    stop: int
+    step: int
+
+
+@dataclass(frozen=True)
+class SliceMeta:
+    """``x[...]``/``narrow``/``select``.
+
+    ``dim_map[i]`` is the output dim of input dim ``i`` (None when an integer index removed it).
+    ``slices`` lists only non-trivial slices; ``selects`` the ``(dim, index)`` pairs removed;
+    ``advanced`` is True when a tensor/list index was used (then indices are data-dependent).
+    The single-slice case reads as ``meta.dim, meta.start, meta.stop, meta.step``.
+    """
+
+    in_shape: Shape
+    out_shape: Shape
+    dim_map: tuple[int | None, ...]
+    slices: tuple[DimSlice, ...] = ()
+    selects: tuple[tuple[int, int], ...] = ()
+    advanced: bool = False
+
+    @property
+    def dim(self) -> int | None:
+        if self.slices:
+            return self.slices[0].dim
+        return self.selects[0][0] if self.selects else None
+
+    @property
+    def start(self) -> int | None:
+        if self.slices:
+            return self.slices[0].start
+        return self.selects[0][1] if self.selects else None
+
+    @property
+    def stop(self) -> int | None:
+        if self.slices:
+            return self.slices[0].stop
+        return self.selects[0][1] + 1 if self.selects else None
+
+    @property
+    def step(self) -> int | None:
+        return self.slices[0].step if self.slices else (1 if self.selects else None)
+
+
+@dataclass(frozen=True)
+class ReshapeMeta:
+    """view/reshape/flatten/unflatten/squeeze/unsqueeze: a row-major regrouping of dims."""
+
+    op: str
+    in_shape: Shape
+    out_shape: Shape
+    inferred: int | None = None  #: output dim given as -1 in the call (its size is computed)
+
+
+@dataclass(frozen=True)
+class PermuteMeta:
+    """permute/transpose: output dim ``i`` is input dim ``perm[i]``."""
+
+    op: str
+    in_shape: Shape
+    out_shape: Shape
+    perm: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ExpandMeta:
+    """expand/broadcast_to: size-1 dims (and new leading dims) grow."""
+
+    op: str
+    in_shape: Shape
+    out_shape: Shape
+
+
+@dataclass(frozen=True)
+class PixelShuffleMeta:
+    """pixel_shuffle (``unshuffle=False``): output channel c reads input channels
+    ``[c*r*r, (c+1)*r*r)``; pixel_unshuffle is the reverse."""
+
+    factor: int
+    unshuffle: bool
+
+
+@dataclass(frozen=True)
+class MatmulMeta:
+    """matmul family: ``a @ b``; for ``op == "linear"`` b is a weight ``(out, in)``."""
+
+    op: str
+    a_shape: Shape
+    b_shape: Shape
+    out_shape: Shape
+
+
+@dataclass(frozen=True)
+class ReduceMeta:
+    """A reduction or a normaliser along ``dims``; ``keepdim`` when the output keeps them."""
+
+    op: str
+    dims: tuple[int, ...]
+    keepdim: bool
+
+
+@dataclass(frozen=True)
+class ElementwiseMeta:
+    """An op that maps index i of every (broadcast) input to index i of the output."""
+
+    op: str
+
+
+@dataclass(frozen=True)
+class OpMeta:
+    """Other functional ops: the op name only."""
+
+    op: str
+
+
+Meta = (
+    ConcatMeta | SplitMeta | UnbindMeta | SliceMeta | ReshapeMeta | PermuteMeta | ExpandMeta
+    | PixelShuffleMeta | MatmulMeta | ReduceMeta | ElementwiseMeta | OpMeta
+)
+
+
+def meta_to_dict(meta: object | None) -> dict | None:
+    """JSON-ready dict with a ``kind`` field and derived properties (``offsets``)."""
+    if meta is None:
+        return None
+    d = dataclasses.asdict(meta)
+    for name in ("offsets",):
+        if hasattr(meta, name):
+            d[name] = list(getattr(meta, name))
+    d["kind"] = type(meta).__name__.removesuffix("Meta").lower()
+    return _jsonable(d)
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    return x

@@ -1,0 +1,392 @@
+"""Operation types: the finite vocabulary every traced op is classified into.
+
+Every node of a traced graph gets exactly one :class:`OpType`. Modules are classified by one
+ordered rule table (:data:`MODULE_RULES`, first match wins, user-registered rules first);
+functional ops by one lookup table keyed by the function object itself (:data:`FUNCTION_TYPES`).
+Anything not in a table falls to :attr:`OpType.ELEMENTWISE` — but the group propagation for
+ELEMENTWISE checks that shapes really are elementwise-compatible, so an unknown op that changes
+shape stops a group instead of silently coupling the wrong channels.
+
+Example::
+
+    >>> classify(torch.nn.Conv2d(8, 8, 3, groups=8))
+    <OpType.DEPTHWISE_CONV: 'depthwise_conv'>
+    >>> classify(torch.nn.Conv2d(1, 1, 3))      # one channel is not "depthwise"
+    <OpType.CONV: 'conv'>
+"""
+
+from __future__ import annotations
+
+import enum
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class OpType(enum.Enum):
+    """What an operation does to channels. Docstrings say why a type exists."""
+
+    INPUT = "input"  #: a model input; groups touching it are not prunable
+    OUTPUT = "output"  #: a model output; groups touching it are not prunable
+    PARAMETER = "parameter"  #: an nn.Parameter used directly in forward (cls token, pos embed)
+    BUFFER = "buffer"  #: a registered buffer used directly in forward (never pruned)
+    CONSTANT = "constant"  #: a tensor made inside forward (arange, zeros); never pruned
+    CONV = "conv"  #: Conv1/2/3d: out channels born here, in channels consumed
+    DEPTHWISE_CONV = "depthwise_conv"  #: groups == in == out > 1: in and out channels coupled
+    CONV_TRANSPOSE = "conv_transpose"  #: weight is (in, out/groups, ...): dims swapped vs CONV
+    BN = "bn"  #: BatchNorm: per-channel, passes channels through
+    LN = "ln"  #: LayerNorm / RMSNorm over trailing dims: per-channel affine, stats over channels
+    GN = "gn"  #: GroupNorm: channels pass through but must stay divisible into groups
+    IN = "in"  #: InstanceNorm: per-channel, passes channels through
+    LINEAR = "linear"  #: Linear: out features born here, in features consumed
+    PRELU = "prelu"  #: PReLU: per-channel (or one shared) slope, passes channels through
+    EMBED = "embed"  #: Embedding: embedding dims born here (weight dim 1)
+    MHA = "mha"  #: nn.MultiheadAttention, atomic: query width is tied to embed_dim
+    LSTM = "lstm"  #: nn.LSTM, atomic: hidden units span 4 gates
+    GRU = "gru"  #: nn.GRU, atomic: hidden units span 3 gates
+    RNN = "rnn"  #: nn.RNN, atomic: one gate
+    CUSTOMIZED = "customized"  #: a user-registered layer type with its own channel rule
+    CONCAT = "concat"  #: cat/stack: inputs occupy offsets of the output dim
+    SPLIT = "split"  #: split/chunk/tensor_split: outputs are offset ranges of the input dim
+    UNBIND = "unbind"  #: unbind: removes a dim, one output per index
+    SLICE = "slice"  #: getitem/narrow/select: a sub-range (or one index) of some dims
+    RESHAPE = "reshape"  #: view/reshape/flatten/unflatten/squeeze: row-major regrouping of dims
+    PERMUTE = "permute"  #: permute/transpose: moves dims; channel dim index changes
+    EXPAND = "expand"  #: expand/broadcast_to: size-1 dims grow, no channel mixing
+    PIXEL_SHUFFLE = "pixel_shuffle"  #: moves channel blocks of r*r into space (and back)
+    SPATIAL = "spatial"  #: pooling/interpolate/pad: keeps dims 0 and 1, resizes the rest
+    MATMUL = "matmul"  #: matmul/bmm/linear-with-a-tensor: contracts one dim, mixes channels
+    ATTENTION = "attention"  #: scaled_dot_product_attention: q·k contracted, v's dim carried
+    REDUCTION = "reduction"  #: sum/mean/softmax along dims: every output reads the whole dim
+    ELEMENTWISE = "elementwise"  #: add/mul/activations: same index in, same index out
+
+    def __repr__(self) -> str:  # stable, short reprs for docs and test ids
+        return f"<OpType.{self.name}: {self.value!r}>"
+
+
+class OpGroup:
+    """Category sets, so call sites read ``if t in OpGroup.SOURCES`` instead of branching."""
+
+    SOURCES = frozenset({OpType.INPUT, OpType.PARAMETER, OpType.BUFFER, OpType.CONSTANT})
+    CONVS = frozenset({OpType.CONV, OpType.DEPTHWISE_CONV, OpType.CONV_TRANSPOSE})
+    NORMS = frozenset({OpType.BN, OpType.LN, OpType.GN, OpType.IN})
+    RECURRENT = frozenset({OpType.LSTM, OpType.GRU, OpType.RNN})
+    #: Types traced as one opaque node: their internals are not recorded.
+    COMPOSITE = frozenset({OpType.MHA, OpType.CUSTOMIZED}) | RECURRENT
+    #: Ops made by wrapping a functional call (virtual nodes carrying metadata).
+    VIRTUAL = frozenset(
+        {
+            OpType.CONCAT, OpType.SPLIT, OpType.UNBIND, OpType.SLICE, OpType.RESHAPE,
+            OpType.PERMUTE, OpType.EXPAND, OpType.MATMUL, OpType.ATTENTION, OpType.REDUCTION,
+            OpType.ELEMENTWISE, OpType.SPATIAL, OpType.PIXEL_SHUFFLE,
+        }
+    )
+    #: Module types whose parameters a pruning plan can shrink.
+    PARAMETRIC = (
+        CONVS | NORMS | RECURRENT
+        | frozenset({OpType.LINEAR, OpType.PRELU, OpType.EMBED, OpType.MHA, OpType.PARAMETER,
+                     OpType.CUSTOMIZED})
+    )
+
+
+@dataclass(frozen=True)
+class TypeStyle:
+    """How a type is drawn and named in the app and the docs."""
+
+    label: str
+    color: str
+
+
+#: One entry per OpType (a test checks it is complete).
+STYLES: dict[OpType, TypeStyle] = {
+    OpType.INPUT: TypeStyle("Input", "#6b7280"),
+    OpType.OUTPUT: TypeStyle("Output", "#111827"),
+    OpType.PARAMETER: TypeStyle("Parameter", "#a16207"),
+    OpType.BUFFER: TypeStyle("Buffer", "#a8a29e"),
+    OpType.CONSTANT: TypeStyle("Constant", "#d6d3d1"),
+    OpType.CONV: TypeStyle("Conv", "#2563eb"),
+    OpType.DEPTHWISE_CONV: TypeStyle("Depthwise conv", "#60a5fa"),
+    OpType.CONV_TRANSPOSE: TypeStyle("Conv transpose", "#1e3a8a"),
+    OpType.BN: TypeStyle("BatchNorm", "#16a34a"),
+    OpType.LN: TypeStyle("LayerNorm/RMSNorm", "#4ade80"),
+    OpType.GN: TypeStyle("GroupNorm", "#15803d"),
+    OpType.IN: TypeStyle("InstanceNorm", "#86efac"),
+    OpType.LINEAR: TypeStyle("Linear", "#7c3aed"),
+    OpType.PRELU: TypeStyle("PReLU", "#f472b6"),
+    OpType.EMBED: TypeStyle("Embedding", "#c026d3"),
+    OpType.MHA: TypeStyle("MultiheadAttention", "#dc2626"),
+    OpType.LSTM: TypeStyle("LSTM", "#ea580c"),
+    OpType.GRU: TypeStyle("GRU", "#f97316"),
+    OpType.RNN: TypeStyle("RNN", "#fdba74"),
+    OpType.CUSTOMIZED: TypeStyle("Custom layer", "#0f766e"),
+    OpType.CONCAT: TypeStyle("Concat", "#0891b2"),
+    OpType.SPLIT: TypeStyle("Split", "#06b6d4"),
+    OpType.UNBIND: TypeStyle("Unbind", "#22d3ee"),
+    OpType.SLICE: TypeStyle("Slice", "#67e8f9"),
+    OpType.RESHAPE: TypeStyle("Reshape", "#ca8a04"),
+    OpType.PERMUTE: TypeStyle("Permute", "#eab308"),
+    OpType.EXPAND: TypeStyle("Expand", "#fde047"),
+    OpType.PIXEL_SHUFFLE: TypeStyle("PixelShuffle", "#facc15"),
+    OpType.SPATIAL: TypeStyle("Pool/resize", "#94a3b8"),
+    OpType.MATMUL: TypeStyle("Matmul", "#e11d48"),
+    OpType.ATTENTION: TypeStyle("SDPA", "#be123c"),
+    OpType.REDUCTION: TypeStyle("Reduction", "#9ca3af"),
+    OpType.ELEMENTWISE: TypeStyle("Elementwise", "#cbd5e1"),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Modules: one ordered rule table.
+
+
+def _is_depthwise(m: nn.Module) -> bool:
+    # A conv with one channel is not depthwise: groups must be > 1 and equal to both widths.
+    return (
+        isinstance(m, nn.modules.conv._ConvNd)
+        and not isinstance(m, nn.modules.conv._ConvTransposeNd)
+        and m.groups > 1
+        and m.groups == m.in_channels == m.out_channels
+    )
+
+
+def _is_instance_of(*classes: type) -> Callable[[nn.Module], bool]:
+    return lambda m: isinstance(m, classes)
+
+
+def _is_hf_conv1d(m: nn.Module) -> bool:
+    # Hugging Face GPT-2's Conv1D is a Linear with a transposed weight (in, out). Matched by
+    # its class, resolved lazily so the core never imports transformers.
+    mod = sys.modules.get("transformers.pytorch_utils")
+    cls = getattr(mod, "Conv1D", None)
+    return cls is not None and isinstance(m, cls)
+
+
+_ACTIVATIONS = tuple(
+    getattr(nn, n)
+    for n in (
+        "ReLU ReLU6 GELU SiLU Sigmoid Tanh Hardswish Hardsigmoid Hardtanh LeakyReLU ELU SELU "
+        "CELU Mish Softplus Softsign Tanhshrink Threshold LogSigmoid Dropout Dropout1d Dropout2d "
+        "Dropout3d AlphaDropout FeatureAlphaDropout Identity"
+    ).split()
+    if hasattr(nn, n)
+)
+_POOLS = tuple(
+    getattr(nn, n)
+    for n in (
+        "MaxPool1d MaxPool2d MaxPool3d AvgPool1d AvgPool2d AvgPool3d AdaptiveAvgPool1d "
+        "AdaptiveAvgPool2d AdaptiveAvgPool3d AdaptiveMaxPool1d AdaptiveMaxPool2d AdaptiveMaxPool3d "
+        "LPPool1d LPPool2d Upsample UpsamplingNearest2d UpsamplingBilinear2d ZeroPad1d ZeroPad2d "
+        "ZeroPad3d ReflectionPad1d ReflectionPad2d ReplicationPad1d ReplicationPad2d "
+        "ConstantPad1d ConstantPad2d ConstantPad3d"
+    ).split()
+    if hasattr(nn, n)
+)
+_LAYER_NORMS = (nn.LayerNorm,) + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
+
+Rule = tuple[Callable[[nn.Module], bool], OpType]
+
+#: Built-in module rules, in priority order. First match wins.
+MODULE_RULES: tuple[Rule, ...] = (
+    (_is_depthwise, OpType.DEPTHWISE_CONV),
+    (_is_instance_of(nn.modules.conv._ConvTransposeNd), OpType.CONV_TRANSPOSE),
+    (_is_instance_of(nn.modules.conv._ConvNd), OpType.CONV),
+    (_is_instance_of(nn.modules.batchnorm._BatchNorm), OpType.BN),
+    (_is_instance_of(*_LAYER_NORMS), OpType.LN),
+    (_is_instance_of(nn.GroupNorm), OpType.GN),
+    (_is_instance_of(nn.modules.instancenorm._InstanceNorm), OpType.IN),
+    (_is_instance_of(nn.Linear), OpType.LINEAR),
+    (_is_hf_conv1d, OpType.LINEAR),
+    (_is_instance_of(nn.PReLU), OpType.PRELU),
+    (_is_instance_of(nn.Embedding), OpType.EMBED),
+    (_is_instance_of(nn.MultiheadAttention), OpType.MHA),
+    (_is_instance_of(nn.LSTM), OpType.LSTM),
+    (_is_instance_of(nn.GRU), OpType.GRU),
+    (_is_instance_of(nn.RNN), OpType.RNN),
+    (_is_instance_of(nn.PixelShuffle, nn.PixelUnshuffle), OpType.PIXEL_SHUFFLE),
+    (_is_instance_of(*_POOLS), OpType.SPATIAL),
+    (_is_instance_of(nn.Flatten, nn.Unflatten), OpType.RESHAPE),
+    (_is_instance_of(nn.Softmax, nn.LogSoftmax, nn.Softmin), OpType.REDUCTION),
+    (_is_instance_of(*_ACTIVATIONS), OpType.ELEMENTWISE),
+)
+
+
+@dataclass(frozen=True)
+class CustomLayer:
+    """A user-registered layer type (see :func:`register_layer`).
+
+    ``in_dims``/``out_dims`` map each parameter name to the dim that follows the layer's input
+    or output channels, e.g. ``{"weight": 1}`` / ``{"weight": 0, "bias": 0}`` for a Linear-like
+    layer. ``in_channel_dim``/``out_channel_dim`` say which dim of the input/output tensor carries
+    channels (1 for NCHW, -1 for channels-last). ``passthrough`` means output channel i *is*
+    input channel i (like a norm or depthwise op), so pruning one prunes the other.
+    ``update`` is called after tensors are pruned to fix attributes (e.g. ``out_features``).
+    """
+
+    cls: type
+    in_dims: dict[str, int]
+    out_dims: dict[str, int]
+    in_channel_dim: int = 1
+    out_channel_dim: int = 1
+    passthrough: bool = False
+    update: Callable[[nn.Module], None] | None = None
+
+
+_CUSTOM: list[CustomLayer] = []
+
+
+def register_layer(
+    cls: type,
+    *,
+    in_dims: dict[str, int],
+    out_dims: dict[str, int],
+    in_channel_dim: int = 1,
+    out_channel_dim: int = 1,
+    passthrough: bool = False,
+    update: Callable[[nn.Module], None] | None = None,
+) -> CustomLayer:
+    """Register a custom layer class as an atomic ``CUSTOMIZED`` node with its channel rule.
+
+    Registered classes take priority over built-in rules. Example::
+
+        class Scale(nn.Module):                       # y = x * w[None, :, None, None]
+            def __init__(self, c): super().__init__(); self.w = nn.Parameter(torch.ones(c))
+            def forward(self, x): return x * self.w[None, :, None, None]
+
+        register_layer(Scale, in_dims={"w": 0}, out_dims={"w": 0}, passthrough=True)
+    """
+    if not isinstance(cls, type) or not issubclass(cls, nn.Module):
+        raise TypeError(f"register_layer needs an nn.Module subclass, got {cls!r}")
+    entry = CustomLayer(cls, dict(in_dims), dict(out_dims), in_channel_dim, out_channel_dim,
+                        passthrough, update)
+    unregister_layer(cls)
+    _CUSTOM.append(entry)
+    return entry
+
+
+def unregister_layer(cls: type) -> None:
+    """Forget a class registered with :func:`register_layer` (no error if it was not)."""
+    _CUSTOM[:] = [c for c in _CUSTOM if c.cls is not cls]
+
+
+def custom_layer(module: nn.Module) -> CustomLayer | None:
+    """The registration that applies to ``module``, if any (most recent first)."""
+    for entry in reversed(_CUSTOM):
+        if isinstance(module, entry.cls):
+            return entry
+    return None
+
+
+def match_module(module: nn.Module) -> OpType | None:
+    """The type of a module the tables know, or None (then the tracer looks inside it)."""
+    if custom_layer(module) is not None:
+        return OpType.CUSTOMIZED
+    for predicate, op_type in MODULE_RULES:
+        if predicate(module):
+            return op_type
+    return None
+
+
+def classify(module: nn.Module) -> OpType:
+    """Classify a module. Exhaustive and deterministic; unknown modules are ELEMENTWISE."""
+    found = match_module(module)
+    return OpType.ELEMENTWISE if found is None else found
+
+
+# --------------------------------------------------------------------------------------------
+# Functions: one lookup table keyed by the function object the torch-function mode receives.
+
+_T = torch.Tensor
+
+
+def _resolve(names: str) -> list[Callable]:
+    """Turn "torch.cat Tensor.view F.relu" into the function objects (skipping missing)."""
+    roots = {"torch": torch, "Tensor": _T, "F": F}
+    found = []
+    for dotted in names.split():
+        root, _, attr = dotted.partition(".")
+        fn = getattr(roots[root], attr, None)
+        if fn is not None:
+            found.append(fn)
+    return found
+
+
+_FUNCTION_NAMES: dict[OpType, str] = {
+    OpType.CONCAT: "torch.cat torch.concat torch.concatenate torch.stack torch.hstack "
+    "torch.vstack",
+    OpType.SPLIT: "torch.split torch.chunk torch.tensor_split Tensor.split Tensor.chunk "
+    "Tensor.tensor_split Tensor.split_with_sizes torch.split_with_sizes",
+    OpType.UNBIND: "torch.unbind Tensor.unbind",
+    OpType.SLICE: "Tensor.__getitem__ torch.narrow Tensor.narrow torch.select Tensor.select",
+    OpType.RESHAPE: "Tensor.view Tensor.reshape torch.reshape torch.flatten Tensor.flatten "
+    "Tensor.unflatten torch.unflatten Tensor.squeeze torch.squeeze Tensor.unsqueeze "
+    "torch.unsqueeze Tensor.view_as Tensor.reshape_as",
+    OpType.PERMUTE: "Tensor.permute torch.permute Tensor.transpose torch.transpose Tensor.t "
+    "torch.t Tensor.movedim torch.movedim Tensor.swapaxes torch.swapaxes Tensor.swapdims "
+    "torch.swapdims",
+    OpType.EXPAND: "Tensor.expand Tensor.expand_as torch.broadcast_to Tensor.broadcast_to",
+    OpType.PIXEL_SHUFFLE: "F.pixel_shuffle F.pixel_unshuffle torch.pixel_shuffle "
+    "torch.pixel_unshuffle",
+    OpType.SPATIAL: "F.max_pool1d F.max_pool2d F.max_pool3d F.avg_pool1d F.avg_pool2d "
+    "F.avg_pool3d F.adaptive_avg_pool1d F.adaptive_avg_pool2d F.adaptive_avg_pool3d "
+    "F.adaptive_max_pool1d F.adaptive_max_pool2d F.adaptive_max_pool3d F.interpolate "
+    "F.upsample F.max_pool2d_with_indices F.adaptive_max_pool2d_with_indices",
+    OpType.MATMUL: "torch.matmul Tensor.matmul Tensor.__matmul__ Tensor.__rmatmul__ torch.bmm "
+    "Tensor.bmm torch.mm Tensor.mm F.linear torch.addmm Tensor.addmm torch.baddbmm",
+    OpType.ATTENTION: "F.scaled_dot_product_attention",
+    OpType.REDUCTION: "torch.sum Tensor.sum torch.mean Tensor.mean torch.amax Tensor.amax "
+    "torch.amin Tensor.amin torch.var Tensor.var torch.std Tensor.std torch.norm Tensor.norm "
+    "torch.logsumexp Tensor.logsumexp torch.prod Tensor.prod F.softmax F.log_softmax "
+    "torch.softmax Tensor.softmax torch.log_softmax Tensor.log_softmax F.normalize F.layer_norm "
+    "F.rms_norm F.group_norm torch.max Tensor.max torch.min Tensor.min torch.argmax "
+    "Tensor.argmax torch.argmin Tensor.argmin",
+    # Conv / norm functionals used outside a module: recorded as ops so the graph is complete.
+    OpType.CONV: "F.conv1d F.conv2d F.conv3d",
+    OpType.CONV_TRANSPOSE: "F.conv_transpose1d F.conv_transpose2d F.conv_transpose3d",
+    OpType.BN: "F.batch_norm",
+    OpType.EMBED: "F.embedding",
+}
+
+#: Function object -> OpType. Anything else a traced model calls is ELEMENTWISE.
+FUNCTION_TYPES: dict[Callable, OpType] = {
+    fn: op for op, names in _FUNCTION_NAMES.items() for fn in _resolve(names)
+}
+
+#: Tensor methods/functions that never produce a new graph value worth a node.
+IGNORED_FUNCTIONS: frozenset = frozenset(
+    _resolve(
+        "Tensor.size Tensor.dim Tensor.numel Tensor.item Tensor.tolist Tensor.__len__ "
+        "Tensor.__format__ Tensor.__repr__ Tensor.__bool__ Tensor.__iter__ Tensor.data_ptr "
+        "Tensor.stride Tensor.is_contiguous Tensor.requires_grad_ Tensor.detach "
+        "Tensor.__hash__ Tensor.__index__ Tensor.__int__ Tensor.__float__ Tensor.dim_order"
+    )
+)
+
+
+def classify_function(func: Callable) -> OpType:
+    """Classify a torch-level function; unknown functions are ELEMENTWISE."""
+    try:
+        return FUNCTION_TYPES.get(func, OpType.ELEMENTWISE)
+    except TypeError:  # unhashable callables
+        return OpType.ELEMENTWISE
+
+
+def function_name(func: Callable) -> str:
+    """A short, stable name for a torch-level function ("add", "cat", "getitem")."""
+    name = getattr(func, "__name__", None) or type(func).__name__
+    if name == "__get__":  # property getters such as Tensor.T
+        owner = getattr(func, "__self__", None)
+        name = getattr(owner, "__name__", "get")
+    name = name.strip("_")
+    if name.startswith("r") and name[1:] in _REFLECTED:
+        name = name[1:]
+    if name.startswith("i") and name[1:] in _REFLECTED:
+        name = name[1:] + "_"
+    return name
+
+
+_REFLECTED = {"add", "sub", "mul", "truediv", "floordiv", "matmul", "pow", "and", "or", "xor",
+              "mod", "div"}

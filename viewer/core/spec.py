@@ -1,0 +1,226 @@
+"""Model specs: turn ``demo:resnet``, ``pkg.module:attr`` or ``path/file.py:attr`` into a model
+and example inputs, reproducibly (the same spec, kwargs, inputs and seed give the same model).
+
+    >>> lm = load_model("demo:cnn")
+    >>> type(lm.model).__name__, [tuple(t.shape) for t in lm.inputs]
+    ('SmallCNN', [(1, 3, 32, 32)])
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import DepViewError
+
+DTYPES = {
+    "float32": torch.float32, "float": torch.float32, "float16": torch.float16,
+    "half": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64,
+    "int64": torch.int64, "long": torch.int64, "int32": torch.int32, "int": torch.int32,
+    "bool": torch.bool,
+}
+_SHAPE = re.compile(r"^\d+(x\d+)*$")
+
+
+def parse_input(text: str) -> tuple[tuple[int, ...], str]:
+    """``"1x3x224x224"`` -> ((1, 3, 224, 224), "float32"); ``"1x16:int64"`` -> int64."""
+    shape_s, _, dtype = text.strip().partition(":")
+    dtype = dtype or "float32"
+    if not _SHAPE.match(shape_s):
+        raise DepViewError(f"bad --input {text!r}: expected a shape like 1x3x224x224[:int64]")
+    if dtype not in DTYPES:
+        raise DepViewError(f"bad --input {text!r}: unknown dtype {dtype!r}; "
+                           f"use one of {', '.join(sorted(DTYPES))}")
+    return tuple(int(s) for s in shape_s.split("x")), dtype
+
+
+def make_tensor(shape, dtype: str, device, gen: torch.Generator) -> torch.Tensor:
+    """A deterministic example tensor: normal floats, ints in [0, 2), bools all True."""
+    dt = DTYPES[dtype]
+    if str(device) == "meta":
+        return torch.empty(shape, dtype=dt, device="meta")
+    if dt.is_floating_point:
+        return torch.randn(shape, generator=gen).to(dt).to(device)
+    if dt == torch.bool:
+        return torch.ones(shape, dtype=dt, device=device)
+    return torch.randint(0, 2, shape, generator=gen, dtype=dt).to(device)
+
+
+@dataclass
+class LoadedModel:
+    """A model with its example inputs and everything needed to rebuild it (``source``)."""
+
+    model: nn.Module
+    inputs: tuple
+    source: dict
+    output_layers: list[str] = field(default_factory=list)
+    description: str = ""
+
+    @property
+    def label(self) -> str:
+        return self.source["spec"]
+
+
+def _resolve_attr(spec: str):
+    target, sep, attr = spec.rpartition(":")
+    if not sep or not target or not attr:
+        raise DepViewError(
+            f"bad model spec {spec!r}: use demo:NAME, package.module:attr or path/file.py:attr")
+    if target.endswith(".py"):
+        path = Path(target)
+        if not path.is_file():
+            raise DepViewError(f"model file not found: {target}")
+        name = f"_depview_user_{abs(hash(str(path.resolve())))}"
+        mod_spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(mod_spec)
+        sys.modules[name] = module
+        try:
+            mod_spec.loader.exec_module(module)
+        except Exception as exc:
+            raise DepViewError(f"importing {target} failed: {type(exc).__name__}: {exc}") from exc
+    else:
+        try:
+            module = importlib.import_module(target)
+        except Exception as exc:
+            raise DepViewError(f"cannot import module {target!r}: {type(exc).__name__}: "
+                               f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise DepViewError(f"{target} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def load_model(
+    spec: str,
+    *,
+    inputs: list[str] | None = None,
+    kwargs: dict | str | None = None,
+    weights: str | None = None,
+    device: str = "cpu",
+    seed: int = 0,
+) -> LoadedModel:
+    """Build the model a spec names, with example inputs, in eval mode.
+
+    ``inputs`` are shape strings (see :func:`parse_input`); demo models know their own.
+    ``weights`` is a ``.safetensors`` or ``.pt``/``.pth`` state_dict, loaded without pickle.
+    """
+    if isinstance(kwargs, str):
+        try:
+            kwargs = json.loads(kwargs) if kwargs.strip() else {}
+        except json.JSONDecodeError as exc:
+            raise DepViewError(f"--kwargs is not valid JSON: {exc}") from exc
+        if not isinstance(kwargs, dict):
+            raise DepViewError("--kwargs must be a JSON object, e.g. '{\"width\": 32}'")
+    kwargs = dict(kwargs or {})
+    if device not in ("cpu", "meta"):
+        raise DepViewError(f"unsupported device {device!r}: use cpu or meta")
+    if weights and device == "meta":
+        raise DepViewError("--weights cannot be loaded on the meta device; use --device cpu")
+    input_specs = [parse_input(s) for s in inputs or []]
+
+    torch.manual_seed(seed)
+    demo = None
+    output_layers: list[str] = []
+    description = ""
+    if spec.startswith("demo:"):
+        import demo_models
+
+        try:
+            demo = demo_models.get_demo(spec[5:])
+        except ValueError as exc:
+            raise DepViewError(str(exc)) from None
+        factory = demo.build
+        description = demo.description
+        if demo.output_layer:
+            output_layers = [demo.output_layer]
+    else:
+        factory = _resolve_attr(spec)
+    try:
+        with torch.device(device):
+            if isinstance(factory, nn.Module):
+                if kwargs:
+                    raise DepViewError(f"{spec} is a module instance; --kwargs cannot apply")
+                model = factory.to(device)
+            elif callable(factory):
+                model = factory(**kwargs)
+            else:
+                raise DepViewError(f"{spec} is not a class, factory or nn.Module")
+    except DepViewError:
+        raise
+    except Exception as exc:
+        raise DepViewError(f"building {spec} failed: {type(exc).__name__}: "
+                           f"{(str(exc).splitlines() or [''])[0]}") from exc
+    if not isinstance(model, nn.Module):
+        raise DepViewError(f"{spec} returned {type(model).__name__}, not an nn.Module")
+    model.eval()
+    if weights:
+        load_weights(model, weights)
+
+    gen = torch.Generator().manual_seed(seed)
+    if input_specs:
+        example = tuple(make_tensor(s, d, device, gen) for s, d in input_specs)
+    elif demo is not None:
+        example = tuple(demo.make_inputs(device))
+        input_specs = [(tuple(s), d) for s, d in demo.input_specs]
+    else:
+        raise DepViewError(f"{spec} needs example inputs: pass --input SHAPE[:DTYPE], "
+                           "e.g. --input 1x3x224x224")
+    source = {
+        "spec": spec,
+        "kwargs": kwargs,
+        "inputs": ["x".join(map(str, s)) + f":{d}" for s, d in input_specs],
+        "weights": str(weights) if weights else None,
+        "seed": seed,
+    }
+    return LoadedModel(model, example, source, output_layers, description)
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors from a ``.safetensors`` file or a weights-only ``.pt``/``.pth`` (never pickle)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DepViewError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as exc:
+            raise DepViewError(f"{path} is not a valid safetensors file: {exc}") from exc
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise DepViewError(f"{path} is not a weights-only checkpoint (no pickled code is "
+                           f"loaded): {first[:200]}") from exc
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise DepViewError(f"{path} does not hold a state_dict of tensors")
+    return obj
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    """Load a state_dict into ``model`` strictly, with a one-line error on mismatch."""
+    sd = read_state_dict(path)
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as exc:
+        missing = sorted(set(model.state_dict()) - set(sd))
+        unexpected = sorted(set(sd) - set(model.state_dict()))
+        detail = str(exc).splitlines()
+        shape_err = next((ln.strip() for ln in detail if "size mismatch" in ln), "")
+        raise DepViewError(
+            f"weights {path} do not fit the model: missing {missing[:3]}, unexpected "
+            f"{unexpected[:3]}{'; ' + shape_err if shape_err else ''}") from exc
