@@ -50,6 +50,7 @@ class Node:
     in_shapes: tuple[Shape, ...] = ()
     out_shapes: tuple[Shape, ...] = ()
     params: dict[str, str] = field(default_factory=dict)
+    buffers: dict[str, str] = field(default_factory=dict)  #: local buffer name -> state key
     param_shapes: dict[str, Shape] = field(default_factory=dict)
     grad_fn: str | None = None
     call: int = 0

@@ -556,7 +556,13 @@ def _reshape_rule(g, node, side, port, dim, units, pos, ctx):
                                if d - (len(eb) - len(ea)) < 0 or ea[d - (len(eb) - len(ea))] == 1
                                and eb[d] > 1)
     d, u, p = map_reshape(a, b, dim, units, pos, inferred, copies)
-    return [Flow("out" if side == "in" else "in", 0, d, u, p)]
+    flows = [Flow("out" if side == "in" else "in", 0, d, u, p)]
+    # A unit that had to grow to a whole slab of the new dim (a head, a shuffle column) owns
+    # the rest of that slab on this side too: send the completed slab back.
+    d2, u2, p2 = map_reshape(b, a, d, u, p)
+    if d2 == dim and len(p2) > len(pos):
+        flows.append(Flow(side, 0, dim, u2, p2))
+    return flows
 
 
 def _permute_rule(g, node, side, port, dim, units, pos, ctx):
@@ -742,8 +748,8 @@ def _reduction_rule(g, node, side, port, dim, units, pos, ctx):
     a, b = node.in_shapes[0], node.out_shapes[0]
     if side == "in":
         if dim in meta.dims:
+            ctx.inexact(f"'{node.name}' ({node.target}) reduces over pruned channels")
             if meta.keepdim and len(b) == len(a) and b[dim] == a[dim]:
-                ctx.inexact(f"'{node.name}' ({node.target}) normalises over pruned channels")
                 return [Flow("out", p, dim, units, pos) for p in range(len(node.out_shapes))]
             return []  # reduced away: fewer terms in the reduction, shapes unaffected
         od = dim if meta.keepdim or len(b) == len(a) else dim - sum(d < dim for d in meta.dims)

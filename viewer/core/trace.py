@@ -179,13 +179,14 @@ class _Tracer(TorchFunctionMode):
         for k, p in module.named_parameters():
             params[k] = self.param_names.get(id(p), params[k])
         pshapes = {k: tuple(p.shape) for k, p in module.named_parameters()}
+        buffers = {k: f"{path}.{k}" if path else k for k, _ in module.named_buffers()}
         ins = [t for _, t in flatten((args, kwargs))]
         outs = [t for _, t in flatten(output)]
         cls = type(module)
         self.add_node(
             dict(name=name, op_type=match_module(module), module=path,
                  target=f"module:{cls.__module__}.{cls.__qualname__}", params=params,
-                 param_shapes=pshapes, grad_fn=_grad_fn(outs), call=call,
+                 buffers=buffers, param_shapes=pshapes, grad_fn=_grad_fn(outs), call=call,
                  attrs=module_attrs(module), custom=custom_layer(module)),
             ins, outs,
         )

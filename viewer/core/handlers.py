@@ -1,0 +1,256 @@
+"""What pruning a member of a group does to a layer's tensors and attributes, per OpType.
+
+Two tables, one entry per OpType (a test checks both are complete):
+
+* :data:`CUTS` — ``cuts(node, side, dim, positions) -> [Cut]``: which state_dict tensors lose
+  which indices along which dim. ``reads=True`` marks cuts where the layer *reads* the removed
+  channels (a conv's input channels): zeroing exactly those gives the masked-equivalent model.
+* :data:`REFRESH` — ``refresh(module, widths)`` re-derives a module's attributes
+  (``out_channels``, ``num_features``, ``hidden_size``...) from its pruned tensors, so the pruned
+  model runs and prints correctly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from torch import nn
+
+from .graph import Node
+from .optypes import OpType
+
+
+@dataclass(frozen=True)
+class Cut:
+    """``key`` (a state_dict name) loses ``positions`` along ``dim``."""
+
+    key: str
+    dim: int
+    positions: np.ndarray
+    reads: bool = False
+
+
+def _key(node: Node, local: str) -> str:
+    return node.params.get(local) or node.buffers[local]
+
+
+def _cuts(node: Node, spec: list[tuple[str, int, bool]], pos) -> list[Cut]:
+    return [Cut(_key(node, k), d, pos, r) for k, d, r in spec
+            if k in node.params or k in node.buffers]
+
+
+def _conv(node, side, dim, pos):
+    if side == "out":
+        return _cuts(node, [("weight", 0, False), ("bias", 0, False)], pos)
+    return _cuts(node, [("weight", 1, True)], pos)
+
+
+def _conv_transpose(node, side, dim, pos):
+    if side == "out":
+        return _cuts(node, [("weight", 1, False), ("bias", 0, False)], pos)
+    return _cuts(node, [("weight", 0, True)], pos)
+
+
+def _per_channel(node, side, dim, pos):
+    # norms, depthwise convs, PReLU: every per-channel tensor loses the channel, once
+    if side == "in":
+        return []
+    names = ["weight", "bias", "running_mean", "running_var"]
+    if node.op_type is OpType.PRELU and node.param_shapes.get("weight", (1,))[0] == 1:
+        return []
+    return _cuts(node, [(n, 0, False) for n in names], pos)
+
+
+def _ln(node, side, dim, pos):
+    if side == "in":
+        return []
+    w = node.param_shapes.get("weight") or node.param_shapes.get("bias")
+    if not w:
+        return []
+    pdim = dim - (len(node.in_shapes[0]) - len(w))
+    return _cuts(node, [("weight", pdim, False), ("bias", pdim, False)], pos)
+
+
+def _linear(node, side, dim, pos):
+    transposed = "nf" in node.attrs  # Hugging Face Conv1D stores weight as (in, out)
+    if side == "out":
+        return _cuts(node, [("weight", 1 if transposed else 0, False), ("bias", 0, False)], pos)
+    return _cuts(node, [("weight", 0 if transposed else 1, True)], pos)
+
+
+def _embed(node, side, dim, pos):
+    return _cuts(node, [("weight", 1, False)], pos) if side == "out" else []
+
+
+def _recurrent(gates: int):
+    def cuts(node, side, dim, pos):
+        hidden = node.param_shapes["weight_hh_l0"][1]
+        layers = int(node.attrs.get("num_layers", 1))
+        sfxs = ["", "_reverse"] if node.attrs.get("bidirectional") else [""]
+        out: list[Cut] = []
+        if side == "in":
+            for s in sfxs:
+                out += _cuts(node, [(f"weight_ih_l0{s}", 1, True)], pos)
+            return out
+        h = np.unique(pos % hidden)
+        rows = (np.arange(gates)[:, None] * hidden + h[None, :]).reshape(-1)
+        # input features of layers >= 1 are [forward h | reverse h]
+        cols_in = np.concatenate([h + k * hidden for k in range(len(sfxs))])
+        for layer in range(layers):
+            for s in sfxs:
+                out += _cuts(node, [(f"weight_ih_l{layer}{s}", 0, False),
+                                    (f"bias_ih_l{layer}{s}", 0, False),
+                                    (f"weight_hh_l{layer}{s}", 0, False),
+                                    (f"bias_hh_l{layer}{s}", 0, False)], rows)
+                out += _cuts(node, [(f"weight_hh_l{layer}{s}", 1, True)], h)
+                if layer > 0:
+                    out += _cuts(node, [(f"weight_ih_l{layer}{s}", 1, True)], cols_in)
+        return out
+    return cuts
+
+
+def _custom(node, side, dim, pos):
+    entry = node.custom
+    dims = entry.in_dims if side == "in" else entry.out_dims
+    return [Cut(_key(node, k), d, pos, side == "in" and not entry.passthrough)
+            for k, d in dims.items()]
+
+
+def _parameter(node, side, dim, pos):
+    return [Cut(node.params[""], dim, pos, False)]
+
+
+def _none(node, side, dim, pos):
+    return []
+
+
+def _unsupported(node, side, dim, pos):
+    raise ValueError(f"'{node.name}' ({node.op_type.name}) cannot be pruned")
+
+
+CutFn = Callable[[Node, str, int, np.ndarray], list[Cut]]
+
+#: OpType -> which tensors lose which indices. Virtual ops own no tensors.
+CUTS: dict[OpType, CutFn] = {
+    OpType.INPUT: _unsupported,
+    OpType.OUTPUT: _unsupported,
+    OpType.BUFFER: _unsupported,
+    OpType.CONSTANT: _unsupported,
+    OpType.PARAMETER: _parameter,
+    OpType.CONV: _conv,
+    OpType.DEPTHWISE_CONV: _per_channel,
+    OpType.CONV_TRANSPOSE: _conv_transpose,
+    OpType.BN: _per_channel,
+    OpType.LN: _ln,
+    OpType.GN: _per_channel,
+    OpType.IN: _per_channel,
+    OpType.LINEAR: _linear,
+    OpType.PRELU: _per_channel,
+    OpType.EMBED: _embed,
+    OpType.MHA: _unsupported,
+    OpType.LSTM: _recurrent(4),
+    OpType.GRU: _recurrent(3),
+    OpType.RNN: _recurrent(1),
+    OpType.CUSTOMIZED: _custom,
+    **{t: _none for t in (
+        OpType.CONCAT, OpType.SPLIT, OpType.UNBIND, OpType.SLICE, OpType.RESHAPE,
+        OpType.PERMUTE, OpType.EXPAND, OpType.PIXEL_SHUFFLE, OpType.SPATIAL, OpType.MATMUL,
+        OpType.ATTENTION, OpType.REDUCTION, OpType.ELEMENTWISE)},
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Attribute refresh: derive attributes from the (already pruned) tensors.
+
+Widths = dict[str, int]  # {"in": new input channels, "out": new output channels}
+
+
+def _refresh_conv(m: nn.Module, w: Widths) -> None:
+    if isinstance(m, nn.modules.conv._ConvTransposeNd):
+        m.in_channels = m.weight.shape[0]
+        m.out_channels = m.weight.shape[1] * m.groups
+    else:
+        m.out_channels = m.weight.shape[0]
+        m.in_channels = m.weight.shape[1] * m.groups
+
+
+def _refresh_depthwise(m: nn.Module, w: Widths) -> None:
+    m.groups = m.in_channels = m.out_channels = m.weight.shape[0]
+
+
+def _refresh_norm(m: nn.Module, w: Widths) -> None:
+    if getattr(m, "running_mean", None) is not None:
+        m.num_features = m.running_mean.shape[0]
+    elif getattr(m, "weight", None) is not None:
+        m.num_features = m.weight.shape[0]
+    elif "out" in w:
+        m.num_features = w["out"]
+
+
+def _refresh_gn(m: nn.Module, w: Widths) -> None:
+    m.num_channels = m.weight.shape[0] if m.weight is not None else w.get("out", m.num_channels)
+
+
+def _refresh_ln(m: nn.Module, w: Widths) -> None:
+    if getattr(m, "weight", None) is not None:
+        m.normalized_shape = tuple(m.weight.shape)
+    elif "out" in w:
+        m.normalized_shape = (*tuple(m.normalized_shape)[:-1], w["out"])
+
+
+def _refresh_linear(m: nn.Module, w: Widths) -> None:
+    if hasattr(m, "nf"):  # Hugging Face Conv1D
+        m.nf = m.weight.shape[1]
+        return
+    m.out_features, m.in_features = m.weight.shape
+
+
+def _refresh_prelu(m: nn.Module, w: Widths) -> None:
+    m.num_parameters = m.weight.numel()
+
+
+def _refresh_embed(m: nn.Module, w: Widths) -> None:
+    m.num_embeddings, m.embedding_dim = m.weight.shape
+
+
+def _refresh_rnn(m: nn.Module, w: Widths) -> None:
+    m.input_size = m.weight_ih_l0.shape[1]
+    m.hidden_size = m.weight_hh_l0.shape[1]
+    m._init_flat_weights()
+
+
+def _refresh_custom(m: nn.Module, w: Widths) -> None:
+    from .optypes import custom_layer
+
+    entry = custom_layer(m)
+    if entry is not None and entry.update is not None:
+        entry.update(m)
+
+
+def _refresh_none(m: nn.Module, w: Widths) -> None:
+    pass
+
+
+#: OpType -> how a pruned module's attributes follow its tensors.
+REFRESH: dict[OpType, Callable[[nn.Module, Widths], None]] = {
+    OpType.CONV: _refresh_conv,
+    OpType.CONV_TRANSPOSE: _refresh_conv,
+    OpType.DEPTHWISE_CONV: _refresh_depthwise,
+    OpType.BN: _refresh_norm,
+    OpType.IN: _refresh_norm,
+    OpType.GN: _refresh_gn,
+    OpType.LN: _refresh_ln,
+    OpType.LINEAR: _refresh_linear,
+    OpType.PRELU: _refresh_prelu,
+    OpType.EMBED: _refresh_embed,
+    OpType.LSTM: _refresh_rnn,
+    OpType.GRU: _refresh_rnn,
+    OpType.RNN: _refresh_rnn,
+    OpType.CUSTOMIZED: _refresh_custom,
+    **{t: _refresh_none for t in OpType if t not in (
+        OpType.CONV, OpType.CONV_TRANSPOSE, OpType.DEPTHWISE_CONV, OpType.BN, OpType.IN,
+        OpType.GN, OpType.LN, OpType.LINEAR, OpType.PRELU, OpType.EMBED, OpType.LSTM,
+        OpType.GRU, OpType.RNN, OpType.CUSTOMIZED)},
+}

@@ -1,0 +1,463 @@
+"""Importance, plans, preview, apply and verification.
+
+    >>> lm = load_model("demo:resnet")
+    >>> session = Pruner(lm.model, lm.inputs)            # traces once, finds all groups
+    >>> plan = session.plan(ratio=0.5, importance="l1")  # which units each group loses
+    >>> session.preview(plan)["params"]                   # {"before": ..., "after": ...}
+    >>> pruned = session.apply(plan)                     # a pruned copy; lm.model untouched
+    >>> session.verify(pruned, plan)["masked_equivalence"]["max_abs_diff"]
+
+A plan is plain data (group id -> removed unit ids) and can be saved as JSON.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from .errors import DepViewError
+from .graph import Graph
+from .groups import Group, all_groups
+from .handlers import CUTS, REFRESH, Cut
+from .optypes import OpType
+from .trace import build_graph, flatten, module_attrs
+
+IMPORTANCE = ("l1", "l2", "bn", "random", "taylor")
+
+
+@dataclass
+class Plan:
+    """Which units of which groups go. ``removed[group_id] = sorted unit ids``."""
+
+    removed: dict[int, list[int]]
+    settings: dict = field(default_factory=dict)
+    scores: dict[int, list[float]] = field(default_factory=dict)
+    skipped: dict[int, str] = field(default_factory=dict)  # group id -> why it was left alone
+
+    def to_dict(self) -> dict:
+        return {"settings": self.settings,
+                "removed": {str(k): v for k, v in self.removed.items()},
+                "skipped": {str(k): v for k, v in self.skipped.items()}}
+
+    @property
+    def n_removed(self) -> int:
+        return sum(len(v) for v in self.removed.values())
+
+
+def parse_ignore(items) -> set[tuple[str, str]]:
+    """``["fc", "layer1.0.conv1:out"]`` -> {("fc", "in"), ("fc", "out"), ("layer1.0.conv1",
+    "out")}: a bare name ignores both sides."""
+    out: set[tuple[str, str]] = set()
+    for it in items or ():
+        name, _, side = str(it).rpartition(":") if str(it).endswith((":in", ":out")) else \
+            (str(it), "", "")
+        sides = [side] if side else ["in", "out"]
+        out |= {(name, s) for s in sides}
+    return out
+
+
+def _tensor_lookup(model: nn.Module) -> dict[str, tuple[nn.Module, str, torch.Tensor]]:
+    """state_dict key -> (owning module, attribute name, tensor), aliases included."""
+    table = {}
+    for mname, mod in model.named_modules(remove_duplicate=False):
+        prefix = f"{mname}." if mname else ""
+        for n, p in mod._parameters.items():
+            if p is not None:
+                table[prefix + n] = (mod, n, p)
+        for n, b in mod._buffers.items():
+            if b is not None:
+                table[prefix + n] = (mod, n, b)
+    return table
+
+
+def _aliases(model: nn.Module) -> dict[str, list[str]]:
+    """canonical key -> every state_dict key naming the same tensor (tied weights)."""
+    by_id: dict[int, list[str]] = defaultdict(list)
+    for k, (_, _, t) in _tensor_lookup(model).items():
+        by_id[id(t)].append(k)
+    return {ks[0]: ks for ks in by_id.values()} | {k: ks for ks in by_id.values() for k in ks}
+
+
+class Pruner:
+    """One model, its graph and groups; plans, previews, applies and verifies.
+
+    The model given is never modified: ``apply`` returns a pruned deep copy.
+    """
+
+    def __init__(self, model: nn.Module, inputs, graph: Graph | None = None,
+                 groups: list[Group] | None = None, output_layers: list[str] = ()):
+        self.model = model
+        self.inputs = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+        self.graph = graph if graph is not None else build_graph(model, self.inputs)
+        self.groups = groups if groups is not None else all_groups(self.graph)
+        self.output_layers = list(output_layers)
+        self._validated: dict[int, str] = {}
+        self._before: dict | None = None
+
+    # -- cuts -----------------------------------------------------------------------------
+    def cuts(self, group: Group, units) -> list[Cut]:
+        """Tensor cuts for removing ``units`` of ``group``."""
+        units = np.asarray(sorted(units), dtype=np.int64)
+        out: list[Cut] = []
+        for m in group.members:
+            pos = m.indices(units)
+            if len(pos):
+                out += CUTS[m.op_type](self.graph.nodes[m.node], m.side, m.dim, pos)
+        return out
+
+    def reason(self, group: Group, ignore: set[tuple[str, str]] = frozenset()) -> str:
+        """Why a group cannot be pruned ("" if it can)."""
+        if group.reason:
+            return group.reason
+        for m in group.members:
+            side = "out" if m.side in ("out", "param") else "in"
+            if (m.node_name, side) in ignore or (m.module, side) in ignore:
+                return f"'{m.node_name}' {'outputs' if side == 'out' else 'inputs'} are ignored"
+            if m.side == "out" and m.module in self.output_layers:
+                return f"'{m.module}' is the model's output layer"
+        return self._validated.get(group.id, "")
+
+    # -- importance -----------------------------------------------------------------------
+    def importance(self, group: Group, criterion: str = "l1", seed: int = 0,
+                   grads: dict[str, torch.Tensor] | None = None) -> np.ndarray:
+        """One score per unit (higher = more important), aggregated over the whole group."""
+        if criterion not in IMPORTANCE:
+            raise DepViewError(f"unknown importance {criterion!r}; use one of "
+                               f"{', '.join(IMPORTANCE)}")
+        n = group.n_units
+        if criterion == "random":
+            return np.random.default_rng(seed * 100003 + group.id).random(n)
+        table = _tensor_lookup(self.model)
+        scores = np.zeros(n)
+        bn_only = criterion == "bn"
+        if criterion == "taylor" and grads is None:
+            grads = taylor_grads(self.model, self.inputs)
+        for m in group.members:
+            if bn_only and m.op_type not in (OpType.BN, OpType.GN, OpType.IN, OpType.LN):
+                continue
+            node = self.graph.nodes[m.node]
+            all_pos = np.arange(int(m.pos.max()) + 1 if len(m.pos) else 0)
+            for cut in CUTS[m.op_type](node, m.side, m.dim, all_pos):
+                if cut.key not in table or "running" in cut.key:
+                    continue
+                t = table[cut.key][2].detach()
+                if t.device.type == "meta":
+                    continue
+                if criterion == "taylor":
+                    g = grads.get(cut.key)
+                    if g is None:
+                        continue
+                    t = (t * g).abs()
+                if bn_only and not cut.key.endswith("weight"):
+                    continue
+                t = t.float().abs() if criterion != "l2" else t.float().pow(2)
+                per = t.transpose(0, cut.dim).reshape(t.shape[cut.dim], -1).sum(1).numpy()
+                sel = m.pos < len(per)
+                np.add.at(scores, m.unit[sel], per[m.pos[sel]])
+        if bn_only and not scores.any():
+            return self.importance(group, "l1", seed)
+        return scores
+
+    # -- plans ----------------------------------------------------------------------------
+    def plan(self, ratio: float = 0.5, importance: str = "l1", global_: bool = False,
+             round_to: int = 1, ignore=(), overrides: dict[int, float] | None = None,
+             seed: int = 0, validate: bool = True) -> Plan:
+        """Choose units to remove: ``ratio`` of every prunable group (or of all units ranked
+        together with ``global_``), keeping a multiple of ``round_to`` and at least one."""
+        if not (isinstance(ratio, (int, float)) and 0 <= ratio < 1):
+            raise DepViewError(f"ratio must be in [0, 1), got {ratio}")
+        if int(round_to) < 1:
+            raise DepViewError(f"round_to must be >= 1, got {round_to}")
+        overrides = dict(overrides or {})
+        for gid, r in overrides.items():
+            if not 0 <= r < 1:
+                raise DepViewError(f"override ratio for group {gid} must be in [0, 1), got {r}")
+        ignore_set = parse_ignore(ignore) if not isinstance(ignore, set) else ignore
+        grads = taylor_grads(self.model, self.inputs) if importance == "taylor" else None
+        settings = {"ratio": ratio, "importance": importance, "global": global_,
+                    "round_to": round_to, "ignore": sorted(f"{a}:{b}" for a, b in ignore_set),
+                    "overrides": {str(k): v for k, v in overrides.items()}, "seed": seed}
+        if validate:
+            self.validate_groups()
+        prunable = [g for g in self.groups if not self.reason(g, ignore_set)]
+        skipped = {g.id: self.reason(g, ignore_set) for g in self.groups
+                   if self.reason(g, ignore_set)}
+        scores = {g.id: self.importance(g, importance, seed, grads) for g in prunable}
+        n_remove: dict[int, int] = {}
+        if global_:
+            pool = []
+            for g in prunable:
+                s = scores[g.id]
+                norm = s / (s.mean() + 1e-12) if s.any() else s
+                pool += [(float(v), g.id) for v in norm]
+            budget = int(ratio * len(pool))
+            counts: dict[int, int] = defaultdict(int)
+            for _, gid in sorted(pool)[:budget]:
+                counts[gid] += 1
+            n_remove = {g.id: counts[g.id] for g in prunable}
+        else:
+            n_remove = {g.id: int(math.floor(g.n_units * ratio)) for g in prunable}
+        for g in prunable:
+            if g.id in overrides:
+                n_remove[g.id] = int(math.floor(g.n_units * overrides[g.id]))
+            keep = g.n_units - n_remove[g.id]
+            keep = max(round_to, int(math.ceil(keep / round_to)) * round_to)
+            n_remove[g.id] = max(0, g.n_units - min(keep, g.n_units))
+        removed = {}
+        for g in prunable:
+            k = n_remove[g.id]
+            if k:
+                order = np.argsort(scores[g.id], kind="stable")
+                removed[g.id] = sorted(int(u) for u in order[:k])
+        return Plan(removed, settings, {k: [float(x) for x in v] for k, v in scores.items()},
+                    skipped)
+
+    def plan_from_dict(self, d: dict) -> Plan:
+        return Plan({int(k): list(v) for k, v in d.get("removed", {}).items()},
+                    d.get("settings", {}), {}, {int(k): v for k, v in d.get("skipped", {}).items()})
+
+    # -- applying -------------------------------------------------------------------------
+    def changes(self, plan: Plan) -> dict[str, dict[int, np.ndarray]]:
+        """state_dict key -> {dim: removed positions}, over all groups of the plan."""
+        by_id = {g.id: g for g in self.groups}
+        acc: dict[str, dict[int, set]] = defaultdict(lambda: defaultdict(set))
+        for gid, units in plan.removed.items():
+            if gid not in by_id:
+                raise DepViewError(f"plan names group {gid}, which this model does not have")
+            for cut in self.cuts(by_id[gid], units):
+                acc[cut.key][cut.dim].update(int(p) for p in cut.positions)
+        return {k: {d: np.asarray(sorted(v), dtype=np.int64) for d, v in dims.items()}
+                for k, dims in acc.items()}
+
+    def widths(self, plan: Plan) -> dict[str, dict[str, int]]:
+        """module path -> {"in"/"out": new channel count} for layers a plan touches."""
+        by_id = {g.id: g for g in self.groups}
+        out: dict[str, dict[str, int]] = defaultdict(dict)
+        for gid, units in plan.removed.items():
+            g = by_id[gid]
+            for m in g.members:
+                if m.side == "param":
+                    continue
+                node = self.graph.nodes[m.node]
+                shape = node.in_shapes[0] if m.side == "in" else node.out_shapes[0]
+                out[node.module][m.side] = shape[m.dim] - len(m.indices(units))
+        return out
+
+    def apply(self, plan: Plan, device: str | None = None) -> nn.Module:
+        """A pruned copy of the model. ``device="meta"`` builds it without memory (for
+        previews); otherwise tensors are index-selected from the original."""
+        return materialize(self.model, self.graph, self.changes(plan), self.widths(plan),
+                           device)
+
+    def kept(self, plan: Plan) -> dict[str, dict[str, list[int]]]:
+        """state_dict key -> {dim: kept indices}: the slicing invariant of plan.json."""
+        table = _tensor_lookup(self.model)
+        aliases = _aliases(self.model)
+        out = {}
+        for key, dims in self.changes(plan).items():
+            t = table[key][2]
+            entry = {str(d): [int(i) for i in np.setdiff1d(np.arange(t.shape[d]), rem)]
+                     for d, rem in sorted(dims.items())}
+            for k in aliases.get(key, [key]):
+                out[k] = entry
+        return out
+
+    # -- preview and verification ---------------------------------------------------------
+    def preview(self, plan: Plan) -> dict:
+        """Params and MACs before -> after and per-layer widths, without touching the model
+        (the pruned copy is built on the meta device)."""
+        meta_inputs = _to_meta(self.inputs)
+        if self._before is None:
+            self._before = count(materialize(self.model, self.graph, {}, {}, "meta"),
+                                 meta_inputs)
+        before = self._before
+        try:
+            pruned = self.apply(plan, device="meta")
+            after = count(pruned, meta_inputs)
+        except Exception as exc:
+            raise DepViewError(f"the pruned model does not run: {type(exc).__name__}: "
+                               f"{(str(exc).splitlines() or [''])[0]}") from exc
+        widths = self.widths(plan)
+        layers = []
+        for n in self.graph.nodes:
+            if not n.is_module or n.call or not n.params:
+                continue
+            w_out = n.out_shapes[0][_out_dim(n)] if n.out_shapes and n.out_shapes[0] else 0
+            layers.append({"name": n.name, "op_type": n.op_type.value, "before": int(w_out),
+                           "after": int(widths.get(n.module, {}).get("out", w_out))})
+        return {"params": {"before": before["params"], "after": after["params"]},
+                "macs": {"before": before["macs"], "after": after["macs"]},
+                "layers": layers, "removed_units": plan.n_removed,
+                "groups_pruned": len(plan.removed)}
+
+    def validate_groups(self) -> dict[int, str]:
+        """Shrink each structurally prunable group by one unit on the meta device and run the
+        model; a group whose pruned model fails (a hard-coded view/split size, ...) is marked
+        not prunable with the error. Cached."""
+        meta_inputs = _to_meta(self.inputs)
+        for g in self.groups:
+            if g.id in self._validated or g.reason:
+                continue
+            plan = Plan({g.id: [g.n_units - 1]})
+            try:
+                pruned = self.apply(plan, device="meta")
+                run(pruned, meta_inputs)
+                self._validated[g.id] = ""
+            except Exception as exc:
+                msg = (str(exc).strip().splitlines() or [""])[0][:160]
+                self._validated[g.id] = (f"the model's forward fails when this group shrinks "
+                                         f"({type(exc).__name__}: {msg})")
+        return {k: v for k, v in self._validated.items() if v}
+
+    def masked_model(self, plan: Plan) -> nn.Module:
+        """The original model with every weight that *reads* a removed channel zeroed: its
+        outputs must equal the pruned model's (masked equivalence)."""
+        masked = copy.deepcopy(self.model)
+        table = _tensor_lookup(masked)
+        by_id = {g.id: g for g in self.groups}
+        with torch.no_grad():
+            for gid, units in plan.removed.items():
+                for cut in self.cuts(by_id[gid], units):
+                    if cut.reads:
+                        t = table[cut.key][2]
+                        t.index_fill_(cut.dim, torch.as_tensor(cut.positions), 0)
+        return masked
+
+    def verify(self, pruned: nn.Module, plan: Plan, masked: bool = True) -> dict:
+        """Forward on the example inputs, output shapes kept, and masked equivalence (when
+        every pruned group is exact: no norm or softmax over pruned channels)."""
+        res: dict = {"forward": False, "shapes_kept": False}
+        try:
+            out_p = run(pruned, self.inputs)
+            res["forward"] = True
+        except Exception as exc:
+            res["error"] = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+            return res
+        out_o = run(self.model, self.inputs)
+        fo, fp = flatten(out_o), flatten(out_p)
+        res["output_shapes"] = {p or "output": list(t.shape) for p, t in fp}
+        res["shapes_kept"] = [t.shape for _, t in fo] == [t.shape for _, t in fp]
+        by_id = {g.id: g for g in self.groups}
+        inexact = [gid for gid in plan.removed if not by_id[gid].exact]
+        if masked and not inexact and _real(self.model):
+            out_m = flatten(run(self.masked_model(plan), self.inputs))
+            diffs = [float((a.float() - b.float()).abs().max()) for (_, a), (_, b)
+                     in zip(out_m, fp, strict=True) if a.is_floating_point()]
+            scale = max([float(a.float().abs().max()) for _, a in out_m] + [1e-12])
+            res["masked_equivalence"] = {"max_abs_diff": max(diffs, default=0.0),
+                                         "rel_diff": max(diffs, default=0.0) / scale,
+                                         "ok": max(diffs, default=0.0) <= 1e-4 * max(1, scale)}
+        else:
+            res["masked_equivalence"] = {
+                "skipped": f"{len(inexact)} pruned group(s) change normalisation statistics"
+                if inexact else "model has no real weights"}
+        return res
+
+
+def _out_dim(node) -> int:
+    s = node.out_shapes[0]
+    if node.op_type in (OpType.CONV, OpType.CONV_TRANSPOSE, OpType.DEPTHWISE_CONV, OpType.BN,
+                        OpType.GN, OpType.IN) or (len(s) == 4 and node.op_type is OpType.PRELU):
+        return 1
+    return len(s) - 1
+
+
+def _real(model: nn.Module) -> bool:
+    p = next(iter(model.parameters()), None)
+    return p is None or p.device.type != "meta"
+
+
+def _to_meta(inputs):
+    return tuple(torch.empty_like(t, device="meta") if isinstance(t, torch.Tensor) else t
+                 for t in inputs)
+
+
+def run(model: nn.Module, inputs):
+    with torch.no_grad():
+        if isinstance(inputs, dict):
+            return model(**inputs)
+        return model(*inputs)
+
+
+def count(model: nn.Module, inputs) -> dict:
+    """Parameters (unique tensors) and MACs of one forward (FlopCounterMode FLOPs / 2)."""
+    params = sum(p.numel() for p in model.parameters())
+    counter = FlopCounterMode(display=False)
+    with counter:
+        run(model, inputs)
+    return {"params": int(params), "macs": int(counter.get_total_flops() // 2)}
+
+
+def taylor_grads(model: nn.Module, inputs) -> dict[str, torch.Tensor]:
+    """Gradients of a surrogate loss (mean of squared outputs) for first-order Taylor scores.
+
+    The model itself is not changed (a copy runs the backward pass)."""
+    m = copy.deepcopy(model)
+    m.zero_grad(set_to_none=True)
+    with torch.enable_grad():
+        out = m(*inputs) if not isinstance(inputs, dict) else m(**inputs)
+        loss = sum(t.float().pow(2).mean() for _, t in flatten(out) if t.is_floating_point())
+        loss.backward()
+    return {k: p.grad.detach() for k, p in m.named_parameters() if p.grad is not None}
+
+
+def materialize(model: nn.Module, graph: Graph, changes: dict[str, dict[int, np.ndarray]],
+                widths: dict[str, dict[str, int]], device: str | None = None) -> nn.Module:
+    """A deep copy of ``model`` whose tensors lost ``changes`` and whose attributes follow.
+
+    With ``device="meta"`` no tensor data is copied at all (the memo of deepcopy maps every
+    tensor to an empty meta tensor of its new shape).
+    """
+    table = _tensor_lookup(model)
+    memo: dict[int, object] = {}
+    for key, (_, _, t) in table.items():
+        if id(t) in memo:
+            continue
+        dims = changes.get(key, {})
+        if device == "meta":
+            shape = list(t.shape)
+            for d, rem in dims.items():
+                shape[d] -= len(rem)
+            new = torch.empty(shape, dtype=t.dtype, device="meta")
+        else:
+            new = t.detach()
+            for d, rem in dims.items():
+                keep = np.setdiff1d(np.arange(t.shape[d]), rem)
+                new = new.index_select(d, torch.as_tensor(keep, device=t.device))
+            if not dims:
+                new = new.clone()
+        if isinstance(t, nn.Parameter):
+            new = nn.Parameter(new, requires_grad=t.requires_grad)
+        memo[id(t)] = new
+    pruned = copy.deepcopy(model, memo)
+    mods = dict(pruned.named_modules())
+    touched = {key.rpartition(".")[0] for key in changes} | set(widths)
+    seen = set()
+    for node in graph.nodes:
+        if node.module in touched and node.is_module and node.module not in seen:
+            seen.add(node.module)
+            mod = mods.get(node.module)
+            if mod is not None:
+                REFRESH[node.op_type](mod, widths.get(node.module, {}))
+    return pruned
+
+
+def attr_changes(original: nn.Module, pruned: nn.Module) -> dict[str, dict]:
+    """module path -> {attribute: new value} for public scalar attributes that changed."""
+    out = {}
+    pm = dict(pruned.named_modules())
+    for name, mod in original.named_modules():
+        if name not in pm:
+            continue
+        a, b = module_attrs(mod), module_attrs(pm[name])
+        diff = {k: v for k, v in b.items() if a.get(k) != v}
+        if diff:
+            out[name] = diff
+    return out
