@@ -53,6 +53,85 @@ def cmd_graph(args) -> int:
     return 0
 
 
+def _pruner(args, lm):
+    from .core.prune import Pruner
+    from .core.trace import build_graph
+
+    graph = build_graph(lm.model, lm.inputs)
+    return Pruner(lm.model, lm.inputs, graph=graph, output_layers=lm.output_layers)
+
+
+def cmd_groups(args) -> int:
+    lm = _load(args)
+    pruner = _pruner(args, lm)
+    if args.device != "meta" and not args.no_validate:
+        pruner.validate_groups()
+    from .core.prune import parse_ignore
+
+    ignore = parse_ignore(args.ignore)
+    rows = []
+    for g in pruner.groups:
+        d = g.to_dict(with_indices=not args.no_indices)
+        d["reason"] = pruner.reason(g, ignore)
+        d["prunable"] = not d["reason"] and g.n_units > 1
+        rows.append(d)
+    _write_json({"spec": args.spec, "groups": rows}, args.json)
+    if args.json != "-":
+        n_ok = sum(r["prunable"] for r in rows)
+        print(f"{len(rows)} groups, {n_ok} prunable -> {args.json}")
+    return 0
+
+
+def cmd_prune(args) -> int:
+    from .core.export import export_dir
+
+    lm = _load(args)
+    if args.device == "meta":
+        raise DepViewError("prune needs real weights: use --device cpu")
+    pruner = _pruner(args, lm)
+    overrides = {}
+    for item in args.override:
+        gid, _, r = item.partition("=")
+        try:
+            overrides[int(gid)] = float(r)
+        except ValueError:
+            raise DepViewError(f"bad --override {item!r}: use GROUP_ID=RATIO") from None
+    plan = pruner.plan(args.ratio, args.importance, global_=args.global_, round_to=args.round_to,
+                       ignore=args.ignore, overrides=overrides, seed=args.seed)
+    pruned = pruner.apply(plan)
+    verification = pruner.verify(pruned, plan)
+    if not verification.get("forward"):
+        raise DepViewError(f"the pruned model fails to run: {verification.get('error')}")
+    out = export_dir(pruner, plan, pruned, args.out, lm.source, verification)
+    report = json.loads((out / "report.json").read_text())
+    p, m = report["params"], report["macs"]
+    print(f"pruned {report['units_removed']} units in {report['groups_pruned']} groups: "
+          f"params {p['before']:,} -> {p['after']:,}, MACs {m['before']:,} -> {m['after']:,}"
+          f" -> {out}")
+    return 0
+
+
+def cmd_check(args) -> int:
+    from .core.export import check_dir
+
+    res = check_dir(args.dir)
+    if args.json:
+        _write_json(res, args.json)
+    else:
+        status = "OK" if res.get("ok") else "FAILED"
+        ran = "ran" if res.get("forward") else "failed"
+        print(f"{status}: {res['spec']} reloaded, forward {ran}"
+              f", output shapes {res.get('output_shapes')}"
+              + (f" ({res.get('error')})" if res.get("error") else ""))
+    return 0 if res.get("ok") else 1
+
+
+def cmd_serve(args) -> int:
+    from .app.main import cmd_serve as serve
+
+    return serve(args)
+
+
 def cmd_demos(args) -> int:
     import demo_models
 
@@ -67,29 +146,87 @@ def cmd_demos(args) -> int:
     return 0
 
 
+def _ratio(text: str) -> float:
+    try:
+        r = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= r < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {r}")
+    return r
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage wall)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m viewer",
         description="DepView: a PyTorch model as a typed dependency graph, pruned structurally.")
-    sub = parser.add_subparsers(dest="command")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
 
     p = sub.add_parser("graph", help="trace a model and write its typed graph as JSON")
     _add_model_options(p)
     p.add_argument("--json", required=True, metavar="PATH|-")
     p.set_defaults(func=cmd_graph)
 
+    p = sub.add_parser("groups", help="compute every pruning group and write them as JSON")
+    _add_model_options(p)
+    p.add_argument("--json", required=True, metavar="PATH|-")
+    p.add_argument("--ignore", action="append", default=[], metavar="NAME[:in|:out]")
+    p.add_argument("--no-indices", action="store_true", help="omit per-member index lists")
+    p.add_argument("--no-validate", action="store_true",
+                   help="skip the meta-device check that each group's pruned model still runs")
+    p.set_defaults(func=cmd_groups)
+
+    p = sub.add_parser("prune", help="prune a model and write an export directory")
+    _add_model_options(p)
+    p.add_argument("--ratio", type=_ratio, required=True, help="fraction of units to remove, "
+                   "in [0, 1)")
+    p.add_argument("--importance", default="l1", choices=["l1", "l2", "bn", "random", "taylor"])
+    p.add_argument("--global", dest="global_", action="store_true",
+                   help="rank units across all groups instead of a uniform ratio per group")
+    p.add_argument("--ignore", action="append", default=[], metavar="NAME[:in|:out]")
+    p.add_argument("--round-to", type=int, default=1, metavar="N",
+                   help="keep a multiple of N units per group")
+    p.add_argument("--override", action="append", default=[], metavar="GROUP_ID=RATIO")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("check", help="reload an export directory and run it")
+    p.add_argument("dir")
+    p.add_argument("--json", default=None, metavar="PATH|-")
+    p.set_defaults(func=cmd_check)
+
     p = sub.add_parser("demos", help="list the demo models")
     p.add_argument("--json", default=None, metavar="PATH|-")
     p.set_defaults(func=cmd_demos)
+
+    p = sub.add_parser("serve", help="start the browser app (the default command)")
+    _add_serve_options(p)
+    p.set_defaults(func=cmd_serve)
     return parser
+
+
+def _add_serve_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", action="append", default=[], metavar="SPEC",
+                   help="add a model to the picker (repeatable)")
+    _add_model_options(p, spec_required=False)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8050)
+    p.add_argument("--debug", action="store_true")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        argv = ["serve", *argv]  # bare `python -m viewer` starts the app
     args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
     try:
         return args.func(args)
     except DepViewError as exc:

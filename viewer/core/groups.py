@@ -318,7 +318,8 @@ def _elementwise_rule(g, node, side, port, dim, units, pos, ctx):
     out = outs[0]
     # sanity: every input must broadcast to the output, or we do not know this op
     for s in node.in_shapes:
-        if len(s) > len(out) or any(a not in (1, b) for a, b in zip(s[::-1], out[::-1], strict=False)):
+        pairs = zip(s[::-1], out[::-1], strict=False)
+        if len(s) > len(out) or any(a not in (1, b) for a, b in pairs):
             if s != () and len(s) > 0:
                 ctx.block(f"'{node.name}' ({node.target}) changes shape in a way DepView does "
                           "not model")

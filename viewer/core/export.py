@@ -1,0 +1,258 @@
+"""Export a pruned model as a directory anyone can reload without pickle, and reload it.
+
+Layout of an export directory::
+
+    model.safetensors   the pruned state_dict (tied tensors stored under each name)
+    plan.json           source spec + kept indices per tensor dim + changed module attributes
+    report.json         params/MACs before and after, output shapes, verification
+    model.pt2           torch.export program, when the model exports (report says if not)
+
+Every pruned tensor equals the original tensor index-selected along the dims in plan.json::
+
+    pruned[key] == original[key].index_select(d0, kept["0"]).index_select(d1, kept["1"]) ...
+
+:func:`load_pruned` rebuilds the original architecture from the spec, applies exactly that
+slicing and those attributes, then loads the weights strictly.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import platform
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import DepViewError
+from .prune import Plan, Pruner, _tensor_lookup, attr_changes, run
+from .spec import load_model, read_state_dict
+from .trace import flatten
+
+FORMAT = "depview-pruned/1"
+FILES = ("model.safetensors", "plan.json", "report.json")
+
+
+def _versions() -> dict:
+    import safetensors
+
+    return {"torch": torch.__version__, "safetensors": safetensors.__version__,
+            "python": platform.python_version(), "depview": _depview_version()}
+
+
+def _depview_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("depview")
+    except Exception:
+        return "unknown"
+
+
+def _state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    # safetensors refuses tensors that share memory: store each name as its own copy
+    return {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+
+
+def export_dir(pruner: Pruner, plan: Plan, pruned: nn.Module, out_dir: str | Path,
+               source: dict, verification: dict | None = None,
+               history: list[dict] | None = None) -> Path:
+    """Write the export directory for ``pruned`` (made by ``pruner.apply(plan)``).
+
+    ``source`` is :attr:`LoadedModel.source`; ``history`` lists earlier rounds' plan.json
+    entries when the pruner's model was itself a pruned model (several rounds).
+    """
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    original = pruner.model
+    verification = verification if verification is not None else pruner.verify(pruned, plan)
+    preview = pruner.preview(plan)
+    rounds = list(history or []) + [{
+        "tensors": pruner.kept(plan),
+        "attrs": attr_changes(original, pruned),
+        "plan": plan.to_dict(),
+        "groups": {str(gid): {"root": pruner.groups[gid].root, "removed_units": units}
+                   for gid, units in plan.removed.items()},
+    }]
+    plan_json = {"format": FORMAT, "source": source, "versions": _versions(), "rounds": rounds}
+    # single-round exports also expose the documented top-level keys
+    plan_json["tensors"] = rounds[-1]["tensors"] if len(rounds) == 1 else _compose(rounds)
+    plan_json["attrs"] = _merge_attrs(rounds)
+    save_file(_state_dict(pruned), str(out / "model.safetensors"),
+              metadata={"format": FORMAT})
+    (out / "plan.json").write_text(json.dumps(plan_json, indent=1))
+    report = {
+        "params": preview["params"], "macs": preview["macs"],
+        "output_shapes": verification.get("output_shapes"),
+        "verification": verification,
+        "groups_pruned": len(plan.removed), "units_removed": plan.n_removed,
+        "pt2": _try_export_pt2(pruned, pruner.inputs, out / "model.pt2"),
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=1, default=str))
+    return out
+
+
+def _compose(rounds: list[dict]) -> dict:
+    """Kept indices relative to the ORIGINAL tensors after several rounds."""
+    total: dict[str, dict[str, list[int]]] = {}
+    for rnd in rounds:
+        for key, dims in rnd["tensors"].items():
+            cur = total.setdefault(key, {})
+            for d, kept in dims.items():
+                if d in cur:
+                    base = np.asarray(cur[d])
+                    cur[d] = [int(x) for x in base[np.asarray(kept, dtype=np.int64)]]
+                else:
+                    cur[d] = list(kept)
+    return total
+
+
+def _merge_attrs(rounds: list[dict]) -> dict:
+    out: dict[str, dict] = {}
+    for rnd in rounds:
+        for mod, attrs in rnd["attrs"].items():
+            out.setdefault(mod, {}).update(attrs)
+    return out
+
+
+def _try_export_pt2(model: nn.Module, inputs, path: Path) -> dict:
+    try:
+        ep = torch.export.export(model, tuple(inputs))
+        torch.export.save(ep, str(path))
+        return {"written": True, "file": path.name}
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        return {"written": False, "reason": f"torch.export failed: {type(exc).__name__}: {first}"}
+
+
+def read_plan(path: str | Path) -> dict:
+    p = Path(path)
+    if p.is_dir():
+        p = p / "plan.json"
+    if not p.is_file():
+        raise DepViewError(f"no plan.json in {path}: not a DepView export directory")
+    try:
+        plan = json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise DepViewError(f"{p} is not valid JSON: {exc}") from exc
+    if plan.get("format") != FORMAT:
+        raise DepViewError(f"{p} is not a DepView export (format {plan.get('format')!r})")
+    return plan
+
+
+def reshape_like_plan(model: nn.Module, plan: dict) -> nn.Module:
+    """Slice a freshly built original model's tensors as plan.json says and set the changed
+    attributes, in place. Weights are loaded afterwards."""
+    table = _tensor_lookup(model)
+    done: dict[int, torch.Tensor] = {}
+    with torch.no_grad():
+        for key, dims in plan.get("tensors", {}).items():
+            if key not in table:
+                raise DepViewError(f"plan.json names tensor {key!r}, which the model lacks")
+            mod, attr, t = table[key]
+            if id(t) not in done:
+                new = t.detach()
+                for d, kept in sorted(dims.items(), key=lambda kv: int(kv[0])):
+                    new = new.index_select(int(d), torch.as_tensor(kept, dtype=torch.long))
+                if isinstance(t, nn.Parameter):
+                    new = nn.Parameter(new.clone(), requires_grad=t.requires_grad)
+                done[id(t)] = new
+            setattr(mod, attr, done[id(t)])
+        # tied aliases of a replaced tensor point at the same new tensor
+        for mod, attr, t in table.values():
+            if id(t) in done and getattr(mod, attr) is not done[id(t)]:
+                setattr(mod, attr, done[id(t)])
+    mods = dict(model.named_modules())
+    for name, attrs in plan.get("attrs", {}).items():
+        mod = mods.get(name)
+        if mod is None:
+            raise DepViewError(f"plan.json names module {name!r}, which the model lacks")
+        for k, v in attrs.items():
+            setattr(mod, k, tuple(v) if isinstance(v, list) else v)
+        if hasattr(mod, "_init_flat_weights"):
+            mod._init_flat_weights()
+    return model
+
+
+def load_pruned(path: str | Path, device: str = "cpu") -> nn.Module:
+    """Rebuild a pruned model from an export directory, with no pickle: the original
+    architecture from the recorded spec, reshaped by the plan, then the safetensors weights."""
+    path = Path(path)
+    plan = read_plan(path)
+    src = plan["source"]
+    lm = load_model(src["spec"], inputs=src.get("inputs") or None, kwargs=src.get("kwargs"),
+                    weights=None, device="cpu", seed=src.get("seed", 0))
+    model = reshape_like_plan(lm.model, plan)
+    sd = read_state_dict(path / "model.safetensors")
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as exc:
+        raise DepViewError(f"weights in {path} do not fit the rebuilt model: "
+                           f"{str(exc).splitlines()[0]}") from exc
+    return model.to(device).eval()
+
+
+def check_dir(path: str | Path) -> dict:
+    """Reload an export, run forward on the recorded inputs and compare with report.json."""
+    path = Path(path)
+    plan = read_plan(path)
+    model = load_pruned(path)
+    src = plan["source"]
+    lm = load_model(src["spec"], inputs=src.get("inputs") or None, kwargs=src.get("kwargs"),
+                    device="cpu", seed=src.get("seed", 0))
+    res: dict = {"dir": str(path), "spec": src["spec"], "reload": True}
+    try:
+        out = run(model, lm.inputs)
+        res["forward"] = True
+        res["output_shapes"] = {p or "output": list(t.shape) for p, t in flatten(out)}
+    except Exception as exc:
+        res["forward"] = False
+        res["error"] = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+        return res
+    report_p = path / "report.json"
+    if report_p.is_file():
+        report = json.loads(report_p.read_text())
+        res["shapes_match_report"] = report.get("output_shapes") == res["output_shapes"]
+        res["params"] = sum(p.numel() for p in model.parameters())
+        res["params_match_report"] = report.get("params", {}).get("after") == res["params"]
+        res["verification"] = report.get("verification")
+    res["ok"] = bool(res["forward"] and res.get("shapes_match_report", True)
+                     and res.get("params_match_report", True))
+    return res
+
+
+def zip_dir(path: str | Path) -> bytes:
+    """The export directory as zip bytes (for downloads)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for f in sorted(Path(path).iterdir()):
+            if f.is_file():
+                zf.write(f, f.name)
+    return buf.getvalue()
+
+
+def read_export_zip(data: bytes, max_bytes: int = 2 << 30) -> tuple[nn.Module, dict]:
+    """Load an uploaded export zip: only plan.json, report.json and model.safetensors are
+    read (no pickle, no code from the zip). Returns (model, plan.json)."""
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile as exc:
+        raise DepViewError("the upload is not a zip file") from exc
+    names = {Path(n).name: n for n in zf.namelist() if not n.endswith("/")}
+    if "plan.json" not in names or "model.safetensors" not in names:
+        raise DepViewError("the zip is not a DepView export (needs plan.json and "
+                           "model.safetensors)")
+    if sum(i.file_size for i in zf.infolist()) > max_bytes:
+        raise DepViewError("the zip is too large")
+    with tempfile.TemporaryDirectory() as tmp:
+        for fname in FILES:
+            if fname in names:
+                (Path(tmp) / fname).write_bytes(zf.read(names[fname]))
+        plan = read_plan(tmp)
+        return load_pruned(tmp), plan
