@@ -28,12 +28,15 @@ class TextRNN(nn.Module):
         self.embedding = nn.Embedding(vocab, embed_dim)
         self.lstm = nn.LSTM(embed_dim, lstm_hidden, batch_first=True)
         self.gru = nn.GRU(lstm_hidden, gru_hidden, batch_first=True)
-        self.fc = nn.Linear(gru_hidden, num_classes)
+        # a bidirectional Elman RNN: output features are [forward h | reverse h]
+        self.rnn = nn.RNN(gru_hidden, gru_hidden, batch_first=True, bidirectional=True)
+        self.fc = nn.Linear(2 * gru_hidden, num_classes)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         x = self.embedding(tokens)
         x, _ = self.lstm(x)
         x, _ = self.gru(x)
+        x, _ = self.rnn(x)
         return self.fc(x[:, -1])
 
 

@@ -40,6 +40,11 @@ class UNet(nn.Module):
         self.dec2 = DoubleConv(base * 4, base * 2)
         self.up1 = nn.ConvTranspose2d(base * 2, base, 2, stride=2)
         self.dec1 = DoubleConv(base * 2, base)
+        # sub-pixel refinement: 1x1 conv to 4*base, PixelShuffle(2) (4 channels -> 1 channel
+        # at 2x resolution), then a stride-2 conv back to the input resolution
+        self.expand = nn.Conv2d(base, base * 4, 1)
+        self.shuffle = nn.PixelShuffle(2)
+        self.down = nn.Conv2d(base, base, 2, stride=2)
         self.head = nn.Conv2d(base, num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -48,6 +53,7 @@ class UNet(nn.Module):
         x = self.bottleneck(self.pool2(s2))
         x = self.dec2(torch.cat([s2, self.up2(x)], dim=1))
         x = self.dec1(torch.cat([s1, self.up1(x)], dim=1))
+        x = x + self.down(self.shuffle(self.expand(x)))
         return self.head(x)
 
 

@@ -123,7 +123,10 @@ def _merge_attrs(rounds: list[dict]) -> dict:
 
 def _try_export_pt2(model: nn.Module, inputs, path: Path) -> dict:
     try:
-        ep = torch.export.export(model, tuple(inputs))
+        if isinstance(inputs, dict):
+            ep = torch.export.export(model, (), dict(inputs))
+        else:
+            ep = torch.export.export(model, tuple(inputs))
         torch.export.save(ep, str(path))
         return {"written": True, "file": path.name}
     except Exception as exc:

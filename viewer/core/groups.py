@@ -26,6 +26,7 @@ import numpy as np
 
 from .errors import DepViewError
 from .graph import Graph, Node
+from .meta import ConcatMeta, PermuteMeta, ReshapeMeta, SplitMeta, UnbindMeta
 from .optypes import OpGroup, OpType
 
 IntArray = np.ndarray
@@ -274,13 +275,13 @@ def _recurrent_rule(g, node, side, port, dim, units, pos, ctx):
     bidir = any(k.endswith("_reverse") for k in node.params)
     p_all = np.concatenate([pos_h, pos_h + hidden]) if bidir else pos_h
     u_all = np.concatenate([units, units]) if bidir else units
-    ctx.member(node, "out", dim, u_all, p_all)
+    ctx.member(node, "out", len(node.out_shapes[0]) - 1, u_all, p_all)
     flows = []
-    for p_out in range(len(node.out_shapes)):
-        if p_out != port:
-            flows.append(Flow("out", p_out, len(node.out_shapes[p_out]) - 1, u_all, p_all))
-    if port == 0:
-        return flows
+    for p_out, shape_out in enumerate(node.out_shapes):
+        if p_out != port:  # port 0 is the output sequence; h_n / c_n have hidden_size last
+            wide = shape_out[-1] != hidden
+            flows.append(Flow("out", p_out, len(shape_out) - 1, u_all if wide else units,
+                              p_all if wide else pos_h))
     return flows
 
 
@@ -345,8 +346,17 @@ def _elementwise_rule(g, node, side, port, dim, units, pos, ctx):
     return flows
 
 
+def _unreadable(node: Node, ctx: _Ctx, kind: type) -> bool:
+    if not isinstance(node.meta, kind):
+        ctx.block(f"'{node.name}' ({node.target}): DepView could not read its arguments")
+        return True
+    return False
+
+
 def _concat_rule(g, node, side, port, dim, units, pos, ctx):
     meta = node.meta
+    if _unreadable(node, ctx, ConcatMeta):
+        return []
     offs = meta.offsets
     if side == "in":
         nd_in = len(node.in_shapes[port])
@@ -380,6 +390,8 @@ def _concat_rule(g, node, side, port, dim, units, pos, ctx):
 
 def _split_rule(g, node, side, port, dim, units, pos, ctx):
     meta = node.meta
+    if _unreadable(node, ctx, SplitMeta):
+        return []
     offs = meta.offsets
     if dim == meta.dim and meta.computed:
         # torch computes the cut points from the width: every part must lose the same
@@ -410,6 +422,8 @@ def _split_rule(g, node, side, port, dim, units, pos, ctx):
 
 
 def _unbind_rule(g, node, side, port, dim, units, pos, ctx):
+    if _unreadable(node, ctx, UnbindMeta):
+        return []
     ud = node.meta.dim
     if side == "in":
         if dim == ud:
@@ -545,6 +559,8 @@ def map_reshape(a, b, dim, units, pos, inferred: int | None = None,
 
 def _reshape_rule(g, node, side, port, dim, units, pos, ctx):
     meta = node.meta
+    if _unreadable(node, ctx, ReshapeMeta):
+        return []
     a, b = (meta.in_shape, meta.out_shape) if side == "in" else (meta.out_shape, meta.in_shape)
     inferred = meta.inferred if side == "in" else None
     copies: frozenset = frozenset()
@@ -567,6 +583,8 @@ def _reshape_rule(g, node, side, port, dim, units, pos, ctx):
 
 
 def _permute_rule(g, node, side, port, dim, units, pos, ctx):
+    if _unreadable(node, ctx, PermuteMeta):
+        return []
     perm = node.meta.perm
     if side == "in":
         return [Flow("out", 0, perm.index(dim), units, pos)]
@@ -592,8 +610,13 @@ def _expand_rule(g, node, side, port, dim, units, pos, ctx):
 def _pixel_shuffle_rule(g, node, side, port, dim, units, pos, ctx):
     if dim != len(node.in_shapes[0]) - 3 or port != 0:
         return []  # only the channel dim (N, C, H, W) is modelled
-    r2 = node.meta.factor ** 2 if node.meta else 1
-    fold = (side == "in") != node.meta.unshuffle  # in->out of shuffle, or out->in of unshuffle
+    if node.meta is not None:
+        factor, unshuffle = node.meta.factor, node.meta.unshuffle
+    else:  # nn.PixelShuffle / nn.PixelUnshuffle modules
+        unshuffle = "downscale_factor" in node.attrs
+        factor = node.attrs.get("downscale_factor", node.attrs.get("upscale_factor", 1))
+    r2 = int(factor) ** 2
+    fold = (side == "in") != unshuffle  # in->out of shuffle, or out->in of unshuffle
     other = "out" if side == "in" else "in"
     if fold:
         return [Flow(other, 0, dim, units, pos // r2)]

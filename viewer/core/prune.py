@@ -94,7 +94,10 @@ class Pruner:
     def __init__(self, model: nn.Module, inputs, graph: Graph | None = None,
                  groups: list[Group] | None = None, output_layers: list[str] = ()):
         self.model = model
-        self.inputs = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+        if isinstance(inputs, dict):
+            self.inputs = dict(inputs)  # keyword inputs (e.g. input_ids, attention_mask)
+        else:
+            self.inputs = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
         self.graph = graph if graph is not None else build_graph(model, self.inputs)
         self.groups = groups if groups is not None else all_groups(self.graph)
         self.output_layers = list(output_layers)
@@ -307,8 +310,13 @@ class Pruner:
                 continue
             plan = Plan({g.id: [g.n_units - 1]})
             try:
-                pruned = self.apply(plan, device="meta")
-                run(pruned, meta_inputs)
+                try:
+                    run(self.apply(plan, device="meta"), meta_inputs)
+                except (RuntimeError, NotImplementedError) as exc:
+                    # data-dependent Python (``.item()``) cannot run on meta: use real tensors
+                    if "meta" not in str(exc) or not _real(self.model):
+                        raise
+                    run(self.apply(plan), self.inputs)
                 self._validated[g.id] = ""
             except Exception as exc:
                 msg = (str(exc).strip().splitlines() or [""])[0][:160]
@@ -375,8 +383,11 @@ def _real(model: nn.Module) -> bool:
 
 
 def _to_meta(inputs):
-    return tuple(torch.empty_like(t, device="meta") if isinstance(t, torch.Tensor) else t
-                 for t in inputs)
+    def conv(t):
+        return torch.empty_like(t, device="meta") if isinstance(t, torch.Tensor) else t
+    if isinstance(inputs, dict):
+        return {k: conv(v) for k, v in inputs.items()}
+    return tuple(conv(t) for t in inputs)
 
 
 def run(model: nn.Module, inputs):

@@ -276,7 +276,9 @@ def describe(op_type: OpType, name: str, func, args, kwargs, ins, outs) -> objec
         elif name == "vstack":
             dim = 0
         dim = _norm(dim, y.dim())
-        sizes = tuple(1 if stacked else int(t.shape[dim]) for t in tensors)
+        # legacy torch.cat skips 1-D empty tensors (HF caches start from one): size 0
+        sizes = tuple(1 if stacked else 0 if t.dim() == 1 and t.numel() == 0 else
+                      int(t.shape[dim]) for t in tensors)
         return M.ConcatMeta(dim, sizes, stacked)
     if op_type is OpType.SPLIT:
         dim = _norm(_arg(args, kwargs, 2, "dim", 0), x.dim())
