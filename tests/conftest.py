@@ -1,0 +1,44 @@
+"""Shared fixtures: demo models are built once per test session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from functools import cache
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+CNN_DEMOS = ["cnn", "resnet", "densenet", "shufflenet", "mobilenet", "unet", "norms", "slicing"]
+ALL_DEMOS = CNN_DEMOS + ["vit", "rnn", "llama", "swin"]
+
+
+@cache
+def _pruner(name: str):
+    from viewer.core.prune import Pruner
+    from viewer.core.spec import load_model
+
+    lm = load_model(f"demo:{name}")
+    return lm, Pruner(lm.model, lm.inputs, output_layers=lm.output_layers)
+
+
+@pytest.fixture
+def demo_pruner():
+    """``demo_pruner("resnet") -> (LoadedModel, Pruner)``, cached across tests (read-only)."""
+    return _pruner
+
+
+def pytest_setup_options():
+    """Chrome options for dash[testing]'s dash_duo: headless Debian chromium, no network."""
+    from selenium.webdriver.chrome.options import Options
+
+    opts = Options()
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--window-size=1400,900"):
+        opts.add_argument(flag)
+    if shutil.which("chromium"):
+        opts.binary_location = shutil.which("chromium")
+    return opts

@@ -1,0 +1,60 @@
+"""The CLI as a user runs it: a real subprocess, JSON on stdout, one-line errors, exit 2."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def cli(*args, check=True):
+    res = subprocess.run([sys.executable, "-m", "viewer", *args], capture_output=True, text=True,
+                         timeout=300)
+    if check:
+        assert res.returncode == 0, res.stderr
+    return res
+
+
+def test_graph_json_schema():
+    out = json.loads(cli("graph", "demo:densenet", "--json", "-").stdout)
+    assert set(out) >= {"nodes", "edges", "info", "op_types"}
+    node = next(n for n in out["nodes"] if n["op_type"] == "concat")
+    assert set(node) >= {"id", "name", "op_type", "module", "meta", "in_shapes", "out_shapes"}
+    assert node["meta"]["kind"] == "concat" and node["meta"]["offsets"][0] == 0
+    assert set(out["edges"][0]) >= {"source", "target", "shape"}
+
+
+def test_demos_lists_every_demo():
+    import demo_models
+
+    rows = json.loads(cli("demos", "--json", "-").stdout)["demos"]
+    assert [r["name"] for r in rows] == list(demo_models.DEMOS)
+
+
+def test_groups_prune_check(tmp_path):
+    groups = json.loads(cli("groups", "demo:resnet", "--json", "-").stdout)["groups"]
+    g = groups[0]
+    assert set(g) >= {"root", "channels", "members", "prunable", "reason"}
+    assert set(g["members"][0]) == {"node", "module", "side", "indices", "op_type", "dim",
+                                    "width"}
+    assert any(not x["prunable"] and x["reason"] for x in groups)
+    res = cli("prune", "demo:resnet", "--ratio", "0.5", "--importance", "l2", "--round-to", "4",
+              "--out", str(tmp_path / "out"))
+    assert "params" in res.stdout
+    assert json.loads(cli("check", str(tmp_path / "out"), "--json", "-").stdout)["ok"]
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["prune", "demo:cnn", "--ratio", "1.5", "--out", "x"], "must be in [0, 1)"),
+    (["graph", "demo:nope", "--json", "-"], "unknown demo model"),
+    (["graph", "no/such/file.py:M", "--json", "-"], "model file not found"),
+    (["graph", "torch.nn:Linear", "--kwargs", '{"in_features": 4, "out_features": 2}',
+      "--input", "1x5", "--json", "-"], "model forward failed"),
+    (["check", "/nonexistent/dir"], "no plan.json"),
+])
+def test_bad_input_is_one_line_exit_2(args, msg):
+    res = cli(*args, check=False)
+    assert res.returncode == 2
+    assert msg in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in res.stderr

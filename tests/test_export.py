@@ -1,0 +1,97 @@
+import io
+import json
+import zipfile
+
+import pytest
+import torch
+
+from viewer.core.errors import DepViewError
+from viewer.core.export import (
+    check_dir,
+    export_dir,
+    load_pruned,
+    read_export_zip,
+    zip_dir,
+)
+from viewer.core.prune import Pruner
+from viewer.core.spec import load_model
+
+
+@pytest.mark.parametrize("name", ["resnet", "densenet", "shufflenet", "rnn", "llama", "unet",
+                                  "norms"])
+def test_export_reload_is_bit_exact(demo_pruner, tmp_path, name):
+    lm, p = demo_pruner(name)
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    out = export_dir(p, plan, pruned, tmp_path / name, lm.source)
+    assert {f.name for f in out.iterdir()} >= {"model.safetensors", "plan.json", "report.json"}
+    again = load_pruned(out)
+    with torch.no_grad():
+        assert torch.equal(pruned(*lm.inputs), again(*lm.inputs))
+    assert str(again) == str(pruned)  # attributes (repr) follow
+    report = json.loads((out / "report.json").read_text())
+    assert report["params"]["after"] == sum(t.numel() for t in again.parameters())
+    assert report["verification"]["forward"] and report["verification"]["shapes_kept"]
+    assert "written" in report["pt2"]
+    assert check_dir(out)["ok"]
+
+
+def test_plan_json_slicing_invariant(demo_pruner, tmp_path):
+    lm, p = demo_pruner("mobilenet")
+    plan = p.plan(0.5)
+    out = export_dir(p, plan, p.apply(plan), tmp_path / "m", lm.source)
+    meta = json.loads((out / "plan.json").read_text())
+    assert meta["source"]["spec"] == "demo:mobilenet"
+    assert meta["versions"]["torch"] == torch.__version__
+    from safetensors.torch import load_file
+
+    saved = load_file(str(out / "model.safetensors"))
+    orig = lm.model.state_dict()
+    for key, dims in meta["tensors"].items():
+        t = orig[key]
+        for d, kept in sorted(dims.items(), key=lambda kv: int(kv[0])):
+            t = t.index_select(int(d), torch.tensor(kept))
+        assert torch.equal(t, saved[key]), key
+    assert meta["attrs"]["features.0.0"]["out_channels"] < 16
+
+
+def test_two_rounds_compose(tmp_path):
+    lm = load_model("demo:cnn")
+    p1 = Pruner(lm.model, lm.inputs, output_layers=lm.output_layers)
+    plan1 = p1.plan(0.5)
+    m1 = p1.apply(plan1)
+    out1 = export_dir(p1, plan1, m1, tmp_path / "r1", lm.source)
+    p2 = Pruner(m1, lm.inputs, output_layers=lm.output_layers)
+    plan2 = p2.plan(0.5)
+    m2 = p2.apply(plan2)
+    hist = json.loads((out1 / "plan.json").read_text())["rounds"]
+    out2 = export_dir(p2, plan2, m2, tmp_path / "r2", lm.source, history=hist)
+    again = load_pruned(out2)
+    with torch.no_grad():
+        assert torch.equal(again(*lm.inputs), m2(*lm.inputs))
+    assert again.features[0].out_channels == 4  # 16 -> 8 -> 4
+
+
+def test_zip_roundtrip_and_bad_uploads(demo_pruner, tmp_path):
+    lm, p = demo_pruner("cnn")
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    out = export_dir(p, plan, pruned, tmp_path / "z", lm.source)
+    model, meta = read_export_zip(zip_dir(out))
+    with torch.no_grad():
+        assert torch.equal(model(*lm.inputs), pruned(*lm.inputs))
+    with pytest.raises(DepViewError, match="not a zip"):
+        read_export_zip(b"hello")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("model.pt", b"\x80\x04pickle")
+    with pytest.raises(DepViewError, match="not a DepView export"):
+        read_export_zip(buf.getvalue())
+
+
+def test_load_pruned_errors(tmp_path):
+    with pytest.raises(DepViewError, match="no plan.json"):
+        load_pruned(tmp_path)
+    (tmp_path / "plan.json").write_text("{not json")
+    with pytest.raises(DepViewError, match="not valid JSON"):
+        load_pruned(tmp_path)

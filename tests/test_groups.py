@@ -1,0 +1,143 @@
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from viewer.core.groups import all_groups, dim_groups, group_of, map_reshape
+from viewer.core.trace import build_graph
+
+
+def test_dim_groups():
+    assert dim_groups((2, 12, 5), (2, 3, 4, 5)) == [([0], [0]), ([1], [1, 2]), ([2], [3])]
+    assert dim_groups((1, 64, 4, 4), (1, 1024)) == [([0], [0]), ([1, 2, 3], [1])]
+
+
+def test_map_reshape_flatten_gives_hw_blocks():
+    d, u, p = map_reshape((1, 4, 2, 3), (1, 24), 1, np.array([0, 2]), np.array([1, 3]))
+    assert d == 1
+    assert p.tolist() == [6, 7, 8, 9, 10, 11, 18, 19, 20, 21, 22, 23]
+    assert u.tolist() == [0] * 6 + [2] * 6
+
+
+def test_map_reshape_head_split_uses_inferred_dim():
+    # D=8 -> (H=2, d=4) with H left to torch (-1): channels of one head land on one unit slot
+    d, u, p = map_reshape((1, 5, 8), (1, 5, 2, 4), 2, np.arange(8), np.arange(8), inferred=2)
+    assert d == 2 and p.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+
+
+def test_resnet_stem_group_spans_residual_stream(demo_pruner):
+    _, p = demo_pruner("resnet")
+    g = group_of(p.graph, "conv1")
+    names = {(m.node_name, m.side) for m in g.members}
+    # the stem's channels are the residual stream of stage 1: both blocks' adds couple them
+    assert {("conv1", "out"), ("bn1", "out"), ("layer1.0.conv1", "in"), ("layer1.0.bn2", "out"),
+            ("layer1.0.conv2", "out"), ("layer1.1.conv2", "out"),
+            ("layer2.0.downsample.0", "in")} <= names
+    assert g.prunable and g.n_units == 16
+
+
+def test_densenet_concat_offsets(demo_pruner):
+    _, p = demo_pruner("densenet")
+    g = group_of(p.graph, "features.0.0.conv2")  # growth 8, appended after 16 stem channels
+    m = g.member("features.0.1.norm1", "in")
+    assert m.indices(range(8)).tolist() == list(range(16, 24))
+    later = g.member("features.0.2.norm1", "in")
+    assert later.indices([0, 7]).tolist() == [16, 23]
+
+
+def test_flatten_maps_channel_to_hw_features(demo_pruner):
+    _, p = demo_pruner("cnn")
+    g = group_of(p.graph, "features.8")
+    fc1 = g.member("fc1", "in")
+    hw = p.graph.node("flatten").in_shapes[0][2] * p.graph.node("flatten").in_shapes[0][3]
+    assert fc1.indices([3]).tolist() == list(range(3 * hw, 4 * hw))
+
+
+def test_in_side_group_is_the_producers_group(demo_pruner):
+    _, p = demo_pruner("cnn")
+    assert {m.node_name for m in group_of(p.graph, "fc1", "in").members} == \
+        {m.node_name for m in group_of(p.graph, "features.8").members}
+
+
+def test_llama_gqa_heads_fold_to_kv_groups(demo_pruner):
+    _, p = demo_pruner("llama")
+    g = group_of(p.graph, "layers.0.attn.q_proj")
+    hd = 64 // 8
+    assert g.n_units == 4 and g.prunable  # 4 kv heads, each with 2 query heads
+    q = g.member("layers.0.attn.q_proj", "out")
+    k = g.member("layers.0.attn.k_proj", "out")
+    assert q.indices([1]).tolist() == list(range(2 * hd, 4 * hd))  # query heads 2 and 3
+    assert k.indices([1]).tolist() == list(range(hd, 2 * hd))  # kv head 1
+    assert g.member("layers.0.attn.o_proj", "in").indices([1]).tolist() == q.indices([1]).tolist()
+
+
+def test_shufflenet_channel_shuffle_couples_both_halves(demo_pruner):
+    _, p = demo_pruner("shufflenet")
+    g = group_of(p.graph, "stages.0.0.branch1.2")
+    assert g.prunable
+    # a unit removes one channel from each branch of the concat (the shuffle's two rows)
+    cat = p.graph.node("stages.0.0.cat")
+    pos, unit = g.tensors[(cat.id, 0, 1)]
+    sizes = cat.meta.sizes
+    for u in np.unique(unit):
+        owned = pos[unit == u]
+        assert (owned < sizes[0]).sum() == (owned >= sizes[0]).sum()
+
+
+def test_mha_blocks_the_residual_stream_with_a_reason(demo_pruner):
+    _, p = demo_pruner("vit")
+    g = group_of(p.graph, "patch_embed")
+    assert not g.prunable and "MultiheadAttention" in g.reason
+    assert {m.node_name for m in g.members} >= {"cls_token", "pos_embed", "blocks.0.gamma1"}
+
+
+def test_output_layer_group_is_not_prunable(demo_pruner):
+    _, p = demo_pruner("resnet")
+    g = group_of(p.graph, "fc")
+    assert not g.prunable and "model output" in g.reason
+
+
+def test_all_groups_partition_and_are_deterministic(demo_pruner):
+    # (swin is left out on purpose: its attention has two axes over one tensor, whole heads
+    # and head dims, and each gets its own, overlapping group)
+    for name in ("densenet", "shufflenet", "llama", "mobilenet", "unet"):
+        _, p = demo_pruner(name)
+        seen = {}
+        for g in p.groups:
+            for key, (pos, _) in g.tensors.items():
+                arr = seen.setdefault(key, np.zeros(p.graph.nodes[key[0]].out_shapes[key[1]]
+                                                    [key[2]], int))
+                assert not arr[pos].any(), f"{name}: {key} in two groups"
+                arr[pos] = 1
+        again = all_groups(p.graph)
+        assert [(g.root, g.n_units, len(g.members)) for g in again] == \
+            [(g.root, g.n_units, len(g.members)) for g in p.groups]
+
+
+def test_tied_embedding_and_lm_head_share_one_group():
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(20, 8)
+            self.mid = nn.Linear(8, 8)
+            self.head = nn.Linear(8, 20, bias=False)
+            self.head.weight = self.emb.weight
+
+        def forward(self, ids):
+            return self.head(torch.relu(self.mid(self.emb(ids))))
+
+    g = build_graph(Tied(), torch.zeros(1, 4, dtype=torch.long))
+    assert g.node("head").params["weight"] == "emb.weight"
+    grp = group_of(g, "mid")
+    assert {(m.node_name, m.side) for m in grp.members} == {("mid", "out"), ("head", "in")}
+
+
+@pytest.mark.parametrize("side", ["in", "out"])
+def test_group_of_bad_side_and_name(demo_pruner, side):
+    from viewer.core.errors import DepViewError
+
+    _, p = demo_pruner("cnn")
+    with pytest.raises(KeyError, match="no node named"):
+        group_of(p.graph, "nope", side)
+    with pytest.raises(DepViewError):
+        group_of(p.graph, "fc1", "sideways")

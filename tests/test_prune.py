@@ -1,0 +1,166 @@
+import numpy as np
+import pytest
+import torch
+from conftest import ALL_DEMOS, CNN_DEMOS
+
+from viewer.core.errors import DepViewError
+from viewer.core.prune import IMPORTANCE, Plan, parse_ignore
+
+
+def _exact_only(p, plan):
+    by_id = {g.id: g for g in p.groups}
+    return Plan({k: v for k, v in plan.removed.items() if by_id[k].exact}, plan.settings)
+
+
+def _state(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("name", ALL_DEMOS)
+@pytest.mark.parametrize("ratio", [0.3, 0.5, 0.7])
+def test_prune_every_demo_runs_keeps_shape_and_drops_params(demo_pruner, name, ratio):
+    lm, p = demo_pruner(name)
+    for crit in IMPORTANCE:
+        plan = p.plan(ratio, crit, seed=1)
+        assert plan.removed, f"{name}: nothing prunable"
+        pruned = p.apply(plan)
+        v = p.verify(pruned, plan, masked=False)
+        assert v["forward"] and v["shapes_kept"], (crit, v)
+        assert sum(t.numel() for t in pruned.parameters()) < \
+            sum(t.numel() for t in lm.model.parameters())
+
+
+@pytest.mark.parametrize("name", CNN_DEMOS + ["rnn", "vit", "llama"])
+@pytest.mark.parametrize("crit", ["l1", "bn", "random"])
+def test_masked_equivalence(demo_pruner, name, crit):
+    """Oracle: original with removed channels' readers zeroed == physically pruned model."""
+    _, p = demo_pruner(name)
+    plan = _exact_only(p, p.plan(0.5, crit))
+    assert plan.removed, f"{name}: no exact group to test"
+    pruned = p.apply(plan)
+    res = p.verify(pruned, plan)["masked_equivalence"]
+    assert res["ok"], res
+
+
+def test_masked_equivalence_can_fail(demo_pruner):
+    _, p = demo_pruner("resnet")
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    with torch.no_grad():
+        pruned.layer1[0].conv1.weight[0].add_(1.0)  # damage one kept filter
+    assert not p.verify(pruned, plan)["masked_equivalence"]["ok"]
+
+
+@pytest.mark.parametrize("name", ALL_DEMOS)
+def test_every_pruned_tensor_is_an_index_select_of_the_original(demo_pruner, name):
+    lm, p = demo_pruner(name)
+    plan = p.plan(0.5)
+    pruned = p.apply(plan).state_dict()
+    orig = lm.model.state_dict()
+    kept = p.kept(plan)
+    assert kept
+    for key, t in orig.items():
+        expect = t
+        for d, idx in sorted(kept.get(key, {}).items(), key=lambda kv: int(kv[0])):
+            expect = expect.index_select(int(d), torch.as_tensor(idx))
+        assert torch.equal(pruned[key], expect), key
+
+
+def test_preview_and_apply_never_touch_the_model(demo_pruner):
+    lm, p = demo_pruner("densenet")
+    before = _state(lm.model)
+    plan = p.plan(0.5)
+    pv = p.preview(plan)
+    p.apply(plan)
+    p.verify(p.apply(plan), plan)
+    after = lm.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert pv["params"]["after"] < pv["params"]["before"]
+    assert pv["macs"]["after"] < pv["macs"]["before"]
+    conv = next(layer for layer in pv["layers"] if layer["name"] == "stem")
+    assert conv["after"] == conv["before"] - len(plan.removed[0])
+
+
+def test_macs_come_from_flop_counter(demo_pruner):
+    _, p = demo_pruner("cnn")
+    pv = p.preview(Plan({}))
+    # conv 3->16 3x3 on 32x32: 16*3*9*1024 MACs, plus later layers
+    assert pv["macs"]["before"] == pv["macs"]["after"] >= 16 * 3 * 9 * 32 * 32
+
+
+def test_plan_is_deterministic(demo_pruner):
+    _, p = demo_pruner("mobilenet")
+    for crit in IMPORTANCE:
+        assert p.plan(0.4, crit, seed=3).removed == p.plan(0.4, crit, seed=3).removed
+
+
+def test_l1_removes_the_smallest_units(demo_pruner):
+    _, p = demo_pruner("cnn")
+    plan = p.plan(0.5, "l1")
+    g = p.groups[0]
+    scores = np.asarray(plan.scores[g.id])
+    removed = plan.removed[g.id]
+    kept = sorted(set(range(g.n_units)) - set(removed))
+    assert scores[removed].max() <= scores[kept].min()
+
+
+def test_round_to_keeps_multiples(demo_pruner):
+    _, p = demo_pruner("resnet")
+    plan = p.plan(0.3, round_to=8)
+    for gid, units in plan.removed.items():
+        assert (p.groups[gid].n_units - len(units)) % 8 == 0
+
+
+def test_global_ranking_uses_one_budget(demo_pruner):
+    _, p = demo_pruner("resnet")
+    plan = p.plan(0.5, global_=True)
+    total = sum(g.n_units for g in p.groups if not p.reason(g))
+    assert abs(plan.n_removed - total // 2) <= len(plan.removed)
+    assert len({len(v) / p.groups[k].n_units for k, v in plan.removed.items()}) > 1
+
+
+def test_overrides_and_ignore_in_vs_out(demo_pruner):
+    _, p = demo_pruner("resnet")
+    assert parse_ignore(["fc", "conv1:out"]) == {("fc", "in"), ("fc", "out"), ("conv1", "out")}
+    plan = p.plan(0.5, overrides={1: 0.25})
+    assert len(plan.removed[1]) == p.groups[1].n_units // 4
+    # ignoring layer1.0.conv2's inputs blocks the group feeding it, not the group it feeds
+    g_in = next(g for g in p.groups if any(m.node_name == "layer1.0.conv2" and m.side == "in"
+                                            for m in g.members))
+    g_out = next(g for g in p.groups if any(m.node_name == "layer1.0.conv2" and m.side == "out"
+                                             for m in g.members))
+    plan = p.plan(0.5, ignore=["layer1.0.conv2:in"])
+    assert g_in.id not in plan.removed and g_out.id in plan.removed
+    assert "inputs are ignored" in plan.skipped[g_in.id]
+    plan = p.plan(0.5, ignore=["layer1.0.conv2:out"])
+    assert g_in.id in plan.removed and g_out.id not in plan.removed
+
+
+@pytest.mark.parametrize("ratio", [1.5, -0.1, 1.0])
+def test_bad_ratio_is_one_clear_error(demo_pruner, ratio):
+    _, p = demo_pruner("cnn")
+    with pytest.raises(DepViewError, match="ratio must be in"):
+        p.plan(ratio)
+
+
+def test_unknown_importance(demo_pruner):
+    _, p = demo_pruner("cnn")
+    with pytest.raises(DepViewError, match="unknown importance"):
+        p.plan(0.5, "magic")
+
+
+def test_validation_rejects_hard_coded_shapes(demo_pruner):
+    _, p = demo_pruner("slicing")
+    p.validate_groups()
+    qkv = next(g for g in p.groups if g.root == "qkv")
+    assert "forward fails when this group shrinks" in p.reason(qkv)
+
+
+def test_attributes_follow_the_tensors(demo_pruner):
+    _, p = demo_pruner("rnn")
+    plan = p.plan(0.5)
+    m = p.apply(plan)
+    assert m.lstm.hidden_size == m.lstm.weight_hh_l0.shape[1] < 32
+    assert m.gru.input_size == m.lstm.hidden_size
+    assert m.rnn.hidden_size * 2 == m.fc.in_features
+    assert m.embedding.embedding_dim == m.lstm.input_size

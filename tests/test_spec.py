@@ -1,0 +1,89 @@
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+from viewer.core.errors import DepViewError
+from viewer.core.spec import load_model, parse_input, read_state_dict
+
+
+def test_parse_input():
+    assert parse_input("1x3x224x224") == ((1, 3, 224, 224), "float32")
+    assert parse_input("1x16:int64") == ((1, 16), "int64")
+    for bad in ("1x", "axb", "1x3:complex", ""):
+        with pytest.raises(DepViewError, match="--input"):
+            parse_input(bad)
+
+
+def test_demo_spec_knows_its_inputs():
+    lm = load_model("demo:rnn")
+    assert lm.inputs[0].dtype == torch.int64 and lm.source["inputs"] == ["1x12:int64"]
+    assert lm.output_layers == ["fc"]
+
+
+def test_package_and_file_specs(tmp_path):
+    lm = load_model("torch.nn:Linear", kwargs='{"in_features": 4, "out_features": 2}',
+                    inputs=["3x4"])
+    assert isinstance(lm.model, nn.Linear) and lm.inputs[0].shape == (3, 4)
+    f = tmp_path / "mymodel.py"
+    f.write_text("import torch\nnet = torch.nn.Sequential(torch.nn.Linear(4, 3))\n"
+                 "def make(width=5):\n    return torch.nn.Linear(4, width)\n")
+    assert isinstance(load_model(f"{f}:net", inputs=["1x4"]).model, nn.Sequential)
+    assert load_model(f"{f}:make", kwargs={"width": 7}, inputs=["1x4"]).model.out_features == 7
+
+
+@pytest.mark.parametrize("spec, msg", [
+    ("resnet", "bad model spec"),
+    ("demo:nope", "unknown demo model"),
+    ("no_such_pkg_xyz:Model", "cannot import module"),
+    ("torch.nn:NoSuchThing", "has no attribute"),
+    ("missing/file.py:Model", "model file not found"),
+])
+def test_bad_specs_are_one_line(spec, msg):
+    with pytest.raises(DepViewError, match=msg) as err:
+        load_model(spec, inputs=["1x4"])
+    assert "\n" not in str(err.value)
+
+
+def test_needs_inputs_and_good_kwargs():
+    with pytest.raises(DepViewError, match="needs example inputs"):
+        load_model("torch.nn:Linear", kwargs={"in_features": 2, "out_features": 2})
+    with pytest.raises(DepViewError, match="not valid JSON"):
+        load_model("demo:cnn", kwargs="{width: 3")
+
+
+def test_weights_safetensors_and_weights_only_pt(tmp_path):
+    from safetensors.torch import save_file
+
+    lm = load_model("demo:cnn", seed=1)
+    sd = lm.model.state_dict()
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "w.safetensors"))
+    torch.save(sd, tmp_path / "w.pt")
+    for f in ("w.safetensors", "w.pt"):
+        lm2 = load_model("demo:cnn", weights=str(tmp_path / f), seed=2)
+        assert all(torch.equal(sd[k], v) for k, v in lm2.model.state_dict().items())
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_pickles_are_never_unpickled(tmp_path):
+    f = tmp_path / "evil.pt"
+    with open(f, "wb") as fh:
+        pickle.dump({"weight": Evil()}, fh)
+    with pytest.raises(DepViewError, match="weights-only"):
+        read_state_dict(f)
+    with pytest.raises(DepViewError, match="do not fit"):
+        torch.save({"nope": torch.zeros(1)}, tmp_path / "x.pt")
+        load_model("demo:cnn", weights=str(tmp_path / "x.pt"))
+
+
+def test_meta_device_build():
+    lm = load_model("demo:llama", device="meta",
+                    kwargs={"dim": 1024, "n_layers": 2, "n_heads": 16, "n_kv_heads": 8})
+    assert next(lm.model.parameters()).device.type == "meta"
+    with pytest.raises(DepViewError, match="meta"):
+        load_model("demo:cnn", device="meta", weights="x.pt")

@@ -1,0 +1,186 @@
+import pytest
+import torch
+from torch import nn
+
+import demo_models
+from viewer.core.errors import DepViewError
+from viewer.core.meta import ConcatMeta, SliceMeta, SplitMeta, meta_to_dict
+from viewer.core.optypes import OpType
+from viewer.core.trace import build_graph
+
+
+def _only(g, op_type):
+    nodes = [n for n in g.nodes if n.op_type is op_type]
+    assert len(nodes) == 1, [n.name for n in nodes]
+    return nodes[0]
+
+
+class CatSplit(nn.Module):
+    def forward(self, x):  # x: (2, 5, 7)
+        a, b, c = torch.split(x, [1, 4, 2], dim=2)  # uneven, on the last dim
+        y = torch.cat([c, a, b, c], dim=-1)  # dim -1 normalised to 2
+        parts = y.chunk(3, dim=1)  # 5 -> 2, 2, 1
+        return parts[0].sum() + parts[2].sum() + torch.tensor_split(y, 3, dim=2)[1].sum()
+
+
+def test_concat_and_split_metadata_hand_computed():
+    g = build_graph(CatSplit(), torch.randn(2, 5, 7))
+    split = [n for n in g.nodes if n.op_type is OpType.SPLIT]
+    assert split[0].meta == SplitMeta(dim=2, sizes=(1, 4, 2), computed=False)
+    assert split[0].meta.offsets == (0, 1, 5)
+    cat = _only(g, OpType.CONCAT)
+    assert cat.meta == ConcatMeta(dim=2, sizes=(2, 1, 4, 2))
+    assert cat.meta.offsets == (0, 2, 3, 7)
+    assert cat.out_shapes == ((2, 5, 9),)
+    assert split[1].meta == SplitMeta(dim=1, sizes=(2, 2, 1), computed=True)
+    assert split[1].meta.offsets == (0, 2, 4)
+    assert split[2].meta.sizes == (3, 3, 3) and split[2].meta.computed
+    assert cat.grad_fn is None  # no grad: plain tensors
+    assert meta_to_dict(cat.meta) == {"dim": 2, "sizes": [2, 1, 4, 2], "stacked": False,
+                                      "offsets": [0, 2, 3, 7], "kind": "concat"}
+
+
+class Slicing(nn.Module):
+    def forward(self, x):  # (2, 8, 6)
+        return x[:, 2:8:3, None, ...], x[..., 1], x.narrow(1, 4, 2), x.unbind(2)[0]
+
+
+def test_slice_and_unbind_metadata():
+    g = build_graph(Slicing(), torch.randn(2, 8, 6))
+    s1, s2, s3 = [n for n in g.nodes if n.op_type is OpType.SLICE]
+    assert isinstance(s1.meta, SliceMeta)
+    assert (s1.meta.dim, s1.meta.start, s1.meta.stop, s1.meta.step) == (1, 2, 8, 3)
+    assert s1.meta.dim_map == (0, 1, 3) and s1.out_shapes == ((2, 2, 1, 6),)
+    assert s2.meta.selects == ((2, 1),) and s2.meta.dim_map == (0, 1, None)
+    assert (s3.meta.dim, s3.meta.start, s3.meta.stop) == (1, 4, 6)
+    unbind = _only(g, OpType.UNBIND)
+    assert (unbind.meta.dim, unbind.meta.n) == (2, 6)
+
+
+class Shapes(nn.Module):
+    def forward(self, x):  # (2, 12, 5)
+        y = x.view(2, 3, -1, 5).permute(0, 3, 1, 2)
+        return y.transpose(1, 2).flatten(1), y.expand(4, -1, -1, -1) if False else y
+
+
+def test_reshape_permute_metadata():
+    g = build_graph(Shapes(), torch.randn(2, 12, 5))
+    view = next(n for n in g.nodes if n.target == "view")
+    assert (view.meta.in_shape, view.meta.out_shape, view.meta.inferred) == (
+        (2, 12, 5), (2, 3, 4, 5), 2)
+    perm = next(n for n in g.nodes if n.target == "permute")
+    assert perm.meta.perm == (0, 3, 1, 2)
+    tr = next(n for n in g.nodes if n.target == "transpose")
+    assert tr.meta.perm == (0, 2, 1, 3)
+
+
+def test_residual_add_records_its_module_path():
+    lm = demo_models.get_demo("resnet")
+    torch.manual_seed(0)
+    g = build_graph(lm.build(), lm.make_inputs("cpu"))
+    add = g.node("layer1.0.add")
+    assert add.op_type is OpType.ELEMENTWISE and add.module == "layer1.0"
+    assert add.meta.op == "add"
+    conv = g.node("layer1.0.conv1")
+    assert conv.op_type is OpType.CONV and conv.module == "layer1.0.conv1"
+    assert conv.params["weight"] == "layer1.0.conv1.weight"
+
+
+def test_every_op_type_occurs_in_some_demo():
+    seen = set()
+    for demo in demo_models.DEMOS.values():
+        if demo.name == "resnet50":
+            continue
+        torch.manual_seed(0)
+        with torch.device("meta"):
+            model = demo.build()
+        seen |= {n.op_type for n in build_graph(model, demo.make_inputs("meta")).nodes}
+    assert seen == set(OpType), set(OpType) - seen
+
+
+def test_meta_device_tracing_uses_no_memory():
+    demo = demo_models.get_demo("llama")
+    with torch.device("meta"):
+        model = demo.build(dim=4096, n_layers=2, n_heads=32, n_kv_heads=8, ffn_hidden=11008,
+                           vocab=32000)
+    g = build_graph(model, demo.make_inputs("meta"))
+    assert g.info["outputs"] == {"output": [1, 16, 32000]}
+    assert g.node("layers.1.attn.q_proj").param_shapes["weight"] == (4096, 4096)
+
+
+class DictModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.enc = nn.Linear(4, 4)  # called twice: shared weights
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, batch, scale=1.0):
+        with torch.no_grad():  # autograd tracing would see nothing here
+            h = self.enc(batch["a"]) + self.enc(batch["b"]) * scale
+        return {"logits": self.head(h), "aux": [h.mean()]}
+
+
+def test_dict_inputs_outputs_shared_module_and_no_grad():
+    x = {"a": torch.randn(3, 4), "b": torch.randn(3, 4)}
+    g = build_graph(DictModel(), ((x,)), {"scale": 2.0})
+    names = [n.name for n in g.nodes]
+    assert "batch.a" in names and "batch.b" in names
+    assert "enc" in names and "enc:1" in names
+    assert g.node("enc:1").call == 1 and g.node("enc:1").params == g.node("enc").params
+    assert {"output.logits", "output.aux[0]"} <= set(names)
+    assert g.node("add").in_shapes == ((3, 4), (3, 4))
+
+
+def test_hf_style_model_output_and_keyword_inputs():
+    from dataclasses import dataclass
+
+    @dataclass
+    class Out:
+        logits: torch.Tensor
+        hidden: tuple
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(10, 4)
+
+        def forward(self, input_ids=None, attention_mask=None):
+            h = self.emb(input_ids) * attention_mask[..., None]
+            return Out(h.sum(-1), (h,))
+
+    g = build_graph(M(), {"input_ids": torch.zeros(1, 3, dtype=torch.long),
+                          "attention_mask": torch.ones(1, 3)})
+    outs = [n.name for n in g.nodes if n.op_type is OpType.OUTPUT]
+    assert outs == ["output.logits", "output.hidden[0]"]
+
+
+class Broken(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.block = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(4, 8, 3))
+
+    def forward(self, x):
+        return self.block(x)
+
+
+def test_failing_forward_names_module_and_shapes():
+    with pytest.raises(DepViewError) as err:
+        build_graph(Broken(), torch.randn(1, 3, 16, 16))
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert "'block.1'" in msg and "Conv2d" in msg and "[1, 8, 14, 14]" in msg
+
+
+def test_wrong_input_shape_is_one_clear_line():
+    with pytest.raises(DepViewError, match=r"'fc1'.*\[1, 7\]"):
+        m = nn.Sequential()
+        m.add_module("fc1", nn.Linear(4, 2))
+        build_graph(m, torch.randn(1, 7))
+
+
+def test_hooks_removed_and_model_unchanged_after_trace():
+    m = DictModel()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    build_graph(m, ({"a": torch.randn(1, 4), "b": torch.randn(1, 4)},))
+    assert all(not mod._forward_hooks and not mod._forward_pre_hooks for mod in m.modules())
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
