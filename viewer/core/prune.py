@@ -276,14 +276,11 @@ class Pruner:
     def preview(self, plan: Plan) -> dict:
         """Params and MACs before -> after and per-layer widths, without touching the model
         (the pruned copy is built on the meta device)."""
-        meta_inputs = _to_meta(self.inputs)
         if self._before is None:
-            self._before = count(materialize(self.model, self.graph, {}, {}, "meta"),
-                                 meta_inputs)
+            self._before = self._count(Plan({}))
         before = self._before
         try:
-            pruned = self.apply(plan, device="meta")
-            after = count(pruned, meta_inputs)
+            after = self._count(plan)
         except Exception as exc:
             raise DepViewError(f"the pruned model does not run: {type(exc).__name__}: "
                                f"{(str(exc).splitlines() or [''])[0]}") from exc
@@ -299,6 +296,16 @@ class Pruner:
                 "macs": {"before": before["macs"], "after": after["macs"]},
                 "layers": layers, "removed_units": plan.n_removed,
                 "groups_pruned": len(plan.removed)}
+
+    def _count(self, plan: Plan) -> dict:
+        """Params/MACs of the pruned model, built on meta; real tensors if the model runs
+        data-dependent Python (``.item()``) that meta tensors cannot."""
+        try:
+            return count(self.apply(plan, device="meta"), _to_meta(self.inputs))
+        except (RuntimeError, NotImplementedError) as exc:
+            if "meta" not in str(exc) or not _real(self.model):
+                raise
+            return count(self.apply(plan), self.inputs)
 
     def validate_groups(self) -> dict[int, str]:
         """Shrink each structurally prunable group by one unit on the meta device and run the

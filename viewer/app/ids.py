@@ -1,0 +1,74 @@
+"""Every component id of the app, in one place (layout, callbacks and browser tests import
+these names instead of repeating strings).
+
+Ids are plain strings so tests can address them as CSS selectors (``#graph``).
+"""
+
+# -- page-level state (dcc.Store) ---------------------------------------------------------------
+SESSION = "session"  #: the browser session id (server-side state is keyed by it)
+GRAPH_REV = "graph-rev"  #: bumped whenever the current model/graph changes
+VIEW_REV = "view-rev"  #: bumped whenever the drawn elements change (collapse, new graph)
+SELECTION = "selection"  #: {"kind": "op"|"module", "name": ...} of the inspected element
+PREVIEW_REV = "preview-rev"  #: bumped when a preview is computed or cleared
+DBLTAP = "dbltap"  #: written by the client on a double-click on a node
+ZOOM_TARGET = "zoom-target"  #: element ids the client should zoom to
+FIT_DONE = "fit-done"  #: dummy output of client-side callbacks
+STYLE_GROUP = "style-group"  #: stylesheet rules: selection + its pruning group
+STYLE_PREVIEW = "style-preview"  #: stylesheet rules: new widths after a preview
+STYLE_LEGEND = "style-legend"  #: stylesheet rules: the op type picked in the legend
+STYLE_SEARCH = "style-search"  #: stylesheet rules: search matches
+
+# -- header ---------------------------------------------------------------------------------------
+MODEL_PICKER = "model-picker"
+UPLOAD = "upload"
+MODEL_INFO = "model-info"
+MESSAGE = "message"
+
+# -- graph ----------------------------------------------------------------------------------------
+GRAPH = "graph"  #: the Cytoscape component
+GRAPH_LOADING = "graph-loading"
+LEGEND = "legend"
+LEGEND_ITEM = "legend-item"  #: pattern-matching type: {"type": LEGEND_ITEM, "op": "conv"}
+SEARCH = "search"
+SEARCH_INFO = "search-info"
+FIT = "fit"
+TOGGLE_MODULE = "toggle-module"  #: collapse/expand the selected module
+EXPAND_ALL = "expand-all"
+COLLAPSE_ALL = "collapse-all"
+EXPORT_PNG = "export-png"
+EXPORT_SVG = "export-svg"
+VIEW_INFO = "view-info"
+
+# -- inspector ------------------------------------------------------------------------------------
+INSPECTOR = "inspector"
+GROUP_SIDE = "group-side"  #: "out" / "in" toggle
+GROUP_PICK = "group-pick"  #: which group when several touch the node
+GROUP_PANEL = "group-panel"
+GROUP_CONTROLS = "group-controls"
+OVERRIDE_RATIO = "override-ratio"
+OVERRIDE_SET = "override-set"
+OVERRIDE_CLEAR = "override-clear"
+IGNORE_TOGGLE = "ignore-toggle"
+
+# -- pruning --------------------------------------------------------------------------------------
+IMPORTANCE = "importance"
+RATIO = "ratio"
+MODE = "mode"  #: "uniform" / "global"
+ROUND_TO = "round-to"
+PREVIEW = "preview"  #: the preview button
+APPLY = "apply"
+UNDO = "undo"
+RESET = "reset"
+PLAN_INFO = "plan-info"  #: overrides and ignores in force
+PREVIEW_PANEL = "preview-panel"
+PREVIEW_PARAMS = "preview-params"
+PREVIEW_MACS = "preview-macs"
+WIDTH_CHART = "width-chart"
+SCORE_CHART = "score-chart"
+HISTORY = "history"
+
+# -- export ---------------------------------------------------------------------------------------
+DOWNLOAD = "download"  #: the checkpoint (.zip) button
+DOWNLOAD_GRAPH = "download-graph"
+DOWNLOAD_GROUPS = "download-groups"
+DOWNLOAD_FILE = "download-file"  #: the dcc.Download component
