@@ -1,0 +1,318 @@
+"""Core-pipeline benchmark for DepView: forward, graph build, groups, plan, apply, export.
+
+Run from the repository root::
+
+    python benchmarks/bench_core.py                    # all demos + Llama 7B shape on meta
+    python benchmarks/bench_core.py --quick            # skip resnet50
+    python benchmarks/bench_core.py --json out.json    # also write the results as JSON
+    python benchmarks/bench_core.py --reps 5 --models cnn,vit --no-7b
+
+Every model runs in a fresh subprocess (the script re-invokes itself with ``--one NAME`` or
+``--llama7b`` and reads one JSON line back), so the reported peak RSS (``ru_maxrss``) belongs
+to that model alone; ``base`` is the RSS after importing torch and DepView, before the model.
+
+Each stage is timed ``--reps`` times after one warm-up run and the median is reported, in
+seconds and as a ratio to one forward pass (``torch.no_grad``). ``plan`` includes the one-off
+per-group validation on the meta device (a fresh Pruner every repetition); ``plan (cached)``
+is a second ``plan()`` call on the same Pruner. Targets are printed as PASS/MISS; a MISS never
+fails the process (exit status 0 unless a subprocess crashes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MARK = "BENCH_JSON "
+
+# targets
+BUILD_MAX_X_FWD = 1.2  # graph build <= 1.2x one forward
+GROUPS_MAX_X_BUILD = 0.1  # all_groups <= 0.1x graph build
+META7B_MAX_S = 10.0  # 7B on meta: graph + all groups < 10 s
+META7B_MAX_BYTES = 3 * 1024**3  # ... and < 3 GB peak RSS
+
+STAGES = ["forward", "build", "groups", "plan", "plan_cached", "apply", "export"]
+LABELS = {"forward": "forward", "build": "build", "groups": "groups", "plan": "plan",
+          "plan_cached": "plan(cached)", "apply": "apply", "export": "export"}
+
+
+def _setup_path() -> None:
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+
+
+def _peak_rss() -> int:
+    """Peak resident set size of this process in bytes (Linux reports KiB, macOS bytes)."""
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r if sys.platform == "darwin" else r * 1024
+
+
+def _rss_now() -> int:
+    try:
+        import psutil
+
+        return psutil.Process().memory_info().rss
+    except ImportError:
+        return _peak_rss()
+
+
+def _timeit(fn, reps: int, warmup: int = 1, setup=None):
+    """Median wall time of ``fn(setup())`` over ``reps`` runs after ``warmup`` runs; returns
+    (median seconds, all times, last result)."""
+    result = None
+    for _ in range(warmup):
+        result = fn(setup() if setup else None)
+    times = []
+    for _ in range(reps):
+        arg = setup() if setup else None
+        t0 = time.perf_counter()
+        result = fn(arg)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), times, result
+
+
+# -- child processes ------------------------------------------------------------------------
+def run_one(name: str, reps: int) -> dict:
+    _setup_path()
+    import torch
+
+    import demo_models
+    from viewer.core.export import export_dir
+    from viewer.core.groups import all_groups
+    from viewer.core.prune import Pruner
+    from viewer.core.trace import build_graph
+
+    base_rss = _rss_now()
+    demo = demo_models.DEMOS[name]
+    torch.manual_seed(0)
+    m = demo.build().eval()
+    x = demo.make_inputs("cpu")
+    n_params = sum(p.numel() for p in m.parameters())
+    out_layers = [demo.output_layer] if demo.output_layer else []
+    res: dict = {"name": name, "params": n_params, "times": {}, "all_times": {}}
+
+    def record(stage, fn, setup=None):
+        med, times, result = _timeit(fn, reps, setup=setup)
+        res["times"][stage] = med
+        res["all_times"][stage] = times
+        return result
+
+    def fwd(_):
+        with torch.no_grad():
+            return m(*x)
+
+    record("forward", fwd)
+    g = record("build", lambda _: build_graph(m, x))
+    groups = record("groups", lambda _: all_groups(g))
+    res["n_nodes"] = len(g.nodes)
+    res["n_groups"] = len(groups)
+
+    def new_pruner():
+        return Pruner(m, x, graph=g, groups=groups, output_layers=out_layers)
+
+    record("plan", lambda p: p.plan(0.5, "l1"), setup=new_pruner)
+    p = new_pruner()
+    plan = p.plan(0.5, "l1")
+    plan = record("plan_cached", lambda _: p.plan(0.5, "l1"))
+    res["n_prunable"] = len(plan.removed)
+    pruned = record("apply", lambda _: p.apply(plan))
+    source = {"spec": f"demo:{name}", "kwargs": {}, "inputs": [], "seed": 0}
+    with tempfile.TemporaryDirectory() as tmp:
+        counter = iter(range(10**6))
+        record("export",
+               lambda d: export_dir(p, plan, pruned, d, source),
+               setup=lambda: os.path.join(tmp, f"e{next(counter)}"))
+    res["base_rss"] = base_rss
+    res["peak_rss"] = _peak_rss()
+    return res
+
+
+def run_llama7b(reps: int) -> dict:
+    _setup_path()
+    import torch
+
+    import demo_models
+    from viewer.core.groups import all_groups
+    from viewer.core.trace import build_graph
+
+    base_rss = _rss_now()
+    demo = demo_models.get_demo("llama")
+    shape = dict(dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, ffn_hidden=11008,
+                 vocab=32000)
+    with torch.device("meta"):
+        m = demo.build(**shape)
+    m.eval()
+    x = demo.make_inputs("meta")
+    res: dict = {"name": "llama-7B@meta", "shape": shape,
+                 "params": sum(p.numel() for p in m.parameters()), "times": {},
+                 "all_times": {}}
+
+    def fwd(_):
+        with torch.no_grad():
+            return m(*x)
+
+    for stage, fn in (("forward", fwd), ("build", lambda _: build_graph(m, x))):
+        med, times, g = _timeit(fn, reps)
+        res["times"][stage], res["all_times"][stage] = med, times
+    med, times, groups = _timeit(lambda _: all_groups(g), reps)
+    res["times"]["groups"], res["all_times"]["groups"] = med, times
+    # one cold end-to-end graph + groups, as a user would pay it
+    t0 = time.perf_counter()
+    groups = all_groups(build_graph(m, x))
+    res["times"]["graph_groups_once"] = time.perf_counter() - t0
+    res["times"]["graph_groups"] = res["times"]["build"] + res["times"]["groups"]
+    res["n_nodes"] = len(g.nodes)
+    res["n_groups"] = len(groups)
+    res["base_rss"] = base_rss
+    res["peak_rss"] = _peak_rss()
+    return res
+
+
+def _child(args: list[str]) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), *args]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=str(ROOT))
+    wall = time.perf_counter() - t0
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(MARK):
+            res = json.loads(line[len(MARK):])
+            res["wall"] = wall
+            return res
+    tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
+    return {"name": args[-1], "error": f"exit {proc.returncode}: {tail}", "wall": wall}
+
+
+# -- report ---------------------------------------------------------------------------------
+def _verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:.0f}"
+
+
+def _fmt_s(s: float) -> str:
+    return f"{s * 1e3:.1f}ms" if s < 1 else f"{s:.2f}s"
+
+
+def report(models: list[dict], meta: dict | None) -> tuple[str, int]:
+    lines = []
+    misses = 0
+    hdr = (f"{'model':<11}" + "".join(f"{LABELS[s]:>21}" for s in STAGES)
+           + f"{'peak MB':>9}{'base MB':>9}   build<=1.2xfwd   groups<=0.1xbuild")
+    lines.append("Per-stage median wall time  [ratio to one forward]")
+    lines.append(hdr)
+    lines.append("-" * len(hdr))
+    for r in models:
+        if "error" in r:
+            lines.append(f"{r['name']:<11} ERROR {r['error']}")
+            misses += 1
+            continue
+        t = r["times"]
+        fwd = t["forward"]
+        cells = "".join(f"{_fmt_s(t[s]) + f' [{t[s] / fwd:.1f}x]':>21}" for s in STAGES)
+        b_ratio = t["build"] / fwd
+        g_ratio = t["groups"] / t["build"]
+        b_ok, g_ok = b_ratio <= BUILD_MAX_X_FWD, g_ratio <= GROUPS_MAX_X_BUILD
+        misses += (not b_ok) + (not g_ok)
+        lines.append(f"{r['name']:<11}{cells}{_mb(r['peak_rss']):>9}{_mb(r['base_rss']):>9}"
+                     f"   {_verdict(b_ok)} {b_ratio:5.2f}x      "
+                     f"{_verdict(g_ok)} {g_ratio:5.3f}x")
+    if meta is not None:
+        lines.append("")
+        lines.append("Llama decoder, 7B shape (dim 4096, 32 layers, 32/8 heads, ffn 11008, "
+                     "vocab 32000) on the meta device")
+        if "error" in meta:
+            lines.append(f"  ERROR {meta['error']}")
+            misses += 1
+        else:
+            t = meta["times"]
+            fwd = t["forward"]
+            for s, label in (("forward", "forward (meta)"), ("build", "graph build"),
+                             ("groups", "all groups"), ("graph_groups", "graph + groups"),
+                             ("graph_groups_once", "graph + groups (one cold run)")):
+                lines.append(f"  {label:<30}{_fmt_s(t[s]):>10}   [{t[s] / fwd:6.1f}x fwd]")
+            lines.append(f"  {'nodes / groups':<30}{meta['n_nodes']:>10} / {meta['n_groups']}")
+            lines.append(f"  {'peak RSS (base)':<30}{_mb(meta['peak_rss']):>7} MB"
+                         f"   ({_mb(meta['base_rss'])} MB after imports)")
+            checks = [
+                (f"build <= {BUILD_MAX_X_FWD}x forward", t["build"] / fwd <= BUILD_MAX_X_FWD,
+                 f"{t['build'] / fwd:.2f}x"),
+                (f"groups <= {GROUPS_MAX_X_BUILD}x build",
+                 t["groups"] / t["build"] <= GROUPS_MAX_X_BUILD,
+                 f"{t['groups'] / t['build']:.3f}x"),
+                (f"graph + groups < {META7B_MAX_S:.0f} s",
+                 max(t["graph_groups"], t["graph_groups_once"]) < META7B_MAX_S,
+                 _fmt_s(max(t["graph_groups"], t["graph_groups_once"]))),
+                ("peak RSS < 3 GB", meta["peak_rss"] < META7B_MAX_BYTES,
+                 f"{meta['peak_rss'] / 2**30:.2f} GB"),
+            ]
+            for label, ok, val in checks:
+                misses += not ok
+                lines.append(f"  target {label:<28}{_verdict(ok):>6}  ({val})")
+    lines.append("")
+    lines.append(f"{misses} target(s) missed" if misses else "all targets met")
+    return "\n".join(lines), misses
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    ap.add_argument("--quick", action="store_true", help="skip resnet50")
+    ap.add_argument("--reps", type=int, default=3, help="timed repetitions per stage")
+    ap.add_argument("--models", help="comma-separated demo names (default: all)")
+    ap.add_argument("--no-7b", action="store_true", help="skip the 7B-on-meta benchmark")
+    ap.add_argument("--one", metavar="NAME", help=argparse.SUPPRESS)
+    ap.add_argument("--llama7b", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args.one or args.llama7b:
+        res = run_llama7b(args.reps) if args.llama7b else run_one(args.one, args.reps)
+        print(MARK + json.dumps(res), flush=True)
+        return 0
+
+    _setup_path()
+    import demo_models
+
+    names = args.models.split(",") if args.models else list(demo_models.DEMOS)
+    if args.quick:
+        names = [n for n in names if n != "resnet50"]
+    import torch
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{os.cpu_count()} cpus, reps={args.reps} (median, 1 warm-up)", flush=True)
+    models = []
+    for name in names:
+        r = _child(["--reps", str(args.reps), "--one", name])
+        print(f"  {name}: {'ERROR' if 'error' in r else 'ok'} ({r['wall']:.1f}s)",
+              file=sys.stderr, flush=True)
+        models.append(r)
+    meta = None
+    if not args.no_7b:
+        meta = _child(["--reps", str(args.reps), "--llama7b"])
+        print(f"  llama-7B@meta: {'ERROR' if 'error' in meta else 'ok'} "
+              f"({meta['wall']:.1f}s)", file=sys.stderr, flush=True)
+    text, misses = report(models, meta)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            {"torch": torch.__version__, "reps": args.reps, "models": models,
+             "llama7b_meta": meta, "misses": misses,
+             "targets": {"build_max_x_forward": BUILD_MAX_X_FWD,
+                         "groups_max_x_build": GROUPS_MAX_X_BUILD,
+                         "meta7b_max_s": META7B_MAX_S, "meta7b_max_bytes": META7B_MAX_BYTES}},
+            indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

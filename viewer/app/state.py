@@ -1,0 +1,279 @@
+"""Server-side state: per-browser-session models, graphs, pruners and pruning history.
+
+Models never go into the page. Each page load gets a random session id (kept in a
+``dcc.Store``); callbacks look the :class:`Session` up here. The store keeps the most recently
+used ``max_sessions`` sessions (LRU); a callback from an evicted session gets
+:class:`SessionExpired`, whose message the page shows. Dash serves callbacks from several
+threads: the store's maps are guarded by one lock and each session has its own lock, held by a
+callback for as long as it works on that session.
+
+Original models are built once per :class:`ModelEntry` and shared read-only between sessions
+(pruning always works on copies); so are their graphs, groups and drawn layouts.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from viewer.core.errors import DepViewError
+from viewer.core.graph import Graph
+from viewer.core.prune import Plan, Pruner, attr_changes
+from viewer.core.trace import build_graph
+
+from .viewmodel import DEFAULT_MAX_VISIBLE, View, build_view, default_collapsed
+
+DEFAULT_SPEC = "demo:resnet"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A model the picker offers: a spec given at start-up (or a demo) and how to build it.
+
+    Only these specs are ever imported; the browser can only choose among them.
+    """
+
+    spec: str
+    inputs: tuple[str, ...] = ()
+    kwargs: str = ""
+    weights: str | None = None
+    label: str = ""
+    description: str = ""
+
+    @property
+    def title(self) -> str:
+        return self.label or self.spec
+
+
+def demo_entries() -> list[ModelEntry]:
+    """One entry per demo model, in the registry's order."""
+    import demo_models
+
+    return [ModelEntry(f"demo:{d.name}", label=f"demo:{d.name}", description=d.description)
+            for d in demo_models.DEMOS.values()]
+
+
+def picker_entries(extra: Iterable[ModelEntry] | None = None) -> list[ModelEntry]:
+    """Models named at start-up first, then the demos (a spec appears once)."""
+    out: dict[str, ModelEntry] = {}
+    for e in list(extra or []) + demo_entries():
+        out.setdefault(e.spec, e)
+    return list(out.values())
+
+
+class SessionExpired(DepViewError):
+    """The page's session was evicted (or the server restarted)."""
+
+
+@dataclass
+class Stage:
+    """One model in a session's history: the original (or uploaded) model, or the result of
+    a pruning round. ``plan`` and ``round`` describe the round that made it from the stage
+    before (``round`` is that round's plan.json entry, for multi-round exports)."""
+
+    key: str
+    model: nn.Module
+    graph: Graph
+    pruner: Pruner
+    module_classes: dict[str, str]
+    plan: Plan | None = None
+    verification: dict | None = None
+    round: dict | None = None
+    summary: dict = field(default_factory=dict)
+
+
+@dataclass
+class Base:
+    """What is shared between sessions for one model: its first stage and where it came
+    from (``source`` is :attr:`LoadedModel.source`; ``history`` lists plan.json rounds of an
+    uploaded export)."""
+
+    entry_key: str
+    stage: Stage
+    inputs: object
+    output_layers: list[str]
+    source: dict
+    description: str = ""
+    history: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class Session:
+    """One browser page's state."""
+
+    sid: str
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    base: Base | None = None
+    stages: list[Stage] = field(default_factory=list)
+    collapsed: frozenset[str] = frozenset()
+    view: View | None = None
+    preview_plan: Plan | None = None
+    preview: dict | None = None
+    overrides: dict[int, float] = field(default_factory=dict)
+    ignore: set[str] = field(default_factory=set)  #: "name:out" / "name:in"
+
+    @property
+    def stage(self) -> Stage:
+        if not self.stages:
+            raise DepViewError("no model loaded: pick one in the model list")
+        return self.stages[-1]
+
+    def reset_pruning_inputs(self) -> None:
+        self.preview_plan = None
+        self.preview = None
+
+    def history_rounds(self) -> list[dict]:
+        """plan.json rounds before the current stage's round (uploaded ones first)."""
+        rounds = list(self.base.history) if self.base else []
+        return rounds + [s.round for s in self.stages[1:-1] if s.round]
+
+
+def make_stage(model: nn.Module, inputs, output_layers: list[str], plan: Plan | None = None,
+               verification: dict | None = None, round_: dict | None = None) -> Stage:
+    """Trace ``model``, find its groups (checked on the meta device) and wrap it as a stage."""
+    graph = build_graph(model, inputs)
+    pruner = Pruner(model, inputs, graph=graph, output_layers=output_layers)
+    try:
+        pruner.validate_groups()
+    except Exception:  # validation needs a meta-device forward; without it groups stay as found
+        pass
+    classes = {name: type(m).__name__ for name, m in model.named_modules() if name}
+    params = sum(p.numel() for p in model.parameters())
+    summary = {"nodes": len(graph.nodes), "edges": len(graph.edges), "params": int(params),
+               "groups": len(pruner.groups),
+               "prunable": sum(1 for g in pruner.groups if not pruner.reason(g))}
+    return Stage(uuid.uuid4().hex, model, graph, pruner, classes, plan, verification, round_,
+                 summary)
+
+
+def round_entry(pruner: Pruner, plan: Plan, pruned: nn.Module) -> dict:
+    """The plan.json ``rounds`` entry of one round (the same fields export_dir writes)."""
+    return {
+        "tensors": pruner.kept(plan),
+        "attrs": attr_changes(pruner.model, pruned),
+        "plan": plan.to_dict(),
+        "groups": {str(gid): {"root": pruner.groups[gid].root, "removed_units": units}
+                   for gid, units in plan.removed.items()},
+    }
+
+
+class SessionStore:
+    """LRU-bounded sessions plus shared, LRU-bounded original models and layouts."""
+
+    def __init__(self, entries: Iterable[ModelEntry] | None = None, max_sessions: int = 16,
+                 max_models: int = 8, max_views: int = 64,
+                 max_visible: int = DEFAULT_MAX_VISIBLE):
+        self.entries: dict[str, ModelEntry] = {e.spec: e for e in picker_entries(entries)}
+        self.max_sessions = max_sessions
+        self.max_models = max_models
+        self.max_views = max_views
+        self.max_visible = max_visible
+        self._lock = threading.Lock()
+        self._sessions: OrderedDict[str, Session] = OrderedDict()
+        self._evicted: OrderedDict[str, None] = OrderedDict()
+        self._bases: OrderedDict[str, Base] = OrderedDict()
+        self._base_locks: dict[str, threading.Lock] = {}
+        self._views: OrderedDict[tuple[str, frozenset[str]], View] = OrderedDict()
+
+    # -- sessions ---------------------------------------------------------------------------
+    @staticmethod
+    def new_id() -> str:
+        return uuid.uuid4().hex
+
+    def session(self, sid: str | None, create: bool = False) -> Session:
+        """The session ``sid``. Unknown ids get a new session when ``create`` (page load,
+        model pick); otherwise an evicted one raises :class:`SessionExpired`."""
+        if not sid:
+            raise DepViewError("the page has no session id: reload the page")
+        with self._lock:
+            s = self._sessions.get(sid)
+            if s is not None:
+                self._sessions.move_to_end(sid)
+                return s
+            if not create:
+                raise SessionExpired(
+                    f"this page's session expired on the server (it keeps the "
+                    f"{self.max_sessions} most recent): pick a model or reload the page")
+            s = self._sessions[sid] = Session(sid)
+            self._evicted.pop(sid, None)
+            while len(self._sessions) > self.max_sessions:
+                old, _ = self._sessions.popitem(last=False)
+                self._evicted[old] = None
+            while len(self._evicted) > 10 * self.max_sessions:
+                self._evicted.popitem(last=False)
+            return s
+
+    def was_evicted(self, sid: str) -> bool:
+        with self._lock:
+            return sid in self._evicted
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    # -- shared original models -------------------------------------------------------------
+    def base(self, spec: str) -> Base:
+        """The original model of a picker entry, built once (raises DepViewError for a spec
+        that was not offered: the browser cannot make the server import anything else)."""
+        entry = self.entries.get(spec)
+        if entry is None:
+            raise DepViewError(f"unknown model {spec!r}: only the listed models can be loaded")
+        with self._lock:
+            hit = self._bases.get(spec)
+            if hit is not None:
+                self._bases.move_to_end(spec)
+                return hit
+            lock = self._base_locks.setdefault(spec, threading.Lock())
+        with lock:  # one build per model even when two pages ask at once
+            with self._lock:
+                if spec in self._bases:
+                    return self._bases[spec]
+            from viewer.core.spec import load_model
+
+            lm = load_model(entry.spec, inputs=list(entry.inputs) or None,
+                            kwargs=entry.kwargs or None, weights=entry.weights)
+            stage = make_stage(lm.model, lm.inputs, lm.output_layers)
+            base = Base(spec, stage, lm.inputs, list(lm.output_layers), dict(lm.source),
+                        entry.description or lm.description)
+            with self._lock:
+                self._bases[spec] = base
+                while len(self._bases) > self.max_models:
+                    self._bases.popitem(last=False)
+            return base
+
+    def allowed_source(self, source: dict) -> bool:
+        """May an uploaded export's recorded source be rebuilt? Only demos and the specs
+        given at start-up (with the same factory kwargs) are importable."""
+        spec = str(source.get("spec", ""))
+        if spec.startswith("demo:"):
+            return spec in self.entries
+        entry = self.entries.get(spec)
+        if entry is None:
+            return False
+        import json
+
+        want = json.loads(entry.kwargs) if entry.kwargs else {}
+        return (source.get("kwargs") or {}) == want
+
+    # -- layouts ----------------------------------------------------------------------------
+    def view(self, stage: Stage, collapsed: Iterable[str] | None) -> View:
+        """The drawn view of a stage (cached per stage and collapse set). ``None`` means the
+        default collapse for the graph's size."""
+        col = (default_collapsed(stage.graph, self.max_visible) if collapsed is None
+               else frozenset(collapsed))
+        key = (stage.key, col)
+        with self._lock:
+            hit = self._views.get(key)
+            if hit is not None:
+                self._views.move_to_end(key)
+                return hit
+        v = build_view(stage.graph, col, stage.module_classes)
+        with self._lock:
+            self._views[key] = v
+            while len(self._views) > self.max_views:
+                self._views.popitem(last=False)
+        return v

@@ -1,0 +1,173 @@
+"""Cytoscape stylesheets: the static base and the overlays a callback swaps in.
+
+Highlighting (a pruning group, an op type, search hits, new widths after a preview) only ever
+changes the stylesheet — never the element list, which the component would re-serialise whole.
+Every function here is pure and returns a list of ``{"selector", "style"}`` rules.
+
+Colours come from :data:`viewer.core.optypes.STYLES` (copied into each node's ``data.color`` by
+the view-model), so this module names no op type colour itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from viewer.core.graph import Graph
+from viewer.core.groups import Group
+
+from .viewmodel import View, channels
+
+HIGHLIGHT = "#f97316"  #: group members and the tensors they own
+SELECTED = "#dc2626"  #: the inspected element
+SEARCH_HIT = "#db2777"
+PRUNED = "#7c3aed"  #: layers a preview shrinks
+FADED = 0.22
+
+
+def base_stylesheet() -> list[dict]:
+    """The static stylesheet: nodes coloured by their op type, compound module boxes,
+    edges labelled with shapes once zoomed in enough to read them."""
+    return [
+        {"selector": "node", "style": {
+            "shape": "round-rectangle", "width": "data(w)", "height": 38,
+            "background-color": "data(color)", "color": "data(fg)", "label": "data(label)",
+            "text-wrap": "wrap", "text-valign": "center", "text-halign": "center",
+            "font-size": 10, "font-family": "Inter, system-ui, sans-serif",
+            "border-width": 1, "border-color": "#475569", "min-zoomed-font-size": 5}},
+        {"selector": "node.module", "style": {
+            "background-color": "#f8fafc", "background-opacity": 0.55, "color": "#334155",
+            "border-color": "#94a3b8", "border-style": "dashed", "border-width": 1,
+            "text-valign": "top", "text-halign": "center", "font-size": 11, "padding": "14px",
+            "shape": "round-rectangle", "font-weight": "bold"}},
+        {"selector": "node.collapsed", "style": {
+            "background-color": "#e2e8f0", "background-opacity": 1, "color": "#0f172a",
+            "border-style": "double", "border-width": 4, "border-color": "#475569",
+            "text-valign": "center", "height": 56, "font-weight": "normal", "font-size": 10}},
+        {"selector": "edge", "style": {
+            "width": 1.4, "line-color": "#94a3b8", "target-arrow-color": "#94a3b8",
+            "target-arrow-shape": "triangle", "arrow-scale": 0.8, "curve-style": "bezier",
+            "label": "data(label)", "font-size": 8, "color": "#475569",
+            "min-zoomed-font-size": 9, "text-rotation": "autorotate",
+            "text-background-color": "#ffffff", "text-background-opacity": 0.85,
+            "text-background-padding": "1px"}},
+        {"selector": "node:selected", "style": {"border-width": 3, "border-color": SELECTED}},
+    ]
+
+
+def _ids(ids: Iterable[str]) -> str:
+    return ", ".join(f"#{i}" for i in dict.fromkeys(ids))
+
+
+def fade_others() -> list[dict]:
+    """Dim every op node and edge (highlight rules that follow bring some back)."""
+    return [{"selector": "node.op, node.collapsed, edge", "style": {"opacity": FADED}}]
+
+
+def ranges(pos: Iterable[int]) -> str:
+    """``[0, 1, 2, 5, 7, 8]`` -> ``"0–2, 5, 7–8"``."""
+    p = sorted({int(x) for x in pos})
+    out, i = [], 0
+    while i < len(p):
+        j = i
+        while j + 1 < len(p) and p[j + 1] == p[j] + 1:
+            j += 1
+        out.append(f"{p[i]}" if i == j else f"{p[i]}–{p[j]}")
+        i = j + 1
+    return ", ".join(out)
+
+
+def group_rules(view: View, graph: Graph, group: Group | None, selected: str | None,
+                removed: Iterable[int] = ()) -> list[dict]:
+    """Highlight ``group``'s members and the edges carrying its tensors (labelled with the
+    index ranges the group owns on each, which is how cuts through concats and splits show),
+    plus the selected element. ``removed`` units (from a preview) are named on the edges."""
+    rules: list[dict] = []
+    if group is not None:
+        members = view.elements_of(m.node for m in group.members)
+        rules += fade_others()
+        edges: dict[str, list[str]] = {}
+        removed = np.asarray(sorted(removed), dtype=np.int64)
+        for (nid, port, _dim), (pos, unit) in group.tensors.items():
+            if not len(pos):
+                continue
+            width = _width(graph, nid, port, _dim)
+            text = f"[{ranges(pos)}] of {width}" if width and len(pos) < width else \
+                f"all {len(pos)}"
+            if len(removed):
+                lost = pos[np.isin(unit, removed)]
+                text += f" · −{len(lost)}"
+            for eid in view.tensor_edges.get((nid, port), ()):
+                edges.setdefault(eid, []).append(text)
+        if members:
+            rules.append({"selector": _ids(members), "style": {
+                "opacity": 1, "border-width": 4, "border-color": HIGHLIGHT}})
+        for eid, texts in edges.items():
+            rules.append({"selector": f"#{eid}", "style": {
+                "opacity": 1, "line-color": HIGHLIGHT, "target-arrow-color": HIGHLIGHT,
+                "width": 3.5, "label": " | ".join(dict.fromkeys(texts)), "font-size": 9,
+                "min-zoomed-font-size": 6, "color": "#9a3412", "z-index": 10}})
+    if selected:
+        rules.append({"selector": f"#{selected}", "style": {
+            "opacity": 1, "border-width": 5, "border-color": SELECTED}})
+    return rules
+
+
+def _width(graph: Graph, nid: int, port: int, dim: int) -> int | None:
+    shapes = graph.nodes[nid].out_shapes
+    if port < len(shapes) and dim < len(shapes[port]):
+        return int(shapes[port][dim])
+    return None
+
+
+def type_rules(op_type: str | None) -> list[dict]:
+    """Highlight every node of one op type (a legend click)."""
+    if not op_type:
+        return []
+    return fade_others() + [{"selector": f'node[op_type = "{op_type}"]', "style": {
+        "opacity": 1, "border-width": 4, "border-color": "#0f172a"}}]
+
+
+def search_rules(ids: Iterable[str]) -> list[dict]:
+    """Mark search hits."""
+    ids = list(ids)
+    if not ids:
+        return []
+    return [{"selector": _ids(ids), "style": {
+        "border-width": 5, "border-color": SEARCH_HIT, "border-style": "solid", "opacity": 1}}]
+
+
+def preview_rules(view: View, graph: Graph, widths: dict[str, dict[str, int]]) -> list[dict]:
+    """Annotate each drawn layer a plan shrinks with its new width (``⇒ 3→8``)."""
+    rules = []
+    touched_modules: set[str] = set()
+    for n in graph.nodes:
+        w = widths.get(n.module)
+        if not w or not n.is_module:
+            continue
+        eid = view.rep.get(n.id)
+        if eid is None:
+            continue
+        if not eid.startswith("n"):
+            touched_modules.add(eid)
+            continue
+        cin, cout = channels(n)
+        new_in, new_out = w.get("in", cin), w.get("out", cout)
+        if (new_in, new_out) == (cin, cout):
+            continue
+        label = view.data[eid]["label"] + f"\n⇒ {new_in}→{new_out}"
+        rules.append({"selector": f"#{eid}", "style": {
+            "label": label, "height": 50, "border-width": 3, "border-color": PRUNED}})
+    if touched_modules:
+        rules.append({"selector": _ids(sorted(touched_modules)), "style": {
+            "border-color": PRUNED}})
+    return rules
+
+
+def compose(*parts: list[dict] | None) -> list[dict]:
+    """Base stylesheet followed by the overlays, later rules winning."""
+    out = base_stylesheet()
+    for p in parts:
+        out += p or []
+    return out

@@ -1,0 +1,347 @@
+"""The view-model: a core :class:`~viewer.core.graph.Graph` turned into Cytoscape elements.
+
+:func:`build_view` is the one place that decides what is drawn: one node per op, one compound
+node per module (``data.parent`` nests them as the module hierarchy does), a collapsed module
+as a single summary node, edges labelled with tensor shapes, and ``preset`` positions from a
+layered (Sugiyama) layout computed here with python-igraph — in-browser layouts die on large
+graphs. Pure: no Dash import, no torch calls; the app caches results per (graph, collapse set).
+
+    >>> view = build_view(graph, collapsed={"layer1"})
+    >>> view.rep[graph.node("layer1.0.conv1").id]     # drawn inside the collapsed module
+    'm3'
+
+Element ids are CSS-safe (``n12`` for node 12, ``m3`` for a module, ``e7`` for an edge) so the
+stylesheet can address them with ``#id`` selectors; highlighting changes only the stylesheet.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from viewer.core.graph import Graph, Node
+from viewer.core.groups import root_dim
+from viewer.core.meta import ConcatMeta, SplitMeta
+from viewer.core.optypes import STYLES, OpGroup, OpType
+
+X_GAP = 200  #: px between Sugiyama columns
+Y_GAP = 84  #: px between layers
+MAX_NAME = 26  #: longest node name drawn before it is shortened with an ellipsis
+DEFAULT_MAX_VISIBLE = 400  #: past this many drawn nodes a page gets slow: collapse modules
+
+_CHANNEL_FIRST = frozenset({OpType.CONV, OpType.CONV_TRANSPOSE, OpType.DEPTHWISE_CONV,
+                            OpType.BN, OpType.GN, OpType.IN})
+_CHANNEL_LAST = frozenset({OpType.LINEAR, OpType.LN, OpType.EMBED, OpType.MHA})
+
+
+@dataclass(frozen=True)
+class View:
+    """What the browser draws for one graph and one set of collapsed modules.
+
+    ``rep[node_id]`` is the element drawing that node (itself, or its outermost collapsed
+    module); ``tensor_edges[(node_id, port)]`` the edge elements carrying that tensor;
+    ``module_ids[path]`` the element id of each module (drawn or not).
+    """
+
+    elements: list[dict]
+    rep: dict[int, str]
+    tensor_edges: dict[tuple[int, int], tuple[str, ...]]
+    module_ids: dict[str, str]
+    collapsed: frozenset[str]
+    types: dict[str, int] = field(default_factory=dict)  #: op type value -> node count
+
+    @cached_property
+    def data(self) -> dict[str, dict]:
+        """element id -> its ``data`` dict."""
+        return {e["data"]["id"]: e["data"] for e in self.elements}
+
+    @cached_property
+    def path_of(self) -> dict[str, str]:
+        """module element id -> module path."""
+        return {eid: path for path, eid in self.module_ids.items()}
+
+    @property
+    def n_nodes(self) -> int:
+        """Drawn nodes that are not expanded compound boxes."""
+        return sum(1 for e in self.elements
+                   if "source" not in e["data"] and not e["data"].get("compound"))
+
+    def elements_of(self, node_ids: Iterable[int]) -> list[str]:
+        """Element ids drawing the given graph nodes (deduplicated, in order)."""
+        return list(dict.fromkeys(self.rep[i] for i in node_ids if i in self.rep))
+
+
+# --------------------------------------------------------------------------------------------
+# The module hierarchy.
+
+
+def container_of(node: Node) -> str:
+    """The module path a node is drawn inside: a module node sits in its parent module, a
+    functional op in the module whose forward ran it (``""`` is the root, not drawn)."""
+    if node.is_module:
+        return node.module.rpartition(".")[0]
+    return node.module
+
+
+def ancestors(path: str) -> list[str]:
+    """``"a.b.c"`` -> ``["a", "a.b", "a.b.c"]`` (outermost first); ``""`` -> ``[]``."""
+    if not path:
+        return []
+    parts = path.split(".")
+    return [".".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def module_tree(graph: Graph) -> dict[str, list[int]]:
+    """Every module that contains drawn nodes -> ids of all nodes inside it (at any depth),
+    sorted by path."""
+    inside: dict[str, list[int]] = defaultdict(list)
+    for n in graph.nodes:
+        for p in ancestors(container_of(n)):
+            inside[p].append(n.id)
+    return dict(sorted(inside.items()))
+
+
+def _reps(graph: Graph, collapsed: frozenset[str], module_ids: dict[str, str]) -> dict[int, str]:
+    rep = {}
+    for n in graph.nodes:
+        rep[n.id] = f"n{n.id}"
+        for p in ancestors(container_of(n)):  # outermost collapsed ancestor wins
+            if p in collapsed:
+                rep[n.id] = module_ids[p]
+                break
+    return rep
+
+
+def visible_count(graph: Graph, collapsed: Iterable[str]) -> int:
+    """How many nodes are drawn (ops plus collapsed modules) for a collapse set."""
+    tree = module_tree(graph)
+    col = frozenset(p for p in collapsed if p in tree)
+    ids = {p: f"m{i}" for i, p in enumerate(tree)}
+    return len(set(_reps(graph, col, ids).values()))
+
+
+def default_collapsed(graph: Graph, max_visible: int = DEFAULT_MAX_VISIBLE) -> frozenset[str]:
+    """Nothing for small graphs; otherwise every module at the deepest depth that keeps at
+    most ``max_visible`` nodes drawn (depth 1 if none does)."""
+    if len(graph.nodes) <= max_visible:
+        return frozenset()
+    tree = module_tree(graph)
+    depth = max((p.count(".") + 1 for p in tree), default=0)
+    for d in range(depth, 0, -1):
+        col = frozenset(p for p in tree if p.count(".") + 1 == d)
+        if visible_count(graph, col) <= max_visible:
+            return col
+    return frozenset(p for p in tree if "." not in p)
+
+
+# --------------------------------------------------------------------------------------------
+# Labels.
+
+
+def in_channel_dim(node: Node) -> int | None:
+    """The dim of input 0 that carries channels (None without inputs)."""
+    if not node.in_shapes or not node.in_shapes[0]:
+        return None
+    shape = node.in_shapes[0]
+    if node.op_type in _CHANNEL_FIRST or (len(shape) in (4, 5)
+                                          and node.op_type not in _CHANNEL_LAST):
+        return 1
+    return len(shape) - 1
+
+
+def out_channel_dim(node: Node) -> int | None:
+    """The dim of output 0 that carries channels (None without outputs)."""
+    if not node.out_shapes or not node.out_shapes[0]:
+        return None
+    if isinstance(node.meta, (ConcatMeta, SplitMeta)):
+        return node.meta.dim
+    d = root_dim(node)
+    if d is not None:
+        return d
+    shape = node.out_shapes[0]
+    if node.op_type in _CHANNEL_FIRST or (len(shape) in (4, 5)
+                                          and node.op_type not in _CHANNEL_LAST):
+        return 1
+    return len(shape) - 1
+
+
+def channels(node: Node) -> tuple[int | None, int | None]:
+    """(input channels, output channels) as drawn on the node."""
+    di, do = in_channel_dim(node), out_channel_dim(node)
+    cin = node.in_shapes[0][di] if di is not None else None
+    cout = node.out_shapes[0][do] if do is not None else None
+    return cin, cout
+
+
+def shape_text(shape: Iterable[int]) -> str:
+    """``(1, 64, 8, 8)`` -> ``"1×64×8×8"``; a scalar is ``"scalar"``."""
+    s = "×".join(str(int(x)) for x in shape)
+    return s or "scalar"
+
+
+def short_name(name: str, parent: str) -> str:
+    """The name relative to its parent module, shortened to :data:`MAX_NAME` characters."""
+    if parent and name.startswith(parent + "."):
+        name = name[len(parent) + 1:]
+    return name if len(name) <= MAX_NAME else "…" + name[-(MAX_NAME - 1):]
+
+
+def width_line(node: Node, cin: int | None = None, cout: int | None = None) -> str:
+    """The second label line: type and channel counts (``"Conv 3→16"``)."""
+    label = STYLES[node.op_type].label
+    c_in, c_out = channels(node)
+    c_in = c_in if cin is None else cin
+    c_out = c_out if cout is None else cout
+    if node.op_type in OpGroup.PARAMETRIC and node.op_type is not OpType.PARAMETER \
+            and c_in is not None and c_out is not None:
+        return f"{label} {c_in}→{c_out}"
+    shape = node.out_shapes[0] if node.out_shapes else (node.in_shapes[0] if node.in_shapes
+                                                         else ())
+    if len(shape) > 1 and node.op_type not in OpGroup.SOURCES:
+        shape = shape[1:]  # the batch dim says nothing
+    return f"{label} [{','.join(map(str, shape))}]"
+
+
+def _fg(color: str) -> str:
+    """Readable text colour on a ``#rrggbb`` background."""
+    r, g, b = (int(color[i:i + 2], 16) / 255 for i in (1, 3, 5))
+    return "#111827" if 0.299 * r + 0.587 * g + 0.114 * b > 0.6 else "#ffffff"
+
+
+def _box_width(label: str) -> int:
+    longest = max((len(line) for line in label.split("\n")), default=0)
+    return int(min(220, max(64, 6.4 * longest + 20)))
+
+
+def _count(n: int) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= div:
+            return f"{n / div:.3g}{unit}"
+    return str(n)
+
+
+def node_params(node: Node) -> int:
+    """Parameters the node owns (first call of a module only: reuse shares them)."""
+    if node.call:
+        return 0
+    return sum(math.prod(s) for s in node.param_shapes.values())
+
+
+# --------------------------------------------------------------------------------------------
+# Layout.
+
+
+def layered_positions(n: int, edges: list[tuple[int, int]]) -> list[tuple[float, float]]:
+    """Sugiyama positions (px) of ``n`` vertices, top to bottom, via python-igraph."""
+    if n == 0:
+        return []
+    import igraph
+
+    g = igraph.Graph(n=n, edges=edges, directed=True)
+    coords = g.layout_sugiyama(hgap=1, vgap=1, maxiter=60).coords[:n]  # rows past n: dummies
+    return [(float(x) * X_GAP, float(y) * Y_GAP) for x, y in coords]
+
+
+# --------------------------------------------------------------------------------------------
+# The one function.
+
+
+def build_view(graph: Graph, collapsed: Iterable[str] = (),
+               module_classes: dict[str, str] | None = None) -> View:
+    """Cytoscape elements with preset positions for ``graph`` with ``collapsed`` modules.
+
+    ``module_classes`` maps module paths to class names (``"BasicBlock"``) for compound labels.
+    """
+    classes = module_classes or {}
+    tree = module_tree(graph)
+    module_ids = {p: f"m{i}" for i, p in enumerate(tree)}
+    col = frozenset(p for p in collapsed if p in tree)
+    rep = _reps(graph, col, module_ids)
+
+    def hidden(path: str) -> bool:  # inside a collapsed module (not the module itself)
+        return any(a in col for a in ancestors(path)[:-1])
+
+    def parent_id(path: str) -> str | None:
+        return module_ids[path] if path else None
+
+    # nodes in graph order; compound boxes for expanded modules that are drawn
+    node_els: list[dict] = []
+    compounds: list[dict] = []
+    path_of = {eid: p for p, eid in module_ids.items()}
+    summaries: dict[str, list[Node]] = defaultdict(list)
+    for n in graph.nodes:
+        if rep[n.id] in path_of:
+            summaries[path_of[rep[n.id]]].append(n)
+    for path in tree:
+        if hidden(path):
+            continue
+        parent = path.rpartition(".")[0]
+        cls = classes.get(path, "")
+        data = {"id": module_ids[path], "path": path, "kind": "module", "cls": cls}
+        if parent:
+            data["parent"] = module_ids[parent]
+        if path in col:
+            data.update(_summary(path, cls, summaries[path], graph, rep))
+            node_els.append({"data": data, "classes": "module collapsed"})
+        else:
+            data["label"] = f"{path} · {cls}" if cls else path
+            data["compound"] = True
+            compounds.append({"data": data, "classes": "module"})
+    for n in graph.nodes:
+        if rep[n.id] != f"n{n.id}":
+            continue
+        parent = container_of(n)
+        style = STYLES[n.op_type]
+        label = f"{short_name(n.name, parent)}\n{width_line(n)}"
+        data = {"id": f"n{n.id}", "label": label, "name": n.name, "op_type": n.op_type.value,
+                "type_label": style.label, "color": style.color, "fg": _fg(style.color),
+                "kind": "op", "w": _box_width(label)}
+        if parent_id(parent):
+            data["parent"] = parent_id(parent)
+        node_els.append({"data": data, "classes": f"op t-{n.op_type.value}"})
+
+    # edges between drawn elements, merged when several tensors join the same two elements
+    edge_els: list[dict] = []
+    by_pair: dict[tuple[str, str], str] = {}
+    tensor_edges: dict[tuple[int, int], list[str]] = defaultdict(list)
+    for e in graph.edges:
+        s, t = rep[e.source], rep[e.target]
+        if s == t:
+            continue
+        eid = by_pair.get((s, t))
+        if eid is None:
+            eid = by_pair[(s, t)] = f"e{len(edge_els)}"
+            edge_els.append({"data": {"id": eid, "source": s, "target": t,
+                                      "label": shape_text(e.shape)}})
+        if eid not in tensor_edges[(e.source, e.source_port)]:
+            tensor_edges[(e.source, e.source_port)].append(eid)
+
+    index = {el["data"]["id"]: i for i, el in enumerate(node_els)}
+    pos = layered_positions(len(node_els), [(index[s], index[t]) for s, t in by_pair])
+    for el, (x, y) in zip(node_els, pos, strict=True):
+        el["position"] = {"x": x, "y": y}
+
+    types = Counter(n.op_type.value for n in graph.nodes)
+    return View(compounds + node_els + edge_els, rep,
+                {k: tuple(v) for k, v in tensor_edges.items()}, module_ids, col, dict(types))
+
+
+def _summary(path: str, cls: str, nodes: list[Node], graph: Graph, rep: dict[int, str]) -> dict:
+    """Data of a collapsed module node: counts, parameters, shapes in and out."""
+    me = rep[nodes[0].id] if nodes else ""
+    ids = {n.id for n in nodes}
+    ins = [e for n in nodes for e in graph.in_edges.get(n.id, []) if e.source not in ids]
+    outs = [e for e in graph.edges if e.source in ids and e.target not in ids]
+    params = sum(node_params(n) for n in nodes)
+    kinds = Counter(STYLES[n.op_type].label for n in nodes)
+    top = ", ".join(f"{k}×{v}" for k, v in kinds.most_common(2))
+    io = ""
+    if ins and outs:
+        io = f"{shape_text(ins[0].shape[1:])} → {shape_text(outs[0].shape[1:])}"
+    head = f"{path} · {cls}" if cls else path
+    label = "\n".join(x for x in (head, f"{len(nodes)} ops · {_count(params)} params", io) if x)
+    return {"label": label, "collapsed": True, "n_ops": len(nodes), "params": params,
+            "types": top, "w": _box_width(label), "rep": me}
