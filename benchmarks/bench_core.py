@@ -207,9 +207,9 @@ def _fmt_s(s: float) -> str:
 def report(models: list[dict], meta: dict | None) -> tuple[str, int]:
     lines = []
     misses = 0
-    hdr = (f"{'model':<11}" + "".join(f"{LABELS[s]:>21}" for s in STAGES)
-           + f"{'peak MB':>9}{'base MB':>9}   build<=1.2xfwd   groups<=0.1xbuild")
-    lines.append("Per-stage median wall time  [ratio to one forward]")
+    hdr = (f"{'model':<11}" + "".join(f"{LABELS[s]:>18}" for s in STAGES)
+           + f"{'peak MB':>9}{'base MB':>8}  build<=1.2xfwd  groups<=0.1xbuild")
+    lines.append("Per-stage median wall time, then ratio to one forward (x)")
     lines.append(hdr)
     lines.append("-" * len(hdr))
     for r in models:
@@ -219,7 +219,7 @@ def report(models: list[dict], meta: dict | None) -> tuple[str, int]:
             continue
         t = r["times"]
         fwd = t["forward"]
-        cells = "".join(f"{_fmt_s(t[s]) + f' [{t[s] / fwd:.1f}x]':>21}" for s in STAGES)
+        cells = "".join(f"{_fmt_s(t[s]):>10}{t[s] / fwd:>7.1f}x" for s in STAGES)
         b_ratio = t["build"] / fwd
         g_ratio = t["groups"] / t["build"]
         b_ok, g_ok = b_ratio <= BUILD_MAX_X_FWD, g_ratio <= GROUPS_MAX_X_BUILD
@@ -302,7 +302,7 @@ def main(argv=None) -> int:
         print(f"  llama-7B@meta: {'ERROR' if 'error' in meta else 'ok'} "
               f"({meta['wall']:.1f}s)", file=sys.stderr, flush=True)
     text, misses = report(models, meta)
-    print(text)
+    print(text, flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(
             {"torch": torch.__version__, "reps": args.reps, "models": models,

@@ -164,3 +164,33 @@ def test_attributes_follow_the_tensors(demo_pruner):
     assert m.gru.input_size == m.lstm.hidden_size
     assert m.rnn.hidden_size * 2 == m.fc.in_features
     assert m.embedding.embedding_dim == m.lstm.input_size
+
+
+class GroupedNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        nn = torch.nn
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.g = nn.Conv2d(8, 12, 3, padding=1, groups=4)  # grouped
+        self.m = nn.Conv2d(12, 24, 3, padding=1, groups=12)  # depthwise with multiplier 2
+        self.t = nn.ConvTranspose2d(24, 8, 2, stride=2, groups=2)  # grouped transposed
+        self.b = nn.BatchNorm2d(8)
+        self.o = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        return self.o(self.b(self.t(self.m(self.g(self.a(x))))))
+
+
+def test_grouped_convs_prune_evenly_per_group():
+    from viewer.core.prune import Pruner
+
+    torch.manual_seed(0)
+    p = Pruner(GroupedNet().eval(), (torch.randn(1, 3, 8, 8),))
+    reasons = {g.root: p.reason(g) for g in p.groups}
+    assert "one input channel per group" in reasons["g"]  # m's multiplier: can't shrink its input
+    assert reasons["a"] == reasons["t"] == ""
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    assert pruned.g.weight.shape == (12, 1, 3, 3) and pruned.g.groups == 4
+    assert pruned.t.in_channels == 12 and pruned.t.out_channels == 4
+    assert p.verify(pruned, plan)["masked_equivalence"]["ok"]

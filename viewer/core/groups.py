@@ -162,8 +162,7 @@ def _channel_dim(shape) -> int:
 
 
 def _layer_rule(out_dim: Callable[[Node], int], in_dim: Callable[[Node], int],
-                passthrough: bool = False, block_in: Callable[[Node], str | None] = lambda n: None,
-                block_out: Callable[[Node], str | None] = lambda n: None) -> Rule:
+                passthrough: bool = False) -> Rule:
     """Conv/linear-like: ``out_dim`` of output 0 and ``in_dim`` of input 0 are channel dims.
     Other dims pass straight through when input and output agree on them (linear on tokens).
     ``passthrough`` couples in and out channels index by index (norms, depthwise convs)."""
@@ -174,9 +173,6 @@ def _layer_rule(out_dim: Callable[[Node], int], in_dim: Callable[[Node], int],
         nd_in, nd_out = len(node.in_shapes[0]), len(node.out_shapes[0])
         od, id_ = _norm(out_dim(node), nd_out), _norm(in_dim(node), nd_in)
         if side == "out" and dim == od or side == "in" and dim == id_:
-            msg = (block_out if side == "out" else block_in)(node)
-            if msg:
-                ctx.block(msg)
             ctx.member(node, side, dim, units, pos)
             if passthrough:
                 other = "in" if side == "out" else "out"
@@ -196,19 +192,26 @@ def _layer_rule(out_dim: Callable[[Node], int], in_dim: Callable[[Node], int],
     return rule
 
 
-def _grouped_conv_reason(node: Node) -> str | None:
-    groups = node.attrs.get("groups", 1)
-    if groups > 1:
-        return (f"'{node.name}' is a grouped convolution (groups={groups}): its channels must be "
-                "removed evenly per group, which is not supported yet")
-    return None
+def _grouped_conv_rule(base: Rule) -> Rule:
+    """Grouped convolutions: every group must keep the same width, so a unit removes the
+    channel at the same offset of every group (channels c and c + k*C/groups merge)."""
 
+    def rule(g, node, side, port, dim, units, pos, ctx):
+        groups = int(node.attrs.get("groups", 1))
+        if groups == 1 or port != 0 or dim != 1:
+            return base(g, node, side, port, dim, units, pos, ctx)
+        width = (node.in_shapes[0] if side == "in" else node.out_shapes[0])[1]
+        per = width // groups
+        if per == 1:
+            ctx.block(f"'{node.name}' has one {'input' if side == 'in' else 'output'} channel "
+                      f"per group (groups={groups}): removing one would remove a group")
+            return []
+        pos_all = ((pos % per)[:, None] + per * np.arange(groups)[None, :]).reshape(-1)
+        units_all = np.repeat(units, groups)
+        ctx.member(node, side, dim, units_all, pos_all)
+        return [Flow(side, 0, dim, units_all, pos_all)]
 
-def _conv_transpose_groups_reason(node: Node) -> str | None:
-    w = node.param_shapes.get("weight")
-    if w is not None and w[0] != node.in_shapes[0][1]:
-        return f"'{node.name}' is a grouped transposed convolution: not supported yet"
-    return None
+    return rule
 
 
 def _gn_rule() -> Rule:
@@ -808,12 +811,9 @@ RULES: dict[OpType, Rule] = {
     OpType.BUFFER: _source_block("the buffer"),
     OpType.CONSTANT: _source_block("a tensor computed inside forward"),
     OpType.PARAMETER: _parameter_rule,
-    OpType.CONV: _layer_rule(lambda n: 1, lambda n: 1, block_in=_grouped_conv_reason,
-                             block_out=_grouped_conv_reason),
+    OpType.CONV: _grouped_conv_rule(_layer_rule(lambda n: 1, lambda n: 1)),
     OpType.DEPTHWISE_CONV: _layer_rule(lambda n: 1, lambda n: 1, passthrough=True),
-    OpType.CONV_TRANSPOSE: _layer_rule(lambda n: 1, lambda n: 1,
-                                       block_in=_conv_transpose_groups_reason,
-                                       block_out=_conv_transpose_groups_reason),
+    OpType.CONV_TRANSPOSE: _grouped_conv_rule(_layer_rule(lambda n: 1, lambda n: 1)),
     OpType.BN: _layer_rule(lambda n: 1, lambda n: 1, passthrough=True),
     OpType.IN: _layer_rule(lambda n: 1, lambda n: 1, passthrough=True),
     OpType.GN: _gn_rule(),

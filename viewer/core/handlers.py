@@ -41,15 +41,25 @@ def _cuts(node: Node, spec: list[tuple[str, int, bool]], pos) -> list[Cut]:
             if k in node.params or k in node.buffers]
 
 
+def _group_local(node: Node, side: str, pos: np.ndarray) -> np.ndarray:
+    """Positions within one group: a grouped conv's weight holds width/groups channels per
+    row (or column) and every group loses the same offsets."""
+    groups = int(node.attrs.get("groups", 1))
+    width = (node.in_shapes[0] if side == "in" else node.out_shapes[0])[1]
+    return np.unique(pos % (width // groups)) if groups > 1 else pos
+
+
 def _conv(node, side, dim, pos):
     if side == "out":
         return _cuts(node, [("weight", 0, False), ("bias", 0, False)], pos)
-    return _cuts(node, [("weight", 1, True)], pos)
+    return _cuts(node, [("weight", 1, True)], _group_local(node, "in", pos))
 
 
 def _conv_transpose(node, side, dim, pos):
+    # weight is (in, out/groups, ...)
     if side == "out":
-        return _cuts(node, [("weight", 1, False), ("bias", 0, False)], pos)
+        return (_cuts(node, [("weight", 1, False)], _group_local(node, "out", pos))
+                + _cuts(node, [("bias", 0, False)], pos))
     return _cuts(node, [("weight", 0, True)], pos)
 
 

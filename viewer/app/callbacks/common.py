@@ -1,0 +1,48 @@
+"""Helpers every feature's callbacks share: one-line messages and error reporting."""
+
+from __future__ import annotations
+
+import logging
+
+from dash import html
+
+from viewer.core.errors import DepViewError
+
+log = logging.getLogger("viewer.app")
+
+
+def error_text(exc: BaseException) -> str:
+    """One line for the page: a DepViewError's own message, else the type and first line."""
+    if isinstance(exc, DepViewError):
+        return str(exc)
+    first = (str(exc).strip().splitlines() or [""])[0][:300]
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def message(text: str, kind: str = "info") -> html.Div:
+    """A message for the page's message bar (``kind``: info, ok, warn, error)."""
+    return html.Div(text, className=f"msg msg-{kind}", role="status")
+
+
+def error_message(exc: BaseException) -> html.Div:
+    """Report an exception in the page; unexpected ones are also logged with a traceback."""
+    if not isinstance(exc, DepViewError):
+        log.exception("callback failed", exc_info=exc)
+    return message(error_text(exc), "error")
+
+
+def fmt_count(n: int | float | None) -> str:
+    """``25557032`` -> ``"25.56M"``."""
+    if n is None:
+        return "—"
+    n = float(n)
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return f"{int(n)}"
+
+
+def change(before: float, after: float) -> str:
+    """``"25.56M → 13.01M (−49.1%)"``."""
+    pct = (after - before) / before * 100 if before else 0.0
+    return f"{fmt_count(before)} → {fmt_count(after)} ({pct:+.1f}%)".replace("-", "−")

@@ -1,0 +1,144 @@
+"""Choosing a model: a picker entry (demos and start-up specs) or an uploaded export zip."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import zipfile
+
+from dash import Input, Output, State, ctx, html, no_update
+
+from viewer.core.errors import DepViewError
+
+from .. import ids
+from ..state import Base, Session, SessionStore, make_stage
+from .common import error_message, fmt_count, message
+
+MAX_UPLOAD = 1 << 30  #: bytes of an uploaded zip
+
+
+def _fresh(session: Session, base: Base) -> None:
+    session.base = base
+    session.stages = [base.stage]
+    session.collapsed = None
+    session.view = None
+    session.overrides.clear()
+    session.ignore.clear()
+    session.reset_pruning_inputs()
+
+
+def load_entry(store: SessionStore, sid: str, spec: str) -> str:
+    """Load a picker entry into the session (its history starts over). Returns a note for
+    the message bar ("" when there is nothing to say)."""
+    note = ""
+    if store.was_evicted(sid):
+        note = "This page's session had expired on the server; it starts over."
+    session = store.session(sid, create=True)
+    base = store.base(spec)
+    with session.lock:
+        _fresh(session, base)
+    return note
+
+
+def _decode(contents: str) -> bytes:
+    _, _, b64 = (contents or "").partition(",")
+    try:
+        data = base64.b64decode(b64, validate=False)
+    except ValueError as exc:
+        raise DepViewError("the upload could not be decoded") from exc
+    if not data:
+        raise DepViewError("the upload is empty")
+    if len(data) > MAX_UPLOAD:
+        raise DepViewError(f"the upload is larger than {MAX_UPLOAD >> 20} MB")
+    return data
+
+
+def peek_source(data: bytes) -> dict:
+    """plan.json's ``source`` from an export zip, read without loading anything."""
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile as exc:
+        raise DepViewError("the upload is not a zip file") from exc
+    names = [n for n in zf.namelist() if n.rsplit("/", 1)[-1] == "plan.json"]
+    if not names:
+        raise DepViewError("the zip is not a DepView export (no plan.json)")
+    try:
+        plan = json.loads(zf.read(names[0]))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DepViewError("plan.json in the zip is not valid JSON") from exc
+    source = plan.get("source") if isinstance(plan, dict) else None
+    if not isinstance(source, dict) or "spec" not in source:
+        raise DepViewError("plan.json in the zip names no source model")
+    return source
+
+
+def load_upload(store: SessionStore, sid: str, contents: str, filename: str | None) -> str:
+    """Load an uploaded export zip (plan.json + model.safetensors; never pickle). The model
+    it was pruned from must be one this server offers: nothing else is ever imported."""
+    data = _decode(contents)
+    source = peek_source(data)
+    if not store.allowed_source(source):
+        raise DepViewError(
+            f"this export was pruned from {source.get('spec')!r}, which this server does not "
+            f"offer: start it with --model {source.get('spec')}")
+    from viewer.core.export import read_export_zip
+    from viewer.core.spec import load_model
+
+    model, plan = read_export_zip(data)
+    lm = load_model(source["spec"], inputs=source.get("inputs") or None,
+                    kwargs=source.get("kwargs") or None, device="cpu",
+                    seed=source.get("seed", 0))
+    stage = make_stage(model, lm.inputs, lm.output_layers)
+    rounds = list(plan.get("rounds") or [])
+    base = Base(f"upload:{filename or 'export.zip'}", stage, lm.inputs, list(lm.output_layers),
+                dict(plan["source"]), f"uploaded {filename or 'export'}: {source['spec']} "
+                f"after {len(rounds)} pruning round(s)", rounds)
+    session = store.session(sid, create=True)
+    with session.lock:
+        _fresh(session, base)
+    return f"Loaded {filename or 'the export'}: {source['spec']} pruned in {len(rounds)} round(s)."
+
+
+def model_info(store: SessionStore, sid: str) -> list:
+    """The header line describing the current model."""
+    session = store.session(sid)
+    st = session.stage
+    s = st.summary
+    desc = session.base.description if session.base else ""
+    return [
+        html.Span(desc, className="model-desc"),
+        html.Span(f"{s['nodes']} ops · {s['edges']} tensors · {fmt_count(s['params'])} params · "
+                  f"{s['groups']} groups ({s['prunable']} prunable)", className="model-stats"),
+    ]
+
+
+def graph_rev(session: Session) -> dict:
+    """The value written to the graph-rev store: changes whenever the current stage does."""
+    return {"stage": session.stage.key, "n": len(session.stages)}
+
+
+def register(app, store: SessionStore) -> None:
+    @app.callback(
+        Output(ids.GRAPH_REV, "data"),
+        Output(ids.MODEL_INFO, "children"),
+        Output(ids.MESSAGE, "children"),
+        Input(ids.MODEL_PICKER, "value"),
+        Input(ids.UPLOAD, "contents"),
+        State(ids.UPLOAD, "filename"),
+        State(ids.SESSION, "data"),
+        running=[(Output(ids.MODEL_PICKER, "disabled"), True, False)],
+    )
+    def on_model(spec, contents, filename, sid):
+        try:
+            if ctx.triggered_id == ids.UPLOAD and contents:
+                note = load_upload(store, sid, contents, filename)
+                kind = "ok"
+            else:
+                note = load_entry(store, sid, spec)
+                kind = "warn"
+            session = store.session(sid)
+            return (graph_rev(session), model_info(store, sid),
+                    message(note, kind) if note else None)
+        except Exception as exc:
+            return no_update, no_update, error_message(exc)
