@@ -84,11 +84,13 @@ def test_shufflenet_channel_shuffle_couples_both_halves(demo_pruner):
         assert (owned < sizes[0]).sum() == (owned >= sizes[0]).sum()
 
 
-def test_mha_blocks_the_residual_stream_with_a_reason(demo_pruner):
+def test_mha_residual_stream_is_prunable_in_multiples_of_heads(demo_pruner):
     _, p = demo_pruner("vit")
     g = group_of(p.graph, "patch_embed")
-    assert not g.prunable and "MultiheadAttention" in g.reason
-    assert {m.node_name for m in g.members} >= {"cls_token", "pos_embed", "blocks.0.gamma1"}
+    assert g.prunable and g.multiple_of == 4 and not g.exact
+    assert {m.node_name for m in g.members} >= {"cls_token", "pos_embed", "blocks.0.gamma1",
+                                               "blocks.0.attn", "blocks.1.norm2", "head"}
+    assert {m.side for m in g.members if m.node_name == "blocks.0.attn"} == {"in", "out"}
 
 
 def test_output_layer_group_is_not_prunable(demo_pruner):

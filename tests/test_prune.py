@@ -194,3 +194,23 @@ def test_grouped_convs_prune_evenly_per_group():
     assert pruned.g.weight.shape == (12, 1, 3, 3) and pruned.g.groups == 4
     assert pruned.t.in_channels == 12 and pruned.t.out_channels == 4
     assert p.verify(pruned, plan)["masked_equivalence"]["ok"]
+
+
+def test_mha_prunes_every_head_evenly(demo_pruner):
+    lm, p = demo_pruner("vit")
+    plan = p.plan(0.3)  # 32 * 0.3 = 9 units -> rounded down to 8 (multiples of 4 heads)
+    resid = p.groups[0]
+    assert len(plan.removed[resid.id]) == 8
+    m = p.apply(plan)
+    attn = m.blocks[0].attn
+    assert (attn.embed_dim, attn.head_dim, attn.num_heads) == (24, 6, 4)
+    assert attn.in_proj_weight.shape == (72, 24) and attn.out_proj.weight.shape == (24, 24)
+    assert m.cls_token.shape[-1] == m.pos_embed.shape[-1] == m.blocks[1].gamma2.shape[0] == 24
+    # the kept inner dims are an index-select of the original, per head
+    orig = lm.model.blocks[0].attn.in_proj_weight
+    kept_rows = p.kept(plan)["blocks.0.attn.in_proj_weight"]["0"]
+    assert len(kept_rows) == 72 and all(len([r for r in kept_rows if h * 8 <= r % 32 < h * 8 + 8])
+                                        == 18 for h in range(4))
+    sub = orig[kept_rows][:, p.kept(plan)["blocks.0.attn.in_proj_weight"]["1"]]
+    assert torch.equal(sub, attn.in_proj_weight)
+    assert p.verify(m, plan)["shapes_kept"]

@@ -3,7 +3,7 @@
 Models never go into the page. Each page load gets a random session id (kept in a
 ``dcc.Store``); callbacks look the :class:`Session` up here. The store keeps the most recently
 used ``max_sessions`` sessions (LRU); a callback from an evicted session gets
-:class:`SessionExpired`, whose message the page shows. Dash serves callbacks from several
+:class:`SessionExpiredError`, whose message the page shows. Dash serves callbacks from several
 threads: the store's maps are guarded by one lock and each session has its own lock, held by a
 callback for as long as it works on that session.
 
@@ -66,7 +66,7 @@ def picker_entries(extra: Iterable[ModelEntry] | None = None) -> list[ModelEntry
     return list(out.values())
 
 
-class SessionExpired(DepViewError):
+class SessionExpiredError(DepViewError):
     """The page's session was evicted (or the server restarted)."""
 
 
@@ -187,7 +187,7 @@ class SessionStore:
 
     def session(self, sid: str | None, create: bool = False) -> Session:
         """The session ``sid``. Unknown ids get a new session when ``create`` (page load,
-        model pick); otherwise an evicted one raises :class:`SessionExpired`."""
+        model pick); otherwise an evicted one raises :class:`SessionExpiredError`."""
         if not sid:
             raise DepViewError("the page has no session id: reload the page")
         with self._lock:
@@ -196,7 +196,7 @@ class SessionStore:
                 self._sessions.move_to_end(sid)
                 return s
             if not create:
-                raise SessionExpired(
+                raise SessionExpiredError(
                     f"this page's session expired on the server (it keeps the "
                     f"{self.max_sessions} most recent): pick a model or reload the page")
             s = self._sessions[sid] = Session(sid)

@@ -205,7 +205,7 @@ def width_line(node: Node, cin: int | None = None, cout: int | None = None) -> s
     return f"{label} [{','.join(map(str, shape))}]"
 
 
-def _fg(color: str) -> str:
+def text_color(color: str) -> str:
     """Readable text colour on a ``#rrggbb`` background."""
     r, g, b = (int(color[i:i + 2], 16) / 255 for i in (1, 3, 5))
     return "#111827" if 0.299 * r + 0.587 * g + 0.114 * b > 0.6 else "#ffffff"
@@ -297,7 +297,7 @@ def build_view(graph: Graph, collapsed: Iterable[str] = (),
         style = STYLES[n.op_type]
         label = f"{short_name(n.name, parent)}\n{width_line(n)}"
         data = {"id": f"n{n.id}", "label": label, "name": n.name, "op_type": n.op_type.value,
-                "type_label": style.label, "color": style.color, "fg": _fg(style.color),
+                "type_label": style.label, "color": style.color, "fg": text_color(style.color),
                 "kind": "op", "w": _box_width(label)}
         if parent_id(parent):
             data["parent"] = parent_id(parent)

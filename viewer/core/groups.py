@@ -18,6 +18,7 @@ time linear in the graph size times its widths.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -77,6 +78,7 @@ class Group:
     reasons: list[str] = field(default_factory=list)
     exact: bool = True  # False when pruning changes statistics (norm over channels, softmax)
     stats_notes: list[str] = field(default_factory=list)
+    multiple_of: int = 1  # units must be removed in multiples of this (e.g. MHA num_heads)
 
     @property
     def prunable(self) -> bool:
@@ -106,7 +108,7 @@ class Group:
             members.append(d)
         return {"id": self.id, "root": self.root, "root_side": self.root_side,
                 "channels": self.n_units, "members": members, "prunable": self.prunable,
-                "reason": self.reason, "exact": self.exact}
+                "reason": self.reason, "exact": self.exact, "multiple_of": self.multiple_of}
 
 
 # --------------------------------------------------------------------------------------------
@@ -132,6 +134,9 @@ class _Ctx:
 
     def block(self, reason: str) -> None:
         self.search.reasons.append(reason)
+
+    def multiple_of(self, n: int) -> None:
+        self.search.multiple = math.lcm(self.search.multiple, int(n))
 
     def inexact(self, note: str) -> None:
         self.search.stats_notes.append(note)
@@ -247,15 +252,6 @@ def _ln_rule(g, node, side, port, dim, units, pos, ctx):
             ctx.member(node, "out", dim, units, pos)
             ctx.member(node, "in", dim, units, pos)
     return [Flow(other, 0, dim, units, pos)]
-
-
-def _atomic_block(reason: Callable[[Node], str]) -> Rule:
-    def rule(g, node, side, port, dim, units, pos, ctx):
-        shape = node.in_shapes[port] if side == "in" else node.out_shapes[port]
-        if dim == len(shape) - 1:
-            ctx.block(reason(node))
-        return []
-    return rule
 
 
 def _recurrent_rule(g, node, side, port, dim, units, pos, ctx):
@@ -799,9 +795,27 @@ def _functional_layer_rule(g, node, side, port, dim, units, pos, ctx):
     return []
 
 
-def _mha_reason(node: Node) -> str:
-    return (f"'{node.name}' is an nn.MultiheadAttention: torch ties its query width to "
-            "embed_dim, so the width around it cannot change")
+def _mha_rule(g, node, side, port, dim, units, pos, ctx):
+    """nn.MultiheadAttention: the query width, the key/value widths (packed in_proj) and the
+    inner q/k/v width are all ``embed_dim``. Input column i is coupled to the same column for
+    q, k and v inputs; the output width is coupled to the inputs by count only: removing k
+    channels removes k / num_heads inner dims from every head (chosen by their own weights)."""
+    shape = node.in_shapes[port] if side == "in" else node.out_shapes[port]
+    e = int(node.attrs.get("embed_dim", 0))
+    if dim != len(shape) - 1 or shape[-1] != e or (side == "out" and port != 0):
+        return []
+    if node.attrs.get("kdim", e) != e or node.attrs.get("vdim", e) != e:
+        ctx.block(f"'{node.name}' has kdim/vdim different from embed_dim: not supported")
+        return []
+    heads = int(node.attrs.get("num_heads", 1))
+    ctx.multiple_of(heads)
+    ctx.inexact(f"'{node.name}' attention scale 1/sqrt(head_dim) changes with the width")
+    mside = "in" if side == "in" else "out"
+    ctx.member(node, mside, dim, units, pos)
+    ctx.search.mha_sides.setdefault(node.id, set()).add(mside)
+    return [Flow("in", p, len(node.in_shapes[p]) - 1, units, pos) for p in range(3)
+            if p < len(node.in_shapes) and node.in_shapes[p] and node.in_shapes[p][-1] == e
+            and not (side == "in" and p == port)]
 
 
 #: How units cross each op type. One entry per OpType (a test checks it is complete).
@@ -822,7 +836,7 @@ RULES: dict[OpType, Rule] = {
                               lambda n: _channel_dim(n.in_shapes[0]), passthrough=True),
     OpType.LINEAR: _layer_rule(lambda n: -1, lambda n: -1),
     OpType.EMBED: _layer_rule(lambda n: -1, lambda n: 10**6),
-    OpType.MHA: _atomic_block(_mha_reason),
+    OpType.MHA: _mha_rule,
     OpType.LSTM: _recurrent_rule,
     OpType.GRU: _recurrent_rule,
     OpType.RNN: _recurrent_rule,
@@ -854,6 +868,8 @@ class _Search:
         self.owner: dict[TensorKey, IntArray] = {}
         self.reasons: list[str] = []
         self.stats_notes: list[str] = []
+        self.multiple = 1
+        self.mha_sides: dict[int, set[str]] = {}
         self.members: dict[tuple[int, str, int], list[tuple[IntArray, IntArray]]] = {}
         self.queue: deque = deque()
 
@@ -995,6 +1011,15 @@ def _search(graph: Graph, root: Node, side: str, dim: int, pos: IntArray,
                 list(dict.fromkeys(s.reasons)))
     grp.stats_notes = list(dict.fromkeys(s.stats_notes))
     grp.exact = not grp.stats_notes
+    grp.multiple_of = s.multiple
+    for nid, sides in s.mha_sides.items():
+        if len(sides) == 1:  # width in and out must change together: both in this group
+            grp.reasons.append(f"'{graph.nodes[nid].name}' (nn.MultiheadAttention) has its "
+                               "input and output widths in different groups; they must shrink "
+                               "together")
+    if grp.multiple_of >= grp.n_units and grp.n_units:
+        grp.reasons.append(f"units must be removed in multiples of {grp.multiple_of} "
+                           f"(attention heads), but there are only {grp.n_units}")
     return grp
 
 

@@ -30,6 +30,7 @@ class Cut:
     dim: int
     positions: np.ndarray
     reads: bool = False
+    aligned: bool = True  #: positions are the member's own positions (False: derived ones)
 
 
 def _key(node: Node, local: str) -> str:
@@ -121,6 +122,37 @@ def _recurrent(gates: int):
     return cuts
 
 
+def _mha(node, side, dim, pos, tensors=None):
+    # packed in_proj (3E, E): columns read the inputs; rows are the inner q|k|v dims
+    e = int(node.attrs["embed_dim"])
+    if side == "in":
+        return _cuts(node, [("in_proj_weight", 1, True)], pos)
+    out = _cuts(node, [("out_proj.weight", 0, False), ("out_proj.bias", 0, False)], pos)
+    heads = int(node.attrs["num_heads"])
+    hd = e // heads
+    per_head = len(pos) // heads
+    if per_head == 0:
+        return out
+    # each head drops its per_head least important inner dims (L1 of q/k/v rows and the
+    # out_proj column); without real weights, its last ones
+    score = np.zeros(e)
+    w_in = tensors(node.params["in_proj_weight"]) if tensors else None
+    w_out = tensors(node.params["out_proj.weight"]) if tensors else None
+    if w_in is not None and w_in.device.type != "meta":
+        qkv = w_in.detach().abs().float().reshape(3, e, -1).sum((0, 2))
+        score = (qkv + w_out.detach().abs().float().sum(0)).numpy()
+    score = score + np.tile(np.arange(hd, 0, -1) * 1e-12, heads)  # ties: drop the last dims
+    inner = np.sort(np.concatenate([
+        h * hd + np.argsort(score[h * hd:(h + 1) * hd], kind="stable")[:per_head]
+        for h in range(heads)]))
+    rows = np.concatenate([inner + k * e for k in range(3)])
+    out += [Cut(node.params["in_proj_weight"], 0, rows, False, False)]
+    if "in_proj_bias" in node.params:
+        out += [Cut(node.params["in_proj_bias"], 0, rows, False, False)]
+    out += [Cut(node.params["out_proj.weight"], 1, inner, True, False)]
+    return out
+
+
 def _custom(node, side, dim, pos):
     entry = node.custom
     dims = entry.in_dims if side == "in" else entry.out_dims
@@ -159,7 +191,7 @@ CUTS: dict[OpType, CutFn] = {
     OpType.LINEAR: _linear,
     OpType.PRELU: _per_channel,
     OpType.EMBED: _embed,
-    OpType.MHA: _unsupported,
+    OpType.MHA: _mha,
     OpType.LSTM: _recurrent(4),
     OpType.GRU: _recurrent(3),
     OpType.RNN: _recurrent(1),
@@ -231,6 +263,13 @@ def _refresh_rnn(m: nn.Module, w: Widths) -> None:
     m._init_flat_weights()
 
 
+def _refresh_mha(m: nn.Module, w: Widths) -> None:
+    e = m.in_proj_weight.shape[1]
+    m.embed_dim = m.kdim = m.vdim = e
+    m.head_dim = e // m.num_heads
+    m.out_proj.out_features, m.out_proj.in_features = m.out_proj.weight.shape
+
+
 def _refresh_custom(m: nn.Module, w: Widths) -> None:
     from .optypes import custom_layer
 
@@ -259,7 +298,8 @@ REFRESH: dict[OpType, Callable[[nn.Module, Widths], None]] = {
     OpType.GRU: _refresh_rnn,
     OpType.RNN: _refresh_rnn,
     OpType.CUSTOMIZED: _refresh_custom,
-    **{t: _refresh_none for t in OpType if t not in (
+    OpType.MHA: _refresh_mha,
+    **{t: _refresh_none for t in OpType if t not in (OpType.MHA,
         OpType.CONV, OpType.CONV_TRANSPOSE, OpType.DEPTHWISE_CONV, OpType.BN, OpType.IN,
         OpType.GN, OpType.LN, OpType.LINEAR, OpType.PRELU, OpType.EMBED, OpType.LSTM,
         OpType.GRU, OpType.RNN, OpType.CUSTOMIZED)},

@@ -109,10 +109,12 @@ class Pruner:
         """Tensor cuts for removing ``units`` of ``group``."""
         units = np.asarray(sorted(units), dtype=np.int64)
         out: list[Cut] = []
+        table = _tensor_lookup(self.model)
         for m in group.members:
             pos = m.indices(units)
             if len(pos):
-                out += CUTS[m.op_type](self.graph.nodes[m.node], m.side, m.dim, pos)
+                out += _node_cuts(self.graph.nodes[m.node], m.side, m.dim, pos,
+                                  lambda k: table[k][2] if k in table else None)
         return out
 
     def reason(self, group: Group, ignore: set[tuple[str, str]] = frozenset()) -> str:
@@ -147,8 +149,8 @@ class Pruner:
                 continue
             node = self.graph.nodes[m.node]
             all_pos = np.arange(int(m.pos.max()) + 1 if len(m.pos) else 0)
-            for cut in CUTS[m.op_type](node, m.side, m.dim, all_pos):
-                if cut.key not in table or "running" in cut.key:
+            for cut in _node_cuts(node, m.side, m.dim, all_pos, None):
+                if cut.key not in table or "running" in cut.key or not cut.aligned:
                     continue
                 t = table[cut.key][2].detach()
                 if t.device.type == "meta":
@@ -212,7 +214,8 @@ class Pruner:
                 n_remove[g.id] = int(math.floor(g.n_units * overrides[g.id]))
             keep = g.n_units - n_remove[g.id]
             keep = max(round_to, int(math.ceil(keep / round_to)) * round_to)
-            n_remove[g.id] = max(0, g.n_units - min(keep, g.n_units))
+            k = max(0, g.n_units - min(keep, g.n_units))
+            n_remove[g.id] = k - k % g.multiple_of  # e.g. whole rounds of attention heads
         removed = {}
         for g in prunable:
             k = n_remove[g.id]
@@ -315,7 +318,7 @@ class Pruner:
         for g in self.groups:
             if g.id in self._validated or g.reason:
                 continue
-            plan = Plan({g.id: [g.n_units - 1]})
+            plan = Plan({g.id: list(range(g.n_units - g.multiple_of, g.n_units))})
             try:
                 try:
                     run(self.apply(plan, device="meta"), meta_inputs)
@@ -374,6 +377,13 @@ class Pruner:
                 "skipped": f"{len(inexact)} pruned group(s) change normalisation statistics"
                 if inexact else "model has no real weights"}
         return res
+
+
+def _node_cuts(node, side, dim, pos, tensors) -> list[Cut]:
+    fn = CUTS[node.op_type]
+    if node.op_type is OpType.MHA:  # the one handler that picks derived indices by weight
+        return fn(node, side, dim, pos, tensors)
+    return fn(node, side, dim, pos)
 
 
 def _out_dim(node) -> int:

@@ -1,0 +1,241 @@
+"""The drawn graph: elements (with collapse/expand), legend, search, stylesheet, fit, images."""
+
+from __future__ import annotations
+
+from dash import ALL, ClientsideFunction, Input, Output, State, ctx, html, no_update
+
+from viewer.core.optypes import STYLES, OpType
+
+from .. import ids, styles
+from ..state import SessionStore
+from ..viewmodel import View, ancestors, container_of
+from .common import error_message
+
+MAX_HITS = 200  #: search hits highlighted at most
+
+
+def top_modules(view: View) -> frozenset[str]:
+    """Modules directly under the root (what "collapse all" collapses)."""
+    return frozenset(p for p in view.module_ids if "." not in p)
+
+
+def module_to_toggle(view: View, graph, selection: dict | None) -> str | None:
+    """The module a toggle acts on: the selected module itself, or the module holding the
+    selected op (so toggling an op collapses its box)."""
+    if not selection:
+        return None
+    if selection.get("kind") == "module":
+        return selection.get("name")
+    node = graph.by_name.get(selection.get("name", ""))
+    if node is None:
+        return None
+    path = container_of(node)
+    return path or None
+
+
+def render(store: SessionStore, sid: str, action: str = "new",
+           path: str | None = None) -> tuple[View, str | None]:
+    """Recompute the drawn view for an action: ``new`` (new graph: default collapse),
+    ``toggle`` a module ``path``, ``expand-all``, ``collapse-all``. Returns the view and the
+    element to zoom to afterwards (the toggled module), if any."""
+    session = store.session(sid)
+    with session.lock:
+        stage = session.stage
+        current = session.view
+        zoom = None
+        if action == "new" or current is None:
+            view = store.view(stage, session.collapsed)
+        elif action == "toggle" and path:
+            col = set(current.collapsed)
+            if path in col:
+                col.discard(path)
+            else:
+                col.add(path)
+                # collapsing hides deeper collapsed modules; forget them so expanding later
+                # shows the module's ops
+                col = {p for p in col if p == path or not p.startswith(path + ".")}
+            view = store.view(stage, col)
+            zoom = view.module_ids.get(path)
+            if zoom is not None and zoom not in view.data:  # inside a collapsed ancestor
+                zoom = next((view.module_ids[a] for a in ancestors(path)
+                             if view.module_ids.get(a) in view.data), None)
+        elif action == "expand-all":
+            view = store.view(stage, ())
+        elif action == "collapse-all":
+            view = store.view(stage, top_modules(current))
+        else:
+            view = current
+        session.view = view
+        session.collapsed = view.collapsed
+        return view, zoom
+
+
+def legend(view: View) -> list:
+    """One button per op type present (swatch, label, count), in the enum's order."""
+    items = []
+    for t in OpType:
+        n = view.types.get(t.value)
+        if not n:
+            continue
+        st = STYLES[t]
+        items.append(html.Button(
+            [html.Span(className="swatch", style={"background": st.color}),
+             html.Span(st.label), html.Span(f"{n}", className="count")],
+            id={"type": ids.LEGEND_ITEM, "op": t.value}, className="legend-item",
+            title=f"highlight every {st.label} node ({t.value})", n_clicks=0))
+    return items
+
+
+def view_info(view: View) -> str:
+    n_col = len(view.collapsed)
+    txt = f"{view.n_nodes} drawn"
+    if n_col:
+        txt += f" · {n_col} module{'s' if n_col > 1 else ''} collapsed"
+    return txt
+
+
+def search(store: SessionStore, sid: str, query: str | None) -> tuple[list[str], str]:
+    """Element ids matching ``query`` (a substring of a node name or module path, or an op
+    type name/label), and a one-line summary."""
+    q = (query or "").strip().lower()
+    if not q:
+        return [], ""
+    session = store.session(sid)
+    view, graph = session.view, session.stage.graph
+    if view is None:
+        return [], ""
+    type_hit = {t.value for t in OpType if q in (t.value, STYLES[t].label.lower())}
+    hits = [n.id for n in graph.nodes if q in n.name.lower() or n.op_type.value in type_hit]
+    els = view.elements_of(hits)
+    els += [eid for p, eid in view.module_ids.items() if q in p.lower() and eid in view.data]
+    els = list(dict.fromkeys(els))
+    if not els:
+        return [], f"no match for {query.strip()!r}"
+    shown = els[:MAX_HITS]
+    more = f" (first {MAX_HITS} shown)" if len(els) > MAX_HITS else ""
+    return shown, f"{len(hits)} op{'s' if len(hits) != 1 else ''} match, " \
+                  f"{len(els)} drawn{more}"
+
+
+def image_request(kind: str, name: str) -> dict:
+    """The Cytoscape ``generateImage`` value that downloads the view as PNG or SVG."""
+    opts = {"full": True, "bg": "#ffffff"}
+    if kind == "png":
+        opts["scale"] = 2
+    return {"type": kind, "action": "download", "filename": name, "options": opts}
+
+
+def register(app, store: SessionStore) -> None:
+    @app.callback(
+        Output(ids.GRAPH, "elements"),
+        Output(ids.LEGEND, "children"),
+        Output(ids.VIEW_INFO, "children"),
+        Output(ids.VIEW_REV, "data"),
+        Output(ids.ZOOM_TARGET, "data"),
+        Output(ids.MESSAGE, "children", allow_duplicate=True),
+        Input(ids.GRAPH_REV, "data"),
+        Input(ids.DBLTAP, "data"),
+        Input(ids.TOGGLE_MODULE, "n_clicks"),
+        Input(ids.EXPAND_ALL, "n_clicks"),
+        Input(ids.COLLAPSE_ALL, "n_clicks"),
+        State(ids.SELECTION, "data"),
+        State(ids.VIEW_REV, "data"),
+        State(ids.SESSION, "data"),
+        prevent_initial_call=True,
+    )
+    def on_view(_rev, dbl, _t, _e, _c, selection, view_rev, sid):
+        trig = ctx.triggered_id
+        try:
+            path = None
+            if trig == ids.GRAPH_REV:
+                action = "new"
+            elif trig in (ids.DBLTAP, ids.TOGGLE_MODULE):
+                session = store.session(sid)
+                sel = {"kind": dbl.get("kind"), "name": dbl.get("name")} \
+                    if trig == ids.DBLTAP and dbl else selection
+                if session.view is None:
+                    return (no_update,) * 6
+                path = module_to_toggle(session.view, session.stage.graph, sel)
+                if not path:
+                    return (no_update,) * 5 + (error_message(ValueError(
+                        "select a module (or a node inside one) to collapse or expand")),)
+                action = "toggle"
+            else:
+                action = trig
+            view, zoom = render(store, sid, action, path)
+            rev = (view_rev or 0) + 1
+            return (view.elements, legend(view), view_info(view), rev,
+                    {"ids": [zoom]} if zoom else no_update, no_update)
+        except Exception as exc:
+            return (no_update,) * 5 + (error_message(exc),)
+
+    @app.callback(
+        Output(ids.STYLE_LEGEND, "data"),
+        Input({"type": ids.LEGEND_ITEM, "op": ALL}, "n_clicks"),
+        State(ids.STYLE_LEGEND, "data"),
+        prevent_initial_call=True,
+    )
+    def on_legend(clicks, current):
+        trig = ctx.triggered_id
+        if not isinstance(trig, dict) or not any(clicks or []):
+            return no_update
+        op = trig.get("op")
+        if current and current.get("op") == op:
+            op = None  # a second click clears
+        return {"op": op, "rules": styles.type_rules(op)}
+
+    @app.callback(
+        Output(ids.STYLE_SEARCH, "data"),
+        Output(ids.SEARCH_INFO, "children"),
+        Output(ids.ZOOM_TARGET, "data", allow_duplicate=True),
+        Input(ids.SEARCH, "value"),
+        Input(ids.VIEW_REV, "data"),
+        State(ids.SESSION, "data"),
+        prevent_initial_call=True,
+    )
+    def on_search(query, _rev, sid):
+        try:
+            hits, info = search(store, sid, query)
+        except Exception as exc:
+            return {"rules": []}, error_message(exc), no_update
+        zoom = {"ids": hits} if hits and ctx.triggered_id == ids.SEARCH else no_update
+        return {"rules": styles.search_rules(hits)}, info, zoom
+
+    @app.callback(
+        Output(ids.GRAPH, "stylesheet"),
+        Input(ids.STYLE_LEGEND, "data"),
+        Input(ids.STYLE_PREVIEW, "data"),
+        Input(ids.STYLE_SEARCH, "data"),
+        Input(ids.STYLE_GROUP, "data"),
+    )
+    def on_style(*parts):
+        return styles.compose(*[(p or {}).get("rules") for p in parts])
+
+    @app.callback(
+        Output(ids.GRAPH, "generateImage"),
+        Input(ids.EXPORT_PNG, "n_clicks"),
+        Input(ids.EXPORT_SVG, "n_clicks"),
+        State(ids.MODEL_PICKER, "value"),
+        prevent_initial_call=True,
+    )
+    def on_image(_p, _s, spec):
+        name = "depview-" + str(spec or "graph").replace(":", "-").replace("/", "-")
+        return image_request("png" if ctx.triggered_id == ids.EXPORT_PNG else "svg", name)
+
+    app.clientside_callback(
+        ClientsideFunction("depview", "bind"),
+        Output(ids.FIT_DONE, "data"),
+        Input(ids.GRAPH, "elements"),
+    )
+    app.clientside_callback(
+        ClientsideFunction("depview", "fit"),
+        Output(ids.FIT_DONE, "data", allow_duplicate=True),
+        Input(ids.FIT, "n_clicks"),
+        prevent_initial_call=True,
+    )
+    app.clientside_callback(
+        ClientsideFunction("depview", "zoomTo"),
+        Output(ids.FIT_DONE, "data", allow_duplicate=True),
+        Input(ids.ZOOM_TARGET, "data"),
+        prevent_initial_call=True,
+    )

@@ -1,0 +1,420 @@
+"""The inspector: what a clicked node is, and the pruning group it belongs to.
+
+Clicking an op shows its type, module class, parameters, shapes and wrapper metadata (a concat
+as a segmented bar of its inputs' offset ranges, ...), and highlights the pruning group of its
+output channels (or input channels, with the in/out toggle) on the graph: the members, and the
+index ranges the group owns on every tensor it touches, which is how a cut through a concat or a
+split shows. A group that cannot be pruned says why.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from dash import Input, Output, State, ctx, html, no_update
+
+from viewer.core.errors import DepViewError
+from viewer.core.graph import Graph, Node
+from viewer.core.groups import Group, group_of
+from viewer.core.meta import (
+    ConcatMeta,
+    ElementwiseMeta,
+    ExpandMeta,
+    MatmulMeta,
+    OpMeta,
+    PermuteMeta,
+    PixelShuffleMeta,
+    ReduceMeta,
+    ReshapeMeta,
+    SliceMeta,
+    SplitMeta,
+    UnbindMeta,
+    meta_to_dict,
+)
+from viewer.core.optypes import STYLES
+from viewer.core.prune import Pruner
+
+from .. import ids, styles
+from ..state import Session, SessionStore
+from ..viewmodel import View, container_of, node_params, shape_text, text_color
+from .common import error_message, fmt_count
+
+
+@dataclass
+class Inspection:
+    """Everything the inspector callback writes."""
+
+    details: list = field(default_factory=list)
+    group_panel: list = field(default_factory=list)
+    rules: list[dict] = field(default_factory=list)
+    selection: dict | None = None
+    group_options: list[dict] = field(default_factory=list)
+    group_value: int | None = None
+    show_group: bool = False
+
+
+# --------------------------------------------------------------------------------------------
+# Which groups a node's channels belong to.
+
+
+def groups_at(pruner: Pruner, node: Node, side: str) -> list[Group]:
+    """The model's groups holding ``node``'s output (``side="out"``) or input channels:
+    groups it is a member of first; for ops that are no member (an add, a concat), the groups
+    owning positions of its output / input tensors. Several groups can share a concat's
+    output, one per input range."""
+    want = ("out", "param") if side == "out" else ("in",)
+    hits = [g for g in pruner.groups
+            if any(m.node == node.id and m.side in want for m in g.members)]
+    if hits:
+        return hits
+    if side == "out":
+        keys = {(node.id, p) for p in range(len(node.out_shapes))}
+    else:
+        keys = {(e.source, e.source_port) for e in pruner.graph.in_edges.get(node.id, [])}
+    return [g for g in pruner.groups if any((k[0], k[1]) in keys for k in g.tensors)]
+
+
+def resolve_group(pruner: Pruner, node: Node, side: str,
+                  pick: int | None) -> tuple[Group | None, list[Group], str]:
+    """(shown group, all candidate groups, note). With no model group touching the node, a
+    group is computed for it on the spot (it is then not one the plan can prune)."""
+    cands = groups_at(pruner, node, side)
+    if cands:
+        chosen = next((g for g in cands if g.id == pick), cands[0])
+        return chosen, cands, ""
+    try:
+        g = group_of(pruner.graph, node.name, side)
+    except DepViewError as exc:
+        return None, [], str(exc)
+    return g, [], "no pruning group of the model holds these channels; computed from here"
+
+
+# --------------------------------------------------------------------------------------------
+# Small renderers.
+
+
+def _kv(rows: list[tuple[str, object]], cls: str = "kv") -> html.Table:
+    return html.Table([html.Tr([html.Th(k), html.Td(v)]) for k, v in rows], className=cls)
+
+
+def _shapes(shapes) -> str:
+    return ", ".join(f"[{shape_text(s)}]" for s in shapes) or "—"
+
+
+def segment_bar(sizes: list[int], offsets: list[int], prefix: str,
+                hit: np.ndarray | None = None) -> html.Div:
+    """A bar split into segments proportional to ``sizes``, each labelled with its offset
+    range; segments holding positions in ``hit`` (a group's) are marked."""
+    total = sum(sizes) or 1
+    segs = []
+    for k, (size, off) in enumerate(zip(sizes, offsets, strict=True)):
+        n_hit = int(((hit >= off) & (hit < off + size)).sum()) if hit is not None else 0
+        cls = "seg" + (" seg-hit" if n_hit else "")
+        title = f"{prefix}{k}: [{off}, {off + size}) — {size} channels"
+        if n_hit:
+            title += f"; {n_hit} in the highlighted group"
+        segs.append(html.Div(
+            [html.Span(f"{prefix}{k}", className="seg-name"),
+             html.Span(f"{off}–{off + size - 1}", className="seg-range")],
+            className=cls, title=title, style={"flexGrow": size, "flexBasis": 0,
+                                               "minWidth": f"{max(2, 100 * size / total):.0f}%"
+                                               if size / total < 0.06 else 0}))
+    return html.Div(segs, className="segbar")
+
+
+def meta_view(node: Node, hit: np.ndarray | None = None) -> list:
+    """The wrapper metadata of a virtual node, drawn for humans."""
+    m = node.meta
+    if m is None:
+        return []
+    out: list = []
+    if isinstance(m, ConcatMeta):
+        out += [_kv([("concat dim", m.dim), ("sizes", ", ".join(map(str, m.sizes))),
+                     ("offsets", ", ".join(map(str, m.offsets))),
+                     ("stacked", "yes" if m.stacked else "no")]),
+                segment_bar(list(m.sizes), list(m.offsets), "in", hit)]
+    elif isinstance(m, SplitMeta):
+        out += [_kv([("split dim", m.dim), ("sizes", ", ".join(map(str, m.sizes))),
+                     ("offsets", ", ".join(map(str, m.offsets))),
+                     ("sizes computed by torch", "yes" if m.computed else "no")]),
+                segment_bar(list(m.sizes), list(m.offsets), "out", hit)]
+    elif isinstance(m, SliceMeta):
+        rows = [(f"dim {s.dim}", f"{s.start}:{s.stop}:{s.step}") for s in m.slices]
+        rows += [(f"dim {d}", f"index {i} (dim removed)") for d, i in m.selects]
+        rows += [("in → out", f"[{shape_text(m.in_shape)}] → [{shape_text(m.out_shape)}]")]
+        if m.advanced:
+            rows.append(("advanced index", "yes (data-dependent positions)"))
+        out.append(_kv(rows))
+    elif isinstance(m, ReshapeMeta):
+        rows = [("op", m.op), ("in → out", f"[{shape_text(m.in_shape)}] → "
+                                           f"[{shape_text(m.out_shape)}]")]
+        if m.inferred is not None:
+            rows.append(("inferred (-1) dim", m.inferred))
+        out.append(_kv(rows))
+    elif isinstance(m, PermuteMeta):
+        out.append(_kv([("op", m.op), ("perm", str(tuple(m.perm))),
+                        ("in → out", f"[{shape_text(m.in_shape)}] → "
+                                     f"[{shape_text(m.out_shape)}]")]))
+    elif isinstance(m, ExpandMeta):
+        out.append(_kv([("op", m.op), ("in → out", f"[{shape_text(m.in_shape)}] → "
+                                                   f"[{shape_text(m.out_shape)}]")]))
+    elif isinstance(m, UnbindMeta):
+        out.append(_kv([("unbind dim", m.dim), ("outputs", m.n)]))
+    elif isinstance(m, PixelShuffleMeta):
+        out.append(_kv([("factor", m.factor), ("direction",
+                                               "unshuffle" if m.unshuffle else "shuffle")]))
+    elif isinstance(m, MatmulMeta):
+        out.append(_kv([("op", m.op), ("a @ b", f"[{shape_text(m.a_shape)}] @ "
+                                               f"[{shape_text(m.b_shape)}]"),
+                        ("out", f"[{shape_text(m.out_shape)}]")]))
+    elif isinstance(m, ReduceMeta):
+        out.append(_kv([("op", m.op), ("dims", str(tuple(m.dims))),
+                        ("keepdim", "yes" if m.keepdim else "no")]))
+    elif isinstance(m, (ElementwiseMeta, OpMeta)):
+        out.append(_kv([("op", m.op)]))
+    else:  # a metadata class this panel does not know yet: show its fields
+        d = meta_to_dict(m) or {}
+        out.append(_kv([(k, str(v)) for k, v in d.items()]))
+    return [html.H4("Metadata")] + out
+
+
+def module_class(node: Node) -> str:
+    """``"module:torch.nn.modules.conv.Conv2d"`` -> ``"Conv2d"`` (functional ops: the call)."""
+    if node.is_module:
+        return node.target.removeprefix("module:").rsplit(".", 1)[-1]
+    return ""
+
+
+def node_details(node: Node, stage_classes: dict[str, str], hit: np.ndarray | None) -> list:
+    """Name, type, class, parameters, shapes, attributes and metadata of one op."""
+    st = STYLES[node.op_type]
+    where = container_of(node)
+    head = [
+        html.H3(node.name, className="insp-name"),
+        html.Div([html.Span(st.label, className="badge",
+                            style={"background": st.color, "color": text_color(st.color)}),
+                  html.Span(f"OpType.{node.op_type.name}", className="optype")],
+                 className="insp-type"),
+    ]
+    rows: list[tuple[str, object]] = []
+    if node.is_module:
+        rows.append(("module class", node.target.removeprefix("module:")))
+    else:
+        rows.append(("call", node.target))
+    if where:
+        rows.append(("inside", f"{where} ({stage_classes.get(where, '?')})"))
+    if node.call:
+        rows.append(("call #", f"{node.call} (module reused: parameters shared)"))
+    rows += [("inputs", _shapes(node.in_shapes)), ("outputs", _shapes(node.out_shapes))]
+    if node.grad_fn:
+        rows.append(("autograd node", node.grad_fn))
+    out = head + [_kv(rows)]
+    if node.params:
+        prow = [html.Tr([html.Th("param"), html.Th("shape"), html.Th("count")])]
+        for local, key in node.params.items():
+            shape = node.param_shapes.get(local, ())
+            prow.append(html.Tr([html.Td(key, title=f"local name: {local or '(self)'}"),
+                                 html.Td(f"[{shape_text(shape)}]"),
+                                 html.Td(fmt_count(math.prod(shape)))]))
+        prow.append(html.Tr([html.Th("total"), html.Td(""),
+                             html.Th(fmt_count(node_params(node)))]))
+        out += [html.H4("Parameters"), html.Table(prow, className="params")]
+    if node.attrs:
+        out += [html.Details([html.Summary(f"Attributes ({len(node.attrs)})"),
+                              _kv([(k, str(v)) for k, v in node.attrs.items()])])]
+    out += meta_view(node, hit)
+    return out
+
+
+def module_details(session: Session, view: View, path: str) -> list:
+    """Summary of a module (compound box or collapsed node)."""
+    graph = session.stage.graph
+    inside = [n for n in graph.nodes if container_of(n) == path
+              or container_of(n).startswith(path + ".")]
+    cls = session.stage.module_classes.get(path, "")
+    kinds: dict[str, int] = {}
+    for n in inside:
+        kinds[STYLES[n.op_type].label] = kinds.get(STYLES[n.op_type].label, 0) + 1
+    collapsed = path in view.collapsed
+    return [
+        html.H3(path, className="insp-name"),
+        html.Div([html.Span("module", className="badge badge-module"),
+                  html.Span(cls, className="optype")], className="insp-type"),
+        _kv([("ops inside", len(inside)),
+             ("parameters", fmt_count(sum(node_params(n) for n in inside))),
+             ("state", "collapsed" if collapsed else "expanded"),
+             ("types", ", ".join(f"{k} ×{v}" for k, v in sorted(kinds.items(),
+                                                               key=lambda kv: -kv[1])))]),
+        html.P("Double-click the module (or use ⊞/⊟ above the graph) to "
+               f"{'expand' if collapsed else 'collapse'} it.", className="hint"),
+    ]
+
+
+def group_panel(pruner: Pruner, group: Group, model_group: bool, note: str,
+                session: Session, removed: list[int] | None) -> list:
+    """The group's status, reason and members with the index ranges each owns."""
+    ignore = {tuple(x.rsplit(":", 1)) for x in session.ignore}
+    reason = pruner.reason(group, ignore) if model_group else group.reason
+    head = f"Group #{group.id}" if model_group else "Ad-hoc group"
+    status = html.Div(
+        [html.Span("prunable" if not reason else "not prunable",
+                   className="ok" if not reason else "bad"),
+         html.Span(f" — {reason}" if reason else "")], className="group-status")
+    rows = [("root", f"{group.root} ({group.root_side})"), ("units", group.n_units)]
+    if model_group and group.id in session.overrides:
+        rows.append(("override ratio", session.overrides[group.id]))
+    if removed:
+        rows.append(("preview removes", f"{len(removed)} units: {styles.ranges(removed)}"))
+    out = [html.H4(head), status, _kv(rows)]
+    if note:
+        out.append(html.P(note, className="hint"))
+    if not group.exact:
+        out.append(html.P("Inexact: " + "; ".join(group.stats_notes), className="hint warn"))
+    mrows = [html.Tr([html.Th("member"), html.Th("side"), html.Th("dim"), html.Th("width"),
+                      html.Th("positions")])]
+    for m in group.members:
+        pos = np.unique(m.pos)
+        mrows.append(html.Tr([
+            html.Td(m.node_name, title=f"{STYLES[m.op_type].label}, module {m.module or '(root)'}"),
+            html.Td(m.side), html.Td(m.dim), html.Td(len(pos)),
+            html.Td(styles.ranges(pos), className="ranges")]))
+    out += [html.H4(f"Members ({len(group.members)})"),
+            html.Div(html.Table(mrows, className="members"), className="members-wrap")]
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The callback's logic.
+
+
+def selection_from_tap(data: dict | None) -> dict | None:
+    """A Cytoscape ``tapNodeData`` dict -> the selection stored in the page."""
+    if not data:
+        return None
+    if data.get("kind") == "module":
+        return {"kind": "module", "name": data.get("path")}
+    return {"kind": "op", "name": data.get("name")}
+
+
+def inspect(store: SessionStore, sid: str, selection: dict | None, side: str = "out",
+            pick: int | None = None) -> Inspection:
+    """Inspector contents, highlight rules and control values for a selection."""
+    session = store.session(sid)
+    res = Inspection()
+    with session.lock:
+        view = session.view
+        if view is None or not selection:
+            return res
+        stage = session.stage
+        graph: Graph = stage.graph
+        if selection.get("kind") == "module":
+            path = selection.get("name", "")
+            if path not in view.module_ids:
+                return res
+            eid = view.module_ids[path]
+            res.details = module_details(session, view, path)
+            res.rules = styles.group_rules(view, graph, None, eid if eid in view.data else None)
+            res.selection = {"kind": "module", "name": path}
+            return res
+        node = graph.by_name.get(selection.get("name", ""))
+        if node is None:  # gone after a pruning round or another model
+            return res
+        side = side if side in ("in", "out") else "out"
+        group, cands, note = resolve_group(stage.pruner, node, side, pick)
+        model_group = bool(cands)
+        removed = None
+        if group is not None and model_group and session.preview_plan is not None:
+            removed = session.preview_plan.removed.get(group.id)
+        hit = _bar_hits(graph, node, group)
+        res.details = node_details(node, stage.module_classes, hit)
+        res.selection = {"kind": "op", "name": node.name, "side": side,
+                         "gid": group.id if (group is not None and model_group) else None}
+        res.rules = styles.group_rules(view, graph, group, view.rep.get(node.id),
+                                       removed or ())
+        res.show_group = True
+        if group is None:
+            res.group_panel = [html.P(note or "no channels to group here", className="hint")]
+            return res
+        res.group_panel = group_panel(stage.pruner, group, model_group, note, session, removed)
+        res.group_options = [{"label": f"#{g.id} · {g.root} · {g.n_units} units",
+                              "value": g.id} for g in cands]
+        res.group_value = group.id if model_group else None
+        return res
+
+
+def _bar_hits(graph: Graph, node: Node, group: Group | None) -> np.ndarray | None:
+    """The group's positions on the tensor a segment bar draws: a concat's output, a
+    split's input (both in the coordinates of that tensor's concat/split dim)."""
+    if group is None or not isinstance(node.meta, (ConcatMeta, SplitMeta)):
+        return None
+    if isinstance(node.meta, ConcatMeta):
+        key = (node.id, 0, node.meta.dim)
+    else:
+        edges = graph.in_edges.get(node.id)
+        if not edges:
+            return None
+        key = (edges[0].source, edges[0].source_port, node.meta.dim)
+    hit = group.tensors.get(key)
+    return None if hit is None else np.asarray(hit[0])
+
+
+def control_values(store: SessionStore, sid: str,
+                   selection: dict | None) -> tuple[list[str], float | None]:
+    """The ignore checkboxes and override ratio to show for a selection."""
+    sel = selection or {}
+    if sel.get("kind") != "op":
+        return [], None
+    session = store.session(sid)
+    with session.lock:
+        ignore = [s for s in ("out", "in") if f"{sel.get('name')}:{s}" in session.ignore]
+        return ignore, session.overrides.get(sel.get("gid"))
+
+
+def register(app, store: SessionStore) -> None:
+    @app.callback(
+        Output(ids.INSPECTOR, "children"),
+        Output(ids.GROUP_PANEL, "children"),
+        Output(ids.STYLE_GROUP, "data"),
+        Output(ids.SELECTION, "data"),
+        Output(ids.GROUP_PICK, "options"),
+        Output(ids.GROUP_PICK, "value"),
+        Output(ids.GROUP_CONTROLS, "style"),
+        Output(ids.MESSAGE, "children", allow_duplicate=True),
+        Input(ids.GRAPH, "tapNodeData"),
+        Input(ids.GROUP_SIDE, "value"),
+        Input(ids.GROUP_PICK, "value"),
+        Input(ids.VIEW_REV, "data"),
+        Input(ids.PREVIEW_REV, "data"),
+        State(ids.SELECTION, "data"),
+        State(ids.SESSION, "data"),
+        prevent_initial_call=True,
+    )
+    def on_inspect(tap, side, pick, _view_rev, _prev_rev, selection, sid):
+        trig = ctx.triggered_id
+        if trig == ids.GRAPH:
+            selection = selection_from_tap(tap)
+            pick = None
+        elif trig == ids.GROUP_SIDE:
+            pick = None
+        try:
+            r = inspect(store, sid, selection, side or "out", pick)
+        except Exception as exc:
+            return (no_update,) * 7 + (error_message(exc),)
+        details = r.details or [html.P("Click a node to inspect it.", className="hint")]
+        return (details, r.group_panel, {"rules": r.rules}, r.selection, r.group_options,
+                r.group_value, {"display": "block" if r.show_group else "none"}, no_update)
+
+    @app.callback(
+        Output(ids.IGNORE_TOGGLE, "value"),
+        Output(ids.OVERRIDE_RATIO, "value"),
+        Input(ids.SELECTION, "data"),
+        State(ids.SESSION, "data"),
+        prevent_initial_call=True,
+    )
+    def on_selection(selection, sid):
+        try:
+            return control_values(store, sid, selection)
+        except Exception:
+            return [], None

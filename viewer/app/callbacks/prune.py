@@ -1,0 +1,431 @@
+"""Pruning: settings, preview (numbers, charts, new widths on the graph), apply with
+verification, history with undo/reset, and per-group overrides and ignores from the inspector.
+
+Several rounds: each applied round's pruned copy is traced again and becomes the next round's
+model (its Pruner is built on the pruned model). The models stay on the server.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import plotly.graph_objects as go
+from dash import Input, Output, State, ctx, html, no_update
+
+from viewer.core.errors import DepViewError
+from viewer.core.prune import IMPORTANCE, Plan
+
+from .. import ids, styles
+from ..state import Session, SessionStore, make_stage, round_entry
+from .common import change, error_message, fmt_count, message
+from .inspect import inspect
+from .model import graph_rev
+
+
+def parse_settings(importance: str | None, ratio, mode: str | None, round_to) -> dict:
+    """Controls -> plan keyword arguments, with a clear one-line error for bad values.
+
+    >>> parse_settings("l1", "0.3", "global", 8)
+    {'importance': 'l1', 'ratio': 0.3, 'global_': True, 'round_to': 8}
+    """
+    if importance not in IMPORTANCE:
+        raise DepViewError(f"importance must be one of {', '.join(IMPORTANCE)}, "
+                           f"got {importance!r}")
+    try:
+        r = float(ratio)
+    except (TypeError, ValueError):
+        raise DepViewError(f"ratio must be a number in [0, 1), got {ratio!r}") from None
+    if not (0 <= r < 1) or math.isnan(r):
+        raise DepViewError(f"ratio must be in [0, 1), got {ratio}")
+    try:
+        rt = int(round_to if round_to not in (None, "") else 1)
+        if float(round_to if round_to not in (None, "") else 1) != rt:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise DepViewError(f"round to must be a whole number >= 1, got {round_to!r}") from None
+    if rt < 1:
+        raise DepViewError(f"round to must be >= 1, got {rt}")
+    return {"importance": importance, "ratio": r, "global_": mode == "global", "round_to": rt}
+
+
+def make_plan(session: Session, settings: dict) -> Plan:
+    """The plan for the current stage with the session's overrides and ignores."""
+    return session.stage.pruner.plan(
+        settings["ratio"], settings["importance"], global_=settings["global_"],
+        round_to=settings["round_to"], ignore=sorted(session.ignore),
+        overrides=dict(session.overrides))
+
+
+def run_preview(store: SessionStore, sid: str, settings: dict) -> dict:
+    """Plan and preview (params, MACs, per-layer widths); the model is not touched."""
+    session = store.session(sid)
+    with session.lock:
+        plan = make_plan(session, settings)
+        preview = session.stage.pruner.preview(plan)
+        preview["skipped"] = dict(plan.skipped)
+        preview["settings"] = dict(settings)
+        session.preview_plan, session.preview = plan, preview
+        return preview
+
+
+def apply_round(store: SessionStore, sid: str, settings: dict) -> str:
+    """Prune a copy with the current settings, verify it, trace it and push it as the next
+    stage. Overrides and ignores (which name this stage's groups) are cleared."""
+    session = store.session(sid)
+    with session.lock:
+        stage, base = session.stage, session.base
+        plan = make_plan(session, settings)
+        if not plan.removed:
+            raise DepViewError("this plan removes nothing: raise the ratio, or un-ignore layers")
+        pruned = stage.pruner.apply(plan)
+        verification = stage.pruner.verify(pruned, plan)
+        if not verification.get("forward"):
+            raise DepViewError(f"the pruned model fails to run: {verification.get('error')}")
+        new = make_stage(pruned, base.inputs, base.output_layers, plan, verification,
+                         round_entry(stage.pruner, plan, pruned))
+        session.stages.append(new)
+        session.overrides.clear()
+        session.ignore.clear()
+        session.reset_pruning_inputs()
+        before, after = stage.summary["params"], new.summary["params"]
+        return (f"Round {len(session.stages) - 1} applied: {plan.n_removed} units removed "
+                f"from {len(plan.removed)} groups; params {change(before, after)}; "
+                f"{verification_text(verification)}.")
+
+
+def verification_text(v: dict | None) -> str:
+    """``"forward ok, output shapes kept, masked equivalence ok (max |Δ| 1.5e-08)"``."""
+    if not v:
+        return "not verified"
+    parts = ["forward ok" if v.get("forward") else f"forward FAILED ({v.get('error')})"]
+    parts.append("output shapes kept" if v.get("shapes_kept") else "output shapes CHANGED")
+    me = v.get("masked_equivalence") or {}
+    if "ok" in me:
+        parts.append(f"masked equivalence {'ok' if me['ok'] else 'FAILED'} "
+                     f"(max |Δ| {me.get('max_abs_diff', 0):.2g})")
+    elif me.get("skipped"):
+        parts.append(f"masked equivalence skipped: {me['skipped']}")
+    return ", ".join(parts)
+
+
+def undo(store: SessionStore, sid: str) -> str:
+    session = store.session(sid)
+    with session.lock:
+        if len(session.stages) < 2:
+            raise DepViewError("nothing to undo: no pruning round applied")
+        session.stages.pop()
+        session.overrides.clear()
+        session.ignore.clear()
+        session.reset_pruning_inputs()
+        return f"Undone: back to {'the original model' if len(session.stages) == 1 else ''}" \
+               f"{'' if len(session.stages) == 1 else f'round {len(session.stages) - 1}'}."
+
+
+def reset(store: SessionStore, sid: str) -> str:
+    session = store.session(sid)
+    with session.lock:
+        if len(session.stages) < 2:
+            raise DepViewError("nothing to reset: no pruning round applied")
+        session.stages[1:] = []
+        session.overrides.clear()
+        session.ignore.clear()
+        session.reset_pruning_inputs()
+        return "Reset to the original model."
+
+
+def set_override(store: SessionStore, sid: str, gid: int | None, ratio) -> str:
+    """Give one group its own ratio (``ratio=None`` removes the override)."""
+    session = store.session(sid)
+    with session.lock:
+        if gid is None:
+            raise DepViewError("select a node of a prunable group first")
+        if gid not in {g.id for g in session.stage.pruner.groups}:
+            raise DepViewError(f"group {gid} does not exist in the current model")
+        if ratio is None or ratio == "":
+            session.overrides.pop(gid, None)
+            return f"Override of group #{gid} removed."
+        try:
+            r = float(ratio)
+        except (TypeError, ValueError):
+            raise DepViewError(f"override ratio must be a number in [0, 1), got {ratio!r}") \
+                from None
+        if not 0 <= r < 1:
+            raise DepViewError(f"override ratio must be in [0, 1), got {r}")
+        session.overrides[gid] = r
+        return f"Group #{gid} will lose {r:.0%} of its units."
+
+
+def set_ignore(store: SessionStore, sid: str, name: str | None, sides: list[str]) -> str:
+    """Ignore (keep intact) a layer's outputs and/or inputs: ``sides`` ⊆ {"out", "in"}."""
+    session = store.session(sid)
+    with session.lock:
+        if not name or name not in session.stage.graph.by_name:
+            raise DepViewError("select a node first")
+        for s in ("out", "in"):
+            key = f"{name}:{s}"
+            if s in (sides or []):
+                session.ignore.add(key)
+            else:
+                session.ignore.discard(key)
+        return ""
+
+
+def plan_info(session: Session) -> list:
+    """Overrides and ignores in force, for the prune panel."""
+    items = [html.Li(f"group #{gid}: ratio {r}") for gid, r in sorted(session.overrides.items())]
+    items += [html.Li(f"ignore {x}") for x in sorted(session.ignore)]
+    if not items:
+        return [html.Span("No overrides or ignores (set them from the inspector).",
+                          className="hint")]
+    return [html.Ul(items, className="plan-list")]
+
+
+def history(session: Session) -> list:
+    """One line per stage: the original, then each round with its settings and check."""
+    rows = []
+    for i, st in enumerate(session.stages):
+        s = st.summary
+        if i == 0:
+            label = "uploaded export" if session.base and session.base.history else "original"
+            text = f"{label}: {fmt_count(s['params'])} params, {s['nodes']} ops"
+            rows.append(html.Li(text, className="hist-item"))
+            continue
+        st_set = (st.plan.settings if st.plan else {}) or {}
+        how = f"{st_set.get('importance', '?')} {st_set.get('ratio', 0):.0%} " \
+              f"{'global' if st_set.get('global') else 'uniform'}"
+        rows.append(html.Li([
+            html.B(f"round {i}: "), f"{how} → {fmt_count(s['params'])} params, "
+            f"{st.plan.n_removed if st.plan else 0} units removed",
+            html.Div(verification_text(st.verification), className="hint")],
+            className="hist-item"))
+    return [html.Ol(rows, className="history-list")]
+
+
+# --------------------------------------------------------------------------------------------
+# Charts.
+
+
+def width_figure(preview: dict | None) -> go.Figure:
+    """Per-layer output widths before/after (grouped bars)."""
+    fig = go.Figure()
+    layers = (preview or {}).get("layers") or []
+    if layers:
+        names = [r["name"] for r in layers]
+        fig.add_bar(x=names, y=[r["before"] for r in layers], name="before",
+                    marker_color="#cbd5e1")
+        fig.add_bar(x=names, y=[r["after"] for r in layers], name="after",
+                    marker_color=styles.PRUNED)
+    fig.update_layout(barmode="overlay", bargap=0.15, height=230,
+                      margin={"l": 40, "r": 8, "t": 28, "b": 8},
+                      title={"text": "output width per layer", "font": {"size": 12}},
+                      legend={"orientation": "h", "y": 1.12, "x": 1, "xanchor": "right"},
+                      xaxis={"showticklabels": False, "title": None},
+                      yaxis={"title": None}, template="plotly_white")
+    return fig
+
+
+def score_figure(store: SessionStore, sid: str, selection: dict | None,
+                 settings: dict | None) -> go.Figure:
+    """The selected group's unit importance, sorted, with the cut line of the preview plan
+    (or of the ratio, before any preview)."""
+    fig = go.Figure()
+    title = "importance of the selected group's units"
+    gid = (selection or {}).get("gid")
+    session = store.session(sid)
+    with session.lock:
+        pruner = session.stage.pruner
+        group = next((g for g in pruner.groups if g.id == gid), None)
+        scores, removed = None, None
+        plan = session.preview_plan
+        if group is not None and plan is not None and gid in plan.scores:
+            scores = np.asarray(plan.scores[gid])
+            removed = set(plan.removed.get(gid, []))
+            crit = plan.settings.get("importance", "")
+        elif group is not None and settings and settings["importance"] != "taylor":
+            crit = settings["importance"]
+            scores = pruner.importance(group, crit)
+            k = int(math.floor(group.n_units * session.overrides.get(gid, settings["ratio"])))
+            removed = set(np.argsort(scores, kind="stable")[:k].tolist())
+        if scores is not None and len(scores):
+            order = np.argsort(scores, kind="stable")
+            cut = sum(1 for u in order if int(u) in removed)
+            colors = ["#ef4444" if int(u) in removed else "#64748b" for u in order]
+            fig.add_bar(x=list(range(len(order))), y=scores[order].tolist(),
+                        marker_color=colors, hovertext=[f"unit {int(u)}" for u in order],
+                        showlegend=False)
+            if 0 < cut < len(order):
+                fig.add_vline(x=cut - 0.5, line_dash="dash", line_color="#dc2626")
+            title = f"group #{gid}: {crit} importance, {cut} of {len(order)} cut"
+        elif group is not None and settings and settings["importance"] == "taylor":
+            title = "run a preview to see Taylor scores"
+    fig.update_layout(height=200, margin={"l": 40, "r": 8, "t": 28, "b": 20},
+                      title={"text": title, "font": {"size": 12}}, template="plotly_white",
+                      xaxis={"title": None, "showticklabels": False}, yaxis={"title": None})
+    return fig
+
+
+def preview_rules(store: SessionStore, sid: str) -> list[dict]:
+    """New widths drawn on the graph for the current preview (none without one)."""
+    session = store.session(sid)
+    with session.lock:
+        if session.preview_plan is None or session.view is None:
+            return []
+        st = session.stage
+        return styles.preview_rules(session.view, st.graph, st.pruner.widths(session.preview_plan))
+
+
+def summary_lines(preview: dict) -> tuple[str, str, str]:
+    p, m = preview["params"], preview["macs"]
+    skipped = preview.get("skipped") or {}
+    extra = f"{preview['removed_units']} units removed from {preview['groups_pruned']} groups"
+    if skipped:
+        extra += f"; {len(skipped)} groups left alone"
+    return change(p["before"], p["after"]), change(m["before"], m["after"]), extra
+
+
+def register(app, store: SessionStore) -> None:
+    settings_state = [State(ids.IMPORTANCE, "value"), State(ids.RATIO, "value"),
+                      State(ids.MODE, "value"), State(ids.ROUND_TO, "value")]
+
+    @app.callback(
+        Output(ids.PREVIEW_PARAMS, "children"),
+        Output(ids.PREVIEW_MACS, "children"),
+        Output(ids.PREVIEW_PANEL, "title"),
+        Output(ids.WIDTH_CHART, "figure"),
+        Output(ids.PREVIEW_REV, "data"),
+        Output(ids.MESSAGE, "children", allow_duplicate=True),
+        Input(ids.PREVIEW, "n_clicks"),
+        Input(ids.GRAPH_REV, "data"),
+        *settings_state,
+        State(ids.PREVIEW_REV, "data"),
+        State(ids.SESSION, "data"),
+        running=[(Output(ids.PREVIEW, "disabled"), True, False)],
+        prevent_initial_call=True,
+    )
+    def on_preview(_n, _rev, importance, ratio, mode, round_to, prev_rev, sid):
+        rev = (prev_rev or 0) + 1
+        if ctx.triggered_id == ids.GRAPH_REV:  # a new model or round: the old preview is void
+            return "—", "—", "", width_figure(None), rev, no_update
+        try:
+            settings = parse_settings(importance, ratio, mode, round_to)
+            pv = run_preview(store, sid, settings)
+        except Exception as exc:
+            return no_update, no_update, no_update, no_update, no_update, error_message(exc)
+        params, macs, extra = summary_lines(pv)
+        note = message(f"Preview: params {params}, MACs {macs}; {extra}.", "info")
+        return params, macs, extra, width_figure(pv), rev, note
+
+    @app.callback(
+        Output(ids.STYLE_PREVIEW, "data"),
+        Input(ids.PREVIEW_REV, "data"),
+        Input(ids.VIEW_REV, "data"),
+        State(ids.SESSION, "data"),
+        prevent_initial_call=True,
+    )
+    def on_preview_style(_p, _v, sid):
+        try:
+            return {"rules": preview_rules(store, sid)}
+        except Exception:
+            return {"rules": []}
+
+    @app.callback(
+        Output(ids.SCORE_CHART, "figure"),
+        Input(ids.SELECTION, "data"),
+        Input(ids.PREVIEW_REV, "data"),
+        *settings_state,
+        State(ids.SESSION, "data"),
+        prevent_initial_call=True,
+    )
+    def on_scores(selection, _rev, importance, ratio, mode, round_to, sid):
+        try:
+            try:
+                settings = parse_settings(importance, ratio, mode, round_to)
+            except DepViewError:
+                settings = None
+            return score_figure(store, sid, selection, settings)
+        except Exception:
+            return no_update
+
+    @app.callback(
+        Output(ids.GRAPH_REV, "data", allow_duplicate=True),
+        Output(ids.MESSAGE, "children", allow_duplicate=True),
+        Input(ids.APPLY, "n_clicks"),
+        Input(ids.UNDO, "n_clicks"),
+        Input(ids.RESET, "n_clicks"),
+        *settings_state,
+        State(ids.SESSION, "data"),
+        running=[(Output(ids.APPLY, "disabled"), True, False)],
+        prevent_initial_call=True,
+    )
+    def on_round(_a, _u, _r, importance, ratio, mode, round_to, sid):
+        trig = ctx.triggered_id
+        try:
+            if trig == ids.APPLY:
+                text = apply_round(store, sid, parse_settings(importance, ratio, mode,
+                                                              round_to))
+                kind = "ok"
+            elif trig == ids.UNDO:
+                text, kind = undo(store, sid), "info"
+            else:
+                text, kind = reset(store, sid), "info"
+            return graph_rev(store.session(sid)), message(text, kind)
+        except Exception as exc:
+            return no_update, error_message(exc)
+
+    @app.callback(
+        Output(ids.HISTORY, "children"),
+        Output(ids.UNDO, "disabled"),
+        Output(ids.RESET, "disabled"),
+        Output(ids.DOWNLOAD, "disabled"),
+        Input(ids.GRAPH_REV, "data"),
+        State(ids.SESSION, "data"),
+        prevent_initial_call=True,
+    )
+    def on_history(_rev, sid):
+        try:
+            session = store.session(sid)
+            none = len(session.stages) < 2
+            return history(session), none, none, none
+        except Exception:
+            return no_update, no_update, no_update, no_update
+
+    @app.callback(
+        Output(ids.PLAN_INFO, "children"),
+        Output(ids.GROUP_PANEL, "children", allow_duplicate=True),
+        Output(ids.MESSAGE, "children", allow_duplicate=True),
+        Input(ids.OVERRIDE_SET, "n_clicks"),
+        Input(ids.OVERRIDE_CLEAR, "n_clicks"),
+        Input(ids.IGNORE_TOGGLE, "value"),
+        Input(ids.GRAPH_REV, "data"),
+        State(ids.OVERRIDE_RATIO, "value"),
+        State(ids.SELECTION, "data"),
+        State(ids.GROUP_SIDE, "value"),
+        State(ids.GROUP_PICK, "value"),
+        State(ids.SESSION, "data"),
+        prevent_initial_call=True,
+    )
+    def on_plan_edit(_s, _c, ignore_sides, _rev, ratio, selection, side, pick, sid):
+        trig = ctx.triggered_id
+        sel = selection or {}
+        try:
+            text = ""
+            session = store.session(sid)
+            if trig == ids.OVERRIDE_SET:
+                text = set_override(store, sid, sel.get("gid"), ratio)
+            elif trig == ids.OVERRIDE_CLEAR:
+                text = set_override(store, sid, sel.get("gid"), None)
+            elif trig == ids.IGNORE_TOGGLE:
+                if sel.get("kind") != "op":
+                    return no_update, no_update, no_update
+                current = [s for s in ("out", "in")
+                           if f"{sel.get('name')}:{s}" in session.ignore]
+                if sorted(current) == sorted(ignore_sides or []):
+                    return no_update, no_update, no_update  # just showing the stored value
+                set_ignore(store, sid, sel.get("name"), ignore_sides or [])
+            panel = no_update
+            if trig != ids.GRAPH_REV and sel.get("kind") == "op":
+                panel = inspect(store, sid, sel, side or "out", pick).group_panel
+            return plan_info(session), panel, message(text, "info") if text else no_update
+        except Exception as exc:
+            return no_update, no_update, error_message(exc)

@@ -1,0 +1,192 @@
+"""The page: header (model picker, upload), graph with toolbar and legend, and a side panel
+with the inspector, pruning controls and preview, and history/export.
+
+:func:`page` is called on every page load, so each load gets a new session id.
+"""
+
+from __future__ import annotations
+
+import dash_cytoscape as cyto
+from dash import dcc, html
+
+from viewer.core.prune import IMPORTANCE
+
+from . import ids
+from .state import ModelEntry, SessionStore
+from .styles import base_stylesheet
+
+IMPORTANCE_LABELS = {"l1": "L1 magnitude", "l2": "L2 magnitude", "bn": "BatchNorm scale",
+                     "random": "random", "taylor": "Taylor (1st order)"}
+
+
+def _button(label: str, id_: str, title: str, cls: str = "btn", **kw) -> html.Button:
+    return html.Button(label, id=id_, title=title, className=cls, n_clicks=0, **kw)
+
+
+def header(entries: list[ModelEntry], default: str) -> html.Header:
+    options = [{"label": e.title, "value": e.spec, "title": e.description} for e in entries]
+    return html.Header([
+        html.Div([html.Span("DepView", className="brand"),
+                  html.Span("dependency graph · structural pruning", className="tagline")],
+                 className="brand-box"),
+        dcc.Dropdown(id=ids.MODEL_PICKER, options=options, value=default, clearable=False,
+                     searchable=True, className="picker"),
+        dcc.Upload(id=ids.UPLOAD, children=html.Button(
+            "Open export (.zip)", className="btn", title="load a pruned checkpoint this tool "
+            "exported (plan.json + model.safetensors; no pickle)"), accept=".zip",
+            max_size=1 << 30, className="upload"),
+        html.Div(id=ids.MODEL_INFO, className="model-info"),
+    ], className="header")
+
+
+def graph_panel() -> html.Div:
+    toolbar = html.Div([
+        dcc.Input(id=ids.SEARCH, type="search", placeholder="search name or type (conv, cat…)",
+                  debounce=True, className="search"),
+        html.Span(id=ids.SEARCH_INFO, className="search-info"),
+        html.Div([
+            _button("Fit", ids.FIT, "fit the whole graph in view"),
+            _button("⊞/⊟ module", ids.TOGGLE_MODULE,
+                    "collapse or expand the selected module (or the module of the selected "
+                    "node); double-click does the same"),
+            _button("Expand all", ids.EXPAND_ALL, "draw every op"),
+            _button("Collapse all", ids.COLLAPSE_ALL, "collapse the top-level modules"),
+            _button("PNG", ids.EXPORT_PNG, "download the graph as PNG"),
+            _button("SVG", ids.EXPORT_SVG, "download the graph as SVG"),
+        ], className="tool-buttons"),
+        html.Span(id=ids.VIEW_INFO, className="view-info"),
+    ], className="toolbar")
+    graph = cyto.Cytoscape(
+        id=ids.GRAPH, elements=[], stylesheet=base_stylesheet(),
+        layout={"name": "preset", "fit": True, "padding": 30, "animate": False},
+        style={"width": "100%", "height": "100%"}, minZoom=0.03, maxZoom=4,
+        boxSelectionEnabled=False, responsive=True, className="cy")
+    return html.Div([
+        toolbar,
+        dcc.Loading(
+            html.Div([graph, dcc.Store(id=ids.GRAPH_REV)], className="graph-box"),
+            id=ids.GRAPH_LOADING, type="circle", delay_show=250,
+            target_components={ids.GRAPH: "elements", ids.GRAPH_REV: "data"},
+            overlay_style={"visibility": "visible", "opacity": 0.55},
+            parent_className="graph-loading"),
+        html.Div(id=ids.LEGEND, className="legend"),
+    ], className="graph-panel")
+
+
+def inspector_card() -> html.Section:
+    return html.Section([
+        html.H2("Inspector"),
+        html.Div([html.P("Click a node to inspect it.", className="hint")], id=ids.INSPECTOR),
+        html.Div([
+            html.Div([
+                html.H4("Pruning group", className="inline"),
+                dcc.RadioItems(id=ids.GROUP_SIDE, value="out", inline=True,
+                               options=[{"label": "output channels", "value": "out"},
+                                        {"label": "input channels", "value": "in"}],
+                               className="side-toggle"),
+            ], className="group-head"),
+            dcc.Dropdown(id=ids.GROUP_PICK, options=[], value=None, clearable=False,
+                         placeholder="group", className="group-pick"),
+            html.Div(id=ids.GROUP_PANEL),
+            html.Div([
+                html.Label("override ratio"),
+                dcc.Input(id=ids.OVERRIDE_RATIO, type="number", min=0, max=0.99, step=0.05,
+                          className="num"),
+                _button("set", ids.OVERRIDE_SET, "prune this group by its own ratio",
+                        "btn small"),
+                _button("clear", ids.OVERRIDE_CLEAR, "use the global ratio for this group",
+                        "btn small"),
+                dcc.Checklist(id=ids.IGNORE_TOGGLE, value=[], inline=True,
+                              options=[{"label": "ignore outputs", "value": "out"},
+                                       {"label": "ignore inputs", "value": "in"}],
+                              className="ignore"),
+            ], className="group-edit"),
+        ], id=ids.GROUP_CONTROLS, style={"display": "none"}),
+    ], className="card")
+
+
+def prune_card() -> html.Section:
+    controls = html.Div([
+        html.Label(["importance", dcc.Dropdown(
+            id=ids.IMPORTANCE, value="l1", clearable=False,
+            options=[{"label": IMPORTANCE_LABELS.get(k, k), "value": k} for k in IMPORTANCE])],
+            className="ctl ctl-wide"),
+        html.Label(["ratio", dcc.Input(id=ids.RATIO, type="number", value=0.3, min=0,
+                                       max=0.99, step=0.05, className="num")], className="ctl"),
+        html.Label(["round to", dcc.Input(id=ids.ROUND_TO, type="number", value=1, min=1,
+                                          step=1, className="num")], className="ctl"),
+        dcc.RadioItems(id=ids.MODE, value="uniform", inline=True, className="ctl mode",
+                       options=[{"label": "uniform per group", "value": "uniform"},
+                                {"label": "global ranking", "value": "global"}]),
+    ], className="controls")
+    buttons = html.Div([
+        _button("Preview", ids.PREVIEW, "compute the plan and its effect (model untouched)",
+                "btn primary"),
+        _button("Apply", ids.APPLY, "prune a copy, verify it and continue from it",
+                "btn danger"),
+        _button("Undo", ids.UNDO, "drop the last round", disabled=True),
+        _button("Reset", ids.RESET, "back to the original model", disabled=True),
+    ], className="buttons")
+    numbers = html.Div([
+        html.Div([html.Span("params", className="num-label"),
+                  html.Span("—", id=ids.PREVIEW_PARAMS, className="num-value")]),
+        html.Div([html.Span("MACs", className="num-label"),
+                  html.Span("—", id=ids.PREVIEW_MACS, className="num-value")]),
+    ], className="numbers")
+    charts = [dcc.Graph(id=ids.WIDTH_CHART, config={"displayModeBar": False},
+                        className="chart", figure={"layout": {"height": 230}}),
+              dcc.Graph(id=ids.SCORE_CHART, config={"displayModeBar": False},
+                        className="chart", figure={"layout": {"height": 200}})]
+    return html.Section([
+        html.H2("Prune"),
+        controls,
+        html.Div(id=ids.PLAN_INFO, className="plan-info"),
+        buttons,
+        dcc.Loading(html.Div([numbers] + charts, id=ids.PREVIEW_PANEL), type="dot",
+                    delay_show=250, overlay_style={"visibility": "visible", "opacity": 0.5}),
+    ], className="card")
+
+
+def history_card() -> html.Section:
+    return html.Section([
+        html.H2("History & export"),
+        html.Div(id=ids.HISTORY),
+        html.Div([
+            _button("Checkpoint (.zip)", ids.DOWNLOAD, "the pruned model as an export "
+                    "directory: model.safetensors + plan.json + report.json", "btn primary",
+                    disabled=True),
+            _button("Graph JSON", ids.DOWNLOAD_GRAPH, "the current typed graph"),
+            _button("Groups JSON", ids.DOWNLOAD_GROUPS, "every pruning group with members"),
+        ], className="buttons"),
+        dcc.Download(id=ids.DOWNLOAD_FILE),
+    ], className="card")
+
+
+def stores(sid: str) -> list:
+    return [
+        dcc.Store(id=ids.SESSION, data=sid),
+        dcc.Store(id=ids.VIEW_REV, data=0),
+        dcc.Store(id=ids.SELECTION),
+        dcc.Store(id=ids.PREVIEW_REV, data=0),
+        dcc.Store(id=ids.DBLTAP),
+        dcc.Store(id=ids.ZOOM_TARGET),
+        dcc.Store(id=ids.FIT_DONE),
+        dcc.Store(id=ids.STYLE_GROUP),
+        dcc.Store(id=ids.STYLE_PREVIEW),
+        dcc.Store(id=ids.STYLE_LEGEND),
+        dcc.Store(id=ids.STYLE_SEARCH),
+    ]
+
+
+def page(store: SessionStore, default: str) -> html.Div:
+    """The whole page for one load (a new session id each time)."""
+    entries = list(store.entries.values())
+    return html.Div([
+        *stores(store.new_id()),
+        header(entries, default),
+        html.Div(id=ids.MESSAGE, className="message-bar"),
+        html.Main([
+            graph_panel(),
+            html.Aside([inspector_card(), prune_card(), history_card()], className="side"),
+        ], className="main"),
+    ], className="app")

@@ -1,0 +1,122 @@
+"""Entry point of the browser app: builds the Dash app and wires layout and callbacks.
+
+    >>> from viewer.app.main import create_app, run
+    >>> app = create_app()            # demos only; create_app([ModelEntry("pkg.mod:Net", ...)])
+    >>> run(port=8050)                # or: python -m viewer serve --model demo:vit
+
+Only demo models and the specs given here (at start-up) can ever be imported: the browser picks
+among them, and an uploaded export is only rebuilt when it was pruned from one of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import dash
+import dash_cytoscape as cyto
+
+import viewer
+
+from . import callbacks
+from .layout import page
+from .state import DEFAULT_SPEC, ModelEntry, SessionStore
+from .viewmodel import DEFAULT_MAX_VISIBLE
+
+
+def assets_folder() -> Path:
+    """The CSS/JS folder: packaged as ``viewer.assets``, or ``assets/`` in a checkout."""
+    here = Path(viewer.__file__).parent / "assets"
+    return here if here.is_dir() else Path(viewer.__file__).parent.parent / "assets"
+
+
+def create_app(models: Sequence[ModelEntry] | None = None, *, preload: bool = False,
+               max_sessions: int = 16, max_visible: int = DEFAULT_MAX_VISIBLE) -> dash.Dash:
+    """The Dash app. ``models`` are offered in the picker before the demos; the first is
+    selected (``demo:resnet`` without any). ``preload`` builds them now, so a bad spec fails
+    at start-up with its one-line error instead of in the page."""
+    store = SessionStore(models, max_sessions=max_sessions, max_visible=max_visible)
+    default = models[0].spec if models else DEFAULT_SPEC
+    if default not in store.entries:
+        default = next(iter(store.entries))
+    if preload:
+        for m in models or ():
+            store.base(m.spec)
+    cyto.load_extra_layouts()  # also brings cytoscape-svg, needed for SVG export
+    app = dash.Dash(__name__, title="DepView", assets_folder=str(assets_folder()),
+                    update_title=None)
+    app.layout = lambda: page(store, default)
+    for feature in (callbacks.model, callbacks.graph, callbacks.inspect, callbacks.prune,
+                    callbacks.export):
+        feature.register(app, store)
+    app.server.config["MAX_CONTENT_LENGTH"] = 1536 << 20  # uploads arrive base64-encoded
+    app._depview_store = store  # for tests and debugging
+    return app
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def run(host: str = "127.0.0.1", port: int = 8050, models: Sequence[ModelEntry] | None = None,
+        debug: bool = False, preload: bool = True) -> None:
+    """Serve the app (threaded; Ctrl-C stops it)."""
+    if not is_loopback(host):
+        print(f"warning: serving on {host}: anyone who can reach this address can use the app "
+              "and the CPU/memory of this machine (there is no login)", file=sys.stderr)
+    app = create_app(models, preload=preload)
+    print(f"DepView on http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/",
+          file=sys.stderr)
+    app.run(host=host, port=port, debug=debug, threaded=True)
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``serve`` options (for a CLI that does not define its own)."""
+    parser.add_argument("--model", action="append", default=[], metavar="SPEC",
+                        help="add a model to the picker: demo:NAME, package.module:attr or "
+                             "path/file.py:attr (repeatable)")
+    parser.add_argument("--input", action="append", default=[], metavar="SHAPE[:DTYPE]",
+                        help="example input shape for the --model specs (repeatable)")
+    parser.add_argument("--kwargs", default="", metavar="JSON",
+                        help="keyword arguments for the --model factories")
+    parser.add_argument("--weights", default=None, metavar="FILE",
+                        help="state_dict for the --model specs (.safetensors or weights-only .pt)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8050)
+    parser.add_argument("--debug", action="store_true")
+
+
+def entries_from_args(args: argparse.Namespace) -> list[ModelEntry]:
+    """``--model`` specs (with the shared --input/--kwargs/--weights) as picker entries."""
+    inputs = tuple(getattr(args, "input", None) or ())
+    kwargs = getattr(args, "kwargs", "") or ""
+    weights = getattr(args, "weights", None)
+    specs = list(dict.fromkeys(getattr(args, "model", None) or ()))
+    if getattr(args, "spec", None):
+        specs.insert(0, args.spec)
+    return [ModelEntry(s, inputs=inputs, kwargs=kwargs, weights=weights) for s in specs]
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """``python -m viewer serve``: start-up models are built first, so a bad spec stops here
+    with its one-line DepViewError (the CLI prints it and exits 2)."""
+    run(host=args.host, port=args.port, models=entries_from_args(args), debug=args.debug)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m viewer.app.main")
+    add_serve_arguments(parser)
+    return cmd_serve(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
