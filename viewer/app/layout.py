@@ -11,7 +11,7 @@ from dash import dcc, html
 
 from viewer.core.prune import IMPORTANCE
 
-from . import ids
+from . import charts, ids
 from .state import ModelEntry, SessionStore
 from .styles import base_stylesheet
 
@@ -58,17 +58,17 @@ def graph_panel() -> html.Div:
     ], className="toolbar")
     graph = cyto.Cytoscape(
         id=ids.GRAPH, elements=[], stylesheet=base_stylesheet(),
-        layout={"name": "preset", "fit": True, "padding": 30, "animate": False},
+        layout={"name": "preset", "fit": False, "animate": False},
         style={"width": "100%", "height": "100%"}, minZoom=0.03, maxZoom=4,
         boxSelectionEnabled=False, responsive=True, className="cy")
     return html.Div([
         toolbar,
-        dcc.Loading(
+        html.Div(dcc.Loading(
             html.Div([graph, dcc.Store(id=ids.GRAPH_REV)], className="graph-box"),
             id=ids.GRAPH_LOADING, type="circle", delay_show=250,
             target_components={ids.GRAPH: "elements", ids.GRAPH_REV: "data"},
             overlay_style={"visibility": "visible", "opacity": 0.55},
-            parent_className="graph-loading"),
+            parent_className="graph-loading"), className="graph-wrap"),
         html.Div(id=ids.LEGEND, className="legend"),
     ], className="graph-panel")
 
@@ -133,16 +133,16 @@ def prune_card() -> html.Section:
         html.Div([html.Span("MACs", className="num-label"),
                   html.Span("—", id=ids.PREVIEW_MACS, className="num-value")]),
     ], className="numbers")
-    charts = [dcc.Graph(id=ids.WIDTH_CHART, config={"displayModeBar": False},
-                        className="chart", figure={"layout": {"height": 230}}),
-              dcc.Graph(id=ids.SCORE_CHART, config={"displayModeBar": False},
-                        className="chart", figure={"layout": {"height": 200}})]
+    figs = [dcc.Graph(id=ids.WIDTH_CHART, config={"displayModeBar": False},
+                      className="chart", figure=charts.width_figure(None)),
+            dcc.Graph(id=ids.SCORE_CHART, config={"displayModeBar": False},
+                      className="chart", figure=charts.score_figure(None))]
     return html.Section([
         html.H2("Prune"),
         controls,
         html.Div(id=ids.PLAN_INFO, className="plan-info"),
         buttons,
-        dcc.Loading(html.Div([numbers] + charts, id=ids.PREVIEW_PANEL), type="dot",
+        dcc.Loading(html.Div([numbers] + figs, id=ids.PREVIEW_PANEL), type="dot",
                     delay_show=250, overlay_style={"visibility": "visible", "opacity": 0.5}),
     ], className="card")
 

@@ -31,11 +31,12 @@ def base_stylesheet() -> list[dict]:
     edges labelled with shapes once zoomed in enough to read them."""
     return [
         {"selector": "node", "style": {
-            "shape": "round-rectangle", "width": "data(w)", "height": 38,
-            "background-color": "data(color)", "color": "data(fg)", "label": "data(label)",
+            "shape": "round-rectangle", "height": 38, "label": "data(label)",
             "text-wrap": "wrap", "text-valign": "center", "text-halign": "center",
             "font-size": 10, "font-family": "Inter, system-ui, sans-serif",
             "border-width": 1, "border-color": "#475569", "min-zoomed-font-size": 5}},
+        {"selector": "node.op", "style": {
+            "width": "data(w)", "background-color": "data(color)", "color": "data(fg)"}},
         {"selector": "node.module", "style": {
             "background-color": "#f8fafc", "background-opacity": 0.55, "color": "#334155",
             "border-color": "#94a3b8", "border-style": "dashed", "border-width": 1,
@@ -44,7 +45,8 @@ def base_stylesheet() -> list[dict]:
         {"selector": "node.collapsed", "style": {
             "background-color": "#e2e8f0", "background-opacity": 1, "color": "#0f172a",
             "border-style": "double", "border-width": 4, "border-color": "#475569",
-            "text-valign": "center", "height": 56, "font-weight": "normal", "font-size": 10}},
+            "text-valign": "center", "height": 56, "font-weight": "normal", "font-size": 10,
+            "width": "data(w)"}},
         {"selector": "edge", "style": {
             "width": 1.4, "line-color": "#94a3b8", "target-arrow-color": "#94a3b8",
             "target-arrow-shape": "triangle", "arrow-scale": 0.8, "curve-style": "bezier",

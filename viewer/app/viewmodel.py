@@ -234,15 +234,42 @@ def node_params(node: Node) -> int:
 # Layout.
 
 
-def layered_positions(n: int, edges: list[tuple[int, int]]) -> list[tuple[float, float]]:
-    """Sugiyama positions (px) of ``n`` vertices, top to bottom, via python-igraph."""
+BOX_PAD = 30  #: px a module box needs above (its label) or below its first/last layer
+
+
+def layered_positions(n: int, edges: list[tuple[int, int]],
+                      boxes: list[tuple[str, ...]] | None = None) -> list[tuple[float, float]]:
+    """Sugiyama positions (px) of ``n`` vertices, top to bottom, via python-igraph.
+
+    ``boxes[i]`` lists the module boxes vertex ``i`` is drawn in (outermost first); a layer
+    where boxes open or close gets extra room so box borders and labels clear the nodes.
+    """
     if n == 0:
         return []
     import igraph
 
     g = igraph.Graph(n=n, edges=edges, directed=True)
     coords = g.layout_sugiyama(hgap=1, vgap=1, maxiter=60).coords[:n]  # rows past n: dummies
-    return [(float(x) * X_GAP, float(y) * Y_GAP) for x, y in coords]
+    layers = [int(round(y)) for _, y in coords]
+    n_layers = max(layers) + 1
+    opens = [0] * (n_layers + 1)
+    closes = [0] * (n_layers + 1)
+    if boxes:
+        first: dict[str, int] = {}
+        last: dict[str, int] = {}
+        for i, chain in enumerate(boxes):
+            for b in chain:
+                first[b] = min(first.get(b, layers[i]), layers[i])
+                last[b] = max(last.get(b, layers[i]), layers[i])
+        for i, chain in enumerate(boxes):
+            opens[layers[i]] = max(opens[layers[i]], sum(first[b] == layers[i] for b in chain))
+            closes[layers[i]] = max(closes[layers[i]], sum(last[b] == layers[i] for b in chain))
+    y_of, y = [], 0.0
+    for lay in range(n_layers):
+        if lay:
+            y += Y_GAP + BOX_PAD * (closes[lay - 1] + opens[lay])
+        y_of.append(y)
+    return [(float(x) * X_GAP, y_of[lay]) for (x, _), lay in zip(coords, layers, strict=True)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -303,6 +330,8 @@ def build_view(graph: Graph, collapsed: Iterable[str] = (),
             data["parent"] = parent_id(parent)
         node_els.append({"data": data, "classes": f"op t-{n.op_type.value}"})
 
+    parents = {c["data"]["id"]: c["data"].get("parent") for c in compounds}
+
     # edges between drawn elements, merged when several tensors join the same two elements
     edge_els: list[dict] = []
     by_pair: dict[tuple[str, str], str] = {}
@@ -320,7 +349,14 @@ def build_view(graph: Graph, collapsed: Iterable[str] = (),
             tensor_edges[(e.source, e.source_port)].append(eid)
 
     index = {el["data"]["id"]: i for i, el in enumerate(node_els)}
-    pos = layered_positions(len(node_els), [(index[s], index[t]) for s, t in by_pair])
+    boxes = []
+    for el in node_els:
+        chain, pid = [], el["data"].get("parent")
+        while pid is not None:
+            chain.append(pid)
+            pid = parents.get(pid)
+        boxes.append(tuple(chain))
+    pos = layered_positions(len(node_els), [(index[s], index[t]) for s, t in by_pair], boxes)
     for el, (x, y) in zip(node_els, pos, strict=True):
         el["position"] = {"x": x, "y": y}
 

@@ -164,8 +164,9 @@ def register(app, store: SessionStore) -> None:
                 action = trig
             view, zoom = render(store, sid, action, path)
             rev = (view_rev or 0) + 1
-            return (view.elements, legend(view), view_info(view), rev,
-                    {"ids": [zoom]} if zoom else no_update, no_update)
+            # a new graph opens at a readable zoom at its top; a toggled module is zoomed to
+            target = {"ids": [zoom]} if zoom else {"top": True}
+            return view.elements, legend(view), view_info(view), rev, target, no_update
         except Exception as exc:
             return (no_update,) * 5 + (error_message(exc),)
 

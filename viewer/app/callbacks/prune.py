@@ -10,13 +10,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import plotly.graph_objects as go
 from dash import Input, Output, State, ctx, html, no_update
 
 from viewer.core.errors import DepViewError
 from viewer.core.prune import IMPORTANCE, Plan
 
-from .. import ids, styles
+from .. import charts, ids, styles
 from ..state import Session, SessionStore, make_stage, round_entry
 from .common import change, error_message, fmt_count, message
 from .inspect import inspect
@@ -206,63 +205,35 @@ def history(session: Session) -> list:
 # Charts.
 
 
-def width_figure(preview: dict | None) -> go.Figure:
-    """Per-layer output widths before/after (grouped bars)."""
-    fig = go.Figure()
-    layers = (preview or {}).get("layers") or []
-    if layers:
-        names = [r["name"] for r in layers]
-        fig.add_bar(x=names, y=[r["before"] for r in layers], name="before",
-                    marker_color="#cbd5e1")
-        fig.add_bar(x=names, y=[r["after"] for r in layers], name="after",
-                    marker_color=styles.PRUNED)
-    fig.update_layout(barmode="overlay", bargap=0.15, height=230,
-                      margin={"l": 40, "r": 8, "t": 28, "b": 8},
-                      title={"text": "output width per layer", "font": {"size": 12}},
-                      legend={"orientation": "h", "y": 1.12, "x": 1, "xanchor": "right"},
-                      xaxis={"showticklabels": False, "title": None},
-                      yaxis={"title": None}, template="plotly_white")
-    return fig
-
-
-def score_figure(store: SessionStore, sid: str, selection: dict | None,
-                 settings: dict | None) -> go.Figure:
-    """The selected group's unit importance, sorted, with the cut line of the preview plan
-    (or of the ratio, before any preview)."""
-    fig = go.Figure()
-    title = "importance of the selected group's units"
+def group_scores(store: SessionStore, sid: str, selection: dict | None,
+                 settings: dict | None) -> tuple[np.ndarray | None, list[int], str]:
+    """The selected group's unit scores, the units to cut and a title: from the preview plan
+    when there is one, else computed now with the current criterion and ratio."""
     gid = (selection or {}).get("gid")
     session = store.session(sid)
     with session.lock:
         pruner = session.stage.pruner
         group = next((g for g in pruner.groups if g.id == gid), None)
-        scores, removed = None, None
+        if group is None:
+            return None, [], ""
         plan = session.preview_plan
-        if group is not None and plan is not None and gid in plan.scores:
+        if plan is not None and gid in plan.scores:
             scores = np.asarray(plan.scores[gid])
-            removed = set(plan.removed.get(gid, []))
+            removed = list(plan.removed.get(gid, []))
             crit = plan.settings.get("importance", "")
-        elif group is not None and settings and settings["importance"] != "taylor":
+        elif settings is None:
+            return None, [], "fix the prune settings to see scores"
+        elif settings["importance"] == "taylor":
+            return None, [], "run a preview to see Taylor scores"
+        else:
             crit = settings["importance"]
             scores = pruner.importance(group, crit)
             k = int(math.floor(group.n_units * session.overrides.get(gid, settings["ratio"])))
-            removed = set(np.argsort(scores, kind="stable")[:k].tolist())
-        if scores is not None and len(scores):
-            order = np.argsort(scores, kind="stable")
-            cut = sum(1 for u in order if int(u) in removed)
-            colors = ["#ef4444" if int(u) in removed else "#64748b" for u in order]
-            fig.add_bar(x=list(range(len(order))), y=scores[order].tolist(),
-                        marker_color=colors, hovertext=[f"unit {int(u)}" for u in order],
-                        showlegend=False)
-            if 0 < cut < len(order):
-                fig.add_vline(x=cut - 0.5, line_dash="dash", line_color="#dc2626")
-            title = f"group #{gid}: {crit} importance, {cut} of {len(order)} cut"
-        elif group is not None and settings and settings["importance"] == "taylor":
-            title = "run a preview to see Taylor scores"
-    fig.update_layout(height=200, margin={"l": 40, "r": 8, "t": 28, "b": 20},
-                      title={"text": title, "font": {"size": 12}}, template="plotly_white",
-                      xaxis={"title": None, "showticklabels": False}, yaxis={"title": None})
-    return fig
+            removed = np.argsort(scores, kind="stable")[:k].tolist()
+            if pruner.reason(group, {tuple(x.rsplit(":", 1)) for x in session.ignore}):
+                removed = []
+        return scores, removed, (f"group #{gid}: {crit} importance, {len(removed)} of "
+                                 f"{len(scores)} units cut")
 
 
 def preview_rules(store: SessionStore, sid: str) -> list[dict]:
@@ -306,7 +277,7 @@ def register(app, store: SessionStore) -> None:
     def on_preview(_n, _rev, importance, ratio, mode, round_to, prev_rev, sid):
         rev = (prev_rev or 0) + 1
         if ctx.triggered_id == ids.GRAPH_REV:  # a new model or round: the old preview is void
-            return "—", "—", "", width_figure(None), rev, no_update
+            return "—", "—", "", charts.width_figure(None), rev, no_update
         try:
             settings = parse_settings(importance, ratio, mode, round_to)
             pv = run_preview(store, sid, settings)
@@ -314,7 +285,7 @@ def register(app, store: SessionStore) -> None:
             return no_update, no_update, no_update, no_update, no_update, error_message(exc)
         params, macs, extra = summary_lines(pv)
         note = message(f"Preview: params {params}, MACs {macs}; {extra}.", "info")
-        return params, macs, extra, width_figure(pv), rev, note
+        return params, macs, extra, charts.width_figure(pv["layers"]), rev, note
 
     @app.callback(
         Output(ids.STYLE_PREVIEW, "data"),
@@ -343,7 +314,8 @@ def register(app, store: SessionStore) -> None:
                 settings = parse_settings(importance, ratio, mode, round_to)
             except DepViewError:
                 settings = None
-            return score_figure(store, sid, selection, settings)
+            scores, removed, title = group_scores(store, sid, selection, settings)
+            return charts.score_figure(scores, removed, title)
         except Exception:
             return no_update
 

@@ -1,0 +1,87 @@
+"""Server-side session state: LRU eviction, shared models, start-up-only specs, layouts."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from viewer.app.state import (
+    ModelEntry,
+    SessionExpiredError,
+    SessionStore,
+    make_stage,
+    picker_entries,
+    round_entry,
+)
+from viewer.core.errors import DepViewError
+
+
+def test_picker_entries_put_startup_models_first_and_list_each_spec_once():
+    entries = picker_entries([ModelEntry("demo:vit"), ModelEntry("pkg.mod:Net", ("1x3",))])
+    specs = [e.spec for e in entries]
+    assert specs[:2] == ["demo:vit", "pkg.mod:Net"]
+    assert "demo:resnet" in specs and len(specs) == len(set(specs))
+
+
+def test_sessions_are_lru_bounded_and_evicted_ones_say_so():
+    store = SessionStore(max_sessions=2)
+    a, b, c = (store.session(x, create=True) for x in "abc")
+    assert len(store) == 2 and store.was_evicted("a")
+    assert store.session("b") is b and store.session("c") is c
+    with pytest.raises(SessionExpiredError, match="expired"):
+        store.session("a")
+    assert store.session("a", create=True) is not a  # a page that reloads starts over
+
+
+def test_session_without_id_is_an_error():
+    with pytest.raises(DepViewError, match="reload"):
+        SessionStore().session(None)
+
+
+def test_base_models_are_built_once_and_shared():
+    store = SessionStore()
+    out = []
+    threads = [threading.Thread(target=lambda: out.append(store.base("demo:cnn")))
+               for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({id(b) for b in out}) == 1
+    base = out[0]
+    assert base.stage.summary["nodes"] == len(base.stage.graph.nodes)
+    assert base.output_layers == ["fc"] and base.source["spec"] == "demo:cnn"
+
+
+def test_only_offered_specs_can_be_loaded():
+    store = SessionStore()
+    with pytest.raises(DepViewError, match="only the listed models"):
+        store.base("os:system")
+    assert store.allowed_source({"spec": "demo:resnet"})
+    assert not store.allowed_source({"spec": "evil.module:attr"})
+    store2 = SessionStore([ModelEntry("pkg.mod:Net", kwargs='{"width": 4}')])
+    assert store2.allowed_source({"spec": "pkg.mod:Net", "kwargs": {"width": 4}})
+    assert not store2.allowed_source({"spec": "pkg.mod:Net", "kwargs": {"width": 4000}})
+
+
+def test_views_are_cached_per_stage_and_collapse_set():
+    store = SessionStore(max_visible=10)
+    stage = store.base("demo:cnn").stage  # 18 ops: more than 10, so modules collapse
+    v1 = store.view(stage, None)
+    assert v1.collapsed and v1.n_nodes <= 10
+    assert store.view(stage, None) is v1
+    assert store.view(stage, ()) is not v1 and not store.view(stage, ()).collapsed
+
+
+def test_make_stage_and_round_entry_match_the_export_format():
+    store = SessionStore()
+    base = store.base("demo:cnn")
+    pruner = base.stage.pruner
+    plan = pruner.plan(0.5, "l1")
+    pruned = pruner.apply(plan)
+    entry = round_entry(pruner, plan, pruned)
+    assert set(entry) == {"tensors", "attrs", "plan", "groups"}
+    stage = make_stage(pruned, base.inputs, base.output_layers, plan)
+    assert stage.summary["params"] == sum(p.numel() for p in pruned.parameters())
+    assert stage.summary["params"] < base.stage.summary["params"]
