@@ -214,3 +214,11 @@ def test_mha_prunes_every_head_evenly(demo_pruner):
     sub = orig[kept_rows][:, p.kept(plan)["blocks.0.attn.in_proj_weight"]["1"]]
     assert torch.equal(sub, attn.in_proj_weight)
     assert p.verify(m, plan)["shapes_kept"]
+
+
+def test_taylor_uses_the_given_batch(demo_pruner):
+    _, p = demo_pruner("cnn")
+    a = p.plan(0.5, "taylor", batch=(torch.randn(4, 3, 32, 32),))
+    b = p.plan(0.5, "taylor", batch=(torch.randn(4, 3, 32, 32) * 3 + 1,))
+    assert a.scores != b.scores
+    assert all(len(v) == len(a.scores[k]) for k, v in b.scores.items())

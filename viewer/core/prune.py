@@ -173,9 +173,11 @@ class Pruner:
     # -- plans ----------------------------------------------------------------------------
     def plan(self, ratio: float = 0.5, importance: str = "l1", global_: bool = False,
              round_to: int = 1, ignore=(), overrides: dict[int, float] | None = None,
-             seed: int = 0, validate: bool = True) -> Plan:
+             seed: int = 0, validate: bool = True, batch=None) -> Plan:
         """Choose units to remove: ``ratio`` of every prunable group (or of all units ranked
-        together with ``global_``), keeping a multiple of ``round_to`` and at least one."""
+        together with ``global_``), keeping a multiple of ``round_to`` and at least one.
+        ``batch`` (positional inputs as a tuple, or a dict) feeds the Taylor criterion; the
+        example inputs are used when it is None."""
         if not (isinstance(ratio, (int, float)) and 0 <= ratio < 1):
             raise DepViewError(f"ratio must be in [0, 1), got {ratio}")
         if int(round_to) < 1:
@@ -185,7 +187,9 @@ class Pruner:
             if not 0 <= r < 1:
                 raise DepViewError(f"override ratio for group {gid} must be in [0, 1), got {r}")
         ignore_set = parse_ignore(ignore) if not isinstance(ignore, set) else ignore
-        grads = taylor_grads(self.model, self.inputs) if importance == "taylor" else None
+        grads = None
+        if importance == "taylor":
+            grads = taylor_grads(self.model, self.inputs if batch is None else batch)
         settings = {"ratio": ratio, "importance": importance, "global": global_,
                     "round_to": round_to, "ignore": sorted(f"{a}:{b}" for a, b in ignore_set),
                     "overrides": {str(k): v for k, v in overrides.items()}, "seed": seed}
@@ -429,6 +433,8 @@ def taylor_grads(model: nn.Module, inputs) -> dict[str, torch.Tensor]:
     The model itself is not changed (a copy runs the backward pass)."""
     m = copy.deepcopy(model)
     m.zero_grad(set_to_none=True)
+    if isinstance(inputs, torch.Tensor):
+        inputs = (inputs,)
     with torch.enable_grad():
         out = m(*inputs) if not isinstance(inputs, dict) else m(**inputs)
         loss = sum(t.float().pow(2).mean() for _, t in flatten(out) if t.is_floating_point())
