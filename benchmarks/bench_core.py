@@ -65,14 +65,25 @@ def _rss_now() -> int:
         return _peak_rss()
 
 
-def _timeit(fn, reps: int, warmup: int = 1, setup=None):
-    """Median wall time of ``fn(setup())`` over ``reps`` runs after ``warmup`` runs; returns
-    (median seconds, all times, last result)."""
+def _timeit(fn, reps: int, warmup: int = 1, setup=None, budget: float = 60.0,
+            min_time: float = 0.3, max_reps: int = 50):
+    """Median wall time of ``fn(setup())`` after ``warmup`` runs; returns (median seconds,
+    all times, last result).
+
+    Runs at least ``reps`` times and, for fast stages, keeps going (up to ``max_reps``) until
+    ``min_time`` seconds are timed, so a median of sub-millisecond stages is not decided by
+    scheduler noise; stops early (after at least one run) once ``budget`` seconds are spent.
+    """
     result = None
+    t_start = time.perf_counter()
     for _ in range(warmup):
         result = fn(setup() if setup else None)
-    times = []
-    for _ in range(reps):
+    times: list[float] = []
+    while len(times) < max_reps:
+        if len(times) >= reps and sum(times) >= min_time:
+            break
+        if times and time.perf_counter() - t_start > budget:
+            break
         arg = setup() if setup else None
         t0 = time.perf_counter()
         result = fn(arg)
@@ -81,10 +92,12 @@ def _timeit(fn, reps: int, warmup: int = 1, setup=None):
 
 
 # -- child processes ------------------------------------------------------------------------
-def run_one(name: str, reps: int) -> dict:
+def run_one(name: str, reps: int, threads: int | None = None) -> dict:
     _setup_path()
     import torch
 
+    if threads:
+        torch.set_num_threads(threads)
     import demo_models
     from viewer.core.export import export_dir
     from viewer.core.groups import all_groups
@@ -136,10 +149,12 @@ def run_one(name: str, reps: int) -> dict:
     return res
 
 
-def run_llama7b(reps: int) -> dict:
+def run_llama7b(reps: int, threads: int | None = None) -> dict:
     _setup_path()
     import torch
 
+    if threads:
+        torch.set_num_threads(threads)
     import demo_models
     from viewer.core.groups import all_groups
     from viewer.core.trace import build_graph
@@ -175,6 +190,17 @@ def run_llama7b(reps: int) -> dict:
     res["base_rss"] = base_rss
     res["peak_rss"] = _peak_rss()
     return res
+
+
+def _git_rev() -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                             capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        return f"{rev}{'+dirty' if dirty else ''}" if rev else "unknown"
+    except OSError:
+        return "unknown"
 
 
 def _child(args: list[str]) -> dict:
@@ -271,12 +297,15 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=3, help="timed repetitions per stage")
     ap.add_argument("--models", help="comma-separated demo names (default: all)")
     ap.add_argument("--no-7b", action="store_true", help="skip the 7B-on-meta benchmark")
+    ap.add_argument("--threads", type=int, help="torch.set_num_threads in the children "
+                    "(default: torch's default)")
     ap.add_argument("--one", metavar="NAME", help=argparse.SUPPRESS)
     ap.add_argument("--llama7b", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
     if args.one or args.llama7b:
-        res = run_llama7b(args.reps) if args.llama7b else run_one(args.one, args.reps)
+        res = (run_llama7b(args.reps, args.threads) if args.llama7b
+               else run_one(args.one, args.reps, args.threads))
         print(MARK + json.dumps(res), flush=True)
         return 0
 
@@ -288,24 +317,32 @@ def main(argv=None) -> int:
         names = [n for n in names if n != "resnet50"]
     import torch
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{os.cpu_count()} cpus, reps={args.reps} (median, 1 warm-up)", flush=True)
+    rev = _git_rev()
+    threads = args.threads or torch.get_num_threads()
+    print(f"depview {rev}, torch {torch.__version__}, {threads} threads, {os.cpu_count()} cpus, "
+          f"median of >= {args.reps} reps (fast stages: >= 0.3 s timed), 1 warm-up", flush=True)
+    common = ["--reps", str(args.reps)] + (["--threads", str(args.threads)] if args.threads else [])
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if load > 0.5:
+        print(f"WARNING: load average {load:.2f} before starting: other processes compete for "
+              f"the CPU, timings (sub-millisecond ones especially) will be noisy", flush=True)
     models = []
     for name in names:
-        r = _child(["--reps", str(args.reps), "--one", name])
+        r = _child([*common, "--one", name])
         print(f"  {name}: {'ERROR' if 'error' in r else 'ok'} ({r['wall']:.1f}s)",
               file=sys.stderr, flush=True)
         models.append(r)
     meta = None
     if not args.no_7b:
-        meta = _child(["--reps", str(args.reps), "--llama7b"])
+        meta = _child([*common, "--llama7b"])
         print(f"  llama-7B@meta: {'ERROR' if 'error' in meta else 'ok'} "
               f"({meta['wall']:.1f}s)", file=sys.stderr, flush=True)
     text, misses = report(models, meta)
     print(text, flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(
-            {"torch": torch.__version__, "reps": args.reps, "models": models,
+            {"git": rev, "torch": torch.__version__, "threads": threads, "reps": args.reps,
+             "models": models,
              "llama7b_meta": meta, "misses": misses,
              "targets": {"build_max_x_forward": BUILD_MAX_X_FWD,
                          "groups_max_x_build": GROUPS_MAX_X_BUILD,
