@@ -36,6 +36,10 @@ def test_concat_and_split_metadata_hand_computed():
     assert split[1].meta.offsets == (0, 2, 4)
     assert split[2].meta.sizes == (3, 3, 3) and split[2].meta.computed
     assert cat.grad_fn is None  # no grad: plain tensors
+    x = torch.randn(2, 5, 7, requires_grad=True)
+    cat = _only(build_graph(CatSplit(), x, autograd=True), OpType.CONCAT)
+    assert cat.grad_fn == "CatBackward0"
+    assert _only(build_graph(CatSplit(), x), OpType.CONCAT).grad_fn is None  # default: no_grad
     assert meta_to_dict(cat.meta) == {"dim": 2, "sizes": [2, 1, 4, 2], "stacked": False,
                                       "offsets": [0, 2, 3, 7], "kind": "concat"}
 

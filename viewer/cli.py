@@ -46,7 +46,7 @@ def cmd_graph(args) -> int:
     from .core.trace import build_graph
 
     lm = _load(args)
-    graph = build_graph(lm.model, lm.inputs)
+    graph = build_graph(lm.model, lm.inputs, autograd=not args.no_autograd)
     _write_json(graph.to_dict(), args.json)
     if args.json != "-":
         print(f"{len(graph.nodes)} nodes, {len(graph.edges)} edges -> {args.json}")
@@ -171,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("graph", help="trace a model and write its typed graph as JSON")
     _add_model_options(p)
+    p.add_argument("--no-autograd", action="store_true",
+                   help="trace under no_grad: faster, but no autograd node names")
     p.add_argument("--json", required=True, metavar="PATH|-")
     p.set_defaults(func=cmd_graph)
 

@@ -22,7 +22,7 @@ from dataclasses import fields, is_dataclass
 
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode
+from torch.overrides import TorchFunctionMode, _pop_mode_temporarily
 
 from . import meta as M
 from .errors import DepViewError
@@ -67,8 +67,11 @@ class _Tracer(TorchFunctionMode):
         self.model = model
         self.nodes: list[Node] = []
         self.edges: list[Edge] = []
-        # id(tensor) -> (tensor, node id, port). The tensor is kept alive so ids stay unique.
-        self.producers: dict[int, tuple[torch.Tensor, int, int]] = {}
+        # Each tensor carries (token, node id, port) in a Python attribute: no tensor is kept
+        # alive by the tracer (holding every activation would make tracing allocate afresh),
+        # and the token tells this trace's tags from a stale one.
+        self.token = object()
+        self.untaggable: dict[int, tuple[torch.Tensor, int, int]] = {}
         self.names: set[str] = set()
         self.module_names = {id(m): n for n, m in model.named_modules(remove_duplicate=False)}
         self.param_names: dict[int, str] = {}
@@ -82,6 +85,7 @@ class _Tracer(TorchFunctionMode):
         self.calls: dict[int, int] = {}
         self.failure: str | None = None
         self.busy = False
+        self.paused: list = []
 
     # -- naming ---------------------------------------------------------------------------
     def unique(self, name: str) -> str:
@@ -107,12 +111,18 @@ class _Tracer(TorchFunctionMode):
         for port, (t, (src, sport)) in enumerate(zip(inputs, srcs, strict=True)):
             self.edges.append(Edge(src, sport, node.id, port, tuple(t.shape), _dtype(t)))
         for port, t in enumerate(outputs):
-            self.producers[id(t)] = (t, node.id, port)
+            try:
+                t._depview_src = (self.token, node.id, port)
+            except (AttributeError, RuntimeError):  # exotic tensor types without a __dict__
+                self.untaggable[id(t)] = (t, node.id, port)
         return node
 
     def source_of(self, t: torch.Tensor) -> tuple[int, int]:
         """The (node, port) that made ``t``, adding a PARAMETER/BUFFER/CONSTANT node if new."""
-        hit = self.producers.get(id(t))
+        tag = getattr(t, "_depview_src", None)
+        if tag is not None and tag[0] is self.token:
+            return tag[1], tag[2]
+        hit = self.untaggable.get(id(t))
         if hit is not None and hit[0] is t:
             return hit[1], hit[2]
         if id(t) in self.param_names:
@@ -142,6 +152,9 @@ class _Tracer(TorchFunctionMode):
             self.stack.append((module, atomic, shapes))
             if atomic:
                 self.atomic_depth += 1
+                # nothing inside an atomic module is recorded: step out of the way of its ops
+                self.paused.append(_pop_mode_temporarily())
+                self.paused[-1].__enter__()
             elif self.atomic_depth:
                 self.atomic_depth += 1  # inside an atomic module: keep depth balanced
         finally:
@@ -157,6 +170,8 @@ class _Tracer(TorchFunctionMode):
             inside = self.atomic_depth > 0
             if inside:
                 self.atomic_depth -= 1
+            if atomic and self.paused:
+                self.paused.pop().__exit__(None, None, None)
             if sys.exc_info()[1] is not None:
                 if self.failure is None:
                     path = self.module_names.get(id(module), "") or "<root>"
@@ -429,12 +444,16 @@ def _name_inputs(model: nn.Module, args: tuple, kwargs: dict) -> list[tuple[str,
     return named
 
 
-def build_graph(model: nn.Module, example_inputs=(), example_kwargs: dict | None = None) -> Graph:
+def build_graph(model: nn.Module, example_inputs=(), example_kwargs: dict | None = None,
+                autograd: bool = False) -> Graph:
     """Run ``model`` once on the example inputs and return its typed graph.
 
     ``example_inputs`` is a tensor, a tuple of positional arguments (which may nest lists and
     dicts of tensors), or a dict of keyword arguments. The model is not changed (hooks are
     removed afterwards, even on error). Works on the ``meta`` device.
+
+    The forward runs under ``torch.no_grad()`` unless ``autograd=True``, which also records
+    each op's autograd node name (``CatBackward0``) at the cost of a slower trace.
 
     Raises :class:`DepViewError` with one line naming the failing module and its input shapes
     when the forward raises.
@@ -458,7 +477,7 @@ def build_graph(model: nn.Module, example_inputs=(), example_kwargs: dict | None
         handles.append(m.register_forward_hook(tracer.post_hook, with_kwargs=True,
                                                always_call=True))
     try:
-        with tracer:
+        with tracer, torch.set_grad_enabled(autograd and torch.is_grad_enabled()):
             output = model(*args, **kwargs)
     except Exception as exc:
         where = tracer.failure or f"in {type(model).__name__}.forward"
@@ -478,7 +497,9 @@ def build_graph(model: nn.Module, example_inputs=(), example_kwargs: dict | None
     for path, t in outs:
         tracer.add_node(dict(name=tracer.unique(f"output.{path}" if path else "output"),
                              op_type=OpType.OUTPUT, module="", target="output"), [t], [])
-    tracer.producers.clear()
+    for _, t in outs + _name_inputs(model, args, kwargs):  # tensors the caller keeps
+        t.__dict__.pop("_depview_src", None)
+    tracer.untaggable.clear()
     return Graph(
         tracer.nodes, tracer.edges,
         info={"model": type(model).__name__,
