@@ -33,12 +33,39 @@ window.dash_clientside = Object.assign({}, window.dash_clientside, {
       return window.dash_clientside.no_update;
     },
 
-    /* Zoom to {ids: [...]}: search hits, or the module just collapsed/expanded. */
+    /* Zoom to {ids: [...]} (search hits, the module just collapsed/expanded) or, for
+     * {top: true} (a new graph), show its top at a readable zoom: a deep network fitted whole
+     * would be a thin line of unreadable boxes. */
     zoomTo: function (target) {
       var cy = window.cy;
-      if (!cy || !target || !target.ids || !target.ids.length) {
+      if (!cy || !target) { return window.dash_clientside.no_update; }
+      if (target.top) {
+        setTimeout(function () {
+          var bb = cy.elements().boundingBox();
+          if (!isFinite(bb.w)) { return; }
+          var z = Math.min(1.0, cy.width() / (bb.w + 60));
+          if (bb.h * z < cy.height()) {
+            cy.fit(undefined, 30);  // the whole graph is readable: show all of it
+            if (cy.zoom() > 1.2) { cy.zoom(1.2); cy.center(); }
+            return;
+          }
+          z = Math.max(z, 0.8);
+          cy.zoom(z);
+          // centre on the nodes of the first screenful (wide layouts put them anywhere)
+          var limit = bb.y1 + cy.height() / z;
+          var top = cy.nodes().filter(function (n) {
+            return n.isChildless() && n.position('y') < limit;
+          });
+          var tb = top.nonempty() ? top.boundingBox() : bb;
+          if (tb.w * z > cy.width()) {  // too wide: start at the first layer (the inputs)
+            var first = top.filter(function (n) { return n.position('y') <= tb.y1 + 40; });
+            if (first.nonempty()) { tb = first.boundingBox(); }
+          }
+          cy.pan({x: cy.width() / 2 - (tb.x1 + tb.w / 2) * z, y: 20 - bb.y1 * z});
+        }, 60);
         return window.dash_clientside.no_update;
       }
+      if (!target.ids || !target.ids.length) { return window.dash_clientside.no_update; }
       // the elements may have just been replaced: wait a frame for Cytoscape to have them
       setTimeout(function () {
         var eles = cy.collection();

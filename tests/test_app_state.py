@@ -85,3 +85,20 @@ def test_make_stage_and_round_entry_match_the_export_format():
     stage = make_stage(pruned, base.inputs, base.output_layers, plan)
     assert stage.summary["params"] == sum(p.numel() for p in pruned.parameters())
     assert stage.summary["params"] < base.stage.summary["params"]
+
+
+def test_concurrent_sessions_keep_the_lru_consistent():
+    store = SessionStore(max_sessions=8)
+    ids = [f"s{i}" for i in range(64)]
+
+    def worker(chunk):
+        for sid in chunk:
+            store.session(sid, create=True)
+
+    threads = [threading.Thread(target=worker, args=(ids[i::4],)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(store) == 8
+    assert sum(store.was_evicted(s) for s in ids) == 56

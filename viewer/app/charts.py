@@ -25,7 +25,7 @@ def placeholder(text: str, height: int) -> go.Figure:
 def width_figure(layers: list[dict] | None) -> go.Figure:
     """Per-layer output widths before (grey) and after (purple) a plan, in graph order."""
     if not layers:
-        return placeholder("Preview to see each layer's width before → after", 230)
+        return placeholder("Preview to see each layer's width before → after", 70)
     names = [r["name"] for r in layers]
     fig = go.Figure()
     fig.add_bar(x=names, y=[r["before"] for r in layers], name="before", marker_color="#cbd5e1")
@@ -44,7 +44,7 @@ def score_figure(scores: Iterable[float] | None, removed: Iterable[int] = (),
     """One group's unit scores sorted ascending; removed units red, the cut as a line."""
     s = np.asarray(list(scores) if scores is not None else [], dtype=float)
     if not len(s):
-        return placeholder(title or "Click a layer to see its group's importance scores", 200)
+        return placeholder(title or "Click a layer to see its group's importance scores", 70)
     gone = {int(u) for u in removed}
     order = np.argsort(s, kind="stable")
     cut = sum(1 for u in order if int(u) in gone)

@@ -86,12 +86,12 @@ def inspector_card() -> html.Section:
                                className="side-toggle"),
             ], className="group-head"),
             dcc.Dropdown(id=ids.GROUP_PICK, options=[], value=None, clearable=False,
-                         placeholder="group", className="group-pick"),
+                         placeholder="group", className="group-pick",
+                         style={"display": "none"}),
             html.Div(id=ids.GROUP_PANEL),
             html.Div([
                 html.Label("override ratio"),
-                dcc.Input(id=ids.OVERRIDE_RATIO, type="number", min=0, max=0.99, step=0.05,
-                          className="num"),
+                dcc.Input(id=ids.OVERRIDE_RATIO, type="number", step=0.05, className="num"),
                 _button("set", ids.OVERRIDE_SET, "prune this group by its own ratio",
                         "btn small"),
                 _button("clear", ids.OVERRIDE_CLEAR, "use the global ratio for this group",
@@ -111,9 +111,9 @@ def prune_card() -> html.Section:
             id=ids.IMPORTANCE, value="l1", clearable=False,
             options=[{"label": IMPORTANCE_LABELS.get(k, k), "value": k} for k in IMPORTANCE])],
             className="ctl ctl-wide"),
-        html.Label(["ratio", dcc.Input(id=ids.RATIO, type="number", value=0.3, min=0,
-                                       max=0.99, step=0.05, className="num")], className="ctl"),
-        html.Label(["round to", dcc.Input(id=ids.ROUND_TO, type="number", value=1, min=1,
+        html.Label(["ratio", dcc.Input(id=ids.RATIO, type="number", value=0.3, step=0.05,
+                                       className="num")], className="ctl"),
+        html.Label(["round to", dcc.Input(id=ids.ROUND_TO, type="number", value=1,
                                           step=1, className="num")], className="ctl"),
         dcc.RadioItems(id=ids.MODE, value="uniform", inline=True, className="ctl mode",
                        options=[{"label": "uniform per group", "value": "uniform"},
@@ -151,14 +151,16 @@ def history_card() -> html.Section:
     return html.Section([
         html.H2("History & export"),
         html.Div(id=ids.HISTORY),
-        html.Div([
+        dcc.Loading(html.Div([
             _button("Checkpoint (.zip)", ids.DOWNLOAD, "the pruned model as an export "
                     "directory: model.safetensors + plan.json + report.json", "btn primary",
                     disabled=True),
             _button("Graph JSON", ids.DOWNLOAD_GRAPH, "the current typed graph"),
             _button("Groups JSON", ids.DOWNLOAD_GROUPS, "every pruning group with members"),
-        ], className="buttons"),
-        dcc.Download(id=ids.DOWNLOAD_FILE),
+            dcc.Download(id=ids.DOWNLOAD_FILE),
+        ], className="buttons"), type="dot", delay_show=250,
+            target_components={ids.DOWNLOAD_FILE: "data"},
+            overlay_style={"visibility": "visible", "opacity": 0.5}),
     ], className="card")
 
 

@@ -13,6 +13,7 @@ Original models are built once per :class:`ModelEntry` and shared read-only betw
 
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 from collections import OrderedDict
@@ -110,7 +111,7 @@ class Session:
     lock: threading.RLock = field(default_factory=threading.RLock)
     base: Base | None = None
     stages: list[Stage] = field(default_factory=list)
-    collapsed: frozenset[str] = frozenset()
+    collapsed: frozenset[str] | None = None  #: None: the default for the graph's size
     view: View | None = None
     preview_plan: Plan | None = None
     preview: dict | None = None
@@ -254,8 +255,6 @@ class SessionStore:
         entry = self.entries.get(spec)
         if entry is None:
             return False
-        import json
-
         want = json.loads(entry.kwargs) if entry.kwargs else {}
         return (source.get("kwargs") or {}) == want
 

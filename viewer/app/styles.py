@@ -108,8 +108,11 @@ def group_rules(view: View, graph: Graph, group: Group | None, selected: str | N
         for eid, texts in edges.items():
             rules.append({"selector": f"#{eid}", "style": {
                 "opacity": 1, "line-color": HIGHLIGHT, "target-arrow-color": HIGHLIGHT,
-                "width": 3.5, "label": " | ".join(dict.fromkeys(texts)), "font-size": 9,
-                "min-zoomed-font-size": 6, "color": "#9a3412", "z-index": 10}})
+                "width": 3.5, "label": " | ".join(dict.fromkeys(texts)), "font-size": 10,
+                "min-zoomed-font-size": 6, "color": "#9a3412", "z-index": 10,
+                "text-rotation": "none", "text-background-opacity": 0.95,
+                "text-border-opacity": 1, "text-border-width": 1,
+                "text-border-color": "#fdba74", "text-background-padding": "2px"}})
     if selected:
         rules.append({"selector": f"#{selected}", "style": {
             "opacity": 1, "border-width": 5, "border-color": SELECTED}})

@@ -237,20 +237,62 @@ def node_params(node: Node) -> int:
 BOX_PAD = 30  #: px a module box needs above (its label) or below its first/last layer
 
 
+def layers_of(n: int, edges: list[tuple[int, int]],
+              anchors: Iterable[int] = ()) -> list[int] | None:
+    """Longest-path layers, except that vertices no ``anchor`` (model input) reaches —
+    parameters, buffers, constants and what is computed from them only — sit right above
+    their first consumer instead of all at the top. None if the graph has a cycle."""
+    preds: list[list[int]] = [[] for _ in range(n)]
+    succs: list[list[int]] = [[] for _ in range(n)]
+    for a, b in edges:
+        succs[a].append(b)
+        preds[b].append(a)
+    indeg = [len(p) for p in preds]
+    order = [v for v in range(n) if not indeg[v]]
+    for v in order:  # Kahn: appends while iterating
+        for w in succs[v]:
+            indeg[w] -= 1
+            if not indeg[w]:
+                order.append(w)
+    if len(order) < n:
+        return None
+    layer = [0] * n
+    for v in order:
+        for w in succs[v]:
+            layer[w] = max(layer[w], layer[v] + 1)
+    reached = [False] * n
+    for v in anchors:
+        reached[v] = True
+    for v in order:
+        if reached[v]:
+            for w in succs[v]:
+                reached[w] = True
+    for v in reversed(order):
+        if not reached[v] and succs[v]:
+            layer[v] = max(0, min(layer[w] for w in succs[v]) - 1)
+    return layer
+
+
+BOX_PAD = 30  #: px a module box needs above (its label) or below its first/last layer
+
+
 def layered_positions(n: int, edges: list[tuple[int, int]],
-                      boxes: list[tuple[str, ...]] | None = None) -> list[tuple[float, float]]:
+                      boxes: list[tuple[str, ...]] | None = None,
+                      anchors: Iterable[int] = ()) -> list[tuple[float, float]]:
     """Sugiyama positions (px) of ``n`` vertices, top to bottom, via python-igraph.
 
-    ``boxes[i]`` lists the module boxes vertex ``i`` is drawn in (outermost first); a layer
-    where boxes open or close gets extra room so box borders and labels clear the nodes.
+    Layers come from :func:`layers_of` (``anchors`` are the model inputs). ``boxes[i]`` lists
+    the module boxes vertex ``i`` is drawn in (outermost first); a layer where boxes open or
+    close gets extra room so box borders and labels clear the nodes.
     """
     if n == 0:
         return []
     import igraph
 
     g = igraph.Graph(n=n, edges=edges, directed=True)
-    coords = g.layout_sugiyama(hgap=1, vgap=1, maxiter=60).coords[:n]  # rows past n: dummies
-    layers = [int(round(y)) for _, y in coords]
+    given = layers_of(n, edges, anchors)
+    coords = g.layout_sugiyama(layers=given, hgap=1, vgap=1, maxiter=60).coords[:n]
+    layers = [int(round(y)) for _, y in coords]  # rows past n are dummy vertices
     n_layers = max(layers) + 1
     opens = [0] * (n_layers + 1)
     closes = [0] * (n_layers + 1)
@@ -356,7 +398,9 @@ def build_view(graph: Graph, collapsed: Iterable[str] = (),
             chain.append(pid)
             pid = parents.get(pid)
         boxes.append(tuple(chain))
-    pos = layered_positions(len(node_els), [(index[s], index[t]) for s, t in by_pair], boxes)
+    anchors = [i for i, el in enumerate(node_els) if el["data"].get("op_type") == "input"]
+    pos = layered_positions(len(node_els), [(index[s], index[t]) for s, t in by_pair], boxes,
+                            anchors)
     for el, (x, y) in zip(node_els, pos, strict=True):
         el["position"] = {"x": x, "y": y}
 

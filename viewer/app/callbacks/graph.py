@@ -9,7 +9,7 @@ from viewer.core.optypes import STYLES, OpType
 from .. import ids, styles
 from ..state import SessionStore
 from ..viewmodel import View, ancestors, container_of
-from .common import error_message
+from .common import error_message, message
 
 MAX_HITS = 200  #: search hits highlighted at most
 
@@ -41,10 +41,10 @@ def render(store: SessionStore, sid: str, action: str = "new",
     session = store.session(sid)
     with session.lock:
         stage = session.stage
-        current = session.view
         zoom = None
-        if action == "new" or current is None:
-            view = store.view(stage, session.collapsed)
+        current = store.view(stage, session.collapsed)
+        if action == "new":
+            view = current
         elif action == "toggle" and path:
             col = set(current.collapsed)
             if path in col:
@@ -157,8 +157,9 @@ def register(app, store: SessionStore) -> None:
                     return (no_update,) * 6
                 path = module_to_toggle(session.view, session.stage.graph, sel)
                 if not path:
-                    return (no_update,) * 5 + (error_message(ValueError(
-                        "select a module (or a node inside one) to collapse or expand")),)
+                    return (no_update,) * 5 + (message(
+                        "Select a module (or a node inside one) to collapse or expand.",
+                        "warn"),)
                 action = "toggle"
             else:
                 action = trig
@@ -166,7 +167,11 @@ def register(app, store: SessionStore) -> None:
             rev = (view_rev or 0) + 1
             # a new graph opens at a readable zoom at its top; a toggled module is zoomed to
             target = {"ids": [zoom]} if zoom else {"top": True}
-            return view.elements, legend(view), view_info(view), rev, target, no_update
+            note = no_update
+            if action == "expand-all" and view.n_nodes > store.max_visible:
+                note = message(f"Drawing all {view.n_nodes} ops: the page may be slow; "
+                               "'Collapse all' brings it back.", "warn")
+            return view.elements, legend(view), view_info(view), rev, target, note
         except Exception as exc:
             return (no_update,) * 5 + (error_message(exc),)
 

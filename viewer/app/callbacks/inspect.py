@@ -39,7 +39,7 @@ from viewer.core.prune import Pruner
 from .. import ids, styles
 from ..state import Session, SessionStore
 from ..viewmodel import View, container_of, node_params, shape_text, text_color
-from .common import error_message, fmt_count
+from .common import error_message, error_text, fmt_count
 
 
 @dataclass
@@ -88,6 +88,8 @@ def resolve_group(pruner: Pruner, node: Node, side: str,
         g = group_of(pruner.graph, node.name, side)
     except DepViewError as exc:
         return None, [], str(exc)
+    except Exception as exc:  # the core could not follow these channels: say so, keep serving
+        return None, [], f"no group could be computed from here ({error_text(exc)})"
     return g, [], "no pruning group of the model holds these channels; computed from here"
 
 
@@ -103,28 +105,49 @@ def _shapes(shapes) -> str:
     return ", ".join(f"[{shape_text(s)}]" for s in shapes) or "—"
 
 
+def _runs(pos: np.ndarray) -> list[tuple[int, int]]:
+    """Sorted positions -> ``[(start, stop), ...]`` of consecutive runs."""
+    p = np.unique(np.asarray(pos, dtype=np.int64))
+    if not len(p):
+        return []
+    breaks = np.nonzero(np.diff(p) != 1)[0]
+    starts = np.concatenate([[0], breaks + 1])
+    ends = np.concatenate([breaks, [len(p) - 1]])
+    return [(int(p[i]), int(p[j]) + 1) for i, j in zip(starts, ends, strict=True)]
+
+
 def segment_bar(sizes: list[int], offsets: list[int], prefix: str,
-                hit: np.ndarray | None = None) -> html.Div:
+                hit: np.ndarray | None = None, cut: np.ndarray | None = None) -> html.Div:
     """A bar split into segments proportional to ``sizes``, each labelled with its offset
-    range; segments holding positions in ``hit`` (a group's) are marked."""
+    range. The highlighted group's positions (``hit``) are drawn as orange strips under the
+    segments they fall in, and the positions a preview removes (``cut``) as red strips."""
     total = sum(sizes) or 1
+    hit = np.asarray(hit if hit is not None else [], dtype=np.int64)
+    cut = np.asarray(cut if cut is not None else [], dtype=np.int64)
     segs = []
     for k, (size, off) in enumerate(zip(sizes, offsets, strict=True)):
-        n_hit = int(((hit >= off) & (hit < off + size)).sum()) if hit is not None else 0
-        cls = "seg" + (" seg-hit" if n_hit else "")
+        mine = hit[(hit >= off) & (hit < off + size)]
+        gone = cut[(cut >= off) & (cut < off + size)]
         title = f"{prefix}{k}: [{off}, {off + size}) — {size} channels"
-        if n_hit:
-            title += f"; {n_hit} in the highlighted group"
+        if len(mine):
+            title += f"; group owns {styles.ranges(mine)}"
+        if len(gone):
+            title += f"; preview removes {len(gone)}"
+        marks = [html.Div(className=cls, style={"left": f"{100 * (a - off) / size:.2f}%",
+                                                "width": f"{100 * (b - a) / size:.2f}%"})
+                 for cls, arr in (("seg-own", mine), ("seg-cut", gone)) for a, b in _runs(arr)]
         segs.append(html.Div(
             [html.Span(f"{prefix}{k}", className="seg-name"),
-             html.Span(f"{off}–{off + size - 1}", className="seg-range")],
-            className=cls, title=title, style={"flexGrow": size, "flexBasis": 0,
-                                               "minWidth": f"{max(2, 100 * size / total):.0f}%"
-                                               if size / total < 0.06 else 0}))
+             html.Span(f"{off}–{off + size - 1}", className="seg-range"), *marks],
+            className="seg" + (" seg-hit" if len(mine) else ""), title=title,
+            style={"flexGrow": size, "flexBasis": 0,
+                   "minWidth": f"{max(2, 100 * size / total):.0f}%"
+                   if size / total < 0.06 else 0}))
     return html.Div(segs, className="segbar")
 
 
-def meta_view(node: Node, hit: np.ndarray | None = None) -> list:
+def meta_view(node: Node, hit: np.ndarray | None = None,
+              cut: np.ndarray | None = None) -> list:
     """The wrapper metadata of a virtual node, drawn for humans."""
     m = node.meta
     if m is None:
@@ -134,12 +157,12 @@ def meta_view(node: Node, hit: np.ndarray | None = None) -> list:
         out += [_kv([("concat dim", m.dim), ("sizes", ", ".join(map(str, m.sizes))),
                      ("offsets", ", ".join(map(str, m.offsets))),
                      ("stacked", "yes" if m.stacked else "no")]),
-                segment_bar(list(m.sizes), list(m.offsets), "in", hit)]
+                segment_bar(list(m.sizes), list(m.offsets), "in", hit, cut)]
     elif isinstance(m, SplitMeta):
         out += [_kv([("split dim", m.dim), ("sizes", ", ".join(map(str, m.sizes))),
                      ("offsets", ", ".join(map(str, m.offsets))),
                      ("sizes computed by torch", "yes" if m.computed else "no")]),
-                segment_bar(list(m.sizes), list(m.offsets), "out", hit)]
+                segment_bar(list(m.sizes), list(m.offsets), "out", hit, cut)]
     elif isinstance(m, SliceMeta):
         rows = [(f"dim {s.dim}", f"{s.start}:{s.stop}:{s.step}") for s in m.slices]
         rows += [(f"dim {d}", f"index {i} (dim removed)") for d, i in m.selects]
@@ -187,7 +210,8 @@ def module_class(node: Node) -> str:
     return ""
 
 
-def node_details(node: Node, stage_classes: dict[str, str], hit: np.ndarray | None) -> list:
+def node_details(node: Node, stage_classes: dict[str, str], hit: np.ndarray | None = None,
+                 cut: np.ndarray | None = None) -> list:
     """Name, type, class, parameters, shapes, attributes and metadata of one op."""
     st = STYLES[node.op_type]
     where = container_of(node)
@@ -224,7 +248,7 @@ def node_details(node: Node, stage_classes: dict[str, str], hit: np.ndarray | No
     if node.attrs:
         out += [html.Details([html.Summary(f"Attributes ({len(node.attrs)})"),
                               _kv([(k, str(v)) for k, v in node.attrs.items()])])]
-    out += meta_view(node, hit)
+    out += meta_view(node, hit, cut)
     return out
 
 
@@ -327,8 +351,8 @@ def inspect(store: SessionStore, sid: str, selection: dict | None, side: str = "
         removed = None
         if group is not None and model_group and session.preview_plan is not None:
             removed = session.preview_plan.removed.get(group.id)
-        hit = _bar_hits(graph, node, group)
-        res.details = node_details(node, stage.module_classes, hit)
+        hit, cut = _bar_marks(graph, node, group, removed)
+        res.details = node_details(node, stage.module_classes, hit, cut)
         res.selection = {"kind": "op", "name": node.name, "side": side,
                          "gid": group.id if (group is not None and model_group) else None}
         res.rules = styles.group_rules(view, graph, group, view.rep.get(node.id),
@@ -344,20 +368,25 @@ def inspect(store: SessionStore, sid: str, selection: dict | None, side: str = "
         return res
 
 
-def _bar_hits(graph: Graph, node: Node, group: Group | None) -> np.ndarray | None:
-    """The group's positions on the tensor a segment bar draws: a concat's output, a
-    split's input (both in the coordinates of that tensor's concat/split dim)."""
+def _bar_marks(graph: Graph, node: Node, group: Group | None,
+               removed: list[int] | None) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The group's positions on the tensor a segment bar draws — a concat's output, a split's
+    input — and those of them a preview removes (``removed`` units)."""
     if group is None or not isinstance(node.meta, (ConcatMeta, SplitMeta)):
-        return None
+        return None, None
     if isinstance(node.meta, ConcatMeta):
         key = (node.id, 0, node.meta.dim)
     else:
         edges = graph.in_edges.get(node.id)
         if not edges:
-            return None
+            return None, None
         key = (edges[0].source, edges[0].source_port, node.meta.dim)
-    hit = group.tensors.get(key)
-    return None if hit is None else np.asarray(hit[0])
+    found = group.tensors.get(key)
+    if found is None:
+        return None, None
+    pos, unit = np.asarray(found[0]), np.asarray(found[1])
+    cut = pos[np.isin(unit, np.asarray(removed or [], dtype=np.int64))]
+    return pos, cut
 
 
 def control_values(store: SessionStore, sid: str,
@@ -380,6 +409,7 @@ def register(app, store: SessionStore) -> None:
         Output(ids.SELECTION, "data"),
         Output(ids.GROUP_PICK, "options"),
         Output(ids.GROUP_PICK, "value"),
+        Output(ids.GROUP_PICK, "style"),
         Output(ids.GROUP_CONTROLS, "style"),
         Output(ids.MESSAGE, "children", allow_duplicate=True),
         Input(ids.GRAPH, "tapNodeData"),
@@ -401,10 +431,13 @@ def register(app, store: SessionStore) -> None:
         try:
             r = inspect(store, sid, selection, side or "out", pick)
         except Exception as exc:
-            return (no_update,) * 7 + (error_message(exc),)
+            return (no_update,) * 8 + (error_message(exc),)
         details = r.details or [html.P("Click a node to inspect it.", className="hint")]
+        # several groups share this tensor (a concat's output): offer the choice
+        pick_style = {"display": "block" if len(r.group_options) > 1 else "none"}
         return (details, r.group_panel, {"rules": r.rules}, r.selection, r.group_options,
-                r.group_value, {"display": "block" if r.show_group else "none"}, no_update)
+                r.group_value, pick_style, {"display": "block" if r.show_group else "none"},
+                no_update)
 
     @app.callback(
         Output(ids.IGNORE_TOGGLE, "value"),

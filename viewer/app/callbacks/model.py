@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import uuid
 import zipfile
 
 from dash import Input, Output, State, ctx, html, no_update
@@ -101,11 +102,12 @@ def load_upload(store: SessionStore, sid: str, contents: str, filename: str | No
 
 
 def model_info(store: SessionStore, sid: str) -> list:
-    """The header line describing the current model."""
+    """The header lines describing the current model (after the latest round, if any)."""
     session = store.session(sid)
-    st = session.stage
-    s = st.summary
+    s = session.stage.summary
     desc = session.base.description if session.base else ""
+    if len(session.stages) > 1:
+        desc += f" — after {len(session.stages) - 1} pruning round(s)"
     return [
         html.Span(desc, className="model-desc"),
         html.Span(f"{s['nodes']} ops · {s['edges']} tensors · {fmt_count(s['params'])} params · "
@@ -115,13 +117,12 @@ def model_info(store: SessionStore, sid: str) -> list:
 
 def graph_rev(session: Session) -> dict:
     """The value written to the graph-rev store: changes whenever the current stage does."""
-    return {"stage": session.stage.key, "n": len(session.stages)}
+    return {"stage": session.stage.key, "n": len(session.stages), "nonce": uuid.uuid4().hex}
 
 
 def register(app, store: SessionStore) -> None:
     @app.callback(
         Output(ids.GRAPH_REV, "data"),
-        Output(ids.MODEL_INFO, "children"),
         Output(ids.MESSAGE, "children"),
         Input(ids.MODEL_PICKER, "value"),
         Input(ids.UPLOAD, "contents"),
@@ -137,8 +138,18 @@ def register(app, store: SessionStore) -> None:
             else:
                 note = load_entry(store, sid, spec)
                 kind = "warn"
-            session = store.session(sid)
-            return (graph_rev(session), model_info(store, sid),
-                    message(note, kind) if note else None)
+            return graph_rev(store.session(sid)), message(note, kind) if note else None
         except Exception as exc:
-            return no_update, no_update, error_message(exc)
+            return no_update, error_message(exc)
+
+    @app.callback(
+        Output(ids.MODEL_INFO, "children"),
+        Input(ids.GRAPH_REV, "data"),
+        State(ids.SESSION, "data"),
+        prevent_initial_call=True,
+    )
+    def on_model_info(_rev, sid):
+        try:
+            return model_info(store, sid)
+        except Exception:
+            return no_update

@@ -117,8 +117,8 @@ def undo(store: SessionStore, sid: str) -> str:
         session.overrides.clear()
         session.ignore.clear()
         session.reset_pruning_inputs()
-        return f"Undone: back to {'the original model' if len(session.stages) == 1 else ''}" \
-               f"{'' if len(session.stages) == 1 else f'round {len(session.stages) - 1}'}."
+        n = len(session.stages) - 1
+        return f"Undone: back to {'the original model' if n == 0 else f'round {n}'}."
 
 
 def reset(store: SessionStore, sid: str) -> str:
@@ -251,7 +251,7 @@ def summary_lines(preview: dict) -> tuple[str, str, str]:
     skipped = preview.get("skipped") or {}
     extra = f"{preview['removed_units']} units removed from {preview['groups_pruned']} groups"
     if skipped:
-        extra += f"; {len(skipped)} groups left alone"
+        extra += f"; {len(skipped)} group{'s' if len(skipped) != 1 else ''} left alone"
     return change(p["before"], p["after"]), change(m["before"], m["after"]), extra
 
 

@@ -1,0 +1,101 @@
+"""Graph feature: rendering with collapse/expand, legend, search, stylesheet, images."""
+
+from __future__ import annotations
+
+import pytest
+
+from viewer.app import styles
+from viewer.app.callbacks import graph as cb
+from viewer.app.callbacks.model import load_entry
+from viewer.app.state import SessionStore
+
+
+@pytest.fixture
+def store():
+    s = SessionStore(max_visible=40)  # resnet's 55 ops: the blocks start collapsed
+    load_entry(s, "sid", "demo:resnet")
+    return s
+
+
+def test_render_new_graph_collapses_big_models(store):
+    view, zoom = cb.render(store, "sid", "new")
+    assert zoom is None and view.collapsed and view.n_nodes <= 40
+    assert store.session("sid").view is view
+    assert "collapsed" in cb.view_info(view)
+
+
+def test_toggle_expands_a_collapsed_module_and_zooms_to_it(store):
+    view, _ = cb.render(store, "sid", "new")
+    path = sorted(view.collapsed)[0]
+    expanded, zoom = cb.render(store, "sid", "toggle", path)
+    assert path not in expanded.collapsed
+    assert zoom == expanded.module_ids[path]
+    assert expanded.data[zoom].get("compound")  # now a box with its ops inside
+    again, _ = cb.render(store, "sid", "toggle", path)
+    assert path in again.collapsed
+
+
+def test_expand_all_and_collapse_all(store):
+    cb.render(store, "sid", "new")
+    full, _ = cb.render(store, "sid", "expand-all")
+    assert not full.collapsed and full.n_nodes == len(store.session("sid").stage.graph.nodes)
+    top, _ = cb.render(store, "sid", "collapse-all")
+    assert top.collapsed == cb.top_modules(full)
+
+
+def test_module_to_toggle_uses_the_module_or_the_ops_parent(store):
+    view, _ = cb.render(store, "sid", "expand-all")
+    graph = store.session("sid").stage.graph
+    assert cb.module_to_toggle(view, graph, {"kind": "module", "name": "layer1"}) == "layer1"
+    assert cb.module_to_toggle(view, graph, {"kind": "op", "name": "layer1.0.conv1"}) \
+        == "layer1.0"
+    assert cb.module_to_toggle(view, graph, {"kind": "op", "name": "conv1"}) is None  # root
+    assert cb.module_to_toggle(view, graph, None) is None
+
+
+def test_legend_lists_present_types_with_counts(store):
+    view, _ = cb.render(store, "sid", "new")
+    items = cb.legend(view)
+    ops = [i.id["op"] for i in items]
+    assert "conv" in ops and "concat" not in ops
+    conv = items[ops.index("conv")]
+    assert conv.children[-1].children == str(view.types["conv"])
+
+
+def test_search_by_name_and_by_type(store):
+    cb.render(store, "sid", "expand-all")
+    view = store.session("sid").view
+    hits, info = cb.search(store, "sid", "layer2.0.conv")
+    assert hits == [view.rep[store.session("sid").stage.graph.by_name[n].id]
+                    for n in ("layer2.0.conv1", "layer2.0.conv2")]
+    assert info.startswith("2 ops")
+    hits, _ = cb.search(store, "sid", "BatchNorm")  # a type label
+    assert len(hits) == view.types["bn"]
+    assert cb.search(store, "sid", "  ") == ([], "")
+    assert cb.search(store, "sid", "nothing-like-this")[1].startswith("no match")
+
+
+def test_search_hits_inside_collapsed_modules_point_at_the_module(store):
+    view, _ = cb.render(store, "sid", "new")
+    hits, _ = cb.search(store, "sid", "layer1.0.conv1")
+    assert hits and all(h in view.data for h in hits)
+
+
+def test_stylesheet_composition_keeps_base_first():
+    rules = styles.compose(styles.type_rules("conv"), None, styles.search_rules(["n1"]))
+    assert rules[: len(styles.base_stylesheet())] == styles.base_stylesheet()
+    assert rules[-1]["selector"] == "#n1"
+    assert styles.type_rules(None) == [] and styles.search_rules([]) == []
+
+
+def test_image_request_downloads_png_or_svg():
+    png = cb.image_request("png", "depview-demo-resnet")
+    assert png["type"] == "png" and png["action"] == "download" and png["options"]["full"]
+    assert cb.image_request("svg", "x")["type"] == "svg"
+
+
+def test_render_without_a_model_is_a_clear_error():
+    s = SessionStore()
+    s.session("empty", create=True)
+    with pytest.raises(Exception, match="no model loaded"):
+        cb.render(s, "empty", "new")

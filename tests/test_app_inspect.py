@@ -1,0 +1,135 @@
+"""Inspector: node details, wrapper metadata, the clicked layer's group and its highlight."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from viewer.app.callbacks import inspect as cb
+from viewer.app.callbacks.graph import render
+from viewer.app.callbacks.model import load_entry
+from viewer.app.state import SessionStore
+
+
+def _text(component) -> str:
+    """All text inside a Dash component tree."""
+    return json.dumps(component, ensure_ascii=False, default=lambda c: c.to_plotly_json()
+                      if hasattr(c, "to_plotly_json") else str(c))
+
+
+@pytest.fixture(scope="module")
+def store():
+    s = SessionStore()
+    for sid, spec in (("resnet", "demo:resnet"), ("densenet", "demo:densenet")):
+        load_entry(s, sid, spec)
+        render(s, sid, "new")
+    return s
+
+
+def _op(name):
+    return {"kind": "op", "name": name}
+
+
+def test_clicking_a_conv_shows_its_type_and_highlights_its_group(store):
+    r = cb.inspect(store, "resnet", _op("layer1.0.conv1"))
+    text = _text(r.details)
+    assert "OpType.CONV" in text and "Conv2d" in text and "layer1.0.conv1.weight" in text
+    view = store.session("resnet").view
+    graph = store.session("resnet").stage.graph
+    members = {view.rep[graph.by_name[n].id] for n in
+               ("layer1.0.conv1", "layer1.0.bn1", "layer1.0.conv2")}
+    highlighted = next(x for x in r.rules if x["style"].get("border-color") == "#f97316")
+    assert members <= set(highlighted["selector"].replace("#", "").split(", "))
+    assert r.selection == {"kind": "op", "name": "layer1.0.conv1", "side": "out",
+                           "gid": r.group_value}
+    assert "prunable" in _text(r.group_panel) and r.show_group
+
+
+def test_in_side_shows_the_group_of_the_input_channels(store):
+    out = cb.inspect(store, "resnet", _op("layer1.0.conv2"), "out")
+    inn = cb.inspect(store, "resnet", _op("layer1.0.conv2"), "in")
+    assert out.group_value != inn.group_value
+    assert inn.group_value == cb.inspect(store, "resnet", _op("layer1.0.conv1")).group_value
+
+
+def test_output_layer_group_says_why_it_is_not_prunable(store):
+    r = cb.inspect(store, "resnet", _op("fc"))
+    assert "not prunable" in _text(r.group_panel)
+    assert "output" in _text(r.group_panel)
+
+
+def test_clicking_a_concat_shows_offsets_and_a_segmented_bar(store):
+    graph = store.session("densenet").stage.graph
+    cat = next(n for n in graph.nodes if n.op_type.value == "concat")
+    r = cb.inspect(store, "densenet", _op(cat.name))
+    text = _text(r.details)
+    assert "offsets" in text and "segbar" in text
+    assert ", ".join(map(str, cat.meta.offsets)) in text
+    # a concat belongs to several groups, one per input range: all offered, edge ranges shown
+    assert len(r.group_options) >= 2
+    edge_rules = [x for x in r.rules if x["selector"].startswith("#e")]
+    assert any("[" in x["style"]["label"] for x in edge_rules)
+
+
+def test_group_pick_switches_between_groups_of_a_concat(store):
+    graph = store.session("densenet").stage.graph
+    cat = next(n for n in graph.nodes if n.op_type.value == "concat")
+    first = cb.inspect(store, "densenet", _op(cat.name))
+    other = first.group_options[1]["value"]
+    second = cb.inspect(store, "densenet", _op(cat.name), pick=other)
+    assert second.group_value == other and second.rules != first.rules
+
+
+def test_module_selection_shows_a_summary(store):
+    r = cb.inspect(store, "resnet", {"kind": "module", "name": "layer1.0"})
+    text = _text(r.details)
+    assert "BasicBlock" in text and "ops inside" in text
+    assert r.selection == {"kind": "module", "name": "layer1.0"} and not r.show_group
+
+
+def test_unknown_or_empty_selection_shows_nothing(store):
+    assert cb.inspect(store, "resnet", None).details == []
+    assert cb.inspect(store, "resnet", _op("no.such.layer")).details == []
+
+
+def test_selection_from_tap():
+    assert cb.selection_from_tap({"kind": "op", "name": "a.b", "id": "n3"}) == _op("a.b")
+    assert cb.selection_from_tap({"kind": "module", "path": "a", "id": "m0"}) == \
+        {"kind": "module", "name": "a"}
+    assert cb.selection_from_tap(None) is None
+
+
+def test_segment_bar_marks_the_group_ranges_and_the_cut():
+    bar = cb.segment_bar([16, 8], [0, 16], "in", np.arange(12, 20), np.array([18, 19]))
+    assert [s.className for s in bar.children] == ["seg seg-hit", "seg seg-hit"]
+    assert "in1" in _text(bar) and "16–23" in _text(bar)
+    own = [c for c in bar.children[0].children if getattr(c, "className", "") == "seg-own"]
+    assert own[0].style == {"left": "75.00%", "width": "25.00%"}  # positions 12–15 of 16
+    cut = [c for c in bar.children[1].children if getattr(c, "className", "") == "seg-cut"]
+    assert cut[0].style == {"left": "25.00%", "width": "25.00%"}  # positions 18–19 of 16–23
+
+
+def test_control_values_reflect_ignores_and_overrides(store):
+    session = store.session("resnet")
+    r = cb.inspect(store, "resnet", _op("layer1.0.conv1"))
+    session.ignore.add("layer1.0.conv1:out")
+    session.overrides[r.group_value] = 0.5
+    try:
+        assert cb.control_values(store, "resnet", r.selection) == (["out"], 0.5)
+    finally:
+        session.ignore.clear()
+        session.overrides.clear()
+    assert cb.control_values(store, "resnet", {"kind": "module", "name": "x"}) == ([], None)
+
+
+def test_a_core_failure_computing_an_ad_hoc_group_is_reported_not_raised(store, monkeypatch):
+    def boom(*_a, **_k):
+        raise IndexError("index 49 is out of bounds")
+
+    monkeypatch.setattr(cb, "group_of", boom)
+    monkeypatch.setattr(cb, "groups_at", lambda *a: [])
+    r = cb.inspect(store, "resnet", _op("layer1.0.add"))
+    assert "no group could be computed" in _text(r.group_panel)
+    assert r.details  # the node itself is still shown

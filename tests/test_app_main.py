@@ -1,0 +1,101 @@
+"""Entry point: app creation, layout ids, serve options, loopback warning."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from viewer.app import ids, main
+from viewer.app.state import ModelEntry
+from viewer.core.errors import DepViewError
+
+
+def _ids(component, out=None):
+    out = set() if out is None else out
+    cid = getattr(component, "id", None)
+    if isinstance(cid, str):
+        out.add(cid)
+    children = getattr(component, "children", None)
+    for c in children if isinstance(children, (list, tuple)) else [children]:
+        if hasattr(c, "to_plotly_json"):
+            _ids(c, out)
+    return out
+
+
+def _picker(page):
+    header = next(c for c in page.children if getattr(c, "className", "") == "header")
+    return next(c for c in header.children if getattr(c, "id", None) == ids.MODEL_PICKER)
+
+
+def _sid(page):
+    return next(c for c in page.children if getattr(c, "id", None) == ids.SESSION).data
+
+
+def test_create_app_has_every_id_and_a_session_per_page_load():
+    app = main.create_app()
+    page = app.layout()
+    found = _ids(page)
+    wanted = {v for k, v in vars(ids).items() if k.isupper() and isinstance(v, str)
+              and k != "LEGEND_ITEM"}
+    assert wanted <= found, wanted - found
+    assert _sid(page) != _sid(app.layout())
+    picker = _picker(page)
+    assert picker.value == "demo:resnet"
+    assert any(o["value"] == "demo:densenet" for o in picker.options)
+
+
+def test_startup_models_come_first_and_are_selected():
+    app = main.create_app([ModelEntry("demo:vit")])
+    assert app._depview_store.entries["demo:vit"].spec == "demo:vit"
+    picker = _picker(app.layout())
+    assert picker.value == "demo:vit" and picker.options[0]["value"] == "demo:vit"
+
+
+def test_preload_fails_fast_on_a_bad_spec():
+    with pytest.raises(DepViewError):
+        main.create_app([ModelEntry("no_such_package_xyz.mod:Net", inputs=("1x3",))],
+                        preload=True)
+
+
+def test_assets_folder_holds_css_and_js():
+    folder = main.assets_folder()
+    assert (folder / "style.css").is_file() and (folder / "depview.js").is_file()
+
+
+def test_is_loopback():
+    assert main.is_loopback("127.0.0.1") and main.is_loopback("localhost")
+    assert main.is_loopback("::1")
+    assert not main.is_loopback("0.0.0.0") and not main.is_loopback("192.168.1.4")
+
+
+def test_run_warns_when_not_on_loopback(monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr("dash.Dash.run", lambda self, **kw: calls.append(kw))
+    main.run(host="0.0.0.0", port=9999)
+    assert "warning" in capsys.readouterr().err
+    assert calls[0]["host"] == "0.0.0.0" and calls[0]["port"] == 9999
+    main.run()
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_serve_arguments_and_cmd_serve(monkeypatch):
+    parser = argparse.ArgumentParser()
+    main.add_serve_arguments(parser)
+    args = parser.parse_args(["--model", "demo:vit", "--model", "demo:unet", "--input",
+                              "1x3x32x32", "--port", "9001", "--host", "0.0.0.0"])
+    entries = main.entries_from_args(args)
+    assert [e.spec for e in entries] == ["demo:vit", "demo:unet"]
+    assert entries[0].inputs == ("1x3x32x32",)
+    seen = {}
+    monkeypatch.setattr(main, "run", lambda **kw: seen.update(kw))
+    assert main.cmd_serve(args) == 0
+    assert seen["port"] == 9001 and [m.spec for m in seen["models"]] == ["demo:vit", "demo:unet"]
+
+
+def test_the_cli_serve_command_reaches_cmd_serve(monkeypatch):
+    cli = pytest.importorskip("viewer.cli")
+    seen = {}
+    monkeypatch.setattr(main, "run", lambda **kw: seen.update(kw))
+    assert cli.main(["serve", "--model", "demo:cnn", "--port", "9002"]) == 0
+    assert seen["port"] == 9002 and seen["models"][0].spec == "demo:cnn"

@@ -1,0 +1,80 @@
+"""Model choice: picker entries and uploaded export zips (callback logic as plain functions)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import zipfile
+
+import pytest
+
+from viewer.app.callbacks import model as cb
+from viewer.app.state import SessionStore
+from viewer.core.errors import DepViewError
+
+
+def _zip(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def _contents(data: bytes) -> str:
+    return "data:application/zip;base64," + base64.b64encode(data).decode()
+
+
+def test_load_entry_starts_a_fresh_history():
+    store = SessionStore()
+    assert cb.load_entry(store, "s1", "demo:cnn") == ""
+    session = store.session("s1")
+    assert len(session.stages) == 1 and session.base.entry_key == "demo:cnn"
+    assert cb.graph_rev(session)["stage"] == session.stage.key
+    info = cb.model_info(store, "s1")
+    assert "ops" in info[1].children and "groups" in info[1].children
+
+
+def test_load_entry_after_eviction_says_the_session_started_over():
+    store = SessionStore(max_sessions=1)
+    cb.load_entry(store, "a", "demo:cnn")
+    cb.load_entry(store, "b", "demo:cnn")  # evicts "a"
+    assert "expired" in cb.load_entry(store, "a", "demo:cnn")
+
+
+def test_unknown_picker_value_is_refused():
+    with pytest.raises(DepViewError, match="only the listed models"):
+        cb.load_entry(SessionStore(), "s", "some.module:thing")
+
+
+def test_upload_rejects_junk_with_one_line_errors():
+    store = SessionStore()
+    with pytest.raises(DepViewError, match="not a zip"):
+        cb.load_upload(store, "s", _contents(b"hello"), "x.zip")
+    with pytest.raises(DepViewError, match="no plan.json"):
+        cb.load_upload(store, "s", _contents(_zip({"a.txt": b"x"})), "x.zip")
+    with pytest.raises(DepViewError, match="empty"):
+        cb.load_upload(store, "s", "data:application/zip;base64,", "x.zip")
+
+
+def test_upload_never_imports_a_spec_the_server_was_not_started_with():
+    plan = {"format": "depview-pruned/1", "source": {"spec": "os:system", "kwargs": {}}}
+    data = _zip({"plan.json": json.dumps(plan).encode(), "model.safetensors": b""})
+    with pytest.raises(DepViewError, match="does not offer"):
+        cb.load_upload(SessionStore(), "s", _contents(data), "evil.zip")
+
+
+def test_upload_of_a_real_export_loads_the_pruned_model(tmp_path):
+    export = pytest.importorskip("viewer.core.export")
+    store = SessionStore()
+    base = store.base("demo:cnn")
+    pruner = base.stage.pruner
+    plan = pruner.plan(0.5, "l1")
+    pruned = pruner.apply(plan)
+    out = export.export_dir(pruner, plan, pruned, tmp_path / "e", base.source)
+    note = cb.load_upload(store, "s", _contents(export.zip_dir(out)), "cnn.zip")
+    assert "demo:cnn" in note
+    session = store.session("s")
+    assert session.stage.summary["params"] == sum(p.numel() for p in pruned.parameters())
+    assert len(session.base.history) == 1  # the uploaded round, for later exports

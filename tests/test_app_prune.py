@@ -1,0 +1,128 @@
+"""Pruning feature: settings, preview, apply with verification, history, overrides, ignores."""
+
+from __future__ import annotations
+
+import pytest
+
+from viewer.app import charts
+from viewer.app.callbacks import prune as cb
+from viewer.app.callbacks.graph import render
+from viewer.app.callbacks.model import load_entry
+from viewer.app.state import SessionStore
+from viewer.core.errors import DepViewError
+
+SETTINGS = {"importance": "l1", "ratio": 0.5, "global_": False, "round_to": 1}
+
+
+@pytest.fixture
+def store():
+    s = SessionStore()
+    load_entry(s, "sid", "demo:resnet")
+    render(s, "sid", "new")
+    return s
+
+
+def test_parse_settings_accepts_controls_values():
+    assert cb.parse_settings("l2", "0.25", "global", "4") == {
+        "importance": "l2", "ratio": 0.25, "global_": True, "round_to": 4}
+    assert cb.parse_settings("l1", 0, "uniform", None)["round_to"] == 1
+
+
+@pytest.mark.parametrize("args, msg", [
+    (("l1", 1.0, "uniform", 1), r"ratio must be in \[0, 1\), got 1.0"),
+    (("l1", -0.1, "uniform", 1), r"ratio must be in \[0, 1\)"),
+    (("l1", None, "uniform", 1), "ratio must be a number"),
+    (("l1", "abc", "uniform", 1), "ratio must be a number"),
+    (("magic", 0.5, "uniform", 1), "importance must be one of"),
+    (("l1", 0.5, "uniform", 0), "round to must be >= 1"),
+    (("l1", 0.5, "uniform", 2.5), "round to must be a whole number"),
+])
+def test_parse_settings_rejects_bad_values_with_one_line(args, msg):
+    with pytest.raises(DepViewError, match=msg) as info:
+        cb.parse_settings(*args)
+    assert "\n" not in str(info.value)
+
+
+def test_preview_reports_params_macs_and_widths_without_touching_the_model(store):
+    session = store.session("sid")
+    before = {k: v.clone() for k, v in session.stage.model.state_dict().items()}
+    pv = cb.run_preview(store, "sid", SETTINGS)
+    assert pv["params"]["after"] < pv["params"]["before"]
+    assert pv["macs"]["after"] < pv["macs"]["before"]
+    assert any(r["after"] < r["before"] for r in pv["layers"])
+    assert session.preview_plan is not None
+    after = session.stage.model.state_dict()
+    assert all((before[k] == after[k]).all() for k in before)
+    params, macs, extra = cb.summary_lines(pv)
+    assert "→" in params and "%" in macs and "units removed" in extra
+    rules = cb.preview_rules(store, "sid")
+    assert rules and any("⇒" in r["style"].get("label", "") for r in rules)
+
+
+def test_apply_pushes_a_verified_stage_and_undo_reset_go_back(store):
+    session = store.session("sid")
+    original = session.stage
+    text = cb.apply_round(store, "sid", SETTINGS)
+    assert text.startswith("Round 1 applied") and "forward ok" in text
+    assert len(session.stages) == 2 and session.stage.verification["shapes_kept"]
+    assert session.stage.summary["params"] < original.summary["params"]
+    # round 2 is planned on the pruned model's own pruner
+    cb.apply_round(store, "sid", {**SETTINGS, "ratio": 0.2})
+    assert len(session.stages) == 3
+    assert session.stage.summary["params"] < session.stages[1].summary["params"]
+    hist = cb.history(session)
+    assert len(hist[0].children) == 3
+    assert cb.undo(store, "sid").startswith("Undone")
+    assert len(session.stages) == 2
+    assert cb.reset(store, "sid") == "Reset to the original model."
+    assert session.stages == [original]
+    with pytest.raises(DepViewError, match="nothing to undo"):
+        cb.undo(store, "sid")
+
+
+def test_apply_refuses_an_empty_plan_and_keeps_state(store):
+    with pytest.raises(DepViewError, match="removes nothing"):
+        cb.apply_round(store, "sid", {**SETTINGS, "ratio": 0.0})
+    assert len(store.session("sid").stages) == 1
+
+
+def test_overrides_and_ignores_change_the_plan(store):
+    session = store.session("sid")
+    pruner = session.stage.pruner
+    gid = next(g.id for g in pruner.groups if g.root == "layer1.0.conv1")
+    assert "50%" in cb.set_override(store, "sid", gid, 0.5)
+    cb.set_ignore(store, "sid", "layer2.0.conv1", ["out"])
+    plan = cb.make_plan(session, {**SETTINGS, "ratio": 0.25})
+    n = next(g.n_units for g in pruner.groups if g.id == gid)
+    assert len(plan.removed[gid]) == n // 2
+    ignored = next(g.id for g in pruner.groups if g.root == "layer2.0.conv1")
+    assert ignored not in plan.removed and "ignored" in plan.skipped[ignored]
+    info = cb.plan_info(session)
+    assert len(info[0].children) == 2
+    assert "removed" in cb.set_override(store, "sid", gid, None)
+    with pytest.raises(DepViewError, match=r"\[0, 1\)"):
+        cb.set_override(store, "sid", gid, 1.5)
+    with pytest.raises(DepViewError, match="select a node"):
+        cb.set_override(store, "sid", None, 0.5)
+
+
+def test_group_scores_follow_the_preview_plan(store):
+    session = store.session("sid")
+    gid = next(g.id for g in session.stage.pruner.groups if g.root == "layer1.0.conv1")
+    sel = {"kind": "op", "name": "layer1.0.conv1", "gid": gid}
+    scores, removed, title = cb.group_scores(store, "sid", sel, SETTINGS)  # before a preview
+    assert len(scores) == 16 and len(removed) == 8 and "8 of 16" in title
+    cb.run_preview(store, "sid", {**SETTINGS, "ratio": 0.25})
+    scores, removed, _ = cb.group_scores(store, "sid", sel, SETTINGS)
+    assert removed == session.preview_plan.removed[gid] and len(removed) == 4
+    fig = charts.score_figure(scores, removed, "t")
+    assert fig.data[0].marker.color.count("#ef4444") == 4
+    assert cb.group_scores(store, "sid", {"gid": None}, SETTINGS)[0] is None
+
+
+def test_verification_text():
+    v = {"forward": True, "shapes_kept": True,
+         "masked_equivalence": {"ok": True, "max_abs_diff": 1e-8}}
+    assert cb.verification_text(v) == ("forward ok, output shapes kept, masked equivalence ok "
+                                       "(max |Δ| 1e-08)")
+    assert cb.verification_text(None) == "not verified"

@@ -1,0 +1,187 @@
+"""End to end in real headless Chromium (dash[testing]'s ``dash_duo``; chrome options come from
+``pytest_setup_options`` in conftest.py). What only a browser shows: the graph renders, a click
+highlights a group, a collapsed module expands, preview numbers change, a download arrives.
+
+Skipped when chromium or chromedriver is missing. Waits are for conditions, never sleeps.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import zipfile
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver") or ("/usr/bin/chromedriver"
+                                          if Path("/usr/bin/chromedriver").is_file() else None)
+if DRIVER and shutil.which("chromedriver") is None:  # selenium finds the driver on PATH
+    os.environ["PATH"] = f"{Path(DRIVER).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(CHROMIUM is None or DRIVER is None,
+                       reason="needs chromium and chromedriver (apt: chromium chromium-driver)"),
+]
+
+from viewer.app import ids  # noqa: E402
+from viewer.app.main import create_app  # noqa: E402
+from viewer.app.state import ModelEntry  # noqa: E402
+
+TIMEOUT = 60
+HIGHLIGHT_RGB = "rgb(249,115,22)"  # styles.HIGHLIGHT, as Cytoscape reports it
+
+
+def _until(dash_duo, condition, msg: str, timeout: float = TIMEOUT):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(dash_duo.driver, timeout, poll_frequency=0.1).until(
+        lambda d: condition(d), message=msg)
+
+
+def _js(dash_duo, script: str, *args):
+    return dash_duo.driver.execute_script(script, *args)
+
+
+def _wait_graph(dash_duo, name: str) -> None:
+    """Wait until Cytoscape draws a node called ``name`` (an op name or a module path)."""
+    _until(dash_duo, lambda d: d.execute_script(
+        "var q = arguments[0]; return !!(window.cy && window.cy.nodes().filter(function (n) {"
+        " return n.data('name') === q || n.data('path') === q; }).length);", name),
+        f"the graph never drew {name!r}")
+
+
+def _node_id(dash_duo, name: str) -> str:
+    return _js(dash_duo, "var q = arguments[0]; return window.cy.nodes().filter(function (n) {"
+                         " return n.data('name') === q || n.data('path') === q; })[0].id();",
+               name)
+
+
+def _click_node(dash_duo, name: str, double: bool = False) -> str:
+    """Click (or double-click) the drawn node ``name`` with a real pointer event."""
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder
+
+    nid = _node_id(dash_duo, name)
+    # bring it into view first (the page opens at the top of deep graphs)
+    x, y = _js(dash_duo, """
+        var cy = window.cy, n = cy.getElementById(arguments[0]);
+        cy.stop(); cy.zoom(1); cy.center(n);
+        var r = document.getElementById(arguments[1]).getBoundingClientRect();
+        var p = n.renderedPosition();
+        return [r.left + p.x, r.top + p.y];""", nid, ids.GRAPH)
+    actions = ActionBuilder(dash_duo.driver)
+    actions.pointer_action.move_to_location(int(x), int(y))
+    if double:
+        actions.pointer_action.double_click()
+    else:
+        actions.pointer_action.click()
+    actions.perform()
+    return nid
+
+
+def _style(dash_duo, element_id: str, prop: str) -> str:
+    return _js(dash_duo, "return window.cy.getElementById(arguments[0]).style(arguments[1]);",
+               element_id, prop)
+
+
+def _start(dash_duo, app) -> None:
+    dash_duo.start_server(app)
+    dash_duo.wait_for_element(f"#{ids.GRAPH}", timeout=TIMEOUT)
+
+
+def test_page_loads_and_draws_the_demo_graph(dash_duo):
+    _start(dash_duo, create_app())
+    _wait_graph(dash_duo, "layer1.0.conv1")
+    n_ops = _js(dash_duo, "return window.cy.nodes('.op').length;")
+    assert n_ops == 55  # demo:resnet, every op drawn
+    dash_duo.wait_for_contains_text(f"#{ids.MODEL_INFO}", "55 ops", timeout=TIMEOUT)
+    dash_duo.wait_for_contains_text(f"#{ids.LEGEND}", "Conv", timeout=TIMEOUT)
+    severe = [e for e in dash_duo.get_logs() if e.get("level") == "SEVERE"]
+    assert severe == []
+
+
+def test_clicking_a_conv_highlights_its_group_and_inspects_it(dash_duo):
+    _start(dash_duo, create_app())
+    _wait_graph(dash_duo, "layer1.0.conv1")
+    _click_node(dash_duo, "layer1.0.conv1")
+    dash_duo.wait_for_contains_text(f"#{ids.INSPECTOR}", "OpType.CONV", timeout=TIMEOUT)
+    dash_duo.wait_for_contains_text(f"#{ids.GROUP_PANEL}", "layer1.0.conv2", timeout=TIMEOUT)
+    member = _node_id(dash_duo, "layer1.0.bn1")
+    outsider = _node_id(dash_duo, "layer3.0.conv1")
+    _until(dash_duo, lambda d: _style(dash_duo, member, "border-color") == HIGHLIGHT_RGB,
+           "the group's BatchNorm was not highlighted")
+    assert float(_style(dash_duo, outsider, "opacity")) < 0.5
+
+
+def test_clicking_a_concat_shows_its_offsets(dash_duo):
+    _start(dash_duo, create_app([ModelEntry("demo:densenet")]))
+    _wait_graph(dash_duo, "features.0.0.cat")
+    _click_node(dash_duo, "features.0.0.cat")
+    dash_duo.wait_for_contains_text(f"#{ids.INSPECTOR}", "offsets", timeout=TIMEOUT)
+    dash_duo.wait_for_contains_text(f"#{ids.INSPECTOR}", "0, 16", timeout=TIMEOUT)
+    assert dash_duo.find_elements(f"#{ids.INSPECTOR} .segbar .seg")
+
+
+def test_a_collapsed_module_expands_on_double_click(dash_duo):
+    _start(dash_duo, create_app(max_visible=30))  # resnet's blocks start collapsed
+    _wait_graph(dash_duo, "layer1.0")
+    assert _js(dash_duo, "return window.cy.nodes('.op').filter(function (n) {"
+                         " return n.data('name') === 'layer1.0.conv1'; }).length;") == 0
+    _click_node(dash_duo, "layer1.0", double=True)
+    _wait_graph(dash_duo, "layer1.0.conv1")
+    dash_duo.wait_for_contains_text(f"#{ids.VIEW_INFO}", "collapsed", timeout=TIMEOUT)
+
+
+def test_preview_changes_the_numbers(dash_duo):
+    _start(dash_duo, create_app([ModelEntry("demo:cnn")]))
+    _wait_graph(dash_duo, "features.0")
+    dash_duo.wait_for_text_to_equal(f"#{ids.PREVIEW_PARAMS}", "—", timeout=TIMEOUT)
+    dash_duo.find_element(f"#{ids.PREVIEW}").click()
+    dash_duo.wait_for_contains_text(f"#{ids.PREVIEW_PARAMS}", "→", timeout=TIMEOUT)
+    dash_duo.wait_for_contains_text(f"#{ids.PREVIEW_MACS}", "%", timeout=TIMEOUT)
+
+
+def test_a_bad_ratio_shows_a_message_and_the_page_keeps_working(dash_duo):
+    _start(dash_duo, create_app([ModelEntry("demo:cnn")]))
+    _wait_graph(dash_duo, "features.0")
+    ratio = dash_duo.find_element(f"#{ids.RATIO}")
+    ratio.clear()
+    ratio.send_keys("1.5")
+    dash_duo.find_element(f"#{ids.PREVIEW}").click()
+    dash_duo.wait_for_contains_text(f"#{ids.MESSAGE}", "ratio must be in [0, 1)",
+                                    timeout=TIMEOUT)
+    _click_node(dash_duo, "features.0")
+    dash_duo.wait_for_contains_text(f"#{ids.INSPECTOR}", "OpType.CONV", timeout=TIMEOUT)
+
+
+def test_apply_then_download_gives_a_checkpoint_load_pruned_reloads(dash_duo, tmp_path):
+    export = pytest.importorskip("viewer.core.export")
+    _start(dash_duo, create_app([ModelEntry("demo:cnn")]))
+    download = Path(dash_duo.download_path)
+    dash_duo.driver.execute_cdp_cmd("Page.setDownloadBehavior",
+                                    {"behavior": "allow", "downloadPath": str(download)})
+    _wait_graph(dash_duo, "features.0")
+    dash_duo.find_element(f"#{ids.APPLY}").click()
+    dash_duo.wait_for_contains_text(f"#{ids.HISTORY}", "round 1", timeout=TIMEOUT)
+    dash_duo.wait_for_contains_text(f"#{ids.MESSAGE}", "forward ok", timeout=TIMEOUT)
+    _until(dash_duo, lambda d: d.find_element("id", ids.DOWNLOAD).is_enabled(),
+           "the download button stayed disabled")
+    dash_duo.find_element(f"#{ids.DOWNLOAD}").click()
+    _until(dash_duo, lambda d: [p for p in download.glob("*.zip")], "no zip was downloaded")
+    zpath = next(download.glob("*.zip"))
+    _until(dash_duo, lambda d: zipfile.is_zipfile(zpath), "the zip never completed")
+    with zipfile.ZipFile(io.BytesIO(zpath.read_bytes())) as zf:
+        zf.extractall(tmp_path)
+    model = export.load_pruned(tmp_path)
+    n_params = sum(p.numel() for p in model.parameters())
+    original = sum(p.numel() for p in __import__("demo_models").get_demo("cnn").build()
+                   .parameters())
+    assert n_params < original
+    # and the page opens the export it wrote (rebuilt from safetensors + plan.json)
+    dash_duo.find_element(f"#{ids.UPLOAD} input[type=file]").send_keys(str(zpath))
+    dash_duo.wait_for_contains_text(f"#{ids.MESSAGE}", "Loaded", timeout=TIMEOUT)
+    dash_duo.wait_for_contains_text(f"#{ids.MODEL_INFO}", "uploaded", timeout=TIMEOUT)
+    dash_duo.wait_for_contains_text(f"#{ids.HISTORY}", "uploaded export", timeout=TIMEOUT)
