@@ -12,9 +12,9 @@ from viewer.app.state import (
     SessionStore,
     make_stage,
     picker_entries,
-    round_entry,
 )
 from viewer.core.errors import DepViewError
+from viewer.core.export import round_entry
 
 
 def test_picker_entries_put_startup_models_first_and_list_each_spec_once():

@@ -143,3 +143,18 @@ def test_group_of_bad_side_and_name(demo_pruner, side):
         group_of(p.graph, "nope", side)
     with pytest.raises(DepViewError):
         group_of(p.graph, "fc1", "sideways")
+
+
+@pytest.mark.parametrize("name", ["swin", "llama", "shufflenet", "vit", "slicing", "rnn"])
+def test_group_of_any_node_never_crashes(demo_pruner, name):
+    """Every node, both sides: a group or a one-line DepViewError, never another exception."""
+    from viewer.core.errors import DepViewError
+
+    _, p = demo_pruner(name)
+    for node in p.graph.nodes:
+        for side in ("in", "out"):
+            try:
+                g = group_of(p.graph, node.name, side)
+                assert g.id == -1
+            except DepViewError as exc:
+                assert "\n" not in str(exc)

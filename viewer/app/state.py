@@ -24,7 +24,7 @@ from torch import nn
 
 from viewer.core.errors import DepViewError
 from viewer.core.graph import Graph
-from viewer.core.prune import Plan, Pruner, attr_changes
+from viewer.core.prune import Plan, Pruner
 from viewer.core.trace import build_graph
 
 from .viewmodel import DEFAULT_MAX_VISIBLE, View, build_view, default_collapsed
@@ -137,7 +137,7 @@ class Session:
 def make_stage(model: nn.Module, inputs, output_layers: list[str], plan: Plan | None = None,
                verification: dict | None = None, round_: dict | None = None) -> Stage:
     """Trace ``model``, find its groups (checked on the meta device) and wrap it as a stage."""
-    graph = build_graph(model, inputs)
+    graph = build_graph(model, inputs, autograd=True)  # grad_fn names for the inspector
     pruner = Pruner(model, inputs, graph=graph, output_layers=output_layers)
     try:
         pruner.validate_groups()
@@ -150,17 +150,6 @@ def make_stage(model: nn.Module, inputs, output_layers: list[str], plan: Plan | 
                "prunable": sum(1 for g in pruner.groups if not pruner.reason(g))}
     return Stage(uuid.uuid4().hex, model, graph, pruner, classes, plan, verification, round_,
                  summary)
-
-
-def round_entry(pruner: Pruner, plan: Plan, pruned: nn.Module) -> dict:
-    """The plan.json ``rounds`` entry of one round (the same fields export_dir writes)."""
-    return {
-        "tensors": pruner.kept(plan),
-        "attrs": attr_changes(pruner.model, pruned),
-        "plan": plan.to_dict(),
-        "groups": {str(gid): {"root": pruner.groups[gid].root, "removed_units": units}
-                   for gid, units in plan.removed.items()},
-    }
 
 
 class SessionStore:

@@ -70,16 +70,9 @@ def export_dir(pruner: Pruner, plan: Plan, pruned: nn.Module, out_dir: str | Pat
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    original = pruner.model
     verification = verification if verification is not None else pruner.verify(pruned, plan)
     preview = pruner.preview(plan)
-    rounds = list(history or []) + [{
-        "tensors": pruner.kept(plan),
-        "attrs": attr_changes(original, pruned),
-        "plan": plan.to_dict(),
-        "groups": {str(gid): {"root": pruner.groups[gid].root, "removed_units": units}
-                   for gid, units in plan.removed.items()},
-    }]
+    rounds = list(history or []) + [round_entry(pruner, plan, pruned)]
     plan_json = {"format": FORMAT, "source": source, "versions": _versions(), "rounds": rounds}
     # single-round exports also expose the documented top-level keys
     plan_json["tensors"] = rounds[-1]["tensors"] if len(rounds) == 1 else _compose(rounds)
@@ -96,6 +89,18 @@ def export_dir(pruner: Pruner, plan: Plan, pruned: nn.Module, out_dir: str | Pat
     }
     (out / "report.json").write_text(json.dumps(report, indent=1, default=str))
     return out
+
+
+def round_entry(pruner: Pruner, plan: Plan, pruned: nn.Module) -> dict:
+    """One pruning round as plan.json records it: kept indices per tensor dim (relative to
+    the round's input model), changed attributes, the plan and the groups it pruned."""
+    return {
+        "tensors": pruner.kept(plan),
+        "attrs": attr_changes(pruner.model, pruned),
+        "plan": plan.to_dict(),
+        "groups": {str(gid): {"root": pruner.groups[gid].root, "removed_units": units}
+                   for gid, units in plan.removed.items()},
+    }
 
 
 def _compose(rounds: list[dict]) -> dict:

@@ -448,8 +448,7 @@ def _slice_rule(g, node, side, port, dim, units, pos, ctx):
     sl = {s.dim: s for s in meta.slices}
     sel = dict(meta.selects)
     if side == "in":
-        if meta.advanced and meta.dim_map[dim] is not None and dim not in sl and dim not in sel \
-                and meta.in_shape[dim] != meta.out_shape[meta.dim_map[dim]]:
+        if dim in meta.gathered:
             ctx.block(f"'{node.name}' gathers along the tracked dim with a tensor index")
             return []
         if dim in sel:
@@ -467,6 +466,9 @@ def _slice_rule(g, node, side, port, dim, units, pos, ctx):
     in_dim = meta.dim_map.index(dim) if dim in meta.dim_map else None
     if in_dim is None:
         return []  # a new axis (None index)
+    if in_dim in meta.gathered:
+        ctx.block(f"'{node.name}' gathers along the tracked dim with a tensor index")
+        return []
     if in_dim in sl:
         s = sl[in_dim]
         return [Flow("in", 0, in_dim, units, s.start + pos * s.step)]
@@ -1033,9 +1035,12 @@ def _search(graph: Graph, root: Node, side: str, dim: int, pos: IntArray,
 
 
 def group_of(graph: Graph, node: str | int, side: str = "out") -> Group:
-    """The pruning group of a node's output (``side="out"``) or input (``"in"``) channels.
+    """The pruning group of a node's output (``side="out"``) or input (``"in"``) channels,
+    computed on the spot from this node (its id is -1: it is not one of :func:`all_groups`).
 
-    For ``"in"`` the group is the one its input tensor's channels belong to.
+    For ``"in"`` the group is the one its input tensor's channels belong to. For functional
+    ops the channel dim is a guess (1 for 4-D tensors, else the last); look a node up among
+    :func:`all_groups` by ``Group.tensors`` to find the groups that really own its tensors.
     """
     n = graph.node(node)
     if side not in ("in", "out"):
@@ -1060,7 +1065,11 @@ def group_of(graph: Graph, node: str | int, side: str = "out") -> Group:
         else:
             d = len(shape) - 1
         width = shape[d]
-    return _search(graph, n, side, d, np.arange(width, dtype=np.int64), 0)
+    try:
+        return _search(graph, n, side, d, np.arange(width, dtype=np.int64), -1)
+    except (IndexError, ValueError) as exc:  # a structure the rules do not model
+        raise DepViewError(f"cannot follow the channels of '{n.name}' ({side}, dim {d}): "
+                           f"{type(exc).__name__}: {exc}") from exc
 
 
 def all_groups(graph: Graph) -> list[Group]:

@@ -84,6 +84,7 @@ class SliceMeta:
     slices: tuple[DimSlice, ...] = ()
     selects: tuple[tuple[int, int], ...] = ()
     advanced: bool = False
+    gathered: tuple[int, ...] = ()  #: input dims indexed by a tensor/list (data-dependent)
 
     @property
     def dim(self) -> int | None:

@@ -393,7 +393,7 @@ def _slice_meta(name, args, kwargs, x: torch.Tensor, y: torch.Tensor) -> M.Slice
     n_consuming = sum(1 for it in items if it is not None and it is not Ellipsis
                       and not (isinstance(it, torch.Tensor) and it.dtype == torch.bool))
     dim_map: list[int | None] = []
-    slices, selects, advanced = [], [], False
+    slices, selects, advanced, gathered = [], [], False, []
     d_in = d_out = 0
     for it in items:
         if it is None:
@@ -417,6 +417,7 @@ def _slice_meta(name, args, kwargs, x: torch.Tensor, y: torch.Tensor) -> M.Slice
             d_in += 1
         else:  # tensor / list index: data-dependent gather
             advanced = True
+            gathered.append(d_in)
             dim_map.append(d_out)
             d_in += 1
             d_out += 1
@@ -425,7 +426,7 @@ def _slice_meta(name, args, kwargs, x: torch.Tensor, y: torch.Tensor) -> M.Slice
         d_in += 1
         d_out += 1
     return M.SliceMeta(shape, tuple(y.shape), tuple(dim_map), tuple(slices), tuple(selects),
-                       advanced)
+                       advanced, tuple(gathered))
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,10 +13,11 @@ import numpy as np
 from dash import Input, Output, State, ctx, html, no_update
 
 from viewer.core.errors import DepViewError
+from viewer.core.export import round_entry
 from viewer.core.prune import IMPORTANCE, Plan
 
 from .. import charts, ids, styles
-from ..state import Session, SessionStore, make_stage, round_entry
+from ..state import Session, SessionStore, make_stage
 from .common import change, error_message, fmt_count, message
 from .inspect import inspect
 from .model import graph_rev
