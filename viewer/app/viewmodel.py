@@ -23,8 +23,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from viewer.core.graph import Graph, Node
-from viewer.core.groups import root_dim
-from viewer.core.meta import ConcatMeta, SplitMeta
+from viewer.core.groups import in_channel_dim, out_channel_dim
 from viewer.core.optypes import STYLES, OpGroup, OpType
 
 X_GAP = 200  #: px between Sugiyama columns
@@ -32,9 +31,6 @@ Y_GAP = 84  #: px between layers
 MAX_NAME = 26  #: longest node name drawn before it is shortened with an ellipsis
 DEFAULT_MAX_VISIBLE = 400  #: past this many drawn nodes a page gets slow: collapse modules
 
-_CHANNEL_FIRST = frozenset({OpType.CONV, OpType.CONV_TRANSPOSE, OpType.DEPTHWISE_CONV,
-                            OpType.BN, OpType.GN, OpType.IN})
-_CHANNEL_LAST = frozenset({OpType.LINEAR, OpType.LN, OpType.EMBED, OpType.MHA})
 
 
 @dataclass(frozen=True)
@@ -139,33 +135,6 @@ def default_collapsed(graph: Graph, max_visible: int = DEFAULT_MAX_VISIBLE) -> f
 
 # --------------------------------------------------------------------------------------------
 # Labels.
-
-
-def in_channel_dim(node: Node) -> int | None:
-    """The dim of input 0 that carries channels (None without inputs)."""
-    if not node.in_shapes or not node.in_shapes[0]:
-        return None
-    shape = node.in_shapes[0]
-    if node.op_type in _CHANNEL_FIRST or (len(shape) in (4, 5)
-                                          and node.op_type not in _CHANNEL_LAST):
-        return 1
-    return len(shape) - 1
-
-
-def out_channel_dim(node: Node) -> int | None:
-    """The dim of output 0 that carries channels (None without outputs)."""
-    if not node.out_shapes or not node.out_shapes[0]:
-        return None
-    if isinstance(node.meta, (ConcatMeta, SplitMeta)):
-        return node.meta.dim
-    d = root_dim(node)
-    if d is not None:
-        return d
-    shape = node.out_shapes[0]
-    if node.op_type in _CHANNEL_FIRST or (len(shape) in (4, 5)
-                                          and node.op_type not in _CHANNEL_LAST):
-        return 1
-    return len(shape) - 1
 
 
 def channels(node: Node) -> tuple[int | None, int | None]:

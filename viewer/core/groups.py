@@ -989,6 +989,32 @@ def root_dim(node: Node) -> int | None:
     return None
 
 
+def _guess_dim(node: Node, shape: tuple[int, ...]) -> int:
+    if node.op_type in OpGroup.CHANNEL_FIRST or (
+            len(shape) in (4, 5) and node.op_type not in OpGroup.CHANNEL_LAST):
+        return 1
+    return len(shape) - 1
+
+
+def in_channel_dim(node: Node) -> int | None:
+    """The dim of input 0 that carries channels (None without inputs). Layers know theirs;
+    for other ops it is a guess: 1 for 4-D/5-D tensors, else the last dim."""
+    if not node.in_shapes or not node.in_shapes[0]:
+        return None
+    return _guess_dim(node, node.in_shapes[0])
+
+
+def out_channel_dim(node: Node) -> int | None:
+    """The dim of output 0 that carries channels (None without outputs): the dim a layer
+    creates, a concat's or split's dim, else the same guess as :func:`in_channel_dim`."""
+    if not node.out_shapes or not node.out_shapes[0]:
+        return None
+    if isinstance(node.meta, (ConcatMeta, SplitMeta)):
+        return node.meta.dim
+    d = root_dim(node)
+    return d if d is not None else _guess_dim(node, node.out_shapes[0])
+
+
 def _search(graph: Graph, root: Node, side: str, dim: int, pos: IntArray,
             gid: int) -> Group:
     n = len(pos)
@@ -1046,25 +1072,15 @@ def group_of(graph: Graph, node: str | int, side: str = "out") -> Group:
     if side not in ("in", "out"):
         raise DepViewError(f"side must be 'in' or 'out', not {side!r}")
     if side == "out":
-        d = root_dim(n)
+        d = out_channel_dim(n)
         if d is None:
-            if not n.out_shapes or not n.out_shapes[0]:
-                raise DepViewError(f"'{n.name}' has no output channels")
-            d = _channel_dim(n.out_shapes[0]) if n.op_type not in (
-                OpType.LN, OpType.LINEAR) and len(n.out_shapes[0]) == 4 else \
-                len(n.out_shapes[0]) - 1
+            raise DepViewError(f"'{n.name}' has no output channels")
         width = n.out_shapes[0][d]
     else:
-        if not graph.in_edges.get(n.id):
+        d = in_channel_dim(n)
+        if d is None or not graph.in_edges.get(n.id):
             raise DepViewError(f"'{n.name}' has no inputs")
-        shape = n.in_shapes[0]
-        if n.op_type in (OpType.CONV, OpType.CONV_TRANSPOSE, OpType.DEPTHWISE_CONV, OpType.BN,
-                         OpType.GN, OpType.IN) or (len(shape) == 4 and n.op_type not in (
-                OpType.LINEAR, OpType.LN)):
-            d = 1
-        else:
-            d = len(shape) - 1
-        width = shape[d]
+        width = n.in_shapes[0][d]
     try:
         return _search(graph, n, side, d, np.arange(width, dtype=np.int64), -1)
     except (IndexError, ValueError) as exc:  # a structure the rules do not model

@@ -85,6 +85,10 @@ class OpGroup:
             OpType.ELEMENTWISE, OpType.SPATIAL, OpType.PIXEL_SHUFFLE,
         }
     )
+    #: Types whose tensors carry channels in dim 1 (N, C, ...) / in the last dim (..., C).
+    CHANNEL_FIRST = frozenset({OpType.CONV, OpType.CONV_TRANSPOSE, OpType.DEPTHWISE_CONV,
+                               OpType.BN, OpType.GN, OpType.IN})
+    CHANNEL_LAST = frozenset({OpType.LINEAR, OpType.LN, OpType.EMBED, OpType.MHA})
     #: Module types whose parameters a pruning plan can shrink.
     PARAMETRIC = (
         CONVS | NORMS | RECURRENT

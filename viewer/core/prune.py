@@ -24,7 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .errors import DepViewError
 from .graph import Graph
-from .groups import Group, all_groups
+from .groups import Group, all_groups, out_channel_dim
 from .handlers import CUTS, REFRESH, Cut
 from .optypes import OpType
 from .trace import build_graph, flatten, module_attrs
@@ -296,7 +296,8 @@ class Pruner:
         for n in self.graph.nodes:
             if not n.is_module or n.call or not n.params:
                 continue
-            w_out = n.out_shapes[0][_out_dim(n)] if n.out_shapes and n.out_shapes[0] else 0
+            d = out_channel_dim(n)
+            w_out = n.out_shapes[0][d] if d is not None else 0
             layers.append({"name": n.name, "op_type": n.op_type.value, "before": int(w_out),
                            "after": int(widths.get(n.module, {}).get("out", w_out))})
         return {"params": {"before": before["params"], "after": after["params"]},
@@ -388,14 +389,6 @@ def _node_cuts(node, side, dim, pos, tensors) -> list[Cut]:
     if node.op_type is OpType.MHA:  # the one handler that picks derived indices by weight
         return fn(node, side, dim, pos, tensors)
     return fn(node, side, dim, pos)
-
-
-def _out_dim(node) -> int:
-    s = node.out_shapes[0]
-    if node.op_type in (OpType.CONV, OpType.CONV_TRANSPOSE, OpType.DEPTHWISE_CONV, OpType.BN,
-                        OpType.GN, OpType.IN) or (len(s) == 4 and node.op_type is OpType.PRELU):
-        return 1
-    return len(s) - 1
 
 
 def _real(model: nn.Module) -> bool:
