@@ -158,3 +158,18 @@ def test_group_of_any_node_never_crashes(demo_pruner, name):
                 assert g.id == -1
             except DepViewError as exc:
                 assert "\n" not in str(exc)
+
+
+def test_functional_conv_call_blocks_its_group():
+    class Fn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 1)
+            self.w = nn.Parameter(torch.randn(4, 8, 1, 1))
+
+        def forward(self, x):
+            return torch.nn.functional.conv2d(self.stem(x), self.w)
+
+    g = build_graph(Fn(), torch.randn(1, 3, 4, 4))
+    grp = group_of(g, "stem")
+    assert not grp.prunable and "functional conv2d call" in grp.reason

@@ -148,10 +148,6 @@ class _Ctx:
 Rule = Callable[[Graph, Node, str, int, int, IntArray, IntArray, _Ctx], list[Flow]]
 
 
-def _stop(*_args) -> list[Flow]:
-    return []
-
-
 def _source_block(what: str) -> Rule:
     def rule(g, node, side, port, dim, units, pos, ctx):
         ctx.block(f"it reaches {what} '{node.name}'")
@@ -791,10 +787,18 @@ def _reduction_rule(g, node, side, port, dim, units, pos, ctx):
     return flows
 
 
-def _functional_layer_rule(g, node, side, port, dim, units, pos, ctx):
-    ctx.block(f"'{node.name}' is a functional {node.target} call; DepView prunes layers "
-              "called as modules")
-    return []
+def _modules_only(rule: Rule) -> Rule:
+    """Layer rules apply to module calls; a functional ``F.conv2d(x, w)`` owns no module
+    whose attributes could follow, so a group reaching one is not prunable."""
+
+    def wrapped(g, node, side, port, dim, units, pos, ctx):
+        if not node.is_module:
+            ctx.block(f"'{node.name}' is a functional {node.target} call; DepView prunes "
+                      "layers called as modules")
+            return []
+        return rule(g, node, side, port, dim, units, pos, ctx)
+
+    return wrapped
 
 
 def _mha_rule(g, node, side, port, dim, units, pos, ctx):
@@ -827,17 +831,18 @@ RULES: dict[OpType, Rule] = {
     OpType.BUFFER: _source_block("the buffer"),
     OpType.CONSTANT: _source_block("a tensor computed inside forward"),
     OpType.PARAMETER: _parameter_rule,
-    OpType.CONV: _grouped_conv_rule(_layer_rule(lambda n: 1, lambda n: 1)),
+    OpType.CONV: _modules_only(_grouped_conv_rule(_layer_rule(lambda n: 1, lambda n: 1))),
     OpType.DEPTHWISE_CONV: _layer_rule(lambda n: 1, lambda n: 1, passthrough=True),
-    OpType.CONV_TRANSPOSE: _grouped_conv_rule(_layer_rule(lambda n: 1, lambda n: 1)),
-    OpType.BN: _layer_rule(lambda n: 1, lambda n: 1, passthrough=True),
+    OpType.CONV_TRANSPOSE: _modules_only(_grouped_conv_rule(_layer_rule(lambda n: 1,
+                                                                        lambda n: 1))),
+    OpType.BN: _modules_only(_layer_rule(lambda n: 1, lambda n: 1, passthrough=True)),
     OpType.IN: _layer_rule(lambda n: 1, lambda n: 1, passthrough=True),
     OpType.GN: _gn_rule(),
     OpType.LN: _ln_rule,
     OpType.PRELU: _layer_rule(lambda n: _channel_dim(n.in_shapes[0]),
                               lambda n: _channel_dim(n.in_shapes[0]), passthrough=True),
     OpType.LINEAR: _layer_rule(lambda n: -1, lambda n: -1),
-    OpType.EMBED: _layer_rule(lambda n: -1, lambda n: 10**6),
+    OpType.EMBED: _modules_only(_layer_rule(lambda n: -1, lambda n: 10**6)),
     OpType.MHA: _mha_rule,
     OpType.LSTM: _recurrent_rule,
     OpType.GRU: _recurrent_rule,
