@@ -27,6 +27,16 @@ window.dash_clientside = Object.assign({}, window.dash_clientside, {
       return window.dash_clientside.no_update;
     },
 
+    /* The graph's stylesheet: the base rules, then the overlays (legend type, preview
+     * widths, search hits, the selected group), later rules winning. */
+    compose: function (base, legend, preview, search, group) {
+      var out = (base || []).slice();
+      [legend, preview, search, group].forEach(function (part) {
+        if (part && part.rules) { out = out.concat(part.rules); }
+      });
+      return out;
+    },
+
     /* The Fit button. */
     fit: function (n) {
       if (window.cy) { window.cy.animate({fit: {padding: 30}}, {duration: 250}); }

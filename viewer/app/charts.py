@@ -1,4 +1,4 @@
-"""Plotly figures of the prune panel (pure: data in, figure out)."""
+"""Plotly figures of the prune panel (pure: data in, figure out) and where they mount."""
 
 from __future__ import annotations
 
@@ -6,8 +6,21 @@ from collections.abc import Iterable
 
 import numpy as np
 import plotly.graph_objects as go
+from dash import dcc, html
 
 from .styles import PRUNED
+
+WIDTH_HINT = "Preview to see each layer's width before → after"
+SCORE_HINT = "Click a layer to see its group's importance scores"
+
+
+def mount(chart_id: str, fig: go.Figure | None, hint: str):
+    """A dcc.Graph for a figure, or a plain-HTML hint without one. Charts are mounted only
+    when they have data: the 4.8 MB Plotly bundle then stays off the first page load."""
+    if fig is None:
+        return html.Div(hint, className="chart-hint")
+    return dcc.Graph(id=chart_id, figure=fig, config={"displayModeBar": False},
+                     className="chart")
 
 
 def placeholder(text: str, height: int) -> go.Figure:

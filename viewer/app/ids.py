@@ -65,6 +65,9 @@ PREVIEW_PARAMS = "preview-params"
 PREVIEW_MACS = "preview-macs"
 WIDTH_CHART = "width-chart"
 SCORE_CHART = "score-chart"
+WIDTH_CHART_BOX = "width-chart-box"  #: holds WIDTH_CHART once a preview exists
+SCORE_CHART_BOX = "score-chart-box"  #: holds SCORE_CHART once a group is selected
+STYLE_BASE = "style-base"  #: the base stylesheet, composed with overlays in the browser
 HISTORY = "history"
 
 # -- export ---------------------------------------------------------------------------------------

@@ -133,10 +133,10 @@ def prune_card() -> html.Section:
         html.Div([html.Span("MACs", className="num-label"),
                   html.Span("—", id=ids.PREVIEW_MACS, className="num-value")]),
     ], className="numbers")
-    figs = [dcc.Graph(id=ids.WIDTH_CHART, config={"displayModeBar": False},
-                      className="chart", figure=charts.width_figure(None)),
-            dcc.Graph(id=ids.SCORE_CHART, config={"displayModeBar": False},
-                      className="chart", figure=charts.score_figure(None))]
+    figs = [html.Div(charts.mount(ids.WIDTH_CHART, None, charts.WIDTH_HINT),
+                     id=ids.WIDTH_CHART_BOX),
+            html.Div(charts.mount(ids.SCORE_CHART, None, charts.SCORE_HINT),
+                     id=ids.SCORE_CHART_BOX)]
     return html.Section([
         html.H2("Prune"),
         controls,
@@ -174,6 +174,7 @@ def stores(sid: str) -> list:
         dcc.Store(id=ids.ZOOM_TARGET),
         dcc.Store(id=ids.FIT_DONE),
         dcc.Store(id=ids.STYLE_GROUP),
+        dcc.Store(id=ids.STYLE_BASE, data=base_stylesheet()),
         dcc.Store(id=ids.STYLE_PREVIEW),
         dcc.Store(id=ids.STYLE_LEGEND),
         dcc.Store(id=ids.STYLE_SEARCH),

@@ -170,9 +170,3 @@ def preview_rules(view: View, graph: Graph, widths: dict[str, dict[str, int]]) -
     return rules
 
 
-def compose(*parts: list[dict] | None) -> list[dict]:
-    """Base stylesheet followed by the overlays, later rules winning."""
-    out = base_stylesheet()
-    for p in parts:
-        out += p or []
-    return out

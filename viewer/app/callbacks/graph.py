@@ -207,15 +207,16 @@ def register(app, store: SessionStore) -> None:
         zoom = {"ids": hits} if hits and ctx.triggered_id == ids.SEARCH else no_update
         return {"rules": styles.search_rules(hits)}, info, zoom
 
-    @app.callback(
+    # composed in the browser: a click's group highlight needs no second server round trip
+    app.clientside_callback(
+        ClientsideFunction("depview", "compose"),
         Output(ids.GRAPH, "stylesheet"),
+        Input(ids.STYLE_BASE, "data"),
         Input(ids.STYLE_LEGEND, "data"),
         Input(ids.STYLE_PREVIEW, "data"),
         Input(ids.STYLE_SEARCH, "data"),
         Input(ids.STYLE_GROUP, "data"),
     )
-    def on_style(*parts):
-        return styles.compose(*[(p or {}).get("rules") for p in parts])
 
     @app.callback(
         Output(ids.GRAPH, "generateImage"),

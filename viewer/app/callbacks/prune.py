@@ -264,7 +264,7 @@ def register(app, store: SessionStore) -> None:
         Output(ids.PREVIEW_PARAMS, "children"),
         Output(ids.PREVIEW_MACS, "children"),
         Output(ids.PREVIEW_PANEL, "title"),
-        Output(ids.WIDTH_CHART, "figure"),
+        Output(ids.WIDTH_CHART_BOX, "children"),
         Output(ids.PREVIEW_REV, "data"),
         Output(ids.MESSAGE, "children", allow_duplicate=True),
         Input(ids.PREVIEW, "n_clicks"),
@@ -278,7 +278,8 @@ def register(app, store: SessionStore) -> None:
     def on_preview(_n, _rev, importance, ratio, mode, round_to, prev_rev, sid):
         rev = (prev_rev or 0) + 1
         if ctx.triggered_id == ids.GRAPH_REV:  # a new model or round: the old preview is void
-            return "—", "—", "", charts.width_figure(None), rev, no_update
+            return "—", "—", "", charts.mount(ids.WIDTH_CHART, None, charts.WIDTH_HINT), rev, \
+                no_update
         try:
             settings = parse_settings(importance, ratio, mode, round_to)
             pv = run_preview(store, sid, settings)
@@ -286,7 +287,9 @@ def register(app, store: SessionStore) -> None:
             return no_update, no_update, no_update, no_update, no_update, error_message(exc)
         params, macs, extra = summary_lines(pv)
         note = message(f"Preview: params {params}, MACs {macs}; {extra}.", "info")
-        return params, macs, extra, charts.width_figure(pv["layers"]), rev, note
+        chart = charts.mount(ids.WIDTH_CHART, charts.width_figure(pv["layers"]),
+                             charts.WIDTH_HINT)
+        return params, macs, extra, chart, rev, note
 
     @app.callback(
         Output(ids.STYLE_PREVIEW, "data"),
@@ -302,7 +305,7 @@ def register(app, store: SessionStore) -> None:
             return {"rules": []}
 
     @app.callback(
-        Output(ids.SCORE_CHART, "figure"),
+        Output(ids.SCORE_CHART_BOX, "children"),
         Input(ids.SELECTION, "data"),
         Input(ids.PREVIEW_REV, "data"),
         *settings_state,
@@ -316,7 +319,9 @@ def register(app, store: SessionStore) -> None:
             except DepViewError:
                 settings = None
             scores, removed, title = group_scores(store, sid, selection, settings)
-            return charts.score_figure(scores, removed, title)
+            fig = charts.score_figure(scores, removed, title) if scores is not None and len(
+                scores) else None
+            return charts.mount(ids.SCORE_CHART, fig, title or charts.SCORE_HINT)
         except Exception:
             return no_update
 
