@@ -405,6 +405,7 @@ def register(app, store: SessionStore) -> None:
     @app.callback(
         Output(ids.INSPECTOR, "children"),
         Output(ids.GROUP_PANEL, "children"),
+        Output(ids.STYLE_GROUP, "data"),
         Output(ids.SELECTION, "data"),
         Output(ids.GROUP_PICK, "options"),
         Output(ids.GROUP_PICK, "value"),
@@ -430,37 +431,13 @@ def register(app, store: SessionStore) -> None:
         try:
             r = inspect(store, sid, selection, side or "out", pick)
         except Exception as exc:
-            return (no_update,) * 7 + (error_message(exc),)
+            return (no_update,) * 8 + (error_message(exc),)
         details = r.details or [html.P("Click a node to inspect it.", className="hint")]
         # several groups share this tensor (a concat's output): offer the choice
         pick_style = {"display": "block" if len(r.group_options) > 1 else "none"}
-        return (details, r.group_panel, r.selection, r.group_options,
+        return (details, r.group_panel, {"rules": r.rules}, r.selection, r.group_options,
                 r.group_value, pick_style, {"display": "block" if r.show_group else "none"},
                 no_update)
-
-    # The highlight has its own callback: its small response is drawn without waiting for
-    # the inspector panel to render (one response applies all its outputs in one go).
-    @app.callback(
-        Output(ids.STYLE_GROUP, "data"),
-        Input(ids.GRAPH, "tapNodeData"),
-        Input(ids.GROUP_SIDE, "value"),
-        Input(ids.GROUP_PICK, "value"),
-        Input(ids.VIEW_REV, "data"),
-        Input(ids.PREVIEW_REV, "data"),
-        State(ids.SELECTION, "data"),
-        State(ids.SESSION, "data"),
-        prevent_initial_call=True,
-    )
-    def on_group_style(tap, side, pick, _view_rev, _prev_rev, selection, sid):
-        trig = ctx.triggered_id
-        if trig == ids.GRAPH:
-            selection, pick = selection_from_tap(tap), None
-        elif trig == ids.GROUP_SIDE:
-            pick = None
-        try:
-            return {"rules": inspect(store, sid, selection, side or "out", pick).rules}
-        except Exception:
-            return no_update
 
     @app.callback(
         Output(ids.IGNORE_TOGGLE, "value"),
