@@ -37,16 +37,6 @@ window.dash_clientside = Object.assign({}, window.dash_clientside, {
       return out;
     },
 
-    /* A tap: show the tapped op's group straight away from the rules precomputed for the
-     * drawn view (no server round trip); the inspect callback's rules follow and refine it. */
-    quickGroup: function (tap, quick) {
-      if (!tap || !quick || !quick.by_el) { return window.dash_clientside.no_update; }
-      var gid = quick.by_el[tap.id];
-      var rules = (gid !== undefined && quick.rules[gid]) ? quick.rules[gid].slice() : [];
-      rules.push({selector: '#' + tap.id, style: quick.selected});
-      return {rules: rules};
-    },
-
     /* The Fit button. */
     fit: function (n) {
       if (window.cy) { window.cy.animate({fit: {padding: 30}}, {duration: 250}); }

@@ -133,15 +133,3 @@ def test_a_core_failure_computing_an_ad_hoc_group_is_reported_not_raised(store, 
     r = cb.inspect(store, "resnet", _op("layer1.0.add"))
     assert "no group could be computed" in _text(r.group_panel)
     assert r.details  # the node itself is still shown
-
-
-@pytest.mark.parametrize("name", ["layer1.0.conv1", "layer2.0.downsample.0", "fc", "layer1.0.add"])
-def test_quick_group_rules_match_the_inspector(store, name):
-    """The rules the browser applies on tap are the inspector's, minus the selected border."""
-    quick = cb.quick_groups(store, "resnet")
-    view = store.session("resnet").view
-    node = store.session("resnet").stage.graph.by_name[name]
-    el = view.rep[node.id]
-    full = cb.inspect(store, "resnet", _op(name)).rules
-    assert quick["rules"][quick["by_el"][el]] == full[:-1]
-    assert full[-1]["selector"] == f"#{el}" and quick["selected"] == full[-1]["style"]

@@ -67,7 +67,6 @@ WIDTH_CHART = "width-chart"
 SCORE_CHART = "score-chart"
 WIDTH_CHART_BOX = "width-chart-box"  #: holds WIDTH_CHART once a preview exists
 SCORE_CHART_BOX = "score-chart-box"  #: holds SCORE_CHART once a group is selected
-QUICK_GROUPS = "quick-groups"  #: per drawn node, its group's highlight rules (tap -> no trip)
 STYLE_BASE = "style-base"  #: the base stylesheet, composed with overlays in the browser
 HISTORY = "history"
 

@@ -175,7 +175,6 @@ def stores(sid: str) -> list:
         dcc.Store(id=ids.FIT_DONE),
         dcc.Store(id=ids.STYLE_GROUP),
         dcc.Store(id=ids.STYLE_BASE, data=base_stylesheet()),
-        dcc.Store(id=ids.QUICK_GROUPS),
         dcc.Store(id=ids.STYLE_PREVIEW),
         dcc.Store(id=ids.STYLE_LEGEND),
         dcc.Store(id=ids.STYLE_SEARCH),

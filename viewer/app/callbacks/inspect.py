@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from dash import ClientsideFunction, Input, Output, State, ctx, html, no_update
+from dash import Input, Output, State, ctx, html, no_update
 
 from viewer.core.errors import DepViewError
 from viewer.core.graph import Graph, Node
@@ -74,39 +74,6 @@ def groups_at(pruner: Pruner, node: Node, side: str) -> list[Group]:
     else:
         keys = {(e.source, e.source_port) for e in pruner.graph.in_edges.get(node.id, [])}
     return [g for g in pruner.groups if any((k[0], k[1]) in keys for k in g.tensors)]
-
-
-def quick_groups(store: SessionStore, sid: str) -> dict:
-    """For the drawn view: which group each op element shows on a tap (its output side, the
-    first candidate, as :func:`groups_at` picks it) and each group's highlight rules. The
-    browser applies them the moment a node is tapped; the inspect callback refines them."""
-    session = store.session(sid)
-    with session.lock:
-        view, stage = session.view, session.stage
-        if view is None:
-            return {}
-        pruner, graph = stage.pruner, stage.graph
-        member_of: dict[int, int] = {}
-        tensor_of: dict[int, int] = {}
-        for g in pruner.groups:  # ordered by id, so the first hit wins as in groups_at
-            for m in g.members:
-                if m.side in ("out", "param"):
-                    member_of.setdefault(m.node, g.id)
-            for nid, _port, _dim in g.tensors:
-                tensor_of.setdefault(nid, g.id)
-        by_el: dict[str, int] = {}
-        for node in graph.nodes:
-            el = view.rep.get(node.id)
-            if el is None or view.data.get(el, {}).get("kind") == "module":
-                continue
-            gid = member_of.get(node.id, tensor_of.get(node.id))
-            if gid is not None:
-                by_el[el] = gid
-        by_id = {g.id: g for g in pruner.groups}
-        rules = {str(gid): styles.group_rules(view, graph, by_id[gid], None)
-                 for gid in set(by_el.values())}
-        return {"by_el": {k: str(v) for k, v in by_el.items()}, "rules": rules,
-                "selected": {"opacity": 1, "border-width": 5, "border-color": styles.SELECTED}}
 
 
 def resolve_group(pruner: Pruner, node: Node, side: str,
@@ -435,27 +402,6 @@ def control_values(store: SessionStore, sid: str,
 
 
 def register(app, store: SessionStore) -> None:
-    # a tap highlights the group at once, in the browser; on_inspect then refines the rules
-    app.clientside_callback(
-        ClientsideFunction("depview", "quickGroup"),
-        Output(ids.STYLE_GROUP, "data", allow_duplicate=True),
-        Input(ids.GRAPH, "tapNodeData"),
-        State(ids.QUICK_GROUPS, "data"),
-        prevent_initial_call=True,
-    )
-
-    @app.callback(
-        Output(ids.QUICK_GROUPS, "data"),
-        Input(ids.VIEW_REV, "data"),
-        State(ids.SESSION, "data"),
-        prevent_initial_call=True,
-    )
-    def on_quick_groups(_view_rev, sid):
-        try:
-            return quick_groups(store, sid)
-        except Exception:
-            return {}
-
     @app.callback(
         Output(ids.INSPECTOR, "children"),
         Output(ids.GROUP_PANEL, "children"),
