@@ -187,4 +187,7 @@ def test_hooks_removed_and_model_unchanged_after_trace():
     before = {k: v.clone() for k, v in m.state_dict().items()}
     build_graph(m, ({"a": torch.randn(1, 4), "b": torch.randn(1, 4)},))
     assert all(not mod._forward_hooks and not mod._forward_pre_hooks for mod in m.modules())
+    vit = demo_models.get_demo("vit").build()
+    build_graph(vit, demo_models.get_demo("vit").make_inputs("cpu"))  # uses bare parameters
+    assert not any(hasattr(t, "_depview_src") for t in [*vit.parameters(), *vit.buffers()])
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())

@@ -72,6 +72,7 @@ class _Tracer(TorchFunctionMode):
         # and the token tells this trace's tags from a stale one.
         self.token = object()
         self.untaggable: dict[int, tuple[torch.Tensor, int, int]] = {}
+        self.sources: list[torch.Tensor] = []
         self.names: set[str] = set()
         self.module_names = {id(m): n for n, m in model.named_modules(remove_duplicate=False)}
         self.param_names: dict[int, str] = {}
@@ -139,6 +140,7 @@ class _Tracer(TorchFunctionMode):
             kw = dict(name=self.unique(f"{mod}.constant" if mod else "constant"),
                       op_type=OpType.CONSTANT, module=mod, target="constant")
         node = self.add_node(kw, [], [t])
+        self.sources.append(t)  # the user's parameters/buffers: untagged again at the end
         return node.id, 0
 
     # -- module hooks ---------------------------------------------------------------------
@@ -498,7 +500,8 @@ def build_graph(model: nn.Module, example_inputs=(), example_kwargs: dict | None
     for path, t in outs:
         tracer.add_node(dict(name=tracer.unique(f"output.{path}" if path else "output"),
                              op_type=OpType.OUTPUT, module="", target="output"), [t], [])
-    for _, t in outs + _name_inputs(model, args, kwargs):  # tensors the caller keeps
+    kept = [t for _, t in outs + _name_inputs(model, args, kwargs)] + tracer.sources
+    for t in kept:  # tensors the caller keeps: leave no attribute behind
         t.__dict__.pop("_depview_src", None)
     tracer.untaggable.clear()
     return Graph(
