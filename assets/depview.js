@@ -49,8 +49,16 @@ window.dash_clientside = Object.assign({}, window.dash_clientside, {
     zoomTo: function (target) {
       var cy = window.cy;
       if (!cy || !target) { return window.dash_clientside.no_update; }
+      // run fn once Cytoscape holds the new elements (they arrive after this callback)
+      function whenReady(fn) {
+        var tries = 0;
+        (function poll() {
+          if (cy.elements().length >= (target.n || 0) || tries++ > 100) { fn(); return; }
+          setTimeout(poll, 30);
+        })();
+      }
       if (target.top) {
-        setTimeout(function () {
+        whenReady(function () {
           var bb = cy.elements().boundingBox();
           if (!isFinite(bb.w)) { return; }
           var z = Math.min(1.0, cy.width() / (bb.w + 60));
@@ -72,12 +80,12 @@ window.dash_clientside = Object.assign({}, window.dash_clientside, {
             if (first.nonempty()) { tb = first.boundingBox(); }
           }
           cy.pan({x: cy.width() / 2 - (tb.x1 + tb.w / 2) * z, y: 20 - bb.y1 * z});
-        }, 60);
+        });
         return window.dash_clientside.no_update;
       }
       if (!target.ids || !target.ids.length) { return window.dash_clientside.no_update; }
-      // the elements may have just been replaced: wait a frame for Cytoscape to have them
-      setTimeout(function () {
+      // the elements may have just been replaced: wait for Cytoscape to have them
+      whenReady(function () {
         var eles = cy.collection();
         target.ids.forEach(function (id) { eles = eles.union(cy.getElementById(id)); });
         if (eles.empty()) { return; }
@@ -85,7 +93,7 @@ window.dash_clientside = Object.assign({}, window.dash_clientside, {
         var bb = eles.boundingBox();
         var z = Math.min(1.6, Math.min(cy.width() / (bb.w + 160), cy.height() / (bb.h + 160)));
         cy.animate({zoom: z, center: {eles: eles}}, {duration: 300});
-      }, 60);
+      });
       return window.dash_clientside.no_update;
     }
   }

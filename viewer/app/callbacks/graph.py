@@ -166,7 +166,9 @@ def register(app, store: SessionStore) -> None:
             view, zoom = render(store, sid, action, path)
             rev = (view_rev or 0) + 1
             # a new graph opens at a readable zoom at its top; a toggled module is zoomed to
-            target = {"ids": [zoom]} if zoom else {"top": True}
+            # ``n``: the browser waits until Cytoscape holds all elements before placing
+            target = {"ids": [zoom], "n": len(view.elements)} if zoom else \
+                {"top": True, "n": len(view.elements)}
             note = no_update
             if action == "expand-all" and view.n_nodes > store.max_visible:
                 note = message(f"Drawing all {view.n_nodes} ops: the page may be slow; "
