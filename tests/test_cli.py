@@ -58,3 +58,14 @@ def test_bad_input_is_one_line_exit_2(args, msg):
     assert msg in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
     assert "Traceback" not in res.stderr
+
+
+def test_unexpected_errors_are_one_line_too(tmp_path):
+    f = tmp_path / "odd.py"
+    f.write_text("import torch\nclass M(torch.nn.Module):\n    def forward(self, x):\n"
+                 "        return x\n")
+    (tmp_path / "out").write_text("a file where a directory is expected")
+    res = cli("prune", f"{f}:M", "--input", "1x4", "--ratio", "0.5", "--out",
+              str(tmp_path / "out"), check=False)
+    assert res.returncode in (1, 2) and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
