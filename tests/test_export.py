@@ -77,7 +77,8 @@ def test_zip_roundtrip_and_bad_uploads(demo_pruner, tmp_path):
     plan = p.plan(0.5)
     pruned = p.apply(plan)
     out = export_dir(p, plan, pruned, tmp_path / "z", lm.source)
-    model, meta = read_export_zip(zip_dir(out))
+    model, meta, original = read_export_zip(zip_dir(out))
+    assert original.source == lm.source
     with torch.no_grad():
         assert torch.equal(model(*lm.inputs), pruned(*lm.inputs))
     with pytest.raises(DepViewError, match="not a zip"):

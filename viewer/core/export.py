@@ -30,7 +30,7 @@ from torch import nn
 
 from .errors import DepViewError
 from .prune import Plan, Pruner, _tensor_lookup, attr_changes, run
-from .spec import load_model, read_state_dict
+from .spec import LoadedModel, load_model, read_state_dict
 from .trace import flatten
 
 FORMAT = "depview-pruned/1"
@@ -188,14 +188,15 @@ def reshape_like_plan(model: nn.Module, plan: dict) -> nn.Module:
     return model
 
 
-def load_pruned(path: str | Path, device: str = "cpu") -> nn.Module:
-    """Rebuild a pruned model from an export directory, with no pickle: the original
-    architecture from the recorded spec, reshaped by the plan, then the safetensors weights."""
+def rebuild(path: str | Path) -> tuple[nn.Module, LoadedModel]:
+    """The pruned model of an export directory, plus the original's :class:`LoadedModel`
+    (example inputs, output layers), building the original only once."""
     path = Path(path)
     plan = read_plan(path)
     src = plan["source"]
     lm = load_model(src["spec"], inputs=src.get("inputs") or None, kwargs=src.get("kwargs"),
                     weights=None, device="cpu", seed=src.get("seed", 0))
+    # the example inputs were drawn before reshaping, so they match the original model's
     model = reshape_like_plan(lm.model, plan)
     sd = read_state_dict(path / "model.safetensors")
     try:
@@ -203,18 +204,21 @@ def load_pruned(path: str | Path, device: str = "cpu") -> nn.Module:
     except RuntimeError as exc:
         raise DepViewError(f"weights in {path} do not fit the rebuilt model: "
                            f"{str(exc).splitlines()[0]}") from exc
-    return model.to(device).eval()
+    return model.eval(), lm
+
+
+def load_pruned(path: str | Path, device: str = "cpu") -> nn.Module:
+    """Rebuild a pruned model from an export directory, with no pickle: the original
+    architecture from the recorded spec, reshaped by the plan, then the safetensors weights."""
+    return rebuild(path)[0].to(device)
 
 
 def check_dir(path: str | Path) -> dict:
     """Reload an export, run forward on the recorded inputs and compare with report.json."""
     path = Path(path)
     plan = read_plan(path)
-    model = load_pruned(path)
-    src = plan["source"]
-    lm = load_model(src["spec"], inputs=src.get("inputs") or None, kwargs=src.get("kwargs"),
-                    device="cpu", seed=src.get("seed", 0))
-    res: dict = {"dir": str(path), "spec": src["spec"], "reload": True}
+    model, lm = rebuild(path)
+    res: dict = {"dir": str(path), "spec": plan["source"]["spec"], "reload": True}
     try:
         out = run(model, lm.inputs)
         res["forward"] = True
@@ -245,9 +249,11 @@ def zip_dir(path: str | Path) -> bytes:
     return buf.getvalue()
 
 
-def read_export_zip(data: bytes, max_bytes: int = 2 << 30) -> tuple[nn.Module, dict]:
+def read_export_zip(data: bytes, max_bytes: int = 2 << 30
+                    ) -> tuple[nn.Module, dict, LoadedModel]:
     """Load an uploaded export zip: only plan.json, report.json and model.safetensors are
-    read (no pickle, no code from the zip). Returns (model, plan.json)."""
+    read (no pickle, no code from the zip). Returns (model, plan.json, the original's
+    LoadedModel with its example inputs)."""
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
     except zipfile.BadZipFile as exc:
@@ -263,4 +269,5 @@ def read_export_zip(data: bytes, max_bytes: int = 2 << 30) -> tuple[nn.Module, d
             if fname in names:
                 (Path(tmp) / fname).write_bytes(zf.read(names[fname]))
         plan = read_plan(tmp)
-        return load_pruned(tmp), plan
+        model, lm = rebuild(tmp)
+        return model, plan, lm

@@ -84,12 +84,8 @@ def load_upload(store: SessionStore, sid: str, contents: str, filename: str | No
             f"this export was pruned from {source.get('spec')!r}, which this server does not "
             f"offer: start it with --model {source.get('spec')}")
     from viewer.core.export import read_export_zip
-    from viewer.core.spec import load_model
 
-    model, plan = read_export_zip(data)
-    lm = load_model(source["spec"], inputs=source.get("inputs") or None,
-                    kwargs=source.get("kwargs") or None, device="cpu",
-                    seed=source.get("seed", 0))
+    model, plan, lm = read_export_zip(data)
     stage = make_stage(model, lm.inputs, lm.output_layers)
     rounds = list(plan.get("rounds") or [])
     base = Base(f"upload:{filename or 'export.zip'}", stage, lm.inputs, list(lm.output_layers),
