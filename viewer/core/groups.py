@@ -22,6 +22,7 @@ import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -34,8 +35,7 @@ IntArray = np.ndarray
 TensorKey = tuple[int, int, int]  # (node id, output port, dim)
 
 
-@dataclass(frozen=True)
-class Flow:
+class Flow(NamedTuple):
     """Pairs moving across a node: to its ``side`` ("in"/"out") ``port`` along ``dim``."""
 
     side: str
@@ -516,16 +516,17 @@ def map_reshape(a, b, dim, units, pos, inferred: int | None = None,
     for gi, gj in dim_groups(tuple(a), tuple(b)):
         if dim not in gi:
             continue
+        if len(gi) == 1 and len(gj) == 1:
+            return gj[0], units, pos  # this dim is kept as it is
         ga = [a[k] for k in gi]
         gb = [b[k] for k in gj]
         k = gi.index(dim)
-        stride_a = int(np.prod(ga[k + 1:], dtype=np.int64))
+        stride_a = math.prod(ga[k + 1:])
         others = [n for t, n in enumerate(ga) if t != k]
-        n_other = int(np.prod(others, dtype=np.int64))
+        n_other = math.prod(others)
         # flat offsets (within the group) of every combination of the other input dims
         grids = np.indices(others).reshape(len(others), -1) if others else np.zeros((0, 1), int)
-        other_strides = [int(np.prod(ga[t + 1:], dtype=np.int64)) for t in range(len(ga))
-                         if t != k]
+        other_strides = [math.prod(ga[t + 1:]) for t in range(len(ga)) if t != k]
         other_off = (np.asarray(other_strides, dtype=np.int64)[:, None] * grids).sum(0) \
             if others else np.zeros(1, dtype=np.int64)
         flats = pos[:, None] * stride_a + other_off[None, :]  # (n_pairs, n_other)
@@ -533,13 +534,13 @@ def map_reshape(a, b, dim, units, pos, inferred: int | None = None,
         big = [t for t, s in enumerate(sizes) if s > 1]
         if len(big) <= 1:
             t = big[0] if big else len(gj) - 1
-            stride_b = int(np.prod(gb[t + 1:], dtype=np.int64))
+            stride_b = math.prod(gb[t + 1:])
             coords = (flats // stride_b) % gb[t]
             return gj[t], np.repeat(units, coords.shape[1]), coords.reshape(-1)
-        total = int(np.prod(gb, dtype=np.int64))
+        total = math.prod(gb)
         choice = None
         for t in big:
-            stride_b = int(np.prod(gb[t + 1:], dtype=np.int64))
+            stride_b = math.prod(gb[t + 1:])
             coords = (flats // stride_b) % gb[t]
             if n_other == total // gb[t] and (coords == coords[:, :1]).all():
                 return gj[t], units, coords[:, 0]
@@ -548,7 +549,7 @@ def map_reshape(a, b, dim, units, pos, inferred: int | None = None,
         else:
             real = [t for t in big if gj[t] not in copies] or big
             choice = max(real, key=lambda t: (gb[t], -t))
-        stride_b = int(np.prod(gb[choice + 1:], dtype=np.int64))
+        stride_b = math.prod(gb[choice + 1:])
         coords = (flats // stride_b) % gb[choice]
         return gj[choice], np.repeat(units, coords.shape[1]), coords.reshape(-1)
     raise DepViewError(f"reshape {a} -> {b}: dim {dim} not found")
@@ -570,7 +571,17 @@ def _reshape_rule(g, node, side, port, dim, units, pos, ctx):
                                if d - (len(eb) - len(ea)) < 0 or ea[d - (len(eb) - len(ea))] == 1
                                and eb[d] > 1)
     d, u, p = map_reshape(a, b, dim, units, pos, inferred, copies)
+    if len(p) > b[d]:
+        # units landing on one position merge (the channels of one head): merge them here and
+        # carry one unit per position, so the slab sent back is not repeated per unit
+        rep = np.full(b[d], -1, dtype=np.int64)
+        rep[p] = u
+        ctx.search.union_pairs(u, rep[p])
+        p = np.nonzero(rep >= 0)[0]
+        u = rep[p]
     flows = [Flow("out" if side == "in" else "in", 0, d, u, p)]
+    if u is units:  # the dim is kept as it is
+        return flows
     # A unit that had to grow to a whole slab of the new dim (a head, a shuffle column) owns
     # the rest of that slab on this side too: send the completed slab back.
     d2, u2, p2 = map_reshape(b, a, d, u, p)
@@ -869,16 +880,28 @@ RULES: dict[OpType, Rule] = {
 
 
 class _Search:
+    """One propagation from a root. Tensors joined by ops that pass pairs through unchanged
+    (elementwise, norms, permutes, the input side of a linear, ...) form a *class* sharing
+    one owner array: pairs claimed once on a class are handed to its other tensors without
+    being claimed again. A *batch* is the pairs newly claimed on a class by one arrival; each
+    tensor of the class processes each batch once."""
+
     def __init__(self, graph: Graph, n_units: int):
         self.g = graph
         self.parent = np.arange(n_units, dtype=np.int64)
-        self.owner: dict[TensorKey, IntArray] = {}
-        self.stamp: dict[TensorKey, IntArray] = {}
+        self.cls: dict[TensorKey, int] = {}  # tensor -> class
+        self.owner: list[IntArray] = []  # per class: unit at each position (-1: none yet)
+        self.stamp: list[IntArray] = []
+        self.cls_batches: list[list[int]] = []
+        self.batches: list[tuple[int, IntArray, IntArray]] = []  # (class, units, pos)
+        self.seen: dict[TensorKey, set[int]] = {}
+        self.cur: tuple[IntArray, IntArray, int] | None = None  # batch being applied
         self.reasons: list[str] = []
         self.stats_notes: list[str] = []
         self.multiple = 1
         self.mha_sides: dict[int, set[str]] = {}
-        self.members: dict[tuple[int, str, int], list[tuple[IntArray, IntArray]]] = {}
+        # member -> batch ids it holds whole, and other (units, pos) chunks
+        self.members: dict[tuple[int, str, int], tuple[list[int], list]] = {}
         self.queue: deque = deque()
 
     # union-find over units
@@ -911,23 +934,30 @@ class _Search:
             self.union_pairs(units[:-1], units[1:])
 
     def add_member(self, node, side, dim, units, pos):
-        self.members.setdefault((node.id, side, dim), []).append((units, pos))
+        batches, chunks = self.members.setdefault((node.id, side, dim), ([], []))
+        cur = self.cur
+        if cur is not None and units is cur[0] and pos is cur[1]:
+            batches.append(cur[2])
+        else:
+            chunks.append((units, pos))
+
+    def _valid(self, key: TensorKey) -> bool:
+        shape = self.g.nodes[key[0]].out_shapes[key[1]]
+        return 0 <= key[2] < len(shape)
 
     def arrive(self, node_id: int, port: int, dim: int, units: IntArray, pos: IntArray,
                via: tuple | None = None):
-        """Pairs arrive on tensor (node_id, port) along dim: keep the new ones, merge units
-        that land on a taken position, and queue the rest for the tensor's producer and
-        consumers."""
+        """Pairs arrive on tensor (node_id, port) along dim: claim the new ones on its class,
+        merge units that land on a taken position, and queue the rest as a new batch."""
         if len(pos) == 0:
             return
-        shape = self.g.nodes[node_id].out_shapes[port]
-        if dim < 0 or dim >= len(shape):
-            return
         key = (node_id, port, dim)
-        own = self.owner.get(key)
-        if own is None:
-            own = self.owner[key] = np.full(shape[dim], -1, dtype=np.int64)
-            self.stamp[key] = np.empty(shape[dim], dtype=np.int64)
+        c = self.cls.get(key)
+        if c is None:
+            if not self._valid(key):
+                return
+            c = self._new_class(key)
+        own = self.owner[c]
         prev = own[pos]
         taken = prev >= 0
         if taken.any():
@@ -944,36 +974,73 @@ class _Search:
         differ = got != units
         if differ.any():
             self.union_pairs(got[differ], units[differ])
-        stamp = self.stamp[key]
+        stamp = self.stamp[c]
         idx = np.arange(len(pos))
         stamp[pos] = idx
         last = stamp[pos] == idx
         if not last.all():
             pos, got = pos[last], got[last]
-        self.queue.append((node_id, port, dim, got, pos, via))
+        b = len(self.batches)
+        self.batches.append((c, got, pos))
+        self.cls_batches[c].append(b)
+        self.seen.setdefault(key, set()).add(b)
+        self.queue.append((key, b, via))
+
+    def _new_class(self, key: TensorKey) -> int:
+        width = self.g.nodes[key[0]].out_shapes[key[1]][key[2]]
+        c = len(self.owner)
+        self.owner.append(np.full(width, -1, dtype=np.int64))
+        self.stamp.append(np.empty(width, dtype=np.int64))
+        self.cls_batches.append([])
+        self.cls[key] = c
+        return c
+
+    def _pass(self, key: TensorKey, b: int, via: tuple) -> bool:
+        """Hand batch ``b`` unchanged to tensor ``key``: True if done (the tensor is, or now
+        joins, the batch's class), False if it belongs to another class (claim it there)."""
+        c = self.cls.get(key)
+        if c is None:
+            if not self._valid(key):
+                return True
+            c = self.cls[key] = self.batches[b][0]
+        elif c != self.batches[b][0]:
+            return False
+        seen = self.seen.setdefault(key, set())
+        if b not in seen:
+            seen.add(b)
+            self.queue.append((key, b, via))
+        return True
 
     def run(self, ctx: _Ctx) -> None:
         g = self.g
         while self.queue:
-            nid, port, dim, units, pos, via = self.queue.popleft()
+            key, b, via = self.queue.popleft()
+            nid, port, dim = key
             # never send pairs straight back through the op they came from: reshape-like maps
             # are not exactly invertible once units have been coarsened
             if via != (nid, "out", port):
-                self.apply(g.nodes[nid], "out", port, dim, units, pos, ctx)
+                self.apply(g.nodes[nid], "out", port, dim, b, ctx)
             for e in g.consumers.get((nid, port), ()):
                 if via != (e.target, "in", e.target_port):
-                    self.apply(g.nodes[e.target], "in", e.target_port, dim, units, pos, ctx)
+                    self.apply(g.nodes[e.target], "in", e.target_port, dim, b, ctx)
 
-    def apply(self, node: Node, side, port, dim, units, pos, ctx):
-        for f in RULES[node.op_type](self.g, node, side, port, dim, units, pos, ctx):
+    def apply(self, node: Node, side, port, dim, b: int, ctx):
+        _, units, pos = self.batches[b]
+        self.cur = (units, pos, b)
+        flows = RULES[node.op_type](self.g, node, side, port, dim, units, pos, ctx)
+        self.cur = None
+        for f in flows:
             if f.side == "out":
-                self.arrive(node.id, f.port, f.dim, f.units, f.pos, (node.id, "out", f.port))
+                key, via = (node.id, f.port, f.dim), (node.id, "out", f.port)
             else:
                 edges = self.g.in_edges.get(node.id, [])
-                if f.port < len(edges):
-                    e = edges[f.port]
-                    self.arrive(e.source, e.source_port, f.dim, f.units, f.pos,
-                                (node.id, "in", f.port))
+                if f.port >= len(edges):
+                    continue
+                e = edges[f.port]
+                key, via = (e.source, e.source_port, f.dim), (node.id, "in", f.port)
+            if f.units is units and f.pos is pos and self._pass(key, b, via):
+                continue
+            self.arrive(*key, f.units, f.pos, via)
 
 
 #: For each layer type: the dim of its output that carries the channels it creates.
@@ -1033,22 +1100,44 @@ def _search(graph: Graph, root: Node, side: str, dim: int, pos: IntArray,
         s.arrive(e.source, e.source_port, dim, units, pos)
     s.run(ctx)
     # final units: union-find roots renumbered 0..k-1 in order of their smallest member
+    # (a root is always the smallest unit of its set: union_pairs links to the smaller root)
     roots = s.find(np.arange(n, dtype=np.int64))
-    _, first_idx, inverse = np.unique(roots, return_index=True, return_inverse=True)
-    order = np.argsort(np.argsort(first_idx))
-    label = order[inverse]
+    label = np.cumsum(roots == np.arange(n))[roots] - 1
+    resolved: dict[int, tuple[IntArray, IntArray]] = {}
+
+    def of_class(c: int) -> tuple[IntArray, IntArray]:
+        """(sorted positions, their labels) of every pair claimed on class ``c``."""
+        if c not in resolved:
+            own = s.owner[c]
+            p = np.nonzero(own >= 0)[0]
+            resolved[c] = (p, label[own[p]])
+        return resolved[c]
+
     members = []
-    for (nid, mside, mdim), chunks in s.members.items():
+    for (nid, mside, mdim), (bids, chunks) in s.members.items():
         node = graph.nodes[nid]
-        u = np.concatenate([c[0] for c in chunks])
-        p = np.concatenate([c[1] for c in chunks])
-        lab = label[u].astype(np.int64)
-        # unique (position, unit) pairs via one 1-D key: far faster than unique(axis=1)
-        code = np.unique(p.astype(np.int64) * (n + 1) + lab)
-        members.append(Member(nid, node.name, node.module, node.op_type, mside, mdim,
-                              code // (n + 1), code % (n + 1)))
+        bids = list(dict.fromkeys(bids))
+        classes = {s.batches[b][0] for b in bids}
+        if not chunks and len(classes) == 1:
+            # whole batches of one class: their positions are disjoint, no dedup needed
+            c = classes.pop()
+            if len(bids) == len(s.cls_batches[c]):
+                p, lab = of_class(c)
+            else:
+                p = np.concatenate([s.batches[b][2] for b in bids])
+                lab = label[np.concatenate([s.batches[b][1] for b in bids])]
+                order = np.argsort(p, kind="stable")
+                p, lab = p[order], lab[order]
+        else:
+            chunks = [(s.batches[b][1], s.batches[b][2]) for b in bids] + chunks
+            u = np.concatenate([c[0] for c in chunks])
+            p = np.concatenate([c[1] for c in chunks])
+            # unique (position, unit) pairs via one 1-D key: far faster than unique(axis=1)
+            code = np.unique(p.astype(np.int64) * (n + 1) + label[u])
+            p, lab = code // (n + 1), code % (n + 1)
+        members.append(Member(nid, node.name, node.module, node.op_type, mside, mdim, p, lab))
     members.sort(key=lambda m: (m.node, m.side))
-    tensors = {k: (np.nonzero(v >= 0)[0], label[v[v >= 0]]) for k, v in s.owner.items()}
+    tensors = {k: of_class(c) for k, c in s.cls.items()}
     grp = Group(gid, root.name, side, int(label.max()) + 1 if n else 0, members, tensors,
                 list(dict.fromkeys(s.reasons)))
     grp.stats_notes = list(dict.fromkeys(s.stats_notes))
@@ -1099,27 +1188,21 @@ def all_groups(graph: Graph) -> list[Group]:
     Roots are layers that create channels (conv, linear, embedding, recurrent, custom) and
     bare parameters; a root whose channels already belong to a group starts no new one.
     """
-    covered: dict[TensorKey, np.ndarray] = {}
+    roots = [(node, d) for node in graph.nodes if (d := root_dim(node)) is not None]
+    root_keys = {(node.id, 0, d) for node, d in roots}
+    covered: dict[TensorKey, np.ndarray] = {}  # root tensors: positions some group owns
     groups: list[Group] = []
-    for node in graph.nodes:
-        d = root_dim(node)
-        if d is None:
-            continue
+    for node, d in roots:
         width = node.out_shapes[0][d]
         cov = covered.get((node.id, 0, d))
         pos = np.arange(width, dtype=np.int64) if cov is None else np.nonzero(~cov)[0]
         if len(pos) == 0:
             continue
         grp = _search(graph, node, "out", d, pos, len(groups))
-        if node.op_type is OpType.PARAMETER and not any(
-                m.side != "param" for m in grp.members) and grp.n_units and not grp.reasons:
-            # a parameter no layer shares channels with: not a structural group of its own
-            pass
         groups.append(grp)
-        for key, (p, _) in grp.tensors.items():
-            nid, port, dim = key
+        for key in root_keys.intersection(grp.tensors):
             arr = covered.get(key)
             if arr is None:
-                arr = covered[key] = np.zeros(graph.nodes[nid].out_shapes[port][dim], bool)
-            arr[p] = True
+                arr = covered[key] = np.zeros(graph.nodes[key[0]].out_shapes[0][key[2]], bool)
+            arr[grp.tensors[key][0]] = True
     return groups
