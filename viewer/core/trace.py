@@ -57,8 +57,42 @@ def flatten(obj, path: str = "") -> list[tuple[str, torch.Tensor]]:
     return out
 
 
+#: Argument types that never hold a tensor (a ``torch.Size`` is a tuple of ints).
+_LEAVES = frozenset({int, float, bool, complex, str, type(None), type(Ellipsis), slice,
+                     torch.dtype, torch.device, torch.Size, torch.layout, torch.memory_format})
+
+
+def _tensors(obj, out: list) -> list:
+    """Append the tensors :func:`flatten` finds in ``obj`` to ``out``, in the same order.
+
+    The tracer calls this on every op's arguments and results, so the common shapes (a tensor,
+    a tuple/list/dict of tensors and scalars) skip building key paths and the ABC checks."""
+    if isinstance(obj, torch.Tensor):
+        out.append(obj)
+    elif type(obj) in _LEAVES:
+        pass
+    elif type(obj) is tuple or type(obj) is list:
+        for v in obj:
+            if isinstance(v, torch.Tensor):
+                out.append(v)
+            elif type(v) not in _LEAVES:
+                _tensors(v, out)
+    elif type(obj) is dict:
+        _tensors(tuple(obj.values()), out)
+    else:
+        out += [t for _, t in flatten(obj)]
+    return out
+
+
+_DTYPE_NAMES: dict[torch.dtype, str] = {}
+
+
 def _dtype(t: torch.Tensor) -> str:
-    return str(t.dtype).removeprefix("torch.")
+    dtype = t.dtype
+    name = _DTYPE_NAMES.get(dtype)
+    if name is None:
+        name = _DTYPE_NAMES[dtype] = str(dtype).removeprefix("torch.")
+    return name
 
 
 class _Tracer(TorchFunctionMode):
@@ -74,6 +108,7 @@ class _Tracer(TorchFunctionMode):
         self.untaggable: dict[int, tuple[torch.Tensor, int, int]] = {}
         self.sources: list[torch.Tensor] = []
         self.names: set[str] = set()
+        self.suffix: dict[str, int] = {}  # next "_i" to try per taken name
         self.module_names = {id(m): n for n, m in model.named_modules(remove_duplicate=False)}
         self.param_names: dict[int, str] = {}
         for n, p in model.named_parameters(remove_duplicate=False):
@@ -81,7 +116,13 @@ class _Tracer(TorchFunctionMode):
         self.buffer_names: dict[int, str] = {}
         for n, b in model.named_buffers(remove_duplicate=False):
             self.buffer_names.setdefault(id(b), n)
-        self.stack: list[tuple[nn.Module, bool, tuple]] = []  # (module, atomic, input shapes)
+        # Per-trace lookups: a function's (name, type, shared meta) and a module's table type
+        # are looked up once, not on every call (a 7B decoder calls ``add`` 130 times).
+        self.functions: dict = {}
+        self.module_types: dict[int, OpType | None] = {}
+        # (module, path, atomic, args, kwargs): the arguments are kept (the caller holds them
+        # anyway) so input shapes are only read when a forward fails
+        self.stack: list[tuple[nn.Module, str, bool, tuple, dict]] = []
         self.atomic_depth = 0
         self.calls: dict[int, int] = {}
         self.failure: str | None = None
@@ -93,29 +134,35 @@ class _Tracer(TorchFunctionMode):
         if name not in self.names:
             self.names.add(name)
             return name
-        i = 1
+        # names are never released, so every suffix below the last one handed out is taken
+        i = self.suffix.get(name, 1)
         while f"{name}_{i}" in self.names:
             i += 1
+        self.suffix[name] = i + 1
         self.names.add(f"{name}_{i}")
         return f"{name}_{i}"
 
     def current_module(self) -> str:
-        return self.module_names.get(id(self.stack[-1][0]), "") if self.stack else ""
+        return self.stack[-1][1] if self.stack else ""
 
     # -- nodes and edges ------------------------------------------------------------------
-    def add_node(self, node_kwargs: dict, inputs: list[torch.Tensor], outputs) -> Node:
+    def add_node(self, inputs: list[torch.Tensor], outputs: list[torch.Tensor], name: str,
+                 op_type: OpType, module: str, target: str, **fields) -> Node:
         srcs = [self.source_of(t) for t in inputs]  # may add source nodes first
-        node = Node(id=len(self.nodes), **node_kwargs)
-        node.in_shapes = tuple(tuple(t.shape) for t in inputs)
-        node.out_shapes = tuple(tuple(t.shape) for t in outputs)
+        nid = len(self.nodes)
+        in_shapes = tuple([tuple(t.shape) for t in inputs])
+        node = Node(nid, name, op_type, module, target, in_shapes=in_shapes,
+                    out_shapes=tuple([tuple(t.shape) for t in outputs]), **fields)
         self.nodes.append(node)
-        for port, (t, (src, sport)) in enumerate(zip(inputs, srcs, strict=True)):
-            self.edges.append(Edge(src, sport, node.id, port, tuple(t.shape), _dtype(t)))
+        edges = self.edges
+        for port, t in enumerate(inputs):
+            src, sport = srcs[port]
+            edges.append(Edge(src, sport, nid, port, in_shapes[port], _dtype(t)))
         for port, t in enumerate(outputs):
             try:
-                t._depview_src = (self.token, node.id, port)
+                t._depview_src = (self.token, nid, port)
             except (AttributeError, RuntimeError):  # exotic tensor types without a __dict__
-                self.untaggable[id(t)] = (t, node.id, port)
+                self.untaggable[id(t)] = (t, nid, port)
         return node
 
     def source_of(self, t: torch.Tensor) -> tuple[int, int]:
@@ -128,30 +175,36 @@ class _Tracer(TorchFunctionMode):
             return hit[1], hit[2]
         if id(t) in self.param_names:
             key = self.param_names[id(t)]
-            kw = dict(name=self.unique(key), op_type=OpType.PARAMETER,
-                      module=key.rpartition(".")[0], target="parameter",
-                      params={"": key}, param_shapes={"": tuple(t.shape)})
+            node = self.add_node([], [t], self.unique(key), OpType.PARAMETER,
+                                 key.rpartition(".")[0], "parameter", params={"": key},
+                                 param_shapes={"": tuple(t.shape)})
         elif id(t) in self.buffer_names:
             key = self.buffer_names[id(t)]
-            kw = dict(name=self.unique(key), op_type=OpType.BUFFER,
-                      module=key.rpartition(".")[0], target="buffer")
+            node = self.add_node([], [t], self.unique(key), OpType.BUFFER,
+                                 key.rpartition(".")[0], "buffer")
         else:
             mod = self.current_module()
-            kw = dict(name=self.unique(f"{mod}.constant" if mod else "constant"),
-                      op_type=OpType.CONSTANT, module=mod, target="constant")
-        node = self.add_node(kw, [], [t])
+            node = self.add_node([], [t], self.unique(f"{mod}.constant" if mod else "constant"),
+                                 OpType.CONSTANT, mod, "constant")
         self.sources.append(t)  # the user's parameters/buffers: untagged again at the end
         return node.id, 0
 
     # -- module hooks ---------------------------------------------------------------------
+    def module_type(self, module: nn.Module) -> OpType | None:
+        try:
+            return self.module_types[id(module)]
+        except KeyError:
+            found = self.module_types[id(module)] = match_module(module)
+            return found
+
     def pre_hook(self, module: nn.Module, args, kwargs):
         if self.busy:
             return None
         self.busy = True
         try:
-            atomic = self.atomic_depth == 0 and match_module(module) is not None
-            shapes = tuple(tuple(t.shape) for _, t in flatten((args, kwargs)))
-            self.stack.append((module, atomic, shapes))
+            atomic = self.atomic_depth == 0 and self.module_type(module) is not None
+            self.stack.append((module, self.module_names.get(id(module), ""), atomic, args,
+                               kwargs))
             if atomic:
                 self.atomic_depth += 1
                 # nothing inside an atomic module is recorded: step out of the way of its ops
@@ -168,20 +221,22 @@ class _Tracer(TorchFunctionMode):
             return None
         self.busy = True
         try:
-            _, atomic, shapes = self.stack.pop()
-            inside = self.atomic_depth > 0
-            if inside:
+            _, path, atomic, in_args, in_kwargs = self.stack.pop()
+            if self.atomic_depth > 0:
                 self.atomic_depth -= 1
-            if atomic and self.paused:
-                self.paused.pop().__exit__(None, None, None)
-            if sys.exc_info()[1] is not None:
-                if self.failure is None:
-                    path = self.module_names.get(id(module), "") or "<root>"
-                    self.failure = (f"in module '{path}' ({type(module).__name__}) with input "
-                                    f"shapes {[list(s) for s in shapes]}")
-                return None
-            if atomic:
-                self.record_module(module, args, kwargs, output)
+            try:
+                if sys.exc_info()[1] is not None:
+                    if self.failure is None:
+                        shapes = [list(t.shape) for t in _tensors((in_args, in_kwargs), [])]
+                        self.failure = (f"in module '{path or '<root>'}' "
+                                        f"({type(module).__name__}) with input shapes {shapes}")
+                elif atomic:
+                    # recorded while the mode is still paused: reading shapes and grad_fn
+                    # does not come back through __torch_function__
+                    self.record_module(module, args, kwargs, output)
+            finally:
+                if atomic and self.paused:
+                    self.paused.pop().__exit__(None, None, None)
         finally:
             self.busy = False
         return None
@@ -191,60 +246,76 @@ class _Tracer(TorchFunctionMode):
         call = self.calls.get(id(module), 0)
         self.calls[id(module)] = call + 1
         name = self.unique(path if call == 0 else f"{path}:{call}")
-        params = {k: f"{path}.{k}" if path else k for k, _ in module.named_parameters()}
-        # tied/shared parameters: use the model-wide canonical name
+        params, pshapes = {}, {}
         for k, p in module.named_parameters():
-            params[k] = self.param_names.get(id(p), params[k])
-        pshapes = {k: tuple(p.shape) for k, p in module.named_parameters()}
+            # tied/shared parameters: use the model-wide canonical name
+            params[k] = self.param_names.get(id(p), f"{path}.{k}" if path else k)
+            pshapes[k] = tuple(p.shape)
         buffers = {k: f"{path}.{k}" if path else k for k, _ in module.named_buffers()}
-        ins = [t for _, t in flatten((args, kwargs))]
-        outs = [t for _, t in flatten(output)]
+        ins = _tensors((args, kwargs), [])
+        outs = _tensors(output, [])
         cls = type(module)
+        op_type = self.module_type(module)
         self.add_node(
-            dict(name=name, op_type=match_module(module), module=path,
-                 target=f"module:{cls.__module__}.{cls.__qualname__}", params=params,
-                 buffers=buffers, param_shapes=pshapes, grad_fn=_grad_fn(outs), call=call,
-                 attrs=module_attrs(module), custom=custom_layer(module)),
-            ins, outs,
+            ins, outs, name, op_type, path, f"module:{cls.__module__}.{cls.__qualname__}",
+            params=params, buffers=buffers, param_shapes=pshapes, grad_fn=_grad_fn(outs),
+            call=call, attrs=module_attrs(module),
+            custom=custom_layer(module) if op_type is OpType.CUSTOMIZED else None,
         )
 
     # -- functional ops -------------------------------------------------------------------
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        if self.busy or self.atomic_depth or func in IGNORED_FUNCTIONS:
+        out = func(*args, **kwargs) if kwargs else func(*args)
+        if self.busy or self.atomic_depth:
+            return out
+        try:
+            info = self.functions[func]
+        except KeyError:
+            info = self.functions[func] = _function_info(func)
+        if info is None:  # size(), dim(), ...: no graph value
             return out
         self.busy = True
         try:
-            self.record_function(func, args, kwargs, out)
+            self.record_function(func, info, args, kwargs or {}, out)
         finally:
             self.busy = False
         return out
 
-    def record_function(self, func, args, kwargs, out) -> None:
-        ins = [t for _, t in flatten((args, kwargs))]
+    def record_function(self, func, info, args, kwargs, out) -> None:
+        ins = _tensors(args, [])
+        if kwargs:
+            _tensors(kwargs, ins)
         if not ins:
             return
-        name = function_name(func)
+        name, op_type, meta = info
         if name == "setitem":  # in-place write: the written tensor is the new value
             outs = [args[0]]
+        elif isinstance(out, torch.Tensor):
+            outs = [out]
         else:
-            outs = [t for _, t in flatten(out)]
+            outs = _tensors(out, [])
         if not outs:
             return
-        op_type = classify_function(func)
-        if name in ("T", "mT", "H", "mH"):
-            op_type = OpType.PERMUTE
-        try:
-            meta = describe(op_type, name, func, args, kwargs, ins, outs)
-        except Exception:  # metadata is best effort; never break the user's forward
-            meta = M.OpMeta(name)
-        mod = self.current_module()
-        self.add_node(
-            dict(name=self.unique(f"{mod}.{name}" if mod else name), op_type=op_type,
-                 module=mod, target=name, meta=meta, grad_fn=_grad_fn(outs)),
-            ins, outs,
-        )
+        if meta is None:
+            try:
+                meta = describe(op_type, name, func, args, kwargs, ins, outs)
+            except Exception:  # metadata is best effort; never break the user's forward
+                meta = M.OpMeta(name)
+        mod = self.stack[-1][1] if self.stack else ""
+        self.add_node(ins, outs, self.unique(f"{mod}.{name}" if mod else name), op_type, mod,
+                      name, meta=meta, grad_fn=_grad_fn(outs))
+
+
+def _function_info(func) -> tuple[str, OpType, object | None] | None:
+    """``(name, op type, metadata)`` of a torch-level function, or None for functions that
+    make no graph value (``size``, ``dim``). The metadata is given only when it depends on the
+    name alone (it is frozen, so nodes may share it); otherwise :func:`describe` makes it."""
+    if func in IGNORED_FUNCTIONS:
+        return None
+    name = function_name(func)
+    op_type = OpType.PERMUTE if name in ("T", "mT", "H", "mH") else classify_function(func)
+    meta = None if op_type in _DESCRIBERS else describe(op_type, name, func, (), {}, [], [])
+    return name, op_type, meta
 
 
 def module_attrs(module: nn.Module) -> dict:
@@ -282,67 +353,90 @@ def _norm(dim: int, ndim: int) -> int:
 
 
 def describe(op_type: OpType, name: str, func, args, kwargs, ins, outs) -> object:
-    """Metadata of one functional op, from its real arguments and results."""
+    """Metadata of one functional op, from its real arguments and results.
+
+    Types without a row in :data:`_DESCRIBERS` get metadata from the name alone (the tracer
+    makes it once per function and shares it: the dataclasses are frozen)."""
+    fn = _DESCRIBERS.get(op_type)
+    if fn is not None:
+        return fn(name, func, args, kwargs, ins, outs)
+    return M.ElementwiseMeta(name) if op_type is OpType.ELEMENTWISE else M.OpMeta(name)
+
+
+def _concat_meta(name, func, args, kwargs, ins, outs) -> M.ConcatMeta:
+    y = outs[0]
+    tensors = list(args[0]) if args else list(kwargs.get("tensors", ()))
+    dim = _arg(args, kwargs, 1, "dim", kwargs.get("axis", 0))
+    stacked = name == "stack"
+    if name == "hstack":
+        dim = 0 if tensors[0].dim() == 1 else 1
+    elif name == "vstack":
+        dim = 0
+    dim = _norm(dim, y.dim())
+    # legacy torch.cat skips 1-D empty tensors (HF caches start from one): size 0
+    sizes = tuple(1 if stacked else 0 if t.dim() == 1 and t.numel() == 0 else
+                  int(t.shape[dim]) for t in tensors)
+    return M.ConcatMeta(dim, sizes, stacked)
+
+
+def _split_meta(name, func, args, kwargs, ins, outs) -> M.SplitMeta:
+    dim = _norm(_arg(args, kwargs, 2, "dim", 0), ins[0].dim())
+    how = _arg(args, kwargs, 1, "split_size_or_sections",
+               kwargs.get("chunks", kwargs.get("indices_or_sections",
+                                               kwargs.get("split_size"))))
+    computed = name == "chunk" or isinstance(how, int)
+    return M.SplitMeta(dim, tuple(int(t.shape[dim]) for t in outs), computed)
+
+
+def _unbind_meta(name, func, args, kwargs, ins, outs) -> M.UnbindMeta:
+    return M.UnbindMeta(_norm(_arg(args, kwargs, 1, "dim", 0), ins[0].dim()), len(outs))
+
+
+def _reshape_meta(name, func, args, kwargs, ins, outs) -> M.ReshapeMeta:
     x, y = ins[0], outs[0]
-    if op_type is OpType.CONCAT:
-        tensors = list(args[0]) if args else list(kwargs.get("tensors", ()))
-        dim = _arg(args, kwargs, 1, "dim", kwargs.get("axis", 0))
-        stacked = name == "stack"
-        if name == "hstack":
-            dim = 0 if tensors[0].dim() == 1 else 1
-        elif name == "vstack":
-            dim = 0
-        dim = _norm(dim, y.dim())
-        # legacy torch.cat skips 1-D empty tensors (HF caches start from one): size 0
-        sizes = tuple(1 if stacked else 0 if t.dim() == 1 and t.numel() == 0 else
-                      int(t.shape[dim]) for t in tensors)
-        return M.ConcatMeta(dim, sizes, stacked)
-    if op_type is OpType.SPLIT:
-        dim = _norm(_arg(args, kwargs, 2, "dim", 0), x.dim())
-        how = _arg(args, kwargs, 1, "split_size_or_sections",
-                   kwargs.get("chunks", kwargs.get("indices_or_sections",
-                                                   kwargs.get("split_size"))))
-        computed = name == "chunk" or isinstance(how, int)
-        return M.SplitMeta(dim, tuple(int(t.shape[dim]) for t in outs), computed)
-    if op_type is OpType.UNBIND:
-        return M.UnbindMeta(_norm(_arg(args, kwargs, 1, "dim", 0), x.dim()), len(outs))
-    if op_type is OpType.SLICE:
-        return _slice_meta(name, args, kwargs, x, y)
-    if op_type is OpType.RESHAPE:
-        return M.ReshapeMeta(name, tuple(x.shape), tuple(y.shape), _inferred(name, args, y))
-    if op_type is OpType.PERMUTE:
-        return M.PermuteMeta(name, tuple(x.shape), tuple(y.shape), _perm(func, args, kwargs, x))
-    if op_type is OpType.EXPAND:
-        return M.ExpandMeta(name, tuple(x.shape), tuple(y.shape))
-    if op_type is OpType.PIXEL_SHUFFLE:
-        return M.PixelShuffleMeta(int(_arg(args, kwargs, 1, "upscale_factor",
-                                           kwargs.get("downscale_factor", 1))),
-                                  "unshuffle" in name)
-    if op_type is OpType.MATMUL:
-        if name in ("addmm", "baddbmm"):
-            a, b = ins[1], ins[2]
-        else:
-            a, b = ins[0], ins[1]
-        return M.MatmulMeta(name, tuple(a.shape), tuple(b.shape), tuple(y.shape))
-    if op_type is OpType.REDUCTION:
-        dim = _arg(args, kwargs, 1, "dim", None)
-        if isinstance(dim, torch.Tensor) or (name in ("layer_norm", "rms_norm")):
-            dim = None
-        if name in ("layer_norm", "rms_norm"):
-            shape = _arg(args, kwargs, 1, "normalized_shape", ())
-            dims = tuple(range(x.dim() - len(shape), x.dim()))
-        elif name == "group_norm":
-            dims = tuple(range(1, x.dim()))
-        elif dim is None:
-            dims = tuple(range(x.dim()))
-        else:
-            dims = tuple(sorted(_norm(d, x.dim()) for d in
-                                (dim if isinstance(dim, (list, tuple)) else (dim,))))
-        return M.ReduceMeta(name, dims, tuple(y.shape)[: x.dim()] == tuple(x.shape)[: y.dim()]
-                            and y.dim() == x.dim())
-    if op_type is OpType.ELEMENTWISE:
-        return M.ElementwiseMeta(name)
-    return M.OpMeta(name)
+    return M.ReshapeMeta(name, tuple(x.shape), tuple(y.shape), _inferred(name, args, y))
+
+
+def _permute_meta(name, func, args, kwargs, ins, outs) -> M.PermuteMeta:
+    x, y = ins[0], outs[0]
+    return M.PermuteMeta(name, tuple(x.shape), tuple(y.shape), _perm(func, args, kwargs, x))
+
+
+def _expand_meta(name, func, args, kwargs, ins, outs) -> M.ExpandMeta:
+    return M.ExpandMeta(name, tuple(ins[0].shape), tuple(outs[0].shape))
+
+
+def _pixel_shuffle_meta(name, func, args, kwargs, ins, outs) -> M.PixelShuffleMeta:
+    return M.PixelShuffleMeta(int(_arg(args, kwargs, 1, "upscale_factor",
+                                       kwargs.get("downscale_factor", 1))),
+                              "unshuffle" in name)
+
+
+def _matmul_meta(name, func, args, kwargs, ins, outs) -> M.MatmulMeta:
+    if name in ("addmm", "baddbmm"):
+        a, b = ins[1], ins[2]
+    else:
+        a, b = ins[0], ins[1]
+    return M.MatmulMeta(name, tuple(a.shape), tuple(b.shape), tuple(outs[0].shape))
+
+
+def _reduce_meta(name, func, args, kwargs, ins, outs) -> M.ReduceMeta:
+    x, y = ins[0], outs[0]
+    dim = _arg(args, kwargs, 1, "dim", None)
+    if isinstance(dim, torch.Tensor) or (name in ("layer_norm", "rms_norm")):
+        dim = None
+    if name in ("layer_norm", "rms_norm"):
+        shape = _arg(args, kwargs, 1, "normalized_shape", ())
+        dims = tuple(range(x.dim() - len(shape), x.dim()))
+    elif name == "group_norm":
+        dims = tuple(range(1, x.dim()))
+    elif dim is None:
+        dims = tuple(range(x.dim()))
+    else:
+        dims = tuple(sorted(_norm(d, x.dim()) for d in
+                            (dim if isinstance(dim, (list, tuple)) else (dim,))))
+    return M.ReduceMeta(name, dims, tuple(y.shape)[: x.dim()] == tuple(x.shape)[: y.dim()]
+                        and y.dim() == x.dim())
 
 
 def _inferred(name: str, args, y: torch.Tensor) -> int | None:
@@ -376,7 +470,8 @@ def _perm(func, args, kwargs, x: torch.Tensor) -> tuple[int, ...]:
     return tuple(strides.index(s) for s in res.stride())
 
 
-def _slice_meta(name, args, kwargs, x: torch.Tensor, y: torch.Tensor) -> M.SliceMeta:
+def _slice_meta(name, func, args, kwargs, ins, outs) -> M.SliceMeta:
+    x, y = ins[0], outs[0]
     shape = tuple(x.shape)
     if name == "narrow":
         dim = _norm(_arg(args, kwargs, 1, "dim"), x.dim())
@@ -431,14 +526,33 @@ def _slice_meta(name, args, kwargs, x: torch.Tensor, y: torch.Tensor) -> M.Slice
                        advanced, tuple(gathered))
 
 
+#: Op types whose metadata is read from the call's arguments and results.
+_DESCRIBERS = {
+    OpType.CONCAT: _concat_meta,
+    OpType.SPLIT: _split_meta,
+    OpType.UNBIND: _unbind_meta,
+    OpType.SLICE: _slice_meta,
+    OpType.RESHAPE: _reshape_meta,
+    OpType.PERMUTE: _permute_meta,
+    OpType.EXPAND: _expand_meta,
+    OpType.PIXEL_SHUFFLE: _pixel_shuffle_meta,
+    OpType.MATMUL: _matmul_meta,
+    OpType.REDUCTION: _reduce_meta,
+}
+
+
 # --------------------------------------------------------------------------------------------
 
 
-def _name_inputs(model: nn.Module, args: tuple, kwargs: dict) -> list[tuple[str, torch.Tensor]]:
+def _arg_names(model: nn.Module) -> list[str]:
     try:
-        names = list(inspect.signature(model.forward).parameters)
+        return list(inspect.signature(model.forward).parameters)
     except (TypeError, ValueError):
-        names = []
+        return []
+
+
+def _name_inputs(names: list[str], args: tuple, kwargs: dict) -> list[tuple[str, torch.Tensor]]:
+    """The model's input tensors named after ``forward``'s parameters (``names``)."""
     named = []
     for i, a in enumerate(args):
         base = names[i] if i < len(names) and names[i] not in ("args", "kwargs") else f"input{i}"
@@ -471,9 +585,9 @@ def build_graph(model: nn.Module, example_inputs=(), example_kwargs: dict | None
         raise DepViewError(f"expected an nn.Module, got {type(model).__name__}")
 
     tracer = _Tracer(model)
-    for name, t in _name_inputs(model, args, kwargs):
-        tracer.add_node(dict(name=tracer.unique(name or "input"), op_type=OpType.INPUT,
-                             module="", target="input"), [], [t])
+    arg_names = _arg_names(model)
+    for name, t in _name_inputs(arg_names, args, kwargs):
+        tracer.add_node([], [t], tracer.unique(name or "input"), OpType.INPUT, "", "input")
     handles = []
     for m in model.modules():
         handles.append(m.register_forward_pre_hook(tracer.pre_hook, with_kwargs=True))
@@ -485,7 +599,7 @@ def build_graph(model: nn.Module, example_inputs=(), example_kwargs: dict | None
     except Exception as exc:
         where = tracer.failure or f"in {type(model).__name__}.forward"
         first = (str(exc).strip().splitlines() or [""])[0]
-        shapes = [list(t.shape) for _, t in _name_inputs(model, args, kwargs)]
+        shapes = [list(t.shape) for _, t in _name_inputs(arg_names, args, kwargs)]
         raise DepViewError(
             f"model forward failed {where} (model inputs {shapes}): "
             f"{type(exc).__name__}: {first}"
@@ -498,16 +612,18 @@ def build_graph(model: nn.Module, example_inputs=(), example_kwargs: dict | None
     if not outs:
         raise DepViewError(f"{type(model).__name__}.forward returned no tensors")
     for path, t in outs:
-        tracer.add_node(dict(name=tracer.unique(f"output.{path}" if path else "output"),
-                             op_type=OpType.OUTPUT, module="", target="output"), [t], [])
-    kept = [t for _, t in outs + _name_inputs(model, args, kwargs)] + tracer.sources
+        tracer.add_node([t], [], tracer.unique(f"output.{path}" if path else "output"),
+                        OpType.OUTPUT, "", "output")
+    # read again, not reused: the forward may have changed its input containers
+    inputs = _name_inputs(arg_names, args, kwargs)
+    kept = [t for _, t in outs + inputs] + tracer.sources
     for t in kept:  # tensors the caller keeps: leave no attribute behind
         t.__dict__.pop("_depview_src", None)
     tracer.untaggable.clear()
     return Graph(
         tracer.nodes, tracer.edges,
         info={"model": type(model).__name__,
-              "inputs": [list(t.shape) for _, t in _name_inputs(model, args, kwargs)],
+              "inputs": [list(t.shape) for _, t in inputs],
               "outputs": {p or "output": list(t.shape) for p, t in outs},
               "device": str(next(iter(model.parameters()), torch.empty(0)).device)},
     )
