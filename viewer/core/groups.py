@@ -522,16 +522,16 @@ def map_reshape(a, b, dim, units, pos, inferred: int | None = None,
         gb = [b[k] for k in gj]
         k = gi.index(dim)
         stride_a = math.prod(ga[k + 1:])
-        others = [n for t, n in enumerate(ga) if t != k]
-        n_other = math.prod(others)
+        n_other = 1
         # flat offsets (within the group) of every combination of the other input dims
-        grids = np.indices(others).reshape(len(others), -1) if others else np.zeros((0, 1), int)
-        other_strides = [math.prod(ga[t + 1:]) for t in range(len(ga)) if t != k]
-        other_off = (np.asarray(other_strides, dtype=np.int64)[:, None] * grids).sum(0) \
-            if others else np.zeros(1, dtype=np.int64)
+        other_off = np.zeros(1, dtype=np.int64)
+        for t, size in enumerate(ga):
+            if t != k:
+                n_other *= size
+                step = np.arange(size, dtype=np.int64) * math.prod(ga[t + 1:])
+                other_off = (other_off[:, None] + step[None, :]).reshape(-1)
         flats = pos[:, None] * stride_a + other_off[None, :]  # (n_pairs, n_other)
-        sizes = [s for s in gb]
-        big = [t for t, s in enumerate(sizes) if s > 1]
+        big = [t for t, s in enumerate(gb) if s > 1]
         if len(big) <= 1:
             t = big[0] if big else len(gj) - 1
             stride_b = math.prod(gb[t + 1:])
@@ -540,9 +540,10 @@ def map_reshape(a, b, dim, units, pos, inferred: int | None = None,
         total = math.prod(gb)
         choice = None
         for t in big:
-            stride_b = math.prod(gb[t + 1:])
-            coords = (flats // stride_b) % gb[t]
-            if n_other == total // gb[t] and (coords == coords[:, :1]).all():
+            if n_other != total // gb[t]:
+                continue
+            coords = (flats // math.prod(gb[t + 1:])) % gb[t]
+            if (coords == coords[:, :1]).all():
                 return gj[t], units, coords[:, 0]
         if inferred is not None and inferred in gj and b[inferred] > 1:
             choice = gj.index(inferred)
@@ -886,7 +887,7 @@ class _Search:
     being claimed again. A *batch* is the pairs newly claimed on a class by one arrival; each
     tensor of the class processes each batch once."""
 
-    def __init__(self, graph: Graph, n_units: int):
+    def __init__(self, graph: Graph, n_units: int, link_cache: dict | None = None):
         self.g = graph
         self.parent = np.arange(n_units, dtype=np.int64)
         self.cls: dict[TensorKey, int] = {}  # tensor -> class
@@ -895,7 +896,10 @@ class _Search:
         self.cls_batches: list[list[int]] = []
         self.batches: list[tuple[int, IntArray, IntArray]] = []  # (class, units, pos)
         self.seen: dict[TensorKey, set[int]] = {}
-        self.cur: tuple[IntArray, IntArray, int] | None = None  # batch being applied
+        self.cur: tuple[int, IntArray, IntArray] | None = None  # batch being applied
+        self.cur_id = -1
+        self.link_cache: dict[tuple[int, int], list[tuple]] = link_cache \
+            if link_cache is not None else {}
         self.reasons: list[str] = []
         self.stats_notes: list[str] = []
         self.multiple = 1
@@ -936,8 +940,8 @@ class _Search:
     def add_member(self, node, side, dim, units, pos):
         batches, chunks = self.members.setdefault((node.id, side, dim), ([], []))
         cur = self.cur
-        if cur is not None and units is cur[0] and pos is cur[1]:
-            batches.append(cur[2])
+        if cur is not None and units is cur[1] and pos is cur[2]:
+            batches.append(self.cur_id)
         else:
             chunks.append((units, pos))
 
@@ -1003,44 +1007,60 @@ class _Search:
             if not self._valid(key):
                 return True
             c = self.cls[key] = self.batches[b][0]
-        elif c != self.batches[b][0]:
+            self.seen[key] = {b}
+            self.queue.append((key, b, via))
+            return True
+        if c != self.batches[b][0]:
             return False
-        seen = self.seen.setdefault(key, set())
+        seen = self.seen[key]
         if b not in seen:
             seen.add(b)
             self.queue.append((key, b, via))
         return True
 
-    def run(self, ctx: _Ctx) -> None:
-        g = self.g
-        while self.queue:
-            key, b, via = self.queue.popleft()
-            nid, port, dim = key
-            # never send pairs straight back through the op they came from: reshape-like maps
-            # are not exactly invertible once units have been coarsened
-            if via != (nid, "out", port):
-                self.apply(g.nodes[nid], "out", port, dim, b, ctx)
-            for e in g.consumers.get((nid, port), ()):
-                if via != (e.target, "in", e.target_port):
-                    self.apply(g.nodes[e.target], "in", e.target_port, dim, b, ctx)
+    def links(self, nid: int, port: int) -> list[tuple]:
+        """The ops touching tensor (nid, port): its producer ("out") and its consumers ("in"),
+        as ``(node, side, port, rule, tag)``; ``tag`` is the ``via`` of pairs they send."""
+        got = self.link_cache.get((nid, port))
+        if got is None:
+            nodes = self.g.nodes
+            node = nodes[nid]
+            got = [(node, "out", port, RULES[node.op_type], (nid, "out", port))]
+            for e in self.g.consumers.get((nid, port), ()):
+                t = nodes[e.target]
+                got.append((t, "in", e.target_port, RULES[t.op_type],
+                            (e.target, "in", e.target_port)))
+            self.link_cache[(nid, port)] = got
+        return got
 
-    def apply(self, node: Node, side, port, dim, b: int, ctx):
-        _, units, pos = self.batches[b]
-        self.cur = (units, pos, b)
-        flows = RULES[node.op_type](self.g, node, side, port, dim, units, pos, ctx)
-        self.cur = None
-        for f in flows:
-            if f.side == "out":
-                key, via = (node.id, f.port, f.dim), (node.id, "out", f.port)
-            else:
-                edges = self.g.in_edges.get(node.id, [])
-                if f.port >= len(edges):
+    def run(self, ctx: _Ctx) -> None:
+        g, queue, batches = self.g, self.queue, self.batches
+        in_edges = g.in_edges
+        while queue:
+            key, b, via = queue.popleft()
+            nid, port, dim = key
+            _, units, pos = cur = batches[b]
+            self.cur_id = b
+            for node, side, nport, rule, tag in self.links(nid, port):
+                # never send pairs straight back through the op they came from: reshape-like
+                # maps are not exactly invertible once units have been coarsened
+                if tag == via:
                     continue
-                e = edges[f.port]
-                key, via = (e.source, e.source_port, f.dim), (node.id, "in", f.port)
-            if f.units is units and f.pos is pos and self._pass(key, b, via):
-                continue
-            self.arrive(*key, f.units, f.pos, via)
+                self.cur = cur
+                flows = rule(g, node, side, nport, dim, units, pos, ctx)
+                self.cur = None
+                for f in flows:
+                    if f[0] == "out":
+                        to, via2 = (node.id, f[1], f[2]), (node.id, "out", f[1])
+                    else:
+                        edges = in_edges.get(node.id, ())
+                        if f[1] >= len(edges):
+                            continue
+                        e = edges[f[1]]
+                        to, via2 = (e.source, e.source_port, f[2]), (node.id, "in", f[1])
+                    if f[3] is units and f[4] is pos and self._pass(to, b, via2):
+                        continue
+                    self.arrive(to[0], to[1], to[2], f[3], f[4], via2)
 
 
 #: For each layer type: the dim of its output that carries the channels it creates.
@@ -1048,17 +1068,18 @@ def root_dim(node: Node) -> int | None:
     """The output dim whose channels this node creates, or None if it creates none."""
     if not node.out_shapes or not node.out_shapes[0]:
         return None
-    nd = len(node.out_shapes[0])
     t = node.op_type
-    if t in (OpType.CONV, OpType.CONV_TRANSPOSE):
+    if t is OpType.CONV or t is OpType.CONV_TRANSPOSE:
         return 1
-    if t in OpGroup.RECURRENT | {OpType.LINEAR, OpType.EMBED, OpType.MHA}:
-        return nd - 1
+    if t in _ROOT_LAST_DIM:
+        return len(node.out_shapes[0]) - 1
     if t is OpType.CUSTOMIZED:
-        return _norm(node.custom.out_channel_dim, nd)
-    if t is OpType.PARAMETER:
-        return nd - 1
+        return _norm(node.custom.out_channel_dim, len(node.out_shapes[0]))
     return None
+
+
+_ROOT_LAST_DIM = tuple(OpGroup.RECURRENT) + (OpType.LINEAR, OpType.EMBED, OpType.MHA,
+                                              OpType.PARAMETER)
 
 
 def _guess_dim(node: Node, shape: tuple[int, ...]) -> int:
@@ -1088,9 +1109,9 @@ def out_channel_dim(node: Node) -> int | None:
 
 
 def _search(graph: Graph, root: Node, side: str, dim: int, pos: IntArray,
-            gid: int) -> Group:
+            gid: int, link_cache: dict | None = None) -> Group:
     n = len(pos)
-    s = _Search(graph, n)
+    s = _Search(graph, n, link_cache)
     ctx = _Ctx(s)
     units = np.arange(n, dtype=np.int64)
     if side == "out":
@@ -1192,13 +1213,14 @@ def all_groups(graph: Graph) -> list[Group]:
     root_keys = {(node.id, 0, d) for node, d in roots}
     covered: dict[TensorKey, np.ndarray] = {}  # root tensors: positions some group owns
     groups: list[Group] = []
+    link_cache: dict = {}
     for node, d in roots:
         width = node.out_shapes[0][d]
         cov = covered.get((node.id, 0, d))
         pos = np.arange(width, dtype=np.int64) if cov is None else np.nonzero(~cov)[0]
         if len(pos) == 0:
             continue
-        grp = _search(graph, node, "out", d, pos, len(groups))
+        grp = _search(graph, node, "out", d, pos, len(groups), link_cache)
         groups.append(grp)
         for key in root_keys.intersection(grp.tensors):
             arr = covered.get(key)
