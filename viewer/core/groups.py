@@ -890,6 +890,7 @@ class _Search:
     def __init__(self, graph: Graph, n_units: int, link_cache: dict | None = None):
         self.g = graph
         self.parent = np.arange(n_units, dtype=np.int64)
+        self.merged = False  # any union yet?
         self.cls: dict[TensorKey, int] = {}  # tensor -> class
         self.owner: list[IntArray] = []  # per class: unit at each position (-1: none yet)
         self.stamp: list[IntArray] = []
@@ -931,6 +932,7 @@ class _Search:
             if not diff.any():
                 return
             a, b, ra, rb = a[diff], b[diff], ra[diff], rb[diff]
+            self.merged = True
             np.minimum.at(self.parent, np.maximum(ra, rb), np.minimum(ra, rb))
 
     def union_all(self, units: IntArray) -> None:
@@ -950,9 +952,10 @@ class _Search:
         return 0 <= key[2] < len(shape)
 
     def arrive(self, node_id: int, port: int, dim: int, units: IntArray, pos: IntArray,
-               via: tuple | None = None):
+               via: tuple | None = None, distinct: bool = False):
         """Pairs arrive on tensor (node_id, port) along dim: claim the new ones on its class,
-        merge units that land on a taken position, and queue the rest as a new batch."""
+        merge units that land on a taken position, and queue the rest as a new batch.
+        ``distinct``: the caller knows no position occurs twice in ``pos``."""
         if len(pos) == 0:
             return
         key = (node_id, port, dim)
@@ -961,6 +964,10 @@ class _Search:
             if not self._valid(key):
                 return
             c = self._new_class(key)
+            if distinct:  # nothing to merge: claim and queue
+                self.owner[c][pos] = units
+                self._queue_batch(c, key, units, pos, via)
+                return
         own = self.owner[c]
         prev = own[pos]
         taken = prev >= 0
@@ -984,8 +991,11 @@ class _Search:
         last = stamp[pos] == idx
         if not last.all():
             pos, got = pos[last], got[last]
+        self._queue_batch(c, key, got, pos, via)
+
+    def _queue_batch(self, c: int, key: TensorKey, units: IntArray, pos: IntArray, via):
         b = len(self.batches)
-        self.batches.append((c, got, pos))
+        self.batches.append((c, units, pos))
         self.cls_batches[c].append(b)
         self.seen.setdefault(key, set()).add(b)
         self.queue.append((key, b, via))
@@ -1115,15 +1125,18 @@ def _search(graph: Graph, root: Node, side: str, dim: int, pos: IntArray,
     ctx = _Ctx(s)
     units = np.arange(n, dtype=np.int64)
     if side == "out":
-        s.arrive(root.id, 0, dim, units, pos)
+        s.arrive(root.id, 0, dim, units, pos, distinct=True)
     else:
         e = graph.in_edges[root.id][0]
-        s.arrive(e.source, e.source_port, dim, units, pos)
+        s.arrive(e.source, e.source_port, dim, units, pos, distinct=True)
     s.run(ctx)
     # final units: union-find roots renumbered 0..k-1 in order of their smallest member
     # (a root is always the smallest unit of its set: union_pairs links to the smaller root)
-    roots = s.find(np.arange(n, dtype=np.int64))
-    label = np.cumsum(roots == np.arange(n))[roots] - 1
+    if s.merged:
+        roots = s.find(units)
+        label = np.cumsum(roots == units)[roots] - 1
+    else:
+        label = units
     resolved: dict[int, tuple[IntArray, IntArray]] = {}
 
     def of_class(c: int) -> tuple[IntArray, IntArray]:
