@@ -4,7 +4,7 @@ import torch
 from conftest import ALL_DEMOS, CNN_DEMOS
 
 from viewer.core.errors import DepViewError
-from viewer.core.prune import IMPORTANCE, Plan, parse_ignore
+from viewer.core.prune import IMPORTANCE, Plan, Pruner, parse_ignore
 
 
 def _exact_only(p, plan):
@@ -154,6 +154,41 @@ def test_validation_rejects_hard_coded_shapes(demo_pruner):
     p.validate_groups()
     qkv = next(g for g in p.groups if g.root == "qkv")
     assert "forward fails when this group shrinks" in p.reason(qkv)
+
+
+class OneBadGroup(torch.nn.Module):
+    """Nine conv groups; one feeds a view with a hard-coded channel count."""
+
+    def __init__(self):
+        super().__init__()
+        self.convs = torch.nn.ModuleList(torch.nn.Conv2d(3 if i == 0 else 8, 8, 1)
+                                         for i in range(9))
+        self.bad = 5
+
+    def forward(self, x):
+        for i, c in enumerate(self.convs):
+            x = c(x)
+            if i == self.bad:
+                x = x.view(x.shape[0], 8, -1).view(x.shape[0], 8, 4, 4)
+        return x.mean((2, 3))
+
+
+def test_validation_finds_the_one_bad_group_among_many():
+    model, x = OneBadGroup().eval(), torch.randn(1, 3, 4, 4)
+    p = Pruner(model, (x,))
+    bad = p.validate_groups()
+    assert [g.root for g in p.groups if g.id in bad] == ["convs.5"]
+    # oracle: each group shrunk on its own, with real tensors
+    for g in p.groups:
+        if g.reason:
+            continue
+        alone = Plan({g.id: [g.n_units - 1]})
+        try:
+            p.apply(alone)(x)
+            fails = False
+        except RuntimeError:
+            fails = True
+        assert fails == (g.id in bad), g.root
 
 
 def test_attributes_follow_the_tensors(demo_pruner):
