@@ -191,3 +191,37 @@ def test_hooks_removed_and_model_unchanged_after_trace():
     build_graph(vit, demo_models.get_demo("vit").make_inputs("cpu"))  # uses bare parameters
     assert not any(hasattr(t, "_depview_src") for t in [*vit.parameters(), *vit.buffers()])
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+
+
+def test_tensors_finds_what_flatten_finds_in_the_same_order():
+    from collections import OrderedDict, namedtuple
+    from dataclasses import dataclass
+
+    from viewer.core.trace import _tensors, flatten
+
+    @dataclass
+    class Out:
+        logits: torch.Tensor
+        extra: object = None
+
+    pair = namedtuple("pair", "a b")
+    t = [torch.randn(i + 1) for i in range(8)]
+    cases = [
+        t[0], None, 3, torch.Size([2, 3]), (t[0], 1, None, slice(0, 2), Ellipsis, torch.float32),
+        [t[1], (t[2], [t[3]]), {"k": t[4], "j": (t[5],)}], pair(t[6], [t[7]]),
+        OrderedDict(b=t[2], a=t[1]), Out(t[3], {"h": [t[4], t[5]]}), ((), [], {}),
+    ]
+    for obj in cases:
+        assert [id(x) for x in _tensors(obj, [])] == [id(x) for _, x in flatten(obj)]
+
+
+def test_leaf_named_members_match_named_parameters_and_buffers():
+    from viewer.core.trace import _named
+
+    lin = nn.Linear(3, 2)
+    lin.again = lin.weight  # the same Parameter under two names: reported once
+    lin.register_parameter("none", None)
+    bn = nn.BatchNorm1d(4)
+    for m in (lin, bn, nn.ReLU(), nn.MultiheadAttention(4, 2)):
+        assert list(_named(m, "_parameters")) == list(m.named_parameters())
+        assert list(_named(m, "_buffers")) == list(m.named_buffers())

@@ -22,7 +22,8 @@ from dataclasses import fields, is_dataclass
 
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode, _pop_mode_temporarily
+from torch._C import _pop_torch_function_stack, _push_on_torch_function_stack
+from torch.overrides import TorchFunctionMode
 
 from . import meta as M
 from .errors import DepViewError
@@ -37,6 +38,7 @@ from .optypes import (
 )
 
 Path = str
+_UNSET = object()
 
 
 def flatten(obj, path: str = "") -> list[tuple[str, torch.Tensor]]:
@@ -109,13 +111,20 @@ class _Tracer(TorchFunctionMode):
         self.sources: list[torch.Tensor] = []
         self.names: set[str] = set()
         self.suffix: dict[str, int] = {}  # next "_i" to try per taken name
-        self.module_names = {id(m): n for n, m in model.named_modules(remove_duplicate=False)}
+        # One walk for what named_modules/named_parameters/named_buffers
+        # (remove_duplicate=False) give: a module's last path, a tensor's first name.
+        self.module_names: dict[int, str] = {}
         self.param_names: dict[int, str] = {}
-        for n, p in model.named_parameters(remove_duplicate=False):
-            self.param_names.setdefault(id(p), n)
         self.buffer_names: dict[int, str] = {}
-        for n, b in model.named_buffers(remove_duplicate=False):
-            self.buffer_names.setdefault(id(b), n)
+        for path, m in model.named_modules(remove_duplicate=False):
+            self.module_names[id(m)] = path
+            prefix = f"{path}." if path else ""
+            for k, p in m._parameters.items():
+                if p is not None:
+                    self.param_names.setdefault(id(p), prefix + k)
+            for k, b in m._buffers.items():
+                if b is not None:
+                    self.buffer_names.setdefault(id(b), prefix + k)
         # Per-trace lookups: a function's (name, type, shared meta) and a module's table type
         # are looked up once, not on every call (a 7B decoder calls ``add`` 130 times).
         self.functions: dict = {}
@@ -191,29 +200,26 @@ class _Tracer(TorchFunctionMode):
 
     # -- module hooks ---------------------------------------------------------------------
     def module_type(self, module: nn.Module) -> OpType | None:
-        try:
-            return self.module_types[id(module)]
-        except KeyError:
+        found = self.module_types.get(id(module), _UNSET)
+        if found is _UNSET:
             found = self.module_types[id(module)] = match_module(module)
-            return found
+        return found
 
     def pre_hook(self, module: nn.Module, args, kwargs):
+        # reads no tensor, so it cannot come back through __torch_function__
         if self.busy:
             return None
-        self.busy = True
-        try:
-            atomic = self.atomic_depth == 0 and self.module_type(module) is not None
-            self.stack.append((module, self.module_names.get(id(module), ""), atomic, args,
-                               kwargs))
-            if atomic:
-                self.atomic_depth += 1
-                # nothing inside an atomic module is recorded: step out of the way of its ops
-                self.paused.append(_pop_mode_temporarily())
-                self.paused[-1].__enter__()
-            elif self.atomic_depth:
-                self.atomic_depth += 1  # inside an atomic module: keep depth balanced
-        finally:
-            self.busy = False
+        if self.atomic_depth:
+            self.atomic_depth += 1  # inside an atomic module: keep depth balanced
+            self.stack.append((module, "", False, args, kwargs))
+            return None
+        atomic = self.module_type(module) is not None
+        self.stack.append((module, self.module_names.get(id(module), ""), atomic, args, kwargs))
+        if atomic:
+            self.atomic_depth += 1
+            # nothing inside an atomic module is recorded: step out of the way of its ops
+            # (what torch.overrides._pop_mode_temporarily does, without a generator per call)
+            self.paused.append(_pop_torch_function_stack())
         return None
 
     def post_hook(self, module: nn.Module, args, kwargs, output):
@@ -228,6 +234,7 @@ class _Tracer(TorchFunctionMode):
                 if sys.exc_info()[1] is not None:
                     if self.failure is None:
                         shapes = [list(t.shape) for t in _tensors((in_args, in_kwargs), [])]
+                        path = self.module_names.get(id(module), "")
                         self.failure = (f"in module '{path or '<root>'}' "
                                         f"({type(module).__name__}) with input shapes {shapes}")
                 elif atomic:
@@ -236,7 +243,7 @@ class _Tracer(TorchFunctionMode):
                     self.record_module(module, args, kwargs, output)
             finally:
                 if atomic and self.paused:
-                    self.paused.pop().__exit__(None, None, None)
+                    _push_on_torch_function_stack(self.paused.pop())
         finally:
             self.busy = False
         return None
@@ -247,13 +254,15 @@ class _Tracer(TorchFunctionMode):
         self.calls[id(module)] = call + 1
         name = self.unique(path if call == 0 else f"{path}:{call}")
         params, pshapes = {}, {}
-        for k, p in module.named_parameters():
+        for k, p in _named(module, "_parameters"):
             # tied/shared parameters: use the model-wide canonical name
             params[k] = self.param_names.get(id(p), f"{path}.{k}" if path else k)
             pshapes[k] = tuple(p.shape)
-        buffers = {k: f"{path}.{k}" if path else k for k, _ in module.named_buffers()}
-        ins = _tensors((args, kwargs), [])
-        outs = _tensors(output, [])
+        buffers = {k: f"{path}.{k}" if path else k for k, _ in _named(module, "_buffers")}
+        ins = _tensors(args, [])
+        if kwargs:
+            _tensors(kwargs, ins)
+        outs = [output] if isinstance(output, torch.Tensor) else _tensors(output, [])
         cls = type(module)
         op_type = self.module_type(module)
         self.add_node(
@@ -266,35 +275,34 @@ class _Tracer(TorchFunctionMode):
     # -- functional ops -------------------------------------------------------------------
     def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **kwargs) if kwargs else func(*args)
+        # No busy flag here: torch takes this mode off its stack while this method runs, so the
+        # tracer's own tensor calls below do not come back in.
         if self.busy or self.atomic_depth:
             return out
-        try:
-            info = self.functions[func]
-        except KeyError:
+        info = self.functions.get(func, _UNSET)
+        if info is _UNSET:
             info = self.functions[func] = _function_info(func)
-        if info is None:  # size(), dim(), ...: no graph value
-            return out
-        self.busy = True
-        try:
+        if info is not None:  # None: size(), dim(), ... make no graph value
             self.record_function(func, info, args, kwargs or {}, out)
-        finally:
-            self.busy = False
         return out
 
     def record_function(self, func, info, args, kwargs, out) -> None:
+        name, op_type, meta = info
+        # outputs first: most calls that return no tensor (x.shape, x.device) stop here
+        if name == "setitem":  # in-place write: the written tensor is the new value
+            outs = [args[0]] if args else []
+        elif isinstance(out, torch.Tensor):
+            outs = [out]
+        elif type(out) in _LEAVES:
+            return
+        else:
+            outs = _tensors(out, [])
+        if not outs:
+            return
         ins = _tensors(args, [])
         if kwargs:
             _tensors(kwargs, ins)
         if not ins:
-            return
-        name, op_type, meta = info
-        if name == "setitem":  # in-place write: the written tensor is the new value
-            outs = [args[0]]
-        elif isinstance(out, torch.Tensor):
-            outs = [out]
-        else:
-            outs = _tensors(out, [])
-        if not outs:
             return
         if meta is None:
             try:
@@ -318,17 +326,40 @@ def _function_info(func) -> tuple[str, OpType, object | None] | None:
     return name, op_type, meta
 
 
+def _named(module: nn.Module, members: str):
+    """``module.named_parameters()`` (``members="_parameters"``) or ``named_buffers()``
+    (``"_buffers"``): same names, order and de-duplication, without the generator stack over
+    ``named_modules`` for a module that has no children (most atomic modules)."""
+    if module._modules:
+        return (module.named_parameters() if members == "_parameters"
+                else module.named_buffers())
+    seen: set[int] = set()
+    out = []
+    for k, v in getattr(module, members).items():
+        if v is not None and id(v) not in seen:
+            seen.add(id(v))
+            out.append((k, v))
+    return out
+
+
 def module_attrs(module: nn.Module) -> dict:
     """Public scalar attributes (``out_channels``, ``num_heads``, ...), JSON-ready."""
     out = {}
     for k, v in vars(module).items():
         if k.startswith("_") or k == "training":
             continue
-        if isinstance(v, (bool, int, float, str)) or (
-                isinstance(v, tuple) and len(v) <= 8
-                and all(isinstance(x, (bool, int, float, str)) for x in v)):
-            out[k] = list(v) if isinstance(v, tuple) else v
+        if isinstance(v, _SCALARS):
+            out[k] = v
+        elif isinstance(v, tuple) and len(v) <= 8:
+            for x in v:
+                if not isinstance(x, _SCALARS):
+                    break
+            else:  # every item is a scalar
+                out[k] = list(v)
     return out
+
+
+_SCALARS = (bool, int, float, str)
 
 
 def _grad_fn(outs) -> str | None:
