@@ -225,3 +225,23 @@ def test_leaf_named_members_match_named_parameters_and_buffers():
     for m in (lin, bn, nn.ReLU(), nn.MultiheadAttention(4, 2)):
         assert list(_named(m, "_parameters")) == list(m.named_parameters())
         assert list(_named(m, "_buffers")) == list(m.named_buffers())
+
+
+def test_plain_perm_agrees_with_the_stride_probe():
+    import itertools
+
+    from viewer.core.trace import _perm, _plain_perm
+
+    x = torch.randn(2, 3, 4, 5)
+    calls = [(fn, (x, a, b)) for fn in (torch.transpose, torch.Tensor.transpose,
+                                        torch.swapaxes, torch.Tensor.swapdims)
+             for a in range(-4, 4) for b in range(-4, 4)]
+    for dims in itertools.permutations(range(4)):
+        dims = tuple(d - 4 if d % 2 else d for d in dims)  # some negative
+        calls += [(torch.Tensor.permute, (x, *dims)), (torch.Tensor.permute, (x, dims)),
+                  (torch.permute, (x, list(dims)))]
+    for fn, args in calls:
+        plain = _plain_perm(fn.__name__, args, {}, x.dim())
+        assert plain == _perm(fn, args, {}, x), (fn.__name__, args[1:])
+    assert _plain_perm("transpose", (x, 0, 1), {"dim0": 0}, 4) is None  # unusual: probe
+    assert _plain_perm("permute", (torch.tensor(1.0), ()), {}, 0) is None

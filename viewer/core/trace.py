@@ -430,7 +430,10 @@ def _reshape_meta(name, func, args, kwargs, ins, outs) -> M.ReshapeMeta:
 
 def _permute_meta(name, func, args, kwargs, ins, outs) -> M.PermuteMeta:
     x, y = ins[0], outs[0]
-    return M.PermuteMeta(name, tuple(x.shape), tuple(y.shape), _perm(func, args, kwargs, x))
+    perm = _plain_perm(name, args, kwargs, x.dim())
+    if perm is None:
+        perm = _perm(func, args, kwargs, x)
+    return M.PermuteMeta(name, tuple(x.shape), tuple(y.shape), perm)
 
 
 def _expand_meta(name, func, args, kwargs, ins, outs) -> M.ExpandMeta:
@@ -484,6 +487,25 @@ def _inferred(name: str, args, y: torch.Tensor) -> int | None:
         for i, s in enumerate(args[2]):
             if s == -1:
                 return dim + i
+    return None
+
+
+def _plain_perm(name: str, args, kwargs, ndim: int) -> tuple[int, ...] | None:
+    """The permutation of the two common spellings, read from the arguments:
+    ``transpose(x, d0, d1)`` (``swapaxes``, ``swapdims``) and ``permute(x, *dims)`` /
+    ``permute(x, dims)`` with int dims. None for anything else (then :func:`_perm` probes)."""
+    if kwargs or ndim == 0:
+        return None
+    if name in ("transpose", "swapaxes", "swapdims") and len(args) == 3:
+        d0, d1 = args[1], args[2]
+        if type(d0) is int and type(d1) is int and -ndim <= d0 < ndim and -ndim <= d1 < ndim:
+            perm = list(range(ndim))
+            perm[d0], perm[d1] = perm[d1], perm[d0]
+            return tuple(perm)
+    elif name == "permute" and len(args) > 1:
+        dims = args[1] if len(args) == 2 and isinstance(args[1], (tuple, list)) else args[1:]
+        if len(dims) == ndim and all(type(d) is int for d in dims):
+            return tuple(_norm(d, ndim) for d in dims)
     return None
 
 
