@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -40,8 +41,8 @@ def test_clicking_a_conv_shows_its_type_and_highlights_its_group(store):
     graph = store.session("resnet").stage.graph
     members = {view.rep[graph.by_name[n].id] for n in
                ("layer1.0.conv1", "layer1.0.bn1", "layer1.0.conv2")}
-    highlighted = next(x for x in r.rules if x["style"].get("border-color") == "#f97316")
-    assert members <= set(highlighted["selector"].replace("#", "").split(", "))
+    assert members <= set(r.highlight["nodes"])
+    assert r.highlight["selected"] == view.rep[graph.by_name["layer1.0.conv1"].id]
     assert r.selection == {"kind": "op", "name": "layer1.0.conv1", "side": "out",
                            "gid": r.group_value}
     assert "prunable" in _text(r.group_panel) and r.show_group
@@ -69,8 +70,7 @@ def test_clicking_a_concat_shows_offsets_and_a_segmented_bar(store):
     assert ", ".join(map(str, cat.meta.offsets)) in text
     # a concat belongs to several groups, one per input range: all offered, edge ranges shown
     assert len(r.group_options) >= 2
-    edge_rules = [x for x in r.rules if x["selector"].startswith("#e")]
-    assert any("[" in x["style"]["label"] for x in edge_rules)
+    assert any("[" in label for _eid, label in r.highlight["edges"])
 
 
 def test_group_pick_switches_between_groups_of_a_concat(store):
@@ -79,7 +79,7 @@ def test_group_pick_switches_between_groups_of_a_concat(store):
     first = cb.inspect(store, "densenet", _op(cat.name))
     other = first.group_options[1]["value"]
     second = cb.inspect(store, "densenet", _op(cat.name), pick=other)
-    assert second.group_value == other and second.rules != first.rules
+    assert second.group_value == other and second.highlight != first.highlight
 
 
 def test_module_selection_shows_a_summary(store):
@@ -133,3 +133,24 @@ def test_a_core_failure_computing_an_ad_hoc_group_is_reported_not_raised(store, 
     r = cb.inspect(store, "resnet", _op("layer1.0.add"))
     assert "no group could be computed" in _text(r.group_panel)
     assert r.details  # the node itself is still shown
+
+
+def test_the_first_step_of_a_click_computes_the_highlight_without_the_panels(store):
+    full = cb.inspect(store, "resnet", _op("layer1.0.conv1"))
+    quick = cb.inspect(store, "resnet", _op("layer1.0.conv1"), details=False)
+    assert quick.details == [] and quick.group_panel == []
+    assert (quick.highlight, quick.selection, quick.group_options, quick.group_value) == \
+        (full.highlight, full.selection, full.group_options, full.group_value)
+
+
+def test_members_table_is_one_component_with_escaped_names(store):
+    graph = store.session("resnet").stage.graph
+    group = cb.group_of(graph, "layer1.0.conv1")
+    table = cb.members_table(group)
+    assert table.dangerously_allow_html
+    assert table.children.count("<tr>") == len(group.members) + 1
+    assert "layer1.0.bn1" in table.children and "\n\n" not in table.children
+    odd = dataclasses.replace(group, members=[dataclasses.replace(
+        group.members[0], node_name='<img src=x onerror="alert(1)">')])
+    text = cb.members_table(odd).children
+    assert "<img" not in text and "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in text

@@ -1,6 +1,8 @@
-"""Stylesheet overlays: highlight rules change only the stylesheet, never the elements."""
+"""Stylesheet overlays and the group highlight: they never change the elements."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
@@ -23,28 +25,39 @@ def test_ranges():
     assert styles.ranges([]) == ""
 
 
-def test_group_rules_highlight_members_and_label_edges_with_ranges(densenet):
+def test_group_highlight_marks_members_and_labels_edges_with_ranges(densenet):
     graph, view = densenet
     before = [dict(e["data"]) for e in view.elements]
     group = group_of(graph, "stem")
-    rules = styles.group_rules(view, graph, group, "n1", removed=[0, 1])
-    assert rules[0] == styles.fade_others()[0]
-    members = next(r for r in rules if r["style"].get("border-color") == styles.HIGHLIGHT)
-    assert "#n1" in members["selector"]
+    hl = styles.group_highlight(view, graph, group, "n1", removed=[0, 1])
+    assert hl["fade"] == styles.FADE_SELECTOR and hl["selected"] == "n1"
+    assert "n1" in hl["nodes"]
     # the concat after the first dense layer carries 24 channels; the stem owns 0–15
     cat = graph.by_name["features.0.0.cat"]
     edge = view.tensor_edges[(cat.id, 0)][0]
-    label = next(r for r in rules if r["selector"] == f"#{edge}")["style"]["label"]
-    assert label == "[0–15] of 24 · −2"
-    assert rules[-1] == {"selector": "#n1", "style": {"opacity": 1, "border-width": 5,
-                                                      "border-color": styles.SELECTED}}
+    assert dict(hl["edges"])[edge] == "[0–15] of 24 · −2"
     assert [e["data"] for e in view.elements] == before  # elements untouched
 
 
-def test_group_rules_without_group_only_mark_the_selection(densenet):
+def test_group_highlight_without_group_only_marks_the_selection(densenet):
     graph, view = densenet
-    assert styles.group_rules(view, graph, None, None) == []
-    assert len(styles.group_rules(view, graph, None, "m0")) == 1
+    assert styles.group_highlight(view, graph, None, None) == styles.no_highlight()
+    assert styles.group_highlight(view, graph, None, "m0") == {
+        "selected": "m0", "fade": None, "nodes": [], "edges": []}
+
+
+def test_highlight_rules_style_every_class_the_browser_toggles():
+    rules = {r["selector"]: r["style"] for r in styles.highlight_rules()}
+    assert rules[f"node.{styles.MEMBER_CLASS}"]["border-color"] == styles.HIGHLIGHT
+    assert rules[f".{styles.SELECTED_CLASS}"]["border-color"] == styles.SELECTED
+    assert rules[f"edge.{styles.TENSOR_CLASS}"]["label"] == f"data({styles.TENSOR_LABEL})"
+    assert rules[f".{styles.FADED_CLASS}"]["opacity"] == styles.FADED
+    # assets/depview.js names the same classes and edge data field
+    js = (Path(__file__).parents[1] / "assets" / "depview.js").read_text()
+    for name in (styles.FADED_CLASS, styles.MEMBER_CLASS, styles.TENSOR_CLASS,
+                 styles.SELECTED_CLASS):
+        assert f"'{name}'" in js
+    assert f"LABEL = '{styles.TENSOR_LABEL}'" in js
 
 
 def test_preview_rules_annotate_new_widths(densenet):

@@ -144,6 +144,20 @@ def test_preview_changes_the_numbers(dash_duo):
     dash_duo.wait_for_contains_text(f"#{ids.PREVIEW_MACS}", "%", timeout=TIMEOUT)
 
 
+def test_preview_annotates_the_inspected_group_and_its_edges(dash_duo):
+    _start(dash_duo, create_app([ModelEntry("demo:cnn")]))
+    _wait_graph(dash_duo, "features.0")
+    _click_node(dash_duo, "features.0")
+    dash_duo.wait_for_contains_text(f"#{ids.GROUP_PANEL}", "Members", timeout=TIMEOUT)
+    dash_duo.find_element(f"#{ids.PREVIEW}").click()
+    # the same selection, answered again with the units the preview removes
+    dash_duo.wait_for_contains_text(f"#{ids.GROUP_PANEL}", "preview removes", timeout=TIMEOUT)
+    _until(dash_duo, lambda d: d.execute_script(
+        "return window.cy.edges('.dv-tensor').some(function (e) {"
+        " return (e.data('hl') || '').indexOf('−') >= 0; });"),
+        "no highlighted edge names the units the preview removes")
+
+
 def test_a_bad_ratio_shows_a_message_and_the_page_keeps_working(dash_duo):
     _start(dash_duo, create_app([ModelEntry("demo:cnn")]))
     _wait_graph(dash_duo, "features.0")

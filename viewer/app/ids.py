@@ -13,7 +13,7 @@ PREVIEW_REV = "preview-rev"  #: bumped when a preview is computed or cleared
 DBLTAP = "dbltap"  #: written by the client on a double-click on a node
 ZOOM_TARGET = "zoom-target"  #: element ids the client should zoom to
 FIT_DONE = "fit-done"  #: dummy output of client-side callbacks
-STYLE_GROUP = "style-group"  #: stylesheet rules: selection + its pruning group
+STYLE_GROUP = "style-group"  #: selection + its pruning group (element ids the client marks)
 STYLE_PREVIEW = "style-preview"  #: stylesheet rules: new widths after a preview
 STYLE_LEGEND = "style-legend"  #: stylesheet rules: the op type picked in the legend
 STYLE_SEARCH = "style-search"  #: stylesheet rules: search matches
@@ -67,7 +67,7 @@ WIDTH_CHART = "width-chart"
 SCORE_CHART = "score-chart"
 WIDTH_CHART_BOX = "width-chart-box"  #: holds WIDTH_CHART once a preview exists
 SCORE_CHART_BOX = "score-chart-box"  #: holds SCORE_CHART once a group is selected
-STYLE_BASE = "style-base"  #: the base stylesheet, composed with overlays in the browser
+STYLE_BASE = "style-base"  #: base stylesheet + highlight class rules, composed in the browser
 HISTORY = "history"
 
 # -- export ---------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from viewer.core.prune import IMPORTANCE
 
 from . import charts, ids
 from .state import ModelEntry, SessionStore
-from .styles import base_stylesheet
+from .styles import base_stylesheet, highlight_rules
 
 IMPORTANCE_LABELS = {"l1": "L1 magnitude", "l2": "L2 magnitude", "bn": "BatchNorm scale",
                      "random": "random", "taylor": "Taylor (1st order)"}
@@ -57,7 +57,7 @@ def graph_panel() -> html.Div:
         html.Span(id=ids.VIEW_INFO, className="view-info"),
     ], className="toolbar")
     graph = cyto.Cytoscape(
-        id=ids.GRAPH, elements=[], stylesheet=base_stylesheet(),
+        id=ids.GRAPH, elements=[], stylesheet=base_stylesheet() + highlight_rules(),
         layout={"name": "preset", "fit": False, "animate": False},
         style={"width": "100%", "height": "100%"}, minZoom=0.03, maxZoom=4,
         boxSelectionEnabled=False, responsive=True, className="cy")
@@ -174,7 +174,8 @@ def stores(sid: str) -> list:
         dcc.Store(id=ids.ZOOM_TARGET),
         dcc.Store(id=ids.FIT_DONE),
         dcc.Store(id=ids.STYLE_GROUP),
-        dcc.Store(id=ids.STYLE_BASE, data=base_stylesheet()),
+        dcc.Store(id=ids.STYLE_BASE, data={"rules": base_stylesheet(),
+                                           "last": highlight_rules()}),
         dcc.Store(id=ids.STYLE_PREVIEW),
         dcc.Store(id=ids.STYLE_LEGEND),
         dcc.Store(id=ids.STYLE_SEARCH),

@@ -1,8 +1,14 @@
-"""Cytoscape stylesheets: the static base and the overlays a callback swaps in.
+"""Cytoscape stylesheets and highlights: the static base, the overlays a callback swaps in,
+and the group highlight the browser draws by toggling classes.
 
-Highlighting (a pruning group, an op type, search hits, new widths after a preview) only ever
-changes the stylesheet — never the element list, which the component would re-serialise whole.
-Every function here is pure and returns a list of ``{"selector", "style"}`` rules.
+Highlighting never changes the element list, which the component would re-serialise whole. An
+op type, search hits and new widths after a preview are stylesheet overlays (lists of
+``{"selector", "style"}`` rules). The inspected group changes on every click, so it is no
+stylesheet: re-applying one restyles and redraws every element (about 100 ms per frame in a
+software-rendered browser), while toggling classes restyles only the elements that change.
+:func:`group_highlight` says which elements get which class, and :func:`highlight_rules`, the
+static rules for those classes, come after every overlay so the inspected group wins.
+Every function here is pure.
 
 Colours come from :data:`viewer.core.optypes.STYLES` (copied into each node's ``data.color`` by
 the view-model), so this module names no op type colour itself.
@@ -24,6 +30,12 @@ SELECTED = "#dc2626"  #: the inspected element
 SEARCH_HIT = "#db2777"
 PRUNED = "#7c3aed"  #: layers a preview shrinks
 FADED = 0.22
+FADE_SELECTOR = "node.op, node.collapsed, edge"  #: what a highlight dims
+
+#: classes assets/depview.js (``highlight``) puts on elements for a group highlight
+FADED_CLASS, MEMBER_CLASS, TENSOR_CLASS, SELECTED_CLASS = \
+    "dv-faded", "dv-member", "dv-tensor", "dv-selected"
+TENSOR_LABEL = "hl"  #: edge data field holding a highlighted edge's index ranges
 
 
 def base_stylesheet() -> list[dict]:
@@ -64,7 +76,26 @@ def _ids(ids: Iterable[str]) -> str:
 
 def fade_others() -> list[dict]:
     """Dim every op node and edge (highlight rules that follow bring some back)."""
-    return [{"selector": "node.op, node.collapsed, edge", "style": {"opacity": FADED}}]
+    return [{"selector": FADE_SELECTOR, "style": {"opacity": FADED}}]
+
+
+def highlight_rules() -> list[dict]:
+    """The static rules of the classes a group highlight toggles (see :func:`group_highlight`).
+    The browser keeps them last in the stylesheet."""
+    return [
+        {"selector": f".{FADED_CLASS}", "style": {"opacity": FADED}},
+        {"selector": f"node.{MEMBER_CLASS}", "style": {
+            "opacity": 1, "border-width": 4, "border-color": HIGHLIGHT}},
+        {"selector": f"edge.{TENSOR_CLASS}", "style": {
+            "opacity": 1, "line-color": HIGHLIGHT, "target-arrow-color": HIGHLIGHT,
+            "width": 3.5, "label": f"data({TENSOR_LABEL})", "font-size": 10,
+            "min-zoomed-font-size": 6, "color": "#9a3412",
+            "text-rotation": "none", "text-background-opacity": 0.95,
+            "text-border-opacity": 1, "text-border-width": 1,
+            "text-border-color": "#fdba74", "text-background-padding": "2px"}},
+        {"selector": f".{SELECTED_CLASS}", "style": {
+            "opacity": 1, "border-width": 5, "border-color": SELECTED}},
+    ]
 
 
 def ranges(pos: Iterable[int]) -> str:
@@ -80,43 +111,43 @@ def ranges(pos: Iterable[int]) -> str:
     return ", ".join(out)
 
 
-def group_rules(view: View, graph: Graph, group: Group | None, selected: str | None,
-                removed: Iterable[int] = ()) -> list[dict]:
-    """Highlight ``group``'s members and the edges carrying its tensors (labelled with the
-    index ranges the group owns on each, which is how cuts through concats and splits show),
-    plus the selected element. ``removed`` units (from a preview) are named on the edges."""
-    rules: list[dict] = []
-    if group is not None:
-        members = view.elements_of(m.node for m in group.members)
-        rules += fade_others()
-        edges: dict[str, list[str]] = {}
-        removed = np.asarray(sorted(removed), dtype=np.int64)
-        for (nid, port, _dim), (pos, unit) in group.tensors.items():
-            if not len(pos):
-                continue
-            width = _width(graph, nid, port, _dim)
-            text = f"[{ranges(pos)}] of {width}" if width and len(pos) < width else \
-                f"all {len(pos)}"
-            if len(removed):
-                lost = pos[np.isin(unit, removed)]
-                text += f" · −{len(lost)}"
-            for eid in view.tensor_edges.get((nid, port), ()):
-                edges.setdefault(eid, []).append(text)
-        if members:
-            rules.append({"selector": _ids(members), "style": {
-                "opacity": 1, "border-width": 4, "border-color": HIGHLIGHT}})
-        for eid, texts in edges.items():
-            rules.append({"selector": f"#{eid}", "style": {
-                "opacity": 1, "line-color": HIGHLIGHT, "target-arrow-color": HIGHLIGHT,
-                "width": 3.5, "label": " | ".join(dict.fromkeys(texts)), "font-size": 10,
-                "min-zoomed-font-size": 6, "color": "#9a3412", "z-index": 10,
-                "text-rotation": "none", "text-background-opacity": 0.95,
-                "text-border-opacity": 1, "text-border-width": 1,
-                "text-border-color": "#fdba74", "text-background-padding": "2px"}})
-    if selected:
-        rules.append({"selector": f"#{selected}", "style": {
-            "opacity": 1, "border-width": 5, "border-color": SELECTED}})
-    return rules
+def no_highlight(selected: str | None = None) -> dict:
+    """A highlight of no group: only ``selected`` (if any) is marked, nothing dimmed."""
+    return {"selected": selected or None, "fade": None, "nodes": [], "edges": []}
+
+
+def group_highlight(view: View, graph: Graph, group: Group | None, selected: str | None,
+                    removed: Iterable[int] = ()) -> dict:
+    """Which elements draw ``group`` and the selected element: the members (class
+    ``dv-member``), the edges carrying its tensors (``dv-tensor``, labelled with the index
+    ranges the group owns on each, which is how cuts through concats and splits show), the
+    selected element (``dv-selected``) and, with a group, everything else dimmed (the
+    ``fade`` selector). ``removed`` units (from a preview) are named on the edges.
+
+        >>> group_highlight(view, graph, group_of(graph, "stem"), "n1")
+        {'selected': 'n1', 'fade': 'node.op, node.collapsed, edge', 'nodes': ['n1', 'n2'],
+         'edges': [['e1', '[0–15] of 24'], ...]}
+    """
+    out = no_highlight(selected)
+    if group is None:
+        return out
+    edges: dict[str, list[str]] = {}
+    removed = np.asarray(sorted(removed), dtype=np.int64)
+    for (nid, port, _dim), (pos, unit) in group.tensors.items():
+        if not len(pos):
+            continue
+        width = _width(graph, nid, port, _dim)
+        text = f"[{ranges(pos)}] of {width}" if width and len(pos) < width else \
+            f"all {len(pos)}"
+        if len(removed):
+            lost = pos[np.isin(unit, removed)]
+            text += f" · −{len(lost)}"
+        for eid in view.tensor_edges.get((nid, port), ()):
+            edges.setdefault(eid, []).append(text)
+    out["fade"] = FADE_SELECTOR
+    out["nodes"] = list(dict.fromkeys(view.elements_of(m.node for m in group.members)))
+    out["edges"] = [[eid, " | ".join(dict.fromkeys(texts))] for eid, texts in edges.items()]
+    return out
 
 
 def _width(graph: Graph, nid: int, port: int, dim: int) -> int | None:

@@ -9,11 +9,12 @@ split shows. A group that cannot be pruned says why.
 
 from __future__ import annotations
 
+import html as html_text
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from dash import Input, Output, State, ctx, html, no_update
+from dash import Input, Output, State, ctx, dcc, html, no_update
 
 from viewer.core.errors import DepViewError
 from viewer.core.graph import Graph, Node
@@ -48,7 +49,7 @@ class Inspection:
 
     details: list = field(default_factory=list)
     group_panel: list = field(default_factory=list)
-    rules: list[dict] = field(default_factory=list)
+    highlight: dict = field(default_factory=styles.no_highlight)
     selection: dict | None = None
     group_options: list[dict] = field(default_factory=list)
     group_value: int | None = None
@@ -296,17 +297,26 @@ def group_panel(pruner: Pruner, group: Group, model_group: bool, note: str,
         out.append(html.P(note, className="hint"))
     if not group.exact:
         out.append(html.P("Inexact: " + "; ".join(group.stats_notes), className="hint warn"))
-    mrows = [html.Tr([html.Th("member"), html.Th("side"), html.Th("dim"), html.Th("width"),
-                      html.Th("positions")])]
+    out += [html.H4(f"Members ({len(group.members)})"), members_table(group)]
+    return out
+
+
+def members_table(group: Group) -> dcc.Markdown:
+    """The group's members and the index ranges each owns, as one HTML table in **one**
+    component. A residual stream has hundreds of members, and every Dash component on the page
+    costs the renderer time on every later callback (each row as html.Tr/Td components made
+    each click on a 32-layer decoder about a second slower). Every value is HTML-escaped."""
+    esc = html_text.escape
+    rows = ["<tr><th>member</th><th>side</th><th>dim</th><th>width</th><th>positions</th></tr>"]
     for m in group.members:
         pos = np.unique(m.pos)
-        mrows.append(html.Tr([
-            html.Td(m.node_name, title=f"{STYLES[m.op_type].label}, module {m.module or '(root)'}"),
-            html.Td(m.side), html.Td(m.dim), html.Td(len(pos)),
-            html.Td(styles.ranges(pos), className="ranges")]))
-    out += [html.H4(f"Members ({len(group.members)})"),
-            html.Div(html.Table(mrows, className="members"), className="members-wrap")]
-    return out
+        title = f"{STYLES[m.op_type].label}, module {m.module or '(root)'}"
+        rows.append(f'<tr><td title="{esc(title)}">{esc(m.node_name)}</td><td>{esc(m.side)}</td>'
+                    f'<td>{int(m.dim)}</td><td>{len(pos)}</td>'
+                    f'<td class="ranges">{esc(styles.ranges(pos))}</td></tr>')
+    # one line: a blank line would end the HTML block the markdown parser passes through raw
+    return dcc.Markdown(f'<table class="members">{"".join(rows)}</table>',
+                        dangerously_allow_html=True, className="members-wrap")
 
 
 # --------------------------------------------------------------------------------------------
@@ -323,8 +333,10 @@ def selection_from_tap(data: dict | None) -> dict | None:
 
 
 def inspect(store: SessionStore, sid: str, selection: dict | None, side: str = "out",
-            pick: int | None = None) -> Inspection:
-    """Inspector contents, highlight rules and control values for a selection."""
+            pick: int | None = None, details: bool = True) -> Inspection:
+    """Inspector contents, group highlight and control values for a selection. With
+    ``details=False`` the panels (``details``, ``group_panel``) are left empty: the click's
+    first callback only needs the highlight, and the browser draws it sooner without them."""
     session = store.session(sid)
     res = Inspection()
     with session.lock:
@@ -338,8 +350,10 @@ def inspect(store: SessionStore, sid: str, selection: dict | None, side: str = "
             if path not in view.module_ids:
                 return res
             eid = view.module_ids[path]
-            res.details = module_details(session, view, path)
-            res.rules = styles.group_rules(view, graph, None, eid if eid in view.data else None)
+            if details:
+                res.details = module_details(session, view, path)
+            res.highlight = styles.group_highlight(view, graph, None,
+                                                   eid if eid in view.data else None)
             res.selection = {"kind": "module", "name": path}
             return res
         node = graph.by_name.get(selection.get("name", ""))
@@ -351,17 +365,22 @@ def inspect(store: SessionStore, sid: str, selection: dict | None, side: str = "
         removed = None
         if group is not None and model_group and session.preview_plan is not None:
             removed = session.preview_plan.removed.get(group.id)
-        hit, cut = _bar_marks(graph, node, group, removed)
-        res.details = node_details(node, stage.module_classes, hit, cut)
+        if details:
+            hit, cut = _bar_marks(graph, node, group, removed)
+            res.details = node_details(node, stage.module_classes, hit, cut)
         res.selection = {"kind": "op", "name": node.name, "side": side,
                          "gid": group.id if (group is not None and model_group) else None}
-        res.rules = styles.group_rules(view, graph, group, view.rep.get(node.id),
-                                       removed or ())
+        res.highlight = styles.group_highlight(view, graph, group, view.rep.get(node.id),
+                                               removed or ())
         res.show_group = True
         if group is None:
-            res.group_panel = [html.P(note or "no channels to group here", className="hint")]
+            if details:
+                res.group_panel = [html.P(note or "no channels to group here",
+                                          className="hint")]
             return res
-        res.group_panel = group_panel(stage.pruner, group, model_group, note, session, removed)
+        if details:
+            res.group_panel = group_panel(stage.pruner, group, model_group, note, session,
+                                          removed)
         res.group_options = [{"label": f"#{g.id} · {g.root} · {g.n_units} units",
                               "value": g.id} for g in cands]
         res.group_value = group.id if model_group else None
@@ -402,9 +421,10 @@ def control_values(store: SessionStore, sid: str,
 
 
 def register(app, store: SessionStore) -> None:
+    # A click is answered in two steps so the graph shows the group before the browser spends
+    # its time rendering the panels: first the selection and its highlight (a small answer
+    # the browser draws by toggling classes), then, from the stored selection, the panels.
     @app.callback(
-        Output(ids.INSPECTOR, "children"),
-        Output(ids.GROUP_PANEL, "children"),
         Output(ids.STYLE_GROUP, "data"),
         Output(ids.SELECTION, "data"),
         Output(ids.GROUP_PICK, "options"),
@@ -421,7 +441,7 @@ def register(app, store: SessionStore) -> None:
         State(ids.SESSION, "data"),
         prevent_initial_call=True,
     )
-    def on_inspect(tap, side, pick, _view_rev, _prev_rev, selection, sid):
+    def on_select(tap, side, pick, _view_rev, _prev_rev, selection, sid):
         trig = ctx.triggered_id
         if trig == ids.GRAPH:
             selection = selection_from_tap(tap)
@@ -429,15 +449,30 @@ def register(app, store: SessionStore) -> None:
         elif trig == ids.GROUP_SIDE:
             pick = None
         try:
-            r = inspect(store, sid, selection, side or "out", pick)
+            r = inspect(store, sid, selection, side or "out", pick, details=False)
         except Exception as exc:
-            return (no_update,) * 8 + (error_message(exc),)
-        details = r.details or [html.P("Click a node to inspect it.", className="hint")]
+            return (no_update,) * 6 + (error_message(exc),)
         # several groups share this tensor (a concat's output): offer the choice
         pick_style = {"display": "block" if len(r.group_options) > 1 else "none"}
-        return (details, r.group_panel, {"rules": r.rules}, r.selection, r.group_options,
-                r.group_value, pick_style, {"display": "block" if r.show_group else "none"},
-                no_update)
+        return (r.highlight, r.selection, r.group_options, r.group_value, pick_style,
+                {"display": "block" if r.show_group else "none"}, no_update)
+
+    @app.callback(
+        Output(ids.INSPECTOR, "children"),
+        Output(ids.GROUP_PANEL, "children"),
+        Output(ids.MESSAGE, "children", allow_duplicate=True),
+        Input(ids.SELECTION, "data"),
+        State(ids.SESSION, "data"),
+        prevent_initial_call=True,
+    )
+    def on_inspect(selection, sid):
+        sel = selection or {}
+        try:  # the selection names the side and group on_select resolved
+            r = inspect(store, sid, selection, sel.get("side") or "out", sel.get("gid"))
+        except Exception as exc:
+            return no_update, no_update, error_message(exc)
+        details = r.details or [html.P("Click a node to inspect it.", className="hint")]
+        return details, r.group_panel, no_update
 
     @app.callback(
         Output(ids.IGNORE_TOGGLE, "value"),
