@@ -19,11 +19,16 @@ by itself: what is measured is **navigation -> graph drawn**, not a picker chang
   client-side rendering. Load 1 is cold (empty browser cache); later loads reuse the cache.
   The target applies to the cold load.
 * click -> highlight: a real pointer click (as tests/test_browser.py does: centre the node at
-  zoom 1, click its rendered position) on conv/linear nodes; timed from Cytoscape's ``tap``
-  event to the second frame after the clicked node carries the inspector's "selected" rule
-  (5px border), which arrives in the same stylesheet as the group highlight. Where fewer
-  conv/linear nodes are drawn than clicks wanted (the collapsed 32-layer decoder), collapsed
-  modules are first expanded by double-click.
+  zoom 1, click its rendered position) on conv/linear nodes, timed from Cytoscape's ``tap``
+  event to the second animation frame after the graph reached its **final highlighted state**:
+  the clicked node carries the inspector's "selected" style (5px red border) *and* the set of
+  elements drawn in the group colour (member nodes' borders, the edges carrying the group's
+  tensors) is the one the page shows once it has gone quiet (no Dash request in flight or
+  answered for 300 ms) — and stays so. Every animation frame after the tap records that
+  state, so a partial highlight (only the selected border, only the nodes, the previous
+  click's group) never counts, whichever way the app draws it (stylesheet or classes).
+  Where fewer conv/linear nodes are drawn than clicks wanted (the collapsed 32-layer
+  decoder), collapsed modules are first expanded by double-click.
 
 ``--profile`` adds, after the measured steps: a V8 CPU profile (self time per script) of one
 more click and of a cold load in a new browser, the cost of one Cytoscape stylesheet swap on
@@ -124,33 +129,51 @@ INSTRUMENT = r"""
 """
 
 # Arms the click timer, brings the node into view (zoom 1, centred) and returns its position.
+# From the tap on, every animation frame records the highlight state when it changed:
+# "S" if the clicked node carries the selected style, then the ids of the nodes whose border
+# and the edges whose line are drawn in the group colour.
 ARM_CLICK = r"""
 var id = arguments[0], graphId = arguments[1], SEL = arguments[2], HL = arguments[3];
 var cy = window.cy, n = cy.getElementById(id);
-var rec = window.__dvClick = {id: id, netFrom: window.__dv.net.length};
+var rec = window.__dvClick = {id: id, netFrom: window.__dv.net.length, frames: [],
+                              changes: []};
 if (window.__dvTap) { cy.removeListener('tap', 'node', window.__dvTap); }
 window.__dvTap = function (e) { rec.tap = performance.now(); rec.tapped = e.target.id(); };
 cy.one('tap', 'node', window.__dvTap);
-function lit() {
-  var m = cy.getElementById(id);
-  return m.style('border-width') === '5px' && m.style('border-color') === SEL;
+function state() {
+  var m = cy.getElementById(id), lit = [], nodes = 0;
+  var sel = m.style('border-width') === '5px' && m.style('border-color') === SEL;
+  cy.nodes().forEach(function (x) {
+    if (x.style('border-color') === HL) { lit.push(x.id()); nodes++; } });
+  cy.edges().forEach(function (x) { if (x.style('line-color') === HL) { lit.push(x.id()); } });
+  return {sig: (sel ? 'S|' : '-|') + lit.join(','), sel: sel, nodes: nodes,
+          edges: lit.length - nodes};
 }
 function tick() {
-  if (rec.tap !== undefined && lit()) {
-    rec.seen = performance.now();
-    rec.members = cy.nodes().filter(function (m) {
-      return m.id() !== id && m.style('border-color') === HL; }).length;
-    requestAnimationFrame(function () { requestAnimationFrame(function () {
-      rec.painted = performance.now(); }); });
-    return;
+  if (rec.cancel) { return; }
+  if (rec.tap !== undefined) {
+    var st = state(), last = rec.changes[rec.changes.length - 1];
+    rec.frames.push(performance.now());
+    if (!last || last.sig !== st.sig) { st.frame = rec.frames.length - 1; rec.changes.push(st); }
+    if (st.sel) { rec.sel = true; }
   }
-  if (!rec.cancel) { requestAnimationFrame(tick); }
+  requestAnimationFrame(tick);
 }
 requestAnimationFrame(tick);
 cy.stop(); cy.zoom(1); cy.center(n);
 var r = document.getElementById(graphId).getBoundingClientRect();
 var p = n.renderedPosition();
 return [r.left + p.x, r.top + p.y];
+"""
+
+# The final highlight state of a click: when it was first drawn and stayed (frame times, ms).
+CLICK_RESULT = r"""
+var rec = window.__dvClick, f = rec.frames, last = rec.changes[rec.changes.length - 1];
+rec.cancel = true;
+return {id: rec.id, tapped: rec.tapped, tap: rec.tap, netFrom: rec.netFrom,
+        sel: !!(last && last.sel), nodes: last ? last.nodes : 0, edges: last ? last.edges : 0,
+        states: rec.changes.length, seen: last ? f[last.frame] : null,
+        painted: last && last.frame + 2 < f.length ? f[last.frame + 2] : null};
 """
 
 COUNTS = r"""
@@ -185,8 +208,8 @@ return !!window.cy && now - last > 300 && !window.cy.animated();
 """
 
 
-# Cost of one stylesheet swap in Cytoscape alone (what a click ends with): re-apply the
-# current stylesheet synchronously, then wait for the next frame (the redraw).
+# Cost of one stylesheet swap in Cytoscape alone (a legend, search or preview overlay; a click
+# only toggles classes): re-apply the current stylesheet, then wait for the next frame.
 RESTYLE = r"""
 var cy = window.cy, done = arguments[arguments.length - 1], ss = cy.style().json();
 var t0 = performance.now();
@@ -449,7 +472,8 @@ def spread(items: list, k: int) -> list:
 
 
 def click_highlight(driver, node: dict, timeout: float) -> dict:
-    """One click on ``node``; seconds from Cytoscape's tap to the highlight drawn."""
+    """One click on ``node``; seconds from Cytoscape's tap to the final highlight drawn (the
+    selected style and the group colour on exactly the elements the quiet page shows)."""
     for attempt in range(2):
         x, y = js(driver, ARM_CLICK, node["id"], "graph", SELECTED_RGB, HIGHLIGHT_RGB)
         t0 = time.perf_counter()
@@ -457,24 +481,30 @@ def click_highlight(driver, node: dict, timeout: float) -> dict:
         try:
             until(driver, lambda d: d.execute_script(
                 "var r = window.__dvClick; return r.tap !== undefined &&"
-                " (r.tapped !== r.id || r.painted !== undefined);"), timeout,
-                f"{node['name']} to be highlighted after a click")
+                " (r.tapped !== r.id || r.sel === true);"), timeout,
+                f"{node['name']} to be selected after a click")
+            wall = time.perf_counter() - t0
+            settle(driver, timeout)  # every callback the click started has answered
+            until(driver, lambda d: d.execute_script(  # two more frames drawn since then
+                "var r = window.__dvClick, c = r.changes[r.changes.length - 1];"
+                " return !c || c.frame + 2 < r.frames.length;"), timeout,
+                "two animation frames after the page went quiet")
         finally:
-            js(driver, "if (window.__dvClick) { window.__dvClick.cancel = true; }")
-        wall = time.perf_counter() - t0
-        rec = js(driver, "return window.__dvClick;")
+            rec = js(driver, CLICK_RESULT)
         if rec.get("tapped") == node["id"]:
             break
         if attempt:
             raise BenchError(f"the click on {node['name']} hit {rec.get('tapped')}")
         settle(driver, timeout)
+    if not rec["sel"] or rec["painted"] is None:
+        raise BenchError(f"{node['name']} did not keep the selected style after a click")
     page = js(driver, "return {net: window.__dv.joined(), long: window.__dv.long};")
     net = [r for r in page["net"][rec["netFrom"]:]
            if r.get("url") == "_dash-update-component" and r["t0"] <= rec["seen"]]
     ms = 1e-3
     return {"name": node["name"], "type": node["type"], "s": (rec["painted"] - rec["tap"]) * ms,
             "seen_s": (rec["seen"] - rec["tap"]) * ms, "wall_s": wall,
-            "members_lit": rec.get("members", 0),
+            "members_lit": rec["nodes"], "edges_lit": rec["edges"], "states": rec["states"],
             "requests": [req(r, rec["tap"]) for r in net],
             "long_tasks": long_tasks(page["long"], rec["tap"], rec["seen"])}
 
@@ -561,7 +591,6 @@ def profile_model(key: str, click_names: list[str]) -> dict:
         sys.path.insert(0, str(ROOT))
     from dash._utils import to_json
 
-    from viewer.app import styles
     from viewer.app.callbacks import graph as cb_graph
     from viewer.app.callbacks import inspect as cb_inspect
     from viewer.app.callbacks import model as cb_model
@@ -588,11 +617,15 @@ def profile_model(key: str, click_names: list[str]) -> dict:
     inspects = []
     for name in click_names:
         sel = {"kind": "op", "name": name}
-        t_ins, r = _best(lambda s=sel: cb_inspect.inspect(store, sid, s))
-        t_json, _ = _best(lambda r=r: to_json([r.details, r.group_panel, {"rules": r.rules}]))
-        t_style, _ = _best(lambda r=r: to_json(styles.compose(None, None, None, r.rules)))
-        inspects.append({"name": name, "inspect_s": t_ins, "inspect_json_s": t_json,
-                         "style_compose_json_s": t_style, "rules": len(r.rules)})
+        # a click's two callbacks: the selection and its highlight, then the panels
+        t_sel, q = _best(lambda s=sel: cb_inspect.inspect(store, sid, s, details=False))
+        t_hl_json, _ = _best(lambda q=q: to_json([q.highlight, q.selection, q.group_options]))
+        t_ins, r = _best(lambda s=q.selection: cb_inspect.inspect(store, sid, s, s["side"],
+                                                                  s["gid"]))
+        t_json, _ = _best(lambda r=r: to_json([r.details, r.group_panel]))
+        inspects.append({"name": name, "select_s": t_sel, "select_json_s": t_hl_json,
+                         "inspect_s": t_ins, "inspect_json_s": t_json,
+                         "lit": len(q.highlight["nodes"]) + len(q.highlight["edges"])})
     out["inspect"] = inspects
     return out
 
@@ -659,8 +692,9 @@ def report(results: list[dict]) -> None:
             lt = c["long_tasks"]
             rts = ", ".join(f"{q['out']} @{q['sent_s'] * 1000:.0f}+{q['net_s'] * 1000:.0f}"
                             f"[+{q['blocked_s'] * 1000:.0f}]" for q in c["requests"])
-            print(f"  click {c['name']} ({c['type']}): {fmt_s(c['s'])} (rule applied "
-                  f"{fmt_s(c['seen_s'])}, {c['members_lit']} other nodes lit; long tasks "
+            print(f"  click {c['name']} ({c['type']}): {fmt_s(c['s'])} (final state from "
+                  f"{fmt_s(c['seen_s'])} after {c['states'] - 1} changes: {c['members_lit']} "
+                  f"nodes, {c['edges_lit']} edges lit; long tasks "
                   f"{fmt_s(lt['total_s'])}); requests after tap: {rts}")
         for label, k in (("cpu, cold load (new browser)", "cpu_load"),
                          ("cpu, one click", "cpu_click")):
@@ -682,9 +716,9 @@ def report(results: list[dict]) -> None:
                   f"{fmt_s(p['elements_json_s'])} ({p['elements_json_bytes'] / 1024:.0f} KiB), "
                   f"model_info {fmt_s(p['model_info_s'])}")
             for i in p["inspect"]:
-                print(f"    inspect {i['name']}: {fmt_s(i['inspect_s'])} + to_json "
-                      f"{fmt_s(i['inspect_json_s'])}; stylesheet compose+json "
-                      f"{fmt_s(i['style_compose_json_s'])} ({i['rules']} rules)")
+                print(f"    click {i['name']}: highlight {fmt_s(i['select_s'])} + to_json "
+                      f"{fmt_s(i['select_json_s'])} ({i['lit']} elements); panels "
+                      f"{fmt_s(i['inspect_s'])} + to_json {fmt_s(i['inspect_json_s'])}")
 
 
 def main(argv: list[str] | None = None) -> int:
