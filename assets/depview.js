@@ -8,6 +8,7 @@
   // the classes and edge data field of a highlight (viewer/app/styles.py, *_CLASS, TENSOR_LABEL)
   var FADED = 'dv-faded', MEMBER = 'dv-member', TENSOR = 'dv-tensor', SELECTED = 'dv-selected',
     LABEL = 'hl';
+  var SHOWN = 'selection-shown';  // viewer/app/ids.py SHOWN
 
   window.dash_clientside = Object.assign({}, window.dash_clientside, {
     depview: {
@@ -53,11 +54,17 @@
       /* Draw the inspected group (viewer/app/styles.py group_highlight): classes on the
        * members, the edges carrying its tensors (labelled through their data) and the selected
        * element, everything else in `fade` dimmed. Only elements whose classes change are
-       * restyled; a stylesheet swap would restyle and redraw all of them. */
-      highlight: function (hl) {
-        var cy = window.cy;
+       * restyled; a stylesheet swap would restyle and redraw all of them. Once that frame is
+       * drawn, `selection` goes to the SHOWN store, which the panels follow: rendering them
+       * then never holds up the highlight. */
+      highlight: function (hl, selection) {
+        var cy = window.cy, tries = 0;
+        requestAnimationFrame(function () {  // runs before the next frame; the timeout, after
+          setTimeout(function () {
+            window.dash_clientside.set_props(SHOWN, {data: selection});
+          }, 0);
+        });
         if (!cy || !hl) { return window.dash_clientside.no_update; }
-        var tries = 0;
         (function apply() {
           var missing = false;
           function pick(ids) {

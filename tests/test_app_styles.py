@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from viewer.app import charts, styles
+from viewer.app import charts, ids, styles
 from viewer.app.viewmodel import build_view
 from viewer.core.groups import group_of
 from viewer.core.spec import load_model
@@ -58,6 +58,7 @@ def test_highlight_rules_style_every_class_the_browser_toggles():
                  styles.SELECTED_CLASS):
         assert f"'{name}'" in js
     assert f"LABEL = '{styles.TENSOR_LABEL}'" in js
+    assert f"SHOWN = '{ids.SHOWN}'" in js  # the store the panels follow
 
 
 def test_preview_rules_annotate_new_widths(densenet):

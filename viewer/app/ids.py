@@ -9,6 +9,7 @@ SESSION = "session"  #: the browser session id (server-side state is keyed by it
 GRAPH_REV = "graph-rev"  #: bumped whenever the current model/graph changes
 VIEW_REV = "view-rev"  #: bumped whenever the drawn elements change (collapse, new graph)
 SELECTION = "selection"  #: {"kind": "op"|"module", "name": ...} of the inspected element
+SHOWN = "selection-shown"  #: SELECTION again, set by the client once its highlight is drawn
 PREVIEW_REV = "preview-rev"  #: bumped when a preview is computed or cleared
 DBLTAP = "dbltap"  #: written by the client on a double-click on a node
 ZOOM_TARGET = "zoom-target"  #: element ids the client should zoom to

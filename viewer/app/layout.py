@@ -169,6 +169,7 @@ def stores(sid: str) -> list:
         dcc.Store(id=ids.SESSION, data=sid),
         dcc.Store(id=ids.VIEW_REV, data=0),
         dcc.Store(id=ids.SELECTION),
+        dcc.Store(id=ids.SHOWN),
         dcc.Store(id=ids.PREVIEW_REV, data=0),
         dcc.Store(id=ids.DBLTAP),
         dcc.Store(id=ids.ZOOM_TARGET),

@@ -209,8 +209,7 @@ def register(app, store: SessionStore) -> None:
         zoom = {"ids": hits} if hits and ctx.triggered_id == ids.SEARCH else no_update
         return {"rules": styles.search_rules(hits)}, info, zoom
 
-    # composed in the browser; the inspected group is drawn there too, by toggling classes
-    # (no stylesheet swap, which would restyle and redraw every element on each click)
+    # composed in the browser (the inspected group is drawn by toggling classes: see inspect)
     app.clientside_callback(
         ClientsideFunction("depview", "compose"),
         Output(ids.GRAPH, "stylesheet"),
@@ -219,13 +218,6 @@ def register(app, store: SessionStore) -> None:
         Input(ids.STYLE_PREVIEW, "data"),
         Input(ids.STYLE_SEARCH, "data"),
     )
-    app.clientside_callback(
-        ClientsideFunction("depview", "highlight"),
-        Output(ids.FIT_DONE, "data", allow_duplicate=True),
-        Input(ids.STYLE_GROUP, "data"),
-        prevent_initial_call=True,
-    )
-
     @app.callback(
         Output(ids.GRAPH, "generateImage"),
         Input(ids.EXPORT_PNG, "n_clicks"),

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from dash import Input, Output, State, ctx, dcc, html, no_update
+from dash import ClientsideFunction, Input, Output, State, ctx, dcc, html, no_update
 
 from viewer.core.errors import DepViewError
 from viewer.core.graph import Graph, Node
@@ -423,7 +423,9 @@ def control_values(store: SessionStore, sid: str,
 def register(app, store: SessionStore) -> None:
     # A click is answered in two steps so the graph shows the group before the browser spends
     # its time rendering the panels: first the selection and its highlight (a small answer
-    # the browser draws by toggling classes), then, from the stored selection, the panels.
+    # the browser draws by toggling classes, not by a stylesheet swap, which would restyle and
+    # redraw every element); once that frame is drawn, the browser sets SHOWN, and the panels
+    # (inspector, group controls, score chart) follow from it.
     @app.callback(
         Output(ids.STYLE_GROUP, "data"),
         Output(ids.SELECTION, "data"),
@@ -457,11 +459,19 @@ def register(app, store: SessionStore) -> None:
         return (r.highlight, r.selection, r.group_options, r.group_value, pick_style,
                 {"display": "block" if r.show_group else "none"}, no_update)
 
+    app.clientside_callback(
+        ClientsideFunction("depview", "highlight"),
+        Output(ids.FIT_DONE, "data", allow_duplicate=True),
+        Input(ids.STYLE_GROUP, "data"),
+        State(ids.SELECTION, "data"),
+        prevent_initial_call=True,
+    )
+
     @app.callback(
         Output(ids.INSPECTOR, "children"),
         Output(ids.GROUP_PANEL, "children"),
         Output(ids.MESSAGE, "children", allow_duplicate=True),
-        Input(ids.SELECTION, "data"),
+        Input(ids.SHOWN, "data"),
         State(ids.SESSION, "data"),
         prevent_initial_call=True,
     )
@@ -477,7 +487,7 @@ def register(app, store: SessionStore) -> None:
     @app.callback(
         Output(ids.IGNORE_TOGGLE, "value"),
         Output(ids.OVERRIDE_RATIO, "value"),
-        Input(ids.SELECTION, "data"),
+        Input(ids.SHOWN, "data"),
         State(ids.SESSION, "data"),
         prevent_initial_call=True,
     )

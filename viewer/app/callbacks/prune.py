@@ -306,13 +306,12 @@ def register(app, store: SessionStore) -> None:
 
     @app.callback(
         Output(ids.SCORE_CHART_BOX, "children"),
-        Input(ids.SELECTION, "data"),
-        Input(ids.PREVIEW_REV, "data"),
+        Input(ids.SHOWN, "data"),  # the selection once highlighted (also after a preview)
         *settings_state,
         State(ids.SESSION, "data"),
         prevent_initial_call=True,
     )
-    def on_scores(selection, _rev, importance, ratio, mode, round_to, sid):
+    def on_scores(selection, importance, ratio, mode, round_to, sid):
         try:
             try:
                 settings = parse_settings(importance, ratio, mode, round_to)
