@@ -346,7 +346,7 @@ class Pruner:
             if not err or len(gs) == 1:
                 for g in gs:
                     self._validated[g.id] = err
-            elif len(gs) <= 4:  # few left: one run each is cheaper than halving further
+            elif len(gs) <= 8:  # few left: one run each is cheaper than halving further
                 for g in gs:
                     check([g])
             else:
