@@ -14,8 +14,10 @@ to that model alone; ``base`` is the RSS after importing torch and DepView, befo
 Each stage is timed ``--reps`` times after one warm-up run and the median is reported, in
 seconds and as a ratio to one forward pass (``torch.no_grad``). ``plan`` includes the one-off
 per-group validation on the meta device (a fresh Pruner every repetition); ``plan (cached)``
-is a second ``plan()`` call on the same Pruner. Targets are printed as PASS/MISS; a MISS never
-fails the process (exit status 0 unless a subprocess crashes).
+is a second ``plan()`` call on the same Pruner. The last columns divide by the number of
+traced ops: what the tracer adds to one forward per op, and what all groups cost per op.
+Targets are printed as PASS/MISS; a MISS never fails the process (exit status 0 unless a
+subprocess crashes).
 """
 
 from __future__ import annotations
@@ -226,6 +228,12 @@ def _mb(n: int) -> str:
     return f"{n / 2**20:.0f}"
 
 
+def _per_op(seconds: float, r: dict) -> str:
+    """Microseconds per traced op: what the tracer adds to a forward, or what groups cost,
+    independent of how much arithmetic the model does."""
+    return f"{seconds / max(r['n_nodes'], 1) * 1e6:.1f}"
+
+
 def _fmt_s(s: float) -> str:
     return f"{s * 1e3:.1f}ms" if s < 1 else f"{s:.2f}s"
 
@@ -234,7 +242,8 @@ def report(models: list[dict], meta: dict | None) -> tuple[str, int]:
     lines = []
     misses = 0
     hdr = (f"{'model':<11}" + "".join(f"{LABELS[s]:>18}" for s in STAGES)
-           + f"{'peak MB':>9}{'base MB':>8}  build<=1.2xfwd  groups<=0.1xbuild")
+           + f"{'peak MB':>9}{'base MB':>8}  build<=1.2xfwd  groups<=0.1xbuild"
+           + f"{'ops':>7}{'trace us/op':>13}{'groups us/op':>14}")
     lines.append("Per-stage median wall time, then ratio to one forward (x)")
     lines.append(hdr)
     lines.append("-" * len(hdr))
@@ -252,7 +261,9 @@ def report(models: list[dict], meta: dict | None) -> tuple[str, int]:
         misses += (not b_ok) + (not g_ok)
         lines.append(f"{r['name']:<11}{cells}{_mb(r['peak_rss']):>9}{_mb(r['base_rss']):>9}"
                      f"   {_verdict(b_ok)} {b_ratio:5.2f}x      "
-                     f"{_verdict(g_ok)} {g_ratio:5.3f}x")
+                     f"{_verdict(g_ok)} {g_ratio:5.3f}x"
+                     f"{r['n_nodes']:>7}{_per_op(t['build'] - fwd, r):>13}"
+                     f"{_per_op(t['groups'], r):>14}")
     if meta is not None:
         lines.append("")
         lines.append("Llama decoder, 7B shape (dim 4096, 32 layers, 32/8 heads, ffn 11008, "
