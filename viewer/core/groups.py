@@ -513,11 +513,17 @@ def map_reshape(a, b, dim, units, pos, inferred: int | None = None,
     torch (``-1`` in the call), else the largest dim that is not a broadcast copy
     (``copies``); units sharing a position on it merge (e.g. the channels of one head).
     """
+    return _map_reshape(a, b, dim, units, pos, inferred, copies)[:3]
+
+
+def _map_reshape(a, b, dim, units, pos, inferred=None, copies=frozenset()):
+    """:func:`map_reshape`, plus whether ``b`` keeps the tracked dim's data in one dim (then
+    every position of ``b`` there comes from exactly one position of ``dim``)."""
     for gi, gj in dim_groups(tuple(a), tuple(b)):
         if dim not in gi:
             continue
         if len(gi) == 1 and len(gj) == 1:
-            return gj[0], units, pos  # this dim is kept as it is
+            return gj[0], units, pos, True  # this dim is kept as it is
         ga = [a[k] for k in gi]
         gb = [b[k] for k in gj]
         k = gi.index(dim)
@@ -536,7 +542,7 @@ def map_reshape(a, b, dim, units, pos, inferred: int | None = None,
             t = big[0] if big else len(gj) - 1
             stride_b = math.prod(gb[t + 1:])
             coords = (flats // stride_b) % gb[t]
-            return gj[t], np.repeat(units, coords.shape[1]), coords.reshape(-1)
+            return gj[t], np.repeat(units, coords.shape[1]), coords.reshape(-1), True
         total = math.prod(gb)
         choice = None
         for t in big:
@@ -544,7 +550,7 @@ def map_reshape(a, b, dim, units, pos, inferred: int | None = None,
                 continue
             coords = (flats // math.prod(gb[t + 1:])) % gb[t]
             if (coords == coords[:, :1]).all():
-                return gj[t], units, coords[:, 0]
+                return gj[t], units, coords[:, 0], False
         if inferred is not None and inferred in gj and b[inferred] > 1:
             choice = gj.index(inferred)
         else:
@@ -552,7 +558,7 @@ def map_reshape(a, b, dim, units, pos, inferred: int | None = None,
             choice = max(real, key=lambda t: (gb[t], -t))
         stride_b = math.prod(gb[choice + 1:])
         coords = (flats // stride_b) % gb[choice]
-        return gj[choice], np.repeat(units, coords.shape[1]), coords.reshape(-1)
+        return gj[choice], np.repeat(units, coords.shape[1]), coords.reshape(-1), False
     raise DepViewError(f"reshape {a} -> {b}: dim {dim} not found")
 
 
@@ -571,7 +577,7 @@ def _reshape_rule(g, node, side, port, dim, units, pos, ctx):
             copies = frozenset(d for d in range(len(eb))
                                if d - (len(eb) - len(ea)) < 0 or ea[d - (len(eb) - len(ea))] == 1
                                and eb[d] > 1)
-    d, u, p = map_reshape(a, b, dim, units, pos, inferred, copies)
+    d, u, p, whole = _map_reshape(a, b, dim, units, pos, inferred, copies)
     if len(p) > b[d]:
         # units landing on one position merge (the channels of one head): merge them here and
         # carry one unit per position, so the slab sent back is not repeated per unit
@@ -581,7 +587,7 @@ def _reshape_rule(g, node, side, port, dim, units, pos, ctx):
         p = np.nonzero(rep >= 0)[0]
         u = rep[p]
     flows = [Flow("out" if side == "in" else "in", 0, d, u, p)]
-    if u is units:  # the dim is kept as it is
+    if u is units or whole:  # kept, or spread over one dim: nothing to send back
         return flows
     # A unit that had to grow to a whole slab of the new dim (a head, a shuffle column) owns
     # the rest of that slab on this side too: send the completed slab back.
@@ -923,17 +929,24 @@ class _Search:
         return r
 
     def union_pairs(self, a: IntArray, b: IntArray) -> None:
-        """Merge units a[i] and b[i] for all i, vectorised: link roots to the smaller root
-        (``minimum.at`` resolves several links to one root) until every pair agrees."""
+        """Merge units a[i] and b[i] for all i, vectorised: link each pair's larger root to
+        its smaller one (``minimum.at`` keeps the smallest when a root is linked several
+        times); pairs whose link lost to a smaller one go round again."""
         a, b = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
         while len(a):
             ra, rb = self.find(a), self.find(b)
             diff = ra != rb
             if not diff.any():
                 return
-            a, b, ra, rb = a[diff], b[diff], ra[diff], rb[diff]
+            if not diff.all():
+                ra, rb = ra[diff], rb[diff]
+            hi, lo = np.maximum(ra, rb), np.minimum(ra, rb)
             self.merged = True
-            np.minimum.at(self.parent, np.maximum(ra, rb), np.minimum(ra, rb))
+            np.minimum.at(self.parent, hi, lo)
+            lost = self.parent[hi] != lo
+            if not lost.any():
+                return
+            a, b = hi[lost], lo[lost]
 
     def union_all(self, units: IntArray) -> None:
         if len(units) > 1:
