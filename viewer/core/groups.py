@@ -903,8 +903,7 @@ class _Search:
         self.cls_batches: list[list[int]] = []
         self.batches: list[tuple[int, IntArray, IntArray]] = []  # (class, units, pos)
         self.seen: dict[TensorKey, set[int]] = {}
-        self.cur: tuple[int, IntArray, IntArray] | None = None  # batch being applied
-        self.cur_id = -1
+        self.cur: int | None = None  # the batch whose pairs a rule is being given
         self.link_cache: dict[tuple[int, int], list[tuple]] = link_cache \
             if link_cache is not None else {}
         self.reasons: list[str] = []
@@ -954,9 +953,9 @@ class _Search:
 
     def add_member(self, node, side, dim, units, pos):
         batches, chunks = self.members.setdefault((node.id, side, dim), ([], []))
-        cur = self.cur
-        if cur is not None and units is cur[1] and pos is cur[2]:
-            batches.append(self.cur_id)
+        b = self.cur
+        if b is not None and units is self.batches[b][1] and pos is self.batches[b][2]:
+            batches.append(b)  # the whole batch: resolved from its class at the end
         else:
             chunks.append((units, pos))
 
@@ -1062,14 +1061,13 @@ class _Search:
         while queue:
             key, b, via = queue.popleft()
             nid, port, dim = key
-            _, units, pos = cur = batches[b]
-            self.cur_id = b
+            _, units, pos = batches[b]
             for node, side, nport, rule, tag in self.links(nid, port):
                 # never send pairs straight back through the op they came from: reshape-like
                 # maps are not exactly invertible once units have been coarsened
                 if tag == via:
                     continue
-                self.cur = cur
+                self.cur = b
                 flows = rule(g, node, side, nport, dim, units, pos, ctx)
                 self.cur = None
                 for f in flows:
