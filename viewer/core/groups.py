@@ -1071,17 +1071,18 @@ class _Search:
                 flows = rule(g, node, side, nport, dim, units, pos, ctx)
                 self.cur = None
                 for f in flows:
-                    if f[0] == "out":
-                        to, via2 = (node.id, f[1], f[2]), (node.id, "out", f[1])
+                    if f.side == "out":
+                        to, via2 = (node.id, f.port, f.dim), (node.id, "out", f.port)
                     else:
                         edges = in_edges.get(node.id, ())
-                        if f[1] >= len(edges):
+                        if f.port >= len(edges):
                             continue
-                        e = edges[f[1]]
-                        to, via2 = (e.source, e.source_port, f[2]), (node.id, "in", f[1])
-                    if f[3] is units and f[4] is pos and self._pass(to, b, via2):
+                        e = edges[f.port]
+                        to, via2 = (e.source, e.source_port, f.dim), (node.id, "in", f.port)
+                    # passed through unchanged: hand the batch on without claiming it again
+                    if f.units is units and f.pos is pos and self._pass(to, b, via2):
                         continue
-                    self.arrive(to[0], to[1], to[2], f[3], f[4], via2)
+                    self.arrive(*to, f.units, f.pos, via2)
 
 
 #: For each layer type: the dim of its output that carries the channels it creates.
