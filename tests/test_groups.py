@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from conftest import ALL_DEMOS
 from torch import nn
 
 from viewer.core.groups import all_groups, dim_groups, group_of, map_reshape
@@ -173,3 +174,68 @@ def test_functional_conv_call_blocks_its_group():
     g = build_graph(Fn(), torch.randn(1, 3, 4, 4))
     grp = group_of(g, "stem")
     assert not grp.prunable and "functional conv2d call" in grp.reason
+
+
+# --- reuse across repeated blocks: the same groups as searching every root -------------------
+
+
+def canonical(groups) -> list:
+    """Everything a group says, in plain values (the oracle for reuse == full search)."""
+    return [(g.id, g.root, g.root_side, g.n_units, g.reasons, g.stats_notes, g.exact,
+             g.multiple_of,
+             [(m.node, m.node_name, m.module, m.op_type, m.side, m.dim, m.pos.tolist(),
+               m.unit.tolist()) for m in g.members],
+             sorted((k, p.tolist(), u.tolist()) for k, (p, u) in g.tensors.items()))
+            for g in groups]
+
+
+@pytest.mark.parametrize("name", ALL_DEMOS + ["resnet50"])
+def test_reused_groups_equal_a_search_from_every_root(demo_pruner, name):
+    _, p = demo_pruner(name)
+    assert canonical(all_groups(p.graph)) == canonical(all_groups(p.graph, reuse=False))
+
+
+class _Block(nn.Module):
+    """Two heads-split projections concatenated; ``variant`` changes only what the graph's
+    shapes cannot show: which dim of the head split is left to torch, or the concat order."""
+
+    def __init__(self, variant: str = ""):
+        super().__init__()
+        self.variant = variant
+        self.a = nn.Linear(16, 16)
+        self.b = nn.Linear(16, 16)
+        self.out = nn.Linear(32, 16)
+
+    def forward(self, x):
+        ha, hb = self.a(x), self.b(x)
+        if self.variant == "heads":
+            ha = ha.view(1, 5, 4, -1).relu().reshape(1, 5, 16)
+        else:
+            ha = ha.view(1, 5, -1, 4).relu().reshape(1, 5, 16)
+        hb = hb.relu()
+        both = torch.cat([hb, ha] if self.variant == "order" else [ha, hb], dim=-1)
+        return x + self.out(both)
+
+
+def test_reuse_only_where_the_block_really_repeats():
+    torch.manual_seed(0)
+    model = nn.Sequential(_Block(), _Block(), _Block("heads"), _Block(), _Block("order"),
+                          nn.Linear(16, 3))
+    g = build_graph(model, torch.randn(1, 5, 16))
+    groups = all_groups(g)
+    assert canonical(groups) == canonical(all_groups(g, reuse=False))
+    by_root = {grp.root: grp for grp in groups}
+    a0, a1, a2, a3, a4 = (by_root[f"{i}.a"] for i in range(5))
+    # heads of 4 channels; in block 2 the split leaves the other dim to torch: other units
+    assert a0.n_units == 4 and a2.n_units == 4
+    assert a0.members[0].unit.tolist() != a2.members[0].unit.tolist()
+    # repeats share their arrays with the group they were made from (read-only); the blocks
+    # whose metadata or wiring differ were searched afresh
+    assert a1.members[0].pos is a0.members[0].pos
+    assert a3.members[0].pos is a0.members[0].pos
+    assert a2.members[0].pos is not a0.members[0].pos
+    assert a4.members[0].pos is not a0.members[0].pos
+    assert [m.node_name for m in a3.members] == [m.node_name.replace("0.", "3.", 1)
+                                                 for m in a0.members]
+    with pytest.raises(ValueError, match="read-only"):
+        a1.members[0].pos[0] = 7

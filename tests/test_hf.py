@@ -98,3 +98,15 @@ def test_hf_export_is_not_reloadable_without_a_spec(tmp_path):
 
     with pytest.raises(DepViewError):
         load_pruned(out)
+
+
+@pytest.mark.parametrize("factory", [bert, gpt2, llama, vit])
+def test_hf_reused_groups_equal_a_search_from_every_root(factory):
+    from test_groups import canonical
+
+    from viewer.core.groups import all_groups
+
+    torch.manual_seed(0)
+    model, inputs = factory()
+    g = build_graph(model.eval(), inputs)
+    assert canonical(all_groups(g)) == canonical(all_groups(g, reuse=False))

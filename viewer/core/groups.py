@@ -9,7 +9,9 @@ H*W input features), residual adds, matmuls and attention. When two units land o
 they are merged (union-find): this is how heads appear (a ``view`` splitting D into (H, d) merges
 each head's d channels into one unit) and how a channel shuffle couples channels across
 branches. The search visits every (tensor, dim, position) once, so all groups of a model cost
-time linear in the graph size times its widths.
+time linear in the graph size times its widths. :func:`all_groups` searches a repeated block
+(a decoder layer, a ResNet bottleneck) once and shifts that group to the repeats, after checking
+node by node that the repeat reads exactly the same (:class:`_Repeats`).
 
     >>> g = build_graph(model, x)
     >>> grp = group_of(g, "layer1.0.conv1")           # out channels by default
@@ -843,6 +845,8 @@ def _mha_rule(g, node, side, port, dim, units, pos, ctx):
 
 
 #: How units cross each op type. One entry per OpType (a test checks it is complete).
+#: Rules read a node's fields listed in ``_Repeats.fp``, the graph's ``in_edges`` and
+#: ``consumers``, and nothing else: the reuse of groups across repeated blocks relies on it.
 RULES: dict[OpType, Rule] = {
     OpType.INPUT: _source_block("the model input"),
     OpType.OUTPUT: _source_block("the model output"),
@@ -898,6 +902,7 @@ class _Search:
         self.parent = np.arange(n_units, dtype=np.int64)
         self.merged = False  # any union yet?
         self.cls: dict[TensorKey, int] = {}  # tensor -> class
+        self.invalid: list[TensorKey] = []  # pairs sent to a dim the tensor does not have
         self.owner: list[IntArray] = []  # per class: unit at each position (-1: none yet)
         self.stamp: list[IntArray] = []
         self.cls_batches: list[list[int]] = []
@@ -974,6 +979,7 @@ class _Search:
         c = self.cls.get(key)
         if c is None:
             if not self._valid(key):
+                self.invalid.append(key)
                 return
             c = self._new_class(key)
             if distinct:  # nothing to merge: claim and queue
@@ -1027,6 +1033,7 @@ class _Search:
         c = self.cls.get(key)
         if c is None:
             if not self._valid(key):
+                self.invalid.append(key)
                 return True
             c = self.cls[key] = self.batches[b][0]
             self.seen[key] = {b}
@@ -1104,6 +1111,10 @@ _ROOT_LAST_DIM = tuple(OpGroup.RECURRENT) + (OpType.LINEAR, OpType.EMBED, OpType
                                               OpType.PARAMETER)
 
 
+_ROOT_TYPES = frozenset((OpType.CONV, OpType.CONV_TRANSPOSE, OpType.CUSTOMIZED)
+                       + _ROOT_LAST_DIM)
+
+
 def _guess_dim(node: Node, shape: tuple[int, ...]) -> int:
     if node.op_type in OpGroup.CHANNEL_FIRST or (
             len(shape) in (4, 5) and node.op_type not in OpGroup.CHANNEL_LAST):
@@ -1131,7 +1142,9 @@ def out_channel_dim(node: Node) -> int | None:
 
 
 def _search(graph: Graph, root: Node, side: str, dim: int, pos: IntArray,
-            gid: int, link_cache: dict | None = None) -> Group:
+            gid: int, link_cache: dict | None = None, trail: list | None = None) -> Group:
+    """The group of ``pos`` on ``dim`` of ``root``'s output (``side="out"``) or input.
+    ``trail``, if given, receives every tensor key the search visited."""
     n = len(pos)
     s = _Search(graph, n, link_cache)
     ctx = _Ctx(s)
@@ -1197,6 +1210,9 @@ def _search(graph: Graph, root: Node, side: str, dim: int, pos: IntArray,
     if grp.multiple_of >= grp.n_units and grp.n_units:
         grp.reasons.append(f"units must be removed in multiples of {grp.multiple_of} "
                            f"(attention heads), but there are only {grp.n_units}")
+    if trail is not None:
+        trail.extend(s.cls)
+        trail.extend(s.invalid)
     return grp
 
 
@@ -1228,24 +1244,180 @@ def group_of(graph: Graph, node: str | int, side: str = "out") -> Group:
                            f"{type(exc).__name__}: {exc}") from exc
 
 
-def all_groups(graph: Graph) -> list[Group]:
+class _Template:
+    """A group found by a full search, kept to be reused for a root that repeats its block."""
+
+    def __init__(self, root: int, group: Group, trail: list[TensorKey]):
+        self.root = root
+        self.group = group
+        self.trail = trail
+        self.tensors: list[tuple[int, int]] | None = None  # visited; filled when first needed
+        self.nodes: list[int] = []  # nodes a rule ran on
+        self.inputs: list[tuple[int, list[tuple[int, int, int, bool]]]] = []
+        self.producers: list[int] = []  # nodes whose input 0's producer a rule reads
+        self.shared = False  # its arrays are shared with groups made from it
+
+
+class _Repeats:
+    """Reuse of groups across repeated blocks (the 32 layers of a decoder, the bottlenecks of a
+    ResNet stage).
+
+    A search is a deterministic function of what it reads: the fields rules look at (type,
+    target, metadata, shapes, attributes, parameter names and shapes) of the nodes it runs
+    rules on, the consumers of every tensor it visits, and the input edges of those nodes
+    (which tensor each port reads, when pairs are sent there; the reshape rule also reads its
+    input's producer). If all of these agree at a fixed node-id offset ``delta`` (names aside;
+    an input the group never reaches, like RoPE tables shared by every layer, may be the same
+    node), the search from ``root + delta`` gives the same group shifted by ``delta``:
+    :meth:`find` checks exactly that before reusing one. Only groups with no reasons and no
+    notes are reused (those texts name nodes)."""
+
+    def __init__(self, graph: Graph):
+        self.g = graph
+        self.fps: dict[int, tuple] = {}
+        self.templates: dict[tuple, list[_Template]] = {}
+
+    def fp(self, nid: int) -> tuple:
+        """Every field of a node that a rule may read (not its name or module)."""
+        f = self.fps.get(nid)
+        if f is None:
+            n = self.g.nodes[nid]
+            f = self.fps[nid] = (n.op_type, n.target, n.meta, n.in_shapes, n.out_shapes,
+                                 n.attrs, n.param_shapes, tuple(n.params), n.custom)
+        return f
+
+    @staticmethod
+    def key(node: Node, dim: int) -> tuple:
+        return node.op_type, node.target, node.out_shapes, dim
+
+    def add(self, node: Node, dim: int, grp: Group, trail: list[TensorKey]) -> None:
+        if grp.reasons or grp.stats_notes:
+            return
+        self.templates.setdefault(self.key(node, dim), []).append(
+            _Template(node.id, grp, trail))
+
+    def _prepare(self, t: _Template) -> None:
+        g = self.g
+        t.tensors = list(dict.fromkeys((k[0], k[1]) for k in t.trail))
+        visited = set(t.tensors)
+        nodes = dict.fromkeys(k[0] for k in t.tensors)
+        for k in t.tensors:
+            for e in g.consumers.get(k, ()):
+                nodes[e.target] = None
+        t.nodes = list(nodes)
+        t.inputs = [(nid, [(e.source, e.source_port, e.target_port,
+                            (e.source, e.source_port) in visited)
+                           for e in g.in_edges.get(nid, ())]) for nid in t.nodes]
+        t.producers = [nid for nid in t.nodes if g.nodes[nid].op_type is OpType.RESHAPE
+                       and g.in_edges.get(nid)]
+
+    def _near(self, t: _Template, delta: int) -> bool:
+        """A cheap first look: the root and the consumers of its output agree."""
+        fp, consumers = self.fp, self.g.consumers
+        if fp(t.root) != fp(t.root + delta):
+            return False
+        a, b = consumers.get((t.root, 0), ()), consumers.get((t.root + delta, 0), ())
+        if len(a) != len(b):
+            return False
+        for x, y in zip(a, b, strict=True):
+            if (x.target + delta != y.target or x.target_port != y.target_port
+                    or fp(x.target) != fp(y.target)):
+                return False
+        return True
+
+    def _same(self, t: _Template, delta: int) -> bool:
+        g, fp = self.g, self.fp
+        n_nodes = len(g.nodes)
+        for nid in t.nodes:
+            if not 0 <= nid + delta < n_nodes or fp(nid) != fp(nid + delta):
+                return False
+        in_edges, consumers = g.in_edges, g.consumers
+        for nid, edges in t.inputs:
+            other = in_edges.get(nid + delta, ())
+            if len(edges) != len(other):
+                return False
+            for (src, sport, tport, reached), y in zip(edges, other, strict=True):
+                if sport != y.source_port or tport != y.target_port:
+                    return False
+                if reached and src + delta != y.source:
+                    return False
+        for nid in t.producers:
+            if fp(in_edges[nid][0].source) != fp(in_edges[nid + delta][0].source):
+                return False
+        for nid, port in t.tensors:
+            a, b = consumers.get((nid, port), ()), consumers.get((nid + delta, port), ())
+            if len(a) != len(b):
+                return False
+            for x, y in zip(a, b, strict=True):
+                if x.target + delta != y.target or x.target_port != y.target_port:
+                    return False
+        return True
+
+    def find(self, node: Node, dim: int, gid: int) -> Group | None:
+        """The group of ``node``'s whole output ``dim`` made from a verified repeat, or None."""
+        for t in reversed(self.templates.get(self.key(node, dim), ())[-3:]):
+            delta = node.id - t.root
+            if not self._near(t, delta):
+                continue
+            if t.tensors is None:
+                self._prepare(t)
+            if self._same(t, delta):
+                return self._shifted(t, delta, gid, node)
+        return None
+
+    def _shifted(self, t: _Template, delta: int, gid: int, root: Node) -> Group:
+        nodes = self.g.nodes
+        src = t.group
+        if not t.shared:  # its arrays are now shared by every group made from it: read-only
+            t.shared = True
+            for m in src.members:
+                m.pos.flags.writeable = m.unit.flags.writeable = False
+            for p, u in src.tensors.values():
+                p.flags.writeable = u.flags.writeable = False
+        members = []
+        for m in src.members:
+            n = nodes[m.node + delta]
+            members.append(Member(n.id, n.name, n.module, m.op_type, m.side, m.dim, m.pos,
+                                  m.unit))
+        tensors = {(k[0] + delta, k[1], k[2]): v for k, v in src.tensors.items()}
+        grp = Group(gid, root.name, src.root_side, src.n_units, members, tensors, [],
+                    src.exact, [], src.multiple_of)
+        return grp
+
+
+def all_groups(graph: Graph, reuse: bool = True) -> list[Group]:
     """Every group of the model, each once, in the order of their root layers.
 
     Roots are layers that create channels (conv, linear, embedding, recurrent, custom) and
     bare parameters; a root whose channels already belong to a group starts no new one.
+    ``reuse`` (default) lets a root that repeats an earlier root's block, checked node by node
+    (:class:`_Repeats`), take that group shifted instead of searching again; ``False`` searches
+    every root (the same result, slower; the tests compare the two).
     """
-    roots = [(node, d) for node in graph.nodes if (d := root_dim(node)) is not None]
+    roots = [(node, d) for node in graph.nodes
+             if node.op_type in _ROOT_TYPES and (d := root_dim(node)) is not None]
     root_keys = {(node.id, 0, d) for node, d in roots}
     covered: dict[TensorKey, np.ndarray] = {}  # root tensors: positions some group owns
     groups: list[Group] = []
     link_cache: dict = {}
+    repeats = _Repeats(graph) if reuse else None
     for node, d in roots:
-        width = node.out_shapes[0][d]
         cov = covered.get((node.id, 0, d))
-        pos = np.arange(width, dtype=np.int64) if cov is None else np.nonzero(~cov)[0]
-        if len(pos) == 0:
-            continue
-        grp = _search(graph, node, "out", d, pos, len(groups), link_cache)
+        grp = None
+        if cov is None:
+            if repeats is not None:
+                grp = repeats.find(node, d, len(groups))
+            if grp is None:
+                trail: list[TensorKey] = []
+                pos = np.arange(node.out_shapes[0][d], dtype=np.int64)
+                grp = _search(graph, node, "out", d, pos, len(groups), link_cache, trail)
+                if repeats is not None:
+                    repeats.add(node, d, grp, trail)
+        else:
+            pos = np.nonzero(~cov)[0]
+            if len(pos) == 0:
+                continue
+            grp = _search(graph, node, "out", d, pos, len(groups), link_cache)
         groups.append(grp)
         for key in root_keys.intersection(grp.tensors):
             arr = covered.get(key)
