@@ -193,6 +193,32 @@ def test_hooks_removed_and_model_unchanged_after_trace():
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
 
 
+def test_cyclic_collector_is_left_as_it_was_found():
+    import gc
+
+    assert gc.isenabled()
+    build_graph(DictModel(), ({"a": torch.randn(1, 4), "b": torch.randn(1, 4)},))
+    assert gc.isenabled()
+    with pytest.raises(DepViewError):
+        build_graph(Broken(), torch.randn(1, 3, 16, 16))
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        build_graph(DictModel(), ({"a": torch.randn(1, 4), "b": torch.randn(1, 4)},))
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+def test_module_types_cached_per_class_except_where_the_instance_decides():
+    # two convs of one class: one depthwise, one not; the per-class cache must not merge them
+    m = nn.Sequential(nn.Conv2d(4, 4, 3, groups=4), nn.Conv2d(4, 4, 3), nn.Conv2d(4, 4, 1,
+                                                                              groups=4))
+    types = [n.op_type.name for n in build_graph(m, torch.randn(1, 4, 9, 9)).nodes
+             if n.is_module]
+    assert types == ["DEPTHWISE_CONV", "CONV", "DEPTHWISE_CONV"]
+
+
 def test_tensors_finds_what_flatten_finds_in_the_same_order():
     from collections import OrderedDict, namedtuple
     from dataclasses import dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import NamedTuple
 
 from .meta import meta_to_dict
 from .optypes import STYLES, OpType
@@ -17,10 +18,9 @@ from .optypes import STYLES, OpType
 Shape = tuple[int, ...]
 
 
-@dataclass(frozen=True)
-class Edge:
+class Edge(NamedTuple):
     """A tensor flowing from ``source``'s output ``source_port`` into ``target``'s input
-    ``target_port``."""
+    ``target_port``. (A named tuple: a trace makes one per op input.)"""
 
     source: int
     source_port: int

@@ -284,6 +284,12 @@ def custom_layer(module: nn.Module) -> CustomLayer | None:
     return None
 
 
+def class_decides(module: nn.Module) -> bool:
+    """True if :func:`match_module` gives every instance of this module's class the same type
+    (while the registrations stay the same): only the depthwise rule reads an instance."""
+    return not isinstance(module, nn.modules.conv._ConvNd)
+
+
 def match_module(module: nn.Module) -> OpType | None:
     """The type of a module the tables know, or None (then the tracer looks inside it)."""
     if custom_layer(module) is not None:

@@ -15,6 +15,7 @@ it; tensors nobody made (parameters, buffers, ``arange``) get a source node on f
 
 from __future__ import annotations
 
+import gc
 import inspect
 import sys
 from collections.abc import Mapping
@@ -31,6 +32,7 @@ from .graph import Edge, Graph, Node
 from .optypes import (
     IGNORED_FUNCTIONS,
     OpType,
+    class_decides,
     classify_function,
     custom_layer,
     function_name,
@@ -129,6 +131,7 @@ class _Tracer(TorchFunctionMode):
         # are looked up once, not on every call (a 7B decoder calls ``add`` 130 times).
         self.functions: dict = {}
         self.module_types: dict[int, OpType | None] = {}
+        self.class_types: dict[type, OpType | None] = {}  # where the class alone decides
         # (module, path, atomic, args, kwargs): the arguments are kept (the caller holds them
         # anyway) so input shapes are only read when a forward fails
         self.stack: list[tuple[nn.Module, str, bool, tuple, dict]] = []
@@ -202,7 +205,13 @@ class _Tracer(TorchFunctionMode):
     def module_type(self, module: nn.Module) -> OpType | None:
         found = self.module_types.get(id(module), _UNSET)
         if found is _UNSET:
-            found = self.module_types[id(module)] = match_module(module)
+            cls = type(module)
+            found = self.class_types.get(cls, _UNSET)
+            if found is _UNSET:
+                found = match_module(module)
+                if class_decides(module):
+                    self.class_types[cls] = found
+            self.module_types[id(module)] = found
         return found
 
     def pre_hook(self, module: nn.Module, args, kwargs):
@@ -646,6 +655,11 @@ def build_graph(model: nn.Module, example_inputs=(), example_kwargs: dict | None
         handles.append(m.register_forward_pre_hook(tracer.pre_hook, with_kwargs=True))
         handles.append(m.register_forward_hook(tracer.post_hook, with_kwargs=True,
                                                always_call=True))
+    # The tracer makes a few objects per op (nodes, edges, tags); with the cyclic collector on,
+    # they set off collections that walk all of torch's objects (a fifth of a 7B build). They
+    # hold no cycles, and the forward's own garbage is freed by reference counting as usual.
+    collect = gc.isenabled()
+    gc.disable()
     try:
         with tracer, torch.set_grad_enabled(autograd and torch.is_grad_enabled()):
             output = model(*args, **kwargs)
@@ -660,6 +674,8 @@ def build_graph(model: nn.Module, example_inputs=(), example_kwargs: dict | None
     finally:
         for h in handles:
             h.remove()
+        if collect:
+            gc.enable()
 
     outs = flatten(output)
     if not outs:
