@@ -19,6 +19,9 @@ def test_bench_core_runs_on_a_tiny_demo(tmp_path):
     (model,) = data["models"]
     assert model["n_nodes"] > 0 and set(model["times"]) >= {"forward", "build", "groups",
                                                               "plan", "apply", "export"}
+    # the target ratios come from interleaved rounds, one per round
+    assert set(model["ratios"]) == {"build_x_forward", "groups_x_build"}
+    assert len(model["all_times"]["forward"]) == len(model["all_times"]["build"]) >= 1
 
 
 def test_bench_browser_has_a_working_cli():

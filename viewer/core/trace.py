@@ -160,31 +160,36 @@ class _Tracer(TorchFunctionMode):
     # -- nodes and edges ------------------------------------------------------------------
     def add_node(self, inputs: list[torch.Tensor], outputs: list[torch.Tensor], name: str,
                  op_type: OpType, module: str, target: str, **fields) -> Node:
-        srcs = [self.source_of(t) for t in inputs]  # may add source nodes first
-        nid = len(self.nodes)
+        token = self.token
+        srcs = []
+        for t in inputs:  # the common case inline: a tensor this trace tagged
+            tag = getattr(t, "_depview_src", None)
+            srcs.append(tag if tag is not None and tag[0] is token else self.source_of(t))
+        nid = len(self.nodes)  # after source_of, which may add source nodes first
         in_shapes = tuple([tuple(t.shape) for t in inputs])
-        node = Node(nid, name, op_type, module, target, in_shapes=in_shapes,
-                    out_shapes=tuple([tuple(t.shape) for t in outputs]), **fields)
+        node = Node(nid, name, op_type, module, target, fields.pop("meta", None), in_shapes,
+                    tuple([tuple(t.shape) for t in outputs]), **fields)
         self.nodes.append(node)
         edges = self.edges
         for port, t in enumerate(inputs):
-            src, sport = srcs[port]
-            edges.append(Edge(src, sport, nid, port, in_shapes[port], _dtype(t)))
+            src = srcs[port]
+            edges.append(Edge(src[1], src[2], nid, port, in_shapes[port], _dtype(t)))
         for port, t in enumerate(outputs):
             try:
-                t._depview_src = (self.token, nid, port)
+                t._depview_src = (token, nid, port)
             except (AttributeError, RuntimeError):  # exotic tensor types without a __dict__
                 self.untaggable[id(t)] = (t, nid, port)
         return node
 
-    def source_of(self, t: torch.Tensor) -> tuple[int, int]:
-        """The (node, port) that made ``t``, adding a PARAMETER/BUFFER/CONSTANT node if new."""
+    def source_of(self, t: torch.Tensor) -> tuple[object, int, int]:
+        """``(token, node, port)``: what made ``t``, adding a PARAMETER/BUFFER/CONSTANT node
+        if new."""
         tag = getattr(t, "_depview_src", None)
         if tag is not None and tag[0] is self.token:
-            return tag[1], tag[2]
+            return tag
         hit = self.untaggable.get(id(t))
         if hit is not None and hit[0] is t:
-            return hit[1], hit[2]
+            return self.token, hit[1], hit[2]
         if id(t) in self.param_names:
             key = self.param_names[id(t)]
             node = self.add_node([], [t], self.unique(key), OpType.PARAMETER,
@@ -199,7 +204,7 @@ class _Tracer(TorchFunctionMode):
             node = self.add_node([], [t], self.unique(f"{mod}.constant" if mod else "constant"),
                                  OpType.CONSTANT, mod, "constant")
         self.sources.append(t)  # the user's parameters/buffers: untagged again at the end
-        return node.id, 0
+        return self.token, node.id, 0
 
     # -- module hooks ---------------------------------------------------------------------
     def module_type(self, module: nn.Module) -> OpType | None:
