@@ -1197,6 +1197,12 @@ def _search(graph: Graph, root: Node, side: str, dim: int, pos: IntArray,
         members.append(Member(nid, node.name, node.module, node.op_type, mside, mdim, p, lab))
     members.sort(key=lambda m: (m.node, m.side))
     tensors = {k: of_class(c) for k, c in s.cls.items()}
+    # a group is a result: read-only, so the groups made from it for repeated blocks
+    # (:class:`_Repeats`) can share its arrays
+    for m in members:
+        m.pos.flags.writeable = m.unit.flags.writeable = False
+    for p, lab in resolved.values():
+        p.flags.writeable = lab.flags.writeable = False
     grp = Group(gid, root.name, side, int(label.max()) + 1 if n else 0, members, tensors,
                 list(dict.fromkeys(s.reasons)))
     grp.stats_notes = list(dict.fromkeys(s.stats_notes))
@@ -1255,7 +1261,6 @@ class _Template:
         self.nodes: list[int] = []  # nodes a rule ran on
         self.inputs: list[tuple[int, list[tuple[int, int, int, bool]]]] = []
         self.producers: list[int] = []  # nodes whose input 0's producer a rule reads
-        self.shared = False  # its arrays are shared with groups made from it
 
 
 class _Repeats:
@@ -1368,12 +1373,6 @@ class _Repeats:
     def _shifted(self, t: _Template, delta: int, gid: int, root: Node) -> Group:
         nodes = self.g.nodes
         src = t.group
-        if not t.shared:  # its arrays are now shared by every group made from it: read-only
-            t.shared = True
-            for m in src.members:
-                m.pos.flags.writeable = m.unit.flags.writeable = False
-            for p, u in src.tensors.values():
-                p.flags.writeable = u.flags.writeable = False
         members = []
         for m in src.members:
             n = nodes[m.node + delta]
