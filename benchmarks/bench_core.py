@@ -96,16 +96,26 @@ def _timeit(fn, reps: int, warmup: int = 1, setup=None, budget: float = 60.0,
     return statistics.median(times), times, result
 
 
-def _rounds(fwd, build, groups, reps: int, budget: float = 90.0, min_time: float = 0.3):
-    """Forward, graph build and all groups timed in interleaved rounds, after one warm-up
-    round: each round runs all three back to back, all groups on that round's fresh graph (so
-    it pays for the graph's edge indexes, as a user's first call does). The ratios are
-    medians of per-round ratios, so a machine that speeds up or slows down during the run
-    moves numerator and denominator together. Returns ({stage: median s}, {stage: [s]},
-    {"build_x_forward", "groups_x_build"}, last graph, last groups)."""
-    fwd(None)
-    g = build(None)
-    out = groups(g)
+def _rounds(res: dict, m, x: tuple, reps: int, budget: float = 90.0, min_time: float = 0.3):
+    """Forward (``torch.no_grad``), graph build and all groups of model ``m`` on inputs ``x``,
+    timed in interleaved rounds after one warm-up round: each round runs all three back to
+    back, all groups on that round's fresh graph (so it pays for the graph's edge indexes, as
+    a user's first call does). The ratios are medians of per-round ratios, so a machine that
+    speeds up or slows down during the run moves numerator and denominator together.
+    Fills ``res["times"]``, ``res["all_times"]`` and ``res["ratios"]``
+    (``build_x_forward``, ``groups_x_build``); returns the last graph and its groups."""
+    import torch
+
+    from viewer.core.groups import all_groups
+    from viewer.core.trace import build_graph
+
+    def fwd():
+        with torch.no_grad():
+            return m(*x)
+
+    fwd()
+    g = build_graph(m, x)
+    groups = all_groups(g)
     t_start = time.perf_counter()
     times: dict[str, list[float]] = {"forward": [], "build": [], "groups": []}
     while len(times["build"]) < 50:
@@ -114,18 +124,21 @@ def _rounds(fwd, build, groups, reps: int, budget: float = 90.0, min_time: float
         if times["build"] and time.perf_counter() - t_start > budget:
             break
         t0 = time.perf_counter()
-        fwd(None)
+        fwd()
         t1 = time.perf_counter()
-        g = build(None)
+        g = build_graph(m, x)
         t2 = time.perf_counter()
-        out = groups(g)
+        groups = all_groups(g)
         t3 = time.perf_counter()
         for k, v in (("forward", t1 - t0), ("build", t2 - t1), ("groups", t3 - t2)):
             times[k].append(v)
     f, b, gr = times["forward"], times["build"], times["groups"]
-    ratios = {"build_x_forward": statistics.median(y / x for x, y in zip(f, b, strict=True)),
-              "groups_x_build": statistics.median(y / x for x, y in zip(b, gr, strict=True))}
-    return ({k: statistics.median(v) for k, v in times.items()}, times, ratios, g, out)
+    res["ratios"] = {
+        "build_x_forward": statistics.median(y / x for x, y in zip(f, b, strict=True)),
+        "groups_x_build": statistics.median(y / x for x, y in zip(b, gr, strict=True))}
+    res["times"].update({k: statistics.median(v) for k, v in times.items()})
+    res["all_times"].update(times)
+    return g, groups
 
 
 # -- child processes ------------------------------------------------------------------------
@@ -137,9 +150,7 @@ def run_one(name: str, reps: int, threads: int | None = None) -> dict:
         torch.set_num_threads(threads)
     import demo_models
     from viewer.core.export import export_dir
-    from viewer.core.groups import all_groups
     from viewer.core.prune import Pruner
-    from viewer.core.trace import build_graph
 
     base_rss = _rss_now()
     demo = demo_models.DEMOS[name]
@@ -156,14 +167,7 @@ def run_one(name: str, reps: int, threads: int | None = None) -> dict:
         res["all_times"][stage] = times
         return result
 
-    def fwd(_):
-        with torch.no_grad():
-            return m(*x)
-
-    med, times, res["ratios"], g, groups = _rounds(fwd, lambda _: build_graph(m, x),
-                                                   all_groups, reps)
-    res["times"].update(med)
-    res["all_times"].update(times)
+    g, groups = _rounds(res, m, x, reps)
     res["n_nodes"] = len(g.nodes)
     res["n_groups"] = len(groups)
 
@@ -209,14 +213,7 @@ def run_llama7b(reps: int, threads: int | None = None) -> dict:
                  "params": sum(p.numel() for p in m.parameters()), "times": {},
                  "all_times": {}}
 
-    def fwd(_):
-        with torch.no_grad():
-            return m(*x)
-
-    med, times, res["ratios"], g, groups = _rounds(fwd, lambda _: build_graph(m, x),
-                                                   all_groups, reps)
-    res["times"].update(med)
-    res["all_times"].update(times)
+    g, groups = _rounds(res, m, x, reps)
     # one cold end-to-end graph + groups, as a user would pay it
     t0 = time.perf_counter()
     groups = all_groups(build_graph(m, x))
@@ -314,6 +311,8 @@ def report(models: list[dict], meta: dict | None) -> tuple[str, int]:
                              ("graph_groups_once", "graph + groups (one cold run)")):
                 lines.append(f"  {label:<30}{_fmt_s(t[s]):>10}   [{t[s] / fwd:6.1f}x fwd]")
             lines.append(f"  {'nodes / groups':<30}{meta['n_nodes']:>10} / {meta['n_groups']}")
+            lines.append(f"  {'forward / tracer, us per op':<30}{_per_op(fwd, meta):>10} / "
+                         f"{_per_op(t['build'] - fwd, meta)}")
             lines.append(f"  {'peak RSS (base)':<30}{_mb(meta['peak_rss']):>7} MB"
                          f"   ({_mb(meta['base_rss'])} MB after imports)")
             b_ratio = meta["ratios"]["build_x_forward"]

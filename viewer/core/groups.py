@@ -564,6 +564,11 @@ def _map_reshape(a, b, dim, units, pos, inferred=None, copies=frozenset()):
     raise DepViewError(f"reshape {a} -> {b}: dim {dim} not found")
 
 
+#: Op types whose rule also reads the node that produced their input 0 (the reshape rule looks
+#: for an expand before it); the reuse of groups across repeated blocks compares those too.
+READS_INPUT_PRODUCER = frozenset({OpType.RESHAPE})
+
+
 def _reshape_rule(g, node, side, port, dim, units, pos, ctx):
     meta = node.meta
     if _unreadable(node, ctx, ReshapeMeta):
@@ -846,7 +851,8 @@ def _mha_rule(g, node, side, port, dim, units, pos, ctx):
 
 #: How units cross each op type. One entry per OpType (a test checks it is complete).
 #: Rules read a node's fields listed in ``_Repeats.fp``, the graph's ``in_edges`` and
-#: ``consumers``, and nothing else: the reuse of groups across repeated blocks relies on it.
+#: ``consumers`` (and, for :data:`READS_INPUT_PRODUCER`, input 0's producer), and nothing
+#: else: the reuse of groups across repeated blocks relies on it.
 RULES: dict[OpType, Rule] = {
     OpType.INPUT: _source_block("the model input"),
     OpType.OUTPUT: _source_block("the model output"),
@@ -1313,7 +1319,7 @@ class _Repeats:
         t.inputs = [(nid, [(e.source, e.source_port, e.target_port,
                             (e.source, e.source_port) in visited)
                            for e in g.in_edges.get(nid, ())]) for nid in t.nodes]
-        t.producers = [nid for nid in t.nodes if g.nodes[nid].op_type is OpType.RESHAPE
+        t.producers = [nid for nid in t.nodes if g.nodes[nid].op_type in READS_INPUT_PRODUCER
                        and g.in_edges.get(nid)]
 
     def _near(self, t: _Template, delta: int) -> bool:
