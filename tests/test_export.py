@@ -96,3 +96,69 @@ def test_load_pruned_errors(tmp_path):
     (tmp_path / "plan.json").write_text("{not json")
     with pytest.raises(DepViewError, match="not valid JSON"):
         load_pruned(tmp_path)
+
+
+MODEL_FILE = """
+import torch
+from torch import nn
+
+class Net(nn.Module):
+    def __init__(self, width=8):
+        super().__init__()
+        self.a = nn.Conv2d(3, width, 3, padding=1)
+        self.b = nn.Conv2d(width, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+"""
+
+
+def test_a_file_spec_export_reloads_from_another_directory_and_after_a_move(tmp_path,
+                                                                           monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "net.py").write_text(MODEL_FILE)
+    monkeypatch.chdir(work)
+    lm = load_model("net.py:Net", inputs=["1x3x8x8"], kwargs={"width": 8})
+    assert lm.source["spec"] == "net.py:Net"  # as the user typed it ...
+    assert lm.source["file"] == str(work / "net.py")  # ... and where that was
+    p = Pruner(lm.model, lm.inputs)
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    out = export_dir(p, plan, pruned, work / "out", lm.source)
+
+    def same(model):
+        with torch.no_grad():
+            assert torch.equal(model(*lm.inputs), pruned(*lm.inputs))
+
+    monkeypatch.chdir(tmp_path)  # "net.py" means nothing from here
+    same(load_pruned(out))  # found at the recorded absolute path
+    assert check_dir(out)["ok"]
+
+    # copied to another machine: the export directory with the model file beside it
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    (moved / "net.py").write_text(MODEL_FILE)
+    (work / "out").rename(moved / "out")
+    (work / "net.py").unlink()
+    same(load_pruned(moved / "out"))
+
+    (moved / "net.py").unlink()
+    with pytest.raises(DepViewError, match=r"model file not found: net.py \(looked in"):
+        load_pruned(moved / "out")
+
+
+def test_an_uploaded_plan_cannot_point_the_server_at_another_file(tmp_path, monkeypatch):
+    # plan.json from a browser is untrusted: its recorded absolute path is never followed
+    (tmp_path / "net.py").write_text(MODEL_FILE)
+    monkeypatch.chdir(tmp_path)
+    lm = load_model("net.py:Net", inputs=["1x3x8x8"])
+    p = Pruner(lm.model, lm.inputs)
+    plan = p.plan(0.5)
+    data = zip_dir(export_dir(p, plan, p.apply(plan), tmp_path / "out", lm.source))
+    assert read_export_zip(data)[0] is not None  # from the directory it was made in: fine
+    elsewhere = tmp_path / "other"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    with pytest.raises(DepViewError, match="model file not found: net.py$"):
+        read_export_zip(data)

@@ -110,3 +110,51 @@ def test_hf_reused_groups_equal_a_search_from_every_root(factory):
     model, inputs = factory()
     g = build_graph(model.eval(), inputs)
     assert canonical(all_groups(g)) == canonical(all_groups(g, reuse=False))
+
+
+HF_SPEC_FILE = """
+import transformers as tr
+
+def bert():
+    return tr.BertForSequenceClassification(tr.BertConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=32, num_labels=3))
+
+def llama(layers=2):
+    return tr.LlamaForCausalLM(tr.LlamaConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
+        num_key_value_heads=2, intermediate_size=64, max_position_embeddings=32))
+"""
+
+
+@pytest.mark.parametrize("name, kwargs", [("bert", "{}"), ("llama", '{"layers": 3}')])
+def test_hf_model_named_by_the_user_prunes_checks_and_reloads_from_the_cli(tmp_path, name,
+                                                                           kwargs):
+    # what a user does with their own HF model: a file with a factory, then the CLI only
+    import json
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    (tmp_path / "hf_models.py").write_text(HF_SPEC_FILE)
+    out = tmp_path / "out"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+    def cli(*args):
+        res = subprocess.run([sys.executable, "-m", "viewer", *args], capture_output=True,
+                             text=True, timeout=300, cwd=tmp_path, env=env)
+        assert res.returncode == 0, res.stderr
+        return res.stdout
+
+    cli("prune", f"hf_models.py:{name}", "--kwargs", kwargs, "--input", "1x8:int64",
+        "--ratio", "0.5", "--out", str(out))
+    report = json.loads((out / "report.json").read_text())
+    assert report["params"]["after"] < report["params"]["before"]
+    assert json.loads(cli("check", str(out), "--json", "-"))["ok"]
+    model = load_pruned(out)  # from another directory: the spec's file is found again
+    saved = load_file(str(out / "model.safetensors"))
+    state = model.state_dict()
+    assert set(saved) <= set(state)
+    for k, v in saved.items():
+        assert torch.equal(state[k], v), k

@@ -30,7 +30,7 @@ from torch import nn
 
 from .errors import DepViewError
 from .prune import Plan, Pruner, _tensor_lookup, attr_changes, run
-from .spec import LoadedModel, load_model, read_state_dict
+from .spec import LoadedModel, load_model, locate_spec, read_state_dict
 from .trace import flatten
 
 FORMAT = "depview-pruned/1"
@@ -188,13 +188,20 @@ def reshape_like_plan(model: nn.Module, plan: dict) -> nn.Module:
     return model
 
 
-def rebuild(path: str | Path) -> tuple[nn.Module, LoadedModel]:
+def rebuild(path: str | Path, search: bool = True) -> tuple[nn.Module, LoadedModel]:
     """The pruned model of an export directory, plus the original's :class:`LoadedModel`
-    (example inputs, output layers), building the original only once."""
+    (example inputs, output layers), building the original only once.
+
+    A model file the spec names relative to where ``prune`` ran is looked for from here, then
+    in the export directory and its parent, then at the absolute path ``prune`` recorded.
+    ``search=False`` (uploads: their plan.json is not trusted) looks only from here."""
     path = Path(path)
     plan = read_plan(path)
     src = plan["source"]
-    lm = load_model(src["spec"], inputs=src.get("inputs") or None, kwargs=src.get("kwargs"),
+    spec = src["spec"]
+    if search:
+        spec = locate_spec(spec, [path, path.parent, *([src["file"]] if src.get("file") else [])])
+    lm = load_model(spec, inputs=src.get("inputs") or None, kwargs=src.get("kwargs"),
                     weights=None, device="cpu", seed=src.get("seed", 0))
     # the example inputs were drawn before reshaping, so they match the original model's
     model = reshape_like_plan(lm.model, plan)
@@ -269,5 +276,5 @@ def read_export_zip(data: bytes, max_bytes: int = 2 << 30
             if fname in names:
                 (Path(tmp) / fname).write_bytes(zf.read(names[fname]))
         plan = read_plan(tmp)
-        model, lm = rebuild(tmp)
+        model, lm = rebuild(tmp, search=False)
         return model, plan, lm

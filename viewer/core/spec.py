@@ -182,7 +182,28 @@ def load_model(
         "weights": str(weights) if weights else None,
         "seed": seed,
     }
+    target = spec.rpartition(":")[0]
+    if target.endswith(".py"):  # where the file was, for a reload from another directory
+        source["file"] = str(Path(target).resolve())
     return LoadedModel(model, example, source, output_layers, description)
+
+
+def locate_spec(spec: str, candidates: list[str | Path]) -> str:
+    """``spec`` itself when it names a module, or a file that exists from here; otherwise the
+    spec rewritten to the first existing file among ``candidates`` (each a file, or a
+    directory to look for the spec's file name in). Raises naming every place looked in."""
+    target, _, attr = spec.rpartition(":")
+    if not target.endswith(".py") or Path(target).is_file():
+        return spec
+    looked = [str(Path(target).resolve())]
+    for c in candidates:
+        f = Path(c)
+        if f.is_dir():
+            f = f / Path(target).name
+        if f.is_file():
+            return f"{f}:{attr}"
+        looked.append(str(f))
+    raise DepViewError(f"model file not found: {target} (looked in {', '.join(looked)})")
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
