@@ -34,7 +34,7 @@ def test_demos_lists_every_demo():
 def test_groups_prune_check(tmp_path):
     groups = json.loads(cli("groups", "demo:resnet", "--json", "-").stdout)["groups"]
     g = groups[0]
-    assert set(g) >= {"root", "channels", "members", "prunable", "reason"}
+    assert set(g) >= {"root", "channels", "members", "prunable", "reason", "sets"}
     assert set(g["members"][0]) == {"node", "module", "side", "indices", "op_type", "dim",
                                     "width"}
     assert any(not x["prunable"] and x["reason"] for x in groups)

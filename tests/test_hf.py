@@ -9,7 +9,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 transformers = pytest.importorskip("transformers")
 
 from viewer.core.export import export_dir, load_pruned  # noqa: E402
-from viewer.core.prune import Pruner  # noqa: E402
+from viewer.core.prune import Plan, Pruner  # noqa: E402
 from viewer.core.trace import build_graph  # noqa: E402
 
 pytestmark = pytest.mark.hf
@@ -73,7 +73,7 @@ def test_hf_llama_gqa_heads_are_kv_groups():
     assert attn.q_proj.out_features == 16 and attn.k_proj.out_features == 8
 
 
-def test_hf_gpt2_tied_embedding_and_honest_head_reason():
+def test_hf_gpt2_tied_embedding_and_heads_by_its_stored_split_size():
     torch.manual_seed(0)
     model, inputs = gpt2()
     p = Pruner(model.eval(), inputs)
@@ -82,7 +82,16 @@ def test_hf_gpt2_tied_embedding_and_honest_head_reason():
     assert resid.root == "transformer.wte"
     assert any(m.node_name == "lm_head" and m.side == "in" for m in resid.members)
     heads = next(g for g in p.groups if g.root.endswith("h.0.attn.c_attn"))
-    assert "forward fails" in p.reason(heads)  # GPT-2 splits qkv by a stored split_size
+    # GPT-2 splits q/k/v by its stored split_size (embed_dim has the same value, unread)
+    assert heads.n_units == 4 and not p.reason(heads)
+    assert p.sets(heads) == ["transformer.h.0.attn.split_size"]
+    plan = Plan({heads.id: [1, 2]})
+    pruned = p.apply(plan)
+    attn = pruned.transformer.h[0].attn
+    assert (attn.split_size, attn.embed_dim, attn.c_attn.nf) == (16, 32, 48)
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["shapes_kept"], v
+    assert v["masked_equivalence"]["ok"], v  # whole heads: exact
 
 
 def test_hf_export_is_not_reloadable_without_a_spec(tmp_path):
@@ -120,6 +129,11 @@ def bert():
         vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
         intermediate_size=64, max_position_embeddings=32, num_labels=3))
 
+def gpt2():
+    return tr.GPT2LMHeadModel(tr.GPT2Config(
+        vocab_size=100, n_embd=32, n_layer=2, n_head=4, n_positions=32, bos_token_id=0,
+        eos_token_id=0))
+
 def llama(layers=2):
     return tr.LlamaForCausalLM(tr.LlamaConfig(
         vocab_size=100, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
@@ -127,7 +141,8 @@ def llama(layers=2):
 """
 
 
-@pytest.mark.parametrize("name, kwargs", [("bert", "{}"), ("llama", '{"layers": 3}')])
+@pytest.mark.parametrize("name, kwargs", [("bert", "{}"), ("gpt2", "{}"),
+                                          ("llama", '{"layers": 3}')])
 def test_hf_model_named_by_the_user_prunes_checks_and_reloads_from_the_cli(tmp_path, name,
                                                                            kwargs):
     # what a user does with their own HF model: a file with a factory, then the CLI only
@@ -151,6 +166,9 @@ def test_hf_model_named_by_the_user_prunes_checks_and_reloads_from_the_cli(tmp_p
         "--ratio", "0.5", "--out", str(out))
     report = json.loads((out / "report.json").read_text())
     assert report["params"]["after"] < report["params"]["before"]
+    if name == "gpt2":  # heads went, so the stored split size changed and is in the plan
+        attrs = json.loads((out / "plan.json").read_text())["attrs"]
+        assert attrs["transformer.h.0.attn"] == {"split_size": 16}
     assert json.loads(cli("check", str(out), "--json", "-"))["ok"]
     model = load_pruned(out)  # from another directory: the spec's file is found again
     saved = load_file(str(out / "model.safetensors"))

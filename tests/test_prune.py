@@ -191,6 +191,63 @@ def test_validation_finds_the_one_bad_group_among_many():
         assert fails == (g.id in bad), g.root
 
 
+class StoredSplit(torch.nn.Module):
+    """GPT-2's pattern: a fused q/k/v projection split by a part size stored on the module.
+    ``width`` equals the size by coincidence and the forward never reads it. ``how`` picks
+    where the split size comes from: the attribute, a literal, or the tensor's own width."""
+
+    def __init__(self, d: int = 8, how: str = "attribute"):
+        super().__init__()
+        self.width = d
+        self.split_size = d
+        self.how = how
+        self.qkv = torch.nn.Linear(d, 3 * d)
+        self.out = torch.nn.Linear(d, d)
+
+    def forward(self, x):
+        y = self.qkv(x)
+        size = {"attribute": self.split_size, "literal": 8, "width": y.shape[-1] // 3}[self.how]
+        q, k, v = y.split(size, dim=-1)
+        return x + self.out(q * k + v)
+
+
+def test_a_split_size_stored_on_the_module_is_updated_and_nothing_else_is(tmp_path):
+    torch.manual_seed(0)
+    model, x = StoredSplit().eval(), torch.randn(2, 8)
+    p = Pruner(model, (x,))
+    assert not p.validate_groups()
+    g = next(g for g in p.groups if g.root == "qkv")
+    # both attributes equal the size; only the one the forward reads is set
+    assert p.sets(g) == ["split_size"] and not p.reason(g)
+    assert p.group_dict(g)["sets"] == ["split_size"]
+    plan = Plan({g.id: [0, 3, 5]})
+    pruned = p.apply(plan)
+    assert (pruned.split_size, pruned.width, pruned.qkv.out_features) == (5, 8, 15)
+    assert (model.split_size, model.qkv.out_features) == (8, 24)  # the original is untouched
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+    # the attribute is part of the checkpoint: a rebuilt model splits at the new size too
+    from viewer.core.prune import attr_changes
+
+    assert attr_changes(model, pruned) == {"": {"split_size": 5}, "qkv": {"out_features": 15},
+                                           "out": {"in_features": 5}}
+
+
+@pytest.mark.parametrize("how, prunable", [("literal", False), ("width", True)])
+def test_split_sizes_not_read_from_the_module_change_no_attribute(how, prunable):
+    model, x = StoredSplit(how=how).eval(), torch.randn(2, 8)
+    p = Pruner(model, (x,))
+    p.validate_groups()
+    g = next(g for g in p.groups if g.root == "qkv")
+    assert p.sets(g) == []  # literal: setting the attributes cannot help; width: not needed
+    assert (not p.reason(g)) == prunable
+    if prunable:
+        pruned = p.apply(Plan({g.id: [1]}))
+        assert pruned.split_size == 8 and pruned.qkv.out_features == 21
+    else:
+        assert "forward fails when this group shrinks" in p.reason(g)
+
+
 def test_attributes_follow_the_tensors(demo_pruner):
     _, p = demo_pruner("rnn")
     plan = p.plan(0.5)

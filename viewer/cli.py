@@ -70,12 +70,8 @@ def cmd_groups(args) -> int:
     from .core.prune import parse_ignore
 
     ignore = parse_ignore(args.ignore)
-    rows = []
-    for g in pruner.groups:
-        d = g.to_dict(with_indices=not args.no_indices)
-        d["reason"] = pruner.reason(g, ignore)
-        d["prunable"] = not d["reason"] and g.n_units > 1
-        rows.append(d)
+    rows = [pruner.group_dict(g, ignore, with_indices=not args.no_indices)
+            for g in pruner.groups]
     _write_json({"spec": args.spec, "groups": rows}, args.json)
     if args.json != "-":
         n_ok = sum(r["prunable"] for r in rows)

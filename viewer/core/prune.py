@@ -51,6 +51,24 @@ class Plan:
         return sum(len(v) for v in self.removed.values())
 
 
+@dataclass(frozen=True)
+class SizeAttr:
+    """A module attribute that a traced ``split(size)`` read its fixed part size from (GPT-2's
+    ``split_size``): pruning the split's input must set it to the new part size, or the
+    pruned model splits at the old cut points. Found by validation, never guessed: see
+    :meth:`Pruner.validate_groups`."""
+
+    module: str  #: module path
+    attr: str
+    node: int  #: the split node
+    tensor: tuple[int, int, int]  #: its input as a group tensor key (node, port, dim)
+    parts: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.module}.{self.attr}" if self.module else self.attr
+
+
 def parse_ignore(items) -> set[tuple[str, str]]:
     """``["fc", "layer1.0.conv1:out"]`` -> {("fc", "in"), ("fc", "out"), ("layer1.0.conv1",
     "out")}: a bare name ignores both sides."""
@@ -102,6 +120,7 @@ class Pruner:
         self.groups = groups if groups is not None else all_groups(self.graph)
         self.output_layers = list(output_layers)
         self._validated: dict[int, str] = {}
+        self._sets: dict[int, list[SizeAttr]] = {}  # group id -> attributes it must update
         self._before: dict | None = None
 
     # -- cuts -----------------------------------------------------------------------------
@@ -128,6 +147,19 @@ class Pruner:
             if m.side == "out" and m.module in self.output_layers:
                 return f"'{m.module}' is the model's output layer"
         return self._validated.get(group.id, "")
+
+    def sets(self, group: Group) -> list[str]:
+        """Module attributes pruning this group also sets (``["h.0.attn.split_size"]``)."""
+        return [r.label for r in self._sets.get(group.id, [])]
+
+    def group_dict(self, group: Group, ignore: set[tuple[str, str]] = frozenset(),
+                   with_indices: bool = True) -> dict:
+        """The group as the documented JSON (``groups`` command, app download)."""
+        d = group.to_dict(with_indices=with_indices)
+        d["reason"] = self.reason(group, ignore)
+        d["prunable"] = not d["reason"] and group.n_units > 1
+        d["sets"] = self.sets(group)
+        return d
 
     # -- importance -----------------------------------------------------------------------
     def importance(self, group: Group, criterion: str = "l1", seed: int = 0,
@@ -264,7 +296,33 @@ class Pruner:
         """A pruned copy of the model. ``device="meta"`` builds it without memory (for
         previews); otherwise tensors are index-selected from the original."""
         return materialize(self.model, self.graph, self.changes(plan), self.widths(plan),
-                           device)
+                           device, self.size_attrs(plan))
+
+    def size_attrs(self, plan: Plan, extra: dict[int, list[SizeAttr]] | None = None
+                   ) -> dict[str, dict[str, int]]:
+        """module path -> {attribute: new value} for the :class:`SizeAttr` of the plan's
+        groups: the new width of the split's input divided by its number of parts."""
+        by_id = {g.id: g for g in self.groups}
+        sets = {**self._sets, **(extra or {})}
+        wanted = {r.tensor: r for gid in plan.removed for r in sets.get(gid, [])}
+        if not wanted:
+            return {}
+        removed: dict[tuple[int, int, int], set[int]] = defaultdict(set)
+        for gid, units in plan.removed.items():
+            tensors = by_id[gid].tensors
+            for key in wanted.keys() & tensors.keys():
+                pos, unit = tensors[key]
+                removed[key].update(pos[np.isin(unit, units)].tolist())
+        out: dict[str, dict[str, int]] = defaultdict(dict)
+        for key, r in wanted.items():
+            width = self.graph.nodes[r.node].in_shapes[0][key[2]] - len(removed[key])
+            value = width // r.parts
+            if width % r.parts or out[r.module].get(r.attr, value) != value:
+                raise DepViewError(f"cannot set {r.label}: the plan leaves its split "
+                                   f"'{self.graph.nodes[r.node].name}' with {width} positions "
+                                   f"for {r.parts} equal parts")
+            out[r.module][r.attr] = value
+        return dict(out)
 
     def kept(self, plan: Plan) -> dict[str, dict[str, list[int]]]:
         """state_dict key -> {dim: kept indices}: the slicing invariant of plan.json."""
@@ -320,29 +378,56 @@ class Pruner:
         model; a group whose pruned model fails (a hard-coded view/split size, ...) is marked
         not prunable with the error. Cached.
 
+        A failing group that shrinks a ``split(size)`` gets one more chance: the size may be a
+        module attribute (GPT-2's ``split_size``). The attributes of the module that ran the
+        split which equal the size are candidates; the fewest that make the model run when set
+        to the new part size become the group's :class:`SizeAttr` (see :meth:`sets`), which
+        every apply then sets. Nothing is set that the model ran without.
+
         All pending groups are first shrunk together in one run; only when that fails are they
         split in halves (down to single groups) to find the ones that break the model, so a
         model whose groups are all fine costs one meta forward instead of one per group."""
         meta_inputs = _to_meta(self.inputs)
 
-        def attempt(gs: list[Group]) -> str:
+        def attempt(gs: list[Group], sets: dict[int, list[SizeAttr]] | None = None) -> str:
             plan = Plan({g.id: list(range(g.n_units - g.multiple_of, g.n_units)) for g in gs})
             try:
+                changes, widths = self.changes(plan), self.widths(plan)
+                attrs = self.size_attrs(plan, sets)
                 try:
-                    run(self.apply(plan, device="meta"), meta_inputs)
+                    run(materialize(self.model, self.graph, changes, widths, "meta", attrs),
+                        meta_inputs)
                 except (RuntimeError, NotImplementedError) as exc:
                     # data-dependent Python (``.item()``) cannot run on meta: use real tensors
                     if "meta" not in str(exc) or not _real(self.model):
                         raise
-                    run(self.apply(plan), self.inputs)
+                    run(materialize(self.model, self.graph, changes, widths, None, attrs),
+                        self.inputs)
                 return ""
             except Exception as exc:
                 msg = (str(exc).strip().splitlines() or [""])[0][:160]
                 return (f"the model's forward fails when this group shrinks "
                         f"({type(exc).__name__}: {msg})")
 
+        def repair(g: Group) -> bool:
+            """A group that fails alone: if it shrinks a ``split(size)`` whose size equals
+            integer attributes of the module that ran it, find the fewest of those that, set
+            to the new part size, make the model run (all of them first, then drop each one
+            the model runs without)."""
+            found = self._size_attr_candidates(g)
+            if not found or attempt([g], {g.id: found}):
+                return False
+            for r in list(found):
+                rest = [x for x in found if x != r]
+                if not attempt([g], {g.id: rest}):
+                    found = rest
+            self._sets[g.id] = found
+            return True
+
         def check(gs: list[Group]) -> None:
             err = attempt(gs)
+            if err and len(gs) == 1 and repair(gs[0]):
+                err = ""
             if not err or len(gs) == 1:
                 for g in gs:
                     self._validated[g.id] = err
@@ -358,6 +443,26 @@ class Pruner:
         if pending:
             check(pending)
         return {k: v for k, v in self._validated.items() if v}
+
+    def _size_attr_candidates(self, group: Group) -> list[SizeAttr]:
+        """Public int attributes of the module whose forward ran a ``split(size)`` the group
+        shrinks, equal to that size: what the size may have been read from."""
+        mods = dict(self.model.named_modules())
+        out = []
+        for node in self.graph.nodes:
+            meta = node.meta
+            if (node.op_type is not OpType.SPLIT or node.target != "split"
+                    or not getattr(meta, "computed", False) or len(set(meta.sizes)) > 1
+                    or node.module not in mods or not self.graph.in_edges.get(node.id)):
+                continue
+            e = self.graph.in_edges[node.id][0]
+            key = (e.source, e.source_port, meta.dim)
+            if key not in group.tensors:
+                continue
+            for k, v in vars(mods[node.module]).items():
+                if not k.startswith("_") and type(v) is int and v == meta.sizes[0]:
+                    out.append(SizeAttr(node.module, k, node.id, key, len(meta.sizes)))
+        return out
 
     def masked_model(self, plan: Plan) -> nn.Module:
         """The original model with every weight that *reads* a removed channel zeroed: its
@@ -456,8 +561,10 @@ def taylor_grads(model: nn.Module, inputs) -> dict[str, torch.Tensor]:
 
 
 def materialize(model: nn.Module, graph: Graph, changes: dict[str, dict[int, np.ndarray]],
-                widths: dict[str, dict[str, int]], device: str | None = None) -> nn.Module:
-    """A deep copy of ``model`` whose tensors lost ``changes`` and whose attributes follow.
+                widths: dict[str, dict[str, int]], device: str | None = None,
+                attrs: dict[str, dict[str, int]] | None = None) -> nn.Module:
+    """A deep copy of ``model`` whose tensors lost ``changes`` and whose attributes follow
+    (the atomic modules' own, and ``attrs``: module path -> {attribute: value}).
 
     With ``device="meta"`` no tensor data is copied at all (the memo of deepcopy maps every
     tensor to an empty meta tensor of its new shape).
@@ -493,6 +600,9 @@ def materialize(model: nn.Module, graph: Graph, changes: dict[str, dict[int, np.
             mod = mods.get(node.module)
             if mod is not None:
                 REFRESH[node.op_type](mod, widths.get(node.module, {}))
+    for path, values in (attrs or {}).items():
+        for k, v in values.items():
+            setattr(mods[path], k, v)
     return pruned
 
 

@@ -52,12 +52,7 @@ def groups_json(store: SessionStore, sid: str) -> tuple[str, str]:
     with session.lock:
         pruner = session.stage.pruner
         ignore = {tuple(x.rsplit(":", 1)) for x in session.ignore}
-        rows = []
-        for g in pruner.groups:
-            d = g.to_dict()
-            d["reason"] = pruner.reason(g, ignore)
-            d["prunable"] = not d["reason"] and g.n_units > 1
-            rows.append(d)
+        rows = [pruner.group_dict(g, ignore) for g in pruner.groups]
         spec = session.base.source.get("spec") if session.base else None
         text = json.dumps({"spec": spec, "groups": rows}, indent=1)
         return text, f"{_slug(session)}-groups.json"
