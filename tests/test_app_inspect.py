@@ -176,3 +176,20 @@ def test_a_group_that_sets_a_stored_split_size_says_so(tmp_path):
     render(s, "f", "new")
     text = _text(cb.inspect(s, "f", _op("qkv")).group_panel)
     assert "Pruning also sets split_size" in text and "not prunable" not in text
+
+
+def test_pad_and_einsum_metadata_are_drawn_for_humans():
+    import torch
+
+    from viewer.core.trace import build_graph
+
+    class M(torch.nn.Module):
+        def forward(self, x, s):
+            return torch.einsum("...chw,c->...chw",
+                                torch.nn.functional.pad(x, (1, 2, 0, 3)), s)
+
+    g = build_graph(M(), (torch.randn(1, 2, 4, 4), torch.randn(2)))
+    pad = _text(cb.meta_view(g.node("pad")))
+    assert "dim 3" in pad and "+1 before, +2 after" in pad and "+0 before, +3 after" in pad
+    ein = _text(cb.meta_view(g.node("einsum")))
+    assert "...chw,c->...chw" in ein and "0chw,c->0chw" in ein

@@ -162,3 +162,17 @@ def test_an_uploaded_plan_cannot_point_the_server_at_another_file(tmp_path, monk
     monkeypatch.chdir(elsewhere)
     with pytest.raises(DepViewError, match="model file not found: net.py$"):
         read_export_zip(data)
+
+
+def test_torch_export_warnings_go_to_the_report_not_the_terminal(demo_pruner, tmp_path):
+    import warnings
+
+    lm, p = demo_pruner("rnn")
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        out = export_dir(p, plan, pruned, tmp_path / "r", lm.source)
+    pt2 = json.loads((out / "report.json").read_text())["pt2"]
+    assert any("_flat_weights" in w for w in pt2["warnings"]), pt2  # torch warns about RNNs
+    assert not [w for w in seen if "_flat_weights" in str(w.message)]

@@ -242,3 +242,72 @@ def test_reuse_only_where_the_block_really_repeats():
             grp.members[0].pos[0] = 7
         with pytest.raises(ValueError, match="read-only"):
             next(iter(grp.tensors.values()))[1][0] = 7
+
+
+class PadEinsum(nn.Module):
+    """Channels through F.pad (on H, W only), a padding module, a channel scale written as an
+    einsum and an einsum that contracts channels with a weight."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3)
+        self.s = nn.Parameter(torch.rand(8) + 0.5)
+        self.pad = nn.ZeroPad2d(1)
+        self.b = nn.Conv2d(8, 8, 1)
+        self.w = nn.Parameter(torch.randn(8, 6))
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, x):
+        y = torch.nn.functional.pad(self.a(x), (1, 1, 2, 0), mode="reflect")
+        y = torch.einsum("bchw,c->bchw", y, self.s)
+        y = self.b(self.pad(y))
+        return self.head(torch.einsum("bchw,cd->bd", y, self.w))
+
+
+def test_pad_and_einsum_carry_channels_and_prune_exactly():
+    from viewer.core.prune import Pruner
+
+    torch.manual_seed(0)
+    model, x = PadEinsum().eval(), torch.randn(2, 3, 6, 6)
+    p = Pruner(model, (x,))
+    a = group_of(p.graph, "a")
+    assert {(m.node_name, m.side) for m in a.members} == \
+        {("a", "out"), ("s", "param"), ("b", "in")} and a.prunable
+    b = group_of(p.graph, "b")
+    assert {(m.node_name, m.side, m.dim) for m in b.members} == {("b", "out", 1),
+                                                                  ("w", "param", 0)}
+    d = group_of(p.graph, "w", "out")  # the einsum's output letter d: w's dim 1, head's input
+    assert {(m.node_name, m.side, m.dim) for m in d.members} == {("w", "param", 1),
+                                                                  ("head", "in", 1)}
+    plan = p.plan(0.5)
+    assert len(plan.removed) == 3
+    pruned = p.apply(plan)
+    assert pruned.s.shape == (4,) and pruned.w.shape == (4, 3)
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+
+
+def test_padding_the_pruned_dim_or_an_einsum_diagonal_blocks():
+    class PadChannels(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 8, 1)
+            self.b = nn.Conv2d(10, 4, 1)
+
+        def forward(self, x):
+            return self.b(torch.nn.functional.pad(self.a(x), (0, 0, 0, 0, 1, 1)))
+
+    g = build_graph(PadChannels(), torch.randn(1, 3, 4, 4))
+    assert "'pad' pads the pruned dim" in group_of(g, "a").reason
+
+    class Diagonal(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l = nn.Linear(3, 4)
+
+        def forward(self, x):
+            y = self.l(x)
+            return torch.einsum("bii->bi", y[:, :, None] * y[:, None, :])
+
+    g = build_graph(Diagonal(), torch.randn(2, 3))
+    assert "takes a diagonal of the pruned dim" in group_of(g, "l").reason

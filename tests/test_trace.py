@@ -271,3 +271,45 @@ def test_plain_perm_agrees_with_the_stride_probe():
         assert plain == _perm(fn, args, {}, x), (fn.__name__, args[1:])
     assert _plain_perm("transpose", (x, 0, 1), {"dim0": 0}, 4) is None  # unusual: probe
     assert _plain_perm("permute", (torch.tensor(1.0), ()), {}, 0) is None
+
+
+class Einsum(nn.Module):
+    def __init__(self, equation: str):
+        super().__init__()
+        self.equation = equation
+
+    def forward(self, *xs):
+        return torch.einsum(self.equation, *xs)
+
+
+@pytest.mark.parametrize("eq, shapes, terms, out", [
+    ("bchw,c->bchw", [(1, 4, 3, 3), (4,)], ("bchw", "c"), "bchw"),
+    ("ij,jk", [(2, 3), (3, 4)], ("ij", "jk"), "ik"),  # implicit output: letters used once
+    ("...c,dc->...d", [(2, 5, 3), (4, 3)], ("01c", "dc"), "01d"),
+    ("b i d, b j d -> b i j", [(2, 3, 4), (2, 5, 4)], ("bid", "bjd"), "bij"),
+    ("...i,...i", [(2, 3, 4), (3, 4)], ("01i", "1i"), "01"),  # broadcast, right-aligned
+])
+def test_einsum_metadata_spells_out_the_equation(eq, shapes, terms, out):
+    from viewer.core.meta import EinsumMeta
+
+    g = build_graph(Einsum(eq), tuple(torch.randn(s) for s in shapes))
+    node = _only(g, OpType.MATMUL)
+    assert node.meta == EinsumMeta(eq, terms, out)
+    assert meta_to_dict(node.meta)["kind"] == "einsum"
+
+
+def test_pad_metadata_and_pad_modules():
+    from viewer.core.meta import PadMeta
+
+    class Pads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.zero = nn.ZeroPad2d((1, 0, 2, 0))
+
+        def forward(self, x):
+            return self.zero(torch.nn.functional.pad(x, (1, 2, 0, 0), mode="reflect"))
+
+    g = build_graph(Pads(), torch.randn(1, 2, 4, 4))
+    fn, mod = [n for n in g.nodes if n.op_type is OpType.SPATIAL]
+    assert fn.meta == PadMeta("pad", (1, 2, 0, 0), "reflect") and fn.out_shapes == ((1, 2, 4, 7),)
+    assert mod.name == "zero" and mod.attrs["padding"] == [1, 0, 2, 0]

@@ -21,6 +21,7 @@ import io
 import json
 import platform
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -127,16 +128,26 @@ def _merge_attrs(rounds: list[dict]) -> dict:
 
 
 def _try_export_pt2(model: nn.Module, inputs, path: Path) -> dict:
-    try:
-        if isinstance(inputs, dict):
-            ep = torch.export.export(model, (), dict(inputs))
-        else:
-            ep = torch.export.export(model, tuple(inputs))
-        torch.export.save(ep, str(path))
-        return {"written": True, "file": path.name}
-    except Exception as exc:
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
-        return {"written": False, "reason": f"torch.export failed: {type(exc).__name__}: {first}"}
+    """Write ``model.pt2`` if ``torch.export`` takes the model. Its warnings (RNN weight
+    lists, ...) go into the report instead of the user's terminal."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            if isinstance(inputs, dict):
+                ep = torch.export.export(model, (), dict(inputs))
+            else:
+                ep = torch.export.export(model, tuple(inputs))
+            torch.export.save(ep, str(path))
+            res = {"written": True, "file": path.name}
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            res = {"written": False,
+                   "reason": f"torch.export failed: {type(exc).__name__}: {first}"}
+    notes = list(dict.fromkeys((str(w.message).strip().splitlines() or [""])[0][:200]
+                               for w in caught))
+    if notes:
+        res["warnings"] = notes
+    return res
 
 
 def read_plan(path: str | Path) -> dict:

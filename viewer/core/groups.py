@@ -30,7 +30,7 @@ import numpy as np
 
 from .errors import DepViewError
 from .graph import Graph, Node
-from .meta import ConcatMeta, PermuteMeta, ReshapeMeta, SplitMeta, UnbindMeta
+from .meta import ConcatMeta, EinsumMeta, PadMeta, PermuteMeta, ReshapeMeta, SplitMeta, UnbindMeta
 from .optypes import OpGroup, OpType
 
 IntArray = np.ndarray
@@ -647,9 +647,32 @@ def _pixel_shuffle_rule(g, node, side, port, dim, units, pos, ctx):
 
 
 def _spatial_rule(g, node, side, port, dim, units, pos, ctx):
-    if port != 0 or dim > 1:
+    if port != 0:
+        return []
+    pads = _pads(node)
+    if pads is None:  # pooling / resizing: N and C kept, the rest resized
+        if dim > 1:
+            return []
+    elif _norm(dim, len(node.in_shapes[0])) in _padded_dims(pads, len(node.in_shapes[0])):
+        ctx.block(f"'{node.name}' pads the pruned dim")
         return []
     return [Flow("out" if side == "in" else "in", 0, dim, units, pos)]
+
+
+def _pads(node: Node) -> tuple[int, ...] | None:
+    """The (left, right) pad pairs of ``F.pad`` or a padding module (``nn.ZeroPad2d``), else
+    None."""
+    if isinstance(node.meta, PadMeta):
+        return node.meta.pads
+    if node.target.startswith("module:torch.nn.modules.padding."):
+        pad = node.attrs.get("padding")
+        return tuple(pad) if isinstance(pad, (list, tuple)) else None
+    return None
+
+
+def _padded_dims(pads: tuple[int, ...], ndim: int) -> set[int]:
+    """Dims whose size or positions the pads change: pair i pads dim ``ndim - 1 - i``."""
+    return {ndim - 1 - i for i in range(len(pads) // 2) if pads[2 * i] or pads[2 * i + 1]}
 
 
 def _matmul_dims(node: Node):
@@ -661,7 +684,43 @@ def _matmul_dims(node: Node):
     return 0, 1, ins[0], ins[1], node.out_shapes[0], name == "linear"
 
 
+def _einsum_rule(node, side, port, dim, units, pos, ctx):
+    """Every dim that carries the tracked dim's letter is coupled to it: in the other
+    operands (a contracted letter: both sides of the sum) and in the output."""
+    if _unreadable(node, ctx, EinsumMeta):
+        return []
+    meta = node.meta
+    letter = (meta.out if side == "out" else meta.terms[port])[dim]
+    places = [("in", p, d, node.in_shapes[p]) for p, t in enumerate(meta.terms)
+              for d, c in enumerate(t) if c == letter]
+    places += [("out", 0, d, node.out_shapes[0]) for d, c in enumerate(meta.out) if c == letter]
+    if sum(1 for s, p, _, _ in places if (s, p) == (side, port)) > 1:
+        ctx.block(f"'{node.name}' ({meta.equation}) takes a diagonal of the pruned dim")
+        return []
+    size = (node.out_shapes[0] if side == "out" else node.in_shapes[port])[dim]
+    return [Flow(s, p, d, units, pos) for s, p, d, shape in places
+            if (s, p) != (side, port) and shape[d] == size]  # size-1 dims broadcast
+
+
+def contracts(node: Node, port: int, dim: int) -> bool:
+    """Does this MATMUL-family node sum over its input ``port``'s ``dim`` (a dim that does not
+    reach the output)? A parameter pruned along such a dim *reads* the removed channels."""
+    if node.op_type is not OpType.MATMUL:
+        return False
+    if node.target == "einsum":
+        meta = node.meta
+        return isinstance(meta, EinsumMeta) and meta.terms[port][dim] not in meta.out
+    pa, pb, a, b, _, linear = _matmul_dims(node)
+    if port == pa:
+        return dim == len(a) - 1
+    if port == pb:
+        return dim == (1 if linear else max(len(b) - 2, 0))
+    return False
+
+
 def _matmul_rule(g, node, side, port, dim, units, pos, ctx):
+    if node.target == "einsum":
+        return _einsum_rule(node, side, port, dim, units, pos, ctx)
     pa, pb, a, b, out, linear = _matmul_dims(node)
     no = len(out)
     if len(a) < 2 and not linear or len(b) < 1 or len(b) < 2 and not linear:

@@ -174,6 +174,26 @@ class ElementwiseMeta:
 
 
 @dataclass(frozen=True)
+class EinsumMeta:
+    """``torch.einsum``: one letter per dim of every operand (``terms``) and of the output
+    (``out``), with ``...`` spelled out as ``0``, ``1``, ... and an implicit output made
+    explicit. A letter shared by two places couples those dims."""
+
+    equation: str
+    terms: tuple[str, ...]
+    out: str
+
+
+@dataclass(frozen=True)
+class PadMeta:
+    """``F.pad``: ``pads`` as passed, (left, right) pairs from the last dim backwards."""
+
+    op: str
+    pads: tuple[int, ...]
+    mode: str = "constant"
+
+
+@dataclass(frozen=True)
 class OpMeta:
     """Other functional ops: the op name only."""
 
@@ -182,7 +202,7 @@ class OpMeta:
 
 Meta = (
     ConcatMeta | SplitMeta | UnbindMeta | SliceMeta | ReshapeMeta | PermuteMeta | ExpandMeta
-    | PixelShuffleMeta | MatmulMeta | ReduceMeta | ElementwiseMeta | OpMeta
+    | PixelShuffleMeta | MatmulMeta | ReduceMeta | EinsumMeta | PadMeta | ElementwiseMeta | OpMeta
 )
 
 

@@ -58,8 +58,8 @@ class OpType(enum.Enum):
     PERMUTE = "permute"  #: permute/transpose: moves dims; channel dim index changes
     EXPAND = "expand"  #: expand/broadcast_to: size-1 dims grow, no channel mixing
     PIXEL_SHUFFLE = "pixel_shuffle"  #: moves channel blocks of r*r into space (and back)
-    SPATIAL = "spatial"  #: pooling/interpolate/pad: keeps dims 0 and 1, resizes the rest
-    MATMUL = "matmul"  #: matmul/bmm/linear-with-a-tensor: contracts one dim, mixes channels
+    SPATIAL = "spatial"  #: pooling/interpolate keep dims 0 and 1; pad keeps every unpadded dim
+    MATMUL = "matmul"  #: matmul/bmm/linear-with-a-tensor/einsum: contracts dims, mixes channels
     ATTENTION = "attention"  #: scaled_dot_product_attention: q·k contracted, v's dim carried
     REDUCTION = "reduction"  #: sum/mean/softmax along dims: every output reads the whole dim
     ELEMENTWISE = "elementwise"  #: add/mul/activations: same index in, same index out
@@ -343,9 +343,9 @@ _FUNCTION_NAMES: dict[OpType, str] = {
     OpType.SPATIAL: "F.max_pool1d F.max_pool2d F.max_pool3d F.avg_pool1d F.avg_pool2d "
     "F.avg_pool3d F.adaptive_avg_pool1d F.adaptive_avg_pool2d F.adaptive_avg_pool3d "
     "F.adaptive_max_pool1d F.adaptive_max_pool2d F.adaptive_max_pool3d F.interpolate "
-    "F.upsample F.max_pool2d_with_indices F.adaptive_max_pool2d_with_indices",
+    "F.upsample F.max_pool2d_with_indices F.adaptive_max_pool2d_with_indices F.pad",
     OpType.MATMUL: "torch.matmul Tensor.matmul Tensor.__matmul__ Tensor.__rmatmul__ torch.bmm "
-    "Tensor.bmm torch.mm Tensor.mm F.linear torch.addmm Tensor.addmm torch.baddbmm",
+    "Tensor.bmm torch.mm Tensor.mm F.linear torch.addmm Tensor.addmm torch.baddbmm torch.einsum",
     OpType.ATTENTION: "F.scaled_dot_product_attention",
     OpType.REDUCTION: "torch.sum Tensor.sum torch.mean Tensor.mean torch.amax Tensor.amax "
     "torch.amin Tensor.amin torch.var Tensor.var torch.std Tensor.std torch.norm Tensor.norm "

@@ -13,6 +13,7 @@ A plan is plain data (group id -> removed unit ids) and can be saved as JSON.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .errors import DepViewError
 from .graph import Graph
-from .groups import Group, all_groups, out_channel_dim
+from .groups import Group, all_groups, contracts, out_channel_dim
 from .handlers import CUTS, REFRESH, Cut
 from .optypes import OpType
 from .trace import build_graph, flatten, module_attrs
@@ -132,8 +133,14 @@ class Pruner:
         for m in group.members:
             pos = m.indices(units)
             if len(pos):
-                out += _node_cuts(self.graph.nodes[m.node], m.side, m.dim, pos,
+                cuts = _node_cuts(self.graph.nodes[m.node], m.side, m.dim, pos,
                                   lambda k: table[k][2] if k in table else None)
+                if m.side == "param" and any(
+                        contracts(self.graph.nodes[e.target], e.target_port, m.dim)
+                        for e in self.graph.consumers.get((m.node, 0), [])):
+                    # a weight used in a matmul/einsum that sums over the pruned dim
+                    cuts = [dataclasses.replace(c, reads=True) for c in cuts]
+                out += cuts
         return out
 
     def reason(self, group: Group, ignore: set[tuple[str, str]] = frozenset()) -> str:

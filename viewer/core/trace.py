@@ -460,12 +460,55 @@ def _pixel_shuffle_meta(name, func, args, kwargs, ins, outs) -> M.PixelShuffleMe
                               "unshuffle" in name)
 
 
-def _matmul_meta(name, func, args, kwargs, ins, outs) -> M.MatmulMeta:
+def _spatial_meta(name, func, args, kwargs, ins, outs) -> M.PadMeta | M.OpMeta:
+    if name != "pad":
+        return M.OpMeta(name)
+    pads = tuple(int(p) for p in _arg(args, kwargs, 1, "pad", ()))
+    return M.PadMeta(name, pads, str(_arg(args, kwargs, 2, "mode", "constant")))
+
+
+def _matmul_meta(name, func, args, kwargs, ins, outs) -> M.MatmulMeta | M.EinsumMeta | M.OpMeta:
+    if name == "einsum":
+        eq = _arg(args, kwargs, 0, "equation")
+        if not isinstance(eq, str):  # the sublist form: einsum(a, [0, 1], b, [1, 2])
+            return M.OpMeta(name)
+        return _einsum_meta(eq, [t.dim() for t in ins], outs[0].dim())
     if name in ("addmm", "baddbmm"):
         a, b = ins[1], ins[2]
     else:
         a, b = ins[0], ins[1]
     return M.MatmulMeta(name, tuple(a.shape), tuple(b.shape), tuple(outs[0].shape))
+
+
+def _einsum_meta(equation: str, ndims: list[int], out_ndim: int) -> M.EinsumMeta:
+    """Spell out an einsum equation: ``"...ij,jk"`` on 3-D and 2-D operands becomes terms
+    ``("0ij", "jk")`` and output ``"0ik"`` (ellipsis dims, right-aligned like broadcasting,
+    get the digits ``0``, ``1``, ...)."""
+    eq = equation.replace(" ", "")
+    lhs, arrow, rhs = eq.partition("->")
+    raw = lhs.split(",")
+    if len(raw) != len(ndims):
+        raise ValueError(f"einsum {equation!r} names {len(raw)} operands, got {len(ndims)}")
+    n_ell = max([nd - (len(t) - 3) for t, nd in zip(raw, ndims, strict=True) if "..." in t],
+                default=0)
+    ell = "".join(str(i) for i in range(n_ell))
+
+    def expand(term: str, nd: int) -> str:
+        if "..." not in term:
+            return term
+        k = nd - (len(term) - 3)
+        return term.replace("...", ell[n_ell - k:] if k else "")
+
+    terms = tuple(expand(t, nd) for t, nd in zip(raw, ndims, strict=True))
+    if arrow:
+        out = rhs.replace("...", ell)
+    else:  # implicit output: ellipsis dims, then the letters used once, alphabetically
+        letters = "".join(terms)
+        out = ell + "".join(sorted(c for c in set(letters) if c.isalpha()
+                                   and letters.count(c) == 1))
+    if len(out) != out_ndim or any(len(t) != nd for t, nd in zip(terms, ndims, strict=True)):
+        raise ValueError(f"einsum {equation!r} does not match its operands")
+    return M.EinsumMeta(equation, terms, out)
 
 
 def _reduce_meta(name, func, args, kwargs, ins, outs) -> M.ReduceMeta:
@@ -605,6 +648,7 @@ _DESCRIBERS = {
     OpType.PIXEL_SHUFFLE: _pixel_shuffle_meta,
     OpType.MATMUL: _matmul_meta,
     OpType.REDUCTION: _reduce_meta,
+    OpType.SPATIAL: _spatial_meta,
 }
 
 

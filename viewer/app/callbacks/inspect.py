@@ -21,10 +21,12 @@ from viewer.core.graph import Graph, Node
 from viewer.core.groups import Group, group_of
 from viewer.core.meta import (
     ConcatMeta,
+    EinsumMeta,
     ElementwiseMeta,
     ExpandMeta,
     MatmulMeta,
     OpMeta,
+    PadMeta,
     PermuteMeta,
     PixelShuffleMeta,
     ReduceMeta,
@@ -193,6 +195,14 @@ def meta_view(node: Node, hit: np.ndarray | None = None,
         out.append(_kv([("op", m.op), ("a @ b", f"[{shape_text(m.a_shape)}] @ "
                                                f"[{shape_text(m.b_shape)}]"),
                         ("out", f"[{shape_text(m.out_shape)}]")]))
+    elif isinstance(m, EinsumMeta):
+        out.append(_kv([("equation", m.equation),
+                        ("spelled out", f"{','.join(m.terms)}->{m.out}")]))
+    elif isinstance(m, PadMeta):
+        nd = len(node.in_shapes[0]) if node.in_shapes else len(m.pads) // 2
+        out.append(_kv([("op", m.op), ("mode", m.mode)] + [
+            (f"dim {nd - 1 - i}", f"+{m.pads[2 * i]} before, +{m.pads[2 * i + 1]} after")
+            for i in range(len(m.pads) // 2)]))
     elif isinstance(m, ReduceMeta):
         out.append(_kv([("op", m.op), ("dims", str(tuple(m.dims))),
                         ("keepdim", "yes" if m.keepdim else "no")]))
