@@ -311,3 +311,71 @@ def test_padding_the_pruned_dim_or_an_einsum_diagonal_blocks():
 
     g = build_graph(Diagonal(), torch.randn(2, 3))
     assert "takes a diagonal of the pruned dim" in group_of(g, "l").reason
+
+
+def test_flatten_and_softmax_modules_are_looked_through():
+    class Mods(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 4, 1)
+            self.soft = nn.Softmax(dim=1)  # over the channels: allowed, inexact
+            self.b = nn.Conv2d(4, 4, 1)
+            self.flat = nn.Flatten()
+            self.fc = nn.Linear(4 * 2 * 3, 5)
+
+        def forward(self, x):
+            return self.fc(self.flat(self.b(self.soft(self.a(x)))))
+
+    g = build_graph(Mods(), torch.randn(1, 3, 2, 3))
+    a = group_of(g, "a")
+    assert a.prunable and not a.exact and ("b", "in") in {(m.node_name, m.side)
+                                                          for m in a.members}
+    b = group_of(g, "b")  # channel 1 of b is features 6..11 of fc: nn.Flatten's own flatten
+    assert b.prunable and b.exact and b.member("fc", "in").indices([1]).tolist() == \
+        list(range(6, 12))
+
+
+class DimOps(nn.Module):
+    """One conv per op, each op applied along the channel dim or along W."""
+
+    def __init__(self, op: str, dim: int):
+        super().__init__()
+        self.op, self.dim = op, dim
+        self.a = nn.Conv2d(3, 8, 1)
+        self.b = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        y, d = self.a(x), self.dim
+        y = {"cumsum": lambda: torch.cumsum(y, d), "flip": lambda: torch.flip(y, [d]),
+             "roll": lambda: torch.roll(y, 1, d), "sort": lambda: torch.sort(y, d)[0],
+             "shuffle": lambda: nn.functional.channel_shuffle(y, 2),
+             "gather": lambda: torch.gather(y, d, torch.zeros_like(y, dtype=torch.long))}[
+            self.op]()
+        return self.b(y)
+
+
+@pytest.mark.parametrize("op, dim, expect", [
+    ("cumsum", 1, "inexact"), ("flip", 1, "blocked"), ("roll", 1, "blocked"),
+    ("sort", 1, "blocked"), ("shuffle", 1, "blocked"), ("gather", 1, "blocked"),
+    ("cumsum", 3, "exact"), ("flip", 3, "exact"), ("roll", 3, "exact"), ("sort", 3, "exact"),
+    ("gather", 3, "exact"),
+])
+def test_ops_that_mix_or_move_positions_along_a_dim(op, dim, expect):
+    # They keep shapes, so the broadcasting rule alone would call them channel-preserving.
+    from viewer.core.prune import Plan, Pruner
+
+    torch.manual_seed(0)
+    model, x = DimOps(op, dim).eval(), torch.randn(1, 3, 4, 4)
+    p = Pruner(model, (x,))
+    g = next(grp for grp in p.groups if grp.root == "a")
+    if expect == "blocked":
+        assert "moves positions along the pruned dim" in g.reason
+        return
+    assert g.prunable and g.exact == (expect == "exact")
+    plan = Plan({g.id: [1, 4]})
+    v = p.verify(p.apply(plan), plan)
+    assert v["forward"]
+    if expect == "exact":  # along W the channels stay where they are: masked equivalence
+        assert v["masked_equivalence"]["ok"], v
+    else:
+        assert "cumsum" in v["masked_equivalence"]["skipped"]

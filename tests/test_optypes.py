@@ -38,8 +38,9 @@ from viewer.core.optypes import (
     (nn.PixelShuffle(2), OpType.PIXEL_SHUFFLE),
     (nn.MaxPool2d(2), OpType.SPATIAL),
     (nn.AdaptiveAvgPool2d(1), OpType.SPATIAL),
-    (nn.Flatten(), OpType.RESHAPE),
-    (nn.Softmax(-1), OpType.REDUCTION),
+    # looked through: the flatten / softmax call inside is recorded with its metadata
+    (nn.Flatten(), OpType.ELEMENTWISE),
+    (nn.Softmax(-1), OpType.ELEMENTWISE),
     (nn.ReLU(), OpType.ELEMENTWISE),
     (nn.Dropout(), OpType.ELEMENTWISE),
     (nn.Sequential(), OpType.ELEMENTWISE),  # unknown -> default

@@ -313,3 +313,18 @@ def test_pad_metadata_and_pad_modules():
     fn, mod = [n for n in g.nodes if n.op_type is OpType.SPATIAL]
     assert fn.meta == PadMeta("pad", (1, 2, 0, 0), "reflect") and fn.out_shapes == ((1, 2, 4, 7),)
     assert mod.name == "zero" and mod.attrs["padding"] == [1, 0, 2, 0]
+
+
+def test_ops_along_a_dim_record_which_dims_they_mix_or_move():
+    from viewer.core.meta import ElementwiseMeta
+
+    class M(nn.Module):
+        def forward(self, x):
+            return torch.roll(x.cumsum(-1).flip(0, 2), 1) + torch.relu(x)
+
+    g = build_graph(M(), torch.randn(2, 3, 4))
+    metas = {n.target: n.meta for n in g.nodes if n.op_type is OpType.ELEMENTWISE}
+    assert metas["cumsum"] == ElementwiseMeta("cumsum", mixes=(2,))
+    assert metas["flip"] == ElementwiseMeta("flip", moves=(0, 2))
+    assert metas["roll"] == ElementwiseMeta("roll", moves=(0, 1, 2))  # no dims: flattened
+    assert metas["relu"] == ElementwiseMeta("relu")

@@ -30,7 +30,16 @@ import numpy as np
 
 from .errors import DepViewError
 from .graph import Graph, Node
-from .meta import ConcatMeta, EinsumMeta, PadMeta, PermuteMeta, ReshapeMeta, SplitMeta, UnbindMeta
+from .meta import (
+    ConcatMeta,
+    EinsumMeta,
+    ElementwiseMeta,
+    PadMeta,
+    PermuteMeta,
+    ReshapeMeta,
+    SplitMeta,
+    UnbindMeta,
+)
 from .optypes import OpGroup, OpType
 
 IntArray = np.ndarray
@@ -322,10 +331,14 @@ def _elementwise_rule(g, node, side, port, dim, units, pos, ctx):
                 ctx.block(f"'{node.name}' ({node.target}) changes shape in a way DepView does "
                           "not model")
                 return []
-    if side == "out":
-        od = dim
-    else:
-        od = _fwd_dim(len(out), len(node.in_shapes[port]), dim)
+    od = dim if side == "out" else _fwd_dim(len(out), len(node.in_shapes[port]), dim)
+    meta = node.meta
+    if isinstance(meta, ElementwiseMeta) and od in meta.moves:
+        ctx.block(f"'{node.name}' ({node.target}) moves positions along the pruned dim")
+        return []
+    if isinstance(meta, ElementwiseMeta) and od in meta.mixes:
+        ctx.inexact(f"'{node.name}' ({node.target}) mixes positions along the pruned dim")
+    if side == "in":
         if node.in_shapes[port][dim] == 1 and out[od] != 1:
             # a broadcast input along the tracked dim: its one position feeds all of them
             ctx.merge(units)

@@ -168,9 +168,13 @@ class ReduceMeta:
 
 @dataclass(frozen=True)
 class ElementwiseMeta:
-    """An op that maps index i of every (broadcast) input to index i of the output."""
+    """An op that maps index i of every (broadcast) input to index i of the output, except
+    along ``mixes`` (output i also reads other positions: ``cumsum``) and ``moves`` (output i
+    comes from another position: ``flip``, ``roll``, ``sort``, ``gather``)."""
 
     op: str
+    mixes: tuple[int, ...] = ()
+    moves: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

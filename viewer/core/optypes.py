@@ -212,8 +212,6 @@ MODULE_RULES: tuple[Rule, ...] = (
     (_is_instance_of(nn.RNN), OpType.RNN),
     (_is_instance_of(nn.PixelShuffle, nn.PixelUnshuffle), OpType.PIXEL_SHUFFLE),
     (_is_instance_of(*_POOLS), OpType.SPATIAL),
-    (_is_instance_of(nn.Flatten, nn.Unflatten), OpType.RESHAPE),
-    (_is_instance_of(nn.Softmax, nn.LogSoftmax, nn.Softmin), OpType.REDUCTION),
     (_is_instance_of(*_ACTIVATIONS), OpType.ELEMENTWISE),
 )
 
@@ -363,6 +361,44 @@ _FUNCTION_NAMES: dict[OpType, str] = {
 #: Function object -> OpType. Anything else a traced model calls is ELEMENTWISE.
 FUNCTION_TYPES: dict[Callable, OpType] = {
     fn: op for op, names in _FUNCTION_NAMES.items() for fn in _resolve(names)
+}
+
+#: Shape-keeping ops (ELEMENTWISE by default) that do not keep index i at index i along some
+#: dims, by function name: (effect, where the dims are). ``"mixes"``: output i reads other
+#: positions too (a group may still shrink that dim, inexactly); ``"moves"``: output i comes
+#: from elsewhere (the group is blocked). Dims come from the argument at ``pos``/``kw`` (an
+#: int, a list, or None for every dim), or are ``fixed``.
+DimArgs = tuple[str, int | None, str | None, object, tuple[int, ...]]
+DIM_ARGS: dict[str, DimArgs] = {
+    #         effect    pos   kw       default  fixed
+    "cumsum": ("mixes", 1, "dim", None, ()),
+    "cumprod": ("mixes", 1, "dim", None, ()),
+    "cummax": ("mixes", 1, "dim", None, ()),
+    "cummin": ("mixes", 1, "dim", None, ()),
+    "logcumsumexp": ("mixes", 1, "dim", None, ()),
+    "local_response_norm": ("mixes", None, None, None, (1,)),
+    "flip": ("moves", 1, "dims", None, ()),
+    "fliplr": ("moves", None, None, None, (1,)),
+    "flipud": ("moves", None, None, None, (0,)),
+    "roll": ("moves", 2, "dims", None, ()),
+    "sort": ("moves", 1, "dim", -1, ()),
+    "argsort": ("moves", 1, "dim", -1, ()),
+    "msort": ("moves", None, None, None, (0,)),
+    "channel_shuffle": ("moves", None, None, None, (1,)),
+    "native_channel_shuffle": ("moves", None, None, None, (1,)),
+    "gather": ("moves", 1, "dim", None, ()),
+    "scatter": ("moves", 1, "dim", None, ()),
+    "scatter_": ("moves", 1, "dim", None, ()),
+    "scatter_add": ("moves", 1, "dim", None, ()),
+    "scatter_add_": ("moves", 1, "dim", None, ()),
+    "scatter_reduce": ("moves", 1, "dim", None, ()),
+    "index_select": ("moves", 1, "dim", None, ()),
+    "index_add": ("moves", 1, "dim", None, ()),
+    "index_copy": ("moves", 1, "dim", None, ()),
+    "index_fill": ("moves", 1, "dim", None, ()),
+    "take_along_dim": ("moves", 2, "dim", None, ()),
+    "tril": ("moves", None, None, None, (-2, -1)),
+    "triu": ("moves", None, None, None, (-2, -1)),
 }
 
 #: Tensor methods/functions that never produce a new graph value worth a node.

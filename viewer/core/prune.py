@@ -511,7 +511,9 @@ class Pruner:
                                          "ok": max(diffs, default=0.0) <= 1e-4 * max(1, scale)}
         else:
             res["masked_equivalence"] = {
-                "skipped": f"{len(inexact)} pruned group(s) change normalisation statistics"
+                "skipped": f"{len(inexact)} pruned group(s) are inexact: "
+                f"{by_id[inexact[0]].stats_notes[0] if by_id[inexact[0]].stats_notes else ''}"
+                f"{' (and more)' if len(inexact) > 1 else ''}"
                 if inexact else "model has no real weights"}
         return res
 

@@ -30,6 +30,7 @@ from . import meta as M
 from .errors import DepViewError
 from .graph import Edge, Graph, Node
 from .optypes import (
+    DIM_ARGS,
     IGNORED_FUNCTIONS,
     OpType,
     class_decides,
@@ -336,7 +337,8 @@ def _function_info(func) -> tuple[str, OpType, object | None] | None:
         return None
     name = function_name(func)
     op_type = OpType.PERMUTE if name in ("T", "mT", "H", "mH") else classify_function(func)
-    meta = None if op_type in _DESCRIBERS else describe(op_type, name, func, (), {}, [], [])
+    per_call = op_type in _DESCRIBERS or name in DIM_ARGS
+    meta = None if per_call else describe(op_type, name, func, (), {}, [], [])
     return name, op_type, meta
 
 
@@ -405,7 +407,29 @@ def describe(op_type: OpType, name: str, func, args, kwargs, ins, outs) -> objec
     fn = _DESCRIBERS.get(op_type)
     if fn is not None:
         return fn(name, func, args, kwargs, ins, outs)
-    return M.ElementwiseMeta(name) if op_type is OpType.ELEMENTWISE else M.OpMeta(name)
+    if op_type is not OpType.ELEMENTWISE:
+        return M.OpMeta(name)
+    if name in DIM_ARGS and ins:
+        return _dim_args_meta(name, args, kwargs, ins[0].dim())
+    return M.ElementwiseMeta(name)
+
+
+def _dim_args_meta(name: str, args, kwargs, ndim: int) -> M.ElementwiseMeta:
+    """Which dims a shape-keeping op mixes or moves (see :data:`DIM_ARGS`)."""
+    effect, pos, kw, default, fixed = DIM_ARGS[name]
+    if pos is None:
+        dims = fixed
+    else:
+        given = _arg(args, kwargs, pos, kw, default)
+        if name == "flip" and len(args) > pos + 1:  # x.flip(0, 2): dims as varargs
+            given = args[pos:]
+        if given is None:  # roll/take_along_dim without dims: over the flattened tensor
+            dims = tuple(range(ndim))
+        else:
+            dims = tuple(given) if isinstance(given, (list, tuple)) else (int(given),)
+    dims = tuple(sorted({_norm(int(d), max(ndim, 1)) for d in dims}))
+    return M.ElementwiseMeta(name, mixes=dims) if effect == "mixes" else \
+        M.ElementwiseMeta(name, moves=dims)
 
 
 def _concat_meta(name, func, args, kwargs, ins, outs) -> M.ConcatMeta:
