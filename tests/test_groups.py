@@ -379,3 +379,30 @@ def test_ops_that_mix_or_move_positions_along_a_dim(op, dim, expect):
         assert v["masked_equivalence"]["ok"], v
     else:
         assert "cumsum" in v["masked_equivalence"]["skipped"]
+
+
+def test_parametrized_weights_block_with_the_way_out():
+    from torch.nn.utils import parametrizations, parametrize
+
+    from viewer.core.prune import Pruner
+
+    class WN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = parametrizations.weight_norm(nn.Conv1d(4, 16, 3, padding=1))
+            self.b = nn.Conv1d(16, 4, 3, padding=1)
+
+        def forward(self, x):
+            return self.b(torch.relu(self.a(x)))
+
+    torch.manual_seed(0)
+    model, x = WN().eval(), torch.randn(1, 4, 10)
+    reason = group_of(build_graph(model, x), "a").reason
+    assert "'a' computes a weight through a parametrization" in reason
+    assert "remove_parametrizations" in reason
+    parametrize.remove_parametrizations(model.a, "weight")  # what the reason says to do
+    p = Pruner(model, (x,))
+    plan = p.plan(0.5)
+    assert plan.removed
+    v = p.verify(p.apply(plan), plan)
+    assert v["masked_equivalence"]["ok"], v

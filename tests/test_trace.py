@@ -328,3 +328,25 @@ def test_ops_along_a_dim_record_which_dims_they_mix_or_move():
     assert metas["flip"] == ElementwiseMeta("flip", moves=(0, 2))
     assert metas["roll"] == ElementwiseMeta("roll", moves=(0, 1, 2))  # no dims: flattened
     assert metas["relu"] == ElementwiseMeta("relu")
+
+
+def test_a_torchscript_submodule_is_opaque_not_a_crash():
+    from viewer.core.prune import Pruner
+
+    class Scripted(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 8, 1)
+            self.b = torch.jit.script(nn.Sequential(nn.Conv2d(8, 8, 1), nn.ReLU()))
+            self.c = nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            return self.c(self.b(self.a(x)))
+
+    model, x = Scripted().eval(), torch.randn(1, 3, 4, 4)
+    g = build_graph(model, x)  # TorchScript takes no hooks: it is skipped, not an error
+    assert {"a", "c"} <= set(g.by_name) and "b" not in g.by_name
+    p = Pruner(model, (x,))
+    p.validate_groups()
+    a = next(grp for grp in p.groups if grp.root == "a")
+    assert "forward fails when this group shrinks" in p.reason(a)  # its consumer is hidden

@@ -1283,6 +1283,13 @@ def _search(graph: Graph, root: Node, side: str, dim: int, pos: IntArray,
         p.flags.writeable = lab.flags.writeable = False
     grp = Group(gid, root.name, side, int(label.max()) + 1 if n else 0, members, tensors,
                 list(dict.fromkeys(s.reasons)))
+    bent = [graph.nodes[m.node].name for m in members
+            if any(k.startswith("parametrizations.") for k in graph.nodes[m.node].params)]
+    if bent:  # weight_norm / spectral_norm: the weight is computed, not stored
+        names = ", ".join(f"'{n}'" for n in dict.fromkeys(bent))
+        grp.reasons.append(f"{names} compute{'s' if len(set(bent)) == 1 else ''} a weight "
+                           "through a parametrization (weight_norm, spectral_norm, ...): remove "
+                           "it first with torch.nn.utils.parametrize.remove_parametrizations")
     grp.stats_notes = list(dict.fromkeys(s.stats_notes))
     grp.exact = not grp.stats_notes
     grp.multiple_of = s.multiple

@@ -725,6 +725,8 @@ def build_graph(model: nn.Module, example_inputs=(), example_kwargs: dict | None
         tracer.add_node([], [t], tracer.unique(name or "input"), OpType.INPUT, "", "input")
     handles = []
     for m in model.modules():
+        if isinstance(m, torch.jit.ScriptModule):  # TorchScript takes no hooks: opaque
+            continue
         handles.append(m.register_forward_pre_hook(tracer.pre_hook, with_kwargs=True))
         handles.append(m.register_forward_hook(tracer.post_hook, with_kwargs=True,
                                                always_call=True))
