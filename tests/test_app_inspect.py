@@ -193,3 +193,18 @@ def test_pad_and_einsum_metadata_are_drawn_for_humans():
     assert "dim 3" in pad and "+1 before, +2 after" in pad and "+0 before, +3 after" in pad
     ein = _text(cb.meta_view(g.node("einsum")))
     assert "...chw,c->...chw" in ein and "0chw,c->0chw" in ein
+
+
+def test_ops_along_a_dim_say_which_dims():
+    import torch
+
+    from viewer.core.trace import build_graph
+
+    class M(torch.nn.Module):
+        def forward(self, x):
+            return torch.cumsum(x, 1).flip(2)
+
+    g = build_graph(M(), torch.randn(1, 2, 3))
+    assert "mixes positions along" in _text(cb.meta_view(g.node("cumsum")))
+    assert "moves positions along" in _text(cb.meta_view(g.node("flip"))) and \
+        "dim 2" in _text(cb.meta_view(g.node("flip")))

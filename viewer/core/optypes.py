@@ -135,7 +135,7 @@ STYLES: dict[OpType, TypeStyle] = {
     OpType.PERMUTE: TypeStyle("Permute", "#eab308"),
     OpType.EXPAND: TypeStyle("Expand", "#fde047"),
     OpType.PIXEL_SHUFFLE: TypeStyle("PixelShuffle", "#facc15"),
-    OpType.SPATIAL: TypeStyle("Pool/resize", "#94a3b8"),
+    OpType.SPATIAL: TypeStyle("Pool/resize/pad", "#94a3b8"),
     OpType.MATMUL: TypeStyle("Matmul", "#e11d48"),
     OpType.ATTENTION: TypeStyle("SDPA", "#be123c"),
     OpType.REDUCTION: TypeStyle("Reduction", "#9ca3af"),

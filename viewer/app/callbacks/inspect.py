@@ -196,8 +196,9 @@ def meta_view(node: Node, hit: np.ndarray | None = None,
                                                f"[{shape_text(m.b_shape)}]"),
                         ("out", f"[{shape_text(m.out_shape)}]")]))
     elif isinstance(m, EinsumMeta):
-        out.append(_kv([("equation", m.equation),
-                        ("spelled out", f"{','.join(m.terms)}->{m.out}")]))
+        spelled = f"{','.join(m.terms)}->{m.out}"
+        out.append(_kv([("equation", m.equation)] + (
+            [("spelled out", spelled)] if spelled != m.equation.replace(" ", "") else [])))
     elif isinstance(m, PadMeta):
         nd = len(node.in_shapes[0]) if node.in_shapes else len(m.pads) // 2
         out.append(_kv([("op", m.op), ("mode", m.mode)] + [
@@ -206,7 +207,14 @@ def meta_view(node: Node, hit: np.ndarray | None = None,
     elif isinstance(m, ReduceMeta):
         out.append(_kv([("op", m.op), ("dims", str(tuple(m.dims))),
                         ("keepdim", "yes" if m.keepdim else "no")]))
-    elif isinstance(m, (ElementwiseMeta, OpMeta)):
+    elif isinstance(m, ElementwiseMeta):
+        rows = [("op", m.op)]
+        if m.mixes:
+            rows.append(("mixes positions along", ", ".join(f"dim {d}" for d in m.mixes)))
+        if m.moves:
+            rows.append(("moves positions along", ", ".join(f"dim {d}" for d in m.moves)))
+        out.append(_kv(rows))
+    elif isinstance(m, OpMeta):
         out.append(_kv([("op", m.op)]))
     else:  # a metadata class this panel does not know yet: show its fields
         d = meta_to_dict(m) or {}
