@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -314,3 +316,41 @@ def test_taylor_uses_the_given_batch(demo_pruner):
     b = p.plan(0.5, "taylor", batch=(torch.randn(4, 3, 32, 32) * 3 + 1,))
     assert a.scores != b.scores
     assert all(len(v) == len(a.scores[k]) for k, v in b.scores.items())
+
+
+class GN(torch.nn.Module):
+    def __init__(self, groups: int, c: int = 16):
+        super().__init__()
+        self.a = torch.nn.Conv2d(3, c, 1)
+        self.gn = torch.nn.GroupNorm(groups, c)
+        self.b = torch.nn.Conv2d(c, 2, 1)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.gn(self.a(x))))
+
+
+@pytest.mark.parametrize("groups, units, exact, groups_after", [
+    (4, 4, True, 2),     # 4 groups of 4: whole groups go, the others' statistics stay
+    (16, 16, True, 8),   # one channel per group (wav2vec2's first layer)
+    (2, 8, False, 2),    # 2 groups of 8: the same offset of both groups goes
+    (1, 16, False, 1),   # GroupNorm(1, C): only per-channel, statistics change
+])
+def test_groupnorm_loses_whole_groups_when_that_is_finer(tmp_path, groups, units, exact,
+                                                         groups_after):
+    from viewer.core.export import export_dir
+
+    torch.manual_seed(0)
+    model, x = GN(groups).eval(), torch.randn(2, 3, 4, 4)
+    p = Pruner(model, (x,))
+    g = next(grp for grp in p.groups if grp.root == "a")
+    assert (g.n_units, g.exact, p.reason(g)) == (units, exact, "")
+    plan = Plan({g.id: list(range(units // 2))})
+    pruned = p.apply(plan)
+    assert (pruned.gn.num_groups, pruned.gn.num_channels) == (groups_after, 8)
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["shapes_kept"]
+    if exact:  # removing whole groups is exact: masked equivalence holds
+        assert v["masked_equivalence"]["ok"], v
+    out = export_dir(p, plan, pruned, tmp_path / "gn", {"spec": "in-process"})
+    attrs = json.loads((out / "plan.json").read_text())["attrs"]["gn"]  # what a reload sets
+    assert attrs["num_channels"] == 8 and attrs.get("num_groups", groups) == groups_after

@@ -40,7 +40,7 @@ from .meta import (
     SplitMeta,
     UnbindMeta,
 )
-from .optypes import OpGroup, OpType
+from .optypes import OpGroup, OpType, gn_prunes_whole_groups
 
 IntArray = np.ndarray
 TensorKey = tuple[int, int, int]  # (node id, output port, dim)
@@ -236,9 +236,13 @@ def _gn_rule() -> Rule:
             c = node.in_shapes[0][1]
             groups = int(node.attrs.get("num_groups", 1))
             per = c // groups
-            ctx.inexact(f"'{node.name}' (GroupNorm) normalises over pruned channels")
-            pos_all = (pos % per)[:, None] + per * np.arange(groups)[None, :]
-            units_all = np.repeat(units, groups)
+            if gn_prunes_whole_groups(c, groups):  # a unit is one whole group of channels
+                pos_all = (pos // per)[:, None] * per + np.arange(per)[None, :]
+                units_all = np.repeat(units, per)
+            else:  # a unit is the same offset in every group
+                ctx.inexact(f"'{node.name}' (GroupNorm) normalises over pruned channels")
+                pos_all = (pos % per)[:, None] + per * np.arange(groups)[None, :]
+                units_all = np.repeat(units, groups)
             return base(g, node, side, port, dim, units_all, pos_all.reshape(-1), ctx)
         return base(g, node, side, port, dim, units, pos, ctx)
 
@@ -1298,7 +1302,7 @@ def _search(graph: Graph, root: Node, side: str, dim: int, pos: IntArray,
             grp.reasons.append(f"'{graph.nodes[nid].name}' (nn.MultiheadAttention) has its "
                                "input and output widths in different groups; they must shrink "
                                "together")
-    if grp.multiple_of >= grp.n_units and grp.n_units:
+    if grp.multiple_of > 1 and grp.multiple_of >= grp.n_units:
         grp.reasons.append(f"units must be removed in multiples of {grp.multiple_of} "
                            f"(attention heads), but there are only {grp.n_units}")
     if trail is not None:

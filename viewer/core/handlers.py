@@ -19,7 +19,7 @@ import numpy as np
 from torch import nn
 
 from .graph import Node
-from .optypes import OpType
+from .optypes import OpType, gn_prunes_whole_groups
 
 
 @dataclass(frozen=True)
@@ -232,7 +232,10 @@ def _refresh_norm(m: nn.Module, w: Widths) -> None:
 
 
 def _refresh_gn(m: nn.Module, w: Widths) -> None:
-    m.num_channels = m.weight.shape[0] if m.weight is not None else w.get("out", m.num_channels)
+    new = m.weight.shape[0] if m.weight is not None else w.get("out", m.num_channels)
+    if gn_prunes_whole_groups(m.num_channels, m.num_groups):  # read before they change
+        m.num_groups = new // (m.num_channels // m.num_groups)
+    m.num_channels = new
 
 
 def _refresh_ln(m: nn.Module, w: Widths) -> None:

@@ -193,6 +193,14 @@ _LAYER_NORMS = (nn.LayerNorm,) + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else (
 
 Rule = tuple[Callable[[nn.Module], bool], OpType]
 
+def gn_prunes_whole_groups(channels: int, groups: int) -> bool:
+    """How a GroupNorm(G, C) is pruned. Whole groups (``num_groups`` shrinks; the other groups'
+    statistics are untouched, so it is exact) when that gives at least as many units as the
+    alternative, the same offset of every group (``num_groups`` stays; every group's
+    statistics change: GroupNorm(1, C) can only be pruned this way)."""
+    return groups >= channels // max(groups, 1)
+
+
 #: Built-in module rules, in priority order. First match wins.
 MODULE_RULES: tuple[Rule, ...] = (
     (_is_depthwise, OpType.DEPTHWISE_CONV),
@@ -343,7 +351,8 @@ _FUNCTION_NAMES: dict[OpType, str] = {
     "F.adaptive_max_pool1d F.adaptive_max_pool2d F.adaptive_max_pool3d F.interpolate "
     "F.upsample F.max_pool2d_with_indices F.adaptive_max_pool2d_with_indices F.pad",
     OpType.MATMUL: "torch.matmul Tensor.matmul Tensor.__matmul__ Tensor.__rmatmul__ torch.bmm "
-    "Tensor.bmm torch.mm Tensor.mm F.linear torch.addmm Tensor.addmm torch.baddbmm torch.einsum",
+    "Tensor.bmm torch.mm Tensor.mm F.linear torch.addmm Tensor.addmm torch.baddbmm Tensor.baddbmm "
+    "torch.einsum",
     OpType.ATTENTION: "F.scaled_dot_product_attention",
     OpType.REDUCTION: "torch.sum Tensor.sum torch.mean Tensor.mean torch.amax Tensor.amax "
     "torch.amin Tensor.amin torch.var Tensor.var torch.std Tensor.std torch.norm Tensor.norm "
