@@ -51,6 +51,12 @@ def test_masked_equivalence_can_fail(demo_pruner):
     with torch.no_grad():
         pruned.layer1[0].conv1.weight[0].add_(1.0)  # damage one kept filter
     assert not p.verify(pruned, plan)["masked_equivalence"]["ok"]
+    # a wrong index mapping: the right channels kept, read in the wrong order
+    pruned = p.apply(plan)
+    with torch.no_grad():
+        w = pruned.layer1[0].conv2.weight
+        w.copy_(w[:, torch.randperm(w.shape[1], generator=torch.Generator().manual_seed(0))])
+    assert not p.verify(pruned, plan)["masked_equivalence"]["ok"]
 
 
 @pytest.mark.parametrize("name", ALL_DEMOS)
@@ -354,3 +360,36 @@ def test_groupnorm_loses_whole_groups_when_that_is_finer(tmp_path, groups, units
     out = export_dir(p, plan, pruned, tmp_path / "gn", {"spec": "in-process"})
     attrs = json.loads((out / "plan.json").read_text())["attrs"]["gn"]  # what a reload sets
     assert attrs["num_channels"] == 8 and attrs.get("num_groups", groups) == groups_after
+
+
+class FusedHeads(torch.nn.Module):
+    """BLOOM's attention: a fused q/k/v projection viewed as (heads, 3, head_dim) with both
+    sizes read from attributes (no -1). ``depth`` equals ``head_dim`` and is never read."""
+
+    def __init__(self, d: int = 16, heads: int = 2):
+        super().__init__()
+        self.num_heads, self.head_dim, self.depth = heads, d // heads, d // heads
+        self.qkv = torch.nn.Linear(d, 3 * d)
+        self.o = torch.nn.Linear(d, d)
+
+    def forward(self, x):
+        b, s, _ = x.shape
+        q, k, v = self.qkv(x).view(b, s, self.num_heads, 3, self.head_dim).unbind(3)
+        y = torch.nn.functional.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=0.5)
+        return x + self.o(y.transpose(1, 2).reshape(b, s, self.num_heads * self.head_dim))
+
+
+def test_a_view_size_stored_on_the_module_is_updated():
+    torch.manual_seed(0)
+    model, x = FusedHeads().eval(), torch.randn(2, 5, 16)
+    p = Pruner(model, (x,))
+    assert not p.validate_groups()
+    g = next(grp for grp in p.groups if grp.root == "qkv")
+    assert p.sets(g) == ["head_dim"] and g.n_units == 8  # one head-dim offset per unit
+    plan = Plan({g.id: [2, 5]})
+    pruned = p.apply(plan)
+    assert (pruned.head_dim, pruned.depth, pruned.num_heads) == (6, 8, 2)
+    assert pruned.qkv.out_features == 36 and pruned.o.in_features == 12
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v

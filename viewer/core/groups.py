@@ -719,22 +719,6 @@ def _einsum_rule(node, side, port, dim, units, pos, ctx):
             if (s, p) != (side, port) and shape[d] == size]  # size-1 dims broadcast
 
 
-def contracts(node: Node, port: int, dim: int) -> bool:
-    """Does this MATMUL-family node sum over its input ``port``'s ``dim`` (a dim that does not
-    reach the output)? A parameter pruned along such a dim *reads* the removed channels."""
-    if node.op_type is not OpType.MATMUL:
-        return False
-    if node.target == "einsum":
-        meta = node.meta
-        return isinstance(meta, EinsumMeta) and meta.terms[port][dim] not in meta.out
-    pa, pb, a, b, _, linear = _matmul_dims(node)
-    if port == pa:
-        return dim == len(a) - 1
-    if port == pb:
-        return dim == (1 if linear else max(len(b) - 2, 0))
-    return False
-
-
 def _matmul_rule(g, node, side, port, dim, units, pos, ctx):
     if node.target == "einsum":
         return _einsum_rule(node, side, port, dim, units, pos, ctx)

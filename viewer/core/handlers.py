@@ -3,8 +3,8 @@
 Two tables, one entry per OpType (a test checks both are complete):
 
 * :data:`CUTS` — ``cuts(node, side, dim, positions) -> [Cut]``: which state_dict tensors lose
-  which indices along which dim. ``reads=True`` marks cuts where the layer *reads* the removed
-  channels (a conv's input channels): zeroing exactly those gives the masked-equivalent model.
+  which indices along which dim. Zeroing every cut of a plan in the original model gives its
+  masked-equivalent model.
 * :data:`REFRESH` — ``refresh(module, widths)`` re-derives a module's attributes
   (``out_channels``, ``num_features``, ``hidden_size``...) from its pruned tensors, so the pruned
   model runs and prints correctly.
@@ -29,7 +29,6 @@ class Cut:
     key: str
     dim: int
     positions: np.ndarray
-    reads: bool = False
     aligned: bool = True  #: positions are the member's own positions (False: derived ones)
 
 
@@ -37,8 +36,8 @@ def _key(node: Node, local: str) -> str:
     return node.params.get(local) or node.buffers[local]
 
 
-def _cuts(node: Node, spec: list[tuple[str, int, bool]], pos) -> list[Cut]:
-    return [Cut(_key(node, k), d, pos, r) for k, d, r in spec
+def _cuts(node: Node, spec: list[tuple[str, int]], pos) -> list[Cut]:
+    return [Cut(_key(node, k), d, pos) for k, d in spec
             if k in node.params or k in node.buffers]
 
 
@@ -52,16 +51,16 @@ def _group_local(node: Node, side: str, pos: np.ndarray) -> np.ndarray:
 
 def _conv(node, side, dim, pos):
     if side == "out":
-        return _cuts(node, [("weight", 0, False), ("bias", 0, False)], pos)
-    return _cuts(node, [("weight", 1, True)], _group_local(node, "in", pos))
+        return _cuts(node, [("weight", 0), ("bias", 0)], pos)
+    return _cuts(node, [("weight", 1)], _group_local(node, "in", pos))
 
 
 def _conv_transpose(node, side, dim, pos):
     # weight is (in, out/groups, ...)
     if side == "out":
-        return (_cuts(node, [("weight", 1, False)], _group_local(node, "out", pos))
-                + _cuts(node, [("bias", 0, False)], pos))
-    return _cuts(node, [("weight", 0, True)], pos)
+        return (_cuts(node, [("weight", 1)], _group_local(node, "out", pos))
+                + _cuts(node, [("bias", 0)], pos))
+    return _cuts(node, [("weight", 0)], pos)
 
 
 def _per_channel(node, side, dim, pos):
@@ -71,7 +70,7 @@ def _per_channel(node, side, dim, pos):
     names = ["weight", "bias", "running_mean", "running_var"]
     if node.op_type is OpType.PRELU and node.param_shapes.get("weight", (1,))[0] == 1:
         return []
-    return _cuts(node, [(n, 0, False) for n in names], pos)
+    return _cuts(node, [(n, 0) for n in names], pos)
 
 
 def _ln(node, side, dim, pos):
@@ -81,18 +80,18 @@ def _ln(node, side, dim, pos):
     if not w:
         return []
     pdim = dim - (len(node.in_shapes[0]) - len(w))
-    return _cuts(node, [("weight", pdim, False), ("bias", pdim, False)], pos)
+    return _cuts(node, [("weight", pdim), ("bias", pdim)], pos)
 
 
 def _linear(node, side, dim, pos):
     transposed = "nf" in node.attrs  # Hugging Face Conv1D stores weight as (in, out)
     if side == "out":
-        return _cuts(node, [("weight", 1 if transposed else 0, False), ("bias", 0, False)], pos)
-    return _cuts(node, [("weight", 0 if transposed else 1, True)], pos)
+        return _cuts(node, [("weight", 1 if transposed else 0), ("bias", 0)], pos)
+    return _cuts(node, [("weight", 0 if transposed else 1)], pos)
 
 
 def _embed(node, side, dim, pos):
-    return _cuts(node, [("weight", 1, False)], pos) if side == "out" else []
+    return _cuts(node, [("weight", 1)], pos) if side == "out" else []
 
 
 def _recurrent(gates: int):
@@ -103,7 +102,7 @@ def _recurrent(gates: int):
         out: list[Cut] = []
         if side == "in":
             for s in sfxs:
-                out += _cuts(node, [(f"weight_ih_l0{s}", 1, True)], pos)
+                out += _cuts(node, [(f"weight_ih_l0{s}", 1)], pos)
             return out
         h = np.unique(pos % hidden)
         rows = (np.arange(gates)[:, None] * hidden + h[None, :]).reshape(-1)
@@ -111,13 +110,13 @@ def _recurrent(gates: int):
         cols_in = np.concatenate([h + k * hidden for k in range(len(sfxs))])
         for layer in range(layers):
             for s in sfxs:
-                out += _cuts(node, [(f"weight_ih_l{layer}{s}", 0, False),
-                                    (f"bias_ih_l{layer}{s}", 0, False),
-                                    (f"weight_hh_l{layer}{s}", 0, False),
-                                    (f"bias_hh_l{layer}{s}", 0, False)], rows)
-                out += _cuts(node, [(f"weight_hh_l{layer}{s}", 1, True)], h)
+                out += _cuts(node, [(f"weight_ih_l{layer}{s}", 0),
+                                    (f"bias_ih_l{layer}{s}", 0),
+                                    (f"weight_hh_l{layer}{s}", 0),
+                                    (f"bias_hh_l{layer}{s}", 0)], rows)
+                out += _cuts(node, [(f"weight_hh_l{layer}{s}", 1)], h)
                 if layer > 0:
-                    out += _cuts(node, [(f"weight_ih_l{layer}{s}", 1, True)], cols_in)
+                    out += _cuts(node, [(f"weight_ih_l{layer}{s}", 1)], cols_in)
         return out
     return cuts
 
@@ -126,8 +125,8 @@ def _mha(node, side, dim, pos, tensors=None):
     # packed in_proj (3E, E): columns read the inputs; rows are the inner q|k|v dims
     e = int(node.attrs["embed_dim"])
     if side == "in":
-        return _cuts(node, [("in_proj_weight", 1, True)], pos)
-    out = _cuts(node, [("out_proj.weight", 0, False), ("out_proj.bias", 0, False)], pos)
+        return _cuts(node, [("in_proj_weight", 1)], pos)
+    out = _cuts(node, [("out_proj.weight", 0), ("out_proj.bias", 0)], pos)
     heads = int(node.attrs["num_heads"])
     hd = e // heads
     per_head = len(pos) // heads
@@ -146,22 +145,21 @@ def _mha(node, side, dim, pos, tensors=None):
         h * hd + np.argsort(score[h * hd:(h + 1) * hd], kind="stable")[:per_head]
         for h in range(heads)]))
     rows = np.concatenate([inner + k * e for k in range(3)])
-    out += [Cut(node.params["in_proj_weight"], 0, rows, False, False)]
+    out += [Cut(node.params["in_proj_weight"], 0, rows, False)]
     if "in_proj_bias" in node.params:
-        out += [Cut(node.params["in_proj_bias"], 0, rows, False, False)]
-    out += [Cut(node.params["out_proj.weight"], 1, inner, True, False)]
+        out += [Cut(node.params["in_proj_bias"], 0, rows, False)]
+    out += [Cut(node.params["out_proj.weight"], 1, inner, False)]
     return out
 
 
 def _custom(node, side, dim, pos):
     entry = node.custom
     dims = entry.in_dims if side == "in" else entry.out_dims
-    return [Cut(_key(node, k), d, pos, side == "in" and not entry.passthrough)
-            for k, d in dims.items()]
+    return [Cut(_key(node, k), d, pos) for k, d in dims.items()]
 
 
 def _parameter(node, side, dim, pos):
-    return [Cut(node.params[""], dim, pos, False)]
+    return [Cut(node.params[""], dim, pos)]
 
 
 def _none(node, side, dim, pos):

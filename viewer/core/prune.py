@@ -13,7 +13,6 @@ A plan is plain data (group id -> removed unit ids) and can be saved as JSON.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -25,8 +24,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .errors import DepViewError
 from .graph import Graph
-from .groups import Group, all_groups, contracts, out_channel_dim
+from .groups import Group, all_groups, out_channel_dim
 from .handlers import CUTS, REFRESH, Cut
+from .meta import ReshapeMeta
 from .optypes import OpType
 from .trace import build_graph, flatten, module_attrs
 
@@ -54,16 +54,19 @@ class Plan:
 
 @dataclass(frozen=True)
 class SizeAttr:
-    """A module attribute that a traced ``split(size)`` read its fixed part size from (GPT-2's
-    ``split_size``): pruning the split's input must set it to the new part size, or the
-    pruned model splits at the old cut points. Found by validation, never guessed: see
-    :meth:`Pruner.validate_groups`."""
+    """A module attribute that a traced shape op read a fixed size from: GPT-2's
+    ``split_size`` (``split(self.split_size)``), OPT's ``head_dim`` (``view(b, -1,
+    self.num_heads, self.head_dim)``). Pruning that dim must set the attribute to the new size,
+    or the pruned model splits or reshapes by the old one. Found by validation, never guessed:
+    see :meth:`Pruner.validate_groups`. The new value is the new size of ``tensor`` (``size``
+    before pruning) divided by ``parts``."""
 
     module: str  #: module path
     attr: str
-    node: int  #: the split node
-    tensor: tuple[int, int, int]  #: its input as a group tensor key (node, port, dim)
-    parts: int
+    node: int  #: the split or reshape node
+    tensor: tuple[int, int, int]  #: the tensor dim whose size it is: (node, port, dim)
+    size: int
+    parts: int = 1
 
     @property
     def label(self) -> str:
@@ -133,14 +136,8 @@ class Pruner:
         for m in group.members:
             pos = m.indices(units)
             if len(pos):
-                cuts = _node_cuts(self.graph.nodes[m.node], m.side, m.dim, pos,
+                out += _node_cuts(self.graph.nodes[m.node], m.side, m.dim, pos,
                                   lambda k: table[k][2] if k in table else None)
-                if m.side == "param" and any(
-                        contracts(self.graph.nodes[e.target], e.target_port, m.dim)
-                        for e in self.graph.consumers.get((m.node, 0), [])):
-                    # a weight used in a matmul/einsum that sums over the pruned dim
-                    cuts = [dataclasses.replace(c, reads=True) for c in cuts]
-                out += cuts
         return out
 
     def reason(self, group: Group, ignore: set[tuple[str, str]] = frozenset()) -> str:
@@ -311,23 +308,27 @@ class Pruner:
         groups: the new width of the split's input divided by its number of parts."""
         by_id = {g.id: g for g in self.groups}
         sets = {**self._sets, **(extra or {})}
-        wanted = {r.tensor: r for gid in plan.removed for r in sets.get(gid, [])}
+        wanted = [r for gid in plan.removed for r in sets.get(gid, [])]
         if not wanted:
             return {}
+        keys = {r.tensor for r in wanted}
         removed: dict[tuple[int, int, int], set[int]] = defaultdict(set)
         for gid, units in plan.removed.items():
             tensors = by_id[gid].tensors
-            for key in wanted.keys() & tensors.keys():
+            for key in keys & tensors.keys():
                 pos, unit = tensors[key]
                 removed[key].update(pos[np.isin(unit, units)].tolist())
         out: dict[str, dict[str, int]] = defaultdict(dict)
-        for key, r in wanted.items():
-            width = self.graph.nodes[r.node].in_shapes[0][key[2]] - len(removed[key])
+        for r in wanted:
+            width = r.size - len(removed[r.tensor])
             value = width // r.parts
             if width % r.parts or out[r.module].get(r.attr, value) != value:
-                raise DepViewError(f"cannot set {r.label}: the plan leaves its split "
-                                   f"'{self.graph.nodes[r.node].name}' with {width} positions "
-                                   f"for {r.parts} equal parts")
+                raise DepViewError(f"cannot set {r.label}: the plan leaves "
+                                   f"'{self.graph.nodes[r.node].name}' {width} positions "
+                                   f"for {r.parts} equal parts"
+                                   if width % r.parts else
+                                   f"cannot set {r.label}: two groups of the plan need "
+                                   f"{out[r.module][r.attr]} and {value}")
             out[r.module][r.attr] = value
         return dict(out)
 
@@ -452,37 +453,48 @@ class Pruner:
         return {k: v for k, v in self._validated.items() if v}
 
     def _size_attr_candidates(self, group: Group) -> list[SizeAttr]:
-        """Public int attributes of the module whose forward ran a ``split(size)`` the group
-        shrinks, equal to that size: what the size may have been read from."""
+        """Public int attributes of the module whose forward ran a ``split(size)`` or a
+        ``view``/``reshape`` with explicit sizes that the group shrinks, equal to that size:
+        what the size may have been read from."""
         mods = dict(self.model.named_modules())
         out = []
+
+        def add(node, key, size, parts=1):
+            for k, v in vars(mods[node.module]).items():
+                if not k.startswith("_") and type(v) is int and v == size // parts:
+                    out.append(SizeAttr(node.module, k, node.id, key, size, parts))
+
         for node in self.graph.nodes:
             meta = node.meta
-            if (node.op_type is not OpType.SPLIT or node.target != "split"
-                    or not getattr(meta, "computed", False) or len(set(meta.sizes)) > 1
-                    or node.module not in mods or not self.graph.in_edges.get(node.id)):
+            if node.module not in mods:
                 continue
-            e = self.graph.in_edges[node.id][0]
-            key = (e.source, e.source_port, meta.dim)
-            if key not in group.tensors:
-                continue
-            for k, v in vars(mods[node.module]).items():
-                if not k.startswith("_") and type(v) is int and v == meta.sizes[0]:
-                    out.append(SizeAttr(node.module, k, node.id, key, len(meta.sizes)))
+            if (node.op_type is OpType.SPLIT and node.target == "split"
+                    and getattr(meta, "computed", False) and len(set(meta.sizes)) == 1
+                    and self.graph.in_edges.get(node.id)):
+                e = self.graph.in_edges[node.id][0]
+                key = (e.source, e.source_port, meta.dim)
+                if key in group.tensors:
+                    add(node, key, node.in_shapes[0][meta.dim], len(meta.sizes))
+            elif node.op_type is OpType.RESHAPE and node.target in ("view", "reshape") \
+                    and isinstance(meta, ReshapeMeta):
+                for d, size in enumerate(meta.out_shape):
+                    if d != meta.inferred and (node.id, 0, d) in group.tensors:
+                        add(node, (node.id, 0, d), size)
         return out
 
     def masked_model(self, plan: Plan) -> nn.Module:
-        """The original model with every weight that *reads* a removed channel zeroed: its
-        outputs must equal the pruned model's (masked equivalence)."""
+        """The original model with every tensor slice the plan removes zeroed, both the weights
+        that write a removed channel and those that read it: its outputs must equal the pruned
+        model's (masked equivalence). Zeroing the writers too matters where two activations
+        are contracted (q·k over a removed head dim): no weight reads that sum."""
         masked = copy.deepcopy(self.model)
         table = _tensor_lookup(masked)
         by_id = {g.id: g for g in self.groups}
         with torch.no_grad():
             for gid, units in plan.removed.items():
                 for cut in self.cuts(by_id[gid], units):
-                    if cut.reads:
-                        t = table[cut.key][2]
-                        t.index_fill_(cut.dim, torch.as_tensor(cut.positions), 0)
+                    t = table[cut.key][2]
+                    t.index_fill_(cut.dim, torch.as_tensor(cut.positions), 0)
         return masked
 
     def verify(self, pruned: nn.Module, plan: Plan, masked: bool = True) -> dict:
