@@ -135,8 +135,11 @@
               return n.isChildless() && n.position('y') < limit;
             });
             var tb = top.nonempty() ? top.boundingBox() : bb;
-            if (tb.w * z > cy.width()) {  // too wide: start at the first layer (the inputs)
-              var first = top.filter(function (n) { return n.position('y') <= tb.y1 + 40; });
+            if (tb.w * z > cy.width()) {  // too wide: start at the model's inputs
+              var first = cy.nodes('[op_type = "input"]');
+              if (first.empty()) {  // or at the first layer
+                first = top.filter(function (n) { return n.position('y') <= tb.y1 + 40; });
+              }
               if (first.nonempty()) { tb = first.boundingBox(); }
             }
             cy.pan({x: cy.width() / 2 - (tb.x1 + tb.w / 2) * z, y: 20 - bb.y1 * z});

@@ -78,3 +78,28 @@ def test_upload_of_a_real_export_loads_the_pruned_model(tmp_path):
     session = store.session("s")
     assert session.stage.summary["params"] == sum(p.numel() for p in pruned.parameters())
     assert len(session.base.history) == 1  # the uploaded round, for later exports
+
+
+def test_a_huge_model_on_the_meta_device_is_browsed_without_its_weights():
+    # `serve --device meta` on a 7B shape would need ~28 GB with weights; on meta it needs none
+    import argparse
+
+    from viewer.app.callbacks import prune as pcb
+    from viewer.app.callbacks.export import checkpoint_zip
+    from viewer.app.main import entries_from_args
+    kwargs = '{"dim": 1024, "n_layers": 4, "n_heads": 16, "n_kv_heads": 4, "ffn_hidden": 2816}'
+    args = argparse.Namespace(model=["demo:llama"], input=[], kwargs=kwargs, weights=None,
+                              device="meta")
+    s = SessionStore(entries_from_args(args))
+    note = cb.load_entry(s, "m", "demo:llama")
+    assert "meta device" in note and "'random'" in note
+    stage = s.session("m").stage
+    assert all(p.device.type == "meta" for p in stage.model.parameters())
+    assert stage.summary["prunable"] > 0
+    with pytest.raises(DepViewError, match="meta device"):
+        pcb.run_preview(s, "m", pcb.parse_settings("l1", 0.5, "uniform", 1))
+    preview = pcb.run_preview(s, "m", pcb.parse_settings("random", 0.5, "uniform", 1))
+    assert preview["params"]["after"] < preview["params"]["before"]
+    pcb.apply_round(s, "m", pcb.parse_settings("random", 0.5, "uniform", 1))
+    with pytest.raises(DepViewError, match="no weights to export"):
+        checkpoint_zip(s, "m")

@@ -89,6 +89,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keyword arguments for the --model factories")
     parser.add_argument("--weights", default=None, metavar="FILE",
                         help="state_dict for the --model specs (.safetensors or weights-only .pt)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "meta"],
+                        help="meta: build the --model specs without weights (huge models)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8050)
     parser.add_argument("--debug", action="store_true")
@@ -99,10 +101,12 @@ def entries_from_args(args: argparse.Namespace) -> list[ModelEntry]:
     inputs = tuple(getattr(args, "input", None) or ())
     kwargs = getattr(args, "kwargs", "") or ""
     weights = getattr(args, "weights", None)
+    device = getattr(args, "device", None) or "cpu"
     specs = list(dict.fromkeys(getattr(args, "model", None) or ()))
     if getattr(args, "spec", None):
         specs.insert(0, args.spec)
-    return [ModelEntry(s, inputs=inputs, kwargs=kwargs, weights=weights) for s in specs]
+    return [ModelEntry(s, inputs=inputs, kwargs=kwargs, weights=weights, device=device)
+            for s in specs]
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -45,6 +45,7 @@ class ModelEntry:
     weights: str | None = None
     label: str = ""
     description: str = ""
+    device: str = "cpu"  #: "meta": browse a model too large to hold (no weights)
 
     @property
     def title(self) -> str:
@@ -225,7 +226,8 @@ class SessionStore:
             from viewer.core.spec import load_model
 
             lm = load_model(entry.spec, inputs=list(entry.inputs) or None,
-                            kwargs=entry.kwargs or None, weights=entry.weights)
+                            kwargs=entry.kwargs or None, weights=entry.weights,
+                            device=entry.device)
             stage = make_stage(lm.model, lm.inputs, lm.output_layers)
             base = Base(spec, stage, lm.inputs, list(lm.output_layers), dict(lm.source),
                         entry.description or lm.description)

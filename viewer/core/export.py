@@ -69,6 +69,9 @@ def export_dir(pruner: Pruner, plan: Plan, pruned: nn.Module, out_dir: str | Pat
     """
     from safetensors.torch import save_file
 
+    if any(t.device.type == "meta" for t in pruned.state_dict().values()):
+        raise DepViewError("this model is on the meta device: it has no weights to export; "
+                           "load it on cpu to export a checkpoint")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     verification = verification if verification is not None else pruner.verify(pruned, plan)

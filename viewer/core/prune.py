@@ -175,6 +175,10 @@ class Pruner:
         n = group.n_units
         if criterion == "random":
             return np.random.default_rng(seed * 100003 + group.id).random(n)
+        if not _real(self.model):
+            raise DepViewError(f"importance {criterion!r} reads weights, and this model is on "
+                               "the meta device (no values): use 'random' to preview it, or "
+                               "load it on cpu")
         table = _tensor_lookup(self.model)
         scores = np.zeros(n)
         bn_only = criterion == "bn"

@@ -39,6 +39,10 @@ def load_entry(store: SessionStore, sid: str, spec: str) -> str:
     base = store.base(spec)
     with session.lock:
         _fresh(session, base)
+    if any(p.device.type == "meta" for p in base.stage.model.parameters()):
+        note = " ".join(filter(None, [note, (
+            "This model is on the meta device, without weights: its graph and groups are "
+            "real; previews need the 'random' importance; checkpoints need --device cpu.")]))
     return note
 
 
