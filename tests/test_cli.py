@@ -69,3 +69,14 @@ def test_unexpected_errors_are_one_line_too(tmp_path):
               str(tmp_path / "out"), check=False)
     assert res.returncode in (1, 2) and "Traceback" not in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_groups_on_the_meta_device_are_validated_like_on_cpu():
+    def reasons(*extra):
+        rows = json.loads(cli("groups", "demo:slicing", "--no-indices", *extra,
+                              "--json", "-").stdout)["groups"]
+        return {g["root"]: g["reason"] for g in rows}
+
+    meta = reasons("--device", "meta")
+    assert "forward fails when this group shrinks" in meta["qkv"]  # a hard-coded view
+    assert meta == reasons()
