@@ -51,6 +51,11 @@ def test_groups_prune_check(tmp_path):
     (["graph", "torch.nn:Linear", "--kwargs", '{"in_features": 4, "out_features": 2}',
       "--input", "1x5", "--json", "-"], "model forward failed"),
     (["check", "/nonexistent/dir"], "no plan.json"),
+    (["prune", "demo:cnn", "--ratio", "0.5", "--ignore", "fc9", "--out", "x"],
+     "ignore names no layer of this model: 'fc9'"),
+    (["groups", "demo:cnn", "--ignore", "nosuch:in", "--json", "-"], "names no layer"),
+    (["prune", "demo:cnn", "--ratio", "0.5", "--override", "99=0.2", "--out", "x"],
+     "override names no group: 99"),
 ])
 def test_bad_input_is_one_line_exit_2(args, msg):
     res = cli(*args, check=False)

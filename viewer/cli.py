@@ -70,6 +70,7 @@ def cmd_groups(args) -> int:
     from .core.prune import parse_ignore
 
     ignore = parse_ignore(args.ignore)
+    pruner.check_names(ignore, {})
     rows = [pruner.group_dict(g, ignore, with_indices=not args.no_indices)
             for g in pruner.groups]
     _write_json({"spec": args.spec, "groups": rows}, args.json)

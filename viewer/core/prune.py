@@ -227,6 +227,7 @@ class Pruner:
             if not 0 <= r < 1:
                 raise DepViewError(f"override ratio for group {gid} must be in [0, 1), got {r}")
         ignore_set = parse_ignore(ignore) if not isinstance(ignore, set) else ignore
+        self.check_names(ignore_set, overrides)
         grads = None
         if importance == "taylor":
             grads = taylor_grads(self.model, self.inputs if batch is None else batch)
@@ -268,6 +269,18 @@ class Pruner:
                 removed[g.id] = sorted(int(u) for u in order[:k])
         return Plan(removed, settings, {k: [float(x) for x in v] for k, v in scores.items()},
                     skipped)
+
+    def check_names(self, ignore: set[tuple[str, str]], overrides: dict[int, float]) -> None:
+        """An ignore or override that names nothing would silently do nothing: refuse it."""
+        known = set(self.graph.by_name) | {n.module for n in self.graph.nodes}
+        for name in sorted({n for n, _ in ignore} - known):
+            close = [k for k in sorted(known) if k and (name in k or k in name)][:3]
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise DepViewError(f"ignore names no layer of this model: {name!r}{hint}")
+        ids = {g.id for g in self.groups}
+        for gid in sorted(set(overrides) - ids):
+            raise DepViewError(f"override names no group: {gid} (group ids are 0 to "
+                               f"{len(self.groups) - 1}; see the groups command)")
 
     def plan_from_dict(self, d: dict) -> Plan:
         return Plan({int(k): list(v) for k, v in d.get("removed", {}).items()},
