@@ -176,3 +176,16 @@ def test_torch_export_warnings_go_to_the_report_not_the_terminal(demo_pruner, tm
     pt2 = json.loads((out / "report.json").read_text())["pt2"]
     assert any("_flat_weights" in w for w in pt2["warnings"]), pt2  # torch warns about RNNs
     assert not [w for w in seen if "_flat_weights" in str(w.message)]
+
+
+@pytest.mark.parametrize("kept", [[999], [3, 1], [-1], ["a"], 5])
+def test_damaged_kept_indices_are_one_clear_error(demo_pruner, tmp_path, kept):
+    lm, p = demo_pruner("cnn")
+    plan = p.plan(0.5)
+    out = export_dir(p, plan, p.apply(plan), tmp_path / "d", lm.source)
+    doc = json.loads((out / "plan.json").read_text())
+    key = next(iter(doc["tensors"]))
+    doc["tensors"][key]["0"] = kept
+    (out / "plan.json").write_text(json.dumps(doc))
+    with pytest.raises(DepViewError, match="kept indices .* do not fit"):
+        load_pruned(out)

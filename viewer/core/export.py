@@ -168,6 +168,20 @@ def read_plan(path: str | Path) -> dict:
     return plan
 
 
+def _check_kept(key: str, d, kept, shape) -> None:
+    """plan.json's kept indices must be increasing positions inside the tensor's dim."""
+    try:
+        dim = int(d)
+        ok = 0 <= dim < len(shape) and all(type(i) is int for i in kept) and \
+            all(0 <= a < b for a, b in zip(kept, kept[1:], strict=False)) and \
+            (not kept or 0 <= kept[0] and kept[-1] < shape[dim])
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise DepViewError(f"plan.json's kept indices for {key!r} dim {d} do not fit its "
+                           f"shape {list(shape)}: the plan is damaged or from another model")
+
+
 def reshape_like_plan(model: nn.Module, plan: dict) -> nn.Module:
     """Slice a freshly built original model's tensors as plan.json says and set the changed
     attributes, in place. Weights are loaded afterwards."""
@@ -181,6 +195,7 @@ def reshape_like_plan(model: nn.Module, plan: dict) -> nn.Module:
             if id(t) not in done:
                 new = t.detach()
                 for d, kept in sorted(dims.items(), key=lambda kv: int(kv[0])):
+                    _check_kept(key, d, kept, new.shape)
                     new = new.index_select(int(d), torch.as_tensor(kept, dtype=torch.long))
                 if isinstance(t, nn.Parameter):
                     new = nn.Parameter(new.clone(), requires_grad=t.requires_grad)
