@@ -55,8 +55,8 @@ class Plan:
 @dataclass(frozen=True)
 class SizeAttr:
     """A module attribute that a traced shape op read a fixed size from: GPT-2's
-    ``split_size`` (``split(self.split_size)``), OPT's ``head_dim`` (``view(b, -1,
-    self.num_heads, self.head_dim)``). Pruning that dim must set the attribute to the new size,
+    ``split_size`` (``split(self.split_size)``), BLOOM's ``head_dim`` (``view(b, s,
+    self.num_heads, 3, self.head_dim)``). Pruning that dim must set the attribute to the new size,
     or the pruned model splits or reshapes by the old one. Found by validation, never guessed:
     see :meth:`Pruner.validate_groups`. The new value is the new size of ``tensor`` (``size``
     before pruning) divided by ``parts``."""
@@ -322,7 +322,8 @@ class Pruner:
     def size_attrs(self, plan: Plan, extra: dict[int, list[SizeAttr]] | None = None
                    ) -> dict[str, dict[str, int]]:
         """module path -> {attribute: new value} for the :class:`SizeAttr` of the plan's
-        groups: the new width of the split's input divided by its number of parts."""
+        groups (``extra`` adds candidates being tried): each one's tensor dim's new size
+        divided by its number of parts."""
         by_id = {g.id: g for g in self.groups}
         sets = {**self._sets, **(extra or {})}
         wanted = [r for gid in plan.removed for r in sets.get(gid, [])]
@@ -403,11 +404,12 @@ class Pruner:
         model; a group whose pruned model fails (a hard-coded view/split size, ...) is marked
         not prunable with the error. Cached.
 
-        A failing group that shrinks a ``split(size)`` gets one more chance: the size may be a
-        module attribute (GPT-2's ``split_size``). The attributes of the module that ran the
-        split which equal the size are candidates; the fewest that make the model run when set
-        to the new part size become the group's :class:`SizeAttr` (see :meth:`sets`), which
-        every apply then sets. Nothing is set that the model ran without.
+        A failing group that shrinks a ``split(size)`` or an explicit ``view``/``reshape`` size
+        gets one more chance: the size may be a module attribute (GPT-2's ``split_size``,
+        BLOOM's ``head_dim``). The attributes of the module that ran the op which equal the
+        size are candidates; the fewest that make the model run when set to the new size
+        become the group's :class:`SizeAttr` (see :meth:`sets`), which every apply then sets.
+        Nothing is set that the model ran without.
 
         All pending groups are first shrunk together in one run; only when that fails are they
         split in halves (down to single groups) to find the ones that break the model, so a
@@ -435,10 +437,10 @@ class Pruner:
                         f"({type(exc).__name__}: {msg})")
 
         def repair(g: Group) -> bool:
-            """A group that fails alone: if it shrinks a ``split(size)`` whose size equals
-            integer attributes of the module that ran it, find the fewest of those that, set
-            to the new part size, make the model run (all of them first, then drop each one
-            the model runs without)."""
+            """A group that fails alone: if it shrinks a split or view size that equals integer
+            attributes of the module that ran it, find the fewest of those that, set to the
+            new size, make the model run (all of them first, then drop each one the model
+            runs without)."""
             found = self._size_attr_candidates(g)
             if not found or attempt([g], {g.id: found}):
                 return False
