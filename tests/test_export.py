@@ -189,3 +189,31 @@ def test_damaged_kept_indices_are_one_clear_error(demo_pruner, tmp_path, kept):
     (out / "plan.json").write_text(json.dumps(doc))
     with pytest.raises(DepViewError, match="kept indices .* do not fit"):
         load_pruned(out)
+
+
+def test_two_rounds_of_a_stored_split_size_reload(tmp_path):
+    (tmp_path / "fused.py").write_text(
+        "import torch\n"
+        "class Fused(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.split_size = 8\n"
+        "        self.qkv = torch.nn.Linear(8, 24)\n"
+        "        self.out = torch.nn.Linear(8, 8)\n"
+        "    def forward(self, x):\n"
+        "        q, k, v = self.qkv(x).split(self.split_size, dim=-1)\n"
+        "        return x + self.out(q * k + v)\n")
+    lm = load_model(f"{tmp_path / 'fused.py'}:Fused", inputs=["2x8"])
+    p1 = Pruner(lm.model, lm.inputs)
+    plan1 = p1.plan(0.5)
+    m1 = p1.apply(plan1)
+    out1 = export_dir(p1, plan1, m1, tmp_path / "r1", lm.source)
+    p2 = Pruner(m1, lm.inputs)
+    plan2 = p2.plan(0.5)
+    m2 = p2.apply(plan2)
+    hist = json.loads((out1 / "plan.json").read_text())["rounds"]
+    out2 = export_dir(p2, plan2, m2, tmp_path / "r2", lm.source, history=hist)
+    again = load_pruned(out2)
+    assert (m1.split_size, m2.split_size, again.split_size) == (4, 2, 2)
+    with torch.no_grad():
+        assert torch.equal(again(*lm.inputs), m2(*lm.inputs))
