@@ -217,3 +217,17 @@ def test_two_rounds_of_a_stored_split_size_reload(tmp_path):
     assert (m1.split_size, m2.split_size, again.split_size) == (4, 2, 2)
     with torch.no_grad():
         assert torch.equal(again(*lm.inputs), m2(*lm.inputs))
+
+
+@pytest.mark.parametrize("attrs", [{"_compiled_call_impl": "x"}, {"forward": 1},
+                                   {"weight": 3}, {"out_channels": {"a": 1}}])
+def test_plan_attrs_set_only_public_scalar_attributes(demo_pruner, tmp_path, attrs):
+    # an uploaded plan.json is data: it cannot reach private state, methods or tensors
+    lm, p = demo_pruner("cnn")
+    plan = p.plan(0.5)
+    out = export_dir(p, plan, p.apply(plan), tmp_path / "a", lm.source)
+    doc = json.loads((out / "plan.json").read_text())
+    doc["attrs"]["features.0"] = attrs
+    (out / "plan.json").write_text(json.dumps(doc))
+    with pytest.raises(DepViewError, match="not a public scalar attribute"):
+        load_pruned(out)

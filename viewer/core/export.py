@@ -168,6 +168,16 @@ def read_plan(path: str | Path) -> dict:
     return plan
 
 
+def _plain_attr(mod: nn.Module, key: str, value) -> bool:
+    """plan.json may only set what :func:`~viewer.core.prune.attr_changes` records: existing
+    public attributes holding numbers, strings or lists of them (an uploaded plan is data)."""
+    scalar = (bool, int, float, str)
+    ok_value = isinstance(value, scalar) or (
+        isinstance(value, list) and all(isinstance(x, scalar) for x in value))
+    return (ok_value and isinstance(key, str) and not key.startswith("_")
+            and key in vars(mod) and not isinstance(getattr(mod, key), (nn.Module, torch.Tensor)))
+
+
 def _check_kept(key: str, d, kept, shape) -> None:
     """plan.json's kept indices must be increasing positions inside the tensor's dim."""
     try:
@@ -211,6 +221,9 @@ def reshape_like_plan(model: nn.Module, plan: dict) -> nn.Module:
         if mod is None:
             raise DepViewError(f"plan.json names module {name!r}, which the model lacks")
         for k, v in attrs.items():
+            if not _plain_attr(mod, k, v):
+                raise DepViewError(f"plan.json sets {name}.{k} to {str(v)[:40]!r}, which is not "
+                                   "a public scalar attribute of that module")
             setattr(mod, k, tuple(v) if isinstance(v, list) else v)
         if hasattr(mod, "_init_flat_weights"):
             mod._init_flat_weights()
