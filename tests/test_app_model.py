@@ -93,6 +93,8 @@ def test_a_huge_model_on_the_meta_device_is_browsed_without_its_weights():
     s = SessionStore(entries_from_args(args))
     note = cb.load_entry(s, "m", "demo:llama")
     assert "meta device" in note and "'random'" in note
+    assert cb.importance_for(s, "m", "l1") == "random"  # the picker switches to what works
+    assert cb.importance_for(s, "m", "random") is None
     stage = s.session("m").stage
     assert all(p.device.type == "meta" for p in stage.model.parameters())
     assert stage.summary["prunable"] > 0
@@ -103,3 +105,9 @@ def test_a_huge_model_on_the_meta_device_is_browsed_without_its_weights():
     pcb.apply_round(s, "m", pcb.parse_settings("random", 0.5, "uniform", 1))
     with pytest.raises(DepViewError, match="no weights to export"):
         checkpoint_zip(s, "m")
+
+
+def test_a_model_with_weights_keeps_the_chosen_importance():
+    s = SessionStore()
+    cb.load_entry(s, "c", "demo:cnn")
+    assert cb.importance_for(s, "c", "l1") is None

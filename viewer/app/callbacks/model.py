@@ -42,7 +42,7 @@ def load_entry(store: SessionStore, sid: str, spec: str) -> str:
     if any(p.device.type == "meta" for p in base.stage.model.parameters()):
         note = " ".join(filter(None, [note, (
             "This model is on the meta device, without weights: its graph and groups are "
-            "real; previews need the 'random' importance; checkpoints need --device cpu.")]))
+            "real; previews use the 'random' importance; checkpoints need --device cpu.")]))
     return note
 
 
@@ -115,6 +115,14 @@ def model_info(store: SessionStore, sid: str) -> list:
     ]
 
 
+def importance_for(store: SessionStore, sid: str, current: str | None) -> str | None:
+    """The importance to show for the current model: 'random' when the model has no weights
+    (the meta device) and another criterion is picked; None to leave the choice alone."""
+    session = store.session(sid)
+    meta = any(p.device.type == "meta" for p in session.stage.model.parameters())
+    return "random" if meta and current != "random" else None
+
+
 def graph_rev(session: Session) -> dict:
     """The value written to the graph-rev store: changes whenever the current stage does."""
     return {"stage": session.stage.key, "n": len(session.stages), "nonce": uuid.uuid4().hex}
@@ -141,6 +149,20 @@ def register(app, store: SessionStore) -> None:
             return graph_rev(store.session(sid)), message(note, kind) if note else None
         except Exception as exc:
             return no_update, error_message(exc)
+
+    @app.callback(
+        Output(ids.IMPORTANCE, "value"),
+        Input(ids.GRAPH_REV, "data"),
+        State(ids.IMPORTANCE, "value"),
+        State(ids.SESSION, "data"),
+        prevent_initial_call=True,
+    )
+    def on_model_importance(_rev, current, sid):
+        try:
+            choice = importance_for(store, sid, current)
+        except Exception:
+            return no_update
+        return no_update if choice is None else choice
 
     @app.callback(
         Output(ids.MODEL_INFO, "children"),
