@@ -393,3 +393,65 @@ def test_a_view_size_stored_on_the_module_is_updated():
     assert pruned.qkv.out_features == 36 and pruned.o.in_features == 12
     v = p.verify(pruned, plan)
     assert v["forward"] and v["masked_equivalence"]["ok"], v
+
+
+class OptAttention(torch.nn.Module):
+    """OPT's attention: ``view(b, -1, self.num_heads, self.head_dim)`` leaves open which of
+    heads and head dims a channel split means, and the same ``head_dim`` shapes q, k and v."""
+
+    def __init__(self, d: int = 32, heads: int = 4):
+        super().__init__()
+        self.num_heads, self.head_dim = heads, d // heads
+        self.q, self.k, self.v = (torch.nn.Linear(d, d) for _ in range(3))
+        self.o = torch.nn.Linear(d, d)
+
+    def forward(self, x):
+        b, s, _ = x.shape
+
+        def heads(t):
+            return t.view(b, -1, self.num_heads, self.head_dim).transpose(1, 2)
+
+        y = torch.nn.functional.scaled_dot_product_attention(
+            heads(self.q(x)), heads(self.k(x)), heads(self.v(x)), scale=0.5)
+        return x + self.o(y.transpose(1, 2).reshape(b, s, -1))
+
+
+def test_an_open_head_split_falls_back_to_whole_heads():
+    torch.manual_seed(0)
+    model, x = OptAttention().eval(), torch.randn(2, 5, 32)
+    p = Pruner(model, (x,))
+    found = {g.root: g.n_units for g in p.groups}
+    assert found["q"] == found["v"] == 8  # head dims first: they break on the shared head_dim
+    p.validate_groups()
+    heads = [g for g in p.groups if not p.reason(g) and g.root in ("q", "v")]
+    assert len(heads) == 1 and heads[0].n_units == 4
+    assert {m.node_name for m in heads[0].members} == {"q", "k", "v", "o"}
+    assert p.sets(heads[0]) == ["num_heads"]
+    other = next(g for g in p.groups if g.root in ("q", "v") and g is not heads[0])
+    assert f"already in group #{heads[0].id}" in p.reason(other)
+    # the groups still partition the channels: no prunable pair shares a tensor position
+    ok = [g for g in p.groups if not p.reason(g)]
+    for a in ok:
+        for b in ok:
+            if a.id < b.id:
+                for k in a.tensors.keys() & b.tensors.keys():
+                    assert not set(a.tensors[k][0].tolist()) & set(b.tensors[k][0].tolist())
+    plan = Plan({heads[0].id: [1]})
+    pruned = p.apply(plan)
+    assert (pruned.num_heads, pruned.head_dim, pruned.q.out_features) == (3, 8, 24)
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+
+
+def test_a_stored_size_equal_to_another_read_attribute_is_found_alone():
+    # head_dim == num_heads == 4: setting both to 3 breaks the view; num_heads alone works
+    torch.manual_seed(0)
+    model, x = OptAttention(d=16, heads=4).eval(), torch.randn(2, 5, 16)
+    p = Pruner(model, (x,))
+    assert not p.validate_groups()
+    g = next(grp for grp in p.groups if grp.root == "q")
+    assert g.n_units == 4 and p.sets(g) == ["num_heads"]
+    plan = Plan({g.id: [0]})
+    pruned = p.apply(plan)
+    assert (pruned.num_heads, pruned.head_dim) == (3, 4)
+    assert p.verify(pruned, plan)["masked_equivalence"]["ok"]

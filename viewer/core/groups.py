@@ -535,9 +535,11 @@ def map_reshape(a, b, dim, units, pos, inferred: int | None = None,
     return _map_reshape(a, b, dim, units, pos, inferred, copies)[:3]
 
 
-def _map_reshape(a, b, dim, units, pos, inferred=None, copies=frozenset()):
+def _map_reshape(a, b, dim, units, pos, inferred=None, copies=frozenset(), outer=False):
     """:func:`map_reshape`, plus whether ``b`` keeps the tracked dim's data in one dim (then
-    every position of ``b`` there comes from exactly one position of ``dim``)."""
+    every position of ``b`` there comes from exactly one position of ``dim``). ``outer``
+    picks the outermost candidate dim instead of the largest where neither the slabs nor a
+    ``-1`` decide (a split into (heads, head_dim) then prunes whole heads)."""
     for gi, gj in dim_groups(tuple(a), tuple(b)):
         if dim not in gi:
             continue
@@ -574,7 +576,7 @@ def _map_reshape(a, b, dim, units, pos, inferred=None, copies=frozenset()):
             choice = gj.index(inferred)
         else:
             real = [t for t in big if gj[t] not in copies] or big
-            choice = max(real, key=lambda t: (gb[t], -t))
+            choice = min(real) if outer else max(real, key=lambda t: (gb[t], -t))
         stride_b = math.prod(gb[choice + 1:])
         coords = (flats // stride_b) % gb[choice]
         return gj[choice], np.repeat(units, coords.shape[1]), coords.reshape(-1), False
@@ -601,7 +603,7 @@ def _reshape_rule(g, node, side, port, dim, units, pos, ctx):
             copies = frozenset(d for d in range(len(eb))
                                if d - (len(eb) - len(ea)) < 0 or ea[d - (len(eb) - len(ea))] == 1
                                and eb[d] > 1)
-    d, u, p, whole = _map_reshape(a, b, dim, units, pos, inferred, copies)
+    d, u, p, whole = _map_reshape(a, b, dim, units, pos, inferred, copies, ctx.search.outer)
     if len(p) > b[d]:
         # units landing on one position merge (the channels of one head): merge them here and
         # carry one unit per position, so the slab sent back is not repeated per unit
@@ -963,8 +965,10 @@ class _Search:
     being claimed again. A *batch* is the pairs newly claimed on a class by one arrival; each
     tensor of the class processes each batch once."""
 
-    def __init__(self, graph: Graph, n_units: int, link_cache: dict | None = None):
+    def __init__(self, graph: Graph, n_units: int, link_cache: dict | None = None,
+                 outer: bool = False):
         self.g = graph
+        self.outer = outer  # ambiguous reshapes split at their outer dim (see _map_reshape)
         self.parent = np.arange(n_units, dtype=np.int64)
         self.merged = False  # any union yet?
         self.cls: dict[TensorKey, int] = {}  # tensor -> class
@@ -1208,11 +1212,12 @@ def out_channel_dim(node: Node) -> int | None:
 
 
 def _search(graph: Graph, root: Node, side: str, dim: int, pos: IntArray,
-            gid: int, link_cache: dict | None = None, trail: list | None = None) -> Group:
+            gid: int, link_cache: dict | None = None, trail: list | None = None,
+            outer: bool = False) -> Group:
     """The group of ``pos`` on ``dim`` of ``root``'s output (``side="out"``) or input.
     ``trail``, if given, receives every tensor key the search visited."""
     n = len(pos)
-    s = _Search(graph, n, link_cache)
+    s = _Search(graph, n, link_cache, outer)
     ctx = _Ctx(s)
     units = np.arange(n, dtype=np.int64)
     if side == "out":
@@ -1321,6 +1326,25 @@ def group_of(graph: Graph, node: str | int, side: str = "out") -> Group:
     except (IndexError, ValueError) as exc:  # a structure the rules do not model
         raise DepViewError(f"cannot follow the channels of '{n.name}' ({side}, dim {d}): "
                            f"{type(exc).__name__}: {exc}") from exc
+
+
+def outer_alternative(graph: Graph, group: Group) -> Group | None:
+    """The same root's group when every reshape whose split the shapes leave open takes its
+    outer dim (whole heads instead of head dims: ``view(b, -1, self.num_heads,
+    self.head_dim)`` leaves it open), or None when that gives the same group."""
+    root = graph.by_name[group.root]
+    d = root_dim(root)
+    if group.root_side != "out" or d is None:
+        return None
+    key = (root.id, 0, d)
+    if key not in group.tensors:
+        return None
+    pos = np.unique(group.tensors[key][0])
+    alt = _search(graph, root, "out", d, pos, group.id, outer=True)
+    same = alt.n_units == group.n_units and \
+        [(m.node, m.side, m.dim) for m in alt.members] == \
+        [(m.node, m.side, m.dim) for m in group.members]
+    return None if same else alt
 
 
 class _Template:

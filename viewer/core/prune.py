@@ -24,7 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .errors import DepViewError
 from .graph import Graph
-from .groups import Group, all_groups, out_channel_dim
+from .groups import Group, all_groups, out_channel_dim, outer_alternative
 from .handlers import CUTS, REFRESH, Cut
 from .meta import ReshapeMeta
 from .optypes import OpType
@@ -121,7 +121,8 @@ class Pruner:
         else:
             self.inputs = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
         self.graph = graph if graph is not None else build_graph(model, self.inputs)
-        self.groups = groups if groups is not None else all_groups(self.graph)
+        # a list of its own: validation may put a group's whole-heads alternative in its place
+        self.groups = list(groups) if groups is not None else all_groups(self.graph)
         self.output_layers = list(output_layers)
         self._validated: dict[int, str] = {}
         self._sets: dict[int, list[SizeAttr]] = {}  # group id -> attributes it must update
@@ -439,11 +440,18 @@ class Pruner:
         def repair(g: Group) -> bool:
             """A group that fails alone: if it shrinks a split or view size that equals integer
             attributes of the module that ran it, find the fewest of those that, set to the
-            new size, make the model run (all of them first, then drop each one the model
-            runs without)."""
+            new size, make the model run (all of them first, or else each alone; then drop
+            each one the model runs without)."""
             found = self._size_attr_candidates(g)
-            if not found or attempt([g], {g.id: found}):
+            if not found:
                 return False
+            if attempt([g], {g.id: found}):
+                # setting them all breaks something else (an equal attribute read elsewhere):
+                # one of them alone may be it
+                single = next(([r] for r in found if not attempt([g], {g.id: [r]})), None)
+                if single is None:
+                    return False
+                found = single
             for r in list(found):
                 rest = [x for x in found if x != r]
                 if not attempt([g], {g.id: rest}):
@@ -451,9 +459,25 @@ class Pruner:
             self._sets[g.id] = found
             return True
 
+        swapped: dict[int, tuple[Group, str]] = {}  # id -> (group as found, its error)
+
+        def try_outer(g: Group, err: str) -> bool:
+            """A group that stays broken: try, in its place, the same root's group with the
+            reshapes the shapes leave open split at their outer dim (whole heads)."""
+            alt = outer_alternative(self.graph, g)
+            if alt is None or alt.reasons or alt.n_units <= 1:
+                return False
+            i = self.groups.index(g)
+            self.groups[i] = alt
+            if not attempt([alt]) or repair(alt):
+                swapped[alt.id] = (g, err)
+                return True
+            self.groups[i] = g
+            return False
+
         def check(gs: list[Group]) -> None:
             err = attempt(gs)
-            if err and len(gs) == 1 and repair(gs[0]):
+            if err and len(gs) == 1 and (repair(gs[0]) or try_outer(gs[0], err)):
                 err = ""
             if not err or len(gs) == 1:
                 for g in gs:
@@ -469,6 +493,23 @@ class Pruner:
         pending = [g for g in self.groups if g.id not in self._validated and not g.reason]
         if pending:
             check(pending)
+        # an alternative must not share channels with another prunable group: the groups
+        # stay a partition (two layers' alternatives that found the same heads keep one)
+        for gid in sorted(swapped):
+            i = next(k for k, g in enumerate(self.groups) if g.id == gid)
+            alt = self.groups[i]
+            for o in self.groups:
+                if o.id == gid or o.reason or self._validated.get(o.id) or not _overlap(alt, o):
+                    continue
+                if o.id in swapped and o.id > gid:
+                    continue  # that one yields to this one
+                if o.id in swapped:
+                    self._validated[gid] = (f"its channels are already in group #{o.id} "
+                                            "(whole heads)")
+                else:
+                    self.groups[i], self._validated[gid] = swapped[gid]
+                    self._sets.pop(gid, None)
+                break
         return {k: v for k, v in self._validated.items() if v}
 
     def _size_attr_candidates(self, group: Group) -> list[SizeAttr]:
@@ -547,6 +588,12 @@ class Pruner:
                 f"{' (and more)' if len(inexact) > 1 else ''}"
                 if inexact else "model has no real weights"}
         return res
+
+
+def _overlap(a: Group, b: Group) -> bool:
+    """Do two groups claim a position of the same tensor dim?"""
+    return any(np.intersect1d(a.tensors[k][0], b.tensors[k][0]).size
+               for k in a.tensors.keys() & b.tensors.keys())
 
 
 def _node_cuts(node, side, dim, pos, tensors) -> list[Cut]:
