@@ -193,6 +193,7 @@ _LAYER_NORMS = (nn.LayerNorm,) + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else (
 
 Rule = tuple[Callable[[nn.Module], bool], OpType]
 
+
 def gn_prunes_whole_groups(channels: int, groups: int) -> bool:
     """How a GroupNorm(G, C) is pruned. Whole groups (``num_groups`` shrinks; the other groups'
     statistics are untouched, so it is exact) when that gives at least as many units as the
@@ -376,7 +377,8 @@ FUNCTION_TYPES: dict[Callable, OpType] = {
 #: dims, by function name: (effect, where the dims are). ``"mixes"``: output i reads other
 #: positions too (a group may still shrink that dim, inexactly); ``"moves"``: output i comes
 #: from elsewhere (the group is blocked). Dims come from the argument at ``pos``/``kw`` (an
-#: int, a list, or None for every dim), or are ``fixed``.
+#: int, a list, or None for every dim), or are ``fixed``. In-place spellings share a row:
+#: :func:`function_name` strips the trailing underscore (``scatter_`` is ``scatter``).
 DimArgs = tuple[str, int | None, str | None, object, tuple[int, ...]]
 DIM_ARGS: dict[str, DimArgs] = {
     #         effect    pos   kw       default  fixed
@@ -397,9 +399,7 @@ DIM_ARGS: dict[str, DimArgs] = {
     "native_channel_shuffle": ("moves", None, None, None, (1,)),
     "gather": ("moves", 1, "dim", None, ()),
     "scatter": ("moves", 1, "dim", None, ()),
-    "scatter_": ("moves", 1, "dim", None, ()),
     "scatter_add": ("moves", 1, "dim", None, ()),
-    "scatter_add_": ("moves", 1, "dim", None, ()),
     "scatter_reduce": ("moves", 1, "dim", None, ()),
     "index_select": ("moves", 1, "dim", None, ()),
     "index_add": ("moves", 1, "dim", None, ()),
