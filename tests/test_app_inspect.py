@@ -208,3 +208,17 @@ def test_ops_along_a_dim_say_which_dims():
     assert "mixes positions along" in _text(cb.meta_view(g.node("cumsum")))
     assert "moves positions along" in _text(cb.meta_view(g.node("flip"))) and \
         "dim 2" in _text(cb.meta_view(g.node("flip")))
+
+
+def test_repeats_say_how_they_copy():
+    import torch
+
+    from viewer.core.trace import build_graph
+
+    class M(torch.nn.Module):
+        def forward(self, x):
+            return x.repeat(1, 2) + x.repeat_interleave(2, dim=1)
+
+    g = build_graph(M(), torch.randn(1, 3))
+    assert "whole dim repeated" in _text(cb.meta_view(g.node("repeat")))
+    assert "each position repeated in place" in _text(cb.meta_view(g.node("repeat_interleave")))

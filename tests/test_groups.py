@@ -406,3 +406,60 @@ def test_parametrized_weights_block_with_the_way_out():
     assert plan.removed
     v = p.verify(p.apply(plan), plan)
     assert v["masked_equivalence"]["ok"], v
+
+
+class Copies(nn.Module):
+    """Channel copies: repeat (a's channel i feeds b's inputs i and i + 8) and grouped-query
+    attention written with repeat_interleave (each kv head serves two query heads)."""
+
+    def __init__(self, d=16, heads=4, kv=2):
+        super().__init__()
+        self.heads, self.kv, self.hd = heads, kv, d // heads
+        self.a = nn.Conv2d(3, 8, 1)
+        self.b = nn.Conv2d(16, 4, 1)
+        self.q = nn.Linear(d, d)
+        self.k = nn.Linear(d, kv * self.hd)
+        self.v = nn.Linear(d, kv * self.hd)
+        self.o = nn.Linear(d, d)
+
+    def forward(self, x, t):
+        y = self.b(self.a(x).repeat(1, 2, 1, 1)).mean((2, 3))
+        bsz, s, _ = t.shape
+        q = self.q(t).view(bsz, s, -1, self.hd).transpose(1, 2)
+        k = self.k(t).view(bsz, s, -1, self.hd).transpose(1, 2)
+        v = self.v(t).view(bsz, s, -1, self.hd).transpose(1, 2)
+        r = self.heads // self.kv
+        att = nn.functional.scaled_dot_product_attention(
+            q, k.repeat_interleave(r, dim=1), torch.repeat_interleave(v, r, 1), scale=0.5)
+        return y, t + self.o(att.transpose(1, 2).reshape(bsz, s, -1))
+
+
+def test_repeat_and_repeat_interleave_copy_channels_exactly():
+    from viewer.core.prune import Plan, Pruner
+
+    torch.manual_seed(0)
+    model, x = Copies().eval(), (torch.randn(1, 3, 4, 4), torch.randn(2, 5, 16))
+    p = Pruner(model, x)
+    a = next(g for g in p.groups if g.root == "a")
+    assert a.prunable and a.member("b", "in").indices([1]).tolist() == [1, 9]
+    kv = next(g for g in p.groups if g.root == "q")  # q is the first root of its group
+    assert kv.n_units == 2 and {m.node_name for m in kv.members} >= {"q", "k", "v", "o"}
+    assert kv.member("q", "out").indices([1]).tolist() == list(range(8, 16))  # heads 2, 3
+    plan = Plan({a.id: [1, 6], kv.id: [0]})
+    pruned = p.apply(plan)
+    assert pruned.b.in_channels == 12 and pruned.k.out_features == 4
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+
+
+def test_repeat_interleave_by_a_tensor_blocks():
+    class Var(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(3, 4)
+
+        def forward(self, x):
+            return self.a(x).repeat_interleave(torch.tensor([1, 2, 1, 1]), dim=1)
+
+    g = build_graph(Var(), torch.randn(2, 3))
+    assert "repeats by counts DepView cannot read" in group_of(g, "a").reason

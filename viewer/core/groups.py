@@ -34,6 +34,7 @@ from .meta import (
     ConcatMeta,
     EinsumMeta,
     ElementwiseMeta,
+    ExpandMeta,
     PadMeta,
     PermuteMeta,
     ReshapeMeta,
@@ -636,6 +637,11 @@ def _expand_rule(g, node, side, port, dim, units, pos, ctx):
     a, b = node.in_shapes[0], node.out_shapes[0]
     if port != 0:
         return []
+    if node.target in ("repeat", "tile", "repeat_interleave"):
+        if not isinstance(node.meta, ExpandMeta) or not node.meta.copies:
+            ctx.block(f"'{node.name}' ({node.target}) repeats by counts DepView cannot read")
+            return []
+        return _copies_rule(node, side, dim, units, pos)
     if side == "in":
         od = _fwd_dim(len(b), len(a), dim)
         if a[dim] == 1 and b[od] != 1:
@@ -646,6 +652,27 @@ def _expand_rule(g, node, side, port, dim, units, pos, ctx):
     if d < 0 or a[d] != b[dim]:
         return []
     return [Flow("in", 0, d, units, pos)]
+
+
+def _copies_rule(node, side, dim, units, pos):
+    """repeat/tile (position p is copied to p + k * size) and repeat_interleave (p to
+    p * r + j): every copy belongs to the unit of its source position."""
+    a, b = node.in_shapes[0], node.out_shapes[0]
+    off = len(b) - len(a)  # repeat may add leading dims
+    interleave = node.meta.copies == "interleave"
+    if side == "in":
+        od = dim + off
+        r = b[od] // a[dim]
+        if r == 1:
+            return [Flow("out", 0, od, units, pos)]
+        k = np.arange(r, dtype=np.int64)[None, :]
+        p_all = pos[:, None] * r + k if interleave else pos[:, None] + a[dim] * k
+        return [Flow("out", 0, od, np.repeat(units, r), p_all.reshape(-1))]
+    d = dim - off
+    if d < 0:
+        return []  # a new leading dim holds whole copies, no position of the input
+    r = b[dim] // a[d]
+    return [Flow("in", 0, d, units, pos // r if interleave else pos % a[d])]
 
 
 def _pixel_shuffle_rule(g, node, side, port, dim, units, pos, ctx):

@@ -131,11 +131,15 @@ class PermuteMeta:
 
 @dataclass(frozen=True)
 class ExpandMeta:
-    """expand/broadcast_to: size-1 dims (and new leading dims) grow."""
+    """expand/broadcast_to: size-1 dims (and new leading dims) grow. ``copies`` is
+    ``"tile"`` for ``repeat``/``tile`` (the whole dim is copied: position p is also
+    p + k * size) and ``"interleave"`` for ``repeat_interleave`` (p becomes p * r ... p * r +
+    r - 1)."""
 
     op: str
     in_shape: Shape
     out_shape: Shape
+    copies: str = ""
 
 
 @dataclass(frozen=True)

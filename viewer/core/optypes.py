@@ -56,7 +56,7 @@ class OpType(enum.Enum):
     SLICE = "slice"  #: getitem/narrow/select: a sub-range (or one index) of some dims
     RESHAPE = "reshape"  #: view/reshape/flatten/unflatten/squeeze: row-major regrouping of dims
     PERMUTE = "permute"  #: permute/transpose: moves dims; channel dim index changes
-    EXPAND = "expand"  #: expand/broadcast_to: size-1 dims grow, no channel mixing
+    EXPAND = "expand"  #: expand/broadcast_to/repeat: size-1 dims grow or dims are copied
     PIXEL_SHUFFLE = "pixel_shuffle"  #: moves channel blocks of r*r into space (and back)
     SPATIAL = "spatial"  #: pooling/interpolate keep dims 0 and 1; pad keeps every unpadded dim
     MATMUL = "matmul"  #: matmul/bmm/linear-with-a-tensor/einsum: contracts dims, mixes channels
@@ -344,7 +344,8 @@ _FUNCTION_NAMES: dict[OpType, str] = {
     OpType.PERMUTE: "Tensor.permute torch.permute Tensor.transpose torch.transpose Tensor.t "
     "torch.t Tensor.movedim torch.movedim Tensor.swapaxes torch.swapaxes Tensor.swapdims "
     "torch.swapdims",
-    OpType.EXPAND: "Tensor.expand Tensor.expand_as torch.broadcast_to Tensor.broadcast_to",
+    OpType.EXPAND: "Tensor.expand Tensor.expand_as torch.broadcast_to Tensor.broadcast_to "
+    "Tensor.repeat torch.tile Tensor.tile torch.repeat_interleave Tensor.repeat_interleave",
     OpType.PIXEL_SHUFFLE: "F.pixel_shuffle F.pixel_unshuffle torch.pixel_shuffle "
     "torch.pixel_unshuffle",
     OpType.SPATIAL: "F.max_pool1d F.max_pool2d F.max_pool3d F.avg_pool1d F.avg_pool2d "

@@ -474,8 +474,16 @@ def _permute_meta(name, func, args, kwargs, ins, outs) -> M.PermuteMeta:
     return M.PermuteMeta(name, tuple(x.shape), tuple(y.shape), perm)
 
 
-def _expand_meta(name, func, args, kwargs, ins, outs) -> M.ExpandMeta:
-    return M.ExpandMeta(name, tuple(ins[0].shape), tuple(outs[0].shape))
+def _expand_meta(name, func, args, kwargs, ins, outs) -> M.ExpandMeta | M.OpMeta:
+    shapes = (tuple(ins[0].shape), tuple(outs[0].shape))
+    if name in ("repeat", "tile"):
+        return M.ExpandMeta(name, *shapes, copies="tile")
+    if name == "repeat_interleave":  # an int count along a given dim; else data-dependent
+        reps, dim = _arg(args, kwargs, 1, "repeats"), _arg(args, kwargs, 2, "dim")
+        if type(reps) is not int or dim is None:
+            return M.OpMeta(name)
+        return M.ExpandMeta(name, *shapes, copies="interleave")
+    return M.ExpandMeta(name, *shapes)
 
 
 def _pixel_shuffle_meta(name, func, args, kwargs, ins, outs) -> M.PixelShuffleMeta:

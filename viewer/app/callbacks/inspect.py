@@ -185,7 +185,9 @@ def meta_view(node: Node, hit: np.ndarray | None = None,
                                      f"[{shape_text(m.out_shape)}]")]))
     elif isinstance(m, ExpandMeta):
         out.append(_kv([("op", m.op), ("in → out", f"[{shape_text(m.in_shape)}] → "
-                                                   f"[{shape_text(m.out_shape)}]")]))
+                                                   f"[{shape_text(m.out_shape)}]")]
+                       + ([("copies", "whole dim repeated" if m.copies == "tile" else
+                            "each position repeated in place")] if m.copies else [])))
     elif isinstance(m, UnbindMeta):
         out.append(_kv([("unbind dim", m.dim), ("outputs", m.n)]))
     elif isinstance(m, PixelShuffleMeta):
