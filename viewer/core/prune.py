@@ -410,7 +410,10 @@ class Pruner:
         BLOOM's ``head_dim``). The attributes of the module that ran the op which equal the
         size are candidates; the fewest that make the model run when set to the new size
         become the group's :class:`SizeAttr` (see :meth:`sets`), which every apply then sets.
-        Nothing is set that the model ran without.
+        Nothing is set that the model ran without. A group still broken is retried with the
+        reshapes the shapes leave open split at their outer dim (:func:`outer_alternative`:
+        whole heads instead of head dims); the retry takes the group's place and id only if
+        it runs and overlaps no other prunable group.
 
         All pending groups are first shrunk together in one run; only when that fails are they
         split in halves (down to single groups) to find the ones that break the model, so a
