@@ -350,3 +350,26 @@ def test_a_torchscript_submodule_is_opaque_not_a_crash():
     p.validate_groups()
     a = next(grp for grp in p.groups if grp.root == "a")
     assert "forward fails when this group shrinks" in p.reason(a)  # its consumer is hidden
+
+
+def test_tracing_inside_an_except_block_records_every_module():
+    # the hooks tell a failing forward by a new exception, not by "an exception is being
+    # handled": a caller's except block (and a forward's own) must not look like a failure
+    class Fallback(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 2)
+
+        def forward(self, x):
+            try:
+                raise KeyError("handled inside forward")
+            except KeyError:
+                return self.b(self.a(x))
+
+    model, x = Fallback(), torch.randn(1, 4)
+    expected = [n.name for n in build_graph(model, x).nodes]
+    assert expected == ["x", "a", "b", "output"]
+    try:
+        raise ValueError("the caller is handling this")
+    except ValueError:
+        assert [n.name for n in build_graph(model, x).nodes] == expected

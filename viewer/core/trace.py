@@ -133,9 +133,10 @@ class _Tracer(TorchFunctionMode):
         self.functions: dict = {}
         self.module_types: dict[int, OpType | None] = {}
         self.class_types: dict[type, OpType | None] = {}  # where the class alone decides
-        # (module, path, atomic, args, kwargs): the arguments are kept (the caller holds them
-        # anyway) so input shapes are only read when a forward fails
-        self.stack: list[tuple[nn.Module, str, bool, tuple, dict]] = []
+        # (module, path, atomic, args, kwargs, exception being handled at the call): the
+        # arguments are kept (the caller holds them anyway) so input shapes are only read when
+        # a forward fails
+        self.stack: list[tuple[nn.Module, str, bool, tuple, dict, BaseException | None]] = []
         self.atomic_depth = 0
         self.calls: dict[int, int] = {}
         self.failure: str | None = None
@@ -226,10 +227,11 @@ class _Tracer(TorchFunctionMode):
             return None
         if self.atomic_depth:
             self.atomic_depth += 1  # inside an atomic module: keep depth balanced
-            self.stack.append((module, "", False, args, kwargs))
+            self.stack.append((module, "", False, args, kwargs, sys.exc_info()[1]))
             return None
         atomic = self.module_type(module) is not None
-        self.stack.append((module, self.module_names.get(id(module), ""), atomic, args, kwargs))
+        self.stack.append((module, self.module_names.get(id(module), ""), atomic, args, kwargs,
+                           sys.exc_info()[1]))
         if atomic:
             self.atomic_depth += 1
             # nothing inside an atomic module is recorded: step out of the way of its ops
@@ -242,11 +244,13 @@ class _Tracer(TorchFunctionMode):
             return None
         self.busy = True
         try:
-            _, path, atomic, in_args, in_kwargs = self.stack.pop()
+            _, path, atomic, in_args, in_kwargs, handled = self.stack.pop()
             if self.atomic_depth > 0:
                 self.atomic_depth -= 1
             try:
-                if sys.exc_info()[1] is not None:
+                # the forward raised: an exception other than the one being handled (if any)
+                # when the module was called (a trace may run inside an ``except`` block)
+                if sys.exc_info()[1] not in (None, handled):
                     if self.failure is None:
                         shapes = [list(t.shape) for t in _tensors((in_args, in_kwargs), [])]
                         path = self.module_names.get(id(module), "")
