@@ -30,6 +30,31 @@ def demo_pruner():
     return _pruner
 
 
+FUSED_QKV = """
+import torch
+
+class Fused(torch.nn.Module):
+    # GPT-2's pattern: a fused q/k/v projection split by a size stored on the module
+    def __init__(self):
+        super().__init__()
+        self.split_size = 8
+        self.qkv = torch.nn.Linear(8, 24)
+        self.out = torch.nn.Linear(8, 8)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).split(self.split_size, dim=-1)
+        return x + self.out(q * k + v)
+"""
+
+
+@pytest.fixture
+def fused_spec(tmp_path) -> str:
+    """The spec of a model file (input ``2x8``) whose split size is a module attribute: an
+    export of it reloads only if that attribute follows the pruning."""
+    (tmp_path / "fused.py").write_text(FUSED_QKV)
+    return f"{tmp_path / 'fused.py'}:Fused"
+
+
 def pytest_setup_options():
     """Chrome options for dash[testing]'s dash_duo: headless Debian chromium, no network."""
     from selenium.webdriver.chrome.options import Options

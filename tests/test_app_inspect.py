@@ -156,21 +156,10 @@ def test_members_table_is_one_component_with_escaped_names(store):
     assert "<img" not in text and "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in text
 
 
-def test_a_group_that_sets_a_stored_split_size_says_so(tmp_path):
+def test_a_group_that_sets_a_stored_split_size_says_so(fused_spec):
     from viewer.app.state import ModelEntry
 
-    (tmp_path / "fused.py").write_text(
-        "import torch\n"
-        "class Fused(torch.nn.Module):\n"
-        "    def __init__(self):\n"
-        "        super().__init__()\n"
-        "        self.split_size = 8\n"
-        "        self.qkv = torch.nn.Linear(8, 24)\n"
-        "        self.out = torch.nn.Linear(8, 8)\n"
-        "    def forward(self, x):\n"
-        "        q, k, v = self.qkv(x).split(self.split_size, dim=-1)\n"
-        "        return x + self.out(q * k + v)\n")
-    spec = f"{tmp_path / 'fused.py'}:Fused"
+    spec = fused_spec
     s = SessionStore([ModelEntry(spec, inputs=("2x8",))])
     load_entry(s, "f", spec)
     render(s, "f", "new")

@@ -191,19 +191,8 @@ def test_damaged_kept_indices_are_one_clear_error(demo_pruner, tmp_path, kept):
         load_pruned(out)
 
 
-def test_two_rounds_of_a_stored_split_size_reload(tmp_path):
-    (tmp_path / "fused.py").write_text(
-        "import torch\n"
-        "class Fused(torch.nn.Module):\n"
-        "    def __init__(self):\n"
-        "        super().__init__()\n"
-        "        self.split_size = 8\n"
-        "        self.qkv = torch.nn.Linear(8, 24)\n"
-        "        self.out = torch.nn.Linear(8, 8)\n"
-        "    def forward(self, x):\n"
-        "        q, k, v = self.qkv(x).split(self.split_size, dim=-1)\n"
-        "        return x + self.out(q * k + v)\n")
-    lm = load_model(f"{tmp_path / 'fused.py'}:Fused", inputs=["2x8"])
+def test_two_rounds_of_a_stored_split_size_reload(tmp_path, fused_spec):
+    lm = load_model(fused_spec, inputs=["2x8"])
     p1 = Pruner(lm.model, lm.inputs)
     plan1 = p1.plan(0.5)
     m1 = p1.apply(plan1)

@@ -176,3 +176,37 @@ def test_hf_model_named_by_the_user_prunes_checks_and_reloads_from_the_cli(tmp_p
     assert set(saved) <= set(state)
     for k, v in saved.items():
         assert torch.equal(state[k], v), k
+
+
+def opt():
+    cfg = transformers.OPTConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2,
+                                 num_attention_heads=4, ffn_dim=64, word_embed_proj_dim=32,
+                                 max_position_embeddings=32)
+    return transformers.OPTForCausalLM(cfg), {"input_ids": torch.randint(0, 100, (1, 8))}
+
+
+def bloom():
+    cfg = transformers.BloomConfig(vocab_size=100, hidden_size=32, n_layer=2, n_head=4)
+    return transformers.BloomForCausalLM(cfg), {"input_ids": torch.randint(0, 100, (1, 8))}
+
+
+@pytest.mark.parametrize("factory, attn, root, sets", [
+    (opt, "model.decoder.layers.0.self_attn", "q_proj", "num_heads"),
+    (bloom, "transformer.h.0.self_attention", "query_key_value", "head_dim"),
+])
+def test_hf_attention_with_stored_sizes_prunes(factory, attn, root, sets):
+    # OPT: view(b, -1, self.num_heads, self.head_dim) leaves heads vs head dims open and reads
+    # head_dim for q, k and v: whole heads. BLOOM: (heads, 3, head_dim) view: head dims.
+    torch.manual_seed(0)
+    model, inputs = factory()
+    p = Pruner(model.eval(), inputs)
+    p.validate_groups()
+    g = next(grp for grp in p.groups if grp.root == f"{attn}.{root}")
+    assert not p.reason(g), p.reason(g)
+    assert p.sets(g) == [f"{attn}.{sets}"]
+    plan = Plan({g.id: [0]})
+    pruned = p.apply(plan)
+    before = getattr(model.get_submodule(attn), sets)
+    assert getattr(pruned.get_submodule(attn), sets) == before - 1
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["shapes_kept"] and v["masked_equivalence"]["ok"], v

@@ -455,3 +455,23 @@ def test_a_stored_size_equal_to_another_read_attribute_is_found_alone():
     pruned = p.apply(plan)
     assert (pruned.num_heads, pruned.head_dim) == (3, 4)
     assert p.verify(pruned, plan)["masked_equivalence"]["ok"]
+
+
+def test_a_minus_one_that_swallows_the_pruned_channels_is_caught():
+    # view(b, -1, 4, 8) with literal sizes: 28 channels x 8 tokens still divide by 4 * 8, so
+    # the pruned model runs, with 7 "tokens" made of mixed channels. Validation compares the
+    # pruned trace's shapes with the original's and blocks the group.
+    class Literal(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q = torch.nn.Linear(32, 32)
+
+        def forward(self, x):
+            return self.q(x).view(x.shape[0], -1, 4, 8).sum((2, 3))
+
+    model, x = Literal().eval(), torch.randn(1, 8, 32)
+    p = Pruner(model, (x,))
+    p.validate_groups()
+    g = next(grp for grp in p.groups if grp.root == "q")
+    assert "a size the group does not own moved" in p.reason(g)
+    assert "[1, 7, 4, 8] instead of [1, 8, 4, 8]" in p.reason(g)

@@ -637,10 +637,10 @@ def _expand_rule(g, node, side, port, dim, units, pos, ctx):
     a, b = node.in_shapes[0], node.out_shapes[0]
     if port != 0:
         return []
-    if node.target in ("repeat", "tile", "repeat_interleave"):
-        if not isinstance(node.meta, ExpandMeta) or not node.meta.copies:
-            ctx.block(f"'{node.name}' ({node.target}) repeats by counts DepView cannot read")
-            return []
+    if not isinstance(node.meta, ExpandMeta):  # repeat_interleave by a tensor of counts
+        ctx.block(f"'{node.name}' ({node.target}) repeats by counts DepView cannot read")
+        return []
+    if node.meta.copies:
         return _copies_rule(node, side, dim, units, pos)
     if side == "in":
         od = _fwd_dim(len(b), len(a), dim)
@@ -1353,6 +1353,28 @@ def group_of(graph: Graph, node: str | int, side: str = "out") -> Group:
     except (IndexError, ValueError) as exc:  # a structure the rules do not model
         raise DepViewError(f"cannot follow the channels of '{n.name}' ({side}, dim {d}): "
                            f"{type(exc).__name__}: {exc}") from exc
+
+
+def fixed_sizes(graph: Graph, group: Group) -> list[tuple[Node, TensorKey, int, int]]:
+    """Sizes written into traced calls that the group shrinks: ``split(size)`` (the part size
+    of equal parts) and the explicit sizes of ``view``/``reshape`` (not the ``-1``). Each as
+    ``(node, tensor dim, its size before pruning, parts)``: after pruning the call needs the
+    tensor dim's new size divided by ``parts``, which Python code must compute or store."""
+    out = []
+    for node in graph.nodes:
+        meta = node.meta
+        if (node.op_type is OpType.SPLIT and node.target == "split"
+                and isinstance(meta, SplitMeta) and meta.computed and len(set(meta.sizes)) == 1
+                and graph.in_edges.get(node.id)):
+            e = graph.in_edges[node.id][0]
+            key = (e.source, e.source_port, meta.dim)
+            if key in group.tensors:
+                out.append((node, key, node.in_shapes[0][meta.dim], len(meta.sizes)))
+        elif (node.op_type is OpType.RESHAPE and node.target in ("view", "reshape")
+              and isinstance(meta, ReshapeMeta)):
+            out += [(node, (node.id, 0, d), size, 1) for d, size in enumerate(meta.out_shape)
+                    if d != meta.inferred and (node.id, 0, d) in group.tensors]
+    return out
 
 
 def outer_alternative(graph: Graph, group: Group) -> Group | None:

@@ -24,9 +24,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .errors import DepViewError
 from .graph import Graph
-from .groups import Group, all_groups, out_channel_dim, outer_alternative
+from .groups import Group, all_groups, fixed_sizes, out_channel_dim, outer_alternative
 from .handlers import CUTS, REFRESH, Cut
-from .meta import ReshapeMeta
 from .optypes import OpType
 from .trace import build_graph, flatten, module_attrs
 
@@ -419,6 +418,15 @@ class Pruner:
         split in halves (down to single groups) to find the ones that break the model, so a
         model whose groups are all fine costs one meta forward instead of one per group."""
         meta_inputs = _to_meta(self.inputs)
+        traced: list[Graph] = []
+
+        def meta_graph() -> Graph:
+            """The unpruned model traced on meta, what a pruned trace is compared with (code
+            may take other paths on meta than on real tensors)."""
+            if not traced:
+                traced.append(build_graph(materialize(self.model, self.graph, {}, {}, "meta"),
+                                          meta_inputs))
+            return traced[0]
 
         def attempt(gs: list[Group], sets: dict[int, list[SizeAttr]] | None = None) -> str:
             plan = Plan({g.id: list(range(g.n_units - g.multiple_of, g.n_units)) for g in gs})
@@ -426,19 +434,27 @@ class Pruner:
                 changes, widths = self.changes(plan), self.widths(plan)
                 attrs = self.size_attrs(plan, sets)
                 try:
-                    run(materialize(self.model, self.graph, changes, widths, "meta", attrs),
+                    before = meta_graph()
+                    after = build_graph(
+                        materialize(self.model, self.graph, changes, widths, "meta", attrs),
                         meta_inputs)
-                except (RuntimeError, NotImplementedError) as exc:
+                except DepViewError as err:
+                    exc = err.__cause__ or err
                     # data-dependent Python (``.item()``) cannot run on meta: use real tensors
-                    if "meta" not in str(exc) or not _real(self.model):
-                        raise
-                    run(materialize(self.model, self.graph, changes, widths, None, attrs),
+                    if not isinstance(exc, (RuntimeError, NotImplementedError)) or \
+                            "meta" not in str(exc) or not _real(self.model):
+                        raise exc from None
+                    before, after = self.graph, build_graph(
+                        materialize(self.model, self.graph, changes, widths, None, attrs),
                         self.inputs)
-                return ""
             except Exception as exc:
+                if isinstance(exc, DepViewError):  # a traced forward failed: show its error
+                    exc = exc.__cause__ or exc
                 msg = (str(exc).strip().splitlines() or [""])[0][:160]
                 return (f"the model's forward fails when this group shrinks "
                         f"({type(exc).__name__}: {msg})")
+            owned = {(self.graph.nodes[k[0]].name, k[1], k[2]) for g in gs for k in g.tensors}
+            return _moved(before, after, owned)
 
         def repair(g: Group) -> bool:
             """A group that fails alone: if it shrinks a split or view size that equals integer
@@ -516,33 +532,16 @@ class Pruner:
         return {k: v for k, v in self._validated.items() if v}
 
     def _size_attr_candidates(self, group: Group) -> list[SizeAttr]:
-        """Public int attributes of the module whose forward ran a ``split(size)`` or a
-        ``view``/``reshape`` with explicit sizes that the group shrinks, equal to that size:
-        what the size may have been read from."""
+        """Public int attributes of the module that ran a call with a fixed size the group
+        shrinks (:func:`fixed_sizes`), equal to that size: what it may have been read from."""
         mods = dict(self.model.named_modules())
         out = []
-
-        def add(node, key, size, parts=1):
+        for node, key, size, parts in fixed_sizes(self.graph, group):
+            if node.module not in mods:
+                continue
             for k, v in vars(mods[node.module]).items():
                 if not k.startswith("_") and type(v) is int and v == size // parts:
                     out.append(SizeAttr(node.module, k, node.id, key, size, parts))
-
-        for node in self.graph.nodes:
-            meta = node.meta
-            if node.module not in mods:
-                continue
-            if (node.op_type is OpType.SPLIT and node.target == "split"
-                    and getattr(meta, "computed", False) and len(set(meta.sizes)) == 1
-                    and self.graph.in_edges.get(node.id)):
-                e = self.graph.in_edges[node.id][0]
-                key = (e.source, e.source_port, meta.dim)
-                if key in group.tensors:
-                    add(node, key, node.in_shapes[0][meta.dim], len(meta.sizes))
-            elif node.op_type is OpType.RESHAPE and node.target in ("view", "reshape") \
-                    and isinstance(meta, ReshapeMeta):
-                for d, size in enumerate(meta.out_shape):
-                    if d != meta.inferred and (node.id, 0, d) in group.tensors:
-                        add(node, (node.id, 0, d), size)
         return out
 
     def masked_model(self, plan: Plan) -> nn.Module:
@@ -591,6 +590,22 @@ class Pruner:
                 f"{' (and more)' if len(inexact) > 1 else ''}"
                 if inexact else "model has no real weights"}
         return res
+
+
+def _moved(before: Graph, after: Graph, owned: set[tuple[str, int, int]]) -> str:
+    """Why the pruned model's trace ``after`` is not ``before`` shrunk only where the groups
+    own positions, ``owned`` as (node name, port, dim) ("" when it is): a ``view(b, -1,
+    heads, head_dim)`` that still runs can hand the lost channels to its ``-1`` dim, mixing
+    tokens without any error."""
+    if [n.name for n in after.nodes] != [n.name for n in before.nodes]:
+        return "when this group shrinks, the model runs other ops (its control flow reads sizes)"
+    for a, b in zip(before.nodes, after.nodes, strict=True):
+        for port, (sa, sb) in enumerate(zip(a.out_shapes, b.out_shapes, strict=False)):
+            if len(sa) != len(sb) or any(x != y and (a.name, port, d) not in owned
+                                         for d, (x, y) in enumerate(zip(sa, sb, strict=True))):
+                return (f"when this group shrinks, '{a.name}' gives {list(sb)} instead of "
+                        f"{list(sa)}: a size the group does not own moved (a -1 in a view?)")
+    return ""
 
 
 def _overlap(a: Group, b: Group) -> bool:
