@@ -65,13 +65,22 @@ def _click_node(dash_duo, name: str, double: bool = False) -> str:
     from selenium.webdriver.common.actions.action_builder import ActionBuilder
 
     nid = _node_id(dash_duo, name)
-    # bring it into view first (the page opens at the top of deep graphs)
-    x, y = _js(dash_duo, """
-        var cy = window.cy, n = cy.getElementById(arguments[0]);
-        cy.stop(); cy.zoom(1); cy.center(n);
-        var r = document.getElementById(arguments[1]).getBoundingClientRect();
-        var p = n.renderedPosition();
-        return [r.left + p.x, r.top + p.y];""", nid, ids.GRAPH)
+    # bring it into view first (the page opens at the top of deep graphs), and wait until two
+    # reads 0.1 s apart agree: a callback that redraws the graph (a new stylesheet after a
+    # preview, a layout) can move the node between reading its place and clicking there
+    seen: list = []
+
+    def settled(_d) -> bool:
+        seen.append(tuple(_js(dash_duo, """
+            var cy = window.cy, n = cy.getElementById(arguments[0]);
+            cy.stop(); cy.zoom(1); cy.center(n);
+            var r = document.getElementById(arguments[1]).getBoundingClientRect();
+            var p = n.renderedPosition();
+            return [Math.round(r.left + p.x), Math.round(r.top + p.y)];""", nid, ids.GRAPH)))
+        return len(seen) > 1 and seen[-1] == seen[-2]
+
+    _until(dash_duo, settled, f"the node {name!r} never stayed in one place")
+    x, y = seen[-1]
     actions = ActionBuilder(dash_duo.driver)
     actions.pointer_action.move_to_location(int(x), int(y))
     if double:
@@ -164,6 +173,7 @@ def test_a_bad_ratio_shows_a_message_and_the_page_keeps_working(dash_duo):
     ratio = dash_duo.find_element(f"#{ids.RATIO}")
     ratio.clear()
     ratio.send_keys("1.5")
+    _until(dash_duo, lambda d: ratio.get_property("value") == "1.5", "the ratio never read 1.5")
     dash_duo.find_element(f"#{ids.PREVIEW}").click()
     dash_duo.wait_for_contains_text(f"#{ids.MESSAGE}", "ratio must be in [0, 1)",
                                     timeout=TIMEOUT)
