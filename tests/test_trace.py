@@ -187,10 +187,67 @@ def test_hooks_removed_and_model_unchanged_after_trace():
     before = {k: v.clone() for k, v in m.state_dict().items()}
     build_graph(m, ({"a": torch.randn(1, 4), "b": torch.randn(1, 4)},))
     assert all(not mod._forward_hooks and not mod._forward_pre_hooks for mod in m.modules())
+    assert not _global_hooks()
+    with pytest.raises(DepViewError):
+        build_graph(Broken(), torch.randn(1, 3, 16, 16))
+    assert not _global_hooks()
     vit = demo_models.get_demo("vit").build()
     build_graph(vit, demo_models.get_demo("vit").make_inputs("cpu"))  # uses bare parameters
     assert not any(hasattr(t, "_depview_src") for t in [*vit.parameters(), *vit.buffers()])
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+
+
+def _global_hooks() -> list:
+    from torch.nn.modules import module
+
+    return [*module._global_forward_hooks, *module._global_forward_pre_hooks]
+
+
+class KwBroken(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inner = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.inner(input=x.t())
+
+
+def test_a_failing_module_called_by_keyword_says_so():
+    with pytest.raises(DepViewError, match=r"'inner' \(Linear\) with its inputs given by keyword"):
+        build_graph(KwBroken(), torch.randn(1, 4))
+
+
+class CallsOthers(nn.Module):
+    """Calls a module that is not its submodule, and has another thread run its own ``fc`` and
+    a whole other model in the middle of its forward: the trace's (global) hooks must see
+    none of that."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.helpers = [nn.ReLU()]  # a plain list: not a registered submodule
+        self.other = [nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))]
+        self.other_out = None
+
+    def forward(self, x):
+        import threading
+
+        def run():
+            self.other_out = self.other[0](self.fc(torch.randn(2, 4)))
+
+        worker = threading.Thread(target=run)
+        worker.start()
+        worker.join()
+        return self.helpers[0](self.fc(x))
+
+
+def test_modules_outside_the_model_and_other_threads_stay_out_of_the_graph():
+    m = CallsOthers()
+    g = build_graph(m, torch.randn(1, 4))
+    assert [(n.name, n.op_type.name) for n in g.nodes] == [
+        ("x", "INPUT"), ("fc", "LINEAR"), ("relu", "ELEMENTWISE"), ("output", "OUTPUT")]
+    assert m.other_out is not None and m.other_out.shape == (2, 4)
+    assert not _global_hooks()
 
 
 def test_cyclic_collector_is_left_as_it_was_found():

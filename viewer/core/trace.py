@@ -20,10 +20,15 @@ import inspect
 import sys
 from collections.abc import Mapping
 from dataclasses import fields, is_dataclass
+from threading import get_ident
 
 import torch
 from torch import nn
 from torch._C import _pop_torch_function_stack, _push_on_torch_function_stack
+from torch.nn.modules.module import (
+    register_module_forward_hook,
+    register_module_forward_pre_hook,
+)
 from torch.overrides import TorchFunctionMode
 
 from . import meta as M
@@ -133,15 +138,16 @@ class _Tracer(TorchFunctionMode):
         self.functions: dict = {}
         self.module_types: dict[int, OpType | None] = {}
         self.class_types: dict[type, OpType | None] = {}  # where the class alone decides
-        # (module, path, atomic, args, kwargs, exception being handled at the call): the
+        # (module, path, atomic, args, exception being handled at the call): the
         # arguments are kept (the caller holds them anyway) so input shapes are only read when
         # a forward fails
-        self.stack: list[tuple[nn.Module, str, bool, tuple, dict, BaseException | None]] = []
+        self.stack: list[tuple[nn.Module, str, bool, tuple, BaseException | None]] = []
         self.atomic_depth = 0
         self.calls: dict[int, int] = {}
         self.failure: str | None = None
         self.busy = False
         self.paused: list = []
+        self.thread = get_ident()
 
     # -- naming ---------------------------------------------------------------------------
     def unique(self, name: str) -> str:
@@ -221,17 +227,21 @@ class _Tracer(TorchFunctionMode):
             self.module_types[id(module)] = found
         return found
 
-    def pre_hook(self, module: nn.Module, args, kwargs):
-        # reads no tensor, so it cannot come back through __torch_function__
-        if self.busy:
+    def pre_hook(self, module: nn.Module, args):
+        # A global hook: it sees every module any code calls while the trace runs. Only this
+        # thread's calls of the model's own modules count. Reads no tensor, so it cannot come
+        # back through __torch_function__.
+        if self.busy or get_ident() != self.thread:
+            return None
+        path = self.module_names.get(id(module))
+        if path is None:  # not a submodule of the model: its ops count as the caller's
             return None
         if self.atomic_depth:
             self.atomic_depth += 1  # inside an atomic module: keep depth balanced
-            self.stack.append((module, "", False, args, kwargs, sys.exc_info()[1]))
+            self.stack.append((module, "", False, args, sys.exc_info()[1]))
             return None
         atomic = self.module_type(module) is not None
-        self.stack.append((module, self.module_names.get(id(module), ""), atomic, args, kwargs,
-                           sys.exc_info()[1]))
+        self.stack.append((module, path, atomic, args, sys.exc_info()[1]))
         if atomic:
             self.atomic_depth += 1
             # nothing inside an atomic module is recorded: step out of the way of its ops
@@ -239,12 +249,16 @@ class _Tracer(TorchFunctionMode):
             self.paused.append(_pop_torch_function_stack())
         return None
 
-    def post_hook(self, module: nn.Module, args, kwargs, output):
-        if self.busy or not self.stack or self.stack[-1][0] is not module:
+    def post_hook(self, module: nn.Module, args, *rest):
+        # global, with kwargs: ``(module, args, kwargs, output)`` after a forward returns,
+        # ``(module, args, output)`` when it raised (torch's always-call path)
+        if self.busy or not self.stack or self.stack[-1][0] is not module \
+                or get_ident() != self.thread:
             return None
+        kwargs, output = rest if len(rest) == 2 else ({}, rest[0])
         self.busy = True
         try:
-            _, path, atomic, in_args, in_kwargs, handled = self.stack.pop()
+            _, path, atomic, in_args, handled = self.stack.pop()
             if self.atomic_depth > 0:
                 self.atomic_depth -= 1
             try:
@@ -252,10 +266,13 @@ class _Tracer(TorchFunctionMode):
                 # when the module was called (a trace may run inside an ``except`` block)
                 if sys.exc_info()[1] not in (None, handled):
                     if self.failure is None:
-                        shapes = [list(t.shape) for t in _tensors((in_args, in_kwargs), [])]
+                        # (a global pre-hook sees positional arguments only)
+                        shapes = [list(t.shape) for t in _tensors(in_args, [])]
                         path = self.module_names.get(id(module), "")
+                        given = (f"with input shapes {shapes}" if shapes
+                                 else "with its inputs given by keyword")
                         self.failure = (f"in module '{path or '<root>'}' "
-                                        f"({type(module).__name__}) with input shapes {shapes}")
+                                        f"({type(module).__name__}) {given}")
                 elif atomic:
                     # recorded while the mode is still paused: reading shapes and grad_fn
                     # does not come back through __torch_function__
@@ -735,13 +752,12 @@ def build_graph(model: nn.Module, example_inputs=(), example_kwargs: dict | None
     arg_names = _arg_names(model)
     for name, t in _name_inputs(arg_names, args, kwargs):
         tracer.add_node([], [t], tracer.unique(name or "input"), OpType.INPUT, "", "input")
-    handles = []
-    for m in model.modules():
-        if isinstance(m, torch.jit.ScriptModule):  # TorchScript takes no hooks: opaque
-            continue
-        handles.append(m.register_forward_pre_hook(tracer.pre_hook, with_kwargs=True))
-        handles.append(m.register_forward_hook(tracer.post_hook, with_kwargs=True,
-                                               always_call=True))
+    # Global module hooks: registering two hooks on every module costs more than a tiny
+    # model's whole forward; the hooks themselves skip other threads and other models.
+    # (TorchScript submodules never call them: they are opaque.)
+    handles = [register_module_forward_pre_hook(tracer.pre_hook),
+               register_module_forward_hook(tracer.post_hook, with_kwargs=True,
+                                            always_call=True)]
     # The tracer makes a few objects per op (nodes, edges, tags); with the cyclic collector on,
     # they set off collections that walk all of torch's objects (about a tenth of a 7B build).
     # They hold no cycles; tensors are freed by reference counting as usual, and any cyclic
