@@ -40,6 +40,11 @@ def test_concat_and_split_metadata_hand_computed():
     cat = _only(build_graph(CatSplit(), x, autograd=True), OpType.CONCAT)
     assert cat.grad_fn == "CatBackward0"
     assert _only(build_graph(CatSplit(), x), OpType.CONCAT).grad_fn is None  # default: no_grad
+    conv = nn.Sequential(nn.Conv2d(3, 4, 3))
+    grads = [n.grad_fn for n in build_graph(conv, torch.randn(1, 3, 8, 8), autograd=True).nodes
+             if n.is_module]
+    assert grads == ["ConvolutionBackward0"]
+    assert _only(build_graph(conv, torch.randn(1, 3, 8, 8)), OpType.CONV).grad_fn is None
     assert meta_to_dict(cat.meta) == {"dim": 2, "sizes": [2, 1, 4, 2], "stacked": False,
                                       "offsets": [0, 2, 3, 7], "kind": "concat"}
 

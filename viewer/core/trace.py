@@ -95,6 +95,7 @@ def _tensors(obj, out: list) -> list:
 
 
 _DTYPE_NAMES: dict[torch.dtype, str] = {}
+_new_edge = tuple.__new__  # Edge(...) without the named tuple's Python-level __new__
 
 
 def _dtype(t: torch.Tensor) -> str:
@@ -106,9 +107,10 @@ def _dtype(t: torch.Tensor) -> str:
 
 
 class _Tracer(TorchFunctionMode):
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, autograd: bool = False):
         super().__init__()
         self.model = model
+        self.autograd = autograd  # record each op's autograd node name
         self.nodes: list[Node] = []
         self.edges: list[Edge] = []
         # Each tensor carries (token, node id, port) in a Python attribute: no tensor is kept
@@ -167,21 +169,26 @@ class _Tracer(TorchFunctionMode):
 
     # -- nodes and edges ------------------------------------------------------------------
     def add_node(self, inputs: list[torch.Tensor], outputs: list[torch.Tensor], name: str,
-                 op_type: OpType, module: str, target: str, **fields) -> Node:
+                 op_type: OpType, module: str, target: str, meta: object | None = None,
+                 **fields) -> Node:
+        # the tracer's hot path (once per op): plain loops, no helper calls in the common case
         token = self.token
-        srcs = []
-        for t in inputs:  # the common case inline: a tensor this trace tagged
+        srcs, in_shapes, dtypes = [], [], []
+        names = _DTYPE_NAMES
+        for t in inputs:
             tag = getattr(t, "_depview_src", None)
             srcs.append(tag if tag is not None and tag[0] is token else self.source_of(t))
+            in_shapes.append(tuple(t.shape))
+            dtype = t.dtype
+            dtypes.append(names.get(dtype) or _dtype(t))
         nid = len(self.nodes)  # after source_of, which may add source nodes first
-        in_shapes = tuple([tuple(t.shape) for t in inputs])
-        node = Node(nid, name, op_type, module, target, fields.pop("meta", None), in_shapes,
+        in_shapes = tuple(in_shapes)
+        node = Node(nid, name, op_type, module, target, meta, in_shapes,
                     tuple([tuple(t.shape) for t in outputs]), **fields)
         self.nodes.append(node)
-        edges = self.edges
-        for port, t in enumerate(inputs):
-            src = srcs[port]
-            edges.append(Edge(src[1], src[2], nid, port, in_shapes[port], _dtype(t)))
+        append = self.edges.append
+        for port, src in enumerate(srcs):
+            append(_new_edge(Edge, (src[1], src[2], nid, port, in_shapes[port], dtypes[port])))
         for port, t in enumerate(outputs):
             try:
                 t._depview_src = (token, nid, port)
@@ -303,7 +310,8 @@ class _Tracer(TorchFunctionMode):
         op_type = self.module_type(module)
         self.add_node(
             ins, outs, name, op_type, path, f"module:{cls.__module__}.{cls.__qualname__}",
-            params=params, buffers=buffers, param_shapes=pshapes, grad_fn=_grad_fn(outs),
+            params=params, buffers=buffers, param_shapes=pshapes,
+            grad_fn=_grad_fn(outs) if self.autograd else None,
             call=call, attrs=module_attrs(module),
             custom=custom_layer(module) if op_type is OpType.CUSTOMIZED else None,
         )
@@ -335,7 +343,12 @@ class _Tracer(TorchFunctionMode):
             outs = _tensors(out, [])
         if not outs:
             return
-        ins = _tensors(args, [])
+        ins = []  # _tensors(args), inlined for the common flat argument tuple
+        for a in args:
+            if isinstance(a, torch.Tensor):
+                ins.append(a)
+            elif type(a) not in _LEAVES:
+                _tensors(a, ins)
         if kwargs:
             _tensors(kwargs, ins)
         if not ins:
@@ -346,8 +359,10 @@ class _Tracer(TorchFunctionMode):
             except Exception:  # metadata is best effort; never break the user's forward
                 meta = M.OpMeta(name)
         mod = self.stack[-1][1] if self.stack else ""
-        self.add_node(ins, outs, self.unique(f"{mod}.{name}" if mod else name), op_type, mod,
-                      name, meta=meta, grad_fn=_grad_fn(outs))
+        node = self.add_node(ins, outs, self.unique(f"{mod}.{name}" if mod else name), op_type,
+                             mod, name, meta)
+        if self.autograd:
+            node.grad_fn = _grad_fn(outs)
 
 
 def _function_info(func) -> tuple[str, OpType, object | None] | None:
@@ -383,7 +398,7 @@ def module_attrs(module: nn.Module) -> dict:
     """Public scalar attributes (``out_channels``, ``num_heads``, ...), JSON-ready."""
     out = {}
     for k, v in vars(module).items():
-        if k.startswith("_") or k == "training":
+        if k[:1] == "_" or k == "training":  # most of a module's __dict__ is private
             continue
         if isinstance(v, _SCALARS):
             out[k] = v
@@ -748,7 +763,7 @@ def build_graph(model: nn.Module, example_inputs=(), example_kwargs: dict | None
     if not isinstance(model, nn.Module):
         raise DepViewError(f"expected an nn.Module, got {type(model).__name__}")
 
-    tracer = _Tracer(model)
+    tracer = _Tracer(model, autograd and torch.is_grad_enabled())
     arg_names = _arg_names(model)
     for name, t in _name_inputs(arg_names, args, kwargs):
         tracer.add_node([], [t], tracer.unique(name or "input"), OpType.INPUT, "", "input")
