@@ -211,3 +211,19 @@ def test_repeats_say_how_they_copy():
     g = build_graph(M(), torch.randn(1, 3))
     assert "whole dim repeated" in _text(cb.meta_view(g.node("repeat")))
     assert "each position repeated in place" in _text(cb.meta_view(g.node("repeat_interleave")))
+
+
+def test_after_a_preview_the_group_panel_says_which_units_go(store):
+    from viewer.app.callbacks import prune as pcb
+
+    pcb.run_preview(store, "resnet", pcb.parse_settings("l1", 0.5, "uniform", 1))
+    try:
+        r = cb.inspect(store, "resnet", _op("layer1.0.conv1"))
+        plan = store.session("resnet").preview_plan
+        removed = plan.removed[r.group_value]
+        text = _text(r.group_panel)
+        n = store.session("resnet").stage.pruner.groups[r.group_value].n_units
+        assert 1 < len(removed) < n
+        assert f"{len(removed)} of {n} units (units " in text
+    finally:
+        store.session("resnet").preview_plan = None

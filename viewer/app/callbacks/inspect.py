@@ -311,7 +311,9 @@ def group_panel(pruner: Pruner, group: Group, model_group: bool, note: str,
     if model_group and group.id in session.overrides:
         rows.append(("override ratio", session.overrides[group.id]))
     if removed:
-        rows.append(("preview removes", f"{len(removed)} units: {styles.ranges(removed)}"))
+        which = "unit" if len(removed) == 1 else "units"
+        rows.append(("preview removes", f"{len(removed)} of {group.n_units} {which} "
+                                        f"({which} {styles.ranges(removed)})"))
     out = [html.H4(head), status, _kv(rows)]
     if note:
         out.append(html.P(note, className="hint"))
