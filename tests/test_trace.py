@@ -435,3 +435,35 @@ def test_tracing_inside_an_except_block_records_every_module():
         raise ValueError("the caller is handling this")
     except ValueError:
         assert [n.name for n in build_graph(model, x).nodes] == expected
+
+
+def test_traces_in_several_threads_at_once_give_the_graphs_they_give_alone():
+    # the app traces in server threads: two sessions may trace, even the same model, at once
+    import threading
+
+    specs = [demo_models.get_demo(n) for n in ("resnet", "llama")]
+    models = [(d.build(), d.make_inputs("cpu")) for d in specs]
+    alone = [[(n.name, n.op_type, n.in_shapes) for n in build_graph(m, x).nodes]
+             for m, x in models]
+    jobs = [0, 1, 0, 1]  # two threads per model
+    got: dict[int, list] = {}
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(jobs))
+
+    def run(j):
+        try:
+            start.wait()
+            for _ in range(5):
+                m, x = models[jobs[j]]
+                got[j] = [(n.name, n.op_type, n.in_shapes) for n in build_graph(m, x).nodes]
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(j,)) for j in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert [got[j] for j in range(len(jobs))] == [alone[i] for i in jobs]
+    assert not _global_hooks()

@@ -113,11 +113,14 @@ class _Tracer(TorchFunctionMode):
         self.autograd = autograd  # record each op's autograd node name
         self.nodes: list[Node] = []
         self.edges: list[Edge] = []
-        # Each tensor carries (token, node id, port) in a Python attribute: no tensor is kept
-        # alive by the tracer (holding every activation would make tracing allocate afresh),
-        # and the token tells this trace's tags from a stale one.
+        # Each tensor an op makes carries (token, node id, port) in a Python attribute: no
+        # activation is kept alive by the tracer (holding them all would make tracing allocate
+        # afresh), and the token tells this trace's tags from a stale one or another thread's.
         self.token = object()
-        self.untaggable: dict[int, tuple[torch.Tensor, int, int]] = {}
+        # Sources (inputs, parameters, buffers, constants) are found by id instead, holding
+        # the tensor so the id stays its own: another trace in another thread may share them,
+        # and its tag would hide this one's. So are tensors that take no attributes.
+        self.by_id: dict[int, tuple[torch.Tensor, int, int]] = {}
         self.sources: list[torch.Tensor] = []
         self.names: set[str] = set()
         self.suffix: dict[str, int] = {}  # next "_i" to try per taken name
@@ -190,10 +193,13 @@ class _Tracer(TorchFunctionMode):
         for port, src in enumerate(srcs):
             append(_new_edge(Edge, (src[1], src[2], nid, port, in_shapes[port], dtypes[port])))
         for port, t in enumerate(outputs):
+            if not srcs:  # a source node
+                self.by_id[id(t)] = (t, nid, port)
+                continue
             try:
                 t._depview_src = (token, nid, port)
             except (AttributeError, RuntimeError):  # exotic tensor types without a __dict__
-                self.untaggable[id(t)] = (t, nid, port)
+                self.by_id[id(t)] = (t, nid, port)
         return node
 
     def source_of(self, t: torch.Tensor) -> tuple[object, int, int]:
@@ -202,7 +208,7 @@ class _Tracer(TorchFunctionMode):
         tag = getattr(t, "_depview_src", None)
         if tag is not None and tag[0] is self.token:
             return tag
-        hit = self.untaggable.get(id(t))
+        hit = self.by_id.get(id(t))
         if hit is not None and hit[0] is t:
             return self.token, hit[1], hit[2]
         if id(t) in self.param_names:
@@ -218,7 +224,7 @@ class _Tracer(TorchFunctionMode):
             mod = self.current_module()
             node = self.add_node([], [t], self.unique(f"{mod}.constant" if mod else "constant"),
                                  OpType.CONSTANT, mod, "constant")
-        self.sources.append(t)  # the user's parameters/buffers: untagged again at the end
+        self.sources.append(t)  # an in-place op may tag it: untagged again at the end
         return self.token, node.id, 0
 
     # -- module hooks ---------------------------------------------------------------------
@@ -807,7 +813,7 @@ def build_graph(model: nn.Module, example_inputs=(), example_kwargs: dict | None
     kept = [t for _, t in outs + inputs] + tracer.sources
     for t in kept:  # tensors the caller keeps: leave no attribute behind
         t.__dict__.pop("_depview_src", None)
-    tracer.untaggable.clear()
+    tracer.by_id.clear()
     return Graph(
         tracer.nodes, tracer.edges,
         info={"model": type(model).__name__,
