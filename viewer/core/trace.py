@@ -1,12 +1,13 @@
 """Trace a model into a typed :class:`~viewer.core.graph.Graph` by running it once.
 
 How: a :class:`torch.overrides.TorchFunctionMode` sees every torch-level call with its real
-arguments (also under ``torch.no_grad()`` and on the ``meta`` device), and module pre/post
-hooks keep a stack of running modules. A module the type tables know (Conv2d, LSTM, MHA, a
-registered custom layer, ...) becomes one atomic node and the calls inside its forward are
-skipped; any other module is looked through, so its functional ops become virtual nodes that
-record the module whose forward ran them. Each tensor remembers the ``(node, port)`` that made
-it; tensors nobody made (parameters, buffers, ``arange``) get a source node on first use.
+arguments (also under ``torch.no_grad()`` and on the ``meta`` device), and two global module
+hooks keep a stack of the model's running modules (in this thread only). A module the type
+tables know (Conv2d, LSTM, MHA, a registered custom layer, ...) becomes one atomic node and the
+calls inside its forward are skipped; any other module is looked through, so its functional
+ops become virtual nodes that record the module whose forward ran them. Each tensor an op
+makes remembers the ``(node, port)`` that made it; tensors nobody made (parameters, buffers,
+``arange``) get a source node on first use, found by id afterwards.
 
     >>> g = build_graph(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU()), torch.randn(1, 3, 8, 8))
     >>> [n.op_type.name for n in g.nodes]
