@@ -96,7 +96,6 @@ def _tensors(obj, out: list) -> list:
 
 
 _DTYPE_NAMES: dict[torch.dtype, str] = {}
-_new_edge = tuple.__new__  # Edge(...) without the named tuple's Python-level __new__
 
 
 def _dtype(t: torch.Tensor) -> str:
@@ -175,16 +174,14 @@ class _Tracer(TorchFunctionMode):
     def add_node(self, inputs: list[torch.Tensor], outputs: list[torch.Tensor], name: str,
                  op_type: OpType, module: str, target: str, meta: object | None = None,
                  **fields) -> Node:
-        # the tracer's hot path (once per op): plain loops, no helper calls in the common case
+        # the tracer's hot path (once per op): one pass over the inputs
         token = self.token
         srcs, in_shapes, dtypes = [], [], []
-        names = _DTYPE_NAMES
         for t in inputs:
             tag = getattr(t, "_depview_src", None)
             srcs.append(tag if tag is not None and tag[0] is token else self.source_of(t))
             in_shapes.append(tuple(t.shape))
-            dtype = t.dtype
-            dtypes.append(names.get(dtype) or _dtype(t))
+            dtypes.append(_dtype(t))
         nid = len(self.nodes)  # after source_of, which may add source nodes first
         in_shapes = tuple(in_shapes)
         node = Node(nid, name, op_type, module, target, meta, in_shapes,
@@ -192,7 +189,7 @@ class _Tracer(TorchFunctionMode):
         self.nodes.append(node)
         append = self.edges.append
         for port, src in enumerate(srcs):
-            append(_new_edge(Edge, (src[1], src[2], nid, port, in_shapes[port], dtypes[port])))
+            append(Edge(src[1], src[2], nid, port, in_shapes[port], dtypes[port]))
         for port, t in enumerate(outputs):
             if not srcs:  # a source node
                 self.by_id[id(t)] = (t, nid, port)
@@ -350,12 +347,7 @@ class _Tracer(TorchFunctionMode):
             outs = _tensors(out, [])
         if not outs:
             return
-        ins = []  # _tensors(args), inlined for the common flat argument tuple
-        for a in args:
-            if isinstance(a, torch.Tensor):
-                ins.append(a)
-            elif type(a) not in _LEAVES:
-                _tensors(a, ins)
+        ins = _tensors(args, [])
         if kwargs:
             _tensors(kwargs, ins)
         if not ins:
