@@ -210,3 +210,18 @@ def test_hf_attention_with_stored_sizes_prunes(factory, attn, root, sets):
     assert getattr(pruned.get_submodule(attn), sets) == before - 1
     v = p.verify(pruned, plan)
     assert v["forward"] and v["shapes_kept"] and v["masked_equivalence"]["ok"], v
+
+
+@pytest.mark.parametrize("factory", [bert, gpt2, llama, vit])
+def test_hf_graph_on_meta_equals_the_graph_on_cpu(factory):
+    # on meta the tracer records in long batches after the ops ran (see test_trace)
+    torch.manual_seed(0)
+    model, inputs = factory()
+    inputs.pop("attention_mask", None)  # BERT checks a given mask with .item(): not on meta
+    on_cpu = build_graph(model.eval(), inputs).to_dict()
+    with torch.device("meta"):
+        torch.manual_seed(0)
+        model, _ = factory()
+    on_meta = build_graph(model.eval(), {k: v.to("meta") for k, v in inputs.items()}).to_dict()
+    assert on_cpu.pop("info")["device"] == "cpu" and on_meta.pop("info")["device"] == "meta"
+    assert on_meta == on_cpu

@@ -467,3 +467,68 @@ def test_traces_in_several_threads_at_once_give_the_graphs_they_give_alone():
     assert not errors
     assert [got[j] for j in range(len(jobs))] == [alone[i] for i in jobs]
     assert not _global_hooks()
+
+
+def _plain(g) -> dict:
+    d = g.to_dict()
+    d["info"].pop("device")
+    return d
+
+
+@pytest.mark.parametrize("name", sorted(demo_models.DEMOS))
+def test_recording_in_batches_gives_the_graph_recorded_op_by_op(name, monkeypatch):
+    # on meta the tracer records ops in long batches after they ran, on a real device one by
+    # one: both, and odd-sized batches on a real device, must give the same graph
+    from viewer.core import trace
+
+    demo = demo_models.get_demo(name)
+    torch.manual_seed(0)
+    one_by_one = _plain(build_graph(demo.build().eval(), demo.make_inputs("cpu")))
+    with torch.device("meta"):
+        model = demo.build().eval()
+    assert _plain(build_graph(model, demo.make_inputs("meta"))) == one_by_one
+    monkeypatch.setattr(trace, "_BATCH", 7)
+    torch.manual_seed(0)
+    assert _plain(build_graph(demo.build().eval(), demo.make_inputs("cpu"))) == one_by_one
+
+
+class ChangesWhatItRecorded(nn.Module):
+    """A forward that changes, after an op ran, what a late reader of that op would see: the
+    list it concatenated, a tensor's shape (in place, or by ``out=``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 4, 1), nn.Conv2d(7, 5, 1)
+        self.fc = nn.Linear(5, 3)
+
+    def forward(self, x):
+        feats = [x]
+        feats.append(self.c1(torch.cat(feats, 1)))  # DenseNet: cat, then append to the list
+        z = self.c2(torch.cat(feats, 1)).mean((2, 3))
+        z.unsqueeze_(0)
+        z.squeeze_(0)
+        w = z.clone()
+        w[:, 0] = 1.0
+        w.t_()
+        w.t_()
+        o = z.new_empty(0)  # recorded (it reads z), then resized by out=
+        torch.add(w, z, out=o)
+        return self.fc(o)
+
+
+def test_batched_recording_reads_lists_and_shapes_as_they_were_at_the_call(monkeypatch):
+    from viewer.core import trace
+
+    x = torch.randn(1, 3, 4, 4)
+    one_by_one = _plain(build_graph(ChangesWhatItRecorded(), x))
+    cats = [n for n in one_by_one["nodes"] if n["op_type"] == "concat"]
+    assert [c["meta"]["sizes"] for c in cats] == [[3], [3, 4]]
+    means = [n for n in one_by_one["nodes"] if n["target"] == "mean"]
+    assert means[0]["out_shapes"] == [[1, 5]]
+    assert [n["out_shapes"] for n in one_by_one["nodes"] if n["target"] == "new_empty"] \
+        == [[[0]]]
+    monkeypatch.setattr(trace, "_BATCH", 100)
+    assert _plain(build_graph(ChangesWhatItRecorded(), x)) == one_by_one
+    with torch.device("meta"):
+        model = ChangesWhatItRecorded()
+    assert _plain(build_graph(model, x.to("meta"))) == one_by_one

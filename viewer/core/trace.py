@@ -7,7 +7,9 @@ tables know (Conv2d, LSTM, MHA, a registered custom layer, ...) becomes one atom
 calls inside its forward are skipped; any other module is looked through, so its functional
 ops become virtual nodes that record the module whose forward ran them. Each tensor an op
 makes remembers the ``(node, port)`` that made it; tensors nobody made (parameters, buffers,
-``arange``) get a source node on first use, found by id afterwards.
+``arange``) get a source node on first use, found by id afterwards. Each call is kept as it
+was made and recorded after it ran: at once on a real device, in long batches on ``meta``
+(where holding tensors costs nothing), which halves what recording costs there.
 
     >>> g = build_graph(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU()), torch.randn(1, 3, 8, 8))
     >>> [n.op_type.name for n in g.nodes]
@@ -153,6 +155,14 @@ class _Tracer(TorchFunctionMode):
         self.busy = False
         self.paused: list = []
         self.thread = get_ident()
+        # Ops are recorded in batches: each call appends its raw arguments and results here,
+        # and :meth:`flush` turns a batch into nodes in one tight loop (about half the cost of
+        # recording each op in between the model's own Python). Held tensors stay alive
+        # until then, so a batch is short on real devices and long on ``meta``; the module
+        # the op ran in is read at the call (``mod``).
+        self.pending: list[tuple] = []
+        self.limit = _BATCH
+        self.mod = ""  # the module of the op being recorded (for constants it finds)
 
     # -- naming ---------------------------------------------------------------------------
     def unique(self, name: str) -> str:
@@ -169,6 +179,17 @@ class _Tracer(TorchFunctionMode):
 
     def current_module(self) -> str:
         return self.stack[-1][1] if self.stack else ""
+
+    def flush(self) -> None:
+        """Record the pending calls, in call order."""
+        pending, self.pending = self.pending, []
+        record_function, record_module = self.record_function, self.record_module
+        for entry in pending:
+            self.mod = entry[-1]
+            if entry[0] is None:
+                record_module(*entry[1:-1])
+            else:
+                record_function(*entry[:-1])
 
     # -- nodes and edges ------------------------------------------------------------------
     def add_node(self, inputs: list[torch.Tensor], outputs: list[torch.Tensor], name: str,
@@ -219,7 +240,7 @@ class _Tracer(TorchFunctionMode):
             node = self.add_node([], [t], self.unique(key), OpType.BUFFER,
                                  key.rpartition(".")[0], "buffer")
         else:
-            mod = self.current_module()
+            mod = self.mod
             node = self.add_node([], [t], self.unique(f"{mod}.constant" if mod else "constant"),
                                  OpType.CONSTANT, mod, "constant")
         self.sources.append(t)  # an in-place op may tag it: untagged again at the end
@@ -285,9 +306,12 @@ class _Tracer(TorchFunctionMode):
                         self.failure = (f"in module '{path or '<root>'}' "
                                         f"({type(module).__name__}) {given}")
                 elif atomic:
-                    # recorded while the mode is still paused: reading shapes and grad_fn
+                    # flushed while the mode is still paused: reading shapes and grad_fn
                     # does not come back through __torch_function__
-                    self.record_module(module, args, kwargs, output)
+                    self.pending.append((None, module, args, kwargs, output,
+                                         self.stack[-1][1] if self.stack else ""))
+                    if len(self.pending) >= self.limit:
+                        self.flush()
             finally:
                 if atomic and self.paused:
                     _push_on_torch_function_stack(self.paused.pop())
@@ -322,20 +346,36 @@ class _Tracer(TorchFunctionMode):
 
     # -- functional ops -------------------------------------------------------------------
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **kwargs) if kwargs else func(*args)
         # No busy flag here: torch takes this mode off its stack while this method runs, so the
         # tracer's own tensor calls below do not come back in.
-        if self.busy or self.atomic_depth:
-            return out
         info = self.functions.get(func, _UNSET)
         if info is _UNSET:
             info = self.functions[func] = _function_info(func)
-        if info is not None:  # None: size(), dim(), ... make no graph value
-            self.record_function(func, info, args, kwargs or {}, out)
+        if info is None:  # size(), dim(), ... make no graph value
+            return func(*args, **kwargs) if kwargs else func(*args)
+        if self.pending and (info[3] or (kwargs and "out" in kwargs)):
+            self.flush()  # it changes a tensor's shape in place: record what came before
+        out = func(*args, **kwargs) if kwargs else func(*args)
+        if self.busy or self.atomic_depth:
+            return out
+        if type(out) in _LEAVES and info[0] != "setitem":  # x.shape, x.device, ...
+            return out
+        # the call's own lists (``torch.cat(features)``): the model may append to them later
+        for a in args:
+            if type(a) is list:
+                args = tuple(list(a) if type(a) is list else a for a in args)
+                break
+        if kwargs:
+            kwargs = {k: list(v) if type(v) is list else v for k, v in kwargs.items()}
+        self.pending.append((func, info, args, kwargs or {},
+                             list(out) if type(out) is list else out,
+                             self.stack[-1][1] if self.stack else ""))
+        if len(self.pending) >= self.limit:
+            self.flush()
         return out
 
     def record_function(self, func, info, args, kwargs, out) -> None:
-        name, op_type, meta = info
+        name, op_type, meta, _ = info
         # outputs first: most calls that return no tensor (x.shape, x.device) stop here
         if name == "setitem":  # in-place write: the written tensor is the new value
             outs = [args[0]] if args else []
@@ -357,24 +397,36 @@ class _Tracer(TorchFunctionMode):
                 meta = describe(op_type, name, func, args, kwargs, ins, outs)
             except Exception:  # metadata is best effort; never break the user's forward
                 meta = M.OpMeta(name)
-        mod = self.stack[-1][1] if self.stack else ""
+        mod = self.mod
         node = self.add_node(ins, outs, self.unique(f"{mod}.{name}" if mod else name), op_type,
                              mod, name, meta)
         if self.autograd:
             node.grad_fn = _grad_fn(outs)
 
 
-def _function_info(func) -> tuple[str, OpType, object | None] | None:
-    """``(name, op type, metadata)`` of a torch-level function, or None for functions that
-    make no graph value (``size``, ``dim``). The metadata is given only when it depends on the
-    name alone (it is frozen, so nodes may share it); otherwise :func:`describe` makes it."""
+def _function_info(func) -> tuple[str, OpType, object | None, bool] | None:
+    """``(name, op type, metadata, reshapes in place)`` of a torch-level function, or None
+    for functions that make no graph value (``size``, ``dim``). The metadata is given only when
+    it depends on the name alone (it is frozen, so nodes may share it); otherwise
+    :func:`describe` makes it."""
     if func in IGNORED_FUNCTIONS:
         return None
     name = function_name(func)
     op_type = OpType.PERMUTE if name in ("T", "mT", "H", "mH") else classify_function(func)
     per_call = op_type in _DESCRIBERS or name in DIM_ARGS
     meta = None if per_call else describe(op_type, name, func, (), {}, [], [])
-    return name, op_type, meta
+    return name, op_type, meta, getattr(func, "__name__", "") in _RESHAPES_IN_PLACE
+
+
+#: In-place ops that change a tensor's shape (or swap its data): pending records read shapes
+#: when flushed, so they are flushed before one of these runs.
+_RESHAPES_IN_PLACE = frozenset({
+    "resize_", "resize_as_", "set_", "__set__", "t_", "transpose_", "swapdims_", "swapaxes_",
+    "squeeze_", "unsqueeze_", "as_strided_", "__setstate__"})
+#: Pending records per flush. Held tensors stay alive until their flush: on a real device that
+#: keeps the allocator from reusing their memory (a ResNet-50 trace got slower even at 4), on
+#: ``meta`` they have no memory at all.
+_BATCH, _BATCH_META = 1, 4096
 
 
 def _named(module: nn.Module, members: str):
@@ -764,8 +816,14 @@ def build_graph(model: nn.Module, example_inputs=(), example_kwargs: dict | None
 
     tracer = _Tracer(model, autograd and torch.is_grad_enabled())
     arg_names = _arg_names(model)
-    for name, t in _name_inputs(arg_names, args, kwargs):
+    named = _name_inputs(arg_names, args, kwargs)
+    for name, t in named:
         tracer.add_node([], [t], tracer.unique(name or "input"), OpType.INPUT, "", "input")
+    # on meta nothing is allocated: record in long batches (with autograd, one by one: an
+    # in-place op changes its input's grad_fn)
+    probe = next(iter(model.parameters()), named[0][1] if named else None)
+    if not tracer.autograd and probe is not None and probe.device.type == "meta":
+        tracer.limit = _BATCH_META
     # Global module hooks: registering two hooks on every module costs more than a tiny
     # model's whole forward; the hooks themselves skip other threads and other models.
     # (TorchScript submodules never call them: they are opaque.)
@@ -781,6 +839,7 @@ def build_graph(model: nn.Module, example_inputs=(), example_kwargs: dict | None
     try:
         with tracer, torch.set_grad_enabled(autograd and torch.is_grad_enabled()):
             output = model(*args, **kwargs)
+        tracer.flush()
     except Exception as exc:
         where = tracer.failure or f"in {type(model).__name__}.forward"
         first = (str(exc).strip().splitlines() or [""])[0]
