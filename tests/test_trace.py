@@ -532,3 +532,88 @@ def test_batched_recording_reads_lists_and_shapes_as_they_were_at_the_call(monke
     with torch.device("meta"):
         model = ChangesWhatItRecorded()
     assert _plain(build_graph(model, x.to("meta"))) == one_by_one
+
+
+def test_a_meta_result_is_reused_only_for_a_call_that_would_make_the_same_fresh_tensor():
+    from viewer.core.trace import _UNCACHEABLE, _meta_key, _result_template
+
+    def key(func, *args, **kwargs):
+        return _meta_key(func, args, kwargs, [])
+
+    i = torch.empty(2, 3, dtype=torch.long, device="meta")
+    f = torch.empty(2, 3, device="meta")
+    assert key(torch.mul, i, 2) == key(torch.mul, i, 2)
+    # equal as Python values, different results: the argument's type is in the key
+    assert len({key(torch.mul, i, 2), key(torch.mul, i, 2.0), key(torch.mul, i, True)}) == 3
+    assert key(torch.mul, f, 2) != key(torch.mul, f.t().contiguous().t(), 2)  # strides
+    assert key(torch.mul, f, 2) != key(torch.mul, f.half(), 2)
+    assert key(torch.sum, f, dim=0) != key(torch.sum, f, dim=1)
+    assert key(torch.mul, torch.empty(2, 3), 2) is None  # values matter off meta
+    assert key(torch.mul, f, object()) is None
+    assert key(torch.zeros, 2, 3) is None  # no tensor: factories stay as they are
+    with_grad = key(torch.mul, f, 2)
+    with torch.no_grad():
+        assert key(torch.mul, f, 2) != with_grad
+
+    def template(func, *args):
+        return _result_template(func(*args), [a for a in args if isinstance(a, torch.Tensor)])
+
+    assert template(torch.mul, f, 2) == (None, [((2, 3), (3, 1), torch.float32)])
+    assert template(torch.Tensor.contiguous, f) == (None, [0])  # returns its input
+    assert template(torch.Tensor.float, f) == (None, [0])
+    assert template(torch.Tensor.view, f, 6) is _UNCACHEABLE  # a view
+    assert template(torch.max, f, 1) is _UNCACHEABLE  # a named tuple
+    w = nn.Parameter(torch.empty(3, device="meta"))
+    with torch.enable_grad():
+        assert template(torch.mul, w, 2) is _UNCACHEABLE  # needs grad
+    assert template(torch.Tensor.dim, f) is None  # not a tensor
+    y = f + 1
+    assert template(lambda _: (y, y), f) is _UNCACHEABLE  # one fresh tensor twice
+
+
+class SameCallsAgain(nn.Module):
+    """Calls whose results are their inputs, fresh tensors or views, each made twice."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x):
+        for _ in range(2):
+            y = torch.relu(self.fc(x))
+            y.contiguous()  # returns y itself: y is now this op's value
+            z = y.float() * 2  # y itself again
+            nn.functional.relu(z, inplace=True)
+            z = z.view(2, 4, 8).transpose(1, 2).contiguous().transpose(1, 2).reshape(8, 8)
+            a, b = z.chunk(2, dim=1)
+            x = torch.cat([b, a], 1) + y.mean(1, keepdim=True) + z
+        return x
+
+
+@pytest.mark.parametrize("model, make_x", [
+    (SameCallsAgain, lambda device: torch.randn(8, 8, device=device)),
+    (lambda: demo_models.get_demo("llama").build(),
+     lambda device: demo_models.get_demo("llama").make_inputs(device)),
+])
+def test_meta_results_reused_give_the_graph_made_without_reuse(model, make_x, monkeypatch):
+    from viewer.core import trace
+
+    with torch.device("meta"):
+        torch.manual_seed(0)
+        m = model().eval()
+    x = make_x("meta")
+    tracers = []
+    flush = trace._Tracer.flush
+
+    def keep(self):
+        tracers.append(self)
+        flush(self)
+
+    monkeypatch.setattr(trace._Tracer, "flush", keep)
+    g = _plain(build_graph(m, x))
+    assert tracers[-1].reused >= 4
+    monkeypatch.setattr(trace, "_meta_key", lambda *a: None)  # every call runs
+    assert _plain(build_graph(m, x)) == g
+    assert tracers[-1].reused == 0
+    torch.manual_seed(0)
+    assert _plain(build_graph(model().eval(), make_x("cpu"))) == g

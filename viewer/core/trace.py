@@ -9,7 +9,11 @@ ops become virtual nodes that record the module whose forward ran them. Each ten
 makes remembers the ``(node, port)`` that made it; tensors nobody made (parameters, buffers,
 ``arange``) get a source node on first use, found by id afterwards. Each call is kept as it
 was made and recorded after it ran: at once on a real device, in long batches on ``meta``
-(where holding tensors costs nothing), which halves what recording costs there.
+(where holding tensors costs nothing), which halves what recording costs there. On ``meta``
+a call identical to an earlier one (same function and arguments, inputs of the same shapes,
+strides and dtypes) gets a fresh tensor like the earlier result instead of running torch's
+meta kernel again, which is Python and costs 100-300 us: a 7B decoder's 32 layers repeat the
+same calls (views and in-place ops always run).
 
     >>> g = build_graph(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU()), torch.randn(1, 3, 8, 8))
     >>> [n.op_type.name for n in g.nodes]
@@ -163,6 +167,11 @@ class _Tracer(TorchFunctionMode):
         self.pending: list[tuple] = []
         self.limit = _BATCH
         self.mod = ""  # the module of the op being recorded (for constants it finds)
+        # On meta, results of calls already made with the same arguments (see _meta_key):
+        # None when not tracing on meta
+        self.results: dict | None = None
+        self.no_results: set = set()  # functions that returned something other than tensors
+        self.reused = 0  # calls answered from ``results``
 
     # -- naming ---------------------------------------------------------------------------
     def unique(self, name: str) -> str:
@@ -355,7 +364,10 @@ class _Tracer(TorchFunctionMode):
             return func(*args, **kwargs) if kwargs else func(*args)
         if self.pending and (info[3] or (kwargs and "out" in kwargs)):
             self.flush()  # it changes a tensor's shape in place: record what came before
-        out = func(*args, **kwargs) if kwargs else func(*args)
+        if self.results is not None and info[4] and not (kwargs and "out" in kwargs):
+            out = self.call_on_meta(func, args, kwargs)
+        else:
+            out = func(*args, **kwargs) if kwargs else func(*args)
         if self.busy or self.atomic_depth:
             return out
         if type(out) in _LEAVES and info[0] != "setitem":  # x.shape, x.device, ...
@@ -374,8 +386,33 @@ class _Tracer(TorchFunctionMode):
             self.flush()
         return out
 
+    def call_on_meta(self, func, args, kwargs):
+        """``func(*args, **kwargs)`` on meta tensors, or a fresh result like the one an
+        identical earlier call gave (same function, input shapes, strides and dtypes, same other
+        arguments): torch's meta kernels are Python, and the 32 layers of a decoder repeat the
+        same calls."""
+        tensors: list[torch.Tensor] = []
+        key = None if func in self.no_results else _meta_key(func, args, kwargs, tensors)
+        if key is None:
+            return func(*args, **kwargs) if kwargs else func(*args)
+        made = self.results.get(key)
+        if made is None:
+            out = func(*args, **kwargs) if kwargs else func(*args)
+            made = self.results[key] = _result_template(out, tensors)
+            if made is None:  # x.shape, x.device, ...: not worth a key next time
+                self.no_results.add(func)
+                self.results[key] = _UNCACHEABLE
+            return out
+        if made is _UNCACHEABLE:
+            return func(*args, **kwargs) if kwargs else func(*args)
+        self.reused += 1
+        kind, parts = made
+        outs = [tensors[p] if type(p) is int else
+                torch.empty_strided(p[0], p[1], dtype=p[2], device="meta") for p in parts]
+        return outs[0] if kind is None else kind(outs)
+
     def record_function(self, func, info, args, kwargs, out) -> None:
-        name, op_type, meta, _ = info
+        name, op_type, meta, _, _ = info
         # outputs first: most calls that return no tensor (x.shape, x.device) stop here
         if name == "setitem":  # in-place write: the written tensor is the new value
             outs = [args[0]] if args else []
@@ -404,8 +441,9 @@ class _Tracer(TorchFunctionMode):
             node.grad_fn = _grad_fn(outs)
 
 
-def _function_info(func) -> tuple[str, OpType, object | None, bool] | None:
-    """``(name, op type, metadata, reshapes in place)`` of a torch-level function, or None
+def _function_info(func) -> tuple[str, OpType, object | None, bool, bool] | None:
+    """``(name, op type, metadata, reshapes in place, results reusable on meta)`` of a
+    torch-level function, or None
     for functions that make no graph value (``size``, ``dim``). The metadata is given only when
     it depends on the name alone (it is frozen, so nodes may share it); otherwise
     :func:`describe` makes it."""
@@ -415,7 +453,90 @@ def _function_info(func) -> tuple[str, OpType, object | None, bool] | None:
     op_type = OpType.PERMUTE if name in ("T", "mT", "H", "mH") else classify_function(func)
     per_call = op_type in _DESCRIBERS or name in DIM_ARGS
     meta = None if per_call else describe(op_type, name, func, (), {}, [], [])
-    return name, op_type, meta, getattr(func, "__name__", "") in _RESHAPES_IN_PLACE
+    raw = getattr(func, "__name__", "")
+    in_place = name.endswith("_") or (raw.endswith("_") and not raw.endswith("__")) \
+        or name == "setitem"
+    reuse = not in_place and op_type not in _VIEWS
+    return name, op_type, meta, raw in _RESHAPES_IN_PLACE, reuse
+
+
+#: Types whose ops return views: cheap on meta already, and a view is not a fresh tensor.
+_VIEWS = frozenset({OpType.SPLIT, OpType.UNBIND, OpType.SLICE, OpType.RESHAPE, OpType.PERMUTE,
+                    OpType.EXPAND})
+_UNCACHEABLE = object()
+#: Plain argument types a result may depend on by value (their type is part of the key too:
+#: ``x * 1`` and ``x * 1.0`` differ for an integer ``x``).
+_KEY_LEAVES = frozenset({int, float, bool, complex, str, type(None), type(Ellipsis),
+                         torch.dtype, torch.device, torch.layout, torch.memory_format})
+
+
+def _meta_key(func, args, kwargs, tensors: list) -> tuple | None:
+    """What the result of ``func(*args, **kwargs)`` on meta tensors can depend on: the
+    function, grad mode, each tensor's shape, strides, storage offset and dtype, and every
+    other argument by type and value. None when an argument is anything else (a tensor not on
+    meta, an object) or no tensor is given; ``tensors`` receives the tensors, in order."""
+    parts: list = [func, torch.is_grad_enabled()]
+    if not _key_parts(args, parts, tensors):
+        return None
+    if kwargs:
+        for k, v in kwargs.items():
+            parts.append(k)
+            if not _key_parts((v,), parts, tensors):
+                return None
+    return tuple(parts) if tensors else None
+
+
+def _key_parts(items, parts: list, tensors: list) -> bool:
+    for a in items:
+        ta = type(a)
+        if ta is torch.Tensor or ta is nn.Parameter:
+            if not a.is_meta or a.layout is not torch.strided:
+                return False
+            tensors.append(a)
+            parts.append((a.shape, a.stride(), a.storage_offset(), a.dtype))
+        elif ta in _KEY_LEAVES:
+            parts.append(ta)
+            parts.append(a)
+        elif ta is tuple or ta is list or ta is torch.Size:
+            parts.append(ta)
+            parts.append(len(a))
+            if not _key_parts(a, parts, tensors):
+                return False
+        elif ta is slice:
+            parts.append(ta)
+            if not _key_parts((a.start, a.stop, a.step), parts, tensors):
+                return False
+        else:
+            return False
+    return True
+
+
+def _result_template(out, tensors: list):
+    """How to make a result like ``out`` again: ``(container type or None, parts)``, a part
+    being the index of an input returned as it is or ``(shape, strides, dtype)`` of a fresh
+    tensor. None when ``out`` holds no tensor, ``_UNCACHEABLE`` for other results (a view, a
+    tensor needing grad, a named tuple)."""
+    if type(out) is torch.Tensor:
+        kind, outs = None, (out,)
+    elif (type(out) is tuple or type(out) is list) and out \
+            and all(type(o) is torch.Tensor for o in out):
+        if len({id(o) for o in out}) < len(out):  # one tensor twice: keep it that way
+            return _UNCACHEABLE
+        kind, outs = type(out), out
+    else:
+        return None if type(out) in _LEAVES else _UNCACHEABLE
+    parts: list = []
+    for o in outs:
+        for i, t in enumerate(tensors):
+            if o is t:
+                parts.append(i)
+                break
+        else:
+            if not o.is_meta or o.requires_grad or o._is_view() or o.storage_offset() \
+                    or o.layout is not torch.strided:
+                return _UNCACHEABLE
+            parts.append((o.shape, o.stride(), o.dtype))
+    return kind, parts
 
 
 #: In-place ops that change a tensor's shape (or swap its data): pending records read shapes
@@ -824,6 +945,7 @@ def build_graph(model: nn.Module, example_inputs=(), example_kwargs: dict | None
     probe = next(iter(model.parameters()), named[0][1] if named else None)
     if not tracer.autograd and probe is not None and probe.device.type == "meta":
         tracer.limit = _BATCH_META
+        tracer.results = {}
     # Global module hooks: registering two hooks on every module costs more than a tiny
     # model's whole forward; the hooks themselves skip other threads and other models.
     # (TorchScript submodules never call them: they are opaque.)
