@@ -95,3 +95,12 @@ def test_register_custom_layer_has_priority_and_unregisters():
 def test_register_rejects_non_modules():
     with pytest.raises(TypeError):
         register_layer(int, in_dims={}, out_dims={})
+
+
+def test_op_types_hash_by_identity_and_survive_a_pickle_round_trip():
+    import pickle
+
+    assert {t: t.value for t in OpType}[OpType.CONV] == "conv"
+    for t in OpType:
+        back = pickle.loads(pickle.dumps(t))
+        assert back is t and hash(back) == hash(t) == object.__hash__(t)

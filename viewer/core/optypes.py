@@ -67,6 +67,11 @@ class OpType(enum.Enum):
     def __repr__(self) -> str:  # stable, short reprs for docs and test ids
         return f"<OpType.{self.name}: {self.value!r}>"
 
+    # Members are singletons compared by identity: hash them by identity too, in C, instead of
+    # Enum's hash of the name in Python (tracing and groups look types up in dicts and sets
+    # thousands of times per model).
+    __hash__ = object.__hash__
+
 
 class OpGroup:
     """Category sets, so call sites read ``if t in OpGroup.SOURCES`` instead of branching."""
