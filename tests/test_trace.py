@@ -547,6 +547,7 @@ def test_a_meta_result_is_reused_only_for_a_call_that_would_make_the_same_fresh_
     assert len({key(torch.mul, i, 2), key(torch.mul, i, 2.0), key(torch.mul, i, True)}) == 3
     assert key(torch.mul, f, 2) != key(torch.mul, f.t().contiguous().t(), 2)  # strides
     assert key(torch.mul, f, 2) != key(torch.mul, f.half(), 2)
+    assert key(torch.mul, f, 2) != key(torch.mul, nn.Parameter(f), 2)  # requires grad
     assert key(torch.sum, f, dim=0) != key(torch.sum, f, dim=1)
     assert key(torch.mul, torch.empty(2, 3), 2) is None  # values matter off meta
     assert key(torch.mul, f, object()) is None

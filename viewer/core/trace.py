@@ -443,10 +443,9 @@ class _Tracer(TorchFunctionMode):
 
 def _function_info(func) -> tuple[str, OpType, object | None, bool, bool] | None:
     """``(name, op type, metadata, reshapes in place, results reusable on meta)`` of a
-    torch-level function, or None
-    for functions that make no graph value (``size``, ``dim``). The metadata is given only when
-    it depends on the name alone (it is frozen, so nodes may share it); otherwise
-    :func:`describe` makes it."""
+    torch-level function, or None for functions that make no graph value (``size``, ``dim``).
+    The metadata is given only when it depends on the name alone (it is frozen, so nodes may
+    share it); otherwise :func:`describe` makes it."""
     if func in IGNORED_FUNCTIONS:
         return None
     name = function_name(func)
@@ -472,9 +471,10 @@ _KEY_LEAVES = frozenset({int, float, bool, complex, str, type(None), type(Ellips
 
 def _meta_key(func, args, kwargs, tensors: list) -> tuple | None:
     """What the result of ``func(*args, **kwargs)`` on meta tensors can depend on: the
-    function, grad mode, each tensor's shape, strides, storage offset and dtype, and every
-    other argument by type and value. None when an argument is anything else (a tensor not on
-    meta, an object) or no tensor is given; ``tensors`` receives the tensors, in order."""
+    function, grad mode, each tensor's shape, strides, storage offset, dtype and whether it
+    requires grad, and every other argument by type and value. None when an argument is
+    anything else (a tensor not on meta, an object) or no tensor is given; ``tensors``
+    receives the tensors, in order."""
     parts: list = [func, torch.is_grad_enabled()]
     if not _key_parts(args, parts, tensors):
         return None
@@ -493,7 +493,7 @@ def _key_parts(items, parts: list, tensors: list) -> bool:
             if not a.is_meta or a.layout is not torch.strided:
                 return False
             tensors.append(a)
-            parts.append((a.shape, a.stride(), a.storage_offset(), a.dtype))
+            parts.append((a.shape, a.stride(), a.storage_offset(), a.dtype, a.requires_grad))
         elif ta in _KEY_LEAVES:
             parts.append(ta)
             parts.append(a)
