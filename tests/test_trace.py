@@ -618,3 +618,47 @@ def test_meta_results_reused_give_the_graph_made_without_reuse(model, make_x, mo
     assert tracers[-1].reused == 0
     torch.manual_seed(0)
     assert _plain(build_graph(model().eval(), make_x("cpu"))) == g
+
+
+class GrowsItsInput(nn.Module):
+    """A registered custom layer that reshapes the tensor it is given, in place, where the
+    tracer cannot see it (inside an atomic module nothing is traced)."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(4))
+
+    def forward(self, x):
+        x.unsqueeze_(0)
+        return x[0] * self.scale.view(1, 4, 1, 1)
+
+
+class CallsGrowsItsInput(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.grow = nn.Conv2d(3, 4, 1), GrowsItsInput()
+
+    def forward(self, x):
+        y = self.conv(x) * 2
+        return self.grow(y) + 1
+
+
+def test_batched_recording_flushes_before_a_custom_layer_that_may_reshape_its_input(
+        monkeypatch):
+    from viewer.core import trace
+    from viewer.core.optypes import register_layer, unregister_layer
+
+    register_layer(GrowsItsInput, in_dims={"scale": 0}, out_dims={"scale": 0},
+                   passthrough=True)
+    try:
+        x = torch.randn(1, 3, 4, 4)
+        one_by_one = _plain(build_graph(CallsGrowsItsInput(), x))
+        mul = [n for n in one_by_one["nodes"] if n["target"] == "mul"][0]
+        assert mul["out_shapes"] == [[1, 4, 4, 4]]
+        monkeypatch.setattr(trace, "_BATCH", 100)
+        assert _plain(build_graph(CallsGrowsItsInput(), x)) == one_by_one
+        with torch.device("meta"):
+            model = CallsGrowsItsInput()
+        assert _plain(build_graph(model, x.to("meta"))) == one_by_one
+    finally:
+        unregister_layer(GrowsItsInput)

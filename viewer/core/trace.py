@@ -288,6 +288,10 @@ class _Tracer(TorchFunctionMode):
             # nothing inside an atomic module is recorded: step out of the way of its ops
             # (what torch.overrides._pop_mode_temporarily does, without a generator per call)
             self.paused.append(_pop_torch_function_stack())
+            if self.pending and self.module_type(module) is OpType.CUSTOMIZED:
+                # a user's layer may reshape its input in place, unseen: record what came
+                # before it (torch's own layers do not)
+                self.flush()
         return None
 
     def post_hook(self, module: nn.Module, args, *rest):
