@@ -90,6 +90,9 @@ class OpGroup:
             OpType.ELEMENTWISE, OpType.SPATIAL, OpType.PIXEL_SHUFFLE,
         }
     )
+    #: Virtual ops that return views of their input (a split's parts, a slice, a reshape).
+    VIEWS = frozenset({OpType.SPLIT, OpType.UNBIND, OpType.SLICE, OpType.RESHAPE,
+                       OpType.PERMUTE, OpType.EXPAND})
     #: Types whose tensors carry channels in dim 1 (N, C, ...) / in the last dim (..., C).
     CHANNEL_FIRST = frozenset({OpType.CONV, OpType.CONV_TRANSPOSE, OpType.DEPTHWISE_CONV,
                                OpType.BN, OpType.GN, OpType.IN})
