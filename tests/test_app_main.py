@@ -87,7 +87,7 @@ def test_serve_arguments_and_cmd_serve(monkeypatch):
                               "1x3x32x32", "--port", "9001", "--host", "0.0.0.0"])
     entries = main.entries_from_args(args)
     assert [e.spec for e in entries] == ["demo:vit", "demo:unet"]
-    assert entries[0].inputs == ("1x3x32x32",)
+    assert [e.inputs for e in entries] == [(), ("1x3x32x32",)]  # after a --model: its own
     seen = {}
     monkeypatch.setattr(main, "run", lambda **kw: seen.update(kw))
     assert main.cmd_serve(args) == 0
@@ -100,3 +100,12 @@ def test_the_cli_serve_command_reaches_cmd_serve(monkeypatch):
     monkeypatch.setattr(main, "run", lambda **kw: seen.update(kw))
     assert cli.main(["serve", "--model", "demo:cnn", "--port", "9002"]) == 0
     assert seen["port"] == 9002 and seen["models"][0].spec == "demo:cnn"
+
+
+def test_a_start_up_model_that_fails_is_named_in_the_error():
+    # two start-up models: the one-line error must say which of them failed
+    with pytest.raises(DepViewError) as exc:
+        main.create_app([ModelEntry("demo:cnn"), ModelEntry("demo:resnet", inputs=("1x128",))],
+                        preload=True)
+    msg = str(exc.value)
+    assert msg.startswith("demo:resnet: ") and "forward failed" in msg and "\n" not in msg

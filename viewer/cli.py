@@ -24,7 +24,8 @@ def _add_model_options(p: argparse.ArgumentParser, spec_required: bool = True) -
     p.add_argument("--weights", default=None, metavar="FILE",
                    help="state_dict to load (.safetensors, or .pt/.pth loaded weights-only)")
     p.add_argument("--device", default="cpu", choices=["cpu", "meta"])
-    p.add_argument("--seed", type=int, default=0, help="seed for weights and example inputs")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed for the weights and for inputs given as shapes")
 
 
 def _write_json(obj, dest: str) -> None:
@@ -213,12 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_serve_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", action="append", default=[], metavar="SPEC",
-                   help="add a model to the picker (repeatable)")
-    _add_model_options(p, spec_required=False)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8050)
-    p.add_argument("--debug", action="store_true")
+    from .app.args import add_serve_arguments
+
+    add_serve_arguments(p)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,8 +20,10 @@ import dash
 import dash_cytoscape as cyto
 
 import viewer
+from viewer.core.errors import DepViewError
 
 from . import callbacks
+from .args import add_serve_arguments, entries_from_args
 from .layout import page
 from .state import DEFAULT_SPEC, ModelEntry, SessionStore
 from .viewmodel import DEFAULT_MAX_VISIBLE
@@ -44,7 +46,10 @@ def create_app(models: Sequence[ModelEntry] | None = None, *, preload: bool = Fa
         default = next(iter(store.entries))
     if preload:
         for m in models or ():
-            store.base(m.spec)
+            try:
+                store.base(m.spec)
+            except DepViewError as exc:  # say which of several start-up models failed
+                raise DepViewError(f"{m.spec}: {exc}") from None
     cyto.load_extra_layouts()  # also brings cytoscape-svg, needed for SVG export
     app = dash.Dash(__name__, title="DepView", assets_folder=str(assets_folder()),
                     update_title=None)
@@ -76,37 +81,6 @@ def run(host: str = "127.0.0.1", port: int = 8050, models: Sequence[ModelEntry] 
     print(f"DepView on http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/",
           file=sys.stderr)
     app.run(host=host, port=port, debug=debug, threaded=True)
-
-
-def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``serve`` options (for a CLI that does not define its own)."""
-    parser.add_argument("--model", action="append", default=[], metavar="SPEC",
-                        help="add a model to the picker: demo:NAME, package.module:attr or "
-                             "path/file.py:attr (repeatable)")
-    parser.add_argument("--input", action="append", default=[], metavar="SHAPE[:DTYPE]",
-                        help="example input shape for the --model specs (repeatable)")
-    parser.add_argument("--kwargs", default="", metavar="JSON",
-                        help="keyword arguments for the --model factories")
-    parser.add_argument("--weights", default=None, metavar="FILE",
-                        help="state_dict for the --model specs (.safetensors or weights-only .pt)")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "meta"],
-                        help="meta: build the --model specs without weights (huge models)")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8050)
-    parser.add_argument("--debug", action="store_true")
-
-
-def entries_from_args(args: argparse.Namespace) -> list[ModelEntry]:
-    """``--model`` specs (with the shared --input/--kwargs/--weights) as picker entries."""
-    inputs = tuple(getattr(args, "input", None) or ())
-    kwargs = getattr(args, "kwargs", "") or ""
-    weights = getattr(args, "weights", None)
-    device = getattr(args, "device", None) or "cpu"
-    specs = list(dict.fromkeys(getattr(args, "model", None) or ()))
-    if getattr(args, "spec", None):
-        specs.insert(0, args.spec)
-    return [ModelEntry(s, inputs=inputs, kwargs=kwargs, weights=weights, device=device)
-            for s in specs]
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -46,6 +46,7 @@ class ModelEntry:
     label: str = ""
     description: str = ""
     device: str = "cpu"  #: "meta": browse a model too large to hold (no weights)
+    seed: int = 0  #: seed for the weights a factory initialises and the example inputs
 
     @property
     def title(self) -> str:
@@ -227,7 +228,7 @@ class SessionStore:
 
             lm = load_model(entry.spec, inputs=list(entry.inputs) or None,
                             kwargs=entry.kwargs or None, weights=entry.weights,
-                            device=entry.device)
+                            device=entry.device, seed=entry.seed)
             stage = make_stage(lm.model, lm.inputs, lm.output_layers)
             base = Base(spec, stage, lm.inputs, list(lm.output_layers), dict(lm.source),
                         entry.description or lm.description)

@@ -1,0 +1,83 @@
+"""Serve options: model options after a --model belong to it, before any --model to all."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+
+from viewer.app.args import add_serve_arguments, entries_from_args
+from viewer.app.state import ModelEntry, SessionStore
+from viewer.core.errors import DepViewError
+
+
+def _entries(argv: list[str]) -> list[ModelEntry]:
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    return entries_from_args(parser.parse_args(argv))
+
+
+def test_options_after_a_model_apply_to_that_model_only():
+    # a user's model with its input shape next to a demo that knows its own inputs
+    e = _entries(["--model", "net.py:Net", "--input", "1x128:int64", "--input", "1x128:bool",
+                  "--kwargs", '{"w": 2}', "--seed", "3", "--model", "demo:resnet",
+                  "--model", "demo:llama", "--device", "meta", "--weights", "w.safetensors"])
+    assert [x.spec for x in e] == ["net.py:Net", "demo:resnet", "demo:llama"]
+    net, resnet, llama = e
+    assert net.inputs == ("1x128:int64", "1x128:bool") and net.kwargs == '{"w": 2}'
+    assert net.seed == 3 and net.device == "cpu" and net.weights is None
+    assert resnet == ModelEntry("demo:resnet")  # nothing of the others leaked into it
+    assert llama.device == "meta" and llama.weights == "w.safetensors" and llama.inputs == ()
+
+
+def test_options_before_the_first_model_are_shared_and_can_be_overridden():
+    e = _entries(["--input", "1x3x32x32", "--seed", "5", "--model", "a.py:A",
+                  "--model", "b.py:B", "--input", "1x3x64x64", "--seed", "6"])
+    assert [(x.inputs, x.seed) for x in e] == [(("1x3x32x32",), 5), (("1x3x64x64",), 6)]
+    # no --model at all: the shared options are kept for a spec given another way
+    ns = argparse.Namespace(model=["demo:vit"], input=["1x3x16x16"], kwargs="",
+                            weights=None, device="cpu")  # a Namespace built by hand
+    assert entries_from_args(ns)[0].inputs == ("1x3x16x16",)
+
+
+def test_a_spec_given_twice():
+    assert len(_entries(["--model", "demo:cnn", "--model", "demo:cnn"])) == 1
+    with pytest.raises(DepViewError, match="given twice with different options"):
+        _entries(["--model", "demo:cnn", "--model", "demo:cnn", "--seed", "1"])
+
+
+def test_bad_option_values_are_refused_by_the_parser(capsys):
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    for argv in (["--model", "demo:cnn", "--device", "cuda"], ["--seed", "x"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(argv)
+        assert "invalid" in capsys.readouterr().err
+
+
+def test_the_seed_reaches_the_weights_and_the_given_inputs():
+    def built(seed, inputs=()):
+        store = SessionStore([ModelEntry("demo:cnn", inputs=inputs, seed=seed)])
+        base = store.base("demo:cnn")
+        return base.inputs, dict(base.stage.model.state_dict())
+
+    (x0, w0), (_, w0b), (x1, w1) = built(0), built(0), built(1)
+    assert all(torch.equal(w0[k], w0b[k]) for k in w0)
+    assert any(not torch.equal(w0[k], w1[k]) for k in w0 if w0[k].is_floating_point())
+    # a demo keeps its own example inputs; inputs given as shapes are drawn from the seed
+    assert all(torch.equal(a, b) for a, b in zip(x0, x1, strict=True))
+    (s0, _), (s1, _) = built(0, ("1x3x32x32",)), built(1, ("1x3x32x32",))
+    assert not torch.equal(s0[0], s1[0])
+
+
+def test_the_cli_serve_command_uses_the_same_options(monkeypatch):
+    from viewer import cli
+    from viewer.app import main
+
+    seen = {}
+    monkeypatch.setattr(main, "run", lambda **kw: seen.update(kw))
+    assert cli.main(["serve", "--model", "net.py:Net", "--input", "1x8", "--model",
+                     "demo:cnn"]) == 0
+    assert [(m.spec, m.inputs) for m in seen["models"]] == [("net.py:Net", ("1x8",)),
+                                                            ("demo:cnn", ())]

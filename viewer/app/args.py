@@ -1,0 +1,89 @@
+"""Command-line options of ``serve``: which models the picker offers, and how to build each.
+
+Model options (``--input``, ``--kwargs``, ``--weights``, ``--device``, ``--seed``) given after a
+``--model`` belong to that model; given before the first ``--model``, they apply to every
+model that does not set its own. So one server can offer models with different inputs::
+
+    python -m viewer --model net.py:Net --input 1x3x64x64 --model demo:resnet   # resnet: its own
+
+This module imports neither Dash nor torch: the CLI builds its parser from it cheaply.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from viewer.core.errors import DepViewError
+
+#: model options and their defaults, before any --model
+MODEL_OPTIONS = {"input": [], "kwargs": "", "weights": None, "device": "cpu", "seed": 0}
+
+
+class _ModelAction(argparse.Action):
+    """``--model SPEC``: starts a new model; later model options attach to it."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        specs = list(getattr(namespace, "model", None) or [])
+        namespace.model = [*specs, value]
+        per = list(getattr(namespace, "per_model", None) or [])
+        namespace.per_model = [*per, {}]
+
+
+class _ModelOption(argparse.Action):
+    """A model option: the last ``--model``'s own if there is one, else the shared default.
+    ``--input`` repeats (a model with several inputs); the others take their last value."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        per = getattr(namespace, "per_model", None)
+        repeat = self.dest == "input"
+        if per:
+            own = per[-1]
+            own[self.dest] = [*own.get(self.dest, []), value] if repeat else value
+        else:
+            setattr(namespace, self.dest,
+                    [*(getattr(namespace, self.dest, None) or []), value] if repeat else value)
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``serve`` options: ``--model`` (repeatable) with its model options, host, port."""
+    parser.add_argument("--model", action=_ModelAction, default=[], metavar="SPEC",
+                        help="add a model to the picker: demo:NAME, package.module:attr or "
+                             "path/file.py:attr (repeatable). Model options after it apply to "
+                             "it alone; before the first --model, to every model")
+    parser.set_defaults(per_model=[])
+    parser.add_argument("--input", action=_ModelOption, default=[], metavar="SHAPE[:DTYPE]",
+                        help="example input shape, e.g. 1x3x224x224 or 1x16:int64 (repeat for "
+                             "several inputs); demos know their own")
+    parser.add_argument("--kwargs", action=_ModelOption, default="", metavar="JSON",
+                        help="keyword arguments for the model's factory")
+    parser.add_argument("--weights", action=_ModelOption, default=None, metavar="FILE",
+                        help="state_dict to load (.safetensors, or .pt/.pth loaded weights-only)")
+    parser.add_argument("--device", action=_ModelOption, default="cpu", choices=["cpu", "meta"],
+                        help="meta: build the model without weights (huge models)")
+    parser.add_argument("--seed", action=_ModelOption, type=int, default=0,
+                        help="seed for the weights and for inputs given as shapes")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8050)
+    parser.add_argument("--debug", action="store_true")
+
+
+def entries_from_args(args: argparse.Namespace) -> list:
+    """The ``--model`` specs as picker entries, each with its own model options (falling back
+    to the shared ones). A spec given twice with different options is an error."""
+    from .state import ModelEntry
+
+    shared = {k: getattr(args, k, None) or default for k, default in MODEL_OPTIONS.items()}
+    specs = list(getattr(args, "model", None) or ())
+    per = list(getattr(args, "per_model", None) or [{} for _ in specs])
+    if getattr(args, "spec", None):
+        specs.insert(0, args.spec)
+        per.insert(0, {})
+    entries: dict[str, ModelEntry] = {}
+    for spec, own in zip(specs, per, strict=True):
+        o = {**shared, **own}
+        entry = ModelEntry(spec, inputs=tuple(o["input"]), kwargs=o["kwargs"],
+                           weights=o["weights"], device=o["device"], seed=int(o["seed"]))
+        if entries.setdefault(spec, entry) != entry:
+            raise DepViewError(f"--model {spec} is given twice with different options; "
+                               "give it once")
+    return list(entries.values())
