@@ -126,3 +126,47 @@ def test_verification_text():
     assert cb.verification_text(v) == ("forward ok, output shapes kept, masked equivalence ok "
                                        "(max |Δ| 1e-08)")
     assert cb.verification_text(None) == "not verified"
+
+
+def _upload(tensors: dict) -> str:
+    import base64
+
+    from safetensors.torch import save
+
+    return "data:application/octet-stream;base64," + base64.b64encode(save(tensors)).decode()
+
+
+def test_a_taylor_batch_upload_scores_the_plan_and_is_checked_first(store):
+    import torch
+
+    taylor = {**SETTINGS, "importance": "taylor"}
+    session = store.session("sid")
+    assert "example inputs" in cb.batch_info(store, "sid")
+    plain = cb.make_plan(session, taylor)
+    assert plain.settings["batch"] == "example inputs"
+    g = torch.Generator().manual_seed(1)
+    text = cb.load_batch(store, "sid", _upload({"0": torch.randn(6, 3, 32, 32, generator=g)}),
+                         "real.safetensors")
+    assert "real.safetensors 0: 6x3x32x32" in text and "real.safetensors" in \
+        cb.batch_info(store, "sid")
+    scored = cb.make_plan(session, taylor)
+    assert scored.settings["batch"] == [[6, 3, 32, 32]] and scored.scores != plain.scores
+    # bad uploads: one line each, and the batch in use stays
+    bad = [(_upload({"0": torch.randn(2, 5)}), "x.safetensors", "does not fit the model"),
+           (_upload({"0": torch.randn(2, 5)}), "x.pt", "as a .safetensors file"),
+           ("data:;base64," + "bm90IHNhZmV0ZW5zb3Jz", "y.safetensors", "not a valid safetensors"),
+           (_upload({"0": torch.randn(1), "x": torch.randn(1)}), "z.safetensors", "mixes")]
+    for contents, name, msg in bad:
+        with pytest.raises(DepViewError, match=msg) as info:
+            cb.load_batch(store, "sid", contents, name)
+        assert "\n" not in str(info.value)
+        assert session.batch_label.startswith("real.safetensors")
+    cb.clear_batch(store, "sid")
+    assert cb.make_plan(session, taylor).scores == plain.scores
+    cb.load_batch(store, "sid", _upload({"0": torch.randn(6, 3, 32, 32, generator=g)}),
+                  "real.safetensors")
+    # the batch survives a pruning round (same inputs) and goes with a new model
+    cb.apply_round(store, "sid", taylor)
+    assert session.batch is not None and session.stage.plan.settings["batch"] == [[6, 3, 32, 32]]
+    load_entry(store, "sid", "demo:cnn")
+    assert session.batch is None and "example inputs" in cb.batch_info(store, "sid")

@@ -209,3 +209,32 @@ def test_apply_then_download_gives_a_checkpoint_load_pruned_reloads(dash_duo, tm
     dash_duo.wait_for_contains_text(f"#{ids.MESSAGE}", "Loaded", timeout=TIMEOUT)
     dash_duo.wait_for_contains_text(f"#{ids.MODEL_INFO}", "uploaded", timeout=TIMEOUT)
     dash_duo.wait_for_contains_text(f"#{ids.HISTORY}", "uploaded export", timeout=TIMEOUT)
+
+
+def test_a_taylor_batch_is_uploaded_and_used_by_the_preview(dash_duo, tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    good, bad = tmp_path / "real.safetensors", tmp_path / "bad.safetensors"
+    save_file({"0": torch.randn(4, 3, 32, 32)}, str(good))
+    save_file({"0": torch.randn(2, 7)}, str(bad))
+    _start(dash_duo, create_app([ModelEntry("demo:cnn")]))
+    _wait_graph(dash_duo, "features.0")
+    row = dash_duo.find_element(f"#{ids.BATCH_ROW}")
+    assert not row.is_displayed()  # only for the Taylor importance
+    dash_duo.select_dcc_dropdown(f"#{ids.IMPORTANCE}", value="Taylor (1st order)")
+    _until(dash_duo, lambda d: row.is_displayed(), "the batch controls never showed")
+    dash_duo.wait_for_contains_text(f"#{ids.BATCH_INFO}", "example inputs", timeout=TIMEOUT)
+    upload = dash_duo.find_element(f"#{ids.BATCH_UPLOAD} input[type=file]")
+    upload.send_keys(str(bad))
+    dash_duo.wait_for_contains_text(f"#{ids.MESSAGE}", "does not fit the model",
+                                    timeout=TIMEOUT)
+    upload.send_keys(str(good))
+    dash_duo.wait_for_contains_text(f"#{ids.MESSAGE}", "Taylor scores now come from",
+                                    timeout=TIMEOUT)
+    dash_duo.wait_for_contains_text(f"#{ids.BATCH_INFO}", "real.safetensors 0: 4x3x32x32",
+                                    timeout=TIMEOUT)
+    dash_duo.find_element(f"#{ids.PREVIEW}").click()
+    dash_duo.wait_for_contains_text(f"#{ids.PREVIEW_PARAMS}", "→", timeout=TIMEOUT)
+    dash_duo.find_element(f"#{ids.BATCH_CLEAR}").click()
+    dash_duo.wait_for_contains_text(f"#{ids.BATCH_INFO}", "example inputs", timeout=TIMEOUT)

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 
 def cli(*args, check=True):
@@ -56,6 +57,10 @@ def test_groups_prune_check(tmp_path):
     (["groups", "demo:cnn", "--ignore", "nosuch:in", "--json", "-"], "names no layer"),
     (["prune", "demo:cnn", "--ratio", "0.5", "--override", "99=0.2", "--out", "x"],
      "override names no group: 99"),
+    (["prune", "demo:cnn", "--ratio", "0.5", "--batch", "b.pt", "--out", "x"],
+     "--batch feeds the Taylor importance"),
+    (["prune", "demo:cnn", "--ratio", "0.5", "--importance", "taylor", "--batch", "none.pt",
+      "--out", "x"], "batch file not found"),
 ])
 def test_bad_input_is_one_line_exit_2(args, msg):
     res = cli(*args, check=False)
@@ -63,6 +68,33 @@ def test_bad_input_is_one_line_exit_2(args, msg):
     assert msg in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
     assert "Traceback" not in res.stderr
+
+
+def test_taylor_scores_come_from_the_batch_file(tmp_path):
+    from safetensors.torch import save_file
+
+    def kept(batch=None):
+        out = tmp_path / f"out{len(list(tmp_path.iterdir()))}"
+        extra = ["--batch", str(batch)] if batch else []
+        cli("prune", "demo:cnn", "--ratio", "0.5", "--importance", "taylor", *extra,
+            "--out", str(out))
+        plan = json.loads((out / "plan.json").read_text())
+        return plan["tensors"], plan["rounds"][0]["plan"]["settings"]["batch"]
+
+    g = torch.Generator().manual_seed(0)
+    save_file({"0": torch.randn(8, 3, 32, 32, generator=g)}, str(tmp_path / "a.safetensors"))
+    save_file({"0": torch.randn(8, 3, 32, 32, generator=g) * 4 + 2},
+              str(tmp_path / "b.safetensors"))
+    t0, s0 = kept()
+    ta, sa = kept(tmp_path / "a.safetensors")
+    tb, sb = kept(tmp_path / "b.safetensors")
+    assert s0 == "example inputs" and sa == sb == [[8, 3, 32, 32]]
+    assert len({json.dumps(t, sort_keys=True) for t in (t0, ta, tb)}) == 3  # different scores
+    save_file({"0": torch.randn(2, 5)}, str(tmp_path / "bad.safetensors"))
+    res = cli("prune", "demo:cnn", "--ratio", "0.5", "--importance", "taylor", "--batch",
+              str(tmp_path / "bad.safetensors"), "--out", str(tmp_path / "x"), check=False)
+    assert res.returncode == 2 and "Taylor importance" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
 
 
 def test_unexpected_errors_are_one_line_too(tmp_path):

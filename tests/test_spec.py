@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from viewer.core.errors import DepViewError
-from viewer.core.spec import load_model, parse_input, read_state_dict
+from viewer.core.spec import load_model, parse_input, read_batch, read_state_dict
 
 
 def test_parse_input():
@@ -79,6 +79,36 @@ def test_pickles_are_never_unpickled(tmp_path):
     with pytest.raises(DepViewError, match="do not fit"):
         torch.save({"nope": torch.zeros(1)}, tmp_path / "x.pt")
         load_model("demo:cnn", weights=str(tmp_path / "x.pt"))
+
+
+def test_a_batch_file_is_read_as_positional_or_named_inputs_without_pickle(tmp_path):
+    from safetensors.torch import save_file
+
+    a, b = torch.randn(4, 3), torch.arange(4)
+    save_file({"1": b, "0": a}, str(tmp_path / "pos.safetensors"))
+    got = read_batch(tmp_path / "pos.safetensors")
+    assert isinstance(got, tuple) and torch.equal(got[0], a) and torch.equal(got[1], b)
+    save_file({"input_ids": b}, str(tmp_path / "named.safetensors"))
+    got = read_batch(tmp_path / "named.safetensors")
+    assert list(got) == ["input_ids"] and torch.equal(got["input_ids"], b)
+    torch.save(a, tmp_path / "one.pt")
+    torch.save([a, b], tmp_path / "list.pt")
+    assert torch.equal(read_batch(tmp_path / "one.pt")[0], a)
+    assert [t.shape for t in read_batch(tmp_path / "list.pt")] == [a.shape, b.shape]
+    bad = {"gap.safetensors": ({"0": a, "2": b}, "must be named 0, 1"),
+           "mixed.safetensors": ({"0": a, "mask": b}, "mixes positional"),
+           "text.pt": ("hello", "does not hold a batch")}
+    for name, (obj, msg) in bad.items():
+        f = tmp_path / name
+        save_file(obj, str(f)) if name.endswith(".safetensors") else torch.save(obj, f)
+        with pytest.raises(DepViewError, match=msg):
+            read_batch(f)
+    with pytest.raises(DepViewError, match="batch file not found"):
+        read_batch(tmp_path / "nope.pt")
+    with open(tmp_path / "evil.pt", "wb") as fh:
+        pickle.dump([Evil()], fh)
+    with pytest.raises(DepViewError, match="weights-only"):
+        read_batch(tmp_path / "evil.pt")
 
 
 def test_meta_device_build():

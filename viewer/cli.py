@@ -95,8 +95,15 @@ def cmd_prune(args) -> int:
             overrides[int(gid)] = float(r)
         except ValueError:
             raise DepViewError(f"bad --override {item!r}: use GROUP_ID=RATIO") from None
+    batch = None
+    if args.batch:
+        from .core.spec import read_batch
+
+        if args.importance != "taylor":
+            raise DepViewError("--batch feeds the Taylor importance: add --importance taylor")
+        batch = read_batch(args.batch)
     plan = pruner.plan(args.ratio, args.importance, global_=args.global_, round_to=args.round_to,
-                       ignore=args.ignore, overrides=overrides, seed=args.seed)
+                       ignore=args.ignore, overrides=overrides, seed=args.seed, batch=batch)
     pruned = pruner.apply(plan)
     verification = pruner.verify(pruned, plan)
     if not verification.get("forward"):
@@ -195,6 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--round-to", type=int, default=1, metavar="N",
                    help="keep a multiple of N units per group")
     p.add_argument("--override", action="append", default=[], metavar="GROUP_ID=RATIO")
+    p.add_argument("--batch", default=None, metavar="FILE",
+                   help="inputs for --importance taylor (.safetensors, or a weights-only .pt): "
+                        "keys 0, 1, ... are positional inputs, other keys keyword inputs; "
+                        "the example inputs are used without it")
     p.add_argument("--out", required=True, metavar="DIR")
     p.set_defaults(func=cmd_prune)
 

@@ -119,6 +119,16 @@ def prune_card() -> html.Section:
                        options=[{"label": "uniform per group", "value": "uniform"},
                                 {"label": "global ranking", "value": "global"}]),
     ], className="controls")
+    batch = html.Div([
+        dcc.Upload(id=ids.BATCH_UPLOAD, accept=".safetensors", max_size=1 << 30,
+                   className="batch-upload", children=html.Button(
+                       "Taylor batch (.safetensors)", className="btn small",
+                       title="inputs to score units on: tensors named 0, 1, ... (positional) "
+                             "or by argument name")),
+        _button("example inputs", ids.BATCH_CLEAR, "score on the example inputs again",
+                "btn small"),
+        html.Div(id=ids.BATCH_INFO, className="hint"),
+    ], id=ids.BATCH_ROW, className="batch-row", style={"display": "none"})
     buttons = html.Div([
         _button("Preview", ids.PREVIEW, "compute the plan and its effect (model untouched)",
                 "btn primary"),
@@ -140,6 +150,7 @@ def prune_card() -> html.Section:
     return html.Section([
         html.H2("Prune"),
         controls,
+        batch,
         html.Div(id=ids.PLAN_INFO, className="plan-info"),
         buttons,
         dcc.Loading(html.Div([numbers] + figs, id=ids.PREVIEW_PANEL), type="dot",

@@ -119,6 +119,8 @@ class Session:
     preview: dict | None = None
     overrides: dict[int, float] = field(default_factory=dict)
     ignore: set[str] = field(default_factory=set)  #: "name:out" / "name:in"
+    batch: object | None = None  #: uploaded inputs for the Taylor importance (None: examples)
+    batch_label: str = ""
 
     @property
     def stage(self) -> Stage:

@@ -234,6 +234,8 @@ class Pruner:
         settings = {"ratio": ratio, "importance": importance, "global": global_,
                     "round_to": round_to, "ignore": sorted(f"{a}:{b}" for a, b in ignore_set),
                     "overrides": {str(k): v for k, v in overrides.items()}, "seed": seed}
+        if importance == "taylor":  # which inputs the scores came from
+            settings["batch"] = "example inputs" if batch is None else _shapes(batch)
         if validate:
             self.validate_groups()
         prunable = [g for g in self.groups if not self.reason(g, ignore_set)]
@@ -650,6 +652,15 @@ def count(model: nn.Module, inputs) -> dict:
     return {"params": int(params), "macs": int(counter.get_total_flops() // 2)}
 
 
+def _shapes(inputs) -> list | dict:
+    """Input shapes, to record which batch a plan was scored on."""
+    if isinstance(inputs, torch.Tensor):
+        inputs = (inputs,)
+    if isinstance(inputs, dict):
+        return {k: list(getattr(v, "shape", ())) for k, v in inputs.items()}
+    return [list(getattr(v, "shape", ())) for v in inputs]
+
+
 def taylor_grads(model: nn.Module, inputs) -> dict[str, torch.Tensor]:
     """Gradients of a surrogate loss (mean of squared outputs) for first-order Taylor scores.
 
@@ -658,10 +669,19 @@ def taylor_grads(model: nn.Module, inputs) -> dict[str, torch.Tensor]:
     m.zero_grad(set_to_none=True)
     if isinstance(inputs, torch.Tensor):
         inputs = (inputs,)
-    with torch.enable_grad():
-        out = m(*inputs) if not isinstance(inputs, dict) else m(**inputs)
-        loss = sum(t.float().pow(2).mean() for _, t in flatten(out) if t.is_floating_point())
-        loss.backward()
+    try:
+        with torch.enable_grad():
+            out = m(*inputs) if not isinstance(inputs, dict) else m(**inputs)
+            loss = sum(t.float().pow(2).mean() for _, t in flatten(out) if t.is_floating_point())
+            if not isinstance(loss, torch.Tensor) or not loss.requires_grad:
+                raise DepViewError("the model's outputs have no gradient to score units with")
+            loss.backward()
+    except DepViewError:
+        raise
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise DepViewError(f"Taylor importance: the model's forward and backward on the batch "
+                           f"failed: {type(exc).__name__}: {first}") from exc
     return {k: p.grad.detach() for k, p in m.named_parameters() if p.grad is not None}
 
 

@@ -206,11 +206,12 @@ def locate_spec(spec: str, candidates: list[str | Path]) -> str:
     raise DepViewError(f"model file not found: {target} (looked in {', '.join(looked)})")
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors from a ``.safetensors`` file or a weights-only ``.pt``/``.pth`` (never pickle)."""
+def _read_tensors(path: str | Path, what: str):
+    """What a ``.safetensors`` file (a dict) or a weights-only ``.pt``/``.pth`` holds; never
+    pickle. ``what`` names the file in errors ("weights", "batch")."""
     path = Path(path)
     if not path.is_file():
-        raise DepViewError(f"weights file not found: {path}")
+        raise DepViewError(f"{what} file not found: {path}")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -219,17 +220,65 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         except Exception as exc:
             raise DepViewError(f"{path} is not a valid safetensors file: {exc}") from exc
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [""])[0]
         raise DepViewError(f"{path} is not a weights-only checkpoint (no pickled code is "
                            f"loaded): {first[:200]}") from exc
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors from a ``.safetensors`` file or a weights-only ``.pt``/``.pth`` (never pickle)."""
+    obj = _read_tensors(path, "weights")
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise DepViewError(f"{path} does not hold a state_dict of tensors")
     return obj
+
+
+def read_batch(path: str | Path) -> tuple[torch.Tensor, ...] | dict[str, torch.Tensor]:
+    """A batch of model inputs (for the Taylor importance), never unpickled.
+
+    A ``.safetensors`` file or a dict in a ``.pt`` file whose keys are ``0``, ``1``, ... gives
+    positional inputs; keys that are names (``input_ids``, ``attention_mask``) give keyword
+    inputs. A ``.pt`` file may also hold one tensor or a list of tensors (positional).
+    """
+    return batch_from(_read_tensors(path, "batch"), str(path))
+
+
+def batch_from_safetensors(data: bytes, name: str = "the batch") -> tuple | dict:
+    """:func:`read_batch` for the bytes of a ``.safetensors`` file (an upload)."""
+    from safetensors.torch import load
+
+    try:
+        obj = load(data)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise DepViewError(f"{name} is not a valid safetensors file: {first}") from exc
+    return batch_from(obj, name)
+
+
+def batch_from(obj, name: str) -> tuple[torch.Tensor, ...] | dict[str, torch.Tensor]:
+    """Model inputs from loaded tensors: see :func:`read_batch`."""
+    if isinstance(obj, torch.Tensor):
+        return (obj,)
+    if isinstance(obj, (list, tuple)) and obj and all(isinstance(t, torch.Tensor) for t in obj):
+        return tuple(obj)
+    if not isinstance(obj, dict) or not obj or \
+            not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+        raise DepViewError(f"{name} does not hold a batch: save a tensor, a list of tensors "
+                           "or a dict of named tensors")
+    if all(k.isdigit() for k in obj):
+        order = sorted(obj, key=int)
+        if [int(k) for k in order] != list(range(len(order))):
+            raise DepViewError(f"{name}: positional inputs must be named 0, 1, ..., got "
+                               f"{', '.join(order)}")
+        return tuple(obj[k] for k in order)
+    if any(k.isdigit() for k in obj):
+        raise DepViewError(f"{name} mixes positional (0, 1, ...) and named inputs; use one kind")
+    return dict(obj)
 
 
 def load_weights(model: nn.Module, path: str | Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 
 from dash import html
@@ -9,6 +10,8 @@ from dash import html
 from viewer.core.errors import DepViewError
 
 log = logging.getLogger("viewer.app")
+
+MAX_UPLOAD = 1 << 30  #: bytes of an upload (an export zip, a batch)
 
 
 def error_text(exc: BaseException) -> str:
@@ -46,3 +49,17 @@ def change(before: float, after: float) -> str:
     """``"25.56M → 13.01M (−49.1%)"``."""
     pct = (after - before) / before * 100 if before else 0.0
     return f"{fmt_count(before)} → {fmt_count(after)} ({pct:+.1f}%)".replace("-", "−")
+
+
+def decode_upload(contents: str) -> bytes:
+    """The bytes of a ``dcc.Upload`` (a base64 data URL), at most ``MAX_UPLOAD``."""
+    _, _, b64 = (contents or "").partition(",")
+    try:
+        data = base64.b64decode(b64, validate=False)
+    except ValueError as exc:
+        raise DepViewError("the upload could not be decoded") from exc
+    if not data:
+        raise DepViewError("the upload is empty")
+    if len(data) > MAX_UPLOAD:
+        raise DepViewError(f"the upload is larger than {MAX_UPLOAD >> 20} MB")
+    return data

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import uuid
@@ -14,9 +13,7 @@ from viewer.core.errors import DepViewError
 
 from .. import ids
 from ..state import Base, Session, SessionStore, make_stage
-from .common import error_message, fmt_count, message
-
-MAX_UPLOAD = 1 << 30  #: bytes of an uploaded zip
+from .common import decode_upload, error_message, fmt_count, message
 
 
 def _fresh(session: Session, base: Base) -> None:
@@ -27,6 +24,7 @@ def _fresh(session: Session, base: Base) -> None:
     session.overrides.clear()
     session.ignore.clear()
     session.reset_pruning_inputs()
+    session.batch, session.batch_label = None, ""  # a batch fits the model it was given for
 
 
 def load_entry(store: SessionStore, sid: str, spec: str) -> str:
@@ -44,19 +42,6 @@ def load_entry(store: SessionStore, sid: str, spec: str) -> str:
             "This model is on the meta device, without weights: its graph and groups are "
             "real; previews use the 'random' importance; checkpoints need --device cpu.")]))
     return note
-
-
-def _decode(contents: str) -> bytes:
-    _, _, b64 = (contents or "").partition(",")
-    try:
-        data = base64.b64decode(b64, validate=False)
-    except ValueError as exc:
-        raise DepViewError("the upload could not be decoded") from exc
-    if not data:
-        raise DepViewError("the upload is empty")
-    if len(data) > MAX_UPLOAD:
-        raise DepViewError(f"the upload is larger than {MAX_UPLOAD >> 20} MB")
-    return data
 
 
 def peek_source(data: bytes) -> dict:
@@ -81,7 +66,7 @@ def peek_source(data: bytes) -> dict:
 def load_upload(store: SessionStore, sid: str, contents: str, filename: str | None) -> str:
     """Load an uploaded export zip (plan.json + model.safetensors; never pickle). The model
     it was pruned from must be one this server offers: nothing else is ever imported."""
-    data = _decode(contents)
+    data = decode_upload(contents)
     source = peek_source(data)
     if not store.allowed_source(source):
         raise DepViewError(

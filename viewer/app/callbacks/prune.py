@@ -18,7 +18,7 @@ from viewer.core.prune import IMPORTANCE, Plan
 
 from .. import charts, ids, styles
 from ..state import Session, SessionStore, make_stage
-from .common import change, error_message, fmt_count, message
+from .common import change, decode_upload, error_message, fmt_count, message
 from .inspect import inspect
 from .model import graph_rev
 
@@ -54,7 +54,52 @@ def make_plan(session: Session, settings: dict) -> Plan:
     return session.stage.pruner.plan(
         settings["ratio"], settings["importance"], global_=settings["global_"],
         round_to=settings["round_to"], ignore=sorted(session.ignore),
-        overrides=dict(session.overrides))
+        overrides=dict(session.overrides), batch=session.batch)
+
+
+def load_batch(store: SessionStore, sid: str, contents: str, filename: str | None) -> str:
+    """Keep an uploaded ``.safetensors`` batch for the Taylor importance, after checking that
+    the current model runs on it. A batch that does not fit leaves the previous one in use."""
+    from viewer.core.prune import run
+    from viewer.core.spec import batch_from_safetensors
+
+    name = filename or "the upload"
+    if not name.endswith(".safetensors"):
+        raise DepViewError(f"{name}: upload the batch as a .safetensors file (tensors named "
+                           "0, 1, ... for positional inputs, or by argument name)")
+    batch = batch_from_safetensors(decode_upload(contents), name)
+    session = store.session(sid)
+    with session.lock:
+        model = session.stage.model
+        if any(p.device.type == "meta" for p in model.parameters()):
+            raise DepViewError("the Taylor importance needs real weights; this model is on the "
+                               "meta device")
+        try:
+            run(model, batch)
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise DepViewError(f"{name} does not fit the model: {type(exc).__name__}: "
+                               f"{first}") from None
+        session.batch, session.batch_label = batch, f"{name} {_shapes_text(batch)}"
+        return f"Taylor scores now come from {session.batch_label}; Preview to use it."
+
+
+def _shapes_text(batch) -> str:
+    items = batch.items() if isinstance(batch, dict) else enumerate(batch)
+    return ", ".join(f"{k}: {'x'.join(map(str, t.shape))}" for k, t in items)
+
+
+def clear_batch(store: SessionStore, sid: str) -> None:
+    """Taylor scores from the example inputs again."""
+    session = store.session(sid)
+    with session.lock:
+        session.batch, session.batch_label = None, ""
+
+
+def batch_info(store: SessionStore, sid: str) -> str:
+    session = store.session(sid)
+    return f"scored on {session.batch_label}" if session.batch is not None else \
+        "scored on the example inputs (upload a batch of real data for meaningful scores)"
 
 
 def run_preview(store: SessionStore, sid: str, settings: dict) -> dict:
@@ -290,6 +335,39 @@ def register(app, store: SessionStore) -> None:
         chart = charts.mount(ids.WIDTH_CHART, charts.width_figure(pv["layers"]),
                              charts.WIDTH_HINT)
         return params, macs, extra, chart, rev, note
+
+    @app.callback(
+        Output(ids.BATCH_ROW, "style"),
+        Input(ids.IMPORTANCE, "value"),
+    )
+    def on_importance(importance):
+        return {"display": "flex" if importance == "taylor" else "none"}
+
+    @app.callback(
+        Output(ids.BATCH_INFO, "children"),
+        Output(ids.BATCH_UPLOAD, "contents"),
+        Output(ids.MESSAGE, "children", allow_duplicate=True),
+        Input(ids.BATCH_UPLOAD, "contents"),
+        Input(ids.BATCH_CLEAR, "n_clicks"),
+        Input(ids.GRAPH_REV, "data"),
+        State(ids.BATCH_UPLOAD, "filename"),
+        State(ids.SESSION, "data"),
+        prevent_initial_call=True,
+    )
+    def on_batch(contents, _clear, _rev, filename, sid):
+        trig = ctx.triggered_id
+        if trig == ids.BATCH_UPLOAD and not contents:
+            return no_update, no_update, no_update  # the reset below
+        note = no_update
+        try:
+            if trig == ids.BATCH_UPLOAD:
+                note = message(load_batch(store, sid, contents, filename), "ok")
+            elif trig == ids.BATCH_CLEAR:
+                clear_batch(store, sid)
+            # cleared, so that uploading the same file again is seen
+            return batch_info(store, sid), None, note
+        except Exception as exc:
+            return no_update, None, error_message(exc)
 
     @app.callback(
         Output(ids.STYLE_PREVIEW, "data"),
