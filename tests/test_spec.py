@@ -81,6 +81,19 @@ def test_pickles_are_never_unpickled(tmp_path):
         load_model("demo:cnn", weights=str(tmp_path / "x.pt"))
 
 
+def test_weights_files_are_recognised_by_their_content(tmp_path):
+    from safetensors.torch import save_file
+
+    sd = load_model("demo:cnn", seed=1).model.state_dict()
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "named.pt"))
+    got = read_state_dict(tmp_path / "named.pt")  # a safetensors file under another name
+    assert all(torch.equal(got[k], v) for k, v in sd.items())
+    (tmp_path / "notes.pt").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    with pytest.raises(DepViewError, match="neither a .safetensors file nor a file written by "
+                                           "torch.save"):
+        read_state_dict(tmp_path / "notes.pt")
+
+
 def test_a_batch_file_is_read_as_positional_or_named_inputs_without_pickle(tmp_path):
     from safetensors.torch import save_file
 

@@ -212,13 +212,20 @@ def _read_tensors(path: str | Path, what: str):
     path = Path(path)
     if not path.is_file():
         raise DepViewError(f"{what} file not found: {path}")
-    if path.suffix == ".safetensors":
+    with path.open("rb") as fh:
+        head = fh.read(9)
+    # recognised by content, not only by name: safetensors starts with an 8-byte header
+    # length and then JSON; torch.save writes a zip ("PK"), older versions a pickle (0x80)
+    if path.suffix == ".safetensors" or head[8:9] == b"{":
         from safetensors.torch import load_file
 
         try:
             return load_file(str(path))
         except Exception as exc:
             raise DepViewError(f"{path} is not a valid safetensors file: {exc}") from exc
+    if not (head.startswith(b"PK") or head.startswith(b"\x80")):
+        raise DepViewError(f"{path} is neither a .safetensors file nor a file written by "
+                           "torch.save")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
