@@ -13,6 +13,7 @@ sys.meta_path.insert(0, Block())
 import viewer, viewer.core, viewer.core.export, viewer.core.prune, viewer.cli
 lm = viewer.load_model('demo:cnn')
 g = viewer.build_graph(lm.model, lm.inputs)
+viewer.cli.build_parser().parse_args(['serve', '--model', 'demo:cnn'])  # serve options too
 assert not any(m.startswith('dash') for m in sys.modules), [m for m in sys.modules if 'dash' in m]
 print('ok', len(g.nodes))
 """

@@ -6,7 +6,7 @@ model that does not set its own. So one server can offer models with different i
 
     python -m viewer --model net.py:Net --input 1x3x64x64 --model demo:resnet   # resnet: its own
 
-This module imports neither Dash nor torch: the CLI builds its parser from it cheaply.
+This module does not import Dash: the CLI builds its parser from it without loading the app.
 """
 
 from __future__ import annotations
