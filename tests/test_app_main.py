@@ -109,3 +109,8 @@ def test_a_start_up_model_that_fails_is_named_in_the_error():
                         preload=True)
     msg = str(exc.value)
     assert msg.startswith("demo:resnet: ") and "forward failed" in msg and "\n" not in msg
+    assert msg.endswith("(model options written after a --model apply to it alone)")
+    with pytest.raises(DepViewError) as exc:  # the message names the spec already: once
+        main.create_app([ModelEntry("torch.nn:Identity")], preload=True)
+    assert str(exc.value).startswith("torch.nn:Identity needs example inputs")
+    assert "after a --model" not in str(exc.value)  # one model: no hint about several

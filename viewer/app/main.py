@@ -49,7 +49,10 @@ def create_app(models: Sequence[ModelEntry] | None = None, *, preload: bool = Fa
             try:
                 store.base(m.spec)
             except DepViewError as exc:  # say which of several start-up models failed
-                raise DepViewError(f"{m.spec}: {exc}") from None
+                msg = str(exc) if str(exc).startswith(m.spec) else f"{m.spec}: {exc}"
+                if len(models) > 1:
+                    msg += " (model options written after a --model apply to it alone)"
+                raise DepViewError(msg) from None
     cyto.load_extra_layouts()  # also brings cytoscape-svg, needed for SVG export
     app = dash.Dash(__name__, title="DepView", assets_folder=str(assets_folder()),
                     update_title=None)
