@@ -81,3 +81,17 @@ def test_the_cli_serve_command_uses_the_same_options(monkeypatch):
                      "demo:cnn"]) == 0
     assert [(m.spec, m.inputs) for m in seen["models"]] == [("net.py:Net", ("1x8",)),
                                                             ("demo:cnn", ())]
+
+
+def test_a_bare_spec_opens_that_model(monkeypatch, capsys):
+    from viewer import cli
+    from viewer.app import main
+
+    seen = {}
+    monkeypatch.setattr(main, "run", lambda **kw: seen.update(kw))
+    assert cli.main(["net.py:Net", "--input", "1x8", "--port", "9003"]) == 0
+    assert [(m.spec, m.inputs) for m in seen["models"]] == [("net.py:Net", ("1x8",))]
+    assert seen["port"] == 9003
+    with pytest.raises(SystemExit):  # a mistyped command is still an error, not a model
+        cli.main(["prun", "demo:cnn"])
+    assert "invalid choice: 'prun'" in capsys.readouterr().err

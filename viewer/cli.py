@@ -169,6 +169,9 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see '{self.prog} --help')\n")
 
 
+COMMANDS = ("graph", "groups", "prune", "check", "demos", "serve")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="python -m viewer",
@@ -235,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         argv = ["serve", *argv]  # bare `python -m viewer` starts the app
+    elif ":" in argv[0] and argv[0] not in COMMANDS:
+        argv = ["serve", "--model", *argv]  # `python -m viewer demo:vit` opens that model
     args = parser.parse_args(argv)
     try:
         return args.func(args)

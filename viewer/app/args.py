@@ -75,9 +75,6 @@ def entries_from_args(args: argparse.Namespace) -> list:
     shared = {k: getattr(args, k, None) or default for k, default in MODEL_OPTIONS.items()}
     specs = list(getattr(args, "model", None) or ())
     per = list(getattr(args, "per_model", None) or [{} for _ in specs])
-    if getattr(args, "spec", None):
-        specs.insert(0, args.spec)
-        per.insert(0, {})
     entries: dict[str, ModelEntry] = {}
     for spec, own in zip(specs, per, strict=True):
         o = {**shared, **own}
