@@ -475,3 +475,48 @@ def test_a_minus_one_that_swallows_the_pruned_channels_is_caught():
     g = next(grp for grp in p.groups if grp.root == "q")
     assert "a size the group does not own moved" in p.reason(g)
     assert "[1, 7, 4, 8] instead of [1, 8, 4, 8]" in p.reason(g)
+
+
+class WithLoss(torch.nn.Module):
+    """Returns its own loss when given labels, like a Hugging Face model."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(6, 4)
+
+    def forward(self, x, labels=None):
+        logits = self.fc(x)
+        out = {"logits": logits}
+        if labels is not None:
+            out["loss"] = torch.nn.functional.cross_entropy(logits, labels)
+        return out
+
+
+def test_taylor_uses_the_models_own_loss_when_it_returns_one():
+    from viewer.core.prune import taylor_grads
+
+    torch.manual_seed(0)
+    m = WithLoss()
+    x, y = torch.randn(5, 6), torch.tensor([0, 1, 2, 3, 0])
+    ref = torch.autograd.grad(torch.nn.functional.cross_entropy(m.fc(x), y), m.fc.weight)[0]
+    got = taylor_grads(m, {"x": x, "labels": y})
+    assert torch.allclose(got["fc.weight"], ref)
+    # without labels: the surrogate, the mean of the squared outputs
+    sur = torch.autograd.grad(m.fc(x).pow(2).mean(), m.fc.weight)[0]
+    assert torch.allclose(taylor_grads(m, {"x": x})["fc.weight"], sur)
+    assert m.fc.weight.grad is None  # the model itself never ran a backward
+
+
+def test_taylor_with_labels_on_a_hugging_face_model():
+    transformers = pytest.importorskip("transformers")
+    from viewer.core.prune import taylor_grads
+
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                  intermediate_size=64, vocab_size=50, num_labels=3)
+    m = transformers.BertForSequenceClassification(cfg).eval()
+    ids, labels = torch.randint(0, 50, (4, 8)), torch.tensor([0, 1, 2, 1])
+    loss = m(input_ids=ids, labels=labels).loss
+    ref = torch.autograd.grad(loss, m.classifier.weight)[0]
+    got = taylor_grads(m, {"input_ids": ids, "labels": labels})
+    assert torch.allclose(got["classifier.weight"], ref, atol=1e-6)

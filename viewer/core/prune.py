@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import math
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -661,8 +662,18 @@ def _shapes(inputs) -> list | dict:
     return [list(getattr(v, "shape", ())) for v in inputs]
 
 
+def _own_loss(out) -> torch.Tensor | None:
+    """A scalar ``loss`` the model returned (attribute or key), if it has a gradient."""
+    loss = out.get("loss") if isinstance(out, Mapping) else getattr(out, "loss", None)
+    if isinstance(loss, torch.Tensor) and loss.ndim == 0 and loss.requires_grad:
+        return loss
+    return None
+
+
 def taylor_grads(model: nn.Module, inputs) -> dict[str, torch.Tensor]:
-    """Gradients of a surrogate loss (mean of squared outputs) for first-order Taylor scores.
+    """Gradients of a loss for first-order Taylor scores: the model's own ``loss`` output
+    when it returns one (a Hugging Face model given ``labels``), else a surrogate, the mean
+    of the squared outputs.
 
     The model itself is not changed (a copy runs the backward pass)."""
     m = copy.deepcopy(model)
@@ -672,7 +683,10 @@ def taylor_grads(model: nn.Module, inputs) -> dict[str, torch.Tensor]:
     try:
         with torch.enable_grad():
             out = m(*inputs) if not isinstance(inputs, dict) else m(**inputs)
-            loss = sum(t.float().pow(2).mean() for _, t in flatten(out) if t.is_floating_point())
+            loss = _own_loss(out)
+            if loss is None:
+                loss = sum(t.float().pow(2).mean() for _, t in flatten(out)
+                           if t.is_floating_point())
             if not isinstance(loss, torch.Tensor) or not loss.requires_grad:
                 raise DepViewError("the model's outputs have no gradient to score units with")
             loss.backward()
