@@ -127,7 +127,8 @@ def prune_card() -> html.Section:
                              "or by argument name")),
         _button("example inputs", ids.BATCH_CLEAR, "score on the example inputs again",
                 "btn small"),
-        html.Div(id=ids.BATCH_INFO, className="hint"),
+        dcc.Loading(html.Div(id=ids.BATCH_INFO, className="hint"), type="dot",
+                    delay_show=250, parent_className="batch-info-box"),  # a forward runs
     ], id=ids.BATCH_ROW, className="batch-row", style={"display": "none"})
     buttons = html.Div([
         _button("Preview", ids.PREVIEW, "compute the plan and its effect (model untouched)",
