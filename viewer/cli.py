@@ -111,9 +111,17 @@ def cmd_prune(args) -> int:
     out = export_dir(pruner, plan, pruned, args.out, lm.source, verification)
     report = json.loads((out / "report.json").read_text())
     p, m = report["params"], report["macs"]
+    why = ""
+    if not plan.removed:  # say why, on the same line: scripts read one line
+        if args.ratio == 0 and not overrides:
+            why = " (ratio 0)"
+        else:
+            first = next(iter(plan.skipped.values()), "")
+            why = (f" (nothing could be pruned: {len(plan.skipped)} group(s) left alone"
+                   + (f"; the first: {first}" if first else "") + ")")
     print(f"pruned {report['units_removed']} units in {report['groups_pruned']} groups: "
           f"params {p['before']:,} -> {p['after']:,}, MACs {m['before']:,} -> {m['after']:,}"
-          f" -> {out}")
+          f" -> {out}{why}")
     return 0
 
 
