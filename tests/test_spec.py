@@ -106,6 +106,8 @@ def test_a_batch_file_is_read_as_positional_or_named_inputs_without_pickle(tmp_p
     assert list(got) == ["input_ids"] and torch.equal(got["input_ids"], b)
     torch.save(a, tmp_path / "one.pt")
     torch.save([a, b], tmp_path / "list.pt")
+    torch.save({1: b, 0: a}, tmp_path / "intkeys.pt")
+    assert [t.shape for t in read_batch(tmp_path / "intkeys.pt")] == [a.shape, b.shape]
     assert torch.equal(read_batch(tmp_path / "one.pt")[0], a)
     assert [t.shape for t in read_batch(tmp_path / "list.pt")] == [a.shape, b.shape]
     bad = {"gap.safetensors": ({"0": a, "2": b}, "must be named 0, 1"),

@@ -216,14 +216,15 @@ def _read_tensors(path: str | Path, what: str):
         head = fh.read(9)
     # recognised by content, not only by name: safetensors starts with an 8-byte header
     # length and then JSON; torch.save writes a zip ("PK"), older versions a pickle (0x80)
-    if path.suffix == ".safetensors" or head[8:9] == b"{":
+    torch_saved = head.startswith(b"PK") or head.startswith(b"\x80")
+    if path.suffix == ".safetensors" or not torch_saved and head[8:9] == b"{":
         from safetensors.torch import load_file
 
         try:
             return load_file(str(path))
         except Exception as exc:
             raise DepViewError(f"{path} is not a valid safetensors file: {exc}") from exc
-    if not (head.startswith(b"PK") or head.startswith(b"\x80")):
+    if not torch_saved:
         raise DepViewError(f"{path} is neither a .safetensors file nor a file written by "
                            "torch.save")
     try:
@@ -273,6 +274,8 @@ def batch_from(obj, name: str) -> tuple[torch.Tensor, ...] | dict[str, torch.Ten
         return (obj,)
     if isinstance(obj, (list, tuple)) and obj and all(isinstance(t, torch.Tensor) for t in obj):
         return tuple(obj)
+    if isinstance(obj, dict) and all(isinstance(k, int) and k >= 0 for k in obj):
+        obj = {str(k): v for k, v in obj.items()}  # torch.save({0: x, 1: y})
     if not isinstance(obj, dict) or not obj or \
             not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
         raise DepViewError(f"{name} does not hold a batch: save a tensor, a list of tensors "
