@@ -1,3 +1,4 @@
+import copy
 import json
 
 import numpy as np
@@ -7,6 +8,7 @@ from conftest import ALL_DEMOS, CNN_DEMOS
 
 from viewer.core.errors import DepViewError
 from viewer.core.prune import IMPORTANCE, Plan, Pruner, parse_ignore
+from viewer.core.spec import load_model
 
 
 def _exact_only(p, plan):
@@ -520,3 +522,32 @@ def test_taylor_with_labels_on_a_hugging_face_model():
     ref = torch.autograd.grad(loss, m.classifier.weight)[0]
     got = taylor_grads(m, {"input_ids": ids, "labels": labels})
     assert torch.allclose(got["classifier.weight"], ref, atol=1e-6)
+
+
+def test_taylor_scores_are_reused_until_the_batch_or_a_weight_changes(monkeypatch):
+    import viewer.core.prune as P
+
+    lm = load_model("demo:cnn")
+    p = P.Pruner(lm.model, lm.inputs)
+    calls = []
+    real = P.taylor_grads
+    monkeypatch.setattr(P, "taylor_grads", lambda m, x: calls.append(1) or real(m, x))
+    batch = (torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)),)
+    a = p.plan(0.5, "taylor", batch=batch)
+    b = p.plan(0.3, "taylor", batch=batch, global_=True)  # other settings: same scores
+    assert len(calls) == 1 and a.scores == b.scores
+    p.plan(0.5, "taylor")  # the example inputs: another batch
+    assert len(calls) == 2
+    batch[0].mul_(3).add_(1)  # the same object, changed in place
+    c = p.plan(0.5, "taylor", batch=batch)
+    assert len(calls) == 3 and c.scores != a.scores
+    model = copy.deepcopy(lm.model)  # a weight changed in place (the Pruner's own copy)
+    q = P.Pruner(model, lm.inputs, graph=p.graph)
+    d1 = q.plan(0.5, "taylor", batch=batch)
+    with torch.no_grad():
+        model.features[0].weight.mul_(-2)
+    d2 = q.plan(0.5, "taylor", batch=batch)
+    assert len(calls) == 5 and d1.scores != d2.scores
+    # and a cached plan equals a fresh Pruner's plan
+    fresh = P.Pruner(lm.model, lm.inputs, graph=p.graph).plan(0.5, "taylor", batch=batch)
+    assert fresh.scores == p.plan(0.5, "taylor", batch=batch).scores

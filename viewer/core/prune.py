@@ -127,6 +127,9 @@ class Pruner:
         self._validated: dict[int, str] = {}
         self._sets: dict[int, list[SizeAttr]] = {}  # group id -> attributes it must update
         self._before: dict | None = None
+        # Taylor scores of the last batch: ((its tensors, their versions, the weights'
+        # versions), {id(group): (group, scores)})
+        self._taylor: tuple[tuple, dict[int, tuple[Group, np.ndarray]]] | None = None
 
     # -- cuts -----------------------------------------------------------------------------
     def cuts(self, group: Group, units) -> list[Cut]:
@@ -229,9 +232,6 @@ class Pruner:
                 raise DepViewError(f"override ratio for group {gid} must be in [0, 1), got {r}")
         ignore_set = parse_ignore(ignore) if not isinstance(ignore, set) else ignore
         self.check_names(ignore_set, overrides)
-        grads = None
-        if importance == "taylor":
-            grads = taylor_grads(self.model, self.inputs if batch is None else batch)
         settings = {"ratio": ratio, "importance": importance, "global": global_,
                     "round_to": round_to, "ignore": sorted(f"{a}:{b}" for a, b in ignore_set),
                     "overrides": {str(k): v for k, v in overrides.items()}, "seed": seed}
@@ -242,7 +242,10 @@ class Pruner:
         prunable = [g for g in self.groups if not self.reason(g, ignore_set)]
         skipped = {g.id: self.reason(g, ignore_set) for g in self.groups
                    if self.reason(g, ignore_set)}
-        scores = {g.id: self.importance(g, importance, seed, grads) for g in prunable}
+        if importance == "taylor":
+            scores = self._taylor_scores(prunable, batch)
+        else:
+            scores = {g.id: self.importance(g, importance, seed) for g in prunable}
         n_remove: dict[int, int] = {}
         if global_:
             pool = []
@@ -272,6 +275,32 @@ class Pruner:
                 removed[g.id] = sorted(int(u) for u in order[:k])
         return Plan(removed, settings, {k: [float(x) for x in v] for k, v in scores.items()},
                     skipped)
+
+    def _taylor_scores(self, groups: list[Group], batch) -> dict[int, np.ndarray]:
+        """Taylor scores of ``groups`` on ``batch`` (None: the example inputs). The gradients
+        take a forward and a backward pass on a copy of the model, so the scores are kept
+        until the batch (or a weight) changes: tensors' in-place version counters are part of
+        the key, so a batch changed in place is not mistaken for the old one."""
+        inputs = self.inputs if batch is None else batch
+        tensors = inputs.values() if isinstance(inputs, dict) else inputs
+        if isinstance(inputs, torch.Tensor):
+            tensors = (inputs,)
+        held = tuple(t for t in tensors if isinstance(t, torch.Tensor))
+        key = (held, tuple(t._version for t in held),
+               tuple(p._version for p in self.model.parameters()))
+        old = self._taylor[0] if self._taylor is not None else None
+        # the key holds the tensors themselves: compared by identity, and kept alive so that
+        # another batch can never reuse their ids
+        if old is None or len(old[0]) != len(held) or \
+                any(a is not b for a, b in zip(old[0], held, strict=True)) or old[1:] != key[1:]:
+            self._taylor = (key, {})
+        cache = self._taylor[1]  # this call's own dict, even if another thread replaces it
+        missing = [g for g in groups if id(g) not in cache or cache[id(g)][0] is not g]
+        if missing:
+            grads = taylor_grads(self.model, inputs)
+            for g in missing:
+                cache[id(g)] = (g, self.importance(g, "taylor", grads=grads))
+        return {g.id: cache[id(g)][1] for g in groups}
 
     def check_names(self, ignore: set[tuple[str, str]], overrides: dict[int, float]) -> None:
         """An ignore or override that names nothing would silently do nothing: refuse it."""
