@@ -120,6 +120,18 @@ def test_group_scores_follow_the_preview_plan(store):
     assert cb.group_scores(store, "sid", {"gid": None}, SETTINGS)[0] is None
 
 
+def test_taylor_scores_show_on_click_before_a_preview(store):
+    session = store.session("sid")
+    pruner = session.stage.pruner
+    gid = next(g.id for g in pruner.groups if g.root == "layer1.0.conv1")
+    sel = {"kind": "op", "name": "layer1.0.conv1", "gid": gid}
+    taylor = {**SETTINGS, "importance": "taylor"}
+    scores, removed, title = cb.group_scores(store, "sid", sel, taylor)
+    assert len(scores) == 16 and len(removed) == 8 and "taylor importance" in title
+    # the same scores the plan will use (the pruner kept them)
+    assert list(scores) == cb.make_plan(session, taylor).scores[gid]
+
+
 def test_verification_text():
     v = {"forward": True, "shapes_kept": True,
          "masked_equivalence": {"ok": True, "max_abs_diff": 1e-8}}
@@ -170,3 +182,15 @@ def test_a_taylor_batch_upload_scores_the_plan_and_is_checked_first(store):
     assert session.batch is not None and session.stage.plan.settings["batch"] == [[6, 3, 32, 32]]
     load_entry(store, "sid", "demo:cnn")
     assert session.batch is None and "example inputs" in cb.batch_info(store, "sid")
+
+
+def test_taylor_scores_on_a_model_without_weights_say_why():
+    from viewer.app.state import ModelEntry
+
+    s = SessionStore([ModelEntry("demo:cnn", device="meta")])
+    load_entry(s, "m", "demo:cnn")
+    pruner = s.session("m").stage.pruner
+    g = next(g for g in pruner.groups if g.root == "features.0")
+    scores, removed, title = cb.group_scores(s, "m", {"kind": "op", "gid": g.id},
+                                             {**SETTINGS, "importance": "taylor"})
+    assert scores is None and removed == [] and "meta device" in title

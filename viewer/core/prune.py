@@ -243,7 +243,7 @@ class Pruner:
         skipped = {g.id: self.reason(g, ignore_set) for g in self.groups
                    if self.reason(g, ignore_set)}
         if importance == "taylor":
-            scores = self._taylor_scores(prunable, batch)
+            scores = self.taylor_scores(prunable, batch)
         else:
             scores = {g.id: self.importance(g, importance, seed) for g in prunable}
         n_remove: dict[int, int] = {}
@@ -276,7 +276,7 @@ class Pruner:
         return Plan(removed, settings, {k: [float(x) for x in v] for k, v in scores.items()},
                     skipped)
 
-    def _taylor_scores(self, groups: list[Group], batch) -> dict[int, np.ndarray]:
+    def taylor_scores(self, groups: list[Group], batch=None) -> dict[int, np.ndarray]:
         """Taylor scores of ``groups`` on ``batch`` (None: the example inputs). The gradients
         take a forward and a backward pass on a copy of the model, so the scores are kept
         until the batch (or a weight) changes: tensors' in-place version counters are part of

@@ -269,11 +269,13 @@ def group_scores(store: SessionStore, sid: str, selection: dict | None,
             crit = plan.settings.get("importance", "")
         elif settings is None:
             return None, [], "fix the prune settings to see scores"
-        elif settings["importance"] == "taylor":
-            return None, [], "run a preview to see Taylor scores"
         else:
             crit = settings["importance"]
-            scores = pruner.importance(group, crit)
+            try:  # Taylor: a forward and backward once per batch, then kept by the pruner
+                scores = pruner.taylor_scores([group], session.batch)[gid] \
+                    if crit == "taylor" else pruner.importance(group, crit)
+            except DepViewError as exc:
+                return None, [], str(exc)
             k = int(math.floor(group.n_units * session.overrides.get(gid, settings["ratio"])))
             removed = np.argsort(scores, kind="stable")[:k].tolist()
             if pruner.reason(group, {tuple(x.rsplit(":", 1)) for x in session.ignore}):
