@@ -257,31 +257,34 @@ def group_scores(store: SessionStore, sid: str, selection: dict | None,
     when there is one, else computed now with the current criterion and ratio."""
     gid = (selection or {}).get("gid")
     session = store.session(sid)
-    with session.lock:
+    with session.lock:  # what the scores depend on; they are computed after, unlocked
         pruner = session.stage.pruner
         group = next((g for g in pruner.groups if g.id == gid), None)
-        if group is None:
-            return None, [], ""
-        plan = session.preview_plan
-        if plan is not None and gid in plan.scores:
-            scores = np.asarray(plan.scores[gid])
-            removed = list(plan.removed.get(gid, []))
-            crit = plan.settings.get("importance", "")
-        elif settings is None:
-            return None, [], "fix the prune settings to see scores"
-        else:
-            crit = settings["importance"]
-            try:  # Taylor: a forward and backward once per batch, then kept by the pruner
-                scores = pruner.taylor_scores([group], session.batch)[gid] \
-                    if crit == "taylor" else pruner.importance(group, crit)
-            except DepViewError as exc:
-                return None, [], str(exc)
-            k = int(math.floor(group.n_units * session.overrides.get(gid, settings["ratio"])))
-            removed = np.argsort(scores, kind="stable")[:k].tolist()
-            if pruner.reason(group, {tuple(x.rsplit(":", 1)) for x in session.ignore}):
-                removed = []
-        return scores, removed, (f"group #{gid}: {crit} importance, {len(removed)} of "
-                                 f"{len(scores)} units cut")
+        plan, batch = session.preview_plan, session.batch
+        ratio = session.overrides.get(gid, settings["ratio"]) if settings else 0.0
+        ignore = {tuple(x.rsplit(":", 1)) for x in session.ignore}
+    if group is None:
+        return None, [], ""
+    if plan is not None and gid in plan.scores:
+        scores = np.asarray(plan.scores[gid])
+        removed = list(plan.removed.get(gid, []))
+        crit = plan.settings.get("importance", "")
+    elif settings is None:
+        return None, [], "fix the prune settings to see scores"
+    else:
+        crit = settings["importance"]
+        try:  # Taylor: a forward and backward once per batch (not holding the session), then
+            # kept by the pruner, which stages share read-only
+            scores = pruner.taylor_scores([group], batch)[gid] \
+                if crit == "taylor" else pruner.importance(group, crit)
+        except DepViewError as exc:
+            return None, [], str(exc)
+        k = int(math.floor(group.n_units * ratio))
+        removed = np.argsort(scores, kind="stable")[:k].tolist()
+        if pruner.reason(group, ignore):
+            removed = []
+    return scores, removed, (f"group #{gid}: {crit} importance, {len(removed)} of "
+                             f"{len(scores)} units cut")
 
 
 def preview_rules(store: SessionStore, sid: str) -> list[dict]:
