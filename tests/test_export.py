@@ -220,3 +220,13 @@ def test_plan_attrs_set_only_public_scalar_attributes(demo_pruner, tmp_path, att
     (out / "plan.json").write_text(json.dumps(doc))
     with pytest.raises(DepViewError, match="not a public scalar attribute"):
         load_pruned(out)
+
+
+def test_the_package_exports_the_pruning_api():
+    # `viewer.load_pruned(path)` is the documented entry point (no pickle, bit-exact)
+    import viewer
+    from viewer.core import export, groups, prune
+
+    assert viewer.load_pruned is export.load_pruned and viewer.export_dir is export.export_dir
+    assert viewer.Pruner is prune.Pruner and viewer.all_groups is groups.all_groups
+    assert set(viewer.__all__) <= set(dir(viewer))

@@ -1,0 +1,23 @@
+"""The README's Python example runs as written (in a scratch directory)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_the_python_example_runs(tmp_path, monkeypatch, capsys):
+    text = README.read_text()
+    section = text[text.index("## Python"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert "viewer.load_pruned" in code
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - our own documentation
+    model, pruned = scope["model"], scope["pruned"]
+    assert (tmp_path / "out" / "plan.json").is_file()
+    sd, ref = model.state_dict(), pruned.state_dict()
+    assert sd.keys() == ref.keys() and all((sd[k] == ref[k]).all() for k in sd)
+    assert "prunable" in capsys.readouterr().out
