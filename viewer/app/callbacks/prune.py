@@ -70,18 +70,20 @@ def load_batch(store: SessionStore, sid: str, contents: str, filename: str | Non
     batch = batch_from_safetensors(decode_upload(contents), name)
     session = store.session(sid)
     with session.lock:
-        model = session.stage.model
-        if any(p.device.type == "meta" for p in model.parameters()):
-            raise DepViewError("the Taylor importance needs real weights; this model is on the "
-                               "meta device")
-        try:
-            run(model, batch)
-        except Exception as exc:
-            first = (str(exc).strip().splitlines() or [""])[0][:200]
-            raise DepViewError(f"{name} does not fit the model: {type(exc).__name__}: "
-                               f"{first}") from None
-        session.batch, session.batch_label = batch, f"{name} {_shapes_text(batch)}"
-        return f"Taylor scores now come from {session.batch_label}; Preview to use it."
+        model = session.stage.model  # read-only: the forward below need not hold the session
+    if any(p.device.type == "meta" for p in model.parameters()):
+        raise DepViewError("the Taylor importance needs real weights; this model is on the "
+                           "meta device")
+    try:
+        run(model, batch)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise DepViewError(f"{name} does not fit the model: {type(exc).__name__}: "
+                           f"{first}") from None
+    label = f"{name} {_shapes_text(batch)}"
+    with session.lock:
+        session.batch, session.batch_label = batch, label
+    return f"Taylor scores now come from {label}; Preview to use it."
 
 
 def _shapes_text(batch) -> str:
