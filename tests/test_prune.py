@@ -524,14 +524,21 @@ def test_taylor_with_labels_on_a_hugging_face_model():
     assert torch.allclose(got["classifier.weight"], ref, atol=1e-6)
 
 
-def test_taylor_scores_are_reused_until_the_batch_or_a_weight_changes(monkeypatch):
+def _counting_taylor(monkeypatch):
+    """demo:cnn, a fresh Pruner for it, and a list that grows by one per gradient pass."""
     import viewer.core.prune as P
 
     lm = load_model("demo:cnn")
-    p = P.Pruner(lm.model, lm.inputs)
-    calls = []
+    calls: list[int] = []
     real = P.taylor_grads
     monkeypatch.setattr(P, "taylor_grads", lambda m, x: calls.append(1) or real(m, x))
+    return lm, P.Pruner(lm.model, lm.inputs), calls
+
+
+def test_taylor_scores_are_reused_until_the_batch_or_a_weight_changes(monkeypatch):
+    import viewer.core.prune as P
+
+    lm, p, calls = _counting_taylor(monkeypatch)
     batch = (torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)),)
     a = p.plan(0.5, "taylor", batch=batch)
     b = p.plan(0.3, "taylor", batch=batch, global_=True)  # other settings: same scores
@@ -551,3 +558,10 @@ def test_taylor_scores_are_reused_until_the_batch_or_a_weight_changes(monkeypatc
     # and a cached plan equals a fresh Pruner's plan
     fresh = P.Pruner(lm.model, lm.inputs, graph=p.graph).plan(0.5, "taylor", batch=batch)
     assert fresh.scores == p.plan(0.5, "taylor", batch=batch).scores
+
+
+def test_taylor_importance_of_one_group_shares_the_kept_scores(monkeypatch):
+    _, p, calls = _counting_taylor(monkeypatch)
+    plan = p.plan(0.5, "taylor")  # the example inputs
+    g = next(g for g in p.groups if g.id in plan.scores)
+    assert list(p.importance(g, "taylor")) == plan.scores[g.id] and len(calls) == 1

@@ -12,20 +12,13 @@ import os
 import sys
 from pathlib import Path
 
+from .app.args import add_model_options, add_serve_arguments
 from .core.errors import DepViewError
 
 
-def _add_model_options(p: argparse.ArgumentParser, spec_required: bool = True) -> None:
-    if spec_required:
-        p.add_argument("spec", help="demo:NAME, package.module:attr or path/file.py:attr")
-    p.add_argument("--input", action="append", default=[], metavar="SHAPE[:DTYPE]",
-                   help="example input shape, e.g. 1x3x224x224 or 1x16:int64 (repeatable)")
-    p.add_argument("--kwargs", default="", metavar="JSON", help="keyword arguments for the factory")
-    p.add_argument("--weights", default=None, metavar="FILE",
-                   help="state_dict to load (.safetensors, or .pt/.pth loaded weights-only)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "meta"])
-    p.add_argument("--seed", type=int, default=0,
-                   help="seed for the weights and for inputs given as shapes")
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", help="demo:NAME, package.module:attr or path/file.py:attr")
+    add_model_options(p)
 
 
 def _write_json(obj, dest: str) -> None:
@@ -230,15 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demos)
 
     p = sub.add_parser("serve", help="start the browser app (the default command)")
-    _add_serve_options(p)
+    add_serve_arguments(p)
     p.set_defaults(func=cmd_serve)
     return parser
-
-
-def _add_serve_options(p: argparse.ArgumentParser) -> None:
-    from .app.args import add_serve_arguments
-
-    add_serve_arguments(p)
 
 
 def main(argv: list[str] | None = None) -> int:

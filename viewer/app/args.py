@@ -44,6 +44,26 @@ class _ModelOption(argparse.Action):
                     [*(getattr(namespace, self.dest, None) or []), value] if repeat else value)
 
 
+def add_model_options(parser: argparse.ArgumentParser, per_model: bool = False) -> None:
+    """``--input``/``--kwargs``/``--weights``/``--device``/``--seed``, with the defaults of
+    :data:`MODEL_OPTIONS`. ``per_model`` (serve): each attaches to the last ``--model``."""
+    one = {"action": _ModelOption} if per_model else {}
+    many = {"action": _ModelOption} if per_model else {"action": "append"}
+    d = MODEL_OPTIONS
+    parser.add_argument("--input", default=list(d["input"]), metavar="SHAPE[:DTYPE]",
+                        help="example input shape, e.g. 1x3x224x224 or 1x16:int64 (repeat for "
+                             "several inputs); demos know their own", **many)
+    parser.add_argument("--kwargs", default=d["kwargs"], metavar="JSON",
+                        help="keyword arguments for the model's factory", **one)
+    parser.add_argument("--weights", default=d["weights"], metavar="FILE",
+                        help="state_dict to load (.safetensors, or .pt/.pth loaded weights-only)",
+                        **one)
+    parser.add_argument("--device", default=d["device"], choices=["cpu", "meta"],
+                        help="meta: build the model without weights (huge models)", **one)
+    parser.add_argument("--seed", type=int, default=d["seed"],
+                        help="seed for the weights and for inputs given as shapes", **one)
+
+
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``serve`` options: ``--model`` (repeatable) with its model options, host, port."""
     parser.add_argument("--model", action=_ModelAction, default=[], metavar="SPEC",
@@ -51,17 +71,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                              "path/file.py:attr (repeatable). Model options after it apply to "
                              "it alone; before the first --model, to every model")
     parser.set_defaults(per_model=[])
-    parser.add_argument("--input", action=_ModelOption, default=[], metavar="SHAPE[:DTYPE]",
-                        help="example input shape, e.g. 1x3x224x224 or 1x16:int64 (repeat for "
-                             "several inputs); demos know their own")
-    parser.add_argument("--kwargs", action=_ModelOption, default="", metavar="JSON",
-                        help="keyword arguments for the model's factory")
-    parser.add_argument("--weights", action=_ModelOption, default=None, metavar="FILE",
-                        help="state_dict to load (.safetensors, or .pt/.pth loaded weights-only)")
-    parser.add_argument("--device", action=_ModelOption, default="cpu", choices=["cpu", "meta"],
-                        help="meta: build the model without weights (huge models)")
-    parser.add_argument("--seed", action=_ModelOption, type=int, default=0,
-                        help="seed for the weights and for inputs given as shapes")
+    add_model_options(parser, per_model=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8050)
     parser.add_argument("--debug", action="store_true")

@@ -179,15 +179,12 @@ class Pruner:
         n = group.n_units
         if criterion == "random":
             return np.random.default_rng(seed * 100003 + group.id).random(n)
-        if not _real(self.model):
-            raise DepViewError(f"importance {criterion!r} reads weights, and this model is on "
-                               "the meta device (no values): use 'random' to preview it, or "
-                               "load it on cpu")
+        self._needs_weights(criterion)
+        if criterion == "taylor" and grads is None:  # the gradients of the example inputs
+            return self.taylor_scores([group])[group.id]
         table = _tensor_lookup(self.model)
         scores = np.zeros(n)
         bn_only = criterion == "bn"
-        if criterion == "taylor" and grads is None:
-            grads = taylor_grads(self.model, self.inputs)
         for m in group.members:
             if bn_only and m.op_type not in (OpType.BN, OpType.GN, OpType.IN, OpType.LN):
                 continue
@@ -276,16 +273,20 @@ class Pruner:
         return Plan(removed, settings, {k: [float(x) for x in v] for k, v in scores.items()},
                     skipped)
 
+    def _needs_weights(self, criterion: str) -> None:
+        if not _real(self.model):
+            raise DepViewError(f"importance {criterion!r} reads weights, and this model is on "
+                               "the meta device (no values): use 'random' to preview it, or "
+                               "load it on cpu")
+
     def taylor_scores(self, groups: list[Group], batch=None) -> dict[int, np.ndarray]:
         """Taylor scores of ``groups`` on ``batch`` (None: the example inputs). The gradients
         take a forward and a backward pass on a copy of the model, so the scores are kept
         until the batch (or a weight) changes: tensors' in-place version counters are part of
         the key, so a batch changed in place is not mistaken for the old one."""
+        self._needs_weights("taylor")
         inputs = self.inputs if batch is None else batch
-        tensors = inputs.values() if isinstance(inputs, dict) else inputs
-        if isinstance(inputs, torch.Tensor):
-            tensors = (inputs,)
-        held = tuple(t for t in tensors if isinstance(t, torch.Tensor))
+        held = tuple(t for _, t in flatten(inputs))
         key = (held, tuple(t._version for t in held),
                tuple(p._version for p in self.model.parameters()))
         old = self._taylor[0] if self._taylor is not None else None

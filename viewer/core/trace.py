@@ -10,11 +10,10 @@ makes remembers the ``(node, port)`` that made it; tensors nobody made (paramete
 ``arange``) get a source node on first use, found by id afterwards. Each call is kept as it
 was made and recorded after it ran: at once on a real device, in long batches on ``meta``
 (where holding tensors costs nothing; in one tight loop recording cost about half as much, by
-hand measurement). On ``meta``
-a call identical to an earlier one (same function and arguments, inputs of the same shapes,
-strides and dtypes) gets a fresh tensor like the earlier result instead of running torch's
-meta kernel again, which is Python and costs 100-300 us: a 7B decoder's 32 layers repeat the
-same calls (views and in-place ops always run).
+hand measurement). On ``meta`` a call identical to an earlier one (same function and
+arguments, inputs of the same shapes, strides and dtypes) gets a fresh tensor like the earlier
+result instead of running torch's meta kernel again, which is Python and costs 100-300 us: a 7B
+decoder's 32 layers repeat the same calls (views and in-place ops always run).
 
     >>> g = build_graph(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU()), torch.randn(1, 3, 8, 8))
     >>> [n.op_type.name for n in g.nodes]

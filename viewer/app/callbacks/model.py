@@ -37,7 +37,7 @@ def load_entry(store: SessionStore, sid: str, spec: str) -> str:
     base = store.base(spec)
     with session.lock:
         _fresh(session, base)
-    if _weightless(base.stage.model):
+    if weightless(base.stage.model):
         note = " ".join(filter(None, [note, (
             "This model is on the meta device, without weights: its graph and groups are "
             "real; previews use the 'random' importance; checkpoints need --device cpu.")]))
@@ -103,11 +103,11 @@ def model_info(store: SessionStore, sid: str) -> list:
 def importance_for(store: SessionStore, sid: str, current: str | None) -> str | None:
     """The importance to show for the current model: 'random' when the model has no weights
     (the meta device) and another criterion is picked; None to leave the choice alone."""
-    weightless = _weightless(store.session(sid).stage.model)
-    return "random" if weightless and current != "random" else None
+    no_weights = weightless(store.session(sid).stage.model)
+    return "random" if no_weights and current != "random" else None
 
 
-def _weightless(model) -> bool:
+def weightless(model) -> bool:
     """Built on the meta device: shapes without values."""
     return any(p.device.type == "meta" for p in model.parameters())
 

@@ -20,7 +20,7 @@ from .. import charts, ids, styles
 from ..state import Session, SessionStore, make_stage
 from .common import change, decode_upload, error_message, fmt_count, message
 from .inspect import inspect
-from .model import graph_rev
+from .model import graph_rev, weightless
 
 
 def parse_settings(importance: str | None, ratio, mode: str | None, round_to) -> dict:
@@ -71,7 +71,7 @@ def load_batch(store: SessionStore, sid: str, contents: str, filename: str | Non
     session = store.session(sid)
     with session.lock:
         model = session.stage.model  # read-only: the forward below need not hold the session
-    if any(p.device.type == "meta" for p in model.parameters()):
+    if weightless(model):
         raise DepViewError("the Taylor importance needs real weights; this model is on the "
                            "meta device")
     try:
