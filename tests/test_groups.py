@@ -3,6 +3,7 @@ import pytest
 import torch
 from conftest import ALL_DEMOS
 from torch import nn
+from torch.nn import functional as F
 
 from viewer.core.groups import all_groups, dim_groups, group_of, map_reshape
 from viewer.core.trace import build_graph
@@ -463,3 +464,165 @@ def test_repeat_interleave_by_a_tensor_blocks():
 
     g = build_graph(Var(), torch.randn(2, 3))
     assert "repeats by counts DepView cannot read" in group_of(g, "a").reason
+
+
+class Experts(nn.Module):
+    """A mixture of experts written as Hugging Face writes it: fused 3-D expert weights, the
+    token rows sorted by expert and multiplied with ``F.grouped_mm``."""
+
+    def __init__(self, dim=16, hidden=32, n_experts=4, top_k=2):
+        super().__init__()
+        self.n_experts, self.top_k = n_experts, top_k
+        self.proj_in = nn.Linear(8, dim)
+        self.router = nn.Linear(dim, n_experts, bias=False)
+        self.gate_up = nn.Parameter(torch.randn(n_experts, 2 * hidden, dim) * 0.2)
+        self.down = nn.Parameter(torch.randn(n_experts, dim, hidden) * 0.2)
+        self.proj_out = nn.Linear(dim, 8)
+
+    def forward(self, x):  # x: (tokens, 8)
+        h = self.proj_in(x)
+        weights, experts = self.router(h).softmax(-1).topk(self.top_k, dim=-1)
+        order = torch.argsort(experts.reshape(-1), stable=True)
+        rows = h[order // self.top_k]
+        counts = torch.histc(experts.reshape(-1).float(), bins=self.n_experts, min=0,
+                             max=self.n_experts - 1)
+        offs = torch.cumsum(counts, 0).to(torch.int32)
+        gate, up = F.grouped_mm(rows, self.gate_up.transpose(1, 2), offs=offs).chunk(2, dim=-1)
+        y = F.grouped_mm(F.silu(gate) * up, self.down.transpose(1, 2), offs=offs)
+        y = y[torch.argsort(order)] * weights.reshape(-1, 1)
+        return self.proj_out(y.view(len(x), self.top_k, -1).sum(1) + h)
+
+
+def test_grouped_mm_experts_prune_their_width_in_16_byte_steps_and_keep_every_expert():
+    from viewer.core.prune import Pruner
+
+    torch.manual_seed(0)
+    model, x = Experts().eval(), torch.randn(6, 8)
+    p = Pruner(model, (x,))
+    hidden = group_of(p.graph, "down")  # the experts' hidden width: down's dim 2
+    assert {(m.node_name, m.side, m.dim) for m in hidden.members} == \
+        {("down", "param", 2), ("gate_up", "param", 1)}
+    assert hidden.member("gate_up").indices([3]).tolist() == [3, 35]  # gate and up halves
+    width = group_of(p.graph, "proj_in")
+    assert {(m.node_name, m.side, m.dim) for m in width.members} >= \
+        {("proj_in", "out", 1), ("router", "in", 1), ("gate_up", "param", 2),
+         ("down", "param", 1), ("proj_out", "in", 1)}
+    # float32 rows of grouped_mm must stay multiples of 16 bytes: 4 channels at a time
+    assert hidden.multiple_of == width.multiple_of == 4
+    assert not any(m.dim == 0 for g in (hidden, width) for m in g.members)  # experts stay
+    # torch's meta kernel of grouped_mm takes bf16 only: traces on meta use a stand-in, and
+    # a preview (which runs the model, not a trace) counts on real tensors
+    plan = p.plan(0.3)
+    assert {len(v) for v in plan.removed.values()} == {8, 4}  # 9.6 -> 8 of 32, 4.8 -> 4 of 16
+    fresh = Pruner(model, (x,), graph=p.graph)  # a preview before any validation
+    preview = fresh.preview(plan)
+    assert preview == p.preview(plan)
+    # FlopCounterMode has no grouped_mm formula; DepView gives it one. 12 rows (6 tokens, 2
+    # experts each) through (16 -> 64) and (32 -> 16), besides the three linears
+    assert preview["macs"]["before"] == 6 * 8 * 16 + 6 * 16 * 4 + 12 * 16 * 64 + 12 * 32 * 16 \
+        + 6 * 16 * 8
+    assert preview["macs"]["after"] == 6 * 8 * 12 + 6 * 12 * 4 + 12 * 12 * 48 + 12 * 24 * 12 \
+        + 6 * 12 * 8
+    pruned = p.apply(plan)
+    assert pruned.gate_up.shape == (4, 48, 12) and pruned.down.shape == (4, 12, 24)
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+
+
+def test_grouped_mm_blocks_its_expert_dim_and_layouts_it_does_not_model():
+    from viewer.core.groups import _search
+
+    g = build_graph(Experts().eval(), torch.randn(6, 8))
+    experts = _search(g, g.node("gate_up"), "out", 0, np.arange(4), -1)  # dim 0: the experts
+    assert "grouped_mm) has the pruned channels on the expert dim; DepView does not remove " \
+        "experts" in experts.reason
+
+    class ByColumns(nn.Module):  # (M, K) @ (K, N) split along K: one product per expert
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(6, 12)
+            self.b = nn.Parameter(torch.randn(12, 4))
+
+        def forward(self, x):
+            offs = torch.tensor([4, 8, 12], dtype=torch.int32)
+            return F.grouped_mm(self.a(x), self.b, offs=offs).sum(0)
+
+    g = build_graph(ByColumns(), torch.randn(8, 6))
+    assert "'grouped_mm' (grouped_mm) groups its operands in a way DepView does not model" in \
+        group_of(g, "a").reason
+
+
+class ReshapeAs(nn.Module):
+    """LeViT's MLPLayerWithBN: ``bn(h.flatten(0, 1)).reshape_as(h)`` takes only h's shape."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(6, 8)
+        self.bn = nn.BatchNorm1d(8)
+        self.b = nn.Linear(8, 5)
+
+    def forward(self, x):
+        h = self.a(x)
+        return self.b(self.bn(h.flatten(0, 1)).reshape_as(h))
+
+
+def test_reshape_as_reads_only_the_shape_of_its_second_operand():
+    from viewer.core.prune import Pruner
+
+    torch.manual_seed(0)
+    model, x = ReshapeAs().eval(), torch.randn(2, 3, 6)
+    model.bn.running_mean.uniform_(-1, 1)
+    p = Pruner(model, (x,))
+    a = group_of(p.graph, "a")
+    assert {(m.node_name, m.side) for m in a.members} == \
+        {("a", "out"), ("bn", "out"), ("bn", "in"), ("b", "in")} and a.prunable
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    v = p.verify(pruned, plan)
+    assert pruned.bn.num_features == 4 and v["masked_equivalence"]["ok"], v
+
+
+def test_a_rule_that_fails_leaves_one_group_unprunable_and_the_others_standing(monkeypatch):
+    from viewer.core import groups as G
+    from viewer.core.optypes import OpType
+
+    g = build_graph(ReshapeAs().eval(), torch.randn(2, 3, 6))
+    rule = G.RULES[OpType.BN]
+
+    def broken(graph, node, *args):
+        if node.name == "bn":
+            raise IndexError("index 9 is out of bounds")
+        return rule(graph, node, *args)
+
+    monkeypatch.setitem(G.RULES, OpType.BN, broken)
+    groups = all_groups(g)
+    a = next(x for x in groups if x.root == "a")
+    assert a.reason == ("DepView could not follow these channels (IndexError: index 9 is out "
+                        "of bounds)")
+    assert [(m.node_name, m.side) for m in a.members] == [("a", "out")]
+    assert next(x for x in groups if x.root == "b").reason  # the model output, as before
+
+
+def test_a_weight_picked_by_a_tensor_index_follows_the_right_dim():
+    """``w[expert]`` with a 0-d tensor drops dim 0 (the eager mixture-of-experts loop)."""
+    from viewer.core.prune import Pruner
+
+    class PickExpert(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(6, 8)
+            self.w = nn.Parameter(torch.randn(3, 5, 8))
+
+        def forward(self, x):
+            h = self.a(x)
+            expert = h.sum(0).argmax() % 3  # data picks the expert
+            return F.linear(h, self.w[expert])
+
+    torch.manual_seed(0)
+    model, x = PickExpert().eval(), torch.randn(4, 6)
+    p = Pruner(model, (x,))
+    a = group_of(p.graph, "a")
+    assert {(m.node_name, m.side, m.dim) for m in a.members} == {("a", "out", 1),
+                                                                  ("w", "param", 2)}
+    experts = group_of(p.graph, "w")  # the last dim again: the same group
+    assert experts.member("w").dim == 2

@@ -66,6 +66,55 @@ def test_slice_and_unbind_metadata():
     assert (unbind.meta.dim, unbind.meta.n) == (2, 6)
 
 
+_T = torch.tensor
+INDEXES = [  # (index, dim_map, gathered, adv_dims) on a (4, 5, 6) tensor
+    ((0, slice(None), [1, 2]), (None, 0, None), (2,), (1,)),  # the int goes first in torch
+    ((_T(1),), (None, 0, 1), (0,), ()),  # a 0-d index selects, as an int does
+    ((slice(None), _T([[0, 1], [1, 2]])), (0, None, 3), (1,), (1, 2)),  # a 2-D index: 2 dims
+    (([0, 1], slice(None), [1, 2]), (None, 1, None), (0, 2), (0,)),  # apart: its dims go first
+    ((slice(None), [0, 1], [1, 2]), (0, None, None), (1, 2), (1,)),  # adjacent: in place
+    ((None, slice(1, 3), Ellipsis, _T(2)), (1, 2, None), (2,), ()),
+    ((Ellipsis, slice(0, 4, 2)), (0, 1, 2), (), ()),
+    ((slice(None), None, 1), (0, None, 2), (), ()),
+    ((_T([True, False, True, True]),), (None, 1, 2), (0,), (0,)),  # a mask: one dim
+    ((_T(0), slice(None), _T([1, 2])), (None, 0, None), (0, 2), (1,)),
+]
+
+
+@pytest.mark.parametrize("index, dim_map, gathered, adv_dims", INDEXES)
+def test_indexing_metadata_follows_where_torch_puts_each_dim(index, dim_map, gathered,
+                                                             adv_dims):
+    class Index(nn.Module):
+        def forward(self, x):
+            return x[index]
+
+    x = torch.randn(4, 5, 6)
+    node = _only(build_graph(Index(), x), OpType.SLICE)
+    m = node.meta
+    assert (m.dim_map, m.gathered, m.adv_dims) == (dim_map, gathered, adv_dims)
+    assert m.advanced == bool(gathered)
+    # oracle: index a tensor whose values are the coordinates along dim d; along its output
+    # dim the result must run through the kept positions of d, constant along every other
+    slices = {s.dim: range(s.start, s.stop, s.step) for s in m.slices}
+    for d, od in enumerate(m.dim_map):
+        if od is None:
+            continue
+        coord = torch.arange(x.shape[d]).view(
+            [-1 if k == d else 1 for k in range(3)]).expand(x.shape)
+        y = coord[index].movedim(od, -1).reshape(-1, node.out_shapes[0][od])
+        assert (y == torch.tensor(list(slices.get(d, range(x.shape[d]))))).all()
+
+
+def test_an_index_whose_layout_is_not_modelled_blocks_instead_of_misleading():
+    class BoolScalar(nn.Module):
+        def forward(self, x):
+            return x[:, _T(True)]  # a 0-d bool adds a dim, as None does
+
+    g = build_graph(BoolScalar(), torch.randn(4, 5))
+    node = _only(g, OpType.SLICE)
+    assert not isinstance(node.meta, SliceMeta)
+
+
 class Shapes(nn.Module):
     def forward(self, x):  # (2, 12, 5)
         y = x.view(2, 3, -1, 5).permute(0, 3, 1, 2)

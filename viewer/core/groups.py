@@ -35,6 +35,7 @@ from .meta import (
     EinsumMeta,
     ElementwiseMeta,
     ExpandMeta,
+    MatmulMeta,
     PadMeta,
     PermuteMeta,
     ReshapeMeta,
@@ -147,8 +148,11 @@ class _Ctx:
     def block(self, reason: str) -> None:
         self.search.reasons.append(reason)
 
-    def multiple_of(self, n: int) -> None:
+    def multiple_of(self, n: int, why: str) -> None:
+        """Units go in multiples of ``n``; ``why`` says so in words."""
         self.search.multiple = math.lcm(self.search.multiple, int(n))
+        if why not in self.search.multiple_why:
+            self.search.multiple_why.append(why)
 
     def inexact(self, note: str) -> None:
         self.search.stats_notes.append(note)
@@ -479,12 +483,12 @@ def _slice_rule(g, node, side, port, dim, units, pos, ctx):
                 return []
             return [Flow("out", 0, od, units[m], (pos[m] - s.start) // s.step)]
         return [Flow("out", 0, od, units, pos)]
+    if dim in meta.adv_dims:
+        ctx.block(f"'{node.name}' gathers along the tracked dim with a tensor index")
+        return []
     in_dim = meta.dim_map.index(dim) if dim in meta.dim_map else None
     if in_dim is None:
         return []  # a new axis (None index)
-    if in_dim in meta.gathered:
-        ctx.block(f"'{node.name}' gathers along the tracked dim with a tensor index")
-        return []
     if in_dim in sl:
         s = sl[in_dim]
         return [Flow("in", 0, in_dim, units, s.start + pos * s.step)]
@@ -590,6 +594,8 @@ READS_INPUT_PRODUCER = frozenset({OpType.RESHAPE})
 
 
 def _reshape_rule(g, node, side, port, dim, units, pos, ctx):
+    if port != 0:  # view_as(other), reshape_as(other): other gives the shape, not the data
+        return []
     meta = node.meta
     if _unreadable(node, ctx, ReshapeMeta):
         return []
@@ -748,9 +754,38 @@ def _einsum_rule(node, side, port, dim, units, pos, ctx):
             if (s, p) != (side, port) and shape[d] == size]  # size-1 dims broadcast
 
 
+#: ``F.grouped_mm(a, b, offs)`` as mixture-of-experts layers call it, a (rows, K) @ b (experts,
+#: K, N) -> (rows, N): which (side, port, dim) each (side, port, dim) is coupled to.
+_GROUPED_MM = {("in", 0, 1): ("in", 1, 1), ("in", 1, 1): ("in", 0, 1),
+               ("in", 1, 2): ("out", 0, 1), ("out", 0, 1): ("in", 1, 2),
+               ("in", 0, 0): ("out", 0, 0), ("out", 0, 0): ("in", 0, 0)}
+
+
+def _grouped_mm_rule(node, side, port, dim, units, pos, ctx):
+    """Rows of ``a`` are split among the experts by ``offs``; K and N couple as in a matmul.
+    The expert dim is read through ``offs`` (token counts), so experts are not removed."""
+    ins = node.in_shapes
+    if not (len(ins) == 3 and len(ins[0]) == 2 and len(ins[1]) == 3
+            and len(node.out_shapes[0]) == 2):
+        ctx.block(f"'{node.name}' (grouped_mm) groups its operands in a way DepView does not "
+                  "model")
+        return []
+    to = _GROUPED_MM.get((side, port, dim))
+    if to is None:
+        what = "the expert offsets" if port == 2 else "the expert dim"
+        ctx.block(f"'{node.name}' (grouped_mm) has the pruned channels on {what}; DepView "
+                  "does not remove experts")
+        return []
+    if dim != 0 and isinstance(node.meta, MatmulMeta) and node.meta.align > 1:
+        ctx.multiple_of(node.meta.align, "grouped_mm needs rows of 16 bytes")
+    return [Flow(to[0], to[1], to[2], units, pos)]
+
+
 def _matmul_rule(g, node, side, port, dim, units, pos, ctx):
     if node.target == "einsum":
         return _einsum_rule(node, side, port, dim, units, pos, ctx)
+    if node.target == "grouped_mm" and len(node.in_shapes) != 2:  # (E,M,K) @ (E,K,N): a bmm
+        return _grouped_mm_rule(node, side, port, dim, units, pos, ctx)
     pa, pb, a, b, out, linear = _matmul_dims(node)
     no = len(out)
     if len(a) < 2 and not linear or len(b) < 1 or len(b) < 2 and not linear:
@@ -928,7 +963,7 @@ def _mha_rule(g, node, side, port, dim, units, pos, ctx):
         ctx.block(f"'{node.name}' has kdim/vdim different from embed_dim: not supported")
         return []
     heads = int(node.attrs.get("num_heads", 1))
-    ctx.multiple_of(heads)
+    ctx.multiple_of(heads, "attention heads")
     ctx.inexact(f"'{node.name}' attention scale 1/sqrt(head_dim) changes with the width")
     mside = "in" if side == "in" else "out"
     ctx.member(node, mside, dim, units, pos)
@@ -1011,6 +1046,7 @@ class _Search:
         self.reasons: list[str] = []
         self.stats_notes: list[str] = []
         self.multiple = 1
+        self.multiple_why: list[str] = []
         self.mha_sides: dict[int, set[str]] = {}
         # member -> batch ids it holds whole, and other (units, pos) chunks
         self.members: dict[tuple[int, str, int], tuple[list[int], list]] = {}
@@ -1320,11 +1356,34 @@ def _search(graph: Graph, root: Node, side: str, dim: int, pos: IntArray,
                                "together")
     if grp.multiple_of > 1 and grp.multiple_of >= grp.n_units:
         grp.reasons.append(f"units must be removed in multiples of {grp.multiple_of} "
-                           f"(attention heads), but there are only {grp.n_units}")
+                           f"({'; '.join(s.multiple_why)}), but there are only {grp.n_units}")
     if trail is not None:
         trail.extend(s.cls)
         trail.extend(s.invalid)
     return grp
+
+
+def _unfollowed(graph: Graph, root: Node, dim: int, pos: IntArray, gid: int,
+                exc: Exception) -> Group:
+    """The group of a root whose channels a rule failed to follow (a structure the rules do
+    not model): the root alone, not prunable, saying so. The model's other groups stand."""
+    pos = np.asarray(pos, dtype=np.int64)
+    units = np.arange(len(pos), dtype=np.int64)
+    for a in (pos, units):
+        a.flags.writeable = False
+    side = "param" if root.op_type is OpType.PARAMETER else "out"
+    member = Member(root.id, root.name, root.module, root.op_type, side, dim, pos, units)
+    msg = (str(exc).splitlines() or [""])[0]
+    return Group(gid, root.name, "out", len(pos), [member], {(root.id, 0, dim): (pos, units)},
+                 [f"DepView could not follow these channels ({type(exc).__name__}: {msg})"])
+
+
+def _search_or_unfollowed(graph: Graph, root: Node, dim: int, pos: IntArray, gid: int,
+                          link_cache: dict, trail: list | None = None) -> Group:
+    try:
+        return _search(graph, root, "out", dim, pos, gid, link_cache, trail)
+    except (DepViewError, IndexError, ValueError) as exc:
+        return _unfollowed(graph, root, dim, pos, gid, exc)
 
 
 def group_of(graph: Graph, node: str | int, side: str = "out") -> Group:
@@ -1555,14 +1614,15 @@ def all_groups(graph: Graph, reuse: bool = True) -> list[Group]:
             if grp is None:
                 trail: list[TensorKey] = []
                 pos = np.arange(node.out_shapes[0][d], dtype=np.int64)
-                grp = _search(graph, node, "out", d, pos, len(groups), link_cache, trail)
+                grp = _search_or_unfollowed(graph, node, d, pos, len(groups), link_cache,
+                                            trail)
                 if repeats is not None:
                     repeats.add(node, d, grp, trail)
         else:
             pos = np.nonzero(~cov)[0]
             if len(pos) == 0:
                 continue
-            grp = _search(graph, node, "out", d, pos, len(groups), link_cache)
+            grp = _search_or_unfollowed(graph, node, d, pos, len(groups), link_cache)
         groups.append(grp)
         for key in root_keys.intersection(grp.tensors):
             arr = covered.get(key)

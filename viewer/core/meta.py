@@ -72,7 +72,8 @@ class DimSlice:
 class SliceMeta:
     """``x[...]``/``narrow``/``select``.
 
-    ``dim_map[i]`` is the output dim of input dim ``i`` (None when an integer index removed it).
+    ``dim_map[i]`` is the output dim of input dim ``i`` (None when an integer or a tensor index
+    consumed it).
     ``slices`` lists only non-trivial slices; ``selects`` the ``(dim, index)`` pairs removed;
     ``advanced`` is True when a tensor/list index was used (then indices are data-dependent).
     The single-slice case reads as ``meta.dim, meta.start, meta.stop, meta.step``.
@@ -85,6 +86,7 @@ class SliceMeta:
     selects: tuple[tuple[int, int], ...] = ()
     advanced: bool = False
     gathered: tuple[int, ...] = ()  #: input dims indexed by a tensor/list (data-dependent)
+    adv_dims: tuple[int, ...] = ()  #: output dims those indices give (their broadcast shape)
 
     @property
     def dim(self) -> int | None:
@@ -153,12 +155,15 @@ class PixelShuffleMeta:
 
 @dataclass(frozen=True)
 class MatmulMeta:
-    """matmul family: ``a @ b``; for ``op == "linear"`` b is a weight ``(out, in)``."""
+    """matmul family: ``a @ b``; for ``op == "linear"`` b is a weight ``(out, in)``.
+    ``align``: the widths of the multiplied dims must stay multiples of this (``grouped_mm``
+    needs rows of 16 bytes)."""
 
     op: str
     a_shape: Shape
     b_shape: Shape
     out_shape: Shape
+    align: int = 1
 
 
 @dataclass(frozen=True)

@@ -127,6 +127,9 @@ class Pruner:
         self._validated: dict[int, str] = {}
         self._sets: dict[int, list[SizeAttr]] = {}  # group id -> attributes it must update
         self._before: dict | None = None
+        # False once the unpruned model failed on the meta device (a kernel whose meta version
+        # rejects what the real one takes): previews and validation then use real tensors
+        self._meta_ok = True
         # Taylor scores of the last batch: ((its tensors, their versions, the weights'
         # versions), {id(group): (group, scores)})
         self._taylor: tuple[tuple, dict[int, tuple[Group, np.ndarray]]] | None = None
@@ -424,13 +427,20 @@ class Pruner:
 
     def _count(self, plan: Plan) -> dict:
         """Params/MACs of the pruned model, built on meta; real tensors if the model runs
-        data-dependent Python (``.item()``) that meta tensors cannot."""
-        try:
-            return count(self.apply(plan, device="meta"), _to_meta(self.inputs))
-        except (RuntimeError, NotImplementedError) as exc:
-            if "meta" not in str(exc) or not _real(self.model):
-                raise
-            return count(self.apply(plan), self.inputs)
+        data-dependent Python (``.item()``) that meta tensors cannot, or does not run on meta
+        at all."""
+        if self._meta_ok or not _real(self.model):
+            try:
+                return count(self.apply(plan, device="meta"), _to_meta(self.inputs))
+            except (RuntimeError, NotImplementedError) as exc:
+                # a pruned model that fails on meta for another reason is broken
+                if not _real(self.model) or ("meta" not in str(exc) and plan.removed):
+                    raise
+                result = count(self.apply(plan), self.inputs)
+                if "meta" not in str(exc):  # the unpruned model fails on meta, runs for real
+                    self._meta_ok = False
+                return result
+        return count(self.apply(plan), self.inputs)
 
     def validate_groups(self) -> dict[int, str]:
         """Shrink each structurally prunable group by one unit on the meta device and run the
@@ -453,12 +463,22 @@ class Pruner:
         meta_inputs = _to_meta(self.inputs)
         traced: list[Graph] = []
 
-        def meta_graph() -> Graph:
+        def meta_graph() -> Graph | None:
             """The unpruned model traced on meta, what a pruned trace is compared with (code
-            may take other paths on meta than on real tensors)."""
+            may take other paths on meta than on real tensors); None when a model with real
+            weights does not run on meta at all: validation then runs on real tensors."""
             if not traced:
-                traced.append(build_graph(materialize(self.model, self.graph, {}, {}, "meta"),
-                                          meta_inputs))
+                if not self._meta_ok and _real(self.model):
+                    traced.append(None)
+                    return None
+                try:
+                    traced.append(build_graph(
+                        materialize(self.model, self.graph, {}, {}, "meta"), meta_inputs))
+                except DepViewError:
+                    if not _real(self.model):
+                        raise
+                    self._meta_ok = False
+                    traced.append(None)
             return traced[0]
 
         def attempt(gs: list[Group], sets: dict[int, list[SizeAttr]] | None = None) -> str:
@@ -466,17 +486,19 @@ class Pruner:
             try:
                 changes, widths = self.changes(plan), self.widths(plan)
                 attrs = self.size_attrs(plan, sets)
-                try:
-                    before = meta_graph()
-                    after = build_graph(
-                        materialize(self.model, self.graph, changes, widths, "meta", attrs),
-                        meta_inputs)
-                except DepViewError as err:
-                    exc = err.__cause__ or err
-                    # data-dependent Python (``.item()``) cannot run on meta: use real tensors
-                    if not isinstance(exc, (RuntimeError, NotImplementedError)) or \
-                            "meta" not in str(exc) or not _real(self.model):
-                        raise exc from None
+                before = meta_graph()
+                after = None
+                if before is not None:
+                    try:
+                        after = build_graph(materialize(self.model, self.graph, changes,
+                                                        widths, "meta", attrs), meta_inputs)
+                    except DepViewError as err:
+                        exc = err.__cause__ or err
+                        # data-dependent Python (``.item()``) cannot run on meta: real tensors
+                        if not isinstance(exc, (RuntimeError, NotImplementedError)) or \
+                                "meta" not in str(exc) or not _real(self.model):
+                            raise exc from None
+                if after is None:
                     before, after = self.graph, build_graph(
                         materialize(self.model, self.graph, changes, widths, None, attrs),
                         self.inputs)
@@ -674,10 +696,23 @@ def run(model: nn.Module, inputs):
         return model(*inputs)
 
 
+def _grouped_mm_flops(a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of ``aten._grouped_mm``, which FlopCounterMode does not count: each output
+    element is a dot product over K, except that a 2-D @ 2-D product split along K by
+    ``offs`` (one output slab per group) spends K on all its slabs together."""
+    flops = 2 * a_shape[-1] * math.prod(out_shape)
+    return flops // out_shape[0] if len(a_shape) == 2 and len(b_shape) == 2 else flops
+
+
+#: Ops FlopCounterMode has no formula for (mixture-of-experts layers call grouped_mm).
+_EXTRA_FLOPS = {op: fn for op, fn in
+                [(getattr(torch.ops.aten, "_grouped_mm", None), _grouped_mm_flops)] if op}
+
+
 def count(model: nn.Module, inputs) -> dict:
     """Parameters (unique tensors) and MACs of one forward (FlopCounterMode FLOPs / 2)."""
     params = sum(p.numel() for p in model.parameters())
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOPS)
     with counter:
         run(model, inputs)
     return {"params": int(params), "macs": int(counter.get_total_flops() // 2)}

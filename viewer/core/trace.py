@@ -32,6 +32,7 @@ from threading import get_ident
 import torch
 from torch import nn
 from torch._C import _pop_torch_function_stack, _push_on_torch_function_stack
+from torch.nn import functional as F
 from torch.nn.modules.module import (
     register_module_forward_hook,
     register_module_forward_pre_hook,
@@ -401,6 +402,7 @@ class _Tracer(TorchFunctionMode):
         identical earlier call gave (same function, input shapes, strides and dtypes, same other
         arguments): torch's meta kernels are Python, and the 32 layers of a decoder repeat the
         same calls."""
+        func = _META_STANDINS.get(func, func)
         tensors: list[torch.Tensor] = []
         key = None if func in self.no_results else _meta_key(func, args, kwargs, tensors)
         if key is None:
@@ -450,6 +452,36 @@ class _Tracer(TorchFunctionMode):
                              mod, name, meta)
         if self.autograd:
             node.grad_fn = _grad_fn(outs)
+
+
+def _grouped_mm_standin(func):
+    def run(*args, **kwargs):
+        """``grouped_mm`` on meta tensors. Torch's meta kernel takes bf16 only (the CUDA
+        kernel's rule) where the CPU kernel takes float32 too: when it refuses, a tensor of
+        the result's shape is all a trace needs."""
+        try:
+            return func(*args, **kwargs)
+        except RuntimeError:
+            names = ("mat_a", "mat_b", "offs")
+            a, b, offs = (args[i] if i < len(args) else kwargs.get(n) for i, n in enumerate(names))
+            if a.dim() == 2 and b.dim() == 3:
+                shape = (a.shape[0], b.shape[2])
+            elif a.dim() == 3 and b.dim() == 3:
+                shape = (b.shape[0], a.shape[1], b.shape[2])
+            elif a.dim() == 2 and b.dim() == 2 and offs is not None:
+                shape = (offs.shape[0], a.shape[0], b.shape[1])
+            elif a.dim() == 3 and b.dim() == 2:
+                shape = (a.shape[1], b.shape[1])
+            else:
+                raise
+            dtype = kwargs.get("out_dtype") or a.dtype
+            return torch.empty(shape, dtype=dtype, device="meta")
+    return run
+
+
+#: Functions traced on the meta device through a stand-in (same name, same graph node).
+_META_STANDINS = {f: _grouped_mm_standin(f) for f in
+                  (getattr(F, "grouped_mm", None), getattr(torch, "_grouped_mm", None)) if f}
 
 
 def _function_info(func) -> tuple[str, OpType, object | None, bool, bool] | None:
@@ -726,7 +758,8 @@ def _matmul_meta(name, func, args, kwargs, ins, outs) -> M.MatmulMeta | M.Einsum
         a, b = ins[1], ins[2]
     else:
         a, b = ins[0], ins[1]
-    return M.MatmulMeta(name, tuple(a.shape), tuple(b.shape), tuple(outs[0].shape))
+    align = max(1, 16 // a.element_size()) if name == "grouped_mm" else 1
+    return M.MatmulMeta(name, tuple(a.shape), tuple(b.shape), tuple(outs[0].shape), align)
 
 
 def _einsum_meta(equation: str, ndims: list[int], out_ndim: int) -> M.EinsumMeta:
@@ -846,43 +879,94 @@ def _slice_meta(name, func, args, kwargs, ins, outs) -> M.SliceMeta:
         return M.SliceMeta(shape, tuple(y.shape), dim_map, (), ((dim, idx),))
     index = args[1]
     items = index if isinstance(index, tuple) else (index,)
-    n_consuming = sum(1 for it in items if it is not None and it is not Ellipsis
-                      and not (isinstance(it, torch.Tensor) and it.dtype == torch.bool))
-    dim_map: list[int | None] = []
-    slices, selects, advanced, gathered = [], [], False, []
-    d_in = d_out = 0
+    meta = _index_meta(shape, tuple(y.shape), items)
+    return meta if meta is not None else M.OpMeta(name)
+
+
+def _index_meta(shape: tuple[int, ...], out: tuple[int, ...], items) -> M.SliceMeta | None:
+    """``x[items]`` as torch lays it out: ints select (the dim goes), slices keep their dim,
+    ``None`` adds one; tensor and list indices (``advanced``) broadcast together to one block
+    of dims that takes the place of the first of them when they are adjacent, else goes
+    first. A bool mask consumes as many dims as it has and gives one. None when the layout
+    does not give the real output shape (an indexing form this does not model)."""
+    def n_dims(it) -> int:  # input dims an item consumes
+        if isinstance(it, torch.Tensor) and it.dtype == torch.bool:
+            return max(it.dim(), 1)
+        return 0 if it is None or it is Ellipsis else 1
+
+    def scalar(it) -> bool:  # torch selects with a 0-d integer tensor as with an int
+        return isinstance(it, (int, torch.SymInt)) or (
+            isinstance(it, torch.Tensor) and it.dim() == 0 and it.dtype != torch.bool)
+
+    def advanced(it) -> bool:
+        return not scalar(it) and (isinstance(it, (torch.Tensor, list)) or (
+            isinstance(it, tuple) and not isinstance(it, torch.Size)))
+
+    n_consuming = sum(n_dims(it) for it in items)
+    expanded = []
     for it in items:
-        if it is None:
-            d_out += 1
-        elif it is Ellipsis:
-            skip = x.dim() - n_consuming
-            for _ in range(skip):
-                dim_map.append(d_out)
-                d_in += 1
-                d_out += 1
-        elif isinstance(it, slice):
-            start, stop, step = it.indices(shape[d_in])
-            if (start, stop, step) != (0, shape[d_in], 1):
-                slices.append(M.DimSlice(d_in, start, stop, step))
-            dim_map.append(d_out)
-            d_in += 1
-            d_out += 1
-        elif isinstance(it, int) or (isinstance(it, torch.SymInt)):
-            selects.append((d_in, _norm(int(it), shape[d_in])))
+        if it is Ellipsis:
+            expanded += [slice(None)] * (len(shape) - n_consuming)
+        else:
+            expanded.append(it)
+    expanded += [slice(None)] * (len(shape) - sum(n_dims(it) for it in expanded))
+    try:
+        block = torch.broadcast_shapes(*[
+            (int(it.sum()),) if isinstance(it, torch.Tensor) and it.dtype == torch.bool
+            else tuple(it.shape) if isinstance(it, torch.Tensor)
+            else tuple(torch.as_tensor(it).shape)
+            for it in expanded if advanced(it)])
+    except (RuntimeError, TypeError, ValueError):
+        return None
+    # layout without the ints (torch selects them first): which places are advanced
+    rest = [it for it in expanded if not scalar(it)]
+    places = [i for i, it in enumerate(rest) if advanced(it)]
+    adjacent = not places or places == list(range(places[0], places[-1] + 1))
+    block_at = None if not places else (places[0] if adjacent else 0)
+    dim_map: list[int | None] = []
+    slices, selects, gathered = [], [], []
+    sizes: dict[int, int] = {}  # output dim -> the size the layout gives it
+    d_in = d_out = 0
+    if block_at == 0 and not adjacent:
+        d_out = len(block)
+    adv_dims: tuple[int, ...] = ()
+    k = 0  # position among ``rest``
+    for it in expanded:
+        if scalar(it):
+            if isinstance(it, torch.Tensor):  # its value is data
+                gathered.append(d_in)
+            else:
+                selects.append((d_in, _norm(int(it), shape[d_in])))
             dim_map.append(None)
             d_in += 1
-        else:  # tensor / list index: data-dependent gather
-            advanced = True
-            gathered.append(d_in)
+            continue
+        if k == block_at:
+            start = d_out if adjacent else 0
+            adv_dims = tuple(range(start, start + len(block)))
+            sizes.update(zip(adv_dims, block, strict=True))
+            if adjacent:
+                d_out += len(block)
+        k += 1
+        if it is None:
+            sizes[d_out] = 1
+            d_out += 1
+        elif isinstance(it, slice):
+            a, b, step = it.indices(shape[d_in])
+            if (a, b, step) != (0, shape[d_in], 1):
+                slices.append(M.DimSlice(d_in, a, b, step))
+            sizes[d_out] = len(range(a, b, step))
             dim_map.append(d_out)
             d_in += 1
             d_out += 1
-    while d_in < x.dim():
-        dim_map.append(d_out)
-        d_in += 1
-        d_out += 1
-    return M.SliceMeta(shape, tuple(y.shape), tuple(dim_map), tuple(slices), tuple(selects),
-                       advanced, tuple(gathered))
+        else:  # tensor / list index: data-dependent positions
+            for _ in range(n_dims(it)):
+                gathered.append(d_in)
+                dim_map.append(None)
+                d_in += 1
+    if d_in != len(shape) or tuple(sizes.get(d, -1) for d in range(len(out))) != out:
+        return None
+    return M.SliceMeta(shape, out, tuple(dim_map), tuple(slices), tuple(selects),
+                       bool(gathered), tuple(gathered), adv_dims)
 
 
 #: Op types whose metadata is read from the call's arguments and results.
