@@ -227,3 +227,12 @@ def test_after_a_preview_the_group_panel_says_which_units_go(store):
         assert f"{len(removed)} of {n} units (units " in text
     finally:
         store.session("resnet").preview_plan = None
+
+
+def test_a_group_removed_in_steps_says_how_many_and_why():
+    s = SessionStore()
+    load_entry(s, "vit", "demo:vit")
+    render(s, "vit", "new")
+    text = _text(cb.inspect(s, "vit", _op("patch_embed")).group_panel)
+    assert "removed in steps of" in text and "4 units (attention heads)" in text
+    assert "removed in steps of" not in _text(cb.inspect(s, "vit", _op("head")).group_panel)

@@ -90,6 +90,8 @@ def test_mha_residual_stream_is_prunable_in_multiples_of_heads(demo_pruner):
     _, p = demo_pruner("vit")
     g = group_of(p.graph, "patch_embed")
     assert g.prunable and g.multiple_of == 4 and not g.exact
+    assert g.multiple_why == ["attention heads"]
+    assert g.to_dict()["multiple_why"] == "attention heads"
     assert {m.node_name for m in g.members} >= {"cls_token", "pos_embed", "blocks.0.gamma1",
                                                "blocks.0.attn", "blocks.1.norm2", "head"}
     assert {m.side for m in g.members if m.node_name == "blocks.0.attn"} == {"in", "out"}
@@ -509,6 +511,7 @@ def test_grouped_mm_experts_prune_their_width_in_16_byte_steps_and_keep_every_ex
          ("down", "param", 1), ("proj_out", "in", 1)}
     # float32 rows of grouped_mm must stay multiples of 16 bytes: 4 channels at a time
     assert hidden.multiple_of == width.multiple_of == 4
+    assert hidden.multiple_why == ["grouped_mm needs rows of 16 bytes"]
     assert not any(m.dim == 0 for g in (hidden, width) for m in g.members)  # experts stay
     # torch's meta kernel of grouped_mm takes bf16 only: traces on meta use a stand-in, and
     # a preview (which runs the model, not a trace) counts on real tensors

@@ -92,6 +92,7 @@ class Group:
     exact: bool = True  # False when pruning changes statistics (norm over channels, softmax)
     stats_notes: list[str] = field(default_factory=list)
     multiple_of: int = 1  # units must be removed in multiples of this (e.g. MHA num_heads)
+    multiple_why: list[str] = field(default_factory=list)  # why, in words
 
     @property
     def prunable(self) -> bool:
@@ -121,7 +122,8 @@ class Group:
             members.append(d)
         return {"id": self.id, "root": self.root, "root_side": self.root_side,
                 "channels": self.n_units, "members": members, "prunable": self.prunable,
-                "reason": self.reason, "exact": self.exact, "multiple_of": self.multiple_of}
+                "reason": self.reason, "exact": self.exact, "multiple_of": self.multiple_of,
+                "multiple_why": "; ".join(self.multiple_why)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -1349,6 +1351,7 @@ def _search(graph: Graph, root: Node, side: str, dim: int, pos: IntArray,
     grp.stats_notes = list(dict.fromkeys(s.stats_notes))
     grp.exact = not grp.stats_notes
     grp.multiple_of = s.multiple
+    grp.multiple_why = s.multiple_why
     for nid, sides in s.mha_sides.items():
         if len(sides) == 1:  # width in and out must change together: both in this group
             grp.reasons.append(f"'{graph.nodes[nid].name}' (nn.MultiheadAttention) has its "
@@ -1356,7 +1359,7 @@ def _search(graph: Graph, root: Node, side: str, dim: int, pos: IntArray,
                                "together")
     if grp.multiple_of > 1 and grp.multiple_of >= grp.n_units:
         grp.reasons.append(f"units must be removed in multiples of {grp.multiple_of} "
-                           f"({'; '.join(s.multiple_why)}), but there are only {grp.n_units}")
+                           f"({'; '.join(grp.multiple_why)}), but there are only {grp.n_units}")
     if trail is not None:
         trail.extend(s.cls)
         trail.extend(s.invalid)
@@ -1585,7 +1588,7 @@ class _Repeats:
                                   m.unit))
         tensors = {(k[0] + delta, k[1], k[2]): v for k, v in src.tensors.items()}
         grp = Group(gid, root.name, src.root_side, src.n_units, members, tensors, [],
-                    src.exact, [], src.multiple_of)
+                    src.exact, [], src.multiple_of, src.multiple_why)
         return grp
 
 

@@ -308,6 +308,9 @@ def group_panel(pruner: Pruner, group: Group, model_group: bool, note: str,
                    className="ok" if not reason else "bad"),
          html.Span(f" — {reason}" if reason else "")], className="group-status")
     rows = [("root", f"{group.root} ({group.root_side})"), ("units", group.n_units)]
+    if group.multiple_of > 1:
+        rows.append(("removed in steps of", f"{group.multiple_of} units "
+                                            f"({'; '.join(group.multiple_why)})"))
     if model_group and group.id in session.overrides:
         rows.append(("override ratio", session.overrides[group.id]))
     if removed:
