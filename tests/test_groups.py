@@ -132,10 +132,58 @@ def test_tied_embedding_and_lm_head_share_one_group():
         def forward(self, ids):
             return self.head(torch.relu(self.mid(self.emb(ids))))
 
-    g = build_graph(Tied(), torch.zeros(1, 4, dtype=torch.long))
-    assert g.node("head").params["weight"] == "emb.weight"
-    grp = group_of(g, "mid")
-    assert {(m.node_name, m.side) for m in grp.members} == {("mid", "out"), ("head", "in")}
+    from viewer.core.prune import Pruner
+
+    torch.manual_seed(0)
+    model, ids = Tied().eval(), torch.randint(0, 20, (1, 4))
+    p = Pruner(model, (ids,))
+    assert p.graph.node("head").params["weight"] == "emb.weight"
+    # head's input columns are emb's embedding dim (one tensor): cutting them shrinks emb's
+    # output, which mid reads, so mid's inputs go too
+    grp = group_of(p.graph, "mid")
+    assert {(m.node_name, m.side) for m in grp.members} == \
+        {("mid", "out"), ("head", "in"), ("emb", "out"), ("mid", "in")}
+    assert [g.root for g in p.groups] == ["emb", "head"]  # emb's group is mid's: one group
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    assert pruned.emb.weight.shape == (20, 4) and pruned.head.weight is pruned.emb.weight
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+
+
+def test_a_module_called_twice_loses_the_same_channels_in_both_calls():
+    """YOLO-style necks run one block on two inputs: both calls' channels are one tensor's."""
+    from viewer.core.prune import Pruner
+
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(3, 8, 1)
+            self.shared = nn.Sequential(nn.Conv2d(8, 6, 3, padding=1), nn.BatchNorm2d(6))
+            self.c, self.d = nn.Conv2d(6, 4, 1), nn.Conv2d(6, 5, 1)
+            self.head = nn.Conv2d(9, 2, 1)
+
+        def forward(self, x):
+            return self.head(torch.cat([self.c(self.shared(self.a(x))),
+                                        self.d(self.shared(self.b(x)))], 1))
+
+    torch.manual_seed(0)
+    model, x = Twice().eval(), torch.randn(1, 3, 8, 8)
+    model.shared[1].running_mean.uniform_(-1, 1)
+    p = Pruner(model, (x,))
+    out = group_of(p.graph, "shared.0")
+    assert {(m.node_name, m.side) for m in out.members} == {
+        ("shared.0", "out"), ("shared.0:1", "out"), ("shared.1", "out"), ("shared.1", "in"),
+        ("shared.1:1", "out"), ("shared.1:1", "in"), ("c", "in"), ("d", "in")}
+    inp = group_of(p.graph, "a")  # a's and b's channels both feed the shared conv's inputs
+    assert {(m.node_name, m.side) for m in inp.members} == {
+        ("a", "out"), ("b", "out"), ("shared.0", "in"), ("shared.0:1", "in")}
+    assert "shared.0:1" not in [g.root for g in p.groups]  # its channels are shared.0's
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    assert pruned.shared[0].weight.shape == (3, 4, 3, 3)
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
 
 
 @pytest.mark.parametrize("side", ["in", "out"])

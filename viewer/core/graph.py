@@ -110,6 +110,22 @@ class Graph:
             d[(e.source, e.source_port)].append(e)
         return d
 
+    @cached_property
+    def sharing(self) -> dict[int, list[int]]:
+        """Nodes holding a tensor that other nodes hold too (a module called twice, weights
+        tied between modules, a layer's weight also used functionally): node id -> the ids
+        of those other nodes."""
+        holders: dict[str, list[int]] = defaultdict(list)
+        for n in self.nodes:
+            for key in (*n.params.values(), *n.buffers.values()):
+                holders[key].append(n.id)
+        out: dict[int, set[int]] = defaultdict(set)
+        for ids in holders.values():
+            if len(ids) > 1:
+                for i in ids:
+                    out[i].update(j for j in ids if j != i)
+        return {i: sorted(js) for i, js in out.items()}
+
     def node(self, key: int | str) -> Node:
         """A node by id or by name (raises KeyError naming close matches)."""
         if isinstance(key, int):

@@ -30,6 +30,7 @@ import numpy as np
 
 from .errors import DepViewError
 from .graph import Graph, Node
+from .handlers import CUTS
 from .meta import (
     ConcatMeta,
     EinsumMeta,
@@ -1022,6 +1023,11 @@ RULES: dict[OpType, Rule] = {
 # The search.
 
 
+#: Layers whose cuts are not the member's own positions (gates, packed heads): a tie between
+#: two of their calls is not followed.
+_UNTIED = frozenset((OpType.MHA, OpType.LSTM, OpType.GRU, OpType.RNN))
+
+
 class _Search:
     """One propagation from a root. Tensors joined by ops that pass pairs through unchanged
     (elementwise, norms, permutes, the input side of a linear, ...) form a *class* sharing
@@ -1098,6 +1104,51 @@ class _Search:
             batches.append(b)  # the whole batch: resolved from its class at the end
         else:
             chunks.append((units, pos))
+        if node.id in self.g.sharing:
+            self.tie(node, side, dim, units, pos)
+
+    def tie(self, node, side, dim, units, pos):
+        """``node`` shares a tensor with other nodes (a module called twice, tied weights):
+        the channels its member cuts from that tensor are cut for them too, so the pairs go
+        to the side of each other node that the same tensor dim belongs to."""
+        g = self.g
+        others = g.sharing[node.id]
+        if node.op_type in _UNTIED or int(node.attrs.get("groups", 1)) > 1:
+            self.reasons.append(f"'{node.name}' shares its weights with "
+                                f"'{g.nodes[others[0]].name}'; DepView cannot follow such a "
+                                f"tie for a {node.op_type.name} layer")
+            return
+        for cut in CUTS[node.op_type](node, side, dim, pos):
+            for oid in others:
+                other = g.nodes[oid]
+                if cut.key not in other.params.values() and cut.key not in \
+                        other.buffers.values():
+                    continue
+                to = self._tied_side(other, cut.key, cut.dim, pos)
+                if to is None:
+                    self.reasons.append(f"'{node.name}' shares '{cut.key}' with "
+                                        f"'{other.name}' in a way DepView does not follow")
+                elif to[0] == "in":
+                    e = g.in_edges[oid][0]
+                    self.arrive(e.source, e.source_port, to[1], units, pos)
+                else:
+                    self.arrive(oid, 0, to[1], units, pos)
+
+    def _tied_side(self, other: Node, key: str, pdim: int, pos) -> tuple[str, int] | None:
+        """The side and dim of ``other`` whose member would cut dim ``pdim`` of tensor ``key``
+        at the same positions, or None."""
+        if other.op_type is OpType.PARAMETER:
+            return "param", pdim
+        if other.op_type in _UNTIED or int(other.attrs.get("groups", 1)) > 1:
+            return None
+        for side in ("out", "in"):
+            d = out_channel_dim(other) if side == "out" else in_channel_dim(other)
+            if d is None or side == "in" and not self.g.in_edges.get(other.id):
+                continue
+            for c in CUTS[other.op_type](other, side, d, pos):
+                if c.key == key and c.dim == pdim and np.array_equal(c.positions, pos):
+                    return side, d
+        return None
 
     def _valid(self, key: TensorKey) -> bool:
         shape = self.g.nodes[key[0]].out_shapes[key[1]]
@@ -1496,7 +1547,8 @@ class _Repeats:
         if f is None:
             n = self.g.nodes[nid]
             f = self.fps[nid] = (n.op_type, n.target, n.meta, n.in_shapes, n.out_shapes,
-                                 n.attrs, n.param_shapes, tuple(n.params), n.custom)
+                                 n.attrs, n.param_shapes, tuple(n.params), n.custom,
+                                 nid in self.g.sharing)
         return f
 
     @staticmethod
@@ -1504,8 +1556,9 @@ class _Repeats:
         return node.op_type, node.target, node.out_shapes, dim
 
     def add(self, node: Node, dim: int, grp: Group, trail: list[TensorKey]) -> None:
-        if grp.reasons or grp.stats_notes:
-            return
+        sharing = self.g.sharing
+        if grp.reasons or grp.stats_notes or any(m.node in sharing for m in grp.members):
+            return  # texts name nodes; ties reach nodes at no fixed offset
         self.templates.setdefault(self.key(node, dim), []).append(
             _Template(node.id, grp, trail))
 
