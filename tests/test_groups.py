@@ -677,3 +677,52 @@ def test_a_weight_picked_by_a_tensor_index_follows_the_right_dim():
                                                                   ("w", "param", 2)}
     experts = group_of(p.graph, "w")  # the last dim again: the same group
     assert experts.member("w").dim == 2
+
+
+DEPTHWISE_X2 = '''
+from torch import nn
+
+
+class Net(nn.Module):
+    """A depthwise conv with a channel multiplier: 8 groups of 1 input and 2 outputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 1)
+        self.dw = nn.Conv2d(8, 16, 3, padding=1, groups=8)
+        self.bn = nn.BatchNorm2d(16)
+        self.b = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        return self.b(self.bn(self.dw(self.a(x))))
+'''
+
+
+def test_a_depthwise_conv_with_a_multiplier_loses_whole_groups(tmp_path, monkeypatch):
+    from viewer.core.export import export_dir, load_pruned
+    from viewer.core.prune import Pruner
+    from viewer.core.spec import load_model
+
+    (tmp_path / "dw.py").write_text(DEPTHWISE_X2)
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    lm = load_model("dw.py:Net", inputs=["1x3x8x8"])
+    lm.model.bn.running_mean.uniform_(-1, 1)
+    p = Pruner(lm.model, lm.inputs)
+    a = group_of(p.graph, "a")  # input channel 3 of dw is its group 3: outputs 6 and 7
+    assert a.prunable and a.n_units == 8
+    assert a.member("dw", "in").indices([3]).tolist() == [3]
+    assert a.member("dw", "out").indices([3]).tolist() == [6, 7]
+    assert a.member("b", "in").indices([3]).tolist() == [6, 7]
+    assert [g.root for g in p.groups] == ["a", "b"]  # dw's outputs are a's group
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    assert (pruned.dw.groups, pruned.dw.in_channels, pruned.dw.out_channels) == (4, 4, 8)
+    assert pruned.dw.weight.shape == (8, 1, 3, 3)
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+    out = export_dir(p, plan, pruned, tmp_path / "out", lm.source)
+    reloaded = load_pruned(out)
+    assert reloaded.dw.groups == 4
+    with torch.no_grad():
+        assert torch.equal(reloaded(*lm.inputs), pruned(*lm.inputs))

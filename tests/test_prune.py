@@ -289,12 +289,17 @@ def test_grouped_convs_prune_evenly_per_group():
     torch.manual_seed(0)
     p = Pruner(GroupedNet().eval(), (torch.randn(1, 3, 8, 8),))
     reasons = {g.root: p.reason(g) for g in p.groups}
-    assert "one input channel per group" in reasons["g"]  # m's multiplier: can't shrink its input
-    assert reasons["a"] == reasons["t"] == ""
+    assert reasons == {"a": "", "g": "", "t": "", "o": "it reaches the model output 'output'"}
+    g = next(x for x in p.groups if x.root == "g")
+    # a unit is an offset in g's 4 groups (3 units); each g output is one of m's groups (m has
+    # one input per group, multiplier 2): m loses whole groups, t the same offset of its 2
+    assert g.n_units == 3 and g.member("m", "out").indices([0]).tolist() == [0, 1, 6, 7, 12,
+                                                                             13, 18, 19]
     plan = p.plan(0.5)
     pruned = p.apply(plan)
-    assert pruned.g.weight.shape == (12, 1, 3, 3) and pruned.g.groups == 4
-    assert pruned.t.in_channels == 12 and pruned.t.out_channels == 4
+    assert pruned.g.weight.shape == (8, 1, 3, 3) and pruned.g.groups == 4
+    assert (pruned.m.in_channels, pruned.m.out_channels, pruned.m.groups) == (8, 16, 8)
+    assert pruned.t.in_channels == 16 and pruned.t.out_channels == 4
     assert p.verify(pruned, plan)["masked_equivalence"]["ok"]
 
 

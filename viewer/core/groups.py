@@ -214,12 +214,23 @@ def _layer_rule(out_dim: Callable[[Node], int], in_dim: Callable[[Node], int],
 
 def _grouped_conv_rule(base: Rule) -> Rule:
     """Grouped convolutions: every group must keep the same width, so a unit removes the
-    channel at the same offset of every group (channels c and c + k*C/groups merge)."""
+    channel at the same offset of every group (channels c and c + k*C/groups merge). With one
+    input channel per group (a depthwise conv with a channel multiplier) a unit is a whole
+    group instead: input channel g and its outputs, and ``groups`` shrinks."""
 
     def rule(g, node, side, port, dim, units, pos, ctx):
         groups = int(node.attrs.get("groups", 1))
         if groups == 1 or port != 0 or dim != 1:
             return base(g, node, side, port, dim, units, pos, ctx)
+        if node.in_shapes[0][1] == groups and node.op_type is OpType.CONV:
+            co = node.out_shapes[0][1] // groups
+            grp = pos if side == "in" else pos // co
+            out_pos = (grp[:, None] * co + np.arange(co)[None, :]).reshape(-1)
+            out_units = np.repeat(units, co)
+            ctx.member(node, "in", 1, units, grp)
+            ctx.member(node, "out", 1, out_units, out_pos)
+            flows = [Flow("out", 0, 1, out_units, out_pos)]  # the whole group's outputs
+            return flows + [Flow("in", 0, 1, units, grp)] if side == "out" else flows
         width = (node.in_shapes[0] if side == "in" else node.out_shapes[0])[1]
         per = width // groups
         if per == 1:
