@@ -726,3 +726,40 @@ def test_a_depthwise_conv_with_a_multiplier_loses_whole_groups(tmp_path, monkeyp
     assert reloaded.dw.groups == 4
     with torch.no_grad():
         assert torch.equal(reloaded(*lm.inputs), pruned(*lm.inputs))
+
+
+def test_index_add_keeps_the_channels_of_what_it_adds():
+    """Message passing (a graph network; the eager mixture-of-experts loop): index_add along
+    the rows keeps the channels of the tensor and the rows it adds."""
+    from viewer.core.prune import Pruner
+
+    class MessagePassing(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin, self.msg, self.out = nn.Linear(4, 8), nn.Linear(8, 8), nn.Linear(8, 2)
+
+        def forward(self, x, src, dst):
+            h = self.lin(x)
+            agg = torch.zeros_like(h).index_add(0, dst, self.msg(h[src]))
+            return self.out(torch.relu(agg + h))
+
+    torch.manual_seed(0)
+    x, src, dst = torch.randn(5, 4), torch.tensor([0, 1, 2, 3, 4, 0]), torch.tensor([1, 2, 3,
+                                                                                    4, 0, 2])
+    p = Pruner(MessagePassing().eval(), (x, src, dst))
+    grp = group_of(p.graph, "lin")
+    assert {(m.node_name, m.side) for m in grp.members} == \
+        {("lin", "out"), ("msg", "in"), ("msg", "out"), ("out", "in")} and grp.prunable
+    rows = _search_rows(p.graph)  # the rows (nodes, edges) are indexed: a group there blocks
+    assert "'index_add' (index_add) moves positions along the pruned dim" in rows.reason
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    v = p.verify(pruned, plan)
+    assert pruned.msg.weight.shape == (4, 4) and v["masked_equivalence"]["ok"], v
+
+
+def _search_rows(graph):
+    from viewer.core.groups import _search
+
+    node = graph.node("msg")
+    return _search(graph, node, "out", 0, np.arange(node.out_shapes[0][0]), -1)

@@ -351,6 +351,8 @@ def _elementwise_rule(g, node, side, port, dim, units, pos, ctx):
         pairs = zip(s[::-1], out[::-1], strict=False)
         if len(s) > len(out) or any(a not in (1, b) for a, b in pairs):
             if s != () and len(s) > 0:
+                if _indexed_along(node, out):
+                    return _along_dim_rule(node, side, port, dim, units, pos, ctx)
                 ctx.block(f"'{node.name}' ({node.target}) changes shape in a way DepView does "
                           "not model")
                 return []
@@ -376,6 +378,40 @@ def _elementwise_rule(g, node, side, port, dim, units, pos, ctx):
         if d < 0 or s[d] == 1:
             continue  # broadcast along this dim: nothing of this input is coupled
         flows.append(Flow("in", p, d, units, pos))
+    return flows
+
+
+def _indexed_along(node: Node, out: tuple[int, ...]) -> bool:
+    """An op that reads or writes other positions along its dims (``index_add``,
+    ``index_select``, ``gather``, ``scatter``), whose tensors may differ from the output
+    there: every input is a 1-D index, or as wide as the output on every other dim."""
+    meta = node.meta
+    if not (isinstance(meta, ElementwiseMeta) and meta.moves):
+        return False
+    return all(len(s) <= 1 or len(s) == len(out) and all(
+        a == b or a == 1 or d in meta.moves for d, (a, b) in enumerate(zip(s, out, strict=True)))
+        for s in node.in_shapes)
+
+
+def _along_dim_rule(node, side, port, dim, units, pos, ctx):
+    """:func:`_indexed_along` ops: on a dim they do not index, position i of every tensor as
+    wide as the output is position i of the output (``index_add(0, idx, src)`` keeps the
+    channels of ``self`` and ``src``); the indexed dim and the 1-D indices block."""
+    out = node.out_shapes[0]
+    shape = out if side == "out" else node.in_shapes[port]
+    if len(shape) != len(out) or dim in node.meta.moves:
+        ctx.block(f"'{node.name}' ({node.target}) moves positions along the pruned dim")
+        return []
+    tensors = [("out", p, s) for p, s in enumerate(node.out_shapes)] + \
+        [("in", p, s) for p, s in enumerate(node.in_shapes)]
+    flows = []
+    for sd, p, s in tensors:
+        if (sd, p) == (side, port) or len(s) != len(out) or s[dim] == 1 and shape[dim] != 1:
+            continue  # the arrival itself, an index, or broadcast along the dim
+        if s[dim] != shape[dim]:
+            ctx.block(f"'{node.name}' ({node.target}) reads part of the pruned dim")
+            return []
+        flows.append(Flow(sd, p, dim, units, pos))
     return flows
 
 
