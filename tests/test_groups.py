@@ -763,3 +763,20 @@ def _search_rows(graph):
 
     node = graph.node("msg")
     return _search(graph, node, "out", 0, np.arange(node.out_shapes[0][0]), -1)
+
+
+def test_a_tie_between_calls_of_an_attention_layer_blocks_with_one_reason():
+    class AttendTwice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp, self.out = nn.Linear(6, 8), nn.Linear(8, 3)
+            self.att = nn.MultiheadAttention(8, 2, batch_first=True)
+
+        def forward(self, x):
+            h = self.inp(x)
+            h = h + self.att(h, h, h)[0]
+            return self.out(h + self.att(h, h, h)[0])
+
+    g = build_graph(AttendTwice().eval(), torch.randn(1, 5, 6))
+    assert group_of(g, "inp").reason == ("'att' and 'att:1' share their weights; DepView cannot "
+                                         "follow such a tie for a MHA layer")

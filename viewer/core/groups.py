@@ -1161,9 +1161,9 @@ class _Search:
         g = self.g
         others = g.sharing[node.id]
         if node.op_type in _UNTIED or int(node.attrs.get("groups", 1)) > 1:
-            self.reasons.append(f"'{node.name}' shares its weights with "
-                                f"'{g.nodes[others[0]].name}'; DepView cannot follow such a "
-                                f"tie for a {node.op_type.name} layer")
+            a, b = sorted((node.name, g.nodes[others[0]].name))  # one text from either side
+            self.reasons.append(f"'{a}' and '{b}' share their weights; DepView cannot follow "
+                                f"such a tie for a {node.op_type.name} layer")
             return
         for cut in CUTS[node.op_type](node, side, dim, pos):
             for oid in others:
