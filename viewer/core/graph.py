@@ -115,15 +115,18 @@ class Graph:
         """Nodes holding a tensor that other nodes hold too (a module called twice, weights
         tied between modules, a layer's weight also used functionally): node id -> the ids
         of those other nodes."""
-        holders: dict[str, list[int]] = defaultdict(list)
+        first: dict[str, int] = {}  # tensor -> its first holder
+        shared: dict[str, list[int]] = {}
         for n in self.nodes:
-            for key in (*n.params.values(), *n.buffers.values()):
-                holders[key].append(n.id)
+            if n.params or n.buffers:
+                for key in [*n.params.values(), *n.buffers.values()]:
+                    i = first.setdefault(key, n.id)
+                    if i != n.id:
+                        shared.setdefault(key, [i]).append(n.id)
         out: dict[int, set[int]] = defaultdict(set)
-        for ids in holders.values():
-            if len(ids) > 1:
-                for i in ids:
-                    out[i].update(j for j in ids if j != i)
+        for ids in shared.values():
+            for i in ids:
+                out[i].update(j for j in ids if j != i)
         return {i: sorted(js) for i, js in out.items()}
 
     def node(self, key: int | str) -> Node:
