@@ -127,3 +127,32 @@ def test_groups_on_the_meta_device_are_validated_like_on_cpu():
     meta = reasons("--device", "meta")
     assert "forward fails when this group shrinks" in meta["qkv"]  # a hard-coded view
     assert meta == reasons()
+
+
+UNTRACED = '''
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.aux = nn.Linear(8, 16), nn.Linear(16, 4), nn.Linear(16, 4)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        return self.aux(h) if x.sum() > 1e9 else self.b(h)  # aux: a branch never taken
+'''
+
+
+def test_prune_warns_on_its_line_about_parameters_the_inputs_never_reached(tmp_path):
+    (tmp_path / "net.py").write_text(UNTRACED)
+    res = subprocess.run([sys.executable, "-m", "viewer", "prune", "net.py:Net", "--input",
+                          "2x8", "--ratio", "0.5", "--out", "out"], capture_output=True,
+                         text=True, timeout=300, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert len(res.stdout.strip().splitlines()) == 1
+    assert "(warning: 2 parameter(s) never ran on the example inputs (aux.weight, aux.bias)" \
+        in res.stdout
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["verification"]["untraced"] == ["aux.weight", "aux.bias"]

@@ -570,3 +570,68 @@ def test_taylor_importance_of_one_group_shares_the_kept_scores(monkeypatch):
     plan = p.plan(0.5, "taylor")  # the example inputs
     g = next(g for g in p.groups if g.id in plan.scores)
     assert list(p.importance(g, "taylor")) == plan.scores[g.id] and len(calls) == 1
+
+
+class Latents(torch.nn.Module):
+    """Perceiver-style learned latents: a view of a parameter fed straight to a layer."""
+
+    def __init__(self):
+        super().__init__()
+        nn = torch.nn
+        self.latents = nn.Parameter(torch.randn(4, 16))
+        self.ln, self.fc1, self.fc2 = nn.LayerNorm(16), nn.Linear(16, 32), nn.Linear(32, 16)
+
+    def forward(self, x):
+        lat = self.latents.unsqueeze(0).expand(x.shape[0], -1, -1)
+        return x + self.fc2(torch.relu(self.fc1(self.ln(lat))))
+
+
+def test_a_preview_counts_a_model_that_feeds_a_view_of_a_parameter_to_a_layer():
+    # FlopCounterMode hooks tensors that require grad; such a view, made under no_grad,
+    # requires grad without a grad_fn, and its hook asserted
+    p = Pruner(Latents().eval(), (torch.randn(2, 4, 16),))
+    plan = p.plan(0.5)
+    preview = p.preview(plan)
+    assert preview["macs"]["before"] == 2 * 4 * (16 * 32 + 32 * 16)
+    assert preview["macs"]["after"] == 2 * 4 * (8 * 16 + 16 * 16)  # latents 16 -> 8, fc1 -> 16
+    assert all(t.requires_grad for t in p.model.parameters())  # the user's model untouched
+
+
+class HashExperts(torch.nn.Module):
+    """Tokens go to expert ``id % 2``: example inputs with even ids never run expert 1."""
+
+    def __init__(self):
+        super().__init__()
+        nn = torch.nn
+        self.emb = nn.Embedding(40, 16)
+        self.experts = nn.ModuleList(nn.Sequential(nn.Linear(16, 32), nn.GELU(),
+                                                   nn.Linear(32, 16)) for _ in range(2))
+        self.head = nn.Linear(16, 40)
+
+    def forward(self, ids):
+        x = self.emb(ids).reshape(-1, self.emb.embedding_dim)
+        route, out = ids.reshape(-1) % 2, torch.zeros_like(x)
+        for e, expert in enumerate(self.experts):
+            tok = torch.nonzero(route == e).squeeze(-1)
+            if tok.numel():
+                out = out.index_add(0, tok, expert(x.index_select(0, tok)))
+        return self.head(x + out).reshape(*ids.shape, -1)
+
+
+def test_parameters_the_example_inputs_never_reach_are_named_in_the_verification():
+    from viewer.app.callbacks.prune import verification_text
+
+    torch.manual_seed(0)
+    p = Pruner(HashExperts().eval(), (torch.arange(0, 16, 2).reshape(2, 4),))
+    assert p.untraced() == ["experts.1.0.weight", "experts.1.0.bias", "experts.1.2.weight",
+                            "experts.1.2.bias"]
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["untraced"] == p.untraced()
+    with pytest.raises(RuntimeError):  # what the warning is about
+        pruned(torch.tensor([[1, 3, 5, 7]]))
+    assert "warning: 4 parameter(s) never ran on the example inputs (experts.1.0.weight, " \
+        "experts.1.0.bias, experts.1.2.weight, ...) and were not pruned" in verification_text(v)
+    every = Pruner(HashExperts().eval(), (torch.arange(8).reshape(2, 4),))
+    assert every.untraced() == []

@@ -76,6 +76,7 @@ def cmd_groups(args) -> int:
 
 def cmd_prune(args) -> int:
     from .core.export import export_dir
+    from .core.prune import untraced_note
 
     lm = _load(args)
     if args.device == "meta":
@@ -112,9 +113,10 @@ def cmd_prune(args) -> int:
             first = next(iter(plan.skipped.values()), "")
             why = (f" (nothing could be pruned: {len(plan.skipped)} group(s) left alone"
                    + (f"; the first: {first}" if first else "") + ")")
+    note = untraced_note(verification)
     print(f"pruned {report['units_removed']} units in {report['groups_pruned']} groups: "
           f"params {p['before']:,} -> {p['after']:,}, MACs {m['before']:,} -> {m['after']:,}"
-          f" -> {out}{why}")
+          f" -> {out}{why}" + (f" ({note})" if note else ""))
     return 0
 
 

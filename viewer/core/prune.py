@@ -130,6 +130,7 @@ class Pruner:
         # False once the unpruned model failed on the meta device (a kernel whose meta version
         # rejects what the real one takes): previews and validation then use real tensors
         self._meta_ok = True
+        self._untraced: list[str] | None = None
         # Taylor scores of the last batch: ((its tensors, their versions, the weights'
         # versions), {id(group): (group, scores)})
         self._taylor: tuple[tuple, dict[int, tuple[Group, np.ndarray]]] | None = None
@@ -614,10 +615,23 @@ class Pruner:
                     t.index_fill_(cut.dim, torch.as_tensor(cut.positions), 0)
         return masked
 
+    def untraced(self) -> list[str]:
+        """Parameters no traced op used: code the example inputs did not run (a branch not
+        taken, an expert no token was routed to). Pruning leaves them as they are, so the
+        pruned model may fail on inputs that reach them."""
+        if self._untraced is None:
+            held = {k for n in self.graph.nodes if n.params for k in n.params.values()}
+            self._untraced = [name for name, _ in self.model.named_parameters()
+                              if name not in held]
+        return self._untraced
+
     def verify(self, pruned: nn.Module, plan: Plan, masked: bool = True) -> dict:
         """Forward on the example inputs, output shapes kept, and masked equivalence (when
-        every pruned group is exact: no norm or softmax over pruned channels)."""
+        every pruned group is exact: no norm or softmax over pruned channels). ``untraced``
+        lists parameters the example inputs never reached (see :meth:`untraced`)."""
         res: dict = {"forward": False, "shapes_kept": False}
+        if plan.removed and self.untraced():
+            res["untraced"] = list(self.untraced())
         try:
             out_p = run(pruned, self.inputs)
             res["forward"] = True
@@ -645,6 +659,16 @@ class Pruner:
                 f"{' (and more)' if len(inexact) > 1 else ''}"
                 if inexact else "model has no real weights"}
         return res
+
+
+def untraced_note(verification: dict) -> str:
+    """A warning about parameters the example inputs never reached ("" when none)."""
+    names = verification.get("untraced") or []
+    if not names:
+        return ""
+    shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    return (f"warning: {len(names)} parameter(s) never ran on the example inputs ({shown}) and "
+            "were not pruned: inputs that reach them may fail")
 
 
 def _moved(before: Graph, after: Graph, owned: set[tuple[str, int, int]]) -> str:
@@ -710,7 +734,11 @@ _EXTRA_FLOPS = {op: fn for op, fn in
 
 
 def count(model: nn.Module, inputs) -> dict:
-    """Parameters (unique tensors) and MACs of one forward (FlopCounterMode FLOPs / 2)."""
+    """Parameters (unique tensors) and MACs of one forward (FlopCounterMode FLOPs / 2).
+    ``model`` is a copy: its parameters stop requiring grad (FlopCounterMode's module tracker
+    hooks every tensor that requires grad, and a view of a parameter made under no_grad, as
+    ``latents.expand(b, -1, -1)``, requires grad without a grad_fn: it asserts)."""
+    model.requires_grad_(False)
     params = sum(p.numel() for p in model.parameters())
     counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOPS)
     with counter:

@@ -14,7 +14,7 @@ from dash import Input, Output, State, ctx, html, no_update
 
 from viewer.core.errors import DepViewError
 from viewer.core.export import round_entry
-from viewer.core.prune import IMPORTANCE, Plan
+from viewer.core.prune import IMPORTANCE, Plan, untraced_note
 
 from .. import charts, ids, styles
 from ..state import Session, SessionStore, make_stage
@@ -153,6 +153,8 @@ def verification_text(v: dict | None) -> str:
                      f"(max |Δ| {me.get('max_abs_diff', 0):.2g})")
     elif me.get("skipped"):
         parts.append(f"masked equivalence skipped: {me['skipped']}")
+    if untraced_note(v):
+        parts.append(untraced_note(v))
     return ", ".join(parts)
 
 
