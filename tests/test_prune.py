@@ -635,3 +635,44 @@ def test_parameters_the_example_inputs_never_reach_are_named_in_the_verification
         "experts.1.0.bias, experts.1.2.weight, ...) and were not pruned" in verification_text(v)
     every = Pruner(HashExperts().eval(), (torch.arange(8).reshape(2, 4),))
     assert every.untraced() == []
+
+
+@pytest.mark.parametrize("window", [slice(4, None), slice(None, 12), slice(None, None, 2)])
+def test_a_fixed_channel_slice_is_found_whichever_units_a_plan_would_take(window):
+    """Removing a channel past the end of ``x[:, :12]`` runs; removing one before or inside
+    the window does not. Validation removes the first unit, which is always one of those."""
+    class Sliced(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Conv2d(3, 16, 1)
+            self.b = torch.nn.Conv2d(len(range(16)[window]), 4, 1)
+
+        def forward(self, x):
+            return self.b(torch.relu(self.a(x))[:, window])
+
+    p = Pruner(Sliced().eval(), (torch.randn(1, 3, 4, 4),))
+    plan = p.plan(0.5)
+    assert "the model's forward fails when this group shrinks" in p.reason(p.groups[0])
+    assert not plan.removed
+
+
+def test_ghostnet_cut_to_its_width_after_the_concat_is_not_prunable():
+    class Ghost(torch.nn.Module):  # GhostNet: cat(primary, cheap)[:, :oup], 7 + 14 -> 20
+        def __init__(self):
+            super().__init__()
+            nn = torch.nn
+            self.primary = nn.Conv2d(8, 7, 1)
+            self.cheap = nn.Conv2d(7, 14, 3, padding=1, groups=7)
+            self.head = nn.Conv2d(20, 4, 1)
+
+        def forward(self, x):
+            x1 = self.primary(x)
+            return self.head(torch.cat([x1, self.cheap(x1)], 1)[:, :20])
+
+    torch.manual_seed(0)
+    p = Pruner(Ghost().eval(), (torch.randn(1, 8, 6, 6),))
+    g = next(x for x in p.groups if x.root == "primary")
+    assert g.n_units == 7 and not p.reason(g)  # structurally: a channel and its 2 cheap ones
+    for seed in range(3):  # but the fixed [:, :20] breaks almost every choice: validation says
+        plan = p.plan(0.3, "random", seed=seed)
+        assert g.id not in plan.removed and "forward fails" in p.reason(g)
