@@ -780,3 +780,38 @@ def test_a_tie_between_calls_of_an_attention_layer_blocks_with_one_reason():
     g = build_graph(AttendTwice().eval(), torch.randn(1, 5, 6))
     assert group_of(g, "inp").reason == ("'att' and 'att:1' share their weights; DepView cannot "
                                          "follow such a tie for a MHA layer")
+
+
+class ECA(nn.Module):
+    """ECA-Net: a Conv1d slides along the channels of the pooled descriptor."""
+
+    def __init__(self, pool_channels=False):
+        super().__init__()
+        self.a = nn.Conv2d(3, 16, 3, padding=1)
+        self.conv = nn.Conv1d(1, 1, 3, padding=1, bias=False)
+        self.b = nn.Conv2d(8 if pool_channels else 16, 4, 1)
+        self.pool_channels = pool_channels
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        if self.pool_channels:  # channel pairs averaged: (b, hw, 16) -> (b, hw, 8)
+            y = F.adaptive_avg_pool1d(h.flatten(2).transpose(1, 2), 8)
+            return self.b(y.transpose(1, 2).reshape(len(x), 8, *h.shape[2:]))
+        y = self.conv(h.mean((2, 3), keepdim=True).squeeze(-1).transpose(-1, -2))
+        return self.b(h * y.transpose(-1, -2).unsqueeze(-1).sigmoid())
+
+
+def test_a_window_over_the_channels_makes_the_group_inexact_or_blocks_it():
+    from viewer.core.prune import Pruner
+
+    torch.manual_seed(0)
+    p = Pruner(ECA().eval(), (torch.randn(1, 3, 8, 8),))
+    g = group_of(p.graph, "a")  # pruning changes which neighbours each channel's conv sees
+    assert g.prunable and not g.exact
+    assert "'conv' slides a kernel over the pruned dim" in g.stats_notes
+    plan = p.plan(0.5)
+    v = p.verify(p.apply(plan), plan)
+    assert v["forward"] and "slides a kernel" in v["masked_equivalence"]["skipped"]
+    pooled = build_graph(ECA(pool_channels=True).eval(), torch.randn(1, 3, 8, 8))
+    assert group_of(pooled, "a").reason == ("'adaptive_avg_pool1d' pools or resizes the pruned "
+                                            "dim and changes its size")

@@ -204,12 +204,30 @@ def _layer_rule(out_dim: Callable[[Node], int], in_dim: Callable[[Node], int],
         od2 = dim - nd_out + nd_in if side == "out" else dim + nd_out - nd_in
         shapes_from = node.out_shapes[0] if side == "out" else node.in_shapes[0]
         shapes_to = node.in_shapes[0] if side == "out" else node.out_shapes[0]
-        if 0 <= od2 < len(shapes_to) and shapes_to[od2] == shapes_from[dim] and nd_in == nd_out \
-                and node.op_type in (OpType.LINEAR, OpType.LN, OpType.PRELU, OpType.EMBED):
-            return [Flow(other, 0, od2, units, pos)]
-        return []
+        same = 0 <= od2 < len(shapes_to) and shapes_to[od2] == shapes_from[dim] \
+            and nd_in == nd_out
+        if node.op_type in (OpType.LINEAR, OpType.LN, OpType.PRELU, OpType.EMBED):
+            return [Flow(other, 0, od2, units, pos)] if same else []
+        if dim == 0:  # the batch
+            return [Flow(other, 0, od2, units, pos)] if same else []
+        return _window_dim(node, same, "slides a kernel over", ctx,
+                           [Flow(other, 0, od2, units, pos)])
 
     return rule
+
+
+def _window_dim(node: Node, same: bool, verb: str, ctx: _Ctx, flows: list[Flow]) -> list[Flow]:
+    """The tracked dim is one a layer reads through a window (a conv's length, a pool's
+    width): a position then sees its neighbours, which pruning changes. With the size kept
+    (stride 1, "same" padding: ECA-Net's conv over channels) the group is inexact; a window
+    that changes the size blocks it. Norms with per-instance statistics are inexact."""
+    if node.op_type is OpType.BN:  # per channel in eval: position i stays position i
+        return flows if same else []
+    if not same:
+        ctx.block(f"'{node.name}' {verb} the pruned dim and changes its size")
+        return []
+    ctx.inexact(f"'{node.name}' {verb} the pruned dim")
+    return flows
 
 
 def _grouped_conv_rule(base: Rule) -> Rule:
@@ -754,7 +772,10 @@ def _spatial_rule(g, node, side, port, dim, units, pos, ctx):
     pads = _pads(node)
     if pads is None:  # pooling / resizing: N and C kept, the rest resized
         if dim > 1:
-            return []
+            a, b = node.in_shapes[0], node.out_shapes[0]
+            same = len(a) == len(b) and a[dim] == b[dim]
+            return _window_dim(node, same, "pools or resizes", ctx,
+                               [Flow("out" if side == "in" else "in", 0, dim, units, pos)])
     elif _norm(dim, len(node.in_shapes[0])) in _padded_dims(pads, len(node.in_shapes[0])):
         ctx.block(f"'{node.name}' pads the pruned dim")
         return []
