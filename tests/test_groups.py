@@ -815,3 +815,36 @@ def test_a_window_over_the_channels_makes_the_group_inexact_or_blocks_it():
     pooled = build_graph(ECA(pool_channels=True).eval(), torch.randn(1, 3, 8, 8))
     assert group_of(pooled, "a").reason == ("'adaptive_avg_pool1d' pools or resizes the pruned "
                                             "dim and changes its size")
+
+
+def test_a_torch_layer_subclass_with_its_own_forward_is_pruned_but_not_called_exact():
+    """BiT's StdConv2d standardises each filter over its inputs before the conv: pruning its
+    inputs changes that, which the conv's table cannot know."""
+    from viewer.core.prune import Pruner
+
+    class StdConv2d(nn.Conv2d):
+        def forward(self, x):
+            w = F.batch_norm(self.weight.reshape(1, self.out_channels, -1), None, None,
+                             training=True, momentum=0.0, eps=1e-6).reshape_as(self.weight)
+            return F.conv2d(x, w, self.bias, self.stride, self.padding)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 16, 3, padding=1), StdConv2d(16, 4, 3, padding=1)
+            self.plain = nn.Conv2d(4, 4, 1)
+
+        def forward(self, x):
+            return self.plain(self.b(torch.relu(self.a(x))))
+
+    torch.manual_seed(0)
+    p = Pruner(Net().eval(), (torch.randn(1, 3, 8, 8),))
+    assert p.graph.node("b").own_forward == "StdConv2d"
+    assert p.graph.node("a").own_forward is p.graph.node("plain").own_forward is None
+    g = group_of(p.graph, "a")
+    assert g.prunable and not g.exact and g.stats_notes == [
+        "'b' (StdConv2d) replaces the forward of the torch layer it extends: DepView prunes it "
+        "as a CONV and cannot check what its own forward computes"]
+    plan = p.plan(0.5)
+    v = p.verify(p.apply(plan), plan)
+    assert v["forward"] and "replaces the forward" in v["masked_equivalence"]["skipped"]

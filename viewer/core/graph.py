@@ -56,6 +56,8 @@ class Node:
     call: int = 0
     attrs: dict = field(default_factory=dict)  #: public scalar attributes of the module
     custom: object | None = field(default=None, repr=False)  #: CustomLayer registration
+    #: a subclass of a torch layer that defines its own forward (BiT's StdConv2d): its class
+    own_forward: str | None = None
 
     @property
     def is_module(self) -> bool:
@@ -77,6 +79,7 @@ class Node:
             "grad_fn": self.grad_fn,
             "call": self.call,
             "attrs": self.attrs,
+            "own_forward": self.own_forward,
         }
 
 

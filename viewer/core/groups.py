@@ -190,6 +190,8 @@ def _layer_rule(out_dim: Callable[[Node], int], in_dim: Callable[[Node], int],
     def rule(g, node, side, port, dim, units, pos, ctx):
         if port != 0:
             return []
+        if node.own_forward:
+            _own_forward(node, ctx)
         nd_in, nd_out = len(node.in_shapes[0]), len(node.out_shapes[0])
         od, id_ = _norm(out_dim(node), nd_out), _norm(in_dim(node), nd_in)
         if side == "out" and dim == od or side == "in" and dim == id_:
@@ -228,6 +230,12 @@ def _window_dim(node: Node, same: bool, verb: str, ctx: _Ctx, flows: list[Flow])
         return []
     ctx.inexact(f"'{node.name}' {verb} the pruned dim")
     return flows
+
+
+def _own_forward(node: Node, ctx: _Ctx) -> None:
+    ctx.inexact(f"'{node.name}' ({node.own_forward}) replaces the forward of the torch layer it "
+                f"extends: DepView prunes it as a {node.op_type.name} and cannot check what its "
+                "own forward computes")
 
 
 def _grouped_conv_rule(base: Rule) -> Rule:
@@ -289,6 +297,8 @@ def _gn_rule() -> Rule:
 def _ln_rule(g, node, side, port, dim, units, pos, ctx):
     if port != 0:
         return []
+    if node.own_forward:
+        _own_forward(node, ctx)
     shape = node.in_shapes[0]
     nd = len(shape)
     w = node.param_shapes.get("weight") or node.param_shapes.get("bias")
@@ -1616,7 +1626,7 @@ class _Repeats:
             n = self.g.nodes[nid]
             f = self.fps[nid] = (n.op_type, n.target, n.meta, n.in_shapes, n.out_shapes,
                                  n.attrs, n.param_shapes, tuple(n.params), n.custom,
-                                 nid in self.g.sharing)
+                                 n.own_forward, nid in self.g.sharing)
         return f
 
     @staticmethod

@@ -357,6 +357,7 @@ class _Tracer(TorchFunctionMode):
             grad_fn=_grad_fn(outs) if self.autograd else None,
             call=call, attrs=module_attrs(module),
             custom=custom_layer(module) if op_type is OpType.CUSTOMIZED else None,
+            own_forward=_own_forward(cls) if op_type is not OpType.CUSTOMIZED else None,
         )
 
     # -- functional ops -------------------------------------------------------------------
@@ -452,6 +453,17 @@ class _Tracer(TorchFunctionMode):
                              mod, name, meta)
         if self.autograd:
             node.grad_fn = _grad_fn(outs)
+
+
+def _own_forward(cls: type) -> str | None:
+    """The class name when ``cls`` subclasses a torch layer and replaces its forward (BiT's
+    ``StdConv2d`` standardises its weight first), else None."""
+    if cls.__module__.startswith("torch."):
+        return None
+    for base in cls.__mro__[1:]:
+        if base.__module__.startswith("torch.nn.") and base is not nn.Module:
+            return cls.__name__ if cls.forward is not base.forward else None
+    return None
 
 
 def _grouped_mm_standin(func):
