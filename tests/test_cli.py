@@ -156,3 +156,30 @@ def test_prune_warns_on_its_line_about_parameters_the_inputs_never_reached(tmp_p
         in res.stdout
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["verification"]["untraced"] == ["aux.weight", "aux.bias"]
+
+
+def test_a_failed_masked_equivalence_is_said_by_prune_and_check_and_exits_1(tmp_path,
+                                                                              monkeypatch,
+                                                                              capsys):
+    """A group DepView got wrong shows as a pruned model that runs but differs from the
+    masked original: prune and check must not print their usual success."""
+    from viewer.cli import main
+    from viewer.core.prune import Pruner
+
+    verify = Pruner.verify
+
+    def wrong(self, pruned, plan, masked=True):  # as if a group were wrong
+        with torch.no_grad():
+            next(pruned.parameters()).add_(1.0)
+        return verify(self, pruned, plan, masked)
+
+    monkeypatch.setattr(Pruner, "verify", wrong)
+    out = tmp_path / "out"
+    assert main(["prune", "demo:cnn", "--ratio", "0.5", "--out", str(out)]) == 1
+    line = capsys.readouterr().out
+    assert line.startswith("pruned ") and "(masked equivalence FAILED: max |diff| " in line
+    monkeypatch.undo()
+    assert main(["check", str(out)]) == 1
+    line = capsys.readouterr().out
+    assert line.startswith("FAILED: demo:cnn reloaded, forward ran") and \
+        "masked equivalence FAILED" in line

@@ -178,6 +178,32 @@ def test_torch_export_warnings_go_to_the_report_not_the_terminal(demo_pruner, tm
     assert not [w for w in seen if "_flat_weights" in str(w.message)]
 
 
+def test_what_torch_export_prints_when_it_fails_stays_off_the_terminal(tmp_path, capsys):
+    """Data-dependent control flow stops torch.export, which then prints the whole traced
+    graph to stderr; the report keeps the reason, the terminal gets nothing."""
+    class Branchy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(4, 8), torch.nn.Linear(8, 2)
+
+        def forward(self, x):
+            h = torch.relu(self.a(x))
+            if torch.nonzero(h[:, 0] > 0).numel() == 0:  # asks the data
+                h = h * 2
+            return self.b(h)
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 4)
+    p = Pruner(Branchy().eval(), (x,))
+    plan = p.plan(0.5)
+    capsys.readouterr()
+    out = export_dir(p, plan, p.apply(plan), tmp_path / "b",
+                     {"spec": None, "kwargs": {}, "inputs": ["3x4"]})
+    pt2 = json.loads((out / "report.json").read_text())["pt2"]
+    assert not pt2["written"] and pt2["reason"].startswith("torch.export failed: ")
+    assert capsys.readouterr().err == ""
+
+
 @pytest.mark.parametrize("kept", [[999], [3, 1], [-1], ["a"], 5])
 def test_damaged_kept_indices_are_one_clear_error(demo_pruner, tmp_path, kept):
     lm, p = demo_pruner("cnn")

@@ -76,7 +76,7 @@ def cmd_groups(args) -> int:
 
 def cmd_prune(args) -> int:
     from .core.export import export_dir
-    from .core.prune import untraced_note
+    from .core.prune import masked_note, untraced_note
 
     lm = _load(args)
     if args.device == "meta":
@@ -113,15 +113,16 @@ def cmd_prune(args) -> int:
             first = next(iter(plan.skipped.values()), "")
             why = (f" (nothing could be pruned: {len(plan.skipped)} group(s) left alone"
                    + (f"; the first: {first}" if first else "") + ")")
-    note = untraced_note(verification)
+    notes = [n for n in (masked_note(verification), untraced_note(verification)) if n]
     print(f"pruned {report['units_removed']} units in {report['groups_pruned']} groups: "
           f"params {p['before']:,} -> {p['after']:,}, MACs {m['before']:,} -> {m['after']:,}"
-          f" -> {out}{why}" + (f" ({note})" if note else ""))
-    return 0
+          f" -> {out}{why}" + "".join(f" ({n})" for n in notes))
+    return 1 if masked_note(verification) else 0
 
 
 def cmd_check(args) -> int:
     from .core.export import check_dir
+    from .core.prune import masked_note, untraced_note
 
     res = check_dir(args.dir)
     if args.json:
@@ -129,9 +130,11 @@ def cmd_check(args) -> int:
     else:
         status = "OK" if res.get("ok") else "FAILED"
         ran = "ran" if res.get("forward") else "failed"
+        v = res.get("verification") or {}
+        notes = [res.get("error"), masked_note(v), untraced_note(v)]
         print(f"{status}: {res['spec']} reloaded, forward {ran}"
               f", output shapes {res.get('output_shapes')}"
-              + (f" ({res.get('error')})" if res.get("error") else ""))
+              + "".join(f" ({n})" for n in notes if n))
     return 0 if res.get("ok") else 1
 
 

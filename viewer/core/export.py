@@ -17,6 +17,7 @@ slicing and those attributes, then loads the weights strictly.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import platform
@@ -132,8 +133,10 @@ def _merge_attrs(rounds: list[dict]) -> dict:
 
 def _try_export_pt2(model: nn.Module, inputs, path: Path) -> dict:
     """Write ``model.pt2`` if ``torch.export`` takes the model. Its warnings (RNN weight
-    lists, ...) go into the report instead of the user's terminal."""
-    with warnings.catch_warnings(record=True) as caught:
+    lists, ...) go into the report instead of the user's terminal, and what it prints to
+    stderr (the whole traced graph when data-dependent control flow stops it) is dropped."""
+    with warnings.catch_warnings(record=True) as caught, \
+            contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("always")
         try:
             if isinstance(inputs, dict):
@@ -283,8 +286,9 @@ def check_dir(path: str | Path) -> dict:
         res["params"] = sum(p.numel() for p in model.parameters())
         res["params_match_report"] = report.get("params", {}).get("after") == res["params"]
         res["verification"] = report.get("verification")
+    masked = (res.get("verification") or {}).get("masked_equivalence") or {}
     res["ok"] = bool(res["forward"] and res.get("shapes_match_report", True)
-                     and res.get("params_match_report", True))
+                     and res.get("params_match_report", True) and masked.get("ok", True))
     return res
 
 

@@ -670,6 +670,17 @@ def _probe_units(group: Group) -> list[int]:
     return list(range(group.multiple_of))
 
 
+def masked_note(verification: dict) -> str:
+    """Says that masked equivalence failed ("" when it passed or was skipped): the pruned
+    model runs but is not the original with the removed channels zeroed, so a group is
+    wrong."""
+    me = verification.get("masked_equivalence") or {}
+    if me.get("ok", True):
+        return ""
+    return (f"masked equivalence FAILED: max |diff| {me.get('max_abs_diff', 0):.3g}; the pruned "
+            "model is not the original with the removed channels zeroed")
+
+
 def untraced_note(verification: dict) -> str:
     """A warning about parameters the example inputs never reached ("" when none)."""
     names = verification.get("untraced") or []
