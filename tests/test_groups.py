@@ -848,3 +848,32 @@ def test_a_torch_layer_subclass_with_its_own_forward_is_pruned_but_not_called_ex
     plan = p.plan(0.5)
     v = p.verify(p.apply(plan), plan)
     assert v["forward"] and "replaces the forward" in v["masked_equivalence"]["skipped"]
+
+
+def test_glu_pairs_the_two_halves_it_multiplies():
+    """Conformer's convolution module: pointwise conv to 2C, GLU back to C, depthwise conv."""
+    from viewer.core.prune import Pruner
+
+    class ConvModule(nn.Module):
+        def __init__(self, c=16):
+            super().__init__()
+            self.pw1, self.glu = nn.Conv1d(c, 2 * c, 1), nn.GLU(dim=1)
+            self.dw = nn.Conv1d(c, c, 3, padding=1, groups=c)
+            self.bn, self.pw2 = nn.BatchNorm1d(c), nn.Conv1d(c, 4, 1)
+
+        def forward(self, x):
+            return self.pw2(F.silu(self.bn(self.dw(self.glu(self.pw1(x))))))
+
+    torch.manual_seed(0)
+    model = ConvModule().eval()
+    model.bn.running_mean.uniform_(-1, 1)
+    p = Pruner(model, (torch.randn(2, 16, 10),))
+    g = group_of(p.graph, "pw1")
+    assert g.prunable and g.n_units == 16 and g.exact
+    assert g.member("pw1").indices([3]).tolist() == [3, 19]  # value 3 and its gate 3 + 16
+    assert {(m.node_name, m.side) for m in g.members} >= {("dw", "in"), ("bn", "out"),
+                                                          ("pw2", "in")}
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    v = p.verify(pruned, plan)
+    assert pruned.pw1.out_channels == 16 and v["masked_equivalence"]["ok"], v

@@ -381,6 +381,8 @@ def _elementwise_rule(g, node, side, port, dim, units, pos, ctx):
             if s != () and len(s) > 0:
                 if _indexed_along(node, out):
                     return _along_dim_rule(node, side, port, dim, units, pos, ctx)
+                if isinstance(node.meta, ElementwiseMeta) and node.meta.halves:
+                    return _halves_rule(node, side, dim, units, pos, ctx)
                 ctx.block(f"'{node.name}' ({node.target}) changes shape in a way DepView does "
                           "not model")
                 return []
@@ -441,6 +443,21 @@ def _along_dim_rule(node, side, port, dim, units, pos, ctx):
             return []
         flows.append(Flow(sd, p, dim, units, pos))
     return flows
+
+
+def _halves_rule(node, side, dim, units, pos, ctx):
+    """GLU: output i is input i times sigmoid(input i + n) along the halved dim, so input
+    positions i and i + n are one unit with output i; other dims pass through."""
+    d, a, out = node.meta.halves[0], node.in_shapes[0], node.out_shapes[0]
+    if len(a) != len(out) or a[d] != 2 * out[d]:
+        ctx.block(f"'{node.name}' ({node.target}) changes shape in a way DepView does not model")
+        return []
+    if dim != d:
+        return [Flow("out" if side == "in" else "in", 0, dim, units, pos)]
+    n = out[d]
+    if side == "in":  # the other half of the pair joins the unit
+        return [Flow("out", 0, d, units, pos % n), Flow("in", 0, d, units, (pos + n) % (2 * n))]
+    return [Flow("in", 0, d, np.concatenate([units, units]), np.concatenate([pos, pos + n]))]
 
 
 def _unreadable(node: Node, ctx: _Ctx, kind: type) -> bool:

@@ -184,6 +184,7 @@ class ElementwiseMeta:
     op: str
     mixes: tuple[int, ...] = ()
     moves: tuple[int, ...] = ()
+    halves: tuple[int, ...] = ()  #: output i is input i gated by input i + n (GLU)
 
 
 @dataclass(frozen=True)

@@ -385,9 +385,11 @@ FUNCTION_TYPES: dict[Callable, OpType] = {
 #: Shape-keeping ops (ELEMENTWISE by default) that do not keep index i at index i along some
 #: dims, by function name: (effect, where the dims are). ``"mixes"``: output i reads other
 #: positions too (a group may still shrink that dim, inexactly); ``"moves"``: output i comes
-#: from elsewhere (the group is blocked). Dims come from the argument at ``pos``/``kw`` (an
-#: int, a list, or None for every dim), or are ``fixed``. In-place spellings share a row:
-#: :func:`function_name` strips the trailing underscore (``scatter_`` is ``scatter``).
+#: from elsewhere (the group is blocked); ``"halves"``: output i is input i gated by input
+#: i + n (GLU: the dim halves, positions i and i + n go together). Dims come from the
+#: argument at ``pos``/``kw`` (an int, a list, or None for every dim), or are ``fixed``.
+#: In-place spellings share a row: :func:`function_name` strips the trailing underscore
+#: (``scatter_`` is ``scatter``).
 DimArgs = tuple[str, int | None, str | None, object, tuple[int, ...]]
 DIM_ARGS: dict[str, DimArgs] = {
     #         effect    pos   kw       default  fixed
@@ -416,6 +418,7 @@ DIM_ARGS: dict[str, DimArgs] = {
     "index_fill": ("moves", 1, "dim", None, ()),
     "take_along_dim": ("moves", 2, "dim", None, ()),
     "tril": ("moves", None, None, None, (-2, -1)),
+    "glu": ("halves", 1, "dim", -1, ()),
     "triu": ("moves", None, None, None, (-2, -1)),
 }
 

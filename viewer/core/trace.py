@@ -689,8 +689,7 @@ def _dim_args_meta(name: str, args, kwargs, ndim: int) -> M.ElementwiseMeta:
         else:
             dims = tuple(given) if isinstance(given, (list, tuple)) else (int(given),)
     dims = tuple(sorted({_norm(int(d), max(ndim, 1)) for d in dims}))
-    return M.ElementwiseMeta(name, mixes=dims) if effect == "mixes" else \
-        M.ElementwiseMeta(name, moves=dims)
+    return M.ElementwiseMeta(name, **{effect: dims})
 
 
 def _concat_meta(name, func, args, kwargs, ins, outs) -> M.ConcatMeta:
