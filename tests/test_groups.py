@@ -756,6 +756,10 @@ def test_index_add_keeps_the_channels_of_what_it_adds():
     pruned = p.apply(plan)
     v = p.verify(pruned, plan)
     assert pruned.msg.weight.shape == (4, 4) and v["masked_equivalence"]["ok"], v
+    # as many nodes and edges as channels: the 1-D index must not broadcast onto them
+    src, dst = torch.arange(8), (torch.arange(8) + 1) % 8
+    p = Pruner(MessagePassing().eval(), (torch.randn(8, 4), src, dst))
+    assert group_of(p.graph, "lin").prunable
 
 
 def _search_rows(graph):

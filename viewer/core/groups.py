@@ -374,6 +374,11 @@ def _elementwise_rule(g, node, side, port, dim, units, pos, ctx):
     if not outs:
         return []
     out = outs[0]
+    meta = node.meta
+    if isinstance(meta, ElementwiseMeta) and meta.moves and any(
+            0 < len(s) < len(out) for s in node.in_shapes) and _indexed_along(node, out):
+        # a 1-D index (index_add, index_select) is not broadcast onto the output's last dim
+        return _along_dim_rule(node, side, port, dim, units, pos, ctx)
     # sanity: every input must broadcast to the output, or we do not know this op
     for s in node.in_shapes:
         pairs = zip(s[::-1], out[::-1], strict=False)
@@ -387,7 +392,6 @@ def _elementwise_rule(g, node, side, port, dim, units, pos, ctx):
                           "not model")
                 return []
     od = dim if side == "out" else _fwd_dim(len(out), len(node.in_shapes[port]), dim)
-    meta = node.meta
     if isinstance(meta, ElementwiseMeta) and od in meta.moves:
         ctx.block(f"'{node.name}' ({node.target}) moves positions along the pruned dim")
         return []
