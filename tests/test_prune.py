@@ -676,3 +676,25 @@ def test_ghostnet_cut_to_its_width_after_the_concat_is_not_prunable():
     for seed in range(3):  # but the fixed [:, :20] breaks almost every choice: validation says
         plan = p.plan(0.3, "random", seed=seed)
         assert g.id not in plan.removed and "forward fails" in p.reason(g)
+
+
+def test_a_split_at_a_middle_computed_from_the_width_is_not_prunable():
+    """CSPNet writes ``c = x.shape[1] // 2; x[:, :c], x[:, c:]``: the trace sees fixed
+    numbers. Removing the first channel keeps the halves agreeing with the plan; removing
+    the last does not. Validation removes each end in a run of its own."""
+    class CSP(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            nn = torch.nn
+            self.expand, self.a, self.b = nn.Conv2d(3, 16, 1), nn.Conv2d(8, 8, 1), \
+                nn.Conv2d(16, 4, 1)
+
+        def forward(self, x):
+            h = self.expand(x)
+            c = h.shape[1] // 2
+            return self.b(torch.cat([self.a(h[:, :c]), h[:, c:]], 1))
+
+    p = Pruner(CSP().eval(), (torch.randn(1, 3, 4, 4),))
+    p.plan(0.5)
+    assert "the model's forward fails when this group shrinks" in \
+        p.reason(next(g for g in p.groups if g.root == "expand"))

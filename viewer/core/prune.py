@@ -444,9 +444,9 @@ class Pruner:
         return count(self.apply(plan), self.inputs)
 
     def validate_groups(self) -> dict[int, str]:
-        """Shrink each structurally prunable group by its first unit on the meta device and
-        run the model; a group whose pruned model fails (a hard-coded view/split size or
-        slice, ...) is marked not prunable with the error. Cached.
+        """Shrink each structurally prunable group by its first unit, then by its last, on
+        the meta device and run the model; a group whose pruned model fails (a hard-coded
+        view/split size or slice, ...) is marked not prunable with the error. Cached.
 
         A failing group that shrinks a ``split(size)`` or an explicit ``view``/``reshape`` size
         gets one more chance: the size may be a module attribute (GPT-2's ``split_size``,
@@ -483,7 +483,11 @@ class Pruner:
             return traced[0]
 
         def attempt(gs: list[Group], sets: dict[int, list[SizeAttr]] | None = None) -> str:
-            plan = Plan({g.id: _probe_units(g) for g in gs})
+            """The groups shrunk by their first units, then by their last ("" if both run)."""
+            return probe(gs, sets, "first") or probe(gs, sets, "last")
+
+        def probe(gs: list[Group], sets: dict[int, list[SizeAttr]] | None, end: str) -> str:
+            plan = Plan({g.id: _probe_units(g, end) for g in gs})
             try:
                 changes, widths = self.changes(plan), self.widths(plan)
                 attrs = self.size_attrs(plan, sets)
@@ -661,13 +665,15 @@ class Pruner:
         return res
 
 
-def _probe_units(group: Group) -> list[int]:
-    """The units validation removes: the first (one step of ``multiple_of``). A fixed slice
-    (``x[:, 4:]``, ``x[:, :12]``, GhostNet's ``cat(...)[:, :oup]``) still runs when a channel
-    past its end goes, and breaks when one before or inside it does: the first unit is
-    always one of those. (Removing the last unit as well can hide it: GhostNet's window then
-    takes every channel left, and the sizes happen to agree.)"""
-    return list(range(group.multiple_of))
+def _probe_units(group: Group, end: str) -> list[int]:
+    """The units validation removes: the first or the last (one step of ``multiple_of``),
+    each in a run of its own. A fixed slice (``x[:, 4:]``, ``x[:, :12]``, GhostNet's
+    ``cat(...)[:, :oup]``) still runs when a channel past its end goes and breaks when the
+    first goes; a split at a computed middle (``x[:, :c]`` with ``c = x.shape[1] // 2``, read
+    as fixed numbers) still runs when the first goes and breaks when the last does. Both in
+    one run can hide either (the sizes happen to agree again)."""
+    m = group.multiple_of
+    return list(range(m)) if end == "first" else list(range(group.n_units - m, group.n_units))
 
 
 def masked_note(verification: dict) -> str:
