@@ -881,3 +881,20 @@ def test_glu_pairs_the_two_halves_it_multiplies():
     pruned = p.apply(plan)
     v = p.verify(pruned, plan)
     assert pruned.pw1.out_channels == 16 and v["masked_equivalence"]["ok"], v
+
+
+def test_a_pointwise_conv_keeps_a_spatial_dim_exactly_and_a_norm_over_it_does_not():
+    from viewer.core.groups import _search
+
+    class Spatial(nn.Module):  # a group along the last dim of a (1, C, H, W) table
+        def __init__(self):
+            super().__init__()
+            self.pos = nn.Parameter(torch.randn(1, 4, 6, 6))
+            self.gn, self.c = nn.GroupNorm(2, 4), nn.Conv2d(4, 2, 1)
+
+        def forward(self, x):
+            return self.c(self.gn(x + self.pos))
+
+    g = build_graph(Spatial().eval(), torch.randn(1, 4, 6, 6))
+    grp = _search(g, g.node("pos"), "out", 3, np.arange(6), -1)
+    assert grp.stats_notes == ["'gn' normalises over the pruned dim"]  # not 'c' (1x1)

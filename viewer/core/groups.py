@@ -212,10 +212,22 @@ def _layer_rule(out_dim: Callable[[Node], int], in_dim: Callable[[Node], int],
             return [Flow(other, 0, od2, units, pos)] if same else []
         if dim == 0:  # the batch
             return [Flow(other, 0, od2, units, pos)] if same else []
-        return _window_dim(node, same, "slides a kernel over", ctx,
-                           [Flow(other, 0, od2, units, pos)])
+        if same and _pointwise(node, dim):  # a 1x1 kernel: position i reads position i
+            return [Flow(other, 0, od2, units, pos)]
+        verb = "normalises over" if node.op_type in (OpType.IN, OpType.GN) else \
+            "slides a kernel over"
+        return _window_dim(node, same, verb, ctx, [Flow(other, 0, od2, units, pos)])
 
     return rule
+
+
+def _pointwise(node: Node, dim: int) -> bool:
+    """Does a conv read position i of a spatial ``dim`` only at position i (kernel 1, stride
+    1)?"""
+    k = dim - 2  # (N, C, spatial...)
+    ks, st = node.attrs.get("kernel_size"), node.attrs.get("stride")
+    return isinstance(ks, (list, tuple)) and isinstance(st, (list, tuple)) and \
+        0 <= k < len(ks) and ks[k] == 1 and st[k] == 1
 
 
 def _window_dim(node: Node, same: bool, verb: str, ctx: _Ctx, flows: list[Flow]) -> list[Flow]:
