@@ -113,11 +113,12 @@ def cmd_prune(args) -> int:
             first = next(iter(plan.skipped.values()), "")
             why = (f" (nothing could be pruned: {len(plan.skipped)} group(s) left alone"
                    + (f"; the first: {first}" if first else "") + ")")
-    notes = [n for n in (masked_note(verification), untraced_note(verification)) if n]
+    failed = masked_note(verification)
+    notes = [n for n in (failed, untraced_note(verification)) if n]
     print(f"pruned {report['units_removed']} units in {report['groups_pruned']} groups: "
           f"params {p['before']:,} -> {p['after']:,}, MACs {m['before']:,} -> {m['after']:,}"
           f" -> {out}{why}" + "".join(f" ({n})" for n in notes))
-    return 1 if masked_note(verification) else 0
+    return 1 if failed else 0
 
 
 def cmd_check(args) -> int:

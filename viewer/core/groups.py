@@ -43,7 +43,7 @@ from .meta import (
     SplitMeta,
     UnbindMeta,
 )
-from .optypes import OpGroup, OpType, gn_prunes_whole_groups
+from .optypes import OpGroup, OpType, conv_prunes_whole_groups, gn_prunes_whole_groups
 
 IntArray = np.ndarray
 TensorKey = tuple[int, int, int]  # (node id, output port, dim)
@@ -191,7 +191,7 @@ def _layer_rule(out_dim: Callable[[Node], int], in_dim: Callable[[Node], int],
         if port != 0:
             return []
         if node.own_forward:
-            _own_forward(node, ctx)
+            _own_forward_note(node, ctx)
         nd_in, nd_out = len(node.in_shapes[0]), len(node.out_shapes[0])
         od, id_ = _norm(out_dim(node), nd_out), _norm(in_dim(node), nd_in)
         if side == "out" and dim == od or side == "in" and dim == id_:
@@ -244,7 +244,7 @@ def _window_dim(node: Node, same: bool, verb: str, ctx: _Ctx, flows: list[Flow])
     return flows
 
 
-def _own_forward(node: Node, ctx: _Ctx) -> None:
+def _own_forward_note(node: Node, ctx: _Ctx) -> None:
     ctx.inexact(f"'{node.name}' ({node.own_forward}) replaces the forward of the torch layer it "
                 f"extends: DepView prunes it as a {node.op_type.name} and cannot check what its "
                 "own forward computes")
@@ -260,7 +260,8 @@ def _grouped_conv_rule(base: Rule) -> Rule:
         groups = int(node.attrs.get("groups", 1))
         if groups == 1 or port != 0 or dim != 1:
             return base(g, node, side, port, dim, units, pos, ctx)
-        if node.in_shapes[0][1] == groups and node.op_type is OpType.CONV:
+        if node.op_type is OpType.CONV and conv_prunes_whole_groups(node.in_shapes[0][1],
+                                                                    groups):
             co = node.out_shapes[0][1] // groups
             grp = pos if side == "in" else pos // co
             out_pos = (grp[:, None] * co + np.arange(co)[None, :]).reshape(-1)
@@ -310,7 +311,7 @@ def _ln_rule(g, node, side, port, dim, units, pos, ctx):
     if port != 0:
         return []
     if node.own_forward:
-        _own_forward(node, ctx)
+        _own_forward_note(node, ctx)
     shape = node.in_shapes[0]
     nd = len(shape)
     w = node.param_shapes.get("weight") or node.param_shapes.get("bias")
@@ -1134,9 +1135,11 @@ RULES: dict[OpType, Rule] = {
 # The search.
 
 
-#: Layers whose cuts are not the member's own positions (gates, packed heads): a tie between
-#: two of their calls is not followed.
-_UNTIED = frozenset((OpType.MHA, OpType.LSTM, OpType.GRU, OpType.RNN))
+def _untied(node: Node) -> bool:
+    """Layers whose cuts are not the member's own positions (gates, packed heads, a grouped
+    conv's per-group columns): a tie between two of their calls is not followed."""
+    return node.op_type in (OpType.MHA, OpType.LSTM, OpType.GRU, OpType.RNN) or \
+        int(node.attrs.get("groups", 1)) > 1
 
 
 class _Search:
@@ -1224,7 +1227,7 @@ class _Search:
         to the side of each other node that the same tensor dim belongs to."""
         g = self.g
         others = g.sharing[node.id]
-        if node.op_type in _UNTIED or int(node.attrs.get("groups", 1)) > 1:
+        if _untied(node):
             a, b = sorted((node.name, g.nodes[others[0]].name))  # one text from either side
             self.reasons.append(f"'{a}' and '{b}' share their weights; DepView cannot follow "
                                 f"such a tie for a {node.op_type.name} layer")
@@ -1250,7 +1253,7 @@ class _Search:
         at the same positions, or None."""
         if other.op_type is OpType.PARAMETER:
             return "param", pdim
-        if other.op_type in _UNTIED or int(other.attrs.get("groups", 1)) > 1:
+        if _untied(other):
             return None
         for side in ("out", "in"):
             d = out_channel_dim(other) if side == "out" else in_channel_dim(other)

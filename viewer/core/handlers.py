@@ -19,7 +19,7 @@ import numpy as np
 from torch import nn
 
 from .graph import Node
-from .optypes import OpType, gn_prunes_whole_groups
+from .optypes import OpType, conv_prunes_whole_groups, gn_prunes_whole_groups
 
 
 @dataclass(frozen=True)
@@ -52,16 +52,10 @@ def _group_local(node: Node, side: str, pos: np.ndarray) -> np.ndarray:
 def _conv(node, side, dim, pos):
     if side == "out":
         return _cuts(node, [("weight", 0), ("bias", 0)], pos)
-    if _whole_groups(node):  # its input channels leave with their groups' output rows
-        return []
+    if node.op_type is OpType.CONV and conv_prunes_whole_groups(
+            node.in_shapes[0][1], int(node.attrs.get("groups", 1))):
+        return []  # its input channels leave with their groups' output rows
     return _cuts(node, [("weight", 1)], _group_local(node, "in", pos))
-
-
-def _whole_groups(node: Node) -> bool:
-    """A grouped conv with one input channel per group (a depthwise conv with a channel
-    multiplier): a pruned input channel takes its whole group, and ``groups`` shrinks."""
-    groups = int(node.attrs.get("groups", 1))
-    return groups > 1 and node.op_type is OpType.CONV and node.in_shapes[0][1] == groups
 
 
 def _conv_transpose(node, side, dim, pos):
@@ -221,7 +215,7 @@ def _refresh_conv(m: nn.Module, w: Widths) -> None:
         m.in_channels = m.weight.shape[0]
         m.out_channels = m.weight.shape[1] * m.groups
     else:
-        if m.groups > 1 and m.in_channels == m.groups and "in" in w:  # whole groups went
+        if conv_prunes_whole_groups(m.in_channels, m.groups) and "in" in w:  # groups went
             m.groups = w["in"]
         m.out_channels = m.weight.shape[0]
         m.in_channels = m.weight.shape[1] * m.groups

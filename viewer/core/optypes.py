@@ -210,6 +210,13 @@ def gn_prunes_whole_groups(channels: int, groups: int) -> bool:
     return groups >= channels // max(groups, 1)
 
 
+def conv_prunes_whole_groups(in_channels: int, groups: int) -> bool:
+    """How a grouped conv is pruned. With one input channel per group (a depthwise conv with
+    a channel multiplier) a unit is a whole group: input channel g and its outputs, and
+    ``groups`` shrinks. Otherwise the same offset of every group (``groups`` stays)."""
+    return groups > 1 and in_channels == groups
+
+
 #: Built-in module rules, in priority order. First match wins.
 MODULE_RULES: tuple[Rule, ...] = (
     (_is_depthwise, OpType.DEPTHWISE_CONV),

@@ -237,7 +237,7 @@ class Pruner:
                     "round_to": round_to, "ignore": sorted(f"{a}:{b}" for a, b in ignore_set),
                     "overrides": {str(k): v for k, v in overrides.items()}, "seed": seed}
         if importance == "taylor":  # which inputs the scores came from
-            settings["batch"] = "example inputs" if batch is None else _shapes(batch)
+            settings["batch"] = "example inputs" if batch is None else batch_shapes(batch)
         if validate:
             self.validate_groups()
         prunable = [g for g in self.groups if not self.reason(g, ignore_set)]
@@ -772,8 +772,8 @@ def count(model: nn.Module, inputs) -> dict:
     return {"params": int(params), "macs": int(counter.get_total_flops() // 2)}
 
 
-def _shapes(inputs) -> list | dict:
-    """Input shapes, to record which batch a plan was scored on."""
+def batch_shapes(inputs) -> list | dict:
+    """Input shapes, to record (and show) which batch a plan was scored on."""
     if isinstance(inputs, torch.Tensor):
         inputs = (inputs,)
     if isinstance(inputs, dict):

@@ -14,7 +14,7 @@ from dash import Input, Output, State, ctx, html, no_update
 
 from viewer.core.errors import DepViewError
 from viewer.core.export import round_entry
-from viewer.core.prune import IMPORTANCE, Plan, untraced_note
+from viewer.core.prune import IMPORTANCE, Plan, batch_shapes, untraced_note
 
 from .. import charts, ids, styles
 from ..state import Session, SessionStore, make_stage
@@ -87,8 +87,9 @@ def load_batch(store: SessionStore, sid: str, contents: str, filename: str | Non
 
 
 def _shapes_text(batch) -> str:
-    items = batch.items() if isinstance(batch, dict) else enumerate(batch)
-    return ", ".join(f"{k}: {'x'.join(map(str, t.shape))}" for k, t in items)
+    shapes = batch_shapes(batch)
+    items = shapes.items() if isinstance(shapes, dict) else enumerate(shapes)
+    return ", ".join(f"{k}: {'x'.join(map(str, s))}" for k, s in items)
 
 
 def clear_batch(store: SessionStore, sid: str) -> None:
@@ -153,8 +154,9 @@ def verification_text(v: dict | None) -> str:
                      f"(max |Δ| {me.get('max_abs_diff', 0):.2g})")
     elif me.get("skipped"):
         parts.append(f"masked equivalence skipped: {me['skipped']}")
-    if untraced_note(v):
-        parts.append(untraced_note(v))
+    note = untraced_note(v)
+    if note:
+        parts.append(note)
     return ", ".join(parts)
 
 
