@@ -227,6 +227,54 @@ def test_functional_conv_call_blocks_its_group():
     assert not grp.prunable and "functional conv2d call" in grp.reason
 
 
+def test_a_4d_parameter_is_rooted_at_its_channels_not_at_a_spatial_or_kernel_dim():
+    from viewer.core.prune import Pruner
+
+    class PosConv(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+            self.pos = nn.Parameter(torch.randn(1, 8, 6, 6))  # a position table on a map
+            self.w = nn.Parameter(torch.randn(4, 8, 3, 3))  # a weight given to F.conv2d
+            self.head = nn.Linear(8, 5)
+
+        def forward(self, x):
+            y = self.conv(x) + self.pos
+            z = F.conv2d(y, self.w, padding=1)
+            return self.head(y.mean((2, 3))), z
+
+    torch.manual_seed(0)
+    m = PosConv().eval()
+    x = torch.randn(2, 3, 6, 6)
+    g = build_graph(m, x)
+    groups = all_groups(g)
+    # each parameter's group is on dim 1: 8 channels, never the 6 positions or 3 kernel taps
+    dims = {(mm.node_name, mm.dim) for grp in groups for mm in grp.members if mm.side == "param"}
+    assert dims == {("pos", 1), ("w", 1)}
+    by_root = {grp.root: grp for grp in groups}
+    assert "pos" not in by_root  # its channels are the conv's: one group, rooted there
+    conv = by_root["conv"]
+    assert conv.member("pos", "param").dim == 1
+    # the F.conv2d weight's input channels are a group of its own, blocked by the call
+    assert by_root["w"].n_units == 8 and not by_root["w"].prunable
+    assert "functional conv2d call" in by_root["w"].reason
+    # without the functional conv, the table is pruned with the conv and the pruned model is
+    # the original with those channels zeroed
+    class PosOnly(PosConv):
+        def forward(self, x):
+            return self.head((self.conv(x) + self.pos).mean((2, 3)))
+
+    m = PosOnly().eval()
+    del m.w
+    p = Pruner(m, (x,), output_layers=["head"])
+    grp = next(grp for grp in p.groups if grp.root == "conv")
+    assert grp.prunable and grp.member("pos", "param").dim == 1
+    plan = p.plan(0.5, "l1")
+    pruned = p.apply(plan)
+    assert pruned.pos.shape == (1, 4, 6, 6)
+    assert p.verify(pruned, plan)["masked_equivalence"]["ok"]
+
+
 # --- reuse across repeated blocks: the same groups as searching every root -------------------
 
 

@@ -1400,6 +1400,11 @@ def root_dim(node: Node) -> int | None:
     t = node.op_type
     if t is OpType.CONV or t is OpType.CONV_TRANSPOSE:
         return 1
+    if t is OpType.PARAMETER and len(node.out_shapes[0]) in (4, 5):
+        # a 4-D/5-D parameter is laid out channels-first, as the maps it meets: a position
+        # table added to a feature map, a weight given to F.conv2d (its last dim is a
+        # kernel's width, not channels)
+        return 1
     if t in _ROOT_LAST_DIM:
         return len(node.out_shapes[0]) - 1
     if t is OpType.CUSTOMIZED:
