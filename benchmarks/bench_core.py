@@ -21,6 +21,12 @@ is a second ``plan()`` call on the same Pruner. The last columns divide by the n
 traced ops: what the tracer adds to one forward per op, and what all groups cost per op.
 Targets are printed as PASS/MISS; a MISS never fails the process (exit status 0 unless a
 subprocess crashes).
+
+``floor`` is the forward run the cheapest way torch lets a tracer see every op and every
+module call (a pass-through ``TorchFunctionMode`` and global module hooks that do nothing),
+timed in the same rounds, as a ratio to the plain forward: no tracer built on those hooks can
+take less, so where the floor is near 1.2x the build target is out of reach by torch's own
+dispatch cost, whatever the tracer does.
 """
 
 from __future__ import annotations
@@ -105,19 +111,47 @@ def _rounds(res: dict, m, x: tuple, reps: int, budget: float = 90.0, min_time: f
     Fills ``res["times"]``, ``res["all_times"]`` and ``res["ratios"]``
     (``build_x_forward``, ``groups_x_build``); returns the last graph and its groups."""
     import torch
+    from torch.nn.modules.module import (
+        register_module_forward_hook,
+        register_module_forward_pre_hook,
+    )
+    from torch.overrides import TorchFunctionMode
 
     from viewer.core.groups import all_groups
     from viewer.core.trace import build_graph
+
+    class _PassThrough(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    def _nothing(*_args, **_kwargs):
+        return None
 
     def fwd():
         with torch.no_grad():
             return m(*x)
 
+    def intercepted():
+        """One forward seen the cheapest way torch offers, doing nothing with what it sees:
+        a pass-through TorchFunctionMode and global module hooks that return at once. No
+        tracer that sees every op and every module call can be faster: its ratio to the
+        forward is the floor under the build's."""
+        handles = [register_module_forward_pre_hook(_nothing),
+                   register_module_forward_hook(_nothing, with_kwargs=True, always_call=True)]
+        try:
+            with torch.no_grad(), _PassThrough():
+                return m(*x)
+        finally:
+            for h in handles:
+                h.remove()
+
     fwd()
+    intercepted()
     g = build_graph(m, x)
     groups = all_groups(g)
     t_start = time.perf_counter()
-    times: dict[str, list[float]] = {"forward": [], "build": [], "groups": []}
+    times: dict[str, list[float]] = {"forward": [], "build": [], "groups": [],
+                                     "intercept": []}
     while len(times["build"]) < 50:
         if len(times["build"]) >= reps and sum(times["forward"]) >= min_time:
             break
@@ -130,12 +164,16 @@ def _rounds(res: dict, m, x: tuple, reps: int, budget: float = 90.0, min_time: f
         t2 = time.perf_counter()
         groups = all_groups(g)
         t3 = time.perf_counter()
-        for k, v in (("forward", t1 - t0), ("build", t2 - t1), ("groups", t3 - t2)):
+        intercepted()
+        t4 = time.perf_counter()
+        for k, v in (("forward", t1 - t0), ("build", t2 - t1), ("groups", t3 - t2),
+                     ("intercept", t4 - t3)):
             times[k].append(v)
-    f, b, gr = times["forward"], times["build"], times["groups"]
+    f, b, gr, ic = times["forward"], times["build"], times["groups"], times["intercept"]
     res["ratios"] = {
         "build_x_forward": statistics.median(y / x for x, y in zip(f, b, strict=True)),
-        "groups_x_build": statistics.median(y / x for x, y in zip(b, gr, strict=True))}
+        "groups_x_build": statistics.median(y / x for x, y in zip(b, gr, strict=True)),
+        "intercept_x_forward": statistics.median(y / x for x, y in zip(f, ic, strict=True))}
     res["times"].update({k: statistics.median(v) for k, v in times.items()})
     res["all_times"].update(times)
     return g, groups
@@ -282,7 +320,7 @@ def report(models: list[dict], meta: dict | None) -> tuple[str, int]:
     lines = []
     misses = 0
     hdr = (f"{'model':<11}" + "".join(f"{LABELS[s]:>18}" for s in STAGES)
-           + f"{'peak MB':>9}{'base MB':>8}  build<=1.2xfwd  groups<=0.1xbuild"
+           + f"{'peak MB':>9}{'base MB':>8}  build<=1.2xfwd  floor  groups<=0.1xbuild"
            + f"{'ops':>7}{'trace us/op':>13}{'groups us/op':>14}")
     lines.append("Per-stage median wall time, then ratio to one forward (x)")
     lines.append(hdr)
@@ -300,7 +338,8 @@ def report(models: list[dict], meta: dict | None) -> tuple[str, int]:
         b_ok, g_ok = b_ratio <= BUILD_MAX_X_FWD, g_ratio <= GROUPS_MAX_X_BUILD
         misses += (not b_ok) + (not g_ok)
         lines.append(f"{r['name']:<11}{cells}{_mb(r['peak_rss']):>9}{_mb(r['base_rss']):>9}"
-                     f"   {_verdict(b_ok)} {b_ratio:5.2f}x      "
+                     f"   {_verdict(b_ok)} {b_ratio:5.2f}x"
+                     f"{r['ratios']['intercept_x_forward']:6.2f}x      "
                      f"{_verdict(g_ok)} {g_ratio:5.3f}x"
                      f"{r['n_nodes']:>7}{_per_op(t['build'] - fwd, r):>13}"
                      f"{_per_op(t['groups'], r):>14}")
@@ -332,6 +371,8 @@ def report(models: list[dict], meta: dict | None) -> tuple[str, int]:
             best = min(at["build"]) / min(at["forward"])
             lines.append(f"  {'build / forward per round':<30}{_spread(per_round)}"
                          f"   (best build / best forward {best:.2f}x)")
+            lines.append(f"  {'floor: no-op interception':<30}"
+                         f"{meta['ratios']['intercept_x_forward']:9.2f}x fwd")
             checks = [
                 (f"build <= {BUILD_MAX_X_FWD}x forward", b_ratio <= BUILD_MAX_X_FWD,
                  f"{b_ratio:.2f}x"),

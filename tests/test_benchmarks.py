@@ -20,7 +20,10 @@ def test_bench_core_runs_on_a_tiny_demo(tmp_path):
     assert model["n_nodes"] > 0 and set(model["times"]) >= {"forward", "build", "groups",
                                                               "plan", "apply", "export"}
     # the target ratios come from interleaved rounds, one per round
-    assert set(model["ratios"]) == {"build_x_forward", "groups_x_build"}
+    assert set(model["ratios"]) == {"build_x_forward", "groups_x_build",
+                                    "intercept_x_forward"}
+    # the floor under the build: a forward seen through torch's hooks, doing nothing
+    assert model["ratios"]["intercept_x_forward"] > 0 and "floor" in res.stdout
     assert len(model["all_times"]["forward"]) == len(model["all_times"]["build"]) >= 1
 
 
