@@ -225,6 +225,11 @@ def test_functional_conv_call_blocks_its_group():
     g = build_graph(Fn(), torch.randn(1, 3, 4, 4))
     grp = group_of(g, "stem")
     assert not grp.prunable and "functional conv2d call" in grp.reason
+    # the call that blocks is in the group (the app highlights it), and its own output's
+    # group is not empty
+    assert grp.member("conv2d", "in").dim == 1
+    own = next(x for x in all_groups(g) if x.root == "conv2d")
+    assert [(m.node_name, m.side) for m in own.members] == [("conv2d", "out")]
 
 
 def test_a_4d_parameter_is_rooted_at_its_channels_not_at_a_spatial_or_kernel_dim():

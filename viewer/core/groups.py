@@ -1059,6 +1059,8 @@ def _modules_only(rule: Rule) -> Rule:
         if not node.is_module:
             ctx.block(f"'{node.name}' is a functional {node.target} call; DepView prunes "
                       "layers called as modules")
+            if side == "out" or port == 0:  # shown in the group, so the block can be seen
+                ctx.member(node, side, dim, units, pos)
             return []
         return rule(g, node, side, port, dim, units, pos, ctx)
 
