@@ -78,6 +78,25 @@ def test_upload_of_a_real_export_loads_the_pruned_model(tmp_path):
     session = store.session("s")
     assert session.stage.summary["params"] == sum(p.numel() for p in pruned.parameters())
     assert len(session.base.history) == 1  # the uploaded round, for later exports
+    # rounds made here go on from the export's: round 2, and the header says so once
+    from viewer.app.callbacks import prune as pcb
+
+    text = pcb.apply_round(store, "s", pcb.parse_settings("l1", "0.3", "uniform", "1"))
+    assert text.startswith("Round 2 applied")
+    desc = cb.model_info(store, "s")[0].children
+    assert desc.count("round") == 2 and "pruned in 1 round — then 1 pruning round more" in desc
+    hist = pcb.history(session)[0].children
+    assert "after round 1" in hist[0].children and hist[1].children[0].children == "round 2: "
+
+
+def test_a_failed_load_puts_the_picker_back_on_the_model_still_drawn():
+    store = SessionStore()
+    assert cb.picker_after_failure(store, "new") == (None, "pick a model")
+    cb.load_entry(store, "s", "demo:cnn")
+    with pytest.raises(DepViewError):
+        cb.load_entry(store, "s", "demo:nope")
+    assert cb.picker_after_failure(store, "s")[0] == "demo:cnn"
+    assert store.session("s").base.entry_key == "demo:cnn"  # still the model drawn
 
 
 def test_a_huge_model_on_the_meta_device_is_browsed_without_its_weights():

@@ -26,12 +26,19 @@ def test_parse_settings_accepts_controls_values():
     assert cb.parse_settings("l2", "0.25", "global", "4") == {
         "importance": "l2", "ratio": 0.25, "global_": True, "round_to": 4}
     assert cb.parse_settings("l1", 0, "uniform", None)["round_to"] == 1
+    # the boxes are text: any ratio typed, not only multiples of a browser "step"
+    assert cb.parse_settings("l1", " 0.33 ", "uniform", " ")["ratio"] == 0.33
+    assert cb.parse_settings("l1", "0.33", "uniform", " 8 ")["round_to"] == 8
 
 
 @pytest.mark.parametrize("args, msg", [
     (("l1", 1.0, "uniform", 1), r"ratio must be in \[0, 1\), got 1.0"),
     (("l1", -0.1, "uniform", 1), r"ratio must be in \[0, 1\)"),
     (("l1", None, "uniform", 1), "ratio must be a number"),
+    (("l1", " ", "uniform", 1), "ratio must be a number in \\[0, 1\\), got an empty box"),
+    (("l1", "0.3", "uniform", "2.5"), "round to must be a whole number"),
+    (("l1", "0.3", "uniform", "eight"), "round to must be a whole number"),
+    (("l1", "nan", "uniform", 1), r"ratio must be in \[0, 1\)"),
     (("l1", "abc", "uniform", 1), "ratio must be a number"),
     (("magic", 0.5, "uniform", 1), "importance must be one of"),
     (("l1", 0.5, "uniform", 0), "round to must be >= 1"),
@@ -104,6 +111,49 @@ def test_overrides_and_ignores_change_the_plan(store):
         cb.set_override(store, "sid", gid, 1.5)
     with pytest.raises(DepViewError, match="select a node"):
         cb.set_override(store, "sid", None, 0.5)
+    # "set" with an empty or junk box is an error that keeps the override; only "clear" clears
+    cb.set_override(store, "sid", gid, "0.33")
+    for junk in ("", "abc", "1.5"):
+        with pytest.raises(DepViewError, match="override ratio must"):
+            cb.set_override(store, "sid", gid, junk)
+    assert session.overrides == {gid: 0.33}
+
+
+def test_a_setting_change_clears_the_preview_it_would_contradict(store):
+    cb.run_preview(store, "sid", SETTINGS)
+    assert cb.preview_rules(store, "sid")
+    assert cb.clear_preview(store, "sid") is True
+    assert store.session("sid").preview_plan is None and cb.preview_rules(store, "sid") == []
+    assert cb.clear_preview(store, "sid") is False  # nothing to clear: the page is left alone
+
+
+def test_preview_and_apply_plan_without_holding_the_session(store, monkeypatch):
+    """Clicks on the graph (which take the session lock) are answered while a slow plan is
+    computed; a plan whose inputs changed meanwhile is dropped, not stored or applied."""
+    import threading
+
+    session = store.session("sid")
+    pruner = session.stage.pruner
+    real = type(pruner).preview
+    seen = {}
+
+    def preview(self, plan, **kw):
+        t = threading.Thread(target=lambda: seen.setdefault(
+            "free", session.lock.acquire(timeout=5) and (session.lock.release() or True)))
+        t.start()
+        t.join()
+        if seen.get("meddle"):
+            session.overrides[next(iter(plan.removed))] = 0.1  # "set" clicked meanwhile
+        return real(self, plan, **kw)
+
+    monkeypatch.setattr(type(pruner), "preview", preview)
+    cb.run_preview(store, "sid", SETTINGS)
+    assert seen["free"] is True and session.preview_plan is not None
+    session.reset_pruning_inputs()
+    seen["meddle"] = True
+    with pytest.raises(DepViewError, match="changed meanwhile"):
+        cb.run_preview(store, "sid", SETTINGS)
+    assert session.preview_plan is None
 
 
 def test_group_scores_follow_the_preview_plan(store):

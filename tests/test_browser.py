@@ -96,6 +96,15 @@ def _style(dash_duo, element_id: str, prop: str) -> str:
                element_id, prop)
 
 
+def _type(element, text: str) -> None:
+    """Replace what a text box holds (select all + type: selenium's clear() is not seen by
+    React, which then puts the old value back)."""
+    from selenium.webdriver.common.keys import Keys
+
+    element.send_keys(Keys.CONTROL, "a")
+    element.send_keys(text)
+
+
 def _start(dash_duo, app) -> None:
     dash_duo.start_server(app)
     dash_duo.wait_for_element(f"#{ids.GRAPH}", timeout=TIMEOUT)
@@ -171,8 +180,7 @@ def test_a_bad_ratio_shows_a_message_and_the_page_keeps_working(dash_duo):
     _start(dash_duo, create_app([ModelEntry("demo:cnn")]))
     _wait_graph(dash_duo, "features.0")
     ratio = dash_duo.find_element(f"#{ids.RATIO}")
-    ratio.clear()
-    ratio.send_keys("1.5")
+    _type(ratio, "1.5")
     _until(dash_duo, lambda d: ratio.get_property("value") == "1.5", "the ratio never read 1.5")
     dash_duo.find_element(f"#{ids.PREVIEW}").click()
     dash_duo.wait_for_contains_text(f"#{ids.MESSAGE}", "ratio must be in [0, 1)",
@@ -238,3 +246,41 @@ def test_a_taylor_batch_is_uploaded_and_used_by_the_preview(dash_duo, tmp_path):
     dash_duo.wait_for_contains_text(f"#{ids.PREVIEW_PARAMS}", "→", timeout=TIMEOUT)
     dash_duo.find_element(f"#{ids.BATCH_CLEAR}").click()
     dash_duo.wait_for_contains_text(f"#{ids.BATCH_INFO}", "example inputs", timeout=TIMEOUT)
+
+
+def test_any_typed_ratio_previews_and_changing_it_clears_the_preview(dash_duo):
+    _start(dash_duo, create_app([ModelEntry("demo:cnn")]))
+    _wait_graph(dash_duo, "features.0")
+    ratio = dash_duo.find_element(f"#{ids.RATIO}")
+    _type(ratio, "0.33")  # off any 0.05 "step": a number box would send None
+    dash_duo.find_element(f"#{ids.PREVIEW}").click()
+    dash_duo.wait_for_contains_text(f"#{ids.PREVIEW_PARAMS}", "→", timeout=TIMEOUT)
+    dash_duo.wait_for_contains_text(f"#{ids.MESSAGE}", "Preview: params", timeout=TIMEOUT)
+    ratio.send_keys("5")  # 0.335: what is on screen is no longer what Apply would do
+    dash_duo.wait_for_text_to_equal(f"#{ids.PREVIEW_PARAMS}", "—", timeout=TIMEOUT)
+    dash_duo.wait_for_contains_text(f"#{ids.WIDTH_CHART_BOX}", "Settings changed",
+                                    timeout=TIMEOUT)
+
+
+def test_the_picker_follows_an_uploaded_export_and_loads_the_original_again(dash_duo,
+                                                                            tmp_path):
+    export = pytest.importorskip("viewer.core.export")
+    from viewer.app.state import SessionStore
+
+    base = SessionStore().base("demo:cnn")
+    plan = base.stage.pruner.plan(0.5, "l1")
+    out = export.export_dir(base.stage.pruner, plan, base.stage.pruner.apply(plan),
+                            tmp_path / "e", base.source)
+    zpath = tmp_path / "cnn-pruned.zip"
+    zpath.write_bytes(export.zip_dir(out))
+    _start(dash_duo, create_app([ModelEntry("demo:cnn")]))
+    _wait_graph(dash_duo, "features.0")
+    dash_duo.wait_for_contains_text(f"#{ids.HISTORY}", "original", timeout=TIMEOUT)
+    dash_duo.find_element(f"#{ids.UPLOAD} input[type=file]").send_keys(str(zpath))
+    dash_duo.wait_for_contains_text(f"#{ids.HISTORY}", "uploaded export", timeout=TIMEOUT)
+    # the picker no longer claims demo:cnn is loaded ...
+    dash_duo.wait_for_contains_text(f"#{ids.MODEL_PICKER}", "uploaded cnn-pruned.zip",
+                                    timeout=TIMEOUT)
+    # ... so picking demo:cnn loads the original again
+    dash_duo.select_dcc_dropdown(f"#{ids.MODEL_PICKER}", value="demo:cnn")
+    dash_duo.wait_for_contains_text(f"#{ids.HISTORY}", "original", timeout=TIMEOUT)

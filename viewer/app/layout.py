@@ -91,7 +91,8 @@ def inspector_card() -> html.Section:
             html.Div(id=ids.GROUP_PANEL),
             html.Div([
                 html.Label("override ratio"),
-                dcc.Input(id=ids.OVERRIDE_RATIO, type="number", step=0.05, className="num"),
+                dcc.Input(id=ids.OVERRIDE_RATIO, type="text", inputMode="decimal",
+                          placeholder="0–1", className="num"),
                 _button("set", ids.OVERRIDE_SET, "prune this group by its own ratio",
                         "btn small"),
                 _button("clear", ids.OVERRIDE_CLEAR, "use the global ratio for this group",
@@ -111,10 +112,12 @@ def prune_card() -> html.Section:
             id=ids.IMPORTANCE, value="l1", clearable=False,
             options=[{"label": IMPORTANCE_LABELS.get(k, k), "value": k} for k in IMPORTANCE])],
             className="ctl ctl-wide"),
-        html.Label(["ratio", dcc.Input(id=ids.RATIO, type="number", value=0.3, step=0.05,
-                                       className="num")], className="ctl"),
-        html.Label(["round to", dcc.Input(id=ids.ROUND_TO, type="number", value=1,
-                                          step=1, className="num")], className="ctl"),
+        # text boxes, parsed on the server: a number box would hand the page None for any
+        # value off its step (0.33) and for a half-typed one, and the user would never know
+        html.Label(["ratio", dcc.Input(id=ids.RATIO, type="text", inputMode="decimal",
+                                       value="0.3", className="num")], className="ctl"),
+        html.Label(["round to", dcc.Input(id=ids.ROUND_TO, type="text", inputMode="numeric",
+                                          value="1", className="num")], className="ctl"),
         dcc.RadioItems(id=ids.MODE, value="uniform", inline=True, className="ctl mode",
                        options=[{"label": "uniform per group", "value": "uniform"},
                                 {"label": "global ranking", "value": "global"}]),

@@ -79,7 +79,7 @@ def load_upload(store: SessionStore, sid: str, contents: str, filename: str | No
     rounds = list(plan.get("rounds") or [])
     base = Base(f"upload:{filename or 'export.zip'}", stage, lm.inputs, list(lm.output_layers),
                 dict(plan["source"]), f"uploaded {filename or 'export'}: {source['spec']} "
-                f"after {len(rounds)} pruning round(s)", rounds)
+                f"pruned in {len(rounds)} round{'s' if len(rounds) != 1 else ''}", rounds)
     session = store.session(sid, create=True)
     with session.lock:
         _fresh(session, base)
@@ -91,8 +91,10 @@ def model_info(store: SessionStore, sid: str) -> list:
     session = store.session(sid)
     s = session.stage.summary
     desc = session.base.description if session.base else ""
-    if len(session.stages) > 1:
-        desc += f" — after {len(session.stages) - 1} pruning round(s)"
+    here = len(session.stages) - 1
+    if here:
+        rounds = f"{here} pruning round{'s' if here > 1 else ''}"
+        desc += f" — then {rounds} more" if session.base.history else f" — after {rounds}"
     return [
         html.Span(desc, className="model-desc"),
         html.Span(f"{s['nodes']} ops · {s['edges']} tensors · {fmt_count(s['params'])} params · "
@@ -117,10 +119,26 @@ def graph_rev(session: Session) -> dict:
     return {"stage": session.stage.key, "n": len(session.stages), "nonce": uuid.uuid4().hex}
 
 
+def picker_after_failure(store: SessionStore, sid: str) -> tuple:
+    """Picker value and placeholder when a load failed: back to the model still drawn."""
+    try:
+        base = store.session(sid).base
+    except DepViewError:
+        base = None
+    if base is None:
+        return None, "pick a model"
+    if base.entry_key in store.entries:
+        return base.entry_key, no_update
+    return None, base.entry_key.removeprefix("upload:")
+
+
 def register(app, store: SessionStore) -> None:
     @app.callback(
         Output(ids.GRAPH_REV, "data"),
         Output(ids.MESSAGE, "children"),
+        Output(ids.MODEL_PICKER, "value"),
+        Output(ids.MODEL_PICKER, "placeholder"),
+        Output(ids.UPLOAD, "contents"),
         Input(ids.MODEL_PICKER, "value"),
         Input(ids.UPLOAD, "contents"),
         State(ids.UPLOAD, "filename"),
@@ -128,16 +146,22 @@ def register(app, store: SessionStore) -> None:
         running=[(Output(ids.MODEL_PICKER, "disabled"), True, False)],
     )
     def on_model(spec, contents, filename, sid):
+        upload = ctx.triggered_id == ids.UPLOAD
+        if (upload and not contents) or (not upload and not spec):
+            return (no_update,) * 5  # this callback's own reset of the picker or the upload
         try:
-            if ctx.triggered_id == ids.UPLOAD and contents:
-                note = load_upload(store, sid, contents, filename)
-                kind = "ok"
+            if upload:
+                note, kind = load_upload(store, sid, contents, filename), "ok"
             else:
-                note = load_entry(store, sid, spec)
-                kind = "warn"
-            return graph_rev(store.session(sid)), message(note, kind) if note else None
+                note, kind = load_entry(store, sid, spec), "warn"
+            # the picker shows what is loaded: nothing of its own after an upload (so that
+            # picking the previous model again loads it); the upload box is emptied so that
+            # the same file can be opened again
+            picker = (None, f"uploaded {filename or 'export'}") if upload else (no_update,) * 2
+            return graph_rev(store.session(sid)), message(note, kind) if note else None, \
+                *picker, None
         except Exception as exc:
-            return no_update, error_message(exc)
+            return no_update, error_message(exc), *picker_after_failure(store, sid), None
 
     @app.callback(
         Output(ids.IMPORTANCE, "value"),

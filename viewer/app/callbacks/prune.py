@@ -23,26 +23,47 @@ from .inspect import inspect
 from .model import graph_rev, weightless
 
 
-def parse_settings(importance: str | None, ratio, mode: str | None, round_to) -> dict:
-    """Controls -> plan keyword arguments, with a clear one-line error for bad values.
+def _blank(value) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
 
-    >>> parse_settings("l1", "0.3", "global", 8)
+
+def parse_ratio(value, what: str = "ratio") -> float:
+    """A ratio typed in a text box (or given as a number) -> float in [0, 1), else a one-line
+    error. An empty box is an error too: it is never read as "no pruning".
+
+    >>> parse_ratio(" 0.33 ")
+    0.33
+    """
+    try:
+        r = float(value.strip() if isinstance(value, str) else value)
+    except (TypeError, ValueError):
+        shown = "an empty box" if _blank(value) else repr(value)
+        raise DepViewError(f"{what} must be a number in [0, 1), got {shown}") from None
+    if math.isnan(r) or not 0 <= r < 1:
+        shown = value.strip() if isinstance(value, str) else r
+        raise DepViewError(f"{what} must be in [0, 1), got {shown}")
+    return r
+
+
+def parse_settings(importance: str | None, ratio, mode: str | None, round_to) -> dict:
+    """Controls -> plan keyword arguments, with a clear one-line error for bad values. The
+    ratio and round-to boxes are text: what the user typed arrives as typed. An empty
+    round-to box means 1 (no rounding).
+
+    >>> parse_settings("l1", "0.3", "global", "8")
     {'importance': 'l1', 'ratio': 0.3, 'global_': True, 'round_to': 8}
     """
     if importance not in IMPORTANCE:
         raise DepViewError(f"importance must be one of {', '.join(IMPORTANCE)}, "
                            f"got {importance!r}")
+    r = parse_ratio(ratio)
+    raw = "1" if _blank(round_to) else round_to
     try:
-        r = float(ratio)
-    except (TypeError, ValueError):
-        raise DepViewError(f"ratio must be a number in [0, 1), got {ratio!r}") from None
-    if not (0 <= r < 1) or math.isnan(r):
-        raise DepViewError(f"ratio must be in [0, 1), got {ratio}")
-    try:
-        rt = int(round_to if round_to not in (None, "") else 1)
-        if float(round_to if round_to not in (None, "") else 1) != rt:
+        f = float(raw.strip() if isinstance(raw, str) else raw)
+        rt = int(f)
+        if f != rt:
             raise ValueError
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise DepViewError(f"round to must be a whole number >= 1, got {round_to!r}") from None
     if rt < 1:
         raise DepViewError(f"round to must be >= 1, got {rt}")
@@ -51,10 +72,7 @@ def parse_settings(importance: str | None, ratio, mode: str | None, round_to) ->
 
 def make_plan(session: Session, settings: dict) -> Plan:
     """The plan for the current stage with the session's overrides and ignores."""
-    return session.stage.pruner.plan(
-        settings["ratio"], settings["importance"], global_=settings["global_"],
-        round_to=settings["round_to"], ignore=sorted(session.ignore),
-        overrides=dict(session.overrides), batch=session.batch)
+    return _plan(_snapshot(session), settings)
 
 
 def load_batch(store: SessionStore, sid: str, contents: str, filename: str | None) -> str:
@@ -105,41 +123,87 @@ def batch_info(store: SessionStore, sid: str) -> str:
         "scored on the example inputs (upload a batch of real data for meaningful scores)"
 
 
+def _snapshot(session: Session) -> tuple:
+    """What a plan depends on, taken under the session lock so that the (slow) planning can
+    run without it: clicks on the graph are not kept waiting by a preview or an apply."""
+    with session.lock:
+        return (session.stage, sorted(session.ignore), dict(session.overrides), session.batch)
+
+
+def _plan(snap: tuple, settings: dict) -> Plan:
+    stage, ignore, overrides, batch = snap
+    return stage.pruner.plan(settings["ratio"], settings["importance"],
+                             global_=settings["global_"], round_to=settings["round_to"],
+                             ignore=ignore, overrides=overrides, batch=batch)
+
+
+def _still_current(session: Session, snap: tuple) -> None:
+    """Raise when the session moved on (another round, undo, a new model, a changed
+    override) while a plan computed from ``snap`` was being made: its result is void."""
+    stage, ignore, overrides, batch = _snapshot(session)
+    if stage is not snap[0] or batch is not snap[3] or (ignore, overrides) != snap[1:3]:
+        raise DepViewError("the model or its pruning settings changed meanwhile: "
+                           "press the button again")
+
+
 def run_preview(store: SessionStore, sid: str, settings: dict) -> dict:
     """Plan and preview (params, MACs, per-layer widths); the model is not touched."""
     session = store.session(sid)
+    snap = _snapshot(session)
+    plan = _plan(snap, settings)
+    preview = snap[0].pruner.preview(plan)
+    preview["skipped"] = dict(plan.skipped)
+    preview["settings"] = dict(settings)
     with session.lock:
-        plan = make_plan(session, settings)
-        preview = session.stage.pruner.preview(plan)
-        preview["skipped"] = dict(plan.skipped)
-        preview["settings"] = dict(settings)
+        _still_current(session, snap)
         session.preview_plan, session.preview = plan, preview
-        return preview
+    return preview
+
+
+def clear_preview(store: SessionStore, sid: str) -> bool:
+    """Forget the preview (its settings changed); True when there was one."""
+    session = store.session(sid)
+    with session.lock:
+        had = session.preview_plan is not None
+        session.reset_pruning_inputs()
+        return had
+
+
+def round_number(session: Session, stage: int | None = None) -> int:
+    """The round that made stage ``stage`` (default: the current one), counting the rounds
+    of an uploaded export: its first round here is the export's last round + 1."""
+    done = len(session.base.history) if session.base else 0
+    return done + (len(session.stages) - 1 if stage is None else stage)
 
 
 def apply_round(store: SessionStore, sid: str, settings: dict) -> str:
     """Prune a copy with the current settings, verify it, trace it and push it as the next
-    stage. Overrides and ignores (which name this stage's groups) are cleared."""
+    stage. Overrides and ignores (which name this stage's groups) are cleared. The work runs
+    without the session lock; the result is dropped if the session moved on meanwhile."""
     session = store.session(sid)
+    snap = _snapshot(session)
     with session.lock:
-        stage, base = session.stage, session.base
-        plan = make_plan(session, settings)
-        if not plan.removed:
-            raise DepViewError("this plan removes nothing: raise the ratio, or un-ignore layers")
-        pruned = stage.pruner.apply(plan)
-        verification = stage.pruner.verify(pruned, plan)
-        if not verification.get("forward"):
-            raise DepViewError(f"the pruned model fails to run: {verification.get('error')}")
-        new = make_stage(pruned, base.inputs, base.output_layers, plan, verification,
-                         round_entry(stage.pruner, plan, pruned))
+        base = session.base
+    stage = snap[0]
+    plan = _plan(snap, settings)
+    if not plan.removed:
+        raise DepViewError("this plan removes nothing: raise the ratio, or un-ignore layers")
+    pruned = stage.pruner.apply(plan)
+    verification = stage.pruner.verify(pruned, plan)
+    if not verification.get("forward"):
+        raise DepViewError(f"the pruned model fails to run: {verification.get('error')}")
+    new = make_stage(pruned, base.inputs, base.output_layers, plan, verification,
+                     round_entry(stage.pruner, plan, pruned))
+    with session.lock:
+        _still_current(session, snap)
         session.stages.append(new)
         session.overrides.clear()
         session.ignore.clear()
         session.reset_pruning_inputs()
-        before, after = stage.summary["params"], new.summary["params"]
-        return (f"Round {len(session.stages) - 1} applied: {plan.n_removed} units removed "
-                f"from {len(plan.removed)} groups; params {change(before, after)}; "
-                f"{verification_text(verification)}.")
+        n = round_number(session)
+    before, after = stage.summary["params"], new.summary["params"]
+    return (f"Round {n} applied: {plan.n_removed} units removed from {len(plan.removed)} "
+            f"groups; params {change(before, after)}; {verification_text(verification)}.")
 
 
 def verification_text(v: dict | None) -> str:
@@ -169,8 +233,9 @@ def undo(store: SessionStore, sid: str) -> str:
         session.overrides.clear()
         session.ignore.clear()
         session.reset_pruning_inputs()
-        n = len(session.stages) - 1
-        return f"Undone: back to {'the original model' if n == 0 else f'round {n}'}."
+        back = "the original model" if len(session.stages) == 1 else \
+            f"round {round_number(session)}"
+        return f"Undone: back to {back}."
 
 
 def reset(store: SessionStore, sid: str) -> str:
@@ -186,23 +251,18 @@ def reset(store: SessionStore, sid: str) -> str:
 
 
 def set_override(store: SessionStore, sid: str, gid: int | None, ratio) -> str:
-    """Give one group its own ratio (``ratio=None`` removes the override)."""
+    """Give one group its own ratio. ``ratio=None`` removes the override (the "clear"
+    button); a box left empty or holding junk is an error, never a silent clear."""
     session = store.session(sid)
     with session.lock:
         if gid is None:
             raise DepViewError("select a node of a prunable group first")
         if gid not in {g.id for g in session.stage.pruner.groups}:
             raise DepViewError(f"group {gid} does not exist in the current model")
-        if ratio is None or ratio == "":
+        if ratio is None:
             session.overrides.pop(gid, None)
             return f"Override of group #{gid} removed."
-        try:
-            r = float(ratio)
-        except (TypeError, ValueError):
-            raise DepViewError(f"override ratio must be a number in [0, 1), got {ratio!r}") \
-                from None
-        if not 0 <= r < 1:
-            raise DepViewError(f"override ratio must be in [0, 1), got {r}")
+        r = parse_ratio(ratio, "override ratio")
         session.overrides[gid] = r
         return f"Group #{gid} will lose {r:.0%} of its units."
 
@@ -238,7 +298,8 @@ def history(session: Session) -> list:
     for i, st in enumerate(session.stages):
         s = st.summary
         if i == 0:
-            label = "uploaded export" if session.base and session.base.history else "original"
+            done = len(session.base.history) if session.base else 0
+            label = (f"uploaded export (after round {done})" if done else "original")
             text = f"{label}: {fmt_count(s['params'])} params, {s['nodes']} ops"
             rows.append(html.Li(text, className="hist-item"))
             continue
@@ -246,7 +307,8 @@ def history(session: Session) -> list:
         how = f"{st_set.get('importance', '?')} {st_set.get('ratio', 0):.0%} " \
               f"{'global' if st_set.get('global') else 'uniform'}"
         rows.append(html.Li([
-            html.B(f"round {i}: "), f"{how} → {fmt_count(s['params'])} params, "
+            html.B(f"round {round_number(session, i)}: "),
+            f"{how} → {fmt_count(s['params'])} params, "
             f"{st.plan.n_removed if st.plan else 0} units removed",
             html.Div(verification_text(st.verification), className="hint")],
             className="hist-item"))
@@ -312,9 +374,17 @@ def summary_lines(preview: dict) -> tuple[str, str, str]:
     return change(p["before"], p["after"]), change(m["before"], m["after"]), extra
 
 
+STALE_HINT = "Settings changed since the last preview: press Preview to see their effect."
+
+
 def register(app, store: SessionStore) -> None:
     settings_state = [State(ids.IMPORTANCE, "value"), State(ids.RATIO, "value"),
                       State(ids.MODE, "value"), State(ids.ROUND_TO, "value")]
+
+    settings_input = [Input(ids.IMPORTANCE, "value"), Input(ids.RATIO, "value"),
+                      Input(ids.MODE, "value"), Input(ids.ROUND_TO, "value")]
+    # what else a plan depends on: overrides/ignores (the plan list) and the Taylor batch
+    edits = [Input(ids.PLAN_INFO, "children"), Input(ids.BATCH_INFO, "children")]
 
     @app.callback(
         Output(ids.PREVIEW_PARAMS, "children"),
@@ -325,17 +395,29 @@ def register(app, store: SessionStore) -> None:
         Output(ids.MESSAGE, "children", allow_duplicate=True),
         Input(ids.PREVIEW, "n_clicks"),
         Input(ids.GRAPH_REV, "data"),
-        *settings_state,
+        *settings_input,
+        *edits,
         State(ids.PREVIEW_REV, "data"),
         State(ids.SESSION, "data"),
         running=[(Output(ids.PREVIEW, "disabled"), True, False)],
         prevent_initial_call=True,
     )
-    def on_preview(_n, _rev, importance, ratio, mode, round_to, prev_rev, sid):
+    def on_preview(_n, _rev, importance, ratio, mode, round_to, _plan_info, _batch, prev_rev,
+                   sid):
         rev = (prev_rev or 0) + 1
+        cleared = ("—", "—", "", charts.mount(ids.WIDTH_CHART, None, charts.WIDTH_HINT), rev)
         if ctx.triggered_id == ids.GRAPH_REV:  # a new model or round: the old preview is void
-            return "—", "—", "", charts.mount(ids.WIDTH_CHART, None, charts.WIDTH_HINT), rev, \
-                no_update
+            return *cleared, no_update
+        if ctx.triggered_id != ids.PREVIEW:  # a setting changed: the preview on screen (and
+            # the widths drawn on the graph) would no longer be what Apply does
+            try:
+                had = clear_preview(store, sid)
+            except Exception:
+                had = False
+            if not had:
+                return (no_update,) * 6
+            stale = charts.mount(ids.WIDTH_CHART, None, STALE_HINT)
+            return "—", "—", STALE_HINT, stale, rev, no_update
         try:
             settings = parse_settings(importance, ratio, mode, round_to)
             pv = run_preview(store, sid, settings)
@@ -478,7 +560,7 @@ def register(app, store: SessionStore) -> None:
             text = ""
             session = store.session(sid)
             if trig == ids.OVERRIDE_SET:
-                text = set_override(store, sid, sel.get("gid"), ratio)
+                text = set_override(store, sid, sel.get("gid"), "" if ratio is None else ratio)
             elif trig == ids.OVERRIDE_CLEAR:
                 text = set_override(store, sid, sel.get("gid"), None)
             elif trig == ids.IGNORE_TOGGLE:
