@@ -58,11 +58,14 @@ def test_only_offered_specs_can_be_loaded():
     store = SessionStore()
     with pytest.raises(DepViewError, match="only the listed models"):
         store.base("os:system")
-    assert store.allowed_source({"spec": "demo:resnet"})
-    assert not store.allowed_source({"spec": "evil.module:attr"})
+    assert store.source_refusal({"spec": "demo:resnet"}) is None
+    assert "does not offer" in store.source_refusal({"spec": "evil.module:attr"})
     store2 = SessionStore([ModelEntry("pkg.mod:Net", kwargs='{"width": 4}')])
-    assert store2.allowed_source({"spec": "pkg.mod:Net", "kwargs": {"width": 4}})
-    assert not store2.allowed_source({"spec": "pkg.mod:Net", "kwargs": {"width": 4000}})
+    assert store2.source_refusal({"spec": "pkg.mod:Net", "kwargs": {"width": 4}}) is None
+    # the spec is offered, only its kwargs differ: say so, and how to start the server
+    why = store2.source_refusal({"spec": "pkg.mod:Net", "kwargs": {"width": 4000}})
+    assert "with kwargs {\"width\": 4000}" in why and "builds it with {\"width\": 4}" in why
+    assert "--kwargs '{\"width\": 4000}'" in why
 
 
 def test_views_are_cached_per_stage_and_collapse_set():

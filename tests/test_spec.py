@@ -112,7 +112,9 @@ def test_a_batch_file_is_read_as_positional_or_named_inputs_without_pickle(tmp_p
     assert [t.shape for t in read_batch(tmp_path / "list.pt")] == [a.shape, b.shape]
     bad = {"gap.safetensors": ({"0": a, "2": b}, "must be named 0, 1"),
            "mixed.safetensors": ({"0": a, "mask": b}, "mixes positional"),
-           "text.pt": ("hello", "does not hold a batch")}
+           "text.pt": ("hello", "does not hold a batch"),
+           "rows0.safetensors": ({"0": torch.randn(0, 3)}, "input 0 is empty .shape 0x3."),
+           "named0.pt": ({"ids": b[:0]}, "input ids is empty")}
     for name, (obj, msg) in bad.items():
         f = tmp_path / name
         save_file(obj, str(f)) if name.endswith(".safetensors") else torch.save(obj, f)

@@ -33,7 +33,9 @@ def header(entries: list[ModelEntry], default: str) -> html.Header:
                      searchable=True, className="picker"),
         dcc.Upload(id=ids.UPLOAD, children=html.Button(
             "Open export (.zip)", className="btn", title="load a pruned checkpoint this tool "
-            "exported (plan.json + model.safetensors; no pickle)"), accept=".zip",
+            "exported (plan.json + model.safetensors; no pickle)"),
+            # no accept=: a dropped file of another type would vanish without a word; the
+            # server names what is wrong with it instead
             max_size=1 << 30, className="upload"),
         html.Div(id=ids.MODEL_INFO, className="model-info"),
     ], className="header")
@@ -123,7 +125,7 @@ def prune_card() -> html.Section:
                                 {"label": "global ranking", "value": "global"}]),
     ], className="controls")
     batch = html.Div([
-        dcc.Upload(id=ids.BATCH_UPLOAD, accept=".safetensors", max_size=1 << 30,
+        dcc.Upload(id=ids.BATCH_UPLOAD, max_size=1 << 30,  # any file: the server says why
                    className="batch-upload", children=html.Button(
                        "Taylor batch (.safetensors)", className="btn small",
                        title="inputs to score units on: tensors named 0, 1, ... (positional) "

@@ -240,17 +240,24 @@ class SessionStore:
                     self._bases.popitem(last=False)
             return base
 
-    def allowed_source(self, source: dict) -> bool:
-        """May an uploaded export's recorded source be rebuilt? Only demos and the specs
-        given at start-up (with the same factory kwargs) are importable."""
+    def source_refusal(self, source: dict) -> str | None:
+        """Why an uploaded export's recorded source may not be rebuilt here (None: it may).
+        Only demos and the specs given at start-up, with the same factory kwargs, are
+        importable: the upload's plan.json is not trusted to name code."""
         spec = str(source.get("spec", ""))
-        if spec.startswith("demo:"):
-            return spec in self.entries
+        kwargs = source.get("kwargs") or {}
         entry = self.entries.get(spec)
         if entry is None:
-            return False
+            return (f"this export was pruned from {spec!r}, which this server does not offer: "
+                    f"start it with --model {spec}")
+        if spec.startswith("demo:"):
+            return None
         want = json.loads(entry.kwargs) if entry.kwargs else {}
-        return (source.get("kwargs") or {}) == want
+        if kwargs == want:
+            return None
+        return (f"this export was pruned from {spec} with kwargs {json.dumps(kwargs)}, but "
+                f"this server builds it with {json.dumps(want)}: start it with --model {spec} "
+                f"--kwargs '{json.dumps(kwargs)}'")
 
     # -- layouts ----------------------------------------------------------------------------
     def view(self, stage: Stage, collapsed: Iterable[str] | None) -> View:

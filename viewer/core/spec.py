@@ -269,7 +269,15 @@ def batch_from_safetensors(data: bytes, name: str = "the batch") -> tuple | dict
 
 
 def batch_from(obj, name: str) -> tuple[torch.Tensor, ...] | dict[str, torch.Tensor]:
-    """Model inputs from loaded tensors: see :func:`read_batch`."""
+    """Model inputs from loaded tensors: see :func:`read_batch`. A tensor with no elements
+    (a batch of 0 rows) is refused: scores on it would all be 0."""
+    tensors = list(obj.items()) if isinstance(obj, dict) else list(enumerate(
+        obj if isinstance(obj, (list, tuple)) else [obj]))
+    for key, t in tensors:
+        if isinstance(t, torch.Tensor) and t.numel() == 0:
+            raise DepViewError(f"{name}: input {key} is empty (shape "
+                               f"{'x'.join(map(str, t.shape))}); a batch needs at least one "
+                               "sample")
     if isinstance(obj, torch.Tensor):
         return (obj,)
     if isinstance(obj, (list, tuple)) and obj and all(isinstance(t, torch.Tensor) for t in obj):

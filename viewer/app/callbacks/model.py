@@ -67,11 +67,13 @@ def load_upload(store: SessionStore, sid: str, contents: str, filename: str | No
     """Load an uploaded export zip (plan.json + model.safetensors; never pickle). The model
     it was pruned from must be one this server offers: nothing else is ever imported."""
     data = decode_upload(contents)
-    source = peek_source(data)
-    if not store.allowed_source(source):
-        raise DepViewError(
-            f"this export was pruned from {source.get('spec')!r}, which this server does not "
-            f"offer: start it with --model {source.get('spec')}")
+    try:
+        source = peek_source(data)
+    except DepViewError as exc:
+        raise DepViewError(f"{filename or 'the upload'}: {exc}") from None
+    refusal = store.source_refusal(source)
+    if refusal:
+        raise DepViewError(refusal)
     from viewer.core.export import read_export_zip
 
     model, plan, lm = read_export_zip(data)
