@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import html as html_text
 import json
 
 import numpy as np
 import pytest
 
+from viewer.app import styles
 from viewer.app.callbacks import inspect as cb
 from viewer.app.callbacks.graph import render
 from viewer.app.callbacks.model import load_entry
 from viewer.app.state import SessionStore
+from viewer.core.optypes import STYLES
 
 
 def _text(component) -> str:
@@ -154,6 +157,65 @@ def test_members_table_is_one_component_with_escaped_names(store):
         group.members[0], node_name='<img src=x onerror="alert(1)">')])
     text = cb.members_table(odd).children
     assert "<img" not in text and "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in text
+
+
+def _plain_ranges(pos) -> str:
+    """Index ranges by a plain loop over the sorted positions (oracle)."""
+    runs: list[list[int]] = []
+    for x in sorted({int(x) for x in pos}):
+        if runs and x == runs[-1][1] + 1:
+            runs[-1][1] = x
+        else:
+            runs.append([x, x])
+    return ", ".join(str(a) if a == b else f"{a}–{b}" for a, b in runs)
+
+
+def _reference_members_table(group) -> str:
+    """The members table as first written, a sort and a Python loop per member."""
+    esc = html_text.escape
+    rows = ["<tr><th>member</th><th>side</th><th>dim</th><th>width</th><th>positions</th></tr>"]
+    for m in group.members:
+        pos = np.unique(m.pos)
+        title = f"{STYLES[m.op_type].label}, module {m.module or '(root)'}"
+        rows.append(f'<tr><td title="{esc(title)}">{esc(m.node_name)}</td><td>{esc(m.side)}</td>'
+                    f'<td>{int(m.dim)}</td><td>{len(pos)}</td>'
+                    f'<td class="ranges">{esc(_plain_ranges(pos))}</td></tr>')
+    return f'<table class="members">{"".join(rows)}</table>'
+
+
+@pytest.mark.parametrize("name", ["densenet", "llama", "shufflenet"])
+def test_members_table_of_every_group_equals_the_reference(demo_pruner, name):
+    # concat slices (densenet), GQA's folded heads (llama), channel shuffles: every group
+    _lm, pruner = demo_pruner(name)
+    for group in pruner.groups:
+        assert cb.members_table(group).children == _reference_members_table(group)
+    # the demos' members own contiguous positions; give them gaps, repeats and disorder too
+    rng = np.random.default_rng(0)
+    group = max(pruner.groups, key=lambda g: len(g.members))
+    odd_pos = ([], [7], rng.integers(0, 40, 30), rng.permutation(50),
+               np.sort(rng.choice(4096, 1000, replace=False)),
+               np.cumsum(rng.choice([1, 1, 3], 300)).astype(np.int32))
+    odd = dataclasses.replace(group, members=[
+        dataclasses.replace(m, pos=pos)
+        for m, pos in zip(group.members[:len(odd_pos)], odd_pos, strict=True)])
+    assert len(odd.members) == 6
+    assert cb.members_table(odd).children == _reference_members_table(odd)
+
+
+def test_group_highlight_labels_equal_the_reference(store):
+    # every edge label of every group of a model whose concats cut tensors into ranges
+    session = store.session("densenet")
+    graph, view = session.stage.graph, session.view
+    for group in session.stage.pruner.groups:
+        got = dict(styles.group_highlight(view, graph, group, None)["edges"])
+        for (nid, port, dim), (pos, _unit) in group.tensors.items():
+            if not len(pos):
+                continue
+            width = graph.nodes[nid].out_shapes[port][dim]
+            want = f"[{_plain_ranges(pos)}] of {width}" if len(pos) < width else \
+                f"all {len(pos)}"
+            for eid in view.tensor_edges.get((nid, port), ()):
+                assert want in got[eid].split(" | ")
 
 
 def test_a_group_that_sets_a_stored_split_size_says_so(fused_spec):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from viewer.app import charts, ids, styles
@@ -23,6 +24,72 @@ def densenet():
 def test_ranges():
     assert styles.ranges([0, 1, 2, 5, 7, 8]) == "0–2, 5, 7–8"
     assert styles.ranges([]) == ""
+
+
+def _reference_ranges(pos) -> str:
+    """The plain loop ``ranges`` was: the oracle for the vectorised one."""
+    p = sorted({int(x) for x in pos})
+    out, i = [], 0
+    while i < len(p):
+        j = i
+        while j + 1 < len(p) and p[j + 1] == p[j] + 1:
+            j += 1
+        out.append(f"{p[i]}" if i == j else f"{p[i]}–{p[j]}")
+        i = j + 1
+    return ", ".join(out)
+
+
+def _random_positions(rng: np.random.Generator) -> np.ndarray:
+    """Index lists of every kind a group holds: empty, one, whole ranges, sparse, clumped
+    runs, repeats, unsorted."""
+    n = int(rng.choice([0, 1, 2, 3, 10, 100, 4096]))
+    kind = rng.integers(5)
+    if kind == 0:  # a contiguous block somewhere
+        start = int(rng.integers(0, 50))
+        return np.arange(start, start + n)
+    if kind == 1:  # a random subset, sorted
+        return np.sort(rng.choice(max(2 * n, 1), size=n, replace=False))
+    if kind == 2:  # clumps: a few runs of random lengths
+        return np.cumsum(rng.choice([1, 1, 1, 2, 5], size=n)) if n else np.arange(0)
+    if kind == 3:  # repeats, unsorted
+        return rng.integers(0, max(n, 1), size=n)
+    return rng.permutation(n)  # a permutation of a whole range
+
+
+def test_ranges_equals_the_plain_loop_on_random_index_lists():
+    rng = np.random.default_rng(0)
+    for _ in range(400):
+        pos = _random_positions(rng)
+        want = _reference_ranges(pos.tolist())
+        # every form callers pass: arrays of any int dtype (read-only ones, as groups share
+        # them), lists, sets, generators
+        frozen = pos.astype(np.int32)
+        frozen.flags.writeable = False
+        for form in (pos, frozen, pos.tolist(), set(pos.tolist()), (int(x) for x in pos)):
+            assert styles.ranges(form) == want
+
+
+def test_runs_are_the_consecutive_runs_of_the_sorted_positions():
+    assert styles.runs([8, 0, 1, 2, 5, 7, 1]) == [(0, 3), (5, 6), (7, 9)]
+    assert styles.runs([]) == [] and styles.runs(np.array([3])) == [(3, 4)]
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        pos = _random_positions(rng)
+        got = styles.runs(pos)
+        # the runs cover exactly the positions, each run is consecutive, and runs never touch
+        assert sorted(set(pos.tolist())) == [i for a, b in got for i in range(a, b)]
+        assert all(a < b for a, b in got)
+        assert all(b1 < a2 for (_, b1), (a2, _) in zip(got[:-1], got[1:], strict=True))
+
+
+def test_sorted_unique_is_numpy_unique_and_keeps_a_sorted_array_as_it_is():
+    rng = np.random.default_rng(2)
+    for _ in range(200):
+        pos = _random_positions(rng)
+        got = styles.sorted_unique(pos)
+        assert got.dtype == np.int64 and np.array_equal(got, np.unique(pos))
+    done = np.arange(10, 4106)
+    assert styles.sorted_unique(done) is done  # no copy, no sort
 
 
 def test_group_highlight_marks_members_and_labels_edges_with_ranges(densenet):

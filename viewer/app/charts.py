@@ -12,6 +12,8 @@ from .styles import PRUNED
 
 WIDTH_HINT = "Preview to see each layer's width before → after"
 SCORE_HINT = "Click a layer to see its group's importance scores"
+KEPT_COLOUR, CUT_COLOUR = "#64748b", "#ef4444"  #: score bars of kept and of cut units
+NAMED_COLOUR_BARS = 256  #: up to this many score bars, each bar's colour is a name
 
 
 def mount(chart_id: str, fig: go.Figure | None, hint: str):
@@ -54,17 +56,27 @@ def width_figure(layers: list[dict] | None) -> go.Figure:
 
 def score_figure(scores: Iterable[float] | None, removed: Iterable[int] = (),
                  title: str = "") -> go.Figure:
-    """One group's unit scores sorted ascending; removed units red, the cut as a line."""
+    """One group's unit scores sorted ascending; removed units red, the cut as a line.
+
+    Up to :data:`NAMED_COLOUR_BARS` bars, each bar's colour is its name. Past that, the bars
+    carry 0 (kept) or 1 (cut) and a two-colour scale draws those same two colours: Plotly
+    checks a colour name against its CSS grammar one bar at a time (about 50 µs each, so
+    0.2–0.4 s for a 4096-unit residual stream), and a numeric array in one step."""
     s = np.asarray(list(scores) if scores is not None else [], dtype=float)
     if not len(s):
         return placeholder(title or "Click a layer to see its group's importance scores", 70)
-    gone = {int(u) for u in removed}
     order = np.argsort(s, kind="stable")
-    cut = sum(1 for u in order if int(u) in gone)
+    gone = np.isin(order, np.asarray(list(removed), dtype=np.int64))  # per bar: a cut unit?
+    cut = int(gone.sum())
+    if len(order) <= NAMED_COLOUR_BARS:
+        marker = {"color": np.where(gone, CUT_COLOUR, KEPT_COLOUR).tolist()}
+    else:
+        marker = {"color": gone.astype(np.uint8), "cmin": 0, "cmax": 1,
+                  "colorscale": [[0, KEPT_COLOUR], [1, CUT_COLOUR]]}
     fig = go.Figure()
-    fig.add_bar(x=list(range(len(order))), y=s[order].tolist(), showlegend=False,
-                marker_color=["#ef4444" if int(u) in gone else "#64748b" for u in order],
-                hovertext=[f"unit {int(u)}" for u in order])
+    # arrays, not lists: Plotly validates a list element by element
+    fig.add_bar(x=np.arange(len(order)), y=s[order], showlegend=False, marker=marker,
+                hovertext=np.char.add("unit ", order.astype(str)))
     if 0 < cut < len(order):
         fig.add_vline(x=cut - 0.5, line_dash="dash", line_color="#dc2626")
     fig.update_layout(height=200, margin={"l": 40, "r": 8, "t": 28, "b": 20},

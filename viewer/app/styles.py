@@ -99,17 +99,43 @@ def highlight_rules() -> list[dict]:
     ]
 
 
+def sorted_unique(pos: Iterable[int]) -> np.ndarray:
+    """Positions as a sorted 1-D int64 array without repeats. An array that already is one
+    (a member's positions usually are) is returned as it is, without a copy.
+
+        >>> sorted_unique([5, 0, 5, 2])
+        array([0, 2, 5])
+    """
+    p = np.asarray(pos if isinstance(pos, np.ndarray) else list(pos))
+    p = p.astype(np.int64, copy=False)
+    if p.ndim != 1:
+        p = p.reshape(-1)
+    # one comparison pass instead of a sort: a residual stream's group has hundreds of
+    # members of thousands of positions each, all sorted already
+    if len(p) > 1 and not (p[1:] > p[:-1]).all():
+        p = np.unique(p)
+    return p
+
+
+def runs(pos: Iterable[int]) -> list[tuple[int, int]]:
+    """Positions (any order, repeats allowed) -> their runs of consecutive positions as
+    sorted half-open ``(start, stop)`` pairs.
+
+        >>> runs([8, 0, 1, 2, 5, 7, 1])
+        [(0, 3), (5, 6), (7, 9)]
+    """
+    p = sorted_unique(pos)
+    if not len(p):
+        return []
+    last = np.flatnonzero(p[1:] != p[:-1] + 1)  # a run ends where the next one is no +1
+    starts = p[np.concatenate(([0], last + 1))]
+    stops = p[np.concatenate((last, [len(p) - 1]))] + 1
+    return list(zip(starts.tolist(), stops.tolist(), strict=True))
+
+
 def ranges(pos: Iterable[int]) -> str:
-    """``[0, 1, 2, 5, 7, 8]`` -> ``"0–2, 5, 7–8"``."""
-    p = sorted({int(x) for x in pos})
-    out, i = [], 0
-    while i < len(p):
-        j = i
-        while j + 1 < len(p) and p[j + 1] == p[j] + 1:
-            j += 1
-        out.append(f"{p[i]}" if i == j else f"{p[i]}–{p[j]}")
-        i = j + 1
-    return ", ".join(out)
+    """``[0, 1, 2, 5, 7, 8]`` -> ``"0–2, 5, 7–8"`` (any order, repeats allowed)."""
+    return ", ".join(f"{a}" if b == a + 1 else f"{a}–{b - 1}" for a, b in runs(pos))
 
 
 def no_highlight(selected: str | None = None) -> dict:

@@ -108,17 +108,6 @@ def _shapes(shapes) -> str:
     return ", ".join(f"[{shape_text(s)}]" for s in shapes) or "—"
 
 
-def _runs(pos: np.ndarray) -> list[tuple[int, int]]:
-    """Sorted positions -> ``[(start, stop), ...]`` of consecutive runs."""
-    p = np.unique(np.asarray(pos, dtype=np.int64))
-    if not len(p):
-        return []
-    breaks = np.nonzero(np.diff(p) != 1)[0]
-    starts = np.concatenate([[0], breaks + 1])
-    ends = np.concatenate([breaks, [len(p) - 1]])
-    return [(int(p[i]), int(p[j]) + 1) for i, j in zip(starts, ends, strict=True)]
-
-
 def segment_bar(sizes: list[int], offsets: list[int], prefix: str,
                 hit: np.ndarray | None = None, cut: np.ndarray | None = None) -> html.Div:
     """A bar split into segments proportional to ``sizes``, each labelled with its offset
@@ -138,7 +127,8 @@ def segment_bar(sizes: list[int], offsets: list[int], prefix: str,
             title += f"; preview removes {len(gone)}"
         marks = [html.Div(className=cls, style={"left": f"{100 * (a - off) / size:.2f}%",
                                                 "width": f"{100 * (b - a) / size:.2f}%"})
-                 for cls, arr in (("seg-own", mine), ("seg-cut", gone)) for a, b in _runs(arr)]
+                 for cls, arr in (("seg-own", mine), ("seg-cut", gone))
+                 for a, b in styles.runs(arr)]
         segs.append(html.Div(
             [html.Span(f"{prefix}{k}", className="seg-name"),
              html.Span(f"{off}–{off + size - 1}", className="seg-range"), *marks],
@@ -337,7 +327,7 @@ def members_table(group: Group) -> dcc.Markdown:
     esc = html_text.escape
     rows = ["<tr><th>member</th><th>side</th><th>dim</th><th>width</th><th>positions</th></tr>"]
     for m in group.members:
-        pos = np.unique(m.pos)
+        pos = styles.sorted_unique(m.pos)
         title = f"{STYLES[m.op_type].label}, module {m.module or '(root)'}"
         rows.append(f'<tr><td title="{esc(title)}">{esc(m.node_name)}</td><td>{esc(m.side)}</td>'
                     f'<td>{int(m.dim)}</td><td>{len(pos)}</td>'

@@ -153,6 +153,9 @@ def run_preview(store: SessionStore, sid: str, settings: dict) -> dict:
     plan = _plan(snap, settings)
     preview = snap[0].pruner.preview(plan)
     preview["skipped"] = dict(plan.skipped)
+    # prunable groups the plan leaves whole: their share rounds down to 0 units
+    preview["kept_whole"] = sum(1 for g in snap[0].pruner.groups
+                                if g.id not in plan.removed and g.id not in plan.skipped)
     preview["settings"] = dict(settings)
     with session.lock:
         _still_current(session, snap)
@@ -371,6 +374,14 @@ def summary_lines(preview: dict) -> tuple[str, str, str]:
     extra = f"{preview['removed_units']} units removed from {preview['groups_pruned']} groups"
     if skipped:
         extra += f"; {len(skipped)} group{'s' if len(skipped) != 1 else ''} left alone"
+    whole = preview.get("kept_whole") or 0
+    if whole:
+        st = preview.get("settings") or {}
+        rt = st.get("round_to", 1)
+        why = ("none of their units ranks below the global cut" if st.get("global_") else
+               f"the ratio rounds down to 0 units{f' in multiples of {rt}' if rt > 1 else ''}")
+        extra += (f"; {whole} prunable group{'s lose' if whole != 1 else ' loses'} nothing "
+                  f"({why})")
     return change(p["before"], p["after"]), change(m["before"], m["after"]), extra
 
 
