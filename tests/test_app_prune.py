@@ -244,3 +244,15 @@ def test_taylor_scores_on_a_model_without_weights_say_why():
     scores, removed, title = cb.group_scores(s, "m", {"kind": "op", "gid": g.id},
                                              {**SETTINGS, "importance": "taylor"})
     assert scores is None and removed == [] and "meta device" in title
+
+
+def test_the_preview_says_when_groups_lose_nothing_and_why(store):
+    plain = cb.summary_lines(cb.run_preview(store, "sid", SETTINGS))[2]
+    assert "lose nothing" not in plain
+    # resnet's 16-channel groups at 0.5 lose 8 units: rounded to 16, they lose none
+    coarse = cb.run_preview(store, "sid", {**SETTINGS, "round_to": 16})
+    n = coarse["kept_whole"]
+    assert n > 0 and n == sum(1 for g in store.session("sid").stage.pruner.groups
+                              if g.n_units == 16 and g.id not in coarse["skipped"])
+    assert f"{n} prunable groups lose nothing (the ratio rounds down to 0 units in " \
+           f"multiples of 16)" in cb.summary_lines(coarse)[2]

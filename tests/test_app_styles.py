@@ -150,3 +150,18 @@ def test_chart_placeholders_say_what_will_appear():
     assert "Preview" in fig.layout.annotations[0].text
     fig = charts.width_figure([{"name": "a", "before": 8, "after": 4}])
     assert [t.name for t in fig.data] == ["before", "after"]
+
+
+def test_no_op_type_is_drawn_in_the_highlight_colour():
+    """A highlighted member gets a HIGHLIGHT border: on a fill of about that colour it would
+    not show (GRU's fill was the highlight colour itself)."""
+    from viewer.core.optypes import STYLES
+
+    def rgb(c: str) -> np.ndarray:
+        return np.array([int(c[i:i + 2], 16) for i in (1, 3, 5)], dtype=float)
+
+    near = {t.name: s.color for t, s in STYLES.items()
+            if np.linalg.norm(rgb(s.color) - rgb(styles.HIGHLIGHT)) < 50}
+    assert near == {}
+    css = (Path(__file__).parents[1] / "assets" / "style.css").read_text()
+    assert f"--hl: {styles.HIGHLIGHT};" in css  # the page's highlight is the graph's

@@ -10,6 +10,7 @@ from torch import nn
 
 from viewer.app import viewmodel as vm
 from viewer.core.optypes import STYLES, OpType
+from viewer.core.spec import load_model
 from viewer.core.trace import build_graph
 
 
@@ -155,3 +156,11 @@ def test_viewmodel_never_imports_dash(monkeypatch):
     import importlib
 
     importlib.import_module("viewer.app.viewmodel")
+
+
+def test_an_embedding_is_drawn_as_vocab_to_dim_not_sequence_length_to_dim():
+    lm = load_model("demo:llama")  # 16 tokens in, a 256-word vocabulary, 64 wide
+    g = build_graph(lm.model, lm.inputs)
+    emb = next(n for n in g.nodes if n.op_type is OpType.EMBED)
+    assert emb.in_shapes[0][-1] == 16
+    assert vm.channels(emb) == (256, 64) and vm.width_line(emb) == "Embedding 256→64"

@@ -141,6 +141,9 @@ def channels(node: Node) -> tuple[int | None, int | None]:
     """(input channels, output channels) as drawn on the node."""
     di, do = in_channel_dim(node), out_channel_dim(node)
     cin = node.in_shapes[0][di] if di is not None else None
+    weight = node.param_shapes.get("weight")
+    if node.op_type is OpType.EMBED and weight:  # its input is token ids: "in" is the vocab
+        cin = weight[0]
     cout = node.out_shapes[0][do] if do is not None else None
     return cin, cout
 
