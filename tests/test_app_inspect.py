@@ -298,3 +298,19 @@ def test_a_group_removed_in_steps_says_how_many_and_why():
     text = _text(cb.inspect(s, "vit", _op("patch_embed")).group_panel)
     assert "removed in steps of" in text and "4 units (attention heads)" in text
     assert "removed in steps of" not in _text(cb.inspect(s, "vit", _op("head")).group_panel)
+
+
+def test_the_group_panel_says_what_a_unit_spans_when_members_own_several_indices():
+    from viewer.app.callbacks.inspect import unit_spans
+    from viewer.app.state import SessionStore
+
+    store = SessionStore()
+    cnn = store.base("demo:cnn").stage.pruner.groups
+    # the last conv's channels reach fc1 through a flatten: one unit is 4x4 input features
+    flat = next(g for g in cnn if any(m.node_name == "fc1" and m.side == "in"
+                                      for m in g.members))
+    fc1 = next(m for m in flat.members if m.node_name == "fc1")
+    per = len(set(fc1.pos.tolist())) // flat.n_units
+    assert per > 1 and f"{per} of fc1 (in)" in unit_spans(flat)
+    plain = next(g for g in cnn if g.root == "features.0")
+    assert unit_spans(plain) == ""  # one index per unit everywhere: nothing to explain

@@ -287,6 +287,22 @@ def module_details(session: Session, view: View, path: str) -> list:
     ]
 
 
+def unit_spans(group: Group, most: int = 3) -> str:
+    """What a unit is when some member owns several indices per unit (a flatten after a
+    conv, heads, an interleaved layout), in words; "" when every member owns one per unit."""
+    n = max(group.n_units, 1)
+    wide = [(m, len(styles.sorted_unique(m.pos))) for m in group.members]
+    wide = [(m, w) for m, w in wide if w > n]
+    if not wide:
+        return ""
+    shown = ", ".join(f"{w // n if w % n == 0 else f'{w / n:.3g}'} of {m.node_name} ({m.side})"
+                      for m, w in wide[:most])
+    k = len(wide) - most
+    more = f" and more in {k} other member{'s' if k > 1 else ''}" if k > 0 else ""
+    return (f"A unit is what a plan removes at once; each of these {n} spans several indices "
+            f"in some members: {shown}{more}.")
+
+
 def group_panel(pruner: Pruner, group: Group, model_group: bool, note: str,
                 session: Session, removed: list[int] | None) -> list:
     """The group's status, reason and members with the index ranges each owns."""
@@ -308,6 +324,9 @@ def group_panel(pruner: Pruner, group: Group, model_group: bool, note: str,
         rows.append(("preview removes", f"{len(removed)} of {group.n_units} {which} "
                                         f"({which} {styles.ranges(removed)})"))
     out = [html.H4(head), status, _kv(rows)]
+    spans = unit_spans(group)
+    if spans:
+        out.append(html.P(spans, className="hint"))
     if note:
         out.append(html.P(note, className="hint"))
     if model_group and pruner.sets(group):
