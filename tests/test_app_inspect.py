@@ -170,6 +170,9 @@ def _plain_ranges(pos) -> str:
     return ", ".join(str(a) if a == b else f"{a}–{b}" for a, b in runs)
 
 
+DASH, JOINED = "–", "\u2060–\u2060"  # no line break inside "12–13" on the page
+
+
 def _reference_members_table(group) -> str:
     """The members table as first written, a sort and a Python loop per member."""
     esc = html_text.escape
@@ -179,7 +182,8 @@ def _reference_members_table(group) -> str:
         title = f"{STYLES[m.op_type].label}, module {m.module or '(root)'}"
         rows.append(f'<tr><td title="{esc(title)}">{esc(m.node_name)}</td><td>{esc(m.side)}</td>'
                     f'<td>{int(m.dim)}</td><td>{len(pos)}</td>'
-                    f'<td class="ranges">{esc(_plain_ranges(pos))}</td></tr>')
+                    f'<td class="ranges">{esc(_plain_ranges(pos).replace(DASH, JOINED))}</td>'
+                    '</tr>')
     return f'<table class="members">{"".join(rows)}</table>'
 
 

@@ -162,8 +162,10 @@ def test_group_scores_follow_the_preview_plan(store):
     sel = {"kind": "op", "name": "layer1.0.conv1", "gid": gid}
     scores, removed, title = cb.group_scores(store, "sid", sel, SETTINGS)  # before a preview
     assert len(scores) == 16 and len(removed) == 8 and "8 of 16" in title
+    assert title.endswith("cut at ratio 0.5 (not previewed)")
     cb.run_preview(store, "sid", {**SETTINGS, "ratio": 0.25})
-    scores, removed, _ = cb.group_scores(store, "sid", sel, SETTINGS)
+    scores, removed, title = cb.group_scores(store, "sid", sel, SETTINGS)
+    assert title.endswith("4 of 16 units cut by the preview")
     assert removed == session.preview_plan.removed[gid] and len(removed) == 4
     fig = charts.score_figure(scores, removed, "t")
     assert fig.data[0].marker.color.count("#ef4444") == 4

@@ -43,7 +43,7 @@ def header(entries: list[ModelEntry], default: str) -> html.Header:
 
 def graph_panel() -> html.Div:
     toolbar = html.Div([
-        dcc.Input(id=ids.SEARCH, type="search", placeholder="search name or type (conv, cat…)",
+        dcc.Input(id=ids.SEARCH, type="search", placeholder="find layer or type",
                   debounce=True, className="search"),
         html.Span(id=ids.SEARCH_INFO, className="search-info"),
         html.Div([

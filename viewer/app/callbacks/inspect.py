@@ -322,7 +322,7 @@ def group_panel(pruner: Pruner, group: Group, model_group: bool, note: str,
     if removed:
         which = "unit" if len(removed) == 1 else "units"
         rows.append(("preview removes", f"{len(removed)} of {group.n_units} {which} "
-                                        f"({which} {styles.ranges(removed)})"))
+                                        f"({which} {unbroken(styles.ranges(removed))})"))
     out = [html.H4(head), status, _kv(rows)]
     spans = unit_spans(group)
     if spans:
@@ -338,6 +338,12 @@ def group_panel(pruner: Pruner, group: Group, model_group: bool, note: str,
     return out
 
 
+def unbroken(ranges: str) -> str:
+    """Index ranges for the page: a line may break after a comma, never inside "12–13"
+    (word joiners around the dash; browsers break after an en dash otherwise)."""
+    return ranges.replace("–", "\u2060–\u2060")
+
+
 def members_table(group: Group) -> dcc.Markdown:
     """The group's members and the index ranges each owns, as one HTML table in **one**
     component. A residual stream has hundreds of members, and every Dash component on the page
@@ -350,7 +356,7 @@ def members_table(group: Group) -> dcc.Markdown:
         title = f"{STYLES[m.op_type].label}, module {m.module or '(root)'}"
         rows.append(f'<tr><td title="{esc(title)}">{esc(m.node_name)}</td><td>{esc(m.side)}</td>'
                     f'<td>{int(m.dim)}</td><td>{len(pos)}</td>'
-                    f'<td class="ranges">{esc(styles.ranges(pos))}</td></tr>')
+                    f'<td class="ranges">{esc(unbroken(styles.ranges(pos)))}</td></tr>')
     # one line: a blank line would end the HTML block the markdown parser passes through raw
     return dcc.Markdown(f'<table class="members">{"".join(rows)}</table>',
                         dangerously_allow_html=True, className="members-wrap")

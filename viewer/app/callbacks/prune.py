@@ -336,7 +336,8 @@ def group_scores(store: SessionStore, sid: str, selection: dict | None,
         ignore = {tuple(x.rsplit(":", 1)) for x in session.ignore}
     if group is None:
         return None, [], ""
-    if plan is not None and gid in plan.scores:
+    from_preview = plan is not None and gid in plan.scores
+    if from_preview:
         scores = np.asarray(plan.scores[gid])
         removed = list(plan.removed.get(gid, []))
         crit = plan.settings.get("importance", "")
@@ -354,8 +355,9 @@ def group_scores(store: SessionStore, sid: str, selection: dict | None,
         removed = np.argsort(scores, kind="stable")[:k].tolist()
         if pruner.reason(group, ignore):
             removed = []
+    how = "by the preview" if from_preview else f"at ratio {ratio:g} (not previewed)"
     return scores, removed, (f"group #{gid}: {crit} importance, {len(removed)} of "
-                             f"{len(scores)} units cut")
+                             f"{len(scores)} units cut {how}")
 
 
 def preview_rules(store: SessionStore, sid: str) -> list[dict]:
