@@ -1,5 +1,5 @@
 /* DepView client-side helpers: the group highlight, fit, zoom to elements, double-click to
- * collapse/expand.
+ * collapse/expand, following a prepared download's link.
  *
  * dash-cytoscape keeps its Cytoscape.js instance in window.cy (one graph per page). Work that
  * needs the instance runs here so the server never has to know the viewport size.
@@ -9,6 +9,7 @@
   var FADED = 'dv-faded', MEMBER = 'dv-member', TENSOR = 'dv-tensor', SELECTED = 'dv-selected',
     LABEL = 'hl';
   var SHOWN = 'selection-shown';  // viewer/app/ids.py SHOWN
+  var DOWNLOAD = 'dv-download';  // viewer/app/callbacks/export.py AUTO_LINK
 
   window.dash_clientside = Object.assign({}, window.dash_clientside, {
     depview: {
@@ -157,6 +158,35 @@
           var z = Math.min(1.6, Math.min(cy.width() / (bb.w + 160), cy.height() / (bb.h + 160)));
           cy.animate({zoom: z, center: {eles: eles}}, {duration: 300});
         });
+        return window.dash_clientside.no_update;
+      },
+
+      /* A message that hands over a prepared file holds a one-time link of class DOWNLOAD
+       * (viewer/app/callbacks/export.py): follow it at once, so the browser downloads the
+       * file as it downloads any link (to disk, with its progress bar). `children` is the
+       * message as Dash holds it: components as {type, props: {children, ...}}. */
+      download: function (children) {
+        var link = (function find(c) {
+          if (!c || typeof c !== 'object') { return null; }
+          if (Array.isArray(c)) {
+            for (var i = 0; i < c.length; i++) {
+              var hit = find(c[i]);
+              if (hit) { return hit; }
+            }
+            return null;
+          }
+          var p = c.props || {};
+          return p.className === DOWNLOAD && p.href ? p : find(p.children);
+        })(children);
+        if (link) {
+          var a = document.createElement('a');
+          a.href = link.href;
+          a.download = link.download || '';
+          a.style.display = 'none';
+          document.body.appendChild(a);
+          a.click();
+          a.remove();
+        }
         return window.dash_clientside.no_update;
       }
     }

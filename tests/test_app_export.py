@@ -1,4 +1,5 @@
-"""Downloads: the checkpoint zip reloads without pickle; graph and groups JSON."""
+"""Downloads: the checkpoint zip is fetched once from its route and reloads without pickle;
+graph and groups JSON."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import zipfile
 import pytest
 import torch
 
+from viewer.app import main
 from viewer.app.callbacks import export as cb
 from viewer.app.callbacks.model import load_entry
 from viewer.app.callbacks.prune import apply_round
-from viewer.app.state import SessionStore
+from viewer.app.downloads import Downloads
+from viewer.app.state import ModelEntry, SessionStore
 from viewer.core.errors import DepViewError
 
 export = pytest.importorskip("viewer.core.export")
@@ -26,42 +29,182 @@ def store():
     return s
 
 
+@pytest.fixture
+def downloads():
+    d = Downloads()
+    yield d
+    d.close()
+
+
+@pytest.fixture
+def app():
+    """The app with a session "sid" that applied one round of demo:cnn."""
+    app = main.create_app([ModelEntry("demo:cnn")])
+    load_entry(app._depview_store, "sid", "demo:cnn")
+    apply_round(app._depview_store, "sid", SETTINGS)
+    yield app
+    app._depview_downloads.close()
+
+
+def _fetch(downloads: Downloads, token: str) -> bytes:
+    f, _, size = downloads.take(token)
+    with f:
+        data = f.read()
+    assert len(data) == size
+    return data
+
+
 def _reload(data: bytes, tmp_path):
     with zipfile.ZipFile(io.BytesIO(data)) as zf:
         zf.extractall(tmp_path)
     return export.load_pruned(tmp_path)
 
 
-def test_checkpoint_needs_an_applied_round(store):
-    with pytest.raises(DepViewError, match="apply a pruning round first"):
-        cb.checkpoint_zip(store, "sid")
-
-
-def test_checkpoint_zip_reloads_to_the_pruned_model(store, tmp_path):
-    apply_round(store, "sid", SETTINGS)
-    data, name = cb.checkpoint_zip(store, "sid")
-    assert name == "demo-cnn-pruned-round1.zip"
-    names = set(zipfile.ZipFile(io.BytesIO(data)).namelist())
-    assert {"model.safetensors", "plan.json", "report.json"} <= names
-    model = _reload(data, tmp_path)
-    pruned = store.session("sid").stage.model
-    x = store.session("sid").base.inputs
+def _same_outputs(model, store, sid="sid"):
+    pruned = store.session(sid).stage.model
+    x = store.session(sid).base.inputs
     with torch.no_grad():
         assert torch.allclose(model(*x), pruned(*x), atol=1e-6)
 
 
-def test_two_rounds_export_composes_the_history(store, tmp_path):
+def test_checkpoint_needs_an_applied_round(store, downloads):
+    with pytest.raises(DepViewError, match="apply a pruning round first"):
+        cb.prepare_checkpoint(store, downloads, "sid")
+    assert len(downloads) == 0
+
+
+def test_checkpoint_zip_reloads_to_the_pruned_model(store, downloads, tmp_path):
+    apply_round(store, "sid", SETTINGS)
+    ck = cb.prepare_checkpoint(store, downloads, "sid")
+    assert ck.filename == "demo-cnn-pruned-round1.zip"
+    assert ck.files == ("model.safetensors", "plan.json", "report.json")  # no model.pt2
+    assert ck.pt2 == {"written": False, "reason": "not requested"}
+    data = _fetch(downloads, ck.token)
+    assert len(data) == ck.size
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        assert sorted(zf.namelist()) == list(ck.files)
+        # the weights are stored as they are (they barely deflate), the JSON is deflated
+        assert zf.getinfo("model.safetensors").compress_type == zipfile.ZIP_STORED
+        assert zf.getinfo("plan.json").compress_type == zipfile.ZIP_DEFLATED
+        assert json.loads(zf.read("report.json"))["pt2"]["reason"] == "not requested"
+    _same_outputs(_reload(data, tmp_path), store)
+    assert downloads.take(ck.token) is None  # once
+    assert not any(downloads.root.iterdir())  # no file left behind
+
+
+def test_the_pt2_checkpoint_holds_the_torch_export_program(store, downloads, tmp_path):
+    apply_round(store, "sid", SETTINGS)
+    stage = store.session("sid").stage.key
+    ck = cb.prepare_checkpoint(store, downloads, "sid", pt2=True, stage=stage)
+    assert ck.filename == "demo-cnn-pruned-round1-pt2.zip" and ck.pt2["written"]
+    data = _fetch(downloads, ck.token)
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        assert "model.pt2" in zf.namelist()
+        assert zf.getinfo("model.pt2").compress_type == zipfile.ZIP_STORED  # a zip already
+        zf.extract("model.pt2", tmp_path / "pt2")
+    program = torch.export.load(str(tmp_path / "pt2" / "model.pt2")).module()
+    _same_outputs(program, store)
+    _same_outputs(_reload(data, tmp_path / "dir"), store)
+    # an offer made for an earlier stage is refused once the session moved on
+    apply_round(store, "sid", {**SETTINGS, "ratio": 0.3})
+    with pytest.raises(DepViewError, match="changed since"):
+        cb.prepare_checkpoint(store, downloads, "sid", pt2=True, stage=stage)
+
+
+def test_the_ready_message_links_the_file_and_offers_model_pt2():
+    ck = cb.Checkpoint("tok", "m.zip", 54_512_000, ("model.safetensors", "plan.json"), "k",
+                       {"written": False, "reason": "not requested"})
+    msg = cb.ready_message("/_depview/download/tok", ck).to_plotly_json()
+    link, offer = msg["props"]["children"][1], msg["props"]["children"][3]
+    assert link.href == "/_depview/download/tok" and link.download == "m.zip"
+    assert link.className == cb.AUTO_LINK  # assets/depview.js follows it
+    assert "54.5 MB" in msg["props"]["children"][2]
+    assert offer.id == {"type": "download-pt2", "stage": "k"}
+    failed = cb.Checkpoint("tok", "m.zip", 10, ("model.safetensors",), "k",
+                           {"written": False, "reason": "torch.export failed: X"})
+    msg = cb.ready_message("/u", failed).to_plotly_json()
+    assert "msg-warn" in msg["props"]["className"]
+    assert "No model.pt2: torch.export failed: X." in msg["props"]["children"]
+
+
+def test_two_rounds_export_composes_the_history(store, downloads, tmp_path):
     apply_round(store, "sid", SETTINGS)
     apply_round(store, "sid", {**SETTINGS, "ratio": 0.3})
-    data, name = cb.checkpoint_zip(store, "sid")
-    assert name.endswith("round2.zip")
+    ck = cb.prepare_checkpoint(store, downloads, "sid")
+    assert ck.filename.endswith("round2.zip")
+    data = _fetch(downloads, ck.token)
     plan = json.loads(zipfile.ZipFile(io.BytesIO(data)).read("plan.json"))
     assert len(plan["rounds"]) == 2
-    model = _reload(data, tmp_path)
-    pruned = store.session("sid").stage.model
-    x = store.session("sid").base.inputs
-    with torch.no_grad():
-        assert torch.allclose(model(*x), pruned(*x), atol=1e-6)
+    _same_outputs(_reload(data, tmp_path), store)
+
+
+def test_the_route_sends_the_zip_once_and_it_reloads(app, tmp_path):
+    store, downloads = app._depview_store, app._depview_downloads
+    ck = cb.prepare_checkpoint(store, downloads, "sid")
+    url = downloads.url(app, ck.token)
+    assert url == f"/_depview/download/{ck.token}" and len(ck.token) >= 40
+    client = app.server.test_client()
+    assert client.head(url).status_code == 405  # a HEAD (a link checker) does not spend it
+    resp = client.get(url)
+    assert resp.status_code == 200 and resp.mimetype == "application/zip"
+    assert resp.headers["Content-Disposition"] == f"attachment; filename={ck.filename}"
+    assert int(resp.headers["Content-Length"]) == ck.size == len(resp.data)
+    assert resp.headers["Cache-Control"] == "no-store"
+    _same_outputs(_reload(resp.data, tmp_path), store)
+    assert not any(downloads.root.iterdir())  # deleted once sent
+    again = client.get(url)  # a link works once
+    assert again.status_code == 404
+    assert again.mimetype == "text/plain" and again.text.count("\n") == 1
+    assert "unknown, already used or expired" in again.text
+
+
+def test_the_route_refuses_unknown_and_expired_tokens(app):
+    store, downloads = app._depview_store, app._depview_downloads
+    client = app.server.test_client()
+    for bad in ("nope", "x" * 43):
+        resp = client.get(f"/_depview/download/{bad}")
+        assert resp.status_code == 404 and resp.text.count("\n") <= 1
+    now = [0.0]
+    downloads._clock = lambda: now[0]
+    ck = cb.prepare_checkpoint(store, downloads, "sid")
+    now[0] += downloads.ttl + 1
+    resp = client.get(downloads.url(app, ck.token))
+    assert resp.status_code == 404 and "expired" in resp.text
+    assert not any(downloads.root.iterdir())  # an expired file is deleted
+
+
+def test_a_session_fetches_only_its_own_files(app, tmp_path):
+    store, downloads = app._depview_store, app._depview_downloads
+    load_entry(store, "other", "demo:resnet")
+    apply_round(store, "other", SETTINGS)
+    mine = cb.prepare_checkpoint(store, downloads, "sid")
+    theirs = cb.prepare_checkpoint(store, downloads, "other")
+    assert mine.token != theirs.token
+    client = app.server.test_client()
+    plan = json.loads(zipfile.ZipFile(io.BytesIO(
+        client.get(downloads.url(app, mine.token)).data)).read("plan.json"))
+    assert plan["source"]["spec"] == "demo:cnn"
+    plan = json.loads(zipfile.ZipFile(io.BytesIO(
+        client.get(downloads.url(app, theirs.token)).data)).read("plan.json"))
+    assert plan["source"]["spec"] == "demo:resnet"
+    # a session's new file revokes its previous one: one waiting file per session
+    first = cb.prepare_checkpoint(store, downloads, "sid")
+    second = cb.prepare_checkpoint(store, downloads, "sid")
+    assert client.get(downloads.url(app, first.token)).status_code == 404
+    assert len(list(downloads.root.iterdir())) == 1
+    assert client.get(downloads.url(app, second.token)).status_code == 200
+
+
+def test_downloads_keep_at_most_max_files_and_close_removes_them(tmp_path):
+    d = Downloads(max_files=2)
+    tokens = []
+    for i in range(3):
+        (tmp_path / f"{i}.zip").write_bytes(b"x" * i)
+        tokens.append(d.add(f"s{i}", tmp_path / f"{i}.zip", f"{i}.zip"))
+    assert len(d) == 2 and d.take(tokens[0]) is None  # the oldest went
+    root = d.root
+    d.close()
+    assert not root.exists() and d.take(tokens[2]) is None
 
 
 def test_graph_and_groups_json(store):

@@ -50,8 +50,8 @@ def test_unknown_picker_value_is_refused():
 
 def test_upload_rejects_junk_with_one_line_errors():
     store = SessionStore()
-    with pytest.raises(DepViewError, match="not a zip"):
-        cb.load_upload(store, "s", _contents(b"hello"), "x.zip")
+    with pytest.raises(DepViewError, match="^weights.pt: the upload is not a zip"):
+        cb.load_upload(store, "s", _contents(b"hello"), "weights.pt")  # any type reaches us
     with pytest.raises(DepViewError, match="no plan.json"):
         cb.load_upload(store, "s", _contents(_zip({"a.txt": b"x"})), "x.zip")
     with pytest.raises(DepViewError, match="empty"):
@@ -104,7 +104,8 @@ def test_a_huge_model_on_the_meta_device_is_browsed_without_its_weights():
     import argparse
 
     from viewer.app.callbacks import prune as pcb
-    from viewer.app.callbacks.export import checkpoint_zip
+    from viewer.app.callbacks.export import prepare_checkpoint
+    from viewer.app.downloads import Downloads
     from viewer.app.main import entries_from_args
     kwargs = '{"dim": 1024, "n_layers": 4, "n_heads": 16, "n_kv_heads": 4, "ffn_hidden": 2816}'
     args = argparse.Namespace(model=["demo:llama"], input=[], kwargs=kwargs, weights=None,
@@ -123,10 +124,34 @@ def test_a_huge_model_on_the_meta_device_is_browsed_without_its_weights():
     assert preview["params"]["after"] < preview["params"]["before"]
     pcb.apply_round(s, "m", pcb.parse_settings("random", 0.5, "uniform", 1))
     with pytest.raises(DepViewError, match="no weights to export"):
-        checkpoint_zip(s, "m")
+        prepare_checkpoint(s, Downloads(), "m")
 
 
 def test_a_model_with_weights_keeps_the_chosen_importance():
     s = SessionStore()
     cb.load_entry(s, "c", "demo:cnn")
     assert cb.importance_for(s, "c", "l1") is None
+
+
+def test_an_upload_whose_weights_do_not_fit_says_which_tensor_not_a_temp_path(tmp_path):
+    export = pytest.importorskip("viewer.core.export")
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    store = SessionStore()
+    base = store.base("demo:cnn")
+    plan = base.stage.pruner.plan(0.5, "l1")
+    out = export.export_dir(base.stage.pruner, plan, base.stage.pruner.apply(plan),
+                            tmp_path / "e", base.source)
+    sd = load_file(str(out / "model.safetensors"))
+    name = next(k for k, v in sd.items() if v.dim() == 4)
+    sd[name] = torch.zeros(1, *sd[name].shape[1:])
+    save_file(sd, str(out / "model.safetensors"))
+    with pytest.raises(DepViewError) as info:
+        cb.load_upload(store, "s", _contents(export.zip_dir(out)), "t.zip")
+    text = str(info.value)
+    assert f"size mismatch for {name}" in text and "\n" not in text
+    assert "the zip" in text and "/tmp" not in text and str(tmp_path) not in text
+    (out / "model.safetensors").write_bytes(b"junk")
+    with pytest.raises(DepViewError, match="the zip's model.safetensors is not a valid"):
+        cb.load_upload(store, "s", _contents(export.zip_dir(out)), "t.zip")

@@ -202,21 +202,35 @@ def test_apply_then_download_gives_a_checkpoint_load_pruned_reloads(dash_duo, tm
     _until(dash_duo, lambda d: d.find_element("id", ids.DOWNLOAD).is_enabled(),
            "the download button stayed disabled")
     dash_duo.find_element(f"#{ids.DOWNLOAD}").click()
-    _until(dash_duo, lambda d: [p for p in download.glob("*.zip")], "no zip was downloaded")
-    zpath = next(download.glob("*.zip"))
-    _until(dash_duo, lambda d: zipfile.is_zipfile(zpath), "the zip never completed")
+    # the page follows the message's one-time link: the browser fetches the file natively
+    zpath = download / "demo-cnn-pruned-round1.zip"
+    _until(dash_duo, lambda d: zpath.is_file() and zipfile.is_zipfile(zpath),
+           "no complete zip was downloaded")
+    dash_duo.wait_for_contains_text(f"#{ids.MESSAGE}", "Checkpoint ready", timeout=TIMEOUT)
+    link = dash_duo.find_element(f"#{ids.MESSAGE} a[download]").get_attribute("href")
+    assert "/_depview/download/" in link
+    assert _js(dash_duo, "var r = new XMLHttpRequest(); r.open('GET', arguments[0], false);"
+                         " r.send(); return r.status;", link) == 404  # it worked once
     with zipfile.ZipFile(io.BytesIO(zpath.read_bytes())) as zf:
+        assert sorted(zf.namelist()) == ["model.safetensors", "plan.json", "report.json"]
         zf.extractall(tmp_path)
     model = export.load_pruned(tmp_path)
     n_params = sum(p.numel() for p in model.parameters())
     original = sum(p.numel() for p in __import__("demo_models").get_demo("cnn").build()
                    .parameters())
     assert n_params < original
+    # the message offers the same zip with the torch.export program
+    dash_duo.find_element(f"#{ids.MESSAGE} button").click()
+    with_pt2 = download / "demo-cnn-pruned-round1-pt2.zip"
+    _until(dash_duo, lambda d: with_pt2.is_file() and zipfile.is_zipfile(with_pt2),
+           "the zip with model.pt2 never arrived")
+    assert "model.pt2" in zipfile.ZipFile(with_pt2).namelist()
     # and the page opens the export it wrote (rebuilt from safetensors + plan.json)
     dash_duo.find_element(f"#{ids.UPLOAD} input[type=file]").send_keys(str(zpath))
     dash_duo.wait_for_contains_text(f"#{ids.MESSAGE}", "Loaded", timeout=TIMEOUT)
     dash_duo.wait_for_contains_text(f"#{ids.MODEL_INFO}", "uploaded", timeout=TIMEOUT)
     dash_duo.wait_for_contains_text(f"#{ids.HISTORY}", "uploaded export", timeout=TIMEOUT)
+    assert sorted(p.name for p in download.iterdir()) == [with_pt2.name, zpath.name]
 
 
 def test_a_taylor_batch_is_uploaded_and_used_by_the_preview(dash_duo, tmp_path):

@@ -11,6 +11,7 @@ from viewer.core.export import (
     export_dir,
     load_pruned,
     read_export_zip,
+    write_zip,
     zip_dir,
 )
 from viewer.core.prune import Pruner
@@ -88,6 +89,26 @@ def test_zip_roundtrip_and_bad_uploads(demo_pruner, tmp_path):
         zf.writestr("model.pt", b"\x80\x04pickle")
     with pytest.raises(DepViewError, match="not a DepView export"):
         read_export_zip(buf.getvalue())
+
+
+def test_an_export_without_pt2_says_so_and_its_zip_stores_weights_as_they_are(demo_pruner,
+                                                                              tmp_path):
+    lm, p = demo_pruner("cnn")
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    out = export_dir(p, plan, pruned, tmp_path / "z", lm.source, pt2=False)
+    assert not (out / "model.pt2").exists()
+    report = json.loads((out / "report.json").read_text())
+    assert report["pt2"] == {"written": False, "reason": "not requested"}
+    path = write_zip(out, tmp_path / "z.zip")
+    assert path.read_bytes() == zip_dir(out)  # the file and the bytes are the same zip
+    with zipfile.ZipFile(path) as zf:
+        kinds = {i.filename: i.compress_type for i in zf.infolist()}
+    assert kinds == {"model.safetensors": zipfile.ZIP_STORED,
+                     "plan.json": zipfile.ZIP_DEFLATED, "report.json": zipfile.ZIP_DEFLATED}
+    model, _, _ = read_export_zip(path.read_bytes())
+    with torch.no_grad():
+        assert torch.equal(model(*lm.inputs), pruned(*lm.inputs))
 
 
 def test_load_pruned_errors(tmp_path):

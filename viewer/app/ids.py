@@ -80,3 +80,6 @@ DOWNLOAD = "download"  #: the checkpoint (.zip) button
 DOWNLOAD_GRAPH = "download-graph"
 DOWNLOAD_GROUPS = "download-groups"
 DOWNLOAD_FILE = "download-file"  #: the dcc.Download component
+#: pattern-matching type of the "add model.pt2" offer in the message that hands over a
+#: checkpoint: {"type": DOWNLOAD_PT2, "stage": the stage's key}
+DOWNLOAD_PT2 = "download-pt2"

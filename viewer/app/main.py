@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from viewer.core.errors import DepViewError
 
 from . import callbacks
 from .args import add_serve_arguments, entries_from_args
+from .downloads import Downloads
 from .layout import page
 from .state import DEFAULT_SPEC, ModelEntry, SessionStore
 from .viewmodel import DEFAULT_MAX_VISIBLE
@@ -57,11 +60,14 @@ def create_app(models: Sequence[ModelEntry] | None = None, *, preload: bool = Fa
     app = dash.Dash(__name__, title="DepView", assets_folder=str(assets_folder()),
                     update_title=None)
     app.layout = lambda: page(store, default)
-    for feature in (callbacks.model, callbacks.graph, callbacks.inspect, callbacks.prune,
-                    callbacks.export):
+    for feature in (callbacks.model, callbacks.graph, callbacks.inspect, callbacks.prune):
         feature.register(app, store)
+    # checkpoints are fetched natively from a route, once each, not sent through a callback
+    downloads = Downloads(max_files=2 * max_sessions)
+    downloads.add_route(app)
+    callbacks.export.register(app, store, downloads)
     app.server.config["MAX_CONTENT_LENGTH"] = 1536 << 20  # uploads arrive base64-encoded
-    app._depview_store = store  # for tests and debugging
+    app._depview_store, app._depview_downloads = store, downloads  # for tests and debugging
     return app
 
 
@@ -83,7 +89,16 @@ def run(host: str = "127.0.0.1", port: int = 8050, models: Sequence[ModelEntry] 
     app = create_app(models, preload=preload)
     print(f"DepView on http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/",
           file=sys.stderr)
-    app.run(host=host, port=port, debug=debug, threaded=True)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        # stopped with SIGTERM (a service manager, `kill`), exit as on Ctrl-C: a bare SIGTERM
+        # skips atexit, which removes the temporary files of checkpoints not yet downloaded
+        previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        app.run(host=host, port=port, debug=debug, threaded=True)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

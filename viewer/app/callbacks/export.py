@@ -1,18 +1,32 @@
-"""Downloads: the pruned checkpoint directory as a zip, the graph JSON and the groups JSON."""
+"""Downloads: the pruned checkpoint directory as a zip, the graph JSON and the groups JSON.
+
+The checkpoint is not sent through the callback (base64 inside its JSON response: 138 MB of
+JSON and about 20 s for a pruned ResNet-50). The callback writes the zip to a file, registers
+it with :class:`~viewer.app.downloads.Downloads` and answers with a message holding a one-time
+link; a client-side callback follows that link, so the browser downloads the file natively.
+The zip leaves ``model.pt2`` out unless asked: ``torch.export`` takes most of the time an
+export needs and its program holds the weights a second time. The message offers it.
+"""
 
 from __future__ import annotations
 
 import json
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
-from dash import Input, Output, State, ctx, dcc, no_update
+from dash import ALL, ClientsideFunction, Input, Output, State, ctx, dcc, html, no_update
 
 from viewer.core.errors import DepViewError
 
 from .. import ids
+from ..downloads import Downloads
 from ..state import SessionStore
-from .common import error_message, message
+from .common import error_message
+
+#: the class of the link a client-side callback follows as soon as the message shows it
+#: (assets/depview.js, ``download``)
+AUTO_LINK = "dv-download"
 
 
 def _slug(session) -> str:
@@ -20,22 +34,80 @@ def _slug(session) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "-" for c in spec).strip("-")
 
 
-def checkpoint_zip(store: SessionStore, sid: str) -> tuple[bytes, str]:
-    """The current round's export directory (model.safetensors, plan.json, report.json, ...)
-    zipped in memory: ``(bytes, filename)``. Reloadable with ``load_pruned``, no pickle."""
-    from viewer.core.export import export_dir, zip_dir
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint zip waiting in :class:`Downloads`: fetch it once with ``token``."""
+
+    token: str
+    filename: str
+    size: int  #: bytes
+    files: tuple[str, ...]  #: what the zip holds
+    stage: str  #: key of the stage it exports
+    pt2: dict  #: report.json's ``pt2`` entry: written, or why not
+
+
+def prepare_checkpoint(store: SessionStore, downloads: Downloads, sid: str, pt2: bool = False,
+                       stage: str | None = None) -> Checkpoint:
+    """Write the current round's export directory (model.safetensors, plan.json,
+    report.json, and model.pt2 when ``pt2`` and the model exports) as a zip and hand it to
+    ``downloads`` for this session. Reloadable with ``load_pruned``, no pickle.
+    ``stage`` (a stage key) refuses to export anything but that stage.
+
+    The export runs without the session lock (clicks on the graph are not kept waiting): it
+    only reads the two stages, which never change once made."""
+    from viewer.core.export import export_dir, write_zip
+
+    from .prune import round_number
 
     session = store.session(sid)
     with session.lock:
         if len(session.stages) < 2:
             raise DepViewError("nothing to download yet: apply a pruning round first")
         prev, cur = session.stages[-2], session.stages[-1]
-        with tempfile.TemporaryDirectory() as tmp:
-            out = export_dir(prev.pruner, cur.plan, cur.model, Path(tmp) / "export",
-                             session.base.source, cur.verification,
-                             history=session.history_rounds())
-            data = zip_dir(out)
-        return data, f"{_slug(session)}-pruned-round{len(session.stages) - 1}.zip"
+        if stage is not None and cur.key != stage:
+            raise DepViewError("the model changed since that offer: press Checkpoint (.zip) "
+                               "again")
+        source, history = session.base.source, session.history_rounds()
+        name = f"{_slug(session)}-pruned-round{round_number(session)}"
+    name += "-pt2.zip" if pt2 else ".zip"
+    with tempfile.TemporaryDirectory(dir=downloads.root) as tmp:  # same disk: a rename
+        out = export_dir(prev.pruner, cur.plan, cur.model, Path(tmp) / "export", source,
+                         cur.verification, history=history, pt2=pt2)
+        report = json.loads((out / "report.json").read_text())
+        files = tuple(sorted(f.name for f in out.iterdir()))
+        path = write_zip(out, Path(tmp) / name)
+        size = path.stat().st_size
+        token = downloads.add(sid, path, name)  # moved out before the directory goes
+    return Checkpoint(token, name, size, files, cur.key, report["pt2"])
+
+
+def fmt_bytes(n: int) -> str:
+    """``54_512_000`` -> ``"54.5 MB"``."""
+    for unit, div in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= div:
+            return f"{n / div:.1f} {unit}"
+    return f"{n} B"
+
+
+def ready_message(url: str, ck: Checkpoint) -> html.Div:
+    """The message that hands over a checkpoint: a link the page follows at once (it is
+    also there to click, should the browser have blocked the automatic download) and, for a
+    zip without model.pt2, the offer to add one."""
+    parts: list = ["Checkpoint ready: ",
+                   html.A(ck.filename, href=url, download=ck.filename, className=AUTO_LINK),
+                   f" ({fmt_bytes(ck.size)}: {', '.join(sorted(ck.files))}; the link works "
+                   "once). "]
+    kind = "ok"
+    if ck.pt2.get("reason") == "not requested":
+        parts.append(html.Button(
+            "add model.pt2", id={"type": ids.DOWNLOAD_PT2, "stage": ck.stage},
+            className="btn small", n_clicks=0,
+            title="the same zip plus model.pt2, a torch.export program of the pruned model: "
+                  "about twice the size, and torch.export takes a while"))
+    elif not ck.pt2.get("written"):
+        kind = "warn"
+        parts.append(f"No model.pt2: {ck.pt2.get('reason')}.")
+    return html.Div(parts, className=f"msg msg-{kind}", role="status")
 
 
 def graph_json(store: SessionStore, sid: str) -> tuple[str, str]:
@@ -58,23 +130,39 @@ def groups_json(store: SessionStore, sid: str) -> tuple[str, str]:
         return text, f"{_slug(session)}-groups.json"
 
 
-def register(app, store: SessionStore) -> None:
+def register(app, store: SessionStore, downloads: Downloads) -> None:
     @app.callback(
         Output(ids.DOWNLOAD_FILE, "data"),
         Output(ids.MESSAGE, "children", allow_duplicate=True),
         Input(ids.DOWNLOAD, "n_clicks"),
+        Input({"type": ids.DOWNLOAD_PT2, "stage": ALL}, "n_clicks"),
         Input(ids.DOWNLOAD_GRAPH, "n_clicks"),
         Input(ids.DOWNLOAD_GROUPS, "n_clicks"),
         State(ids.SESSION, "data"),
         prevent_initial_call=True,
     )
-    def on_download(_z, _g, _r, sid):
+    def on_download(_z, _pt2, _g, _r, sid):
         trig = ctx.triggered_id
         try:
+            if trig in (ids.DOWNLOAD_GRAPH, ids.DOWNLOAD_GROUPS):
+                make = graph_json if trig == ids.DOWNLOAD_GRAPH else groups_json
+                text, name = make(store, sid)
+                return dcc.send_string(text, name), no_update
             if trig == ids.DOWNLOAD:
-                data, name = checkpoint_zip(store, sid)
-                return dcc.send_bytes(data, name), message(f"Downloaded {name}.", "ok")
-            text, name = (graph_json if trig == ids.DOWNLOAD_GRAPH else groups_json)(store, sid)
-            return dcc.send_string(text, name), no_update
+                stage = None
+            elif isinstance(trig, dict) and ctx.triggered[0]["value"]:
+                stage = trig["stage"]  # "add model.pt2" in the message of that stage's zip
+            else:  # the offer was drawn or removed, not clicked
+                return no_update, no_update
+            ck = prepare_checkpoint(store, downloads, sid, pt2=stage is not None, stage=stage)
+            return no_update, ready_message(downloads.url(app, ck.token), ck)
         except Exception as exc:
             return no_update, error_message(exc)
+
+    # the browser follows the one-time link of a ready message (a native download)
+    app.clientside_callback(
+        ClientsideFunction("depview", "download"),
+        Output(ids.FIT_DONE, "data", allow_duplicate=True),
+        Input(ids.MESSAGE, "children"),
+        prevent_initial_call=True,
+    )
