@@ -6,8 +6,8 @@
  */
 (function () {
   // the classes and edge data field of a highlight (viewer/app/styles.py, *_CLASS, TENSOR_LABEL)
-  var FADED = 'dv-faded', MEMBER = 'dv-member', TENSOR = 'dv-tensor', SELECTED = 'dv-selected',
-    LABEL = 'hl';
+  var FADED = 'dv-faded', MEMBER = 'dv-member', PATH = 'dv-path', TENSOR = 'dv-tensor',
+    SELECTED = 'dv-selected', LABEL = 'hl';
   var SHOWN = 'selection-shown';  // viewer/app/ids.py SHOWN
   var DOWNLOAD = 'dv-download';  // viewer/app/callbacks/export.py AUTO_LINK
 
@@ -79,6 +79,7 @@
           var want = {};
           want[FADED] = hl.fade ? cy.elements(hl.fade) : cy.collection();
           want[MEMBER] = pick(hl.nodes || []);
+          want[PATH] = pick(hl.path || []);
           want[TENSOR] = pick((hl.edges || []).map(function (p) { return p[0]; }));
           want[SELECTED] = pick(hl.selected ? [hl.selected] : []);
           cy.batch(function () {

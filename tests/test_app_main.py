@@ -81,6 +81,21 @@ def test_run_warns_when_not_on_loopback(monkeypatch, capsys):
     assert "warning" not in capsys.readouterr().err
 
 
+def test_a_port_in_use_is_one_line_before_any_model_is_built(monkeypatch, capsys):
+    import socket
+
+    monkeypatch.setattr("dash.Dash.run", lambda self, **kw: pytest.fail("served"))
+    monkeypatch.setattr(main, "create_app", lambda *a, **kw: pytest.fail("built models"))
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        with pytest.raises(DepViewError, match=rf"^port {port} on 127.0.0.1 is in use by "
+                                               r"another program: .*--port N$"):
+            main.run(port=port)
+    with pytest.raises(DepViewError, match=r"^cannot serve on no-such-host.invalid:8050: "):
+        main.run(host="no-such-host.invalid")
+    assert "DepView on" not in capsys.readouterr().err
+
+
 def test_serve_arguments_and_cmd_serve(monkeypatch):
     parser = argparse.ArgumentParser()
     main.add_serve_arguments(parser)

@@ -103,6 +103,13 @@ def test_group_highlight_marks_members_and_labels_edges_with_ranges(densenet):
     cat = graph.by_name["features.0.0.cat"]
     edge = view.tensor_edges[(cat.id, 0)][0]
     assert dict(hl["edges"])[edge] == "[0–15] of 24 · −2"
+    # the ops the channels only pass through stay visible: the concats and the ReLUs after
+    # the BNs, none of them a member (they own no weight)
+    path = {graph.nodes[int(e[1:])].name for e in hl["path"]}
+    assert path == {"features.0.0.cat", "features.0.1.cat", "features.0.2.cat",
+                    "features.0.0.relu1", "features.0.1.relu1", "features.0.2.relu1",
+                    "features.1.relu"}
+    assert not set(hl["path"]) & set(hl["nodes"])
     assert [e["data"] for e in view.elements] == before  # elements untouched
 
 
@@ -110,7 +117,7 @@ def test_group_highlight_without_group_only_marks_the_selection(densenet):
     graph, view = densenet
     assert styles.group_highlight(view, graph, None, None) == styles.no_highlight()
     assert styles.group_highlight(view, graph, None, "m0") == {
-        "selected": "m0", "fade": None, "nodes": [], "edges": []}
+        "selected": "m0", "fade": None, "nodes": [], "path": [], "edges": []}
 
 
 def test_highlight_rules_style_every_class_the_browser_toggles():
@@ -119,10 +126,11 @@ def test_highlight_rules_style_every_class_the_browser_toggles():
     assert rules[f".{styles.SELECTED_CLASS}"]["border-color"] == styles.SELECTED
     assert rules[f"edge.{styles.TENSOR_CLASS}"]["label"] == f"data({styles.TENSOR_LABEL})"
     assert rules[f".{styles.FADED_CLASS}"]["opacity"] == styles.FADED
+    assert rules[f"node.{styles.PATH_CLASS}"]["opacity"] == 1
     # assets/depview.js names the same classes and edge data field
     js = (Path(__file__).parents[1] / "assets" / "depview.js").read_text()
-    for name in (styles.FADED_CLASS, styles.MEMBER_CLASS, styles.TENSOR_CLASS,
-                 styles.SELECTED_CLASS):
+    for name in (styles.FADED_CLASS, styles.MEMBER_CLASS, styles.PATH_CLASS,
+                 styles.TENSOR_CLASS, styles.SELECTED_CLASS):
         assert f"'{name}'" in js
     assert f"LABEL = '{styles.TENSOR_LABEL}'" in js
     assert f"SHOWN = '{ids.SHOWN}'" in js  # the store the panels follow

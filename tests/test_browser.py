@@ -132,6 +132,11 @@ def test_clicking_a_conv_highlights_its_group_and_inspects_it(dash_duo):
     _until(dash_duo, lambda d: _style(dash_duo, member, "border-color") == HIGHLIGHT_RGB,
            "the group's BatchNorm was not highlighted")
     assert float(_style(dash_duo, outsider, "opacity")) < 0.5
+    # the ReLU the channels pass through (no weight, not a member) stays readable, dashed
+    relu = _node_id(dash_duo, "layer1.0.relu")
+    assert float(_style(dash_duo, relu, "opacity")) == 1
+    assert _style(dash_duo, relu, "border-style") == "dashed"
+    assert _style(dash_duo, relu, "border-color") == HIGHLIGHT_RGB
 
 
 def test_clicking_a_concat_shows_its_offsets(dash_duo):

@@ -11,8 +11,10 @@ among them, and an uploaded export is only rebuilt when it was pruned from one o
 from __future__ import annotations
 
 import argparse
+import errno
 import ipaddress
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Sequence
@@ -80,12 +82,34 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def check_port(host: str, port: int) -> None:
+    """Raise a one-line :class:`DepViewError` when the server could not listen on
+    ``host:port`` (in use, no such address, not allowed), instead of werkzeug's message after
+    our banner. Binds as werkzeug does (``SO_REUSEADDR``) and lets go at once."""
+    where = f"{host}:{port}"
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (OSError, OverflowError) as exc:
+        raise DepViewError(f"cannot serve on {where}: {getattr(exc, 'strerror', None) or exc}"
+                           ) from None
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise DepViewError(f"port {port} on {host} is in use by another program: stop "
+                                   "it, or pick another port with --port N") from None
+            raise DepViewError(f"cannot serve on {where}: {exc.strerror or exc}") from None
+
+
 def run(host: str = "127.0.0.1", port: int = 8050, models: Sequence[ModelEntry] | None = None,
         debug: bool = False, preload: bool = True) -> None:
     """Serve the app (threaded; Ctrl-C stops it)."""
     if not is_loopback(host):
         print(f"warning: serving on {host}: anyone who can reach this address can use the app "
               "and the CPU/memory of this machine (there is no login)", file=sys.stderr)
+    check_port(host, port)  # before the models are built, and before the banner
     app = create_app(models, preload=preload)
     print(f"DepView on http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/",
           file=sys.stderr)

@@ -33,8 +33,8 @@ FADED = 0.22
 FADE_SELECTOR = "node.op, node.collapsed, edge"  #: what a highlight dims
 
 #: classes assets/depview.js (``highlight``) puts on elements for a group highlight
-FADED_CLASS, MEMBER_CLASS, TENSOR_CLASS, SELECTED_CLASS = \
-    "dv-faded", "dv-member", "dv-tensor", "dv-selected"
+FADED_CLASS, MEMBER_CLASS, PATH_CLASS, TENSOR_CLASS, SELECTED_CLASS = \
+    "dv-faded", "dv-member", "dv-path", "dv-tensor", "dv-selected"
 TENSOR_LABEL = "hl"  #: edge data field holding a highlighted edge's index ranges
 
 
@@ -89,6 +89,9 @@ def highlight_rules() -> list[dict]:
         {"selector": f".{FADED_CLASS}", "style": {"opacity": FADED}},
         {"selector": f"node.{MEMBER_CLASS}", "style": {
             "opacity": 1, "border-width": 4, "border-color": HIGHLIGHT}},
+        {"selector": f"node.{PATH_CLASS}", "style": {
+            "opacity": 1, "border-width": 2, "border-style": "dashed",
+            "border-color": HIGHLIGHT}},
         {"selector": f"edge.{TENSOR_CLASS}", "style": {
             "opacity": 1, "line-color": HIGHLIGHT, "target-arrow-color": HIGHLIGHT,
             "width": 3.5, "label": f"data({TENSOR_LABEL})", "font-size": 10,
@@ -140,20 +143,22 @@ def ranges(pos: Iterable[int]) -> str:
 
 def no_highlight(selected: str | None = None) -> dict:
     """A highlight of no group: only ``selected`` (if any) is marked, nothing dimmed."""
-    return {"selected": selected or None, "fade": None, "nodes": [], "edges": []}
+    return {"selected": selected or None, "fade": None, "nodes": [], "path": [], "edges": []}
 
 
 def group_highlight(view: View, graph: Graph, group: Group | None, selected: str | None,
                     removed: Iterable[int] = ()) -> dict:
     """Which elements draw ``group`` and the selected element: the members (class
-    ``dv-member``), the edges carrying its tensors (``dv-tensor``, labelled with the index
-    ranges the group owns on each, which is how cuts through concats and splits show), the
+    ``dv-member``), the ops its channels pass through without owning any weight (a ReLU, a
+    pooling, an add: ``dv-path``, so the chain between members stays readable), the edges
+    carrying its tensors (``dv-tensor``, labelled with the index ranges the group owns on
+    each, which is how cuts through concats and splits show), the
     selected element (``dv-selected``) and, with a group, everything else dimmed (the
     ``fade`` selector). ``removed`` units (from a preview) are named on the edges.
 
         >>> group_highlight(view, graph, group_of(graph, "stem"), "n1")
         {'selected': 'n1', 'fade': 'node.op, node.collapsed, edge', 'nodes': ['n1', 'n2'],
-         'edges': [['e1', '[0–15] of 24'], ...]}
+         'path': ['n3'], 'edges': [['e1', '[0–15] of 24'], ...]}
     """
     out = no_highlight(selected)
     if group is None:
@@ -173,6 +178,10 @@ def group_highlight(view: View, graph: Graph, group: Group | None, selected: str
             edges.setdefault(eid, []).append(text)
     out["fade"] = FADE_SELECTOR
     out["nodes"] = list(dict.fromkeys(view.elements_of(m.node for m in group.members)))
+    members = set(out["nodes"])
+    carriers = view.elements_of(nid for (nid, _port, _dim), (pos, _) in group.tensors.items()
+                                if len(pos))
+    out["path"] = [e for e in dict.fromkeys(carriers) if e not in members]
     out["edges"] = [[eid, " | ".join(dict.fromkeys(texts))] for eid, texts in edges.items()]
     return out
 
