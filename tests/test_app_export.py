@@ -111,6 +111,20 @@ def test_the_pt2_checkpoint_holds_the_torch_export_program(store, downloads, tmp
         cb.prepare_checkpoint(store, downloads, "sid", pt2=True, stage=stage)
 
 
+def test_a_pt2_that_cannot_be_written_sends_nothing_again_and_says_why(app, monkeypatch):
+    store, downloads = app._depview_store, app._depview_downloads
+    first = cb.checkpoint_answer(app, store, downloads, "sid").to_plotly_json()
+    assert "Checkpoint ready" in first["props"]["children"][0] and len(downloads) == 1
+    monkeypatch.setattr(export, "_try_export_pt2", lambda *a: {
+        "written": False, "reason": "torch.export failed: RuntimeError: no"})
+    stage = store.session("sid").stage.key
+    msg = cb.checkpoint_answer(app, store, downloads, "sid", pt2_for=stage).to_plotly_json()
+    assert msg["props"]["children"] == ("No model.pt2: torch.export failed: RuntimeError: no. "
+                                        "The checkpoint you downloaded is complete without it.")
+    assert "msg-warn" in msg["props"]["className"]
+    assert len(downloads) == 0 and not any(downloads.root.iterdir())  # nothing to fetch
+
+
 def test_the_ready_message_links_the_file_and_offers_model_pt2():
     ck = cb.Checkpoint("tok", "m.zip", 54_512_000, ("model.safetensors", "plan.json"), "k",
                        {"written": False, "reason": "not requested"})
@@ -216,3 +230,17 @@ def test_graph_and_groups_json(store):
     assert name == "demo-cnn-groups.json"
     assert all({"id", "members", "reason", "prunable"} <= set(r) for r in groups)
     assert any(not r["prunable"] and r["reason"] for r in groups)  # the output layer
+
+
+@pytest.mark.parametrize("spec, slug", [
+    ("demo:resnet50", "demo-resnet50"),
+    ("torchvision.models:resnet50", "torchvision-models-resnet50"),
+    ("/home/me/nets/my_models.py:Net", "my_models-Net"),  # the file, not its whole path
+    ("nets/models.py:build", "models-build"),
+    ("C:\\Users\\me\\models.py:Net", "models-Net"),
+    ("", "model"), (None, "model"),
+])
+def test_download_names_come_from_the_spec_without_its_directories(spec, slug):
+    from viewer.app.callbacks.common import spec_slug
+
+    assert spec_slug(spec) == slug

@@ -209,6 +209,8 @@ def test_hf_model_named_by_the_user_prunes_checks_and_reloads_from_the_cli(tmp_p
     if name == "gpt2":  # heads went, so the stored split size changed and is in the plan
         attrs = json.loads((out / "plan.json").read_text())["attrs"]
         assert attrs["transformer.h.0.attn"] == {"split_size": 16}
+    if name in ("gpt2", "llama"):  # a causal LM returns its KV cache: the report says what to do
+        assert not report["pt2"]["written"] and "use_cache=False" in report["pt2"]["reason"]
     assert json.loads(cli("check", str(out), "--json", "-"))["ok"]
     model = load_pruned(out)  # from another directory: the spec's file is found again
     saved = load_file(str(out / "model.safetensors"))

@@ -104,6 +104,13 @@ class Downloads:
         hit.path.unlink()
         return f, hit.filename, os.fstat(f.fileno()).st_size
 
+    def discard(self, token: str) -> None:
+        """Revoke ``token`` and delete its file (a prepared file that is not offered)."""
+        with self._lock:
+            hit = self._pending.pop(token, None)
+        if hit is not None:
+            hit.path.unlink(missing_ok=True)
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._pending)

@@ -154,9 +154,13 @@ def _try_export_pt2(model: nn.Module, inputs, path: Path) -> dict:
             torch.export.save(ep, str(path))
             res = {"written": True, "file": path.name}
         except Exception as exc:
-            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            first = (str(exc).strip().splitlines() or [""])[0]
+            first = first if len(first) <= 200 else first[:199] + "…"
             res = {"written": False,
                    "reason": f"torch.export failed: {type(exc).__name__}: {first}"}
+            if "cache_utils" in first:  # a Hugging Face LM returning its KV cache
+                res["reason"] += (" (a Hugging Face model returns its KV cache unless built "
+                                  "with use_cache=False in its config; that one exports)")
     notes = list(dict.fromkeys((str(w.message).strip().splitlines() or [""])[0][:200]
                                for w in caught))
     if notes:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import logging
+import re
+from pathlib import PurePath
 
 from dash import html
 
@@ -20,6 +22,20 @@ def error_text(exc: BaseException) -> str:
         return str(exc)
     first = (str(exc).strip().splitlines() or [""])[0][:300]
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def spec_slug(spec: str | None) -> str:
+    """A file name part for a model spec: ``demo:resnet`` -> ``demo-resnet``, a file spec by
+    its file's stem, ``/home/me/nets/models.py:Net`` -> ``models-Net`` (not the whole path).
+
+    >>> spec_slug("torchvision.models:resnet50"), spec_slug("/tmp/hf/models.py:gpt2")
+    ('torchvision-models-resnet50', 'models-gpt2')
+    """
+    spec = str(spec or "")
+    head, sep, attr = spec.rpartition(":")
+    if sep and head.endswith(".py"):
+        spec = f"{PurePath(head.replace(chr(92), '/')).stem}:{attr}"
+    return re.sub(r"[^A-Za-z0-9_]+", "-", spec).strip("-") or "model"
 
 
 def message(text: str, kind: str = "info") -> html.Div:

@@ -22,7 +22,7 @@ from viewer.core.errors import DepViewError
 from .. import ids
 from ..downloads import Downloads
 from ..state import SessionStore
-from .common import error_message
+from .common import error_message, spec_slug
 
 #: the class of the link a client-side callback follows as soon as the message shows it
 #: (assets/depview.js, ``download``)
@@ -30,8 +30,7 @@ AUTO_LINK = "dv-download"
 
 
 def _slug(session) -> str:
-    spec = session.base.source.get("spec", "model") if session.base else "model"
-    return "".join(c if c.isalnum() or c in "-_" else "-" for c in spec).strip("-")
+    return spec_slug(session.base.source.get("spec") if session.base else None)
 
 
 @dataclass(frozen=True)
@@ -110,6 +109,25 @@ def ready_message(url: str, ck: Checkpoint) -> html.Div:
     return html.Div(parts, className=f"msg msg-{kind}", role="status")
 
 
+def checkpoint_answer(app, store: SessionStore, downloads: Downloads, sid: str,
+                      pt2_for: str | None = None) -> html.Div:
+    """The message for a press of Checkpoint (.zip) or, with ``pt2_for`` (a stage key), of
+    "add model.pt2": the link to the prepared zip, or why there is no model.pt2 (then nothing
+    is downloaded: the zip would be the one the user already has)."""
+    ck = prepare_checkpoint(store, downloads, sid, pt2=pt2_for is not None, stage=pt2_for)
+    if pt2_for is not None and not ck.pt2.get("written"):
+        downloads.discard(ck.token)
+        return no_pt2_message(ck)
+    return ready_message(downloads.url(app, ck.token), ck)
+
+
+def no_pt2_message(ck: Checkpoint) -> html.Div:
+    """The answer to "add model.pt2" when torch.export did not take the model: nothing is
+    downloaded again (the zip would be the one the user has)."""
+    return html.Div(f"No model.pt2: {ck.pt2.get('reason')}. The checkpoint you downloaded is "
+                    "complete without it.", className="msg msg-warn", role="status")
+
+
 def graph_json(store: SessionStore, sid: str) -> tuple[str, str]:
     """The current graph as the documented JSON schema."""
     session = store.session(sid)
@@ -154,8 +172,7 @@ def register(app, store: SessionStore, downloads: Downloads) -> None:
                 stage = trig["stage"]  # "add model.pt2" in the message of that stage's zip
             else:  # the offer was drawn or removed, not clicked
                 return no_update, no_update
-            ck = prepare_checkpoint(store, downloads, sid, pt2=stage is not None, stage=stage)
-            return no_update, ready_message(downloads.url(app, ck.token), ck)
+            return no_update, checkpoint_answer(app, store, downloads, sid, stage)
         except Exception as exc:
             return no_update, error_message(exc)
 

@@ -9,7 +9,7 @@ from viewer.core.optypes import STYLES, OpType
 from .. import ids, styles
 from ..state import SessionStore
 from ..viewmodel import View, ancestors, container_of
-from .common import error_message, message
+from .common import error_message, message, spec_slug
 
 MAX_HITS = 200  #: search hits highlighted at most
 
@@ -226,7 +226,7 @@ def register(app, store: SessionStore) -> None:
         prevent_initial_call=True,
     )
     def on_image(_p, _s, spec):
-        name = "depview-" + str(spec or "graph").replace(":", "-").replace("/", "-")
+        name = "depview-" + (spec_slug(spec) if spec else "graph")
         return image_request("png" if ctx.triggered_id == ids.EXPORT_PNG else "svg", name)
 
     app.clientside_callback(
