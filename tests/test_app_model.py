@@ -10,7 +10,7 @@ import zipfile
 import pytest
 
 from viewer.app.callbacks import model as cb
-from viewer.app.state import SessionStore
+from viewer.app.state import ModelEntry, SessionStore
 from viewer.core.errors import DepViewError
 
 
@@ -34,6 +34,19 @@ def test_load_entry_starts_a_fresh_history():
     assert cb.graph_rev(session)["stage"] == session.stage.key
     info = cb.model_info(store, "s1")
     assert "ops" in info[1].children and "groups" in info[1].children
+
+
+def test_the_header_of_a_users_model_names_its_class_and_its_rounds(tmp_path):
+    from viewer.app.callbacks import prune as pcb
+
+    f = tmp_path / "nets.py"
+    f.write_text("import torch\nclass Net(torch.nn.Sequential):\n    def __init__(self):\n"
+                 "        super().__init__(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))\n")
+    store = SessionStore([ModelEntry(f"{f}:Net", inputs=("1x4",))])
+    assert cb.load_entry(store, "s", f"{f}:Net") == ""
+    assert cb.model_info(store, "s")[0].children == "Net"
+    pcb.apply_round(store, "s", pcb.parse_settings("random", "0.5", "uniform", "1"))
+    assert cb.model_info(store, "s")[0].children == "Net — after 1 pruning round"
 
 
 def test_load_entry_after_eviction_says_the_session_started_over():

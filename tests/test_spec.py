@@ -26,6 +26,7 @@ def test_package_and_file_specs(tmp_path):
     lm = load_model("torch.nn:Linear", kwargs='{"in_features": 4, "out_features": 2}',
                     inputs=["3x4"])
     assert isinstance(lm.model, nn.Linear) and lm.inputs[0].shape == (3, 4)
+    assert lm.description == "Linear"  # the app's header names the class of a user's model
     f = tmp_path / "mymodel.py"
     f.write_text("import torch\nnet = torch.nn.Sequential(torch.nn.Linear(4, 3))\n"
                  "def make(width=5):\n    return torch.nn.Linear(4, width)\n")

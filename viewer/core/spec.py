@@ -163,6 +163,7 @@ def load_model(
     if not isinstance(model, nn.Module):
         raise DepViewError(f"{spec} returned {type(model).__name__}, not an nn.Module")
     model.eval()
+    description = description or type(model).__name__  # the header line of the app
     if weights:
         load_weights(model, weights)
 

@@ -96,7 +96,8 @@ def model_info(store: SessionStore, sid: str) -> list:
     here = len(session.stages) - 1
     if here:
         rounds = f"{here} pruning round{'s' if here > 1 else ''}"
-        desc += f" — then {rounds} more" if session.base.history else f" — after {rounds}"
+        desc += " — " if desc else ""
+        desc += f"then {rounds} more" if session.base.history else f"after {rounds}"
     return [
         html.Span(desc, className="model-desc"),
         html.Span(f"{s['nodes']} ops · {s['edges']} tensors · {fmt_count(s['params'])} params · "
