@@ -97,6 +97,22 @@ def test_taylor_scores_come_from_the_batch_file(tmp_path):
     assert len(res.stderr.strip().splitlines()) == 1
 
 
+def test_an_out_dir_that_cannot_take_the_export_is_refused_before_any_work(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "plan.json").write_text("my plan")
+    a_file = tmp_path / "f.txt"
+    a_file.write_text("x")
+    for out, msg in [(mine, "holds plan.json that DepView did not write"),
+                     (a_file, "is a file: the export needs a directory"),
+                     (a_file / "sub", "cannot create"), ]:
+        # an unknown model: the --out check comes first, before the model is built
+        res = cli("prune", "demo:nope", "--ratio", "0.5", "--out", str(out), check=False)
+        assert res.returncode == 2 and msg in res.stderr, res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1
+    assert (mine / "plan.json").read_text() == "my plan" and a_file.read_text() == "x"
+
+
 def test_a_prune_that_removes_nothing_says_why(tmp_path):
     res = cli("prune", "torch.nn:Linear", "--kwargs", '{"in_features": 4, "out_features": 2}',
               "--input", "1x4", "--ratio", "0.5", "--out", str(tmp_path / "a"))

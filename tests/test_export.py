@@ -111,6 +111,43 @@ def test_an_export_without_pt2_says_so_and_its_zip_stores_weights_as_they_are(de
         assert torch.equal(model(*lm.inputs), pruned(*lm.inputs))
 
 
+def test_an_export_never_overwrites_what_it_did_not_write(demo_pruner, tmp_path):
+    lm, p = demo_pruner("cnn")
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    with pytest.raises(DepViewError, match=r"notes.txt is a file: the export needs a directory"):
+        export_dir(p, plan, pruned, a_file, lm.source)
+    with pytest.raises(DepViewError, match=r"^cannot create .*notes.txt/out: "):
+        export_dir(p, plan, pruned, a_file / "out", lm.source)
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "report.json").write_text('{"quarterly": true}')
+    with pytest.raises(DepViewError, match=r"holds report.json that DepView did not write"):
+        export_dir(p, plan, pruned, theirs, lm.source)
+    assert [f.name for f in theirs.iterdir()] == ["report.json"]
+    assert (theirs / "report.json").read_text() == '{"quarterly": true}'
+    assert a_file.read_text() == "mine"
+
+
+def test_exporting_again_into_an_export_replaces_it_whole(demo_pruner, tmp_path):
+    lm, p = demo_pruner("cnn")
+    out = tmp_path / "e"
+    first = p.plan(0.5)
+    export_dir(p, first, p.apply(first), out, lm.source)  # with model.pt2
+    assert (out / "model.pt2").exists()
+    (out / "README.txt").write_text("kept")  # the user's own file beside the export
+    second = p.plan(0.3)
+    pruned = p.apply(second)
+    export_dir(p, second, pruned, out, lm.source, pt2=False)
+    # no model.pt2 of the first plan beside the second plan's weights; no staging left over
+    assert sorted(f.name for f in out.iterdir()) == ["README.txt", "model.safetensors",
+                                                     "plan.json", "report.json"]
+    with torch.no_grad():
+        assert torch.equal(load_pruned(out)(*lm.inputs), pruned(*lm.inputs))
+
+
 def test_load_pruned_errors(tmp_path):
     with pytest.raises(DepViewError, match="no plan.json"):
         load_pruned(tmp_path)

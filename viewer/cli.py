@@ -75,12 +75,13 @@ def cmd_groups(args) -> int:
 
 
 def cmd_prune(args) -> int:
-    from .core.export import export_dir
+    from .core.export import check_out_dir, export_dir
     from .core.prune import masked_note, untraced_note
 
-    lm = _load(args)
     if args.device == "meta":
         raise DepViewError("prune needs real weights: use --device cpu")
+    check_out_dir(args.out)  # before the model is built and pruned
+    lm = _load(args)
     pruner = _pruner(args, lm)
     overrides = {}
     for item in args.override:

@@ -23,6 +23,7 @@ import io
 import json
 import os
 import platform
+import shutil
 import tempfile
 import warnings
 import zipfile
@@ -77,8 +78,7 @@ def export_dir(pruner: Pruner, plan: Plan, pruned: nn.Module, out_dir: str | Pat
     if any(t.device.type == "meta" for t in pruned.state_dict().values()):
         raise DepViewError("this model is on the meta device: it has no weights to export; "
                            "load it on cpu to export a checkpoint")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _prepare_out(Path(out_dir))
     verification = verification if verification is not None else pruner.verify(pruned, plan)
     preview = pruner.preview(plan)
     rounds = list(history or []) + [round_entry(pruner, plan, pruned)]
@@ -86,18 +86,72 @@ def export_dir(pruner: Pruner, plan: Plan, pruned: nn.Module, out_dir: str | Pat
     # single-round exports also expose the documented top-level keys
     plan_json["tensors"] = rounds[-1]["tensors"] if len(rounds) == 1 else _compose(rounds)
     plan_json["attrs"] = _merge_attrs(rounds)
-    save_file(_state_dict(pruned), str(out / "model.safetensors"),
-              metadata={"format": FORMAT})
-    (out / "plan.json").write_text(json.dumps(plan_json, indent=1))
-    report = {
-        "params": preview["params"], "macs": preview["macs"],
-        "output_shapes": verification.get("output_shapes"),
-        "verification": verification,
-        "groups_pruned": len(plan.removed), "units_removed": plan.n_removed,
-        "pt2": (_try_export_pt2(pruned, pruner.inputs, out / "model.pt2") if pt2 else
-                {"written": False, "reason": "not requested"}),
-    }
-    (out / "report.json").write_text(json.dumps(report, indent=1, default=str))
+    # written next to the directory's files first, then moved over them together: an export
+    # that fails half-way leaves an earlier export whole, never a mix of two
+    try:
+        stage = Path(tempfile.mkdtemp(prefix=".depview-", dir=out))
+    except OSError as exc:
+        raise DepViewError(f"cannot write to {out}: {exc.strerror or exc}") from None
+    try:
+        save_file(_state_dict(pruned), str(stage / "model.safetensors"),
+                  metadata={"format": FORMAT})
+        (stage / "plan.json").write_text(json.dumps(plan_json, indent=1))
+        report = {
+            "params": preview["params"], "macs": preview["macs"],
+            "output_shapes": verification.get("output_shapes"),
+            "verification": verification,
+            "groups_pruned": len(plan.removed), "units_removed": plan.n_removed,
+            "pt2": (_try_export_pt2(pruned, pruner.inputs, stage / "model.pt2") if pt2 else
+                    {"written": False, "reason": "not requested"}),
+        }
+        (stage / "report.json").write_text(json.dumps(report, indent=1, default=str))
+        if not (stage / "model.pt2").exists():  # an earlier export's program is not this one's
+            (out / "model.pt2").unlink(missing_ok=True)
+        for f in sorted(stage.iterdir()):
+            os.replace(f, out / f.name)
+    except OSError as exc:
+        raise DepViewError(f"writing the export to {out} failed: {exc.strerror or exc}") from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return out
+
+
+def check_out_dir(out: str | Path) -> Path:
+    """Refuse, before any work, an export directory :func:`export_dir` could not write:
+    see :func:`_prepare_out`. Nothing is created."""
+    out = Path(out)
+    if out.is_dir():
+        return _prepare_out(out)
+    if out.exists():
+        raise DepViewError(f"{out} is a file: the export needs a directory (--out DIR)")
+    parent = out.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise DepViewError(f"cannot create {out}: {parent} is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise DepViewError(f"cannot create {out}: {parent} is not writable")
+    return out
+
+
+def _prepare_out(out: Path) -> Path:
+    """The export directory, made if need be. One that holds files named as an export's but
+    not written by DepView is refused: they would be overwritten."""
+    if out.exists() and not out.is_dir():
+        raise DepViewError(f"{out} is a file: the export needs a directory (--out DIR)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DepViewError(f"cannot create {out}: {exc.strerror or exc}") from None
+    ours = [f for f in (*FILES, "model.pt2") if (out / f).exists()]
+    if ours:
+        try:
+            fmt = json.loads((out / "plan.json").read_text()).get("format")
+        except (OSError, ValueError, AttributeError):
+            fmt = None
+        if fmt != FORMAT:
+            raise DepViewError(f"{out} holds {', '.join(ours)} that DepView did not write; "
+                               "pick another --out (they would be overwritten)")
     return out
 
 
