@@ -77,6 +77,12 @@ def test_pickles_are_never_unpickled(tmp_path):
         pickle.dump({"weight": Evil()}, fh)
     with pytest.raises(DepViewError, match="weights-only"):
         read_state_dict(f)
+    # a whole module saved: what the unpickler refused, and what to save instead, on one line
+    torch.save({"m": torch.nn.Linear(2, 2)}, tmp_path / "module.pt")
+    with pytest.raises(DepViewError, match=r"Unsupported global: GLOBAL torch.nn.modules.linear"
+                       r".Linear .*\(save model.state_dict\(\), not the model") as err:
+        read_state_dict(tmp_path / "module.pt")
+    assert "\n" not in str(err.value) and "add_safe_globals" not in str(err.value)
     with pytest.raises(DepViewError, match="do not fit"):
         torch.save({"nope": torch.zeros(1)}, tmp_path / "x.pt")
         load_model("demo:cnn", weights=str(tmp_path / "x.pt"))

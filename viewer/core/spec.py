@@ -13,6 +13,7 @@ import importlib.util
 import json
 import re
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -229,11 +230,29 @@ def _read_tensors(path: str | Path, what: str):
         raise DepViewError(f"{path} is neither a .safetensors file nor a file written by "
                            "torch.save")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # "Detected pickle protocol 4 ...": not the user's
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [""])[0]
-        raise DepViewError(f"{path} is not a weights-only checkpoint (no pickled code is "
-                           f"loaded): {first[:200]}") from exc
+        raise DepViewError(f"{path} is not a weights-only checkpoint (it would need pickled "
+                           f"code or objects, which are never loaded): "
+                           f"{_unpickler_finding(exc)}") from exc
+
+
+def _unpickler_finding(exc: BaseException) -> str:
+    """What torch's weights-only unpickler found, from its long message: the line after
+    "WeightsUnpickler error:" (``Unsupported global: GLOBAL os.system ...``), else its first."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    for i, ln in enumerate(lines):
+        if "WeightsUnpickler error:" in ln:
+            rest = ln.split("WeightsUnpickler error:", 1)[1].strip()
+            found = rest or (lines[i + 1] if i + 1 < len(lines) else "")
+            found = found.split(" Please use", 1)[0]  # torch's advice, to allow the class
+            if "Unsupported global" in found:
+                found += " (save model.state_dict(), not the model, or use .safetensors)"
+            if found:
+                return found[:300]
+    return (lines or [type(exc).__name__])[0][:200]
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
