@@ -201,6 +201,37 @@ def test_validation_finds_the_one_bad_group_among_many():
         assert fails == (g.id in bad), g.root
 
 
+def test_validation_probes_a_small_model_for_real_once_halving_starts_and_finds_the_same(
+        monkeypatch):
+    import viewer.core.prune as prune_mod
+
+    devices: list = []
+    real_materialize = prune_mod.materialize
+
+    def spy(*args, **kw):
+        devices.append(args[4] if len(args) > 4 else kw.get("device"))
+        return real_materialize(*args, **kw)
+
+    monkeypatch.setattr(prune_mod, "materialize", spy)
+    lm = load_model("demo:swin")  # 10 of its 15 groups break: a long halving
+    found = {}
+    for limit in (prune_mod.REAL_PROBE_BYTES, 0):  # 0: every probe stays on meta
+        monkeypatch.setattr(prune_mod, "REAL_PROBE_BYTES", limit)
+        devices.clear()
+        p = Pruner(lm.model, lm.inputs)
+        bad = p.validate_groups()
+        found[limit] = (bad, {g.id: g.root for g in p.groups},
+                        {k: p.sets(g) for g in p.groups for k in [g.id]})
+        if limit:
+            # the unpruned model and the first units of all groups on meta, then for real
+            assert devices[:2] == ["meta"] * 2
+            assert len(devices) > 10 and set(devices[2:]) == {None}
+        else:
+            assert set(devices) == {"meta"}
+    assert found[prune_mod.REAL_PROBE_BYTES] == found[0]
+    assert len(found[0][0]) == 10
+
+
 class StoredSplit(torch.nn.Module):
     """GPT-2's pattern: a fused q/k/v projection split by a part size stored on the module.
     ``width`` equals the size by coincidence and the forward never reads it. ``how`` picks

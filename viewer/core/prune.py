@@ -460,9 +460,24 @@ class Pruner:
 
         All pending groups are first shrunk together in one run; only when that fails are they
         split in halves (down to single groups) to find the ones that break the model, so a
-        model whose groups are all fine costs one meta forward instead of one per group."""
+        model whose groups are all fine costs one meta forward instead of one per group.
+
+        On meta every op is Python shape inference, 100-300 us each: a small model with real
+        weights runs a pruned copy for real several times faster (MobileViT: 65 ms against
+        225 ms; the Swin demo's validation: 0.7 s against 1.8 s). So once the halving starts
+        (many probes to come), a model with at most ``REAL_PROBE_BYTES`` of tensors and
+        ``REAL_PROBE_ELEMENTS`` activation elements in its trace runs the probes for real,
+        from the failed batch on. The choice depends on the model alone, never on timings,
+        so validation stays deterministic; a real run checks at least what a meta one does."""
         meta_inputs = _to_meta(self.inputs)
         traced: list[Graph] = []
+        mode = {"real": False}  # probes run on real tensors (see real_probes_pay)
+        real_base: list[Graph] = []  # the unpruned copy traced for real (see probe)
+
+        def real_probes_pay() -> bool:
+            return (meta_graph() is not None and _real(self.model)
+                    and _tensor_bytes(self.model) <= REAL_PROBE_BYTES
+                    and _activation_elements(self.graph) <= REAL_PROBE_ELEMENTS)
 
         def meta_graph() -> Graph | None:
             """The unpruned model traced on meta, what a pruned trace is compared with (code
@@ -491,6 +506,17 @@ class Pruner:
             try:
                 changes, widths = self.changes(plan), self.widths(plan)
                 attrs = self.size_attrs(plan, sets)
+                if mode["real"]:
+                    # compared with a fresh copy run the same way, not with the first trace:
+                    # a module may cache something on its first real run (LeViT caches its
+                    # attention biases per device), and copies inherit the cache
+                    if not real_base:
+                        real_base.append(build_graph(materialize(
+                            self.model, self.graph, {}, {}, None), self.inputs))
+                    return _moved(real_base[0], build_graph(materialize(
+                        self.model, self.graph, changes, widths, None, attrs), self.inputs),
+                        {(self.graph.nodes[k[0]].name, k[1], k[2]) for g in gs
+                         for k in g.tensors})
                 before = meta_graph()
                 after = None
                 if before is not None:
@@ -558,6 +584,9 @@ class Pruner:
             err = attempt(gs)
             if err and len(gs) == 1 and (repair(gs[0]) or try_outer(gs[0], err)):
                 err = ""
+            if err and len(gs) > 1 and not mode["real"] and real_probes_pay():
+                mode["real"] = True  # halving starts: many probes to come
+                err = attempt(gs)
             if not err or len(gs) == 1:
                 for g in gs:
                     self._validated[g.id] = err
@@ -724,6 +753,25 @@ def _node_cuts(node, side, dim, pos, tensors) -> list[Cut]:
     if node.op_type is OpType.MHA:  # the one handler that picks derived indices by weight
         return fn(node, side, dim, pos, tensors)
     return fn(node, side, dim, pos)
+
+
+#: validation may probe a model of at most this many bytes of tensors on real tensors (a
+#: pruned copy is made per probe); larger ones always run on meta
+REAL_PROBE_BYTES = 256 << 20
+
+
+#: ... and whose traced ops output at most this many elements in all (a real forward's cost
+#: grows with them, a meta one's does not)
+REAL_PROBE_ELEMENTS = 50_000_000
+
+
+def _activation_elements(graph: Graph) -> int:
+    return sum(math.prod(s) for n in graph.nodes for s in n.out_shapes)
+
+
+def _tensor_bytes(model: nn.Module) -> int:
+    tensors = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
 def _real(model: nn.Module) -> bool:
