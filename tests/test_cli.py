@@ -142,7 +142,12 @@ def test_groups_on_the_meta_device_are_validated_like_on_cpu():
 
     meta = reasons("--device", "meta")
     assert "forward fails when this group shrinks" in meta["qkv"]  # a hard-coded view
-    assert meta == reasons()
+    # the same groups blocked for the same kind of reason; the error inside the brackets is
+    # the kernel's, and a small model's validation may probe on real tensors (other wording)
+    def kinds(found):
+        return {root: why.split(" (")[0] for root, why in found.items()}
+
+    assert kinds(meta) == kinds(reasons())
 
 
 UNTRACED = '''
