@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import time
 import zipfile
 from pathlib import Path
 
@@ -201,9 +202,34 @@ def test_apply_then_download_gives_a_checkpoint_load_pruned_reloads(dash_duo, tm
     dash_duo.driver.execute_cdp_cmd("Page.setDownloadBehavior",
                                     {"behavior": "allow", "downloadPath": str(download)})
     _wait_graph(dash_duo, "features.0")
+    # the user looks at some part of the graph: an apply redraws it and stays there
+    time.sleep(1)  # the first view's placement is done
+    _js(dash_duo, "window.cy.stop(); window.cy.zoom(1.7); window.cy.pan({x: -40, y: -120});")
+    # the node nearest the middle of the view, and where it is drawn
+    watched = _js(dash_duo, """
+        var cy = window.cy, w = cy.width() / 2, h = cy.height() / 2, best = null, d = 1e9;
+        cy.nodes('.op').forEach(function (n) {
+          var p = n.renderedPosition(), e = Math.hypot(p.x - w, p.y - h);
+          if (e < d) { d = e; best = n.id(); }
+        });
+        return best;""")
+    drawn_at = "var p = window.cy.getElementById(arguments[0]).renderedPosition(); " \
+               "return [p.x, p.y, window.cy.zoom()];"
+    before = _js(dash_duo, drawn_at, watched)
+    label = "return window.cy.getElementById(arguments[0]).data('label');"
+    first = _node_id(dash_duo, "features.0")
+    unpruned = _js(dash_duo, label, first)
     dash_duo.find_element(f"#{ids.APPLY}").click()
     dash_duo.wait_for_contains_text(f"#{ids.HISTORY}", "round 1", timeout=TIMEOUT)
     dash_duo.wait_for_contains_text(f"#{ids.MESSAGE}", "forward ok", timeout=TIMEOUT)
+    _until(dash_duo, lambda d: _js(dash_duo, label, first) != unpruned,
+           "the pruned graph was not drawn")
+    time.sleep(0.5)  # a placement at the top would be done by now
+    after = _js(dash_duo, drawn_at, watched)
+    # the same node is still near where it was (the message bar above the graph may have
+    # resized it a little: dash-cytoscape then scales the zoom), at about the same zoom
+    assert abs(after[0] - before[0]) < 80 and abs(after[1] - before[1]) < 80, (before, after)
+    assert after[2] == pytest.approx(before[2], rel=0.15)
     _until(dash_duo, lambda d: d.find_element("id", ids.DOWNLOAD).is_enabled(),
            "the download button stayed disabled")
     dash_duo.find_element(f"#{ids.DOWNLOAD}").click()

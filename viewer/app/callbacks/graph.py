@@ -143,7 +143,7 @@ def register(app, store: SessionStore) -> None:
         State(ids.SESSION, "data"),
         prevent_initial_call=True,
     )
-    def on_view(_rev, dbl, _t, _e, _c, selection, view_rev, sid):
+    def on_view(round_rev, dbl, _t, _e, _c, selection, view_rev, sid):
         trig = ctx.triggered_id
         try:
             path = None
@@ -169,6 +169,8 @@ def register(app, store: SessionStore) -> None:
             # ``n``: the browser waits until Cytoscape holds all elements before placing
             target = {"ids": [zoom], "n": len(view.elements)} if zoom else \
                 {"top": True, "n": len(view.elements)}
+            if trig == ids.GRAPH_REV and (round_rev or {}).get("keep_view"):
+                target = no_update  # another round of the same model: stay where the user is
             note = no_update
             if action == "expand-all" and view.n_nodes > store.max_visible:
                 note = message(f"Drawing all {view.n_nodes} ops: the page may be slow; "

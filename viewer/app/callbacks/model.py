@@ -117,9 +117,12 @@ def weightless(model) -> bool:
     return any(p.device.type == "meta" for p in model.parameters())
 
 
-def graph_rev(session: Session) -> dict:
-    """The value written to the graph-rev store: changes whenever the current stage does."""
-    return {"stage": session.stage.key, "n": len(session.stages), "nonce": uuid.uuid4().hex}
+def graph_rev(session: Session, keep_view: bool = False) -> dict:
+    """The value written to the graph-rev store: changes whenever the current stage does.
+    ``keep_view``: the same model in another round (apply, undo, reset): the graph keeps its
+    viewport, so the part the user was looking at stays on screen."""
+    return {"stage": session.stage.key, "n": len(session.stages), "nonce": uuid.uuid4().hex,
+            "keep_view": keep_view}
 
 
 def picker_after_failure(store: SessionStore, sid: str) -> tuple:

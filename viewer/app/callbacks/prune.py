@@ -530,7 +530,7 @@ def register(app, store: SessionStore) -> None:
                 text, kind = undo(store, sid), "info"
             else:
                 text, kind = reset(store, sid), "info"
-            return graph_rev(store.session(sid)), message(text, kind)
+            return graph_rev(store.session(sid), keep_view=True), message(text, kind)
         except Exception as exc:
             return no_update, error_message(exc)
 
