@@ -46,6 +46,40 @@ def test_masked_equivalence(demo_pruner, name, crit):
     assert res["ok"], res
 
 
+def _widths_of(module, side):
+    if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+        return module.num_features
+    if isinstance(module, torch.nn.modules.conv._ConvNd):
+        return module.in_channels if side == "in" else module.out_channels
+    if isinstance(module, torch.nn.Linear):
+        return module.in_features if side == "in" else module.out_features
+    return None
+
+
+@pytest.mark.parametrize("name", ["densenet", "resnet", "unet", "shufflenet", "mobilenet"])
+def test_preview_widths_are_the_applied_models(demo_pruner, name):
+    # oracle: the pruned model's own attributes; a layer after a concat is in several groups
+    _, p = demo_pruner(name)
+    plan = p.plan(0.3, "l1")
+    pruned = dict(p.apply(plan).named_modules())
+    checked = 0
+    for module, sides in p.widths(plan).items():
+        for side, width in sides.items():
+            real = _widths_of(pruned[module], side)
+            if real is not None:
+                assert width == real, (module, side)
+                checked += 1
+    assert checked > 10
+    # the preview's per-layer output widths (the width chart, the graph's "⇒" labels)
+    shown = 0
+    for row in p.preview(plan)["layers"]:
+        real = _widths_of(pruned.get(row["name"]), "out")
+        if real is not None:
+            assert row["after"] == real, row
+            shown += 1
+    assert shown > 5
+
+
 def test_masked_equivalence_can_fail(demo_pruner):
     _, p = demo_pruner("resnet")
     plan = p.plan(0.5)

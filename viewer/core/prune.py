@@ -339,7 +339,9 @@ class Pruner:
     def widths(self, plan: Plan) -> dict[str, dict[str, int]]:
         """module path -> {"in"/"out": new channel count} for layers a plan touches."""
         by_id = {g.id: g for g in self.groups}
-        out: dict[str, dict[str, int]] = defaultdict(dict)
+        # a layer after a concat is a member of several groups, each owning some of its
+        # channels: its width loses what all of them remove
+        lost: dict[tuple[str, str], tuple[int, set[int]]] = {}
         for gid, units in plan.removed.items():
             g = by_id[gid]
             for m in g.members:
@@ -347,7 +349,11 @@ class Pruner:
                     continue
                 node = self.graph.nodes[m.node]
                 shape = node.in_shapes[0] if m.side == "in" else node.out_shapes[0]
-                out[node.module][m.side] = shape[m.dim] - len(m.indices(units))
+                entry = lost.setdefault((node.module, m.side), (shape[m.dim], set()))
+                entry[1].update(m.indices(units).tolist())
+        out: dict[str, dict[str, int]] = defaultdict(dict)
+        for (module, side), (width, gone) in lost.items():
+            out[module][side] = width - len(gone)
         return out
 
     def apply(self, plan: Plan, device: str | None = None) -> nn.Module:
