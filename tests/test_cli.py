@@ -97,6 +97,23 @@ def test_taylor_scores_come_from_the_batch_file(tmp_path):
     assert len(res.stderr.strip().splitlines()) == 1
 
 
+def test_a_json_path_that_cannot_be_written_and_empty_inputs_are_one_line(tmp_path):
+    a_file = tmp_path / "f.txt"
+    a_file.write_text("x")
+    for args, msg in [
+        (["groups", "demo:nope", "--json", str(a_file / "g.json")], "is a file"),
+        (["graph", "demo:nope", "--json", str(tmp_path)], "is a directory"),
+        (["prune", "demo:resnet", "--input", "0x3x32x32", "--ratio", "0.5", "--out",
+          str(tmp_path / "o")], "every size must be at least 1"),
+    ]:
+        res = cli(*args, check=False)
+        assert res.returncode == 2 and msg in res.stderr, res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1
+    res = cli("demos", "--json", str(tmp_path / "d" / "demos.json"))
+    assert res.stdout.strip().endswith("demos.json") and len(res.stdout.splitlines()) == 1
+    assert json.loads((tmp_path / "d" / "demos.json").read_text())["demos"]
+
+
 def test_an_out_dir_that_cannot_take_the_export_is_refused_before_any_work(tmp_path):
     mine = tmp_path / "mine"
     mine.mkdir()

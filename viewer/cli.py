@@ -25,9 +25,25 @@ def _write_json(obj, dest: str) -> None:
     text = json.dumps(obj, indent=1)
     if dest == "-":
         sys.stdout.write(text + "\n")
-    else:
+        return
+    try:
         Path(dest).parent.mkdir(parents=True, exist_ok=True)
         Path(dest).write_text(text)
+    except OSError as exc:
+        raise DepViewError(f"cannot write {dest}: {exc.strerror or exc}") from None
+
+
+def _check_json_dest(dest: str) -> None:
+    """Refuse, before any work, a --json path that cannot be written: a directory, or a
+    file standing where a parent directory should be."""
+    path = Path(dest)
+    if path.is_dir():
+        raise DepViewError(f"--json {dest} is a directory: give a file name (or - for stdout)")
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise DepViewError(f"cannot write {dest}: {parent} is a file")
 
 
 def _load(args):
@@ -154,6 +170,8 @@ def cmd_demos(args) -> int:
             for d in demo_models.DEMOS.values()]
     if args.json:
         _write_json({"demos": rows}, args.json)
+        if args.json != "-":
+            print(f"{len(rows)} demos -> {args.json}")
     else:
         for r in rows:
             print(f"demo:{r['name']:<12} {' '.join(r['inputs']):<22} {r['description']}")
@@ -244,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         argv = ["serve", "--model", *argv]  # `python -m viewer demo:vit` opens that model
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "json", None) not in (None, "-"):
+            _check_json_dest(args.json)
         return args.func(args)
     except DepViewError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -37,6 +37,9 @@ def parse_input(text: str) -> tuple[tuple[int, ...], str]:
     dtype = dtype or "float32"
     if not _SHAPE.match(shape_s):
         raise DepViewError(f"bad --input {text!r}: expected a shape like 1x3x224x224[:int64]")
+    if any(int(s) == 0 for s in shape_s.split("x")):
+        raise DepViewError(f"bad --input {text!r}: every size must be at least 1 (an empty "
+                           "tensor cannot show how channels flow)")
     if dtype not in DTYPES:
         raise DepViewError(f"bad --input {text!r}: unknown dtype {dtype!r}; "
                            f"use one of {', '.join(sorted(DTYPES))}")
