@@ -36,14 +36,13 @@ def _write_json(obj, dest: str) -> None:
 def _check_json_dest(dest: str) -> None:
     """Refuse, before any work, a --json path that cannot be written: a directory, or a
     file standing where a parent directory should be."""
+    from .core.export import check_creatable
+
     path = Path(dest)
     if path.is_dir():
         raise DepViewError(f"--json {dest} is a directory: give a file name (or - for stdout)")
-    parent = path.absolute().parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise DepViewError(f"cannot write {dest}: {parent} is a file")
+    if not path.exists():
+        check_creatable(path)
 
 
 def _load(args):

@@ -124,14 +124,21 @@ def check_out_dir(out: str | Path) -> Path:
         return _prepare_out(out)
     if out.exists():
         raise DepViewError(f"{out} is a file: the export needs a directory (--out DIR)")
-    parent = out.absolute().parent
+    check_creatable(out)
+    return out
+
+
+def check_creatable(path: str | Path) -> None:
+    """Raise a one-line :class:`DepViewError` when ``path`` (which does not exist) could not
+    be created: its nearest existing ancestor is a file, or a directory this process cannot
+    write to. Nothing is created."""
+    parent = Path(path).absolute().parent
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():
-        raise DepViewError(f"cannot create {out}: {parent} is a file")
+        raise DepViewError(f"cannot create {path}: {parent} is a file")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise DepViewError(f"cannot create {out}: {parent} is not writable")
-    return out
+        raise DepViewError(f"cannot create {path}: {parent} is not writable")
 
 
 def _prepare_out(out: Path) -> Path:
