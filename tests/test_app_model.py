@@ -67,7 +67,7 @@ def test_upload_rejects_junk_with_one_line_errors():
         cb.load_upload(store, "s", _contents(b"hello"), "weights.pt")  # any type reaches us
     with pytest.raises(DepViewError, match="no plan.json"):
         cb.load_upload(store, "s", _contents(_zip({"a.txt": b"x"})), "x.zip")
-    with pytest.raises(DepViewError, match="empty"):
+    with pytest.raises(DepViewError, match="^x.zip: the file is empty$"):
         cb.load_upload(store, "s", "data:application/zip;base64,", "x.zip")
 
 
@@ -100,6 +100,7 @@ def test_upload_of_a_real_export_loads_the_pruned_model(tmp_path):
     assert desc.count("round") == 2 and "pruned in 1 round — then 1 pruning round more" in desc
     hist = pcb.history(session)[0].children
     assert "after round 1" in hist[0].children and hist[1].children[0].children == "round 2: "
+    assert pcb.undo(store, "s") == "Undone: back to the uploaded export (after round 1)."
 
 
 def test_a_failed_load_puts_the_picker_back_on_the_model_still_drawn():

@@ -98,7 +98,8 @@ def test_overrides_and_ignores_change_the_plan(store):
     pruner = session.stage.pruner
     gid = next(g.id for g in pruner.groups if g.root == "layer1.0.conv1")
     assert "50%" in cb.set_override(store, "sid", gid, 0.5)
-    cb.set_ignore(store, "sid", "layer2.0.conv1", ["out"])
+    assert cb.set_ignore(store, "sid", "layer2.0.conv1", ["out"]) == \
+        "Ignoring layer2.0.conv1's outputs: groups that would prune them are left alone."
     plan = cb.make_plan(session, {**SETTINGS, "ratio": 0.25})
     n = next(g.n_units for g in pruner.groups if g.id == gid)
     assert len(plan.removed[gid]) == n // 2
@@ -106,6 +107,16 @@ def test_overrides_and_ignores_change_the_plan(store):
     assert ignored not in plan.removed and "ignored" in plan.skipped[ignored]
     info = cb.plan_info(session)
     assert len(info[0].children) == 2
+    # an apply clears them (they name this stage's groups); the history keeps them; an undo
+    # brings them back, so Apply again makes the same round
+    removed = cb.apply_round(store, "sid", {**SETTINGS, "ratio": 0.25})
+    assert not session.overrides and not session.ignore
+    line = cb.history(session)[0].children[1].children[1]
+    assert f"group #{gid} at 50%" in line and "ignoring layer2.0.conv1:out" in line
+    assert cb.undo(store, "sid") == "Undone: back to the original model."
+    assert session.overrides == {gid: 0.5} and session.ignore == {"layer2.0.conv1:out"}
+    assert cb.apply_round(store, "sid", {**SETTINGS, "ratio": 0.25}) == removed
+    cb.undo(store, "sid")
     assert "removed" in cb.set_override(store, "sid", gid, None)
     with pytest.raises(DepViewError, match=r"\[0, 1\)"):
         cb.set_override(store, "sid", gid, 1.5)

@@ -67,15 +67,17 @@ def change(before: float, after: float) -> str:
     return f"{fmt_count(before)} → {fmt_count(after)} ({pct:+.1f}%)".replace("-", "−")
 
 
-def decode_upload(contents: str) -> bytes:
-    """The bytes of a ``dcc.Upload`` (a base64 data URL), at most ``MAX_UPLOAD``."""
+def decode_upload(contents: str, filename: str | None = None) -> bytes:
+    """The bytes of a ``dcc.Upload`` (a base64 data URL), at most ``MAX_UPLOAD``; errors
+    start with ``filename`` like every other upload error."""
+    name = filename or "the upload"
     _, _, b64 = (contents or "").partition(",")
     try:
         data = base64.b64decode(b64, validate=False)
     except ValueError as exc:
-        raise DepViewError("the upload could not be decoded") from exc
+        raise DepViewError(f"{name}: could not be decoded") from exc
     if not data:
-        raise DepViewError("the upload is empty")
+        raise DepViewError(f"{name}: the file is empty")
     if len(data) > MAX_UPLOAD:
-        raise DepViewError(f"the upload is larger than {MAX_UPLOAD >> 20} MB")
+        raise DepViewError(f"{name}: larger than {MAX_UPLOAD >> 20} MB")
     return data

@@ -66,7 +66,7 @@ def peek_source(data: bytes) -> dict:
 def load_upload(store: SessionStore, sid: str, contents: str, filename: str | None) -> str:
     """Load an uploaded export zip (plan.json + model.safetensors; never pickle). The model
     it was pruned from must be one this server offers: nothing else is ever imported."""
-    data = decode_upload(contents)
+    data = decode_upload(contents, filename)
     try:
         source = peek_source(data)
     except DepViewError as exc:
@@ -85,7 +85,9 @@ def load_upload(store: SessionStore, sid: str, contents: str, filename: str | No
     session = store.session(sid, create=True)
     with session.lock:
         _fresh(session, base)
-    return f"Loaded {filename or 'the export'}: {source['spec']} pruned in {len(rounds)} round(s)."
+    n = len(rounds)
+    return f"Loaded {filename or 'the export'}: {source['spec']} pruned in {n} " \
+           f"round{'s' if n != 1 else ''}."
 
 
 def model_info(store: SessionStore, sid: str) -> list:

@@ -85,7 +85,7 @@ def load_batch(store: SessionStore, sid: str, contents: str, filename: str | Non
     if not name.endswith(".safetensors"):
         raise DepViewError(f"{name}: upload the batch as a .safetensors file (tensors named "
                            "0, 1, ... for positional inputs, or by argument name)")
-    batch = batch_from_safetensors(decode_upload(contents), name)
+    batch = batch_from_safetensors(decode_upload(contents, name), name)
     session = store.session(sid)
     with session.lock:
         model = session.stage.model  # read-only: the forward below need not hold the session
@@ -232,11 +232,14 @@ def undo(store: SessionStore, sid: str) -> str:
     with session.lock:
         if len(session.stages) < 2:
             raise DepViewError("nothing to undo: no pruning round applied")
-        session.stages.pop()
-        session.overrides.clear()
-        session.ignore.clear()
+        undone = session.stages.pop()
         session.reset_pruning_inputs()
-        back = "the original model" if len(session.stages) == 1 else \
+        # the overrides and ignores of the undone round named this stage's groups: they are
+        # in force again, so an Apply now makes the same round
+        done = (undone.plan.settings if undone.plan else {}) or {}
+        session.overrides = {int(k): float(v) for k, v in (done.get("overrides") or {}).items()}
+        session.ignore = set(done.get("ignore") or ())
+        back = first_stage(session) if len(session.stages) == 1 else \
             f"round {round_number(session)}"
         return f"Undone: back to {back}."
 
@@ -250,7 +253,7 @@ def reset(store: SessionStore, sid: str) -> str:
         session.overrides.clear()
         session.ignore.clear()
         session.reset_pruning_inputs()
-        return "Reset to the original model."
+        return f"Reset to {first_stage(session)}."
 
 
 def set_override(store: SessionStore, sid: str, gid: int | None, ratio) -> str:
@@ -282,7 +285,12 @@ def set_ignore(store: SessionStore, sid: str, name: str | None, sides: list[str]
                 session.ignore.add(key)
             else:
                 session.ignore.discard(key)
-        return ""
+        kept = [{"out": "outputs", "in": "inputs"}[s] for s in ("out", "in")
+                if s in (sides or [])]
+        if not kept:
+            return f"{name} is no longer ignored."
+        return f"Ignoring {name}'s {' and '.join(kept)}: groups that would prune them are " \
+               "left alone."
 
 
 def plan_info(session: Session) -> list:
@@ -293,6 +301,25 @@ def plan_info(session: Session) -> list:
         return [html.Span("No overrides or ignores (set them from the inspector).",
                           className="hint")]
     return [html.Ul(items, className="plan-list")]
+
+
+def settings_text(st_set: dict) -> str:
+    """A round's settings as the history lists them: ``l1 30% uniform, round to 8,
+    group #3 at 75%, ignoring fc:in``."""
+    parts = [f"{st_set.get('importance', '?')} {st_set.get('ratio', 0):.0%} "
+             f"{'global' if st_set.get('global') else 'uniform'}"]
+    if (st_set.get("round_to") or 1) > 1:
+        parts.append(f"round to {st_set['round_to']}")
+    parts += [f"group #{gid} at {r:.0%}" for gid, r in (st_set.get("overrides") or {}).items()]
+    if st_set.get("ignore"):
+        parts.append("ignoring " + ", ".join(st_set["ignore"]))
+    return ", ".join(parts)
+
+
+def first_stage(session: Session) -> str:
+    """What undo/reset go back to at the first stage: the model or the opened export."""
+    done = len(session.base.history) if session.base else 0
+    return f"the uploaded export (after round {done})" if done else "the original model"
 
 
 def history(session: Session) -> list:
@@ -306,9 +333,7 @@ def history(session: Session) -> list:
             text = f"{label}: {fmt_count(s['params'])} params, {s['nodes']} ops"
             rows.append(html.Li(text, className="hist-item"))
             continue
-        st_set = (st.plan.settings if st.plan else {}) or {}
-        how = f"{st_set.get('importance', '?')} {st_set.get('ratio', 0):.0%} " \
-              f"{'global' if st_set.get('global') else 'uniform'}"
+        how = settings_text((st.plan.settings if st.plan else {}) or {})
         rows.append(html.Li([
             html.B(f"round {round_number(session, i)}: "),
             f"{how} → {fmt_count(s['params'])} params, "
@@ -583,7 +608,7 @@ def register(app, store: SessionStore) -> None:
                            if f"{sel.get('name')}:{s}" in session.ignore]
                 if sorted(current) == sorted(ignore_sides or []):
                     return no_update, no_update, no_update  # just showing the stored value
-                set_ignore(store, sid, sel.get("name"), ignore_sides or [])
+                text = set_ignore(store, sid, sel.get("name"), ignore_sides or [])
             panel = no_update
             if trig != ids.GRAPH_REV and sel.get("kind") == "op":
                 panel = inspect(store, sid, sel, side or "out", pick).group_panel
