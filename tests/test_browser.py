@@ -140,6 +140,16 @@ def test_clicking_a_conv_highlights_its_group_and_inspects_it(dash_duo):
     assert _style(dash_duo, relu, "border-color") == HIGHLIGHT_RGB
 
 
+def test_search_answers_while_typing_and_never_moves_the_buttons(dash_duo):
+    _start(dash_duo, create_app([ModelEntry("demo:cnn")]))
+    _wait_graph(dash_duo, "features.0")
+    fit = dash_duo.find_element(f"#{ids.FIT}")
+    x = fit.location["x"]
+    dash_duo.find_element(f"#{ids.SEARCH}").send_keys("batchnorm")  # no Enter
+    dash_duo.wait_for_contains_text(f"#{ids.SEARCH_INFO}", "3 ops match", timeout=TIMEOUT)
+    assert fit.location["x"] == x
+
+
 def test_clicking_a_concat_shows_its_offsets(dash_duo):
     _start(dash_duo, create_app([ModelEntry("demo:densenet")]))
     _wait_graph(dash_duo, "features.0.0.cat")

@@ -43,9 +43,9 @@ def header(entries: list[ModelEntry], default: str) -> html.Header:
 
 def graph_panel() -> html.Div:
     toolbar = html.Div([
+        # searched once typing pauses (Enter is not needed)
         dcc.Input(id=ids.SEARCH, type="search", placeholder="find layer or type",
-                  debounce=True, className="search"),
-        html.Span(id=ids.SEARCH_INFO, className="search-info"),
+                  debounce=0.4, className="search"),
         html.Div([
             _button("Fit", ids.FIT, "fit the whole graph in view"),
             _button("⊞/⊟ module", ids.TOGGLE_MODULE,
@@ -56,6 +56,8 @@ def graph_panel() -> html.Div:
             _button("PNG", ids.EXPORT_PNG, "download the graph as PNG"),
             _button("SVG", ids.EXPORT_SVG, "download the graph as SVG"),
         ], className="tool-buttons"),
+        # after the buttons, so that a search's result line never moves them
+        html.Span(id=ids.SEARCH_INFO, className="search-info"),
         html.Span(id=ids.VIEW_INFO, className="view-info"),
     ], className="toolbar")
     graph = cyto.Cytoscape(
