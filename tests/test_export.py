@@ -148,6 +148,24 @@ def test_exporting_again_into_an_export_replaces_it_whole(demo_pruner, tmp_path)
         assert torch.equal(load_pruned(out)(*lm.inputs), pruned(*lm.inputs))
 
 
+@pytest.mark.parametrize("damage, says", [
+    ({"tensors": "x"}, "'tensors' must map each tensor"),
+    ({"tensors": {"features.0.weight": "x"}}, "'tensors' must map each tensor"),
+    ({"attrs": [1]}, "'attrs' must map each module"),
+    ({"source": "x"}, "'source' must be an object"),
+    ({"rounds": "x"}, "'rounds' must be a list"),
+])
+def test_a_damaged_plan_json_says_which_part(demo_pruner, tmp_path, damage, says):
+    lm, p = demo_pruner("cnn")
+    plan = p.plan(0.5)
+    out = export_dir(p, plan, p.apply(plan), tmp_path / "e", lm.source, pt2=False)
+    data = json.loads((out / "plan.json").read_text())
+    (out / "plan.json").write_text(json.dumps({**data, **damage}))
+    for reload in (load_pruned, check_dir):
+        with pytest.raises(DepViewError, match=f"plan.json is damaged: {says}"):
+            reload(out)
+
+
 def test_load_pruned_errors(tmp_path):
     with pytest.raises(DepViewError, match="no plan.json"):
         load_pruned(tmp_path)
@@ -271,7 +289,8 @@ def test_damaged_kept_indices_are_one_clear_error(demo_pruner, tmp_path, kept):
     key = next(iter(doc["tensors"]))
     doc["tensors"][key]["0"] = kept
     (out / "plan.json").write_text(json.dumps(doc))
-    with pytest.raises(DepViewError, match="kept indices .* do not fit"):
+    with pytest.raises(DepViewError, match="kept indices .* do not fit|plan.json is damaged: "
+                                           "'tensors' must map each tensor"):
         load_pruned(out)
 
 

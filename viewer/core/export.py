@@ -239,9 +239,36 @@ def read_plan(path: str | Path) -> dict:
         plan = json.loads(p.read_text())
     except json.JSONDecodeError as exc:
         raise DepViewError(f"{p} is not valid JSON: {exc}") from exc
-    if plan.get("format") != FORMAT:
-        raise DepViewError(f"{p} is not a DepView export (format {plan.get('format')!r})")
+    if not isinstance(plan, dict) or plan.get("format") != FORMAT:
+        fmt = plan.get("format") if isinstance(plan, dict) else None
+        raise DepViewError(f"{p} is not a DepView export (format {fmt!r})")
+    problem = plan_problem(plan)
+    if problem:
+        raise DepViewError(f"{p} is damaged: {problem}")
     return plan
+
+
+def plan_problem(plan: dict) -> str:
+    """What is structurally wrong with a plan.json ("" if nothing): the parts a reload reads
+    must have the types :func:`export_dir` writes."""
+    src = plan.get("source")
+    if not isinstance(src, dict) or not isinstance(src.get("spec"), str):
+        return "'source' must be an object with the model's 'spec'"
+    if not isinstance(src.get("kwargs") or {}, dict) or \
+            not isinstance(src.get("inputs") or [], list):
+        return "'source' must hold 'kwargs' as an object and 'inputs' as a list"
+    tensors = plan.get("tensors", {})
+    if not isinstance(tensors, dict) or not all(
+            isinstance(dims, dict) and all(isinstance(k, list) for k in dims.values())
+            for dims in tensors.values()):
+        return "'tensors' must map each tensor to {dim: [kept indices]}"
+    attrs = plan.get("attrs", {})
+    if not isinstance(attrs, dict) or not all(isinstance(a, dict) for a in attrs.values()):
+        return "'attrs' must map each module to {attribute: value}"
+    rounds = plan.get("rounds", [])
+    if not isinstance(rounds, list) or not all(isinstance(r, dict) for r in rounds):
+        return "'rounds' must be a list of rounds"
+    return ""
 
 
 def _plain_attr(mod: nn.Module, key: str, value) -> bool:

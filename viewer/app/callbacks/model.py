@@ -60,6 +60,11 @@ def peek_source(data: bytes) -> dict:
     source = plan.get("source") if isinstance(plan, dict) else None
     if not isinstance(source, dict) or "spec" not in source:
         raise DepViewError("plan.json in the zip names no source model")
+    from viewer.core.export import plan_problem
+
+    problem = plan_problem(plan)
+    if problem:
+        raise DepViewError(f"plan.json in the zip is damaged: {problem}")
     return source
 
 
