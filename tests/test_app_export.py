@@ -230,6 +230,9 @@ def test_graph_and_groups_json(store):
     assert name == "demo-cnn-groups.json"
     assert all({"id", "members", "reason", "prunable"} <= set(r) for r in groups)
     assert any(not r["prunable"] and r["reason"] for r in groups)  # the output layer
+    apply_round(store, "sid", SETTINGS)  # after a round, the names say which model
+    assert cb.graph_json(store, "sid")[1] == "demo-cnn-pruned-round1-graph.json"
+    assert cb.groups_json(store, "sid")[1] == "demo-cnn-pruned-round1-groups.json"
 
 
 @pytest.mark.parametrize("spec, slug", [

@@ -128,12 +128,21 @@ def no_pt2_message(ck: Checkpoint) -> html.Div:
                     "complete without it.", className="msg msg-warn", role="status")
 
 
+def _stage_slug(session) -> str:
+    """``demo-cnn`` for the loaded model, ``demo-cnn-pruned-round2`` after a round (or for an
+    opened export): a file name says which model it describes."""
+    from .prune import round_number
+
+    n = round_number(session)
+    return f"{_slug(session)}-pruned-round{n}" if n else _slug(session)
+
+
 def graph_json(store: SessionStore, sid: str) -> tuple[str, str]:
     """The current graph as the documented JSON schema."""
     session = store.session(sid)
     with session.lock:
         text = json.dumps(session.stage.graph.to_dict(), indent=1)
-        return text, f"{_slug(session)}-graph.json"
+        return text, f"{_stage_slug(session)}-graph.json"
 
 
 def groups_json(store: SessionStore, sid: str) -> tuple[str, str]:
@@ -145,7 +154,7 @@ def groups_json(store: SessionStore, sid: str) -> tuple[str, str]:
         rows = [pruner.group_dict(g, ignore) for g in pruner.groups]
         spec = session.base.source.get("spec") if session.base else None
         text = json.dumps({"spec": spec, "groups": rows}, indent=1)
-        return text, f"{_slug(session)}-groups.json"
+        return text, f"{_stage_slug(session)}-groups.json"
 
 
 def register(app, store: SessionStore, downloads: Downloads) -> None:
