@@ -266,6 +266,24 @@ def test_validation_probes_a_small_model_for_real_once_halving_starts_and_finds_
     assert len(found[0][0]) == 10
 
 
+class ScalesItsInput(OneBadGroup):
+    def forward(self, x):
+        x.mul_(2)  # changes the caller's tensor, as some preprocessing does
+        return super().forward(x)
+
+
+def test_validation_probes_never_change_the_example_inputs():
+    x = torch.randn(1, 3, 4, 4)
+    p = Pruner(ScalesItsInput().eval(), (x.clone(),))
+    kept = p.inputs[0].clone()
+    assert p.validate_groups()  # the halving ran, for real (a small model)
+    assert torch.equal(p.inputs[0], kept)
+    plan = p.plan(0.5)
+    v = p.verify(p.apply(plan), plan)  # the pruned and the original run on the same input
+    assert v["masked_equivalence"]["ok"], v
+    assert torch.equal(p.inputs[0], kept)
+
+
 class StoredSplit(torch.nn.Module):
     """GPT-2's pattern: a fused q/k/v projection split by a part size stored on the module.
     ``width`` equals the size by coincidence and the forward never reads it. ``how`` picks

@@ -518,9 +518,10 @@ class Pruner:
                     # attention biases per device), and copies inherit the cache
                     if not real_base:
                         real_base.append(build_graph(materialize(
-                            self.model, self.graph, {}, {}, None), self.inputs))
+                            self.model, self.graph, {}, {}, None), _copied(self.inputs)))
                     return _moved(real_base[0], build_graph(materialize(
-                        self.model, self.graph, changes, widths, None, attrs), self.inputs),
+                        self.model, self.graph, changes, widths, None, attrs),
+                        _copied(self.inputs)),
                         {(self.graph.nodes[k[0]].name, k[1], k[2]) for g in gs
                          for k in g.tensors})
                 before = meta_graph()
@@ -538,7 +539,7 @@ class Pruner:
                 if after is None:
                     before, after = self.graph, build_graph(
                         materialize(self.model, self.graph, changes, widths, None, attrs),
-                        self.inputs)
+                        _copied(self.inputs))
             except Exception as exc:
                 if isinstance(exc, DepViewError):  # a traced forward failed: show its error
                     exc = exc.__cause__ or exc
@@ -785,6 +786,15 @@ def _real(model: nn.Module) -> bool:
     return p is None or p.device.type != "meta"
 
 
+def _copied(inputs):
+    """The example inputs cloned: a probe's forward may change its inputs in place."""
+    def conv(t):
+        return t.clone() if isinstance(t, torch.Tensor) else t
+    if isinstance(inputs, dict):
+        return {k: conv(v) for k, v in inputs.items()}
+    return tuple(conv(t) for t in inputs)
+
+
 def _to_meta(inputs):
     def conv(t):
         return torch.empty_like(t, device="meta") if isinstance(t, torch.Tensor) else t
@@ -794,6 +804,9 @@ def _to_meta(inputs):
 
 
 def run(model: nn.Module, inputs):
+    """``model`` on (a copy of) ``inputs``: a forward that changes its input in place must not
+    change what the next run is compared on."""
+    inputs = _copied(inputs)
     with torch.no_grad():
         if isinstance(inputs, dict):
             return model(**inputs)
