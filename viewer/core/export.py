@@ -120,10 +120,8 @@ def check_out_dir(out: str | Path) -> Path:
     """Refuse, before any work, an export directory :func:`export_dir` could not write:
     see :func:`_prepare_out`. Nothing is created."""
     out = Path(out)
-    if out.is_dir():
+    if out.exists():  # a directory is checked for foreign files, a file refused
         return _prepare_out(out)
-    if out.exists():
-        raise DepViewError(f"{out} is a file: the export needs a directory (--out DIR)")
     check_creatable(out)
     return out
 

@@ -479,11 +479,14 @@ class Pruner:
         traced: list[Graph] = []
         mode = {"real": False}  # probes run on real tensors (see real_probes_pay)
         real_base: list[Graph] = []  # the unpruned copy traced for real (see probe)
+        pays: list[bool] = []  # real_probes_pay's answer, once found
 
         def real_probes_pay() -> bool:
-            return (meta_graph() is not None and _real(self.model)
-                    and _tensor_bytes(self.model) <= REAL_PROBE_BYTES
-                    and _activation_elements(self.graph) <= REAL_PROBE_ELEMENTS)
+            if not pays:
+                pays.append(meta_graph() is not None and _real(self.model)
+                            and _tensor_bytes(self.model) <= REAL_PROBE_BYTES
+                            and _activation_elements(self.graph) <= REAL_PROBE_ELEMENTS)
+            return pays[0]
 
         def meta_graph() -> Graph | None:
             """The unpruned model traced on meta, what a pruned trace is compared with (code
@@ -786,21 +789,22 @@ def _real(model: nn.Module) -> bool:
     return p is None or p.device.type != "meta"
 
 
-def _copied(inputs):
-    """The example inputs cloned: a probe's forward may change its inputs in place."""
+def _each_tensor(inputs, fn):
+    """``inputs`` (a tuple, or a dict of keyword inputs) with ``fn`` applied to each tensor."""
     def conv(t):
-        return t.clone() if isinstance(t, torch.Tensor) else t
+        return fn(t) if isinstance(t, torch.Tensor) else t
     if isinstance(inputs, dict):
         return {k: conv(v) for k, v in inputs.items()}
     return tuple(conv(t) for t in inputs)
+
+
+def _copied(inputs):
+    """The example inputs cloned: a probe's forward may change its inputs in place."""
+    return _each_tensor(inputs, torch.Tensor.clone)
 
 
 def _to_meta(inputs):
-    def conv(t):
-        return torch.empty_like(t, device="meta") if isinstance(t, torch.Tensor) else t
-    if isinstance(inputs, dict):
-        return {k: conv(v) for k, v in inputs.items()}
-    return tuple(conv(t) for t in inputs)
+    return _each_tensor(inputs, lambda t: torch.empty_like(t, device="meta"))
 
 
 def run(model: nn.Module, inputs):

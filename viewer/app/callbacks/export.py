@@ -33,6 +33,15 @@ def _slug(session) -> str:
     return spec_slug(session.base.source.get("spec") if session.base else None)
 
 
+def _stage_slug(session) -> str:
+    """``demo-cnn`` for the loaded model, ``demo-cnn-pruned-round2`` after a round (or for an
+    opened export): a file name says which model it describes."""
+    from .prune import round_number
+
+    n = round_number(session)
+    return f"{_slug(session)}-pruned-round{n}" if n else _slug(session)
+
+
 @dataclass(frozen=True)
 class Checkpoint:
     """A checkpoint zip waiting in :class:`Downloads`: fetch it once with ``token``."""
@@ -56,8 +65,6 @@ def prepare_checkpoint(store: SessionStore, downloads: Downloads, sid: str, pt2:
     only reads the two stages, which never change once made."""
     from viewer.core.export import export_dir, write_zip
 
-    from .prune import round_number
-
     session = store.session(sid)
     with session.lock:
         if len(session.stages) < 2:
@@ -67,7 +74,7 @@ def prepare_checkpoint(store: SessionStore, downloads: Downloads, sid: str, pt2:
             raise DepViewError("the model changed since that offer: press Checkpoint (.zip) "
                                "again")
         source, history = session.base.source, session.history_rounds()
-        name = f"{_slug(session)}-pruned-round{round_number(session)}"
+        name = _stage_slug(session)  # a checkpoint exists from round 1 on
     name += "-pt2.zip" if pt2 else ".zip"
     with tempfile.TemporaryDirectory(dir=downloads.root) as tmp:  # same disk: a rename
         out = export_dir(prev.pruner, cur.plan, cur.model, Path(tmp) / "export", source,
@@ -126,15 +133,6 @@ def no_pt2_message(ck: Checkpoint) -> html.Div:
     downloaded again (the zip would be the one the user has)."""
     return html.Div(f"No model.pt2: {ck.pt2.get('reason')}. The checkpoint you downloaded is "
                     "complete without it.", className="msg msg-warn", role="status")
-
-
-def _stage_slug(session) -> str:
-    """``demo-cnn`` for the loaded model, ``demo-cnn-pruned-round2`` after a round (or for an
-    opened export): a file name says which model it describes."""
-    from .prune import round_number
-
-    n = round_number(session)
-    return f"{_slug(session)}-pruned-round{n}" if n else _slug(session)
 
 
 def graph_json(store: SessionStore, sid: str) -> tuple[str, str]:

@@ -316,10 +316,13 @@ def settings_text(st_set: dict) -> str:
     return ", ".join(parts)
 
 
-def first_stage(session: Session) -> str:
-    """What undo/reset go back to at the first stage: the model or the opened export."""
+def first_stage(session: Session, short: bool = False) -> str:
+    """The first stage, the model or an opened export, as undo/reset name it ("the original
+    model") or, ``short``, as the history lists it ("original")."""
     done = len(session.base.history) if session.base else 0
-    return f"the uploaded export (after round {done})" if done else "the original model"
+    if done:
+        return f"{'' if short else 'the '}uploaded export (after round {done})"
+    return "original" if short else "the original model"
 
 
 def history(session: Session) -> list:
@@ -328,9 +331,8 @@ def history(session: Session) -> list:
     for i, st in enumerate(session.stages):
         s = st.summary
         if i == 0:
-            done = len(session.base.history) if session.base else 0
-            label = (f"uploaded export (after round {done})" if done else "original")
-            text = f"{label}: {fmt_count(s['params'])} params, {s['nodes']} ops"
+            text = f"{first_stage(session, short=True)}: {fmt_count(s['params'])} params, " \
+                   f"{s['nodes']} ops"
             rows.append(html.Li(text, className="hist-item"))
             continue
         how = settings_text((st.plan.settings if st.plan else {}) or {})
