@@ -468,25 +468,21 @@ class Pruner:
         split in halves (down to single groups) to find the ones that break the model, so a
         model whose groups are all fine costs one meta forward instead of one per group.
 
-        On meta every op is Python shape inference, 100-300 us each: a small model with real
-        weights runs a pruned copy for real several times faster (MobileViT: 65 ms against
-        225 ms; the Swin demo's validation: 0.7 s against 1.8 s). So once the halving starts
-        (many probes to come), a model with at most ``REAL_PROBE_BYTES`` of tensors and
-        ``REAL_PROBE_ELEMENTS`` activation elements in its trace runs the probes for real,
-        from the failed batch on. The choice depends on the model alone, never on timings,
-        so validation stays deterministic; a real run checks at least what a meta one does."""
+        On meta every op is Python shape inference, 100-300 us each, and a recurrent layer
+        runs step by step (a GRU over 100 steps: about 1 s per probe): a small model with real
+        weights runs a pruned copy for real many times faster (MobileViT: 65 ms against
+        225 ms; the Swin demo's validation: 0.7 s against 1.8 s). So a model with at most
+        ``REAL_PROBE_BYTES`` of tensors and ``REAL_PROBE_ELEMENTS`` activation elements in its
+        trace runs every probe for real; larger ones run on meta. The choice depends on the
+        model alone, never on timings, so validation stays deterministic; a real run checks
+        at least what a meta one does. (Previews still count MACs on meta: torch's fused CPU
+        kernels for LSTM and attention hide their matmuls from the flop counter.)"""
         meta_inputs = _to_meta(self.inputs)
         traced: list[Graph] = []
-        mode = {"real": False}  # probes run on real tensors (see real_probes_pay)
         real_base: list[Graph] = []  # the unpruned copy traced for real (see probe)
-        pays: list[bool] = []  # real_probes_pay's answer, once found
-
-        def real_probes_pay() -> bool:
-            if not pays:
-                pays.append(meta_graph() is not None and _real(self.model)
-                            and _tensor_bytes(self.model) <= REAL_PROBE_BYTES
-                            and _activation_elements(self.graph) <= REAL_PROBE_ELEMENTS)
-            return pays[0]
+        # probes run on real tensors: a small model with real weights
+        real = (_real(self.model) and _tensor_bytes(self.model) <= REAL_PROBE_BYTES
+                and _activation_elements(self.graph) <= REAL_PROBE_ELEMENTS)
 
         def meta_graph() -> Graph | None:
             """The unpruned model traced on meta, what a pruned trace is compared with (code
@@ -515,34 +511,32 @@ class Pruner:
             try:
                 changes, widths = self.changes(plan), self.widths(plan)
                 attrs = self.size_attrs(plan, sets)
-                if mode["real"]:
+                if real:
                     # compared with a fresh copy run the same way, not with the first trace:
                     # a module may cache something on its first real run (LeViT caches its
                     # attention biases per device), and copies inherit the cache
                     if not real_base:
                         real_base.append(build_graph(materialize(
                             self.model, self.graph, {}, {}, None), _copied(self.inputs)))
-                    return _moved(real_base[0], build_graph(materialize(
+                    before, after = real_base[0], build_graph(materialize(
                         self.model, self.graph, changes, widths, None, attrs),
-                        _copied(self.inputs)),
-                        {(self.graph.nodes[k[0]].name, k[1], k[2]) for g in gs
-                         for k in g.tensors})
-                before = meta_graph()
-                after = None
-                if before is not None:
-                    try:
-                        after = build_graph(materialize(self.model, self.graph, changes,
-                                                        widths, "meta", attrs), meta_inputs)
-                    except DepViewError as err:
-                        exc = err.__cause__ or err
-                        # data-dependent Python (``.item()``) cannot run on meta: real tensors
-                        if not isinstance(exc, (RuntimeError, NotImplementedError)) or \
-                                "meta" not in str(exc) or not _real(self.model):
-                            raise exc from None
-                if after is None:
-                    before, after = self.graph, build_graph(
-                        materialize(self.model, self.graph, changes, widths, None, attrs),
                         _copied(self.inputs))
+                else:
+                    before, after = meta_graph(), None
+                    if before is not None:
+                        try:
+                            after = build_graph(materialize(self.model, self.graph, changes,
+                                                            widths, "meta", attrs), meta_inputs)
+                        except DepViewError as err:
+                            exc = err.__cause__ or err
+                            # data-dependent Python (``.item()``) cannot run on meta
+                            if not isinstance(exc, (RuntimeError, NotImplementedError)) or \
+                                    "meta" not in str(exc) or not _real(self.model):
+                                raise exc from None
+                    if after is None:  # real tensors, compared with the first trace
+                        before, after = self.graph, build_graph(
+                            materialize(self.model, self.graph, changes, widths, None, attrs),
+                            _copied(self.inputs))
             except Exception as exc:
                 if isinstance(exc, DepViewError):  # a traced forward failed: show its error
                     exc = exc.__cause__ or exc
@@ -594,9 +588,6 @@ class Pruner:
             err = attempt(gs)
             if err and len(gs) == 1 and (repair(gs[0]) or try_outer(gs[0], err)):
                 err = ""
-            if err and len(gs) > 1 and not mode["real"] and real_probes_pay():
-                mode["real"] = True  # halving starts: many probes to come
-                err = attempt(gs)
             if not err or len(gs) == 1:
                 for g in gs:
                     self._validated[g.id] = err
