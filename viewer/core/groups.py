@@ -985,6 +985,9 @@ def _attention_rule(g, node, side, port, dim, units, pos, ctx):
     shape = shapes[port] if side == "in" else out
     last, second = len(shape) - 1, len(shape) - 2
     if dim == last:
+        if side == "in" and port < 2 and getattr(node.meta, "scale", 0) is None:
+            ctx.inexact(f"'{node.name}' attention scale 1/sqrt(head_dim) changes with the "
+                        "width (no scale= passed)")
         if side == "out" or port == 2:
             return [Flow("in", 2, len(v) - 1, units, pos)] if side == "out" else \
                 [Flow("out", 0, nd - 1, units, pos)]

@@ -208,6 +208,15 @@ class PadMeta:
 
 
 @dataclass(frozen=True)
+class AttentionMeta:
+    """``F.scaled_dot_product_attention``: ``scale`` as passed; ``None`` means torch's
+    default ``1/sqrt(E)``, which changes when q's and k's last dim shrinks."""
+
+    op: str
+    scale: float | None
+
+
+@dataclass(frozen=True)
 class OpMeta:
     """Other functional ops: the op name only."""
 
@@ -216,7 +225,8 @@ class OpMeta:
 
 Meta = (
     ConcatMeta | SplitMeta | UnbindMeta | SliceMeta | ReshapeMeta | PermuteMeta | ExpandMeta
-    | PixelShuffleMeta | MatmulMeta | ReduceMeta | EinsumMeta | PadMeta | ElementwiseMeta | OpMeta
+    | PixelShuffleMeta | MatmulMeta | ReduceMeta | EinsumMeta | PadMeta | ElementwiseMeta
+    | AttentionMeta | OpMeta
 )
 
 

@@ -980,6 +980,11 @@ def _index_meta(shape: tuple[int, ...], out: tuple[int, ...], items) -> M.SliceM
                        bool(gathered), tuple(gathered), adv_dims)
 
 
+def _attention_meta(name, func, args, kwargs, ins, outs) -> M.AttentionMeta:
+    scale = _arg(args, kwargs, 6, "scale")
+    return M.AttentionMeta(name, None if scale is None else float(scale))
+
+
 #: Op types whose metadata is read from the call's arguments and results.
 _DESCRIBERS = {
     OpType.CONCAT: _concat_meta,
@@ -991,6 +996,7 @@ _DESCRIBERS = {
     OpType.EXPAND: _expand_meta,
     OpType.PIXEL_SHUFFLE: _pixel_shuffle_meta,
     OpType.MATMUL: _matmul_meta,
+    OpType.ATTENTION: _attention_meta,
     OpType.REDUCTION: _reduce_meta,
     OpType.SPATIAL: _spatial_meta,
 }
