@@ -815,3 +815,25 @@ def test_sdpa_default_scale_makes_a_head_dim_group_inexact(scale):
         assert "inexact" in v["masked_equivalence"]["skipped"]
     else:
         assert v["masked_equivalence"]["ok"], v
+
+
+def test_a_model_in_train_mode_is_traced_and_verified_in_eval_mode_and_left_as_it_was():
+    # BatchNorm in train mode updates its running statistics on every forward, and dropout
+    # draws at random: the user's model would change, and masked equivalence would fail
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+        torch.nn.Dropout(0.5), torch.nn.Conv2d(8, 4, 3))
+    model[3].eval()  # a mixed state must come back as it was, module by module
+    x = torch.randn(2, 3, 10, 10)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = [m.training for m in model.modules()]
+    p = Pruner(model, (x,))
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    p.preview(plan)
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+    assert all(torch.equal(state[k], t) for k, t in model.state_dict().items())
+    assert [m.training for m in model.modules()] == flags
+    assert [m.training for m in pruned.modules()] == flags  # the copy keeps the user's modes

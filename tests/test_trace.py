@@ -711,3 +711,14 @@ def test_batched_recording_flushes_before_a_custom_layer_that_may_reshape_its_in
         assert _plain(build_graph(model, x.to("meta"))) == one_by_one
     finally:
         unregister_layer(GrowsItsInput)
+
+
+def test_build_graph_runs_in_eval_mode_and_restores_the_flags_even_on_error():
+    bn = nn.BatchNorm1d(4)
+    model = nn.Sequential(nn.Linear(3, 4), bn)
+    before = bn.running_mean.clone()
+    build_graph(model, (torch.randn(5, 3),))
+    assert torch.equal(bn.running_mean, before) and model.training and bn.training
+    with pytest.raises(DepViewError):
+        build_graph(model, (torch.randn(5, 2),))  # wrong width: the forward fails
+    assert model.training and bn.training and torch.equal(bn.running_mean, before)

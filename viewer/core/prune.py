@@ -28,7 +28,7 @@ from .graph import Graph
 from .groups import Group, all_groups, fixed_sizes, out_channel_dim, outer_alternative
 from .handlers import CUTS, REFRESH, Cut
 from .optypes import OpType
-from .trace import build_graph, flatten, module_attrs
+from .trace import build_graph, eval_mode, flatten, module_attrs
 
 IMPORTANCE = ("l1", "l2", "bn", "random", "taylor")
 
@@ -799,10 +799,10 @@ def _to_meta(inputs):
 
 
 def run(model: nn.Module, inputs):
-    """``model`` on (a copy of) ``inputs``: a forward that changes its input in place must not
-    change what the next run is compared on."""
+    """``model`` on (a copy of) ``inputs``, in eval mode: a forward that changes its input in
+    place must not change what the next run is compared on."""
     inputs = _copied(inputs)
-    with torch.no_grad():
+    with torch.no_grad(), eval_mode(model):
         if isinstance(inputs, dict):
             return model(**inputs)
         return model(*inputs)

@@ -25,7 +25,8 @@ from __future__ import annotations
 import gc
 import inspect
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import fields, is_dataclass
 from threading import get_ident
 
@@ -1022,13 +1023,29 @@ def _name_inputs(names: list[str], args: tuple, kwargs: dict) -> list[tuple[str,
     return named
 
 
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode for the duration, each module's flag restored afterwards (even on
+    error): a forward DepView runs never updates BatchNorm statistics and never drops units
+    at random. The flags are set directly, so a ``train()`` override is not called."""
+    flags = [(m, m.training) for m in model.modules()]
+    for m, _ in flags:
+        m.training = False
+    try:
+        yield
+    finally:
+        for m, t in flags:
+            m.training = t
+
+
 def build_graph(model: nn.Module, example_inputs=(), example_kwargs: dict | None = None,
                 autograd: bool = False) -> Graph:
     """Run ``model`` once on the example inputs and return its typed graph.
 
     ``example_inputs`` is a tensor, a tuple of positional arguments (which may nest lists and
     dicts of tensors), or a dict of keyword arguments. The model is not changed (hooks are
-    removed afterwards, even on error). Works on the ``meta`` device.
+    removed afterwards, even on error; it runs in eval mode, see :func:`eval_mode`). Works on
+    the ``meta`` device.
 
     The forward runs under ``torch.no_grad()`` unless ``autograd=True``, which also records
     each op's autograd node name (``CatBackward0``) at the cost of a slower trace.
@@ -1069,7 +1086,8 @@ def build_graph(model: nn.Module, example_inputs=(), example_kwargs: dict | None
     collect = gc.isenabled()
     gc.disable()
     try:
-        with tracer, torch.set_grad_enabled(autograd and torch.is_grad_enabled()):
+        with tracer, torch.set_grad_enabled(autograd and torch.is_grad_enabled()), \
+                eval_mode(model):
             output = model(*args, **kwargs)
         tracer.flush()
     except Exception as exc:
