@@ -204,8 +204,9 @@ def _try_export_pt2(model: nn.Module, inputs, path: Path) -> dict:
         warnings.simplefilter("always")
         try:
             # torch.export runs the module with its parameters swapped for fake tensors: a
-            # copy keeps another thread's forward on ``model`` (the app's) from meeting them
-            model = copy.deepcopy(model)
+            # copy keeps another thread's forward on ``model`` (the app's) from meeting them;
+            # the program is the inference one (eval mode), as every other DepView forward
+            model = copy.deepcopy(model).eval()
             if isinstance(inputs, dict):
                 ep = torch.export.export(model, (), dict(inputs))
             else:
