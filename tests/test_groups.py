@@ -951,3 +951,39 @@ def test_a_pointwise_conv_keeps_a_spatial_dim_exactly_and_a_norm_over_it_does_no
     g = build_graph(Spatial().eval(), torch.randn(1, 4, 6, 6))
     grp = _search(g, g.node("pos"), "out", 3, np.arange(6), -1)
     assert grp.stats_notes == ["'gn' normalises over the pruned dim"]  # not 'c' (1x1)
+
+
+class Seq2Seq(nn.Module):
+    """The encoder's final hidden state is the decoder's initial one: one group of hidden
+    units spans both GRUs."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(30, 12)
+        self.enc = nn.GRU(12, 24, batch_first=True)
+        self.dec = nn.GRU(12, 24, batch_first=True)
+        self.out = nn.Linear(24, 30)
+
+    def forward(self, src, tgt):
+        _, h = self.enc(self.emb(src))
+        y, _ = self.dec(self.emb(tgt), h)
+        return self.out(y)
+
+
+def test_an_rnn_initial_state_from_another_rnn_couples_their_hidden_units():
+    from viewer.core.prune import Plan, Pruner
+
+    torch.manual_seed(0)
+    model = Seq2Seq().eval()
+    x = (torch.randint(0, 30, (2, 5)), torch.randint(0, 30, (2, 4)))
+    p = Pruner(model, x)
+    g = next(grp for grp in p.groups if grp.root == "enc")
+    sides = {(m.node_name, m.side) for m in g.members}
+    assert {("enc", "out"), ("dec", "out"), ("out", "in")} <= sides
+    assert not p.reason(g) and g.n_units == 24
+    assert all(grp.root != "dec" for grp in p.groups)  # no second group for the decoder
+    plan = Plan({g.id: list(range(0, 24, 3))})
+    pruned = p.apply(plan)
+    assert pruned.enc.hidden_size == pruned.dec.hidden_size == 16
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v

@@ -9,6 +9,8 @@ from conftest import ALL_DEMOS, CNN_DEMOS
 from viewer.core.errors import DepViewError
 from viewer.core.prune import IMPORTANCE, Plan, Pruner, parse_ignore
 from viewer.core.spec import load_model
+from viewer.core.export import export_dir, load_pruned
+from viewer.core.optypes import OpType
 
 
 def _exact_only(p, plan):
@@ -431,8 +433,6 @@ class GN(torch.nn.Module):
 ])
 def test_groupnorm_loses_whole_groups_when_that_is_finer(tmp_path, groups, units, exact,
                                                          groups_after):
-    from viewer.core.export import export_dir
-
     torch.manual_seed(0)
     model, x = GN(groups).eval(), torch.randn(2, 3, 4, 4)
     p = Pruner(model, (x,))
@@ -837,3 +837,66 @@ def test_a_model_in_train_mode_is_traced_and_verified_in_eval_mode_and_left_as_i
     assert all(torch.equal(state[k], t) for k, t in model.state_dict().items())
     assert [m.training for m in model.modules()] == flags
     assert [m.training for m in pruned.modules()] == flags  # the copy keeps the user's modes
+
+
+RNN_FILE = """
+import torch
+from torch import nn
+
+
+class TutorialLSTM(nn.Module):
+    # the initial states every LSTM tutorial writes: zeros sized from module attributes
+    def __init__(self, hidden_size=16, num_layers=2):
+        super().__init__()
+        self.hidden_size, self.num_layers = hidden_size, num_layers
+        self.lstm = nn.LSTM(6, hidden_size, num_layers, batch_first=True)
+        self.fc = nn.Linear(hidden_size, 3)
+
+    def forward(self, x):
+        h0 = torch.zeros(self.num_layers, x.size(0), self.hidden_size).to(x.device)
+        c0 = x.new_zeros(self.num_layers, x.size(0), self.hidden_size)
+        out, _ = self.lstm(x, (h0, c0))
+        return self.fc(out[:, -1, :])
+
+
+class LiteralGRU(nn.Module):
+    # the same with a literal size: nothing can follow it
+    def __init__(self):
+        super().__init__()
+        self.gru = nn.GRU(6, 16, batch_first=True, bidirectional=True)
+        self.fc = nn.Linear(32, 3)
+
+    def forward(self, x):
+        out, _ = self.gru(x, torch.zeros(2, x.size(0), 16))
+        return self.fc(out[:, -1])
+"""
+
+
+def test_rnn_initial_states_made_with_zeros_follow_the_hidden_units(tmp_path, monkeypatch):
+    (tmp_path / "rnns.py").write_text(RNN_FILE)
+    monkeypatch.chdir(tmp_path)
+    lm = load_model("rnns.py:TutorialLSTM", inputs=["2x5x6"])
+    p = Pruner(lm.model, lm.inputs)
+    g = next(grp for grp in p.groups if grp.root == "lstm")
+    zeros = {n.target for n in p.graph.nodes if n.op_type is OpType.CONSTANT}
+    assert zeros == {"zeros", "new_zeros"}  # the fills are named sources, not ops
+    plan = p.plan(0.5)  # validates: the model runs only when hidden_size follows
+    assert not p.reason(g) and g.n_units == 16
+    assert p.sets(g) == ["hidden_size"]  # the attribute the zeros were sized from
+    pruned = p.apply(plan)
+    assert (pruned.hidden_size, pruned.lstm.hidden_size, pruned.fc.in_features) == (8, 8, 8)
+    assert lm.model.hidden_size == 16  # the model given is untouched
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+    out = export_dir(p, plan, pruned, tmp_path / "out", lm.source)
+    again = load_pruned(out)
+    assert again.hidden_size == 8
+    with torch.no_grad():
+        assert torch.equal(again(*lm.inputs), pruned(*lm.inputs))
+
+    lm = load_model("rnns.py:LiteralGRU", inputs=["2x5x6"])
+    p = Pruner(lm.model, lm.inputs)
+    p.validate_groups()
+    g = next(grp for grp in p.groups if grp.root == "gru")
+    assert "forward fails when this group shrinks" in p.reason(g)
+    assert "hidden" in p.reason(g)  # torch's own words: "Expected hidden size ..."

@@ -43,7 +43,7 @@ from .meta import (
     SplitMeta,
     UnbindMeta,
 )
-from .optypes import OpGroup, OpType, conv_prunes_whole_groups, gn_prunes_whole_groups
+from .optypes import FILLS, OpGroup, OpType, conv_prunes_whole_groups, gn_prunes_whole_groups
 
 IntArray = np.ndarray
 TensorKey = tuple[int, int, int]  # (node id, output port, dim)
@@ -172,6 +172,15 @@ def _source_block(what: str) -> Rule:
         ctx.block(f"it reaches {what} '{node.name}'")
         return []
     return rule
+
+
+def _constant_rule(g, node, side, port, dim, units, pos, ctx):
+    """A tensor made inside forward blocks the group, unless a fill (``torch.zeros(b,
+    self.hidden)``) made it: the same value everywhere fits any width, and the size it was
+    made with is one validation must see follow (:func:`fixed_sizes`)."""
+    if node.target not in FILLS:
+        ctx.block(f"it reaches a tensor computed inside forward '{node.name}'")
+    return []
 
 
 def _channel_dim(shape) -> int:
@@ -336,11 +345,10 @@ def _recurrent_rule(g, node, side, port, dim, units, pos, ctx):
     if side == "in" and port == 0:
         ctx.member(node, "in", dim, units, pos)
         return []
-    if side == "in":  # initial states h0/c0: their last dim is the hidden size
-        ctx.block(f"'{node.name}' receives initial hidden states")
-        return []
-    # output features are [forward hidden | reverse hidden] for bidirectional models; both
-    # directions share hidden_size, so unit h of one direction is unit h of the other.
+    # the hidden units: output 0's features are [forward hidden | reverse hidden] for
+    # bidirectional models (both directions share hidden_size, so unit h of one direction is
+    # unit h of the other); h_n / c_n and the initial states h0 / c0 (inputs 1, 2) have
+    # hidden_size last
     pos_h = pos % hidden
     bidir = any(k.endswith("_reverse") for k in node.params)
     p_all = np.concatenate([pos_h, pos_h + hidden]) if bidir else pos_h
@@ -348,10 +356,13 @@ def _recurrent_rule(g, node, side, port, dim, units, pos, ctx):
     ctx.member(node, "out", len(node.out_shapes[0]) - 1, u_all, p_all)
     flows = []
     for p_out, shape_out in enumerate(node.out_shapes):
-        if p_out != port:  # port 0 is the output sequence; h_n / c_n have hidden_size last
+        if side == "in" or p_out != port:
             wide = shape_out[-1] != hidden
             flows.append(Flow("out", p_out, len(shape_out) - 1, u_all if wide else units,
                               p_all if wide else pos_h))
+    for p_in in range(1, len(node.in_shapes)):
+        if side == "out" or p_in != port:
+            flows.append(Flow("in", p_in, len(node.in_shapes[p_in]) - 1, units, pos_h))
     return flows
 
 
@@ -1101,7 +1112,7 @@ RULES: dict[OpType, Rule] = {
     OpType.INPUT: _source_block("the model input"),
     OpType.OUTPUT: _source_block("the model output"),
     OpType.BUFFER: _source_block("the buffer"),
-    OpType.CONSTANT: _source_block("a tensor computed inside forward"),
+    OpType.CONSTANT: _constant_rule,
     OpType.PARAMETER: _parameter_rule,
     OpType.CONV: _modules_only(_grouped_conv_rule(_layer_rule(lambda n: 1, lambda n: 1))),
     OpType.DEPTHWISE_CONV: _layer_rule(lambda n: 1, lambda n: 1, passthrough=True),
@@ -1594,7 +1605,8 @@ def group_of(graph: Graph, node: str | int, side: str = "out") -> Group:
 
 def fixed_sizes(graph: Graph, group: Group) -> list[tuple[Node, TensorKey, int, int]]:
     """Sizes written into traced calls that the group shrinks: ``split(size)`` (the part size
-    of equal parts) and the explicit sizes of ``view``/``reshape`` (not the ``-1``). Each as
+    of equal parts), the explicit sizes of ``view``/``reshape`` (not the ``-1``) and the sizes
+    of a fill (``torch.zeros(layers, b, self.hidden)``, see ``optypes.FILLS``). Each as
     ``(node, tensor dim, its size before pruning, parts)``: after pruning the call needs the
     tensor dim's new size divided by ``parts``, which Python code must compute or store."""
     out = []
@@ -1611,6 +1623,9 @@ def fixed_sizes(graph: Graph, group: Group) -> list[tuple[Node, TensorKey, int, 
               and isinstance(meta, ReshapeMeta)):
             out += [(node, (node.id, 0, d), size, 1) for d, size in enumerate(meta.out_shape)
                     if d != meta.inferred and (node.id, 0, d) in group.tensors]
+        elif node.op_type is OpType.CONSTANT and node.target in FILLS:
+            out += [(node, (node.id, 0, d), size, 1) for d, size in enumerate(node.out_shapes[0])
+                    if (node.id, 0, d) in group.tensors]
     return out
 
 

@@ -34,7 +34,7 @@ class OpType(enum.Enum):
     OUTPUT = "output"  #: a model output; groups touching it are not prunable
     PARAMETER = "parameter"  #: an nn.Parameter used directly in forward (cls token, pos embed)
     BUFFER = "buffer"  #: a registered buffer used directly in forward (never pruned)
-    CONSTANT = "constant"  #: a tensor made inside forward (arange, zeros); never pruned
+    CONSTANT = "constant"  #: a tensor made inside forward (arange, zeros): blocks, unless a fill
     CONV = "conv"  #: Conv1/2/3d: out channels born here, in channels consumed
     DEPTHWISE_CONV = "depthwise_conv"  #: groups == in == out > 1: in and out channels coupled
     CONV_TRANSPOSE = "conv_transpose"  #: weight is (in, out/groups, ...): dims swapped vs CONV
@@ -428,6 +428,13 @@ DIM_ARGS: dict[str, DimArgs] = {
     "glu": ("halves", 1, "dim", -1, ()),
     "triu": ("moves", None, None, None, (-2, -1)),
 }
+
+#: Factories whose result holds the same value everywhere (``torch.zeros(b, self.hidden)``, an
+#: RNN's initial state): no op of the graph, but a CONSTANT source named after them whose width
+#: a group may shrink, when the size it was given can follow (see ``groups.fixed_sizes``).
+#: ``new_zeros`` reads nothing of its tensor but the dtype and device.
+FILLS: frozenset[str] = frozenset(
+    {"zeros", "ones", "full", "new_zeros", "new_ones", "new_full"})
 
 #: Tensor methods/functions that never produce a new graph value worth a node.
 IGNORED_FUNCTIONS: frozenset = frozenset(

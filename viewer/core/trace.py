@@ -45,6 +45,7 @@ from .errors import DepViewError
 from .graph import Edge, Graph, Node
 from .optypes import (
     DIM_ARGS,
+    FILLS,
     IGNORED_FUNCTIONS,
     OpGroup,
     OpType,
@@ -130,6 +131,7 @@ class _Tracer(TorchFunctionMode):
         # the tensor so the id stays its own: another trace in another thread may share them,
         # and its tag would hide this one's. So are tensors that take no attributes.
         self.by_id: dict[int, tuple[torch.Tensor, int, int]] = {}
+        self.fills: dict[int, tuple[torch.Tensor, str, str]] = {}  # see optypes.FILLS
         self.sources: list[torch.Tensor] = []
         self.names: set[str] = set()
         self.suffix: dict[str, int] = {}  # next "_i" to try per taken name
@@ -252,9 +254,12 @@ class _Tracer(TorchFunctionMode):
             node = self.add_node([], [t], self.unique(key), OpType.BUFFER,
                                  key.rpartition(".")[0], "buffer")
         else:
-            mod = self.mod
-            node = self.add_node([], [t], self.unique(f"{mod}.constant" if mod else "constant"),
-                                 OpType.CONSTANT, mod, "constant")
+            mod, what = self.mod, "constant"
+            fill = self.fills.get(id(t))
+            if fill is not None and fill[0] is t:
+                what, mod = fill[1], fill[2]  # named after its factory, in the module it ran in
+            node = self.add_node([], [t], self.unique(f"{mod}.{what}" if mod else what),
+                                 OpType.CONSTANT, mod, what)
         self.sources.append(t)  # an in-place op may tag it: untagged again at the end
         return self.token, node.id, 0
 
@@ -438,6 +443,9 @@ class _Tracer(TorchFunctionMode):
         else:
             outs = _tensors(out, [])
         if not outs:
+            return
+        if name in FILLS:  # a source: a CONSTANT node made when something reads it
+            self.fills[id(outs[0])] = (outs[0], name, self.mod)
             return
         ins = _tensors(args, [])
         if kwargs:
@@ -1116,6 +1124,7 @@ def build_graph(model: nn.Module, example_inputs=(), example_kwargs: dict | None
     for t in kept:  # tensors the caller keeps: leave no attribute behind
         t.__dict__.pop("_depview_src", None)
     tracer.by_id.clear()
+    tracer.fills.clear()
     return Graph(
         tracer.nodes, tracer.edges,
         info={"model": type(model).__name__,
