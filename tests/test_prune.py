@@ -7,10 +7,10 @@ import torch
 from conftest import ALL_DEMOS, CNN_DEMOS
 
 from viewer.core.errors import DepViewError
-from viewer.core.prune import IMPORTANCE, Plan, Pruner, parse_ignore
-from viewer.core.spec import load_model
 from viewer.core.export import export_dir, load_pruned
 from viewer.core.optypes import OpType
+from viewer.core.prune import IMPORTANCE, Plan, Pruner, parse_ignore
+from viewer.core.spec import load_model
 
 
 def _exact_only(p, plan):
