@@ -859,6 +859,26 @@ class TutorialLSTM(nn.Module):
         return self.fc(out[:, -1, :])
 
 
+class CellDecoder(nn.Module):
+    # nn.LSTMCell stepped in a loop, fed its own last prediction
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(20, 8)
+        self.cell = nn.LSTMCell(8, 16)
+        self.gru = nn.GRUCell(16, 12)  # no state on the first step: the cell makes zeros
+        self.out = nn.Linear(12, 20)
+
+    def forward(self, tok):
+        h = c = torch.zeros(tok.shape[0], self.cell.hidden_size)
+        g, y, logits = None, tok[:, 0], []
+        for _ in range(4):
+            h, c = self.cell(self.emb(y), (h, c))
+            g = self.gru(h, g)
+            logits.append(self.out(g))
+            y = logits[-1].argmax(-1)
+        return torch.stack(logits, 1)
+
+
 class LiteralGRU(nn.Module):
     # the same with a literal size: nothing can follow it
     def __init__(self):
@@ -900,3 +920,27 @@ def test_rnn_initial_states_made_with_zeros_follow_the_hidden_units(tmp_path, mo
     g = next(grp for grp in p.groups if grp.root == "gru")
     assert "forward fails when this group shrinks" in p.reason(g)
     assert "hidden" in p.reason(g)  # torch's own words: "Expected hidden size ..."
+
+
+def test_rnn_cells_stepped_in_a_loop_prune_and_reload(tmp_path, monkeypatch):
+    (tmp_path / "rnns.py").write_text(RNN_FILE)
+    monkeypatch.chdir(tmp_path)
+    lm = load_model("rnns.py:CellDecoder", inputs=["2x3:int64"])
+    p = Pruner(lm.model, lm.inputs)
+    cells = [n for n in p.graph.nodes if n.op_type in (OpType.LSTM, OpType.GRU)]
+    assert len(cells) == 8  # one atomic node per step, sharing the cell's weights
+    by_root = {g.root: g for g in p.groups}
+    lstm, gru = by_root["cell"], by_root["gru"]  # the first call of each roots its group
+    assert (lstm.n_units, gru.n_units) == (16, 12)
+    assert {m.node_name for m in lstm.members if m.side == "out"} == \
+        {n.name for n in cells if n.op_type is OpType.LSTM}  # every step's hidden units
+    plan = p.plan(0.5)
+    assert set(plan.removed) == {lstm.id, gru.id, by_root["emb"].id}
+    pruned = p.apply(plan)
+    assert (pruned.cell.hidden_size, pruned.cell.input_size, pruned.gru.input_size,
+            pruned.gru.hidden_size) == (8, 4, 8, 6)
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+    again = load_pruned(export_dir(p, plan, pruned, tmp_path / "out", lm.source))
+    with torch.no_grad():
+        assert torch.equal(again(*lm.inputs), pruned(*lm.inputs))

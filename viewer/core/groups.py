@@ -30,7 +30,7 @@ import numpy as np
 
 from .errors import DepViewError
 from .graph import Graph, Node
-from .handlers import CUTS
+from .handlers import CUTS, rnn_hidden
 from .meta import (
     ConcatMeta,
     EinsumMeta,
@@ -341,7 +341,7 @@ def _recurrent_rule(g, node, side, port, dim, units, pos, ctx):
     if "weight_hr_l0" in node.params:
         ctx.block(f"'{node.name}' uses proj_size, which is not supported")
         return []
-    hidden = node.param_shapes["weight_hh_l0"][1]
+    hidden = rnn_hidden(node)
     if side == "in" and port == 0:
         ctx.member(node, "in", dim, units, pos)
         return []
@@ -1153,9 +1153,15 @@ RULES: dict[OpType, Rule] = {
 
 def _untied(node: Node) -> bool:
     """Layers whose cuts are not the member's own positions (gates, packed heads, a grouped
-    conv's per-group columns): a tie between two of their calls is not followed."""
+    conv's per-group columns): a tie between two of their calls is not followed (except
+    between calls of one RNN cell, see :meth:`_Search.tie`)."""
     return node.op_type in (OpType.MHA, OpType.LSTM, OpType.GRU, OpType.RNN) or \
         int(node.attrs.get("groups", 1)) > 1
+
+
+def _cell(node: Node) -> bool:
+    """An RNN cell (nn.LSTMCell, ...): one step, called once per step of a Python loop."""
+    return node.op_type in OpGroup.RECURRENT and "weight_hh" in node.params
 
 
 class _Search:
@@ -1243,6 +1249,19 @@ class _Search:
         to the side of each other node that the same tensor dim belongs to."""
         g = self.g
         others = g.sharing[node.id]
+        if _cell(node):  # every call of a cell: the same hidden units, the same input features
+            for oid in others:
+                other = g.nodes[oid]
+                if not _cell(other) or other.params != node.params:
+                    self.reasons.append(f"'{node.name}' shares its weights with "
+                                        f"'{other.name}' in a way DepView does not follow")
+                elif side == "in":
+                    e = g.in_edges[oid][0]
+                    self.arrive(e.source, e.source_port, len(other.in_shapes[0]) - 1, units,
+                                pos)
+                else:
+                    self.arrive(oid, 0, len(other.out_shapes[0]) - 1, units, pos)
+            return
         if _untied(node):
             a, b = sorted((node.name, g.nodes[others[0]].name))  # one text from either side
             self.reasons.append(f"'{a}' and '{b}' share their weights; DepView cannot follow "

@@ -97,15 +97,29 @@ def _embed(node, side, dim, pos):
     return _cuts(node, [("weight", 1)], pos) if side == "out" else []
 
 
+def rnn_key(node: Node, name: str, layer: int = 0, suffix: str = "") -> str:
+    """The local name of a recurrent layer's tensor: ``weight_hh_l1_reverse`` for nn.LSTM and
+    its kin, ``weight_hh`` for a cell (nn.LSTMCell: one layer, one direction)."""
+    return name if name in node.params else f"{name}_l{layer}{suffix}"
+
+
+def rnn_hidden(node: Node) -> int:
+    return node.param_shapes[rnn_key(node, "weight_hh")][1]
+
+
 def _recurrent(gates: int):
     def cuts(node, side, dim, pos):
-        hidden = node.param_shapes["weight_hh_l0"][1]
+        hidden = rnn_hidden(node)
         layers = int(node.attrs.get("num_layers", 1))
         sfxs = ["", "_reverse"] if node.attrs.get("bidirectional") else [""]
         out: list[Cut] = []
+
+        def key(name, layer, s):
+            return rnn_key(node, name, layer, s)
+
         if side == "in":
             for s in sfxs:
-                out += _cuts(node, [(f"weight_ih_l0{s}", 1)], pos)
+                out += _cuts(node, [(key("weight_ih", 0, s), 1)], pos)
             return out
         h = np.unique(pos % hidden)
         rows = (np.arange(gates)[:, None] * hidden + h[None, :]).reshape(-1)
@@ -113,13 +127,13 @@ def _recurrent(gates: int):
         cols_in = np.concatenate([h + k * hidden for k in range(len(sfxs))])
         for layer in range(layers):
             for s in sfxs:
-                out += _cuts(node, [(f"weight_ih_l{layer}{s}", 0),
-                                    (f"bias_ih_l{layer}{s}", 0),
-                                    (f"weight_hh_l{layer}{s}", 0),
-                                    (f"bias_hh_l{layer}{s}", 0)], rows)
-                out += _cuts(node, [(f"weight_hh_l{layer}{s}", 1)], h)
+                out += _cuts(node, [(key("weight_ih", layer, s), 0),
+                                    (key("bias_ih", layer, s), 0),
+                                    (key("weight_hh", layer, s), 0),
+                                    (key("bias_hh", layer, s), 0)], rows)
+                out += _cuts(node, [(key("weight_hh", layer, s), 1)], h)
                 if layer > 0:
-                    out += _cuts(node, [(f"weight_ih_l{layer}{s}", 1)], cols_in)
+                    out += _cuts(node, [(key("weight_ih", layer, s), 1)], cols_in)
         return out
     return cuts
 
@@ -264,6 +278,9 @@ def _refresh_embed(m: nn.Module, w: Widths) -> None:
 
 
 def _refresh_rnn(m: nn.Module, w: Widths) -> None:
+    if isinstance(m, nn.RNNCellBase):
+        m.input_size, m.hidden_size = m.weight_ih.shape[1], m.weight_hh.shape[1]
+        return
     m.input_size = m.weight_ih_l0.shape[1]
     m.hidden_size = m.weight_hh_l0.shape[1]
     m._init_flat_weights()

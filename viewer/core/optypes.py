@@ -46,9 +46,9 @@ class OpType(enum.Enum):
     PRELU = "prelu"  #: PReLU: per-channel (or one shared) slope, passes channels through
     EMBED = "embed"  #: Embedding: embedding dims born here (weight dim 1)
     MHA = "mha"  #: nn.MultiheadAttention, atomic: query width is tied to embed_dim
-    LSTM = "lstm"  #: nn.LSTM, atomic: hidden units span 4 gates
-    GRU = "gru"  #: nn.GRU, atomic: hidden units span 3 gates
-    RNN = "rnn"  #: nn.RNN, atomic: one gate
+    LSTM = "lstm"  #: nn.LSTM / nn.LSTMCell, atomic: hidden units span 4 gates
+    GRU = "gru"  #: nn.GRU / nn.GRUCell, atomic: hidden units span 3 gates
+    RNN = "rnn"  #: nn.RNN / nn.RNNCell, atomic: one gate
     CUSTOMIZED = "customized"  #: a user-registered layer type with its own channel rule
     CONCAT = "concat"  #: cat/stack: inputs occupy offsets of the output dim
     SPLIT = "split"  #: split/chunk/tensor_split: outputs are offset ranges of the input dim
@@ -231,9 +231,9 @@ MODULE_RULES: tuple[Rule, ...] = (
     (_is_instance_of(nn.PReLU), OpType.PRELU),
     (_is_instance_of(nn.Embedding), OpType.EMBED),
     (_is_instance_of(nn.MultiheadAttention), OpType.MHA),
-    (_is_instance_of(nn.LSTM), OpType.LSTM),
-    (_is_instance_of(nn.GRU), OpType.GRU),
-    (_is_instance_of(nn.RNN), OpType.RNN),
+    (_is_instance_of(nn.LSTM, nn.LSTMCell), OpType.LSTM),
+    (_is_instance_of(nn.GRU, nn.GRUCell), OpType.GRU),
+    (_is_instance_of(nn.RNN, nn.RNNCell), OpType.RNN),
     (_is_instance_of(nn.PixelShuffle, nn.PixelUnshuffle), OpType.PIXEL_SHUFFLE),
     (_is_instance_of(*_POOLS), OpType.SPATIAL),
     (_is_instance_of(*_ACTIVATIONS), OpType.ELEMENTWISE),
