@@ -987,3 +987,40 @@ def test_an_rnn_initial_state_from_another_rnn_couples_their_hidden_units():
     assert pruned.enc.hidden_size == pruned.dec.hidden_size == 16
     v = p.verify(pruned, plan)
     assert v["forward"] and v["masked_equivalence"]["ok"], v
+
+
+class FunctionalNorms(nn.Module):
+    """nanoGPT's LayerNorm (F.layer_norm with the module's own weight and bias) and an RMS
+    norm written with F.rms_norm: their affine tensors lose what the normalised dim loses."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(8, 32)
+        self.ln_w, self.ln_b = nn.Parameter(torch.rand(32) + 0.5), nn.Parameter(torch.randn(32))
+        self.b = nn.Linear(32, 16)
+        self.rms_w = nn.Parameter(torch.rand(16) + 0.5)
+        self.c = nn.Linear(16, 2)
+
+    def forward(self, x):
+        h = F.layer_norm(self.a(x), self.ln_w.shape, self.ln_w, self.ln_b)
+        h = F.rms_norm(self.b(F.gelu(h)), self.rms_w.shape, self.rms_w)
+        return self.c(F.gelu(h))
+
+
+def test_functional_layer_norm_weights_join_the_group_of_their_input():
+    from viewer.core.prune import Plan, Pruner
+
+    torch.manual_seed(0)
+    model, x = FunctionalNorms().eval(), torch.randn(3, 8)
+    p = Pruner(model, (x,))
+    roots = {g.root: g for g in p.groups}
+    assert set(roots) == {"a", "b", "c"}  # no group of its own for a norm's weight
+    for root, params in (("a", {"ln_w", "ln_b"}), ("b", {"rms_w"})):
+        g = roots[root]
+        assert {m.node_name for m in g.members if m.side == "param"} == params
+        assert not p.reason(g) and not g.exact  # normalising over pruned channels
+    plan = Plan({roots["a"].id: [0, 5, 9], roots["b"].id: [1, 2]})
+    pruned = p.apply(plan)
+    assert pruned.ln_w.shape == pruned.ln_b.shape == (29,) and pruned.rms_w.shape == (14,)
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["shapes_kept"], v

@@ -1038,19 +1038,44 @@ def _attention_rule(g, node, side, port, dim, units, pos, ctx):
     return flows
 
 
+def _affine_ports(node: Node, meta) -> list[int]:
+    """The inputs of ``F.layer_norm``/``F.rms_norm`` (weight, bias) shaped like the
+    normalised dims: they lose the positions those dims lose."""
+    if meta.op not in ("layer_norm", "rms_norm"):
+        return []
+    norm = node.in_shapes[0][len(node.in_shapes[0]) - len(meta.dims):]
+    return [p for p in range(1, len(node.in_shapes)) if node.in_shapes[p] == norm]
+
+
 def _reduction_rule(g, node, side, port, dim, units, pos, ctx):
     meta = node.meta
-    if port != 0:
-        return []
     if meta is None or not hasattr(meta, "dims"):
         return []
     a, b = node.in_shapes[0], node.out_shapes[0]
+    affine = _affine_ports(node, meta) if len(node.in_shapes) > 1 else []
+    if port != 0 or not side == "in" and affine and dim in meta.dims:
+        if side == "in" and port not in affine:
+            return []
+        # an affine tensor of a layer norm, or its output: the input, the output and the
+        # other affine tensors along the normalised dims
+        off = len(a) - len(meta.dims)
+        d = dim + off if side == "in" else dim
+        ctx.inexact(f"'{node.name}' ({node.target}) reduces over pruned channels")
+        flows = [Flow("in", p, d - off, units, pos) for p in affine
+                 if not (side == "in" and p == port)]
+        flows.append(Flow("in", 0, d, units, pos))
+        if side == "in":
+            flows.append(Flow("out", 0, d, units, pos))
+        return flows
     if side == "in":
         if dim in meta.dims:
             ctx.inexact(f"'{node.name}' ({node.target}) reduces over pruned channels")
+            flows = [Flow("in", p, dim - (len(a) - len(meta.dims)), units, pos)
+                     for p in affine]
             if meta.keepdim and len(b) == len(a) and b[dim] == a[dim]:
-                return [Flow("out", p, dim, units, pos) for p in range(len(node.out_shapes))]
-            return []  # reduced away: fewer terms in the reduction, shapes unaffected
+                return flows + [Flow("out", p, dim, units, pos)
+                                for p in range(len(node.out_shapes))]
+            return flows  # reduced away: fewer terms in the reduction, shapes unaffected
         od = dim if meta.keepdim or len(b) == len(a) else dim - sum(d < dim for d in meta.dims)
         return [Flow("out", p, od, units, pos) for p in range(len(node.out_shapes))]
     if meta.keepdim or len(b) == len(a):
