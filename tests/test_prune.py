@@ -200,6 +200,7 @@ def test_validation_rejects_hard_coded_shapes(demo_pruner):
     p.validate_groups()
     qkv = next(g for g in p.groups if g.root == "qkv")
     assert "forward fails when this group shrinks" in p.reason(qkv)
+    assert "did not follow the pruned width" in p.reason(qkv)  # the usual cause, said
 
 
 class OneBadGroup(torch.nn.Module):

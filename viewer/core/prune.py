@@ -541,8 +541,9 @@ class Pruner:
                 if isinstance(exc, DepViewError):  # a traced forward failed: show its error
                     exc = exc.__cause__ or exc
                 msg = (str(exc).strip().splitlines() or [""])[0][:160]
+                hint = _VIEW_HINT if "is invalid for input of size" in msg else ""
                 return (f"the model's forward fails when this group shrinks "
-                        f"({type(exc).__name__}: {msg})")
+                        f"({type(exc).__name__}: {msg}){hint}")
             owned = {(self.graph.nodes[k[0]].name, k[1], k[2]) for g in gs for k in g.tensors}
             return _moved(before, after, owned)
 
@@ -693,6 +694,12 @@ class Pruner:
                 f"{' (and more)' if len(inexact) > 1 else ''}"
                 if inexact else "model has no real weights"}
         return res
+
+
+#: Added to a validation failure of view/reshape: the usual cause, and the usual rewrite.
+_VIEW_HINT = ("; a size given to view/reshape did not follow the pruned width (code that reads "
+              "it from another tensor, B, T, C = x.shape, keeps the old one; -1 or a module "
+              "attribute follows)")
 
 
 def _probe_units(group: Group, end: str) -> list[int]:
