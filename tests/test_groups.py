@@ -212,7 +212,7 @@ def test_group_of_any_node_never_crashes(demo_pruner, name):
                 assert "\n" not in str(exc)
 
 
-def test_functional_conv_call_blocks_its_group():
+def test_a_functional_conv_call_hands_its_channels_to_the_tensors_it_is_given():
     class Fn(nn.Module):
         def __init__(self):
             super().__init__()
@@ -224,12 +224,11 @@ def test_functional_conv_call_blocks_its_group():
 
     g = build_graph(Fn(), torch.randn(1, 3, 4, 4))
     grp = group_of(g, "stem")
-    assert not grp.prunable and "functional conv2d call" in grp.reason
-    # the call that blocks is in the group (the app highlights it), and its own output's
-    # group is not empty
-    assert grp.member("conv2d", "in").dim == 1
+    assert grp.prunable
+    assert grp.member("w", "param").dim == 1  # the weight's columns read stem's channels
     own = next(x for x in all_groups(g) if x.root == "conv2d")
-    assert [(m.node_name, m.side) for m in own.members] == [("conv2d", "out")]
+    assert [(m.node_name, m.side, m.dim) for m in own.members] == [("w", "param", 0)]
+    assert not own.prunable and "model output" in own.reason
 
 
 def test_a_4d_parameter_is_rooted_at_its_channels_not_at_a_spatial_or_kernel_dim():
@@ -253,16 +252,17 @@ def test_a_4d_parameter_is_rooted_at_its_channels_not_at_a_spatial_or_kernel_dim
     x = torch.randn(2, 3, 6, 6)
     g = build_graph(m, x)
     groups = all_groups(g)
-    # each parameter's group is on dim 1: 8 channels, never the 6 positions or 3 kernel taps
+    # each parameter is cut along its channels, never the 6 positions or 3 kernel taps
     dims = {(mm.node_name, mm.dim) for grp in groups for mm in grp.members if mm.side == "param"}
-    assert dims == {("pos", 1), ("w", 1)}
+    assert dims == {("pos", 1), ("w", 1), ("w", 0)}
     by_root = {grp.root: grp for grp in groups}
-    assert "pos" not in by_root  # its channels are the conv's: one group, rooted there
+    # pos's channels and the F.conv2d weight's input channels are the conv's: one group
+    assert "pos" not in by_root and "w" not in by_root
     conv = by_root["conv"]
-    assert conv.member("pos", "param").dim == 1
-    # the F.conv2d weight's input channels are a group of its own, blocked by the call
-    assert by_root["w"].n_units == 8 and not by_root["w"].prunable
-    assert "functional conv2d call" in by_root["w"].reason
+    assert conv.member("pos", "param").dim == 1 and conv.member("w", "param").dim == 1
+    # the weight's rows are the call's output channels, which the model returns
+    out = by_root["conv2d"]
+    assert out.member("w", "param").dim == 0 and "model output" in out.reason
     # without the functional conv, the table is pruned with the conv and the pruned model is
     # the original with those channels zeroed
     class PosOnly(PosConv):
@@ -1024,3 +1024,38 @@ def test_functional_layer_norm_weights_join_the_group_of_their_input():
     assert pruned.ln_w.shape == pruned.ln_b.shape == (29,) and pruned.rms_w.shape == (14,)
     v = p.verify(pruned, plan)
     assert v["forward"] and v["shapes_kept"], v
+
+
+class FunctionalConvs(nn.Module):
+    """Convs written with F.conv2d on the module's own tensors, one of them grouped."""
+
+    def __init__(self):
+        super().__init__()
+        self.w1, self.b1 = nn.Parameter(torch.randn(8, 3, 3, 3)), nn.Parameter(torch.randn(8))
+        self.w2 = nn.Parameter(torch.randn(8, 2, 3, 3))  # groups=4
+        self.w3 = nn.Parameter(torch.randn(6, 8, 1, 1))
+        self.head = nn.Conv2d(6, 2, 1)
+
+    def forward(self, x):
+        h = F.relu(F.conv2d(x, self.w1, self.b1, padding=1))
+        g = F.conv2d(h, self.w2, padding=1, groups=4)
+        return self.head(F.relu(F.conv2d(h + g, self.w3)))
+
+
+def test_a_functional_conv_prunes_the_tensors_it_is_given():
+    from viewer.core.prune import Plan, Pruner
+
+    torch.manual_seed(0)
+    model, x = FunctionalConvs().eval(), torch.randn(2, 3, 6, 6)
+    p = Pruner(model, (x,))
+    by_params = {frozenset(m.node_name for m in g.members if m.side == "param"): g
+                 for g in p.groups}
+    mid = by_params[frozenset({"w1", "b1", "w3"})]  # w1's rows, b1, w3's columns
+    assert "grouped functional conv2d" in p.reason(mid)
+    out = next(g for g in p.groups if {m.node_name for m in g.members} >= {"w3", "head"})
+    assert not p.reason(out)
+    plan = Plan({out.id: [1, 4]})
+    pruned = p.apply(plan)
+    assert pruned.w3.shape == (4, 8, 1, 1) and pruned.head.in_channels == 4
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v

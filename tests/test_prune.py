@@ -945,3 +945,26 @@ def test_rnn_cells_stepped_in_a_loop_prune_and_reload(tmp_path, monkeypatch):
     again = load_pruned(export_dir(p, plan, pruned, tmp_path / "out", lm.source))
     with torch.no_grad():
         assert torch.equal(again(*lm.inputs), pruned(*lm.inputs))
+
+
+def test_a_layer_norm_shape_stored_on_the_module_is_updated():
+    class StoredShape(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.d = 16
+            self.a, self.o = torch.nn.Linear(4, 16), torch.nn.Linear(16, 2)
+            self.w = torch.nn.Parameter(torch.rand(16) + 0.5)
+
+        def forward(self, x):
+            return self.o(torch.nn.functional.layer_norm(self.a(x), (self.d,), self.w))
+
+    torch.manual_seed(0)
+    model, x = StoredShape().eval(), torch.randn(3, 4)
+    p = Pruner(model, (x,))
+    assert not p.validate_groups()
+    g = next(grp for grp in p.groups if grp.root == "a")
+    assert p.sets(g) == ["d"]
+    plan = Plan({g.id: [0, 7]})
+    pruned = p.apply(plan)
+    assert (pruned.d, model.d) == (14, 16)
+    assert p.verify(pruned, plan)["forward"]

@@ -39,6 +39,7 @@ from .meta import (
     MatmulMeta,
     PadMeta,
     PermuteMeta,
+    ReduceMeta,
     ReshapeMeta,
     SplitMeta,
     UnbindMeta,
@@ -1090,11 +1091,43 @@ def _reduction_rule(g, node, side, port, dim, units, pos, ctx):
     return flows
 
 
+def _functional_conv(base: Rule) -> Rule:
+    """``F.conv1d/2d/3d(x, w, b)`` on tensors of the model's own (a conv written without
+    nn.Conv2d, a weight-standardised one): the call owns nothing and reads its widths from
+    ``w``, so its output channels are ``w``'s rows and ``b``, its input channels ``w``'s
+    columns. Those tensors' PARAMETER nodes are the members. A grouped call blocks; other dims
+    follow the module rule (``base``)."""
+
+    def rule(g, node, side, port, dim, units, pos, ctx):
+        ins = node.in_shapes
+        if len(ins) < 2 or len(ins[1]) != len(ins[0]) or ins[0][1] != ins[1][1]:
+            ctx.block(f"'{node.name}' is a grouped functional {node.target} call; DepView "
+                      "prunes grouped convs called as modules")
+            return []
+        bias = len(ins) > 2 and len(ins[2]) == 1
+        if side == "out" and dim == 1 or side == "in" and port in (1, 2) and dim == 0:
+            flows = [Flow("out", 0, 1, units, pos)] if side == "in" else []
+            flows += [Flow("in", p, 0, units, pos) for p in ((1, 2) if bias else (1,))
+                      if not (side == "in" and p == port)]
+            return flows
+        if side == "in" and dim == 1 and port in (0, 1):
+            return [Flow("in", 1 - port, 1, units, pos)]
+        if side == "in" and port > 0:
+            return []  # a kernel dim
+        return base(g, node, side, port, dim, units, pos, ctx)
+
+    return rule
+
+
 def _modules_only(rule: Rule) -> Rule:
     """Layer rules apply to module calls; a functional ``F.conv2d(x, w)`` owns no module
-    whose attributes could follow, so a group reaching one is not prunable."""
+    whose attributes could follow, so a group reaching one is not prunable (except a
+    functional conv, see :func:`_functional_conv`)."""
+    functional = _functional_conv(rule)
 
     def wrapped(g, node, side, port, dim, units, pos, ctx):
+        if not node.is_module and node.op_type is OpType.CONV:
+            return functional(g, node, side, port, dim, units, pos, ctx)
         if not node.is_module:
             ctx.block(f"'{node.name}' is a functional {node.target} call; DepView prunes "
                       "layers called as modules")
@@ -1649,8 +1682,9 @@ def group_of(graph: Graph, node: str | int, side: str = "out") -> Group:
 
 def fixed_sizes(graph: Graph, group: Group) -> list[tuple[Node, TensorKey, int, int]]:
     """Sizes written into traced calls that the group shrinks: ``split(size)`` (the part size
-    of equal parts), the explicit sizes of ``view``/``reshape`` (not the ``-1``) and the sizes
-    of a fill (``torch.zeros(layers, b, self.hidden)``, see ``optypes.FILLS``). Each as
+    of equal parts), the explicit sizes of ``view``/``reshape`` (not the ``-1``), the
+    ``normalized_shape`` of ``F.layer_norm``/``F.rms_norm`` and the sizes of a fill
+    (``torch.zeros(layers, b, self.hidden)``, see ``optypes.FILLS``). Each as
     ``(node, tensor dim, its size before pruning, parts)``: after pruning the call needs the
     tensor dim's new size divided by ``parts``, which Python code must compute or store."""
     out = []
@@ -1667,6 +1701,10 @@ def fixed_sizes(graph: Graph, group: Group) -> list[tuple[Node, TensorKey, int, 
               and isinstance(meta, ReshapeMeta)):
             out += [(node, (node.id, 0, d), size, 1) for d, size in enumerate(meta.out_shape)
                     if d != meta.inferred and (node.id, 0, d) in group.tensors]
+        elif (node.op_type is OpType.REDUCTION and isinstance(meta, ReduceMeta)
+              and meta.op in ("layer_norm", "rms_norm")):  # normalized_shape=(self.dim,)
+            out += [(node, (node.id, 0, d), node.out_shapes[0][d], 1) for d in meta.dims
+                    if (node.id, 0, d) in group.tensors]
         elif node.op_type is OpType.CONSTANT and node.target in FILLS:
             out += [(node, (node.id, 0, d), size, 1) for d, size in enumerate(node.out_shapes[0])
                     if (node.id, 0, d) in group.tensors]
