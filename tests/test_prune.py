@@ -968,3 +968,47 @@ def test_a_layer_norm_shape_stored_on_the_module_is_updated():
     pruned = p.apply(plan)
     assert (pruned.d, model.d) == (14, 16)
     assert p.verify(pruned, plan)["forward"]
+
+
+class FusedBlocks(torch.nn.Module):
+    """Six BLOOM-style attention blocks (a view size stored as ``head_dim``), each followed by
+    an MLP: twelve groups, six of which run only once their ``head_dim`` follows."""
+
+    def __init__(self, n: int = 6):
+        super().__init__()
+        self.att = torch.nn.ModuleList(FusedHeads() for _ in range(n))
+        self.mlp = torch.nn.ModuleList(torch.nn.Sequential(
+            torch.nn.Linear(16, 24), torch.nn.GELU(), torch.nn.Linear(24, 16)) for _ in range(n))
+
+    def forward(self, x):
+        for att, mlp in zip(self.att, self.mlp, strict=True):
+            x = att(x)
+            x = x + mlp(x)
+        return x
+
+
+def test_a_failing_batch_is_retried_with_its_stored_sizes_before_halving(monkeypatch):
+    import viewer.core.prune as prune_mod
+
+    traces = []
+    real_build = prune_mod.build_graph
+
+    def spy(*args, **kw):
+        traces.append(1)
+        return real_build(*args, **kw)
+
+    torch.manual_seed(0)
+    model, x = FusedBlocks().eval(), torch.randn(2, 5, 16)
+    p = Pruner(model, (x,))
+    monkeypatch.setattr(prune_mod, "build_graph", spy)
+    assert not p.validate_groups()
+    qkv = [g for g in p.groups if g.root.endswith(".qkv")]
+    assert len(qkv) == 6 and all(p.sets(g) == [f"{g.root[:-4]}.head_dim"] for g in qkv)
+    assert all(not p.sets(g) for g in p.groups if g not in qkv)
+    # the unpruned copy, the batch (fails), the batch with the stored sizes set (runs on both
+    # ends), then each qkv group alone keeps head_dim and drops depth, which equals it but is
+    # never read (5 runs); halving the batch down to single groups took 52
+    assert len(traces) <= 34, len(traces)
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    assert p.verify(pruned, plan)["masked_equivalence"]["ok"]

@@ -585,10 +585,28 @@ class Pruner:
             self.groups[i] = g
             return False
 
+        def with_stored_sizes(gs: list[Group]) -> bool:
+            """A batch that fails may run once every size its groups shrink is set from the
+            attributes it may have been read from (HF MobileViT: 9 groups, each with its
+            attention's ``all_head_size``). Then each of those groups finds its own
+            (:func:`repair`) instead of the batch being halved down to single groups; the
+            others ran in the batch."""
+            found = {g.id: c for g in gs if (c := self._size_attr_candidates(g))}
+            if not found or attempt(gs, found):
+                return False
+            for g in gs:
+                if g.id in found and not repair(g):
+                    check([g])
+                else:
+                    self._validated[g.id] = ""
+            return True
+
         def check(gs: list[Group]) -> None:
             err = attempt(gs)
             if err and len(gs) == 1 and (repair(gs[0]) or try_outer(gs[0], err)):
                 err = ""
+            if err and len(gs) > 1 and with_stored_sizes(gs):
+                return
             if not err or len(gs) == 1:
                 for g in gs:
                     self._validated[g.id] = err
