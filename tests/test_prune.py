@@ -1012,3 +1012,18 @@ def test_a_failing_batch_is_retried_with_its_stored_sizes_before_halving(monkeyp
     plan = p.plan(0.5)
     pruned = p.apply(plan)
     assert p.verify(pruned, plan)["masked_equivalence"]["ok"]
+
+
+def test_a_compiled_model_is_pruned_as_the_module_it_wraps():
+    # traced through torch.compile's wrapper, dynamo compiled DepView's hooks (seconds of
+    # recompiles and warnings) and every name started with "_orig_mod."
+    torch.manual_seed(0)
+    plain = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(),
+                                torch.nn.Conv2d(8, 4, 3)).eval()
+    model, x = torch.compile(plain, backend="eager"), torch.randn(1, 3, 8, 8)
+    p = Pruner(model, (x,))
+    assert p.model is plain and [g.root for g in p.groups] == ["0", "2"]
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    assert pruned[0].out_channels == 4 and plain[0].out_channels == 8
+    assert p.verify(pruned, plan)["masked_equivalence"]["ok"]

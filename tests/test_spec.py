@@ -141,3 +141,14 @@ def test_meta_device_build():
     assert next(lm.model.parameters()).device.type == "meta"
     with pytest.raises(DepViewError, match="meta"):
         load_model("demo:cnn", device="meta", weights="x.pt")
+
+
+def test_a_factory_returning_a_compiled_model_gives_the_module_it_wraps(tmp_path,
+                                                                         monkeypatch):
+    (tmp_path / "comp.py").write_text(
+        "import torch\n"
+        "def make():\n"
+        "    return torch.compile(torch.nn.Linear(4, 2), backend='eager')\n")
+    monkeypatch.chdir(tmp_path)
+    lm = load_model("comp.py:make", inputs=["1x4"])
+    assert type(lm.model) is torch.nn.Linear

@@ -28,7 +28,7 @@ from .graph import Graph
 from .groups import Group, all_groups, fixed_sizes, out_channel_dim, outer_alternative
 from .handlers import CUTS, REFRESH, Cut
 from .optypes import OpType
-from .trace import build_graph, eval_mode, flatten, module_attrs
+from .trace import build_graph, eval_mode, flatten, module_attrs, plain_module
 
 IMPORTANCE = ("l1", "l2", "bn", "random", "taylor")
 
@@ -110,17 +110,18 @@ def _aliases(model: nn.Module) -> dict[str, list[str]]:
 class Pruner:
     """One model, its graph and groups; plans, previews, applies and verifies.
 
-    The model given is never modified: ``apply`` returns a pruned deep copy.
+    The model given is never modified: ``apply`` returns a pruned deep copy. A
+    ``torch.compile``'d model is pruned as the module it wraps (the copy is not compiled).
     """
 
     def __init__(self, model: nn.Module, inputs, graph: Graph | None = None,
                  groups: list[Group] | None = None, output_layers: list[str] = ()):
-        self.model = model
+        self.model = plain_module(model)  # a torch.compile'd model: the module it wraps
         if isinstance(inputs, dict):
             self.inputs = dict(inputs)  # keyword inputs (e.g. input_ids, attention_mask)
         else:
             self.inputs = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
-        self.graph = graph if graph is not None else build_graph(model, self.inputs)
+        self.graph = graph if graph is not None else build_graph(self.model, self.inputs)
         # a list of its own: validation may put a group's whole-heads alternative in its place
         self.groups = list(groups) if groups is not None else all_groups(self.graph)
         self.output_layers = list(output_layers)

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .errors import DepViewError
+from .trace import plain_module
 
 DTYPES = {
     "float32": torch.float32, "float": torch.float32, "float16": torch.float16,
@@ -166,6 +167,7 @@ def load_model(
                            f"{(str(exc).splitlines() or [''])[0]}") from exc
     if not isinstance(model, nn.Module):
         raise DepViewError(f"{spec} returned {type(model).__name__}, not an nn.Module")
+    model = plain_module(model)  # a torch.compile'd model: the module it wraps
     model.eval()
     description = description or type(model).__name__  # the header line of the app
     if weights:

@@ -1031,6 +1031,16 @@ def _name_inputs(names: list[str], args: tuple, kwargs: dict) -> list[tuple[str,
     return named
 
 
+def plain_module(model):
+    """The module a ``torch.compile`` wrapper runs (its ``_orig_mod``), else ``model`` as it
+    is: traced through the wrapper, dynamo would compile DepView's own hooks (and recompile
+    them at every module), and every name would start with ``_orig_mod.``."""
+    orig = getattr(model, "_orig_mod", None)
+    if isinstance(orig, nn.Module) and type(model).__name__ == "OptimizedModule":
+        return orig
+    return model
+
+
 @contextmanager
 def eval_mode(model: nn.Module) -> Iterator[None]:
     """``model`` in eval mode for the duration, each module's flag restored afterwards (even on
@@ -1069,6 +1079,7 @@ def build_graph(model: nn.Module, example_inputs=(), example_kwargs: dict | None
         args, kwargs = tuple(example_inputs), dict(example_kwargs or {})
     if not isinstance(model, nn.Module):
         raise DepViewError(f"expected an nn.Module, got {type(model).__name__}")
+    model = plain_module(model)
 
     tracer = _Tracer(model, autograd and torch.is_grad_enabled())
     arg_names = _arg_names(model)
