@@ -1027,3 +1027,49 @@ def test_a_compiled_model_is_pruned_as_the_module_it_wraps():
     pruned = p.apply(plan)
     assert pruned[0].out_channels == 4 and plain[0].out_channels == 8
     assert p.verify(pruned, plan)["masked_equivalence"]["ok"]
+
+
+_INDEX_CACHE: dict = {}
+
+
+class BiasedHeads(torch.nn.Module):
+    """Attention with a learned per-head bias passed to sdpa as its mask, gathered from a
+    table by a relative-position index that, as in Hugging Face's BEiT, is computed on the
+    first call only and cached where every copy of the model finds it."""
+
+    def __init__(self, d: int = 16, heads: int = 4, n: int = 5):
+        super().__init__()
+        self.heads, self.n = heads, n
+        self.qkv, self.o = torch.nn.Linear(d, 3 * d), torch.nn.Linear(d, d)
+        self.table = torch.nn.Parameter(torch.randn(2 * n - 1, heads))
+
+    def index(self):
+        if self.n not in _INDEX_CACHE:
+            r = torch.arange(self.n)
+            _INDEX_CACHE[self.n] = (r[:, None] - r[None, :] + self.n - 1).reshape(-1)
+        return _INDEX_CACHE[self.n]
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        bias = self.table[self.index()].view(n, n, -1).permute(2, 0, 1).unsqueeze(0)
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=0.5)
+        return x + self.o(y.transpose(1, 2).reshape(b, n, -1))
+
+
+def test_an_attention_bias_joins_the_heads_and_a_first_call_cache_does_not_break_validation():
+    _INDEX_CACHE.clear()
+    torch.manual_seed(0)
+    model, x = BiasedHeads().eval(), torch.randn(2, 5, 16)
+    p = Pruner(model, (x,))  # the first trace computes the index; later ones find it cached
+    heads = next(g for g in p.groups if any(m.node_name == "table" for m in g.members))
+    assert heads.member("table", "param").dim == 1  # the bias table's heads column
+    assert {m.node_name for m in heads.members} >= {"qkv", "o", "table"}
+    assert heads.n_units == 4  # whole heads: the view leaves head dims to its -1
+    assert not p.validate_groups()  # a trace run again names the gather differently
+    assert p.sets(heads) == ["heads"]
+    plan = Plan({heads.id: [3]})
+    pruned = p.apply(plan)
+    assert (pruned.table.shape, pruned.heads, pruned.qkv.out_features) == ((9, 3), 3, 36)
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v

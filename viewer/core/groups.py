@@ -992,8 +992,13 @@ def _attention_rule(g, node, side, port, dim, units, pos, ctx):
         s = node.in_shapes[port]
         if dim >= len(s) - 2:
             ctx.block(f"'{node.name}' takes an attention mask coupled to the group")
-        return []
-    shapes = {0: q, 1: k, 2: v}
+            return []
+        if dim + nd - len(s) < 0:
+            return []
+    # an additive mask or bias (BEiT's relative position bias) broadcasts against the scores
+    # (..., L, S): its batch dims (heads) are the heads of q and the output
+    shapes = {0: q, 1: k, 2: v, **{p: node.in_shapes[p] for p in range(3, len(node.in_shapes))
+                                   if len(node.in_shapes[p]) >= 3}}
     shape = shapes[port] if side == "in" else out
     last, second = len(shape) - 1, len(shape) - 2
     if dim == last:

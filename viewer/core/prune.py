@@ -27,7 +27,7 @@ from .errors import DepViewError
 from .graph import Graph
 from .groups import Group, all_groups, fixed_sizes, out_channel_dim, outer_alternative
 from .handlers import CUTS, REFRESH, Cut
-from .optypes import OpType
+from .optypes import OpGroup, OpType
 from .trace import build_graph, eval_mode, flatten, module_attrs, plain_module
 
 IMPORTANCE = ("l1", "l2", "bn", "random", "taylor")
@@ -481,6 +481,7 @@ class Pruner:
         meta_inputs = _to_meta(self.inputs)
         traced: list[Graph] = []
         real_base: list[Graph] = []  # the unpruned copy traced for real (see probe)
+        names: dict[int, dict[str, str]] = {}  # id(baseline) -> its names of our nodes
         # probes run on real tensors: a small model with real weights
         real = (_real(self.model) and _tensor_bytes(self.model) <= REAL_PROBE_BYTES
                 and _activation_elements(self.graph) <= REAL_PROBE_ELEMENTS)
@@ -545,7 +546,11 @@ class Pruner:
                 hint = _VIEW_HINT if "is invalid for input of size" in msg else ""
                 return (f"the model's forward fails when this group shrinks "
                         f"({type(exc).__name__}: {msg}){hint}")
-            owned = {(self.graph.nodes[k[0]].name, k[1], k[2]) for g in gs for k in g.tensors}
+            if id(before) not in names:
+                names[id(before)] = _aligned_names(self.graph, before)
+            name = names[id(before)]
+            owned = {(name.get(n := self.graph.nodes[k[0]].name, n), k[1], k[2])
+                     for g in gs for k in g.tensors}
             return _moved(before, after, owned)
 
         def repair(g: Group) -> bool:
@@ -751,6 +756,33 @@ def untraced_note(verification: dict) -> str:
     shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
     return (f"warning: {len(names)} parameter(s) never ran on the example inputs ({shown}) and "
             "were not pruned: inputs that reach them may fail")
+
+
+def _aligned_names(first: Graph, later: Graph) -> dict[str, str]:
+    """Node names of ``first`` (the trace the groups were found on) in ``later``, a trace of
+    the same model run again, where they differ: a value computed on the first call only and
+    cached for the next (BEiT's relative position index, in a cache every copy shares) is
+    missing from later traces, so later names of that module are numbered differently
+    (``getitem_7`` is ``getitem_2``). Each node of ``later`` is matched to the next node of
+    ``first`` with the same module, op, target and shapes (a source node of ``later`` with
+    no match is the cached value); empty when the names agree."""
+    if len(first.nodes) == len(later.nodes):
+        return {}
+    out, i, nodes = {}, 0, first.nodes
+    for b in later.nodes:
+        key = (b.module, b.op_type, b.target, b.in_shapes, b.out_shapes)
+        j = i
+        while j < len(nodes) and (nodes[j].module, nodes[j].op_type, nodes[j].target,
+                                  nodes[j].in_shapes, nodes[j].out_shapes) != key:
+            j += 1
+        if j == len(nodes):
+            if b.op_type in OpGroup.SOURCES:
+                continue  # the cached value itself, now a tensor the trace did not make
+            return {}  # not a trace with calls left out: compare names as they are
+        if nodes[j].name != b.name:
+            out[nodes[j].name] = b.name
+        i = j + 1
+    return out
 
 
 def _moved(before: Graph, after: Graph, owned: set[tuple[str, int, int]]) -> str:
