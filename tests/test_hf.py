@@ -60,6 +60,40 @@ def levit():
     return transformers.LevitModel(cfg), {"pixel_values": torch.randn(1, 3, 64, 64)}
 
 
+def swin():
+    """Window attention with a relative position bias table, passed to sdpa as its mask."""
+    cfg = transformers.SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1],
+                                  num_heads=[2, 4], window_size=4)
+    return transformers.SwinModel(cfg), {"pixel_values": torch.randn(1, 3, 32, 32)}
+
+
+def beit():
+    """A relative position index computed on the first call only and cached for every copy."""
+    cfg = transformers.BeitConfig(image_size=16, patch_size=4, hidden_size=32,
+                                  num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=64, use_relative_position_bias=True)
+    return transformers.BeitModel(cfg), {"pixel_values": torch.randn(1, 3, 16, 16)}
+
+
+@pytest.mark.parametrize("factory", [swin, beit])
+def test_hf_relative_position_bias_tables_lose_the_heads_of_their_attention(factory):
+    torch.manual_seed(0)
+    model, inputs = factory()
+    p = Pruner(model.eval(), inputs)
+    tables = [g for g in p.groups for m in g.members
+              if m.node_name.endswith("relative_position_bias_table")]
+    assert len(tables) == 2  # one per attention layer, in the group of its heads
+    for g in tables:
+        assert {m.node_name.rsplit(".", 1)[-1] for m in g.members} >= {"q_proj", "k_proj",
+                                                                       "v_proj", "o_proj"}
+        assert g.root.endswith(("q_proj", "relative_position_bias_table"))
+    assert not any(p.reason(g) for g in tables)  # validation included
+    plan = Plan({g.id: [0] for g in tables})
+    pruned = p.apply(plan)
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["shapes_kept"] and v["masked_equivalence"]["ok"], v
+
+
 @pytest.mark.parametrize("factory", [bert, gpt2, llama, vit, mixtral, levit])
 def test_hf_trace_prune_and_run(factory):
     torch.manual_seed(0)
