@@ -62,6 +62,8 @@ def test_preview_reports_params_macs_and_widths_without_touching_the_model(store
     assert all((before[k] == after[k]).all() for k in before)
     params, macs, extra = cb.summary_lines(pv)
     assert "→" in params and "%" in macs and "units removed" in extra
+    one = cb.summary_lines({**pv, "removed_units": 1, "groups_pruned": 1})[2]
+    assert one.startswith("1 unit removed from 1 group") and "groups" not in one
     rules = cb.preview_rules(store, "sid")
     assert rules and any("⇒" in r["style"].get("label", "") for r in rules)
 

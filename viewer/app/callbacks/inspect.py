@@ -331,7 +331,8 @@ def group_panel(pruner: Pruner, group: Group, model_group: bool, note: str,
         out.append(html.P(note, className="hint"))
     if model_group and pruner.sets(group):
         out.append(html.P("Pruning also sets " + ", ".join(pruner.sets(group)) + " (a size "
-                          "its forward splits or reshapes by) to the new size.", className="hint"))
+                          "its forward reads: a split, a view, a norm's shape, a tensor it "
+                          "makes) to the new size.", className="hint"))
     if not group.exact:
         out.append(html.P("Inexact: " + "; ".join(group.stats_notes), className="hint warn"))
     out += [html.H4(f"Members ({len(group.members)})"), members_table(group)]

@@ -18,7 +18,7 @@ from viewer.core.prune import IMPORTANCE, Plan, batch_shapes, untraced_note
 
 from .. import charts, ids, styles
 from ..state import Session, SessionStore, make_stage
-from .common import change, decode_upload, error_message, fmt_count, message
+from .common import change, counted, decode_upload, error_message, fmt_count, message
 from .inspect import inspect
 from .model import graph_rev, weightless
 
@@ -205,8 +205,9 @@ def apply_round(store: SessionStore, sid: str, settings: dict) -> str:
         session.reset_pruning_inputs()
         n = round_number(session)
     before, after = stage.summary["params"], new.summary["params"]
-    return (f"Round {n} applied: {plan.n_removed} units removed from {len(plan.removed)} "
-            f"groups; params {change(before, after)}; {verification_text(verification)}.")
+    return (f"Round {n} applied: {counted(plan.n_removed, 'unit')} removed from "
+            f"{counted(len(plan.removed), 'group')}; params {change(before, after)}; "
+            f"{verification_text(verification)}.")
 
 
 def verification_text(v: dict | None) -> str:
@@ -400,9 +401,10 @@ def preview_rules(store: SessionStore, sid: str) -> list[dict]:
 def summary_lines(preview: dict) -> tuple[str, str, str]:
     p, m = preview["params"], preview["macs"]
     skipped = preview.get("skipped") or {}
-    extra = f"{preview['removed_units']} units removed from {preview['groups_pruned']} groups"
+    extra = (f"{counted(preview['removed_units'], 'unit')} removed from "
+             f"{counted(preview['groups_pruned'], 'group')}")
     if skipped:
-        extra += f"; {len(skipped)} group{'s' if len(skipped) != 1 else ''} left alone"
+        extra += f"; {counted(len(skipped), 'group')} left alone"
     whole = preview.get("kept_whole") or 0
     if whole:
         st = preview.get("settings") or {}
