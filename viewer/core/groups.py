@@ -1059,9 +1059,7 @@ def _reduction_rule(g, node, side, port, dim, units, pos, ctx):
         return []
     a, b = node.in_shapes[0], node.out_shapes[0]
     affine = _affine_ports(node, meta) if len(node.in_shapes) > 1 else []
-    if port != 0 or not side == "in" and affine and dim in meta.dims:
-        if side == "in" and port not in affine:
-            return []
+    if affine and (port in affine if side == "in" else port == 0 and dim in meta.dims):
         # an affine tensor of a layer norm, or its output: the input, the output and the
         # other affine tensors along the normalised dims
         off = len(a) - len(meta.dims)
@@ -1073,6 +1071,8 @@ def _reduction_rule(g, node, side, port, dim, units, pos, ctx):
         if side == "in":
             flows.append(Flow("out", 0, d, units, pos))
         return flows
+    if port != 0:
+        return []
     if side == "in":
         if dim in meta.dims:
             ctx.inexact(f"'{node.name}' ({node.target}) reduces over pruned channels")

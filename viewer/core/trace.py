@@ -25,6 +25,7 @@ from __future__ import annotations
 import gc
 import inspect
 import sys
+import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import fields, is_dataclass
@@ -131,7 +132,9 @@ class _Tracer(TorchFunctionMode):
         # the tensor so the id stays its own: another trace in another thread may share them,
         # and its tag would hide this one's. So are tensors that take no attributes.
         self.by_id: dict[int, tuple[torch.Tensor, int, int]] = {}
-        self.fills: dict[int, tuple[torch.Tensor, str, str]] = {}  # see optypes.FILLS
+        # fills (optypes.FILLS) by id, not kept alive: a source node is made if something reads
+        # one, named after its factory
+        self.fills: dict[int, tuple[weakref.ref, str, str]] = {}
         self.sources: list[torch.Tensor] = []
         self.names: set[str] = set()
         self.suffix: dict[str, int] = {}  # next "_i" to try per taken name
@@ -256,7 +259,7 @@ class _Tracer(TorchFunctionMode):
         else:
             mod, what = self.mod, "constant"
             fill = self.fills.get(id(t))
-            if fill is not None and fill[0] is t:
+            if fill is not None and fill[0]() is t:
                 what, mod = fill[1], fill[2]  # named after its factory, in the module it ran in
             node = self.add_node([], [t], self.unique(f"{mod}.{what}" if mod else what),
                                  OpType.CONSTANT, mod, what)
@@ -445,7 +448,7 @@ class _Tracer(TorchFunctionMode):
         if not outs:
             return
         if name in FILLS:  # a source: a CONSTANT node made when something reads it
-            self.fills[id(outs[0])] = (outs[0], name, self.mod)
+            self.fills[id(outs[0])] = (weakref.ref(outs[0]), name, self.mod)
             return
         ins = _tensors(args, [])
         if kwargs:
