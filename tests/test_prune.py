@@ -1007,8 +1007,9 @@ def test_a_failing_batch_is_retried_with_its_stored_sizes_before_halving(monkeyp
     assert all(not p.sets(g) for g in p.groups if g not in qkv)
     # the unpruned copy, the batch (fails), the batch with the stored sizes set (runs on both
     # ends), then each qkv group alone keeps head_dim and drops depth, which equals it but is
-    # never read (5 runs); halving the batch down to single groups took 52
-    assert len(traces) <= 34, len(traces)
+    # never read (5 runs), and the MLP groups as a batch without any size set (2 runs);
+    # halving the batch down to single groups took 52
+    assert len(traces) <= 36, len(traces)
     plan = p.plan(0.5)
     pruned = p.apply(plan)
     assert p.verify(pruned, plan)["masked_equivalence"]["ok"]
@@ -1073,3 +1074,89 @@ def test_an_attention_bias_joins_the_heads_and_a_first_call_cache_does_not_break
     assert (pruned.table.shape, pruned.heads, pruned.qkv.out_features) == ((9, 3), 3, 36)
     v = p.verify(pruned, plan)
     assert v["forward"] and v["masked_equivalence"]["ok"], v
+
+
+def test_a_fill_written_to_before_it_is_read_is_a_constant_that_blocks():
+    class Masked(torch.nn.Module):
+        def __init__(self, write):
+            super().__init__()
+            self.c1, self.c2, self.ch, self.write = torch.nn.Conv2d(3, 8, 1), \
+                torch.nn.Conv2d(8, 4, 1), 8, write
+
+        def forward(self, x):
+            m = torch.ones(self.ch)
+            self.write(m)
+            return self.c2(self.c1(x) * m.view(1, -1, 1, 1))
+
+    def set_index(m):
+        m[0] = 0.0
+
+    def through_a_view(m):
+        m.narrow(0, 0, 4).mul_(3.0)
+
+    for write in (set_index, through_a_view):
+        p = Pruner(Masked(write).eval(), (torch.randn(2, 3, 4, 4),))
+        g = next(grp for grp in p.groups if grp.root == "c1")
+        assert "computed inside forward" in p.reason(g), write.__name__
+    # left as made, the same fill is uniform: the group prunes (its size follows self.ch)
+    p = Pruner(Masked(lambda m: None).eval(), (torch.randn(2, 3, 4, 4),))
+    g = next(grp for grp in p.groups if grp.root == "c1")
+    plan = p.plan(0.5)
+    assert not p.reason(g) and p.sets(g) == ["ch"] and g.id in plan.removed
+    assert p.verify(p.apply(plan), plan)["masked_equivalence"]["ok"]
+
+
+def test_a_functional_conv1d_weight_is_never_cut_along_its_kernel():
+    class K(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w, self.post = torch.nn.Parameter(torch.randn(6, 3, 4)), torch.nn.Conv1d(6, 2, 1)
+
+        def forward(self, x):
+            return self.post(torch.nn.functional.conv1d(x, self.w, padding=2))
+
+    torch.manual_seed(0)
+    p = Pruner(K().eval(), (torch.randn(2, 3, 10),))
+    kernel = next(g for g in p.groups if g.root == "w")  # a 3-D parameter: rooted at its last dim
+    assert "as a kernel" in p.reason(kernel)
+    plan = p.plan(0.5)
+    assert kernel.id not in plan.removed and plan.removed
+    pruned = p.apply(plan)
+    assert pruned.w.shape[2] == 4 and p.verify(pruned, plan)["masked_equivalence"]["ok"]
+
+
+def test_groups_that_ran_only_with_another_groups_stored_size_are_checked_without_it():
+    class Blk(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.d, self.la, self.ha = 8, torch.nn.Linear(4, 8), torch.nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.ha(self.la(x).view(x.shape[0], self.d))
+
+    class Outer(torch.nn.Module):  # reads blk.d for a view of its own layer
+        def __init__(self):
+            super().__init__()
+            self.blk, self.lb, self.hb = Blk(), torch.nn.Linear(4, 8), torch.nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.blk(x) + self.hb(self.lb(x).view(x.shape[0], self.blk.d))
+
+    torch.manual_seed(0)
+    p = Pruner(Outer().eval(), (torch.randn(3, 4),))
+    plan = p.plan(0.5)
+    lb = next(g for g in p.groups if g.root == "lb")
+    assert "forward fails" in p.reason(lb) and lb.id not in plan.removed
+    assert p.verify(p.apply(plan), plan)["forward"]
+
+
+def test_taylor_scores_run_in_eval_mode_for_a_model_passed_in_train_mode():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.BatchNorm1d(16),
+                                torch.nn.Dropout(0.5), torch.nn.Linear(16, 2))  # train mode
+    x = torch.randn(1, 4)  # batch of one: BatchNorm1d refuses it in train mode
+    p = Pruner(model, (x,))
+    batch = (torch.randn(1, 4),)
+    plans = [p.plan(0.5, "taylor", batch=batch).removed for _ in range(2)]
+    assert plans[0] == plans[1]  # no dropout: the same batch gives the same plan
+    assert model.training

@@ -1118,7 +1118,8 @@ def _functional_conv(base: Rule) -> Rule:
         if side == "in" and dim == 1 and port in (0, 1):
             return [Flow("in", 1 - port, 1, units, pos)]
         if side == "in" and port > 0:
-            return []  # a kernel dim
+            ctx.block(f"'{node.name}' reads the pruned dim of its weight as a kernel")
+            return []
         return base(g, node, side, port, dim, units, pos, ctx)
 
     return rule

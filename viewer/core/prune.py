@@ -596,15 +596,20 @@ class Pruner:
             attributes it may have been read from (HF MobileViT: 9 groups, each with its
             attention's ``all_head_size``). Then each of those groups finds its own
             (:func:`repair`) instead of the batch being halved down to single groups; the
-            others ran in the batch."""
+            others, which may have run only because another group's size was set, are checked
+            again as a batch of their own."""
             found = {g.id: c for g in gs if (c := self._size_attr_candidates(g))}
             if not found or attempt(gs, found):
                 return False
+            rest = [g for g in gs if g.id not in found]
             for g in gs:
-                if g.id in found and not repair(g):
-                    check([g])
-                else:
-                    self._validated[g.id] = ""
+                if g.id in found:
+                    if repair(g):
+                        self._validated[g.id] = ""
+                    else:
+                        check([g])
+            if rest:  # they ran with the others' sizes set: each group must run without them
+                check(rest)
             return True
 
         def check(gs: list[Group]) -> None:
@@ -920,7 +925,7 @@ def taylor_grads(model: nn.Module, inputs) -> dict[str, torch.Tensor]:
     if isinstance(inputs, torch.Tensor):
         inputs = (inputs,)
     try:
-        with torch.enable_grad():
+        with torch.enable_grad(), eval_mode(m):  # no dropout: the same batch, the same plan
             out = m(*inputs) if not isinstance(inputs, dict) else m(**inputs)
             loss = _own_loss(out)
             if loss is None:

@@ -132,9 +132,10 @@ class _Tracer(TorchFunctionMode):
         # the tensor so the id stays its own: another trace in another thread may share them,
         # and its tag would hide this one's. So are tensors that take no attributes.
         self.by_id: dict[int, tuple[torch.Tensor, int, int]] = {}
-        # fills (optypes.FILLS) by id, not kept alive: a source node is made if something reads
-        # one, named after its factory
-        self.fills: dict[int, tuple[weakref.ref, str, str]] = {}
+        # fills (optypes.FILLS) by id, not kept alive, with their module and version counter: a
+        # source node is made if something reads one, named after its factory
+        self.fills: dict[int, tuple[weakref.ref, str, str, int | None]] = {}
+        self.fill_nodes: list[tuple[torch.Tensor, Node, int]] = []  # fills made nodes
         self.sources: list[torch.Tensor] = []
         self.names: set[str] = set()
         self.suffix: dict[str, int] = {}  # next "_i" to try per taken name
@@ -193,6 +194,15 @@ class _Tracer(TorchFunctionMode):
         self.suffix[name] = i + 1
         self.names.add(f"{name}_{i}")
         return f"{name}_{i}"
+
+    def seal_fills(self) -> None:
+        """A fill written to after it was first read (``m.narrow(0, 0, 4).mul_(3)`` once a view
+        of ``m`` was taken) no longer holds one value everywhere: its node becomes a plain
+        constant, which blocks the groups that reach it."""
+        for t, node, version in self.fill_nodes:
+            if _version(t) != version:
+                node.target = "constant"
+        self.fill_nodes.clear()
 
     def current_module(self) -> str:
         return self.stack[-1][1] if self.stack else ""
@@ -259,10 +269,15 @@ class _Tracer(TorchFunctionMode):
         else:
             mod, what = self.mod, "constant"
             fill = self.fills.get(id(t))
-            if fill is not None and fill[0]() is t:
-                what, mod = fill[1], fill[2]  # named after its factory, in the module it ran in
+            # named after its factory, in the module it ran in; a fill written to since (an
+            # index set, a fill_ through a view) holds other values somewhere: a constant
+            if fill is not None and fill[0]() is t and fill[3] is not None \
+                    and _version(t) == fill[3]:
+                what, mod = fill[1], fill[2]
             node = self.add_node([], [t], self.unique(f"{mod}.{what}" if mod else what),
                                  OpType.CONSTANT, mod, what)
+            if what != "constant":  # checked again once the forward is done (see seal_fills)
+                self.fill_nodes.append((t, node, fill[3]))
         self.sources.append(t)  # an in-place op may tag it: untagged again at the end
         return self.token, node.id, 0
 
@@ -387,6 +402,11 @@ class _Tracer(TorchFunctionMode):
             out = func(*args, **kwargs) if kwargs else func(*args)
         if self.busy or self.atomic_depth:
             return out
+        if info[0] in FILLS:  # a source: a CONSTANT node made when something reads it
+            if isinstance(out, torch.Tensor):
+                self.fills[id(out)] = (weakref.ref(out), info[0], self.current_module(),
+                                       _version(out))
+            return out
         if type(out) in _LEAVES and info[0] != "setitem":  # x.shape, x.device, ...
             return out
         recorded = out  # the caller gets ``out`` itself
@@ -446,9 +466,6 @@ class _Tracer(TorchFunctionMode):
         else:
             outs = _tensors(out, [])
         if not outs:
-            return
-        if name in FILLS:  # a source: a CONSTANT node made when something reads it
-            self.fills[id(outs[0])] = (weakref.ref(outs[0]), name, self.mod)
             return
         ins = _tensors(args, [])
         if kwargs:
@@ -1034,6 +1051,15 @@ def _name_inputs(names: list[str], args: tuple, kwargs: dict) -> list[tuple[str,
     return named
 
 
+def _version(t: torch.Tensor) -> int | None:
+    """``t``'s version counter (bumped by every in-place write, also through a view); None
+    for an inference-mode tensor, which keeps none."""
+    try:
+        return t._version
+    except RuntimeError:
+        return None
+
+
 def plain_module(model):
     """The module a ``torch.compile`` wrapper runs (its ``_orig_mod``), else ``model`` as it
     is: traced through the wrapper, dynamo would compile DepView's own hooks (and recompile
@@ -1134,6 +1160,7 @@ def build_graph(model: nn.Module, example_inputs=(), example_kwargs: dict | None
                         OpType.OUTPUT, "", "output")
     # read again, not reused: the forward may have changed its input containers
     inputs = _name_inputs(arg_names, args, kwargs)
+    tracer.seal_fills()
     kept = [t for _, t in outs + inputs] + tracer.sources
     for t in kept:  # tensors the caller keeps: leave no attribute behind
         t.__dict__.pop("_depview_src", None)
