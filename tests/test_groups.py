@@ -1059,3 +1059,25 @@ def test_a_functional_conv_prunes_the_tensors_it_is_given():
     assert pruned.w3.shape == (4, 8, 1, 1) and pruned.head.in_channels == 4
     v = p.verify(pruned, plan)
     assert v["forward"] and v["masked_equivalence"]["ok"], v
+
+
+def test_an_rnn_cell_with_its_own_forward_is_pruned_as_a_cell_but_marked_inexact():
+    class ScaledCell(nn.GRUCell):
+        def forward(self, x, h=None):
+            return super().forward(x * 0.5, h)
+
+    class Loop(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.cell, self.out = ScaledCell(4, 8), nn.Linear(8, 2)
+
+        def forward(self, x):
+            h = None
+            for t in range(x.shape[1]):
+                h = self.cell(x[:, t], h)
+            return self.out(h)
+
+    g = build_graph(Loop().eval(), torch.randn(2, 3, 4))
+    hidden = next(grp for grp in all_groups(g) if grp.root == "cell")
+    assert hidden.n_units == 8 and hidden.prunable and not hidden.exact
+    assert any("ScaledCell" in n for n in hidden.stats_notes)

@@ -343,6 +343,8 @@ def _recurrent_rule(g, node, side, port, dim, units, pos, ctx):
         ctx.block(f"'{node.name}' uses proj_size, which is not supported")
         return []
     hidden = rnn_hidden(node)
+    if node.own_forward:  # a LayerNorm-LSTM cell extending nn.LSTMCell, say
+        _own_forward_note(node, ctx)
     if side == "in" and port == 0:
         ctx.member(node, "in", dim, units, pos)
         return []
