@@ -30,7 +30,7 @@ import numpy as np
 
 from .errors import DepViewError
 from .graph import Graph, Node
-from .handlers import CUTS, rnn_hidden
+from .handlers import CUTS, rnn_cell, rnn_hidden
 from .meta import (
     ConcatMeta,
     EinsumMeta,
@@ -44,7 +44,14 @@ from .meta import (
     SplitMeta,
     UnbindMeta,
 )
-from .optypes import FILLS, OpGroup, OpType, conv_prunes_whole_groups, gn_prunes_whole_groups
+from .optypes import (
+    FILLS,
+    SHAPE_NORMS,
+    OpGroup,
+    OpType,
+    conv_prunes_whole_groups,
+    gn_prunes_whole_groups,
+)
 
 IntArray = np.ndarray
 TensorKey = tuple[int, int, int]  # (node id, output port, dim)
@@ -1049,7 +1056,7 @@ def _attention_rule(g, node, side, port, dim, units, pos, ctx):
 def _affine_ports(node: Node, meta) -> list[int]:
     """The inputs of ``F.layer_norm``/``F.rms_norm`` (weight, bias) shaped like the
     normalised dims: they lose the positions those dims lose."""
-    if meta.op not in ("layer_norm", "rms_norm"):
+    if meta.op not in SHAPE_NORMS:
         return []
     norm = node.in_shapes[0][len(node.in_shapes[0]) - len(meta.dims):]
     return [p for p in range(1, len(node.in_shapes)) if node.in_shapes[p] == norm]
@@ -1225,11 +1232,6 @@ def _untied(node: Node) -> bool:
         int(node.attrs.get("groups", 1)) > 1
 
 
-def _cell(node: Node) -> bool:
-    """An RNN cell (nn.LSTMCell, ...): one step, called once per step of a Python loop."""
-    return node.op_type in OpGroup.RECURRENT and "weight_hh" in node.params
-
-
 class _Search:
     """One propagation from a root. Tensors joined by ops that pass pairs through unchanged
     (elementwise, norms, permutes, the input side of a linear, ...) form a *class* sharing
@@ -1315,10 +1317,10 @@ class _Search:
         to the side of each other node that the same tensor dim belongs to."""
         g = self.g
         others = g.sharing[node.id]
-        if _cell(node):  # every call of a cell: the same hidden units, the same input features
+        if rnn_cell(node):  # every call of a cell: the same hidden units and input features
             for oid in others:
                 other = g.nodes[oid]
-                if not _cell(other) or other.params != node.params:
+                if not rnn_cell(other) or other.params != node.params:
                     self.reasons.append(f"'{node.name}' shares its weights with "
                                         f"'{other.name}' in a way DepView does not follow")
                 elif side == "in":
@@ -1710,7 +1712,7 @@ def fixed_sizes(graph: Graph, group: Group) -> list[tuple[Node, TensorKey, int, 
             out += [(node, (node.id, 0, d), size, 1) for d, size in enumerate(meta.out_shape)
                     if d != meta.inferred and (node.id, 0, d) in group.tensors]
         elif (node.op_type is OpType.REDUCTION and isinstance(meta, ReduceMeta)
-              and meta.op in ("layer_norm", "rms_norm")):  # normalized_shape=(self.dim,)
+              and meta.op in SHAPE_NORMS):  # normalized_shape=(self.dim,)
             out += [(node, (node.id, 0, d), node.out_shapes[0][d], 1) for d in meta.dims
                     if (node.id, 0, d) in group.tensors]
         elif node.op_type is OpType.CONSTANT and node.target in FILLS:

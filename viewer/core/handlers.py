@@ -19,7 +19,7 @@ import numpy as np
 from torch import nn
 
 from .graph import Node
-from .optypes import OpType, conv_prunes_whole_groups, gn_prunes_whole_groups
+from .optypes import OpGroup, OpType, conv_prunes_whole_groups, gn_prunes_whole_groups
 
 
 @dataclass(frozen=True)
@@ -97,10 +97,16 @@ def _embed(node, side, dim, pos):
     return _cuts(node, [("weight", 1)], pos) if side == "out" else []
 
 
+def rnn_cell(node: Node) -> bool:
+    """An RNN cell (nn.LSTMCell, ...): one step, called once per step of a Python loop; its
+    tensors carry no layer suffix."""
+    return node.op_type in OpGroup.RECURRENT and "weight_hh" in node.params
+
+
 def rnn_key(node: Node, name: str, layer: int = 0, suffix: str = "") -> str:
     """The local name of a recurrent layer's tensor: ``weight_hh_l1_reverse`` for nn.LSTM and
-    its kin, ``weight_hh`` for a cell (nn.LSTMCell: one layer, one direction)."""
-    return name if name in node.params else f"{name}_l{layer}{suffix}"
+    its kin, ``weight_hh`` for a cell (one layer, one direction)."""
+    return name if rnn_cell(node) else f"{name}_l{layer}{suffix}"
 
 
 def rnn_hidden(node: Node) -> int:

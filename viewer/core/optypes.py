@@ -436,6 +436,10 @@ DIM_ARGS: dict[str, DimArgs] = {
 FILLS: frozenset[str] = frozenset(
     {"zeros", "ones", "full", "new_zeros", "new_ones", "new_full"})
 
+#: Normalisers over the trailing ``normalized_shape`` dims, by function name: their weight and
+#: bias are shaped like those dims, and the shape is written into the call.
+SHAPE_NORMS: frozenset[str] = frozenset({"layer_norm", "rms_norm"})
+
 #: Tensor methods/functions that never produce a new graph value worth a node.
 IGNORED_FUNCTIONS: frozenset = frozenset(
     _resolve(

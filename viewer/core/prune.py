@@ -773,12 +773,15 @@ def _aligned_names(first: Graph, later: Graph) -> dict[str, str]:
     no match is the cached value); empty when the names agree."""
     if len(first.nodes) == len(later.nodes):
         return {}
+
+    def call(n):
+        return n.module, n.op_type, n.target, n.in_shapes, n.out_shapes
+
     out, i, nodes = {}, 0, first.nodes
     for b in later.nodes:
-        key = (b.module, b.op_type, b.target, b.in_shapes, b.out_shapes)
+        key = call(b)
         j = i
-        while j < len(nodes) and (nodes[j].module, nodes[j].op_type, nodes[j].target,
-                                  nodes[j].in_shapes, nodes[j].out_shapes) != key:
+        while j < len(nodes) and call(nodes[j]) != key:
             j += 1
         if j == len(nodes):
             if b.op_type in OpGroup.SOURCES:

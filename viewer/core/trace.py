@@ -48,6 +48,7 @@ from .optypes import (
     DIM_ARGS,
     FILLS,
     IGNORED_FUNCTIONS,
+    SHAPE_NORMS,
     OpGroup,
     OpType,
     class_decides,
@@ -836,9 +837,9 @@ def _einsum_meta(equation: str, ndims: list[int], out_ndim: int) -> M.EinsumMeta
 def _reduce_meta(name, func, args, kwargs, ins, outs) -> M.ReduceMeta:
     x, y = ins[0], outs[0]
     dim = _arg(args, kwargs, 1, "dim", None)
-    if isinstance(dim, torch.Tensor) or (name in ("layer_norm", "rms_norm")):
+    if isinstance(dim, torch.Tensor) or name in SHAPE_NORMS:
         dim = None
-    if name in ("layer_norm", "rms_norm"):
+    if name in SHAPE_NORMS:
         shape = _arg(args, kwargs, 1, "normalized_shape", ())
         dims = tuple(range(x.dim() - len(shape), x.dim()))
     elif name == "group_norm":
