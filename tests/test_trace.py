@@ -722,3 +722,7 @@ def test_build_graph_runs_in_eval_mode_and_restores_the_flags_even_on_error():
     with pytest.raises(DepViewError):
         build_graph(model, (torch.randn(5, 2),))  # wrong width: the forward fails
     assert model.training and bn.training and torch.equal(bn.running_mean, before)
+    model[0].eval()  # mixed flags: each module gets its own back
+    build_graph(model, (torch.randn(5, 3),))
+    assert model.training and bn.training and not model[0].training
+    assert torch.equal(bn.running_mean, before)

@@ -154,9 +154,8 @@ class _Tracer(TorchFunctionMode):
             for k, b in m._buffers.items():
                 if b is not None:
                     self.buffer_names.setdefault(id(b), prefix + k)
-        # Per-trace lookups: a function's (name, type, shared meta) and a module's table type
-        # are looked up once, not on every call (a 7B decoder calls ``add`` 130 times).
-        self.functions: dict = {}
+        # Per-trace lookups: a module's table type is looked up once, not on every call
+        # (a function's, once per process: see _FUNCTIONS).
         self.module_types: dict[int, OpType | None] = {}
         self.class_types: dict[type, OpType | None] = {}  # where the class alone decides
         # (module, path, atomic, args, exception being handled at the call): the
@@ -389,9 +388,9 @@ class _Tracer(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         # No busy flag here: torch takes this mode off its stack while this method runs, so the
         # tracer's own tensor calls below do not come back in.
-        info = self.functions.get(func, _UNSET)
+        info = _FUNCTIONS.get(func, _UNSET)
         if info is _UNSET:
-            info = self.functions[func] = _function_info(func)
+            info = _FUNCTIONS[func] = _function_info(func)
         if info is None:  # size(), dim(), ... make no graph value
             return func(*args, **kwargs) if kwargs else func(*args)
         writes_out = kwargs is not None and "out" in kwargs
@@ -524,6 +523,11 @@ def _grouped_mm_standin(func):
 #: Functions traced on the meta device through a stand-in (same name, same graph node).
 _META_STANDINS = {f: _grouped_mm_standin(f) for f in
                   (getattr(F, "grouped_mm", None), getattr(torch, "_grouped_mm", None)) if f}
+
+
+#: :func:`_function_info` of every function traced so far in this process: it depends on the
+#: function alone, and looking it up anew made a tenth of a tiny model's trace
+_FUNCTIONS: dict = {}
 
 
 def _function_info(func) -> tuple[str, OpType, object | None, bool, bool] | None:
@@ -952,11 +956,12 @@ def _index_meta(shape: tuple[int, ...], out: tuple[int, ...], items) -> M.SliceM
             expanded.append(it)
     expanded += [slice(None)] * (len(shape) - sum(n_dims(it) for it in expanded))
     try:
-        block = torch.broadcast_shapes(*[
-            (int(it.sum()),) if isinstance(it, torch.Tensor) and it.dtype == torch.bool
-            else tuple(it.shape) if isinstance(it, torch.Tensor)
-            else tuple(torch.as_tensor(it).shape)
-            for it in expanded if advanced(it)])
+        shapes = [(int(it.sum()),) if isinstance(it, torch.Tensor) and it.dtype == torch.bool
+                  else tuple(it.shape) if isinstance(it, torch.Tensor)
+                  else tuple(torch.as_tensor(it).shape)
+                  for it in expanded if advanced(it)]
+        # (torch's broadcast_shapes is Python: most indexing, x[..., :d], has no such item)
+        block = torch.broadcast_shapes(*shapes) if shapes else ()
     except (RuntimeError, TypeError, ValueError):
         return None
     # layout without the ints (torch selects them first): which places are advanced
@@ -1076,14 +1081,16 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
     """``model`` in eval mode for the duration, each module's flag restored afterwards (even on
     error): a forward DepView runs never updates BatchNorm statistics and never drops units
     at random. The flags are set directly, so a ``train()`` override is not called."""
-    flags = [(m, m.training) for m in model.modules()]
-    for m, _ in flags:
-        m.training = False
+    # only the modules in train mode are touched, through their __dict__ (Module.__setattr__
+    # costs a few microseconds a call: a tenth of a tiny model's forward for its ~20 modules)
+    training = [m for m in model.modules() if m.training]
+    for m in training:
+        m.__dict__["training"] = False
     try:
         yield
     finally:
-        for m, t in flags:
-            m.training = t
+        for m in training:
+            m.__dict__["training"] = True
 
 
 def build_graph(model: nn.Module, example_inputs=(), example_kwargs: dict | None = None,
