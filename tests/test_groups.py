@@ -1081,3 +1081,58 @@ def test_an_rnn_cell_with_its_own_forward_is_pruned_as_a_cell_but_marked_inexact
     hidden = next(grp for grp in all_groups(g) if grp.root == "cell")
     assert hidden.n_units == 8 and hidden.prunable and not hidden.exact
     assert any("ScaledCell" in n for n in hidden.stats_notes)
+
+
+class WritesInPlace(nn.Module):
+    """``y[index] = value`` on a conv's output, in the ways models write it."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.c3 = nn.Conv2d(3, 8, 3, padding=1)
+        self.c2 = nn.Conv2d(8, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = self.c1(x)
+        if self.how == "one channel":
+            y[:, 2] = 5.0
+        elif self.how == "first channels":
+            y[:, :4] = self.c3(x)[:, :4]
+        elif self.how == "tensor index":
+            y[:, torch.tensor([1, 3])] = 0
+        elif self.how == "mask of values":
+            y[y < 0] = y[y < 0] * 0.1
+        elif self.how == "mask":
+            y[y < 0] = 0
+        elif self.how == "one row":
+            y[:, :, 0] = 0
+        elif self.how == "one row of another conv":
+            y[:, :, 0] = self.c3(x)[:, :, 1]
+        elif self.how == "everything":
+            y[:] = self.c3(x)
+        return self.c2(y)
+
+
+@pytest.mark.parametrize("how, coupled", [
+    ("one channel", None), ("first channels", None), ("tensor index", None),
+    ("mask of values", None), ("mask", {"c1", "c2"}), ("one row", {"c1", "c2"}),
+    ("one row of another conv", {"c1", "c2", "c3"}), ("everything", {"c1", "c2", "c3"})])
+def test_a_write_into_a_tensor_follows_its_index(how, coupled):
+    """A write at fixed channels blocks the group (pruning would move the write onto other
+    channels: the pruned model computes something else); a write that takes the channels
+    whole keeps them, and couples its value's channels. Oracle: masked equivalence."""
+    from viewer.core.prune import Pruner
+
+    torch.manual_seed(0)
+    model, x = WritesInPlace(how).eval(), torch.randn(2, 3, 6, 6)
+    p = Pruner(model, (x,))
+    g = next(g for g in p.groups if g.root == "c1")
+    if coupled is None:
+        assert not g.prunable and "setitem" in g.reason
+        return
+    assert g.prunable and {m.node_name for m in g.members} == coupled
+    plan = p.plan(0.5)
+    assert plan.removed
+    res = p.verify(p.apply(plan), plan)
+    assert res["forward"] and res["masked_equivalence"]["ok"], res

@@ -41,6 +41,7 @@ from .meta import (
     PermuteMeta,
     ReduceMeta,
     ReshapeMeta,
+    SetItemMeta,
     SplitMeta,
     UnbindMeta,
 )
@@ -409,6 +410,8 @@ def _elementwise_rule(g, node, side, port, dim, units, pos, ctx):
         return []
     out = outs[0]
     meta = node.meta
+    if isinstance(meta, SetItemMeta):
+        return _setitem_rule(node, side, port, dim, units, pos, ctx)
     if isinstance(meta, ElementwiseMeta) and meta.moves and any(
             0 < len(s) < len(out) for s in node.in_shapes) and _indexed_along(node, out):
         # a 1-D index (index_add, index_select) is not broadcast onto the output's last dim
@@ -447,6 +450,54 @@ def _elementwise_rule(g, node, side, port, dim, units, pos, ctx):
             continue  # broadcast along this dim: nothing of this input is coupled
         flows.append(Flow("in", p, d, units, pos))
     return flows
+
+
+def _setitem_rule(node, side, port, dim, units, pos, ctx):
+    """``x[index] = value``: the written ``x`` (input 0, output 0) keeps every position; a dim
+    the index takes whole couples ``value``'s matching (non-broadcast) dim; a bool mask shaped
+    as ``x`` couples position by position. A write at fixed positions of the tracked dim
+    (``x[:, 2] = 0``, ``x[:, :4] = y``) blocks: pruning would move it to other channels."""
+    meta: SetItemMeta = node.meta
+    r = meta.region
+    if r is None:
+        ctx.block(f"'{node.name}' writes into a tensor through an index DepView does not model")
+        return []
+    v = meta.value
+    v_shape = node.in_shapes[v] if v is not None else ()
+    if side == "out" or port == 0:
+        d = dim
+    elif port == v:
+        od = dim + len(r.out_shape) - len(v_shape)  # broadcast from the right into x[index]
+        if od not in r.dim_map:  # (a dim the index made, or a leading size-1 dim)
+            ctx.block(f"'{node.name}' writes the tracked dim of its value where DepView cannot "
+                      "follow it")
+            return []
+        d = r.dim_map.index(od)
+    elif meta.mask and dim < meta.mask and port in meta.index:
+        d = dim
+    else:
+        ctx.block(f"'{node.name}' indexes with a tensor that is coupled to the group")
+        return []
+    where = f"'{node.name}' writes at fixed positions of the tracked dim"
+    if meta.mask and d < meta.mask:
+        if v is not None and math.prod(v_shape) > 1:
+            ctx.block(f"'{node.name}' writes a tensor of values at the positions of a mask")
+            return []
+        flows = [Flow("in", p, d, units, pos) for p in meta.index]
+    elif d in r.gathered or d in dict(r.selects) or any(s.dim == d for s in r.slices):
+        ctx.block(f"{where} (x[:, i] = ...): pruning would move the write to other channels")
+        return []
+    else:
+        flows = []
+        od = r.dim_map[d]
+        vd = od - (len(r.out_shape) - len(v_shape)) if v is not None else -1
+        if vd >= 0 and v_shape[vd] != 1:
+            flows.append(Flow("in", v, vd, units, pos))
+        elif side == "in" and port == v:
+            ctx.merge(units)  # a broadcast value: its one position feeds all of them
+            return []
+    flows += [Flow("in", 0, d, units, pos), Flow("out", 0, d, units, pos)]
+    return [f for f in flows if (f.side, f.port) != (side, port)]
 
 
 def _indexed_along(node: Node, out: tuple[int, ...]) -> bool:

@@ -217,6 +217,20 @@ class AttentionMeta:
 
 
 @dataclass(frozen=True)
+class SetItemMeta:
+    """``x[index] = value``, in place: the node's output is ``x`` as written. ``region`` lays
+    out ``x[index]`` (None when DepView does not model the index); ``value`` is the input port
+    of a tensor value (None for a number) and ``index`` the ports of tensor indices. ``mask``
+    is k when the index is one bool tensor shaped as ``x``'s first k dims (``x[x < 0] = 0``:
+    position by position), else 0."""
+
+    region: SliceMeta | None
+    value: int | None = None
+    index: tuple[int, ...] = ()
+    mask: int = 0
+
+
+@dataclass(frozen=True)
 class OpMeta:
     """Other functional ops: the op name only."""
 
@@ -226,7 +240,7 @@ class OpMeta:
 Meta = (
     ConcatMeta | SplitMeta | UnbindMeta | SliceMeta | ReshapeMeta | PermuteMeta | ExpandMeta
     | PixelShuffleMeta | MatmulMeta | ReduceMeta | EinsumMeta | PadMeta | ElementwiseMeta
-    | AttentionMeta | OpMeta
+    | AttentionMeta | SetItemMeta | OpMeta
 )
 
 

@@ -539,7 +539,7 @@ def _function_info(func) -> tuple[str, OpType, object | None, bool, bool] | None
         return None
     name = function_name(func)
     op_type = OpType.PERMUTE if name in ("T", "mT", "H", "mH") else classify_function(func)
-    per_call = op_type in _DESCRIBERS or name in DIM_ARGS
+    per_call = op_type in _DESCRIBERS or name in DIM_ARGS or name == "setitem"
     meta = None if per_call else describe(op_type, name, func, (), {}, [], [])
     raw = getattr(func, "__name__", "")
     in_place = name.endswith("_") or (raw.endswith("_") and not raw.endswith("__")) \
@@ -704,6 +704,8 @@ def describe(op_type: OpType, name: str, func, args, kwargs, ins, outs) -> objec
         return fn(name, func, args, kwargs, ins, outs)
     if op_type is not OpType.ELEMENTWISE:
         return M.OpMeta(name)
+    if name == "setitem":
+        return _setitem_meta(name, func, args, kwargs, ins, outs)
     if name in DIM_ARGS and ins:
         return _dim_args_meta(name, args, kwargs, ins[0].dim())
     return M.ElementwiseMeta(name)
@@ -928,12 +930,14 @@ def _slice_meta(name, func, args, kwargs, ins, outs) -> M.SliceMeta:
     return meta if meta is not None else M.OpMeta(name)
 
 
-def _index_meta(shape: tuple[int, ...], out: tuple[int, ...], items) -> M.SliceMeta | None:
+def _index_meta(shape: tuple[int, ...], out: tuple[int, ...] | None,
+                items) -> M.SliceMeta | None:
     """``x[items]`` as torch lays it out: ints select (the dim goes), slices keep their dim,
     ``None`` adds one; tensor and list indices (``advanced``) broadcast together to one block
     of dims that takes the place of the first of them when they are adjacent, else goes
     first. A bool mask consumes as many dims as it has and gives one. None when the layout
-    does not give the real output shape (an indexing form this does not model)."""
+    does not give the real output shape ``out`` (an indexing form this does not model); with
+    ``out=None``, the layout's own shape is taken (a write ``x[items] = v`` has no result)."""
     def n_dims(it) -> int:  # input dims an item consumes
         if isinstance(it, torch.Tensor) and it.dtype == torch.bool:
             return max(it.dim(), 1)
@@ -1009,10 +1013,30 @@ def _index_meta(shape: tuple[int, ...], out: tuple[int, ...], items) -> M.SliceM
                 gathered.append(d_in)
                 dim_map.append(None)
                 d_in += 1
-    if d_in != len(shape) or tuple(sizes.get(d, -1) for d in range(len(out))) != out:
+    if out is None:
+        out = tuple(sizes.get(d, -1) for d in range(d_out))
+    if d_in != len(shape) or tuple(sizes.get(d, -1) for d in range(len(out))) != out \
+            or -1 in out:
         return None
     return M.SliceMeta(shape, out, tuple(dim_map), tuple(slices), tuple(selects),
                        bool(gathered), tuple(gathered), adv_dims)
+
+
+def _setitem_meta(name, func, args, kwargs, ins, outs) -> M.SetItemMeta:
+    if len(args) < 3 or not isinstance(args[0], torch.Tensor):
+        return M.SetItemMeta(None)
+    index, value = args[1], args[2]
+    items = index if isinstance(index, tuple) else (index,)
+    try:
+        region = _index_meta(tuple(args[0].shape), None, items)
+    except Exception:  # a mask on meta has no count: not modelled
+        region = None
+    n_index = len(_tensors(index, []))
+    value_port = len(ins) - 1 if isinstance(value, torch.Tensor) else None
+    mask = items[0] if len(items) == 1 else None
+    k = mask.dim() if isinstance(mask, torch.Tensor) and mask.dtype == torch.bool \
+        and tuple(mask.shape) == tuple(args[0].shape[:mask.dim()]) else 0
+    return M.SetItemMeta(region, value_port, tuple(range(1, 1 + n_index)), k)
 
 
 def _attention_meta(name, func, args, kwargs, ins, outs) -> M.AttentionMeta:
