@@ -1136,3 +1136,61 @@ def test_a_write_into_a_tensor_follows_its_index(how, coupled):
     assert plan.removed
     res = p.verify(p.apply(plan), plan)
     assert res["forward"] and res["masked_equivalence"]["ok"], res
+
+
+class WritesThroughAView(nn.Module):
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+        self.c1, self.c2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 3, padding=1)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        y = self.c1(x)
+        if self.how == "narrow":
+            y.narrow(1, 0, 2).zero_()
+        elif self.how == "chunk":
+            y.chunk(2, dim=1)[1].mul_(3.0)
+        elif self.how == "unbind":
+            y.unbind(1)[5].fill_(1.0)
+        elif self.how == "then in place":
+            y[:, :2].zero_()
+            y.relu_()
+        elif self.how == "one row":
+            y[:, :, 0].zero_()
+        elif self.how == "a slice of a slice":  # region not followed: blocks every group
+            y[:, :, 1:][:, :, 0].zero_()
+        elif self.how == "an in-place layer":
+            self.act(y[:, :4])
+        elif self.how == "an in-place function":
+            F.relu(y[:, :4], inplace=True)
+        elif self.how == "a reshape":
+            y.view(y.shape[0], 2, -1).mul_(2.0)
+        return self.c2(y)
+
+
+@pytest.mark.parametrize("how, prunable", [
+    ("narrow", False), ("chunk", False), ("unbind", False), ("then in place", False),
+    ("one row", True), ("a slice of a slice", False), ("a reshape", False),
+    ("an in-place layer", False), ("an in-place function", False)])
+def test_an_in_place_op_on_a_slice_writes_the_sliced_tensor(how, prunable):
+    """``y.narrow(1, 0, 2).zero_()`` writes y's first two channels: a later read of ``y`` goes
+    through a ``write`` node, which blocks a group on the written dim (it pruned through, and
+    the pruned model zeroed other channels) and keeps one it takes whole."""
+    from viewer.core.prune import Pruner
+
+    torch.manual_seed(0)
+    model, x = WritesThroughAView(how).eval(), torch.randn(2, 3, 6, 6)
+    p = Pruner(model, (x,))
+    write = [n for n in p.graph.nodes if n.target == "write"]
+    assert len(write) == 1 and [e.source for e in p.graph.in_edges[write[0].id]][0] \
+        == p.graph.by_name["c1"].id
+    g = next(g for g in p.groups if g.root == "c1")
+    assert g.prunable == prunable, p.reason(g)
+    if not prunable:
+        assert "write" in p.reason(g)
+        return
+    plan = p.plan(0.5)
+    assert plan.removed
+    res = p.verify(p.apply(plan), plan)
+    assert res["masked_equivalence"]["ok"], res

@@ -453,14 +453,17 @@ def _elementwise_rule(g, node, side, port, dim, units, pos, ctx):
 
 
 def _setitem_rule(node, side, port, dim, units, pos, ctx):
-    """``x[index] = value``: the written ``x`` (input 0, output 0) keeps every position; a dim
+    """``x[index] = value`` (or an in-place op on a slice of ``x``: the tracer's ``write``
+    node): the written ``x`` (input 0, output 0) keeps every position; a dim
     the index takes whole couples ``value``'s matching (non-broadcast) dim; a bool mask shaped
     as ``x`` couples position by position. A write at fixed positions of the tracked dim
     (``x[:, 2] = 0``, ``x[:, :4] = y``) blocks: pruning would move it to other channels."""
     meta: SetItemMeta = node.meta
     r = meta.region
     if r is None:
-        ctx.block(f"'{node.name}' writes into a tensor through an index DepView does not model")
+        ctx.block(f"'{node.name}' writes into a tensor through a view DepView does not follow "
+                  "(a slice of a slice, a reshape)" if node.target == "write" else
+                  f"'{node.name}' writes into a tensor through an index DepView does not model")
         return []
     v = meta.value
     v_shape = node.in_shapes[v] if v is not None else ()
@@ -478,14 +481,14 @@ def _setitem_rule(node, side, port, dim, units, pos, ctx):
     else:
         ctx.block(f"'{node.name}' indexes with a tensor that is coupled to the group")
         return []
-    where = f"'{node.name}' writes at fixed positions of the tracked dim"
     if meta.mask and d < meta.mask:
         if v is not None and math.prod(v_shape) > 1:
             ctx.block(f"'{node.name}' writes a tensor of values at the positions of a mask")
             return []
         flows = [Flow("in", p, d, units, pos) for p in meta.index]
     elif d in r.gathered or d in dict(r.selects) or any(s.dim == d for s in r.slices):
-        ctx.block(f"{where} (x[:, i] = ...): pruning would move the write to other channels")
+        ctx.block(f"'{node.name}' writes at fixed positions of the pruned dim (x[:, 2] = ..., "
+                  "x[:, :2].zero_()): pruning would move the write onto other channels")
         return []
     else:
         flows = []

@@ -181,6 +181,9 @@ class _Tracer(TorchFunctionMode):
         self.results: dict | None = None
         self.no_results: set = set()  # functions that returned something other than tensors
         self.reused = 0  # calls answered from ``results``
+        # in-place writes through a slice of a traced tensor (``y.narrow(1, 0, 2).zero_()``),
+        # by the (node, port) that made the tensor: a WRITE node goes in before its next read
+        self.view_writes: dict[tuple[int, int], list[tuple]] = {}
 
     # -- naming ---------------------------------------------------------------------------
     def unique(self, name: str) -> str:
@@ -225,9 +228,15 @@ class _Tracer(TorchFunctionMode):
         # the tracer's hot path (once per op): one pass over the inputs
         token = self.token
         srcs, in_shapes, dtypes = [], [], []
+        view_writes = self.view_writes
         for t in inputs:
             tag = getattr(t, "_depview_src", None)
-            srcs.append(tag if tag is not None and tag[0] is token else self.source_of(t))
+            if tag is not None and tag[0] is token:
+                if view_writes and (tag[1], tag[2]) in view_writes:
+                    tag = self.written(t, tag)
+                srcs.append(tag)
+            else:
+                srcs.append(self.source_of(t))
             in_shapes.append(tuple(t.shape))
             dtypes.append(_dtype(t))
         nid = len(self.nodes)  # after source_of, which may add source nodes first
@@ -247,6 +256,59 @@ class _Tracer(TorchFunctionMode):
             except (AttributeError, RuntimeError):  # exotic tensor types without a __dict__
                 self.by_id[id(t)] = (t, nid, port)
         return node
+
+    def view_written(self, w: torch.Tensor, tag: tuple, node: Node) -> None:
+        """``node`` wrote ``w`` (a view, made by the node ``tag`` names) in place: remember
+        the write for the next read of the tensor ``w`` views. When ``w`` is a slice, split
+        part or unbound part of it, the write knows its region; through any other view (a
+        reshape, a slice of a slice) it does not, and blocks every group through it."""
+        base = getattr(w._base, "_depview_src", None)  # the tensor that owns the memory
+        if base is not None and base[0] is not self.token:
+            base = None
+        entry = (tuple(w.shape), _dtype(w))
+        maker = self.nodes[tag[1]]
+        meta, port = maker.meta, tag[2]
+        if isinstance(meta, M.SliceMeta) and not meta.advanced:
+            region = meta
+        elif isinstance(meta, M.SplitMeta):
+            ndim = len(maker.in_shapes[0])
+            off = meta.offsets[port]
+            region = M.SliceMeta(maker.in_shapes[0], maker.out_shapes[port], tuple(range(ndim)),
+                                 (M.DimSlice(meta.dim, off, off + meta.sizes[port], 1),))
+        elif isinstance(meta, M.UnbindMeta):
+            region = M.SliceMeta(maker.in_shapes[0], maker.out_shapes[port], tuple(
+                None if d == meta.dim else d - (d > meta.dim)
+                for d in range(len(maker.in_shapes[0]))), (), ((meta.dim, port),))
+        else:
+            region = None
+        sliced = None
+        if region is not None:
+            for e in reversed(self.edges):  # the sliced tensor: the maker's input 0
+                if e.target == maker.id and e.target_port == 0:
+                    sliced = (e.source, e.source_port)
+                    self.view_writes.setdefault(sliced, []).append((region, node.id, *entry))
+                    break
+        if base is not None and (base[1], base[2]) != sliced:
+            self.view_writes.setdefault((base[1], base[2]), []).append((None, node.id, *entry))
+
+    def written(self, t: torch.Tensor, tag: tuple) -> tuple:
+        """A WRITE node (``x[region] = value``, see :class:`SetItemMeta`) for each write
+        through a view of ``t`` since it was made; returns ``t``'s new tag."""
+        src, shape, dtype = tag, tuple(t.shape), _dtype(t)
+        for region, wid, w_shape, w_dtype in self.view_writes.pop((tag[1], tag[2])):
+            mod = self.nodes[wid].module
+            nid = len(self.nodes)
+            self.nodes.append(Node(nid, self.unique(f"{mod}.write" if mod else "write"),
+                                   OpType.ELEMENTWISE, mod, "write",
+                                   M.SetItemMeta(region, 1), (shape, w_shape), (shape,)))
+            self.edges.append(Edge(src[1], src[2], nid, 0, shape, dtype))
+            self.edges.append(Edge(wid, 0, nid, 1, w_shape, w_dtype))
+            src = (self.token, nid, 0)
+        try:
+            t._depview_src = src
+        except (AttributeError, RuntimeError):
+            self.by_id[id(t)] = (t, src[1], src[2])
+        return src
 
     def source_of(self, t: torch.Tensor) -> tuple[object, int, int]:
         """``(token, node, port)``: what made ``t``, adding a PARAMETER/BUFFER/CONSTANT node
@@ -375,7 +437,10 @@ class _Tracer(TorchFunctionMode):
         outs = [output] if isinstance(output, torch.Tensor) else _tensors(output, [])
         cls = type(module)
         op_type = self.module_type(module)
-        self.add_node(
+        # an in-place layer (ReLU(inplace=True)) returns the tensor it wrote
+        written = outs[0] if len(outs) == 1 and ins and outs[0] is ins[0] else None
+        tag = getattr(written, "_depview_src", None) if written is not None else None
+        node = self.add_node(
             ins, outs, name, op_type, path, f"module:{cls.__module__}.{cls.__qualname__}",
             params=params, buffers=buffers, param_shapes=pshapes,
             grad_fn=_grad_fn(outs) if self.autograd else None,
@@ -383,6 +448,8 @@ class _Tracer(TorchFunctionMode):
             custom=custom_layer(module) if op_type is OpType.CUSTOMIZED else None,
             own_forward=_own_forward(cls) if op_type is not OpType.CUSTOMIZED else None,
         )
+        if tag is not None and tag[0] is self.token and written._base is not None:
+            self.view_written(written, tag, node)
 
     # -- functional ops -------------------------------------------------------------------
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -455,7 +522,7 @@ class _Tracer(TorchFunctionMode):
         return outs[0] if kind is None else kind(outs)
 
     def record_function(self, func, info, args, kwargs, out) -> None:
-        name, op_type, meta, _, _ = info
+        name, op_type, meta, _, _, in_place = info
         # outputs first: most calls that return no tensor (x.shape, x.device) stop here
         if name == "setitem":  # in-place write: the written tensor is the new value
             outs = [args[0]] if args else []
@@ -478,8 +545,14 @@ class _Tracer(TorchFunctionMode):
             except Exception:  # metadata is best effort; never break the user's forward
                 meta = M.OpMeta(name)
         mod = self.mod
+        # (a write's tag names the view's maker until add_node tags the written tensor anew)
+        written = outs[0] if (in_place or kwargs.get("inplace") is True) and args \
+            and outs[0] is args[0] else None
+        tag = getattr(written, "_depview_src", None) if written is not None else None
         node = self.add_node(ins, outs, self.unique(f"{mod}.{name}" if mod else name), op_type,
                              mod, name, meta)
+        if tag is not None and tag[0] is self.token and written._base is not None:
+            self.view_written(written, tag, node)
         if self.autograd:
             node.grad_fn = _grad_fn(outs)
 
@@ -530,8 +603,9 @@ _META_STANDINS = {f: _grouped_mm_standin(f) for f in
 _FUNCTIONS: dict = {}
 
 
-def _function_info(func) -> tuple[str, OpType, object | None, bool, bool] | None:
-    """``(name, op type, metadata, reshapes in place, results reusable on meta)`` of a
+def _function_info(func) -> tuple[str, OpType, object | None, bool, bool, bool] | None:
+    """``(name, op type, metadata, reshapes in place, results reusable on meta, writes its
+    first argument in place)`` of a
     torch-level function, or None for functions that make no graph value (``size``, ``dim``).
     The metadata is given only when it depends on the name alone (it is frozen, so nodes may
     share it); otherwise :func:`describe` makes it."""
@@ -545,7 +619,7 @@ def _function_info(func) -> tuple[str, OpType, object | None, bool, bool] | None
     in_place = name.endswith("_") or (raw.endswith("_") and not raw.endswith("__")) \
         or name == "setitem"
     reuse = not in_place and op_type not in OpGroup.VIEWS
-    return name, op_type, meta, raw in _RESHAPES_IN_PLACE, reuse
+    return name, op_type, meta, raw in _RESHAPES_IN_PLACE, reuse, in_place
 
 
 #: A result not reused (views are not: cheap on meta already, and not fresh tensors)
