@@ -83,6 +83,9 @@ def test_pickles_are_never_unpickled(tmp_path):
                        r".Linear .*\(save model.state_dict\(\), not the model") as err:
         read_state_dict(tmp_path / "module.pt")
     assert "\n" not in str(err.value) and "add_safe_globals" not in str(err.value)
+    torch.jit.script(torch.nn.Linear(2, 2)).save(str(tmp_path / "scripted.pt"))
+    with pytest.raises(DepViewError, match=r"is a TorchScript archive .*state_dict\(\)"):
+        read_state_dict(tmp_path / "scripted.pt")
     with pytest.raises(DepViewError, match="do not fit"):
         torch.save({"nope": torch.zeros(1)}, tmp_path / "x.pt")
         load_model("demo:cnn", weights=str(tmp_path / "x.pt"))

@@ -455,12 +455,17 @@ def test_a_torchscript_submodule_is_opaque_not_a_crash():
             return self.c(self.b(self.a(x)))
 
     model, x = Scripted().eval(), torch.randn(1, 3, 4, 4)
-    g = build_graph(model, x)  # TorchScript takes no hooks: it is skipped, not an error
-    assert {"a", "c"} <= set(g.by_name) and "b" not in g.by_name
+    g = build_graph(model, x)  # one atomic node: its ops run in TorchScript's interpreter
+    b = g.by_name["b"]
+    assert b.op_type is OpType.CUSTOMIZED and b.custom.opaque and "b.0" not in g.by_name
+    assert g.predecessors(b.id) == [g.by_name["a"].id]
+    assert g.successors(b.id) == [g.by_name["c"].id]
     p = Pruner(model, (x,))
-    p.validate_groups()
-    a = next(grp for grp in p.groups if grp.root == "a")
-    assert "forward fails when this group shrinks" in p.reason(a)  # its consumer is hidden
+    a = next(grp for grp in p.groups if grp.root == "a")  # blocked before any validation
+    assert not a.prunable and "'b' is a TorchScript module" in p.reason(a)
+    assert all(grp.root != "b" for grp in p.groups)  # no group starts inside it
+    with pytest.raises(DepViewError, match="the model is a TorchScript module"):
+        build_graph(torch.jit.script(model), x)
 
 
 def test_tracing_inside_an_except_block_records_every_module():

@@ -379,6 +379,9 @@ def _recurrent_rule(g, node, side, port, dim, units, pos, ctx):
 
 def _custom_rule(g, node, side, port, dim, units, pos, ctx):
     entry = node.custom
+    if entry.opaque:
+        ctx.block(f"'{node.name}' {entry.opaque}")
+        return []
     if port != 0:
         return []
     shape = node.in_shapes[0] if side == "in" else node.out_shapes[0]
@@ -1564,7 +1567,7 @@ def root_dim(node: Node) -> int | None:
         return 1
     if t in _ROOT_LAST_DIM:
         return len(node.out_shapes[0]) - 1
-    if t is OpType.CUSTOMIZED:
+    if t is OpType.CUSTOMIZED and not node.custom.opaque:
         return _norm(node.custom.out_channel_dim, len(node.out_shapes[0]))
     return None
 

@@ -250,6 +250,8 @@ class CustomLayer:
     channels (1 for NCHW, -1 for channels-last). ``passthrough`` means output channel i *is*
     input channel i (like a norm or depthwise op), so pruning one prunes the other.
     ``update`` is called after tensors are pruned to fix attributes (e.g. ``out_features``).
+    ``opaque`` says why the layer cannot be looked into: every group that reaches it is
+    blocked with that reason (built in for TorchScript modules).
     """
 
     cls: type
@@ -259,9 +261,15 @@ class CustomLayer:
     out_channel_dim: int = 1
     passthrough: bool = False
     update: Callable[[nn.Module], None] | None = None
+    opaque: str | None = None
 
 
 _CUSTOM: list[CustomLayer] = []
+#: TorchScript modules (``torch.jit.script``/``trace``) run their ops in TorchScript's own
+#: interpreter, out of the tracer's sight: one atomic node that blocks the groups reaching it
+_SCRIPTED = CustomLayer(torch.jit.ScriptModule, {}, {}, opaque=(
+    "is a TorchScript module, whose ops DepView cannot see: prune the eager module and "
+    "script it afterwards"))
 
 
 def register_layer(
@@ -303,7 +311,7 @@ def custom_layer(module: nn.Module) -> CustomLayer | None:
     for entry in reversed(_CUSTOM):
         if isinstance(module, entry.cls):
             return entry
-    return None
+    return _SCRIPTED if isinstance(module, torch.jit.ScriptModule) else None
 
 
 def class_decides(module: nn.Module) -> bool:

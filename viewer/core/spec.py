@@ -239,6 +239,11 @@ def _read_tensors(path: str | Path, what: str):
             warnings.simplefilter("ignore", UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
+        if "TorchScript" in str(exc):
+            raise DepViewError(
+                f"{path} is a TorchScript archive (torch.jit.save), not a state_dict: save "
+                "the eager model's weights with torch.save(model.state_dict(), path), or "
+                "scripted.state_dict() if it only exists scripted") from exc
         raise DepViewError(f"{path} is not a weights-only checkpoint (it would need pickled "
                            f"code or objects, which are never loaded): "
                            f"{_unpickler_finding(exc)}") from exc

@@ -1215,6 +1215,10 @@ def build_graph(model: nn.Module, example_inputs=(), example_kwargs: dict | None
     if not isinstance(model, nn.Module):
         raise DepViewError(f"expected an nn.Module, got {type(model).__name__}")
     model = plain_module(model)
+    if isinstance(model, torch.jit.ScriptModule):
+        raise DepViewError(
+            f"the model is a TorchScript module ({type(model).__name__}), whose ops run where "
+            "DepView cannot see them: give the eager nn.Module (script it after pruning)")
 
     tracer = _Tracer(model, autograd and torch.is_grad_enabled())
     arg_names = _arg_names(model)
