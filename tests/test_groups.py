@@ -512,6 +512,39 @@ def test_parametrized_weights_block_with_the_way_out():
     assert v["masked_equivalence"]["ok"], v
 
 
+@pytest.mark.filterwarnings("ignore:`torch.nn.utils.weight_norm` is deprecated")
+@pytest.mark.parametrize("how", ["prune mask", "old weight_norm", "old spectral_norm"])
+def test_weights_computed_by_torchs_older_pre_hooks_block_with_the_way_out(how):
+    """torch.nn.utils.prune, the old weight_norm and spectral_norm keep the real tensors as
+    weight_orig/weight_mask (weight_g/weight_v) and recompute ``weight`` in a pre-hook: the
+    group says what to call (it was 'prunable' until validation failed)."""
+    import torch.nn.utils.prune as tprune
+    from torch.nn.utils import remove_spectral_norm, remove_weight_norm, spectral_norm, weight_norm
+
+    from viewer.core.prune import Pruner
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    hook, undo, says = {
+        "prune mask": (lambda m: tprune.l1_unstructured(m, "weight", amount=0.3),
+                       lambda m: tprune.remove(m, "weight"), "torch.nn.utils.prune.remove"),
+        "old weight_norm": (weight_norm, remove_weight_norm, "remove_weight_norm"),
+        "old spectral_norm": (spectral_norm, remove_spectral_norm, "remove_spectral_norm"),
+    }[how]
+    x = torch.randn(1, 3, 6, 6)
+    hook(model[0])
+    with torch.no_grad():
+        p = Pruner(model, (x,))
+    g = next(g for g in p.groups if g.root == "0")
+    assert "'0' computes its weight in a forward pre-hook" in g.reason and says in g.reason
+    undo(model[0])  # what the reason says to do
+    p = Pruner(model, (x,))
+    plan = p.plan(0.5)
+    assert plan.removed
+    v = p.verify(p.apply(plan), plan)
+    assert v["masked_equivalence"]["ok"], v
+
+
 class Copies(nn.Module):
     """Channel copies: repeat (a's channel i feeds b's inputs i and i + 8) and grouped-query
     attention written with repeat_interleave (each kv head serves two query heads)."""

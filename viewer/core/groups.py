@@ -1678,6 +1678,11 @@ def _search(graph: Graph, root: Node, side: str, dim: int, pos: IntArray,
         grp.reasons.append(f"{names} compute{'s' if len(set(bent)) == 1 else ''} a weight "
                            "through a parametrization (weight_norm, spectral_norm, ...): remove "
                            "it first with torch.nn.utils.parametrize.remove_parametrizations")
+    for nid in dict.fromkeys(m.node for m in members):
+        why = _hooked_weight(graph.nodes[nid])
+        if why:
+            grp.reasons.append(f"'{graph.nodes[nid].name}' computes its weight in a forward "
+                               f"pre-hook ({why})")
     grp.stats_notes = list(dict.fromkeys(s.stats_notes))
     grp.exact = not grp.stats_notes
     grp.multiple_of = s.multiple
@@ -1717,6 +1722,19 @@ def _search_or_unfollowed(graph: Graph, root: Node, dim: int, pos: IntArray, gid
         return _search(graph, root, "out", dim, pos, gid, link_cache, trail)
     except (DepViewError, IndexError, ValueError) as exc:
         return _unfollowed(graph, root, dim, pos, gid, exc)
+
+
+def _hooked_weight(node: Node) -> str | None:
+    """How ``node``'s weight is computed by one of torch's older forward pre-hooks, which
+    keep the real tensors under other names: what to call first, or None."""
+    if not node.params or "weight" in node.params:
+        return None
+    if "weight_orig" in node.params:
+        return ("a torch.nn.utils.prune mask or spectral_norm: make it permanent first with "
+                "torch.nn.utils.prune.remove(module, 'weight') or remove_spectral_norm")
+    if "weight_g" in node.params and "weight_v" in node.params:
+        return "the old weight_norm: remove it first with torch.nn.utils.remove_weight_norm"
+    return None
 
 
 def group_of(graph: Graph, node: str | int, side: str = "out") -> Group:
