@@ -1,5 +1,6 @@
 import copy
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -1028,6 +1029,39 @@ def test_a_compiled_model_is_pruned_as_the_module_it_wraps():
     pruned = p.apply(plan)
     assert pruned[0].out_channels == 4 and plain[0].out_channels == 8
     assert p.verify(pruned, plan)["masked_equivalence"]["ok"]
+
+
+def test_a_compiled_submodule_runs_eagerly_in_every_depview_forward():
+    # compiled, dynamo compiled DepView's hooks into the block and recompiled at every
+    # module: a minute for a small model, with a warning per call
+    compiled: list = []
+
+    def backend(gm, example_inputs):
+        compiled.append(gm)
+        return gm.forward
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.head = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 4, 1)
+            self.block = torch.compile(torch.nn.Sequential(
+                torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.BatchNorm2d(8)), backend=backend)
+
+        def forward(self, x):
+            return self.head(torch.relu(self.block(self.stem(x))) + x.mean(1, keepdim=True))
+
+    torch.manual_seed(0)
+    model, x = Net().eval(), torch.randn(2, 3, 6, 6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's "global hooks fire twice" warning
+        p = Pruner(model, (x,))
+        plan = p.plan(0.5)
+        pruned = p.apply(plan)
+        v = p.verify(pruned, plan)
+    assert not compiled and plan.removed and v["masked_equivalence"]["ok"]
+    assert "block._orig_mod.0" in p.graph.by_name
+    model(x)  # the stance is back: outside DepView the block compiles as before
+    assert compiled
 
 
 _INDEX_CACHE: dict = {}

@@ -25,6 +25,7 @@ from __future__ import annotations
 import gc
 import inspect
 import sys
+import warnings
 import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -60,6 +61,8 @@ from .optypes import (
 
 Path = str
 _UNSET = object()
+#: torch's table of global forward hooks given kwargs, which their handles do not clean up
+_KWARGS_HOOKS: dict = getattr(torch.nn.modules.module, "_global_forward_hooks_with_kwargs", {})
 
 
 def flatten(obj, path: str = "") -> list[tuple[str, torch.Tensor]]:
@@ -1178,14 +1181,25 @@ def plain_module(model):
 def eval_mode(model: nn.Module) -> Iterator[None]:
     """``model`` in eval mode for the duration, each module's flag restored afterwards (even on
     error): a forward DepView runs never updates BatchNorm statistics and never drops units
-    at random. The flags are set directly, so a ``train()`` override is not called."""
+    at random. The flags are set directly, so a ``train()`` override is not called.
+
+    A ``torch.compile``'d submodule runs eagerly meanwhile: compiled, dynamo would compile
+    DepView's hooks into it and recompile at every module (a small block took a minute)."""
     # only the modules in train mode are touched, through their __dict__ (Module.__setattr__
     # costs a few microseconds a call: a tenth of a tiny model's forward for its ~20 modules)
-    training = [m for m in model.modules() if m.training]
+    modules = list(model.modules())
+    training = [m for m in modules if m.training]
+    compiled = any(type(m).__name__ == "OptimizedModule" for m in modules)
     for m in training:
         m.__dict__["training"] = False
     try:
-        yield
+        if compiled:
+            with torch.compiler.set_stance("force_eager"), warnings.catch_warnings():
+                # (torch warns that global hooks fire twice, for the wrapper and its module)
+                warnings.filterwarnings("ignore", r"Using `torch\.compile\(module\)` when")
+                yield
+        else:
+            yield
     finally:
         for m in training:
             m.__dict__["training"] = True
@@ -1259,6 +1273,9 @@ def build_graph(model: nn.Module, example_inputs=(), example_kwargs: dict | None
     finally:
         for h in handles:
             h.remove()
+            # torch's remove() leaves the hook's id in this table: left there, every later
+            # torch.compile'd module call in the process warns of global hooks
+            _KWARGS_HOOKS.pop(h.id, None)
         if collect:
             gc.enable()
 
