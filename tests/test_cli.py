@@ -134,7 +134,7 @@ def test_a_prune_that_removes_nothing_says_why(tmp_path):
     res = cli("prune", "torch.nn:Linear", "--kwargs", '{"in_features": 4, "out_features": 2}',
               "--input", "1x4", "--ratio", "0.5", "--out", str(tmp_path / "a"))
     assert len(res.stdout.strip().splitlines()) == 1
-    assert "pruned 0 units" in res.stdout and "nothing could be pruned: 1 group(s) left " \
+    assert "pruned 0 units in 0 groups" in res.stdout and "nothing could be pruned: 1 group left " \
         "alone; the first: it reaches the model output" in res.stdout
     res = cli("prune", "demo:cnn", "--ratio", "0", "--out", str(tmp_path / "b"))
     assert res.stdout.strip().endswith("(ratio 0)")

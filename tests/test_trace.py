@@ -468,6 +468,12 @@ def test_a_torchscript_submodule_is_opaque_not_a_crash():
     a = next(grp for grp in p.groups if grp.root == "a")  # blocked before any validation
     assert not a.prunable and "'b' is a TorchScript module" in p.reason(a)
     assert all(grp.root != "b" for grp in p.groups)  # no group starts inside it
+    # a preview and a copy: TorchScript copies itself past deepcopy's memo, and its copies'
+    # parameters came out as non-leaf clones, which failed the preview's requires_grad_
+    plan = p.plan(0.5)
+    assert p.preview(plan)["params"]["before"] == sum(q.numel() for q in model.parameters())
+    copied = p.apply(plan).b
+    assert all(q.is_leaf and q.requires_grad for q in copied.parameters())
     with pytest.raises(DepViewError, match="the model is a TorchScript module"):
         build_graph(torch.jit.script(model), x)
 

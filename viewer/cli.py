@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .app.args import add_model_options, add_serve_arguments
 from .core.errors import DepViewError
+from .core.text import counted
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
@@ -85,7 +86,7 @@ def cmd_groups(args) -> int:
     _write_json({"spec": args.spec, "groups": rows}, args.json)
     if args.json != "-":
         n_ok = sum(r["prunable"] for r in rows)
-        print(f"{len(rows)} groups, {n_ok} prunable -> {args.json}")
+        print(f"{counted(len(rows), 'group')}, {n_ok} prunable -> {args.json}")
     return 0
 
 
@@ -127,11 +128,12 @@ def cmd_prune(args) -> int:
             why = " (ratio 0)"
         else:
             first = next(iter(plan.skipped.values()), "")
-            why = (f" (nothing could be pruned: {len(plan.skipped)} group(s) left alone"
+            why = (f" (nothing could be pruned: {counted(len(plan.skipped), 'group')} left alone"
                    + (f"; the first: {first}" if first else "") + ")")
     failed = masked_note(verification)
     notes = [n for n in (failed, untraced_note(verification)) if n]
-    print(f"pruned {report['units_removed']} units in {report['groups_pruned']} groups: "
+    print(f"pruned {counted(report['units_removed'], 'unit')} in "
+          f"{counted(report['groups_pruned'], 'group')}: "
           f"params {p['before']:,} -> {p['after']:,}, MACs {m['before']:,} -> {m['after']:,}"
           f" -> {out}{why}" + "".join(f" ({n})" for n in notes))
     return 1 if failed else 0

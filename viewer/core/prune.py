@@ -28,6 +28,7 @@ from .graph import Graph
 from .groups import Group, all_groups, fixed_sizes, out_channel_dim, outer_alternative
 from .handlers import CUTS, REFRESH, Cut
 from .optypes import OpGroup, OpType
+from .text import counted
 from .trace import build_graph, eval_mode, flatten, module_attrs, plain_module
 
 IMPORTANCE = ("l1", "l2", "bn", "random", "taylor")
@@ -718,7 +719,8 @@ class Pruner:
                                          "ok": max(diffs, default=0.0) <= 1e-4 * max(1, scale)}
         else:
             res["masked_equivalence"] = {
-                "skipped": f"{len(inexact)} pruned group(s) are inexact: "
+                "skipped": f"{counted(len(inexact), 'pruned group')} "
+                f"{'is' if len(inexact) == 1 else 'are'} inexact: "
                 f"{by_id[inexact[0]].stats_notes[0] if by_id[inexact[0]].stats_notes else ''}"
                 f"{' (and more)' if len(inexact) > 1 else ''}"
                 if inexact else "model has no real weights"}
@@ -976,7 +978,18 @@ def materialize(model: nn.Module, graph: Graph, changes: dict[str, dict[int, np.
         if isinstance(t, nn.Parameter):
             new = nn.Parameter(new, requires_grad=t.requires_grad)
         memo[id(t)] = new
-    pruned = copy.deepcopy(model, memo)
+    if any(n.custom is not None and n.custom.opaque for n in graph.nodes):
+        # a TorchScript module copies itself, past the memo, and under grad mode its copies'
+        # parameters come out as non-leaf clones (requires_grad_ then fails): copy without
+        # grad, and give its parameters their flags back
+        with torch.no_grad():
+            pruned = copy.deepcopy(model, memo)
+        flags = {k: p.requires_grad for k, p in model.named_parameters()}
+        for k, p in pruned.named_parameters():
+            if p.requires_grad != flags.get(k, p.requires_grad):
+                p.requires_grad_(flags[k])
+    else:
+        pruned = copy.deepcopy(model, memo)
     mods = dict(pruned.named_modules())
     touched = {key.rpartition(".")[0] for key in changes} | set(widths)
     seen = set()

@@ -50,11 +50,6 @@ def error_message(exc: BaseException) -> html.Div:
     return message(error_text(exc), "error")
 
 
-def counted(n: int, noun: str) -> str:
-    """``counted(1, "group")`` -> ``"1 group"``, ``counted(3, "unit")`` -> ``"3 units"``."""
-    return f"{n} {noun}{'' if n == 1 else 's'}"
-
-
 def fmt_count(n: int | float | None) -> str:
     """``25557032`` -> ``"25.56M"``."""
     if n is None:

@@ -15,10 +15,11 @@ from dash import Input, Output, State, ctx, html, no_update
 from viewer.core.errors import DepViewError
 from viewer.core.export import round_entry
 from viewer.core.prune import IMPORTANCE, Plan, batch_shapes, untraced_note
+from viewer.core.text import counted
 
 from .. import charts, ids, styles
 from ..state import Session, SessionStore, make_stage
-from .common import change, counted, decode_upload, error_message, fmt_count, message
+from .common import change, decode_upload, error_message, fmt_count, message
 from .inspect import inspect
 from .model import graph_rev, weightless
 
