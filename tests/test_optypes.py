@@ -31,6 +31,7 @@ from viewer.core.optypes import (
     (nn.Linear(4, 5), OpType.LINEAR),
     (nn.PReLU(8), OpType.PRELU),
     (nn.Embedding(10, 4), OpType.EMBED),
+    (nn.EmbeddingBag(10, 4), OpType.EMBED),
     (nn.MultiheadAttention(8, 2), OpType.MHA),
     (nn.LSTM(4, 8), OpType.LSTM),
     (nn.GRU(4, 8), OpType.GRU),

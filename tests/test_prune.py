@@ -1197,3 +1197,37 @@ def test_taylor_scores_run_in_eval_mode_for_a_model_passed_in_train_mode():
     plans = [p.plan(0.5, "taylor", batch=batch).removed for _ in range(2)]
     assert plans[0] == plans[1]  # no dropout: the same batch gives the same plan
     assert model.training
+
+
+class Recommender(torch.nn.Module):
+    """DLRM-style: bags of sparse ids (1-D ids with offsets, per-sample weights) and a bag
+    of another table with max pooling, concatenated with a dense MLP's output."""
+
+    def __init__(self):
+        super().__init__()
+        self.users = torch.nn.EmbeddingBag(30, 8, mode="sum")
+        self.items = torch.nn.EmbeddingBag(20, 6, mode="max")
+        self.dense = torch.nn.Linear(4, 8)
+        self.top = torch.nn.Sequential(torch.nn.Linear(22, 16), torch.nn.ReLU(),
+                                       torch.nn.Linear(16, 1))
+
+    def forward(self, ids, offsets, weights, item_ids, dense):
+        u = self.users(ids, offsets, per_sample_weights=weights)
+        return self.top(torch.cat([u, self.items(item_ids), torch.relu(self.dense(dense))], 1))
+
+
+def test_embedding_bags_lose_embedding_dims():
+    # an EmbeddingBag was an unknown op whose output shape blocked its group
+    torch.manual_seed(0)
+    ids, offsets = torch.randint(0, 30, (10,)), torch.tensor([0, 3, 7])
+    inputs = (ids, offsets, torch.rand(10), torch.randint(0, 20, (3, 4)), torch.randn(3, 4))
+    model = Recommender().eval()
+    p = Pruner(model, inputs)
+    users = next(g for g in p.groups if g.root == "users")
+    assert users.prunable and {m.node_name for m in users.members} == {"users", "top.0"}
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    assert pruned.users.embedding_dim == 4 and pruned.items.embedding_dim == 3
+    assert pruned.top[0].in_features == 11
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v

@@ -44,7 +44,7 @@ class OpType(enum.Enum):
     IN = "in"  #: InstanceNorm: per-channel, passes channels through
     LINEAR = "linear"  #: Linear: out features born here, in features consumed
     PRELU = "prelu"  #: PReLU: per-channel (or one shared) slope, passes channels through
-    EMBED = "embed"  #: Embedding: embedding dims born here (weight dim 1)
+    EMBED = "embed"  #: Embedding/EmbeddingBag: embedding dims born here (weight dim 1)
     MHA = "mha"  #: nn.MultiheadAttention, atomic: query width is tied to embed_dim
     LSTM = "lstm"  #: nn.LSTM / nn.LSTMCell, atomic: hidden units span 4 gates
     GRU = "gru"  #: nn.GRU / nn.GRUCell, atomic: hidden units span 3 gates
@@ -229,7 +229,7 @@ MODULE_RULES: tuple[Rule, ...] = (
     (_is_instance_of(nn.Linear), OpType.LINEAR),
     (_is_hf_conv1d, OpType.LINEAR),
     (_is_instance_of(nn.PReLU), OpType.PRELU),
-    (_is_instance_of(nn.Embedding), OpType.EMBED),
+    (_is_instance_of(nn.Embedding, nn.EmbeddingBag), OpType.EMBED),
     (_is_instance_of(nn.MultiheadAttention), OpType.MHA),
     (_is_instance_of(nn.LSTM, nn.LSTMCell), OpType.LSTM),
     (_is_instance_of(nn.GRU, nn.GRUCell), OpType.GRU),
@@ -389,7 +389,7 @@ _FUNCTION_NAMES: dict[OpType, str] = {
     OpType.CONV: "F.conv1d F.conv2d F.conv3d",
     OpType.CONV_TRANSPOSE: "F.conv_transpose1d F.conv_transpose2d F.conv_transpose3d",
     OpType.BN: "F.batch_norm",
-    OpType.EMBED: "F.embedding",
+    OpType.EMBED: "F.embedding F.embedding_bag",
 }
 
 #: Function object -> OpType. Anything else a traced model calls is ELEMENTWISE.
