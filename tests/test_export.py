@@ -14,7 +14,7 @@ from viewer.core.export import (
     write_zip,
     zip_dir,
 )
-from viewer.core.prune import Pruner
+from viewer.core.prune import Plan, Pruner
 from viewer.core.spec import load_model
 
 
@@ -333,3 +333,54 @@ def test_the_package_exports_the_pruning_api():
     assert viewer.load_pruned is export.load_pruned and viewer.export_dir is export.export_dir
     assert viewer.Pruner is prune.Pruner and viewer.all_groups is groups.all_groups
     assert set(viewer.__all__) <= set(dir(viewer))
+
+
+MIXED_CONV = '''
+import torch
+from torch import nn
+
+
+class Mixed(nn.Module):
+    """timm's MixedConv2d: channels split by sizes stored on the module, one depthwise
+    kernel size per part."""
+
+    def __init__(self, as_tuple: bool = False):
+        super().__init__()
+        self.c0 = nn.Conv2d(3, 24, 1)
+        self.splits = (4, 8, 12) if as_tuple else [4, 8, 12]
+        self.dws = nn.ModuleList([nn.Conv2d(n, n, k, padding=k // 2, groups=n)
+                                  for n, k in zip(self.splits, (3, 5, 7))])
+        self.o = nn.Conv2d(24, 4, 1)
+
+    def forward(self, x):
+        parts = torch.split(self.c0(x), self.splits, 1)
+        return self.o(torch.cat([d(p) for d, p in zip(self.dws, parts)], 1))
+'''
+
+
+@pytest.mark.parametrize("as_tuple", [False, True])
+def test_split_sizes_stored_as_a_list_follow_each_part_and_reload(tmp_path, as_tuple):
+    # the group was blocked ("split_with_sizes expects split_sizes to sum exactly to ...")
+    (tmp_path / "mixed.py").write_text(MIXED_CONV)
+    lm = load_model(f"{tmp_path / 'mixed.py'}:Mixed", inputs=["1x3x8x8"],
+                    kwargs={"as_tuple": as_tuple}, seed=0)
+    p = Pruner(lm.model, lm.inputs)
+    g = next(g for g in p.groups if g.root == "c0")
+    plan = p.plan(0.5)
+    assert p.sets(g) == ["splits"] and g.id in plan.removed
+    pruned = p.apply(plan)
+    kept = [d.out_channels for d in pruned.dws]
+    assert list(pruned.splits) == kept and type(pruned.splits) is type(lm.model.splits)
+    assert all(k >= 1 for k in kept) and sum(kept) == 24 - len(plan.removed[g.id])
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+    # a plan keeps every part's most important unit (a part of width 0 leaves a conv with
+    # no channels); a hand-made plan that empties one is refused, naming it
+    assert all(d.out_channels >= 1 for d in p.apply(p.plan(0.95)).dws)
+    with pytest.raises(DepViewError, match="removes all of part 0 of 'split'"):
+        p.apply(Plan({g.id: [0, 1, 2, 3]}))
+    out = export_dir(p, plan, pruned, tmp_path / "out", lm.source)
+    again = load_pruned(out)
+    assert again.splits == pruned.splits
+    with torch.no_grad():
+        assert torch.equal(again(*lm.inputs), pruned(*lm.inputs))

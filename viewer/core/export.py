@@ -326,7 +326,9 @@ def reshape_like_plan(model: nn.Module, plan: dict) -> nn.Module:
             if not _plain_attr(mod, k, v):
                 raise DepViewError(f"plan.json sets {name}.{k} to {str(v)[:40]!r}, which is not "
                                    "a public scalar attribute of that module")
-            setattr(mod, k, tuple(v) if isinstance(v, list) else v)
+            # (a list as JSON: a tuple again unless the module held a list)
+            old = getattr(mod, k)
+            setattr(mod, k, v if not isinstance(v, list) or isinstance(old, list) else tuple(v))
         if hasattr(mod, "_init_flat_weights"):
             mod._init_flat_weights()
     return model

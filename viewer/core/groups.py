@@ -1796,6 +1796,23 @@ def fixed_sizes(graph: Graph, group: Group) -> list[tuple[Node, TensorKey, int, 
     return out
 
 
+def split_sizes(graph: Graph, group: Group) -> list[tuple[Node, TensorKey, tuple[int, ...]]]:
+    """Splits into given sizes (``torch.split(x, self.splits, 1)``, timm's ``MixedConv2d``)
+    whose split dim the group shrinks: ``(node, the split tensor dim, the sizes)``. After
+    pruning, each size must be its part's kept width, which Python code must store."""
+    out = []
+    for node in graph.nodes:
+        meta = node.meta
+        if (node.op_type is OpType.SPLIT and node.target == "split"
+                and isinstance(meta, SplitMeta) and not meta.computed and len(meta.sizes) > 1
+                and graph.in_edges.get(node.id)):
+            e = graph.in_edges[node.id][0]
+            key = (e.source, e.source_port, meta.dim)
+            if key in group.tensors:
+                out.append((node, key, meta.sizes))
+    return out
+
+
 def outer_alternative(graph: Graph, group: Group) -> Group | None:
     """The same root's group when every reshape whose split the shapes leave open takes its
     outer dim (whole heads instead of head dims: ``view(b, -1, self.num_heads,

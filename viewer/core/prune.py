@@ -25,7 +25,14 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .errors import DepViewError
 from .graph import Graph
-from .groups import Group, all_groups, fixed_sizes, out_channel_dim, outer_alternative
+from .groups import (
+    Group,
+    all_groups,
+    fixed_sizes,
+    out_channel_dim,
+    outer_alternative,
+    split_sizes,
+)
 from .handlers import CUTS, REFRESH, Cut
 from .optypes import OpGroup, OpType
 from .text import counted
@@ -60,7 +67,9 @@ class SizeAttr:
     self.num_heads, 3, self.head_dim)``). Pruning that dim must set the attribute to the new size,
     or the pruned model splits or reshapes by the old one. Found by validation, never guessed:
     see :meth:`Pruner.validate_groups`. The new value is the new size of ``tensor`` (``size``
-    before pruning) divided by ``parts``."""
+    before pruning) divided by ``parts``. With ``sizes``, the attribute is a list (or tuple)
+    of a split's part sizes, ``torch.split(x, self.splits, 1)``: each becomes its part's kept
+    width."""
 
     module: str  #: module path
     attr: str
@@ -68,6 +77,7 @@ class SizeAttr:
     tensor: tuple[int, int, int]  #: the tensor dim whose size it is: (node, port, dim)
     size: int
     parts: int = 1
+    sizes: tuple[int, ...] = ()  #: a split's part sizes, when the attribute holds them all
 
     @property
     def label(self) -> str:
@@ -275,9 +285,27 @@ class Pruner:
             k = n_remove[g.id]
             if k:
                 order = np.argsort(scores[g.id], kind="stable")
-                removed[g.id] = sorted(int(u) for u in order[:k])
+                removed[g.id] = self._keep_every_part(g, order, k)
         return Plan(removed, settings, {k: [float(x) for x in v] for k, v in scores.items()},
                     skipped)
+
+    def _keep_every_part(self, g: Group, order: np.ndarray, k: int) -> list[int]:
+        """The ``k`` least important units of ``g`` (``order``), except that a split whose part
+        sizes a module stores (:attr:`SizeAttr.sizes`) keeps its most important unit of each
+        part: a part of width 0 would give a layer no channels."""
+        chosen = [int(u) for u in order[:k]]
+        for r in self._sets.get(g.id, []):
+            if not r.sizes:
+                continue
+            pos, unit = g.tensors[r.tensor]
+            start = 0
+            for size in r.sizes:
+                part = set(unit[(pos >= start) & (pos < start + size)].tolist())
+                start += size
+                if part and part <= set(chosen):
+                    best = next(int(u) for u in order[::-1] if int(u) in part)
+                    chosen.remove(best)
+        return sorted(chosen)
 
     def _needs_weights(self, criterion: str) -> None:
         if not _real(self.model):
@@ -383,6 +411,13 @@ class Pruner:
                 removed[key].update(pos[np.isin(unit, units)].tolist())
         out: dict[str, dict[str, int]] = defaultdict(dict)
         for r in wanted:
+            if r.sizes:
+                value = self._part_widths(r, removed[r.tensor])
+                if out[r.module].get(r.attr, value) != value:
+                    raise DepViewError(f"cannot set {r.label}: two groups of the plan need "
+                                       f"{out[r.module][r.attr]} and {value}")
+                out[r.module][r.attr] = value
+                continue
             width = r.size - len(removed[r.tensor])
             value = width // r.parts
             if width % r.parts or out[r.module].get(r.attr, value) != value:
@@ -394,6 +429,19 @@ class Pruner:
                                    f"{out[r.module][r.attr]} and {value}")
             out[r.module][r.attr] = value
         return dict(out)
+
+    def _part_widths(self, r: SizeAttr, removed: set[int]) -> list[int] | tuple[int, ...]:
+        """The new part sizes of a split whose sizes attribute ``r`` holds, in its own type."""
+        new, start = [], 0
+        for k, size in enumerate(r.sizes):
+            kept = size - sum(1 for i in removed if start <= i < start + size)
+            if kept == 0:
+                raise DepViewError(f"cannot set {r.label}: the plan removes all of part {k} "
+                                   f"of '{self.graph.nodes[r.node].name}'")
+            new.append(kept)
+            start += size
+        old = getattr(dict(self.model.named_modules())[r.module], r.attr)
+        return tuple(new) if isinstance(old, tuple) else new
 
     def kept(self, plan: Plan) -> dict[str, dict[str, list[int]]]:
         """state_dict key -> {dim: kept indices}: the slicing invariant of plan.json."""
@@ -654,7 +702,8 @@ class Pruner:
 
     def _size_attr_candidates(self, group: Group) -> list[SizeAttr]:
         """Public int attributes of the module that ran a call with a fixed size the group
-        shrinks (:func:`fixed_sizes`), equal to that size: what it may have been read from."""
+        shrinks (:func:`fixed_sizes`), equal to that size, and its list or tuple attributes
+        equal to a split's sizes (:func:`split_sizes`): what they may have been read from."""
         mods = dict(self.model.named_modules())
         out = []
         for node, key, size, parts in fixed_sizes(self.graph, group):
@@ -663,6 +712,13 @@ class Pruner:
             for k, v in vars(mods[node.module]).items():
                 if not k.startswith("_") and type(v) is int and v == size // parts:
                     out.append(SizeAttr(node.module, k, node.id, key, size, parts))
+        for node, key, sizes in split_sizes(self.graph, group):
+            if node.module not in mods:
+                continue
+            for k, v in vars(mods[node.module]).items():
+                if not k.startswith("_") and type(v) in (list, tuple) and tuple(v) == sizes:
+                    out.append(SizeAttr(node.module, k, node.id, key, sum(sizes), len(sizes),
+                                        sizes))
         return out
 
     def masked_model(self, plan: Plan) -> nn.Module:

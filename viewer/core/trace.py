@@ -738,7 +738,7 @@ def module_attrs(module: nn.Module) -> dict:
             continue
         if isinstance(v, _SCALARS):
             out[k] = v
-        elif isinstance(v, tuple) and len(v) <= 8:
+        elif isinstance(v, (tuple, list)) and len(v) <= 8:  # (splits = [8, 8, 8])
             for x in v:
                 if not isinstance(x, _SCALARS):
                     break
