@@ -74,8 +74,17 @@ class LoadedModel:
         return self.source["spec"]
 
 
+#: endings of files that hold weights (or a pickled or scripted model), never code
+_WEIGHT_FILES = (".pt", ".pth", ".safetensors", ".bin", ".ckpt", ".pt2", ".onnx")
+
+
 def _resolve_attr(spec: str):
     target, sep, attr = spec.rpartition(":")
+    if spec.lower().endswith(_WEIGHT_FILES):
+        raise DepViewError(
+            f"{spec!r} is a weights file, not a model: DepView builds the model from its code "
+            "(demo:NAME, package.module:attr or path/file.py:attr) and loads a file like this "
+            "one as its weights (--weights)")
     if not sep or not target or not attr:
         raise DepViewError(
             f"bad model spec {spec!r}: use demo:NAME, package.module:attr or path/file.py:attr")
