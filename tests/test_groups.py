@@ -1227,3 +1227,35 @@ def test_an_in_place_op_on_a_slice_writes_the_sliced_tensor(how, prunable):
     assert plan.removed
     res = p.verify(p.apply(plan), plan)
     assert res["masked_equivalence"]["ok"], res
+
+
+class SizedPositions(nn.Embedding):
+    """Hugging Face's learned/sinusoidal position embeddings (RoFormer, BlenderbotSmall):
+    called with the input's shape, it makes its positions inside and takes no tensor."""
+
+    def forward(self, shape: torch.Size):
+        return super().forward(torch.arange(shape[1]))
+
+
+def test_a_layer_called_without_a_tensor_roots_its_group():
+    # its rule read the shape of an input it does not have (IndexError, "DepView could not
+    # follow these channels"), for every group reaching it
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tok, self.pos = nn.Embedding(50, 16), SizedPositions(10, 16)
+            self.fc1, self.fc2 = nn.Linear(16, 32), nn.Linear(32, 4)
+
+        def forward(self, ids):
+            return self.fc2(torch.relu(self.fc1(self.tok(ids) + self.pos(ids.shape))))
+
+    from viewer.core.prune import Pruner
+
+    torch.manual_seed(0)
+    p = Pruner(Net().eval(), (torch.randint(0, 50, (2, 6)),))
+    g = next(g for g in p.groups if g.root == "tok")
+    assert not g.reason and {m.node_name for m in g.members} == {"tok", "pos", "fc1"}
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    assert pruned.pos.embedding_dim == 8 and pruned.tok.embedding_dim == 8
+    assert p.verify(pruned, plan)["forward"]

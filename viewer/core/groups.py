@@ -210,6 +210,10 @@ def _layer_rule(out_dim: Callable[[Node], int], in_dim: Callable[[Node], int],
             return []
         if node.own_forward:
             _own_forward_note(node, ctx)
+        if not node.in_shapes:  # called without a tensor: a position embedding given a size
+            if side == "out" and dim == _norm(out_dim(node), len(node.out_shapes[0])):
+                ctx.member(node, side, dim, units, pos)
+            return []
         nd_in, nd_out = len(node.in_shapes[0]), len(node.out_shapes[0])
         od, id_ = _norm(out_dim(node), nd_out), _norm(in_dim(node), nd_in)
         if side == "out" and dim == od or side == "in" and dim == id_:
