@@ -1231,3 +1231,25 @@ def test_embedding_bags_lose_embedding_dims():
     assert pruned.top[0].in_features == 11
     v = p.verify(pruned, plan)
     assert v["forward"] and v["masked_equivalence"]["ok"], v
+
+
+def test_verification_draws_the_same_random_numbers_for_every_model():
+    # ViT-MAE shuffles its patches by random noise even in eval: the original, pruned and
+    # masked models drew different noise, and masked equivalence "failed" on a right prune
+    class Noisy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(8, 16), torch.nn.Linear(16, 4)
+
+        def forward(self, x):
+            order = torch.rand(x.shape[1]).argsort()  # tokens in a random order
+            return self.b(torch.relu(self.a(x[:, order])))
+
+    torch.manual_seed(0)
+    model, x = Noisy().eval(), torch.randn(2, 5, 8)
+    p = Pruner(model, (x,))
+    plan = p.plan(0.5)
+    state = torch.get_rng_state()
+    v = p.verify(p.apply(plan), plan)
+    assert plan.removed and v["masked_equivalence"]["ok"], v
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's random state is kept

@@ -924,9 +924,12 @@ def _to_meta(inputs):
 
 def run(model: nn.Module, inputs):
     """``model`` on (a copy of) ``inputs``, in eval mode: a forward that changes its input in
-    place must not change what the next run is compared on."""
+    place must not change what the next run is compared on. Random numbers drawn inside the
+    forward (ViT-MAE's masking noise) are drawn from one fixed seed, so the original, pruned
+    and masked models draw the same ones; the caller's random state is left as it was."""
     inputs = _copied(inputs)
-    with torch.no_grad(), eval_mode(model):
+    with torch.no_grad(), eval_mode(model), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
         if isinstance(inputs, dict):
             return model(**inputs)
         return model(*inputs)
