@@ -384,3 +384,68 @@ def test_split_sizes_stored_as_a_list_follow_each_part_and_reload(tmp_path, as_t
     assert again.splits == pruned.splits
     with torch.no_grad():
         assert torch.equal(again(*lm.inputs), pruned(*lm.inputs))
+
+
+LAYER_NORM_2D = '''
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """timm's LayerNorm2d: a LayerNorm over the channels of an NCHW map."""
+
+    def forward(self, x):
+        x = x.permute(0, 2, 3, 1)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class OwnNorm(nn.Module):
+    """OLMo's LayerNorm: no weights, its normalized_shape a 1-tuple stored on it."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.normalized_shape = (d,)
+
+    def forward(self, x):
+        return F.layer_norm(x, self.normalized_shape, None, None, 1e-5)
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.norm = LayerNorm2d(16)
+        self.mlp = nn.Sequential(nn.Conv2d(16, 32, 1), nn.GELU(), nn.Conv2d(32, 16, 1))
+        self.head = nn.Linear(16, 12)
+        self.tail_norm = OwnNorm(12)
+        self.out = nn.Linear(12, 5)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x + self.mlp(self.norm(x))
+        return self.out(torch.relu(self.tail_norm(self.head(x.mean((2, 3))))))
+'''
+
+
+def test_layer_norms_of_a_given_shape_follow_and_reload(tmp_path):
+    # a LayerNorm subclass with its own forward was pruned as a LayerNorm over its input's
+    # last dim (W of an NCHW map): validation blocked the stem's group; a normalized_shape
+    # stored as a 1-tuple could not follow
+    (tmp_path / "ln2d.py").write_text(LAYER_NORM_2D)
+    lm = load_model(f"{tmp_path / 'ln2d.py'}:Net", inputs=["2x3x8x8"], seed=0)
+    p = Pruner(lm.model, lm.inputs)
+    stem = next(g for g in p.groups if g.root == "stem")
+    head = next(g for g in p.groups if g.root == "head")
+    plan = p.plan(0.5)
+    assert not p.reason(stem) and not p.reason(head), (p.reason(stem), p.reason(head))
+    assert p.sets(head) == ["tail_norm.normalized_shape"]
+    pruned = p.apply(plan)
+    assert pruned.norm.weight.shape == (8,) and pruned.norm.normalized_shape == (8,)
+    assert pruned.tail_norm.normalized_shape == (6,)
+    assert p.verify(pruned, plan)["forward"]
+    again = load_pruned(export_dir(p, plan, pruned, tmp_path / "out", lm.source))
+    assert again.norm.normalized_shape == (8,) and again.tail_norm.normalized_shape == (6,)
+    with torch.no_grad():
+        assert torch.equal(again(*lm.inputs), pruned(*lm.inputs))

@@ -1259,3 +1259,19 @@ def test_a_layer_called_without_a_tensor_roots_its_group():
     pruned = p.apply(plan)
     assert pruned.pos.embedding_dim == 8 and pruned.tok.embedding_dim == 8
     assert p.verify(pruned, plan)["forward"]
+
+
+@pytest.mark.parametrize("how", ["type_as", "to"])
+def test_a_tensor_that_only_gives_a_dtype_is_not_coupled(how):
+    # x.type_as(y) was an elementwise op of x and y: y's shape blocked x's group (HF Funnel)
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 16), nn.Linear(16, 2)
+
+        def forward(self, x):
+            h = self.a(x)
+            return self.b(torch.relu(h.type_as(x) if how == "type_as" else h.to(x)))
+
+    g = group_of(build_graph(Net(), torch.randn(4, 3)), "a")
+    assert g.prunable and {m.node_name for m in g.members} == {"a", "b"}

@@ -105,3 +105,20 @@ def test_op_types_hash_by_identity_and_survive_a_pickle_round_trip():
     for t in OpType:
         back = pickle.loads(pickle.dumps(t))
         assert back is t and hash(back) == hash(t) == object.__hash__(t)
+
+
+def test_norms_reduce_along_their_dims_given_after_the_order():
+    # ConvNeXt V2's GRN: an unknown op that changed the shape, and a norm's dim comes third
+    x = torch.randn(2, 4, 3, 3)
+    model = nn.Sequential(nn.Conv2d(4, 4, 1))
+
+    class GRN(nn.Module):
+        def forward(self, x):
+            g = torch.linalg.vector_norm(x, 2, (2, 3), keepdim=True)
+            return x * g / torch.norm(g, 2, 1, keepdim=True)
+
+    from viewer.core.trace import build_graph
+
+    g = build_graph(nn.Sequential(model, GRN()), (x,))
+    metas = {n.target: n.meta for n in g.nodes if n.op_type is OpType.REDUCTION}
+    assert metas["linalg_vector_norm"].dims == (2, 3) and metas["norm"].dims == (1,)

@@ -200,6 +200,14 @@ _POOLS = tuple(
 _LAYER_NORMS = (nn.LayerNorm,) + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
 
 Rule = tuple[Callable[[nn.Module], bool], OpType]
+_LAYER_NORM_FORWARDS = frozenset(c.forward for c in _LAYER_NORMS)
+
+
+def _is_plain_layer_norm(m: nn.Module) -> bool:
+    """A LayerNorm/RMSNorm that runs torch's forward. A subclass with its own forward (timm's
+    ``LayerNorm2d``, ConvNeXt V2's channels-first LayerNorm: permute, normalise, permute back)
+    is looked into instead: its ``F.layer_norm`` call says which dim it normalises."""
+    return isinstance(m, _LAYER_NORMS) and type(m).forward in _LAYER_NORM_FORWARDS
 
 
 def gn_prunes_whole_groups(channels: int, groups: int) -> bool:
@@ -223,7 +231,7 @@ MODULE_RULES: tuple[Rule, ...] = (
     (_is_instance_of(nn.modules.conv._ConvTransposeNd), OpType.CONV_TRANSPOSE),
     (_is_instance_of(nn.modules.conv._ConvNd), OpType.CONV),
     (_is_instance_of(nn.modules.batchnorm._BatchNorm), OpType.BN),
-    (_is_instance_of(*_LAYER_NORMS), OpType.LN),
+    (_is_plain_layer_norm, OpType.LN),
     (_is_instance_of(nn.GroupNorm), OpType.GN),
     (_is_instance_of(nn.modules.instancenorm._InstanceNorm), OpType.IN),
     (_is_instance_of(nn.Linear), OpType.LINEAR),
@@ -348,7 +356,9 @@ def _resolve(names: str) -> list[Callable]:
     found = []
     for dotted in names.split():
         root, _, attr = dotted.partition(".")
-        fn = getattr(roots[root], attr, None)
+        fn = roots[root]
+        for part in attr.split("."):  # torch.linalg.vector_norm
+            fn = getattr(fn, part, None)
         if fn is not None:
             found.append(fn)
     return found
@@ -384,7 +394,8 @@ _FUNCTION_NAMES: dict[OpType, str] = {
     "torch.logsumexp Tensor.logsumexp torch.prod Tensor.prod F.softmax F.log_softmax "
     "torch.softmax Tensor.softmax torch.log_softmax Tensor.log_softmax F.normalize F.layer_norm "
     "F.rms_norm F.group_norm torch.max Tensor.max torch.min Tensor.min torch.argmax "
-    "Tensor.argmax torch.argmin Tensor.argmin",
+    "Tensor.argmax torch.argmin Tensor.argmin torch.linalg.vector_norm torch.linalg.norm "
+    "torch.nansum Tensor.nansum torch.nanmean Tensor.nanmean",
     # Conv / norm functionals used outside a module: recorded as ops so the graph is complete.
     OpType.CONV: "F.conv1d F.conv2d F.conv3d",
     OpType.CONV_TRANSPOSE: "F.conv_transpose1d F.conv_transpose2d F.conv_transpose3d",

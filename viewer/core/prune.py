@@ -78,6 +78,7 @@ class SizeAttr:
     size: int
     parts: int = 1
     sizes: tuple[int, ...] = ()  #: a split's part sizes, when the attribute holds them all
+    boxed: bool = False  #: the attribute holds the size in a 1-tuple (``normalized_shape``)
 
     @property
     def label(self) -> str:
@@ -420,6 +421,8 @@ class Pruner:
                 continue
             width = r.size - len(removed[r.tensor])
             value = width // r.parts
+            if r.boxed:
+                value = self._boxed(r, value)
             if width % r.parts or out[r.module].get(r.attr, value) != value:
                 raise DepViewError(f"cannot set {r.label}: the plan leaves "
                                    f"'{self.graph.nodes[r.node].name}' {width} positions "
@@ -429,6 +432,10 @@ class Pruner:
                                    f"{out[r.module][r.attr]} and {value}")
             out[r.module][r.attr] = value
         return dict(out)
+
+    def _boxed(self, r: SizeAttr, value: int) -> list[int] | tuple[int, ...]:
+        old = getattr(dict(self.model.named_modules())[r.module], r.attr)
+        return [value] if isinstance(old, list) else (value,)
 
     def _part_widths(self, r: SizeAttr, removed: set[int]) -> list[int] | tuple[int, ...]:
         """The new part sizes of a split whose sizes attribute ``r`` holds, in its own type."""
@@ -710,8 +717,13 @@ class Pruner:
             if node.module not in mods:
                 continue
             for k, v in vars(mods[node.module]).items():
-                if not k.startswith("_") and type(v) is int and v == size // parts:
+                if k.startswith("_"):
+                    continue
+                if type(v) is int and v == size // parts:
                     out.append(SizeAttr(node.module, k, node.id, key, size, parts))
+                elif type(v) in (list, tuple) and len(v) == 1 and type(v[0]) is int \
+                        and v[0] == size // parts:  # normalized_shape = (hidden_size,)
+                    out.append(SizeAttr(node.module, k, node.id, key, size, parts, boxed=True))
         for node, key, sizes in split_sizes(self.graph, group):
             if node.module not in mods:
                 continue

@@ -542,6 +542,8 @@ class _Tracer(TorchFunctionMode):
             _tensors(kwargs, ins)
         if not ins:
             return
+        if name in _DTYPE_FROM:  # x.type_as(y), x.to(y): y gives a dtype, not values
+            del ins[1:]
         if meta is None:
             try:
                 meta = describe(op_type, name, func, args, kwargs, ins, outs)
@@ -919,7 +921,8 @@ def _einsum_meta(equation: str, ndims: list[int], out_ndim: int) -> M.EinsumMeta
 
 def _reduce_meta(name, func, args, kwargs, ins, outs) -> M.ReduceMeta:
     x, y = ins[0], outs[0]
-    dim = _arg(args, kwargs, 1, "dim", None)
+    # (a norm's order comes first: torch.norm(x, 2, 1), torch.linalg.vector_norm(x, 2, 1))
+    dim = _arg(args, kwargs, 2 if name in _NORMS else 1, "dim", None)
     if isinstance(dim, torch.Tensor) or name in SHAPE_NORMS:
         dim = None
     if name in SHAPE_NORMS:
@@ -934,6 +937,12 @@ def _reduce_meta(name, func, args, kwargs, ins, outs) -> M.ReduceMeta:
                             (dim if isinstance(dim, (list, tuple)) else (dim,))))
     return M.ReduceMeta(name, dims, tuple(y.shape)[: x.dim()] == tuple(x.shape)[: y.dim()]
                         and y.dim() == x.dim())
+
+
+#: ops whose other tensor argument gives only a dtype and device (``x.type_as(y)``)
+_DTYPE_FROM = frozenset({"type_as", "to"})
+#: reductions whose ``dim`` argument comes after the norm's order
+_NORMS = frozenset({"norm", "linalg_vector_norm", "linalg_norm"})
 
 
 def _inferred(name: str, args, y: torch.Tensor) -> int | None:
