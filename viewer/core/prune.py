@@ -433,9 +433,12 @@ class Pruner:
             out[r.module][r.attr] = value
         return dict(out)
 
+    def _stored(self, r: SizeAttr):
+        """The value the model's module holds in ``r``'s attribute."""
+        return getattr(dict(self.model.named_modules())[r.module], r.attr)
+
     def _boxed(self, r: SizeAttr, value: int) -> list[int] | tuple[int, ...]:
-        old = getattr(dict(self.model.named_modules())[r.module], r.attr)
-        return [value] if isinstance(old, list) else (value,)
+        return [value] if isinstance(self._stored(r), list) else (value,)
 
     def _part_widths(self, r: SizeAttr, removed: set[int]) -> list[int] | tuple[int, ...]:
         """The new part sizes of a split whose sizes attribute ``r`` holds, in its own type."""
@@ -447,8 +450,7 @@ class Pruner:
                                    f"of '{self.graph.nodes[r.node].name}'")
             new.append(kept)
             start += size
-        old = getattr(dict(self.model.named_modules())[r.module], r.attr)
-        return tuple(new) if isinstance(old, tuple) else new
+        return tuple(new) if isinstance(self._stored(r), tuple) else new
 
     def kept(self, plan: Plan) -> dict[str, dict[str, list[int]]]:
         """state_dict key -> {dim: kept indices}: the slicing invariant of plan.json."""
