@@ -265,6 +265,31 @@ def test_ops_along_a_dim_say_which_dims():
         "dim 2" in _text(cb.meta_view(g.node("flip")))
 
 
+def test_writes_and_slices_show_their_index_as_python_spells_it():
+    # a write's metadata was drawn as a raw dict of its region
+    import torch
+
+    from viewer.core.trace import build_graph
+
+    class M(torch.nn.Module):
+        def forward(self, x):
+            y = x * 2
+            y[:, 2] = 0.0
+            y[:, :, 1:3].zero_()
+            y[y < 0] = 0.0
+            return y[:, 1:5:2] + 1
+
+    g = build_graph(M(), torch.randn(2, 6, 4))
+    text = _text(cb.meta_view(g.node("setitem")))
+    assert "writes" in text and "x[:, 2]" in text and "an index set" in text
+    assert "value" in text and "a number" in text
+    write = _text(cb.meta_view(g.node("write")))
+    assert "x[:, :, 1:3]" in write and "a write through a view" in write and "input 1" in write
+    mask = _text(cb.meta_view(g.node("setitem_1")))
+    assert "x[mask]" in mask and "a bool tensor over the first 3 dims" in mask
+    assert "x[:, 1:5:2]" in _text(cb.meta_view(g.node("getitem_1")))
+
+
 def test_repeats_say_how_they_copy():
     import torch
 

@@ -110,6 +110,26 @@ class SliceMeta:
     def step(self) -> int | None:
         return self.slices[0].step if self.slices else (1 if self.selects else None)
 
+    def index_text(self, name: str = "x") -> str:
+        """The index as Python spells it, dim by dim: ``x[:, :, 0]``, ``x[:, 2:6]``, ``x[t]``
+        for a tensor index (trailing whole dims left out)."""
+        sl = {s.dim: s for s in self.slices}
+        sel = dict(self.selects)
+        items = []
+        for d in range(len(self.in_shape)):
+            if d in sel:
+                items.append(str(sel[d]))
+            elif d in sl:
+                s = sl[d]
+                items.append(f"{s.start}:{s.stop}" + (f":{s.step}" if s.step != 1 else ""))
+            elif d in self.gathered:
+                items.append("t")
+            else:
+                items.append(":")
+        while items and items[-1] == ":":
+            items.pop()
+        return f"{name}[{', '.join(items) or ':'}]"
+
 
 @dataclass(frozen=True)
 class ReshapeMeta:

@@ -31,6 +31,7 @@ from viewer.core.meta import (
     PixelShuffleMeta,
     ReduceMeta,
     ReshapeMeta,
+    SetItemMeta,
     SliceMeta,
     SplitMeta,
     UnbindMeta,
@@ -157,7 +158,8 @@ def meta_view(node: Node, hit: np.ndarray | None = None,
                      ("sizes computed by torch", "yes" if m.computed else "no")]),
                 segment_bar(list(m.sizes), list(m.offsets), "out", hit, cut)]
     elif isinstance(m, SliceMeta):
-        rows = [(f"dim {s.dim}", f"{s.start}:{s.stop}:{s.step}") for s in m.slices]
+        rows = [("index", m.index_text())]
+        rows += [(f"dim {s.dim}", f"{s.start}:{s.stop}:{s.step}") for s in m.slices]
         rows += [(f"dim {d}", f"index {i} (dim removed)") for d, i in m.selects]
         rows += [("in → out", f"[{shape_text(m.in_shape)}] → [{shape_text(m.out_shape)}]")]
         if m.advanced:
@@ -205,6 +207,16 @@ def meta_view(node: Node, hit: np.ndarray | None = None,
             rows.append(("mixes positions along", ", ".join(f"dim {d}" for d in m.mixes)))
         if m.moves:
             rows.append(("moves positions along", ", ".join(f"dim {d}" for d in m.moves)))
+        out.append(_kv(rows))
+    elif isinstance(m, SetItemMeta):
+        what = ("a write through a view, by the op on input 1" if node.target == "write"
+                else "an index set")
+        index = "x[mask]" if m.mask else m.region.index_text() if m.region else \
+            "an index DepView does not model"
+        rows = [("writes", index), ("kind", what),
+                ("value", f"input {m.value}" if m.value is not None else "a number")]
+        if m.mask:
+            rows.append(("mask", f"a bool tensor over the first {m.mask} dims"))
         out.append(_kv(rows))
     elif isinstance(m, OpMeta):
         out.append(_kv([("op", m.op)]))
