@@ -144,6 +144,9 @@ def test_tied_embedding_and_lm_head_share_one_group():
     assert {(m.node_name, m.side) for m in grp.members} == \
         {("mid", "out"), ("head", "in"), ("emb", "out"), ("mid", "in")}
     assert [g.root for g in p.groups] == ["emb", "head"]  # emb's group is mid's: one group
+    # head's outputs are emb's vocabulary: said in those words (was "in a way DepView does
+    # not follow")
+    assert "'head' shares its rows with the vocabulary of 'emb'" in p.groups[1].reason
     plan = p.plan(0.5)
     pruned = p.apply(plan)
     assert pruned.emb.weight.shape == (20, 4) and pruned.head.weight is pruned.emb.weight

@@ -1403,7 +1403,11 @@ class _Search:
                         other.buffers.values():
                     continue
                 to = self._tied_side(other, cut.key, cut.dim, pos)
-                if to is None:
+                if to is None and other.op_type is OpType.EMBED and cut.dim == 0:
+                    self.reasons.append(f"'{node.name}' shares its rows with the vocabulary "
+                                        f"of '{other.name}' (tied weights: tokens are never "
+                                        "pruned)")
+                elif to is None:
                     self.reasons.append(f"'{node.name}' shares '{cut.key}' with "
                                         f"'{other.name}' in a way DepView does not follow")
                 elif to[0] == "in":
