@@ -1278,3 +1278,22 @@ def test_a_tensor_that_only_gives_a_dtype_is_not_coupled(how):
 
     g = group_of(build_graph(Net(), torch.randn(4, 3)), "a")
     assert g.prunable and {m.node_name for m in g.members} == {"a", "b"}
+
+
+def test_a_layer_that_returns_its_input_is_not_a_write():
+    # Identity and eval-mode Dropout return the very tensor they were given: on a slice,
+    # that is no write to the sliced tensor (a "write" node blocked the group)
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 16), nn.Linear(16, 2)
+            self.drop, self.ident = nn.Dropout(0.1), nn.Identity()
+
+        def forward(self, x):
+            h = self.a(x)
+            first = self.ident(self.drop(h[:, :8]))
+            return self.b(h) + first.sum(-1, keepdim=True)
+
+    g = build_graph(Net().eval(), torch.randn(4, 3))
+    assert not [n for n in g.nodes if n.target == "write"]
+    assert group_of(g, "a").prunable

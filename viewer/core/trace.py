@@ -440,8 +440,10 @@ class _Tracer(TorchFunctionMode):
         outs = [output] if isinstance(output, torch.Tensor) else _tensors(output, [])
         cls = type(module)
         op_type = self.module_type(module)
-        # an in-place layer (ReLU(inplace=True)) returns the tensor it wrote
-        written = outs[0] if len(outs) == 1 and ins and outs[0] is ins[0] else None
+        # an in-place layer (ReLU(inplace=True)) returns the tensor it wrote; Identity, and
+        # Dropout in eval mode, return it unwritten
+        written = outs[0] if len(outs) == 1 and ins and outs[0] is ins[0] \
+            and getattr(module, "inplace", False) is True else None
         tag = getattr(written, "_depview_src", None) if written is not None else None
         node = self.add_node(
             ins, outs, name, op_type, path, f"module:{cls.__module__}.{cls.__qualname__}",
