@@ -741,3 +741,21 @@ def test_build_graph_runs_in_eval_mode_and_restores_the_flags_even_on_error():
     build_graph(model, (torch.randn(5, 3),))
     assert model.training and bn.training and not model[0].training
     assert torch.equal(bn.running_mean, before)
+
+
+def test_writes_are_setitem_nodes_in_the_graph_json():
+    import json
+
+    class Writes(nn.Module):
+        def forward(self, x):
+            y = x * 2
+            y[:, 2] = 0.0  # an index set
+            y.view(2, -1)[:, 0].zero_()  # through a view of a view: region not followed
+            return y + 1
+
+    d = build_graph(Writes(), torch.randn(2, 6, 4)).to_dict()
+    metas = {n["target"]: json.loads(json.dumps(n["meta"])) for n in d["nodes"]}
+    assert metas["setitem"]["kind"] == "setitem" and metas["setitem"]["value"] is None
+    assert metas["setitem"]["region"]["selects"] == [[1, 2]]
+    assert metas["write"] == {"region": None, "value": 1, "index": [], "mask": 0,
+                              "kind": "setitem"}
