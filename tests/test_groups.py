@@ -1297,3 +1297,35 @@ def test_a_layer_that_returns_its_input_is_not_a_write():
     g = build_graph(Net().eval(), torch.randn(4, 3))
     assert not [n for n in g.nodes if n.target == "write"]
     assert group_of(g, "a").prunable
+
+
+@pytest.mark.parametrize("copy", [False, True])
+def test_a_view_made_before_a_write_sees_it_a_copy_does_not(copy):
+    # v = y.flatten(2), then y[:, :2].zero_(): v reads the zeroed channels, which the graph
+    # (v made from y before the write) did not show: the group pruned through, and the pruned
+    # model zeroed two other channels
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.fc, self.out = nn.Conv2d(3, 8, 1), nn.Linear(4, 3), nn.Linear(24, 2)
+
+        def forward(self, x):
+            y = self.c1(x)
+            v = y.flatten(2).clone() if copy else y.flatten(2)
+            y[:, :2].zero_()
+            return self.out(self.fc(v).flatten(1))
+
+    from viewer.core.prune import Pruner
+
+    torch.manual_seed(0)
+    p = Pruner(Net().eval(), (torch.randn(2, 3, 2, 2),))
+    g = next(g for g in p.groups if g.root == "c1")
+    writes = [n for n in p.graph.nodes if n.target == "write"]
+    if copy:
+        assert not writes and g.prunable
+        plan = p.plan(0.5)
+        assert plan.removed and p.verify(p.apply(plan), plan)["masked_equivalence"]["ok"]
+    else:
+        assert [p.graph.nodes[e.source].name for e in p.graph.in_edges[writes[0].id]][0] \
+            == "flatten"
+        assert not g.prunable and "writes into a tensor through a view" in g.reason

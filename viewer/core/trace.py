@@ -289,16 +289,43 @@ class _Tracer(TorchFunctionMode):
             for e in reversed(self.edges):  # the sliced tensor: the maker's input 0
                 if e.target == maker.id and e.target_port == 0:
                     sliced = (e.source, e.source_port)
-                    self.view_writes.setdefault(sliced, []).append((region, node.id, *entry))
+                    self.view_writes.setdefault(sliced, []).append(
+                        (region, node.id, *entry, None))
                     break
         if base is not None and (base[1], base[2]) != sliced:
-            self.view_writes.setdefault((base[1], base[2]), []).append((None, node.id, *entry))
+            self.view_writes.setdefault((base[1], base[2]), []).append(
+                (None, node.id, *entry, None))
+        written = [k for k in (sliced, base and (base[1], base[2])) if k is not None]
+        self.earlier_views(written, node.id, entry, _version(w))
+
+    def earlier_views(self, keys: list[tuple[int, int]], wid: int, entry: tuple,
+                      version: int | None) -> None:
+        """Views of the written tensors made before the write (``v = y.view(b, -1)``, then
+        ``y[:, :2].zero_()``) read the new values: a write with no region for each, taken
+        only if the tensor read later does share the memory (its version counter is past the
+        write's; a reshape that copied has its own)."""
+        if version is None:
+            return
+        seen = set(keys)
+        while keys:
+            key = keys.pop()
+            for e in self.edges:
+                if (e.source, e.source_port) != key or e.target >= wid:
+                    continue
+                view = self.nodes[e.target]
+                if view.op_type in _FULL_VIEWS and (view.id, 0) not in seen:
+                    seen.add((view.id, 0))
+                    keys.append((view.id, 0))
+                    self.view_writes.setdefault((view.id, 0), []).append(
+                        (None, wid, *entry, version))
 
     def written(self, t: torch.Tensor, tag: tuple) -> tuple:
         """A WRITE node (``x[region] = value``, see :class:`SetItemMeta`) for each write
         through a view of ``t`` since it was made; returns ``t``'s new tag."""
         src, shape, dtype = tag, tuple(t.shape), _dtype(t)
-        for region, wid, w_shape, w_dtype in self.view_writes.pop((tag[1], tag[2])):
+        for region, wid, w_shape, w_dtype, need in self.view_writes.pop((tag[1], tag[2])):
+            if need is not None and (_version(t) or 0) < need:
+                continue  # a copy made before the write, not a view: the write is not in it
             mod = self.nodes[wid].module
             nid = len(self.nodes)
             self.nodes.append(Node(nid, self.unique(f"{mod}.write" if mod else "write"),
@@ -941,6 +968,9 @@ def _reduce_meta(name, func, args, kwargs, ins, outs) -> M.ReduceMeta:
                         and y.dim() == x.dim())
 
 
+#: ops whose result views all of their input (``view``, ``permute``, ``expand``): a write to
+#: the input through another view after they ran shows in them too (see earlier_views)
+_FULL_VIEWS = frozenset({OpType.RESHAPE, OpType.PERMUTE, OpType.EXPAND})
 #: ops whose other tensor argument gives only a dtype and device (``x.type_as(y)``)
 _DTYPE_FROM = frozenset({"type_as", "to"})
 #: reductions whose ``dim`` argument comes after the norm's order
