@@ -40,8 +40,8 @@ def test_package_and_file_specs(tmp_path):
     ("no_such_pkg_xyz:Model", "cannot import module"),
     ("torch.nn:NoSuchThing", "has no attribute"),
     ("missing/file.py:Model", "model file not found"),
-    ("resnet50.pth", "is a weights file, not a model: .* as its weights"),
-    ("ckpt/model.safetensors", "is a weights file"),
+    ("resnet50.pth", "is a saved file, not model code: .* weights with --weights"),
+    ("ckpt/model.safetensors", "is a saved file"),
 ])
 def test_bad_specs_are_one_line(spec, msg):
     with pytest.raises(DepViewError, match=msg) as err:

@@ -82,9 +82,9 @@ def _resolve_attr(spec: str):
     target, sep, attr = spec.rpartition(":")
     if spec.lower().endswith(_WEIGHT_FILES):
         raise DepViewError(
-            f"{spec!r} is a weights file, not a model: DepView builds the model from its code "
-            "(demo:NAME, package.module:attr or path/file.py:attr) and loads a file like this "
-            "one as its weights (--weights)")
+            f"{spec!r} is a saved file, not model code: DepView builds the model from its code "
+            "(demo:NAME, package.module:attr or path/file.py:attr) and loads its weights with "
+            "--weights (.safetensors, or a .pt/.pth state_dict)")
     if not sep or not target or not attr:
         raise DepViewError(
             f"bad model spec {spec!r}: use demo:NAME, package.module:attr or path/file.py:attr")
