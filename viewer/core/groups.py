@@ -32,6 +32,7 @@ from .errors import DepViewError
 from .graph import Graph, Node
 from .handlers import CUTS, rnn_cell, rnn_hidden
 from .meta import (
+    WRITE,
     ConcatMeta,
     EinsumMeta,
     ElementwiseMeta,
@@ -469,7 +470,7 @@ def _setitem_rule(node, side, port, dim, units, pos, ctx):
     r = meta.region
     if r is None:
         ctx.block(f"'{node.name}' writes into a tensor through a view DepView does not follow "
-                  "(a slice of a slice, a reshape)" if node.target == "write" else
+                  "(a slice of a slice, a reshape)" if node.target == WRITE else
                   f"'{node.name}' writes into a tensor through an index DepView does not model")
         return []
     v = meta.value

@@ -236,6 +236,11 @@ class AttentionMeta:
     scale: float | None
 
 
+#: The target of the node the tracer adds where an in-place op on a view wrote its tensor
+#: (metadata: :class:`SetItemMeta`, the value being the written view)
+WRITE = "write"
+
+
 @dataclass(frozen=True)
 class SetItemMeta:
     """``x[index] = value``, in place: the node's output is ``x`` as written. ``region`` lays

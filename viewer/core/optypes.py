@@ -93,6 +93,9 @@ class OpGroup:
     #: Virtual ops that return views of their input (a split's parts, a slice, a reshape).
     VIEWS = frozenset({OpType.SPLIT, OpType.UNBIND, OpType.SLICE, OpType.RESHAPE,
                        OpType.PERMUTE, OpType.EXPAND})
+    #: ... of all of their input (``view``, ``permute``, ``expand``): a write to the input
+    #: shows in them wherever it lands
+    WHOLE_VIEWS = frozenset({OpType.RESHAPE, OpType.PERMUTE, OpType.EXPAND})
     #: Types whose tensors carry channels in dim 1 (N, C, ...) / in the last dim (..., C).
     CHANNEL_FIRST = frozenset({OpType.CONV, OpType.CONV_TRANSPOSE, OpType.DEPTHWISE_CONV,
                                OpType.BN, OpType.GN, OpType.IN})
@@ -458,6 +461,10 @@ FILLS: frozenset[str] = frozenset(
 #: Normalisers over the trailing ``normalized_shape`` dims, by function name: their weight and
 #: bias are shaped like those dims, and the shape is written into the call.
 SHAPE_NORMS: frozenset[str] = frozenset({"layer_norm", "rms_norm"})
+
+#: Norm reductions by function name, whose ``dim`` comes after the norm's order (``torch.norm(x,
+#: 2, 1)``, ``torch.linalg.vector_norm(x, 2, (1, 2))``)
+ORDER_NORMS: frozenset[str] = frozenset({"norm", "linalg_vector_norm", "linalg_norm"})
 
 #: Tensor methods/functions that never produce a new graph value worth a node.
 IGNORED_FUNCTIONS: frozenset = frozenset(

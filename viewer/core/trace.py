@@ -49,6 +49,7 @@ from .optypes import (
     DIM_ARGS,
     FILLS,
     IGNORED_FUNCTIONS,
+    ORDER_NORMS,
     SHAPE_NORMS,
     OpGroup,
     OpType,
@@ -313,7 +314,7 @@ class _Tracer(TorchFunctionMode):
                 if (e.source, e.source_port) != key or e.target >= wid:
                     continue
                 view = self.nodes[e.target]
-                if view.op_type in _FULL_VIEWS and (view.id, 0) not in seen:
+                if view.op_type in OpGroup.WHOLE_VIEWS and (view.id, 0) not in seen:
                     seen.add((view.id, 0))
                     keys.append((view.id, 0))
                     self.view_writes.setdefault((view.id, 0), []).append(
@@ -328,8 +329,8 @@ class _Tracer(TorchFunctionMode):
                 continue  # a copy made before the write, not a view: the write is not in it
             mod = self.nodes[wid].module
             nid = len(self.nodes)
-            self.nodes.append(Node(nid, self.unique(f"{mod}.write" if mod else "write"),
-                                   OpType.ELEMENTWISE, mod, "write",
+            self.nodes.append(Node(nid, self.unique(f"{mod}.{M.WRITE}" if mod else M.WRITE),
+                                   OpType.ELEMENTWISE, mod, M.WRITE,
                                    M.SetItemMeta(region, 1), (shape, w_shape), (shape,)))
             self.edges.append(Edge(src[1], src[2], nid, 0, shape, dtype))
             self.edges.append(Edge(wid, 0, nid, 1, w_shape, w_dtype))
@@ -951,7 +952,7 @@ def _einsum_meta(equation: str, ndims: list[int], out_ndim: int) -> M.EinsumMeta
 def _reduce_meta(name, func, args, kwargs, ins, outs) -> M.ReduceMeta:
     x, y = ins[0], outs[0]
     # (a norm's order comes first: torch.norm(x, 2, 1), torch.linalg.vector_norm(x, 2, 1))
-    dim = _arg(args, kwargs, 2 if name in _NORMS else 1, "dim", None)
+    dim = _arg(args, kwargs, 2 if name in ORDER_NORMS else 1, "dim", None)
     if isinstance(dim, torch.Tensor) or name in SHAPE_NORMS:
         dim = None
     if name in SHAPE_NORMS:
@@ -968,13 +969,8 @@ def _reduce_meta(name, func, args, kwargs, ins, outs) -> M.ReduceMeta:
                         and y.dim() == x.dim())
 
 
-#: ops whose result views all of their input (``view``, ``permute``, ``expand``): a write to
-#: the input through another view after they ran shows in them too (see earlier_views)
-_FULL_VIEWS = frozenset({OpType.RESHAPE, OpType.PERMUTE, OpType.EXPAND})
 #: ops whose other tensor argument gives only a dtype and device (``x.type_as(y)``)
 _DTYPE_FROM = frozenset({"type_as", "to"})
-#: reductions whose ``dim`` argument comes after the norm's order
-_NORMS = frozenset({"norm", "linalg_vector_norm", "linalg_norm"})
 
 
 def _inferred(name: str, args, y: torch.Tensor) -> int | None:
@@ -1208,12 +1204,17 @@ def _version(t: torch.Tensor) -> int | None:
         return None
 
 
+def _compiled(module: nn.Module) -> bool:
+    """Is ``module`` the wrapper ``torch.compile`` returns?"""
+    return type(module).__name__ == "OptimizedModule"
+
+
 def plain_module(model):
     """The module a ``torch.compile`` wrapper runs (its ``_orig_mod``), else ``model`` as it
     is: traced through the wrapper, dynamo would compile DepView's own hooks (and recompile
     them at every module), and every name would start with ``_orig_mod.``."""
     orig = getattr(model, "_orig_mod", None)
-    if isinstance(orig, nn.Module) and type(model).__name__ == "OptimizedModule":
+    if isinstance(orig, nn.Module) and _compiled(model):
         return orig
     return model
 
@@ -1225,12 +1226,12 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
     at random. The flags are set directly, so a ``train()`` override is not called.
 
     A ``torch.compile``'d submodule runs eagerly meanwhile: compiled, dynamo would compile
-    DepView's hooks into it and recompile at every module (a small block took a minute)."""
+    DepView's hooks into it and recompile at every module (14-55 s for a small block)."""
     # only the modules in train mode are touched, through their __dict__ (Module.__setattr__
     # costs a few microseconds a call: a tenth of a tiny model's forward for its ~20 modules)
     modules = list(model.modules())
     training = [m for m in modules if m.training]
-    compiled = any(type(m).__name__ == "OptimizedModule" for m in modules)
+    compiled = any(_compiled(m) for m in modules)
     for m in training:
         m.__dict__["training"] = False
     try:

@@ -20,6 +20,7 @@ from viewer.core.errors import DepViewError
 from viewer.core.graph import Graph, Node
 from viewer.core.groups import Group, group_of
 from viewer.core.meta import (
+    WRITE,
     ConcatMeta,
     EinsumMeta,
     ElementwiseMeta,
@@ -209,7 +210,7 @@ def meta_view(node: Node, hit: np.ndarray | None = None,
             rows.append(("moves positions along", ", ".join(f"dim {d}" for d in m.moves)))
         out.append(_kv(rows))
     elif isinstance(m, SetItemMeta):
-        what = ("a write through a view, by the op on input 1" if node.target == "write"
+        what = ("a write through a view, by the op on input 1" if node.target == WRITE
                 else "an index set")
         index = "x[mask]" if m.mask else m.region.index_text() if m.region else \
             "an index DepView does not model"
