@@ -190,6 +190,56 @@ def test_bad_ratio_is_one_clear_error(demo_pruner, ratio):
         p.plan(ratio)
 
 
+@pytest.mark.parametrize("kw, said", [({"ratio": "0.5"}, "ratio must be a number in"),
+                                      ({"ratio": True}, "ratio must be a number in"),
+                                      ({"round_to": "8"}, "round_to must be a whole number"),
+                                      ({"round_to": 2.5}, "round_to must be a whole number"),
+                                      ({"overrides": {0: "0.3"}}, "override ratio for group 0 "
+                                                                  "must be a number")])
+def test_a_setting_of_the_wrong_type_is_one_clear_error(demo_pruner, kw, said):
+    _, p = demo_pruner("cnn")
+    with pytest.raises(DepViewError, match=said):
+        p.plan(**{"ratio": 0.5, **kw})
+
+
+def _tiny_pruner():
+    m = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 5))
+    return Pruner(m.eval(), (torch.randn(2, 4),))
+
+
+@pytest.mark.parametrize("removed, said", [
+    ({"0": [100]}, r"removes unit 100 of group 0 \('0'\), which has 8 units \(0 to 7\)"),
+    ({"0": [-1]}, "removes unit -1 of group 0"),
+    ({"0": list(range(8))}, "removes all 8 units of group 0"),
+    ({"1": [0]}, "prunes group 1 \\('2'\\), which cannot be pruned: it reaches the model output"),
+    ({"7": [0]}, "names group 7, which this model does not have"),
+    ({"0": ["a"]}, "group and unit ids are integers"),
+])
+def test_a_plan_the_model_cannot_take_is_refused_in_one_line(removed, said):
+    p = _tiny_pruner()
+    assert [g.root for g in p.groups] == ["0", "2"]  # the hidden units, the output layer
+    with pytest.raises(DepViewError, match=said):
+        p.apply(p.plan_from_dict({"removed": removed}))
+    # the same plan made by hand is refused by apply itself (no layer of width 0, no output
+    # width changed, no unit silently ignored)
+    if removed != {"0": ["a"]}:
+        with pytest.raises(DepViewError, match=said):
+            p.apply(Plan({int(k): v for k, v in removed.items()}))
+    for bad in (None, {"removed": {}}):
+        with pytest.raises(DepViewError, match="expected a Plan"):
+            p.apply(bad)
+    with pytest.raises(DepViewError, match="expected a Plan"):
+        p.verify(p.model, None)
+
+
+def test_verify_reports_a_changed_output_shape_instead_of_crashing():
+    p = _tiny_pruner()
+    other = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    v = p.verify(other.eval(), Plan({}))
+    assert v["forward"] and not v["shapes_kept"]
+    assert v["masked_equivalence"] == {"skipped": "the output shapes changed"}
+
+
 def test_unknown_importance(demo_pruner):
     _, p = demo_pruner("cnn")
     with pytest.raises(DepViewError, match="unknown importance"):
@@ -226,13 +276,15 @@ def test_validation_finds_the_one_bad_group_among_many():
     p = Pruner(model, (x,))
     bad = p.validate_groups()
     assert [g.root for g in p.groups if g.id in bad] == ["convs.5"]
-    # oracle: each group shrunk on its own, with real tensors
+    # oracle: each group shrunk on its own, with real tensors (by a pruner that has not
+    # validated: p refuses to apply the groups validation blocked)
+    fresh = Pruner(model, (x,))
     for g in p.groups:
         if g.reason:
             continue
         alone = Plan({g.id: [g.n_units - 1]})
         try:
-            p.apply(alone)(x)
+            fresh.apply(alone)(x)
             fails = False
         except RuntimeError:
             fails = True

@@ -270,6 +270,21 @@ class KwBroken(nn.Module):
         return self.inner(input=x.t())
 
 
+@pytest.mark.parametrize("given, said", [(None, "input 0 is None, not a tensor"),
+                                         ("numpy", "input 0 is a numpy.ndarray, not a tensor"),
+                                         ("list", "input 0 is a list, not a tensor")])
+def test_an_input_that_is_not_a_tensor_is_named_in_one_line(given, said):
+    x = torch.randn(1, 3, 8, 8)
+    arg = {None: None, "numpy": x.numpy(), "list": x.tolist()}[given]
+    m = nn.Sequential(nn.Conv2d(3, 4, 3))
+    with pytest.raises(DepViewError) as err:
+        build_graph(m, (arg,))
+    msg = str(err.value)
+    assert said in msg and "with no tensor input" in msg and "\n" not in msg
+    # torch's list of signatures that followed is not announced on the line
+    assert not msg.endswith("expected one of:")
+
+
 def test_a_failing_module_called_by_keyword_says_so():
     with pytest.raises(DepViewError, match=r"'inner' \(Linear\) with its inputs given by keyword"):
         build_graph(KwBroken(), torch.randn(1, 4))

@@ -119,6 +119,18 @@ def _aliases(model: nn.Module) -> dict[str, list[str]]:
     return {ks[0]: ks for ks in by_id.values()} | {k: ks for ks in by_id.values() for k in ks}
 
 
+def _number(x) -> bool:
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
+
+
+def _fraction(what: str, x) -> None:
+    if not _number(x):
+        raise DepViewError(f"{what} must be a number in [0, 1), got {x!r} "
+                           f"({type(x).__name__})")
+    if not 0 <= x < 1:
+        raise DepViewError(f"{what} must be in [0, 1), got {x}")
+
+
 class Pruner:
     """One model, its graph and groups; plans, previews, applies and verifies.
 
@@ -236,14 +248,13 @@ class Pruner:
         together with ``global_``), keeping a multiple of ``round_to`` and at least one.
         ``batch`` (positional inputs as a tuple, or a dict) feeds the Taylor criterion; the
         example inputs are used when it is None."""
-        if not (isinstance(ratio, (int, float)) and 0 <= ratio < 1):
-            raise DepViewError(f"ratio must be in [0, 1), got {ratio}")
-        if int(round_to) < 1:
-            raise DepViewError(f"round_to must be >= 1, got {round_to}")
+        _fraction("ratio", ratio)
+        if not _number(round_to) or round_to != int(round_to) or round_to < 1:
+            raise DepViewError(f"round_to must be a whole number >= 1, got {round_to!r}")
+        round_to = int(round_to)
         overrides = dict(overrides or {})
         for gid, r in overrides.items():
-            if not 0 <= r < 1:
-                raise DepViewError(f"override ratio for group {gid} must be in [0, 1), got {r}")
+            _fraction(f"override ratio for group {gid}", r)
         ignore_set = parse_ignore(ignore) if not isinstance(ignore, set) else ignore
         self.check_names(ignore_set, overrides)
         settings = {"ratio": ratio, "importance": importance, "global": global_,
@@ -351,8 +362,46 @@ class Pruner:
                                f"{len(self.groups) - 1}; see the groups command)")
 
     def plan_from_dict(self, d: dict) -> Plan:
-        return Plan({int(k): list(v) for k, v in d.get("removed", {}).items()},
-                    d.get("settings", {}), {}, {int(k): v for k, v in d.get("skipped", {}).items()})
+        """A plan from its JSON form (``plan.json``'s ``removed``), checked against this model's
+        groups (see :meth:`check_plan`)."""
+        if not isinstance(d, dict) or not isinstance(d.get("removed", {}), dict):
+            raise DepViewError("a plan is a dict with \"removed\": {group id: [unit ids]}, got "
+                               f"{type(d).__name__}")
+        try:
+            plan = Plan({int(k): [int(u) for u in v] for k, v in d.get("removed", {}).items()},
+                        d.get("settings", {}), {},
+                        {int(k): v for k, v in d.get("skipped", {}).items()})
+        except (TypeError, ValueError) as exc:
+            raise DepViewError(f"a plan's group and unit ids are integers: {exc}") from exc
+        self.check_plan(plan)
+        return plan
+
+    def check_plan(self, plan: Plan) -> None:
+        """Refuse a plan that names no group of this model, a unit a group does not have,
+        every unit of a group (a layer with no channels), or a group that cannot be pruned
+        (the reason is given; a plan made by :meth:`plan` never does any of these)."""
+        if not isinstance(plan, Plan):
+            raise DepViewError(f"expected a Plan, got {type(plan).__name__} (a plan.json dict "
+                               "goes through plan_from_dict)")
+        by_id = {g.id: g for g in self.groups}
+        ignore = parse_ignore(plan.settings.get("ignore", ()))
+        for gid, units in plan.removed.items():
+            g = by_id.get(gid)
+            if g is None:
+                raise DepViewError(f"plan names group {gid}, which this model does not have "
+                                   f"(group ids are 0 to {len(self.groups) - 1})")
+            bad = sorted({u for u in units if not 0 <= u < g.n_units})
+            if bad:
+                raise DepViewError(f"plan removes unit {bad[0]} of group {gid} ('{g.root}'), "
+                                   f"which has {counted(g.n_units, 'unit')} (0 to "
+                                   f"{g.n_units - 1})")
+            if len(set(units)) >= g.n_units:
+                raise DepViewError(f"plan removes all {g.n_units} units of group {gid} "
+                                   f"('{g.root}'): its layers would have no channels left")
+            why = self.reason(g, ignore) if units else ""
+            if why:
+                raise DepViewError(f"plan prunes group {gid} ('{g.root}'), which cannot be "
+                                   f"pruned: {why}")
 
     # -- applying -------------------------------------------------------------------------
     def changes(self, plan: Plan) -> dict[str, dict[int, np.ndarray]]:
@@ -390,6 +439,7 @@ class Pruner:
     def apply(self, plan: Plan, device: str | None = None) -> nn.Module:
         """A pruned copy of the model. ``device="meta"`` builds it without memory (for
         previews); otherwise tensors are index-selected from the original."""
+        self.check_plan(plan)
         return materialize(self.model, self.graph, self.changes(plan), self.widths(plan),
                            device, self.size_attrs(plan))
 
@@ -764,6 +814,7 @@ class Pruner:
         """Forward on the example inputs, output shapes kept, and masked equivalence (when
         every pruned group is exact: no norm or softmax over pruned channels). ``untraced``
         lists parameters the example inputs never reached (see :meth:`untraced`)."""
+        self.check_plan(plan)
         res: dict = {"forward": False, "shapes_kept": False}
         if plan.removed and self.untraced():
             res["untraced"] = list(self.untraced())
@@ -779,7 +830,9 @@ class Pruner:
         res["shapes_kept"] = [t.shape for _, t in fo] == [t.shape for _, t in fp]
         by_id = {g.id: g for g in self.groups}
         inexact = [gid for gid in plan.removed if not by_id[gid].exact]
-        if masked and not inexact and _real(self.model):
+        if not res["shapes_kept"]:
+            res["masked_equivalence"] = {"skipped": "the output shapes changed"}
+        elif masked and not inexact and _real(self.model):
             out_m = flatten(run(self.masked_model(plan), self.inputs))
             diffs = [float((a.float() - b.float()).abs().max()) for (_, a), (_, b)
                      in zip(out_m, fp, strict=True) if a.is_floating_point()]

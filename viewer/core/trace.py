@@ -114,6 +114,20 @@ def _tensors(obj, out: list) -> list:
 _DTYPE_NAMES: dict[torch.dtype, str] = {}
 
 
+def _type_name(v) -> str:
+    t = type(v)
+    return "None" if v is None else "a " + (t.__name__ if t.__module__ == "builtins"
+                                            else f"{t.__module__.split('.')[0]}.{t.__name__}")
+
+
+def _looks_like_data(v) -> bool:
+    """None, an array or a list of numbers: what a user meant as a tensor when the forward
+    then fails (ints, strings and flags are a model's ordinary keyword options)."""
+    if v is None or hasattr(v, "__array__"):
+        return True
+    return isinstance(v, (list, tuple)) and bool(v) and isinstance(v[0], (list, float))
+
+
 def _dtype(t: torch.Tensor) -> str:
     dtype = t.dtype
     name = _DTYPE_NAMES.get(dtype)
@@ -434,7 +448,8 @@ class _Tracer(TorchFunctionMode):
                         shapes = [list(t.shape) for t in _tensors(in_args, [])]
                         path = self.module_names.get(id(module), "")
                         given = (f"with input shapes {shapes}" if shapes
-                                 else "with its inputs given by keyword")
+                                 else "with its inputs given by keyword" if not in_args
+                                 else "with no tensor input")
                         self.failure = (f"in module '{path or '<root>'}' "
                                         f"({type(module).__name__}) {given}")
                 elif atomic:
@@ -1306,11 +1321,18 @@ def build_graph(model: nn.Module, example_inputs=(), example_kwargs: dict | None
         tracer.flush()
     except Exception as exc:
         where = tracer.failure or f"in {type(model).__name__}.forward"
-        first = (str(exc).strip().splitlines() or [""])[0]
+        # torch's "... got (NoneType, ...), but expected one of:" lists the signatures below
+        first = (str(exc).strip().splitlines() or [""])[0].removesuffix(
+            ", but expected one of:")
         shapes = [list(t.shape) for _, t in _name_inputs(arg_names, args, kwargs)]
+        given = f"model inputs {shapes}"
+        others = [f"{k} is {_type_name(v)}" for k, v in
+                  list(enumerate(args)) + list(kwargs.items())
+                  if not isinstance(v, torch.Tensor) and _looks_like_data(v)]
+        if others:  # a numpy array or a nested list given where a tensor was meant
+            given += f"; input {others[0]}, not a tensor"
         raise DepViewError(
-            f"model forward failed {where} (model inputs {shapes}): "
-            f"{type(exc).__name__}: {first}"
+            f"model forward failed {where} ({given}): {type(exc).__name__}: {first}"
         ) from exc
     finally:
         for h in handles:
