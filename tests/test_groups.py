@@ -1329,3 +1329,37 @@ def test_a_view_made_before_a_write_sees_it_a_copy_does_not(copy):
         assert [p.graph.nodes[e.source].name for e in p.graph.in_edges[writes[0].id]][0] \
             == "flatten"
         assert not g.prunable and "writes into a tensor through a view" in g.reason
+
+
+class ChunkReachedFromItsParts(nn.Module):
+    """``side`` is traced first, so its group reaches the chunk from part 2's side (ProphetNet's
+    ``hidden_states.chunk(1 + ngram, 1)`` did so through its decoder)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 12)
+        self.side = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        s = self.side(x)
+        a, b, c = self.fc(x).chunk(3, dim=-1)
+        return self.head(s + c + b + a)
+
+
+def test_a_chunk_reached_from_a_later_part_keeps_that_parts_positions():
+    from viewer.core.prune import Plan, Pruner
+
+    torch.manual_seed(0)
+    m, x = ChunkReachedFromItsParts().eval(), torch.randn(2, 4)
+    p = Pruner(m, (x,))
+    owners = [g for g in p.groups if any(mm.node_name == "side" for mm in g.members)]
+    assert len(owners) == 1  # was also alone in a group blocked by an IndexError
+    g = owners[0]
+    assert not p.reason(g) and g.n_units == 4
+    # position r of every part goes with unit r of side: fc rows r, 4 + r, 8 + r
+    fc = g.member("fc")
+    assert sorted(fc.indices([1]).tolist()) == [1, 5, 9]
+    plan = Plan({g.id: [1, 2]})
+    v = p.verify(p.apply(plan), plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"]

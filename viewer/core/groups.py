@@ -614,7 +614,7 @@ def _split_rule(g, node, side, port, dim, units, pos, ctx):
             ctx.block(f"'{node.name}' splits into uneven parts whose sizes torch computes")
             return []
         size = meta.sizes[0]
-        rel = pos - offs[port] if side == "out" else pos % size
+        rel = pos if side == "out" else pos % size  # a part's positions are its own
         flows = [Flow("out", p, dim, units, rel) for p in range(len(meta.sizes))
                  if (side, port) != ("out", p)]
         allp = (rel[:, None] + np.asarray(offs)[None, :]).reshape(-1)
@@ -1834,7 +1834,10 @@ def outer_alternative(graph: Graph, group: Group) -> Group | None:
     if key not in group.tensors:
         return None
     pos = np.unique(group.tensors[key][0])
-    alt = _search(graph, root, "out", d, pos, group.id, outer=True)
+    try:
+        alt = _search(graph, root, "out", d, pos, group.id, outer=True)
+    except (DepViewError, IndexError, ValueError):  # a rule failed: no alternative
+        return None
     same = alt.n_units == group.n_units and \
         [(m.node, m.side, m.dim) for m in alt.members] == \
         [(m.node, m.side, m.dim) for m in group.members]
