@@ -343,3 +343,17 @@ def test_the_group_panel_says_what_a_unit_spans_when_members_own_several_indices
     assert per > 1 and f"{per} of fc1 (in)" in unit_spans(flat)
     plain = next(g for g in cnn if g.root == "features.0")
     assert unit_spans(plain) == ""  # one index per unit everywhere: nothing to explain
+
+
+def test_a_group_the_preview_left_at_its_width_says_why(store):
+    from viewer.core.prune import Plan
+
+    session = store.session("resnet")
+    gid = cb.inspect(store, "resnet", _op("layer1.0.conv1")).group_value
+    why = "at the planned width (2 of 16 units kept) the model runs other ops"
+    session.preview_plan = Plan({}, {}, {}, {gid: why})
+    try:
+        text = _text(cb.inspect(store, "resnet", _op("layer1.0.conv1")).group_panel)
+    finally:
+        session.preview_plan = None
+    assert "preview leaves it" in text and why in text and '"prunable"' in text

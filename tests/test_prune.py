@@ -1305,3 +1305,48 @@ def test_verification_draws_the_same_random_numbers_for_every_model():
     v = p.verify(p.apply(plan), plan)
     assert plan.removed and v["masked_equivalence"]["ok"], v
     assert torch.equal(torch.get_rng_state(), state)  # the caller's random state is kept
+
+
+class SizeComparedInPython(torch.nn.Module):
+    """HF Hiera's layer: a projection that runs only while two sizes differ, and a view by the
+    attribute DepView learns to set. Pruning 8 of the 16 outputs makes them equal."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = torch.nn.Linear(4, 8)
+        self.hidden_size, self.hidden_size_output = 8, 16
+        self.proj = torch.nn.Linear(8, 16)
+        self.fc = torch.nn.Linear(8, 16)
+        self.head = torch.nn.Linear(16, 3)
+
+    def forward(self, x):
+        x = self.inp(x)
+        b, n, _ = x.shape
+        res = x
+        if self.hidden_size != self.hidden_size_output:
+            res = self.proj(x).view(b, n, self.hidden_size_output)
+        return self.head(res + self.fc(x))
+
+
+def test_a_plan_is_checked_at_its_own_widths_not_only_at_validations_probe():
+    torch.manual_seed(0)
+    m, x = SizeComparedInPython().eval(), torch.randn(1, 5, 4)
+    p = Pruner(m, (x,))
+    plan = p.plan(0.5)
+    wide = next(g for g in p.groups if g.n_units == 16)
+    assert p.sets(wide) == ["hidden_size_output"] and not p.reason(wide)
+    # at 8 of 16 the branch flips: the group leaves the plan, saying why
+    assert wide.id not in plan.removed
+    assert plan.skipped[wide.id].startswith("at the planned width (8 of 16 units kept) the "
+                                            "model runs other ops")
+    v = p.verify(p.apply(plan), plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"]
+    # other widths keep the branch and stay in the plan, exactly
+    for ratio in (0.3, 0.7):
+        plan = p.plan(ratio)
+        assert wide.id in plan.removed
+        v = p.verify(p.apply(plan), plan)
+        assert v["forward"] and v["masked_equivalence"]["ok"]
+    # what the check prevented: that group at 8 units computes something else
+    flipped = Plan({wide.id: list(range(8))})
+    assert not p.verify(p.apply(flipped), flipped)["masked_equivalence"]["ok"]

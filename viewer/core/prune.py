@@ -150,6 +150,8 @@ class Pruner:
         self.groups = list(groups) if groups is not None else all_groups(self.graph)
         self.output_layers = list(output_layers)
         self._validated: dict[int, str] = {}
+        self._probes: dict | None = None  # what validation's probes compare with (_probe)
+        self._width_checks: dict[tuple, dict[int, str]] = {}  # plan -> groups failing in it
         self._sets: dict[int, list[SizeAttr]] = {}  # group id -> attributes it must update
         self._before: dict | None = None
         # False once the unpruned model failed on the meta device (a kernel whose meta version
@@ -298,8 +300,62 @@ class Pruner:
             if k:
                 order = np.argsort(scores[g.id], kind="stable")
                 removed[g.id] = self._keep_every_part(g, order, k)
-        return Plan(removed, settings, {k: [float(x) for x in v] for k, v in scores.items()},
+        plan = Plan(removed, settings, {k: [float(x) for x in v] for k, v in scores.items()},
                     skipped)
+        if validate:
+            self._check_widths(plan)
+        return plan
+
+    def _check_widths(self, plan: Plan) -> None:
+        """Validation shrinks each group by one unit; a plan shrinks it further, and a width
+        may take the model down another path: HF Hiera's ``if self.hidden_size !=
+        self.hidden_size_output`` skips a projection once the attribute DepView sets reaches
+        the other's value, and the pruned model runs, computing something else. So the plan
+        itself is probed the same way (one run when it is fine); a group that breaks the
+        model at its planned width leaves the plan, with the reason, in ``skipped``."""
+        by_id = {g.id: g for g in self.groups}
+        key = tuple(sorted((k, tuple(v)) for k, v in plan.removed.items()))
+        bad = self._width_checks.get(key)
+        if bad is None:
+            bad = self._width_checks[key] = self._failing_widths(plan, by_id)
+        for gid, err in sorted(bad.items()):
+            g = by_id[gid]
+            kept = g.n_units - len(plan.removed.pop(gid))
+            err = err.replace("when this group shrinks, ", "").replace(
+                " when this group shrinks", "")
+            plan.skipped[gid] = f"at the planned width ({kept} of {g.n_units} units kept) {err}"
+
+    def _failing_widths(self, plan: Plan, by_id: dict[int, Group]) -> dict[int, str]:
+        bad: dict[int, str] = {}
+
+        def run(gids: list[int]) -> str:
+            return self._probe(Plan({k: plan.removed[k] for k in gids}),
+                               [by_id[k] for k in gids])
+
+        def check(gids: list[int]) -> None:
+            err = run(gids)
+            if not err:
+                return
+            if len(gids) == 1:
+                bad[gids[0]] = err
+                return
+            half = len(gids) // 2
+            check(gids[:half])
+            check(gids[half:])
+            ok = [k for k in gids if k not in bad]
+            if len(ok) == len(gids) or (len(ok) > 1 and run(ok)):
+                # each half runs, together they do not: add one group at a time
+                kept: list[int] = []
+                for k in ok:
+                    err = run(kept + [k])
+                    if err:
+                        bad[k] = f"{err}, together with other groups of the plan"
+                    else:
+                        kept.append(k)
+
+        if plan.removed:
+            check(sorted(plan.removed))
+        return bad
 
     def _keep_every_part(self, g: Group, order: np.ndarray, k: int) -> list[int]:
         """The ``k`` least important units of ``g`` (``order``), except that a split whose part
@@ -586,80 +642,12 @@ class Pruner:
         model alone, never on timings, so validation stays deterministic; a real run checks
         at least what a meta one does. (Previews still count MACs on meta: torch's fused CPU
         kernels for LSTM and attention hide their matmuls from the flop counter.)"""
-        meta_inputs = _to_meta(self.inputs)
-        traced: list[Graph] = []
-        real_base: list[Graph] = []  # the unpruned copy traced for real (see probe)
-        names: dict[int, dict[str, str]] = {}  # id(baseline) -> its names of our nodes
-        # probes run on real tensors: a small model with real weights
-        real = (_real(self.model) and _tensor_bytes(self.model) <= REAL_PROBE_BYTES
-                and _activation_elements(self.graph) <= REAL_PROBE_ELEMENTS)
-
-        def meta_graph() -> Graph | None:
-            """The unpruned model traced on meta, what a pruned trace is compared with (code
-            may take other paths on meta than on real tensors); None when a model with real
-            weights does not run on meta at all: validation then runs on real tensors."""
-            if not traced:
-                if not self._meta_ok and _real(self.model):
-                    traced.append(None)
-                    return None
-                try:
-                    traced.append(build_graph(
-                        materialize(self.model, self.graph, {}, {}, "meta"), meta_inputs))
-                except DepViewError:
-                    if not _real(self.model):
-                        raise
-                    self._meta_ok = False
-                    traced.append(None)
-            return traced[0]
-
         def attempt(gs: list[Group], sets: dict[int, list[SizeAttr]] | None = None) -> str:
             """The groups shrunk by their first units, then by their last ("" if both run)."""
             return probe(gs, sets, "first") or probe(gs, sets, "last")
 
         def probe(gs: list[Group], sets: dict[int, list[SizeAttr]] | None, end: str) -> str:
-            plan = Plan({g.id: _probe_units(g, end) for g in gs})
-            try:
-                changes, widths = self.changes(plan), self.widths(plan)
-                attrs = self.size_attrs(plan, sets)
-                if real:
-                    # compared with a fresh copy run the same way, not with the first trace:
-                    # a module may cache something on its first real run (LeViT caches its
-                    # attention biases per device), and copies inherit the cache
-                    if not real_base:
-                        real_base.append(build_graph(materialize(
-                            self.model, self.graph, {}, {}, None), _copied(self.inputs)))
-                    before, after = real_base[0], build_graph(materialize(
-                        self.model, self.graph, changes, widths, None, attrs),
-                        _copied(self.inputs))
-                else:
-                    before, after = meta_graph(), None
-                    if before is not None:
-                        try:
-                            after = build_graph(materialize(self.model, self.graph, changes,
-                                                            widths, "meta", attrs), meta_inputs)
-                        except DepViewError as err:
-                            exc = err.__cause__ or err
-                            # data-dependent Python (``.item()``) cannot run on meta
-                            if not isinstance(exc, (RuntimeError, NotImplementedError)) or \
-                                    "meta" not in str(exc) or not _real(self.model):
-                                raise exc from None
-                    if after is None:  # real tensors, compared with the first trace
-                        before, after = self.graph, build_graph(
-                            materialize(self.model, self.graph, changes, widths, None, attrs),
-                            _copied(self.inputs))
-            except Exception as exc:
-                if isinstance(exc, DepViewError):  # a traced forward failed: show its error
-                    exc = exc.__cause__ or exc
-                msg = (str(exc).strip().splitlines() or [""])[0][:160]
-                hint = _VIEW_HINT if "is invalid for input of size" in msg else ""
-                return (f"the model's forward fails when this group shrinks "
-                        f"({type(exc).__name__}: {msg}){hint}")
-            if id(before) not in names:
-                names[id(before)] = _aligned_names(self.graph, before)
-            name = names[id(before)]
-            owned = {(name.get(n := self.graph.nodes[k[0]].name, n), k[1], k[2])
-                     for g in gs for k in g.tensors}
-            return _moved(before, after, owned)
+            return self._probe(Plan({g.id: _probe_units(g, end) for g in gs}), gs, sets)
 
         def repair(g: Group) -> bool:
             """A group that fails alone: if it shrinks a split or view size that equals integer
@@ -758,6 +746,83 @@ class Pruner:
                     self._sets.pop(gid, None)
                 break
         return {k: v for k, v in self._validated.items() if v}
+
+    def _probe(self, plan: Plan, gs: list[Group],
+               sets: dict[int, list[SizeAttr]] | None = None) -> str:
+        """Run the model pruned by ``plan`` (with the attributes its groups set, and ``sets``
+        being tried) and compare its trace with the unpruned model's: "" when it runs and only
+        the shapes ``gs`` own changed, else why not. Small models with real weights run for
+        real, others on meta (see :meth:`validate_groups`); the unpruned traces are kept."""
+        st = self._probes
+        if st is None:
+            st = self._probes = {
+                "meta_inputs": _to_meta(self.inputs), "traced": [], "real_base": [],
+                "names": {},  # id(baseline) -> its names of our nodes
+                # probes run on real tensors: a small model with real weights
+                "real": (_real(self.model) and _tensor_bytes(self.model) <= REAL_PROBE_BYTES
+                         and _activation_elements(self.graph) <= REAL_PROBE_ELEMENTS)}
+        meta_inputs, traced, real_base = st["meta_inputs"], st["traced"], st["real_base"]
+
+        def meta_graph() -> Graph | None:
+            """The unpruned model traced on meta, what a pruned trace is compared with (code
+            may take other paths on meta than on real tensors); None when a model with real
+            weights does not run on meta at all: validation then runs on real tensors."""
+            if not traced:
+                if not self._meta_ok and _real(self.model):
+                    traced.append(None)
+                    return None
+                try:
+                    traced.append(build_graph(
+                        materialize(self.model, self.graph, {}, {}, "meta"), meta_inputs))
+                except DepViewError:
+                    if not _real(self.model):
+                        raise
+                    self._meta_ok = False
+                    traced.append(None)
+            return traced[0]
+
+        try:
+            changes, widths = self.changes(plan), self.widths(plan)
+            attrs = self.size_attrs(plan, sets)
+            if st["real"]:
+                # compared with a fresh copy run the same way, not with the first trace:
+                # a module may cache something on its first real run (LeViT caches its
+                # attention biases per device), and copies inherit the cache
+                if not real_base:
+                    real_base.append(build_graph(materialize(
+                        self.model, self.graph, {}, {}, None), _copied(self.inputs)))
+                before, after = real_base[0], build_graph(materialize(
+                    self.model, self.graph, changes, widths, None, attrs),
+                    _copied(self.inputs))
+            else:
+                before, after = meta_graph(), None
+                if before is not None:
+                    try:
+                        after = build_graph(materialize(self.model, self.graph, changes,
+                                                        widths, "meta", attrs), meta_inputs)
+                    except DepViewError as err:
+                        exc = err.__cause__ or err
+                        # data-dependent Python (``.item()``) cannot run on meta
+                        if not isinstance(exc, (RuntimeError, NotImplementedError)) or \
+                                "meta" not in str(exc) or not _real(self.model):
+                            raise exc from None
+                if after is None:  # real tensors, compared with the first trace
+                    before, after = self.graph, build_graph(
+                        materialize(self.model, self.graph, changes, widths, None, attrs),
+                        _copied(self.inputs))
+        except Exception as exc:
+            if isinstance(exc, DepViewError):  # a traced forward failed: show its error
+                exc = exc.__cause__ or exc
+            msg = (str(exc).strip().splitlines() or [""])[0][:160]
+            hint = _VIEW_HINT if "is invalid for input of size" in msg else ""
+            return (f"the model's forward fails when this group shrinks "
+                    f"({type(exc).__name__}: {msg}){hint}")
+        if id(before) not in st["names"]:
+            st["names"][id(before)] = _aligned_names(self.graph, before)
+        name = st["names"][id(before)]
+        owned = {(name.get(n := self.graph.nodes[k[0]].name, n), k[1], k[2])
+                 for g in gs for k in g.tensors}
+        return _moved(before, after, owned)
 
     def _size_attr_candidates(self, group: Group) -> list[SizeAttr]:
         """Public int attributes of the module that ran a call with a fixed size the group

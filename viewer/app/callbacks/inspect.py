@@ -336,6 +336,10 @@ def group_panel(pruner: Pruner, group: Group, model_group: bool, note: str,
         which = "unit" if len(removed) == 1 else "units"
         rows.append(("preview removes", f"{len(removed)} of {group.n_units} {which} "
                                         f"({which} {unbroken(styles.ranges(removed))})"))
+    plan = session.preview_plan
+    left = plan.skipped.get(group.id) if model_group and plan is not None and not reason else None
+    if left:  # prunable, but not at the width the preview's ratio gives it
+        rows.append(("preview leaves it", left))
     out = [html.H4(head), status, _kv(rows)]
     spans = unit_spans(group)
     if spans:
