@@ -1350,3 +1350,37 @@ def test_a_plan_is_checked_at_its_own_widths_not_only_at_validations_probe():
     # what the check prevented: that group at 8 units computes something else
     flipped = Plan({wide.id: list(range(8))})
     assert not p.verify(p.apply(flipped), flipped)["masked_equivalence"]["ok"]
+
+
+class Top1Experts(torch.nn.Module):
+    """Switch-style routing by boolean masks: how many tokens ``x[m]`` picks is the data's."""
+
+    def __init__(self, d=16, n=2):
+        super().__init__()
+        self.inp, self.router = torch.nn.Linear(8, d), torch.nn.Linear(d, n)
+        self.experts = torch.nn.ModuleList([torch.nn.Linear(d, d) for _ in range(n)])
+        self.head = torch.nn.Linear(d, 3)
+
+    def forward(self, x):
+        x = self.inp(x)
+        gate, idx = torch.softmax(self.router(x), -1).max(-1)
+        out = torch.zeros_like(x)
+        for e, ex in enumerate(self.experts):
+            m = idx == e
+            out[m] = gate[m].unsqueeze(-1) * ex(x[m])
+        return self.head(x + out)
+
+
+def test_token_counts_the_routing_picks_may_change_when_the_router_input_is_pruned():
+    torch.manual_seed(0)
+    m, x = Top1Experts().eval(), torch.randn(24, 8)
+    p = Pruner(m, (x,))
+    width = p.groups[0]
+    assert width.root == "inp" and width.n_units == 16
+    # the router reads the width: pruning it moves tokens between experts (x[m] gave 8
+    # rows, then 7), which the pruned model does exactly as the masked original does
+    assert p.reason(width) == ""
+    plan = p.plan(0.5)
+    assert width.id in plan.removed
+    v = p.verify(p.apply(plan), plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"]

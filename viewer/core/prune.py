@@ -762,6 +762,7 @@ class Pruner:
                 "real": (_real(self.model) and _tensor_bytes(self.model) <= REAL_PROBE_BYTES
                          and _activation_elements(self.graph) <= REAL_PROBE_ELEMENTS)}
         meta_inputs, traced, real_base = st["meta_inputs"], st["traced"], st["real_base"]
+        traced_meta = None  # the baseline, when the probe ran on meta
 
         def meta_graph() -> Graph | None:
             """The unpruned model traced on meta, what a pruned trace is compared with (code
@@ -796,6 +797,7 @@ class Pruner:
                     _copied(self.inputs))
             else:
                 before, after = meta_graph(), None
+                traced_meta = before
                 if before is not None:
                     try:
                         after = build_graph(materialize(self.model, self.graph, changes,
@@ -819,10 +821,24 @@ class Pruner:
                     f"({type(exc).__name__}: {msg}){hint}")
         if id(before) not in st["names"]:
             st["names"][id(before)] = _aligned_names(self.graph, before)
-        name = st["names"][id(before)]
-        owned = {(name.get(n := self.graph.nodes[k[0]].name, n), k[1], k[2])
-                 for g in gs for k in g.tensors}
-        return _moved(before, after, owned)
+        moved = _moved(before, after, self._owned(gs, st["names"][id(before)]))
+        if moved and before is not traced_meta and _real(self.model):
+            # a size that moved on real tensors may be the data's: pruning the channels a
+            # top-1 router reads changes which tokens ``x[mask]`` picks (and a loop over the
+            # experts picked runs other ops). The original model with those channels zeroed
+            # routes as the pruned one does; compared with it, only what the groups own may
+            # move, and the same ops must run
+            try:
+                masked = build_graph(self.masked_model(plan), _copied(self.inputs))
+            except DepViewError:
+                return moved
+            moved = _moved(masked, after, self._owned(gs, _aligned_names(self.graph, masked)))
+        return moved
+
+    def _owned(self, gs: list[Group], name: dict[str, str]) -> set[tuple[str, int, int]]:
+        """The tensor dims ``gs`` own, as (node name in another trace, port, dim)."""
+        return {(name.get(n := self.graph.nodes[k[0]].name, n), k[1], k[2])
+                for g in gs for k in g.tensors}
 
     def _size_attr_candidates(self, group: Group) -> list[SizeAttr]:
         """Public int attributes of the module that ran a call with a fixed size the group
