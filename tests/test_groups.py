@@ -1363,3 +1363,25 @@ def test_a_chunk_reached_from_a_later_part_keeps_that_parts_positions():
     plan = Plan({g.id: [1, 2]})
     v = p.verify(p.apply(plan), plan)
     assert v["forward"] and v["masked_equivalence"]["ok"]
+
+
+class CrossAttention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.kv, self.q = nn.Linear(6, 12), nn.Linear(6, 32)
+        self.att = nn.MultiheadAttention(32, 4, kdim=12, vdim=12, batch_first=True)
+        self.o = nn.Linear(32, 2)
+
+    def forward(self, x, lat):
+        kv = torch.relu(self.kv(x))
+        return self.o(self.att(self.q(lat), kv, kv, need_weights=False)[0])
+
+
+def test_mha_with_its_own_key_width_blocks_the_group_feeding_it_with_the_reason():
+    g = build_graph(CrossAttention().eval(), (torch.randn(2, 7, 6), torch.randn(2, 3, 6)))
+    groups = {grp.root: grp for grp in all_groups(g)}
+    # was structurally "prunable" (the rule ignored a width that is not embed_dim), and
+    # validation then blocked it with torch's assertion about k_proj_weight's shape
+    assert groups["kv"].reasons == ["'att' has kdim/vdim different from embed_dim: its key "
+                                    "and value widths are not pruned"]
+    assert "not supported" in groups["q"].reason

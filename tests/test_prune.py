@@ -1384,3 +1384,32 @@ def test_token_counts_the_routing_picks_may_change_when_the_router_input_is_prun
     assert width.id in plan.removed
     v = p.verify(p.apply(plan), plan)
     assert v["forward"] and v["masked_equivalence"]["ok"]
+
+
+ASSERTS_ITS_WIDTH = """
+import torch
+
+
+class AssertsItsWidth(torch.nn.Module):
+    def __init__(self, d=8):
+        super().__init__()
+        self.embed_dim, self.fc = d, torch.nn.Linear(d, d)
+
+    def forward(self, x):
+        assert x.shape[-1] == self.embed_dim
+        return self.fc(x)
+"""
+
+
+def test_a_bare_assert_that_fails_says_where_and_what(tmp_path, monkeypatch):
+    # a module of its own: pytest rewrites the asserts of test files into messages
+    (tmp_path / "asserting.py").write_text(ASSERTS_ITS_WIDTH)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from asserting import AssertsItsWidth
+
+    m = torch.nn.Sequential(torch.nn.Linear(4, 8), AssertsItsWidth(), torch.nn.Linear(8, 2))
+    p = Pruner(m.eval(), (torch.randn(2, 4),))
+    p.validate_groups()
+    assert p.reason(p.groups[0]) == (
+        "the model's forward fails when this group shrinks (AssertionError: at asserting.py:11: "
+        "assert x.shape[-1] == self.embed_dim)")

@@ -1223,9 +1223,15 @@ def _mha_rule(g, node, side, port, dim, units, pos, ctx):
     channels removes k / num_heads inner dims from every head (chosen by their own weights)."""
     shape = node.in_shapes[port] if side == "in" else node.out_shapes[port]
     e = int(node.attrs.get("embed_dim", 0))
+    separate = node.attrs.get("kdim", e) != e or node.attrs.get("vdim", e) != e
+    if separate and side == "in" and port in (1, 2) and dim == len(shape) - 1:
+        # its key/value width is kdim/vdim, read by k_proj_weight/v_proj_weight columns
+        ctx.block(f"'{node.name}' has kdim/vdim different from embed_dim: its key and value "
+                  "widths are not pruned")
+        return []
     if dim != len(shape) - 1 or shape[-1] != e or (side == "out" and port != 0):
         return []
-    if node.attrs.get("kdim", e) != e or node.attrs.get("vdim", e) != e:
+    if separate:
         ctx.block(f"'{node.name}' has kdim/vdim different from embed_dim: not supported")
         return []
     heads = int(node.attrs.get("num_heads", 1))

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import copy
 import math
+import traceback
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -815,7 +817,7 @@ class Pruner:
         except Exception as exc:
             if isinstance(exc, DepViewError):  # a traced forward failed: show its error
                 exc = exc.__cause__ or exc
-            msg = (str(exc).strip().splitlines() or [""])[0][:160]
+            msg = (str(exc).strip().splitlines() or [""])[0][:160] or _raised_at(exc)
             hint = _VIEW_HINT if "is invalid for input of size" in msg else ""
             return (f"the model's forward fails when this group shrinks "
                     f"({type(exc).__name__}: {msg}){hint}")
@@ -1013,6 +1015,16 @@ def _moved(before: Graph, after: Graph, owned: set[tuple[str, int, int]]) -> str
                 return (f"when this group shrinks, '{a.name}' gives {list(sb)} instead of "
                         f"{list(sa)}: a size the group does not own moved (a -1 in a view?)")
     return ""
+
+
+def _raised_at(exc: BaseException) -> str:
+    """Where an exception without a message (a bare ``assert``) was raised: the file, line and
+    code of the innermost frame."""
+    tb = traceback.extract_tb(exc.__traceback__)
+    if not tb:
+        return ""
+    f = tb[-1]
+    return f"at {Path(f.filename).name}:{f.lineno}: {(f.line or '').strip()[:120]}"
 
 
 def _overlap(a: Group, b: Group) -> bool:
