@@ -1385,3 +1385,49 @@ def test_mha_with_its_own_key_width_blocks_the_group_feeding_it_with_the_reason(
     assert groups["kv"].reasons == ["'att' has kdim/vdim different from embed_dim: its key "
                                     "and value widths are not pruned"]
     assert "not supported" in groups["q"].reason
+
+
+class OutInWeight(nn.Module):
+    """A weight stored (out, in) as torch's layers store theirs, used as ``x @ W.t()``."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.fc2 = nn.Linear(4, 8), nn.Linear(32, 3)
+        self.W = nn.Parameter(torch.randn(32, 8))
+
+    def forward(self, x):
+        return self.fc2(F.relu(self.inp(x) @ self.W.t()))
+
+
+class KANLayer(nn.Module):
+    """Chebyshev-KAN coefficients (in, out, degree) contracted by einsum."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.fc2 = nn.Linear(4, 8), nn.Linear(32, 3)
+        self.coeffs = nn.Parameter(torch.randn(8, 32, 4))
+        self.register_buffer("ar", torch.arange(4))
+
+    def forward(self, x):
+        t = torch.tanh(self.inp(x)).unsqueeze(-1).expand(-1, -1, 4).acos()
+        return self.fc2(F.relu(torch.einsum("bid,iod->bo", (t * self.ar).cos(), self.coeffs)))
+
+
+@pytest.mark.parametrize("cls, weight, dim", [(OutInWeight, "W", 0), (KANLayer, "coeffs", 1)])
+def test_a_bare_weight_creates_channels_along_a_dim_that_is_not_its_last(cls, weight, dim):
+    from viewer.core.prune import Plan, Pruner
+
+    torch.manual_seed(0)
+    m, x = cls().eval(), torch.randn(3, 4)
+    p = Pruner(m, (x,))
+    # the 32 hidden units fc2 reads had no group at all
+    hidden = [g for g in p.groups if any(mm.node_name == "fc2" and mm.side == "in"
+                                         for mm in g.members)]
+    assert len(hidden) == 1 and hidden[0].n_units == 32 and not p.reason(hidden[0])
+    assert hidden[0].member(weight).dim == dim
+    plan = Plan({hidden[0].id: list(range(0, 32, 2))})
+    pruned = p.apply(plan)
+    assert getattr(pruned, weight).shape[dim] == 16 and pruned.fc2.in_features == 16
+    assert p.verify(pruned, plan)["masked_equivalence"]["ok"]
+    assert [(g.root, g.n_units) for g in all_groups(p.graph, reuse=False)] == \
+        [(g.root, g.n_units) for g in p.groups]

@@ -1595,6 +1595,37 @@ _ROOT_TYPES = frozenset((OpType.CONV, OpType.CONV_TRANSPOSE, OpType.CUSTOMIZED)
                        + _ROOT_LAST_DIM)
 
 
+def _contracted_weight_dims(graph: Graph, roots: list[tuple[Node, int]]
+                            ) -> list[tuple[Node, int]]:
+    """The other dims of bare parameters that a matmul, einsum or functional linear takes
+    (through transposes): a weight stored (out, in) and used as ``x @ W.t()``, or a KAN
+    layer's (in, out, degree) coefficients, creates channels along a dim that is not its
+    last. Rooted after every other root, so each starts a group only if none reached it."""
+    first = {node.id: d for node, d in roots}
+    out = []
+    for node in graph.nodes:
+        if node.op_type is not OpType.PARAMETER or node.id not in first or \
+                len(node.out_shapes[0]) < 2 or not _contracted(graph, node.id):
+            continue
+        out += [(node, d) for d, size in enumerate(node.out_shapes[0])
+                if d != first[node.id] and size > 1]
+    return out
+
+
+def _contracted(graph: Graph, nid: int) -> bool:
+    """Does the tensor ``nid`` makes reach a matmul, einsum or linear, through permutes?"""
+    todo, seen = [nid], set()
+    while todo:
+        for e in graph.consumers.get((todo.pop(), 0), ()):
+            t = graph.nodes[e.target].op_type
+            if t in (OpType.MATMUL, OpType.LINEAR):
+                return True
+            if t is OpType.PERMUTE and e.target not in seen:
+                seen.add(e.target)
+                todo.append(e.target)
+    return False
+
+
 def _guess_dim(node: Node, shape: tuple[int, ...]) -> int:
     if node.op_type in OpGroup.CHANNEL_FIRST or (
             len(shape) in (4, 5) and node.op_type not in OpGroup.CHANNEL_LAST):
@@ -1997,6 +2028,7 @@ def all_groups(graph: Graph, reuse: bool = True) -> list[Group]:
     """
     roots = [(node, d) for node in graph.nodes
              if node.op_type in _ROOT_TYPES and (d := root_dim(node)) is not None]
+    roots += _contracted_weight_dims(graph, roots)
     root_keys = {(node.id, 0, d) for node, d in roots}
     covered: dict[TensorKey, np.ndarray] = {}  # root tensors: positions some group owns
     groups: list[Group] = []
