@@ -1431,3 +1431,35 @@ def test_a_bare_weight_creates_channels_along_a_dim_that_is_not_its_last(cls, we
     assert p.verify(pruned, plan)["masked_equivalence"]["ok"]
     assert [(g.root, g.n_units) for g in all_groups(p.graph, reuse=False)] == \
         [(g.root, g.n_units) for g in p.groups]
+
+
+class MegviiShuffle(nn.Module):
+    """The official ShuffleNetV2 channel split: even channels to one branch, odd to the other,
+    by a reshape that merges channel pairs with the batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.branch = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(8, 8, 1)
+        self.head = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        x = self.stem(x)
+        b, c, h, w = x.shape
+        x = x.reshape(b * c // 2, 2, h * w).permute(1, 0, 2).reshape(2, -1, c // 2, h, w)
+        return self.head(torch.cat((x[0], self.branch(x[1])), 1))
+
+
+@pytest.mark.parametrize("batch", [1, 2, 4])
+def test_channels_merged_with_the_batch_come_back_whatever_the_batch(batch):
+    from viewer.core.prune import Pruner
+
+    torch.manual_seed(0)
+    p = Pruner(MegviiShuffle().eval(), (torch.randn(batch, 3, 8, 8),))
+    stem = p.groups[0]
+    # pairs (2i, 2i+1) of the stem go together; at batch >= 2 the -1 dim (the batch) took
+    # the channels and the stem was one unit reaching the output
+    assert stem.root == "stem" and stem.n_units == 8 and not p.reason(stem)
+    assert sorted(stem.member("stem").indices([3]).tolist()) == [6, 7]
+    plan = p.plan(0.5)
+    v = p.verify(p.apply(plan), plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"]

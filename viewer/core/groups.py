@@ -772,7 +772,10 @@ def _map_reshape(a, b, dim, units, pos, inferred=None, copies=frozenset(), outer
             coords = (flats // math.prod(gb[t + 1:])) % gb[t]
             if (coords == coords[:, :1]).all():
                 return gj[t], units, coords[:, 0], False
-        if inferred is not None and inferred in gj and b[inferred] > 1:
+        regather = _regathering_dim(big, gb, flats, units)
+        if regather is not None:
+            choice = regather
+        elif inferred is not None and inferred in gj and b[inferred] > 1:
             choice = gj.index(inferred)
         else:
             real = [t for t in big if gj[t] not in copies] or big
@@ -781,6 +784,21 @@ def _map_reshape(a, b, dim, units, pos, inferred=None, copies=frozenset(), outer
         coords = (flats // stride_b) % gb[choice]
         return gj[choice], np.repeat(units, coords.shape[1]), coords.reshape(-1), False
     raise DepViewError(f"reshape {a} -> {b}: dim {dim} not found")
+
+
+def _regathering_dim(big: list[int], gb: list[int], flats: np.ndarray,
+                     units: np.ndarray) -> int | None:
+    """A dim of the new shape on which each unit's several copies meet again, one position
+    per unit, shared with no other unit: channels an earlier reshape merged with the batch
+    (ShuffleNetV2's ``reshape(b * c // 2, 2, h * w)``, then ``reshape(2, -1, c // 2, h, w)``)
+    come back to their own dim there; the ``-1`` dim is the batch."""
+    for t in big:
+        coords = ((flats // math.prod(gb[t + 1:])) % gb[t]).reshape(-1)
+        u = np.repeat(units, flats.shape[1])
+        pairs = np.unique(np.stack([coords, u]), axis=1)
+        if pairs.shape[1] < len(coords) and len(np.unique(pairs[0])) == pairs.shape[1]:
+            return t
+    return None
 
 
 #: Op types whose rule also reads the node that produced their input 0 (the reshape rule looks
