@@ -1463,3 +1463,36 @@ def test_channels_merged_with_the_batch_come_back_whatever_the_batch(batch):
     plan = p.plan(0.5)
     v = p.verify(p.apply(plan), plan)
     assert v["forward"] and v["masked_equivalence"]["ok"]
+
+
+class FunctionalDepthwise(nn.Module):
+    """Mamba's causal conv: the layer's weight given to F.conv1d with groups=C."""
+
+    def __init__(self, c=8):
+        super().__init__()
+        self.inp, self.out = nn.Linear(4, c), nn.Linear(c, 4)
+        self.conv1d = nn.Conv1d(c, c, 3, groups=c, padding=2)
+
+    def forward(self, x):
+        h = self.inp(x).transpose(1, 2)
+        h = F.conv1d(h, self.conv1d.weight, self.conv1d.bias, padding=2, groups=h.shape[1])
+        return self.out(h[..., :x.shape[1]].transpose(1, 2))
+
+
+def test_a_functional_depthwise_conv_prunes_its_channels_and_its_layer_follows():
+    from viewer.core.prune import Plan, Pruner
+
+    torch.manual_seed(0)
+    p = Pruner(FunctionalDepthwise().eval(), (torch.randn(2, 6, 4),))
+    g = p.groups[0]
+    # was blocked: "a grouped functional conv1d call"
+    assert g.root == "inp" and g.n_units == 8 and not p.reason(g)
+    assert {(m.node_name, m.dim) for m in g.members} >= {("conv1d.weight", 0),
+                                                         ("conv1d.bias", 0)}
+    plan = Plan({g.id: [1, 4, 6]})
+    pruned = p.apply(plan)
+    # the layer was never called, yet its attributes follow its weight
+    c = pruned.conv1d
+    assert (c.in_channels, c.out_channels, c.groups, tuple(c.weight.shape)) == (5, 5, 5,
+                                                                                (5, 1, 3))
+    assert p.verify(pruned, plan)["masked_equivalence"]["ok"]

@@ -1194,6 +1194,17 @@ def _functional_conv(base: Rule) -> Rule:
 
     def rule(g, node, side, port, dim, units, pos, ctx):
         ins = node.in_shapes
+        if _functional_depthwise(node) and (side == "out" and dim == 1 or side == "in" and (
+                port == 0 and dim == 1 or port in (1, 2) and dim == 0)):
+            # F.conv1d(x, w (C, 1, k), b, groups=C): channel c of x is row c of w and b, and
+            # channel c of the output; ``groups`` must follow (given as x.shape[1] it does,
+            # a number stored elsewhere shows in validation)
+            keys = [("out", 0, 1), ("in", 0, 1), ("in", 1, 0)] + \
+                ([("in", 2, 0)] if len(ins) > 2 and len(ins[2]) == 1 else [])
+            return [Flow(sd, p, d, units, pos) for sd, p, d in keys if (sd, p) != (side, port)]
+        if _functional_depthwise(node) and side == "in" and port > 0:
+            ctx.block(f"'{node.name}' reads the pruned dim of its weight as a kernel")
+            return []
         if len(ins) < 2 or len(ins[1]) != len(ins[0]) or ins[0][1] != ins[1][1]:
             ctx.block(f"'{node.name}' is a grouped functional {node.target} call; DepView "
                       "prunes grouped convs called as modules")
@@ -1212,6 +1223,13 @@ def _functional_conv(base: Rule) -> Rule:
         return base(g, node, side, port, dim, units, pos, ctx)
 
     return rule
+
+
+def _functional_depthwise(node: Node) -> bool:
+    """A functional conv with one input channel per group and one output per group."""
+    ins, outs = node.in_shapes, node.out_shapes
+    return len(ins) >= 2 and len(ins[1]) == len(ins[0]) and ins[1][1] == 1 and \
+        ins[0][1] == ins[1][0] == outs[0][1] > 1
 
 
 def _modules_only(rule: Rule) -> Rule:

@@ -36,7 +36,7 @@ from .groups import (
     split_sizes,
 )
 from .handlers import CUTS, REFRESH, Cut
-from .optypes import OpGroup, OpType
+from .optypes import OpGroup, OpType, classify
 from .text import counted
 from .trace import build_graph, eval_mode, flatten, module_attrs, plain_module
 
@@ -1218,6 +1218,12 @@ def materialize(model: nn.Module, graph: Graph, changes: dict[str, dict[int, np.
             mod = mods.get(node.module)
             if mod is not None:
                 REFRESH[node.op_type](mod, widths.get(node.module, {}))
+    for path in sorted(touched - seen):
+        # a layer whose weight the forward used without calling it (F.conv1d(x,
+        # self.conv1d.weight, ...)): its attributes follow its tensors all the same
+        mod = mods.get(path)
+        if mod is not None and path:
+            REFRESH[classify(mod)](mod, widths.get(path, {}))
     for path, values in (attrs or {}).items():
         for k, v in values.items():
             setattr(mods[path], k, v)
