@@ -1496,3 +1496,20 @@ def test_a_functional_depthwise_conv_prunes_its_channels_and_its_layer_follows()
     assert (c.in_channels, c.out_channels, c.groups, tuple(c.weight.shape)) == (5, 5, 5,
                                                                                 (5, 1, 3))
     assert p.verify(pruned, plan)["masked_equivalence"]["ok"]
+
+
+class PositionTable(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.b(self.a(x) + torch.sin(torch.arange(8.0) / 3))
+
+
+def test_a_table_made_inside_forward_is_named_with_its_shape_and_what_it_is():
+    g = build_graph(PositionTable().eval(), torch.randn(2, 4))
+    assert all_groups(g)[0].reason == (
+        "it reaches a tensor computed inside forward 'constant' [8] from neither inputs nor "
+        "weights (a position or frequency table, a mask): its values do not follow a pruned "
+        "width")

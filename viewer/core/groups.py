@@ -189,7 +189,10 @@ def _constant_rule(g, node, side, port, dim, units, pos, ctx):
     self.hidden)``) made it: the same value everywhere fits any width, and the size it was
     made with is one validation must see follow (:func:`fixed_sizes`)."""
     if node.target not in FILLS:
-        ctx.block(f"it reaches a tensor computed inside forward '{node.name}'")
+        shape = list(node.out_shapes[0]) if node.out_shapes else []
+        ctx.block(f"it reaches a tensor computed inside forward '{node.name}' {shape} from "
+                  "neither inputs nor weights (a position or frequency table, a mask): its "
+                  "values do not follow a pruned width")
     return []
 
 

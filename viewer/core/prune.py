@@ -741,8 +741,8 @@ class Pruner:
                 if o.id in swapped and o.id > gid:
                     continue  # that one yields to this one
                 if o.id in swapped:
-                    self._validated[gid] = (f"its channels are already in group #{o.id} "
-                                            "(whole heads)")
+                    self._validated[gid] = (f"as whole heads, its channels are group #{o.id}'s, "
+                                            "which prunes them")
                 else:
                     self.groups[i], self._validated[gid] = swapped[gid]
                     self._sets.pop(gid, None)
