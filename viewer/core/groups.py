@@ -1639,7 +1639,9 @@ def _contracted_weight_dims(graph: Graph, roots: list[tuple[Node, int]]
     """The other dims of bare parameters that a matmul, einsum or functional linear takes
     (through transposes): a weight stored (out, in) and used as ``x @ W.t()``, or a KAN
     layer's (in, out, degree) coefficients, creates channels along a dim that is not its
-    last. Rooted after every other root, so each starts a group only if none reached it."""
+    last. Rooted after every other root, so each starts a group only if none reached it, and
+    kept only if it can be pruned (a MoE's expert dim, a graph layer's input features would
+    add blocked groups that say nothing new)."""
     first = {node.id: d for node, d in roots}
     out = []
     for node in graph.nodes:
@@ -2067,7 +2069,9 @@ def all_groups(graph: Graph, reuse: bool = True) -> list[Group]:
     """
     roots = [(node, d) for node in graph.nodes
              if node.op_type in _ROOT_TYPES and (d := root_dim(node)) is not None]
-    roots += _contracted_weight_dims(graph, roots)
+    extra = _contracted_weight_dims(graph, roots)
+    roots += extra
+    extra_keys = {(node.id, d) for node, d in extra}
     root_keys = {(node.id, 0, d) for node, d in roots}
     covered: dict[TensorKey, np.ndarray] = {}  # root tensors: positions some group owns
     groups: list[Group] = []
@@ -2091,6 +2095,8 @@ def all_groups(graph: Graph, reuse: bool = True) -> list[Group]:
             if len(pos) == 0:
                 continue
             grp = _search_or_unfollowed(graph, node, d, pos, len(groups), link_cache)
+        if grp.reasons and (node.id, d) in extra_keys:
+            continue  # an expert dim, a width the model input gives: no group to show
         groups.append(grp)
         for key in root_keys.intersection(grp.tensors):
             arr = covered.get(key)
