@@ -1513,3 +1513,28 @@ def test_a_table_made_inside_forward_is_named_with_its_shape_and_what_it_is():
         "it reaches a tensor computed inside forward 'constant' [8] from neither inputs nor "
         "weights (a position or frequency table, a mask): its values do not follow a pruned "
         "width")
+
+
+class SparseGCN(nn.Module):
+    """Kipf's GCN with a sparse adjacency: sparse.mm(A, X) mixes nodes, keeps features."""
+
+    def __init__(self):
+        super().__init__()
+        self.l1, self.l2 = nn.Linear(8, 16), nn.Linear(16, 3)
+
+    def forward(self, x, adj):
+        return self.l2(torch.sparse.mm(adj, F.relu(torch.spmm(adj, self.l1(x)))))
+
+
+def test_a_sparse_matmul_passes_the_features_it_does_not_contract():
+    from viewer.core.prune import Pruner
+
+    torch.manual_seed(0)
+    a = (torch.rand(10, 10) > 0.6).float() + torch.eye(10)
+    p = Pruner(SparseGCN().eval(), (torch.randn(10, 8), (a / a.sum(1, keepdim=True)).to_sparse()))
+    hidden = p.groups[0]
+    # was blocked: "changes shape in a way DepView does not model"
+    assert hidden.root == "l1" and hidden.n_units == 16 and not p.reason(hidden)
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    assert pruned.l2.in_features == 8 and p.verify(pruned, plan)["masked_equivalence"]["ok"]

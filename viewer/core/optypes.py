@@ -390,7 +390,8 @@ _FUNCTION_NAMES: dict[OpType, str] = {
     "F.upsample F.max_pool2d_with_indices F.adaptive_max_pool2d_with_indices F.pad",
     OpType.MATMUL: "torch.matmul Tensor.matmul Tensor.__matmul__ Tensor.__rmatmul__ torch.bmm "
     "Tensor.bmm torch.mm Tensor.mm F.linear torch.addmm Tensor.addmm torch.baddbmm Tensor.baddbmm "
-    "torch.einsum F.grouped_mm torch._grouped_mm",
+    "torch.einsum F.grouped_mm torch._grouped_mm torch.sparse.mm torch.spmm torch.sparse.addmm "
+    "torch.smm Tensor.smm",
     OpType.ATTENTION: "F.scaled_dot_product_attention",
     OpType.REDUCTION: "torch.sum Tensor.sum torch.mean Tensor.mean torch.amax Tensor.amax "
     "torch.amin Tensor.amin torch.var Tensor.var torch.std Tensor.std torch.norm Tensor.norm "
