@@ -10,6 +10,8 @@
     SELECTED = 'dv-selected', LABEL = 'hl';
   var SHOWN = 'selection-shown';  // viewer/app/ids.py SHOWN
   var DOWNLOAD = 'dv-download';  // viewer/app/callbacks/export.py AUTO_LINK
+  var FIT_HINT = 'fit-hint';  // viewer/app/ids.py FIT_HINT
+  var READABLE_ZOOM = 0.3;  // below it a node's label is a few pixels high
 
   window.dash_clientside = Object.assign({}, window.dash_clientside, {
     depview: {
@@ -99,9 +101,24 @@
         return window.dash_clientside.no_update;
       },
 
-      /* The Fit button. */
+      /* The Fit button. A deep network fitted whole is a thin line of unreadable boxes: then
+       * say so, and how to see it whole, until the view next moves. */
       fit: function (n) {
-        if (window.cy) { window.cy.animate({fit: {padding: 30}}, {duration: 250}); }
+        var cy = window.cy;
+        if (!cy) { return window.dash_clientside.no_update; }
+        var hint = document.getElementById(FIT_HINT);
+        cy.stop();
+        cy.animate({fit: {padding: 30}}, {duration: 250, complete: function () {
+          var z = cy.zoom();
+          if (!hint || z >= READABLE_ZOOM) { return; }
+          hint.textContent = 'The whole graph at ' + Math.max(1, Math.round(z * 100)) +
+            '% is too small to read: Collapse all draws one box per top-level module; ' +
+            'scroll to zoom in.';
+          hint.style.display = 'block';
+          setTimeout(function () {
+            cy.one('viewport', function () { hint.style.display = 'none'; });
+          }, 50);
+        }});
         return window.dash_clientside.no_update;
       },
 

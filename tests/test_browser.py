@@ -122,6 +122,20 @@ def test_page_loads_and_draws_the_demo_graph(dash_duo):
     assert severe == []
 
 
+def test_fit_says_when_the_whole_graph_is_too_small_to_read(dash_duo):
+    _start(dash_duo, create_app())
+    _wait_graph(dash_duo, "layer1.0.conv1")
+    hint = dash_duo.find_element(f"#{ids.FIT_HINT}")
+    assert not hint.is_displayed()
+    dash_duo.find_element(f"#{ids.FIT}").click()
+    _until(dash_duo, lambda d: hint.is_displayed(), "Fit never showed its hint")
+    zoom = _js(dash_duo, "return window.cy.zoom();")
+    assert zoom < 0.3 and f"{max(1, round(zoom * 100))}% is too small to read" in hint.text
+    assert "Collapse all" in hint.text
+    _js(dash_duo, "window.cy.zoom(1);")  # the view moves: the hint goes
+    _until(dash_duo, lambda d: not hint.is_displayed(), "the hint stayed after a zoom")
+
+
 def test_clicking_a_conv_highlights_its_group_and_inspects_it(dash_duo):
     _start(dash_duo, create_app())
     _wait_graph(dash_duo, "layer1.0.conv1")

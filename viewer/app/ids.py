@@ -14,6 +14,7 @@ PREVIEW_REV = "preview-rev"  #: bumped when a preview is computed or cleared
 DBLTAP = "dbltap"  #: written by the client on a double-click on a node
 ZOOM_TARGET = "zoom-target"  #: element ids the client should zoom to
 FIT_DONE = "fit-done"  #: dummy output of client-side callbacks
+FIT_HINT = "fit-hint"  #: shown by the client when Fit leaves the graph too small to read
 STYLE_GROUP = "style-group"  #: selection + its pruning group (element ids the client marks)
 STYLE_PREVIEW = "style-preview"  #: stylesheet rules: new widths after a preview
 STYLE_LEGEND = "style-legend"  #: stylesheet rules: the op type picked in the legend

@@ -67,12 +67,15 @@ def graph_panel() -> html.Div:
         boxSelectionEnabled=False, responsive=True, className="cy")
     return html.Div([
         toolbar,
-        html.Div(dcc.Loading(
+        html.Div([dcc.Loading(
             html.Div([graph, dcc.Store(id=ids.GRAPH_REV)], className="graph-box"),
             id=ids.GRAPH_LOADING, type="circle", delay_show=250,
             target_components={ids.GRAPH: "elements", ids.GRAPH_REV: "data"},
             overlay_style={"visibility": "visible", "opacity": 0.55},
-            parent_className="graph-loading"), className="graph-wrap"),
+            parent_className="graph-loading"),
+            # assets/depview.js fills and shows it after a Fit too small to read
+            html.Div(id=ids.FIT_HINT, className="fit-hint", style={"display": "none"})],
+            className="graph-wrap"),
         html.Div(id=ids.LEGEND, className="legend"),
     ], className="graph-panel")
 
