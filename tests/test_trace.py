@@ -774,3 +774,18 @@ def test_writes_are_setitem_nodes_in_the_graph_json():
     assert metas["setitem"]["region"]["selects"] == [[1, 2]]
     assert metas["write"] == {"region": None, "value": 1, "index": [], "mask": 0,
                               "kind": "setitem"}
+
+
+class OptionalMask(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x, mask=None):
+        return self.fc(x)
+
+
+def test_an_optional_none_input_is_not_blamed_for_another_failure():
+    with pytest.raises(DepViewError) as err:
+        build_graph(OptionalMask(), (torch.randn(1, 7), None))
+    assert "[1, 7]" in str(err.value) and "not a tensor" not in str(err.value)

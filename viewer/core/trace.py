@@ -121,8 +121,8 @@ def _type_name(v) -> str:
 
 
 def _looks_like_data(v) -> bool:
-    """None, an array or a list of numbers: what a user meant as a tensor when the forward
-    then fails (ints, strings and flags are a model's ordinary keyword options)."""
+    """None, an array or a list of numbers: what a user may have meant as a tensor when the
+    forward then fails (ints, strings and flags are a model's ordinary options)."""
     if v is None or hasattr(v, "__array__"):
         return True
     return isinstance(v, (list, tuple)) and bool(v) and isinstance(v[0], (list, float))
@@ -1326,9 +1326,10 @@ def build_graph(model: nn.Module, example_inputs=(), example_kwargs: dict | None
             ", but expected one of:")
         shapes = [list(t.shape) for _, t in _name_inputs(arg_names, args, kwargs)]
         given = f"model inputs {shapes}"
-        others = [f"{k} is {_type_name(v)}" for k, v in
-                  list(enumerate(args)) + list(kwargs.items())
-                  if not isinstance(v, torch.Tensor) and _looks_like_data(v)]
+        # (None is an ordinary value of an optional input: named only when no tensor came)
+        others = [f"{k} is {_type_name(v)}" for k, v in enumerate(args)
+                  if not isinstance(v, torch.Tensor) and _looks_like_data(v)
+                  and (v is not None or not shapes)]
         if others:  # a numpy array or a nested list given where a tensor was meant
             given += f"; input {others[0]}, not a tensor"
         raise DepViewError(
