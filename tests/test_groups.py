@@ -1538,3 +1538,67 @@ def test_a_sparse_matmul_passes_the_features_it_does_not_contract():
     plan = p.plan(0.5)
     pruned = p.apply(plan)
     assert pruned.l2.in_features == 8 and p.verify(pruned, plan)["masked_equivalence"]["ok"]
+
+
+@torch.jit.script
+def _first4(x: torch.Tensor) -> torch.Tensor:
+    return x[:, :4]
+
+
+class UnseenSlice(nn.Module):
+    """c2 reads channels 0..3 of c1 through code the trace cannot see."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+        self.c1, self.c2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(4, 8, 3, padding=1)
+        self.head = nn.Linear(8, 5)
+        if how == "prehook":
+            self.c2.register_forward_pre_hook(lambda m, inp: (inp[0][:, :4],))
+
+    def forward(self, x):
+        y = F.relu(self.c1(x))
+        if self.how == "script":
+            y = _first4(y)
+        elif self.how == "numpy":
+            y = torch.from_numpy(y.detach().numpy()[:, :4].copy())
+        return self.head(F.relu(self.c2(y)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("how", ["prehook", "script", "numpy"])
+def test_channels_read_by_code_the_trace_cannot_see_block_their_group(how):
+    from viewer.core.prune import Plan, Pruner
+
+    torch.manual_seed(0)
+    m = UnseenSlice(how).eval()
+    p = Pruner(m, (torch.randn(2, 3, 8, 8),))
+    g = next(grp for grp in p.groups if grp.root == "c1")
+    # was prunable, and removing c1's channel 0 changed what c2 read (masked equivalence
+    # failed); now: blocked, saying where the channels went out of sight
+    assert "that no traced op reads" in p.reason(g)
+    assert "pre-hook, a TorchScript function, numpy" in p.reason(g)
+    plan = p.plan(0.5)
+    assert g.id not in plan.removed
+    v = p.verify(p.apply(plan), plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"]
+    # the oracle: that prune, forced by a pruner that did not see the dead end, is wrong
+    blind = Pruner(m, (torch.randn(2, 3, 8, 8),), groups=[
+        type(g)(**{**g.__dict__, "reasons": []})])
+    forced = Plan({g.id: [0]})
+    assert not blind.verify(blind.apply(forced), forced)["masked_equivalence"]["ok"]
+
+
+def test_an_in_place_write_nothing_reads_again_is_not_a_dead_end():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.out = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            y = self.c1(x)
+            z = self.out(y)
+            y.relu_()  # y is not read again
+            return z
+
+    g = build_graph(Net().eval(), torch.randn(1, 3, 4, 4))
+    assert group_of(g, "c1").prunable
