@@ -1602,3 +1602,35 @@ def test_an_in_place_write_nothing_reads_again_is_not_a_dead_end():
 
     g = build_graph(Net().eval(), torch.randn(1, 3, 4, 4))
     assert group_of(g, "c1").prunable
+
+
+class UnbatchedConvs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.g = nn.Conv2d(8, 8, 1, groups=2)
+        self.t = nn.ConvTranspose2d(8, 6, 2, 2)
+        self.head = nn.Linear(6, 5)
+
+    def forward(self, x):
+        return self.head(F.relu(self.t(self.g(self.dw(F.relu(self.c1(x)))))).mean((-2, -1)))
+
+
+def test_convs_given_an_unbatched_input_find_their_channels_on_dim_0():
+    from viewer.core.prune import Pruner
+
+    def groups(x):
+        torch.manual_seed(0)
+        p = Pruner(UnbatchedConvs().eval(), (x,))
+        plan = p.plan(0.5)
+        v = p.verify(p.apply(plan), plan)
+        assert v["forward"] and v["masked_equivalence"]["ok"]
+        return [(g.root, g.n_units, p.reason(g)) for g in p.groups], \
+            [(m.node_name, m.dim) for m in p.groups[0].members]
+
+    unbatched, members = groups(torch.randn(3, 10, 12))
+    batched, _ = groups(torch.randn(2, 3, 10, 12))
+    # the same groups either way (were groups of H = 10 rows on dim 1, all blocked)
+    assert unbatched == batched
+    assert ("c1", 0) in members and ("g", 0) in members

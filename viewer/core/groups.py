@@ -250,7 +250,7 @@ def _layer_rule(out_dim: Callable[[Node], int], in_dim: Callable[[Node], int],
 def _pointwise(node: Node, dim: int) -> bool:
     """Does a conv read position i of a spatial ``dim`` only at position i (kernel 1, stride
     1)?"""
-    k = dim - 2  # (N, C, spatial...)
+    k = dim - 1 - _conv_channel(node, len(node.in_shapes[0]))  # ([N,] C, spatial...)
     ks, st = node.attrs.get("kernel_size"), node.attrs.get("stride")
     return isinstance(ks, (list, tuple)) and isinstance(st, (list, tuple)) and \
         0 <= k < len(ks) and ks[k] == 1 and st[k] == 1
@@ -276,6 +276,27 @@ def _own_forward_note(node: Node, ctx: _Ctx) -> None:
                 "own forward computes")
 
 
+def _conv_channel(node: Node, ndim: int) -> int:
+    """A conv's channel dim in a tensor of ``ndim`` dims: 1 with a batch (N, C, spatial...),
+    0 for an unbatched input (C, spatial...), which torch's convs take too."""
+    ks = node.attrs.get("kernel_size")
+    if isinstance(ks, (list, tuple)):
+        spatial = len(ks)
+    elif len(node.in_shapes) > 1 and len(node.in_shapes[1]) >= 3:  # F.conv2d(x, w): w's rank
+        spatial = len(node.in_shapes[1]) - 2
+    else:
+        return 1
+    return 0 if ndim == spatial + 1 else 1
+
+
+def _conv_out(node: Node) -> int:
+    return _conv_channel(node, len(node.out_shapes[0]))
+
+
+def _conv_in(node: Node) -> int:
+    return _conv_channel(node, len(node.in_shapes[0])) if node.in_shapes else 1
+
+
 def _grouped_conv_rule(base: Rule) -> Rule:
     """Grouped convolutions: every group must keep the same width, so a unit removes the
     channel at the same offset of every group (channels c and c + k*C/groups merge). With one
@@ -284,19 +305,20 @@ def _grouped_conv_rule(base: Rule) -> Rule:
 
     def rule(g, node, side, port, dim, units, pos, ctx):
         groups = int(node.attrs.get("groups", 1))
-        if groups == 1 or port != 0 or dim != 1:
+        c = _conv_channel(node, len(node.in_shapes[0])) if node.in_shapes else 1
+        if groups == 1 or port != 0 or dim != c:
             return base(g, node, side, port, dim, units, pos, ctx)
-        if node.op_type is OpType.CONV and conv_prunes_whole_groups(node.in_shapes[0][1],
+        if node.op_type is OpType.CONV and conv_prunes_whole_groups(node.in_shapes[0][c],
                                                                     groups):
-            co = node.out_shapes[0][1] // groups
+            co = node.out_shapes[0][c] // groups
             grp = pos if side == "in" else pos // co
             out_pos = (grp[:, None] * co + np.arange(co)[None, :]).reshape(-1)
             out_units = np.repeat(units, co)
-            ctx.member(node, "in", 1, units, grp)
-            ctx.member(node, "out", 1, out_units, out_pos)
-            flows = [Flow("out", 0, 1, out_units, out_pos)]  # the whole group's outputs
-            return flows + [Flow("in", 0, 1, units, grp)] if side == "out" else flows
-        width = (node.in_shapes[0] if side == "in" else node.out_shapes[0])[1]
+            ctx.member(node, "in", c, units, grp)
+            ctx.member(node, "out", c, out_units, out_pos)
+            flows = [Flow("out", 0, c, out_units, out_pos)]  # the whole group's outputs
+            return flows + [Flow("in", 0, c, units, grp)] if side == "out" else flows
+        width = (node.in_shapes[0] if side == "in" else node.out_shapes[0])[c]
         per = width // groups
         if per == 1:
             ctx.block(f"'{node.name}' has one {'input' if side == 'in' else 'output'} channel "
@@ -1297,10 +1319,9 @@ RULES: dict[OpType, Rule] = {
     OpType.BUFFER: _source_block("the buffer"),
     OpType.CONSTANT: _constant_rule,
     OpType.PARAMETER: _parameter_rule,
-    OpType.CONV: _modules_only(_grouped_conv_rule(_layer_rule(lambda n: 1, lambda n: 1))),
-    OpType.DEPTHWISE_CONV: _layer_rule(lambda n: 1, lambda n: 1, passthrough=True),
-    OpType.CONV_TRANSPOSE: _modules_only(_grouped_conv_rule(_layer_rule(lambda n: 1,
-                                                                        lambda n: 1))),
+    OpType.CONV: _modules_only(_grouped_conv_rule(_layer_rule(_conv_out, _conv_in))),
+    OpType.DEPTHWISE_CONV: _layer_rule(_conv_out, _conv_in, passthrough=True),
+    OpType.CONV_TRANSPOSE: _modules_only(_grouped_conv_rule(_layer_rule(_conv_out, _conv_in))),
     OpType.BN: _modules_only(_layer_rule(lambda n: 1, lambda n: 1, passthrough=True)),
     OpType.IN: _layer_rule(lambda n: 1, lambda n: 1, passthrough=True),
     OpType.GN: _gn_rule(),
@@ -1616,7 +1637,7 @@ def root_dim(node: Node) -> int | None:
         return None
     t = node.op_type
     if t is OpType.CONV or t is OpType.CONV_TRANSPOSE:
-        return 1
+        return _conv_out(node)
     if t is OpType.PARAMETER and len(node.out_shapes[0]) in (4, 5):
         # a 4-D/5-D parameter is laid out channels-first, as the maps it meets: a position
         # table added to a feature map, a weight given to F.conv2d (its last dim is a
@@ -1670,6 +1691,9 @@ def _contracted(graph: Graph, nid: int) -> bool:
     return False
 
 
+_CONVS = frozenset((OpType.CONV, OpType.CONV_TRANSPOSE, OpType.DEPTHWISE_CONV))
+
+
 def _guess_dim(node: Node, shape: tuple[int, ...]) -> int:
     if node.op_type in OpGroup.CHANNEL_FIRST or (
             len(shape) in (4, 5) and node.op_type not in OpGroup.CHANNEL_LAST):
@@ -1682,6 +1706,8 @@ def in_channel_dim(node: Node) -> int | None:
     for other ops it is a guess: 1 for 4-D/5-D tensors, else the last dim."""
     if not node.in_shapes or not node.in_shapes[0]:
         return None
+    if node.op_type in _CONVS:
+        return _conv_in(node)
     return _guess_dim(node, node.in_shapes[0])
 
 

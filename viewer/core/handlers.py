@@ -45,15 +45,28 @@ def _group_local(node: Node, side: str, pos: np.ndarray) -> np.ndarray:
     """Positions within one group: a grouped conv's weight holds width/groups channels per
     row (or column) and every group loses the same offsets."""
     groups = int(node.attrs.get("groups", 1))
-    width = (node.in_shapes[0] if side == "in" else node.out_shapes[0])[1]
-    return np.unique(pos % (width // groups)) if groups > 1 else pos
+    if groups == 1:
+        return pos
+    return np.unique(pos % (_conv_width(node, side) // groups))
+
+
+def _conv_width(node: Node, side: str) -> int:
+    """A conv's input or output channel count, read from its weight (the activations may
+    come without a batch dim)."""
+    w = node.param_shapes.get("weight")
+    groups = int(node.attrs.get("groups", 1))
+    if w is None:  # (a call without a weight of its own)
+        return (node.in_shapes[0] if side == "in" else node.out_shapes[0])[1]
+    if node.op_type is OpType.CONV_TRANSPOSE:  # (in, out / groups, ...)
+        return w[0] if side == "in" else w[1] * groups
+    return w[1] * groups if side == "in" else w[0]
 
 
 def _conv(node, side, dim, pos):
     if side == "out":
         return _cuts(node, [("weight", 0), ("bias", 0)], pos)
     if node.op_type is OpType.CONV and conv_prunes_whole_groups(
-            node.in_shapes[0][1], int(node.attrs.get("groups", 1))):
+            _conv_width(node, "in"), int(node.attrs.get("groups", 1))):
         return []  # its input channels leave with their groups' output rows
     return _cuts(node, [("weight", 1)], _group_local(node, "in", pos))
 
