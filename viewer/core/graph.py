@@ -114,6 +114,13 @@ class Graph:
         return d
 
     @cached_property
+    def unknown_sources(self) -> list[Node]:
+        """Tensors that appeared in the forward from no traced op and are not fills
+        (``torch.zeros``): computed by code the trace does not see, or cached outside it."""
+        return [n for n in self.nodes if n.op_type is OpType.CONSTANT
+                and n.target == "constant" and n.out_shapes and len(n.out_shapes[0]) > 1]
+
+    @cached_property
     def sharing(self) -> dict[int, list[int]]:
         """Nodes holding a tensor that other nodes hold too (a module called twice, weights
         tied between modules, a layer's weight also used functionally): node id -> the ids

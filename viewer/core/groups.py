@@ -1787,11 +1787,9 @@ def _search(graph: Graph, root: Node, side: str, dim: int, pos: IntArray,
         p.flags.writeable = lab.flags.writeable = False
     grp = Group(gid, root.name, side, int(label.max()) + 1 if n else 0, members, tensors,
                 list(dict.fromkeys(s.reasons)))
-    dead = _dead_ends(graph, s.cls)
-    if dead:
-        grp.reasons.append(f"'{dead}' computes channels of this group that no traced op reads: "
-                           "code DepView does not see may read them (a module's own forward "
-                           "pre-hook, a TorchScript function, numpy), or nothing does")
+    unseen = _unseen_detour(graph, s.cls)
+    if unseen:
+        grp.reasons.append(unseen)
     bent = [graph.nodes[m.node].name for m in members
             if any(k.startswith("parametrizations.") for k in graph.nodes[m.node].params)]
     if bent:  # weight_norm / spectral_norm: the weight is computed, not stored
@@ -1822,28 +1820,31 @@ def _search(graph: Graph, root: Node, side: str, dim: int, pos: IntArray,
     return grp
 
 
-def _dead_ends(graph: Graph, keys) -> str | None:
-    """The first op of one output whose output, carrying the group's channels, nothing
-    traced consumes (not even the model's output). Its values went somewhere the trace does
-    not see: a slice in a module's own pre-hook (run while DepView steps aside for the
-    module), a TorchScript function, a numpy round trip. Pruning through it is unchecked, and
-    was wrong in each of those (masked equivalence failed)."""
+def _unseen_detour(graph: Graph, keys) -> str | None:
+    """Channels that leave through code the trace cannot see (a ``torch.jit.script``
+    function) and come back as a tensor from nowhere: a traced tensor of the group that
+    nothing traced reads, and a tensor made inside forward of its shape but along the
+    group's dim. Without this, the group pruned through, and what came back was sliced from
+    other channels (masked equivalence failed)."""
+    unknown = graph.unknown_sources
+    if not unknown:
+        return None
     consumers = graph.consumers
-    for nid, port, _ in keys:
+    for nid, port, dim in keys:
         node = graph.nodes[nid]
-        if len(node.out_shapes) == 1 and not consumers.get((nid, port)) \
-                and node.op_type not in _SOURCES and not _writes(node):
-            return node.name
+        if consumers.get((nid, port)) or len(node.out_shapes) != 1:
+            continue
+        shape = node.out_shapes[0]
+        for u in unknown:
+            other = u.out_shapes[0]
+            if len(other) == len(shape) and all(a == b for d, (a, b) in
+                                                enumerate(zip(shape, other, strict=True))
+                                                if d != dim):
+                return (f"'{node.name}' {list(shape)} is read by nothing DepView traced, and "
+                        f"'{u.name}' {list(other)} comes from nowhere it traced: code it "
+                        "cannot see (a TorchScript function?) seems to make one from the "
+                        "other")
     return None
-
-
-_SOURCES = frozenset((OpType.INPUT, OpType.PARAMETER, OpType.BUFFER, OpType.CONSTANT))
-
-
-def _writes(node: Node) -> bool:
-    """An in-place op, layer or index write: its result is its input, read (or not)
-    through that."""
-    return isinstance(node.meta, SetItemMeta) or node.attrs.get("inplace") is True
 
 
 def _unfollowed(graph: Graph, root: Node, dim: int, pos: IntArray, gid: int,

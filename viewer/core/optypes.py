@@ -283,6 +283,20 @@ _SCRIPTED = CustomLayer(torch.jit.ScriptModule, {}, {}, opaque=(
     "script it afterwards"))
 
 
+#: A layer whose own forward pre-hook replaced its tensor inputs (``register_forward_pre_hook
+#: (lambda m, inp: (inp[0][:, :4],))``; it runs after DepView's hook, while the tracer steps
+#: aside for the layer): one atomic node reading the inputs the hook was given
+PRE_HOOKED = CustomLayer(nn.Module, {}, {}, opaque=(
+    "has a forward pre-hook of its own that changes its inputs, which DepView cannot see: "
+    "do that in a forward instead"))
+
+
+#: ``x.numpy()`` / ``np.asarray(x)`` in a forward: the values go where DepView cannot follow
+TO_NUMPY = CustomLayer(nn.Module, {}, {}, opaque=(
+    "hands its values to numpy, where DepView cannot follow them: keep that computation "
+    "in torch"))
+
+
 def register_layer(
     cls: type,
     *,
@@ -472,7 +486,7 @@ IGNORED_FUNCTIONS: frozenset = frozenset(
     _resolve(
         "Tensor.size Tensor.dim Tensor.numel Tensor.item Tensor.tolist Tensor.__len__ "
         "Tensor.__format__ Tensor.__repr__ Tensor.__bool__ Tensor.__iter__ Tensor.data_ptr "
-        "Tensor.stride Tensor.is_contiguous Tensor.requires_grad_ Tensor.detach "
+        "Tensor.stride Tensor.is_contiguous Tensor.requires_grad_ "
         "Tensor.__hash__ Tensor.__index__ Tensor.__int__ Tensor.__float__ Tensor.dim_order"
     )
 )

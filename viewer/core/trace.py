@@ -50,7 +50,9 @@ from .optypes import (
     FILLS,
     IGNORED_FUNCTIONS,
     ORDER_NORMS,
+    PRE_HOOKED,
     SHAPE_NORMS,
+    TO_NUMPY,
     OpGroup,
     OpType,
     class_decides,
@@ -112,6 +114,14 @@ def _tensors(obj, out: list) -> list:
 
 
 _DTYPE_NAMES: dict[torch.dtype, str] = {}
+
+
+_TO_NUMPY = frozenset({"numpy", "__array__"})
+
+
+def _same_tensors(a, b) -> bool:
+    x, y = _tensors(a, []), _tensors(b, [])
+    return len(x) == len(y) and all(p is q for p, q in zip(x, y, strict=True))
 
 
 def _type_name(v) -> str:
@@ -453,9 +463,14 @@ class _Tracer(TorchFunctionMode):
                         self.failure = (f"in module '{path or '<root>'}' "
                                         f"({type(module).__name__}) {given}")
                 elif atomic:
+                    hooked = False
+                    if module._forward_pre_hooks and not _same_tensors(args, in_args):
+                        # its own pre-hook (run after DepView's, while DepView steps aside)
+                        # changed its inputs unseen: the layer reads what it was given
+                        args, hooked = in_args, True
                     # flushed while the mode is still paused: reading shapes and grad_fn
                     # does not come back through __torch_function__
-                    self.pending.append((None, module, args, kwargs, output,
+                    self.pending.append((None, module, args, kwargs, output, hooked,
                                          self.current_module()))
                     if len(self.pending) >= self.limit:
                         self.flush()
@@ -466,7 +481,8 @@ class _Tracer(TorchFunctionMode):
             self.busy = False
         return None
 
-    def record_module(self, module: nn.Module, args, kwargs, output) -> None:
+    def record_module(self, module: nn.Module, args, kwargs, output,
+                      hooked: bool = False) -> None:
         path = self.module_names.get(id(module), type(module).__name__)
         call = self.calls.get(id(module), 0)
         self.calls[id(module)] = call + 1
@@ -483,6 +499,9 @@ class _Tracer(TorchFunctionMode):
         outs = [output] if isinstance(output, torch.Tensor) else _tensors(output, [])
         cls = type(module)
         op_type = self.module_type(module)
+        custom = custom_layer(module) if op_type is OpType.CUSTOMIZED else None
+        if hooked:  # one opaque node: what its pre-hook did to the inputs is unknown
+            op_type, custom = OpType.CUSTOMIZED, PRE_HOOKED
         # an in-place layer (ReLU(inplace=True)) returns the tensor it wrote; Identity, and
         # Dropout in eval mode, return it unwritten
         written = outs[0] if len(outs) == 1 and ins and outs[0] is ins[0] \
@@ -493,7 +512,7 @@ class _Tracer(TorchFunctionMode):
             params=params, buffers=buffers, param_shapes=pshapes,
             grad_fn=_grad_fn(outs) if self.autograd else None,
             call=call, attrs=module_attrs(module),
-            custom=custom_layer(module) if op_type is OpType.CUSTOMIZED else None,
+            custom=custom,
             own_forward=_own_forward(cls) if op_type is not OpType.CUSTOMIZED else None,
         )
         if written is not None:
@@ -582,6 +601,13 @@ class _Tracer(TorchFunctionMode):
             return
         else:
             outs = _tensors(out, [])
+        if not outs and name in _TO_NUMPY and args:
+            # the values leave for numpy, out of sight (and may come back as a new tensor):
+            # one opaque node that reads them, so the groups that reach it say so
+            self.add_node(_tensors(args[:1], []), [], self.unique(
+                f"{self.mod}.{name}" if self.mod else name), OpType.CUSTOMIZED, self.mod,
+                name, custom=TO_NUMPY)
+            return
         if not outs:
             return
         ins = _tensors(args, [])
@@ -603,8 +629,6 @@ class _Tracer(TorchFunctionMode):
         tag = getattr(written, "_depview_src", None) if written is not None else None
         node = self.add_node(ins, outs, self.unique(f"{mod}.{name}" if mod else name), op_type,
                              mod, name, meta)
-        if written is not None:
-            node.attrs = {"inplace": True}  # its result is its input, read through that
         if tag is not None and tag[0] is self.token and written._base is not None:
             self.view_written(written, tag, node)
         if self.autograd:
