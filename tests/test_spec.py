@@ -73,6 +73,13 @@ class Evil:
         return (print, ("pwned",))
 
 
+class OsCall:
+    def __reduce__(self):
+        import os
+
+        return (os.getcwd, ())
+
+
 def test_pickles_are_never_unpickled(tmp_path):
     f = tmp_path / "evil.pt"
     with open(f, "wb") as fh:
@@ -85,6 +92,15 @@ def test_pickles_are_never_unpickled(tmp_path):
                        r".Linear .*\(save model.state_dict\(\), not the model") as err:
         read_state_dict(tmp_path / "module.pt")
     assert "\n" not in str(err.value) and "add_safe_globals" not in str(err.value)
+    # a payload that calls a function (os.system in the wild): named, refused, never run
+    torch.save({"w": OsCall()}, tmp_path / "payload.pt")
+    with pytest.raises(DepViewError) as err:
+        read_state_dict(tmp_path / "payload.pt")
+    assert str(err.value).endswith("unsupported GLOBAL posix.getcwd (refused, never run: save "
+                                   "model.state_dict(), not the model, or use .safetensors)")
+    pickle.dump({"w": Evil()}, open(tmp_path / "p5.pt", "wb"), protocol=5)
+    with pytest.raises(DepViewError, match=r"Unsupported operand \d+ \(not a torch.save file"):
+        read_state_dict(tmp_path / "p5.pt")
     torch.jit.script(torch.nn.Linear(2, 2)).save(str(tmp_path / "scripted.pt"))
     with pytest.raises(DepViewError, match=r"is a TorchScript archive .*state_dict\(\)"):
         read_state_dict(tmp_path / "scripted.pt")

@@ -262,6 +262,11 @@ def _unpickler_finding(exc: BaseException) -> str:
     """What torch's weights-only unpickler found, from its long message: the line after
     "WeightsUnpickler error:" (``Unsupported global: GLOBAL os.system ...``), else its first."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    for ln in lines:  # torch >= 2.6: "Trying to load unsupported GLOBAL posix.system whose ..."
+        if "unsupported GLOBAL" in ln:
+            return (ln.removeprefix("Trying to load ").split(" whose ", 1)[0] +
+                    " (refused, never run: save model.state_dict(), not the model, or use "
+                    ".safetensors)")[:300]
     for i, ln in enumerate(lines):
         if "WeightsUnpickler error:" in ln:
             rest = ln.split("WeightsUnpickler error:", 1)[1].strip()
@@ -269,6 +274,9 @@ def _unpickler_finding(exc: BaseException) -> str:
             found = found.split(" Please use", 1)[0]  # torch's advice, to allow the class
             if "Unsupported global" in found:
                 found += " (save model.state_dict(), not the model, or use .safetensors)"
+            elif "Unsupported operand" in found:  # a pickle protocol torch.save never writes
+                found += (" (not a torch.save file of tensors: save model.state_dict() with "
+                          "torch.save, or use .safetensors)")
             if found:
                 return found[:300]
     return (lines or [type(exc).__name__])[0][:200]
