@@ -173,3 +173,20 @@ def test_a_factory_returning_a_compiled_model_gives_the_module_it_wraps(tmp_path
     monkeypatch.chdir(tmp_path)
     lm = load_model("comp.py:make", inputs=["1x4"])
     assert type(lm.model) is torch.nn.Linear
+
+
+def test_an_instance_spec_is_copied_not_changed(tmp_path, monkeypatch):
+    (tmp_path / "held.py").write_text("import torch\nnet = torch.nn.Sequential("
+                                      "torch.nn.Linear(4, 8), torch.nn.Linear(8, 2)).train()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import held
+
+    before = held.net[0].weight.clone()
+    sd = {k: torch.ones_like(v) for k, v in held.net.state_dict().items()}
+    torch.save(sd, tmp_path / "w.pt")
+    lm = load_model("held:net", inputs=["1x4"], weights=str(tmp_path / "w.pt"))
+    # weights, eval mode (and a later reshape by load_pruned) go to a copy: the module's
+    # own object is as it was (it was the same object, loaded and put in eval mode)
+    assert lm.model is not held.net and held.net.training
+    assert torch.equal(held.net[0].weight, before) and torch.equal(lm.model[0].weight,
+                                                                     sd["0.weight"])

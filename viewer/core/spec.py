@@ -8,6 +8,7 @@ and example inputs, reproducibly (the same spec, kwargs, inputs and seed give th
 
 from __future__ import annotations
 
+import copy
 import importlib
 import importlib.util
 import json
@@ -164,7 +165,9 @@ def load_model(
             if isinstance(factory, nn.Module):
                 if kwargs:
                     raise DepViewError(f"{spec} is a module instance; --kwargs cannot apply")
-                model = factory.to(device)
+                # a copy: weights loaded, eval mode and a later reshape (load_pruned) must
+                # not change the object the module holds for its other users
+                model = copy.deepcopy(factory).to(device)
             elif callable(factory):
                 model = factory(**kwargs)
             else:
