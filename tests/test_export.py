@@ -449,3 +449,27 @@ def test_layer_norms_of_a_given_shape_follow_and_reload(tmp_path):
     assert again.norm.normalized_shape == (8,) and again.tail_norm.normalized_shape == (6,)
     with torch.no_grad():
         assert torch.equal(again(*lm.inputs), pruned(*lm.inputs))
+
+
+def test_check_tells_changed_weights_and_damaged_reports_and_takes_plan_json(tmp_path):
+    from viewer.core.export import check_dir
+
+    lm = load_model("demo:cnn")
+    p = Pruner(lm.model, lm.inputs, output_layers=lm.output_layers)
+    plan = p.plan(0.5)
+    out = export_dir(p, plan, p.apply(plan), tmp_path / "e", lm.source)
+    assert check_dir(out)["ok"] and check_dir(out / "plan.json")["ok"]
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["weights_sha256"]) == 64
+    # bytes of a weight changed, the file still well formed: check was OK before
+    data = bytearray((out / "model.safetensors").read_bytes())
+    data[-9] ^= 0x40
+    (out / "model.safetensors").write_bytes(bytes(data))
+    res = check_dir(out)
+    assert res["weights_match_report"] is False and res["ok"] is False
+    for bad in ("{broken", "[]", '{"params": 5}'):
+        (out / "report.json").write_text(bad)
+        with pytest.raises(DepViewError, match="report.json is"):
+            check_dir(out)
+    with pytest.raises(DepViewError, match="is a file, not a DepView export directory"):
+        check_dir(out / "report.json")

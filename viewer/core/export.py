@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import io
 import json
 import os
@@ -104,6 +105,7 @@ def export_dir(pruner: Pruner, plan: Plan, pruned: nn.Module, out_dir: str | Pat
             "pt2": (_try_export_pt2(pruned, pruner.inputs, stage / "model.pt2") if pt2 else
                     {"written": False, "reason": "not requested"}),
         }
+        report["weights_sha256"] = _sha256(stage / "model.safetensors")
         (stage / "report.json").write_text(json.dumps(report, indent=1, default=str))
         if not (stage / "model.pt2").exists():  # an earlier export's program is not this one's
             (out / "model.pt2").unlink(missing_ok=True)
@@ -228,6 +230,41 @@ def _try_export_pt2(model: nn.Module, inputs, path: Path) -> dict:
     return res
 
 
+def export_path(path: str | Path) -> Path:
+    """An export directory, also when given as its plan.json."""
+    p = Path(path)
+    if p.is_file():
+        if p.name == "plan.json":
+            return p.parent
+        raise DepViewError(f"{path} is a file, not a DepView export directory")
+    return p
+
+
+def read_report(path: Path) -> dict | None:
+    """An export's report.json (None if there is none), checked for the parts check reads."""
+    p = path / "report.json"
+    if not p.is_file():
+        return None
+    try:
+        report = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DepViewError(f"{p} is not valid JSON: {exc}") from exc
+    if not isinstance(report, dict) or not isinstance(report.get("params", {}), dict) or \
+            not isinstance(report.get("verification") or {}, dict) or \
+            not isinstance(report.get("weights_sha256") or "", str):
+        raise DepViewError(f"{p} is damaged: 'params' and 'verification' must be objects")
+    report.setdefault("params", {})
+    return report
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def read_plan(path: str | Path) -> dict:
     p = Path(path)
     if p.is_dir():
@@ -341,7 +378,7 @@ def rebuild(path: str | Path, search: bool = True) -> tuple[nn.Module, LoadedMod
     A model file the spec names relative to where ``prune`` ran is looked for from here, then
     in the export directory and its parent, then at the absolute path ``prune`` recorded.
     ``search=False`` (uploads: their plan.json is not trusted) looks only from here."""
-    path = Path(path)
+    path = export_path(path)
     plan = read_plan(path)
     src = plan["source"]
     spec = src["spec"]
@@ -383,9 +420,11 @@ def load_pruned(path: str | Path, device: str = "cpu") -> nn.Module:
 
 
 def check_dir(path: str | Path) -> dict:
-    """Reload an export, run forward on the recorded inputs and compare with report.json."""
-    path = Path(path)
+    """Reload an export, run forward on the recorded inputs and compare with report.json
+    (output shapes, parameter count, and the weights file's SHA-256)."""
+    path = export_path(path)
     plan = read_plan(path)
+    report = read_report(path)
     model, lm = rebuild(path)
     res: dict = {"dir": str(path), "spec": plan["source"]["spec"], "reload": True}
     try:
@@ -396,16 +435,18 @@ def check_dir(path: str | Path) -> dict:
         res["forward"] = False
         res["error"] = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
         return res
-    report_p = path / "report.json"
-    if report_p.is_file():
-        report = json.loads(report_p.read_text())
+    if report is not None:
         res["shapes_match_report"] = report.get("output_shapes") == res["output_shapes"]
         res["params"] = sum(p.numel() for p in model.parameters())
-        res["params_match_report"] = report.get("params", {}).get("after") == res["params"]
+        res["params_match_report"] = report["params"].get("after") == res["params"]
+        if report.get("weights_sha256"):  # exports before it was recorded have none
+            res["weights_match_report"] = \
+                report["weights_sha256"] == _sha256(path / "model.safetensors")
         res["verification"] = report.get("verification")
     masked = (res.get("verification") or {}).get("masked_equivalence") or {}
     res["ok"] = bool(res["forward"] and res.get("shapes_match_report", True)
-                     and res.get("params_match_report", True) and masked.get("ok", True))
+                     and res.get("params_match_report", True)
+                     and res.get("weights_match_report", True) and masked.get("ok", True))
     return res
 
 
