@@ -1657,3 +1657,25 @@ def test_detach_passes_channels_through():
     assert [n.name for n in g.nodes if n.target == "detach"] == ["detach"]
     reached = {g.nodes[k[0]].name for k in group_of(g, "a").tensors}
     assert {"detach", "getitem"} <= reached
+
+
+def test_an_in_place_copy_into_a_cache_from_nowhere_is_not_an_unseen_detour():
+    # Mamba's conv_state.copy_(...): a cache tensor the trace did not see made, written in
+    # place and not read again
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 2)
+            self.cache = [torch.zeros(2, 8)]  # not a buffer: made outside the trace
+
+        def forward(self, x):
+            h = self.a(x)
+            self.cache[0].copy_(h)
+            return self.b(h)
+
+    g = build_graph(Net().eval(), torch.randn(2, 4))
+    # blocked by the copy into a fixed-width tensor, not as a detour through unseen code
+    assert group_of(g, "a").reasons == ["it reaches a tensor computed inside forward "
+                                        "'constant' [2, 8] from neither inputs nor weights (a "
+                                        "position or frequency table, a mask): its values do "
+                                        "not follow a pruned width"]

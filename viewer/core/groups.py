@@ -1832,8 +1832,9 @@ def _unseen_detour(graph: Graph, keys) -> str | None:
     consumers = graph.consumers
     for nid, port, dim in keys:
         node = graph.nodes[nid]
-        if consumers.get((nid, port)) or len(node.out_shapes) != 1:
-            continue
+        if consumers.get((nid, port)) or len(node.out_shapes) != 1 or \
+                node.attrs.get("inplace") is True or isinstance(node.meta, SetItemMeta):
+            continue  # (an in-place write's result is its input, read through that)
         shape = node.out_shapes[0]
         for u in unknown:
             other = u.out_shapes[0]

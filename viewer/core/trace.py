@@ -629,6 +629,8 @@ class _Tracer(TorchFunctionMode):
         tag = getattr(written, "_depview_src", None) if written is not None else None
         node = self.add_node(ins, outs, self.unique(f"{mod}.{name}" if mod else name), op_type,
                              mod, name, meta)
+        if written is not None:
+            node.attrs = {"inplace": True}  # its result is its input, read through that
         if tag is not None and tag[0] is self.token and written._base is not None:
             self.view_written(written, tag, node)
         if self.autograd:
