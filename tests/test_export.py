@@ -154,6 +154,9 @@ def test_exporting_again_into_an_export_replaces_it_whole(demo_pruner, tmp_path)
     ({"attrs": [1]}, "'attrs' must map each module"),
     ({"source": "x"}, "'source' must be an object"),
     ({"rounds": "x"}, "'rounds' must be a list"),
+    ({"source": {"spec": "demo:cnn", "seed": "0"}}, "'source.seed' must be an integer"),
+    ({"source": {"spec": "demo:cnn", "inputs": [5]}}, "'source' must hold 'kwargs' as an"),
+    ({"tensors": {"features.0.weight": {"x": [0]}}}, "'tensors' must map each tensor"),
 ])
 def test_a_damaged_plan_json_says_which_part(demo_pruner, tmp_path, damage, says):
     lm, p = demo_pruner("cnn")
@@ -473,3 +476,16 @@ def test_check_tells_changed_weights_and_damaged_reports_and_takes_plan_json(tmp
             check_dir(out)
     with pytest.raises(DepViewError, match="is a file, not a DepView export directory"):
         check_dir(out / "report.json")
+
+
+def test_plan_json_attrs_keep_their_kind(demo_pruner, tmp_path):
+    lm, p = demo_pruner("cnn")
+    plan = p.plan(0.5)
+    out = export_dir(p, plan, p.apply(plan), tmp_path / "e", lm.source, pt2=False)
+    data = json.loads((out / "plan.json").read_text())
+    module, attrs = next(iter(data["attrs"].items()))
+    key = next(k for k, v in attrs.items() if type(v) is int)
+    data["attrs"][module][key] = [1, 2]  # a number turned list: was set, and check said OK
+    (out / "plan.json").write_text(json.dumps(data))
+    with pytest.raises(DepViewError, match=key):
+        load_pruned(out)

@@ -291,11 +291,15 @@ def plan_problem(plan: dict) -> str:
     if not isinstance(src, dict) or not isinstance(src.get("spec"), str):
         return "'source' must be an object with the model's 'spec'"
     if not isinstance(src.get("kwargs") or {}, dict) or \
-            not isinstance(src.get("inputs") or [], list):
-        return "'source' must hold 'kwargs' as an object and 'inputs' as a list"
+            not isinstance(src.get("inputs") or [], list) or \
+            not all(isinstance(i, str) for i in src.get("inputs") or []):
+        return "'source' must hold 'kwargs' as an object and 'inputs' as a list of shapes"
+    if type(src.get("seed", 0)) is not int:
+        return "'source.seed' must be an integer"
     tensors = plan.get("tensors", {})
     if not isinstance(tensors, dict) or not all(
-            isinstance(dims, dict) and all(isinstance(k, list) for k in dims.values())
+            isinstance(dims, dict) and all(isinstance(k, list) and d.lstrip("-").isdigit()
+                                           for d, k in dims.items())
             for dims in tensors.values()):
         return "'tensors' must map each tensor to {dim: [kept indices]}"
     attrs = plan.get("attrs", {})
@@ -313,8 +317,17 @@ def _plain_attr(mod: nn.Module, key: str, value) -> bool:
     scalar = (bool, int, float, str)
     ok_value = isinstance(value, scalar) or (
         isinstance(value, list) and all(isinstance(x, scalar) for x in value))
-    return (ok_value and isinstance(key, str) and not key.startswith("_")
-            and key in vars(mod) and not isinstance(getattr(mod, key), (nn.Module, torch.Tensor)))
+    if not (ok_value and isinstance(key, str) and not key.startswith("_") and key in vars(mod)):
+        return False
+    old = getattr(mod, key)
+    if isinstance(old, (nn.Module, torch.Tensor)):
+        return False
+    # the kind it had: a number stays a number (bool and int are one kind), a list or tuple a
+    # list (plan.json stores a tuple as a list)
+    listy = (list, tuple)
+    if isinstance(old, listy) or isinstance(value, listy):
+        return isinstance(old, listy) and isinstance(value, listy)
+    return isinstance(old, str) == isinstance(value, str)
 
 
 def _check_kept(key: str, d, kept, shape) -> None:
@@ -362,7 +375,8 @@ def reshape_like_plan(model: nn.Module, plan: dict) -> nn.Module:
         for k, v in attrs.items():
             if not _plain_attr(mod, k, v):
                 raise DepViewError(f"plan.json sets {name}.{k} to {str(v)[:40]!r}, which is not "
-                                   "a public scalar attribute of that module")
+                                   "a public scalar attribute of that module, or not of "
+                                   "the kind it holds")
             # (a list as JSON: a tuple again unless the module held a list)
             old = getattr(mod, k)
             setattr(mod, k, v if not isinstance(v, list) or isinstance(old, list) else tuple(v))

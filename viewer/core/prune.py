@@ -13,6 +13,7 @@ A plan is plain data (group id -> removed unit ids) and can be saved as JSON.
 from __future__ import annotations
 
 import copy
+import difflib
 import math
 import traceback
 from collections import defaultdict
@@ -411,7 +412,13 @@ class Pruner:
         """An ignore or override that names nothing would silently do nothing: refuse it."""
         known = set(self.graph.by_name) | {n.module for n in self.graph.nodes}
         for name in sorted({n for n, _ in ignore} - known):
-            close = [k for k in sorted(known) if k and (name in k or k in name)][:3]
+            base, _, side = name.rpartition(":")
+            if base and base in known and not side.isdigit():  # (a reused layer's calls are "fc:1")
+                raise DepViewError(f"ignore {name!r}: unknown side {side!r} (use "
+                                   f"{base}:in or {base}:out, or {base} for both)")
+            close = [k for k in sorted(known) if len(k) >= 3 and (name in k or k in name)]
+            close = list(dict.fromkeys(close + difflib.get_close_matches(
+                name, sorted(k for k in known if k), n=3)))[:3]
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise DepViewError(f"ignore names no layer of this model: {name!r}{hint}")
         ids = {g.id for g in self.groups}

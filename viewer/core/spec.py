@@ -53,11 +53,17 @@ def make_tensor(shape, dtype: str, device, gen: torch.Generator) -> torch.Tensor
     dt = DTYPES[dtype]
     if str(device) == "meta":
         return torch.empty(shape, dtype=dt, device="meta")
-    if dt.is_floating_point:
-        return torch.randn(shape, generator=gen).to(dt).to(device)
-    if dt == torch.bool:
-        return torch.ones(shape, dtype=dt, device=device)
-    return torch.randint(0, 2, shape, generator=gen, dtype=dt).to(device)
+    try:
+        if dt.is_floating_point:
+            return torch.randn(shape, generator=gen).to(dt).to(device)
+        if dt == torch.bool:
+            return torch.ones(shape, dtype=dt, device=device)
+        return torch.randint(0, 2, shape, generator=gen, dtype=dt).to(device)
+    except (RuntimeError, MemoryError) as exc:  # a shape too large for this machine
+        size = "x".join(map(str, shape))
+        raise DepViewError(f"cannot make an example input of shape {size} ({dtype}): "
+                           f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+                           ) from None
 
 
 @dataclass
