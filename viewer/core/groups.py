@@ -30,7 +30,7 @@ import numpy as np
 
 from .errors import DepViewError
 from .graph import Graph, Node
-from .handlers import CUTS, rnn_cell, rnn_hidden
+from .handlers import CUTS, conv_width, rnn_cell, rnn_hidden
 from .meta import (
     WRITE,
     ConcatMeta,
@@ -308,9 +308,9 @@ def _grouped_conv_rule(base: Rule) -> Rule:
         c = _conv_channel(node, len(node.in_shapes[0])) if node.in_shapes else 1
         if groups == 1 or port != 0 or dim != c:
             return base(g, node, side, port, dim, units, pos, ctx)
-        if node.op_type is OpType.CONV and conv_prunes_whole_groups(node.in_shapes[0][c],
+        if node.op_type is OpType.CONV and conv_prunes_whole_groups(conv_width(node, "in"),
                                                                     groups):
-            co = node.out_shapes[0][c] // groups
+            co = conv_width(node, "out") // groups
             grp = pos if side == "in" else pos // co
             out_pos = (grp[:, None] * co + np.arange(co)[None, :]).reshape(-1)
             out_units = np.repeat(units, co)
@@ -318,7 +318,7 @@ def _grouped_conv_rule(base: Rule) -> Rule:
             ctx.member(node, "out", c, out_units, out_pos)
             flows = [Flow("out", 0, c, out_units, out_pos)]  # the whole group's outputs
             return flows + [Flow("in", 0, c, units, grp)] if side == "out" else flows
-        width = (node.in_shapes[0] if side == "in" else node.out_shapes[0])[c]
+        width = conv_width(node, side)
         per = width // groups
         if per == 1:
             ctx.block(f"'{node.name}' has one {'input' if side == 'in' else 'output'} channel "

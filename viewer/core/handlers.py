@@ -47,12 +47,12 @@ def _group_local(node: Node, side: str, pos: np.ndarray) -> np.ndarray:
     groups = int(node.attrs.get("groups", 1))
     if groups == 1:
         return pos
-    return np.unique(pos % (_conv_width(node, side) // groups))
+    return np.unique(pos % (conv_width(node, side) // groups))
 
 
-def _conv_width(node: Node, side: str) -> int:
+def conv_width(node: Node, side: str) -> int:
     """A conv's input or output channel count, read from its weight (the activations may
-    come without a batch dim)."""
+    come without a batch dim). The groups' rules read it here too."""
     w = node.param_shapes.get("weight")
     groups = int(node.attrs.get("groups", 1))
     if w is None:  # (a call without a weight of its own)
@@ -66,7 +66,7 @@ def _conv(node, side, dim, pos):
     if side == "out":
         return _cuts(node, [("weight", 0), ("bias", 0)], pos)
     if node.op_type is OpType.CONV and conv_prunes_whole_groups(
-            _conv_width(node, "in"), int(node.attrs.get("groups", 1))):
+            conv_width(node, "in"), int(node.attrs.get("groups", 1))):
         return []  # its input channels leave with their groups' output rows
     return _cuts(node, [("weight", 1)], _group_local(node, "in", pos))
 

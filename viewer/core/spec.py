@@ -267,6 +267,9 @@ def _read_tensors(path: str | Path, what: str):
                            f"{_unpickler_finding(exc)}") from exc
 
 
+_SAVE_STATE = "save model.state_dict(), not the model, or use .safetensors"
+
+
 def _unpickler_finding(exc: BaseException) -> str:
     """What torch's weights-only unpickler found, from its long message: the line after
     "WeightsUnpickler error:" (``Unsupported global: GLOBAL os.system ...``), else its first."""
@@ -274,15 +277,14 @@ def _unpickler_finding(exc: BaseException) -> str:
     for ln in lines:  # torch >= 2.6: "Trying to load unsupported GLOBAL posix.system whose ..."
         if "unsupported GLOBAL" in ln:
             return (ln.removeprefix("Trying to load ").split(" whose ", 1)[0] +
-                    " (refused, never run: save model.state_dict(), not the model, or use "
-                    ".safetensors)")[:300]
+                    f" (refused, never run: {_SAVE_STATE})")[:300]
     for i, ln in enumerate(lines):
         if "WeightsUnpickler error:" in ln:
             rest = ln.split("WeightsUnpickler error:", 1)[1].strip()
             found = rest or (lines[i + 1] if i + 1 < len(lines) else "")
             found = found.split(" Please use", 1)[0]  # torch's advice, to allow the class
             if "Unsupported global" in found:
-                found += " (save model.state_dict(), not the model, or use .safetensors)"
+                found += f" ({_SAVE_STATE})"
             elif "Unsupported operand" in found:  # a pickle protocol torch.save never writes
                 found += (" (not a torch.save file of tensors: save model.state_dict() with "
                           "torch.save, or use .safetensors)")
