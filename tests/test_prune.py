@@ -1,5 +1,6 @@
 import copy
 import json
+import math
 import warnings
 
 import numpy as np
@@ -149,6 +150,62 @@ def test_l1_removes_the_smallest_units(demo_pruner):
     removed = plan.removed[g.id]
     kept = sorted(set(range(g.n_units)) - set(removed))
     assert scores[removed].max() <= scores[kept].min()
+
+
+class Recurrent(torch.nn.Module):
+    def __init__(self, cls):
+        super().__init__()
+        self.rnn, self.fc = cls(6, 5, batch_first=True), torch.nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.fc(self.rnn(x)[0])
+
+
+@pytest.mark.parametrize("cls, gates", [(torch.nn.LSTM, 4), (torch.nn.GRU, 3)])
+@pytest.mark.parametrize("crit", ["l1", "l2"])
+def test_a_recurrent_units_score_counts_its_rows_in_every_gate(cls, gates, crit):
+    # (only the first gate's rows were counted: half an LSTM unit's weights or less)
+    torch.manual_seed(0)
+    model, x = Recurrent(cls).eval(), torch.randn(2, 4, 6)
+    p = Pruner(model, (x,))
+    g = next(grp for grp in p.groups if grp.root == "rnn")
+    r = model.rnn
+
+    def mag(t):
+        return t.detach().abs() if crit == "l1" else t.detach().pow(2)
+
+    # unit i: its row in each gate of weight_ih, weight_hh and both biases, its weight_hh
+    # column, and its fc column
+    want = sum(mag(t).reshape(gates, 5, -1).sum((0, 2)) for t in
+               (r.weight_ih_l0, r.weight_hh_l0, r.bias_ih_l0, r.bias_hh_l0))
+    want = want + mag(r.weight_hh_l0).sum(0) + mag(model.fc.weight).sum(0)
+    order = [int(u) for _, u in sorted(zip(g.members[0].pos, g.members[0].unit, strict=True))]
+    np.testing.assert_allclose(p.importance(g, crit)[order], want.numpy(), rtol=1e-5)
+
+
+class TiedLM(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb, self.mid, self.lm = torch.nn.Embedding(11, 8), torch.nn.Linear(8, 8), \
+            torch.nn.Linear(8, 11, bias=False)
+        self.lm.weight = self.emb.weight
+
+    def forward(self, ids):
+        h = self.emb(ids)
+        return self.lm(h + self.mid(h))
+
+
+def test_a_tensor_two_members_cut_is_scored_once():
+    # a tied weight (or a module called twice) was summed once per member that cuts it
+    torch.manual_seed(0)
+    model, ids = TiedLM().eval(), torch.randint(0, 11, (2, 5))
+    p = Pruner(model, (ids,))
+    g = next(grp for grp in p.groups if grp.root == "emb")
+    assert {(m.node_name, m.side) for m in g.members} >= {("emb", "out"), ("lm", "in")}
+    w = model.mid.weight.detach().abs()
+    want = (model.emb.weight.detach().abs().sum(0) + w.sum(0) + w.sum(1)
+            + model.mid.bias.detach().abs())
+    np.testing.assert_allclose(p.importance(g, "l1"), want.numpy(), rtol=1e-5)
 
 
 def test_round_to_keeps_multiples(demo_pruner):
@@ -870,6 +927,44 @@ def test_sdpa_default_scale_makes_a_head_dim_group_inexact(scale):
         assert "inexact" in v["masked_equivalence"]["skipped"]
     else:
         assert v["masked_equivalence"]["ok"], v
+
+
+class ScaleInPython(torch.nn.Module):
+    """Attention whose score scale Python computes from a width: from the runtime shape
+    (``math.sqrt(q.size(-1))``, the Annotated Transformer) or from the attribute its view
+    reads (``math.sqrt(self.head_dim)``, Transformer-XL): the trace sees one number."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.how, self.h, self.head_dim = how, 2, 8
+        self.qkv, self.o = torch.nn.Linear(16, 48), torch.nn.Linear(16, 16)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        hd = -1 if self.how == "shape" else self.head_dim
+        q, k, v = (y.view(b, t, self.h, hd).transpose(1, 2) for y in self.qkv(x).chunk(3, -1))
+        scale = math.sqrt(q.size(-1) if self.how == "shape" else self.head_dim)
+        a = (q @ k.transpose(-1, -2) / scale).softmax(-1)
+        return self.o((a @ v).transpose(1, 2).reshape(b, t, hd if hd < 0 else self.h * hd))
+
+
+@pytest.mark.parametrize("how", ["shape", "attribute"])
+def test_a_number_computed_from_a_pruned_width_is_caught(how):
+    # head dims: the pruned model divided by sqrt(7), the masked original by sqrt(8), and
+    # both groups were called exact (masked equivalence failed, rel. diff ~3e-2)
+    torch.manual_seed(0)
+    model, x = ScaleInPython(how).eval(), torch.randn(2, 5, 16) * 3
+    p = Pruner(model, (x,))
+    plan = p.plan(0.5)
+    g = next(grp for grp in p.groups if grp.root == "qkv")
+    if how == "shape":  # head dims: blocked, saying which number moved
+        assert "'div' computes with 2.646 instead of 2.828" in p.reason(g)
+        assert g.id not in plan.removed
+        return
+    # whole heads instead: the attribute set is the head count, and the scale stays
+    assert not p.reason(g) and g.n_units == 2 and p.sets(g) == ["h"]
+    pruned = p.apply(plan)
+    assert plan.removed[g.id] and p.verify(pruned, plan)["masked_equivalence"]["ok"]
 
 
 def test_a_model_in_train_mode_is_traced_and_verified_in_eval_mode_and_left_as_it_was():

@@ -29,15 +29,19 @@ class Cut:
     key: str
     dim: int
     positions: np.ndarray
-    aligned: bool = True  #: positions are the member's own positions (False: derived ones)
+    #: False: positions picked by weight (MHA's inner dims), no one channel's own
+    aligned: bool = True
+    #: for each of ``positions``, the index into the handler's ``pos`` of the channel it
+    #: belongs to (None: ``positions`` are ``pos``, or channels of a grouped conv's one group)
+    origin: np.ndarray | None = None
 
 
 def _key(node: Node, local: str) -> str:
     return node.params.get(local) or node.buffers[local]
 
 
-def _cuts(node: Node, spec: list[tuple[str, int]], pos) -> list[Cut]:
-    return [Cut(_key(node, k), d, pos) for k, d in spec
+def _cuts(node: Node, spec: list[tuple[str, int]], pos, origin=None) -> list[Cut]:
+    return [Cut(_key(node, k), d, pos, True, origin) for k, d in spec
             if k in node.params or k in node.buffers]
 
 
@@ -140,19 +144,22 @@ def _recurrent(gates: int):
             for s in sfxs:
                 out += _cuts(node, [(key("weight_ih", 0, s), 1)], pos)
             return out
-        h = np.unique(pos % hidden)
+        # (a bidirectional layer's output is [forward h | reverse h]: unit i is both)
+        h, first = np.unique(pos % hidden, return_index=True)
+        # every gate's row of each unit: (i, f, g, o) for an LSTM, (r, z, n) for a GRU
         rows = (np.arange(gates)[:, None] * hidden + h[None, :]).reshape(-1)
         # input features of layers >= 1 are [forward h | reverse h]
         cols_in = np.concatenate([h + k * hidden for k in range(len(sfxs))])
+        row_of, col_of = np.tile(first, gates), np.tile(first, len(sfxs))
         for layer in range(layers):
             for s in sfxs:
                 out += _cuts(node, [(key("weight_ih", layer, s), 0),
                                     (key("bias_ih", layer, s), 0),
                                     (key("weight_hh", layer, s), 0),
-                                    (key("bias_hh", layer, s), 0)], rows)
-                out += _cuts(node, [(key("weight_hh", layer, s), 1)], h)
+                                    (key("bias_hh", layer, s), 0)], rows, row_of)
+                out += _cuts(node, [(key("weight_hh", layer, s), 1)], h, first)
                 if layer > 0:
-                    out += _cuts(node, [(key("weight_ih", layer, s), 1)], cols_in)
+                    out += _cuts(node, [(key("weight_ih", layer, s), 1)], cols_in, col_of)
         return out
     return cuts
 

@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .errors import DepViewError
-from .graph import Graph
+from .graph import Graph, Node
 from .groups import (
     Group,
     all_groups,
@@ -219,11 +219,16 @@ class Pruner:
         table = _tensor_lookup(self.model)
         scores = np.zeros(n)
         bn_only = criterion == "bn"
+        # (tensor, dim) -> its positions already scored: a tensor two members cut (tied
+        # weights, a module called twice) counts once, as it is removed once
+        counted: dict[tuple[int, int], np.ndarray] = {}
         for m in group.members:
             if bn_only and m.op_type not in (OpType.BN, OpType.GN, OpType.IN, OpType.LN):
                 continue
             node = self.graph.nodes[m.node]
             all_pos = np.arange(int(m.pos.max()) + 1 if len(m.pos) else 0)
+            unit_at = np.full(len(all_pos), -1)
+            unit_at[m.pos] = m.unit
             for cut in _node_cuts(node, m.side, m.dim, all_pos, None):
                 if cut.key not in table or "running" in cut.key or not cut.aligned:
                     continue
@@ -239,8 +244,19 @@ class Pruner:
                     continue
                 t = t.float().abs() if criterion != "l2" else t.float().pow(2)
                 per = t.transpose(0, cut.dim).reshape(t.shape[cut.dim], -1).sum(1).numpy()
-                sel = m.pos < len(per)
-                np.add.at(scores, m.unit[sel], per[m.pos[sel]])
+                # each position of the tensor, and the channel (member position) it is of:
+                # a recurrent layer's unit owns a row in every gate
+                at = np.asarray(cut.positions)
+                of = at if cut.origin is None else all_pos[cut.origin]
+                keep = at < len(per)
+                at, of = at[keep], of[keep]
+                units = unit_at[np.minimum(of, len(unit_at) - 1)]
+                units[of >= len(unit_at)] = -1
+                done = counted.setdefault((id(table[cut.key][2]), cut.dim),
+                                          np.zeros(len(per), bool))
+                keep = (units >= 0) & ~done[at]
+                done[at[keep]] = True
+                np.add.at(scores, units[keep], per[at[keep]])
         if bn_only and not scores.any():
             return self.importance(group, "l1", seed)
         return scores
@@ -830,7 +846,8 @@ class Pruner:
                     f"({type(exc).__name__}: {msg}){hint}")
         if id(before) not in st["names"]:
             st["names"][id(before)] = _aligned_names(self.graph, before)
-        moved = _moved(before, after, self._owned(gs, st["names"][id(before)]))
+        exact = any(g.exact for g in gs)  # (an inexact group's numbers may move)
+        moved = _moved(before, after, self._owned(gs, st["names"][id(before)]), exact)
         if moved and before is not traced_meta and _real(self.model):
             # a size that moved on real tensors may be the data's: pruning the channels a
             # top-1 router reads changes which tokens ``x[mask]`` picks (and a loop over the
@@ -841,7 +858,8 @@ class Pruner:
                 masked = build_graph(self.masked_model(plan), _copied(self.inputs))
             except DepViewError:
                 return moved
-            moved = _moved(masked, after, self._owned(gs, _aligned_names(self.graph, masked)))
+            moved = _moved(masked, after, self._owned(gs, _aligned_names(self.graph, masked)),
+                           exact)
         return moved
 
     def _owned(self, gs: list[Group], name: dict[str, str]) -> set[tuple[str, int, int]]:
@@ -1008,11 +1026,16 @@ def _aligned_names(first: Graph, later: Graph) -> dict[str, str]:
     return out
 
 
-def _moved(before: Graph, after: Graph, owned: set[tuple[str, int, int]]) -> str:
+def _moved(before: Graph, after: Graph, owned: set[tuple[str, int, int]],
+           numbers: bool = True) -> str:
     """Why the pruned model's trace ``after`` is not ``before`` shrunk only where the groups
     own positions, ``owned`` as (node name, port, dim) ("" when it is): a ``view(b, -1,
     heads, head_dim)`` that still runs can hand the lost channels to its ``-1`` dim, mixing
-    tokens without any error."""
+    tokens without any error. With ``numbers``, the plain numbers elementwise ops compute
+    with (and an attention's ``scale=``) must not move either: ``scores / math.sqrt(
+    q.size(-1))``, or a ``math.sqrt(self.head_dim)`` whose attribute pruning sets, would
+    rescale what the removed channels leave (not checked for groups already marked inexact,
+    whose changes are known)."""
     if [n.name for n in after.nodes] != [n.name for n in before.nodes]:
         return "when this group shrinks, the model runs other ops (its control flow reads sizes)"
     for a, b in zip(before.nodes, after.nodes, strict=True):
@@ -1021,7 +1044,26 @@ def _moved(before: Graph, after: Graph, owned: set[tuple[str, int, int]]) -> str
                                          for d, (x, y) in enumerate(zip(sa, sb, strict=True))):
                 return (f"when this group shrinks, '{a.name}' gives {list(sb)} instead of "
                         f"{list(sa)}: a size the group does not own moved (a -1 in a view?)")
+    if numbers:
+        for a, b in zip(before.nodes, after.nodes, strict=True):
+            na, nb = _numbers(a), _numbers(b)
+            if na != nb and not all(x == y or x != x and y != y  # (NaN == NaN here)
+                                    for x, y in zip(na, nb, strict=False)):
+                was, now = (", ".join(f"{x:.4g}" for x in v) for v in (na, nb))
+                return (f"when this group shrinks, '{a.name}' computes with {now} instead of "
+                        f"{was}: a number the forward derives from a width (an attention scale "
+                        "1/sqrt(head_dim)?) changes, so pruning would change more than these "
+                        "channels")
     return ""
+
+
+def _numbers(node: Node) -> tuple:
+    """The plain numbers an op computes with: an elementwise op's number arguments, an
+    attention's explicit ``scale``."""
+    if node.op_type is OpType.ATTENTION:
+        scale = getattr(node.meta, "scale", None)
+        return () if scale is None else (scale,)
+    return node.attrs.get("scalars", ()) if node.op_type is OpType.ELEMENTWISE else ()
 
 
 def _raised_at(exc: BaseException) -> str:

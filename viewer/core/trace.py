@@ -87,6 +87,8 @@ def flatten(obj, path: str = "") -> list[tuple[str, torch.Tensor]]:
 
 
 #: Argument types that never hold a tensor (a ``torch.Size`` is a tuple of ints).
+#: The argument types :meth:`_Tracer.record_function` keeps as an elementwise op's numbers
+_NUMBERS = (int, float)
 _LEAVES = frozenset({int, float, bool, complex, str, type(None), type(Ellipsis), slice,
                      torch.dtype, torch.device, torch.Size, torch.layout, torch.memory_format})
 
@@ -629,8 +631,17 @@ class _Tracer(TorchFunctionMode):
         tag = getattr(written, "_depview_src", None) if written is not None else None
         node = self.add_node(ins, outs, self.unique(f"{mod}.{name}" if mod else name), op_type,
                              mod, name, meta)
+        if op_type is OpType.ELEMENTWISE:
+            # the plain numbers it computes with (``scores / 2.83``): validation compares them
+            # with the pruned model's, where one read from a width (``q.size(-1) ** 0.5``) moves
+            nums = [a for a in args if type(a) in _NUMBERS]
+            if kwargs:
+                nums += [v for v in kwargs.values() if type(v) in _NUMBERS]
+            if nums:
+                node.attrs = {"scalars": tuple(nums)}
         if written is not None:
-            node.attrs = {"inplace": True}  # its result is its input, read through that
+            # its result is its input, read through that
+            node.attrs = {**node.attrs, "inplace": True}
         if tag is not None and tag[0] is self.token and written._base is not None:
             self.view_written(written, tag, node)
         if self.autograd:
