@@ -225,3 +225,20 @@ def test_a_failed_masked_equivalence_is_said_by_prune_and_check_and_exits_1(tmp_
     line = capsys.readouterr().out
     assert line.startswith("FAILED: demo:cnn reloaded, forward ran") and \
         "masked equivalence FAILED" in line
+
+
+def test_check_says_on_its_line_which_check_failed(tmp_path, capsys):
+    # the line said only "FAILED: ... forward ran, output shapes ..."
+    from viewer.cli import main
+
+    out = tmp_path / "out"
+    assert main(["prune", "demo:cnn", "--ratio", "0.5", "--out", str(out)]) == 0
+    capsys.readouterr()
+    data = bytearray((out / "model.safetensors").read_bytes())
+    data[-9] ^= 0x40
+    (out / "model.safetensors").write_bytes(bytes(data))
+    assert main(["check", str(out)]) == 1
+    line = capsys.readouterr().out
+    assert line.startswith("FAILED: demo:cnn reloaded, forward ran")
+    assert "(model.safetensors is not the file report.json describes (its SHA-256 " \
+           "differs))" in line

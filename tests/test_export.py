@@ -489,3 +489,56 @@ def test_plan_json_attrs_keep_their_kind(demo_pruner, tmp_path):
     (out / "plan.json").write_text(json.dumps(data))
     with pytest.raises(DepViewError, match=key):
         load_pruned(out)
+
+
+def _tamper(out, edit):
+    data = json.loads((out / "plan.json").read_text())
+    edit(data)
+    (out / "plan.json").write_text(json.dumps(data))
+
+
+def test_check_says_which_check_failed_and_catches_a_plan_that_computes_otherwise(tmp_path):
+    # each of these passed check (OK, exit 0), or failed it without saying why
+    lm = load_model("demo:cnn")
+    p = Pruner(lm.model, lm.inputs, output_layers=lm.output_layers)
+    plan = p.plan(0.5)
+    base = export_dir(p, plan, p.apply(plan), tmp_path / "base", lm.source, pt2=False)
+    res = check_dir(base)
+    assert res["ok"] and not res["problems"], res["problems"]
+    assert res["outputs_match_report"] and res["tensors_match_original"]
+
+    def copy(name):
+        out = tmp_path / name
+        out.mkdir()
+        for f in base.iterdir():
+            (out / f.name).write_bytes(f.read_bytes())
+        return out
+
+    # an attribute its tensors contradict: a damaged plan.json, for load_pruned too
+    out = copy("attr")
+    _tamper(out, lambda d: d["attrs"]["features.0"].update(out_channels=5))
+    with pytest.raises(DepViewError, match="features.0.out_channels to 5, but its tensors "
+                                           "give 8: plan.json is damaged"):
+        load_pruned(out)
+    # an attribute no tensor describes, that changes what the model computes
+    out = copy("padding")
+    _tamper(out, lambda d: d["attrs"]["features.0"].update(dilation=[2, 2], padding=[2, 2]))
+    res = check_dir(out)
+    assert not res["ok"] and res["outputs_match_report"] is False
+    assert res["problems"] == ["its outputs differ from those recorded at export"]
+    # the removed channels' indices recorded as the kept ones: same shapes, same weights
+    out = copy("kept")
+    removed = sorted(set(range(16)) - set(json.loads((base / "plan.json").read_text())
+                                              ["tensors"]["features.0.weight"]["0"]))
+
+    def swap(d):
+        d["tensors"]["features.0.weight"]["0"] = removed[:8]
+    _tamper(out, swap)
+    res = check_dir(out)
+    assert res["tensors_match_original"] is False
+    assert "'features.0.weight' is not the original's tensor" in res["problems"][0]
+    out = copy("noreport")
+    (out / "report.json").unlink()
+    res = check_dir(out)
+    assert not res["ok"] and res["problems"] == [
+        "report.json is missing: nothing to compare the model with"]

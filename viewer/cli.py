@@ -64,17 +64,18 @@ def cmd_graph(args) -> int:
     return 0
 
 
-def _pruner(args, lm):
+def _pruner(args, lm, validate: bool = True):
     from .core.prune import Pruner
     from .core.trace import build_graph
 
     graph = build_graph(lm.model, lm.inputs)
-    return Pruner(lm.model, lm.inputs, graph=graph, output_layers=lm.output_layers)
+    return Pruner(lm.model, lm.inputs, graph=graph, output_layers=lm.output_layers,
+                  validate=validate)
 
 
 def cmd_groups(args) -> int:
     lm = _load(args)
-    pruner = _pruner(args, lm)
+    pruner = _pruner(args, lm, validate=not args.no_validate)
     if not args.no_validate:  # on meta too: validation runs its forwards on meta
         pruner.validate_groups()
     from .core.prune import parse_ignore
@@ -150,7 +151,8 @@ def cmd_check(args) -> int:
         status = "OK" if res.get("ok") else "FAILED"
         ran = "ran" if res.get("forward") else "failed"
         v = res.get("verification") or {}
-        notes = [res.get("error"), masked_note(v), untraced_note(v)]
+        notes = [*res.get("problems", []), masked_note(v), untraced_note(v),
+                 *res.get("notes", [])]
         print(f"{status}: {res['spec']} reloaded, forward {ran}"
               f", output shapes {res.get('output_shapes')}"
               + "".join(f" ({n})" for n in notes if n))

@@ -35,6 +35,8 @@ import torch
 from torch import nn
 
 from .errors import DepViewError
+from .handlers import REFRESH
+from .optypes import OpType, classify
 from .prune import Plan, Pruner, _tensor_lookup, attr_changes, run
 from .spec import LoadedModel, load_model, locate_spec, read_state_dict
 from .trace import flatten
@@ -106,6 +108,7 @@ def export_dir(pruner: Pruner, plan: Plan, pruned: nn.Module, out_dir: str | Pat
                     {"written": False, "reason": "not requested"}),
         }
         report["weights_sha256"] = _sha256(stage / "model.safetensors")
+        report["output_digest"] = output_digest(run(pruned, pruner.inputs), pruner.inputs)
         (stage / "report.json").write_text(json.dumps(report, indent=1, default=str))
         if not (stage / "model.pt2").exists():  # an earlier export's program is not this one's
             (out / "model.pt2").unlink(missing_ok=True)
@@ -382,24 +385,69 @@ def reshape_like_plan(model: nn.Module, plan: dict) -> nn.Module:
             setattr(mod, k, v if not isinstance(v, list) or isinstance(old, list) else tuple(v))
         if hasattr(mod, "_init_flat_weights"):
             mod._init_flat_weights()
+        _check_attrs(name, mod, attrs)
     return model
 
 
-def rebuild(path: str | Path, search: bool = True) -> tuple[nn.Module, LoadedModel]:
+def _check_attrs(name: str, mod: nn.Module, attrs: dict) -> None:
+    """A layer's attributes in plan.json must be those its sliced tensors give it (what
+    pruning set): ``out_channels: 5`` beside a weight of 4 rows is a damaged plan.json."""
+    typ = classify(mod)
+    if typ not in _SELF_DESCRIBING:
+        return
+    probe = copy.copy(mod)  # (its own __dict__: the refresh sets attributes on the copy)
+    REFRESH[typ](probe, {})
+    for k in attrs:
+        want, have = getattr(probe, k, None), getattr(mod, k, None)
+        if isinstance(want, list):
+            want = tuple(want)
+        if isinstance(have, list):
+            have = tuple(have)
+        if want != have:
+            raise DepViewError(f"plan.json sets {name}.{k} to {have!r}, but its tensors give "
+                               f"{want!r}: plan.json is damaged")
+
+
+#: layers whose attributes follow from their tensors alone (see handlers.REFRESH)
+_SELF_DESCRIBING = frozenset({
+    OpType.CONV, OpType.CONV_TRANSPOSE, OpType.DEPTHWISE_CONV, OpType.BN, OpType.IN, OpType.GN,
+    OpType.LN, OpType.LINEAR, OpType.PRELU, OpType.EMBED, OpType.LSTM, OpType.GRU, OpType.RNN,
+    OpType.MHA})
+
+
+def rebuild(path: str | Path, search: bool = True, originals: dict | None = None
+            ) -> tuple[nn.Module, LoadedModel]:
     """The pruned model of an export directory, plus the original's :class:`LoadedModel`
     (example inputs, output layers), building the original only once.
 
     A model file the spec names relative to where ``prune`` ran is looked for from here, then
     in the export directory and its parent, then at the absolute path ``prune`` recorded.
-    ``search=False`` (uploads: their plan.json is not trusted) looks only from here."""
+    ``search=False`` (uploads: their plan.json is not trusted) looks only from here.
+
+    ``originals``, a dict, receives the original model's tensors that plan.json slices,
+    before slicing, when the original's values can be rebuilt (its factory's seeded weights,
+    or the weights file it was loaded from, if it is still there): ``check`` compares them
+    with the pruned ones. It gets ``"unavailable"`` (why not) otherwise."""
     path = export_path(path)
     plan = read_plan(path)
     src = plan["source"]
     spec = src["spec"]
     if search:
         spec = locate_spec(spec, [path, path.parent, *([src["file"]] if src.get("file") else [])])
+    weights = None
+    if originals is not None and src.get("weights"):
+        found = [w for w in (Path(src["weights"]), path.parent / src["weights"]) if w.is_file()]
+        if found:
+            weights = str(found[0])
+        else:
+            originals["unavailable"] = (f"the original's weights file {src['weights']} is not "
+                                        "here")
     lm = load_model(spec, inputs=src.get("inputs") or None, kwargs=src.get("kwargs"),
-                    weights=None, device="cpu", seed=src.get("seed", 0))
+                    weights=weights, device="cpu", seed=src.get("seed", 0))
+    if originals is not None and "unavailable" not in originals:
+        table = _tensor_lookup(lm.model)
+        originals.update({k: table[k][2].detach().clone() for k in plan.get("tensors", {})
+                          if k in table})
     # the example inputs were drawn before reshaping, so they match the original model's
     model = reshape_like_plan(lm.model, plan)
     sd = read_state_dict(path / "model.safetensors")
@@ -435,12 +483,17 @@ def load_pruned(path: str | Path, device: str = "cpu") -> nn.Module:
 
 def check_dir(path: str | Path) -> dict:
     """Reload an export, run forward on the recorded inputs and compare with report.json
-    (output shapes, parameter count, and the weights file's SHA-256)."""
+    (output shapes, parameter count, the weights file's SHA-256, and the outputs recorded at
+    export), and the pruned tensors with the original's at plan.json's kept indices when the
+    original's values can be rebuilt. ``problems`` lists what failed, in words."""
     path = export_path(path)
     plan = read_plan(path)
     report = read_report(path)
-    model, lm = rebuild(path)
-    res: dict = {"dir": str(path), "spec": plan["source"]["spec"], "reload": True}
+    originals: dict = {}
+    model, lm = rebuild(path, originals=originals)
+    res: dict = {"dir": str(path), "spec": plan["source"]["spec"], "reload": True,
+                 "problems": [], "notes": []}
+    problems, notes = res["problems"], res["notes"]
     try:
         out = run(model, lm.inputs)
         res["forward"] = True
@@ -448,20 +501,112 @@ def check_dir(path: str | Path) -> dict:
     except Exception as exc:
         res["forward"] = False
         res["error"] = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+        res["ok"] = False
+        problems.append(f"its forward fails ({res['error']})")
         return res
-    if report is not None:
+    if report is None:
+        problems.append("report.json is missing: nothing to compare the model with")
+    else:
         res["shapes_match_report"] = report.get("output_shapes") == res["output_shapes"]
+        if not res["shapes_match_report"]:
+            problems.append(f"output shapes differ from report.json's "
+                            f"{report.get('output_shapes')}")
         res["params"] = sum(p.numel() for p in model.parameters())
         res["params_match_report"] = report["params"].get("after") == res["params"]
+        if not res["params_match_report"]:
+            problems.append(f"{res['params']} parameters, report.json says "
+                            f"{report['params'].get('after')}")
         if report.get("weights_sha256"):  # exports before it was recorded have none
             res["weights_match_report"] = \
                 report["weights_sha256"] == _sha256(path / "model.safetensors")
+            if not res["weights_match_report"]:
+                problems.append("model.safetensors is not the file report.json describes "
+                                "(its SHA-256 differs)")
+        digest = report.get("output_digest")
+        if isinstance(digest, dict) and isinstance(digest.get("outputs"), dict):
+            if digest.get("inputs_sha256") != _inputs_sha256(lm.inputs):
+                notes.append("the example inputs rebuilt here are not the export's: outputs "
+                             "not compared")
+            else:
+                res["outputs_match_report"] = _same_outputs(
+                    digest["outputs"], output_digest(out, lm.inputs)["outputs"])
+                if not res["outputs_match_report"]:
+                    problems.append("its outputs differ from those recorded at export")
         res["verification"] = report.get("verification")
+    if "unavailable" in originals:
+        notes.append(f"{originals['unavailable']}: kept indices not checked")
+    else:
+        sd = model.state_dict()
+        bad = [k for k, dims in plan.get("tensors", {}).items()
+               if k in originals and not torch.equal(_kept_of(originals[k], dims), sd[k])]
+        res["tensors_match_original"] = not bad
+        if bad:
+            problems.append(f"'{bad[0]}' is not the original's tensor at plan.json's kept "
+                            f"indices{f' (and {len(bad) - 1} more)' if len(bad) > 1 else ''}")
     masked = (res.get("verification") or {}).get("masked_equivalence") or {}
-    res["ok"] = bool(res["forward"] and res.get("shapes_match_report", True)
-                     and res.get("params_match_report", True)
-                     and res.get("weights_match_report", True) and masked.get("ok", True))
+    res["ok"] = not problems and masked.get("ok", True)
     return res
+
+
+def _kept_of(t: torch.Tensor, dims: dict) -> torch.Tensor:
+    for d, kept in sorted(dims.items(), key=lambda kv: int(kv[0])):
+        t = t.index_select(int(d), torch.as_tensor(kept, dtype=torch.long))
+    return t
+
+
+def _inputs_sha256(inputs) -> str:
+    """SHA-256 of the example inputs' shapes, dtypes and bytes."""
+    h = hashlib.sha256()
+    for name, t in flatten(inputs):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+#: values of each output report.json keeps for ``check`` to compare with
+DIGEST_SAMPLES = 16
+
+
+def output_digest(out, inputs) -> dict:
+    """What ``check`` compares a reloaded model's forward with: the inputs' SHA-256 and, per
+    output, its sum, the sum of its absolute values and up to 16 evenly spaced values."""
+    outs = {}
+    for name, t in flatten(out):
+        v = t.detach().cpu().double().reshape(-1)
+        idx = torch.linspace(0, max(len(v) - 1, 0), min(DIGEST_SAMPLES, len(v))).long()
+        outs[name or "output"] = {"sum": float(v.sum()), "abs_sum": float(v.abs().sum()),
+                                  "sample": v[idx].tolist()}
+    return {"inputs_sha256": _inputs_sha256(inputs), "outputs": outs}
+
+
+def _same_outputs(want: dict, got: dict) -> bool:
+    """The digests agree up to float noise (another thread count sums in another order)."""
+    if set(want) != set(got):
+        return False
+    for k, w in want.items():
+        g = got[k]
+        try:
+            ws = np.asarray(w["sample"], float)
+            sums = np.asarray([w["sum"], w["abs_sum"]], float)
+        except (KeyError, TypeError, ValueError):
+            return False
+        gs = np.asarray(g["sample"], float)
+        if ws.shape != gs.shape:
+            return False
+        if not np.allclose(sums, [g["sum"], g["abs_sum"]], rtol=1e-4,
+                           atol=1e-6 * _finite_scale([g["abs_sum"]]), equal_nan=True):
+            return False
+        if not np.allclose(ws, gs, rtol=1e-4, atol=1e-5 * _finite_scale(gs), equal_nan=True):
+            return False
+    return True
+
+
+def _finite_scale(values) -> float:
+    """The largest finite magnitude among ``values`` (outputs may hold -inf or NaN)."""
+    v = np.abs(np.asarray(values, float))
+    v = v[np.isfinite(v)]
+    return max(float(v.max()) if len(v) else 0.0, 1e-30)
 
 
 #: files a zip stores as they are: float weights barely deflate (by 11% in 10 s for a pruned

@@ -88,6 +88,40 @@ class SizeAttr:
         return f"{self.module}.{self.attr}" if self.module else self.attr
 
 
+def _kept(n: int, keep: int, round_to: int, multiple_of: int) -> int:
+    """How many of ``n`` units a group keeps when a ratio would keep ``keep``: at least one,
+    a multiple of ``round_to``, and a multiple of ``multiple_of`` removed (whole rounds of
+    attention heads); rounded up, and ``n`` (nothing removed) when no count fits."""
+    keep = max(1, keep)
+    for k in range(keep, n):
+        if k % round_to == 0 and (n - k) % multiple_of == 0:
+            return k
+    return n
+
+
+def _group_ids(overrides) -> dict[int, float]:
+    """Override keys as group ids: ints, or their decimal strings (``plan.json``'s
+    ``settings.overrides`` stores them so); anything else is refused."""
+    if overrides is None:
+        return {}
+    if not isinstance(overrides, Mapping):
+        raise DepViewError("overrides must be a dict {group id: ratio}, got "
+                           f"{type(overrides).__name__}")
+    out = {}
+    for k, r in overrides.items():
+        if isinstance(k, str) and k.strip().isdigit():
+            out[int(k)] = r
+        elif type(k) is int or isinstance(k, np.integer):
+            out[int(k)] = r
+        else:
+            raise DepViewError(f"override keys are group ids (whole numbers), got {k!r}")
+    return out
+
+
+#: The norm layers whose scale the ``bn`` importance reads
+_NORMS = (OpType.BN, OpType.GN, OpType.IN, OpType.LN)
+
+
 def parse_ignore(items) -> set[tuple[str, str]]:
     """``["fc", "layer1.0.conv1:out"]`` -> {("fc", "in"), ("fc", "out"), ("layer1.0.conv1",
     "out")}: a bare name ignores both sides."""
@@ -142,7 +176,8 @@ class Pruner:
     """
 
     def __init__(self, model: nn.Module, inputs, graph: Graph | None = None,
-                 groups: list[Group] | None = None, output_layers: list[str] = ()):
+                 groups: list[Group] | None = None, output_layers: list[str] = (),
+                 validate: bool = True):
         self.model = plain_module(model)  # a torch.compile'd model: the module it wraps
         if isinstance(inputs, dict):
             self.inputs = dict(inputs)  # keyword inputs (e.g. input_ids, attention_mask)
@@ -152,9 +187,14 @@ class Pruner:
         # a list of its own: validation may put a group's whole-heads alternative in its place
         self.groups = list(groups) if groups is not None else all_groups(self.graph)
         self.output_layers = list(output_layers)
+        #: False: :meth:`reason` and plans do not run :meth:`validate_groups` by themselves
+        #: (the groups command's --no-validate), so a group's reason is its structure's alone
+        self.validate = validate
+        self._validation_ran = False
         self._validated: dict[int, str] = {}
         self._probes: dict | None = None  # what validation's probes compare with (_probe)
         self._width_checks: dict[tuple, dict[int, str]] = {}  # plan -> groups failing in it
+        self._probe_results: dict[tuple, str] = {}  # (plan, attributes, groups) -> _probe's
         self._sets: dict[int, list[SizeAttr]] = {}  # group id -> attributes it must update
         self._before: dict | None = None
         # False once the unpruned model failed on the meta device (a kernel whose meta version
@@ -179,7 +219,13 @@ class Pruner:
         return out
 
     def reason(self, group: Group, ignore: set[tuple[str, str]] = frozenset()) -> str:
-        """Why a group cannot be pruned ("" if it can)."""
+        """Why a group cannot be pruned ("" if it can). The first call validates every group
+        (:meth:`validate_groups`, once), unless the Pruner was made with ``validate=False``."""
+        return self._reason(group, ignore, self.validate)
+
+    def _reason(self, group: Group, ignore: set[tuple[str, str]], validate: bool) -> str:
+        if validate and not self._validation_ran:
+            self.validate_groups()
         if group.reason:
             return group.reason
         for m in group.members:
@@ -216,6 +262,8 @@ class Pruner:
         self._needs_weights(criterion)
         if criterion == "taylor" and grads is None:  # the gradients of the example inputs
             return self.taylor_scores([group])[group.id]
+        if criterion == "bn" and not self._bn_scale(group):
+            return self.importance(group, "l1", seed)
         table = _tensor_lookup(self.model)
         scores = np.zeros(n)
         bn_only = criterion == "bn"
@@ -223,7 +271,7 @@ class Pruner:
         # weights, a module called twice) counts once, as it is removed once
         counted: dict[tuple[int, int], np.ndarray] = {}
         for m in group.members:
-            if bn_only and m.op_type not in (OpType.BN, OpType.GN, OpType.IN, OpType.LN):
+            if bn_only and m.op_type not in _NORMS:
                 continue
             node = self.graph.nodes[m.node]
             all_pos = np.arange(int(m.pos.max()) + 1 if len(m.pos) else 0)
@@ -257,9 +305,20 @@ class Pruner:
                 keep = (units >= 0) & ~done[at]
                 done[at[keep]] = True
                 np.add.at(scores, units[keep], per[at[keep]])
-        if bn_only and not scores.any():
-            return self.importance(group, "l1", seed)
         return scores
+
+    def _bn_scale(self, group: Group) -> bool:
+        """Does the group hold a norm layer's scale (``weight``) with a nonzero entry, which
+        the ``bn`` importance scores by? Groups without one are scored by ``l1``."""
+        table = _tensor_lookup(self.model)
+        for m in group.members:
+            if m.op_type not in _NORMS:
+                continue
+            key = self.graph.nodes[m.node].params.get("weight")
+            t = table.get(key, (None, None, None))[2] if key else None
+            if t is not None and t.device.type != "meta" and bool(t.detach().abs().sum() > 0):
+                return True
+        return False
 
     # -- plans ----------------------------------------------------------------------------
     def plan(self, ratio: float = 0.5, importance: str = "l1", global_: bool = False,
@@ -273,25 +332,31 @@ class Pruner:
         if not _number(round_to) or round_to != int(round_to) or round_to < 1:
             raise DepViewError(f"round_to must be a whole number >= 1, got {round_to!r}")
         round_to = int(round_to)
-        overrides = dict(overrides or {})
+        overrides = _group_ids(overrides)
         for gid, r in overrides.items():
             _fraction(f"override ratio for group {gid}", r)
-        ignore_set = parse_ignore(ignore) if not isinstance(ignore, set) else ignore
+        ignore_set = ignore if isinstance(ignore, set) and all(
+            isinstance(i, tuple) for i in ignore) else parse_ignore(ignore)
         self.check_names(ignore_set, overrides)
         settings = {"ratio": ratio, "importance": importance, "global": global_,
                     "round_to": round_to, "ignore": sorted(f"{a}:{b}" for a, b in ignore_set),
                     "overrides": {str(k): v for k, v in overrides.items()}, "seed": seed}
         if importance == "taylor":  # which inputs the scores came from
             settings["batch"] = "example inputs" if batch is None else batch_shapes(batch)
+        validate = validate and self.validate
         if validate:
             self.validate_groups()
-        prunable = [g for g in self.groups if not self.reason(g, ignore_set)]
-        skipped = {g.id: self.reason(g, ignore_set) for g in self.groups
-                   if self.reason(g, ignore_set)}
+        why = {g.id: self._reason(g, ignore_set, validate) for g in self.groups}
+        prunable = [g for g in self.groups if not why[g.id]]
+        skipped = {gid: w for gid, w in why.items() if w}
         if importance == "taylor":
             scores = self.taylor_scores(prunable, batch)
         else:
             scores = {g.id: self.importance(g, importance, seed) for g in prunable}
+        if importance == "bn":  # say which groups had no norm scale to score by
+            fell = [g.id for g in prunable if not self._bn_scale(g)]
+            if fell:
+                settings["scored_by_l1"] = fell
         n_remove: dict[int, int] = {}
         if global_:
             pool = []
@@ -309,10 +374,8 @@ class Pruner:
         for g in prunable:
             if g.id in overrides:
                 n_remove[g.id] = int(math.floor(g.n_units * overrides[g.id]))
-            keep = g.n_units - n_remove[g.id]
-            keep = max(round_to, int(math.ceil(keep / round_to)) * round_to)
-            k = max(0, g.n_units - min(keep, g.n_units))
-            n_remove[g.id] = k - k % g.multiple_of  # e.g. whole rounds of attention heads
+            n_remove[g.id] = g.n_units - _kept(g.n_units, g.n_units - n_remove[g.id],
+                                               round_to, g.multiple_of)
         removed = {}
         for g in prunable:
             k = n_remove[g.id]
@@ -441,6 +504,11 @@ class Pruner:
         for gid in sorted(set(overrides) - ids):
             raise DepViewError(f"override names no group: {gid} (group ids are 0 to "
                                f"{len(self.groups) - 1}; see the groups command)")
+        for g in self.groups:
+            why = self.reason(g, ignore) if g.id in overrides else ""
+            if why:  # its ratio would silently do nothing
+                raise DepViewError(f"override names group {g.id} ('{g.root}'), which is not "
+                                   f"pruned: {why}")
 
     def plan_from_dict(self, d: dict) -> Plan:
         """A plan from its JSON form (``plan.json``'s ``removed``), checked against this model's
@@ -464,6 +532,8 @@ class Pruner:
         if not isinstance(plan, Plan):
             raise DepViewError(f"expected a Plan, got {type(plan).__name__} (a plan.json dict "
                                "goes through plan_from_dict)")
+        if self.validate and not self._validation_ran:  # (it may put groups in others' place)
+            self.validate_groups()
         by_id = {g.id: g for g in self.groups}
         ignore = parse_ignore(plan.settings.get("ignore", ()))
         for gid, units in plan.removed.items():
@@ -739,7 +809,22 @@ class Pruner:
                 err = ""
             if err and len(gs) > 1 and with_stored_sizes(gs):
                 return
-            if not err or len(gs) == 1:
+            if not err and len(gs) > 1:
+                # a size read from another group's tensor (``reshape(B, C, -1)`` with ``C =
+                # x.shape[2]``) follows when both shrink at once: a group that shrinks a size
+                # written into a call must also run alone, and when one fails alone, the
+                # others (the one whose width was read, unseen) must too
+                alone = [g for g in gs if fixed_sizes(self.graph, g)]
+                for g in alone:
+                    check([g])
+                coupled = any(self._validated.get(g.id) for g in alone)
+                for g in gs:
+                    if g not in alone:
+                        if coupled:
+                            check([g])
+                        else:
+                            self._validated[g.id] = ""
+            elif not err or len(gs) == 1:
                 for g in gs:
                     self._validated[g.id] = err
             elif len(gs) <= 8:  # few left: one run each is cheaper than halving further
@@ -750,6 +835,7 @@ class Pruner:
                 check(gs[:half])
                 check(gs[half:])
 
+        self._validation_ran = True
         pending = [g for g in self.groups if g.id not in self._validated and not g.reason]
         if pending:
             check(pending)
@@ -774,6 +860,25 @@ class Pruner:
 
     def _probe(self, plan: Plan, gs: list[Group],
                sets: dict[int, list[SizeAttr]] | None = None) -> str:
+        """:meth:`_run_probe`, once per plan, attribute values and groups: validation's
+        repairs try many attribute sets, and different candidates often set the same values
+        (an attribute read by four views is four candidates; HF GroupViT repeated 336 of its
+        581 probes)."""
+        try:
+            attrs = self.size_attrs(plan, sets)
+        except DepViewError:
+            attrs = None  # (the probe says why)
+        key = (tuple(sorted((k, tuple(v)) for k, v in plan.removed.items())),
+               repr(sorted((m, sorted(a.items())) for m, a in attrs.items()))
+               if attrs is not None else repr(sets),
+               tuple(id(g) for g in gs))
+        done = self._probe_results.get(key)
+        if done is None:
+            done = self._probe_results[key] = self._run_probe(plan, gs, sets)
+        return done
+
+    def _run_probe(self, plan: Plan, gs: list[Group],
+                   sets: dict[int, list[SizeAttr]] | None = None) -> str:
         """Run the model pruned by ``plan`` (with the attributes its groups set, and ``sets``
         being tried) and compare its trace with the unpruned model's: "" when it runs and only
         the shapes ``gs`` own changed, else why not. Small models with real weights run for
