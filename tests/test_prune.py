@@ -880,6 +880,13 @@ def test_taylor_scores_are_reused_until_the_batch_or_a_weight_changes(monkeypatc
         model.features[0].weight.mul_(-2)
     d2 = q.plan(0.5, "taylor", batch=batch)
     assert len(calls) == 5 and d1.scores != d2.scores
+    # through .data, which keeps the version counter (the scores were stale), and a buffer
+    model.features[0].weight.data[0].mul_(100)
+    d3 = q.plan(0.5, "taylor", batch=batch)
+    assert len(calls) == 6 and d3.scores != d2.scores
+    model.features[1].running_var.data.mul_(4)
+    q.plan(0.5, "taylor", batch=batch)
+    assert len(calls) == 7
     # and a cached plan equals a fresh Pruner's plan
     fresh = P.Pruner(lm.model, lm.inputs, graph=p.graph).plan(0.5, "taylor", batch=batch)
     assert fresh.scores == p.plan(0.5, "taylor", batch=batch).scores
@@ -1167,6 +1174,37 @@ class LiteralGRU(nn.Module):
         out, _ = self.gru(x, torch.zeros(2, x.size(0), 16))
         return self.fc(out[:, -1])
 """
+
+
+class PackedTagger(torch.nn.Module):
+    """The usual NLP recipe: embed, pack the padded batch, run the LSTM, pad it back."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(20, 6)
+        self.lstm = torch.nn.LSTM(6, 8, batch_first=True, bidirectional=True)
+        self.fc = torch.nn.Linear(16, 2)
+
+    def forward(self, ids, lens):
+        from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+        packed = pack_padded_sequence(self.emb(ids), lens, batch_first=True,
+                                      enforce_sorted=False)
+        y, _ = pad_packed_sequence(self.lstm(packed)[0], batch_first=True)
+        return self.fc(y)
+
+
+def test_an_lstm_over_a_packed_sequence_prunes():
+    # its hidden group was blocked by an IndexError (hidden units sent to the 1-D batch
+    # sizes), and the embedding's by pack_padded_sequence ("changes shape")
+    torch.manual_seed(0)
+    model = PackedTagger().eval()
+    ids, lens = torch.randint(0, 20, (3, 5)), torch.tensor([3, 5, 2])
+    p = Pruner(model, (ids, lens))
+    plan = p.plan(0.5)
+    assert {p.groups[g].root for g in plan.removed} == {"emb", "lstm"}
+    v = p.verify(p.apply(plan), plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
 
 
 def test_rnn_initial_states_made_with_zeros_follow_the_hidden_units(tmp_path, monkeypatch):

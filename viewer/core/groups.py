@@ -396,13 +396,15 @@ def _recurrent_rule(g, node, side, port, dim, units, pos, ctx):
     u_all = np.concatenate([units, units]) if bidir else units
     ctx.member(node, "out", len(node.out_shapes[0]) - 1, u_all, p_all)
     flows = []
+    # (a PackedSequence comes and goes as its data (N, features) and 1-D batch sizes and
+    # sort indices, which carry no features)
     for p_out, shape_out in enumerate(node.out_shapes):
-        if side == "in" or p_out != port:
+        if (side == "in" or p_out != port) and len(shape_out) >= 2:
             wide = shape_out[-1] != hidden
             flows.append(Flow("out", p_out, len(shape_out) - 1, u_all if wide else units,
                               p_all if wide else pos_h))
     for p_in in range(1, len(node.in_shapes)):
-        if side == "out" or p_in != port:
+        if (side == "out" or p_in != port) and len(node.in_shapes[p_in]) >= 2:
             flows.append(Flow("in", p_in, len(node.in_shapes[p_in]) - 1, units, pos_h))
     return flows
 
@@ -445,6 +447,8 @@ def _elementwise_rule(g, node, side, port, dim, units, pos, ctx):
     meta = node.meta
     if isinstance(meta, SetItemMeta):
         return _setitem_rule(node, side, port, dim, units, pos, ctx)
+    if node.target in _SEQUENCE_PACKING:
+        return _features_last_rule(node, side, port, dim, units, pos, ctx)
     if isinstance(meta, ElementwiseMeta) and meta.moves and any(
             0 < len(s) < len(out) for s in node.in_shapes) and _indexed_along(node, out):
         # a 1-D index (index_add, index_select) is not broadcast onto the output's last dim
@@ -483,6 +487,23 @@ def _elementwise_rule(g, node, side, port, dim, units, pos, ctx):
             continue  # broadcast along this dim: nothing of this input is coupled
         flows.append(Flow("in", p, d, units, pos))
     return flows
+
+
+#: ops that regather the sequences of a batch (padded (B, T, F) <-> packed (N, F)) and keep
+#: the features last: a PackedSequence's data, with 1-D batch sizes (and lengths) beside it
+_SEQUENCE_PACKING = frozenset({"pack_padded_sequence", "pad_packed_sequence"})
+
+
+def _features_last_rule(node, side, port, dim, units, pos, ctx):
+    """:data:`_SEQUENCE_PACKING`: the last dim of the data in (input 0) is the last dim of the
+    data out (output 0); the 1-D sizes carry no features, and other dims are regathered."""
+    shape = node.in_shapes[port] if side == "in" else node.out_shapes[port]
+    if port != 0 or dim != len(shape) - 1:
+        ctx.block(f"'{node.name}' ({node.target}) regathers the pruned dim")
+        return []
+    if side == "in":
+        return [Flow("out", 0, len(node.out_shapes[0]) - 1, units, pos)]
+    return [Flow("in", 0, len(node.in_shapes[0]) - 1, units, pos)]
 
 
 def _setitem_rule(node, side, port, dim, units, pos, ctx):

@@ -88,6 +88,19 @@ class SizeAttr:
         return f"{self.module}.{self.attr}" if self.module else self.attr
 
 
+def _fingerprint(model: nn.Module) -> tuple:
+    """What a model's weights and buffers hold, cheaply: per tensor its storage, version,
+    sum and (floating tensors) norm, as float64 reductions that copy nothing."""
+    out = []
+    with torch.no_grad():
+        for t in (*model.parameters(), *model.buffers()):
+            t = t.detach()
+            norm = float(torch.linalg.vector_norm(t, dtype=torch.float64)) \
+                if t.is_floating_point() and t.numel() else 0.0
+            out.append((t.data_ptr(), t._version, float(t.sum(dtype=torch.float64)), norm))
+    return tuple(out)
+
+
 def _kept(n: int, keep: int, round_to: int, multiple_of: int) -> int:
     """How many of ``n`` units a group keeps when a ratio would keep ``keep``: at least one,
     a multiple of ``round_to``, and a multiple of ``multiple_of`` removed (whole rounds of
@@ -466,13 +479,14 @@ class Pruner:
     def taylor_scores(self, groups: list[Group], batch=None) -> dict[int, np.ndarray]:
         """Taylor scores of ``groups`` on ``batch`` (None: the example inputs). The gradients
         take a forward and a backward pass on a copy of the model, so the scores are kept
-        until the batch (or a weight) changes: tensors' in-place version counters are part of
-        the key, so a batch changed in place is not mistaken for the old one."""
+        until the batch (or a weight or buffer) changes: tensors' in-place version counters
+        are part of the key, so a batch changed in place is not mistaken for the old one, and
+        so are the weights' and buffers' sums and norms (an edit through ``.data`` leaves the
+        version counter as it was)."""
         self._needs_weights("taylor")
         inputs = self.inputs if batch is None else batch
         held = tuple(t for _, t in flatten(inputs))
-        key = (held, tuple(t._version for t in held),
-               tuple(p._version for p in self.model.parameters()))
+        key = (held, tuple(t._version for t in held), _fingerprint(self.model))
         old = self._taylor[0] if self._taylor is not None else None
         # the key holds the tensors themselves: compared by identity, and kept alive so that
         # another batch can never reuse their ids
