@@ -1194,6 +1194,36 @@ class PackedTagger(torch.nn.Module):
         return self.fc(y)
 
 
+class ScaledStdConv2d(torch.nn.Conv2d):
+    """timm's NFNet conv: its own forward standardises the weight and scales each output
+    channel by a ``gain`` of its own."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.gain = torch.nn.Parameter(torch.rand(self.out_channels, 1, 1, 1) + 0.5)
+
+    def forward(self, x):
+        w = torch.nn.functional.batch_norm(self.weight.reshape(1, self.out_channels, -1), None,
+                                           None, training=True, eps=1e-6)
+        return self._conv_forward(x, w.reshape_as(self.weight) * self.gain, self.bias)
+
+
+def test_a_per_channel_parameter_a_layer_subclass_adds_loses_the_channels():
+    # gain kept 8 rows beside a 6-row weight: every group through it was blocked ("The size
+    # of tensor a (7) must match the size of tensor b (8)")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(ScaledStdConv2d(3, 8, 3), torch.nn.ReLU(),
+                                torch.nn.Conv2d(8, 4, 1)).eval()
+    x = torch.randn(2, 3, 6, 6)
+    p = Pruner(model, (x,))
+    g = next(grp for grp in p.groups if grp.root == "0")
+    assert not p.reason(g)
+    pruned = p.apply(Plan({g.id: [1, 3]}))
+    assert pruned[0].gain.shape == (6, 1, 1, 1)
+    keep = [0, 2, 4, 5, 6, 7]
+    torch.testing.assert_close(pruned[0](x), model[0](x)[:, keep])
+
+
 def test_an_lstm_over_a_packed_sequence_prunes():
     # its hidden group was blocked by an IndexError (hidden units sent to the 1-D batch
     # sizes), and the embedding's by pack_padded_sequence ("changes shape")

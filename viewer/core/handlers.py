@@ -66,9 +66,22 @@ def conv_width(node: Node, side: str) -> int:
     return w[1] * groups if side == "in" else w[0]
 
 
+def _per_output(node: Node, width: int, known: tuple[str, ...]) -> list[tuple[str, int]]:
+    """Parameters a subclass with its own forward adds beside the layer's own (``known``),
+    one entry per output channel: timm's ``ScaledStdConv2d`` ``gain``, (out, 1, 1, 1). They
+    lose the output channels the weight loses."""
+    if not node.own_forward:
+        return []
+    return [(k, 0) for k, s in node.param_shapes.items()
+            if k not in known and "." not in k and s and s[0] == width
+            and all(d == 1 for d in s[1:])]
+
+
 def _conv(node, side, dim, pos):
     if side == "out":
-        return _cuts(node, [("weight", 0), ("bias", 0)], pos)
+        return _cuts(node, [("weight", 0), ("bias", 0),
+                            *_per_output(node, conv_width(node, "out"), ("weight", "bias"))],
+                     pos)
     if node.op_type is OpType.CONV and conv_prunes_whole_groups(
             conv_width(node, "in"), int(node.attrs.get("groups", 1))):
         return []  # its input channels leave with their groups' output rows
@@ -106,7 +119,9 @@ def _ln(node, side, dim, pos):
 def _linear(node, side, dim, pos):
     transposed = "nf" in node.attrs  # Hugging Face Conv1D stores weight as (in, out)
     if side == "out":
-        return _cuts(node, [("weight", 1 if transposed else 0), ("bias", 0)], pos)
+        width = node.param_shapes.get("weight", (0, 0))[1 if transposed else 0]
+        return _cuts(node, [("weight", 1 if transposed else 0), ("bias", 0),
+                            *_per_output(node, width, ("weight", "bias"))], pos)
     return _cuts(node, [("weight", 0 if transposed else 1)], pos)
 
 
