@@ -257,6 +257,37 @@ def test_the_bn_importance_says_which_groups_it_scored_by_l1(demo_pruner):
     assert "scored_by_l1" not in p.plan(0.5, "l1").settings
 
 
+class ConcatIntoGroups(torch.nn.Module):
+    """Two layers concatenated (6 + 4 channels) into a conv of 2 groups: 5 units (channel j
+    and j + 5), ca holding all 5 and cb units 1-4; unit 0, ca's alone, matters most."""
+
+    def __init__(self):
+        super().__init__()
+        self.ca, self.cb = torch.nn.Conv2d(3, 6, 1), torch.nn.Conv2d(3, 4, 1)
+        self.gc = torch.nn.Conv2d(10, 4, 3, padding=1, groups=2)
+        with torch.no_grad():
+            self.ca.weight[[0, 5]] *= 100
+
+    def forward(self, x):
+        return self.gc(torch.cat([self.ca(x), self.cb(x)], 1))
+
+
+def test_a_high_ratio_keeps_a_unit_in_every_layer_of_a_group():
+    # ratio 0.8 kept a unit that lay in ca alone: cb had no channels left, and the width
+    # check then dropped the whole group from the plan
+    torch.manual_seed(0)
+    model, x = ConcatIntoGroups().eval(), torch.randn(1, 3, 5, 5)
+    p = Pruner(model, (x,))
+    g = next(grp for grp in p.groups if grp.root == "ca")
+    assert {m.node_name for m in g.members} >= {"ca", "cb"}
+    for ratio in (0.8, 0.9):
+        plan = p.plan(ratio)
+        assert g.id in plan.removed and g.id not in plan.skipped, plan.skipped
+        pruned = p.apply(plan)
+        assert pruned.ca.out_channels >= 1 and pruned.cb.out_channels >= 1
+        assert p.verify(pruned, plan)["masked_equivalence"]["ok"]
+
+
 def test_round_to_keeps_multiples(demo_pruner):
     _, p = demo_pruner("resnet")
     plan = p.plan(0.3, round_to=8)

@@ -455,19 +455,26 @@ class Pruner:
     def _keep_every_part(self, g: Group, order: np.ndarray, k: int) -> list[int]:
         """The ``k`` least important units of ``g`` (``order``), except that a split whose part
         sizes a module stores (:attr:`SizeAttr.sizes`) keeps its most important unit of each
-        part: a part of width 0 would give a layer no channels."""
+        part, and so does a layer that holds only some of the group's units (one input of a
+        concat): a part of width 0 would give a layer no channels."""
         chosen = [int(u) for u in order[:k]]
+        parts: list[set[int]] = []
         for r in self._sets.get(g.id, []):
             if not r.sizes:
                 continue
             pos, unit = g.tensors[r.tensor]
             start = 0
             for size in r.sizes:
-                part = set(unit[(pos >= start) & (pos < start + size)].tolist())
+                parts.append(set(unit[(pos >= start) & (pos < start + size)].tolist()))
                 start += size
-                if part and part <= set(chosen):
-                    best = next(int(u) for u in order[::-1] if int(u) in part)
-                    chosen.remove(best)
+        if g.multiple_of == 1:  # (whole rounds of heads cannot give one unit back)
+            # a layer that holds only some of the units (one input of a concat) keeps one
+            parts += [held for m in g.members
+                      if len(held := set(np.unique(m.unit).tolist())) < g.n_units]
+        for part in parts:
+            if part and part <= set(chosen):
+                best = next(int(u) for u in order[::-1] if int(u) in part)
+                chosen.remove(best)
         return sorted(chosen)
 
     def _needs_weights(self, criterion: str) -> None:
