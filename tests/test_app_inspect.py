@@ -179,8 +179,9 @@ def _reference_members_table(group) -> str:
     rows = ["<tr><th>member</th><th>side</th><th>dim</th><th>width</th><th>positions</th></tr>"]
     for m in group.members:
         pos = np.unique(m.pos)
-        title = f"{STYLES[m.op_type].label}, module {m.module or '(root)'}"
-        rows.append(f'<tr><td title="{esc(title)}">{esc(m.node_name)}</td><td>{esc(m.side)}</td>'
+        title = f"{m.node_name}: {STYLES[m.op_type].label}, module {m.module or '(root)'}"
+        name = esc(m.node_name).replace(".", ".<wbr/>")
+        rows.append(f'<tr><td title="{esc(title)}">{name}</td><td>{esc(m.side)}</td>'
                     f'<td>{int(m.dim)}</td><td>{len(pos)}</td>'
                     f'<td class="ranges">{esc(_plain_ranges(pos).replace(DASH, JOINED))}</td>'
                     '</tr>')
@@ -357,3 +358,46 @@ def test_a_group_the_preview_left_at_its_width_says_why(store):
     finally:
         session.preview_plan = None
     assert "preview leaves it" in text and why in text and '"prunable"' in text
+
+
+def test_an_empty_concat_input_is_shown_empty_not_as_a_negative_range():
+    # HF Llama's DynamicCache concatenates onto an empty cache: "offsets 0, 0", "in0 0–-1"
+    import torch
+
+    from viewer.core.trace import build_graph
+
+    class Cache(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.k = torch.nn.Linear(8, 16)
+
+        def forward(self, x):
+            return torch.cat([torch.zeros(1, 0, 16), self.k(x)], dim=-2)
+
+    g = build_graph(Cache(), torch.randn(1, 4, 8))
+    text = _text(cb.meta_view(g.node("cat")))
+    assert "in0 empty, 0" in text and "(empty)" in text
+    assert "–-" not in text and "-1" not in text
+    bar = cb.segment_bar([0, 4], [0, 0], "in")
+    assert [s.className for s in bar.children] == ["seg seg-empty", "seg"]
+    assert "0–3" in _text(bar.children[1])
+
+
+def test_long_names_wrap_and_numbers_stay_whole(store):
+    # HF names pushed the count and width columns behind a scrollbar: a module's own
+    # parameters go by their local name (the full key in the tooltip), members' names may
+    # wrap after their dots, and number cells are marked to keep one line
+    graph = store.session("resnet").stage.graph
+    details = cb.node_details(graph.by_name["layer1.0.bn1"], {})
+    params = next(c for c in details if getattr(c, "className", "") == "params")
+    first = params.children[1].children
+    assert first[0].children == "weight" and first[0].title.startswith("layer1.0.bn1.weight")
+    assert first[1].className == first[2].className == "n"
+    table = cb.members_table(cb.group_of(graph, "layer1.0.conv1")).children
+    assert "layer1.<wbr/>0.<wbr/>bn1" in table
+    assert cb.breakable("a<b>.c") == "a&lt;b&gt;.<wbr/>c"
+
+
+def test_the_group_panel_explains_the_edge_labels(store):
+    text = _text(cb.inspect(store, "resnet", _op("layer1.0.conv1")).group_panel)
+    assert '\\"all 64\\" means it owns all 64' in text and "before → after" in text

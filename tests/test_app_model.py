@@ -147,16 +147,21 @@ def test_a_model_with_weights_keeps_the_chosen_importance():
     assert cb.importance_for(s, "c", "l1") is None
 
 
-def test_an_upload_whose_weights_do_not_fit_says_which_tensor_not_a_temp_path(tmp_path):
+def _cnn_export(store, tmp_path):
+    """demo:cnn pruned at 0.5 and exported: (the export module, the directory)."""
     export = pytest.importorskip("viewer.core.export")
+    base = store.base("demo:cnn")
+    plan = base.stage.pruner.plan(0.5, "l1")
+    return export, export.export_dir(base.stage.pruner, plan, base.stage.pruner.apply(plan),
+                                     tmp_path / "e", base.source)
+
+
+def test_an_upload_whose_weights_do_not_fit_says_which_tensor_not_a_temp_path(tmp_path):
     import torch
     from safetensors.torch import load_file, save_file
 
     store = SessionStore()
-    base = store.base("demo:cnn")
-    plan = base.stage.pruner.plan(0.5, "l1")
-    out = export.export_dir(base.stage.pruner, plan, base.stage.pruner.apply(plan),
-                            tmp_path / "e", base.source)
+    export, out = _cnn_export(store, tmp_path)
     sd = load_file(str(out / "model.safetensors"))
     name = next(k for k, v in sd.items() if v.dim() == 4)
     sd[name] = torch.zeros(1, *sd[name].shape[1:])
@@ -169,3 +174,25 @@ def test_an_upload_whose_weights_do_not_fit_says_which_tensor_not_a_temp_path(tm
     (out / "model.safetensors").write_bytes(b"junk")
     with pytest.raises(DepViewError, match="the zip's model.safetensors is not a valid"):
         cb.load_upload(store, "s", _contents(export.zip_dir(out)), "t.zip")
+
+
+def test_a_failed_upload_changes_nothing_not_even_the_pickers_label(tmp_path):
+    # after opening an export, a garbage zip changed the label "uploaded cnn.zip" to "cnn.zip"
+    from dash import no_update
+
+    store = SessionStore()
+    export, out = _cnn_export(store, tmp_path)
+    good = _contents(export.zip_dir(out))
+    rev, _msg, value, label, emptied = cb.choose_model(store, "s", None, good, "cnn.zip", True)
+    assert rev["stage"] == store.session("s").stage.key
+    assert (value, label, emptied) == (None, "uploaded cnn.zip", None)
+    stage = store.session("s").stage
+    for junk in (_contents(b"not a zip"), _contents(_zip({"a.txt": b"x"}))):
+        rev, msg, value, label, emptied = cb.choose_model(store, "s", None, junk, "bad.zip",
+                                                          True)
+        assert rev is no_update and value is no_update and label is no_update
+        assert emptied is None and "msg-error" in msg.className
+        assert store.session("s").stage is stage
+    # a failed pick puts the picker back on the upload, with the label it had
+    *_, value, label, _ = cb.choose_model(store, "s", "demo:nope", None, None, False)
+    assert (value, label) == (None, "uploaded cnn.zip")

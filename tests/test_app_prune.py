@@ -25,9 +25,9 @@ def store():
 def test_parse_settings_accepts_controls_values():
     assert cb.parse_settings("l2", "0.25", "global", "4") == {
         "importance": "l2", "ratio": 0.25, "global_": True, "round_to": 4}
-    assert cb.parse_settings("l1", 0, "uniform", None)["round_to"] == 1
+    assert cb.parse_settings("l1", 0, "uniform", 1)["round_to"] == 1
     # the boxes are text: any ratio typed, not only multiples of a browser "step"
-    assert cb.parse_settings("l1", " 0.33 ", "uniform", " ")["ratio"] == 0.33
+    assert cb.parse_settings("l1", " 0.33 ", "uniform", "1")["ratio"] == 0.33
     assert cb.parse_settings("l1", "0.33", "uniform", " 8 ")["round_to"] == 8
 
 
@@ -43,6 +43,10 @@ def test_parse_settings_accepts_controls_values():
     (("magic", 0.5, "uniform", 1), "importance must be one of"),
     (("l1", 0.5, "uniform", 0), "round to must be >= 1"),
     (("l1", 0.5, "uniform", 2.5), "round to must be a whole number"),
+    # an empty box is an error in both boxes, never silently read as 0 or 1
+    (("l1", "0.3", "uniform", " "), r"round to must be a whole number >= 1 \(1: no "
+                                    r"rounding\), got an empty box"),
+    (("l1", "0.3", "uniform", None), "round to .* got an empty box"),
 ])
 def test_parse_settings_rejects_bad_values_with_one_line(args, msg):
     with pytest.raises(DepViewError, match=msg) as info:
@@ -271,3 +275,32 @@ def test_the_preview_says_when_groups_lose_nothing_and_why(store):
                               if g.n_units == 16 and g.id not in coarse["skipped"])
     assert f"{n} prunable groups lose nothing (the ratio rounds down to 0 units in " \
            f"multiples of 16)" in cb.summary_lines(coarse)[2]
+
+
+def test_the_bn_importance_says_which_groups_it_scored_by_l1():
+    # demo:cnn's hidden Linear group has no norm layer: BN scale falls back to L1 for it
+    s = SessionStore()
+    load_entry(s, "sid", "demo:cnn")
+    render(s, "sid", "new")
+    bn = {**SETTINGS, "importance": "bn"}
+    pv = cb.run_preview(s, "sid", bn)
+    assert len(pv["scored_by_l1"]) == 1 and pv["n_scored"] > 1
+    assert "BN scale: 1 group has no norm layer and was scored by L1" in \
+        cb.summary_lines(pv)[2]
+    assert "L1" not in cb.summary_lines(cb.run_preview(s, "sid", SETTINGS))[2]
+    text = cb.apply_round(s, "sid", bn)
+    assert text.endswith("; BN scale: 1 group has no norm layer and was scored by L1.")
+    history = str(cb.history(s.session("sid")))
+    assert "bn 50% uniform, 1 group without a norm layer scored by L1" in history
+    assert cb.l1_fallback_text([4, 7], n_scored=2) == \
+        "BN scale: no group has a norm layer: all 2 were scored by L1"
+    assert cb.l1_fallback_text([]) == "" and cb.l1_fallback_text(None) == ""
+
+
+def test_one_group_that_loses_nothing_is_named_in_the_singular(store):
+    pv = cb.run_preview(store, "sid", {**SETTINGS, "global_": True})
+    one = cb.summary_lines({**pv, "kept_whole": 1})[2]
+    assert "1 prunable group loses nothing (none of its units ranks below the global " \
+           "cut)" in one
+    two = cb.summary_lines({**pv, "kept_whole": 2})[2]
+    assert "2 prunable groups lose nothing (none of their units ranks" in two

@@ -96,16 +96,23 @@ def test_group_highlight_marks_members_and_labels_edges_with_ranges(densenet):
     graph, view = densenet
     before = [dict(e["data"]) for e in view.elements]
     group = group_of(graph, "stem")
-    hl = styles.group_highlight(view, graph, group, "n1", removed=[0, 1])
-    assert hl["fade"] == styles.FADE_SELECTOR and hl["selected"] == "n1"
-    assert "n1" in hl["nodes"]
+    stem = view.rep[graph.by_name["stem"].id]
+    hl = styles.group_highlight(view, graph, group, stem, removed=[0, 1])
+    assert hl["fade"] == styles.FADE_SELECTOR and hl["selected"] == stem
+    assert stem in hl["nodes"]
     # the concat after the first dense layer carries 24 channels; the stem owns 0–15
     cat = graph.by_name["features.0.0.cat"]
     edge = view.tensor_edges[(cat.id, 0)][0]
-    assert dict(hl["edges"])[edge] == "[0–15] of 24 · −2"
+    # with a preview the label says the tensor's width after the cut (was "· −2": cryptic)
+    assert dict(hl["edges"])[edge] == "[0–15] of 24 → 22"
+    stem_edge = view.tensor_edges[(graph.by_name["stem"].id, 0)][0]
+    assert dict(hl["edges"])[stem_edge] == "16 → 14"
+    plain = styles.group_highlight(view, graph, group, stem)
+    assert dict(plain["edges"])[stem_edge] == "all 16"
+    assert dict(plain["edges"])[edge] == "[0–15] of 24"
     # the ops the channels only pass through stay visible: the concats and the ReLUs after
     # the BNs, none of them a member (they own no weight)
-    path = {graph.nodes[int(e[1:])].name for e in hl["path"]}
+    path = {view.data[e]["name"] for e in hl["path"]}
     assert path == {"features.0.0.cat", "features.0.1.cat", "features.0.2.cat",
                     "features.0.0.relu1", "features.0.1.relu1", "features.0.2.relu1",
                     "features.1.relu"}

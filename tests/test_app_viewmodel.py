@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 
 import pytest
@@ -75,7 +76,36 @@ def test_ids_are_css_safe_and_unique(graph):
     view = vm.build_view(graph, collapsed={"blocks.1"})
     ids = [e["data"]["id"] for e in view.elements]
     assert len(ids) == len(set(ids))
-    assert all(i[0] in "nme" and i[1:].isdigit() for i in ids)
+    assert all(re.fullmatch(r"g[0-9a-f]{8}_(n\d+|m\d+|e_[nm]\d+_[nm]\d+)", i) for i in ids)
+
+
+def _ends(view):
+    """Element id -> (parent, source, target): what Cytoscape cannot change under one id."""
+    return {e["data"]["id"]: (e["data"].get("parent"), e["data"].get("source"),
+                              e["data"].get("target")) for e in view.elements}
+
+
+def test_two_different_graphs_share_no_element_id(graph):
+    # Cytoscape patches an element it holds under the same id but cannot move it to another
+    # parent box or other ends (and drops the children of a box that goes away): a switch
+    # from one model to another drew 7 of 19 ops, with a self-loop, or failed outright
+    other = build_graph(Block(8).eval(), torch.randn(1, 8, 8, 8))
+    a, b = vm.build_view(graph), vm.build_view(other)
+    assert not set(a.data) & set(b.data)
+
+
+def test_a_pruned_copy_keeps_its_ids_and_collapsing_never_moves_an_id(graph):
+    small = Net().eval()
+    small.blocks[0].conv = nn.Conv2d(8, 8, 3, padding=1)  # same ops, the structure unchanged
+    same = build_graph(small, torch.randn(1, 3, 8, 8))
+    assert set(vm.build_view(same).data) == set(vm.build_view(graph).data)
+    views = [vm.build_view(graph, c) for c in ((), {"blocks.0"}, {"blocks"}, {"blocks.1"})]
+    seen: dict[str, tuple] = {}
+    for v in views:  # the same id always has the same parent and the same ends
+        for eid, ends in _ends(v).items():
+            if eid in seen and not v.data[eid].get("collapsed"):
+                assert seen[eid] == ends, eid
+            seen.setdefault(eid, ends)
 
 
 def test_edges_carry_shape_labels_and_tensor_map(graph):
@@ -164,3 +194,87 @@ def test_an_embedding_is_drawn_as_vocab_to_dim_not_sequence_length_to_dim():
     emb = next(n for n in g.nodes if n.op_type is OpType.EMBED)
     assert emb.in_shapes[0][-1] == 16
     assert vm.channels(emb) == (256, 64) and vm.width_line(emb) == "Embedding 256→64"
+
+
+PAD, LABEL, OP_H, COLLAPSED_H = 14, 14, 38, 56  # the stylesheet's box padding, label, heights
+
+
+def _sibling_overlaps(view) -> list[tuple[str, str]]:
+    """Pairs of things drawn in one box (ops, collapsed modules, inner boxes) whose drawn
+    rectangles meet, a box being what Cytoscape draws: its contents plus padding, its label
+    on top."""
+    els = {e["data"]["id"]: e for e in view.elements if "source" not in e["data"]}
+    kids: dict = {}
+    for eid, e in els.items():
+        kids.setdefault(e["data"].get("parent"), []).append(eid)
+    rect: dict = {}
+
+    def extent(eid):
+        if eid not in rect:
+            d = els[eid]["data"]
+            if d.get("compound"):
+                r = [extent(k) for k in kids[eid]]
+                rect[eid] = (min(a[0] for a in r) - PAD, max(a[1] for a in r) + PAD,
+                             min(a[2] for a in r) - PAD - LABEL, max(a[3] for a in r) + PAD)
+            else:
+                p, h = els[eid]["position"], COLLAPSED_H if d.get("collapsed") else OP_H
+                rect[eid] = (p["x"] - d["w"] / 2, p["x"] + d["w"] / 2, p["y"] - h / 2,
+                             p["y"] + h / 2)
+        return rect[eid]
+
+    def name(eid):
+        return els[eid]["data"].get("name") or els[eid]["data"].get("path")
+
+    bad = []
+    for group in kids.values():
+        for i, a in enumerate(group):
+            for b in group[i + 1:]:
+                ra, rb = extent(a), extent(b)
+                if ra[0] < rb[1] and rb[0] < ra[1] and ra[2] < rb[3] and rb[2] < ra[3]:
+                    bad.append((name(a), name(b)))
+    return bad
+
+
+def test_pack_boxes_puts_siblings_whose_layers_meet_side_by_side():
+    # vertex 1 (box b) sits between the two vertices of box a in Sugiyama's order
+    xs = vm.pack_boxes([0.0, 100.0, 200.0], [0, 0, 1], [("a",), ("b",), ("a",)],
+                       [80, 80, 80], {})
+    a_right = max(xs[0], xs[2]) + 40 + vm.BOX_SIDE
+    assert xs[1] - 40 - vm.BOX_SIDE >= a_right + vm.NODE_GAP
+    # rows that never meet keep Sugiyama's x
+    assert vm.pack_boxes([0.0, 0.0], [0, 1], [("a",), ("b",)], [80, 80], {}) == [0.0, 0.0]
+
+
+@pytest.mark.parametrize("name", ["swin", "llama", "densenet"])
+def test_no_two_siblings_overlap_in_the_demo_layouts(name):
+    lm = load_model(f"demo:{name}")
+    graph = build_graph(lm.model, lm.inputs)
+    assert _sibling_overlaps(vm.build_view(graph)) == []
+    assert _sibling_overlaps(vm.build_view(graph, vm.default_collapsed(graph, 60))) == []
+
+
+def _hf(name):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    if name == "llama":
+        cfg = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128,
+                                       num_hidden_layers=2, num_attention_heads=4,
+                                       num_key_value_heads=2, max_position_embeddings=64)
+        model = transformers.LlamaForCausalLM(cfg)
+    else:
+        cfg = transformers.BertConfig(vocab_size=128, hidden_size=64, intermediate_size=128,
+                                      num_hidden_layers=2, num_attention_heads=4,
+                                      max_position_embeddings=64, num_labels=3)
+        model = transformers.BertForSequenceClassification(cfg)
+    model.eval()
+    classes = {n: type(m).__name__ for n, m in model.named_modules() if n}
+    return build_graph(model, torch.randint(0, 128, (1, 16))), classes
+
+
+@pytest.mark.hf
+@pytest.mark.parametrize("name", ["llama", "bert"])
+def test_no_two_siblings_overlap_in_hf_layouts(name):
+    # Llama's rotary_emb box was drawn over the first decoder layer (its ops inside the
+    # other box); BERT's token_type_ids and position_ids buffers on top of each other
+    graph, classes = _hf(name)
+    assert _sibling_overlaps(vm.build_view(graph, (), classes)) == []

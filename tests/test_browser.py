@@ -122,6 +122,32 @@ def test_page_loads_and_draws_the_demo_graph(dash_duo):
     assert severe == []
 
 
+def _drawn_whole(dash_duo) -> bool:
+    """Cytoscape holds what the view line says is drawn, and no edge loops on one node."""
+    info = dash_duo.find_element(f"#{ids.VIEW_INFO}").text
+    n = _js(dash_duo, "var cy = window.cy; return cy.nodes('.op, .collapsed').length;")
+    loops = _js(dash_duo, "return window.cy.edges().filter(function (e) {"
+                          " return e.source().id() === e.target().id(); }).length;")
+    return info.startswith(f"{n} drawn") and loops == 0
+
+
+def test_switching_to_a_model_of_another_structure_draws_all_of_it(dash_duo):
+    # element ids were reused across graphs: Cytoscape kept the old parent boxes, dropped the
+    # children of the boxes that went away, and drew 7 of 19 ops (or failed with "Can not
+    # create edge ... with nonexistant source") until the page was reloaded
+    _start(dash_duo, create_app([ModelEntry("demo:cnn"), ModelEntry("demo:densenet"),
+                                 ModelEntry("demo:resnet")]))
+    _wait_graph(dash_duo, "features.0")
+    for spec, name in [("demo:densenet", "features.0.0.cat"), ("demo:cnn", "features.0"),
+                       ("demo:resnet", "layer1.0.conv1"), ("demo:densenet", "features.0.0.cat")]:
+        dash_duo.select_dcc_dropdown(f"#{ids.MODEL_PICKER}", value=spec)
+        _wait_graph(dash_duo, name)
+        _until(dash_duo, lambda d: _drawn_whole(dash_duo),
+               f"{spec} was not drawn whole: {dash_duo.find_element(f'#{ids.VIEW_INFO}').text}")
+    severe = [e for e in dash_duo.get_logs() if e.get("level") == "SEVERE"]
+    assert severe == []
+
+
 def test_fit_says_when_the_whole_graph_is_too_small_to_read(dash_duo):
     _start(dash_duo, create_app())
     _wait_graph(dash_duo, "layer1.0.conv1")
@@ -202,7 +228,7 @@ def test_preview_annotates_the_inspected_group_and_its_edges(dash_duo):
     dash_duo.wait_for_contains_text(f"#{ids.GROUP_PANEL}", "preview removes", timeout=TIMEOUT)
     _until(dash_duo, lambda d: d.execute_script(
         "return window.cy.edges('.dv-tensor').some(function (e) {"
-        " return (e.data('hl') || '').indexOf('−') >= 0; });"),
+        " return (e.data('hl') || '').indexOf('→') >= 0; });"),
         "no highlighted edge names the units the preview removes")
 
 
@@ -353,3 +379,59 @@ def test_the_picker_follows_an_uploaded_export_and_loads_the_original_again(dash
     # ... so picking demo:cnn loads the original again
     dash_duo.select_dcc_dropdown(f"#{ids.MODEL_PICKER}", value="demo:cnn")
     dash_duo.wait_for_contains_text(f"#{ids.HISTORY}", "original", timeout=TIMEOUT)
+
+
+LONG_NAMES = """
+import torch
+
+
+class Attention(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.query_projection_with_a_long_name = torch.nn.Linear(8, 8)
+        self.output_projection_with_a_long_name = torch.nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.output_projection_with_a_long_name(
+            torch.relu(self.query_projection_with_a_long_name(x)))
+
+
+class Long(torch.nn.Module):
+    # Hugging Face style names: long dotted paths
+    def __init__(self):
+        super().__init__()
+        self.encoder_with_a_rather_long_module_name = torch.nn.Sequential(Attention())
+        self.head = torch.nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.head(self.encoder_with_a_rather_long_module_name(x))
+"""
+
+
+def test_inspector_tables_fit_the_panel_with_long_names(dash_duo, tmp_path):
+    # the count column of Parameters and the width/positions of Members were hidden behind
+    # a horizontal scrollbar by long HF names
+    (tmp_path / "long.py").write_text(LONG_NAMES)
+    _start(dash_duo, create_app([ModelEntry(f"{tmp_path / 'long.py'}:Long", inputs=("2x8",))]))
+    name = "encoder_with_a_rather_long_module_name.0.query_projection_with_a_long_name"
+    _wait_graph(dash_duo, name)
+    _click_node(dash_duo, name)
+    dash_duo.wait_for_contains_text(f"#{ids.GROUP_PANEL}", "Members", timeout=TIMEOUT)
+    dash_duo.wait_for_contains_text(f"#{ids.GROUP_PANEL}", "output_projection",
+                                    timeout=TIMEOUT)
+    dash_duo.wait_for_contains_text(f"#{ids.INSPECTOR}", "total", timeout=TIMEOUT)
+    overflow = _js(dash_duo, """
+        var bad = [];
+        document.querySelectorAll('.side table, .members-wrap').forEach(function (t) {
+          var box = t.classList.contains('members-wrap') ? t : t.parentElement;
+          if (t.scrollWidth > box.clientWidth + 1) { bad.push(t.className); }
+        });
+        // the number cells keep their text on one line
+        document.querySelectorAll('.params td.n, .members td:nth-child(4)').forEach(
+          function (c) {
+            var r = document.createRange();
+            r.selectNodeContents(c);
+            if (r.getClientRects().length !== 1) { bad.push('number cell ' + c.textContent); }
+          });
+        return bad;""")
+    assert overflow == []

@@ -36,6 +36,10 @@ FADE_SELECTOR = "node.op, node.collapsed, edge"  #: what a highlight dims
 FADED_CLASS, MEMBER_CLASS, PATH_CLASS, TENSOR_CLASS, SELECTED_CLASS = \
     "dv-faded", "dv-member", "dv-path", "dv-tensor", "dv-selected"
 TENSOR_LABEL = "hl"  #: edge data field holding a highlighted edge's index ranges
+#: what the labels of a highlighted group's edges mean, for the inspector
+EDGE_LABELS = ("Orange edges carry this group's channels: \"all 64\" means it owns all 64 "
+               "of the tensor, \"[0–15] of 24\" the indices it owns of 24; after a preview, "
+               "\"64 → 20\" is the tensor's width before → after the cut.")
 
 
 def base_stylesheet() -> list[dict]:
@@ -152,7 +156,9 @@ def group_highlight(view: View, graph: Graph, group: Group | None, selected: str
     ``dv-member``), the ops its channels pass through without owning any weight (a ReLU, a
     pooling, an add: ``dv-path``, so the chain between members stays readable), the edges
     carrying its tensors (``dv-tensor``, labelled with the index ranges the group owns on
-    each, which is how cuts through concats and splits show), the
+    each, which is how cuts through concats and splits show: ``all 16`` when it owns every
+    index, ``[0–15] of 24`` when only some; with a preview, the width after it: ``16 → 8``,
+    ``[0–15] of 24 → 22``; :data:`EDGE_LABELS` says so in the page), the
     selected element (``dv-selected``) and, with a group, everything else dimmed (the
     ``fade`` selector). ``removed`` units (from a preview) are named on the edges.
 
@@ -169,11 +175,12 @@ def group_highlight(view: View, graph: Graph, group: Group | None, selected: str
         if not len(pos):
             continue
         width = _width(graph, nid, port, _dim)
-        text = f"[{ranges(pos)}] of {width}" if width and len(pos) < width else \
-            f"all {len(pos)}"
-        if len(removed):
-            lost = pos[np.isin(unit, removed)]
-            text += f" · −{len(lost)}"
+        whole = not width or len(pos) >= width
+        text = f"all {len(pos)}" if whole else f"[{ranges(pos)}] of {width}"
+        if len(removed):  # the tensor's width after the preview's cut
+            lost = len(pos[np.isin(unit, removed)])
+            text = f"{len(pos)} → {len(pos) - lost}" if whole else \
+                f"{text} → {width - lost}"
         for eid in view.tensor_edges.get((nid, port), ()):
             edges.setdefault(eid, []).append(text)
     out["fade"] = FADE_SELECTOR
@@ -221,7 +228,7 @@ def preview_rules(view: View, graph: Graph, widths: dict[str, dict[str, int]]) -
         eid = view.rep.get(n.id)
         if eid is None:
             continue
-        if not eid.startswith("n"):
+        if view.data[eid].get("kind") != "op":  # drawn inside a collapsed module
             touched_modules.add(eid)
             continue
         cin, cout = channels(n)

@@ -8,14 +8,22 @@ graphs. Pure: no Dash import, no torch calls; the app caches results per (graph,
 
     >>> view = build_view(graph, collapsed={"layer1"})
     >>> view.rep[graph.node("layer1.0.conv1").id]     # drawn inside the collapsed module
-    'm3'
+    'g5c1d09e2_m3'
 
-Element ids are CSS-safe (``n12`` for node 12, ``m3`` for a module, ``e7`` for an edge) so the
-stylesheet can address them with ``#id`` selectors; highlighting changes only the stylesheet.
+Element ids are CSS-safe (``n12`` for node 12, ``m3`` for a module, ``e_n4_m3`` for the edge
+between two drawn elements) so the stylesheet can address them with ``#id`` selectors;
+highlighting changes only the stylesheet. Every id starts with the graph's
+:func:`structure_tag`: Cytoscape patches an element it already holds under the same id, and it
+cannot move a node to another parent box or an edge to other ends that way (nor keep a node
+whose old parent box goes away). So two graphs of different structure share no id, and the
+browser replaces the drawing whole; a pruned copy of a model (same ops, new widths) keeps its
+ids, and the drawing is patched in place. An edge's id names its two ends, so collapsing a
+module never reuses an edge id for other ends either.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable
@@ -100,10 +108,36 @@ def module_tree(graph: Graph) -> dict[str, list[int]]:
     return dict(sorted(inside.items()))
 
 
-def _reps(graph: Graph, collapsed: frozenset[str], module_ids: dict[str, str]) -> dict[int, str]:
+def structure_tag(graph: Graph) -> str:
+    """A short tag of what decides the drawing's elements: the ops (name, type, the module
+    drawn around them) and the edges, not the tensor shapes. Graphs that differ in any of these
+    get different tags; a pruned copy of a model (only widths change) gets the same one.
+
+        >>> structure_tag(graph)
+        'g5c1d09e2'
+    """
+    h = hashlib.blake2b(digest_size=4)
+    for n in graph.nodes:
+        h.update(f"{n.id}|{n.name}|{n.op_type.value}|{container_of(n)}\n".encode())
+    for e in graph.edges:
+        h.update(f"{e.source}>{e.target}\n".encode())
+    return "g" + h.hexdigest()
+
+
+def module_element_ids(tree: Iterable[str], tag: str) -> dict[str, str]:
+    """Module path -> element id (``{tag}_m{i}``, ``i`` its index in ``tree``)."""
+    return {p: f"{tag}_m{i}" for i, p in enumerate(tree)}
+
+
+def _op_id(node_id: int, tag: str) -> str:
+    return f"{tag}_n{node_id}"
+
+
+def _reps(graph: Graph, collapsed: frozenset[str], module_ids: dict[str, str],
+          tag: str) -> dict[int, str]:
     rep = {}
     for n in graph.nodes:
-        rep[n.id] = f"n{n.id}"
+        rep[n.id] = _op_id(n.id, tag)
         for p in ancestors(container_of(n)):  # outermost collapsed ancestor wins
             if p in collapsed:
                 rep[n.id] = module_ids[p]
@@ -115,8 +149,7 @@ def visible_count(graph: Graph, collapsed: Iterable[str]) -> int:
     """How many nodes are drawn (ops plus collapsed modules) for a collapse set."""
     tree = module_tree(graph)
     col = frozenset(p for p in collapsed if p in tree)
-    ids = {p: f"m{i}" for i, p in enumerate(tree)}
-    return len(set(_reps(graph, col, ids).values()))
+    return len(set(_reps(graph, col, module_element_ids(tree, "g"), "g").values()))
 
 
 def default_collapsed(graph: Graph, max_visible: int = DEFAULT_MAX_VISIBLE) -> frozenset[str]:
@@ -245,17 +278,32 @@ def layers_of(n: int, edges: list[tuple[int, int]],
     return layer
 
 
-BOX_PAD = 30  #: px a module box needs above (its label) or below its first/last layer
+NODE_GAP = 24  #: px at least between two things drawn side by side in one box
+BOX_SIDE = 16  #: px a module box adds left and right of what it holds (its padding, border)
+DEFAULT_WIDTH = 120  #: px of a vertex whose width is not given
+LABEL_CHAR = 7.0  #: px per character of a module box's label (11 px bold)
 
 
 def layered_positions(n: int, edges: list[tuple[int, int]],
                       boxes: list[tuple[str, ...]] | None = None,
-                      anchors: Iterable[int] = ()) -> list[tuple[float, float]]:
+                      anchors: Iterable[int] = (),
+                      widths: list[float] | None = None,
+                      box_widths: dict[str, float] | None = None) -> list[tuple[float, float]]:
     """Sugiyama positions (px) of ``n`` vertices, top to bottom, via python-igraph.
 
     Layers come from :func:`layers_of` (``anchors`` are the model inputs). ``boxes[i]`` lists
     the module boxes vertex ``i`` is drawn in (outermost first); a layer where boxes open or
-    close gets extra room so box borders and labels clear the nodes.
+    close gets extra room so box borders and labels clear the nodes. ``widths[i]`` is the
+    drawn width of vertex ``i``, ``box_widths[b]`` the least width of box ``b`` (its label).
+
+    Sugiyama orders the vertices of each layer but knows nothing of boxes: a box is drawn
+    around all it holds, so a sibling box or node placed between two of its vertices ends up
+    inside it. So :func:`pack_boxes` places the contents of every box (ops and inner boxes,
+    each a rigid block over its rows of layers) side by side where their rows meet, keeping
+    Sugiyama's order and, where nothing is in the way, its x.
+
+        >>> layered_positions(3, [(0, 1), (1, 2)])
+        [(0.0, 0.0), (0.0, 84.0), (0.0, 168.0)]
     """
     if n == 0:
         return []
@@ -268,14 +316,15 @@ def layered_positions(n: int, edges: list[tuple[int, int]],
     n_layers = max(layers) + 1
     opens = [0] * (n_layers + 1)
     closes = [0] * (n_layers + 1)
+    chains = boxes or [()] * n
     if boxes:
         first: dict[str, int] = {}
         last: dict[str, int] = {}
-        for i, chain in enumerate(boxes):
+        for i, chain in enumerate(chains):
             for b in chain:
                 first[b] = min(first.get(b, layers[i]), layers[i])
                 last[b] = max(last.get(b, layers[i]), layers[i])
-        for i, chain in enumerate(boxes):
+        for i, chain in enumerate(chains):
             opens[layers[i]] = max(opens[layers[i]], sum(first[b] == layers[i] for b in chain))
             closes[layers[i]] = max(closes[layers[i]], sum(last[b] == layers[i] for b in chain))
     y_of, y = [], 0.0
@@ -283,7 +332,75 @@ def layered_positions(n: int, edges: list[tuple[int, int]],
         if lay:
             y += Y_GAP + BOX_PAD * (closes[lay - 1] + opens[lay])
         y_of.append(y)
-    return [(float(x) * X_GAP, y_of[lay]) for (x, _), lay in zip(coords, layers, strict=True)]
+    xs = pack_boxes([float(x) * X_GAP for x, _ in coords], layers, chains,
+                    widths or [DEFAULT_WIDTH] * n, box_widths or {})
+    return [(x, y_of[lay]) for x, lay in zip(xs, layers, strict=True)]
+
+
+def pack_boxes(xs: list[float], layers: list[int], boxes: list[tuple[str, ...]],
+               widths: list[float], box_widths: dict[str, float]) -> list[float]:
+    """x of each vertex such that no two things in one box overlap: neither two vertices of a
+    layer nor two boxes (or a box and a vertex) whose rows of layers meet.
+
+    Each box is laid out on its own first (innermost first), as a rigid block in the same
+    frame as ``xs``. Then, in the order of their centres, its contents are placed at their
+    wanted x, or moved right just past whatever is already placed on any of their layers.
+
+        >>> pack_boxes([0.0, 0.0], [0, 0], [("a",), ("b",)], [100, 100], {})
+        [0.0, 156.0]
+    """
+    kids: dict[str | None, list] = defaultdict(list)  # box -> its vertices and inner boxes
+    seen_box: set[str] = set()
+    for i, chain in enumerate(boxes):
+        kids[chain[-1] if chain else None].append(i)
+        for depth, b in enumerate(chain):
+            if b not in seen_box:
+                seen_box.add(b)
+                kids[chain[depth - 1] if depth else None].append(b)
+    x = list(xs)
+    members: dict[str, list[int]] = defaultdict(list)  # box -> its vertices at any depth
+    for i, chain in enumerate(boxes):
+        for b in chain:
+            members[b].append(i)
+
+    ext: dict[str, tuple[float, float, int, int]] = {}  # packed box -> its block
+
+    def block(item) -> tuple[float, float, int, int]:
+        """(left, right, first layer, last layer) of a vertex or a packed box."""
+        if isinstance(item, int):
+            half = widths[item] / 2
+            return x[item] - half, x[item] + half, layers[item], layers[item]
+        return ext[item]
+
+    def pack(box: str | None) -> None:
+        for k in kids[box]:
+            if not isinstance(k, int):
+                pack(k)
+        placed = sorted(((block(k), k) for k in kids[box]), key=lambda t: (t[0][0] + t[0][1]))
+        frontier: dict[int, float] = {}  # layer -> right edge of what is placed on it
+        for (left, right, top, bottom), k in placed:
+            edge = max((frontier[lay] for lay in range(top, bottom + 1) if lay in frontier),
+                       default=None)
+            shift = max(0.0, edge + NODE_GAP - left) if edge is not None else 0.0
+            if shift:
+                for v in ([k] if isinstance(k, int) else members[k]):
+                    x[v] += shift
+            for lay in range(top, bottom + 1):
+                frontier[lay] = right + shift
+            if not isinstance(k, int):
+                ext[k] = (left + shift, right + shift, top, bottom)
+        if box is None:
+            return
+        blocks = [block(k) for k in kids[box]]
+        left = min(b[0] for b in blocks) - BOX_SIDE
+        right = max(b[1] for b in blocks) + BOX_SIDE
+        short = box_widths.get(box, 0.0) - (right - left)
+        if short > 0:  # the label is wider than what the box holds: it sets the width
+            left, right = left - short / 2, right + short / 2
+        ext[box] = (left, right, min(b[2] for b in blocks), max(b[3] for b in blocks))
+
+    pack(None)
+    return x
 
 
 # --------------------------------------------------------------------------------------------
@@ -298,9 +415,10 @@ def build_view(graph: Graph, collapsed: Iterable[str] = (),
     """
     classes = module_classes or {}
     tree = module_tree(graph)
-    module_ids = {p: f"m{i}" for i, p in enumerate(tree)}
+    tag = structure_tag(graph)
+    module_ids = module_element_ids(tree, tag)
     col = frozenset(p for p in collapsed if p in tree)
-    rep = _reps(graph, col, module_ids)
+    rep = _reps(graph, col, module_ids, tag)
 
     def hidden(path: str) -> bool:  # inside a collapsed module (not the module itself)
         return any(a in col for a in ancestors(path)[:-1])
@@ -332,12 +450,12 @@ def build_view(graph: Graph, collapsed: Iterable[str] = (),
             data["compound"] = True
             compounds.append({"data": data, "classes": "module"})
     for n in graph.nodes:
-        if rep[n.id] != f"n{n.id}":
+        if rep[n.id] != _op_id(n.id, tag):
             continue
         parent = container_of(n)
         style = STYLES[n.op_type]
         label = f"{short_name(n.name, parent)}\n{width_line(n)}"
-        data = {"id": f"n{n.id}", "label": label, "name": n.name, "op_type": n.op_type.value,
+        data = {"id": rep[n.id], "label": label, "name": n.name, "op_type": n.op_type.value,
                 "type_label": style.label, "color": style.color, "fg": text_color(style.color),
                 "kind": "op", "w": _box_width(label)}
         if parent_id(parent):
@@ -356,7 +474,9 @@ def build_view(graph: Graph, collapsed: Iterable[str] = (),
             continue
         eid = by_pair.get((s, t))
         if eid is None:
-            eid = by_pair[(s, t)] = f"e{len(edge_els)}"
+            # named by its ends: collapsing a module never gives an id other ends
+            eid = by_pair[(s, t)] = f"{tag}_e_{s.removeprefix(tag + '_')}_" \
+                                    f"{t.removeprefix(tag + '_')}"
             edge_els.append({"data": {"id": eid, "source": s, "target": t,
                                       "label": shape_text(e.shape)}})
         if eid not in tensor_edges[(e.source, e.source_port)]:
@@ -369,10 +489,12 @@ def build_view(graph: Graph, collapsed: Iterable[str] = (),
         while pid is not None:
             chain.append(pid)
             pid = parents.get(pid)
-        boxes.append(tuple(chain))
+        boxes.append(tuple(reversed(chain)))  # outermost first
     anchors = [i for i, el in enumerate(node_els) if el["data"].get("op_type") == "input"]
+    label_widths = {c["data"]["id"]: LABEL_CHAR * len(c["data"]["label"]) + 2 * BOX_SIDE
+                    for c in compounds}
     pos = layered_positions(len(node_els), [(index[s], index[t]) for s, t in by_pair], boxes,
-                            anchors)
+                            anchors, [el["data"]["w"] for el in node_els], label_widths)
     for el, (x, y) in zip(node_els, pos, strict=True):
         el["position"] = {"x": x, "y": y}
 

@@ -120,6 +120,13 @@ def segment_bar(sizes: list[int], offsets: list[int], prefix: str,
     cut = np.asarray(cut if cut is not None else [], dtype=np.int64)
     segs = []
     for k, (size, off) in enumerate(zip(sizes, offsets, strict=True)):
+        if not size:  # an empty input (a cache that starts empty): no range to show
+            segs.append(html.Div(
+                [html.Span(f"{prefix}{k}", className="seg-name"),
+                 html.Span("(empty)", className="seg-range")],
+                className="seg seg-empty", title=f"{prefix}{k}: empty — 0 channels",
+                style={"flexGrow": 0, "flexBasis": 0, "minWidth": "12%"}))
+            continue
         mine = hit[(hit >= off) & (hit < off + size)]
         gone = cut[(cut >= off) & (cut < off + size)]
         title = f"{prefix}{k}: [{off}, {off + size}) — {size} channels"
@@ -141,6 +148,16 @@ def segment_bar(sizes: list[int], offsets: list[int], prefix: str,
     return html.Div(segs, className="segbar")
 
 
+def offsets_text(sizes, offsets, prefix: str) -> str:
+    """Where each part starts; an empty part (size 0) starts nowhere and says so.
+
+    >>> offsets_text([0, 16], [0, 0], "in")
+    'in0 empty, 0'
+    """
+    return ", ".join(f"{prefix}{k} empty" if not size else str(off)
+                     for k, (size, off) in enumerate(zip(sizes, offsets, strict=True)))
+
+
 def meta_view(node: Node, hit: np.ndarray | None = None,
               cut: np.ndarray | None = None) -> list:
     """The wrapper metadata of a virtual node, drawn for humans."""
@@ -150,12 +167,12 @@ def meta_view(node: Node, hit: np.ndarray | None = None,
     out: list = []
     if isinstance(m, ConcatMeta):
         out += [_kv([("concat dim", m.dim), ("sizes", ", ".join(map(str, m.sizes))),
-                     ("offsets", ", ".join(map(str, m.offsets))),
+                     ("offsets", offsets_text(m.sizes, m.offsets, "in")),
                      ("stacked", "yes" if m.stacked else "no")]),
                 segment_bar(list(m.sizes), list(m.offsets), "in", hit, cut)]
     elif isinstance(m, SplitMeta):
         out += [_kv([("split dim", m.dim), ("sizes", ", ".join(map(str, m.sizes))),
-                     ("offsets", ", ".join(map(str, m.offsets))),
+                     ("offsets", offsets_text(m.sizes, m.offsets, "out")),
                      ("sizes computed by torch", "yes" if m.computed else "no")]),
                 segment_bar(list(m.sizes), list(m.offsets), "out", hit, cut)]
     elif isinstance(m, SliceMeta):
@@ -263,11 +280,15 @@ def node_details(node: Node, stage_classes: dict[str, str], hit: np.ndarray | No
         prow = [html.Tr([html.Th("param"), html.Th("shape"), html.Th("count")])]
         for local, key in node.params.items():
             shape = node.param_shapes.get(local, ())
-            prow.append(html.Tr([html.Td(key, title=f"local name: {local or '(self)'}"),
-                                 html.Td(f"[{shape_text(shape)}]"),
-                                 html.Td(fmt_count(math.prod(shape)))]))
+            # a module's own parameters by their local name (the module is named above); a
+            # parameter it shares from elsewhere (tied weights) by its full key
+            own = bool(local) and key == f"{node.module}.{local}"
+            prow.append(html.Tr([html.Td(local if own else key, className="name",
+                                         title=f"{key} (local name: {local or '(self)'})"),
+                                 html.Td(f"[{shape_text(shape)}]", className="n"),
+                                 html.Td(fmt_count(math.prod(shape)), className="n")]))
         prow.append(html.Tr([html.Th("total"), html.Td(""),
-                             html.Th(fmt_count(node_params(node)))]))
+                             html.Th(fmt_count(node_params(node)), className="n")]))
         out += [html.H4("Parameters"), html.Table(prow, className="params")]
     if node.attrs:
         out += [html.Details([html.Summary(f"Attributes ({len(node.attrs)})"),
@@ -352,7 +373,8 @@ def group_panel(pruner: Pruner, group: Group, model_group: bool, note: str,
                           "makes) to the new size.", className="hint"))
     if not group.exact:
         out.append(html.P("Inexact: " + "; ".join(group.stats_notes), className="hint warn"))
-    out += [html.H4(f"Members ({len(group.members)})"), members_table(group)]
+    out += [html.H4(f"Members ({len(group.members)})"), members_table(group),
+            html.P(styles.EDGE_LABELS, className="hint edge-legend")]
     return out
 
 
@@ -360,6 +382,13 @@ def unbroken(ranges: str) -> str:
     """Index ranges for the page: a line may break after a comma, never inside "12–13"
     (word joiners around the dash; browsers break after an en dash otherwise)."""
     return ranges.replace("–", "\u2060–\u2060")
+
+
+def breakable(name: str) -> str:
+    """A dotted name as escaped HTML that may wrap after its dots, so a long Hugging Face name
+    takes two lines instead of pushing the numbers out of the table. Spelled ``<wbr/>``: the
+    markdown component silently drops a whole table holding a bare ``<wbr>``."""
+    return ".<wbr/>".join(html_text.escape(part) for part in name.split("."))
 
 
 def members_table(group: Group) -> dcc.Markdown:
@@ -371,9 +400,9 @@ def members_table(group: Group) -> dcc.Markdown:
     rows = ["<tr><th>member</th><th>side</th><th>dim</th><th>width</th><th>positions</th></tr>"]
     for m in group.members:
         pos = styles.sorted_unique(m.pos)
-        title = f"{STYLES[m.op_type].label}, module {m.module or '(root)'}"
-        rows.append(f'<tr><td title="{esc(title)}">{esc(m.node_name)}</td><td>{esc(m.side)}</td>'
-                    f'<td>{int(m.dim)}</td><td>{len(pos)}</td>'
+        title = f"{m.node_name}: {STYLES[m.op_type].label}, module {m.module or '(root)'}"
+        rows.append(f'<tr><td title="{esc(title)}">{breakable(m.node_name)}</td>'
+                    f'<td>{esc(m.side)}</td><td>{int(m.dim)}</td><td>{len(pos)}</td>'
                     f'<td class="ranges">{esc(unbroken(styles.ranges(pos)))}</td></tr>')
     # one line: a blank line would end the HTML block the markdown parser passes through raw
     return dcc.Markdown(f'<table class="members">{"".join(rows)}</table>',

@@ -132,8 +132,14 @@ def graph_rev(session: Session, keep_view: bool = False) -> dict:
             "keep_view": keep_view}
 
 
+def uploaded_label(filename: str | None) -> str:
+    """What the picker shows while an uploaded export is loaded (it has no entry there)."""
+    return f"uploaded {filename or 'export'}"
+
+
 def picker_after_failure(store: SessionStore, sid: str) -> tuple:
-    """Picker value and placeholder when a load failed: back to the model still drawn."""
+    """Picker value and placeholder when picking a model failed: back to the model still
+    drawn, labelled as it was when it loaded."""
     try:
         base = store.session(sid).base
     except DepViewError:
@@ -142,7 +148,30 @@ def picker_after_failure(store: SessionStore, sid: str) -> tuple:
         return None, "pick a model"
     if base.entry_key in store.entries:
         return base.entry_key, no_update
-    return None, base.entry_key.removeprefix("upload:")
+    return None, uploaded_label(base.entry_key.removeprefix("upload:"))
+
+
+def choose_model(store: SessionStore, sid: str, spec: str | None, contents: str | None,
+                 filename: str | None, upload: bool) -> tuple:
+    """The model callback's outputs (graph rev, message, picker value, picker placeholder,
+    upload contents) for a picked ``spec`` or, ``upload``, an uploaded zip. A load that fails
+    changes nothing but the message (a failed pick puts the picker back); the upload box is
+    always emptied, so that the same file can be opened again."""
+    if (upload and not contents) or (not upload and not spec):
+        return (no_update,) * 5  # this callback's own reset of the picker or the upload
+    try:
+        if upload:
+            note, kind = load_upload(store, sid, contents, filename), "ok"
+        else:
+            note, kind = load_entry(store, sid, spec), "warn"
+        # the picker shows what is loaded: nothing of its own after an upload (so that
+        # picking the previous model again loads it)
+        picker = (None, uploaded_label(filename)) if upload else (no_update,) * 2
+        return graph_rev(store.session(sid)), message(note, kind) if note else None, \
+            *picker, None
+    except Exception as exc:
+        picker = (no_update,) * 2 if upload else picker_after_failure(store, sid)
+        return no_update, error_message(exc), *picker, None
 
 
 def register(app, store: SessionStore) -> None:
@@ -159,22 +188,8 @@ def register(app, store: SessionStore) -> None:
         running=[(Output(ids.MODEL_PICKER, "disabled"), True, False)],
     )
     def on_model(spec, contents, filename, sid):
-        upload = ctx.triggered_id == ids.UPLOAD
-        if (upload and not contents) or (not upload and not spec):
-            return (no_update,) * 5  # this callback's own reset of the picker or the upload
-        try:
-            if upload:
-                note, kind = load_upload(store, sid, contents, filename), "ok"
-            else:
-                note, kind = load_entry(store, sid, spec), "warn"
-            # the picker shows what is loaded: nothing of its own after an upload (so that
-            # picking the previous model again loads it); the upload box is emptied so that
-            # the same file can be opened again
-            picker = (None, f"uploaded {filename or 'export'}") if upload else (no_update,) * 2
-            return graph_rev(store.session(sid)), message(note, kind) if note else None, \
-                *picker, None
-        except Exception as exc:
-            return no_update, error_message(exc), *picker_after_failure(store, sid), None
+        return choose_model(store, sid, spec, contents, filename,
+                            ctx.triggered_id == ids.UPLOAD)
 
     @app.callback(
         Output(ids.IMPORTANCE, "value"),

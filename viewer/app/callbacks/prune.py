@@ -48,8 +48,8 @@ def parse_ratio(value, what: str = "ratio") -> float:
 
 def parse_settings(importance: str | None, ratio, mode: str | None, round_to) -> dict:
     """Controls -> plan keyword arguments, with a clear one-line error for bad values. The
-    ratio and round-to boxes are text: what the user typed arrives as typed. An empty
-    round-to box means 1 (no rounding).
+    ratio and round-to boxes are text: what the user typed arrives as typed. An empty box is
+    an error for both (never silently read as 0 or 1); 1 in round-to means no rounding.
 
     >>> parse_settings("l1", "0.3", "global", "8")
     {'importance': 'l1', 'ratio': 0.3, 'global_': True, 'round_to': 8}
@@ -58,9 +58,11 @@ def parse_settings(importance: str | None, ratio, mode: str | None, round_to) ->
         raise DepViewError(f"importance must be one of {', '.join(IMPORTANCE)}, "
                            f"got {importance!r}")
     r = parse_ratio(ratio)
-    raw = "1" if _blank(round_to) else round_to
+    if _blank(round_to):
+        raise DepViewError("round to must be a whole number >= 1 (1: no rounding), got an "
+                           "empty box")
     try:
-        f = float(raw.strip() if isinstance(raw, str) else raw)
+        f = float(round_to.strip() if isinstance(round_to, str) else round_to)
         rt = int(f)
         if f != rt:
             raise ValueError
@@ -158,6 +160,9 @@ def run_preview(store: SessionStore, sid: str, settings: dict) -> dict:
     preview["kept_whole"] = sum(1 for g in snap[0].pruner.groups
                                 if g.id not in plan.removed and g.id not in plan.skipped)
     preview["settings"] = dict(settings)
+    # the 'bn' criterion scores groups without a norm layer by L1 instead: say which
+    preview["scored_by_l1"] = list(plan.settings.get("scored_by_l1") or [])
+    preview["n_scored"] = len(plan.scores)
     with session.lock:
         _still_current(session, snap)
         session.preview_plan, session.preview = plan, preview
@@ -206,9 +211,10 @@ def apply_round(store: SessionStore, sid: str, settings: dict) -> str:
         session.reset_pruning_inputs()
         n = round_number(session)
     before, after = stage.summary["params"], new.summary["params"]
+    fell = l1_fallback_text(plan.settings.get("scored_by_l1"), len(plan.scores))
     return (f"Round {n} applied: {counted(plan.n_removed, 'unit')} removed from "
             f"{counted(len(plan.removed), 'group')}; params {change(before, after)}; "
-            f"{verification_text(verification)}.")
+            f"{verification_text(verification)}{f'; {fell}' if fell else ''}.")
 
 
 def verification_text(v: dict | None) -> str:
@@ -305,9 +311,29 @@ def plan_info(session: Session) -> list:
     return [html.Ul(items, className="plan-list")]
 
 
+def l1_fallback_text(fell: list | None, n_scored: int | None = None) -> str:
+    """What the 'bn' importance (BatchNorm scale) did for groups without a norm layer: it
+    scored them by L1 magnitude. ``n_scored``: how many groups were scored in all.
+
+    >>> l1_fallback_text([3, 5, 8])
+    'BN scale: 3 groups have no norm layer and were scored by L1'
+    >>> l1_fallback_text([1, 2], n_scored=2)
+    'BN scale: no group has a norm layer: all 2 were scored by L1'
+    """
+    n = len(fell or [])
+    if not n:
+        return ""
+    if n == n_scored:
+        return ("BN scale: the group has no norm layer and was scored by L1" if n == 1 else
+                f"BN scale: no group has a norm layer: all {n} were scored by L1")
+    return f"BN scale: {counted(n, 'group')} {'has' if n == 1 else 'have'} no norm layer " \
+           f"and {'was' if n == 1 else 'were'} scored by L1"
+
+
 def settings_text(st_set: dict) -> str:
     """A round's settings as the history lists them: ``l1 30% uniform, round to 8,
-    group #3 at 75%, ignoring fc:in``."""
+    group #3 at 75%, ignoring fc:in`` (and, for the 'bn' importance, which groups it
+    scored by L1)."""
     parts = [f"{st_set.get('importance', '?')} {st_set.get('ratio', 0):.0%} "
              f"{'global' if st_set.get('global') else 'uniform'}"]
     if (st_set.get("round_to") or 1) > 1:
@@ -315,6 +341,9 @@ def settings_text(st_set: dict) -> str:
     parts += [f"group #{gid} at {r:.0%}" for gid, r in (st_set.get("overrides") or {}).items()]
     if st_set.get("ignore"):
         parts.append("ignoring " + ", ".join(st_set["ignore"]))
+    fell = st_set.get("scored_by_l1")
+    if fell:
+        parts.append(f"{counted(len(fell), 'group')} without a norm layer scored by L1")
     return ", ".join(parts)
 
 
@@ -410,10 +439,14 @@ def summary_lines(preview: dict) -> tuple[str, str, str]:
     if whole:
         st = preview.get("settings") or {}
         rt = st.get("round_to", 1)
-        why = ("none of their units ranks below the global cut" if st.get("global_") else
+        their = "their" if whole != 1 else "its"
+        why = (f"none of {their} units ranks below the global cut" if st.get("global_") else
                f"the ratio rounds down to 0 units{f' in multiples of {rt}' if rt > 1 else ''}")
         extra += (f"; {whole} prunable group{'s lose' if whole != 1 else ' loses'} nothing "
                   f"({why})")
+    fell = l1_fallback_text(preview.get("scored_by_l1"), preview.get("n_scored"))
+    if fell:
+        extra += f"; {fell}"
     return change(p["before"], p["after"]), change(m["before"], m["after"]), extra
 
 
