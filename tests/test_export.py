@@ -542,3 +542,31 @@ def test_check_says_which_check_failed_and_catches_a_plan_that_computes_otherwis
     res = check_dir(out)
     assert not res["ok"] and res["problems"] == [
         "report.json is missing: nothing to compare the model with"]
+
+
+def test_check_compares_kept_indices_with_the_weights_file_the_original_came_from(
+        tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    from viewer.cli import main
+
+    (tmp_path / "net.py").write_text(
+        "import torch.nn as nn\n"
+        "def make():\n"
+        "    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),\n"
+        "                         nn.Conv2d(8, 4, 1))\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import net
+
+    torch.manual_seed(123)  # other weights than the factory's seeded ones
+    save_file(net.make().state_dict(), str(tmp_path / "w.safetensors"))
+    assert main(["prune", "net.py:make", "--input", "1x3x8x8", "--weights", "w.safetensors",
+                 "--ratio", "0.5", "--out", "ex"]) == 0
+    res = check_dir(tmp_path / "ex")
+    assert res["ok"] and res["tensors_match_original"] is True, res["problems"]
+    (tmp_path / "w.safetensors").rename(tmp_path / "gone.safetensors")
+    res = check_dir(tmp_path / "ex")
+    assert res["ok"] and "tensors_match_original" not in res
+    assert res["notes"] == ["the original's weights file w.safetensors is not here: kept "
+                            "indices not checked"]

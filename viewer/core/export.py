@@ -541,8 +541,11 @@ def check_dir(path: str | Path) -> dict:
                if k in originals and not torch.equal(_kept_of(originals[k], dims), sd[k])]
         res["tensors_match_original"] = not bad
         if bad:
+            since = (" (or the original's weights file changed since the export)"
+                     if plan["source"].get("weights") else "")
             problems.append(f"'{bad[0]}' is not the original's tensor at plan.json's kept "
-                            f"indices{f' (and {len(bad) - 1} more)' if len(bad) > 1 else ''}")
+                            f"indices{f' (and {len(bad) - 1} more)' if len(bad) > 1 else ''}"
+                            f"{since}")
     masked = (res.get("verification") or {}).get("masked_equivalence") or {}
     res["ok"] = not problems and masked.get("ok", True)
     return res

@@ -207,7 +207,8 @@ class Pruner:
         self._validated: dict[int, str] = {}
         self._probes: dict | None = None  # what validation's probes compare with (_probe)
         self._width_checks: dict[tuple, dict[int, str]] = {}  # plan -> groups failing in it
-        self._probe_results: dict[tuple, str] = {}  # (plan, attributes, groups) -> _probe's
+        #: (plan, attributes, group ids) -> (the groups, what _run_probe said)
+        self._probe_results: dict[tuple, tuple[tuple, str]] = {}
         self._sets: dict[int, list[SizeAttr]] = {}  # group id -> attributes it must update
         self._before: dict | None = None
         # False once the unpruned model failed on the meta device (a kernel whose meta version
@@ -286,8 +287,10 @@ class Pruner:
         for m in group.members:
             if bn_only and m.op_type not in _NORMS:
                 continue
+            if not len(m.pos):
+                continue
             node = self.graph.nodes[m.node]
-            all_pos = np.arange(int(m.pos.max()) + 1 if len(m.pos) else 0)
+            all_pos = np.arange(int(m.pos.max()) + 1)
             unit_at = np.full(len(all_pos), -1)
             unit_at[m.pos] = m.unit
             for cut in _node_cuts(node, m.side, m.dim, all_pos, None):
@@ -894,9 +897,9 @@ class Pruner:
                if attrs is not None else repr(sets),
                tuple(id(g) for g in gs))
         done = self._probe_results.get(key)
-        if done is None:
-            done = self._probe_results[key] = self._run_probe(plan, gs, sets)
-        return done
+        if done is None:  # (the groups are kept with the result: their ids stay theirs)
+            done = self._probe_results[key] = (tuple(gs), self._run_probe(plan, gs, sets))
+        return done[1]
 
     def _run_probe(self, plan: Plan, gs: list[Group],
                    sets: dict[int, list[SizeAttr]] | None = None) -> str:
@@ -1173,8 +1176,9 @@ def _moved(before: Graph, after: Graph, owned: set[tuple[str, int, int]],
     if numbers:
         for a, b in zip(before.nodes, after.nodes, strict=True):
             na, nb = _numbers(a), _numbers(b)
-            if na != nb and not all(x == y or x != x and y != y  # (NaN == NaN here)
-                                    for x, y in zip(na, nb, strict=False)):
+            if na != nb and (len(na) != len(nb) or not all(
+                    x == y or x != x and y != y  # (NaN == NaN here)
+                    for x, y in zip(na, nb, strict=True))):
                 was, now = (", ".join(f"{x:.4g}" for x in v) for v in (na, nb))
                 return (f"when this group shrinks, '{a.name}' computes with {now} instead of "
                         f"{was}: a number the forward derives from a width (an attention scale "
