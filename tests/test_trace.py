@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -789,3 +791,17 @@ def test_an_optional_none_input_is_not_blamed_for_another_failure():
     with pytest.raises(DepViewError) as err:
         build_graph(OptionalMask(), (torch.randn(1, 7), None))
     assert "[1, 7]" in str(err.value) and "not a tensor" not in str(err.value)
+
+
+def test_an_elementwise_op_keeps_the_plain_numbers_it_computes_with():
+    # validation compares them with a pruned model's (a scale read from a width moves)
+    class Scaled(nn.Module):
+        def forward(self, x):
+            return (x / 2.5).clamp(min=-1.0) + x.mul(3)
+
+    g = build_graph(Scaled(), (torch.randn(2, 4),))
+    scalars = {n.target: n.attrs.get("scalars") for n in g.nodes
+               if n.op_type is OpType.ELEMENTWISE}
+    assert scalars == {"div": (2.5,), "clamp": (-1.0,), "mul": (3,), "add": None}
+    div = next(n for n in json.loads(json.dumps(g.to_dict()))["nodes"] if n["target"] == "div")
+    assert div["attrs"] == {"scalars": [2.5]}  # (the graph JSON carries them)

@@ -35,8 +35,8 @@ import torch
 from torch import nn
 
 from .errors import DepViewError
-from .handlers import REFRESH
-from .optypes import OpType, classify
+from .handlers import REFRESH, SELF_DESCRIBING
+from .optypes import classify
 from .prune import Plan, Pruner, _tensor_lookup, attr_changes, run
 from .spec import LoadedModel, load_model, locate_spec, read_state_dict
 from .trace import flatten
@@ -393,7 +393,7 @@ def _check_attrs(name: str, mod: nn.Module, attrs: dict) -> None:
     """A layer's attributes in plan.json must be those its sliced tensors give it (what
     pruning set): ``out_channels: 5`` beside a weight of 4 rows is a damaged plan.json."""
     typ = classify(mod)
-    if typ not in _SELF_DESCRIBING:
+    if typ not in SELF_DESCRIBING:
         return
     probe = copy.copy(mod)  # (its own __dict__: the refresh sets attributes on the copy)
     REFRESH[typ](probe, {})
@@ -407,12 +407,6 @@ def _check_attrs(name: str, mod: nn.Module, attrs: dict) -> None:
             raise DepViewError(f"plan.json sets {name}.{k} to {have!r}, but its tensors give "
                                f"{want!r}: plan.json is damaged")
 
-
-#: layers whose attributes follow from their tensors alone (see handlers.REFRESH)
-_SELF_DESCRIBING = frozenset({
-    OpType.CONV, OpType.CONV_TRANSPOSE, OpType.DEPTHWISE_CONV, OpType.BN, OpType.IN, OpType.GN,
-    OpType.LN, OpType.LINEAR, OpType.PRELU, OpType.EMBED, OpType.LSTM, OpType.GRU, OpType.RNN,
-    OpType.MHA})
 
 
 def rebuild(path: str | Path, search: bool = True, originals: dict | None = None

@@ -48,6 +48,7 @@ from .meta import (
 )
 from .optypes import (
     FILLS,
+    SEQUENCE_PACKING,
     SHAPE_NORMS,
     OpGroup,
     OpType,
@@ -447,7 +448,7 @@ def _elementwise_rule(g, node, side, port, dim, units, pos, ctx):
     meta = node.meta
     if isinstance(meta, SetItemMeta):
         return _setitem_rule(node, side, port, dim, units, pos, ctx)
-    if node.target in _SEQUENCE_PACKING:
+    if node.target in SEQUENCE_PACKING:
         return _features_last_rule(node, side, port, dim, units, pos, ctx)
     if isinstance(meta, ElementwiseMeta) and meta.moves and any(
             0 < len(s) < len(out) for s in node.in_shapes) and _indexed_along(node, out):
@@ -489,13 +490,8 @@ def _elementwise_rule(g, node, side, port, dim, units, pos, ctx):
     return flows
 
 
-#: ops that regather the sequences of a batch (padded (B, T, F) <-> packed (N, F)) and keep
-#: the features last: a PackedSequence's data, with 1-D batch sizes (and lengths) beside it
-_SEQUENCE_PACKING = frozenset({"pack_padded_sequence", "pad_packed_sequence"})
-
-
 def _features_last_rule(node, side, port, dim, units, pos, ctx):
-    """:data:`_SEQUENCE_PACKING`: the last dim of the data in (input 0) is the last dim of the
+    """``optypes.SEQUENCE_PACKING``: the last dim of the data in (input 0) is the last dim of the
     data out (output 0); the 1-D sizes carry no features, and other dims are regathered."""
     shape = node.in_shapes[port] if side == "in" else node.out_shapes[port]
     if port != 0 or dim != len(shape) - 1:

@@ -346,7 +346,8 @@ def _refresh_none(m: nn.Module, w: Widths) -> None:
     pass
 
 
-#: OpType -> how a pruned module's attributes follow its tensors.
+#: OpType -> how a pruned module's attributes follow its tensors (``SELF_DESCRIBING``: the
+#: types whose attributes follow from their tensors alone).
 REFRESH: dict[OpType, Callable[[nn.Module, Widths], None]] = {
     OpType.CONV: _refresh_conv,
     OpType.CONV_TRANSPOSE: _refresh_conv,
@@ -368,3 +369,8 @@ REFRESH: dict[OpType, Callable[[nn.Module, Widths], None]] = {
         OpType.GN, OpType.LN, OpType.LINEAR, OpType.PRELU, OpType.EMBED, OpType.LSTM,
         OpType.GRU, OpType.RNN, OpType.CUSTOMIZED)},
 }
+
+#: Layer types whose attributes follow from their tensors alone: all with a refresh of their
+#: own but registered custom layers (their ``update`` is user code).
+SELF_DESCRIBING: frozenset[OpType] = frozenset(
+    t for t, fn in REFRESH.items() if fn not in (_refresh_none, _refresh_custom))

@@ -477,6 +477,11 @@ FILLS: frozenset[str] = frozenset(
 #: bias are shaped like those dims, and the shape is written into the call.
 SHAPE_NORMS: frozenset[str] = frozenset({"layer_norm", "rms_norm"})
 
+#: Functions that regather the sequences of a batch, padded (B, T, F) <-> packed (N, F), and
+#: keep the features last: a ``PackedSequence``'s data, with 1-D batch sizes (and lengths)
+#: beside it. Elementwise by type; their rule lets only that last dim through.
+SEQUENCE_PACKING: frozenset[str] = frozenset({"pack_padded_sequence", "pad_packed_sequence"})
+
 #: Norm reductions by function name, whose ``dim`` comes after the norm's order (``torch.norm(x,
 #: 2, 1)``, ``torch.linalg.vector_norm(x, 2, (1, 2))``)
 ORDER_NORMS: frozenset[str] = frozenset({"norm", "linalg_vector_norm", "linalg_norm"})

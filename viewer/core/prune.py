@@ -131,9 +131,6 @@ def _group_ids(overrides) -> dict[int, float]:
     return out
 
 
-#: The norm layers whose scale the ``bn`` importance reads
-_NORMS = (OpType.BN, OpType.GN, OpType.IN, OpType.LN)
-
 
 def parse_ignore(items) -> set[tuple[str, str]]:
     """``["fc", "layer1.0.conv1:out"]`` -> {("fc", "in"), ("fc", "out"), ("layer1.0.conv1",
@@ -276,16 +273,16 @@ class Pruner:
         self._needs_weights(criterion)
         if criterion == "taylor" and grads is None:  # the gradients of the example inputs
             return self.taylor_scores([group])[group.id]
-        if criterion == "bn" and not self._bn_scale(group):
-            return self.importance(group, "l1", seed)
         table = _tensor_lookup(self.model)
+        if criterion == "bn" and not self._bn_scale(group, table):
+            return self.importance(group, "l1", seed)
         scores = np.zeros(n)
         bn_only = criterion == "bn"
         # (tensor, dim) -> its positions already scored: a tensor two members cut (tied
         # weights, a module called twice) counts once, as it is removed once
         counted: dict[tuple[int, int], np.ndarray] = {}
         for m in group.members:
-            if bn_only and m.op_type not in _NORMS:
+            if bn_only and m.op_type not in OpGroup.NORMS:
                 continue
             if not len(m.pos):
                 continue
@@ -323,12 +320,12 @@ class Pruner:
                 np.add.at(scores, units[keep], per[at[keep]])
         return scores
 
-    def _bn_scale(self, group: Group) -> bool:
+    def _bn_scale(self, group: Group, table: dict) -> bool:
         """Does the group hold a norm layer's scale (``weight``) with a nonzero entry, which
-        the ``bn`` importance scores by? Groups without one are scored by ``l1``."""
-        table = _tensor_lookup(self.model)
+        the ``bn`` importance scores by? Groups without one are scored by ``l1``. ``table``:
+        :func:`_tensor_lookup` of the model."""
         for m in group.members:
-            if m.op_type not in _NORMS:
+            if m.op_type not in OpGroup.NORMS:
                 continue
             key = self.graph.nodes[m.node].params.get("weight")
             t = table.get(key, (None, None, None))[2] if key else None
@@ -365,14 +362,17 @@ class Pruner:
         why = {g.id: self._reason(g, ignore_set, validate) for g in self.groups}
         prunable = [g for g in self.groups if not why[g.id]]
         skipped = {gid: w for gid, w in why.items() if w}
+        fell: list[int] = []
+        if importance == "bn":  # say which groups had no norm scale to score by
+            table = _tensor_lookup(self.model)
+            fell = [g.id for g in prunable if not self._bn_scale(g, table)]
+            if fell:
+                settings["scored_by_l1"] = fell
         if importance == "taylor":
             scores = self.taylor_scores(prunable, batch)
         else:
-            scores = {g.id: self.importance(g, importance, seed) for g in prunable}
-        if importance == "bn":  # say which groups had no norm scale to score by
-            fell = [g.id for g in prunable if not self._bn_scale(g)]
-            if fell:
-                settings["scored_by_l1"] = fell
+            scores = {g.id: self.importance(g, "l1" if g.id in fell else importance, seed)
+                      for g in prunable}
         n_remove: dict[int, int] = {}
         if global_:
             pool = []
