@@ -168,6 +168,36 @@ def test_hf_gpt2_tied_embedding_and_heads_by_its_stored_split_size():
     assert v["masked_equivalence"]["ok"], v  # whole heads: exact
 
 
+def test_hf_gpt2_later_layers_take_the_first_layers_attribute_choice_in_two_probes(
+        monkeypatch):
+    # each layer's attention group was repaired from scratch (5 probes: all candidates, then
+    # dropping each); the same block one layer on tries the choice made for the one before
+    cfg = transformers.GPT2Config(vocab_size=100, n_embd=32, n_layer=4, n_head=4,
+                                  n_positions=32, bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(cfg).eval()
+    inputs = {"input_ids": torch.randint(0, 100, (1, 8))}
+    probed: list[list[str]] = []
+    real = Pruner._run_probe
+
+    def counting(self, plan, gs, sets=None):
+        probed.append([g.root for g in gs])
+        return real(self, plan, gs, sets)
+
+    monkeypatch.setattr(Pruner, "_run_probe", counting)
+    p = Pruner(model, inputs)
+    p.validate_groups()
+    for i in range(4):
+        heads = next(g for g in p.groups if g.root == f"transformer.h.{i}.attn.c_attn")
+        assert not p.reason(heads) and p.sets(heads) == [f"transformer.h.{i}.attn.split_size"]
+        alone = [r for r in probed if r == [heads.root]]
+        assert len(alone) == (5 if i == 0 else 2), (i, probed)
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    assert [b.attn.split_size for b in pruned.transformer.h] == [16] * 4
+    assert p.verify(pruned, plan)["forward"]
+
+
 def test_hf_export_is_not_reloadable_without_a_spec(tmp_path):
     # models built in-process have no spec; the export still writes tensors and a plan
     torch.manual_seed(0)
