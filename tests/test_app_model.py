@@ -74,7 +74,7 @@ def test_upload_rejects_junk_with_one_line_errors():
 def test_upload_never_imports_a_spec_the_server_was_not_started_with():
     plan = {"format": "depview-pruned/1", "source": {"spec": "os:system", "kwargs": {}}}
     data = _zip({"plan.json": json.dumps(plan).encode(), "model.safetensors": b""})
-    with pytest.raises(DepViewError, match="does not offer"):
+    with pytest.raises(DepViewError, match="^evil.zip: .*does not offer"):
         cb.load_upload(SessionStore(), "s", _contents(data), "evil.zip")
 
 
@@ -171,8 +171,9 @@ def test_an_upload_whose_weights_do_not_fit_says_which_tensor_not_a_temp_path(tm
     text = str(info.value)
     assert f"size mismatch for {name}" in text and "\n" not in text
     assert "the zip" in text and "/tmp" not in text and str(tmp_path) not in text
+    assert text.startswith("t.zip: ")  # named, as every other upload error
     (out / "model.safetensors").write_bytes(b"junk")
-    with pytest.raises(DepViewError, match="the zip's model.safetensors is not a valid"):
+    with pytest.raises(DepViewError, match="^t.zip: the zip's model.safetensors is not a valid"):
         cb.load_upload(store, "s", _contents(export.zip_dir(out)), "t.zip")
 
 

@@ -72,16 +72,16 @@ def load_upload(store: SessionStore, sid: str, contents: str, filename: str | No
     """Load an uploaded export zip (plan.json + model.safetensors; never pickle). The model
     it was pruned from must be one this server offers: nothing else is ever imported."""
     data = decode_upload(contents, filename)
-    try:
-        source = peek_source(data)
-    except DepViewError as exc:
-        raise DepViewError(f"{filename or 'the upload'}: {exc}") from None
-    refusal = store.source_refusal(source)
-    if refusal:
-        raise DepViewError(refusal)
     from viewer.core.export import read_export_zip
 
-    model, plan, lm = read_export_zip(data)
+    try:  # every error names the file: the user may have dropped several in turn
+        source = peek_source(data)
+        refusal = store.source_refusal(source)
+        if refusal:
+            raise DepViewError(refusal)
+        model, plan, lm = read_export_zip(data)
+    except DepViewError as exc:
+        raise DepViewError(f"{filename or 'the upload'}: {exc}") from None
     stage = make_stage(model, lm.inputs, lm.output_layers)
     rounds = list(plan.get("rounds") or [])
     base = Base(f"upload:{filename or 'export.zip'}", stage, lm.inputs, list(lm.output_layers),
