@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 
 import pytest
 
@@ -52,6 +53,15 @@ def test_startup_models_come_first_and_are_selected():
     assert app._depview_store.entries["demo:vit"].spec == "demo:vit"
     picker = _picker(app.layout())
     assert picker.value == "demo:vit" and picker.options[0]["value"] == "demo:vit"
+
+
+def test_preload_says_what_it_is_loading_and_what_it_found():
+    # a large model takes a while before the server listens: the terminal said nothing
+    lines: list[str] = []
+    main.create_app([ModelEntry("demo:cnn")], preload=True, progress=lines.append)
+    assert lines[0] == "loading demo:cnn ..."
+    assert re.fullmatch(r"loaded demo:cnn: \d+ ops, 5 groups \(\d prunable\) in [\d.]+ s",
+                        lines[1]), lines
 
 
 def test_preload_fails_fast_on_a_bad_spec():

@@ -17,7 +17,8 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import dash
@@ -41,23 +42,33 @@ def assets_folder() -> Path:
 
 
 def create_app(models: Sequence[ModelEntry] | None = None, *, preload: bool = False,
-               max_sessions: int = 16, max_visible: int = DEFAULT_MAX_VISIBLE) -> dash.Dash:
+               max_sessions: int = 16, max_visible: int = DEFAULT_MAX_VISIBLE,
+               progress: Callable[[str], None] | None = None) -> dash.Dash:
     """The Dash app. ``models`` are offered in the picker before the demos; the first is
     selected (``demo:resnet`` without any). ``preload`` builds them now, so a bad spec fails
-    at start-up with its one-line error instead of in the page."""
+    at start-up with its one-line error instead of in the page; ``progress`` is told which
+    model is being built and how long it took (a large model takes a while before the
+    server listens)."""
     store = SessionStore(models, max_sessions=max_sessions, max_visible=max_visible)
     default = models[0].spec if models else DEFAULT_SPEC
     if default not in store.entries:
         default = next(iter(store.entries))
     if preload:
         for m in models or ():
+            if progress:
+                progress(f"loading {m.spec} ...")
+            t0 = time.perf_counter()
             try:
-                store.base(m.spec)
+                base = store.base(m.spec)
             except DepViewError as exc:  # say which of several start-up models failed
                 msg = str(exc) if str(exc).startswith(m.spec) else f"{m.spec}: {exc}"
                 if len(models) > 1:
                     msg += " (model options written after a --model apply to it alone)"
                 raise DepViewError(msg) from None
+            if progress:
+                summary = base.stage.summary
+                progress(f"loaded {m.spec}: {summary['nodes']} ops, {summary['groups']} groups "
+                         f"({summary['prunable']} prunable) in {time.perf_counter() - t0:.1f} s")
     cyto.load_extra_layouts()  # also brings cytoscape-svg, needed for SVG export
     app = dash.Dash(__name__, title="DepView", assets_folder=str(assets_folder()),
                     update_title=None)
@@ -110,7 +121,8 @@ def run(host: str = "127.0.0.1", port: int = 8050, models: Sequence[ModelEntry] 
         print(f"warning: serving on {host}: anyone who can reach this address can use the app "
               "and the CPU/memory of this machine (there is no login)", file=sys.stderr)
     check_port(host, port)  # before the models are built, and before the banner
-    app = create_app(models, preload=preload)
+    app = create_app(models, preload=preload,
+                     progress=lambda line: print(line, file=sys.stderr, flush=True))
     print(f"DepView on http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/",
           file=sys.stderr)
     previous = None
