@@ -165,6 +165,15 @@ def test_chart_placeholders_say_what_will_appear():
     assert "Preview" in fig.layout.annotations[0].text
     fig = charts.width_figure([{"name": "a", "before": 8, "after": 4}])
     assert [t.name for t in fig.data] == ["before", "after"]
+    assert fig.layout.yaxis.type == "linear"
+
+
+def test_one_very_wide_layer_puts_the_width_chart_on_a_log_axis():
+    # GPT-2's vocabulary head (50257) flattened its 768-wide layers to nothing
+    layers = [{"name": f"h{i}", "before": 768, "after": 384} for i in range(24)]
+    fig = charts.width_figure(layers + [{"name": "lm_head", "before": 50257, "after": 50257}])
+    assert fig.layout.yaxis.type == "log" and "log scale" in fig.layout.title.text
+    assert charts.width_figure(layers).layout.yaxis.type == "linear"
 
 
 def test_no_op_type_is_drawn_in_the_highlight_colour():

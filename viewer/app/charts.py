@@ -14,6 +14,7 @@ WIDTH_HINT = "Preview to see each layer's width before → after"
 SCORE_HINT = "Click a layer to see its group's importance scores"
 KEPT_COLOUR, CUT_COLOUR = "#64748b", "#ef4444"  #: score bars of kept and of cut units
 NAMED_COLOUR_BARS = 256  #: up to this many score bars, each bar's colour is a name
+LOG_WIDTHS = 20  #: a layer this many times the median width puts the width chart on a log axis
 
 
 def mount(chart_id: str, fig: go.Figure | None, hint: str):
@@ -42,15 +43,21 @@ def width_figure(layers: list[dict] | None) -> go.Figure:
     if not layers:
         return placeholder("Preview to see each layer's width before → after", 70)
     names = [r["name"] for r in layers]
+    before = [r["before"] for r in layers]
+    # one layer far wider than the rest (a language model's vocabulary head: 50257 against
+    # 768) flattens every other bar to nothing on a linear axis
+    log = min(before) > 0 and max(before) > LOG_WIDTHS * float(np.median(before))
     fig = go.Figure()
-    fig.add_bar(x=names, y=[r["before"] for r in layers], name="before", marker_color="#cbd5e1")
+    fig.add_bar(x=names, y=before, name="before", marker_color="#cbd5e1")
     fig.add_bar(x=names, y=[r["after"] for r in layers], name="after", marker_color=PRUNED)
+    title = "output width per layer" + (" (log scale)" if log else "")
     fig.update_layout(barmode="overlay", bargap=0.15, height=230,
                       margin={"l": 40, "r": 8, "t": 28, "b": 8},
-                      title={"text": "output width per layer", "font": {"size": 12}},
+                      title={"text": title, "font": {"size": 12}},
                       legend={"orientation": "h", "y": 1.14, "x": 1, "xanchor": "right"},
                       xaxis={"showticklabels": False, "title": None},
-                      yaxis={"title": None}, template="plotly_white")
+                      yaxis={"title": None, "type": "log" if log else "linear"},
+                      template="plotly_white")
     return fig
 
 
