@@ -56,7 +56,8 @@ def width_figure(layers: list[dict] | None) -> go.Figure:
                       title={"text": title, "font": {"size": 12}},
                       legend={"orientation": "h", "y": 1.14, "x": 1, "xanchor": "right"},
                       xaxis={"showticklabels": False, "title": None},
-                      yaxis={"title": None, "type": "log" if log else "linear"},
+                      yaxis={"title": None, "type": "log" if log else "linear",
+                             **({"dtick": 1} if log else {})},  # ticks at powers of 10
                       template="plotly_white")
     return fig
 
