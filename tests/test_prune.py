@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import torch
 from conftest import ALL_DEMOS, CNN_DEMOS
+from torch import nn
 
 from viewer.core.errors import DepViewError
 from viewer.core.export import export_dir, load_pruned
 from viewer.core.optypes import OpType
-from viewer.core.prune import IMPORTANCE, Plan, Pruner, parse_ignore
+from viewer.core.prune import IMPORTANCE, Plan, Pruner, masked_note, parse_ignore
 from viewer.core.spec import load_model
 
 
@@ -97,6 +98,36 @@ def test_masked_equivalence_can_fail(demo_pruner):
         w = pruned.layer1[0].conv2.weight
         w.copy_(w[:, torch.randperm(w.shape[1], generator=torch.Generator().manual_seed(0))])
     assert not p.verify(pruned, plan)["masked_equivalence"]["ok"]
+
+
+class MaskedLogits(nn.Module):
+    """A pointer network's output: logits of visited positions masked to -inf."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 16), nn.Linear(16, 6)
+
+    def forward(self, x):
+        logits = self.fc2(torch.relu(self.fc1(x)))
+        mask = torch.zeros(6, dtype=torch.bool)
+        mask[0] = True
+        return torch.log_softmax(logits.masked_fill(mask, float("-inf")), -1)
+
+
+def test_masked_equivalence_holds_where_both_outputs_are_minus_inf():
+    # -inf - -inf is nan: a correct prune "FAILED" with max |diff| nan
+    torch.manual_seed(0)
+    p = Pruner(MaskedLogits().eval(), (torch.randn(2, 4),))
+    plan = Plan({p.groups[0].id: [3, 7]})
+    pruned = p.apply(plan)
+    me = p.verify(pruned, plan)["masked_equivalence"]
+    assert me["ok"] and me["max_abs_diff"] < 1e-6, me
+    # an inf where the masked original has a number is still a failure, and says so
+    with torch.no_grad():
+        pruned.fc2.bias[2] = float("inf")
+    me = p.verify(pruned, plan)["masked_equivalence"]
+    assert not me["ok"] and me["nonfinite_mismatches"] == 12, me  # log_softmax: every row
+    assert "12 entries inf or nan in only one" in masked_note(p.verify(pruned, plan))
 
 
 @pytest.mark.parametrize("name", ALL_DEMOS)
@@ -1157,6 +1188,7 @@ def test_a_model_in_train_mode_is_traced_and_verified_in_eval_mode_and_left_as_i
 RNN_FILE = """
 import torch
 from torch import nn
+from torch import nn
 
 
 class TutorialLSTM(nn.Module):
@@ -1710,6 +1742,7 @@ def test_token_counts_the_routing_picks_may_change_when_the_router_input_is_prun
 
 ASSERTS_ITS_WIDTH = """
 import torch
+from torch import nn
 
 
 class AssertsItsWidth(torch.nn.Module):

@@ -1084,12 +1084,15 @@ class Pruner:
             res["masked_equivalence"] = {"skipped": "the output shapes changed"}
         elif masked and not inexact and _real(self.model):
             out_m = flatten(run(self.masked_model(plan), self.inputs))
-            diffs = [float((a.float() - b.float()).abs().max()) for (_, a), (_, b)
-                     in zip(out_m, fp, strict=True) if a.is_floating_point()]
-            scale = max([float(a.float().abs().max()) for _, a in out_m] + [1e-12])
-            res["masked_equivalence"] = {"max_abs_diff": max(diffs, default=0.0),
-                                         "rel_diff": max(diffs, default=0.0) / scale,
-                                         "ok": max(diffs, default=0.0) <= 1e-4 * max(1, scale)}
+            pairs = [(a, b) for (_, a), (_, b) in zip(out_m, fp, strict=True)
+                     if a.is_floating_point()]
+            diff = max((_finite_diff(a, b) for a, b in pairs), default=0.0)
+            odd = sum(_nonfinite_mismatches(a, b) for a, b in pairs)
+            scale = max([_finite_max(a) for a, _ in pairs] + [1e-12])
+            res["masked_equivalence"] = {"max_abs_diff": diff, "rel_diff": diff / scale,
+                                         "ok": diff <= 1e-4 * max(1, scale) and not odd}
+            if odd:  # inf or nan in one output where the other has something else
+                res["masked_equivalence"]["nonfinite_mismatches"] = odd
         else:
             res["masked_equivalence"] = {
                 "skipped": f"{counted(len(inexact), 'pruned group')} "
@@ -1119,6 +1122,27 @@ def _analogous_choice(found: list[SizeAttr],
     return None
 
 
+def _finite_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The largest |a - b| where both are finite (masked logits hold -inf in both: -inf - -inf
+    is nan, which failed a correct prune)."""
+    a, b = a.double(), b.double()
+    both = a.isfinite() & b.isfinite()
+    return float((a[both] - b[both]).abs().max()) if both.any() else 0.0
+
+
+def _finite_max(a: torch.Tensor) -> float:
+    """The largest finite |a| (0 if none)."""
+    a = a.double()[a.isfinite()]
+    return float(a.abs().max()) if a.numel() else 0.0
+
+
+def _nonfinite_mismatches(a: torch.Tensor, b: torch.Tensor) -> int:
+    """Entries that are inf or nan in one of ``a``, ``b`` and not the same in the other."""
+    a, b = a.double(), b.double()
+    same = (a == b) | (a.isnan() & b.isnan())
+    return int((~(a.isfinite() & b.isfinite()) & ~same).sum())
+
+
 #: Added to a validation failure of view/reshape: the usual cause, and the usual rewrite.
 _VIEW_HINT = ("; a size given to view/reshape did not follow the pruned width (code that reads "
               "it from another tensor, B, T, C = x.shape, keeps the old one; -1 or a module "
@@ -1143,8 +1167,10 @@ def masked_note(verification: dict) -> str:
     me = verification.get("masked_equivalence") or {}
     if me.get("ok", True):
         return ""
-    return (f"masked equivalence FAILED: max |diff| {me.get('max_abs_diff', 0):.3g}; the pruned "
-            "model is not the original with the removed channels zeroed")
+    odd = me.get("nonfinite_mismatches")
+    odd = f", {odd} {'entry' if odd == 1 else 'entries'} inf or nan in only one" if odd else ""
+    return (f"masked equivalence FAILED: max |diff| {me.get('max_abs_diff', 0):.3g}{odd}; the "
+            "pruned model is not the original with the removed channels zeroed")
 
 
 def untraced_note(verification: dict) -> str:
