@@ -190,3 +190,55 @@ def test_an_instance_spec_is_copied_not_changed(tmp_path, monkeypatch):
     assert lm.model is not held.net and held.net.training
     assert torch.equal(held.net[0].weight, before) and torch.equal(lm.model[0].weight,
                                                                      sd["0.weight"])
+
+
+@pytest.mark.parametrize("spec, kwargs", [
+    ("os:system", {"command": "touch {marker}"}),
+    ("subprocess:run", {"args": ["touch", "{marker}"]}),
+    ("torch:load", {"f": "{marker}", "weights_only": False}),  # would unpickle
+    ("torch.hub:load", {"repo_or_dir": "{marker}", "model": "x"}),  # would fetch code
+    ("numpy:load", {"file": "{marker}", "allow_pickle": True}),
+    ("torch.nn:functional.relu", {}),  # a function, but torch's
+])
+def test_an_edited_plan_json_cannot_name_code_that_is_not_a_model(tmp_path, spec, kwargs):
+    # load_pruned/check import and call the spec plan.json records: `os:system` with
+    # {"command": ...} ran the command before "not an nn.Module" was said
+    import json
+
+    from viewer.core.export import check_dir, export_dir, load_pruned
+    from viewer.core.prune import Pruner
+
+    lm = load_model("torch.nn:Linear", kwargs='{"in_features": 4, "out_features": 8}',
+                    inputs=["2x4"])
+    p = Pruner(lm.model, lm.inputs)
+    plan = p.plan(0.0)
+    out = export_dir(p, plan, p.apply(plan), tmp_path / "out", lm.source)
+    marker = tmp_path / "marker"
+    doc = json.loads((out / "plan.json").read_text())
+    doc["source"]["spec"] = spec
+    doc["source"]["kwargs"] = json.loads(json.dumps(kwargs).replace("{marker}", str(marker)))
+    (out / "plan.json").write_text(json.dumps(doc))
+    for reload in (load_pruned, check_dir):
+        with pytest.raises(DepViewError, match="not model code: refused") as info:
+            reload(out)
+        assert "\n" not in str(info.value)
+    assert not marker.exists()
+    # the user can say which code builds it (with the recorded factory kwargs)
+    doc["source"]["kwargs"] = lm.source["kwargs"]
+    (out / "plan.json").write_text(json.dumps(doc))
+    again = load_pruned(out, spec="torch.nn:Linear")
+    assert torch.equal(again.weight, lm.model.weight)
+
+
+def test_a_recorded_spec_may_be_a_model_class_instance_or_factory(tmp_path):
+    from viewer.core.spec import recorded_refusal
+
+    f = tmp_path / "mine.py"
+    f.write_text("import torch\ndef make():\n    return torch.nn.Linear(2, 2)\n")
+    assert recorded_refusal("demo:resnet") is None
+    lm = load_model(f"{f}:make", inputs=["1x2"], recorded=True)
+    assert isinstance(lm.model, nn.Linear)
+    assert recorded_refusal("torch.nn:Linear", nn.Linear) is None
+    assert recorded_refusal("demo_models:SmallCNN", nn.Linear(2, 2)) is None
+    assert recorded_refusal("json:loads", __import__("json").loads)  # the standard library
+    assert recorded_refusal("torch:load", torch.load)

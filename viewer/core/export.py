@@ -409,8 +409,8 @@ def _check_attrs(name: str, mod: nn.Module, attrs: dict) -> None:
 
 
 
-def rebuild(path: str | Path, search: bool = True, originals: dict | None = None
-            ) -> tuple[nn.Module, LoadedModel]:
+def rebuild(path: str | Path, search: bool = True, originals: dict | None = None,
+            spec: str | None = None) -> tuple[nn.Module, LoadedModel]:
     """The pruned model of an export directory, plus the original's :class:`LoadedModel`
     (example inputs, output layers), building the original only once.
 
@@ -421,12 +421,17 @@ def rebuild(path: str | Path, search: bool = True, originals: dict | None = None
     ``originals``, a dict, receives the original model's tensors that plan.json slices,
     before slicing, when the original's values can be rebuilt (its factory's seeded weights,
     or the weights file it was loaded from, if it is still there): ``check`` compares them
-    with the pruned ones. It gets ``"unavailable"`` (why not) otherwise."""
+    with the pruned ones. It gets ``"unavailable"`` (why not) otherwise.
+
+    The recorded spec must look like model code (:func:`viewer.core.spec.recorded_refusal`):
+    plan.json can be edited. ``spec`` builds the original from code you name instead (with the
+    recorded kwargs and inputs)."""
     path = export_path(path)
     plan = read_plan(path)
     src = plan["source"]
-    spec = src["spec"]
-    if search:
+    recorded = spec is None
+    spec = src["spec"] if spec is None else spec
+    if search and recorded:
         spec = locate_spec(spec, [path, path.parent, *([src["file"]] if src.get("file") else [])])
     weights = None
     if originals is not None and src.get("weights"):
@@ -437,7 +442,7 @@ def rebuild(path: str | Path, search: bool = True, originals: dict | None = None
             originals["unavailable"] = (f"the original's weights file {src['weights']} is not "
                                         "here")
     lm = load_model(spec, inputs=src.get("inputs") or None, kwargs=src.get("kwargs"),
-                    weights=weights, device="cpu", seed=src.get("seed", 0))
+                    weights=weights, device="cpu", seed=src.get("seed", 0), recorded=recorded)
     if originals is not None and "unavailable" not in originals:
         table = _tensor_lookup(lm.model)
         originals.update({k: table[k][2].detach().clone() for k in plan.get("tensors", {})
@@ -469,10 +474,11 @@ def load_error_detail(exc: BaseException, width: int = 200) -> str:
     return first + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")
 
 
-def load_pruned(path: str | Path, device: str = "cpu") -> nn.Module:
+def load_pruned(path: str | Path, device: str = "cpu", spec: str | None = None) -> nn.Module:
     """Rebuild a pruned model from an export directory, with no pickle: the original
-    architecture from the recorded spec, reshaped by the plan, then the safetensors weights."""
-    return rebuild(path)[0].to(device)
+    architecture from the recorded spec (or ``spec``, model code you name), reshaped by the
+    plan, then the safetensors weights."""
+    return rebuild(path, spec=spec)[0].to(device)
 
 
 def check_dir(path: str | Path) -> dict:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import importlib
 import importlib.util
+import inspect
 import json
 import re
 import sys
@@ -121,6 +122,39 @@ def _resolve_attr(spec: str):
     return obj
 
 
+#: Packages whose functions read files as pickles or run code (``torch.load``,
+#: ``torch.hub.load``, ``numpy.load(allow_pickle=True)``, ``pandas.read_pickle``, ...): a
+#: spec recorded in a plan.json may not name a function of theirs (see :func:`recorded_refusal`)
+_NOT_FACTORIES = frozenset({"torch", "numpy", "pandas", "joblib", "dill", "cloudpickle",
+                            "yaml", "scipy", "IPython", "setuptools", "pip", "_pytest",
+                            "pytest"})
+
+
+def recorded_refusal(spec: str, obj: object = None) -> str | None:
+    """Why a spec read from an export's plan.json, which anyone can edit, may not be built
+    (None: it may). Loading an export imports the model code its plan.json names, so the spec
+    must look like model code: a demo, a model file, or a module outside the standard library
+    whose attribute is an ``nn.Module`` class or instance, or a Python function (a factory)
+    outside the packages that unpickle or run code (``os:system``, ``torch:load`` and
+    ``subprocess:run`` are refused). ``obj`` is what the spec resolved to, once imported."""
+    if spec.startswith("demo:"):
+        return None
+    target = spec.rpartition(":")[0]
+    top = target.split(".")[0]
+    why = (f"plan.json names {spec!r} as the model's code, which is not model code: refused "
+           "(an edited or untrusted export?); pass the model's spec yourself to load it")
+    if not target.endswith(".py") and (top in sys.stdlib_module_names or top == "builtins"):
+        return why
+    if obj is None or isinstance(obj, nn.Module) or \
+            (isinstance(obj, type) and issubclass(obj, nn.Module)):
+        return None
+    func = getattr(obj, "__func__", obj)  # a classmethod factory: its function
+    if not inspect.isfunction(func) or \
+            (getattr(func, "__module__", "") or "").split(".")[0] in _NOT_FACTORIES:
+        return why
+    return None
+
+
 def load_model(
     spec: str,
     *,
@@ -129,12 +163,17 @@ def load_model(
     weights: str | None = None,
     device: str = "cpu",
     seed: int = 0,
+    recorded: bool = False,
 ) -> LoadedModel:
     """Build the model a spec names, with example inputs, in eval mode.
 
     ``inputs`` are shape strings (see :func:`parse_input`); demo models know their own.
     ``weights`` is a ``.safetensors`` or ``.pt``/``.pth`` state_dict, loaded without pickle.
+    ``recorded``: the spec was read from an export's plan.json, not given by the user: it
+    must look like model code (:func:`recorded_refusal`) before it is imported and called.
     """
+    if recorded and (why := recorded_refusal(spec)):
+        raise DepViewError(why)
     if isinstance(kwargs, str):
         try:
             kwargs = json.loads(kwargs) if kwargs.strip() else {}
@@ -166,6 +205,8 @@ def load_model(
             output_layers = [demo.output_layer]
     else:
         factory = _resolve_attr(spec)
+        if recorded and (why := recorded_refusal(spec, factory)):
+            raise DepViewError(why)
     try:
         with torch.device(device):
             if isinstance(factory, nn.Module):
