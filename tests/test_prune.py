@@ -351,6 +351,30 @@ def test_overrides_and_ignore_in_vs_out(demo_pruner):
     assert g_in.id in plan.removed and g_out.id not in plan.removed
 
 
+def test_ignoring_a_block_protects_every_layer_in_it(demo_pruner):
+    # `--ignore layer1.0` was accepted and protected nothing (only members whose own module
+    # was named matched); naming an activation or "" was accepted too
+    _, p = demo_pruner("resnet")
+    plan = p.plan(0.5, ignore=["layer1.0"])
+    inside = {g.id for g in p.groups
+              if any(m.module.startswith("layer1.0.") for m in g.members)}
+    assert inside and not inside & set(plan.removed)
+    assert all("are ignored" in plan.skipped[gid] for gid in inside)
+    assert set(p.plan(0.5).removed) - set(plan.removed) == inside
+    # a side applies to every layer in the block: conv1's group leaves layer1.0 only as
+    # conv2's inputs
+    g1 = next(g for g in p.groups if g.root == "layer1.0.conv1")
+    assert g1.id in p.plan(0.5, ignore=["layer1.0:in"]).skipped
+    assert g1.id in p.plan(0.5, ignore=["layer1.0:out"]).skipped
+    assert g1.id in p.plan(0.5, ignore=["layer2:in"]).removed
+    for bad, said in (("layer1.0.relu", "holds no channels a group prunes"),
+                      ("", "needs a layer or module name")):
+        with pytest.raises(DepViewError, match=said):
+            p.plan(0.5, ignore=[bad])
+    with pytest.raises(DepViewError, match="names no layer"):
+        p.plan(0.5, ignore=["layer1.0.conv"])  # a prefix of a name is not a module
+
+
 @pytest.mark.parametrize("ratio", [1.5, -0.1, 1.0])
 def test_bad_ratio_is_one_clear_error(demo_pruner, ratio):
     _, p = demo_pruner("cnn")

@@ -30,6 +30,7 @@ from .errors import DepViewError
 from .graph import Graph, Node
 from .groups import (
     Group,
+    Member,
     all_groups,
     fixed_sizes,
     out_channel_dim,
@@ -241,7 +242,7 @@ class Pruner:
             return group.reason
         for m in group.members:
             side = "out" if m.side in ("out", "param") else "in"
-            if (m.node_name, side) in ignore or (m.module, side) in ignore:
+            if ignore and _ignored(m, side, ignore):
                 return f"'{m.node_name}' {'outputs' if side == 'out' else 'inputs'} are ignored"
             if m.side == "out" and m.module in self.output_layers:
                 return f"'{m.module}' is the model's output layer"
@@ -514,6 +515,9 @@ class Pruner:
     def check_names(self, ignore: set[tuple[str, str]], overrides: dict[int, float]) -> None:
         """An ignore or override that names nothing would silently do nothing: refuse it."""
         known = set(self.graph.by_name) | {n.module for n in self.graph.nodes}
+        for path in list(known):  # and the modules holding them (``layer1`` holds layer1.0)
+            parts = path.split(".")
+            known.update(".".join(parts[:i]) for i in range(1, len(parts)))
         for name in sorted({n for n, _ in ignore} - known):
             base, _, side = name.rpartition(":")
             if base and base in known and not side.isdigit():  # (a reused layer's calls are "fc:1")
@@ -524,6 +528,14 @@ class Pruner:
                 name, sorted(k for k in known if k), n=3)))[:3]
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise DepViewError(f"ignore names no layer of this model: {name!r}{hint}")
+        for name in sorted({n for n, _ in ignore}):
+            if not name:
+                raise DepViewError("ignore needs a layer or module name, got an empty one")
+            if not any(_ignored(m, side, {(name, side)}) for g in self.groups
+                       for m in g.members for side in ("in", "out")):
+                raise DepViewError(f"ignore {name!r}: it holds no channels a group prunes (an "
+                                   "activation or other op without weights); name the layers "
+                                   "around it, or the module that holds them")
         ids = {g.id for g in self.groups}
         for gid in sorted(set(overrides) - ids):
             raise DepViewError(f"override names no group: {gid} (group ids are 0 to "
@@ -1101,6 +1113,15 @@ class Pruner:
                 f"{' (and more)' if len(inexact) > 1 else ''}"
                 if inexact else "model has no real weights"}
         return res
+
+
+def _ignored(m: Member, side: str, ignore: set[tuple[str, str]]) -> bool:
+    """Is ``side`` of member ``m`` ignored: its node or module named, or a module holding it
+    (``layer1.0`` protects ``layer1.0.conv1``)?"""
+    if (m.node_name, side) in ignore or (m.module, side) in ignore:
+        return True
+    parts = m.module.split(".")
+    return any((".".join(parts[:i]), side) in ignore for i in range(1, len(parts)))
 
 
 def _analogous_choice(found: list[SizeAttr],
