@@ -738,6 +738,30 @@ def test_taylor_uses_the_given_batch(demo_pruner):
     assert all(len(v) == len(a.scores[k]) for k, v in b.scores.items())
 
 
+def test_taylor_scores_frozen_weights_too_and_refuses_a_nan_or_empty_batch():
+    # requires_grad=False weights had no gradient and were skipped: a frozen group scored all
+    # zeros and lost units 0..k-1; a nan in the batch gave nan scores that planned all the same
+    from demo_models import get_demo
+
+    demo = get_demo("cnn")
+    torch.manual_seed(0)
+    a = demo.build().eval()
+    b = copy.deepcopy(a)
+    b.requires_grad_(False)
+    x = (torch.randn(4, 3, 32, 32),)
+    sa = Pruner(a, x).plan(0.5, "taylor").scores
+    sb = Pruner(b, x).plan(0.5, "taylor").scores
+    assert sa == sb and all(np.any(np.asarray(v) > 0) for v in sb.values())
+    assert not any(t.requires_grad for t in b.parameters())  # the user's flags are theirs
+    p = Pruner(a, x)
+    bad = torch.randn(4, 3, 32, 32)
+    bad[0, 0, 0, 0] = float("nan")
+    for batch, said in (((bad,), "holds nan or inf"),
+                        ((torch.randn(0, 3, 32, 32),), "the batch is empty")):
+        with pytest.raises(DepViewError, match=said):
+            p.plan(0.5, "taylor", batch=batch)
+
+
 class GN(torch.nn.Module):
     def __init__(self, groups: int, c: int = 16):
         super().__init__()

@@ -1404,8 +1404,14 @@ def taylor_grads(model: nn.Module, inputs) -> dict[str, torch.Tensor]:
     The model itself is not changed (a copy runs the backward pass)."""
     m = copy.deepcopy(model)
     m.zero_grad(set_to_none=True)
+    for p in m.parameters():  # frozen weights (fine-tuning a head) are scored too
+        if p.is_floating_point():
+            p.requires_grad_(True)
     if isinstance(inputs, torch.Tensor):
         inputs = (inputs,)
+    given = inputs.values() if isinstance(inputs, dict) else inputs
+    if any(isinstance(t, torch.Tensor) and t.numel() == 0 for t in given):
+        raise DepViewError("Taylor importance: the batch is empty (a tensor with 0 elements)")
     try:
         with torch.enable_grad(), eval_mode(m):  # no dropout: the same batch, the same plan
             out = m(*inputs) if not isinstance(inputs, dict) else m(**inputs)
@@ -1422,7 +1428,12 @@ def taylor_grads(model: nn.Module, inputs) -> dict[str, torch.Tensor]:
         first = (str(exc).strip().splitlines() or [""])[0][:300]
         raise DepViewError(f"Taylor importance: the model's forward and backward on the batch "
                            f"failed: {type(exc).__name__}: {first}") from exc
-    return {k: p.grad.detach() for k, p in m.named_parameters() if p.grad is not None}
+    grads = {k: p.grad.detach() for k, p in m.named_parameters() if p.grad is not None}
+    bad = next((k for k, g in grads.items() if not bool(g.isfinite().all())), None)
+    if bad is not None:
+        raise DepViewError(f"Taylor importance: the gradient of {bad} holds nan or inf (is the "
+                           "batch empty, or does it hold nan or inf?)")
+    return grads
 
 
 def materialize(model: nn.Module, graph: Graph, changes: dict[str, dict[int, np.ndarray]],
