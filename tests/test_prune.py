@@ -1816,3 +1816,16 @@ def test_a_bare_assert_that_fails_says_where_and_what(tmp_path, monkeypatch):
     assert p.reason(p.groups[0]) == (
         "the model's forward fails when this group shrinks (AssertionError: at asserting.py:11: "
         "assert x.shape[-1] == self.embed_dim)")
+
+
+def test_a_graph_or_output_layer_of_another_model_is_refused(demo_pruner):
+    # round 1's graph reused for round 2 planned cuts of channels the pruned model no longer
+    # has: apply did nothing and verify raised an IndexError
+    lm, p = demo_pruner("cnn")
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    with pytest.raises(DepViewError, match="the graph given is not this model's"):
+        Pruner(pruned, lm.inputs, graph=p.graph)
+    Pruner(lm.model, lm.inputs, graph=p.graph)  # its own graph is fine
+    with pytest.raises(DepViewError, match="output_layers names no layer"):
+        Pruner(lm.model, lm.inputs, output_layers=["no_such_fc"])

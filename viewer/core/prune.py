@@ -159,6 +159,22 @@ def _tensor_lookup(model: nn.Module) -> dict[str, tuple[nn.Module, str, torch.Te
     return table
 
 
+def _check_graph_fits(model: nn.Module, graph: Graph) -> None:
+    """A graph given to :class:`Pruner` must be this model's: every parameter it names with
+    the shape it recorded (round 1's graph reused for round 2 planned cuts of channels the
+    pruned model no longer has)."""
+    table = _tensor_lookup(model)
+    for node in graph.nodes:
+        for local, key in node.params.items():
+            want = node.param_shapes.get(local)
+            got = tuple(table[key][2].shape) if key in table else None
+            if want is not None and got != tuple(want):
+                have = "no such tensor" if got is None else f"{list(got)}"
+                raise DepViewError(f"the graph given is not this model's: it has {key} of shape "
+                                   f"{list(want)}, the model {have} (build the graph of the "
+                                   "model you prune, or leave graph= out)")
+
+
 def _aliases(model: nn.Module) -> dict[str, list[str]]:
     """canonical key -> every state_dict key naming the same tensor (tied weights)."""
     by_id: dict[int, list[str]] = defaultdict(list)
@@ -195,9 +211,15 @@ class Pruner:
         else:
             self.inputs = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
         self.graph = graph if graph is not None else build_graph(self.model, self.inputs)
+        if graph is not None:
+            _check_graph_fits(self.model, graph)
         # a list of its own: validation may put a group's whole-heads alternative in its place
         self.groups = list(groups) if groups is not None else all_groups(self.graph)
         self.output_layers = list(output_layers)
+        known = set(self.graph.by_name) | {n.module for n in self.graph.nodes}
+        for name in self.output_layers:
+            if name not in known:  # it would protect nothing, silently
+                raise DepViewError(f"output_layers names no layer of this model: {name!r}")
         #: False: :meth:`reason` and plans do not run :meth:`validate_groups` by themselves
         #: (the groups command's --no-validate), so a group's reason is its structure's alone
         self.validate = validate
