@@ -1829,3 +1829,28 @@ def test_a_graph_or_output_layer_of_another_model_is_refused(demo_pruner):
     Pruner(lm.model, lm.inputs, graph=p.graph)  # its own graph is fine
     with pytest.raises(DepViewError, match="output_layers names no layer"):
         Pruner(lm.model, lm.inputs, output_layers=["no_such_fc"])
+
+
+@pytest.mark.parametrize("d, said", [
+    ({"removed": {"0": [1, 1, 2]}}, "removes unit 1 of group 0 .* more than once"),
+    ({"removed": {"0": "12"}}, "list of unit ids"),  # was units 1 and 2
+    ({"removed": {"0": [2.9]}}, "list of unit ids"),  # was unit 2
+    ({"removed": {"0": [True]}}, "list of unit ids"),  # was unit 1
+    ({"removed": {"x": [1]}}, "group ids are whole numbers"),
+    ({"removed": [1]}, "got a list for removed"),
+    ({"removed": {"0": [1]}, "settings": "x"}, "'settings' is a dict"),
+])
+def test_a_hand_made_plan_with_odd_units_is_refused(demo_pruner, d, said):
+    # duplicates were accepted (report.json said 3 units removed where 2 were), strings,
+    # floats and bools became unit ids
+    _, p = demo_pruner("cnn")
+    with pytest.raises(DepViewError, match=said):
+        p.plan_from_dict(d)
+    with pytest.raises(DepViewError, match="more than once"):
+        p.apply(Plan({0: [3, 3]}))
+
+
+def test_an_empty_unit_list_is_no_pruned_group(demo_pruner):
+    _, p = demo_pruner("cnn")
+    plan = p.plan_from_dict({"removed": {"0": [], "1": [2]}})
+    assert plan.removed == {1: [2]} and p.preview(plan)["groups_pruned"] == 1

@@ -16,7 +16,7 @@ import copy
 import difflib
 import math
 import traceback
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -572,14 +572,27 @@ class Pruner:
         """A plan from its JSON form (``plan.json``'s ``removed``), checked against this model's
         groups (see :meth:`check_plan`)."""
         if not isinstance(d, dict) or not isinstance(d.get("removed", {}), dict):
+            got = type(d.get("removed") if isinstance(d, dict) else d).__name__
             raise DepViewError("a plan is a dict with \"removed\": {group id: [unit ids]}, got "
-                               f"{type(d).__name__}")
+                               f"{'a ' + got + ' for removed' if isinstance(d, dict) else got}")
+        for key in ("settings", "skipped"):
+            if not isinstance(d.get(key, {}), dict):
+                raise DepViewError(f"a plan's {key!r} is a dict, got {type(d[key]).__name__}")
+        removed = {}
+        for k, v in d.get("removed", {}).items():
+            if not (type(k) is int or isinstance(k, str) and k.strip().isdigit()):
+                raise DepViewError(f"a plan's group ids are whole numbers, got {k!r}")
+            if not isinstance(v, (list, tuple)) or \
+                    any(type(u) is not int and not isinstance(u, np.integer) for u in v):
+                raise DepViewError(f"a plan removes a list of unit ids (whole numbers) from each "
+                                   f"group; group {k} has {v!r}"[:200])
+            if v:  # (an empty list removes nothing: not a pruned group)
+                removed[int(k)] = [int(u) for u in v]
         try:
-            plan = Plan({int(k): [int(u) for u in v] for k, v in d.get("removed", {}).items()},
-                        d.get("settings", {}), {},
+            plan = Plan(removed, d.get("settings", {}), {},
                         {int(k): v for k, v in d.get("skipped", {}).items()})
         except (TypeError, ValueError) as exc:
-            raise DepViewError(f"a plan's group and unit ids are integers: {exc}") from exc
+            raise DepViewError(f"a plan's group ids are integers: {exc}") from exc
         self.check_plan(plan)
         return plan
 
@@ -599,6 +612,14 @@ class Pruner:
             if g is None:
                 raise DepViewError(f"plan names group {gid}, which this model does not have "
                                    f"(group ids are 0 to {len(self.groups) - 1})")
+            if any(isinstance(u, (bool, np.bool_)) or not isinstance(u, (int, np.integer))
+                   for u in units):
+                raise DepViewError(f"plan removes {units!r} from group {gid}: unit ids are whole "
+                                   "numbers"[:200])
+            twice = sorted(u for u, n in Counter(units).items() if n > 1)
+            if twice:
+                raise DepViewError(f"plan removes unit {twice[0]} of group {gid} ('{g.root}') "
+                                   "more than once")
             bad = sorted({u for u in units if not 0 <= u < g.n_units})
             if bad:
                 raise DepViewError(f"plan removes unit {bad[0]} of group {gid} ('{g.root}'), "
