@@ -242,3 +242,34 @@ def test_a_recorded_spec_may_be_a_model_class_instance_or_factory(tmp_path):
     assert recorded_refusal("demo_models:SmallCNN", nn.Linear(2, 2)) is None
     assert recorded_refusal("json:loads", __import__("json").loads)  # the standard library
     assert recorded_refusal("torch:load", torch.load)
+
+
+def test_a_model_file_that_imports_a_module_beside_it_loads_from_anywhere(tmp_path,
+                                                                          monkeypatch):
+    # `from blocks import Block` in proj/net.py failed unless run from proj/
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "blocks_depview_t.py").write_text(
+        "import torch\nclass Block(torch.nn.Linear):\n    pass\n")
+    (proj / "net.py").write_text(
+        "import torch\nfrom blocks_depview_t import Block\n"
+        "class Net(torch.nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n        self.a = Block(8, 4)\n"
+        "    def forward(self, x):\n        return self.a(x)\n")
+    monkeypatch.chdir(tmp_path)
+    import sys
+
+    before = list(sys.path)
+    lm = load_model("proj/net.py:Net", inputs=["1x8"])
+    assert type(lm.model.a).__name__ == "Block" and sys.path == before
+
+
+def test_loading_a_model_leaves_the_callers_random_state_alone():
+    torch.manual_seed(123)
+    want = torch.rand(3)
+    torch.manual_seed(123)
+    load_model("demo:cnn")
+    assert torch.equal(torch.rand(3), want)
+    a, b = load_model("demo:cnn", seed=5), load_model("demo:cnn", seed=5)  # still seeded
+    assert all(torch.equal(x, y) for x, y in zip(a.model.state_dict().values(),
+                                                  b.model.state_dict().values(), strict=True))

@@ -104,10 +104,17 @@ def _resolve_attr(spec: str):
         mod_spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(mod_spec)
         sys.modules[name] = module
+        # its own directory first, for the duration of the import: a model file that imports
+        # a helper module beside it (``from blocks import Block``) works from any directory
+        folder = str(path.resolve().parent)
+        sys.path.insert(0, folder)
         try:
             mod_spec.loader.exec_module(module)
         except Exception as exc:
             raise DepViewError(f"importing {target} failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            if folder in sys.path:
+                sys.path.remove(folder)
     else:
         try:
             module = importlib.import_module(target)
@@ -188,6 +195,12 @@ def load_model(
         raise DepViewError("--weights cannot be loaded on the meta device; use --device cpu")
     input_specs = [parse_input(s) for s in inputs or []]
 
+    with torch.random.fork_rng(devices=[]):  # seeded for the factory; the caller's RNG
+        return _load_model(spec, kwargs, weights, device, seed, input_specs, recorded)
+
+
+def _load_model(spec: str, kwargs: dict, weights: str | None, device: str, seed: int,
+                input_specs: list, recorded: bool) -> LoadedModel:
     torch.manual_seed(seed)
     demo = None
     output_layers: list[str] = []
