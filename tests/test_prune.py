@@ -387,7 +387,10 @@ def test_bad_ratio_is_one_clear_error(demo_pruner, ratio):
                                       ({"round_to": "8"}, "round_to must be a whole number"),
                                       ({"round_to": 2.5}, "round_to must be a whole number"),
                                       ({"overrides": {0: "0.3"}}, "override ratio for group 0 "
-                                                                  "must be a number")])
+                                                                  "must be a number"),
+                                      ({"seed": "a"}, "seed must be a whole number"),
+                                      ({"ignore": 5}, "ignore is a list of layer names"),
+                                      ({"ignore": [5]}, "ignore is a list of layer names")])
 def test_a_setting_of_the_wrong_type_is_one_clear_error(demo_pruner, kw, said):
     _, p = demo_pruner("cnn")
     with pytest.raises(DepViewError, match=said):
@@ -1839,6 +1842,8 @@ def test_a_graph_or_output_layer_of_another_model_is_refused(demo_pruner):
     ({"removed": {"x": [1]}}, "group ids are whole numbers"),
     ({"removed": [1]}, "got a list for removed"),
     ({"removed": {"0": [1]}, "settings": "x"}, "'settings' is a dict"),
+    ({"removed": {"0": [1]}, "settings": {"ignore": 5}}, "ignore is a list of layer names"),
+    ({"removed": {"0": [1]}, "settings": {"ignore": ["nope"]}}, "ignore names no layer"),
 ])
 def test_a_hand_made_plan_with_odd_units_is_refused(demo_pruner, d, said):
     # duplicates were accepted (report.json said 3 units removed where 2 were), strings,

@@ -17,7 +17,7 @@ import difflib
 import math
 import traceback
 from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -137,7 +137,13 @@ def parse_ignore(items) -> set[tuple[str, str]]:
     """``["fc", "layer1.0.conv1:out"]`` -> {("fc", "in"), ("fc", "out"), ("layer1.0.conv1",
     "out")}: a bare name ignores both sides."""
     out: set[tuple[str, str]] = set()
+    if isinstance(items, str):
+        items = [items]  # one name, not its letters
+    if items is not None and not isinstance(items, Iterable):
+        raise DepViewError(f"ignore is a list of layer names, got {items!r}")
     for it in items or ():
+        if not isinstance(it, str):
+            raise DepViewError(f"ignore is a list of layer names, got {it!r} in it")
         name, _, side = str(it).rpartition(":") if str(it).endswith((":in", ":out")) else \
             (str(it), "", "")
         sides = [side] if side else ["in", "out"]
@@ -368,6 +374,8 @@ class Pruner:
         if not _number(round_to) or round_to != int(round_to) or round_to < 1:
             raise DepViewError(f"round_to must be a whole number >= 1, got {round_to!r}")
         round_to = int(round_to)
+        if type(seed) is not int and not isinstance(seed, np.integer):
+            raise DepViewError(f"seed must be a whole number, got {seed!r}")
         overrides = _group_ids(overrides)
         for gid, r in overrides.items():
             _fraction(f"override ratio for group {gid}", r)
@@ -607,6 +615,7 @@ class Pruner:
             self.validate_groups()
         by_id = {g.id: g for g in self.groups}
         ignore = parse_ignore(plan.settings.get("ignore", ()))
+        self.check_names(ignore, {})
         for gid, units in plan.removed.items():
             g = by_id.get(gid)
             if g is None:
