@@ -488,6 +488,60 @@ def test_ops_that_mix_or_move_positions_along_a_dim(op, dim, expect):
         assert "cumsum" in v["masked_equivalence"]["skipped"]
 
 
+class Positions(nn.Module):
+    """An op that may return positions along the hidden dim (``dim`` 1) or along the tokens
+    (``dim`` 0), read by the rest of the model."""
+
+    def __init__(self, op: str, dim: int):
+        super().__init__()
+        self.op, self.dim = op, dim
+        self.a = nn.Linear(3, 8)
+        self.fc = nn.Linear(8, 6)
+
+    def forward(self, x):
+        h, d, fc = torch.relu(self.a(x)), self.dim, self.fc
+        ops = {  # with d = 1 the result is (5, 1), with d = 0 one value per hidden channel
+            "argmax": lambda: fc(h) * h.argmax(d, keepdim=True) if d else fc(h * h.argmax(0)),
+            "argmin": lambda: fc(h) * torch.argmin(h, d, keepdim=True),
+            "max": lambda: fc(h) * torch.max(h, d, keepdim=True)[1] if d else
+            fc(h * torch.max(h, 0)[1]),
+            "max values": lambda: fc(h) * torch.max(h, d, keepdim=True)[0],
+            "cummax": lambda: fc(h * h.cummax(d).indices),
+            "topk": lambda: fc(h.topk(8, d)[0]),
+        }
+        return ops[self.op]()
+
+
+@pytest.mark.parametrize("op, dim, expect", [
+    ("argmax", 1, "blocked"), ("argmin", 1, "blocked"), ("max", 1, "blocked"),
+    ("cummax", 1, "blocked"), ("topk", 1, "moves"), ("max values", 1, "inexact"),
+    ("argmax", 0, "exact"), ("max", 0, "exact"),
+])
+def test_ops_that_return_positions_along_the_pruned_dim_block_it(op, dim, expect):
+    # A wrapper returning net(x).argmax(-1) had its classes cut from 10 to 7: the class ids
+    # it returned named other classes, silently.
+    from viewer.core.prune import Plan, Pruner
+
+    torch.manual_seed(0)
+    model, x = Positions(op, dim).eval(), torch.randn(5, 3)
+    p = Pruner(model, (x,))
+    g = next(grp for grp in p.groups if grp.root == "a")
+    if expect == "blocked":
+        assert f"'{op}' ({op}) returns positions along the pruned dim" in g.reason
+        return
+    if expect == "moves":
+        assert "'topk' (topk) moves positions along the pruned dim" in g.reason
+        return
+    assert g.prunable and g.exact == (expect == "exact"), g.reason
+    plan = Plan({g.id: [1, 4]})
+    v = p.verify(p.apply(plan), plan)
+    assert v["forward"]
+    if expect == "exact":  # positions along the tokens: the pruned model gives the same ids
+        assert v["masked_equivalence"]["ok"], v
+    else:
+        assert "reduces over pruned channels" in v["masked_equivalence"]["skipped"]
+
+
 def test_parametrized_weights_block_with_the_way_out():
     from torch.nn.utils import parametrizations, parametrize
 

@@ -48,6 +48,7 @@ from .meta import (
 )
 from .optypes import (
     FILLS,
+    INDEX_OUTPUTS,
     SEQUENCE_PACKING,
     SHAPE_NORMS,
     OpGroup,
@@ -471,6 +472,8 @@ def _elementwise_rule(g, node, side, port, dim, units, pos, ctx):
         ctx.block(f"'{node.name}' ({node.target}) moves positions along the pruned dim")
         return []
     if isinstance(meta, ElementwiseMeta) and od in meta.mixes:
+        if _returns_positions(g, node, ctx):
+            return []
         ctx.inexact(f"'{node.name}' ({node.target}) mixes positions along the pruned dim")
     if side == "in":
         if node.in_shapes[port][dim] == 1 and out[od] != 1:
@@ -1187,6 +1190,18 @@ def _affine_ports(node: Node, meta) -> list[int]:
     return [p for p in range(1, len(node.in_shapes)) if node.in_shapes[p] == norm]
 
 
+def _returns_positions(g: Graph, node: Node, ctx: _Ctx) -> bool:
+    """Blocks the group when ``node`` returns positions along the pruned dim that something
+    reads (:data:`optypes.INDEX_OUTPUTS`: ``x.argmax(-1)``, the indices of ``x.max(1)``):
+    pruning renumbers them, so a predicted class id would silently name another class."""
+    p = INDEX_OUTPUTS.get(node.target)
+    if p is None or p >= len(node.out_shapes) or not g.consumers.get((node.id, p)):
+        return False
+    ctx.block(f"'{node.name}' ({node.target}) returns positions along the pruned dim: pruning "
+              "would change what they point to")
+    return True
+
+
 def _reduction_rule(g, node, side, port, dim, units, pos, ctx):
     meta = node.meta
     if meta is None or not hasattr(meta, "dims"):
@@ -1209,6 +1224,8 @@ def _reduction_rule(g, node, side, port, dim, units, pos, ctx):
         return []
     if side == "in":
         if dim in meta.dims:
+            if _returns_positions(g, node, ctx):
+                return []
             ctx.inexact(f"'{node.name}' ({node.target}) reduces over pruned channels")
             flows = [Flow("in", p, dim - (len(a) - len(meta.dims)), units, pos)
                      for p in affine]

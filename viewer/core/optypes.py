@@ -448,6 +448,7 @@ DIM_ARGS: dict[str, DimArgs] = {
     "flipud": ("moves", None, None, None, (0,)),
     "roll": ("moves", 2, "dims", None, ()),
     "sort": ("moves", 1, "dim", -1, ()),
+    "topk": ("moves", 2, "dim", -1, ()),  # (k = the whole dim keeps the shape: a sort)
     "argsort": ("moves", 1, "dim", -1, ()),
     "msort": ("moves", None, None, None, (0,)),
     "channel_shuffle": ("moves", None, None, None, (1,)),
@@ -465,6 +466,14 @@ DIM_ARGS: dict[str, DimArgs] = {
     "glu": ("halves", 1, "dim", -1, ()),
     "triu": ("moves", None, None, None, (-2, -1)),
 }
+
+#: Ops that return positions along the dims they act on, by function name: the output port
+#: that holds them. ``argmax`` returns positions only; ``max(x, dim)`` and ``cummax`` return
+#: (values, indices), and a call with one output (``max(x)``, ``max(a, b)``) returns none.
+#: Pruning that dim renumbers what the positions point at (a predicted class id), so a group
+#: on it is blocked when those positions are read.
+INDEX_OUTPUTS: dict[str, int] = {"argmax": 0, "argmin": 0, "max": 1, "min": 1, "cummax": 1,
+                                 "cummin": 1}
 
 #: Factories whose result holds the same value everywhere (``torch.zeros(b, self.hidden)``, an
 #: RNN's initial state): no op of the graph, but a CONSTANT source named after them whose width
