@@ -1594,6 +1594,69 @@ def test_a_sparse_matmul_passes_the_features_it_does_not_contract():
     assert pruned.l2.in_features == 8 and p.verify(pruned, plan)["masked_equivalence"]["ok"]
 
 
+class VendoredConv1D(nn.Module):
+    """Hugging Face GPT-2's Conv1D copied into a user's code: a Linear stored (in, out) and
+    run as ``torch.addmm``, which DepView does not know as a layer."""
+
+    def __init__(self, nf, nx):
+        super().__init__()
+        self.nf = nf
+        self.weight = nn.Parameter(torch.randn(nx, nf) * 0.2)
+        self.bias = nn.Parameter(torch.randn(nf) * 0.1)
+
+    def forward(self, x):
+        size_out = x.size()[:-1] + (self.nf,)
+        return torch.addmm(self.bias, x.view(-1, x.size(-1)), self.weight).view(size_out)
+
+
+class AddmmMLP(nn.Module):
+    """Two layers written as ``addmm`` (or ``baddbmm``) of bare parameters, or of
+    :class:`VendoredConv1D` in a residual block."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+        if how == "conv1d":
+            self.inp, self.out = nn.Linear(5, 16), nn.Linear(16, 3)
+            self.c_fc, self.c_proj = VendoredConv1D(48, 16), VendoredConv1D(16, 48)
+            return
+        self.w1, self.b1 = nn.Parameter(torch.randn(10, 32)), nn.Parameter(torch.randn(32))
+        self.w2, self.b2 = nn.Parameter(torch.randn(32, 4)), nn.Parameter(torch.randn(4))
+
+    def forward(self, x):
+        if self.how == "conv1d":
+            h = self.inp(x)
+            return self.out(h + self.c_proj(torch.relu(self.c_fc(h))))
+        if self.how == "addmm":
+            return torch.addmm(self.b2, torch.tanh(torch.addmm(self.b1, x, self.w1)), self.w2)
+        w1 = self.w1.expand(x.size(0), -1, -1)
+        h = torch.tanh(torch.baddbmm(self.b1.view(1, 1, -1), x.unsqueeze(1), w1))
+        return (h @ self.w2 + self.b2).squeeze(1)
+
+
+@pytest.mark.parametrize("how", ["addmm", "baddbmm", "conv1d"])
+def test_an_addmm_bias_is_one_group_with_the_matrix_columns_and_the_output(how):
+    # The group rooted at b1 of addmm(b1, x, w1) held b1 and w2's rows but not w1's columns:
+    # listed prunable, and its pruned model failed
+    from viewer.core.prune import Plan, Pruner
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 5) if how == "conv1d" else torch.randn(2, 10)
+    p = Pruner(AddmmMLP(how).eval(), (x,))
+    groups = [g for g in p.groups if not p.reason(g)]
+    hidden = {("c_fc.bias", 0), ("c_fc.weight", 1), ("c_proj.weight", 0)} if how == "conv1d" \
+        else {("b1", 0), ("w1", 1), ("w2", 0)}
+    assert any({(m.node_name, m.dim) for m in g.members} == hidden for g in groups)
+    if how == "conv1d":  # the residual stream holds c_proj's bias and c_fc's rows
+        stream = next(g for g in groups if g.root == "inp")
+        assert {("c_proj.bias", 0), ("c_fc.weight", 0)} <= {(m.node_name, m.dim)
+                                                            for m in stream.members}
+    for g in groups:
+        plan = Plan({g.id: [0, 3]})
+        v = p.verify(p.apply(plan), plan)
+        assert v["forward"] and v["masked_equivalence"]["ok"], (g.root, v)
+
+
 @torch.jit.script
 def _first4(x: torch.Tensor) -> torch.Tensor:
     return x[:, :4]

@@ -1056,6 +1056,9 @@ def _matmul_rule(g, node, side, port, dim, units, pos, ctx):
         ctx.block(f"'{node.name}' is a vector product; DepView does not model it")
         return []
     flows: list[Flow] = []
+    # addmm/baddbmm's bias (input 0) is added to the product, broadcast: every output dim it
+    # is not broadcast along is one of its dims
+    biases = [] if linear else [p for p in range(len(node.in_shapes)) if p not in (pa, pb)]
 
     def batch(src_shape, d, skip):
         od = d + no - len(src_shape)
@@ -1066,7 +1069,23 @@ def _matmul_rule(g, node, side, port, dim, units, pos, ctx):
             dd = od - (no - len(s))
             if dd >= 0 and s[dd] != 1:
                 res.append(Flow("in", p, dd, units, pos))
+        return res + to_bias(od)
+
+    def to_bias(od):
+        res = []
+        for p in biases:
+            s = node.in_shapes[p]
+            d = od - (no - len(s))
+            if d >= 0 and s[d] != 1:  # (not broadcast along it)
+                res.append(Flow("in", p, d, units, pos))
         return res
+
+    def from_out(od):  # the operand dims output dim ``od`` is made of (and the bias's)
+        if od == no - 1:
+            return [Flow("in", pb, len(b) - 1, units, pos)] + to_bias(od)
+        if od == no - 2:
+            return [Flow("in", pa, len(a) - 2, units, pos)] + to_bias(od)
+        return batch(out, od, "out")
 
     if linear:  # out = x @ W.T (+ bias): W is (out, in)
         bias_port = 2 if len(node.in_shapes) > 2 else None
@@ -1092,30 +1111,26 @@ def _matmul_rule(g, node, side, port, dim, units, pos, ctx):
             return [Flow("in", pa, dim - (no - len(a)), units, pos)]
         return []
 
-    if side == "in" and port not in (pa, pb):  # addmm's bias: broadcast onto the output
-        s = node.in_shapes[port]
-        return [Flow("out", 0, dim + no - len(s), units, pos)]
+    if side == "in" and port in biases:
+        # the output's dim and all it couples, at once: the pairs that reach the output from
+        # here never come back through this op (b1 of addmm(b1, x, w1) reached w2's rows but
+        # not w1's columns)
+        od = dim + no - len(node.in_shapes[port])
+        return [Flow("out", 0, od, units, pos)] + \
+            [f for f in from_out(od) if (f.side, f.port) != ("in", port)]
     if side == "in" and port == pa:
         if dim == len(a) - 1:
             return [Flow("in", pb, len(b) - 2, units, pos)]
         if dim == len(a) - 2:
-            return [Flow("out", 0, no - 2, units, pos)]
+            return [Flow("out", 0, no - 2, units, pos)] + to_bias(no - 2)
         return batch(a, dim, pa)
     if side == "in" and port == pb:
         if dim == len(b) - 2:
             return [Flow("in", pa, len(a) - 1, units, pos)]
         if dim == len(b) - 1:
-            res = [Flow("out", 0, no - 1, units, pos)]
-            if node.target in ("addmm",) and len(node.in_shapes[0]) >= 1 \
-                    and node.in_shapes[0][-1] != 1:
-                res.append(Flow("in", 0, len(node.in_shapes[0]) - 1, units, pos))
-            return res
+            return [Flow("out", 0, no - 1, units, pos)] + to_bias(no - 1)
         return batch(b, dim, pb)
-    if dim == no - 1:
-        return [Flow("in", pb, len(b) - 1, units, pos)]
-    if dim == no - 2:
-        return [Flow("in", pa, len(a) - 2, units, pos)]
-    return batch(out, dim, "out")
+    return from_out(dim)
 
 
 def _attention_rule(g, node, side, port, dim, units, pos, ctx):
