@@ -1116,6 +1116,46 @@ def test_functional_layer_norm_weights_join_the_group_of_their_input():
     assert v["forward"] and v["shapes_kept"], v
 
 
+_NO_AFFINE = {
+    "layer_norm": lambda d: nn.LayerNorm(d, elementwise_affine=False),
+    "layer_norm_2d": lambda d: nn.LayerNorm((3, d), elementwise_affine=False),
+    "rms_norm": lambda d: nn.RMSNorm(d, elementwise_affine=False),
+}
+
+
+@pytest.mark.parametrize("norm", list(_NO_AFFINE))
+def test_a_norm_without_weights_shrinks_its_normalized_shape(norm):
+    # A weight-less LayerNorm was no member of its group: its normalized_shape kept the old
+    # width and the group was blocked ("Given normalized_shape=[32] ... got [2, 31]")
+    from viewer.core.prune import Plan, Pruner
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), _NO_AFFINE[norm](32), nn.Linear(32, 4)).eval()
+    x = torch.randn(2, 3, 8)
+    p = Pruner(model, (x,))
+    g = next(grp for grp in p.groups if grp.root == "0")
+    assert not p.reason(g) and not g.exact  # statistics over fewer channels
+    plan = Plan({g.id: [1, 4, 30]})
+    pruned = p.apply(plan)
+    assert tuple(pruned[1].normalized_shape)[-1] == 29
+    # the oracle: the same model built by hand at 29 channels
+    keep = [i for i in range(32) if i not in (1, 4, 30)]
+    hand = nn.Sequential(nn.Linear(8, 29), _NO_AFFINE[norm](29), nn.Linear(29, 4)).eval()
+    with torch.no_grad():
+        hand[0].weight.copy_(model[0].weight[keep])
+        hand[0].bias.copy_(model[0].bias[keep])
+        hand[2].weight.copy_(model[2].weight[:, keep])
+        hand[2].bias.copy_(model[2].bias)
+        assert torch.allclose(pruned(x), hand(x), atol=1e-6)
+
+
+def test_a_norm_without_weights_over_the_pruned_dim_before_its_last_blocks_it():
+    model = nn.Sequential(nn.Conv1d(3, 8, 1), nn.LayerNorm((8, 5), elementwise_affine=False),
+                          nn.Conv1d(8, 2, 1))
+    g = group_of(build_graph(model, torch.randn(2, 3, 5)), "0")
+    assert "'1' has no weight and normalises over the pruned dim before its last" in g.reason
+
+
 class FunctionalConvs(nn.Module):
     """Convs written with F.conv2d on the module's own tensors, one of them grouped."""
 

@@ -358,6 +358,10 @@ def _gn_rule() -> Rule:
 
 
 def _ln_rule(g, node, side, port, dim, units, pos, ctx):
+    """LayerNorm/RMSNorm over the trailing ``normalized_shape`` dims: positions pass through;
+    on a normalised dim the layer is a member, with its affine tensors or without (then the
+    member only says its ``normalized_shape`` shrinks: ``LayerNorm(d, elementwise_affine=
+    False)``, whose last dim alone can follow, see ``handlers._refresh_ln``)."""
     if port != 0:
         return []
     if node.own_forward:
@@ -365,13 +369,16 @@ def _ln_rule(g, node, side, port, dim, units, pos, ctx):
     shape = node.in_shapes[0]
     nd = len(shape)
     w = node.param_shapes.get("weight") or node.param_shapes.get("bias")
-    n_norm = len(w) if w else 1
+    n_norm = len(w) if w else len(node.attrs.get("normalized_shape") or (1,))
     other = "in" if side == "out" else "out"
     if dim >= nd - n_norm:
+        if not w and dim != nd - 1:
+            ctx.block(f"'{node.name}' has no weight and normalises over the pruned dim before "
+                      "its last: DepView cannot update its normalized_shape there")
+            return []
         ctx.inexact(f"'{node.name}' normalises over pruned channels")
-        if w:
-            ctx.member(node, "out", dim, units, pos)
-            ctx.member(node, "in", dim, units, pos)
+        ctx.member(node, "out", dim, units, pos)
+        ctx.member(node, "in", dim, units, pos)
     return [Flow(other, 0, dim, units, pos)]
 
 
