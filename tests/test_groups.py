@@ -1634,6 +1634,51 @@ def test_a_sparse_matmul_passes_the_features_it_does_not_contract():
     assert pruned.l2.in_features == 8 and p.verify(pruned, plan)["masked_equivalence"]["ok"]
 
 
+class SegNet(nn.Module):
+    """SegNet: the decoder unpools with the encoder's max pool indices. ``how``: functional,
+    modules, or a linear over the width before the pool (its group is on the plane)."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+        self.e1, self.e2 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1)
+        self.pool, self.unpool = nn.MaxPool2d(2, 2, return_indices=True), nn.MaxUnpool2d(2, 2)
+        self.w, self.o = nn.Linear(8, 8), nn.Conv2d(16, 2, 1)
+
+    def forward(self, x):
+        x = F.relu(self.e1(x))
+        if self.how == "width":
+            x = self.w(x)
+        if self.how == "functional":
+            p, idx = F.max_pool2d(x, 2, 2, return_indices=True)
+            return self.o(F.max_unpool2d(F.relu(self.e2(p)), idx, 2, 2))
+        p, idx = self.pool(x)
+        return self.o(self.unpool(F.relu(self.e2(p)), idx, output_size=x.size()))
+
+
+@pytest.mark.parametrize("how", ["functional", "modules"])
+def test_max_unpool_indices_keep_the_channels_of_the_pooled_values(how):
+    # The encoder's group was blocked by its own probe: "Expected shape of indices to be same
+    # as that of the input tensor"; the indices are positions within each channel's plane
+    from viewer.core.prune import Plan, Pruner
+
+    torch.manual_seed(0)
+    model, x = SegNet(how).eval(), torch.randn(2, 3, 8, 8)
+    p = Pruner(model, (x,))
+    g = next(grp for grp in p.groups if grp.root == "e1")
+    assert not p.reason(g) and g.exact
+    # channel c of the indices is channel c of the unpooled values: e1 and e2 lose the same
+    assert g.member("e2", "out").indices([3]).tolist() == [3]
+    plan = Plan({g.id: [0, 3, 9]})
+    v = p.verify(p.apply(plan), plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+
+
+def test_max_pool_indices_block_a_group_on_the_pooled_plane():
+    g = group_of(build_graph(SegNet("width"), torch.randn(2, 3, 8, 8)), "w")
+    assert "'pool' (module:torch.nn.modules.pooling.MaxPool2d) pools with indices" in g.reason
+
+
 class VendoredConv1D(nn.Module):
     """Hugging Face GPT-2's Conv1D copied into a user's code: a Linear stored (in, out) and
     run as ``torch.addmm``, which DepView does not know as a layer."""

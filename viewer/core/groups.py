@@ -967,16 +967,31 @@ def _pixel_shuffle_rule(g, node, side, port, dim, units, pos, ctx):
 
 
 def _spatial_rule(g, node, side, port, dim, units, pos, ctx):
-    if port != 0:
-        return []
+    """Pooling and resizing keep N and C and resize the rest; padding keeps every dim it does
+    not pad. A max pool's indices (``return_indices``: its second output) and a max unpool's
+    (its second input) are positions within each channel's plane: they keep N and C as the
+    values do (SegNet's encoder channels reach its decoder only through them), and block a
+    group on a dim of the plane."""
     pads = _pads(node)
     if pads is None:  # pooling / resizing: N and C kept, the rest resized
+        nd = len(node.in_shapes[0])
+        tensors = [("out", p) for p in range(len(node.out_shapes))] + \
+            [("in", p) for p, s in enumerate(node.in_shapes) if len(s) == nd]
+        if (side, port) not in tensors:
+            return []
+        if dim > 1 and len(tensors) > 2:
+            ctx.block(f"'{node.name}' ({node.target}) pools with indices, positions in the "
+                      "plane of the pruned dim")
+            return []
         if dim > 1:
             a, b = node.in_shapes[0], node.out_shapes[0]
             same = len(a) == len(b) and a[dim] == b[dim]
             return _window_dim(node, same, "pools or resizes", ctx,
                                [Flow("out" if side == "in" else "in", 0, dim, units, pos)])
-    elif _norm(dim, len(node.in_shapes[0])) in _padded_dims(pads, len(node.in_shapes[0])):
+        return [Flow(sd, p, dim, units, pos) for sd, p in tensors if (sd, p) != (side, port)]
+    if port != 0:
+        return []
+    if _norm(dim, len(node.in_shapes[0])) in _padded_dims(pads, len(node.in_shapes[0])):
         ctx.block(f"'{node.name}' pads the pruned dim")
         return []
     return [Flow("out" if side == "in" else "in", 0, dim, units, pos)]

@@ -58,7 +58,7 @@ class OpType(enum.Enum):
     PERMUTE = "permute"  #: permute/transpose: moves dims; channel dim index changes
     EXPAND = "expand"  #: expand/broadcast_to/repeat: size-1 dims grow or dims are copied
     PIXEL_SHUFFLE = "pixel_shuffle"  #: moves channel blocks of r*r into space (and back)
-    SPATIAL = "spatial"  #: pooling/interpolate keep dims 0 and 1; pad keeps every unpadded dim
+    SPATIAL = "spatial"  #: pooling/unpooling/interpolate keep dims 0 and 1; pad keeps the rest
     MATMUL = "matmul"  #: matmul/bmm/linear-with-a-tensor/einsum: contracts dims, mixes channels
     ATTENTION = "attention"  #: scaled_dot_product_attention: q·k contracted, v's dim carried
     REDUCTION = "reduction"  #: sum/mean/softmax along dims: every output reads the whole dim
@@ -401,7 +401,8 @@ _FUNCTION_NAMES: dict[OpType, str] = {
     OpType.SPATIAL: "F.max_pool1d F.max_pool2d F.max_pool3d F.avg_pool1d F.avg_pool2d "
     "F.avg_pool3d F.adaptive_avg_pool1d F.adaptive_avg_pool2d F.adaptive_avg_pool3d "
     "F.adaptive_max_pool1d F.adaptive_max_pool2d F.adaptive_max_pool3d F.interpolate "
-    "F.upsample F.max_pool2d_with_indices F.adaptive_max_pool2d_with_indices F.pad",
+    "F.upsample F.max_pool2d_with_indices F.adaptive_max_pool2d_with_indices F.pad "
+    "F.max_unpool1d F.max_unpool2d F.max_unpool3d",
     OpType.MATMUL: "torch.matmul Tensor.matmul Tensor.__matmul__ Tensor.__rmatmul__ torch.bmm "
     "Tensor.bmm torch.mm Tensor.mm F.linear torch.addmm Tensor.addmm torch.baddbmm Tensor.baddbmm "
     "torch.einsum F.grouped_mm torch._grouped_mm torch.sparse.mm torch.spmm torch.sparse.addmm "
