@@ -542,6 +542,29 @@ def test_ops_that_return_positions_along_the_pruned_dim_block_it(op, dim, expect
         assert "reduces over pruned channels" in v["masked_equivalence"]["skipped"]
 
 
+@pytest.mark.parametrize("op", [torch.max, torch.min])
+def test_max_of_two_tensors_couples_their_channels(op):
+    # torch.max(a, b) was taken for a reduction of a alone: b's layer was another group, and
+    # either group pruned alone failed ("The size of tensor a (5) must match ... (6)")
+    from viewer.core.prune import Plan, Pruner
+
+    class TwoBranch(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(4, 6), nn.Linear(4, 6), nn.Linear(6, 3)
+
+        def forward(self, x):
+            return self.c(op(self.a(x), self.b(x)))
+
+    torch.manual_seed(0)
+    p = Pruner(TwoBranch().eval(), (torch.randn(5, 4),))
+    g = next(grp for grp in p.groups if grp.root == "a")
+    assert {m.node_name for m in g.members} == {"a", "b", "c"} and g.exact
+    plan = Plan({g.id: [1, 4]})
+    v = p.verify(p.apply(plan), plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+
+
 def test_parametrized_weights_block_with_the_way_out():
     from torch.nn.utils import parametrizations, parametrize
 

@@ -1243,6 +1243,9 @@ def _reduction_rule(g, node, side, port, dim, units, pos, ctx):
     meta = node.meta
     if meta is None or not hasattr(meta, "dims"):
         return []
+    if meta.op in ("max", "min") and len(node.in_shapes) > 1:
+        # torch.max(a, b) is torch.maximum(a, b): b's channels are a's
+        return _elementwise_rule(g, node, side, port, dim, units, pos, ctx)
     a, b = node.in_shapes[0], node.out_shapes[0]
     affine = _affine_ports(node, meta) if len(node.in_shapes) > 1 else []
     if affine and (port in affine if side == "in" else port == 0 and dim in meta.dims):
