@@ -488,6 +488,83 @@ def test_ops_that_mix_or_move_positions_along_a_dim(op, dim, expect):
         assert "cumsum" in v["masked_equivalence"]["skipped"]
 
 
+class Positions(nn.Module):
+    """An op that may return positions along the hidden dim (``dim`` 1) or along the tokens
+    (``dim`` 0), read by the rest of the model."""
+
+    def __init__(self, op: str, dim: int):
+        super().__init__()
+        self.op, self.dim = op, dim
+        self.a = nn.Linear(3, 8)
+        self.fc = nn.Linear(8, 6)
+
+    def forward(self, x):
+        h, d, fc = torch.relu(self.a(x)), self.dim, self.fc
+        ops = {  # with d = 1 the result is (5, 1), with d = 0 one value per hidden channel
+            "argmax": lambda: fc(h) * h.argmax(d, keepdim=True) if d else fc(h * h.argmax(0)),
+            "argmin": lambda: fc(h) * torch.argmin(h, d, keepdim=True),
+            "max": lambda: fc(h) * torch.max(h, d, keepdim=True)[1] if d else
+            fc(h * torch.max(h, 0)[1]),
+            "max values": lambda: fc(h) * torch.max(h, d, keepdim=True)[0],
+            "cummax": lambda: fc(h * h.cummax(d).indices),
+            "topk": lambda: fc(h.topk(8, d)[0]),
+        }
+        return ops[self.op]()
+
+
+@pytest.mark.parametrize("op, dim, expect", [
+    ("argmax", 1, "blocked"), ("argmin", 1, "blocked"), ("max", 1, "blocked"),
+    ("cummax", 1, "blocked"), ("topk", 1, "moves"), ("max values", 1, "inexact"),
+    ("argmax", 0, "exact"), ("max", 0, "exact"),
+])
+def test_ops_that_return_positions_along_the_pruned_dim_block_it(op, dim, expect):
+    # A wrapper returning net(x).argmax(-1) had its classes cut from 10 to 7: the class ids
+    # it returned named other classes, silently.
+    from viewer.core.prune import Plan, Pruner
+
+    torch.manual_seed(0)
+    model, x = Positions(op, dim).eval(), torch.randn(5, 3)
+    p = Pruner(model, (x,))
+    g = next(grp for grp in p.groups if grp.root == "a")
+    if expect == "blocked":
+        assert f"'{op}' ({op}) returns positions along the pruned dim" in g.reason
+        return
+    if expect == "moves":
+        assert "'topk' (topk) moves positions along the pruned dim" in g.reason
+        return
+    assert g.prunable and g.exact == (expect == "exact"), g.reason
+    plan = Plan({g.id: [1, 4]})
+    v = p.verify(p.apply(plan), plan)
+    assert v["forward"]
+    if expect == "exact":  # positions along the tokens: the pruned model gives the same ids
+        assert v["masked_equivalence"]["ok"], v
+    else:
+        assert "reduces over pruned channels" in v["masked_equivalence"]["skipped"]
+
+
+@pytest.mark.parametrize("op", [torch.max, torch.min])
+def test_max_of_two_tensors_couples_their_channels(op):
+    # torch.max(a, b) was taken for a reduction of a alone: b's layer was another group, and
+    # either group pruned alone failed ("The size of tensor a (5) must match ... (6)")
+    from viewer.core.prune import Plan, Pruner
+
+    class TwoBranch(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(4, 6), nn.Linear(4, 6), nn.Linear(6, 3)
+
+        def forward(self, x):
+            return self.c(op(self.a(x), self.b(x)))
+
+    torch.manual_seed(0)
+    p = Pruner(TwoBranch().eval(), (torch.randn(5, 4),))
+    g = next(grp for grp in p.groups if grp.root == "a")
+    assert {m.node_name for m in g.members} == {"a", "b", "c"} and g.exact
+    plan = Plan({g.id: [1, 4]})
+    v = p.verify(p.apply(plan), plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+
+
 def test_parametrized_weights_block_with_the_way_out():
     from torch.nn.utils import parametrizations, parametrize
 
@@ -1062,6 +1139,46 @@ def test_functional_layer_norm_weights_join_the_group_of_their_input():
     assert v["forward"] and v["shapes_kept"], v
 
 
+_NO_AFFINE = {
+    "layer_norm": lambda d: nn.LayerNorm(d, elementwise_affine=False),
+    "layer_norm_2d": lambda d: nn.LayerNorm((3, d), elementwise_affine=False),
+    "rms_norm": lambda d: nn.RMSNorm(d, elementwise_affine=False),
+}
+
+
+@pytest.mark.parametrize("norm", list(_NO_AFFINE))
+def test_a_norm_without_weights_shrinks_its_normalized_shape(norm):
+    # A weight-less LayerNorm was no member of its group: its normalized_shape kept the old
+    # width and the group was blocked ("Given normalized_shape=[32] ... got [2, 31]")
+    from viewer.core.prune import Plan, Pruner
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), _NO_AFFINE[norm](32), nn.Linear(32, 4)).eval()
+    x = torch.randn(2, 3, 8)
+    p = Pruner(model, (x,))
+    g = next(grp for grp in p.groups if grp.root == "0")
+    assert not p.reason(g) and not g.exact  # statistics over fewer channels
+    plan = Plan({g.id: [1, 4, 30]})
+    pruned = p.apply(plan)
+    assert tuple(pruned[1].normalized_shape)[-1] == 29
+    # the oracle: the same model built by hand at 29 channels
+    keep = [i for i in range(32) if i not in (1, 4, 30)]
+    hand = nn.Sequential(nn.Linear(8, 29), _NO_AFFINE[norm](29), nn.Linear(29, 4)).eval()
+    with torch.no_grad():
+        hand[0].weight.copy_(model[0].weight[keep])
+        hand[0].bias.copy_(model[0].bias[keep])
+        hand[2].weight.copy_(model[2].weight[:, keep])
+        hand[2].bias.copy_(model[2].bias)
+        assert torch.allclose(pruned(x), hand(x), atol=1e-6)
+
+
+def test_a_norm_without_weights_over_the_pruned_dim_before_its_last_blocks_it():
+    model = nn.Sequential(nn.Conv1d(3, 8, 1), nn.LayerNorm((8, 5), elementwise_affine=False),
+                          nn.Conv1d(8, 2, 1))
+    g = group_of(build_graph(model, torch.randn(2, 3, 5)), "0")
+    assert "'1' has no weight and normalises over the pruned dim before its last" in g.reason
+
+
 class FunctionalConvs(nn.Module):
     """Convs written with F.conv2d on the module's own tensors, one of them grouped."""
 
@@ -1538,6 +1655,114 @@ def test_a_sparse_matmul_passes_the_features_it_does_not_contract():
     plan = p.plan(0.5)
     pruned = p.apply(plan)
     assert pruned.l2.in_features == 8 and p.verify(pruned, plan)["masked_equivalence"]["ok"]
+
+
+class SegNet(nn.Module):
+    """SegNet: the decoder unpools with the encoder's max pool indices. ``how``: functional,
+    modules, or a linear over the width before the pool (its group is on the plane)."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+        self.e1, self.e2 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1)
+        self.pool, self.unpool = nn.MaxPool2d(2, 2, return_indices=True), nn.MaxUnpool2d(2, 2)
+        self.w, self.o = nn.Linear(8, 8), nn.Conv2d(16, 2, 1)
+
+    def forward(self, x):
+        x = F.relu(self.e1(x))
+        if self.how == "width":
+            x = self.w(x)
+        if self.how == "functional":
+            p, idx = F.max_pool2d(x, 2, 2, return_indices=True)
+            return self.o(F.max_unpool2d(F.relu(self.e2(p)), idx, 2, 2))
+        p, idx = self.pool(x)
+        return self.o(self.unpool(F.relu(self.e2(p)), idx, output_size=x.size()))
+
+
+@pytest.mark.parametrize("how", ["functional", "modules"])
+def test_max_unpool_indices_keep_the_channels_of_the_pooled_values(how):
+    # The encoder's group was blocked by its own probe: "Expected shape of indices to be same
+    # as that of the input tensor"; the indices are positions within each channel's plane
+    from viewer.core.prune import Plan, Pruner
+
+    torch.manual_seed(0)
+    model, x = SegNet(how).eval(), torch.randn(2, 3, 8, 8)
+    p = Pruner(model, (x,))
+    g = next(grp for grp in p.groups if grp.root == "e1")
+    assert not p.reason(g) and g.exact
+    # channel c of the indices is channel c of the unpooled values: e1 and e2 lose the same
+    assert g.member("e2", "out").indices([3]).tolist() == [3]
+    plan = Plan({g.id: [0, 3, 9]})
+    v = p.verify(p.apply(plan), plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+
+
+def test_max_pool_indices_block_a_group_on_the_pooled_plane():
+    g = group_of(build_graph(SegNet("width"), torch.randn(2, 3, 8, 8)), "w")
+    assert "'pool' (module:torch.nn.modules.pooling.MaxPool2d) pools with indices" in g.reason
+
+
+class VendoredConv1D(nn.Module):
+    """Hugging Face GPT-2's Conv1D copied into a user's code: a Linear stored (in, out) and
+    run as ``torch.addmm``, which DepView does not know as a layer."""
+
+    def __init__(self, nf, nx):
+        super().__init__()
+        self.nf = nf
+        self.weight = nn.Parameter(torch.randn(nx, nf) * 0.2)
+        self.bias = nn.Parameter(torch.randn(nf) * 0.1)
+
+    def forward(self, x):
+        size_out = x.size()[:-1] + (self.nf,)
+        return torch.addmm(self.bias, x.view(-1, x.size(-1)), self.weight).view(size_out)
+
+
+class AddmmMLP(nn.Module):
+    """Two layers written as ``addmm`` (or ``baddbmm``) of bare parameters, or of
+    :class:`VendoredConv1D` in a residual block."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+        if how == "conv1d":
+            self.inp, self.out = nn.Linear(5, 16), nn.Linear(16, 3)
+            self.c_fc, self.c_proj = VendoredConv1D(48, 16), VendoredConv1D(16, 48)
+            return
+        self.w1, self.b1 = nn.Parameter(torch.randn(10, 32)), nn.Parameter(torch.randn(32))
+        self.w2, self.b2 = nn.Parameter(torch.randn(32, 4)), nn.Parameter(torch.randn(4))
+
+    def forward(self, x):
+        if self.how == "conv1d":
+            h = self.inp(x)
+            return self.out(h + self.c_proj(torch.relu(self.c_fc(h))))
+        if self.how == "addmm":
+            return torch.addmm(self.b2, torch.tanh(torch.addmm(self.b1, x, self.w1)), self.w2)
+        w1 = self.w1.expand(x.size(0), -1, -1)
+        h = torch.tanh(torch.baddbmm(self.b1.view(1, 1, -1), x.unsqueeze(1), w1))
+        return (h @ self.w2 + self.b2).squeeze(1)
+
+
+@pytest.mark.parametrize("how", ["addmm", "baddbmm", "conv1d"])
+def test_an_addmm_bias_is_one_group_with_the_matrix_columns_and_the_output(how):
+    # The group rooted at b1 of addmm(b1, x, w1) held b1 and w2's rows but not w1's columns:
+    # listed prunable, and its pruned model failed
+    from viewer.core.prune import Plan, Pruner
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 5) if how == "conv1d" else torch.randn(2, 10)
+    p = Pruner(AddmmMLP(how).eval(), (x,))
+    groups = [g for g in p.groups if not p.reason(g)]
+    hidden = {("c_fc.bias", 0), ("c_fc.weight", 1), ("c_proj.weight", 0)} if how == "conv1d" \
+        else {("b1", 0), ("w1", 1), ("w2", 0)}
+    assert any({(m.node_name, m.dim) for m in g.members} == hidden for g in groups)
+    if how == "conv1d":  # the residual stream holds c_proj's bias and c_fc's rows
+        stream = next(g for g in groups if g.root == "inp")
+        assert {("c_proj.bias", 0), ("c_fc.weight", 0)} <= {(m.node_name, m.dim)
+                                                            for m in stream.members}
+    for g in groups:
+        plan = Plan({g.id: [0, 3]})
+        v = p.verify(p.apply(plan), plan)
+        assert v["forward"] and v["masked_equivalence"]["ok"], (g.root, v)
 
 
 @torch.jit.script

@@ -733,6 +733,48 @@ def test_mha_prunes_every_head_evenly(demo_pruner):
     assert p.verify(m, plan)["shapes_kept"]
 
 
+class MHABlock(nn.Module):
+    """A residual attention block; ``add_bias_kv`` appends learned rows (1, 1, E) to the
+    projected keys and values."""
+
+    def __init__(self, add_bias_kv: bool):
+        super().__init__()
+        self.inp, self.out = nn.Linear(6, 16), nn.Linear(16, 3)
+        self.mha = nn.MultiheadAttention(16, 4, add_bias_kv=add_bias_kv)
+        if add_bias_kv:  # (torch initialises them with a normal, make sure no one is zero)
+            torch.nn.init.uniform_(self.mha.bias_k, 0.5, 1.0)
+            torch.nn.init.uniform_(self.mha.bias_v, 0.5, 1.0)
+
+    def forward(self, x):
+        h = self.inp(x)
+        return self.out(h + self.mha(h, h, h)[0])
+
+
+@pytest.mark.parametrize("add_bias_kv", [True, False])
+def test_mha_bias_kv_loses_the_inner_dims_of_keys_and_values(add_bias_kv):
+    # bias_k/bias_v were not cut: the residual group was blocked by a raw torch size error
+    torch.manual_seed(0)
+    model, x = MHABlock(add_bias_kv).eval(), torch.randn(5, 2, 6)
+    p = Pruner(model, (x,))
+    g = next(grp for grp in p.groups if grp.root == "inp")
+    assert not p.reason(g)
+    plan = Plan({g.id: [0, 5, 6, 11]})  # one inner dim of each of the 4 heads: 4 -> 3
+    pruned = p.apply(plan)
+    assert pruned.mha.head_dim == 3
+    if add_bias_kv:
+        rows = p.kept(plan)["mha.in_proj_weight"]["0"]  # q | k | v rows kept
+        inner = [r - 16 for r in rows if 16 <= r < 32]  # the kept inner dims of k
+        assert torch.equal(pruned.mha.bias_k, model.mha.bias_k[:, :, inner])
+        assert torch.equal(pruned.mha.bias_v, model.mha.bias_v[:, :, inner])
+    # the oracle: the masked model, its queries scaled so that q.k / sqrt(4) over the kept
+    # dims is q.k / sqrt(3) as the pruned model computes it (the only inexact step)
+    masked = p.masked_model(plan)
+    with torch.no_grad():
+        masked.mha.in_proj_weight[:16] *= math.sqrt(4 / 3)
+        masked.mha.in_proj_bias[:16] *= math.sqrt(4 / 3)
+        assert torch.allclose(pruned(x), masked(x), atol=1e-5)
+
+
 def test_taylor_uses_the_given_batch(demo_pruner):
     _, p = demo_pruner("cnn")
     a = p.plan(0.5, "taylor", batch=(torch.randn(4, 3, 32, 32),))

@@ -48,6 +48,7 @@ from .meta import (
 )
 from .optypes import (
     FILLS,
+    INDEX_OUTPUTS,
     SEQUENCE_PACKING,
     SHAPE_NORMS,
     OpGroup,
@@ -357,6 +358,10 @@ def _gn_rule() -> Rule:
 
 
 def _ln_rule(g, node, side, port, dim, units, pos, ctx):
+    """LayerNorm/RMSNorm over the trailing ``normalized_shape`` dims: positions pass through;
+    on a normalised dim the layer is a member, with its affine tensors or without (then the
+    member only says its ``normalized_shape`` shrinks: ``LayerNorm(d, elementwise_affine=
+    False)``, whose last dim alone can follow, see ``handlers._refresh_ln``)."""
     if port != 0:
         return []
     if node.own_forward:
@@ -364,13 +369,16 @@ def _ln_rule(g, node, side, port, dim, units, pos, ctx):
     shape = node.in_shapes[0]
     nd = len(shape)
     w = node.param_shapes.get("weight") or node.param_shapes.get("bias")
-    n_norm = len(w) if w else 1
+    n_norm = len(w) if w else len(node.attrs.get("normalized_shape") or (1,))
     other = "in" if side == "out" else "out"
     if dim >= nd - n_norm:
+        if not w and dim != nd - 1:
+            ctx.block(f"'{node.name}' has no weight and normalises over the pruned dim before "
+                      "its last: DepView cannot update its normalized_shape there")
+            return []
         ctx.inexact(f"'{node.name}' normalises over pruned channels")
-        if w:
-            ctx.member(node, "out", dim, units, pos)
-            ctx.member(node, "in", dim, units, pos)
+        ctx.member(node, "out", dim, units, pos)
+        ctx.member(node, "in", dim, units, pos)
     return [Flow(other, 0, dim, units, pos)]
 
 
@@ -471,6 +479,8 @@ def _elementwise_rule(g, node, side, port, dim, units, pos, ctx):
         ctx.block(f"'{node.name}' ({node.target}) moves positions along the pruned dim")
         return []
     if isinstance(meta, ElementwiseMeta) and od in meta.mixes:
+        if _returns_positions(g, node, ctx):
+            return []
         ctx.inexact(f"'{node.name}' ({node.target}) mixes positions along the pruned dim")
     if side == "in":
         if node.in_shapes[port][dim] == 1 and out[od] != 1:
@@ -957,16 +967,31 @@ def _pixel_shuffle_rule(g, node, side, port, dim, units, pos, ctx):
 
 
 def _spatial_rule(g, node, side, port, dim, units, pos, ctx):
-    if port != 0:
-        return []
+    """Pooling and resizing keep N and C and resize the rest; padding keeps every dim it does
+    not pad. A max pool's indices (``return_indices``: its second output) and a max unpool's
+    (its second input) are positions within each channel's plane: they keep N and C as the
+    values do (SegNet's encoder channels reach its decoder only through them), and block a
+    group on a dim of the plane."""
     pads = _pads(node)
     if pads is None:  # pooling / resizing: N and C kept, the rest resized
+        nd = len(node.in_shapes[0])
+        tensors = [("out", p) for p in range(len(node.out_shapes))] + \
+            [("in", p) for p, s in enumerate(node.in_shapes) if len(s) == nd]
+        if (side, port) not in tensors:
+            return []
+        if dim > 1 and len(tensors) > 2:
+            ctx.block(f"'{node.name}' ({node.target}) pools with indices, positions in the "
+                      "plane of the pruned dim")
+            return []
         if dim > 1:
             a, b = node.in_shapes[0], node.out_shapes[0]
             same = len(a) == len(b) and a[dim] == b[dim]
             return _window_dim(node, same, "pools or resizes", ctx,
                                [Flow("out" if side == "in" else "in", 0, dim, units, pos)])
-    elif _norm(dim, len(node.in_shapes[0])) in _padded_dims(pads, len(node.in_shapes[0])):
+        return [Flow(sd, p, dim, units, pos) for sd, p in tensors if (sd, p) != (side, port)]
+    if port != 0:
+        return []
+    if _norm(dim, len(node.in_shapes[0])) in _padded_dims(pads, len(node.in_shapes[0])):
         ctx.block(f"'{node.name}' pads the pruned dim")
         return []
     return [Flow("out" if side == "in" else "in", 0, dim, units, pos)]
@@ -1053,6 +1078,9 @@ def _matmul_rule(g, node, side, port, dim, units, pos, ctx):
         ctx.block(f"'{node.name}' is a vector product; DepView does not model it")
         return []
     flows: list[Flow] = []
+    # addmm/baddbmm's bias (input 0) is added to the product, broadcast: every output dim it
+    # is not broadcast along is one of its dims
+    biases = [] if linear else [p for p in range(len(node.in_shapes)) if p not in (pa, pb)]
 
     def batch(src_shape, d, skip):
         od = d + no - len(src_shape)
@@ -1063,7 +1091,23 @@ def _matmul_rule(g, node, side, port, dim, units, pos, ctx):
             dd = od - (no - len(s))
             if dd >= 0 and s[dd] != 1:
                 res.append(Flow("in", p, dd, units, pos))
+        return res + to_bias(od)
+
+    def to_bias(od):
+        res = []
+        for p in biases:
+            s = node.in_shapes[p]
+            d = od - (no - len(s))
+            if d >= 0 and s[d] != 1:  # (not broadcast along it)
+                res.append(Flow("in", p, d, units, pos))
         return res
+
+    def from_out(od):  # the operand dims output dim ``od`` is made of (and the bias's)
+        if od == no - 1:
+            return [Flow("in", pb, len(b) - 1, units, pos)] + to_bias(od)
+        if od == no - 2:
+            return [Flow("in", pa, len(a) - 2, units, pos)] + to_bias(od)
+        return batch(out, od, "out")
 
     if linear:  # out = x @ W.T (+ bias): W is (out, in)
         bias_port = 2 if len(node.in_shapes) > 2 else None
@@ -1089,30 +1133,26 @@ def _matmul_rule(g, node, side, port, dim, units, pos, ctx):
             return [Flow("in", pa, dim - (no - len(a)), units, pos)]
         return []
 
-    if side == "in" and port not in (pa, pb):  # addmm's bias: broadcast onto the output
-        s = node.in_shapes[port]
-        return [Flow("out", 0, dim + no - len(s), units, pos)]
+    if side == "in" and port in biases:
+        # the output's dim and all it couples, at once: the pairs that reach the output from
+        # here never come back through this op (b1 of addmm(b1, x, w1) reached w2's rows but
+        # not w1's columns)
+        od = dim + no - len(node.in_shapes[port])
+        return [Flow("out", 0, od, units, pos)] + \
+            [f for f in from_out(od) if (f.side, f.port) != ("in", port)]
     if side == "in" and port == pa:
         if dim == len(a) - 1:
             return [Flow("in", pb, len(b) - 2, units, pos)]
         if dim == len(a) - 2:
-            return [Flow("out", 0, no - 2, units, pos)]
+            return [Flow("out", 0, no - 2, units, pos)] + to_bias(no - 2)
         return batch(a, dim, pa)
     if side == "in" and port == pb:
         if dim == len(b) - 2:
             return [Flow("in", pa, len(a) - 1, units, pos)]
         if dim == len(b) - 1:
-            res = [Flow("out", 0, no - 1, units, pos)]
-            if node.target in ("addmm",) and len(node.in_shapes[0]) >= 1 \
-                    and node.in_shapes[0][-1] != 1:
-                res.append(Flow("in", 0, len(node.in_shapes[0]) - 1, units, pos))
-            return res
+            return [Flow("out", 0, no - 1, units, pos)] + to_bias(no - 1)
         return batch(b, dim, pb)
-    if dim == no - 1:
-        return [Flow("in", pb, len(b) - 1, units, pos)]
-    if dim == no - 2:
-        return [Flow("in", pa, len(a) - 2, units, pos)]
-    return batch(out, dim, "out")
+    return from_out(dim)
 
 
 def _attention_rule(g, node, side, port, dim, units, pos, ctx):
@@ -1187,10 +1227,25 @@ def _affine_ports(node: Node, meta) -> list[int]:
     return [p for p in range(1, len(node.in_shapes)) if node.in_shapes[p] == norm]
 
 
+def _returns_positions(g: Graph, node: Node, ctx: _Ctx) -> bool:
+    """Blocks the group when ``node`` returns positions along the pruned dim that something
+    reads (:data:`optypes.INDEX_OUTPUTS`: ``x.argmax(-1)``, the indices of ``x.max(1)``):
+    pruning renumbers them, so a predicted class id would silently name another class."""
+    p = INDEX_OUTPUTS.get(node.target)
+    if p is None or p >= len(node.out_shapes) or not g.consumers.get((node.id, p)):
+        return False
+    ctx.block(f"'{node.name}' ({node.target}) returns positions along the pruned dim: pruning "
+              "would change what they point to")
+    return True
+
+
 def _reduction_rule(g, node, side, port, dim, units, pos, ctx):
     meta = node.meta
     if meta is None or not hasattr(meta, "dims"):
         return []
+    if meta.op in ("max", "min") and len(node.in_shapes) > 1:
+        # torch.max(a, b) is torch.maximum(a, b): b's channels are a's
+        return _elementwise_rule(g, node, side, port, dim, units, pos, ctx)
     a, b = node.in_shapes[0], node.out_shapes[0]
     affine = _affine_ports(node, meta) if len(node.in_shapes) > 1 else []
     if affine and (port in affine if side == "in" else port == 0 and dim in meta.dims):
@@ -1209,6 +1264,8 @@ def _reduction_rule(g, node, side, port, dim, units, pos, ctx):
         return []
     if side == "in":
         if dim in meta.dims:
+            if _returns_positions(g, node, ctx):
+                return []
             ctx.inexact(f"'{node.name}' ({node.target}) reduces over pruned channels")
             flows = [Flow("in", p, dim - (len(a) - len(meta.dims)), units, pos)
                      for p in affine]

@@ -207,6 +207,10 @@ def _mha(node, side, dim, pos, tensors=None):
     if "in_proj_bias" in node.params:
         out += [Cut(node.params["in_proj_bias"], 0, rows, False)]
     out += [Cut(node.params["out_proj.weight"], 1, inner, False)]
+    # add_bias_kv's bias_k/bias_v (1, 1, E) are rows appended to the projected keys and
+    # values: they lose the inner dims k and v lose
+    out += [Cut(node.params[k], 2, inner, False) for k in ("bias_k", "bias_v")
+            if k in node.params]
     return out
 
 

@@ -58,7 +58,7 @@ class OpType(enum.Enum):
     PERMUTE = "permute"  #: permute/transpose: moves dims; channel dim index changes
     EXPAND = "expand"  #: expand/broadcast_to/repeat: size-1 dims grow or dims are copied
     PIXEL_SHUFFLE = "pixel_shuffle"  #: moves channel blocks of r*r into space (and back)
-    SPATIAL = "spatial"  #: pooling/interpolate keep dims 0 and 1; pad keeps every unpadded dim
+    SPATIAL = "spatial"  #: pooling/unpooling/interpolate keep dims 0 and 1; pad keeps the rest
     MATMUL = "matmul"  #: matmul/bmm/linear-with-a-tensor/einsum: contracts dims, mixes channels
     ATTENTION = "attention"  #: scaled_dot_product_attention: q·k contracted, v's dim carried
     REDUCTION = "reduction"  #: sum/mean/softmax along dims: every output reads the whole dim
@@ -401,7 +401,8 @@ _FUNCTION_NAMES: dict[OpType, str] = {
     OpType.SPATIAL: "F.max_pool1d F.max_pool2d F.max_pool3d F.avg_pool1d F.avg_pool2d "
     "F.avg_pool3d F.adaptive_avg_pool1d F.adaptive_avg_pool2d F.adaptive_avg_pool3d "
     "F.adaptive_max_pool1d F.adaptive_max_pool2d F.adaptive_max_pool3d F.interpolate "
-    "F.upsample F.max_pool2d_with_indices F.adaptive_max_pool2d_with_indices F.pad",
+    "F.upsample F.max_pool2d_with_indices F.adaptive_max_pool2d_with_indices F.pad "
+    "F.max_unpool1d F.max_unpool2d F.max_unpool3d",
     OpType.MATMUL: "torch.matmul Tensor.matmul Tensor.__matmul__ Tensor.__rmatmul__ torch.bmm "
     "Tensor.bmm torch.mm Tensor.mm F.linear torch.addmm Tensor.addmm torch.baddbmm Tensor.baddbmm "
     "torch.einsum F.grouped_mm torch._grouped_mm torch.sparse.mm torch.spmm torch.sparse.addmm "
@@ -448,6 +449,7 @@ DIM_ARGS: dict[str, DimArgs] = {
     "flipud": ("moves", None, None, None, (0,)),
     "roll": ("moves", 2, "dims", None, ()),
     "sort": ("moves", 1, "dim", -1, ()),
+    "topk": ("moves", 2, "dim", -1, ()),  # (k = the whole dim keeps the shape: a sort)
     "argsort": ("moves", 1, "dim", -1, ()),
     "msort": ("moves", None, None, None, (0,)),
     "channel_shuffle": ("moves", None, None, None, (1,)),
@@ -465,6 +467,14 @@ DIM_ARGS: dict[str, DimArgs] = {
     "glu": ("halves", 1, "dim", -1, ()),
     "triu": ("moves", None, None, None, (-2, -1)),
 }
+
+#: Ops that return positions along the dims they act on, by function name: the output port
+#: that holds them. ``argmax`` returns positions only; ``max(x, dim)`` and ``cummax`` return
+#: (values, indices), and a call with one output (``max(x)``, ``max(a, b)``) returns none.
+#: Pruning that dim renumbers what the positions point at (a predicted class id), so a group
+#: on it is blocked when those positions are read.
+INDEX_OUTPUTS: dict[str, int] = {"argmax": 0, "argmin": 0, "max": 1, "min": 1, "cummax": 1,
+                                 "cummin": 1}
 
 #: Factories whose result holds the same value everywhere (``torch.zeros(b, self.hidden)``, an
 #: RNN's initial state): no op of the graph, but a CONSTANT source named after them whose width
