@@ -1835,7 +1835,6 @@ def test_token_counts_the_routing_picks_may_change_when_the_router_input_is_prun
 
 ASSERTS_ITS_WIDTH = """
 import torch
-from torch import nn
 
 
 class AssertsItsWidth(torch.nn.Module):
