@@ -1281,7 +1281,6 @@ def test_a_model_in_train_mode_is_traced_and_verified_in_eval_mode_and_left_as_i
 RNN_FILE = """
 import torch
 from torch import nn
-from torch import nn
 
 
 class TutorialLSTM(nn.Module):
