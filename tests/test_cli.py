@@ -242,3 +242,49 @@ def test_check_says_on_its_line_which_check_failed(tmp_path, capsys):
     assert line.startswith("FAILED: demo:cnn reloaded, forward ran")
     assert "(model.safetensors is not the file report.json describes (its SHA-256 " \
            "differs))" in line
+
+
+def run_in(cwd, *args):
+    return subprocess.run([sys.executable, "-m", "viewer", *args], capture_output=True,
+                          text=True, timeout=300, cwd=cwd)
+
+
+def _strict(text: str):
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+MASKED_LOGITS = '''
+import torch
+from torch import nn
+
+
+class MaskedLogits(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 16), nn.Linear(16, 6)
+
+    def forward(self, x):
+        logits = self.fc2(torch.relu(self.fc1(x)))
+        mask = torch.zeros(6, dtype=torch.bool)
+        mask[0] = True
+        return torch.log_softmax(logits.masked_fill(mask, float("-inf")), -1)
+'''
+
+
+def test_every_json_the_cli_writes_is_strict_when_outputs_hold_inf(tmp_path):
+    # -inf logits: report.json's digest and `check --json` held -Infinity (not JSON)
+    (tmp_path / "mlog.py").write_text(MASKED_LOGITS)
+    spec = ["mlog.py:MaskedLogits", "--input", "2x4"]
+    graph = _strict(run_in(tmp_path, "graph", *spec, "--json", "-").stdout)
+    assert "-Infinity" in json.dumps(graph)  # masked_fill's scalar, spelled as a string
+    res = run_in(tmp_path, "prune", *spec, "--ratio", "0.5", "--out", "out")
+    assert res.returncode == 0, res.stderr
+    for f in ("plan.json", "report.json"):
+        _strict((tmp_path / "out" / f).read_text())
+    res = run_in(tmp_path, "check", "out", "--json", "-")
+    assert res.returncode == 0, res.stderr
+    checked = _strict(res.stdout)
+    assert checked["ok"] and checked["outputs_match_report"] is True, checked

@@ -570,3 +570,70 @@ def test_check_compares_kept_indices_with_the_weights_file_the_original_came_fro
     assert res["ok"] and "tensors_match_original" not in res
     assert res["notes"] == ["the original's weights file w.safetensors is not here: kept "
                             "indices not checked"]
+
+
+MASKED_LOGITS = """
+import torch
+from torch import nn
+
+class MaskedLogits(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(4, 16)
+        self.fc2 = nn.Linear(16, 6)
+
+    def forward(self, x):
+        logits = self.fc2(torch.relu(self.fc1(x)))
+        mask = torch.zeros(6, dtype=torch.bool)
+        mask[0] = True
+        return torch.log_softmax(logits.masked_fill(mask, float("-inf")), -1)
+"""
+
+
+def _strict(text: str):
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_outputs_with_inf_give_strict_json_and_are_compared_on_reload(tmp_path, monkeypatch):
+    # masked logits: the digest's sums were -Infinity, written as invalid JSON
+    (tmp_path / "mlog.py").write_text(MASKED_LOGITS)
+    monkeypatch.chdir(tmp_path)
+    lm = load_model("mlog.py:MaskedLogits", inputs=["2x4"])
+    p = Pruner(lm.model, lm.inputs)
+    plan = p.plan(0.5)
+    out = export_dir(p, plan, p.apply(plan), tmp_path / "m", lm.source, pt2=False)
+    _strict((out / "plan.json").read_text())
+    report = _strict((out / "report.json").read_text())
+    entry = report["output_digest"]["outputs"]["output"]
+    assert entry["nonfinite"] == {"nan": 0, "inf": 0, "-inf": 2}
+    assert entry["sample"][0] == "-Infinity" and isinstance(entry["sum"], float)
+    res = check_dir(out)
+    assert res["ok"] and res["outputs_match_report"] is True, res
+    _strict(json.dumps(res, allow_nan=False))
+    # a -inf recorded where the model gives a number is a difference
+    entry["sample"][0] = -1.0
+    (out / "report.json").write_text(json.dumps(report))
+    assert check_dir(out)["outputs_match_report"] is False
+
+
+def test_output_digests_compare_nan_and_inf_and_read_older_digests():
+    from viewer.core.export import _same_outputs, output_digest
+
+    t = torch.tensor([[1.0, float("-inf"), float("nan")], [2.0, 3.0, float("inf")]])
+    new = output_digest(t, (t,))["outputs"]
+    assert new["output"]["nonfinite"] == {"nan": 1, "inf": 1, "-inf": 1}
+    assert new["output"]["sample"] == [1.0, "-Infinity", "NaN", 2.0, 3.0, "Infinity"]
+    assert new["output"]["sum"] == 6.0 and new["output"]["abs_sum"] == 6.0  # finite values
+    assert _same_outputs(new, output_digest(t.clone(), (t,))["outputs"])  # nan == nan here
+    other = t.clone()
+    other[0, 2] = float("inf")  # a nan become inf: the samples do not show it, the counts do
+    assert not _same_outputs(new, output_digest(other, (t,))["outputs"])
+    # what report.json held before: sums over every value, read back by Python's json
+    old = {"output": {"sum": float("nan"), "abs_sum": float("nan"),
+                      "sample": [1.0, float("-inf"), float("nan"), 2.0, 3.0, float("inf")]}}
+    assert _same_outputs(old, new)
+    old["output"]["sum"] = old["output"]["abs_sum"] = 0.0
+    assert not _same_outputs(old, new)

@@ -23,7 +23,9 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def _write_json(obj, dest: str) -> None:
-    text = json.dumps(obj, indent=1)
+    from .core.export import dumps
+
+    text = dumps(obj, indent=1)  # strict JSON: inf and nan spelled "Infinity", "NaN"
     if dest == "-":
         sys.stdout.write(text + "\n")
         return

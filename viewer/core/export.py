@@ -61,6 +61,47 @@ def _depview_version() -> str:
         return "unknown"
 
 
+#: how strict JSON spells the floats JSON has no number for (JavaScript's names)
+NONFINITE = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
+
+
+def json_safe(obj):
+    """``obj`` with every float JSON cannot hold (inf, -inf, nan) spelled as the string
+    ``"Infinity"``, ``"-Infinity"`` or ``"NaN"``, and numpy scalars and tuples made plain:
+    ``json.dumps(json_safe(x), allow_nan=False)`` is strict JSON."""
+    if isinstance(obj, bool) or obj is None or isinstance(obj, (int, str)):
+        return obj
+    if isinstance(obj, (float, np.floating)):
+        f = float(obj)
+        if f != f:
+            return "NaN"
+        if f in (float("inf"), float("-inf")):
+            return "Infinity" if f > 0 else "-Infinity"
+        return f
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def dumps(obj, **kw) -> str:
+    """``json.dumps`` writing strict JSON (see :func:`json_safe`)."""
+    return json.dumps(json_safe(obj), allow_nan=False, **kw)
+
+
+def json_float(value) -> float:
+    """A number read back from DepView's JSON: a number, or a :data:`NONFINITE` spelling.
+    Raises ValueError on anything else (a bool too)."""
+    if isinstance(value, str) and value in NONFINITE:
+        return NONFINITE[value]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"not a number: {value!r}")
+    return float(value)
+
+
 def _state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     # safetensors refuses tensors that share memory: store each name as its own copy
     return {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
@@ -98,7 +139,7 @@ def export_dir(pruner: Pruner, plan: Plan, pruned: nn.Module, out_dir: str | Pat
     try:
         save_file(_state_dict(pruned), str(stage / "model.safetensors"),
                   metadata={"format": FORMAT})
-        (stage / "plan.json").write_text(json.dumps(plan_json, indent=1))
+        (stage / "plan.json").write_text(dumps(plan_json, indent=1))
         report = {
             "params": preview["params"], "macs": preview["macs"],
             "output_shapes": verification.get("output_shapes"),
@@ -109,7 +150,7 @@ def export_dir(pruner: Pruner, plan: Plan, pruned: nn.Module, out_dir: str | Pat
         }
         report["weights_sha256"] = _sha256(stage / "model.safetensors")
         report["output_digest"] = output_digest(run(pruned, pruner.inputs), pruner.inputs)
-        (stage / "report.json").write_text(json.dumps(report, indent=1, default=str))
+        (stage / "report.json").write_text(dumps(report, indent=1, default=str))
         if not (stage / "model.pt2").exists():  # an earlier export's program is not this one's
             (out / "model.pt2").unlink(missing_ok=True)
         for f in sorted(stage.iterdir()):
@@ -567,32 +608,65 @@ DIGEST_SAMPLES = 16
 
 def output_digest(out, inputs) -> dict:
     """What ``check`` compares a reloaded model's forward with: the inputs' SHA-256 and, per
-    output, its sum, the sum of its absolute values and up to 16 evenly spaced values."""
+    output, the sum of its finite values and of their absolute values, up to 16 evenly
+    spaced values, and, when it holds any, how many of its values are ``nan``, ``inf`` and
+    ``-inf`` (``nonfinite``; masked logits). A non-finite sample is spelled ``"NaN"``,
+    ``"Infinity"`` or ``"-Infinity"`` (see :func:`json_safe`), so the digest is strict JSON."""
     outs = {}
     for name, t in flatten(out):
         v = t.detach().cpu().double().reshape(-1)
         idx = torch.linspace(0, max(len(v) - 1, 0), min(DIGEST_SAMPLES, len(v))).long()
-        outs[name or "output"] = {"sum": float(v.sum()), "abs_sum": float(v.abs().sum()),
-                                  "sample": v[idx].tolist()}
+        finite = torch.isfinite(v)
+        fv = v[finite]
+        entry = {"sum": float(fv.sum()), "abs_sum": float(fv.abs().sum()),
+                 "sample": json_safe(v[idx].tolist())}
+        if not bool(finite.all()):
+            entry["nonfinite"] = {"nan": int(v.isnan().sum()), "inf": int(v.isposinf().sum()),
+                                  "-inf": int(v.isneginf().sum())}
+        outs[name or "output"] = json_safe(entry)
     return {"inputs_sha256": _inputs_sha256(inputs), "outputs": outs}
 
 
+def _legacy_sums(entry: dict) -> list[float]:
+    """``sum`` and ``abs_sum`` as digests before ``nonfinite`` computed them, over every
+    value: what an older report.json recorded."""
+    nf = entry.get("nonfinite") or {}
+    nan, pos, neg = nf.get("nan", 0), nf.get("inf", 0), nf.get("-inf", 0)
+    s, a = json_float(entry["sum"]), json_float(entry["abs_sum"])
+    if nan or (pos and neg):
+        s = float("nan")
+    elif pos or neg:
+        s = float("inf") if pos else float("-inf")
+    if nan:
+        a = float("nan")
+    elif pos or neg:
+        a = float("inf")
+    return [s, a]
+
+
 def _same_outputs(want: dict, got: dict) -> bool:
-    """The digests agree up to float noise (another thread count sums in another order)."""
+    """The digests agree up to float noise (another thread count sums in another order);
+    non-finite values must be the same ones in the same places."""
     if set(want) != set(got):
         return False
     for k, w in want.items():
         g = got[k]
         try:
-            ws = np.asarray(w["sample"], float)
-            sums = np.asarray([w["sum"], w["abs_sum"]], float)
+            ws = np.asarray([json_float(x) for x in w["sample"]], float)
+            sums = np.asarray([json_float(w["sum"]), json_float(w["abs_sum"])], float)
+            if "nonfinite" in w or np.isfinite(sums).all():
+                if (w.get("nonfinite") or {}) != (g.get("nonfinite") or {}):
+                    return False
+                gsums = [json_float(g["sum"]), json_float(g["abs_sum"])]
+            else:  # an older digest: its sums ran over inf and nan too
+                gsums = _legacy_sums(g)
         except (KeyError, TypeError, ValueError):
             return False
-        gs = np.asarray(g["sample"], float)
+        gs = np.asarray([json_float(x) for x in g["sample"]], float)
         if ws.shape != gs.shape:
             return False
-        if not np.allclose(sums, [g["sum"], g["abs_sum"]], rtol=1e-4,
-                           atol=1e-6 * _finite_scale([g["abs_sum"]]), equal_nan=True):
+        if not np.allclose(sums, gsums, rtol=1e-4, atol=1e-6 * _finite_scale([gsums[1]]),
+                           equal_nan=True):
             return False
         if not np.allclose(ws, gs, rtol=1e-4, atol=1e-5 * _finite_scale(gs), equal_nan=True):
             return False
