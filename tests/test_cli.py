@@ -288,3 +288,11 @@ def test_every_json_the_cli_writes_is_strict_when_outputs_hold_inf(tmp_path):
     assert res.returncode == 0, res.stderr
     checked = _strict(res.stdout)
     assert checked["ok"] and checked["outputs_match_report"] is True, checked
+
+
+def test_check_compares_the_outputs_of_a_demo_with_integer_inputs(tmp_path):
+    # rebuild drew the tokens in [0, 2) from source.inputs: "outputs not compared", exit 0
+    out = str(tmp_path / "rnn")
+    cli("prune", "demo:rnn", "--ratio", "0.3", "--out", out)
+    res = json.loads(cli("check", out, "--json", "-").stdout)
+    assert res["ok"] and res["outputs_match_report"] is True and not res["notes"], res

@@ -562,14 +562,27 @@ def test_check_compares_kept_indices_with_the_weights_file_the_original_came_fro
     torch.manual_seed(123)  # other weights than the factory's seeded ones
     save_file(net.make().state_dict(), str(tmp_path / "w.safetensors"))
     assert main(["prune", "net.py:make", "--input", "1x3x8x8", "--weights", "w.safetensors",
-                 "--ratio", "0.5", "--out", "ex"]) == 0
-    res = check_dir(tmp_path / "ex")
+                 "--ratio", "0.5", "--out", "exports/ex"]) == 0
+    ex = tmp_path / "exports" / "ex"
+    res = check_dir(ex)
     assert res["ok"] and res["tensors_match_original"] is True, res["problems"]
+    # recorded as an absolute path, as source.file is: found from any directory (stored as
+    # given, "w.safetensors", check from elsewhere skipped the kept-indices comparison)
+    weights = str(tmp_path / "w.safetensors")
+    assert json.loads((ex / "plan.json").read_text())["source"]["weights"] == weights
+    monkeypatch.chdir(tmp_path / "exports")
+    res = check_dir("ex")
+    assert res["ok"] and res["tensors_match_original"] is True and not res["notes"], res
     (tmp_path / "w.safetensors").rename(tmp_path / "gone.safetensors")
-    res = check_dir(tmp_path / "ex")
+    res = check_dir(ex)
     assert res["ok"] and "tensors_match_original" not in res
-    assert res["notes"] == ["the original's weights file w.safetensors is not here: kept "
+    assert res["notes"] == [f"the original's weights file {weights} is not here: kept "
                             "indices not checked"]
+    # an export from before: its relative path is still looked for beside the directory
+    (tmp_path / "gone.safetensors").rename(tmp_path / "exports" / "w.safetensors")
+    _tamper(ex, lambda d: d["source"].update(weights="w.safetensors"))
+    monkeypatch.chdir(tmp_path)
+    assert check_dir(ex)["tensors_match_original"] is True
 
 
 MASKED_LOGITS = """
@@ -637,3 +650,24 @@ def test_output_digests_compare_nan_and_inf_and_read_older_digests():
     assert _same_outputs(old, new)
     old["output"]["sum"] = old["output"]["abs_sum"] = 0.0
     assert not _same_outputs(old, new)
+
+
+@pytest.mark.parametrize("spec, seed, inputs", [
+    ("demo:rnn", 0, None),  # int64 tokens: the demo draws them below its vocabulary
+    ("demo:llama", 0, None),
+    ("demo:cnn", 5, None),  # a seed reseeds --input shapes, never a demo's own inputs
+    ("demo:rnn", 0, ["1x12:int64"]),  # inputs given as shapes: remade from them
+])
+def test_check_compares_the_outputs_of_a_demo_on_the_inputs_the_export_used(
+        tmp_path, spec, seed, inputs):
+    lm = load_model(spec, seed=seed, inputs=inputs)
+    p = Pruner(lm.model, lm.inputs, output_layers=lm.output_layers)
+    plan = p.plan(0.3)
+    out = export_dir(p, plan, p.apply(plan), tmp_path / "d", lm.source, pt2=False)
+    assert json.loads((out / "plan.json").read_text())["source"]["demo_inputs"] is (
+        inputs is None)
+    res = check_dir(out)
+    assert res["ok"] and res["outputs_match_report"] is True and not res["notes"], res
+    if inputs is None:  # an export from before plan.json said so: the demo's own too
+        _tamper(out, lambda d: d["source"].pop("demo_inputs"))
+        assert check_dir(out)["outputs_match_report"] is True

@@ -123,6 +123,7 @@ def export_dir(pruner: Pruner, plan: Plan, pruned: nn.Module, out_dir: str | Pat
         raise DepViewError("this model is on the meta device: it has no weights to export; "
                            "load it on cpu to export a checkpoint")
     out = _prepare_out(Path(out_dir))
+    source = _recorded_source(source, pruner.inputs)
     verification = verification if verification is not None else pruner.verify(pruned, plan)
     preview = pruner.preview(plan)
     rounds = list(history or []) + [round_entry(pruner, plan, pruned)]
@@ -160,6 +161,37 @@ def export_dir(pruner: Pruner, plan: Plan, pruned: nn.Module, out_dir: str | Pat
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return out
+
+
+def _recorded_source(source: dict, inputs) -> dict:
+    """``source`` as plan.json records it: ``weights`` as an absolute path (as ``file``), so
+    ``check`` finds the original's weights from any directory, and, for a demo, whether the
+    example inputs were the demo's own (``demo_inputs``: they are not made from ``inputs``,
+    whose integers a demo draws in its own range)."""
+    source = dict(source)
+    if source.get("weights"):
+        source["weights"] = str(Path(source["weights"]).resolve())
+    spec = str(source.get("spec", ""))
+    if spec.startswith("demo:"):
+        source["demo_inputs"] = _demo_inputs_of(spec, inputs) is not None
+    return source
+
+
+def _demo_inputs_of(spec: str, inputs):
+    """The demo's own example inputs when ``inputs`` are exactly those (None otherwise)."""
+    import demo_models
+
+    try:
+        own = tuple(demo_models.get_demo(spec[5:]).make_inputs("cpu"))
+    except ValueError:
+        return None
+    mine, theirs = flatten(inputs), flatten(own)
+    if len(mine) != len(theirs) or any(
+            a != b or x.shape != y.shape or x.dtype != y.dtype or x.device.type == "meta"
+            or not torch.equal(x.detach().cpu(), y)
+            for (a, x), (b, y) in zip(mine, theirs, strict=True)):
+        return None
+    return own
 
 
 def check_out_dir(out: str | Path) -> Path:
@@ -471,13 +503,18 @@ def rebuild(path: str | Path, search: bool = True, originals: dict | None = None
         spec = locate_spec(spec, [path, path.parent, *([src["file"]] if src.get("file") else [])])
     weights = None
     if originals is not None and src.get("weights"):
+        # an absolute path since it is recorded so; an older export's relative one is looked
+        # for from here, then beside the export directory
         found = [w for w in (Path(src["weights"]), path.parent / src["weights"]) if w.is_file()]
         if found:
             weights = str(found[0])
         else:
             originals["unavailable"] = (f"the original's weights file {src['weights']} is not "
                                         "here")
-    lm = load_model(spec, inputs=src.get("inputs") or None, kwargs=src.get("kwargs"),
+    inputs = src.get("inputs") or None
+    if _own_demo_inputs(src):
+        inputs = None  # load_model gives a demo its own inputs
+    lm = load_model(spec, inputs=inputs, kwargs=src.get("kwargs"),
                     weights=weights, device="cpu", seed=src.get("seed", 0))
     if originals is not None and "unavailable" not in originals:
         table = _tensor_lookup(lm.model)
@@ -492,6 +529,25 @@ def rebuild(path: str | Path, search: bool = True, originals: dict | None = None
         raise DepViewError(f"weights in {path} do not fit the rebuilt model: "
                            f"{load_error_detail(exc)}") from exc
     return model.eval(), lm
+
+
+def _own_demo_inputs(src: dict) -> bool:
+    """Whether an export's example inputs were its demo's own: plan.json says so
+    (``demo_inputs``), or, in an export from before it did, its inputs are the demo's shapes
+    and dtypes (what ``prune demo:X`` without ``--input`` records)."""
+    spec = str(src.get("spec", ""))
+    if not spec.startswith("demo:"):
+        return False
+    if "demo_inputs" in src:
+        return src["demo_inputs"] is True
+    import demo_models
+
+    try:
+        demo = demo_models.get_demo(spec[5:])
+    except ValueError:
+        return False
+    own = ["x".join(map(str, s)) + f":{d}" for s, d in demo.input_specs]
+    return (src.get("inputs") or []) == own
 
 
 def load_error_detail(exc: BaseException, width: int = 200) -> str:
