@@ -296,3 +296,33 @@ def test_check_compares_the_outputs_of_a_demo_with_integer_inputs(tmp_path):
     cli("prune", "demo:rnn", "--ratio", "0.3", "--out", out)
     res = json.loads(cli("check", out, "--json", "-").stdout)
     assert res["ok"] and res["outputs_match_report"] is True and not res["notes"], res
+
+
+def test_empty_paths_are_refused_not_taken_for_this_directory(tmp_path):
+    # an unset $OUT: the export went into the current directory, exit 0
+    for args, msg in [
+        (["prune", "demo:cnn", "--ratio", "0.5", "--out", ""], "--out is empty"),
+        (["graph", "demo:cnn", "--json", ""], "--json is empty"),
+        (["check", ""], "check needs an export directory, got an empty path"),
+    ]:
+        res = run_in(tmp_path, *args)
+        assert res.returncode == 2 and msg in res.stderr, res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("seed", ["99999999999999999999", "-1", "18446744073709551616"])
+def test_a_seed_out_of_range_is_one_line_exit_2(seed):
+    res = cli("graph", "demo:cnn", "--seed", seed, "--json", "-", check=False)
+    assert res.returncode == 2, res.stderr
+    assert f"bad --seed {seed}: use a whole number from 0 to 2**64 - 1" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_an_override_given_twice_for_one_group_is_refused(tmp_path):
+    res = run_in(tmp_path, "prune", "demo:cnn", "--ratio", "0.5", "--override", "0=0.2",
+                 "--override", "0=0.3", "--out", "out")
+    assert res.returncode == 2
+    assert res.stderr.strip() == "error: --override gives group 0 twice (0=0.2 and 0=0.3): " \
+                                 "give each group once"
+    assert list(tmp_path.iterdir()) == []

@@ -42,6 +42,8 @@ def _check_json_dest(dest: str) -> None:
     from .core.export import check_creatable
 
     path = Path(dest)
+    if not dest.strip():  # an unset $VAR: not the current directory
+        raise DepViewError("--json is empty: give a file name (or - for stdout)")
     if path.is_dir():
         raise DepViewError(f"--json {dest} is a directory: give a file name (or - for stdout)")
     if not path.exists():
@@ -99,16 +101,22 @@ def cmd_prune(args) -> int:
 
     if args.device == "meta":
         raise DepViewError("prune needs real weights: use --device cpu")
+    if not args.out.strip():  # an unset $OUT would write the export into this directory
+        raise DepViewError("--out is empty: give the export directory")
     check_out_dir(args.out)  # before the model is built and pruned
-    lm = _load(args)
-    pruner = _pruner(args, lm)
-    overrides = {}
+    overrides: dict[int, float] = {}
     for item in args.override:
         gid, _, r = item.partition("=")
         try:
-            overrides[int(gid)] = float(r)
+            g, ratio = int(gid), float(r)
         except ValueError:
             raise DepViewError(f"bad --override {item!r}: use GROUP_ID=RATIO") from None
+        if g in overrides:
+            raise DepViewError(f"--override gives group {g} twice ({g}={overrides[g]:g} and "
+                               f"{item}): give each group once")
+        overrides[g] = ratio
+    lm = _load(args)
+    pruner = _pruner(args, lm)
     batch = None
     if args.batch:
         from .core.spec import read_batch
@@ -146,6 +154,8 @@ def cmd_check(args) -> int:
     from .core.export import check_dir
     from .core.prune import masked_note, untraced_note
 
+    if not args.dir.strip():  # an unset $VAR: not the current directory
+        raise DepViewError("check needs an export directory, got an empty path")
     res = check_dir(args.dir)
     if args.json:
         _write_json(res, args.json)
@@ -258,6 +268,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_seeds(args) -> None:
+    """``--seed`` (serve: also each ``--model``'s own) in the range torch's and numpy's
+    generators take, instead of their overflow error when the model is built."""
+    seeds = [getattr(args, "seed", 0)] + [o["seed"] for o in getattr(args, "per_model", [])
+                                          if "seed" in o]
+    for seed in seeds:
+        if not 0 <= seed < 2 ** 64:
+            raise DepViewError(f"bad --seed {seed}: use a whole number from 0 to 2**64 - 1")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -267,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         argv = ["serve", "--model", *argv]  # `python -m viewer demo:vit` opens that model
     args = parser.parse_args(argv)
     try:
+        _check_seeds(args)
         if getattr(args, "json", None) not in (None, "-"):
             _check_json_dest(args.json)
         return args.func(args)
