@@ -319,6 +319,18 @@ def test_a_seed_out_of_range_is_one_line_exit_2(seed):
     assert len(res.stderr.strip().splitlines()) == 1
 
 
+def test_check_of_a_report_with_a_damaged_verification_is_one_line_exit_2(tmp_path):
+    out = tmp_path / "out"
+    cli("prune", "demo:cnn", "--ratio", "0.5", "--out", str(out))
+    report = json.loads((out / "report.json").read_text())
+    report["verification"]["masked_equivalence"] = "bad"
+    (out / "report.json").write_text(json.dumps(report))
+    res = cli("check", str(out), check=False)
+    assert res.returncode == 2 and "report.json is damaged: 'verification.masked_equivalence' " \
+        "must be an object" in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
 def test_an_override_given_twice_for_one_group_is_refused(tmp_path):
     res = run_in(tmp_path, "prune", "demo:cnn", "--ratio", "0.5", "--override", "0=0.2",
                  "--override", "0=0.3", "--out", "out")

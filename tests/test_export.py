@@ -671,3 +671,33 @@ def test_check_compares_the_outputs_of_a_demo_on_the_inputs_the_export_used(
     if inputs is None:  # an export from before plan.json said so: the demo's own too
         _tamper(out, lambda d: d["source"].pop("demo_inputs"))
         assert check_dir(out)["outputs_match_report"] is True
+
+
+@pytest.mark.parametrize("damage, says", [
+    ("bad", "'verification.masked_equivalence' must be an object"),
+    ({"max_abs_diff": "x", "ok": False}, "masked_equivalence.max_abs_diff' must be a number"),
+    ({"ok": "yes"}, "masked_equivalence.ok' must be true or false"),
+])
+def test_a_damaged_verification_in_report_json_is_one_clear_error(demo_pruner, tmp_path,
+                                                                  damage, says):
+    lm, p = demo_pruner("cnn")
+    plan = p.plan(0.5)
+    out = export_dir(p, plan, p.apply(plan), tmp_path / "v", lm.source, pt2=False)
+    report = json.loads((out / "report.json").read_text())
+    report["verification"]["masked_equivalence"] = damage
+    (out / "report.json").write_text(json.dumps(report))
+    with pytest.raises(DepViewError, match=f"report.json is damaged: .*{says}"):
+        check_dir(out)
+
+
+def test_load_pruned_on_a_device_this_machine_lacks_is_one_clear_error(demo_pruner, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    lm, p = demo_pruner("cnn")
+    plan = p.plan(0.5)
+    out = export_dir(p, plan, p.apply(plan), tmp_path / "c", lm.source, pt2=False)
+    with pytest.raises(DepViewError, match=r"^device 'cuda' is not available on this machine"):
+        load_pruned(out, device="cuda")
+    with pytest.raises(DepViewError, match=r"^bad device 'gpu'"):
+        load_pruned(out, device="gpu")
+    assert next(load_pruned(out, device="cpu").parameters()).device.type == "cpu"

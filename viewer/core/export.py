@@ -329,8 +329,35 @@ def read_report(path: Path) -> dict | None:
             not isinstance(report.get("verification") or {}, dict) or \
             not isinstance(report.get("weights_sha256") or "", str):
         raise DepViewError(f"{p} is damaged: 'params' and 'verification' must be objects")
+    problem = _verification_problem(report.get("verification") or {})
+    if problem:
+        raise DepViewError(f"{p} is damaged: {problem}")
     report.setdefault("params", {})
     return report
+
+
+def _verification_problem(v: dict) -> str:
+    """What is wrong with report.json's ``verification`` for ``check`` to read it ("" if
+    nothing); its numbers that strict JSON spells as strings (``"NaN"``) become floats."""
+    me = v.get("masked_equivalence")
+    if me is not None:
+        if not isinstance(me, dict):
+            return "'verification.masked_equivalence' must be an object"
+        for key in ("max_abs_diff", "rel_diff"):
+            if key in me:
+                try:
+                    me[key] = json_float(me[key])
+                except ValueError:
+                    return f"'verification.masked_equivalence.{key}' must be a number"
+        if type(me.get("nonfinite_mismatches", 0)) is not int:
+            return "'verification.masked_equivalence.nonfinite_mismatches' must be an integer"
+        if not isinstance(me.get("ok", True), bool):
+            return "'verification.masked_equivalence.ok' must be true or false"
+    untraced = v.get("untraced")
+    if untraced is not None and not (isinstance(untraced, list)
+                                     and all(isinstance(n, str) for n in untraced)):
+        return "'verification.untraced' must be a list of parameter names"
+    return ""
 
 
 def _sha256(path: Path) -> str:
@@ -568,8 +595,25 @@ def load_error_detail(exc: BaseException, width: int = 200) -> str:
 
 def load_pruned(path: str | Path, device: str = "cpu") -> nn.Module:
     """Rebuild a pruned model from an export directory, with no pickle: the original
-    architecture from the recorded spec, reshaped by the plan, then the safetensors weights."""
-    return rebuild(path)[0].to(device)
+    architecture from the recorded spec, reshaped by the plan, then the safetensors weights.
+    ``device`` is where the model goes (``"cpu"``, ``"cuda"``, ...): one this machine does not
+    have is a one-line error, before anything is built."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise DepViewError(f"bad device {device!r}: {(str(exc).splitlines() or [''])[0]}"
+                           ) from None
+    available = getattr(torch, dev.type, None)
+    if dev.type not in ("cpu", "meta") and not (
+            hasattr(available, "is_available") and available.is_available()):
+        raise DepViewError(f"device {device!r} is not available on this machine "
+                           "(torch sees none): load on cpu")
+    model = rebuild(path)[0]
+    try:
+        return model.to(dev)
+    except (AssertionError, RuntimeError) as exc:
+        raise DepViewError(f"cannot move the pruned model to {device!r}: "
+                           f"{(str(exc).strip().splitlines() or [''])[0]}") from None
 
 
 def check_dir(path: str | Path) -> dict:
