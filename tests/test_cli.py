@@ -338,3 +338,31 @@ def test_an_override_given_twice_for_one_group_is_refused(tmp_path):
     assert res.stderr.strip() == "error: --override gives group 0 twice (0=0.2 and 0=0.3): " \
                                  "give each group once"
     assert list(tmp_path.iterdir()) == []
+
+
+BRANCHY = '''
+import torch
+from torch import nn
+
+
+class Branchy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.l1, self.a, self.b, self.l2 = (nn.Linear(8, 32), nn.Linear(32, 32),
+                                            nn.Linear(32, 32), nn.Linear(32, 4))
+
+    def forward(self, x):
+        h = torch.relu(self.l1(x))
+        h = self.a(h) if x.sum() > 0 else self.b(h)
+        return self.l2(torch.relu(h))
+'''
+
+
+def test_prune_prints_its_one_line_and_no_torch_log_line(tmp_path):
+    # "W... symbolic_shapes.py:...] Unable to find user code corresponding to {u0}" from
+    # torch.export's loggers went to stderr beside prune's line
+    (tmp_path / "net.py").write_text(BRANCHY)
+    res = run_in(tmp_path, "prune", "net.py:Branchy", "--input", "1x8", "--ratio", "0.5",
+                 "--out", "out")
+    assert res.returncode == 0, res.stderr
+    assert res.stderr == "" and len(res.stdout.strip().splitlines()) == 1

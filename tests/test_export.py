@@ -701,3 +701,28 @@ def test_load_pruned_on_a_device_this_machine_lacks_is_one_clear_error(demo_prun
     with pytest.raises(DepViewError, match=r"^bad device 'gpu'"):
         load_pruned(out, device="gpu")
     assert next(load_pruned(out, device="cpu").parameters()).device.type == "cpu"
+
+
+def test_torch_export_log_lines_go_to_the_report_not_the_terminal(tmp_path, capfd):
+    # torch's loggers write to stderr through their own handlers: redirect_stderr missed
+    # "W... symbolic_shapes.py ...] Unable to find user code corresponding to {u0}"
+    class Branchy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l1, self.a = torch.nn.Linear(8, 32), torch.nn.Linear(32, 32)
+            self.b, self.l2 = torch.nn.Linear(32, 32), torch.nn.Linear(32, 4)
+
+        def forward(self, x):
+            h = torch.relu(self.l1(x))
+            h = self.a(h) if x.sum() > 0 else self.b(h)
+            return self.l2(torch.relu(h))
+
+    torch.manual_seed(0)
+    p = Pruner(Branchy().eval(), (torch.randn(1, 8),))
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    capfd.readouterr()
+    out = export_dir(p, plan, pruned, tmp_path / "b", {"spec": None, "kwargs": {}})
+    assert capfd.readouterr().err == ""
+    pt2 = json.loads((out / "report.json").read_text())["pt2"]
+    assert any("symbolic" in w or "user code" in w for w in pt2.get("warnings", [])), pt2

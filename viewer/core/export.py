@@ -278,7 +278,7 @@ def _try_export_pt2(model: nn.Module, inputs, path: Path) -> dict:
     lists, ...) go into the report instead of the user's terminal, and what it prints to
     stderr (the whole traced graph when data-dependent control flow stops it) is dropped."""
     with warnings.catch_warnings(record=True) as caught, \
-            contextlib.redirect_stderr(io.StringIO()):
+            contextlib.redirect_stderr(io.StringIO()), _torch_logs_caught() as logged:
         warnings.simplefilter("always")
         try:
             # torch.export runs the module with its parameters swapped for fake tensors: a
@@ -301,9 +301,46 @@ def _try_export_pt2(model: nn.Module, inputs, path: Path) -> dict:
                                   "with use_cache=False in its config; that one exports)")
     notes = list(dict.fromkeys((str(w.message).strip().splitlines() or [""])[0][:200]
                                for w in caught))
+    notes += [n for n in dict.fromkeys(logged) if n not in notes]
     if notes:
         res["warnings"] = notes
     return res
+
+
+@contextlib.contextmanager
+def _torch_logs_caught():
+    """Keep what torch's loggers log from this thread (``W... symbolic_shapes.py ...] Unable
+    to find user code corresponding to {u0}`` during ``torch.export``) off the terminal: torch
+    gives its loggers their own stderr handlers, which ``redirect_stderr`` does not reach.
+    Yields the list that receives the first line of each warning or worse; other threads'
+    records still go out."""
+    import logging
+    import threading
+
+    me = threading.get_ident()
+    logged: list[str] = []
+
+    def keep(record: logging.LogRecord) -> bool:
+        if record.thread != me:
+            return True
+        if record.levelno >= logging.WARNING:
+            try:
+                text = record.getMessage()
+            except Exception:
+                text = str(record.msg)
+            logged.append((text.strip().splitlines() or [""])[0][:200])
+        return False
+
+    loggers = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)
+               if name == "torch" or name.startswith("torch.")]
+    handlers = {id(h): h for lg in loggers for h in lg.handlers}
+    for h in handlers.values():
+        h.addFilter(keep)
+    try:
+        yield logged
+    finally:
+        for h in handlers.values():
+            h.removeFilter(keep)
 
 
 def export_path(path: str | Path) -> Path:
