@@ -298,6 +298,20 @@ def test_check_compares_the_outputs_of_a_demo_with_integer_inputs(tmp_path):
     assert res["ok"] and res["outputs_match_report"] is True and not res["notes"], res
 
 
+def test_a_prune_that_rounds_every_group_to_nothing_says_so(tmp_path):
+    # it blamed the one group that reaches the output, the first of those left alone
+    res = cli("prune", "demo:cnn", "--ratio", "0.01", "--out", str(tmp_path / "a"))
+    line = res.stdout.strip()
+    assert len(line.splitlines()) == 1 and "pruned 0 units in 0 groups" in line
+    assert "(nothing pruned: every prunable group's share rounds to 0 units at ratio 0.01 " \
+           "(4 prunable groups; 1 left alone): raise the ratio)" in line
+    res = cli("prune", "demo:cnn", "--ratio", "0.5", "--round-to", "64", "--out",
+              str(tmp_path / "b"))
+    assert "rounds to 0 units at ratio 0.5 (round-to 64; 4 prunable groups; 1 left alone): " \
+           "raise the ratio or lower --round-to)" in res.stdout
+    assert "reaches the model output" not in res.stdout
+
+
 def test_empty_paths_are_refused_not_taken_for_this_directory(tmp_path):
     # an unset $OUT: the export went into the current directory, exit 0
     for args, msg in [
@@ -366,3 +380,11 @@ def test_prune_prints_its_one_line_and_no_torch_log_line(tmp_path):
                  "--out", "out")
     assert res.returncode == 0, res.stderr
     assert res.stderr == "" and len(res.stdout.strip().splitlines()) == 1
+
+
+def test_prune_says_when_bn_importance_scored_groups_by_l1(tmp_path):
+    res = cli("prune", "demo:cnn", "--ratio", "0.3", "--importance", "bn", "--out",
+              str(tmp_path / "o"))
+    plan = json.loads((tmp_path / "o" / "plan.json").read_text())
+    assert plan["rounds"][0]["plan"]["settings"]["scored_by_l1"] == [3]
+    assert res.stdout.strip().endswith("(bn: 1 group has no norm layer and was scored by L1)")

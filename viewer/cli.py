@@ -135,19 +135,43 @@ def cmd_prune(args) -> int:
     p, m = report["params"], report["macs"]
     why = ""
     if not plan.removed:  # say why, on the same line: scripts read one line
-        if args.ratio == 0 and not overrides:
-            why = " (ratio 0)"
-        else:
-            first = next(iter(plan.skipped.values()), "")
-            why = (f" (nothing could be pruned: {counted(len(plan.skipped), 'group')} left alone"
-                   + (f"; the first: {first}" if first else "") + ")")
+        why = f" ({_nothing_pruned(args, pruner, plan, overrides)})"
     failed = masked_note(verification)
-    notes = [n for n in (failed, untraced_note(verification)) if n]
+    notes = [n for n in (failed, untraced_note(verification), _bn_note(plan)) if n]
     print(f"pruned {counted(report['units_removed'], 'unit')} in "
           f"{counted(report['groups_pruned'], 'group')}: "
           f"params {p['before']:,} -> {p['after']:,}, MACs {m['before']:,} -> {m['after']:,}"
           f" -> {out}{why}" + "".join(f" ({n})" for n in notes))
     return 1 if failed else 0
+
+
+def _nothing_pruned(args, pruner, plan, overrides: dict) -> str:
+    """Why a plan removes nothing: ratio 0, no group that may be pruned (the first reason),
+    or every prunable group's share rounding down to 0 units."""
+    if args.ratio == 0 and not overrides:
+        return "ratio 0"
+    n_prunable = len(pruner.groups) - len(plan.skipped)
+    if n_prunable <= 0:
+        first = next(iter(plan.skipped.values()), "")
+        return (f"nothing could be pruned: {counted(len(plan.skipped), 'group')} left alone"
+                + (f"; the first: {first}" if first else ""))
+    detail = [f"round-to {args.round_to}"] if args.round_to > 1 else []
+    detail += ["ranked globally"] if args.global_ else []
+    detail += [counted(n_prunable, "prunable group")]
+    detail += [f"{len(plan.skipped)} left alone"] if plan.skipped else []
+    fix = "raise the ratio or lower --round-to" if args.round_to > 1 else "raise the ratio"
+    return (f"nothing pruned: every prunable group's share rounds to 0 units at ratio "
+            f"{args.ratio:g} ({'; '.join(detail)}): {fix}")
+
+
+def _bn_note(plan) -> str:
+    """Says which groups ``--importance bn`` scored by L1: they have no norm layer."""
+    fell = plan.settings.get("scored_by_l1") or []
+    if not fell:
+        return ""
+    return (f"bn: {counted(len(fell), 'group')} "
+            f"{'has' if len(fell) == 1 else 'have'} no norm layer and "
+            f"{'was' if len(fell) == 1 else 'were'} scored by L1")
 
 
 def cmd_check(args) -> int:
