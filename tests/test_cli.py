@@ -242,3 +242,149 @@ def test_check_says_on_its_line_which_check_failed(tmp_path, capsys):
     assert line.startswith("FAILED: demo:cnn reloaded, forward ran")
     assert "(model.safetensors is not the file report.json describes (its SHA-256 " \
            "differs))" in line
+
+
+def run_in(cwd, *args):
+    return subprocess.run([sys.executable, "-m", "viewer", *args], capture_output=True,
+                          text=True, timeout=300, cwd=cwd)
+
+
+def _strict(text: str):
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+MASKED_LOGITS = '''
+import torch
+from torch import nn
+
+
+class MaskedLogits(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 16), nn.Linear(16, 6)
+
+    def forward(self, x):
+        logits = self.fc2(torch.relu(self.fc1(x)))
+        mask = torch.zeros(6, dtype=torch.bool)
+        mask[0] = True
+        return torch.log_softmax(logits.masked_fill(mask, float("-inf")), -1)
+'''
+
+
+def test_every_json_the_cli_writes_is_strict_when_outputs_hold_inf(tmp_path):
+    # -inf logits: report.json's digest and `check --json` held -Infinity (not JSON)
+    (tmp_path / "mlog.py").write_text(MASKED_LOGITS)
+    spec = ["mlog.py:MaskedLogits", "--input", "2x4"]
+    graph = _strict(run_in(tmp_path, "graph", *spec, "--json", "-").stdout)
+    assert "-Infinity" in json.dumps(graph)  # masked_fill's scalar, spelled as a string
+    res = run_in(tmp_path, "prune", *spec, "--ratio", "0.5", "--out", "out")
+    assert res.returncode == 0, res.stderr
+    for f in ("plan.json", "report.json"):
+        _strict((tmp_path / "out" / f).read_text())
+    res = run_in(tmp_path, "check", "out", "--json", "-")
+    assert res.returncode == 0, res.stderr
+    checked = _strict(res.stdout)
+    assert checked["ok"] and checked["outputs_match_report"] is True, checked
+
+
+def test_check_compares_the_outputs_of_a_demo_with_integer_inputs(tmp_path):
+    # rebuild drew the tokens in [0, 2) from source.inputs: "outputs not compared", exit 0
+    out = str(tmp_path / "rnn")
+    cli("prune", "demo:rnn", "--ratio", "0.3", "--out", out)
+    res = json.loads(cli("check", out, "--json", "-").stdout)
+    assert res["ok"] and res["outputs_match_report"] is True and not res["notes"], res
+
+
+def test_a_prune_that_rounds_every_group_to_nothing_says_so(tmp_path):
+    # it blamed the one group that reaches the output, the first of those left alone
+    res = cli("prune", "demo:cnn", "--ratio", "0.01", "--out", str(tmp_path / "a"))
+    line = res.stdout.strip()
+    assert len(line.splitlines()) == 1 and "pruned 0 units in 0 groups" in line
+    assert "(nothing pruned: every prunable group's share rounds to 0 units at ratio 0.01 " \
+           "(4 prunable groups; 1 left alone): raise the ratio)" in line
+    res = cli("prune", "demo:cnn", "--ratio", "0.5", "--round-to", "64", "--out",
+              str(tmp_path / "b"))
+    assert "rounds to 0 units at ratio 0.5 (round-to 64; 4 prunable groups; 1 left alone): " \
+           "raise the ratio or lower --round-to)" in res.stdout
+    assert "reaches the model output" not in res.stdout
+
+
+def test_empty_paths_are_refused_not_taken_for_this_directory(tmp_path):
+    # an unset $OUT: the export went into the current directory, exit 0
+    for args, msg in [
+        (["prune", "demo:cnn", "--ratio", "0.5", "--out", ""], "--out is empty"),
+        (["graph", "demo:cnn", "--json", ""], "--json is empty"),
+        (["check", ""], "check needs an export directory, got an empty path"),
+    ]:
+        res = run_in(tmp_path, *args)
+        assert res.returncode == 2 and msg in res.stderr, res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("seed", ["99999999999999999999", "-1", "18446744073709551616"])
+def test_a_seed_out_of_range_is_one_line_exit_2(seed):
+    res = cli("graph", "demo:cnn", "--seed", seed, "--json", "-", check=False)
+    assert res.returncode == 2, res.stderr
+    assert f"bad --seed {seed}: use a whole number from 0 to 2**64 - 1" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_check_of_a_report_with_a_damaged_verification_is_one_line_exit_2(tmp_path):
+    out = tmp_path / "out"
+    cli("prune", "demo:cnn", "--ratio", "0.5", "--out", str(out))
+    report = json.loads((out / "report.json").read_text())
+    report["verification"]["masked_equivalence"] = "bad"
+    (out / "report.json").write_text(json.dumps(report))
+    res = cli("check", str(out), check=False)
+    assert res.returncode == 2 and "report.json is damaged: 'verification.masked_equivalence' " \
+        "must be an object" in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_an_override_given_twice_for_one_group_is_refused(tmp_path):
+    res = run_in(tmp_path, "prune", "demo:cnn", "--ratio", "0.5", "--override", "0=0.2",
+                 "--override", "0=0.3", "--out", "out")
+    assert res.returncode == 2
+    assert res.stderr.strip() == "error: --override gives group 0 twice (0=0.2 and 0=0.3): " \
+                                 "give each group once"
+    assert list(tmp_path.iterdir()) == []
+
+
+BRANCHY = '''
+import torch
+from torch import nn
+
+
+class Branchy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.l1, self.a, self.b, self.l2 = (nn.Linear(8, 32), nn.Linear(32, 32),
+                                            nn.Linear(32, 32), nn.Linear(32, 4))
+
+    def forward(self, x):
+        h = torch.relu(self.l1(x))
+        h = self.a(h) if x.sum() > 0 else self.b(h)
+        return self.l2(torch.relu(h))
+'''
+
+
+def test_prune_prints_its_one_line_and_no_torch_log_line(tmp_path):
+    # "W... symbolic_shapes.py:...] Unable to find user code corresponding to {u0}" from
+    # torch.export's loggers went to stderr beside prune's line
+    (tmp_path / "net.py").write_text(BRANCHY)
+    res = run_in(tmp_path, "prune", "net.py:Branchy", "--input", "1x8", "--ratio", "0.5",
+                 "--out", "out")
+    assert res.returncode == 0, res.stderr
+    assert res.stderr == "" and len(res.stdout.strip().splitlines()) == 1
+
+
+def test_prune_says_when_bn_importance_scored_groups_by_l1(tmp_path):
+    res = cli("prune", "demo:cnn", "--ratio", "0.3", "--importance", "bn", "--out",
+              str(tmp_path / "o"))
+    plan = json.loads((tmp_path / "o" / "plan.json").read_text())
+    assert plan["rounds"][0]["plan"]["settings"]["scored_by_l1"] == [3]
+    assert res.stdout.strip().endswith("(bn: 1 group has no norm layer and was scored by L1)")

@@ -562,11 +562,167 @@ def test_check_compares_kept_indices_with_the_weights_file_the_original_came_fro
     torch.manual_seed(123)  # other weights than the factory's seeded ones
     save_file(net.make().state_dict(), str(tmp_path / "w.safetensors"))
     assert main(["prune", "net.py:make", "--input", "1x3x8x8", "--weights", "w.safetensors",
-                 "--ratio", "0.5", "--out", "ex"]) == 0
-    res = check_dir(tmp_path / "ex")
+                 "--ratio", "0.5", "--out", "exports/ex"]) == 0
+    ex = tmp_path / "exports" / "ex"
+    res = check_dir(ex)
     assert res["ok"] and res["tensors_match_original"] is True, res["problems"]
+    # recorded as an absolute path, as source.file is: found from any directory (stored as
+    # given, "w.safetensors", check from elsewhere skipped the kept-indices comparison)
+    weights = str(tmp_path / "w.safetensors")
+    assert json.loads((ex / "plan.json").read_text())["source"]["weights"] == weights
+    monkeypatch.chdir(tmp_path / "exports")
+    res = check_dir("ex")
+    assert res["ok"] and res["tensors_match_original"] is True and not res["notes"], res
     (tmp_path / "w.safetensors").rename(tmp_path / "gone.safetensors")
-    res = check_dir(tmp_path / "ex")
+    res = check_dir(ex)
     assert res["ok"] and "tensors_match_original" not in res
-    assert res["notes"] == ["the original's weights file w.safetensors is not here: kept "
+    assert res["notes"] == [f"the original's weights file {weights} is not here: kept "
                             "indices not checked"]
+    # an export from before: its relative path is still looked for beside the directory
+    (tmp_path / "gone.safetensors").rename(tmp_path / "exports" / "w.safetensors")
+    _tamper(ex, lambda d: d["source"].update(weights="w.safetensors"))
+    monkeypatch.chdir(tmp_path)
+    assert check_dir(ex)["tensors_match_original"] is True
+
+
+MASKED_LOGITS = """
+import torch
+from torch import nn
+
+class MaskedLogits(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(4, 16)
+        self.fc2 = nn.Linear(16, 6)
+
+    def forward(self, x):
+        logits = self.fc2(torch.relu(self.fc1(x)))
+        mask = torch.zeros(6, dtype=torch.bool)
+        mask[0] = True
+        return torch.log_softmax(logits.masked_fill(mask, float("-inf")), -1)
+"""
+
+
+def _strict(text: str):
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_outputs_with_inf_give_strict_json_and_are_compared_on_reload(tmp_path, monkeypatch):
+    # masked logits: the digest's sums were -Infinity, written as invalid JSON
+    (tmp_path / "mlog.py").write_text(MASKED_LOGITS)
+    monkeypatch.chdir(tmp_path)
+    lm = load_model("mlog.py:MaskedLogits", inputs=["2x4"])
+    p = Pruner(lm.model, lm.inputs)
+    plan = p.plan(0.5)
+    out = export_dir(p, plan, p.apply(plan), tmp_path / "m", lm.source, pt2=False)
+    _strict((out / "plan.json").read_text())
+    report = _strict((out / "report.json").read_text())
+    entry = report["output_digest"]["outputs"]["output"]
+    assert entry["nonfinite"] == {"nan": 0, "inf": 0, "-inf": 2}
+    assert entry["sample"][0] == "-Infinity" and isinstance(entry["sum"], float)
+    res = check_dir(out)
+    assert res["ok"] and res["outputs_match_report"] is True, res
+    _strict(json.dumps(res, allow_nan=False))
+    # a -inf recorded where the model gives a number is a difference
+    entry["sample"][0] = -1.0
+    (out / "report.json").write_text(json.dumps(report))
+    assert check_dir(out)["outputs_match_report"] is False
+
+
+def test_output_digests_compare_nan_and_inf_and_read_older_digests():
+    from viewer.core.export import _same_outputs, output_digest
+
+    t = torch.tensor([[1.0, float("-inf"), float("nan")], [2.0, 3.0, float("inf")]])
+    new = output_digest(t, (t,))["outputs"]
+    assert new["output"]["nonfinite"] == {"nan": 1, "inf": 1, "-inf": 1}
+    assert new["output"]["sample"] == [1.0, "-Infinity", "NaN", 2.0, 3.0, "Infinity"]
+    assert new["output"]["sum"] == 6.0 and new["output"]["abs_sum"] == 6.0  # finite values
+    assert _same_outputs(new, output_digest(t.clone(), (t,))["outputs"])  # nan == nan here
+    other = t.clone()
+    other[0, 2] = float("inf")  # a nan become inf: the samples do not show it, the counts do
+    assert not _same_outputs(new, output_digest(other, (t,))["outputs"])
+    # what report.json held before: sums over every value, read back by Python's json
+    old = {"output": {"sum": float("nan"), "abs_sum": float("nan"),
+                      "sample": [1.0, float("-inf"), float("nan"), 2.0, 3.0, float("inf")]}}
+    assert _same_outputs(old, new)
+    old["output"]["sum"] = old["output"]["abs_sum"] = 0.0
+    assert not _same_outputs(old, new)
+
+
+@pytest.mark.parametrize("spec, seed, inputs", [
+    ("demo:rnn", 0, None),  # int64 tokens: the demo draws them below its vocabulary
+    ("demo:llama", 0, None),
+    ("demo:cnn", 5, None),  # a seed reseeds --input shapes, never a demo's own inputs
+    ("demo:rnn", 0, ["1x12:int64"]),  # inputs given as shapes: remade from them
+])
+def test_check_compares_the_outputs_of_a_demo_on_the_inputs_the_export_used(
+        tmp_path, spec, seed, inputs):
+    lm = load_model(spec, seed=seed, inputs=inputs)
+    p = Pruner(lm.model, lm.inputs, output_layers=lm.output_layers)
+    plan = p.plan(0.3)
+    out = export_dir(p, plan, p.apply(plan), tmp_path / "d", lm.source, pt2=False)
+    assert json.loads((out / "plan.json").read_text())["source"]["demo_inputs"] is (
+        inputs is None)
+    res = check_dir(out)
+    assert res["ok"] and res["outputs_match_report"] is True and not res["notes"], res
+    if inputs is None:  # an export from before plan.json said so: the demo's own too
+        _tamper(out, lambda d: d["source"].pop("demo_inputs"))
+        assert check_dir(out)["outputs_match_report"] is True
+
+
+@pytest.mark.parametrize("damage, says", [
+    ("bad", "'verification.masked_equivalence' must be an object"),
+    ({"max_abs_diff": "x", "ok": False}, "masked_equivalence.max_abs_diff' must be a number"),
+    ({"ok": "yes"}, "masked_equivalence.ok' must be true or false"),
+])
+def test_a_damaged_verification_in_report_json_is_one_clear_error(demo_pruner, tmp_path,
+                                                                  damage, says):
+    lm, p = demo_pruner("cnn")
+    plan = p.plan(0.5)
+    out = export_dir(p, plan, p.apply(plan), tmp_path / "v", lm.source, pt2=False)
+    report = json.loads((out / "report.json").read_text())
+    report["verification"]["masked_equivalence"] = damage
+    (out / "report.json").write_text(json.dumps(report))
+    with pytest.raises(DepViewError, match=f"report.json is damaged: .*{says}"):
+        check_dir(out)
+
+
+def test_load_pruned_on_a_device_this_machine_lacks_is_one_clear_error(demo_pruner, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    lm, p = demo_pruner("cnn")
+    plan = p.plan(0.5)
+    out = export_dir(p, plan, p.apply(plan), tmp_path / "c", lm.source, pt2=False)
+    with pytest.raises(DepViewError, match=r"^device 'cuda' is not available on this machine"):
+        load_pruned(out, device="cuda")
+    with pytest.raises(DepViewError, match=r"^bad device 'gpu'"):
+        load_pruned(out, device="gpu")
+    assert next(load_pruned(out, device="cpu").parameters()).device.type == "cpu"
+
+
+def test_torch_export_log_lines_go_to_the_report_not_the_terminal(tmp_path, capfd):
+    # torch's loggers write to stderr through their own handlers: redirect_stderr missed
+    # "W... symbolic_shapes.py ...] Unable to find user code corresponding to {u0}"
+    class Branchy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l1, self.a = torch.nn.Linear(8, 32), torch.nn.Linear(32, 32)
+            self.b, self.l2 = torch.nn.Linear(32, 32), torch.nn.Linear(32, 4)
+
+        def forward(self, x):
+            h = torch.relu(self.l1(x))
+            h = self.a(h) if x.sum() > 0 else self.b(h)
+            return self.l2(torch.relu(h))
+
+    torch.manual_seed(0)
+    p = Pruner(Branchy().eval(), (torch.randn(1, 8),))
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    capfd.readouterr()
+    out = export_dir(p, plan, pruned, tmp_path / "b", {"spec": None, "kwargs": {}})
+    assert capfd.readouterr().err == ""
+    pt2 = json.loads((out / "report.json").read_text())["pt2"]
+    assert any("symbolic" in w or "user code" in w for w in pt2.get("warnings", [])), pt2

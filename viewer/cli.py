@@ -23,7 +23,9 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def _write_json(obj, dest: str) -> None:
-    text = json.dumps(obj, indent=1)
+    from .core.export import dumps
+
+    text = dumps(obj, indent=1)  # strict JSON: inf and nan spelled "Infinity", "NaN"
     if dest == "-":
         sys.stdout.write(text + "\n")
         return
@@ -40,6 +42,8 @@ def _check_json_dest(dest: str) -> None:
     from .core.export import check_creatable
 
     path = Path(dest)
+    if not dest.strip():  # an unset $VAR: not the current directory
+        raise DepViewError("--json is empty: give a file name (or - for stdout)")
     if path.is_dir():
         raise DepViewError(f"--json {dest} is a directory: give a file name (or - for stdout)")
     if not path.exists():
@@ -97,16 +101,22 @@ def cmd_prune(args) -> int:
 
     if args.device == "meta":
         raise DepViewError("prune needs real weights: use --device cpu")
+    if not args.out.strip():  # an unset $OUT would write the export into this directory
+        raise DepViewError("--out is empty: give the export directory")
     check_out_dir(args.out)  # before the model is built and pruned
-    lm = _load(args)
-    pruner = _pruner(args, lm)
-    overrides = {}
+    overrides: dict[int, float] = {}
     for item in args.override:
         gid, _, r = item.partition("=")
         try:
-            overrides[int(gid)] = float(r)
+            g, ratio = int(gid), float(r)
         except ValueError:
             raise DepViewError(f"bad --override {item!r}: use GROUP_ID=RATIO") from None
+        if g in overrides:
+            raise DepViewError(f"--override gives group {g} twice ({g}={overrides[g]:g} and "
+                               f"{item}): give each group once")
+        overrides[g] = ratio
+    lm = _load(args)
+    pruner = _pruner(args, lm)
     batch = None
     if args.batch:
         from .core.spec import read_batch
@@ -125,14 +135,9 @@ def cmd_prune(args) -> int:
     p, m = report["params"], report["macs"]
     why = ""
     if not plan.removed:  # say why, on the same line: scripts read one line
-        if args.ratio == 0 and not overrides:
-            why = " (ratio 0)"
-        else:
-            first = next(iter(plan.skipped.values()), "")
-            why = (f" (nothing could be pruned: {counted(len(plan.skipped), 'group')} left alone"
-                   + (f"; the first: {first}" if first else "") + ")")
+        why = f" ({_nothing_pruned(args, pruner, plan, overrides)})"
     failed = masked_note(verification)
-    notes = [n for n in (failed, untraced_note(verification)) if n]
+    notes = [n for n in (failed, untraced_note(verification), _bn_note(plan)) if n]
     print(f"pruned {counted(report['units_removed'], 'unit')} in "
           f"{counted(report['groups_pruned'], 'group')}: "
           f"params {p['before']:,} -> {p['after']:,}, MACs {m['before']:,} -> {m['after']:,}"
@@ -140,10 +145,41 @@ def cmd_prune(args) -> int:
     return 1 if failed else 0
 
 
+def _nothing_pruned(args, pruner, plan, overrides: dict) -> str:
+    """Why a plan removes nothing: ratio 0, no group that may be pruned (the first reason),
+    or every prunable group's share rounding down to 0 units."""
+    if args.ratio == 0 and not overrides:
+        return "ratio 0"
+    n_prunable = len(pruner.groups) - len(plan.skipped)
+    if n_prunable <= 0:
+        first = next(iter(plan.skipped.values()), "")
+        return (f"nothing could be pruned: {counted(len(plan.skipped), 'group')} left alone"
+                + (f"; the first: {first}" if first else ""))
+    detail = [f"round-to {args.round_to}"] if args.round_to > 1 else []
+    detail += ["ranked globally"] if args.global_ else []
+    detail += [counted(n_prunable, "prunable group")]
+    detail += [f"{len(plan.skipped)} left alone"] if plan.skipped else []
+    fix = "raise the ratio or lower --round-to" if args.round_to > 1 else "raise the ratio"
+    return (f"nothing pruned: every prunable group's share rounds to 0 units at ratio "
+            f"{args.ratio:g} ({'; '.join(detail)}): {fix}")
+
+
+def _bn_note(plan) -> str:
+    """Says which groups ``--importance bn`` scored by L1: they have no norm layer."""
+    fell = plan.settings.get("scored_by_l1") or []
+    if not fell:
+        return ""
+    return (f"bn: {counted(len(fell), 'group')} "
+            f"{'has' if len(fell) == 1 else 'have'} no norm layer and "
+            f"{'was' if len(fell) == 1 else 'were'} scored by L1")
+
+
 def cmd_check(args) -> int:
     from .core.export import check_dir
     from .core.prune import masked_note, untraced_note
 
+    if not args.dir.strip():  # an unset $VAR: not the current directory
+        raise DepViewError("check needs an export directory, got an empty path")
     res = check_dir(args.dir)
     if args.json:
         _write_json(res, args.json)
@@ -256,6 +292,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_seeds(args) -> None:
+    """``--seed`` (serve: also each ``--model``'s own) in the range torch's and numpy's
+    generators take, instead of their overflow error when the model is built."""
+    seeds = [getattr(args, "seed", 0)] + [o["seed"] for o in getattr(args, "per_model", [])
+                                          if "seed" in o]
+    for seed in seeds:
+        if not 0 <= seed < 2 ** 64:
+            raise DepViewError(f"bad --seed {seed}: use a whole number from 0 to 2**64 - 1")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -265,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         argv = ["serve", "--model", *argv]  # `python -m viewer demo:vit` opens that model
     args = parser.parse_args(argv)
     try:
+        _check_seeds(args)
         if getattr(args, "json", None) not in (None, "-"):
             _check_json_dest(args.json)
         return args.func(args)

@@ -61,6 +61,47 @@ def _depview_version() -> str:
         return "unknown"
 
 
+#: how strict JSON spells the floats JSON has no number for (JavaScript's names)
+NONFINITE = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
+
+
+def json_safe(obj):
+    """``obj`` with every float JSON cannot hold (inf, -inf, nan) spelled as the string
+    ``"Infinity"``, ``"-Infinity"`` or ``"NaN"``, and numpy scalars and tuples made plain:
+    ``json.dumps(json_safe(x), allow_nan=False)`` is strict JSON."""
+    if isinstance(obj, bool) or obj is None or isinstance(obj, (int, str)):
+        return obj
+    if isinstance(obj, (float, np.floating)):
+        f = float(obj)
+        if f != f:
+            return "NaN"
+        if f in (float("inf"), float("-inf")):
+            return "Infinity" if f > 0 else "-Infinity"
+        return f
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def dumps(obj, **kw) -> str:
+    """``json.dumps`` writing strict JSON (see :func:`json_safe`)."""
+    return json.dumps(json_safe(obj), allow_nan=False, **kw)
+
+
+def json_float(value) -> float:
+    """A number read back from DepView's JSON: a number, or a :data:`NONFINITE` spelling.
+    Raises ValueError on anything else (a bool too)."""
+    if isinstance(value, str) and value in NONFINITE:
+        return NONFINITE[value]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"not a number: {value!r}")
+    return float(value)
+
+
 def _state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     # safetensors refuses tensors that share memory: store each name as its own copy
     return {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
@@ -82,6 +123,7 @@ def export_dir(pruner: Pruner, plan: Plan, pruned: nn.Module, out_dir: str | Pat
         raise DepViewError("this model is on the meta device: it has no weights to export; "
                            "load it on cpu to export a checkpoint")
     out = _prepare_out(Path(out_dir))
+    source = _recorded_source(source, pruner.inputs)
     verification = verification if verification is not None else pruner.verify(pruned, plan)
     preview = pruner.preview(plan)
     rounds = list(history or []) + [round_entry(pruner, plan, pruned)]
@@ -98,7 +140,7 @@ def export_dir(pruner: Pruner, plan: Plan, pruned: nn.Module, out_dir: str | Pat
     try:
         save_file(_state_dict(pruned), str(stage / "model.safetensors"),
                   metadata={"format": FORMAT})
-        (stage / "plan.json").write_text(json.dumps(plan_json, indent=1))
+        (stage / "plan.json").write_text(dumps(plan_json, indent=1))
         report = {
             "params": preview["params"], "macs": preview["macs"],
             "output_shapes": verification.get("output_shapes"),
@@ -109,7 +151,7 @@ def export_dir(pruner: Pruner, plan: Plan, pruned: nn.Module, out_dir: str | Pat
         }
         report["weights_sha256"] = _sha256(stage / "model.safetensors")
         report["output_digest"] = output_digest(run(pruned, pruner.inputs), pruner.inputs)
-        (stage / "report.json").write_text(json.dumps(report, indent=1, default=str))
+        (stage / "report.json").write_text(dumps(report, indent=1, default=str))
         if not (stage / "model.pt2").exists():  # an earlier export's program is not this one's
             (out / "model.pt2").unlink(missing_ok=True)
         for f in sorted(stage.iterdir()):
@@ -119,6 +161,37 @@ def export_dir(pruner: Pruner, plan: Plan, pruned: nn.Module, out_dir: str | Pat
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return out
+
+
+def _recorded_source(source: dict, inputs) -> dict:
+    """``source`` as plan.json records it: ``weights`` as an absolute path (as ``file``), so
+    ``check`` finds the original's weights from any directory, and, for a demo, whether the
+    example inputs were the demo's own (``demo_inputs``: they are not made from ``inputs``,
+    whose integers a demo draws in its own range)."""
+    source = dict(source)
+    if source.get("weights"):
+        source["weights"] = str(Path(source["weights"]).resolve())
+    spec = str(source.get("spec", ""))
+    if spec.startswith("demo:"):
+        source["demo_inputs"] = _demo_inputs_of(spec, inputs) is not None
+    return source
+
+
+def _demo_inputs_of(spec: str, inputs):
+    """The demo's own example inputs when ``inputs`` are exactly those (None otherwise)."""
+    import demo_models
+
+    try:
+        own = tuple(demo_models.get_demo(spec[5:]).make_inputs("cpu"))
+    except ValueError:
+        return None
+    mine, theirs = flatten(inputs), flatten(own)
+    if len(mine) != len(theirs) or any(
+            a != b or x.shape != y.shape or x.dtype != y.dtype or x.device.type == "meta"
+            or not torch.equal(x.detach().cpu(), y)
+            for (a, x), (b, y) in zip(mine, theirs, strict=True)):
+        return None
+    return own
 
 
 def check_out_dir(out: str | Path) -> Path:
@@ -205,7 +278,7 @@ def _try_export_pt2(model: nn.Module, inputs, path: Path) -> dict:
     lists, ...) go into the report instead of the user's terminal, and what it prints to
     stderr (the whole traced graph when data-dependent control flow stops it) is dropped."""
     with warnings.catch_warnings(record=True) as caught, \
-            contextlib.redirect_stderr(io.StringIO()):
+            contextlib.redirect_stderr(io.StringIO()), _torch_logs_caught() as logged:
         warnings.simplefilter("always")
         try:
             # torch.export runs the module with its parameters swapped for fake tensors: a
@@ -228,9 +301,46 @@ def _try_export_pt2(model: nn.Module, inputs, path: Path) -> dict:
                                   "with use_cache=False in its config; that one exports)")
     notes = list(dict.fromkeys((str(w.message).strip().splitlines() or [""])[0][:200]
                                for w in caught))
+    notes += [n for n in dict.fromkeys(logged) if n not in notes]
     if notes:
         res["warnings"] = notes
     return res
+
+
+@contextlib.contextmanager
+def _torch_logs_caught():
+    """Keep what torch's loggers log from this thread (``W... symbolic_shapes.py ...] Unable
+    to find user code corresponding to {u0}`` during ``torch.export``) off the terminal: torch
+    gives its loggers their own stderr handlers, which ``redirect_stderr`` does not reach.
+    Yields the list that receives the first line of each warning or worse; other threads'
+    records still go out."""
+    import logging
+    import threading
+
+    me = threading.get_ident()
+    logged: list[str] = []
+
+    def keep(record: logging.LogRecord) -> bool:
+        if record.thread != me:
+            return True
+        if record.levelno >= logging.WARNING:
+            try:
+                text = record.getMessage()
+            except Exception:
+                text = str(record.msg)
+            logged.append((text.strip().splitlines() or [""])[0][:200])
+        return False
+
+    loggers = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)
+               if name == "torch" or name.startswith("torch.")]
+    handlers = {id(h): h for lg in loggers for h in lg.handlers}
+    for h in handlers.values():
+        h.addFilter(keep)
+    try:
+        yield logged
+    finally:
+        for h in handlers.values():
+            h.removeFilter(keep)
 
 
 def export_path(path: str | Path) -> Path:
@@ -256,8 +366,35 @@ def read_report(path: Path) -> dict | None:
             not isinstance(report.get("verification") or {}, dict) or \
             not isinstance(report.get("weights_sha256") or "", str):
         raise DepViewError(f"{p} is damaged: 'params' and 'verification' must be objects")
+    problem = _verification_problem(report.get("verification") or {})
+    if problem:
+        raise DepViewError(f"{p} is damaged: {problem}")
     report.setdefault("params", {})
     return report
+
+
+def _verification_problem(v: dict) -> str:
+    """What is wrong with report.json's ``verification`` for ``check`` to read it ("" if
+    nothing); its numbers that strict JSON spells as strings (``"NaN"``) become floats."""
+    me = v.get("masked_equivalence")
+    if me is not None:
+        if not isinstance(me, dict):
+            return "'verification.masked_equivalence' must be an object"
+        for key in ("max_abs_diff", "rel_diff"):
+            if key in me:
+                try:
+                    me[key] = json_float(me[key])
+                except ValueError:
+                    return f"'verification.masked_equivalence.{key}' must be a number"
+        if type(me.get("nonfinite_mismatches", 0)) is not int:
+            return "'verification.masked_equivalence.nonfinite_mismatches' must be an integer"
+        if not isinstance(me.get("ok", True), bool):
+            return "'verification.masked_equivalence.ok' must be true or false"
+    untraced = v.get("untraced")
+    if untraced is not None and not (isinstance(untraced, list)
+                                     and all(isinstance(n, str) for n in untraced)):
+        return "'verification.untraced' must be a list of parameter names"
+    return ""
 
 
 def _sha256(path: Path) -> str:
@@ -435,13 +572,18 @@ def rebuild(path: str | Path, search: bool = True, originals: dict | None = None
         spec = locate_spec(spec, [path, path.parent, *([src["file"]] if src.get("file") else [])])
     weights = None
     if originals is not None and src.get("weights"):
+        # an absolute path since it is recorded so; an older export's relative one is looked
+        # for from here, then beside the export directory
         found = [w for w in (Path(src["weights"]), path.parent / src["weights"]) if w.is_file()]
         if found:
             weights = str(found[0])
         else:
             originals["unavailable"] = (f"the original's weights file {src['weights']} is not "
                                         "here")
-    lm = load_model(spec, inputs=src.get("inputs") or None, kwargs=src.get("kwargs"),
+    inputs = src.get("inputs") or None
+    if _own_demo_inputs(src):
+        inputs = None  # load_model gives a demo its own inputs
+    lm = load_model(spec, inputs=inputs, kwargs=src.get("kwargs"),
                     weights=weights, device="cpu", seed=src.get("seed", 0), recorded=recorded)
     if originals is not None and "unavailable" not in originals:
         table = _tensor_lookup(lm.model)
@@ -456,6 +598,25 @@ def rebuild(path: str | Path, search: bool = True, originals: dict | None = None
         raise DepViewError(f"weights in {path} do not fit the rebuilt model: "
                            f"{load_error_detail(exc)}") from exc
     return model.eval(), lm
+
+
+def _own_demo_inputs(src: dict) -> bool:
+    """Whether an export's example inputs were its demo's own: plan.json says so
+    (``demo_inputs``), or, in an export from before it did, its inputs are the demo's shapes
+    and dtypes (what ``prune demo:X`` without ``--input`` records)."""
+    spec = str(src.get("spec", ""))
+    if not spec.startswith("demo:"):
+        return False
+    if "demo_inputs" in src:
+        return src["demo_inputs"] is True
+    import demo_models
+
+    try:
+        demo = demo_models.get_demo(spec[5:])
+    except ValueError:
+        return False
+    own = ["x".join(map(str, s)) + f":{d}" for s, d in demo.input_specs]
+    return (src.get("inputs") or []) == own
 
 
 def load_error_detail(exc: BaseException, width: int = 200) -> str:
@@ -477,8 +638,25 @@ def load_error_detail(exc: BaseException, width: int = 200) -> str:
 def load_pruned(path: str | Path, device: str = "cpu", spec: str | None = None) -> nn.Module:
     """Rebuild a pruned model from an export directory, with no pickle: the original
     architecture from the recorded spec (or ``spec``, model code you name), reshaped by the
-    plan, then the safetensors weights."""
-    return rebuild(path, spec=spec)[0].to(device)
+    plan, then the safetensors weights. ``device`` is where the model goes (``"cpu"``,
+    ``"cuda"``, ...): one this machine does not have is a one-line error, before anything is
+    built."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise DepViewError(f"bad device {device!r}: {(str(exc).splitlines() or [''])[0]}"
+                           ) from None
+    available = getattr(torch, dev.type, None)
+    if dev.type not in ("cpu", "meta") and not (
+            hasattr(available, "is_available") and available.is_available()):
+        raise DepViewError(f"device {device!r} is not available on this machine "
+                           "(torch sees none): load on cpu")
+    model = rebuild(path, spec=spec)[0]
+    try:
+        return model.to(dev)
+    except (AssertionError, RuntimeError) as exc:
+        raise DepViewError(f"cannot move the pruned model to {device!r}: "
+                           f"{(str(exc).strip().splitlines() or [''])[0]}") from None
 
 
 def check_dir(path: str | Path) -> dict:
@@ -573,32 +751,65 @@ DIGEST_SAMPLES = 16
 
 def output_digest(out, inputs) -> dict:
     """What ``check`` compares a reloaded model's forward with: the inputs' SHA-256 and, per
-    output, its sum, the sum of its absolute values and up to 16 evenly spaced values."""
+    output, the sum of its finite values and of their absolute values, up to 16 evenly
+    spaced values, and, when it holds any, how many of its values are ``nan``, ``inf`` and
+    ``-inf`` (``nonfinite``; masked logits). A non-finite sample is spelled ``"NaN"``,
+    ``"Infinity"`` or ``"-Infinity"`` (see :func:`json_safe`), so the digest is strict JSON."""
     outs = {}
     for name, t in flatten(out):
         v = t.detach().cpu().double().reshape(-1)
         idx = torch.linspace(0, max(len(v) - 1, 0), min(DIGEST_SAMPLES, len(v))).long()
-        outs[name or "output"] = {"sum": float(v.sum()), "abs_sum": float(v.abs().sum()),
-                                  "sample": v[idx].tolist()}
+        finite = torch.isfinite(v)
+        fv = v[finite]
+        entry = {"sum": float(fv.sum()), "abs_sum": float(fv.abs().sum()),
+                 "sample": json_safe(v[idx].tolist())}
+        if not bool(finite.all()):
+            entry["nonfinite"] = {"nan": int(v.isnan().sum()), "inf": int(v.isposinf().sum()),
+                                  "-inf": int(v.isneginf().sum())}
+        outs[name or "output"] = json_safe(entry)
     return {"inputs_sha256": _inputs_sha256(inputs), "outputs": outs}
 
 
+def _legacy_sums(entry: dict) -> list[float]:
+    """``sum`` and ``abs_sum`` as digests before ``nonfinite`` computed them, over every
+    value: what an older report.json recorded."""
+    nf = entry.get("nonfinite") or {}
+    nan, pos, neg = nf.get("nan", 0), nf.get("inf", 0), nf.get("-inf", 0)
+    s, a = json_float(entry["sum"]), json_float(entry["abs_sum"])
+    if nan or (pos and neg):
+        s = float("nan")
+    elif pos or neg:
+        s = float("inf") if pos else float("-inf")
+    if nan:
+        a = float("nan")
+    elif pos or neg:
+        a = float("inf")
+    return [s, a]
+
+
 def _same_outputs(want: dict, got: dict) -> bool:
-    """The digests agree up to float noise (another thread count sums in another order)."""
+    """The digests agree up to float noise (another thread count sums in another order);
+    non-finite values must be the same ones in the same places."""
     if set(want) != set(got):
         return False
     for k, w in want.items():
         g = got[k]
         try:
-            ws = np.asarray(w["sample"], float)
-            sums = np.asarray([w["sum"], w["abs_sum"]], float)
+            ws = np.asarray([json_float(x) for x in w["sample"]], float)
+            sums = np.asarray([json_float(w["sum"]), json_float(w["abs_sum"])], float)
+            if "nonfinite" in w or np.isfinite(sums).all():
+                if (w.get("nonfinite") or {}) != (g.get("nonfinite") or {}):
+                    return False
+                gsums = [json_float(g["sum"]), json_float(g["abs_sum"])]
+            else:  # an older digest: its sums ran over inf and nan too
+                gsums = _legacy_sums(g)
         except (KeyError, TypeError, ValueError):
             return False
-        gs = np.asarray(g["sample"], float)
+        gs = np.asarray([json_float(x) for x in g["sample"]], float)
         if ws.shape != gs.shape:
             return False
-        if not np.allclose(sums, [g["sum"], g["abs_sum"]], rtol=1e-4,
-                           atol=1e-6 * _finite_scale([g["abs_sum"]]), equal_nan=True):
+        if not np.allclose(sums, gsums, rtol=1e-4, atol=1e-6 * _finite_scale([gsums[1]]),
+                           equal_nan=True):
             return False
         if not np.allclose(ws, gs, rtol=1e-4, atol=1e-5 * _finite_scale(gs), equal_nan=True):
             return False
