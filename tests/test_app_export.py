@@ -247,3 +247,23 @@ def test_download_names_come_from_the_spec_without_its_directories(spec, slug):
     from viewer.app.callbacks.common import spec_slug
 
     assert spec_slug(spec) == slug
+
+
+def test_graph_json_is_strict_when_an_op_holds_minus_inf(tmp_path, monkeypatch):
+    # masked_fill(mask, -inf) keeps -inf in the graph's attrs: json.dumps wrote -Infinity
+    (tmp_path / "masked_t.py").write_text(
+        "import torch\nclass M(torch.nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n"
+        "        self.fc = torch.nn.Linear(4, 6)\n"
+        "    def forward(self, x):\n"
+        "        return self.fc(x).masked_fill(x[:, :1] > 9, float('-inf'))\n")
+    monkeypatch.chdir(tmp_path)
+    s = SessionStore([ModelEntry("masked_t.py:M", inputs=("2x4",))])
+    load_entry(s, "sid", "masked_t.py:M")
+
+    def strict(c):
+        raise ValueError(c)
+
+    g = json.loads(cb.graph_json(s, "sid")[0], parse_constant=strict)
+    assert any("-Infinity" in json.dumps(n["attrs"]) for n in g["nodes"])
+    json.loads(cb.groups_json(s, "sid")[0], parse_constant=strict)

@@ -18,6 +18,7 @@ from pathlib import Path
 from dash import ALL, ClientsideFunction, Input, Output, State, ctx, dcc, html, no_update
 
 from viewer.core.errors import DepViewError
+from viewer.core.export import dumps
 
 from .. import ids
 from ..downloads import Downloads
@@ -139,7 +140,7 @@ def graph_json(store: SessionStore, sid: str) -> tuple[str, str]:
     """The current graph as the documented JSON schema."""
     session = store.session(sid)
     with session.lock:
-        text = json.dumps(session.stage.graph.to_dict(), indent=1)
+        text = dumps(session.stage.graph.to_dict(), indent=1)  # strict: -inf as "-Infinity"
         return text, f"{_stage_slug(session)}-graph.json"
 
 
@@ -151,7 +152,7 @@ def groups_json(store: SessionStore, sid: str) -> tuple[str, str]:
         ignore = {tuple(x.rsplit(":", 1)) for x in session.ignore}
         rows = [pruner.group_dict(g, ignore) for g in pruner.groups]
         spec = session.base.source.get("spec") if session.base else None
-        text = json.dumps({"spec": spec, "groups": rows}, indent=1)
+        text = dumps({"spec": spec, "groups": rows}, indent=1)
         return text, f"{_stage_slug(session)}-groups.json"
 
 
