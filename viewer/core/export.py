@@ -109,13 +109,18 @@ def _state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def export_dir(pruner: Pruner, plan: Plan, pruned: nn.Module, out_dir: str | Path,
                source: dict, verification: dict | None = None,
-               history: list[dict] | None = None, pt2: bool = True) -> Path:
+               history: list[dict] | None = None, pt2: bool = True,
+               tuned: bool = False) -> Path:
     """Write the export directory for ``pruned`` (made by ``pruner.apply(plan)``).
 
     ``source`` is :attr:`LoadedModel.source`; ``history`` lists earlier rounds' plan.json
     entries when the pruner's model was itself a pruned model (several rounds).
     ``pt2=False`` skips ``model.pt2``: ``torch.export`` is most of the time an export takes,
     and the program holds a second copy of the weights (``report.json`` says it was skipped).
+    ``tuned=True``: ``pruned`` was trained after ``apply`` (fine-tuning to recover accuracy),
+    so its weights are no longer the original's at the kept indices: masked equivalence is
+    skipped, the round says ``"tuned": true``, and ``check`` does not compare the tensors with
+    the original's (the shapes, the reload and the recorded outputs are still checked).
     """
     from safetensors.torch import save_file
 
@@ -124,9 +129,15 @@ def export_dir(pruner: Pruner, plan: Plan, pruned: nn.Module, out_dir: str | Pat
                            "load it on cpu to export a checkpoint")
     out = _prepare_out(Path(out_dir))
     source = _recorded_source(source, pruner.inputs)
-    verification = verification if verification is not None else pruner.verify(pruned, plan)
+    if verification is None:
+        verification = pruner.verify(pruned, plan, masked=not tuned)
+    if tuned:
+        verification = {**verification, "masked_equivalence": {
+            "skipped": "the weights were tuned after pruning"}}
     preview = pruner.preview(plan)
     rounds = list(history or []) + [round_entry(pruner, plan, pruned)]
+    if tuned:
+        rounds[-1]["tuned"] = True
     plan_json = {"format": FORMAT, "source": source, "versions": _versions(), "rounds": rounds}
     # single-round exports also expose the documented top-level keys
     plan_json["tensors"] = rounds[-1]["tensors"] if len(rounds) == 1 else _compose(rounds)
@@ -711,7 +722,12 @@ def check_dir(path: str | Path) -> dict:
                 if not res["outputs_match_report"]:
                     problems.append("its outputs differ from those recorded at export")
         res["verification"] = report.get("verification")
-    if "unavailable" in originals:
+    tuned = [i + 1 for i, r in enumerate(plan.get("rounds") or [])
+             if isinstance(r, dict) and r.get("tuned") is True]
+    if tuned:
+        notes.append(f"tuned after pruning (round {', '.join(map(str, tuned))}): the tensors "
+                     "are not compared with the original's at the kept indices")
+    elif "unavailable" in originals:
         notes.append(f"{originals['unavailable']}: kept indices not checked")
     else:
         sd = model.state_dict()
