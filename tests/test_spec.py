@@ -228,6 +228,13 @@ def test_an_edited_plan_json_cannot_name_code_that_is_not_a_model(tmp_path, spec
     (out / "plan.json").write_text(json.dumps(doc))
     again = load_pruned(out, spec="torch.nn:Linear")
     assert torch.equal(again.weight, lm.model.weight)
+    assert check_dir(out, spec="torch.nn:Linear")["ok"]
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "viewer", "check", str(out), "--spec",
+                          "torch.nn:Linear"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.startswith("OK: torch.nn:Linear"), res
 
 
 def test_a_recorded_spec_may_be_a_model_class_instance_or_factory(tmp_path):

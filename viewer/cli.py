@@ -180,7 +180,7 @@ def cmd_check(args) -> int:
 
     if not args.dir.strip():  # an unset $VAR: not the current directory
         raise DepViewError("check needs an export directory, got an empty path")
-    res = check_dir(args.dir)
+    res = check_dir(args.dir, spec=args.spec)
     if args.json:
         _write_json(res, args.json)
     else:
@@ -279,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="reload an export directory and run it")
     p.add_argument("dir")
+    p.add_argument("--spec", default=None, metavar="SPEC",
+                   help="the model's code, instead of the spec plan.json records")
     p.add_argument("--json", default=None, metavar="PATH|-")
     p.set_defaults(func=cmd_check)
 

@@ -670,17 +670,18 @@ def load_pruned(path: str | Path, device: str = "cpu", spec: str | None = None) 
                            f"{(str(exc).strip().splitlines() or [''])[0]}") from None
 
 
-def check_dir(path: str | Path) -> dict:
+def check_dir(path: str | Path, spec: str | None = None) -> dict:
     """Reload an export, run forward on the recorded inputs and compare with report.json
     (output shapes, parameter count, the weights file's SHA-256, and the outputs recorded at
     export), and the pruned tensors with the original's at plan.json's kept indices when the
-    original's values can be rebuilt. ``problems`` lists what failed, in words."""
+    original's values can be rebuilt. ``problems`` lists what failed, in words. ``spec``
+    names the model's code instead of the recorded spec (see :func:`rebuild`)."""
     path = export_path(path)
     plan = read_plan(path)
     report = read_report(path)
     originals: dict = {}
-    model, lm = rebuild(path, originals=originals)
-    res: dict = {"dir": str(path), "spec": plan["source"]["spec"], "reload": True,
+    model, lm = rebuild(path, originals=originals, spec=spec)
+    res: dict = {"dir": str(path), "spec": spec or plan["source"]["spec"], "reload": True,
                  "problems": [], "notes": []}
     problems, notes = res["problems"], res["notes"]
     try:
