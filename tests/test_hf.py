@@ -318,6 +318,35 @@ def test_hf_attention_with_stored_sizes_prunes(factory, attn, root, sets):
     assert v["forward"] and v["shapes_kept"] and v["masked_equivalence"]["ok"], v
 
 
+def test_hf_opt_validation_costs_at_most_four_probes_per_added_layer(monkeypatch):
+    # every layer repeated the whole search: its residual stream tried dropping its stored
+    # sizes one per layer, and each layer's whole-heads retry ran bare before its sizes (12
+    # probes per layer); a repeated block now takes its predecessor's choices first
+    counts, sets = [], []
+    real = Pruner._run_probe
+
+    def counting(self, plan, gs, sets_=None):
+        counts[-1] += 1
+        return real(self, plan, gs, sets_)
+
+    monkeypatch.setattr(Pruner, "_run_probe", counting)
+    for layers in (2, 4):
+        cfg = transformers.OPTConfig(vocab_size=100, hidden_size=32, num_hidden_layers=layers,
+                                     num_attention_heads=4, ffn_dim=64, word_embed_proj_dim=32,
+                                     max_position_embeddings=32)
+        torch.manual_seed(0)
+        counts.append(0)
+        p = Pruner(transformers.OPTForCausalLM(cfg).eval(),
+                   {"input_ids": torch.randint(0, 100, (1, 8))})
+        p.validate_groups()
+        sets.append({g.root: (p.reason(g)[:40], p.sets(g)) for g in p.groups})
+    assert counts[1] - counts[0] <= 16, counts
+    for i in range(4):  # each layer prunes whole heads by its own num_heads, as layer 0 does
+        q = sets[1][f"model.decoder.layers.{i}.self_attn.q_proj"]
+        assert q == ("", [f"model.decoder.layers.{i}.self_attn.num_heads"]), q
+    assert sets[1]["model.decoder.embed_tokens"] == ("", [])
+
+
 @pytest.mark.parametrize("factory", [bert, gpt2, llama, vit])
 def test_hf_graph_on_meta_equals_the_graph_on_cpu(factory):
     # on meta the tracer records in long batches after the ops ran (see test_trace)

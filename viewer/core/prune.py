@@ -859,6 +859,10 @@ class Pruner:
                 if single is None:
                     return False
                 found = single
+            # none needed at all (a residual stream that failed only beside other groups):
+            # one probe, instead of one per candidate (two per layer of a decoder)
+            if len(set(found)) > 1 and not attempt([g], {g.id: []}):
+                found = []
             for r in list(found):
                 rest = [x for x in found if x != r]
                 if not attempt([g], {g.id: rest}):
@@ -877,7 +881,12 @@ class Pruner:
                 return False
             i = self.groups.index(g)
             self.groups[i] = alt
-            if not attempt([alt]) or repair(alt):
+            if _analogous_choice(self._size_attr_candidates(alt), repaired):
+                # the previous layer's retry needed its stored sizes: so will this one's
+                fixed = repair(alt) or not attempt([alt])
+            else:
+                fixed = not attempt([alt]) or repair(alt)
+            if fixed:
                 swapped[alt.id] = (g, err)
                 return True
             self.groups[i] = g
