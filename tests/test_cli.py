@@ -388,3 +388,25 @@ def test_prune_says_when_bn_importance_scored_groups_by_l1(tmp_path):
     plan = json.loads((tmp_path / "o" / "plan.json").read_text())
     assert plan["rounds"][0]["plan"]["settings"]["scored_by_l1"] == [3]
     assert res.stdout.strip().endswith("(bn: 1 group has no norm layer and was scored by L1)")
+
+
+def test_an_export_directory_prunes_again_as_a_second_round(tmp_path):
+    # the CLI had no way to prune a pruned model again: a SPEC could not name an export
+    import json
+
+    from viewer.core.export import load_pruned
+
+    r1, r2 = tmp_path / "r1", tmp_path / "r2"
+    cli("prune", "demo:resnet", "--ratio", "0.3", "--out", str(r1))
+    line = cli("prune", str(r1), "--ratio", "0.3", "--out", str(r2)).stdout
+    first = json.loads((r1 / "report.json").read_text())["params"]["after"]
+    assert f"params {first:,} -> " in line  # round 2 starts from round 1's model
+    plan = json.loads((r2 / "plan.json").read_text())
+    assert len(plan["rounds"]) == 2 and plan["source"]["spec"] == "demo:resnet"
+    assert cli("check", str(r2)).stdout.startswith("OK: demo:resnet")
+    again = load_pruned(r2)
+    assert sum(p.numel() for p in again.parameters()) == \
+        json.loads((r2 / "report.json").read_text())["params"]["after"]
+    res = cli("prune", str(r1), "--input", "1x3", "--ratio", "0.3", "--out",
+              str(tmp_path / "r3"), check=False)
+    assert res.returncode == 2 and "is an export directory" in res.stderr
