@@ -1904,3 +1904,44 @@ def test_an_in_place_copy_into_a_cache_from_nowhere_is_not_an_unseen_detour():
                                         "'constant' [2, 8] from neither inputs nor weights (a "
                                         "position or frequency table, a mask): its values do "
                                         "not follow a pruned width"]
+
+
+class PatchNet(nn.Module):
+    """T2T-ViT / involution style: patches of a feature map (F.unfold) read by a linear, and
+    an nn.Unfold -> nn.Fold round trip between two convs."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8 * 9, 16)
+        self.c2 = nn.Conv2d(8, 6, 1)
+        self.unf, self.fold = nn.Unfold(3, padding=1), nn.Fold((8, 8), 3, padding=1)
+        self.c3 = nn.Conv2d(6, 4, 1)
+
+    def forward(self, x):
+        h = self.c(x)
+        y = self.fc(F.unfold(h, 3, padding=1).transpose(1, 2))  # (B, L, 16)
+        z = self.c3(self.fold(self.unf(self.c2(h))))  # (B, 4, 8, 8)
+        return y.sum((1, 2)) + z.sum((1, 2, 3))
+
+
+def test_unfold_and_fold_map_each_channel_to_its_k_by_k_patch_rows():
+    # F.unfold was an unknown op: every group through it was blocked ("changes shape")
+    from viewer.core.prune import Plan, Pruner
+
+    torch.manual_seed(0)
+    m, x = PatchNet().eval(), torch.randn(2, 3, 8, 8)
+    p = Pruner(m, (x,))
+    by_root = {g.root: g for g in p.groups}
+    g = by_root["c"]
+    assert not p.reason(g) and g.n_units == 8
+    fc_in = g.member("fc", "in")
+    assert fc_in.indices([1]).tolist() == list(range(9, 18))  # channel 1: its 9 patch rows
+    for root, units in (("c", [1, 5]), ("c", [0, 2, 3, 7]), ("c2", [0, 4])):
+        grp = by_root[root]
+        assert not p.reason(grp)
+        plan = Plan({grp.id: units})
+        v = p.verify(p.apply(plan), plan)
+        assert v["masked_equivalence"]["ok"], (root, v)
+    # fc's input rows are one unit per channel: a group rooted at fc's inputs is c's
+    assert all(m.node_name != "fc" or m.side == "in" for m in g.members)

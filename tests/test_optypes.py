@@ -37,6 +37,8 @@ from viewer.core.optypes import (
     (nn.GRU(4, 8), OpType.GRU),
     (nn.RNN(4, 8), OpType.RNN),
     (nn.PixelShuffle(2), OpType.PIXEL_SHUFFLE),
+    (nn.Unfold(3), OpType.UNFOLD),
+    (nn.Fold((4, 4), 3), OpType.UNFOLD),
     (nn.MaxPool2d(2), OpType.SPATIAL),
     (nn.AdaptiveAvgPool2d(1), OpType.SPATIAL),
     # looked through: the flatten / softmax call inside is recorded with its metadata

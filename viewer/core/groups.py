@@ -966,6 +966,30 @@ def _pixel_shuffle_rule(g, node, side, port, dim, units, pos, ctx):
     return [Flow(other, 0, dim, np.repeat(units, r2), p_all)]
 
 
+def _unfold_rule(g, node, side, port, dim, units, pos, ctx):
+    """``F.unfold`` ((N,) C, H, W) -> ((N,) C*k*k, L) and ``F.fold`` back: channel c is the k*k
+    rows c*k*k .. c*k*k + k*k - 1 of the patch dim (the pixel-shuffle mapping with k*k for
+    r*r; k*k read from the shapes); the batch passes; the planes and L are where the kernel
+    slides."""
+    if port != 0:
+        return []
+    a, b = node.in_shapes[0], node.out_shapes[0]
+    unfold = len(b) == len(a) - 1
+    ca, cb = (len(a) - 3, len(b) - 2) if unfold else (len(a) - 2, len(b) - 3)
+    here, there = (ca, cb) if side == "in" else (cb, ca)
+    other = "out" if side == "in" else "in"
+    if ca == 1 and dim == 0:  # the batch
+        return [Flow(other, 0, 0, units, pos)]
+    if dim != here or min(a[ca], b[cb]) <= 0:
+        ctx.block(f"'{node.name}' ({node.target}) slides a kernel over the pruned dim")
+        return []
+    kk = b[cb] // a[ca] if unfold else a[ca] // b[cb]
+    if (side == "in") == unfold:  # a channel to its k*k rows
+        rows = (pos[:, None] * kk + np.arange(kk)[None, :]).reshape(-1)
+        return [Flow(other, 0, there, np.repeat(units, kk), rows)]
+    return [Flow(other, 0, there, units, pos // kk)]  # rows to their channel: one unit
+
+
 def _spatial_rule(g, node, side, port, dim, units, pos, ctx):
     """Pooling and resizing keep N and C and resize the rest; padding keeps every dim it does
     not pad. A max pool's indices (``return_indices``: its second output) and a max unpool's
@@ -1417,6 +1441,7 @@ RULES: dict[OpType, Rule] = {
     OpType.PERMUTE: _permute_rule,
     OpType.EXPAND: _expand_rule,
     OpType.PIXEL_SHUFFLE: _pixel_shuffle_rule,
+    OpType.UNFOLD: _unfold_rule,
     OpType.SPATIAL: _spatial_rule,
     OpType.MATMUL: _matmul_rule,
     OpType.ATTENTION: _attention_rule,

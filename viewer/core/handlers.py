@@ -258,8 +258,8 @@ CUTS: dict[OpType, CutFn] = {
     OpType.CUSTOMIZED: _custom,
     **{t: _none for t in (
         OpType.CONCAT, OpType.SPLIT, OpType.UNBIND, OpType.SLICE, OpType.RESHAPE,
-        OpType.PERMUTE, OpType.EXPAND, OpType.PIXEL_SHUFFLE, OpType.SPATIAL, OpType.MATMUL,
-        OpType.ATTENTION, OpType.REDUCTION, OpType.ELEMENTWISE)},
+        OpType.PERMUTE, OpType.EXPAND, OpType.PIXEL_SHUFFLE, OpType.UNFOLD, OpType.SPATIAL,
+        OpType.MATMUL, OpType.ATTENTION, OpType.REDUCTION, OpType.ELEMENTWISE)},
 }
 
 

@@ -58,6 +58,7 @@ class OpType(enum.Enum):
     PERMUTE = "permute"  #: permute/transpose: moves dims; channel dim index changes
     EXPAND = "expand"  #: expand/broadcast_to/repeat: size-1 dims grow or dims are copied
     PIXEL_SHUFFLE = "pixel_shuffle"  #: moves channel blocks of r*r into space (and back)
+    UNFOLD = "unfold"  #: F.unfold/F.fold: channel c is rows c*k*k.. of the patch dim (and back)
     SPATIAL = "spatial"  #: pooling/unpooling/interpolate keep dims 0 and 1; pad keeps the rest
     MATMUL = "matmul"  #: matmul/bmm/linear-with-a-tensor/einsum: contracts dims, mixes channels
     ATTENTION = "attention"  #: scaled_dot_product_attention: q·k contracted, v's dim carried
@@ -87,7 +88,7 @@ class OpGroup:
         {
             OpType.CONCAT, OpType.SPLIT, OpType.UNBIND, OpType.SLICE, OpType.RESHAPE,
             OpType.PERMUTE, OpType.EXPAND, OpType.MATMUL, OpType.ATTENTION, OpType.REDUCTION,
-            OpType.ELEMENTWISE, OpType.SPATIAL, OpType.PIXEL_SHUFFLE,
+            OpType.ELEMENTWISE, OpType.SPATIAL, OpType.PIXEL_SHUFFLE, OpType.UNFOLD,
         }
     )
     #: Virtual ops that return views of their input (a split's parts, a slice, a reshape).
@@ -146,6 +147,7 @@ STYLES: dict[OpType, TypeStyle] = {
     OpType.PERMUTE: TypeStyle("Permute", "#eab308"),
     OpType.EXPAND: TypeStyle("Expand", "#fde047"),
     OpType.PIXEL_SHUFFLE: TypeStyle("PixelShuffle", "#facc15"),
+    OpType.UNFOLD: TypeStyle("Unfold/fold", "#a3a635"),
     OpType.SPATIAL: TypeStyle("Pool/resize/pad", "#94a3b8"),
     OpType.MATMUL: TypeStyle("Matmul", "#e11d48"),
     OpType.ATTENTION: TypeStyle("SDPA", "#be123c"),
@@ -246,6 +248,7 @@ MODULE_RULES: tuple[Rule, ...] = (
     (_is_instance_of(nn.GRU, nn.GRUCell), OpType.GRU),
     (_is_instance_of(nn.RNN, nn.RNNCell), OpType.RNN),
     (_is_instance_of(nn.PixelShuffle, nn.PixelUnshuffle), OpType.PIXEL_SHUFFLE),
+    (_is_instance_of(nn.Unfold, nn.Fold), OpType.UNFOLD),
     (_is_instance_of(*_POOLS), OpType.SPATIAL),
     (_is_instance_of(*_ACTIVATIONS), OpType.ELEMENTWISE),
 )
@@ -396,6 +399,7 @@ _FUNCTION_NAMES: dict[OpType, str] = {
     "torch.swapdims",
     OpType.EXPAND: "Tensor.expand Tensor.expand_as torch.broadcast_to Tensor.broadcast_to "
     "Tensor.repeat torch.tile Tensor.tile torch.repeat_interleave Tensor.repeat_interleave",
+    OpType.UNFOLD: "F.unfold F.fold",
     OpType.PIXEL_SHUFFLE: "F.pixel_shuffle F.pixel_unshuffle torch.pixel_shuffle "
     "torch.pixel_unshuffle",
     OpType.SPATIAL: "F.max_pool1d F.max_pool2d F.max_pool3d F.avg_pool1d F.avg_pool2d "
