@@ -360,3 +360,30 @@ def test_hf_graph_on_meta_equals_the_graph_on_cpu(factory):
     on_meta = build_graph(model.eval(), {k: v.to("meta") for k, v in inputs.items()}).to_dict()
     assert on_cpu.pop("info")["device"] == "cpu" and on_meta.pop("info")["device"] == "meta"
     assert on_meta == on_cpu
+
+
+def test_hf_convnext_keeps_its_norms_stored_shapes_without_a_probe_per_block(monkeypatch):
+    # the stage's residual group dropped each LayerNorm's normalized_shape candidate in turn,
+    # one failing probe per block: a norm whose weight the group prunes must follow anyway
+    counts, found = [], []
+    real = Pruner._run_probe
+
+    def counting(self, plan, gs, sets=None):
+        counts[-1] += 1
+        return real(self, plan, gs, sets)
+
+    monkeypatch.setattr(Pruner, "_run_probe", counting)
+    for depth in (1, 3):
+        torch.manual_seed(0)
+        cfg = transformers.ConvNextConfig(num_channels=3, hidden_sizes=[8, 16],
+                                          depths=[depth, depth], num_stages=2, image_size=32)
+        counts.append(0)
+        p = Pruner(transformers.ConvNextModel(cfg).eval(),
+                   {"pixel_values": torch.randn(1, 3, 32, 32)})
+        p.validate_groups()
+        stem = p.groups[0]
+        found.append((p.reason(stem), p.sets(stem)))
+    assert counts[0] == counts[1], counts
+    assert found[1] == ("", ["embeddings.layernorm.normalized_shape"] + [
+        f"encoder.stages.0.layers.{i}.layernorm.normalized_shape" for i in range(3)] + [
+        "encoder.stages.1.downsampling_layer.0.normalized_shape"])

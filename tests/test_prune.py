@@ -1899,3 +1899,43 @@ def test_an_empty_unit_list_is_no_pruned_group(demo_pruner):
     _, p = demo_pruner("cnn")
     plan = p.plan_from_dict({"removed": {"0": [], "1": [2]}})
     assert plan.removed == {1: [2]} and p.preview(plan)["groups_pruned"] == 1
+
+
+class TimmAttention(nn.Module):
+    """timm's ViT attention: C read from the input, heads and head_dim stored."""
+
+    def __init__(self, dim=16, heads=4):
+        super().__init__()
+        self.num_heads, self.head_dim = heads, dim // heads
+        self.qkv, self.proj = nn.Linear(dim, dim * 3), nn.Linear(dim, dim)
+        self.fc = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        a = ((q @ k.transpose(-2, -1)) * self.head_dim ** -0.5).softmax(-1)
+        x = x + self.proj((a @ v).transpose(1, 2).reshape(b, n, c))
+        return x + self.fc(torch.relu(x))
+
+
+def test_a_repair_that_failed_is_not_retried_for_the_same_block_one_layer_on(monkeypatch):
+    # every layer re-ran the stored-size repair its predecessor had failed (timm's ViT: 2
+    # probes per layer for a group that stays blocked; HF FSMT: 104 -> 63 probes)
+    probes = []
+    real = Pruner._run_probe
+
+    def counting(self, plan, gs, sets=None):
+        probes.append(([g.root for g in gs], bool(sets)))
+        return real(self, plan, gs, sets)
+
+    monkeypatch.setattr(Pruner, "_run_probe", counting)
+    torch.manual_seed(0)
+    m = nn.Sequential(*[TimmAttention() for _ in range(4)]).eval()
+    p = Pruner(m, (torch.randn(2, 5, 16),))
+    p.validate_groups()
+    for i in range(4):
+        g = next(g for g in p.groups if g.root == f"{i}.qkv")
+        assert p.reason(g).startswith("the model's forward fails when this group shrinks")
+        repairs = [r for r in probes if r == ([g.root], True)]
+        assert (len(repairs) > 0) == (i == 0), (i, probes)  # tried once, for layer 0

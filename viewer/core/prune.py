@@ -833,6 +833,7 @@ class Pruner:
             return self._probe(Plan({g.id: _probe_units(g, end) for g in gs}), gs, sets)
 
         repaired: list[tuple[list[SizeAttr], list[SizeAttr]]] = []  # (candidates, choice)
+        unrepaired: list[list[SizeAttr]] = []  # candidates none of which made a group run
 
         def repair(g: Group) -> bool:
             """A group that fails alone: if it shrinks a split or view size that equals integer
@@ -851,19 +852,25 @@ class Pruner:
                 self._sets[g.id] = like
                 repaired.append((found, like))
                 return True
+            if any(_mirrors(c, found) for c in unrepaired):
+                return False  # the same block one layer back: none of these made it run
             candidates = found
             if attempt([g], {g.id: found}):
                 # setting them all breaks something else (an equal attribute read elsewhere):
                 # one of them alone may be it
                 single = next(([r] for r in found if not attempt([g], {g.id: [r]})), None)
                 if single is None:
+                    unrepaired.append(found)
                     return False
                 found = single
             # none needed at all (a residual stream that failed only beside other groups):
             # one probe, instead of one per candidate (two per layer of a decoder)
             if len(set(found)) > 1 and not attempt([g], {g.id: []}):
                 found = []
-            for r in list(found):
+            # a norm's shape read with the weight the group prunes (ConvNeXt's LayerNorm2d:
+            # F.layer_norm(x, self.normalized_shape, self.weight)) must follow: not dropped
+            members = {m.module for m in g.members}
+            for r in [x for x in found if not (x.boxed and x.module in members)]:
                 rest = [x for x in found if x != r]
                 if not attempt([g], {g.id: rest}):
                     found = rest
@@ -1193,15 +1200,22 @@ def _analogous_choice(found: list[SizeAttr],
     offset (the same block one layer on); None if no earlier group is such a mirror. The
     latest repaired group is tried first."""
     for cands, choice in reversed(repaired):
-        if len(cands) != len(found) or not choice:
-            continue
-        delta = found[0].node - cands[0].node
-        if all(a.attr == b.attr and a.size == b.size and a.parts == b.parts
-               and a.sizes == b.sizes and a.boxed == b.boxed and b.node - a.node == delta
-               and b.tensor == (a.tensor[0] + delta, *a.tensor[1:])
-               for a, b in zip(cands, found, strict=True)):
+        if choice and _mirrors(cands, found):
             return [b for a, b in zip(cands, found, strict=True) if a in choice]
     return None
+
+
+def _mirrors(cands: list[SizeAttr], found: list[SizeAttr]) -> bool:
+    """Are ``found`` the same attributes, of the same sizes, as ``cands``, read by nodes at
+    one fixed id offset (the same block one layer on)?"""
+    if len(cands) != len(found) or not found:
+        return False
+    delta = found[0].node - cands[0].node
+    return delta != 0 and all(
+        a.attr == b.attr and a.size == b.size and a.parts == b.parts and a.sizes == b.sizes
+        and a.boxed == b.boxed and b.node - a.node == delta
+        and b.tensor == (a.tensor[0] + delta, *a.tensor[1:])
+        for a, b in zip(cands, found, strict=True))
 
 
 def _finite_diff(a: torch.Tensor, b: torch.Tensor) -> float:
