@@ -168,6 +168,19 @@ def test_hf_gpt2_tied_embedding_and_heads_by_its_stored_split_size():
     assert v["masked_equivalence"]["ok"], v  # whole heads: exact
 
 
+def _record_probes(monkeypatch) -> list[list[str]]:
+    """Every validation probe from now on, as the roots of the groups it shrank."""
+    probed: list[list[str]] = []
+    real = Pruner._run_probe
+
+    def recording(self, plan, gs, sets=None):
+        probed.append([g.root for g in gs])
+        return real(self, plan, gs, sets)
+
+    monkeypatch.setattr(Pruner, "_run_probe", recording)
+    return probed
+
+
 def test_hf_gpt2_later_layers_take_the_first_layers_attribute_choice_in_two_probes(
         monkeypatch):
     # each layer's attention group was repaired from scratch (5 probes: all candidates, then
@@ -177,14 +190,7 @@ def test_hf_gpt2_later_layers_take_the_first_layers_attribute_choice_in_two_prob
     torch.manual_seed(0)
     model = transformers.GPT2LMHeadModel(cfg).eval()
     inputs = {"input_ids": torch.randint(0, 100, (1, 8))}
-    probed: list[list[str]] = []
-    real = Pruner._run_probe
-
-    def counting(self, plan, gs, sets=None):
-        probed.append([g.root for g in gs])
-        return real(self, plan, gs, sets)
-
-    monkeypatch.setattr(Pruner, "_run_probe", counting)
+    probed = _record_probes(monkeypatch)
     p = Pruner(model, inputs)
     p.validate_groups()
     for i in range(4):
@@ -322,23 +328,17 @@ def test_hf_opt_validation_costs_at_most_four_probes_per_added_layer(monkeypatch
     # every layer repeated the whole search: its residual stream tried dropping its stored
     # sizes one per layer, and each layer's whole-heads retry ran bare before its sizes (12
     # probes per layer); a repeated block now takes its predecessor's choices first
-    counts, sets = [], []
-    real = Pruner._run_probe
-
-    def counting(self, plan, gs, sets_=None):
-        counts[-1] += 1
-        return real(self, plan, gs, sets_)
-
-    monkeypatch.setattr(Pruner, "_run_probe", counting)
+    probed, counts, sets = _record_probes(monkeypatch), [], []
     for layers in (2, 4):
         cfg = transformers.OPTConfig(vocab_size=100, hidden_size=32, num_hidden_layers=layers,
                                      num_attention_heads=4, ffn_dim=64, word_embed_proj_dim=32,
                                      max_position_embeddings=32)
         torch.manual_seed(0)
-        counts.append(0)
+        before = len(probed)
         p = Pruner(transformers.OPTForCausalLM(cfg).eval(),
                    {"input_ids": torch.randint(0, 100, (1, 8))})
         p.validate_groups()
+        counts.append(len(probed) - before)
         sets.append({g.root: (p.reason(g)[:40], p.sets(g)) for g in p.groups})
     assert counts[1] - counts[0] <= 16, counts
     for i in range(4):  # each layer prunes whole heads by its own num_heads, as layer 0 does
@@ -365,22 +365,16 @@ def test_hf_graph_on_meta_equals_the_graph_on_cpu(factory):
 def test_hf_convnext_keeps_its_norms_stored_shapes_without_a_probe_per_block(monkeypatch):
     # the stage's residual group dropped each LayerNorm's normalized_shape candidate in turn,
     # one failing probe per block: a norm whose weight the group prunes must follow anyway
-    counts, found = [], []
-    real = Pruner._run_probe
-
-    def counting(self, plan, gs, sets=None):
-        counts[-1] += 1
-        return real(self, plan, gs, sets)
-
-    monkeypatch.setattr(Pruner, "_run_probe", counting)
+    probed, counts, found = _record_probes(monkeypatch), [], []
     for depth in (1, 3):
         torch.manual_seed(0)
         cfg = transformers.ConvNextConfig(num_channels=3, hidden_sizes=[8, 16],
                                           depths=[depth, depth], num_stages=2, image_size=32)
-        counts.append(0)
+        before = len(probed)
         p = Pruner(transformers.ConvNextModel(cfg).eval(),
                    {"pixel_values": torch.randn(1, 3, 32, 32)})
         p.validate_groups()
+        counts.append(len(probed) - before)
         stem = p.groups[0]
         found.append((p.reason(stem), p.sets(stem)))
     assert counts[0] == counts[1], counts

@@ -408,7 +408,7 @@ def _tiny_pruner():
     ({"0": list(range(8))}, "removes all 8 units of group 0"),
     ({"1": [0]}, "prunes group 1 \\('2'\\), which cannot be pruned: it reaches the model output"),
     ({"7": [0]}, "names group 7, which this model does not have"),
-    ({"0": ["a"]}, "group and unit ids are integers"),
+    ({"0": ["a"]}, "a list of unit ids \\(whole numbers\\)"),
 ])
 def test_a_plan_the_model_cannot_take_is_refused_in_one_line(removed, said):
     p = _tiny_pruner()
