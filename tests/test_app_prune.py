@@ -99,6 +99,17 @@ def test_apply_refuses_an_empty_plan_and_keeps_state(store):
     assert len(store.session("sid").stages) == 1
 
 
+def test_ignoring_an_op_without_channels_is_refused_and_changes_nothing(store):
+    # a ticked "ignore outputs" on a ReLU was stored; every preview then failed ("holds no
+    # channels a group prunes"), where before it had silently done nothing
+    with pytest.raises(DepViewError, match="layer1.0.relu holds no channels a group prunes"):
+        cb.set_ignore(store, "sid", "layer1.0.relu", ["out"])
+    session = store.session("sid")
+    assert not session.ignore
+    assert cb.make_plan(session, SETTINGS).removed
+    assert cb.set_ignore(store, "sid", "layer1.0.relu", []).endswith("no longer ignored.")
+
+
 def test_overrides_and_ignores_change_the_plan(store):
     session = store.session("sid")
     pruner = session.stage.pruner

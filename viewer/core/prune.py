@@ -561,8 +561,7 @@ class Pruner:
         for name in sorted({n for n, _ in ignore}):
             if not name:
                 raise DepViewError("ignore needs a layer or module name, got an empty one")
-            if not any(_ignored(m, side, {(name, side)}) for g in self.groups
-                       for m in g.members for side in ("in", "out")):
+            if not self.holds_channels(name):
                 raise DepViewError(f"ignore {name!r}: it holds no channels a group prunes (an "
                                    "activation or other op without weights); name the layers "
                                    "around it, or the module that holds them")
@@ -575,6 +574,12 @@ class Pruner:
             if why:  # its ratio would silently do nothing
                 raise DepViewError(f"override names group {g.id} ('{g.root}'), which is not "
                                    f"pruned: {why}")
+
+    def holds_channels(self, name: str) -> bool:
+        """Does the layer or module ``name`` hold channels some group prunes (so that ignoring
+        it protects something)? An activation does not."""
+        return any(_ignored(m, side, {(name, side)}) for g in self.groups
+                   for m in g.members for side in ("in", "out"))
 
     def plan_from_dict(self, d: dict) -> Plan:
         """A plan from its JSON form (``plan.json``'s ``removed``), checked against this model's

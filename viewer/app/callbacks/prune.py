@@ -287,6 +287,9 @@ def set_ignore(store: SessionStore, sid: str, name: str | None, sides: list[str]
     with session.lock:
         if not name or name not in session.stage.graph.by_name:
             raise DepViewError("select a node first")
+        if sides and not session.stage.pruner.holds_channels(name):
+            raise DepViewError(f"{name} holds no channels a group prunes (an activation or "
+                               "another op without weights): ignore the layers around it")
         for s in ("out", "in"):
             key = f"{name}:{s}"
             if s in (sides or []):
