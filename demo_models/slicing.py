@@ -1,9 +1,10 @@
-"""Channel slicing demo: unbind, plain slices, uneven split and tensor_split."""
+"""Channel slicing demo: unbind, plain slices, uneven split, tensor_split and unfold."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 
 def _conv_bn_relu(in_ch: int, out_ch: int, kernel: int = 3, stride: int = 1) -> nn.Sequential:
@@ -23,6 +24,8 @@ class SlicingNet(nn.Module):
     3. uneven split: ``torch.split(x, [4, C - 4], dim=1)`` -> two convs -> ``torch.cat``.
     4. tensor_split: ``torch.tensor_split(x, 3, dim=1)`` (32 -> 11, 11, 10) -> three 1x1 convs
        to a common width -> summed.
+    5. patches: ``F.unfold(x, 2, stride=2)`` (channel c -> its 4 patch rows 4c..4c+3, a
+       space-to-depth as in T2T-ViT's soft split) -> viewed as a map -> a 1x1 conv.
     Then avgpool -> flatten -> fc.
     """
 
@@ -44,6 +47,7 @@ class SlicingNet(nn.Module):
         self.proj = nn.ModuleList(nn.Conv2d(n, merged, 1, stride=2) for n in sizes)
         self.bn = nn.BatchNorm2d(merged)
         self.relu = nn.ReLU()
+        self.patch = nn.Conv2d(4 * merged, merged, 1)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(merged, num_classes)
 
@@ -63,6 +67,9 @@ class SlicingNet(nn.Module):
         p0, p1, p2 = torch.tensor_split(x, 3, dim=1)
         x = self.proj[0](p0) + self.proj[1](p1) + self.proj[2](p2)
         x = self.relu(self.bn(x))
+        # 5. patches
+        b, _, h, w = x.shape
+        x = self.patch(F.unfold(x, 2, stride=2).view(b, -1, h // 2, w // 2))
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
