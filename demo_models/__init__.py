@@ -174,7 +174,7 @@ DEMOS: dict[str, Demo] = {
         ),
         _demo(
             "slicing",
-            "Channel cuts: unbind, x[:, :C] slices, uneven split, tensor_split.",
+            "Channel cuts: unbind, x[:, :C] slices, uneven split, tensor_split, unfold patches.",
             build_slicing,
             _IMG32,
             "fc",
