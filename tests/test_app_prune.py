@@ -200,6 +200,17 @@ def test_group_scores_follow_the_preview_plan(store):
     assert cb.group_scores(store, "sid", {"gid": None}, SETTINGS)[0] is None
 
 
+def test_a_huge_group_that_is_not_pruned_draws_no_score_chart(store, monkeypatch):
+    # GPT-2's tied LM head: 50257 bars for "0 of 50257 units cut" froze the tab ~50 s
+    session = store.session("sid")
+    out = next(g for g in session.stage.pruner.groups if session.stage.pruner.reason(g))
+    sel = {"kind": "op", "name": out.root, "gid": out.id}
+    assert cb.group_scores(store, "sid", sel, SETTINGS)[0] is not None  # small: drawn
+    monkeypatch.setattr(cb, "NAMED_SCORE_LIMIT", out.n_units - 1)
+    scores, removed, title = cb.group_scores(store, "sid", sel, SETTINGS)
+    assert scores is None and removed == [] and "is not pruned" in title
+
+
 def test_taylor_scores_show_on_click_before_a_preview(store):
     session = store.session("sid")
     pruner = session.stage.pruner

@@ -383,6 +383,10 @@ def history(session: Session) -> list:
 # Charts.
 
 
+#: a group that is not pruned and has more units than this shows no score chart
+NAMED_SCORE_LIMIT = 4096
+
+
 def group_scores(store: SessionStore, sid: str, selection: dict | None,
                  settings: dict | None) -> tuple[np.ndarray | None, list[int], str]:
     """The selected group's unit scores, the units to cut and a title: from the preview plan
@@ -397,6 +401,10 @@ def group_scores(store: SessionStore, sid: str, selection: dict | None,
         ignore = {tuple(x.rsplit(":", 1)) for x in session.ignore}
     if group is None:
         return None, [], ""
+    why = pruner.reason(group, ignore)
+    if why and group.n_units > NAMED_SCORE_LIMIT:
+        # 50257 bars (a tied LM head) froze the tab for most of a minute, for no cut at all
+        return None, [], f"group #{gid} is not pruned ({why[:120]}): no scores to show"
     from_preview = plan is not None and gid in plan.scores
     if from_preview:
         scores = np.asarray(plan.scores[gid])
