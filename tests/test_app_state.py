@@ -60,6 +60,11 @@ def test_only_offered_specs_can_be_loaded():
         store.base("os:system")
     assert store.source_refusal({"spec": "demo:resnet"}) is None
     assert "does not offer" in store.source_refusal({"spec": "evil.module:attr"})
+    # the hint is a command that works: with the inputs the export recorded
+    why = store.source_refusal({"spec": "specs.py:llama", "inputs": ["1x64:int64"],
+                                "kwargs": {"layers": 2}})
+    assert why.endswith("start it with --model specs.py:llama --input 1x64:int64 "
+                        "--kwargs '{\"layers\": 2}'"), why
     store2 = SessionStore([ModelEntry("pkg.mod:Net", kwargs='{"width": 4}')])
     assert store2.source_refusal({"spec": "pkg.mod:Net", "kwargs": {"width": 4}}) is None
     # the spec is offered, only its kwargs differ: say so, and how to start the server

@@ -248,8 +248,11 @@ class SessionStore:
         kwargs = source.get("kwargs") or {}
         entry = self.entries.get(spec)
         if entry is None:
+            inputs = "" if spec.startswith("demo:") else "".join(
+                f" --input {x}" for x in source.get("inputs") or [] if isinstance(x, str))
+            kw = f" --kwargs '{json.dumps(kwargs)}'" if kwargs else ""
             return (f"this export was pruned from {spec!r}, which this server does not offer: "
-                    f"start it with --model {spec}")
+                    f"start it with --model {spec}{inputs}{kw}")
         if spec.startswith("demo:"):
             return None
         want = json.loads(entry.kwargs) if entry.kwargs else {}
