@@ -7,6 +7,7 @@ import shutil
 from functools import cache
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -67,3 +68,18 @@ def pytest_setup_options():
     if shutil.which("chromium"):
         opts.binary_location = shutil.which("chromium")
     return opts
+
+
+class MaskedLogits(torch.nn.Module):
+    """A pointer network's output: logits of visited positions masked to -inf (the CLI test
+    writes this class's source to a model file)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = torch.nn.Linear(4, 16), torch.nn.Linear(16, 6)
+
+    def forward(self, x):
+        logits = self.fc2(torch.relu(self.fc1(x)))
+        mask = torch.zeros(6, dtype=torch.bool)
+        mask[0] = True
+        return torch.log_softmax(logits.masked_fill(mask, float("-inf")), -1)

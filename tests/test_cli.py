@@ -1,11 +1,13 @@
 """The CLI as a user runs it: a real subprocess, JSON on stdout, one-line errors, exit 2."""
 
+import inspect
 import json
 import subprocess
 import sys
 
 import pytest
 import torch
+from conftest import MaskedLogits
 
 
 def cli(*args, check=True):
@@ -256,22 +258,7 @@ def _strict(text: str):
     return json.loads(text, parse_constant=refuse)
 
 
-MASKED_LOGITS = '''
-import torch
-from torch import nn
-
-
-class MaskedLogits(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc1, self.fc2 = nn.Linear(4, 16), nn.Linear(16, 6)
-
-    def forward(self, x):
-        logits = self.fc2(torch.relu(self.fc1(x)))
-        mask = torch.zeros(6, dtype=torch.bool)
-        mask[0] = True
-        return torch.log_softmax(logits.masked_fill(mask, float("-inf")), -1)
-'''
+MASKED_LOGITS = "import torch\n\n\n" + inspect.getsource(MaskedLogits)
 
 
 def test_every_json_the_cli_writes_is_strict_when_outputs_hold_inf(tmp_path):

@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import ALL_DEMOS, CNN_DEMOS
+from conftest import ALL_DEMOS, CNN_DEMOS, MaskedLogits
 from torch import nn
 
 from viewer.core.errors import DepViewError
@@ -98,20 +98,6 @@ def test_masked_equivalence_can_fail(demo_pruner):
         w = pruned.layer1[0].conv2.weight
         w.copy_(w[:, torch.randperm(w.shape[1], generator=torch.Generator().manual_seed(0))])
     assert not p.verify(pruned, plan)["masked_equivalence"]["ok"]
-
-
-class MaskedLogits(nn.Module):
-    """A pointer network's output: logits of visited positions masked to -inf."""
-
-    def __init__(self):
-        super().__init__()
-        self.fc1, self.fc2 = nn.Linear(4, 16), nn.Linear(16, 6)
-
-    def forward(self, x):
-        logits = self.fc2(torch.relu(self.fc1(x)))
-        mask = torch.zeros(6, dtype=torch.bool)
-        mask[0] = True
-        return torch.log_softmax(logits.masked_fill(mask, float("-inf")), -1)
 
 
 def test_masked_equivalence_holds_where_both_outputs_are_minus_inf():
