@@ -326,3 +326,49 @@ def test_one_group_that_loses_nothing_is_named_in_the_singular(store):
            "cut)" in one
     two = cb.summary_lines({**pv, "kept_whole": 2})[2]
     assert "2 prunable groups lose nothing (none of their units ranks" in two
+
+
+def test_an_override_on_a_group_that_is_not_pruned_is_refused(store):
+    # it was accepted, and then every preview failed ("override names group N, which is not
+    # pruned") until the user found the clear button
+    session = store.session("sid")
+    pruner = session.stage.pruner
+    blocked = next(g for g in pruner.groups if not g.prunable)
+    with pytest.raises(DepViewError, match=f"group #{blocked.id} is not pruned, so it takes "
+                                           "no ratio: "):
+        cb.set_override(store, "sid", blocked.id, 0.5)
+    assert not session.overrides
+    assert cb.make_plan(session, SETTINGS).removed
+
+
+def test_ignoring_the_layer_of_an_overridden_group_drops_its_override(store):
+    session = store.session("sid")
+    pruner = session.stage.pruner
+    gid = next(g.id for g in pruner.groups if g.root == "layer2.0.conv1")
+    cb.set_override(store, "sid", gid, 0.5)
+    text = cb.set_ignore(store, "sid", "layer2.0.conv1", ["out"])
+    assert text.endswith(f"The override of group #{gid} was removed: that group is no longer "
+                         "pruned.")
+    assert not session.overrides
+    plan = cb.make_plan(session, SETTINGS)  # failed before: the override named a kept group
+    assert gid not in plan.removed and plan.removed
+    # another override stays
+    other = next(g.id for g in pruner.groups if g.root == "layer1.0.conv1")
+    cb.set_override(store, "sid", other, 0.25)
+    assert "override" not in cb.set_ignore(store, "sid", "layer2.0.conv1", [])
+    assert session.overrides == {other: 0.25}
+
+
+def test_the_override_controls_say_why_a_group_takes_no_ratio(store):
+    session = store.session("sid")
+    pruner = session.stage.pruner
+    blocked = next(g for g in pruner.groups if not g.prunable)
+    why = cb.override_block(store, "sid", {"kind": "op", "name": blocked.root,
+                                           "gid": blocked.id})
+    assert why.startswith(f"group #{blocked.id} is not pruned: ")
+    ok = next(g for g in pruner.groups if g.root == "layer2.0.conv1")
+    sel = {"kind": "op", "name": ok.root, "gid": ok.id}
+    assert cb.override_block(store, "sid", sel) == ""
+    cb.set_ignore(store, "sid", "layer2.0.conv1", ["out"])  # now kept whole: no ratio
+    assert "ignored" in cb.override_block(store, "sid", sel)
+    assert cb.override_block(store, "sid", {"kind": "module", "name": "layer1"}) == ""

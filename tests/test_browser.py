@@ -355,6 +355,9 @@ def test_any_typed_ratio_previews_and_changing_it_clears_the_preview(dash_duo):
     dash_duo.wait_for_text_to_equal(f"#{ids.PREVIEW_PARAMS}", "—", timeout=TIMEOUT)
     dash_duo.wait_for_contains_text(f"#{ids.WIDTH_CHART_BOX}", "Settings changed",
                                     timeout=TIMEOUT)
+    # the message bar said "Preview: params ..." of the void preview too (it kept saying so)
+    dash_duo.wait_for_contains_text(f"#{ids.MESSAGE}", "Settings changed", timeout=TIMEOUT)
+    assert "Preview: params" not in dash_duo.find_element(f"#{ids.MESSAGE}").text
 
 
 def test_the_picker_follows_an_uploaded_export_and_loads_the_original_again(dash_duo,

@@ -15,6 +15,9 @@ from . import charts, ids
 from .state import ModelEntry, SessionStore
 from .styles import base_stylesheet, highlight_rules
 
+#: the override "set" button's tooltip (a group that is not pruned shows why instead)
+OVERRIDE_SET_TITLE = "prune this group by its own ratio"
+
 IMPORTANCE_LABELS = {"l1": "L1 magnitude", "l2": "L2 magnitude", "bn": "BatchNorm scale",
                      "random": "random", "taylor": "Taylor (1st order)"}
 
@@ -100,7 +103,7 @@ def inspector_card() -> html.Section:
                 html.Label("override ratio"),
                 dcc.Input(id=ids.OVERRIDE_RATIO, type="text", inputMode="decimal",
                           placeholder="0–1", className="num"),
-                _button("set", ids.OVERRIDE_SET, "prune this group by its own ratio",
+                _button("set", ids.OVERRIDE_SET, OVERRIDE_SET_TITLE,
                         "btn small"),
                 _button("clear", ids.OVERRIDE_CLEAR, "use the global ratio for this group",
                         "btn small"),

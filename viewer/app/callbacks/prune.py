@@ -18,6 +18,7 @@ from viewer.core.prune import IMPORTANCE, Plan, batch_shapes, untraced_note
 from viewer.core.text import counted
 
 from .. import charts, ids, styles
+from ..layout import OVERRIDE_SET_TITLE
 from ..state import Session, SessionStore, make_stage
 from .common import change, decode_upload, error_message, fmt_count, message
 from .inspect import inspect
@@ -277,6 +278,11 @@ def set_override(store: SessionStore, sid: str, gid: int | None, ratio) -> str:
             session.overrides.pop(gid, None)
             return f"Override of group #{gid} removed."
         r = parse_ratio(ratio, "override ratio")
+        pruner = session.stage.pruner
+        why = pruner.reason(next(g for g in pruner.groups if g.id == gid),
+                            {tuple(x.rsplit(":", 1)) for x in session.ignore})
+        if why:  # its ratio would do nothing, and the plan refuses it: every preview failed
+            raise DepViewError(f"group #{gid} is not pruned, so it takes no ratio: {why}")
         session.overrides[gid] = r
         return f"Group #{gid} will lose {r:.0%} of its units."
 
@@ -296,12 +302,48 @@ def set_ignore(store: SessionStore, sid: str, name: str | None, sides: list[str]
                 session.ignore.add(key)
             else:
                 session.ignore.discard(key)
+        dropped = _void_overrides(session)
         kept = [{"out": "outputs", "in": "inputs"}[s] for s in ("out", "in")
                 if s in (sides or [])]
         if not kept:
             return f"{name} is no longer ignored."
-        return f"Ignoring {name}'s {' and '.join(kept)}: groups that would prune them are " \
+        text = f"Ignoring {name}'s {' and '.join(kept)}: groups that would prune them are " \
                "left alone."
+        if dropped:
+            text += (f" The override{'s' if len(dropped) > 1 else ''} of "
+                     f"{', '.join(f'group #{g}' for g in dropped)} "
+                     f"{'were' if len(dropped) > 1 else 'was'} removed: "
+                     f"{'those groups are' if len(dropped) > 1 else 'that group is'} "
+                     "no longer pruned.")
+        return text
+
+
+def _void_overrides(session: Session) -> list[int]:
+    """Drop the overrides of groups the ignores now keep whole (the plan refuses a ratio for
+    a group it does not prune); returns their ids. Called under the session lock."""
+    pruner = session.stage.pruner
+    ignore = {tuple(x.rsplit(":", 1)) for x in session.ignore}
+    dropped = [g.id for g in pruner.groups
+               if g.id in session.overrides and pruner.reason(g, ignore)]
+    for gid in dropped:
+        del session.overrides[gid]
+    return dropped
+
+
+def override_block(store: SessionStore, sid: str, selection: dict | None) -> str:
+    """Why the selected group takes no override ratio ("" when it does): it is not pruned
+    (the "set" button is disabled and says why; "clear" stays, for an override set before)."""
+    sel = selection or {}
+    if sel.get("kind") != "op" or sel.get("gid") is None:
+        return ""
+    session = store.session(sid)
+    with session.lock:
+        pruner = session.stage.pruner
+        group = next((g for g in pruner.groups if g.id == sel["gid"]), None)
+        if group is None:
+            return ""
+        why = pruner.reason(group, {tuple(x.rsplit(":", 1)) for x in session.ignore})
+    return f"group #{group.id} is not pruned: {why}" if why else ""
 
 
 def plan_info(session: Session) -> list:
@@ -504,7 +546,8 @@ def register(app, store: SessionStore) -> None:
             if not had:
                 return (no_update,) * 6
             stale = charts.mount(ids.WIDTH_CHART, None, STALE_HINT)
-            return "—", "—", STALE_HINT, stale, rev, no_update
+            # the message bar said "Preview: params ..." of the void preview: replace it
+            return "—", "—", STALE_HINT, stale, rev, message(STALE_HINT, "info")
         try:
             settings = parse_settings(importance, ratio, mode, round_to)
             pv = run_preview(store, sid, settings)
@@ -624,6 +667,22 @@ def register(app, store: SessionStore) -> None:
             return history(session), none, none, none
         except Exception:
             return no_update, no_update, no_update, no_update
+
+    @app.callback(
+        Output(ids.OVERRIDE_RATIO, "disabled"),
+        Output(ids.OVERRIDE_SET, "disabled"),
+        Output(ids.OVERRIDE_SET, "title"),
+        Input(ids.SHOWN, "data"),
+        Input(ids.PLAN_INFO, "children"),  # an ignore can make the group unprunable
+        State(ids.SESSION, "data"),
+        prevent_initial_call=True,
+    )
+    def on_override_lock(selection, _info, sid):
+        try:
+            why = override_block(store, sid, selection)
+        except Exception:
+            why = ""
+        return bool(why), bool(why), why or OVERRIDE_SET_TITLE
 
     @app.callback(
         Output(ids.PLAN_INFO, "children"),
