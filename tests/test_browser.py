@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -230,6 +231,28 @@ def test_preview_annotates_the_inspected_group_and_its_edges(dash_duo):
         "return window.cy.edges('.dv-tensor').some(function (e) {"
         " return (e.data('hl') || '').indexOf('→') >= 0; });"),
         "no highlighted edge names the units the preview removes")
+
+
+def test_a_running_apply_says_what_it_does_until_it_ends(dash_duo, monkeypatch):
+    # GPT-2 small's apply takes ~30 s; only a disabled button showed that anything ran
+    from viewer.app.callbacks import prune
+
+    real, release = prune.apply_round, threading.Event()
+
+    def held(*args, **kwargs):  # the apply waits until the test has seen the status
+        release.wait(TIMEOUT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(prune, "apply_round", held)
+    _start(dash_duo, create_app([ModelEntry("demo:cnn")]))
+    _wait_graph(dash_duo, "features.0")
+    dash_duo.find_element(f"#{ids.APPLY}").click()
+    dash_duo.wait_for_contains_text(f"#{ids.BUSY}", "pruning a copy, verifying it",
+                                    timeout=TIMEOUT)
+    assert dash_duo.find_element(f"#{ids.PREVIEW}").get_property("disabled")
+    release.set()
+    dash_duo.wait_for_contains_text(f"#{ids.MESSAGE}", "Round 1 applied", timeout=TIMEOUT)
+    dash_duo.wait_for_text_to_equal(f"#{ids.BUSY}", "", timeout=TIMEOUT)
 
 
 def test_a_bad_ratio_shows_a_message_and_the_page_keeps_working(dash_duo):

@@ -65,6 +65,7 @@ PREVIEW = "preview"  #: the preview button
 APPLY = "apply"
 UNDO = "undo"
 RESET = "reset"
+BUSY = "busy"  #: what a running preview or apply is doing (empty when idle)
 PLAN_INFO = "plan-info"  #: overrides and ignores in force
 PREVIEW_PANEL = "preview-panel"
 PREVIEW_PARAMS = "preview-params"

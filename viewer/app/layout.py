@@ -150,6 +150,7 @@ def prune_card() -> html.Section:
                 "btn danger"),
         _button("Undo", ids.UNDO, "drop the last round", disabled=True),
         _button("Reset", ids.RESET, "back to the original model", disabled=True),
+        html.Span(id=ids.BUSY, className="busy", role="status"),
     ], className="buttons")
     numbers = html.Div([
         html.Div([html.Span("params", className="num-label"),

@@ -503,6 +503,11 @@ def summary_lines(preview: dict) -> tuple[str, str, str]:
     return change(p["before"], p["after"]), change(m["before"], m["after"]), extra
 
 
+#: what the status beside the buttons says while a preview or a round runs (a large model
+#: takes tens of seconds: GPT-2 small's apply ~30 s, most of it verifying and tracing)
+BUSY_PREVIEW = "Previewing: planning, scoring and checking each group…"
+BUSY_ROUND = "Working: pruning a copy, verifying it and tracing the result…"
+
 STALE_HINT = "Settings changed since the last preview: press Preview to see their effect."
 
 
@@ -528,7 +533,8 @@ def register(app, store: SessionStore) -> None:
         *edits,
         State(ids.PREVIEW_REV, "data"),
         State(ids.SESSION, "data"),
-        running=[(Output(ids.PREVIEW, "disabled"), True, False)],
+        running=[(Output(ids.PREVIEW, "disabled"), True, False),
+                 (Output(ids.BUSY, "children"), BUSY_PREVIEW, "")],
         prevent_initial_call=True,
     )
     def on_preview(_n, _rev, importance, ratio, mode, round_to, _plan_info, _batch, prev_rev,
@@ -633,7 +639,9 @@ def register(app, store: SessionStore) -> None:
         Input(ids.RESET, "n_clicks"),
         *settings_state,
         State(ids.SESSION, "data"),
-        running=[(Output(ids.APPLY, "disabled"), True, False)],
+        running=[(Output(ids.APPLY, "disabled"), True, False),
+                 (Output(ids.PREVIEW, "disabled"), True, False),
+                 (Output(ids.BUSY, "children"), BUSY_ROUND, "")],
         prevent_initial_call=True,
     )
     def on_round(_a, _u, _r, importance, ratio, mode, round_to, sid):
