@@ -13,6 +13,38 @@
   var FIT_HINT = 'fit-hint';  // viewer/app/ids.py FIT_HINT
   var READABLE_ZOOM = 0.3;  // below it a node's label is a few pixels high
 
+  // A file larger than this never reaches the server: the browser reads an upload into one
+  // base64 string (a 300 MB zip crashed the tab; 200 MB arrived in ~20 s), and dcc.Upload
+  // drops a file above its max_size without a word. Say so instead (viewer/app/callbacks/
+  // common.py MAX_UPLOAD; the ids are viewer/app/ids.py UPLOAD, BATCH_UPLOAD and MESSAGE).
+  var MAX_UPLOAD = 200000000, MESSAGE = 'message';
+  var TOO_LARGE = {
+    'upload': 'unzip it and start the app with --model DIR (the server reads it from disk)',
+    'batch-upload': 'use a smaller batch'
+  };
+  function checkSizes(target, files) {
+    var box = target && target.closest ? target.closest('#upload, #batch-upload') : null;
+    if (!box || !files) { return; }
+    for (var i = 0; i < files.length; i++) {
+      if (files[i].size > MAX_UPLOAD) {
+        var mb = function (n) { return Math.round(n / 1e6) + ' MB'; };
+        window.dash_clientside.set_props(MESSAGE, {children: {
+          type: 'Div', namespace: 'dash_html_components',
+          props: {className: 'msg msg-error', role: 'status',
+                  children: files[i].name + ': ' + mb(files[i].size) + ' is too large to ' +
+                            'send through the browser (at most ' + mb(MAX_UPLOAD) + '): ' +
+                            TOO_LARGE[box.id]}}});
+        return;
+      }
+    }
+  }
+  document.addEventListener('change', function (e) {
+    checkSizes(e.target, e.target && e.target.files);
+  }, true);
+  document.addEventListener('drop', function (e) {
+    checkSizes(e.target, e.dataTransfer && e.dataTransfer.files);
+  }, true);
+
   window.dash_clientside = Object.assign({}, window.dash_clientside, {
     depview: {
       /* Called whenever the elements change: hook the tap and double-click handlers once. */

@@ -267,3 +267,39 @@ def test_graph_json_is_strict_when_an_op_holds_minus_inf(tmp_path, monkeypatch):
     g = json.loads(cb.graph_json(s, "sid")[0], parse_constant=strict)
     assert any("-Infinity" in json.dumps(n["attrs"]) for n in g["nodes"])
     json.loads(cb.groups_json(s, "sid")[0], parse_constant=strict)
+
+
+def test_an_export_directory_given_at_start_up_opens_for_another_round(tmp_path, downloads):
+    # an export too large for the browser (GPT-2's 414 MB zip) is opened from disk instead:
+    # `python -m viewer --model DIR`, as the CLI takes it
+    from viewer.app.callbacks import prune as pcb
+    from viewer.core.prune import Pruner
+    from viewer.core.spec import load_model
+    from viewer.core.trace import build_graph
+
+    lm = load_model("demo:cnn")
+    pruner = Pruner(lm.model, lm.inputs, graph=build_graph(lm.model, lm.inputs),
+                    output_layers=lm.output_layers)
+    plan = pruner.plan(0.5, "l1")
+    pruned = pruner.apply(plan)
+    folder = export.export_dir(pruner, plan, pruned, tmp_path / "cnn-export", lm.source)
+    store = SessionStore([ModelEntry(str(folder))])
+    assert load_entry(store, "s", str(folder)) == ""
+    session = store.session("s")
+    x = session.base.inputs
+    with torch.no_grad():
+        assert torch.equal(session.stage.model(*x), pruned(*x))
+    assert session.base.description == "export cnn-export: demo:cnn pruned in 1 round"
+    text = apply_round(store, "s", {**SETTINGS, "ratio": 0.3})
+    assert text.startswith("Round 2 applied")
+    assert pcb.undo(store, "s") == "Undone: back to the export (after round 1)."
+    apply_round(store, "s", {**SETTINGS, "ratio": 0.3})
+    data = _fetch(downloads, cb.prepare_checkpoint(store, downloads, "s").token)
+    assert len(json.loads(zipfile.ZipFile(io.BytesIO(data)).read("plan.json"))["rounds"]) == 2
+    _same_outputs(_reload(data, tmp_path / "r2"), store, "s")  # rebuilt from the original
+    # it brings its own inputs and weights: options that would change them are refused
+    for entry in (ModelEntry(str(folder), inputs=("1x3x8x8",)),
+                  ModelEntry(str(folder), device="meta")):
+        with pytest.raises(DepViewError, match="is an export directory: it brings its own "
+                                               "model, inputs and weights"):
+            SessionStore([entry]).base(str(folder))

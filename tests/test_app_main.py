@@ -140,3 +140,12 @@ def test_a_start_up_model_that_fails_is_named_in_the_error():
         main.create_app([ModelEntry("torch.nn:Identity")], preload=True)
     assert str(exc.value).startswith("torch.nn:Identity needs example inputs")
     assert "after a --model" not in str(exc.value)  # one model: no hint about several
+
+
+def test_the_page_and_the_server_agree_on_the_largest_upload():
+    from pathlib import Path
+
+    from viewer.app.callbacks.common import MAX_UPLOAD
+
+    js = (Path(__file__).parents[1] / "assets" / "depview.js").read_text()
+    assert int(re.search(r"var MAX_UPLOAD = (\d+)", js).group(1)) == MAX_UPLOAD

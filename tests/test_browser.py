@@ -255,6 +255,24 @@ def test_a_running_apply_says_what_it_does_until_it_ends(dash_duo, monkeypatch):
     dash_duo.wait_for_text_to_equal(f"#{ids.BUSY}", "", timeout=TIMEOUT)
 
 
+def test_a_file_too_large_for_the_browser_is_refused_with_a_message(dash_duo, tmp_path):
+    # a 414 MB export zip did nothing at all (the tab cannot hold it as base64); the page now
+    # says so and where to go instead, without reading the file
+    from viewer.app.callbacks.common import MAX_UPLOAD
+
+    big = tmp_path / "gpt2-export.zip"
+    with big.open("wb") as f:
+        f.truncate(MAX_UPLOAD + 1)  # sparse: no disk used
+    _start(dash_duo, create_app([ModelEntry("demo:cnn")]))
+    _wait_graph(dash_duo, "features.0")
+    dash_duo.find_element(f"#{ids.UPLOAD} input[type=file]").send_keys(str(big))
+    dash_duo.wait_for_contains_text(f"#{ids.MESSAGE}", "gpt2-export.zip: 200 MB is too large "
+                                    "to send through the browser", timeout=TIMEOUT)
+    assert "--model DIR" in dash_duo.find_element(f"#{ids.MESSAGE}").text
+    _click_node(dash_duo, "features.0")  # the page keeps working
+    dash_duo.wait_for_contains_text(f"#{ids.INSPECTOR}", "OpType.CONV", timeout=TIMEOUT)
+
+
 def test_a_bad_ratio_shows_a_message_and_the_page_keeps_working(dash_duo):
     _start(dash_duo, create_app([ModelEntry("demo:cnn")]))
     _wait_graph(dash_duo, "features.0")

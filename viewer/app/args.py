@@ -67,9 +67,10 @@ def add_model_options(parser: argparse.ArgumentParser, per_model: bool = False) 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``serve`` options: ``--model`` (repeatable) with its model options, host, port."""
     parser.add_argument("--model", action=_ModelAction, default=[], metavar="SPEC",
-                        help="add a model to the picker: demo:NAME, package.module:attr or "
-                             "path/file.py:attr (repeatable). Model options after it apply to "
-                             "it alone; before the first --model, to every model")
+                        help="add a model to the picker: demo:NAME, package.module:attr, "
+                             "path/file.py:attr or an export directory (repeatable). Model "
+                             "options after it apply to it alone; before the first --model, "
+                             "to every model")
     parser.set_defaults(per_model=[])
     add_model_options(parser, per_model=True)
     parser.add_argument("--host", default="127.0.0.1")

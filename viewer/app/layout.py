@@ -12,6 +12,7 @@ from dash import dcc, html
 from viewer.core.prune import IMPORTANCE
 
 from . import charts, ids
+from .callbacks.common import MAX_UPLOAD
 from .state import ModelEntry, SessionStore
 from .styles import base_stylesheet, highlight_rules
 
@@ -39,7 +40,7 @@ def header(entries: list[ModelEntry], default: str) -> html.Header:
             "exported (plan.json + model.safetensors; no pickle)"),
             # no accept=: a dropped file of another type would vanish without a word; the
             # server names what is wrong with it instead
-            max_size=1 << 30, className="upload"),
+            max_size=MAX_UPLOAD, className="upload"),
         html.Div(id=ids.MODEL_INFO, className="model-info"),
     ], className="header")
 
@@ -133,7 +134,7 @@ def prune_card() -> html.Section:
                                 {"label": "global ranking", "value": "global"}]),
     ], className="controls")
     batch = html.Div([
-        dcc.Upload(id=ids.BATCH_UPLOAD, max_size=1 << 30,  # any file: the server says why
+        dcc.Upload(id=ids.BATCH_UPLOAD, max_size=MAX_UPLOAD,  # any type: the server says why
                    className="batch-upload", children=html.Button(
                        "Taylor batch (.safetensors)", className="btn small",
                        title="inputs to score units on: tensors named 0, 1, ... (positional) "

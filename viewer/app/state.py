@@ -19,6 +19,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from torch import nn
 
@@ -103,6 +104,36 @@ class Base:
     source: dict
     description: str = ""
     history: list[dict] = field(default_factory=list)
+
+
+def export_folder(spec: str) -> Path | None:
+    """``spec`` as an export directory (``prune --out`` wrote it), or None."""
+    folder = Path(spec)
+    if ":" in spec or not folder.is_dir() or not (folder / "plan.json").is_file():
+        return None
+    return folder
+
+
+def _export_base(entry: ModelEntry, folder: Path) -> Base:
+    """A start-up ``--model DIR``: the pruned model of an export directory on the original's
+    example inputs, with its rounds so far (as an uploaded zip of it, without the browser:
+    a large export is read from disk). The recorded source is rebuilt: the user named it."""
+    from viewer.core.export import read_plan, rebuild
+
+    given = [o for o, v in (("--input", entry.inputs), ("--kwargs", entry.kwargs),
+                            ("--weights", entry.weights)) if v]
+    if given or entry.device != "cpu":
+        given += ["--device"] if entry.device != "cpu" else []
+        raise DepViewError(f"{entry.spec} is an export directory: it brings its own model, "
+                           f"inputs and weights ({', '.join(given)} cannot apply)")
+    model, lm = rebuild(folder)
+    plan = read_plan(folder)
+    rounds = list(plan.get("rounds") or [])
+    stage = make_stage(model, lm.inputs, lm.output_layers)
+    n = len(rounds)
+    return Base(entry.spec, stage, lm.inputs, list(lm.output_layers), dict(plan["source"]),
+                entry.description or f"export {folder.name}: {plan['source']['spec']} pruned "
+                                     f"in {n} round{'s' if n != 1 else ''}", rounds)
 
 
 @dataclass
@@ -226,14 +257,18 @@ class SessionStore:
             with self._lock:
                 if spec in self._bases:
                     return self._bases[spec]
-            from viewer.core.spec import load_model
+            folder = export_folder(entry.spec)
+            if folder is not None:
+                base = _export_base(entry, folder)
+            else:
+                from viewer.core.spec import load_model
 
-            lm = load_model(entry.spec, inputs=list(entry.inputs) or None,
-                            kwargs=entry.kwargs or None, weights=entry.weights,
-                            device=entry.device, seed=entry.seed)
-            stage = make_stage(lm.model, lm.inputs, lm.output_layers)
-            base = Base(spec, stage, lm.inputs, list(lm.output_layers), dict(lm.source),
-                        entry.description or lm.description)
+                lm = load_model(entry.spec, inputs=list(entry.inputs) or None,
+                                kwargs=entry.kwargs or None, weights=entry.weights,
+                                device=entry.device, seed=entry.seed)
+                stage = make_stage(lm.model, lm.inputs, lm.output_layers)
+                base = Base(spec, stage, lm.inputs, list(lm.output_layers), dict(lm.source),
+                            entry.description or lm.description)
             with self._lock:
                 self._bases[spec] = base
                 while len(self._bases) > self.max_models:

@@ -13,7 +13,9 @@ from viewer.core.errors import DepViewError
 
 log = logging.getLogger("viewer.app")
 
-MAX_UPLOAD = 1 << 30  #: bytes of an upload (an export zip, a batch)
+#: bytes of an upload (an export zip, a batch): the browser reads a file into one base64
+#: string, and a 300 MB zip crashed the tab (assets/depview.js says so before it tries)
+MAX_UPLOAD = 200_000_000
 
 
 def error_text(exc: BaseException) -> str:
@@ -79,5 +81,5 @@ def decode_upload(contents: str, filename: str | None = None) -> bytes:
     if not data:
         raise DepViewError(f"{name}: the file is empty")
     if len(data) > MAX_UPLOAD:
-        raise DepViewError(f"{name}: larger than {MAX_UPLOAD >> 20} MB")
+        raise DepViewError(f"{name}: larger than {MAX_UPLOAD // 10**6} MB")
     return data

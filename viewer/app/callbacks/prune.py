@@ -397,7 +397,8 @@ def first_stage(session: Session, short: bool = False) -> str:
     model") or, ``short``, as the history lists it ("original")."""
     done = len(session.base.history) if session.base else 0
     if done:
-        return f"{'' if short else 'the '}uploaded export (after round {done})"
+        what = "uploaded export" if session.base.entry_key.startswith("upload:") else "export"
+        return f"{'' if short else 'the '}{what} (after round {done})"
     return "original" if short else "the original model"
 
 
