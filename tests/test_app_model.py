@@ -197,3 +197,70 @@ def test_a_failed_upload_changes_nothing_not_even_the_pickers_label(tmp_path):
     # a failed pick puts the picker back on the upload, with the label it had
     *_, value, label, _ = cb.choose_model(store, "s", "demo:nope", None, None, False)
     assert (value, label) == (None, "uploaded cnn.zip")
+
+
+def _round(store, sid):
+    from viewer.app.callbacks import prune as pcb
+
+    return pcb.apply_round(store, sid, pcb.parse_settings("l1", "0.3", "uniform", "1"))
+
+
+def test_switching_models_keeps_the_rounds_applied_to_the_one_left():
+    # picking another model dropped the applied rounds without a word
+    store = SessionStore()
+    cb.load_entry(store, "s", "demo:cnn")
+    _round(store, "s")
+    pruned = store.session("s").stage
+    note = cb.load_entry(store, "s", "demo:norms")
+    assert note == "demo:cnn keeps its 1 round: pick it again to go on from it."
+    assert len(store.session("s").stages) == 1
+    note = cb.load_entry(store, "s", "demo:cnn")
+    assert note.startswith("Back to demo:cnn after its 1 round (Reset goes back")
+    session = store.session("s")
+    assert len(session.stages) == 2 and session.stage is pruned
+    assert cb.load_entry(store, "s", "demo:cnn") == ""  # the picker set to it: kept as is
+    assert session.stage is pruned
+
+
+def test_a_session_keeps_the_rounds_of_a_few_models_and_says_which_it_drops():
+    store = SessionStore()
+    names = ["demo:cnn", "demo:norms", "demo:rnn", "demo:slicing"]
+    for name in names:
+        cb.load_entry(store, "s", name)
+        _round(store, "s")
+    note = cb.load_entry(store, "s", "demo:vit")
+    assert note.endswith(f"(Dropped the 1 round applied to demo:cnn: rounds of at most "
+                         f"{cb.SHELF_SIZE} other models are kept.)")
+    assert list(store.session("s").shelf) == names[1:]
+    assert cb.load_entry(store, "s", "demo:cnn") == ""  # a fresh start
+
+
+def test_rounds_applied_to_an_upload_are_dropped_with_a_note(tmp_path):
+    export = pytest.importorskip("viewer.core.export")
+    store = SessionStore()
+    base = store.base("demo:cnn")
+    plan = base.stage.pruner.plan(0.5, "l1")
+    out = export.export_dir(base.stage.pruner, plan, base.stage.pruner.apply(plan),
+                            tmp_path / "e", base.source)
+    cb.load_upload(store, "s", _contents(export.zip_dir(out)), "cnn.zip")
+    _round(store, "s")
+    assert cb.load_entry(store, "s", "demo:cnn") == (
+        "Dropped the 1 round applied to the uploaded cnn.zip (download a checkpoint before "
+        "switching to keep rounds).")
+
+
+def test_a_reloaded_page_gets_its_session_back_with_its_rounds():
+    store = SessionStore()
+    cb.load_entry(store, "s", "demo:norms")
+    _round(store, "s")
+    pruned = store.session("s").stage
+    # the page's initial call names the picker's default model, not the one on screen
+    rev, note, picker, _placeholder, upload = cb.choose_model(
+        store, "s", "demo:resnet", None, None, upload=False, initial=True)
+    assert store.session("s").stage is pruned and rev["stage"] == pruned.key
+    assert picker == "demo:norms" and upload is None
+    assert note.children == "Reloaded: demo:norms with its 1 round."
+    # a page with a new (or expired) id loads the default as before
+    rev, *_ = cb.choose_model(store, "new", "demo:resnet", None, None, upload=False,
+                              initial=True)
+    assert store.session("new").base.entry_key == "demo:resnet"

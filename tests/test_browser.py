@@ -273,6 +273,23 @@ def test_a_file_too_large_for_the_browser_is_refused_with_a_message(dash_duo, tm
     dash_duo.wait_for_contains_text(f"#{ids.INSPECTOR}", "OpType.CONV", timeout=TIMEOUT)
 
 
+def test_a_reload_keeps_the_model_and_its_applied_rounds(dash_duo):
+    # a reload (F5) made a new session: the rounds applied were gone without a word
+    _start(dash_duo, create_app([ModelEntry("demo:resnet"), ModelEntry("demo:cnn")]))
+    _wait_graph(dash_duo, "layer1.0.conv1")
+    dash_duo.select_dcc_dropdown(f"#{ids.MODEL_PICKER}", "demo:cnn")
+    _wait_graph(dash_duo, "features.0")
+    dash_duo.find_element(f"#{ids.APPLY}").click()
+    dash_duo.wait_for_contains_text(f"#{ids.HISTORY}", "round 1", timeout=TIMEOUT)
+    dash_duo.driver.refresh()
+    _wait_graph(dash_duo, "features.0")  # not the picker's default (demo:resnet)
+    dash_duo.wait_for_contains_text(f"#{ids.HISTORY}", "round 1", timeout=TIMEOUT)
+    dash_duo.wait_for_contains_text(f"#{ids.MESSAGE}", "Reloaded: demo:cnn with its 1 round",
+                                    timeout=TIMEOUT)
+    dash_duo.wait_for_contains_text(f"#{ids.MODEL_PICKER}", "cnn", timeout=TIMEOUT)
+    assert not dash_duo.find_element(f"#{ids.UNDO}").get_property("disabled")
+
+
 def test_a_bad_ratio_shows_a_message_and_the_page_keeps_working(dash_duo):
     _start(dash_duo, create_app([ModelEntry("demo:cnn")]))
     _wait_graph(dash_duo, "features.0")

@@ -193,7 +193,8 @@ def history_card() -> html.Section:
 
 def stores(sid: str) -> list:
     return [
-        dcc.Store(id=ids.SESSION, data=sid),
+        # kept in the tab's sessionStorage: a reload finds its session (and rounds) again
+        dcc.Store(id=ids.SESSION, data=sid, storage_type="session"),
         dcc.Store(id=ids.VIEW_REV, data=0),
         dcc.Store(id=ids.SELECTION),
         dcc.Store(id=ids.SHOWN),

@@ -152,6 +152,9 @@ class Session:
     ignore: set[str] = field(default_factory=set)  #: "name:out" / "name:in"
     batch: object | None = None  #: uploaded inputs for the Taylor importance (None: examples)
     batch_label: str = ""
+    #: picker entry -> the stages of a model left with applied rounds (picking it again
+    #: brings them back), least recently left first
+    shelf: OrderedDict[str, list[Stage]] = field(default_factory=OrderedDict)
 
     @property
     def stage(self) -> Stage:

@@ -15,10 +15,13 @@ from .. import ids
 from ..state import Base, Session, SessionStore, make_stage
 from .common import decode_upload, error_message, fmt_count, message
 
+#: how many models' applied rounds a session keeps while another model is shown
+SHELF_SIZE = 3
 
-def _fresh(session: Session, base: Base) -> None:
+
+def _fresh(session: Session, base: Base, stages: list | None = None) -> None:
     session.base = base
-    session.stages = [base.stage]
+    session.stages = stages or [base.stage]
     session.collapsed = None
     session.view = None
     session.overrides.clear()
@@ -36,12 +39,52 @@ def load_entry(store: SessionStore, sid: str, spec: str) -> str:
     session = store.session(sid, create=True)
     base = store.base(spec)
     with session.lock:
-        _fresh(session, base)
+        if session.base is not None and session.base.entry_key == spec:
+            return ""  # already shown (the picker set to it): its rounds stay
+        note = " ".join(filter(None, [note, _switch(session, base)]))
     if weightless(base.stage.model):
         note = " ".join(filter(None, [note, (
             "This model is on the meta device, without weights: its graph and groups are "
             "real; previews use the 'random' importance; checkpoints need --device cpu.")]))
     return note
+
+
+def _switch(session: Session, base: Base) -> str:
+    """Show ``base``'s model. Rounds applied to the model left are kept (picking it again
+    brings them back; an uploaded export's cannot be picked again: they are dropped, and the
+    note says so); ``base``'s kept rounds come back. Returns a note ("" for none)."""
+    notes = []
+    left = session.base
+    rounds = len(session.stages) - 1
+    if left is not None and rounds:
+        name = _label(left)
+        if left.entry_key.startswith("upload:"):
+            notes.append(f"Dropped the {_rounds(rounds)} applied to {name} (download a "
+                         "checkpoint before switching to keep rounds).")
+        else:
+            session.shelf[left.entry_key] = list(session.stages)
+            session.shelf.move_to_end(left.entry_key)
+            notes.append(f"{name} keeps its {_rounds(rounds)}: pick it again to go on from "
+                         f"{'it' if rounds == 1 else 'them'}.")
+            while len(session.shelf) > SHELF_SIZE:
+                old, stages = session.shelf.popitem(last=False)
+                notes.append(f"(Dropped the {_rounds(len(stages) - 1)} applied to {old}: "
+                             f"rounds of at most {SHELF_SIZE} other models are kept.)")
+    kept = session.shelf.pop(base.entry_key, None)
+    _fresh(session, base, kept)
+    if kept:
+        notes.insert(0, f"Back to {base.entry_key} after its {_rounds(len(kept) - 1)} "
+                        "(Reset goes back to the original).")
+    return " ".join(notes)
+
+
+def _label(base: Base) -> str:
+    return f"the uploaded {base.entry_key.removeprefix('upload:')}" \
+        if base.entry_key.startswith("upload:") else base.entry_key
+
+
+def _rounds(n: int) -> str:
+    return f"{n} round{'s' if n != 1 else ''}"
 
 
 def peek_source(data: bytes) -> dict:
@@ -89,10 +132,10 @@ def load_upload(store: SessionStore, sid: str, contents: str, filename: str | No
                 f"pruned in {len(rounds)} round{'s' if len(rounds) != 1 else ''}", rounds)
     session = store.session(sid, create=True)
     with session.lock:
-        _fresh(session, base)
+        note = _switch(session, base)
     n = len(rounds)
-    return f"Loaded {filename or 'the export'}: {source['spec']} pruned in {n} " \
-           f"round{'s' if n != 1 else ''}."
+    return " ".join(filter(None, [f"Loaded {filename or 'the export'}: {source['spec']} "
+                                  f"pruned in {n} round{'s' if n != 1 else ''}.", note]))
 
 
 def model_info(store: SessionStore, sid: str) -> list:
@@ -152,11 +195,17 @@ def picker_after_failure(store: SessionStore, sid: str) -> tuple:
 
 
 def choose_model(store: SessionStore, sid: str, spec: str | None, contents: str | None,
-                 filename: str | None, upload: bool) -> tuple:
+                 filename: str | None, upload: bool, initial: bool = False) -> tuple:
     """The model callback's outputs (graph rev, message, picker value, picker placeholder,
     upload contents) for a picked ``spec`` or, ``upload``, an uploaded zip. A load that fails
     changes nothing but the message (a failed pick puts the picker back); the upload box is
-    always emptied, so that the same file can be opened again."""
+    always emptied, so that the same file can be opened again. ``initial``: the page was
+    (re)loaded; a session that already shows a model (the page's id survives a reload in the
+    tab's sessionStorage) keeps it with its rounds, and the picker shows it."""
+    if initial:
+        kept = _reloaded(store, sid)
+        if kept is not None:
+            return kept
     if (upload and not contents) or (not upload and not spec):
         return (no_update,) * 5  # this callback's own reset of the picker or the upload
     try:
@@ -174,6 +223,28 @@ def choose_model(store: SessionStore, sid: str, spec: str | None, contents: str 
         return no_update, error_message(exc), *picker, None
 
 
+def _reloaded(store: SessionStore, sid: str) -> tuple | None:
+    """The model callback's outputs for a reloaded page whose session is still on the server
+    (None otherwise): the same model and rounds, nothing rebuilt."""
+    if not sid or store.was_evicted(sid):
+        return None
+    try:
+        session = store.session(sid)
+    except DepViewError:
+        return None
+    with session.lock:
+        base, rounds = session.base, len(session.stages) - 1
+    if base is None:
+        return None
+    if base.entry_key in store.entries:
+        picker = (base.entry_key, no_update)
+    else:
+        picker = (None, uploaded_label(base.entry_key.removeprefix("upload:")))
+    note = message(f"Reloaded: {_label(base)} with its {_rounds(rounds)}.", "info") \
+        if rounds else None
+    return graph_rev(session), note, *picker, None
+
+
 def register(app, store: SessionStore) -> None:
     @app.callback(
         Output(ids.GRAPH_REV, "data"),
@@ -189,7 +260,7 @@ def register(app, store: SessionStore) -> None:
     )
     def on_model(spec, contents, filename, sid):
         return choose_model(store, sid, spec, contents, filename,
-                            ctx.triggered_id == ids.UPLOAD)
+                            ctx.triggered_id == ids.UPLOAD, initial=ctx.triggered_id is None)
 
     @app.callback(
         Output(ids.IMPORTANCE, "value"),
