@@ -155,9 +155,17 @@ def test_preview_rules_mark_collapsed_modules_holding_pruned_layers():
     lm = load_model("demo:densenet")
     graph = build_graph(lm.model, lm.inputs)
     view = build_view(graph, collapsed={"features.0"})
+    conv = graph.by_name["features.0.0.conv1"]
+    cin, cout = styles.channels(conv)
     rules = styles.preview_rules(view, graph, {"features.0.0.conv1": {"out": 20, "in": 16}})
-    assert rules == [{"selector": f"#{view.module_ids['features.0']}",
-                      "style": {"border-color": styles.PRUNED}}]
+    eid = view.module_ids["features.0"]
+    # the box says how much of it shrinks (it only changed colour: no width was to be seen)
+    assert rules == [{"selector": f"#{eid}", "style": {
+        "label": f"{view.data[eid]['label']}\n⇒ 1 layer: {cout}→20",
+        "border-color": styles.PRUNED}}]
+    # a layer whose widths do not change changes nothing
+    assert styles.preview_rules(view, graph, {"features.0.0.conv1": {"out": cout,
+                                                                     "in": cin}}) == []
 
 
 def test_chart_placeholders_say_what_will_appear():

@@ -220,7 +220,8 @@ def search_rules(ids: Iterable[str]) -> list[dict]:
 def preview_rules(view: View, graph: Graph, widths: dict[str, dict[str, int]]) -> list[dict]:
     """Annotate each drawn layer a plan shrinks with its new width (``⇒ 3→8``)."""
     rules = []
-    touched_modules: set[str] = set()
+    # collapsed module -> [layers narrowed, their output channels before, after]
+    boxes: dict[str, list[int]] = {}
     for n in graph.nodes:
         w = widths.get(n.module)
         if not w or not n.is_module:
@@ -228,19 +229,29 @@ def preview_rules(view: View, graph: Graph, widths: dict[str, dict[str, int]]) -
         eid = view.rep.get(n.id)
         if eid is None:
             continue
-        if view.data[eid].get("kind") != "op":  # drawn inside a collapsed module
-            touched_modules.add(eid)
-            continue
         cin, cout = channels(n)
         new_in, new_out = w.get("in", cin), w.get("out", cout)
+        if view.data[eid].get("kind") != "op":  # drawn inside a collapsed module
+            box = boxes.setdefault(eid, [0, 0, 0])
+            box[0] += (new_in, new_out) != (cin, cout)
+            box[1] += cout or 0
+            box[2] += new_out or 0
+            continue
         if (new_in, new_out) == (cin, cout):
             continue
         label = view.data[eid]["label"] + f"\n⇒ {new_in}→{new_out}"
         rules.append({"selector": f"#{eid}", "style": {
             "label": label, "height": 50, "border-width": 3, "border-color": PRUNED}})
-    if touched_modules:
-        rules.append({"selector": _ids(sorted(touched_modules)), "style": {
-            "border-color": PRUNED}})
+    for eid, (k, before, after) in sorted(boxes.items()):
+        if not k:
+            continue
+        # the box names how much of it shrinks (its layers are not drawn to carry a width)
+        # (short: the box is as wide as its other lines) "⇒ 10 layers: 320→230": how many
+        # layers it narrows, and the sum of their output widths before → after
+        what = f"{k} layer{'s' if k > 1 else ''}"
+        what += f": {before}→{after}" if after != before else " narrower"
+        rules.append({"selector": f"#{eid}", "style": {
+            "label": f"{view.data[eid]['label']}\n⇒ {what}", "border-color": PRUNED}})
     return rules
 
 
