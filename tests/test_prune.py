@@ -131,6 +131,33 @@ def test_every_pruned_tensor_is_an_index_select_of_the_original(demo_pruner, nam
         assert torch.equal(pruned[key], expect), key
 
 
+
+
+def test_pruned_tensors_keep_their_memory_format_dtype_device_and_grad_flag():
+    # a channels_last model came back from apply with contiguous conv weights (index_select
+    # returns contiguous tensors): its convs then converted them on every call
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 1),
+                          nn.ReLU(), nn.Conv2d(8, 4, 3)).double()
+    model = model.to(memory_format=torch.channels_last).eval()
+    model[3].weight.requires_grad_(False)  # a frozen layer stays frozen
+    x = torch.randn(2, 3, 8, 8, dtype=torch.double).to(memory_format=torch.channels_last)
+    p = Pruner(model, (x,))
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    before, after = model.state_dict(keep_vars=True), pruned.state_dict(keep_vars=True)
+    cut = [k for k in before if after[k].shape != before[k].shape]
+    assert {"0.weight", "3.weight", "5.weight"} <= set(cut)
+    for k, t in after.items():
+        old = before[k]
+        assert (t.dtype, t.device, t.requires_grad, type(t)) == \
+            (old.dtype, old.device, old.requires_grad, type(old)), k
+        if t.dim() == 4:
+            assert t.is_contiguous(memory_format=torch.channels_last), (k, t.stride())
+    assert not pruned[3].weight.requires_grad and pruned[0].weight.requires_grad
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+
 def test_preview_and_apply_never_touch_the_model(demo_pruner):
     lm, p = demo_pruner("densenet")
     before = _state(lm.model)

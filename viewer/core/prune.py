@@ -1541,8 +1541,7 @@ def materialize(model: nn.Module, graph: Graph, changes: dict[str, dict[int, np.
             for d, rem in dims.items():
                 keep = np.setdiff1d(np.arange(t.shape[d]), rem)
                 new = new.index_select(d, torch.as_tensor(keep, device=t.device))
-            if not dims:
-                new = new.clone()
+            new = _laid_out_like(new, t) if dims else new.clone()
         if isinstance(t, nn.Parameter):
             new = nn.Parameter(new, requires_grad=t.requires_grad)
         memo[id(t)] = new
@@ -1577,6 +1576,21 @@ def materialize(model: nn.Module, graph: Graph, changes: dict[str, dict[int, np.
         for k, v in values.items():
             setattr(mods[path], k, v)
     return pruned
+
+
+def _laid_out_like(new: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``new``, cut from ``t``, in ``t``'s memory layout: ``index_select`` returns a
+    contiguous tensor, so a model converted with ``.to(memory_format=torch.channels_last)``
+    came back with contiguous weights (its convs then convert them on every call). The dims
+    keep the order of their strides, as ``clone()`` keeps an uncut tensor's."""
+    if t.dim() < 2 or t.is_contiguous():
+        return new
+    try:
+        order = t.dim_order()
+    except RuntimeError:  # strides that no order of the dims gives (an expanded tensor)
+        return new
+    return torch.empty_permuted(new.shape, order, dtype=new.dtype,
+                                device=new.device).copy_(new)
 
 
 def attr_changes(original: nn.Module, pruned: nn.Module) -> dict[str, dict]:
