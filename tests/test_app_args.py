@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 
 import pytest
 import torch
@@ -95,3 +96,25 @@ def test_a_bare_spec_opens_that_model(monkeypatch, capsys):
     with pytest.raises(SystemExit):  # a mistyped command is still an error, not a model
         cli.main(["prun", "demo:cnn"])
     assert "invalid choice: 'prun'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [
+    ["--model", "demo:cnn", "--seed", "-1"],
+    ["--seed", "18446744073709551616", "--model", "demo:cnn"],  # 2**64, shared
+    ["--model", "demo:cnn", "--model", "demo:vit", "--seed", "99999999999999999999"],
+])
+def test_a_seed_out_of_range_is_one_line_error(argv, monkeypatch, capsys):
+    # the app's parser took any int: numpy refused a negative seed only when the model was
+    # built, and `python -m viewer.app.main` started serving with one
+    seed = argv[argv.index("--seed") + 1]
+    said = f"bad --seed {seed}: use a whole number from 0 to 2**64 - 1"
+    with pytest.raises(DepViewError, match=re.escape(said)):
+        _entries(argv)
+    from viewer import cli
+    from viewer.app import main
+
+    served = []
+    monkeypatch.setattr(main, "run", lambda **kw: served.append(kw))
+    for entry_point in (cli.main, main.main):  # python -m viewer, python -m viewer.app.main
+        assert entry_point(argv) == 2 and not served
+        assert capsys.readouterr().err == f"error: {said}\n"

@@ -8,6 +8,7 @@ import re
 import pytest
 
 from viewer.app import ids, main
+from viewer.app.args import add_serve_arguments
 from viewer.app.state import ModelEntry
 from viewer.core.errors import DepViewError
 
@@ -108,7 +109,7 @@ def test_a_port_in_use_is_one_line_before_any_model_is_built(monkeypatch, capsys
 
 def test_serve_arguments_and_cmd_serve(monkeypatch):
     parser = argparse.ArgumentParser()
-    main.add_serve_arguments(parser)
+    add_serve_arguments(parser)
     args = parser.parse_args(["--model", "demo:vit", "--model", "demo:unet", "--input",
                               "1x3x32x32", "--port", "9001", "--host", "0.0.0.0"])
     entries = main.entries_from_args(args)

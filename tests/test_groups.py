@@ -506,6 +506,13 @@ class Positions(nn.Module):
             "max": lambda: fc(h) * torch.max(h, d, keepdim=True)[1] if d else
             fc(h * torch.max(h, 0)[1]),
             "max values": lambda: fc(h) * torch.max(h, d, keepdim=True)[0],
+            "median": lambda: fc(h) * torch.median(h, d, keepdim=True)[1] if d else
+            fc(h * h.median(0).indices),
+            "mode": lambda: fc(h) * h.mode(d, keepdim=True).indices if d else
+            fc(h * torch.mode(h, 0)[1]),
+            "kthvalue": lambda: fc(h) * torch.kthvalue(h, 2, d, keepdim=True)[1] if d else
+            fc(h * h.kthvalue(2, dim=0).indices),
+            "median values": lambda: fc(h) * h.median(d, keepdim=True).values,
             "cummax": lambda: fc(h * h.cummax(d).indices),
             "topk": lambda: fc(h.topk(8, d)[0]),
         }
@@ -516,6 +523,10 @@ class Positions(nn.Module):
     ("argmax", 1, "blocked"), ("argmin", 1, "blocked"), ("max", 1, "blocked"),
     ("cummax", 1, "blocked"), ("topk", 1, "moves"), ("max values", 1, "inexact"),
     ("argmax", 0, "exact"), ("max", 0, "exact"),
+    # median/mode/kthvalue were unknown ops that change shape: every group through them blocked
+    ("median", 1, "blocked"), ("mode", 1, "blocked"), ("kthvalue", 1, "blocked"),
+    ("median values", 1, "inexact"), ("median", 0, "exact"), ("mode", 0, "exact"),
+    ("kthvalue", 0, "exact"),
 ])
 def test_ops_that_return_positions_along_the_pruned_dim_block_it(op, dim, expect):
     # A wrapper returning net(x).argmax(-1) had its classes cut from 10 to 7: the class ids
@@ -1945,3 +1956,120 @@ def test_unfold_and_fold_map_each_channel_to_its_k_by_k_patch_rows():
         assert v["masked_equivalence"]["ok"], (root, v)
     # fc's input rows are one unit per channel: a group rooted at fc's inputs is c's
     assert all(m.node_name != "fc" or m.side == "in" for m in g.members)
+
+
+def _pruner(model: nn.Module, x: torch.Tensor):
+    from viewer.core.prune import Pruner
+
+    return Pruner(model.eval(), (x,))
+
+
+class Windows(nn.Module):
+    """``Tensor.unfold``: sliding windows along H (``how="slide"``), p x p patches along H and
+    W read by a linear (``"patches"``), or windows along the channels (``"channels"``)."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+        self.c = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear({"slide": 8 * 3, "patches": 8 * 4, "channels": 2 * 3}[how], 5)
+
+    def forward(self, x):
+        h = self.c(x)
+        if self.how == "slide":  # (B, 8, 6, 8, 3): the windows' mean over W, per row
+            return self.fc(h.unfold(2, 3, 1).mean(3).permute(0, 2, 1, 3).flatten(2))
+        if self.how == "patches":  # (B, 8, 4, 4, 2, 2) -> (B, 16 patches, 8 * 2 * 2)
+            patches = h.unfold(2, 2, 2).unfold(3, 2, 2).permute(0, 2, 3, 1, 4, 5)
+            return self.fc(patches.reshape(x.shape[0], 16, -1))
+        return self.fc(h.unfold(1, 2, 3).mean((2, 3)).flatten(1))  # (B, 3, 8, 8, 2)
+
+
+@pytest.mark.parametrize("how", ["slide", "patches"])
+def test_tensor_unfold_keeps_the_channels_in_place(how):
+    # Tensor.unfold was an unknown op that changes shape: every group through it was blocked
+    torch.manual_seed(0)
+    p = _pruner(Windows(how), torch.randn(2, 3, 8, 8))
+    g = next(grp for grp in p.groups if grp.root == "c")
+    assert not p.reason(g) and g.exact and g.n_units == 8
+    rows = {"slide": 3, "patches": 4}[how]  # channel 1: its rows of the linear's input
+    assert g.member("fc", "in").indices([1]).tolist() == list(range(rows, 2 * rows))
+    plan = p.plan(0.5)
+    assert len(plan.removed[g.id]) == 4
+    pruned = p.apply(plan)
+    assert pruned.c.out_channels == 4 and pruned.fc.in_features == 4 * rows
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+
+
+def test_tensor_unfold_along_the_channels_blocks_with_the_reason():
+    torch.manual_seed(0)
+    p = _pruner(Windows("channels"), torch.randn(2, 3, 8, 8))
+    g = next(grp for grp in p.groups if grp.root == "c")
+    assert "'unfold' (Tensor.unfold) takes windows of 2 along the pruned dim" in p.reason(g)
+
+
+class TensorDot(nn.Module):
+    """``torch.tensordot`` contracting a linear's output with a bare weight, ``dims`` given as
+    paired lists or as a count."""
+
+    def __init__(self, dims):
+        super().__init__()
+        self.dims = dims
+        self.a = nn.Linear(4, 8)
+        self.w = nn.Parameter(torch.randn(8, 6))
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.head(torch.relu(torch.tensordot(self.a(x), self.w, dims=self.dims)))
+
+
+@pytest.mark.parametrize("dims", [([2], [0]), 1, ([-1], [-2])])
+def test_tensordot_couples_its_contracted_dims_as_an_einsum_does(dims):
+    # tensordot was an unknown op that changes shape: both groups through it were blocked
+    torch.manual_seed(0)
+    p = _pruner(TensorDot(dims), torch.randn(2, 5, 4))
+    a = group_of(p.graph, "a")
+    assert {(m.node_name, m.side, m.dim) for m in a.members} == {("a", "out", 2),
+                                                                  ("w", "param", 0)}
+    d = group_of(p.graph, "w", "out")  # the kept dim of w: the head's input
+    assert {(m.node_name, m.side, m.dim) for m in d.members} == {("w", "param", 1),
+                                                                  ("head", "in", 2)}
+    assert not p.reason(a) and not p.reason(d) and a.exact and d.exact
+    plan = p.plan(0.5)
+    assert sorted(len(u) for u in plan.removed.values()) == [3, 4]
+    pruned = p.apply(plan)
+    assert pruned.w.shape == (4, 3)
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+
+
+class Medians(nn.Module):
+    """A per-channel statistic over a feature map's pixels: median, mode or k-th value."""
+
+    def __init__(self, op: str):
+        super().__init__()
+        self.op = op
+        self.c = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        h = self.c(x).flatten(2)
+        stat = {"median": lambda: h.median(2), "mode": lambda: torch.mode(h, 2),
+                "kthvalue": lambda: torch.kthvalue(h, 5, 2)}[self.op]()
+        # the indices are positions among the pixels, one per channel, as the values are
+        return self.fc(stat.values * stat.indices)
+
+
+@pytest.mark.parametrize("op", ["median", "mode", "kthvalue"])
+def test_median_mode_and_kthvalue_over_pixels_keep_the_channels(op):
+    # they were unknown ops that change shape: every group through them was blocked
+    torch.manual_seed(0)
+    p = _pruner(Medians(op), torch.randn(2, 3, 8, 8))
+    g = next(grp for grp in p.groups if grp.root == "c")
+    assert not p.reason(g) and g.exact and g.n_units == 8
+    plan = p.plan(0.5)
+    assert len(plan.removed[g.id]) == 4
+    pruned = p.apply(plan)
+    assert pruned.fc.in_features == 4
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v

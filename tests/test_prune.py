@@ -1,6 +1,7 @@
 import copy
 import json
 import math
+import re
 import warnings
 
 import numpy as np
@@ -130,6 +131,33 @@ def test_every_pruned_tensor_is_an_index_select_of_the_original(demo_pruner, nam
             expect = expect.index_select(int(d), torch.as_tensor(idx))
         assert torch.equal(pruned[key], expect), key
 
+
+
+
+def test_pruned_tensors_keep_their_memory_format_dtype_device_and_grad_flag():
+    # a channels_last model came back from apply with contiguous conv weights (index_select
+    # returns contiguous tensors): its convs then converted them on every call
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 1),
+                          nn.ReLU(), nn.Conv2d(8, 4, 3)).double()
+    model = model.to(memory_format=torch.channels_last).eval()
+    model[3].weight.requires_grad_(False)  # a frozen layer stays frozen
+    x = torch.randn(2, 3, 8, 8, dtype=torch.double).to(memory_format=torch.channels_last)
+    p = Pruner(model, (x,))
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    before, after = model.state_dict(keep_vars=True), pruned.state_dict(keep_vars=True)
+    cut = [k for k in before if after[k].shape != before[k].shape]
+    assert {"0.weight", "3.weight", "5.weight"} <= set(cut)
+    for k, t in after.items():
+        old = before[k]
+        assert (t.dtype, t.device, t.requires_grad, type(t)) == \
+            (old.dtype, old.device, old.requires_grad, type(old)), k
+        if t.dim() == 4:
+            assert t.is_contiguous(memory_format=torch.channels_last), (k, t.stride())
+    assert not pruned[3].weight.requires_grad and pruned[0].weight.requires_grad
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
 
 def test_preview_and_apply_never_touch_the_model(demo_pruner):
     lm, p = demo_pruner("densenet")
@@ -1925,3 +1953,62 @@ def test_a_repair_that_failed_is_not_retried_for_the_same_block_one_layer_on(mon
         assert p.reason(g).startswith("the model's forward fails when this group shrinks")
         repairs = [r for r in probes if r == ([g.root], True)]
         assert (len(repairs) > 0) == (i == 0), (i, probes)  # tried once, for layer 0
+
+
+class SlimLinear(nn.Linear):
+    """A slimmable network's layer: built at its widest, it runs on the first ``active_in``
+    inputs and ``active_out`` outputs, slicing its weight by those sizes in forward."""
+
+    def __init__(self, i: int, o: int, active_in: int | None = None,
+                 active_out: int | None = None):
+        super().__init__(i, o)
+        self.active_in, self.active_out = active_in or i, active_out or o
+
+    def forward(self, x):
+        return nn.functional.linear(x, self.weight[:self.active_out, :self.active_in],
+                                    self.bias[:self.active_out])
+
+
+class Slimmable(nn.Module):
+    def __init__(self, active: int):
+        super().__init__()
+        self.a = SlimLinear(4, 8, active_out=active)
+        self.b = SlimLinear(8, 8, active_in=active)
+        self.c = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.c(torch.relu(self.b(torch.relu(self.a(x)))))
+
+
+@pytest.mark.parametrize("active", [5, 6])
+def test_a_layer_that_slices_its_weight_by_a_fixed_size_is_not_prunable(active):
+    # with 5 of its 8 rows active, removing one unit ran (weight[:5] of 7 rows: still 5
+    # outputs, one of them a row never used), and a hand-made plan removing 2 or more failed
+    # only at verify with torch's matmul error; with 6 active every plan ran, computing with
+    # rows the model never used
+    torch.manual_seed(0)
+    p = Pruner(Slimmable(active).eval(), (torch.randn(5, 4),))
+    g = next(grp for grp in p.groups if grp.root == "a")
+    said = (f"when this group shrinks, 'a' gives {active} channels on dim 1 instead of "
+            f"{active - 1}: its forward does not follow its pruned weight")
+    assert said in p.reason(g)
+    assert g.id not in p.plan(0.5).removed
+    # a hand-made plan is refused up front, in one line: by plan_from_dict, and by apply
+    with pytest.raises(DepViewError, match="which cannot be pruned: " + re.escape(said)):
+        p.plan_from_dict({"removed": {str(g.id): [0, 1, 2, 3]}})
+    with pytest.raises(DepViewError, match="which cannot be pruned: " + re.escape(said)):
+        p.apply(Plan({g.id: [0, 1, 2, 3]}))
+
+
+def test_a_layer_that_slices_its_weight_at_full_width_prunes_as_its_masked_model():
+    # weight[:8] of a weight with fewer rows takes them all: the forward follows the pruning
+    torch.manual_seed(0)
+    x = torch.randn(5, 4)
+    p = Pruner(Slimmable(8).eval(), (x,))
+    g = next(grp for grp in p.groups if grp.root == "a")
+    assert not p.reason(g)
+    plan = p.plan_from_dict({"removed": {str(g.id): [0, 2, 3, 6, 7]}})
+    pruned = p.apply(plan)
+    assert pruned.a.weight.shape == (3, 4) and pruned.b.weight.shape == (8, 3)
+    with torch.no_grad():  # (masked equivalence is skipped: the forward is the layer's own)
+        assert torch.allclose(pruned(x), p.masked_model(plan)(x), atol=1e-6)

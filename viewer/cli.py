@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from .app.args import add_model_options, add_serve_arguments
+from .app.args import add_model_options, add_serve_arguments, check_seeds
 from .core.errors import DepViewError
 from .core.text import counted
 
@@ -320,16 +320,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_seeds(args) -> None:
-    """``--seed`` (serve: also each ``--model``'s own) in the range torch's and numpy's
-    generators take, instead of their overflow error when the model is built."""
-    seeds = [getattr(args, "seed", 0)] + [o["seed"] for o in getattr(args, "per_model", [])
-                                          if "seed" in o]
-    for seed in seeds:
-        if not 0 <= seed < 2 ** 64:
-            raise DepViewError(f"bad --seed {seed}: use a whole number from 0 to 2**64 - 1")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -339,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         argv = ["serve", "--model", *argv]  # `python -m viewer demo:vit` opens that model
     args = parser.parse_args(argv)
     try:
-        _check_seeds(args)
+        check_seeds(args)
         if getattr(args, "json", None) not in (None, "-"):
             _check_json_dest(args.json)
         return args.func(args)

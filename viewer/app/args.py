@@ -78,11 +78,24 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true")
 
 
+def check_seeds(args: argparse.Namespace) -> None:
+    """``--seed`` (serve: also each ``--model``'s own) in the range torch's and numpy's
+    generators take, instead of their overflow error when the model is built (torch takes a
+    negative seed, numpy does not)."""
+    seeds = [getattr(args, "seed", 0)] + [o["seed"] for o in getattr(args, "per_model", [])
+                                          if "seed" in o]
+    for seed in seeds:
+        if not 0 <= seed < 2 ** 64:
+            raise DepViewError(f"bad --seed {seed}: use a whole number from 0 to 2**64 - 1")
+
+
 def entries_from_args(args: argparse.Namespace) -> list:
     """The ``--model`` specs as picker entries, each with its own model options (falling back
-    to the shared ones). A spec given twice with different options is an error."""
+    to the shared ones). A spec given twice with different options, or a seed out of range,
+    is an error."""
     from .state import ModelEntry
 
+    check_seeds(args)
     shared = {k: getattr(args, k, None) or default for k, default in MODEL_OPTIONS.items()}
     specs = list(getattr(args, "model", None) or ())
     per = list(getattr(args, "per_model", None) or [{} for _ in specs])

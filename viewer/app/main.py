@@ -28,7 +28,7 @@ import viewer
 from viewer.core.errors import DepViewError
 
 from . import callbacks
-from .args import add_serve_arguments, entries_from_args
+from .args import entries_from_args
 from .downloads import Downloads
 from .layout import page
 from .state import DEFAULT_SPEC, ModelEntry, SessionStore
@@ -145,9 +145,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m viewer.app.main")
-    add_serve_arguments(parser)
-    return cmd_serve(parser.parse_args(argv))
+    """``python -m viewer.app.main [serve options]`` is ``python -m viewer serve``: the same
+    checks (``--seed``), and a one-line error instead of a traceback."""
+    from viewer.cli import main as cli_main
+
+    return cli_main(["serve", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

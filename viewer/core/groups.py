@@ -45,6 +45,7 @@ from .meta import (
     SetItemMeta,
     SplitMeta,
     UnbindMeta,
+    WindowsMeta,
 )
 from .optypes import (
     FILLS,
@@ -970,9 +971,11 @@ def _unfold_rule(g, node, side, port, dim, units, pos, ctx):
     """``F.unfold`` ((N,) C, H, W) -> ((N,) C*k*k, L) and ``F.fold`` back: channel c is the k*k
     rows c*k*k .. c*k*k + k*k - 1 of the patch dim (the pixel-shuffle mapping with k*k for
     r*r; k*k read from the shapes); the batch passes; the planes and L are where the kernel
-    slides."""
+    slides. ``Tensor.unfold``: :func:`_windows_rule`."""
     if port != 0:
         return []
+    if isinstance(node.meta, WindowsMeta):
+        return _windows_rule(node, side, dim, units, pos, ctx)
     a, b = node.in_shapes[0], node.out_shapes[0]
     unfold = len(b) == len(a) - 1
     ca, cb = (len(a) - 3, len(b) - 2) if unfold else (len(a) - 2, len(b) - 3)
@@ -988,6 +991,18 @@ def _unfold_rule(g, node, side, port, dim, units, pos, ctx):
         rows = (pos[:, None] * kk + np.arange(kk)[None, :]).reshape(-1)
         return [Flow(other, 0, there, np.repeat(units, kk), rows)]
     return [Flow(other, 0, there, units, pos // kk)]  # rows to their channel: one unit
+
+
+def _windows_rule(node, side, dim, units, pos, ctx):
+    """``Tensor.unfold(d, size, step)``: (N, C, H, W).unfold(2, 3, 1) -> (N, C, H - 2, W, 3).
+    Every dim but ``d`` keeps its place and its positions; along ``d`` each window reads
+    ``size`` neighbours, held by the new last dim, so a group on either is blocked."""
+    meta: WindowsMeta = node.meta
+    if dim == meta.dim or side == "out" and dim == len(node.out_shapes[0]) - 1:
+        ctx.block(f"'{node.name}' (Tensor.unfold) takes windows of {meta.size} along the "
+                  "pruned dim: a window would hold other channels once some are removed")
+        return []
+    return [Flow("out" if side == "in" else "in", 0, dim, units, pos)]
 
 
 def _spatial_rule(g, node, side, port, dim, units, pos, ctx):
@@ -1046,6 +1061,11 @@ def _matmul_dims(node: Node):
     return 0, 1, ins[0], ins[1], node.out_shapes[0], name == "linear"
 
 
+#: Ops whose metadata spells them out as an einsum (:class:`EinsumMeta`): ``tensordot(a, b,
+#: ([1], [0]))`` is ``abc,bd->acd``
+_EINSUMS = frozenset({"einsum", "tensordot"})
+
+
 def _einsum_rule(node, side, port, dim, units, pos, ctx):
     """Every dim that carries the tracked dim's letter is coupled to it: in the other
     operands (a contracted letter: both sides of the sum) and in the output."""
@@ -1092,7 +1112,7 @@ def _grouped_mm_rule(node, side, port, dim, units, pos, ctx):
 
 
 def _matmul_rule(g, node, side, port, dim, units, pos, ctx):
-    if node.target == "einsum":
+    if node.target in _EINSUMS:
         return _einsum_rule(node, side, port, dim, units, pos, ctx)
     if node.target == "grouped_mm" and len(node.in_shapes) != 2:  # (E,M,K) @ (E,K,N): a bmm
         return _grouped_mm_rule(node, side, port, dim, units, pos, ctx)

@@ -174,6 +174,21 @@ class PixelShuffleMeta:
 
 
 @dataclass(frozen=True)
+class WindowsMeta:
+    """``Tensor.unfold(dim, size, step)``: ``dim`` becomes the window count, and a new last
+    dim holds each window's ``size`` positions; every other dim keeps its place.
+
+        >>> torch.zeros(2, 8, 6).unfold(2, 3, 1).shape  # WindowsMeta("unfold", 2, 3, 1)
+        torch.Size([2, 8, 4, 3])
+    """
+
+    op: str
+    dim: int
+    size: int
+    step: int
+
+
+@dataclass(frozen=True)
 class MatmulMeta:
     """matmul family: ``a @ b``; for ``op == "linear"`` b is a weight ``(out, in)``.
     ``align``: the widths of the multiplied dims must stay multiples of this (``grouped_mm``
@@ -264,8 +279,8 @@ class OpMeta:
 
 Meta = (
     ConcatMeta | SplitMeta | UnbindMeta | SliceMeta | ReshapeMeta | PermuteMeta | ExpandMeta
-    | PixelShuffleMeta | MatmulMeta | ReduceMeta | EinsumMeta | PadMeta | ElementwiseMeta
-    | AttentionMeta | SetItemMeta | OpMeta
+    | PixelShuffleMeta | WindowsMeta | MatmulMeta | ReduceMeta | EinsumMeta | PadMeta
+    | ElementwiseMeta | AttentionMeta | SetItemMeta | OpMeta
 )
 
 

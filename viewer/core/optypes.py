@@ -58,9 +58,10 @@ class OpType(enum.Enum):
     PERMUTE = "permute"  #: permute/transpose: moves dims; channel dim index changes
     EXPAND = "expand"  #: expand/broadcast_to/repeat: size-1 dims grow or dims are copied
     PIXEL_SHUFFLE = "pixel_shuffle"  #: moves channel blocks of r*r into space (and back)
-    UNFOLD = "unfold"  #: F.unfold/F.fold: channel c is rows c*k*k.. of the patch dim (and back)
+    UNFOLD = "unfold"  #: F.unfold/F.fold: channel c is rows c*k*k.. of the patch dim (and back);
+    #: Tensor.unfold: windows along one dim, the other dims kept
     SPATIAL = "spatial"  #: pooling/unpooling/interpolate keep dims 0 and 1; pad keeps the rest
-    MATMUL = "matmul"  #: matmul/bmm/linear-with-a-tensor/einsum: contracts dims, mixes channels
+    MATMUL = "matmul"  #: matmul/bmm/linear-with-a-tensor/einsum/tensordot: contracts dims
     ATTENTION = "attention"  #: scaled_dot_product_attention: q·k contracted, v's dim carried
     REDUCTION = "reduction"  #: sum/mean/softmax along dims: every output reads the whole dim
     ELEMENTWISE = "elementwise"  #: add/mul/activations: same index in, same index out
@@ -399,7 +400,7 @@ _FUNCTION_NAMES: dict[OpType, str] = {
     "torch.swapdims",
     OpType.EXPAND: "Tensor.expand Tensor.expand_as torch.broadcast_to Tensor.broadcast_to "
     "Tensor.repeat torch.tile Tensor.tile torch.repeat_interleave Tensor.repeat_interleave",
-    OpType.UNFOLD: "F.unfold F.fold",
+    OpType.UNFOLD: "F.unfold F.fold Tensor.unfold",
     OpType.PIXEL_SHUFFLE: "F.pixel_shuffle F.pixel_unshuffle torch.pixel_shuffle "
     "torch.pixel_unshuffle",
     OpType.SPATIAL: "F.max_pool1d F.max_pool2d F.max_pool3d F.avg_pool1d F.avg_pool2d "
@@ -409,8 +410,8 @@ _FUNCTION_NAMES: dict[OpType, str] = {
     "F.max_unpool1d F.max_unpool2d F.max_unpool3d",
     OpType.MATMUL: "torch.matmul Tensor.matmul Tensor.__matmul__ Tensor.__rmatmul__ torch.bmm "
     "Tensor.bmm torch.mm Tensor.mm F.linear torch.addmm Tensor.addmm torch.baddbmm Tensor.baddbmm "
-    "torch.einsum F.grouped_mm torch._grouped_mm torch.sparse.mm torch.spmm torch.sparse.addmm "
-    "torch.smm Tensor.smm",
+    "torch.einsum torch.tensordot F.grouped_mm torch._grouped_mm torch.sparse.mm torch.spmm "
+    "torch.sparse.addmm torch.smm Tensor.smm",
     OpType.ATTENTION: "F.scaled_dot_product_attention",
     OpType.REDUCTION: "torch.sum Tensor.sum torch.mean Tensor.mean torch.amax Tensor.amax "
     "torch.amin Tensor.amin torch.var Tensor.var torch.std Tensor.std torch.norm Tensor.norm "
@@ -418,7 +419,8 @@ _FUNCTION_NAMES: dict[OpType, str] = {
     "torch.softmax Tensor.softmax torch.log_softmax Tensor.log_softmax F.normalize F.layer_norm "
     "F.rms_norm F.group_norm torch.max Tensor.max torch.min Tensor.min torch.argmax "
     "Tensor.argmax torch.argmin Tensor.argmin torch.linalg.vector_norm torch.linalg.norm "
-    "torch.nansum Tensor.nansum torch.nanmean Tensor.nanmean",
+    "torch.nansum Tensor.nansum torch.nanmean Tensor.nanmean torch.median Tensor.median "
+    "torch.nanmedian Tensor.nanmedian torch.mode Tensor.mode torch.kthvalue Tensor.kthvalue",
     # Conv / norm functionals used outside a module: recorded as ops so the graph is complete.
     OpType.CONV: "F.conv1d F.conv2d F.conv3d",
     OpType.CONV_TRANSPOSE: "F.conv_transpose1d F.conv_transpose2d F.conv_transpose3d",
@@ -473,12 +475,14 @@ DIM_ARGS: dict[str, DimArgs] = {
 }
 
 #: Ops that return positions along the dims they act on, by function name: the output port
-#: that holds them. ``argmax`` returns positions only; ``max(x, dim)`` and ``cummax`` return
-#: (values, indices), and a call with one output (``max(x)``, ``max(a, b)``) returns none.
+#: that holds them. ``argmax`` returns positions only; ``max(x, dim)``, ``median(x, dim)``,
+#: ``mode``, ``kthvalue`` and ``cummax`` return (values, indices), and a call with one output
+#: (``max(x)``, ``median(x)``, ``max(a, b)``) returns none.
 #: Pruning that dim renumbers what the positions point at (a predicted class id), so a group
 #: on it is blocked when those positions are read.
 INDEX_OUTPUTS: dict[str, int] = {"argmax": 0, "argmin": 0, "max": 1, "min": 1, "cummax": 1,
-                                 "cummin": 1}
+                                 "cummin": 1, "median": 1, "nanmedian": 1, "mode": 1,
+                                 "kthvalue": 1}
 
 #: Factories whose result holds the same value everywhere (``torch.zeros(b, self.hidden)``, an
 #: RNN's initial state): no op of the graph, but a CONSTANT source named after them whose width
@@ -496,9 +500,13 @@ SHAPE_NORMS: frozenset[str] = frozenset({"layer_norm", "rms_norm"})
 #: beside it. Elementwise by type; their rule lets only that last dim through.
 SEQUENCE_PACKING: frozenset[str] = frozenset({"pack_padded_sequence", "pad_packed_sequence"})
 
-#: Norm reductions by function name, whose ``dim`` comes after the norm's order (``torch.norm(x,
-#: 2, 1)``, ``torch.linalg.vector_norm(x, 2, (1, 2))``)
-ORDER_NORMS: frozenset[str] = frozenset({"norm", "linalg_vector_norm", "linalg_norm"})
+#: Reductions whose ``dim`` is not their second argument or is not every dim when left out, by
+#: function name: (position, default). A norm's order comes first (``torch.norm(x, 2, 1)``,
+#: ``torch.linalg.vector_norm(x, 2, (1, 2))``), and so does ``kthvalue``'s k; ``mode`` and
+#: ``kthvalue`` reduce the last dim by default. Other reductions: (1, None), every dim.
+REDUCE_DIMS: dict[str, tuple[int, int | None]] = {
+    "norm": (2, None), "linalg_vector_norm": (2, None), "linalg_norm": (2, None),
+    "kthvalue": (2, -1), "mode": (1, -1)}
 
 #: Tensor methods/functions that never produce a new graph value worth a node.
 IGNORED_FUNCTIONS: frozenset = frozenset(

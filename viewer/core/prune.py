@@ -1074,7 +1074,7 @@ class Pruner:
         if id(before) not in st["names"]:
             st["names"][id(before)] = _aligned_names(self.graph, before)
         exact = any(g.exact for g in gs)  # (an inexact group's numbers may move)
-        moved = _moved(before, after, self._owned(gs, st["names"][id(before)]), exact)
+        moved = _moved(before, after, self._owned(gs, st["names"][id(before)], plan), exact)
         if moved and before is not traced_meta and _real(self.model):
             # a size that moved on real tensors may be the data's: pruning the channels a
             # top-1 router reads changes which tokens ``x[mask]`` picks (and a loop over the
@@ -1085,14 +1085,32 @@ class Pruner:
                 masked = build_graph(self.masked_model(plan), _copied(self.inputs))
             except DepViewError:
                 return moved
-            moved = _moved(masked, after, self._owned(gs, _aligned_names(self.graph, masked)),
-                           exact)
+            moved = _moved(masked, after,
+                           self._owned(gs, _aligned_names(self.graph, masked), plan), exact)
         return moved
 
-    def _owned(self, gs: list[Group], name: dict[str, str]) -> set[tuple[str, int, int]]:
-        """The tensor dims ``gs`` own, as (node name in another trace, port, dim)."""
-        return {(name.get(n := self.graph.nodes[k[0]].name, n), k[1], k[2])
-                for g in gs for k in g.tensors}
+    def _owned(self, gs: list[Group], name: dict[str, str], plan: Plan
+               ) -> dict[tuple[str, int, int], int | None]:
+        """The tensor dims ``gs`` own, as (node name in another trace, port, dim), each with
+        how many positions ``plan`` removes there when that is a layer's own output (a
+        member's "out" side: its weight loses those rows, so its output must lose exactly
+        those positions), else None."""
+        def key(nid: int, port: int, dim: int) -> tuple[str, int, int]:
+            n = self.graph.nodes[nid].name
+            return name.get(n, n), port, dim
+
+        owned: dict[tuple[str, int, int], int | None] = {
+            key(*k): None for g in gs for k in g.tensors}
+        lost: dict[tuple[str, int, int], set[int]] = defaultdict(set)
+        for g in gs:
+            units = plan.removed.get(g.id)
+            if units is None:
+                continue
+            for m in g.members:
+                if m.side == "out" and self.graph.nodes[m.node].is_module:
+                    lost[key(m.node, 0, m.dim)].update(m.indices(units).tolist())
+        owned.update({k: len(v) for k, v in lost.items()})
+        return owned
 
     def _size_attr_candidates(self, group: Group) -> list[SizeAttr]:
         """Public int attributes of the module that ran a call with a fixed size the group
@@ -1314,16 +1332,19 @@ def _aligned_names(first: Graph, later: Graph) -> dict[str, str]:
     return out
 
 
-def _moved(before: Graph, after: Graph, owned: set[tuple[str, int, int]],
+def _moved(before: Graph, after: Graph, owned: dict[tuple[str, int, int], int | None],
            numbers: bool = True) -> str:
     """Why the pruned model's trace ``after`` is not ``before`` shrunk only where the groups
     own positions, ``owned`` as (node name, port, dim) ("" when it is): a ``view(b, -1,
     heads, head_dim)`` that still runs can hand the lost channels to its ``-1`` dim, mixing
-    tokens without any error. With ``numbers``, the plain numbers elementwise ops compute
-    with (and an attention's ``scale=``) must not move either: ``scores / math.sqrt(
-    q.size(-1))``, or a ``math.sqrt(self.head_dim)`` whose attribute pruning sets, would
-    rescale what the removed channels leave (not checked for groups already marked inexact,
-    whose changes are known)."""
+    tokens without any error. Where ``owned`` gives a count (a layer's own output), it must
+    lose exactly that many positions: a layer whose forward slices its weight by a fixed
+    size (a slimmable ``F.linear(x, self.weight[:self.active_out])``) keeps its width, or
+    takes rows it never used, and breaks only when more units go. With ``numbers``, the
+    plain numbers elementwise ops compute with (and an attention's ``scale=``) must not move
+    either: ``scores / math.sqrt(q.size(-1))``, or a ``math.sqrt(self.head_dim)`` whose
+    attribute pruning sets, would rescale what the removed channels leave (not checked for
+    groups already marked inexact, whose changes are known)."""
     if [n.name for n in after.nodes] != [n.name for n in before.nodes]:
         return "when this group shrinks, the model runs other ops (its control flow reads sizes)"
     for a, b in zip(before.nodes, after.nodes, strict=True):
@@ -1332,6 +1353,13 @@ def _moved(before: Graph, after: Graph, owned: set[tuple[str, int, int]],
                                          for d, (x, y) in enumerate(zip(sa, sb, strict=True))):
                 return (f"when this group shrinks, '{a.name}' gives {list(sb)} instead of "
                         f"{list(sa)}: a size the group does not own moved (a -1 in a view?)")
+            for d, (x, y) in enumerate(zip(sa, sb, strict=True)):
+                lost = owned.get((a.name, port, d))
+                if lost is not None and y != x - lost:
+                    return (f"when this group shrinks, '{a.name}' gives {y} channels on dim "
+                            f"{d} instead of {x - lost}: its forward does not follow its "
+                            "pruned weight (it slices the weight by a fixed size, "
+                            "weight[:n]?)")
     if numbers:
         for a, b in zip(before.nodes, after.nodes, strict=True):
             na, nb = _numbers(a), _numbers(b)
@@ -1541,8 +1569,7 @@ def materialize(model: nn.Module, graph: Graph, changes: dict[str, dict[int, np.
             for d, rem in dims.items():
                 keep = np.setdiff1d(np.arange(t.shape[d]), rem)
                 new = new.index_select(d, torch.as_tensor(keep, device=t.device))
-            if not dims:
-                new = new.clone()
+            new = _laid_out_like(new, t) if dims else new.clone()
         if isinstance(t, nn.Parameter):
             new = nn.Parameter(new, requires_grad=t.requires_grad)
         memo[id(t)] = new
@@ -1577,6 +1604,21 @@ def materialize(model: nn.Module, graph: Graph, changes: dict[str, dict[int, np.
         for k, v in values.items():
             setattr(mods[path], k, v)
     return pruned
+
+
+def _laid_out_like(new: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``new``, cut from ``t``, in ``t``'s memory layout: ``index_select`` returns a
+    contiguous tensor, so a model converted with ``.to(memory_format=torch.channels_last)``
+    came back with contiguous weights (its convs then convert them on every call). The dims
+    keep the order of their strides, as ``clone()`` keeps an uncut tensor's."""
+    if t.dim() < 2 or t.is_contiguous():
+        return new
+    try:
+        order = t.dim_order()
+    except RuntimeError:  # strides that no order of the dims gives (an expanded tensor)
+        return new
+    return torch.empty_permuted(new.shape, order, dtype=new.dtype,
+                                device=new.device).copy_(new)
 
 
 def attr_changes(original: nn.Module, pruned: nn.Module) -> dict[str, dict]:

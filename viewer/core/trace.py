@@ -49,8 +49,8 @@ from .optypes import (
     DIM_ARGS,
     FILLS,
     IGNORED_FUNCTIONS,
-    ORDER_NORMS,
     PRE_HOOKED,
+    REDUCE_DIMS,
     SHAPE_NORMS,
     TO_NUMPY,
     OpGroup,
@@ -953,6 +953,14 @@ def _pixel_shuffle_meta(name, func, args, kwargs, ins, outs) -> M.PixelShuffleMe
                               "unshuffle" in name)
 
 
+def _unfold_meta(name, func, args, kwargs, ins, outs) -> M.WindowsMeta | M.OpMeta:
+    if func is not torch.Tensor.unfold:  # F.unfold / F.fold: patches, read from the shapes
+        return M.OpMeta(name)
+    dim = _norm(int(_arg(args, kwargs, 1, "dimension")), max(ins[0].dim(), 1))
+    return M.WindowsMeta(name, dim, int(_arg(args, kwargs, 2, "size")),
+                         int(_arg(args, kwargs, 3, "step")))
+
+
 def _spatial_meta(name, func, args, kwargs, ins, outs) -> M.PadMeta | M.OpMeta:
     if name != "pad":
         return M.OpMeta(name)
@@ -966,6 +974,11 @@ def _matmul_meta(name, func, args, kwargs, ins, outs) -> M.MatmulMeta | M.Einsum
         if not isinstance(eq, str):  # the sublist form: einsum(a, [0, 1], b, [1, 2])
             return M.OpMeta(name)
         return _einsum_meta(eq, [t.dim() for t in ins], outs[0].dim())
+    if name == "tensordot":
+        pairs = _tensordot_dims(_arg(args, kwargs, 2, "dims", 2), ins[0].dim(), ins[1].dim())
+        if pairs is None or ins[0].dim() + ins[1].dim() > 52:  # a tensor of dims; no letters
+            return M.OpMeta(name)
+        return _tensordot_meta(*pairs, ins[0].dim(), ins[1].dim())
     if name in ("addmm", "baddbmm"):
         a, b = ins[1], ins[2]
     else:
@@ -1005,10 +1018,39 @@ def _einsum_meta(equation: str, ndims: list[int], out_ndim: int) -> M.EinsumMeta
     return M.EinsumMeta(equation, terms, out)
 
 
+def _tensordot_dims(dims, nda: int, ndb: int) -> tuple[list[int], list[int]] | None:
+    """``torch.tensordot``'s ``dims`` as two lists of paired dims: an int n pairs a's last n
+    dims with b's first n, in order; two lists (or ints) pair them as given."""
+    if isinstance(dims, int):
+        return list(range(nda - dims, nda)), list(range(dims))
+    if not isinstance(dims, (list, tuple)) or len(dims) != 2:
+        return None
+    da, db = ([d] if isinstance(d, int) else list(d) for d in dims)
+    if not all(isinstance(d, int) for d in da + db):
+        return None
+    return [_norm(d, nda) for d in da], [_norm(d, ndb) for d in db]
+
+
+def _tensordot_meta(da: list[int], db: list[int], nda: int, ndb: int) -> M.EinsumMeta:
+    """``torch.tensordot`` is the einsum that gives a's dims ``da`` the letters of b's dims
+    ``db`` and keeps the others, a's then b's, in order: ``tensordot(a, b, ([1], [0]))`` on a
+    3-D a and a 2-D b is ``abc,bd->acd``."""
+    letters = iter("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+    ta = [next(letters) for _ in range(nda)]
+    tb = [next(letters) for _ in range(ndb)]
+    for i, j in zip(da, db, strict=True):
+        tb[j] = ta[i]
+    out = "".join(c for d, c in enumerate(ta) if d not in da) + \
+        "".join(c for d, c in enumerate(tb) if d not in db)
+    terms = ("".join(ta), "".join(tb))
+    return M.EinsumMeta(f"{terms[0]},{terms[1]}->{out}", terms, out)
+
+
 def _reduce_meta(name, func, args, kwargs, ins, outs) -> M.ReduceMeta:
     x, y = ins[0], outs[0]
-    # (a norm's order comes first: torch.norm(x, 2, 1), torch.linalg.vector_norm(x, 2, 1))
-    dim = _arg(args, kwargs, 2 if name in ORDER_NORMS else 1, "dim", None)
+    # (a norm's order comes first: torch.norm(x, 2, 1); kthvalue's k: kthvalue(x, k, dim))
+    pos, default = REDUCE_DIMS.get(name, (1, None))
+    dim = _arg(args, kwargs, pos, "dim", default)
     if isinstance(dim, torch.Tensor) or name in SHAPE_NORMS:
         dim = None
     if name in SHAPE_NORMS:
@@ -1224,6 +1266,7 @@ _DESCRIBERS = {
     OpType.PERMUTE: _permute_meta,
     OpType.EXPAND: _expand_meta,
     OpType.PIXEL_SHUFFLE: _pixel_shuffle_meta,
+    OpType.UNFOLD: _unfold_meta,
     OpType.MATMUL: _matmul_meta,
     OpType.ATTENTION: _attention_meta,
     OpType.REDUCTION: _reduce_meta,
