@@ -461,3 +461,13 @@ def test_edge_labels_count_the_index_runs_past_a_few():
     more = len(pos[::3]) - styles.EDGE_RUNS
     assert labels and all(t == f"[0, 3, 6, 9, 12, 15, … and {more} more] of {width}"
                           for t in labels)
+
+
+def test_an_attention_group_says_its_units_are_heads():
+    s = SessionStore()
+    load_entry(s, "llama", "demo:llama")
+    render(s, "llama", "new")
+    text = _text(cb.inspect(s, "llama", _op("layers.0.attn.q_proj")).group_panel)
+    assert "4 (attention heads: round to counts heads)" in text
+    assert "attention heads" not in _text(
+        cb.inspect(s, "llama", _op("layers.0.mlp.gate_proj")).group_panel)

@@ -326,3 +326,20 @@ def test_one_group_that_loses_nothing_is_named_in_the_singular(store):
            "cut)" in one
     two = cb.summary_lines({**pv, "kept_whole": 2})[2]
     assert "2 prunable groups lose nothing (none of their units ranks" in two
+
+
+def test_the_rounding_message_says_heads_for_attention_groups():
+    # round_to counts an attention group's units, which are heads (README): 4 heads rounded
+    # to multiples of 8 keep all 4, and the message said "0 units"
+    s = SessionStore()
+    load_entry(s, "sid", "demo:llama")
+    render(s, "sid", "new")
+    pv = cb.run_preview(s, "sid", {**SETTINGS, "round_to": 8})
+    assert pv["kept_whole"] == pv["kept_whole_heads"] == 2  # the two layers' q/k/v heads
+    assert "2 prunable groups lose nothing (the ratio rounds down to 0 heads in multiples " \
+           "of 8)" in cb.summary_lines(pv)[2]
+    # rounded to 64, the 64-channel residual stream keeps all too: units and heads both
+    pv = cb.run_preview(s, "sid", {**SETTINGS, "round_to": 64})
+    assert (pv["kept_whole"], pv["kept_whole_heads"]) == (3, 2)
+    assert "3 prunable groups lose nothing (the ratio rounds down to 0 units in multiples " \
+           "of 64; an attention group's units are heads)" in cb.summary_lines(pv)[2]
