@@ -105,3 +105,13 @@ def test_many_unit_scores_draw_touching_bars_without_outlines(n):
     assert bar.marker.line.width == 0
     assert fig.layout.bargap == (0 if n > charts.DENSE_BARS else None)
     assert set(_bar_colours(bar)) == {charts.KEPT_COLOUR, charts.CUT_COLOUR}
+
+
+def test_a_long_score_chart_title_wraps_instead_of_running_off_the_panel():
+    title = "group #0: l1 importance, 161 of 538 units cut at ratio 0.3 (not previewed)"
+    fig = charts.score_figure(np.arange(538.0), range(161), title)
+    assert fig.layout.title.text == ("group #0: l1 importance, 161 of 538 units cut at<br>"
+                                     "ratio 0.3 (not previewed)")
+    assert (fig.layout.height, fig.layout.margin.t) == (215, 43)  # room for the second line
+    short = charts.score_figure(np.arange(8.0), [], "group #3")
+    assert (short.layout.title.text, short.layout.height) == ("group #3", 200)

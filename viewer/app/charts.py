@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Iterable
 
 import numpy as np
@@ -18,6 +19,7 @@ NAMED_COLOUR_BARS = 256  #: up to this many score bars, each bar's colour is a n
 #: plotly_white template draws round each bar) would be wider than the bars, and ~900 units of
 #: a residual stream drew a nearly white chart
 DENSE_BARS = 100
+TITLE_CHARS = 52  #: a score chart's title wraps at this many characters (the panel's width)
 LOG_WIDTHS = 20  #: a layer this many times the median width puts the width chart on a log axis
 
 
@@ -93,8 +95,13 @@ def score_figure(scores: Iterable[float] | None, removed: Iterable[int] = (),
                 hovertext=np.char.add("unit ", order.astype(str)))
     if 0 < cut < len(order):
         fig.add_vline(x=cut - 0.5, line_dash="dash", line_color="#dc2626")
-    fig.update_layout(height=200, margin={"l": 40, "r": 8, "t": 28, "b": 20},
-                      title={"text": title, "font": {"size": 12}}, template="plotly_white",
+    # Plotly never wraps a title: "group #0: l1 importance, 161 of 538 units cut at ratio 0.3
+    # (not previewed)" lost its end past the panel's edge
+    lines = textwrap.wrap(title, TITLE_CHARS) or [""]
+    more = 15 * (len(lines) - 1)
+    fig.update_layout(height=200 + more, margin={"l": 40, "r": 8, "t": 28 + more, "b": 20},
+                      title={"text": "<br>".join(lines), "font": {"size": 12}},
+                      template="plotly_white",
                       xaxis={"title": None, "showticklabels": False}, yaxis={"title": None},
                       bargap=0 if len(order) > DENSE_BARS else None)
     return fig
