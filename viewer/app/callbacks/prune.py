@@ -468,6 +468,7 @@ def summary_lines(preview: dict) -> tuple[str, str, str]:
 
 
 STALE_HINT = "Settings changed since the last preview: press Preview to see their effect."
+SCORES_REDRAWN = "The model changed: the scores follow once its graph is drawn…"
 
 
 def register(app, store: SessionStore) -> None:
@@ -571,11 +572,18 @@ def register(app, store: SessionStore) -> None:
     @app.callback(
         Output(ids.SCORE_CHART_BOX, "children"),
         Input(ids.SHOWN, "data"),  # the selection once highlighted (also after a preview)
+        Input(ids.GRAPH_REV, "data"),  # a round, undo, reset or model: the chart is void
         *settings_state,
         State(ids.SESSION, "data"),
         prevent_initial_call=True,
     )
-    def on_scores(selection, importance, ratio, mode, round_to, sid):
+    def on_scores(selection, _rev, importance, ratio, mode, round_to, sid):
+        if ctx.triggered_id == ids.GRAPH_REV:
+            # the new model's scores come with the selection, once the new graph is drawn
+            # (seconds on GPT-2): till then the chart showed the old model's cut
+            op = (selection or {}).get("kind") == "op"
+            return charts.mount(ids.SCORE_CHART, None,
+                                SCORES_REDRAWN if op else charts.SCORE_HINT)
         try:
             try:
                 settings = parse_settings(importance, ratio, mode, round_to)
