@@ -22,12 +22,14 @@ def _reference_score_figure(scores, removed=(), title=""):
     fig = go.Figure()
     fig.add_bar(x=list(range(len(order))), y=s[order].tolist(), showlegend=False,
                 marker_color=["#ef4444" if int(u) in gone else "#64748b" for u in order],
-                hovertext=[f"unit {int(u)}" for u in order])
+                marker_line_width=0, hovertext=[f"unit {int(u)}" for u in order])
     if 0 < cut < len(order):
         fig.add_vline(x=cut - 0.5, line_dash="dash", line_color="#dc2626")
     fig.update_layout(height=200, margin={"l": 40, "r": 8, "t": 28, "b": 20},
                       title={"text": title, "font": {"size": 12}}, template="plotly_white",
                       xaxis={"title": None, "showticklabels": False}, yaxis={"title": None})
+    if len(order) > charts.DENSE_BARS:  # bars that touch: no gaps
+        fig.update_layout(bargap=0)
     return fig
 
 
@@ -92,3 +94,24 @@ def test_many_bars_carry_numbers_few_bars_colour_names():
     many = charts.score_figure(np.arange(4096.0), range(100))
     assert many.data[0].marker.color.dtype == np.uint8
     assert int(np.sum(many.data[0].marker.color)) == 100
+
+
+@pytest.mark.parametrize("n", [8, charts.DENSE_BARS, charts.DENSE_BARS + 1, 920, 4096])
+def test_many_unit_scores_draw_touching_bars_without_outlines(n):
+    # 920 units of a residual stream drew a nearly white chart: the template's white bar
+    # outlines and the gaps between bars were wider than the bars
+    fig = charts.score_figure(np.linspace(0, 1, n), range(n // 3), "t")
+    bar = fig.data[0]
+    assert bar.marker.line.width == 0
+    assert fig.layout.bargap == (0 if n > charts.DENSE_BARS else None)
+    assert set(_bar_colours(bar)) == {charts.KEPT_COLOUR, charts.CUT_COLOUR}
+
+
+def test_a_long_score_chart_title_wraps_instead_of_running_off_the_panel():
+    title = "group #0: l1 importance, 161 of 538 units cut at ratio 0.3 (not previewed)"
+    fig = charts.score_figure(np.arange(538.0), range(161), title)
+    assert fig.layout.title.text == ("group #0: l1 importance, 161 of 538 units cut at<br>"
+                                     "ratio 0.3 (not previewed)")
+    assert (fig.layout.height, fig.layout.margin.t) == (215, 43)  # room for the second line
+    short = charts.score_figure(np.arange(8.0), [], "group #3")
+    assert (short.layout.title.text, short.layout.height) == ("group #3", 200)

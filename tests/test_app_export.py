@@ -303,3 +303,45 @@ def test_an_export_directory_given_at_start_up_opens_for_another_round(tmp_path,
         with pytest.raises(DepViewError, match="is an export directory: it brings its own "
                                                "model, inputs and weights"):
             SessionStore([entry]).base(str(folder))
+
+
+TIED_LM = """
+import torch
+
+class TiedLM(torch.nn.Module):
+    # an embedding and an LM head sharing one weight, as GPT-2's wte and lm_head
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(20, 16)
+        self.fc1 = torch.nn.Linear(16, 32)
+        self.fc2 = torch.nn.Linear(32, 16)
+        self.head = torch.nn.Linear(16, 20, bias=False)
+        self.head.weight = self.emb.weight
+
+    def forward(self, x):
+        h = self.emb(x)
+        return self.head(h + self.fc2(torch.relu(self.fc1(h))))
+"""
+
+
+def test_the_ready_message_says_tied_weights_are_stored_once_per_name(downloads, tmp_path):
+    # model.safetensors holds emb.weight and head.weight, one tensor in the model, twice
+    (tmp_path / "tied.py").write_text(TIED_LM)
+    spec = f"{tmp_path / 'tied.py'}:TiedLM"
+    s = SessionStore([ModelEntry(spec, inputs=("1x4:int64",))])
+    load_entry(s, "sid", spec)
+    apply_round(s, "sid", SETTINGS)
+    ck = cb.prepare_checkpoint(s, downloads, "sid")
+    pruned = s.session("sid").stage.model
+    assert ck.tied == (("emb.weight", "head.weight"),)
+    assert ck.tied_bytes == pruned.emb.weight.numel() * 4
+    text = cb.ready_message("/u", ck).to_plotly_json()["props"]["children"][3]
+    assert text == ("Tied weights are stored once per name in model.safetensors (the format "
+                    "cannot share a tensor; load_pruned keeps them tied): emb.weight = "
+                    f"head.weight, {cb.fmt_bytes(ck.tied_bytes)} more. ")
+    model = _reload(_fetch(downloads, ck.token), tmp_path / "out")
+    assert model.head.weight is model.emb.weight  # what the message promises
+    # a model without ties says nothing of them
+    untied = cb.Checkpoint("tok", "m.zip", 10, ("model.safetensors",), "k",
+                           {"written": False, "reason": "not requested"})
+    assert "Tied" not in str(cb.ready_message("/u", untied).to_plotly_json())

@@ -99,3 +99,53 @@ def test_render_without_a_model_is_a_clear_error():
     s.session("empty", create=True)
     with pytest.raises(Exception, match="no model loaded"):
         cb.render(s, "empty", "new")
+
+
+def test_search_matches_each_alternative_of_a_type_label_and_class_names():
+    s = SessionStore()
+    load_entry(s, "vit", "demo:vit")
+    view, _ = cb.render(s, "vit", "expand-all")
+    graph = s.session("vit").stage.graph
+    lns = view.elements_of(n.id for n in graph.nodes if n.op_type.value == "ln")
+    assert len(lns) == 5
+    # the label is "LayerNorm/RMSNorm": "LayerNorm" found nothing
+    for q in ("LayerNorm", "layernorm", "RMSNORM", "LayerNorm/RMSNorm", "ln"):
+        assert cb.search(s, "vit", q)[0] == lns, q
+    # a module class: of an op's own module, and of the module boxes
+    mha = view.elements_of(n.id for n in graph.nodes if n.op_type.value == "mha")
+    assert cb.search(s, "vit", "MultiheadAttention")[0] == mha and len(mha) == 2
+    conv = cb.search(s, "vit", "conv2d")
+    assert conv[0] == [view.rep[graph.by_name["patch_embed"].id]]
+    seq, info = cb.search(s, "vit", "sequential")  # the box of 'blocks', named otherwise
+    assert seq == [view.module_ids["blocks"]] and info == "1 module matches, 1 drawn"
+    assert cb.search(s, "vit", "Norm")[0] == lns  # a substring of the class, as of a name
+
+
+def test_search_on_a_5000_node_graph_is_fast_and_deterministic(store):
+    import dataclasses
+    import time
+    from types import SimpleNamespace
+
+    from viewer.core.graph import Graph
+
+    stage = store.session("sid").stage
+    small = stage.graph.nodes
+    nodes = [dataclasses.replace(small[i % len(small)], id=i,
+                                 name=f"copy{i // len(small)}.{small[i % len(small)].name}")
+             for i in range(5000)]
+    big = Graph(nodes, [])
+    rep = {n.id: f"n{n.id}" for n in nodes}
+    session = store.session("sid")
+    session.stages = [SimpleNamespace(graph=big, module_classes=stage.module_classes)]
+    session.view = SimpleNamespace(
+        rep=rep, data=set(rep.values()), module_ids={},
+        elements_of=lambda ids: list(dict.fromkeys(rep[i] for i in ids if i in rep)))
+    t = time.perf_counter()
+    first = [cb.search(store, "sid", q) for q in ("Conv2d", "layernorm", "layer3", "relu")]
+    took = time.perf_counter() - t
+    assert first == [cb.search(store, "sid", q) for q in ("Conv2d", "layernorm", "layer3",
+                                                          "relu")]
+    n_conv = sum(n.op_type.value == "conv" for n in nodes)
+    assert first[0][1] == f"{n_conv} ops match, {n_conv} drawn (first {cb.MAX_HITS} shown)"
+    assert first[0][0] == [f"n{n.id}" for n in nodes if n.op_type.value == "conv"][:200]
+    assert took < 0.4, took  # ~20 ms for the four here; a shared 2-core machine varies

@@ -401,3 +401,73 @@ def test_long_names_wrap_and_numbers_stay_whole(store):
 def test_the_group_panel_explains_the_edge_labels(store):
     text = _text(cb.inspect(store, "resnet", _op("layer1.0.conv1")).group_panel)
     assert '\\"all 64\\" means it owns all 64' in text and "before → after" in text
+
+
+def test_repeated_inexact_notes_collapse_into_one_line_per_kind():
+    # a transformer's residual stream: one "normalises over pruned channels" per LayerNorm
+    # (25 on GPT-2 small) was a wall of text; the demo ViT has 5 norms and 2 attentions
+    s = SessionStore()
+    load_entry(s, "vit", "demo:vit")
+    render(s, "vit", "new")
+    group = s.session("vit").stage.pruner.groups[0]
+    assert len(group.stats_notes) == 7
+    text = _text(cb.inspect(s, "vit", _op("patch_embed")).group_panel)
+    assert ("5 LayerNorms normalise over pruned channels: blocks.0.norm1, blocks.0.norm2, "
+            "blocks.1.norm1, … (+2)") in text
+    assert ("attention scale 1/sqrt(head_dim) changes with the width in 2 "
+            "MultiheadAttentions: blocks.0.attn, blocks.1.attn") in text
+    assert "'blocks.0.norm1' normalises" not in text.split("title")[0]
+    graph = s.session("vit").stage.graph
+    # a note said once, and one the pattern does not know, stay as they are
+    assert cb.collapse_notes(["'norm' normalises over pruned channels", "odd note",
+                              "odd note"], graph) == [
+        "'norm' normalises over pruned channels", "odd note"]
+
+
+def test_the_units_a_preview_removes_are_a_short_line_with_every_unit_on_hover():
+    from viewer.core.prune import Plan
+
+    s = SessionStore()
+    load_entry(s, "vit", "demo:vit")
+    render(s, "vit", "new")
+    session = s.session("vit")
+    gid = cb.inspect(s, "vit", _op("blocks.0.mlp.fc1")).group_value
+    removed = list(range(0, 128, 3))  # 43 scattered units: 43 runs, as a magnitude cut gives
+    session.preview_plan = Plan({gid: removed})
+    r = cb.inspect(s, "vit", _op("blocks.0.mlp.fc1"))
+    row = next(c for c in r.group_panel[2].children if "preview removes" in _text(c))
+    cell = row.children[1].children
+    assert cell.children.startswith("43 of 128 units (units 0, 3, 6, 9, ")
+    assert cell.children.endswith(", 33, … and 31 more)")
+    assert cell.title == "units removed: " + ", ".join(map(str, removed))
+    assert styles.short_ranges([0, 1, 2, 3, 7, 9, 10, 11, 12, 20, 30], most=3) == \
+        "0–3, 7, 9–12, … and 2 more"
+    assert styles.short_ranges(range(5), most=1) == "0–4" and styles.short_ranges([]) == ""
+
+
+def test_edge_labels_count_the_index_runs_past_a_few():
+    # a group owning every third index of a tensor: the label on the graph stays short
+    s = SessionStore()
+    load_entry(s, "vit", "demo:vit")
+    render(s, "vit", "new")
+    session = s.session("vit")
+    group = session.stage.pruner.groups[1]
+    key = next(iter(group.tensors))
+    pos, unit = group.tensors[key]
+    odd = dataclasses.replace(group, tensors={key: (pos[::3], unit[::3])})
+    labels = [t for _e, t in styles.group_highlight(session.view, session.stage.graph, odd,
+                                                    None)["edges"]]
+    width = session.stage.graph.nodes[key[0]].out_shapes[key[1]][key[2]]
+    more = len(pos[::3]) - styles.EDGE_RUNS
+    assert labels and all(t == f"[0, 3, 6, 9, 12, 15, … and {more} more] of {width}"
+                          for t in labels)
+
+
+def test_an_attention_group_says_its_units_are_heads():
+    s = SessionStore()
+    load_entry(s, "llama", "demo:llama")
+    render(s, "llama", "new")
+    text = _text(cb.inspect(s, "llama", _op("layers.0.attn.q_proj")).group_panel)
+    assert "4 (attention heads: round to counts heads)" in text
+    assert "attention heads" not in _text(
+        cb.inspect(s, "llama", _op("layers.0.mlp.gate_proj")).group_panel)

@@ -372,3 +372,41 @@ def test_the_override_controls_say_why_a_group_takes_no_ratio(store):
     cb.set_ignore(store, "sid", "layer2.0.conv1", ["out"])  # now kept whole: no ratio
     assert "ignored" in cb.override_block(store, "sid", sel)
     assert cb.override_block(store, "sid", {"kind": "module", "name": "layer1"}) == ""
+
+
+def test_the_rounding_message_says_heads_for_attention_groups():
+    # round_to counts an attention group's units, which are heads (README): 4 heads rounded
+    # to multiples of 8 keep all 4, and the message said "0 units"
+    s = SessionStore()
+    load_entry(s, "sid", "demo:llama")
+    render(s, "sid", "new")
+    pv = cb.run_preview(s, "sid", {**SETTINGS, "round_to": 8})
+    assert pv["kept_whole"] == pv["kept_whole_heads"] == 2  # the two layers' q/k/v heads
+    assert "2 prunable groups lose nothing (the ratio rounds down to 0 heads in multiples " \
+           "of 8)" in cb.summary_lines(pv)[2]
+    # rounded to 64, the 64-channel residual stream keeps all too: units and heads both
+    pv = cb.run_preview(s, "sid", {**SETTINGS, "round_to": 64})
+    assert (pv["kept_whole"], pv["kept_whole_heads"]) == (3, 2)
+    assert "3 prunable groups lose nothing (the ratio rounds down to 0 units in multiples " \
+           "of 64; an attention group's units are heads)" in cb.summary_lines(pv)[2]
+
+
+def test_a_new_round_clears_the_score_chart_until_the_selection_is_shown_again(monkeypatch):
+    # after Apply the chart kept the preview's "230 of 768 units cut by the preview" for
+    # ~5 s on GPT-2 (until the new graph was drawn and the selection shown again)
+    from types import SimpleNamespace
+
+    from viewer.app import ids, main
+    from viewer.app.state import ModelEntry
+
+    app = main.create_app([ModelEntry("demo:cnn")])
+    scores = app.callback_map[f"{ids.SCORE_CHART_BOX}.children"]
+    assert ids.GRAPH_REV in [i["id"] for i in scores["inputs"]]
+    on_scores = scores["callback"].__wrapped__
+    monkeypatch.setattr(cb, "ctx", SimpleNamespace(triggered_id=ids.GRAPH_REV))
+    box = on_scores({"kind": "op", "name": "features.0", "gid": 0}, 2, "l1", "0.5",
+                    "uniform", "1", "sid")
+    assert box.children == cb.SCORES_REDRAWN and box.className == "chart-hint"
+    nothing = on_scores(None, 1, "l1", "0.5", "uniform", "1", "sid")  # no layer selected
+    assert nothing.children == charts.SCORE_HINT
+    app._depview_downloads.close()

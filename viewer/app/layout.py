@@ -48,7 +48,7 @@ def header(entries: list[ModelEntry], default: str) -> html.Header:
 def graph_panel() -> html.Div:
     toolbar = html.Div([
         # searched once typing pauses (Enter is not needed)
-        dcc.Input(id=ids.SEARCH, type="search", placeholder="find layer or type",
+        dcc.Input(id=ids.SEARCH, type="search", placeholder="find layer, class or type",
                   debounce=0.4, className="search"),
         html.Div([
             _button("Fit", ids.FIT, "fit the whole graph in view"),

@@ -35,6 +35,7 @@ FADE_SELECTOR = "node.op, node.collapsed, edge"  #: what a highlight dims
 #: classes assets/depview.js (``highlight``) puts on elements for a group highlight
 FADED_CLASS, MEMBER_CLASS, PATH_CLASS, TENSOR_CLASS, SELECTED_CLASS = \
     "dv-faded", "dv-member", "dv-path", "dv-tensor", "dv-selected"
+EDGE_RUNS = 6  #: index runs an edge label spells out; the rest it counts ("… and 40 more")
 TENSOR_LABEL = "hl"  #: edge data field holding a highlighted edge's index ranges
 #: what the labels of a highlighted group's edges mean, for the inspector
 EDGE_LABELS = ("Orange edges carry this group's channels: \"all 64\" means it owns all 64 "
@@ -142,7 +143,24 @@ def runs(pos: Iterable[int]) -> list[tuple[int, int]]:
 
 def ranges(pos: Iterable[int]) -> str:
     """``[0, 1, 2, 5, 7, 8]`` -> ``"0–2, 5, 7–8"`` (any order, repeats allowed)."""
-    return ", ".join(f"{a}" if b == a + 1 else f"{a}–{b - 1}" for a, b in runs(pos))
+    return _spell(runs(pos))
+
+
+def _spell(rs: list[tuple[int, int]]) -> str:
+    return ", ".join(f"{a}" if b == a + 1 else f"{a}–{b - 1}" for a, b in rs)
+
+
+def short_ranges(pos: Iterable[int], most: int = 12) -> str:
+    """:func:`ranges` cut after ``most`` runs, the rest counted: a line a person reads, where
+    ``ranges`` of 920 scattered units would be ~600 items.
+
+        >>> short_ranges([0, 1, 2, 3, 7, 9, 10, 11, 12, 20, 30], most=3)
+        '0–3, 7, 9–12, … and 2 more'
+    """
+    r = runs(pos)
+    if len(r) <= most:
+        return _spell(r)
+    return f"{_spell(r[:most])}, … and {sum(b - a for a, b in r[most:])} more"
 
 
 def no_highlight(selected: str | None = None) -> dict:
@@ -176,7 +194,7 @@ def group_highlight(view: View, graph: Graph, group: Group | None, selected: str
             continue
         width = _width(graph, nid, port, _dim)
         whole = not width or len(pos) >= width
-        text = f"all {len(pos)}" if whole else f"[{ranges(pos)}] of {width}"
+        text = f"all {len(pos)}" if whole else f"[{short_ranges(pos, EDGE_RUNS)}] of {width}"
         if len(removed):  # the tensor's width after the preview's cut
             lost = len(pos[np.isin(unit, removed)])
             text = f"{len(pos)} → {len(pos) - lost}" if whole else \

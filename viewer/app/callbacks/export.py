@@ -53,6 +53,31 @@ class Checkpoint:
     files: tuple[str, ...]  #: what the zip holds
     stage: str  #: key of the stage it exports
     pt2: dict  #: report.json's ``pt2`` entry: written, or why not
+    #: state_dict names that hold one tensor (tied weights: GPT-2's wte and lm_head), which
+    #: model.safetensors stores once per name
+    tied: tuple[tuple[str, ...], ...] = ()
+    tied_bytes: int = 0  #: what the extra copies of tied tensors add to model.safetensors
+
+
+def tied_names(model) -> tuple[tuple[str, ...], int]:
+    """The state_dict names of ``model`` that hold one tensor (weights tied between modules),
+    in groups in state_dict order, and the bytes their copies add to a file that stores each
+    name on its own, as safetensors does (it refuses tensors that share memory).
+
+        >>> tied_names(gpt2)
+        ((('transformer.wte.weight', 'lm_head.weight'),), 154389504)
+    """
+    held: dict[tuple, list[str]] = {}
+    size: dict[tuple, int] = {}
+    for name, t in model.state_dict(keep_vars=True).items():
+        if t.device.type == "meta":  # no storage to compare
+            continue
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(),
+               t.dtype)
+        held.setdefault(key, []).append(name)
+        size[key] = t.numel() * t.element_size()
+    tied = tuple((k, tuple(v)) for k, v in held.items() if len(v) > 1)
+    return tuple(v for _k, v in tied), sum(size[k] * (len(v) - 1) for k, v in tied)
 
 
 def prepare_checkpoint(store: SessionStore, downloads: Downloads, sid: str, pt2: bool = False,
@@ -76,6 +101,7 @@ def prepare_checkpoint(store: SessionStore, downloads: Downloads, sid: str, pt2:
                                "again")
         source, history = session.base.source, session.history_rounds()
         name = _stage_slug(session)  # a checkpoint exists from round 1 on
+    tied, tied_bytes = tied_names(cur.model)
     name += "-pt2.zip" if pt2 else ".zip"
     with tempfile.TemporaryDirectory(dir=downloads.root) as tmp:  # same disk: a rename
         out = export_dir(prev.pruner, cur.plan, cur.model, Path(tmp) / "export", source,
@@ -85,7 +111,7 @@ def prepare_checkpoint(store: SessionStore, downloads: Downloads, sid: str, pt2:
         path = write_zip(out, Path(tmp) / name)
         size = path.stat().st_size
         token = downloads.add(sid, path, name)  # moved out before the directory goes
-    return Checkpoint(token, name, size, files, cur.key, report["pt2"])
+    return Checkpoint(token, name, size, files, cur.key, report["pt2"], tied, tied_bytes)
 
 
 def fmt_bytes(n: int) -> str:
@@ -105,6 +131,8 @@ def ready_message(url: str, ck: Checkpoint) -> html.Div:
                    f" ({fmt_bytes(ck.size)}: {', '.join(sorted(ck.files))}; the link works "
                    "once). "]
     kind = "ok"
+    if ck.tied:
+        parts.append(tied_text(ck) + " ")
     if ck.pt2.get("reason") == "not requested":
         parts.append(html.Button(
             "add model.pt2", id={"type": ids.DOWNLOAD_PT2, "stage": ck.stage},
@@ -115,6 +143,22 @@ def ready_message(url: str, ck: Checkpoint) -> html.Div:
         kind = "warn"
         parts.append(f"No model.pt2: {ck.pt2.get('reason')}.")
     return html.Div(parts, className=f"msg msg-{kind}", role="status")
+
+
+def tied_text(ck: Checkpoint, most: int = 3) -> str:
+    """What the message says about tied weights in ``model.safetensors``.
+
+        >>> tied_text(ck)  # a pruned GPT-2
+        'Tied weights are stored once per name in model.safetensors (the format cannot share
+        a tensor; load_pruned keeps them tied): transformer.wte.weight = lm_head.weight, 154.4
+        MB more.'
+    """
+    shown = "; ".join(" = ".join(names) for names in ck.tied[:most])
+    if len(ck.tied) > most:
+        shown += f"; and {len(ck.tied) - most} more"
+    return ("Tied weights are stored once per name in model.safetensors (the format cannot "
+            f"share a tensor; load_pruned keeps them tied): {shown}, "
+            f"{fmt_bytes(ck.tied_bytes)} more.")
 
 
 def checkpoint_answer(app, store: SessionStore, downloads: Downloads, sid: str,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dash import ALL, ClientsideFunction, Input, Output, State, ctx, html, no_update
 
 from viewer.core.optypes import STYLES, OpType
+from viewer.core.text import counted
 
 from .. import ids, styles
 from ..state import SessionStore
@@ -94,27 +95,47 @@ def view_info(view: View) -> str:
     return txt
 
 
+def type_names(t: OpType) -> set[str]:
+    """What a search for an op type may say, lower case: its value and each alternative of
+    its label (``"LayerNorm/RMSNorm"`` -> ``layernorm``, ``rmsnorm`` and the whole label)."""
+    label = STYLES[t].label.lower()
+    return {t.value, label, *(a.strip() for a in label.split("/"))}
+
+
+def node_class(node) -> str:
+    """The class of the module an op ran as (``"Conv2d"``), lower case; "" for a function."""
+    return node.target.removeprefix("module:").rsplit(".", 1)[-1].lower() \
+        if node.is_module else ""
+
+
 def search(store: SessionStore, sid: str, query: str | None) -> tuple[list[str], str]:
-    """Element ids matching ``query`` (a substring of a node name or module path, or an op
-    type name/label), and a one-line summary."""
+    """Element ids matching ``query``, case-insensitively: a substring of a node name, module
+    path or module class (``"Conv2d"``, ``"GPT2Attention"``), or an op type by its name or
+    any alternative of its label (``"LayerNorm"`` and ``"RMSNorm"`` both find
+    ``LayerNorm/RMSNorm``); and a one-line summary. One pass over the nodes and one over the
+    modules: ~10 ms on a 5000-node graph."""
     q = (query or "").strip().lower()
     if not q:
         return [], ""
     session = store.session(sid)
-    view, graph = session.view, session.stage.graph
+    view, stage = session.view, session.stage
     if view is None:
         return [], ""
-    type_hit = {t.value for t in OpType if q in (t.value, STYLES[t].label.lower())}
-    hits = [n.id for n in graph.nodes if q in n.name.lower() or n.op_type.value in type_hit]
+    types = {t for t in OpType if q in type_names(t)}
+    hits = [n.id for n in stage.graph.nodes
+            if n.op_type in types or q in n.name.lower() or q in node_class(n)]
     els = view.elements_of(hits)
-    els += [eid for p, eid in view.module_ids.items() if q in p.lower() and eid in view.data]
-    els = list(dict.fromkeys(els))
+    classes = stage.module_classes
+    mods = [eid for p, eid in view.module_ids.items()
+            if q in p.lower() or q in classes.get(p, "").lower()]
+    els = list(dict.fromkeys(els + [eid for eid in mods if eid in view.data]))
     if not els:
         return [], f"no match for {query.strip()!r}"
     shown = els[:MAX_HITS]
     more = f" (first {MAX_HITS} shown)" if len(els) > MAX_HITS else ""
-    return shown, f"{len(hits)} op{'s' if len(hits) != 1 else ''} match, " \
-                  f"{len(els)} drawn{more}"
+    what = [counted(n, kind) for n, kind in ((len(hits), "op"), (len(mods), "module")) if n]
+    verb = "matches" if len(hits) + len(mods) == 1 else "match"
+    return shown, f"{' and '.join(what)} {verb}, {len(els)} drawn{more}"
 
 
 def image_request(kind: str, name: str) -> dict:

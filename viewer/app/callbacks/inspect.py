@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html as html_text
 import math
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,7 +39,7 @@ from viewer.core.meta import (
     UnbindMeta,
     meta_to_dict,
 )
-from viewer.core.optypes import STYLES
+from viewer.core.optypes import STYLES, OpType
 from viewer.core.prune import Pruner
 
 from .. import ids, styles
@@ -98,6 +99,21 @@ def resolve_group(pruner: Pruner, node: Node, side: str,
     return g, [], "no pruning group of the model holds these channels; computed from here"
 
 
+def head_units(graph: Graph, group: Group) -> bool:
+    """Whether a group's units are attention heads (or, with grouped-query attention, a kv
+    head and its query heads): it owns positions on a dim of an attention or matmul operand
+    that is neither of the two the op works on: the heads dim of q, k or v, ``(B, heads, L,
+    head_dim)``. A plan's ``round_to`` then counts heads."""
+    for (nid, port, dim), (pos, _unit) in group.tensors.items():
+        shapes = graph.nodes[nid].out_shapes
+        if port >= len(shapes) or not 0 < dim < len(shapes[port]) - 2 or not len(pos):
+            continue
+        if any(graph.nodes[e.target].op_type in (OpType.ATTENTION, OpType.MATMUL)
+               for e in graph.consumers.get((nid, port), ())):
+            return True
+    return False
+
+
 # --------------------------------------------------------------------------------------------
 # Small renderers.
 
@@ -131,7 +147,7 @@ def segment_bar(sizes: list[int], offsets: list[int], prefix: str,
         gone = cut[(cut >= off) & (cut < off + size)]
         title = f"{prefix}{k}: [{off}, {off + size}) — {size} channels"
         if len(mine):
-            title += f"; group owns {styles.ranges(mine)}"
+            title += f"; group owns {styles.short_ranges(mine)}"
         if len(gone):
             title += f"; preview removes {len(gone)}"
         marks = [html.Div(className=cls, style={"left": f"{100 * (a - off) / size:.2f}%",
@@ -347,7 +363,10 @@ def group_panel(pruner: Pruner, group: Group, model_group: bool, note: str,
         [html.Span("prunable" if not reason else "not prunable",
                    className="ok" if not reason else "bad"),
          html.Span(f" — {reason}" if reason else "")], className="group-status")
-    rows = [("root", f"{group.root} ({group.root_side})"), ("units", group.n_units)]
+    units = group.n_units
+    if head_units(pruner.graph, group):  # what round_to counts here
+        units = f"{units} (attention heads: round to counts heads)"
+    rows = [("root", f"{group.root} ({group.root_side})"), ("units", units)]
     if group.multiple_of > 1:
         rows.append(("removed in steps of", f"{group.multiple_of} units "
                                             f"({'; '.join(group.multiple_why)})"))
@@ -355,8 +374,12 @@ def group_panel(pruner: Pruner, group: Group, model_group: bool, note: str,
         rows.append(("override ratio", session.overrides[group.id]))
     if removed:
         which = "unit" if len(removed) == 1 else "units"
-        rows.append(("preview removes", f"{len(removed)} of {group.n_units} {which} "
-                                        f"({which} {unbroken(styles.ranges(removed))})"))
+        # ~920 scattered units of a residual stream: a short form here, every index on hover
+        # (and in plan.json of the checkpoint once applied)
+        rows.append(("preview removes", html.Span(
+            f"{len(removed)} of {group.n_units} {which} "
+            f"({which} {unbroken(styles.short_ranges(removed, REMOVED_RUNS))})",
+            title=f"{which} removed: {styles.ranges(removed)}")))
     plan = session.preview_plan
     left = plan.skipped.get(group.id) if model_group and plan is not None and not reason else None
     if left:  # prunable, but not at the width the preview's ratio gives it
@@ -372,9 +395,64 @@ def group_panel(pruner: Pruner, group: Group, model_group: bool, note: str,
                           "its forward reads: a split, a view, a norm's shape, a tensor it "
                           "makes) to the new size.", className="hint"))
     if not group.exact:
-        out.append(html.P("Inexact: " + "; ".join(group.stats_notes), className="hint warn"))
+        out.append(html.P("Inexact: " + "; ".join(collapse_notes(group.stats_notes,
+                                                                 pruner.graph)),
+                          className="hint warn", title="\n".join(group.stats_notes)))
     out += [html.H4(f"Members ({len(group.members)})"), members_table(group),
             html.P(styles.EDGE_LABELS, className="hint edge-legend")]
+    return out
+
+
+#: how many index runs the "preview removes" line spells out before it counts the rest
+REMOVED_RUNS = 12
+#: how many names a collapsed note gives as examples
+NOTE_EXAMPLES = 3
+#: a note's verb as its plural subject needs it ("25 LayerNorms normalise ...")
+_PLURAL_VERBS = {"normalises": "normalise", "reduces": "reduce", "mixes": "mix",
+                 "slides": "slide", "replaces": "replace"}
+_NOTE = re.compile(r"'(?P<name>[^']+)' (?:\((?P<tag>[^()]*)\) )?(?P<rest>.+)", re.S)
+
+
+def _kind(node: Node | None) -> str:
+    """What a note's subject is, to count it: a module's class, or the function it calls."""
+    if node is None:
+        return "op"
+    return module_class(node) or f"{node.target.rsplit('.', 1)[-1]} call"
+
+
+def collapse_notes(notes: list[str], graph: Graph, most: int = NOTE_EXAMPLES) -> list[str]:
+    """The core's notes (``"'h.0.ln_1' normalises over pruned channels"``, one per layer),
+    with repeats of one kind collapsed into one line that counts them and names the first few
+    in graph order. A note said once stays as it is.
+
+        >>> collapse_notes(["'h.0.ln_1' normalises over pruned channels",
+        ...                 "'h.0.ln_2' normalises over pruned channels"], graph, most=1)
+        ['2 LayerNorms normalise over pruned channels: h.0.ln_1, … (+1)']
+    """
+    kinds: dict[tuple, list[str]] = {}  # (tag, rest) -> names, in order of first note
+    plain: dict[tuple, str] = {}
+    for note in notes:
+        m = _NOTE.fullmatch(note)
+        key = (m["tag"], m["rest"]) if m else (None, note)
+        kinds.setdefault(key, []).append(m["name"] if m else "")
+        plain.setdefault(key, note)
+    out = []
+    for (tag, rest), names in kinds.items():
+        if len(names) == 1 or not all(names):
+            out.append(plain[(tag, rest)])
+            continue
+        # in graph order (the core notes the last norm of a residual stream second)
+        names = sorted(names, key=lambda n: graph.by_name[n].id if n in graph.by_name else 0)
+        found = {_kind(graph.by_name.get(n)) for n in names}
+        kind = found.pop() if len(found) == 1 else "layer"
+        many = f"{len(names)} {kind}s"
+        shown = ", ".join(names[:most]) + (f", … (+{len(names) - most})"
+                                           if len(names) > most else "")
+        verb, _, tail = rest.partition(" ")
+        if verb in _PLURAL_VERBS:
+            out.append(f"{many} {_PLURAL_VERBS[verb]} {tail}: {shown}")
+        else:  # no verb to agree with: say where it happens
+            out.append(f"{rest} in {many}: {shown}")
     return out
 
 

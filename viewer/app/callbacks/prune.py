@@ -21,7 +21,7 @@ from .. import charts, ids, styles
 from ..layout import OVERRIDE_SET_TITLE
 from ..state import Session, SessionStore, make_stage
 from .common import change, decode_upload, error_message, fmt_count, message
-from .inspect import inspect
+from .inspect import head_units, inspect
 from .model import graph_rev, weightless
 
 
@@ -158,8 +158,11 @@ def run_preview(store: SessionStore, sid: str, settings: dict) -> dict:
     preview = snap[0].pruner.preview(plan)
     preview["skipped"] = dict(plan.skipped)
     # prunable groups the plan leaves whole: their share rounds down to 0 units
-    preview["kept_whole"] = sum(1 for g in snap[0].pruner.groups
-                                if g.id not in plan.removed and g.id not in plan.skipped)
+    whole = [g for g in snap[0].pruner.groups
+             if g.id not in plan.removed and g.id not in plan.skipped]
+    preview["kept_whole"] = len(whole)
+    # of them, attention groups, whose units (and round_to) are heads
+    preview["kept_whole_heads"] = sum(head_units(snap[0].graph, g) for g in whole)
     preview["settings"] = dict(settings)
     # the 'bn' criterion scores groups without a norm layer by L1 instead: say which
     preview["scored_by_l1"] = list(plan.settings.get("scored_by_l1") or [])
@@ -494,8 +497,11 @@ def summary_lines(preview: dict) -> tuple[str, str, str]:
         st = preview.get("settings") or {}
         rt = st.get("round_to", 1)
         their = "their" if whole != 1 else "its"
+        heads = preview.get("kept_whole_heads") or 0  # an attention group's units are heads
+        units = "heads" if heads == whole else "units"
         why = (f"none of {their} units ranks below the global cut" if st.get("global_") else
-               f"the ratio rounds down to 0 units{f' in multiples of {rt}' if rt > 1 else ''}")
+               f"the ratio rounds down to 0 {units}{f' in multiples of {rt}' if rt > 1 else ''}"
+               + ("; an attention group's units are heads" if 0 < heads < whole else ""))
         extra += (f"; {whole} prunable group{'s lose' if whole != 1 else ' loses'} nothing "
                   f"({why})")
     fell = l1_fallback_text(preview.get("scored_by_l1"), preview.get("n_scored"))
@@ -510,6 +516,7 @@ BUSY_PREVIEW = "Previewing: planning, scoring and checking each group…"
 BUSY_ROUND = "Working: pruning a copy, verifying it and tracing the result…"
 
 STALE_HINT = "Settings changed since the last preview: press Preview to see their effect."
+SCORES_REDRAWN = "The model changed: the scores follow once its graph is drawn…"
 
 
 def register(app, store: SessionStore) -> None:
@@ -615,11 +622,18 @@ def register(app, store: SessionStore) -> None:
     @app.callback(
         Output(ids.SCORE_CHART_BOX, "children"),
         Input(ids.SHOWN, "data"),  # the selection once highlighted (also after a preview)
+        Input(ids.GRAPH_REV, "data"),  # a round, undo, reset or model: the chart is void
         *settings_state,
         State(ids.SESSION, "data"),
         prevent_initial_call=True,
     )
-    def on_scores(selection, importance, ratio, mode, round_to, sid):
+    def on_scores(selection, _rev, importance, ratio, mode, round_to, sid):
+        if ctx.triggered_id == ids.GRAPH_REV:
+            # the new model's scores come with the selection, once the new graph is drawn
+            # (seconds on GPT-2): till then the chart showed the old model's cut
+            op = (selection or {}).get("kind") == "op"
+            return charts.mount(ids.SCORE_CHART, None,
+                                SCORES_REDRAWN if op else charts.SCORE_HINT)
         try:
             try:
                 settings = parse_settings(importance, ratio, mode, round_to)
