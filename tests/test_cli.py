@@ -299,6 +299,18 @@ def test_a_prune_that_rounds_every_group_to_nothing_says_so(tmp_path):
     assert "reaches the model output" not in res.stdout
 
 
+def test_nothing_pruned_says_an_attention_groups_units_are_heads(tmp_path):
+    # 20% of 4 heads rounds to 0 heads; "0 units" read as if 20% of the channels had
+    res = cli("prune", "demo:llama", "--ratio", "0.2", "--ignore", "embed_tokens", "--ignore",
+              "layers.0.mlp", "--ignore", "layers.1.mlp", "--out", str(tmp_path / "a"))
+    assert "every prunable group's share rounds to 0 heads at ratio 0.2 (2 prunable groups; " \
+           "4 left alone): raise the ratio)" in res.stdout
+    res = cli("prune", "demo:llama", "--ratio", "0.2", "--round-to", "64", "--out",
+              str(tmp_path / "b"))
+    assert "rounds to 0 units (an attention group's units are heads) at ratio 0.2 " \
+           "(round-to 64; 5 prunable groups; 1 left alone)" in res.stdout
+
+
 def test_empty_paths_are_refused_not_taken_for_this_directory(tmp_path):
     # an unset $OUT: the export went into the current directory, exit 0
     for args, msg in [

@@ -186,7 +186,14 @@ def _nothing_pruned(args, pruner, plan, overrides: dict) -> str:
     detail += [counted(n_prunable, "prunable group")]
     detail += [f"{len(plan.skipped)} left alone"] if plan.skipped else []
     fix = "raise the ratio or lower --round-to" if args.round_to > 1 else "raise the ratio"
-    return (f"nothing pruned: every prunable group's share rounds to 0 units at ratio "
+    from .core.groups import units_are_heads
+
+    # an attention group's units are heads: that is what its share (and --round-to) counts
+    prunable = [g for g in pruner.groups if g.id not in plan.skipped]
+    heads = sum(units_are_heads(pruner.graph, g) for g in prunable)
+    units = "heads" if heads == len(prunable) else \
+        "units (an attention group's units are heads)" if heads else "units"
+    return (f"nothing pruned: every prunable group's share rounds to 0 {units} at ratio "
             f"{args.ratio:g} ({'; '.join(detail)}): {fix}")
 
 

@@ -2237,6 +2237,21 @@ class _Repeats:
         return grp
 
 
+def units_are_heads(graph: Graph, group: Group) -> bool:
+    """Whether a group's units are attention heads (or, with grouped-query attention, a kv
+    head and its query heads): it owns positions on a dim of an attention or matmul operand
+    that is neither of the two the op works on: the heads dim of q, k or v, ``(B, heads, L,
+    head_dim)``. A plan's ``round_to`` then counts heads."""
+    for (nid, port, dim), (pos, _unit) in group.tensors.items():
+        shapes = graph.nodes[nid].out_shapes
+        if port >= len(shapes) or not 0 < dim < len(shapes[port]) - 2 or not len(pos):
+            continue
+        if any(graph.nodes[e.target].op_type in (OpType.ATTENTION, OpType.MATMUL)
+               for e in graph.consumers.get((nid, port), ())):
+            return True
+    return False
+
+
 def all_groups(graph: Graph, reuse: bool = True) -> list[Group]:
     """Every group of the model, each once, in the order of their root layers.
 

@@ -19,7 +19,7 @@ from dash import ClientsideFunction, Input, Output, State, ctx, dcc, html, no_up
 
 from viewer.core.errors import DepViewError
 from viewer.core.graph import Graph, Node
-from viewer.core.groups import Group, group_of
+from viewer.core.groups import Group, group_of, units_are_heads
 from viewer.core.meta import (
     WRITE,
     ConcatMeta,
@@ -39,7 +39,7 @@ from viewer.core.meta import (
     UnbindMeta,
     meta_to_dict,
 )
-from viewer.core.optypes import STYLES, OpType
+from viewer.core.optypes import STYLES
 from viewer.core.prune import Pruner
 
 from .. import ids, styles
@@ -97,21 +97,6 @@ def resolve_group(pruner: Pruner, node: Node, side: str,
     except Exception as exc:  # the core could not follow these channels: say so, keep serving
         return None, [], f"no group could be computed from here ({error_text(exc)})"
     return g, [], "no pruning group of the model holds these channels; computed from here"
-
-
-def head_units(graph: Graph, group: Group) -> bool:
-    """Whether a group's units are attention heads (or, with grouped-query attention, a kv
-    head and its query heads): it owns positions on a dim of an attention or matmul operand
-    that is neither of the two the op works on: the heads dim of q, k or v, ``(B, heads, L,
-    head_dim)``. A plan's ``round_to`` then counts heads."""
-    for (nid, port, dim), (pos, _unit) in group.tensors.items():
-        shapes = graph.nodes[nid].out_shapes
-        if port >= len(shapes) or not 0 < dim < len(shapes[port]) - 2 or not len(pos):
-            continue
-        if any(graph.nodes[e.target].op_type in (OpType.ATTENTION, OpType.MATMUL)
-               for e in graph.consumers.get((nid, port), ())):
-            return True
-    return False
 
 
 # --------------------------------------------------------------------------------------------
@@ -364,7 +349,7 @@ def group_panel(pruner: Pruner, group: Group, model_group: bool, note: str,
                    className="ok" if not reason else "bad"),
          html.Span(f" — {reason}" if reason else "")], className="group-status")
     units = group.n_units
-    if head_units(pruner.graph, group):  # what round_to counts here
+    if units_are_heads(pruner.graph, group):  # what round_to counts here
         units = f"{units} (attention heads: round to counts heads)"
     rows = [("root", f"{group.root} ({group.root_side})"), ("units", units)]
     if group.multiple_of > 1:

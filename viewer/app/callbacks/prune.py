@@ -14,6 +14,7 @@ from dash import Input, Output, State, ctx, html, no_update
 
 from viewer.core.errors import DepViewError
 from viewer.core.export import round_entry
+from viewer.core.groups import units_are_heads
 from viewer.core.prune import IMPORTANCE, Plan, batch_shapes, untraced_note
 from viewer.core.text import counted
 
@@ -21,7 +22,7 @@ from .. import charts, ids, styles
 from ..layout import OVERRIDE_SET_TITLE
 from ..state import Session, SessionStore, make_stage
 from .common import change, decode_upload, error_message, fmt_count, message
-from .inspect import head_units, inspect
+from .inspect import inspect
 from .model import graph_rev, weightless
 
 
@@ -162,7 +163,7 @@ def run_preview(store: SessionStore, sid: str, settings: dict) -> dict:
              if g.id not in plan.removed and g.id not in plan.skipped]
     preview["kept_whole"] = len(whole)
     # of them, attention groups, whose units (and round_to) are heads
-    preview["kept_whole_heads"] = sum(head_units(snap[0].graph, g) for g in whole)
+    preview["kept_whole_heads"] = sum(units_are_heads(snap[0].graph, g) for g in whole)
     preview["settings"] = dict(settings)
     # the 'bn' criterion scores groups without a norm layer by L1 instead: say which
     preview["scored_by_l1"] = list(plan.settings.get("scored_by_l1") or [])
