@@ -1713,6 +1713,46 @@ def test_max_pool_indices_block_a_group_on_the_pooled_plane():
     assert "'pool' (module:torch.nn.modules.pooling.MaxPool2d) pools with indices" in g.reason
 
 
+class SpatialTransformer(nn.Module):
+    """An STN: a localisation conv gives 2 coordinate channels; F.grid_sample reads the
+    features there. ``plane``: a linear over the width before the sampling."""
+
+    def __init__(self, plane=False):
+        super().__init__()
+        self.plane = plane
+        self.c1, self.loc = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 2, 3, padding=1)
+        self.w, self.c2 = nn.Linear(16, 16), nn.Conv2d(16, 8, 3, padding=1)
+
+    def forward(self, x):
+        h = F.relu(self.c1(x))
+        grid = torch.tanh(self.loc(h)).permute(0, 2, 3, 1)
+        if self.plane:
+            h = self.w(h)
+        return self.c2(F.grid_sample(h, grid, align_corners=False))
+
+
+def test_grid_sample_keeps_the_channels_it_samples_and_blocks_its_coordinates():
+    # every group through it was blocked: "changes shape in a way DepView does not model"
+    from viewer.core.prune import Pruner
+
+    torch.manual_seed(0)
+    p = Pruner(SpatialTransformer().eval(), (torch.randn(2, 3, 16, 16),))
+    g = next(grp for grp in p.groups if grp.root == "c1")
+    assert not p.reason(g) and g.exact
+    assert {(m.node_name, m.side) for m in g.members} == {("c1", "out"), ("loc", "in"),
+                                                          ("c2", "in")}
+    loc = next(grp for grp in p.groups if grp.root == "loc")
+    assert "'grid_sample' (grid_sample) reads its sampling coordinates from the pruned dim" \
+        in p.reason(loc)
+    plan = p.plan(0.5)
+    assert list(plan.removed) == [g.id]
+    v = p.verify(p.apply(plan), plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+    plane = group_of(build_graph(SpatialTransformer(plane=True), torch.randn(2, 3, 16, 16)),
+                     "w")
+    assert "'grid_sample' (grid_sample) samples positions along the pruned dim" in plane.reason
+
+
 class VendoredConv1D(nn.Module):
     """Hugging Face GPT-2's Conv1D copied into a user's code: a Linear stored (in, out) and
     run as ``torch.addmm``, which DepView does not know as a layer."""

@@ -1011,6 +1011,8 @@ def _spatial_rule(g, node, side, port, dim, units, pos, ctx):
     (its second input) are positions within each channel's plane: they keep N and C as the
     values do (SegNet's encoder channels reach its decoder only through them), and block a
     group on a dim of the plane."""
+    if node.target == "grid_sample":
+        return _grid_sample_flows(node, side, port, dim, units, pos, ctx)
     pads = _pads(node)
     if pads is None:  # pooling / resizing: N and C kept, the rest resized
         nd = len(node.in_shapes[0])
@@ -1034,6 +1036,37 @@ def _spatial_rule(g, node, side, port, dim, units, pos, ctx):
         ctx.block(f"'{node.name}' pads the pruned dim")
         return []
     return [Flow("out" if side == "in" else "in", 0, dim, units, pos)]
+
+
+def _grid_sample_flows(node, side, port, dim, units, pos, ctx) -> list[Flow]:
+    """``F.grid_sample(x, grid)``: out ``(N, C, *grid.shape[1:-1])`` samples each channel of
+    x at the grid's points. N is every tensor's dim 0; C is x's and out's dim 1 alone; the
+    grid's point dims are out's dims 2..; x's plane and the grid's coordinates (its last dim)
+    are positions and where to read them: a group there is blocked (STN, deformable
+    sampling: the localisation layer's 2 coordinate channels)."""
+    if len(node.in_shapes) < 2:
+        return []
+    nd = len(node.in_shapes[0])
+    d = _norm(dim, len(node.out_shapes[0]) if side == "out" else len(node.in_shapes[port]))
+    if port > 1 and side == "in":
+        return []
+    at = {("in", 0): [], ("in", 1): [], ("out", 0): []}  # the same dim on the other tensors
+    if d == 0:
+        at = {k: [0] for k in at}
+    elif side == "in" and port == 1 and d == nd - 1:
+        ctx.block(f"'{node.name}' (grid_sample) reads its sampling coordinates from the "
+                  "pruned dim")
+        return []
+    elif side == "in" and port == 0 and d >= 2:
+        ctx.block(f"'{node.name}' (grid_sample) samples positions along the pruned dim")
+        return []
+    elif d == 1 and (side, port) != ("in", 1):
+        at[("in", 0)], at[("out", 0)] = [1], [1]
+    else:  # a point dim: the grid's d (from 1) is out's d + 1
+        g = d if (side, port) == ("in", 1) else d - 1
+        at[("in", 1)], at[("out", 0)] = [g], [g + 1]
+    return [Flow(sd, p, x, units, pos) for (sd, p), xs in at.items() for x in xs
+            if (sd, p) != (side, port)]
 
 
 def _pads(node: Node) -> tuple[int, ...] | None:

@@ -60,7 +60,8 @@ class OpType(enum.Enum):
     PIXEL_SHUFFLE = "pixel_shuffle"  #: moves channel blocks of r*r into space (and back)
     UNFOLD = "unfold"  #: F.unfold/F.fold: channel c is rows c*k*k.. of the patch dim (and back);
     #: Tensor.unfold: windows along one dim, the other dims kept
-    SPATIAL = "spatial"  #: pooling/unpooling/interpolate keep dims 0 and 1; pad keeps the rest
+    SPATIAL = "spatial"  #: pooling/unpooling/interpolate/grid_sample keep dims 0 and 1; pad
+    #: keeps the rest
     MATMUL = "matmul"  #: matmul/bmm/linear-with-a-tensor/einsum/tensordot: contracts dims
     ATTENTION = "attention"  #: scaled_dot_product_attention: q·k contracted, v's dim carried
     REDUCTION = "reduction"  #: sum/mean/softmax along dims: every output reads the whole dim
@@ -407,7 +408,7 @@ _FUNCTION_NAMES: dict[OpType, str] = {
     "F.avg_pool3d F.adaptive_avg_pool1d F.adaptive_avg_pool2d F.adaptive_avg_pool3d "
     "F.adaptive_max_pool1d F.adaptive_max_pool2d F.adaptive_max_pool3d F.interpolate "
     "F.upsample F.max_pool2d_with_indices F.adaptive_max_pool2d_with_indices F.pad "
-    "F.max_unpool1d F.max_unpool2d F.max_unpool3d",
+    "F.max_unpool1d F.max_unpool2d F.max_unpool3d F.grid_sample",
     OpType.MATMUL: "torch.matmul Tensor.matmul Tensor.__matmul__ Tensor.__rmatmul__ torch.bmm "
     "Tensor.bmm torch.mm Tensor.mm F.linear torch.addmm Tensor.addmm torch.baddbmm Tensor.baddbmm "
     "torch.einsum torch.tensordot F.grouped_mm torch._grouped_mm torch.sparse.mm torch.spmm "
