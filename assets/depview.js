@@ -45,6 +45,33 @@
     checkSizes(e.target, e.dataTransfer && e.dataTransfer.files);
   }, true);
 
+  // Search hits too far apart to read when fitted together: shown one at a time
+  var SEARCH = 'search';  // viewer/app/ids.py SEARCH
+  var hits = null;  // {ids, i}: the hits and the one on screen
+  function showHit() {
+    var cy = window.cy, hint = document.getElementById(FIT_HINT);
+    if (!cy || !hits || !hits.ids.length) { return; }
+    var n = cy.getElementById(hits.ids[hits.i]);
+    cy.stop();
+    cy.animate({zoom: Math.max(cy.zoom(), 1.0), center: {eles: n}}, {duration: 300});
+    if (hint) {
+      hint.textContent = 'Match ' + (hits.i + 1) + ' of ' + hits.ids.length + ': ' +
+        (n.data('name') || n.data('path') || '') + ' · Enter: next, Shift+Enter: previous';
+      hint.style.display = 'block';
+    }
+  }
+  document.addEventListener('keydown', function (e) {
+    if (e.key !== 'Enter' || !e.target || e.target.id !== SEARCH || !hits) { return; }
+    if (!e.target.value.trim()) {  // the search was cleared: nothing to step through
+      hits = null;
+      var hint = document.getElementById(FIT_HINT);
+      if (hint) { hint.style.display = 'none'; }
+      return;
+    }
+    hits.i = (hits.i + (e.shiftKey ? hits.ids.length - 1 : 1)) % hits.ids.length;
+    showHit();
+  }, true);
+
   window.dash_clientside = Object.assign({}, window.dash_clientside, {
     depview: {
       /* Called whenever the elements change: hook the tap and double-click handlers once. */
@@ -206,7 +233,19 @@
           cy.stop();
           var bb = eles.boundingBox();
           var z = Math.min(1.6, Math.min(cy.width() / (bb.w + 160), cy.height() / (bb.h + 160)));
-          cy.animate({zoom: z, center: {eles: eles}}, {duration: 300});
+          hits = null;
+          var hint = document.getElementById(FIT_HINT);
+          if (hint) { hint.style.display = 'none'; }
+          if (z >= READABLE_ZOOM || eles.length === 1) {
+            cy.animate({zoom: z, center: {eles: eles}}, {duration: 300});
+            return;
+          }
+          // fitted together they would be too small to read (25 LayerNorms down GPT-2): show
+          // them one at a time, in graph order; Enter in the search box steps to the next
+          hits = {ids: target.ids.filter(function (id) {
+            return cy.getElementById(id).nonempty();
+          }), i: 0};
+          showHit();
         });
         return window.dash_clientside.no_update;
       },

@@ -191,6 +191,30 @@ def test_search_answers_while_typing_and_never_moves_the_buttons(dash_duo):
     assert fit.location["x"] == x
 
 
+def test_search_hits_too_far_apart_to_read_are_shown_one_at_a_time(dash_duo):
+    # fitted together, 25 LayerNorms down GPT-2 were specks; 15 BatchNorms down the resnet too
+    from selenium.webdriver.common.keys import Keys
+
+    _start(dash_duo, create_app())
+    _wait_graph(dash_duo, "layer1.0.conv1")
+    box = dash_duo.find_element(f"#{ids.SEARCH}")
+    box.send_keys("BatchNorm")
+    dash_duo.wait_for_contains_text(f"#{ids.FIT_HINT}", "Match 1 of 15: bn1", timeout=TIMEOUT)
+    centred = "var cy = window.cy, p = cy.getElementById(arguments[0]).renderedPosition(); " \
+              "return Math.abs(p.x - cy.width() / 2) < 40 && Math.abs(p.y - cy.height() / 2) " \
+              "< 40 && cy.zoom() >= 1;"
+    box.send_keys(Keys.ENTER)
+    dash_duo.wait_for_contains_text(f"#{ids.FIT_HINT}", "Match 2 of 15: layer1.0.bn1",
+                                    timeout=TIMEOUT)
+    bn = _node_id(dash_duo, "layer1.0.bn1")
+    _until(dash_duo, lambda d: _js(dash_duo, centred, bn), "the second match is not on screen")
+    box.send_keys(Keys.SHIFT, Keys.ENTER)
+    dash_duo.wait_for_contains_text(f"#{ids.FIT_HINT}", "Match 1 of 15", timeout=TIMEOUT)
+    _type(box, "layer1.0.conv1")  # one hit: zoomed to, no stepping
+    _until(dash_duo, lambda d: not d.find_element("id", ids.FIT_HINT).is_displayed(),
+           "the hint stayed for a single match")
+
+
 def test_clicking_a_concat_shows_its_offsets(dash_duo):
     _start(dash_duo, create_app([ModelEntry("demo:densenet")]))
     _wait_graph(dash_duo, "features.0.0.cat")
