@@ -463,6 +463,35 @@ def test_validation_rejects_hard_coded_shapes(demo_pruner):
     assert "did not follow the pruned width" in p.reason(qkv)  # the usual cause, said
 
 
+class ConfigSlicedQKV(nn.Module):
+    """Phi-3's attention: one fused qkv projection cut at bounds computed from a config that
+    every layer shares (``query_pos = config.heads * head_dim``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.cfg = {"heads": 2, "head_dim": 8}
+        self.qkv, self.o = nn.Linear(16, 48), nn.Linear(16, 16)
+
+    def forward(self, x):
+        qkv = self.qkv(x)
+        qp = self.cfg["heads"] * self.cfg["head_dim"]
+        q, k, v = qkv[..., :qp], qkv[..., qp:2 * qp], qkv[..., 2 * qp:]
+        a = torch.softmax(q @ k.transpose(-1, -2), -1)
+        return self.o(a @ v)
+
+
+def test_a_failed_probe_names_a_slice_with_fixed_bounds():
+    # Phi-3's qkv_proj was blocked by "mat1 and mat2 shapes cannot be multiplied (8x64 and
+    # 32x64)" alone: nothing said where the lost channels went
+    p = Pruner(ConfigSlicedQKV().eval(), (torch.randn(1, 5, 16),))
+    qkv = next(g for g in p.groups if g.root == "qkv")
+    why = p.reason(qkv)
+    assert "forward fails when this group shrinks" in why
+    assert why.endswith("; 'getitem' slices [0:16] of the pruned dim: bounds written in the "
+                        "code or computed from a config (one every layer shares) do not "
+                        "follow the kept channels")
+
+
 class OneBadGroup(torch.nn.Module):
     """Nine conv groups; one feeds a view with a hard-coded channel count."""
 

@@ -34,6 +34,7 @@ from .handlers import CUTS, conv_width, rnn_cell, rnn_hidden
 from .meta import (
     WRITE,
     ConcatMeta,
+    DimSlice,
     EinsumMeta,
     ElementwiseMeta,
     ExpandMeta,
@@ -43,6 +44,7 @@ from .meta import (
     ReduceMeta,
     ReshapeMeta,
     SetItemMeta,
+    SliceMeta,
     SplitMeta,
     UnbindMeta,
     WindowsMeta,
@@ -2092,6 +2094,23 @@ def fixed_sizes(graph: Graph, group: Group) -> list[tuple[Node, TensorKey, int, 
         elif node.op_type is OpType.CONSTANT and node.target in FILLS:
             out += [(node, (node.id, 0, d), size, 1) for d, size in enumerate(node.out_shapes[0])
                     if (node.id, 0, d) in group.tensors]
+    return out
+
+
+def fixed_slices(graph: Graph, group: Group) -> list[tuple[Node, DimSlice]]:
+    """Slices of a dim the group shrinks that do not span it (``qkv[..., :query_pos]``):
+    ``(node, the slice)``. Their bounds were numbers when traced; after pruning they must
+    follow the kept positions, which code that computes them from a config does not do."""
+    out = []
+    for node in graph.nodes:
+        meta = node.meta
+        edges = graph.in_edges.get(node.id)
+        if node.op_type is not OpType.SLICE or not isinstance(meta, SliceMeta) or not edges:
+            continue
+        e = edges[0]
+        out += [(node, s) for s in meta.slices
+                if (e.source, e.source_port, s.dim) in group.tensors
+                and (s.start, s.stop, s.step) != (0, meta.in_shape[s.dim], 1)]
     return out
 
 

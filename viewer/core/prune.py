@@ -33,6 +33,7 @@ from .groups import (
     Member,
     all_groups,
     fixed_sizes,
+    fixed_slices,
     out_channel_dim,
     outer_alternative,
     split_sizes,
@@ -1068,7 +1069,8 @@ class Pruner:
             if isinstance(exc, DepViewError):  # a traced forward failed: show its error
                 exc = exc.__cause__ or exc
             msg = (str(exc).strip().splitlines() or [""])[0][:160] or _raised_at(exc)
-            hint = _VIEW_HINT if "is invalid for input of size" in msg else ""
+            hint = _VIEW_HINT if "is invalid for input of size" in msg else \
+                _slice_hint(self.graph, gs)
             return (f"the model's forward fails when this group shrinks "
                     f"({type(exc).__name__}: {msg}){hint}")
         if id(before) not in st["names"]:
@@ -1330,6 +1332,19 @@ def _aligned_names(first: Graph, later: Graph) -> dict[str, str]:
             out[nodes[j].name] = b.name
         i = j + 1
     return out
+
+
+def _slice_hint(graph: Graph, gs: list[Group]) -> str:
+    """A likely cause of a failed probe: a slice of the pruned dim whose bounds stay numbers
+    (Phi-3's ``qkv[..., :query_pos]`` with ``query_pos`` from the config every layer shares),
+    while the positions it should cut moved. "" when the groups pass through no such slice."""
+    for g in gs:
+        for node, s in fixed_slices(graph, g):
+            step = f":{s.step}" if s.step != 1 else ""
+            return (f"; '{node.name}' slices [{s.start}:{s.stop}{step}] of the pruned dim: "
+                    "bounds written in the code or computed from a config (one every layer "
+                    "shares) do not follow the kept channels")
+    return ""
 
 
 def _moved(before: Graph, after: Graph, owned: dict[tuple[str, int, int], int | None],
