@@ -314,6 +314,35 @@ def test_a_reload_keeps_the_model_and_its_applied_rounds(dash_duo):
     assert not dash_duo.find_element(f"#{ids.UNDO}").get_property("disabled")
 
 
+def test_after_apply_the_group_panel_follows_the_pruned_model(dash_duo, monkeypatch):
+    # it showed the old model's group for seconds after Apply (GPT-2 draws its new graph for
+    # that long); now it says the group follows, then shows the pruned model's
+    from viewer.app.callbacks import inspect as icb
+
+    real, hold, release = icb.inspect, threading.Event(), threading.Event()
+
+    def held(*args, **kwargs):  # the pruned model's panel waits until the test has looked
+        if hold.is_set():
+            release.wait(TIMEOUT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(icb, "inspect", held)
+    _start(dash_duo, create_app([ModelEntry("demo:cnn")]))
+    _wait_graph(dash_duo, "features.0")
+    _click_node(dash_duo, "features.0")
+    dash_duo.wait_for_contains_text(f"#{ids.GROUP_PANEL}", "Members", timeout=TIMEOUT)
+    before = dash_duo.find_element(f"#{ids.GROUP_PANEL}").text
+    hold.set()
+    dash_duo.find_element(f"#{ids.APPLY}").click()
+    dash_duo.wait_for_contains_text(f"#{ids.HISTORY}", "round 1", timeout=TIMEOUT)
+    dash_duo.wait_for_contains_text(f"#{ids.GROUP_PANEL}", "The model changed: its group "
+                                    "follows once its graph is drawn", timeout=TIMEOUT)
+    release.set()
+    _until(dash_duo, lambda d: "Members" in d.find_element("id", ids.GROUP_PANEL).text
+           and d.find_element("id", ids.GROUP_PANEL).text != before,
+           "the group panel never showed the pruned model's group")
+
+
 def test_a_bad_ratio_shows_a_message_and_the_page_keeps_working(dash_duo):
     _start(dash_duo, create_app([ModelEntry("demo:cnn")]))
     _wait_graph(dash_duo, "features.0")

@@ -518,6 +518,7 @@ BUSY_ROUND = "Working: pruning a copy, verifying it and tracing the result…"
 
 STALE_HINT = "Settings changed since the last preview: press Preview to see their effect."
 SCORES_REDRAWN = "The model changed: the scores follow once its graph is drawn…"
+GROUP_REDRAWN = "The model changed: its group follows once its graph is drawn…"
 
 
 def register(app, store: SessionStore) -> None:
@@ -742,7 +743,11 @@ def register(app, store: SessionStore) -> None:
                     return no_update, no_update, no_update  # just showing the stored value
                 text = set_ignore(store, sid, sel.get("name"), ignore_sides or [])
             panel = no_update
-            if trig != ids.GRAPH_REV and sel.get("kind") == "op":
+            if trig == ids.GRAPH_REV and sel.get("kind") == "op":
+                # the new model's group comes with the selection once its graph is drawn
+                # (seconds on GPT-2): till then the panel showed the old model's members
+                panel = [html.P(GROUP_REDRAWN, className="hint")]
+            elif sel.get("kind") == "op":
                 panel = inspect(store, sid, sel, side or "out", pick).group_panel
             return plan_info(session), panel, message(text, "info") if text else no_update
         except Exception as exc:
