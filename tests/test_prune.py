@@ -449,6 +449,36 @@ def test_verify_reports_a_changed_output_shape_instead_of_crashing():
     assert v["masked_equivalence"] == {"skipped": "the output shapes changed"}
 
 
+def test_an_inexact_group_leaves_the_exact_ones_checked_alone(demo_pruner, monkeypatch):
+    # the residual stream of every transformer is inexact (its RMSNorms see the lost
+    # channels): masked equivalence was skipped for any plan that pruned it, so nothing
+    # checked the attention and MLP groups pruned with it
+    from viewer.core import prune as prune_mod
+
+    lm, p = demo_pruner("llama")
+    plan = p.plan(0.5, "l1")
+    exact = [gid for gid in plan.removed if p.groups[gid].exact]
+    assert exact and len(exact) < len(plan.removed)
+    me = p.verify(p.apply(plan), plan)["masked_equivalence"]
+    assert me["skipped"].startswith("1 pruned group is inexact")
+    assert me["exact_groups"]["groups"] == len(exact) and me["exact_groups"]["ok"]
+    # the check can fail: the exact part pruned wrongly (one kept weight changed)
+    real = prune_mod.Pruner.apply
+
+    def broken(self, part):
+        pruned = real(self, part)
+        if set(part.removed) == set(exact):
+            with torch.no_grad():
+                next(m for m in pruned.modules() if isinstance(m, nn.Linear)).weight[0] += 1
+        return pruned
+
+    monkeypatch.setattr(prune_mod.Pruner, "apply", broken)
+    v = p.verify(real(p, plan), plan)
+    assert not v["masked_equivalence"]["exact_groups"]["ok"]
+    assert masked_note(v).startswith(f"masked equivalence of the {len(exact)} exact groups "
+                                     "pruned alone FAILED: max |diff|")
+
+
 def test_unknown_importance(demo_pruner):
     _, p = demo_pruner("cnn")
     with pytest.raises(DepViewError, match="unknown importance"):

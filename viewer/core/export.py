@@ -401,6 +401,18 @@ def _verification_problem(v: dict) -> str:
             return "'verification.masked_equivalence.nonfinite_mismatches' must be an integer"
         if not isinstance(me.get("ok", True), bool):
             return "'verification.masked_equivalence.ok' must be true or false"
+        part = me.get("exact_groups")
+        if part is not None:
+            if not isinstance(part, dict) or not isinstance(part.get("ok", True), bool):
+                return ("'verification.masked_equivalence.exact_groups' must be an object "
+                        "whose 'ok' is true or false")
+            for key in ("max_abs_diff", "rel_diff"):
+                if key in part:
+                    try:
+                        part[key] = json_float(part[key])
+                    except ValueError:
+                        return (f"'verification.masked_equivalence.exact_groups.{key}' must "
+                                "be a number")
     untraced = v.get("untraced")
     if untraced is not None and not (isinstance(untraced, list)
                                      and all(isinstance(n, str) for n in untraced)):
@@ -742,7 +754,8 @@ def check_dir(path: str | Path, spec: str | None = None) -> dict:
                             f"indices{f' (and {len(bad) - 1} more)' if len(bad) > 1 else ''}"
                             f"{since}")
     masked = (res.get("verification") or {}).get("masked_equivalence") or {}
-    res["ok"] = not problems and masked.get("ok", True)
+    part = masked.get("exact_groups") or {}  # the exact groups pruned alone (see verify)
+    res["ok"] = not problems and masked.get("ok", True) and part.get("ok", True)
     return res
 
 

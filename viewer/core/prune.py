@@ -1188,16 +1188,7 @@ class Pruner:
         if not res["shapes_kept"]:
             res["masked_equivalence"] = {"skipped": "the output shapes changed"}
         elif masked and not inexact and _real(self.model):
-            out_m = flatten(run(self.masked_model(plan), self.inputs))
-            pairs = [(a, b) for (_, a), (_, b) in zip(out_m, fp, strict=True)
-                     if a.is_floating_point()]
-            diff = max((_finite_diff(a, b) for a, b in pairs), default=0.0)
-            odd = sum(_nonfinite_mismatches(a, b) for a, b in pairs)
-            scale = max([_finite_max(a) for a, _ in pairs] + [1e-12])
-            res["masked_equivalence"] = {"max_abs_diff": diff, "rel_diff": diff / scale,
-                                         "ok": diff <= 1e-4 * max(1, scale) and not odd}
-            if odd:  # inf or nan in one output where the other has something else
-                res["masked_equivalence"]["nonfinite_mismatches"] = odd
+            res["masked_equivalence"] = self._masked_equivalence(plan, fp)
         else:
             res["masked_equivalence"] = {
                 "skipped": f"{counted(len(inexact), 'pruned group')} "
@@ -1205,6 +1196,34 @@ class Pruner:
                 f"{by_id[inexact[0]].stats_notes[0] if by_id[inexact[0]].stats_notes else ''}"
                 f"{' (and more)' if len(inexact) > 1 else ''}"
                 if inexact else "model has no real weights"}
+            exact = {gid: u for gid, u in plan.removed.items() if by_id[gid].exact}
+            if masked and inexact and exact and _real(self.model):
+                # a transformer's residual stream is inexact (its norms see the lost
+                # channels), which skipped the check for every plan that pruned it: the
+                # exact groups are still checked, pruned alone, on a copy of their own
+                part = Plan(exact, dict(plan.settings))
+                try:
+                    alone = flatten(run(self.apply(part), self.inputs))
+                    check = self._masked_equivalence(part, alone)
+                except Exception as exc:  # (the whole plan ran: say what this part did)
+                    check = {"ok": False, "error": f"{type(exc).__name__}: "
+                                                  f"{(str(exc).splitlines() or [''])[0]}"}
+                res["masked_equivalence"]["exact_groups"] = {"groups": len(exact), **check}
+        return res
+
+    def _masked_equivalence(self, plan: Plan, pruned_out: list) -> dict:
+        """The outputs ``pruned_out`` (flattened) of the model pruned by ``plan`` against
+        those of the original with the removed channels' consumers zeroed."""
+        out_m = flatten(run(self.masked_model(plan), self.inputs))
+        pairs = [(a, b) for (_, a), (_, b) in zip(out_m, pruned_out, strict=True)
+                 if a.is_floating_point()]
+        diff = max((_finite_diff(a, b) for a, b in pairs), default=0.0)
+        odd = sum(_nonfinite_mismatches(a, b) for a, b in pairs)
+        scale = max([_finite_max(a) for a, _ in pairs] + [1e-12])
+        res = {"max_abs_diff": diff, "rel_diff": diff / scale,
+               "ok": diff <= 1e-4 * max(1, scale) and not odd}
+        if odd:  # inf or nan in one output where the other has something else
+            res["nonfinite_mismatches"] = odd
         return res
 
 
@@ -1286,6 +1305,11 @@ def masked_note(verification: dict) -> str:
     model runs but is not the original with the removed channels zeroed, so a group is
     wrong."""
     me = verification.get("masked_equivalence") or {}
+    part = me.get("exact_groups") if isinstance(me.get("exact_groups"), dict) else {}
+    if not part.get("ok", True):
+        why = part.get("error") or f"max |diff| {part.get('max_abs_diff', 0):.3g}"
+        return (f"masked equivalence of the {counted(part.get('groups', 0), 'exact group')} "
+                f"pruned alone FAILED: {why}; one of them is wrong")
     if me.get("ok", True):
         return ""
     odd = me.get("nonfinite_mismatches")

@@ -234,6 +234,13 @@ def verification_text(v: dict | None) -> str:
                      f"(max |Δ| {me.get('max_abs_diff', 0):.2g})")
     elif me.get("skipped"):
         parts.append(f"masked equivalence skipped: {me['skipped']}")
+        part = me.get("exact_groups") or {}
+        if "ok" in part:  # the exact groups, pruned alone, were checked
+            n = part.get("groups", 0)
+            parts.append(f"masked equivalence of the {n} exact group{'s' if n != 1 else ''} "
+                         f"alone {'ok' if part['ok'] else 'FAILED'}"
+                         + (f" (max |Δ| {part['max_abs_diff']:.2g})"
+                            if "max_abs_diff" in part else ""))
     note = untraced_note(v)
     if note:
         parts.append(note)
