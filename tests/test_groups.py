@@ -2113,3 +2113,52 @@ def test_median_mode_and_kthvalue_over_pixels_keep_the_channels(op):
     assert pruned.fc.in_features == 4
     v = p.verify(pruned, plan)
     assert v["forward"] and v["masked_equivalence"]["ok"], v
+
+
+class Fourier(nn.Module):
+    """FFTs in a block: over the hidden dim (FNet's token mixing, written without norms) or
+    over time, a long convolution by rfft/irfft with n = 2L (Hyena, an FNO's channels)."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+        self.a = nn.Linear(4, 8)
+        self.filt = nn.Parameter(torch.randn(8, 6))
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):  # x: (batch, time 6, features 4)
+        h = self.a(x)
+        if self.how == "hidden":
+            h = h + torch.fft.fft(h, dim=-1).real
+        else:
+            u = h.transpose(1, 2)
+            y = torch.fft.irfft(torch.fft.rfft(u, n=12) * torch.fft.rfft(self.filt, n=12), n=12)
+            h = y[..., :6].transpose(1, 2)
+        return self.head(torch.relu(h))
+
+
+def test_an_fft_over_the_pruned_dim_blocks_it():
+    # the FFT was elementwise (same shape): the group was pruned and masked equivalence failed
+    torch.manual_seed(0)
+    p = _pruner(Fourier("hidden"), torch.randn(2, 6, 4))
+    g = next(grp for grp in p.groups if grp.root == "a")
+    assert "'fft_fft' (fft_fft) moves positions along the pruned dim" in p.reason(g)
+    plan = p.plan(0.5)
+    v = p.verify(p.apply(plan), plan)
+    assert g.id not in plan.removed and v["masked_equivalence"]["ok"], v
+
+
+def test_channels_pass_through_an_fft_over_time():
+    # rfft/irfft change the size of the dim they transform: 'changes shape' blocked the group
+    torch.manual_seed(0)
+    p = _pruner(Fourier("time"), torch.randn(2, 6, 4))
+    g = next(grp for grp in p.groups if grp.root == "a")
+    assert {(m.node_name, m.side, m.dim) for m in g.members} == {
+        ("a", "out", 2), ("filt", "param", 0), ("head", "in", 2)}
+    assert not p.reason(g) and g.exact
+    plan = p.plan(0.5)
+    assert len(plan.removed[g.id]) == 4
+    pruned = p.apply(plan)
+    assert pruned.filt.shape == (4, 6)
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v

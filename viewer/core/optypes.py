@@ -473,6 +473,18 @@ DIM_ARGS: dict[str, DimArgs] = {
     "tril": ("moves", None, None, None, (-2, -1)),
     "glu": ("halves", 1, "dim", -1, ()),
     "triu": ("moves", None, None, None, (-2, -1)),
+    # Fourier transforms: every frequency reads every position of the dims transformed, whose
+    # size is the transform's length, so a group there is blocked (FNet's FFT over the hidden
+    # dim); the other dims pass position by position (Hyena's or an FNO's channels), also when
+    # the transformed dim changes size (rfft, n=, s=). fftn without dim: every dim.
+    **{f"fft_{k}": ("moves", 2, "dim", -1, ()) for k in
+       ("fft", "ifft", "rfft", "irfft", "hfft", "ihfft")},
+    **{f"fft_{k}2": ("moves", 2, "dim", (-2, -1), ()) for k in
+       ("fft", "ifft", "rfft", "irfft", "hfft", "ihfft")},
+    **{f"fft_{k}n": ("moves", 2, "dim", None, ()) for k in
+       ("fft", "ifft", "rfft", "irfft", "hfft", "ihfft")},
+    "fft_fftshift": ("moves", 1, "dim", None, ()),
+    "fft_ifftshift": ("moves", 1, "dim", None, ()),
 }
 
 #: Ops that return positions along the dims they act on, by function name: the output port
