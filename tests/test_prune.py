@@ -2041,3 +2041,35 @@ def test_a_layer_that_slices_its_weight_at_full_width_prunes_as_its_masked_model
     assert pruned.a.weight.shape == (3, 4) and pruned.b.weight.shape == (8, 3)
     with torch.no_grad():  # (masked equivalence is skipped: the forward is the layer's own)
         assert torch.allclose(pruned(x), p.masked_model(plan)(x), atol=1e-6)
+
+
+class ComplexFilter(nn.Module):
+    """A long convolution by FFT whose filter is stored as complex frequencies (FNO, GFNet)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 8)
+        c = torch.arange(8.0)[:, None].expand(8, 7)
+        # small real parts that fall with the channel, imaginary parts that grow with it
+        self.wf = nn.Parameter(torch.complex(0.01 * (8 - c), c))
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):  # (batch, time 6, features 4)
+        u = self.a(x).transpose(1, 2)
+        y = torch.fft.irfft(torch.fft.rfft(u, n=12) * self.wf, n=12)[..., :6]
+        return self.head(y.transpose(1, 2))
+
+
+@pytest.mark.parametrize("importance", ["l1", "l2"])
+def test_a_complex_weight_is_scored_by_its_modulus(importance):
+    # a cast to float kept the real parts only: the plan removed channels 4..7, the largest
+    torch.manual_seed(0)
+    model = ComplexFilter().eval()
+    with torch.no_grad():
+        model.a.weight.fill_(0.1), model.a.bias.zero_(), model.head.weight.fill_(0.1)
+    p = Pruner(model, (torch.randn(2, 6, 4),))
+    g = next(grp for grp in p.groups if grp.root == "a")
+    plan = p.plan(0.5, importance)
+    assert plan.removed[g.id] == [0, 1, 2, 3]
+    v = p.verify(p.apply(plan), plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
