@@ -2162,3 +2162,52 @@ def test_channels_pass_through_an_fft_over_time():
     assert pruned.filt.shape == (4, 6)
     v = p.verify(pruned, plan)
     assert v["forward"] and v["masked_equivalence"]["ok"], v
+
+
+class SpectralConv(nn.Module):
+    """An FNO layer: the lowest ``modes`` frequencies mixed by complex weights, written into a
+    zero tensor of every frequency (``then``: what else happens to that tensor first)."""
+
+    def __init__(self, then: str = ""):
+        super().__init__()
+        self.then = then
+        self.lift = nn.Conv1d(3, 8, 1)
+        self.w = nn.Parameter(torch.randn(8, 6, 3, dtype=torch.cfloat) / 8)
+        self.skip = nn.Conv1d(8, 6, 1)
+        self.head = nn.Conv1d(6, 2, 1)
+
+    def forward(self, x):
+        h = self.lift(x)
+        hf = torch.fft.rfft(h)
+        out = torch.zeros(x.shape[0], self.w.shape[1], hf.shape[-1], dtype=torch.cfloat,
+                          device=x.device)
+        if self.then == "noise":
+            out.normal_()  # no longer zeros: its values are not the fill's
+        out[:, :, :3] = torch.einsum("bix,iox->box", hf[:, :, :3], self.w)
+        y = torch.fft.irfft(out, n=x.shape[-1])
+        return self.head(F.gelu(y + self.skip(h)))
+
+
+def test_a_fill_written_by_an_index_follows_the_written_channels():
+    # the write was recorded after it ran, when the zeros were no longer a pristine fill: a
+    # plain constant, which blocked the output channels of the spectral weights
+    torch.manual_seed(0)
+    p = _pruner(SpectralConv(), torch.randn(2, 3, 10))
+    g = next(grp for grp in p.groups if grp.root == "skip")
+    assert {(m.node_name, m.side, m.dim) for m in g.members} == {
+        ("skip", "out", 1), ("head", "in", 1), ("w", "param", 1)}
+    assert not p.reason(g) and g.exact
+    plan = p.plan(0.5)
+    assert len(plan.removed[g.id]) == 3
+    pruned = p.apply(plan)
+    assert pruned.w.shape == (4, 3, 3) and pruned.head.in_channels == 3
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+
+
+def test_a_fill_changed_in_place_before_its_write_stays_a_constant():
+    torch.manual_seed(0)
+    p = _pruner(SpectralConv("noise"), torch.randn(2, 3, 10))
+    g = next(grp for grp in p.groups if grp.root == "skip")
+    assert "it reaches a tensor computed inside forward" in p.reason(g)
+
