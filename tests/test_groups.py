@@ -2211,3 +2211,67 @@ def test_a_fill_changed_in_place_before_its_write_stays_a_constant():
     g = next(grp for grp in p.groups if grp.root == "skip")
     assert "it reaches a tensor computed inside forward" in p.reason(g)
 
+
+class Prototypes(nn.Module):
+    """A prototypical network: class prototypes are mean embeddings of the support set, and
+    a query's logits are its negative distances to them (``torch.cdist``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(10, 32)
+        self.emb = nn.Linear(32, 16)
+
+    def embed(self, x):
+        return self.emb(torch.relu(self.a(x)))
+
+    def forward(self, support, query):
+        protos = self.embed(support).view(3, 2, -1).mean(1)
+        return -torch.cdist(self.embed(query), protos)
+
+
+def test_cdist_sums_over_the_features_of_both_sets():
+    # cdist was an unknown op that changes shape: the embedding's group was blocked
+    torch.manual_seed(0)
+    from viewer.core.prune import Pruner
+    p = Pruner(Prototypes().eval(), (torch.randn(6, 10), torch.randn(5, 10)))
+    g = next(grp for grp in p.groups if grp.root == "emb")
+    assert {(m.node_name, m.side, m.dim) for m in g.members} == {
+        ("emb", "out", 1), ("emb:1", "out", 1)}
+    assert not p.reason(g) and g.exact and g.n_units == 16
+    plan = p.plan(0.5)
+    assert len(plan.removed[g.id]) == 8
+    pruned = p.apply(plan)
+    assert pruned.emb.out_features == 8
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+
+
+class BilinearHead(nn.Module):
+    """``nn.Bilinear`` over two embeddings (a neural tensor network's relation score)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 16), nn.Linear(4, 8)
+        self.bil = nn.Bilinear(16, 8, 12)
+        self.out = nn.Linear(12, 3)
+
+    def forward(self, x, y):
+        return self.out(torch.relu(self.bil(torch.relu(self.a(x)), torch.relu(self.b(y)))))
+
+
+def test_bilinear_couples_each_input_with_its_dim_of_the_weight():
+    # F.bilinear was an unknown op that changes shape: every group through it was blocked
+    torch.manual_seed(0)
+    from viewer.core.prune import Pruner
+    p = Pruner(BilinearHead().eval(), (torch.randn(4, 6), torch.randn(4, 4)))
+    members = {g.root: {(m.node_name, m.side, m.dim) for m in g.members} for g in p.groups}
+    assert members["a"] == {("a", "out", 1), ("bil.weight", "param", 1)}
+    assert members["b"] == {("b", "out", 1), ("bil.weight", "param", 2)}
+    assert members["bil.bias"] == {("bil.weight", "param", 0), ("bil.bias", "param", 0),
+                                   ("out", "in", 1)}
+    assert all(not p.reason(g) and g.exact for g in p.groups if g.root != "out")
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    assert pruned.bil.weight.shape == (6, 8, 4) and pruned.bil.bias.shape == (6,)
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v

@@ -62,7 +62,7 @@ class OpType(enum.Enum):
     #: Tensor.unfold: windows along one dim, the other dims kept
     SPATIAL = "spatial"  #: pooling/unpooling/interpolate/grid_sample keep dims 0 and 1; pad
     #: keeps the rest
-    MATMUL = "matmul"  #: matmul/bmm/linear-with-a-tensor/einsum/tensordot: contracts dims
+    MATMUL = "matmul"  #: matmul/bmm/linear-with-a-tensor/einsum/tensordot/cdist: contracts dims
     ATTENTION = "attention"  #: scaled_dot_product_attention: q·k contracted, v's dim carried
     REDUCTION = "reduction"  #: sum/mean/softmax along dims: every output reads the whole dim
     ELEMENTWISE = "elementwise"  #: add/mul/activations: same index in, same index out
@@ -412,7 +412,7 @@ _FUNCTION_NAMES: dict[OpType, str] = {
     OpType.MATMUL: "torch.matmul Tensor.matmul Tensor.__matmul__ Tensor.__rmatmul__ torch.bmm "
     "Tensor.bmm torch.mm Tensor.mm F.linear torch.addmm Tensor.addmm torch.baddbmm Tensor.baddbmm "
     "torch.einsum torch.tensordot F.grouped_mm torch._grouped_mm torch.sparse.mm torch.spmm "
-    "torch.sparse.addmm torch.smm Tensor.smm",
+    "torch.sparse.addmm torch.smm Tensor.smm torch.cdist F.bilinear",
     OpType.ATTENTION: "F.scaled_dot_product_attention",
     OpType.REDUCTION: "torch.sum Tensor.sum torch.mean Tensor.mean torch.amax Tensor.amax "
     "torch.amin Tensor.amin torch.var Tensor.var torch.std Tensor.std torch.norm Tensor.norm "

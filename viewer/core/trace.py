@@ -1001,6 +1001,11 @@ def _matmul_meta(name, func, args, kwargs, ins, outs) -> M.MatmulMeta | M.Einsum
         if pairs is None or ins[0].dim() + ins[1].dim() > 52:  # a tensor of dims; no letters
             return M.OpMeta(name)
         return _tensordot_meta(*pairs, ins[0].dim(), ins[1].dim())
+    if name == "cdist":  # distances between rows: a sum over the features of both
+        return _einsum_meta("...pm,...rm->...pr", [t.dim() for t in ins[:2]], outs[0].dim())
+    if name == "bilinear":  # nn.Bilinear: y_k = x1 W_k x2 (+ b_k)
+        eq = "...i,...j,kij" + (",k" if len(ins) > 3 else "") + "->...k"
+        return _einsum_meta(eq, [t.dim() for t in ins], outs[0].dim())
     if name in ("addmm", "baddbmm"):
         a, b = ins[1], ins[2]
     else:
