@@ -2275,3 +2275,33 @@ def test_bilinear_couples_each_input_with_its_dim_of_the_weight():
     assert pruned.bil.weight.shape == (6, 8, 4) and pruned.bil.bias.shape == (6,)
     v = p.verify(pruned, plan)
     assert v["forward"] and v["masked_equivalence"]["ok"], v
+
+
+class SoftChoice(nn.Module):
+    """A soft choice over a layer's outputs: softmin, or a Gumbel-softmax (a discrete VAE's
+    sampled code, seeded so that every run draws the same noise)."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+        self.a, self.b = nn.Linear(8, 16), nn.Linear(16, 4)
+
+    def forward(self, x):
+        h = self.a(x)
+        if self.how == "softmin":
+            return self.b(F.softmin(h, dim=-1))
+        torch.manual_seed(0)
+        return self.b(F.gumbel_softmax(h, tau=0.5, dim=-1))
+
+
+@pytest.mark.parametrize("how", ["softmin", "gumbel_softmax"])
+def test_softmin_and_gumbel_softmax_normalise_over_their_dim(how):
+    # they were elementwise: the group was pruned as exact and masked equivalence failed
+    torch.manual_seed(0)
+    p = _pruner(SoftChoice(how), torch.randn(3, 8))
+    g = next(grp for grp in p.groups if grp.root == "a")
+    assert not p.reason(g) and not g.exact
+    assert f"'{how}' ({how}) reduces over pruned channels" in g.stats_notes
+    plan = p.plan(0.5)
+    v = p.verify(p.apply(plan), plan)
+    assert v["forward"] and v["shapes_kept"] and "inexact" in v["masked_equivalence"]["skipped"]

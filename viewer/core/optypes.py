@@ -416,7 +416,8 @@ _FUNCTION_NAMES: dict[OpType, str] = {
     OpType.ATTENTION: "F.scaled_dot_product_attention",
     OpType.REDUCTION: "torch.sum Tensor.sum torch.mean Tensor.mean torch.amax Tensor.amax "
     "torch.amin Tensor.amin torch.var Tensor.var torch.std Tensor.std torch.norm Tensor.norm "
-    "torch.logsumexp Tensor.logsumexp torch.prod Tensor.prod F.softmax F.log_softmax "
+    "torch.logsumexp Tensor.logsumexp torch.prod Tensor.prod F.softmax F.log_softmax F.softmin "
+    "F.gumbel_softmax "
     "torch.softmax Tensor.softmax torch.log_softmax Tensor.log_softmax F.normalize F.layer_norm "
     "F.rms_norm F.group_norm torch.max Tensor.max torch.min Tensor.min torch.argmax "
     "Tensor.argmax torch.argmin Tensor.argmin torch.linalg.vector_norm torch.linalg.norm "
@@ -516,10 +517,11 @@ SEQUENCE_PACKING: frozenset[str] = frozenset({"pack_padded_sequence", "pad_packe
 #: Reductions whose ``dim`` is not their second argument or is not every dim when left out, by
 #: function name: (position, default). A norm's order comes first (``torch.norm(x, 2, 1)``,
 #: ``torch.linalg.vector_norm(x, 2, (1, 2))``), and so does ``kthvalue``'s k; ``mode`` and
-#: ``kthvalue`` reduce the last dim by default. Other reductions: (1, None), every dim.
+#: ``kthvalue`` reduce the last dim by default, as ``gumbel_softmax`` (after tau, hard and eps)
+#: does. Other reductions: (1, None), every dim.
 REDUCE_DIMS: dict[str, tuple[int, int | None]] = {
     "norm": (2, None), "linalg_vector_norm": (2, None), "linalg_norm": (2, None),
-    "kthvalue": (2, -1), "mode": (1, -1)}
+    "kthvalue": (2, -1), "mode": (1, -1), "gumbel_softmax": (4, -1)}
 
 #: Tensor methods/functions that never produce a new graph value worth a node.
 IGNORED_FUNCTIONS: frozenset = frozenset(
