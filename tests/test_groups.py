@@ -2305,3 +2305,46 @@ def test_softmin_and_gumbel_softmax_normalise_over_their_dim(how):
     plan = p.plan(0.5)
     v = p.verify(p.apply(plan), plan)
     assert v["forward"] and v["shapes_kept"] and "inexact" in v["masked_equivalence"]["skipped"]
+
+
+class GlobalFilter(nn.Module):
+    """GFNet's global filter: a learned filter stored as (real, imaginary) pairs, viewed as
+    complex numbers, multiplies the feature map's 2-D spectrum, read back as pairs."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 8, 1)
+        self.cw = nn.Parameter(torch.randn(4, 3, 8, 2))
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        y = torch.fft.rfft2(self.c(x).permute(0, 2, 3, 1), dim=(1, 2))
+        y = torch.view_as_real(y * torch.view_as_complex(self.cw))
+        return self.head(y.mean((1, 2, 4)))
+
+
+def test_complex_views_keep_every_dim_but_the_real_imaginary_pair():
+    # view_as_complex/view_as_real were unknown ops that change shape: the group was blocked
+    torch.manual_seed(0)
+    p = _pruner(GlobalFilter(), torch.randn(2, 3, 4, 4))
+    g = next(grp for grp in p.groups if grp.root == "c")
+    assert {(m.node_name, m.side, m.dim) for m in g.members} == {
+        ("c", "out", 1), ("cw", "param", 2), ("head", "in", 1)}
+    assert not p.reason(g) and g.exact
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    assert pruned.cw.shape == (4, 3, 4, 2)
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+
+    class Pair(nn.Module):  # a layer's two outputs read as one complex number
+        def __init__(self):
+            super().__init__()
+            self.p = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return torch.view_as_real(torch.view_as_complex(self.p(x)) * 1j)
+
+    pair = group_of(build_graph(Pair().eval(), torch.randn(3, 4)), "p")
+    assert "'view_as_complex' (view_as_complex) pairs real and imaginary parts along the " \
+        "pruned dim" in pair.reason

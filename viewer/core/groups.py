@@ -50,6 +50,7 @@ from .meta import (
     WindowsMeta,
 )
 from .optypes import (
+    COMPLEX_VIEWS,
     FILLS,
     INDEX_OUTPUTS,
     SEQUENCE_PACKING,
@@ -461,6 +462,8 @@ def _elementwise_rule(g, node, side, port, dim, units, pos, ctx):
         return _setitem_rule(node, side, port, dim, units, pos, ctx)
     if node.target in SEQUENCE_PACKING:
         return _features_last_rule(node, side, port, dim, units, pos, ctx)
+    if node.target in COMPLEX_VIEWS:
+        return _complex_view_rule(node, side, port, dim, units, pos, ctx)
     if isinstance(meta, ElementwiseMeta) and meta.moves and any(
             0 < len(s) < len(out) for s in node.in_shapes) and _indexed_along(node, out):
         # a 1-D index (index_add, index_select) is not broadcast onto the output's last dim
@@ -513,6 +516,19 @@ def _features_last_rule(node, side, port, dim, units, pos, ctx):
     if side == "in":
         return [Flow("out", 0, len(node.out_shapes[0]) - 1, units, pos)]
     return [Flow("in", 0, len(node.in_shapes[0]) - 1, units, pos)]
+
+
+def _complex_view_rule(node, side, port, dim, units, pos, ctx):
+    """``optypes.COMPLEX_VIEWS``: dim d of the real tensor is dim d of the complex one, but for
+    the last dim of the real one, which holds the (real, imaginary) pair: a group there is
+    blocked. ``view_as_complex`` takes that dim in, ``view_as_real`` gives it out."""
+    real_side = "in" if node.target == "view_as_complex" else "out"
+    real = node.in_shapes[0] if real_side == "in" else node.out_shapes[0]
+    if port != 0 or side == real_side and dim == len(real) - 1:
+        ctx.block(f"'{node.name}' ({node.target}) pairs real and imaginary parts along the "
+                  "pruned dim")
+        return []
+    return [Flow("out" if side == "in" else "in", 0, dim, units, pos)]
 
 
 def _setitem_rule(node, side, port, dim, units, pos, ctx):

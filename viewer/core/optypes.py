@@ -514,6 +514,11 @@ SHAPE_NORMS: frozenset[str] = frozenset({"layer_norm", "rms_norm"})
 #: beside it. Elementwise by type; their rule lets only that last dim through.
 SEQUENCE_PACKING: frozenset[str] = frozenset({"pack_padded_sequence", "pad_packed_sequence"})
 
+#: Views between a last dim of 2 (real, imaginary) and complex numbers, by function name:
+#: ``view_as_complex`` drops that dim and ``view_as_real`` appends it (Meta's Llama rotary
+#: embedding, GFNet's filters). Elementwise by type; their rule keeps every other dim in place.
+COMPLEX_VIEWS: frozenset[str] = frozenset({"view_as_complex", "view_as_real"})
+
 #: Reductions whose ``dim`` is not their second argument or is not every dim when left out, by
 #: function name: (position, default). A norm's order comes first (``torch.norm(x, 2, 1)``,
 #: ``torch.linalg.vector_norm(x, 2, (1, 2))``), and so does ``kthvalue``'s k; ``mode`` and
