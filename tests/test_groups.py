@@ -2348,3 +2348,29 @@ def test_complex_views_keep_every_dim_but_the_real_imaginary_pair():
     pair = group_of(build_graph(Pair().eval(), torch.randn(3, 4)), "p")
     assert "'view_as_complex' (view_as_complex) pairs real and imaginary parts along the " \
         "pruned dim" in pair.reason
+
+
+class LinalgMatmul(nn.Module):
+    """``torch.linalg.matmul``, torch.matmul's alias (another function object)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(6, 8)
+        self.w = nn.Parameter(torch.randn(8, 5))
+        self.out = nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.out(torch.relu(torch.linalg.matmul(self.a(x), self.w)))
+
+
+def test_linalg_matmul_contracts_as_matmul_does():
+    # it was an unknown op that changes shape: both groups through it were blocked
+    torch.manual_seed(0)
+    p = _pruner(LinalgMatmul(), torch.randn(4, 6))
+    members = {g.root: {(m.node_name, m.side, m.dim) for m in g.members} for g in p.groups}
+    assert members["a"] == {("a", "out", 1), ("w", "param", 0)}
+    assert members["w"] == {("w", "param", 1), ("out", "in", 1)}
+    plan = p.plan(0.5)
+    assert sorted(len(u) for u in plan.removed.values()) == [2, 4]
+    v = p.verify(p.apply(plan), plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v

@@ -409,7 +409,8 @@ _FUNCTION_NAMES: dict[OpType, str] = {
     "F.adaptive_max_pool1d F.adaptive_max_pool2d F.adaptive_max_pool3d F.interpolate "
     "F.upsample F.max_pool2d_with_indices F.adaptive_max_pool2d_with_indices F.pad "
     "F.max_unpool1d F.max_unpool2d F.max_unpool3d F.grid_sample",
-    OpType.MATMUL: "torch.matmul Tensor.matmul Tensor.__matmul__ Tensor.__rmatmul__ torch.bmm "
+    OpType.MATMUL: "torch.matmul torch.linalg.matmul Tensor.matmul Tensor.__matmul__ "
+    "Tensor.__rmatmul__ torch.bmm "
     "Tensor.bmm torch.mm Tensor.mm F.linear torch.addmm Tensor.addmm torch.baddbmm Tensor.baddbmm "
     "torch.einsum torch.tensordot F.grouped_mm torch._grouped_mm torch.sparse.mm torch.spmm "
     "torch.sparse.addmm torch.smm Tensor.smm torch.cdist F.bilinear",
