@@ -2374,3 +2374,37 @@ def test_linalg_matmul_contracts_as_matmul_does():
     assert sorted(len(u) for u in plan.removed.values()) == [2, 4]
     v = p.verify(p.apply(plan), plan)
     assert v["forward"] and v["masked_equivalence"]["ok"], v
+
+
+class Siamese(nn.Module):
+    """One encoder on two inputs, scored by the cosine similarity of the embeddings."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 12))
+
+    def forward(self, x, y):
+        return F.cosine_similarity(self.enc(x), self.enc(y), dim=-1)
+
+
+def test_cosine_similarity_couples_both_embeddings_inexactly():
+    # it was an op that changes shape: the embedding's group was blocked
+    torch.manual_seed(0)
+    from viewer.core.prune import Pruner
+    p = Pruner(Siamese().eval(), (torch.randn(4, 8), torch.randn(4, 8)))
+    emb = next(grp for grp in p.groups if grp.root == "enc.2")
+    assert {(m.node_name, m.side, m.dim) for m in emb.members} == {
+        ("enc.2", "out", 1), ("enc.2:1", "out", 1)}
+    assert not p.reason(emb) and not emb.exact
+    assert "'cosine_similarity' (cosine_similarity) reduces over pruned channels" \
+        in emb.stats_notes
+    plan = p.plan(0.5)
+    assert len(plan.removed[emb.id]) == 6
+    pruned = p.apply(plan)
+    assert pruned.enc[2].out_features == 6
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["shapes_kept"], v
+    hidden = next(grp for grp in p.groups if grp.root == "enc.0")
+    exact = p.plan_from_dict({"removed": {str(hidden.id): [0, 3, 5]}})
+    v = p.verify(p.apply(exact), exact)
+    assert v["masked_equivalence"]["ok"], v

@@ -464,6 +464,8 @@ def _elementwise_rule(g, node, side, port, dim, units, pos, ctx):
         return _features_last_rule(node, side, port, dim, units, pos, ctx)
     if node.target in COMPLEX_VIEWS:
         return _complex_view_rule(node, side, port, dim, units, pos, ctx)
+    if node.target == "cosine_similarity":
+        return _pair_reduction_rule(node, side, port, dim, units, pos, ctx)
     if isinstance(meta, ElementwiseMeta) and meta.moves and any(
             0 < len(s) < len(out) for s in node.in_shapes) and _indexed_along(node, out):
         # a 1-D index (index_add, index_select) is not broadcast onto the output's last dim
@@ -529,6 +531,27 @@ def _complex_view_rule(node, side, port, dim, units, pos, ctx):
                   "pruned dim")
         return []
     return [Flow("out" if side == "in" else "in", 0, dim, units, pos)]
+
+
+def _pair_reduction_rule(node, side, port, dim, units, pos, ctx):
+    """``F.cosine_similarity(a, b, dim)`` on two tensors of one shape: position i of a is
+    position i of b; the dim it reduces (``meta.mixes``) is gone from the output, and a group
+    there is inexact (the norms change); every other dim is the output's, in order."""
+    a, out = node.in_shapes[0], node.out_shapes[0]
+    meta = node.meta
+    if len(node.in_shapes) != 2 or node.in_shapes[1] != a or len(out) != len(a) - 1 \
+            or not isinstance(meta, ElementwiseMeta) or len(meta.mixes) != 1:
+        ctx.block(f"'{node.name}' ({node.target}) changes shape in a way DepView does not model")
+        return []
+    r = meta.mixes[0]
+    if side == "out":
+        d = dim + (dim >= r)
+        return [Flow("in", 0, d, units, pos), Flow("in", 1, d, units, pos)]
+    flows = [Flow("in", 1 - port, dim, units, pos)]
+    if dim == r:
+        ctx.inexact(f"'{node.name}' ({node.target}) reduces over pruned channels")
+        return flows
+    return flows + [Flow("out", 0, dim - (dim > r), units, pos)]
 
 
 def _setitem_rule(node, side, port, dim, units, pos, ctx):

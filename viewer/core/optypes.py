@@ -474,6 +474,9 @@ DIM_ARGS: dict[str, DimArgs] = {
     "take_along_dim": ("moves", 2, "dim", None, ()),
     "tril": ("moves", None, None, None, (-2, -1)),
     "glu": ("halves", 1, "dim", -1, ()),
+    # reduces its dim of two same-shaped tensors to one similarity (a siamese net's score):
+    # a group there couples both inputs, inexactly; see groups' _pair_reduction_rule
+    "cosine_similarity": ("mixes", 2, "dim", 1, ()),
     "triu": ("moves", None, None, None, (-2, -1)),
     # Fourier transforms: every frequency reads every position of the dims transformed, whose
     # size is the transform's length, so a group there is blocked (FNet's FFT over the hidden
