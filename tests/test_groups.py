@@ -2113,3 +2113,298 @@ def test_median_mode_and_kthvalue_over_pixels_keep_the_channels(op):
     assert pruned.fc.in_features == 4
     v = p.verify(pruned, plan)
     assert v["forward"] and v["masked_equivalence"]["ok"], v
+
+
+class Fourier(nn.Module):
+    """FFTs in a block: over the hidden dim (FNet's token mixing, written without norms) or
+    over time, a long convolution by rfft/irfft with n = 2L (Hyena, an FNO's channels)."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+        self.a = nn.Linear(4, 8)
+        self.filt = nn.Parameter(torch.randn(8, 6))
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):  # x: (batch, time 6, features 4)
+        h = self.a(x)
+        if self.how == "hidden":
+            h = h + torch.fft.fft(h, dim=-1).real
+        else:
+            u = h.transpose(1, 2)
+            y = torch.fft.irfft(torch.fft.rfft(u, n=12) * torch.fft.rfft(self.filt, n=12), n=12)
+            h = y[..., :6].transpose(1, 2)
+        return self.head(torch.relu(h))
+
+
+def test_an_fft_over_the_pruned_dim_blocks_it():
+    # the FFT was elementwise (same shape): the group was pruned and masked equivalence failed
+    torch.manual_seed(0)
+    p = _pruner(Fourier("hidden"), torch.randn(2, 6, 4))
+    g = next(grp for grp in p.groups if grp.root == "a")
+    assert "'fft_fft' (fft_fft) moves positions along the pruned dim" in p.reason(g)
+    plan = p.plan(0.5)
+    v = p.verify(p.apply(plan), plan)
+    assert g.id not in plan.removed and v["masked_equivalence"]["ok"], v
+
+
+def test_channels_pass_through_an_fft_over_time():
+    # rfft/irfft change the size of the dim they transform: 'changes shape' blocked the group
+    torch.manual_seed(0)
+    p = _pruner(Fourier("time"), torch.randn(2, 6, 4))
+    g = next(grp for grp in p.groups if grp.root == "a")
+    assert {(m.node_name, m.side, m.dim) for m in g.members} == {
+        ("a", "out", 2), ("filt", "param", 0), ("head", "in", 2)}
+    assert not p.reason(g) and g.exact
+    plan = p.plan(0.5)
+    assert len(plan.removed[g.id]) == 4
+    pruned = p.apply(plan)
+    assert pruned.filt.shape == (4, 6)
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+
+
+class SpectralConv(nn.Module):
+    """An FNO layer: the lowest ``modes`` frequencies mixed by complex weights, written into a
+    zero tensor of every frequency (``then``: what else happens to that tensor first)."""
+
+    def __init__(self, then: str = ""):
+        super().__init__()
+        self.then = then
+        self.lift = nn.Conv1d(3, 8, 1)
+        self.w = nn.Parameter(torch.randn(8, 6, 3, dtype=torch.cfloat) / 8)
+        self.skip = nn.Conv1d(8, 6, 1)
+        self.head = nn.Conv1d(6, 2, 1)
+
+    def forward(self, x):
+        h = self.lift(x)
+        hf = torch.fft.rfft(h)
+        out = torch.zeros(x.shape[0], self.w.shape[1], hf.shape[-1], dtype=torch.cfloat,
+                          device=x.device)
+        if self.then == "noise":
+            out.normal_()  # no longer zeros: its values are not the fill's
+        out[:, :, :3] = torch.einsum("bix,iox->box", hf[:, :, :3], self.w)
+        y = torch.fft.irfft(out, n=x.shape[-1])
+        return self.head(F.gelu(y + self.skip(h)))
+
+
+def test_a_fill_written_by_an_index_follows_the_written_channels():
+    # the write was recorded after it ran, when the zeros were no longer a pristine fill: a
+    # plain constant, which blocked the output channels of the spectral weights
+    torch.manual_seed(0)
+    p = _pruner(SpectralConv(), torch.randn(2, 3, 10))
+    g = next(grp for grp in p.groups if grp.root == "skip")
+    assert {(m.node_name, m.side, m.dim) for m in g.members} == {
+        ("skip", "out", 1), ("head", "in", 1), ("w", "param", 1)}
+    assert not p.reason(g) and g.exact
+    plan = p.plan(0.5)
+    assert len(plan.removed[g.id]) == 3
+    pruned = p.apply(plan)
+    assert pruned.w.shape == (4, 3, 3) and pruned.head.in_channels == 3
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+
+
+def test_a_fill_changed_in_place_before_its_write_stays_a_constant():
+    torch.manual_seed(0)
+    p = _pruner(SpectralConv("noise"), torch.randn(2, 3, 10))
+    g = next(grp for grp in p.groups if grp.root == "skip")
+    assert "it reaches a tensor computed inside forward" in p.reason(g)
+
+
+class Prototypes(nn.Module):
+    """A prototypical network: class prototypes are mean embeddings of the support set, and
+    a query's logits are its negative distances to them (``torch.cdist``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(10, 32)
+        self.emb = nn.Linear(32, 16)
+
+    def embed(self, x):
+        return self.emb(torch.relu(self.a(x)))
+
+    def forward(self, support, query):
+        protos = self.embed(support).view(3, 2, -1).mean(1)
+        return -torch.cdist(self.embed(query), protos)
+
+
+def test_cdist_sums_over_the_features_of_both_sets():
+    # cdist was an unknown op that changes shape: the embedding's group was blocked
+    torch.manual_seed(0)
+    from viewer.core.prune import Pruner
+    p = Pruner(Prototypes().eval(), (torch.randn(6, 10), torch.randn(5, 10)))
+    g = next(grp for grp in p.groups if grp.root == "emb")
+    assert {(m.node_name, m.side, m.dim) for m in g.members} == {
+        ("emb", "out", 1), ("emb:1", "out", 1)}
+    assert not p.reason(g) and g.exact and g.n_units == 16
+    plan = p.plan(0.5)
+    assert len(plan.removed[g.id]) == 8
+    pruned = p.apply(plan)
+    assert pruned.emb.out_features == 8
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+
+
+class BilinearHead(nn.Module):
+    """``nn.Bilinear`` over two embeddings (a neural tensor network's relation score)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 16), nn.Linear(4, 8)
+        self.bil = nn.Bilinear(16, 8, 12)
+        self.out = nn.Linear(12, 3)
+
+    def forward(self, x, y):
+        return self.out(torch.relu(self.bil(torch.relu(self.a(x)), torch.relu(self.b(y)))))
+
+
+def test_bilinear_couples_each_input_with_its_dim_of_the_weight():
+    # F.bilinear was an unknown op that changes shape: every group through it was blocked
+    torch.manual_seed(0)
+    from viewer.core.prune import Pruner
+    p = Pruner(BilinearHead().eval(), (torch.randn(4, 6), torch.randn(4, 4)))
+    members = {g.root: {(m.node_name, m.side, m.dim) for m in g.members} for g in p.groups}
+    assert members["a"] == {("a", "out", 1), ("bil.weight", "param", 1)}
+    assert members["b"] == {("b", "out", 1), ("bil.weight", "param", 2)}
+    assert members["bil.bias"] == {("bil.weight", "param", 0), ("bil.bias", "param", 0),
+                                   ("out", "in", 1)}
+    assert all(not p.reason(g) and g.exact for g in p.groups if g.root != "out")
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    assert pruned.bil.weight.shape == (6, 8, 4) and pruned.bil.bias.shape == (6,)
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+
+
+class SoftChoice(nn.Module):
+    """A soft choice over a layer's outputs: softmin, or a Gumbel-softmax (a discrete VAE's
+    sampled code, seeded so that every run draws the same noise)."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+        self.a, self.b = nn.Linear(8, 16), nn.Linear(16, 4)
+
+    def forward(self, x):
+        h = self.a(x)
+        if self.how == "softmin":
+            return self.b(F.softmin(h, dim=-1))
+        torch.manual_seed(0)
+        return self.b(F.gumbel_softmax(h, tau=0.5, dim=-1))
+
+
+@pytest.mark.parametrize("how", ["softmin", "gumbel_softmax"])
+def test_softmin_and_gumbel_softmax_normalise_over_their_dim(how):
+    # they were elementwise: the group was pruned as exact and masked equivalence failed
+    torch.manual_seed(0)
+    p = _pruner(SoftChoice(how), torch.randn(3, 8))
+    g = next(grp for grp in p.groups if grp.root == "a")
+    assert not p.reason(g) and not g.exact
+    assert f"'{how}' ({how}) reduces over pruned channels" in g.stats_notes
+    plan = p.plan(0.5)
+    v = p.verify(p.apply(plan), plan)
+    assert v["forward"] and v["shapes_kept"] and "inexact" in v["masked_equivalence"]["skipped"]
+
+
+class GlobalFilter(nn.Module):
+    """GFNet's global filter: a learned filter stored as (real, imaginary) pairs, viewed as
+    complex numbers, multiplies the feature map's 2-D spectrum, read back as pairs."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 8, 1)
+        self.cw = nn.Parameter(torch.randn(4, 3, 8, 2))
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        y = torch.fft.rfft2(self.c(x).permute(0, 2, 3, 1), dim=(1, 2))
+        y = torch.view_as_real(y * torch.view_as_complex(self.cw))
+        return self.head(y.mean((1, 2, 4)))
+
+
+def test_complex_views_keep_every_dim_but_the_real_imaginary_pair():
+    # view_as_complex/view_as_real were unknown ops that change shape: the group was blocked
+    torch.manual_seed(0)
+    p = _pruner(GlobalFilter(), torch.randn(2, 3, 4, 4))
+    g = next(grp for grp in p.groups if grp.root == "c")
+    assert {(m.node_name, m.side, m.dim) for m in g.members} == {
+        ("c", "out", 1), ("cw", "param", 2), ("head", "in", 1)}
+    assert not p.reason(g) and g.exact
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    assert pruned.cw.shape == (4, 3, 4, 2)
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+
+    class Pair(nn.Module):  # a layer's two outputs read as one complex number
+        def __init__(self):
+            super().__init__()
+            self.p = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return torch.view_as_real(torch.view_as_complex(self.p(x)) * 1j)
+
+    pair = group_of(build_graph(Pair().eval(), torch.randn(3, 4)), "p")
+    assert "'view_as_complex' (view_as_complex) pairs real and imaginary parts along the " \
+        "pruned dim" in pair.reason
+
+
+class LinalgMatmul(nn.Module):
+    """``torch.linalg.matmul``, torch.matmul's alias (another function object)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(6, 8)
+        self.w = nn.Parameter(torch.randn(8, 5))
+        self.out = nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.out(torch.relu(torch.linalg.matmul(self.a(x), self.w)))
+
+
+def test_linalg_matmul_contracts_as_matmul_does():
+    # it was an unknown op that changes shape: both groups through it were blocked
+    torch.manual_seed(0)
+    p = _pruner(LinalgMatmul(), torch.randn(4, 6))
+    members = {g.root: {(m.node_name, m.side, m.dim) for m in g.members} for g in p.groups}
+    assert members["a"] == {("a", "out", 1), ("w", "param", 0)}
+    assert members["w"] == {("w", "param", 1), ("out", "in", 1)}
+    plan = p.plan(0.5)
+    assert sorted(len(u) for u in plan.removed.values()) == [2, 4]
+    v = p.verify(p.apply(plan), plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+
+
+class Siamese(nn.Module):
+    """One encoder on two inputs, scored by the cosine similarity of the embeddings."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 12))
+
+    def forward(self, x, y):
+        return F.cosine_similarity(self.enc(x), self.enc(y), dim=-1)
+
+
+def test_cosine_similarity_couples_both_embeddings_inexactly():
+    # it was an op that changes shape: the embedding's group was blocked
+    torch.manual_seed(0)
+    from viewer.core.prune import Pruner
+    p = Pruner(Siamese().eval(), (torch.randn(4, 8), torch.randn(4, 8)))
+    emb = next(grp for grp in p.groups if grp.root == "enc.2")
+    assert {(m.node_name, m.side, m.dim) for m in emb.members} == {
+        ("enc.2", "out", 1), ("enc.2:1", "out", 1)}
+    assert not p.reason(emb) and not emb.exact
+    assert "'cosine_similarity' (cosine_similarity) reduces over pruned channels" \
+        in emb.stats_notes
+    plan = p.plan(0.5)
+    assert len(plan.removed[emb.id]) == 6
+    pruned = p.apply(plan)
+    assert pruned.enc[2].out_features == 6
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["shapes_kept"], v
+    hidden = next(grp for grp in p.groups if grp.root == "enc.0")
+    exact = p.plan_from_dict({"removed": {str(hidden.id): [0, 3, 5]}})
+    v = p.verify(p.apply(exact), exact)
+    assert v["masked_equivalence"]["ok"], v

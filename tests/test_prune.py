@@ -1702,10 +1702,16 @@ def test_a_fill_written_to_before_it_is_read_is_a_constant_that_blocks():
     for write in (set_index, through_a_view):
         p = Pruner(Masked(write).eval(), (torch.randn(2, 3, 4, 4),))
         g = next(grp for grp in p.groups if grp.root == "c1")
-        # (an index set blocks at the write too: it is at a fixed position)
-        assert "computed inside forward" in p.reason(g) or "setitem" in p.reason(g)
+        if write is set_index:
+            # the fill, read only by m[0] = 0, stays a fill: that write blocks, at a fixed
+            # position of the pruned dim
+            assert "writes at fixed positions of the pruned dim" in p.reason(g)
+            made = "ones"
+        else:
+            assert "computed inside forward" in p.reason(g)
+            made = "constant"
         assert [n.target for n in p.graph.nodes if n.op_type.value == "constant"] \
-            == ["constant"], write.__name__
+            == [made], write.__name__
     # left as made, the same fill is uniform: the group prunes (its size follows self.ch)
     p = Pruner(Masked(lambda m: None).eval(), (torch.randn(2, 3, 4, 4),))
     g = next(grp for grp in p.groups if grp.root == "c1")
@@ -2071,3 +2077,35 @@ def test_a_layer_that_slices_its_weight_at_full_width_prunes_as_its_masked_model
     assert pruned.a.weight.shape == (3, 4) and pruned.b.weight.shape == (8, 3)
     with torch.no_grad():  # (masked equivalence is skipped: the forward is the layer's own)
         assert torch.allclose(pruned(x), p.masked_model(plan)(x), atol=1e-6)
+
+
+class ComplexFilter(nn.Module):
+    """A long convolution by FFT whose filter is stored as complex frequencies (FNO, GFNet)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 8)
+        c = torch.arange(8.0)[:, None].expand(8, 7)
+        # small real parts that fall with the channel, imaginary parts that grow with it
+        self.wf = nn.Parameter(torch.complex(0.01 * (8 - c), c))
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):  # (batch, time 6, features 4)
+        u = self.a(x).transpose(1, 2)
+        y = torch.fft.irfft(torch.fft.rfft(u, n=12) * self.wf, n=12)[..., :6]
+        return self.head(y.transpose(1, 2))
+
+
+@pytest.mark.parametrize("importance", ["l1", "l2"])
+def test_a_complex_weight_is_scored_by_its_modulus(importance):
+    # a cast to float kept the real parts only: the plan removed channels 4..7, the largest
+    torch.manual_seed(0)
+    model = ComplexFilter().eval()
+    with torch.no_grad():
+        model.a.weight.fill_(0.1), model.a.bias.zero_(), model.head.weight.fill_(0.1)
+    p = Pruner(model, (torch.randn(2, 6, 4),))
+    g = next(grp for grp in p.groups if grp.root == "a")
+    plan = p.plan(0.5, importance)
+    assert plan.removed[g.id] == [0, 1, 2, 3]
+    v = p.verify(p.apply(plan), plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v

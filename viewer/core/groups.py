@@ -50,6 +50,7 @@ from .meta import (
     WindowsMeta,
 )
 from .optypes import (
+    COMPLEX_VIEWS,
     FILLS,
     INDEX_OUTPUTS,
     SEQUENCE_PACKING,
@@ -461,6 +462,10 @@ def _elementwise_rule(g, node, side, port, dim, units, pos, ctx):
         return _setitem_rule(node, side, port, dim, units, pos, ctx)
     if node.target in SEQUENCE_PACKING:
         return _features_last_rule(node, side, port, dim, units, pos, ctx)
+    if node.target in COMPLEX_VIEWS:
+        return _complex_view_rule(node, side, port, dim, units, pos, ctx)
+    if node.target == "cosine_similarity":
+        return _pair_reduction_rule(node, side, port, dim, units, pos, ctx)
     if isinstance(meta, ElementwiseMeta) and meta.moves and any(
             0 < len(s) < len(out) for s in node.in_shapes) and _indexed_along(node, out):
         # a 1-D index (index_add, index_select) is not broadcast onto the output's last dim
@@ -513,6 +518,40 @@ def _features_last_rule(node, side, port, dim, units, pos, ctx):
     if side == "in":
         return [Flow("out", 0, len(node.out_shapes[0]) - 1, units, pos)]
     return [Flow("in", 0, len(node.in_shapes[0]) - 1, units, pos)]
+
+
+def _complex_view_rule(node, side, port, dim, units, pos, ctx):
+    """``optypes.COMPLEX_VIEWS``: dim d of the real tensor is dim d of the complex one, but for
+    the last dim of the real one, which holds the (real, imaginary) pair: a group there is
+    blocked. ``view_as_complex`` takes that dim in, ``view_as_real`` gives it out."""
+    real_side = "in" if node.target == "view_as_complex" else "out"
+    real = node.in_shapes[0] if real_side == "in" else node.out_shapes[0]
+    if port != 0 or side == real_side and dim == len(real) - 1:
+        ctx.block(f"'{node.name}' ({node.target}) pairs real and imaginary parts along the "
+                  "pruned dim")
+        return []
+    return [Flow("out" if side == "in" else "in", 0, dim, units, pos)]
+
+
+def _pair_reduction_rule(node, side, port, dim, units, pos, ctx):
+    """``F.cosine_similarity(a, b, dim)`` on two tensors of one shape: position i of a is
+    position i of b; the dim it reduces (``meta.mixes``) is gone from the output, and a group
+    there is inexact (the norms change); every other dim is the output's, in order."""
+    a, out = node.in_shapes[0], node.out_shapes[0]
+    meta = node.meta
+    if len(node.in_shapes) != 2 or node.in_shapes[1] != a or len(out) != len(a) - 1 \
+            or not isinstance(meta, ElementwiseMeta) or len(meta.mixes) != 1:
+        ctx.block(f"'{node.name}' ({node.target}) changes shape in a way DepView does not model")
+        return []
+    r = meta.mixes[0]
+    if side == "out":
+        d = dim + (dim >= r)
+        return [Flow("in", 0, d, units, pos), Flow("in", 1, d, units, pos)]
+    flows = [Flow("in", 1 - port, dim, units, pos)]
+    if dim == r:
+        ctx.inexact(f"'{node.name}' ({node.target}) reduces over pruned channels")
+        return flows
+    return flows + [Flow("out", 0, dim - (dim > r), units, pos)]
 
 
 def _setitem_rule(node, side, port, dim, units, pos, ctx):
@@ -1097,8 +1136,10 @@ def _matmul_dims(node: Node):
 
 
 #: Ops whose metadata spells them out as an einsum (:class:`EinsumMeta`): ``tensordot(a, b,
-#: ([1], [0]))`` is ``abc,bd->acd``
-_EINSUMS = frozenset({"einsum", "tensordot"})
+#: ([1], [0]))`` is ``abc,bd->acd``; ``cdist(a, b)`` sums over the features of both
+#: (``...pm,...rm->...pr``: a feature removed from both adds nothing to any distance);
+#: ``F.bilinear(x1, x2, w, b)`` is ``...i,...j,kij,k->...k`` (the bias shares the outputs')
+_EINSUMS = frozenset({"einsum", "tensordot", "cdist", "bilinear"})
 
 
 def _einsum_rule(node, side, port, dim, units, pos, ctx):

@@ -62,7 +62,7 @@ class OpType(enum.Enum):
     #: Tensor.unfold: windows along one dim, the other dims kept
     SPATIAL = "spatial"  #: pooling/unpooling/interpolate/grid_sample keep dims 0 and 1; pad
     #: keeps the rest
-    MATMUL = "matmul"  #: matmul/bmm/linear-with-a-tensor/einsum/tensordot: contracts dims
+    MATMUL = "matmul"  #: matmul/bmm/linear-with-a-tensor/einsum/tensordot/cdist: contracts dims
     ATTENTION = "attention"  #: scaled_dot_product_attention: q·k contracted, v's dim carried
     REDUCTION = "reduction"  #: sum/mean/softmax along dims: every output reads the whole dim
     ELEMENTWISE = "elementwise"  #: add/mul/activations: same index in, same index out
@@ -409,14 +409,16 @@ _FUNCTION_NAMES: dict[OpType, str] = {
     "F.adaptive_max_pool1d F.adaptive_max_pool2d F.adaptive_max_pool3d F.interpolate "
     "F.upsample F.max_pool2d_with_indices F.adaptive_max_pool2d_with_indices F.pad "
     "F.max_unpool1d F.max_unpool2d F.max_unpool3d F.grid_sample",
-    OpType.MATMUL: "torch.matmul Tensor.matmul Tensor.__matmul__ Tensor.__rmatmul__ torch.bmm "
+    OpType.MATMUL: "torch.matmul torch.linalg.matmul Tensor.matmul Tensor.__matmul__ "
+    "Tensor.__rmatmul__ torch.bmm "
     "Tensor.bmm torch.mm Tensor.mm F.linear torch.addmm Tensor.addmm torch.baddbmm Tensor.baddbmm "
     "torch.einsum torch.tensordot F.grouped_mm torch._grouped_mm torch.sparse.mm torch.spmm "
-    "torch.sparse.addmm torch.smm Tensor.smm",
+    "torch.sparse.addmm torch.smm Tensor.smm torch.cdist F.bilinear",
     OpType.ATTENTION: "F.scaled_dot_product_attention",
     OpType.REDUCTION: "torch.sum Tensor.sum torch.mean Tensor.mean torch.amax Tensor.amax "
     "torch.amin Tensor.amin torch.var Tensor.var torch.std Tensor.std torch.norm Tensor.norm "
-    "torch.logsumexp Tensor.logsumexp torch.prod Tensor.prod F.softmax F.log_softmax "
+    "torch.logsumexp Tensor.logsumexp torch.prod Tensor.prod F.softmax F.log_softmax F.softmin "
+    "F.gumbel_softmax "
     "torch.softmax Tensor.softmax torch.log_softmax Tensor.log_softmax F.normalize F.layer_norm "
     "F.rms_norm F.group_norm torch.max Tensor.max torch.min Tensor.min torch.argmax "
     "Tensor.argmax torch.argmin Tensor.argmin torch.linalg.vector_norm torch.linalg.norm "
@@ -472,7 +474,22 @@ DIM_ARGS: dict[str, DimArgs] = {
     "take_along_dim": ("moves", 2, "dim", None, ()),
     "tril": ("moves", None, None, None, (-2, -1)),
     "glu": ("halves", 1, "dim", -1, ()),
+    # reduces its dim of two same-shaped tensors to one similarity (a siamese net's score):
+    # a group there couples both inputs, inexactly; see groups' _pair_reduction_rule
+    "cosine_similarity": ("mixes", 2, "dim", 1, ()),
     "triu": ("moves", None, None, None, (-2, -1)),
+    # Fourier transforms: every frequency reads every position of the dims transformed, whose
+    # size is the transform's length, so a group there is blocked (FNet's FFT over the hidden
+    # dim); the other dims pass position by position (Hyena's or an FNO's channels), also when
+    # the transformed dim changes size (rfft, n=, s=). fftn without dim: every dim.
+    **{f"fft_{k}": ("moves", 2, "dim", -1, ()) for k in
+       ("fft", "ifft", "rfft", "irfft", "hfft", "ihfft")},
+    **{f"fft_{k}2": ("moves", 2, "dim", (-2, -1), ()) for k in
+       ("fft", "ifft", "rfft", "irfft", "hfft", "ihfft")},
+    **{f"fft_{k}n": ("moves", 2, "dim", None, ()) for k in
+       ("fft", "ifft", "rfft", "irfft", "hfft", "ihfft")},
+    "fft_fftshift": ("moves", 1, "dim", None, ()),
+    "fft_ifftshift": ("moves", 1, "dim", None, ()),
 }
 
 #: Ops that return positions along the dims they act on, by function name: the output port
@@ -501,13 +518,19 @@ SHAPE_NORMS: frozenset[str] = frozenset({"layer_norm", "rms_norm"})
 #: beside it. Elementwise by type; their rule lets only that last dim through.
 SEQUENCE_PACKING: frozenset[str] = frozenset({"pack_padded_sequence", "pad_packed_sequence"})
 
+#: Views between a last dim of 2 (real, imaginary) and complex numbers, by function name:
+#: ``view_as_complex`` drops that dim and ``view_as_real`` appends it (Meta's Llama rotary
+#: embedding, GFNet's filters). Elementwise by type; their rule keeps every other dim in place.
+COMPLEX_VIEWS: frozenset[str] = frozenset({"view_as_complex", "view_as_real"})
+
 #: Reductions whose ``dim`` is not their second argument or is not every dim when left out, by
 #: function name: (position, default). A norm's order comes first (``torch.norm(x, 2, 1)``,
 #: ``torch.linalg.vector_norm(x, 2, (1, 2))``), and so does ``kthvalue``'s k; ``mode`` and
-#: ``kthvalue`` reduce the last dim by default. Other reductions: (1, None), every dim.
+#: ``kthvalue`` reduce the last dim by default, as ``gumbel_softmax`` (after tau, hard and eps)
+#: does. Other reductions: (1, None), every dim.
 REDUCE_DIMS: dict[str, tuple[int, int | None]] = {
     "norm": (2, None), "linalg_vector_norm": (2, None), "linalg_norm": (2, None),
-    "kthvalue": (2, -1), "mode": (1, -1)}
+    "kthvalue": (2, -1), "mode": (1, -1), "gumbel_softmax": (4, -1)}
 
 #: Tensor methods/functions that never produce a new graph value worth a node.
 IGNORED_FUNCTIONS: frozenset = frozenset(

@@ -333,7 +333,9 @@ class Pruner:
                     t = (t * g).abs()
                 if bn_only and not cut.key.endswith("weight"):
                     continue
-                t = t.float().abs() if criterion != "l2" else t.float().pow(2)
+                # |t| before the cast: a complex weight (an FNO's spectral weights) scored by
+                # its modulus, not by the real part a cast to float keeps
+                t = t.abs().float() if criterion != "l2" else t.abs().float().pow(2)
                 per = t.transpose(0, cut.dim).reshape(t.shape[cut.dim], -1).sum(1).numpy()
                 # each position of the tensor, and the channel (member position) it is of:
                 # a recurrent layer's unit owns a row in every gate

@@ -232,10 +232,25 @@ class _Tracer(TorchFunctionMode):
         """A fill written to after it was first read (``m.narrow(0, 0, 4).mul_(3)`` once a view
         of ``m`` was taken) no longer holds one value everywhere: its node becomes a plain
         constant, which blocks the groups that reach it."""
+        readers: dict[int, list[int]] = {node.id: [] for _, node, _ in self.fill_nodes}
+        for e in self.edges:
+            if e.source in readers:
+                readers[e.source].append(e.target)
         for t, node, version in self.fill_nodes:
-            if _version(t) != version:
+            # read only by ``fill[index] = value``: every later read went through that write's
+            # node, which knows what it wrote where (an in-place op such as ``normal_`` would
+            # not: its values are no fill's)
+            only_writer = [self.nodes[r].target for r in readers[node.id]] == ["setitem"]
+            if _version(t) != version and not only_writer:
                 node.target = "constant"
         self.fill_nodes.clear()
+
+    def _unread_fill(self, t) -> bool:
+        """``t`` is a fill (:data:`optypes.FILLS`) as it was made, which no node reads yet."""
+        fill = self.fills.get(id(t)) if isinstance(t, torch.Tensor) else None
+        return fill is not None and fill[0]() is t and fill[3] is not None \
+            and _version(t) == fill[3] and getattr(t, "_depview_src", None) is None \
+            and id(t) not in self.by_id
 
     def current_module(self) -> str:
         return self.stack[-1][1] if self.stack else ""
@@ -534,6 +549,13 @@ class _Tracer(TorchFunctionMode):
         writes_out = kwargs is not None and "out" in kwargs
         if self.pending and (info[3] or writes_out):
             self.flush()  # it changes a tensor's shape in place: record what came before
+        if info[0] == "setitem" and not (self.busy or self.atomic_depth) and args \
+                and self._unread_fill(args[0]):
+            # the first write into a fill (an FNO's ``out = torch.zeros(...)`` then
+            # ``out[:, :, :m, :m] = ...``): the write reads the fill as it was made, so its
+            # node is made now, before the write changes it (see seal_fills)
+            self.flush()
+            self.source_of(args[0])
         if self.results is not None and info[4] and not writes_out:
             out = self.call_on_meta(func, args, kwargs)
         else:
@@ -979,6 +1001,11 @@ def _matmul_meta(name, func, args, kwargs, ins, outs) -> M.MatmulMeta | M.Einsum
         if pairs is None or ins[0].dim() + ins[1].dim() > 52:  # a tensor of dims; no letters
             return M.OpMeta(name)
         return _tensordot_meta(*pairs, ins[0].dim(), ins[1].dim())
+    if name == "cdist":  # distances between rows: a sum over the features of both
+        return _einsum_meta("...pm,...rm->...pr", [t.dim() for t in ins[:2]], outs[0].dim())
+    if name == "bilinear":  # nn.Bilinear: y_k = x1 W_k x2 (+ b_k)
+        eq = "...i,...j,kij" + (",k" if len(ins) > 3 else "") + "->...k"
+        return _einsum_meta(eq, [t.dim() for t in ins], outs[0].dim())
     if name in ("addmm", "baddbmm"):
         a, b = ins[1], ins[2]
     else:
