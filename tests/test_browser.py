@@ -305,8 +305,11 @@ def test_a_reload_keeps_the_model_and_its_applied_rounds(dash_duo):
     _wait_graph(dash_duo, "features.0")
     dash_duo.find_element(f"#{ids.APPLY}").click()
     dash_duo.wait_for_contains_text(f"#{ids.HISTORY}", "round 1", timeout=TIMEOUT)
+    _type(dash_duo.find_element(f"#{ids.RATIO}"), "0.45")  # the settings typed stay too
     dash_duo.driver.refresh()
     _wait_graph(dash_duo, "features.0")  # not the picker's default (demo:resnet)
+    _until(dash_duo, lambda d: d.find_element("id", ids.RATIO).get_property("value") == "0.45",
+           "the ratio typed before the reload was lost")
     dash_duo.wait_for_contains_text(f"#{ids.HISTORY}", "round 1", timeout=TIMEOUT)
     dash_duo.wait_for_contains_text(f"#{ids.MESSAGE}", "Reloaded: demo:cnn with its 1 round",
                                     timeout=TIMEOUT)

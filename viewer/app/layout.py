@@ -16,6 +16,10 @@ from .callbacks.common import MAX_UPLOAD
 from .state import ModelEntry, SessionStore
 from .styles import base_stylesheet, highlight_rules
 
+#: the pruning settings a user typed survive a reload of the page (as its session does: the
+#: tab's sessionStorage)
+KEPT = {"persistence": True, "persistence_type": "session"}
+
 #: the override "set" button's tooltip (a group that is not pruned shows why instead)
 OVERRIDE_SET_TITLE = "prune this group by its own ratio"
 
@@ -120,16 +124,16 @@ def inspector_card() -> html.Section:
 def prune_card() -> html.Section:
     controls = html.Div([
         html.Label(["importance", dcc.Dropdown(
-            id=ids.IMPORTANCE, value="l1", clearable=False,
+            id=ids.IMPORTANCE, value="l1", clearable=False, **KEPT,
             options=[{"label": IMPORTANCE_LABELS.get(k, k), "value": k} for k in IMPORTANCE])],
             className="ctl ctl-wide"),
         # text boxes, parsed on the server: a number box would hand the page None for any
         # value off its step (0.33) and for a half-typed one, and the user would never know
-        html.Label(["ratio", dcc.Input(id=ids.RATIO, type="text", inputMode="decimal",
+        html.Label(["ratio", dcc.Input(id=ids.RATIO, type="text", inputMode="decimal", **KEPT,
                                        value="0.3", className="num")], className="ctl"),
-        html.Label(["round to", dcc.Input(id=ids.ROUND_TO, type="text", inputMode="numeric",
+        html.Label(["round to", dcc.Input(id=ids.ROUND_TO, type="text", inputMode="numeric", **KEPT,
                                           value="1", className="num")], className="ctl"),
-        dcc.RadioItems(id=ids.MODE, value="uniform", inline=True, className="ctl mode",
+        dcc.RadioItems(id=ids.MODE, value="uniform", inline=True, className="ctl mode", **KEPT,
                        options=[{"label": "uniform per group", "value": "uniform"},
                                 {"label": "global ranking", "value": "global"}]),
     ], className="controls")
