@@ -519,7 +519,7 @@ def summary_lines(preview: dict) -> tuple[str, str, str]:
 
 
 #: what the status beside the buttons says while a preview or a round runs (a large model
-#: takes tens of seconds: GPT-2 small's apply ~30 s, most of it verifying and tracing)
+#: takes many seconds: GPT-2 small's apply ~10 s here, most of it validating the result)
 BUSY_PREVIEW = "Previewing: planning, scoring and checking each group…"
 BUSY_ROUND = "Working: pruning a copy, verifying it and tracing the result…"
 
