@@ -53,33 +53,21 @@ def _check_json_dest(dest: str) -> None:
 def _load(args):
     """The model SPEC names; or, when SPEC is an export directory, the pruned model in it, for
     another round (``args.history`` then holds its earlier rounds, for the new export)."""
+    from dataclasses import replace
+
+    from .core.export import export_folder, open_export
     from .core.spec import load_model
 
     args.history = None
-    folder = Path(args.spec)
-    if ":" not in args.spec and folder.is_dir() and (folder / "plan.json").is_file():
-        return _load_export(args, folder)
+    folder = export_folder(args.spec)
+    if folder is not None:
+        given = [o for o, v in (("--input", args.input), ("--kwargs", args.kwargs),
+                                ("--weights", args.weights)) if v]
+        model, lm, plan = open_export(folder, given, args.device)
+        args.history = list(plan.get("rounds") or [])
+        return replace(lm, model=model)
     return load_model(args.spec, inputs=args.input, kwargs=args.kwargs, weights=args.weights,
                       device=args.device, seed=args.seed)
-
-
-def _load_export(args, folder: Path):
-    """An export directory as SPEC: its pruned model, on the example inputs it was exported
-    with (the original's: the same widths in and out), and its rounds so far."""
-    from dataclasses import replace
-
-    from .core.export import read_plan, rebuild
-
-    given = [o for o, v in (("--input", args.input), ("--kwargs", args.kwargs),
-                            ("--weights", args.weights)) if v]
-    if given:
-        raise DepViewError(f"{args.spec} is an export directory: it brings its own model, "
-                           f"inputs and weights ({', '.join(given)} cannot apply)")
-    if args.device != "cpu":
-        raise DepViewError(f"{args.spec} is an export directory: its weights load on cpu")
-    model, lm = rebuild(folder)
-    args.history = list(read_plan(folder).get("rounds") or [])
-    return replace(lm, model=model)
 
 
 def cmd_graph(args) -> int:

@@ -26,6 +26,7 @@ from torch import nn
 from viewer.core.errors import DepViewError
 from viewer.core.graph import Graph
 from viewer.core.prune import Plan, Pruner
+from viewer.core.text import counted
 from viewer.core.trace import build_graph
 
 from .viewmodel import DEFAULT_MAX_VISIBLE, View, build_view, default_collapsed
@@ -106,34 +107,20 @@ class Base:
     history: list[dict] = field(default_factory=list)
 
 
-def export_folder(spec: str) -> Path | None:
-    """``spec`` as an export directory (``prune --out`` wrote it), or None."""
-    folder = Path(spec)
-    if ":" in spec or not folder.is_dir() or not (folder / "plan.json").is_file():
-        return None
-    return folder
-
-
 def _export_base(entry: ModelEntry, folder: Path) -> Base:
     """A start-up ``--model DIR``: the pruned model of an export directory on the original's
     example inputs, with its rounds so far (as an uploaded zip of it, without the browser:
     a large export is read from disk). The recorded source is rebuilt: the user named it."""
-    from viewer.core.export import read_plan, rebuild
+    from viewer.core.export import open_export
 
     given = [o for o, v in (("--input", entry.inputs), ("--kwargs", entry.kwargs),
                             ("--weights", entry.weights)) if v]
-    if given or entry.device != "cpu":
-        given += ["--device"] if entry.device != "cpu" else []
-        raise DepViewError(f"{entry.spec} is an export directory: it brings its own model, "
-                           f"inputs and weights ({', '.join(given)} cannot apply)")
-    model, lm = rebuild(folder)
-    plan = read_plan(folder)
+    model, lm, plan = open_export(folder, given, entry.device)
     rounds = list(plan.get("rounds") or [])
     stage = make_stage(model, lm.inputs, lm.output_layers)
-    n = len(rounds)
     return Base(entry.spec, stage, lm.inputs, list(lm.output_layers), dict(plan["source"]),
                 entry.description or f"export {folder.name}: {plan['source']['spec']} pruned "
-                                     f"in {n} round{'s' if n != 1 else ''}", rounds)
+                                     f"in {counted(len(rounds), 'round')}", rounds)
 
 
 @dataclass
@@ -161,6 +148,10 @@ class Session:
         if not self.stages:
             raise DepViewError("no model loaded: pick one in the model list")
         return self.stages[-1]
+
+    def ignored(self) -> set[tuple[str, str]]:
+        """The ignores as the pruner takes them: ``{("layer1.0.conv1", "out"), ...}``."""
+        return {tuple(x.rsplit(":", 1)) for x in self.ignore}
 
     def reset_pruning_inputs(self) -> None:
         self.preview_plan = None
@@ -260,6 +251,8 @@ class SessionStore:
             with self._lock:
                 if spec in self._bases:
                     return self._bases[spec]
+            from viewer.core.export import export_folder
+
             folder = export_folder(entry.spec)
             if folder is not None:
                 base = _export_base(entry, folder)

@@ -880,6 +880,29 @@ def zip_dir(path: str | Path) -> bytes:
     return buf.getvalue()
 
 
+def export_folder(spec: str) -> Path | None:
+    """``spec`` as an export directory (``prune --out`` wrote it: it holds plan.json), or
+    None for any other SPEC (``demo:NAME``, ``module:attr``, ``file.py:attr``)."""
+    folder = Path(spec)
+    if ":" in spec or not folder.is_dir() or not (folder / "plan.json").is_file():
+        return None
+    return folder
+
+
+def open_export(folder: str | Path, given: list[str] | None = None, device: str = "cpu"
+                ) -> tuple[nn.Module, LoadedModel, dict]:
+    """An export directory given as SPEC (to the CLI or the app): its pruned model, the
+    original's :class:`LoadedModel` (the example inputs: the widths in and out are the
+    original's) and plan.json (its ``rounds`` so far). ``given``: model options the caller
+    was also given (``--input``, ...), refused: the export brings its own."""
+    given = [*(given or []), *(["--device"] if device != "cpu" else [])]
+    if given:  # (its weights load on cpu)
+        raise DepViewError(f"{folder} is an export directory: it brings its own model, "
+                           f"inputs and weights ({', '.join(given)} cannot apply)")
+    model, lm = rebuild(folder)
+    return model, lm, read_plan(folder)
+
+
 def read_export_zip(data: bytes, max_bytes: int = 2 << 30
                     ) -> tuple[nn.Module, dict, LoadedModel]:
     """Load an uploaded export zip: only plan.json, report.json and model.safetensors are

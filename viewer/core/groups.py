@@ -1085,12 +1085,10 @@ def _grid_sample_flows(node, side, port, dim, units, pos, ctx) -> list[Flow]:
     grid's point dims are out's dims 2..; x's plane and the grid's coordinates (its last dim)
     are positions and where to read them: a group there is blocked (STN, deformable
     sampling: the localisation layer's 2 coordinate channels)."""
-    if len(node.in_shapes) < 2:
+    if len(node.in_shapes) < 2 or side == "in" and port > 1:
         return []
     nd = len(node.in_shapes[0])
     d = _norm(dim, len(node.out_shapes[0]) if side == "out" else len(node.in_shapes[port]))
-    if port > 1 and side == "in":
-        return []
     at = {("in", 0): [], ("in", 1): [], ("out", 0): []}  # the same dim on the other tensors
     if d == 0:
         at = {k: [0] for k in at}

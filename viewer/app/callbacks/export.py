@@ -193,7 +193,7 @@ def groups_json(store: SessionStore, sid: str) -> tuple[str, str]:
     session = store.session(sid)
     with session.lock:
         pruner = session.stage.pruner
-        ignore = {tuple(x.rsplit(":", 1)) for x in session.ignore}
+        ignore = session.ignored()
         rows = [pruner.group_dict(g, ignore) for g in pruner.groups]
         spec = session.base.source.get("spec") if session.base else None
         text = dumps({"spec": spec, "groups": rows}, indent=1)

@@ -341,7 +341,7 @@ def unit_spans(group: Group, most: int = 3) -> str:
 def group_panel(pruner: Pruner, group: Group, model_group: bool, note: str,
                 session: Session, removed: list[int] | None) -> list:
     """The group's status, reason and members with the index ranges each owns."""
-    ignore = {tuple(x.rsplit(":", 1)) for x in session.ignore}
+    ignore = session.ignored()
     reason = pruner.reason(group, ignore) if model_group else group.reason
     head = f"Group #{group.id}" if model_group else "Ad-hoc group"
     status = html.Div(

@@ -10,6 +10,7 @@ import zipfile
 from dash import Input, Output, State, ctx, html, no_update
 
 from viewer.core.errors import DepViewError
+from viewer.core.text import counted
 
 from .. import ids
 from ..state import Base, Session, SessionStore, make_stage
@@ -62,8 +63,8 @@ def _switch(session: Session, base: Base) -> str:
             notes.append(f"Dropped the {_rounds(rounds)} applied to {name} (download a "
                          "checkpoint before switching to keep rounds).")
         else:
-            session.shelf[left.entry_key] = list(session.stages)
-            session.shelf.move_to_end(left.entry_key)
+            session.shelf[left.entry_key] = list(session.stages)  # (never there: popped
+            # below when it was shown, so it goes last, as the latest left)
             notes.append(f"{name} keeps its {_rounds(rounds)}: pick it again to go on from "
                          f"{'it' if rounds == 1 else 'them'}.")
             while len(session.shelf) > SHELF_SIZE:
@@ -79,12 +80,13 @@ def _switch(session: Session, base: Base) -> str:
 
 
 def _label(base: Base) -> str:
-    return f"the uploaded {base.entry_key.removeprefix('upload:')}" \
+    """How notes name a model: its picker entry, or "the uploaded x.zip"."""
+    return f"the {uploaded_label(base.entry_key.removeprefix('upload:'))}" \
         if base.entry_key.startswith("upload:") else base.entry_key
 
 
 def _rounds(n: int) -> str:
-    return f"{n} round{'s' if n != 1 else ''}"
+    return counted(n, "round")
 
 
 def peek_source(data: bytes) -> dict:
@@ -129,13 +131,13 @@ def load_upload(store: SessionStore, sid: str, contents: str, filename: str | No
     rounds = list(plan.get("rounds") or [])
     base = Base(f"upload:{filename or 'export.zip'}", stage, lm.inputs, list(lm.output_layers),
                 dict(plan["source"]), f"uploaded {filename or 'export'}: {source['spec']} "
-                f"pruned in {len(rounds)} round{'s' if len(rounds) != 1 else ''}", rounds)
+                f"pruned in {_rounds(len(rounds))}", rounds)
     session = store.session(sid, create=True)
     with session.lock:
         note = _switch(session, base)
     n = len(rounds)
     return " ".join(filter(None, [f"Loaded {filename or 'the export'}: {source['spec']} "
-                                  f"pruned in {n} round{'s' if n != 1 else ''}.", note]))
+                                  f"pruned in {_rounds(n)}.", note]))
 
 
 def model_info(store: SessionStore, sid: str) -> list:
@@ -189,6 +191,12 @@ def picker_after_failure(store: SessionStore, sid: str) -> tuple:
         base = None
     if base is None:
         return None, "pick a model"
+    return _picker_for(store, base)
+
+
+def _picker_for(store: SessionStore, base: Base) -> tuple:
+    """Picker value and placeholder showing ``base``: its entry, or (having none) the label
+    of the uploaded export."""
     if base.entry_key in store.entries:
         return base.entry_key, no_update
     return None, uploaded_label(base.entry_key.removeprefix("upload:"))
@@ -236,10 +244,7 @@ def _reloaded(store: SessionStore, sid: str) -> tuple | None:
         base, rounds = session.base, len(session.stages) - 1
     if base is None:
         return None
-    if base.entry_key in store.entries:
-        picker = (base.entry_key, no_update)
-    else:
-        picker = (None, uploaded_label(base.entry_key.removeprefix("upload:")))
+    picker = _picker_for(store, base)
     note = message(f"Reloaded: {_label(base)} with its {_rounds(rounds)}.", "info") \
         if rounds else None
     return graph_rev(session), note, *picker, None

@@ -290,8 +290,7 @@ def set_override(store: SessionStore, sid: str, gid: int | None, ratio) -> str:
             return f"Override of group #{gid} removed."
         r = parse_ratio(ratio, "override ratio")
         pruner = session.stage.pruner
-        why = pruner.reason(next(g for g in pruner.groups if g.id == gid),
-                            {tuple(x.rsplit(":", 1)) for x in session.ignore})
+        why = pruner.reason(next(g for g in pruner.groups if g.id == gid), session.ignored())
         if why:  # its ratio would do nothing, and the plan refuses it: every preview failed
             raise DepViewError(f"group #{gid} is not pruned, so it takes no ratio: {why}")
         session.overrides[gid] = r
@@ -333,7 +332,7 @@ def _void_overrides(session: Session) -> list[int]:
     """Drop the overrides of groups the ignores now keep whole (the plan refuses a ratio for
     a group it does not prune); returns their ids. Called under the session lock."""
     pruner = session.stage.pruner
-    ignore = {tuple(x.rsplit(":", 1)) for x in session.ignore}
+    ignore = session.ignored()
     dropped = [g.id for g in pruner.groups
                if g.id in session.overrides and pruner.reason(g, ignore)]
     for gid in dropped:
@@ -353,7 +352,7 @@ def override_block(store: SessionStore, sid: str, selection: dict | None) -> str
         group = next((g for g in pruner.groups if g.id == sel["gid"]), None)
         if group is None:
             return ""
-        why = pruner.reason(group, {tuple(x.rsplit(":", 1)) for x in session.ignore})
+        why = pruner.reason(group, session.ignored())
     return f"group #{group.id} is not pruned: {why}" if why else ""
 
 
@@ -452,7 +451,7 @@ def group_scores(store: SessionStore, sid: str, selection: dict | None,
         group = next((g for g in pruner.groups if g.id == gid), None)
         plan, batch = session.preview_plan, session.batch
         ratio = session.overrides.get(gid, settings["ratio"]) if settings else 0.0
-        ignore = {tuple(x.rsplit(":", 1)) for x in session.ignore}
+        ignore = session.ignored()
     if group is None:
         return None, [], ""
     why = pruner.reason(group, ignore)
