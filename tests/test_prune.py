@@ -649,6 +649,15 @@ def test_validation_probes_a_small_model_for_real_and_finds_what_meta_finds(
         return real_materialize(*args, **kw)
 
     monkeypatch.setattr(prune_mod, "materialize", spy)
+    shared: list = []  # the meta_results each probe's trace was given
+    real_build = prune_mod.build_graph
+
+    def build_spy(model, *args, **kw):
+        if next(model.parameters()).is_meta:
+            shared.append(kw.get("meta_results"))
+        return real_build(model, *args, **kw)
+
+    monkeypatch.setattr(prune_mod, "build_graph", build_spy)
     lm = load_model("demo:swin")  # 10 of its 15 groups break: a long halving
     found = {}
     for limit in (prune_mod.REAL_PROBE_BYTES, 0):  # 0: every probe stays on meta
@@ -662,6 +671,9 @@ def test_validation_probes_a_small_model_for_real_and_finds_what_meta_finds(
             assert len(devices) > 10 and set(devices) == {None}
         else:
             assert set(devices) == {"meta"}
+            # one validation's meta traces share their results: a probe repeats most calls
+            assert len(shared) > 10 and len({id(r) for r in shared}) == 1 and shared[0]
+        shared.clear()
     assert found[prune_mod.REAL_PROBE_BYTES] == found[0]
     assert len(found[0][0]) == 10
 

@@ -824,12 +824,15 @@ class Pruner:
         split in halves (down to single groups) to find the ones that break the model, so a
         model whose groups are all fine costs one meta forward instead of one per group.
 
-        On meta every op is Python shape inference, 100-300 us each, and a recurrent layer
-        runs step by step (a GRU over 100 steps: about 1 s per probe): a small model with real
-        weights runs a pruned copy for real many times faster (MobileViT: 65 ms against
-        225 ms; the Swin demo's validation: 0.7 s against 1.8 s). So a model with at most
-        ``REAL_PROBE_BYTES`` of tensors and ``REAL_PROBE_ELEMENTS`` activation elements in its
-        trace runs every probe for real; larger ones run on meta. The choice depends on the
+        On meta many ops are Python shape inference (an add 0.2 ms, a LayerNorm 1.6 ms, the
+        first time a probe's traces make that call: see :func:`build_graph`), and a recurrent
+        layer runs step by step (a GRU over 100 steps: about 1 s per probe): a small model
+        with real weights runs a pruned copy for real faster (the RNN demo's validation:
+        27 ms against 307 ms). A real probe copies the model's tensors, so the larger model
+        is faster on meta (GPT-2 small pruned to 156 MB: 1.9 s against 6 s; ConvNeXt-T,
+        106 MB: 1.4 s against 2.9 s; at 19 MB, MobileViT, they are even). So a model with at
+        most ``REAL_PROBE_BYTES`` of tensors and ``REAL_PROBE_ELEMENTS`` activation elements
+        in its trace runs every probe for real; larger ones run on meta. The choice depends on the
         model alone, never on timings, so validation stays deterministic; a real run checks
         at least what a meta one does. (Previews still count MACs on meta: torch's fused CPU
         kernels for LSTM and attention hide their matmuls from the flop counter.)"""
@@ -1013,6 +1016,9 @@ class Pruner:
             st = self._probes = {
                 "meta_inputs": _to_meta(self.inputs), "traced": [], "real_base": [],
                 "names": {},  # id(baseline) -> its names of our nodes
+                # meta results of calls made before, shared by all meta traces (see
+                # build_graph): a probe changes a few widths, the rest of its calls repeat
+                "meta_results": {},
                 # probes run on real tensors: a small model with real weights
                 "real": (_real(self.model) and _tensor_bytes(self.model) <= REAL_PROBE_BYTES
                          and _activation_elements(self.graph) <= REAL_PROBE_ELEMENTS)}
@@ -1029,7 +1035,8 @@ class Pruner:
                     return None
                 try:
                     traced.append(build_graph(
-                        materialize(self.model, self.graph, {}, {}, "meta"), meta_inputs))
+                        materialize(self.model, self.graph, {}, {}, "meta"), meta_inputs,
+                        meta_results=st["meta_results"]))
                 except DepViewError:
                     if not _real(self.model):
                         raise
@@ -1056,7 +1063,8 @@ class Pruner:
                 if before is not None:
                     try:
                         after = build_graph(materialize(self.model, self.graph, changes,
-                                                        widths, "meta", attrs), meta_inputs)
+                                                        widths, "meta", attrs), meta_inputs,
+                                            meta_results=st["meta_results"])
                     except DepViewError as err:
                         exc = err.__cause__ or err
                         # data-dependent Python (``.item()``) cannot run on meta
@@ -1449,7 +1457,7 @@ def _node_cuts(node, side, dim, pos, tensors) -> list[Cut]:
 
 #: validation may probe a model of at most this many bytes of tensors on real tensors (a
 #: pruned copy is made per probe); larger ones always run on meta
-REAL_PROBE_BYTES = 256 << 20
+REAL_PROBE_BYTES = 16 << 20
 
 
 #: ... and whose traced ops output at most this many elements in all (a real forward's cost

@@ -148,6 +148,23 @@ def _dtype(t: torch.Tensor) -> str:
     return name
 
 
+class _MetaCalls(TorchFunctionMode):
+    """The mode inside an atomic module traced on meta: it records nothing, but a call made
+    before with the same arguments reuses that call's result (:meth:`_Tracer.call_on_meta`)."""
+
+    def __init__(self, tracer: _Tracer):
+        super().__init__()
+        self.tracer = tracer
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        info = _FUNCTIONS.get(func, _UNSET)
+        if info is _UNSET:
+            info = _FUNCTIONS[func] = _function_info(func)
+        if info is not None and info[4] and not (kwargs and "out" in kwargs):
+            return self.tracer.call_on_meta(func, args, kwargs or {})
+        return func(*args, **kwargs) if kwargs else func(*args)
+
+
 class _Tracer(TorchFunctionMode):
     def __init__(self, model: nn.Module, autograd: bool = False):
         super().__init__()
@@ -210,6 +227,7 @@ class _Tracer(TorchFunctionMode):
         # None when not tracing on meta
         self.results: dict | None = None
         self.no_results: set = set()  # functions that returned something other than tensors
+        self.meta_calls = _MetaCalls(self)  # the mode inside atomic modules, on meta
         self.reused = 0  # calls answered from ``results``
         # in-place writes through a slice of a traced tensor (``y.narrow(1, 0, 2).zero_()``),
         # by the (node, port) that made the tensor: a WRITE node goes in before its next read
@@ -452,6 +470,10 @@ class _Tracer(TorchFunctionMode):
                 # a user's layer may reshape its input in place, unseen: record what came
                 # before it (torch's own layers do not)
                 self.flush()
+            if self.results is not None:
+                # on meta its ops still reuse results (a LayerNorm's meta kernel is Python:
+                # 1.6 ms a call, a CPU one takes 13 us)
+                _push_on_torch_function_stack(self.meta_calls)
         return None
 
     def post_hook(self, module: nn.Module, args, *rest):
@@ -466,6 +488,8 @@ class _Tracer(TorchFunctionMode):
             _, path, atomic, in_args, handled = self.stack.pop()
             if self.atomic_depth > 0:
                 self.atomic_depth -= 1
+            if atomic and self.results is not None and self.paused:
+                _pop_torch_function_stack()  # pre_hook's meta_calls
             try:
                 # the forward raised: an exception other than the one being handled (if any)
                 # when the module was called (a trace may run inside an ``except`` block)
@@ -1374,7 +1398,7 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
 
 
 def build_graph(model: nn.Module, example_inputs=(), example_kwargs: dict | None = None,
-                autograd: bool = False) -> Graph:
+                autograd: bool = False, meta_results: dict | None = None) -> Graph:
     """Run ``model`` once on the example inputs and return its typed graph.
 
     ``example_inputs`` is a tensor, a tuple of positional arguments (which may nest lists and
@@ -1384,6 +1408,12 @@ def build_graph(model: nn.Module, example_inputs=(), example_kwargs: dict | None
 
     The forward runs under ``torch.no_grad()`` unless ``autograd=True``, which also records
     each op's autograd node name (``CatBackward0``) at the cost of a slower trace.
+
+    On meta, a call made again with the same arguments (function, shapes, strides, dtypes,
+    other values) reuses the first call's result shapes instead of running torch's meta
+    kernel, many of which are Python. ``meta_results`` is a dict to keep those results in
+    across traces (validation traces one model many times, each pruned a little differently);
+    by default each trace starts empty.
 
     Raises :class:`DepViewError` with one line naming the failing module and its input shapes
     when the forward raises.
@@ -1412,7 +1442,7 @@ def build_graph(model: nn.Module, example_inputs=(), example_kwargs: dict | None
     probe = next(iter(model.parameters()), named[0][1] if named else None)
     if not tracer.autograd and probe is not None and probe.device.type == "meta":
         tracer.limit = _BATCH_META
-        tracer.results = {}
+        tracer.results = {} if meta_results is None else meta_results
     # Global module hooks: registering two hooks on every module costs more than a tiny
     # model's whole forward; the hooks themselves skip other threads and other models.
     # (TorchScript submodules never call them: they are opaque.)
