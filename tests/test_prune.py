@@ -3,6 +3,7 @@ import json
 import math
 import re
 import warnings
+import weakref
 
 import numpy as np
 import pytest
@@ -2121,3 +2122,106 @@ def test_a_complex_weight_is_scored_by_its_modulus(importance):
     assert plan.removed[g.id] == [0, 1, 2, 3]
     v = p.verify(p.apply(plan), plan)
     assert v["forward"] and v["masked_equivalence"]["ok"], v
+
+
+class KeepsItsOwnCopy(nn.Module):
+    """Copies itself its own way: the tree copy must leave that to it."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.copied = 0
+
+    def __deepcopy__(self, memo):
+        new = KeepsItsOwnCopy()
+        new.fc.load_state_dict(self.fc.state_dict())
+        new.copied = self.copied + 1
+        memo[id(self)] = new
+        return new
+
+
+class ManyKinds(nn.Module):
+    """A module tree with the values a deep copy meets: a block used twice, tied weights, a
+    config-like object, lists, sets, tuples, a plain tensor attribute, a bound method."""
+
+    def __init__(self):
+        super().__init__()
+        block = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+        self.a, self.b = block, block
+        self.emb, self.head = nn.Embedding(10, 4), nn.Linear(4, 10, bias=False)
+        self.head.weight = self.emb.weight
+        self.cfg = type("Cfg", (), {})()
+        self.cfg.sizes = [4, 4]
+        self.cfg.ids = {1: "one"}
+        self.names = ["a", ("b", [1])]
+        self.kinds = {"x", "y"}
+        self.table = torch.arange(3)
+        self.own = KeepsItsOwnCopy()
+        self.act = self.a.forward
+        self.register_buffer("scale", torch.ones(4), persistent=False)
+
+
+def _shape_of(x, seen: dict, path: str = ""):
+    """What a copy must reproduce, by value, with objects shared where the original shares
+    them (the first path an object was met on stands for it)."""
+    if type(x) in (int, float, bool, str, type(None)):
+        return x
+    if isinstance(x, weakref.ref):  # an LSTM's flat weights: the copy's own parameters
+        return ("weakref", _shape_of(x(), seen, f"{path}()"))
+    if id(x) in seen:
+        return ("same as", seen[id(x)])
+    seen[id(x)] = path
+    if isinstance(x, torch.Tensor):
+        return (type(x).__name__, tuple(x.shape), str(x.dtype), x.tolist())
+    if isinstance(x, dict):
+        return (type(x).__name__, [(k, _shape_of(v, seen, f"{path}[{k!r}]"))
+                                   for k, v in x.items()])
+    if isinstance(x, (list, tuple)):
+        return (type(x).__name__, [_shape_of(v, seen, f"{path}[{i}]") for i, v in enumerate(x)])
+    if isinstance(x, set):
+        return ("set", sorted(x))
+    if callable(x) and hasattr(x, "__self__"):  # a bound method: its object, copied
+        return ("method", x.__name__, _shape_of(x.__self__, seen, f"{path}.__self__"))
+    if hasattr(x, "__dict__"):
+        return (type(x).__name__, [(k, _shape_of(v, seen, f"{path}.{k}"))
+                                   for k, v in vars(x).items()])
+    return repr(x)
+
+
+def _objects(x, out: dict) -> dict:
+    """Every object reachable from ``x`` that a copy must not share, by id."""
+    if type(x) in (int, float, bool, str, type(None)) or id(x) in out:
+        return out
+    out[id(x)] = x
+    items = (x.values() if isinstance(x, dict) else x if isinstance(x, (list, tuple, set))
+             else [x.__self__] if callable(x) and hasattr(x, "__self__")
+             else vars(x).values() if hasattr(x, "__dict__") and not isinstance(x, type)
+             else [])
+    for v in items:
+        _objects(v, out)
+    return out
+
+
+@pytest.mark.parametrize("make", [
+    ManyKinds, lambda: load_model("demo:swin").model, lambda: load_model("demo:rnn").model,
+    lambda: pytest.importorskip("transformers").GPT2LMHeadModel(
+        pytest.importorskip("transformers").GPT2Config(
+            vocab_size=50, n_embd=16, n_layer=2, n_head=2, n_positions=16))])
+def test_the_tree_copy_of_a_model_is_what_deepcopy_makes(make):
+    """materialize copies the model once per validation probe: its faster copy must make
+    what ``copy.deepcopy`` makes (same values, same sharing inside, nothing shared with the
+    original but plain values; a class that copies itself its own way does so)."""
+    from viewer.core.prune import _tree_copy
+
+    torch.manual_seed(0)
+    m = make()
+    ours, theirs = _tree_copy(m, {}), copy.deepcopy(m)
+    assert _shape_of(ours, {}) == _shape_of(theirs, {})
+    original = _objects(m, {})
+    shared = [type(o).__name__ for i, o in _objects(ours, {}).items()
+              if i in original and not isinstance(o, (type, tuple, frozenset))
+              and not callable(o)]
+    assert not shared
+    if isinstance(m, ManyKinds):
+        assert ours.a is ours.b and ours.head.weight is ours.emb.weight
+        assert ours.act.__self__ is ours.a and ours.own.copied == 1

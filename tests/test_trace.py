@@ -654,6 +654,22 @@ def test_a_meta_result_is_reused_only_for_a_call_that_would_make_the_same_fresh_
     assert template(lambda _: (y, y), f) is _UNCACHEABLE  # one fresh tensor twice
 
 
+@pytest.fixture
+def tracers(monkeypatch):
+    """The tracers of the traces a test makes, in order (kept at their first flush)."""
+    from viewer.core import trace
+
+    kept: list = []
+    flush = trace._Tracer.flush
+
+    def keep(self):
+        kept.append(self)
+        flush(self)
+
+    monkeypatch.setattr(trace._Tracer, "flush", keep)
+    return kept
+
+
 class SameCallsAgain(nn.Module):
     """Calls whose results are their inputs, fresh tensors or views, each made twice."""
 
@@ -678,21 +694,14 @@ class SameCallsAgain(nn.Module):
     (lambda: demo_models.get_demo("llama").build(),
      lambda device: demo_models.get_demo("llama").make_inputs(device)),
 ])
-def test_meta_results_reused_give_the_graph_made_without_reuse(model, make_x, monkeypatch):
+def test_meta_results_reused_give_the_graph_made_without_reuse(model, make_x, monkeypatch,
+                                                              tracers):
     from viewer.core import trace
 
     with torch.device("meta"):
         torch.manual_seed(0)
         m = model().eval()
     x = make_x("meta")
-    tracers = []
-    flush = trace._Tracer.flush
-
-    def keep(self):
-        tracers.append(self)
-        flush(self)
-
-    monkeypatch.setattr(trace._Tracer, "flush", keep)
     g = _plain(build_graph(m, x))
     assert tracers[-1].reused >= 4
     monkeypatch.setattr(trace, "_meta_key", lambda *a: None)  # every call runs
@@ -702,24 +711,14 @@ def test_meta_results_reused_give_the_graph_made_without_reuse(model, make_x, mo
     assert _plain(build_graph(model().eval(), make_x("cpu"))) == g
 
 
-def test_meta_calls_inside_atomic_layers_and_across_traces_are_reused(monkeypatch):
+def test_meta_calls_inside_atomic_layers_and_across_traces_are_reused(tracers):
     """On meta torch's LayerNorm kernel is Python (1.6 ms a call in torch 2.13): inside an
     atomic layer too, a call made before with the same arguments reuses that result, and
     traces given one ``meta_results`` (validation's probes) reuse each other's. The graphs
     are the same, and a layer that raises leaves no mode of the trace behind."""
-    from viewer.core import trace
-
     with torch.device("meta"):
         m = nn.Sequential(nn.Linear(8, 8), nn.LayerNorm(8), nn.Linear(8, 8), nn.LayerNorm(8))
     x = torch.empty(2, 8, device="meta")
-    tracers = []
-    flush = trace._Tracer.flush
-
-    def keep(self):
-        tracers.append(self)
-        flush(self)
-
-    monkeypatch.setattr(trace._Tracer, "flush", keep)
     results: dict = {}
     g = _plain(build_graph(m, x, meta_results=results))
     assert tracers[-1].reused == 2  # the second Linear's and LayerNorm's calls

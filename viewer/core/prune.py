@@ -13,10 +13,11 @@ A plan is plain data (group id -> removed unit ids) and can be saved as JSON.
 from __future__ import annotations
 
 import copy
+import copyreg
 import difflib
 import math
 import traceback
-from collections import Counter, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1155,7 +1156,7 @@ class Pruner:
         that write a removed channel and those that read it: its outputs must equal the pruned
         model's (masked equivalence). Zeroing the writers too matters where two activations
         are contracted (q·k over a removed head dim): no weight reads that sum."""
-        masked = copy.deepcopy(self.model)
+        masked = _tree_copy(self.model, {})
         table = _tensor_lookup(masked)
         by_id = {g.id: g for g in self.groups}
         with torch.no_grad():
@@ -1559,7 +1560,7 @@ def taylor_grads(model: nn.Module, inputs) -> dict[str, torch.Tensor]:
     of the squared outputs.
 
     The model itself is not changed (a copy runs the backward pass)."""
-    m = copy.deepcopy(model)
+    m = _tree_copy(model, {})
     m.zero_grad(set_to_none=True)
     for p in m.parameters():  # frozen weights (fine-tuning a head) are scored too
         if p.is_floating_point():
@@ -1633,7 +1634,7 @@ def materialize(model: nn.Module, graph: Graph, changes: dict[str, dict[int, np.
             if p.requires_grad != flags.get(k, p.requires_grad):
                 p.requires_grad_(flags[k])
     else:
-        pruned = copy.deepcopy(model, memo)
+        pruned = _tree_copy(model, memo)
     mods = dict(pruned.named_modules())
     touched = {key.rpartition(".")[0] for key in changes} | set(widths)
     seen = set()
@@ -1653,6 +1654,55 @@ def materialize(model: nn.Module, graph: Graph, changes: dict[str, dict[int, np.
         for k, v in values.items():
             setattr(mods[path], k, v)
     return pruned
+
+
+#: values a deep copy returns as they are
+_ATOMS = frozenset({int, float, bool, complex, str, bytes, type(None), type(Ellipsis), range,
+                    torch.dtype, torch.device, torch.layout, torch.memory_format})
+#: module class -> whether :func:`_tree_copy` may copy it itself (see there)
+_PLAIN_MODULES: dict[type, bool] = {}
+
+
+def _tree_copy(obj, memo: dict):
+    """``copy.deepcopy(obj, memo)``, 3-4x faster for a tree of modules (GPT-2 small on meta:
+    8 ms against 29 ms; validation copies the model once per probe).
+
+    ``deepcopy`` reconstructs every module, and each of its dozen hook and parameter
+    ``OrderedDict``s, through ``__reduce_ex__``; here a module whose class keeps torch's own
+    pickling (no ``__deepcopy__``, ``__reduce__``, ``__getstate__``/``__setstate__`` or
+    ``__slots__`` of its own) is copied as deepcopy would copy it, ``__setstate__`` of its
+    copied state, and so are dicts, plain ``OrderedDict``s, lists and sets of plain values;
+    anything else goes to ``copy.deepcopy`` with the same memo."""
+    cls = type(obj)
+    if cls in _ATOMS:
+        return obj
+    y = memo.get(id(obj), memo)
+    if y is not memo:
+        return y
+    if cls is dict or (cls is OrderedDict and not obj.__dict__):
+        y = memo[id(obj)] = cls()
+        for k, v in obj.items():
+            y[k if type(k) in _ATOMS else _tree_copy(k, memo)] = _tree_copy(v, memo)
+        return y
+    if cls is list:
+        y = memo[id(obj)] = []
+        y.extend(_tree_copy(v, memo) for v in obj)
+        return y
+    if cls is set and all(type(v) in _ATOMS for v in obj):  # _non_persistent_buffers_set
+        y = memo[id(obj)] = set(obj)
+        return y
+    plain = _PLAIN_MODULES.get(cls)
+    if plain is None:
+        plain = _PLAIN_MODULES[cls] = (
+            issubclass(cls, nn.Module) and cls.__getstate__ is nn.Module.__getstate__
+            and cls.__setstate__ is nn.Module.__setstate__
+            and cls.__reduce_ex__ is object.__reduce_ex__ and cls.__reduce__ is object.__reduce__
+            and getattr(cls, "__deepcopy__", None) is None and not copyreg._slotnames(cls))
+    if plain:
+        y = memo[id(obj)] = cls.__new__(cls)
+        y.__setstate__({k: _tree_copy(v, memo) for k, v in obj.__getstate__().items()})
+        return y
+    return copy.deepcopy(obj, memo)
 
 
 def _laid_out_like(new: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
