@@ -518,7 +518,7 @@ def summary_lines(preview: dict) -> tuple[str, str, str]:
 
 
 #: what the status beside the buttons says while a preview or a round runs (a large model
-#: takes seconds: GPT-2 small's apply ~4 s here, verifying and re-tracing the result)
+#: takes seconds: GPT-2 small's apply ~7 s here, verifying and re-tracing the result)
 BUSY_PREVIEW = "Previewing: planning, scoring and checking each group…"
 BUSY_ROUND = "Working: pruning a copy, verifying it and tracing the result…"
 
