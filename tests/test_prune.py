@@ -2225,3 +2225,54 @@ def test_the_tree_copy_of_a_model_is_what_deepcopy_makes(make):
     if isinstance(m, ManyKinds):
         assert ours.a is ours.b and ours.head.weight is ours.emb.weight
         assert ours.act.__self__ is ours.a and ours.own.copied == 1
+
+
+UNFLATTEN_FILE = '''
+import torch
+from torch import nn
+
+
+class Decoder(nn.Module):
+    """A VAE/GAN decoder's start: a linear layer unflattened into channels, nn.Unflatten's
+    tuple holding the channel count (and, in the second, a spatial size equal to it)."""
+
+    def __init__(self, side=4):
+        super().__init__()
+        self.fc = nn.Linear(16, 8 * side * side)
+        self.unf = nn.Unflatten(1, (8, side, side))
+        self.conv = nn.Conv2d(8, 6, 3, padding=1)
+        self.head = nn.Conv2d(6, 3, 1)
+
+    def forward(self, z):
+        return self.head(torch.relu(self.conv(self.unf(self.fc(z)))))
+
+
+def square():
+    return Decoder(side=8)
+'''
+
+
+@pytest.mark.parametrize("attr", ["Decoder", "square"])
+def test_an_unflatten_size_tuple_follows_the_channels_it_holds(tmp_path, monkeypatch, attr):
+    """``nn.Unflatten(1, (8, 4, 4))`` after a linear layer: the group of the linear's output
+    (8 channels of 16 features each) runs only if item 0 of ``unflattened_size`` becomes the
+    new channel count; validation finds that item (not the spatial 8s of ``(8, 8, 8)``),
+    apply sets it, and the export reloads with it."""
+    (tmp_path / "decoders.py").write_text(UNFLATTEN_FILE)
+    monkeypatch.chdir(tmp_path)
+    lm = load_model(f"decoders.py:{attr}", inputs=["2x16"])
+    p = Pruner(lm.model, lm.inputs, output_layers=["head"])
+    g = next(grp for grp in p.groups if grp.root == "fc")
+    plan = p.plan(0.5)
+    assert not p.reason(g) and g.n_units == 8 and len(plan.removed[g.id]) == 4
+    assert [(r.attr, r.index) for r in p._sets[g.id]] == [("unflattened_size", 0)]
+    pruned = p.apply(plan)
+    side = lm.model.unf.unflattened_size[1]
+    assert pruned.unf.unflattened_size == (4, side, side)
+    assert lm.model.unf.unflattened_size == (8, side, side)  # the model given is untouched
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+    again = load_pruned(export_dir(p, plan, pruned, tmp_path / "out", lm.source))
+    assert again.unf.unflattened_size == (4, side, side)
+    with torch.no_grad():
+        assert torch.equal(again(*lm.inputs), pruned(*lm.inputs))

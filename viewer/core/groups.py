@@ -2107,8 +2107,8 @@ def group_of(graph: Graph, node: str | int, side: str = "out") -> Group:
 
 def fixed_sizes(graph: Graph, group: Group) -> list[tuple[Node, TensorKey, int, int]]:
     """Sizes written into traced calls that the group shrinks: ``split(size)`` (the part size
-    of equal parts), the explicit sizes of ``view``/``reshape`` (not the ``-1``), the
-    ``normalized_shape`` of ``F.layer_norm``/``F.rms_norm`` and the sizes of a fill
+    of equal parts), the explicit sizes of ``view``/``reshape``/``unflatten`` (not the
+    ``-1``), the ``normalized_shape`` of ``F.layer_norm``/``F.rms_norm`` and the sizes of a fill
     (``torch.zeros(layers, b, self.hidden)``, see ``optypes.FILLS``). Each as
     ``(node, tensor dim, its size before pruning, parts)``: after pruning the call needs the
     tensor dim's new size divided by ``parts``, which Python code must compute or store."""
@@ -2126,6 +2126,11 @@ def fixed_sizes(graph: Graph, group: Group) -> list[tuple[Node, TensorKey, int, 
               and isinstance(meta, ReshapeMeta)):
             out += [(node, (node.id, 0, d), size, 1) for d, size in enumerate(meta.out_shape)
                     if d != meta.inferred and (node.id, 0, d) in group.tensors]
+        elif (node.op_type is OpType.RESHAPE and node.target == "unflatten"
+              and isinstance(meta, ReshapeMeta)):  # nn.Unflatten(1, (C, H, W))
+            out += [(node, (node.id, 0, d), meta.out_shape[d], 1)
+                    for d in _unflattened_dims(meta)
+                    if d != meta.inferred and (node.id, 0, d) in group.tensors]
         elif (node.op_type is OpType.REDUCTION and isinstance(meta, ReduceMeta)
               and meta.op in SHAPE_NORMS):  # normalized_shape=(self.dim,)
             out += [(node, (node.id, 0, d), node.out_shapes[0][d], 1) for d in meta.dims
@@ -2133,6 +2138,18 @@ def fixed_sizes(graph: Graph, group: Group) -> list[tuple[Node, TensorKey, int, 
         elif node.op_type is OpType.CONSTANT and node.target in FILLS:
             out += [(node, (node.id, 0, d), size, 1) for d, size in enumerate(node.out_shapes[0])
                     if (node.id, 0, d) in group.tensors]
+    return out
+
+
+def _unflattened_dims(meta: ReshapeMeta) -> list[int]:
+    """The output dims an ``unflatten`` call wrote sizes for: those that one input dim
+    became, found from the shapes (every split point that fits, when several do)."""
+    a, b = meta.in_shape, meta.out_shape
+    k = len(b) - len(a) + 1
+    out: list[int] = []
+    for d in range(len(a)):
+        if b[:d] == a[:d] and b[d + k:] == a[d + 1:] and math.prod(b[d:d + k]) == a[d]:
+            out += [i for i in range(d, d + k) if i not in out]
     return out
 
 

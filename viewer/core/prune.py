@@ -84,7 +84,10 @@ class SizeAttr:
     size: int
     parts: int = 1
     sizes: tuple[int, ...] = ()  #: a split's part sizes, when the attribute holds them all
-    boxed: bool = False  #: the attribute holds the size in a 1-tuple (``normalized_shape``)
+    #: the attribute is a list or tuple holding the size as its item ``index``
+    #: (``normalized_shape = (hidden,)``, ``nn.Unflatten``'s ``unflattened_size = (C, H, W)``)
+    boxed: bool = False
+    index: int = 0
 
     @property
     def label(self) -> str:
@@ -709,6 +712,7 @@ class Pruner:
                 pos, unit = tensors[key]
                 removed[key].update(pos[np.isin(unit, units)].tolist())
         out: dict[str, dict[str, int]] = defaultdict(dict)
+        items: dict[tuple[str, str, int], int] = {}  # (module, attribute, item) -> value
         for r in wanted:
             if r.sizes:
                 value = self._part_widths(r, removed[r.tensor])
@@ -719,9 +723,14 @@ class Pruner:
                 continue
             width = r.size - len(removed[r.tensor])
             value = width // r.parts
-            if r.boxed:
-                value = self._boxed(r, value)
-            if width % r.parts or out[r.module].get(r.attr, value) != value:
+            if r.boxed and not width % r.parts:
+                item = (r.module, r.attr, r.index)
+                if items.setdefault(item, value) != value:
+                    raise DepViewError(f"cannot set item {r.index} of {r.label}: two groups of "
+                                       f"the plan need {items[item]} and {value}")
+                value = self._boxed(r, value, out[r.module].get(r.attr))
+            if width % r.parts or out[r.module].get(r.attr, value) != value \
+                    and not r.boxed:
                 raise DepViewError(f"cannot set {r.label}: the plan leaves "
                                    f"'{self.graph.nodes[r.node].name}' {width} positions "
                                    f"for {r.parts} equal parts"
@@ -735,8 +744,13 @@ class Pruner:
         """The value the model's module holds in ``r``'s attribute."""
         return getattr(dict(self.model.named_modules())[r.module], r.attr)
 
-    def _boxed(self, r: SizeAttr, value: int) -> list[int] | tuple[int, ...]:
-        return [value] if isinstance(self._stored(r), list) else (value,)
+    def _boxed(self, r: SizeAttr, value: int, current=None) -> list[int] | tuple[int, ...]:
+        """The attribute's list or tuple with item ``r.index`` set to ``value`` (``current``:
+        the value other items of the plan already set, else the stored one)."""
+        stored = self._stored(r)
+        items = list(stored if current is None else current)
+        items[r.index] = value
+        return items if isinstance(stored, list) else tuple(items)
 
     def _part_widths(self, r: SizeAttr, removed: set[int]) -> list[int] | tuple[int, ...]:
         """The new part sizes of a split whose sizes attribute ``r`` holds, in its own type."""
@@ -1139,9 +1153,11 @@ class Pruner:
                     continue
                 if type(v) is int and v == size // parts:
                     out.append(SizeAttr(node.module, k, node.id, key, size, parts))
-                elif type(v) in (list, tuple) and len(v) == 1 and type(v[0]) is int \
-                        and v[0] == size // parts:  # normalized_shape = (hidden_size,)
-                    out.append(SizeAttr(node.module, k, node.id, key, size, parts, boxed=True))
+                elif type(v) in (list, tuple) and len(v) <= 8:
+                    # normalized_shape = (hidden_size,), unflattened_size = (C, H, W)
+                    out += [SizeAttr(node.module, k, node.id, key, size, parts, boxed=True,
+                                     index=i)
+                            for i, x in enumerate(v) if type(x) is int and x == size // parts]
         for node, key, sizes in split_sizes(self.graph, group):
             if node.module not in mods:
                 continue
@@ -1268,7 +1284,7 @@ def _mirrors(cands: list[SizeAttr], found: list[SizeAttr]) -> bool:
     delta = found[0].node - cands[0].node
     return delta != 0 and all(
         a.attr == b.attr and a.size == b.size and a.parts == b.parts and a.sizes == b.sizes
-        and a.boxed == b.boxed and b.node - a.node == delta
+        and a.boxed == b.boxed and a.index == b.index and b.node - a.node == delta
         and b.tensor == (a.tensor[0] + delta, *a.tensor[1:])
         for a, b in zip(cands, found, strict=True))
 
