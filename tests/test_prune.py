@@ -1,4 +1,5 @@
 import copy
+import dataclasses
 import json
 import math
 import re
@@ -2276,3 +2277,11 @@ def test_an_unflatten_size_tuple_follows_the_channels_it_holds(tmp_path, monkeyp
     assert again.unf.unflattened_size == (4, side, side)
     with torch.no_grad():
         assert torch.equal(again(*lm.inputs), pruned(*lm.inputs))
+    # an item two groups would set to different values is refused, not set by the last one
+    conv = next(grp for grp in p.groups if grp.root == "conv")
+    (r,) = p._sets[g.id]
+    key = next(k for k in conv.tensors if k[0] == p.graph.node("conv").id)
+    p._sets[conv.id] = [dataclasses.replace(r, tensor=key, size=6)]
+    with pytest.raises(DepViewError, match="cannot set item 0 of unf.unflattened_size: two "
+                                           "groups of the plan need"):
+        p.size_attrs(Plan({g.id: [0, 1, 2, 3], conv.id: [0]}))

@@ -726,8 +726,8 @@ class Pruner:
             if r.boxed and not width % r.parts:
                 item = (r.module, r.attr, r.index)
                 if items.setdefault(item, value) != value:
-                    raise DepViewError(f"cannot set item {r.index} of {r.label}: two groups of "
-                                       f"the plan need {items[item]} and {value}")
+                    raise DepViewError(f"cannot set item {r.index} of {r.label}: two groups of"
+                                       f" the plan need {items[item]} and {value}")
                 value = self._boxed(r, value, out[r.module].get(r.attr))
             if width % r.parts or out[r.module].get(r.attr, value) != value \
                     and not r.boxed:
