@@ -218,6 +218,17 @@
               if (first.empty()) {  // or at the first layer
                 first = top.filter(function (n) { return n.position('y') <= tb.y1 + 40; });
               }
+              // with the layers that read them: a wide module box can put those far to the
+              // side, and an input alone on screen shows nothing of the model (HF PVT)
+              var readers = first.outgoers('node').filter(function (n) {
+                return n.isChildless();
+              });
+              var both = first.union(readers);
+              if (readers.nonempty() && both.boundingBox().w * z > cy.width() - 40) {
+                first = readers.first();  // not both on one screen: the first layer
+              } else if (readers.nonempty()) {
+                first = both;
+              }
               if (first.nonempty()) { tb = first.boundingBox(); }
             }
             cy.pan({x: cy.width() / 2 - (tb.x1 + tb.w / 2) * z, y: 20 - bb.y1 * z});

@@ -149,6 +149,29 @@ def test_switching_to_a_model_of_another_structure_draws_all_of_it(dash_duo):
     assert severe == []
 
 
+def test_a_new_graph_opens_on_its_first_layer_when_the_input_is_far_from_it(dash_duo):
+    """A new graph too wide for one screen opens at the model's input, with the layer that
+    reads it. When a wide module box puts that layer far to one side (HF PVT's patch
+    embedding), the page showed the input alone beside an empty box: it shows the layer."""
+    _start(dash_duo, create_app())
+    _wait_graph(dash_duo, "layer1.0.conv1")
+    on_screen = _js(dash_duo, """
+        var cy = window.cy, x = cy.nodes('[op_type = "input"]'), c = cy.nodes().filter(
+            function (n) { return n.data('name') === 'conv1'; });
+        cy.batch(function () {  // the input at the far left of a wide first row
+            x.position({x: c.position('x') - 4 * cy.width(), y: x.position('y')});
+            cy.nodes().filter(function (n) { return n.isChildless() && n.id() !== x.id() &&
+                n.id() !== c.id() && n.position('y') < c.position('y') + 600; })
+              .forEach(function (n, i) { n.position({x: n.position('x') + 40 * i,
+                                                     y: n.position('y')}); });
+        });
+        window.dash_clientside.depview.zoomTo({top: true, n: 0});
+        var p = c.renderedPosition();
+        return [p.x >= 0 && p.x <= cy.width() && p.y >= 0 && p.y <= cy.height(),
+                cy.zoom()];""")
+    assert on_screen[0], on_screen
+
+
 def test_fit_says_when_the_whole_graph_is_too_small_to_read(dash_duo):
     _start(dash_duo, create_app())
     _wait_graph(dash_duo, "layer1.0.conv1")
