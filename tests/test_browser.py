@@ -281,7 +281,8 @@ def test_preview_annotates_the_inspected_group_and_its_edges(dash_duo):
 
 
 def test_a_running_apply_says_what_it_does_until_it_ends(dash_duo, monkeypatch):
-    # GPT-2 small's apply takes ~30 s; only a disabled button showed that anything ran
+    # GPT-2 small's apply takes seconds (about 7 here); only a disabled button showed that
+    # anything ran
     from viewer.app.callbacks import prune
 
     real, release = prune.apply_round, threading.Event()
@@ -299,6 +300,28 @@ def test_a_running_apply_says_what_it_does_until_it_ends(dash_duo, monkeypatch):
     assert dash_duo.find_element(f"#{ids.PREVIEW}").get_property("disabled")
     release.set()
     dash_duo.wait_for_contains_text(f"#{ids.MESSAGE}", "Round 1 applied", timeout=TIMEOUT)
+    dash_duo.wait_for_text_to_equal(f"#{ids.BUSY}", "", timeout=TIMEOUT)
+
+
+def test_a_loading_model_says_so_until_it_is_drawn(dash_duo, monkeypatch):
+    # a model whose groups need many checks loads for seconds (HF PVT about 9): only a
+    # disabled picker showed that anything ran
+    from viewer.app.callbacks import model
+
+    real, release = model.choose_model, threading.Event()
+
+    def held(store, sid, spec, *args, **kwargs):  # the pick waits until the status is seen
+        if spec == "demo:resnet":
+            release.wait(TIMEOUT)
+        return real(store, sid, spec, *args, **kwargs)
+
+    monkeypatch.setattr(model, "choose_model", held)
+    _start(dash_duo, create_app([ModelEntry("demo:cnn"), ModelEntry("demo:resnet")]))
+    _wait_graph(dash_duo, "features.0")
+    dash_duo.select_dcc_dropdown(f"#{ids.MODEL_PICKER}", value="demo:resnet")
+    dash_duo.wait_for_contains_text(f"#{ids.BUSY}", "Loading the model", timeout=TIMEOUT)
+    release.set()
+    _wait_graph(dash_duo, "layer1.0.conv1")
     dash_duo.wait_for_text_to_equal(f"#{ids.BUSY}", "", timeout=TIMEOUT)
 
 

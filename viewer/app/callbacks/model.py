@@ -18,6 +18,9 @@ from .common import decode_upload, error_message, fmt_count, message
 
 #: how many models' applied rounds a session keeps while another model is shown
 SHELF_SIZE = 3
+#: what the status beside the prune buttons says while a model loads (a large one, or one
+#: whose groups need many checks, takes seconds: HF PVT about 9 s here)
+BUSY_LOADING = "Loading the model: tracing it and checking its groups…"
 
 
 def _fresh(session: Session, base: Base, stages: list | None = None) -> None:
@@ -261,7 +264,8 @@ def register(app, store: SessionStore) -> None:
         Input(ids.UPLOAD, "contents"),
         State(ids.UPLOAD, "filename"),
         State(ids.SESSION, "data"),
-        running=[(Output(ids.MODEL_PICKER, "disabled"), True, False)],
+        running=[(Output(ids.MODEL_PICKER, "disabled"), True, False),
+                 (Output(ids.BUSY, "children"), BUSY_LOADING, "")],
     )
     def on_model(spec, contents, filename, sid):
         return choose_model(store, sid, spec, contents, filename,
