@@ -2285,3 +2285,13 @@ def test_an_unflatten_size_tuple_follows_the_channels_it_holds(tmp_path, monkeyp
     with pytest.raises(DepViewError, match="cannot set item 0 of unf.unflattened_size: two "
                                            "groups of the plan need"):
         p.size_attrs(Plan({g.id: [0, 1, 2, 3], conv.id: [0]}))
+    # the same for a plain int attribute, and a width that its parts do not divide
+    p._sets = {g.id: [dataclasses.replace(r, boxed=False)],
+               conv.id: [dataclasses.replace(r, boxed=False, tensor=key, size=6)]}
+    with pytest.raises(DepViewError, match="cannot set unf.unflattened_size: two groups of "
+                                           "the plan need 4 and 5"):
+        p.size_attrs(Plan({g.id: [0, 1, 2, 3], conv.id: [0]}))
+    p._sets = {g.id: [dataclasses.replace(r, parts=3)]}
+    with pytest.raises(DepViewError, match="the plan leaves 'unf.unflatten' 4 positions for "
+                                           "3 equal parts"):
+        p.size_attrs(Plan({g.id: [0, 1, 2, 3]}))

@@ -723,19 +723,18 @@ class Pruner:
                 continue
             width = r.size - len(removed[r.tensor])
             value = width // r.parts
-            if r.boxed and not width % r.parts:
+            if width % r.parts:
+                raise DepViewError(f"cannot set {r.label}: the plan leaves "
+                                   f"'{self.graph.nodes[r.node].name}' {width} positions "
+                                   f"for {r.parts} equal parts")
+            if r.boxed:  # one item of a list or tuple: other items may be set by others
                 item = (r.module, r.attr, r.index)
                 if items.setdefault(item, value) != value:
                     raise DepViewError(f"cannot set item {r.index} of {r.label}: two groups of"
                                        f" the plan need {items[item]} and {value}")
                 value = self._boxed(r, value, out[r.module].get(r.attr))
-            if width % r.parts or out[r.module].get(r.attr, value) != value \
-                    and not r.boxed:
-                raise DepViewError(f"cannot set {r.label}: the plan leaves "
-                                   f"'{self.graph.nodes[r.node].name}' {width} positions "
-                                   f"for {r.parts} equal parts"
-                                   if width % r.parts else
-                                   f"cannot set {r.label}: two groups of the plan need "
+            elif out[r.module].get(r.attr, value) != value:
+                raise DepViewError(f"cannot set {r.label}: two groups of the plan need "
                                    f"{out[r.module][r.attr]} and {value}")
             out[r.module][r.attr] = value
         return dict(out)
