@@ -830,11 +830,19 @@ def _result_template(out, tensors: list):
                 parts.append(i)
                 break
         else:
-            if not o.is_meta or o.requires_grad or o._is_view() or o.storage_offset() \
-                    or o.layout is not torch.strided:
+            if not o.is_meta or o.requires_grad or o.storage_offset() \
+                    or o.layout is not torch.strided or (o._is_view() and _aliases(o, tensors)):
                 return _UNCACHEABLE
             parts.append((o.shape, o.stride(), o.dtype))
     return kind, parts
+
+
+def _aliases(view: torch.Tensor, tensors: list) -> bool:
+    """Is ``view`` a view of one of ``tensors`` (or of what they view)? A view of a tensor
+    the call made itself (meta's ``linear`` on 3-d input returns its ``addmm`` result
+    viewed) shares memory with nothing the caller holds: a fresh tensor stands in for it."""
+    base = view._base
+    return any(t is base or t._base is base for t in tensors)
 
 
 #: In-place ops that change a tensor's shape (or swap its data): pending records read shapes
