@@ -1699,9 +1699,9 @@ def _tree_copy(obj, memo: dict):
         for k, v in obj.items():
             y[k if type(k) in _ATOMS else _tree_copy(k, memo)] = _tree_copy(v, memo)
         return y
-    if cls is list:
+    if cls is list:  # (LeViT keeps lists of 10^5 ints: no call per plain item)
         y = memo[id(obj)] = []
-        y.extend(_tree_copy(v, memo) for v in obj)
+        y.extend([v if type(v) in _ATOMS else _tree_copy(v, memo) for v in obj])
         return y
     if cls is set and all(type(v) in _ATOMS for v in obj):  # _non_persistent_buffers_set
         y = memo[id(obj)] = set(obj)
