@@ -2295,3 +2295,46 @@ def test_an_unflatten_size_tuple_follows_the_channels_it_holds(tmp_path, monkeyp
     with pytest.raises(DepViewError, match="the plan leaves 'unf.unflatten' 4 positions for "
                                            "3 equal parts"):
         p.size_attrs(Plan({g.id: [0, 1, 2, 3]}))
+
+
+class SharedHeadDimAttention(nn.Module):
+    """q·k and v read one stored ``head_dim`` (as PVT's ``attention_head_size``, OPT's
+    ``head_dim``): set for one group, it breaks the other's view."""
+
+    def __init__(self):
+        super().__init__()
+        self.q, self.k, self.v, self.o = (nn.Linear(8, 8) for _ in range(4))
+        self.head_dim = 4
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        q, k, v = (f(x).view(b, t, 2, self.head_dim).transpose(1, 2)
+                   for f in (self.q, self.k, self.v))
+        a = torch.softmax(q @ k.transpose(-1, -2), -1) @ v
+        return self.o(a.transpose(1, 2).reshape(b, t, 8))
+
+
+class SharedHeadDimNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = SharedHeadDimAttention()
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(self.attn(x))
+
+
+def test_a_stored_size_two_groups_read_is_named_in_their_reasons():
+    """Validation set ``attn.head_dim`` to the new size and the model still failed (the
+    other group's view reads it too): the reason says which attributes were tried, so the
+    user sees why a stored size did not follow."""
+    torch.manual_seed(0)
+    p = Pruner(SharedHeadDimNet().eval(), (torch.randn(2, 5, 8),), output_layers=["head"])
+    p.validate_groups()
+    for root in ("attn.q", "attn.v"):
+        g = next(grp for grp in p.groups if grp.root == root)
+        reason = p.reason(g)
+        assert "the model's forward fails when this group shrinks" in reason, reason
+        assert reason.endswith("; setting the attributes equal to that size (attn: head_dim) "
+                               "to the new size did not make it run either: another group "
+                               "may read the same attribute"), reason

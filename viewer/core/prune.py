@@ -859,6 +859,10 @@ class Pruner:
 
         repaired: list[tuple[list[SizeAttr], list[SizeAttr]]] = []  # (candidates, choice)
         unrepaired: list[list[SizeAttr]] = []  # candidates none of which made a group run
+        # group id -> the stored sizes that did not make it run, and whether that was seen on
+        # the same block one layer back: the reason says so (a size two groups read, as PVT's
+        # attention_head_size for q/k and for v, cannot follow one of them)
+        not_run: dict[int, tuple[list[SizeAttr], bool]] = {}
 
         def repair(g: Group) -> bool:
             """A group that fails alone: if it shrinks a split or view size that equals integer
@@ -878,6 +882,7 @@ class Pruner:
                 repaired.append((found, like))
                 return True
             if any(_mirrors(c, found) for c in unrepaired):
+                not_run[g.id] = (found, True)
                 return False  # the same block one layer back: none of these made it run
             candidates = found
             if attempt([g], {g.id: found}):
@@ -886,6 +891,7 @@ class Pruner:
                 single = next(([r] for r in found if not attempt([g], {g.id: [r]})), None)
                 if single is None:
                     unrepaired.append(found)
+                    not_run[g.id] = (found, False)
                     return False
                 found = single
             # none needed at all (a residual stream that failed only beside other groups):
@@ -949,6 +955,8 @@ class Pruner:
             err = attempt(gs)
             if err and len(gs) == 1 and (repair(gs[0]) or try_outer(gs[0], err)):
                 err = ""
+            elif err and len(gs) == 1 and gs[0].id in not_run:
+                err += _not_run_hint(*not_run[gs[0].id])
             if err and len(gs) > 1 and with_stored_sizes(gs):
                 return
             if not err and len(gs) > 1:
@@ -1313,6 +1321,22 @@ def _nonfinite_mismatches(a: torch.Tensor, b: torch.Tensor) -> int:
 _VIEW_HINT = ("; a size given to view/reshape did not follow the pruned width (code that reads "
               "it from another tensor, B, T, C = x.shape, keeps the old one; -1 or a module "
               "attribute follows)")
+
+
+def _not_run_hint(found: list[SizeAttr], by_analogy: bool) -> str:
+    """What a failing group's reason adds when module attributes equal to the size it
+    shrinks were set to the new size and the model still failed."""
+    by_module: dict[str, list[str]] = {}
+    for r in found:
+        attrs = by_module.setdefault(r.module or "<root>", [])
+        if r.attr not in attrs:
+            attrs.append(r.attr)
+    names = "; ".join(f"{m}: {', '.join(a)}" for m, a in list(by_module.items())[:2])
+    if len(by_module) > 2:
+        names += f" (+{len(by_module) - 2} modules)"
+    where = " (as in the same block one layer back)" if by_analogy else ""
+    return (f"; setting the attributes equal to that size ({names}) to the new size did not "
+            f"make it run either{where}: another group may read the same attribute")
 
 
 def _probe_units(group: Group, end: str) -> list[int]:
