@@ -1998,6 +1998,18 @@ def test_unfold_and_fold_map_each_channel_to_its_k_by_k_patch_rows():
     assert all(m.node_name != "fc" or m.side == "in" for m in g.members)
 
 
+def _half_pruned(p, g=None, removed: int | None = None) -> nn.Module:
+    """The model of ``p`` pruned by its ratio 0.5 plan, checked: group ``g`` lost ``removed``
+    units (when given), and the pruned model runs and is masked-equivalent to the original."""
+    plan = p.plan(0.5)
+    if removed is not None:
+        assert len(plan.removed[g.id]) == removed
+    pruned = p.apply(plan)
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+    return pruned
+
+
 def _pruner(model: nn.Module, x: torch.Tensor):
     from viewer.core.prune import Pruner
 
@@ -2107,12 +2119,8 @@ def test_median_mode_and_kthvalue_over_pixels_keep_the_channels(op):
     p = _pruner(Medians(op), torch.randn(2, 3, 8, 8))
     g = next(grp for grp in p.groups if grp.root == "c")
     assert not p.reason(g) and g.exact and g.n_units == 8
-    plan = p.plan(0.5)
-    assert len(plan.removed[g.id]) == 4
-    pruned = p.apply(plan)
+    pruned = _half_pruned(p, g, 4)
     assert pruned.fc.in_features == 4
-    v = p.verify(pruned, plan)
-    assert v["forward"] and v["masked_equivalence"]["ok"], v
 
 
 class Fourier(nn.Module):
@@ -2156,12 +2164,8 @@ def test_channels_pass_through_an_fft_over_time():
     assert {(m.node_name, m.side, m.dim) for m in g.members} == {
         ("a", "out", 2), ("filt", "param", 0), ("head", "in", 2)}
     assert not p.reason(g) and g.exact
-    plan = p.plan(0.5)
-    assert len(plan.removed[g.id]) == 4
-    pruned = p.apply(plan)
+    pruned = _half_pruned(p, g, 4)
     assert pruned.filt.shape == (4, 6)
-    v = p.verify(pruned, plan)
-    assert v["forward"] and v["masked_equivalence"]["ok"], v
 
 
 class SpectralConv(nn.Module):
@@ -2197,12 +2201,8 @@ def test_a_fill_written_by_an_index_follows_the_written_channels():
     assert {(m.node_name, m.side, m.dim) for m in g.members} == {
         ("skip", "out", 1), ("head", "in", 1), ("w", "param", 1)}
     assert not p.reason(g) and g.exact
-    plan = p.plan(0.5)
-    assert len(plan.removed[g.id]) == 3
-    pruned = p.apply(plan)
+    pruned = _half_pruned(p, g, 3)
     assert pruned.w.shape == (4, 3, 3) and pruned.head.in_channels == 3
-    v = p.verify(pruned, plan)
-    assert v["forward"] and v["masked_equivalence"]["ok"], v
 
 
 def test_a_fill_changed_in_place_before_its_write_stays_a_constant():
@@ -2238,12 +2238,8 @@ def test_cdist_sums_over_the_features_of_both_sets():
     assert {(m.node_name, m.side, m.dim) for m in g.members} == {
         ("emb", "out", 1), ("emb:1", "out", 1)}
     assert not p.reason(g) and g.exact and g.n_units == 16
-    plan = p.plan(0.5)
-    assert len(plan.removed[g.id]) == 8
-    pruned = p.apply(plan)
+    pruned = _half_pruned(p, g, 8)
     assert pruned.emb.out_features == 8
-    v = p.verify(pruned, plan)
-    assert v["forward"] and v["masked_equivalence"]["ok"], v
 
 
 class BilinearHead(nn.Module):
@@ -2270,11 +2266,8 @@ def test_bilinear_couples_each_input_with_its_dim_of_the_weight():
     assert members["bil.bias"] == {("bil.weight", "param", 0), ("bil.bias", "param", 0),
                                    ("out", "in", 1)}
     assert all(not p.reason(g) and g.exact for g in p.groups if g.root != "out")
-    plan = p.plan(0.5)
-    pruned = p.apply(plan)
+    pruned = _half_pruned(p)
     assert pruned.bil.weight.shape == (6, 8, 4) and pruned.bil.bias.shape == (6,)
-    v = p.verify(pruned, plan)
-    assert v["forward"] and v["masked_equivalence"]["ok"], v
 
 
 class SoftChoice(nn.Module):
@@ -2331,11 +2324,8 @@ def test_complex_views_keep_every_dim_but_the_real_imaginary_pair():
     assert {(m.node_name, m.side, m.dim) for m in g.members} == {
         ("c", "out", 1), ("cw", "param", 2), ("head", "in", 1)}
     assert not p.reason(g) and g.exact
-    plan = p.plan(0.5)
-    pruned = p.apply(plan)
+    pruned = _half_pruned(p)
     assert pruned.cw.shape == (4, 3, 4, 2)
-    v = p.verify(pruned, plan)
-    assert v["forward"] and v["masked_equivalence"]["ok"], v
 
     class Pair(nn.Module):  # a layer's two outputs read as one complex number
         def __init__(self):
