@@ -53,6 +53,7 @@ from .optypes import (
     COMPLEX_VIEWS,
     FILLS,
     INDEX_OUTPUTS,
+    PAIR_REDUCTIONS,
     SEQUENCE_PACKING,
     SHAPE_NORMS,
     OpGroup,
@@ -464,7 +465,7 @@ def _elementwise_rule(g, node, side, port, dim, units, pos, ctx):
         return _features_last_rule(node, side, port, dim, units, pos, ctx)
     if node.target in COMPLEX_VIEWS:
         return _complex_view_rule(node, side, port, dim, units, pos, ctx)
-    if node.target == "cosine_similarity":
+    if node.target in PAIR_REDUCTIONS:
         return _pair_reduction_rule(node, side, port, dim, units, pos, ctx)
     if isinstance(meta, ElementwiseMeta) and meta.moves and any(
             0 < len(s) < len(out) for s in node.in_shapes) and _indexed_along(node, out):
@@ -534,9 +535,10 @@ def _complex_view_rule(node, side, port, dim, units, pos, ctx):
 
 
 def _pair_reduction_rule(node, side, port, dim, units, pos, ctx):
-    """``F.cosine_similarity(a, b, dim)`` on two tensors of one shape: position i of a is
-    position i of b; the dim it reduces (``meta.mixes``) is gone from the output, and a group
-    there is inexact (the norms change); every other dim is the output's, in order."""
+    """``optypes.PAIR_REDUCTIONS``: ``F.cosine_similarity(a, b, dim)`` on two tensors of one
+    shape: position i of a is position i of b; the dim it reduces (``meta.mixes``) is gone
+    from the output, and a group there is inexact (the norms change); every other dim is the
+    output's, in order."""
     a, out = node.in_shapes[0], node.out_shapes[0]
     meta = node.meta
     if len(node.in_shapes) != 2 or node.in_shapes[1] != a or len(out) != len(a) - 1 \

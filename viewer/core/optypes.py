@@ -518,6 +518,11 @@ SHAPE_NORMS: frozenset[str] = frozenset({"layer_norm", "rms_norm"})
 #: beside it. Elementwise by type; their rule lets only that last dim through.
 SEQUENCE_PACKING: frozenset[str] = frozenset({"pack_padded_sequence", "pad_packed_sequence"})
 
+#: Reductions of one dim of two same-shaped tensors to one value per position (a siamese
+#: net's score), by function name. Elementwise by type (their ``DIM_ARGS`` entry says which
+#: dim they mix); their rule couples both inputs position by position, inexactly there.
+PAIR_REDUCTIONS: frozenset[str] = frozenset({"cosine_similarity"})
+
 #: Views between a last dim of 2 (real, imaginary) and complex numbers, by function name:
 #: ``view_as_complex`` drops that dim and ``view_as_real`` appends it (Meta's Llama rotary
 #: embedding, GFNet's filters). Elementwise by type; their rule keeps every other dim in place.

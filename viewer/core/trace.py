@@ -250,6 +250,8 @@ class _Tracer(TorchFunctionMode):
         """A fill written to after it was first read (``m.narrow(0, 0, 4).mul_(3)`` once a view
         of ``m`` was taken) no longer holds one value everywhere: its node becomes a plain
         constant, which blocks the groups that reach it."""
+        if not self.fill_nodes:  # (most traces: no pass over the edges)
+            return
         readers: dict[int, list[int]] = {node.id: [] for _, node, _ in self.fill_nodes}
         for e in self.edges:
             if e.source in readers:
