@@ -111,6 +111,26 @@ def test_an_export_without_pt2_says_so_and_its_zip_stores_weights_as_they_are(de
         assert torch.equal(model(*lm.inputs), pruned(*lm.inputs))
 
 
+def test_every_exported_file_gets_the_umask_mode_in_the_folder_and_in_its_zip(demo_pruner,
+                                                                              tmp_path):
+    # safetensors writes its file 0600: a checkpoint copied for another user (a shared
+    # folder, a container) could not be read by them, though its JSON files could
+    import os
+    import stat
+
+    lm, p = demo_pruner("cnn")
+    plan = p.plan(0.5)
+    old = os.umask(0o022)
+    try:
+        out = export_dir(p, plan, p.apply(plan), tmp_path / "z", lm.source, pt2=False)
+    finally:
+        os.umask(old)
+    modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in out.iterdir()}
+    assert modes == dict.fromkeys(("model.safetensors", "plan.json", "report.json"), 0o644)
+    with zipfile.ZipFile(io.BytesIO(zip_dir(out))) as zf:
+        assert {i.filename: stat.S_IMODE(i.external_attr >> 16) for i in zf.infolist()} == modes
+
+
 def test_an_export_never_overwrites_what_it_did_not_write(demo_pruner, tmp_path):
     lm, p = demo_pruner("cnn")
     plan = p.plan(0.5)

@@ -152,6 +152,9 @@ def export_dir(pruner: Pruner, plan: Plan, pruned: nn.Module, out_dir: str | Pat
         save_file(_state_dict(pruned), str(stage / "model.safetensors"),
                   metadata={"format": FORMAT})
         (stage / "plan.json").write_text(dumps(plan_json, indent=1))
+        # safetensors writes its file readable by its owner alone (0600); give it the mode
+        # any file written here gets (the umask's), as the JSON files have
+        shutil.copymode(stage / "plan.json", stage / "model.safetensors")
         report = {
             "params": preview["params"], "macs": preview["macs"],
             "output_shapes": verification.get("output_shapes"),
