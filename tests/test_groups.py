@@ -2398,3 +2398,64 @@ def test_cosine_similarity_couples_both_embeddings_inexactly():
     exact = p.plan_from_dict({"removed": {str(hidden.id): [0, 3, 5]}})
     v = p.verify(p.apply(exact), exact)
     assert v["masked_equivalence"]["ok"], v
+
+
+class PartlyBlocked(nn.Module):
+    """conv's first 3 channels are scaled by a buffer (they reach it: not prunable), the
+    other 5 only feed ``head`` (prunable); ``out`` also returns the last 2 channels, sliced
+    by a fixed start (``"fixed"``: ``y[:, 6:]``) or from the end (``"end"``: ``y[:, -2:]``)."""
+
+    def __init__(self, out: str = ""):
+        super().__init__()
+        self.out = out
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.register_buffer("scale", torch.rand(1, 3, 1, 1) + 0.5)
+        self.head = nn.Conv2d(8, 5, 1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        z = self.head(torch.cat([y[:, :3] * self.scale, y[:, 3:]], 1))
+        if self.out:
+            return z, y[:, 6:] if self.out == "fixed" else y[:, -2:]
+        return z
+
+
+def _channels(g, name: str) -> list[int]:
+    return np.unique(g.member(name, "out").pos).tolist()
+
+
+@pytest.mark.parametrize("out", ["", "fixed", "end"])
+def test_units_that_reach_a_blocker_split_off_and_the_rest_prune(out):
+    # before, one buffer (or one model output) reached by some channels blocked them all
+    torch.manual_seed(0)
+    model, x = PartlyBlocked(out).eval(), torch.randn(1, 3, 8, 8)
+    g = build_graph(model, x)
+    whole = group_of(g, "conv")
+    assert not whole.prunable and whole.n_units == 8  # on the spot: one group, blocked
+    parts = [grp for grp in all_groups(g) if grp.root == "conv"]
+    assert [grp.id for grp in parts] == [0, 1]
+    free, blocked = parts
+    tail = [6, 7] if out else []
+    assert _channels(free, "conv") == [c for c in range(3, 8) if c not in tail]
+    assert sorted(_channels(blocked, "conv")) == [0, 1, 2] + tail
+    assert free.prunable and free.n_units == 5 - len(tail)
+    assert not blocked.prunable and blocked.n_units == 3 + len(tail)
+    assert any("buffer 'scale'" in r for r in blocked.reasons)
+    assert any("model output" in r for r in blocked.reasons) == bool(out)
+    # the two parts hold exactly the whole group's pairs, each unit renumbered in order
+    for m in whole.members:
+        got = np.concatenate([grp.member(m.node_name, m.side).pos for grp in parts])
+        assert sorted(got.tolist()) == sorted(m.pos.tolist())
+    for grp in parts:
+        for m in grp.members:
+            assert np.unique(m.unit).tolist() == list(range(grp.n_units))
+    p = _pruner(model, x)
+    if out == "fixed":  # pruning below the fixed start moves what y[:, 6:] returns
+        assert "instead of [1, 2, 8, 8]" in p.reason(p.groups[0])
+        assert p.plan(0.5).removed == {}
+        return
+    k = free.n_units // 2
+    pruned = _half_pruned(p, p.groups[0], k)
+    assert pruned.conv.out_channels == 8 - k and torch.equal(pruned.scale, model.scale)
+    removed = free.member("conv", "out").indices(p.plan(0.5).removed[0])
+    assert set(removed.tolist()) <= set(_channels(free, "conv"))

@@ -166,7 +166,14 @@ class _Ctx:
         self.search.add_member(node, side, dim, units, pos)
 
     def block(self, reason: str) -> None:
-        self.search.reasons.append(reason)
+        """The group is not prunable: for the units of the batch a rule is being given (the
+        pairs that reached what blocks), or for all units when no batch is."""
+        s = self.search
+        s.reasons.append(reason)
+        if s.cur is None:
+            s.whole_blocked = True
+        else:
+            s.blocked.append(s.batches[s.cur][1])
 
     def multiple_of(self, n: int, why: str) -> None:
         """Units go in multiples of ``n``; ``why`` says so in words."""
@@ -1582,6 +1589,9 @@ class _Search:
         self.link_cache: dict[tuple[int, int], list[tuple]] = link_cache \
             if link_cache is not None else {}
         self.reasons: list[str] = []
+        # units that reached what blocks the group (see _Ctx.block); True: every unit
+        self.blocked: list[IntArray] = []
+        self.whole_blocked = False
         self.stats_notes: list[str] = []
         self.multiple = 1
         self.multiple_why: list[str] = []
@@ -1640,8 +1650,14 @@ class _Search:
     def tie(self, node, side, dim, units, pos):
         """``node`` shares a tensor with other nodes (a module called twice, tied weights):
         the channels its member cuts from that tensor are cut for them too, so the pairs go
-        to the side of each other node that the same tensor dim belongs to."""
-        g = self.g
+        to the side of each other node that the same tensor dim belongs to. A tie it cannot
+        follow blocks every unit of the group."""
+        n_reasons = len(self.reasons)
+        self._tie(self.g, node, side, dim, units, pos)
+        if len(self.reasons) > n_reasons:
+            self.whole_blocked = True
+
+    def _tie(self, g, node, side, dim, units, pos):
         others = g.sharing[node.id]
         if rnn_cell(node):  # every call of a cell: the same hidden units and input features
             for oid in others:
@@ -1919,9 +1935,12 @@ def out_channel_dim(node: Node) -> int | None:
 
 def _search(graph: Graph, root: Node, side: str, dim: int, pos: IntArray,
             gid: int, link_cache: dict | None = None, trail: list | None = None,
-            outer: bool = False) -> Group:
+            outer: bool = False, blocked: list | None = None) -> Group:
     """The group of ``pos`` on ``dim`` of ``root``'s output (``side="out"``) or input.
-    ``trail``, if given, receives every tensor key the search visited."""
+    ``trail``, if given, receives every tensor key the search visited. ``blocked``, if
+    given, receives the sorted labels of the units that reached what blocks the group when
+    those are some of its units, not all, and nothing else blocks it (see
+    :func:`split_blocked`)."""
     n = len(pos)
     s = _Search(graph, n, link_cache, outer)
     ctx = _Ctx(s)
@@ -2009,10 +2028,53 @@ def _search(graph: Graph, root: Node, side: str, dim: int, pos: IntArray,
     if grp.multiple_of > 1 and grp.multiple_of >= grp.n_units:
         grp.reasons.append(f"units must be removed in multiples of {grp.multiple_of} "
                            f"({'; '.join(grp.multiple_why)}), but there are only {grp.n_units}")
+    if blocked is not None and s.blocked and not s.whole_blocked and \
+            len(grp.reasons) == len(dict.fromkeys(s.reasons)):  # no reason for all units
+        bad = np.unique(label[np.concatenate(s.blocked)])
+        if len(bad) < grp.n_units:
+            blocked.append(bad)
     if trail is not None:
         trail.extend(s.cls)
         trail.extend(s.invalid)
     return grp
+
+
+def split_blocked(grp: Group, bad: IntArray, free_id: int, blocked_id: int
+                  ) -> tuple[Group, Group]:
+    """A group whose reasons hold for some of its units only (``bad``: the units that reached
+    what blocks it: a model output, a buffer, an index select), as two groups: the other
+    units, which touch nothing that blocks and so can be pruned, and the blocked ones with
+    the reasons. Units are independent by construction, so the two parts' members and
+    positions are the group's, divided by unit (each part's units renumbered in order)."""
+    is_bad = np.zeros(grp.n_units, dtype=bool)
+    is_bad[bad] = True
+    parts = []
+    for gid, want in ((free_id, False), (blocked_id, True)):
+        keep = is_bad == want
+        renum = np.cumsum(keep) - 1
+
+        def cut(p: IntArray, u: IntArray, keep=keep, renum=renum) -> tuple[IntArray, IntArray]:
+            sel = keep[u]
+            p, u = p[sel], renum[u[sel]]
+            p.flags.writeable = u.flags.writeable = False
+            return p, u
+
+        members = []
+        for m in grp.members:
+            p, u = cut(m.pos, m.unit)
+            if len(p):
+                members.append(Member(m.node, m.node_name, m.module, m.op_type, m.side, m.dim,
+                                      p, u))
+        tensors = {k: pu for k, (p, u) in grp.tensors.items() if len(((pu := cut(p, u)))[0])}
+        part = Group(gid, grp.root, grp.root_side, int(keep.sum()), members, tensors,
+                     list(grp.reasons) if want else [], grp.exact, list(grp.stats_notes),
+                     grp.multiple_of, list(grp.multiple_why))
+        if not want and part.multiple_of > 1 and part.multiple_of >= part.n_units:
+            part.reasons.append(f"units must be removed in multiples of {part.multiple_of} "
+                                f"({'; '.join(part.multiple_why)}), but there are only "
+                                f"{part.n_units}")
+        parts.append(part)
+    return parts[0], parts[1]
 
 
 def _unseen_detour(graph: Graph, keys) -> str | None:
@@ -2059,9 +2121,10 @@ def _unfollowed(graph: Graph, root: Node, dim: int, pos: IntArray, gid: int,
 
 
 def _search_or_unfollowed(graph: Graph, root: Node, dim: int, pos: IntArray, gid: int,
-                          link_cache: dict, trail: list | None = None) -> Group:
+                          link_cache: dict, trail: list | None = None,
+                          blocked: list | None = None) -> Group:
     try:
-        return _search(graph, root, "out", dim, pos, gid, link_cache, trail)
+        return _search(graph, root, "out", dim, pos, gid, link_cache, trail, blocked=blocked)
     except (DepViewError, IndexError, ValueError) as exc:
         return _unfollowed(graph, root, dim, pos, gid, exc)
 
@@ -2384,6 +2447,7 @@ def all_groups(graph: Graph, reuse: bool = True) -> list[Group]:
     for node, d in roots:
         cov = covered.get((node.id, 0, d))
         grp = None
+        blocked: list[IntArray] = []
         if cov is None:
             if repeats is not None:
                 grp = repeats.find(node, d, len(groups))
@@ -2391,17 +2455,24 @@ def all_groups(graph: Graph, reuse: bool = True) -> list[Group]:
                 trail: list[TensorKey] = []
                 pos = np.arange(node.out_shapes[0][d], dtype=np.int64)
                 grp = _search_or_unfollowed(graph, node, d, pos, len(groups), link_cache,
-                                            trail)
+                                            trail, blocked)
                 if repeats is not None:
                     repeats.add(node, d, grp, trail)
         else:
             pos = np.nonzero(~cov)[0]
             if len(pos) == 0:
                 continue
-            grp = _search_or_unfollowed(graph, node, d, pos, len(groups), link_cache)
-        if grp.reasons and (node.id, d) in extra_keys:
-            continue  # an expert dim, a width the model input gives: no group to show
-        groups.append(grp)
+            grp = _search_or_unfollowed(graph, node, d, pos, len(groups), link_cache,
+                                        blocked=blocked)
+        parts = [grp]
+        if blocked:  # some units reach what blocks: the others form a prunable group
+            parts = list(split_blocked(grp, blocked[0], len(groups), len(groups) + 1))
+        if (node.id, d) in extra_keys:
+            # an expert dim, a width the model input gives: no blocked group to show
+            parts = [p for p in parts if not p.reasons]
+            for i, p in enumerate(parts):
+                p.id = len(groups) + i
+        groups += parts
         for key in root_keys.intersection(grp.tensors):
             arr = covered.get(key)
             if arr is None:
