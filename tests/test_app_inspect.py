@@ -62,6 +62,11 @@ def test_output_layer_group_says_why_it_is_not_prunable(store):
     r = cb.inspect(store, "resnet", _op("fc"))
     assert "not prunable" in _text(r.group_panel)
     assert "output" in _text(r.group_panel)
+    # so does its entry in the group picker (a layer whose channels two groups hold, one
+    # prunable, one not, offers both)
+    assert r.group_options[0]["label"].endswith(" · not prunable")
+    conv = cb.inspect(store, "resnet", _op("layer1.0.conv1"), details=False)
+    assert "prunable" not in conv.group_options[0]["label"]
 
 
 def test_clicking_a_concat_shows_offsets_and_a_segmented_bar(store):
@@ -471,3 +476,28 @@ def test_an_attention_group_says_its_units_are_heads():
     assert "4 (attention heads: round to counts heads)" in text
     assert "attention heads" not in _text(
         cb.inspect(s, "llama", _op("layers.0.mlp.gate_proj")).group_panel)
+
+
+def test_a_layer_whose_units_are_partly_blocked_offers_both_groups(tmp_path, monkeypatch):
+    # its first 3 channels reach a buffer: one group of them, not prunable; the other 5 prune
+    from viewer.app.state import ModelEntry
+
+    (tmp_path / "partly.py").write_text(
+        "import torch\nclass M(torch.nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n"
+        "        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)\n"
+        "        self.register_buffer('scale', torch.ones(1, 3, 1, 1))\n"
+        "        self.head = torch.nn.Conv2d(8, 5, 1)\n"
+        "    def forward(self, x):\n"
+        "        y = self.conv(x)\n"
+        "        return self.head(torch.cat([y[:, :3] * self.scale, y[:, 3:]], 1))\n")
+    monkeypatch.chdir(tmp_path)
+    s = SessionStore([ModelEntry("partly.py:M", inputs=("1x3x8x8",))])
+    load_entry(s, "sid", "partly.py:M")
+    render(s, "sid", "new")
+    r = cb.inspect(s, "sid", _op("conv"))
+    assert [o["label"] for o in r.group_options] == [
+        "#0 · conv · 5 units", "#1 · conv · 3 units · not prunable"]
+    assert r.group_value == 0 and "prunable" in _text(r.group_panel)
+    blocked = cb.inspect(s, "sid", _op("conv"), pick=1)
+    assert "buffer 'scale'" in _text(blocked.group_panel)

@@ -534,7 +534,10 @@ def inspect(store: SessionStore, sid: str, selection: dict | None, side: str = "
         if details:
             res.group_panel = group_panel(stage.pruner, group, model_group, note, session,
                                           removed)
-        res.group_options = [{"label": f"#{g.id} · {g.root} · {g.n_units} units",
+        # validation ran when the stage was made: a reason is a lookup here
+        ignore = session.ignored()
+        res.group_options = [{"label": f"#{g.id} · {g.root} · {g.n_units} units"
+                              + (" · not prunable" if stage.pruner.reason(g, ignore) else ""),
                               "value": g.id} for g in cands]
         res.group_value = group.id if model_group else None
         return res
