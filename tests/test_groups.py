@@ -2459,3 +2459,20 @@ def test_units_that_reach_a_blocker_split_off_and_the_rest_prune(out):
     assert pruned.conv.out_channels == 8 - k and torch.equal(pruned.scale, model.scale)
     removed = free.member("conv", "out").indices(p.plan(0.5).removed[0])
     assert set(removed.tolist()) <= set(_channels(free, "conv"))
+
+
+def test_member_indices_are_the_positions_of_the_units_asked_for():
+    # (a lookup table instead of np.isin, which sorted both arrays on every call)
+    from viewer.core.groups import Member
+    from viewer.core.optypes import OpType
+
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        n = int(rng.integers(0, 30))
+        pos, unit = rng.integers(0, 50, n), rng.integers(0, 10, n)
+        m = Member(0, "a", "a", OpType.CONV, "out", 1, pos, unit)
+        asked = rng.integers(-2, 14, int(rng.integers(0, 6)))
+        got = m.indices(asked)
+        assert got.tolist() == np.unique(pos[np.isin(unit, asked)]).tolist()
+        assert got.dtype == np.int64
+    assert m.indices([]).tolist() == [] and m.indices(list(asked)).dtype == np.int64

@@ -2205,6 +2205,7 @@ def _objects(x, out: dict) -> dict:
 
 @pytest.mark.parametrize("make", [
     ManyKinds, lambda: load_model("demo:swin").model, lambda: load_model("demo:rnn").model,
+    lambda: load_model("demo:vit").model, lambda: load_model("demo:unet").model,
     lambda: pytest.importorskip("transformers").GPT2LMHeadModel(
         pytest.importorskip("transformers").GPT2Config(
             vocab_size=50, n_embd=16, n_layer=2, n_head=2, n_positions=16))])

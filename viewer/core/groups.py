@@ -93,7 +93,15 @@ class Member:
 
     def indices(self, units: IntArray | list[int]) -> IntArray:
         """Positions owned by the given units, sorted."""
-        return np.unique(self.pos[np.isin(self.unit, np.asarray(units, dtype=np.int64))])
+        units = np.asarray(units, dtype=np.int64)
+        units = units[units >= 0]
+        if not len(units) or not len(self.unit):
+            return np.empty(0, dtype=np.int64)
+        # a table of the wanted units (np.isin sorts both arrays: ~70 us a call, and a plan's
+        # cuts make one per member of every group, once per validation probe)
+        hit = np.zeros(max(int(self.unit.max()), int(units.max())) + 1, dtype=bool)
+        hit[units] = True
+        return np.unique(self.pos[hit[self.unit]])
 
 
 @dataclass

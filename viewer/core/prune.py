@@ -246,16 +246,26 @@ class Pruner:
         # rejects what the real one takes): previews and validation then use real tensors
         self._meta_ok = True
         self._untraced: list[str] | None = None
+        self._table: dict[str, tuple[nn.Module, str, torch.Tensor]] | None = None
         # Taylor scores of the last batch: ((its tensors, their versions, the weights'
         # versions), {id(group): (group, scores)})
         self._taylor: tuple[tuple, dict[int, tuple[Group, np.ndarray]]] | None = None
 
     # -- cuts -----------------------------------------------------------------------------
+    def _tensor_table(self) -> dict[str, tuple[nn.Module, str, torch.Tensor]]:
+        """:func:`_tensor_lookup` of the model, made once: a plan's cuts read it for every
+        group, once per validation probe (a walk over every module each time: YOLO-style
+        models spent a fifth of their validation there). The model is not changed while a
+        Pruner holds it, as its graph and validation already assume."""
+        if self._table is None:
+            self._table = _tensor_lookup(self.model)
+        return self._table
+
     def cuts(self, group: Group, units) -> list[Cut]:
         """Tensor cuts for removing ``units`` of ``group``."""
         units = np.asarray(sorted(units), dtype=np.int64)
         out: list[Cut] = []
-        table = _tensor_lookup(self.model)
+        table = self._tensor_table()
         for m in group.members:
             pos = m.indices(units)
             if len(pos):
@@ -307,7 +317,7 @@ class Pruner:
         self._needs_weights(criterion)
         if criterion == "taylor" and grads is None:  # the gradients of the example inputs
             return self.taylor_scores([group])[group.id]
-        table = _tensor_lookup(self.model)
+        table = self._tensor_table()
         if criterion == "bn" and not self._bn_scale(group, table):
             return self.importance(group, "l1", seed)
         scores = np.zeros(n)
@@ -402,7 +412,7 @@ class Pruner:
         skipped = {gid: w for gid, w in why.items() if w}
         fell: list[int] = []
         if importance == "bn":  # say which groups had no norm scale to score by
-            table = _tensor_lookup(self.model)
+            table = self._tensor_table()
             fell = [g.id for g in prunable if not self._bn_scale(g, table)]
             if fell:
                 settings["scored_by_l1"] = fell
@@ -765,7 +775,7 @@ class Pruner:
 
     def kept(self, plan: Plan) -> dict[str, dict[str, list[int]]]:
         """state_dict key -> {dim: kept indices}: the slicing invariant of plan.json."""
-        table = _tensor_lookup(self.model)
+        table = self._tensor_table()
         aliases = _aliases(self.model)
         out = {}
         for key, dims in self.changes(plan).items():
@@ -1707,11 +1717,13 @@ def _tree_copy(obj, memo: dict):
     8 ms against 29 ms; validation copies the model once per probe).
 
     ``deepcopy`` reconstructs every module, and each of its dozen hook and parameter
-    ``OrderedDict``s, through ``__reduce_ex__``; here a module whose class keeps torch's own
-    pickling (no ``__deepcopy__``, ``__reduce__``, ``__getstate__``/``__setstate__`` or
-    ``__slots__`` of its own) is copied as deepcopy would copy it, ``__setstate__`` of its
-    copied state, and so are dicts, plain ``OrderedDict``s, lists and sets of plain values;
-    anything else goes to ``copy.deepcopy`` with the same memo."""
+    ``OrderedDict``s, through ``__reduce_ex__``; here a module whose class keeps object's
+    reduction (no ``__deepcopy__``, ``__reduce__``/``__reduce_ex__``, ``__getnewargs__``,
+    ``__slots__`` or copyreg entry of its own) is copied as deepcopy's ``_reconstruct`` copies
+    it: a new object, then its ``__setstate__`` (torch's or its class's: Conv2d, LSTM,
+    MultiheadAttention and Upsample have their own) given its ``__getstate__`` dict, copied.
+    So are dicts, plain ``OrderedDict``s, lists and sets of plain values; anything else goes
+    to ``copy.deepcopy`` with the same memo."""
     cls = type(obj)
     if cls in _ATOMS:
         return obj
@@ -1727,20 +1739,25 @@ def _tree_copy(obj, memo: dict):
         y = memo[id(obj)] = []
         y.extend([v if type(v) in _ATOMS else _tree_copy(v, memo) for v in obj])
         return y
+    if cls is tuple and all(type(v) in _ATOMS for v in obj):  # a conv's kernel_size, ...
+        return obj  # (deepcopy returns such a tuple itself, unmemoised)
     if cls is set and all(type(v) in _ATOMS for v in obj):  # _non_persistent_buffers_set
         y = memo[id(obj)] = set(obj)
         return y
     plain = _PLAIN_MODULES.get(cls)
     if plain is None:
         plain = _PLAIN_MODULES[cls] = (
-            issubclass(cls, nn.Module) and cls.__getstate__ is nn.Module.__getstate__
-            and cls.__setstate__ is nn.Module.__setstate__
+            issubclass(cls, nn.Module) and cls not in copyreg.dispatch_table
             and cls.__reduce_ex__ is object.__reduce_ex__ and cls.__reduce__ is object.__reduce__
-            and getattr(cls, "__deepcopy__", None) is None and not copyreg._slotnames(cls))
+            and getattr(cls, "__deepcopy__", None) is None
+            and getattr(cls, "__getnewargs_ex__", None) is None
+            and getattr(cls, "__getnewargs__", None) is None and not copyreg._slotnames(cls))
     if plain:
-        y = memo[id(obj)] = cls.__new__(cls)
-        y.__setstate__({k: _tree_copy(v, memo) for k, v in obj.__getstate__().items()})
-        return y
+        state = obj.__getstate__()
+        if type(state) is dict:
+            y = memo[id(obj)] = cls.__new__(cls)
+            y.__setstate__({k: _tree_copy(v, memo) for k, v in state.items()})
+            return y
     return copy.deepcopy(obj, memo)
 
 
