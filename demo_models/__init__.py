@@ -29,6 +29,7 @@ from .slicing import build_slicing
 from .swin import build_swin
 from .unet import build_unet
 from .vit import build_vit
+from .yolo import build_yolo
 
 __all__ = ["DEMOS", "Demo", "get_demo"]
 
@@ -193,6 +194,13 @@ DEMOS: dict[str, Demo] = {
             build_swin,
             _IMG32,
             "head",
+        ),
+        _demo(
+            "yolo",
+            "YOLOv8-style detector: C2f chunk/cat, SPPF, FPN/PAN neck, DFL head, anchors.",
+            build_yolo,
+            (((1, 3, 64, 64), "float32"),),
+            None,
         ),
     )
 }

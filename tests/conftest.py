@@ -12,7 +12,8 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-CNN_DEMOS = ["cnn", "resnet", "densenet", "shufflenet", "mobilenet", "unet", "norms", "slicing"]
+CNN_DEMOS = ["cnn", "resnet", "densenet", "shufflenet", "mobilenet", "unet", "norms", "slicing",
+             "yolo"]
 ALL_DEMOS = CNN_DEMOS + ["vit", "rnn", "llama", "swin"]
 
 

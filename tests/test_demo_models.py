@@ -23,6 +23,7 @@ EXPECTED_OUTPUT_SHAPES: dict[str, tuple[int, ...]] = {
     "slicing": (1, 10),
     "llama": (1, 16, 256),
     "swin": (1, 10),
+    "yolo": (1, 12, 84),  # 4 box coordinates + 8 classes, 8x8 + 4x4 + 2x2 anchors
 }
 
 EXPECTED_OUTPUT_LAYERS: dict[str, str | None] = {
@@ -39,6 +40,7 @@ EXPECTED_OUTPUT_LAYERS: dict[str, str | None] = {
     "slicing": "fc",
     "llama": "lm_head",
     "swin": "head",
+    "yolo": None,  # its head's last convs reach the output: no layer to name
 }
 
 LLAMA_7B = dict(dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, ffn_hidden=11008, vocab=32000)
