@@ -75,6 +75,38 @@ def beit():
     return transformers.BeitModel(cfg), {"pixel_values": torch.randn(1, 3, 16, 16)}
 
 
+def wavlm():
+    """Attention through F.multi_head_attention_forward, given separate q/k/v weights, a
+    torch.cat of their biases and a gated relative position bias as its mask."""
+    cfg = transformers.WavLMConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                   intermediate_size=64, conv_dim=(16, 16), conv_stride=(5, 2),
+                                   conv_kernel=(10, 3), num_conv_pos_embeddings=16,
+                                   num_conv_pos_embedding_groups=4)
+    return transformers.WavLMModel(cfg), {"input_values": torch.randn(1, 400)}
+
+
+def test_hf_wavlm_functional_attention_joins_the_group_of_its_residual_stream():
+    # before, each of its 8 attention tensors per layer had a blocked group of its own and
+    # the stream was blocked by "changes shape in a way DepView does not model"
+    torch.manual_seed(0)
+    model, inputs = wavlm()
+    p = Pruner(model.eval(), inputs)
+    assert not any("multi_head_attention_forward" in g.reason for g in p.groups)
+    stream = next(g for g in p.groups if g.root == "feature_projection.projection")
+    names = {m.node_name for m in stream.members}
+    for i in range(2):
+        a = f"encoder.layers.{i}.attention"
+        assert {f"{a}.q_proj.weight", f"{a}.k_proj.bias", f"{a}.v_proj.weight",
+                f"{a}.out_proj.weight", f"{a}.out_proj.bias"} <= names
+    assert not any(".attention." in g.root and g.root.endswith(("weight", "bias"))
+                   for g in p.groups)
+    assert len(p.groups) == 7
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["shapes_kept"] and v["masked_equivalence"]["ok"], v
+
+
 @pytest.mark.parametrize("factory", [swin, beit])
 def test_hf_relative_position_bias_tables_lose_the_heads_of_their_attention(factory):
     torch.manual_seed(0)

@@ -39,6 +39,7 @@ from .meta import (
     ElementwiseMeta,
     ExpandMeta,
     MatmulMeta,
+    MhaCallMeta,
     PadMeta,
     PermuteMeta,
     ReduceMeta,
@@ -1292,6 +1293,8 @@ def _matmul_rule(g, node, side, port, dim, units, pos, ctx):
 
 def _attention_rule(g, node, side, port, dim, units, pos, ctx):
     """sdpa(q (..., L, E), k (..., S, E), v (..., S, Ev)) -> (..., L, Ev)."""
+    if isinstance(node.meta, MhaCallMeta):
+        return _mha_call_rule(g, node, side, port, dim, units, pos, ctx)
     if len(node.in_shapes) < 3:
         return []
     q, k, v = node.in_shapes[:3]
@@ -1350,6 +1353,136 @@ def _attention_rule(g, node, side, port, dim, units, pos, ctx):
         p_all = (pos[:, None] * r + np.arange(r)[None, :]).reshape(-1)
         flows = [f for f in flows if not (f.side == "out")]
         flows.append(Flow("out", 0, od, np.repeat(units, r), p_all))
+    return flows
+
+
+def _mha_call_rule(g, node, side, port, dim, units, pos, ctx):
+    """``F.multi_head_attention_forward(query (L, N, E), key, value, E, num_heads, ...)``
+    given its projections as tensors: ``in_proj_weight`` (3E, E) and ``in_proj_bias`` (3E),
+    or ``q/k/v_proj_weight`` (E, E), (E, Ek), (E, Ev); ``out_proj_weight`` (Eo, E) and
+    ``out_proj_bias`` (Eo); an ``attn_mask`` (N * num_heads, L, S) has a heads dim.
+
+    torch asserts that q's projection is square, so the inner width (the rows of the q, k and
+    v projections, the columns of out_proj) is the query's width E: inner channel i goes with
+    query channel i (any pairing keeps the widths equal; this one keeps the rule exact). The
+    inner channels are cut into heads of E / num_heads, so a unit is a whole head, and
+    ``embed_dim_to_check`` and ``num_heads`` are sizes the call is given (see
+    :func:`fixed_sizes`). With one head its dim shrinks instead (the 1/sqrt(head_dim) scale
+    changes: inexact). A packed ``in_proj_weight`` shares its columns between query, key and
+    value; separate k/v projections read the key's and value's own widths. The output's
+    width is out_proj's rows, a group of its own."""
+    meta, ins = node.meta, node.in_shapes
+    at = meta.port
+    q = at("query")
+    if q is None or len(ins[q]) not in (2, 3) or meta.num_heads < 1 or \
+            ins[q][-1] % meta.num_heads:
+        ctx.block(f"'{node.name}' (multi_head_attention_forward) has a query DepView does not "
+                  "read")
+        return []
+    if any(at(n) is not None for n in ("bias_k", "bias_v", "static_k", "static_v")):
+        ctx.block(f"'{node.name}' (multi_head_attention_forward) is given bias_k/bias_v or "
+                  "static keys, which DepView does not prune")
+        return []
+    e, heads = ins[q][-1], meta.num_heads
+    hd = e // heads
+    n_batch = ins[q][1] if len(ins[q]) == 3 else 1
+
+    def shape(name: str) -> tuple[int, ...] | None:
+        p = at(name)
+        return ins[p] if p is not None else None
+
+    packed = not meta.separate and shape("in_proj_weight") is not None and \
+        len(shape("in_proj_weight")) == 2
+    # which index space the arrival is in: the embed/inner channels, the output channels, a
+    # separate key's or value's own columns, or the heads
+    kind = None
+    if side == "out":
+        if port == 0 and dim == len(node.out_shapes[0]) - 1:
+            kind, at_pos = "out", pos
+        elif port == 1 and len(node.out_shapes[1]) == 4 and dim == 1:
+            kind, at_pos = "heads", pos
+    else:
+        name = next((n for n, p in meta.ports if p == port), "")
+        shp = ins[port]
+        last = len(shp) - 1
+        if name == "query" and dim == last or packed and name in ("key", "value") and \
+                dim == last or name == "in_proj_weight" and dim == 1 or \
+                name == "q_proj_weight" and dim == 1:
+            kind, at_pos = "embed", pos
+        elif name in ("key", "value") and dim == last:
+            kind, at_pos = name, pos
+        elif name in ("k_proj_weight", "v_proj_weight") and dim == 1:
+            kind, at_pos = ("key" if name[0] == "k" else "value"), pos
+        elif name in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight",
+                      "in_proj_bias") and dim == 0 or name == "out_proj_weight" and dim == 1:
+            kind, at_pos = "embed", pos % e
+        elif name in ("out_proj_weight", "out_proj_bias") and dim == 0:
+            kind, at_pos = "out", pos
+        elif name == "attn_mask" and len(shp) == 3 and dim == 0 and shp[0] == n_batch * heads:
+            kind, at_pos = "heads", pos % heads
+    if kind is None:
+        ctx.block(f"'{node.name}' (multi_head_attention_forward): DepView follows its embed, "
+                  "head and output widths, not this dim")
+        return []
+
+    def flows_to(targets, u, p) -> list[Flow]:
+        """(side, argument, dim, offsets): ``p`` at each offset along that dim (the q, k
+        and v thirds of a packed projection); arguments not given are skipped."""
+        out = []
+        for sd, name, d, offsets in targets:
+            tp = 0 if sd == "out" else at(name)
+            if tp is None or sd == "in" and len(ins[tp]) <= d:
+                continue
+            out.append(Flow(sd, tp, d, np.tile(u, len(offsets)),
+                            np.concatenate([p + o for o in offsets])))
+        return out
+
+    if kind == "out":
+        return flows_to([("out", "", len(node.out_shapes[0]) - 1, (0,)),
+                         ("in", "out_proj_weight", 0, (0,)), ("in", "out_proj_bias", 0, (0,))],
+                        units, at_pos)
+    if kind in ("key", "value"):
+        return flows_to([("in", kind, len(ins[at(kind)]) - 1, (0,)),
+                         ("in", f"{kind[0]}_proj_weight", 1, (0,))], units, at_pos)
+    if kind == "heads":  # head h: its whole slab of inner channels
+        units = np.repeat(units, hd)
+        at_pos = (at_pos[:, None] * hd + np.arange(hd)[None, :]).reshape(-1)
+    if heads > 1:  # a unit is a whole head: merge the units of one head, complete its slab
+        h = at_pos // hd
+        order = np.argsort(h, kind="stable")
+        hs, us = h[order], units[order]
+        same = hs[1:] == hs[:-1]
+        if same.any():
+            ctx.search.union_pairs(us[1:][same], us[:-1][same])
+        first = np.concatenate(([True], ~same))
+        hs, reps = hs[first], us[first]
+        units = np.repeat(reps, hd)
+        at_pos = (hs[:, None] * hd + np.arange(hd)[None, :]).reshape(-1)
+    else:
+        hs, reps = np.zeros(1, dtype=np.int64), units[:1]
+        ctx.inexact(f"'{node.name}' (multi_head_attention_forward) scales by "
+                    "1/sqrt(head_dim), which changes with the width of its one head")
+    if len(node.out_shapes) > 1 and len(node.out_shapes[1]) == 3 and heads > 1 and \
+            g.consumers.get((node.id, 1)):
+        ctx.inexact(f"'{node.name}' (multi_head_attention_forward) averages its attention "
+                    "weights over the heads")
+    inner = (0, e, 2 * e)
+    targets = [("in", "query", len(ins[q]) - 1, (0,)), ("in", "in_proj_bias", 0, inner),
+               ("in", "out_proj_weight", 1, (0,))]
+    if packed:
+        targets += [("in", "key", len(ins[at("key")]) - 1, (0,)),
+                    ("in", "value", len(ins[at("value")]) - 1, (0,)),
+                    ("in", "in_proj_weight", 1, (0,)), ("in", "in_proj_weight", 0, inner)]
+    else:
+        targets += [("in", "q_proj_weight", 1, (0,))] + \
+            [("in", f"{x}_proj_weight", 0, (0,)) for x in "qkv"]
+    flows = flows_to(targets, units, at_pos)
+    mask = shape("attn_mask")
+    if heads > 1 and mask is not None and len(mask) == 3 and mask[0] == n_batch * heads:
+        flows.append(Flow("in", at("attn_mask"), 0, np.tile(reps, n_batch),
+                          (np.arange(n_batch)[:, None] * heads + hs[None, :]).reshape(-1)))
+    if heads > 1 and len(node.out_shapes) > 1 and len(node.out_shapes[1]) == 4:
+        flows.append(Flow("out", 1, 1, reps, hs))
     return flows
 
 
@@ -2208,6 +2341,16 @@ def fixed_sizes(graph: Graph, group: Group) -> list[tuple[Node, TensorKey, int, 
               and meta.op in SHAPE_NORMS):  # normalized_shape=(self.dim,)
             out += [(node, (node.id, 0, d), node.out_shapes[0][d], 1) for d in meta.dims
                     if (node.id, 0, d) in group.tensors]
+        elif isinstance(meta, MhaCallMeta) and meta.port("query") is not None and \
+                meta.num_heads > 0:
+            # embed_dim_to_check is the query's width, num_heads that width over head_dim
+            e = graph.in_edges[node.id][meta.port("query")]
+            shape = node.in_shapes[meta.port("query")]
+            key = (e.source, e.source_port, len(shape) - 1)
+            if key in group.tensors:
+                out += [(node, key, shape[-1], 1)]
+                if meta.num_heads > 1:
+                    out += [(node, key, shape[-1], shape[-1] // meta.num_heads)]
         elif node.op_type is OpType.CONSTANT and node.target in FILLS:
             out += [(node, (node.id, 0, d), size, 1) for d, size in enumerate(node.out_shapes[0])
                     if (node.id, 0, d) in group.tensors]

@@ -251,6 +251,22 @@ class AttentionMeta:
     scale: float | None
 
 
+@dataclass(frozen=True)
+class MhaCallMeta:
+    """``F.multi_head_attention_forward`` called directly (HF WavLM, OpenAI CLIP's
+    ``AttentionPool2d``): which input port holds each of its tensors (``ports``: argument
+    name -> port, for the tensors given), ``num_heads`` and whether q, k and v have their own
+    projection weights (``separate``) instead of one packed ``in_proj_weight``."""
+
+    op: str
+    ports: tuple[tuple[str, int], ...]
+    num_heads: int
+    separate: bool
+
+    def port(self, name: str) -> int | None:
+        return next((p for n, p in self.ports if n == name), None)
+
+
 #: The target of the node the tracer adds where an in-place op on a view wrote its tensor
 #: (metadata: :class:`SetItemMeta`, the value being the written view)
 WRITE = "write"

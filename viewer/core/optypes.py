@@ -63,7 +63,8 @@ class OpType(enum.Enum):
     SPATIAL = "spatial"  #: pooling/unpooling/interpolate/grid_sample keep dims 0 and 1; pad
     #: keeps the rest
     MATMUL = "matmul"  #: matmul/bmm/linear-with-a-tensor/einsum/tensordot/cdist: contracts dims
-    ATTENTION = "attention"  #: scaled_dot_product_attention: q·k contracted, v's dim carried
+    ATTENTION = "attention"  #: scaled_dot_product_attention: q·k contracted, v's dim carried;
+    #: multi_head_attention_forward: the projections it is given, whole heads
     REDUCTION = "reduction"  #: sum/mean/softmax along dims: every output reads the whole dim
     ELEMENTWISE = "elementwise"  #: add/mul/activations: same index in, same index out
 
@@ -414,7 +415,7 @@ _FUNCTION_NAMES: dict[OpType, str] = {
     "Tensor.bmm torch.mm Tensor.mm F.linear torch.addmm Tensor.addmm torch.baddbmm Tensor.baddbmm "
     "torch.einsum torch.tensordot F.grouped_mm torch._grouped_mm torch.sparse.mm torch.spmm "
     "torch.sparse.addmm torch.smm Tensor.smm torch.cdist F.bilinear",
-    OpType.ATTENTION: "F.scaled_dot_product_attention",
+    OpType.ATTENTION: "F.scaled_dot_product_attention F.multi_head_attention_forward",
     OpType.REDUCTION: "torch.sum Tensor.sum torch.mean Tensor.mean torch.amax Tensor.amax "
     "torch.amin Tensor.amin torch.var Tensor.var torch.std Tensor.std torch.norm Tensor.norm "
     "torch.logsumexp Tensor.logsumexp torch.prod Tensor.prod F.softmax F.log_softmax F.softmin "

@@ -40,6 +40,7 @@ from .groups import (
     split_sizes,
 )
 from .handlers import CUTS, REFRESH, Cut
+from .meta import MhaCallMeta
 from .optypes import OpGroup, OpType, classify
 from .text import counted
 from .trace import build_graph, eval_mode, flatten, module_attrs, plain_module
@@ -1459,6 +1460,14 @@ def _moved(before: Graph, after: Graph, owned: dict[tuple[str, int, int], int | 
                             f"{d} instead of {x - lost}: its forward does not follow its "
                             "pruned weight (it slices the weight by a fixed size, "
                             "weight[:n]?)")
+    for a, b in zip(before.nodes, after.nodes, strict=True):
+        was, now = _head_dim(a), _head_dim(b)
+        if was and now != was:
+            # it runs with any num_heads that divides the width: heads of another size
+            # mix the channels of the heads that stay
+            return (f"when this group shrinks, '{a.name}' (multi_head_attention_forward) cuts "
+                    f"its width into heads of {now} channels instead of {was}: the num_heads it "
+                    "is given did not follow the heads removed")
     if numbers:
         for a, b in zip(before.nodes, after.nodes, strict=True):
             na, nb = _numbers(a), _numbers(b)
@@ -1471,6 +1480,15 @@ def _moved(before: Graph, after: Graph, owned: dict[tuple[str, int, int], int | 
                         "1/sqrt(head_dim)?) changes, so pruning would change more than these "
                         "channels")
     return ""
+
+
+def _head_dim(node: Node) -> float | None:
+    """The head width of a ``multi_head_attention_forward`` call with several heads (its
+    query's width over ``num_heads``), else None."""
+    meta = node.meta
+    if not isinstance(meta, MhaCallMeta) or meta.num_heads < 2 or meta.port("query") is None:
+        return None
+    return node.in_shapes[meta.port("query")][-1] / meta.num_heads
 
 
 def _numbers(node: Node) -> tuple:

@@ -30,6 +30,7 @@ import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import fields, is_dataclass
+from functools import cache
 from threading import get_ident
 
 import torch
@@ -1312,9 +1313,27 @@ def _setitem_meta(name, func, args, kwargs, ins, outs) -> M.SetItemMeta:
     return M.SetItemMeta(region, value_port, tuple(range(1, 1 + n_index)), k)
 
 
-def _attention_meta(name, func, args, kwargs, ins, outs) -> M.AttentionMeta:
+def _attention_meta(name, func, args, kwargs, ins, outs) -> M.AttentionMeta | M.MhaCallMeta:
+    if name == "multi_head_attention_forward":
+        return _mha_call_meta(name, func, args, kwargs)
     scale = _arg(args, kwargs, 6, "scale")
     return M.AttentionMeta(name, None if scale is None else float(scale))
+
+
+@cache
+def _parameter_names(func) -> tuple[str, ...]:
+    return tuple(inspect.signature(func).parameters)
+
+
+def _mha_call_meta(name, func, args, kwargs) -> M.MhaCallMeta:
+    """Which port holds which argument: the tracer numbers a call's tensors in the order it
+    meets them, positional arguments first, then keyword arguments as given."""
+    names = _parameter_names(func)
+    given = [(names[i], a) for i, a in enumerate(args)] + list(kwargs.items())
+    ports = tuple((n, p) for p, (n, _) in
+                  enumerate((n, a) for n, a in given if isinstance(a, torch.Tensor)))
+    return M.MhaCallMeta(name, ports, int(_arg(args, kwargs, 4, "num_heads")),
+                         bool(_arg(args, kwargs, 17, "use_separate_proj_weight", False)))
 
 
 #: Op types whose metadata is read from the call's arguments and results.
