@@ -153,7 +153,7 @@ STYLES: dict[OpType, TypeStyle] = {
     OpType.UNFOLD: TypeStyle("Unfold/fold", "#a3a635"),
     OpType.SPATIAL: TypeStyle("Pool/resize/pad", "#94a3b8"),
     OpType.MATMUL: TypeStyle("Matmul", "#e11d48"),
-    OpType.ATTENTION: TypeStyle("SDPA", "#be123c"),
+    OpType.ATTENTION: TypeStyle("Attention", "#be123c"),
     OpType.REDUCTION: TypeStyle("Reduction", "#9ca3af"),
     OpType.ELEMENTWISE: TypeStyle("Elementwise", "#cbd5e1"),
 }
