@@ -2206,7 +2206,11 @@ def split_blocked(grp: Group, bad: IntArray, free_id: int, blocked_id: int
             if len(p):
                 members.append(Member(m.node, m.node_name, m.module, m.op_type, m.side, m.dim,
                                       p, u))
-        tensors = {k: pu for k, (p, u) in grp.tensors.items() if len(((pu := cut(p, u)))[0])}
+        tensors = {}
+        for k, (p, u) in grp.tensors.items():
+            p, u = cut(p, u)
+            if len(p):
+                tensors[k] = (p, u)
         part = Group(gid, grp.root, grp.root_side, int(keep.sum()), members, tensors,
                      list(grp.reasons) if want else [], grp.exact, list(grp.stats_notes),
                      grp.multiple_of, list(grp.multiple_why))
