@@ -2586,7 +2586,7 @@ def all_groups(graph: Graph, reuse: bool = True) -> list[Group]:
     Roots are layers that create channels (conv, linear, embedding, recurrent, custom) and
     bare parameters; a root whose channels already belong to a group starts no new one. A
     group whose blockers only some of its units reach is returned as two groups with the
-    same root (:func:`split_blocked`): those units, not prunable, then the others.
+    same root (:func:`split_blocked`): first the other units, prunable, then those units.
     ``reuse`` (default) lets a root that repeats an earlier root's block, checked node by node
     (:class:`_Repeats`), take that group shifted instead of searching again; ``False`` searches
     every root (the same result, slower; the tests compare the two).
