@@ -2588,3 +2588,75 @@ def test_clip_attention_pooling_prunes_the_heads_of_the_channels_it_pools():
     # attention): these prunes are exact to rounding
     assert v["masked_equivalence"]["max_abs_diff"] < 1e-6, v
     assert pruned.attnpool.num_heads == 2 and pruned.conv2.out_channels == 16
+
+
+class FunctionalMHAVariants(nn.Module):
+    """``F.multi_head_attention_forward`` as code calls it: packed or separate projections
+    (a cross-attention whose keys have their own width), a zero attention row, a key
+    padding mask, a learned (N * heads, L, S) mask, its per-head weights read, one head, an
+    unbatched (L, E) query."""
+
+    def __init__(self, how: str, e: int = 32, kd: int = 24):
+        super().__init__()
+        self.how, self.e, self.heads = how, e, 1 if how == "one head" else 4
+        cross = how == "cross"
+        self.inp, self.kin = nn.Linear(6, e), nn.Linear(6, kd)
+        self.q, self.o, self.head = nn.Linear(e, e), nn.Linear(e, e), nn.Linear(e, 3)
+        self.k, self.v = nn.Linear(kd if cross else e, e), nn.Linear(kd if cross else e, e)
+        self.in_proj_weight = nn.Parameter(torch.randn(3 * e, e) / e ** 0.5)
+        self.in_proj_bias = nn.Parameter(torch.randn(3 * e) * 0.1)
+        self.mask = nn.Parameter(torch.randn(2 * self.heads, 5, 5) * 0.1)
+
+    def forward(self, x):  # (N=2, L=5, 6)
+        h = self.inp(x).transpose(0, 1)
+        kw = {"training": False, "need_weights": self.how == "weights",
+              "average_attn_weights": False}
+        if self.how == "cross":
+            kv = self.kin(x).transpose(0, 1)
+            a, _ = F.multi_head_attention_forward(
+                h, kv, kv, self.e, self.heads, None,
+                torch.cat([self.q.bias, self.k.bias, self.v.bias]), None, None, False, 0.0,
+                self.o.weight, self.o.bias, use_separate_proj_weight=True,
+                q_proj_weight=self.q.weight, k_proj_weight=self.k.weight,
+                v_proj_weight=self.v.weight, **kw)
+            return self.head((h + a).mean(0))
+        q = h[:, 0] if self.how == "unbatched" else h
+        a, w = F.multi_head_attention_forward(
+            q, q, q, self.e, self.heads, self.in_proj_weight, self.in_proj_bias, None, None,
+            self.how == "zero attn", 0.0, self.o.weight, self.o.bias,
+            attn_mask=self.mask if self.how == "mask" else None,
+            key_padding_mask=torch.zeros(2, 5, dtype=torch.bool)
+            if self.how == "padding" else None, **kw)
+        if self.how == "unbatched":
+            a = a[:, None].expand(-1, 2, -1)
+        if self.how == "weights":
+            a = a + w.amax((1, 2, 3))[None, :, None]
+        return self.head((h + a).mean(0))
+
+
+@pytest.mark.parametrize("how", ["cross", "zero attn", "padding", "mask", "weights",
+                                 "one head", "unbatched"])
+def test_functional_multi_head_attention_as_code_calls_it_prunes_exactly(how):
+    torch.manual_seed(0)
+    p = _pruner(FunctionalMHAVariants(how).eval(), torch.randn(2, 5, 6))
+    g = p.groups[0]
+    assert g.root == "inp" and not p.reason(g)
+    assert g.n_units == (32 if how == "one head" else 4)  # heads, or one head's channels
+    assert p.sets(g) == (["e"] if how == "one head" else ["e", "heads"])
+    if how == "cross":  # the keys' own width: a group of its own, by kin's channels
+        assert next(x for x in p.groups if x.root == "kin").n_units == 24
+    if how == "mask":  # the learned mask loses the heads: rows n * heads + h
+        m = g.member("mask", "param")
+        assert m.indices([1]).tolist() == [1, 5]
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["shapes_kept"], v
+    if how == "weights":  # (N, heads, L, S) loses the heads too; amax over them: inexact
+        mha = p.graph.by_name["multi_head_attention_forward"]
+        assert (mha.id, 1, 1) in g.tensors and not g.exact
+    elif how == "one head":  # its 1/sqrt(head_dim) scale changes: inexact, not compared
+        assert not g.exact
+    else:
+        me = v["masked_equivalence"]
+        assert me["ok"] and me["max_abs_diff"] < 1e-6, v
