@@ -2339,3 +2339,61 @@ def test_a_stored_size_two_groups_read_is_named_in_their_reasons():
         assert reason.endswith("; setting the attributes equal to that size (attn: head_dim) "
                                "to the new size did not make it run either: another group "
                                "may read the same attribute"), reason
+
+
+class NonLocal(nn.Module):
+    """A non-local block: ``inter_channels`` is read by the views of g and of theta/phi,
+    whose channels are two groups (theta and phi are contracted together, g is carried)."""
+
+    def __init__(self, c: int = 16, inter: int = 8):
+        super().__init__()
+        self.inter_channels = inter
+        self.g, self.theta, self.phi = (nn.Conv2d(c, inter, 1) for _ in range(3))
+        self.W = nn.Sequential(nn.Conv2d(inter, c, 1), nn.BatchNorm2d(c))
+
+    def forward(self, x):
+        b = x.size(0)
+        g_x = self.g(x).view(b, self.inter_channels, -1).permute(0, 2, 1)
+        theta_x = self.theta(x).view(b, self.inter_channels, -1).permute(0, 2, 1)
+        phi_x = self.phi(x).view(b, self.inter_channels, -1)
+        f = torch.softmax(torch.matmul(theta_x, phi_x), -1)
+        y = torch.matmul(f, g_x).permute(0, 2, 1).contiguous()
+        return x + self.W(y.view(b, self.inter_channels, *x.size()[2:]))
+
+
+class WithNonLocal(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.nl, self.head = nn.Conv2d(3, 16, 3, padding=1), NonLocal(), \
+            nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        return self.head(self.nl(self.stem(x)))
+
+
+def test_two_groups_that_shrink_one_stored_size_are_pruned_together():
+    # before, each failed alone (the other's view kept the old inter_channels) and both
+    # stayed blocked: "another group may read the same attribute"
+    torch.manual_seed(0)
+    model, x = WithNonLocal().eval(), torch.randn(1, 3, 8, 8)
+    p = Pruner(model, (x,))
+    p.validate_groups()  # (which puts the joined group in the first one's place)
+    g, theta = p.groups[1], p.groups[2]
+    assert (g.root, theta.root) == ("nl.g", "nl.theta")
+    assert not p.reason(g) and p.sets(g) == ["nl.inter_channels"]
+    assert p.reason(theta).startswith("pruned with group #1 ('nl.g')")
+    assert g.n_units == 8 and {"nl.g", "nl.theta", "nl.phi", "nl.W.0"} <= \
+        {m.node_name for m in g.members}
+    # unit i is channel i of g and channel i of theta and phi: they lose the same number
+    plan = p.plan(0.5)
+    removed = plan.removed[1]
+    assert g.member("nl.theta", "out").indices(removed).tolist() == \
+        g.member("nl.g", "out").indices(removed).tolist() == sorted(removed)
+    pruned = p.apply(plan)
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+    assert v["masked_equivalence"]["max_abs_diff"] < 1e-6
+    nl = pruned.nl
+    assert nl.inter_channels == nl.g.out_channels == nl.theta.out_channels == \
+        nl.phi.out_channels == nl.W[0].in_channels == 4
+    assert theta.id not in plan.removed

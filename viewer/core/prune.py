@@ -18,7 +18,7 @@ import difflib
 import math
 import traceback
 from collections import Counter, OrderedDict, defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -1017,7 +1017,52 @@ class Pruner:
                     self.groups[i], self._validated[gid] = swapped[gid]
                     self._sets.pop(gid, None)
                 break
+        self._join_shared_sizes(not_run, attempt)
         return {k: v for k, v in self._validated.items() if v}
+
+    def _join_shared_sizes(self, not_run: dict[int, tuple[list[SizeAttr], bool]],
+                           attempt: Callable) -> None:
+        """Two groups that each failed although the attribute of the size they shrink was set
+        may shrink one size together: a non-local block's ``inter_channels`` is read for its
+        g and for its theta/phi projections, PVT's ``attention_head_size`` for q/k and for v.
+        Each alone breaks the other's reshape; pruned by the same number of units, with the
+        attribute set, both follow. Such a pair (same unit count, an attribute in common)
+        becomes one group, unit i of the first with unit i of the second (any pairing keeps
+        the counts equal), in the first one's place and id, if the model runs; the second
+        stays, not prunable, saying where its channels went. Found by validation, as the
+        attributes are: nothing is joined that did not fail apart and run together."""
+        by_id = {g.id: g for g in self.groups}
+        fails = [gid for gid in sorted(not_run) if self._validated.get(gid) and gid in by_id]
+        joined: set[int] = set()
+        for i, a_id in enumerate(fails):
+            if a_id in joined:
+                continue
+            a, found_a = by_id[a_id], not_run[a_id][0]
+            names = {(r.module, r.attr) for r in found_a}
+            for b_id in fails[i + 1:]:
+                b, found_b = by_id[b_id], not_run[b_id][0]
+                shared = names & {(r.module, r.attr) for r in found_b}
+                if b_id in joined or b.n_units != a.n_units or \
+                        b.multiple_of != a.multiple_of or not shared:
+                    continue
+                both = _joined(a, b)
+                found = found_a + [r for r in found_b if r not in found_a]
+                self.groups[self.groups.index(a)] = both
+                if attempt([both], {a_id: found}):
+                    self.groups[self.groups.index(both)] = a
+                    continue
+                for r in list(found):  # as a repair does: only what it needs
+                    rest = [x for x in found if x != r]
+                    if rest and not attempt([both], {a_id: rest}):
+                        found = rest
+                self._sets[a_id] = found
+                self._validated[a_id] = ""
+                what = ", ".join(sorted(f"{m}.{n}" if m else n for m, n in shared))
+                self._validated[b_id] = (f"pruned with group #{a_id} ('{a.root}'), whose units "
+                                         f"it shares: both shrink the size {what} holds, so "
+                                         "they lose the same number of units")
+                joined |= {a_id, b_id}
+                break
 
     def _probe(self, plan: Plan, gs: list[Group],
                sets: dict[int, list[SizeAttr]] | None = None) -> str:
@@ -1508,6 +1553,35 @@ def _raised_at(exc: BaseException) -> str:
         return ""
     f = tb[-1]
     return f"at {Path(f.filename).name}:{f.lineno}: {(f.line or '').strip()[:120]}"
+
+
+def _joined(a: Group, b: Group) -> Group:
+    """One group of two with as many units: unit i of ``b`` is unit i of ``a`` (see
+    :meth:`Pruner._join_shared_sizes`), in ``a``'s place and id."""
+    def cat(x: tuple[np.ndarray, np.ndarray], y: tuple[np.ndarray, np.ndarray]):
+        pos, unit = np.concatenate([x[0], y[0]]), np.concatenate([x[1], y[1]])
+        order = np.argsort(pos, kind="stable")
+        pos, unit = pos[order], unit[order]
+        pos.flags.writeable = unit.flags.writeable = False
+        return pos, unit
+
+    members: dict[tuple[int, str, int], Member] = {}
+    for m in a.members + b.members:
+        key = (m.node, m.side, m.dim)
+        if key in members:
+            old = members[key]
+            pos, unit = cat((old.pos, old.unit), (m.pos, m.unit))
+            members[key] = Member(m.node, m.node_name, m.module, m.op_type, m.side, m.dim,
+                                  pos, unit)
+        else:
+            members[key] = m
+    tensors = dict(a.tensors)
+    for k, v in b.tensors.items():
+        tensors[k] = cat(tensors[k], v) if k in tensors else v
+    return Group(a.id, a.root, a.root_side, a.n_units,
+                 sorted(members.values(), key=lambda m: (m.node, m.side)), tensors, [],
+                 a.exact and b.exact, a.stats_notes + b.stats_notes, a.multiple_of,
+                 list(dict.fromkeys(a.multiple_why + b.multiple_why)))
 
 
 def _overlap(a: Group, b: Group) -> bool:
