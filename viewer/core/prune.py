@@ -1047,9 +1047,10 @@ class Pruner:
                     continue
                 both = _joined(a, b)
                 found = found_a + [r for r in found_b if r not in found_a]
-                self.groups[self.groups.index(a)] = both
+                at = next(k for k, g in enumerate(self.groups) if g.id == a_id)
+                self.groups[at] = both
                 if attempt([both], {a_id: found}):
-                    self.groups[self.groups.index(both)] = a
+                    self.groups[at] = a
                     continue
                 for r in list(found):  # as a repair does: only what it needs
                     rest = [x for x in found if x != r]
