@@ -19,7 +19,7 @@ from viewer.core.spec import load_model
 
 
 @pytest.mark.parametrize("name", ["resnet", "densenet", "shufflenet", "rnn", "llama", "unet",
-                                  "norms"])
+                                  "norms", "yolo"])
 def test_export_reload_is_bit_exact(demo_pruner, tmp_path, name):
     lm, p = demo_pruner(name)
     plan = p.plan(0.5)
