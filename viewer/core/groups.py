@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 import numpy as np
@@ -1373,9 +1373,8 @@ def _mha_call_rule(g, node, side, port, dim, units, pos, ctx):
     width is out_proj's rows, a group of its own."""
     meta, ins = node.meta, node.in_shapes
     at = meta.port
-    q = at("query")
-    if q is None or len(ins[q]) not in (2, 3) or meta.num_heads < 1 or \
-            ins[q][-1] % meta.num_heads:
+    query = mha_call_query(node)
+    if query is None or len(ins[query[0]]) not in (2, 3) or query[1] % query[2]:
         ctx.block(f"'{node.name}' (multi_head_attention_forward) has a query DepView does not "
                   "read")
         return []
@@ -1383,7 +1382,7 @@ def _mha_call_rule(g, node, side, port, dim, units, pos, ctx):
         ctx.block(f"'{node.name}' (multi_head_attention_forward) is given bias_k/bias_v or "
                   "static keys, which DepView does not prune")
         return []
-    e, heads = ins[q][-1], meta.num_heads
+    q, e, heads = query
     hd = e // heads
     n_batch = ins[q][1] if len(ins[q]) == 3 else 1
 
@@ -1484,6 +1483,18 @@ def _mha_call_rule(g, node, side, port, dim, units, pos, ctx):
     if heads > 1 and len(node.out_shapes) > 1 and len(node.out_shapes[1]) == 4:
         flows.append(Flow("out", 1, 1, reps, hs))
     return flows
+
+
+def mha_call_query(node: Node) -> tuple[int, int, int] | None:
+    """``(port, width, num_heads)`` of the query of a ``multi_head_attention_forward`` call,
+    or None for any other node (or a call given no query, or no heads)."""
+    meta = node.meta
+    if not isinstance(meta, MhaCallMeta) or meta.num_heads < 1:
+        return None
+    q = meta.port("query")
+    if q is None or not node.in_shapes[q]:
+        return None
+    return q, node.in_shapes[q][-1], meta.num_heads
 
 
 def _affine_ports(node: Node, meta) -> list[int]:
@@ -2166,9 +2177,7 @@ def _search(graph: Graph, root: Node, side: str, dim: int, pos: IntArray,
             grp.reasons.append(f"'{graph.nodes[nid].name}' (nn.MultiheadAttention) has its "
                                "input and output widths in different groups; they must shrink "
                                "together")
-    if grp.multiple_of > 1 and grp.multiple_of >= grp.n_units:
-        grp.reasons.append(f"units must be removed in multiples of {grp.multiple_of} "
-                           f"({'; '.join(grp.multiple_why)}), but there are only {grp.n_units}")
+    _check_multiple(grp)
     if blocked is not None and s.blocked and not s.whole_blocked and \
             len(grp.reasons) == len(dict.fromkeys(s.reasons)):  # no reason for all units
         bad = np.unique(label[np.concatenate(s.blocked)])
@@ -2178,6 +2187,13 @@ def _search(graph: Graph, root: Node, side: str, dim: int, pos: IntArray,
         trail.extend(s.cls)
         trail.extend(s.invalid)
     return grp
+
+
+def _check_multiple(grp: Group) -> None:
+    """Block a group whose units go in multiples as large as its unit count."""
+    if grp.multiple_of > 1 and grp.multiple_of >= grp.n_units:
+        grp.reasons.append(f"units must be removed in multiples of {grp.multiple_of} "
+                           f"({'; '.join(grp.multiple_why)}), but there are only {grp.n_units}")
 
 
 def split_blocked(grp: Group, bad: IntArray, free_id: int, blocked_id: int
@@ -2204,8 +2220,7 @@ def split_blocked(grp: Group, bad: IntArray, free_id: int, blocked_id: int
         for m in grp.members:
             p, u = cut(m.pos, m.unit)
             if len(p):
-                members.append(Member(m.node, m.node_name, m.module, m.op_type, m.side, m.dim,
-                                      p, u))
+                members.append(replace(m, pos=p, unit=u))
         tensors = {}
         for k, (p, u) in grp.tensors.items():
             p, u = cut(p, u)
@@ -2214,10 +2229,8 @@ def split_blocked(grp: Group, bad: IntArray, free_id: int, blocked_id: int
         part = Group(gid, grp.root, grp.root_side, int(keep.sum()), members, tensors,
                      list(grp.reasons) if want else [], grp.exact, list(grp.stats_notes),
                      grp.multiple_of, list(grp.multiple_why))
-        if not want and part.multiple_of > 1 and part.multiple_of >= part.n_units:
-            part.reasons.append(f"units must be removed in multiples of {part.multiple_of} "
-                                f"({'; '.join(part.multiple_why)}), but there are only "
-                                f"{part.n_units}")
+        if not want:
+            _check_multiple(part)
         parts.append(part)
     return parts[0], parts[1]
 
@@ -2345,16 +2358,15 @@ def fixed_sizes(graph: Graph, group: Group) -> list[tuple[Node, TensorKey, int, 
               and meta.op in SHAPE_NORMS):  # normalized_shape=(self.dim,)
             out += [(node, (node.id, 0, d), node.out_shapes[0][d], 1) for d in meta.dims
                     if (node.id, 0, d) in group.tensors]
-        elif isinstance(meta, MhaCallMeta) and meta.port("query") is not None and \
-                meta.num_heads > 0:
+        elif (query := mha_call_query(node)) is not None:
             # embed_dim_to_check is the query's width, num_heads that width over head_dim
-            e = graph.in_edges[node.id][meta.port("query")]
-            shape = node.in_shapes[meta.port("query")]
-            key = (e.source, e.source_port, len(shape) - 1)
+            port, width, heads = query
+            e = graph.in_edges[node.id][port]
+            key = (e.source, e.source_port, len(node.in_shapes[port]) - 1)
             if key in group.tensors:
-                out += [(node, key, shape[-1], 1)]
-                if meta.num_heads > 1:
-                    out += [(node, key, shape[-1], shape[-1] // meta.num_heads)]
+                out += [(node, key, width, 1)]
+                if heads > 1:
+                    out += [(node, key, width, width // heads)]
         elif node.op_type is OpType.CONSTANT and node.target in FILLS:
             out += [(node, (node.id, 0, d), size, 1) for d, size in enumerate(node.out_shapes[0])
                     if (node.id, 0, d) in group.tensors]
@@ -2625,10 +2637,9 @@ def all_groups(graph: Graph, reuse: bool = True) -> list[Group]:
         if blocked:  # some units reach what blocks: the others form a prunable group
             parts = list(split_blocked(grp, blocked[0], len(groups), len(groups) + 1))
         if (node.id, d) in extra_keys:
-            # an expert dim, a width the model input gives: no blocked group to show
+            # an expert dim, a width the model input gives: no blocked group to show (a
+            # prunable part comes first, so its id is already the next one)
             parts = [p for p in parts if not p.reasons]
-            for i, p in enumerate(parts):
-                p.id = len(groups) + i
         groups += parts
         for key in root_keys.intersection(grp.tensors):
             arr = covered.get(key)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import copyreg
+import dataclasses
 import difflib
 import math
 import traceback
@@ -35,12 +36,12 @@ from .groups import (
     all_groups,
     fixed_sizes,
     fixed_slices,
+    mha_call_query,
     out_channel_dim,
     outer_alternative,
     split_sizes,
 )
 from .handlers import CUTS, REFRESH, Cut
-from .meta import MhaCallMeta
 from .optypes import OpGroup, OpType, classify
 from .text import counted
 from .trace import build_graph, eval_mode, flatten, module_attrs, plain_module
@@ -1531,10 +1532,8 @@ def _moved(before: Graph, after: Graph, owned: dict[tuple[str, int, int], int | 
 def _head_dim(node: Node) -> float | None:
     """The head width of a ``multi_head_attention_forward`` call with several heads (its
     query's width over ``num_heads``), else None."""
-    meta = node.meta
-    if not isinstance(meta, MhaCallMeta) or meta.num_heads < 2 or meta.port("query") is None:
-        return None
-    return node.in_shapes[meta.port("query")][-1] / meta.num_heads
+    query = mha_call_query(node)
+    return query[1] / query[2] if query is not None and query[2] > 1 else None
 
 
 def _numbers(node: Node) -> tuple:
@@ -1572,8 +1571,7 @@ def _joined(a: Group, b: Group) -> Group:
         if key in members:
             old = members[key]
             pos, unit = cat((old.pos, old.unit), (m.pos, m.unit))
-            members[key] = Member(m.node, m.node_name, m.module, m.op_type, m.side, m.dim,
-                                  pos, unit)
+            members[key] = dataclasses.replace(m, pos=pos, unit=unit)
         else:
             members[key] = m
     tensors = dict(a.tensors)
