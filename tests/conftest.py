@@ -57,6 +57,19 @@ def fused_spec(tmp_path) -> str:
     return f"{tmp_path / 'fused.py'}:Fused"
 
 
+def file_session(folder, source: str, inputs: tuple[str, ...], cls: str = "M", sid: str = "sid"):
+    """An app session store with a model file written into ``folder`` (a class ``cls`` in
+    ``model.py``) loaded into session ``sid``: what a user's ``--model file.py:M`` gives."""
+    from viewer.app.callbacks.model import load_entry
+    from viewer.app.state import ModelEntry, SessionStore
+
+    (folder / "model.py").write_text(source)
+    spec = f"{folder / 'model.py'}:{cls}"
+    store = SessionStore([ModelEntry(spec, inputs=inputs)])
+    load_entry(store, sid, spec)
+    return store
+
+
 def pytest_setup_options():
     """Chrome options for dash[testing]'s dash_duo: headless Debian chromium, no network."""
     from selenium.webdriver.chrome.options import Options

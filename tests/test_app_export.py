@@ -249,17 +249,16 @@ def test_download_names_come_from_the_spec_without_its_directories(spec, slug):
     assert spec_slug(spec) == slug
 
 
-def test_graph_json_is_strict_when_an_op_holds_minus_inf(tmp_path, monkeypatch):
+def test_graph_json_is_strict_when_an_op_holds_minus_inf(tmp_path):
     # masked_fill(mask, -inf) keeps -inf in the graph's attrs: json.dumps wrote -Infinity
-    (tmp_path / "masked_t.py").write_text(
+    from conftest import file_session
+
+    s = file_session(tmp_path, (
         "import torch\nclass M(torch.nn.Module):\n"
         "    def __init__(self):\n        super().__init__()\n"
         "        self.fc = torch.nn.Linear(4, 6)\n"
         "    def forward(self, x):\n"
-        "        return self.fc(x).masked_fill(x[:, :1] > 9, float('-inf'))\n")
-    monkeypatch.chdir(tmp_path)
-    s = SessionStore([ModelEntry("masked_t.py:M", inputs=("2x4",))])
-    load_entry(s, "sid", "masked_t.py:M")
+        "        return self.fc(x).masked_fill(x[:, :1] > 9, float('-inf'))\n"), ("2x4",))
 
     def strict(c):
         raise ValueError(c)

@@ -478,11 +478,11 @@ def test_an_attention_group_says_its_units_are_heads():
         cb.inspect(s, "llama", _op("layers.0.mlp.gate_proj")).group_panel)
 
 
-def test_a_layer_whose_units_are_partly_blocked_offers_both_groups(tmp_path, monkeypatch):
+def test_a_layer_whose_units_are_partly_blocked_offers_both_groups(tmp_path):
     # its first 3 channels reach a buffer: one group of them, not prunable; the other 5 prune
-    from viewer.app.state import ModelEntry
+    from conftest import file_session
 
-    (tmp_path / "partly.py").write_text(
+    s = file_session(tmp_path, (
         "import torch\nclass M(torch.nn.Module):\n"
         "    def __init__(self):\n        super().__init__()\n"
         "        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)\n"
@@ -490,10 +490,8 @@ def test_a_layer_whose_units_are_partly_blocked_offers_both_groups(tmp_path, mon
         "        self.head = torch.nn.Conv2d(8, 5, 1)\n"
         "    def forward(self, x):\n"
         "        y = self.conv(x)\n"
-        "        return self.head(torch.cat([y[:, :3] * self.scale, y[:, 3:]], 1))\n")
-    monkeypatch.chdir(tmp_path)
-    s = SessionStore([ModelEntry("partly.py:M", inputs=("1x3x8x8",))])
-    load_entry(s, "sid", "partly.py:M")
+        "        return self.head(torch.cat([y[:, :3] * self.scale, y[:, 3:]], 1))\n"),
+        ("1x3x8x8",))
     render(s, "sid", "new")
     r = cb.inspect(s, "sid", _op("conv"))
     assert [o["label"] for o in r.group_options] == [
