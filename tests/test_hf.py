@@ -93,6 +93,9 @@ def test_hf_wavlm_functional_attention_joins_the_group_of_its_residual_stream():
     p = Pruner(model.eval(), inputs)
     assert not any("multi_head_attention_forward" in g.reason for g in p.groups)
     stream = next(g for g in p.groups if g.root == "feature_projection.projection")
+    # one unit (README Known limits): its gated position bias reads every head's channels
+    # through one nn.Linear after view(b, L, heads, -1)
+    assert stream.n_units == 1
     names = {m.node_name for m in stream.members}
     for i in range(2):
         a = f"encoder.layers.{i}.attention"
@@ -105,6 +108,30 @@ def test_hf_wavlm_functional_attention_joins_the_group_of_its_residual_stream():
     pruned = p.apply(plan)
     v = p.verify(pruned, plan)
     assert v["forward"] and v["shapes_kept"] and v["masked_equivalence"]["ok"], v
+
+
+def test_hf_stablelm_rotary_head_dims_split_off_and_its_heads_prune():
+    # partial rotary: the first quarter of each head's dims meets cos/sin, made from the
+    # inv_freq buffer shared by every layer; the other units of q_proj's group prune
+    torch.manual_seed(0)
+    cfg = transformers.StableLmConfig(vocab_size=128, hidden_size=96, num_hidden_layers=1,
+                                      num_attention_heads=4, num_key_value_heads=4,
+                                      intermediate_size=128, max_position_embeddings=64,
+                                      partial_rotary_factor=0.25)
+    p = Pruner(transformers.StableLmModel(cfg).eval(),
+               {"input_ids": torch.randint(3, 128, (1, 8))})
+    p.validate_groups()  # (its retry takes the group's place)
+    q = [g for g in p.groups if g.root == "layers.0.self_attn.q_proj"]
+    assert len(q) == 2
+    assert "rotary_emb.inv_freq" in p.reason(q[1]) and not p.reason(q[0])
+    assert q[0].n_units == 4  # whole heads, once validation retried its head dims
+    assert p.sets(q[0]) == ["layers.0.self_attn.num_heads",
+                            "layers.0.self_attn.num_key_value_heads"]
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+    assert pruned.layers[0].self_attn.num_heads == 2
 
 
 @pytest.mark.parametrize("factory", [swin, beit])

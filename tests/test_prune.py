@@ -2397,3 +2397,18 @@ def test_two_groups_that_shrink_one_stored_size_are_pruned_together():
     assert nl.inter_channels == nl.g.out_channels == nl.theta.out_channels == \
         nl.phi.out_channels == nl.W[0].in_channels == 4
     assert theta.id not in plan.removed
+
+
+def test_yolo_demo_prunes_all_but_its_head_outputs_to_a_quarter_of_its_parameters(demo_pruner):
+    # what README's demo list says of it
+    lm, p = demo_pruner("yolo")
+    assert len(p.groups) == 54
+    assert sorted(g.root for g in p.groups if p.reason(g)) == [
+        "detect.cv2.0.2", "detect.cv3.0.2", "detect.dfl.conv"]
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    kept = sum(t.numel() for t in pruned.parameters()) / \
+        sum(t.numel() for t in lm.model.parameters())
+    assert 0.24 < kept < 0.26
+    v = p.verify(pruned, plan)
+    assert v["masked_equivalence"]["ok"] and v["masked_equivalence"]["max_abs_diff"] < 1e-5
