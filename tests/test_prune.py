@@ -9,6 +9,7 @@ import weakref
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import ALL_DEMOS, CNN_DEMOS, MaskedLogits
 from torch import nn
 
@@ -487,12 +488,37 @@ def test_unknown_importance(demo_pruner):
         p.plan(0.5, "magic")
 
 
-def test_validation_rejects_hard_coded_shapes(demo_pruner):
-    _, p = demo_pruner("slicing")
+def test_validation_rejects_hard_coded_shapes():
+    class Fixed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv, self.out = nn.Conv2d(4, 24, 1), nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            q, k, v = self.qkv(x).view(x.shape[0], 3, 8, 4, 4).unbind(1)
+            return self.out(q * torch.sigmoid(k) + v)
+
+    p = Pruner(Fixed().eval(), (torch.randn(2, 4, 4, 4),))
     p.validate_groups()
     qkv = next(g for g in p.groups if g.root == "qkv")
     assert "forward fails when this group shrinks" in p.reason(qkv)
     assert "did not follow the pruned width" in p.reason(qkv)  # the usual cause, said
+
+
+def test_the_slicing_demos_qkv_and_glu_prune_together_through_the_size_both_read(demo_pruner):
+    # self.channels sizes the qkv view and bounds the GLU's slices: each failed alone, so
+    # both stayed blocked; pruned together with it set, both follow
+    _, p = demo_pruner("slicing")
+    p.validate_groups()
+    qkv, glu = (next(g for g in p.groups if g.root == r) for r in ("qkv", "glu"))
+    assert not p.reason(qkv) and p.sets(qkv) == ["channels", "split_sizes"]
+    assert p.reason(glu).startswith(f"pruned with group #{qkv.id} ('qkv')")
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    assert pruned.channels == pruned.glu.out_channels // 2 == pruned.qkv.out_channels // 3 \
+        == 16 - len(plan.removed[qkv.id]) and sum(pruned.split_sizes) == pruned.channels
+    v = p.verify(pruned, plan)
+    assert v["masked_equivalence"]["ok"] and v["masked_equivalence"]["max_abs_diff"] < 1e-6
 
 
 class ConfigSlicedQKV(nn.Module):
@@ -576,18 +602,25 @@ class WidthReadAcross(torch.nn.Module):
         return self.head(self.n(self.b(x).reshape(b, c, -1).transpose(1, 2))).mean(1)
 
 
-def test_groups_that_run_only_when_shrunk_together_are_each_blocked():
+def test_groups_that_run_only_when_shrunk_together_are_pruned_as_one():
     # validation shrank all groups at once first, both ran, and both were prunable: a plan
-    # of either alone made a model whose forward failed
+    # of either alone made a model whose forward failed. Then each was blocked; now they
+    # are one group, checked by running the model with both shrunk by first and last units
     torch.manual_seed(0)
     model, x = WidthReadAcross().eval(), torch.randn(2, 3, 4, 4)
     p = Pruner(model, (x,))
     p.validate_groups()
-    for root in ("a", "b"):
-        g = next(grp for grp in p.groups if grp.root == root)
-        assert "forward fails when this group shrinks" in p.reason(g), root
+    a, b = (next(grp for grp in p.groups if grp.root == root) for root in ("a", "b"))
+    for g in (a, b):  # oracle: either alone breaks the model
         with pytest.raises(RuntimeError):
             Pruner(model, (x,), validate=False).apply(Plan({g.id: [0]}))(x)
+    assert not p.reason(a) and p.reason(b).startswith("pruned with group #0 ('a')")
+    assert {m.node_name for m in b.members} <= {m.node_name for m in a.members}
+    plan = p.plan(0.5)
+    assert list(plan.removed) == [a.id]
+    pruned = p.apply(plan)
+    assert pruned.a.out_channels == pruned.b.out_channels == pruned.n.normalized_shape[0] == 4
+    assert p.verify(pruned, plan)["shapes_kept"]
 
 
 def test_a_plan_of_a_new_pruner_is_checked_against_validated_groups():
@@ -677,7 +710,10 @@ def test_validation_probes_a_small_model_for_real_and_finds_what_meta_finds(
             assert len(shared) > 10 and len({id(r) for r in shared}) == 1 and shared[0]
         shared.clear()
     assert found[prune_mod.REAL_PROBE_BYTES] == found[0]
-    assert len(found[0][0]) == 10
+    # 10 break alone; the two stages' streams are then joined with the position bias
+    # tables of their heads (whole heads: the stream's width is read from its shape)
+    assert len(found[0][0]) == 8
+    assert sum(why.startswith("pruned with group") for why in found[0][0].values()) == 4
 
 
 class ScalesItsInput(OneBadGroup):
@@ -1773,9 +1809,16 @@ def test_groups_that_ran_only_with_another_groups_stored_size_are_checked_withou
     torch.manual_seed(0)
     p = Pruner(Outer().eval(), (torch.randn(3, 4),))
     plan = p.plan(0.5)
-    lb = next(g for g in p.groups if g.root == "lb")
-    assert "forward fails" in p.reason(lb) and lb.id not in plan.removed
-    assert p.verify(p.apply(plan), plan)["forward"]
+    # each fails alone, even with blk.d set (the other's view reads it): they are pruned
+    # together, blk.d set, and the model is checked with both shrunk
+    la, lb = (next(g for g in p.groups if g.root == r) for r in ("blk.la", "lb"))
+    assert p.reason(lb).startswith("pruned with group #0 ('blk.la')") and \
+        lb.id not in plan.removed
+    assert not p.reason(la) and p.sets(la) == ["blk.d"] and len(plan.removed[la.id]) == 4
+    pruned = p.apply(plan)
+    v = p.verify(pruned, plan)
+    assert v["masked_equivalence"]["ok"] and v["masked_equivalence"]["max_abs_diff"] < 1e-6
+    assert pruned.lb.out_features == pruned.blk.la.out_features == pruned.blk.d == 4
 
 
 def test_taylor_scores_run_in_eval_mode_for_a_model_passed_in_train_mode():
@@ -2397,6 +2440,94 @@ def test_two_groups_that_shrink_one_stored_size_are_pruned_together():
     assert nl.inter_channels == nl.g.out_channels == nl.theta.out_channels == \
         nl.phi.out_channels == nl.W[0].in_channels == 4
     assert theta.id not in plan.removed
+
+
+class NanoAttention(nn.Module):
+    """nanoGPT's attention: C read from the residual stream's shape sizes the head views and
+    the output view; ``n_embd`` sizes the split. A fixed scale and no norms keep a prune
+    exact, so masked equivalence checks it."""
+
+    def __init__(self, c: int = 16, heads: int = 4):
+        super().__init__()
+        self.c_attn, self.c_proj = nn.Linear(c, 3 * c), nn.Linear(c, c)
+        self.n_head, self.n_embd = heads, c
+
+    def forward(self, x):
+        b, t, c = x.size()
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        q, k, v = (z.view(b, t, self.n_head, c // self.n_head).transpose(1, 2)
+                   for z in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.5)
+        return self.c_proj(y.transpose(1, 2).contiguous().view(b, t, c))
+
+
+class TimmSdpaAttention(nn.Module):
+    """timm's attention (with SDPA): ``head_dim`` sizes the q/k/v reshape, C from the input
+    sizes the output reshape."""
+
+    def __init__(self, c: int = 12, heads: int = 3):
+        super().__init__()
+        self.num_heads, self.head_dim = heads, c // heads
+        self.qkv, self.proj = nn.Linear(c, 3 * c), nn.Linear(c, c)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        y = F.scaled_dot_product_attention(q, k, v, scale=0.5)
+        return self.proj(y.transpose(1, 2).reshape(b, n, c))
+
+
+class TiedWidthNet(nn.Module):
+    def __init__(self, attention: type, c: int, layers: int = 2):
+        super().__init__()
+        self.embed = nn.Linear(5, c)
+        self.blocks = nn.ModuleList(attention(c) for _ in range(layers))
+        self.mlps = nn.ModuleList(nn.Sequential(nn.Linear(c, 2 * c), nn.ReLU(),
+                                                nn.Linear(2 * c, c)) for _ in range(layers))
+        self.head = nn.Linear(c, 3)
+
+    def forward(self, x):
+        x = self.embed(x)
+        for attn, mlp in zip(self.blocks, self.mlps, strict=True):
+            x = x + attn(x)
+            x = x + mlp(x)
+        return self.head(x)
+
+
+@pytest.mark.parametrize("attention, c, per, attr, value", [
+    (NanoAttention, 16, 4, "n_embd", 8),  # 4 heads: 4 stream channels a head dim
+    (TimmSdpaAttention, 12, 3, "head_dim", 2),  # 3 heads
+])
+def test_a_stream_whose_width_an_attention_reads_from_its_shape_prunes_with_its_head_dims(
+        attention, c, per, attr, value):
+    # before, the stream failed alone (the heads' views kept the old width) and so did each
+    # attention's head dims (C // n_head, or reshape(B, N, C), kept the stream's): all blocked
+    torch.manual_seed(0)
+    model, x = TiedWidthNet(attention, c).eval(), torch.randn(2, 6, 5)
+    p = Pruner(model, (x,))
+    p.validate_groups()
+    stream = p.groups[0]
+    assert stream.root == "embed" and not p.reason(stream), p.reason(stream)
+    assert stream.n_units == c // per
+    heads = [g for g in p.groups if g.root.startswith("blocks.")]
+    assert len(heads) == 2
+    for g in heads:
+        assert p.reason(g).startswith("pruned with group #0 ('embed'), whose units it shares")
+        assert p.reason(g).endswith(f"{per} of #0's channels for each unit of this group")
+    plan = p.plan(0.5)
+    removed = plan.removed[0]
+    assert len(removed) == c // per // 2
+    # each unit: `per` stream channels and one head dim (the same dim of every head)
+    assert len(stream.member("embed", "out").indices(removed)) == per * len(removed)
+    pruned = p.apply(plan)
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+    assert v["masked_equivalence"]["max_abs_diff"] < 1e-6
+    assert pruned.embed.out_features == c // 2
+    for attn in pruned.blocks:
+        assert getattr(attn, attr) == value
+    assert model.embed.out_features == c  # the loaded model is untouched
 
 
 def test_yolo_demo_prunes_all_but_its_head_outputs_to_a_quarter_of_its_parameters(demo_pruner):

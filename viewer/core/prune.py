@@ -1012,13 +1012,15 @@ class Pruner:
                 if o.id in swapped and o.id > gid:
                     continue  # that one yields to this one
                 if o.id in swapped:
-                    self._validated[gid] = (f"as whole heads, its channels are group #{o.id}'s, "
+                    self._validated[gid] = (f"{_TAKEN}#{o.id}'s, "
                                             "which prunes them")
                 else:
                     self.groups[i], self._validated[gid] = swapped[gid]
                     self._sets.pop(gid, None)
                 break
         self._join_shared_sizes(not_run, attempt)
+        if pending:  # (what this call validated: a later call finds nothing new to join)
+            self._join_tied_widths(attempt, repair)
         return {k: v for k, v in self._validated.items() if v}
 
     def _join_shared_sizes(self, not_run: dict[int, tuple[list[SizeAttr], bool]],
@@ -1060,10 +1062,70 @@ class Pruner:
                 self._sets[a_id] = found
                 self._validated[a_id] = ""
                 what = ", ".join(sorted(f"{m}.{n}" if m else n for m, n in shared))
-                self._validated[b_id] = (f"pruned with group #{a_id} ('{a.root}'), whose units "
+                self._validated[b_id] = (f"{_JOINED}#{a_id} ('{a.root}'), whose units "
                                          f"it shares: both shrink the size {what} holds, so "
                                          "they lose the same number of units")
                 joined |= {a_id, b_id}
+                break
+
+    def _join_tied_widths(self, attempt: Callable, repair: Callable) -> None:
+        """Widths tied through a size read from a tensor's shape: nanoGPT's attention takes
+        ``B, T, C = x.size()`` from the residual stream and views q, k and v as
+        ``(B, T, n_head, C // n_head)``; timm's ends with ``reshape(B, N, C)``. Shrinking the
+        stream alone, or one attention's head dims alone, breaks those views; shrinking the
+        stream by ``n_head`` channels for every head dim each attention loses keeps them all
+        whole. So a failed group (the anchor, most units first) is tried joined with every
+        other failed group of one unit count that divides its own (most first): each
+        anchor unit count / that count of its units bundled into one unit (its units
+        ``k*i .. k*i+k-1`` with unit i of each other group), the stored sizes they read set
+        as a repair finds them. The join takes the anchor's place and id only if the model
+        runs with it (first and last units, as any group is checked); the others then say
+        which group prunes their channels. A join that does not run is not tried again
+        from one of its other groups of as many units."""
+        by_id = {g.id: g for g in self.groups}
+        fails = [g for gid, err in sorted(self._validated.items())
+                 if err and not err.startswith((_JOINED, _TAKEN))
+                 and (g := by_id.get(gid)) is not None and not g.reason and g.n_units > 1]
+        joined: set[int] = set()
+        tried: set[int] = set()  # anchors of a join that did not run, and its other groups
+        for a in sorted(fails, key=lambda g: (-g.n_units, g.id)):
+            if a.id in joined | tried or a.multiple_of != 1:
+                continue
+            sizes = sorted({g.n_units for g in fails if g.id not in joined | {a.id}
+                            and a.n_units % g.n_units == 0}, reverse=True)
+            for n in sizes:
+                others = [g for g in fails if g.n_units == n and g.id not in joined | {a.id}]
+                if len({g.multiple_of for g in others}) != 1:
+                    continue
+                both = _bundled(a, a.n_units // n)
+                for b in others:
+                    both = _joined(both, b)
+                both.multiple_of = others[0].multiple_of
+                at = next(k for k, g in enumerate(self.groups) if g.id == a.id)
+                self.groups[at] = both
+                had = self._sets.get(a.id)
+                if attempt([both]) and not repair(both):
+                    self.groups[at] = a
+                    if had is None:
+                        self._sets.pop(a.id, None)
+                    else:
+                        self._sets[a.id] = had
+                    # the same join from another of as many units would fail alike (the
+                    # layers of timm's ViT over an input that cannot shrink: one try, not one
+                    # a layer); a smaller one may still join groups of its own
+                    tried |= {b.id for b in others if b.n_units == a.n_units}
+                    continue
+                self._validated[a.id] = ""
+                per = a.n_units // n
+                for b in others:
+                    self._validated[b.id] = (
+                        f"{_JOINED}#{a.id} ('{a.root}'), whose units it shares: alone, each "
+                        "breaks a view or split whose size follows the other's width (read "
+                        "from its shape, as B, T, C = x.size(), or from an attribute both "
+                        "read), so they shrink together"
+                        + (f", {per} of #{a.id}'s channels for each unit of this group"
+                           if per > 1 else ""))
+                joined |= {a.id} | {b.id for b in others}
                 break
 
     def _probe(self, plan: Plan, gs: list[Group],
@@ -1553,6 +1615,31 @@ def _raised_at(exc: BaseException) -> str:
         return ""
     f = tb[-1]
     return f"at {Path(f.filename).name}:{f.lineno}: {(f.line or '').strip()[:120]}"
+
+
+#: how the reasons of groups whose channels another group prunes begin: a joined group's
+#: other parts, a whole-heads retry that found another group's heads
+_JOINED = "pruned with group "
+_TAKEN = "as whole heads, its channels are group "
+
+
+def _bundled(g: Group, k: int) -> Group:
+    """``g`` with every ``k`` consecutive units made one (``g.n_units`` a multiple of ``k``):
+    units ``k*i .. k*i+k-1`` become unit i."""
+    if k == 1:
+        return g
+
+    def coarse(unit: np.ndarray) -> np.ndarray:
+        out = unit // k
+        out.flags.writeable = False
+        return out
+
+    return dataclasses.replace(
+        g, n_units=g.n_units // k,
+        members=[dataclasses.replace(m, unit=coarse(m.unit)) for m in g.members],
+        tensors={key: (pos, coarse(unit)) for key, (pos, unit) in g.tensors.items()},
+        reasons=list(g.reasons), stats_notes=list(g.stats_notes),
+        multiple_why=list(g.multiple_why))
 
 
 def _joined(a: Group, b: Group) -> Group:
