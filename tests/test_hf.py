@@ -134,6 +134,31 @@ def test_hf_stablelm_rotary_head_dims_split_off_and_its_heads_prune():
     assert pruned.layers[0].self_attn.num_heads == 2
 
 
+def test_hf_segformer_stream_prunes_with_its_sequence_reduction():
+    # the spatial reduction reshapes the stream to a map and back with num_channels read from
+    # its shape: the stream and the reduction conv each failed alone; pruned as one they run
+    torch.manual_seed(0)
+    cfg = transformers.SegformerConfig(num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1],
+                                       hidden_sizes=[16, 32], patch_sizes=[7, 3],
+                                       strides=[4, 2], num_attention_heads=[1, 2],
+                                       mlp_ratios=[2, 2])
+    model = transformers.SegformerModel(cfg).eval()
+    p = Pruner(model, {"pixel_values": torch.randn(1, 3, 32, 32)})
+    p.validate_groups()
+    stream, sr = p.groups[0], p.groups[2]
+    assert (stream.root, sr.root) == ("stages.0.patch_embeddings.proj",
+                                      "stages.0.blocks.0.attention.sequence_reduction"
+                                      ".sequence_reduction")
+    assert not p.reason(stream) and p.reason(sr).startswith("pruned with group #0")
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["shapes_kept"] and v["masked_equivalence"]["exact_groups"]["ok"]
+    attn = pruned.stages[0].blocks[0].attention
+    assert attn.sequence_reduction.sequence_reduction.out_channels == 8 == \
+        pruned.stages[0].patch_embeddings.proj.out_channels
+
+
 @pytest.mark.parametrize("factory", [swin, beit])
 def test_hf_relative_position_bias_tables_lose_the_heads_of_their_attention(factory):
     torch.manual_seed(0)
