@@ -159,6 +159,26 @@ def test_hf_segformer_stream_prunes_with_its_sequence_reduction():
         pruned.stages[0].patch_embeddings.proj.out_channels
 
 
+def test_hf_gpt_bigcode_multi_query_attention_prunes_its_head_dims():
+    # one fused c_attn split by (embed_dim, kv_dim, kv_dim) into q and one shared k and v:
+    # it was one unit ("removing it would remove the whole tensor")
+    torch.manual_seed(0)
+    cfg = transformers.GPTBigCodeConfig(vocab_size=100, n_embd=32, n_layer=2, n_head=4,
+                                        bos_token_id=0, eos_token_id=0)
+    p = Pruner(transformers.GPTBigCodeModel(cfg).eval(),
+               {"input_ids": torch.randint(0, 100, (1, 8))})
+    p.validate_groups()
+    attn = [g for g in p.groups if g.root.endswith("attn.c_attn")]
+    assert [(g.n_units, p.reason(g)) for g in attn] == [(8, ""), (8, "")]
+    assert p.sets(attn[0]) == ["h.0.attn.embed_dim", "h.0.attn.head_dim", "h.0.attn.kv_dim"]
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+    a = pruned.h[0].attn
+    assert (a.head_dim, a.kv_dim, a.c_attn.out_features) == (4, 4, 16 + 2 * 4)
+
+
 @pytest.mark.parametrize("factory", [swin, beit])
 def test_hf_relative_position_bias_tables_lose_the_heads_of_their_attention(factory):
     torch.manual_seed(0)

@@ -1242,7 +1242,7 @@ def test_parameters_the_example_inputs_never_reach_are_named_in_the_verification
     assert every.untraced() == []
 
 
-@pytest.mark.parametrize("window", [slice(4, None), slice(None, 12), slice(None, None, 2)])
+@pytest.mark.parametrize("window", [slice(4, None), slice(None, 12)])
 def test_a_fixed_channel_slice_is_found_whichever_units_a_plan_would_take(window):
     """Removing a channel past the end of ``x[:, :12]`` runs; removing one before or inside
     the window does not. Validation removes the first unit, which is always one of those."""
@@ -1283,10 +1283,39 @@ def test_ghostnet_cut_to_its_width_after_the_concat_is_not_prunable():
         assert g.id not in plan.removed and "forward fails" in p.reason(g)
 
 
-def test_a_split_at_a_middle_computed_from_the_width_is_not_prunable():
+def test_every_other_channel_sliced_prunes_an_even_and_an_odd_channel_together():
+    """``x[:, ::2]``: removing one channel shifts which channels the slice takes (fails);
+    the read channels and the dropped ones are two kinds of 8 units, and removing as many of
+    each (channels 2k and 2k+1) keeps it taking the kept even ones."""
+    class Sliced(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Conv2d(3, 16, 1), torch.nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            return self.b(torch.relu(self.a(x))[:, ::2])
+
+    torch.manual_seed(0)
+    model, x = Sliced().eval(), torch.randn(1, 3, 4, 4)
+    g = Pruner(model, (x,), validate=False).groups[0]
+    with pytest.raises(RuntimeError):  # oracle: one channel alone breaks the model
+        Pruner(model, (x,), validate=False).apply(Plan({g.id: [0]}))(x)
+    p = Pruner(model, (x,))
+    for ratio, importance in ((0.3, "l1"), (0.5, "random"), (0.7, "l2")):
+        plan = p.plan(ratio, importance, seed=1)
+        g = p.groups[0]
+        assert g.n_units == 8 and not p.reason(g)
+        assert g.member("a", "out").indices(plan.removed[g.id]).tolist() == \
+            sorted(c for u in plan.removed[g.id] for c in (2 * u, 2 * u + 1))
+        v = p.verify(p.apply(plan), plan)
+        assert v["masked_equivalence"]["ok"] and v["masked_equivalence"]["max_abs_diff"] < 1e-6
+
+
+def test_a_split_at_a_middle_computed_from_the_width_prunes_both_halves_alike():
     """CSPNet writes ``c = x.shape[1] // 2; x[:, :c], x[:, c:]``: the trace sees fixed
     numbers. Removing the first channel keeps the halves agreeing with the plan; removing
-    the last does not. Validation removes each end in a run of its own."""
+    the last does not. Validation removes each end in a run of its own, finds the group
+    broken, and pairs channel i of the first half with channel i of the second: c follows."""
     class CSP(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -1299,10 +1328,21 @@ def test_a_split_at_a_middle_computed_from_the_width_is_not_prunable():
             c = h.shape[1] // 2
             return self.b(torch.cat([self.a(h[:, :c]), h[:, c:]], 1))
 
-    p = Pruner(CSP().eval(), (torch.randn(1, 3, 4, 4),))
-    p.plan(0.5)
-    assert "the model's forward fails when this group shrinks" in \
-        p.reason(next(g for g in p.groups if g.root == "expand"))
+    torch.manual_seed(0)
+    model, x = CSP().eval(), torch.randn(1, 3, 4, 4)
+    g = next(g for g in Pruner(model, (x,), validate=False).groups if g.root == "expand")
+    with pytest.raises(RuntimeError):  # oracle: the last channel alone breaks the model
+        Pruner(model, (x,), validate=False).apply(Plan({g.id: [g.n_units - 1]}))(x)
+    p = Pruner(model, (x,))
+    plan = p.plan(0.5, "random", seed=3)
+    g = next(g for g in p.groups if g.root == "expand")
+    assert g.n_units == 8 and not p.reason(g)
+    removed = g.member("expand", "out").indices(plan.removed[g.id])
+    assert (removed < 8).sum() == (removed >= 8).sum() == 4
+    pruned = p.apply(plan)
+    assert pruned.a.in_channels == 4 and pruned.b.in_channels == 8
+    v = p.verify(pruned, plan)
+    assert v["masked_equivalence"]["ok"] and v["masked_equivalence"]["max_abs_diff"] < 1e-6
 
 
 class HeadDimAttention(torch.nn.Module):
@@ -2528,6 +2568,48 @@ def test_a_stream_whose_width_an_attention_reads_from_its_shape_prunes_with_its_
     for attn in pruned.blocks:
         assert getattr(attn, attr) == value
     assert model.embed.out_features == c  # the loaded model is untouched
+
+
+class MultiQuery(nn.Module):
+    """StarCoder's (HF GPTBigCode) multi-query attention: one fused projection split into q
+    and one shared k and v by three stored sizes, q viewed with ``-1`` heads."""
+
+    def __init__(self, c: int = 16, heads: int = 4):
+        super().__init__()
+        self.embed_dim, self.head_dim = c, c // heads
+        self.kv_dim = self.head_dim
+        self.c_attn = nn.Linear(c, c + 2 * self.kv_dim)
+        self.c_proj = nn.Linear(c, c)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        q, k, v = self.c_attn(x).unsqueeze(1).split((self.embed_dim, self.kv_dim,
+                                                      self.kv_dim), dim=3)
+        q = q.view(b, t, -1, self.head_dim).transpose(1, 2)
+        y = F.scaled_dot_product_attention(q, k, v, scale=0.5)  # k, v broadcast over heads
+        return self.c_proj(y.transpose(1, 2).reshape(b, t, -1))
+
+
+def test_multi_query_attention_prunes_head_dims_paired_with_the_shared_values():
+    torch.manual_seed(0)
+    model, x = MultiQuery().eval(), torch.randn(2, 5, 16)
+    # the search: whole q heads (the -1) crossed k's head dims and merged every unit (one
+    # unit: "removing it would remove the whole tensor"); with q split at its head dims,
+    # q/k dims and v dims are two kinds of 4 units
+    raw = Pruner(model, (x,), validate=False).groups[0]
+    assert raw.root == "c_attn" and raw.n_units == 8
+    # the stored kv_dim sizes k and v alike: validation pairs q/k dim i with v dim i
+    p = Pruner(model, (x,))
+    p.validate_groups()
+    g = p.groups[0]
+    assert g.n_units == 4 and not p.reason(g)
+    assert p.sets(g) == ["embed_dim", "head_dim", "kv_dim"]
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    v = p.verify(pruned, plan)
+    assert v["masked_equivalence"]["ok"] and v["masked_equivalence"]["max_abs_diff"] < 1e-6
+    assert (pruned.head_dim, pruned.kv_dim, pruned.embed_dim) == (2, 2, 8)
+    assert pruned.c_attn.out_features == 8 + 2 * 2 and pruned.c_proj.in_features == 8
 
 
 def test_yolo_demo_prunes_all_but_its_head_outputs_to_a_quarter_of_its_parameters(demo_pruner):

@@ -847,11 +847,14 @@ def map_reshape(a, b, dim, units, pos, inferred: int | None = None,
     return _map_reshape(a, b, dim, units, pos, inferred, copies)[:3]
 
 
-def _map_reshape(a, b, dim, units, pos, inferred=None, copies=frozenset(), outer=False):
+def _map_reshape(a, b, dim, units, pos, inferred=None, copies=frozenset(), outer=False,
+                 inner=False):
     """:func:`map_reshape`, plus whether ``b`` keeps the tracked dim's data in one dim (then
     every position of ``b`` there comes from exactly one position of ``dim``). ``outer``
     picks the outermost candidate dim instead of the largest where neither the slabs nor a
-    ``-1`` decide (a split into (heads, head_dim) then prunes whole heads)."""
+    ``-1`` decide (a split into (heads, head_dim) then prunes whole heads). ``inner`` picks
+    the innermost even where a ``-1`` would decide (head dims, when whole heads merge every
+    unit: see :func:`_search_or_unfollowed`)."""
     for gi, gj in dim_groups(tuple(a), tuple(b)):
         if dim not in gi:
             continue
@@ -887,11 +890,12 @@ def _map_reshape(a, b, dim, units, pos, inferred=None, copies=frozenset(), outer
         regather = _regathering_dim(big, gb, flats, units)
         if regather is not None:
             choice = regather
-        elif inferred is not None and inferred in gj and b[inferred] > 1:
+        elif inferred is not None and not inner and inferred in gj and b[inferred] > 1:
             choice = gj.index(inferred)
         else:
             real = [t for t in big if gj[t] not in copies] or big
-            choice = min(real) if outer else max(real, key=lambda t: (gb[t], -t))
+            choice = min(real) if outer else max(real) if inner else \
+                max(real, key=lambda t: (gb[t], -t))
         stride_b = math.prod(gb[choice + 1:])
         coords = (flats // stride_b) % gb[choice]
         return gj[choice], np.repeat(units, coords.shape[1]), coords.reshape(-1), False
@@ -938,7 +942,8 @@ def _reshape_rule(g, node, side, port, dim, units, pos, ctx):
             copies = frozenset(d for d in range(len(eb))
                                if d - (len(eb) - len(ea)) < 0 or ea[d - (len(eb) - len(ea))] == 1
                                and eb[d] > 1)
-    d, u, p, whole = _map_reshape(a, b, dim, units, pos, inferred, copies, ctx.search.outer)
+    d, u, p, whole = _map_reshape(a, b, dim, units, pos, inferred, copies, ctx.search.outer,
+                                  ctx.search.inner)
     if len(p) > b[d]:
         # units landing on one position merge (the channels of one head): merge them here and
         # carry one unit per position, so the slab sent back is not repeated per unit
@@ -1725,9 +1730,10 @@ class _Search:
     tensor of the class processes each batch once."""
 
     def __init__(self, graph: Graph, n_units: int, link_cache: dict | None = None,
-                 outer: bool = False):
+                 outer: bool = False, inner: bool = False):
         self.g = graph
         self.outer = outer  # ambiguous reshapes split at their outer dim (see _map_reshape)
+        self.inner = inner  # ... at their inner dim, even where a -1 says otherwise
         self.parent = np.arange(n_units, dtype=np.int64)
         self.merged = False  # any union yet?
         self.cls: dict[TensorKey, int] = {}  # tensor -> class
@@ -2087,14 +2093,14 @@ def out_channel_dim(node: Node) -> int | None:
 
 def _search(graph: Graph, root: Node, side: str, dim: int, pos: IntArray,
             gid: int, link_cache: dict | None = None, trail: list | None = None,
-            outer: bool = False, blocked: list | None = None) -> Group:
+            outer: bool = False, blocked: list | None = None, inner: bool = False) -> Group:
     """The group of ``pos`` on ``dim`` of ``root``'s output (``side="out"``) or input.
     ``trail``, if given, receives every tensor key the search visited. ``blocked``, if
     given, receives the sorted labels of the units that reached what blocks the group when
     those are some of its units, not all, and nothing else blocks it (see
     :func:`split_blocked`)."""
     n = len(pos)
-    s = _Search(graph, n, link_cache, outer)
+    s = _Search(graph, n, link_cache, outer, inner)
     ctx = _Ctx(s)
     units = np.arange(n, dtype=np.int64)
     if side == "out":
@@ -2281,10 +2287,28 @@ def _unfollowed(graph: Graph, root: Node, dim: int, pos: IntArray, gid: int,
 def _search_or_unfollowed(graph: Graph, root: Node, dim: int, pos: IntArray, gid: int,
                           link_cache: dict, trail: list | None = None,
                           blocked: list | None = None) -> Group:
+    """The group of ``pos`` on ``root``'s output ``dim`` (or, if a rule fails, the root alone,
+    saying why). A group of one unit from several channels is searched again with every
+    ambiguous reshape split at its inner dim (:func:`_map_reshape`'s ``inner``), which is
+    kept when it has more units: multi-query attention views q with ``-1`` heads over one
+    shared k, whose head dims meet q's in every head. Whole q heads (the ``-1``) and head
+    dims (the contraction with k) cross, and merge every unit; q's head dims alone do not."""
     try:
-        return _search(graph, root, "out", dim, pos, gid, link_cache, trail, blocked=blocked)
+        found, seen = [], []
+        grp = _search(graph, root, "out", dim, pos, gid, link_cache, found, blocked=seen)
+        if grp.n_units == 1 and len(pos) > 1 and not grp.reasons:
+            found2, seen2 = [], []
+            alt = _search(graph, root, "out", dim, pos, gid, link_cache, found2,
+                          blocked=seen2, inner=True)
+            if alt.n_units > 1:
+                grp, found, seen = alt, found2, seen2
     except (DepViewError, IndexError, ValueError) as exc:
         return _unfollowed(graph, root, dim, pos, gid, exc)
+    if trail is not None:
+        trail += found
+    if blocked is not None:
+        blocked += seen
+    return grp
 
 
 def _hooked_weight(node: Node) -> str | None:

@@ -1020,6 +1020,7 @@ class Pruner:
                 break
         self._join_shared_sizes(not_run, attempt)
         if pending:  # (what this call validated: a later call finds nothing new to join)
+            self._pair_unit_kinds(attempt, repair)
             self._join_tied_widths(attempt, repair)
         return {k: v for k, v in self._validated.items() if v}
 
@@ -1067,6 +1068,36 @@ class Pruner:
                                          "they lose the same number of units")
                 joined |= {a_id, b_id}
                 break
+
+    def _pair_unit_kinds(self, attempt: Callable, repair: Callable) -> None:
+        """A broken group whose units are of several kinds, as many of each, each kind
+        reaching its own tensors: a fused multi-query projection's q/k head dims (q's dim d
+        in every head with k's dim d) and its v head dims, both sized by one stored
+        ``kv_dim`` (``split((embed_dim, kv_dim, kv_dim))``). Removing units of one kind alone
+        breaks the size the other reads; removing as many of each keeps it whole. So unit i
+        of every kind becomes one unit, and the group is tried again (its stored sizes set
+        as a repair finds them), in its place and id if the model runs."""
+        by_id = {g.id: g for g in self.groups}
+        for gid, err in sorted(self._validated.items()):
+            g = by_id.get(gid)
+            if not err or err.startswith((_JOINED, _TAKEN)) or g is None or g.reason or \
+                    g.n_units < 4 or g.multiple_of != 1:
+                continue
+            kinds = _unit_kinds(g)
+            if kinds is None:
+                continue
+            paired = _relabelled(g, kinds)
+            at = next(k for k, x in enumerate(self.groups) if x.id == gid)
+            self.groups[at] = paired
+            had = self._sets.get(gid)
+            if attempt([paired]) and not repair(paired):
+                self.groups[at] = g
+                if had is None:
+                    self._sets.pop(gid, None)
+                else:
+                    self._sets[gid] = had
+                continue
+            self._validated[gid] = ""
 
     def _join_tied_widths(self, attempt: Callable, repair: Callable) -> None:
         """Widths tied through a size read from a tensor's shape: nanoGPT's attention takes
@@ -1288,10 +1319,20 @@ class Pruner:
         for node, key, sizes in split_sizes(self.graph, group):
             if node.module not in mods:
                 continue
-            for k, v in vars(mods[node.module]).items():
-                if not k.startswith("_") and type(v) in (list, tuple) and tuple(v) == sizes:
+            attrs = [(k, v) for k, v in vars(mods[node.module]).items() if not k.startswith("_")]
+            for k, v in attrs:
+                if type(v) in (list, tuple) and tuple(v) == sizes:
                     out.append(SizeAttr(node.module, k, node.id, key, sum(sizes), len(sizes),
                                         sizes))
+            if len(set(sizes)) > 1:
+                # sizes given one by one, split((self.embed_dim, self.kv_dim, self.kv_dim)):
+                # an int attribute equal to a part's size may be that part's width (a part
+                # of the group's tensors: the split's output ``i``)
+                for i, size in enumerate(sizes):
+                    part = (node.id, i, key[2])
+                    if part in group.tensors:
+                        out += [SizeAttr(node.module, k, node.id, part, size)
+                                for k, v in attrs if type(v) is int and v == size]
         return out
 
     def masked_model(self, plan: Plan) -> nn.Module:
@@ -1623,23 +1664,47 @@ _JOINED = "pruned with group "
 _TAKEN = "as whole heads, its channels are group "
 
 
+def _unit_kinds(g: Group) -> np.ndarray | None:
+    """For each unit of ``g``, its new label when unit i of every kind is made one (see
+    :meth:`Pruner._pair_unit_kinds`), or None unless the units fall into two or more kinds
+    of as many units each. A unit's kind is the set of tensors it reaches."""
+    reach: list[set] = [set() for _ in range(g.n_units)]
+    for key, (_, unit) in g.tensors.items():
+        for u in np.unique(unit):
+            reach[int(u)].add(key)
+    kinds: dict[frozenset, list[int]] = {}
+    for u, keys in enumerate(reach):
+        kinds.setdefault(frozenset(keys), []).append(u)
+    sizes = {len(us) for us in kinds.values()}
+    if len(kinds) < 2 or len(sizes) != 1:
+        return None
+    label = np.empty(g.n_units, dtype=np.int64)
+    for us in kinds.values():
+        label[us] = np.arange(len(us))
+    return label
+
+
+def _relabelled(g: Group, label: np.ndarray) -> Group:
+    """``g`` with unit u renamed ``label[u]`` (units given one label become one)."""
+    def new(unit: np.ndarray) -> np.ndarray:
+        out = label[unit]
+        out.flags.writeable = False
+        return out
+
+    return dataclasses.replace(
+        g, n_units=int(label.max()) + 1,
+        members=[dataclasses.replace(m, unit=new(m.unit)) for m in g.members],
+        tensors={key: (pos, new(unit)) for key, (pos, unit) in g.tensors.items()},
+        reasons=list(g.reasons), stats_notes=list(g.stats_notes),
+        multiple_why=list(g.multiple_why))
+
+
 def _bundled(g: Group, k: int) -> Group:
     """``g`` with every ``k`` consecutive units made one (``g.n_units`` a multiple of ``k``):
     units ``k*i .. k*i+k-1`` become unit i."""
     if k == 1:
         return g
-
-    def coarse(unit: np.ndarray) -> np.ndarray:
-        out = unit // k
-        out.flags.writeable = False
-        return out
-
-    return dataclasses.replace(
-        g, n_units=g.n_units // k,
-        members=[dataclasses.replace(m, unit=coarse(m.unit)) for m in g.members],
-        tensors={key: (pos, coarse(unit)) for key, (pos, unit) in g.tensors.items()},
-        reasons=list(g.reasons), stats_notes=list(g.stats_notes),
-        multiple_why=list(g.multiple_why))
+    return _relabelled(g, np.arange(g.n_units, dtype=np.int64) // k)
 
 
 def _joined(a: Group, b: Group) -> Group:
