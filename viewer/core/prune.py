@@ -1069,6 +1069,23 @@ class Pruner:
                 joined |= {a_id, b_id}
                 break
 
+    def _runs_instead(self, old: Group, new: Group, attempt: Callable,
+                      repair: Callable) -> bool:
+        """Put ``new`` in ``old``'s place (same id) and check it as any group is (first and
+        last units), with the stored sizes a repair finds when it needs them. If the model
+        does not run, ``old`` and its stored sizes are put back."""
+        at = next(k for k, g in enumerate(self.groups) if g.id == old.id)
+        self.groups[at] = new
+        had = self._sets.get(old.id)
+        if not attempt([new]) or repair(new):
+            return True
+        self.groups[at] = old
+        if had is None:
+            self._sets.pop(old.id, None)
+        else:
+            self._sets[old.id] = had
+        return False
+
     def _pair_unit_kinds(self, attempt: Callable, repair: Callable) -> None:
         """A broken group whose units are of several kinds, as many of each, each kind
         reaching its own tensors: a fused multi-query projection's q/k head dims (q's dim d
@@ -1086,18 +1103,8 @@ class Pruner:
             kinds = _unit_kinds(g)
             if kinds is None:
                 continue
-            paired = _relabelled(g, kinds)
-            at = next(k for k, x in enumerate(self.groups) if x.id == gid)
-            self.groups[at] = paired
-            had = self._sets.get(gid)
-            if attempt([paired]) and not repair(paired):
-                self.groups[at] = g
-                if had is None:
-                    self._sets.pop(gid, None)
-                else:
-                    self._sets[gid] = had
-                continue
-            self._validated[gid] = ""
+            if self._runs_instead(g, _relabelled(g, kinds), attempt, repair):
+                self._validated[gid] = ""
 
     def _join_tied_widths(self, attempt: Callable, repair: Callable) -> None:
         """Widths tied through a size read from a tensor's shape: nanoGPT's attention takes
@@ -1132,15 +1139,7 @@ class Pruner:
                 for b in others:
                     both = _joined(both, b)
                 both.multiple_of = others[0].multiple_of
-                at = next(k for k, g in enumerate(self.groups) if g.id == a.id)
-                self.groups[at] = both
-                had = self._sets.get(a.id)
-                if attempt([both]) and not repair(both):
-                    self.groups[at] = a
-                    if had is None:
-                        self._sets.pop(a.id, None)
-                    else:
-                        self._sets[a.id] = had
+                if not self._runs_instead(a, both, attempt, repair):
                     # the same join from another of as many units would fail alike (the
                     # layers of timm's ViT over an input that cannot shrink: one try, not one
                     # a layer); a smaller one may still join groups of its own
