@@ -488,6 +488,25 @@ def test_unknown_importance(demo_pruner):
         p.plan(0.5, "magic")
 
 
+def test_a_second_round_prunes_a_split_whose_first_part_kept_one_channel(demo_pruner):
+    # round 1 at 0.3 leaves split_sizes [1, 12]: validation removed the first unit, the one
+    # channel of part 0 that a plan always keeps, the forward failed and round 2 found
+    # qkv/glu blocked
+    lm, p = demo_pruner("slicing")
+    plan = p.plan(0.3)
+    once = p.apply(plan)
+    assert once.split_sizes[0] == 1
+    q = Pruner(once, lm.inputs, output_layers=lm.output_layers)
+    q.validate_groups()
+    qkv = next(g for g in q.groups if g.root == "qkv")
+    assert not q.reason(qkv) and q.sets(qkv) == ["channels", "split_sizes"]
+    plan2 = q.plan(0.3)
+    twice = q.apply(plan2)
+    assert twice.split_sizes[0] == 1 and twice.channels < once.channels
+    v = q.verify(twice, plan2)
+    assert v["masked_equivalence"]["ok"] and v["masked_equivalence"]["max_abs_diff"] < 1e-6
+
+
 def test_validation_rejects_hard_coded_shapes():
     class Fixed(nn.Module):
         def __init__(self):

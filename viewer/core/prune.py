@@ -1505,9 +1505,19 @@ def _probe_units(group: Group, end: str) -> list[int]:
     ``cat(...)[:, :oup]``) still runs when a channel past its end goes and breaks when the
     first goes; a split at a computed middle (``x[:, :c]`` with ``c = x.shape[1] // 2``, read
     as fixed numbers) still runs when the first goes and breaks when the last does. Both in
-    one run can hide either (the sizes happen to agree again)."""
+    one run can hide either (the sizes happen to agree again).
+
+    A unit that is all a layer holds of the group (the one channel left to one part of a
+    split after an earlier round) is never removed by a plan (see
+    :meth:`Pruner._keep_every_part`), so the probe takes the next unit from that end."""
     m = group.multiple_of
-    return list(range(m)) if end == "first" else list(range(group.n_units - m, group.n_units))
+    if m != 1:
+        return list(range(m)) if end == "first" else \
+            list(range(group.n_units - m, group.n_units))
+    sole = {int(held[0]) for mem in group.members
+            if len(held := np.unique(mem.unit)) == 1 and group.n_units > 1}
+    order = range(group.n_units) if end == "first" else range(group.n_units - 1, -1, -1)
+    return [next((u for u in order if u not in sole), order[0])]
 
 
 def masked_note(verification: dict) -> str:
