@@ -802,6 +802,41 @@ def test_build_graph_runs_in_eval_mode_and_restores_the_flags_even_on_error():
     assert torch.equal(bn.running_mean, before)
 
 
+def test_eval_mode_from_two_threads_keeps_the_model_in_eval_until_the_last_leaves():
+    # before, the second call found the flags the first had cleared and held nothing; the
+    # first, leaving while the second still ran, set train mode back under it
+    import threading
+
+    from viewer.core.trace import eval_mode
+
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))  # train mode
+    seen: dict[str, bool] = {}
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+
+    def first():
+        with eval_mode(model):
+            a_in.set()
+            b_in.wait(10)
+        a_out.set()
+
+    def second():
+        a_in.wait(10)
+        with eval_mode(model):
+            b_in.set()
+            a_out.wait(10)  # the first call has left
+            seen["training"] = model[1].training
+            model(torch.randn(5, 3))  # BatchNorm in eval: its statistics stay
+    before = model[1].running_mean.clone()
+    threads = [threading.Thread(target=f) for f in (first, second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert seen == {"training": False}
+    assert torch.equal(model[1].running_mean, before)
+    assert model.training and model[0].training and model[1].training
+
+
 def test_writes_are_setitem_nodes_in_the_graph_json():
     import json
 

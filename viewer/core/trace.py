@@ -25,6 +25,7 @@ from __future__ import annotations
 import gc
 import inspect
 import sys
+import threading
 import warnings
 import weakref
 from collections.abc import Iterator, Mapping
@@ -1411,8 +1412,8 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
     modules = list(model.modules())
     training = [m for m in modules if m.training]
     compiled = any(_compiled(m) for m in modules)
-    for m in training:
-        m.__dict__["training"] = False
+    if training or _EVAL_HELD:  # (flags first: a holder registers before it clears them)
+        training = _hold_eval(modules)
     try:
         if compiled:
             with torch.compiler.set_stance("force_eager"), warnings.catch_warnings():
@@ -1422,8 +1423,44 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
         else:
             yield
     finally:
-        for m in training:
-            m.__dict__["training"] = True
+        if training:
+            _release_eval(training)
+
+
+#: id(module) -> how many eval_mode calls hold it, for modules some call found in train mode
+#: (two threads tracing one model: the second sees the flags the first cleared, and must not
+#: take them for the model's own, nor the first restore them while the second still runs)
+_EVAL_HELD: dict[int, int] = {}
+_EVAL_LOCK = threading.Lock()
+
+
+def _hold_eval(modules: list[nn.Module]) -> list[nn.Module]:
+    """Clear the training flag of ``modules`` in train mode, or held by another call; return
+    the modules this call holds."""
+    held = []
+    with _EVAL_LOCK:
+        for m in modules:
+            if id(m) in _EVAL_HELD:
+                _EVAL_HELD[id(m)] += 1
+            elif m.training:
+                _EVAL_HELD[id(m)] = 1
+                m.__dict__["training"] = False
+            else:
+                continue
+            held.append(m)
+    return held
+
+
+def _release_eval(held: list[nn.Module]) -> None:
+    """Undo :func:`_hold_eval`: the last call holding a module sets it back to train mode."""
+    with _EVAL_LOCK:
+        for m in held:
+            n = _EVAL_HELD[id(m)] - 1
+            if n:
+                _EVAL_HELD[id(m)] = n
+            else:
+                del _EVAL_HELD[id(m)]
+                m.__dict__["training"] = True
 
 
 def build_graph(model: nn.Module, example_inputs=(), example_kwargs: dict | None = None,
