@@ -1063,9 +1063,9 @@ class Pruner:
                 self._sets[a_id] = found
                 self._validated[a_id] = ""
                 what = ", ".join(sorted(f"{m}.{n}" if m else n for m, n in shared))
-                self._validated[b_id] = (f"{_JOINED}#{a_id} ('{a.root}'), whose units "
-                                         f"it shares: both shrink the size {what} holds, so "
-                                         "they lose the same number of units")
+                self._validated[b_id] = _joined_reason(
+                    a, f"both shrink the size {what} holds, so they lose the same number of "
+                       "units")
                 joined |= {a_id, b_id}
                 break
 
@@ -1148,13 +1148,12 @@ class Pruner:
                 self._validated[a.id] = ""
                 per = a.n_units // n
                 for b in others:
-                    self._validated[b.id] = (
-                        f"{_JOINED}#{a.id} ('{a.root}'), whose units it shares: alone, each "
-                        "breaks a view or split whose size follows the other's width (read "
-                        "from its shape, as B, T, C = x.size(), or from an attribute both "
-                        "read), so they shrink together"
-                        + (f", {per} of #{a.id}'s channels for each unit of this group"
-                           if per > 1 else ""))
+                    self._validated[b.id] = _joined_reason(
+                        a, "alone, each breaks a view or split whose size follows the other's "
+                           "width (read from its shape, as B, T, C = x.size(), or from an "
+                           "attribute both read), so they shrink together"
+                           + (f", {per} of #{a.id}'s channels for each unit of this group"
+                              if per > 1 else ""))
                 joined |= {a.id} | {b.id for b in others}
                 break
 
@@ -1671,6 +1670,11 @@ def _raised_at(exc: BaseException) -> str:
 #: other parts, a whole-heads retry that found another group's heads
 _JOINED = "pruned with group "
 _TAKEN = "as whole heads, its channels are group "
+
+
+def _joined_reason(into: Group, why: str) -> str:
+    """The reason of a group whose channels the joined group ``into`` prunes."""
+    return f"{_JOINED}#{into.id} ('{into.root}'), whose units it shares: {why}"
 
 
 def _unit_kinds(g: Group) -> np.ndarray | None:
