@@ -1,5 +1,6 @@
 import copy
 import dataclasses
+import inspect
 import json
 import math
 import re
@@ -1572,6 +1573,66 @@ def test_an_lstm_over_a_packed_sequence_prunes():
     assert {p.groups[g].root for g in plan.removed} == {"emb", "lstm"}
     v = p.verify(p.apply(plan), plan)
     assert v["forward"] and v["masked_equivalence"]["ok"], v
+
+
+class ProjectedLSTM(torch.nn.Module):
+    """An LSTMP as speech models use it: ``proj_size`` projects each step's hidden state, so
+    the outputs, h0 and h_n are ``proj_size`` wide and the cell state ``hidden_size`` wide."""
+
+    def __init__(self, layers: int, bidirectional: bool, state: bool, hidden=32, proj=16):
+        super().__init__()
+        d = 2 if bidirectional else 1
+        self.inp = torch.nn.Linear(6, 8)
+        self.lstm = torch.nn.LSTM(8, hidden, num_layers=layers, batch_first=True,
+                                  bidirectional=bidirectional, proj_size=proj)
+        self.state = state
+        if state:
+            self.h0 = torch.nn.Parameter(torch.randn(layers * d, 1, proj) / 4)
+            self.c0 = torch.nn.Parameter(torch.randn(layers * d, 1, hidden) / 4)
+        self.fc = torch.nn.Linear(proj * d, 3)
+
+    def forward(self, x):
+        y, _ = self.lstm(self.inp(x), (self.h0, self.c0) if self.state else None)
+        return self.fc(y[:, -1])
+
+
+@pytest.mark.filterwarnings("ignore:LSTM with projections")
+@pytest.mark.parametrize("layers, bidirectional, state, hidden, proj",
+                         [(1, False, False, 32, 16), (2, True, False, 32, 16),
+                          (2, False, True, 32, 16), (1, True, True, 24, 8)])
+def test_an_lstm_with_proj_size_loses_projection_units(layers, bidirectional, state, hidden,
+                                                        proj, tmp_path, monkeypatch):
+    # every group through it was blocked ("uses proj_size, which is not supported"); in the
+    # first case the cell state (hidden 32) is as wide as both directions' h (2 x 16)
+    (tmp_path / "lstmp.py").write_text("import torch\n\n\n" + inspect.getsource(ProjectedLSTM))
+    monkeypatch.chdir(tmp_path)
+    kwargs = dict(layers=layers, bidirectional=bidirectional, state=state, hidden=hidden,
+                  proj=proj)
+    lm = load_model("lstmp.py:ProjectedLSTM", inputs=["1x5x6"], kwargs=kwargs)
+    model, x = lm.model, lm.inputs[0]
+    p = Pruner(model, (x,))
+    p.validate_groups()
+    g = next(grp for grp in p.groups if grp.root == ("h0" if state else "lstm"))
+    assert not p.reason(g) and g.n_units == proj
+    if state:  # the cell state keeps hidden_size: its own group says why it stays
+        c0 = next(grp for grp in p.groups if grp.root == "c0")
+        assert "proj_size" in p.reason(c0) and c0.n_units == hidden
+    plan = Plan({g.id: list(range(0, proj, 2))})
+    pruned = p.apply(plan)
+    lstm = pruned.lstm
+    assert (lstm.proj_size, lstm.hidden_size, lstm.input_size) == (proj // 2, hidden, 8)
+    assert lstm.weight_hr_l0.shape == (proj // 2, hidden)
+    assert lstm.weight_hh_l0.shape == (4 * hidden, proj // 2)
+    if layers > 1:
+        assert lstm.weight_ih_l1.shape == (4 * hidden, proj // 2 * (2 if bidirectional else 1))
+    assert model.lstm.proj_size == proj  # the model given is untouched
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+    out = export_dir(p, plan, pruned, tmp_path / "out", lm.source, pt2=False)
+    again = load_pruned(out)  # rebuilt from the spec and plan.json, no pickle
+    assert again.lstm.proj_size == proj // 2
+    with torch.no_grad():
+        assert torch.equal(again(x), pruned(x))
 
 
 def test_rnn_initial_states_made_with_zeros_follow_the_hidden_units(tmp_path, monkeypatch):

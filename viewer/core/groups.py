@@ -407,10 +407,14 @@ def _recurrent_rule(g, node, side, port, dim, units, pos, ctx):
     shape = node.in_shapes[port] if side == "in" else node.out_shapes[port]
     if dim != len(shape) - 1:
         return []
-    if "weight_hr_l0" in node.params:
-        ctx.block(f"'{node.name}' uses proj_size, which is not supported")
-        return []
+    # with proj_size, the units are the projection's: h (outputs, h_n, h0) is proj_size
+    # wide, while the cell state c (c_n, c0) keeps hidden_size, which stays
     hidden = rnn_hidden(node)
+    cell = _cell_state_ports(node)
+    if (side, port) in cell:
+        ctx.block(f"'{node.name}' has proj_size: DepView prunes its projection's units "
+                  "(proj_size), not its cell state's (hidden_size)")
+        return []
     if node.own_forward:  # a LayerNorm-LSTM cell extending nn.LSTMCell, say
         _own_forward_note(node, ctx)
     if side == "in" and port == 0:
@@ -429,14 +433,29 @@ def _recurrent_rule(g, node, side, port, dim, units, pos, ctx):
     # (a PackedSequence comes and goes as its data (N, features) and 1-D batch sizes and
     # sort indices, which carry no features)
     for p_out, shape_out in enumerate(node.out_shapes):
-        if (side == "in" or p_out != port) and len(shape_out) >= 2:
+        if (side == "in" or p_out != port) and len(shape_out) >= 2 and ("out", p_out) not in cell:
             wide = shape_out[-1] != hidden
             flows.append(Flow("out", p_out, len(shape_out) - 1, u_all if wide else units,
                               p_all if wide else pos_h))
     for p_in in range(1, len(node.in_shapes)):
-        if (side == "out" or p_in != port) and len(node.in_shapes[p_in]) >= 2:
+        if (side == "out" or p_in != port) and len(node.in_shapes[p_in]) >= 2 and \
+                ("in", p_in) not in cell:
             flows.append(Flow("in", p_in, len(node.in_shapes[p_in]) - 1, units, pos_h))
     return flows
+
+
+def _cell_state_ports(node: Node) -> tuple:
+    """The ports of an LSTM with ``proj_size`` that carry its cell state (``c_n``, and ``c0``
+    when the call gives ``(h0, c0)``): ``hidden_size`` wide, not the projection's width."""
+    if "weight_hr_l0" not in node.params:
+        return ()
+    full = node.param_shapes["weight_hr_l0"][1]
+    ports = [("out", len(node.out_shapes) - 1)]
+    ins = node.in_shapes
+    if len(ins) >= 3 and len(ins[-1]) in (2, 3) and ins[-1][:-1] == ins[-2][:-1] and \
+            ins[-1][-1] == full:
+        ports.append(("in", len(ins) - 1))
+    return tuple(ports)
 
 
 def _custom_rule(g, node, side, port, dim, units, pos, ctx):

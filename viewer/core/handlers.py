@@ -166,8 +166,15 @@ def _recurrent(gates: int):
         # input features of layers >= 1 are [forward h | reverse h]
         cols_in = np.concatenate([h + k * hidden for k in range(len(sfxs))])
         row_of, col_of = np.tile(first, gates), np.tile(first, len(sfxs))
+        proj = key("weight_hr", 0, "") in node.params
         for layer in range(layers):
             for s in sfxs:
+                if proj:  # the projection's units: its rows, and where h is read
+                    out += _cuts(node, [(key("weight_hr", layer, s), 0)], h, first)
+                    out += _cuts(node, [(key("weight_hh", layer, s), 1)], h, first)
+                    if layer > 0:
+                        out += _cuts(node, [(key("weight_ih", layer, s), 1)], cols_in, col_of)
+                    continue
                 out += _cuts(node, [(key("weight_ih", layer, s), 0),
                                     (key("bias_ih", layer, s), 0),
                                     (key("weight_hh", layer, s), 0),
@@ -327,7 +334,10 @@ def _refresh_rnn(m: nn.Module, w: Widths) -> None:
         m.input_size, m.hidden_size = m.weight_ih.shape[1], m.weight_hh.shape[1]
         return
     m.input_size = m.weight_ih_l0.shape[1]
-    m.hidden_size = m.weight_hh_l0.shape[1]
+    if getattr(m, "proj_size", 0):  # weight_hr: (proj_size, hidden_size)
+        m.proj_size, m.hidden_size = m.weight_hr_l0.shape
+    else:
+        m.hidden_size = m.weight_hh_l0.shape[1]
     m._init_flat_weights()
 
 
