@@ -298,6 +298,9 @@ class Server:
 # Browser
 
 
+_SCRATCH = tempfile.TemporaryDirectory(prefix="depview-bench-browser-")
+
+
 def make_driver(chromium: str, chromedriver: str, timeout: float):
     from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
@@ -308,7 +311,10 @@ def make_driver(chromium: str, chromedriver: str, timeout: float):
         opts.add_argument(flag)
     opts.binary_location = chromium
     opts.set_capability("goog:loggingPrefs", {"browser": "SEVERE"})
-    driver = webdriver.Chrome(service=Service(chromedriver), options=opts)
+    # chromium stopped by quit() leaves a singleton socket folder in TMPDIR: give it one
+    # that is removed when this script ends
+    service = Service(chromedriver, env={**os.environ, "TMPDIR": _SCRATCH.name})
+    driver = webdriver.Chrome(service=service, options=opts)
     driver.set_page_load_timeout(timeout)
     driver.set_script_timeout(timeout)
     driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": INSTRUMENT})

@@ -70,6 +70,20 @@ def file_session(folder, source: str, inputs: tuple[str, ...], cls: str = "M", s
     return store
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _browser_tmpdir(tmp_path_factory):
+    """Chromium started by chromedriver and stopped by ``quit()`` leaves its singleton socket
+    folder (``org.chromium.Chromium.*``) in TMPDIR, one per browser: point the browsers this
+    session starts at a folder under pytest's own temporary root, which pytest prunes."""
+    old = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(tmp_path_factory.mktemp("browser-tmp"))
+    yield
+    if old is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = old
+
+
 def pytest_setup_options():
     """Chrome options for dash[testing]'s dash_duo: headless Debian chromium, no network."""
     from selenium.webdriver.chrome.options import Options
