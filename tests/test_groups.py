@@ -6,6 +6,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from viewer.core.groups import all_groups, dim_groups, group_of, map_reshape
+from viewer.core.optypes import OpType
 from viewer.core.trace import build_graph
 
 
@@ -2212,6 +2213,47 @@ def test_a_fill_changed_in_place_before_its_write_stays_a_constant():
     assert "it reaches a tensor computed inside forward" in p.reason(g)
 
 
+class EmptyKey(nn.Module):
+    """DeepSeek's ``expand_kv``: a key made with ``new_empty`` (its sizes read from a tensor)
+    and filled through two slices with ``copy_``; ``then`` is what else happens first."""
+
+    def __init__(self, factory: str = "new_empty", then: str = ""):
+        super().__init__()
+        self.factory, self.then = factory, then
+        self.a, self.b, self.c = nn.Conv1d(3, 8, 1), nn.Conv1d(3, 8, 1), nn.Conv1d(8, 4, 1)
+
+    def forward(self, x):
+        a, b = self.a(x), self.b(x)
+        n = a.shape[-1]
+        key = getattr(a, self.factory)(*a.shape[:-1], 2 * n)
+        if self.then == "noise":
+            key[..., :n].normal_()
+        key[..., :n].copy_(a)
+        key[..., n:].copy_(b)
+        return self.c(key)
+
+
+@pytest.mark.parametrize("factory", ["new_empty", "new_zeros"])
+def test_a_fill_copied_into_through_slices_carries_what_was_copied(factory):
+    # the copies through slices of the fill were not seen by the later read (c read the fill
+    # as made), and the fill, written to, became a constant: a, b and c were blocked
+    torch.manual_seed(0)
+    p = _pruner(EmptyKey(factory), torch.randn(2, 3, 5))
+    g = next(grp for grp in p.groups if grp.root == "a")
+    assert {(m.node_name, m.side) for m in g.members} == {("a", "out"), ("b", "out"),
+                                                           ("c", "in")}
+    assert not p.reason(g)
+    assert [n.target for n in p.graph.nodes if n.op_type is OpType.CONSTANT] == [factory]
+    pruned = _half_pruned(p, g, 4)
+    assert (pruned.a.out_channels, pruned.b.out_channels, pruned.c.in_channels) == (4, 4, 4)
+
+
+def test_a_fill_a_random_write_reached_through_a_slice_stays_a_constant():
+    p = _pruner(EmptyKey("new_zeros", "noise"), torch.randn(2, 3, 5))
+    g = next(grp for grp in p.groups if grp.root == "a")
+    assert "computed inside forward" in p.reason(g)
+
+
 class Prototypes(nn.Module):
     """A prototypical network: class prototypes are mean embeddings of the support set, and
     a query's logits are its negative distances to them (``torch.cdist``)."""
@@ -2660,3 +2702,42 @@ def test_functional_multi_head_attention_as_code_calls_it_prunes_exactly(how):
     else:
         me = v["masked_equivalence"]
         assert me["ok"] and me["max_abs_diff"] < 1e-6, v
+
+
+class SharedTable(nn.Module):
+    """Two layers scaled by one table made from a buffer (a rotary cos table every layer
+    reads), or shifted by one zeros fill (whose size both must follow)."""
+
+    def __init__(self, fill: bool):
+        super().__init__()
+        self.fill = fill
+        self.register_buffer("freq", torch.rand(8))
+        self.a, self.b, self.c = nn.Linear(4, 8), nn.Linear(4, 8), nn.Linear(16, 2)
+
+    def forward(self, x):
+        if self.fill:
+            z = x.new_zeros(1, 8)
+            return self.c(torch.cat([self.a(x) + z, self.b(x) + z], -1))
+        t = self.freq.cos()
+        return self.c(torch.cat([self.a(x) * t, self.b(x) * t], -1))
+
+
+def test_a_table_made_from_a_buffer_does_not_carry_a_blocked_group_into_other_readers():
+    # a's group reached b through the table, so b (covered) started no group of its own:
+    # in a decoder, every later layer's q_proj was left without one
+    g = build_graph(SharedTable(fill=False).eval(), (torch.randn(2, 4),))
+    groups = {grp.root: grp for grp in all_groups(g)}
+    assert set(groups) == {"a", "b", "c"}
+    for name in "ab":
+        assert any("freq" in r for r in groups[name].reasons)
+        assert {m.node_name for m in groups[name].members} == {name, "c"}
+    assert group_of(g, "a").tensors.keys() == groups["a"].tensors.keys()
+
+
+def test_a_fill_two_layers_read_still_ties_them():
+    # the fill blocks nothing, so the readers it couples stay one group
+    g = build_graph(SharedTable(fill=True).eval(), (torch.randn(2, 4),))
+    groups = all_groups(g)
+    a = next(grp for grp in groups if grp.root == "a")
+    assert not a.reasons and {m.node_name for m in a.members} >= {"a", "b", "c"}
+    assert not any(grp.root == "b" for grp in groups)

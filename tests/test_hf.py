@@ -228,6 +228,68 @@ def test_hf_llama_gqa_heads_are_kv_groups():
     assert attn.q_proj.out_features == 16 and attn.k_proj.out_features == 8
 
 
+@pytest.mark.parametrize("cls", ["Llama", "Gemma"])
+def test_hf_multi_query_attention_with_rotary_prunes_whole_query_heads_in_every_layer(cls):
+    # one kv head (Gemma-2B, Falcon-7B style) with RoPE: q heads prune, k/v stay. The rotary
+    # cos/sin table every layer reads carried the first layer's blocked head-dim group into
+    # the later layers' q_proj, which then started no group: only layer 0 could prune
+    torch.manual_seed(0)
+    cfg = getattr(transformers, f"{cls}Config")(
+        vocab_size=100, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=1, head_dim=16, intermediate_size=64)
+    model = getattr(transformers, f"{cls}ForCausalLM")(cfg).eval()
+    p = Pruner(model, {"input_ids": torch.randint(0, 100, (1, 8))})
+    p.validate_groups()
+    for layer in range(3):
+        attn = f"model.layers.{layer}.self_attn"
+        q = next(g for g in p.groups if g.root == f"{attn}.q_proj")
+        assert q.n_units == 4 and not p.reason(q)
+        assert {m.node_name for m in q.members} == {f"{attn}.q_proj", f"{attn}.o_proj"}
+        k = next(g for g in p.groups if g.root == f"{attn}.k_proj")  # its own, blocked
+        assert "rotary_emb.inv_freq" in p.reason(k)
+        assert {m.node_name for m in k.members} >= {f"{attn}.q_proj", f"{attn}.k_proj"}
+        assert not any(".layers." in m.node_name and f"{attn}." not in m.node_name
+                       for m in k.members)
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    for layer in pruned.model.layers:
+        assert layer.self_attn.q_proj.out_features == 32  # 2 of 4 heads
+        assert layer.self_attn.k_proj.out_features == 16
+    v = p.verify(pruned, plan)
+    me = v["masked_equivalence"]
+    assert v["forward"] and v["shapes_kept"] and me["exact_groups"]["ok"], v
+    assert me["exact_groups"]["groups"] >= 6  # three layers' q heads and MLPs
+
+
+def test_hf_deepseek_v3_latent_attention_prunes_whole_heads_and_its_lora_ranks():
+    # MLA: the key is made with new_empty and filled through two slices (nope | rope); the
+    # copies were unseen and the key a constant, which blocked every head group
+    torch.manual_seed(0)
+    cfg = transformers.DeepseekV3Config(
+        vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=4, intermediate_size=64, moe_intermediate_size=32,
+        n_routed_experts=4, num_experts_per_tok=2, n_shared_experts=1, q_lora_rank=32,
+        kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16, head_dim=8,
+        first_k_dense_replace=1, n_group=1, topk_group=1, pad_token_id=0)
+    model = transformers.DeepseekV3ForCausalLM(cfg).eval()
+    p = Pruner(model, {"input_ids": torch.randint(3, 100, (1, 8))})
+    p.validate_groups()
+    for layer in range(2):
+        attn = f"model.layers.{layer}.self_attn"
+        heads = next(g for g in p.groups if g.root == f"{attn}.q_b_proj")
+        assert heads.n_units == 4 and not p.reason(heads)
+        assert {m.node_name for m in heads.members} == {
+            f"{attn}.q_b_proj", f"{attn}.kv_b_proj", f"{attn}.o_proj"}
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    attn = pruned.model.layers[0].self_attn
+    # 2 heads of q (8 + 8 dims), k/v (8 + 16) and out (16)
+    assert (attn.q_b_proj.out_features, attn.kv_b_proj.out_features,
+            attn.o_proj.in_features) == (32, 48, 32)
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["shapes_kept"] and v["masked_equivalence"]["exact_groups"]["ok"]
+
+
 def test_hf_mixtral_experts_lose_the_same_hidden_units_and_the_router_its_stored_width():
     torch.manual_seed(0)
     model, inputs = mixtral()

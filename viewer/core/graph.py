@@ -121,6 +121,21 @@ class Graph:
                 and n.target == "constant" and n.out_shapes and len(n.out_shapes[0]) > 1]
 
     @cached_property
+    def fixed_values(self) -> frozenset[int]:
+        """Nodes whose outputs no model input and no parameter reach: buffers, tensors made
+        inside forward, and what is computed from those alone (a rotary cos/sin table, a
+        causal mask)."""
+        fixed: set[int] = set()
+        for n in sorted(self.nodes, key=lambda n: n.id):  # recorded in execution order
+            if n.op_type in (OpType.BUFFER, OpType.CONSTANT):
+                fixed.add(n.id)
+            elif n.op_type not in (OpType.INPUT, OpType.PARAMETER) and not n.params:
+                srcs = [e.source for e in self.in_edges.get(n.id, ())]
+                if srcs and all(s in fixed for s in srcs):
+                    fixed.add(n.id)
+        return frozenset(fixed)
+
+    @cached_property
     def sharing(self) -> dict[int, list[int]]:
         """Nodes holding a tensor that other nodes hold too (a module called twice, weights
         tied between modules, a layer's weight also used functionally): node id -> the ids

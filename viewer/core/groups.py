@@ -1989,33 +1989,60 @@ class _Search:
         return got
 
     def run(self, ctx: _Ctx) -> None:
-        g, queue, batches = self.g, self.queue, self.batches
-        in_edges = g.in_edges
-        while queue:
-            key, b, via = queue.popleft()
-            nid, port, dim = key
-            _, units, pos = batches[b]
-            for node, side, nport, rule, tag in self.links(nid, port):
-                # never send pairs straight back through the op they came from: reshape-like
-                # maps are not exactly invertible once units have been coarsened
-                if tag == via:
-                    continue
-                self.cur = b
-                flows = rule(g, node, side, nport, dim, units, pos, ctx)
-                self.cur = None
-                for f in flows:
-                    if f.side == "out":
-                        to, via2 = (node.id, f.port, f.dim), (node.id, "out", f.port)
-                    else:
-                        edges = in_edges.get(node.id, ())
-                        if f.port >= len(edges):
-                            continue
-                        e = edges[f.port]
-                        to, via2 = (e.source, e.source_port, f.dim), (node.id, "in", f.port)
-                    # passed through unchanged: hand the batch on without claiming it again
-                    if f.units is units and f.pos is pos and self._pass(to, b, via2):
+        """Follow the queued pairs through every op until nothing new arrives.
+
+        From a tensor no model input and no parameter reaches (a rotary cos/sin table that
+        every layer reads), the pairs go back to its producer at once, but on to its other
+        readers only once the queue is empty, and only when they are not all blocked by
+        then (the table's source blocks them): a blocked group gains nothing there, and
+        would take in every layer's q and k, whose own roots then start no group."""
+        fixed = self.g.fixed_values
+        deferred: list[tuple] = []
+        while True:
+            while self.queue:
+                key, b, via = self.queue.popleft()
+                links = self.links(key[0], key[1])
+                if key[0] in fixed and len(links) > 1:
+                    deferred.append((key, b, via, links[1:]))
+                    links = links[:1]
+                self._visit(ctx, key, b, via, links)
+            if not deferred:
+                return
+            if self.whole_blocked:
+                return
+            bad = set(self.find(np.concatenate(self.blocked)).tolist()) if self.blocked \
+                else set()
+            pending, deferred = deferred, []
+            for key, b, via, links in pending:
+                if not set(self.find(self.batches[b][1]).tolist()) <= bad:
+                    self._visit(ctx, key, b, via, links)
+
+    def _visit(self, ctx: _Ctx, key: TensorKey, b: int, via, links: list[tuple]) -> None:
+        """Give batch ``b``, which arrived on tensor ``key``, to the ops in ``links``."""
+        g, batches, in_edges = self.g, self.batches, self.g.in_edges
+        nid, port, dim = key
+        _, units, pos = batches[b]
+        for node, side, nport, rule, tag in links:
+            # never send pairs straight back through the op they came from: reshape-like
+            # maps are not exactly invertible once units have been coarsened
+            if tag == via:
+                continue
+            self.cur = b
+            flows = rule(g, node, side, nport, dim, units, pos, ctx)
+            self.cur = None
+            for f in flows:
+                if f.side == "out":
+                    to, via2 = (node.id, f.port, f.dim), (node.id, "out", f.port)
+                else:
+                    edges = in_edges.get(node.id, ())
+                    if f.port >= len(edges):
                         continue
-                    self.arrive(*to, f.units, f.pos, via2)
+                    e = edges[f.port]
+                    to, via2 = (e.source, e.source_port, f.dim), (node.id, "in", f.port)
+                # passed through unchanged: hand the batch on without claiming it again
+                if f.units is units and f.pos is pos and self._pass(to, b, via2):
+                    continue
+                self.arrive(*to, f.units, f.pos, via2)
 
 
 #: For each layer type: the dim of its output that carries the channels it creates.

@@ -508,7 +508,7 @@ INDEX_OUTPUTS: dict[str, int] = {"argmax": 0, "argmin": 0, "max": 1, "min": 1, "
 #: a group may shrink, when the size it was given can follow (see ``groups.fixed_sizes``).
 #: ``new_zeros`` reads nothing of its tensor but the dtype and device.
 FILLS: frozenset[str] = frozenset(
-    {"zeros", "ones", "full", "new_zeros", "new_ones", "new_full"})
+    {"zeros", "ones", "full", "new_zeros", "new_ones", "new_full", "empty", "new_empty"})
 
 #: Normalisers over the trailing ``normalized_shape`` dims, by function name: their weight and
 #: bias are shaped like those dims, and the shape is written into the call.

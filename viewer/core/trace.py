@@ -28,6 +28,7 @@ import sys
 import threading
 import warnings
 import weakref
+from collections import defaultdict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import fields, is_dataclass
@@ -254,15 +255,27 @@ class _Tracer(TorchFunctionMode):
         constant, which blocks the groups that reach it."""
         if not self.fill_nodes:  # (most traces: no pass over the edges)
             return
-        readers: dict[int, list[int]] = {node.id: [] for _, node, _ in self.fill_nodes}
+        readers: dict[int, list[int]] = defaultdict(list)
+        written_by: set[int] = set()  # nodes whose result a WRITE node put into a region
         for e in self.edges:
-            if e.source in readers:
-                readers[e.source].append(e.target)
+            readers[e.source].append(e.target)
+            if e.target_port == 1 and self.nodes[e.target].target == M.WRITE:
+                written_by.add(e.source)
+
+        def copied_into(r: int) -> bool:
+            # a slice of the fill that only copies wrote to (``out[..., :n].copy_(a)``, as
+            # DeepSeek's ``new_empty`` key is filled): each write has its WRITE node
+            view = self.nodes[r]
+            return view.op_type in (OpType.SLICE, OpType.SPLIT, OpType.UNBIND) and \
+                bool(readers[r]) and all(self.nodes[w].target in _COPY_WRITES and
+                                         w in written_by for w in readers[r])
+
         for t, node, version in self.fill_nodes:
-            # read only by ``fill[index] = value``: every later read went through that write's
-            # node, which knows what it wrote where (an in-place op such as ``normal_`` would
-            # not: its values are no fill's)
-            only_writer = [self.nodes[r].target for r in readers[node.id]] == ["setitem"]
+            # read only by ``fill[index] = value`` or through slices copied into: every later
+            # read went through those writes' nodes, which know what they wrote where (an
+            # in-place op such as ``normal_`` would not: its values are no fill's)
+            only_writer = all(self.nodes[r].target in ("setitem", M.WRITE) or copied_into(r)
+                              for r in readers[node.id])
             if _version(t) != version and not only_writer:
                 node.target = "constant"
         self.fill_nodes.clear()
@@ -303,7 +316,10 @@ class _Tracer(TorchFunctionMode):
                     tag = self.written(t, tag)
                 srcs.append(tag)
             else:
-                srcs.append(self.source_of(t))
+                tag = self.source_of(t)
+                if view_writes and (tag[1], tag[2]) in view_writes:  # a fill written through
+                    tag = self.written(t, tag)  # a slice of it
+                srcs.append(tag)
             in_shapes.append(tuple(t.shape))
             dtypes.append(_dtype(t))
         nid = len(self.nodes)  # after source_of, which may add source nodes first
@@ -663,8 +679,9 @@ class _Tracer(TorchFunctionMode):
         if not outs:
             return
         ins = _tensors(args, [])
-        if kwargs:
-            _tensors(kwargs, ins)
+        if kwargs:  # (``out=`` is written, not read)
+            _tensors({k: v for k, v in kwargs.items() if k != "out"} if "out" in kwargs
+                     else kwargs, ins)
         if not ins:
             return
         if name in _DTYPE_FROM:  # x.type_as(y), x.to(y): y gives a dtype, not values
@@ -858,6 +875,10 @@ _RESHAPES_IN_PLACE = frozenset({
 #: keeps the allocator from reusing their memory (a ResNet-50 trace got slower even at 4), on
 #: ``meta`` they have no memory at all.
 _BATCH, _BATCH_META = 1, 4096
+
+#: In-place ops whose written values come from their arguments alone (not from the tensor
+#: they write): a region of a fill written by them holds what they were given.
+_COPY_WRITES = frozenset({"copy", "fill", "zero", "setitem"})
 
 
 def _named(module: nn.Module, members: str):
