@@ -445,6 +445,10 @@ def test_the_units_a_preview_removes_are_a_short_line_with_every_unit_on_hover()
     assert cell.children.startswith("43 of 128 units (units 0, 3, 6, 9, ")
     assert cell.children.endswith(", 33, … and 31 more)")
     assert cell.title == "units removed: " + ", ".join(map(str, removed))
+    session.preview_plan = Plan({gid: [5]})  # it said "1 of 128 unit"
+    r = cb.inspect(s, "vit", _op("blocks.0.mlp.fc1"))
+    row = next(c for c in r.group_panel[2].children if "preview removes" in _text(c))
+    assert row.children[1].children.children == "1 of 128 units (unit 5)"
     assert styles.short_ranges([0, 1, 2, 3, 7, 9, 10, 11, 12, 20, 30], most=3) == \
         "0–3, 7, 9–12, … and 2 more"
     assert styles.short_ranges(range(5), most=1) == "0–4" and styles.short_ranges([]) == ""

@@ -362,7 +362,7 @@ def group_panel(pruner: Pruner, group: Group, model_group: bool, note: str,
         # ~920 scattered units of a residual stream: a short form here, every index on hover
         # (and in plan.json of the checkpoint once applied)
         rows.append(("preview removes", html.Span(
-            f"{len(removed)} of {group.n_units} {which} "
+            f"{len(removed)} of {group.n_units} {'unit' if group.n_units == 1 else 'units'} "
             f"({which} {unbroken(styles.short_ranges(removed, REMOVED_RUNS))})",
             title=f"{which} removed: {styles.ranges(removed)}")))
     plan = session.preview_plan
