@@ -2726,6 +2726,8 @@ def test_a_table_made_from_a_buffer_does_not_carry_a_blocked_group_into_other_re
     # a's group reached b through the table, so b (covered) started no group of its own:
     # in a decoder, every later layer's q_proj was left without one
     g = build_graph(SharedTable(fill=False).eval(), (torch.randn(2, 4),))
+    fixed = {n.name for n in g.nodes if g.fixed_value(n.id)}
+    assert fixed == {"freq", "cos"}  # the buffer and the table, not the products or layers
     groups = {grp.root: grp for grp in all_groups(g)}
     assert set(groups) == {"a", "b", "c"}
     for name in "ab":

@@ -120,20 +120,49 @@ class Graph:
         return [n for n in self.nodes if n.op_type is OpType.CONSTANT
                 and n.target == "constant" and n.out_shapes and len(n.out_shapes[0]) > 1]
 
+    def fixed_value(self, nid: int) -> bool:
+        """Does no model input and no parameter reach node ``nid``'s outputs? True for
+        buffers, tensors made inside forward, and what is computed from those alone (a
+        rotary cos/sin table, a causal mask). Worked out on demand, up the node's inputs
+        until one decides, and remembered."""
+        memo = self._fixed
+        got = memo.get(nid)
+        if got is not None:
+            return got
+        nodes, in_edges = self.nodes, self.in_edges
+        stack = [nid]
+        while stack:
+            cur = stack[-1]
+            if cur in memo:
+                stack.pop()
+                continue
+            n = nodes[cur]
+            t = n.op_type
+            value: bool | None
+            if t is OpType.BUFFER or t is OpType.CONSTANT:
+                value = True
+            elif n.params or t is OpType.INPUT or t is OpType.PARAMETER or \
+                    not in_edges.get(cur):
+                value = False
+            else:
+                value, later = True, None
+                for e in in_edges[cur]:
+                    v = memo.get(e.source)
+                    if v is False:
+                        value = False
+                        break
+                    if v is None and later is None:
+                        later = e.source
+                if value and later is not None:
+                    stack.append(later)  # decide that input first, then look again
+                    continue
+            memo[cur] = value
+            stack.pop()
+        return memo[nid]
+
     @cached_property
-    def fixed_values(self) -> frozenset[int]:
-        """Nodes whose outputs no model input and no parameter reach: buffers, tensors made
-        inside forward, and what is computed from those alone (a rotary cos/sin table, a
-        causal mask)."""
-        fixed: set[int] = set()
-        for n in sorted(self.nodes, key=lambda n: n.id):  # recorded in execution order
-            if n.op_type in (OpType.BUFFER, OpType.CONSTANT):
-                fixed.add(n.id)
-            elif n.op_type not in (OpType.INPUT, OpType.PARAMETER) and not n.params:
-                srcs = [e.source for e in self.in_edges.get(n.id, ())]
-                if srcs and all(s in fixed for s in srcs):
-                    fixed.add(n.id)
-        return frozenset(fixed)
+    def _fixed(self) -> dict[int, bool]:
+        return {}
 
     @cached_property
     def sharing(self) -> dict[int, list[int]]:

@@ -1996,13 +1996,13 @@ class _Search:
         readers only once the queue is empty, and only when they are not all blocked by
         then (the table's source blocks them): a blocked group gains nothing there, and
         would take in every layer's q and k, whose own roots then start no group."""
-        fixed = self.g.fixed_values
+        fixed = self.g.fixed_value
         deferred: list[tuple] = []
         while True:
             while self.queue:
                 key, b, via = self.queue.popleft()
                 links = self.links(key[0], key[1])
-                if key[0] in fixed and len(links) > 1:
+                if len(links) > 1 and fixed(key[0]):
                     deferred.append((key, b, via, links[1:]))
                     links = links[:1]
                 self._visit(ctx, key, b, via, links)
