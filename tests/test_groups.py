@@ -2248,6 +2248,38 @@ def test_a_fill_copied_into_through_slices_carries_what_was_copied(factory):
     assert (pruned.a.out_channels, pruned.b.out_channels, pruned.c.in_channels) == (4, 4, 4)
 
 
+class OutIntoSlices(nn.Module):
+    """Two sequences joined along time by ``out=`` calls into two slices of a zeros tensor."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv1d(3, 8, 1), nn.Conv1d(3, 8, 1), nn.Conv1d(8, 4, 1)
+
+    def forward(self, x):
+        a, b = self.a(x), self.b(x)
+        n = a.shape[2]
+        y = a.new_zeros(a.shape[0], a.shape[1], n + b.shape[2])
+        torch.mul(torch.relu(a), 2.0, out=y[..., :n])
+        torch.add(b, 1.0, out=y[..., n:])
+        return self.c(y)
+
+
+def test_an_out_call_into_a_slice_is_a_write_the_next_read_sees():
+    # the writes were unseen: c read the zeros as made (a constant once written), a's and
+    # b's channels reached nothing, and c's group was blocked by that constant
+    torch.manual_seed(0)
+    p = _pruner(OutIntoSlices(), torch.randn(2, 3, 5))
+    assert [n.target for n in p.graph.nodes if n.op_type is OpType.CONSTANT] == ["new_zeros"]
+    c_in = p.graph.in_edges[p.graph.by_name["c"].id][0]
+    assert p.graph.nodes[c_in.source].target == "write"
+    g = next(grp for grp in p.groups if grp.root == "a")
+    assert not p.reason(g)
+    assert {(m.node_name, m.side) for m in g.members} == {("a", "out"), ("b", "out"),
+                                                           ("c", "in")}
+    pruned = _half_pruned(p, g, 4)
+    assert (pruned.a.out_channels, pruned.b.out_channels, pruned.c.in_channels) == (4, 4, 4)
+
+
 def test_a_fill_a_random_write_reached_through_a_slice_stays_a_constant():
     p = _pruner(EmptyKey("new_zeros", "noise"), torch.randn(2, 3, 5))
     g = next(grp for grp in p.groups if grp.root == "a")

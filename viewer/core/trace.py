@@ -253,7 +253,9 @@ class _Tracer(TorchFunctionMode):
         """A fill written to after it was first read (``m.narrow(0, 0, 4).mul_(3)`` once a view
         of ``m`` was taken) no longer holds one value everywhere: its node becomes a plain
         constant, which blocks the groups that reach it."""
-        if not self.fill_nodes:  # (most traces: no pass over the edges)
+        changed = [node for t, node, version in self.fill_nodes if _version(t) != version]
+        self.fill_nodes.clear()
+        if not changed:  # (most traces: no pass over the edges)
             return
         readers: dict[int, list[int]] = defaultdict(list)
         written_by: set[int] = set()  # nodes whose result a WRITE node put into a region
@@ -264,21 +266,20 @@ class _Tracer(TorchFunctionMode):
 
         def copied_into(r: int) -> bool:
             # a slice of the fill that only copies wrote to (``out[..., :n].copy_(a)``, as
-            # DeepSeek's ``new_empty`` key is filled): each write has its WRITE node
+            # DeepSeek's ``new_empty`` key is filled), or that nothing reads (``out=`` wrote
+            # it without reading it): each write has its WRITE node
             view = self.nodes[r]
             return view.op_type in (OpType.SLICE, OpType.SPLIT, OpType.UNBIND) and \
-                bool(readers[r]) and all(self.nodes[w].target in _COPY_WRITES and
-                                         w in written_by for w in readers[r])
+                all(self.nodes[w].target in _COPY_WRITES and w in written_by
+                    for w in readers[r])
 
-        for t, node, version in self.fill_nodes:
+        for node in changed:
             # read only by ``fill[index] = value`` or through slices copied into: every later
             # read went through those writes' nodes, which know what they wrote where (an
             # in-place op such as ``normal_`` would not: its values are no fill's)
-            only_writer = all(self.nodes[r].target in ("setitem", M.WRITE) or copied_into(r)
-                              for r in readers[node.id])
-            if _version(t) != version and not only_writer:
+            if not all(self.nodes[r].target in ("setitem", M.WRITE) or copied_into(r)
+                       for r in readers[node.id]):
                 node.target = "constant"
-        self.fill_nodes.clear()
 
     def _unread_fill(self, t) -> bool:
         """``t`` is a fill (:data:`optypes.FILLS`) as it was made, which no node reads yet."""
@@ -695,7 +696,11 @@ class _Tracer(TorchFunctionMode):
         # (a write's tag names the view's maker until add_node tags the written tensor anew)
         written = outs[0] if (in_place or kwargs.get("inplace") is True) and args \
             and outs[0] is args[0] else None
-        tag = getattr(written, "_depview_src", None) if written is not None else None
+        # ``out=`` a slice: the call writes that region of the sliced tensor, as a write does
+        into = outs[0] if written is None and kwargs and kwargs.get("out") is outs[0] \
+            and outs[0]._base is not None else None
+        view = written if written is not None else into
+        tag = getattr(view, "_depview_src", None) if view is not None else None
         node = self.add_node(ins, outs, self.unique(f"{mod}.{name}" if mod else name), op_type,
                              mod, name, meta)
         if op_type is OpType.ELEMENTWISE:
@@ -709,8 +714,8 @@ class _Tracer(TorchFunctionMode):
         if written is not None:
             # its result is its input, read through that
             node.attrs = {**node.attrs, "inplace": True}
-        if tag is not None and tag[0] is self.token and written._base is not None:
-            self.view_written(written, tag, node)
+        if tag is not None and tag[0] is self.token and view._base is not None:
+            self.view_written(view, tag, node)
         if self.autograd:
             node.grad_fn = _grad_fn(outs)
 
