@@ -2280,6 +2280,37 @@ def test_an_out_call_into_a_slice_is_a_write_the_next_read_sees():
     assert (pruned.a.out_channels, pruned.b.out_channels, pruned.c.in_channels) == (4, 4, 4)
 
 
+class CopiedOver(nn.Module):
+    """A buffer made with ``empty`` and overwritten whole with ``copy_``; its width is the
+    layer's ``out_features`` (follows a prune) or a literal (does not)."""
+
+    def __init__(self, literal: bool):
+        super().__init__()
+        self.literal = literal
+        self.a, self.b = nn.Linear(6, 12), nn.Linear(12, 3)
+
+    def forward(self, x):
+        width = 12 if self.literal else self.a.out_features
+        buf = torch.empty(x.shape[0], width)
+        buf.copy_(self.a(x))
+        return self.b(torch.relu(buf))
+
+
+def test_a_fill_copied_over_whole_carries_what_was_copied():
+    # the fill, changed by the copy, was a constant that blocked a's group
+    torch.manual_seed(0)
+    p = _pruner(CopiedOver(literal=False), torch.randn(2, 6))
+    g = next(grp for grp in p.groups if grp.root == "a")
+    assert not p.reason(g)
+    pruned = _half_pruned(p, g, 6)
+    assert (pruned.a.out_features, pruned.b.in_features) == (6, 6)
+    # a literal width cannot follow: validation says so
+    p = _pruner(CopiedOver(literal=True), torch.randn(2, 6))
+    p.validate_groups()
+    g = next(grp for grp in p.groups if grp.root == "a")
+    assert "forward fails" in p.reason(g)
+
+
 def test_a_fill_a_random_write_reached_through_a_slice_stays_a_constant():
     p = _pruner(EmptyKey("new_zeros", "noise"), torch.randn(2, 3, 5))
     g = next(grp for grp in p.groups if grp.root == "a")

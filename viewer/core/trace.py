@@ -273,12 +273,19 @@ class _Tracer(TorchFunctionMode):
                 all(self.nodes[w].target in _COPY_WRITES and w in written_by
                     for w in readers[r])
 
+        def copied_over(r: int) -> bool:
+            # ``buf.copy_(a)`` (or ``fill_``, ``zero_``) on the whole fill: its values are
+            # the argument's, and every later read goes through that node
+            return self.nodes[r].target in _COPY_WRITES and \
+                self.nodes[r].attrs.get("inplace") is True
+
         for node in changed:
-            # read only by ``fill[index] = value`` or through slices copied into: every later
-            # read went through those writes' nodes, which know what they wrote where (an
-            # in-place op such as ``normal_`` would not: its values are no fill's)
-            if not all(self.nodes[r].target in ("setitem", M.WRITE) or copied_into(r)
-                       for r in readers[node.id]):
+            # read only by ``fill[index] = value``, through slices copied into or by a copy
+            # over it: every later read went through those writes' nodes, which know what
+            # they wrote where (an in-place op such as ``normal_`` would not: its values are
+            # no fill's)
+            if not all(self.nodes[r].target in ("setitem", M.WRITE) or copied_into(r) or
+                       copied_over(r) for r in readers[node.id]):
                 node.target = "constant"
 
     def _unread_fill(self, t) -> bool:
@@ -594,11 +601,13 @@ class _Tracer(TorchFunctionMode):
         writes_out = kwargs is not None and "out" in kwargs
         if self.pending and (info[3] or writes_out):
             self.flush()  # it changes a tensor's shape in place: record what came before
-        if info[0] == "setitem" and not (self.busy or self.atomic_depth) and args \
+        if (info[0] == "setitem" or info[5] and info[0] in _COPY_WRITES) \
+                and not (self.busy or self.atomic_depth) and args \
                 and self._unread_fill(args[0]):
             # the first write into a fill (an FNO's ``out = torch.zeros(...)`` then
-            # ``out[:, :, :m, :m] = ...``): the write reads the fill as it was made, so its
-            # node is made now, before the write changes it (see seal_fills)
+            # ``out[:, :, :m, :m] = ...``, or ``buf.copy_(a)``): the write reads the fill as
+            # it was made, so its node is made now, before the write changes it (see
+            # seal_fills)
             self.flush()
             self.source_of(args[0])
         if self.results is not None and info[4] and not writes_out:
