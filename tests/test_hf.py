@@ -280,12 +280,19 @@ def test_hf_deepseek_v3_latent_attention_prunes_whole_heads_and_its_lora_ranks()
         assert heads.n_units == 4 and not p.reason(heads)
         assert {m.node_name for m in heads.members} == {
             f"{attn}.q_b_proj", f"{attn}.kv_b_proj", f"{attn}.o_proj"}
+        q_rank = next(g for g in p.groups if g.root == f"{attn}.q_a_proj")
+        assert q_rank.n_units == 32 and not p.reason(q_rank)
+        kv_rank = next(g for g in p.groups if g.root == f"{attn}.kv_a_proj_with_mqa"
+                       and not p.reason(g))  # the rope part of its rows is another group
+        assert kv_rank.n_units == 16 and p.sets(kv_rank) == [f"{attn}.kv_lora_rank"]
     plan = p.plan(0.5)
     pruned = p.apply(plan)
     attn = pruned.model.layers[0].self_attn
     # 2 heads of q (8 + 8 dims), k/v (8 + 16) and out (16)
     assert (attn.q_b_proj.out_features, attn.kv_b_proj.out_features,
             attn.o_proj.in_features) == (32, 48, 32)
+    assert (attn.q_a_proj.out_features, attn.kv_b_proj.in_features, attn.kv_lora_rank) == \
+        (16, 8, 8)
     v = p.verify(pruned, plan)
     assert v["forward"] and v["shapes_kept"] and v["masked_equivalence"]["exact_groups"]["ok"]
 
