@@ -2311,6 +2311,28 @@ def test_a_fill_copied_over_whole_carries_what_was_copied():
     assert "forward fails" in p.reason(g)
 
 
+def test_a_concat_written_into_slices_along_the_channels_stays_blocked():
+    # (README Known limits) the bounds follow the widths here, but nothing checks that they
+    # move with the kept channels: a literal y[:, 2:5] would run at the pruned width too
+    class ByHand(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Conv1d(3, 8, 1), nn.Conv1d(3, 6, 1), nn.Conv1d(14, 4, 1)
+
+        def forward(self, x):
+            a, b = self.a(x), self.b(x)
+            n = a.shape[1]
+            y = a.new_zeros(a.shape[0], n + b.shape[1], a.shape[2])
+            y[:, :n] = a
+            torch.add(b, 1.0, out=y[:, n:])
+            return self.c(y)
+
+    p = _pruner(ByHand(), torch.randn(2, 3, 5))
+    for root in "ab":
+        g = next(grp for grp in p.groups if grp.root == root)
+        assert "writes at fixed positions of the pruned dim" in p.reason(g)
+
+
 def test_a_fill_a_random_write_reached_through_a_slice_stays_a_constant():
     p = _pruner(EmptyKey("new_zeros", "noise"), torch.randn(2, 3, 5))
     g = next(grp for grp in p.groups if grp.root == "a")

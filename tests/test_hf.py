@@ -261,6 +261,21 @@ def test_hf_multi_query_attention_with_rotary_prunes_whole_query_heads_in_every_
     assert me["exact_groups"]["groups"] >= 6  # three layers' q heads and MLPs
 
 
+def test_hf_falcon_fused_multi_query_attention_stays_blocked_per_layer():
+    # (README Known limits) query_key_value holds q heads and the one k and v head; each
+    # layer's group says why on its own (the rotary table no longer joins the layers)
+    torch.manual_seed(0)
+    model = transformers.FalconModel(transformers.FalconConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4)).eval()
+    assert model.config.multi_query
+    p = Pruner(model, {"input_ids": torch.randint(0, 100, (1, 8))})
+    p.validate_groups()
+    for layer in range(2):
+        g = next(g for g in p.groups if g.root == f"h.{layer}.self_attention.query_key_value")
+        assert "rotary_emb.inv_freq" in p.reason(g)
+        assert {m.node_name.split(".")[1] for m in g.members} == {str(layer)}
+
+
 def test_hf_deepseek_v3_latent_attention_prunes_whole_heads_and_its_lora_ranks():
     # MLA: the key is made with new_empty and filled through two slices (nope | rope); the
     # copies were unseen and the key a constant, which blocked every head group

@@ -30,7 +30,7 @@ import numpy as np
 
 from .errors import DepViewError
 from .graph import Graph, Node
-from .handlers import CUTS, conv_width, rnn_cell, rnn_hidden
+from .handlers import CUTS, conv_width, rnn_cell, rnn_hidden, rnn_projected
 from .meta import (
     WRITE,
     ConcatMeta,
@@ -447,7 +447,7 @@ def _recurrent_rule(g, node, side, port, dim, units, pos, ctx):
 def _cell_state_ports(node: Node) -> tuple:
     """The ports of an LSTM with ``proj_size`` that carry its cell state (``c_n``, and ``c0``
     when the call gives ``(h0, c0)``): ``hidden_size`` wide, not the projection's width."""
-    if "weight_hr_l0" not in node.params:
+    if not rnn_projected(node):
         return ()
     full = node.param_shapes["weight_hr_l0"][1]
     ports = [("out", len(node.out_shapes) - 1)]
@@ -2006,9 +2006,7 @@ class _Search:
                     deferred.append((key, b, via, links[1:]))
                     links = links[:1]
                 self._visit(ctx, key, b, via, links)
-            if not deferred:
-                return
-            if self.whole_blocked:
+            if not deferred or self.whole_blocked:
                 return
             bad = set(self.find(np.concatenate(self.blocked)).tolist()) if self.blocked \
                 else set()

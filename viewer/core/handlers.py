@@ -142,7 +142,13 @@ def rnn_key(node: Node, name: str, layer: int = 0, suffix: str = "") -> str:
 
 
 def rnn_hidden(node: Node) -> int:
+    """The width of h: ``hidden_size``, or ``proj_size`` for an LSTM that has one."""
     return node.param_shapes[rnn_key(node, "weight_hh")][1]
+
+
+def rnn_projected(node: Node) -> bool:
+    """An LSTM with ``proj_size``: h is ``weight_hr``'s rows, the cell state its columns."""
+    return "weight_hr_l0" in node.params
 
 
 def _recurrent(gates: int):
@@ -166,7 +172,7 @@ def _recurrent(gates: int):
         # input features of layers >= 1 are [forward h | reverse h]
         cols_in = np.concatenate([h + k * hidden for k in range(len(sfxs))])
         row_of, col_of = np.tile(first, gates), np.tile(first, len(sfxs))
-        proj = key("weight_hr", 0, "") in node.params
+        proj = rnn_projected(node)
         for layer in range(layers):
             for s in sfxs:
                 if proj:  # the projection's units: its rows, and where h is read

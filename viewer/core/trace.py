@@ -319,15 +319,11 @@ class _Tracer(TorchFunctionMode):
         view_writes = self.view_writes
         for t in inputs:
             tag = getattr(t, "_depview_src", None)
-            if tag is not None and tag[0] is token:
-                if view_writes and (tag[1], tag[2]) in view_writes:
-                    tag = self.written(t, tag)
-                srcs.append(tag)
-            else:
-                tag = self.source_of(t)
-                if view_writes and (tag[1], tag[2]) in view_writes:  # a fill written through
-                    tag = self.written(t, tag)  # a slice of it
-                srcs.append(tag)
+            if tag is None or tag[0] is not token:
+                tag = self.source_of(t)  # (a source too may have been written through a view)
+            if view_writes and (tag[1], tag[2]) in view_writes:
+                tag = self.written(t, tag)
+            srcs.append(tag)
             in_shapes.append(tuple(t.shape))
             dtypes.append(_dtype(t))
         nid = len(self.nodes)  # after source_of, which may add source nodes first
