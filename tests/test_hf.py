@@ -276,6 +276,44 @@ def test_hf_falcon_fused_multi_query_attention_stays_blocked_per_layer():
         assert {m.node_name.split(".")[1] for m in g.members} == {str(layer)}
 
 
+def test_hf_phi3_fused_qkv_cut_at_config_bounds_prunes_whole_kv_groups_in_every_layer():
+    # qkv[..., :config.num_attention_heads * head_dim], then [.. + num_key_value_heads *
+    # head_dim]: bounds from a config all layers share. Every attention group was blocked
+    # ("slices [0:64] of the pruned dim"); now the layers' groups prune as one, setting
+    # config.num_attention_heads and each layer's num_key_value_heads. An earlier try set
+    # the config alone: it ran, with k cut from v's rows and v empty (slices' widths were
+    # not checked), and masked equivalence failed by 0.5
+    torch.manual_seed(0)
+    cfg = transformers.Phi3Config(
+        vocab_size=100, hidden_size=64, num_hidden_layers=3, num_attention_heads=8,
+        num_key_value_heads=4, intermediate_size=64, max_position_embeddings=32, pad_token_id=0,
+        bos_token_id=1, eos_token_id=2)
+    model = transformers.Phi3ForCausalLM(cfg).eval()
+    p = Pruner(model, {"input_ids": torch.randint(3, 100, (1, 8))})
+    p.validate_groups()
+    qkv = [g for g in p.groups if g.root.endswith("self_attn.qkv_proj")]
+    assert [g.n_units for g in qkv] == [4, 4, 4]  # kv heads, two q heads each
+    first, *later = qkv
+    assert not p.reason(first)
+    assert {m.node_name.split(".")[2] for m in first.members} == {"0", "1", "2"}
+    assert sorted(p.sets(first)) == ["config.num_attention_heads"] + [
+        f"model.layers.{i}.self_attn.num_key_value_heads" for i in range(3)]
+    for g in later:
+        assert p.reason(g).startswith(f"pruned with group #{first.id}")
+    for importance in ("l1", "random"):
+        plan = p.plan(0.5, importance)
+        assert len(plan.removed[first.id]) == 2
+        pruned = p.apply(plan)
+        assert pruned.config.num_attention_heads == 4 and model.config.num_attention_heads == 8
+        for layer in pruned.model.layers:
+            assert layer.self_attn.num_key_value_heads == 2 and \
+                layer.self_attn.qkv_proj.out_features == (4 + 2 + 2) * 8
+        v = p.verify(pruned, plan)
+        me = v["masked_equivalence"]["exact_groups"]
+        assert v["forward"] and v["shapes_kept"] and me["ok"] and me["max_abs_diff"] < 1e-6, v
+        assert me["groups"] >= 4  # the heads and the three MLPs
+
+
 def test_hf_deepseek_v3_latent_attention_prunes_whole_heads_and_its_lora_ranks():
     # MLA: the key is made with new_empty and filled through two slices (nope | rope); the
     # copies were unseen and the key a constant, which blocked every head group
@@ -436,11 +474,17 @@ def llama(layers=2):
     return tr.LlamaForCausalLM(tr.LlamaConfig(
         vocab_size=100, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
         num_key_value_heads=2, intermediate_size=64, max_position_embeddings=32))
+
+def phi3():
+    return tr.Phi3ForCausalLM(tr.Phi3Config(
+        vocab_size=100, hidden_size=64, num_hidden_layers=3, num_attention_heads=8,
+        num_key_value_heads=4, intermediate_size=64, max_position_embeddings=32,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2))
 """
 
 
 @pytest.mark.parametrize("name, kwargs", [("bert", "{}"), ("gpt2", "{}"),
-                                          ("llama", '{"layers": 3}')])
+                                          ("llama", '{"layers": 3}'), ("phi3", "{}")])
 def test_hf_model_named_by_the_user_prunes_checks_and_reloads_from_the_cli(tmp_path, name,
                                                                            kwargs):
     # what a user does with their own HF model: a file with a factory, then the CLI only
@@ -467,7 +511,12 @@ def test_hf_model_named_by_the_user_prunes_checks_and_reloads_from_the_cli(tmp_p
     if name == "gpt2":  # heads went, so the stored split size changed and is in the plan
         attrs = json.loads((out / "plan.json").read_text())["attrs"]
         assert attrs["transformer.h.0.attn"] == {"split_size": 16}
-    if name in ("gpt2", "llama"):  # a causal LM returns its KV cache: the report says what to do
+    if name == "phi3":  # its slice bounds come from the config every layer shares
+        attrs = json.loads((out / "plan.json").read_text())["attrs"]
+        assert attrs[""] == {"config.num_attention_heads": 4}
+        assert all(attrs[f"model.layers.{i}.self_attn"] == {"num_key_value_heads": 2}
+                   for i in range(3))
+    if name in ("gpt2", "llama", "phi3"):  # a causal LM returns its KV cache: the report says
         assert not report["pt2"]["written"] and "use_cache=False" in report["pt2"]["reason"]
     assert json.loads(cli("check", str(out), "--json", "-"))["ok"]
     model = load_pruned(out)  # from another directory: the spec's file is found again

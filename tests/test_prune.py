@@ -4,6 +4,7 @@ import inspect
 import json
 import math
 import re
+import types
 import warnings
 import weakref
 
@@ -17,7 +18,7 @@ from torch import nn
 from viewer.core.errors import DepViewError
 from viewer.core.export import export_dir, load_pruned
 from viewer.core.optypes import OpType
-from viewer.core.prune import IMPORTANCE, Plan, Pruner, masked_note, parse_ignore
+from viewer.core.prune import IMPORTANCE, Plan, Pruner, attr_changes, masked_note, parse_ignore
 from viewer.core.spec import load_model
 
 
@@ -568,6 +569,55 @@ def test_a_failed_probe_names_a_slice_with_fixed_bounds():
     assert why.endswith("; 'getitem' slices [0:16] of the pruned dim: bounds written in the "
                         "code or computed from a config (one every layer shares) do not "
                         "follow the kept channels")
+
+
+class SharedConfigAttention(nn.Module):
+    """Phi-3's attention in plain torch: a fused qkv cut at bounds computed from a config
+    object every layer holds (``self.config``), heads of ``head_dim`` 4, 3 heads."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.qkv, self.o = nn.Linear(8, 36), nn.Linear(12, 8)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        qkv = self.qkv(x)
+        w = self.config.heads * self.config.head_dim
+        q, k, v = (qkv[..., i * w:(i + 1) * w].view(b, t, -1, self.config.head_dim)
+                   .transpose(1, 2) for i in range(3))
+        a = torch.softmax(q @ k.transpose(-1, -2) * self.config.head_dim ** -0.5, -1)
+        return x + self.o((a @ v).transpose(1, 2).reshape(b, t, -1))
+
+
+class SharedConfigBlocks(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.config = types.SimpleNamespace(heads=3, head_dim=4, layers=2)
+        self.blocks = nn.ModuleList(SharedConfigAttention(self.config) for _ in range(2))
+
+    def forward(self, x):
+        for blk in self.blocks:
+            x = blk(x)
+        return x
+
+
+def test_slice_bounds_from_a_shared_config_prune_every_layer_at_once():
+    torch.manual_seed(0)
+    model, x = SharedConfigBlocks().eval(), torch.randn(2, 5, 8)
+    p = Pruner(model, (x,))
+    first, second = (next(g for g in p.groups if g.root == f"blocks.{i}.qkv") for i in (0, 1))
+    assert not p.reason(first) and first.n_units == 3  # whole heads, both layers
+    assert p.sets(first) == ["config.heads"]
+    assert p.reason(second).startswith(f"pruned with group #{first.id}")
+    plan = Plan({first.id: [1]})
+    pruned = p.apply(plan)
+    assert pruned.config.heads == 2 and model.config.heads == 3
+    assert pruned.blocks[1].config is pruned.config
+    v = p.verify(pruned, plan)
+    assert v["masked_equivalence"]["ok"] and v["masked_equivalence"]["max_abs_diff"] < 1e-6
+    # plan.json records the config's attribute under the first module holding it
+    assert attr_changes(model, pruned)[""] == {"config.heads": 2}
 
 
 class OneBadGroup(torch.nn.Module):

@@ -37,7 +37,16 @@ from torch import nn
 from .errors import DepViewError
 from .handlers import REFRESH, SELF_DESCRIBING
 from .optypes import classify
-from .prune import Plan, Pruner, _tensor_lookup, attr_changes, run
+from .prune import (
+    Plan,
+    Pruner,
+    _tensor_lookup,
+    attr_changes,
+    get_attr,
+    held_config,
+    run,
+    set_attr,
+)
 from .spec import LoadedModel, load_model, locate_spec, read_state_dict
 from .trace import flatten
 
@@ -483,6 +492,10 @@ def _plain_attr(mod: nn.Module, key: str, value) -> bool:
     scalar = (bool, int, float, str)
     ok_value = isinstance(value, scalar) or (
         isinstance(value, list) and all(isinstance(x, scalar) for x in value))
+    if isinstance(key, str) and key.startswith("config."):  # the config object it holds
+        mod, key = held_config(mod), key.removeprefix("config.")
+        if mod is None or not isinstance(value, scalar):
+            return False
     if not (ok_value and isinstance(key, str) and not key.startswith("_") and key in vars(mod)):
         return False
     old = getattr(mod, key)
@@ -544,8 +557,8 @@ def reshape_like_plan(model: nn.Module, plan: dict) -> nn.Module:
                                    "a public scalar attribute of that module, or not of "
                                    "the kind it holds")
             # (a list as JSON: a tuple again unless the module held a list)
-            old = getattr(mod, k)
-            setattr(mod, k, v if not isinstance(v, list) or isinstance(old, list) else tuple(v))
+            old = get_attr(mod, k)
+            set_attr(mod, k, v if not isinstance(v, list) or isinstance(old, list) else tuple(v))
         if hasattr(mod, "_init_flat_weights"):
             mod._init_flat_weights()
         _check_attrs(name, mod, attrs)

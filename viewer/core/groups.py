@@ -2470,6 +2470,25 @@ def fixed_slices(graph: Graph, group: Group) -> list[tuple[Node, DimSlice]]:
     return out
 
 
+def slice_spans(graph: Graph, group: Group) -> list[tuple[Node, TensorKey, int, int]]:
+    """The position ranges whose sizes the bounds of :func:`fixed_slices` may have been
+    computed from, as ``(node, the sliced tensor dim, lo, hi)``: a slice ``[a:b]`` of a dim
+    of size n gives ``[0:a]`` and ``[0:b]`` (a bound is an offset: Phi-3's ``query_pos``) and
+    ``[a:b]`` (a width: ``num_key_value_heads * head_dim``), each of positive size < n;
+    steps other than 1 give none."""
+    out = []
+    for node, s in fixed_slices(graph, group):
+        if s.step != 1:
+            continue
+        e = graph.in_edges[node.id][0]
+        key = (e.source, e.source_port, s.dim)
+        n = node.meta.in_shape[s.dim]
+        for lo, hi in ((0, s.start), (0, s.stop), (s.start, s.stop)):
+            if 0 < hi - lo < n and (node, key, lo, hi) not in out:
+                out.append((node, key, lo, hi))
+    return out
+
+
 def split_sizes(graph: Graph, group: Group) -> list[tuple[Node, TensorKey, tuple[int, ...]]]:
     """Splits into given sizes (``torch.split(x, self.splits, 1)``, timm's ``MixedConv2d``)
     whose split dim the group shrinks: ``(node, the split tensor dim, the sizes)``. After

@@ -17,6 +17,7 @@ import copyreg
 import dataclasses
 import difflib
 import math
+import re
 import traceback
 from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Callable, Iterable, Mapping
@@ -39,6 +40,7 @@ from .groups import (
     mha_call_query,
     out_channel_dim,
     outer_alternative,
+    slice_spans,
     split_sizes,
 )
 from .handlers import CUTS, REFRESH, Cut
@@ -90,6 +92,10 @@ class SizeAttr:
     #: (``normalized_shape = (hidden,)``, ``nn.Unflatten``'s ``unflattened_size = (C, H, W)``)
     boxed: bool = False
     index: int = 0
+    #: the size is that of positions ``[lo, hi)`` of ``tensor``'s dim (a slice's bound or
+    #: width, Phi-3's ``qkv[..., :query_pos]``), not the whole dim: the new value counts the
+    #: kept ones there
+    span: tuple[int, int] | None = None
 
     @property
     def label(self) -> str:
@@ -243,6 +249,7 @@ class Pruner:
         #: (plan, attributes, group ids) -> (the groups, what _run_probe said)
         self._probe_results: dict[tuple, tuple[tuple, str]] = {}
         self._sets: dict[int, list[SizeAttr]] = {}  # group id -> attributes it must update
+        self._config_owner: dict[int, str] | None = None  # id(config) -> first module path
         self._before: dict | None = None
         # False once the unpruned model failed on the meta device (a kernel whose meta version
         # rejects what the real one takes): previews and validation then use real tensors
@@ -733,7 +740,11 @@ class Pruner:
                                        f"{out[r.module][r.attr]} and {value}")
                 out[r.module][r.attr] = value
                 continue
-            width = r.size - len(removed[r.tensor])
+            if r.span is None:
+                width = r.size - len(removed[r.tensor])
+            else:
+                lo, hi = r.span
+                width = r.size - sum(1 for i in removed[r.tensor] if lo <= i < hi)
             value = width // r.parts
             if width % r.parts:
                 raise DepViewError(f"cannot set {r.label}: the plan leaves "
@@ -753,7 +764,7 @@ class Pruner:
 
     def _stored(self, r: SizeAttr):
         """The value the model's module holds in ``r``'s attribute."""
-        return getattr(dict(self.model.named_modules())[r.module], r.attr)
+        return get_attr(dict(self.model.named_modules())[r.module], r.attr)
 
     def _boxed(self, r: SizeAttr, value: int, current=None) -> list[int] | tuple[int, ...]:
         """The attribute's list or tuple with item ``r.index`` set to ``value`` (``current``:
@@ -902,6 +913,18 @@ class Pruner:
                 # one of them alone may be it
                 single = next(([r] for r in found if not attempt([g], {g.id: [r]})), None)
                 if single is None:
+                    # or the fewest kinds that run (each one the same attribute of every
+                    # layer of a joined group), already as few as run: one item for each
+                    # attribute (the slice bounds that gave it equal values), if that runs
+                    kinds = _fewest_kinds(found, lambda rs: not attempt([g], {g.id: rs}))
+                    if kinds is not None:
+                        seen: set[tuple[str, str]] = set()
+                        one = [r for r in kinds if (r.module, r.attr) not in seen
+                               and not seen.add((r.module, r.attr))]
+                        self._sets[g.id] = kinds if attempt([g], {g.id: one}) else one
+                        repaired.append((candidates, self._sets[g.id]))
+                        return True
+                if single is None:
                     unrepaired.append(found)
                     not_run[g.id] = (found, False)
                     return False
@@ -1037,12 +1060,17 @@ class Pruner:
         attributes are: nothing is joined that did not fail apart and run together."""
         by_id = {g.id: g for g in self.groups}
         fails = [gid for gid in sorted(not_run) if self._validated.get(gid) and gid in by_id]
+        # an attribute more failing groups read (a config every layer shares: Phi-3's
+        # num_attention_heads) cannot follow two of them: a pair is not tried for it (it
+        # was, for each pair of layers); joining them all is _join_tied_widths' work
+        readers = Counter(n for gid in fails for n in {(r.module, r.attr)
+                                                       for r in not_run[gid][0]})
         joined: set[int] = set()
         for i, a_id in enumerate(fails):
             if a_id in joined:
                 continue
             a, found_a = by_id[a_id], not_run[a_id][0]
-            names = {(r.module, r.attr) for r in found_a}
+            names = {(r.module, r.attr) for r in found_a if readers[(r.module, r.attr)] == 2}
             for b_id in fails[i + 1:]:
                 b, found_b = by_id[b_id], not_run[b_id][0]
                 shared = names & {(r.module, r.attr) for r in found_b}
@@ -1292,6 +1320,11 @@ class Pruner:
             for m in g.members:
                 if m.side == "out" and self.graph.nodes[m.node].is_module:
                     lost[key(m.node, 0, m.dim)].update(m.indices(units).tolist())
+            for k, (pos, unit) in g.tensors.items():
+                # a slice's part loses what the plan removes inside its bounds: bounds that
+                # moved wrong (a stored size set to the wrong value) cut other positions
+                if self.graph.nodes[k[0]].op_type is OpType.SLICE:
+                    lost[key(*k)].update(pos[np.isin(unit, units)].tolist())
         owned.update({k: len(v) for k, v in lost.items()})
         return owned
 
@@ -1314,6 +1347,22 @@ class Pruner:
                     out += [SizeAttr(node.module, k, node.id, key, size, parts, boxed=True,
                                      index=i)
                             for i, x in enumerate(v) if type(x) is int and x == size // parts]
+        for node, key, lo, hi in slice_spans(self.graph, group):
+            # a bound of a slice: Phi-3's qkv[..., :query_pos], with query_pos =
+            # config.num_attention_heads * head_dim, and [query_pos:query_pos + kv * head_dim]
+            if node.module not in mods:
+                continue
+            width = hi - lo
+            pos, unit = group.tensors[key]
+            inside = (pos >= lo) & (pos < hi)
+            # what a probe removes there (its first unit, then its last)
+            lost = [int(np.isin(unit[inside], _probe_units(group, end)).sum())
+                    for end in ("first", "last")]
+            for owner, k, v in self._int_attrs(node.module, mods):
+                if 1 < v <= width and width % v == 0 and \
+                        all((width - n) % (width // v) == 0 for n in lost):
+                    out.append(SizeAttr(owner, k, node.id, key, width, width // v,
+                                        span=(lo, hi)))
         for node, key, sizes in split_sizes(self.graph, group):
             if node.module not in mods:
                 continue
@@ -1331,6 +1380,29 @@ class Pruner:
                     if part in group.tensors:
                         out += [SizeAttr(node.module, k, node.id, part, size)
                                 for k, v in attrs if type(v) is int and v == size]
+        return out
+
+    def _int_attrs(self, path: str, mods: dict[str, nn.Module]
+                   ) -> list[tuple[str, str, int]]:
+        """``(owner, attribute, value)`` for the public int attributes of module ``path`` and
+        of the config object it holds (``self.config``, as Hugging Face layers do), the
+        config's named from the first module that holds it (``config.num_attention_heads``
+        on the model itself): every layer that shares it shares one attribute."""
+        out, mod = [], mods[path]
+        for k, v in vars(mod).items():
+            if not k.startswith("_") and type(v) is int:
+                out.append((path, k, v))
+        cfg = held_config(mod)
+        if cfg is None:
+            return out
+        if self._config_owner is None:
+            self._config_owner = {}
+            for name, m in self.model.named_modules():
+                if (c := held_config(m)) is not None:
+                    self._config_owner.setdefault(id(c), name)
+        owner = self._config_owner[id(cfg)]
+        out += [(owner, f"config.{k}", v) for k, v in vars(cfg).items()
+                if not k.startswith("_") and type(v) is int]
         return out
 
     def masked_model(self, plan: Plan) -> nn.Module:
@@ -1442,6 +1514,38 @@ def _analogous_choice(found: list[SizeAttr],
     return None
 
 
+def _kind(r: SizeAttr) -> tuple[str, str]:
+    """An attribute with its module's layer numbers blanked: ``head_dim`` of every
+    ``model.layers.<i>.self_attn`` is one kind."""
+    return re.sub(r"(?<=\.)\d+(?=\.|$)|^\d+(?=\.|$)", "#", r.module), r.attr
+
+
+def _fewest_kinds(found: list[SizeAttr], runs: Callable[[list[SizeAttr]], bool]
+                  ) -> list[SizeAttr] | None:
+    """When setting every candidate breaks the model and no single one is enough (Phi-3's
+    joined heads need ``config.num_attention_heads`` and each layer's
+    ``num_key_value_heads``, while ``config.num_hidden_layers``, equal to a part's size too,
+    must stay): the candidates without one kind (:func:`_kind`), else two kinds together,
+    then without each further kind the model runs without. None if nothing tried runs."""
+    kinds = list(dict.fromkeys(_kind(r) for r in found))
+    tries = [[k for k in kinds if k != drop] for drop in kinds] if len(kinds) > 2 else []
+    if len(kinds) <= _PAIRED_KINDS:
+        tries += [[a, b] for i, a in enumerate(kinds) for b in kinds[i + 1:]]
+    for keep in tries:
+        rest = [r for r in found if _kind(r) in keep]
+        if runs(rest):
+            for k in keep:
+                fewer = [r for r in rest if _kind(r) != k]
+                if fewer and runs(fewer):
+                    rest = fewer
+            return rest
+    return None
+
+
+#: :func:`_fewest_kinds` tries pairs of kinds up to this many kinds (45 pairs)
+_PAIRED_KINDS = 10
+
+
 def _mirrors(cands: list[SizeAttr], found: list[SizeAttr]) -> bool:
     """Are ``found`` the same attributes, of the same sizes, as ``cands``, read by nodes at
     one fixed id offset (the same block one layer on)?"""
@@ -1450,7 +1554,8 @@ def _mirrors(cands: list[SizeAttr], found: list[SizeAttr]) -> bool:
     delta = found[0].node - cands[0].node
     return delta != 0 and all(
         a.attr == b.attr and a.size == b.size and a.parts == b.parts and a.sizes == b.sizes
-        and a.boxed == b.boxed and a.index == b.index and b.node - a.node == delta
+        and a.boxed == b.boxed and a.index == b.index and a.span == b.span
+        and b.node - a.node == delta
         and b.tensor == (a.tensor[0] + delta, *a.tensor[1:])
         for a, b in zip(cands, found, strict=True))
 
@@ -1957,8 +2062,19 @@ def materialize(model: nn.Module, graph: Graph, changes: dict[str, dict[int, np.
             REFRESH[classify(mod)](mod, widths.get(path, {}))
     for path, values in (attrs or {}).items():
         for k, v in values.items():
-            setattr(mods[path], k, v)
+            set_attr(mods[path], k, v)
     return pruned
+
+
+def get_attr(mod: nn.Module, attr: str):
+    """``mod.attr``, or for ``config.name`` the attribute of the config object it holds."""
+    owner, _, name = attr.rpartition(".")
+    return getattr(getattr(mod, owner) if owner else mod, name)
+
+
+def set_attr(mod: nn.Module, attr: str, value) -> None:
+    owner, _, name = attr.rpartition(".")
+    setattr(getattr(mod, owner) if owner else mod, name, value)
 
 
 #: values a deep copy returns as they are
@@ -2035,12 +2151,29 @@ def _laid_out_like(new: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 def attr_changes(original: nn.Module, pruned: nn.Module) -> dict[str, dict]:
     """module path -> {attribute: new value} for public scalar attributes that changed."""
     out = {}
+    configs: set[int] = set()
     pm = dict(pruned.named_modules())
     for name, mod in original.named_modules():
         if name not in pm:
             continue
         a, b = module_attrs(mod), module_attrs(pm[name])
         diff = {k: v for k, v in b.items() if a.get(k) != v}
+        ca, cb = held_config(mod), held_config(pm[name])
+        if ca is not None and cb is not None and id(ca) not in configs:
+            # a config object the layers share (Hugging Face's): under its first holder
+            configs.add(id(ca))
+            diff.update({f"config.{k}": v for k, v in vars(cb).items()
+                         if not k.startswith("_") and type(v) in (int, float, bool, str)
+                         and vars(ca).get(k) != v})
         if diff:
             out[name] = diff
     return out
+
+
+def held_config(mod: nn.Module):
+    """The config object a module holds as ``self.config`` (Hugging Face layers share the
+    model's), or None."""
+    cfg = vars(mod).get("config")
+    if cfg is None or isinstance(cfg, (nn.Module, torch.Tensor)) or not hasattr(cfg, "__dict__"):
+        return None
+    return cfg
