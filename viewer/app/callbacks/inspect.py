@@ -377,8 +377,8 @@ def group_panel(pruner: Pruner, group: Group, model_group: bool, note: str,
         out.append(html.P(note, className="hint"))
     if model_group and pruner.sets(group):
         out.append(html.P("Pruning also sets " + ", ".join(pruner.sets(group)) + " (a size "
-                          "its forward reads: a split, a view, a norm's shape, a tensor it "
-                          "makes) to the new size.", className="hint"))
+                          "its forward reads: a split, a view, a slice's bounds, a norm's "
+                          "shape, a tensor it makes) to the new size.", className="hint"))
     if not group.exact:
         out.append(html.P("Inexact: " + "; ".join(collapse_notes(group.stats_notes,
                                                                  pruner.graph)),
