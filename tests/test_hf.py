@@ -314,6 +314,37 @@ def test_hf_phi3_fused_qkv_cut_at_config_bounds_prunes_whole_kv_groups_in_every_
         assert me["groups"] >= 4  # the heads and the three MLPs
 
 
+def test_hf_dbrx_split_into_computed_sizes_prunes_whole_kv_groups():
+    # Wqkv's output is split([self.hidden_size, self.num_key_value_heads * self.head_dim,
+    # ... * self.head_dim]): no attribute equals the k and v sizes (a product), and the tiny
+    # config's max_position_embeddings happened to equal them. Every attention group was
+    # blocked ("split_with_sizes expects split_sizes to sum exactly to 64"); now each layer
+    # prunes whole kv groups, setting its hidden_size (q's width) and num_key_value_heads
+    torch.manual_seed(0)
+    cfg = transformers.DbrxConfig(
+        d_model=64, n_heads=4, n_layers=2, max_seq_len=32, vocab_size=100,
+        attn_config={"kv_n_heads": 2, "clip_qkv": 8.0, "rope_theta": 10000.0},
+        ffn_config={"ffn_hidden_size": 64, "moe_num_experts": 4, "moe_top_k": 2})
+    model = transformers.DbrxForCausalLM(cfg).eval()
+    p = Pruner(model, {"input_ids": torch.randint(3, 100, (1, 8))})
+    p.validate_groups()
+    groups = []
+    for layer in range(2):
+        attn = f"transformer.blocks.{layer}.norm_attn_norm.attn"
+        g = next(g for g in p.groups if g.root == f"{attn}.Wqkv")
+        assert g.n_units == 2 and not p.reason(g)
+        assert p.sets(g) == [f"{attn}.hidden_size", f"{attn}.num_key_value_heads"]
+        groups.append(g.id)
+    for unit in (0, 1):
+        plan = Plan({gid: [unit] for gid in groups})
+        pruned = p.apply(plan)
+        for block in pruned.transformer.blocks:
+            a = block.norm_attn_norm.attn
+            assert (a.hidden_size, a.num_key_value_heads, a.Wqkv.out_features) == (32, 1, 64)
+        v = p.verify(pruned, plan)
+        assert v["masked_equivalence"]["ok"] and v["masked_equivalence"]["max_abs_diff"] < 1e-6
+
+
 def test_hf_deepseek_v3_latent_attention_prunes_whole_heads_and_its_lora_ranks():
     # MLA: the key is made with new_empty and filled through two slices (nope | rope); the
     # copies were unseen and the key a constant, which blocked every head group

@@ -1350,19 +1350,8 @@ class Pruner:
         for node, key, lo, hi in slice_spans(self.graph, group):
             # a bound of a slice: Phi-3's qkv[..., :query_pos], with query_pos =
             # config.num_attention_heads * head_dim, and [query_pos:query_pos + kv * head_dim]
-            if node.module not in mods:
-                continue
-            width = hi - lo
-            pos, unit = group.tensors[key]
-            inside = (pos >= lo) & (pos < hi)
-            # what a probe removes there (its first unit, then its last)
-            lost = [int(np.isin(unit[inside], _probe_units(group, end)).sum())
-                    for end in ("first", "last")]
-            for owner, k, v in self._int_attrs(node.module, mods):
-                if 1 < v <= width and width % v == 0 and \
-                        all((width - n) % (width // v) == 0 for n in lost):
-                    out.append(SizeAttr(owner, k, node.id, key, width, width // v,
-                                        span=(lo, hi)))
+            if node.module in mods:
+                out += self._span_candidates(group, node, key, lo, hi, mods)
         for node, key, sizes in split_sizes(self.graph, group):
             if node.module not in mods:
                 continue
@@ -1377,10 +1366,45 @@ class Pruner:
                 # of the group's tensors: the split's output ``i``)
                 for i, size in enumerate(sizes):
                     part = (node.id, i, key[2])
-                    if part in group.tensors:
-                        out += [SizeAttr(node.module, k, node.id, part, size)
-                                for k, v in attrs if type(v) is int and v == size]
+                    if part not in group.tensors:
+                        continue
+                    equal = [SizeAttr(node.module, k, node.id, part, size)
+                             for k, v in attrs if type(v) is int and v == size]
+                    # or a part's size is a product: DBRX's num_key_value_heads * head_dim,
+                    # whose count follows
+                    start = sum(sizes[:i])
+                    out += equal + [r for r in self._span_candidates(
+                        group, node, key, start, start + size, mods)
+                        if (r.module, r.attr) not in {(e.module, e.attr) for e in equal}]
         return out
+
+    def _span_candidates(self, group: Group, node: Node, key: tuple[int, int, int], lo: int,
+                         hi: int, mods: dict[str, nn.Module]) -> list[SizeAttr]:
+        """Int attributes (:meth:`_int_attrs`) that divide the size of positions ``[lo, hi)``
+        of tensor dim ``key``, a count of equal parts of it (``num_key_value_heads`` of
+        ``num_key_value_heads * head_dim``), each scaled by the range's kept share: only those
+        that come out whole for both probes (the group's first unit, then its last)."""
+        width = hi - lo
+        pos, unit = group.tensors[key]
+        inside = (pos >= lo) & (pos < hi)
+        lost = [int(np.isin(unit[inside], _probe_units(group, end)).sum())
+                for end in ("first", "last")]
+        label = np.full(width, -1)
+        label[pos[inside] - lo] = unit[inside]
+
+        def whole(v: int) -> bool:
+            """Does each of the ``v`` equal parts of the range hold one unit's positions
+            only (a kv head's rows), so that the count goes down by whole parts? YOLO's
+            ``4 * self.reg_max`` box channels hold a bin of each of 4 sides in every
+            4 channels: ``reg_max`` counts bins interleaved across the parts, and halving
+            it would halve the box range, not prune features."""
+            rows = label.reshape(v, -1)
+            return bool((rows >= 0).all() and (rows == rows[:, :1]).all())
+
+        return [SizeAttr(owner, k, node.id, key, width, width // v, span=(lo, hi))
+                for owner, k, v in self._int_attrs(node.module, mods)
+                if 1 < v <= width and width % v == 0
+                and all((width - n) % (width // v) == 0 for n in lost) and whole(v)]
 
     def _int_attrs(self, path: str, mods: dict[str, nn.Module]
                    ) -> list[tuple[str, str, int]]:
@@ -1527,7 +1551,10 @@ def _fewest_kinds(found: list[SizeAttr], runs: Callable[[list[SizeAttr]], bool]
     ``num_key_value_heads``, while ``config.num_hidden_layers``, equal to a part's size too,
     must stay): the candidates without one kind (:func:`_kind`), else two kinds together,
     then without each further kind the model runs without. None if nothing tried runs."""
-    kinds = list(dict.fromkeys(_kind(r) for r in found))
+    # the module's own attributes before its config's (which tiny test configs fill with
+    # sizes that divide everything)
+    kinds = sorted(dict.fromkeys(_kind(r) for r in found),
+                   key=lambda k: k[1].startswith("config."))
     tries = [[k for k in kinds if k != drop] for drop in kinds] if len(kinds) > 2 else []
     if len(kinds) <= _PAIRED_KINDS:
         tries += [[a, b] for i, a in enumerate(kinds) for b in kinds[i + 1:]]
@@ -1542,8 +1569,8 @@ def _fewest_kinds(found: list[SizeAttr], runs: Callable[[list[SizeAttr]], bool]
     return None
 
 
-#: :func:`_fewest_kinds` tries pairs of kinds up to this many kinds (45 pairs)
-_PAIRED_KINDS = 10
+#: :func:`_fewest_kinds` tries pairs of kinds up to this many kinds (66 pairs)
+_PAIRED_KINDS = 12
 
 
 def _mirrors(cands: list[SizeAttr], found: list[SizeAttr]) -> bool:
