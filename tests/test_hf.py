@@ -345,6 +345,36 @@ def test_hf_dbrx_split_into_computed_sizes_prunes_whole_kv_groups():
         assert v["masked_equivalence"]["ok"] and v["masked_equivalence"]["max_abs_diff"] < 1e-6
 
 
+def test_hf_falcon_new_decoder_architecture_prunes_whole_kv_groups():
+    # Falcon-40B/180B: query_key_value viewed as (num_kv_heads, -1, head_dim), the -1 being
+    # each kv group's q heads + its k + its v, picked by index ([..., -2, :]). The search
+    # followed the -1 (one slot of every kv group), which the selects block; whole kv
+    # groups (the outer dim) pass them untouched
+    torch.manual_seed(0)
+    model = transformers.FalconForCausalLM(transformers.FalconConfig(
+        vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=8,
+        num_kv_heads=2, new_decoder_architecture=True, bias=False)).eval()
+    inputs = {"input_ids": torch.randint(3, 100, (1, 8))}
+    p = Pruner(model, inputs)
+    p.validate_groups()
+    ids = []
+    for layer in range(2):
+        attn = f"transformer.h.{layer}.self_attention"
+        g = next(g for g in p.groups if g.root == f"{attn}.query_key_value")
+        assert g.n_units == 2 and not p.reason(g) and p.sets(g) == [f"{attn}.num_kv_heads"]
+        ids.append(g.id)
+    for unit in (0, 1):
+        plan = Plan({gid: [unit] for gid in ids})
+        pruned = p.apply(plan)
+        attn = pruned.transformer.h[0].self_attention
+        assert attn.num_kv_heads == 1 and attn.query_key_value.out_features == 6 * 8
+        assert attn.dense.in_features == 4 * 8
+        # (FalconLinear overrides forward, so verify skips masked equivalence: done here)
+        with torch.no_grad():
+            diff = (pruned(**inputs).logits - p.masked_model(plan)(**inputs).logits).abs()
+        assert diff.max() < 1e-6
+
+
 def test_hf_deepseek_v3_latent_attention_prunes_whole_heads_and_its_lora_ranks():
     # MLA: the key is made with new_empty and filled through two slices (nope | rope); the
     # copies were unseen and the key a constant, which blocked every head group

@@ -909,7 +909,8 @@ def _map_reshape(a, b, dim, units, pos, inferred=None, copies=frozenset(), outer
         regather = _regathering_dim(big, gb, flats, units)
         if regather is not None:
             choice = regather
-        elif inferred is not None and not inner and inferred in gj and b[inferred] > 1:
+        elif inferred is not None and not inner and outer != OVER_INFERRED and inferred in gj \
+                and b[inferred] > 1:
             choice = gj.index(inferred)
         else:
             real = [t for t in big if gj[t] not in copies] or big
@@ -1749,7 +1750,7 @@ class _Search:
     tensor of the class processes each batch once."""
 
     def __init__(self, graph: Graph, n_units: int, link_cache: dict | None = None,
-                 outer: bool = False, inner: bool = False):
+                 outer: bool | int = False, inner: bool = False):
         self.g = graph
         self.outer = outer  # ambiguous reshapes split at their outer dim (see _map_reshape)
         self.inner = inner  # ... at their inner dim, even where a -1 says otherwise
@@ -2137,7 +2138,7 @@ def out_channel_dim(node: Node) -> int | None:
 
 def _search(graph: Graph, root: Node, side: str, dim: int, pos: IntArray,
             gid: int, link_cache: dict | None = None, trail: list | None = None,
-            outer: bool = False, blocked: list | None = None, inner: bool = False) -> Group:
+            outer: bool | int = False, blocked: list | None = None, inner: bool = False) -> Group:
     """The group of ``pos`` on ``dim`` of ``root``'s output (``side="out"``) or input.
     ``trail``, if given, receives every tensor key the search visited. ``blocked``, if
     given, receives the sorted labels of the units that reached what blocks the group when
@@ -2506,10 +2507,16 @@ def split_sizes(graph: Graph, group: Group) -> list[tuple[Node, TensorKey, tuple
     return out
 
 
-def outer_alternative(graph: Graph, group: Group) -> Group | None:
+#: ``outer`` of :func:`_map_reshape` that also overrides a ``-1``: see :func:`outer_alternative`
+OVER_INFERRED = 2
+
+
+def outer_alternative(graph: Graph, group: Group, over_inferred: bool = False) -> Group | None:
     """The same root's group when every reshape whose split the shapes leave open takes its
     outer dim (whole heads instead of head dims: ``view(b, -1, self.num_heads,
-    self.head_dim)`` leaves it open), or None when that gives the same group."""
+    self.head_dim)`` leaves it open), or None when that gives the same group.
+    ``over_inferred``: also where a ``-1`` would decide (Falcon-40B's ``view(b, s,
+    self.num_kv_heads, -1, head_dim)``, whose ``-1`` holds a kv group's q heads, k and v)."""
     root = graph.by_name[group.root]
     d = root_dim(root)
     if group.root_side != "out" or d is None:
@@ -2519,7 +2526,8 @@ def outer_alternative(graph: Graph, group: Group) -> Group | None:
         return None
     pos = np.unique(group.tensors[key][0])
     try:
-        alt = _search(graph, root, "out", d, pos, group.id, outer=True)
+        alt = _search(graph, root, "out", d, pos, group.id,
+                      outer=OVER_INFERRED if over_inferred else True)
     except (DepViewError, IndexError, ValueError):  # a rule failed: no alternative
         return None
     same = alt.n_units == group.n_units and \

@@ -1022,9 +1022,15 @@ class Pruner:
                 check(gs[half:])
 
         self._validation_ran = True
+        blocked = self._outer_instead_of_blocked()
         pending = [g for g in self.groups if g.id not in self._validated and not g.reason]
         if pending:
             check(pending)
+        for i, g in enumerate(self.groups):  # an alternative that does not run either
+            if g.id in blocked and self._validated.get(g.id):
+                self.groups[i] = blocked[g.id]
+                del self._validated[g.id]
+                self._sets.pop(g.id, None)
         # an alternative must not share channels with another prunable group: the groups
         # stay a partition (two layers' alternatives that found the same heads keep one)
         for gid in sorted(swapped):
@@ -1047,6 +1053,26 @@ class Pruner:
             self._pair_unit_kinds(attempt, repair)
             self._join_tied_widths(attempt, repair)
         return {k: v for k, v in self._validated.items() if v}
+
+    def _outer_instead_of_blocked(self) -> dict[int, Group]:
+        """Put in the place (and id) of each group the search found blocked its outer
+        alternative (:func:`outer_alternative` over ``-1`` too) when that one is not blocked
+        and shares no channel with a group that is not: Falcon-40B's ``view(b, s,
+        self.num_kv_heads, -1, head_dim)`` made the search follow the ``-1`` (each kv
+        group's q heads, k and v), where ``[..., -2, :]`` selects k; whole kv groups pass.
+        Validation then checks them as any group; returns id -> the blocked group, which
+        comes back if its alternative does not run."""
+        out: dict[int, Group] = {}
+        for i, g in enumerate(self.groups):
+            if not g.reasons or g.id in self._validated or g.n_units <= 1:
+                continue
+            alt = outer_alternative(self.graph, g, over_inferred=True)
+            if alt is None or alt.reason or any(
+                    o is not g and not o.reason and _overlap(alt, o) for o in self.groups):
+                continue
+            out[g.id] = g
+            self.groups[i] = alt
+        return out
 
     def _join_shared_sizes(self, not_run: dict[int, tuple[list[SizeAttr], bool]],
                            attempt: Callable) -> None:
