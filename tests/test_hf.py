@@ -375,6 +375,26 @@ def test_hf_falcon_new_decoder_architecture_prunes_whole_kv_groups():
         assert diff.max() < 1e-6
 
 
+def test_hf_mamba2_in_proj_prunes_with_the_sizes_it_splits_by():
+    # in_proj's output is split into (gate, xBC, dt) with sizes from conv_dim and
+    # ssm_state_size, which validation sets. The divisor candidates added for DBRX broke
+    # that: tried all together, some of them broke what those two fix, and the group stayed
+    # blocked; attributes equal to the sizes are now tried first
+    torch.manual_seed(0)
+    model = transformers.Mamba2ForCausalLM(transformers.Mamba2Config(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, state_size=8, num_heads=4,
+        head_dim=16, n_groups=1, expand=2)).eval()
+    p = Pruner(model, {"input_ids": torch.randint(3, 100, (1, 8))})
+    p.validate_groups()
+    for layer in range(2):
+        mixer = f"backbone.layers.{layer}.mixer"
+        g = next(g for g in p.groups if g.root == f"{mixer}.in_proj")
+        assert not p.reason(g) and p.sets(g) == [f"{mixer}.conv_dim", f"{mixer}.ssm_state_size"]
+    plan = p.plan(0.5)
+    v = p.verify(p.apply(plan), plan)
+    assert v["forward"] and v["shapes_kept"], v
+
+
 def test_hf_deepseek_v3_latent_attention_prunes_whole_heads_and_its_lora_ranks():
     # MLA: the key is made with new_empty and filled through two slices (nope | rope); the
     # copies were unseen and the key a constant, which blocked every head group

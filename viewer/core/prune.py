@@ -908,7 +908,13 @@ class Pruner:
                 not_run[g.id] = (found, True)
                 return False  # the same block one layer back: none of these made it run
             candidates = found
-            if attempt([g], {g.id: found}):
+            # attributes equal to the sizes first: the divisors of a slice's or a split
+            # part's range (``span``) are many, and a few of them break what those fix
+            # (HF Mamba2's conv_dim and ssm_state_size)
+            plain = [r for r in found if r.span is None]
+            if plain and len(plain) < len(found) and not attempt([g], {g.id: plain}):
+                found = plain
+            elif attempt([g], {g.id: found}):
                 # setting them all breaks something else (an equal attribute read elsewhere):
                 # one of them alone may be it
                 single = next((rs for rs in _singles(found) if not attempt([g], {g.id: rs})),
