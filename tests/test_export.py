@@ -11,6 +11,7 @@ from viewer.core.export import (
     export_dir,
     load_pruned,
     read_export_zip,
+    reshape_like_plan,
     write_zip,
     zip_dir,
 )
@@ -346,6 +347,26 @@ def test_plan_attrs_set_only_public_scalar_attributes(demo_pruner, tmp_path, att
     (out / "plan.json").write_text(json.dumps(doc))
     with pytest.raises(DepViewError, match="not a public scalar attribute"):
         load_pruned(out)
+
+
+@pytest.mark.parametrize("attrs", [{"config._secret": 1}, {"config.missing": 1},
+                                   {"config.heads": "3"}, {"config.heads": [1]},
+                                   {"config.__class__": "x"}, {"nothing.heads": 1}])
+def test_plan_attrs_reach_only_public_scalars_of_a_held_config(attrs):
+    # "config.X" (Phi-3's num_attention_heads) sets an attribute of the config object a
+    # module holds: only an existing public scalar, of the kind it holds
+    import types
+
+    class Holder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.config = types.SimpleNamespace(heads=3, _secret=0)
+
+    with pytest.raises(DepViewError, match="not a public scalar attribute"):
+        reshape_like_plan(Holder(), {"attrs": {"": attrs}})
+    model = Holder()
+    reshape_like_plan(model, {"attrs": {"": {"config.heads": 2}}})
+    assert model.config.heads == 2
 
 
 def test_the_package_exports_the_pruning_api():
