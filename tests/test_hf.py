@@ -345,7 +345,7 @@ def test_hf_dbrx_split_into_computed_sizes_prunes_whole_kv_groups():
         assert v["masked_equivalence"]["ok"] and v["masked_equivalence"]["max_abs_diff"] < 1e-6
 
 
-def test_hf_falcon_new_decoder_architecture_prunes_whole_kv_groups():
+def test_hf_falcon_new_decoder_architecture_prunes_whole_kv_groups(monkeypatch):
     # Falcon-40B/180B: query_key_value viewed as (num_kv_heads, -1, head_dim), the -1 being
     # each kv group's q heads + its k + its v, picked by index ([..., -2, :]). The search
     # followed the -1 (one slot of every kv group), which the selects block; whole kv
@@ -373,6 +373,14 @@ def test_hf_falcon_new_decoder_architecture_prunes_whole_kv_groups():
         with torch.no_grad():
             diff = (pruned(**inputs).logits - p.masked_model(plan)(**inputs).logits).abs()
         assert diff.max() < 1e-6
+    # plan() validates again: the blocked groups' alternatives are not searched again
+    import viewer.core.prune as prune_mod
+
+    searched = []
+    monkeypatch.setattr(prune_mod, "outer_alternative",
+                        lambda *a, **k: searched.append(a) or None)
+    p.plan(0.3)
+    assert not searched
 
 
 def test_hf_mamba2_in_proj_prunes_with_the_sizes_it_splits_by():

@@ -250,6 +250,7 @@ class Pruner:
         self._probe_results: dict[tuple, tuple[tuple, str]] = {}
         self._sets: dict[int, list[SizeAttr]] = {}  # group id -> attributes it must update
         self._config_owner: dict[int, str] | None = None  # id(config) -> first module path
+        self._outer_tried: set[int] = set()  # blocked groups whose outer alternative was tried
         self._before: dict | None = None
         # False once the unpruned model failed on the meta device (a kernel whose meta version
         # rejects what the real one takes): previews and validation then use real tensors
@@ -1070,8 +1071,10 @@ class Pruner:
         comes back if its alternative does not run."""
         out: dict[int, Group] = {}
         for i, g in enumerate(self.groups):
-            if not g.reasons or g.id in self._validated or g.n_units <= 1:
+            if not g.reasons or g.id in self._validated or g.n_units <= 1 or \
+                    g.id in self._outer_tried:
                 continue
+            self._outer_tried.add(g.id)  # (plan() validates again: one search per group)
             alt = outer_alternative(self.graph, g, over_inferred=True)
             if alt is None or alt.reason or any(
                     o is not g and not o.reason and _overlap(alt, o) for o in self.groups):
