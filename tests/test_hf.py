@@ -15,6 +15,17 @@ from viewer.core.trace import build_graph  # noqa: E402
 pytestmark = pytest.mark.hf
 
 
+def _validated_lm(model, low: int = 3) -> Pruner:
+    """A causal LM's Pruner on 8 token ids, its groups validated."""
+    p = Pruner(model, {"input_ids": torch.randint(low, 100, (1, 8))})
+    p.validate_groups()
+    return p
+
+
+def _group(p: Pruner, root: str):
+    return next(g for g in p.groups if g.root == root)
+
+
 def bert():
     cfg = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2,
                                   num_attention_heads=4, intermediate_size=64,
@@ -92,7 +103,7 @@ def test_hf_wavlm_functional_attention_joins_the_group_of_its_residual_stream():
     model, inputs = wavlm()
     p = Pruner(model.eval(), inputs)
     assert not any("multi_head_attention_forward" in g.reason for g in p.groups)
-    stream = next(g for g in p.groups if g.root == "feature_projection.projection")
+    stream = _group(p, "feature_projection.projection")
     # one unit (README Known limits): its gated position bias reads every head's channels
     # through one nn.Linear after view(b, L, heads, -1)
     assert stream.n_units == 1
@@ -238,14 +249,13 @@ def test_hf_multi_query_attention_with_rotary_prunes_whole_query_heads_in_every_
         vocab_size=100, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
         num_key_value_heads=1, head_dim=16, intermediate_size=64)
     model = getattr(transformers, f"{cls}ForCausalLM")(cfg).eval()
-    p = Pruner(model, {"input_ids": torch.randint(0, 100, (1, 8))})
-    p.validate_groups()
+    p = _validated_lm(model, low=0)
     for layer in range(3):
         attn = f"model.layers.{layer}.self_attn"
-        q = next(g for g in p.groups if g.root == f"{attn}.q_proj")
+        q = _group(p, f"{attn}.q_proj")
         assert q.n_units == 4 and not p.reason(q)
         assert {m.node_name for m in q.members} == {f"{attn}.q_proj", f"{attn}.o_proj"}
-        k = next(g for g in p.groups if g.root == f"{attn}.k_proj")  # its own, blocked
+        k = _group(p, f"{attn}.k_proj")  # its own, blocked
         assert "rotary_emb.inv_freq" in p.reason(k)
         assert {m.node_name for m in k.members} >= {f"{attn}.q_proj", f"{attn}.k_proj"}
         assert not any(".layers." in m.node_name and f"{attn}." not in m.node_name
@@ -268,10 +278,9 @@ def test_hf_falcon_fused_multi_query_attention_stays_blocked_per_layer():
     model = transformers.FalconModel(transformers.FalconConfig(
         vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4)).eval()
     assert model.config.multi_query
-    p = Pruner(model, {"input_ids": torch.randint(0, 100, (1, 8))})
-    p.validate_groups()
+    p = _validated_lm(model, low=0)
     for layer in range(2):
-        g = next(g for g in p.groups if g.root == f"h.{layer}.self_attention.query_key_value")
+        g = _group(p, f"h.{layer}.self_attention.query_key_value")
         assert "rotary_emb.inv_freq" in p.reason(g)
         assert {m.node_name.split(".")[1] for m in g.members} == {str(layer)}
 
@@ -289,8 +298,7 @@ def test_hf_phi3_fused_qkv_cut_at_config_bounds_prunes_whole_kv_groups_in_every_
         num_key_value_heads=4, intermediate_size=64, max_position_embeddings=32, pad_token_id=0,
         bos_token_id=1, eos_token_id=2)
     model = transformers.Phi3ForCausalLM(cfg).eval()
-    p = Pruner(model, {"input_ids": torch.randint(3, 100, (1, 8))})
-    p.validate_groups()
+    p = _validated_lm(model)
     qkv = [g for g in p.groups if g.root.endswith("self_attn.qkv_proj")]
     assert [g.n_units for g in qkv] == [4, 4, 4]  # kv heads, two q heads each
     first, *later = qkv
@@ -326,12 +334,11 @@ def test_hf_dbrx_split_into_computed_sizes_prunes_whole_kv_groups():
         attn_config={"kv_n_heads": 2, "clip_qkv": 8.0, "rope_theta": 10000.0},
         ffn_config={"ffn_hidden_size": 64, "moe_num_experts": 4, "moe_top_k": 2})
     model = transformers.DbrxForCausalLM(cfg).eval()
-    p = Pruner(model, {"input_ids": torch.randint(3, 100, (1, 8))})
-    p.validate_groups()
+    p = _validated_lm(model)
     groups = []
     for layer in range(2):
         attn = f"transformer.blocks.{layer}.norm_attn_norm.attn"
-        g = next(g for g in p.groups if g.root == f"{attn}.Wqkv")
+        g = _group(p, f"{attn}.Wqkv")
         assert g.n_units == 2 and not p.reason(g)
         assert p.sets(g) == [f"{attn}.hidden_size", f"{attn}.num_key_value_heads"]
         groups.append(g.id)
@@ -360,7 +367,7 @@ def test_hf_falcon_new_decoder_architecture_prunes_whole_kv_groups(monkeypatch):
     ids = []
     for layer in range(2):
         attn = f"transformer.h.{layer}.self_attention"
-        g = next(g for g in p.groups if g.root == f"{attn}.query_key_value")
+        g = _group(p, f"{attn}.query_key_value")
         assert g.n_units == 2 and not p.reason(g) and p.sets(g) == [f"{attn}.num_kv_heads"]
         ids.append(g.id)
     for unit in (0, 1):
@@ -392,11 +399,10 @@ def test_hf_mamba2_in_proj_prunes_with_the_sizes_it_splits_by():
     model = transformers.Mamba2ForCausalLM(transformers.Mamba2Config(
         vocab_size=100, hidden_size=32, num_hidden_layers=2, state_size=8, num_heads=4,
         head_dim=16, n_groups=1, expand=2)).eval()
-    p = Pruner(model, {"input_ids": torch.randint(3, 100, (1, 8))})
-    p.validate_groups()
+    p = _validated_lm(model)
     for layer in range(2):
         mixer = f"backbone.layers.{layer}.mixer"
-        g = next(g for g in p.groups if g.root == f"{mixer}.in_proj")
+        g = _group(p, f"{mixer}.in_proj")
         assert not p.reason(g) and p.sets(g) == [f"{mixer}.conv_dim", f"{mixer}.ssm_state_size"]
     plan = p.plan(0.5)
     v = p.verify(p.apply(plan), plan)
@@ -414,15 +420,14 @@ def test_hf_deepseek_v3_latent_attention_prunes_whole_heads_and_its_lora_ranks()
         kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16, head_dim=8,
         first_k_dense_replace=1, n_group=1, topk_group=1, pad_token_id=0)
     model = transformers.DeepseekV3ForCausalLM(cfg).eval()
-    p = Pruner(model, {"input_ids": torch.randint(3, 100, (1, 8))})
-    p.validate_groups()
+    p = _validated_lm(model)
     for layer in range(2):
         attn = f"model.layers.{layer}.self_attn"
-        heads = next(g for g in p.groups if g.root == f"{attn}.q_b_proj")
+        heads = _group(p, f"{attn}.q_b_proj")
         assert heads.n_units == 4 and not p.reason(heads)
         assert {m.node_name for m in heads.members} == {
             f"{attn}.q_b_proj", f"{attn}.kv_b_proj", f"{attn}.o_proj"}
-        q_rank = next(g for g in p.groups if g.root == f"{attn}.q_a_proj")
+        q_rank = _group(p, f"{attn}.q_a_proj")
         assert q_rank.n_units == 32 and not p.reason(q_rank)
         kv_rank = next(g for g in p.groups if g.root == f"{attn}.kv_a_proj_with_mqa"
                        and not p.reason(g))  # the rope part of its rows is another group
@@ -451,7 +456,7 @@ def test_hf_mixtral_experts_lose_the_same_hidden_units_and_the_router_its_stored
     assert moe.gate.weight.shape == (4, 16) and moe.gate.hidden_dim == 16  # read by its view
     v = p.verify(pruned, plan)
     assert v["forward"] and v["shapes_kept"], v
-    experts = next(g for g in p.groups if g.root == "model.layers.0.mlp.experts.down_proj")
+    experts = _group(p, "model.layers.0.mlp.experts.down_proj")
     pruned = p.apply(Plan({experts.id: list(range(8))}))  # exact alone: masked equivalence
     assert p.verify(pruned, Plan({experts.id: list(range(8))}))["masked_equivalence"]["ok"]
     # on meta (a Mixtral-8x7B shape opens without weights) torch's grouped_mm kernel takes
@@ -509,7 +514,7 @@ def test_hf_gpt2_later_layers_take_the_first_layers_attribute_choice_in_two_prob
     p = Pruner(model, inputs)
     p.validate_groups()
     for i in range(4):
-        heads = next(g for g in p.groups if g.root == f"transformer.h.{i}.attn.c_attn")
+        heads = _group(p, f"transformer.h.{i}.attn.c_attn")
         assert not p.reason(heads) and p.sets(heads) == [f"transformer.h.{i}.attn.split_size"]
         alone = [r for r in probed if r == [heads.root]]
         assert len(alone) == (5 if i == 0 else 2), (i, probed)

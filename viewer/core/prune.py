@@ -926,9 +926,10 @@ class Pruner:
                     # attribute (the slice bounds that gave it equal values), if that runs
                     kinds = _fewest_kinds(found, lambda rs: not attempt([g], {g.id: rs}))
                     if kinds is not None:
-                        seen: set[tuple[str, str]] = set()
-                        one = [r for r in kinds if (r.module, r.attr) not in seen
-                               and not seen.add((r.module, r.attr))]
+                        first: dict[tuple[str, str], SizeAttr] = {}
+                        for r in kinds:
+                            first.setdefault((r.module, r.attr), r)
+                        one = list(first.values())
                         self._sets[g.id] = kinds if attempt([g], {g.id: one}) else one
                         repaired.append((candidates, self._sets[g.id]))
                         return True
@@ -1456,10 +1457,7 @@ class Pruner:
         if cfg is None:
             return out
         if self._config_owner is None:
-            self._config_owner = {}
-            for name, m in self.model.named_modules():
-                if (c := held_config(m)) is not None:
-                    self._config_owner.setdefault(id(c), name)
+            self._config_owner = config_owners(self.model)
         owner = self._config_owner[id(cfg)]
         out += [(owner, f"config.{k}", v) for k, v in vars(cfg).items()
                 if not k.startswith("_") and type(v) is int]
@@ -2233,7 +2231,7 @@ def _laid_out_like(new: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 def attr_changes(original: nn.Module, pruned: nn.Module) -> dict[str, dict]:
     """module path -> {attribute: new value} for public scalar attributes that changed."""
     out = {}
-    configs: set[int] = set()
+    owners = config_owners(original)
     pm = dict(pruned.named_modules())
     for name, mod in original.named_modules():
         if name not in pm:
@@ -2241,9 +2239,8 @@ def attr_changes(original: nn.Module, pruned: nn.Module) -> dict[str, dict]:
         a, b = module_attrs(mod), module_attrs(pm[name])
         diff = {k: v for k, v in b.items() if a.get(k) != v}
         ca, cb = held_config(mod), held_config(pm[name])
-        if ca is not None and cb is not None and id(ca) not in configs:
+        if ca is not None and cb is not None and owners[id(ca)] == name:
             # a config object the layers share (Hugging Face's): under its first holder
-            configs.add(id(ca))
             diff.update({f"config.{k}": v for k, v in vars(cb).items()
                          if not k.startswith("_") and type(v) in (int, float, bool, str)
                          and vars(ca).get(k) != v})
@@ -2259,3 +2256,14 @@ def held_config(mod: nn.Module):
     if cfg is None or isinstance(cfg, (nn.Module, torch.Tensor)) or not hasattr(cfg, "__dict__"):
         return None
     return cfg
+
+
+def config_owners(model: nn.Module) -> dict[int, str]:
+    """id(config) -> the first module path (``named_modules`` order) holding it: the name its
+    attributes go by (``config.num_attention_heads`` under ``""``), as candidates and in
+    plan.json alike."""
+    out: dict[int, str] = {}
+    for name, m in model.named_modules():
+        if (c := held_config(m)) is not None:
+            out.setdefault(id(c), name)
+    return out
