@@ -1078,6 +1078,48 @@ def test_a_pointwise_conv_keeps_a_spatial_dim_exactly_and_a_norm_over_it_does_no
     assert grp.stats_notes == ["'gn' normalises over the pruned dim"]  # not 'c' (1x1)
 
 
+class SkipJoin(nn.Module):
+    """A UNet's up block: the upsampled map (32 channels) joined to a skip (16), normalised
+    in 8 groups of 6: group 5 holds the map's channels 30, 31 and the skip's 0-3."""
+
+    def __init__(self):
+        super().__init__()
+        self.up, self.skip = nn.Conv2d(3, 32, 3, padding=1), nn.Conv2d(3, 16, 3, padding=1)
+        self.norm, self.out = nn.GroupNorm(8, 48), nn.Conv2d(48, 2, 1)
+
+    def forward(self, x):
+        return self.out(self.norm(torch.cat([self.up(x), self.skip(x)], 1)))
+
+
+def test_a_group_norm_group_straddling_a_concat_takes_both_parts_channels():
+    from viewer.core.prune import Pruner
+
+    torch.manual_seed(0)
+    m, x = SkipJoin().eval(), torch.randn(1, 3, 8, 8)
+    groups = all_groups(build_graph(m, x))
+    g = next(g for g in groups if g.root == "up")
+    by = {(mm.node_name, mm.side): mm for mm in g.members}
+    # the straddling group's six channels are one unit: the map's 30, 31 and the skip's 0-3
+    up, skip, norm = by[("up", "out")], by[("skip", "out")], by[("norm", "in")]
+    unit = dict(zip(up.pos.tolist(), up.unit.tolist(), strict=True))
+    assert unit[30] == unit[31] == skip.unit[skip.pos.tolist().index(0)]
+    # every unit is whole groups of the norm, and each position has its source's unit
+    src = {**{p: u for p, u in unit.items()},
+           **{32 + p: u for p, u in zip(skip.pos.tolist(), skip.unit.tolist(), strict=True)}}
+    assert {p: u for p, u in zip(norm.pos.tolist(), norm.unit.tolist(), strict=True)} == \
+        {p: src[p] for p in norm.pos.tolist()}
+    for u in set(norm.unit.tolist()):
+        assert len({p // 6 for p in norm.pos[norm.unit == u].tolist()}) * 6 == \
+            int((norm.unit == u).sum())
+    # and it prunes: the other groups of the norm stay whole, masked equivalence holds
+    p = Pruner(m, x, groups=groups)
+    assert not p.reason(g)
+    plan = p.plan(0.5, "l1")
+    pruned = p.apply(plan)
+    assert pruned.norm.num_channels == pruned.norm.num_groups * 6 < 48
+    assert p.verify(pruned, plan)["masked_equivalence"]["ok"]
+
+
 class Seq2Seq(nn.Module):
     """The encoder's final hidden state is the decoder's initial one: one group of hidden
     units spans both GRUs."""

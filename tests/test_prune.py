@@ -333,6 +333,8 @@ def test_a_high_ratio_keeps_a_unit_in_every_layer_of_a_group():
     for ratio in (0.8, 0.9):
         plan = p.plan(ratio)
         assert g.id in plan.removed and g.id not in plan.skipped, plan.skipped
+        # the ratio's 4 units still go: cb's most important unit stays, ca's own goes instead
+        assert len(plan.removed[g.id]) == 4 and 0 in plan.removed[g.id]
         pruned = p.apply(plan)
         assert pruned.ca.out_channels >= 1 and pruned.cb.out_channels >= 1
         assert p.verify(pruned, plan)["masked_equivalence"]["ok"]
@@ -844,6 +846,54 @@ def test_a_split_size_stored_on_the_module_is_updated_and_nothing_else_is(tmp_pa
 
     assert attr_changes(model, pruned) == {"": {"split_size": 5}, "qkv": {"out_features": 15},
                                            "out": {"in_features": 5}}
+
+
+class Down(nn.Module):
+    """diffusers' ``Downsample2D``: its own forward checks the width against a size it
+    stores (``channels``); ``out_channels`` equals it and is never read. ``how`` picks what
+    the width is compared with: the attribute or a literal."""
+
+    def __init__(self, c: int, how: str = "attribute"):
+        super().__init__()
+        self.channels = self.out_channels = c
+        self.how = how
+        self.conv = nn.Conv2d(c, c, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        assert x.shape[1] == (self.channels if self.how == "attribute" else 8)
+        return self.conv(x)
+
+
+class WithDown(nn.Module):
+    def __init__(self, how: str = "attribute"):
+        super().__init__()
+        self.stem, self.down, self.head = nn.Conv2d(3, 8, 3, padding=1), Down(8, how), \
+            nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        return self.head(self.down(F.relu(self.stem(x))))
+
+
+@pytest.mark.parametrize("how", ["attribute", "literal"])
+def test_a_size_the_modules_own_code_compares_a_width_with_follows(tmp_path, how):
+    torch.manual_seed(0)
+    model, x = WithDown(how).eval(), torch.randn(1, 3, 8, 8)
+    p = Pruner(model, (x,))
+    g = next(g for g in p.groups if g.root == "stem")
+    if how == "literal":  # nothing to set: the assert's reason stays
+        assert "forward fails when this group shrinks (AssertionError" in p.reason(g)
+        assert p.sets(g) == []
+        return
+    # the module whose code raised holds two ints equal to the width: only the one the
+    # forward compares is set
+    assert not p.reason(g) and p.sets(g) == ["down.channels"]
+    plan = Plan({g.id: [0, 3, 5]})
+    pruned = p.apply(plan)
+    assert (pruned.down.channels, pruned.down.out_channels, pruned.down.conv.in_channels) == \
+        (5, 8, 5)
+    assert model.down.channels == 8  # the original is untouched
+    assert p.verify(pruned, plan)["masked_equivalence"]["ok"]
+    assert attr_changes(model, pruned)["down"] == {"channels": 5}
 
 
 @pytest.mark.parametrize("how, prunable", [("literal", False), ("width", True)])
@@ -2150,7 +2200,7 @@ class AssertsItsWidth(torch.nn.Module):
         self.embed_dim, self.fc = d, torch.nn.Linear(d, d)
 
     def forward(self, x):
-        assert x.shape[-1] == self.embed_dim
+        assert x.shape[-1] == 8
         return self.fc(x)
 """
 
@@ -2166,7 +2216,7 @@ def test_a_bare_assert_that_fails_says_where_and_what(tmp_path, monkeypatch):
     p.validate_groups()
     assert p.reason(p.groups[0]) == (
         "the model's forward fails when this group shrinks (AssertionError: at asserting.py:11: "
-        "assert x.shape[-1] == self.embed_dim)")
+        "assert x.shape[-1] == 8)")
 
 
 def test_a_graph_or_output_layer_of_another_model_is_refused(demo_pruner):

@@ -372,7 +372,15 @@ def _gn_rule() -> Rule:
                 ctx.inexact(f"'{node.name}' (GroupNorm) normalises over pruned channels")
                 pos_all = (pos % per)[:, None] + per * np.arange(groups)[None, :]
                 units_all = np.repeat(units, groups)
-            return base(g, node, side, port, dim, units_all, pos_all.reshape(-1), ctx)
+            pos_all = pos_all.reshape(-1)
+            flows = base(g, node, side, port, dim, units_all, pos_all, ctx)
+            if len(pos_all) > len(pos):
+                # the channels a unit takes with it are channels of the tensor it came by,
+                # too: when a group of the norm straddles a concat's parts (a UNet's skip
+                # joined to the upsampled map, 32 + 16 channels in groups of 6), the other
+                # part's channels join the unit there as well
+                flows.append(Flow(side, 0, dim, units_all, pos_all))
+            return flows
         return base(g, node, side, port, dim, units, pos, ctx)
 
     return rule

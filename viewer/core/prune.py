@@ -246,8 +246,10 @@ class Pruner:
         self._validated: dict[int, str] = {}
         self._probes: dict | None = None  # what validation's probes compare with (_probe)
         self._width_checks: dict[tuple, dict[int, str]] = {}  # plan -> groups failing in it
-        #: (plan, attributes, group ids) -> (the groups, what _run_probe said)
-        self._probe_results: dict[tuple, tuple[tuple, str]] = {}
+        #: (plan, attributes, group ids) -> (the groups, what _run_probe said, the modules
+        #: whose own code raised, innermost first)
+        self._probe_results: dict[tuple, tuple[tuple, str, tuple[str, ...]]] = {}
+        self._raised_in: tuple[str, ...] = ()  # ... of the last probe that ran or was looked up
         self._sets: dict[int, list[SizeAttr]] = {}  # group id -> attributes it must update
         self._config_owner: dict[int, str] | None = None  # id(config) -> first module path
         self._outer_tried: set[int] = set()  # blocked groups whose outer alternative was tried
@@ -536,6 +538,14 @@ class Pruner:
             if part and part <= set(chosen):
                 best = next(int(u) for u in order[::-1] if int(u) in part)
                 chosen.remove(best)
+        # the units given back are made up from the next least important ones that empty no
+        # part (a UNet stem's group of 2 units, one of them all an upsampler holds, loses the
+        # other instead of nothing)
+        for u in order[k:]:
+            if len(chosen) >= k:
+                break
+            if all(not part or not part <= {*chosen, int(u)} for part in parts):
+                chosen.append(int(u))
         return sorted(chosen)
 
     def _needs_weights(self, criterion: str) -> None:
@@ -974,6 +984,42 @@ class Pruner:
             self.groups[i] = g
             return False
 
+        raised_failed: list[list[SizeAttr]] = []  # what repair_raised tried in vain
+
+        def repair_raised(g: Group) -> bool:
+            """A group still broken after :func:`repair` and :func:`try_outer`: the size may
+            be one that the code of the module that raised compares a width with
+            (:meth:`_raised_candidates`). Those candidates are tried alone, then with the ones
+            :func:`repair` found; when setting them moves the error into another module, that
+            module's are added (up to 4 modules); then each one the model runs without is
+            dropped."""
+            first = self._size_attr_candidates(g)
+            attempt([g])  # (a result kept from before) where the group's own error was raised
+            at = self._raised_in
+            for base in ([], first) if first else ([],):
+                cands: list[SizeAttr] = []
+                raised_in = at
+                for _ in range(4):
+                    new = [r for r in self._raised_candidates(g, raised_in)
+                           if r not in cands and r not in base]
+                    if not new or any(_mirrors(c, base + cands + new) for c in raised_failed):
+                        break
+                    cands += new
+                    if not attempt([g], {g.id: base + cands}):
+                        found = base + cands
+                        for r in list(found):
+                            rest = [x for x in found if x != r]
+                            if not attempt([g], {g.id: rest}):
+                                found = rest
+                        self._sets[g.id] = found
+                        repaired.append((base + cands, found))
+                        not_run.pop(g.id, None)
+                        return True
+                    raised_in = self._raised_in
+                if cands:
+                    raised_failed.append(base + cands)
+            return False
+
         def with_stored_sizes(gs: list[Group]) -> bool:
             """A batch that fails may run once every size its groups shrink is set from the
             attributes it may have been read from (HF MobileViT: 9 groups, each with its
@@ -997,7 +1043,8 @@ class Pruner:
 
         def check(gs: list[Group]) -> None:
             err = attempt(gs)
-            if err and len(gs) == 1 and (repair(gs[0]) or try_outer(gs[0], err)):
+            if err and len(gs) == 1 and (repair(gs[0]) or try_outer(gs[0], err)
+                                         or repair_raised(gs[0])):
                 err = ""
             elif err and len(gs) == 1 and gs[0].id in not_run:
                 err += _not_run_hint(*not_run[gs[0].id])
@@ -1238,7 +1285,10 @@ class Pruner:
                tuple(id(g) for g in gs))
         done = self._probe_results.get(key)
         if done is None:  # (the groups are kept with the result: their ids stay theirs)
-            done = self._probe_results[key] = (tuple(gs), self._run_probe(plan, gs, sets))
+            self._raised_in = ()
+            msg = self._run_probe(plan, gs, sets)
+            done = self._probe_results[key] = (tuple(gs), msg, self._raised_in)
+        self._raised_in = done[2]
         return done[1]
 
     def _run_probe(self, plan: Plan, gs: list[Group],
@@ -1260,6 +1310,11 @@ class Pruner:
                          and _activation_elements(self.graph) <= REAL_PROBE_ELEMENTS)}
         meta_inputs, traced, real_base = st["meta_inputs"], st["traced"], st["real_base"]
         traced_meta = None  # the baseline, when the probe ran on meta
+        made: list[nn.Module] = []  # the pruned copy being run
+
+        def pruned(device: str | None) -> nn.Module:
+            made.append(materialize(self.model, self.graph, changes, widths, device, attrs))
+            return made[-1]
 
         def meta_graph() -> Graph | None:
             """The unpruned model traced on meta, what a pruned trace is compared with (code
@@ -1290,16 +1345,13 @@ class Pruner:
                 if not real_base:
                     real_base.append(build_graph(materialize(
                         self.model, self.graph, {}, {}, None), _copied(self.inputs)))
-                before, after = real_base[0], build_graph(materialize(
-                    self.model, self.graph, changes, widths, None, attrs),
-                    _copied(self.inputs))
+                before, after = real_base[0], build_graph(pruned(None), _copied(self.inputs))
             else:
                 before, after = meta_graph(), None
                 traced_meta = before
                 if before is not None:
                     try:
-                        after = build_graph(materialize(self.model, self.graph, changes,
-                                                        widths, "meta", attrs), meta_inputs,
+                        after = build_graph(pruned("meta"), meta_inputs,
                                             meta_results=st["meta_results"])
                     except DepViewError as err:
                         exc = err.__cause__ or err
@@ -1308,12 +1360,13 @@ class Pruner:
                                 "meta" not in str(exc) or not _real(self.model):
                             raise exc from None
                 if after is None:  # real tensors, compared with the first trace
-                    before, after = self.graph, build_graph(
-                        materialize(self.model, self.graph, changes, widths, None, attrs),
-                        _copied(self.inputs))
+                    before, after = self.graph, build_graph(pruned(None),
+                                                            _copied(self.inputs))
         except Exception as exc:
             if isinstance(exc, DepViewError):  # a traced forward failed: show its error
                 exc = exc.__cause__ or exc
+            if made:
+                self._raised_in = _raising_modules(exc, made[-1])
             msg = (str(exc).strip().splitlines() or [""])[0][:160] or _raised_at(exc)
             hint = _VIEW_HINT if "is invalid for input of size" in msg else \
                 _slice_hint(self.graph, gs)
@@ -1414,6 +1467,37 @@ class Pruner:
                         group, node, key, start, start + size, mods)
                         if (r.module, r.attr) not in {(e.module, e.attr) for e in equal}]
         return out
+
+    def _raised_candidates(self, group: Group, raised_in: tuple[str, ...]) -> list[SizeAttr]:
+        """When a probe failed in a module's own code that compares a width with a size
+        it stores (diffusers' ``Downsample2D``: ``assert x.shape[1] == self.channels``), no
+        traced op shows where the size came from: the int attributes (:meth:`_int_attrs`)
+        of the innermost module on the traceback that is not a layer DepView prunes (their
+        attributes are set anyway), equal to the width of one of the group's tensors that
+        enters the module."""
+        mods = dict(self.model.named_modules())
+        layers = {self.graph.nodes[m.node].module for m in group.members
+                  if self.graph.nodes[m.node].is_module}
+        path = next((p for p in raised_in if p in mods and p not in layers), None)
+        if path is None:
+            return []
+        inside = (path + ".") if path else ""
+        nodes = self.graph.nodes
+
+        def local(nid: int) -> bool:
+            return nodes[nid].module == path or nodes[nid].module.startswith(inside)
+
+        # the widths of what enters the module (made outside it, read inside), as its
+        # ``x.shape[1]``: not the sizes of its own reshapes (YOLO's DFL views its box
+        # channels as ``(b, 4, self.c1, a)``: ``c1`` counts bins, which must stay whole)
+        width: dict[int, tuple[int, int, int]] = {}  # old width -> its first tensor there
+        for key in group.tensors:
+            nid, port, dim = key
+            if not local(nid) and any(local(e.target)
+                                      for e in self.graph.consumers.get((nid, port), ())):
+                width.setdefault(nodes[nid].out_shapes[port][dim], key)
+        return [SizeAttr(owner, k, width[v][0], width[v], v)
+                for owner, k, v in self._int_attrs(path, mods) if v in width]
 
     def _span_candidates(self, group: Group, node: Node, key: tuple[int, int, int], lo: int,
                          hi: int, mods: dict[str, nn.Module]) -> list[SizeAttr]:
@@ -1839,6 +1923,20 @@ def _numbers(node: Node) -> tuple:
         scale = getattr(node.meta, "scale", None)
         return () if scale is None else (scale,)
     return node.attrs.get("scalars", ()) if node.op_type is OpType.ELEMENTWISE else ()
+
+
+def _raising_modules(exc: BaseException, model: nn.Module) -> tuple[str, ...]:
+    """The paths of ``model``'s modules whose own code is on ``exc``'s traceback (a frame
+    whose ``self`` is one of them), innermost first."""
+    names = {id(m): n for n, m in model.named_modules()}
+    out = []
+    tb = exc.__traceback__
+    while tb is not None:
+        me = tb.tb_frame.f_locals.get("self")
+        if me is not None and id(me) in names:
+            out.append(names[id(me)])
+        tb = tb.tb_next
+    return tuple(reversed(dict.fromkeys(out)))
 
 
 def _raised_at(exc: BaseException) -> str:

@@ -1,0 +1,46 @@
+"""Hugging Face diffusers models built from small configs (no download), named by a spec as a
+user would: a UNet's GroupNorms straddle the skip concat (groups of 6 over 32 + 16
+channels), and its down- and upsamplers assert their input width against a size they
+store."""
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+diffusers = pytest.importorskip("diffusers")
+
+from viewer.core.export import export_dir, load_pruned  # noqa: E402
+from viewer.core.prune import Pruner  # noqa: E402
+from viewer.core.spec import load_model  # noqa: E402
+
+UNET = {"sample_size": 16, "in_channels": 3, "out_channels": 3, "layers_per_block": 1,
+        "block_out_channels": [16, 32], "norm_num_groups": 8,
+        "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
+        "up_block_types": ["AttnUpBlock2D", "UpBlock2D"]}
+
+
+def test_diffusers_unet_prunes_every_group_but_its_output_exactly_and_reloads(tmp_path):
+    lm = load_model("diffusers:UNet2DModel", kwargs=UNET, inputs=["1x3x16x16", "1:int64"])
+    p = Pruner(lm.model, lm.inputs, output_layers=lm.output_layers)
+    blocked = {g.root: p.reason(g) for g in p.groups if p.reason(g)}
+    # only the output conv, and value projections whose whole heads the query's group prunes
+    assert {r for r, why in blocked.items() if not why.startswith("as whole heads")} == \
+        {"conv_out"}
+    sets = {s for g in p.groups for s in p.sets(g)}
+    assert {"down_blocks.0.downsamplers.0.channels", "up_blocks.0.upsamplers.0.channels"} <= sets
+    plan = p.plan(0.5, "l1")
+    # the stem's group has two units (its GroupNorm groups straddle concats), and unit 0 is
+    # all an upsampler's output holds in it: unit 1 goes, whatever their importance
+    stem = next(g for g in p.groups if g.root == "conv_in")
+    assert stem.n_units == 2 and plan.removed[stem.id] == [1]
+    pruned = p.apply(plan)
+    down = pruned.down_blocks[0].downsamplers[0]
+    assert down.channels == down.conv.in_channels == pruned.conv_in.out_channels < 16
+    assert lm.model.down_blocks[0].downsamplers[0].channels == 16  # the original is untouched
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+    export_dir(p, plan, pruned, tmp_path / "out", lm.source)
+    model = load_pruned(tmp_path / "out")  # rebuilt from the spec, the attributes set again
+    assert model.down_blocks[0].downsamplers[0].channels == down.channels
+    for k, t in load_file(str(tmp_path / "out" / "model.safetensors")).items():
+        assert torch.equal(model.state_dict()[k], t), k
