@@ -44,3 +44,28 @@ def test_diffusers_unet_prunes_every_group_but_its_output_exactly_and_reloads(tm
     assert model.down_blocks[0].downsamplers[0].channels == down.channels
     for k, t in load_file(str(tmp_path / "out" / "model.safetensors")).items():
         assert torch.equal(model.state_dict()[k], t), k
+
+
+def test_diffusers_vae_attention_joins_q_and_v_of_each_block_and_sets_nothing_unread():
+    # v's head dim is computed from k's width (head_dim = key.shape[-1] // heads): each of
+    # q's and v's groups breaks the other alone. They join within their own block, the
+    # encoder's apart from the decoder's, and set no attribute: the six ints of diffusers'
+    # Attention equal to its width are never read by its forward
+    torch.manual_seed(0)
+    m = diffusers.AutoencoderKL(
+        in_channels=3, out_channels=3, block_out_channels=(16, 32), latent_channels=4,
+        norm_num_groups=8, layers_per_block=1, down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2).eval()
+    p = Pruner(m, (torch.randn(1, 3, 16, 16),))
+    p.validate_groups()  # (a join takes its first group's place in the list)
+    by_root = {g.root: g for g in p.groups}
+    for part in ("encoder", "decoder"):
+        q, v = (by_root[f"{part}.mid_block.attentions.0.to_{x}"] for x in "qv")
+        assert not p.reason(q) and p.sets(q) == []
+        assert p.reason(v).startswith(f"pruned with group #{q.id} ")
+        assert {mm.node_name for mm in q.members} >= {f"{part}.mid_block.attentions.0.to_v"}
+    plan = p.plan(0.5, "l1")
+    pruned = p.apply(plan)
+    assert pruned.encoder.mid_block.attentions[0].to_v.out_features == 16
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["exact_groups"]["ok"], v

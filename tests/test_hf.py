@@ -504,7 +504,8 @@ def _record_probes(monkeypatch) -> list[list[str]]:
 def test_hf_gpt2_later_layers_take_the_first_layers_attribute_choice_in_two_probes(
         monkeypatch):
     # each layer's attention group was repaired from scratch (5 probes: all candidates, then
-    # dropping each); the same block one layer on tries the choice made for the one before
+    # dropping each); the same block one layer on tries the choice made for the one before.
+    # Layer 0 takes 3: embed_dim, equal to the split size but never read, is no candidate
     cfg = transformers.GPT2Config(vocab_size=100, n_embd=32, n_layer=4, n_head=4,
                                   n_positions=32, bos_token_id=0, eos_token_id=0)
     torch.manual_seed(0)
@@ -517,7 +518,7 @@ def test_hf_gpt2_later_layers_take_the_first_layers_attribute_choice_in_two_prob
         heads = _group(p, f"transformer.h.{i}.attn.c_attn")
         assert not p.reason(heads) and p.sets(heads) == [f"transformer.h.{i}.attn.split_size"]
         alone = [r for r in probed if r == [heads.root]]
-        assert len(alone) == (5 if i == 0 else 2), (i, probed)
+        assert len(alone) == (3 if i == 0 else 2), (i, probed)
     plan = p.plan(0.5)
     pruned = p.apply(plan)
     assert [b.attn.split_size for b in pruned.transformer.h] == [16] * 4

@@ -896,6 +896,41 @@ def test_a_size_the_modules_own_code_compares_a_width_with_follows(tmp_path, how
     assert attr_changes(model, pruned)["down"] == {"channels": 5}
 
 
+def test_an_attribute_the_forward_never_reads_is_never_tried(monkeypatch):
+    # width equals the split size too; setting it cannot make a probe run, and every
+    # candidate costs probes (diffusers' Attention: six such ints, 28 probes a group)
+    tried = []
+    real = Pruner._run_probe
+
+    def logging(self, plan, gs, sets=None):
+        tried.extend(r.attr for rs in (sets or {}).values() for r in rs)
+        return real(self, plan, gs, sets)
+
+    monkeypatch.setattr(Pruner, "_run_probe", logging)
+    p = Pruner(StoredSplit().eval(), (torch.randn(2, 8),))
+    g = next(g for g in p.groups if g.root == "qkv")
+    assert not p.reason(g) and p.sets(g) == ["split_size"]
+    assert "split_size" in tried and "width" not in tried
+
+
+def test_attribute_reads_logs_what_each_modules_code_reads_and_restores_its_class():
+    from viewer.core.prune import attribute_reads
+
+    class Reads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used, self.unused, self.fc = 2, 3, nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.fc(x) * self.used
+
+    m = nn.Sequential(Reads(), Reads())
+    reads = attribute_reads(m, (torch.randn(1, 4),))
+    # torch's own layers (their handlers set their attributes) are not logged
+    assert reads == {"0": {"used", "training"}, "1": {"used", "training"}}
+    assert type(m[0]) is Reads and type(m[0].fc) is nn.Linear
+
+
 @pytest.mark.parametrize("how, prunable", [("literal", False), ("width", True)])
 def test_split_sizes_not_read_from_the_module_change_no_attribute(how, prunable):
     model, x = StoredSplit(how=how).eval(), torch.randn(2, 8)

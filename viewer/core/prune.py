@@ -250,6 +250,8 @@ class Pruner:
         #: whose own code raised, innermost first)
         self._probe_results: dict[tuple, tuple[tuple, str, tuple[str, ...]]] = {}
         self._raised_in: tuple[str, ...] = ()  # ... of the last probe that ran or was looked up
+        #: module path -> the attributes its forward read in one run (see :meth:`_reads`)
+        self._attr_reads: dict[str, set[str]] | None = None
         self._sets: dict[int, list[SizeAttr]] = {}  # group id -> attributes it must update
         self._config_owner: dict[int, str] | None = None  # id(config) -> first module path
         self._outer_tried: set[int] = set()  # blocked groups whose outer alternative was tried
@@ -1247,11 +1249,13 @@ class Pruner:
                 others = [g for g in fails if g.n_units == n and g.id not in joined | {a.id}]
                 if len({g.multiple_of for g in others}) != 1:
                     continue
-                both = _bundled(a, a.n_units // n)
-                for b in others:
-                    both = _joined(both, b)
-                both.multiple_of = others[0].multiple_of
-                if not self._runs_instead(a, both, attempt, repair):
+                # those under the anchor's own parent module first (an attention's q and v:
+                # a VAE's encoder and decoder attention are not tied to each other)
+                near = [b for b in others if _scope(b.root) == _scope(a.root)]
+                if near and len(near) < len(others) and \
+                        self._runs_instead(a, self._tied(a, near), attempt, repair):
+                    others = near
+                elif not self._runs_instead(a, self._tied(a, others), attempt, repair):
                     # the same join from another of as many units would fail alike (the
                     # layers of timm's ViT over an input that cannot shrink: one try, not one
                     # a layer); a smaller one may still join groups of its own
@@ -1268,6 +1272,16 @@ class Pruner:
                               if per > 1 else ""))
                 joined |= {a.id} | {b.id for b in others}
                 break
+
+    @staticmethod
+    def _tied(a: Group, others: list[Group]) -> Group:
+        """``a`` joined with ``others`` (all of one unit count): ``a``'s units bundled so that
+        it has as many, unit i of each other group with bundle i."""
+        both = _bundled(a, a.n_units // others[0].n_units)
+        for b in others:
+            both = _joined(both, b)
+        both.multiple_of = others[0].multiple_of
+        return both
 
     def _probe(self, plan: Plan, gs: list[Group],
                sets: dict[int, list[SizeAttr]] | None = None) -> str:
@@ -1466,7 +1480,38 @@ class Pruner:
                     out += equal + [r for r in self._span_candidates(
                         group, node, key, start, start + size, mods)
                         if (r.module, r.attr) not in {(e.module, e.attr) for e in equal}]
-        return out
+        return [r for r in out if self._read(r)]
+
+    def _read(self, r: SizeAttr) -> bool:
+        """May the forward read ``r``'s attribute? False only for an attribute of a module
+        whose reads were logged (:meth:`_reads`) and did not include it: setting one the
+        forward never reads cannot make a probe run, and trying it costs probes (diffusers'
+        ``Attention`` holds six ints equal to its width and reads none of them: its groups
+        made 28 probes each in vain in SD 1.5's UNet). A config's attributes are kept."""
+        if r.attr.startswith("config."):
+            return True
+        got = self._reads().get(r.module)
+        return got is None or r.attr in got
+
+    def _reads(self) -> dict[str, set[str]]:
+        """module path -> the public attributes its code read in one forward of an
+        unpruned copy (:func:`attribute_reads`), on the device the probes use; ``{}`` (no
+        attribute left out) when that run fails. Run once, when validation first needs
+        stored-size candidates."""
+        if self._attr_reads is None:
+            self._attr_reads = {}
+            st = self._probes
+            meta = st is not None and not st["real"]
+            try:
+                if meta:
+                    copy = materialize(self.model, self.graph, {}, {}, "meta")
+                    self._attr_reads = attribute_reads(copy, st["meta_inputs"])
+                else:
+                    copy = materialize(self.model, self.graph, {}, {}, None)
+                    self._attr_reads = attribute_reads(copy, self.inputs)
+            except Exception:  # noqa: BLE001 (a model that cannot run so: nothing left out)
+                self._attr_reads = {}
+        return self._attr_reads
 
     def _raised_candidates(self, group: Group, raised_in: tuple[str, ...]) -> list[SizeAttr]:
         """When a probe failed in a module's own code that compares a width with a size
@@ -1496,8 +1541,9 @@ class Pruner:
             if not local(nid) and any(local(e.target)
                                       for e in self.graph.consumers.get((nid, port), ())):
                 width.setdefault(nodes[nid].out_shapes[port][dim], key)
-        return [SizeAttr(owner, k, width[v][0], width[v], v)
-                for owner, k, v in self._int_attrs(path, mods) if v in width]
+        found = [SizeAttr(owner, k, width[v][0], width[v], v)
+                 for owner, k, v in self._int_attrs(path, mods) if v in width]
+        return [r for r in found if self._read(r)]
 
     def _span_candidates(self, group: Group, node: Node, key: tuple[int, int, int], lo: int,
                          hi: int, mods: dict[str, nn.Module]) -> list[SizeAttr]:
@@ -1925,6 +1971,49 @@ def _numbers(node: Node) -> tuple:
     return node.attrs.get("scalars", ()) if node.op_type is OpType.ELEMENTWISE else ()
 
 
+def attribute_reads(model: nn.Module, inputs) -> dict[str, set[str]]:
+    """Run ``model`` (a throwaway copy: its modules' classes are swapped for the run) once
+    and log which of their public attributes its modules' code reads: module path -> names
+    read. Only modules whose class is not torch's own (torch's layers' attributes are set
+    by their handlers) and that hold public attributes are logged; a class that cannot be
+    subclassed, or a module whose class cannot be swapped, is left out (absent: nothing
+    known of it)."""
+    log: dict[int, tuple[set[str], set[str]]] = {}  # id(module) -> (watched, read)
+    made: dict[type, type | None] = {}
+    swapped: list[tuple[nn.Module, type, str]] = []
+    for path, mod in model.named_modules():
+        cls = type(mod)
+        watch = {k for k in vars(mod) if not k.startswith("_")}
+        if cls.__module__.startswith("torch.") or not watch:
+            continue
+        if cls not in made:
+            def getattribute(self, name, _get=cls.__getattribute__):
+                entry = log.get(id(self))
+                if entry is not None and name in entry[0]:
+                    entry[1].add(name)
+                return _get(self, name)
+
+            try:
+                made[cls] = type(cls.__name__, (cls,), {"__getattribute__": getattribute,
+                                                        "__module__": cls.__module__})
+            except Exception:  # noqa: BLE001 (a class that refuses subclasses)
+                made[cls] = None
+        if made[cls] is None:
+            continue
+        try:
+            mod.__class__ = made[cls]
+        except TypeError:
+            continue
+        log[id(mod)] = (watch, set())
+        swapped.append((mod, cls, path))
+    try:
+        run(model, inputs)
+    finally:
+        for mod, cls, _ in swapped:
+            mod.__class__ = cls
+    return {path: log[id(mod)][1] for mod, _, path in swapped}
+
+
 def _raising_modules(exc: BaseException, model: nn.Module) -> tuple[str, ...]:
     """The paths of ``model``'s modules whose own code is on ``exc``'s traceback (a frame
     whose ``self`` is one of them), innermost first."""
@@ -1953,6 +2042,11 @@ def _raised_at(exc: BaseException) -> str:
 #: other parts, a whole-heads retry that found another group's heads
 _JOINED = "pruned with group "
 _TAKEN = "as whole heads, its channels are group "
+
+
+def _scope(layer: str) -> str:
+    """The module a layer sits in: its path without the last name."""
+    return layer.rpartition(".")[0]
 
 
 def _joined_reason(into: Group, why: str) -> str:
