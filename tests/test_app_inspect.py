@@ -351,6 +351,30 @@ def test_the_group_panel_says_what_a_unit_spans_when_members_own_several_indices
     assert unit_spans(plain) == ""  # one index per unit everywhere: nothing to explain
 
 
+def test_a_unit_span_that_differs_between_units_is_given_as_a_range():
+    # a GroupNorm group of 6 straddles a concat of 32 + 16: the map's units are 5 whole
+    # norm groups and the 2 channels of the straddling one (an average, 5.33, said nothing)
+    import torch
+    from torch import nn
+
+    from viewer.app.callbacks.inspect import unit_spans
+    from viewer.core.groups import all_groups
+    from viewer.core.trace import build_graph
+
+    class SkipJoin(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.up, self.skip = nn.Conv2d(3, 32, 1), nn.Conv2d(3, 16, 1)
+            self.norm, self.out = nn.GroupNorm(8, 48), nn.Conv2d(48, 2, 1)
+
+        def forward(self, x):
+            return self.out(self.norm(torch.cat([self.up(x), self.skip(x)], 1)))
+
+    x = torch.randn(1, 3, 4, 4)
+    g = next(g for g in all_groups(build_graph(SkipJoin().eval(), x)) if g.root == "up")
+    assert "2–6 of up (out)" in unit_spans(g) and "6 of norm (in)" in unit_spans(g)
+
+
 def test_a_group_the_preview_left_at_its_width_says_why(store):
     from viewer.core.prune import Plan
 

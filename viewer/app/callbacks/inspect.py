@@ -330,8 +330,16 @@ def unit_spans(group: Group, most: int = 3) -> str:
     wide = [(m, w) for m, w in wide if w > n]
     if not wide:
         return ""
-    shown = ", ".join(f"{w // n if w % n == 0 else f'{w / n:.3g}'} of {m.node_name} ({m.side})"
-                      for m, w in wide[:most])
+
+    def per_unit(m) -> str:
+        """Indices each unit owns there: one count, or the fewest-most when units differ (a
+        UNet stem's two units: 4 and 12 channels, where its norm groups straddle)."""
+        counts = np.bincount(m.unit, minlength=n)
+        counts = counts[counts > 0]
+        lo, hi = int(counts.min()), int(counts.max())
+        return str(lo) if lo == hi else f"{lo}–{hi}"
+
+    shown = ", ".join(f"{per_unit(m)} of {m.node_name} ({m.side})" for m, _ in wide[:most])
     k = len(wide) - most
     more = f" and more in {k} other member{'s' if k > 1 else ''}" if k > 0 else ""
     return (f"A unit is what a plan removes at once; each of these {n} spans several indices "
@@ -378,7 +386,8 @@ def group_panel(pruner: Pruner, group: Group, model_group: bool, note: str,
     if model_group and pruner.sets(group):
         out.append(html.P("Pruning also sets " + ", ".join(pruner.sets(group)) + " (a size "
                           "its forward reads: a split, a view, a slice's bounds, a norm's "
-                          "shape, a tensor it makes) to the new size.", className="hint"))
+                          "shape, a tensor it makes, a width its code checks) to the new "
+                          "size.", className="hint"))
     if not group.exact:
         out.append(html.P("Inexact: " + "; ".join(collapse_notes(group.stats_notes,
                                                                  pruner.graph)),
