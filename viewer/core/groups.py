@@ -368,17 +368,20 @@ def _gn_rule() -> Rule:
             if gn_prunes_whole_groups(c, groups):  # a unit is one whole group of channels
                 pos_all = (pos // per)[:, None] * per + np.arange(per)[None, :]
                 units_all = np.repeat(units, per)
+                took = np.bincount(pos // per)  # positions that came, per norm group
+                whole = per
             else:  # a unit is the same offset in every group
                 ctx.inexact(f"'{node.name}' (GroupNorm) normalises over pruned channels")
                 pos_all = (pos % per)[:, None] + per * np.arange(groups)[None, :]
                 units_all = np.repeat(units, groups)
+                took, whole = np.bincount(pos % per), groups
             pos_all = pos_all.reshape(-1)
             flows = base(g, node, side, port, dim, units_all, pos_all, ctx)
-            if len(pos_all) > len(pos):
+            if not ((took == 0) | (took == whole)).all():
                 # the channels a unit takes with it are channels of the tensor it came by,
                 # too: when a group of the norm straddles a concat's parts (a UNet's skip
                 # joined to the upsampled map, 32 + 16 channels in groups of 6), the other
-                # part's channels join the unit there as well
+                # part's channels join the unit there as well (positions come once each)
                 flows.append(Flow(side, 0, dim, units_all, pos_all))
             return flows
         return base(g, node, side, port, dim, units, pos, ctx)
