@@ -957,10 +957,8 @@ class Pruner:
             # a norm's shape read with the weight the group prunes (ConvNeXt's LayerNorm2d:
             # F.layer_norm(x, self.normalized_shape, self.weight)) must follow: not dropped
             members = {m.module for m in g.members}
-            for r in [x for x in found if not (x.boxed and x.module in members)]:
-                rest = [x for x in found if x != r]
-                if not attempt([g], {g.id: rest}):
-                    found = rest
+            found = _only_needed(found, lambda rs: not attempt([g], {g.id: rs}),
+                                 keep=lambda r: r.boxed and r.module in members)
             self._sets[g.id] = found
             repaired.append((candidates, found))
             return True
@@ -1008,11 +1006,8 @@ class Pruner:
                         break
                     cands += new
                     if not attempt([g], {g.id: base + cands}):
-                        found = base + cands
-                        for r in list(found):
-                            rest = [x for x in found if x != r]
-                            if not attempt([g], {g.id: rest}):
-                                found = rest
+                        found = _only_needed(base + cands,
+                                             lambda rs: not attempt([g], {g.id: rs}))
                         self._sets[g.id] = found
                         repaired.append((base + cands, found))
                         not_run.pop(g.id, None)
@@ -1170,10 +1165,9 @@ class Pruner:
                 if attempt([both], {a_id: found}):
                     self.groups[at] = a
                     continue
-                for r in list(found):  # as a repair does: only what it needs
-                    rest = [x for x in found if x != r]
-                    if rest and not attempt([both], {a_id: rest}):
-                        found = rest
+                # as a repair does: only what it needs, and one at least (what paired them)
+                found = _only_needed(found, lambda rs, both=both, a_id=a_id:
+                                     bool(rs) and not attempt([both], {a_id: rs}))
                 self._sets[a_id] = found
                 self._validated[a_id] = ""
                 what = ", ".join(sorted(f"{m}.{n}" if m else n for m, n in shared))
@@ -1700,6 +1694,17 @@ def _analogous_choice(found: list[SizeAttr],
         if choice and _mirrors(cands, found):
             return [b for a, b in zip(cands, found, strict=True) if a in choice]
     return None
+
+
+def _only_needed(found: list[SizeAttr], runs: Callable[[list[SizeAttr]], bool],
+                 keep: Callable[[SizeAttr], bool] = lambda r: False) -> list[SizeAttr]:
+    """``found`` without each item (in order, ``keep`` ones never) the model runs without:
+    nothing is set that a probe did not need."""
+    for r in [x for x in found if not keep(x)]:
+        rest = [x for x in found if x != r]
+        if runs(rest):
+            found = rest
+    return found
 
 
 def _kind(r: SizeAttr) -> tuple[str, str]:

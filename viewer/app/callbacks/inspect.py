@@ -334,7 +334,7 @@ def unit_spans(group: Group, most: int = 3) -> str:
     def per_unit(m) -> str:
         """Indices each unit owns there: one count, or the fewest-most when units differ (a
         UNet stem's two units: 4 and 12 channels, where its norm groups straddle)."""
-        counts = np.bincount(m.unit, minlength=n)
+        counts = np.bincount(m.unit)
         counts = counts[counts > 0]
         lo, hi = int(counts.min()), int(counts.max())
         return str(lo) if lo == hi else f"{lo}–{hi}"
