@@ -121,6 +121,35 @@ def test_hf_wavlm_functional_attention_joins_the_group_of_its_residual_stream():
     assert v["forward"] and v["shapes_kept"] and v["masked_equivalence"]["ok"], v
 
 
+def test_hf_focalnet_stream_prunes_with_its_modulations_q_and_context():
+    # before, the first stage's stream failed alone (the modulation's split sizes read its
+    # width) and so did the modulation's projection (q, context and gates): both blocked
+    torch.manual_seed(0)
+    cfg = transformers.FocalNetConfig(image_size=32, patch_size=4, embed_dim=16,
+                                      depths=[1, 1], focal_levels=[2, 2],
+                                      focal_windows=[3, 3])
+    model = transformers.FocalNetModel(cfg).eval()
+    p = Pruner(model, {"pixel_values": torch.randn(1, 3, 32, 32)})
+    p.validate_groups()
+    stream = _group(p, "embeddings.patch_embeddings.projection")
+    assert not p.reason(stream) and stream.n_units == 16
+    # the downsampling patch embedding checks its input's channels against num_channels
+    assert p.sets(stream) == ["encoder.stages.0.downsample.num_channels"]
+    proj = "encoder.stages.0.layers.0.modulation.projection_in"
+    joined, gates = [g for g in p.groups if g.root == proj]
+    assert p.reason(joined).startswith(f"pruned with group #{stream.id} ")
+    assert gates.n_units == 3 and p.reason(gates)  # one gate per level plus one
+    plan = p.plan(0.5)
+    assert len(plan.removed[stream.id]) == 8
+    pruned = p.apply(plan)
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["shapes_kept"], v
+    assert v["masked_equivalence"]["exact_groups"]["ok"], v  # (the stream's norms: inexact)
+    stage = pruned.encoder.stages[0]
+    assert stage.layers[0].modulation.projection_in.out_features == 8 + 8 + 3
+    assert stage.downsample.num_channels == 8
+
+
 def test_hf_stablelm_rotary_head_dims_split_off_and_its_heads_prune():
     # partial rotary: the first quarter of each head's dims meets cos/sin, made from the
     # inv_freq buffer shared by every layer; the other units of q_proj's group prune

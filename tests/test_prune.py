@@ -2807,6 +2807,79 @@ class MultiQuery(nn.Module):
         return self.c_proj(y.transpose(1, 2).reshape(b, t, -1))
 
 
+class FocalModulation(nn.Module):
+    """FocalNet's focal modulation (HF ``FocalNetModulation``): one projection split into
+    q, context and one gate per level plus one, by sizes read from the input's width;
+    depthwise context levels, each gated by a one-channel slice."""
+
+    def __init__(self, c: int, levels: int = 2):
+        super().__init__()
+        self.focal_level = levels
+        self.projection_in = nn.Linear(c, 2 * c + levels + 1)
+        self.focal_layers = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(c, c, 3, padding=1, groups=c, bias=False), nn.GELU())
+            for _ in range(levels))
+        self.projection_context = nn.Conv2d(c, c, 1)
+        self.projection_out = nn.Linear(c, c)
+
+    def forward(self, h):
+        c = h.shape[-1]
+        x = self.projection_in(h).permute(0, 3, 1, 2).contiguous()
+        q, ctx, gates = torch.split(x, (c, c, self.focal_level + 1), 1)
+        ctx_all = 0
+        for level in range(self.focal_level):
+            ctx = self.focal_layers[level](ctx)
+            ctx_all = ctx_all + ctx * gates[:, level:level + 1]
+        ctx_all = ctx_all + ctx.mean((2, 3), keepdim=True) * gates[:, self.focal_level:]
+        out = q * self.projection_context(ctx_all)
+        return self.projection_out(out.permute(0, 2, 3, 1))
+
+
+class FocalNet(nn.Module):
+    def __init__(self, c: int = 8):
+        super().__init__()
+        self.stem = nn.Conv2d(3, c, 3, padding=1)
+        self.mod = FocalModulation(c)
+        self.head = nn.Linear(c, 4)
+
+    def forward(self, x):
+        h = self.stem(x).permute(0, 2, 3, 1)
+        h = h + self.mod(h)
+        return self.head(h.mean((1, 2)))
+
+
+def test_a_split_sized_by_its_input_width_pairs_its_parts_and_joins_the_stream():
+    # before, the stream failed alone (split (7, 7, 3) of 19 channels) and so did the
+    # projection's group (35 units of three kinds: q, context, gates): both blocked
+    torch.manual_seed(0)
+    model, x = FocalNet().eval(), torch.randn(2, 3, 6, 6)
+    p = Pruner(model, (x,))
+    p.validate_groups()
+    assert [g.id for g in p.groups] == list(range(len(p.groups)))
+    stream, proj, gates = p.groups[0], p.groups[1], p.groups[-1]
+    assert stream.root == "stem" and not p.reason(stream) and stream.n_units == 8
+    assert proj.n_units == 8
+    assert p.reason(proj).startswith("pruned with group #0 ('stem'), whose units it shares")
+    # the gates leave as a group of their own, blocked by their one-channel slices
+    assert gates.root == "mod.projection_in" and gates.n_units == 3 and gates.id == 3
+    assert gates.member("mod.projection_in", "out").indices([0, 1, 2]).tolist() == \
+        [16, 17, 18]
+    assert "slices [0:1] of the pruned dim" in p.reason(gates)
+    plan = p.plan(0.5)
+    removed = plan.removed[0]
+    assert len(removed) == 4 and set(plan.removed) == {0}
+    # a unit: one stream channel, q channel i and context channel i (the split stays C, C)
+    out = stream.member("mod.projection_in", "out").indices(removed).tolist()
+    assert [i for i in out if i < 8] == [i - 8 for i in out if i >= 8]
+    pruned = p.apply(plan)
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+    assert v["masked_equivalence"]["max_abs_diff"] < 1e-6
+    assert pruned.mod.projection_in.out_features == 4 + 4 + 3
+    assert pruned.mod.focal_layers[0][0].groups == pruned.mod.projection_context.out_channels == 4
+    assert model.stem.out_channels == 8  # the loaded model is untouched
+
+
 def test_multi_query_attention_prunes_head_dims_paired_with_the_shared_values():
     torch.manual_seed(0)
     model, x = MultiQuery().eval(), torch.randn(2, 5, 16)

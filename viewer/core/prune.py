@@ -41,6 +41,7 @@ from .groups import (
     out_channel_dim,
     outer_alternative,
     slice_spans,
+    split_blocked,
     split_sizes,
 )
 from .handlers import CUTS, REFRESH, Cut
@@ -1102,8 +1103,10 @@ class Pruner:
                 break
         self._join_shared_sizes(not_run, attempt)
         if pending:  # (what this call validated: a later call finds nothing new to join)
-            self._pair_unit_kinds(attempt, repair)
-            self._join_tied_widths(attempt, repair)
+            paired = self._pair_unit_kinds(attempt, repair)
+            # a join may meet a width a module's own code checks (FocalNet's downsampling
+            # patch embedding compares its input's channels with num_channels)
+            self._join_tied_widths(attempt, lambda g: repair(g) or repair_raised(g), paired)
         return {k: v for k, v in self._validated.items() if v}
 
     def _outer_instead_of_blocked(self) -> dict[int, Group]:
@@ -1194,15 +1197,23 @@ class Pruner:
             self._sets[old.id] = had
         return False
 
-    def _pair_unit_kinds(self, attempt: Callable, repair: Callable) -> None:
+    def _pair_unit_kinds(self, attempt: Callable, repair: Callable
+                         ) -> dict[int, tuple[Group, Group]]:
         """A broken group whose units are of several kinds, as many of each, each kind
         reaching its own tensors: a fused multi-query projection's q/k head dims (q's dim d
         in every head with k's dim d) and its v head dims, both sized by one stored
         ``kv_dim`` (``split((embed_dim, kv_dim, kv_dim))``). Removing units of one kind alone
         breaks the size the other reads; removing as many of each keeps it whole. So unit i
         of every kind becomes one unit, and the group is tried again (its stored sizes set
-        as a repair finds them), in its place and id if the model runs."""
+        as a repair finds them), in its place and id if the model runs.
+
+        Units of other kinds (FocalNet's ``split(x, (C, C, focal_level + 1))``: q and
+        context channels, 8 each, and one gate per level) leave as a group of their own,
+        appended, validated alone. A paired group that still fails alone (its C is the
+        stream's width) is returned, with those units, by id: :meth:`_join_tied_widths`
+        tries it in the group's place."""
         by_id = {g.id: g for g in self.groups}
+        alternatives: dict[int, tuple[Group, Group]] = {}
         for gid, err in sorted(self._validated.items()):
             g = by_id.get(gid)
             if not err or err.startswith((_JOINED, _TAKEN)) or g is None or g.reason or \
@@ -1211,10 +1222,30 @@ class Pruner:
             kinds = _unit_kinds(g)
             if kinds is None:
                 continue
-            if self._runs_instead(g, _relabelled(g, kinds), attempt, repair):
+            label, rest = kinds
+            if not len(rest):
+                if self._runs_instead(g, _relabelled(g, label), attempt, repair):
+                    self._validated[gid] = ""
+                continue
+            paired, others = split_blocked(g, rest, g.id, len(self.groups))
+            keep = np.ones(g.n_units, dtype=bool)
+            keep[rest] = False
+            paired = _relabelled(paired, label[keep])
+            if self._runs_instead(g, paired, attempt, repair):
                 self._validated[gid] = ""
+                self._add_group(others, attempt)
+            else:
+                alternatives[gid] = (paired, others)
+        return alternatives
 
-    def _join_tied_widths(self, attempt: Callable, repair: Callable) -> None:
+    def _add_group(self, g: Group, attempt: Callable) -> None:
+        """Append ``g`` (the next id) with its own validation: what a probe of it alone says."""
+        g = dataclasses.replace(g, id=len(self.groups))
+        self.groups.append(g)
+        self._validated[g.id] = "" if g.reason else attempt([g])
+
+    def _join_tied_widths(self, attempt: Callable, repair: Callable,
+                          paired: dict[int, tuple[Group, Group]]) -> None:
         """Widths tied through a size read from a tensor's shape: nanoGPT's attention takes
         ``B, T, C = x.size()`` from the residual stream and views q, k and v as
         ``(B, T, n_head, C // n_head)``; timm's ends with ``reshape(B, N, C)``. Shrinking the
@@ -1227,9 +1258,12 @@ class Pruner:
         as a repair finds them. The join takes the anchor's place and id only if the model
         runs with it (first and last units, as any group is checked); the others then say
         which group prunes their channels. A join that does not run is not tried again
-        from one of its other groups of as many units."""
+        from one of its other groups of as many units. A group with units of several kinds
+        joins as ``paired`` has it (:meth:`_pair_unit_kinds`); the units that left it then
+        become a group of their own."""
         by_id = {g.id: g for g in self.groups}
-        fails = [g for gid, err in sorted(self._validated.items())
+        fails = [paired[gid][0] if gid in paired else g
+                 for gid, err in sorted(self._validated.items())
                  if err and not err.startswith((_JOINED, _TAKEN))
                  and (g := by_id.get(gid)) is not None and not g.reason and g.n_units > 1]
         joined: set[int] = set()
@@ -1247,9 +1281,10 @@ class Pruner:
                 # a VAE's encoder and decoder attention are not tied to each other)
                 near = [b for b in others if _scope(b.root) == _scope(a.root)]
                 if near and len(near) < len(others) and \
-                        self._runs_instead(a, self._tied(a, near), attempt, repair):
+                        self._runs_instead(by_id[a.id], self._tied(a, near), attempt, repair):
                     others = near
-                elif not self._runs_instead(a, self._tied(a, others), attempt, repair):
+                elif not self._runs_instead(by_id[a.id], self._tied(a, others), attempt,
+                                            repair):
                     # the same join from another of as many units would fail alike (the
                     # layers of timm's ViT over an input that cannot shrink: one try, not one
                     # a layer); a smaller one may still join groups of its own
@@ -1265,6 +1300,11 @@ class Pruner:
                            + (f", {per} of #{a.id}'s channels for each unit of this group"
                               if per > 1 else ""))
                 joined |= {a.id} | {b.id for b in others}
+                for x in [a, *others]:  # (a paired group's other units: a group of their own)
+                    if x.id in paired:
+                        if x is not a:
+                            self.groups[self.groups.index(by_id[x.id])] = x
+                        self._add_group(paired[x.id][1], attempt)
                 break
 
     @staticmethod
@@ -2059,10 +2099,12 @@ def _joined_reason(into: Group, why: str) -> str:
     return f"{_JOINED}#{into.id} ('{into.root}'), whose units it shares: {why}"
 
 
-def _unit_kinds(g: Group) -> np.ndarray | None:
-    """For each unit of ``g``, its new label when unit i of every kind is made one (see
-    :meth:`Pruner._pair_unit_kinds`), or None unless the units fall into two or more kinds
-    of as many units each. A unit's kind is the set of tensors it reaches."""
+def _unit_kinds(g: Group) -> tuple[np.ndarray, np.ndarray] | None:
+    """The units of ``g`` made one when unit i of every kind is (see
+    :meth:`Pruner._pair_unit_kinds`): for each unit of the kinds of the most common size,
+    its new label (the others' entries are unused), and the units of the other kinds. None
+    unless two or more kinds have one size of at least 2 units. A unit's kind is the set of
+    tensors it reaches."""
     reach: list[set] = [set() for _ in range(g.n_units)]
     for key, (_, unit) in g.tensors.items():
         for u in np.unique(unit):
@@ -2070,13 +2112,19 @@ def _unit_kinds(g: Group) -> np.ndarray | None:
     kinds: dict[frozenset, list[int]] = {}
     for u, keys in enumerate(reach):
         kinds.setdefault(frozenset(keys), []).append(u)
-    sizes = {len(us) for us in kinds.values()}
-    if len(kinds) < 2 or len(sizes) != 1:
-        return None
-    label = np.empty(g.n_units, dtype=np.int64)
+    by_size: dict[int, list[list[int]]] = defaultdict(list)
     for us in kinds.values():
-        label[us] = np.arange(len(us))
-    return label
+        by_size[len(us)].append(us)
+    # the size whose kinds hold the most units (the larger size on a tie)
+    n = max((n for n, ks in by_size.items() if n >= 2 and len(ks) >= 2),
+            key=lambda n: (n * len(by_size[n]), n), default=None)
+    if n is None:
+        return None
+    label = np.zeros(g.n_units, dtype=np.int64)
+    for us in by_size[n]:
+        label[us] = np.arange(n)
+    rest = [u for m, ks in by_size.items() if m != n for us in ks for u in us]
+    return label, np.array(sorted(rest), dtype=np.int64)
 
 
 def _relabelled(g: Group, label: np.ndarray) -> Group:
