@@ -507,14 +507,15 @@ def test_an_attention_group_says_its_units_are_heads():
 
 
 def test_a_layer_whose_units_are_partly_blocked_offers_both_groups(tmp_path):
-    # its first 3 channels reach a buffer: one group of them, not prunable; the other 5 prune
+    # its first 3 channels reach a table made at init (a non-persistent buffer): one group
+    # of them, not prunable; the other 5 prune
     from conftest import file_session
 
     s = file_session(tmp_path, (
         "import torch\nclass M(torch.nn.Module):\n"
         "    def __init__(self):\n        super().__init__()\n"
         "        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)\n"
-        "        self.register_buffer('scale', torch.ones(1, 3, 1, 1))\n"
+        "        self.register_buffer('scale', torch.ones(1, 3, 1, 1), persistent=False)\n"
         "        self.head = torch.nn.Conv2d(8, 5, 1)\n"
         "    def forward(self, x):\n"
         "        y = self.conv(x)\n"

@@ -248,12 +248,58 @@ def test_a_file_spec_export_reloads_from_another_directory_and_after_a_move(tmp_
         load_pruned(moved / "out")
 
 
-def test_an_uploaded_plan_cannot_point_the_server_at_another_file(tmp_path, monkeypatch):
-    # plan.json from a browser is untrusted: its recorded absolute path is never followed
-    (tmp_path / "net.py").write_text(MODEL_FILE)
+FROZEN_FILE = """
+import torch
+from torch import nn
+
+class Frozen(nn.Module):
+    def __init__(self, n):
+        super().__init__()
+        self.register_buffer("weight", torch.rand(n) + 0.5)
+        self.register_buffer("running_var", torch.rand(n) + 0.5)
+
+    def forward(self, x):
+        return x * (self.weight * self.running_var.rsqrt()).reshape(1, -1, 1, 1)
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.n = nn.Conv2d(3, 8, 3, padding=1), Frozen(8)
+        self.b = nn.Conv2d(8, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.n(self.a(x))))
+"""
+
+
+def _file_pruner(tmp_path, monkeypatch, text: str):
+    """The model ``net.py:Net`` (``text``) loaded from ``tmp_path`` as a user names it."""
+    (tmp_path / "net.py").write_text(text)
     monkeypatch.chdir(tmp_path)
     lm = load_model("net.py:Net", inputs=["1x3x8x8"])
-    p = Pruner(lm.model, lm.inputs)
+    return lm, Pruner(lm.model, lm.inputs)
+
+
+def test_pruned_persistent_buffers_reload_bit_exact(tmp_path, monkeypatch):
+    # a frozen norm's buffers are state_dict tensors: plan.json records their kept indices
+    lm, p = _file_pruner(tmp_path, monkeypatch, FROZEN_FILE)
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    out = export_dir(p, plan, pruned, tmp_path / "out", lm.source)
+    tensors = json.loads((out / "plan.json").read_text())["tensors"]
+    kept = tensors["n.running_var"]["0"]
+    assert len(kept) == 4 and tensors["n.weight"]["0"] == kept == tensors["a.weight"]["0"]
+    again = load_pruned(out)
+    assert torch.equal(again.n.running_var, lm.model.n.running_var[kept])
+    assert "running_var" in again.n._buffers
+    with torch.no_grad():
+        assert torch.equal(again(*lm.inputs), pruned(*lm.inputs))
+    assert check_dir(out)["ok"]
+
+
+def test_an_uploaded_plan_cannot_point_the_server_at_another_file(tmp_path, monkeypatch):
+    # plan.json from a browser is untrusted: its recorded absolute path is never followed
+    lm, p = _file_pruner(tmp_path, monkeypatch, MODEL_FILE)
     plan = p.plan(0.5)
     data = zip_dir(export_dir(p, plan, p.apply(plan), tmp_path / "out", lm.source))
     assert read_export_zip(data)[0] is not None  # from the directory it was made in: fine

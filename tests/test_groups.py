@@ -2570,7 +2570,8 @@ def test_cosine_similarity_couples_both_embeddings_inexactly():
 
 
 class PartlyBlocked(nn.Module):
-    """conv's first 3 channels are scaled by a buffer (they reach it: not prunable), the
+    """conv's first 3 channels are scaled by a table its module makes at init (a
+    non-persistent buffer: they reach it, not prunable), the
     other 5 only feed ``head`` (prunable); ``out`` also returns the last 2 channels, sliced
     by a fixed start (``"fixed"``: ``y[:, 6:]``) or from the end (``"end"``: ``y[:, -2:]``)."""
 
@@ -2578,7 +2579,7 @@ class PartlyBlocked(nn.Module):
         super().__init__()
         self.out = out
         self.conv = nn.Conv2d(3, 8, 3, padding=1)
-        self.register_buffer("scale", torch.rand(1, 3, 1, 1) + 0.5)
+        self.register_buffer("scale", torch.rand(1, 3, 1, 1) + 0.5, persistent=False)
         self.head = nn.Conv2d(8, 5, 1)
 
     def forward(self, x):
@@ -2832,13 +2833,14 @@ def test_functional_multi_head_attention_as_code_calls_it_prunes_exactly(how):
 
 
 class SharedTable(nn.Module):
-    """Two layers scaled by one table made from a buffer (a rotary cos table every layer
-    reads), or shifted by one zeros fill (whose size both must follow)."""
+    """Two layers scaled by one table made from a non-persistent buffer (a rotary cos
+    table every layer reads, from ``inv_freq``), or shifted by one zeros fill (whose size
+    both must follow)."""
 
     def __init__(self, fill: bool):
         super().__init__()
         self.fill = fill
-        self.register_buffer("freq", torch.rand(8))
+        self.register_buffer("freq", torch.rand(8), persistent=False)
         self.a, self.b, self.c = nn.Linear(4, 8), nn.Linear(4, 8), nn.Linear(16, 2)
 
     def forward(self, x):

@@ -150,6 +150,34 @@ def test_hf_focalnet_stream_prunes_with_its_modulations_q_and_context():
     assert stage.downsample.num_channels == 8
 
 
+def test_hf_detr_backbone_with_frozen_batchnorm_prunes():
+    # DETR swaps its backbone's BatchNorms for DetrFrozenBatchNorm2d (persistent buffers):
+    # before, every backbone group reached a buffer and was blocked
+    torch.manual_seed(0)
+    backbone = transformers.ResNetConfig(embedding_size=16, hidden_sizes=[16, 32, 64, 128],
+                                         depths=[1, 1, 1, 1], layer_type="basic",
+                                         out_features=["stage4"])
+    cfg = transformers.DetrConfig(use_timm_backbone=False, backbone_config=backbone,
+                                  use_pretrained_backbone=False, d_model=32, encoder_layers=1,
+                                  decoder_layers=1, encoder_attention_heads=4,
+                                  decoder_attention_heads=4, encoder_ffn_dim=64,
+                                  decoder_ffn_dim=64, num_queries=4)
+    model = transformers.DetrModel(cfg).eval()
+    p = Pruner(model, {"pixel_values": torch.randn(1, 3, 64, 64)})
+    p.validate_groups()
+    stem = _group(p, "backbone.model.embedder.embedder.convolution")
+    assert not p.reason(stem), p.reason(stem)
+    norm = "backbone.model.embedder.embedder.normalization"
+    assert {f"{norm}.weight", f"{norm}.running_var"} <= {m.node_name for m in stem.members}
+    backbone_groups = [g for g in p.groups if g.root.startswith("backbone.")]
+    assert len(backbone_groups) == 8 and not any(p.reason(g) for g in backbone_groups)
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["shapes_kept"] and v["masked_equivalence"]["ok"], v
+    assert pruned.backbone.model.embedder.embedder.normalization.running_var.shape == (8,)
+
+
 def test_hf_stablelm_rotary_head_dims_split_off_and_its_heads_prune():
     # partial rotary: the first quarter of each head's dims meets cos/sin, made from the
     # inv_freq buffer shared by every layer; the other units of q_proj's group prune

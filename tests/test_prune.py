@@ -2880,6 +2880,83 @@ def test_a_split_sized_by_its_input_width_pairs_its_parts_and_joins_the_stream()
     assert model.stem.out_channels == 8  # the loaded model is untouched
 
 
+class FrozenBatchNorm2d(nn.Module):
+    """torchvision's (and HF DETR's) frozen BatchNorm: affine and statistics as persistent
+    buffers, applied by hand."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.register_buffer("weight", torch.rand(n) + 0.5)
+        self.register_buffer("bias", torch.randn(n))
+        self.register_buffer("running_mean", torch.randn(n))
+        self.register_buffer("running_var", torch.rand(n) + 0.5)
+
+    def forward(self, x):
+        w, b = self.weight.reshape(1, -1, 1, 1), self.bias.reshape(1, -1, 1, 1)
+        rv, rm = self.running_var.reshape(1, -1, 1, 1), self.running_mean.reshape(1, -1, 1, 1)
+        scale = w * (rv + 1e-5).rsqrt()
+        return x * scale + (b - rm * scale)
+
+
+class FrozenBNNet(nn.Module):
+    """A residual pair of convs with frozen norms; ``table``: the stream is also scaled by a
+    non-persistent buffer (a table the module makes at init), which blocks it."""
+
+    def __init__(self, table: bool = False):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 8, 3, padding=1, bias=False), FrozenBatchNorm2d(8)
+        self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, padding=1, bias=False), FrozenBatchNorm2d(8)
+        self.conv3, self.bn3 = nn.Conv2d(8, 6, 1, bias=False), FrozenBatchNorm2d(6)
+        self.conv4 = nn.Conv2d(6, 8, 1)
+        self.register_buffer("table", torch.rand(1, 8, 1, 1) + 0.5, persistent=False)
+        self.use_table = table
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn2(self.conv2(x))) + x
+        x = x + self.conv4(torch.relu(self.bn3(self.conv3(x))))
+        if self.use_table:
+            x = x * self.table
+        return self.head(x.mean((2, 3)))
+
+
+def test_a_frozen_batchnorms_persistent_buffers_are_pruned_with_their_channels():
+    # before, every group that reached a buffer was blocked: a detection backbone with
+    # frozen BatchNorm (torchvision's, HF DETR's) could not be pruned at all
+    torch.manual_seed(0)
+    model, x = FrozenBNNet().eval(), torch.randn(2, 3, 8, 8)
+    p = Pruner(model, (x,))
+    p.validate_groups()
+    stream, inner = p.groups[0], p.groups[1]
+    assert stream.root == "conv1" and not p.reason(stream)
+    assert {m.node_name for m in stream.members if m.side == "param"} == {
+        f"bn{i}.{b}" for i in (1, 2) for b in ("weight", "bias", "running_mean",
+                                                "running_var")}
+    assert inner.root == "conv3" and not p.reason(inner)
+    # statistics and a frozen scale are state, not importance: the scores ignore them
+    before = p.importance(stream, "l1")
+    model.bn1.running_var[0] = 1e6
+    assert np.array_equal(p.importance(stream, "l1"), before)
+    model.bn1.running_var[0] = 1.0
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+    assert v["masked_equivalence"]["max_abs_diff"] < 1e-5
+    kept = stream.member("conv1", "out").indices(
+        sorted(set(range(8)) - set(plan.removed[0]))).tolist()
+    bn = pruned.bn1
+    assert set(bn._buffers) == {"weight", "bias", "running_mean", "running_var"}
+    assert not list(bn.parameters())  # still buffers
+    assert torch.equal(bn.running_var, model.bn1.running_var[kept])
+    assert pruned.bn3.weight.shape == (3,)
+    assert model.bn1.weight.shape == (8,)  # the loaded model is untouched
+    # a non-persistent buffer (a table made at init, as rotary inv_freq) still blocks
+    blocked = Pruner(FrozenBNNet(table=True).eval(), (x,)).groups[0]
+    assert blocked.root == "conv1" and "it reaches the buffer 'table'" in blocked.reason
+
+
 def test_multi_query_attention_prunes_head_dims_paired_with_the_shared_values():
     torch.manual_seed(0)
     model, x = MultiQuery().eval(), torch.randn(2, 5, 16)

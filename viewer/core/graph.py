@@ -139,8 +139,8 @@ class Graph:
             n = nodes[cur]
             t = n.op_type
             value: bool | None
-            if t is OpType.BUFFER or t is OpType.CONSTANT:
-                value = True
+            if t is OpType.BUFFER and not n.params or t is OpType.CONSTANT:
+                value = True  # (a persistent buffer is state, as a parameter is)
             elif n.params or t is OpType.INPUT or t is OpType.PARAMETER or \
                     not in_edges.get(cur):
                 value = False

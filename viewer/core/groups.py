@@ -495,6 +495,18 @@ def _parameter_rule(g, node, side, port, dim, units, pos, ctx):
     return []
 
 
+_buffer_block = _source_block("the buffer")
+
+
+def _buffer_rule(g, node, side, port, dim, units, pos, ctx):
+    """A persistent buffer (in the state_dict: a frozen BatchNorm's weight, bias and
+    statistics, multiplied into the map) is cut along the dim as a bare parameter is; a
+    non-persistent one (a table its module recomputes at init) blocks."""
+    if node.params:
+        return _parameter_rule(g, node, side, port, dim, units, pos, ctx)
+    return _buffer_block(g, node, side, port, dim, units, pos, ctx)
+
+
 # --- virtual ops ------------------------------------------------------------------------------
 
 
@@ -1705,7 +1717,7 @@ def _mha_rule(g, node, side, port, dim, units, pos, ctx):
 RULES: dict[OpType, Rule] = {
     OpType.INPUT: _source_block("the model input"),
     OpType.OUTPUT: _source_block("the model output"),
-    OpType.BUFFER: _source_block("the buffer"),
+    OpType.BUFFER: _buffer_rule,
     OpType.CONSTANT: _constant_rule,
     OpType.PARAMETER: _parameter_rule,
     OpType.CONV: _modules_only(_grouped_conv_rule(_layer_rule(_conv_out, _conv_in))),
@@ -1889,7 +1901,7 @@ class _Search:
     def _tied_side(self, other: Node, key: str, pdim: int, pos) -> tuple[str, int] | None:
         """The side and dim of ``other`` whose member would cut dim ``pdim`` of tensor ``key``
         at the same positions, or None."""
-        if other.op_type is OpType.PARAMETER:
+        if other.op_type is OpType.PARAMETER or other.op_type is OpType.BUFFER:
             return "param", pdim
         if _untied(other):
             return None

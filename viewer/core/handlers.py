@@ -237,6 +237,12 @@ def _parameter(node, side, dim, pos):
     return [Cut(node.params[""], dim, pos)]
 
 
+def _buffer(node, side, dim, pos):
+    if not node.params:  # (a non-persistent buffer: its groups are blocked)
+        return _unsupported(node, side, dim, pos)
+    return _parameter(node, side, dim, pos)
+
+
 def _none(node, side, dim, pos):
     return []
 
@@ -251,7 +257,7 @@ CutFn = Callable[[Node, str, int, np.ndarray], list[Cut]]
 CUTS: dict[OpType, CutFn] = {
     OpType.INPUT: _unsupported,
     OpType.OUTPUT: _unsupported,
-    OpType.BUFFER: _unsupported,
+    OpType.BUFFER: _buffer,
     OpType.CONSTANT: _unsupported,
     OpType.PARAMETER: _parameter,
     OpType.CONV: _conv,

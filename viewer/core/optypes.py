@@ -33,7 +33,7 @@ class OpType(enum.Enum):
     INPUT = "input"  #: a model input; groups touching it are not prunable
     OUTPUT = "output"  #: a model output; groups touching it are not prunable
     PARAMETER = "parameter"  #: an nn.Parameter used directly in forward (cls token, pos embed)
-    BUFFER = "buffer"  #: a registered buffer used directly in forward (never pruned)
+    BUFFER = "buffer"  #: a buffer used directly in forward: pruned if persistent (frozen BN)
     CONSTANT = "constant"  #: a tensor made inside forward (arange, zeros): blocks, unless a fill
     CONV = "conv"  #: Conv1/2/3d: out channels born here, in channels consumed
     DEPTHWISE_CONV = "depthwise_conv"  #: groups == in == out > 1: in and out channels coupled

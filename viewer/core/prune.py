@@ -343,8 +343,8 @@ class Pruner:
         for m in group.members:
             if bn_only and m.op_type not in OpGroup.NORMS:
                 continue
-            if not len(m.pos):
-                continue
+            if not len(m.pos) or m.op_type is OpType.BUFFER:
+                continue  # (statistics, a frozen norm's scale: state, not importance)
             node = self.graph.nodes[m.node]
             all_pos = np.arange(int(m.pos.max()) + 1)
             unit_at = np.full(len(all_pos), -1)
@@ -1631,15 +1631,19 @@ class Pruner:
         """The original model with every tensor slice the plan removes zeroed, both the weights
         that write a removed channel and those that read it: its outputs must equal the pruned
         model's (masked equivalence). Zeroing the writers too matters where two activations
-        are contracted (q·k over a removed head dim): no weight reads that sum."""
+        are contracted (q·k over a removed head dim): no weight reads that sum. Buffers
+        (statistics, a frozen norm's scale) are left as they are: with the writers and
+        readers zeroed they change nothing, and a zeroed variance under ``rsqrt`` would
+        make the removed channel NaN, which a zeroed reader does not hide."""
         masked = _tree_copy(self.model, {})
         table = _tensor_lookup(masked)
         by_id = {g.id: g for g in self.groups}
         with torch.no_grad():
             for gid, units in plan.removed.items():
                 for cut in self.cuts(by_id[gid], units):
-                    t = table[cut.key][2]
-                    t.index_fill_(cut.dim, torch.as_tensor(cut.positions), 0)
+                    mod, name, t = table[cut.key]
+                    if name not in mod._buffers:
+                        t.index_fill_(cut.dim, torch.as_tensor(cut.positions), 0)
         return masked
 
     def untraced(self) -> list[str]:

@@ -195,6 +195,7 @@ class _Tracer(TorchFunctionMode):
         self.module_names: dict[int, str] = {}
         self.param_names: dict[int, str] = {}
         self.buffer_names: dict[int, str] = {}
+        self.persistent: set[int] = set()  # buffers the state_dict holds
         for path, m in model.named_modules(remove_duplicate=False):
             self.module_names[id(m)] = path
             prefix = f"{path}." if path else ""
@@ -204,6 +205,8 @@ class _Tracer(TorchFunctionMode):
             for k, b in m._buffers.items():
                 if b is not None:
                     self.buffer_names.setdefault(id(b), prefix + k)
+                    if k not in m._non_persistent_buffers_set:
+                        self.persistent.add(id(b))
         # Per-trace lookups: a module's table type is looked up once, not on every call
         # (a function's, once per process: see _FUNCTIONS).
         self.module_types: dict[int, OpType | None] = {}
@@ -440,8 +443,13 @@ class _Tracer(TorchFunctionMode):
                                  param_shapes={"": tuple(t.shape)})
         elif id(t) in self.buffer_names:
             key = self.buffer_names[id(t)]
+            # a persistent buffer is state saved with the weights (a frozen BatchNorm's
+            # scale and statistics), cut as a bare parameter is; a non-persistent one is a
+            # table the module recomputes at init (rotary inv_freq, position ids): no params
+            state = {"params": {"": key}, "param_shapes": {"": tuple(t.shape)}} \
+                if id(t) in self.persistent else {}
             node = self.add_node([], [t], self.unique(key), OpType.BUFFER,
-                                 key.rpartition(".")[0], "buffer")
+                                 key.rpartition(".")[0], "buffer", **state)
         else:
             mod, what = self.mod, "constant"
             fill = self.fills.get(id(t))
