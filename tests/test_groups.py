@@ -2872,3 +2872,58 @@ def test_a_fill_two_layers_read_still_ties_them():
     a = next(grp for grp in groups if grp.root == "a")
     assert not a.reasons and {m.node_name for m in a.members} >= {"a", "b", "c"}
     assert not any(grp.root == "b" for grp in groups)
+
+
+class Chunked(nn.Module):
+    """HF Longformer's chunking: overlapping chunks of the sequence made with ``as_strided``
+    (strides from the tensor's own), the head dim kept; ``over="channels"`` makes windows
+    over the channels instead (each channel read by two windows)."""
+
+    def __init__(self, over: str = "seq", w: int = 2):
+        super().__init__()
+        self.q, self.k, self.o = nn.Linear(5, 8), nn.Linear(5, 8), nn.Linear(8, 3)
+        self.over, self.w = over, w
+
+    def chunk(self, x):  # (b, seq, d) -> (b, seq // w - 1, 2w, d)
+        size, stride = list(x.size()), list(x.stride())
+        if self.over == "channels":  # (b, seq, d) -> (b, seq, d - 1, 2)
+            return x.as_strided(size[:2] + [size[2] - 1, 2], stride + [1])
+        size[1] = size[1] // self.w - 1
+        size.insert(2, 2 * self.w)
+        stride.insert(1, stride[1] * self.w)
+        return x.as_strided(size=size, stride=stride)
+
+    def forward(self, x):
+        q, k = self.chunk(self.q(x)), self.chunk(self.k(x))
+        if self.over == "channels":
+            return self.o((q * k).sum(-1).mean(1).repeat(1, 2)[:, :8])
+        a = torch.einsum("bcxd,bcyd->bcxy", q, k).softmax(-1)
+        return self.o(torch.einsum("bcxy,bcyd->bcxd", a, self.chunk(self.q(x))).mean((1, 2)))
+
+
+def test_as_strided_keeps_a_dim_it_reads_position_for_position():
+    # before, every as_strided blocked: "changes shape in a way DepView does not model"
+    from viewer.core.meta import StridedMeta
+    from viewer.core.prune import Pruner
+
+    torch.manual_seed(0)
+    model, x = Chunked().eval(), torch.randn(2, 8, 5)
+    g = build_graph(model, (x,))
+    strided = [n for n in g.nodes if n.target == "as_strided"]
+    assert len(strided) == 3
+    # (b, 8, 8) -> (b, 3, 4, 8): the head dim (2) is output dim 3; the sequence overlaps
+    assert all(n.meta == StridedMeta(((0, 0), (2, 3))) for n in strided)
+    q = group_of(g, "q")
+    assert not q.reasons and q.n_units == 8
+    assert {(strided[0].id, 0, 3), (strided[2].id, 0, 3)} <= set(q.tensors)
+    p = Pruner(model, (x,))
+    plan = p.plan(0.5)
+    assert plan.removed.keys() >= {p.groups[0].id}
+    pruned = p.apply(plan)
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+    # windows over the channels read each channel twice: blocked, as before
+    g = build_graph(Chunked("channels").eval(), (x,))
+    node = next(n for n in g.nodes if n.target == "as_strided")
+    assert node.meta == StridedMeta(((0, 0), (1, 1)))
+    assert any("as_strided" in r and "does not model" in r for r in group_of(g, "q").reasons)

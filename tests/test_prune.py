@@ -2787,6 +2787,61 @@ def test_a_stream_whose_width_an_attention_reads_from_its_shape_prunes_with_its_
     assert model.embed.out_features == c  # the loaded model is untouched
 
 
+class ScaledAttention(nn.Module):
+    """HF Longformer's attention, densely: q scaled by 1/sqrt(head_dim) by hand (a number
+    the forward derives from a width), q/k/v split by the stream's width and viewed with the
+    stored ``head_dim``, the output viewed back to the stream's width."""
+
+    def __init__(self, c: int = 16, heads: int = 2):
+        super().__init__()
+        self.c_attn, self.c_proj = nn.Linear(c, 3 * c), nn.Linear(c, c)
+        self.n_head, self.head_dim = heads, c // heads
+
+    def forward(self, x):
+        b, t, c = x.size()
+        q, k, v = self.c_attn(x).split(c, dim=2)
+        q = q / math.sqrt(self.head_dim)
+        q, k, v = (z.view(b, t, self.n_head, self.head_dim).transpose(1, 2)
+                   for z in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, scale=1.0)
+        return self.c_proj(y.transpose(1, 2).reshape(b, t, c))
+
+
+class NormedTiedWidthNet(TiedWidthNet):
+    def __init__(self):
+        super().__init__(ScaledAttention, 16)
+        self.norm = nn.LayerNorm(16)
+
+    def forward(self, x):
+        x = self.embed(x)
+        for attn, mlp in zip(self.blocks, self.mlps, strict=True):
+            x = x + attn(self.norm(x))
+            x = x + mlp(x)
+        return self.head(x)
+
+
+def test_a_plan_keeps_exact_groups_beside_an_inexact_one_whose_width_moves_a_scale():
+    # the stream (normalised: inexact) joins the head dims, so its prune moves the scale
+    # 1/sqrt(head dim); validated alone that is allowed. The plan's check ran it with the
+    # MLPs, whose exactness turned the number check on: each MLP was skipped, "together
+    # with other groups of the plan", though the stream moved the number
+    torch.manual_seed(0)
+    model, x = NormedTiedWidthNet().eval(), torch.randn(2, 6, 5)
+    p = Pruner(model, (x,))
+    p.validate_groups()
+    stream = p.groups[0]
+    assert stream.root == "embed" and not p.reason(stream) and not stream.exact
+    mlps = [g.id for g in p.groups if g.root.startswith("mlps.")]
+    assert len(mlps) == 2
+    plan = p.plan(0.5)
+    assert not plan.skipped.keys() & set(mlps), plan.skipped
+    assert set(plan.removed) == {stream.id, *mlps}
+    pruned = p.apply(plan)
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["exact_groups"]["ok"], v
+    assert pruned.mlps[0][0].out_features == 16
+
+
 class MultiQuery(nn.Module):
     """StarCoder's (HF GPTBigCode) multi-query attention: one fused projection split into q
     and one shared k and v by three stored sizes, q viewed with ``-1`` heads."""

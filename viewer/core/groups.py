@@ -47,6 +47,7 @@ from .meta import (
     SetItemMeta,
     SliceMeta,
     SplitMeta,
+    StridedMeta,
     UnbindMeta,
     WindowsMeta,
 )
@@ -519,6 +520,8 @@ def _elementwise_rule(g, node, side, port, dim, units, pos, ctx):
     meta = node.meta
     if isinstance(meta, SetItemMeta):
         return _setitem_rule(node, side, port, dim, units, pos, ctx)
+    if isinstance(meta, StridedMeta):
+        return _strided_rule(node, side, port, dim, units, pos, ctx)
     if node.target in SEQUENCE_PACKING:
         return _features_last_rule(node, side, port, dim, units, pos, ctx)
     if node.target in COMPLEX_VIEWS:
@@ -612,6 +615,18 @@ def _pair_reduction_rule(node, side, port, dim, units, pos, ctx):
         ctx.inexact(f"'{node.name}' ({node.target}) reduces over pruned channels")
         return flows
     return flows + [Flow("out", 0, dim - (dim > r), units, pos)]
+
+
+def _strided_rule(node, side, port, dim, units, pos, ctx):
+    """``as_strided``: a dim it reads position for position (:class:`StridedMeta`) keeps its
+    positions (Longformer's overlapping chunks keep the head dim); any other blocks."""
+    carries = node.meta.carries
+    to = dict(carries) if side == "in" else {j: d for d, j in carries}
+    if side == "in" and port != 0 or dim not in to:
+        ctx.block(f"'{node.name}' ({node.target}) changes shape in a way DepView does not "
+                  "model")
+        return []
+    return [Flow("out" if side == "in" else "in", 0, to[dim], units, pos)]
 
 
 def _setitem_rule(node, side, port, dim, units, pos, ctx):

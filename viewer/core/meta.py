@@ -287,6 +287,18 @@ class SetItemMeta:
 
 
 @dataclass(frozen=True)
+class StridedMeta:
+    """``x.as_strided(size, stride, offset)``: ``carries`` pairs an input dim with the
+    output dim that reads it position for position (output index i on it is input index i
+    for every output element): the same stride and size, and every other stride and the
+    offset, relative to ``x``'s, either a multiple of the dim's span (stride times size)
+    or below its stride altogether. Longformer's overlapping chunks keep the head dim this
+    way. Worked out only for an ``x`` whose elements are laid out densely, one each."""
+
+    carries: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True)
 class OpMeta:
     """Other functional ops: the op name only."""
 
@@ -296,7 +308,7 @@ class OpMeta:
 Meta = (
     ConcatMeta | SplitMeta | UnbindMeta | SliceMeta | ReshapeMeta | PermuteMeta | ExpandMeta
     | PixelShuffleMeta | WindowsMeta | MatmulMeta | ReduceMeta | EinsumMeta | PadMeta
-    | ElementwiseMeta | AttentionMeta | SetItemMeta | OpMeta
+    | ElementwiseMeta | AttentionMeta | SetItemMeta | StridedMeta | OpMeta
 )
 
 

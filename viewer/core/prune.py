@@ -1335,6 +1335,16 @@ class Pruner:
         if done is None:  # (the groups are kept with the result: their ids stay theirs)
             self._raised_in = ()
             msg = self._run_probe(plan, gs, sets)
+            exact = [g for g in gs if g.exact]
+            if _NUMBER_MOVED in msg and 0 < len(exact) < len(gs):
+                # an inexact group may move a number (the stream whose head dims an
+                # attention scales by): it moved only if the exact groups alone move it
+                ids = {g.id for g in exact}
+                alone = self._probe(
+                    Plan({k: v for k, v in plan.removed.items() if k in ids}, plan.settings),
+                    exact, {k: v for k, v in sets.items() if k in ids} if sets else sets)
+                if not alone:
+                    msg = ""
             done = self._probe_results[key] = (tuple(gs), msg, self._raised_in)
         self._raised_in = done[2]
         return done[1]
@@ -1954,6 +1964,9 @@ def _slice_hint(graph: Graph, gs: list[Group]) -> str:
     return ""
 
 
+_NUMBER_MOVED = "a number the forward derives from a width"
+
+
 def _moved(before: Graph, after: Graph, owned: dict[tuple[str, int, int], int | None],
            numbers: bool = True) -> str:
     """Why the pruned model's trace ``after`` is not ``before`` shrunk only where the groups
@@ -1998,9 +2011,8 @@ def _moved(before: Graph, after: Graph, owned: dict[tuple[str, int, int], int | 
                     for x, y in zip(na, nb, strict=True))):
                 was, now = (", ".join(f"{x:.4g}" for x in v) for v in (na, nb))
                 return (f"when this group shrinks, '{a.name}' computes with {now} instead of "
-                        f"{was}: a number the forward derives from a width (an attention scale "
-                        "1/sqrt(head_dim)?) changes, so pruning would change more than these "
-                        "channels")
+                        f"{was}: {_NUMBER_MOVED} (an attention scale 1/sqrt(head_dim)?) "
+                        "changes, so pruning would change more than these channels")
     return ""
 
 

@@ -789,7 +789,7 @@ def _function_info(func) -> tuple[str, OpType, object | None, bool, bool, bool] 
         return None
     name = function_name(func)
     op_type = OpType.PERMUTE if name in ("T", "mT", "H", "mH") else classify_function(func)
-    per_call = op_type in _DESCRIBERS or name in DIM_ARGS or name == "setitem"
+    per_call = op_type in _DESCRIBERS or name in DIM_ARGS or name in ("setitem", "as_strided")
     meta = None if per_call else describe(op_type, name, func, (), {}, [], [])
     raw = getattr(func, "__name__", "")
     in_place = name.endswith("_") or (raw.endswith("_") and not raw.endswith("__")) \
@@ -968,9 +968,41 @@ def describe(op_type: OpType, name: str, func, args, kwargs, ins, outs) -> objec
         return M.OpMeta(name)
     if name == "setitem":
         return _setitem_meta(name, func, args, kwargs, ins, outs)
+    if name == "as_strided" and ins and outs:
+        return _strided_meta(ins[0], outs[0])
     if name in DIM_ARGS and ins:
         return _dim_args_meta(name, args, kwargs, ins[0].dim())
     return M.ElementwiseMeta(name)
+
+
+def _strided_meta(x: torch.Tensor, y: torch.Tensor) -> M.StridedMeta:
+    """Which dims of ``x`` the view ``y = x.as_strided(...)`` reads position for position
+    (see :class:`~viewer.core.meta.StridedMeta`), from both tensors' strides and offsets."""
+    shape, stride = tuple(x.shape), tuple(x.stride())
+    # dense, one element each: an address is one index of x, digit by digit (by stride)
+    order = sorted((st, n) for st, n in zip(stride, shape, strict=True) if n > 1)
+    span = 1
+    for st, n in order:
+        if st != span:
+            return M.StridedMeta(())
+        span *= n
+    base = y.storage_offset() - x.storage_offset()
+    carries = []
+    for d, (st, n) in enumerate(zip(stride, shape, strict=True)):
+        if n <= 1:
+            continue
+        outs = [j for j, (s2, z) in enumerate(zip(y.stride(), y.shape, strict=True))
+                if s2 == st and z == n]
+        if len(outs) != 1:
+            continue
+        whole = st * n  # (a multiple of it leaves dim d's digit alone)
+        low = base % whole
+        for j, (s2, z) in enumerate(zip(y.stride(), y.shape, strict=True)):
+            if j != outs[0] and z > 1 and s2 % whole:
+                low += (z - 1) * s2
+        if base >= 0 and low < st:
+            carries.append((d, outs[0]))
+    return M.StridedMeta(tuple(carries))
 
 
 def _dim_args_meta(name: str, args, kwargs, ndim: int) -> M.ElementwiseMeta:
