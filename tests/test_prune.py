@@ -1189,6 +1189,7 @@ def test_an_open_head_split_falls_back_to_whole_heads():
     other = next(g for g in p.groups if g.root in ("q", "v") and g is not heads[0])
     assert p.reason(other) == (f"as whole heads, its channels are group #{heads[0].id}'s, "
                                "which prunes them")
+    assert p.sets(other) == []  # (it prunes nothing: it sets nothing)
     # the groups still partition the channels: no prunable pair shares a tensor position
     ok = [g for g in p.groups if not p.reason(g)]
     for a in ok:

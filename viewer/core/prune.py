@@ -965,6 +965,7 @@ class Pruner:
             return True
 
         swapped: dict[int, tuple[Group, str]] = {}  # id -> (group as found, its error)
+        unprobed: set[int] = set()  # swapped ids whose retry was not run (see try_outer)
 
         def try_outer(g: Group, err: str) -> bool:
             """A group that stays broken: try, in its place, the same root's group with the
@@ -974,6 +975,14 @@ class Pruner:
                 return False
             i = self.groups.index(g)
             self.groups[i] = alt
+            if any(o.id in swapped and o.id < alt.id and not self._validated.get(o.id)
+                   and _overlap(alt, o) for o in self.groups):
+                # whole heads an earlier group's retry prunes (an attention's v after its
+                # q): this one yields to it below, unprobed, and is probed only if that one
+                # is undone (two probes less for each attention of a diffusers UNet)
+                swapped[alt.id] = (g, err)
+                unprobed.add(alt.id)
+                return True
             if _analogous_choice(self._size_attr_candidates(alt), repaired):
                 # the previous layer's retry needed its stored sizes: so will this one's
                 fixed = repair(alt) or not attempt([alt])
@@ -1097,10 +1106,16 @@ class Pruner:
                 if o.id in swapped:
                     self._validated[gid] = (f"{_TAKEN}#{o.id}'s, "
                                             "which prunes them")
+                    self._sets.pop(gid, None)  # (it prunes nothing: it sets nothing)
                 else:
                     self.groups[i], self._validated[gid] = swapped[gid]
                     self._sets.pop(gid, None)
                 break
+            else:
+                if gid in unprobed and (attempt([alt]) and not repair(alt)):
+                    # (the retry it yielded to was undone: it runs on its own, or not at all)
+                    self.groups[i], self._validated[gid] = swapped[gid]
+                    self._sets.pop(gid, None)
         self._join_shared_sizes(not_run, attempt)
         if pending:  # (what this call validated: a later call finds nothing new to join)
             paired = self._pair_unit_kinds(attempt, repair)
