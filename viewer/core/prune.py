@@ -1318,7 +1318,8 @@ class Pruner:
                 for x in [a, *others]:  # (a paired group's other units: a group of their own)
                     if x.id in paired:
                         if x is not a:
-                            self.groups[self.groups.index(by_id[x.id])] = x
+                            self.groups[next(k for k, g in enumerate(self.groups)
+                                             if g.id == x.id)] = x
                         self._add_group(paired[x.id][1], attempt)
                 break
 
@@ -1350,6 +1351,7 @@ class Pruner:
         if done is None:  # (the groups are kept with the result: their ids stay theirs)
             self._raised_in = ()
             msg = self._run_probe(plan, gs, sets)
+            raised = self._raised_in
             exact = [g for g in gs if g.exact]
             if _NUMBER_MOVED in msg and 0 < len(exact) < len(gs):
                 # an inexact group may move a number (the stream whose head dims an
@@ -1360,7 +1362,7 @@ class Pruner:
                     exact, {k: v for k, v in sets.items() if k in ids} if sets else sets)
                 if not alone:
                     msg = ""
-            done = self._probe_results[key] = (tuple(gs), msg, self._raised_in)
+            done = self._probe_results[key] = (tuple(gs), msg, raised)
         self._raised_in = done[2]
         return done[1]
 
