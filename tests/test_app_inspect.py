@@ -528,3 +528,30 @@ def test_a_layer_whose_units_are_partly_blocked_offers_both_groups(tmp_path):
     assert r.group_value == 0 and "prunable" in _text(r.group_panel)
     blocked = cb.inspect(s, "sid", _op("conv"), pick=1)
     assert "buffer 'scale'" in _text(blocked.group_panel)
+
+
+def test_a_persistent_buffer_used_directly_is_shown_as_a_buffer_not_a_parameter(tmp_path):
+    # a frozen norm's statistics are cut with its channels (as a bare parameter is) but are
+    # no parameters: the inspector says "Buffer" and module boxes do not count them
+    from conftest import file_session
+
+    from viewer.app.viewmodel import node_params
+
+    s = file_session(tmp_path, (
+        "import torch\nclass M(torch.nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n"
+        "        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)\n"
+        "        self.register_buffer('running_var', torch.ones(8))\n"
+        "        self.head = torch.nn.Conv2d(8, 5, 1)\n"
+        "    def forward(self, x):\n"
+        "        return self.head(self.conv(x) * self.running_var.reshape(1, -1, 1, 1))\n"),
+        ("1x3x8x8",))
+    render(s, "sid", "new")
+    text = _text(cb.inspect(s, "sid", _op("running_var")).details)
+    assert "Buffer (in the state_dict)" in text and "Parameters" not in text
+    graph = s.session("sid").stage.graph
+    assert node_params(graph.by_name["running_var"]) == 0
+    assert sum(node_params(n) for n in graph.nodes) == 8 * 3 * 9 + 8 + 5 * 8 + 5
+    conv = cb.inspect(s, "sid", _op("conv"))
+    assert "running_var" in _text(conv.group_panel) and "not prunable" not in _text(
+        conv.group_panel)

@@ -229,8 +229,9 @@ def _count(n: int) -> str:
 
 
 def node_params(node: Node) -> int:
-    """Parameters the node owns (first call of a module only: reuse shares them)."""
-    if node.call:
+    """Parameters the node owns (first call of a module only: reuse shares them; a
+    persistent buffer's tensor is state, not a parameter)."""
+    if node.call or node.op_type is OpType.BUFFER:
         return 0
     return sum(math.prod(s) for s in node.param_shapes.values())
 

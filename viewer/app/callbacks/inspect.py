@@ -39,7 +39,7 @@ from viewer.core.meta import (
     UnbindMeta,
     meta_to_dict,
 )
-from viewer.core.optypes import STYLES
+from viewer.core.optypes import STYLES, OpType
 from viewer.core.prune import Pruner
 
 from .. import ids, styles
@@ -278,7 +278,10 @@ def node_details(node: Node, stage_classes: dict[str, str], hit: np.ndarray | No
         rows.append(("autograd node", node.grad_fn))
     out = head + [_kv(rows)]
     if node.params:
-        prow = [html.Tr([html.Th("param"), html.Th("shape"), html.Th("count")])]
+        # (a persistent buffer used directly, a frozen norm's statistics, is no parameter)
+        buffer = node.op_type is OpType.BUFFER
+        prow = [html.Tr([html.Th("buffer" if buffer else "param"), html.Th("shape"),
+                         html.Th("count")])]
         for local, key in node.params.items():
             shape = node.param_shapes.get(local, ())
             # a module's own parameters by their local name (the module is named above); a
@@ -288,9 +291,12 @@ def node_details(node: Node, stage_classes: dict[str, str], hit: np.ndarray | No
                                          title=f"{key} (local name: {local or '(self)'})"),
                                  html.Td(f"[{shape_text(shape)}]", className="n"),
                                  html.Td(fmt_count(math.prod(shape)), className="n")]))
+        total = sum(math.prod(s) for s in node.param_shapes.values()) if buffer \
+            else node_params(node)
         prow.append(html.Tr([html.Th("total"), html.Td(""),
-                             html.Th(fmt_count(node_params(node)), className="n")]))
-        out += [html.H4("Parameters"), html.Table(prow, className="params")]
+                             html.Th(fmt_count(total), className="n")]))
+        out += [html.H4("Buffer (in the state_dict)" if buffer else "Parameters"),
+                html.Table(prow, className="params")]
     if node.attrs:
         out += [html.Details([html.Summary(f"Attributes ({len(node.attrs)})"),
                               _kv([(k, str(v)) for k, v in node.attrs.items()])])]
