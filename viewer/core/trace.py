@@ -789,7 +789,7 @@ def _function_info(func) -> tuple[str, OpType, object | None, bool, bool, bool] 
         return None
     name = function_name(func)
     op_type = OpType.PERMUTE if name in ("T", "mT", "H", "mH") else classify_function(func)
-    per_call = op_type in _DESCRIBERS or name in DIM_ARGS or name in ("setitem", "as_strided")
+    per_call = op_type in _DESCRIBERS or name in DIM_ARGS or name in _NAMED_DESCRIBERS
     meta = None if per_call else describe(op_type, name, func, (), {}, [], [])
     raw = getattr(func, "__name__", "")
     in_place = name.endswith("_") or (raw.endswith("_") and not raw.endswith("__")) \
@@ -966,18 +966,20 @@ def describe(op_type: OpType, name: str, func, args, kwargs, ins, outs) -> objec
         return fn(name, func, args, kwargs, ins, outs)
     if op_type is not OpType.ELEMENTWISE:
         return M.OpMeta(name)
-    if name == "setitem":
-        return _setitem_meta(name, func, args, kwargs, ins, outs)
-    if name == "as_strided" and ins and outs:
-        return _strided_meta(ins[0], outs[0])
+    fn = _NAMED_DESCRIBERS.get(name)
+    if fn is not None:
+        return fn(name, func, args, kwargs, ins, outs)
     if name in DIM_ARGS and ins:
         return _dim_args_meta(name, args, kwargs, ins[0].dim())
     return M.ElementwiseMeta(name)
 
 
-def _strided_meta(x: torch.Tensor, y: torch.Tensor) -> M.StridedMeta:
+def _strided_meta(name, func, args, kwargs, ins, outs) -> M.StridedMeta:
     """Which dims of ``x`` the view ``y = x.as_strided(...)`` reads position for position
     (see :class:`~viewer.core.meta.StridedMeta`), from both tensors' strides and offsets."""
+    if not ins or not outs:
+        return M.StridedMeta(())
+    x, y = ins[0], outs[0]
     shape, stride = tuple(x.shape), tuple(x.stride())
     # dense, one element each: an address is one index of x, digit by digit (by stride)
     order = sorted((st, n) for st, n in zip(stride, shape, strict=True) if n > 1)
@@ -1407,6 +1409,12 @@ def _mha_call_meta(name, func, args, kwargs) -> M.MhaCallMeta:
     return M.MhaCallMeta(name, ports, int(_arg(args, kwargs, 4, "num_heads")),
                          bool(_arg(args, kwargs, 17, "use_separate_proj_weight", False)))
 
+
+#: Elementwise ops whose metadata comes from their arguments (each call), by name.
+_NAMED_DESCRIBERS = {
+    "setitem": _setitem_meta,
+    "as_strided": _strided_meta,
+}
 
 #: Op types whose metadata is read from the call's arguments and results.
 _DESCRIBERS = {
