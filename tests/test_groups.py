@@ -681,6 +681,92 @@ def test_repeat_and_repeat_interleave_copy_channels_exactly():
     assert v["forward"] and v["masked_equivalence"]["ok"], v
 
 
+class OneGroupScan(nn.Module):
+    """HF Mamba2's mixer in miniature: one projection split into the heads ``x``, one
+    group's state ``b`` and a per-head step ``dt``; ``dt`` scales the heads of ``x``, and
+    ``b`` (a dim of size 1 for its one group) is repeated over the heads with
+    ``repeat_interleave`` before it meets them."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj, self.out = nn.Linear(8, 4 * 6 + 5 + 4), nn.Linear(4 * 6, 8)
+        self.sizes = [24, 5, 4]
+
+    def forward(self, t):
+        bsz, n, _ = t.shape
+        x, b, dt = self.proj(t).split(self.sizes, dim=-1)
+        x = x.reshape(bsz, n, -1, 6) * dt[..., None]
+        b = b.view(bsz, n, 1, -1).repeat_interleave(x.shape[2], dim=2)
+        s = torch.einsum("blhn,blhp->bhpn", b, x)
+        return self.out(torch.einsum("blhn,bhpn->blhp", b, s).reshape(bsz, n, -1))
+
+
+def test_repeat_interleave_of_one_group_broadcasts_and_heads_stay_units():
+    # the repeat made every head a copy of the group's one position: all heads one unit.
+    # It broadcasts now, as expand does. And the view split at the head dims (the default:
+    # the larger) met dt's whole heads, which merged every head into one unit beside the
+    # state dims: such a lumped group is searched again split at whole heads
+    from viewer.core.prune import Plan, Pruner
+
+    torch.manual_seed(0)
+    model, t = OneGroupScan().eval(), torch.randn(1, 3, 8)
+    p = Pruner(model, (t,))
+    g = next(g for g in p.groups if g.root == "proj")
+    assert not p.reason(g) and g.n_units == 4 + 5 and p.sets(g) == ["sizes"]
+    proj = g.member("proj", "out")
+    heads = sorted({int(u) for u in proj.unit[proj.pos >= 29]})  # the units dt holds
+    assert len(heads) == 4 and proj.indices([heads[1]]).tolist() == [*range(6, 12), 30]
+    states = [u for u in range(g.n_units) if u not in heads]
+    assert proj.indices(states).tolist() == list(range(24, 29))
+    plan = Plan({g.id: [heads[1], states[3]]})
+    pruned = p.apply(plan)
+    assert pruned.proj.out_features == 33 - 6 - 1 - 1 and pruned.out.in_features == 18
+    assert pruned.sizes == [18, 4, 3]
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+
+
+class StackedExperts(nn.Module):
+    """DBRX's experts: each weight stacks every expert's ``(ffn, hidden)`` rows in one
+    parameter, viewed ``(-1, ffn, hidden)`` and indexed by a tensor (the experts a router
+    picked) in a loop."""
+
+    def __init__(self, experts=3, ffn=6, hidden=8):
+        super().__init__()
+        self.ffn, self.hidden = ffn, hidden
+        self.w1 = nn.Parameter(torch.randn(experts * ffn, hidden))
+        self.w2 = nn.Parameter(torch.randn(experts * ffn, hidden))
+
+    def forward(self, x):
+        out = torch.zeros_like(x)
+        for e in torch.arange(self.w1.shape[0] // self.ffn).nonzero():
+            w1 = self.w1.view(-1, self.ffn, self.hidden)[e[0]]
+            w2 = self.w2.view(-1, self.ffn, self.hidden)[e[0]]
+            out = out + torch.relu(x @ w1.T) @ w2
+        return out
+
+
+def test_stacked_expert_weights_prune_their_hidden_units_in_every_expert():
+    # the contracted dim reached the matmul through a view and an index, which the search
+    # for such dims did not follow; and the view's -1 made the experts the units, which the
+    # tensor index blocks: the hidden units (the inner dim) prune instead
+    from viewer.core.prune import Plan, Pruner
+
+    torch.manual_seed(0)
+    model, x = StackedExperts().eval(), torch.randn(5, 8)
+    p = Pruner(model, (x,))
+    # (w1's last dim, the stream, reaches the model's input and output: blocked)
+    g = next(g for g in p.groups if g.root == "w1" and not p.reason(g))
+    assert g.n_units == 6
+    assert g.member("w1").indices([2]).tolist() == [2, 8, 14]  # unit 2 of every expert
+    assert g.member("w2").indices([2]).tolist() == [2, 8, 14]
+    plan = Plan({g.id: [2, 5]})
+    pruned = p.apply(plan)
+    assert pruned.w1.shape == (12, 8) and pruned.ffn == 4
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+
+
 def test_repeat_interleave_by_a_tensor_blocks():
     class Var(nn.Module):
         def __init__(self):

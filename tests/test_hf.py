@@ -379,19 +379,23 @@ def test_hf_phi3_fused_qkv_cut_at_config_bounds_prunes_whole_kv_groups_in_every_
         assert me["groups"] >= 4  # the heads and the three MLPs
 
 
+def _dbrx(d_model: int, ffn: int):
+    """A DBRX causal LM: 4 heads over 2 kv heads, 4 experts (2 per token), seeded."""
+    torch.manual_seed(0)
+    cfg = transformers.DbrxConfig(
+        d_model=d_model, n_heads=4, n_layers=2, max_seq_len=32, vocab_size=100,
+        attn_config={"kv_n_heads": 2, "clip_qkv": 8.0, "rope_theta": 10000.0},
+        ffn_config={"ffn_hidden_size": ffn, "moe_num_experts": 4, "moe_top_k": 2})
+    return transformers.DbrxForCausalLM(cfg).eval()
+
+
 def test_hf_dbrx_split_into_computed_sizes_prunes_whole_kv_groups():
     # Wqkv's output is split([self.hidden_size, self.num_key_value_heads * self.head_dim,
     # ... * self.head_dim]): no attribute equals the k and v sizes (a product), and the tiny
     # config's max_position_embeddings happened to equal them. Every attention group was
     # blocked ("split_with_sizes expects split_sizes to sum exactly to 64"); now each layer
     # prunes whole kv groups, setting its hidden_size (q's width) and num_key_value_heads
-    torch.manual_seed(0)
-    cfg = transformers.DbrxConfig(
-        d_model=64, n_heads=4, n_layers=2, max_seq_len=32, vocab_size=100,
-        attn_config={"kv_n_heads": 2, "clip_qkv": 8.0, "rope_theta": 10000.0},
-        ffn_config={"ffn_hidden_size": 64, "moe_num_experts": 4, "moe_top_k": 2})
-    model = transformers.DbrxForCausalLM(cfg).eval()
-    p = _validated_lm(model)
+    p = _validated_lm(_dbrx(d_model=64, ffn=64))
     groups = []
     for layer in range(2):
         attn = f"transformer.blocks.{layer}.norm_attn_norm.attn"
@@ -447,23 +451,68 @@ def test_hf_falcon_new_decoder_architecture_prunes_whole_kv_groups(monkeypatch):
     assert not searched
 
 
-def test_hf_mamba2_in_proj_prunes_with_the_sizes_it_splits_by():
-    # in_proj's output is split into (gate, xBC, dt) with sizes from conv_dim and
-    # ssm_state_size, which validation sets. The divisor candidates added for DBRX broke
-    # that: tried all together, some of them broke what those two fix, and the group stayed
-    # blocked; attributes equal to the sizes are now tried first
+def test_hf_mamba2_in_proj_prunes_whole_heads_and_state_dims_with_the_sizes_it_splits_by():
+    # in_proj's output is split into (gate, xBC, dt) and xBC into (x, B, C), with sizes from
+    # intermediate_size, conv_dim, num_heads and ssm_state_size, which validation sets (the
+    # gated norm's group_size too). With one group, B and C are repeated over the heads,
+    # which made all heads one unit beside the state dims: only the state dims pruned. Now
+    # the heads prune too (see test_groups' OneGroupScan)
     torch.manual_seed(0)
     model = transformers.Mamba2ForCausalLM(transformers.Mamba2Config(
         vocab_size=100, hidden_size=32, num_hidden_layers=2, state_size=8, num_heads=4,
         head_dim=16, n_groups=1, expand=2)).eval()
     p = _validated_lm(model)
+    ids = []
     for layer in range(2):
         mixer = f"backbone.layers.{layer}.mixer"
         g = _group(p, f"{mixer}.in_proj")
-        assert not p.reason(g) and p.sets(g) == [f"{mixer}.conv_dim", f"{mixer}.ssm_state_size"]
-    plan = p.plan(0.5)
-    v = p.verify(p.apply(plan), plan)
+        assert not p.reason(g) and g.n_units == 4 + 8
+        assert set(p.sets(g)) == {f"{mixer}.{a}" for a in (
+            "conv_dim", "num_heads", "ssm_state_size", "intermediate_size", "norm.group_size")}
+        ids.append(g.id)
+    heads = _group(p, "backbone.layers.0.mixer.in_proj").member(
+        "backbone.layers.0.mixer.A_log").unit.tolist()
+    assert len(heads) == 4
+    state = next(u for u in range(12) if u not in heads)
+    plan = Plan({gid: [heads[1], state] for gid in ids})
+    pruned = p.apply(plan)
+    mixer = pruned.backbone.layers[1].mixer
+    assert (mixer.num_heads, mixer.ssm_state_size, mixer.intermediate_size) == (3, 7, 48)
+    assert mixer.in_proj.out_features == 48 + (48 + 2 * 7) + 3 and mixer.D.shape == (3,)
+    v = p.verify(pruned, plan)
     assert v["forward"] and v["shapes_kept"], v
+    # the gated norm normalises over every head (one group): inexact, so verify skips the
+    # masked check; with a norm per head, whole heads and state dims are exact
+    for layer in model.backbone.layers:
+        layer.mixer.norm.group_size = layer.mixer.head_dim
+    p = _validated_lm(model)
+    ids = [_group(p, f"backbone.layers.{i}.mixer.in_proj").id for i in range(2)]
+    assert all(p.groups[i].exact for i in ids)
+    plan = Plan({gid: [heads[1], state] for gid in ids})
+    v = p.verify(p.apply(plan), plan)
+    assert v["masked_equivalence"]["ok"] and v["masked_equivalence"]["max_abs_diff"] < 1e-5, v
+
+
+def test_hf_dbrx_stacked_expert_weights_lose_the_same_hidden_units_in_every_expert():
+    # w1, v1 and w2 stack every expert's (ffn, hidden) rows and are viewed (-1, ffn, hidden)
+    # and indexed by expert in a loop over the experts the router picked: no group held
+    # their hidden units (see test_groups' StackedExperts)
+    p = _validated_lm(_dbrx(d_model=32, ffn=16))
+    ids = []
+    for layer in range(2):
+        mlp = f"transformer.blocks.{layer}.ffn.experts.mlp"
+        g = _group(p, f"{mlp}.v1")
+        assert not p.reason(g) and g.n_units == 16 and g.exact
+        assert p.sets(g) == [f"transformer.blocks.{layer}.ffn.experts.ffn_hidden_size"]
+        assert g.member(f"{mlp}.w2").indices([3]).tolist() == [3, 19, 35, 51]
+        ids.append(g.id)
+    plan = Plan({gid: [3, 10] for gid in ids})
+    pruned = p.apply(plan)
+    experts = pruned.transformer.blocks[0].ffn.experts
+    assert experts.ffn_hidden_size == 14 and experts.mlp.w1.shape == (4 * 14, 32)
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+    assert v["masked_equivalence"]["max_abs_diff"] < 1e-5
 
 
 def test_hf_deepseek_v3_latent_attention_prunes_whole_heads_and_its_lora_ranks():

@@ -1037,7 +1037,7 @@ def _expand_rule(g, node, side, port, dim, units, pos, ctx):
     if not isinstance(node.meta, ExpandMeta):  # repeat_interleave by a tensor of counts
         ctx.block(f"'{node.name}' ({node.target}) repeats by counts DepView cannot read")
         return []
-    if node.meta.copies:
+    if node.meta.copies and not _copied_from_one(node, side, dim):
         return _copies_rule(node, side, dim, units, pos)
     if side == "in":
         od = _fwd_dim(len(b), len(a), dim)
@@ -1049,6 +1049,18 @@ def _expand_rule(g, node, side, port, dim, units, pos, ctx):
     if d < 0 or a[d] != b[dim]:
         return []
     return [Flow("in", 0, d, units, pos)]
+
+
+def _copied_from_one(node: Node, side: str, dim: int) -> bool:
+    """Does a repeat/tile/repeat_interleave grow a dim of size 1 along ``dim`` (its input's
+    dim for ``side="in"``, its output's for ``"out"``)? Then it broadcasts, as expand does:
+    HF Mamba2 with one group repeats its B and C ``(b, l, 1, n)`` over the heads
+    (``repeat_interleave(num_heads // n_groups, dim=2)``), and a head can go without the
+    group it reads; as copies of one position, every head would be one unit."""
+    a, b = node.in_shapes[0], node.out_shapes[0]
+    off = len(b) - len(a)
+    d, od = (dim, dim + off) if side == "in" else (dim - off, dim)
+    return 0 <= d < len(a) and a[d] == 1 and b[od] != 1
 
 
 def _copies_rule(node, side, dim, units, pos):
@@ -2130,18 +2142,21 @@ def _contracted_weight_dims(graph: Graph, roots: list[tuple[Node, int]]
 
 
 def _contracted(graph: Graph, nid: int) -> bool:
-    """Does the tensor ``nid`` makes reach a matmul, einsum or linear, through permutes?"""
+    """Does the tensor ``nid`` makes reach a matmul, einsum or linear, through permutes,
+    views and slices (DBRX's experts: ``w1.view(-1, ffn_hidden_size, hidden_size)[i].T``)?"""
     todo, seen = [nid], set()
     while todo:
         for e in graph.consumers.get((todo.pop(), 0), ()):
             t = graph.nodes[e.target].op_type
             if t in (OpType.MATMUL, OpType.LINEAR):
                 return True
-            if t is OpType.PERMUTE and e.target not in seen:
+            if t in _TOWARD_CONTRACTION and e.target not in seen:
                 seen.add(e.target)
                 todo.append(e.target)
     return False
 
+
+_TOWARD_CONTRACTION = frozenset((OpType.PERMUTE, OpType.RESHAPE, OpType.SLICE))
 
 _CONVS = frozenset((OpType.CONV, OpType.CONV_TRANSPOSE, OpType.DEPTHWISE_CONV))
 
@@ -2369,13 +2384,17 @@ def _unfollowed(graph: Graph, root: Node, dim: int, pos: IntArray, gid: int,
 
 def _search_or_unfollowed(graph: Graph, root: Node, dim: int, pos: IntArray, gid: int,
                           link_cache: dict, trail: list | None = None,
-                          blocked: list | None = None) -> Group:
+                          blocked: list | None = None, inner_if_blocked: bool = False) -> Group:
     """The group of ``pos`` on ``root``'s output ``dim`` (or, if a rule fails, the root alone,
     saying why). A group of one unit from several channels is searched again with every
     ambiguous reshape split at its inner dim (:func:`_map_reshape`'s ``inner``), which is
     kept when it has more units: multi-query attention views q with ``-1`` heads over one
     shared k, whose head dims meet q's in every head. Whole q heads (the ``-1``) and head
-    dims (the contraction with k) cross, and merge every unit; q's head dims alone do not."""
+    dims (the contraction with k) cross, and merge every unit; q's head dims alone do not.
+    ``inner_if_blocked`` (a weight's contracted dim, :func:`_contracted_weight_dims`): a
+    blocked group is searched so too, and kept if nothing blocks it: DBRX stacks its experts'
+    weights as ``(experts * ffn, hidden)`` and views them ``(-1, ffn, hidden)``, whose ``-1``
+    would make the experts the units (each one picked by a tensor index: blocked)."""
     try:
         found, seen = [], []
         grp = _search(graph, root, "out", dim, pos, gid, link_cache, found, blocked=seen)
@@ -2385,6 +2404,19 @@ def _search_or_unfollowed(graph: Graph, root: Node, dim: int, pos: IntArray, gid
                           blocked=seen2, inner=True)
             if alt.n_units > 1:
                 grp, found, seen = alt, found2, seen2
+        elif grp.n_units > 1 and not grp.reasons and _lumped(grp, (root.id, 0, dim)):
+            found2, seen2 = [], []
+            alt = _search(graph, root, "out", dim, pos, gid, link_cache, found2,
+                          blocked=seen2, outer=True)
+            if alt.n_units > grp.n_units and not alt.reasons and \
+                    not _lumped(alt, (root.id, 0, dim)):
+                grp, found, seen = alt, found2, seen2
+        elif inner_if_blocked and grp.reasons and len(pos) > 1:
+            found2, seen2 = [], []
+            alt = _search(graph, root, "out", dim, pos, gid, link_cache, found2,
+                          blocked=seen2, inner=True)
+            if not alt.reasons:
+                grp, found, seen = alt, found2, seen2
     except (DepViewError, IndexError, ValueError) as exc:
         return _unfollowed(graph, root, dim, pos, gid, exc)
     if trail is not None:
@@ -2392,6 +2424,18 @@ def _search_or_unfollowed(graph: Graph, root: Node, dim: int, pos: IntArray, gid
     if blocked is not None:
         blocked += seen
     return grp
+
+
+def _lumped(grp: Group, key: TensorKey) -> bool:
+    """Does one unit of a group of several own more than half of the root's channels? Then
+    reshapes split at their inner dim (the default) have merged what per-head parameters
+    hold apart: HF Mamba2's heads, whose ``dt``, ``A`` and ``D`` are one per head, meet the
+    head dims of ``view(b, l, num_heads, head_dim)``, and every head became one unit beside
+    the state dims. Splitting at the outer dim (whole heads) keeps them apart."""
+    got = grp.tensors.get(key)
+    if got is None or grp.n_units >= len(got[1]):  # (one channel a unit: a CNN's groups)
+        return False
+    return int(np.bincount(got[1]).max()) * 2 > len(got[1])
 
 
 def _hooked_weight(node: Node) -> str | None:
@@ -2757,7 +2801,7 @@ def all_groups(graph: Graph, reuse: bool = True) -> list[Group]:
                 trail: list[TensorKey] = []
                 pos = np.arange(node.out_shapes[0][d], dtype=np.int64)
                 grp = _search_or_unfollowed(graph, node, d, pos, len(groups), link_cache,
-                                            trail, blocked)
+                                            trail, blocked, (node.id, d) in extra_keys)
                 if repeats is not None:
                     repeats.add(node, d, grp, trail)
         else:
