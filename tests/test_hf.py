@@ -493,6 +493,30 @@ def test_hf_mamba2_in_proj_prunes_whole_heads_and_state_dims_with_the_sizes_it_s
     assert v["masked_equivalence"]["ok"] and v["masked_equivalence"]["max_abs_diff"] < 1e-5, v
 
 
+def test_hf_bamba_mixer_prunes_though_its_chunk_size_equals_its_state_size():
+    # Bamba's Mamba2 mixer with chunk_size == ssm_state_size: setting every candidate sets
+    # chunk_size too, which breaks the scan, and dropping kinds from all candidates kept
+    # ssm_state_size twice, once as a divisor of intermediate_size with another value: the
+    # group stayed blocked. The kinds of the attributes equal to the sizes are tried first
+    torch.manual_seed(0)
+    model = transformers.BambaForCausalLM(transformers.BambaConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, intermediate_size=64, attn_layer_indices=[1], mamba_n_heads=4,
+        mamba_d_head=16, mamba_d_state=8, mamba_n_groups=1, mamba_chunk_size=8)).eval()
+    p = _validated_lm(model)
+    mixer = "model.layers.0.mamba"
+    g = _group(p, f"{mixer}.in_proj")
+    assert not p.reason(g) and g.n_units == 4 + 8
+    assert set(p.sets(g)) == {f"{mixer}.{a}" for a in (
+        "conv_dim", "num_heads", "ssm_state_size", "intermediate_size", "norm.group_size")}
+    plan = Plan({g.id: [0, g.n_units - 1]})
+    pruned = p.apply(plan)
+    m = pruned.model.layers[0].mamba
+    assert (m.num_heads, m.ssm_state_size, m.chunk_size) == (3, 7, 8)
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["shapes_kept"], v
+
+
 def test_hf_dbrx_stacked_expert_weights_lose_the_same_hidden_units_in_every_expert():
     # w1, v1 and w2 stack every expert's (ffn, hidden) rows and are viewed (-1, ffn, hidden)
     # and indexed by expert in a loop over the experts the router picked: no group held

@@ -937,7 +937,18 @@ class Pruner:
                     # or the fewest kinds that run (each one the same attribute of every
                     # layer of a joined group), already as few as run: one item for each
                     # attribute (the slice bounds that gave it equal values), if that runs
-                    kinds = _fewest_kinds(found, lambda rs: not attempt([g], {g.id: rs}))
+                    def runs(rs: list[SizeAttr]) -> bool:
+                        return not attempt([g], {g.id: rs})
+
+                    kinds = None
+                    if plain and len(plain) < len(found):
+                        # the attributes equal to the sizes first, here too: a divisor
+                        # candidate may set an attribute to a value its equal-size one
+                        # contradicts (HF Bamba's ssm_state_size, whose mixer loses whole
+                        # heads and state dims, beside a chunk_size of the same size)
+                        kinds = _fewest_kinds(plain, runs)
+                    if kinds is None:
+                        kinds = _fewest_kinds(found, runs)
                     if kinds is not None:
                         first: dict[tuple[str, str], SizeAttr] = {}
                         for r in kinds:
