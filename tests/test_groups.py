@@ -5,7 +5,7 @@ from conftest import ALL_DEMOS
 from torch import nn
 from torch.nn import functional as F
 
-from viewer.core.groups import all_groups, dim_groups, group_of, map_reshape
+from viewer.core.groups import all_groups, dim_groups, group_of, map_reshape, split_blocked
 from viewer.core.optypes import OpType
 from viewer.core.trace import build_graph
 
@@ -718,6 +718,11 @@ def test_repeat_interleave_of_one_group_broadcasts_and_heads_stay_units():
     assert len(heads) == 4 and proj.indices([heads[1]]).tolist() == [*range(6, 12), 30]
     states = [u for u in range(g.n_units) if u not in heads]
     assert proj.indices(states).tolist() == list(range(24, 29))
+    # heads and state dims: not every unit is a head (what round_to would count)
+    from viewer.core.groups import units_are_heads
+
+    assert not units_are_heads(p.graph, g)
+    assert units_are_heads(p.graph, split_blocked(g, np.array(states), 0, 1)[0])
     plan = Plan({g.id: [heads[1], states[3]]})
     pruned = p.apply(plan)
     assert pruned.proj.out_features == 33 - 6 - 1 - 1 and pruned.out.in_features == 18

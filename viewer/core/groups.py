@@ -2756,16 +2756,20 @@ class _Repeats:
 
 def units_are_heads(graph: Graph, group: Group) -> bool:
     """Whether a group's units are attention heads (or, with grouped-query attention, a kv
-    head and its query heads): it owns positions on a dim of an attention or matmul operand
-    that is neither of the two the op works on: the heads dim of q, k or v, ``(B, heads, L,
-    head_dim)``. A plan's ``round_to`` then counts heads."""
-    for (nid, port, dim), (pos, _unit) in group.tensors.items():
+    head and its query heads): each unit owns positions on a dim of an attention or matmul
+    operand that is neither of the two the op works on: the heads dim of q, k or v, ``(B,
+    heads, L, head_dim)``. A plan's ``round_to`` then counts heads. (HF Mamba2's mixer group
+    holds whole heads and state dims: its units are not all heads.)"""
+    seen = np.zeros(group.n_units, dtype=bool)
+    for (nid, port, dim), (pos, unit) in group.tensors.items():
         shapes = graph.nodes[nid].out_shapes
         if port >= len(shapes) or not 0 < dim < len(shapes[port]) - 2 or not len(pos):
             continue
         if any(graph.nodes[e.target].op_type in (OpType.ATTENTION, OpType.MATMUL)
                for e in graph.consumers.get((nid, port), ())):
-            return True
+            seen[unit] = True
+            if seen.all():
+                return True
     return False
 
 
