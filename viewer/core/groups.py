@@ -2395,28 +2395,33 @@ def _search_or_unfollowed(graph: Graph, root: Node, dim: int, pos: IntArray, gid
     blocked group is searched so too, and kept if nothing blocks it: DBRX stacks its experts'
     weights as ``(experts * ffn, hidden)`` and views them ``(-1, ffn, hidden)``, whose ``-1``
     would make the experts the units (each one picked by a tensor index: blocked)."""
+    key = (root.id, 0, dim)
     try:
         found, seen = [], []
         grp = _search(graph, root, "out", dim, pos, gid, link_cache, found, blocked=seen)
+        retry = None
         if grp.n_units == 1 and len(pos) > 1 and not grp.reasons:
-            found2, seen2 = [], []
-            alt = _search(graph, root, "out", dim, pos, gid, link_cache, found2,
-                          blocked=seen2, inner=True)
-            if alt.n_units > 1:
-                grp, found, seen = alt, found2, seen2
-        elif grp.n_units > 1 and not grp.reasons and _lumped(grp, (root.id, 0, dim)):
-            found2, seen2 = [], []
-            alt = _search(graph, root, "out", dim, pos, gid, link_cache, found2,
-                          blocked=seen2, outer=True)
-            if alt.n_units > grp.n_units and not alt.reasons and \
-                    not _lumped(alt, (root.id, 0, dim)):
-                grp, found, seen = alt, found2, seen2
+            retry = {"inner": True}
+        elif grp.n_units > 1 and not grp.reasons and _lumped(grp, key):
+            retry = {"outer": True}
         elif inner_if_blocked and grp.reasons and len(pos) > 1:
+            retry = {"inner": True}
+        if retry is not None:
             found2, seen2 = [], []
             alt = _search(graph, root, "out", dim, pos, gid, link_cache, found2,
-                          blocked=seen2, inner=True)
-            if not alt.reasons:
-                grp, found, seen = alt, found2, seen2
+                          blocked=seen2, **retry)
+            if grp.reasons:
+                better = not alt.reasons
+            elif "outer" in retry:
+                better = alt.n_units > grp.n_units and not alt.reasons and \
+                    not _lumped(alt, key)
+            else:
+                better = alt.n_units > 1
+            # the choice read what both searches read: a repeat of the block must agree on
+            # all of it (see _Repeats)
+            found += found2
+            if better:
+                grp, seen = alt, seen2
     except (DepViewError, IndexError, ValueError) as exc:
         return _unfollowed(graph, root, dim, pos, gid, exc)
     if trail is not None:
