@@ -772,6 +772,48 @@ def test_stacked_expert_weights_prune_their_hidden_units_in_every_expert():
     assert v["forward"] and v["masked_equivalence"]["ok"], v
 
 
+class TinyVLM(nn.Module):
+    """A vision-language model's merge: a projector's image features written into the text
+    embeddings at the image tokens with ``masked_scatter`` (HF LLaVA, Qwen2-VL, ...);
+    ``per_channel`` makes a mask that varies along the hidden dim instead."""
+
+    def __init__(self, per_channel: bool = False):
+        super().__init__()
+        self.embed, self.vis = nn.Embedding(10, 8), nn.Linear(6, 8)
+        self.mlp, self.out = nn.Linear(8, 16), nn.Linear(16, 3)
+        self.per_channel = per_channel
+
+    def forward(self, ids, patches):
+        h = self.embed(ids)
+        mask = (ids == 9).unsqueeze(-1)
+        if self.per_channel:
+            mask = mask & (torch.arange(8) % 2 == 0)
+        h = h.masked_scatter(mask, self.vis(patches))
+        return self.out(torch.relu(self.mlp(h)))
+
+
+def test_masked_scatter_couples_the_written_rows_hidden_dim():
+    # it was an unknown elementwise op that blocked the text stream of every VLM: "changes
+    # shape in a way DepView does not model"
+    from viewer.core.prune import Plan, Pruner
+
+    torch.manual_seed(0)
+    ids, patches = torch.tensor([[9, 9, 1, 2, 3, 4]]), torch.randn(2, 6)
+    p = Pruner(TinyVLM().eval(), (ids, patches))
+    g = next(g for g in p.groups if g.root == "embed")
+    assert not p.reason(g) and g.n_units == 8
+    assert {(m.node_name, m.side) for m in g.members} == {
+        ("embed", "out"), ("vis", "out"), ("mlp", "in")}
+    plan = Plan({g.id: [1, 6]})
+    pruned = p.apply(plan)
+    assert pruned.vis.out_features == 6 and pruned.embed.embedding_dim == 6
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+    # a mask along the hidden dim picks which channels each row takes: blocked
+    g = build_graph(TinyVLM(per_channel=True).eval(), (ids, torch.randn(1, 6)))
+    assert "writes rows chosen by a mask along the pruned dim" in group_of(g, "embed").reason
+
+
 def test_repeat_interleave_by_a_tensor_blocks():
     class Var(nn.Module):
         def __init__(self):

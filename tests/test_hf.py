@@ -539,6 +539,43 @@ def test_hf_dbrx_stacked_expert_weights_lose_the_same_hidden_units_in_every_expe
     assert v["masked_equivalence"]["max_abs_diff"] < 1e-5
 
 
+def test_hf_llava_text_stream_prunes_with_the_projector_that_writes_into_it():
+    # the image features are written into the text embeddings with masked_scatter, which
+    # blocked the language model's hidden size ("changes shape in a way DepView does not
+    # model"); now the projector's output joins the stream's group
+    torch.manual_seed(0)
+    txt = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+               num_key_value_heads=2, intermediate_size=64, model_type="llama")
+    vis = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+               intermediate_size=64, image_size=32, patch_size=8,
+               model_type="clip_vision_model")
+    llava = transformers.LlavaForConditionalGeneration(transformers.LlavaConfig(
+        text_config=txt, vision_config=vis, image_token_id=99,
+        vision_feature_layer=-1)).eval()
+
+    class Logits(torch.nn.Module):  # (its output also returns the image features)
+        def __init__(self):
+            super().__init__()
+            self.llava = llava
+
+        def forward(self, input_ids, pixel_values):
+            return self.llava(input_ids=input_ids, pixel_values=pixel_values).logits
+
+    ids = torch.randint(3, 90, (1, 24))
+    ids[:, :16] = 99  # one image: 16 patches
+    p = Pruner(Logits(), (ids, torch.randn(1, 3, 32, 32)))
+    p.validate_groups()
+    g = _group(p, "llava.model.language_model.embed_tokens")
+    assert not p.reason(g) and g.n_units == 32
+    assert ("llava.model.multi_modal_projector.linear_2", "out") in {
+        (m.node_name, m.side) for m in g.members}
+    plan = Plan({g.id: list(range(0, 32, 4))})
+    pruned = p.apply(plan)
+    assert pruned.llava.model.multi_modal_projector.linear_2.out_features == 24
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["shapes_kept"], v
+
+
 def test_hf_deepseek_v3_latent_attention_prunes_whole_heads_and_its_lora_ranks():
     # MLA: the key is made with new_empty and filled through two slices (nope | rope); the
     # copies were unseen and the key a constant, which blocked every head group

@@ -55,6 +55,7 @@ from .optypes import (
     COMPLEX_VIEWS,
     FILLS,
     INDEX_OUTPUTS,
+    MASKED_SCATTERS,
     PAIR_REDUCTIONS,
     SEQUENCE_PACKING,
     SHAPE_NORMS,
@@ -528,6 +529,8 @@ def _elementwise_rule(g, node, side, port, dim, units, pos, ctx):
         return _complex_view_rule(node, side, port, dim, units, pos, ctx)
     if node.target in PAIR_REDUCTIONS:
         return _pair_reduction_rule(node, side, port, dim, units, pos, ctx)
+    if node.target in MASKED_SCATTERS:
+        return _masked_scatter_rule(node, side, port, dim, units, pos, ctx)
     if isinstance(meta, ElementwiseMeta) and meta.moves and any(
             0 < len(s) < len(out) for s in node.in_shapes) and _indexed_along(node, out):
         # a 1-D index (index_add, index_select) is not broadcast onto the output's last dim
@@ -615,6 +618,42 @@ def _pair_reduction_rule(node, side, port, dim, units, pos, ctx):
         ctx.inexact(f"'{node.name}' ({node.target}) reduces over pruned channels")
         return flows
     return flows + [Flow("out", 0, dim - (dim > r), units, pos)]
+
+
+def _masked_scatter_rule(node, side, port, dim, units, pos, ctx):
+    """``optypes.MASKED_SCATTERS``: ``self.masked_scatter(mask, source)`` keeps self's shape
+    (dim d of the output is self's d). Where the mask is broadcast along every dim from
+    some k on (``(b, l, 1)`` against ``(b, l, d)``: whole rows), each masked row takes the
+    next row of ``source``, whose trailing dims are self's from k on, position for
+    position: a VLM's image features written into its text embeddings keep their hidden
+    dim. A dim before k (which rows are written) or one the mask varies along blocks."""
+    out = node.out_shapes[0]
+    n = len(out)
+    if len(node.in_shapes) != 3 or tuple(node.in_shapes[0]) != tuple(out):
+        ctx.block(f"'{node.name}' ({node.target}) changes shape in a way DepView does not model")
+        return []
+    mask, src = node.in_shapes[1], node.in_shapes[2]
+    m = (1,) * (n - len(mask)) + tuple(mask)
+    k = n
+    while k > 0 and m[k - 1] == 1:
+        k -= 1
+    lead = len(src) - (n - k)  # source dims before the ones that match self's from k on
+    if side == "out" or port == 0:
+        od = dim
+    elif port == 2:
+        od = dim - lead + k
+    else:
+        od = -1  # the mask itself
+    if od < k or lead < 0 or tuple(src[lead:]) != tuple(out[k:]):
+        ctx.block(f"'{node.name}' ({node.target}) writes rows chosen by a mask along the pruned "
+                  "dim")
+        return []
+    flows = [] if side == "out" else [Flow("out", 0, od, units, pos)]
+    if not (side == "in" and port == 0):
+        flows.append(Flow("in", 0, od, units, pos))
+    if not (side == "in" and port == 2):
+        flows.append(Flow("in", 2, od - k + lead, units, pos))
+    return flows
 
 
 def _strided_rule(node, side, port, dim, units, pos, ctx):

@@ -524,6 +524,11 @@ SEQUENCE_PACKING: frozenset[str] = frozenset({"pack_padded_sequence", "pad_packe
 #: dim they mix); their rule couples both inputs position by position, inexactly there.
 PAIR_REDUCTIONS: frozenset[str] = frozenset({"cosine_similarity"})
 
+#: ``self.masked_scatter(mask, source)`` by function name: a vision-language model writes its
+#: image features into the text embeddings so. Elementwise by type; their rule couples
+#: source's trailing dims with self's where the mask is broadcast (whole rows).
+MASKED_SCATTERS: frozenset[str] = frozenset({"masked_scatter", "masked_scatter_"})
+
 #: Views between a last dim of 2 (real, imaginary) and complex numbers, by function name:
 #: ``view_as_complex`` drops that dim and ``view_as_real`` appends it (Meta's Llama rotary
 #: embedding, GFNet's filters). Elementwise by type; their rule keeps every other dim in place.
