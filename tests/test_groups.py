@@ -814,6 +814,53 @@ def test_masked_scatter_couples_the_written_rows_hidden_dim():
     assert "writes rows chosen by a mask along the pruned dim" in group_of(g, "embed").reason
 
 
+class Solved(nn.Module):
+    """A gated delta rule's chunk step in miniature (HF OLMo-Hybrid): each head's values
+    solved through a unit lower-triangular system over the sequence with
+    ``torch.linalg.solve_triangular``. ``how="rows"`` solves ``X A = B`` with the head dims
+    as rows; ``how="mix"`` makes the head dims the system's own."""
+
+    def __init__(self, how: str = "columns"):
+        super().__init__()
+        self.v, self.o = nn.Linear(5, 2 * 4), nn.Linear(8, 3)
+        self.how = how
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        v = self.v(x).view(b, n, 2, -1).transpose(1, 2)  # (b, heads, n, head_dim)
+        a = torch.eye(n) + torch.tril(torch.full((n, n), 0.5), -1)
+        if self.how == "columns":
+            y = torch.linalg.solve_triangular(a, v, upper=False, unitriangular=True)
+        elif self.how == "rows":
+            y = torch.linalg.solve_triangular(a.T, v.transpose(-1, -2), upper=True,
+                                              left=False).transpose(-1, -2)
+        else:
+            m = torch.eye(4) + torch.tril(torch.full((4, 4), 0.5), -1)
+            y = torch.linalg.solve_triangular(m, v.transpose(-1, -2), upper=False)
+            y = y.transpose(-1, -2)
+        return self.o(y.transpose(1, 2).reshape(b, n, -1))
+
+
+@pytest.mark.parametrize("how", ["columns", "rows"])
+def test_solve_triangular_keeps_the_dim_it_solves_position_by_position(how):
+    # it was an unknown elementwise op that blocked: "changes shape in a way DepView does
+    # not model"
+    from viewer.core.prune import Plan, Pruner
+
+    torch.manual_seed(0)
+    p = Pruner(Solved(how).eval(), (torch.randn(1, 6, 5),))
+    g = next(g for g in p.groups if g.root == "v")
+    assert not p.reason(g) and g.n_units == 4  # head dims, in both heads
+    plan = Plan({g.id: [1]})
+    pruned = p.apply(plan)
+    assert pruned.v.out_features == 6 and pruned.o.in_features == 6
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+    # the head dims as the system's own dims: each solved value mixes all of them
+    g = build_graph(Solved("mix").eval(), (torch.randn(1, 6, 5),))
+    assert "solves a linear system along the pruned dim" in group_of(g, "v").reason
+
+
 def test_repeat_interleave_by_a_tensor_blocks():
     class Var(nn.Module):
         def __init__(self):

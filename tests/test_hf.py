@@ -576,6 +576,26 @@ def test_hf_llava_text_stream_prunes_with_the_projector_that_writes_into_it():
     assert v["forward"] and v["shapes_kept"], v
 
 
+def test_hf_olmo_hybrid_gated_delta_rule_prunes_through_its_triangular_solves():
+    # the linear attention's chunked delta rule solves its values and keys through
+    # torch.linalg.solve_triangular, which blocked its heads and head dims (see test_groups'
+    # Solved)
+    torch.manual_seed(0)
+    model = transformers.OlmoHybridForCausalLM(transformers.OlmoHybridConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64, head_dim=8,
+        pad_token_id=0, layer_types=["linear_attention", "full_attention"])).eval()
+    p = _validated_lm(model)
+    attn = "model.layers.0.linear_attn"
+    heads, v_dims = _group(p, f"{attn}.q_proj"), _group(p, f"{attn}.o_norm.weight")
+    assert not p.reason(heads) and not p.reason(v_dims)
+    assert any(m.node_name == f"{attn}.v_proj" for m in v_dims.members)
+    plan = Plan({heads.id: [0], v_dims.id: [1, 2]})
+    pruned = p.apply(plan)
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["shapes_kept"], v
+
+
 def test_hf_deepseek_v3_latent_attention_prunes_whole_heads_and_its_lora_ranks():
     # MLA: the key is made with new_empty and filled through two slices (nope | rope); the
     # copies were unseen and the key a constant, which blocked every head group

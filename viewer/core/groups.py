@@ -46,6 +46,7 @@ from .meta import (
     ReshapeMeta,
     SetItemMeta,
     SliceMeta,
+    SolveMeta,
     SplitMeta,
     StridedMeta,
     UnbindMeta,
@@ -523,6 +524,8 @@ def _elementwise_rule(g, node, side, port, dim, units, pos, ctx):
         return _setitem_rule(node, side, port, dim, units, pos, ctx)
     if isinstance(meta, StridedMeta):
         return _strided_rule(node, side, port, dim, units, pos, ctx)
+    if isinstance(meta, SolveMeta):
+        return _solve_rule(node, side, port, dim, units, pos, ctx)
     if node.target in SEQUENCE_PACKING:
         return _features_last_rule(node, side, port, dim, units, pos, ctx)
     if node.target in COMPLEX_VIEWS:
@@ -653,6 +656,37 @@ def _masked_scatter_rule(node, side, port, dim, units, pos, ctx):
         flows.append(Flow("in", 0, od, units, pos))
     if not (side == "in" and port == 2):
         flows.append(Flow("in", 2, od - k + lead, units, pos))
+    return flows
+
+
+def _solve_rule(node, side, port, dim, units, pos, ctx):
+    """A linear solve (:class:`SolveMeta`), ``X = A^-1 B``: each column of ``B`` (each row
+    with ``left=False``) is solved alone, so that dim of ``B`` is ``X``'s, position for
+    position (a gated delta rule's value and key head dims: HF OLMo-Hybrid); the batch dims
+    broadcast across ``A``, ``B`` and ``X`` as elementwise ops do; the system's own dims mix
+    every position, and a group there is blocked."""
+    x = node.out_shapes[0]
+    n = len(x)
+    if len(node.in_shapes) != 2 or n < 2:
+        ctx.block(f"'{node.name}' ({node.target}) changes shape in a way DepView does not model")
+        return []
+    shapes = {("out", 0): x, ("in", 0): node.in_shapes[0], ("in", 1): node.in_shapes[1]}
+    own = shapes.get((side, port))
+    od = dim + n - len(own) if own is not None else -1
+    free = n - 1 if node.meta.left else n - 2  # X's dim solved position by position
+    if od < 0 or od >= n - 2 and (od != free or (side, port) == ("in", 0)):
+        ctx.block(f"'{node.name}' ({node.target}) solves a linear system along the pruned dim")
+        return []
+    flows = []
+    for (s2, p2), shape in shapes.items():
+        d = od - (n - len(shape))
+        if (s2, p2) == (side, port) or d < 0 or shape[d] == 1 or od >= n - 2 and p2 == 0 \
+                and s2 == "in":
+            continue  # the arrival, a broadcast dim, or A's side of the solved dim
+        if side == "in" and own[dim] == 1 and shape[d] != 1:
+            ctx.merge(units)  # a broadcast operand's one position feeds all of them
+            return []
+        flows.append(Flow(s2, p2, d, units, pos))
     return flows
 
 

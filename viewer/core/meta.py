@@ -299,6 +299,15 @@ class StridedMeta:
 
 
 @dataclass(frozen=True)
+class SolveMeta:
+    """``torch.linalg.solve_triangular(A, B)`` / ``torch.linalg.solve(A, B)``: ``left``
+    (the default) solves ``A X = B``, each column of ``B`` alone; ``left=False`` solves
+    ``X A = B``, each row alone."""
+
+    left: bool = True
+
+
+@dataclass(frozen=True)
 class OpMeta:
     """Other functional ops: the op name only."""
 
@@ -308,7 +317,7 @@ class OpMeta:
 Meta = (
     ConcatMeta | SplitMeta | UnbindMeta | SliceMeta | ReshapeMeta | PermuteMeta | ExpandMeta
     | PixelShuffleMeta | WindowsMeta | MatmulMeta | ReduceMeta | EinsumMeta | PadMeta
-    | ElementwiseMeta | AttentionMeta | SetItemMeta | StridedMeta | OpMeta
+    | ElementwiseMeta | AttentionMeta | SetItemMeta | StridedMeta | SolveMeta | OpMeta
 )
 
 

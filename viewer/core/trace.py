@@ -974,6 +974,12 @@ def describe(op_type: OpType, name: str, func, args, kwargs, ins, outs) -> objec
     return M.ElementwiseMeta(name)
 
 
+def _solve_meta(name, func, args, kwargs, ins, outs) -> M.SolveMeta:
+    """Which side ``A`` multiplies ``X`` from in ``linalg.solve_triangular(A, B, *, upper,
+    left=True)`` and ``linalg.solve(A, B, *, left=True)``: a keyword argument only."""
+    return M.SolveMeta(bool(kwargs.get("left", True)))
+
+
 def _strided_meta(name, func, args, kwargs, ins, outs) -> M.StridedMeta:
     """Which dims of ``x`` the view ``y = x.as_strided(...)`` reads position for position
     (see :class:`~viewer.core.meta.StridedMeta`), from both tensors' strides and offsets."""
@@ -1414,6 +1420,8 @@ def _mha_call_meta(name, func, args, kwargs) -> M.MhaCallMeta:
 _NAMED_DESCRIBERS = {
     "setitem": _setitem_meta,
     "as_strided": _strided_meta,
+    "linalg_solve_triangular": _solve_meta,
+    "linalg_solve": _solve_meta,
 }
 
 #: Op types whose metadata is read from the call's arguments and results.
