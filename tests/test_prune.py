@@ -1218,6 +1218,30 @@ def test_a_stored_size_equal_to_another_read_attribute_is_found_alone():
     assert p.verify(pruned, plan)["masked_equivalence"]["ok"]
 
 
+def test_a_length_the_model_predicts_from_its_weights_blocks_with_that_hint():
+    # HF VITS: the waveform's length is the sum of durations the model predicts, so every
+    # group moves it; the hint said "a -1 in a view?", which does not fit
+    class PredictedLength(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.d = torch.nn.Linear(4, 8), torch.nn.Linear(8, 1)
+            self.norm = torch.nn.LayerNorm(8)
+
+        def forward(self, x):
+            # (normalised: zeroing a channel is not removing it, so the original model with
+            # the channel zeroed predicts another length than the pruned one)
+            h = self.norm(self.a(x))
+            n = (self.d(h) * 1000).abs().sum().long() + 1
+            return torch.arange(n).float() * h.mean()
+
+    torch.manual_seed(0)
+    p = Pruner(PredictedLength().eval(), (torch.randn(1, 5, 4),))
+    p.validate_groups()
+    g = next(grp for grp in p.groups if grp.root == "a")
+    assert "a size computed from values the pruned weights change" in p.reason(g)
+    assert "a -1 in a view" not in p.reason(g)
+
+
 def test_a_minus_one_that_swallows_the_pruned_channels_is_caught():
     # view(b, -1, 4, 8) with literal sizes: 28 channels x 8 tokens still divide by 4 * 8, so
     # the pruned model runs, with 7 "tokens" made of mixed channels. Validation compares the
@@ -1234,7 +1258,7 @@ def test_a_minus_one_that_swallows_the_pruned_channels_is_caught():
     p = Pruner(model, (x,))
     p.validate_groups()
     g = next(grp for grp in p.groups if grp.root == "q")
-    assert "a size the group does not own moved" in p.reason(g)
+    assert "a size the group does not own moved (a -1 in a view?)" in p.reason(g)
     assert "[1, 7, 4, 8] instead of [1, 8, 4, 8]" in p.reason(g)
 
 

@@ -1995,6 +1995,16 @@ def _slice_hint(graph: Graph, gs: list[Group]) -> str:
 _NUMBER_MOVED = "a number the forward derives from a width"
 
 
+def _moved_why(node: Node) -> str:
+    """The likely cause of a size that moved at ``node``: a reshape's ``-1`` took the lost
+    channels; any other op made a tensor whose size was computed from values the pruned
+    weights change (HF VITS: the waveform's length is the sum of predicted durations)."""
+    if node.op_type is OpType.RESHAPE:
+        return "a -1 in a view?"
+    return ("a size computed from values the pruned weights change, as a length the model "
+            "predicts?")
+
+
 def _moved(before: Graph, after: Graph, owned: dict[tuple[str, int, int], int | None],
            numbers: bool = True) -> str:
     """Why the pruned model's trace ``after`` is not ``before`` shrunk only where the groups
@@ -2015,7 +2025,7 @@ def _moved(before: Graph, after: Graph, owned: dict[tuple[str, int, int], int | 
             if len(sa) != len(sb) or any(x != y and (a.name, port, d) not in owned
                                          for d, (x, y) in enumerate(zip(sa, sb, strict=True))):
                 return (f"when this group shrinks, '{a.name}' gives {list(sb)} instead of "
-                        f"{list(sa)}: a size the group does not own moved (a -1 in a view?)")
+                        f"{list(sa)}: a size the group does not own moved ({_moved_why(a)})")
             for d, (x, y) in enumerate(zip(sa, sb, strict=True)):
                 lost = owned.get((a.name, port, d))
                 if lost is not None and y != x - lost:
