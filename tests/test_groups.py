@@ -859,6 +859,17 @@ def test_solve_triangular_keeps_the_dim_it_solves_position_by_position(how):
     # the head dims as the system's own dims: each solved value mixes all of them
     g = build_graph(Solved("mix").eval(), (torch.randn(1, 6, 5),))
     assert "solves a linear system along the pruned dim" in group_of(g, "v").reason
+    # linalg.solve with a batch of vectors (the system's dim last): not modelled
+    class Vectors(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.v = nn.Linear(5, 4)
+
+        def forward(self, x):  # (b, 4) solved against one (b, 4, 4) system each
+            return torch.linalg.solve(torch.eye(4) + x[:, :4, None] * 0.1, self.v(x))
+
+    g = build_graph(Vectors().eval(), (torch.randn(2, 5),))
+    assert "changes shape in a way DepView does not model" in group_of(g, "v").reason
 
 
 def test_repeat_interleave_by_a_tensor_blocks():

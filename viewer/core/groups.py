@@ -667,10 +667,14 @@ def _solve_rule(node, side, port, dim, units, pos, ctx):
     every position, and a group there is blocked."""
     x = node.out_shapes[0]
     n = len(x)
-    if len(node.in_shapes) != 2 or n < 2:
+    a, b = (node.in_shapes + ((), ()))[:2]
+    if len(node.in_shapes) != 2 or n < 2 or len(a) < 2 or len(b) < 2 or (
+            len(b) == len(a) - 1 and b[:-1] == a[:-2] and b[-1] == a[-1]):
+        # (``linalg.solve(A, B)`` with B a batch of vectors, whose last dim is the system's:
+        # not told apart from a matrix here, so not modelled)
         ctx.block(f"'{node.name}' ({node.target}) changes shape in a way DepView does not model")
         return []
-    shapes = {("out", 0): x, ("in", 0): node.in_shapes[0], ("in", 1): node.in_shapes[1]}
+    shapes = {("out", 0): x, ("in", 0): a, ("in", 1): b}
     own = shapes.get((side, port))
     od = dim + n - len(own) if own is not None else -1
     free = n - 1 if node.meta.left else n - 2  # X's dim solved position by position
