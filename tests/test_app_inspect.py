@@ -507,8 +507,8 @@ def test_an_attention_group_says_its_units_are_heads():
 
 
 def test_a_layer_whose_units_are_partly_blocked_offers_both_groups(tmp_path):
-    # its first 3 channels reach a table made at init (a non-persistent buffer): one group
-    # of them, not prunable; the other 5 prune
+    # its first 3 channels reach a table made at init (a non-persistent buffer two ops
+    # read): one group of them, not prunable; the other 5 prune
     from conftest import file_session
 
     s = file_session(tmp_path, (
@@ -519,7 +519,8 @@ def test_a_layer_whose_units_are_partly_blocked_offers_both_groups(tmp_path):
         "        self.head = torch.nn.Conv2d(8, 5, 1)\n"
         "    def forward(self, x):\n"
         "        y = self.conv(x)\n"
-        "        return self.head(torch.cat([y[:, :3] * self.scale, y[:, 3:]], 1))\n"),
+        "        return self.head(torch.cat([y[:, :3] * self.scale + self.scale, y[:, 3:]],"
+        " 1))\n"),
         ("1x3x8x8",))
     render(s, "sid", "new")
     r = cb.inspect(s, "sid", _op("conv"))
@@ -555,3 +556,22 @@ def test_a_persistent_buffer_used_directly_is_shown_as_a_buffer_not_a_parameter(
     conv = cb.inspect(s, "sid", _op("conv"))
     assert "running_var" in _text(conv.group_panel) and "not prunable" not in _text(
         conv.group_panel)
+
+
+def test_a_table_made_at_init_is_shown_as_such_and_pruned_when_read_once(tmp_path):
+    from conftest import file_session
+
+    s = file_session(tmp_path, (
+        "import torch\nclass M(torch.nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n"
+        "        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)\n"
+        "        self.register_buffer('table', torch.rand(8, 1, 1), persistent=False)\n"
+        "        self.head = torch.nn.Conv2d(8, 5, 1)\n"
+        "    def forward(self, x):\n"
+        "        return self.head(self.conv(x) * self.table)\n"),
+        ("1x3x8x8",))
+    render(s, "sid", "new")
+    text = _text(cb.inspect(s, "sid", _op("table")).details)
+    assert "Buffer (made at init, not in the state_dict)" in text and "[8×1×1]" in text
+    conv = _text(cb.inspect(s, "sid", _op("conv")).group_panel)
+    assert "table" in conv and "not prunable" not in conv

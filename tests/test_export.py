@@ -297,6 +297,50 @@ def test_pruned_persistent_buffers_reload_bit_exact(tmp_path, monkeypatch):
     assert check_dir(out)["ok"]
 
 
+SINUSOID_FILE = """
+import math
+import torch
+from torch import nn
+
+class Net(nn.Module):
+    # a sinusoidal position table made at init, not saved with the weights (persistent=False)
+    def __init__(self, d=8, n=16):
+        super().__init__()
+        pos = torch.arange(n).float()[:, None]
+        freq = torch.exp(torch.arange(0, d, 2).float() * (-math.log(1e4) / d))
+        pe = torch.zeros(n, d)
+        pe[:, 0::2], pe[:, 1::2] = torch.sin(pos * freq), torch.cos(pos * freq)
+        self.register_buffer("pe", pe, persistent=False)
+        self.embed, self.ff, self.head = nn.Linear(3, d), nn.Linear(d, d), nn.Linear(d, 2)
+
+    def forward(self, x):
+        h = self.embed(x) + self.pe[: x.shape[1]]
+        return self.head(torch.relu(self.ff(h)) + h)
+"""
+
+
+def test_a_pruned_table_made_at_init_is_sliced_again_on_reload(tmp_path, monkeypatch):
+    # the table is no state_dict tensor: plan.json records its kept indices all the same,
+    # and load_pruned cuts the table the rebuilt model makes at init
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "net.py").write_text(SINUSOID_FILE)
+    lm = load_model("net.py:Net", inputs=["2x5x3"])
+    p = Pruner(lm.model, lm.inputs)
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    out = export_dir(p, plan, pruned, tmp_path / "out", lm.source)
+    tensors = json.loads((out / "plan.json").read_text())["tensors"]
+    kept = tensors["pe"]["1"]
+    assert len(kept) == 4 and kept == tensors["embed.weight"]["0"]
+    assert "pe" not in pruned.state_dict()
+    again = load_pruned(out)
+    assert torch.equal(again.pe, lm.model.pe[:, kept]) and "pe" in again._buffers
+    with torch.no_grad():
+        assert torch.equal(again(*lm.inputs), pruned(*lm.inputs))
+    res = check_dir(out)
+    assert res["ok"] and res["tensors_match_original"], res
+
+
 def test_an_uploaded_plan_cannot_point_the_server_at_another_file(tmp_path, monkeypatch):
     # plan.json from a browser is untrusted: its recorded absolute path is never followed
     lm, p = _file_pruner(tmp_path, monkeypatch, MODEL_FILE)

@@ -2761,8 +2761,8 @@ def test_cosine_similarity_couples_both_embeddings_inexactly():
 
 
 class PartlyBlocked(nn.Module):
-    """conv's first 3 channels are scaled by a table its module makes at init (a
-    non-persistent buffer: they reach it, not prunable), the
+    """conv's first 3 channels are scaled and shifted by a table its module makes at init (a
+    non-persistent buffer that two ops read: they reach it, not prunable), the
     other 5 only feed ``head`` (prunable); ``out`` also returns the last 2 channels, sliced
     by a fixed start (``"fixed"``: ``y[:, 6:]``) or from the end (``"end"``: ``y[:, -2:]``)."""
 
@@ -2775,7 +2775,7 @@ class PartlyBlocked(nn.Module):
 
     def forward(self, x):
         y = self.conv(x)
-        z = self.head(torch.cat([y[:, :3] * self.scale, y[:, 3:]], 1))
+        z = self.head(torch.cat([y[:, :3] * self.scale + self.scale, y[:, 3:]], 1))
         if self.out:
             return z, y[:, 6:] if self.out == "fixed" else y[:, -2:]
         return z
@@ -3054,6 +3054,53 @@ def test_a_table_made_from_a_buffer_does_not_carry_a_blocked_group_into_other_re
         assert any("freq" in r for r in groups[name].reasons)
         assert {m.node_name for m in groups[name].members} == {name, "c"}
     assert group_of(g, "a").tensors.keys() == groups["a"].tensors.keys()
+
+
+class Tables(nn.Module):
+    """A stream shifted by a position table made at init (a non-persistent buffer): read
+    once through a slice (``"once"``), twice (``"twice"``: added, then multiplied in), or
+    through a table computed from it that two layers read (``"shared"``)."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+        self.register_buffer("pe", torch.rand(16, 8), persistent=False)
+        self.a, self.b, self.c = nn.Linear(4, 8), nn.Linear(8, 8), nn.Linear(8, 2)
+
+    def forward(self, x):
+        pe = self.pe[: x.shape[1]]
+        h = self.a(x) + pe
+        if self.how == "twice":
+            h = h * self.pe[: x.shape[1]]
+        elif self.how == "shared":
+            t = pe.sin()
+            return self.c(self.b(h * t) * t)
+        return self.c(torch.relu(self.b(h)))
+
+
+@pytest.mark.parametrize("how", ["once", "twice", "shared"])
+def test_a_table_made_at_init_and_read_once_is_cut_with_its_group(how):
+    # before, any non-persistent buffer blocked: a sinusoidal position table added to the
+    # stream once (M2M100, XGLM, CTRL, Falcon-H1's mup_vector) kept the stream whole
+    torch.manual_seed(0)
+    model, x = Tables(how).eval(), torch.randn(2, 5, 4)
+    g = build_graph(model, x)
+    pe = g.node("pe")
+    assert pe.buffers == {"": "pe"} and not pe.params  # not state_dict, named all the same
+    assert g.read_once(pe.id) == (how == "once")
+    stream = next(grp for grp in all_groups(g) if grp.root == "a")
+    if how != "once":
+        assert not stream.prunable and any("buffer 'pe'" in r for r in stream.reasons)
+        return
+    assert stream.prunable and stream.member("pe", "param").dim == 1
+    p = _pruner(model, x)
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    kept = sorted(set(range(8)) - set(plan.removed[stream.id]))
+    assert torch.equal(pruned.pe, model.pe[:, kept]) and model.pe.shape == (16, 8)
+    assert "pe" not in pruned.state_dict()  # still not state: a table made at init
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
 
 
 def test_a_fill_two_layers_read_still_ties_them():

@@ -759,9 +759,10 @@ def check_dir(path: str | Path, spec: str | None = None) -> dict:
     elif "unavailable" in originals:
         notes.append(f"{originals['unavailable']}: kept indices not checked")
     else:
-        sd = model.state_dict()
+        # (by name, not by state_dict: a non-persistent buffer read once is cut too)
+        now = _tensor_lookup(model)
         bad = [k for k, dims in plan.get("tensors", {}).items()
-               if k in originals and not torch.equal(_kept_of(originals[k], dims), sd[k])]
+               if k in originals and not torch.equal(_kept_of(originals[k], dims), now[k][2])]
         res["tensors_match_original"] = not bad
         if bad:
             since = (" (or the original's weights file changed since the export)"

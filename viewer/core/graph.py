@@ -164,6 +164,31 @@ class Graph:
     def _fixed(self) -> dict[int, bool]:
         return {}
 
+    def read_once(self, nid: int) -> bool:
+        """Does node ``nid``'s value reach the rest of the model through one input of one op,
+        followed through what is computed from fixed values alone (``pe[:, :n]``,
+        ``pe * 2``)? A sinusoidal position table added to the stream once is read once; a
+        rotary frequency table whose cos/sin every layer reads is not. Nothing but that one
+        op sees a table read once, so its columns can go with the channels it meets there."""
+        memo = self._once
+        if nid not in memo:
+            seen, stack, exits = {nid}, [nid], 0
+            while stack and exits < 2:
+                cur = stack.pop()
+                for port in range(len(self.nodes[cur].out_shapes)):
+                    for e in self.consumers.get((cur, port), ()):
+                        if not self.fixed_value(e.target):
+                            exits += 1
+                        elif e.target not in seen:
+                            seen.add(e.target)
+                            stack.append(e.target)
+            memo[nid] = exits == 1
+        return memo[nid]
+
+    @cached_property
+    def _once(self) -> dict[int, bool]:
+        return {}
+
     @cached_property
     def sharing(self) -> dict[int, list[int]]:
         """Nodes holding a tensor that other nodes hold too (a module called twice, weights

@@ -498,14 +498,16 @@ def _parameter_rule(g, node, side, port, dim, units, pos, ctx):
     return []
 
 
-_buffer_block = _source_block("the buffer")
+_buffer_block = _source_block("the buffer")  # (read by several ops: see _buffer_rule)
 
 
 def _buffer_rule(g, node, side, port, dim, units, pos, ctx):
     """A persistent buffer (in the state_dict: a frozen BatchNorm's weight, bias and
-    statistics, multiplied into the map) is cut along the dim as a bare parameter is; a
-    non-persistent one (a table its module recomputes at init) blocks."""
-    if node.params:
+    statistics, multiplied into the map) is cut along the dim as a bare parameter is. So is
+    a non-persistent one (a table its module recomputes at init, as a sinusoidal position
+    table) that the model reads once (:meth:`Graph.read_once`); one that several ops read (a
+    rotary frequency table every layer's q and k meet) blocks."""
+    if node.params or node.buffers and g.read_once(node.id):
         return _parameter_rule(g, node, side, port, dim, units, pos, ctx)
     return _buffer_block(g, node, side, port, dim, units, pos, ctx)
 

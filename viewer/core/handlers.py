@@ -238,9 +238,10 @@ def _parameter(node, side, dim, pos):
 
 
 def _buffer(node, side, dim, pos):
-    if not node.params:  # (a non-persistent buffer: its groups are blocked)
+    # persistent (params) or a non-persistent one read once (buffers; see groups' rule)
+    if not node.params and not node.buffers:
         return _unsupported(node, side, dim, pos)
-    return _parameter(node, side, dim, pos)
+    return [Cut(_key(node, ""), dim, pos)]
 
 
 def _none(node, side, dim, pos):

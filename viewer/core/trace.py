@@ -444,10 +444,12 @@ class _Tracer(TorchFunctionMode):
         elif id(t) in self.buffer_names:
             key = self.buffer_names[id(t)]
             # a persistent buffer is state saved with the weights (a frozen BatchNorm's
-            # scale and statistics), cut as a bare parameter is; a non-persistent one is a
-            # table the module recomputes at init (rotary inv_freq, position ids): no params
+            # scale and statistics), cut as a bare parameter is: params; a non-persistent one
+            # is a table the module recomputes at init (rotary inv_freq, a sinusoidal position
+            # table), named in buffers: cut only where nothing else reads it (see
+            # Graph.read_once)
             state = {"params": {"": key}, "param_shapes": {"": tuple(t.shape)}} \
-                if id(t) in self.persistent else {}
+                if id(t) in self.persistent else {"buffers": {"": key}}
             node = self.add_node([], [t], self.unique(key), OpType.BUFFER,
                                  key.rpartition(".")[0], "buffer", **state)
         else:

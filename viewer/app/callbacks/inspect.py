@@ -277,13 +277,16 @@ def node_details(node: Node, stage_classes: dict[str, str], hit: np.ndarray | No
     if node.grad_fn:
         rows.append(("autograd node", node.grad_fn))
     out = head + [_kv(rows)]
-    if node.params:
+    buffer = node.op_type is OpType.BUFFER
+    # a non-persistent buffer (a table its module makes at init) is named in buffers
+    made_at_init = buffer and not node.params and bool(node.buffers)
+    if node.params or made_at_init:
         # (a persistent buffer used directly, a frozen norm's statistics, is no parameter)
-        buffer = node.op_type is OpType.BUFFER
         prow = [html.Tr([html.Th("buffer" if buffer else "param"), html.Th("shape"),
                          html.Th("count")])]
-        for local, key in node.params.items():
-            shape = node.param_shapes.get(local, ())
+        shapes = {"": node.out_shapes[0]} if made_at_init else node.param_shapes
+        for local, key in (node.buffers if made_at_init else node.params).items():
+            shape = shapes.get(local, ())
             # a module's own parameters by their local name (the module is named above); a
             # parameter it shares from elsewhere (tied weights) by its full key
             own = bool(local) and key == f"{node.module}.{local}"
@@ -291,12 +294,12 @@ def node_details(node: Node, stage_classes: dict[str, str], hit: np.ndarray | No
                                          title=f"{key} (local name: {local or '(self)'})"),
                                  html.Td(f"[{shape_text(shape)}]", className="n"),
                                  html.Td(fmt_count(math.prod(shape)), className="n")]))
-        total = sum(math.prod(s) for s in node.param_shapes.values()) if buffer \
-            else node_params(node)
+        total = sum(math.prod(s) for s in shapes.values()) if buffer else node_params(node)
         prow.append(html.Tr([html.Th("total"), html.Td(""),
                              html.Th(fmt_count(total), className="n")]))
-        out += [html.H4("Buffer (in the state_dict)" if buffer else "Parameters"),
-                html.Table(prow, className="params")]
+        title = ("Buffer (made at init, not in the state_dict)" if made_at_init else
+                 "Buffer (in the state_dict)" if buffer else "Parameters")
+        out += [html.H4(title), html.Table(prow, className="params")]
     if node.attrs:
         out += [html.Details([html.Summary(f"Attributes ({len(node.attrs)})"),
                               _kv([(k, str(v)) for k, v in node.attrs.items()])])]
