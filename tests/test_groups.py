@@ -1218,9 +1218,64 @@ def test_a_torch_layer_subclass_with_its_own_forward_is_pruned_but_not_called_ex
     assert g.prunable and not g.exact and g.stats_notes == [
         "'b' (StdConv2d) replaces the forward of the torch layer it extends: DepView prunes it "
         "as a CONV and cannot check what its own forward computes"]
+    assert g.opaque_only  # (nothing else makes it inexact: the outputs may say it is exact)
     plan = p.plan(0.5)
     v = p.verify(p.apply(plan), plan)
-    assert v["forward"] and "replaces the forward" in v["masked_equivalence"]["skipped"]
+    # ... and they do not: its standardisation sees the inputs it lost
+    skipped = v["masked_equivalence"]["skipped"]
+    assert v["forward"] and "replaces the forward" in skipped and "checked all the same" in skipped
+
+
+class BatchNormAct2d(nn.BatchNorm2d):
+    """timm's norm + activation: its own forward calls F.batch_norm, then the activation
+    (``mix``: and adds the mean over the channels, which no per-channel layer does)."""
+
+    def __init__(self, n, mix=False):
+        super().__init__(n)
+        self.mix = mix
+
+    def forward(self, x):
+        x = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                         False, 0.0, self.eps)
+        return torch.relu(x + x.mean(1, keepdim=True) if self.mix else x)
+
+
+class NormActNet(nn.Module):
+    def __init__(self, mix=False, ln=False):
+        super().__init__()
+        self.a, self.na = nn.Conv2d(3, 8, 3, padding=1), BatchNormAct2d(8, mix)
+        self.b, self.nb = nn.Conv2d(8, 8, 3, padding=1), BatchNormAct2d(8)
+        self.c = nn.Conv2d(8, 6, 1)
+        self.ln = nn.GroupNorm(1, 8) if ln else nn.Identity()  # (over channels: inexact)
+
+    def forward(self, x):
+        return self.c(self.nb(self.b(self.ln(self.na(self.a(x))))))
+
+
+@pytest.mark.parametrize("mix, ln", [(False, False), (True, False), (False, True)])
+def test_groups_inexact_only_through_a_layers_own_forward_are_checked_by_the_outputs(mix, ln):
+    # timm's BatchNormAct2d made every group of a timm CNN inexact: masked equivalence was
+    # skipped for all of them, though the outputs can tell whether its forward keeps the
+    # channels apart
+    from viewer.core.prune import Pruner
+
+    torch.manual_seed(0)
+    p = Pruner(NormActNet(mix, ln).eval(), (torch.randn(2, 3, 8, 8),))
+    first, second = (next(g for g in p.groups if g.root == r) for r in "ab")
+    assert not first.exact and first.opaque_only != ln and second.opaque_only
+    plan = p.plan(0.5)
+    assert set(plan.removed) == {first.id, second.id}
+    me = p.verify(p.apply(plan), plan)["masked_equivalence"]
+    if not mix and not ln:
+        assert me["ok"] and me["max_abs_diff"] < 1e-5, me
+        assert me["own_forward"].startswith("2 pruned groups hold a layer with its own forward")
+    elif mix:  # the mean over the channels shows: said, and the check falls back on nothing
+        assert "checked all the same" in me["skipped"] and "exact_groups" not in me, me
+    else:  # the norm over the channels is inexact for sure; the other group is checked
+        assert "normalises over pruned channels" in me["skipped"] or \
+            "(and more)" in me["skipped"], me
+        part = me["exact_groups"]
+        assert part["ok"] and part["groups"] == 1 and part["own_forward"] == 1, me
 
 
 def test_glu_pairs_the_two_halves_it_multiplies():

@@ -123,6 +123,10 @@ class Group:
     stats_notes: list[str] = field(default_factory=list)
     multiple_of: int = 1  # units must be removed in multiples of this (e.g. MHA num_heads)
     multiple_why: list[str] = field(default_factory=list)  # why, in words
+    #: inexact only because a layer replaces the forward of the torch layer it extends
+    #: (timm's BatchNormAct2d): no rule knows what it computes, but masked equivalence can
+    #: tell whether it keeps channels apart (see Pruner.verify)
+    opaque_only: bool = False
 
     @property
     def prunable(self) -> bool:
@@ -195,6 +199,11 @@ class _Ctx:
 
     def inexact(self, note: str) -> None:
         self.search.stats_notes.append(note)
+
+    def opaque(self, note: str) -> None:
+        """Inexact for all DepView knows: a layer's own forward, which no rule reads."""
+        self.search.stats_notes.append(note)
+        self.search.opaque_notes.add(note)
 
     def merge(self, units: IntArray) -> None:
         self.search.union_all(units)
@@ -297,7 +306,7 @@ def _window_dim(node: Node, same: bool, verb: str, ctx: _Ctx, flows: list[Flow])
 
 
 def _own_forward_note(node: Node, ctx: _Ctx) -> None:
-    ctx.inexact(f"'{node.name}' ({node.own_forward}) replaces the forward of the torch layer it "
+    ctx.opaque(f"'{node.name}' ({node.own_forward}) replaces the forward of the torch layer it "
                 f"extends: DepView prunes it as a {node.op_type.name} and cannot check what its "
                 "own forward computes")
 
@@ -1900,6 +1909,7 @@ class _Search:
         self.blocked: list[IntArray] = []
         self.whole_blocked = False
         self.stats_notes: list[str] = []
+        self.opaque_notes: set[str] = set()  # those of them that only a run can settle
         self.multiple = 1
         self.multiple_why: list[str] = []
         self.mha_sides: dict[int, set[str]] = {}
@@ -2353,6 +2363,7 @@ def _search(graph: Graph, root: Node, side: str, dim: int, pos: IntArray,
                                f"pre-hook ({why})")
     grp.stats_notes = list(dict.fromkeys(s.stats_notes))
     grp.exact = not grp.stats_notes
+    grp.opaque_only = not grp.exact and set(grp.stats_notes) <= s.opaque_notes
     grp.multiple_of = s.multiple
     grp.multiple_why = s.multiple_why
     for nid, sides in s.mha_sides.items():
@@ -2411,7 +2422,7 @@ def split_blocked(grp: Group, bad: IntArray, free_id: int, blocked_id: int
                 tensors[k] = (p, u)
         part = Group(gid, grp.root, grp.root_side, int(keep.sum()), members, tensors,
                      list(grp.reasons) if want else [], grp.exact, list(grp.stats_notes),
-                     grp.multiple_of, list(grp.multiple_why))
+                     grp.multiple_of, list(grp.multiple_why), grp.opaque_only)
         if not want:
             _check_multiple(part)
         parts.append(part)

@@ -1714,31 +1714,66 @@ class Pruner:
         res["shapes_kept"] = [t.shape for _, t in fo] == [t.shape for _, t in fp]
         by_id = {g.id: g for g in self.groups}
         inexact = [gid for gid in plan.removed if not by_id[gid].exact]
+        # inexact only through a layer's own forward (timm's BatchNormAct2d): the outputs
+        # can tell whether it keeps channels apart, so those groups are checked as exact
+        # ones are, and a difference there only says the check cannot be made
+        opaque = {gid for gid in inexact if by_id[gid].opaque_only}
+        checks = masked and _real(self.model)
         if not res["shapes_kept"]:
             res["masked_equivalence"] = {"skipped": "the output shapes changed"}
-        elif masked and not inexact and _real(self.model):
-            res["masked_equivalence"] = self._masked_equivalence(plan, fp)
-        else:
-            res["masked_equivalence"] = {
-                "skipped": f"{counted(len(inexact), 'pruned group')} "
-                f"{'is' if len(inexact) == 1 else 'are'} inexact: "
-                f"{by_id[inexact[0]].stats_notes[0] if by_id[inexact[0]].stats_notes else ''}"
-                f"{' (and more)' if len(inexact) > 1 else ''}"
-                if inexact else "model has no real weights"}
-            exact = {gid: u for gid, u in plan.removed.items() if by_id[gid].exact}
-            if masked and inexact and exact and _real(self.model):
-                # a transformer's residual stream is inexact (its norms see the lost
-                # channels), which skipped the check for every plan that pruned it: the
-                # exact groups are still checked, pruned alone, on a copy of their own
-                part = Plan(exact, dict(plan.settings))
-                try:
-                    alone = flatten(run(self.apply(part), self.inputs))
-                    check = self._masked_equivalence(part, alone)
-                except Exception as exc:  # (the whole plan ran: say what this part did)
-                    check = {"ok": False, "error": f"{type(exc).__name__}: "
-                                                  f"{(str(exc).splitlines() or [''])[0]}"}
-                res["masked_equivalence"]["exact_groups"] = {"groups": len(exact), **check}
+            return res
+        tried = None
+        if checks and set(inexact) <= opaque:
+            check = self._masked_equivalence(plan, fp)
+            if check["ok"] or not opaque:
+                if opaque:
+                    check["own_forward"] = (
+                        f"{counted(len(opaque), 'pruned group')} "
+                        f"{'holds' if len(opaque) == 1 else 'hold'} a layer with its own "
+                        "forward, which these outputs show keeps the channels apart")
+                res["masked_equivalence"] = check
+                return res
+            tried = check
+        res["masked_equivalence"] = {
+            "skipped": f"{counted(len(inexact), 'pruned group')} "
+            f"{'is' if len(inexact) == 1 else 'are'} inexact: "
+            f"{by_id[inexact[0]].stats_notes[0] if by_id[inexact[0]].stats_notes else ''}"
+            f"{' (and more)' if len(inexact) > 1 else ''}"
+            + (f" (checked all the same: max |diff| {tried['max_abs_diff']:.3g}, so such a "
+               "layer's forward mixes channels, or normalises over them)" if tried else "")
+            if inexact else "model has no real weights"}
+        if not (checks and inexact):
+            return res
+        # a transformer's residual stream is inexact (its norms see the lost channels),
+        # which skipped the check for every plan that pruned it: the exact groups are still
+        # checked, pruned alone, on a copy of their own; with the groups whose layers have
+        # their own forward first, unless the whole plan's check just failed on them
+        exact = {gid: u for gid, u in plan.removed.items() if by_id[gid].exact}
+        wider = {gid: u for gid, u in plan.removed.items() if by_id[gid].exact or
+                 gid in opaque and tried is None}
+        part = None
+        if len(wider) > len(exact):
+            part = self._alone(plan, wider)
+            if part.get("ok"):  # (counted among the exact ones, which they proved to be)
+                part["own_forward"] = len(wider) - len(exact)
+            else:
+                part = None
+        if part is None and exact:
+            part = self._alone(plan, exact)
+        if part is not None:
+            res["masked_equivalence"]["exact_groups"] = part
         return res
+
+    def _alone(self, plan: Plan, removed: dict[int, list[int]]) -> dict:
+        """Masked equivalence of ``removed``, some of ``plan``'s groups, pruned alone."""
+        part = Plan(removed, dict(plan.settings))
+        try:
+            alone = flatten(run(self.apply(part), self.inputs))
+            check = self._masked_equivalence(part, alone)
+        except Exception as exc:  # (the whole plan ran: say what this part did)
+            check = {"ok": False, "error": f"{type(exc).__name__}: "
+                                          f"{(str(exc).splitlines() or [''])[0]}"}
+        return {"groups": len(removed), **check}
 
     def _masked_equivalence(self, plan: Plan, pruned_out: list) -> dict:
         """The outputs ``pruned_out`` (flattened) of the model pruned by ``plan`` against
@@ -2226,10 +2261,12 @@ def _joined(a: Group, b: Group) -> Group:
     tensors = dict(a.tensors)
     for k, v in b.tensors.items():
         tensors[k] = cat(tensors[k], v) if k in tensors else v
+    exact = a.exact and b.exact
     return Group(a.id, a.root, a.root_side, a.n_units,
                  sorted(members.values(), key=lambda m: (m.node, m.side)), tensors, [],
-                 a.exact and b.exact, a.stats_notes + b.stats_notes, a.multiple_of,
-                 list(dict.fromkeys(a.multiple_why + b.multiple_why)))
+                 exact, a.stats_notes + b.stats_notes, a.multiple_of,
+                 list(dict.fromkeys(a.multiple_why + b.multiple_why)),
+                 not exact and (a.exact or a.opaque_only) and (b.exact or b.opaque_only))
 
 
 def _overlap(a: Group, b: Group) -> bool:
