@@ -1278,6 +1278,38 @@ def test_groups_inexact_only_through_a_layers_own_forward_are_checked_by_the_out
         assert part["ok"] and part["groups"] == 1 and part["own_forward"] == 1, me
 
 
+class SharedDepthwise(nn.Module):
+    """One depthwise conv run on two maps (CoaT's position encodings, shared by blocks)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(3, 8, 1)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.head = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        return self.head(torch.cat([self.dw(self.a(x)), self.dw(self.b(x))], 1))
+
+
+def test_a_depthwise_conv_called_twice_ties_the_channels_of_both_maps():
+    # before: "'dw' and 'dw:1' share their weights; DepView cannot follow such a tie for a
+    # DEPTHWISE_CONV layer": both maps blocked
+    from viewer.core.prune import Pruner
+
+    torch.manual_seed(0)
+    p = Pruner(SharedDepthwise().eval(), (torch.randn(2, 3, 8, 8),))
+    g = next(grp for grp in p.groups if grp.root == "a")
+    assert not p.reason(g) and g.n_units == 8
+    assert {m.node_name for m in g.members} >= {"a", "b", "dw", "dw:1", "head"}
+    assert np.array_equal(g.member("a", "out").unit, g.member("b", "out").unit)
+    assert not any(grp.root == "b" for grp in p.groups)  # (b's channels are a's group's)
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    assert pruned.dw.weight.shape == (4, 1, 3, 3) and pruned.head.in_channels == 8
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+
+
 def test_glu_pairs_the_two_halves_it_multiplies():
     """Conformer's convolution module: pointwise conv to 2C, GLU back to C, depthwise conv."""
     from viewer.core.prune import Pruner

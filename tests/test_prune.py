@@ -2812,6 +2812,44 @@ def test_a_stream_whose_width_an_attention_reads_from_its_shape_prunes_with_its_
     assert model.embed.out_features == c  # the loaded model is untouched
 
 
+class TwoStages(nn.Module):
+    """Two stages of nanoGPT-style attention (widths from the stream's shape) with head dims
+    of one size, 4, as DaViT's stages have (96 / 3 heads, 192 / 6, ...), a linear between."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.a1 = nn.Linear(5, 8), NanoAttention(8, 2)
+        self.down, self.a2 = nn.Linear(8, 16), NanoAttention(16, 4)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x + self.a1(x)
+        x = self.down(x)
+        x = x + self.a2(x)
+        return self.head(x)
+
+
+def test_a_stream_joins_the_head_dims_of_the_attention_it_feeds_not_another_stages():
+    # before, each stream was tried joined with every attention's head dims of that size,
+    # the other stage's too, which failed: both streams and all four head-dim groups blocked
+    torch.manual_seed(0)
+    model, x = TwoStages().eval(), torch.randn(2, 6, 5)
+    p = Pruner(model, (x,))
+    p.validate_groups()
+    by_root = {g.root: g for g in p.groups}
+    s1, s2 = by_root["stem"], by_root["down"]
+    assert not p.reason(s1) and not p.reason(s2), (p.reason(s1), p.reason(s2))
+    assert s1.n_units == s2.n_units == 4  # one per head dim: 2 and 4 stream channels each
+    assert p.reason(by_root["a1.c_attn"]).startswith(f"pruned with group #{s1.id} ('stem')")
+    assert p.reason(by_root["a2.c_attn"]).startswith(f"pruned with group #{s2.id} ('down')")
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+    assert (pruned.stem.out_features, pruned.down.out_features) == (4, 8)
+
+
 class ScaledAttention(nn.Module):
     """HF Longformer's attention, densely: q scaled by 1/sqrt(head_dim) by hand (a number
     the forward derives from a width), q/k/v split by the stream's width and viewed with the

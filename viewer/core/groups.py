@@ -1875,9 +1875,11 @@ RULES: dict[OpType, Rule] = {
 def _untied(node: Node) -> bool:
     """Layers whose cuts are not the member's own positions (gates, packed heads, a grouped
     conv's per-group columns): a tie between two of their calls is not followed (except
-    between calls of one RNN cell, see :meth:`_Search.tie`)."""
+    between calls of one RNN cell, see :meth:`_Search.tie`). A depthwise conv's cuts are its
+    channels' own rows: a module called on several maps (CoaT's shared position encodings)
+    ties them."""
     return node.op_type in (OpType.MHA, OpType.LSTM, OpType.GRU, OpType.RNN) or \
-        int(node.attrs.get("groups", 1)) > 1
+        int(node.attrs.get("groups", 1)) > 1 and node.op_type is not OpType.DEPTHWISE_CONV
 
 
 class _Search:

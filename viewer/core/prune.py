@@ -1303,12 +1303,18 @@ class Pruner:
                 others = [g for g in fails if g.n_units == n and g.id not in joined | {a.id}]
                 if len({g.multiple_of for g in others}) != 1:
                     continue
-                # those under the anchor's own parent module first (an attention's q and v:
-                # a VAE's encoder and decoder attention are not tied to each other)
+                # those that share a layer with the anchor first (the attentions a stage's
+                # stream feeds, not a later stage's of as many head dims: DaViT, Twins), then
+                # those under its own parent module (an attention's q and v: a VAE's encoder
+                # and decoder attention are not tied to each other)
+                held = {m.node for m in a.members}
+                linked = [b for b in others if any(m.node in held for m in b.members)]
                 near = [b for b in others if _scope(b.root) == _scope(a.root)]
-                if near and len(near) < len(others) and \
-                        self._runs_instead(by_id[a.id], self._tied(a, near), attempt, repair):
-                    others = near
+                first = next((c for c in (linked, near) if c and len(c) < len(others) and
+                              self._runs_instead(by_id[a.id], self._tied(a, c), attempt,
+                                                 repair)), None)
+                if first is not None:
+                    others = first
                 elif not self._runs_instead(by_id[a.id], self._tied(a, others), attempt,
                                             repair):
                     # the same join from another of as many units would fail alike (the
