@@ -520,6 +520,53 @@ def test_split_sizes_stored_as_a_list_follow_each_part_and_reload(tmp_path, as_t
         assert torch.equal(again(*lm.inputs), pruned(*lm.inputs))
 
 
+CROSS_STAGE = '''
+import torch
+from torch import nn
+
+
+class CrossStage(nn.Module):
+    """timm's CSPDarknet stage (``divide``) and SKNet's split input: a split whose size the
+    code computes from a stored width, ``self.expand_chs // 2`` or ``// self.num_paths``."""
+
+    def __init__(self, divide: str = "literal"):
+        super().__init__()
+        self.divide, self.num_paths = divide, 2
+        self.expand_chs = 16
+        self.conv_exp = nn.Conv2d(3, self.expand_chs, 1)
+        self.block = nn.Conv2d(8, 8, 3, padding=1)
+        self.conv_transition = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        x = self.conv_exp(x)
+        k = 2 if self.divide == "literal" else self.num_paths
+        xs, xb = x.split(self.expand_chs // k, dim=1)
+        return self.conv_transition(torch.cat([xs, self.block(xb)], 1))
+'''
+
+
+@pytest.mark.parametrize("divide", ["literal", "attribute"])
+def test_a_split_size_divided_from_a_stored_width_follows_and_reloads(tmp_path, divide):
+    # the group was blocked ("Invalid channel dimensions"): only an attribute equal to the
+    # part's size was tried, not the whole width the code divides
+    (tmp_path / "csp.py").write_text(CROSS_STAGE)
+    lm = load_model(f"{tmp_path / 'csp.py'}:CrossStage", inputs=["1x3x8x8"],
+                    kwargs={"divide": divide}, seed=0)
+    p = Pruner(lm.model, lm.inputs)
+    g = next(g for g in p.groups if g.root == "conv_exp")
+    assert not p.reason(g) and p.sets(g) == ["expand_chs"]
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    assert pruned.expand_chs == pruned.conv_exp.out_channels == 8 and pruned.block.in_channels == 4
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+    out = export_dir(p, plan, pruned, tmp_path / "out", lm.source)
+    assert json.loads((out / "plan.json").read_text())["attrs"][""]["expand_chs"] == 8
+    again = load_pruned(out)
+    with torch.no_grad():
+        assert torch.equal(again(*lm.inputs), pruned(*lm.inputs))
+
+
 LAYER_NORM_2D = '''
 import torch
 from torch import nn

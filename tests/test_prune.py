@@ -782,8 +782,8 @@ def test_validation_probes_a_small_model_for_real_and_finds_what_meta_finds(
             assert len(shared) > 10 and len({id(r) for r in shared}) == 1 and shared[0]
         shared.clear()
     assert found[prune_mod.REAL_PROBE_BYTES] == found[0]
-    # 10 break alone; the two stages' streams are then joined with the position bias
-    # tables of their heads (whole heads: the stream's width is read from its shape)
+    # 10 break alone; the two stages' streams are then joined with the head dims of the
+    # attentions they feed (the stream's width is read from its shape)
     assert len(found[0][0]) == 8
     assert sum(why.startswith("pruned with group") for why in found[0][0].values()) == 4
 

@@ -1524,6 +1524,11 @@ class Pruner:
                     continue
                 if type(v) is int and v == size // parts:
                     out.append(SizeAttr(node.module, k, node.id, key, size, parts))
+                elif type(v) is int and parts > 1 and v == size:
+                    # the whole width, which the code divides into the parts' size itself:
+                    # split(x, self.expand_chs // 2) (CSPDarknet), split(x, self.in_channels
+                    # // self.num_paths) (SKNet)
+                    out.append(SizeAttr(node.module, k, node.id, key, size))
                 elif type(v) in (list, tuple) and len(v) <= 8:
                     # normalized_shape = (hidden_size,), unflattened_size = (C, H, W)
                     out += [SizeAttr(node.module, k, node.id, key, size, parts, boxed=True,
