@@ -2850,6 +2850,58 @@ def test_a_stream_joins_the_head_dims_of_the_attention_it_feeds_not_another_stag
     assert (pruned.stem.out_features, pruned.down.out_features) == (4, 8)
 
 
+class ReducedAttention(nn.Module):
+    """PVT v2's (and Twins') spatial-reduction attention: keys and values come from the
+    stream through a strided conv, and every view takes C from the stream's shape."""
+
+    def __init__(self, c: int = 8, heads: int = 2):
+        super().__init__()
+        self.heads = heads
+        self.q, self.kv, self.proj = nn.Linear(c, c), nn.Linear(c, 2 * c), nn.Linear(c, c)
+        self.sr = nn.Conv2d(c, c, 2, stride=2)
+
+    def forward(self, x, h, w):
+        b, n, c = x.shape
+        q = self.q(x).reshape(b, n, self.heads, c // self.heads).permute(0, 2, 1, 3)
+        r = self.sr(x.permute(0, 2, 1).reshape(b, c, h, w)).reshape(b, c, -1).permute(0, 2, 1)
+        k, v = self.kv(r).reshape(b, -1, 2, self.heads, c // self.heads).permute(
+            2, 0, 3, 1, 4).unbind(0)
+        y = F.scaled_dot_product_attention(q, k, v, scale=0.5)
+        return self.proj(y.transpose(1, 2).reshape(b, n, c))
+
+
+class ReducedNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.attn, self.head = nn.Conv2d(3, 8, 1), ReducedAttention(), nn.Linear(8, 3)
+
+    def forward(self, x):
+        h, w = x.shape[2:]
+        t = self.stem(x).flatten(2).transpose(1, 2)
+        t = t + self.attn(t, h, w)
+        return self.head(t.mean(1))
+
+
+def test_a_stream_joins_groups_of_two_unit_counts_that_read_its_width():
+    # the stream (8), the reduction conv's output (8, its width read from the stream's
+    # shape) and the head dims (4) break alone, and so does any join of one unit count:
+    # before, all three stayed blocked
+    torch.manual_seed(0)
+    model, x = ReducedNet().eval(), torch.randn(2, 3, 4, 4)
+    p = Pruner(model, (x,))
+    p.validate_groups()
+    stream = next(g for g in p.groups if g.root == "stem")
+    assert not p.reason(stream) and stream.n_units == 4, p.reason(stream)
+    others = [g for g in p.groups if g.root.startswith("attn.")]
+    assert len(others) == 2 and all(
+        p.reason(g).startswith(f"pruned with group #{stream.id} ('stem')") for g in others)
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    assert pruned.stem.out_channels == pruned.attn.sr.out_channels == 4
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+
+
 class ScaledAttention(nn.Module):
     """HF Longformer's attention, densely: q scaled by 1/sqrt(head_dim) by hand (a number
     the forward derives from a width), q/k/v split by the stream's width and viewed with the

@@ -1307,8 +1307,7 @@ class Pruner:
                 # stream feeds, not a later stage's of as many head dims: DaViT, Twins), then
                 # those under its own parent module (an attention's q and v: a VAE's encoder
                 # and decoder attention are not tied to each other)
-                held = {m.node for m in a.members}
-                linked = [b for b in others if any(m.node in held for m in b.members)]
+                linked = [b for b in others if _reads_from(a, b)]
                 near = [b for b in others if _scope(b.root) == _scope(a.root)]
                 first = next((c for c in (linked, near) if c and len(c) < len(others) and
                               self._runs_instead(by_id[a.id], self._tied(a, c), attempt,
@@ -1322,31 +1321,51 @@ class Pruner:
                     # a layer); a smaller one may still join groups of its own
                     tried |= {b.id for b in others if b.n_units == a.n_units}
                     continue
-                self._validated[a.id] = ""
-                per = a.n_units // n
-                for b in others:
-                    self._validated[b.id] = _joined_reason(
-                        a, "alone, each breaks a view or split whose size follows the other's "
-                           "width (read from its shape, as B, T, C = x.size(), or from an "
-                           "attribute both read), so they shrink together"
-                           + (f", {per} of #{a.id}'s channels for each unit of this group"
-                              if per > 1 else ""))
-                joined |= {a.id} | {b.id for b in others}
-                for x in [a, *others]:  # (a paired group's other units: a group of their own)
-                    if x.id in paired:
-                        if x is not a:
-                            self.groups[next(k for k, g in enumerate(self.groups)
-                                             if g.id == x.id)] = x
-                        self._add_group(paired[x.id][1], attempt)
+                self._mark_joined(a, others, joined, paired, attempt)
                 break
+            else:
+                # no join of one unit count ran: those of every count that share a layer
+                # with the anchor, together (Twins' and PVT v2's attention: the stream, the
+                # spatial reduction conv that reads it and the head dims, whose views all
+                # take C from the stream's shape), each bundled to the fewest units
+                linked = [g for g in fails if g.id not in joined | {a.id}
+                          and a.n_units % g.n_units == 0 and g.multiple_of == 1
+                          and _reads_from(a, g)]
+                fewest = min((g.n_units for g in linked), default=0)
+                if len({g.n_units for g in linked}) > 1 and \
+                        all(g.n_units % fewest == 0 for g in linked) and \
+                        self._runs_instead(by_id[a.id], self._tied(a, linked), attempt, repair):
+                    self._mark_joined(a, linked, joined, paired, attempt)
+
+    def _mark_joined(self, a: Group, others: list[Group], joined: set[int],
+                     paired: dict[int, tuple[Group, Group]], attempt: Callable) -> None:
+        """``a``'s join with ``others`` ran (it holds ``a``'s place): ``a`` prunes, each of the
+        others says which group prunes its channels."""
+        self._validated[a.id] = ""
+        for b in others:
+            per = a.n_units // b.n_units
+            self._validated[b.id] = _joined_reason(
+                a, "alone, each breaks a view or split whose size follows the other's "
+                   "width (read from its shape, as B, T, C = x.size(), or from an "
+                   "attribute both read), so they shrink together"
+                   + (f", {per} of #{a.id}'s channels for each unit of this group"
+                      if per > 1 else ""))
+        joined |= {a.id} | {b.id for b in others}
+        for x in [a, *others]:  # (a paired group's other units: a group of their own)
+            if x.id in paired:
+                if x is not a:
+                    self.groups[next(k for k, g in enumerate(self.groups)
+                                     if g.id == x.id)] = x
+                self._add_group(paired[x.id][1], attempt)
 
     @staticmethod
     def _tied(a: Group, others: list[Group]) -> Group:
-        """``a`` joined with ``others`` (all of one unit count): ``a``'s units bundled so that
-        it has as many, unit i of each other group with bundle i."""
-        both = _bundled(a, a.n_units // others[0].n_units)
+        """``a`` joined with ``others``: every group's units bundled so that each has as many
+        as the one with fewest, unit i of each with bundle i of ``a``."""
+        fewest = min(b.n_units for b in others)
+        both = _bundled(a, a.n_units // fewest)
         for b in others:
-            both = _joined(both, b)
+            both = _joined(both, _bundled(b, b.n_units // fewest))
         both.multiple_of = others[0].multiple_of
         return both
 
@@ -2192,6 +2211,14 @@ _TAKEN = "as whole heads, its channels are group "
 def _scope(layer: str) -> str:
     """The module a layer sits in: its path without the last name."""
     return layer.rpartition(".")[0]
+
+
+def _reads_from(a: Group, b: Group) -> bool:
+    """Do ``a`` and ``b`` share a layer other than ``a``'s root? (An attention and the stream
+    it reads and writes share its projections; the previous stage's stream shares only the
+    layer that makes ``a``'s channels from it.)"""
+    held = {m.node for m in a.members if m.node_name != a.root}
+    return any(m.node in held for m in b.members)
 
 
 def _joined_reason(into: Group, why: str) -> str:
