@@ -1543,7 +1543,8 @@ class Pruner:
                     continue
                 if type(v) is int and v == size // parts:
                     out.append(SizeAttr(node.module, k, node.id, key, size, parts))
-                elif type(v) is int and parts > 1 and v == size:
+                elif type(v) is int and parts > 1 and v == size and \
+                        node.op_type is OpType.SPLIT:
                     # the whole width, which the code divides into the parts' size itself:
                     # split(x, self.expand_chs // 2) (CSPDarknet), split(x, self.in_channels
                     # // self.num_paths) (SKNet)
