@@ -446,6 +446,7 @@ def test_repeated_inexact_notes_collapse_into_one_line_per_kind():
     assert ("attention scale 1/sqrt(head_dim) changes with the width in 2 "
             "MultiheadAttentions: blocks.0.attn, blocks.1.attn") in text
     assert "'blocks.0.norm1' normalises" not in text.split("title")[0]
+    assert "Inexact: 5 LayerNorms" in text and "Maybe inexact" not in text  # (for sure)
     graph = s.session("vit").stage.graph
     # a note said once, and one the pattern does not know, stay as they are
     assert cb.collapse_notes(["'norm' normalises over pruned channels", "odd note",
@@ -556,6 +557,28 @@ def test_a_persistent_buffer_used_directly_is_shown_as_a_buffer_not_a_parameter(
     conv = cb.inspect(s, "sid", _op("conv"))
     assert "running_var" in _text(conv.group_panel) and "not prunable" not in _text(
         conv.group_panel)
+
+
+def test_a_group_inexact_only_through_a_layers_own_forward_says_apply_checks_it(tmp_path):
+    # timm's BatchNormAct2d: no rule reads its forward, but masked equivalence can
+    from conftest import file_session
+
+    s = file_session(tmp_path, (
+        "import torch\nclass BNAct(torch.nn.BatchNorm2d):\n"
+        "    def forward(self, x):\n"
+        "        return torch.relu(torch.nn.functional.batch_norm(x, self.running_mean,"
+        " self.running_var, self.weight, self.bias, False, 0.0, self.eps))\n"
+        "class M(torch.nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n"
+        "        self.conv, self.bn = torch.nn.Conv2d(3, 8, 3, padding=1), BNAct(8)\n"
+        "        self.head = torch.nn.Conv2d(8, 5, 1)\n"
+        "    def forward(self, x):\n"
+        "        return self.head(self.bn(self.conv(x)))\n"),
+        ("1x3x8x8",))
+    render(s, "sid", "new")
+    text = _text(cb.inspect(s, "sid", _op("conv")).group_panel)
+    assert "Maybe inexact: " in text and "(BNAct) replaces the forward" in text
+    assert "Masked equivalence checks it when you apply." in text
 
 
 def test_a_table_made_at_init_is_shown_as_such_and_pruned_when_read_once(tmp_path):

@@ -398,8 +398,11 @@ def group_panel(pruner: Pruner, group: Group, model_group: bool, note: str,
                           "shape, a tensor it makes, a width its code checks) to the new "
                           "size.", className="hint"))
     if not group.exact:
-        out.append(html.P("Inexact: " + "; ".join(collapse_notes(group.stats_notes,
-                                                                 pruner.graph)),
+        # (a layer's own forward only: verification's masked equivalence settles it)
+        out.append(html.P(("Maybe inexact: " if group.opaque_only else "Inexact: ")
+                          + "; ".join(collapse_notes(group.stats_notes, pruner.graph))
+                          + (". Masked equivalence checks it when you apply."
+                             if group.opaque_only else ""),
                           className="hint warn", title="\n".join(group.stats_notes)))
     out += [html.H4(f"Members ({len(group.members)})"), members_table(group),
             html.P(styles.EDGE_LABELS, className="hint edge-legend")]
