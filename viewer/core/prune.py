@@ -1307,7 +1307,7 @@ class Pruner:
                 # stream feeds, not a later stage's of as many head dims: DaViT, Twins), then
                 # those under its own parent module (an attention's q and v: a VAE's encoder
                 # and decoder attention are not tied to each other)
-                linked = [b for b in others if _reads_from(a, b)]
+                linked = [b for b in others if _shares_a_layer(a, b)]
                 near = [b for b in others if _scope(b.root) == _scope(a.root)]
                 first = next((c for c in (linked, near) if c and len(c) < len(others) and
                               self._runs_instead(by_id[a.id], self._tied(a, c), attempt,
@@ -1330,7 +1330,7 @@ class Pruner:
                 # take C from the stream's shape), each bundled to the fewest units
                 linked = [g for g in fails if g.id not in joined | {a.id}
                           and a.n_units % g.n_units == 0 and g.multiple_of == 1
-                          and _reads_from(a, g)]
+                          and _shares_a_layer(a, g)]
                 fewest = min((g.n_units for g in linked), default=0)
                 if len({g.n_units for g in linked}) > 1 and \
                         all(g.n_units % fewest == 0 for g in linked) and \
@@ -2214,7 +2214,7 @@ def _scope(layer: str) -> str:
     return layer.rpartition(".")[0]
 
 
-def _reads_from(a: Group, b: Group) -> bool:
+def _shares_a_layer(a: Group, b: Group) -> bool:
     """Do ``a`` and ``b`` share a layer other than ``a``'s root? (An attention and the stream
     it reads and writes share its projections; the previous stage's stream shares only the
     layer that makes ``a``'s channels from it.)"""
