@@ -507,7 +507,6 @@ def _parameter_rule(g, node, side, port, dim, units, pos, ctx):
     return []
 
 
-_buffer_block = _source_block("the buffer")  # (read by several ops: see _buffer_rule)
 
 
 def _buffer_rule(g, node, side, port, dim, units, pos, ctx):
@@ -518,7 +517,9 @@ def _buffer_rule(g, node, side, port, dim, units, pos, ctx):
     rotary frequency table every layer's q and k meet) blocks."""
     if node.params or node.buffers and g.read_once(node.id):
         return _parameter_rule(g, node, side, port, dim, units, pos, ctx)
-    return _buffer_block(g, node, side, port, dim, units, pos, ctx)
+    ctx.block(f"it reaches the buffer '{node.name}', a table made at init that several ops "
+              "read: its values cannot follow one group's width")
+    return []
 
 
 # --- virtual ops ------------------------------------------------------------------------------

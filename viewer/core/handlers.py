@@ -234,13 +234,8 @@ def _custom(node, side, dim, pos):
 
 
 def _parameter(node, side, dim, pos):
-    return [Cut(node.params[""], dim, pos)]
-
-
-def _buffer(node, side, dim, pos):
-    # persistent (params) or a non-persistent one read once (buffers; see groups' rule)
-    if not node.params and not node.buffers:
-        return _unsupported(node, side, dim, pos)
+    # (a BUFFER node names its tensor in params when the state_dict holds it, else in
+    # buffers: a table made at init, cut only where the model reads it once)
     return [Cut(_key(node, ""), dim, pos)]
 
 
@@ -258,7 +253,7 @@ CutFn = Callable[[Node, str, int, np.ndarray], list[Cut]]
 CUTS: dict[OpType, CutFn] = {
     OpType.INPUT: _unsupported,
     OpType.OUTPUT: _unsupported,
-    OpType.BUFFER: _buffer,
+    OpType.BUFFER: _parameter,
     OpType.CONSTANT: _unsupported,
     OpType.PARAMETER: _parameter,
     OpType.CONV: _conv,
