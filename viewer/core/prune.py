@@ -1749,10 +1749,13 @@ class Pruner:
         # can tell whether it keeps channels apart, so those groups are checked as exact
         # ones are, and a difference there only says the check cannot be made
         opaque = {gid for gid in inexact if by_id[gid].opaque_only}
-        checks = masked and _real(self.model)
         if not res["shapes_kept"]:
             res["masked_equivalence"] = {"skipped": "the output shapes changed"}
             return res
+        if not masked:
+            res["masked_equivalence"] = {"skipped": "not asked for"}
+            return res
+        checks = _real(self.model)
         tried = None
         if checks and set(inexact) <= opaque:
             check = self._masked_equivalence(plan, fp)
