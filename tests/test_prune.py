@@ -2903,6 +2903,71 @@ def test_a_stream_joins_groups_of_two_unit_counts_that_read_its_width():
     assert v["forward"] and v["masked_equivalence"]["ok"], v
 
 
+def _rotate_half(t):
+    half = t.shape[-1] // 2
+    return torch.cat([-t[..., half:], t[..., :half]], -1)
+
+
+class RopeQkvAttention(nn.Module):
+    """timm's EVA-02 attention: q, k and v biases concatenated into the fused projection's
+    bias, ``reshape(B, N, 3, num_heads, -1)``, rotary tables made at init that q and k both
+    read (so their head dims cannot shrink), the output reshaped to the stream's width C."""
+
+    def __init__(self, c: int = 16, heads: int = 2, n: int = 4):
+        super().__init__()
+        self.qkv, self.proj = nn.Linear(c, 3 * c, bias=False), nn.Linear(c, c)
+        self.q_bias, self.k_bias, self.v_bias = (nn.Parameter(torch.randn(c)) for _ in "qkv")
+        self.num_heads = heads
+        angle = torch.arange(n)[:, None] * torch.arange(1, c // heads // 2 + 1)[None] / 3
+        self.register_buffer("cos", angle.cos().repeat(1, 2), persistent=False)
+        self.register_buffer("sin", angle.sin().repeat(1, 2), persistent=False)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        bias = torch.cat((self.q_bias, self.k_bias, self.v_bias))
+        qkv = F.linear(x, self.qkv.weight, bias).reshape(b, n, 3, self.num_heads, -1)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        q, k = (t * self.cos + _rotate_half(t) * self.sin for t in (q, k))
+        y = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(y.transpose(1, 2).reshape(b, n, c))
+
+
+class RopeQkvNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed, self.head = nn.Linear(6, 16), nn.Linear(16, 3)
+        self.norms = nn.ModuleList(nn.LayerNorm(16) for _ in range(2))
+        self.attns = nn.ModuleList(RopeQkvAttention() for _ in range(2))
+
+    def forward(self, x):
+        x = self.embed(x)
+        for norm, attn in zip(self.norms, self.attns, strict=True):
+            x = x + attn(norm(x))
+        return self.head(x.mean(1))
+
+
+def test_whole_heads_found_past_a_rotary_table_join_the_stream_that_sizes_their_output():
+    # the head dims reach rotary tables every q and k read (blocked); whole heads, tried in
+    # their place, break reshape(B, N, C) alone, as the stream does: before, the heads were
+    # put back blocked before any join was tried, and the stream stayed whole (timm EVA-02)
+    torch.manual_seed(0)
+    model, x = RopeQkvNet().eval(), torch.randn(2, 4, 6)
+    p = Pruner(model, (x,))
+    p.validate_groups()
+    stream = next(g for g in p.groups if g.root == "embed")
+    assert not p.reason(stream), p.reason(stream)
+    heads = [g for g in p.groups if g.root.startswith("attns.")]
+    assert len(heads) == 2 and all(g.n_units == 2 for g in heads)
+    assert all(p.reason(g).startswith(f"pruned with group #{stream.id} ('embed')")
+               and "8 of #" in p.reason(g) for g in heads), [p.reason(g) for g in heads]
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    assert pruned.embed.out_features == 8 and [a.num_heads for a in pruned.attns] == [1, 1]
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["shapes_kept"], v
+    assert v["masked_equivalence"]["skipped"].startswith("1 pruned group is inexact"), v
+
+
 class ScaledAttention(nn.Module):
     """HF Longformer's attention, densely: q scaled by 1/sqrt(head_dim) by hand (a number
     the forward derives from a width), q/k/v split by the stream's width and viewed with the

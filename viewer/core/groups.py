@@ -1041,12 +1041,22 @@ def _map_reshape(a, b, dim, units, pos, inferred=None, copies=frozenset(), outer
             choice = gj.index(inferred)
         else:
             real = [t for t in big if gj[t] not in copies] or big
+            # a dim on which every pair has the same coordinate holds none of them apart
+            # (qkv's (3, heads, head_dim) seen from q alone: q is all at 0 on the 3)
+            real = [t for t in real if not _one_coord(flats, gb, t)] or real
             choice = min(real) if outer else max(real) if inner else \
                 max(real, key=lambda t: (gb[t], -t))
         stride_b = math.prod(gb[choice + 1:])
         coords = (flats // stride_b) % gb[choice]
         return gj[choice], np.repeat(units, coords.shape[1]), coords.reshape(-1), False
     raise DepViewError(f"reshape {a} -> {b}: dim {dim} not found")
+
+
+def _one_coord(flats: np.ndarray, gb: list[int], t: int) -> bool:
+    """Do all of ``flats`` (flat offsets in a group of dims of sizes ``gb``) lie at one
+    coordinate of dim ``t``?"""
+    coords = (flats // math.prod(gb[t + 1:])) % gb[t]
+    return bool(coords.size) and bool((coords == coords.flat[0]).all())
 
 
 def _regathering_dim(big: list[int], gb: list[int], flats: np.ndarray,

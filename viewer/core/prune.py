@@ -1099,11 +1099,6 @@ class Pruner:
         pending = [g for g in self.groups if g.id not in self._validated and not g.reason]
         if pending:
             check(pending)
-        for i, g in enumerate(self.groups):  # an alternative that does not run either
-            if g.id in blocked and self._validated.get(g.id):
-                self.groups[i] = blocked[g.id]
-                del self._validated[g.id]
-                self._sets.pop(g.id, None)
         # an alternative must not share channels with another prunable group: the groups
         # stay a partition (two layers' alternatives that found the same heads keep one)
         for gid in sorted(swapped):
@@ -1133,6 +1128,14 @@ class Pruner:
             # a join may meet a width a module's own code checks (FocalNet's downsampling
             # patch embedding compares its input's channels with num_channels)
             self._join_tied_widths(attempt, lambda g: repair(g) or repair_raised(g), paired)
+        # an alternative that does not run, not even joined (EVA's whole heads join its
+        # stream, whose width reshape(B, N, C) reads): the group as found comes back
+        for i, g in enumerate(self.groups):
+            err = self._validated.get(g.id)
+            if g.id in blocked and err and not err.startswith(_JOINED):
+                self.groups[i] = blocked[g.id]
+                del self._validated[g.id]
+                self._sets.pop(g.id, None)
         return {k: v for k, v in self._validated.items() if v}
 
     def _outer_instead_of_blocked(self) -> dict[int, Group]:
