@@ -2968,6 +2968,48 @@ def test_whole_heads_found_past_a_rotary_table_join_the_stream_that_sizes_their_
     assert v["masked_equivalence"]["skipped"].startswith("1 pruned group is inexact"), v
 
 
+class FusedRopeAttention(nn.Module):
+    """Qwen2-VL's vision attention: one fused projection viewed ``(seq, 3, heads, -1)`` and
+    unbound into q, k and v, rotary angles from a non-persistent ``inv_freq`` read twice, the
+    output viewed ``(seq, -1)``."""
+
+    def __init__(self, c: int = 16, heads: int = 4):
+        super().__init__()
+        self.qkv, self.proj, self.num_heads = nn.Linear(c, 3 * c), nn.Linear(c, c), heads
+        self.register_buffer("inv_freq", 1 / 100 ** (torch.arange(0, c // heads, 2) / c),
+                             persistent=False)
+
+    def forward(self, x):
+        seq = x.shape[0]
+        q, k, v = self.qkv(x).reshape(seq, 3, self.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+        pos = torch.arange(seq, dtype=x.dtype)[:, None]
+
+        def rope(t):  # (each reads the table)
+            angle = (pos * self.inv_freq).repeat(1, 2)[:, None]
+            return t * angle.cos() + _rotate_half(t) * angle.sin()
+
+        q, k = rope(q), rope(k)
+        y = F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1))
+        return self.proj(y.transpose(0, 1).reshape(seq, -1))
+
+
+def test_whole_heads_of_a_fused_qkv_view_past_a_rotary_table_prune():
+    # the head dims (the -1) reach the rotary table: blocked; the outer split took q, k or v
+    # (the 3), which unbind takes apart: blocked too, and the heads never pruned
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), FusedRopeAttention(), nn.Linear(16, 3)).eval()
+    x = torch.randn(5, 6)
+    p = Pruner(model, (x,))
+    p.validate_groups()
+    heads = next(g for g in p.groups if g.root == "1.qkv")
+    assert not p.reason(heads) and heads.n_units == 4, p.reason(heads)
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    assert pruned[1].num_heads == 2 and pruned[1].qkv.out_features == 24
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+
+
 class ScaledAttention(nn.Module):
     """HF Longformer's attention, densely: q scaled by 1/sqrt(head_dim) by hand (a number
     the forward derives from a width), q/k/v split by the stream's width and viewed with the

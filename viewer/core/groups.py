@@ -1036,7 +1036,7 @@ def _map_reshape(a, b, dim, units, pos, inferred=None, copies=frozenset(), outer
         regather = _regathering_dim(big, gb, flats, units)
         if regather is not None:
             choice = regather
-        elif inferred is not None and not inner and outer != OVER_INFERRED and inferred in gj \
+        elif inferred is not None and not inner and outer < OVER_INFERRED and inferred in gj \
                 and b[inferred] > 1:
             choice = gj.index(inferred)
         else:
@@ -1044,8 +1044,10 @@ def _map_reshape(a, b, dim, units, pos, inferred=None, copies=frozenset(), outer
             # a dim on which every pair has the same coordinate holds none of them apart
             # (qkv's (3, heads, head_dim) seen from q alone: q is all at 0 on the 3)
             real = [t for t in real if not _one_coord(flats, gb, t)] or real
-            choice = min(real) if outer else max(real) if inner else \
-                max(real, key=lambda t: (gb[t], -t))
+            if outer:  # (past the outermost of three or more: see outer_alternative)
+                choice = sorted(real)[1 if outer == PAST_OUTERMOST and len(real) > 2 else 0]
+            else:
+                choice = max(real) if inner else max(real, key=lambda t: (gb[t], -t))
         stride_b = math.prod(gb[choice + 1:])
         coords = (flats // stride_b) % gb[choice]
         return gj[choice], np.repeat(units, coords.shape[1]), coords.reshape(-1), False
@@ -2697,8 +2699,9 @@ def split_sizes(graph: Graph, group: Group) -> list[tuple[Node, TensorKey, tuple
     return out
 
 
-#: ``outer`` of :func:`_map_reshape` that also overrides a ``-1``: see :func:`outer_alternative`
-OVER_INFERRED = 2
+#: ``outer`` of :func:`_map_reshape` that also overrides a ``-1``, and that also skips the
+#: outermost of three or more candidate dims: see :func:`outer_alternative`
+OVER_INFERRED, PAST_OUTERMOST = 2, 3
 
 
 def outer_alternative(graph: Graph, group: Group, over_inferred: bool = False) -> Group | None:
@@ -2706,7 +2709,11 @@ def outer_alternative(graph: Graph, group: Group, over_inferred: bool = False) -
     outer dim (whole heads instead of head dims: ``view(b, -1, self.num_heads,
     self.head_dim)`` leaves it open), or None when that gives the same group.
     ``over_inferred``: also where a ``-1`` would decide (Falcon-40B's ``view(b, s,
-    self.num_kv_heads, -1, head_dim)``, whose ``-1`` holds a kv group's q heads, k and v)."""
+    self.num_kv_heads, -1, head_dim)``, whose ``-1`` holds a kv group's q heads, k and v);
+    and if that gives no group or a blocked one, once more with the second outermost of
+    splits into three or more dims: a fused projection's ``reshape(seq, 3, heads, -1)``
+    (Qwen2-VL's vision attention), whose outermost dim is q, k or v, which ``unbind``
+    takes apart."""
     root = graph.by_name[group.root]
     d = root_dim(root)
     if group.root_side != "out" or d is None:
@@ -2715,15 +2722,21 @@ def outer_alternative(graph: Graph, group: Group, over_inferred: bool = False) -
     if key not in group.tensors:
         return None
     pos = np.unique(group.tensors[key][0])
-    try:
-        alt = _search(graph, root, "out", d, pos, group.id,
-                      outer=OVER_INFERRED if over_inferred else True)
-    except (DepViewError, IndexError, ValueError):  # a rule failed: no alternative
-        return None
-    same = alt.n_units == group.n_units and \
-        [(m.node, m.side, m.dim) for m in alt.members] == \
-        [(m.node, m.side, m.dim) for m in group.members]
-    return None if same else alt
+    modes = (OVER_INFERRED, PAST_OUTERMOST) if over_inferred else (True,)
+    alt = None
+    for outer in modes:
+        try:
+            found = _search(graph, root, "out", d, pos, group.id, outer=outer)
+        except (DepViewError, IndexError, ValueError):  # a rule failed: no alternative
+            continue
+        same = found.n_units == group.n_units and \
+            [(m.node, m.side, m.dim) for m in found.members] == \
+            [(m.node, m.side, m.dim) for m in group.members]
+        if not same:
+            alt = found
+            if not found.reasons:
+                break
+    return alt
 
 
 class _Template:
