@@ -18,7 +18,15 @@ from torch import nn
 from viewer.core.errors import DepViewError
 from viewer.core.export import export_dir, load_pruned
 from viewer.core.optypes import OpType
-from viewer.core.prune import IMPORTANCE, Plan, Pruner, attr_changes, masked_note, parse_ignore
+from viewer.core.prune import (
+    IMPORTANCE,
+    Plan,
+    Pruner,
+    attr_changes,
+    blind_note,
+    masked_note,
+    parse_ignore,
+)
 from viewer.core.spec import load_model
 
 
@@ -56,6 +64,32 @@ def test_masked_equivalence(demo_pruner, name, crit):
     pruned = p.apply(plan)
     res = p.verify(pruned, plan)["masked_equivalence"]
     assert res["ok"], res
+    assert "blind" not in res, res  # the zeroed channels moved the outputs: a real check
+
+
+def test_masked_equivalence_says_when_it_could_not_fail():
+    # a head initialised to zeros (some timm models' are, without weights): every output is
+    # the head's bias, pruned or not, so the check passes whatever the pruning did
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    p = Pruner(model, (x,))
+    plan = p.plan(0.5)
+    v = p.verify(p.apply(plan), plan)
+    assert v["masked_equivalence"]["ok"] and "blind" not in v["masked_equivalence"], v
+    assert blind_note(v) == ""
+    with torch.no_grad():
+        model[-1].weight.zero_()
+    p = Pruner(model, (x,))
+    pruned = p.apply(plan)
+    with torch.no_grad():
+        pruned[0].weight.mul_(2)  # a wrong pruned model: the check passes all the same
+    v = p.verify(pruned, plan)
+    assert v["masked_equivalence"]["ok"] and v["masked_equivalence"]["blind"], v
+    assert blind_note(v).startswith("note: masked equivalence tells nothing here: zeroing")
+    from viewer.app.callbacks.prune import verification_text
+    assert "masked equivalence tells nothing here" in verification_text(v)
 
 
 def _widths_of(module, side):
@@ -3006,6 +3040,70 @@ def test_whole_heads_of_a_fused_qkv_view_past_a_rotary_table_prune():
     plan = p.plan(0.5)
     pruned = p.apply(plan)
     assert pruned[1].num_heads == 2 and pruned[1].qkv.out_features == 24
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+
+
+class RelPosTable(nn.Module):
+    """timm's RelPosMlp: an MLP over fixed coordinates makes a bias per head, in a method the
+    model's forward calls (``get_bias``, whose ops are the model's), viewed by the table's
+    own stored ``num_heads`` and ``bias_shape``."""
+
+    def __init__(self, n: int = 4, heads: int = 2):
+        super().__init__()
+        self.num_heads, self.bias_shape = heads, (n, n, heads)
+        self.mlp = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, heads))
+        self.register_buffer("coords", torch.randn(n * n, 2), persistent=False)
+
+    def get_bias(self):
+        bias = self.mlp(self.coords).view(-1, self.num_heads)
+        return bias.view(self.bias_shape).permute(2, 0, 1)
+
+
+class SharedBiasAttention(nn.Module):
+    def __init__(self, c: int = 8, heads: int = 2):
+        super().__init__()
+        self.qkv, self.proj = nn.Linear(c, 3 * c), nn.Linear(c, c)
+        self.num_heads, self.head_dim = heads, c // heads
+
+    def forward(self, x, bias):
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        return self.proj(y.transpose(1, 2).reshape(b, n, c))
+
+
+class SharedBiasNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed, self.rel, self.head = nn.Linear(6, 8), RelPosTable(), nn.Linear(8, 3)
+        self.attns = nn.ModuleList(SharedBiasAttention() for _ in range(2))
+
+    def forward(self, x):
+        x, bias = self.embed(x), self.rel.get_bias()
+        for attn in self.attns:
+            x = x + attn(x, bias)
+        return self.head(x.mean(1))
+
+
+def test_sizes_a_submodule_method_stores_are_found_when_the_outer_forward_calls_it():
+    # the heads (one bias per head for every attention) break rel's views, run as the
+    # model's ops: rel's num_heads and bias_shape were never candidates, and the heads and
+    # the stream (reshape(b, n, c)) stayed blocked (timm's vit_srelpos)
+    torch.manual_seed(0)
+    model, x = SharedBiasNet().eval(), torch.randn(2, 4, 6)
+    p = Pruner(model, (x,))
+    p.validate_groups()
+    stream = next(g for g in p.groups if g.root == "embed")
+    heads = next(g for g in p.groups if g.root == "rel.mlp.2")
+    assert not p.reason(stream), p.reason(stream)
+    assert heads.n_units == 2 and p.reason(heads).startswith(
+        f"pruned with group #{stream.id} ('embed')"), p.reason(heads)
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    assert (pruned.rel.num_heads, tuple(pruned.rel.bias_shape)) == (1, (4, 4, 1))
+    assert [a.num_heads for a in pruned.attns] == [1, 1] and pruned.embed.out_features == 4
     v = p.verify(pruned, plan)
     assert v["forward"] and v["masked_equivalence"]["ok"], v
 

@@ -110,7 +110,7 @@ def cmd_groups(args) -> int:
 
 def cmd_prune(args) -> int:
     from .core.export import check_out_dir, export_dir
-    from .core.prune import masked_note, untraced_note
+    from .core.prune import blind_note, masked_note, untraced_note
 
     if args.device == "meta":
         raise DepViewError("prune needs real weights: use --device cpu")
@@ -151,7 +151,8 @@ def cmd_prune(args) -> int:
     if not plan.removed:  # say why, on the same line: scripts read one line
         why = f" ({_nothing_pruned(args, pruner, plan, overrides)})"
     failed = masked_note(verification)
-    notes = [n for n in (failed, untraced_note(verification), _bn_note(plan)) if n]
+    notes = [n for n in (failed, blind_note(verification), untraced_note(verification),
+                         _bn_note(plan)) if n]
     print(f"pruned {counted(report['units_removed'], 'unit')} in "
           f"{counted(report['groups_pruned'], 'group')}: "
           f"params {p['before']:,} -> {p['after']:,}, MACs {m['before']:,} -> {m['after']:,}"
@@ -197,7 +198,7 @@ def _bn_note(plan) -> str:
 
 def cmd_check(args) -> int:
     from .core.export import check_dir
-    from .core.prune import masked_note, untraced_note
+    from .core.prune import blind_note, masked_note, untraced_note
 
     if not args.dir.strip():  # an unset $VAR: not the current directory
         raise DepViewError("check needs an export directory, got an empty path")
@@ -208,7 +209,7 @@ def cmd_check(args) -> int:
         status = "OK" if res.get("ok") else "FAILED"
         ran = "ran" if res.get("forward") else "failed"
         v = res.get("verification") or {}
-        notes = [*res.get("problems", []), masked_note(v), untraced_note(v),
+        notes = [*res.get("problems", []), masked_note(v), blind_note(v), untraced_note(v),
                  *res.get("notes", [])]
         print(f"{status}: {res['spec']} reloaded, forward {ran}"
               f", output shapes {res.get('output_shapes')}"

@@ -15,7 +15,7 @@ from dash import Input, Output, State, ctx, html, no_update
 from viewer.core.errors import DepViewError
 from viewer.core.export import round_entry
 from viewer.core.groups import units_are_heads
-from viewer.core.prune import IMPORTANCE, Plan, batch_shapes, untraced_note
+from viewer.core.prune import IMPORTANCE, Plan, batch_shapes, blind_note, untraced_note
 from viewer.core.text import counted
 
 from .. import charts, ids, styles
@@ -241,9 +241,7 @@ def verification_text(v: dict | None) -> str:
                          f"alone {'ok' if part['ok'] else 'FAILED'}"
                          + (f" (max |Δ| {part['max_abs_diff']:.2g})"
                             if "max_abs_diff" in part else ""))
-    note = untraced_note(v)
-    if note:
-        parts.append(note)
+    parts += [n for n in (blind_note(v), untraced_note(v)) if n]
     return ", ".join(parts)
 
 
