@@ -254,6 +254,7 @@ class Pruner:
         #: module path -> the attributes its forward read in one run (see :meth:`_reads`)
         self._attr_reads: dict[str, set[str]] | None = None
         self._outputs: list | None = None  # the unpruned outputs (see _original_outputs)
+        self._canon: dict[str, str] | None = None  # module path -> its named_modules path
         self._sets: dict[int, list[SizeAttr]] = {}  # group id -> attributes it must update
         self._config_owner: dict[int, str] | None = None  # id(config) -> first module path
         self._outer_tried: set[int] = set()  # blocked groups whose outer alternative was tried
@@ -1299,11 +1300,16 @@ class Pruner:
         joined: set[int] = set()
         tried: set[int] = set()  # anchors of a join that did not run, and its other groups
         for a in sorted(fails, key=lambda g: (-g.n_units, g.id)):
-            if a.id in joined | tried or a.multiple_of != 1:
+            if a.id in joined or a.multiple_of != 1:
                 continue
             sizes = sorted({g.n_units for g in fails if g.id not in joined | {a.id}
                             and a.n_units % g.n_units == 0}, reverse=True)
             for n in sizes:
+                if n == a.n_units and a.id in tried:
+                    # (a join of groups of its own count failed from another of them; one of
+                    # fewer units may still join it: CoaT's stage streams, each with its own
+                    # attention's head dims)
+                    continue
                 others = [g for g in fails if g.n_units == n and g.id not in joined | {a.id}]
                 if len({g.multiple_of for g in others}) != 1:
                     continue
@@ -1538,24 +1544,26 @@ class Pruner:
         shrinks (:func:`fixed_sizes`), equal to that size, and its list or tuple attributes
         equal to a split's sizes (:func:`split_sizes`): what they may have been read from."""
         mods = dict(self.model.named_modules())
+        canon = self._canonical_paths()
         out = []
         for node, key, size, parts in fixed_sizes(self.graph, group):
-            for path in [node.module, *self._callees(node)]:
-                if path in mods:
+            for path in dict.fromkeys(canon.get(p) for p in [node.module, *self._callees(node)]):
+                if path is not None:
                     out += self._stored_size(path, mods[path], node, key, size, parts)
         for node, key, lo, hi in slice_spans(self.graph, group):
             # a bound of a slice: Phi-3's qkv[..., :query_pos], with query_pos =
             # config.num_attention_heads * head_dim, and [query_pos:query_pos + kv * head_dim]
-            if node.module in mods:
+            if node.module in canon:
+                node = dataclasses.replace(node, module=canon[node.module])
                 out += self._span_candidates(group, node, key, lo, hi, mods)
         for node, key, sizes in split_sizes(self.graph, group):
-            if node.module not in mods:
+            path = canon.get(node.module)
+            if path is None:
                 continue
-            attrs = [(k, v) for k, v in vars(mods[node.module]).items() if not k.startswith("_")]
+            attrs = [(k, v) for k, v in vars(mods[path]).items() if not k.startswith("_")]
             for k, v in attrs:
                 if type(v) in (list, tuple) and tuple(v) == sizes:
-                    out.append(SizeAttr(node.module, k, node.id, key, sum(sizes), len(sizes),
-                                        sizes))
+                    out.append(SizeAttr(path, k, node.id, key, sum(sizes), len(sizes), sizes))
             if len(set(sizes)) > 1:
                 # sizes given one by one, split((self.embed_dim, self.kv_dim, self.kv_dim)):
                 # an int attribute equal to a part's size may be that part's width (a part
@@ -1564,15 +1572,27 @@ class Pruner:
                     part = (node.id, i, key[2])
                     if part not in group.tensors:
                         continue
-                    equal = [SizeAttr(node.module, k, node.id, part, size)
+                    equal = [SizeAttr(path, k, node.id, part, size)
                              for k, v in attrs if type(v) is int and v == size]
                     # or a part's size is a product: DBRX's num_key_value_heads * head_dim,
                     # whose count follows
                     start = sum(sizes[:i])
                     out += equal + [r for r in self._span_candidates(
-                        group, node, key, start, start + size, mods)
+                        group, dataclasses.replace(node, module=path), key, start,
+                        start + size, mods)
                         if (r.module, r.attr) not in {(e.module, e.attr) for e in equal}]
         return [r for r in out if self._read(r)]
+
+    def _canonical_paths(self) -> dict[str, str]:
+        """Every path of a module (``named_modules`` without removing duplicates) -> the path
+        ``named_modules`` gives it: a module shared by several parents (CoaT's convolutional
+        position encoding, one per stage, held by each serial block) runs under the path of
+        the block that called it, while its stored sizes are set by its first path."""
+        if self._canon is None:
+            first = {id(m): n for n, m in self.model.named_modules()}
+            self._canon = {n: first[id(m)]
+                           for n, m in self.model.named_modules(remove_duplicate=False)}
+        return self._canon
 
     @staticmethod
     def _stored_size(path: str, mod: nn.Module, node: Node, key: tuple[int, int, int],
