@@ -35,6 +35,15 @@ def _exact_only(p, plan):
     return Plan({k: v for k, v in plan.removed.items() if by_id[k].exact}, plan.settings)
 
 
+def _validated(cls, *shape):
+    """A model of ``cls`` (seeded), an input of ``shape`` and its Pruner, validated."""
+    torch.manual_seed(0)
+    model, x = cls().eval(), torch.randn(*shape)
+    p = Pruner(model, (x,))
+    p.validate_groups()
+    return model, x, p
+
+
 def _state(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -713,10 +722,7 @@ def test_groups_that_run_only_when_shrunk_together_are_pruned_as_one():
     # validation shrank all groups at once first, both ran, and both were prunable: a plan
     # of either alone made a model whose forward failed. Then each was blocked; now they
     # are one group, checked by running the model with both shrunk by first and last units
-    torch.manual_seed(0)
-    model, x = WidthReadAcross().eval(), torch.randn(2, 3, 4, 4)
-    p = Pruner(model, (x,))
-    p.validate_groups()
+    model, x, p = _validated(WidthReadAcross, 2, 3, 4, 4)
     a, b = (next(grp for grp in p.groups if grp.root == root) for root in ("a", "b"))
     for g in (a, b):  # oracle: either alone breaks the model
         with pytest.raises(RuntimeError):
@@ -2868,10 +2874,7 @@ class TwoStages(nn.Module):
 def test_a_stream_joins_the_head_dims_of_the_attention_it_feeds_not_another_stages():
     # before, each stream was tried joined with every attention's head dims of that size,
     # the other stage's too, which failed: both streams and all four head-dim groups blocked
-    torch.manual_seed(0)
-    model, x = TwoStages().eval(), torch.randn(2, 6, 5)
-    p = Pruner(model, (x,))
-    p.validate_groups()
+    model, x, p = _validated(TwoStages, 2, 6, 5)
     by_root = {g.root: g for g in p.groups}
     s1, s2 = by_root["stem"], by_root["down"]
     assert not p.reason(s1) and not p.reason(s2), (p.reason(s1), p.reason(s2))
@@ -2921,10 +2924,7 @@ def test_a_stream_joins_groups_of_two_unit_counts_that_read_its_width():
     # the stream (8), the reduction conv's output (8, its width read from the stream's
     # shape) and the head dims (4) break alone, and so does any join of one unit count:
     # before, all three stayed blocked
-    torch.manual_seed(0)
-    model, x = ReducedNet().eval(), torch.randn(2, 3, 4, 4)
-    p = Pruner(model, (x,))
-    p.validate_groups()
+    model, x, p = _validated(ReducedNet, 2, 3, 4, 4)
     stream = next(g for g in p.groups if g.root == "stem")
     assert not p.reason(stream) and stream.n_units == 4, p.reason(stream)
     others = [g for g in p.groups if g.root.startswith("attn.")]
@@ -2984,10 +2984,7 @@ def test_whole_heads_found_past_a_rotary_table_join_the_stream_that_sizes_their_
     # the head dims reach rotary tables every q and k read (blocked); whole heads, tried in
     # their place, break reshape(B, N, C) alone, as the stream does: before, the heads were
     # put back blocked before any join was tried, and the stream stayed whole (timm EVA-02)
-    torch.manual_seed(0)
-    model, x = RopeQkvNet().eval(), torch.randn(2, 4, 6)
-    p = Pruner(model, (x,))
-    p.validate_groups()
+    model, x, p = _validated(RopeQkvNet, 2, 4, 6)
     stream = next(g for g in p.groups if g.root == "embed")
     assert not p.reason(stream), p.reason(stream)
     heads = [g for g in p.groups if g.root.startswith("attns.")]
@@ -3091,10 +3088,7 @@ def test_sizes_a_submodule_method_stores_are_found_when_the_outer_forward_calls_
     # the heads (one bias per head for every attention) break rel's views, run as the
     # model's ops: rel's num_heads and bias_shape were never candidates, and the heads and
     # the stream (reshape(b, n, c)) stayed blocked (timm's vit_srelpos)
-    torch.manual_seed(0)
-    model, x = SharedBiasNet().eval(), torch.randn(2, 4, 6)
-    p = Pruner(model, (x,))
-    p.validate_groups()
+    model, x, p = _validated(SharedBiasNet, 2, 4, 6)
     stream = next(g for g in p.groups if g.root == "embed")
     heads = next(g for g in p.groups if g.root == "rel.mlp.2")
     assert not p.reason(stream), p.reason(stream)
@@ -3170,10 +3164,7 @@ def test_each_stage_stream_joins_its_head_dims_with_a_shared_module_s_split_size
     # the path of the block that called the shared crpe ('blocks1.1.crpe'), which
     # named_modules calls 'crpe1': no candidate. And once stage 1's stream had failed to
     # join stage 2's (as many units), stage 2's was never tried with its own head dims
-    torch.manual_seed(0)
-    model, x = CoatLikeNet().eval(), torch.randn(2, 3, 8, 8)
-    p = Pruner(model, (x,))
-    p.validate_groups()
+    model, x, p = _validated(CoatLikeNet, 2, 3, 8, 8)
     streams = [next(g for g in p.groups if g.root == r) for r in ("embed1", "embed2")]
     assert all(not p.reason(g) and g.n_units == 4 for g in streams), \
         [p.reason(g) for g in streams]
@@ -3223,10 +3214,7 @@ def test_a_plan_keeps_exact_groups_beside_an_inexact_one_whose_width_moves_a_sca
     # 1/sqrt(head dim); validated alone that is allowed. The plan's check ran it with the
     # MLPs, whose exactness turned the number check on: each MLP was skipped, "together
     # with other groups of the plan", though the stream moved the number
-    torch.manual_seed(0)
-    model, x = NormedTiedWidthNet().eval(), torch.randn(2, 6, 5)
-    p = Pruner(model, (x,))
-    p.validate_groups()
+    model, x, p = _validated(NormedTiedWidthNet, 2, 6, 5)
     stream = p.groups[0]
     assert stream.root == "embed" and not p.reason(stream) and not stream.exact
     mlps = [g.id for g in p.groups if g.root.startswith("mlps.")]
@@ -3304,10 +3292,7 @@ class FocalNet(nn.Module):
 def test_a_split_sized_by_its_input_width_pairs_its_parts_and_joins_the_stream():
     # before, the stream failed alone (split (7, 7, 3) of 19 channels) and so did the
     # projection's group (35 units of three kinds: q, context, gates): both blocked
-    torch.manual_seed(0)
-    model, x = FocalNet().eval(), torch.randn(2, 3, 6, 6)
-    p = Pruner(model, (x,))
-    p.validate_groups()
+    model, x, p = _validated(FocalNet, 2, 3, 6, 6)
     assert [g.id for g in p.groups] == list(range(len(p.groups)))
     stream, proj, gates = p.groups[0], p.groups[1], p.groups[-1]
     assert stream.root == "stem" and not p.reason(stream) and stream.n_units == 8
@@ -3378,10 +3363,7 @@ class FrozenBNNet(nn.Module):
 def test_a_frozen_batchnorms_persistent_buffers_are_pruned_with_their_channels():
     # before, every group that reached a buffer was blocked: a detection backbone with
     # frozen BatchNorm (torchvision's, HF DETR's) could not be pruned at all
-    torch.manual_seed(0)
-    model, x = FrozenBNNet().eval(), torch.randn(2, 3, 8, 8)
-    p = Pruner(model, (x,))
-    p.validate_groups()
+    model, x, p = _validated(FrozenBNNet, 2, 3, 8, 8)
     stream, inner = p.groups[0], p.groups[1]
     assert stream.root == "conv1" and not p.reason(stream)
     assert {m.node_name for m in stream.members if m.side == "param"} == {
