@@ -344,3 +344,50 @@ def test_the_ready_message_says_tied_weights_are_stored_once_per_name(downloads,
     untied = cb.Checkpoint("tok", "m.zip", 10, ("model.safetensors",), "k",
                            {"written": False, "reason": "not requested"})
     assert "Tied" not in str(cb.ready_message("/u", untied).to_plotly_json())
+
+
+CONFIG_MODEL = '''
+import json
+import torch
+
+class Config:
+    def __init__(self, width=16):
+        self.width = width
+
+    def to_json_string(self):
+        return json.dumps(vars(self))
+
+class M(torch.nn.Module):
+    def __init__(self, config=None):
+        super().__init__()
+        self.config = config or Config()
+        self.a = torch.nn.Linear(4, self.config.width)
+        self.b = torch.nn.Linear(self.config.width, 3)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+'''
+
+
+def test_a_model_built_from_a_config_gets_it_fitted_and_in_the_checkpoint(tmp_path, downloads):
+    # Hugging Face's way: the class built from its config object alone. The round says what
+    # it set, the checkpoint carries config.json, and the model it builds is the pruned one
+    from conftest import file_session
+
+    store = file_session(tmp_path, CONFIG_MODEL, ("2x4",))
+    text = apply_round(store, "sid", SETTINGS)
+    assert text.endswith("; config sizes set to width=10."), text
+    session = store.session("sid")
+    assert session.stages[0].model.config.width == 16  # the loaded model's is not changed
+    ck = cb.prepare_checkpoint(store, downloads, "sid")
+    assert "config.json" in ck.files
+    with zipfile.ZipFile(io.BytesIO(_fetch(downloads, ck.token))) as zf:
+        assert json.loads(zf.read("config.json")) == {"width": 10, "architectures": ["M"]}
+        assert json.loads(zf.read("report.json"))["config"] == {
+            "written": True, "file": "config.json", "changed": {"width": 10}}
+    pruned = session.stage.model
+    built = type(pruned)(type(pruned.config)(width=10))
+    built.load_state_dict(pruned.state_dict())
+    x = session.base.inputs
+    with torch.no_grad():
+        assert torch.equal(built(*x), pruned(*x))

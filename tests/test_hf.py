@@ -792,16 +792,21 @@ def test_hf_model_named_by_the_user_prunes_checks_and_reloads_from_the_cli(tmp_p
         assert res.returncode == 0, res.stderr
         return res.stdout
 
-    cli("prune", f"hf_models.py:{name}", "--kwargs", kwargs, "--input", "1x8:int64",
-        "--ratio", "0.5", "--out", str(out))
+    said = cli("prune", f"hf_models.py:{name}", "--kwargs", kwargs, "--input", "1x8:int64",
+               "--ratio", "0.5", "--out", str(out))
+    assert ("(config.json not written: " if name == "xglm" else ", written to config.json)") \
+        in said, said
     report = json.loads((out / "report.json").read_text())
     assert report["params"]["after"] < report["params"]["before"]
-    if name == "gpt2":  # heads went, so the stored split size changed and is in the plan
+    if name == "gpt2":  # heads went, so the stored split size changed and is in the plan,
+        # with the config's sizes and the attributes a model built from them has
         attrs = json.loads((out / "plan.json").read_text())["attrs"]
-        assert attrs["transformer.h.0.attn"] == {"split_size": 16}
+        assert attrs["transformer.h.0.attn"] == {"split_size": 16, "embed_dim": 16,
+                                                 "num_heads": 2}
+        assert attrs[""] == {"config.n_embd": 16, "config.n_head": 2}
     if name == "phi3":  # its slice bounds come from the config every layer shares
         attrs = json.loads((out / "plan.json").read_text())["attrs"]
-        assert attrs[""] == {"config.num_attention_heads": 4}
+        assert attrs[""]["config.num_attention_heads"] == 4
         assert all(attrs[f"model.layers.{i}.self_attn"] == {"num_key_value_heads": 2}
                    for i in range(3))
     if name == "xglm":  # its sinusoidal position table (made at init) lost the stream's
@@ -817,6 +822,21 @@ def test_hf_model_named_by_the_user_prunes_checks_and_reloads_from_the_cli(tmp_p
     assert set(saved) <= set(state)
     for k, v in saved.items():
         assert torch.equal(state[k], v), k
+    # the config.json beside the weights makes the export a Hugging Face checkpoint: their
+    # from_pretrained builds the pruned model (XGLM's sinusoidal table, cut by the stream,
+    # is not what its config would make: no config.json, and the report says why)
+    config = report["config"]
+    assert config["written"] == (name != "xglm"), config
+    assert (out / "config.json").exists() == config["written"]
+    if not config["written"]:
+        assert "does not compute what the pruned model does" in config["reason"]
+        return
+    data = json.loads((out / "config.json").read_text())
+    assert all(data[k] == v for k, v in config["changed"].items())
+    hf = getattr(transformers, data["architectures"][0]).from_pretrained(out).eval()
+    ids = torch.randint(3, 100, (1, 8))
+    with torch.no_grad():  # (BERT's differ by 5e-10: the weights' memory layouts differ)
+        torch.testing.assert_close(hf(input_ids=ids)[0], model.eval()(input_ids=ids)[0])
 
 
 def opt():

@@ -516,8 +516,8 @@ def test_an_inexact_group_leaves_the_exact_ones_checked_alone(demo_pruner, monke
     # the check can fail: the exact part pruned wrongly (one kept weight changed)
     real = prune_mod.Pruner.apply
 
-    def broken(self, part):
-        pruned = real(self, part)
+    def broken(self, part, **kw):
+        pruned = real(self, part, **kw)
         if set(part.removed) == set(exact):
             with torch.no_grad():
                 next(m for m in pruned.modules() if isinstance(m, nn.Linear)).weight[0] += 1

@@ -110,6 +110,7 @@ def cmd_groups(args) -> int:
 
 def cmd_prune(args) -> int:
     from .core.export import check_out_dir, export_dir
+    from .core.modelconfig import config_note
     from .core.prune import blind_note, masked_note, untraced_note
 
     if args.device == "meta":
@@ -152,7 +153,7 @@ def cmd_prune(args) -> int:
         why = f" ({_nothing_pruned(args, pruner, plan, overrides)})"
     failed = masked_note(verification)
     notes = [n for n in (failed, blind_note(verification), untraced_note(verification),
-                         _bn_note(plan)) if n]
+                         _bn_note(plan), config_note(report.get("config"))) if n]
     print(f"pruned {counted(report['units_removed'], 'unit')} in "
           f"{counted(report['groups_pruned'], 'group')}: "
           f"params {p['before']:,} -> {p['after']:,}, MACs {m['before']:,} -> {m['after']:,}"

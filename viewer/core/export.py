@@ -172,11 +172,15 @@ def export_dir(pruner: Pruner, plan: Plan, pruned: nn.Module, out_dir: str | Pat
             "pt2": (_try_export_pt2(pruned, pruner.inputs, stage / "model.pt2") if pt2 else
                     {"written": False, "reason": "not requested"}),
         }
+        config = _write_config(pruner, pruned, stage / "config.json")
+        if config is not None:
+            report["config"] = config
         report["weights_sha256"] = _sha256(stage / "model.safetensors")
         report["output_digest"] = output_digest(run(pruned, pruner.inputs), pruner.inputs)
         (stage / "report.json").write_text(dumps(report, indent=1, default=str))
-        if not (stage / "model.pt2").exists():  # an earlier export's program is not this one's
-            (out / "model.pt2").unlink(missing_ok=True)
+        for name in ("model.pt2", "config.json"):  # an earlier export's are not this one's
+            if not (stage / name).exists():
+                (out / name).unlink(missing_ok=True)
         for f in sorted(stage.iterdir()):
             os.replace(f, out / f.name)
     except OSError as exc:
@@ -184,6 +188,27 @@ def export_dir(pruner: Pruner, plan: Plan, pruned: nn.Module, out_dir: str | Pat
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return out
+
+
+def _write_config(pruner: Pruner, pruned: nn.Module, path: Path) -> dict | None:
+    """Write ``config.json`` (Hugging Face's format, as ``save_pretrained`` writes it) when the
+    pruned model's config describes it, so ``from_pretrained`` of the export directory builds
+    the pruned model; what report.json says about it. None if the model holds no config."""
+    fit = pruner.fit_config(pruned, search=False)
+    if fit is None:
+        return None
+    if "reason" in fit:
+        earlier = pruner.config_fit if pruner.config_fit and "reason" in pruner.config_fit \
+            else fit
+        return {"written": False, "reason": earlier["reason"]}
+    cfg = held_config(pruned)
+    if not callable(getattr(cfg, "to_json_string", None)):
+        return {"written": False, "changed": fit["changed"],
+                "reason": f"{type(cfg).__name__} has no to_json_string() to write it with"}
+    data = json.loads(cfg.to_json_string())
+    data["architectures"] = [type(pruned).__name__]
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return {"written": True, "file": path.name, "changed": fit["changed"]}
 
 
 def _recorded_source(source: dict, inputs) -> dict:

@@ -45,6 +45,7 @@ from .groups import (
     split_sizes,
 )
 from .handlers import CUTS, REFRESH, Cut
+from .modelconfig import fit_config, held_config, rebuild_on_meta
 from .optypes import OpGroup, OpType, classify
 from .text import counted
 from .trace import build_graph, eval_mode, flatten, module_attrs, plain_module
@@ -259,6 +260,8 @@ class Pruner:
         self._config_owner: dict[int, str] | None = None  # id(config) -> first module path
         self._outer_tried: set[int] = set()  # blocked groups whose outer alternative was tried
         self._before: dict | None = None
+        #: what the last real :meth:`apply` did to the model's config (see :meth:`fit_config`)
+        self.config_fit: dict | None = None
         # False once the unpruned model failed on the meta device (a kernel whose meta version
         # rejects what the real one takes): previews and validation then use real tensors
         self._meta_ok = True
@@ -722,12 +725,54 @@ class Pruner:
             out[module][side] = width - len(gone)
         return out
 
-    def apply(self, plan: Plan, device: str | None = None) -> nn.Module:
+    def apply(self, plan: Plan, device: str | None = None, config: bool = True) -> nn.Module:
         """A pruned copy of the model. ``device="meta"`` builds it without memory (for
-        previews); otherwise tensors are index-selected from the original."""
+        previews); otherwise tensors are index-selected from the original.
+
+        ``config``: a model built from a config object (Hugging Face's ``model.config``) gets
+        the sizes in its copy of the config set to the pruned ones, when some values rebuild
+        it exactly (see :func:`~viewer.core.modelconfig.fit_config`); :attr:`config_fit`
+        then says what changed, or why the config was left as it was."""
         self.check_plan(plan)
-        return materialize(self.model, self.graph, self.changes(plan), self.widths(plan),
-                           device, self.size_attrs(plan))
+        pruned = materialize(self.model, self.graph, self.changes(plan), self.widths(plan),
+                             device, self.size_attrs(plan))
+        if config and device != "meta" and _real(pruned):
+            self.config_fit = self.fit_config(pruned)
+        return pruned
+
+    def fit_config(self, pruned: nn.Module, search: bool = True) -> dict | None:
+        """Fit ``pruned``'s config to its sizes (see :func:`fit_config`); the fitted config is
+        kept only if the model built from it, given the pruned weights, computes exactly what
+        ``pruned`` does on the example inputs. None if the model holds no config.
+        ``search=False`` only checks that the config ``pruned`` holds describes it (export
+        does, to write it), changing nothing."""
+        if held_config(self.model) is None:
+            return None
+        want = [t for _, t in flatten(run(pruned, self.inputs))]
+
+        def same(built: nn.Module | None) -> bool:
+            if built is None:
+                return False
+            try:
+                weights = pruned.state_dict()
+                if set(dict(built.named_buffers())) - set(built.state_dict()):
+                    # buffers made at init and not saved (rotary frequencies, a sinusoidal
+                    # table): from_pretrained makes them from the config, so must this
+                    # check; the others are the pruned weights, assigned
+                    device = next(iter(weights.values())).device if weights else "cpu"
+                    built = rebuild_on_meta(type(built), held_config(built), device)
+                built.load_state_dict(weights, strict=True, assign=True)
+                got = [t for _, t in flatten(run(built, self.inputs))]
+            except Exception:  # (a meta tensor left, a forward that fails)
+                return False
+            return len(got) == len(want) and all(
+                a.shape == b.shape and torch.equal(a, b) for a, b in zip(got, want, strict=True))
+
+        try:
+            return fit_config(self.model, pruned, same, search)
+        except Exception as exc:  # an extra: never the reason an apply fails
+            return {"reason": f"fitting the config failed: {type(exc).__name__}: "
+                              f"{(str(exc).splitlines() or [''])[0]}"}
 
     def size_attrs(self, plan: Plan, extra: dict[int, list[SizeAttr]] | None = None
                    ) -> dict[str, dict[str, int]]:
@@ -852,11 +897,11 @@ class Pruner:
                 # a pruned model that fails on meta for another reason is broken
                 if not _real(self.model) or ("meta" not in str(exc) and plan.removed):
                     raise
-                result = count(self.apply(plan), self.inputs)
+                result = count(self.apply(plan, config=False), self.inputs)
                 if "meta" not in str(exc):  # the unpruned model fails on meta, runs for real
                     self._meta_ok = False
                 return result
-        return count(self.apply(plan), self.inputs)
+        return count(self.apply(plan, config=False), self.inputs)
 
     def validate_groups(self) -> dict[int, str]:
         """Shrink each structurally prunable group by its first unit, then by its last, on
@@ -1863,7 +1908,7 @@ class Pruner:
         """Masked equivalence of ``removed``, some of ``plan``'s groups, pruned alone."""
         part = Plan(removed, dict(plan.settings))
         try:
-            alone = flatten(run(self.apply(part), self.inputs))
+            alone = flatten(run(self.apply(part, config=False), self.inputs))
             check = self._masked_equivalence(part, alone)
         except Exception as exc:  # (the whole plan ran: say what this part did)
             check = {"ok": False, "error": f"{type(exc).__name__}: "
@@ -2711,15 +2756,6 @@ def attr_changes(original: nn.Module, pruned: nn.Module) -> dict[str, dict]:
         if diff:
             out[name] = diff
     return out
-
-
-def held_config(mod: nn.Module):
-    """The config object a module holds as ``self.config`` (Hugging Face layers share the
-    model's), or None."""
-    cfg = vars(mod).get("config")
-    if cfg is None or isinstance(cfg, (nn.Module, torch.Tensor)) or not hasattr(cfg, "__dict__"):
-        return None
-    return cfg
 
 
 def config_owners(model: nn.Module) -> dict[int, str]:

@@ -15,6 +15,7 @@ from dash import Input, Output, State, ctx, html, no_update
 from viewer.core.errors import DepViewError
 from viewer.core.export import round_entry
 from viewer.core.groups import units_are_heads
+from viewer.core.modelconfig import config_note
 from viewer.core.prune import IMPORTANCE, Plan, batch_shapes, blind_note, untraced_note
 from viewer.core.text import counted
 
@@ -217,9 +218,11 @@ def apply_round(store: SessionStore, sid: str, settings: dict) -> str:
         n = round_number(session)
     before, after = stage.summary["params"], new.summary["params"]
     fell = l1_fallback_text(plan.settings.get("scored_by_l1"), len(plan.scores))
+    config = config_note(stage.pruner.config_fit)
     return (f"Round {n} applied: {counted(plan.n_removed, 'unit')} removed from "
             f"{counted(len(plan.removed), 'group')}; params {change(before, after)}; "
-            f"{verification_text(verification)}{f'; {fell}' if fell else ''}.")
+            f"{verification_text(verification)}{f'; {fell}' if fell else ''}"
+            f"{f'; {config}' if config else ''}.")
 
 
 def verification_text(v: dict | None) -> str:

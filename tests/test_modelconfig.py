@@ -1,0 +1,193 @@
+"""A pruned copy's config describes it: built from it, the model is the pruned one."""
+
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from viewer.core.export import export_dir
+from viewer.core.modelconfig import fit_config, rebuild_on_meta
+from viewer.core.prune import Pruner, attr_changes, flatten, run
+
+
+class Config:
+    """A config object as a model class takes one (duck-typed: any attributes)."""
+
+    def __init__(self, width: int = 16, hidden: int = 32, layers: int = 2, table: bool = False):
+        self.width, self.hidden, self.layers, self.table = width, hidden, layers, table
+
+
+class Block(nn.Module):
+    def __init__(self, config: Config):
+        super().__init__()
+        self.hidden_size = config.hidden  # never read: pruning leaves it stale
+        self.fc1 = nn.Linear(config.width, config.hidden)
+        self.fc2 = nn.Linear(config.hidden, config.width)
+
+    def forward(self, x):
+        return x + self.fc2(torch.relu(self.fc1(x)))
+
+
+class ConfigNet(nn.Module):
+    def __init__(self, config: Config):
+        super().__init__()
+        self.config = config
+        self.inp = nn.Linear(8, config.width)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.layers))
+        self.out = nn.Linear(config.width, 3)
+        if config.table:  # made from the config, not saved: a rebuild makes it afresh
+            self.register_buffer("scale", torch.linspace(0.5, 1.5, config.width),
+                                 persistent=False)
+
+    def forward(self, x):
+        x = self.inp(x)
+        if self.config.table:
+            x = x * self.scale
+        for b in self.blocks:
+            x = b(x)
+        return self.out(x)
+
+
+def _pruned(config: Config, **plan):
+    torch.manual_seed(0)
+    model = ConfigNet(config).eval()
+    p = Pruner(model, (torch.randn(2, 8),))
+    return model, p, p.apply(p.plan(0.5, **plan))
+
+
+def _outputs(model, inputs):
+    return [t for _, t in flatten(run(model, inputs))]
+
+
+def _built_from_config(pruned: nn.Module) -> nn.Module:
+    """What ``from_pretrained`` does: the class built from the config, the weights loaded."""
+    built = type(pruned)(pruned.config).eval()
+    built.load_state_dict(pruned.state_dict())
+    return built
+
+
+def test_fit_config_sets_the_sizes_a_rebuild_gives_the_pruned_shapes():
+    model, p, pruned = _pruned(Config())
+    assert p.config_fit == {"changed": {"width": 8, "hidden": 16}}
+    assert (pruned.config.width, pruned.config.hidden) == (8, 16)
+    # the loaded model and its config are never changed
+    assert model.config is not pruned.config and (model.config.width, model.config.hidden) == (
+        16, 32)
+    assert model.inp.out_features == 16
+    built = _built_from_config(pruned)
+    assert {k: v.shape for k, v in built.state_dict().items()} == {
+        k: v.shape for k, v in pruned.state_dict().items()}
+    x = (torch.randn(2, 8),)
+    assert torch.equal(_outputs(built, x)[0], _outputs(pruned, x)[0])
+    # the attribute pruning left stale now says what a rebuild says; plan.json records all
+    assert [b.hidden_size for b in pruned.blocks] == [16, 16]
+    changes = attr_changes(model, pruned)
+    assert changes[""] == {"config.width": 8, "config.hidden": 16}
+    assert changes["blocks.0"] == {"hidden_size": 16}
+
+
+def test_fit_config_leaves_a_config_that_cannot_describe_layers_of_different_widths():
+    torch.manual_seed(0)
+    model = ConfigNet(Config()).eval()
+    p = Pruner(model, (torch.randn(2, 8),))
+    first = next(g.id for g in p.groups if g.root == "blocks.0.fc1")
+    pruned = p.apply(p.plan(0.5, overrides={first: 0.25}))
+    assert pruned.blocks[0].fc1.out_features != pruned.blocks[1].fc1.out_features
+    reason = p.config_fit["reason"]
+    assert reason.startswith("no values of Config's sizes rebuild the pruned model: with the "
+                             "closest (")
+    assert "blocks.0.fc1.weight would be" in reason or "blocks.1.fc1.weight would be" in reason
+    assert (pruned.config.width, pruned.config.hidden) == (16, 32)  # left as it was
+    assert [b.hidden_size for b in pruned.blocks] == [32, 32]
+
+
+def test_fit_config_is_kept_only_if_the_rebuilt_model_computes_the_same():
+    # the shapes fit, but a rebuild makes the stream's scale table afresh for 8 channels,
+    # where the pruned model kept 8 of the 16-channel table: not the same model
+    model, p, pruned = _pruned(Config(table=True))
+    assert pruned.scale.shape == (8,)
+    assert p.config_fit["reason"].startswith("a model built from Config with the pruned sizes "
+                                             "(width=8, hidden=16) does not compute what")
+    assert pruned.config.width == 16
+    cfg = Config(width=8, hidden=16, table=True)
+    built = type(pruned)(cfg).eval()
+    built.load_state_dict(pruned.state_dict())
+    x = (torch.randn(2, 8),)
+    assert not torch.equal(_outputs(built, x)[0], _outputs(pruned, x)[0])
+
+
+def test_fit_config_says_when_the_class_does_not_rebuild_from_its_config():
+    torch.manual_seed(0)
+    model = ConfigNet(Config()).eval()
+    model.out = nn.Linear(16, 5)  # a head swapped after building: the config does not say so
+    p = Pruner(model, (torch.randn(2, 8),))
+    pruned = p.apply(p.plan(0.5))
+    assert p.config_fit["reason"] == ("ConfigNet(Config) does not rebuild the model it was "
+                                      "pruned from, so no config can describe the pruned one")
+    assert pruned.config.width == 16
+
+
+def test_models_without_a_config_are_not_fitted():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+    p = Pruner(model, (torch.randn(2, 8),))
+    p.apply(p.plan(0.5))
+    assert p.config_fit is None
+    assert fit_config(model, model) is None
+
+
+def test_rebuild_on_meta_keeps_the_random_state_and_returns_none_on_failure():
+    state = torch.random.get_rng_state()
+    built = rebuild_on_meta(ConfigNet, Config())
+    assert built.inp.weight.is_meta and torch.equal(torch.random.get_rng_state(), state)
+    assert rebuild_on_meta(ConfigNet, Config(width=-1)) is None
+
+
+def test_export_writes_the_fitted_config_and_drops_an_earlier_one(tmp_path):
+    import json
+
+    class JsonConfig(Config):
+        def to_json_string(self):
+            return json.dumps(vars(self))
+
+    torch.manual_seed(0)
+    model = ConfigNet(JsonConfig()).eval()
+    p = Pruner(model, (torch.randn(2, 8),))
+    plan = p.plan(0.5)
+    src = {"spec": "in-process", "kwargs": {}, "inputs": [], "seed": 0}
+    out = export_dir(p, plan, p.apply(plan), tmp_path / "x", src, pt2=False)
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"] == {"written": True, "file": "config.json",
+                                "changed": {"width": 8, "hidden": 16}}
+    data = json.loads((out / "config.json").read_text())
+    assert data["width"] == 8 and data["architectures"] == ["ConfigNet"]
+    # a plan the config cannot describe: no config.json (the earlier one is removed)
+    first = next(g.id for g in p.groups if g.root == "blocks.0.fc1")
+    plan = p.plan(0.5, overrides={first: 0.25})
+    out = export_dir(p, plan, p.apply(plan), tmp_path / "x", src, pt2=False)
+    report = json.loads((out / "report.json").read_text())
+    assert not report["config"]["written"]
+    assert report["config"]["reason"].startswith("no values of JsonConfig's sizes")
+    assert not (out / "config.json").exists()
+
+
+def test_hf_gpt2_heads_are_told_apart_by_running_the_rebuilt_model():
+    # GPT-2's n_embd alone rebuilds every pruned shape (its head_dim = n_embd / n_head
+    # follows), but as 4 heads of 4 where the pruned model runs 2 heads of 8: only the
+    # forward check tells them apart
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    tr = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model = tr.GPT2LMHeadModel(tr.GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=4,
+                                             n_positions=32, bos_token_id=0, eos_token_id=0))
+    inputs = {"input_ids": torch.randint(0, 100, (1, 8))}
+    p = Pruner(model.eval(), inputs)
+    pruned = p.apply(p.plan(0.5))
+    assert p.config_fit == {"changed": {"n_embd": 16, "n_head": 2}}
+    assert (model.config.n_embd, model.config.n_head) == (32, 4)
+    assert [(b.attn.embed_dim, b.attn.num_heads) for b in pruned.transformer.h] == [(16, 2)] * 2
+    want = _outputs(pruned, inputs)[0]
+    assert torch.equal(_outputs(_built_from_config(pruned), inputs)[0], want)
+    pruned.config.n_head = 4  # the shapes-only answer
+    assert not torch.equal(_outputs(_built_from_config(pruned), inputs)[0], want)

@@ -1,0 +1,298 @@
+"""The config object a model is built from (Hugging Face's ``model.config``), made to
+describe the pruned model.
+
+A Hugging Face model is rebuilt from its config alone (``type(model)(config)``, and
+``from_pretrained`` of a saved model): a pruned copy whose config still says
+``hidden_size=768`` rebuilds the unpruned shapes, and loading its weights fails or, with
+``ignore_mismatched_sizes``, silently starts from random ones. :func:`fit_config` sets the
+config's integer sizes of a pruned copy to values that rebuild exactly its tensor shapes and
+module attributes, checked by building the model from them on the meta device; when no
+values do (layers pruned to different widths, heads whose size the config ties to the
+stream), the config is left as it was and the reason is given.
+
+    >>> fit = fit_config(model, pruned)     # pruned made by Pruner.apply
+    >>> fit                                  # {"changed": {"hidden_size": 16, ...}}
+    >>> type(model)(pruned.config)           # builds the pruned shapes
+
+Torch only: the config is duck-typed (an object with integer attributes the model class's
+constructor takes as its one argument).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .trace import module_attrs
+
+#: candidate values tried one key at a time, then combined (each try is one meta build)
+MAX_CANDIDATES = 64
+#: configs at most checked by running the model built from them (two forwards each)
+MAX_CHECKS = 6
+
+
+def held_config(mod: nn.Module):
+    """The config object a module holds as ``self.config`` (Hugging Face layers share the
+    model's), or None."""
+    cfg = vars(mod).get("config")
+    if cfg is None or isinstance(cfg, (nn.Module, torch.Tensor)) or not hasattr(cfg, "__dict__"):
+        return None
+    return cfg
+
+
+def size_keys(cfg) -> dict[str, int]:
+    """The config's public integer attributes (not bools): the sizes it may give."""
+    return {k: v for k, v in vars(cfg).items()
+            if not k.startswith("_") and type(v) is int}
+
+
+def rebuild_on_meta(cls: type, cfg, device: str | torch.device = "meta") -> nn.Module | None:
+    """``cls(cfg)`` on the meta device (no memory, no weight init cost), or on ``device``;
+    None if the constructor fails. Leaves torch's random state and the logs as they were."""
+    quiet = logging.getLogger("transformers")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with torch.random.fork_rng(devices=[]), torch.device(device), \
+                warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            return cls(cfg)
+    except Exception:  # a constructor that does not take these values
+        return None
+    finally:
+        quiet.setLevel(level)
+
+
+def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items()}
+
+
+def _attrs(model: nn.Module) -> dict[tuple[str, str], object]:
+    return {(name, k): v for name, m in model.named_modules() for k, v in module_attrs(m).items()}
+
+
+def _differences(built: nn.Module | None, shapes: dict, attrs: dict, kept: dict,
+                 noise: set) -> tuple[int, int]:
+    """How far ``built`` is from the pruned model: (tensors missing, extra or of another
+    shape, plus attributes pruning set that ``built`` has otherwise; attributes pruning kept
+    that ``built`` has otherwise). The first must reach 0. The second breaks ties: a
+    correct config can differ there only in attributes the forward never reads (LlamaMLP's
+    ``hidden_size``, which pruning leaves stale), a wrong one also in those it does (LLaMA's
+    ``head_dim`` when the heads were taken for narrower ones). ``noise`` lists attributes
+    that differ already between the unpruned model and its rebuild (set while running)."""
+    if built is None:
+        return (1 << 30, 0)
+    got = _shapes(built)
+    n = len(got.keys() ^ shapes.keys()) + sum(got[k] != s for k, s in shapes.items() if k in got)
+    have = _attrs(built)
+    n += sum(have.get(k) != v for k, v in attrs.items() if k not in noise)
+    return n, sum(have.get(k) != v for k, v in kept.items() if k not in noise)
+
+
+def _candidates(keys: dict[str, int], pairs: set[tuple[int, int]]) -> list[tuple[str, int]]:
+    """(key, new value) for each size key that a changed width could be a multiple of: a
+    width ``d`` made of ``d / v`` parts of ``v`` becomes ``d2`` with parts of ``d2 * v / d``
+    (heads * head_dim -> fewer heads; an ffn width -> itself)."""
+    out = set()
+    for key, v in keys.items():
+        if v <= 0:
+            continue
+        for d, d2 in pairs:
+            if d % v == 0 and (d2 * v) % d == 0 and 0 < d2 * v // d != v:
+                out.add((key, d2 * v // d))
+    return sorted(out)
+
+
+def _sync_stale(pruned: nn.Module, built: nn.Module, old: dict, noise: set) -> None:
+    """Give the pruned model's attributes that pruning left at their old value the value a
+    model built from the fitted config has (LlamaMLP's unread ``hidden_size``), so that it
+    prints as ``from_pretrained`` of its export would build it."""
+    mods, theirs = dict(pruned.named_modules()), dict(built.named_modules())
+    for (path, k), v in _attrs(built).items():
+        if (path, k) not in noise and path in mods and old.get((path, k), v) != v \
+                and module_attrs(mods[path]).get(k) == old[(path, k)]:
+            setattr(mods[path], k, getattr(theirs[path], k))
+
+
+def fit_config(original: nn.Module, pruned: nn.Module,
+               same: Callable[[nn.Module], bool] | None = None,
+               search: bool = True) -> dict | None:
+    """Set the integer sizes of ``pruned``'s config (its own copy: the original's config is
+    not touched) so that ``type(pruned)(pruned.config)`` builds the pruned model's tensor
+    shapes and the attributes pruning set. ``same(built)``, given the model built on meta from
+    the fitted config, loads the pruned weights into it and says whether it computes what
+    the pruned model does; the values are kept only if it does.
+
+    Returns None when the model holds no config, ``{"changed": {key: new value}}`` (the
+    config's sizes that now differ from the original's), or ``{"reason": ...}`` when the
+    config cannot describe the pruned model; the config is then left as it was.
+    ``search=False`` changes nothing: it only says whether the config describes it now."""
+    cfg, cfg0 = held_config(pruned), held_config(original)
+    if cfg is None or cfg0 is None:
+        return None
+    if cfg is cfg0:
+        return {"reason": "the pruned model shares the original's config object"}
+    cls = type(original)
+    ref = rebuild_on_meta(cls, cfg0)
+    if ref is None or _shapes(ref) != _shapes(original):
+        return {"reason": f"{cls.__name__}({type(cfg0).__name__}) does not rebuild the model "
+                          "it was pruned from, so no config can describe the pruned one"}
+    old_attrs = _attrs(original)
+    noise = {k for k, v in old_attrs.items() if _attrs(ref).get(k, v) != v}
+    shapes, now = _shapes(pruned), _attrs(pruned)
+    attrs = {k: v for k, v in now.items() if old_attrs.get(k) != v}
+    kept = {k: v for k, v in now.items() if k not in attrs}
+    keys = size_keys(cfg)
+    before = dict(keys)
+    scores: dict[frozenset, tuple[int, int]] = {}
+
+    def score(values: dict[str, int]) -> tuple[int, int]:
+        memo = frozenset(values.items())
+        if memo not in scores:
+            for k, v in values.items():
+                setattr(cfg, k, v)
+            try:
+                scores[memo] = _differences(rebuild_on_meta(cls, cfg), shapes, attrs, kept,
+                                            noise)
+            finally:
+                for k in values:
+                    setattr(cfg, k, before[k])
+        return scores[memo]
+
+    start = score({})
+    if start[0] and not search:
+        return {"reason": f"its {type(cfg).__name__} does not rebuild it ({start[0]} tensor "
+                          "shapes or layer attributes differ)"}
+    single: dict[tuple[str, int], tuple[int, int]] = {}
+    if start[0]:
+        old = _shapes(original)
+        pairs = {(a, b) for k, s in shapes.items() if k in old and len(old[k]) == len(s)
+                 for a, b in zip(old[k], s, strict=True) if a != b}
+        pairs |= {(old_attrs[k], v) for k, v in attrs.items()
+                  if type(v) is int and type(old_attrs.get(k)) is int}
+        single = {c: score(dict([c])) for c in _candidates(keys, pairs)[:MAX_CANDIDATES]}
+    # each change that brings some shapes closer alone, those that upset the fewest
+    # attributes first: fewer heads of the same head_dim before a narrower head_dim (both
+    # shrink LLaMA's q_proj, only one leaves its head_dim as pruning did); passes repeat
+    # while one helps
+    # (then those that help only with others: Qwen2's fewer heads once its hidden_size is
+    # smaller, as its head_dim is hidden_size / heads)
+    ranked = sorted(single.items(), key=lambda kv: (kv[1][1], kv[1][0], kv[0]))
+    order = [c for c, s in ranked if s[0] < start[0]] + [c for c, s in ranked
+                                                        if s[0] >= start[0]]
+
+    def greedy(banned: frozenset = frozenset()) -> tuple[dict[str, int], tuple[int, int]]:
+        chosen: dict[str, int] = {}
+        best, more = start, bool(start[0])
+        while more:
+            more = False
+            for key, value in order:
+                if key in chosen or key in banned:
+                    continue
+                trial = score({**chosen, key: value})
+                if trial < best:
+                    chosen[key], best, more = value, trial, True
+        return chosen, best
+
+    chosen, best = greedy()
+    if best[0]:
+        for k, v in chosen.items():
+            setattr(cfg, k, v)
+        example = _first_difference(rebuild_on_meta(cls, cfg), shapes, attrs, noise)
+        for k in chosen:
+            setattr(cfg, k, before[k])
+        return {"reason": f"no values of {type(cfg).__name__}'s sizes rebuild the pruned "
+                          f"model: with the closest ({_listed(chosen)}) {example}, and "
+                          f"{best[0] - 1} more differ (layers pruned to different widths, or "
+                          "sizes the config ties together, as head size = hidden size / "
+                          "heads)"}
+
+    def attempts():
+        yield from _alternatives(chosen, single, score)
+        for key in chosen:  # the first answer does not compute the same: without each of
+            other, b = greedy(frozenset({key}))  # its changes (Gemma 2: fewer heads of 8,
+            if not b[0]:  # not as many heads of 4)
+                yield other
+
+    tried: list[dict[str, int]] = []
+    for values in attempts():
+        if values in tried:
+            continue
+        for k in keys:
+            setattr(cfg, k, values.get(k, before[k]))
+        built = rebuild_on_meta(cls, cfg)
+        if same is None or same(built):
+            if search:
+                _sync_stale(pruned, built, old_attrs, noise)
+            return {"changed": {k: v for k, v in size_keys(cfg).items()
+                                if size_keys(cfg0).get(k) != v}}
+        tried.append(values)
+        if len(tried) >= MAX_CHECKS:
+            break
+    for k in keys:
+        setattr(cfg, k, before[k])
+    return {"reason": f"a model built from {type(cfg).__name__} with the pruned sizes "
+                      f"({_listed(tried[0])}) does not compute what the pruned model does"}
+
+
+def _alternatives(chosen: dict[str, int], single: dict, score, most: int = 4):
+    """``chosen``, then (built only if it was not the one) the configs one more change away
+    that still rebuild every shape, fewest upset attributes first: GPT-2's ``n_head``
+    changes no shape (its head_dim follows), so only the check that runs the model tells
+    2 heads of 8 from 4 of 4."""
+    yield chosen
+    more = []
+    for (key, value) in single:
+        if key not in chosen and not (s := score({**chosen, key: value}))[0]:
+            more.append((s[1], key, value))
+    for _, key, value in sorted(more)[:most - 1]:
+        yield {**chosen, key: value}
+
+
+def config_note(fit: dict | None) -> str:
+    """One clause on what pruning did to the config (an apply's :attr:`Pruner.config_fit`, or
+    report.json's ``config``), or "" when there is nothing to say."""
+    if not fit:
+        return ""
+    if "reason" in fit and not fit.get("changed"):
+        return f"{'config.json not written' if 'written' in fit else 'config left as it was'}:" \
+               f" {fit['reason']}"
+    if not fit.get("changed"):
+        return ""
+    said = f"config sizes set to {_listed(fit['changed'])}"
+    if fit.get("written"):
+        return f"{said}, written to {fit.get('file', 'config.json')}"
+    if "reason" in fit:  # fitted, but not written (a config without to_json_string)
+        return f"{said} (not written: {fit['reason']})"
+    return said
+
+
+def _first_difference(built: nn.Module | None, shapes: dict, attrs: dict, noise: set) -> str:
+    """The first tensor or attribute of ``built`` that is not the pruned model's, in words."""
+    if built is None:
+        return "the model does not build"
+    got = _shapes(built)
+    for k, s in shapes.items():
+        if got.get(k) != s:
+            return f"{k} would be {_shape(got.get(k))}, pruned it is {_shape(s)}"
+    for k in got.keys() - shapes.keys():
+        return f"{k} would be there, pruned it is not"
+    have = _attrs(built)
+    for (path, k), v in attrs.items():
+        if (path, k) not in noise and have.get((path, k)) != v:
+            return f"{path}.{k} would be {have.get((path, k))!r}, pruned it is {v!r}"
+    return "nothing differs"
+
+
+def _shape(s) -> str:
+    return "missing" if s is None else "(" + ", ".join(map(str, s)) + ")"
+
+
+def _listed(values: dict[str, int]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in values.items()) or "unchanged"
