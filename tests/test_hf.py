@@ -951,3 +951,34 @@ def test_hf_validation_on_meta_finds_what_real_probes_find(factory, monkeypatch)
     # not a vacuous match: stored sizes were found (the attribute repairs ran on meta), or
     # groups were blocked (LeViT's hard-coded splits)
     assert any(found[0][2]) or found[0][0]
+
+
+def test_hf_config_is_fitted_again_in_a_second_round_and_from_pretrained_builds_both(tmp_path):
+    # round 2 starts from load_pruned of round 1, whose plan.json gave its config the round-1
+    # sizes back; its own fit starts there, and the two-round export reloads either way
+    import json
+
+    from viewer.core.spec import load_model
+
+    (tmp_path / "hf_models.py").write_text(HF_SPEC_FILE)
+    lm = load_model(f"{tmp_path / 'hf_models.py'}:llama", inputs=["1x8:int64"])
+    p1 = Pruner(lm.model, lm.inputs)
+    plan1 = p1.plan(0.5)
+    out1 = export_dir(p1, plan1, p1.apply(plan1), tmp_path / "r1", lm.source, pt2=False)
+    round1 = load_pruned(out1)
+    assert (round1.config.hidden_size, round1.config.num_attention_heads) == (16, 2)
+    p2 = Pruner(round1, lm.inputs)
+    plan2 = p2.plan(0.5)
+    pruned = p2.apply(plan2)
+    assert p2.config_fit == {"changed": {"hidden_size": 8, "intermediate_size": 16,
+                                         "num_attention_heads": 1}}
+    assert round1.config.hidden_size == 16  # round 2's model is a copy
+    rounds = json.loads((out1 / "plan.json").read_text())["rounds"]
+    out2 = export_dir(p2, plan2, pruned, tmp_path / "r2", lm.source, pt2=False, history=rounds)
+    assert json.loads((out2 / "config.json").read_text())["hidden_size"] == 8
+    ids = torch.randint(3, 100, (1, 8))
+    with torch.no_grad():
+        want = pruned.eval()(input_ids=ids)[0]
+        torch.testing.assert_close(load_pruned(out2)(input_ids=ids)[0], want)
+        hf = transformers.LlamaForCausalLM.from_pretrained(out2).eval()
+        torch.testing.assert_close(hf(input_ids=ids)[0], want)
