@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from viewer.core.export import export_dir
-from viewer.core.modelconfig import fit_config, rebuild_on_meta
+from viewer.core.modelconfig import config_note, fit_config, rebuild_on_meta
 from viewer.core.prune import Pruner, attr_changes, flatten, run
 
 
@@ -135,6 +135,24 @@ def test_models_without_a_config_are_not_fitted():
     p.apply(p.plan(0.5))
     assert p.config_fit is None
     assert fit_config(model, model) is None
+
+
+def test_a_config_the_class_is_not_built_from_is_not_fitted_or_mentioned():
+    class Holder(nn.Module):  # keeps settings in self.config, built without arguments
+        def __init__(self):
+            super().__init__()
+            self.config = Config()
+            self.a, self.b = nn.Linear(8, 16), nn.Linear(16, 3)
+
+        def forward(self, x):
+            return self.b(torch.relu(self.a(x)))
+
+    torch.manual_seed(0)
+    model = Holder().eval()
+    p = Pruner(model, (torch.randn(2, 8),))
+    pruned = p.apply(p.plan(0.5))
+    assert pruned.a.out_features == 8 and p.config_fit is None
+    assert config_note(p.config_fit) == ""
 
 
 def test_rebuild_on_meta_keeps_the_random_state_and_returns_none_on_failure():

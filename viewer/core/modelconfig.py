@@ -20,8 +20,6 @@ constructor takes as its one argument).
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import warnings
 from collections.abc import Callable
@@ -55,12 +53,12 @@ def size_keys(cfg) -> dict[str, int]:
 def rebuild_on_meta(cls: type, cfg, device: str | torch.device = "meta") -> nn.Module | None:
     """``cls(cfg)`` on the meta device (no memory, no weight init cost), or on ``device``;
     None if the constructor fails. Leaves torch's random state and the logs as they were."""
-    quiet = logging.getLogger("transformers")
+    quiet = logging.getLogger("transformers")  # (its warnings, once per candidate tried)
     level = quiet.level
     quiet.setLevel(logging.ERROR)
     try:
         with torch.random.fork_rng(devices=[]), torch.device(device), \
-                warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+                warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return cls(cfg)
     except Exception:  # a constructor that does not take these values
@@ -129,7 +127,8 @@ def fit_config(original: nn.Module, pruned: nn.Module,
     the fitted config, loads the pruned weights into it and says whether it computes what
     the pruned model does; the values are kept only if it does.
 
-    Returns None when the model holds no config, ``{"changed": {key: new value}}`` (the
+    Returns None when the model holds no config, or one its class is not built from alone
+    (``cls(config)`` fails), ``{"changed": {key: new value}}`` (the
     config's sizes that now differ from the original's), or ``{"reason": ...}`` when the
     config cannot describe the pruned model; the config is then left as it was.
     ``search=False`` changes nothing: it only says whether the config describes it now."""
@@ -140,7 +139,9 @@ def fit_config(original: nn.Module, pruned: nn.Module,
         return {"reason": "the pruned model shares the original's config object"}
     cls = type(original)
     ref = rebuild_on_meta(cls, cfg0)
-    if ref is None or _shapes(ref) != _shapes(original):
+    if ref is None:  # a config the model holds, but not one it is built from alone
+        return None
+    if _shapes(ref) != _shapes(original):
         return {"reason": f"{cls.__name__}({type(cfg0).__name__}) does not rebuild the model "
                           "it was pruned from, so no config can describe the pruned one"}
     old_attrs = _attrs(original)
