@@ -209,3 +209,71 @@ def test_hf_gpt2_heads_are_told_apart_by_running_the_rebuilt_model():
     assert torch.equal(_outputs(_built_from_config(pruned), inputs)[0], want)
     pruned.config.n_head = 4  # the shapes-only answer
     assert not torch.equal(_outputs(_built_from_config(pruned), inputs)[0], want)
+
+
+def _staged() -> Config:
+    cfg = Config()
+    cfg.widths = (8, 16, 32)  # a tuple: stays one
+    return cfg
+
+
+class StagedNet(nn.Module):
+    """Widths per stage in a list, as Hugging Face's vision configs give them."""
+
+    def __init__(self, config: Config):
+        super().__init__()
+        self.config = config
+        w = config.widths
+        self.stem = nn.Conv2d(3, w[0], 3)
+        self.stages = nn.ModuleList(nn.Sequential(nn.Conv2d(a, b, 3, padding=1), nn.ReLU())
+                                    for a, b in zip(w, w[1:], strict=False))
+        self.head = nn.Linear(w[-1], 3)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for s in self.stages:
+            x = s(x)
+        return self.head(x.mean((2, 3)))
+
+
+def test_fit_config_sets_items_of_a_list_of_widths_and_plan_json_gives_them_back():
+    from viewer.core.export import reshape_like_plan
+
+    torch.manual_seed(0)
+    model = StagedNet(_staged()).eval()
+    p = Pruner(model, (torch.randn(1, 3, 8, 8),))
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    assert p.config_fit == {"changed": {"widths": [4, 8, 16]}}
+    assert pruned.config.widths == (4, 8, 16) and model.config.widths == (8, 16, 32)
+    x = (torch.randn(1, 3, 8, 8),)
+    assert torch.equal(_outputs(_built_from_config(pruned), x)[0], _outputs(pruned, x)[0])
+    changes = attr_changes(model, pruned)
+    assert changes[""] == {"config.widths": [4, 8, 16]}
+    # what load_pruned does with plan.json: the original rebuilt, then reshaped by it
+    again = reshape_like_plan(StagedNet(_staged()), {"tensors": p.kept(plan), "attrs": changes})
+    assert again.config.widths == (4, 8, 16)  # (a tuple, as the model held it)
+
+
+def test_hf_vision_classifiers_get_their_widths_per_stage_fitted():
+    # ResNet (embedding_size and hidden_sizes, bottlenecks of a quarter of each), Swin
+    # (embed_dim doubled per stage, num_heads per stage): whole configs from_pretrained builds
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    tr = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    models = {
+        "resnet": (tr.ResNetForImageClassification(tr.ResNetConfig(
+            embedding_size=16, hidden_sizes=[16, 32, 64], depths=[1, 1, 1], num_labels=5)),
+            {"embedding_size": 8, "hidden_sizes": [8, 16, 32]}),
+        "swin": (tr.SwinForImageClassification(tr.SwinConfig(
+            image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 4],
+            window_size=4, num_labels=5)), {"embed_dim": 8, "num_heads": [1, 2]}),
+    }
+    x = {"pixel_values": torch.randn(1, 3, 32, 32)}
+    for name, (model, want) in models.items():
+        p = Pruner(model.eval(), x)
+        pruned = p.apply(p.plan(0.5))
+        assert p.config_fit == {"changed": want}, name
+        built = type(pruned)(pruned.config).eval()
+        built.load_state_dict(pruned.state_dict())
+        assert torch.equal(_outputs(built, x)[0], _outputs(pruned, x)[0]), name

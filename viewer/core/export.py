@@ -519,7 +519,7 @@ def _plain_attr(mod: nn.Module, key: str, value) -> bool:
         isinstance(value, list) and all(isinstance(x, scalar) for x in value))
     if isinstance(key, str) and key.startswith("config."):  # the config object it holds
         mod, key = held_config(mod), key.removeprefix("config.")
-        if mod is None or not isinstance(value, scalar):
+        if mod is None:
             return False
     if not (ok_value and isinstance(key, str) and not key.startswith("_") and key in vars(mod)):
         return False

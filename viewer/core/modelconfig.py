@@ -31,6 +31,8 @@ from .trace import module_attrs
 
 #: candidate values tried one key at a time, then combined (each try is one meta build)
 MAX_CANDIDATES = 64
+#: longest list of sizes whose items are searched one by one (a width per stage or layer)
+MAX_ITEMS = 16
 #: configs at most checked by running the model built from them (two forwards each)
 MAX_CHECKS = 6
 
@@ -45,9 +47,38 @@ def held_config(mod: nn.Module):
 
 
 def size_keys(cfg) -> dict[str, int]:
-    """The config's public integer attributes (not bools): the sizes it may give."""
-    return {k: v for k, v in vars(cfg).items()
-            if not k.startswith("_") and type(v) is int}
+    """The config's public integer attributes (not bools): the sizes it may give. An item of
+    a list or tuple of integers (a width per stage: ``hidden_sizes = [16, 32]``) is one too,
+    as ``"hidden_sizes.1"``."""
+    out = {}
+    for k, v in vars(cfg).items():
+        if k.startswith("_"):
+            continue
+        if type(v) is int:
+            out[k] = v
+        elif isinstance(v, (list, tuple)) and 0 < len(v) <= MAX_ITEMS \
+                and all(type(x) is int for x in v):
+            out.update({f"{k}.{i}": x for i, x in enumerate(v)})
+    return out
+
+
+def set_size(cfg, key: str, value: int) -> None:
+    """Set one of :func:`size_keys`' sizes (an item: a new list or tuple with it changed)."""
+    name, _, item = key.partition(".")
+    if not item:
+        setattr(cfg, name, value)
+        return
+    old = getattr(cfg, name)
+    new = list(old)
+    new[int(item)] = value
+    setattr(cfg, name, type(old)(new))
+
+
+def _changed(cfg, cfg0) -> dict:
+    """The config's sizes that differ from the original's, a list of sizes as a whole."""
+    now, was = size_keys(cfg), size_keys(cfg0)
+    names = dict.fromkeys(k.partition(".")[0] for k, v in now.items() if was.get(k) != v)
+    return {n: (list(v) if isinstance(v := getattr(cfg, n), tuple) else v) for n in names}
 
 
 def rebuild_on_meta(cls: type, cfg, device: str | torch.device = "meta") -> nn.Module | None:
@@ -157,13 +188,13 @@ def fit_config(original: nn.Module, pruned: nn.Module,
         memo = frozenset(values.items())
         if memo not in scores:
             for k, v in values.items():
-                setattr(cfg, k, v)
+                set_size(cfg, k, v)
             try:
                 scores[memo] = _differences(rebuild_on_meta(cls, cfg), shapes, attrs, kept,
                                             noise)
             finally:
                 for k in values:
-                    setattr(cfg, k, before[k])
+                    set_size(cfg, k, before[k])
         return scores[memo]
 
     start = score({})
@@ -204,10 +235,10 @@ def fit_config(original: nn.Module, pruned: nn.Module,
     chosen, best = greedy()
     if best[0]:
         for k, v in chosen.items():
-            setattr(cfg, k, v)
+            set_size(cfg, k, v)
         example = _first_difference(rebuild_on_meta(cls, cfg), shapes, attrs, noise)
         for k in chosen:
-            setattr(cfg, k, before[k])
+            set_size(cfg, k, before[k])
         return {"reason": f"no values of {type(cfg).__name__}'s sizes rebuild the pruned "
                           f"model: with the closest ({_listed(chosen)}) {example}, and "
                           f"{best[0] - 1} more differ (layers pruned to different widths, or "
@@ -226,18 +257,17 @@ def fit_config(original: nn.Module, pruned: nn.Module,
         if values in tried:
             continue
         for k in keys:
-            setattr(cfg, k, values.get(k, before[k]))
+            set_size(cfg, k, values.get(k, before[k]))
         built = rebuild_on_meta(cls, cfg)
         if same is None or same(built):
             if search:
                 _sync_stale(pruned, built, old_attrs, noise)
-            return {"changed": {k: v for k, v in size_keys(cfg).items()
-                                if size_keys(cfg0).get(k) != v}}
+            return {"changed": _changed(cfg, cfg0)}
         tried.append(values)
         if len(tried) >= MAX_CHECKS:
             break
     for k in keys:
-        setattr(cfg, k, before[k])
+        set_size(cfg, k, before[k])
     return {"reason": f"a model built from {type(cfg).__name__} with the pruned sizes "
                       f"({_listed(tried[0])}) does not compute what the pruned model does"}
 

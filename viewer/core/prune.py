@@ -2750,12 +2750,19 @@ def attr_changes(original: nn.Module, pruned: nn.Module) -> dict[str, dict]:
         ca, cb = held_config(mod), held_config(pm[name])
         if ca is not None and cb is not None and owners[id(ca)] == name:
             # a config object the layers share (Hugging Face's): under its first holder
-            diff.update({f"config.{k}": v for k, v in vars(cb).items()
-                         if not k.startswith("_") and type(v) in (int, float, bool, str)
-                         and vars(ca).get(k) != v})
+            diff.update({f"config.{k}": list(v) if isinstance(v, tuple) else v
+                         for k, v in vars(cb).items()
+                         if not k.startswith("_") and _plain_value(v) and vars(ca).get(k) != v})
         if diff:
             out[name] = diff
     return out
+
+
+def _plain_value(v) -> bool:
+    """A number, bool or string, or a list or tuple of them (a config's width per stage)."""
+    scalar = (int, float, bool, str)
+    return type(v) in scalar or (type(v) in (list, tuple) and len(v) <= 64
+                                 and all(type(x) in scalar for x in v))
 
 
 def config_owners(model: nn.Module) -> dict[int, str]:
