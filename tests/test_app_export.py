@@ -379,6 +379,11 @@ def test_a_model_built_from_a_config_gets_it_fitted_and_in_the_checkpoint(tmp_pa
     assert text.endswith("; config sizes set to width=10."), text
     session = store.session("sid")
     assert session.stages[0].model.config.width == 16  # the loaded model's is not changed
+    # the history keeps saying it after the message is gone
+    from viewer.app.callbacks.prune import history
+
+    assert "config sizes set to width=10" in json.dumps(history(session)[0].to_plotly_json(),
+                                                         default=str)
     ck = cb.prepare_checkpoint(store, downloads, "sid")
     assert "config.json" in ck.files
     with zipfile.ZipFile(io.BytesIO(_fetch(downloads, ck.token))) as zf:

@@ -90,6 +90,8 @@ class Stage:
     verification: dict | None = None
     round: dict | None = None
     summary: dict = field(default_factory=dict)
+    #: what the round did to the model's config (:attr:`Pruner.config_fit`)
+    config: dict | None = None
 
 
 @dataclass
@@ -164,7 +166,8 @@ class Session:
 
 
 def make_stage(model: nn.Module, inputs, output_layers: list[str], plan: Plan | None = None,
-               verification: dict | None = None, round_: dict | None = None) -> Stage:
+               verification: dict | None = None, round_: dict | None = None,
+               config: dict | None = None) -> Stage:
     """Trace ``model``, find its groups (checked on the meta device) and wrap it as a stage."""
     graph = build_graph(model, inputs, autograd=True)  # grad_fn names for the inspector
     pruner = Pruner(model, inputs, graph=graph, output_layers=output_layers)
@@ -178,7 +181,7 @@ def make_stage(model: nn.Module, inputs, output_layers: list[str], plan: Plan | 
                "groups": len(pruner.groups),
                "prunable": sum(1 for g in pruner.groups if not pruner.reason(g))}
     return Stage(uuid.uuid4().hex, model, graph, pruner, classes, plan, verification, round_,
-                 summary)
+                 summary, config)
 
 
 class SessionStore:

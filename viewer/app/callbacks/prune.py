@@ -204,11 +204,12 @@ def apply_round(store: SessionStore, sid: str, settings: dict) -> str:
     if not plan.removed:
         raise DepViewError("this plan removes nothing: raise the ratio, or un-ignore layers")
     pruned = stage.pruner.apply(plan)
+    config = stage.pruner.config_fit
     verification = stage.pruner.verify(pruned, plan)
     if not verification.get("forward"):
         raise DepViewError(f"the pruned model fails to run: {verification.get('error')}")
     new = make_stage(pruned, base.inputs, base.output_layers, plan, verification,
-                     round_entry(stage.pruner, plan, pruned))
+                     round_entry(stage.pruner, plan, pruned), config)
     with session.lock:
         _still_current(session, snap)
         session.stages.append(new)
@@ -218,7 +219,7 @@ def apply_round(store: SessionStore, sid: str, settings: dict) -> str:
         n = round_number(session)
     before, after = stage.summary["params"], new.summary["params"]
     fell = l1_fallback_text(plan.settings.get("scored_by_l1"), len(plan.scores))
-    config = config_note(stage.pruner.config_fit)
+    config = config_note(config)
     return (f"Round {n} applied: {counted(plan.n_removed, 'unit')} removed from "
             f"{counted(len(plan.removed), 'group')}; params {change(before, after)}; "
             f"{verification_text(verification)}{f'; {fell}' if fell else ''}"
@@ -428,7 +429,8 @@ def history(session: Session) -> list:
             html.B(f"round {round_number(session, i)}: "),
             f"{how} → {fmt_count(s['params'])} params, "
             f"{st.plan.n_removed if st.plan else 0} units removed",
-            html.Div(verification_text(st.verification), className="hint")],
+            html.Div(verification_text(st.verification), className="hint"),
+            *([html.Div(note, className="hint")] if (note := config_note(st.config)) else [])],
             className="hist-item"))
     return [html.Ol(rows, className="history-list")]
 
