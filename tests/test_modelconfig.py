@@ -277,3 +277,16 @@ def test_hf_vision_classifiers_get_their_widths_per_stage_fitted():
         built = type(pruned)(pruned.config).eval()
         built.load_state_dict(pruned.state_dict())
         assert torch.equal(_outputs(built, x)[0], _outputs(pruned, x)[0]), name
+
+
+def test_each_pruned_copy_keeps_what_its_own_apply_did_to_the_config():
+    # the app's sessions share a stage's Pruner: the last apply's config_fit may be another's
+    torch.manual_seed(0)
+    model = ConfigNet(Config()).eval()
+    p = Pruner(model, (torch.randn(2, 8),))
+    first = next(g.id for g in p.groups if g.root == "blocks.0.fc1")
+    uneven = p.apply(p.plan(0.5, overrides={first: 0.25}))
+    even = p.apply(p.plan(0.5))
+    assert p.config_fit_of(uneven)["reason"].startswith("no values of Config's sizes")
+    assert p.config_fit_of(even) == p.config_fit == {"changed": {"width": 8, "hidden": 16}}
+    assert p.config_fit_of(model) is None

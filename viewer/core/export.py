@@ -197,10 +197,9 @@ def _write_config(pruner: Pruner, pruned: nn.Module, path: Path) -> dict | None:
     fit = pruner.fit_config(pruned, search=False)
     if fit is None:
         return None
-    if "reason" in fit:
-        earlier = pruner.config_fit if pruner.config_fit and "reason" in pruner.config_fit \
-            else fit
-        return {"written": False, "reason": earlier["reason"]}
+    if "reason" in fit:  # (the apply that made it said why better, when it was this one)
+        earlier = pruner.config_fit_of(pruned)
+        return {"written": False, "reason": (earlier or fit).get("reason", fit["reason"])}
     cfg = held_config(pruned)
     if not callable(getattr(cfg, "to_json_string", None)):
         return {"written": False, "changed": fit["changed"],

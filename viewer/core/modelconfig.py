@@ -33,6 +33,9 @@ from .trace import module_attrs
 MAX_CANDIDATES = 64
 #: longest list of sizes whose items are searched one by one (a width per stage or layer)
 MAX_ITEMS = 16
+#: configs at most built on meta by one search (a fit takes 10-30; one that finds none
+#: could take hundreds: EfficientNet's 382, 9 s on its tiny config)
+MAX_BUILDS = 160
 #: configs at most checked by running the model built from them (two forwards each)
 MAX_CHECKS = 6
 
@@ -186,6 +189,8 @@ def fit_config(original: nn.Module, pruned: nn.Module,
 
     def score(values: dict[str, int]) -> tuple[int, int]:
         memo = frozenset(values.items())
+        if memo not in scores and len(scores) >= MAX_BUILDS:
+            return (1 << 30, 0)  # (the search's budget is spent: as if it did not build)
         if memo not in scores:
             for k, v in values.items():
                 set_size(cfg, k, v)
@@ -233,17 +238,24 @@ def fit_config(original: nn.Module, pruned: nn.Module,
         return chosen, best
 
     chosen, best = greedy()
+    for key in list(chosen) if best[0] else ():  # stuck: without each of its changes
+        other, b = greedy(frozenset({key}))  # (Gemma 3: fewer heads of 8, not more of 4)
+        if b < best:
+            chosen, best = other, b
+        if not best[0]:
+            break
     if best[0]:
         for k, v in chosen.items():
             set_size(cfg, k, v)
         example = _first_difference(rebuild_on_meta(cls, cfg), shapes, attrs, noise)
         for k in chosen:
             set_size(cfg, k, before[k])
+        spent = f"; {MAX_BUILDS} configs tried" if len(scores) >= MAX_BUILDS else ""
         return {"reason": f"no values of {type(cfg).__name__}'s sizes rebuild the pruned "
                           f"model: with the closest ({_listed(chosen)}) {example}, and "
                           f"{best[0] - 1} more differ (layers pruned to different widths, or "
                           "sizes the config ties together, as head size = hidden size / "
-                          "heads)"}
+                          f"heads{spent})"}
 
     def attempts():
         yield from _alternatives(chosen, single, score)

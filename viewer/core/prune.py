@@ -19,6 +19,7 @@ import difflib
 import math
 import re
 import traceback
+import weakref
 from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -262,6 +263,9 @@ class Pruner:
         self._before: dict | None = None
         #: what the last real :meth:`apply` did to the model's config (see :meth:`fit_config`)
         self.config_fit: dict | None = None
+        # pruned copy -> its config_fit (an app's sessions share a stage's Pruner: another
+        # thread's apply may come between one apply and its reading config_fit)
+        self._fits: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         # False once the unpruned model failed on the meta device (a kernel whose meta version
         # rejects what the real one takes): previews and validation then use real tensors
         self._meta_ok = True
@@ -737,8 +741,13 @@ class Pruner:
         pruned = materialize(self.model, self.graph, self.changes(plan), self.widths(plan),
                              device, self.size_attrs(plan))
         if config and device != "meta" and _real(pruned):
-            self.config_fit = self.fit_config(pruned)
+            self.config_fit = self._fits[pruned] = self.fit_config(pruned)
         return pruned
+
+    def config_fit_of(self, pruned: nn.Module) -> dict | None:
+        """What :meth:`apply` did to the config of ``pruned``, a copy it returned (None for
+        another model, or one without a config)."""
+        return self._fits.get(pruned)
 
     def fit_config(self, pruned: nn.Module, search: bool = True) -> dict | None:
         """Fit ``pruned``'s config to its sizes (see :func:`fit_config`); the fitted config is

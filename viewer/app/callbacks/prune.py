@@ -204,7 +204,7 @@ def apply_round(store: SessionStore, sid: str, settings: dict) -> str:
     if not plan.removed:
         raise DepViewError("this plan removes nothing: raise the ratio, or un-ignore layers")
     pruned = stage.pruner.apply(plan)
-    config = stage.pruner.config_fit
+    config = stage.pruner.config_fit_of(pruned)
     verification = stage.pruner.verify(pruned, plan)
     if not verification.get("forward"):
         raise DepViewError(f"the pruned model fails to run: {verification.get('error')}")
