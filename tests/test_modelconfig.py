@@ -49,10 +49,20 @@ class ConfigNet(nn.Module):
         return self.out(x)
 
 
-def _pruned(config: Config, **plan):
+def _config_pruner(config: Config | None = None) -> tuple[nn.Module, Pruner]:
     torch.manual_seed(0)
-    model = ConfigNet(config).eval()
-    p = Pruner(model, (torch.randn(2, 8),))
+    model = ConfigNet(config or Config()).eval()
+    return model, Pruner(model, (torch.randn(2, 8),))
+
+
+def _uneven(p: Pruner):
+    """A plan that cuts the two blocks' hidden layers to different widths."""
+    first = next(g.id for g in p.groups if g.root == "blocks.0.fc1")
+    return p.plan(0.5, overrides={first: 0.25})
+
+
+def _pruned(config: Config, **plan):
+    model, p = _config_pruner(config)
     return model, p, p.apply(p.plan(0.5, **plan))
 
 
@@ -88,11 +98,8 @@ def test_fit_config_sets_the_sizes_a_rebuild_gives_the_pruned_shapes():
 
 
 def test_fit_config_leaves_a_config_that_cannot_describe_layers_of_different_widths():
-    torch.manual_seed(0)
-    model = ConfigNet(Config()).eval()
-    p = Pruner(model, (torch.randn(2, 8),))
-    first = next(g.id for g in p.groups if g.root == "blocks.0.fc1")
-    pruned = p.apply(p.plan(0.5, overrides={first: 0.25}))
+    _, p = _config_pruner()
+    pruned = p.apply(_uneven(p))
     assert pruned.blocks[0].fc1.out_features != pruned.blocks[1].fc1.out_features
     reason = p.config_fit["reason"]
     assert reason.startswith("no values of Config's sizes rebuild the pruned model: with the "
@@ -169,9 +176,7 @@ def test_export_writes_the_fitted_config_and_drops_an_earlier_one(tmp_path):
         def to_json_string(self):
             return json.dumps(vars(self))
 
-    torch.manual_seed(0)
-    model = ConfigNet(JsonConfig()).eval()
-    p = Pruner(model, (torch.randn(2, 8),))
+    _, p = _config_pruner(JsonConfig())
     plan = p.plan(0.5)
     src = {"spec": "in-process", "kwargs": {}, "inputs": [], "seed": 0}
     out = export_dir(p, plan, p.apply(plan), tmp_path / "x", src, pt2=False)
@@ -181,8 +186,7 @@ def test_export_writes_the_fitted_config_and_drops_an_earlier_one(tmp_path):
     data = json.loads((out / "config.json").read_text())
     assert data["width"] == 8 and data["architectures"] == ["ConfigNet"]
     # a plan the config cannot describe: no config.json (the earlier one is removed)
-    first = next(g.id for g in p.groups if g.root == "blocks.0.fc1")
-    plan = p.plan(0.5, overrides={first: 0.25})
+    plan = _uneven(p)
     out = export_dir(p, plan, p.apply(plan), tmp_path / "x", src, pt2=False)
     report = json.loads((out / "report.json").read_text())
     assert not report["config"]["written"]
@@ -281,11 +285,8 @@ def test_hf_vision_classifiers_get_their_widths_per_stage_fitted():
 
 def test_each_pruned_copy_keeps_what_its_own_apply_did_to_the_config():
     # the app's sessions share a stage's Pruner: the last apply's config_fit may be another's
-    torch.manual_seed(0)
-    model = ConfigNet(Config()).eval()
-    p = Pruner(model, (torch.randn(2, 8),))
-    first = next(g.id for g in p.groups if g.root == "blocks.0.fc1")
-    uneven = p.apply(p.plan(0.5, overrides={first: 0.25}))
+    model, p = _config_pruner()
+    uneven = p.apply(_uneven(p))
     even = p.apply(p.plan(0.5))
     assert p.config_fit_of(uneven)["reason"].startswith("no values of Config's sizes")
     assert p.config_fit_of(even) == p.config_fit == {"changed": {"width": 8, "hidden": 16}}
