@@ -291,3 +291,32 @@ def test_each_pruned_copy_keeps_what_its_own_apply_did_to_the_config():
     assert p.config_fit_of(uneven)["reason"].startswith("no values of Config's sizes")
     assert p.config_fit_of(even) == p.config_fit == {"changed": {"width": 8, "hidden": 16}}
     assert p.config_fit_of(model) is None
+
+
+def test_a_real_rebuild_draws_no_weights_makes_its_buffers_and_leaves_other_threads_alone():
+    # the forward check builds a model for real only for the buffers it does not save; its
+    # weights are replaced by the pruned ones, so drawing them (most of a big model's build)
+    # is skipped, in this thread only
+    import threading
+
+    from viewer.core.modelconfig import _NoRandomFill
+
+    built = rebuild_on_meta(ConfigNet, Config(table=True), "cpu")
+    assert not built.inp.weight.is_meta
+    assert torch.equal(built.scale, torch.linspace(0.5, 1.5, 16))
+    state = torch.random.get_rng_state()
+    with _NoRandomFill():
+        nn.Linear(64, 64)  # kaiming_uniform_ and uniform_: nothing drawn
+    assert torch.equal(torch.random.get_rng_state(), state)
+    out = {}
+
+    def other():
+        torch.manual_seed(1)
+        out["w"] = nn.Linear(8, 8).weight.detach().clone()
+
+    with _NoRandomFill():
+        t = threading.Thread(target=other)
+        t.start()
+        t.join()
+    torch.manual_seed(1)
+    assert torch.equal(out["w"], nn.Linear(8, 8).weight)
