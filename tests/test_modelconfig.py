@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from viewer.core.export import export_dir
-from viewer.core.modelconfig import config_note, fit_config, rebuild_on_meta
+from viewer.core.modelconfig import build_from_config, config_note, fit_config
 from viewer.core.prune import Pruner, attr_changes, flatten, run
 
 
@@ -162,11 +162,11 @@ def test_a_config_the_class_is_not_built_from_is_not_fitted_or_mentioned():
     assert config_note(p.config_fit) == ""
 
 
-def test_rebuild_on_meta_keeps_the_random_state_and_returns_none_on_failure():
+def test_build_from_config_keeps_the_random_state_and_returns_none_on_failure():
     state = torch.random.get_rng_state()
-    built = rebuild_on_meta(ConfigNet, Config())
+    built = build_from_config(ConfigNet, Config())
     assert built.inp.weight.is_meta and torch.equal(torch.random.get_rng_state(), state)
-    assert rebuild_on_meta(ConfigNet, Config(width=-1)) is None
+    assert build_from_config(ConfigNet, Config(width=-1)) is None
 
 
 def test_export_writes_the_fitted_config_and_drops_an_earlier_one(tmp_path):
@@ -301,7 +301,7 @@ def test_a_real_rebuild_draws_no_weights_makes_its_buffers_and_leaves_other_thre
 
     from viewer.core.modelconfig import _NoRandomFill
 
-    built = rebuild_on_meta(ConfigNet, Config(table=True), "cpu")
+    built = build_from_config(ConfigNet, Config(table=True), "cpu")
     assert not built.inp.weight.is_meta
     assert torch.equal(built.scale, torch.linspace(0.5, 1.5, 16))
     state = torch.random.get_rng_state()

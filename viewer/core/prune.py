@@ -46,7 +46,7 @@ from .groups import (
     split_sizes,
 )
 from .handlers import CUTS, REFRESH, Cut
-from .modelconfig import fit_config, held_config, rebuild_on_meta
+from .modelconfig import build_from_config, fit_config, held_config
 from .optypes import OpGroup, OpType, classify
 from .text import counted
 from .trace import build_graph, eval_mode, flatten, module_attrs, plain_module
@@ -769,7 +769,7 @@ class Pruner:
                     # table): from_pretrained makes them from the config, so must this
                     # check; the others are the pruned weights, assigned
                     device = next(iter(weights.values())).device if weights else "cpu"
-                    built = rebuild_on_meta(type(built), held_config(built), device)
+                    built = build_from_config(type(built), held_config(built), device)
                 built.load_state_dict(weights, strict=True, assign=True)
                 got = [t for _, t in flatten(run(built, self.inputs))]
             except Exception:  # (a meta tensor left, a forward that fails)
