@@ -192,6 +192,12 @@ def test_export_writes_the_fitted_config_and_drops_an_earlier_one(tmp_path):
     assert not report["config"]["written"]
     assert report["config"]["reason"].startswith("no values of JsonConfig's sizes")
     assert not (out / "config.json").exists()
+    # a copy whose config nobody fitted is checked, not trusted: left out too
+    plan = p.plan(0.5)
+    out = export_dir(p, plan, p.apply(plan, config=False), tmp_path / "x", src, pt2=False)
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"] == {"written": False, "reason": "its JsonConfig does not rebuild "
+                                "it (21 tensor shapes or layer attributes differ)"}
 
 
 def test_hf_gpt2_heads_are_told_apart_by_running_the_rebuilt_model():

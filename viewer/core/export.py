@@ -194,12 +194,13 @@ def _write_config(pruner: Pruner, pruned: nn.Module, path: Path) -> dict | None:
     """Write ``config.json`` (Hugging Face's format, as ``save_pretrained`` writes it) when the
     pruned model's config describes it, so ``from_pretrained`` of the export directory builds
     the pruned model; what report.json says about it. None if the model holds no config."""
-    fit = pruner.fit_config(pruned, search=False)
+    # the verdict of the apply that made ``pruned``, else (another Pruner's copy, or
+    # apply(config=False)) a check of the config it holds, which changes nothing
+    fit = pruner.config_fit_of(pruned) or pruner.fit_config(pruned, search=False)
     if fit is None:
         return None
-    if "reason" in fit:  # (the apply that made it said why better, when it was this one)
-        earlier = pruner.config_fit_of(pruned)
-        return {"written": False, "reason": (earlier or fit).get("reason", fit["reason"])}
+    if "reason" in fit:
+        return {"written": False, "reason": fit["reason"]}
     cfg = held_config(pruned)
     if not callable(getattr(cfg, "to_json_string", None)):
         return {"written": False, "changed": fit["changed"],

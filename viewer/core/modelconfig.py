@@ -29,12 +29,10 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .trace import module_attrs
+from .trace import MAX_LISTED, module_attrs
 
 #: candidate values tried one key at a time, then combined (each try is one meta build)
 MAX_CANDIDATES = 64
-#: longest list of sizes whose items are searched one by one (a width per stage or layer)
-MAX_ITEMS = 16
 #: configs at most built on meta by one search (a fit takes 10-30; one that finds none
 #: could take hundreds: EfficientNet's 382, 9 s on its tiny config)
 MAX_BUILDS = 160
@@ -54,14 +52,14 @@ def held_config(mod: nn.Module):
 def size_keys(cfg) -> dict[str, int]:
     """The config's public integer attributes (not bools): the sizes it may give. An item of
     a list or tuple of integers (a width per stage: ``hidden_sizes = [16, 32]``) is one too,
-    as ``"hidden_sizes.1"``."""
+    as ``"hidden_sizes.1"``, in lists as long as plan.json records (:func:`module_attrs`)."""
     out = {}
     for k, v in vars(cfg).items():
         if k.startswith("_"):
             continue
         if type(v) is int:
             out[k] = v
-        elif isinstance(v, (list, tuple)) and 0 < len(v) <= MAX_ITEMS \
+        elif isinstance(v, (list, tuple)) and 0 < len(v) <= MAX_LISTED \
                 and all(type(x) is int for x in v):
             out.update({f"{k}.{i}": x for i, x in enumerate(v)})
     return out

@@ -49,7 +49,7 @@ from .handlers import CUTS, REFRESH, Cut
 from .modelconfig import build_from_config, fit_config, held_config
 from .optypes import OpGroup, OpType, classify
 from .text import counted
-from .trace import build_graph, eval_mode, flatten, module_attrs, plain_module
+from .trace import MAX_LISTED, build_graph, eval_mode, flatten, module_attrs, plain_module
 
 IMPORTANCE = ("l1", "l2", "bn", "random", "taylor")
 
@@ -1664,7 +1664,7 @@ class Pruner:
                 # split(x, self.expand_chs // 2) (CSPDarknet), split(x, self.in_channels
                 # // self.num_paths) (SKNet)
                 out.append(SizeAttr(path, k, node.id, key, size))
-            elif type(v) in (list, tuple) and len(v) <= 8:
+            elif type(v) in (list, tuple) and len(v) <= MAX_LISTED:
                 # normalized_shape = (hidden_size,), unflattened_size = (C, H, W)
                 out += [SizeAttr(path, k, node.id, key, size, parts, boxed=True, index=i)
                         for i, x in enumerate(v) if type(x) is int and x == size // parts]
@@ -2759,19 +2759,12 @@ def attr_changes(original: nn.Module, pruned: nn.Module) -> dict[str, dict]:
         ca, cb = held_config(mod), held_config(pm[name])
         if ca is not None and cb is not None and owners[id(ca)] == name:
             # a config object the layers share (Hugging Face's): under its first holder
-            diff.update({f"config.{k}": list(v) if isinstance(v, tuple) else v
-                         for k, v in vars(cb).items()
-                         if not k.startswith("_") and _plain_value(v) and vars(ca).get(k) != v})
+            was = module_attrs(ca)  # (any object's public values, lists as lists)
+            diff.update({f"config.{k}": v for k, v in module_attrs(cb).items()
+                         if was.get(k) != v})
         if diff:
             out[name] = diff
     return out
-
-
-def _plain_value(v) -> bool:
-    """A number, bool or string, or a list or tuple of them (a config's width per stage)."""
-    scalar = (int, float, bool, str)
-    return type(v) in scalar or (type(v) in (list, tuple) and len(v) <= 64
-                                 and all(type(x) in scalar for x in v))
 
 
 def config_owners(model: nn.Module) -> dict[int, str]:

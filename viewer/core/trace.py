@@ -925,7 +925,7 @@ def module_attrs(module: nn.Module) -> dict:
             continue
         if isinstance(v, _SCALARS):
             out[k] = v
-        elif isinstance(v, (tuple, list)) and len(v) <= 8:  # (splits = [8, 8, 8])
+        elif isinstance(v, (tuple, list)) and len(v) <= MAX_LISTED:  # (splits = [8, 8, 8])
             for x in v:
                 if not isinstance(x, _SCALARS):
                     break
@@ -935,6 +935,8 @@ def module_attrs(module: nn.Module) -> dict:
 
 
 _SCALARS = (bool, int, float, str)
+#: longest list or tuple attribute taken as a value (a size per part or stage), not data
+MAX_LISTED = 8
 
 
 def _grad_fn(outs) -> str | None:
