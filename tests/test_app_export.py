@@ -396,3 +396,40 @@ def test_a_model_built_from_a_config_gets_it_fitted_and_in_the_checkpoint(tmp_pa
     x = session.base.inputs
     with torch.no_grad():
         assert torch.equal(built(*x), pruned(*x))
+
+
+def test_an_in_process_hf_export_opens_at_start_up_and_its_upload_says_how(tmp_path, downloads):
+    """A model built in-process records no spec: the server opens its export directory
+    (``--model DIR``: the Hugging Face class is built from the config plan.json holds) for
+    another round, and refuses the same export uploaded, saying to start it that way."""
+    import base64
+
+    from viewer.app.callbacks.model import load_upload
+    from viewer.core.prune import Pruner
+
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=100, bos_token_id=0, eos_token_id=0)).eval()
+    ids = torch.randint(0, 100, (1, 8))
+    pruner = Pruner(model, (ids,))
+    plan = pruner.plan(0.5, "l1")
+    pruned = pruner.apply(plan)
+    folder = export.export_dir(pruner, plan, pruned, tmp_path / "llama-export")
+    with pytest.raises(DepViewError, match=r"^llama.zip: this export's model was built "
+                                           r"in-process .*start the server with --model DIR"):
+        zipped = base64.b64encode(export.zip_dir(folder)).decode()
+        load_upload(SessionStore(), "s", f"data:application/zip;base64,{zipped}", "llama.zip")
+    store = SessionStore([ModelEntry(str(folder))])
+    assert load_entry(store, "s", str(folder)) == ""
+    session = store.session("s")
+    assert session.base.description == ("export llama-export: LlamaForCausalLM (built "
+                                        "in-process) pruned in 1 round")
+    with torch.no_grad():
+        assert torch.equal(session.stage.model(ids).logits, pruned(ids).logits)
+    assert apply_round(store, "s", {**SETTINGS, "ratio": 0.3}).startswith("Round 2 applied")
+    data = _fetch(downloads, cb.prepare_checkpoint(store, downloads, "s").token)
+    again = _reload(data, tmp_path / "r2")  # no spec: from plan.json's hf_config
+    with torch.no_grad():
+        assert torch.equal(again(ids).logits, session.stage.model(ids).logits)

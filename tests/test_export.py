@@ -935,3 +935,169 @@ def test_a_model_tuned_after_pruning_exports_reloads_and_checks(tmp_path):
     again = load_pruned(out)
     assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(),
                                                   pruned.state_dict().values(), strict=True))
+
+
+# -- a model built in-process (no spec) -------------------------------------------------------
+
+
+def _hf_in_process(kind: str):
+    """A Hugging Face model built in-process, its example inputs, and a Pruner of it."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    ids = torch.randint(0, 100, (1, 8))
+    if kind == "gpt2":
+        model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+            n_embd=32, n_layer=2, n_head=4, vocab_size=100, n_positions=64,
+            bos_token_id=0, eos_token_id=0))
+        inputs = (ids,)
+    elif kind == "llama":
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, vocab_size=100, bos_token_id=0, eos_token_id=0))
+        inputs = (ids,)
+    else:  # keyword inputs
+        model = transformers.BertForSequenceClassification(transformers.BertConfig(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            vocab_size=100, max_position_embeddings=64))
+        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    model.eval()
+    return model, inputs, Pruner(model, inputs)
+
+
+def _logits(model, inputs):
+    with torch.no_grad():
+        out = model(**inputs) if isinstance(inputs, dict) else model(*inputs)
+    return out.logits
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "bert"])
+def test_an_in_process_hf_model_exports_and_reloads_without_a_spec(tmp_path, kind):
+    model, inputs, p = _hf_in_process(kind)
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    out = export_dir(p, plan, pruned, tmp_path / kind)  # no source: built here
+    src = json.loads((out / "plan.json").read_text())["source"]
+    assert src["spec"] is None
+    assert src["hf_config"]["architectures"] == [type(model).__name__]
+    assert src["hf_config"] == json.loads(model.config.to_json_string()) | {
+        "architectures": [type(model).__name__]}  # the original's, not the pruned one's
+    report = json.loads((out / "report.json").read_text())
+    assert report["inputs"] == {"written": True, "file": "inputs.safetensors"}
+    again = load_pruned(out)
+    assert type(again) is type(model)
+    assert torch.equal(_logits(again, inputs), _logits(pruned, inputs))
+    assert {k: v.shape for k, v in again.state_dict().items()} == \
+        {k: v.shape for k, v in pruned.state_dict().items()}
+    if kind == "gpt2":  # tied as from_pretrained ties them
+        assert again.lm_head.weight is again.transformer.wte.weight
+    res = check_dir(out)
+    assert res["ok"] and res["forward"] and res["outputs_match_report"], res
+    assert res["spec"] is None and res["model"] == f"{type(model).__name__} (built in-process)"
+    assert any("not recorded" in n for n in res["notes"])
+    assert torch.equal(_logits(model, inputs), _logits(p.model, inputs))  # (untouched)
+
+
+def test_an_in_process_hf_export_whose_config_cannot_be_fitted_still_reloads(tmp_path, capsys):
+    """Layers pruned to different widths: no config.json (no config describes them), but the
+    original's config in plan.json rebuilds the original, which the plan reshapes; a second
+    round through the CLI (prune DIR) keeps it and reloads too."""
+    from viewer import cli
+
+    model, inputs, p = _hf_in_process("llama")
+    first = next(g.id for g in p.groups if g.root == "model.layers.0.mlp.gate_proj")
+    plan = p.plan(0.5, overrides={first: 0.25})
+    pruned = p.apply(plan)
+    assert "reason" in p.config_fit_of(pruned)
+    out = export_dir(p, plan, pruned, tmp_path / "one")
+    assert not (out / "config.json").exists()
+    again = load_pruned(out)
+    assert torch.equal(_logits(again, inputs), _logits(pruned, inputs))
+    assert cli.main(["prune", str(out), "--ratio", "0.3", "--out", str(tmp_path / "two")]) == 0
+    two = load_pruned(tmp_path / "two")
+    assert sum(t.numel() for t in two.parameters()) < sum(t.numel() for t in again.parameters())
+    src = json.loads((tmp_path / "two" / "plan.json").read_text())["source"]
+    assert src["spec"] is None and "hf_config" in src
+    assert check_dir(tmp_path / "two")["ok"]
+    (tmp_path / "two" / "inputs.safetensors").unlink()  # nothing to run it on
+    res = check_dir(tmp_path / "two")
+    assert res["forward"] is None and not res["ok"]
+    assert res["problems"] == ["the export recorded no example inputs (inputs.safetensors): "
+                               "the model was not run"]
+    capsys.readouterr()
+    assert cli.main(["graph", str(tmp_path / "two"), "--json", "-"]) == 2
+    assert "recorded no example inputs (inputs.safetensors): its model cannot be traced" in \
+        capsys.readouterr().err
+
+
+def test_an_in_process_hf_export_without_the_original_config_uses_config_json(tmp_path):
+    """A second round in Python (history given, no source): the pruner's model is round 1's,
+    so its config is not the original's and is not recorded; the fitted config.json of the
+    round rebuilds the pruned model instead."""
+    model, inputs, p = _hf_in_process("gpt2")
+    plan = p.plan(0.5)
+    one = export_dir(p, plan, p.apply(plan), tmp_path / "one")
+    r1 = load_pruned(one)
+    p2 = Pruner(r1, inputs)
+    plan2 = p2.plan(0.5)
+    pruned2 = p2.apply(plan2)
+    assert "changed" in p2.config_fit_of(pruned2)
+    rounds = json.loads((one / "plan.json").read_text())["rounds"]
+    two = export_dir(p2, plan2, pruned2, tmp_path / "two", history=rounds)
+    assert "hf_config" not in json.loads((two / "plan.json").read_text())["source"]
+    assert (two / "config.json").is_file()
+    assert torch.equal(_logits(load_pruned(two), inputs), _logits(pruned2, inputs))
+    assert check_dir(two)["ok"]
+    (two / "config.json").unlink()
+    with pytest.raises(DepViewError, match=r"built in-process\) and holds no config to build "
+                                           r"it from: pass the model's code"):
+        load_pruned(two)
+
+
+def test_an_in_process_torch_model_reloads_from_the_code_you_name(tmp_path):
+    import demo_models
+
+    torch.manual_seed(3)  # weights no spec's seed makes
+    model = demo_models.get_demo("cnn").build().eval()
+    inputs = (torch.randn(2, 3, 32, 32),)
+    p = Pruner(model, inputs)
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    out = export_dir(p, plan, pruned, tmp_path / "cnn", {})
+    assert json.loads((out / "plan.json").read_text())["source"] == {"spec": None}
+    with pytest.raises(DepViewError, match="records no model spec.*pass the model's code"):
+        load_pruned(out)
+    again = load_pruned(out, spec="demo:cnn")
+    with torch.no_grad():
+        assert torch.equal(again(*inputs), pruned(*inputs))
+    res = check_dir(out, spec="demo:cnn")  # on the recorded inputs, not the demo's
+    assert res["ok"] and res["outputs_match_report"], res
+    assert any("not recorded" in n for n in res["notes"])  # not the demo's seeded weights
+
+
+def test_an_in_process_export_with_inputs_that_are_not_tensors_says_check_cannot_run(tmp_path):
+    class Scaled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(4, 8), torch.nn.Linear(8, 2)
+
+        def forward(self, x, scale: float):
+            return self.b(torch.relu(self.a(x))) * scale
+
+    torch.manual_seed(0)
+    p = Pruner(Scaled().eval(), (torch.randn(3, 4), 2.0))
+    plan = p.plan(0.5)
+    out = export_dir(p, plan, p.apply(plan), tmp_path / "s")
+    report = json.loads((out / "report.json").read_text())
+    assert report["inputs"]["written"] is False and "not a tuple or dict of tensors" in \
+        report["inputs"]["reason"]
+    assert not (out / "inputs.safetensors").exists()
+    with pytest.raises(DepViewError, match="records no model spec"):
+        check_dir(out)
+
+
+def test_plan_json_spec_may_be_null_but_hf_config_must_be_an_object():
+    from viewer.core.export import plan_problem
+
+    assert plan_problem({"source": {"spec": None}}) == ""
+    assert "must be an object with the model's 'spec'" in plan_problem({"source": {}})
+    assert "hf_config" in plan_problem({"source": {"spec": None, "hf_config": [1]}})

@@ -208,11 +208,11 @@ def cmd_check(args) -> int:
         _write_json(res, args.json)
     else:
         status = "OK" if res.get("ok") else "FAILED"
-        ran = "ran" if res.get("forward") else "failed"
+        ran = {True: "ran", None: "not run"}.get(res.get("forward"), "failed")
         v = res.get("verification") or {}
         notes = [*res.get("problems", []), masked_note(v), blind_note(v), untraced_note(v),
                  *res.get("notes", [])]
-        print(f"{status}: {res['spec']} reloaded, forward {ran}"
+        print(f"{status}: {res.get('model') or res['spec']} reloaded, forward {ran}"
               f", output shapes {res.get('output_shapes')}"
               + "".join(f" ({n})" for n in notes if n))
     return 0 if res.get("ok") else 1

@@ -121,8 +121,9 @@ def _export_base(entry: ModelEntry, folder: Path) -> Base:
     rounds = list(plan.get("rounds") or [])
     stage = make_stage(model, lm.inputs, lm.output_layers)
     return Base(entry.spec, stage, lm.inputs, list(lm.output_layers), dict(plan["source"]),
-                entry.description or f"export {folder.name}: {plan['source']['spec']} pruned "
-                                     f"in {counted(len(rounds), 'round')}", rounds)
+                entry.description or f"export {folder.name}: "
+                f"{plan['source']['spec'] or type(model).__name__ + ' (built in-process)'} "
+                f"pruned in {counted(len(rounds), 'round')}", rounds)
 
 
 @dataclass
@@ -278,6 +279,9 @@ class SessionStore:
         """Why an uploaded export's recorded source may not be rebuilt here (None: it may).
         Only demos and the specs given at start-up, with the same factory kwargs, are
         importable: the upload's plan.json is not trusted to name code."""
+        if source.get("spec") is None:
+            return ("this export's model was built in-process (its plan.json names no spec to "
+                    "build it from): unzip it and start the server with --model DIR")
         spec = str(source.get("spec", ""))
         kwargs = source.get("kwargs") or {}
         entry = self.entries.get(spec)

@@ -6,6 +6,8 @@ Layout of an export directory::
     plan.json           source spec + kept indices per tensor dim + changed module attributes
     report.json         params/MACs before and after, output shapes, verification
     model.pt2           torch.export program, when the model exports (report says if not)
+    config.json         a Hugging Face model's config, when it describes the pruned model
+    inputs.safetensors  the example inputs of a model built in-process (no spec makes them)
 
 Every pruned tensor equals the original tensor index-selected along the dims in plan.json::
 
@@ -25,6 +27,7 @@ import json
 import os
 import platform
 import shutil
+import sys
 import tempfile
 import warnings
 import zipfile
@@ -36,6 +39,7 @@ from torch import nn
 
 from .errors import DepViewError
 from .handlers import REFRESH, SELF_DESCRIBING
+from .modelconfig import build_from_config
 from .optypes import classify
 from .prune import (
     Plan,
@@ -52,6 +56,8 @@ from .trace import flatten
 
 FORMAT = "depview-pruned/1"
 FILES = ("model.safetensors", "plan.json", "report.json")
+#: the example inputs of an export of a model built in-process (no spec to make them from)
+INPUTS_FILE = "inputs.safetensors"
 
 
 def _versions() -> dict:
@@ -117,13 +123,17 @@ def _state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def export_dir(pruner: Pruner, plan: Plan, pruned: nn.Module, out_dir: str | Path,
-               source: dict, verification: dict | None = None,
+               source: dict | None = None, verification: dict | None = None,
                history: list[dict] | None = None, pt2: bool = True,
                tuned: bool = False) -> Path:
     """Write the export directory for ``pruned`` (made by ``pruner.apply(plan)``).
 
-    ``source`` is :attr:`LoadedModel.source`; ``history`` lists earlier rounds' plan.json
-    entries when the pruner's model was itself a pruned model (several rounds).
+    ``source`` is :attr:`LoadedModel.source`; None (or no ``"spec"`` in it) for a model built
+    in-process: plan.json then records ``"spec": null`` and the example inputs are written to
+    ``inputs.safetensors`` (when they are tensors), and :func:`load_pruned` rebuilds a Hugging
+    Face model from ``config.json``, any other from the code you name (``spec=``).
+    ``history`` lists earlier rounds' plan.json entries when the pruner's model was itself a
+    pruned model (several rounds).
     ``pt2=False`` skips ``model.pt2``: ``torch.export`` is most of the time an export takes,
     and the program holds a second copy of the weights (``report.json`` says it was skipped).
     ``tuned=True``: ``pruned`` was trained after ``apply`` (fine-tuning to recover accuracy),
@@ -137,7 +147,8 @@ def export_dir(pruner: Pruner, plan: Plan, pruned: nn.Module, out_dir: str | Pat
         raise DepViewError("this model is on the meta device: it has no weights to export; "
                            "load it on cpu to export a checkpoint")
     out = _prepare_out(Path(out_dir))
-    source = _recorded_source(source, pruner.inputs)
+    # (a later round's pruner holds a pruned model: its config is not the original's)
+    source = _recorded_source(source, pruner.inputs, None if history else pruner.model)
     if verification is None:
         verification = pruner.verify(pruned, plan, masked=not tuned)
     if tuned:
@@ -175,10 +186,12 @@ def export_dir(pruner: Pruner, plan: Plan, pruned: nn.Module, out_dir: str | Pat
         config = _write_config(pruner, pruned, stage / "config.json")
         if config is not None:
             report["config"] = config
+        if source["spec"] is None:
+            report["inputs"] = _write_inputs(pruner.inputs, stage / INPUTS_FILE)
         report["weights_sha256"] = _sha256(stage / "model.safetensors")
         report["output_digest"] = output_digest(run(pruned, pruner.inputs), pruner.inputs)
         (stage / "report.json").write_text(dumps(report, indent=1, default=str))
-        for name in ("model.pt2", "config.json"):  # an earlier export's are not this one's
+        for name in ("model.pt2", "config.json", INPUTS_FILE):  # an earlier export's are not
             if not (stage / name).exists():
                 (out / name).unlink(missing_ok=True)
         for f in sorted(stage.iterdir()):
@@ -205,18 +218,62 @@ def _write_config(pruner: Pruner, pruned: nn.Module, path: Path) -> dict | None:
     if not callable(getattr(cfg, "to_json_string", None)):
         return {"written": False, "changed": fit["changed"],
                 "reason": f"{type(cfg).__name__} has no to_json_string() to write it with"}
-    data = json.loads(cfg.to_json_string())
-    data["architectures"] = [type(pruned).__name__]
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    path.write_text(json.dumps(_config_data(pruned), indent=2, sort_keys=True) + "\n")
     return {"written": True, "file": path.name, "changed": fit["changed"]}
 
 
-def _recorded_source(source: dict, inputs) -> dict:
+def _config_data(model: nn.Module) -> dict:
+    """The model's config as ``save_pretrained`` writes it to config.json: its JSON, with the
+    model's class in ``architectures``."""
+    data = json.loads(held_config(model).to_json_string())
+    data["architectures"] = [type(model).__name__]
+    return data
+
+
+def _hf_class(model: nn.Module) -> bool:
+    """Whether ``model`` is a model class ``transformers`` exports, holding its config (so a
+    reload can build it from the config, as ``from_pretrained`` does)."""
+    tf = sys.modules.get("transformers")
+    cls = type(model)
+    return tf is not None and isinstance(getattr(tf, "PreTrainedModel", None), type) and \
+        issubclass(cls, tf.PreTrainedModel) and getattr(tf, cls.__name__, None) is cls and \
+        callable(getattr(held_config(model), "to_json_string", None))
+
+
+def _write_inputs(inputs, path: Path) -> dict:
+    """Write the example inputs of a model built in-process as a batch file (positional
+    inputs named 0, 1, ...; keyword inputs by name: :func:`~viewer.core.spec.read_batch`
+    reads it), for ``check`` to run the reloaded model on; what report.json says of it."""
+    from safetensors.torch import save_file
+
+    named = (dict(inputs) if isinstance(inputs, dict) else
+             {str(i): t for i, t in enumerate(inputs)} if isinstance(inputs, (tuple, list))
+             else {})
+    if not named or not all(isinstance(k, str) and isinstance(t, torch.Tensor)
+                            for k, t in named.items()):
+        return {"written": False, "reason": "the example inputs are not a tuple or dict of "
+                                            "tensors: check cannot run the model"}
+    # (safetensors keeps keys sorted: the order, which keyword inputs are passed and hashed
+    # in, goes in the metadata)
+    save_file({k: t.detach().cpu().clone() for k, t in named.items()}, str(path),
+              metadata={"order": json.dumps(list(named))})
+    shutil.copymode(path.parent / "plan.json", path)
+    return {"written": True, "file": path.name}
+
+
+def _recorded_source(source: dict | None, inputs, model: nn.Module | None = None) -> dict:
     """``source`` as plan.json records it: ``weights`` as an absolute path (as ``file``), so
     ``check`` finds the original's weights from any directory, and, for a demo, whether the
     example inputs were the demo's own (``demo_inputs``: they are not made from ``inputs``,
-    whose integers a demo draws in its own range)."""
-    source = dict(source)
+    whose integers a demo draws in its own range). A model built in-process (no source, or
+    no spec in it) gets ``"spec": None``, and, when ``model`` (the original) is a Hugging Face
+    model class, its config as ``hf_config`` (config.json's form), to build it from."""
+    source = dict(source or {})
+    if not source.get("spec"):
+        source["spec"] = None
+        if "hf_config" not in source and model is not None and _hf_class(model):
+            source["hf_config"] = _config_data(model)
+        return source
     if source.get("weights"):
         source["weights"] = str(Path(source["weights"]).resolve())
     spec = str(source.get("spec", ""))
@@ -488,8 +545,11 @@ def plan_problem(plan: dict) -> str:
     """What is structurally wrong with a plan.json ("" if nothing): the parts a reload reads
     must have the types :func:`export_dir` writes."""
     src = plan.get("source")
-    if not isinstance(src, dict) or not isinstance(src.get("spec"), str):
-        return "'source' must be an object with the model's 'spec'"
+    if not isinstance(src, dict) or "spec" not in src or \
+            not isinstance(src["spec"], (str, type(None))):
+        return "'source' must be an object with the model's 'spec' (null: built in-process)"
+    if not isinstance(src.get("hf_config", {}), dict):
+        return "'source.hf_config' must be an object (a Hugging Face config)"
     if not isinstance(src.get("kwargs") or {}, dict) or \
             not isinstance(src.get("inputs") or [], list) or \
             not all(isinstance(i, str) for i in src.get("inputs") or []):
@@ -632,10 +692,18 @@ def rebuild(path: str | Path, search: bool = True, originals: dict | None = None
     src = plan["source"]
     recorded = spec is None
     spec = src["spec"] if spec is None else spec
+    if spec is None:
+        return _rebuild_in_process(path, search, originals)
     if search and recorded:
         spec = locate_spec(spec, [path, path.parent, *([src["file"]] if src.get("file") else [])])
     weights = None
-    if originals is not None and src.get("weights"):
+    example = None
+    if src["spec"] is None:  # built in-process, its code named now: its recorded inputs
+        example = _recorded_inputs(path)
+        if originals is not None:
+            originals["unavailable"] = ("the original's weights were not recorded (the "
+                                        "model was built in-process)")
+    elif originals is not None and src.get("weights"):
         # an absolute path since it is recorded so; an older export's relative one is looked
         # for from here, then beside the export directory
         found = [w for w in (Path(src["weights"]), path.parent / src["weights"]) if w.is_file()]
@@ -648,7 +716,8 @@ def rebuild(path: str | Path, search: bool = True, originals: dict | None = None
     if _own_demo_inputs(src):
         inputs = None  # load_model gives a demo its own inputs
     lm = load_model(spec, inputs=inputs, kwargs=src.get("kwargs"),
-                    weights=weights, device="cpu", seed=src.get("seed", 0), recorded=recorded)
+                    weights=weights, device="cpu", seed=src.get("seed", 0), recorded=recorded,
+                    example=example)
     if originals is not None and "unavailable" not in originals:
         table = _tensor_lookup(lm.model)
         originals.update({k: table[k][2].detach().clone() for k in plan.get("tensors", {})
@@ -662,6 +731,104 @@ def rebuild(path: str | Path, search: bool = True, originals: dict | None = None
         raise DepViewError(f"weights in {path} do not fit the rebuilt model: "
                            f"{load_error_detail(exc)}") from exc
     return model.eval(), lm
+
+
+def _recorded_inputs(path: Path) -> tuple | dict | None:
+    """The example inputs an export of an in-process model recorded (None: none were)."""
+    from safetensors import safe_open
+
+    from .spec import read_batch
+
+    f = path / INPUTS_FILE
+    if not f.is_file():
+        return None
+    batch = read_batch(f)
+    if isinstance(batch, dict):
+        try:
+            with safe_open(str(f), "pt") as sf:
+                order = json.loads((sf.metadata() or {}).get("order", "[]"))
+        except Exception:  # (read_batch read it: only the metadata is odd)
+            order = []
+        if isinstance(order, list) and sorted(map(str, order)) == sorted(batch):
+            batch = {k: batch[k] for k in order}
+    return batch
+
+
+def _rebuild_in_process(path: Path, search: bool, originals: dict | None
+                        ) -> tuple[nn.Module, LoadedModel]:
+    """:func:`rebuild` of an export whose model was built in-process (plan.json records no
+    spec). A Hugging Face model is built as ``from_pretrained`` would build it, from a model
+    class ``transformers`` exports, with no download and no remote code: the original from
+    plan.json's ``hf_config`` (recorded at export), reshaped by the plan; else the pruned
+    model from the export's ``config.json`` (written only when the model built from it, given
+    the pruned weights, computes exactly what the pruned model did). Its
+    :class:`LoadedModel` holds the pruned model and the recorded example inputs (None if
+    there were none)."""
+    why = f"{path} records no model spec (its model was built in-process)"
+    named = "pass the model's code: load_pruned(path, spec='my_models.py:build'), check --spec"
+    if not search:  # an upload: its files may not name a class to build
+        raise DepViewError(f"{why}: only a server started with --model DIR can open it")
+    plan = read_plan(path)
+    src = plan["source"]
+    cfg_file = path / "config.json"
+    if isinstance(src.get("hf_config"), dict):
+        model = reshape_like_plan(_hf_model(src["hf_config"], "plan.json's hf_config", named),
+                                  plan)
+    elif cfg_file.is_file():
+        try:
+            data = json.loads(cfg_file.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DepViewError(f"{cfg_file} is not readable JSON: {exc}") from None
+        model = _hf_model(data, str(cfg_file), named)
+    else:
+        raise DepViewError(f"{why} and holds no config to build it from: {named}")
+    sd = read_state_dict(path / "model.safetensors")
+    dtypes = {t.dtype for t in sd.values() if t.is_floating_point()}
+    if len(dtypes) == 1:  # (from_pretrained keeps the saved dtype too)
+        model.to(dtypes.pop())
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as exc:
+        raise DepViewError(f"weights in {path} do not fit the model its config describes: "
+                           f"{load_error_detail(exc)}") from exc
+    if originals is not None:
+        originals["unavailable"] = ("the original's weights were not recorded (the model "
+                                    "was built in-process)")
+    model.eval()
+    return model, LoadedModel(model, _recorded_inputs(path), dict(src), [],
+                              type(model).__name__)
+
+
+def _hf_model(data: dict, where: str, named: str) -> nn.Module:
+    """The Hugging Face model class a config's ``architectures`` names, built from it on cpu
+    (weights allocated, not drawn). Only a model class ``transformers`` itself exports is
+    built: no code is imported from the export."""
+    archs = data.get("architectures") if isinstance(data, dict) else None
+    name = archs[0] if isinstance(archs, list) and archs and isinstance(archs[0], str) else None
+    if name is None:
+        raise DepViewError(f"{where} names no architecture: {named}")
+    try:
+        import transformers
+    except ImportError:
+        raise DepViewError(f"{where} describes a Hugging Face {name}: install transformers to "
+                           f"load it, or {named}") from None
+    try:
+        cls = getattr(transformers, name, None)
+    except Exception:  # (a model whose extra dependency is missing)
+        cls = None
+    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
+        raise DepViewError(f"{where} names {name!r}, which is not a model class of "
+                           f"transformers {transformers.__version__}: {named}")
+    try:
+        cfg = cls.config_class.from_dict(data)
+    except Exception as exc:
+        raise DepViewError(f"{where} is not a {cls.config_class.__name__}: "
+                           f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+                           ) from None
+    model = build_from_config(cls, cfg, "cpu")
+    if model is None:
+        raise DepViewError(f"{name} cannot be built from {where}")
+    return model
 
 
 def _own_demo_inputs(src: dict) -> bool:
@@ -734,9 +901,18 @@ def check_dir(path: str | Path, spec: str | None = None) -> dict:
     report = read_report(path)
     originals: dict = {}
     model, lm = rebuild(path, originals=originals, spec=spec)
-    res: dict = {"dir": str(path), "spec": spec or plan["source"]["spec"], "reload": True,
+    src_spec = spec or plan["source"]["spec"]
+    res: dict = {"dir": str(path), "spec": src_spec, "reload": True,
                  "problems": [], "notes": []}
     problems, notes = res["problems"], res["notes"]
+    if src_spec is None:
+        res["model"] = f"{type(model).__name__} (built in-process)"
+    if lm.inputs is None:  # an in-process model's inputs that were not tensors
+        res["forward"] = None  # (not run)
+        res["ok"] = False
+        problems.append(f"the export recorded no example inputs ({INPUTS_FILE}): the model "
+                        "was not run")
+        return res
     try:
         out = run(model, lm.inputs)
         res["forward"] = True
@@ -942,6 +1118,9 @@ def open_export(folder: str | Path, given: list[str] | None = None, device: str 
         raise DepViewError(f"{folder} is an export directory: it brings its own model, "
                            f"inputs and weights ({', '.join(given)} cannot apply)")
     model, lm = rebuild(folder)
+    if lm.inputs is None:
+        raise DepViewError(f"{folder} recorded no example inputs ({INPUTS_FILE}): its model "
+                           "cannot be traced")
     return model, lm, read_plan(folder)
 
 

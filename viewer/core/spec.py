@@ -171,6 +171,7 @@ def load_model(
     device: str = "cpu",
     seed: int = 0,
     recorded: bool = False,
+    example: tuple | dict | None = None,
 ) -> LoadedModel:
     """Build the model a spec names, with example inputs, in eval mode.
 
@@ -178,6 +179,8 @@ def load_model(
     ``weights`` is a ``.safetensors`` or ``.pt``/``.pth`` state_dict, loaded without pickle.
     ``recorded``: the spec was read from an export's plan.json, not given by the user: it
     must look like model code (:func:`recorded_refusal`) before it is imported and called.
+    ``example``: the example inputs themselves (an export's recorded ones), instead of
+    ``inputs``.
     """
     if recorded and (why := recorded_refusal(spec)):
         raise DepViewError(why)
@@ -196,11 +199,11 @@ def load_model(
     input_specs = [parse_input(s) for s in inputs or []]
 
     with torch.random.fork_rng(devices=[]):  # seeded for the factory; the caller's RNG
-        return _load_model(spec, kwargs, weights, device, seed, input_specs, recorded)
+        return _load_model(spec, kwargs, weights, device, seed, input_specs, recorded, example)
 
 
 def _load_model(spec: str, kwargs: dict, weights: str | None, device: str, seed: int,
-                input_specs: list, recorded: bool) -> LoadedModel:
+                input_specs: list, recorded: bool, given=None) -> LoadedModel:
     torch.manual_seed(seed)
     demo = None
     output_layers: list[str] = []
@@ -246,7 +249,9 @@ def _load_model(spec: str, kwargs: dict, weights: str | None, device: str, seed:
         load_weights(model, weights)
 
     gen = torch.Generator().manual_seed(seed)
-    if input_specs:
+    if given is not None:
+        example = given
+    elif input_specs:
         example = tuple(make_tensor(s, d, device, gen) for s, d in input_specs)
     elif demo is not None:
         example = tuple(demo.make_inputs(device))
