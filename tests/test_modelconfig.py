@@ -326,3 +326,85 @@ def test_a_real_rebuild_draws_no_weights_makes_its_buffers_and_leaves_other_thre
         t.join()
     torch.manual_seed(1)
     assert torch.equal(out["w"], nn.Linear(8, 8).weight)
+
+
+class PairNet(nn.Module):
+    """A model whose config holds the config of a part (a vision-language model's
+    ``text_config``): the part is built from that one."""
+
+    def __init__(self, config: Config):
+        super().__init__()
+        self.config = config
+        self.enc = ConfigNet(config.inner)  # 8 -> inner.width -> 3
+        self.fc = nn.Linear(8, config.width)
+        self.out = nn.Linear(config.width, 2)
+
+    def forward(self, x):
+        return self.enc(x), self.out(torch.relu(self.fc(x)))
+
+
+def _pair() -> Config:
+    cfg = Config(width=16)
+    cfg.inner = Config(width=12, hidden=24)
+    return cfg
+
+
+def test_fit_config_sets_the_sizes_of_a_config_it_holds():
+    from viewer.core.export import reshape_like_plan
+
+    torch.manual_seed(0)
+    model = PairNet(_pair()).eval()
+    x = (torch.randn(2, 8),)
+    p = Pruner(model, x)
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    assert p.config_fit == {"changed": {"width": 8, "inner.width": 6, "inner.hidden": 12}}
+    assert pruned.enc.config is pruned.config.inner  # (the part's own config, fitted too)
+    assert (model.config.width, model.config.inner.width) == (16, 12)  # the original's kept
+    for a, b in zip(_outputs(_built_from_config(pruned), x), _outputs(pruned, x), strict=True):
+        assert torch.equal(a, b)
+    changes = attr_changes(model, pruned)
+    assert changes[""] == {"config.width": 8}
+    assert changes["enc"] == {"config.width": 6, "config.hidden": 12}
+    again = reshape_like_plan(PairNet(_pair()), {"tensors": p.kept(plan), "attrs": changes})
+    assert (again.config.width, again.config.inner.width, again.config.inner.hidden) == \
+        (8, 6, 12)
+    # a sub-config's sizes are candidates after the config's own
+    from viewer.core.modelconfig import _candidates, size_keys
+
+    keys = size_keys(model.config)
+    assert keys == {"width": 16, "hidden": 32, "layers": 2, "inner.width": 12,
+                    "inner.hidden": 24, "inner.layers": 2}
+    nesting = [k.count(".") for k, _ in _candidates(keys, {(16, 8), (12, 6)})]
+    assert nesting == sorted(nesting) and nesting[0] == 0 and nesting[-1] == 1
+
+
+def test_hf_llava_text_config_is_fitted_and_from_pretrained_builds_the_pruned_model(tmp_path):
+    """Its language model pruned (the vision tower and the projector, whose width the config
+    ties to the text model's, kept whole): ``text_config``'s sizes set, config.json written."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    tr = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = tr.LlavaConfig(
+        text_config=tr.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2,
+                                   vocab_size=120, bos_token_id=0, eos_token_id=0,
+                                   pad_token_id=0),
+        vision_config=tr.CLIPVisionConfig(hidden_size=32, intermediate_size=64,
+                                          num_hidden_layers=2, num_attention_heads=4,
+                                          image_size=32, patch_size=8),
+        image_token_index=100, vision_feature_layer=-1)
+    model = tr.LlavaForConditionalGeneration(cfg).eval()
+    ids = torch.cat([torch.full((1, 16), 100), torch.randint(1, 99, (1, 6))], 1)
+    x = {"input_ids": ids, "pixel_values": torch.randn(1, 3, 32, 32)}
+    p = Pruner(model, x)
+    keep = {g.id: 0.0 for g in p.groups if not p.reason(g)
+            and g.root.startswith(("model.vision_tower", "model.multi_modal_projector"))}
+    plan = p.plan(0.5, overrides=keep)
+    pruned = p.apply(plan)
+    assert p.config_fit == {"changed": {"text_config.intermediate_size": 32,
+                                        "text_config.num_attention_heads": 2,
+                                        "text_config.num_key_value_heads": 1}}
+    out = export_dir(p, plan, pruned, tmp_path / "llava")
+    again = tr.LlavaForConditionalGeneration.from_pretrained(out).eval()
+    assert torch.equal(_outputs(again, x)[0], _outputs(pruned, x)[0])

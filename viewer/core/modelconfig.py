@@ -49,39 +49,72 @@ def held_config(mod: nn.Module):
     return cfg
 
 
-def size_keys(cfg) -> dict[str, int]:
+def size_keys(cfg, prefix: str = "", depth: int = 0) -> dict[str, int]:
     """The config's public integer attributes (not bools): the sizes it may give. An item of
     a list or tuple of integers (a width per stage: ``hidden_sizes = [16, 32]``) is one too,
-    as ``"hidden_sizes.1"``, in lists as long as plan.json records (:func:`module_attrs`)."""
+    as ``"hidden_sizes.1"``, in lists as long as plan.json records (:func:`module_attrs`).
+    So are the sizes of the configs it holds (a vision-language model's ``text_config``), as
+    ``"text_config.hidden_size"``, two levels deep."""
     out = {}
     for k, v in vars(cfg).items():
         if k.startswith("_"):
             continue
         if type(v) is int:
-            out[k] = v
+            out[f"{prefix}{k}"] = v
         elif isinstance(v, (list, tuple)) and 0 < len(v) <= MAX_LISTED \
                 and all(type(x) is int for x in v):
-            out.update({f"{k}.{i}": x for i, x in enumerate(v)})
+            out.update({f"{prefix}{k}.{i}": x for i, x in enumerate(v)})
+        elif depth < MAX_NESTED and _sub_config(cfg, v):
+            out.update(size_keys(v, f"{prefix}{k}.", depth + 1))
     return out
+
+
+#: how deep :func:`size_keys` looks into the configs a config holds
+MAX_NESTED = 2
+
+
+def _sub_config(cfg, v) -> bool:
+    """Whether ``v``, an attribute of config ``cfg``, is a config itself: an instance of a
+    class ``cfg``'s class derives from (Hugging Face's ``PreTrainedConfig``)."""
+    return hasattr(v, "__dict__") and not isinstance(v, (type, nn.Module, torch.Tensor)) and \
+        any(isinstance(v, c) for c in type(cfg).__mro__ if c is not object)
+
+
+def _path(key: str) -> tuple[list[str], int | None]:
+    """A :func:`size_keys` key as (attribute path, list item or None)."""
+    parts = key.split(".")
+    return (parts[:-1], int(parts[-1])) if parts[-1].isdigit() else (parts, None)
+
+
+def _owner(cfg, names: list[str]):
+    for n in names[:-1]:
+        cfg = getattr(cfg, n)
+    return cfg
 
 
 def set_size(cfg, key: str, value: int) -> None:
     """Set one of :func:`size_keys`' sizes (an item: a new list or tuple with it changed)."""
-    name, _, item = key.partition(".")
-    if not item:
-        setattr(cfg, name, value)
+    names, item = _path(key)
+    obj, name = _owner(cfg, names), names[-1]
+    if item is None:
+        setattr(obj, name, value)
         return
-    old = getattr(cfg, name)
+    old = getattr(obj, name)
     new = list(old)
-    new[int(item)] = value
-    setattr(cfg, name, type(old)(new))
+    new[item] = value
+    setattr(obj, name, type(old)(new))
 
 
 def _changed(cfg, cfg0) -> dict:
     """The config's sizes that differ from the original's, a list of sizes as a whole."""
     now, was = size_keys(cfg), size_keys(cfg0)
-    names = dict.fromkeys(k.partition(".")[0] for k, v in now.items() if was.get(k) != v)
-    return {n: (list(v) if isinstance(v := getattr(cfg, n), tuple) else v) for n in names}
+    out = {}
+    for k, v in now.items():
+        if was.get(k) != v:
+            names, _ = _path(k)
+            value = getattr(_owner(cfg, names), names[-1])
+            out[".".join(names)] = list(value) if isinstance(value, tuple) else value
+    return out
 
 
 def build_from_config(cls: type, cfg, device: str | torch.device = "meta") -> nn.Module | None:
@@ -168,7 +201,8 @@ def _candidates(keys: dict[str, int], pairs: set[tuple[int, int]]) -> list[tuple
         for d, d2 in pairs:
             if d % v == 0 and (d2 * v) % d == 0 and 0 < d2 * v // d != v:
                 out.add((key, d2 * v // d))
-    return sorted(out)
+    # (a config's own sizes before those of the configs it holds, up to MAX_CANDIDATES)
+    return sorted(out, key=lambda kv: (len(_path(kv[0])[0]), kv))
 
 
 def _sync_stale(pruned: nn.Module, built: nn.Module, old: dict, noise: set) -> None:
