@@ -408,3 +408,71 @@ def test_hf_llava_text_config_is_fitted_and_from_pretrained_builds_the_pruned_mo
     out = export_dir(p, plan, pruned, tmp_path / "llava")
     again = tr.LlavaForConditionalGeneration.from_pretrained(out).eval()
     assert torch.equal(_outputs(again, x)[0], _outputs(pruned, x)[0])
+
+
+class Wrapper(nn.Module):
+    """A module of yours around a model built from a config (it holds none itself)."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = ConfigNet(Config())
+        self.tail = nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.body(x * 2), self.tail(x)
+
+
+def test_the_config_of_a_part_is_fitted_on_what_that_part_computes(tmp_path):
+    import json
+
+    torch.manual_seed(0)
+    model = Wrapper().eval()
+    x = (torch.randn(2, 8),)
+    p = Pruner(model, x)
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    assert p.config_fit == {"modules": {"body": {"changed": {"width": 8, "hidden": 16}}}}
+    assert (pruned.body.config.width, model.body.config.width) == (8, 16)
+    assert config_note(p.config_fit) == "body's config sizes set to width=8, hidden=16"
+    built = _built_from_config(pruned.body)
+    assert torch.equal(built(x[0] * 2), pruned.body(x[0] * 2))
+    assert attr_changes(model, pruned)["body"] == {"config.width": 8, "config.hidden": 16}
+    out = export_dir(p, plan, pruned, tmp_path / "w", {})
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["written"] is False and not (out / "config.json").exists()
+    assert report["config"]["modules"] == p.config_fit["modules"]
+    # a part the example inputs never reach says so; one reached gets fitted still
+    model.forward = lambda x: (model.body.out(torch.zeros(2, 16)), model.tail(x))
+    p2 = Pruner(model, x)
+    assert p2.fit_config(model, search=False) == {"modules": {"body": {
+        "reason": "the example inputs never reach it"}}}
+
+
+def test_hf_model_inside_a_module_of_yours_gets_its_config_fitted_for_save_pretrained(tmp_path):
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    tr = pytest.importorskip("transformers")
+
+    class Classifier(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = tr.LlamaModel(tr.LlamaConfig(
+                hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, vocab_size=100))
+            self.head = nn.Linear(32, 3)
+
+        def forward(self, ids):
+            return self.head(self.backbone(input_ids=ids).last_hidden_state[:, -1])
+
+    torch.manual_seed(0)
+    model = Classifier().eval()
+    ids = torch.randint(0, 100, (1, 8))
+    p = Pruner(model, (ids,))
+    pruned = p.apply(p.plan(0.5))
+    assert p.config_fit == {"modules": {"backbone": {"changed": {
+        "hidden_size": 16, "intermediate_size": 32, "num_attention_heads": 2,
+        "num_key_value_heads": 1}}}}
+    pruned.backbone.save_pretrained(tmp_path / "bb")
+    again = tr.LlamaModel.from_pretrained(tmp_path / "bb").eval()
+    with torch.no_grad():
+        assert torch.equal(again(input_ids=ids).last_hidden_state,
+                           pruned.backbone(input_ids=ids).last_hidden_state)

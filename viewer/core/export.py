@@ -212,6 +212,9 @@ def _write_config(pruner: Pruner, pruned: nn.Module, path: Path) -> dict | None:
     fit = pruner.config_fit_of(pruned) or pruner.fit_config(pruned, search=False)
     if fit is None:
         return None
+    if "modules" in fit:  # held by parts of the model: each part saves its own
+        return {"written": False, "modules": fit["modules"],
+                "reason": "the model holds no config of its own, only its parts do"}
     if "reason" in fit:
         return {"written": False, "reason": fit["reason"]}
     cfg = held_config(pruned)

@@ -367,6 +367,9 @@ def config_note(fit: dict | None) -> str:
     report.json's ``config``), or "" when there is nothing to say."""
     if not fit:
         return ""
+    if "modules" in fit:  # the configs of a model's parts (see Pruner.fit_config)
+        return "; ".join(f"{name}'s {note}" for name, part in fit["modules"].items()
+                         if (note := config_note(part)))
     if "reason" in fit and not fit.get("changed"):
         return f"{'config.json not written' if 'written' in fit else 'config left as it was'}:" \
                f" {fit['reason']}"

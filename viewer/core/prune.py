@@ -754,10 +754,40 @@ class Pruner:
         kept only if the model built from it, given the pruned weights, computes exactly what
         ``pruned`` does on the example inputs. None if the model holds no config.
         ``search=False`` only checks that the config ``pruned`` holds describes it (export
-        does, to write it), changing nothing."""
-        if held_config(self.model) is None:
+        does, to write it), changing nothing.
+
+        A model that holds no config but has parts that do (your module around a Hugging
+        Face model: ``self.backbone = LlamaModel(config)``) gets each outermost such part's
+        config fitted, checked on what that part computed in the pruned model's forward:
+        ``{"modules": {"backbone": {"changed": {...}}}}``."""
+        if held_config(self.model) is not None:
+            return self._fit_part(self.model, pruned, lambda m: run(m, self.inputs), search)
+        parts = config_parts(self.model)
+        if not parts:
             return None
-        want = [t for _, t in flatten(run(pruned, self.inputs))]
+        calls = _first_calls(pruned, self.inputs, parts)
+        fits = {}
+        for name in parts:
+            if name not in calls:
+                fits[name] = {"reason": "the example inputs never reach it"}
+                continue
+            args, kwargs = calls[name]
+
+            def call(m: nn.Module, args=args, kwargs=kwargs):
+                with torch.no_grad(), eval_mode(m), torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(0)
+                    return m(*_copied(args), **_copied(kwargs))
+
+            fit = self._fit_part(self.model.get_submodule(name), pruned.get_submodule(name),
+                                 call, search)
+            if fit is not None:
+                fits[name] = fit
+        return {"modules": fits} if fits else None
+
+    @staticmethod
+    def _fit_part(original: nn.Module, pruned: nn.Module, call, search: bool) -> dict | None:
+        """:func:`fit_config` of one model (or part) whose outputs ``call(module)`` gives."""
+        want = [t for _, t in flatten(call(pruned))]
 
         def same(built: nn.Module | None) -> bool:
             if built is None:
@@ -771,14 +801,14 @@ class Pruner:
                     device = next(iter(weights.values())).device if weights else "cpu"
                     built = build_from_config(type(built), held_config(built), device)
                 built.load_state_dict(weights, strict=True, assign=True)
-                got = [t for _, t in flatten(run(built, self.inputs))]
+                got = [t for _, t in flatten(call(built))]
             except Exception:  # (a meta tensor left, a forward that fails)
                 return False
             return len(got) == len(want) and all(
                 a.shape == b.shape and torch.equal(a, b) for a, b in zip(got, want, strict=True))
 
         try:
-            return fit_config(self.model, pruned, same, search)
+            return fit_config(original, pruned, same, search)
         except Exception as exc:  # an extra: never the reason an apply fails
             return {"reason": f"fitting the config failed: {type(exc).__name__}: "
                               f"{(str(exc).splitlines() or [''])[0]}"}
@@ -2765,6 +2795,39 @@ def attr_changes(original: nn.Module, pruned: nn.Module) -> dict[str, dict]:
         if diff:
             out[name] = diff
     return out
+
+
+def config_parts(model: nn.Module) -> list[str]:
+    """The outermost submodules holding a config (each config object once), when the model
+    itself holds none: the Hugging Face models inside a module of yours."""
+    out: list[str] = []
+    seen: set[int] = set()
+    for name, m in model.named_modules():
+        c = held_config(m)
+        if c is None or id(c) in seen or any(name.startswith(f"{p}.") for p in out):
+            continue
+        seen.add(id(c))
+        if name:
+            out.append(name)
+    return out
+
+
+def _first_calls(model: nn.Module, inputs, names: list[str]) -> dict[str, tuple]:
+    """name -> (args, kwargs) of each named submodule's first call in a forward of
+    ``model`` on ``inputs`` (copies of the tensors it was given)."""
+    calls: dict[str, tuple] = {}
+    handles = []
+    for name in names:
+        def pre(_m, args, kwargs, name=name):
+            calls.setdefault(name, (_copied(args), _copied(kwargs)))
+        handles.append(model.get_submodule(name).register_forward_pre_hook(pre,
+                                                                           with_kwargs=True))
+    try:
+        run(model, inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return calls
 
 
 def config_owners(model: nn.Module) -> dict[int, str]:
