@@ -1101,3 +1101,41 @@ def test_plan_json_spec_may_be_null_but_hf_config_must_be_an_object():
     assert plan_problem({"source": {"spec": None}}) == ""
     assert "must be an object with the model's 'spec'" in plan_problem({"source": {}})
     assert "hf_config" in plan_problem({"source": {"spec": None, "hf_config": [1]}})
+
+
+def test_an_in_process_export_with_a_bad_config_is_a_one_line_error(tmp_path):
+    """plan.json and config.json can be edited: a class that is not a transformers model, a
+    config that is not JSON or names nothing, are each one line, and nothing is imported."""
+    model, inputs, p = _hf_in_process("gpt2")
+    plan = p.plan(0.5)
+    out = export_dir(p, plan, p.apply(plan), tmp_path / "g")
+    meta = json.loads((out / "plan.json").read_text())
+
+    def with_config(cfg) -> None:
+        meta["source"]["hf_config"] = cfg
+        (out / "plan.json").write_text(json.dumps(meta))
+
+    good = dict(meta["source"]["hf_config"])
+    for archs, why in ((["pipeline"], "'pipeline', which is not a model class of transformers"),
+                       (["os.system"], "'os.system', which is not a model class"),
+                       ([], "names no architecture"), (None, "names no architecture")):
+        with_config({**good, "architectures": archs})
+        with pytest.raises(DepViewError, match=why):
+            load_pruned(out)
+    with_config({**good, "n_embd": "wide"})
+    with pytest.raises(DepViewError, match="plan.json's hf_config is not a GPT2Config: .*n_embd"):
+        load_pruned(out)
+    with_config({**good, "n_head": 5})  # 32 wide: no heads of 5
+    with pytest.raises(DepViewError, match="GPT2LMHeadModel cannot be built from plan.json's "
+                                           "hf_config"):
+        load_pruned(out)
+    del meta["source"]["hf_config"]  # now from config.json
+    (out / "plan.json").write_text(json.dumps(meta))
+    (out / "config.json").write_text("{not json")
+    with pytest.raises(DepViewError, match="config.json is not readable JSON"):
+        load_pruned(out)
+    (out / "config.json").write_text(json.dumps({**good, "architectures": ["GPT2LMHeadModel"],
+                                                 "n_embd": 64}))
+    with pytest.raises(DepViewError, match="weights in .* do not fit the model its config "
+                                           "describes"):
+        load_pruned(out)
