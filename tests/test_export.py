@@ -1017,6 +1017,15 @@ def test_an_in_process_hf_export_whose_config_cannot_be_fitted_still_reloads(tmp
     assert sum(t.numel() for t in two.parameters()) < sum(t.numel() for t in again.parameters())
     src = json.loads((tmp_path / "two" / "plan.json").read_text())["source"]
     assert src["spec"] is None and "hf_config" in src
+    # a second round in Python without history: the pruner's model is round 1's, whose
+    # config (not fitted) rebuilds the original's shapes: neither recorded nor written
+    p2 = Pruner(pruned, inputs)
+    plan2 = p2.plan(0.3)
+    lone = export_dir(p2, plan2, p2.apply(plan2), tmp_path / "lone")
+    assert "hf_config" not in json.loads((lone / "plan.json").read_text())["source"]
+    assert not (lone / "config.json").exists()
+    with pytest.raises(DepViewError, match="holds no config to build it from"):
+        load_pruned(lone)
     assert check_dir(tmp_path / "two")["ok"]
     (tmp_path / "two" / "inputs.safetensors").unlink()  # nothing to run it on
     res = check_dir(tmp_path / "two")

@@ -39,7 +39,7 @@ from torch import nn
 
 from .errors import DepViewError
 from .handlers import REFRESH, SELF_DESCRIBING
-from .modelconfig import build_from_config
+from .modelconfig import build_from_config, describes
 from .optypes import classify
 from .prune import (
     Plan,
@@ -130,8 +130,9 @@ def export_dir(pruner: Pruner, plan: Plan, pruned: nn.Module, out_dir: str | Pat
 
     ``source`` is :attr:`LoadedModel.source`; None (or no ``"spec"`` in it) for a model built
     in-process: plan.json then records ``"spec": null`` and the example inputs are written to
-    ``inputs.safetensors`` (when they are tensors), and :func:`load_pruned` rebuilds a Hugging
-    Face model from ``config.json``, any other from the code you name (``spec=``).
+    ``inputs.safetensors`` (when they are tensors); a Hugging Face model's config goes in
+    ``source.hf_config``, which :func:`load_pruned` builds it from (or from a fitted
+    ``config.json``); any other model reloads from the code you name (``spec=``).
     ``history`` lists earlier rounds' plan.json entries when the pruner's model was itself a
     pruned model (several rounds).
     ``pt2=False`` skips ``model.pt2``: ``torch.export`` is most of the time an export takes,
@@ -274,7 +275,8 @@ def _recorded_source(source: dict | None, inputs, model: nn.Module | None = None
     source = dict(source or {})
     if not source.get("spec"):
         source["spec"] = None
-        if "hf_config" not in source and model is not None and _hf_class(model):
+        if "hf_config" not in source and model is not None and _hf_class(model) and \
+                describes(model):  # (a pruned model whose config was not fitted: not)
             source["hf_config"] = _config_data(model)
         return source
     if source.get("weights"):
