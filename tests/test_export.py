@@ -955,6 +955,12 @@ def _hf_in_process(kind: str):
             hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, vocab_size=100, bos_token_id=0, eos_token_id=0))
         inputs = (ids,)
+    elif kind == "mamba2":  # its config holds an infinity (time_step_limit = (0, inf))
+        model = transformers.Mamba2ForCausalLM(transformers.Mamba2Config(
+            hidden_size=32, num_heads=8, head_dim=8, expand=2, state_size=8, n_groups=1,
+            num_hidden_layers=2, vocab_size=100, chunk_size=8))
+        assert model.config.time_step_limit[1] == float("inf")
+        inputs = (ids,)
     else:  # keyword inputs
         model = transformers.BertForSequenceClassification(transformers.BertConfig(
             hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -970,7 +976,7 @@ def _logits(model, inputs):
     return out.logits
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "llama", "bert"])
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "bert", "mamba2"])
 def test_an_in_process_hf_model_exports_and_reloads_without_a_spec(tmp_path, kind):
     model, inputs, p = _hf_in_process(kind)
     plan = p.plan(0.5)

@@ -39,7 +39,7 @@ from torch import nn
 
 from .errors import DepViewError
 from .handlers import REFRESH, SELF_DESCRIBING
-from .modelconfig import build_from_config, describes
+from .modelconfig import build_from_config
 from .optypes import classify
 from .prune import (
     Plan,
@@ -244,6 +244,17 @@ def _hf_class(model: nn.Module) -> bool:
         callable(getattr(held_config(model), "to_json_string", None))
 
 
+def _rebuilds(model: nn.Module, data: dict) -> bool:
+    """Whether the class a config's data names, built from that data (on meta) as a reload
+    builds it, has ``model``'s tensor shapes."""
+    try:
+        built = _hf_model(data, "the config", "", device="meta")
+    except DepViewError:
+        return False
+    return {k: tuple(v.shape) for k, v in built.state_dict().items()} == \
+        {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
 def _write_inputs(inputs, path: Path) -> dict:
     """Write the example inputs of a model built in-process as a batch file (positional
     inputs named 0, 1, ...; keyword inputs by name: :func:`~viewer.core.spec.read_batch`
@@ -275,9 +286,10 @@ def _recorded_source(source: dict | None, inputs, model: nn.Module | None = None
     source = dict(source or {})
     if not source.get("spec"):
         source["spec"] = None
-        if "hf_config" not in source and model is not None and _hf_class(model) and \
-                describes(model):  # (a pruned model whose config was not fitted: not)
-            source["hf_config"] = _config_data(model)
+        if "hf_config" not in source and model is not None and _hf_class(model):
+            data = _config_data(model)
+            if _rebuilds(model, data):  # (a pruned model whose config was not fitted: not)
+                source["hf_config"] = data
         return source
     if source.get("weights"):
         source["weights"] = str(Path(source["weights"]).resolve())
@@ -804,10 +816,12 @@ def _rebuild_in_process(path: Path, search: bool, originals: dict | None
                               type(model).__name__)
 
 
-def _hf_model(data: dict, where: str, named: str) -> nn.Module:
-    """The Hugging Face model class a config's ``architectures`` names, built from it on cpu
-    (weights allocated, not drawn). Only a model class ``transformers`` itself exports is
-    built: no code is imported from the export."""
+def _hf_model(data: dict, where: str, named: str, device: str = "cpu") -> nn.Module:
+    """The Hugging Face model class a config's ``architectures`` names, built from it on
+    ``device`` (weights allocated, not drawn). Only a model class ``transformers`` itself
+    exports is built: no code is imported from the export. Floats JSON has no number for
+    come as ``to_json_string`` writes them (``{"__float__": "Infinity"}``) and are read back
+    as ``from_pretrained`` reads them."""
     archs = data.get("architectures") if isinstance(data, dict) else None
     name = archs[0] if isinstance(archs, list) and archs and isinstance(archs[0], str) else None
     if name is None:
@@ -825,12 +839,13 @@ def _hf_model(data: dict, where: str, named: str) -> nn.Module:
         raise DepViewError(f"{where} names {name!r}, which is not a model class of "
                            f"transformers {transformers.__version__}: {named}")
     try:
-        cfg = cls.config_class.from_dict(data)
+        decode = getattr(cls.config_class, "_decode_special_floats", None)
+        cfg = cls.config_class.from_dict(decode(data) if callable(decode) else data)
     except Exception as exc:
         raise DepViewError(f"{where} is not a {cls.config_class.__name__}: "
                            f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
                            ) from None
-    model = build_from_config(cls, cfg, "cpu")
+    model = build_from_config(cls, cfg, device)
     if model is None:
         raise DepViewError(f"{name} cannot be built from {where}")
     return model

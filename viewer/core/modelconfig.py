@@ -168,14 +168,6 @@ def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items()}
 
 
-def describes(model: nn.Module) -> bool:
-    """Whether the model's class built (on meta) from the config the model holds has the
-    model's tensor shapes: a pruned copy whose config was not fitted does not."""
-    cfg = held_config(model)
-    built = build_from_config(type(model), cfg) if cfg is not None else None
-    return built is not None and _shapes(built) == _shapes(model)
-
-
 def _attrs(model: nn.Module) -> dict[tuple[str, str], object]:
     return {(name, k): v for name, m in model.named_modules() for k, v in module_attrs(m).items()}
 
