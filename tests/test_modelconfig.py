@@ -476,3 +476,24 @@ def test_hf_model_inside_a_module_of_yours_gets_its_config_fitted_for_save_pretr
     with torch.no_grad():
         assert torch.equal(again(input_ids=ids).last_hidden_state,
                            pruned.backbone(input_ids=ids).last_hidden_state)
+
+
+def test_a_fit_that_cannot_run_the_pruned_model_is_a_reason_never_an_error():
+    import copy
+
+    def boom(*_a, **_k):
+        raise RuntimeError("boom")
+
+    model, p = _config_pruner()
+    broken = copy.deepcopy(p.apply(p.plan(0.5)))
+    broken.forward = boom
+    assert p.fit_config(broken) == {"reason": "fitting the config failed: RuntimeError: boom"}
+    torch.manual_seed(0)
+    wrapper = Wrapper().eval()
+    pw = Pruner(wrapper, (torch.randn(2, 8),))
+    broken = copy.deepcopy(pw.apply(pw.plan(0.5)))
+    broken.forward = boom  # the forward that would show what the part computes
+    assert pw.fit_config(broken) == {"reason": "fitting the config failed: RuntimeError: boom"}
+    broken = copy.deepcopy(pw.apply(pw.plan(0.5)))
+    broken.body.forward = boom  # the part itself
+    assert pw.fit_config(broken)["reason"] == "fitting the config failed: RuntimeError: boom"

@@ -760,6 +760,13 @@ class Pruner:
         Face model: ``self.backbone = LlamaModel(config)``) gets each outermost such part's
         config fitted, checked on what that part computed in the pruned model's forward:
         ``{"modules": {"backbone": {"changed": {...}}}}``."""
+        try:
+            return self._fit_configs(pruned, search)
+        except Exception as exc:  # an extra: never the reason an apply fails
+            return {"reason": f"fitting the config failed: {type(exc).__name__}: "
+                              f"{(str(exc).splitlines() or [''])[0]}"}
+
+    def _fit_configs(self, pruned: nn.Module, search: bool) -> dict | None:
         if held_config(self.model) is not None:
             return self._fit_part(self.model, pruned, lambda m: run(m, self.inputs), search)
         parts = config_parts(self.model)
@@ -787,28 +794,9 @@ class Pruner:
     @staticmethod
     def _fit_part(original: nn.Module, pruned: nn.Module, call, search: bool) -> dict | None:
         """:func:`fit_config` of one model (or part) whose outputs ``call(module)`` gives."""
-        want = [t for _, t in flatten(call(pruned))]
-
-        def same(built: nn.Module | None) -> bool:
-            if built is None:
-                return False
-            try:
-                weights = pruned.state_dict()
-                if set(dict(built.named_buffers())) - set(built.state_dict()):
-                    # buffers made at init and not saved (rotary frequencies, a sinusoidal
-                    # table): from_pretrained makes them from the config, so must this
-                    # check; the others are the pruned weights, assigned
-                    device = next(iter(weights.values())).device if weights else "cpu"
-                    built = build_from_config(type(built), held_config(built), device)
-                built.load_state_dict(weights, strict=True, assign=True)
-                got = [t for _, t in flatten(call(built))]
-            except Exception:  # (a meta tensor left, a forward that fails)
-                return False
-            return len(got) == len(want) and all(
-                a.shape == b.shape and torch.equal(a, b) for a, b in zip(got, want, strict=True))
-
         try:
-            return fit_config(original, pruned, same, search)
+            want = [t for _, t in flatten(call(pruned))]
+            return fit_config(original, pruned, _computes(pruned, call, want), search)
         except Exception as exc:  # an extra: never the reason an apply fails
             return {"reason": f"fitting the config failed: {type(exc).__name__}: "
                               f"{(str(exc).splitlines() or [''])[0]}"}
@@ -2795,6 +2783,31 @@ def attr_changes(original: nn.Module, pruned: nn.Module) -> dict[str, dict]:
         if diff:
             out[name] = diff
     return out
+
+
+def _computes(pruned: nn.Module, call, want: list) -> Callable[[nn.Module | None], bool]:
+    """The check :func:`fit_config` keeps a config by: whether a model built from it, given
+    ``pruned``'s weights, gives exactly ``want`` (``pruned``'s outputs) through ``call``."""
+
+    def same(built: nn.Module | None) -> bool:
+        if built is None:
+            return False
+        try:
+            weights = pruned.state_dict()
+            if set(dict(built.named_buffers())) - set(built.state_dict()):
+                # buffers made at init and not saved (rotary frequencies, a sinusoidal
+                # table): from_pretrained makes them from the config, so must this
+                # check; the others are the pruned weights, assigned
+                device = next(iter(weights.values())).device if weights else "cpu"
+                built = build_from_config(type(built), held_config(built), device)
+            built.load_state_dict(weights, strict=True, assign=True)
+            got = [t for _, t in flatten(call(built))]
+        except Exception:  # (a meta tensor left, a forward that fails)
+            return False
+        return len(got) == len(want) and all(
+            a.shape == b.shape and torch.equal(a, b) for a, b in zip(got, want, strict=True))
+
+    return same
 
 
 def config_parts(model: nn.Module) -> list[str]:
