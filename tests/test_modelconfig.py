@@ -441,6 +441,15 @@ def test_the_config_of_a_part_is_fitted_on_what_that_part_computes(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["config"]["written"] is False and not (out / "config.json").exists()
     assert report["config"]["modules"] == p.config_fit["modules"]
+    # a settings object of yours as the wrapper's config (not one it is built from): the
+    # part's is fitted still
+    import types
+
+    model.config = types.SimpleNamespace(lr=0.1, width=16)
+    pc = Pruner(model, x)
+    pc.apply(pc.plan(0.5))
+    assert pc.config_fit == {"modules": {"body": {"changed": {"width": 8, "hidden": 16}}}}
+    del model.config
     # a part the example inputs never reach says so; one reached gets fitted still
     model.forward = lambda x: (model.body.out(torch.zeros(2, 16)), model.tail(x))
     p2 = Pruner(model, x)

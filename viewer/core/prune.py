@@ -756,8 +756,9 @@ class Pruner:
         ``search=False`` only checks that the config ``pruned`` holds describes it (export
         does, to write it), changing nothing.
 
-        A model that holds no config but has parts that do (your module around a Hugging
-        Face model: ``self.backbone = LlamaModel(config)``) gets each outermost such part's
+        A model that holds no config it is built from but has parts that do (your module
+        around a Hugging Face model: ``self.backbone = LlamaModel(config)``) gets each
+        outermost such part's
         config fitted, checked on what that part computed in the pruned model's forward:
         ``{"modules": {"backbone": {"changed": {...}}}}``."""
         try:
@@ -768,7 +769,9 @@ class Pruner:
 
     def _fit_configs(self, pruned: nn.Module, search: bool) -> dict | None:
         if held_config(self.model) is not None:
-            return self._fit_part(self.model, pruned, lambda m: run(m, self.inputs), search)
+            fit = self._fit_part(self.model, pruned, lambda m: run(m, self.inputs), search)
+            if fit is not None:  # (None: a config of yours the class is not built from)
+                return fit
         parts = config_parts(self.model)
         if not parts:
             return None
@@ -2811,8 +2814,8 @@ def _computes(pruned: nn.Module, call, want: list) -> Callable[[nn.Module | None
 
 
 def config_parts(model: nn.Module) -> list[str]:
-    """The outermost submodules holding a config (each config object once), when the model
-    itself holds none: the Hugging Face models inside a module of yours."""
+    """The outermost submodules holding a config (each config object once, none the model's
+    own): the Hugging Face models inside a module of yours."""
     out: list[str] = []
     seen: set[int] = set()
     for name, m in model.named_modules():
