@@ -1089,7 +1089,7 @@ def test_an_in_process_torch_model_reloads_from_the_code_you_name(tmp_path):
     assert any("not recorded" in n for n in res["notes"])  # not the demo's seeded weights
 
 
-def test_an_in_process_export_with_inputs_that_are_not_tensors_says_check_cannot_run(tmp_path):
+def test_an_in_process_export_says_why_inputs_that_are_not_tensors_were_not_written(tmp_path):
     class Scaled(torch.nn.Module):
         def __init__(self):
             super().__init__()

@@ -758,9 +758,8 @@ class Pruner:
 
         A model that holds no config it is built from but has parts that do (your module
         around a Hugging Face model: ``self.backbone = LlamaModel(config)``) gets each
-        outermost such part's
-        config fitted, checked on what that part computed in the pruned model's forward:
-        ``{"modules": {"backbone": {"changed": {...}}}}``."""
+        outermost such part's config fitted, checked on what that part computed in the
+        pruned model's forward: ``{"modules": {"backbone": {"changed": {...}}}}``."""
         try:
             return self._fit_configs(pruned, search)
         except Exception as exc:  # an extra: never the reason an apply fails
