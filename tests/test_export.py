@@ -1000,6 +1000,14 @@ def test_an_in_process_hf_model_exports_and_reloads_without_a_spec(tmp_path, kin
     assert res["ok"] and res["forward"] and res["outputs_match_report"], res
     assert res["spec"] is None and res["model"] == f"{type(model).__name__} (built in-process)"
     assert any("not recorded" in n for n in res["notes"])
+    # (a fitted config.json builds the pruned model; without one, the original's config in
+    # plan.json builds the original, which the plan reshapes)
+    assert (out / "config.json").is_file() == (kind != "mamba2")
+    (out / "config.json").unlink(missing_ok=True)
+    again = load_pruned(out)
+    assert torch.equal(_logits(again, inputs), _logits(pruned, inputs))
+    if kind == "gpt2":
+        assert again.lm_head.weight is again.transformer.wte.weight
     assert torch.equal(_logits(model, inputs), _logits(p.model, inputs))  # (untouched)
 
 
@@ -1125,6 +1133,8 @@ def test_an_in_process_export_with_a_bad_config_is_a_one_line_error(tmp_path):
     plan = p.plan(0.5)
     out = export_dir(p, plan, p.apply(plan), tmp_path / "g")
     meta = json.loads((out / "plan.json").read_text())
+    fitted = (out / "config.json").read_text()
+    (out / "config.json").unlink()  # (a written config.json is read first)
 
     def with_config(cfg) -> None:
         meta["source"]["hf_config"] = cfg
@@ -1144,9 +1154,9 @@ def test_an_in_process_export_with_a_bad_config_is_a_one_line_error(tmp_path):
     with pytest.raises(DepViewError, match="GPT2LMHeadModel cannot be built from plan.json's "
                                            "hf_config"):
         load_pruned(out)
-    del meta["source"]["hf_config"]  # now from config.json
-    (out / "plan.json").write_text(json.dumps(meta))
-    (out / "config.json").write_text("{not json")
+    with_config(good)
+    assert torch.equal(_logits(load_pruned(out), inputs), _logits(p.apply(plan), inputs))
+    (out / "config.json").write_text("{not json")  # read first, before hf_config
     with pytest.raises(DepViewError, match="config.json is not readable JSON"):
         load_pruned(out)
     (out / "config.json").write_text(json.dumps({**good, "architectures": ["GPT2LMHeadModel"],
@@ -1154,3 +1164,5 @@ def test_an_in_process_export_with_a_bad_config_is_a_one_line_error(tmp_path):
     with pytest.raises(DepViewError, match="weights in .* do not fit the model its config "
                                            "describes"):
         load_pruned(out)
+    (out / "config.json").write_text(fitted)
+    assert torch.equal(_logits(load_pruned(out), inputs), _logits(p.apply(plan), inputs))

@@ -775,10 +775,11 @@ def _rebuild_in_process(path: Path, search: bool, originals: dict | None
                         ) -> tuple[nn.Module, LoadedModel]:
     """:func:`rebuild` of an export whose model was built in-process (plan.json records no
     spec). A Hugging Face model is built as ``from_pretrained`` would build it, from a model
-    class ``transformers`` exports, with no download and no remote code: the original from
-    plan.json's ``hf_config`` (recorded at export), reshaped by the plan; else the pruned
-    model from the export's ``config.json`` (written only when the model built from it, given
-    the pruned weights, computes exactly what the pruned model did). Its
+    class ``transformers`` exports, with no download and no remote code: the pruned model
+    from the export's ``config.json`` (written only when the model built from it, given the
+    pruned weights, computes exactly what the pruned model did), which never holds the
+    full-size original in memory; else the original from plan.json's ``hf_config``
+    (recorded at export), reshaped by the plan. Its
     :class:`LoadedModel` holds the pruned model and the recorded example inputs (None if
     there were none)."""
     why = f"{path} records no model spec (its model was built in-process)"
@@ -788,15 +789,15 @@ def _rebuild_in_process(path: Path, search: bool, originals: dict | None
     plan = read_plan(path)
     src = plan["source"]
     cfg_file = path / "config.json"
-    if isinstance(src.get("hf_config"), dict):
-        model = reshape_like_plan(_hf_model(src["hf_config"], "plan.json's hf_config", named),
-                                  plan)
-    elif cfg_file.is_file():
+    if cfg_file.is_file():  # the pruned model itself: no full-size original in memory
         try:
             data = json.loads(cfg_file.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise DepViewError(f"{cfg_file} is not readable JSON: {exc}") from None
         model = _hf_model(data, str(cfg_file), named)
+    elif isinstance(src.get("hf_config"), dict):
+        model = reshape_like_plan(_hf_model(src["hf_config"], "plan.json's hf_config", named),
+                                  plan)
     else:
         raise DepViewError(f"{why} and holds no config to build it from: {named}")
     sd = read_state_dict(path / "model.safetensors")
