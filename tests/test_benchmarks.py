@@ -31,3 +31,22 @@ def test_bench_browser_has_a_working_cli():
     res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_browser.py"), "--help"],
                          capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert res.returncode == 0 and "--models" in res.stdout
+
+
+def test_hf_sweep_runs_on_two_models_and_refuses_an_unknown_one(tmp_path):
+    import pytest
+
+    pytest.importorskip("transformers")
+    out = tmp_path / "sweep.json"
+    script = str(ROOT / "benchmarks" / "hf_sweep.py")
+    res = subprocess.run([sys.executable, script, "--models", "gpt2,mamba2", "--json", str(out)],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = json.loads(out.read_text())
+    assert [r["model"] for r in rows] == ["gpt2", "mamba2"]
+    assert all(r["reload_equal"] and r["check_ok"] for r in rows), rows
+    assert "from_pretrained_equal" in rows[0]  # GPT-2's config fits; Mamba2's does not
+    assert "2/2 reload bit-exact" in res.stdout
+    res = subprocess.run([sys.executable, script, "--models", "nope"], capture_output=True,
+                         text=True, timeout=300, cwd=ROOT)
+    assert res.returncode == 2 and "unknown model(s) nope" in res.stderr

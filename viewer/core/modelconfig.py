@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import warnings
 from collections.abc import Callable
 
@@ -148,16 +149,26 @@ _RANDOM_INITS = frozenset({"uniform_", "normal_", "trunc_normal_", "kaiming_unif
                            "orthogonal_", "sparse_"})
 
 
+#: functions whose random draws are made for real: they loop until the draws fall in a range
+#: (rejection sampling), which a tensor left as allocated may never do. torch's
+#: ``trunc_normal_`` does not dispatch to a mode as itself, so only its draws are seen.
+_DRAWS_LOOPED = frozenset(f.__code__ for f in (
+    getattr(torch.nn.init, "_no_grad_trunc_normal_", None),) if f is not None)
+
+
 class _NoRandomFill(TorchFunctionMode):
     """Skips the random fills of weight init while a model is built for real: the check that
     builds it loads the pruned weights over them, and drawing them took most of the build
     (3.6 s of a 246M-parameter LLaMA's, measured by hand; 0.02 s without). Buffers computed
     from the config (rotary frequencies) are made as they would be. A function mode is
-    per thread, so another thread's model init is untouched."""
+    per thread, so another thread's model init is untouched. Draws made by rejection
+    sampling (:data:`_DRAWS_LOOPED`: a ViT's ``trunc_normal_``) are made for real: skipped,
+    a tensor's leftover memory could keep the sampler looping for ever."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func in _RANDOM_METHODS or getattr(func, "__name__", None) in _RANDOM_INITS:
+        if (func in _RANDOM_METHODS or getattr(func, "__name__", None) in _RANDOM_INITS) \
+                and sys._getframe(1).f_code not in _DRAWS_LOOPED:
             filled = args[0] if args else kwargs.get("tensor", kwargs.get("self"))
             if isinstance(filled, torch.Tensor):
                 return filled
