@@ -39,7 +39,7 @@ from torch import nn
 
 from .errors import DepViewError
 from .handlers import REFRESH, SELF_DESCRIBING
-from .modelconfig import build_from_config
+from .modelconfig import build_from_config, state_shapes
 from .optypes import classify
 from .prune import (
     Plan,
@@ -251,8 +251,7 @@ def _rebuilds(model: nn.Module, data: dict) -> bool:
         built = _hf_model(data, "the config", "", device="meta")
     except DepViewError:
         return False
-    return {k: tuple(v.shape) for k, v in built.state_dict().items()} == \
-        {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    return state_shapes(built) == state_shapes(model)
 
 
 def _write_inputs(inputs, path: Path) -> dict:
@@ -710,7 +709,7 @@ def rebuild(path: str | Path, search: bool = True, originals: dict | None = None
     recorded = spec is None
     spec = src["spec"] if spec is None else spec
     if spec is None:
-        return _rebuild_in_process(path, search, originals)
+        return _rebuild_in_process(path, plan, search, originals)
     if search and recorded:
         spec = locate_spec(spec, [path, path.parent, *([src["file"]] if src.get("file") else [])])
     weights = None
@@ -771,7 +770,7 @@ def _recorded_inputs(path: Path) -> tuple | dict | None:
     return batch
 
 
-def _rebuild_in_process(path: Path, search: bool, originals: dict | None
+def _rebuild_in_process(path: Path, plan: dict, search: bool, originals: dict | None
                         ) -> tuple[nn.Module, LoadedModel]:
     """:func:`rebuild` of an export whose model was built in-process (plan.json records no
     spec). A Hugging Face model is built as ``from_pretrained`` would build it, from a model
@@ -786,7 +785,6 @@ def _rebuild_in_process(path: Path, search: bool, originals: dict | None
     named = "pass the model's code: load_pruned(path, spec='my_models.py:build'), check --spec"
     if not search:  # an upload: its files may not name a class to build
         raise DepViewError(f"{why}: only a server started with --model DIR can open it")
-    plan = read_plan(path)
     src = plan["source"]
     cfg_file = path / "config.json"
     if cfg_file.is_file():  # the pruned model itself: no full-size original in memory

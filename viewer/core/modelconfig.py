@@ -175,7 +175,8 @@ class _NoRandomFill(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+def state_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor in the model's state_dict (no data read: meta works)."""
     return {k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items()}
 
 
@@ -194,7 +195,7 @@ def _differences(built: nn.Module | None, shapes: dict, attrs: dict, kept: dict,
     that differ already between the unpruned model and its rebuild (set while running)."""
     if built is None:
         return (1 << 30, 0)
-    got = _shapes(built)
+    got = state_shapes(built)
     n = len(got.keys() ^ shapes.keys()) + sum(got[k] != s for k, s in shapes.items() if k in got)
     have = _attrs(built)
     n += sum(have.get(k) != v for k, v in attrs.items() if k not in noise)
@@ -250,12 +251,12 @@ def fit_config(original: nn.Module, pruned: nn.Module,
     ref = build_from_config(cls, cfg0)
     if ref is None:  # a config the model holds, but not one it is built from alone
         return None
-    if _shapes(ref) != _shapes(original):
+    if state_shapes(ref) != state_shapes(original):
         return {"reason": f"{cls.__name__}({type(cfg0).__name__}) does not rebuild the model "
                           "it was pruned from, so no config can describe the pruned one"}
     old_attrs = _attrs(original)
     noise = {k for k, v in old_attrs.items() if _attrs(ref).get(k, v) != v}
-    shapes, now = _shapes(pruned), _attrs(pruned)
+    shapes, now = state_shapes(pruned), _attrs(pruned)
     attrs = {k: v for k, v in now.items() if old_attrs.get(k) != v}
     kept = {k: v for k, v in now.items() if k not in attrs}
     keys = size_keys(cfg)
@@ -283,7 +284,7 @@ def fit_config(original: nn.Module, pruned: nn.Module,
                           "shapes or layer attributes differ)"}
     single: dict[tuple[str, int], tuple[int, int]] = {}
     if start[0]:
-        old = _shapes(original)
+        old = state_shapes(original)
         pairs = {(a, b) for k, s in shapes.items() if k in old and len(old[k]) == len(s)
                  for a, b in zip(old[k], s, strict=True) if a != b}
         pairs |= {(old_attrs[k], v) for k, v in attrs.items()
@@ -398,7 +399,7 @@ def _first_difference(built: nn.Module | None, shapes: dict, attrs: dict, noise:
     """The first tensor or attribute of ``built`` that is not the pruned model's, in words."""
     if built is None:
         return "the model does not build"
-    got = _shapes(built)
+    got = state_shapes(built)
     for k, s in shapes.items():
         if got.get(k) != s:
             return f"{k} would be {_shape(got.get(k))}, pruned it is {_shape(s)}"
