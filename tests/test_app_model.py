@@ -264,3 +264,17 @@ def test_a_reloaded_page_gets_its_session_back_with_its_rounds():
     rev, *_ = cb.choose_model(store, "new", "demo:resnet", None, None, upload=False,
                               initial=True)
     assert store.session("new").base.entry_key == "demo:resnet"
+
+
+def test_a_hugging_face_model_directory_is_offered_and_pruned(tmp_path):
+    tf = pytest.importorskip("transformers")
+    from viewer.app.callbacks import prune as pcb
+
+    tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=50, n_embd=16, n_layer=1, n_head=2,
+                                     n_positions=32)).save_pretrained(tmp_path / "tiny-gpt2")
+    spec = str(tmp_path / "tiny-gpt2")
+    store = SessionStore([ModelEntry(spec)])
+    assert cb.load_entry(store, "s", spec) == ""
+    assert cb.model_info(store, "s")[0].children == "GPT2LMHeadModel from tiny-gpt2"
+    text = pcb.apply_round(store, "s", pcb.parse_settings("l1", "0.5", "uniform", "1"))
+    assert text.startswith("Round 1 applied") and "config sizes set to n_embd=8" in text

@@ -411,3 +411,28 @@ def test_an_export_directory_prunes_again_as_a_second_round(tmp_path):
     res = cli("prune", str(r1), "--input", "1x3", "--ratio", "0.3", "--out",
               str(tmp_path / "r3"), check=False)
     assert res.returncode == 2 and "is an export directory" in res.stderr
+
+
+def test_a_hugging_face_model_directory_prunes_and_reloads_from_elsewhere(tmp_path):
+    tf = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    tf.LlamaForCausalLM(tf.LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
+    )).save_pretrained(tmp_path / "llama")
+    res = run_in(tmp_path, "prune", "llama", "--ratio", "0.5", "--out", "out")
+    assert res.returncode == 0, res.stderr
+    assert "written to config.json" in res.stdout and res.stderr == ""  # (no transformers logs)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()  # the relative spec is found at the directory prune recorded
+    checked = json.loads(run_in(elsewhere, "check", "../out", "--json", "-").stdout)
+    assert checked["ok"] and checked["tensors_match_original"] and checked["spec"] == "llama"
+    from viewer.core.export import load_pruned
+
+    pruned = load_pruned(tmp_path / "out")
+    again = tf.LlamaForCausalLM.from_pretrained(tmp_path / "out")
+    ids = torch.randint(0, 64, (1, 8))
+    with torch.no_grad():  # (from_pretrained maps the file: kernels may round the last bit
+        # of unaligned weights differently, so equal to float32's precision, not bit-exact)
+        torch.testing.assert_close(pruned(ids).logits, again(ids).logits, rtol=0, atol=1e-6)
+    assert again.config.hidden_size < 32

@@ -280,3 +280,97 @@ def test_loading_a_model_leaves_the_callers_random_state_alone():
     a, b = load_model("demo:cnn", seed=5), load_model("demo:cnn", seed=5)  # still seeded
     assert all(torch.equal(x, y) for x, y in zip(a.model.state_dict().values(),
                                                   b.model.state_dict().values(), strict=True))
+
+
+def _hf_dir(tmp_path, name="gpt2"):
+    """A tiny GPT-2 as ``save_pretrained`` writes it (config.json + model.safetensors)."""
+    tf = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model = tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=50, n_embd=16, n_layer=1, n_head=2,
+                                             n_positions=32, bos_token_id=0, eos_token_id=0))
+    model.save_pretrained(tmp_path / name)
+    return model, tmp_path / name
+
+
+def test_a_hugging_face_model_directory_loads_with_its_weights_and_inputs(tmp_path):
+    model, folder = _hf_dir(tmp_path)
+    lm = load_model(str(folder))
+    assert type(lm.model) is type(model) and not lm.model.training
+    sd = model.state_dict()
+    assert all(torch.equal(v, sd[k]) for k, v in lm.model.state_dict().items())
+    assert [(tuple(x.shape), x.dtype) for x in lm.inputs] == [((1, 16), torch.int64)]
+    assert lm.source["inputs"] == ["1x16:int64"] and lm.source["dir"] == str(folder.resolve())
+    assert lm.description == "GPT2LMHeadModel from gpt2"
+    lm.model(*lm.inputs)
+    meta = load_model(str(folder), device="meta", inputs=["2x8:int64"])
+    assert all(p.is_meta for p in meta.model.parameters()) and meta.inputs[0].shape == (2, 8)
+
+
+def test_a_vision_model_directory_gets_an_image_of_its_configs_size(tmp_path):
+    tf = pytest.importorskip("transformers")
+    tf.ViTModel(tf.ViTConfig(image_size=24, patch_size=8, num_channels=2, hidden_size=16,
+                             num_hidden_layers=1, num_attention_heads=2,
+                             intermediate_size=32)).save_pretrained(tmp_path / "vit")
+    lm = load_model(str(tmp_path / "vit"))
+    assert lm.inputs[0].shape == (1, 2, 24, 24) and lm.source["inputs"] == ["1x2x24x24:float32"]
+
+
+def _edit_config(folder, **changes):
+    import json
+
+    data = json.loads((folder / "config.json").read_text())
+    for k, v in changes.items():
+        if v is None:
+            data.pop(k)
+        else:
+            data[k] = v
+    (folder / "config.json").write_text(json.dumps(data))
+
+
+def _drop_tensor(folder):
+    from safetensors.torch import load_file, save_file
+
+    sd = load_file(folder / "model.safetensors")
+    sd.pop("transformer.ln_f.weight")
+    save_file(sd, folder / "model.safetensors", metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize("damage, options, msg", [
+    (lambda f: (f / "model.safetensors").rename(f / "pytorch_model.bin"), {},
+     "holds its weights as pytorch_model.bin, which DepView never loads"),
+    (lambda f: (f / "model.safetensors").unlink(), {},
+     r"holds no weights \(model.safetensors\); use --device meta"),
+    (lambda f: _edit_config(f, architectures=None), {},
+     'names no architecture: add "architectures"'),
+    (lambda f: _edit_config(f, architectures=["os.system"]), {},
+     "names 'os.system', which is not a model class of transformers"),
+    (lambda f: (f / "config.json").write_text("{bad"), {}, "config.json is not valid JSON"),
+    (lambda f: _edit_config(f, n_embd=8), {},
+     r"do not fit its config.json: transformer.h.0.attn.c_attn.bias is 48 in the file, 24 by "
+     r"the config \(16 tensors differ\)"),
+    (_drop_tensor, {}, r"lack 1 of GPT2LMHeadModel's tensors \(transformer.ln_f.weight\): "
+                       "they would be random"),
+    (lambda f: None, {"kwargs": {"n_embd": 8}},
+     r"a Hugging Face model directory: .* \(--kwargs cannot apply; edit its config.json"),
+    (lambda f: (f / "config.json").unlink(), {},
+     "is a directory but neither a Hugging Face model .no config.json. nor a DepView export"),
+])
+def test_a_broken_hugging_face_directory_is_one_line(tmp_path, damage, options, msg):
+    _, folder = _hf_dir(tmp_path)
+    damage(folder)
+    with pytest.raises(DepViewError, match=msg) as err:
+        load_model(str(folder), **options)
+    assert "\n" not in str(err.value)
+
+
+def test_a_directory_model_whose_inputs_cannot_be_guessed_asks_for_them(tmp_path):
+    tf = pytest.importorskip("transformers")
+    tf.Wav2Vec2Model(tf.Wav2Vec2Config(
+        hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        conv_dim=(8, 8), conv_stride=(5, 2), conv_kernel=(10, 3), num_feat_extract_layers=2,
+        num_conv_pos_embeddings=4, num_conv_pos_embedding_groups=2,
+    )).save_pretrained(tmp_path / "w2v")
+    with pytest.raises(DepViewError, match="needs example inputs: its Wav2Vec2Model reads "
+                                           "input_values; pass --input"):
+        load_model(str(tmp_path / "w2v"))
+    assert load_model(str(tmp_path / "w2v"), inputs=["1x400"]).inputs[0].shape == (1, 400)

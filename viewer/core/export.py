@@ -51,7 +51,7 @@ from .prune import (
     run,
     set_attr,
 )
-from .spec import LoadedModel, load_model, locate_spec, read_state_dict
+from .spec import LoadedModel, hf_class_and_config, load_model, locate_spec, read_state_dict
 from .trace import flatten
 
 FORMAT = "depview-pruned/1"
@@ -711,7 +711,8 @@ def rebuild(path: str | Path, search: bool = True, originals: dict | None = None
     if spec is None:
         return _rebuild_in_process(path, plan, search, originals)
     if search and recorded:
-        spec = locate_spec(spec, [path, path.parent, *([src["file"]] if src.get("file") else [])])
+        spec = locate_spec(spec, [path, path.parent,
+                                  *(src[k] for k in ("file", "dir") if src.get(k))])
     weights = None
     example = None
     if src["spec"] is None:  # built in-process, its code named now: its recorded inputs
@@ -817,36 +818,11 @@ def _rebuild_in_process(path: Path, plan: dict, search: bool, originals: dict | 
 
 def _hf_model(data: dict, where: str, named: str, device: str = "cpu") -> nn.Module:
     """The Hugging Face model class a config's ``architectures`` names, built from it on
-    ``device`` (weights allocated, not drawn). Only a model class ``transformers`` itself
-    exports is built: no code is imported from the export. Floats JSON has no number for
-    come as ``to_json_string`` writes them (``{"__float__": "Infinity"}``) and are read back
-    as ``from_pretrained`` reads them."""
-    archs = data.get("architectures") if isinstance(data, dict) else None
-    name = archs[0] if isinstance(archs, list) and archs and isinstance(archs[0], str) else None
-    if name is None:
-        raise DepViewError(f"{where} names no architecture: {named}")
-    try:
-        import transformers
-    except ImportError:
-        raise DepViewError(f"{where} describes a Hugging Face {name}: install transformers to "
-                           f"load it, or {named}") from None
-    try:
-        cls = getattr(transformers, name, None)
-    except Exception:  # (a model whose extra dependency is missing)
-        cls = None
-    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
-        raise DepViewError(f"{where} names {name!r}, which is not a model class of "
-                           f"transformers {transformers.__version__}: {named}")
-    try:
-        decode = getattr(cls.config_class, "_decode_special_floats", None)
-        cfg = cls.config_class.from_dict(decode(data) if callable(decode) else data)
-    except Exception as exc:
-        raise DepViewError(f"{where} is not a {cls.config_class.__name__}: "
-                           f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
-                           ) from None
+    ``device`` (weights allocated, not drawn): see :func:`viewer.core.spec.hf_class_and_config`."""
+    cls, cfg = hf_class_and_config(data, where, named)
     model = build_from_config(cls, cfg, device)
     if model is None:
-        raise DepViewError(f"{name} cannot be built from {where}")
+        raise DepViewError(f"{cls.__name__} cannot be built from {where}")
     return model
 
 

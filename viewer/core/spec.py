@@ -8,6 +8,7 @@ and example inputs, reproducibly (the same spec, kwargs, inputs and seed give th
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib
 import importlib.util
@@ -94,8 +95,13 @@ def _resolve_attr(spec: str):
             "(demo:NAME, package.module:attr or path/file.py:attr) and loads its weights with "
             "--weights (.safetensors, or a .pt/.pth state_dict)")
     if not sep or not target or not attr:
+        if Path(spec).is_dir():
+            raise DepViewError(
+                f"{spec} is a directory but neither a Hugging Face model (no config.json) nor "
+                "a DepView export (no plan.json)")
         raise DepViewError(
-            f"bad model spec {spec!r}: use demo:NAME, package.module:attr or path/file.py:attr")
+            f"bad model spec {spec!r}: use demo:NAME, package.module:attr, path/file.py:attr, "
+            "a Hugging Face model directory or an export directory")
     if target.endswith(".py"):
         path = Path(target)
         if not path.is_file():
@@ -208,6 +214,7 @@ def _load_model(spec: str, kwargs: dict, weights: str | None, device: str, seed:
     demo = None
     output_layers: list[str] = []
     description = ""
+    folder = None
     if spec.startswith("demo:"):
         import demo_models
 
@@ -215,37 +222,24 @@ def _load_model(spec: str, kwargs: dict, weights: str | None, device: str, seed:
             demo = demo_models.get_demo(spec[5:])
         except ValueError as exc:
             raise DepViewError(str(exc)) from None
-        factory = demo.build
+        model = _build(spec, demo.build, kwargs, device)
         description = demo.description
         if demo.output_layer:
             output_layers = [demo.output_layer]
+    elif (folder := hf_folder(spec)) is not None:
+        model = _hf_folder_model(folder, kwargs, weights, device)
+        description = f"{type(model).__name__} from {folder.resolve().name}"
+        if not input_specs and given is None:
+            input_specs = _hf_inputs(model, folder)
     else:
         factory = _resolve_attr(spec)
         if recorded and (why := recorded_refusal(spec, factory)):
             raise DepViewError(why)
-    try:
-        with torch.device(device):
-            if isinstance(factory, nn.Module):
-                if kwargs:
-                    raise DepViewError(f"{spec} is a module instance; --kwargs cannot apply")
-                # a copy: weights loaded, eval mode and a later reshape (load_pruned) must
-                # not change the object the module holds for its other users
-                model = copy.deepcopy(factory).to(device)
-            elif callable(factory):
-                model = factory(**kwargs)
-            else:
-                raise DepViewError(f"{spec} is not a class, factory or nn.Module")
-    except DepViewError:
-        raise
-    except Exception as exc:
-        raise DepViewError(f"building {spec} failed: {type(exc).__name__}: "
-                           f"{(str(exc).splitlines() or [''])[0]}") from exc
-    if not isinstance(model, nn.Module):
-        raise DepViewError(f"{spec} returned {type(model).__name__}, not an nn.Module")
+        model = _build(spec, factory, kwargs, device)
     model = plain_module(model)  # a torch.compile'd model: the module it wraps
     model.eval()
     description = description or type(model).__name__  # the header line of the app
-    if weights:
+    if weights and folder is None:
         load_weights(model, weights)
 
     gen = torch.Generator().manual_seed(seed)
@@ -269,13 +263,200 @@ def _load_model(spec: str, kwargs: dict, weights: str | None, device: str, seed:
     target = spec.rpartition(":")[0]
     if target.endswith(".py"):  # where the file was, for a reload from another directory
         source["file"] = str(Path(target).resolve())
+    if folder is not None:  # (the same, for a model directory)
+        source["dir"] = str(folder.resolve())
     return LoadedModel(model, example, source, output_layers, description)
+
+
+def _build(spec: str, factory, kwargs: dict, device: str) -> nn.Module:
+    """The model a factory (a class, a function or a module instance) gives."""
+    try:
+        with torch.device(device):
+            if isinstance(factory, nn.Module):
+                if kwargs:
+                    raise DepViewError(f"{spec} is a module instance; --kwargs cannot apply")
+                # a copy: weights loaded, eval mode and a later reshape (load_pruned) must
+                # not change the object the module holds for its other users
+                model = copy.deepcopy(factory).to(device)
+            elif callable(factory):
+                model = factory(**kwargs)
+            else:
+                raise DepViewError(f"{spec} is not a class, factory or nn.Module")
+    except DepViewError:
+        raise
+    except Exception as exc:
+        raise DepViewError(f"building {spec} failed: {type(exc).__name__}: "
+                           f"{(str(exc).splitlines() or [''])[0]}") from exc
+    if not isinstance(model, nn.Module):
+        raise DepViewError(f"{spec} returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def hf_folder(spec: str) -> Path | None:
+    """``spec`` as a Hugging Face model directory (what ``save_pretrained`` writes, or a hub
+    snapshot already on disk: config.json, and no plan.json, which would make it a DepView
+    export), or None."""
+    folder = Path(spec)
+    if ":" in spec or not folder.is_dir() or not (folder / "config.json").is_file() or \
+            (folder / "plan.json").is_file():
+        return None
+    return folder
+
+
+def hf_class_and_config(data: dict, where: str, named: str):
+    """The Hugging Face model class a config's ``architectures`` names, and the config built
+    from ``data``. Only a model class ``transformers`` itself exports is used: no code is
+    imported from anywhere else (no remote code). Floats JSON has no number for come as
+    ``to_json_string`` writes them (``{"__float__": "Infinity"}``) and are read back as
+    ``from_pretrained`` reads them. ``where`` names the config in errors; ``named`` says
+    what to do instead."""
+    archs = data.get("architectures") if isinstance(data, dict) else None
+    name = archs[0] if isinstance(archs, list) and archs and isinstance(archs[0], str) else None
+    if name is None:
+        raise DepViewError(f"{where} names no architecture: {named}")
+    try:
+        import transformers
+    except ImportError:
+        raise DepViewError(f"{where} describes a Hugging Face {name}: install transformers to "
+                           f"load it, or {named}") from None
+    try:
+        cls = getattr(transformers, name, None)
+    except Exception:  # (a model whose extra dependency is missing)
+        cls = None
+    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
+        raise DepViewError(f"{where} names {name!r}, which is not a model class of "
+                           f"transformers {transformers.__version__}: {named}")
+    try:
+        decode = getattr(cls.config_class, "_decode_special_floats", None)
+        cfg = cls.config_class.from_dict(decode(data) if callable(decode) else data)
+    except Exception as exc:
+        raise DepViewError(f"{where} is not a {cls.config_class.__name__}: "
+                           f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+                           ) from None
+    return cls, cfg
+
+
+#: weight files of a Hugging Face model directory that only unpickling (or another
+#: framework) reads: never loaded
+_PICKLED_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5",
+                    "flax_model.msgpack")
+
+
+def _hf_folder_model(folder: Path, kwargs: dict, weights: str | None, device: str
+                     ) -> nn.Module:
+    """The model of a Hugging Face model directory: the class its config.json names
+    (:func:`hf_class_and_config`) through ``from_pretrained``, from its safetensors weights
+    only, as float32, with no download; on ``meta``, built from the config alone."""
+    from .modelconfig import build_from_config
+
+    given = [o for o, v in (("--kwargs", kwargs), ("--weights", weights)) if v]
+    if given:
+        raise DepViewError(f"{folder} is a Hugging Face model directory: it brings its own "
+                           f"config and weights ({', '.join(given)} cannot apply; edit its "
+                           "config.json instead)")
+    where = f"{folder / 'config.json'}"
+    try:
+        data = json.loads((folder / "config.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DepViewError(f"{where} is not valid JSON: {exc}") from None
+    if device != "meta" and not any((folder / n).is_file() for n in (
+            "model.safetensors", "model.safetensors.index.json")):
+        pickled = [n for n in _PICKLED_WEIGHTS if (folder / n).is_file()]
+        if pickled:
+            raise DepViewError(
+                f"{folder} holds its weights as {pickled[0]}, which DepView never loads (a "
+                "pickle or another framework's file): save them as safetensors (load the "
+                "model yourself, then model.save_pretrained(DIR)), or use --device meta")
+        raise DepViewError(f"{folder} holds no weights (model.safetensors); use --device meta "
+                           "to see the architecture without them")
+    with _quiet_transformers():  # (its warnings about the config, its progress bars)
+        cls, cfg = hf_class_and_config(
+            data, where, 'add "architectures": ["<the transformers model class>"] to it')
+        if device == "meta":
+            model = build_from_config(cls, cfg, "meta")
+            if model is None:
+                raise DepViewError(f"{cls.__name__} cannot be built from {where}")
+            return model
+        try:
+            model, info = cls.from_pretrained(
+                folder, config=cfg, local_files_only=True, use_safetensors=True,
+                dtype=torch.float32, ignore_mismatched_sizes=True, output_loading_info=True)
+        except Exception as exc:
+            raise DepViewError(f"loading {folder} failed: {type(exc).__name__}: "
+                               f"{(str(exc).strip().splitlines() or [''])[0]}") from exc
+    # what from_pretrained would fill with random values: refused, as --weights is strict
+    wrong = sorted(info.get("mismatched_keys") or [])
+    if wrong:
+        key, *shapes = wrong[0]
+        sizes = " in the file, ".join("x".join(map(str, s_)) for s_ in shapes)
+        raise DepViewError(f"the weights in {folder} do not fit its config.json: {key} is "
+                           f"{sizes} by the config ({len(wrong)} tensors differ)")
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        listed = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+        raise DepViewError(f"the weights in {folder} lack {len(missing)} of {cls.__name__}'s "
+                           f"tensors ({listed}): they would be random")
+    return model
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """transformers' log at errors only and its progress bars off, then as they were."""
+    try:
+        from transformers.utils import logging as tf_log
+    except ImportError:
+        yield
+        return
+    level, bars = tf_log.get_verbosity(), tf_log.is_progress_bar_enabled()
+    tf_log.set_verbosity_error()
+    tf_log.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        tf_log.set_verbosity(level)
+        if bars:
+            tf_log.enable_progress_bar()
+
+
+def _hf_inputs(model: nn.Module, folder: Path) -> list[tuple[tuple[int, ...], str]]:
+    """Example inputs for a Hugging Face model directory given none: 16 token ids (``1x16:
+    int64``) for a model whose main input is ``input_ids``, one image of the config's size
+    for ``pixel_values``; otherwise the user must say."""
+    name = getattr(model, "main_input_name", None)
+    cfg = getattr(model, "config", None)
+    if name == "input_ids":
+        return [((1, 16), "int64")]
+    size = getattr(cfg, "image_size", None)
+    if isinstance(size, int):
+        size = (size, size)
+    if name == "pixel_values" and isinstance(size, (list, tuple)) and len(size) == 2 and \
+            all(isinstance(v, int) and v > 0 for v in size):
+        return [((1, int(getattr(cfg, "num_channels", 3) or 3), *size), "float32")]
+    raise DepViewError(f"{folder} needs example inputs: its {type(model).__name__} reads "
+                       f"{name or 'inputs DepView cannot guess'}; pass --input SHAPE[:DTYPE] "
+                       "for each positional input")
 
 
 def locate_spec(spec: str, candidates: list[str | Path]) -> str:
     """``spec`` itself when it names a module, or a file that exists from here; otherwise the
     spec rewritten to the first existing file among ``candidates`` (each a file, or a
-    directory to look for the spec's file name in). Raises naming every place looked in."""
+    directory to look for the spec's file name in). A Hugging Face model directory as spec
+    is looked for the same way (a candidate that is that directory, or holds one of its
+    name). Raises naming every place looked in."""
+    if ":" not in spec and not spec.startswith("demo"):
+        if Path(spec).is_dir():
+            return spec
+        name = Path(spec).name
+        looked = [str(Path(spec).resolve())]
+        for c in candidates:
+            for f in (Path(c), Path(c) / name):
+                if f.name == name and hf_folder(str(f)) is not None:
+                    return str(f)
+            looked.append(str(Path(c) / name))
+        raise DepViewError(f"model directory not found: {spec} (looked in "
+                           f"{', '.join(looked)})")
     target, _, attr = spec.rpartition(":")
     if not target.endswith(".py") or Path(target).is_file():
         return spec
