@@ -374,3 +374,34 @@ def test_a_directory_model_whose_inputs_cannot_be_guessed_asks_for_them(tmp_path
                                            "input_values; pass --input"):
         load_model(str(tmp_path / "w2v"))
     assert load_model(str(tmp_path / "w2v"), inputs=["1x400"]).inputs[0].shape == (1, 400)
+
+
+def test_named_inputs_are_keyword_inputs_and_are_recorded_so(tmp_path):
+    f = tmp_path / "two.py"
+    f.write_text("import torch\nclass Two(torch.nn.Module):\n"
+                 "    def __init__(self):\n        super().__init__()\n"
+                 "        self.a, self.b = torch.nn.Linear(4, 3), torch.nn.Linear(2, 3)\n"
+                 "    def forward(self, x=None, extra=None):\n"
+                 "        return self.a(x) + self.b(extra)\n")
+    lm = load_model(f"{f}:Two", inputs=["extra=1x2", "x=1x4"])
+    assert list(lm.inputs) == ["extra", "x"] and lm.inputs["x"].shape == (1, 4)
+    assert lm.source["inputs"] == ["extra=1x2:float32", "x=1x4:float32"]
+    again = load_model(f"{f}:Two", inputs=lm.source["inputs"])  # (what a reload does)
+    assert all(torch.equal(again.inputs[k], v) for k, v in lm.inputs.items())
+    lm.model(**lm.inputs)
+    for bad, msg in ((["x=1x4", "1x2"], "give every input a name .NAME=SHAPE. or none"),
+                     (["x=1x4", "x=1x2"], "--input names 'x' twice"),
+                     (["2x=1x4"], "'2x' is not an argument name"),
+                     (["x=1x"], "expected a shape like")):
+        with pytest.raises(DepViewError, match=msg):
+            load_model(f"{f}:Two", inputs=bad)
+
+
+def test_an_encoder_decoder_directory_gets_decoder_inputs_too(tmp_path):
+    tf = pytest.importorskip("transformers")
+    tf.T5ForConditionalGeneration(tf.T5Config(
+        vocab_size=32, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_decoder_layers=1,
+        num_heads=2, decoder_start_token_id=0)).save_pretrained(tmp_path / "t5")
+    lm = load_model(str(tmp_path / "t5"))
+    assert lm.source["inputs"] == ["input_ids=1x16:int64", "decoder_input_ids=1x16:int64"]
+    assert lm.model(**lm.inputs).logits.shape == (1, 16, 32)

@@ -50,9 +50,10 @@ def add_model_options(parser: argparse.ArgumentParser, per_model: bool = False) 
     one = {"action": _ModelOption} if per_model else {}
     many = {"action": _ModelOption} if per_model else {"action": "append"}
     d = MODEL_OPTIONS
-    parser.add_argument("--input", default=list(d["input"]), metavar="SHAPE[:DTYPE]",
+    parser.add_argument("--input", default=list(d["input"]), metavar="[NAME=]SHAPE[:DTYPE]",
                         help="example input shape, e.g. 1x3x224x224 or 1x16:int64 (repeat for "
-                             "several inputs); demos know their own", **many)
+                             "several inputs; NAME= makes it a keyword input, e.g. "
+                             "decoder_input_ids=1x8:int64); demos know their own", **many)
     parser.add_argument("--kwargs", default=d["kwargs"], metavar="JSON",
                         help="keyword arguments for the model's factory", **one)
     parser.add_argument("--weights", default=d["weights"], metavar="FILE",

@@ -35,9 +35,22 @@ DTYPES = {
 _SHAPE = re.compile(r"^\d+(x\d+)*$")
 
 
+def input_name(text: str) -> tuple[str | None, str]:
+    """``"decoder_input_ids=1x8:int64"`` -> ("decoder_input_ids", "1x8:int64"): a keyword
+    input; ``"1x8:int64"`` -> (None, "1x8:int64"), a positional one."""
+    name, eq, rest = text.strip().partition("=")
+    if not eq:
+        return None, text
+    if not name.strip().isidentifier():
+        raise DepViewError(f"bad --input {text!r}: {name.strip()!r} is not an argument name "
+                           "(use NAME=SHAPE[:DTYPE], e.g. decoder_input_ids=1x8:int64)")
+    return name.strip(), rest
+
+
 def parse_input(text: str) -> tuple[tuple[int, ...], str]:
-    """``"1x3x224x224"`` -> ((1, 3, 224, 224), "float32"); ``"1x16:int64"`` -> int64."""
-    shape_s, _, dtype = text.strip().partition(":")
+    """``"1x3x224x224"`` -> ((1, 3, 224, 224), "float32"); ``"1x16:int64"`` -> int64. A
+    keyword input's name (``input_ids=1x16:int64``) is left to :func:`input_name`."""
+    shape_s, _, dtype = input_name(text)[1].strip().partition(":")
     dtype = dtype or "float32"
     if not _SHAPE.match(shape_s):
         raise DepViewError(f"bad --input {text!r}: expected a shape like 1x3x224x224[:int64]")
@@ -203,13 +216,21 @@ def load_model(
     if weights and device == "meta":
         raise DepViewError("--weights cannot be loaded on the meta device; use --device cpu")
     input_specs = [parse_input(s) for s in inputs or []]
+    names = [input_name(s)[0] for s in inputs or []]
+    if any(n is None for n in names) and any(names):
+        raise DepViewError("--input: give every input a name (NAME=SHAPE) or none; the "
+                           "model is called with positional or with keyword inputs, not both")
+    if len(set(names)) < len(names) and any(names):
+        twice = next(n for n in names if names.count(n) > 1)
+        raise DepViewError(f"--input names {twice!r} twice")
 
     with torch.random.fork_rng(devices=[]):  # seeded for the factory; the caller's RNG
-        return _load_model(spec, kwargs, weights, device, seed, input_specs, recorded, example)
+        return _load_model(spec, kwargs, weights, device, seed, input_specs, recorded, example,
+                           names if any(names) else None)
 
 
 def _load_model(spec: str, kwargs: dict, weights: str | None, device: str, seed: int,
-                input_specs: list, recorded: bool, given=None) -> LoadedModel:
+                input_specs: list, recorded: bool, given=None, names=None) -> LoadedModel:
     torch.manual_seed(seed)
     demo = None
     output_layers: list[str] = []
@@ -230,7 +251,7 @@ def _load_model(spec: str, kwargs: dict, weights: str | None, device: str, seed:
         model = _hf_folder_model(folder, kwargs, weights, device)
         description = f"{type(model).__name__} from {folder.resolve().name}"
         if not input_specs and given is None:
-            input_specs = _hf_inputs(model, folder)
+            input_specs, names = _hf_inputs(model, folder)
     else:
         factory = _resolve_attr(spec)
         if recorded and (why := recorded_refusal(spec, factory)):
@@ -247,6 +268,8 @@ def _load_model(spec: str, kwargs: dict, weights: str | None, device: str, seed:
         example = given
     elif input_specs:
         example = tuple(make_tensor(s, d, device, gen) for s, d in input_specs)
+        if names:  # keyword inputs, in the order given
+            example = dict(zip(names, example, strict=True))
     elif demo is not None:
         example = tuple(demo.make_inputs(device))
         input_specs = [(tuple(s), d) for s, d in demo.input_specs]
@@ -256,7 +279,9 @@ def _load_model(spec: str, kwargs: dict, weights: str | None, device: str, seed:
     source = {
         "spec": spec,
         "kwargs": kwargs,
-        "inputs": ["x".join(map(str, s)) + f":{d}" for s, d in input_specs],
+        "inputs": [(f"{n}=" if n else "") + "x".join(map(str, s)) + f":{d}"
+                   for n, (s, d) in zip(names or [None] * len(input_specs), input_specs,
+                                        strict=True)],
         "weights": str(weights) if weights else None,
         "seed": seed,
     }
@@ -420,20 +445,24 @@ def _quiet_transformers():
             tf_log.enable_progress_bar()
 
 
-def _hf_inputs(model: nn.Module, folder: Path) -> list[tuple[tuple[int, ...], str]]:
-    """Example inputs for a Hugging Face model directory given none: 16 token ids (``1x16:
-    int64``) for a model whose main input is ``input_ids``, one image of the config's size
+def _hf_inputs(model: nn.Module, folder: Path
+               ) -> tuple[list[tuple[tuple[int, ...], str]], list[str] | None]:
+    """Example inputs (and their names, None: positional) for a Hugging Face model directory
+    given none: 16 token ids (``1x16:int64``) for a model whose main input is ``input_ids``,
+    and 16 ``decoder_input_ids`` too for an encoder-decoder; one image of the config's size
     for ``pixel_values``; otherwise the user must say."""
     name = getattr(model, "main_input_name", None)
     cfg = getattr(model, "config", None)
+    if name == "input_ids" and getattr(cfg, "is_encoder_decoder", False):
+        return [((1, 16), "int64")] * 2, ["input_ids", "decoder_input_ids"]
     if name == "input_ids":
-        return [((1, 16), "int64")]
+        return [((1, 16), "int64")], None
     size = getattr(cfg, "image_size", None)
     if isinstance(size, int):
         size = (size, size)
     if name == "pixel_values" and isinstance(size, (list, tuple)) and len(size) == 2 and \
             all(isinstance(v, int) and v > 0 for v in size):
-        return [((1, int(getattr(cfg, "num_channels", 3) or 3), *size), "float32")]
+        return [((1, int(getattr(cfg, "num_channels", 3) or 3), *size), "float32")], None
     raise DepViewError(f"{folder} needs example inputs: its {type(model).__name__} reads "
                        f"{name or 'inputs DepView cannot guess'}; pass --input SHAPE[:DTYPE] "
                        "for each positional input")
