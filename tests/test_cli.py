@@ -2,6 +2,7 @@
 
 import inspect
 import json
+import os
 import subprocess
 import sys
 
@@ -436,3 +437,30 @@ def test_a_hugging_face_model_directory_prunes_and_reloads_from_elsewhere(tmp_pa
         # of unaligned weights differently, so equal to float32's precision, not bit-exact)
         torch.testing.assert_close(pruned(ids).logits, again(ids).logits, rtol=0, atol=1e-6)
     assert again.config.hidden_size < 32
+
+
+def test_a_hub_model_loads_from_the_local_cache_only(tmp_path):
+    tf = pytest.importorskip("transformers")
+    snap = tmp_path / "cache" / "models--acme--tiny-gpt2" / "snapshots" / "abc123"
+    tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=50, n_embd=16, n_layer=1, n_head=2,
+                                     n_positions=32)).save_pretrained(snap)
+    (snap.parents[1] / "refs").mkdir()
+    (snap.parents[1] / "refs" / "main").write_text("abc123")
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "0"}
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "viewer", *args], capture_output=True,
+                              text=True, timeout=300, cwd=tmp_path, env=env)
+
+    res = run("prune", "hf:acme/tiny-gpt2", "--ratio", "0.5", "--out", "out")
+    assert res.returncode == 0 and "written to config.json" in res.stdout, res.stderr
+    assert json.loads((tmp_path / "out" / "plan.json").read_text())["source"]["dir"] == \
+        str(snap)
+    assert json.loads(run("check", "out", "--json", "-").stdout)["ok"]
+    for spec, msg in (("hf:acme/other", "hf:acme/other: not in the local Hugging Face cache "
+                       "(DepView never downloads: fetch it first with `hf download "
+                       "acme/other`, or give its directory)"),
+                      ("hf:acme/tiny-gpt2@v2", "`hf download acme/tiny-gpt2 --revision v2`"),
+                      ("hf:a//b", "'a//b' is not a repository id")):
+        res = run("graph", spec, "--json", "-")
+        assert res.returncode == 2 and msg in res.stderr and res.stderr.count("\n") == 1

@@ -19,8 +19,8 @@ from .core.text import counted
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", help="demo:NAME, package.module:attr, path/file.py:attr, a "
-                   "Hugging Face model directory (config.json + model.safetensors) or an "
-                   "export directory")
+                   "Hugging Face model directory (config.json + model.safetensors), "
+                   "hf:ORG/NAME from the local hub cache, or an export directory")
     add_model_options(p)
 
 

@@ -69,8 +69,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``serve`` options: ``--model`` (repeatable) with its model options, host, port."""
     parser.add_argument("--model", action=_ModelAction, default=[], metavar="SPEC",
                         help="add a model to the picker: demo:NAME, package.module:attr, "
-                             "path/file.py:attr, a Hugging Face model directory or an export "
-                             "directory (repeatable). Model "
+                             "path/file.py:attr, a Hugging Face model directory, hf:ORG/NAME "
+                             "(from the local cache) or an export directory (repeatable). Model "
                              "options after it apply to it alone; before the first --model, "
                              "to every model")
     parser.set_defaults(per_model=[])

@@ -247,9 +247,10 @@ def _load_model(spec: str, kwargs: dict, weights: str | None, device: str, seed:
         description = demo.description
         if demo.output_layer:
             output_layers = [demo.output_layer]
-    elif (folder := hf_folder(spec)) is not None:
+    elif (folder := hub_snapshot(spec) or hf_folder(spec)) is not None:
         model = _hf_folder_model(folder, kwargs, weights, device)
-        description = f"{type(model).__name__} from {folder.resolve().name}"
+        where = spec[3:] if spec.startswith("hf:") else folder.resolve().name
+        description = f"{type(model).__name__} from {where}"
         if not input_specs and given is None:
             input_specs, names = _hf_inputs(model, folder)
     else:
@@ -325,6 +326,33 @@ def hf_folder(spec: str) -> Path | None:
     if ":" in spec or not folder.is_dir() or not (folder / "config.json").is_file() or \
             (folder / "plan.json").is_file():
         return None
+    return folder
+
+
+def hub_snapshot(spec: str) -> Path | None:
+    """``hf:ORG/NAME[@REVISION]``: the model's snapshot directory in the local Hugging Face
+    cache (``HF_HUB_CACHE``), never downloaded; None for any other spec."""
+    if not spec.startswith("hf:"):
+        return None
+    repo, _, revision = spec[3:].partition("@")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise DepViewError(f"{spec} names a Hugging Face hub model: install transformers "
+                           "to load it") from None
+    try:
+        folder = Path(snapshot_download(repo, revision=revision or None,
+                                        local_files_only=True))
+    except Exception as exc:
+        if "Repo id" in str(exc) or "repo_id" in str(exc):
+            raise DepViewError(f"{spec}: {repo!r} is not a repository id (use "
+                               "hf:ORG/NAME[@REVISION])") from None
+        fetch = f"hf download {repo}" + (f" --revision {revision}" if revision else "")
+        raise DepViewError(f"{spec}: not in the local Hugging Face cache (DepView never "
+                           f"downloads: fetch it first with `{fetch}`, or give its "
+                           "directory)") from None
+    if not (folder / "config.json").is_file():
+        raise DepViewError(f"{spec}: its cached snapshot {folder} holds no config.json")
     return folder
 
 
