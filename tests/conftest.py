@@ -111,3 +111,15 @@ class MaskedLogits(torch.nn.Module):
         mask = torch.zeros(6, dtype=torch.bool)
         mask[0] = True
         return torch.log_softmax(logits.masked_fill(mask, float("-inf")), -1)
+
+
+def save_tiny_llama(folder, dtype=torch.float32, **save_kwargs):
+    """A one-layer Llama (4 query heads, 2 kv heads) saved as ``save_pretrained`` writes it."""
+    import transformers as tf
+
+    torch.manual_seed(0)
+    tf.LlamaForCausalLM(tf.LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
+    )).to(dtype).save_pretrained(folder, **save_kwargs)
+    return folder

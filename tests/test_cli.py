@@ -416,11 +416,9 @@ def test_an_export_directory_prunes_again_as_a_second_round(tmp_path):
 
 def test_a_hugging_face_model_directory_prunes_and_reloads_from_elsewhere(tmp_path):
     tf = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    tf.LlamaForCausalLM(tf.LlamaConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
-    )).save_pretrained(tmp_path / "llama")
+    from conftest import save_tiny_llama
+
+    save_tiny_llama(tmp_path / "llama")
     res = run_in(tmp_path, "prune", "llama", "--ratio", "0.5", "--out", "out")
     assert res.returncode == 0, res.stderr
     assert "written to config.json" in res.stdout and res.stderr == ""  # (no transformers logs)

@@ -1166,3 +1166,58 @@ def test_an_in_process_export_with_a_bad_config_is_a_one_line_error(tmp_path):
         load_pruned(out)
     (out / "config.json").write_text(fitted)
     assert torch.equal(_logits(load_pruned(out), inputs), _logits(p.apply(plan), inputs))
+
+
+def test_half_precision_weights_are_exported_in_their_own_dtype(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    base = load_model("demo:cnn").model
+    save_file({k: v.to(torch.bfloat16) if v.is_floating_point() else v
+               for k, v in base.state_dict().items()}, tmp_path / "w.safetensors")
+    lm = load_model("demo:cnn", weights=str(tmp_path / "w.safetensors"))
+    assert lm.source["dtype"] == "bfloat16"
+    assert all(p.dtype == torch.float32 for p in lm.model.parameters())  # it runs as float32
+    p = Pruner(lm.model, lm.inputs, output_layers=lm.output_layers)
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    out = export_dir(p, plan, pruned, tmp_path / "e", lm.source)
+    with safe_open(out / "model.safetensors", "pt") as f:
+        kinds = {f.get_slice(k).get_dtype() for k in f.keys()}
+    assert kinds == {"BF16", "I64"}  # (num_batches_tracked)
+    assert json.loads((out / "report.json").read_text())["dtype"] == {"written": "bfloat16"}
+    again = load_pruned(out)  # float32, exactly the pruned model: bf16 held its values
+    with torch.no_grad():
+        assert torch.equal(pruned(*lm.inputs), again(*lm.inputs))
+    res = check_dir(out)
+    assert res["ok"] and res["tensors_match_original"], res
+    # values bf16 cannot hold (tuned in float32) stay float32, and the report says why
+    with torch.no_grad():
+        next(pruned.parameters()).add_(1e-3)
+    tuned = export_dir(p, plan, pruned, tmp_path / "t", lm.source, tuned=True)
+    said = json.loads((tuned / "report.json").read_text())["dtype"]
+    assert said["written"] == "float32" and "tuned in float32" in said["reason"]
+    assert check_dir(tuned)["ok"]
+    # a float32 file records nothing
+    save_file(base.state_dict(), tmp_path / "f.safetensors")
+    assert "dtype" not in load_model("demo:cnn", weights=str(tmp_path / "f.safetensors")).source
+
+
+def test_a_bfloat16_hugging_face_directory_exports_bfloat16_for_from_pretrained(tmp_path):
+    tf = pytest.importorskip("transformers")
+    from conftest import save_tiny_llama
+
+    save_tiny_llama(tmp_path / "m", torch.bfloat16, max_shard_size="8KB")
+    assert (tmp_path / "m" / "model.safetensors.index.json").is_file()  # (shards read too)
+    lm = load_model(str(tmp_path / "m"))
+    assert lm.source["dtype"] == "bfloat16"
+    p = Pruner(lm.model, lm.inputs)
+    plan = p.plan(0.5)
+    out = export_dir(p, plan, p.apply(plan), tmp_path / "e", lm.source)
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+    again = tf.LlamaForCausalLM.from_pretrained(out)
+    assert again.dtype == torch.bfloat16 and again.config.hidden_size < 32
+    mine = load_pruned(out).to(torch.bfloat16).state_dict()
+    assert all(torch.equal(v, mine[k]) for k, v in again.state_dict().items())
+    assert check_dir(out)["ok"]

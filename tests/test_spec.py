@@ -405,3 +405,12 @@ def test_an_encoder_decoder_directory_gets_decoder_inputs_too(tmp_path):
     lm = load_model(str(tmp_path / "t5"))
     assert lm.source["inputs"] == ["input_ids=1x16:int64", "decoder_input_ids=1x16:int64"]
     assert lm.model(**lm.inputs).logits.shape == (1, 16, 32)
+
+
+def test_stored_dtype_is_one_half_precision_dtype_or_none():
+    from viewer.core.spec import stored_dtype
+
+    assert stored_dtype([torch.bfloat16, torch.int64]) == "bfloat16"
+    assert stored_dtype(["float16", "int64"]) == "float16"
+    for none in ([torch.float32], [torch.bfloat16, torch.float32], [torch.int64], []):
+        assert stored_dtype(none) is None

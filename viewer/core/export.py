@@ -51,7 +51,14 @@ from .prune import (
     run,
     set_attr,
 )
-from .spec import LoadedModel, hf_class_and_config, load_model, locate_spec, read_state_dict
+from .spec import (
+    HALF_DTYPES,
+    LoadedModel,
+    hf_class_and_config,
+    load_model,
+    locate_spec,
+    read_state_dict,
+)
 from .trace import flatten
 
 FORMAT = "depview-pruned/1"
@@ -122,6 +129,37 @@ def _state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
 
 
+def _in_stored_dtype(weights: dict[str, torch.Tensor], dtype: str | None, tuned: bool
+                     ) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """The pruned weights in the half-precision dtype the original's weights file stored
+    (``source["dtype"]``; the model ran as float32), and what report.json says about it
+    (None: the file was not half precision). Pruning only selects values, so the float32
+    tensors hold exactly half-precision values and the cast loses nothing; it is checked,
+    and when any value would change (weights tuned in float32) they stay float32."""
+    if dtype not in HALF_DTYPES:
+        return weights, None
+    dt = HALF_DTYPES[dtype]
+    cast = {k: t.to(dt) if t.dtype == torch.float32 else t for k, t in weights.items()}
+    changed = next((k for k, t in weights.items()
+                    if t.dtype == torch.float32 and not torch.equal(cast[k].float(), t)), None)
+    if changed is not None:
+        why = "tuned in float32" if tuned else "not the original's values"
+        return weights, {"written": "float32", "reason": f"'{changed}' holds values {dtype} "
+                         f"cannot hold ({why}): written as float32, as the model ran"}
+    return cast, {"written": dtype}
+
+
+def _set_config_dtype(path: Path, dtype: str) -> None:
+    """config.json's dtype set to the weights file's, so ``from_pretrained`` builds the model
+    in it (as it built the original)."""
+    data = json.loads(path.read_text())
+    for key in ("dtype", "torch_dtype"):
+        if key in data:
+            data[key] = dtype
+    data.setdefault("dtype", dtype)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
 def export_dir(pruner: Pruner, plan: Plan, pruned: nn.Module, out_dir: str | Path,
                source: dict | None = None, verification: dict | None = None,
                history: list[dict] | None = None, pt2: bool = True,
@@ -169,9 +207,9 @@ def export_dir(pruner: Pruner, plan: Plan, pruned: nn.Module, out_dir: str | Pat
         stage = Path(tempfile.mkdtemp(prefix=".depview-", dir=out))
     except OSError as exc:
         raise DepViewError(f"cannot write to {out}: {exc.strerror or exc}") from None
+    weights, stored = _in_stored_dtype(_state_dict(pruned), source.get("dtype"), tuned)
     try:
-        save_file(_state_dict(pruned), str(stage / "model.safetensors"),
-                  metadata={"format": FORMAT})
+        save_file(weights, str(stage / "model.safetensors"), metadata={"format": FORMAT})
         (stage / "plan.json").write_text(dumps(plan_json, indent=1))
         # safetensors writes its file readable by its owner alone (0600); give it the mode
         # any file written here gets (the umask's), as the JSON files have
@@ -187,6 +225,10 @@ def export_dir(pruner: Pruner, plan: Plan, pruned: nn.Module, out_dir: str | Pat
         config = _write_config(pruner, pruned, stage / "config.json")
         if config is not None:
             report["config"] = config
+        if stored is not None:
+            report["dtype"] = stored
+            if config is not None and config.get("written") and "reason" not in stored:
+                _set_config_dtype(stage / "config.json", stored["written"])
         if source["spec"] is None:
             report["inputs"] = _write_inputs(pruner.inputs, stage / INPUTS_FILE)
         report["weights_sha256"] = _sha256(stage / "model.safetensors")

@@ -261,8 +261,11 @@ def _load_model(spec: str, kwargs: dict, weights: str | None, device: str, seed:
     model = plain_module(model)  # a torch.compile'd model: the module it wraps
     model.eval()
     description = description or type(model).__name__  # the header line of the app
+    stored = None  # the weights file's half-precision dtype, for exports
     if weights and folder is None:
-        load_weights(model, weights)
+        stored = load_weights(model, weights)
+    elif folder is not None and device != "meta":
+        stored = _folder_dtype(folder)
 
     gen = torch.Generator().manual_seed(seed)
     if given is not None:
@@ -291,6 +294,8 @@ def _load_model(spec: str, kwargs: dict, weights: str | None, device: str, seed:
         source["file"] = str(Path(target).resolve())
     if folder is not None:  # (the same, for a model directory)
         source["dir"] = str(folder.resolve())
+    if stored:
+        source["dtype"] = stored
     return LoadedModel(model, example, source, output_layers, description)
 
 
@@ -654,8 +659,44 @@ def batch_from(obj, name: str) -> tuple[torch.Tensor, ...] | dict[str, torch.Ten
     return dict(obj)
 
 
-def load_weights(model: nn.Module, path: str | Path) -> None:
-    """Load a state_dict into ``model`` strictly, with a one-line error on mismatch."""
+#: half-precision dtypes a weights file may store, which an export writes back (see
+#: :func:`stored_dtype`)
+HALF_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+_SAFETENSORS_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32",
+                       "F64": "float64", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
+
+
+def stored_dtype(dtypes) -> str | None:
+    """The half-precision dtype (``"bfloat16"`` or ``"float16"``) every floating tensor of a
+    weights file has, given their dtypes (names or ``torch.dtype``); None when they are
+    float32, mixed, or there are none. The model is loaded as float32 all the same; an export
+    writes its floating tensors back in this dtype (exactly: pruning only selects values)."""
+    names = {str(d).removeprefix("torch.") for d in dtypes}
+    floating = {n for n in names if "float" in n}
+    return next(iter(floating)) if len(floating) == 1 and floating <= set(HALF_DTYPES) else None
+
+
+def _folder_dtype(folder: Path) -> str | None:
+    """:func:`stored_dtype` of a Hugging Face model directory's safetensors files, read from
+    their headers (no tensor is loaded)."""
+    index = folder / "model.safetensors.index.json"
+    try:
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values())) \
+            if index.is_file() else ["model.safetensors"]
+        dtypes = set()
+        for name in files:
+            with (folder / name).open("rb") as fh:
+                header = json.loads(fh.read(int.from_bytes(fh.read(8), "little")))
+            dtypes |= {_SAFETENSORS_DTYPES.get(v.get("dtype"), "other")
+                       for k, v in header.items() if k != "__metadata__"}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None  # (from_pretrained read them: an unusual layout only loses the dtype)
+    return stored_dtype(dtypes)
+
+
+def load_weights(model: nn.Module, path: str | Path) -> str | None:
+    """Load a state_dict into ``model`` strictly, with a one-line error on mismatch; the
+    file's half-precision dtype (:func:`stored_dtype`), if it has one."""
     sd = read_state_dict(path)
     try:
         model.load_state_dict(sd, strict=True)
@@ -667,3 +708,4 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
         raise DepViewError(
             f"weights {path} do not fit the model: missing {missing[:3]}, unexpected "
             f"{unexpected[:3]}{'; ' + shape_err if shape_err else ''}") from exc
+    return stored_dtype(t.dtype for t in sd.values())
