@@ -84,7 +84,7 @@ def test_the_cli_serve_command_uses_the_same_options(monkeypatch):
                                                             ("demo:cnn", ())]
 
 
-def test_a_bare_spec_opens_that_model(monkeypatch, capsys):
+def test_a_bare_spec_opens_that_model(monkeypatch, capsys, tmp_path):
     from viewer import cli
     from viewer.app import main
 
@@ -93,6 +93,9 @@ def test_a_bare_spec_opens_that_model(monkeypatch, capsys):
     assert cli.main(["net.py:Net", "--input", "1x8", "--port", "9003"]) == 0
     assert [(m.spec, m.inputs) for m in seen["models"]] == [("net.py:Net", ("1x8",))]
     assert seen["port"] == 9003
+    (tmp_path / "my-llama").mkdir()  # a model (or export) directory, with no colon
+    assert cli.main([str(tmp_path / "my-llama")]) == 0
+    assert [m.spec for m in seen["models"]] == [str(tmp_path / "my-llama")]
     with pytest.raises(SystemExit):  # a mistyped command is still an error, not a model
         cli.main(["prun", "demo:cnn"])
     assert "invalid choice: 'prun'" in capsys.readouterr().err
