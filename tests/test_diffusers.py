@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 diffusers = pytest.importorskip("diffusers")
 
+from viewer.core.errors import DepViewError  # noqa: E402
 from viewer.core.export import export_dir, load_pruned  # noqa: E402
 from viewer.core.prune import Pruner  # noqa: E402
 from viewer.core.spec import load_model  # noqa: E402
@@ -87,3 +88,43 @@ def test_diffusers_vae_attention_joins_q_and_v_of_each_block_and_sets_nothing_un
     assert pruned.encoder.mid_block.attentions[0].to_v.out_features == 16
     v = p.verify(pruned, plan)
     assert v["forward"] and v["masked_equivalence"]["exact_groups"]["ok"], v
+
+
+def test_a_diffusers_model_directory_prunes_and_reloads(tmp_path):
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(**UNET)
+    unet.save_pretrained(tmp_path / "pipe" / "unet")
+    (tmp_path / "pipe" / "model_index.json").write_text("{}")
+    folder = str(tmp_path / "pipe" / "unet")
+    lm = load_model(folder, inputs=["1x3x16x16", "1:int64"])
+    assert type(lm.model) is diffusers.UNet2DModel and lm.description == "UNet2DModel from unet"
+    sd = unet.state_dict()
+    assert all(torch.equal(v, sd[k]) for k, v in lm.model.state_dict().items())
+    meta = load_model(folder, inputs=["1x3x16x16", "1:int64"], device="meta")
+    assert all(p.is_meta for p in meta.model.parameters())
+    p = Pruner(lm.model, lm.inputs, output_layers=lm.output_layers)
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    out = export_dir(p, plan, pruned, tmp_path / "e", lm.source, pt2=False)
+    again = load_pruned(out)
+    with torch.no_grad():
+        assert torch.equal(pruned(*lm.inputs).sample, again(*lm.inputs).sample)
+    # what is not a model directory, or cannot be one, says what to do instead
+    for spec, kw, msg in (
+            (str(tmp_path / "pipe"), {}, r"is a diffusers pipeline: name one of its models' "
+                                         r"directories \(unet\)"),
+            (folder, {}, "needs example inputs: its UNet2DModel reads inputs DepView cannot "
+                         "guess"),
+    ):
+        with pytest.raises(DepViewError, match=msg):
+            load_model(spec, **kw)
+    cfg = tmp_path / "pipe" / "unet" / "config.json"
+    cfg.write_text(cfg.read_text().replace('"norm_num_groups": 8', '"norm_num_groups": 4')
+                   .replace("16,", "8,"))  # block_out_channels [16, 32] -> [8, 32]
+    with pytest.raises(DepViewError, match=r"loading .* failed: RuntimeError: size mismatch "
+                                           r"for conv_in.weight: .* \(and \d+ more problems\)"):
+        load_model(folder, inputs=["1x3x16x16", "1:int64"])
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "adapter_config.json").write_text("{}")
+    with pytest.raises(DepViewError, match=r"holds a PEFT adapter, not a model: merge it"):
+        load_model(str(tmp_path / "adapter"))

@@ -55,6 +55,7 @@ from .spec import (
     HALF_DTYPES,
     LoadedModel,
     hf_class_and_config,
+    load_error_detail,
     load_model,
     locate_spec,
     read_state_dict,
@@ -885,22 +886,6 @@ def _own_demo_inputs(src: dict) -> bool:
         return False
     own = ["x".join(map(str, s)) + f":{d}" for s, d in demo.input_specs]
     return (src.get("inputs") or []) == own
-
-
-def load_error_detail(exc: BaseException, width: int = 200) -> str:
-    """One line from ``load_state_dict``'s error, whose first line only says "Error(s) in
-    loading state_dict for X:": its first finding, and how many more there are.
-
-    >>> load_error_detail(RuntimeError("Error(s) in loading state_dict for M:\\n\\t"
-    ...     'Missing key(s) in state_dict: "a". \\n\\tsize mismatch for b: copying ...'))
-    'Missing key(s) in state_dict: "a". (and 1 more problem)'
-    """
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    if len(lines) < 2:
-        return (lines or [type(exc).__name__])[0][:width]
-    first = lines[1] if len(lines[1]) <= width else lines[1][:width - 1] + "…"
-    more = len(lines) - 2
-    return first + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")
 
 
 def load_pruned(path: str | Path, device: str = "cpu", spec: str | None = None) -> nn.Module:

@@ -108,7 +108,15 @@ def _resolve_attr(spec: str):
             "(demo:NAME, package.module:attr or path/file.py:attr) and loads its weights with "
             "--weights (.safetensors, or a .pt/.pth state_dict)")
     if not sep or not target or not attr:
-        if Path(spec).is_dir():
+        folder = Path(spec)
+        if (folder / "model_index.json").is_file():
+            parts = sorted(p.name for p in folder.iterdir() if (p / "config.json").is_file())
+            raise DepViewError(f"{spec} is a diffusers pipeline: name one of its models' "
+                               f"directories ({', '.join(parts) or 'none holds a config.json'})")
+        if (folder / "adapter_config.json").is_file():
+            raise DepViewError(f"{spec} holds a PEFT adapter, not a model: merge it into its "
+                               "base model (merge_and_unload()) and save_pretrained that")
+        if folder.is_dir():
             raise DepViewError(
                 f"{spec} is a directory but neither a Hugging Face model (no config.json) nor "
                 "a DepView export (no plan.json)")
@@ -397,14 +405,72 @@ def hf_class_and_config(data: dict, where: str, named: str):
 #: weight files of a Hugging Face model directory that only unpickling (or another
 #: framework) reads: never loaded
 _PICKLED_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5",
-                    "flax_model.msgpack")
+                    "flax_model.msgpack", "diffusion_pytorch_model.bin")
+#: the safetensors weights of a model directory, by the library that wrote it (one file, or
+#: the index of its shards)
+_WEIGHT_NAMES = {"transformers": "model", "diffusers": "diffusion_pytorch_model"}
+
+
+def _library(data) -> str:
+    """Which library wrote a model directory's config.json: diffusers names its class in
+    ``_class_name``, transformers in ``architectures``."""
+    return "diffusers" if isinstance(data, dict) and "_class_name" in data and \
+        "architectures" not in data else "transformers"
+
+
+def _weight_files(folder: Path, library: str) -> list[str] | None:
+    """The safetensors files holding a model directory's weights (None: there are none)."""
+    stem = _WEIGHT_NAMES[library]
+    index = folder / f"{stem}.safetensors.index.json"
+    if index.is_file():
+        try:
+            return sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return [index.name]  # (from_pretrained says what is wrong with it)
+    return [f"{stem}.safetensors"] if (folder / f"{stem}.safetensors").is_file() else None
+
+
+def load_error_detail(exc: BaseException, width: int = 200) -> str:
+    """One line from ``load_state_dict``'s error, whose first line only says "Error(s) in
+    loading state_dict for X:": its first finding, and how many more there are.
+
+    >>> load_error_detail(RuntimeError("Error(s) in loading state_dict for M:\\n\\t"
+    ...     'Missing key(s) in state_dict: "a". \\n\\tsize mismatch for b: copying ...'))
+    'Missing key(s) in state_dict: "a". (and 1 more problem)'
+    """
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    if len(lines) < 2:
+        return (lines or [type(exc).__name__])[0][:width]
+    first = lines[1] if len(lines[1]) <= width else lines[1][:width - 1] + "…"
+    more = len(lines) - 2
+    return first + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")
+
+
+def _diffusers_class(data: dict, where: str) -> type:
+    """The diffusers model class a config's ``_class_name`` names: only a class diffusers
+    itself exports (a ``ModelMixin``), no code from anywhere else."""
+    name = data["_class_name"]
+    try:
+        import diffusers
+    except ImportError:
+        raise DepViewError(f"{where} describes a diffusers {name}: install diffusers to "
+                           "load it") from None
+    try:
+        cls = getattr(diffusers, str(name), None)
+    except Exception:  # (a model whose extra dependency is missing)
+        cls = None
+    if not (isinstance(cls, type) and issubclass(cls, diffusers.ModelMixin)):
+        raise DepViewError(f"{where} names {name!r}, which is not a model class of "
+                           f"diffusers {diffusers.__version__}")
+    return cls
 
 
 def _hf_folder_model(folder: Path, kwargs: dict, weights: str | None, device: str
                      ) -> nn.Module:
-    """The model of a Hugging Face model directory: the class its config.json names
-    (:func:`hf_class_and_config`) through ``from_pretrained``, from its safetensors weights
-    only, as float32, with no download; on ``meta``, built from the config alone."""
+    """The model of a Hugging Face model directory (transformers' or diffusers'): the class
+    its config.json names (:func:`hf_class_and_config`, :func:`_diffusers_class`) through
+    ``from_pretrained``, from its safetensors weights only, as float32, with no download; on
+    ``meta``, built from the config alone."""
     from .modelconfig import build_from_config
 
     given = [o for o, v in (("--kwargs", kwargs), ("--weights", weights)) if v]
@@ -417,31 +483,48 @@ def _hf_folder_model(folder: Path, kwargs: dict, weights: str | None, device: st
         data = json.loads((folder / "config.json").read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DepViewError(f"{where} is not valid JSON: {exc}") from None
-    if device != "meta" and not any((folder / n).is_file() for n in (
-            "model.safetensors", "model.safetensors.index.json")):
+    library = _library(data)
+    if device != "meta" and _weight_files(folder, library) is None:
         pickled = [n for n in _PICKLED_WEIGHTS if (folder / n).is_file()]
         if pickled:
             raise DepViewError(
                 f"{folder} holds its weights as {pickled[0]}, which DepView never loads (a "
                 "pickle or another framework's file): save them as safetensors (load the "
                 "model yourself, then model.save_pretrained(DIR)), or use --device meta")
-        raise DepViewError(f"{folder} holds no weights (model.safetensors); use --device meta "
-                           "to see the architecture without them")
-    with _quiet_transformers():  # (its warnings about the config, its progress bars)
-        cls, cfg = hf_class_and_config(
-            data, where, 'add "architectures": ["<the transformers model class>"] to it')
-        if device == "meta":
-            model = build_from_config(cls, cfg, "meta")
-            if model is None:
-                raise DepViewError(f"{cls.__name__} cannot be built from {where}")
-            return model
+        raise DepViewError(f"{folder} holds no weights ({_WEIGHT_NAMES[library]}.safetensors);"
+                           " use --device meta to see the architecture without them")
+    with _quiet_hf():  # (their warnings about the config, their progress bars)
+        if library == "diffusers":
+            cls, cfg = _diffusers_class(data, where), None
+        else:
+            cls, cfg = hf_class_and_config(
+                data, where, 'add "architectures": ["<the transformers model class>"] to it')
         try:
-            model, info = cls.from_pretrained(
-                folder, config=cfg, local_files_only=True, use_safetensors=True,
-                dtype=torch.float32, ignore_mismatched_sizes=True, output_loading_info=True)
-        except Exception as exc:
+            if device == "meta" and cfg is None:
+                with torch.device("meta"):
+                    return cls.from_config(data)
+            if device == "meta":
+                model = build_from_config(cls, cfg, "meta")
+                if model is None:
+                    raise DepViewError(f"{cls.__name__} cannot be built from {where}")
+                return model
+            if cfg is None:
+                model, info = cls.from_pretrained(
+                    folder, local_files_only=True, use_safetensors=True,
+                    torch_dtype=torch.float32, output_loading_info=True)
+            else:
+                model, info = cls.from_pretrained(
+                    folder, config=cfg, local_files_only=True, use_safetensors=True,
+                    dtype=torch.float32, ignore_mismatched_sizes=True,
+                    output_loading_info=True)
+        except DepViewError:
+            raise
+        except Exception as exc:  # (diffusers raises load_state_dict's error on a mismatch)
+            text = str(exc).strip()
+            detail = load_error_detail(exc) if text.startswith("Error(s) in loading") else \
+                (text.splitlines() or [""])[0]
             raise DepViewError(f"loading {folder} failed: {type(exc).__name__}: "
-                               f"{(str(exc).strip().splitlines() or [''])[0]}") from exc
+                               f"{detail}") from exc
     # what from_pretrained would fill with random values: refused, as --weights is strict
     wrong = sorted(info.get("mismatched_keys") or [])
     if wrong:
@@ -458,24 +541,23 @@ def _hf_folder_model(folder: Path, kwargs: dict, weights: str | None, device: st
 
 
 @contextlib.contextmanager
-def _quiet_transformers():
-    """transformers' log at errors only and its progress bars off, then as they were."""
-    try:
-        from transformers.utils import logging as tf_log
-    except ImportError:
-        yield
-        return
-    level, bars = tf_log.get_verbosity(), tf_log.is_progress_bar_enabled()
-    tf_log.set_verbosity_error()
-    tf_log.disable_progress_bar()
-    try:
+def _quiet_hf():
+    """transformers' and diffusers' logs at errors only and their progress bars off, then
+    as they were."""
+    with contextlib.ExitStack() as stack:
+        for lib in ("transformers", "diffusers"):
+            try:
+                log = importlib.import_module(f"{lib}.utils.logging")
+            except ImportError:
+                continue
+            level, bars = log.get_verbosity(), log.is_progress_bar_enabled()
+            log.set_verbosity_error()
+            log.disable_progress_bar()
+            stack.callback(log.enable_progress_bar if bars else log.disable_progress_bar)
+            stack.callback(log.set_verbosity, level)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
-    finally:
-        tf_log.set_verbosity(level)
-        if bars:
-            tf_log.enable_progress_bar()
 
 
 def _hf_inputs(model: nn.Module, folder: Path
@@ -679,12 +761,10 @@ def stored_dtype(dtypes) -> str | None:
 def _folder_dtype(folder: Path) -> str | None:
     """:func:`stored_dtype` of a Hugging Face model directory's safetensors files, read from
     their headers (no tensor is loaded)."""
-    index = folder / "model.safetensors.index.json"
     try:
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values())) \
-            if index.is_file() else ["model.safetensors"]
+        files = _weight_files(folder, _library(json.loads((folder / "config.json").read_text())))
         dtypes = set()
-        for name in files:
+        for name in files or []:
             with (folder / name).open("rb") as fh:
                 header = json.loads(fh.read(int.from_bytes(fh.read(8), "little")))
             dtypes |= {_SAFETENSORS_DTYPES.get(v.get("dtype"), "other")
