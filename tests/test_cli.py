@@ -439,11 +439,16 @@ def test_a_hugging_face_model_directory_prunes_and_reloads_from_elsewhere(tmp_pa
 
 def test_a_hub_model_loads_from_the_local_cache_only(tmp_path):
     tf = pytest.importorskip("transformers")
-    snap = tmp_path / "cache" / "models--acme--tiny-gpt2" / "snapshots" / "abc123"
-    tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=50, n_embd=16, n_layer=1, n_head=2,
-                                     n_positions=32)).save_pretrained(snap)
-    (snap.parents[1] / "refs").mkdir()
-    (snap.parents[1] / "refs" / "main").write_text("abc123")
+    def cached(repo, sub=""):  # a snapshot laid out as huggingface_hub lays it out
+        snap = tmp_path / "cache" / f"models--acme--{repo}" / "snapshots" / "abc123"
+        tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=50, n_embd=16, n_layer=1, n_head=2,
+                                         n_positions=32)).save_pretrained(snap / sub)
+        (snap.parents[1] / "refs").mkdir()
+        (snap.parents[1] / "refs" / "main").write_text("abc123")
+        return snap
+
+    snap = cached("tiny-gpt2")
+    (cached("pipe", "text_encoder") / "model_index.json").write_text("{}")
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "0"}
 
     def run(*args):
@@ -459,6 +464,9 @@ def test_a_hub_model_loads_from_the_local_cache_only(tmp_path):
                        "(DepView never downloads: fetch it first with `hf download "
                        "acme/other`, or give its directory)"),
                       ("hf:acme/tiny-gpt2@v2", "`hf download acme/tiny-gpt2 --revision v2`"),
-                      ("hf:a//b", "'a//b' is not a repository id")):
+                      ("hf:a//b", "'a//b' is not a repository id"),
+                      ("hf:acme/pipe", "hf:acme/pipe is a diffusers pipeline: name one of its "
+                                       "models, hf:acme/pipe/text_encoder")):
         res = run("graph", spec, "--json", "-")
         assert res.returncode == 2 and msg in res.stderr and res.stderr.count("\n") == 1
+    assert run("graph", "hf:acme/pipe/text_encoder", "--json", "-").returncode == 0

@@ -257,7 +257,8 @@ def _load_model(spec: str, kwargs: dict, weights: str | None, device: str, seed:
             output_layers = [demo.output_layer]
     elif (folder := hub_snapshot(spec) or hf_folder(spec)) is not None:
         model = _hf_folder_model(folder, kwargs, weights, device)
-        where = spec[3:] if spec.startswith("hf:") else folder.resolve().name
+        where = spec[3:].partition("@")[0] if spec.startswith("hf:") else \
+            folder.resolve().name
         description = f"{type(model).__name__} from {where}"
         if not input_specs and given is None:
             input_specs, names = _hf_inputs(model, folder)
@@ -343,11 +344,13 @@ def hf_folder(spec: str) -> Path | None:
 
 
 def hub_snapshot(spec: str) -> Path | None:
-    """``hf:ORG/NAME[@REVISION]``: the model's snapshot directory in the local Hugging Face
-    cache (``HF_HUB_CACHE``), never downloaded; None for any other spec."""
+    """``hf:ORG/NAME[/SUBFOLDER][@REVISION]``: the model's snapshot directory in the local
+    Hugging Face cache (``HF_HUB_CACHE``), never downloaded, or the subfolder of it that
+    holds one model of a pipeline (``hf:ORG/NAME/unet``); None for any other spec."""
     if not spec.startswith("hf:"):
         return None
-    repo, _, revision = spec[3:].partition("@")
+    path, _, revision = spec[3:].partition("@")
+    repo, sub = "/".join(path.split("/")[:2]), "/".join(path.split("/")[2:])
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
@@ -358,13 +361,18 @@ def hub_snapshot(spec: str) -> Path | None:
                                         local_files_only=True))
     except Exception as exc:
         if "Repo id" in str(exc) or "repo_id" in str(exc):
-            raise DepViewError(f"{spec}: {repo!r} is not a repository id (use "
-                               "hf:ORG/NAME[@REVISION])") from None
+            raise DepViewError(f"{spec}: {path!r} is not a repository id (use "
+                               "hf:ORG/NAME[/SUBFOLDER][@REVISION])") from None
         fetch = f"hf download {repo}" + (f" --revision {revision}" if revision else "")
         raise DepViewError(f"{spec}: not in the local Hugging Face cache (DepView never "
                            f"downloads: fetch it first with `{fetch}`, or give its "
                            "directory)") from None
+    folder = folder / sub if sub else folder
     if not (folder / "config.json").is_file():
+        if (folder / "model_index.json").is_file():
+            parts = sorted(p.name for p in folder.iterdir() if (p / "config.json").is_file())
+            raise DepViewError(f"{spec} is a diffusers pipeline: name one of its models, "
+                               f"{', '.join(f'hf:{repo}/{p}' for p in parts) or '(none)'}")
         raise DepViewError(f"{spec}: its cached snapshot {folder} holds no config.json")
     return folder
 
