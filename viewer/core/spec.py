@@ -1,5 +1,6 @@
-"""Model specs: turn ``demo:resnet``, ``pkg.module:attr`` or ``path/file.py:attr`` into a model
-and example inputs, reproducibly (the same spec, kwargs, inputs and seed give the same model).
+"""Model specs: turn ``demo:resnet``, ``pkg.module:attr``, ``path/file.py:attr``, a Hugging Face
+model directory or ``hf:ORG/NAME`` (local cache) into a model and example inputs,
+reproducibly (the same spec, kwargs, inputs and seed give the same model).
 
     >>> lm = load_model("demo:cnn")
     >>> type(lm.model).__name__, [tuple(t.shape) for t in lm.inputs]
@@ -200,7 +201,10 @@ def load_model(
     recorded: bool = False,
     example: tuple | dict | None = None,
 ) -> LoadedModel:
-    """Build the model a spec names, with example inputs, in eval mode.
+    """Build the model a spec names, with example inputs, in eval mode: ``demo:NAME``,
+    ``package.module:attr``, ``path/file.py:attr``, a Hugging Face (transformers or
+    diffusers) model directory, or ``hf:ORG/NAME[/SUBFOLDER][@REVISION]`` from the local hub
+    cache.
 
     ``inputs`` are shape strings (see :func:`parse_input`); demo models know their own.
     ``weights`` is a ``.safetensors`` or ``.pt``/``.pth`` state_dict, loaded without pickle.
@@ -597,7 +601,7 @@ def locate_spec(spec: str, candidates: list[str | Path]) -> str:
     directory to look for the spec's file name in). A Hugging Face model directory as spec
     is looked for the same way (a candidate that is that directory, or holds one of its
     name). Raises naming every place looked in."""
-    if ":" not in spec and not spec.startswith("demo"):
+    if ":" not in spec:
         if Path(spec).is_dir():
             return spec
         name = Path(spec).name
