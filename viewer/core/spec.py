@@ -505,6 +505,8 @@ def _hf_folder_model(folder: Path, kwargs: dict, weights: str | None, device: st
                 "model yourself, then model.save_pretrained(DIR)), or use --device meta")
         raise DepViewError(f"{folder} holds no weights ({_WEIGHT_NAMES[library]}.safetensors);"
                            " use --device meta to see the architecture without them")
+    if device != "meta":
+        _check_fits_in_memory(folder, library)
     with _quiet_hf():  # (their warnings about the config, their progress bars)
         if library == "diffusers":
             cls, cfg = _diffusers_class(data, where), None
@@ -770,20 +772,64 @@ def stored_dtype(dtypes) -> str | None:
     return next(iter(floating)) if len(floating) == 1 and floating <= set(HALF_DTYPES) else None
 
 
-def _folder_dtype(folder: Path) -> str | None:
-    """:func:`stored_dtype` of a Hugging Face model directory's safetensors files, read from
-    their headers (no tensor is loaded)."""
+def _folder_tensors(folder: Path, library: str) -> list[tuple[str, int]] | None:
+    """(dtype, element count) of every tensor in a model directory's safetensors files, read
+    from their headers (no tensor is loaded); None when they cannot be read that way."""
+    out = []
     try:
-        files = _weight_files(folder, _library(json.loads((folder / "config.json").read_text())))
-        dtypes = set()
-        for name in files or []:
+        for name in _weight_files(folder, library) or []:
             with (folder / name).open("rb") as fh:
                 header = json.loads(fh.read(int.from_bytes(fh.read(8), "little")))
-            dtypes |= {_SAFETENSORS_DTYPES.get(v.get("dtype"), "other")
-                       for k, v in header.items() if k != "__metadata__"}
+            for k, v in header.items():
+                if k != "__metadata__":
+                    numel = 1
+                    for n in v["shape"]:
+                        numel *= int(n)
+                    out.append((_SAFETENSORS_DTYPES.get(v.get("dtype"), "other"), numel))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None  # (from_pretrained read them: an unusual layout only loses the dtype)
-    return stored_dtype(dtypes)
+        return None  # (from_pretrained reads them: an unusual layout only loses these)
+    return out
+
+
+def _folder_dtype(folder: Path) -> str | None:
+    """:func:`stored_dtype` of a Hugging Face model directory's safetensors files."""
+    try:
+        library = _library(json.loads((folder / "config.json").read_text()))
+    except (OSError, ValueError):
+        return None
+    return stored_dtype(d for d, _ in _folder_tensors(folder, library) or [])
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this machine can give a new allocation (Linux's MemAvailable), or
+    None where that cannot be read."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _check_fits_in_memory(folder: Path, library: str) -> None:
+    """Refuse, before loading, a model directory whose weights as float32 would not fit in
+    the memory this machine has free: the load would be killed half-way, minutes later."""
+    tensors = _folder_tensors(folder, library)
+    free = available_memory()
+    if not tensors or free is None:
+        return
+    need = sum(n * (4 if "float" in d else 8) for d, n in tensors)
+    if need > free:
+        raise DepViewError(f"{folder} needs about {need / 2**30:.1f} GB as float32 and this "
+                           f"machine has {free / 2**30:.1f} GB free: use --device meta to "
+                           "see its graph and groups without the weights")
 
 
 def load_weights(model: nn.Module, path: str | Path) -> str | None:
