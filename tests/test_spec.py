@@ -363,17 +363,38 @@ def test_a_broken_hugging_face_directory_is_one_line(tmp_path, damage, options, 
     assert "\n" not in str(err.value)
 
 
-def test_a_directory_model_whose_inputs_cannot_be_guessed_asks_for_them(tmp_path):
+def test_a_directory_models_inputs_are_guessed_from_its_main_input_and_tried(tmp_path):
     tf = pytest.importorskip("transformers")
     tf.Wav2Vec2Model(tf.Wav2Vec2Config(
         hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
         conv_dim=(8, 8), conv_stride=(5, 2), conv_kernel=(10, 3), num_feat_extract_layers=2,
         num_conv_pos_embeddings=4, num_conv_pos_embedding_groups=2,
     )).save_pretrained(tmp_path / "w2v")
-    with pytest.raises(DepViewError, match="needs example inputs: its Wav2Vec2Model reads "
-                                           "input_values; pass --input"):
-        load_model(str(tmp_path / "w2v"))
+    assert load_model(str(tmp_path / "w2v")).source["inputs"] == ["1x16000:float32"]
     assert load_model(str(tmp_path / "w2v"), inputs=["1x400"]).inputs[0].shape == (1, 400)
+    # CLIP reads text and images: the tokens alone fail, the tokens and an image run
+    tf.CLIPModel(tf.CLIPConfig(
+        text_config={"vocab_size": 50, "hidden_size": 16, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "intermediate_size": 32,
+                     "max_position_embeddings": 32},
+        vision_config={"image_size": 16, "patch_size": 8, "hidden_size": 16,
+                       "num_hidden_layers": 1, "num_attention_heads": 2,
+                       "intermediate_size": 32},
+        projection_dim=8)).save_pretrained(tmp_path / "clip")
+    lm = load_model(str(tmp_path / "clip"))
+    assert lm.source["inputs"] == ["input_ids=1x16:int64", "pixel_values=1x3x16x16:float32"]
+    assert load_model(str(tmp_path / "clip"), device="meta").source["inputs"] == \
+        lm.source["inputs"]
+    # 16 tokens are more than this BERT's 8 positions: what was tried, and why it failed
+    tf.BertModel(tf.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+                               num_attention_heads=2, intermediate_size=32,
+                               max_position_embeddings=8)).save_pretrained(tmp_path / "bert")
+    with pytest.raises(DepViewError, match=r"bert: its BertModel did not run on the inputs "
+                                           r"DepView tried \(input_ids=1x16:int64\): .*; pass "
+                                           r"its inputs with --input NAME=SHAPE") as err:
+        load_model(str(tmp_path / "bert"))
+    assert "\n" not in str(err.value)
+    assert load_model(str(tmp_path / "bert"), inputs=["1x8:int64"]).inputs[0].shape == (1, 8)
 
 
 def test_named_inputs_are_keyword_inputs_and_are_recorded_so(tmp_path):

@@ -265,7 +265,7 @@ def _load_model(spec: str, kwargs: dict, weights: str | None, device: str, seed:
             folder.resolve().name
         description = f"{type(model).__name__} from {where}"
         if not input_specs and given is None:
-            input_specs, names = _hf_inputs(model, folder)
+            input_specs, names = _hf_inputs(model, folder, device)
     else:
         factory = _resolve_attr(spec)
         if recorded and (why := recorded_refusal(spec, factory)):
@@ -574,27 +574,82 @@ def _quiet_hf():
             yield
 
 
-def _hf_inputs(model: nn.Module, folder: Path
-               ) -> tuple[list[tuple[tuple[int, ...], str]], list[str] | None]:
-    """Example inputs (and their names, None: positional) for a Hugging Face model directory
-    given none: 16 token ids (``1x16:int64``) for a model whose main input is ``input_ids``,
-    and 16 ``decoder_input_ids`` too for an encoder-decoder; one image of the config's size
-    for ``pixel_values``; otherwise the user must say."""
-    name = getattr(model, "main_input_name", None)
+def _image_input(cfg) -> tuple[str, tuple[int, ...], str] | None:
+    """``pixel_values`` of one image of the size a config (or its ``vision_config``) says."""
+    for c in (cfg, getattr(cfg, "vision_config", None)):
+        size = getattr(c, "image_size", None)
+        size = (size, size) if isinstance(size, int) else size
+        if isinstance(size, (list, tuple)) and len(size) == 2 and \
+                all(isinstance(v, int) and v > 0 for v in size):
+            channels = getattr(c, "num_channels", 3)
+            return "pixel_values", (1, channels if isinstance(channels, int) else 3, *size), \
+                "float32"
+    return None
+
+
+def _hf_input_candidates(model: nn.Module) -> list[list[tuple[str, tuple[int, ...], str]]]:
+    """The example inputs to try, in order, for a Hugging Face model given none, each a list
+    of (name, shape, dtype): its main input (16 token ids; one image of the config's size;
+    a Whisper-style spectrogram of the length its encoder takes; one second of 16 kHz audio),
+    with 16 ``decoder_input_ids`` for an encoder-decoder; for a model that reads text and
+    images (CLIP), the tokens alone, then with an image."""
     cfg = getattr(model, "config", None)
-    if name == "input_ids" and getattr(cfg, "is_encoder_decoder", False):
-        return [((1, 16), "int64")] * 2, ["input_ids", "decoder_input_ids"]
-    if name == "input_ids":
-        return [((1, 16), "int64")], None
-    size = getattr(cfg, "image_size", None)
-    if isinstance(size, int):
-        size = (size, size)
-    if name == "pixel_values" and isinstance(size, (list, tuple)) and len(size) == 2 and \
-            all(isinstance(v, int) and v > 0 for v in size):
-        return [((1, int(getattr(cfg, "num_channels", 3) or 3), *size), "float32")], None
-    raise DepViewError(f"{folder} needs example inputs: its {type(model).__name__} reads "
-                       f"{name or 'inputs DepView cannot guess'}; pass --input SHAPE[:DTYPE] "
-                       "for each positional input")
+    main = getattr(model, "main_input_name", None)
+    try:
+        params = set(inspect.signature(model.forward).parameters)
+    except (TypeError, ValueError):
+        params = set()
+    first = None
+    if main == "input_ids":
+        first = ("input_ids", (1, 16), "int64")
+    elif main == "pixel_values":
+        first = _image_input(cfg)
+    elif main == "input_features" and isinstance(getattr(cfg, "num_mel_bins", None), int) \
+            and isinstance(getattr(cfg, "max_source_positions", None), int):
+        first = ("input_features", (1, cfg.num_mel_bins, 2 * cfg.max_source_positions),
+                 "float32")
+    elif main == "input_values":
+        first = ("input_values", (1, 16000), "float32")
+    if first is None:
+        return []
+    extra = [("decoder_input_ids", (1, 16), "int64")] if \
+        getattr(cfg, "is_encoder_decoder", False) and "decoder_input_ids" in params else []
+    out = [[first, *extra]]
+    if main == "input_ids" and "pixel_values" in params and (image := _image_input(cfg)):
+        out.append([first, image, *extra])
+    return out
+
+
+def _hf_inputs(model: nn.Module, folder: Path, device: str
+               ) -> tuple[list[tuple[tuple[int, ...], str]], list[str] | None]:
+    """Example inputs (shapes and dtypes, and their names; None: positional) for a Hugging
+    Face model directory given none: the first of :func:`_hf_input_candidates` the model
+    runs on (one forward each, on ``device``), named when there are several; otherwise a
+    one-line error that says what was tried."""
+    tried = []
+    for cand in _hf_input_candidates(model):
+        gen = torch.Generator().manual_seed(0)
+        example = {n: make_tensor(s, d, device, gen) for n, s, d in cand}
+        failure = None
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=[]), _quiet_hf():
+                model(**example) if len(cand) > 1 else model(*example.values())
+        except Exception as exc:
+            failure = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
+        if failure is None:
+            return [(s, d) for _, s, d in cand], [n for n, _, _ in cand] if len(cand) > 1 \
+                else None
+        tried.append((cand, failure))
+    name = getattr(model, "main_input_name", None)
+    if not tried:
+        raise DepViewError(f"{folder} needs example inputs: its {type(model).__name__} reads "
+                           f"{name or 'inputs DepView cannot guess'}; pass them with --input "
+                           "[NAME=]SHAPE[:DTYPE]")
+    said = "; ".join(" ".join(f"{n}={'x'.join(map(str, s))}:{d}" for n, s, d in cand)
+                     for cand, _ in tried)
+    raise DepViewError(f"{folder}: its {type(model).__name__} did not run on the inputs "
+                       f"DepView tried ({said}): {tried[0][1][:200]}; pass its inputs with "
+                       "--input NAME=SHAPE[:DTYPE]")
 
 
 def locate_spec(spec: str, candidates: list[str | Path]) -> str:
