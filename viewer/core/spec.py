@@ -516,12 +516,12 @@ def _hf_folder_model(folder: Path, kwargs: dict, weights: str | None, device: st
         try:
             if device == "meta" and cfg is None:
                 with torch.device("meta"):
-                    return cls.from_config(data)
+                    return cls.from_config(data).eval()
             if device == "meta":
                 model = build_from_config(cls, cfg, "meta")
                 if model is None:
                     raise DepViewError(f"{cls.__name__} cannot be built from {where}")
-                return model
+                return model.eval()  # (as from_pretrained gives it: the inputs are tried)
             if cfg is None:
                 model, info = cls.from_pretrained(
                     folder, local_files_only=True, use_safetensors=True,
