@@ -470,3 +470,16 @@ def test_a_hub_model_loads_from_the_local_cache_only(tmp_path):
         res = run("graph", spec, "--json", "-")
         assert res.returncode == 2 and msg in res.stderr and res.stderr.count("\n") == 1
     assert run("graph", "hf:acme/pipe/text_encoder", "--json", "-").returncode == 0
+
+
+def test_an_export_whose_model_directory_is_gone_says_where_it_looked(tmp_path):
+    pytest.importorskip("transformers")
+    from conftest import save_tiny_llama
+
+    save_tiny_llama(tmp_path / "llama")
+    assert run_in(tmp_path, "prune", "llama", "--ratio", "0.5", "--out", "out").returncode == 0
+    (tmp_path / "llama").rename(tmp_path / "moved")
+    res = run_in(tmp_path, "check", "out")
+    assert res.returncode == 2 and res.stderr == (
+        f"error: model directory not found: llama (looked in {tmp_path / 'llama'}, "
+        f"{tmp_path / 'out' / 'llama'})\n")

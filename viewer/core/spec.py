@@ -665,9 +665,12 @@ def locate_spec(spec: str, candidates: list[str | Path]) -> str:
         looked = [str(Path(spec).resolve())]
         for c in candidates:
             for f in (Path(c), Path(c) / name):
-                if f.name == name and hf_folder(str(f)) is not None:
+                if f.name != name or not f.parent.is_dir():
+                    continue
+                if hf_folder(str(f)) is not None:
                     return str(f)
-            looked.append(str(Path(c) / name))
+                if str(f.resolve()) not in looked:
+                    looked.append(str(f.resolve()))
         raise DepViewError(f"model directory not found: {spec} (looked in "
                            f"{', '.join(looked)})")
     target, _, attr = spec.rpartition(":")
