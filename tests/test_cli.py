@@ -422,6 +422,11 @@ def test_a_hugging_face_model_directory_prunes_and_reloads_from_elsewhere(tmp_pa
     res = run_in(tmp_path, "prune", "llama", "--ratio", "0.5", "--out", "out")
     assert res.returncode == 0, res.stderr
     assert "written to config.json" in res.stdout and res.stderr == ""  # (no transformers logs)
+    loaded = subprocess.run([sys.executable, "-c", "import sys; from viewer.core.spec import "
+                             "load_model; load_model('llama'); print(sorted(m for m in "
+                             "sys.modules if m.split('.')[0] == 'diffusers'))"],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert loaded.stdout == "[]\n", loaded.stderr  # (quieting diffusers' log imports it: 2 s)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()  # the relative spec is found at the directory prune recorded
     checked = json.loads(run_in(elsewhere, "check", "../out", "--json", "-").stdout)

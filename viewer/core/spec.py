@@ -507,7 +507,7 @@ def _hf_folder_model(folder: Path, kwargs: dict, weights: str | None, device: st
                            " use --device meta to see the architecture without them")
     if device != "meta":
         _check_fits_in_memory(folder, library)
-    with _quiet_hf():  # (their warnings about the config, their progress bars)
+    with _quiet_hf(library):  # (its warnings about the config, its progress bars)
         if library == "diffusers":
             cls, cfg = _diffusers_class(data, where), None
         else:
@@ -555,11 +555,12 @@ def _hf_folder_model(folder: Path, kwargs: dict, weights: str | None, device: st
 
 
 @contextlib.contextmanager
-def _quiet_hf():
-    """transformers' and diffusers' logs at errors only and their progress bars off, then
-    as they were."""
+def _quiet_hf(*libraries: str):
+    """``libraries``' logs (transformers', diffusers') at errors only and their progress
+    bars off, then as they were; by default those already imported (importing diffusers
+    only to quiet it would take seconds)."""
     with contextlib.ExitStack() as stack:
-        for lib in ("transformers", "diffusers"):
+        for lib in libraries or [n for n in ("transformers", "diffusers") if n in sys.modules]:
             try:
                 log = importlib.import_module(f"{lib}.utils.logging")
             except ImportError:
