@@ -313,6 +313,10 @@ def test_a_vision_model_directory_gets_an_image_of_its_configs_size(tmp_path):
                              intermediate_size=32)).save_pretrained(tmp_path / "vit")
     lm = load_model(str(tmp_path / "vit"))
     assert lm.inputs[0].shape == (1, 2, 24, 24) and lm.source["inputs"] == ["1x2x24x24:float32"]
+    # a convnet's config gives no size: 224x224
+    tf.ResNetModel(tf.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
+                                   num_channels=1)).save_pretrained(tmp_path / "resnet")
+    assert load_model(str(tmp_path / "resnet")).source["inputs"] == ["1x1x224x224:float32"]
 
 
 def _edit_config(folder, **changes):

@@ -575,8 +575,9 @@ def _quiet_hf(*libraries: str):
             yield
 
 
-def _image_input(cfg) -> tuple[str, tuple[int, ...], str] | None:
-    """``pixel_values`` of one image of the size a config (or its ``vision_config``) says."""
+def _image_input(cfg, any_size: bool = False) -> tuple[str, tuple[int, ...], str] | None:
+    """``pixel_values`` of one image of the size a config (or its ``vision_config``) says;
+    ``any_size``: 224x224 when it says none (a convnet's takes any)."""
     for c in (cfg, getattr(cfg, "vision_config", None)):
         size = getattr(c, "image_size", None)
         size = (size, size) if isinstance(size, int) else size
@@ -585,6 +586,10 @@ def _image_input(cfg) -> tuple[str, tuple[int, ...], str] | None:
             channels = getattr(c, "num_channels", 3)
             return "pixel_values", (1, channels if isinstance(channels, int) else 3, *size), \
                 "float32"
+    if any_size and cfg is not None:
+        channels = getattr(cfg, "num_channels", 3)
+        return "pixel_values", (1, channels if isinstance(channels, int) else 3, 224, 224), \
+            "float32"
     return None
 
 
@@ -604,7 +609,7 @@ def _hf_input_candidates(model: nn.Module) -> list[list[tuple[str, tuple[int, ..
     if main == "input_ids":
         first = ("input_ids", (1, 16), "int64")
     elif main == "pixel_values":
-        first = _image_input(cfg)
+        first = _image_input(cfg, any_size=True)
     elif main == "input_features" and isinstance(getattr(cfg, "num_mel_bins", None), int) \
             and isinstance(getattr(cfg, "max_source_positions", None), int):
         first = ("input_features", (1, cfg.num_mel_bins, 2 * cfg.max_source_positions),
