@@ -129,15 +129,30 @@ def _same(a, b, torch, flatten) -> bool:
                                     for u, v in zip(x, y, strict=True))
 
 
-def run_one(name: str, factory, ratio: float, tf, torch) -> dict:
+def _from_dir(model, dtype: str, folder: Path, torch):
+    """``model`` saved in ``dtype`` as ``save_pretrained`` writes it, then loaded back as
+    ``prune DIR`` loads it (inputs guessed): (model, inputs, source)."""
+    from viewer.core.spec import load_model
+
+    model.to(getattr(torch, dtype)).save_pretrained(folder)
+    lm = load_model(str(folder))
+    return lm.model, lm.inputs, lm.source
+
+
+def run_one(name: str, factory, ratio: float, tf, torch, from_dir: str | None = None) -> dict:
     from viewer.core.export import check_dir, export_dir, load_pruned
     from viewer.core.prune import Pruner, flatten, run
 
     row: dict = {"model": name}
     torch.manual_seed(0)
+    saved = Path(tempfile.mkdtemp(prefix="depview-sweep-dir-")) / name
     try:
         model, x = factory()
         model.eval()
+        source = None
+        if from_dir:
+            model, x, source = _from_dir(model, from_dir, saved, torch)
+            row["inputs"] = source["inputs"]
         p = Pruner(model, x)
         row["groups"] = f"{sum(not p.reason(g) for g in p.groups)}/{len(p.groups)}"
         plan = p.plan(ratio, "l1")
@@ -149,10 +164,14 @@ def run_one(name: str, factory, ratio: float, tf, torch) -> dict:
         row["fit"] = fit.get("changed") if "changed" in fit else fit.get("reason")
         out = Path(tempfile.mkdtemp(prefix="depview-sweep-"))
         try:
-            export_dir(p, plan, pruned, out, pt2=False)
+            export_dir(p, plan, pruned, out, source, pt2=False)
             want = run(pruned, x)
-            row["reload_equal"] = _same(run(load_pruned(out), x), want, torch, flatten)
+            reloaded = load_pruned(out)
+            row["reload_equal"] = _same(run(reloaded, x), want, torch, flatten)
             row["check_ok"] = bool(check_dir(out)["ok"])
+            if from_dir:
+                row["written"] = (json.loads((out / "report.json").read_text())
+                                  .get("dtype") or {}).get("written", "float32")
             if (out / "config.json").is_file():
                 cls = getattr(tf, json.loads((out / "config.json").read_text())
                               ["architectures"][0])
@@ -160,11 +179,19 @@ def run_one(name: str, factory, ratio: float, tf, torch) -> dict:
                 with torch.no_grad():  # (see the module docstring)
                     for t in [*again.parameters(), *again.buffers()]:
                         t.data = t.data.clone()
-                row["from_pretrained_equal"] = _same(run(again, x), want, torch, flatten)
+                if from_dir:  # its weights as stored: those of the reload, in that dtype
+                    mine = reloaded.to(again.dtype).state_dict()
+                    row["from_pretrained_equal"] = again.dtype == getattr(
+                        torch, row["written"]) and all(
+                        torch.equal(v, mine[k]) for k, v in again.state_dict().items())
+                else:
+                    row["from_pretrained_equal"] = _same(run(again, x), want, torch, flatten)
         finally:
             shutil.rmtree(out, ignore_errors=True)
     except Exception as exc:  # a row, and the next model
         row["error"] = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
+    finally:
+        shutil.rmtree(saved.parent, ignore_errors=True)
     return row
 
 
@@ -181,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default="", help="comma-separated names (default: all)")
     ap.add_argument("--ratio", type=float, default=0.5)
     ap.add_argument("--json", default=None, help="also write the rows to this file")
+    ap.add_argument("--from-dir", default=None, choices=["float32", "bfloat16", "float16"],
+                    help="save each model with save_pretrained in this dtype and load the "
+                         "directory as a SPEC (inputs guessed) instead of in-process")
     args = ap.parse_args(argv)
     os.environ["HF_HUB_OFFLINE"] = "1"
     sys.path.insert(0, str(ROOT))
@@ -198,10 +228,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown model(s) {', '.join(unknown)}; known: {', '.join(models)}",
               file=sys.stderr)
         return 2
-    print(f"transformers {tf.__version__}, torch {torch.__version__}, ratio {args.ratio}")
+    print(f"transformers {tf.__version__}, torch {torch.__version__}, ratio {args.ratio}"
+          + (f", each saved as {args.from_dir} and loaded as a directory" if args.from_dir
+             else ""))
     rows = []
     for name in names:
-        r = run_one(name, models[name], args.ratio, tf, torch)
+        r = run_one(name, models[name], args.ratio, tf, torch, args.from_dir)
         rows.append(r)
         if "error" in r:
             print(f"{name:16} ERROR {r['error']}", flush=True)
@@ -212,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
               f"  check {'ok' if r['check_ok'] else 'FAILED'}"
               + (f"  from_pretrained {'ok' if r['from_pretrained_equal'] else 'DIFF'}"
                  if "from_pretrained_equal" in r else "")
+              + (f"  inputs {' '.join(r['inputs'])}  written {r['written']}"
+                 if args.from_dir else "")
               + f"\n{'':16} config: {_cell(r['fit'])[:150]}", flush=True)
     ok = [r for r in rows if r.get("reload_equal") and r.get("check_ok")]
     fitted = [r for r in rows if "from_pretrained_equal" in r]

@@ -50,3 +50,12 @@ def test_hf_sweep_runs_on_two_models_and_refuses_an_unknown_one(tmp_path):
     res = subprocess.run([sys.executable, script, "--models", "nope"], capture_output=True,
                          text=True, timeout=300, cwd=ROOT)
     assert res.returncode == 2 and "unknown model(s) nope" in res.stderr
+    # the same model saved as bfloat16 and loaded as a directory: its inputs guessed, its
+    # export bfloat16, from_pretrained's weights those of the reload
+    res = subprocess.run([sys.executable, script, "--models", "gpt2", "--from-dir", "bfloat16",
+                          "--json", str(out)], capture_output=True, text=True, timeout=300,
+                         cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-2000:]
+    (row,) = json.loads(out.read_text())
+    assert row["inputs"] == ["1x16:int64"] and row["written"] == "bfloat16", row
+    assert row["reload_equal"] and row["check_ok"] and row["from_pretrained_equal"], row
