@@ -430,6 +430,15 @@ def test_an_encoder_decoder_directory_gets_decoder_inputs_too(tmp_path):
     lm = load_model(str(tmp_path / "t5"))
     assert lm.source["inputs"] == ["input_ids=1x16:int64", "decoder_input_ids=1x16:int64"]
     assert lm.model(**lm.inputs).logits.shape == (1, 16, 32)
+    # Whisper: a spectrogram of the length its encoder's positions take, and decoder ids
+    tf.WhisperForConditionalGeneration(tf.WhisperConfig(
+        vocab_size=32, d_model=16, encoder_layers=1, decoder_layers=1,
+        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
+        decoder_ffn_dim=32, num_mel_bins=8, max_source_positions=12, max_target_positions=32,
+        decoder_start_token_id=0, pad_token_id=0, bos_token_id=0, eos_token_id=0,
+    )).save_pretrained(tmp_path / "whisper")
+    assert load_model(str(tmp_path / "whisper")).source["inputs"] == [
+        "input_features=1x8x24:float32", "decoder_input_ids=1x16:int64"]
 
 
 def test_stored_dtype_is_one_half_precision_dtype_or_none():

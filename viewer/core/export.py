@@ -150,17 +150,6 @@ def _in_stored_dtype(weights: dict[str, torch.Tensor], dtype: str | None, tuned:
     return cast, {"written": dtype}
 
 
-def _set_config_dtype(path: Path, dtype: str) -> None:
-    """config.json's dtype set to the weights file's, so ``from_pretrained`` builds the model
-    in it (as it built the original)."""
-    data = json.loads(path.read_text())
-    for key in ("dtype", "torch_dtype"):
-        if key in data:
-            data[key] = dtype
-    data.setdefault("dtype", dtype)
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
 def export_dir(pruner: Pruner, plan: Plan, pruned: nn.Module, out_dir: str | Path,
                source: dict | None = None, verification: dict | None = None,
                history: list[dict] | None = None, pt2: bool = True,
@@ -223,13 +212,13 @@ def export_dir(pruner: Pruner, plan: Plan, pruned: nn.Module, out_dir: str | Pat
             "pt2": (_try_export_pt2(pruned, pruner.inputs, stage / "model.pt2") if pt2 else
                     {"written": False, "reason": "not requested"}),
         }
-        config = _write_config(pruner, pruned, stage / "config.json")
+        config = _write_config(pruner, pruned, stage / "config.json",
+                               None if stored is None or "reason" in stored else
+                               stored["written"])
         if config is not None:
             report["config"] = config
         if stored is not None:
             report["dtype"] = stored
-            if config is not None and config.get("written") and "reason" not in stored:
-                _set_config_dtype(stage / "config.json", stored["written"])
         if source["spec"] is None:
             report["inputs"] = _write_inputs(pruner.inputs, stage / INPUTS_FILE)
         report["weights_sha256"] = _sha256(stage / "model.safetensors")
@@ -247,10 +236,13 @@ def export_dir(pruner: Pruner, plan: Plan, pruned: nn.Module, out_dir: str | Pat
     return out
 
 
-def _write_config(pruner: Pruner, pruned: nn.Module, path: Path) -> dict | None:
+def _write_config(pruner: Pruner, pruned: nn.Module, path: Path, dtype: str | None = None
+                  ) -> dict | None:
     """Write ``config.json`` (Hugging Face's format, as ``save_pretrained`` writes it) when the
     pruned model's config describes it, so ``from_pretrained`` of the export directory builds
-    the pruned model; what report.json says about it. None if the model holds no config."""
+    the pruned model; what report.json says about it. None if the model holds no config.
+    ``dtype``: the dtype the weights were written in, when not the model's (float32), so
+    ``from_pretrained`` builds the model in it, as it built the original."""
     # the verdict of the apply that made ``pruned``, else (another Pruner's copy, or
     # apply(config=False)) a check of the config it holds, which changes nothing
     fit = pruner.config_fit_of(pruned) or pruner.fit_config(pruned, search=False)
@@ -265,7 +257,11 @@ def _write_config(pruner: Pruner, pruned: nn.Module, path: Path) -> dict | None:
     if not callable(getattr(cfg, "to_json_string", None)):
         return {"written": False, "changed": fit["changed"],
                 "reason": f"{type(cfg).__name__} has no to_json_string() to write it with"}
-    path.write_text(json.dumps(_config_data(pruned), indent=2, sort_keys=True) + "\n")
+    data = _config_data(pruned)
+    if dtype:
+        data.update({k: dtype for k in ("dtype", "torch_dtype") if k in data} or
+                    {"dtype": dtype})
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     return {"written": True, "file": path.name, "changed": fit["changed"]}
 
 

@@ -260,7 +260,7 @@ def _load_model(spec: str, kwargs: dict, weights: str | None, device: str, seed:
         if demo.output_layer:
             output_layers = [demo.output_layer]
     elif (folder := hub_snapshot(spec) or hf_folder(spec)) is not None:
-        model = _hf_folder_model(folder, kwargs, weights, device)
+        model, stored = _hf_folder_model(folder, kwargs, weights, device)
         where = spec[3:].partition("@")[0] if spec.startswith("hf:") else \
             folder.resolve().name
         description = f"{type(model).__name__} from {where}"
@@ -274,11 +274,8 @@ def _load_model(spec: str, kwargs: dict, weights: str | None, device: str, seed:
     model = plain_module(model)  # a torch.compile'd model: the module it wraps
     model.eval()
     description = description or type(model).__name__  # the header line of the app
-    stored = None  # the weights file's half-precision dtype, for exports
-    if weights and folder is None:
-        stored = load_weights(model, weights)
-    elif folder is not None and device != "meta":
-        stored = _folder_dtype(folder)
+    if folder is None:  # (a directory's model came with its weights' dtype)
+        stored = load_weights(model, weights) if weights else None
 
     gen = torch.Generator().manual_seed(seed)
     if given is not None:
@@ -382,28 +379,37 @@ def hub_snapshot(spec: str) -> Path | None:
 
 
 def hf_class_and_config(data: dict, where: str, named: str):
-    """The Hugging Face model class a config's ``architectures`` names, and the config built
-    from ``data``. Only a model class ``transformers`` itself exports is used: no code is
-    imported from anywhere else (no remote code). Floats JSON has no number for come as
-    ``to_json_string`` writes them (``{"__float__": "Infinity"}``) and are read back as
-    ``from_pretrained`` reads them. ``where`` names the config in errors; ``named`` says
-    what to do instead."""
-    archs = data.get("architectures") if isinstance(data, dict) else None
-    name = archs[0] if isinstance(archs, list) and archs and isinstance(archs[0], str) else None
-    if name is None:
-        raise DepViewError(f"{where} names no architecture: {named}")
+    """The model class a config names, and the config built from ``data`` (None for a
+    diffusers config, which its class's ``from_config`` reads as it is): transformers'
+    ``architectures``, or diffusers' ``_class_name`` (:func:`_library`). Only a model class
+    the library itself exports is used: no code is imported from anywhere else (no remote
+    code). Floats JSON has no number for come as ``to_json_string`` writes them
+    (``{"__float__": "Infinity"}``) and are read back as ``from_pretrained`` reads them.
+    ``where`` names the config in errors; ``named`` says what to do instead."""
+    library = _library(data)
+    if library == "diffusers":
+        name = data["_class_name"]
+    else:
+        archs = data.get("architectures") if isinstance(data, dict) else None
+        name = archs[0] if isinstance(archs, list) and archs and isinstance(archs[0], str) \
+            else None
+        if name is None:
+            raise DepViewError(f"{where} names no architecture: {named}")
     try:
-        import transformers
+        lib = importlib.import_module(library)
     except ImportError:
-        raise DepViewError(f"{where} describes a Hugging Face {name}: install transformers to "
-                           f"load it, or {named}") from None
+        raise DepViewError(f"{where} describes a {library} {name}: install {library} to load "
+                           f"it, or {named}") from None
     try:
-        cls = getattr(transformers, name, None)
+        cls = getattr(lib, str(name), None)
     except Exception:  # (a model whose extra dependency is missing)
         cls = None
-    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
+    base = lib.ModelMixin if library == "diffusers" else lib.PreTrainedModel
+    if not (isinstance(cls, type) and issubclass(cls, base)):
         raise DepViewError(f"{where} names {name!r}, which is not a model class of "
-                           f"transformers {transformers.__version__}: {named}")
+                           f"{library} {lib.__version__}: {named}")
+    if library == "diffusers":
+        return cls, None
     try:
         decode = getattr(cls.config_class, "_decode_special_floats", None)
         cfg = cls.config_class.from_dict(decode(data) if callable(decode) else data)
@@ -458,31 +464,13 @@ def load_error_detail(exc: BaseException, width: int = 200) -> str:
     return first + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")
 
 
-def _diffusers_class(data: dict, where: str) -> type:
-    """The diffusers model class a config's ``_class_name`` names: only a class diffusers
-    itself exports (a ``ModelMixin``), no code from anywhere else."""
-    name = data["_class_name"]
-    try:
-        import diffusers
-    except ImportError:
-        raise DepViewError(f"{where} describes a diffusers {name}: install diffusers to "
-                           "load it") from None
-    try:
-        cls = getattr(diffusers, str(name), None)
-    except Exception:  # (a model whose extra dependency is missing)
-        cls = None
-    if not (isinstance(cls, type) and issubclass(cls, diffusers.ModelMixin)):
-        raise DepViewError(f"{where} names {name!r}, which is not a model class of "
-                           f"diffusers {diffusers.__version__}")
-    return cls
-
-
 def _hf_folder_model(folder: Path, kwargs: dict, weights: str | None, device: str
-                     ) -> nn.Module:
+                     ) -> tuple[nn.Module, str | None]:
     """The model of a Hugging Face model directory (transformers' or diffusers'): the class
-    its config.json names (:func:`hf_class_and_config`, :func:`_diffusers_class`) through
-    ``from_pretrained``, from its safetensors weights only, as float32, with no download; on
-    ``meta``, built from the config alone."""
+    its config.json names (:func:`hf_class_and_config`) through ``from_pretrained``, from
+    its safetensors weights only, as float32, with no download; on ``meta``, built from the
+    config alone. Also the weights' half-precision dtype (:func:`stored_dtype`; None on
+    meta), read with their sizes from the safetensors headers."""
     from .modelconfig import build_from_config
 
     given = [o for o, v in (("--kwargs", kwargs), ("--weights", weights)) if v]
@@ -505,23 +493,23 @@ def _hf_folder_model(folder: Path, kwargs: dict, weights: str | None, device: st
                 "model yourself, then model.save_pretrained(DIR)), or use --device meta")
         raise DepViewError(f"{folder} holds no weights ({_WEIGHT_NAMES[library]}.safetensors);"
                            " use --device meta to see the architecture without them")
-    if device != "meta":
-        _check_fits_in_memory(folder, library)
+    tensors = _folder_tensors(folder, library) if device != "meta" else None
+    if tensors:
+        _check_fits_in_memory(folder, tensors)
     with _quiet_hf(library):  # (its warnings about the config, its progress bars)
-        if library == "diffusers":
-            cls, cfg = _diffusers_class(data, where), None
-        else:
-            cls, cfg = hf_class_and_config(
-                data, where, 'add "architectures": ["<the transformers model class>"] to it')
+        cls, cfg = hf_class_and_config(data, where, (
+            'add "architectures": ["<the transformers model class>"] to it'
+            if library == "transformers" else "its _class_name must be a diffusers model"))
         try:
             if device == "meta" and cfg is None:
                 with torch.device("meta"):
-                    return cls.from_config(data).eval()
+                    return cls.from_config(data).eval(), None
             if device == "meta":
                 model = build_from_config(cls, cfg, "meta")
                 if model is None:
                     raise DepViewError(f"{cls.__name__} cannot be built from {where}")
-                return model.eval()  # (as from_pretrained gives it: the inputs are tried)
+                # (as from_pretrained gives it: the inputs are tried)
+                return model.eval(), None
             if cfg is None:
                 model, info = cls.from_pretrained(
                     folder, local_files_only=True, use_safetensors=True,
@@ -551,7 +539,7 @@ def _hf_folder_model(folder: Path, kwargs: dict, weights: str | None, device: st
         listed = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
         raise DepViewError(f"the weights in {folder} lack {len(missing)} of {cls.__name__}'s "
                            f"tensors ({listed}): they would be random")
-    return model
+    return model, stored_dtype(d for d, _ in tensors or [])
 
 
 @contextlib.contextmanager
@@ -855,15 +843,6 @@ def _folder_tensors(folder: Path, library: str) -> list[tuple[str, int]] | None:
     return out
 
 
-def _folder_dtype(folder: Path) -> str | None:
-    """:func:`stored_dtype` of a Hugging Face model directory's safetensors files."""
-    try:
-        library = _library(json.loads((folder / "config.json").read_text()))
-    except (OSError, ValueError):
-        return None
-    return stored_dtype(d for d, _ in _folder_tensors(folder, library) or [])
-
-
 def available_memory() -> int | None:
     """Bytes of memory this machine can give a new allocation (Linux's MemAvailable), or
     None where that cannot be read."""
@@ -882,12 +861,12 @@ def available_memory() -> int | None:
     return None
 
 
-def _check_fits_in_memory(folder: Path, library: str) -> None:
-    """Refuse, before loading, a model directory whose weights as float32 would not fit in
-    the memory this machine has free: the load would be killed half-way, minutes later."""
-    tensors = _folder_tensors(folder, library)
+def _check_fits_in_memory(folder: Path, tensors: list[tuple[str, int]]) -> None:
+    """Refuse, before loading, a model directory whose weights (``tensors``: see
+    :func:`_folder_tensors`) as float32 would not fit in the memory this machine has free:
+    the load would be killed half-way, minutes later."""
     free = available_memory()
-    if not tensors or free is None:
+    if free is None:
         return
     need = sum(n * (4 if "float" in d else 8) for d, n in tensors)
     if need > free:
