@@ -99,6 +99,26 @@ def test_apply_refuses_an_empty_plan_and_keeps_state(store):
     assert len(store.session("sid").stages) == 1
 
 
+def test_apply_short_of_memory_refuses_or_skips_the_masked_check_and_says_so(store,
+                                                                           monkeypatch):
+    # the machine's memory, not a crashed server: a pruned copy that does not fit is one
+    # line with the stages as they were; one that fits but leaves no room for the masked
+    # copy is applied, its text saying the check was not made
+    from viewer.core import memory
+
+    session = store.session("sid")
+    size = memory.tensor_bytes(session.stage.model)
+    monkeypatch.setattr(memory, "available_memory", lambda: size // 100)
+    with pytest.raises(DepViewError, match=r"^the pruned copy needs about .* GB free"):
+        cb.apply_round(store, "sid", SETTINGS)
+    assert len(session.stages) == 1
+    monkeypatch.setattr(memory, "available_memory", lambda: size - 1)
+    text = cb.apply_round(store, "sid", SETTINGS)
+    assert text.startswith("Round 1 applied") and "forward ok, output shapes kept, masked " \
+        "equivalence skipped: not enough memory: a masked copy of the model needs" in text
+    assert len(session.stages) == 2
+
+
 def test_ignoring_an_op_without_channels_is_refused_and_changes_nothing(store):
     # a ticked "ignore outputs" on a ReLU was stored; every preview then failed ("holds no
     # channels a group prunes"), where before it had silently done nothing

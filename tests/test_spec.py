@@ -452,13 +452,13 @@ def test_stored_dtype_is_one_half_precision_dtype_or_none():
 
 def test_a_directory_too_large_for_free_memory_is_refused_before_loading(tmp_path,
                                                                            monkeypatch):
-    from viewer.core import spec
+    from viewer.core import memory
 
     _, folder = _hf_dir(tmp_path)
     size = sum(p.numel() for p in load_model(str(folder)).model.state_dict().values()) * 4
-    assert spec.available_memory() > size  # (this machine's, read for real)
-    monkeypatch.setattr(spec, "available_memory", lambda: size // 10)
-    with pytest.raises(DepViewError, match=r"gpt2 needs about 0.0 GB as float32 and this "
+    assert memory.available_memory() > size  # (this machine's, read for real)
+    monkeypatch.setattr(memory, "available_memory", lambda: size // 10)
+    with pytest.raises(DepViewError, match=r"gpt2 as float32 needs about 0.0 GB and this "
                                            r"machine has 0.0 GB free: use --device meta"):
         load_model(str(folder))
     assert all(p.is_meta for p in load_model(str(folder), device="meta").model.parameters())

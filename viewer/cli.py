@@ -113,7 +113,7 @@ def cmd_groups(args) -> int:
 def cmd_prune(args) -> int:
     from .core.export import check_out_dir, export_dir
     from .core.modelconfig import config_note
-    from .core.prune import blind_note, masked_note, untraced_note
+    from .core.prune import blind_note, masked_note, memory_note, untraced_note
 
     if args.device == "meta":
         raise DepViewError("prune needs real weights: use --device cpu")
@@ -154,7 +154,8 @@ def cmd_prune(args) -> int:
     if not plan.removed:  # say why, on the same line: scripts read one line
         why = f" ({_nothing_pruned(args, pruner, plan, overrides)})"
     failed = masked_note(verification)
-    notes = [n for n in (failed, blind_note(verification), untraced_note(verification),
+    notes = [n for n in (failed, memory_note(verification), blind_note(verification),
+                         untraced_note(verification),
                          _bn_note(plan), config_note(report.get("config"))) if n]
     print(f"pruned {counted(report['units_removed'], 'unit')} in "
           f"{counted(report['groups_pruned'], 'group')}: "
@@ -201,7 +202,7 @@ def _bn_note(plan) -> str:
 
 def cmd_check(args) -> int:
     from .core.export import check_dir
-    from .core.prune import blind_note, masked_note, untraced_note
+    from .core.prune import blind_note, masked_note, memory_note, untraced_note
 
     if not args.dir.strip():  # an unset $VAR: not the current directory
         raise DepViewError("check needs an export directory, got an empty path")
@@ -212,8 +213,8 @@ def cmd_check(args) -> int:
         status = "OK" if res.get("ok") else "FAILED"
         ran = {True: "ran", None: "not run"}.get(res.get("forward"), "failed")
         v = res.get("verification") or {}
-        notes = [*res.get("problems", []), masked_note(v), blind_note(v), untraced_note(v),
-                 *res.get("notes", [])]
+        notes = [*res.get("problems", []), masked_note(v), memory_note(v), blind_note(v),
+                 untraced_note(v), *res.get("notes", [])]
         print(f"{status}: {res.get('model') or res['spec']} reloaded, forward {ran}"
               f", output shapes {res.get('output_shapes')}"
               + "".join(f" ({n})" for n in notes if n))

@@ -46,6 +46,7 @@ from .groups import (
     split_sizes,
 )
 from .handlers import CUTS, REFRESH, Cut
+from .memory import check_room, gigabytes, room_for, tensor_bytes
 from .modelconfig import build_from_config, fit_config, held_config
 from .optypes import OpGroup, OpType, classify
 from .text import counted
@@ -738,7 +739,11 @@ class Pruner:
         it exactly (see :func:`~viewer.core.modelconfig.fit_config`); :attr:`config_fit`
         then says what changed, or why the config was left as it was."""
         self.check_plan(plan)
-        pruned = materialize(self.model, self.graph, self.changes(plan), self.widths(plan),
+        changes = self.changes(plan)
+        if device != "meta":  # (one line now, not the kernel's kill half-way through)
+            check_room(pruned_bytes(self.model, changes), "the pruned copy",
+                       "free memory (close other programs), or prune more")
+        pruned = materialize(self.model, self.graph, changes, self.widths(plan),
                              device, self.size_attrs(plan))
         if config and device != "meta" and _real(pruned):
             self.config_fit = self._fits[pruned] = self.fit_config(pruned)
@@ -759,7 +764,17 @@ class Pruner:
         A model that holds no config it is built from but has parts that do (your module
         around a Hugging Face model: ``self.backbone = LlamaModel(config)``) gets each
         outermost such part's config fitted, checked on what that part computed in the
-        pruned model's forward: ``{"modules": {"backbone": {"changed": {...}}}}``."""
+        pruned model's forward: ``{"modules": {"backbone": {"changed": {...}}}}``.
+
+        The check builds a model of ``pruned``'s size from the config: without the memory
+        for it, the config is left as it was and the reason says so."""
+        if held_config(self.model) is not None or config_parts(self.model):
+            need = tensor_bytes(pruned)
+            room, free = room_for(need)
+            if not room:
+                return {"reason": f"not enough memory to check a fitted config (a model built "
+                                  f"from it needs about {gigabytes(need)}, and this machine "
+                                  f"has {gigabytes(free)} free)"}
         try:
             return self._fit_configs(pruned, search)
         except Exception as exc:  # an extra: never the reason an apply fails
@@ -1891,6 +1906,11 @@ class Pruner:
             res["masked_equivalence"] = {"skipped": "not asked for"}
             return res
         checks = _real(self.model)
+        if checks:
+            short = _no_room_for("a masked copy of the model", tensor_bytes(self.model))
+            if short:
+                res["masked_equivalence"] = {"skipped": short, "memory": True}
+                return res
         tried = None
         if checks and set(inexact) <= opaque:
             check = self._masked_equivalence(plan, fp)
@@ -1936,6 +1956,11 @@ class Pruner:
     def _alone(self, plan: Plan, removed: dict[int, list[int]]) -> dict:
         """Masked equivalence of ``removed``, some of ``plan``'s groups, pruned alone."""
         part = Plan(removed, dict(plan.settings))
+        short = _no_room_for("these groups pruned alone and a masked copy of the model",
+                             pruned_bytes(self.model, self.changes(part))
+                             + tensor_bytes(self.model))
+        if short:
+            return {"groups": len(removed), "skipped": short, "memory": True}
         try:
             alone = flatten(run(self.apply(part, config=False), self.inputs))
             check = self._masked_equivalence(part, alone)
@@ -2139,6 +2164,23 @@ def _probe_units(group: Group, end: str) -> list[int]:
             if len(held := np.unique(mem.unit)) == 1 and group.n_units > 1}
     order = range(group.n_units) if end == "first" else range(group.n_units - 1, -1, -1)
     return [next((u for u in order if u not in sole), order[0])]
+
+
+def _no_room_for(what: str, need: int) -> str:
+    """Why a check that needs ``need`` bytes more is skipped ("" when they fit)."""
+    room, free = room_for(need)
+    return "" if room else (f"not enough memory: {what} needs about {gigabytes(need)}, and "
+                            f"this machine has {gigabytes(free)} free")
+
+
+def memory_note(verification: dict) -> str:
+    """Says that masked equivalence was not checked for want of memory ("" otherwise)."""
+    me = verification.get("masked_equivalence") or {}
+    part = me.get("exact_groups") if isinstance(me.get("exact_groups"), dict) else {}
+    for d in (me, part):
+        if d.get("memory"):
+            return f"masked equivalence not checked: {d['skipped']}"
+    return ""
 
 
 def masked_note(verification: dict) -> str:
@@ -2588,6 +2630,9 @@ def taylor_grads(model: nn.Module, inputs) -> dict[str, torch.Tensor]:
     of the squared outputs.
 
     The model itself is not changed (a copy runs the backward pass)."""
+    need = 2 * tensor_bytes(model)
+    check_room(need, "Taylor importance (a copy of the model and its gradients)",
+               "use l1, l2 or bn, which need no copy")
     m = _tree_copy(model, {})
     m.zero_grad(set_to_none=True)
     for p in m.parameters():  # frozen weights (fine-tuning a head) are scored too
@@ -2620,6 +2665,20 @@ def taylor_grads(model: nn.Module, inputs) -> dict[str, torch.Tensor]:
         raise DepViewError(f"Taylor importance: the gradient of {bad} holds nan or inf (is the "
                            "batch empty, or does it hold nan or inf?)")
     return grads
+
+
+def pruned_bytes(model: nn.Module, changes: dict[str, dict[int, np.ndarray]]) -> int:
+    """Bytes :func:`materialize` allocates for a copy of ``model`` that loses ``changes``:
+    every tensor that holds data, each once, at its pruned size."""
+    total, seen = 0, set()
+    for key, (_, _, t) in _tensor_lookup(model).items():
+        if id(t) not in seen and not t.is_meta:
+            seen.add(id(t))
+            shape = list(t.shape)
+            for d, rem in changes.get(key, {}).items():
+                shape[d] -= len(rem)
+            total += math.prod(shape) * t.element_size()
+    return total
 
 
 def materialize(model: nn.Module, graph: Graph, changes: dict[str, dict[int, np.ndarray]],

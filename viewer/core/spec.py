@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import memory
 from .errors import DepViewError
 from .trace import plain_module
 
@@ -843,36 +844,13 @@ def _folder_tensors(folder: Path, library: str) -> list[tuple[str, int]] | None:
     return out
 
 
-def available_memory() -> int | None:
-    """Bytes of memory this machine can give a new allocation (Linux's MemAvailable), or
-    None where that cannot be read."""
-    try:
-        import psutil
-
-        return int(psutil.virtual_memory().available)
-    except ImportError:
-        pass
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
 def _check_fits_in_memory(folder: Path, tensors: list[tuple[str, int]]) -> None:
     """Refuse, before loading, a model directory whose weights (``tensors``: see
     :func:`_folder_tensors`) as float32 would not fit in the memory this machine has free:
     the load would be killed half-way, minutes later."""
-    free = available_memory()
-    if free is None:
-        return
-    need = sum(n * (4 if "float" in d else 8) for d, n in tensors)
-    if need > free:
-        raise DepViewError(f"{folder} needs about {need / 2**30:.1f} GB as float32 and this "
-                           f"machine has {free / 2**30:.1f} GB free: use --device meta to "
-                           "see its graph and groups without the weights")
+    memory.check_room(sum(n * (4 if "float" in d else 8) for d, n in tensors),
+                      f"{folder} as float32", "use --device meta to see its graph and groups "
+                      "without the weights")
 
 
 def load_weights(model: nn.Module, path: str | Path) -> str | None:

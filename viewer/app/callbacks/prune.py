@@ -245,6 +245,9 @@ def verification_text(v: dict | None) -> str:
                          f"alone {'ok' if part['ok'] else 'FAILED'}"
                          + (f" (max |Δ| {part['max_abs_diff']:.2g})"
                             if "max_abs_diff" in part else ""))
+        elif part.get("skipped"):
+            parts.append(f"masked equivalence of the exact groups alone skipped: "
+                         f"{part['skipped']}")
     parts += [n for n in (blind_note(v), untraced_note(v)) if n]
     return ", ".join(parts)
 

@@ -1,0 +1,192 @@
+"""viewer.core.memory: free memory read as the kernel and a container's cgroup give it, and
+what a copy of a model needs; and the places that refuse, or skip a check, for want of it."""
+
+import pytest
+import torch
+from torch import nn
+
+from viewer.core import memory
+from viewer.core.errors import DepViewError
+
+GB = 2**30
+
+
+def _kernel(tmp_path, monkeypatch, cgroup_line: str, files: dict[str, str],
+            meminfo_gb: int = 20):
+    """A fake /proc and /sys/fs/cgroup under ``tmp_path`` (``files``: path -> text)."""
+    proc, cg = tmp_path / "proc", tmp_path / "cgroup"
+    (proc / "self").mkdir(parents=True)
+    (proc / "meminfo").write_text(f"MemTotal: 99999999 kB\nMemAvailable: {meminfo_gb * 2**20}"
+                                  " kB\n")
+    (proc / "self" / "cgroup").write_text(cgroup_line + "\n")
+    for rel, text in files.items():
+        (cg / rel).parent.mkdir(parents=True, exist_ok=True)
+        (cg / rel).write_text(text)
+    monkeypatch.setattr(memory, "PROC", proc)
+    monkeypatch.setattr(memory, "CGROUP", cg)
+    monkeypatch.setitem(__import__("sys").modules, "psutil", None)  # (read /proc/meminfo)
+
+
+def test_available_memory_without_a_cgroup_limit_is_meminfo(tmp_path, monkeypatch):
+    _kernel(tmp_path, monkeypatch, "0::/", {"memory.max": "max\n", "memory.current": "5\n"})
+    assert memory.available_memory() == 20 * GB
+
+
+def test_a_cgroup_v2_limit_counts_usage_less_inactive_file_pages(tmp_path, monkeypatch):
+    # a container limited to 8 GB using 6 GB, 2 GB of which page cache the kernel can drop
+    _kernel(tmp_path, monkeypatch, "0::/docker/abc", {
+        "docker/abc/memory.max": f"{8 * GB}\n", "docker/abc/memory.current": f"{6 * GB}\n",
+        "docker/abc/memory.stat": f"anon {4 * GB}\ninactive_file {2 * GB}\nactive_file 7\n"})
+    assert memory.available_memory() == 4 * GB
+
+
+def test_an_unlimited_inner_cgroup_falls_to_its_parents_limit(tmp_path, monkeypatch):
+    _kernel(tmp_path, monkeypatch, "0::/a/b", {
+        "a/b/memory.max": "max\n", "a/b/memory.current": "1\n",
+        "a/memory.max": f"{3 * GB}\n", "a/memory.current": f"{1 * GB}\n"})
+    assert memory.available_memory() == 2 * GB
+
+
+def test_a_cgroup_v1_limit_is_read_and_its_no_limit_number_ignored(tmp_path, monkeypatch):
+    v1 = "memory/memory.limit_in_bytes"
+    _kernel(tmp_path, monkeypatch, "4:memory:/\n3:cpu,cpuacct:/", {
+        v1: f"{5 * GB}\n", "memory/memory.usage_in_bytes": f"{2 * GB}\n",
+        "memory/memory.stat": f"cache 9\ntotal_inactive_file {1 * GB}\n"})
+    assert memory.available_memory() == 4 * GB
+    (tmp_path / "cgroup" / v1).write_text("9223372036854771712\n")
+    assert memory.available_memory() == 20 * GB
+
+
+def test_available_memory_is_none_when_nothing_can_be_read(tmp_path, monkeypatch):
+    monkeypatch.setattr(memory, "PROC", tmp_path / "none")
+    monkeypatch.setattr(memory, "CGROUP", tmp_path / "none")
+    monkeypatch.setitem(__import__("sys").modules, "psutil", None)
+    assert memory.available_memory() is None
+    memory.check_room(10**18, "anything")  # unknown: taken as room, not refused
+
+
+def test_available_memory_reads_this_machine():
+    free = memory.available_memory()
+    assert free is not None and 0 < free < 2**50
+
+
+def test_tensor_bytes_counts_each_tensor_with_data_once():
+    lin = nn.Linear(10, 20)  # 200 + 20 floats
+    model = nn.Sequential(lin, nn.BatchNorm1d(20), lin)  # (shared: once)
+    assert memory.tensor_bytes(model) == (220 + 2 * 20 + 2 * 20) * 4 + 8  # + num_batches
+    assert memory.tensor_bytes(model.half()) == (220 + 80) * 2 + 8
+    assert memory.tensor_bytes(nn.Linear(10, 20, device="meta")) == 0
+
+
+def test_check_room_is_one_line_with_sizes(monkeypatch):
+    monkeypatch.setattr(memory, "available_memory", lambda: 3 * GB // 2)
+    memory.check_room(GB, "a copy")
+    with pytest.raises(DepViewError, match=r"^a copy needs about 2.0 GB and this machine has "
+                                           r"1.5 GB free: do less$"):
+        memory.check_room(2 * GB, "a copy", "do less")
+
+
+# --- where it is used -----------------------------------------------------------------------
+
+def _cnn():
+    from viewer.core.prune import Pruner
+    from viewer.core.spec import load_model
+
+    lm = load_model("demo:cnn")
+    return lm, Pruner(lm.model, lm.inputs, output_layers=lm.output_layers)
+
+
+def test_apply_without_room_for_the_pruned_copy_is_one_line_and_changes_nothing(monkeypatch):
+    from viewer.core.prune import pruned_bytes
+
+    lm, p = _cnn()
+    plan = p.plan(0.5, "l1")
+    need = pruned_bytes(lm.model, p.changes(plan))
+    assert need == sum(t.numel() * t.element_size() for t in p.apply(plan).state_dict().values())
+    before = {k: v.clone() for k, v in lm.model.state_dict().items()}
+    monkeypatch.setattr(memory, "available_memory", lambda: need - 1)
+    with pytest.raises(DepViewError, match=r"^the pruned copy needs about 0.0 GB and this "
+                                           r"machine has 0.0 GB free: free memory"):
+        p.apply(plan)
+    assert all(torch.equal(v, lm.model.state_dict()[k]) for k, v in before.items())
+    p.apply(plan, device="meta")  # (a preview's copy takes no memory: not refused)
+
+
+def test_masked_equivalence_without_room_for_its_copy_is_skipped_and_said(monkeypatch):
+    from viewer.core.prune import masked_note, memory_note, pruned_bytes
+
+    lm, p = _cnn()
+    plan = p.plan(0.5, "l1")
+    pruned = p.apply(plan)
+    # room for the pruned copy, not for a masked copy of the whole model
+    monkeypatch.setattr(memory, "available_memory",
+                        lambda: pruned_bytes(lm.model, p.changes(plan)) + 1)
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["shapes_kept"]
+    me = v["masked_equivalence"]
+    assert me["memory"] and me["skipped"].startswith(
+        "not enough memory: a masked copy of the model needs about 0.0 GB, and this machine ")
+    assert memory_note(v).startswith("masked equivalence not checked: not enough memory")
+    assert masked_note(v) == ""  # (not a failure: exit 0)
+    monkeypatch.undo()
+    assert p.verify(pruned, plan)["masked_equivalence"]["ok"]
+
+
+def test_the_exact_groups_alone_check_is_skipped_without_room_too(monkeypatch):
+    # a transformer's residual stream is inexact: its exact groups are checked pruned alone,
+    # which needs a pruned copy and a masked copy
+    from viewer.core.prune import Pruner, memory_note
+    from viewer.core.spec import load_model
+
+    lm = load_model("demo:llama")
+    p = Pruner(lm.model, lm.inputs, output_layers=lm.output_layers)
+    plan = p.plan(0.5, "l1")
+    pruned = p.apply(plan)
+    full = p.verify(pruned, plan)["masked_equivalence"]
+    assert full["exact_groups"]["ok"]  # (the check this test takes memory from)
+    size = memory.tensor_bytes(lm.model)
+    monkeypatch.setattr(memory, "available_memory", lambda: size + 1)
+    part = p.verify(pruned, plan)["masked_equivalence"]["exact_groups"]
+    assert part["memory"] and "these groups pruned alone and a masked copy" in part["skipped"]
+    assert memory_note({"masked_equivalence": {"exact_groups": part}})
+
+
+def test_taylor_without_room_for_a_copy_and_its_gradients_is_one_line(monkeypatch):
+    lm, p = _cnn()
+    monkeypatch.setattr(memory, "available_memory",
+                        lambda: 2 * memory.tensor_bytes(lm.model) - 1)
+    with pytest.raises(DepViewError, match=r"^Taylor importance \(a copy of the model and its "
+                                           r"gradients\) needs about .* use l1, l2 or bn"):
+        p.plan(0.5, "taylor")
+
+
+def test_a_config_is_left_unfitted_without_room_to_check_it(monkeypatch):
+    transformers = pytest.importorskip("transformers")
+    from viewer.core.prune import Pruner
+
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        n_embd=32, n_layer=2, n_head=4, vocab_size=64, n_positions=32)).eval()
+    p = Pruner(model, {"input_ids": torch.randint(0, 64, (1, 8))})
+    plan = p.plan(0.5, "l1")
+    pruned = p.apply(plan)
+    assert p.config_fit_of(pruned).get("changed")  # (fitted when there is room)
+    monkeypatch.setattr(memory, "available_memory", lambda: memory.tensor_bytes(pruned) - 1)
+    fit = p.fit_config(pruned)
+    assert fit["reason"].startswith("not enough memory to check a fitted config (a model "
+                                    "built from it needs about 0.0 GB")
+
+
+def test_prune_says_on_its_line_that_masked_equivalence_was_not_checked(tmp_path,
+                                                                       monkeypatch, capsys):
+    from viewer.cli import main
+    from viewer.core.prune import pruned_bytes
+
+    lm, p = _cnn()  # the CLI's plan, computed here for its size
+    need = pruned_bytes(lm.model, p.changes(p.plan(0.5, "l1")))
+    monkeypatch.setattr(memory, "available_memory", lambda: need)  # (not the masked copy)
+    assert main(["prune", "demo:cnn", "--ratio", "0.5", "--out", str(tmp_path / "o")]) == 0
+    line = capsys.readouterr().out
+    assert line.startswith("pruned ") and "(masked equivalence not checked: not enough " \
+        "memory: a masked copy of the model needs about 0.0 GB, and this machine has 0.0 " \
+        "GB free)" in line
