@@ -441,6 +441,16 @@ def test_an_encoder_decoder_directory_gets_decoder_inputs_too(tmp_path):
         "input_features=1x8x24:float32", "decoder_input_ids=1x16:int64"]
 
 
+@pytest.mark.parametrize("data", [b"garbage\n", b"\x10\x00\x00\x00\x00\x00\x00\x00{",
+                                  b""])
+def test_a_directory_whose_weights_file_is_broken_is_one_line(tmp_path, data):
+    # "garbage" read as a header length asked for 7e18 bytes: an unexpected MemoryError
+    _, folder = _hf_dir(tmp_path)
+    (folder / "model.safetensors").write_bytes(data)
+    with pytest.raises(DepViewError, match=r"^loading .*gpt2 failed: \w+Error: "):
+        load_model(str(folder))
+
+
 def test_stored_dtype_is_one_half_precision_dtype_or_none():
     from viewer.core.spec import stored_dtype
 

@@ -825,6 +825,10 @@ def stored_dtype(dtypes) -> str | None:
     return next(iter(floating)) if len(floating) == 1 and floating <= set(HALF_DTYPES) else None
 
 
+#: the largest header safetensors itself reads (a larger length is a broken file)
+_MAX_HEADER = 100_000_000
+
+
 def _folder_tensors(folder: Path, library: str) -> list[tuple[str, int]] | None:
     """(dtype, element count) of every tensor in a model directory's safetensors files, read
     from their headers (no tensor is loaded); None when they cannot be read that way."""
@@ -832,7 +836,10 @@ def _folder_tensors(folder: Path, library: str) -> list[tuple[str, int]] | None:
     try:
         for name in _weight_files(folder, library) or []:
             with (folder / name).open("rb") as fh:
-                header = json.loads(fh.read(int.from_bytes(fh.read(8), "little")))
+                size = int.from_bytes(fh.read(8), "little")
+                if size > min(_MAX_HEADER, (folder / name).stat().st_size - 8):
+                    return None  # (not a safetensors file: from_pretrained says so)
+                header = json.loads(fh.read(size))
             for k, v in header.items():
                 if k != "__metadata__":
                     numel = 1
