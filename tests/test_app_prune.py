@@ -119,6 +119,22 @@ def test_apply_short_of_memory_refuses_or_skips_the_masked_check_and_says_so(sto
     assert len(session.stages) == 2
 
 
+def test_apply_of_a_model_nothing_can_be_pruned_in_says_why(tmp_path):
+    # "raise the ratio, or un-ignore layers" was the advice for a model with no groups too
+    from conftest import file_session
+
+    store = file_session(tmp_path, "import torch\nclass M(torch.nn.Module):\n"
+                                   "    def forward(self, x):\n        return x * 2\n",
+                         ("1x4",))
+    with pytest.raises(DepViewError, match="^this model has no layer with channels to prune$"):
+        cb.apply_round(store, "sid", SETTINGS)
+    store = file_session(tmp_path, "import torch\nM = lambda: torch.nn.Linear(4, 2)\n",
+                         ("1x4",))
+    with pytest.raises(DepViewError, match="^no group of this model can be pruned; the first: "
+                                           "it reaches the model output"):
+        cb.apply_round(store, "sid", SETTINGS)
+
+
 def test_ignoring_an_op_without_channels_is_refused_and_changes_nothing(store):
     # a ticked "ignore outputs" on a ReLU was stored; every preview then failed ("holds no
     # channels a group prunes"), where before it had silently done nothing

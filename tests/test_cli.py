@@ -145,6 +145,10 @@ def test_a_prune_that_removes_nothing_says_why(tmp_path):
         "alone; the first: it reaches the model output" in res.stdout
     res = cli("prune", "demo:cnn", "--ratio", "0", "--out", str(tmp_path / "b"))
     assert res.stdout.strip().endswith("(ratio 0)")
+    res = cli("prune", "torch.nn:ReLU", "--input", "1x4", "--ratio", "0.5", "--out",
+              str(tmp_path / "c"))  # (no groups at all: it said "0 groups left alone")
+    assert res.stdout.strip().endswith("(nothing could be pruned: the model has no layer with "
+                                       "channels to prune)")
 
 
 def test_unexpected_errors_are_one_line_too(tmp_path):

@@ -169,6 +169,8 @@ def _nothing_pruned(args, pruner, plan, overrides: dict) -> str:
     or every prunable group's share rounding down to 0 units."""
     if args.ratio == 0 and not overrides:
         return "ratio 0"
+    if not pruner.groups:
+        return "nothing could be pruned: the model has no layer with channels to prune"
     n_prunable = len(pruner.groups) - len(plan.skipped)
     if n_prunable <= 0:
         first = next(iter(plan.skipped.values()), "")

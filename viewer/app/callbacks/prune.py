@@ -202,6 +202,12 @@ def apply_round(store: SessionStore, sid: str, settings: dict) -> str:
     stage = snap[0]
     plan = _plan(snap, settings)
     if not plan.removed:
+        if not stage.pruner.groups:
+            raise DepViewError("this model has no layer with channels to prune")
+        if len(plan.skipped) == len(stage.pruner.groups):
+            first = next(iter(plan.skipped.values()), "")
+            raise DepViewError("no group of this model can be pruned"
+                               + (f"; the first: {first}" if first else ""))
         raise DepViewError("this plan removes nothing: raise the ratio, or un-ignore layers")
     pruned = stage.pruner.apply(plan)
     config = stage.pruner.config_fit_of(pruned)
