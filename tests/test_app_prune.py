@@ -112,7 +112,11 @@ def test_apply_short_of_memory_refuses_or_skips_the_masked_check_and_says_so(sto
     with pytest.raises(DepViewError, match=r"^the pruned copy needs about .* GB free"):
         cb.apply_round(store, "sid", SETTINGS)
     assert len(session.stages) == 1
-    monkeypatch.setattr(memory, "available_memory", lambda: size - 1)
+    from viewer.core.prune import pruned_bytes
+
+    p = session.stage.pruner
+    need = pruned_bytes(p.model, p.changes(p.plan(0.5, "l1")))  # (the plan Apply makes)
+    monkeypatch.setattr(memory, "available_memory", lambda: need)
     text = cb.apply_round(store, "sid", SETTINGS)
     assert text.startswith("Round 1 applied") and "forward ok, output shapes kept, masked " \
         "equivalence skipped: not enough memory: a masked copy of the model needs" in text

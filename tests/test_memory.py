@@ -190,3 +190,31 @@ def test_prune_says_on_its_line_that_masked_equivalence_was_not_checked(tmp_path
     assert line.startswith("pruned ") and "(masked equivalence not checked: not enough " \
         "memory: a masked copy of the model needs about 0.0 GB, and this machine has 0.0 " \
         "GB free)" in line
+
+
+def test_the_masked_check_shares_the_parameters_no_cut_touches_and_changes_none():
+    # a plan that leaves the embeddings alone (only the MLPs' hidden units): the masked copy
+    # the check runs shares them with the original instead of copying them, and needs less
+    transformers = pytest.importorskip("transformers")
+    from viewer.core.prune import Plan, Pruner
+
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        n_embd=32, n_layer=2, n_head=4, vocab_size=64, n_positions=32)).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    p = Pruner(model, {"input_ids": torch.randint(0, 64, (1, 8))})
+    full = p.plan(0.5, "l1")
+    mlp = [g.id for g in p.groups if g.id in full.removed and
+           all(".mlp." in m.module for m in g.members)]
+    assert mlp
+    plan = Plan({gid: full.removed[gid] for gid in mlp}, full.settings)
+    masked = p._masked(plan)
+    assert masked.transformer.wte.weight is model.transformer.wte.weight  # (tied: lm_head's)
+    assert masked.transformer.h[0].mlp.c_fc.weight is not model.transformer.h[0].mlp.c_fc.weight
+    assert p.masked_model(plan).transformer.wte.weight is not model.transformer.wte.weight
+    assert p._masked_bytes(plan) < memory.tensor_bytes(model) - 64 * 32 * 4 + 1
+    assert p.verify(p.apply(plan), plan)["masked_equivalence"]["ok"]
+    # the whole plan cuts the stream, so the tied embedding too: nothing of it is shared
+    assert p._masked(full).transformer.wte.weight is not model.transformer.wte.weight
+    assert p.verify(p.apply(full), full)["masked_equivalence"]["exact_groups"]["ok"]
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())

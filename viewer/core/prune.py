@@ -1593,7 +1593,7 @@ class Pruner:
             # routes as the pruned one does; compared with it, only what the groups own may
             # move, and the same ops must run
             try:
-                masked = build_graph(self.masked_model(plan), _copied(self.inputs))
+                masked = build_graph(self._masked(plan), _copied(self.inputs))
             except DepViewError:
                 return moved
             moved = _moved(masked, after,
@@ -1855,16 +1855,43 @@ class Pruner:
         (statistics, a frozen norm's scale) are left as they are: with the writers and
         readers zeroed they change nothing, and a zeroed variance under ``rsqrt`` would
         make the removed channel NaN, which a zeroed reader does not hide."""
-        masked = _tree_copy(self.model, {})
+        return self._masked(plan, share=False)
+
+    def _masked(self, plan: Plan, share: bool = True) -> nn.Module:
+        """:meth:`masked_model`; ``share``: the parameters no cut touches are the original's
+        own (read-only use: the checks run it), so a check of a plan that leaves the
+        embeddings alone does not copy them."""
+        cuts = self._masked_cuts(plan)
+        memo = self._shared_params(cuts) if share else {}
+        shared = set(memo)  # (before the copy, which adds what it makes to the memo)
+        masked = _tree_copy(self.model, memo)
         table = _tensor_lookup(masked)
-        by_id = {g.id: g for g in self.groups}
         with torch.no_grad():
-            for gid, units in plan.removed.items():
-                for cut in self.cuts(by_id[gid], units):
-                    mod, name, t = table[cut.key]
-                    if name not in mod._buffers:
-                        t.index_fill_(cut.dim, torch.as_tensor(cut.positions), 0)
+            for cut in cuts:
+                mod, name, t = table[cut.key]
+                if name not in mod._buffers:
+                    if id(t) in shared:  # (never: a shared parameter is one no cut touches)
+                        raise AssertionError(f"masked copy would zero the original {cut.key}")
+                    t.index_fill_(cut.dim, torch.as_tensor(cut.positions), 0)
         return masked
+
+    def _masked_cuts(self, plan: Plan) -> list[Cut]:
+        by_id = {g.id: g for g in self.groups}
+        return [cut for gid, units in plan.removed.items() for cut in self.cuts(by_id[gid], units)]
+
+    def _shared_params(self, cuts: list[Cut]) -> dict[int, nn.Parameter]:
+        """deepcopy memo mapping each parameter no cut touches (under any of its names: tied
+        weights) to itself."""
+        table = self._tensor_table()
+        cut = {id(table[c.key][2]) for c in cuts if c.key in table}
+        return {id(t): t for mod, name, t in table.values()
+                if name in mod._parameters and id(t) not in cut}
+
+    def _masked_bytes(self, plan: Plan) -> int:
+        """Bytes :meth:`_masked` allocates: the model less the parameters it shares."""
+        shared = self._shared_params(self._masked_cuts(plan))
+        return tensor_bytes(self.model) - sum(t.numel() * t.element_size()
+                                              for t in shared.values() if not t.is_meta)
 
     def untraced(self) -> list[str]:
         """Parameters no traced op used: code the example inputs did not run (a branch not
@@ -1907,7 +1934,7 @@ class Pruner:
             return res
         checks = _real(self.model)
         if checks:
-            short = _no_room_for("a masked copy of the model", tensor_bytes(self.model))
+            short = _no_room_for("a masked copy of the model", self._masked_bytes(plan))
             if short:
                 res["masked_equivalence"] = {"skipped": short, "memory": True}
                 return res
@@ -1958,7 +1985,7 @@ class Pruner:
         part = Plan(removed, dict(plan.settings))
         short = _no_room_for("these groups pruned alone and a masked copy of the model",
                              pruned_bytes(self.model, self.changes(part))
-                             + tensor_bytes(self.model))
+                             + self._masked_bytes(part))
         if short:
             return {"groups": len(removed), "skipped": short, "memory": True}
         try:
@@ -1981,7 +2008,7 @@ class Pruner:
         those of the original with the removed channels' consumers zeroed. ``blind``: the
         zeroing left every output exactly as the original's, so the check could not fail
         (a head initialised to zeros, as some timm models' are without weights)."""
-        out_m = flatten(run(self.masked_model(plan), self.inputs))
+        out_m = flatten(run(self._masked(plan), self.inputs))
         pairs = [(a, b) for (_, a), (_, b) in zip(out_m, pruned_out, strict=True)
                  if a.is_floating_point()]
         diff = max((_finite_diff(a, b) for a, b in pairs), default=0.0)
