@@ -121,3 +121,19 @@ def test_a_seed_out_of_range_is_one_line_error(argv, monkeypatch, capsys):
     for entry_point in (cli.main, main.main):  # python -m viewer, python -m viewer.app.main
         assert entry_point(argv) == 2 and not served
         assert capsys.readouterr().err == f"error: {said}\n"
+
+
+def test_an_input_file_belongs_to_its_model_and_loads_its_inputs(tmp_path):
+    from safetensors.torch import save_file
+
+    from viewer.app.callbacks.model import load_entry
+
+    save_file({"0": torch.randn(2, 3, 32, 32)}, str(tmp_path / "x.safetensors"))
+    e = _entries(["--model", "demo:cnn", "--input-file", str(tmp_path / "x.safetensors"),
+                  "--model", "demo:resnet"])
+    assert e[0].input_file == str(tmp_path / "x.safetensors") and e[1].input_file is None
+    store = SessionStore(e)
+    load_entry(store, "sid", "demo:cnn")
+    base = store.session("sid").base
+    assert base.inputs[0].shape == (2, 3, 32, 32)  # (the demo's own is 1x3x32x32)
+    assert base.source["inputs"] == ["2x3x32x32:float32"]

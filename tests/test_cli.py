@@ -492,3 +492,41 @@ def test_an_export_whose_model_directory_is_gone_says_where_it_looked(tmp_path):
     assert res.returncode == 2 and res.stderr == (
         f"error: model directory not found: llama (looked in {tmp_path / 'llama'}, "
         f"{tmp_path / 'out' / 'llama'})\n")
+
+
+EMBEDDING_MODEL = """
+import torch
+
+class E(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(100, 16)
+        self.fc1 = torch.nn.Linear(16, 32)
+        self.fc2 = torch.nn.Linear(32, 5)
+
+    def forward(self, ids, scale):
+        return self.fc2(torch.relu(self.fc1(self.emb(ids)))) * scale
+"""
+
+
+def test_input_file_prunes_on_real_data_and_the_export_keeps_it(tmp_path):
+    # token ids over the whole vocabulary (--input 2x7:int64 draws 0 and 1 only): the
+    # export holds them, so check reruns on them after the user's file is gone
+    from safetensors.torch import load_file, save_file
+
+    (tmp_path / "emb.py").write_text(EMBEDDING_MODEL)
+    ids = torch.randint(0, 100, (2, 7))
+    save_file({"0": ids, "1": torch.tensor([2.0])}, str(tmp_path / "x.safetensors"))
+    out = tmp_path / "out"
+    res = cli("prune", str(tmp_path / "emb.py") + ":E", "--input-file",
+              str(tmp_path / "x.safetensors"), "--ratio", "0.5", "--out", str(out))
+    assert res.stdout.startswith("pruned 24 units in 2 groups")
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["source"]["inputs"] == ["2x7:int64", "1:float32"]
+    assert torch.equal(load_file(str(out / "inputs.safetensors"))["0"], ids)
+    (tmp_path / "x.safetensors").unlink()
+    res = run_in(tmp_path.parent, "check", str(out))
+    assert res.stdout.startswith("OK: ") and "[2, 7, 5]" in res.stdout
+    res = cli("prune", str(out), "--input-file", "x.pt", "--ratio", "0.5", "--out",
+              str(tmp_path / "b"), check=False)
+    assert res.returncode == 2 and "(--input-file cannot apply)" in res.stderr

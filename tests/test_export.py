@@ -85,6 +85,17 @@ def test_zip_roundtrip_and_bad_uploads(demo_pruner, tmp_path):
         assert torch.equal(model(*lm.inputs), pruned(*lm.inputs))
     with pytest.raises(DepViewError, match="not a zip"):
         read_export_zip(b"hello")
+    # inputs given as a file (--input-file) travel in the zip, and are the ones rebuilt on
+    x = {"0": torch.randn(3, 3, 32, 32)}
+    from safetensors.torch import save_file
+
+    save_file(x, str(tmp_path / "x.safetensors"))
+    lm2 = load_model("demo:cnn", input_file=str(tmp_path / "x.safetensors"))
+    p2 = Pruner(lm2.model, lm2.inputs, output_layers=lm2.output_layers)
+    plan2 = p2.plan(0.5)
+    out2 = export_dir(p2, plan2, p2.apply(plan2), tmp_path / "z2", lm2.source)
+    _, _, original = read_export_zip(zip_dir(out2))
+    assert torch.equal(original.inputs[0], x["0"])
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         zf.writestr("model.pt", b"\x80\x04pickle")

@@ -1,5 +1,6 @@
 """Real Hugging Face architectures built from small configs, offline (no hub access)."""
 
+import json
 import os
 
 import pytest
@@ -539,19 +540,24 @@ def test_hf_dbrx_stacked_expert_weights_lose_the_same_hidden_units_in_every_expe
     assert v["masked_equivalence"]["max_abs_diff"] < 1e-5
 
 
+def _tiny_llava_config(layers: int):
+    """A LLaVA of a Llama and a CLIP vision tower, ``layers`` each: image token 99, one 32x32
+    image is 16 patches (so 16 image tokens)."""
+    txt = dict(vocab_size=100, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
+               num_key_value_heads=2, intermediate_size=64, model_type="llama")
+    vis = dict(hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
+               intermediate_size=64, image_size=32, patch_size=8,
+               model_type="clip_vision_model")
+    return transformers.LlavaConfig(text_config=txt, vision_config=vis, image_token_id=99,
+                                    vision_feature_layer=-1)
+
+
 def test_hf_llava_text_stream_prunes_with_the_projector_that_writes_into_it():
     # the image features are written into the text embeddings with masked_scatter, which
     # blocked the language model's hidden size ("changes shape in a way DepView does not
     # model"); now the projector's output joins the stream's group
     torch.manual_seed(0)
-    txt = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-               num_key_value_heads=2, intermediate_size=64, model_type="llama")
-    vis = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-               intermediate_size=64, image_size=32, patch_size=8,
-               model_type="clip_vision_model")
-    llava = transformers.LlavaForConditionalGeneration(transformers.LlavaConfig(
-        text_config=txt, vision_config=vis, image_token_id=99,
-        vision_feature_layer=-1)).eval()
+    llava = transformers.LlavaForConditionalGeneration(_tiny_llava_config(2)).eval()
 
     class Logits(torch.nn.Module):  # (its output also returns the image features)
         def __init__(self):
@@ -982,3 +988,28 @@ def test_hf_config_is_fitted_again_in_a_second_round_and_from_pretrained_builds_
         torch.testing.assert_close(load_pruned(out2)(input_ids=ids)[0], want)
         hf = transformers.LlamaForCausalLM.from_pretrained(out2).eval()
         torch.testing.assert_close(hf(input_ids=ids)[0], want)
+
+
+def test_a_llava_directory_with_an_input_file_prunes_its_vision_tower_too(tmp_path):
+    # guessed inputs are text only, so the vision tower never runs and is left whole (43
+    # parameters "never ran"); an input file with the image and its image tokens prunes it
+    from safetensors.torch import save_file
+
+    from viewer.cli import main
+
+    torch.manual_seed(0)
+    transformers.LlavaForConditionalGeneration(_tiny_llava_config(1)).save_pretrained(
+        tmp_path / "llava")
+    ids = torch.randint(3, 90, (1, 24))
+    ids[:, :16] = 99  # one image: 16 patches
+    save_file({"input_ids": ids, "pixel_values": torch.randn(1, 3, 32, 32)},
+              str(tmp_path / "x.safetensors"))
+    for out, extra in (("guessed", []), ("given", ["--input-file",
+                                                   str(tmp_path / "x.safetensors")])):
+        assert main(["prune", str(tmp_path / "llava"), "--ratio", "0.5", "--out",
+                     str(tmp_path / out), *extra]) == 0
+    cut = {out: [k for k in json.loads((tmp_path / out / "plan.json").read_text())["tensors"]
+                 if "vision_tower" in k] for out in ("guessed", "given")}
+    assert cut["guessed"] == [] and "model.vision_tower.encoder.layers.0.mlp.fc1.weight" in \
+        cut["given"]
+    assert main(["check", str(tmp_path / "given")]) == 0

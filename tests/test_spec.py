@@ -472,3 +472,35 @@ def test_a_directory_too_large_for_free_memory_is_refused_before_loading(tmp_pat
                                            r"machine has 0.0 GB free: use --device meta"):
         load_model(str(folder))
     assert all(p.is_meta for p in load_model(str(folder), device="meta").model.parameters())
+
+
+def test_input_file_gives_the_example_inputs_themselves(tmp_path):
+    from safetensors.torch import save_file
+
+    ids = torch.randint(0, 50, (2, 5))
+    save_file({"input_ids": ids, "attention_mask": torch.ones(2, 5, dtype=torch.int64)},
+              str(tmp_path / "x.safetensors"))
+    _, folder = _hf_dir(tmp_path)
+    lm = load_model(str(folder), input_file=str(tmp_path / "x.safetensors"))
+    assert list(lm.inputs) == ["attention_mask", "input_ids"]  # (safetensors sorts its keys)
+    assert torch.equal(lm.inputs["input_ids"], ids)  # not guessed: these
+    assert lm.source["inputs"] == ["attention_mask=2x5:int64", "input_ids=2x5:int64"]
+    assert lm.source["input_file"] == str((tmp_path / "x.safetensors").resolve())
+    torch.save([torch.randn(1, 3, 32, 32)], tmp_path / "x.pt")
+    meta = load_model("demo:cnn", input_file=str(tmp_path / "x.pt"), device="meta")
+    assert meta.inputs[0].is_meta and meta.source["inputs"] == ["1x3x32x32:float32"]
+
+
+@pytest.mark.parametrize("make, msg", [
+    (None, r"^input file not found: .*nope"),
+    (lambda f: f.write_bytes(b"hello"), r"is neither a \.safetensors file nor"),
+    (lambda f: torch.save({"0": torch.zeros(0, 3)}, f), r"input 0 is empty"),
+])
+def test_a_bad_input_file_is_one_line(tmp_path, make, msg):
+    f = tmp_path / "nope.pt"
+    if make:
+        make(f)
+    with pytest.raises(DepViewError, match=msg):
+        load_model("demo:cnn", input_file=str(f))
+    with pytest.raises(DepViewError, match="--input and --input-file both give the example "):
+        load_model("demo:cnn", input_file=str(f), inputs=["1x3x32x32"])

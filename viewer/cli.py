@@ -63,13 +63,13 @@ def _load(args):
     args.history = None
     folder = export_folder(args.spec)
     if folder is not None:
-        given = [o for o, v in (("--input", args.input), ("--kwargs", args.kwargs),
-                                ("--weights", args.weights)) if v]
+        given = [o for o, v in (("--input", args.input), ("--input-file", args.input_file),
+                                ("--kwargs", args.kwargs), ("--weights", args.weights)) if v]
         model, lm, plan = open_export(folder, given, args.device)
         args.history = list(plan.get("rounds") or [])
         return replace(lm, model=model)
     return load_model(args.spec, inputs=args.input, kwargs=args.kwargs, weights=args.weights,
-                      device=args.device, seed=args.seed)
+                      device=args.device, seed=args.seed, input_file=args.input_file)
 
 
 def cmd_graph(args) -> int:

@@ -16,7 +16,8 @@ import argparse
 from viewer.core.errors import DepViewError
 
 #: model options and their defaults, before any --model
-MODEL_OPTIONS = {"input": [], "kwargs": "", "weights": None, "device": "cpu", "seed": 0}
+MODEL_OPTIONS = {"input": [], "input_file": None, "kwargs": "", "weights": None,
+                 "device": "cpu", "seed": 0}
 
 
 class _ModelAction(argparse.Action):
@@ -45,7 +46,8 @@ class _ModelOption(argparse.Action):
 
 
 def add_model_options(parser: argparse.ArgumentParser, per_model: bool = False) -> None:
-    """``--input``/``--kwargs``/``--weights``/``--device``/``--seed``, with the defaults of
+    """``--input``/``--input-file``/``--kwargs``/``--weights``/``--device``/``--seed``, with
+    the defaults of
     :data:`MODEL_OPTIONS`. ``per_model`` (serve): each attaches to the last ``--model``."""
     one = {"action": _ModelOption} if per_model else {}
     many = {"action": _ModelOption} if per_model else {"action": "append"}
@@ -54,6 +56,10 @@ def add_model_options(parser: argparse.ArgumentParser, per_model: bool = False) 
                         help="example input shape, e.g. 1x3x224x224 or 1x16:int64 (repeat for "
                              "several inputs; NAME= makes it a keyword input, e.g. "
                              "decoder_input_ids=1x8:int64); demos know their own", **many)
+    parser.add_argument("--input-file", default=d["input_file"], metavar="FILE",
+                        help="the example inputs themselves, real data (.safetensors, or .pt "
+                             "loaded weights-only: tensors named 0, 1, ... or by argument, "
+                             "e.g. input_ids and pixel_values); instead of --input", **one)
     parser.add_argument("--kwargs", default=d["kwargs"], metavar="JSON",
                         help="keyword arguments for the model's factory", **one)
     parser.add_argument("--weights", default=d["weights"], metavar="FILE",
@@ -105,7 +111,8 @@ def entries_from_args(args: argparse.Namespace) -> list:
     for spec, own in zip(specs, per, strict=True):
         o = {**shared, **own}
         entry = ModelEntry(spec, inputs=tuple(o["input"]), kwargs=o["kwargs"],
-                           weights=o["weights"], device=o["device"], seed=int(o["seed"]))
+                           weights=o["weights"], device=o["device"], seed=int(o["seed"]),
+                           input_file=o["input_file"])
         if entries.setdefault(spec, entry) != entry:
             raise DepViewError(f"--model {spec} is given twice with different options; "
                                "give it once")

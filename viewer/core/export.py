@@ -219,7 +219,7 @@ def export_dir(pruner: Pruner, plan: Plan, pruned: nn.Module, out_dir: str | Pat
             report["config"] = config
         if stored is not None:
             report["dtype"] = stored
-        if source["spec"] is None:
+        if source["spec"] is None or source.get("input_file"):  # (nothing to remake them from)
             report["inputs"] = _write_inputs(pruner.inputs, stage / INPUTS_FILE)
         report["weights_sha256"] = _sha256(stage / "model.safetensors")
         report["output_digest"] = output_digest(run(pruned, pruner.inputs), pruner.inputs)
@@ -754,6 +754,12 @@ def rebuild(path: str | Path, search: bool = True, originals: dict | None = None
                                   *(src[k] for k in ("file", "dir") if src.get(k))])
     weights = None
     example = None
+    inputs = src.get("inputs") or None
+    if src.get("input_file"):  # given as a file (real data): the copy the export holds
+        example, inputs = _recorded_inputs(path), None
+        if example is None:
+            raise DepViewError(f"{path} lacks {INPUTS_FILE}, the example inputs its model was "
+                               f"pruned on (from {src['input_file']})")
     if src["spec"] is None:  # built in-process, its code named now: its recorded inputs
         example = _recorded_inputs(path)
         if originals is not None:
@@ -768,7 +774,6 @@ def rebuild(path: str | Path, search: bool = True, originals: dict | None = None
         else:
             originals["unavailable"] = (f"the original's weights file {src['weights']} is not "
                                         "here")
-    inputs = src.get("inputs") or None
     if _own_demo_inputs(src):
         inputs = None  # load_model gives a demo its own inputs
     lm = load_model(spec, inputs=inputs, kwargs=src.get("kwargs"),
@@ -1144,9 +1149,9 @@ def open_export(folder: str | Path, given: list[str] | None = None, device: str 
 
 def read_export_zip(data: bytes, max_bytes: int = 2 << 30
                     ) -> tuple[nn.Module, dict, LoadedModel]:
-    """Load an uploaded export zip: only plan.json, report.json and model.safetensors are
-    read (no pickle, no code from the zip). Returns (model, plan.json, the original's
-    LoadedModel with its example inputs)."""
+    """Load an uploaded export zip: only plan.json, report.json, model.safetensors and
+    inputs.safetensors are read (no pickle, no code from the zip). Returns (model,
+    plan.json, the original's LoadedModel with its example inputs)."""
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
     except zipfile.BadZipFile as exc:
@@ -1158,7 +1163,7 @@ def read_export_zip(data: bytes, max_bytes: int = 2 << 30
     if sum(i.file_size for i in zf.infolist()) > max_bytes:
         raise DepViewError("the zip is too large")
     with tempfile.TemporaryDirectory() as tmp:
-        for fname in FILES:
+        for fname in (*FILES, INPUTS_FILE):  # (inputs: safetensors, never a pickle)
             if fname in names:
                 (Path(tmp) / fname).write_bytes(zf.read(names[fname]))
         try:

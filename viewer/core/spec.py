@@ -201,6 +201,7 @@ def load_model(
     seed: int = 0,
     recorded: bool = False,
     example: tuple | dict | None = None,
+    input_file: str | None = None,
 ) -> LoadedModel:
     """Build the model a spec names, with example inputs, in eval mode: ``demo:NAME``,
     ``package.module:attr``, ``path/file.py:attr``, a Hugging Face (transformers or
@@ -212,7 +213,8 @@ def load_model(
     ``recorded``: the spec was read from an export's plan.json, not given by the user: it
     must look like model code (:func:`recorded_refusal`) before it is imported and called.
     ``example``: the example inputs themselves (an export's recorded ones), instead of
-    ``inputs``.
+    ``inputs``. ``input_file``: a batch file (:func:`read_batch`) holding them: real data
+    (token ids of a real text, an image with its image tokens) instead of shapes.
     """
     if recorded and (why := recorded_refusal(spec)):
         raise DepViewError(why)
@@ -237,9 +239,34 @@ def load_model(
         twice = next(n for n in names if names.count(n) > 1)
         raise DepViewError(f"--input names {twice!r} twice")
 
+    if input_file is not None:
+        if inputs:
+            raise DepViewError("--input and --input-file both give the example inputs: give "
+                               "one of them")
+        example = read_inputs(input_file, device)
     with torch.random.fork_rng(devices=[]):  # seeded for the factory; the caller's RNG
-        return _load_model(spec, kwargs, weights, device, seed, input_specs, recorded, example,
-                           names if any(names) else None)
+        lm = _load_model(spec, kwargs, weights, device, seed, input_specs, recorded, example,
+                         names if any(names) else None)
+    if input_file is not None:  # (described for the reader; an export keeps them whole)
+        lm.source["inputs"] = describe_inputs(example)
+        lm.source["input_file"] = str(Path(input_file).resolve())
+    return lm
+
+
+def read_inputs(path: str | Path, device: str = "cpu") -> tuple | dict:
+    """Example inputs from a batch file (see :func:`read_batch`), on ``device``."""
+    inputs = batch_from(_read_tensors(path, "input"), str(path))
+    move = (lambda t: t.to(device)) if device != "cpu" else (lambda t: t)
+    if isinstance(inputs, dict):
+        return {k: move(t) for k, t in inputs.items()}
+    return tuple(move(t) for t in inputs)
+
+
+def describe_inputs(inputs: tuple | dict) -> list[str]:
+    """``["input_ids=1x16:int64", ...]``: example inputs as ``--input`` spells shapes."""
+    items = inputs.items() if isinstance(inputs, dict) else ((None, t) for t in inputs)
+    return [(f"{k}=" if k is not None else "") + "x".join(map(str, t.shape))
+            + f":{str(t.dtype).removeprefix('torch.')}" for k, t in items]
 
 
 def _load_model(spec: str, kwargs: dict, weights: str | None, device: str, seed: int,
