@@ -65,6 +65,9 @@ def test_only_offered_specs_can_be_loaded():
                                 "kwargs": {"layers": 2}})
     assert why.endswith("start it with --model specs.py:llama --input 1x64:int64 "
                         "--kwargs '{\"layers\": 2}'"), why
+    why = store.source_refusal({"spec": "llava", "inputs": ["input_ids=1x24:int64"],
+                                "input_file": "/data/x.safetensors"})
+    assert why.endswith("start it with --model llava --input-file /data/x.safetensors"), why
     store2 = SessionStore([ModelEntry("pkg.mod:Net", kwargs='{"width": 4}')])
     assert store2.source_refusal({"spec": "pkg.mod:Net", "kwargs": {"width": 4}}) is None
     # the spec is offered, only its kwargs differ: say so, and how to start the server

@@ -290,6 +290,8 @@ class SessionStore:
         if entry is None:
             inputs = "" if spec.startswith("demo:") else "".join(
                 f" --input {x}" for x in source.get("inputs") or [] if isinstance(x, str))
+            if isinstance(source.get("input_file"), str):  # (the zip holds a copy of it)
+                inputs = f" --input-file {source['input_file']}"
             kw = f" --kwargs '{json.dumps(kwargs)}'" if kwargs else ""
             return (f"this export was pruned from {spec!r}, which this server does not offer: "
                     f"start it with --model {spec}{inputs}{kw}")
