@@ -486,8 +486,9 @@ def test_input_file_gives_the_example_inputs_themselves(tmp_path):
     assert torch.equal(lm.inputs["input_ids"], ids)  # not guessed: these
     assert lm.source["inputs"] == ["attention_mask=2x5:int64", "input_ids=2x5:int64"]
     assert lm.source["input_file"] == str((tmp_path / "x.safetensors").resolve())
-    torch.save([torch.randn(1, 3, 32, 32)], tmp_path / "x.pt")
+    torch.save([torch.randn(1, 3, 32, 32, dtype=torch.bfloat16)], tmp_path / "x.pt")
     meta = load_model("demo:cnn", input_file=str(tmp_path / "x.pt"), device="meta")
+    # (a half-precision image runs as float32, as the model does)
     assert meta.inputs[0].is_meta and meta.source["inputs"] == ["1x3x32x32:float32"]
 
 

@@ -1,8 +1,9 @@
 """Command-line options of ``serve``: which models the picker offers, and how to build each.
 
-Model options (``--input``, ``--kwargs``, ``--weights``, ``--device``, ``--seed``) given after a
-``--model`` belong to that model; given before the first ``--model``, they apply to every
-model that does not set its own. So one server can offer models with different inputs::
+Model options (``--input``, ``--input-file``, ``--kwargs``, ``--weights``, ``--device``,
+``--seed``) given after a ``--model`` belong to that model; given before the first
+``--model``, they apply to every model that does not set its own. So one server can offer
+models with different inputs::
 
     python -m viewer --model net.py:Net --input 1x3x64x64 --model demo:resnet   # resnet: its own
 
@@ -47,8 +48,8 @@ class _ModelOption(argparse.Action):
 
 def add_model_options(parser: argparse.ArgumentParser, per_model: bool = False) -> None:
     """``--input``/``--input-file``/``--kwargs``/``--weights``/``--device``/``--seed``, with
-    the defaults of
-    :data:`MODEL_OPTIONS`. ``per_model`` (serve): each attaches to the last ``--model``."""
+    the defaults of :data:`MODEL_OPTIONS`. ``per_model`` (serve): each attaches to the last
+    ``--model``."""
     one = {"action": _ModelOption} if per_model else {}
     many = {"action": _ModelOption} if per_model else {"action": "append"}
     d = MODEL_OPTIONS

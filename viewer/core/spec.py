@@ -254,9 +254,13 @@ def load_model(
 
 
 def read_inputs(path: str | Path, device: str = "cpu") -> tuple | dict:
-    """Example inputs from a batch file (see :func:`read_batch`), on ``device``."""
+    """Example inputs from a batch file (see :func:`read_batch`), on ``device``; bfloat16 and
+    float16 ones as float32, as models run here (an image saved in half precision)."""
     inputs = batch_from(_read_tensors(path, "input"), str(path))
-    move = (lambda t: t.to(device)) if device != "cpu" else (lambda t: t)
+
+    def move(t: torch.Tensor) -> torch.Tensor:
+        return t.to(device, torch.float32 if t.dtype in HALF_DTYPES.values() else t.dtype)
+
     if isinstance(inputs, dict):
         return {k: move(t) for k, t in inputs.items()}
     return tuple(move(t) for t in inputs)
