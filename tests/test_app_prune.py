@@ -109,7 +109,9 @@ def test_apply_short_of_memory_refuses_or_skips_the_masked_check_and_says_so(sto
     session = store.session("sid")
     size = memory.tensor_bytes(session.stage.model)
     monkeypatch.setattr(memory, "available_memory", lambda: size // 100)
-    with pytest.raises(DepViewError, match=r"^the pruned copy needs about .* GB free"):
+    with pytest.raises(DepViewError, match=r"^the pruned copy needs about .* GB free: free "
+                                           r".*; Undo or Reset frees the rounds this page "
+                                           r"holds$"):
         cb.apply_round(store, "sid", SETTINGS)
     assert len(session.stages) == 1
     from viewer.core.prune import pruned_bytes

@@ -22,6 +22,10 @@ CGROUP = Path("/sys/fs/cgroup")
 _NO_LIMIT = 2**60
 
 
+class MemoryShortError(DepViewError):
+    """What was asked needs more memory than the machine has free (see :func:`check_room`)."""
+
+
 def available_memory() -> int | None:
     """Bytes a new allocation can get: Linux's MemAvailable, or less when this process's
     cgroup (a container's memory limit) leaves less; None where neither can be read.
@@ -117,9 +121,9 @@ def room_for(need: int) -> tuple[bool, int | None]:
 
 
 def check_room(need: int, what: str, hint: str = "") -> None:
-    """Raise :class:`DepViewError` when ``need`` bytes (for ``what``) do not fit in the
+    """Raise :class:`MemoryShortError` when ``need`` bytes (for ``what``) do not fit in the
     memory free now."""
     ok, free = room_for(need)
     if not ok:
-        raise DepViewError(f"{what} needs about {gigabytes(need)} and this machine has "
+        raise MemoryShortError(f"{what} needs about {gigabytes(need)} and this machine has "
                            f"{gigabytes(free)} free" + (f": {hint}" if hint else ""))

@@ -15,6 +15,7 @@ from dash import Input, Output, State, ctx, html, no_update
 from viewer.core.errors import DepViewError
 from viewer.core.export import round_entry
 from viewer.core.groups import units_are_heads
+from viewer.core.memory import MemoryShortError
 from viewer.core.modelconfig import config_note
 from viewer.core.prune import IMPORTANCE, Plan, batch_shapes, blind_note, untraced_note
 from viewer.core.text import counted
@@ -209,7 +210,11 @@ def apply_round(store: SessionStore, sid: str, settings: dict) -> str:
             raise DepViewError("no group of this model can be pruned"
                                + (f"; the first: {first}" if first else ""))
         raise DepViewError("this plan removes nothing: raise the ratio, or un-ignore layers")
-    pruned = stage.pruner.apply(plan)
+    try:
+        pruned = stage.pruner.apply(plan)
+    except MemoryShortError as exc:  # (what the page holds is the user's to let go)
+        raise MemoryShortError(f"{exc}; Undo or Reset frees the rounds this page holds"
+                               ) from None
     config = stage.pruner.config_fit_of(pruned)
     verification = stage.pruner.verify(pruned, plan)
     if not verification.get("forward"):
