@@ -132,6 +132,7 @@ def test_an_input_file_belongs_to_its_model_and_loads_its_inputs(tmp_path):
     e = _entries(["--model", "demo:cnn", "--input-file", str(tmp_path / "x.safetensors"),
                   "--model", "demo:resnet"])
     assert e[0].input_file == str(tmp_path / "x.safetensors") and e[1].input_file is None
+    assert _entries(["--model", "demo:cnn", "--dtype", "bfloat16"])[0].dtype == "bfloat16"
     store = SessionStore(e)
     load_entry(store, "sid", "demo:cnn")
     base = store.session("sid").base

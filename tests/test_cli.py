@@ -530,3 +530,34 @@ def test_input_file_prunes_on_real_data_and_the_export_keeps_it(tmp_path):
     res = cli("prune", str(out), "--input-file", "x.pt", "--ratio", "0.5", "--out",
               str(tmp_path / "b"), check=False)
     assert res.returncode == 2 and "(--input-file cannot apply)" in res.stderr
+
+
+def test_prune_in_bfloat16_writes_it_and_reloads_bit_exact(tmp_path):
+    # a float32 checkpoint run in bfloat16 (half the memory): the export's weights and its
+    # config.json are bfloat16, and load_pruned and from_pretrained give the same model
+    transformers = pytest.importorskip("transformers")
+    from conftest import save_tiny_llama
+    from safetensors import safe_open
+
+    from viewer import load_pruned
+
+    folder = save_tiny_llama(tmp_path / "llama")
+    out = tmp_path / "out"
+    res = cli("prune", str(folder), "--dtype", "bfloat16", "--ratio", "0.5", "--out", str(out))
+    assert res.stdout.startswith("pruned ") and "written to config.json" in res.stdout
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
+    report = json.loads((out / "report.json").read_text())
+    assert report["dtype"] == {"written": "bfloat16"}
+    assert json.loads((out / "plan.json").read_text())["source"]["run_dtype"] == "bfloat16"
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+    assert cli("check", str(out)).stdout.startswith("OK: ")
+    ours = load_pruned(out)
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(out)
+    assert next(ours.parameters()).dtype == theirs.dtype == torch.bfloat16
+    x = torch.randint(0, 64, (1, 9))
+    with torch.no_grad():
+        assert torch.equal(ours(x).logits, theirs(x).logits)
+    res = cli("prune", str(out), "--dtype", "bfloat16", "--ratio", "0.5", "--out",
+              str(tmp_path / "b"), check=False)
+    assert res.returncode == 2 and "(--dtype cannot apply)" in res.stderr

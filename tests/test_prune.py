@@ -3429,3 +3429,42 @@ def test_yolo_demo_prunes_all_but_its_head_outputs_to_a_quarter_of_its_parameter
     assert 0.24 < kept < 0.26
     v = p.verify(pruned, plan)
     assert v["masked_equivalence"]["ok"] and v["masked_equivalence"]["max_abs_diff"] < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_masked_equivalence_in_half_precision_still_catches_swapped_channels(dtype):
+    # two kept channels swapped move the small ResNet's outputs by 0.95%: within what half
+    # precision's rounding could explain, so the check runs again in float32 and fails
+    lm = load_model("demo:resnet", dtype=str(dtype).removeprefix("torch."))
+    p = Pruner(lm.model, lm.inputs, output_layers=lm.output_layers)
+    before = {k: v.clone() for k, v in lm.model.state_dict().items()}
+    plan = p.plan(0.5, "l1")
+    pruned = p.apply(plan)
+    assert next(pruned.parameters()).dtype == dtype
+    assert p.verify(pruned, plan)["masked_equivalence"]["ok"]
+    with torch.no_grad():
+        pruned.conv1.weight[[0, 1]] = pruned.conv1.weight[[1, 0]]
+    bad = p.verify(pruned, plan)["masked_equivalence"]
+    assert not bad["ok"] and "checked again on float32 copies" in bad["in_float32"]
+    assert all(torch.equal(v, lm.model.state_dict()[k]) for k, v in before.items())
+    assert next(pruned.parameters()).dtype == dtype  # (the float32 check ran on copies)
+
+
+def test_a_half_precision_difference_is_checked_in_float32_or_skipped_for_memory(
+        monkeypatch):
+    from viewer.core import memory
+
+    lm = load_model("demo:cnn", dtype="bfloat16")
+    p = Pruner(lm.model, lm.inputs, output_layers=lm.output_layers)
+    plan = p.plan(0.5, "l1")
+    pruned = p.apply(plan)
+    half = {"rel_diff": 0.0136, "max_abs_diff": 0.05}  # (as a 12-layer Llama shows)
+    res = p._masked_in_float32(plan, pruned, torch.bfloat16, half)
+    assert res["ok"] and res["max_abs_diff"] < 1e-5
+    assert res["in_float32"] == ("in bfloat16 the outputs differed by 1.36% of their "
+                                 "largest: checked again on float32 copies")
+    monkeypatch.setattr(memory, "available_memory", lambda: 1)
+    res = p._masked_in_float32(plan, pruned, torch.bfloat16, half)
+    assert res["memory"] and "ok" not in res and res["skipped"].startswith(
+        "in bfloat16 the outputs differ by 1.36% of their largest, its rounding or a wrong "
+        "group; not enough memory: checking it in float32 needs about")

@@ -505,3 +505,30 @@ def test_a_bad_input_file_is_one_line(tmp_path, make, msg):
         load_model("demo:cnn", input_file=str(f))
     with pytest.raises(DepViewError, match="--input and --input-file both give the example "):
         load_model("demo:cnn", input_file=str(f), inputs=["1x3x32x32"])
+
+
+def test_dtype_runs_the_model_and_its_floating_inputs_in_half_precision(tmp_path):
+    lm = load_model("demo:cnn", dtype="bfloat16")
+    assert {p.dtype for p in lm.model.parameters()} == {torch.bfloat16}
+    assert lm.inputs[0].dtype == torch.bfloat16 and lm.source["run_dtype"] == "bfloat16"
+    assert "run_dtype" not in load_model("demo:cnn").source  # (float32: as before)
+    ids = load_model("demo:llama", dtype="float16")
+    assert ids.inputs[0].dtype == torch.int64  # (token ids stay integers)
+    meta = load_model("demo:cnn", dtype="float16", device="meta")
+    assert next(meta.model.parameters()).dtype == torch.float16
+    with pytest.raises(DepViewError, match="unsupported dtype 'int8': use float32, bfloat16"):
+        load_model("demo:cnn", dtype="int8")
+
+
+def test_a_directory_too_large_as_float32_suggests_half_precision(tmp_path, monkeypatch):
+    from viewer.core import memory
+
+    _, folder = _hf_dir(tmp_path)
+    lm = load_model(str(folder), dtype="bfloat16")
+    assert next(lm.model.parameters()).dtype == torch.bfloat16
+    size = sum(p.numel() for p in lm.model.state_dict().values())
+    monkeypatch.setattr(memory, "available_memory", lambda: size * 3)  # (2 bytes: fits)
+    with pytest.raises(DepViewError, match=r"as float32 needs about .*--device meta .*, or "
+                                           r"--dtype bfloat16 to hold it in half the memory"):
+        load_model(str(folder))
+    load_model(str(folder), dtype="bfloat16")

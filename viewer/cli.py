@@ -64,12 +64,14 @@ def _load(args):
     folder = export_folder(args.spec)
     if folder is not None:
         given = [o for o, v in (("--input", args.input), ("--input-file", args.input_file),
-                                ("--kwargs", args.kwargs), ("--weights", args.weights)) if v]
+                                ("--kwargs", args.kwargs), ("--weights", args.weights),
+                                ("--dtype", args.dtype != "float32")) if v]
         model, lm, plan = open_export(folder, given, args.device)
         args.history = list(plan.get("rounds") or [])
         return replace(lm, model=model)
     return load_model(args.spec, inputs=args.input, kwargs=args.kwargs, weights=args.weights,
-                      device=args.device, seed=args.seed, input_file=args.input_file)
+                      device=args.device, seed=args.seed, input_file=args.input_file,
+                      dtype=args.dtype)
 
 
 def cmd_graph(args) -> int:

@@ -1,7 +1,7 @@
 """Command-line options of ``serve``: which models the picker offers, and how to build each.
 
 Model options (``--input``, ``--input-file``, ``--kwargs``, ``--weights``, ``--device``,
-``--seed``) given after a ``--model`` belong to that model; given before the first
+``--dtype``, ``--seed``) given after a ``--model`` belong to that model; given before the first
 ``--model``, they apply to every model that does not set its own. So one server can offer
 models with different inputs::
 
@@ -18,7 +18,7 @@ from viewer.core.errors import DepViewError
 
 #: model options and their defaults, before any --model
 MODEL_OPTIONS = {"input": [], "input_file": None, "kwargs": "", "weights": None,
-                 "device": "cpu", "seed": 0}
+                 "device": "cpu", "dtype": "float32", "seed": 0}
 
 
 class _ModelAction(argparse.Action):
@@ -47,9 +47,9 @@ class _ModelOption(argparse.Action):
 
 
 def add_model_options(parser: argparse.ArgumentParser, per_model: bool = False) -> None:
-    """``--input``/``--input-file``/``--kwargs``/``--weights``/``--device``/``--seed``, with
-    the defaults of :data:`MODEL_OPTIONS`. ``per_model`` (serve): each attaches to the last
-    ``--model``."""
+    """``--input``/``--input-file``/``--kwargs``/``--weights``/``--device``/``--dtype``/
+    ``--seed``, with the defaults of :data:`MODEL_OPTIONS`. ``per_model`` (serve): each
+    attaches to the last ``--model``."""
     one = {"action": _ModelOption} if per_model else {}
     many = {"action": _ModelOption} if per_model else {"action": "append"}
     d = MODEL_OPTIONS
@@ -68,6 +68,9 @@ def add_model_options(parser: argparse.ArgumentParser, per_model: bool = False) 
                         **one)
     parser.add_argument("--device", default=d["device"], choices=["cpu", "meta"],
                         help="meta: build the model without weights (huge models)", **one)
+    parser.add_argument("--dtype", default=d["dtype"], choices=["float32", "bfloat16", "float16"],
+                        help="what the model runs in: float32, or half precision to hold a "
+                             "model twice as large (exports are written in it)", **one)
     parser.add_argument("--seed", type=int, default=d["seed"],
                         help="seed for the weights and for inputs given as shapes", **one)
 
@@ -113,7 +116,7 @@ def entries_from_args(args: argparse.Namespace) -> list:
         o = {**shared, **own}
         entry = ModelEntry(spec, inputs=tuple(o["input"]), kwargs=o["kwargs"],
                            weights=o["weights"], device=o["device"], seed=int(o["seed"]),
-                           input_file=o["input_file"])
+                           input_file=o["input_file"], dtype=o["dtype"])
         if entries.setdefault(spec, entry) != entry:
             raise DepViewError(f"--model {spec} is given twice with different options; "
                                "give it once")

@@ -50,6 +50,7 @@ class ModelEntry:
     device: str = "cpu"  #: "meta": browse a model too large to hold (no weights)
     seed: int = 0  #: seed for the weights a factory initialises and the example inputs
     input_file: str | None = None  #: the example inputs themselves (a batch file)
+    dtype: str = "float32"  #: what the model runs in ("bfloat16": a model twice as large)
 
     @property
     def title(self) -> str:
@@ -117,7 +118,8 @@ def _export_base(entry: ModelEntry, folder: Path) -> Base:
     from viewer.core.export import open_export
 
     given = [o for o, v in (("--input", entry.inputs), ("--input-file", entry.input_file),
-                            ("--kwargs", entry.kwargs), ("--weights", entry.weights)) if v]
+                            ("--kwargs", entry.kwargs), ("--weights", entry.weights),
+                            ("--dtype", entry.dtype != "float32")) if v]
     model, lm, plan = open_export(folder, given, entry.device)
     rounds = list(plan.get("rounds") or [])
     stage = make_stage(model, lm.inputs, lm.output_layers)
@@ -267,7 +269,7 @@ class SessionStore:
                 lm = load_model(entry.spec, inputs=list(entry.inputs) or None,
                                 kwargs=entry.kwargs or None, weights=entry.weights,
                                 device=entry.device, seed=entry.seed,
-                                input_file=entry.input_file)
+                                input_file=entry.input_file, dtype=entry.dtype)
                 stage = make_stage(lm.model, lm.inputs, lm.output_layers)
                 base = Base(spec, stage, lm.inputs, list(lm.output_layers), dict(lm.source),
                             entry.description or lm.description)

@@ -197,7 +197,10 @@ def export_dir(pruner: Pruner, plan: Plan, pruned: nn.Module, out_dir: str | Pat
         stage = Path(tempfile.mkdtemp(prefix=".depview-", dir=out))
     except OSError as exc:
         raise DepViewError(f"cannot write to {out}: {exc.strerror or exc}") from None
-    weights, stored = _in_stored_dtype(_state_dict(pruned), source.get("dtype"), tuned)
+    # (a model run in half precision is written in it; one run as float32 in the half
+    # precision its weights file stored, which holds exactly its values)
+    weights, stored = _in_stored_dtype(_state_dict(pruned),
+                                       source.get("run_dtype") or source.get("dtype"), tuned)
     try:
         save_file(weights, str(stage / "model.safetensors"), metadata={"format": FORMAT})
         (stage / "plan.json").write_text(dumps(plan_json, indent=1))
@@ -778,7 +781,7 @@ def rebuild(path: str | Path, search: bool = True, originals: dict | None = None
         inputs = None  # load_model gives a demo its own inputs
     lm = load_model(spec, inputs=inputs, kwargs=src.get("kwargs"),
                     weights=weights, device="cpu", seed=src.get("seed", 0), recorded=recorded,
-                    example=example)
+                    example=example, dtype=src.get("run_dtype"))
     if originals is not None and "unavailable" not in originals:
         table = _tensor_lookup(lm.model)
         originals.update({k: table[k][2].detach().clone() for k in plan.get("tensors", {})

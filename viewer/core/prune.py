@@ -50,7 +50,15 @@ from .memory import check_room, gigabytes, room_for, tensor_bytes
 from .modelconfig import build_from_config, fit_config, held_config
 from .optypes import OpGroup, OpType, classify
 from .text import counted
-from .trace import MAX_LISTED, build_graph, eval_mode, flatten, module_attrs, plain_module
+from .trace import (
+    MAX_LISTED,
+    build_graph,
+    eval_mode,
+    flatten,
+    floats_as,
+    module_attrs,
+    plain_module,
+)
 
 IMPORTANCE = ("l1", "l2", "bn", "random", "taylor")
 
@@ -1857,13 +1865,15 @@ class Pruner:
         make the removed channel NaN, which a zeroed reader does not hide."""
         return self._masked(plan, share=False)
 
-    def _masked(self, plan: Plan, share: bool = True) -> nn.Module:
+    def _masked(self, plan: Plan, share: bool = True, float32: bool = False) -> nn.Module:
         """:meth:`masked_model`; ``share``: the parameters no cut touches are the original's
         own (read-only use: the checks run it), so a check of a plan that leaves the
-        embeddings alone does not copy them."""
+        embeddings alone does not copy them. ``float32``: a float32 copy (of a model run in
+        half precision), sharing nothing."""
         cuts = self._masked_cuts(plan)
-        memo = self._shared_params(cuts) if share else {}
-        shared = set(memo)  # (before the copy, which adds what it makes to the memo)
+        memo = _float32_memo(self.model) if float32 else \
+            self._shared_params(cuts) if share else {}
+        shared = set() if float32 else set(memo)  # (before the copy, which adds to the memo)
         masked = _tree_copy(self.model, memo)
         table = _tensor_lookup(masked)
         with torch.no_grad():
@@ -1892,6 +1902,30 @@ class Pruner:
         shared = self._shared_params(self._masked_cuts(plan))
         return tensor_bytes(self.model) - sum(t.numel() * t.element_size()
                                               for t in shared.values() if not t.is_meta)
+
+    def _masked_in_float32(self, plan: Plan, pruned: nn.Module, half: torch.dtype,
+                           res: dict) -> dict:
+        """Masked equivalence of a model run in ``half`` precision, whose check there
+        (``res``) was off by more than float32's tolerance: run again on float32 copies of
+        the masked and the pruned model, or skipped, saying why, without the memory."""
+        name = str(half).removeprefix("torch.")
+        need = 2 * (tensor_bytes(self.model) + tensor_bytes(pruned))  # (as float32)
+        short = _no_room_for("checking it in float32", need)
+        if short:
+            return {"skipped": f"in {name} the outputs differ by {res['rel_diff']:.2%} of "
+                               f"their largest, its rounding or a wrong group; {short}",
+                    "memory": True, "max_abs_diff": res["max_abs_diff"],
+                    "rel_diff": res["rel_diff"]}
+        masked = self._masked(plan, float32=True)
+        ours = _tree_copy(pruned, _float32_memo(pruned))
+        inputs = floats_as(self.inputs, torch.float32)
+        out_m = flatten(run(masked, inputs))
+        out_p = flatten(run(ours, inputs))
+        del masked, ours
+        out, _ = _compared(out_m, out_p)
+        out["in_float32"] = (f"in {name} the outputs differed by {res['rel_diff']:.2%} of "
+                             "their largest: checked again on float32 copies")
+        return out
 
     def untraced(self) -> list[str]:
         """Parameters no traced op used: code the example inputs did not run (a branch not
@@ -1940,7 +1974,7 @@ class Pruner:
                 return res
         tried = None
         if checks and set(inexact) <= opaque:
-            check = self._masked_equivalence(plan, fp)
+            check = self._masked_equivalence(plan, fp, pruned)
             if check["ok"] or not opaque:
                 if opaque:
                     check["own_forward"] = (
@@ -1989,8 +2023,8 @@ class Pruner:
         if short:
             return {"groups": len(removed), "skipped": short, "memory": True}
         try:
-            alone = flatten(run(self.apply(part, config=False), self.inputs))
-            check = self._masked_equivalence(part, alone)
+            model = self.apply(part, config=False)
+            check = self._masked_equivalence(part, flatten(run(model, self.inputs)), model)
         except Exception as exc:  # (the whole plan ran: say what this part did)
             check = {"ok": False, "error": f"{type(exc).__name__}: "
                                           f"{(str(exc).splitlines() or [''])[0]}"}
@@ -2003,21 +2037,22 @@ class Pruner:
             self._outputs = flatten(run(self.model, self.inputs))
         return self._outputs
 
-    def _masked_equivalence(self, plan: Plan, pruned_out: list) -> dict:
+    def _masked_equivalence(self, plan: Plan, pruned_out: list,
+                            pruned: nn.Module | None = None) -> dict:
         """The outputs ``pruned_out`` (flattened) of the model pruned by ``plan`` against
         those of the original with the removed channels' consumers zeroed. ``blind``: the
         zeroing left every output exactly as the original's, so the check could not fail
         (a head initialised to zeros, as some timm models' are without weights)."""
         out_m = flatten(run(self._masked(plan), self.inputs))
-        pairs = [(a, b) for (_, a), (_, b) in zip(out_m, pruned_out, strict=True)
-                 if a.is_floating_point()]
-        diff = max((_finite_diff(a, b) for a, b in pairs), default=0.0)
-        odd = sum(_nonfinite_mismatches(a, b) for a, b in pairs)
-        scale = max([_finite_max(a) for a, _ in pairs] + [1e-12])
-        res = {"max_abs_diff": diff, "rel_diff": diff / scale,
-               "ok": diff <= 1e-4 * max(1, scale) and not odd}
-        if odd:  # inf or nan in one output where the other has something else
-            res["nonfinite_mismatches"] = odd
+        res, pairs = _compared(out_m, pruned_out)
+        half = next((a.dtype for a, _ in pairs if a.dtype in HALF_DTYPES), None)
+        if half is not None and not res["ok"] and "nonfinite_mismatches" not in res \
+                and pruned is not None:
+            # a model run in half precision: the masked model's sums hold zeros the pruned
+            # one's lack, which moves where the kernels round (1.4% of the largest logit of
+            # a 12-layer Llama in bfloat16), and two swapped channels move a small CNN's
+            # outputs by less (0.7%): no tolerance tells them apart, float32 does
+            return self._masked_in_float32(plan, pruned, half, res)
         if plan.removed and pairs and all(
                 torch.equal(a, o) for (_, a), (_, o) in zip(out_m, self._original_outputs(),
                                                            strict=True)
@@ -2191,6 +2226,39 @@ def _probe_units(group: Group, end: str) -> list[int]:
             if len(held := np.unique(mem.unit)) == 1 and group.n_units > 1}
     order = range(group.n_units) if end == "first" else range(group.n_units - 1, -1, -1)
     return [next((u for u in order if u not in sole), order[0])]
+
+
+#: half precisions a model may run in (``load_model(dtype=...)``)
+HALF_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def _compared(out_m: list, out_p: list) -> tuple[dict, list]:
+    """Masked equivalence's verdict on the flattened outputs of the masked and the pruned
+    model (``max_abs_diff``, ``rel_diff`` to the largest output, ``ok`` within float32's
+    tolerance, ``nonfinite_mismatches``: inf or nan in one where the other has something
+    else), and the floating output pairs compared."""
+    pairs = [(a, b) for (_, a), (_, b) in zip(out_m, out_p, strict=True)
+             if a.is_floating_point()]
+    diff = max((_finite_diff(a, b) for a, b in pairs), default=0.0)
+    odd = sum(_nonfinite_mismatches(a, b) for a, b in pairs)
+    scale = max([_finite_max(a) for a, _ in pairs] + [1e-12])
+    res = {"max_abs_diff": diff, "rel_diff": diff / scale,
+           "ok": diff <= 1e-4 * max(1, scale) and not odd}
+    if odd:
+        res["nonfinite_mismatches"] = odd
+    return res, pairs
+
+
+def _float32_memo(model: nn.Module) -> dict[int, torch.Tensor]:
+    """deepcopy memo mapping each floating tensor of ``model`` to a float32 copy of it (a
+    copy even when it is float32 already: the copy may be zeroed)."""
+    memo: dict[int, torch.Tensor] = {}
+    for _, _, t in _tensor_lookup(model).values():
+        if id(t) not in memo and t.is_floating_point():
+            new = t.detach().to(torch.float32, copy=True)
+            memo[id(t)] = nn.Parameter(new, requires_grad=t.requires_grad) \
+                if isinstance(t, nn.Parameter) else new
+    return memo
 
 
 def _no_room_for(what: str, need: int) -> str:

@@ -26,7 +26,7 @@ from torch import nn
 
 from . import memory
 from .errors import DepViewError
-from .trace import plain_module
+from .trace import floats_as, plain_module
 
 DTYPES = {
     "float32": torch.float32, "float": torch.float32, "float16": torch.float16,
@@ -202,6 +202,7 @@ def load_model(
     recorded: bool = False,
     example: tuple | dict | None = None,
     input_file: str | None = None,
+    dtype: str | None = None,
 ) -> LoadedModel:
     """Build the model a spec names, with example inputs, in eval mode: ``demo:NAME``,
     ``package.module:attr``, ``path/file.py:attr``, a Hugging Face (transformers or
@@ -215,6 +216,8 @@ def load_model(
     ``example``: the example inputs themselves (an export's recorded ones), instead of
     ``inputs``. ``input_file``: a batch file (:func:`read_batch`) holding them: real data
     (token ids of a real text, an image with its image tokens) instead of shapes.
+    ``dtype``: what the model runs in, ``"float32"`` (the default) or, to hold a model twice
+    as large, ``"bfloat16"``/``"float16"``; floating example inputs follow it.
     """
     if recorded and (why := recorded_refusal(spec)):
         raise DepViewError(why)
@@ -239,6 +242,9 @@ def load_model(
         twice = next(n for n in names if names.count(n) > 1)
         raise DepViewError(f"--input names {twice!r} twice")
 
+    if (dtype or "float32") not in RUN_DTYPES:
+        raise DepViewError(f"unsupported dtype {dtype!r}: use {', '.join(RUN_DTYPES)}")
+    run_dtype = RUN_DTYPES[dtype or "float32"]
     if input_file is not None:
         if inputs:
             raise DepViewError("--input and --input-file both give the example inputs: give "
@@ -246,9 +252,9 @@ def load_model(
         example = read_inputs(input_file, device)
     with torch.random.fork_rng(devices=[]):  # seeded for the factory; the caller's RNG
         lm = _load_model(spec, kwargs, weights, device, seed, input_specs, recorded, example,
-                         names if any(names) else None)
+                         names if any(names) else None, run_dtype)
     if input_file is not None:  # (described for the reader; an export keeps them whole)
-        lm.source["inputs"] = describe_inputs(example)
+        lm.source["inputs"] = describe_inputs(lm.inputs)
         lm.source["input_file"] = str(Path(input_file).resolve())
     return lm
 
@@ -274,7 +280,8 @@ def describe_inputs(inputs: tuple | dict) -> list[str]:
 
 
 def _load_model(spec: str, kwargs: dict, weights: str | None, device: str, seed: int,
-                input_specs: list, recorded: bool, given=None, names=None) -> LoadedModel:
+                input_specs: list, recorded: bool, given=None, names=None,
+                run_dtype: torch.dtype = torch.float32) -> LoadedModel:
     torch.manual_seed(seed)
     demo = None
     output_layers: list[str] = []
@@ -292,7 +299,7 @@ def _load_model(spec: str, kwargs: dict, weights: str | None, device: str, seed:
         if demo.output_layer:
             output_layers = [demo.output_layer]
     elif (folder := hub_snapshot(spec) or hf_folder(spec)) is not None:
-        model, stored = _hf_folder_model(folder, kwargs, weights, device)
+        model, stored = _hf_folder_model(folder, kwargs, weights, device, run_dtype)
         where = spec[3:].partition("@")[0] if spec.startswith("hf:") else \
             folder.resolve().name
         description = f"{type(model).__name__} from {where}"
@@ -308,6 +315,8 @@ def _load_model(spec: str, kwargs: dict, weights: str | None, device: str, seed:
     description = description or type(model).__name__  # the header line of the app
     if folder is None:  # (a directory's model came with its weights' dtype)
         stored = load_weights(model, weights) if weights else None
+        if run_dtype != torch.float32:
+            model.to(run_dtype)
 
     gen = torch.Generator().manual_seed(seed)
     if given is not None:
@@ -322,6 +331,8 @@ def _load_model(spec: str, kwargs: dict, weights: str | None, device: str, seed:
     else:
         raise DepViewError(f"{spec} needs example inputs: pass --input SHAPE[:DTYPE], "
                            "e.g. --input 1x3x224x224")
+    if run_dtype != torch.float32:  # (a float32 image fed to a bfloat16 conv fails)
+        example = floats_as(example, run_dtype)
     source = {
         "spec": spec,
         "kwargs": kwargs,
@@ -338,7 +349,10 @@ def _load_model(spec: str, kwargs: dict, weights: str | None, device: str, seed:
         source["dir"] = str(folder.resolve())
     if stored:
         source["dtype"] = stored
+    if run_dtype != torch.float32:
+        source["run_dtype"] = str(run_dtype).removeprefix("torch.")
     return LoadedModel(model, example, source, output_layers, description)
+
 
 
 def _build(spec: str, factory, kwargs: dict, device: str) -> nn.Module:
@@ -496,13 +510,14 @@ def load_error_detail(exc: BaseException, width: int = 200) -> str:
     return first + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")
 
 
-def _hf_folder_model(folder: Path, kwargs: dict, weights: str | None, device: str
-                     ) -> tuple[nn.Module, str | None]:
+def _hf_folder_model(folder: Path, kwargs: dict, weights: str | None, device: str,
+                     run_dtype: torch.dtype = torch.float32) -> tuple[nn.Module, str | None]:
     """The model of a Hugging Face model directory (transformers' or diffusers'): the class
     its config.json names (:func:`hf_class_and_config`) through ``from_pretrained``, from
-    its safetensors weights only, as float32, with no download; on ``meta``, built from the
-    config alone. Also the weights' half-precision dtype (:func:`stored_dtype`; None on
-    meta), read with their sizes from the safetensors headers."""
+    its safetensors weights only, as ``run_dtype`` (float32), with no download; on
+    ``meta``, built from the config alone. Also the weights' half-precision dtype
+    (:func:`stored_dtype`; None on meta), read with their sizes from the safetensors
+    headers."""
     from .modelconfig import build_from_config
 
     given = [o for o, v in (("--kwargs", kwargs), ("--weights", weights)) if v]
@@ -527,7 +542,7 @@ def _hf_folder_model(folder: Path, kwargs: dict, weights: str | None, device: st
                            " use --device meta to see the architecture without them")
     tensors = _folder_tensors(folder, library) if device != "meta" else None
     if tensors:
-        _check_fits_in_memory(folder, tensors)
+        _check_fits_in_memory(folder, tensors, run_dtype)
     with _quiet_hf(library):  # (its warnings about the config, its progress bars)
         cls, cfg = hf_class_and_config(data, where, (
             'add "architectures": ["<the transformers model class>"] to it'
@@ -535,21 +550,21 @@ def _hf_folder_model(folder: Path, kwargs: dict, weights: str | None, device: st
         try:
             if device == "meta" and cfg is None:
                 with torch.device("meta"):
-                    return cls.from_config(data).eval(), None
+                    return cls.from_config(data).to(run_dtype).eval(), None
             if device == "meta":
                 model = build_from_config(cls, cfg, "meta")
                 if model is None:
                     raise DepViewError(f"{cls.__name__} cannot be built from {where}")
                 # (as from_pretrained gives it: the inputs are tried)
-                return model.eval(), None
+                return model.to(run_dtype).eval(), None
             if cfg is None:
                 model, info = cls.from_pretrained(
                     folder, local_files_only=True, use_safetensors=True,
-                    torch_dtype=torch.float32, output_loading_info=True)
+                    torch_dtype=run_dtype, output_loading_info=True)
             else:
                 model, info = cls.from_pretrained(
                     folder, config=cfg, local_files_only=True, use_safetensors=True,
-                    dtype=torch.float32, ignore_mismatched_sizes=True,
+                    dtype=run_dtype, ignore_mismatched_sizes=True,
                     output_loading_info=True)
         except DepViewError:
             raise
@@ -653,9 +668,10 @@ def _hf_inputs(model: nn.Module, folder: Path, device: str
     runs on (one forward each, on ``device``), named when there are several; otherwise a
     one-line error that says what was tried."""
     tried = []
+    own = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     for cand in _hf_input_candidates(model):
         gen = torch.Generator().manual_seed(0)
-        example = {n: make_tensor(s, d, device, gen) for n, s, d in cand}
+        example = floats_as({n: make_tensor(s, d, device, gen) for n, s, d in cand}, own)
         failure = None
         try:
             with torch.no_grad(), torch.random.fork_rng(devices=[]), _quiet_hf():
@@ -839,6 +855,10 @@ def batch_from(obj, name: str) -> tuple[torch.Tensor, ...] | dict[str, torch.Ten
     return dict(obj)
 
 
+#: what a model may run in (``--dtype``): float32, or half precision to hold one twice as
+#: large (masked equivalence then allows for its rounding: see viewer.core.prune)
+RUN_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
 #: half-precision dtypes a weights file may store, which an export writes back (see
 #: :func:`stored_dtype`)
 HALF_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -882,13 +902,16 @@ def _folder_tensors(folder: Path, library: str) -> list[tuple[str, int]] | None:
     return out
 
 
-def _check_fits_in_memory(folder: Path, tensors: list[tuple[str, int]]) -> None:
+def _check_fits_in_memory(folder: Path, tensors: list[tuple[str, int]],
+                          run_dtype: torch.dtype = torch.float32) -> None:
     """Refuse, before loading, a model directory whose weights (``tensors``: see
-    :func:`_folder_tensors`) as float32 would not fit in the memory this machine has free:
-    the load would be killed half-way, minutes later."""
-    memory.check_room(sum(n * (4 if "float" in d else 8) for d, n in tensors),
-                      f"{folder} as float32", "use --device meta to see its graph and groups "
-                      "without the weights")
+    :func:`_folder_tensors`) as ``run_dtype`` would not fit in the memory this machine has
+    free: the load would be killed half-way, minutes later."""
+    size = run_dtype.itemsize
+    hint = "use --device meta to see its graph and groups without the weights" + (
+        ", or --dtype bfloat16 to hold it in half the memory" if size == 4 else "")
+    memory.check_room(sum(n * (size if "float" in d else 8) for d, n in tensors),
+                      f"{folder} as {str(run_dtype).removeprefix('torch.')}", hint)
 
 
 def load_weights(model: nn.Module, path: str | Path) -> str | None:

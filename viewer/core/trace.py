@@ -71,6 +71,18 @@ _UNSET = object()
 _KWARGS_HOOKS: dict = getattr(torch.nn.modules.module, "_global_forward_hooks_with_kwargs", {})
 
 
+def floats_as(inputs, dtype: torch.dtype):
+    """``inputs`` (a tensor, tuple or dict of them) with every floating tensor cast to
+    ``dtype``: example inputs for a model run in another precision."""
+    def cast(t):
+        return t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+    if isinstance(inputs, dict):
+        return {k: cast(t) for k, t in inputs.items()}
+    if isinstance(inputs, (tuple, list)):
+        return type(inputs)(cast(t) for t in inputs)
+    return cast(inputs)
+
+
 def flatten(obj, path: str = "") -> list[tuple[str, torch.Tensor]]:
     """Tensors inside nested tuples/lists/dicts/dataclasses (HF ``ModelOutput`` is a dict),
     with readable key paths: ``[("logits", t), ("hidden_states[0]", t2)]``."""
