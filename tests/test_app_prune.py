@@ -271,6 +271,9 @@ def test_verification_text():
     assert cb.verification_text(v) == ("forward ok, output shapes kept, masked equivalence ok "
                                        "(max |Δ| 1e-08)")
     assert cb.verification_text(None) == "not verified"
+    v["masked_equivalence"]["in_float32"] = "in bfloat16 the outputs differed by 1.36% ..."
+    assert cb.verification_text(v).endswith("masked equivalence ok (max |Δ| 1e-08, checked in "
+                                            "float32)")
 
 
 def _upload(tensors: dict) -> str:

@@ -511,6 +511,7 @@ def test_dtype_runs_the_model_and_its_floating_inputs_in_half_precision(tmp_path
     lm = load_model("demo:cnn", dtype="bfloat16")
     assert {p.dtype for p in lm.model.parameters()} == {torch.bfloat16}
     assert lm.inputs[0].dtype == torch.bfloat16 and lm.source["run_dtype"] == "bfloat16"
+    assert lm.description.endswith(" (run in bfloat16)")  # (the app's header says so)
     assert "run_dtype" not in load_model("demo:cnn").source  # (float32: as before)
     ids = load_model("demo:llama", dtype="float16")
     assert ids.inputs[0].dtype == torch.int64  # (token ids stay integers)

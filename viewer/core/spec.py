@@ -313,6 +313,8 @@ def _load_model(spec: str, kwargs: dict, weights: str | None, device: str, seed:
     model = plain_module(model)  # a torch.compile'd model: the module it wraps
     model.eval()
     description = description or type(model).__name__  # the header line of the app
+    if run_dtype != torch.float32:
+        description += f" (run in {str(run_dtype).removeprefix('torch.')})"
     if folder is None:  # (a directory's model came with its weights' dtype)
         stored = load_weights(model, weights) if weights else None
         if run_dtype != torch.float32:

@@ -246,7 +246,8 @@ def verification_text(v: dict | None) -> str:
     me = v.get("masked_equivalence") or {}
     if "ok" in me:
         parts.append(f"masked equivalence {'ok' if me['ok'] else 'FAILED'} "
-                     f"(max |Δ| {me.get('max_abs_diff', 0):.2g})")
+                     f"(max |Δ| {me.get('max_abs_diff', 0):.2g}"
+                     f"{', checked in float32' if me.get('in_float32') else ''})")
     elif me.get("skipped"):
         parts.append(f"masked equivalence skipped: {me['skipped']}")
         part = me.get("exact_groups") or {}
@@ -254,7 +255,8 @@ def verification_text(v: dict | None) -> str:
             n = part.get("groups", 0)
             parts.append(f"masked equivalence of the {n} exact group{'s' if n != 1 else ''} "
                          f"alone {'ok' if part['ok'] else 'FAILED'}"
-                         + (f" (max |Δ| {part['max_abs_diff']:.2g})"
+                         + (f" (max |Δ| {part['max_abs_diff']:.2g}"
+                            f"{', checked in float32' if part.get('in_float32') else ''})"
                             if "max_abs_diff" in part else ""))
         elif part.get("skipped"):
             parts.append(f"masked equivalence of the exact groups alone skipped: "
