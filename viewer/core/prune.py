@@ -2046,12 +2046,12 @@ class Pruner:
         out_m = flatten(run(self._masked(plan), self.inputs))
         res, pairs = _compared(out_m, pruned_out)
         half = next((a.dtype for a, _ in pairs if a.dtype in HALF_DTYPES), None)
-        if half is not None and not res["ok"] and "nonfinite_mismatches" not in res \
-                and pruned is not None:
+        if half is not None and not res["ok"] and pruned is not None:
             # a model run in half precision: the masked model's sums hold zeros the pruned
             # one's lack, which moves where the kernels round (1.4% of the largest logit of
-            # a 12-layer Llama in bfloat16), and two swapped channels move a small CNN's
-            # outputs by less (0.7%): no tolerance tells them apart, float32 does
+            # a 12-layer Llama in bfloat16; in float16 a sum may overflow in one of them
+            # only), and two swapped channels move the small ResNet demo's outputs by less
+            # (0.7-0.95%): no tolerance tells them apart, float32 does
             return self._masked_in_float32(plan, pruned, half, res)
         if plan.removed and pairs and all(
                 torch.equal(a, o) for (_, a), (_, o) in zip(out_m, self._original_outputs(),

@@ -261,7 +261,8 @@ def load_model(
 
 def read_inputs(path: str | Path, device: str = "cpu") -> tuple | dict:
     """Example inputs from a batch file (see :func:`read_batch`), on ``device``; bfloat16 and
-    float16 ones as float32, as models run here (an image saved in half precision)."""
+    float16 ones as float32, as models run by default (an image saved in half precision; a
+    model run in half precision then casts them to its own dtype)."""
     inputs = batch_from(_read_tensors(path, "input"), str(path))
 
     def move(t: torch.Tensor) -> torch.Tensor:
@@ -354,7 +355,6 @@ def _load_model(spec: str, kwargs: dict, weights: str | None, device: str, seed:
     if run_dtype != torch.float32:
         source["run_dtype"] = str(run_dtype).removeprefix("torch.")
     return LoadedModel(model, example, source, output_layers, description)
-
 
 
 def _build(spec: str, factory, kwargs: dict, device: str) -> nn.Module:
