@@ -126,8 +126,16 @@ def json_float(value) -> float:
 
 
 def _state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    # safetensors refuses tensors that share memory: store each name as its own copy
-    return {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    """The state_dict as safetensors takes it: a tensor whose memory a name before it holds
+    (tied weights) as a copy of its own, which safetensors requires; the others as they are
+    (a copy of each doubled a large model's memory while it was written)."""
+    out, held = {}, set()
+    for k, v in model.state_dict().items():
+        t = v.detach().contiguous()
+        ptr = t.untyped_storage().data_ptr()
+        out[k] = t.clone() if ptr in held or not t.numel() else t
+        held.add(ptr)
+    return out
 
 
 def _in_stored_dtype(weights: dict[str, torch.Tensor], dtype: str | None, tuned: bool
@@ -783,8 +791,10 @@ def rebuild(path: str | Path, search: bool = True, originals: dict | None = None
                     weights=weights, device="cpu", seed=src.get("seed", 0), recorded=recorded,
                     example=example, dtype=src.get("run_dtype"))
     if originals is not None and "unavailable" not in originals:
+        # (no copies: reshape_like_plan puts new tensors in the model and leaves these be; a
+        # copy of a 7B model's cut tensors took 13 GB more)
         table = _tensor_lookup(lm.model)
-        originals.update({k: table[k][2].detach().clone() for k in plan.get("tensors", {})
+        originals.update({k: table[k][2].detach() for k in plan.get("tensors", {})
                           if k in table})
     # the example inputs were drawn before reshaping, so they match the original model's
     model = reshape_like_plan(lm.model, plan)
