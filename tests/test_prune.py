@@ -3468,3 +3468,18 @@ def test_a_half_precision_difference_is_checked_in_float32_or_skipped_for_memory
     assert res["memory"] and "ok" not in res and res["skipped"].startswith(
         "in bfloat16 the outputs differ by 1.36% of their largest, its rounding or a wrong "
         "group; not enough memory: checking it in float32 needs about")
+
+
+@pytest.mark.parametrize("name", ALL_DEMOS)
+def test_every_demo_prunes_in_bfloat16_with_masked_equivalence(name):
+    # --dtype bfloat16: the same plan as in float32, a bfloat16 pruned copy, and masked
+    # equivalence holding (in bfloat16, or on float32 copies when its rounding differs)
+    lm = load_model(f"demo:{name}", dtype="bfloat16")
+    p = Pruner(lm.model, lm.inputs, output_layers=lm.output_layers)
+    plan = p.plan(0.5, "l1")
+    pruned = p.apply(plan)
+    assert {t.dtype for t in pruned.parameters()} == {torch.bfloat16}
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["shapes_kept"], v
+    me = v["masked_equivalence"]
+    assert me.get("ok", me.get("exact_groups", {}).get("ok")), me
