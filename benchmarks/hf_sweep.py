@@ -129,17 +129,18 @@ def _same(a, b, torch, flatten) -> bool:
                                     for u, v in zip(x, y, strict=True))
 
 
-def _from_dir(model, dtype: str, folder: Path, torch):
+def _from_dir(model, dtype: str, folder: Path, torch, run: str | None = None):
     """``model`` saved in ``dtype`` as ``save_pretrained`` writes it, then loaded back as
-    ``prune DIR`` loads it (inputs guessed): (model, inputs, source)."""
+    ``prune DIR [--dtype RUN]`` loads it (inputs guessed): (model, inputs, source)."""
     from viewer.core.spec import load_model
 
     model.to(getattr(torch, dtype)).save_pretrained(folder)
-    lm = load_model(str(folder))
+    lm = load_model(str(folder), dtype=run)
     return lm.model, lm.inputs, lm.source
 
 
-def run_one(name: str, factory, ratio: float, tf, torch, from_dir: str | None = None) -> dict:
+def run_one(name: str, factory, ratio: float, tf, torch, from_dir: str | None = None,
+            run_dtype: str | None = None) -> dict:
     from viewer.core.export import check_dir, export_dir, load_pruned
     from viewer.core.prune import Pruner, flatten, run
 
@@ -151,7 +152,7 @@ def run_one(name: str, factory, ratio: float, tf, torch, from_dir: str | None = 
         model.eval()
         source = None
         if from_dir:
-            model, x, source = _from_dir(model, from_dir, saved, torch)
+            model, x, source = _from_dir(model, from_dir, saved, torch, run_dtype)
             row["inputs"] = source["inputs"]
         p = Pruner(model, x)
         row["groups"] = f"{sum(not p.reason(g) for g in p.groups)}/{len(p.groups)}"
@@ -169,9 +170,13 @@ def run_one(name: str, factory, ratio: float, tf, torch, from_dir: str | None = 
             reloaded = load_pruned(out)
             row["reload_equal"] = _same(run(reloaded, x), want, torch, flatten)
             row["check_ok"] = bool(check_dir(out)["ok"])
+            report = json.loads((out / "report.json").read_text())
+            me = report["verification"].get("masked_equivalence") or {}
+            me = me if "ok" in me else me.get("exact_groups") or me
+            row["masked"] = ("FAILED" if me.get("ok") is False else "skipped" if "ok" not in me
+                             else "ok in float32" if me.get("in_float32") else "ok")
             if from_dir:
-                row["written"] = (json.loads((out / "report.json").read_text())
-                                  .get("dtype") or {}).get("written", "float32")
+                row["written"] = (report.get("dtype") or {}).get("written", "float32")
             if (out / "config.json").is_file():
                 cls = getattr(tf, json.loads((out / "config.json").read_text())
                               ["architectures"][0])
@@ -211,7 +216,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--from-dir", default=None, choices=["float32", "bfloat16", "float16"],
                     help="save each model with save_pretrained in this dtype and load the "
                          "directory as a SPEC (inputs guessed) instead of in-process")
+    ap.add_argument("--dtype", default=None, choices=["bfloat16", "float16"],
+                    help="with --from-dir: run each model in this dtype (--dtype of prune)")
     args = ap.parse_args(argv)
+    if args.dtype and not args.from_dir:
+        print("error: --dtype needs --from-dir (the model is loaded as prune loads it)",
+              file=sys.stderr)
+        return 2
     os.environ["HF_HUB_OFFLINE"] = "1"
     sys.path.insert(0, str(ROOT))
     warnings.filterwarnings("ignore")
@@ -230,10 +241,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"transformers {tf.__version__}, torch {torch.__version__}, ratio {args.ratio}"
           + (f", each saved as {args.from_dir} and loaded as a directory" if args.from_dir
-             else ""))
+             else "") + (f", run in {args.dtype}" if args.dtype else ""))
     rows = []
     for name in names:
-        r = run_one(name, models[name], args.ratio, tf, torch, args.from_dir)
+        r = run_one(name, models[name], args.ratio, tf, torch, args.from_dir, args.dtype)
         rows.append(r)
         if "error" in r:
             print(f"{name:16} ERROR {r['error']}", flush=True)
@@ -241,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         before, after = r["params"]
         print(f"{name:16} groups {r['groups']:>6}  params {before:>7,} -> {after:>7,}  "
               f"apply {r['apply_s']:5.2f} s  reload {'ok' if r['reload_equal'] else 'DIFF'}"
-              f"  check {'ok' if r['check_ok'] else 'FAILED'}"
+              f"  check {'ok' if r['check_ok'] else 'FAILED'}  masked {r['masked']}"
               + (f"  from_pretrained {'ok' if r['from_pretrained_equal'] else 'DIFF'}"
                  if "from_pretrained_equal" in r else "")
               + (f"  inputs {' '.join(r['inputs'])}  written {r['written']}"

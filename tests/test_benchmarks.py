@@ -59,3 +59,14 @@ def test_hf_sweep_runs_on_two_models_and_refuses_an_unknown_one(tmp_path):
     (row,) = json.loads(out.read_text())
     assert row["inputs"] == ["1x16:int64"] and row["written"] == "bfloat16", row
     assert row["reload_equal"] and row["check_ok"] and row["from_pretrained_equal"], row
+    # and run in bfloat16 (prune --dtype bfloat16): the same, with masked equivalence
+    res = subprocess.run([sys.executable, script, "--models", "gpt2", "--from-dir", "float32",
+                          "--dtype", "bfloat16", "--json", str(out)], capture_output=True,
+                         text=True, timeout=300, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-2000:]
+    (row,) = json.loads(out.read_text())
+    assert row["written"] == "bfloat16" and row["masked"] == "ok", row
+    assert row["reload_equal"] and row["check_ok"] and row["from_pretrained_equal"], row
+    res = subprocess.run([sys.executable, script, "--dtype", "bfloat16"], capture_output=True,
+                         text=True, timeout=300, cwd=ROOT)
+    assert res.returncode == 2 and "--dtype needs --from-dir" in res.stderr
