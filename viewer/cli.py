@@ -63,10 +63,9 @@ def _load(args):
     args.history = None
     folder = export_folder(args.spec)
     if folder is not None:
-        given = [o for o, v in (("--input", args.input), ("--input-file", args.input_file),
-                                ("--kwargs", args.kwargs), ("--weights", args.weights),
-                                ("--dtype", args.dtype != "float32")) if v]
-        model, lm, plan = open_export(folder, given, args.device)
+        model, lm, plan = open_export(folder, args.device, inputs=args.input,
+                                      input_file=args.input_file, kwargs=args.kwargs,
+                                      weights=args.weights, dtype=args.dtype)
         args.history = list(plan.get("rounds") or [])
         return replace(lm, model=model)
     return load_model(args.spec, inputs=args.input, kwargs=args.kwargs, weights=args.weights,
@@ -234,8 +233,10 @@ def cmd_serve(args) -> int:
 def cmd_demos(args) -> int:
     import demo_models
 
+    from .core.spec import spell_input
+
     rows = [{"name": d.name, "spec": f"demo:{d.name}", "description": d.description,
-             "inputs": ["x".join(map(str, s)) + f":{t}" for s, t in d.input_specs]}
+             "inputs": [spell_input(s, t) for s, t in d.input_specs]}
             for d in demo_models.DEMOS.values()]
     if args.json:
         _write_json({"demos": rows}, args.json)

@@ -117,10 +117,9 @@ def _export_base(entry: ModelEntry, folder: Path) -> Base:
     a large export is read from disk). The recorded source is rebuilt: the user named it."""
     from viewer.core.export import open_export
 
-    given = [o for o, v in (("--input", entry.inputs), ("--input-file", entry.input_file),
-                            ("--kwargs", entry.kwargs), ("--weights", entry.weights),
-                            ("--dtype", entry.dtype != "float32")) if v]
-    model, lm, plan = open_export(folder, given, entry.device)
+    model, lm, plan = open_export(folder, entry.device, inputs=entry.inputs,
+                                  input_file=entry.input_file, kwargs=entry.kwargs,
+                                  weights=entry.weights, dtype=entry.dtype)
     rounds = list(plan.get("rounds") or [])
     stage = make_stage(model, lm.inputs, lm.output_layers)
     return Base(entry.spec, stage, lm.inputs, list(lm.output_layers), dict(plan["source"]),

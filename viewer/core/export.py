@@ -59,6 +59,7 @@ from .spec import (
     load_model,
     locate_spec,
     read_state_dict,
+    spell_input,
 )
 from .trace import flatten
 
@@ -140,9 +141,10 @@ def _state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def _in_stored_dtype(weights: dict[str, torch.Tensor], dtype: str | None, tuned: bool
                      ) -> tuple[dict[str, torch.Tensor], dict | None]:
-    """The pruned weights in the half-precision dtype the original's weights file stored
+    """The pruned weights in ``dtype``: the half-precision dtype the model ran in
+    (``source["run_dtype"]``), or else the one the original's weights file stored
     (``source["dtype"]``; the model ran as float32), and what report.json says about it
-    (None: the file was not half precision). Pruning only selects values, so the float32
+    (None: neither is half precision). Pruning only selects values, so the float32
     tensors hold exactly half-precision values and the cast loses nothing; it is checked,
     and when any value would change (weights tuned in float32) they stay float32."""
     if dtype not in HALF_DTYPES:
@@ -898,7 +900,7 @@ def _own_demo_inputs(src: dict) -> bool:
         demo = demo_models.get_demo(spec[5:])
     except ValueError:
         return False
-    own = ["x".join(map(str, s)) + f":{d}" for s, d in demo.input_specs]
+    own = [spell_input(s, d) for s, d in demo.input_specs]
     return (src.get("inputs") or []) == own
 
 
@@ -1143,13 +1145,18 @@ def export_folder(spec: str) -> Path | None:
     return folder
 
 
-def open_export(folder: str | Path, given: list[str] | None = None, device: str = "cpu"
+def open_export(folder: str | Path, device: str = "cpu", *, inputs=None, input_file=None,
+                kwargs=None, weights=None, dtype: str | None = None
                 ) -> tuple[nn.Module, LoadedModel, dict]:
     """An export directory given as SPEC (to the CLI or the app): its pruned model, the
     original's :class:`LoadedModel` (the example inputs: the widths in and out are the
-    original's) and plan.json (its ``rounds`` so far). ``given``: model options the caller
-    was also given (``--input``, ...), refused: the export brings its own."""
-    given = [*(given or []), *(["--device"] if device != "cpu" else [])]
+    original's) and plan.json (its ``rounds`` so far). The model options the caller was
+    also given (``inputs`` ... ``dtype``, as :func:`load_model` takes them) are refused: the
+    export brings its own."""
+    given = [o for o, v in (("--input", inputs), ("--input-file", input_file),
+                            ("--kwargs", kwargs), ("--weights", weights),
+                            ("--dtype", (dtype or "float32") != "float32"),
+                            ("--device", device != "cpu")) if v]
     if given:  # (its weights load on cpu)
         raise DepViewError(f"{folder} is an export directory: it brings its own model, "
                            f"inputs and weights ({', '.join(given)} cannot apply)")

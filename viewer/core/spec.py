@@ -273,11 +273,15 @@ def read_inputs(path: str | Path, device: str = "cpu") -> tuple | dict:
     return tuple(move(t) for t in inputs)
 
 
+def spell_input(shape, dtype: str, name: str | None = None) -> str:
+    """An input as ``--input`` spells it: ``"1x16:int64"``, ``"input_ids=1x16:int64"``."""
+    return (f"{name}=" if name else "") + "x".join(map(str, shape)) + f":{dtype}"
+
+
 def describe_inputs(inputs: tuple | dict) -> list[str]:
     """``["input_ids=1x16:int64", ...]``: example inputs as ``--input`` spells shapes."""
     items = inputs.items() if isinstance(inputs, dict) else ((None, t) for t in inputs)
-    return [(f"{k}=" if k is not None else "") + "x".join(map(str, t.shape))
-            + f":{str(t.dtype).removeprefix('torch.')}" for k, t in items]
+    return [spell_input(t.shape, str(t.dtype).removeprefix("torch."), k) for k, t in items]
 
 
 def _load_model(spec: str, kwargs: dict, weights: str | None, device: str, seed: int,
@@ -339,9 +343,8 @@ def _load_model(spec: str, kwargs: dict, weights: str | None, device: str, seed:
     source = {
         "spec": spec,
         "kwargs": kwargs,
-        "inputs": [(f"{n}=" if n else "") + "x".join(map(str, s)) + f":{d}"
-                   for n, (s, d) in zip(names or [None] * len(input_specs), input_specs,
-                                        strict=True)],
+        "inputs": [spell_input(s, d, n) for n, (s, d) in
+                   zip(names or [None] * len(input_specs), input_specs, strict=True)],
         "weights": str(weights) if weights else None,
         "seed": seed,
     }
