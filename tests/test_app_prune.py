@@ -99,11 +99,11 @@ def test_apply_refuses_an_empty_plan_and_keeps_state(store):
     assert len(store.session("sid").stages) == 1
 
 
-def test_apply_short_of_memory_refuses_or_skips_the_masked_check_and_says_so(store,
-                                                                           monkeypatch):
+def test_apply_short_of_memory_refuses_or_masks_layer_by_layer_and_says_so(store,
+                                                                         monkeypatch):
     # the machine's memory, not a crashed server: a pruned copy that does not fit is one
     # line with the stages as they were; one that fits but leaves no room for the masked
-    # copy is applied, its text saying the check was not made
+    # copy is applied, masked layer by layer, and its text says so
     from viewer.core import memory
 
     session = store.session("sid")
@@ -121,7 +121,8 @@ def test_apply_short_of_memory_refuses_or_skips_the_masked_check_and_says_so(sto
     monkeypatch.setattr(memory, "available_memory", lambda: need)
     text = cb.apply_round(store, "sid", SETTINGS)
     assert text.startswith("Round 1 applied") and "forward ok, output shapes kept, masked " \
-        "equivalence skipped: not enough memory: a masked copy of the model needs" in text
+        "equivalence ok (max |Δ| " in text and ", masked layer by layer for want of " \
+        "memory)" in text
     assert len(session.stages) == 2
 
 
@@ -274,6 +275,14 @@ def test_verification_text():
     v["masked_equivalence"]["in_float32"] = "in bfloat16 the outputs differed by 1.36% ..."
     assert cb.verification_text(v).endswith("masked equivalence ok (max |Δ| 1e-08, checked in "
                                             "float32)")
+    v["masked_equivalence"]["by_layer"] = "not enough memory: a masked copy ..."
+    assert cb.verification_text(v).endswith("(max |Δ| 1e-08, checked in float32, masked layer "
+                                            "by layer for want of memory)")
+    v["masked_equivalence"] = {"skipped": "1 pruned group is inexact", "exact_groups": {
+        "groups": 2, "ok": True, "max_abs_diff": 0.0, "by_layer": "not enough memory: ..."}}
+    assert cb.verification_text(v).endswith("masked equivalence of the 2 exact groups alone ok "
+                                            "(max |Δ| 0, masked layer by layer for want of "
+                                            "memory)")
 
 
 def _upload(tensors: dict) -> str:

@@ -112,20 +112,44 @@ def test_apply_without_room_for_the_pruned_copy_is_one_line_and_changes_nothing(
     p.apply(plan, device="meta")  # (a preview's copy takes no memory: not refused)
 
 
-def test_masked_equivalence_without_room_for_its_copy_is_skipped_and_said(monkeypatch):
-    from viewer.core.prune import masked_note, memory_note, pruned_bytes
+def test_masked_equivalence_without_room_for_its_copy_masks_layer_by_layer(monkeypatch):
+    from viewer.core.prune import layer_by_layer, masked_note, memory_note
 
     lm, p = _cnn()
     plan = p.plan(0.5, "l1")
     pruned = p.apply(plan)
-    # room for the pruned copy, not for a masked copy of the whole model
-    monkeypatch.setattr(memory, "available_memory",
-                        lambda: pruned_bytes(lm.model, p.changes(plan)) + 1)
+    full = p.verify(pruned, plan)["masked_equivalence"]
+    peak = layer_by_layer(lm.model, p._masked_cuts(plan)).peak_bytes
+    assert full["ok"] and "by_layer" not in full and peak < p._masked_bytes(plan)
+    # room to make one layer's masked weights at a time, not for a masked copy of the model
+    monkeypatch.setattr(memory, "available_memory", lambda: peak)
+    v = p.verify(pruned, plan)
+    me = v["masked_equivalence"]
+    assert me["ok"] and me["max_abs_diff"] == full["max_abs_diff"] and me["by_layer"] == (
+        "not enough memory: a masked copy of the model needs about 0.0 GB, and this machine "
+        "has 0.0 GB free: each layer's weights were masked as it ran")
+    assert memory_note(v) == "" and masked_note(v) == ""
+    with torch.no_grad():  # (a wrong pruned model still fails it)
+        pruned.features[4].weight[[0, 1]] = pruned.features[4].weight[[1, 0]]
+    bad = p.verify(pruned, plan)["masked_equivalence"]
+    assert not bad["ok"] and bad["by_layer"]
+
+
+def test_masked_equivalence_without_room_even_layer_by_layer_is_skipped_and_said(
+        monkeypatch):
+    from viewer.core.prune import layer_by_layer, masked_note, memory_note
+
+    lm, p = _cnn()
+    plan = p.plan(0.5, "l1")
+    pruned = p.apply(plan)
+    peak = layer_by_layer(lm.model, p._masked_cuts(plan)).peak_bytes
+    monkeypatch.setattr(memory, "available_memory", lambda: peak - 1)
     v = p.verify(pruned, plan)
     assert v["forward"] and v["shapes_kept"]
     me = v["masked_equivalence"]
-    assert me["memory"] and me["skipped"].startswith(
+    assert me["memory"] and "ok" not in me and me["skipped"].startswith(
         "not enough memory: a masked copy of the model needs about 0.0 GB, and this machine ")
+    assert me["skipped"].endswith("; masking it layer by layer as it runs needs about 0.0 GB")
     assert memory_note(v).startswith("masked equivalence not checked: not enough memory")
     assert masked_note(v) == ""  # (not a failure: exit 0)
     monkeypatch.undo()
@@ -135,7 +159,7 @@ def test_masked_equivalence_without_room_for_its_copy_is_skipped_and_said(monkey
 def test_the_exact_groups_alone_check_is_skipped_without_room_too(monkeypatch):
     # a transformer's residual stream is inexact: its exact groups are checked pruned alone,
     # which needs a pruned copy and a masked copy
-    from viewer.core.prune import Pruner, memory_note
+    from viewer.core.prune import Plan, Pruner, memory_note, pruned_bytes
     from viewer.core.spec import load_model
 
     lm = load_model("demo:llama")
@@ -144,10 +168,21 @@ def test_the_exact_groups_alone_check_is_skipped_without_room_too(monkeypatch):
     pruned = p.apply(plan)
     full = p.verify(pruned, plan)["masked_equivalence"]
     assert full["exact_groups"]["ok"]  # (the check this test takes memory from)
-    size = memory.tensor_bytes(lm.model)
-    monkeypatch.setattr(memory, "available_memory", lambda: size + 1)
+    # room for those groups pruned alone, not with a masked copy: masked layer by layer
+    exact = Plan({k: u for k, u in plan.removed.items()
+                  if next(g for g in p.groups if g.id == k).exact}, plan.settings)
+    alone = pruned_bytes(lm.model, p.changes(exact))
+    assert alone + p._masked_bytes(exact) > memory.tensor_bytes(lm.model)
+    monkeypatch.setattr(memory, "available_memory", lambda: memory.tensor_bytes(lm.model))
     part = p.verify(pruned, plan)["masked_equivalence"]["exact_groups"]
-    assert part["memory"] and "these groups pruned alone and a masked copy" in part["skipped"]
+    assert part["ok"] and part["max_abs_diff"] == full["exact_groups"]["max_abs_diff"]
+    assert part["by_layer"].startswith("not enough memory: these groups pruned alone and a "
+                                       "masked copy of the model needs about")
+    # room for neither: skipped, and said
+    monkeypatch.setattr(memory, "available_memory", lambda: alone - 1)
+    part = p.verify(pruned, plan)["masked_equivalence"]["exact_groups"]
+    assert part["memory"] and part["skipped"].startswith(
+        "not enough memory: these groups pruned alone needs about")
     assert memory_note({"masked_equivalence": {"exact_groups": part}})
 
 
@@ -184,12 +219,13 @@ def test_prune_says_on_its_line_that_masked_equivalence_was_not_checked(tmp_path
 
     lm, p = _cnn()  # the CLI's plan, computed here for its size
     need = pruned_bytes(lm.model, p.changes(p.plan(0.5, "l1")))
-    monkeypatch.setattr(memory, "available_memory", lambda: need)  # (not the masked copy)
+    # (room for the pruned copy; not for the masked one, even made layer by layer)
+    monkeypatch.setattr(memory, "available_memory", lambda: need)
     assert main(["prune", "demo:cnn", "--ratio", "0.5", "--out", str(tmp_path / "o")]) == 0
     line = capsys.readouterr().out
     assert line.startswith("pruned ") and "(masked equivalence not checked: not enough " \
         "memory: a masked copy of the model needs about 0.0 GB, and this machine has 0.0 " \
-        "GB free)" in line
+        "GB free; masking it layer by layer as it runs needs about 0.0 GB)" in line
 
 
 def test_the_masked_check_shares_the_parameters_no_cut_touches_and_changes_none():

@@ -22,10 +22,14 @@ from viewer.core.prune import (
     IMPORTANCE,
     Plan,
     Pruner,
+    _read_unmade,
     attr_changes,
     blind_note,
+    flatten,
+    layer_by_layer,
     masked_note,
     parse_ignore,
+    run,
 )
 from viewer.core.spec import load_model
 
@@ -3459,15 +3463,81 @@ def test_a_half_precision_difference_is_checked_in_float32_or_skipped_for_memory
     plan = p.plan(0.5, "l1")
     pruned = p.apply(plan)
     half = {"rel_diff": 0.0136, "max_abs_diff": 0.05}  # (as a 12-layer Llama shows)
-    res = p._masked_in_float32(plan, pruned, torch.bfloat16, half)
+    out = flatten(run(pruned, lm.inputs))
+    res = p._masked_in_float32(plan, pruned, torch.bfloat16, half, out)
     assert res["ok"] and res["max_abs_diff"] < 1e-5
     assert res["in_float32"] == ("in bfloat16 the outputs differed by 1.36% of their "
                                  "largest: checked again on float32 copies")
+    # room to make one layer at a time in float32, not for float32 copies of both models
+    peak = layer_by_layer(lm.model, p._masked_cuts(plan), torch.float32).peak_bytes
+    monkeypatch.setattr(memory, "available_memory", lambda: peak + 1)
+    res = p._masked_in_float32(plan, pruned, torch.bfloat16, half, out)
+    assert res["ok"] and res["max_abs_diff"] < 1e-5 and res["in_float32"].endswith(
+        "checked again in float32, each layer made as it ran, for want of memory for "
+        "float32 copies")
+    with torch.no_grad():  # (and it still fails on a wrong pruned model)
+        pruned.features[4].weight[[0, 1]] = pruned.features[4].weight[[1, 0]]
+    bad = p._masked_in_float32(plan, pruned, torch.bfloat16, half,
+                               flatten(run(pruned, lm.inputs)))
+    assert not bad["ok"] and "each layer made as it ran" in bad["in_float32"]
     monkeypatch.setattr(memory, "available_memory", lambda: 1)
-    res = p._masked_in_float32(plan, pruned, torch.bfloat16, half)
+    res = p._masked_in_float32(plan, pruned, torch.bfloat16, half, out)
     assert res["memory"] and "ok" not in res and res["skipped"].startswith(
         "in bfloat16 the outputs differ by 1.36% of their largest, its rounding or a wrong "
         "group; not enough memory: checking it in float32 needs about")
+    assert res["skipped"].endswith("; masking it layer by layer as it runs needs about 0.0 GB")
+
+
+@pytest.mark.parametrize("name", ALL_DEMOS)
+def test_a_model_masked_layer_by_layer_computes_what_its_masked_copy_does(name):
+    # the masked copy of the model, made one layer at a time as the model runs: the same
+    # outputs, bit for bit, for a fraction of the memory; the original is left as it was
+    lm = load_model(f"demo:{name}")
+    p = Pruner(lm.model, lm.inputs, output_layers=lm.output_layers)
+    plan = p.plan(0.5, "l1")
+    before = {k: v.clone() for k, v in lm.model.state_dict().items()}
+    lbl = layer_by_layer(lm.model, p._masked_cuts(plan), made_at=p._made_at())
+    got, want = flatten(run(lbl.model, lm.inputs)), flatten(run(p.masked_model(plan), lm.inputs))
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(got, want, strict=True))
+    assert not any(torch.equal(a, b) for (_, a), (_, b) in
+                   zip(got, flatten(run(lm.model, lm.inputs)), strict=True))  # (it masks)
+    assert lbl.peak_bytes < p._masked_bytes(plan)
+    # nothing made is kept: each parameter a cut touches is NaN again, one number expanded
+    held = [t for t in lbl.model.parameters() if torch.isnan(t).all()]
+    assert held and all(t.untyped_storage().nbytes() == t.element_size() for t in held)
+    assert all(torch.equal(v, lm.model.state_dict()[k]) for k, v in before.items())
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in lm.model.modules())
+
+
+def test_a_weight_read_outside_its_layer_is_made_where_the_graph_reads_it_or_said():
+    class ReadsWeights(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(20, 16)
+            self.cls = nn.Parameter(torch.randn(1, 1, 16))
+            self.attn = nn.MultiheadAttention(16, 2, batch_first=True)  # reads out_proj's
+            self.fc = nn.Linear(16, 16)
+
+        def forward(self, ids):
+            h = self.emb(ids)
+            h = torch.cat([self.cls.expand(h.shape[0], -1, -1), h], 1)
+            h = self.attn(h, h, h)[0]
+            return self.fc(h) @ self.emb.weight.T  # (the embedding read as logits' weight)
+
+    torch.manual_seed(0)
+    model, ids = ReadsWeights().eval(), torch.randint(0, 20, (1, 6))
+    p = Pruner(model, (ids,))
+    plan = p.plan(0.5, "l1")
+    cuts = p._masked_cuts(plan)
+    assert {c.key.rpartition(".")[0] for c in cuts} >= {"emb", "attn.out_proj", "fc"}
+    assert p._made_at()["attn.out_proj.weight"] == "attn" and p._made_at()["cls"] == ""
+    assert p._made_at()["emb.weight"] == ""  # (read in the model's own forward too)
+    want = flatten(run(p.masked_model(plan), (ids,)))
+    got = flatten(run(layer_by_layer(model, cuts, made_at=p._made_at()).model, (ids,)))
+    assert torch.equal(got[0][1], want[0][1])
+    # without knowing where they are read, they are NaN there: said, never a wrong verdict
+    blind = flatten(run(layer_by_layer(model, cuts).model, (ids,)))
+    assert _read_unmade(blind, want) and torch.isnan(blind[0][1]).all()
 
 
 @pytest.mark.parametrize("name", ALL_DEMOS)

@@ -24,6 +24,7 @@ from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -1885,6 +1886,27 @@ class Pruner:
                     t.index_fill_(cut.dim, torch.as_tensor(cut.positions), 0)
         return masked
 
+    def _made_at(self) -> dict[str, str]:
+        """For :func:`layer_by_layer`: each parameter the graph sees read, by its
+        state_dict key, with the module whose call holds every read of it: the atomic layer
+        reading it (``nn.MultiheadAttention`` for its ``out_proj.weight``), or, for a
+        parameter read as a bare tensor, the modules whose forwards ran the ops reading it."""
+        g, at = self.graph, {}
+        for node in g.nodes:
+            if not node.params:
+                continue
+            if node.op_type is OpType.PARAMETER:
+                readers = [g.nodes[e.target] for e in g.consumers.get((node.id, 0), ())]
+                # (a module called on it is called from its parent's forward)
+                where = [r.module.rpartition(".")[0] if r.is_module else r.module
+                         for r in readers] or [""]
+            else:
+                where = [node.module]
+            for key in node.params.values():
+                for w in where:
+                    at[key] = _common_module(at.get(key, w), w)
+        return at
+
     def _masked_cuts(self, plan: Plan) -> list[Cut]:
         by_id = {g.id: g for g in self.groups}
         return [cut for gid, units in plan.removed.items() for cut in self.cuts(by_id[gid], units)]
@@ -1904,28 +1926,61 @@ class Pruner:
                                               for t in shared.values() if not t.is_meta)
 
     def _masked_in_float32(self, plan: Plan, pruned: nn.Module, half: torch.dtype,
-                           res: dict) -> dict:
+                           res: dict, pruned_out: list) -> dict:
         """Masked equivalence of a model run in ``half`` precision, whose check there
         (``res``) was off by more than float32's tolerance: run again on float32 copies of
-        the masked and the pruned model, or skipped, saying why, without the memory."""
+        the masked and the pruned model, or, without the memory for them, in float32 layer
+        by layer (:func:`layer_by_layer`), or skipped, saying why."""
         name = str(half).removeprefix("torch.")
         need = 2 * (tensor_bytes(self.model) + tensor_bytes(pruned))  # (as float32)
         short = _no_room_for("checking it in float32", need)
-        if short:
-            return {"skipped": f"in {name} the outputs differ by {res['rel_diff']:.2%} of "
-                               f"their largest, its rounding or a wrong group; {short}",
-                    "memory": True, "max_abs_diff": res["max_abs_diff"],
-                    "rel_diff": res["rel_diff"]}
-        masked = self._masked(plan, float32=True)
-        ours = _tree_copy(pruned, _float32_memo(pruned))
         inputs = floats_as(self.inputs, torch.float32)
-        out_m = flatten(run(masked, inputs))
-        out_p = flatten(run(ours, inputs))
-        del masked, ours
+        if short:  # float32 layer by layer: the pruned model first (it cannot read NaN)
+            out_p, why = self._run_by_layer(pruned, [], torch.float32, inputs, pruned_out)
+            out_m = None if out_p is None else \
+                self._run_by_layer(self.model, self._masked_cuts(plan), torch.float32,
+                                   inputs, out_p)[0]
+            if out_m is None:
+                return {"skipped": f"in {name} the outputs differ by {res['rel_diff']:.2%} "
+                                   f"of their largest, its rounding or a wrong group; "
+                                   f"{short}{why}",
+                        "memory": True, "max_abs_diff": res["max_abs_diff"],
+                        "rel_diff": res["rel_diff"]}
+        else:
+            masked = self._masked(plan, float32=True)
+            ours = _tree_copy(pruned, _float32_memo(pruned))
+            out_m = flatten(run(masked, inputs))
+            out_p = flatten(run(ours, inputs))
+            del masked, ours
         out, _ = _compared(out_m, out_p)
         out["in_float32"] = (f"in {name} the outputs differed by {res['rel_diff']:.2%} of "
-                             "their largest: checked again on float32 copies")
+                             "their largest: checked again " +
+                             ("in float32, each layer made as it ran, for want of memory "
+                              "for float32 copies" if short else "on float32 copies"))
         return out
+
+    def _run_by_layer(self, model: nn.Module, cuts: list[Cut], dtype: torch.dtype | None,
+                      inputs, compared: list | None = None) -> tuple[list | None, str]:
+        """The flattened outputs of ``model`` (the original or a pruned copy) run as a
+        :func:`layer_by_layer` copy, or None and why not (to follow a "not enough memory"
+        text): it would not fit either, its forward failed, or it read a parameter
+        outside the call that makes it (its outputs NaN where ``compared``'s are not)."""
+        lbl = layer_by_layer(model, cuts, dtype, self._made_at())
+        if lbl is None:
+            return None, ("; nor can it be masked layer by layer as it runs: a cut touches "
+                          "a parameter that is not floating")
+        if not room_for(lbl.peak_bytes)[0]:
+            return None, (f"; masking it layer by layer as it runs needs about "
+                          f"{gigabytes(lbl.peak_bytes)}")
+        try:
+            out = flatten(run(lbl.model, inputs))
+        except Exception as exc:
+            return None, (f"; masking it layer by layer as it ran failed: "
+                          f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}")
+        if compared is not None and _read_unmade(out, compared):
+            return None, ("; masking it layer by layer as it runs cannot be done: the model "
+                          "reads a layer's weights outside that layer's call")
+        return out, ""
 
     def untraced(self) -> list[str]:
         """Parameters no traced op used: code the example inputs did not run (a branch not
@@ -1967,14 +2022,13 @@ class Pruner:
             res["masked_equivalence"] = {"skipped": "not asked for"}
             return res
         checks = _real(self.model)
-        if checks:
-            short = _no_room_for("a masked copy of the model", self._masked_bytes(plan))
-            if short:
-                res["masked_equivalence"] = {"skipped": short, "memory": True}
-                return res
         tried = None
         if checks and set(inexact) <= opaque:
-            check = self._masked_equivalence(plan, fp, pruned)
+            short = _no_room_for("a masked copy of the model", self._masked_bytes(plan))
+            check = self._masked_equivalence(plan, fp, pruned, short)
+            if "ok" not in check:  # (no room for it, even layer by layer)
+                res["masked_equivalence"] = check
+                return res
             if check["ok"] or not opaque:
                 if opaque:
                     check["own_forward"] = (
@@ -2017,14 +2071,16 @@ class Pruner:
     def _alone(self, plan: Plan, removed: dict[int, list[int]]) -> dict:
         """Masked equivalence of ``removed``, some of ``plan``'s groups, pruned alone."""
         part = Plan(removed, dict(plan.settings))
-        short = _no_room_for("these groups pruned alone and a masked copy of the model",
-                             pruned_bytes(self.model, self.changes(part))
-                             + self._masked_bytes(part))
+        alone = pruned_bytes(self.model, self.changes(part))
+        short = _no_room_for("these groups pruned alone", alone)
         if short:
             return {"groups": len(removed), "skipped": short, "memory": True}
+        short = _no_room_for("these groups pruned alone and a masked copy of the model",
+                             alone + self._masked_bytes(part))
         try:
             model = self.apply(part, config=False)
-            check = self._masked_equivalence(part, flatten(run(model, self.inputs)), model)
+            check = self._masked_equivalence(part, flatten(run(model, self.inputs)), model,
+                                             short)
         except Exception as exc:  # (the whole plan ran: say what this part did)
             check = {"ok": False, "error": f"{type(exc).__name__}: "
                                           f"{(str(exc).splitlines() or [''])[0]}"}
@@ -2038,13 +2094,24 @@ class Pruner:
         return self._outputs
 
     def _masked_equivalence(self, plan: Plan, pruned_out: list,
-                            pruned: nn.Module | None = None) -> dict:
+                            pruned: nn.Module | None = None, short: str = "") -> dict:
         """The outputs ``pruned_out`` (flattened) of the model pruned by ``plan`` against
         those of the original with the removed channels' consumers zeroed. ``blind``: the
         zeroing left every output exactly as the original's, so the check could not fail
-        (a head initialised to zeros, as some timm models' are without weights)."""
-        out_m = flatten(run(self._masked(plan), self.inputs))
+        (a head initialised to zeros, as some timm models' are without weights).
+        ``short``: why a masked copy of the model does not fit: the weights are masked
+        layer by layer as the model runs (:func:`layer_by_layer`; ``by_layer`` says so), or
+        the check is skipped (``memory``) when that cannot be done either."""
+        if short:
+            out_m, why = self._run_by_layer(self.model, self._masked_cuts(plan), None,
+                                            self.inputs, pruned_out)
+            if out_m is None:
+                return {"skipped": f"{short}{why}", "memory": True}
+        else:
+            out_m = flatten(run(self._masked(plan), self.inputs))
         res, pairs = _compared(out_m, pruned_out)
+        if short:
+            res["by_layer"] = f"{short}: each layer's weights were masked as it ran"
         half = next((a.dtype for a, _ in pairs if a.dtype in HALF_DTYPES), None)
         if half is not None and not res["ok"] and pruned is not None:
             # a model run in half precision: the masked model's sums hold zeros the pruned
@@ -2052,7 +2119,7 @@ class Pruner:
             # a 12-layer Llama in bfloat16; in float16 a sum may overflow in one of them
             # only), and two swapped channels move the small ResNet demo's outputs by less
             # (0.7-0.95%): no tolerance tells them apart, float32 does
-            return self._masked_in_float32(plan, pruned, half, res)
+            return self._masked_in_float32(plan, pruned, half, res, pruned_out)
         if plan.removed and pairs and all(
                 torch.equal(a, o) for (_, a), (_, o) in zip(out_m, self._original_outputs(),
                                                            strict=True)
@@ -2259,6 +2326,127 @@ def _float32_memo(model: nn.Module) -> dict[int, torch.Tensor]:
             memo[id(t)] = nn.Parameter(new, requires_grad=t.requires_grad) \
                 if isinstance(t, nn.Parameter) else new
     return memo
+
+
+#: what a model copied layer by layer reads where a parameter it holds is not made: NaN,
+#: so a read from outside the holding module's call shows in the outputs
+_UNMADE = float("nan")
+
+
+class LayerByLayer(NamedTuple):
+    """A copy of a model that makes its parameters one layer at a time (see
+    :func:`layer_by_layer`) and the most bytes of them alive at once."""
+
+    model: nn.Module
+    peak_bytes: int
+
+
+def layer_by_layer(model: nn.Module, cuts: Iterable[Cut] = (),
+                   dtype: torch.dtype | None = None,
+                   made_at: Mapping[str, str] | None = None) -> LayerByLayer | None:
+    """A copy of ``model`` that holds none of the parameters it changes: each parameter a cut
+    touches (zeroed at the cut's positions) and, with ``dtype``, each floating one (cast to
+    it) is made when the module holding it is called and dropped when that call returns;
+    the other parameters are the original's own. Masked equivalence on a model too large for
+    a masked copy: the copy costs the largest chain of nested modules' own parameters, not
+    the model (a 7B decoder in bfloat16: 13 GB for a masked copy; this, in float32, about
+    0.5 GB, its embedding).
+
+    ``made_at`` maps a state_dict key to the module (by name) whose call makes it instead,
+    an ancestor of its holder: ``nn.MultiheadAttention`` reads ``out_proj.weight`` itself,
+    and a parameter read as a bare tensor (a class token) is read in some ancestor's
+    forward (:meth:`Pruner._made_at` gives them from the graph). Outside the call that makes
+    it, such a parameter is NaN of the right shape, dtype and device (one number, expanded):
+    code that reads its values elsewhere gets NaN outputs, which :func:`_read_unmade` tells.
+    Buffers are copied (as ``dtype`` when floating) and never zeroed, as in
+    :meth:`Pruner.masked_model`. None when a cut touches a parameter that is not floating (no
+    NaN to mark it).
+
+    >>> copy = layer_by_layer(model, pruner._masked_cuts(plan)).model
+    >>> run(copy, inputs)  # == run(pruner.masked_model(plan), inputs)
+    """
+    table = _tensor_lookup(model)
+    zeroed: dict[int, list[Cut]] = defaultdict(list)
+    for cut in cuts:
+        mod, name, t = table[cut.key]
+        if name in mod._buffers:  # (left as they are, as in :meth:`Pruner.masked_model`)
+            continue
+        if not t.is_floating_point():
+            return None
+        zeroed[id(t)].append(cut)
+    memo: dict[int, torch.Tensor] = {}
+    unmade: dict[int, tuple[torch.Tensor, torch.dtype]] = {}  # id(original) -> its NaN
+    copied = 0  # bytes of the buffers cast
+    for mod, name, t in table.values():
+        if id(t) in memo:
+            continue
+        want = dtype if dtype is not None and t.is_floating_point() else t.dtype
+        if name in mod._buffers:
+            if want != t.dtype:  # (buffers stay copies: a forward may write its own)
+                memo[id(t)] = t.detach().to(want, copy=True)
+                copied += memo[id(t)].numel() * memo[id(t)].element_size()
+        elif id(t) in zeroed or want != t.dtype:
+            memo[id(t)] = nn.Parameter(torch.full((), _UNMADE, dtype=want, device=t.device)
+                                       .expand(t.shape), requires_grad=False)
+            unmade[id(t)] = (memo[id(t)], want)
+        else:
+            memo[id(t)] = t
+    copy = _tree_copy(model, memo)
+    modules = dict(copy.named_modules(remove_duplicate=False))
+    # module that makes them -> [(holder, name, original, its NaN, dtype, cuts)]
+    makes: dict[str, list[tuple]] = defaultdict(list)
+    for key, (mod, name, t) in table.items():
+        if id(t) in unmade and name in mod._parameters:
+            holder = key.rpartition(".")[0]
+            at = _common_module(holder, (made_at or {}).get(key, holder))
+            makes[at].append((modules[holder], name, t, *unmade[id(t)], zeroed.get(id(t), [])))
+    own = {at: sum(t.numel() * dt.itemsize for _, _, t, _, dt, _ in entries)
+           for at, entries in makes.items()}
+
+    def peak(name: str, mod: nn.Module) -> int:
+        return own.get(name, 0) + max((peak(f"{name}.{n}" if name else n, c)
+                                       for n, c in mod.named_children()), default=0)
+
+    for at, entries in makes.items():
+        modules[at].register_forward_pre_hook(_make_on_call(entries))
+        modules[at].register_forward_hook(_unmake_on_return(entries), always_call=True)
+    return LayerByLayer(copy, peak("", copy) + copied)
+
+
+def _common_module(a: str, b: str) -> str:
+    """The innermost module holding both modules ``a`` and ``b`` (by name; "" the root)."""
+    pa, pb = a.split(".") if a else [], b.split(".") if b else []
+    n = 0
+    while n < min(len(pa), len(pb)) and pa[n] == pb[n]:
+        n += 1
+    return ".".join(pa[:n])
+
+
+def _make_on_call(entries: list[tuple]) -> Callable:
+    def make(_mod: nn.Module, _args) -> None:
+        with torch.no_grad():
+            for holder, name, t, _, want, cuts in entries:
+                value = t.detach().to(want, copy=True)
+                for cut in cuts:
+                    value.index_fill_(cut.dim, torch.as_tensor(cut.positions,
+                                                               device=value.device), 0)
+                holder._parameters[name] = nn.Parameter(value, requires_grad=False)
+    return make
+
+
+def _unmake_on_return(entries: list[tuple]) -> Callable:
+    def unmake(_mod: nn.Module, _args, _out) -> None:
+        for holder, name, _, nan, _, _ in entries:
+            holder._parameters[name] = nan
+    return unmake
+
+
+def _read_unmade(out_copy: list, out_other: list) -> bool:
+    """Whether outputs of a :func:`layer_by_layer` copy hold NaN where the model it is
+    compared with has a number: a parameter read outside its holder's call."""
+    return any(a.is_floating_point() and bool((torch.isnan(a) & ~torch.isnan(b)).any())
+               for (_, a), (_, b) in zip(out_copy, out_other, strict=True)
+               if a.shape == b.shape)
 
 
 def _no_room_for(what: str, need: int) -> str:

@@ -237,6 +237,12 @@ def apply_round(store: SessionStore, sid: str, settings: dict) -> str:
             f"{f'; {config}' if config else ''}.")
 
 
+def _how_checked(me: dict) -> str:
+    """How a masked equivalence check ran when not on a masked copy, as the app says it."""
+    return (", checked in float32" if me.get("in_float32") else "") + \
+        (", masked layer by layer for want of memory" if me.get("by_layer") else "")
+
+
 def verification_text(v: dict | None) -> str:
     """``"forward ok, output shapes kept, masked equivalence ok (max |Δ| 1.5e-08)"``."""
     if not v:
@@ -247,7 +253,7 @@ def verification_text(v: dict | None) -> str:
     if "ok" in me:
         parts.append(f"masked equivalence {'ok' if me['ok'] else 'FAILED'} "
                      f"(max |Δ| {me.get('max_abs_diff', 0):.2g}"
-                     f"{', checked in float32' if me.get('in_float32') else ''})")
+                     f"{_how_checked(me)})")
     elif me.get("skipped"):
         parts.append(f"masked equivalence skipped: {me['skipped']}")
         part = me.get("exact_groups") or {}
@@ -256,7 +262,7 @@ def verification_text(v: dict | None) -> str:
             parts.append(f"masked equivalence of the {n} exact group{'s' if n != 1 else ''} "
                          f"alone {'ok' if part['ok'] else 'FAILED'}"
                          + (f" (max |Δ| {part['max_abs_diff']:.2g}"
-                            f"{', checked in float32' if part.get('in_float32') else ''})"
+                            f"{_how_checked(part)})"
                             if "max_abs_diff" in part else ""))
         elif part.get("skipped"):
             parts.append(f"masked equivalence of the exact groups alone skipped: "
