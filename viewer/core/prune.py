@@ -1957,6 +1957,8 @@ class Pruner:
                              "their largest: checked again " +
                              ("in float32, each layer made as it ran, for want of memory "
                               "for float32 copies" if short else "on float32 copies"))
+        if short:
+            out["by_layer"] = f"{short}: each layer's weights were made in float32 as it ran"
         return out
 
     def _run_by_layer(self, model: nn.Module, cuts: list[Cut], dtype: torch.dtype | None,
