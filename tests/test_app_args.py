@@ -96,6 +96,9 @@ def test_a_bare_spec_opens_that_model(monkeypatch, capsys, tmp_path):
     (tmp_path / "my-llama").mkdir()  # a model (or export) directory, with no colon
     assert cli.main([str(tmp_path / "my-llama")]) == 0
     assert [m.spec for m in seen["models"]] == [str(tmp_path / "my-llama")]
+    # a path that is not there is still meant as a model: the load says it is not there
+    assert cli.main([str(tmp_path / "my-lama")]) == 0
+    assert [m.spec for m in seen["models"]] == [str(tmp_path / "my-lama")]
     with pytest.raises(SystemExit):  # a mistyped command is still an error, not a model
         cli.main(["prun", "demo:cnn"])
     assert "invalid choice: 'prun'" in capsys.readouterr().err
@@ -138,3 +141,19 @@ def test_an_input_file_belongs_to_its_model_and_loads_its_inputs(tmp_path):
     base = store.session("sid").base
     assert base.inputs[0].shape == (2, 3, 32, 32)  # (the demo's own is 1x3x32x32)
     assert base.source["inputs"] == ["2x3x32x32:float32"]
+
+
+@pytest.mark.parametrize("port, why", [("99999", "must be from 1 to 65535, got 99999"),
+                                       ("0", "must be from 1 to 65535, got 0"),
+                                       ("http", "not a whole number: 'http'")])
+def test_a_bad_port_is_one_line_before_any_model_loads(port, why, monkeypatch, capsys):
+    # (Dash asserted it, after the model had loaded: "unexpected AssertionError")
+    from viewer import cli
+    from viewer.app import main
+
+    monkeypatch.setattr(main, "run", lambda **kw: pytest.fail("the server started"))
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["serve", "--model", "demo:cnn", "--port", port])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: argument --port: {why} (see 'python -m viewer serve --help')"]

@@ -351,6 +351,15 @@ def test_check_of_a_report_with_a_damaged_verification_is_one_line_exit_2(tmp_pa
     assert len(res.stderr.strip().splitlines()) == 1
 
 
+def test_check_of_a_missing_or_plain_directory_says_which(tmp_path):
+    res = cli("check", str(tmp_path / "typo"), check=False)
+    assert res.returncode == 2 and res.stderr.strip() == f"error: no such directory: " \
+        f"{tmp_path / 'typo'}"
+    res = cli("check", str(tmp_path), check=False)
+    assert res.returncode == 2 and res.stderr.strip() == f"error: no plan.json in {tmp_path}: " \
+        "not a DepView export directory"
+
+
 def test_an_override_given_twice_for_one_group_is_refused(tmp_path):
     res = run_in(tmp_path, "prune", "demo:cnn", "--ratio", "0.5", "--override", "0=0.2",
                  "--override", "0=0.3", "--out", "out")

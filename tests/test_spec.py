@@ -40,6 +40,7 @@ def test_package_and_file_specs(tmp_path):
     ("no_such_pkg_xyz:Model", "cannot import module"),
     ("torch.nn:NoSuchThing", "has no attribute"),
     ("missing/file.py:Model", "model file not found"),
+    ("missing/llama-dir", "^no such directory: missing/llama-dir$"),  # (a mistyped path)
     ("resnet50.pth", "is a saved file, not model code: .* weights with --weights"),
     ("ckpt/model.safetensors", "is a saved file"),
 ])

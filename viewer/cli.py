@@ -330,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         argv = ["serve", *argv]  # bare `python -m viewer` starts the app
-    elif argv[0] not in COMMANDS and (":" in argv[0] or Path(argv[0]).is_dir()):
+    elif argv[0] not in COMMANDS and (":" in argv[0] or "/" in argv[0]
+                                      or Path(argv[0]).is_dir()):
         # `python -m viewer demo:vit` (or a model or export directory) opens that model
         argv = ["serve", "--model", *argv]
     args = parser.parse_args(argv)

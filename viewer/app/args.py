@@ -86,8 +86,19 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(per_model=[])
     add_model_options(parser, per_model=True)
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8050)
+    parser.add_argument("--port", type=_port, default=8050)
     parser.add_argument("--debug", action="store_true")
+
+
+def _port(text: str) -> int:
+    """``--port``: a TCP port, checked before a model is loaded (Dash asserts it after)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be from 1 to 65535, got {port}")
+    return port
 
 
 def check_seeds(args: argparse.Namespace) -> None:

@@ -592,6 +592,8 @@ def _sha256(path: Path) -> str:
 
 def read_plan(path: str | Path) -> dict:
     p = Path(path)
+    if not p.exists():
+        raise DepViewError(f"no such directory: {path}")
     if p.is_dir():
         p = p / "plan.json"
     if not p.is_file():

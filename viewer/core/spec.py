@@ -15,6 +15,7 @@ import importlib
 import importlib.util
 import inspect
 import json
+import os
 import re
 import sys
 import warnings
@@ -122,6 +123,8 @@ def _resolve_attr(spec: str):
             raise DepViewError(
                 f"{spec} is a directory but neither a Hugging Face model (no config.json) nor "
                 "a DepView export (no plan.json)")
+        if "/" in spec or os.sep in spec:  # (meant as a directory: say that it is not there)
+            raise DepViewError(f"no such directory: {spec}")
         raise DepViewError(
             f"bad model spec {spec!r}: use demo:NAME, package.module:attr, path/file.py:attr, "
             "a Hugging Face model directory or an export directory")
