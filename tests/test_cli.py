@@ -54,7 +54,7 @@ def test_groups_prune_check(tmp_path):
     (["graph", "no/such/file.py:M", "--json", "-"], "model file not found"),
     (["graph", "torch.nn:Linear", "--kwargs", '{"in_features": 4, "out_features": 2}',
       "--input", "1x5", "--json", "-"], "model forward failed"),
-    (["check", "/nonexistent/dir"], "no plan.json"),
+    (["check", "/nonexistent/dir"], "no such directory: /nonexistent/dir"),
     (["prune", "demo:cnn", "--ratio", "0.5", "--ignore", "fc9", "--out", "x"],
      "ignore names no layer of this model: 'fc9'"),
     (["groups", "demo:cnn", "--ignore", "nosuch:in", "--json", "-"], "names no layer"),

@@ -50,6 +50,18 @@ def test_bad_specs_are_one_line(spec, msg):
     assert "\n" not in str(err.value)
 
 
+def test_a_model_file_named_without_its_model_says_how_to_name_it(tmp_path):
+    f = tmp_path / "net.py"
+    f.write_text("import torch\nclass Net(torch.nn.Linear):\n    pass\n")
+    with pytest.raises(DepViewError) as err:
+        load_model(str(f), inputs=["1x4"])
+    assert str(err.value) == (f"{f} is model code: name the model in it, e.g. {f}:MyModel (a "
+                              "class, or a function that returns one)")
+    (tmp_path / "notes.txt").write_text("hi")  # (an existing file that is not code)
+    with pytest.raises(DepViewError, match="^bad model spec"):
+        load_model(str(tmp_path / "notes.txt"), inputs=["1x4"])
+
+
 def test_needs_inputs_and_good_kwargs():
     with pytest.raises(DepViewError, match="needs example inputs"):
         load_model("torch.nn:Linear", kwargs={"in_features": 2, "out_features": 2})

@@ -123,7 +123,10 @@ def _resolve_attr(spec: str):
             raise DepViewError(
                 f"{spec} is a directory but neither a Hugging Face model (no config.json) nor "
                 "a DepView export (no plan.json)")
-        if "/" in spec or os.sep in spec:  # (meant as a directory: say that it is not there)
+        if folder.is_file() and spec.endswith(".py"):
+            raise DepViewError(f"{spec} is model code: name the model in it, e.g. "
+                               f"{spec}:MyModel (a class, or a function that returns one)")
+        if not folder.exists() and ("/" in spec or os.sep in spec):  # (a mistyped path)
             raise DepViewError(f"no such directory: {spec}")
         raise DepViewError(
             f"bad model spec {spec!r}: use demo:NAME, package.module:attr, path/file.py:attr, "
