@@ -25,6 +25,7 @@ from torch import nn
 
 from viewer.core.errors import DepViewError
 from viewer.core.graph import Graph
+from viewer.core.memory import gigabytes, tensor_bytes
 from viewer.core.prune import Plan, Pruner
 from viewer.core.text import counted
 from viewer.core.trace import build_graph
@@ -233,9 +234,38 @@ class SessionStore:
                 self._evicted.popitem(last=False)
             return s
 
+    def held_rounds(self, sid: str) -> dict[str, tuple[int, int]]:
+        """The pruned rounds the server holds in memory, as (rounds, bytes): ``page`` on
+        ``sid``'s current model, ``shelf`` on models that page left (picking them brings
+        them back), ``others`` on every other page. What an Apply short of memory tells."""
+        with self._lock:
+            sessions = list(self._sessions.values())
+        held = {"page": [0, 0], "shelf": [0, 0], "others": [0, 0]}
+        for s in sessions:
+            with s.lock:
+                kept = [("page" if s.sid == sid else "others", st) for st in s.stages[1:]]
+                kept += [("shelf" if s.sid == sid else "others", st)
+                         for stages in s.shelf.values() for st in stages[1:]]
+            for where, st in kept:
+                held[where][0] += 1
+                held[where][1] += tensor_bytes(st.model)
+        return {k: (n, b) for k, (n, b) in held.items()}
+
     def was_evicted(self, sid: str) -> bool:
         with self._lock:
             return sid in self._evicted
+
+    def memory_hint(self, sid: str) -> str:
+        """What frees memory for an Apply that did not fit: the rounds held, and where ("" when
+        none is held)."""
+        held = self.held_rounds(sid)
+        say = {"page": "this page holds {}: Undo or Reset frees {}",
+               "shelf": "models this page left hold {}: pick them and Reset to free {}",
+               "others": "other pages hold {}"}
+        return "; ".join(
+            say[k].format(f"{counted(n, 'pruned round')} ({gigabytes(b)})",
+                          "it" if n == 1 else "them")
+            for k, (n, b) in held.items() if n)
 
     def __len__(self) -> int:
         return len(self._sessions)

@@ -212,9 +212,9 @@ def apply_round(store: SessionStore, sid: str, settings: dict) -> str:
         raise DepViewError("this plan removes nothing: raise the ratio, or un-ignore layers")
     try:
         pruned = stage.pruner.apply(plan)
-    except MemoryShortError as exc:  # (what the page holds is the user's to let go)
-        raise MemoryShortError(f"{exc}; Undo or Reset frees the rounds this page holds"
-                               ) from None
+    except MemoryShortError as exc:  # (what the pages hold is their users' to let go)
+        hint = store.memory_hint(sid)
+        raise MemoryShortError(f"{exc}; {hint}" if hint else str(exc)) from None
     config = stage.pruner.config_fit_of(pruned)
     verification = stage.pruner.verify(pruned, plan)
     if not verification.get("forward"):
