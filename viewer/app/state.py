@@ -242,10 +242,11 @@ class SessionStore:
             sessions = list(self._sessions.values())
         held = {"page": [0, 0], "shelf": [0, 0], "others": [0, 0]}
         for s in sessions:
-            with s.lock:
-                kept = [("page" if s.sid == sid else "others", st) for st in s.stages[1:]]
-                kept += [("shelf" if s.sid == sid else "others", st)
-                         for stages in s.shelf.values() for st in stages[1:]]
+            # (no session lock: another page's Apply may hold its own for a minute; a copy
+            # of a list or of a dict's values is one step under the GIL)
+            kept = [("page" if s.sid == sid else "others", st) for st in list(s.stages)[1:]]
+            kept += [("shelf" if s.sid == sid else "others", st)
+                     for stages in list(s.shelf.values()) for st in list(stages)[1:]]
             for where, st in kept:
                 held[where][0] += 1
                 held[where][1] += tensor_bytes(st.model)
