@@ -156,9 +156,9 @@ def test_masked_equivalence_without_room_even_layer_by_layer_is_skipped_and_said
     assert p.verify(pruned, plan)["masked_equivalence"]["ok"]
 
 
-def test_the_exact_groups_alone_check_is_skipped_without_room_too(monkeypatch):
+def test_the_exact_groups_alone_check_masks_by_layer_or_is_skipped_without_room(monkeypatch):
     # a transformer's residual stream is inexact: its exact groups are checked pruned alone,
-    # which needs a pruned copy and a masked copy
+    # which needs a pruned copy and a masked copy (or room to mask it layer by layer)
     from viewer.core.prune import Plan, Pruner, memory_note, pruned_bytes
     from viewer.core.spec import load_model
 
