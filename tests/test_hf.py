@@ -752,6 +752,28 @@ def test_hf_export_is_not_reloadable_without_a_spec(tmp_path):
         load_pruned(out)
 
 
+@pytest.mark.parametrize("factory", [gpt2, llama])
+def test_hf_pruned_causal_lm_generates_with_its_cache_and_from_its_export(factory, tmp_path):
+    # what a user does next with a pruned LLM: greedy generation with the KV cache (its
+    # heads pruned) gives the tokens a recompute without cache gives, and the export's
+    # from_pretrained model generates the same tokens
+    torch.manual_seed(0)
+    model, inputs = factory()
+    ids = inputs["input_ids"][:, :6].clamp(1)
+    p = Pruner(model.eval(), {"input_ids": ids})
+    plan = p.plan(0.5, "l1")
+    pruned = p.apply(plan)
+    assert sum(t.numel() for t in pruned.parameters()) < sum(t.numel() for t in model.parameters())
+    gen = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
+    cached = pruned.generate(ids, **gen)
+    assert cached.shape == (1, 12)
+    assert torch.equal(cached, pruned.generate(ids, use_cache=False, **gen))
+    export_dir(p, plan, pruned, tmp_path / "out", pt2=False)
+    assert (tmp_path / "out" / "config.json").is_file()
+    again = type(model).from_pretrained(tmp_path / "out").eval()
+    assert torch.equal(again.generate(ids, **gen), cached)
+
+
 @pytest.mark.parametrize("factory", [bert, gpt2, llama, vit, mixtral])
 def test_hf_reused_groups_equal_a_search_from_every_root(factory):
     from test_groups import canonical
