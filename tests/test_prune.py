@@ -3545,6 +3545,37 @@ def test_a_weight_read_outside_its_layer_is_made_where_the_graph_reads_it_or_sai
     assert _read_unmade(blind, want) and torch.isnan(blind[0][1]).all()
 
 
+def test_verify_by_layer_skips_rather_than_fails_on_a_weight_read_it_cannot_follow(
+        monkeypatch):
+    # a read the graph did not place (here: its record of where weights are read withheld)
+    # leaves NaN in the outputs: masked equivalence is skipped with that reason, not FAILED
+    torch.manual_seed(0)
+    model, x = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval(), \
+        torch.randn(2, 8)
+
+    class Parent(nn.Module):  # the second layer's weight read by its parent, not its call
+        def __init__(self):
+            super().__init__()
+            self.net = model
+
+        def forward(self, x):
+            return F.linear(torch.relu(self.net[0](x)), self.net[2].weight)
+
+    parent = Parent().eval()
+    p = Pruner(parent, (x,))
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    assert p.verify(pruned, plan)["masked_equivalence"]["ok"]
+    monkeypatch.setattr(Pruner, "_masked_bytes", lambda self, plan: 2**60)  # (no copy fits)
+    me = p.verify(pruned, plan)["masked_equivalence"]
+    assert me["ok"] and me["by_layer"]  # (the parent's read placed at the root's call)
+    monkeypatch.setattr(Pruner, "_made_at", lambda self: {})
+    me = p.verify(pruned, plan)["masked_equivalence"]
+    assert me["memory"] and "ok" not in me and me["skipped"].endswith(
+        "; masking it layer by layer as it runs cannot be done: the model reads a layer's "
+        "weights outside that layer's call")
+
+
 @pytest.mark.parametrize("name", ALL_DEMOS)
 def test_every_demo_prunes_in_bfloat16_with_masked_equivalence(name):
     # --dtype bfloat16: the same plan as in float32, a bfloat16 pruned copy, and masked

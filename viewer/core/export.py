@@ -61,6 +61,7 @@ from .spec import (
     read_state_dict,
     spell_input,
 )
+from .text import error_line
 from .trace import flatten
 
 FORMAT = "depview-pruned/1"
@@ -959,7 +960,7 @@ def check_dir(path: str | Path, spec: str | None = None) -> dict:
         res["output_shapes"] = {p or "output": list(t.shape) for p, t in flatten(out)}
     except Exception as exc:
         res["forward"] = False
-        res["error"] = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+        res["error"] = error_line(exc)
         res["ok"] = False
         problems.append(f"its forward fails ({res['error']})")
         return res

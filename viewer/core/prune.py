@@ -50,7 +50,7 @@ from .handlers import CUTS, REFRESH, Cut
 from .memory import check_room, gigabytes, room_for, tensor_bytes
 from .modelconfig import build_from_config, fit_config, held_config
 from .optypes import OpGroup, OpType, classify
-from .text import counted
+from .text import counted, error_line
 from .trace import (
     MAX_LISTED,
     build_graph,
@@ -787,8 +787,7 @@ class Pruner:
         try:
             return self._fit_configs(pruned, search)
         except Exception as exc:  # an extra: never the reason an apply fails
-            return {"reason": f"fitting the config failed: {type(exc).__name__}: "
-                              f"{(str(exc).splitlines() or [''])[0]}"}
+            return {"reason": f"fitting the config failed: {error_line(exc)}"}
 
     def _fit_configs(self, pruned: nn.Module, search: bool) -> dict | None:
         if held_config(self.model) is not None:
@@ -824,8 +823,7 @@ class Pruner:
             want = [t for _, t in flatten(call(pruned))]
             return fit_config(original, pruned, _computes(pruned, call, want), search)
         except Exception as exc:  # an extra: never the reason an apply fails
-            return {"reason": f"fitting the config failed: {type(exc).__name__}: "
-                              f"{(str(exc).splitlines() or [''])[0]}"}
+            return {"reason": f"fitting the config failed: {error_line(exc)}"}
 
     def size_attrs(self, plan: Plan, extra: dict[int, list[SizeAttr]] | None = None
                    ) -> dict[str, dict[str, int]]:
@@ -923,8 +921,7 @@ class Pruner:
         try:
             after = self._count(plan)
         except Exception as exc:
-            raise DepViewError(f"the pruned model does not run: {type(exc).__name__}: "
-                               f"{(str(exc).splitlines() or [''])[0]}") from exc
+            raise DepViewError(f"the pruned model does not run: {error_line(exc)}") from exc
         widths = self.widths(plan)
         layers = []
         for n in self.graph.nodes:
@@ -1978,8 +1975,7 @@ class Pruner:
         try:
             out = flatten(run(lbl.model, inputs))
         except Exception as exc:
-            return None, (f"; masking it layer by layer as it ran failed: "
-                          f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}")
+            return None, f"; masking it layer by layer as it ran failed: {error_line(exc)}"
         if compared is not None and _read_unmade(out, compared):
             return None, ("; masking it layer by layer as it runs cannot be done: the model "
                           "reads a layer's weights outside that layer's call")
@@ -2007,7 +2003,7 @@ class Pruner:
             out_p = run(pruned, self.inputs)
             res["forward"] = True
         except Exception as exc:
-            res["error"] = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+            res["error"] = error_line(exc)
             return res
         fo, fp = self._original_outputs(), flatten(out_p)
         res["output_shapes"] = {p or "output": list(t.shape) for p, t in fp}
@@ -2085,8 +2081,7 @@ class Pruner:
             check = self._masked_equivalence(part, flatten(run(model, self.inputs)), model,
                                              short)
         except Exception as exc:  # (the whole plan ran: say what this part did)
-            check = {"ok": False, "error": f"{type(exc).__name__}: "
-                                          f"{(str(exc).splitlines() or [''])[0]}"}
+            check = {"ok": False, "error": error_line(exc)}
         return {"groups": len(removed), **check}
 
     def _original_outputs(self) -> list:
@@ -2365,8 +2360,8 @@ def layer_by_layer(model: nn.Module, cuts: Iterable[Cut] = (),
     :meth:`Pruner.masked_model`. None when a cut touches a parameter that is not floating (no
     NaN to mark it).
 
-    >>> copy = layer_by_layer(model, pruner._masked_cuts(plan)).model
-    >>> run(copy, inputs)  # == run(pruner.masked_model(plan), inputs)
+    >>> copy = layer_by_layer(model, pruner._masked_cuts(plan), made_at=pruner._made_at())
+    >>> run(copy.model, inputs)  # == run(pruner.masked_model(plan), inputs)
     """
     table = _tensor_lookup(model)
     zeroed: dict[int, list[Cut]] = defaultdict(list)

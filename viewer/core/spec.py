@@ -27,6 +27,7 @@ from torch import nn
 
 from . import memory
 from .errors import DepViewError
+from .text import error_line
 from .trace import floats_as, plain_module
 
 DTYPES = {
@@ -80,8 +81,7 @@ def make_tensor(shape, dtype: str, device, gen: torch.Generator) -> torch.Tensor
     except (RuntimeError, MemoryError) as exc:  # a shape too large for this machine
         size = "x".join(map(str, shape))
         raise DepViewError(f"cannot make an example input of shape {size} ({dtype}): "
-                           f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
-                           ) from None
+                           f"{error_line(exc)}") from None
 
 
 @dataclass
@@ -383,8 +383,7 @@ def _build(spec: str, factory, kwargs: dict, device: str) -> nn.Module:
     except DepViewError:
         raise
     except Exception as exc:
-        raise DepViewError(f"building {spec} failed: {type(exc).__name__}: "
-                           f"{(str(exc).splitlines() or [''])[0]}") from exc
+        raise DepViewError(f"building {spec} failed: {error_line(exc)}") from exc
     if not isinstance(model, nn.Module):
         raise DepViewError(f"{spec} returned {type(model).__name__}, not an nn.Module")
     return model
@@ -472,8 +471,7 @@ def hf_class_and_config(data: dict, where: str, named: str):
         cfg = cls.config_class.from_dict(decode(data) if callable(decode) else data)
     except Exception as exc:
         raise DepViewError(f"{where} is not a {cls.config_class.__name__}: "
-                           f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
-                           ) from None
+                           f"{error_line(exc)}") from None
     return cls, cfg
 
 
