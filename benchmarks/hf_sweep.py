@@ -75,6 +75,10 @@ def _models(tf, torch):
                         pad_token_id=0),
         "gemma": decoder(tf.GemmaForCausalLM, tf.GemmaConfig, num_key_value_heads=2,
                          head_dim=8),
+        # Falcon-7B: multi-query attention fused into one query_key_value, rotary
+        "falcon": lambda: (tf.FalconForCausalLM(tf.FalconConfig(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=4, vocab_size=120)),
+            {"input_ids": ids}),
         "opt": lambda: (tf.OPTForCausalLM(tf.OPTConfig(
             hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
             vocab_size=120, word_embed_proj_dim=32)), {"input_ids": ids}),

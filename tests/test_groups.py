@@ -28,6 +28,41 @@ def test_map_reshape_head_split_uses_inferred_dim():
     assert d == 2 and p.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
 
 
+
+class _Parts(nn.Module):
+    """A projection viewed into heads and taken apart: by heads (``split`` or, per head,
+    ``unflatten(-2, (heads, 3)).unbind(-2)``), or along the sequence (no parts)."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+        self.proj = nn.Linear(8, 24)
+
+    def forward(self, x):
+        y = self.proj(x).view(1, 5, -1, 4)  # 6 heads of 4
+        if self.how == "split":
+            a, b, c = y.split([4, 1, 1], dim=2)
+        elif self.how == "unbind":
+            a, b, c = y.unflatten(2, (2, 3)).unbind(3)
+        else:
+            a, b, c = y.split([3, 1, 1], dim=1)
+        return a.sum() + b.sum() + c.sum()
+
+
+@pytest.mark.parametrize("how,parts", [
+    ("split", [range(16), range(16, 20), range(20, 24)]),
+    # head h holds (q, k, v) of 4 each: q is positions 0-3 and 12-15
+    ("unbind", [[*range(0, 4), *range(12, 16)], [*range(4, 8), *range(16, 20)],
+                [*range(8, 12), *range(20, 24)]]),
+    ("sequence", []),  # each part holds every channel: nothing to take apart
+])
+def test_root_parts_are_the_channels_each_output_of_the_split_holds(how, parts):
+    from viewer.core.groups import _root_parts
+
+    g = build_graph(_Parts(how), (torch.randn(1, 5, 8),))
+    root = g.node("proj")
+    assert [p.tolist() for p in _root_parts(g, root, 2)] == [list(r) for r in parts]
+
 def test_resnet_stem_group_spans_residual_stream(demo_pruner):
     _, p = demo_pruner("resnet")
     g = group_of(p.graph, "conv1")

@@ -3420,6 +3420,56 @@ def test_multi_query_attention_prunes_head_dims_paired_with_the_shared_values():
     assert pruned.c_attn.out_features == 8 + 2 * 2 and pruned.c_proj.in_features == 8
 
 
+
+class FusedMultiQuery(nn.Module):
+    """Falcon-7B's multi-query attention without its rotary table: one projection viewed
+    ``(..., -1, head_dim)`` and split into ``heads`` q heads and the one k and v head they
+    share, behind a residual stream."""
+
+    def __init__(self, c: int = 32, heads: int = 4):
+        super().__init__()
+        self.heads, self.head_dim = heads, c // heads
+        self.inp = nn.Linear(c, c)
+        self.qkv = nn.Linear(c, (heads + 2) * self.head_dim, bias=False)
+        self.out = nn.Linear(c, c)
+        self.head = nn.Linear(c, 5)
+
+    def forward(self, x):
+        x = self.inp(x)
+        b, s, _ = x.shape
+        q, k, v = self.qkv(x).view(b, s, -1, self.head_dim).split([self.heads, 1, 1], dim=-2)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        shape = (b, self.heads, s, self.head_dim)
+        a = F.scaled_dot_product_attention(q, k.expand(shape), v.expand(shape))
+        return self.head(x + self.out(a.transpose(1, 2).reshape(b, s, -1)))
+
+
+def test_a_fused_multi_query_projection_prunes_whole_query_heads_and_keeps_the_shared_kv():
+    torch.manual_seed(0)
+    model, x = FusedMultiQuery().eval(), torch.randn(2, 6, 32)
+    # the search: q heads, k's head and v's head are six units alike; removing k's or v's
+    # empties its part of the split, which no stored size can mend
+    raw = Pruner(model, (x,), validate=False).groups[1]
+    assert raw.root == "qkv" and raw.n_units == 6
+    p = Pruner(model, (x,))
+    p.validate_groups()
+    g = next(g for g in p.groups if g.root == "qkv")
+    assert g.id == raw.id and g.n_units == 4 and not p.reason(g) and p.sets(g) == ["heads"]
+    qkv = next(m for m in g.members if m.node_name == "qkv")
+    assert sorted(qkv.pos) == list(range(32))  # the q rows: k's and v's 16 stay
+    plan = p.plan(0.5)
+    assert plan.removed[g.id] and g.id not in plan.skipped
+    pruned = p.apply(plan)
+    assert pruned.heads == 2 and pruned.qkv.out_features == (2 + 2) * 8
+    assert pruned.out.in_features == 16
+    v = p.verify(pruned, plan)  # (the stream's group too: no norm, all exact)
+    assert v["masked_equivalence"]["ok"] and v["masked_equivalence"]["max_abs_diff"] < 1e-6, v
+    # a plan of the heads alone: the original with those heads' q rows zeroed
+    alone = Plan({g.id: [0, 3]})
+    with torch.no_grad():
+        diff = (p.apply(alone)(x) - p.masked_model(alone)(x)).abs().max()
+    assert diff < 1e-6
+
 def test_yolo_demo_prunes_all_but_its_head_outputs_to_a_quarter_of_its_parameters(demo_pruner):
     # what README's demo list says of it
     lm, p = demo_pruner("yolo")

@@ -2739,6 +2739,76 @@ def outer_alternative(graph: Graph, group: Group, over_inferred: bool = False) -
     return alt
 
 
+#: the most elements an index tensor :func:`_root_parts` follows may have (its regroupings
+#: copy it); a larger root output is not taken apart
+_PARTS_MAX_ELEMENTS = 1 << 24
+
+
+def _root_parts(graph: Graph, root: Node, dim: int) -> list[IntArray]:
+    """The positions of ``root``'s output ``dim`` that each output of the first split or
+    unbind taking that output apart holds, when nothing but row-major regroupings (view,
+    reshape, flatten, unflatten) lies between and the parts hold disjoint positions:
+    Falcon-7B's ``query_key_value`` viewed ``(..., -1, head_dim)`` and split ``[num_heads,
+    1, 1]`` gives its q rows, k rows and v rows. Empty when there is no such split."""
+    shape = root.out_shapes[0] if root.out_shapes else ()
+    if not shape or math.prod(shape) > _PARTS_MAX_ELEMENTS:
+        return []
+    n = shape[dim]
+    at = [1] * len(shape)
+    at[dim] = n
+    idx = np.broadcast_to(np.arange(n, dtype=np.int64).reshape(at), shape)
+    key = (root.id, 0)
+    for _ in range(16):
+        cons = graph.consumers.get(key, [])
+        if len(cons) != 1:
+            return []
+        node = graph.nodes[cons[0].target]
+        meta = node.meta
+        if isinstance(meta, ReshapeMeta) and tuple(meta.in_shape) == idx.shape:
+            idx = idx.reshape(meta.out_shape)
+            key = (node.id, 0)
+            continue
+        if isinstance(meta, SplitMeta) and sum(meta.sizes) == idx.shape[meta.dim]:
+            parts = [np.take(idx, range(o, o + s), axis=meta.dim)
+                     for o, s in zip(meta.offsets, meta.sizes, strict=True)]
+        elif isinstance(meta, UnbindMeta) and meta.n == idx.shape[meta.dim]:
+            parts = [np.take(idx, [k], axis=meta.dim) for k in range(meta.n)]
+        else:
+            return []
+        found = [np.unique(p) for p in parts]
+        if len(found) < 2 or sum(len(p) for p in found) != n:  # (a part reads every unit)
+            return []
+        return found
+    return []
+
+
+def part_alternative(graph: Graph, group: Group) -> Group | None:
+    """For a group of a root whose output a split takes apart (:func:`_root_parts`), a group
+    of one part's positions alone that is not blocked, has several units, and stays within
+    that part, largest part first; else None. In Falcon-7B's fused multi-query attention
+    the search from every row of ``query_key_value`` meets the one k head that ``repeat_kv``
+    copies to every q head (whole heads merge into one unit) and the rotary table (head dims
+    are blocked); the q rows alone are whole q heads, which the k and v rows, shared by all
+    of them, do not join."""
+    root = graph.by_name[group.root]
+    d = root_dim(root)
+    if group.root_side != "out" or d is None:
+        return None
+    for part in sorted(_root_parts(graph, root, d), key=len, reverse=True):
+        if len(part) < 2:
+            continue
+        for outer in (False, True):
+            try:
+                found = _search(graph, root, "out", d, part, group.id, outer=outer)
+            except (DepViewError, IndexError, ValueError):
+                continue
+            got = found.tensors.get((root.id, 0, d))
+            if not found.reasons and found.n_units > 1 and got is not None and \
+                    np.array_equal(np.unique(got[0]), part):
+                return found
+    return None
+
+
 class _Template:
     """A group found by a full search, kept to be reused for a root that repeats its block."""
 

@@ -42,6 +42,7 @@ from .groups import (
     mha_call_query,
     out_channel_dim,
     outer_alternative,
+    part_alternative,
     slice_spans,
     split_blocked,
     split_sizes,
@@ -1225,6 +1226,7 @@ class Pruner:
             # a join may meet a width a module's own code checks (FocalNet's downsampling
             # patch embedding compares its input's channels with num_channels)
             self._join_tied_widths(attempt, lambda g: repair(g) or repair_raised(g), paired)
+            self._part_instead(attempt, repair)
         # an alternative that does not run, not even joined (EVA's whole heads join its
         # stream, whose width reshape(B, N, C) reads): the group as found comes back
         for i, g in enumerate(self.groups):
@@ -1250,6 +1252,8 @@ class Pruner:
                 continue
             self._outer_tried.add(g.id)  # (plan() validates again: one search per group)
             alt = outer_alternative(self.graph, g, over_inferred=True)
+            if alt is None or alt.reason:
+                alt = part_alternative(self.graph, g) or alt
             if alt is None or alt.reason or any(
                     o is not g and not o.reason and _overlap(alt, o) for o in self.groups):
                 continue
@@ -1322,6 +1326,27 @@ class Pruner:
         else:
             self._sets[old.id] = had
         return False
+
+    def _part_instead(self, attempt: Callable, repair: Callable) -> None:
+        """A group still broken after every other try, whose root's output a split takes
+        apart: the group of its largest part alone (:func:`part_alternative`), in its place
+        and id if the model runs with it and it shares no channel with a group that prunes.
+        A fused multi-query projection viewed ``(..., -1, head_dim)`` and split ``[heads, 1,
+        1]``: its q heads and the one k and v head were units alike, and removing k's or v's
+        broke the split; the q rows alone prune by whole heads (their count set as a repair
+        finds it), and the shared k and v stay."""
+        by_id = {g.id: g for g in self.groups}
+        for gid, err in sorted(self._validated.items()):
+            g = by_id.get(gid)
+            if not err or err.startswith((_JOINED, _TAKEN)) or g is None or g.reason or \
+                    g.n_units < 2:
+                continue
+            alt = part_alternative(self.graph, g)
+            if alt is None or any(o.id != gid and not o.reason and not self._validated.get(o.id)
+                                  and _overlap(alt, o) for o in self.groups):
+                continue
+            if self._runs_instead(g, alt, attempt, repair):
+                self._validated[gid] = ""
 
     def _pair_unit_kinds(self, attempt: Callable, repair: Callable
                          ) -> dict[int, tuple[Group, Group]]:
