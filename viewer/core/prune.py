@@ -2062,13 +2062,22 @@ class Pruner:
                 res["masked_equivalence"] = check
                 return res
             tried = check
+        def skipped(named: list[int]) -> str:
+            first = by_id[named[0]]
+            return (f"{counted(len(named), 'pruned group')} "
+                    f"{'is' if len(named) == 1 else 'are'} inexact: "
+                    f"{first.stats_notes[0] if first.stats_notes else ''}"
+                    f"{' (and more)' if len(named) > 1 else ''}"
+                    + (f" (checked all the same: max |diff| {tried['max_abs_diff']:.3g}, so "
+                       "such a layer's forward mixes channels, or normalises over them)"
+                       if tried else ""))
+
+        # the groups inexact only through a layer's own forward are checked with the exact
+        # ones below (unless the whole plan's check just failed on them): counted there when
+        # that check passes
         res["masked_equivalence"] = {
-            "skipped": f"{counted(len(inexact), 'pruned group')} "
-            f"{'is' if len(inexact) == 1 else 'are'} inexact: "
-            f"{by_id[inexact[0]].stats_notes[0] if by_id[inexact[0]].stats_notes else ''}"
-            f"{' (and more)' if len(inexact) > 1 else ''}"
-            + (f" (checked all the same: max |diff| {tried['max_abs_diff']:.3g}, so such a "
-               "layer's forward mixes channels, or normalises over them)" if tried else "")
+            "skipped": skipped([gid for gid in inexact if gid not in opaque or not checks
+                                or tried is not None] or inexact)
             if inexact else "model has no real weights"}
         if not (checks and inexact):
             return res
@@ -2088,6 +2097,8 @@ class Pruner:
                 part = None
         if part is None and exact:
             part = self._alone(plan, exact)
+        if opaque and (part is None or not part.get("own_forward")):
+            res["masked_equivalence"]["skipped"] = skipped(inexact)
         if part is not None:
             res["masked_equivalence"]["exact_groups"] = part
         return res
