@@ -2739,8 +2739,8 @@ def outer_alternative(graph: Graph, group: Group, over_inferred: bool = False) -
     return alt
 
 
-#: the most elements an index tensor :func:`_root_parts` follows may have (its regroupings
-#: copy it); a larger root output is not taken apart
+#: the most elements an index array :func:`_root_parts` follows may have (its regroupings
+#: copy it: 64 MB at most); a larger root output is not taken apart
 _PARTS_MAX_ELEMENTS = 1 << 24
 
 
@@ -2756,7 +2756,7 @@ def _root_parts(graph: Graph, root: Node, dim: int) -> list[IntArray]:
     n = shape[dim]
     at = [1] * len(shape)
     at[dim] = n
-    idx = np.broadcast_to(np.arange(n, dtype=np.int64).reshape(at), shape)
+    idx = np.broadcast_to(np.arange(n, dtype=np.int32).reshape(at), shape)
     key = (root.id, 0)
     for _ in range(16):
         cons = graph.consumers.get(key, [])
@@ -2775,7 +2775,7 @@ def _root_parts(graph: Graph, root: Node, dim: int) -> list[IntArray]:
             parts = [np.take(idx, [k], axis=meta.dim) for k in range(meta.n)]
         else:
             return []
-        found = [np.unique(p) for p in parts]
+        found = [np.unique(p).astype(np.int64) for p in parts]
         if len(found) < 2 or sum(len(p) for p in found) != n:  # (a part reads every unit)
             return []
         return found

@@ -2062,6 +2062,7 @@ class Pruner:
                 res["masked_equivalence"] = check
                 return res
             tried = check
+
         def skipped(named: list[int]) -> str:
             first = by_id[named[0]]
             return (f"{counted(len(named), 'pruned group')} "
