@@ -159,7 +159,7 @@ def test_masked_equivalence_without_room_even_layer_by_layer_is_skipped_and_said
 def test_the_exact_groups_alone_check_masks_by_layer_or_is_skipped_without_room(monkeypatch):
     # a transformer's residual stream is inexact: its exact groups are checked pruned alone,
     # which needs a pruned copy and a masked copy (or room to mask it layer by layer)
-    from viewer.core.prune import Plan, Pruner, memory_note, pruned_bytes
+    from viewer.core.prune import Plan, Pruner, masked_note, memory_note, pruned_bytes
     from viewer.core.spec import load_model
 
     lm = load_model("demo:llama")
@@ -184,6 +184,20 @@ def test_the_exact_groups_alone_check_masks_by_layer_or_is_skipped_without_room(
     assert part["memory"] and part["skipped"].startswith(
         "not enough memory: these groups pruned alone needs about")
     assert memory_note({"masked_equivalence": {"exact_groups": part}})
+    # room by the count, but an allocation fails (a process under ``ulimit -v``, another
+    # job's peak): skipped for want of memory, not a failure of the groups (it said FAILED)
+    monkeypatch.undo()
+    oom = RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: "
+                       "can't allocate memory: you tried to allocate 234881024 bytes.")
+    monkeypatch.setattr(p, "apply", lambda *a, **k: (_ for _ in ()).throw(oom))
+    v = p.verify(pruned, plan)
+    part = v["masked_equivalence"]["exact_groups"]
+    assert part["memory"] and "ok" not in part and "can't allocate memory" in part["skipped"]
+    assert masked_note(v) == "" and memory_note(v).startswith(
+        "masked equivalence not checked: not enough memory: RuntimeError: [enforce fail")
+    # any other error of the groups pruned alone is theirs
+    monkeypatch.setattr(p, "apply", lambda *a, **k: (_ for _ in ()).throw(ValueError("x")))
+    assert p.verify(pruned, plan)["masked_equivalence"]["exact_groups"]["ok"] is False
 
 
 def test_taylor_without_room_for_a_copy_and_its_gradients_is_one_line(monkeypatch):

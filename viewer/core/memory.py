@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from .errors import DepViewError
@@ -111,6 +112,15 @@ def tensor_bytes(model: nn.Module) -> int:
 def gigabytes(n: int) -> str:
     """``n`` bytes as "1.3 GB" (GiB, as free(1) and the kernel count)."""
     return f"{n / 2**30:.1f} GB"
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` says an allocation failed: Python's ``MemoryError``, torch's
+    ``OutOfMemoryError``, or the CPU allocator's "can't allocate memory" (a RuntimeError;
+    also what a process limited by ``ulimit -v`` gets)."""
+    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
 
 
 def room_for(need: int) -> tuple[bool, int | None]:

@@ -48,7 +48,7 @@ from .groups import (
     split_sizes,
 )
 from .handlers import CUTS, REFRESH, Cut
-from .memory import check_room, gigabytes, room_for, tensor_bytes
+from .memory import check_room, gigabytes, out_of_memory, room_for, tensor_bytes
 from .modelconfig import build_from_config, fit_config, held_config
 from .optypes import OpGroup, OpType, classify
 from .text import counted, error_line
@@ -2118,6 +2118,9 @@ class Pruner:
             check = self._masked_equivalence(part, flatten(run(model, self.inputs)), model,
                                              short)
         except Exception as exc:  # (the whole plan ran: say what this part did)
+            if out_of_memory(exc):  # the machine's lack, not the groups': no verdict
+                return {"groups": len(removed), "memory": True,
+                        "skipped": f"not enough memory: {error_line(exc)}"}
             check = {"ok": False, "error": error_line(exc)}
         return {"groups": len(removed), **check}
 
