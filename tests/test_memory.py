@@ -268,3 +268,56 @@ def test_the_masked_check_shares_the_parameters_no_cut_touches_and_changes_none(
     assert p._masked(full).transformer.wte.weight is not model.transformer.wte.weight
     assert p.verify(p.apply(full), full)["masked_equivalence"]["exact_groups"]["ok"]
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_out_of_memory_is_an_allocation_the_machine_could_make_with_more_room():
+    alloc = "[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: "
+    assert memory.out_of_memory(MemoryError())
+    assert memory.out_of_memory(torch.OutOfMemoryError("CUDA out of memory"))
+    assert memory.out_of_memory(RuntimeError(alloc + "you tried to allocate 234881024 bytes."))
+    # more than the machine has at all: a size gone wrong (a broadcast a bug made), not room
+    assert not memory.out_of_memory(RuntimeError(alloc + f"you tried to allocate {10**15} "
+                                                         "bytes."))
+    assert not memory.out_of_memory(RuntimeError("shape '[1, 8]' is invalid for input"))
+    assert not memory.out_of_memory(ValueError("can't allocate memory"))
+
+
+def _real_probes_out_of_memory(monkeypatch):
+    """Every validation probe that runs the pruned copy on real tensors fails to allocate."""
+    import viewer.core.prune as prune_mod
+
+    real_build = prune_mod.build_graph
+
+    def build(model, inputs, *a, **k):
+        flat = inputs.values() if isinstance(inputs, dict) else inputs
+        if any(isinstance(t, torch.Tensor) and not t.is_meta for t in flat):
+            raise DepViewError("model forward failed") from RuntimeError(
+                "DefaultCPUAllocator: can't allocate memory: you tried to allocate 1024 bytes.")
+        return real_build(model, inputs, *a, **k)
+
+    monkeypatch.setattr(prune_mod, "build_graph", build)
+
+
+def test_a_validation_probe_short_of_memory_runs_on_meta_or_stops_with_one_line(monkeypatch):
+    # taken as the group's failure, an allocation that failed set off repairs and joins
+    # that then ran: a MoE model's MLP joined to the next layer's heads (caught by masked
+    # equivalence, as FAILED). It says nothing about the group
+    from viewer.core.prune import Pruner
+    from viewer.core.spec import load_model
+
+    lm = load_model("demo:llama")
+    want = Pruner(lm.model, lm.inputs, output_layers=lm.output_layers)
+    want.validate_groups()
+    assert want._probes["real"]  # (a small model with weights: its probes run for real)
+    p = Pruner(lm.model, lm.inputs, output_layers=lm.output_layers, validate=False)
+    stuck = Pruner(lm.model, lm.inputs, output_layers=lm.output_layers, validate=False)
+    _real_probes_out_of_memory(monkeypatch)
+    p.validate_groups()
+    assert not p._probes["real"]  # the rest ran on meta, and found what real probes found
+    assert [(g.root, g.n_units, p.reason(g)) for g in p.groups] == \
+        [(g.root, g.n_units, want.reason(g)) for g in want.groups]
+    # a model that cannot run on meta has nowhere else to run them: one line, no verdict
+    stuck._meta_ok = False
+    with pytest.raises(memory.MemoryShortError, match=r"^not enough memory to run the pruned "
+                       r"model that checks a group \(RuntimeError: DefaultCPUAllocator"):
+        stuck.validate_groups()

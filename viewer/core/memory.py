@@ -8,6 +8,7 @@ says so) instead of being killed by the kernel minutes later, taking the app's s
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -45,9 +46,14 @@ def _meminfo_available() -> int | None:
         return int(psutil.virtual_memory().available)
     except ImportError:
         pass
+    return _meminfo("MemAvailable")
+
+
+def _meminfo(key: str) -> int | None:
+    """Bytes of ``key`` in /proc/meminfo (``MemAvailable``, ``MemTotal``), or None."""
     try:
         for line in (PROC / "meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
+            if line.startswith(f"{key}:"):
                 return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
@@ -115,12 +121,17 @@ def gigabytes(n: int) -> str:
 
 
 def out_of_memory(exc: BaseException) -> bool:
-    """Whether ``exc`` says an allocation failed: Python's ``MemoryError``, torch's
-    ``OutOfMemoryError``, or the CPU allocator's "can't allocate memory" (a RuntimeError;
-    also what a process limited by ``ulimit -v`` gets)."""
-    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
-        return True
-    return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+    """Whether ``exc`` says an allocation failed for want of free memory: Python's
+    ``MemoryError``, torch's ``OutOfMemoryError``, or the CPU allocator's "can't allocate
+    memory" (a RuntimeError; also what a process limited by ``ulimit -v`` gets), unless it
+    asked for more bytes than the machine has at all (a size gone wrong, not a machine
+    short of room)."""
+    if not isinstance(exc, (MemoryError, torch.OutOfMemoryError)) and not (
+            isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)):
+        return False
+    asked = re.search(r"tried to allocate (\d+) bytes", str(exc))
+    total = _meminfo("MemTotal")
+    return asked is None or total is None or int(asked.group(1)) <= total
 
 
 def room_for(need: int) -> tuple[bool, int | None]:

@@ -48,7 +48,14 @@ from .groups import (
     split_sizes,
 )
 from .handlers import CUTS, REFRESH, Cut
-from .memory import check_room, gigabytes, out_of_memory, room_for, tensor_bytes
+from .memory import (
+    MemoryShortError,
+    check_room,
+    gigabytes,
+    out_of_memory,
+    room_for,
+    tensor_bytes,
+)
 from .modelconfig import build_from_config, fit_config, held_config
 from .optypes import OpGroup, OpType, classify
 from .text import counted, error_line
@@ -1606,6 +1613,19 @@ class Pruner:
         except Exception as exc:
             if isinstance(exc, DepViewError):  # a traced forward failed: show its error
                 exc = exc.__cause__ or exc
+            if out_of_memory(exc):
+                # no room to run the copy for real (another job's peak, ``ulimit -v``): that
+                # says nothing about the group, and taken as its failure it set off repairs
+                # and joins that then "ran" (a layer's MLP joined to the next layer's heads).
+                # This probe and the rest run on meta; a model that cannot is not validated
+                del made[:]
+                if st["real"] and self._meta_ok:
+                    st["real"] = False
+                    real_base.clear()
+                    return self._run_probe(plan, gs, sets)
+                raise MemoryShortError(
+                    "not enough memory to run the pruned model that checks a group "
+                    f"({error_line(exc)}); free memory and try again") from None
             if made:
                 self._raised_in = _raising_modules(exc, made[-1])
             msg = (str(exc).strip().splitlines() or [""])[0][:160] or _raised_at(exc)
