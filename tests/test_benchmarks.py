@@ -70,3 +70,29 @@ def test_hf_sweep_runs_on_two_models_and_refuses_an_unknown_one(tmp_path):
     res = subprocess.run([sys.executable, script, "--dtype", "bfloat16"], capture_output=True,
                          text=True, timeout=300, cwd=ROOT)
     assert res.returncode == 2 and "--dtype needs --from-dir" in res.stderr
+
+
+def test_lm_sweep_runs_on_two_types_compares_and_refuses_an_unknown_one(tmp_path):
+    import pytest
+
+    pytest.importorskip("transformers")
+    script = str(ROOT / "benchmarks" / "lm_sweep.py")
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    res = subprocess.run([sys.executable, script, "--types", "llama,falcon", "--json",
+                          str(first)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = json.loads(first.read_text())
+    assert set(rows) == {"llama", "falcon"} and all(
+        r["prunable"] > 0 and r["masked"] in ("ok", "exact ok") for r in rows.values()), rows
+    assert "2/2 built and pruned" in res.stdout
+    # a row that differs from the earlier file is printed
+    rows["llama"]["removed"] += 1
+    first.write_text(json.dumps(rows))
+    res = subprocess.run([sys.executable, script, "--types", "llama", "--json", str(second),
+                          "--compare", str(first)], capture_output=True, text=True,
+                         timeout=300, cwd=ROOT)
+    assert res.returncode == 0 and "changed llama:" in res.stdout
+    assert "1 of 1 compared rows changed" in res.stdout
+    res = subprocess.run([sys.executable, script, "--types", "nope"], capture_output=True,
+                         text=True, timeout=300, cwd=ROOT)
+    assert res.returncode == 2 and "unknown model type(s) nope" in res.stderr
