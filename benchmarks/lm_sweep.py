@@ -42,13 +42,14 @@ class _TimeoutError(Exception):
     pass
 
 
-def _verdict(me: dict) -> str:
-    exact = me.get("exact_groups") or {}
-    if me.get("ok"):
-        return "ok"
-    if exact.get("ok"):
-        return "exact ok"
-    return "FAILED" if me.get("ok") is False or exact.get("ok") is False else "skip"
+def _verdict(verification: dict) -> str:
+    from viewer.core.prune import masked_note
+
+    if masked_note(verification):  # (what makes prune and check exit 1)
+        return "FAILED"
+    me = verification.get("masked_equivalence") or {}
+    return "ok" if me.get("ok") else \
+        "exact ok" if (me.get("exact_groups") or {}).get("ok") else "skip"
 
 
 def run_one(model_type: str, tf, torch, seconds: int) -> dict:
@@ -76,8 +77,7 @@ def run_one(model_type: str, tf, torch, seconds: int) -> dict:
         plan = p.plan(0.5)
         row["removed"] = sum(len(v) for v in plan.removed.values())
         pruned = p.apply(plan)
-        me = p.verify(pruned, plan).get("masked_equivalence", {})
-        row["masked"] = _verdict(me)
+        row["masked"] = _verdict(p.verify(pruned, plan))
         row["params"] = sum(t.numel() for t in pruned.parameters())
     except _TimeoutError:
         row["error"] = f"timeout after {seconds} s"
