@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from viewer.app import charts
@@ -141,6 +143,31 @@ def test_apply_short_of_memory_refuses_or_masks_layer_by_layer_and_says_so(store
     assert store.held_rounds("sid")["page"] == (0, 0)
     assert store.held_rounds("sid")["shelf"][0] == 1
     assert store.memory_hint("sid").startswith("models this page left hold 1 pruned round (")
+
+
+def test_no_room_to_run_the_applied_model_is_a_memory_line_with_the_pages_hint(store,
+                                                                              monkeypatch):
+    # it said "the pruned model fails to run: RuntimeError: DefaultCPUAllocator: ...", as
+    # if the pruning were wrong, and named nothing that frees memory
+    import viewer.core.prune as prune_mod
+
+    cb.apply_round(store, "sid", SETTINGS)
+    real_run = prune_mod.run
+
+    def run(model, inputs):
+        if sys._getframe(1).f_code.co_name == "verify":
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to "
+                               "allocate 1024 bytes.")
+        return real_run(model, inputs)
+
+    monkeypatch.setattr(prune_mod, "run", run)
+    with pytest.raises(DepViewError) as err:
+        cb.apply_round(store, "sid", SETTINGS)
+    assert str(err.value).startswith(
+        "not enough memory to run the pruned model (RuntimeError: DefaultCPUAllocator: can't "
+        "allocate memory: you tried to allocate 1024 bytes.); free memory and try again; "
+        "this page holds 1 pruned round ("), str(err.value)
+    assert len(store.session("sid").stages) == 2  # (as they were)
 
 
 def test_apply_of_a_model_nothing_can_be_pruned_in_says_why(tmp_path):

@@ -570,3 +570,39 @@ def test_prune_in_bfloat16_writes_it_and_reloads_bit_exact(tmp_path):
     res = cli("prune", str(out), "--dtype", "bfloat16", "--ratio", "0.5", "--out",
               str(tmp_path / "b"), check=False)
     assert res.returncode == 2 and "(--dtype cannot apply)" in res.stderr
+
+
+def test_no_room_to_run_the_pruned_model_is_said_as_memory_not_as_a_failure(tmp_path,
+                                                                             monkeypatch,
+                                                                             capsys):
+    # it said "the pruned model fails to run: RuntimeError: DefaultCPUAllocator: ..." and
+    # check "FAILED: ... forward failed": read as a pruning bug
+    import viewer.core.export as export_mod
+    import viewer.core.prune as prune_mod
+    from viewer.cli import main
+
+    def no_room_in(caller, real_run):
+        def run(model, inputs):
+            if sys._getframe(1).f_code.co_name == caller:
+                raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to "
+                                   "allocate 1024 bytes.")
+            return real_run(model, inputs)
+        return run
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(prune_mod, "run", no_room_in("verify", prune_mod.run))
+    assert main(["prune", "demo:cnn", "--ratio", "0.5", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("error: not enough memory to run the pruned model (RuntimeError: "
+                   "DefaultCPUAllocator: can't allocate memory: you tried to allocate 1024 "
+                   "bytes.); free memory and try again"), err
+    assert not out.exists()
+    monkeypatch.undo()
+    assert main(["prune", "demo:cnn", "--ratio", "0.5", "--out", str(out)]) == 0
+    capsys.readouterr()
+    monkeypatch.setattr(export_mod, "run", no_room_in("check_dir", export_mod.run))
+    assert main(["check", str(out)]) == 1
+    line = capsys.readouterr().out
+    assert line.startswith("NOT CHECKED: demo:cnn reloaded, forward could not run") and \
+        "(there was not enough memory to run it (RuntimeError: DefaultCPUAllocator" in line
+    assert "FAILED" not in line

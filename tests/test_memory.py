@@ -321,3 +321,28 @@ def test_a_validation_probe_short_of_memory_runs_on_meta_or_stops_with_one_line(
     with pytest.raises(memory.MemoryShortError, match=r"^not enough memory to run the pruned "
                        r"model that checks a group \(RuntimeError: DefaultCPUAllocator"):
         stuck.validate_groups()
+
+
+def test_the_masked_retrace_of_a_probe_short_of_memory_is_no_verdict(monkeypatch):
+    # a probe whose sizes moved on real tensors (a top-1 router's token counts) is traced
+    # again on the masked original; that copy failing to allocate was taken as "the sizes
+    # moved": the model width reported as not prunable
+    from test_prune import Top1Experts
+
+    from viewer.core.prune import Pruner
+
+    torch.manual_seed(0)
+    m, x = Top1Experts().eval(), torch.randn(24, 8)
+    want = Pruner(m, (x,))
+    assert want.reason(want.groups[0]) == ""  # (the width, checked against the masked copy)
+
+    def no_room(self, plan):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to "
+                           "allocate 1024 bytes.")
+
+    monkeypatch.setattr(Pruner, "_masked", no_room)
+    p = Pruner(m, (x,), validate=False)
+    # x[mask] cannot run on meta, so there is nowhere else to check it: one line, no verdict
+    with pytest.raises(memory.MemoryShortError, match=r"^not enough memory to run the pruned "
+                       r"model that checks a group \(RuntimeError: DefaultCPUAllocator"):
+        p.validate_groups()

@@ -114,7 +114,7 @@ def cmd_groups(args) -> int:
 def cmd_prune(args) -> int:
     from .core.export import check_out_dir, export_dir
     from .core.modelconfig import config_note
-    from .core.prune import blind_note, masked_note, memory_note, untraced_note
+    from .core.prune import blind_note, masked_note, memory_note, run_failure, untraced_note
 
     if args.device == "meta":
         raise DepViewError("prune needs real weights: use --device cpu")
@@ -146,7 +146,7 @@ def cmd_prune(args) -> int:
     pruned = pruner.apply(plan)
     verification = pruner.verify(pruned, plan)
     if not verification.get("forward"):
-        raise DepViewError(f"the pruned model fails to run: {verification.get('error')}")
+        raise run_failure(verification)
     out = export_dir(pruner, plan, pruned, args.out, lm.source, verification,
                      history=args.history)
     report = json.loads((out / "report.json").read_text())
@@ -213,8 +213,9 @@ def cmd_check(args) -> int:
     if args.json:
         _write_json(res, args.json)
     else:
-        status = "OK" if res.get("ok") else "FAILED"
+        status = "OK" if res.get("ok") else "NOT CHECKED" if res.get("memory") else "FAILED"
         ran = {True: "ran", None: "not run"}.get(res.get("forward"), "failed")
+        ran = "could not run" if res.get("memory") else ran
         v = res.get("verification") or {}
         notes = [*res.get("problems", []), masked_note(v), memory_note(v), blind_note(v),
                  untraced_note(v), *res.get("notes", [])]

@@ -39,6 +39,7 @@ from torch import nn
 
 from .errors import DepViewError
 from .handlers import REFRESH, SELF_DESCRIBING
+from .memory import out_of_memory
 from .modelconfig import build_from_config, state_shapes
 from .optypes import classify
 from .prune import (
@@ -962,7 +963,12 @@ def check_dir(path: str | Path, spec: str | None = None) -> dict:
         res["forward"] = False
         res["error"] = error_line(exc)
         res["ok"] = False
-        problems.append(f"its forward fails ({res['error']})")
+        if out_of_memory(exc):  # (says nothing of the checkpoint)
+            res["memory"] = True
+            problems.append(f"there was not enough memory to run it ({res['error']}); free "
+                            "memory and check again")
+        else:
+            problems.append(f"its forward fails ({res['error']})")
         return res
     if report is None:
         problems.append("report.json is missing: nothing to compare the model with")

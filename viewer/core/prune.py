@@ -1583,6 +1583,20 @@ class Pruner:
                     traced.append(None)
             return traced[0]
 
+        def short_of_memory(exc: BaseException) -> str | None:
+            """No room to run a copy for real (another job's peak, ``ulimit -v``): that says
+            nothing about the group, and taken as its failure it set off repairs and joins
+            that then "ran" (a layer's MLP joined to the next layer's heads). This probe and
+            the rest run on meta; a model that cannot is not validated."""
+            del made[:]
+            if st["real"] and self._meta_ok:
+                st["real"] = False
+                real_base.clear()
+                return self._run_probe(plan, gs, sets)
+            raise MemoryShortError(
+                "not enough memory to run the pruned model that checks a group "
+                f"({error_line(exc)}); free memory and try again") from None
+
         try:
             changes, widths = self.changes(plan), self.widths(plan)
             attrs = self.size_attrs(plan, sets)
@@ -1614,18 +1628,7 @@ class Pruner:
             if isinstance(exc, DepViewError):  # a traced forward failed: show its error
                 exc = exc.__cause__ or exc
             if out_of_memory(exc):
-                # no room to run the copy for real (another job's peak, ``ulimit -v``): that
-                # says nothing about the group, and taken as its failure it set off repairs
-                # and joins that then "ran" (a layer's MLP joined to the next layer's heads).
-                # This probe and the rest run on meta; a model that cannot is not validated
-                del made[:]
-                if st["real"] and self._meta_ok:
-                    st["real"] = False
-                    real_base.clear()
-                    return self._run_probe(plan, gs, sets)
-                raise MemoryShortError(
-                    "not enough memory to run the pruned model that checks a group "
-                    f"({error_line(exc)}); free memory and try again") from None
+                return short_of_memory(exc)
             if made:
                 self._raised_in = _raising_modules(exc, made[-1])
             msg = (str(exc).strip().splitlines() or [""])[0][:160] or _raised_at(exc)
@@ -1645,8 +1648,13 @@ class Pruner:
             # move, and the same ops must run
             try:
                 masked = build_graph(self._masked(plan), _copied(self.inputs))
-            except DepViewError:
-                return moved
+            except Exception as exc:  # noqa: BLE001 (an allocation failing is not a verdict)
+                cause = (exc.__cause__ or exc) if isinstance(exc, DepViewError) else exc
+                if out_of_memory(cause):
+                    return short_of_memory(cause)
+                if isinstance(exc, DepViewError):
+                    return moved
+                raise
             moved = _moved(masked, after,
                            self._owned(gs, _aligned_names(self.graph, masked), plan), exact)
         return moved
@@ -2049,6 +2057,8 @@ class Pruner:
             res["forward"] = True
         except Exception as exc:
             res["error"] = error_line(exc)
+            if out_of_memory(exc):  # (no room to run it says nothing of the pruning)
+                res["memory"] = True
             return res
         fo, fp = self._original_outputs(), flatten(out_p)
         res["output_shapes"] = {p or "output": list(t.shape) for p, t in fp}
@@ -2522,6 +2532,16 @@ def memory_note(verification: dict) -> str:
         if d.get("memory"):
             return f"masked equivalence not checked: {d['skipped']}"
     return ""
+
+
+def run_failure(verification: dict) -> DepViewError:
+    """The one-line error for a pruned model whose forward failed in :meth:`Pruner.verify`:
+    short of memory (try again with more free), or its forward fails (a pruning bug, or the
+    model's code read a size that did not follow)."""
+    if verification.get("memory"):
+        return MemoryShortError(f"not enough memory to run the pruned model "
+                                f"({verification.get('error')}); free memory and try again")
+    return DepViewError(f"the pruned model fails to run: {verification.get('error')}")
 
 
 def masked_note(verification: dict) -> str:

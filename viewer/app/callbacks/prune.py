@@ -17,7 +17,14 @@ from viewer.core.export import round_entry
 from viewer.core.groups import units_are_heads
 from viewer.core.memory import MemoryShortError
 from viewer.core.modelconfig import config_note
-from viewer.core.prune import IMPORTANCE, Plan, batch_shapes, blind_note, untraced_note
+from viewer.core.prune import (
+    IMPORTANCE,
+    Plan,
+    batch_shapes,
+    blind_note,
+    run_failure,
+    untraced_note,
+)
 from viewer.core.text import counted
 
 from .. import charts, ids, styles
@@ -212,13 +219,13 @@ def apply_round(store: SessionStore, sid: str, settings: dict) -> str:
         raise DepViewError("this plan removes nothing: raise the ratio, or un-ignore layers")
     try:
         pruned = stage.pruner.apply(plan)
+        config = stage.pruner.config_fit_of(pruned)
+        verification = stage.pruner.verify(pruned, plan)
+        if not verification.get("forward"):
+            raise run_failure(verification)
     except MemoryShortError as exc:  # (what the pages hold is their users' to let go)
         hint = store.memory_hint(sid)
         raise MemoryShortError(f"{exc}; {hint}" if hint else str(exc)) from None
-    config = stage.pruner.config_fit_of(pruned)
-    verification = stage.pruner.verify(pruned, plan)
-    if not verification.get("forward"):
-        raise DepViewError(f"the pruned model fails to run: {verification.get('error')}")
     new = make_stage(pruned, base.inputs, base.output_layers, plan, verification,
                      round_entry(stage.pruner, plan, pruned), config)
     with session.lock:
