@@ -235,6 +235,50 @@ def test_hf_segformer_stream_prunes_with_its_sequence_reduction():
         pruned.stages[0].patch_embeddings.proj.out_channels
 
 
+@pytest.mark.parametrize("name", ["pvt_v2", "segformer"])
+def test_hf_last_stage_of_a_classifier_prunes_setting_the_configs_listed_width(name,
+                                                                               tmp_path):
+    # the classifier reshapes the last stage by config.hidden_sizes[-1]: that stage's stream,
+    # its attention and reduction were all "the model's forward fails when this group
+    # shrinks"; with the list's item set (and fitted into config.json) they prune
+    torch.manual_seed(0)
+    stages = dict(num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[16, 32],
+                  patch_sizes=[7, 3], strides=[4, 2], num_attention_heads=[1, 2],
+                  mlp_ratios=[2, 2], num_labels=10)
+    if name == "pvt_v2":
+        model = transformers.PvtV2ForImageClassification(
+            transformers.PvtV2Config(image_size=32, **stages)).eval()
+        last = "pvt_v2.encoder.layers.1."
+    else:
+        model = transformers.SegformerForImageClassification(
+            transformers.SegformerConfig(**stages)).eval()
+        last = "segformer.stages.1."
+    x = {"pixel_values": torch.randn(1, 3, 32, 32)}
+    p = Pruner(model, x)
+    in_last = [g for g in p.groups if g.root.startswith(last)]
+    assert len(in_last) >= 3 and all(not p.reason(g) or p.reason(g).startswith("pruned with")
+                                     for g in in_last), [p.reason(g) for g in in_last]
+    stream = in_last[0]
+    assert stream.root.startswith(last) and "config.hidden_sizes" in p.sets(stream)
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    assert pruned.config.hidden_sizes[1] == 16 and model.config.hidden_sizes == [16, 32]
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["shapes_kept"] and v["masked_equivalence"]["exact_groups"]["ok"]
+    out = export_dir(p, plan, pruned, tmp_path / "out", pt2=False)
+    if name == "segformer":
+        # its stage-0 head dims, joined with the stream, keep the stored scale (head_dim **
+        # -0.5) a model built from the config would recompute: that config is not written
+        assert "does not compute what the pruned model does" in \
+            p.config_fit_of(pruned)["reason"] and not (out / "config.json").exists()
+        return
+    assert json.loads((out / "config.json").read_text())["hidden_sizes"] == [8, 16]
+    with torch.no_grad():
+        want = pruned(**x).logits
+        again = type(model).from_pretrained(out).eval()(**x).logits
+    assert torch.equal(again, want)
+
+
 def test_hf_gpt_bigcode_multi_query_attention_prunes_its_head_dims():
     # one fused c_attn split by (embed_dim, kv_dim, kv_dim) into q and one shared k and v:
     # it was one unit ("removing it would remove the whole tensor")

@@ -3639,3 +3639,42 @@ def test_every_demo_prunes_in_bfloat16_with_masked_equivalence(name):
     assert v["forward"] and v["shapes_kept"], v
     me = v["masked_equivalence"]
     assert me.get("ok", me.get("exact_groups", {}).get("ok")), me
+
+
+class _ListedConfig:
+    """A config object as Hugging Face layers hold one: a width per stage in a list."""
+
+    def __init__(self):
+        self.hidden_sizes = [8, 16]
+
+
+class LastStageWidthFromConfig(torch.nn.Module):
+    """PVT v2's and SegFormer's classifiers: ``reshape(B, -1, config.hidden_sizes[-1])``."""
+
+    def __init__(self):
+        super().__init__()
+        self.config = _ListedConfig()
+        self.stem, self.stage = torch.nn.Linear(4, 8), torch.nn.Linear(8, 16)
+        self.head = torch.nn.Linear(16, 3)
+
+    def forward(self, x):
+        h = self.stage(torch.relu(self.stem(x)))
+        h = h.reshape(x.shape[0], -1, self.config.hidden_sizes[-1])
+        return self.head(h.mean(1))
+
+
+def test_a_width_read_from_an_item_of_a_config_list_is_set_with_the_group():
+    # the last stage's width, read from the config's list: the stage's group failed ("shape
+    # '[1, -1, 16]' is invalid"), as did the whole last stage of every PVT v2 and SegFormer
+    # classifier
+    torch.manual_seed(0)
+    m, x = LastStageWidthFromConfig().eval(), torch.randn(2, 5, 4)
+    p = Pruner(m, (x,))
+    stage = next(g for g in p.groups if g.root == "stage")
+    assert p.reason(stage) == "" and p.sets(stage) == ["config.hidden_sizes"]
+    plan = p.plan(0.5)
+    assert stage.id in plan.removed
+    pruned = p.apply(plan)
+    assert pruned.config.hidden_sizes == [8, 8] and m.config.hidden_sizes == [8, 16]
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["shapes_kept"] and v["masked_equivalence"]["ok"]

@@ -335,7 +335,7 @@ class Pruner:
 
     def sets(self, group: Group) -> list[str]:
         """Module attributes pruning this group also sets (``["h.0.attn.split_size"]``)."""
-        return [r.label for r in self._sets.get(group.id, [])]
+        return list(dict.fromkeys(r.label for r in self._sets.get(group.id, [])))
 
     def group_dict(self, group: Group, ignore: set[tuple[str, str]] = frozenset(),
                    with_indices: bool = True) -> dict:
@@ -1310,7 +1310,9 @@ class Pruner:
                                      bool(rs) and not attempt([both], {a_id: rs}))
                 self._sets[a_id] = found
                 self._validated[a_id] = ""
-                what = ", ".join(sorted(f"{m}.{n}" if m else n for m, n in shared))
+                # (named by what was set: a candidate both had may not have been needed)
+                what = ", ".join(sorted(f"{m}.{n}" if m else n for m, n in
+                                        shared & {(r.module, r.attr) for r in found} or shared))
                 self._validated[b_id] = _joined_reason(
                     a, f"both shrink the size {what} holds, so they lose the same number of "
                        "units")
@@ -1698,6 +1700,7 @@ class Pruner:
             for path in dict.fromkeys(canon.get(p) for p in [node.module, *self._callees(node)]):
                 if path is not None:
                     out += self._stored_size(path, mods[path], node, key, size, parts)
+                    out += self._config_items(mods[path], node, key, size, parts)
         for node, key, lo, hi in slice_spans(self.graph, group):
             # a bound of a slice: Phi-3's qkv[..., :query_pos], with query_pos =
             # config.num_attention_heads * head_dim, and [query_pos:query_pos + kv * head_dim]
@@ -1763,6 +1766,24 @@ class Pruner:
                 out += [SizeAttr(path, k, node.id, key, size, parts, boxed=True, index=i)
                         for i, x in enumerate(v) if type(x) is int and x == size // parts]
         return out
+
+    def _config_items(self, mod: nn.Module, node: Node, key: tuple[int, int, int], size: int,
+                      parts: int) -> list[SizeAttr]:
+        """Items of the lists and tuples in the config object ``mod`` holds equal to a part of
+        ``size``, named from the config's first holder (see :meth:`_int_attrs`): PVT v2's
+        ``reshape(batch_size, -1, self.config.hidden_sizes[-1])``, the last stage's width,
+        read by the model for its classifier. (The config's ints are not: a size that
+        equals one is a module's own far more often, and each candidate costs probes.)"""
+        cfg = held_config(mod)
+        if cfg is None:
+            return []
+        if self._config_owner is None:
+            self._config_owner = config_owners(self.model)
+        owner = self._config_owner[id(cfg)]
+        return [SizeAttr(owner, f"config.{k}", node.id, key, size, parts, boxed=True, index=i)
+                for k, v in vars(cfg).items()
+                if not k.startswith("_") and type(v) in (list, tuple) and len(v) <= MAX_LISTED
+                for i, x in enumerate(v) if type(x) is int and x == size // parts]
 
     def _callees(self, node: Node, hops: int = 4) -> list[str]:
         """Submodules of the module that ran ``node`` whose own ops made its input, a few of
