@@ -72,11 +72,11 @@ def test_hf_sweep_runs_on_two_models_and_refuses_an_unknown_one(tmp_path):
     assert res.returncode == 2 and "--dtype needs --from-dir" in res.stderr
 
 
-def test_lm_sweep_runs_on_two_types_compares_and_refuses_an_unknown_one(tmp_path):
+def test_type_sweep_runs_on_two_types_compares_and_refuses_an_unknown_one(tmp_path):
     import pytest
 
     pytest.importorskip("transformers")
-    script = str(ROOT / "benchmarks" / "lm_sweep.py")
+    script = str(ROOT / "benchmarks" / "type_sweep.py")
     first, second = tmp_path / "a.json", tmp_path / "b.json"
     res = subprocess.run([sys.executable, script, "--types", "llama,falcon", "--json",
                           str(first)], capture_output=True, text=True, timeout=300, cwd=ROOT)
@@ -96,3 +96,13 @@ def test_lm_sweep_runs_on_two_types_compares_and_refuses_an_unknown_one(tmp_path
     res = subprocess.run([sys.executable, script, "--types", "nope"], capture_output=True,
                          text=True, timeout=300, cwd=ROOT)
     assert res.returncode == 2 and "unknown model type(s) nope" in res.stderr
+    # another task: its own auto class, config keys (Swin's lists per stage) and inputs
+    res = subprocess.run([sys.executable, script, "--task", "image-classification", "--types",
+                          "swin,t5"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert res.returncode == 2 and "unknown model type(s) t5" in res.stderr
+    res = subprocess.run([sys.executable, script, "--task", "image-classification", "--types",
+                          "swin", "--json", str(first)], capture_output=True, text=True,
+                         timeout=300, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-2000:]
+    swin = json.loads(first.read_text())["swin"]
+    assert swin["prunable"] > 0 and swin["masked"] in ("ok", "exact ok"), swin

@@ -1,0 +1,252 @@
+"""Every model type of the installed ``transformers`` for a task (causal LM by default), each
+from one small config (not a test): a regression check for changes to grouping and
+validation.
+
+Run from the repository root (needs ``transformers``; nothing is downloaded)::
+
+    python benchmarks/type_sweep.py --json after.json                 # every causal LM (~7 min)
+    python benchmarks/type_sweep.py --types llama,falcon,inkling_text   # some of them
+    python benchmarks/type_sweep.py --task image-classification       # another auto class
+    python benchmarks/type_sweep.py --json after.json --compare before.json
+
+Each type in the task's mapping (``MODEL_FOR_CAUSAL_LM_MAPPING_NAMES``, ...) is built with
+``AutoConfig.for_model(type, **SMALL)`` plus the task's keys, or with its own small config
+where it takes other keys (``OWN``: lists per stage, sub-configs), random weights; run on
+its main input (8 token ids, and 4 decoder ids for an encoder-decoder; a 3x32x32 image;
+0.2 s of 16 kHz audio), its groups validated, pruned at 0.5 with L1 and verified. A row has
+the groups, the prunable ones, the units removed, the parameters after and masked
+equivalence's verdict (``ok``; ``exact ok``: the exact groups alone, when an inexact one was
+pruned; ``skip``; ``FAILED``); or the first line of the error. Some types do not build from
+a generic config (sizes it leaves at their large defaults, checks it fails): those rows are
+errors of the config, the same on every commit. ``--compare`` prints the types whose rows
+differ from an earlier ``--json`` file: run it before and after a change. The process's
+address space is limited (``--limit-gb``, default 8): a type whose defaults are huge fails
+to allocate instead of taking the machine down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import signal
+import sys
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: one config for every architecture (the keys a type does not know are ignored or kept)
+SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, vocab_size=120, max_position_embeddings=64, head_dim=8)
+SEQ2SEQ = dict(d_model=32, d_ff=64, d_kv=8, num_layers=2, num_heads=4, encoder_layers=2,
+               decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
+               encoder_ffn_dim=64, decoder_ffn_dim=64)
+#: the task's mapping of model types (in transformers' modeling_auto), its Auto class, and
+#: what its config adds to SMALL
+TASKS = {
+    "causal-lm": ("MODEL_FOR_CAUSAL_LM_MAPPING_NAMES", "AutoModelForCausalLM", {}),
+    "masked-lm": ("MODEL_FOR_MASKED_LM_MAPPING_NAMES", "AutoModelForMaskedLM", {}),
+    "seq2seq-lm": ("MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES", "AutoModelForSeq2SeqLM",
+                   SEQ2SEQ),
+    "image-classification": ("MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES",
+                             "AutoModelForImageClassification",
+                             dict(image_size=32, patch_size=8, num_channels=3, num_labels=10)),
+    "audio-classification": ("MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES",
+                             "AutoModelForAudioClassification", dict(num_labels=10)),
+}
+
+#: types whose config takes other keys (lists per stage, a sub-config): their own small
+#: config, in place of SMALL and the task's keys
+OWN = {
+    "bit": dict(embedding_size=16, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1],
+                num_groups=8),
+    "regnet": dict(embedding_size=16, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1],
+                   groups_width=8),
+    "convnext": dict(hidden_sizes=[16, 32], depths=[1, 1], num_stages=2),
+    "convnextv2": dict(hidden_sizes=[16, 32], depths=[1, 1], num_stages=2),
+    "swin": dict(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 4],
+                 window_size=4),
+    "swinv2": dict(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1],
+                   num_heads=[2, 4], window_size=4),
+    "donut-swin": dict(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1],
+                       num_heads=[2, 4], window_size=4),
+    "hiera": dict(image_size=[64, 64], embed_dim=16, depths=[1, 1, 1, 1],
+                  num_heads=[1, 2, 4, 8], num_query_pool=2),
+    "levit": dict(image_size=32, hidden_sizes=[32, 48, 64], num_attention_heads=[2, 3, 4],
+                  depths=[1, 1, 1], key_dim=[8, 8, 8]),
+    "pvt": dict(image_size=32, num_encoder_blocks=2, depths=[1, 1],
+                sequence_reduction_ratios=[2, 1], hidden_sizes=[16, 32],
+                num_attention_heads=[1, 2], patch_sizes=[4, 2],
+                strides=[4, 2], mlp_ratios=[2, 2]),
+    "pvt_v2": dict(image_size=32, num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1],
+                   hidden_sizes=[16, 32], num_attention_heads=[1, 2], patch_sizes=[7, 3],
+                   strides=[4, 2], mlp_ratios=[2, 2]),
+    "segformer": dict(num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1],
+                      hidden_sizes=[16, 32], num_attention_heads=[1, 2], patch_sizes=[7, 3],
+                      strides=[4, 2], mlp_ratios=[2, 2]),
+    "mobilevitv2": dict(image_size=64),
+    "esm": dict(SMALL, pad_token_id=1),
+    "eurobert": dict(SMALL, pad_token_id=0),
+    "modernbert": dict(SMALL, pad_token_id=0),
+    "mobilebert": dict(SMALL, embedding_size=32, intra_bottleneck_size=32),
+    "squeezebert": dict(SMALL, embedding_size=32),
+    "funnel": {**{k: v for k, v in SMALL.items() if k != "num_hidden_layers"},
+               "block_sizes": [1, 1], "num_decoder_layers": 1},
+    "marian": dict(SMALL, **SEQ2SEQ, pad_token_id=0, decoder_start_token_id=0),
+    **{t: dict(vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                  num_attention_heads=4, image_size=32, patch_size=8),
+               text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                num_attention_heads=4, vocab_size=120))
+       for t in ("clip", "metaclip_2", "siglip")},
+}
+
+
+def example_inputs(model, torch) -> dict:
+    """Inputs for the model's main input name: 8 token ids (and 4 decoder ids for an
+    encoder-decoder), a 3x32x32 image (the config's size when it has a small one), or
+    0.2 s of 16 kHz audio (features where the model reads them)."""
+    cfg, name = model.config, model.main_input_name
+    if name == "input_ids" or name == "inputs" and "MaskedLM" in type(model).__name__:
+        x = {name: torch.randint(3, 100, (1, 8))}  # ("inputs": Perceiver's)
+        if cfg.is_encoder_decoder:
+            x["decoder_input_ids"] = torch.randint(3, 100, (1, 4))
+        return x
+    if name in ("pixel_values", "inputs"):  # ("inputs": Perceiver's)
+        size = getattr(cfg, "image_size", 32)
+        size = size[0] if isinstance(size, (list, tuple)) else size
+        size = size if isinstance(size, int) and size <= 64 else 32
+        return {name: torch.randn(1, getattr(cfg, "num_channels", 3), size, size)}
+    if name == "input_values" and hasattr(cfg, "num_mel_bins"):  # spectrogram transformer
+        return {name: torch.randn(1, cfg.max_length, cfg.num_mel_bins)}
+    if name == "input_values":
+        return {name: torch.randn(1, 3200)}
+    if name == "input_features":
+        return {name: torch.randn(1, getattr(cfg, "num_mel_bins", 80), 3000)}
+    raise ValueError(f"no example inputs for main input {name!r}")
+
+
+class _TimeoutError(Exception):
+    pass
+
+
+def _verdict(verification: dict) -> str:
+    from viewer.core.prune import masked_note
+
+    if masked_note(verification):  # (what makes prune and check exit 1)
+        return "FAILED"
+    me = verification.get("masked_equivalence") or {}
+    return "ok" if me.get("ok") else \
+        "exact ok" if (me.get("exact_groups") or {}).get("ok") else "skip"
+
+
+def run_one(model_type: str, tf, torch, seconds: int, task: str = "causal-lm") -> dict:
+    from transformers.models.auto import modeling_auto
+
+    from viewer.core.prune import Pruner
+
+    row: dict = {}
+
+    def alarm(*_args):
+        raise _TimeoutError
+
+    signal.signal(signal.SIGALRM, alarm)
+    signal.alarm(seconds)
+    try:
+        mapping, auto, extra = TASKS[task]
+        small = OWN[model_type] if model_type in OWN else {**SMALL, **extra}
+        try:
+            cfg = tf.AutoConfig.for_model(model_type, **small)
+        except Exception:  # noqa: BLE001 (head_dim a property: Falcon, ...)
+            cfg = tf.AutoConfig.for_model(model_type, **{k: v for k, v in small.items()
+                                                         if k != "head_dim"})
+        if getattr(cfg, "num_labels", 10) != 10:
+            cfg.num_labels = 10
+        classes = getattr(modeling_auto, mapping)[model_type]
+        if isinstance(classes, tuple) and not cfg.architectures:  # (from_config needs one)
+            cfg.architectures = [classes[0]]
+        torch.manual_seed(0)
+        model = getattr(tf, auto).from_config(cfg).eval()
+        p = Pruner(model, example_inputs(model, torch))
+        p.validate_groups()
+        row["groups"] = len(p.groups)
+        row["prunable"] = sum(1 for g in p.groups if not p.reason(g))
+        plan = p.plan(0.5)
+        row["removed"] = sum(len(v) for v in plan.removed.values())
+        pruned = p.apply(plan)
+        row["masked"] = _verdict(p.verify(pruned, plan))
+        row["params"] = sum(t.numel() for t in pruned.parameters())
+    except _TimeoutError:
+        row["error"] = f"timeout after {seconds} s"
+    except Exception as exc:  # noqa: BLE001 (a row says what went wrong; the sweep goes on)
+        from viewer.core.memory import out_of_memory
+
+        first = (str(exc).strip().splitlines() or [""])[0]
+        # (the size that failed varies from run to run: not a change to compare)
+        short = any(out_of_memory(e) for e in (exc, exc.__cause__) if e is not None)
+        row["error"] = "out of memory under the address limit" if short else \
+            f"{type(exc).__name__}: {first[:160]}"
+    finally:
+        signal.alarm(0)
+    return row
+
+
+def _line(name: str, row: dict) -> str:
+    if "error" in row:
+        return f"{name:<28} error: {row['error']}"
+    return (f"{name:<28} groups {row['prunable']:>3}/{row['groups']:<3} removed "
+            f"{row['removed']:>6}  params after {row['params']:>10,}  masked {row['masked']}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--task", choices=sorted(TASKS), default="causal-lm",
+                    help="which auto class's model types (default: causal-lm)")
+    ap.add_argument("--types", help="comma-separated model types (default: every one)")
+    ap.add_argument("--json", help="write the rows to this file")
+    ap.add_argument("--compare", help="an earlier --json file: print the rows that differ")
+    ap.add_argument("--limit-gb", type=int, default=8, help="address-space limit (0: none)")
+    ap.add_argument("--seconds", type=int, default=120, help="time limit per type")
+    args = ap.parse_args(argv)
+    if args.limit_gb:
+        resource.setrlimit(resource.RLIMIT_AS, (args.limit_gb << 30, args.limit_gb << 30))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    sys.path.insert(0, str(ROOT))
+    warnings.filterwarnings("ignore")
+    logging.disable(logging.WARNING)
+    import torch
+    import transformers as tf
+    from transformers.models.auto import modeling_auto
+
+    known = sorted(getattr(modeling_auto, TASKS[args.task][0]))
+    types = known if not args.types else args.types.split(",")
+    unknown = [t for t in types if t not in known]
+    if unknown:
+        print(f"error: unknown model type(s) {', '.join(unknown)}", file=sys.stderr)
+        return 2
+    before = json.loads(Path(args.compare).read_text()) if args.compare else None
+    print(f"transformers {tf.__version__}, torch {torch.__version__}, {len(types)} types",
+          flush=True)
+    rows = {}
+    for name in types:
+        rows[name] = run_one(name, tf, torch, args.seconds, args.task)
+        print(_line(name, rows[name]), flush=True)
+    pruned = [r for r in rows.values() if "error" not in r]
+    verdicts = {v: sum(r["masked"] == v for r in pruned) for v in ("ok", "exact ok", "skip",
+                                                                 "FAILED")}
+    print(f"{len(pruned)}/{len(rows)} built and pruned; masked equivalence: "
+          + ", ".join(f"{n} {v}" for v, n in verdicts.items()))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    if before is not None:
+        changed = [n for n in rows if n in before and before[n] != rows[n]]
+        for n in changed:
+            print(f"changed {n}:\n  before {_line(n, before[n])}\n  after  {_line(n, rows[n])}")
+        print(f"{len(changed)} of {sum(n in before for n in rows)} compared rows changed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
