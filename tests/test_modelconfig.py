@@ -277,7 +277,8 @@ def test_fit_config_sets_items_of_a_list_of_widths_and_plan_json_gives_them_back
 
 def test_hf_vision_classifiers_get_their_widths_per_stage_fitted():
     # ResNet (embedding_size and hidden_sizes, bottlenecks of a quarter of each), Swin
-    # (embed_dim doubled per stage, num_heads per stage): whole configs from_pretrained builds
+    # (embed_dim doubled per stage, num_heads per stage), PVT v2 (its classifier reads
+    # config.hidden_sizes[-1]): whole configs from_pretrained builds
     os.environ["HF_HUB_OFFLINE"] = "1"
     tr = pytest.importorskip("transformers")
     torch.manual_seed(0)
@@ -288,6 +289,14 @@ def test_hf_vision_classifiers_get_their_widths_per_stage_fitted():
         "swin": (tr.SwinForImageClassification(tr.SwinConfig(
             image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 4],
             window_size=4, num_labels=5)), {"embed_dim": 8, "num_heads": [1, 2]}),
+        # PVT v2 b0's stages: mlp_ratios stay (8, 8, 4, 4) as both widths halve; the search
+        # first took mlp_ratios.1 = 4 (it halved the MLP before hidden_sizes.1 did) and
+        # kept it, and no config was written
+        "pvt_v2": (tr.PvtV2ForImageClassification(tr.PvtV2Config(
+            image_size=32, num_encoder_blocks=4, depths=[1, 1, 1, 1], sr_ratios=[8, 4, 2, 1],
+            hidden_sizes=[32, 64, 160, 256], num_attention_heads=[1, 2, 5, 8],
+            patch_sizes=[7, 3, 3, 3], strides=[4, 2, 2, 2], mlp_ratios=[8, 8, 4, 4],
+            num_labels=5)), {"hidden_sizes": [16, 32, 80, 128]}),
     }
     x = {"pixel_values": torch.randn(1, 3, 32, 32)}
     for name, (model, want) in models.items():

@@ -311,6 +311,14 @@ def fit_config(original: nn.Module, pruned: nn.Module,
                 trial = score({**chosen, key: value})
                 if trial < best:
                     chosen[key], best, more = value, trial, True
+            # a change taken early that a later one made wrong goes again: PVT v2's
+            # mlp_ratios.1 = 4 halved its MLP before hidden_sizes.1 = 32 did, and with both
+            # the MLP was a quarter (its ratio stays 8 when both widths halve)
+            for key in list(chosen) if best[0] else ():
+                trial = score({k: v for k, v in chosen.items() if k != key})
+                if trial < best:
+                    del chosen[key]
+                    best, more = trial, True
         return chosen, best
 
     chosen, best = greedy()
