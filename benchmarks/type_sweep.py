@@ -123,6 +123,8 @@ def example_inputs(model, torch) -> dict:
         return {name: torch.randn(1, cfg.max_length, cfg.num_mel_bins)}
     if name == "input_values":
         return {name: torch.randn(1, 3200)}
+    if name == "input_features" and hasattr(cfg, "feature_projection_input_dim"):
+        return {name: torch.randn(1, 50, cfg.feature_projection_input_dim)}  # (w2v-BERT's)
     if name == "input_features":
         return {name: torch.randn(1, getattr(cfg, "num_mel_bins", 80), 3000)}
     raise ValueError(f"no example inputs for main input {name!r}")
