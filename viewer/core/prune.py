@@ -1761,10 +1761,9 @@ class Pruner:
                 # split(x, self.expand_chs // 2) (CSPDarknet), split(x, self.in_channels
                 # // self.num_paths) (SKNet)
                 out.append(SizeAttr(path, k, node.id, key, size))
-            elif type(v) in (list, tuple) and len(v) <= MAX_LISTED:
-                # normalized_shape = (hidden_size,), unflattened_size = (C, H, W)
+            else:  # normalized_shape = (hidden_size,), unflattened_size = (C, H, W)
                 out += [SizeAttr(path, k, node.id, key, size, parts, boxed=True, index=i)
-                        for i, x in enumerate(v) if type(x) is int and x == size // parts]
+                        for i in _equal_items(v, size // parts)]
         return out
 
     def _config_items(self, mod: nn.Module, node: Node, key: tuple[int, int, int], size: int,
@@ -1774,16 +1773,22 @@ class Pruner:
         ``reshape(batch_size, -1, self.config.hidden_sizes[-1])``, the last stage's width,
         read by the model for its classifier. (The config's ints are not: a size that
         equals one is a module's own far more often, and each candidate costs probes.)"""
-        cfg = held_config(mod)
+        cfg, owner = self._held_config(mod)
         if cfg is None:
             return []
+        return [SizeAttr(owner, f"config.{k}", node.id, key, size, parts, boxed=True, index=i)
+                for k, v in vars(cfg).items() if not k.startswith("_")
+                for i in _equal_items(v, size // parts)]
+
+    def _held_config(self, mod: nn.Module) -> tuple[object | None, str]:
+        """The config object ``mod`` holds (None if none) and the path of its first holder,
+        under which its attributes go by (``config.num_attention_heads`` under ``""``)."""
+        cfg = held_config(mod)
+        if cfg is None:
+            return None, ""
         if self._config_owner is None:
             self._config_owner = config_owners(self.model)
-        owner = self._config_owner[id(cfg)]
-        return [SizeAttr(owner, f"config.{k}", node.id, key, size, parts, boxed=True, index=i)
-                for k, v in vars(cfg).items()
-                if not k.startswith("_") and type(v) in (list, tuple) and len(v) <= MAX_LISTED
-                for i, x in enumerate(v) if type(x) is int and x == size // parts]
+        return cfg, self._config_owner[id(cfg)]
 
     def _callees(self, node: Node, hops: int = 4) -> list[str]:
         """Submodules of the module that ran ``node`` whose own ops made its input, a few of
@@ -1917,12 +1922,9 @@ class Pruner:
         for k, v in vars(mod).items():
             if not k.startswith("_") and type(v) is int:
                 out.append((path, k, v))
-        cfg = held_config(mod)
+        cfg, owner = self._held_config(mod)
         if cfg is None:
             return out
-        if self._config_owner is None:
-            self._config_owner = config_owners(self.model)
-        owner = self._config_owner[id(cfg)]
         out += [(owner, f"config.{k}", v) for k, v in vars(cfg).items()
                 if not k.startswith("_") and type(v) is int]
         return out
@@ -3123,6 +3125,14 @@ def materialize(model: nn.Module, graph: Graph, changes: dict[str, dict[int, np.
         for k, v in values.items():
             set_attr(mods[path], k, v)
     return pruned
+
+
+def _equal_items(v, value: int) -> list[int]:
+    """The indices of the int items equal to ``value`` when ``v`` is a list or tuple no
+    longer than plan.json records (an attribute's stored sizes), else none."""
+    if type(v) not in (list, tuple) or len(v) > MAX_LISTED:
+        return []
+    return [i for i, x in enumerate(v) if type(x) is int and x == value]
 
 
 def get_attr(mod: nn.Module, attr: str):
