@@ -12,16 +12,16 @@ Run from the repository root (needs ``transformers``; nothing is downloaded)::
 Each type in the task's mapping (``MODEL_FOR_CAUSAL_LM_MAPPING_NAMES``, ...) is built with
 ``AutoConfig.for_model(type, **SMALL)`` plus the task's keys, or with its own small config
 where it takes other keys (``OWN``: lists per stage, sub-configs), random weights; run on
-its main input (8 token ids, and 4 decoder ids for an encoder-decoder; a 3x32x32 image;
-0.2 s of 16 kHz audio), its groups validated, pruned at 0.5 with L1 and verified. A row has
-the groups, the prunable ones, the units removed, the parameters after and masked
-equivalence's verdict (``ok``; ``exact ok``: the exact groups alone, when an inexact one was
-pruned; ``skip``; ``FAILED``); or the first line of the error. Some types do not build from
-a generic config (sizes it leaves at their large defaults, checks it fails): those rows are
-errors of the config, the same on every commit. ``--compare`` prints the types whose rows
-differ from an earlier ``--json`` file: run it before and after a change. The process's
-address space is limited (``--limit-gb``, default 8): a type whose defaults are huge fails
-to allocate instead of taking the machine down.
+its main input (8 token ids, and 4 decoder ids for an encoder-decoder; a 3x32x32 image; the
+audio DepView guesses for a model directory), its groups validated, pruned at 0.5 with L1
+and verified. A row has the groups, the prunable ones, the units removed, the parameters
+after and masked equivalence's verdict (``ok``; ``exact ok``: the exact groups alone, when
+an inexact one was pruned; ``skip``; ``FAILED``); or the first line of the error. Some types
+do not build from a generic config (sizes it leaves at their large defaults, checks it
+fails): those rows are errors of the config, the same on every commit. ``--compare`` prints
+the types whose rows differ from an earlier ``--json`` file: run it before and after a
+change. The process's address space is limited (``--limit-gb``, default 8): a type whose
+defaults are huge fails to allocate instead of taking the machine down.
 """
 
 from __future__ import annotations
@@ -106,8 +106,9 @@ OWN = {
 
 def example_inputs(model, torch) -> dict:
     """Inputs for the model's main input name: 8 token ids (and 4 decoder ids for an
-    encoder-decoder), a 3x32x32 image (the config's size when it has a small one), or
-    0.2 s of 16 kHz audio (features where the model reads them)."""
+    encoder-decoder), a 3x32x32 image (the config's size when it has a small one), or the
+    audio DepView guesses for a model directory (one second at 16 kHz, or a spectrogram
+    where the model reads one)."""
     cfg, name = model.config, model.main_input_name
     if name == "input_ids" or name == "inputs" and "MaskedLM" in type(model).__name__:
         x = {name: torch.randint(3, 100, (1, 8))}  # ("inputs": Perceiver's)
@@ -119,14 +120,12 @@ def example_inputs(model, torch) -> dict:
         size = size[0] if isinstance(size, (list, tuple)) else size
         size = size if isinstance(size, int) and size <= 64 else 32
         return {name: torch.randn(1, getattr(cfg, "num_channels", 3), size, size)}
-    if name == "input_values" and hasattr(cfg, "num_mel_bins"):  # spectrogram transformer
-        return {name: torch.randn(1, cfg.max_length, cfg.num_mel_bins)}
-    if name == "input_values":
-        return {name: torch.randn(1, 3200)}
-    if name == "input_features" and hasattr(cfg, "feature_projection_input_dim"):
-        return {name: torch.randn(1, 50, cfg.feature_projection_input_dim)}  # (w2v-BERT's)
-    if name == "input_features":
-        return {name: torch.randn(1, getattr(cfg, "num_mel_bins", 80), 3000)}
+    from viewer.core.spec import _hf_input_candidates
+
+    # audio: what DepView guesses for a model directory given no inputs
+    first = next(iter(_hf_input_candidates(model)), None)
+    if name in ("input_values", "input_features") and first:
+        return {n: torch.randn(shape) for n, shape, _dtype in first}
     raise ValueError(f"no example inputs for main input {name!r}")
 
 

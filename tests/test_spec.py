@@ -389,6 +389,17 @@ def test_a_directory_models_inputs_are_guessed_from_its_main_input_and_tried(tmp
     )).save_pretrained(tmp_path / "w2v")
     assert load_model(str(tmp_path / "w2v")).source["inputs"] == ["1x16000:float32"]
     assert load_model(str(tmp_path / "w2v"), inputs=["1x400"]).inputs[0].shape == (1, 400)
+    # spectrograms: the Audio Spectrogram Transformer's (frames, mel bins), wav2vec2-BERT's
+    # stacked frames (they said "did not run on ... input_values=1x16000" and "needs
+    # example inputs")
+    tf.ASTForAudioClassification(tf.ASTConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        max_length=32, num_mel_bins=16, num_labels=3)).save_pretrained(tmp_path / "ast")
+    assert load_model(str(tmp_path / "ast")).source["inputs"] == ["1x32x16:float32"]
+    tf.Wav2Vec2BertModel(tf.Wav2Vec2BertConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        output_hidden_size=16)).save_pretrained(tmp_path / "w2v-bert")
+    assert load_model(str(tmp_path / "w2v-bert")).source["inputs"] == ["1x50x160:float32"]
     # CLIP reads text and images: the tokens alone fail, the tokens and an image run
     tf.CLIPModel(tf.CLIPConfig(
         text_config={"vocab_size": 50, "hidden_size": 16, "num_hidden_layers": 1,

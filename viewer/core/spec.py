@@ -640,7 +640,8 @@ def _image_input(cfg, any_size: bool = False) -> tuple[str, tuple[int, ...], str
 def _hf_input_candidates(model: nn.Module) -> list[list[tuple[str, tuple[int, ...], str]]]:
     """The example inputs to try, in order, for a Hugging Face model given none, each a list
     of (name, shape, dtype): its main input (16 token ids; one image of the config's size;
-    a Whisper-style spectrogram of the length its encoder takes; one second of 16 kHz audio),
+    a Whisper-style spectrogram of the length its encoder takes, an AST one of its
+    ``max_length``, wav2vec2-BERT's 50 stacked frames; one second of 16 kHz audio),
     with 16 ``decoder_input_ids`` for an encoder-decoder; for a model that reads text and
     images (CLIP), the tokens alone, then with an image."""
     cfg = getattr(model, "config", None)
@@ -658,6 +659,14 @@ def _hf_input_candidates(model: nn.Module) -> list[list[tuple[str, tuple[int, ..
             and isinstance(getattr(cfg, "max_source_positions", None), int):
         first = ("input_features", (1, cfg.num_mel_bins, 2 * cfg.max_source_positions),
                  "float32")
+    elif main == "input_features" and \
+            isinstance(getattr(cfg, "feature_projection_input_dim", None), int):
+        # wav2vec2-BERT: stacked filterbank frames, (batch, frames, features)
+        first = ("input_features", (1, 50, cfg.feature_projection_input_dim), "float32")
+    elif main == "input_values" and isinstance(getattr(cfg, "num_mel_bins", None), int) \
+            and isinstance(getattr(cfg, "max_length", None), int):
+        # the Audio Spectrogram Transformer: a spectrogram, (batch, max_length, mel bins)
+        first = ("input_values", (1, cfg.max_length, cfg.num_mel_bins), "float32")
     elif main == "input_values":
         first = ("input_values", (1, 16000), "float32")
     if first is None:
