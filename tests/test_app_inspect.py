@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from viewer.app import styles
 from viewer.app.callbacks import inspect as cb
@@ -425,6 +426,19 @@ def test_long_names_wrap_and_numbers_stay_whole(store):
     table = cb.members_table(cb.group_of(graph, "layer1.0.conv1")).children
     assert "layer1.<wbr/>0.<wbr/>bn1" in table
     assert cb.breakable("a<b>.c") == "a&lt;b&gt;.<wbr/>c"
+
+
+def test_a_weight_normalised_layer_says_how_its_weight_is_made():
+    from torch import nn
+    from torch.nn.utils import parametrizations
+
+    from viewer.core.trace import build_graph
+
+    model = nn.Sequential(parametrizations.weight_norm(nn.Conv1d(2, 4, 3)), nn.Conv1d(4, 2, 1))
+    graph = build_graph(model, torch.randn(1, 2, 8))
+    text = _text(cb.node_details(graph.by_name["0"], {}))
+    assert "weight = g · v / ‖v‖ (weight_norm): g is parametrizations.weight.original0" in text
+    assert "weight_norm" not in _text(cb.node_details(graph.by_name["1"], {}))
 
 
 def test_the_group_panel_explains_the_edge_labels(store):

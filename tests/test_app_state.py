@@ -92,7 +92,7 @@ def test_make_stage_and_round_entry_match_the_export_format():
     plan = pruner.plan(0.5, "l1")
     pruned = pruner.apply(plan)
     entry = round_entry(pruner, plan, pruned)
-    assert set(entry) == {"tensors", "attrs", "plan", "groups"}
+    assert set(entry) == {"tensors", "renormalized", "attrs", "plan", "groups"}
     stage = make_stage(pruned, base.inputs, base.output_layers, plan)
     assert stage.summary["params"] == sum(p.numel() for p in pruned.parameters())
     assert stage.summary["params"] < base.stage.summary["params"]

@@ -613,23 +613,25 @@ def test_max_of_two_tensors_couples_their_channels(op):
 
 
 def test_parametrized_weights_block_with_the_way_out():
+    """A parametrization other than weight_norm (which prunes: test_weightnorm.py) computes
+    a weight DepView cannot cut: the group says so and what to call."""
     from torch.nn.utils import parametrizations, parametrize
 
     from viewer.core.prune import Pruner
 
-    class WN(nn.Module):
+    class SN(nn.Module):
         def __init__(self):
             super().__init__()
-            self.a = parametrizations.weight_norm(nn.Conv1d(4, 16, 3, padding=1))
+            self.a = parametrizations.spectral_norm(nn.Conv1d(4, 16, 3, padding=1))
             self.b = nn.Conv1d(16, 4, 3, padding=1)
 
         def forward(self, x):
             return self.b(torch.relu(self.a(x)))
 
     torch.manual_seed(0)
-    model, x = WN().eval(), torch.randn(1, 4, 10)
+    model, x = SN().eval(), torch.randn(1, 4, 10)
     reason = group_of(build_graph(model, x), "a").reason
-    assert "'a' computes a weight through a parametrization" in reason
+    assert "'a' computes a weight through a parametrization other than weight_norm" in reason
     assert "remove_parametrizations" in reason
     parametrize.remove_parametrizations(model.a, "weight")  # what the reason says to do
     p = Pruner(model, (x,))
@@ -639,14 +641,14 @@ def test_parametrized_weights_block_with_the_way_out():
     assert v["masked_equivalence"]["ok"], v
 
 
-@pytest.mark.filterwarnings("ignore:`torch.nn.utils.weight_norm` is deprecated")
-@pytest.mark.parametrize("how", ["prune mask", "old weight_norm", "old spectral_norm"])
+@pytest.mark.parametrize("how", ["prune mask", "old spectral_norm"])
 def test_weights_computed_by_torchs_older_pre_hooks_block_with_the_way_out(how):
-    """torch.nn.utils.prune, the old weight_norm and spectral_norm keep the real tensors as
-    weight_orig/weight_mask (weight_g/weight_v) and recompute ``weight`` in a pre-hook: the
-    group says what to call (it was 'prunable' until validation failed)."""
+    """torch.nn.utils.prune and the old spectral_norm keep the real tensors as
+    weight_orig/weight_mask (/u/v) and recompute ``weight`` in a pre-hook: the group says
+    what to call (it was 'prunable' until validation failed). (The old weight_norm prunes:
+    test_weightnorm.py.)"""
     import torch.nn.utils.prune as tprune
-    from torch.nn.utils import remove_spectral_norm, remove_weight_norm, spectral_norm, weight_norm
+    from torch.nn.utils import remove_spectral_norm, spectral_norm
 
     from viewer.core.prune import Pruner
 
@@ -655,7 +657,6 @@ def test_weights_computed_by_torchs_older_pre_hooks_block_with_the_way_out(how):
     hook, undo, says = {
         "prune mask": (lambda m: tprune.l1_unstructured(m, "weight", amount=0.3),
                        lambda m: tprune.remove(m, "weight"), "torch.nn.utils.prune.remove"),
-        "old weight_norm": (weight_norm, remove_weight_norm, "remove_weight_norm"),
         "old spectral_norm": (spectral_norm, remove_spectral_norm, "remove_spectral_norm"),
     }[how]
     x = torch.randn(1, 3, 6, 6)

@@ -129,6 +129,35 @@ def test_hf_wavlm_functional_attention_joins_the_group_of_its_residual_stream():
     assert v["forward"] and v["shapes_kept"] and v["masked_equivalence"]["ok"], v
 
 
+def test_hf_wav2vec2_classifier_stream_prunes_through_its_weight_normed_positional_conv():
+    """wav2vec2's positional conv is weight-normed per kernel tap (dim=2): its stream was
+    blocked ("computes a weight through a parametrization"); now the conv's weight stays
+    the original's at the kept channels, g rescaled."""
+    torch.manual_seed(0)
+    cfg = transformers.Wav2Vec2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                      intermediate_size=64, conv_dim=(16, 16),
+                                      conv_stride=(5, 2), conv_kernel=(10, 3),
+                                      num_conv_pos_embeddings=16,
+                                      num_conv_pos_embedding_groups=4)
+    model = transformers.Wav2Vec2ForSequenceClassification(cfg).eval()
+    p = Pruner(model, {"input_values": torch.randn(1, 400)})
+    stream = _group(p, "wav2vec2.feature_projection.projection")
+    conv = "wav2vec2.encoder.pos_conv_embed.conv"
+    assert not p.reason(stream) and conv in {m.node_name for m in stream.members}
+    plan = Plan({stream.id: list(range(0, stream.n_units, 2))})
+    pruned = p.apply(plan)
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["shapes_kept"], v
+    g = f"{conv}.parametrizations.weight.original0"
+    assert p.renormalized(plan) == {g: g.replace("original0", "original1")}
+    kept = p.kept(plan)[g.replace("original0", "original1")]
+    want = model.get_submodule(conv).weight.detach()
+    for d, idx in sorted(kept.items()):
+        want = want.index_select(int(d), torch.tensor(idx))
+    torch.testing.assert_close(pruned.get_submodule(conv).weight.detach(), want,
+                               rtol=1e-5, atol=1e-7)
+
+
 def test_hf_focalnet_stream_prunes_with_its_modulations_q_and_context():
     # before, the first stage's stream failed alone (the modulation's split sizes read its
     # width) and so did the modulation's projection (q, context and gates): both blocked
@@ -877,6 +906,11 @@ def gpt2():
         vocab_size=100, n_embd=32, n_layer=2, n_head=4, n_positions=32, bos_token_id=0,
         eos_token_id=0))
 
+def encodec():
+    return tr.EncodecModel(tr.EncodecConfig(
+        hidden_size=32, num_filters=4, num_residual_layers=1, upsampling_ratios=[4, 2],
+        codebook_size=64, codebook_dim=32, num_lstm_layers=1))
+
 def llama(layers=2):
     return tr.LlamaForCausalLM(tr.LlamaConfig(
         vocab_size=100, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
@@ -1076,6 +1110,35 @@ def test_hf_validation_on_meta_finds_what_real_probes_find(factory, monkeypatch)
     # not a vacuous match: stored sizes were found (the attribute repairs ran on meta), or
     # groups were blocked (LeViT's hard-coded splits)
     assert any(found[0][2]) or found[0][0]
+
+
+def test_hf_encodec_weight_normed_convs_prune_exactly_and_reload(tmp_path):
+    """Every conv of EnCodec is weight-normed (its transposed convs too): nothing pruned
+    ("remove it first"). Now the whole codec is masked-equivalent, the config fits, and
+    ``check`` compares the rescaled magnitudes with the original's weights."""
+    import json
+
+    from viewer.core.export import check_dir
+    from viewer.core.spec import load_model
+
+    (tmp_path / "hf_models.py").write_text(HF_SPEC_FILE)
+    lm = load_model(f"{tmp_path / 'hf_models.py'}:encodec", inputs=["1x1x400"])
+    p = Pruner(lm.model, lm.inputs)
+    plan = p.plan(0.5)
+    assert len(plan.removed) >= 10
+    pruned = p.apply(plan)
+    v = p.verify(pruned, plan)
+    assert v["masked_equivalence"]["ok"] and "skipped" not in v["masked_equivalence"], v
+    out = export_dir(p, plan, pruned, tmp_path / "out", lm.source, pt2=False)
+    assert len(json.loads((out / "plan.json").read_text())["renormalized"]) >= 10
+    res = check_dir(out)
+    assert res["ok"] and res["tensors_match_original"], res
+    x = lm.inputs[0]
+    with torch.no_grad():
+        want = pruned(x).audio_values
+        torch.testing.assert_close(load_pruned(out)(x).audio_values, want, rtol=0, atol=0)
+        hf = transformers.EncodecModel.from_pretrained(out).eval()
+        torch.testing.assert_close(hf(x).audio_values, want)
 
 
 def test_hf_config_is_fitted_again_in_a_second_round_and_from_pretrained_builds_both(tmp_path):

@@ -64,6 +64,7 @@ from .spec import (
 )
 from .text import error_line
 from .trace import flatten
+from .weightnorm import refresh_hooked_weights, weight_of
 
 FORMAT = "depview-pruned/1"
 FILES = ("model.safetensors", "plan.json", "report.json")
@@ -202,6 +203,7 @@ def export_dir(pruner: Pruner, plan: Plan, pruned: nn.Module, out_dir: str | Pat
     plan_json = {"format": FORMAT, "source": source, "versions": _versions(), "rounds": rounds}
     # single-round exports also expose the documented top-level keys
     plan_json["tensors"] = rounds[-1]["tensors"] if len(rounds) == 1 else _compose(rounds)
+    plan_json["renormalized"] = {g: v for r in rounds for g, v in r.get("renormalized", {}).items()}
     plan_json["attrs"] = _merge_attrs(rounds)
     # written next to the directory's files first, then moved over them together: an export
     # that fails half-way leaves an earlier export whole, never a mix of two
@@ -418,6 +420,7 @@ def round_entry(pruner: Pruner, plan: Plan, pruned: nn.Module) -> dict:
     the round's input model), changed attributes, the plan and the groups it pruned."""
     return {
         "tensors": pruner.kept(plan),
+        "renormalized": pruner.renormalized(plan),
         "attrs": attr_changes(pruner.model, pruned),
         "plan": plan.to_dict(),
         "groups": {str(gid): {"root": pruner.groups[gid].root, "removed_units": units}
@@ -703,6 +706,7 @@ def reshape_like_plan(model: nn.Module, plan: dict) -> nn.Module:
         for mod, attr, t in table.values():
             if id(t) in done and getattr(mod, attr) is not done[id(t)]:
                 setattr(mod, attr, done[id(t)])
+    refresh_hooked_weights(model)  # (the attributes are checked against the weights)
     mods = dict(model.named_modules())
     for name, attrs in plan.get("attrs", {}).items():
         mod = mods.get(name)
@@ -728,7 +732,10 @@ def _check_attrs(name: str, mod: nn.Module, attrs: dict) -> None:
     typ = classify(mod)
     if typ not in SELF_DESCRIBING:
         return
-    probe = copy.copy(mod)  # (its own __dict__: the refresh sets attributes on the copy)
+    # (its own __dict__: the refresh sets attributes on the copy; not copy.copy, which a
+    # layer with a parametrization refuses)
+    probe = object.__new__(type(mod))
+    probe.__dict__.update(mod.__dict__)
     REFRESH[typ](probe, {})
     for k in attrs:
         want, have = getattr(probe, k, None), getattr(mod, k, None)
@@ -802,6 +809,10 @@ def rebuild(path: str | Path, search: bool = True, originals: dict | None = None
         table = _tensor_lookup(lm.model)
         originals.update({k: table[k][2].detach() for k in plan.get("tensors", {})
                           if k in table})
+        # (a g rescaled but not cut keeps its tensor, which the weights are loaded into:
+        # a copy, of a vector)
+        originals.update({k: table[k][2].detach().clone() for k in _renormalized(plan)
+                          if k in table and k not in originals})
     # the example inputs were drawn before reshaping, so they match the original model's
     model = reshape_like_plan(lm.model, plan)
     sd = read_state_dict(path / "model.safetensors")
@@ -1009,8 +1020,10 @@ def check_dir(path: str | Path, spec: str | None = None) -> dict:
     else:
         # (by name, not by state_dict: a non-persistent buffer read once is cut too)
         now = _tensor_lookup(model)
-        bad = [k for k, dims in plan.get("tensors", {}).items()
-               if k in originals and not torch.equal(_kept_of(originals[k], dims), now[k][2])]
+        renorm = _renormalized(plan)
+        bad = [k for k, dims in plan.get("tensors", {}).items() if k in originals and
+               k not in renorm and not torch.equal(_kept_of(originals[k], dims), now[k][2])]
+        bad += [g for g, v in renorm.items() if not _same_weight(g, v, originals, now, plan)]
         res["tensors_match_original"] = not bad
         if bad:
             since = (" (or the original's weights file changed since the export)"
@@ -1022,6 +1035,27 @@ def check_dir(path: str | Path, spec: str | None = None) -> dict:
     part = masked.get("exact_groups") or {}  # the exact groups pruned alone (see verify)
     res["ok"] = not problems and masked.get("ok", True) and part.get("ok", True)
     return res
+
+
+def _renormalized(plan: dict) -> dict[str, str]:
+    """plan.json's rescaled weight-norm magnitudes, ``g`` key -> ``v`` key (a damaged entry
+    is not one)."""
+    got = plan.get("renormalized")
+    return {g: v for g, v in got.items() if isinstance(g, str) and isinstance(v, str)} \
+        if isinstance(got, dict) else {}
+
+
+def _same_weight(g: str, v: str, originals: dict, now: dict, plan: dict) -> bool:
+    """Is the weight ``g * v / ||v||`` of a rescaled layer the original's at plan.json's
+    kept indices of ``v``, to ``g``'s precision (``g`` was rescaled, then rounded)?"""
+    if g not in originals or v not in originals or g not in now or v not in now:
+        return False
+    want = _kept_of(weight_of(originals[g], originals[v]), plan.get("tensors", {}).get(v, {}))
+    have = weight_of(now[g][2], now[v][2])
+    if want.shape != have.shape:
+        return False
+    eps = torch.finfo(now[g][2].dtype).eps if now[g][2].is_floating_point() else 0.0
+    return torch.allclose(have, want, rtol=8 * eps, atol=8 * eps * float(want.abs().max()))
 
 
 def _kept_of(t: torch.Tensor, dims: dict) -> torch.Tensor:

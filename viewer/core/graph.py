@@ -58,6 +58,9 @@ class Node:
     custom: object | None = field(default=None, repr=False)  #: CustomLayer registration
     #: a subclass of a torch layer that defines its own forward (BiT's StdConv2d): its class
     own_forward: str | None = None
+    #: ``(g, v)``, the local names of the magnitude and direction of a weight that weight
+    #: normalisation computes (``weight = g * v / ||v||``), or None
+    weight_norm: tuple[str, str] | None = None
 
     @property
     def is_module(self) -> bool:
@@ -80,6 +83,7 @@ class Node:
             "call": self.call,
             "attrs": self.attrs,
             "own_forward": self.own_forward,
+            "weight_norm": list(self.weight_norm) if self.weight_norm else None,
         }
 
 
@@ -94,6 +98,13 @@ class Graph:
     @cached_property
     def by_name(self) -> dict[str, Node]:
         return {n.name: n for n in self.nodes}
+
+    @cached_property
+    def weight_norms(self) -> dict[str, str]:
+        """state_dict key of each weight-normalised layer's direction ``v`` -> its magnitude
+        ``g``'s (see :mod:`viewer.core.weightnorm`)."""
+        return {n.params[n.weight_norm[1]]: n.params[n.weight_norm[0]]
+                for n in self.nodes if n.weight_norm}
 
     @cached_property
     def in_edges(self) -> dict[int, list[Edge]]:

@@ -2364,13 +2364,13 @@ def _search(graph: Graph, root: Node, side: str, dim: int, pos: IntArray,
     unseen = _unseen_detour(graph, s.cls)
     if unseen:
         grp.reasons.append(unseen)
-    bent = [graph.nodes[m.node].name for m in members
-            if any(k.startswith("parametrizations.") for k in graph.nodes[m.node].params)]
-    if bent:  # weight_norm / spectral_norm: the weight is computed, not stored
+    bent = [graph.nodes[m.node].name for m in members if _parametrized(graph.nodes[m.node])]
+    if bent:  # spectral_norm, a user's: the weight is computed, not stored
         names = ", ".join(f"'{n}'" for n in dict.fromkeys(bent))
         grp.reasons.append(f"{names} compute{'s' if len(set(bent)) == 1 else ''} a weight "
-                           "through a parametrization (weight_norm, spectral_norm, ...): remove "
-                           "it first with torch.nn.utils.parametrize.remove_parametrizations")
+                           "through a parametrization other than weight_norm (spectral_norm, "
+                           "...): remove it first with "
+                           "torch.nn.utils.parametrize.remove_parametrizations")
     for nid in dict.fromkeys(m.node for m in members):
         why = _hooked_weight(graph.nodes[nid])
         if why:
@@ -2548,6 +2548,12 @@ def _lumped(grp: Group, key: TensorKey) -> bool:
     return int(np.bincount(got[1]).max()) * 2 > len(got[1])
 
 
+def _parametrized(node: Node) -> bool:
+    """Does a parametrization other than weight normalisation (which the cuts follow, see
+    weightnorm.py) compute one of ``node``'s tensors?"""
+    return not node.weight_norm and any(k.startswith("parametrizations.") for k in node.params)
+
+
 def _hooked_weight(node: Node) -> str | None:
     """How ``node``'s weight is computed by one of torch's older forward pre-hooks, which
     keep the real tensors under other names: what to call first, or None."""
@@ -2556,8 +2562,6 @@ def _hooked_weight(node: Node) -> str | None:
     if "weight_orig" in node.params:
         return ("a torch.nn.utils.prune mask or spectral_norm: make it permanent first with "
                 "torch.nn.utils.prune.remove(module, 'weight') or remove_spectral_norm")
-    if "weight_g" in node.params and "weight_v" in node.params:
-        return "the old weight_norm: remove it first with torch.nn.utils.remove_weight_norm"
     return None
 
 

@@ -41,8 +41,33 @@ def _key(node: Node, local: str) -> str:
 
 
 def _cuts(node: Node, spec: list[tuple[str, int]], pos, origin=None) -> list[Cut]:
-    return [Cut(_key(node, k), d, pos, True, origin) for k, d in spec
-            if k in node.params or k in node.buffers]
+    out = []
+    for k, d in spec:
+        if k in node.params or k in node.buffers:
+            out.append(Cut(_key(node, k), d, pos, True, origin))
+        elif k == "weight" and node.weight_norm:
+            out += _weight_norm_cuts(node, d, pos, origin)
+    return out
+
+
+def _weight_norm_cuts(node: Node, dim: int, pos, origin) -> list[Cut]:
+    # weight = g * v / ||v||: v loses the positions, and g with it along g's own dim (the
+    # one where it is not 1); along a normed dim g keeps its size and is rescaled instead
+    # (weightnorm.py), which a Cut does not say
+    g, v = node.weight_norm
+    out = [Cut(node.params[v], dim, pos, True, origin)]
+    g_shape = node.param_shapes[g]
+    if dim < len(g_shape) and g_shape[dim] > 1:
+        out.append(Cut(node.params[g], dim, pos, True, origin))
+    return out
+
+
+def weight_shape(node: Node) -> tuple[int, ...] | None:
+    """The shape of a layer's weight: stored, or computed by weight normalisation (``v``'s)."""
+    w = node.param_shapes.get("weight")
+    if w is None and node.weight_norm:
+        return node.param_shapes[node.weight_norm[1]]
+    return w
 
 
 def _group_local(node: Node, side: str, pos: np.ndarray) -> np.ndarray:
@@ -57,7 +82,7 @@ def _group_local(node: Node, side: str, pos: np.ndarray) -> np.ndarray:
 def conv_width(node: Node, side: str) -> int:
     """A conv's input or output channel count, read from its weight (the activations may
     come without a batch dim). The groups' rules read it here too."""
-    w = node.param_shapes.get("weight")
+    w = weight_shape(node)
     groups = int(node.attrs.get("groups", 1))
     if w is None:  # (a call without a weight of its own)
         return (node.in_shapes[0] if side == "in" else node.out_shapes[0])[1]
@@ -119,7 +144,7 @@ def _ln(node, side, dim, pos):
 def _linear(node, side, dim, pos):
     transposed = "nf" in node.attrs  # Hugging Face Conv1D stores weight as (in, out)
     if side == "out":
-        width = node.param_shapes.get("weight", (0, 0))[1 if transposed else 0]
+        width = (weight_shape(node) or (0, 0))[1 if transposed else 0]
         return _cuts(node, [("weight", 1 if transposed else 0), ("bias", 0),
                             *_per_output(node, width, ("weight", "bias"))], pos)
     return _cuts(node, [("weight", 0 if transposed else 1)], pos)

@@ -68,6 +68,15 @@ from .trace import (
     module_attrs,
     plain_module,
 )
+from .weightnorm import (
+    g_after_cut,
+    normed_dims,
+    refresh_hooked_weights,
+    renormalizes,
+    rescaled,
+    weight_norms,
+    weight_of,
+)
 
 IMPORTANCE = ("l1", "l2", "bn", "random", "taylor")
 
@@ -367,6 +376,8 @@ class Pruner:
         # (tensor, dim) -> its positions already scored: a tensor two members cut (tied
         # weights, a module called twice) counts once, as it is removed once
         counted: dict[tuple[int, int], np.ndarray] = {}
+        norms = self.graph.weight_norms
+        magnitudes = set(norms.values())
         for m in group.members:
             if bn_only and m.op_type not in OpGroup.NORMS:
                 continue
@@ -382,6 +393,10 @@ class Pruner:
                 t = table[cut.key][2].detach()
                 if t.device.type == "meta":
                     continue
+                if criterion != "taylor" and cut.key in norms:  # weight-normalised: the
+                    t = weight_of(table[norms[cut.key]][2], t)  # weight it computes...
+                elif criterion != "taylor" and cut.key in magnitudes:
+                    continue  # ... holds g's magnitudes
                 if criterion == "taylor":
                     g = grads.get(cut.key)
                     if g is None:
@@ -918,6 +933,15 @@ class Pruner:
             for k in aliases.get(key, [key]):
                 out[k] = entry
         return out
+
+    def renormalized(self, plan: Plan) -> dict[str, str]:
+        """The magnitudes ``g`` a plan rescales (weightnorm.py), each -> its direction ``v``:
+        state_dict keys. Not index-selects of the original: plan.json lists them apart."""
+        changes = self.changes(plan)
+        table = self._tensor_table()
+        return {g: v for v, g in self.graph.weight_norms.items()
+                if v in changes and renormalizes(table[g][2].shape, table[v][2].ndim,
+                                                 changes[v])}
 
     # -- preview and verification ---------------------------------------------------------
     def preview(self, plan: Plan) -> dict:
@@ -1957,6 +1981,10 @@ class Pruner:
                     if id(t) in shared:  # (never: a shared parameter is one no cut touches)
                         raise AssertionError(f"masked copy would zero the original {cut.key}")
                     t.index_fill_(cut.dim, torch.as_tensor(cut.positions), 0)
+            original = self._tensor_table()
+            for v_key, g_key in _zeroed_norms(self.graph.weight_norms, cuts).items():
+                g, v = table[g_key][2], table[v_key][2]
+                g.copy_(rescaled(g, original[v_key][2], v, normed_dims(g.shape, v.ndim)))
         return masked
 
     def _made_at(self) -> dict[str, str]:
@@ -1981,14 +2009,25 @@ class Pruner:
         return at
 
     def _masked_cuts(self, plan: Plan) -> list[Cut]:
+        """The cuts of a plan, as the masked model zeroes them: all but a weight-normalised
+        layer's ``v`` along ``g``'s own dim (zeroing ``g`` there zeroes those weights; zeroing
+        ``v`` too would make them 0/0). Its ``g`` is rescaled after ``v``'s other cuts, as
+        :func:`materialize` does (:func:`_zeroed_norms`)."""
         by_id = {g.id: g for g in self.groups}
-        return [cut for gid, units in plan.removed.items() for cut in self.cuts(by_id[gid], units)]
+        cuts = [cut for gid, units in plan.removed.items() for cut in self.cuts(by_id[gid], units)]
+        norms = self.graph.weight_norms
+        if not norms:
+            return cuts
+        table = self._tensor_table()
+        return [c for c in cuts if c.key not in norms or c.dim in normed_dims(
+            table[norms[c.key]][2].shape, table[c.key][2].ndim)]
 
     def _shared_params(self, cuts: list[Cut]) -> dict[int, nn.Parameter]:
         """deepcopy memo mapping each parameter no cut touches (under any of its names: tied
-        weights) to itself."""
+        weights) to itself (a weight-normalised layer's ``g`` is touched when its ``v`` is)."""
         table = self._tensor_table()
-        cut = {id(table[c.key][2]) for c in cuts if c.key in table}
+        keys = {c.key for c in cuts} | set(_zeroed_norms(self.graph.weight_norms, cuts).values())
+        cut = {id(table[k][2]) for k in keys if k in table}
         return {id(t): t for mod, name, t in table.values()
                 if name in mod._parameters and id(t) not in cut}
 
@@ -2458,6 +2497,7 @@ def layer_by_layer(model: nn.Module, cuts: Iterable[Cut] = (),
     """
     table = _tensor_lookup(model)
     zeroed: dict[int, list[Cut]] = defaultdict(list)
+    cuts = list(cuts)
     for cut in cuts:
         mod, name, t = table[cut.key]
         if name in mod._buffers:  # (left as they are, as in :meth:`Pruner.masked_model`)
@@ -2465,6 +2505,12 @@ def layer_by_layer(model: nn.Module, cuts: Iterable[Cut] = (),
         if not t.is_floating_point():
             return None
         zeroed[id(t)].append(cut)
+    # a weight-normalised layer's g is made with its v, then rescaled by v's zeroed norms
+    norms = _zeroed_norms(weight_norms(model), cuts)
+    for g_key in norms.values():
+        zeroed.setdefault(id(table[g_key][2]), [])
+    partner = {(g.rpartition(".")[0], g.rpartition(".")[2]): v.rpartition(".")[2]
+               for v, g in norms.items()}
     memo: dict[int, torch.Tensor] = {}
     unmade: dict[int, tuple[torch.Tensor, torch.dtype]] = {}  # id(original) -> its NaN
     copied = 0  # bytes of the buffers cast
@@ -2490,8 +2536,9 @@ def layer_by_layer(model: nn.Module, cuts: Iterable[Cut] = (),
         if id(t) in unmade and name in mod._parameters:
             holder = key.rpartition(".")[0]
             at = _common_module(holder, (made_at or {}).get(key, holder))
-            makes[at].append((modules[holder], name, t, *unmade[id(t)], zeroed.get(id(t), [])))
-    own = {at: sum(t.numel() * dt.itemsize for _, _, t, _, dt, _ in entries)
+            makes[at].append((modules[holder], name, t, *unmade[id(t)], zeroed.get(id(t), []),
+                              partner.get((holder, name))))
+    own = {at: sum(t.numel() * dt.itemsize for _, _, t, _, dt, _, _ in entries)
            for at, entries in makes.items()}
 
     def peak(name: str, mod: nn.Module) -> int:
@@ -2499,9 +2546,17 @@ def layer_by_layer(model: nn.Module, cuts: Iterable[Cut] = (),
                                        for n, c in mod.named_children()), default=0)
 
     for at, entries in makes.items():
-        modules[at].register_forward_pre_hook(_make_on_call(entries))
+        # (first: a pre-hook of its own, the old weight_norm, reads them)
+        modules[at].register_forward_pre_hook(_make_on_call(entries), prepend=True)
         modules[at].register_forward_hook(_unmake_on_return(entries), always_call=True)
     return LayerByLayer(copy, peak("", copy) + copied)
+
+
+def _zeroed_norms(norms: Mapping[str, str], cuts: Iterable[Cut]) -> dict[str, str]:
+    """The weight-normalised layers (``v`` key -> ``g`` key) whose ``v`` a masked copy
+    zeroes entries of: their ``g`` is rescaled after the zeroing (:meth:`Pruner._masked_cuts`
+    leaves out the cuts along ``g``'s own dim)."""
+    return {c.key: norms[c.key] for c in cuts if c.key in norms} if norms else {}
 
 
 def _common_module(a: str, b: str) -> str:
@@ -2516,18 +2571,26 @@ def _common_module(a: str, b: str) -> str:
 def _make_on_call(entries: list[tuple]) -> Callable:
     def make(_mod: nn.Module, _args) -> None:
         with torch.no_grad():
-            for holder, name, t, _, want, cuts in entries:
+            made = {}
+            for holder, name, t, _, want, cuts, _ in entries:
                 value = t.detach().to(want, copy=True)
                 for cut in cuts:
                     value.index_fill_(cut.dim, torch.as_tensor(cut.positions,
                                                                device=value.device), 0)
-                holder._parameters[name] = nn.Parameter(value, requires_grad=False)
+                made[id(holder), name] = (t, value)
+            for holder, name, t, _, _, _, v_name in entries:
+                if v_name is not None:  # a weight-normalised g: rescaled as in _masked
+                    (v, v_zeroed), g = made[id(holder), v_name], made[id(holder), name][1]
+                    g.copy_(rescaled(g, v, v_zeroed, normed_dims(t.shape, v.ndim)))
+            for holder, name, *_ in entries:
+                holder._parameters[name] = nn.Parameter(made[id(holder), name][1],
+                                                        requires_grad=False)
     return make
 
 
 def _unmake_on_return(entries: list[tuple]) -> Callable:
     def unmake(_mod: nn.Module, _args, _out) -> None:
-        for holder, name, _, nan, _, _ in entries:
+        for holder, name, _, nan, *_ in entries:
             holder._parameters[name] = nan
     return unmake
 
@@ -3094,6 +3157,8 @@ def materialize(model: nn.Module, graph: Graph, changes: dict[str, dict[int, np.
         if isinstance(t, nn.Parameter):
             new = nn.Parameter(new, requires_grad=t.requires_grad)
         memo[id(t)] = new
+    if device != "meta":
+        _renormalize(table, memo, graph, changes)
     if any(n.custom is not None and n.custom.opaque for n in graph.nodes):
         # a TorchScript module copies itself, past the memo, and under grad mode its copies'
         # parameters come out as non-leaf clones (requires_grad_ then fails): copy without
@@ -3106,6 +3171,8 @@ def materialize(model: nn.Module, graph: Graph, changes: dict[str, dict[int, np.
                 p.requires_grad_(flags[k])
     else:
         pruned = _tree_copy(model, memo)
+    if graph.weight_norms:
+        refresh_hooked_weights(pruned)  # (the attributes below are read from the weight)
     mods = dict(pruned.named_modules())
     touched = {key.rpartition(".")[0] for key in changes} | set(widths)
     seen = set()
@@ -3125,6 +3192,23 @@ def materialize(model: nn.Module, graph: Graph, changes: dict[str, dict[int, np.
         for k, v in values.items():
             set_attr(mods[path], k, v)
     return pruned
+
+
+def _renormalize(table: dict, memo: dict, graph: Graph,
+                 changes: dict[str, dict[int, np.ndarray]]) -> None:
+    """Give each weight-normalised layer whose ``v`` lost a normed dim's positions the
+    rescaled ``g`` that keeps its weight the original's at the kept indices (weightnorm.py)."""
+    for v_key, g_key in graph.weight_norms.items():
+        removed = changes.get(v_key)
+        if not removed or g_key not in table or v_key not in table:
+            continue
+        g, v = table[g_key][2], table[v_key][2]
+        if not renormalizes(g.shape, v.ndim, removed):
+            continue
+        with torch.no_grad():
+            new = g_after_cut(g, memo[id(g)], v, memo[id(v)], removed)
+        memo[id(g)] = nn.Parameter(new, requires_grad=g.requires_grad) \
+            if isinstance(g, nn.Parameter) else new
 
 
 def _equal_items(v, value: int) -> list[int]:

@@ -64,6 +64,7 @@ from .optypes import (
     function_name,
     match_module,
 )
+from .weightnorm import MAGNITUDE_NAMES, weight_norm_names
 
 Path = str
 _UNSET = object()
@@ -601,6 +602,7 @@ class _Tracer(TorchFunctionMode):
             call=call, attrs=module_attrs(module),
             custom=custom,
             own_forward=_own_forward(cls) if op_type is not OpType.CUSTOMIZED else None,
+            weight_norm=weight_norm_names(module) if MAGNITUDE_NAMES & params.keys() else None,
         )
         if written is not None:
             node.attrs = {"inplace": True}  # its result is its input, read through that

@@ -300,6 +300,11 @@ def node_details(node: Node, stage_classes: dict[str, str], hit: np.ndarray | No
         title = ("Buffer (made at init, not in the state_dict)" if made_at_init else
                  "Buffer (in the state_dict)" if buffer else "Parameters")
         out += [html.H4(title), html.Table(prow, className="params")]
+        if node.weight_norm:
+            g, v = node.weight_norm
+            out.append(html.P(f"weight = g · v / ‖v‖ (weight_norm): g is {g}, v is {v}. "
+                              "Pruning a dim v is normed over rescales g, so the weight "
+                              "keeps its values.", className="hint"))
     if node.attrs:
         out += [html.Details([html.Summary(f"Attributes ({len(node.attrs)})"),
                               _kv([(k, str(v)) for k, v in node.attrs.items()])])]
