@@ -278,3 +278,41 @@ def test_no_two_siblings_overlap_in_hf_layouts(name):
     # other box); BERT's token_type_ids and position_ids buffers on top of each other
     graph, classes = _hf(name)
     assert _sibling_overlaps(vm.build_view(graph, (), classes)) == []
+
+
+class PaddedConv(nn.Module):
+    """EnCodec's conv: its padding computed in tensors from buffers, a chain of ops no input
+    reaches, before every conv."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.conv = nn.Conv1d(c, c, 3)
+        self.register_buffer("kernel", torch.tensor(3))
+        self.register_buffer("stride", torch.tensor(1))
+
+    def forward(self, x):
+        total = self.kernel - self.stride
+        extra = ((total + 1) // self.stride - 1).clamp(min=0)
+        left = total // 2
+        return self.conv(nn.functional.pad(x, (left, total - left + extra)))
+
+
+def test_a_side_chain_a_layer_computes_gets_rows_of_its_own_so_layers_stack():
+    # every layer's padding chain sat in the first rows, beside what ran before it: each
+    # layer's box spanned its predecessors' rows, and the layers were packed side by side
+    # (EnCodec 80,000 px wide, 8,600 px tall)
+    model = nn.Sequential(*[PaddedConv(4) for _ in range(4)])
+    view = vm.build_view(build_graph(model, torch.randn(1, 4, 16)))
+    els = {e["data"]["id"]: e for e in view.elements if "source" not in e["data"]}
+    ops = [e for e in els.values() if e["data"].get("kind") == "op"]
+    assert any(e["data"]["op_type"] == "buffer" for e in ops)
+    rows = {}
+    for e in ops:
+        box = els[e["data"]["parent"]]["data"]["path"] if "parent" in e["data"] else ""
+        rows.setdefault(box, []).append(e["position"]["y"])
+    spans = [(min(rows[str(i)]), max(rows[str(i)])) for i in range(4)]
+    for (_, bottom), (top, _) in zip(spans, spans[1:], strict=False):
+        assert bottom < top  # each layer below the one before it
+    xs = [e["position"]["x"] for e in ops]
+    assert max(xs) - min(xs) < 1000
+    assert _sibling_overlaps(view) == []

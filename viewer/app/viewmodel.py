@@ -243,11 +243,18 @@ def node_params(node: Node) -> int:
 BOX_PAD = 30  #: px a module box needs above (its label) or below its first/last layer
 
 
-def layers_of(n: int, edges: list[tuple[int, int]],
-              anchors: Iterable[int] = ()) -> list[int] | None:
+def layers_of(n: int, edges: list[tuple[int, int]], anchors: Iterable[int] = (),
+              boxes: list[tuple[str, ...]] | None = None) -> list[int] | None:
     """Longest-path layers, except that vertices no ``anchor`` (model input) reaches —
     parameters, buffers, constants and what is computed from them only — sit right above
-    their first consumer instead of all at the top. None if the graph has a cycle."""
+    their first consumer instead of all at the top. A chain of them that its first
+    consumer's own module computes (``boxes[i]``: the module boxes vertex ``i`` is drawn
+    in; EnCodec's padding arithmetic on buffers, a dozen ops before each conv) gets rows of
+    its own between that consumer and the consumer's other inputs: in rows beside what ran
+    before it, it made every layer's box span its predecessors' rows, and the boxes were
+    packed side by side (a 10-layer codec 80,000 px wide). One that nothing drawn consumes
+    (a check Python reads) ends beside the next reached vertex in vertex order (graph
+    order: what ran after it). None if the graph has a cycle."""
     preds: list[list[int]] = [[] for _ in range(n)]
     succs: list[list[int]] = [[] for _ in range(n)]
     for a, b in edges:
@@ -262,10 +269,6 @@ def layers_of(n: int, edges: list[tuple[int, int]],
                 order.append(w)
     if len(order) < n:
         return None
-    layer = [0] * n
-    for v in order:
-        for w in succs[v]:
-            layer[w] = max(layer[w], layer[v] + 1)
     reached = [False] * n
     for v in anchors:
         reached[v] = True
@@ -273,6 +276,32 @@ def layers_of(n: int, edges: list[tuple[int, int]],
         if reached[v]:
             for w in succs[v]:
                 reached[w] = True
+    # a reached vertex sits below its reached inputs, and below room for the longest
+    # chain of unreached ones it is the first to consume, computed in its own box, when
+    # that is two or more (a bare parameter sits beside the input it meets; the rotary
+    # table a decoder's model computes once keeps to its own rows)
+    layer = [0] * n
+    chain = [0] * n  # unreached: the longest run of unreached vertices ending here
+    homed = [False] * n  # unreached: a consumer has made room for it
+    for v in order:
+        if reached[v]:
+            run = 0
+            for p in preds[v]:
+                if not reached[p] and not homed[p]:
+                    homed[p] = True
+                    if boxes is None or boxes[p] == boxes[v]:
+                        run = max(run, chain[p])
+            layer[v] = max((layer[p] + 1 for p in preds[v] if reached[p]), default=0) + \
+                (run if run >= 2 else 0)
+        else:
+            chain[v] = 1 + max((chain[p] for p in preds[v]), default=0)
+            layer[v] = chain[v] - 1
+    after = None  # the layer of the next reached vertex, in vertex order
+    for v in range(n - 1, -1, -1):
+        if reached[v]:
+            after = layer[v]
+        elif not succs[v] and preds[v] and after is not None:
+            layer[v] = after
     for v in reversed(order):
         if not reached[v] and succs[v]:
             layer[v] = max(0, min(layer[w] for w in succs[v]) - 1)
@@ -311,7 +340,7 @@ def layered_positions(n: int, edges: list[tuple[int, int]],
     import igraph
 
     g = igraph.Graph(n=n, edges=edges, directed=True)
-    given = layers_of(n, edges, anchors)
+    given = layers_of(n, edges, anchors, boxes)
     coords = g.layout_sugiyama(layers=given, hgap=1, vgap=1, maxiter=60).coords[:n]
     layers = [int(round(y)) for _, y in coords]  # rows past n are dummy vertices
     n_layers = max(layers) + 1
