@@ -303,8 +303,9 @@ def node_details(node: Node, stage_classes: dict[str, str], hit: np.ndarray | No
         if node.weight_norm:
             g, v = node.weight_norm
             out.append(html.P(f"weight = g · v / ‖v‖ (weight_norm): g is {g}, v is {v}. "
-                              "Pruning a dim v is normed over rescales g, so the weight "
-                              "keeps its values.", className="hint"))
+                              "Where pruning cuts v along a dim its norm is taken over, g "
+                              "is rescaled, so the kept weights keep their values.",
+                              className="hint"))
     if node.attrs:
         out += [html.Details([html.Summary(f"Attributes ({len(node.attrs)})"),
                               _kv([(k, str(v)) for k, v in node.attrs.items()])])]
