@@ -441,6 +441,27 @@ def test_a_weight_normalised_layer_says_how_its_weight_is_made():
     assert "weight_norm" not in _text(cb.node_details(graph.by_name["1"], {}))
 
 
+def test_members_read_by_a_key_or_value_weight_say_which_input():
+    from torch import nn
+
+    from viewer.core.groups import group_of
+    from viewer.core.trace import build_graph
+
+    class Cross(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mem = nn.Linear(4, 6)
+            self.att = nn.MultiheadAttention(8, 2, kdim=6, vdim=6, batch_first=True)
+
+        def forward(self, q, m):
+            m = self.mem(m)
+            return self.att(q, m, m)[0]
+
+    graph = build_graph(Cross(), (torch.randn(1, 3, 8), torch.randn(1, 5, 4)))
+    text = cb.members_table(group_of(graph, "mem")).children
+    assert "<td>in (key)</td>" in text and "<td>in (value)</td>" in text
+
+
 def test_the_group_panel_explains_the_edge_labels(store):
     text = _text(cb.inspect(store, "resnet", _op("layer1.0.conv1")).group_panel)
     assert '\\"all 64\\" means it owns all 64' in text and "before → after" in text

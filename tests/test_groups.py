@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -1852,25 +1854,72 @@ def test_a_chunk_reached_from_a_later_part_keeps_that_parts_positions():
 
 
 class CrossAttention(nn.Module):
-    def __init__(self):
+    """Queries from latents attend to a memory of another width (kdim = vdim = 12), read by
+    k_proj_weight / v_proj_weight of their own; ``residual``: the queries' stream goes on."""
+
+    def __init__(self, residual: bool = False):
         super().__init__()
+        self.residual = residual
         self.kv, self.q = nn.Linear(6, 12), nn.Linear(6, 32)
         self.att = nn.MultiheadAttention(32, 4, kdim=12, vdim=12, batch_first=True)
         self.o = nn.Linear(32, 2)
 
     def forward(self, x, lat):
         kv = torch.relu(self.kv(x))
-        return self.o(self.att(self.q(lat), kv, kv, need_weights=False)[0])
+        h = self.q(lat)
+        a = self.att(h, kv, kv, need_weights=False)[0]
+        return self.o(h + a if self.residual else a)
 
 
-def test_mha_with_its_own_key_width_blocks_the_group_feeding_it_with_the_reason():
-    g = build_graph(CrossAttention().eval(), (torch.randn(2, 7, 6), torch.randn(2, 3, 6)))
-    groups = {grp.root: grp for grp in all_groups(g)}
-    # was structurally "prunable" (the rule ignored a width that is not embed_dim), and
-    # validation then blocked it with torch's assertion about k_proj_weight's shape
-    assert groups["kv"].reasons == ["'att' has kdim/vdim different from embed_dim: its key "
-                                    "and value widths are not pruned"]
-    assert "not supported" in groups["q"].reason
+def test_mha_with_its_own_key_width_prunes_the_memory_through_its_key_and_value_weights():
+    # was blocked ("kdim/vdim different from embed_dim: not supported"), and so was every
+    # group reaching the attention
+    from viewer.core.prune import Plan, Pruner
+
+    torch.manual_seed(0)
+    model, inputs = CrossAttention().eval(), (torch.randn(2, 7, 6), torch.randn(2, 3, 6))
+    p = Pruner(model, inputs)
+    kv = next(grp for grp in p.groups if grp.root == "kv")
+    assert not p.reason(kv) and kv.exact and kv.n_units == 12
+    att = [m for m in kv.members if m.node_name == "att"]
+    assert [(m.side, m.port) for m in att] == [("in", 1), ("in", 2)]
+    assert [d.get("port") for d in kv.to_dict()["members"] if d["node"] == "att"] == [1, 2]
+    # the queries' width and the output's are coupled by count only: without a residual
+    # they are in two groups, which cannot shrink together (as with a packed in_proj)
+    assert "input and output widths in different groups" in p.reason(
+        next(grp for grp in p.groups if grp.root == "q"))
+    plan = Plan({kv.id: [0, 3, 4, 10]})
+    pruned = p.apply(plan)
+    keep = [1, 2, 5, 6, 7, 8, 9, 11]
+    assert (pruned.att.kdim, pruned.att.vdim, pruned.att.embed_dim) == (8, 8, 32)
+    assert torch.equal(pruned.att.k_proj_weight, model.att.k_proj_weight[:, keep])
+    assert torch.equal(pruned.att.v_proj_weight, model.att.v_proj_weight[:, keep])
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+
+
+def test_mha_with_its_own_key_width_loses_query_heads_dims_with_its_stream():
+    from viewer.core.prune import Plan, Pruner
+
+    torch.manual_seed(0)
+    model = CrossAttention(residual=True).eval()
+    x, lat = torch.randn(2, 7, 6), torch.randn(2, 3, 6)
+    p = Pruner(model, (x, lat))
+    g = next(grp for grp in p.groups if grp.root == "q")
+    assert not p.reason(g) and g.multiple_of == 4
+    assert {(m.node_name, m.side) for m in g.members} >= {("att", "in"), ("att", "out")}
+    plan = Plan({g.id: [0, 9, 18, 27]})  # 4 of 32 channels: one inner dim of each head
+    pruned = p.apply(plan)
+    assert (pruned.att.embed_dim, pruned.att.head_dim, pruned.att.kdim) == (28, 7, 12)
+    assert pruned.att.q_proj_weight.shape == (28, 28)
+    assert pruned.att.k_proj_weight.shape == pruned.att.v_proj_weight.shape == (28, 12)
+    # the oracle: the masked model, its queries scaled so that q.k / sqrt(8) over the kept
+    # dims is q.k / sqrt(7) as the pruned model computes it (the only inexact step)
+    masked = p.masked_model(plan)
+    with torch.no_grad():
+        masked.att.q_proj_weight *= math.sqrt(8 / 7)
+        masked.att.in_proj_bias[:32] *= math.sqrt(8 / 7)
+        torch.testing.assert_close(pruned(x, lat), masked(x, lat), atol=1e-5, rtol=1e-5)
 
 
 class OutInWeight(nn.Module):

@@ -84,7 +84,10 @@ class Flow(NamedTuple):
 class Member:
     """One layer (or parameter) in a group. ``side`` is "out" (its output channels), "in" (its
     input channels) or "param" (a bare nn.Parameter, along ``dim``). ``pos[i]`` is a position
-    of that side that unit ``unit[i]`` owns; a unit may own several positions."""
+    of that side that unit ``unit[i]`` owns; a unit may own several positions. ``port``: the
+    input whose channels an "in" member holds, when the layer reads several inputs through
+    weights of their own (``nn.MultiheadAttention``'s key 1 and value 2 with ``kdim``/``vdim``);
+    0 otherwise."""
 
     node: int
     node_name: str
@@ -94,6 +97,7 @@ class Member:
     dim: int
     pos: IntArray
     unit: IntArray
+    port: int = 0
 
     def indices(self, units: IntArray | list[int]) -> IntArray:
         """Positions owned by the given units, sorted."""
@@ -151,6 +155,8 @@ class Group:
         for m in self.members:
             d = {"node": m.node_name, "module": m.module, "op_type": m.op_type.value,
                  "side": m.side, "dim": m.dim, "width": int(len(np.unique(m.pos)))}
+            if m.port:
+                d["port"] = m.port
             if with_indices:
                 d["indices"] = [int(i) for i in np.unique(m.pos)]
             members.append(d)
@@ -178,8 +184,9 @@ class _Ctx:
     def __init__(self, search: _Search):
         self.search = search
 
-    def member(self, node: Node, side: str, dim: int, units: IntArray, pos: IntArray) -> None:
-        self.search.add_member(node, side, dim, units, pos)
+    def member(self, node: Node, side: str, dim: int, units: IntArray, pos: IntArray,
+               port: int = 0) -> None:
+        self.search.add_member(node, side, dim, units, pos, port)
 
     def block(self, reason: str) -> None:
         """The group is not prunable: for the units of the batch a rule is being given (the
@@ -1813,19 +1820,18 @@ def _mha_rule(g, node, side, port, dim, units, pos, ctx):
     """nn.MultiheadAttention: the query width, the key/value widths (packed in_proj) and the
     inner q/k/v width are all ``embed_dim``. Input column i is coupled to the same column for
     q, k and v inputs; the output width is coupled to the inputs by count only: removing k
-    channels removes k / num_heads inner dims from every head (chosen by their own weights)."""
+    channels removes k / num_heads inner dims from every head (chosen by their own weights).
+    With ``kdim``/``vdim`` (cross-attention on a memory of another width) the key and value
+    are read by weights of their own (``k_proj_weight``/``v_proj_weight`` columns): their
+    widths are groups of their own, which end there; the query and output are as above."""
     shape = node.in_shapes[port] if side == "in" else node.out_shapes[port]
     e = int(node.attrs.get("embed_dim", 0))
-    separate = node.attrs.get("kdim", e) != e or node.attrs.get("vdim", e) != e
-    if separate and side == "in" and port in (1, 2) and dim == len(shape) - 1:
-        # its key/value width is kdim/vdim, read by k_proj_weight/v_proj_weight columns
-        ctx.block(f"'{node.name}' has kdim/vdim different from embed_dim: its key and value "
-                  "widths are not pruned")
+    separate = "q_proj_weight" in node.params
+    if separate and side == "in" and port in (1, 2):
+        if dim == len(shape) - 1:
+            ctx.member(node, "in", dim, units, pos, port)
         return []
     if dim != len(shape) - 1 or shape[-1] != e or (side == "out" and port != 0):
-        return []
-    if separate:
-        ctx.block(f"'{node.name}' has kdim/vdim different from embed_dim: not supported")
         return []
     heads = int(node.attrs.get("num_heads", 1))
     ctx.multiple_of(heads, "attention heads")
@@ -1835,7 +1841,7 @@ def _mha_rule(g, node, side, port, dim, units, pos, ctx):
     ctx.search.mha_sides.setdefault(node.id, set()).add(mside)
     return [Flow("in", p, len(node.in_shapes[p]) - 1, units, pos) for p in range(3)
             if p < len(node.in_shapes) and node.in_shapes[p] and node.in_shapes[p][-1] == e
-            and not (side == "in" and p == port)]
+            and not (side == "in" and p == port) and not (separate and p)]
 
 
 #: How units cross each op type. One entry per OpType (a test checks it is complete).
@@ -1929,7 +1935,7 @@ class _Search:
         self.multiple_why: list[str] = []
         self.mha_sides: dict[int, set[str]] = {}
         # member -> batch ids it holds whole, and other (units, pos) chunks
-        self.members: dict[tuple[int, str, int], tuple[list[int], list]] = {}
+        self.members: dict[tuple[int, str, int, int], tuple[list[int], list]] = {}
         self.queue: deque = deque()
 
     # union-find over units
@@ -1969,8 +1975,8 @@ class _Search:
         if len(units) > 1:
             self.union_pairs(units[:-1], units[1:])
 
-    def add_member(self, node, side, dim, units, pos):
-        batches, chunks = self.members.setdefault((node.id, side, dim), ([], []))
+    def add_member(self, node, side, dim, units, pos, port=0):
+        batches, chunks = self.members.setdefault((node.id, side, dim, port), ([], []))
         b = self.cur
         if b is not None and units is self.batches[b][1] and pos is self.batches[b][2]:
             batches.append(b)  # the whole batch: resolved from its class at the end
@@ -2329,7 +2335,7 @@ def _search(graph: Graph, root: Node, side: str, dim: int, pos: IntArray,
         return resolved[c]
 
     members = []
-    for (nid, mside, mdim), (bids, chunks) in s.members.items():
+    for (nid, mside, mdim, mport), (bids, chunks) in s.members.items():
         node = graph.nodes[nid]
         bids = list(dict.fromkeys(bids))
         classes = {s.batches[b][0] for b in bids}
@@ -2350,8 +2356,9 @@ def _search(graph: Graph, root: Node, side: str, dim: int, pos: IntArray,
             # unique (position, unit) pairs via one 1-D key: far faster than unique(axis=1)
             code = np.unique(p.astype(np.int64) * (n + 1) + label[u])
             p, lab = code // (n + 1), code % (n + 1)
-        members.append(Member(nid, node.name, node.module, node.op_type, mside, mdim, p, lab))
-    members.sort(key=lambda m: (m.node, m.side))
+        members.append(Member(nid, node.name, node.module, node.op_type, mside, mdim, p, lab,
+                              mport))
+    members.sort(key=lambda m: (m.node, m.side, m.port))
     tensors = {k: of_class(c) for k, c in s.cls.items()}
     # a group is a result: read-only, so the groups made from it for repeated blocks
     # (:class:`_Repeats`) can share its arrays
@@ -2942,7 +2949,7 @@ class _Repeats:
         for m in src.members:
             n = nodes[m.node + delta]
             members.append(Member(n.id, n.name, n.module, m.op_type, m.side, m.dim, m.pos,
-                                  m.unit))
+                                  m.unit, m.port))
         tensors = {(k[0] + delta, k[1], k[2]): v for k, v in src.tensors.items()}
         grp = Group(gid, root.name, src.root_side, src.n_units, members, tensors, [],
                     src.exact, [], src.multiple_of, src.multiple_why)

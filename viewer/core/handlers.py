@@ -217,11 +217,18 @@ def _recurrent(gates: int):
     return cuts
 
 
-def _mha(node, side, dim, pos, tensors=None):
-    # packed in_proj (3E, E): columns read the inputs; rows are the inner q|k|v dims
+#: nn.MultiheadAttention's weights of its own per input, when ``kdim``/``vdim`` differ from
+#: ``embed_dim``: (E, E), (E, kdim), (E, vdim); packed in ``in_proj_weight`` (3E, E) otherwise
+_QKV = ("q_proj_weight", "k_proj_weight", "v_proj_weight")
+
+
+def _mha(node, side, dim, pos, tensors=None, port=0):
+    # packed in_proj (3E, E) or q/k/v_proj_weight: columns read the inputs; rows are the
+    # inner q|k|v dims
     e = int(node.attrs["embed_dim"])
+    separate = _QKV[0] in node.params
     if side == "in":
-        return _cuts(node, [("in_proj_weight", 1)], pos)
+        return _cuts(node, [(_QKV[port] if separate else "in_proj_weight", 1)], pos)
     out = _cuts(node, [("out_proj.weight", 0), ("out_proj.bias", 0)], pos)
     heads = int(node.attrs["num_heads"])
     hd = e // heads
@@ -231,17 +238,22 @@ def _mha(node, side, dim, pos, tensors=None):
     # each head drops its per_head least important inner dims (L1 of q/k/v rows and the
     # out_proj column); without real weights, its last ones
     score = np.zeros(e)
-    w_in = tensors(node.params["in_proj_weight"]) if tensors else None
+    w_in = [tensors(node.params[k]) for k in (_QKV if separate else ("in_proj_weight",))] \
+        if tensors else [None]
     w_out = tensors(node.params["out_proj.weight"]) if tensors else None
-    if w_in is not None and w_in.device.type != "meta":
-        qkv = w_in.detach().abs().float().reshape(3, e, -1).sum((0, 2))
+    if w_in[0] is not None and w_in[0].device.type != "meta":
+        qkv = sum(w.detach().abs().float().reshape(-1, e, w.shape[-1]).sum((0, 2))
+                  for w in w_in)
         score = (qkv + w_out.detach().abs().float().sum(0)).numpy()
     score = score + np.tile(np.arange(hd, 0, -1) * 1e-12, heads)  # ties: drop the last dims
     inner = np.sort(np.concatenate([
         h * hd + np.argsort(score[h * hd:(h + 1) * hd], kind="stable")[:per_head]
         for h in range(heads)]))
     rows = np.concatenate([inner + k * e for k in range(3)])
-    out += [Cut(node.params["in_proj_weight"], 0, rows, False)]
+    if separate:
+        out += [Cut(node.params[k], 0, inner, False) for k in _QKV]
+    else:
+        out += [Cut(node.params["in_proj_weight"], 0, rows, False)]
     if "in_proj_bias" in node.params:
         out += [Cut(node.params["in_proj_bias"], 0, rows, False)]
     out += [Cut(node.params["out_proj.weight"], 1, inner, False)]
@@ -375,8 +387,12 @@ def _refresh_rnn(m: nn.Module, w: Widths) -> None:
 
 
 def _refresh_mha(m: nn.Module, w: Widths) -> None:
-    e = m.in_proj_weight.shape[1]
-    m.embed_dim = m.kdim = m.vdim = e
+    if m._qkv_same_embed_dim:
+        e = m.in_proj_weight.shape[1]
+        m.embed_dim = m.kdim = m.vdim = e
+    else:  # (its own weights per input: the key and value widths are their own)
+        e = m.embed_dim = m.q_proj_weight.shape[1]
+        m.kdim, m.vdim = m.k_proj_weight.shape[1], m.v_proj_weight.shape[1]
     m.head_dim = e // m.num_heads
     m.out_proj.out_features, m.out_proj.in_features = m.out_proj.weight.shape
 

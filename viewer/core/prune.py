@@ -321,7 +321,7 @@ class Pruner:
             pos = m.indices(units)
             if len(pos):
                 out += _node_cuts(self.graph.nodes[m.node], m.side, m.dim, pos,
-                                  lambda k: table[k][2] if k in table else None)
+                                  lambda k: table[k][2] if k in table else None, m.port)
         return out
 
     def reason(self, group: Group, ignore: set[tuple[str, str]] = frozenset()) -> str:
@@ -387,7 +387,7 @@ class Pruner:
             all_pos = np.arange(int(m.pos.max()) + 1)
             unit_at = np.full(len(all_pos), -1)
             unit_at[m.pos] = m.unit
-            for cut in _node_cuts(node, m.side, m.dim, all_pos, None):
+            for cut in _node_cuts(node, m.side, m.dim, all_pos, None, m.port):
                 if cut.key not in table or "running" in cut.key or not cut.aligned:
                     continue
                 t = table[cut.key][2].detach()
@@ -751,7 +751,7 @@ class Pruner:
         for gid, units in plan.removed.items():
             g = by_id[gid]
             for m in g.members:
-                if m.side == "param":
+                if m.side == "param" or m.port:  # (a layer's width is its first input's)
                     continue
                 node = self.graph.nodes[m.node]
                 shape = node.in_shapes[0] if m.side == "in" else node.out_shapes[0]
@@ -2940,9 +2940,9 @@ def _joined(a: Group, b: Group) -> Group:
         pos.flags.writeable = unit.flags.writeable = False
         return pos, unit
 
-    members: dict[tuple[int, str, int], Member] = {}
+    members: dict[tuple[int, str, int, int], Member] = {}
     for m in a.members + b.members:
-        key = (m.node, m.side, m.dim)
+        key = (m.node, m.side, m.dim, m.port)
         if key in members:
             old = members[key]
             pos, unit = cat((old.pos, old.unit), (m.pos, m.unit))
@@ -2954,7 +2954,7 @@ def _joined(a: Group, b: Group) -> Group:
         tensors[k] = cat(tensors[k], v) if k in tensors else v
     exact = a.exact and b.exact
     return Group(a.id, a.root, a.root_side, a.n_units,
-                 sorted(members.values(), key=lambda m: (m.node, m.side)), tensors, [],
+                 sorted(members.values(), key=lambda m: (m.node, m.side, m.port)), tensors, [],
                  exact, a.stats_notes + b.stats_notes, a.multiple_of,
                  list(dict.fromkeys(a.multiple_why + b.multiple_why)),
                  not exact and (a.exact or a.opaque_only) and (b.exact or b.opaque_only))
@@ -2966,10 +2966,10 @@ def _overlap(a: Group, b: Group) -> bool:
                for k in a.tensors.keys() & b.tensors.keys())
 
 
-def _node_cuts(node, side, dim, pos, tensors) -> list[Cut]:
+def _node_cuts(node, side, dim, pos, tensors, port: int = 0) -> list[Cut]:
     fn = CUTS[node.op_type]
-    if node.op_type is OpType.MHA:  # the one handler that picks derived indices by weight
-        return fn(node, side, dim, pos, tensors)
+    if node.op_type is OpType.MHA:  # the one handler that picks derived indices by weight,
+        return fn(node, side, dim, pos, tensors, port)  # and reads inputs by weights of their own
     return fn(node, side, dim, pos)
 
 

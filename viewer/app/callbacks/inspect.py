@@ -481,6 +481,14 @@ def breakable(name: str) -> str:
     return ".<wbr/>".join(html_text.escape(part) for part in name.split("."))
 
 
+def _side_text(m) -> str:
+    """A member's side, and which input for one of several read by weights of their own
+    (``nn.MultiheadAttention``'s key and value with ``kdim``/``vdim``)."""
+    if not m.port:
+        return m.side
+    return f"{m.side} ({'key' if m.port == 1 else 'value' if m.port == 2 else m.port})"
+
+
 def members_table(group: Group) -> dcc.Markdown:
     """The group's members and the index ranges each owns, as one HTML table in **one**
     component. A residual stream has hundreds of members, and every Dash component on the page
@@ -492,7 +500,7 @@ def members_table(group: Group) -> dcc.Markdown:
         pos = styles.sorted_unique(m.pos)
         title = f"{m.node_name}: {STYLES[m.op_type].label}, module {m.module or '(root)'}"
         rows.append(f'<tr><td title="{esc(title)}">{breakable(m.node_name)}</td>'
-                    f'<td>{esc(m.side)}</td><td>{int(m.dim)}</td><td>{len(pos)}</td>'
+                    f'<td>{esc(_side_text(m))}</td><td>{int(m.dim)}</td><td>{len(pos)}</td>'
                     f'<td class="ranges">{esc(unbroken(styles.ranges(pos)))}</td></tr>')
     # one line: a blank line would end the HTML block the markdown parser passes through raw
     return dcc.Markdown(f'<table class="members">{"".join(rows)}</table>',
