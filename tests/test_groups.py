@@ -493,7 +493,6 @@ class DimOps(nn.Module):
         y, d = self.a(x), self.dim
         y = {"cumsum": lambda: torch.cumsum(y, d), "flip": lambda: torch.flip(y, [d]),
              "roll": lambda: torch.roll(y, 1, d), "sort": lambda: torch.sort(y, d)[0],
-             "shuffle": lambda: nn.functional.channel_shuffle(y, 2),
              "gather": lambda: torch.gather(y, d, torch.zeros_like(y, dtype=torch.long))}[
             self.op]()
         return self.b(y)
@@ -501,7 +500,7 @@ class DimOps(nn.Module):
 
 @pytest.mark.parametrize("op, dim, expect", [
     ("cumsum", 1, "inexact"), ("flip", 1, "blocked"), ("roll", 1, "blocked"),
-    ("sort", 1, "blocked"), ("shuffle", 1, "blocked"), ("gather", 1, "blocked"),
+    ("sort", 1, "blocked"), ("gather", 1, "blocked"),
     ("cumsum", 3, "exact"), ("flip", 3, "exact"), ("roll", 3, "exact"), ("sort", 3, "exact"),
     ("gather", 3, "exact"),
 ])
@@ -524,6 +523,45 @@ def test_ops_that_mix_or_move_positions_along_a_dim(op, dim, expect):
         assert v["masked_equivalence"]["ok"], v
     else:
         assert "cumsum" in v["masked_equivalence"]["skipped"]
+
+
+class Shuffled(nn.Module):
+    """ShuffleNet's channel shuffle between two convs: ``nn.ChannelShuffle`` (torch's
+    channel_shuffle op), or the same written by hand as views and a transpose."""
+
+    def __init__(self, by_hand: bool):
+        super().__init__()
+        self.by_hand = by_hand
+        self.a, self.b = nn.Conv2d(3, 12, 1), nn.Conv2d(12, 2, 1)
+        self.shuffle = nn.ChannelShuffle(3)
+
+    def forward(self, x):
+        y = self.a(x)
+        if self.by_hand:
+            b, c, h, w = y.shape
+            y = y.view(b, 3, c // 3, h, w).transpose(1, 2).reshape(b, c, h, w)
+        else:
+            y = self.shuffle(y)
+        return self.b(y)
+
+
+def test_channel_shuffle_keeps_its_groups_equal_as_the_same_shuffle_by_hand_does():
+    # was blocked ("moves positions along the pruned dim"); the oracle is the view/transpose
+    # form, which the reshape and permute rules already followed
+    from viewer.core.prune import Plan, Pruner
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 4, 4)
+    op, hand = (Pruner(Shuffled(by_hand).eval(), (x,)) for by_hand in (False, True))
+    g_op, g_hand = (next(g for g in p.groups if g.root == "a") for p in (op, hand))
+    assert not op.reason(g_op) and g_op.exact and g_op.n_units == 4  # 12 channels, 3 groups
+    plan = Plan({g_op.id: [1, 2]})  # offsets 1 and 2 of every group: 4 -> 2 per group
+    assert op.kept(plan) == hand.kept(Plan({g_hand.id: [1, 2]}))
+    assert op.kept(plan)["b.weight"]["1"] == [0, 1, 2, 9, 10, 11]  # out = offset * 3 + group
+    pruned = op.apply(plan)
+    v = op.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+    assert pruned.shuffle.groups == 3 and pruned.a.out_channels == 6
 
 
 class Positions(nn.Module):

@@ -53,6 +53,7 @@ from .meta import (
     WindowsMeta,
 )
 from .optypes import (
+    CHANNEL_SHUFFLES,
     COMPLEX_VIEWS,
     FILLS,
     INDEX_OUTPUTS,
@@ -553,6 +554,8 @@ def _elementwise_rule(g, node, side, port, dim, units, pos, ctx):
         return _pair_reduction_rule(node, side, port, dim, units, pos, ctx)
     if node.target in MASKED_SCATTERS:
         return _masked_scatter_rule(node, side, port, dim, units, pos, ctx)
+    if node.target in CHANNEL_SHUFFLES:
+        return _channel_shuffle_rule(node, side, dim, units, pos, ctx)
     if isinstance(meta, ElementwiseMeta) and meta.moves and any(
             0 < len(s) < len(out) for s in node.in_shapes) and _indexed_along(node, out):
         # a 1-D index (index_add, index_select) is not broadcast onto the output's last dim
@@ -593,6 +596,32 @@ def _elementwise_rule(g, node, side, port, dim, units, pos, ctx):
             continue  # broadcast along this dim: nothing of this input is coupled
         flows.append(Flow("in", p, d, units, pos))
     return flows
+
+
+def _channel_shuffle_rule(node, side, dim, units, pos, ctx):
+    """``channel_shuffle(x, g)``: ``x.view(b, g, n, ...).transpose(1, 2)`` flattened back, so
+    input channel i (group i // n, offset i % n) is output channel (i % n) * g + i // n. The
+    pruned shuffle still makes g groups, which must keep the same width: a unit removes one
+    offset from every group, as a grouped conv's channels do. Other dims pass through."""
+    other = "out" if side == "in" else "in"
+    if dim != 1:
+        return [Flow(other, 0, dim, units, pos)]
+    scalars = node.attrs.get("scalars") or ()
+    c = node.in_shapes[0][1]
+    if len(scalars) != 1 or not isinstance(scalars[0], int) or scalars[0] < 1 or \
+            c % scalars[0]:
+        ctx.block(f"'{node.name}' ({node.target}): DepView could not read its groups")
+        return []
+    groups, n = scalars[0], c // scalars[0]
+    if n == 1:
+        ctx.block(f"'{node.name}' shuffles one channel per group (groups={groups}): removing "
+                  "one would remove a group")
+        return []
+    offset = pos % n if side == "in" else pos // groups
+    units = np.repeat(units, groups)
+    ins = (offset[:, None] + n * np.arange(groups)[None, :]).reshape(-1)
+    outs = (offset[:, None] * groups + np.arange(groups)[None, :]).reshape(-1)
+    return [Flow("in", 0, 1, units, ins), Flow("out", 0, 1, units, outs)]
 
 
 def _features_last_rule(node, side, port, dim, units, pos, ctx):

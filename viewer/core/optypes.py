@@ -524,6 +524,12 @@ SEQUENCE_PACKING: frozenset[str] = frozenset({"pack_padded_sequence", "pad_packe
 #: dim they mix); their rule couples both inputs position by position, inexactly there.
 PAIR_REDUCTIONS: frozenset[str] = frozenset({"cosine_similarity"})
 
+#: ``channel_shuffle(x, groups)`` by function name (``nn.ChannelShuffle``, ShuffleNet): channels
+#: regrouped as ``x.view(b, groups, n, ...).transpose(1, 2)``. Elementwise by type, moving
+#: positions along dim 1 (``DIM_ARGS``); their rule maps each channel to where it goes and
+#: keeps the groups equal.
+CHANNEL_SHUFFLES: frozenset[str] = frozenset({"channel_shuffle", "native_channel_shuffle"})
+
 #: ``self.masked_scatter(mask, source)`` by function name: a vision-language model writes its
 #: image features into the text embeddings so. Elementwise by type; their rule couples
 #: source's trailing dims with self's where the mask is broadcast (whole rows).
