@@ -106,3 +106,10 @@ def test_type_sweep_runs_on_two_types_compares_and_refuses_an_unknown_one(tmp_pa
     assert res.returncode == 0, res.stderr[-2000:]
     swin = json.loads(first.read_text())["swin"]
     assert swin["prunable"] > 0 and swin["masked"] in ("ok", "exact ok"), swin
+    # a type past its time is a row that says so: Perceiver, at its default sizes, takes
+    # minutes (a timeout raised inside validation was swallowed, and it ran on)
+    res = subprocess.run([sys.executable, script, "--task", "image-classification", "--types",
+                          "perceiver", "--seconds", "2", "--json", str(first)],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads(first.read_text())["perceiver"] == {"error": "timeout after 2 s"}
