@@ -30,7 +30,7 @@ import numpy as np
 
 from .errors import DepViewError
 from .graph import Graph, Node
-from .handlers import CUTS, conv_width, rnn_cell, rnn_hidden, rnn_projected
+from .handlers import CUTS, conv_width, mha_separate, rnn_cell, rnn_hidden, rnn_projected
 from .meta import (
     WRITE,
     ConcatMeta,
@@ -1855,7 +1855,7 @@ def _mha_rule(g, node, side, port, dim, units, pos, ctx):
     widths are groups of their own, which end there; the query and output are as above."""
     shape = node.in_shapes[port] if side == "in" else node.out_shapes[port]
     e = int(node.attrs.get("embed_dim", 0))
-    separate = "q_proj_weight" in node.params
+    separate = mha_separate(node)
     if separate and side == "in" and port in (1, 2):
         if dim == len(shape) - 1:
             ctx.member(node, "in", dim, units, pos, port)

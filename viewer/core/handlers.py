@@ -220,13 +220,21 @@ def _recurrent(gates: int):
 #: nn.MultiheadAttention's weights of its own per input, when ``kdim``/``vdim`` differ from
 #: ``embed_dim``: (E, E), (E, kdim), (E, vdim); packed in ``in_proj_weight`` (3E, E) otherwise
 _QKV = ("q_proj_weight", "k_proj_weight", "v_proj_weight")
+#: the inputs, by port, of a layer that reads several through weights of their own
+INPUT_NAMES: dict[OpType, tuple[str, ...]] = {OpType.MHA: ("query", "key", "value")}
+
+
+def mha_separate(node: Node) -> bool:
+    """Does this ``nn.MultiheadAttention`` read its query, key and value through weights of
+    their own (``kdim``/``vdim`` set), rather than one packed ``in_proj_weight``?"""
+    return _QKV[0] in node.params
 
 
 def _mha(node, side, dim, pos, tensors=None, port=0):
     # packed in_proj (3E, E) or q/k/v_proj_weight: columns read the inputs; rows are the
     # inner q|k|v dims
     e = int(node.attrs["embed_dim"])
-    separate = _QKV[0] in node.params
+    separate = mha_separate(node)
     if side == "in":
         return _cuts(node, [(_QKV[port] if separate else "in_proj_weight", 1)], pos)
     out = _cuts(node, [("out_proj.weight", 0), ("out_proj.bias", 0)], pos)

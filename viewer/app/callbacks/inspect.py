@@ -20,6 +20,7 @@ from dash import ClientsideFunction, Input, Output, State, ctx, dcc, html, no_up
 from viewer.core.errors import DepViewError
 from viewer.core.graph import Graph, Node
 from viewer.core.groups import Group, group_of, units_are_heads
+from viewer.core.handlers import INPUT_NAMES
 from viewer.core.meta import (
     WRITE,
     ConcatMeta,
@@ -486,7 +487,8 @@ def _side_text(m) -> str:
     (``nn.MultiheadAttention``'s key and value with ``kdim``/``vdim``)."""
     if not m.port:
         return m.side
-    return f"{m.side} ({'key' if m.port == 1 else 'value' if m.port == 2 else m.port})"
+    names = INPUT_NAMES.get(m.op_type, ())
+    return f"{m.side} ({names[m.port] if m.port < len(names) else m.port})"
 
 
 def members_table(group: Group) -> dcc.Markdown:
