@@ -462,6 +462,19 @@ def test_members_read_by_a_key_or_value_weight_say_which_input():
     assert "<td>in (key)</td>" in text and "<td>in (value)</td>" in text
 
 
+@pytest.mark.filterwarnings("ignore:LSTM with projections")
+def test_an_lstm_cell_state_member_says_cell():
+    from torch import nn
+
+    from viewer.core.groups import all_groups
+    from viewer.core.trace import build_graph
+
+    graph = build_graph(nn.LSTM(4, 12, proj_size=3), torch.randn(5, 1, 4))
+    cell = next(g for g in all_groups(graph) if g.root_side == "cell")
+    assert cell.n_units == 12
+    assert "<td>out (cell)</td>" in cb.members_table(cell).children
+
+
 def test_the_group_panel_explains_the_edge_labels(store):
     text = _text(cb.inspect(store, "resnet", _op("layer1.0.conv1")).group_panel)
     assert '\\"all 64\\" means it owns all 64' in text and "before → after" in text

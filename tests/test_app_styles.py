@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from viewer.app import charts, ids, styles
 from viewer.app.viewmodel import build_view
@@ -149,6 +150,15 @@ def test_preview_rules_annotate_new_widths(densenet):
     (rule,) = rules
     assert rule["selector"] == "#" + view.rep[graph.by_name["stem"].id]
     assert rule["style"]["label"].endswith("⇒ 3→12")
+
+
+@pytest.mark.filterwarnings("ignore:LSTM with projections")
+def test_preview_rules_show_an_lstm_cell_width():
+    model = torch.nn.LSTM(4, 12, proj_size=3)
+    graph = build_graph(model, torch.randn(5, 1, 4))
+    view = build_view(graph)
+    (rule,) = styles.preview_rules(view, graph, {"": {"cell": 6}})
+    assert rule["style"]["label"].endswith("⇒ 4→3, cell 12→6")
 
 
 def test_preview_rules_mark_collapsed_modules_holding_pruned_layers():

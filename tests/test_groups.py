@@ -329,7 +329,7 @@ def canonical(groups) -> list:
     return [(g.id, g.root, g.root_side, g.n_units, g.reasons, g.stats_notes, g.exact,
              g.multiple_of,
              [(m.node, m.node_name, m.module, m.op_type, m.side, m.dim, m.pos.tolist(),
-               m.unit.tolist()) for m in g.members],
+               m.unit.tolist(), m.port) for m in g.members],
              sorted((k, p.tolist(), u.tolist()) for k, (p, u) in g.tensors.items()))
             for g in groups]
 
@@ -338,6 +338,30 @@ def canonical(groups) -> list:
 def test_reused_groups_equal_a_search_from_every_root(demo_pruner, name):
     _, p = demo_pruner(name)
     assert canonical(all_groups(p.graph)) == canonical(all_groups(p.graph, reuse=False))
+
+
+class _LSTMPBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(6, 10, proj_size=6, batch_first=True)
+        self.norm = nn.LayerNorm(6)
+
+    def forward(self, x):
+        return self.norm(x + self.lstm(x)[0])
+
+
+@pytest.mark.filterwarnings("ignore:LSTM with projections")
+def test_reused_groups_of_repeated_lstm_cell_units_equal_a_full_search():
+    # the cell units' groups start at the LSTM's output 2 (c_n), not 0: a repeat must be
+    # found from the same port
+    model = nn.Sequential(_LSTMPBlock(), _LSTMPBlock(), _LSTMPBlock(), nn.Linear(6, 2))
+    g = build_graph(model, torch.randn(1, 4, 6))
+    groups = all_groups(g)
+    assert canonical(groups) == canonical(all_groups(g, reuse=False))
+    cells = [grp for grp in groups if grp.root_side == "cell"]
+    assert [grp.root for grp in cells] == ["0.lstm", "1.lstm", "2.lstm"]
+    assert all(grp.prunable and grp.n_units == 10 for grp in cells)
+    assert [(m.node_name, m.side, m.port) for m in cells[1].members] == [("1.lstm", "out", 2)]
 
 
 class _Block(nn.Module):

@@ -1819,9 +1819,9 @@ def test_an_lstm_with_proj_size_loses_projection_units(layers, bidirectional, st
     p.validate_groups()
     g = next(grp for grp in p.groups if grp.root == ("h0" if state else "lstm"))
     assert not p.reason(g) and g.n_units == proj
-    if state:  # the cell state keeps hidden_size: its own group says why it stays
+    if state:  # the cell state's units are a group of their own (see the next test)
         c0 = next(grp for grp in p.groups if grp.root == "c0")
-        assert "proj_size" in p.reason(c0) and c0.n_units == hidden
+        assert not p.reason(c0) and c0.n_units == hidden and c0.root_side == "out"
     plan = Plan({g.id: list(range(0, proj, 2))})
     pruned = p.apply(plan)
     lstm = pruned.lstm
@@ -1838,6 +1838,107 @@ def test_an_lstm_with_proj_size_loses_projection_units(layers, bidirectional, st
     assert again.lstm.proj_size == proj // 2
     with torch.no_grad():
         assert torch.equal(again(x), pruned(x))
+
+
+class CellReadingLSTM(ProjectedLSTM):
+    """Reads the last layer's cell state c_n besides the outputs."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.cfc = torch.nn.Linear(self.lstm.hidden_size, 3)
+
+    def forward(self, x):
+        y, (_, c) = self.lstm(self.inp(x), (self.h0, self.c0) if self.state else None)
+        return self.fc(y[:, -1]) + self.cfc(c[-1])
+
+
+def _lstm_cell_cut_by_hand(lstm: torch.nn.LSTM, keep: torch.Tensor) -> dict:
+    """The state_dict an LSTM with proj_size has when only the cell units ``keep`` stay:
+    each gate's rows of keep (gates i, f, g, o stacked), weight_hr's columns."""
+    hidden, out = lstm.hidden_size, {}
+    rows = torch.cat([gate * hidden + keep for gate in range(4)])
+    for k, t in lstm.state_dict().items():
+        out[k] = t[:, keep] if k.startswith("weight_hr") else \
+            t[rows] if k.startswith(("weight_ih", "weight_hh", "bias")) else t
+    return out
+
+
+@pytest.mark.filterwarnings("ignore:LSTM with projections")
+@pytest.mark.parametrize("layers, bidirectional, state, reads_cell",
+                         [(1, False, False, False), (2, True, False, False),
+                          (2, False, True, False), (2, True, True, True),
+                          (1, False, False, True)])
+def test_an_lstm_with_proj_size_loses_cell_units(layers, bidirectional, state, reads_cell,
+                                                 tmp_path, monkeypatch):
+    # the cell units (hidden_size: every gate's rows, weight_hr's columns, c0 and c_n) were
+    # "not supported": only the projection's units could go
+    hidden, proj = 24, 8
+    cls = CellReadingLSTM if reads_cell else ProjectedLSTM
+    (tmp_path / "lstmp.py").write_text("import torch\n\n\n" + inspect.getsource(ProjectedLSTM)
+                                       + "\n\n" + inspect.getsource(CellReadingLSTM))
+    monkeypatch.chdir(tmp_path)
+    kwargs = dict(layers=layers, bidirectional=bidirectional, state=state, hidden=hidden,
+                  proj=proj)
+    lm = load_model(f"lstmp.py:{cls.__name__}", inputs=["1x5x6"], kwargs=kwargs)
+    model, x = lm.model, lm.inputs[0]
+    p = Pruner(model, (x,))
+    g = next(grp for grp in p.groups if grp.n_units == hidden and any(
+        m.node_name == "lstm" and m.port for m in grp.members))
+    assert not p.reason(g), p.reason(g)
+    assert g.root == ("c0" if state else "lstm")
+    assert g.root_side == ("out" if state else "cell")
+    lstm_m = next(m for m in g.members if m.node_name == "lstm")
+    assert (lstm_m.side, lstm_m.port) == ("out", 2)
+    # the projection's units are another group
+    assert any(grp.n_units == proj and grp is not g for grp in p.groups)
+    assert {m.node_name for m in g.members} == {"lstm"} | ({"c0"} if state else set()) | \
+        ({"cfc"} if reads_cell else set())
+    drop = [1, 4, 5, 11, 20]
+    keep = torch.tensor([i for i in range(hidden) if i not in drop])
+    plan = Plan({g.id: drop})
+    pruned = p.apply(plan)
+    lstm = pruned.lstm
+    assert (lstm.hidden_size, lstm.proj_size) == (hidden - len(drop), proj)
+    assert model.lstm.hidden_size == hidden  # the model given is untouched
+    expected = _lstm_cell_cut_by_hand(model.lstm, keep)
+    got = lstm.state_dict()
+    assert got.keys() == expected.keys()
+    for k in expected:
+        assert torch.equal(got[k], expected[k]), k
+    if state:
+        assert torch.equal(pruned.c0, model.c0[..., keep])
+    if reads_cell:
+        assert torch.equal(pruned.cfc.weight, model.cfc.weight[:, keep])
+    # oracle of the masked equivalence, by hand: the original with the dropped units' gate
+    # rows zeroed (c stays 0 there, so h reads nothing from them) gives the pruned output
+    masked = copy.deepcopy(model)
+    rows = torch.cat([gate * hidden + torch.tensor(drop) for gate in range(4)])
+    with torch.no_grad():
+        for k, t in masked.lstm.named_parameters():
+            if k.startswith(("weight_ih", "weight_hh", "bias")):
+                t[rows] = 0
+        if state:
+            masked.c0[..., drop] = 0
+        assert torch.allclose(pruned(x), masked(x), atol=1e-6)
+        assert not torch.allclose(pruned(x), model(x), atol=1e-3)  # (the test can fail)
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+    out = export_dir(p, plan, pruned, tmp_path / "out", lm.source, pt2=False)
+    again = load_pruned(out)
+    assert again.lstm.hidden_size == hidden - len(drop)
+    with torch.no_grad():
+        assert torch.equal(again(x), pruned(x))
+    # the preview shows the cell width beside the projection's
+    assert p.widths(plan)["lstm"] == {"cell": hidden - len(drop)}
+    rows = {r["name"]: r for r in p.preview(plan)["layers"]}
+    assert (rows["lstm (cell)"]["before"], rows["lstm (cell)"]["after"]) == \
+        (hidden, hidden - len(drop))
+    assert rows["lstm"]["before"] == rows["lstm"]["after"] == proj * (2 if bidirectional else 1)
+    # both groups at once: the plan's uniform ratio
+    both = p.plan(0.5)
+    assert g.id in both.removed
+    v = p.verify(p.apply(both), both)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
 
 
 def test_rnn_initial_states_made_with_zeros_follow_the_hidden_units(tmp_path, monkeypatch):

@@ -251,13 +251,15 @@ def preview_rules(view: View, graph: Graph, widths: dict[str, dict[str, int]]) -
         new_in, new_out = w.get("in", cin), w.get("out", cout)
         if view.data[eid].get("kind") != "op":  # drawn inside a collapsed module
             box = boxes.setdefault(eid, [0, 0, 0])
-            box[0] += (new_in, new_out) != (cin, cout)
+            box[0] += (new_in, new_out) != (cin, cout) or "cell" in w
             box[1] += cout or 0
             box[2] += new_out or 0
             continue
-        if (new_in, new_out) == (cin, cout):
+        if (new_in, new_out) == (cin, cout) and "cell" not in w:
             continue
         label = view.data[eid]["label"] + f"\n⇒ {new_in}→{new_out}"
+        if "cell" in w:  # an LSTM with proj_size: its hidden_size too
+            label += f", cell {n.out_shapes[-1][-1]}→{w['cell']}"
         rules.append({"selector": f"#{eid}", "style": {
             "label": label, "height": 50, "border-width": 3, "border-color": PRUNED}})
     for eid, (k, before, after) in sorted(boxes.items()):

@@ -30,7 +30,15 @@ import numpy as np
 
 from .errors import DepViewError
 from .graph import Graph, Node
-from .handlers import CUTS, conv_width, mha_separate, rnn_cell, rnn_hidden, rnn_projected
+from .handlers import (
+    CUTS,
+    cell_port,
+    conv_width,
+    mha_separate,
+    node_cuts,
+    rnn_cell,
+    rnn_hidden,
+)
 from .meta import (
     WRITE,
     ConcatMeta,
@@ -438,16 +446,17 @@ def _recurrent_rule(g, node, side, port, dim, units, pos, ctx):
     shape = node.in_shapes[port] if side == "in" else node.out_shapes[port]
     if dim != len(shape) - 1:
         return []
-    # with proj_size, the units are the projection's: h (outputs, h_n, h0) is proj_size
-    # wide, while the cell state c (c_n, c0) keeps hidden_size, which stays
+    # with proj_size, h (outputs, h_n, h0) is the projection's proj_size wide, while the
+    # cell state c (c_n, c0) is hidden_size wide: two kinds of units, two groups
     hidden = rnn_hidden(node)
     cell = _cell_state_ports(node)
-    if (side, port) in cell:
-        ctx.block(f"'{node.name}' has proj_size: DepView prunes its projection's units "
-                  "(proj_size), not its cell state's (hidden_size)")
-        return []
     if node.own_forward:  # a LayerNorm-LSTM cell extending nn.LSTMCell, say
         _own_forward_note(node, ctx)
+    if (side, port) in cell:  # the cell units: every gate's rows, weight_hr's columns
+        c_out = cell[0][1]
+        ctx.member(node, "out", len(node.out_shapes[c_out]) - 1, units, pos, port=c_out)
+        return [Flow(s, p, len(shape) - 1, units, pos) for s, p in cell if (s, p) != (side, port)
+                for shape in [node.out_shapes[p] if s == "out" else node.in_shapes[p]]]
     if side == "in" and port == 0:
         ctx.member(node, "in", dim, units, pos)
         return []
@@ -478,10 +487,11 @@ def _recurrent_rule(g, node, side, port, dim, units, pos, ctx):
 def _cell_state_ports(node: Node) -> tuple:
     """The ports of an LSTM with ``proj_size`` that carry its cell state (``c_n``, and ``c0``
     when the call gives ``(h0, c0)``): ``hidden_size`` wide, not the projection's width."""
-    if not rnn_projected(node):
+    c_out = cell_port(node)
+    if c_out is None:
         return ()
     full = node.param_shapes["weight_hr_l0"][1]
-    ports = [("out", len(node.out_shapes) - 1)]
+    ports = [("out", c_out)]
     ins = node.in_shapes
     if len(ins) >= 3 and len(ins[-1]) in (2, 3) and ins[-1][:-1] == ins[-2][:-1] and \
             ins[-1][-1] == full:
@@ -2012,20 +2022,30 @@ class _Search:
         else:
             chunks.append((units, pos))
         if node.id in self.g.sharing:
-            self.tie(node, side, dim, units, pos)
+            self.tie(node, side, dim, units, pos, port)
 
-    def tie(self, node, side, dim, units, pos):
+    def tie(self, node, side, dim, units, pos, port=0):
         """``node`` shares a tensor with other nodes (a module called twice, tied weights):
         the channels its member cuts from that tensor are cut for them too, so the pairs go
         to the side of each other node that the same tensor dim belongs to. A tie it cannot
         follow blocks every unit of the group."""
         n_reasons = len(self.reasons)
-        self._tie(self.g, node, side, dim, units, pos)
+        self._tie(self.g, node, side, dim, units, pos, port)
         if len(self.reasons) > n_reasons:
             self.whole_blocked = True
 
-    def _tie(self, g, node, side, dim, units, pos):
+    def _tie(self, g, node, side, dim, units, pos, port):
         others = g.sharing[node.id]
+        if port and side == "out" and node.op_type is OpType.LSTM:  # its cell units
+            for oid in others:
+                other = g.nodes[oid]
+                c = cell_port(other)
+                if c is None or other.params != node.params:
+                    self.reasons.append(f"'{node.name}' shares its weights with "
+                                        f"'{other.name}' in a way DepView does not follow")
+                else:
+                    self.arrive(oid, c, len(other.out_shapes[c]) - 1, units, pos)
+            return
         if rnn_cell(node):  # every call of a cell: the same hidden units and input features
             for oid in others:
                 other = g.nodes[oid]
@@ -2044,7 +2064,7 @@ class _Search:
             self.reasons.append(f"'{a}' and '{b}' share their weights; DepView cannot follow "
                                 f"such a tie for a {node.op_type.name} layer")
             return
-        for cut in CUTS[node.op_type](node, side, dim, pos):
+        for cut in node_cuts(node, side, dim, pos, None, port):
             for oid in others:
                 other = g.nodes[oid]
                 if cut.key not in other.params.values() and cut.key not in \
@@ -2261,6 +2281,18 @@ _ROOT_TYPES = frozenset((OpType.CONV, OpType.CONV_TRANSPOSE, OpType.CUSTOMIZED)
                        + _ROOT_LAST_DIM)
 
 
+def _with_cell_roots(roots: list[tuple[Node, int, int]]) -> list[tuple[Node, int, int]]:
+    """``roots`` with, after each LSTM that has ``proj_size``, its cell units (``c_n``'s
+    hidden_size, :func:`cell_port`): a second kind of unit, in a group of its own."""
+    out = []
+    for node, port, d in roots:
+        out.append((node, port, d))
+        c = cell_port(node) if node.op_type is OpType.LSTM else None
+        if c is not None:
+            out.append((node, c, len(node.out_shapes[c]) - 1))
+    return out
+
+
 def _contracted_weight_dims(graph: Graph, roots: list[tuple[Node, int]]
                             ) -> list[tuple[Node, int]]:
     """The other dims of bare parameters that a matmul, einsum or functional linear takes
@@ -2330,8 +2362,11 @@ def out_channel_dim(node: Node) -> int | None:
 
 def _search(graph: Graph, root: Node, side: str, dim: int, pos: IntArray,
             gid: int, link_cache: dict | None = None, trail: list | None = None,
-            outer: bool | int = False, blocked: list | None = None, inner: bool = False) -> Group:
-    """The group of ``pos`` on ``dim`` of ``root``'s output (``side="out"``) or input.
+            outer: bool | int = False, blocked: list | None = None, inner: bool = False,
+            port: int = 0) -> Group:
+    """The group of ``pos`` on ``dim`` of ``root``'s output ``port`` (``side="out"``) or
+    input 0. An LSTM's cell state port (:func:`cell_port`) gives a group whose
+    ``root_side`` is "cell".
     ``trail``, if given, receives every tensor key the search visited. ``blocked``, if
     given, receives the sorted labels of the units that reached what blocks the group when
     those are some of its units, not all, and nothing else blocks it (see
@@ -2341,7 +2376,7 @@ def _search(graph: Graph, root: Node, side: str, dim: int, pos: IntArray,
     ctx = _Ctx(s)
     units = np.arange(n, dtype=np.int64)
     if side == "out":
-        s.arrive(root.id, 0, dim, units, pos, distinct=True)
+        s.arrive(root.id, port, dim, units, pos, distinct=True)
     else:
         e = graph.in_edges[root.id][0]
         s.arrive(e.source, e.source_port, dim, units, pos, distinct=True)
@@ -2395,8 +2430,8 @@ def _search(graph: Graph, root: Node, side: str, dim: int, pos: IntArray,
         m.pos.flags.writeable = m.unit.flags.writeable = False
     for p, lab in resolved.values():
         p.flags.writeable = lab.flags.writeable = False
-    grp = Group(gid, root.name, side, int(label.max()) + 1 if n else 0, members, tensors,
-                list(dict.fromkeys(s.reasons)))
+    grp = Group(gid, root.name, "cell" if port else side, int(label.max()) + 1 if n else 0,
+                members, tensors, list(dict.fromkeys(s.reasons)))
     unseen = _unseen_detour(graph, s.cls)
     if unseen:
         grp.reasons.append(unseen)
@@ -2509,7 +2544,7 @@ def _unseen_detour(graph: Graph, keys) -> str | None:
 
 
 def _unfollowed(graph: Graph, root: Node, dim: int, pos: IntArray, gid: int,
-                exc: Exception) -> Group:
+                exc: Exception, port: int = 0) -> Group:
     """The group of a root whose channels a rule failed to follow (a structure the rules do
     not model): the root alone, not prunable, saying so. The model's other groups stand."""
     pos = np.asarray(pos, dtype=np.int64)
@@ -2517,16 +2552,19 @@ def _unfollowed(graph: Graph, root: Node, dim: int, pos: IntArray, gid: int,
     for a in (pos, units):
         a.flags.writeable = False
     side = "param" if root.op_type is OpType.PARAMETER else "out"
-    member = Member(root.id, root.name, root.module, root.op_type, side, dim, pos, units)
+    member = Member(root.id, root.name, root.module, root.op_type, side, dim, pos, units, port)
     msg = (str(exc).splitlines() or [""])[0]
-    return Group(gid, root.name, "out", len(pos), [member], {(root.id, 0, dim): (pos, units)},
+    return Group(gid, root.name, "cell" if port else "out", len(pos), [member],
+                 {(root.id, port, dim): (pos, units)},
                  [f"DepView could not follow these channels ({type(exc).__name__}: {msg})"])
 
 
 def _search_or_unfollowed(graph: Graph, root: Node, dim: int, pos: IntArray, gid: int,
                           link_cache: dict, trail: list | None = None,
-                          blocked: list | None = None, inner_if_blocked: bool = False) -> Group:
-    """The group of ``pos`` on ``root``'s output ``dim`` (or, if a rule fails, the root alone,
+                          blocked: list | None = None, inner_if_blocked: bool = False,
+                          port: int = 0) -> Group:
+    """The group of ``pos`` on ``root``'s output ``dim`` (of output ``port``; or, if a rule
+    fails, the root alone,
     saying why). A group of one unit from several channels is searched again with every
     ambiguous reshape split at its inner dim (:func:`_map_reshape`'s ``inner``), which is
     kept when it has more units: multi-query attention views q with ``-1`` heads over one
@@ -2536,10 +2574,11 @@ def _search_or_unfollowed(graph: Graph, root: Node, dim: int, pos: IntArray, gid
     blocked group is searched so too, and kept if nothing blocks it: DBRX stacks its experts'
     weights as ``(experts * ffn, hidden)`` and views them ``(-1, ffn, hidden)``, whose ``-1``
     would make the experts the units (each one picked by a tensor index: blocked)."""
-    key = (root.id, 0, dim)
+    key = (root.id, port, dim)
     try:
         found, seen = [], []
-        grp = _search(graph, root, "out", dim, pos, gid, link_cache, found, blocked=seen)
+        grp = _search(graph, root, "out", dim, pos, gid, link_cache, found, blocked=seen,
+                      port=port)
         retry = None
         if grp.n_units == 1 and len(pos) > 1 and not grp.reasons:
             retry = {"inner": True}
@@ -2550,7 +2589,7 @@ def _search_or_unfollowed(graph: Graph, root: Node, dim: int, pos: IntArray, gid
         if retry is not None:
             found2, seen2 = [], []
             alt = _search(graph, root, "out", dim, pos, gid, link_cache, found2,
-                          blocked=seen2, **retry)
+                          blocked=seen2, port=port, **retry)
             if grp.reasons:
                 better = not alt.reasons
             elif "outer" in retry:
@@ -2564,7 +2603,7 @@ def _search_or_unfollowed(graph: Graph, root: Node, dim: int, pos: IntArray, gid
             if better:
                 grp, seen = alt, seen2
     except (DepViewError, IndexError, ValueError) as exc:
-        return _unfollowed(graph, root, dim, pos, gid, exc)
+        return _unfollowed(graph, root, dim, pos, gid, exc, port)
     if trail is not None:
         trail += found
     if blocked is not None:
@@ -2852,8 +2891,9 @@ def part_alternative(graph: Graph, group: Group) -> Group | None:
 class _Template:
     """A group found by a full search, kept to be reused for a root that repeats its block."""
 
-    def __init__(self, root: int, group: Group, trail: list[TensorKey]):
+    def __init__(self, root: int, group: Group, trail: list[TensorKey], port: int = 0):
         self.root = root
+        self.port = port  # the root's output port
         self.group = group
         self.trail = trail
         self.tensors: list[tuple[int, int]] | None = None  # visited; filled when first needed
@@ -2892,15 +2932,15 @@ class _Repeats:
         return f
 
     @staticmethod
-    def key(node: Node, dim: int) -> tuple:
-        return node.op_type, node.target, node.out_shapes, dim
+    def key(node: Node, port: int, dim: int) -> tuple:
+        return node.op_type, node.target, node.out_shapes, port, dim
 
-    def add(self, node: Node, dim: int, grp: Group, trail: list[TensorKey]) -> None:
+    def add(self, node: Node, port: int, dim: int, grp: Group, trail: list[TensorKey]) -> None:
         sharing = self.g.sharing
         if grp.reasons or grp.stats_notes or any(m.node in sharing for m in grp.members):
             return  # texts name nodes; ties reach nodes at no fixed offset
-        self.templates.setdefault(self.key(node, dim), []).append(
-            _Template(node.id, grp, trail))
+        self.templates.setdefault(self.key(node, port, dim), []).append(
+            _Template(node.id, grp, trail, port))
 
     def _prepare(self, t: _Template) -> None:
         g = self.g
@@ -2922,7 +2962,7 @@ class _Repeats:
         fp, consumers = self.fp, self.g.consumers
         if fp(t.root) != fp(t.root + delta):
             return False
-        a, b = consumers.get((t.root, 0), ()), consumers.get((t.root + delta, 0), ())
+        a, b = consumers.get((t.root, t.port), ()), consumers.get((t.root + delta, t.port), ())
         if len(a) != len(b):
             return False
         for x, y in zip(a, b, strict=True):
@@ -2959,9 +2999,10 @@ class _Repeats:
                     return False
         return True
 
-    def find(self, node: Node, dim: int, gid: int) -> Group | None:
-        """The group of ``node``'s whole output ``dim`` made from a verified repeat, or None."""
-        for t in reversed(self.templates.get(self.key(node, dim), ())[-3:]):
+    def find(self, node: Node, port: int, dim: int, gid: int) -> Group | None:
+        """The group of ``node``'s whole output ``port``'s ``dim`` made from a verified
+        repeat, or None."""
+        for t in reversed(self.templates.get(self.key(node, port, dim), ())[-3:]):
             delta = node.id - t.root
             if not self._near(t, delta):
                 continue
@@ -3015,36 +3056,36 @@ def all_groups(graph: Graph, reuse: bool = True) -> list[Group]:
     (:class:`_Repeats`), take that group shifted instead of searching again; ``False`` searches
     every root (the same result, slower; the tests compare the two).
     """
-    roots = [(node, d) for node in graph.nodes
+    roots = [(node, 0, d) for node in graph.nodes
              if node.op_type in _ROOT_TYPES and (d := root_dim(node)) is not None]
-    extra = _contracted_weight_dims(graph, roots)
-    roots += extra
+    extra = _contracted_weight_dims(graph, [(node, d) for node, _, d in roots])
+    roots = _with_cell_roots(roots) + [(node, 0, d) for node, d in extra]
     extra_keys = {(node.id, d) for node, d in extra}
-    root_keys = {(node.id, 0, d) for node, d in roots}
+    root_keys = {(node.id, port, d) for node, port, d in roots}
     covered: dict[TensorKey, np.ndarray] = {}  # root tensors: positions some group owns
     groups: list[Group] = []
     link_cache: dict = {}
     repeats = _Repeats(graph) if reuse else None
-    for node, d in roots:
-        cov = covered.get((node.id, 0, d))
+    for node, port, d in roots:
+        cov = covered.get((node.id, port, d))
         grp = None
         blocked: list[IntArray] = []
         if cov is None:
             if repeats is not None:
-                grp = repeats.find(node, d, len(groups))
+                grp = repeats.find(node, port, d, len(groups))
             if grp is None:
                 trail: list[TensorKey] = []
-                pos = np.arange(node.out_shapes[0][d], dtype=np.int64)
+                pos = np.arange(node.out_shapes[port][d], dtype=np.int64)
                 grp = _search_or_unfollowed(graph, node, d, pos, len(groups), link_cache,
-                                            trail, blocked, (node.id, d) in extra_keys)
+                                            trail, blocked, (node.id, d) in extra_keys, port)
                 if repeats is not None:
-                    repeats.add(node, d, grp, trail)
+                    repeats.add(node, port, d, grp, trail)
         else:
             pos = np.nonzero(~cov)[0]
             if len(pos) == 0:
                 continue
             grp = _search_or_unfollowed(graph, node, d, pos, len(groups), link_cache,
-                                        blocked=blocked)
+                                        blocked=blocked, port=port)
         parts = [grp]
         if blocked:  # some units reach what blocks: the others form a prunable group
             parts = list(split_blocked(grp, blocked[0], len(groups), len(groups) + 1))
@@ -3056,6 +3097,7 @@ def all_groups(graph: Graph, reuse: bool = True) -> list[Group]:
         for key in root_keys.intersection(grp.tensors):
             arr = covered.get(key)
             if arr is None:
-                arr = covered[key] = np.zeros(graph.nodes[key[0]].out_shapes[0][key[2]], bool)
+                arr = covered[key] = np.zeros(graph.nodes[key[0]].out_shapes[key[1]][key[2]],
+                                              bool)
             arr[grp.tensors[key][0]] = True
     return groups

@@ -176,8 +176,15 @@ def rnn_projected(node: Node) -> bool:
     return "weight_hr_l0" in node.params
 
 
+def cell_port(node: Node) -> int | None:
+    """The output port of an LSTM with ``proj_size`` that carries its cell state ``c_n``
+    (``hidden_size`` wide, the cell units; h is the projection's ``proj_size``), or None."""
+    return len(node.out_shapes) - 1 if rnn_projected(node) and len(node.out_shapes) >= 3 \
+        else None
+
+
 def _recurrent(gates: int):
-    def cuts(node, side, dim, pos):
+    def cuts(node, side, dim, pos, port=0):
         hidden = rnn_hidden(node)
         layers = int(node.attrs.get("num_layers", 1))
         sfxs = ["", "_reverse"] if node.attrs.get("bidirectional") else [""]
@@ -189,6 +196,19 @@ def _recurrent(gates: int):
         if side == "in":
             for s in sfxs:
                 out += _cuts(node, [(key("weight_ih", 0, s), 1)], pos)
+            return out
+        if port:  # an LSTM with proj_size: its cell units (c_n's port), see cell_port
+            h, first = np.unique(pos, return_index=True)
+            cell = node.param_shapes[key("weight_hr", 0, "")][1]
+            rows = (np.arange(gates)[:, None] * cell + h[None, :]).reshape(-1)
+            row_of = np.tile(first, gates)
+            for layer in range(layers):
+                for s in sfxs:
+                    out += _cuts(node, [(key("weight_ih", layer, s), 0),
+                                        (key("bias_ih", layer, s), 0),
+                                        (key("weight_hh", layer, s), 0),
+                                        (key("bias_hh", layer, s), 0)], rows, row_of)
+                    out += _cuts(node, [(key("weight_hr", layer, s), 1)], h, first)
             return out
         # (a bidirectional layer's output is [forward h | reverse h]: unit i is both)
         h, first = np.unique(pos % hidden, return_index=True)
@@ -222,6 +242,9 @@ def _recurrent(gates: int):
 _QKV = ("q_proj_weight", "k_proj_weight", "v_proj_weight")
 #: the inputs, by port, of a layer that reads several through weights of their own
 INPUT_NAMES: dict[OpType, tuple[str, ...]] = {OpType.MHA: ("query", "key", "value")}
+#: the outputs, by port, of a layer whose outputs hold units of different kinds (an LSTM with
+#: ``proj_size``: h is proj_size wide, the cell state c_n hidden_size, see cell_port)
+OUTPUT_NAMES: dict[OpType, tuple[str, ...]] = {OpType.LSTM: ("output", "h_n", "cell")}
 
 
 def mha_separate(node: Node) -> bool:
@@ -293,6 +316,19 @@ def _unsupported(node, side, dim, pos):
 
 
 CutFn = Callable[[Node, str, int, np.ndarray], list[Cut]]
+
+
+def node_cuts(node: Node, side: str, dim: int, pos, tensors=None, port: int = 0) -> list[Cut]:
+    """The cuts of one member: ``CUTS`` for its type, given the member's ``port`` where a
+    layer holds channels of several tensors (nn.MultiheadAttention's key and value inputs,
+    an LSTM's cell state) and ``tensors`` (state_dict key -> tensor, or None) where the
+    indices are picked by weight (nn.MultiheadAttention's heads)."""
+    fn = CUTS[node.op_type]
+    if node.op_type is OpType.MHA:
+        return fn(node, side, dim, pos, tensors, port)
+    if port and node.op_type in OpGroup.RECURRENT:
+        return fn(node, side, dim, pos, port)
+    return fn(node, side, dim, pos)
 
 #: OpType -> which tensors lose which indices. Virtual ops own no tensors.
 CUTS: dict[OpType, CutFn] = {

@@ -47,7 +47,7 @@ from .groups import (
     split_blocked,
     split_sizes,
 )
-from .handlers import CUTS, REFRESH, Cut
+from .handlers import REFRESH, Cut, cell_port, node_cuts
 from .memory import (
     MemoryShortError,
     check_room,
@@ -320,7 +320,7 @@ class Pruner:
         for m in group.members:
             pos = m.indices(units)
             if len(pos):
-                out += _node_cuts(self.graph.nodes[m.node], m.side, m.dim, pos,
+                out += node_cuts(self.graph.nodes[m.node], m.side, m.dim, pos,
                                   lambda k: table[k][2] if k in table else None, m.port)
         return out
 
@@ -387,7 +387,7 @@ class Pruner:
             all_pos = np.arange(int(m.pos.max()) + 1)
             unit_at = np.full(len(all_pos), -1)
             unit_at[m.pos] = m.unit
-            for cut in _node_cuts(node, m.side, m.dim, all_pos, None, m.port):
+            for cut in node_cuts(node, m.side, m.dim, all_pos, None, m.port):
                 if cut.key not in table or "running" in cut.key or not cut.aligned:
                     continue
                 t = table[cut.key][2].detach()
@@ -743,7 +743,8 @@ class Pruner:
                 for k, dims in acc.items()}
 
     def widths(self, plan: Plan) -> dict[str, dict[str, int]]:
-        """module path -> {"in"/"out": new channel count} for layers a plan touches."""
+        """module path -> {"in"/"out": new channel count} for layers a plan touches; also
+        "cell" for an LSTM with ``proj_size`` whose cell units (``hidden_size``) it prunes."""
         by_id = {g.id: g for g in self.groups}
         # a layer after a concat is a member of several groups, each owning some of its
         # channels: its width loses what all of them remove
@@ -751,11 +752,12 @@ class Pruner:
         for gid, units in plan.removed.items():
             g = by_id[gid]
             for m in g.members:
-                if m.side == "param" or m.port:  # (a layer's width is its first input's)
-                    continue
+                if m.side == "param" or m.port and m.side == "in":  # (a layer's width is
+                    continue  # its first input's)
                 node = self.graph.nodes[m.node]
-                shape = node.in_shapes[0] if m.side == "in" else node.out_shapes[0]
-                entry = lost.setdefault((node.module, m.side), (shape[m.dim], set()))
+                shape = node.in_shapes[0] if m.side == "in" else node.out_shapes[m.port]
+                side = "cell" if m.port else m.side  # (an LSTM's c_n, see handlers.cell_port)
+                entry = lost.setdefault((node.module, side), (shape[m.dim], set()))
                 entry[1].update(m.indices(units).tolist())
         out: dict[str, dict[str, int]] = defaultdict(dict)
         for (module, side), (width, gone) in lost.items():
@@ -963,6 +965,11 @@ class Pruner:
             w_out = n.out_shapes[0][d] if d is not None else 0
             layers.append({"name": n.name, "op_type": n.op_type.value, "before": int(w_out),
                            "after": int(widths.get(n.module, {}).get("out", w_out))})
+            if (c := cell_port(n)) is not None:  # an LSTM's hidden_size beside its proj_size
+                w_cell = n.out_shapes[c][-1]
+                layers.append({"name": f"{n.name} (cell)", "op_type": n.op_type.value,
+                               "before": int(w_cell),
+                               "after": int(widths.get(n.module, {}).get("cell", w_cell))})
         return {"params": {"before": before["params"], "after": after["params"]},
                 "macs": {"before": before["macs"], "after": after["macs"]},
                 "layers": layers, "removed_units": plan.n_removed,
@@ -1704,7 +1711,7 @@ class Pruner:
                 continue
             for m in g.members:
                 if m.side == "out" and self.graph.nodes[m.node].is_module:
-                    lost[key(m.node, 0, m.dim)].update(m.indices(units).tolist())
+                    lost[key(m.node, m.port, m.dim)].update(m.indices(units).tolist())
             for k, (pos, unit) in g.tensors.items():
                 # a slice's part loses what the plan removes inside its bounds: bounds that
                 # moved wrong (a stored size set to the wrong value) cut other positions
@@ -2964,13 +2971,6 @@ def _overlap(a: Group, b: Group) -> bool:
     """Do two groups claim a position of the same tensor dim?"""
     return any(np.intersect1d(a.tensors[k][0], b.tensors[k][0]).size
                for k in a.tensors.keys() & b.tensors.keys())
-
-
-def _node_cuts(node, side, dim, pos, tensors, port: int = 0) -> list[Cut]:
-    fn = CUTS[node.op_type]
-    if node.op_type is OpType.MHA:  # the one handler that picks derived indices by weight,
-        return fn(node, side, dim, pos, tensors, port)  # and reads inputs by weights of their own
-    return fn(node, side, dim, pos)
 
 
 #: validation may probe a model of at most this many bytes of tensors on real tensors (a

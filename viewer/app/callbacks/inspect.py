@@ -20,7 +20,7 @@ from dash import ClientsideFunction, Input, Output, State, ctx, dcc, html, no_up
 from viewer.core.errors import DepViewError
 from viewer.core.graph import Graph, Node
 from viewer.core.groups import Group, group_of, units_are_heads
-from viewer.core.handlers import INPUT_NAMES
+from viewer.core.handlers import INPUT_NAMES, OUTPUT_NAMES
 from viewer.core.meta import (
     WRITE,
     ConcatMeta,
@@ -484,10 +484,11 @@ def breakable(name: str) -> str:
 
 def _side_text(m) -> str:
     """A member's side, and which input for one of several read by weights of their own
-    (``nn.MultiheadAttention``'s key and value with ``kdim``/``vdim``)."""
+    (``nn.MultiheadAttention``'s key and value with ``kdim``/``vdim``), or which output for
+    units of another kind (an LSTM's cell state with ``proj_size``)."""
     if not m.port:
         return m.side
-    names = INPUT_NAMES.get(m.op_type, ())
+    names = (OUTPUT_NAMES if m.side == "out" else INPUT_NAMES).get(m.op_type, ())
     return f"{m.side} ({names[m.port] if m.port < len(names) else m.port})"
 
 
