@@ -462,17 +462,34 @@ def test_members_read_by_a_key_or_value_weight_say_which_input():
     assert "<td>in (key)</td>" in text and "<td>in (value)</td>" in text
 
 
+LSTMP = """import torch
+
+
+class M(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lstm = torch.nn.LSTM(4, 12, proj_size=3, batch_first=True)
+        self.fc = torch.nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.fc(self.lstm(x)[0][:, -1])
+"""
+
+
 @pytest.mark.filterwarnings("ignore:LSTM with projections")
-def test_an_lstm_cell_state_member_says_cell():
-    from torch import nn
+def test_an_lstm_with_proj_size_offers_its_cell_units_group(tmp_path):
+    from conftest import file_session
 
-    from viewer.core.groups import all_groups
-    from viewer.core.trace import build_graph
-
-    graph = build_graph(nn.LSTM(4, 12, proj_size=3), torch.randn(5, 1, 4))
-    cell = next(g for g in all_groups(graph) if g.root_side == "cell")
-    assert cell.n_units == 12
-    assert "<td>out (cell)</td>" in cb.members_table(cell).children
+    store = file_session(tmp_path, LSTMP, ("1x5x4",))
+    render(store, "sid", "new")
+    r = cb.inspect(store, "sid", _op("lstm"))
+    labels = [o["label"] for o in r.group_options]
+    assert labels[0].startswith("#0 · lstm · 3 units")
+    cell = next(o for o in r.group_options if "(cell)" in o["label"])
+    assert cell["label"] == f"#{cell['value']} · lstm (cell) · 12 units"
+    picked = cb.inspect(store, "sid", _op("lstm"), pick=cell["value"])
+    text = _text(picked.group_panel)
+    assert "lstm (cell)" in text and "out (cell)" in text
 
 
 def test_the_group_panel_explains_the_edge_labels(store):

@@ -158,7 +158,7 @@ def test_preview_rules_show_an_lstm_cell_width():
     graph = build_graph(model, torch.randn(5, 1, 4))
     view = build_view(graph)
     (rule,) = styles.preview_rules(view, graph, {"": {"cell": 6}})
-    assert rule["style"]["label"].endswith("⇒ 4→3, cell 12→6")
+    assert rule["style"]["label"].endswith("⇒ 4→3\ncell 12→6")
 
 
 def test_preview_rules_mark_collapsed_modules_holding_pruned_layers():

@@ -259,9 +259,10 @@ def preview_rules(view: View, graph: Graph, widths: dict[str, dict[str, int]]) -
             continue
         label = view.data[eid]["label"] + f"\n⇒ {new_in}→{new_out}"
         if "cell" in w:  # an LSTM with proj_size: its hidden_size too
-            label += f", cell {n.out_shapes[-1][-1]}→{w['cell']}"
+            label += f"\ncell {n.out_shapes[-1][-1]}→{w['cell']}"
         rules.append({"selector": f"#{eid}", "style": {
-            "label": label, "height": 50, "border-width": 3, "border-color": PRUNED}})
+            "label": label, "height": 50 + 12 * ("cell" in w), "border-width": 3,
+            "border-color": PRUNED}})
     for eid, (k, before, after) in sorted(boxes.items()):
         if not k:
             continue

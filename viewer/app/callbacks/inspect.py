@@ -574,7 +574,9 @@ def inspect(store: SessionStore, sid: str, selection: dict | None, side: str = "
                                           removed)
         # validation ran when the stage was made: a reason is a lookup here
         ignore = session.ignored()
-        res.group_options = [{"label": f"#{g.id} · {g.root} · {g.n_units} units"
+        res.group_options = [{"label": f"#{g.id} · {g.root}"
+                              + (f" ({g.root_side})" if g.root_side == "cell" else "")
+                              + f" · {g.n_units} units"
                               + (" · not prunable" if stage.pruner.reason(g, ignore) else ""),
                               "value": g.id} for g in cands]
         res.group_value = group.id if model_group else None
