@@ -96,6 +96,15 @@ OWN = {
     "funnel": {**{k: v for k, v in SMALL.items() if k != "num_hidden_layers"},
                "block_sizes": [1, 1], "num_decoder_layers": 1},
     "marian": dict(SMALL, **SEQ2SEQ, pad_token_id=0, decoder_start_token_id=0),
+    # (its decoder's layers and sparse layers have defaults of their own: 12, 3)
+    "switch_transformers": dict(SMALL, **SEQ2SEQ, num_decoder_layers=2,
+                                num_sparse_encoder_layers=1, num_sparse_decoder_layers=1,
+                                num_experts=4),
+    # (its config refuses num_hidden_layers, which num_layers sets)
+    "prophetnet": dict(hidden_size=32, vocab_size=120, max_position_embeddings=64,
+                       encoder_ffn_dim=64, decoder_ffn_dim=64, encoder_attention_heads=4,
+                       decoder_attention_heads=4, num_encoder_layers=2, num_decoder_layers=2,
+                       ngram=2),
     **{t: dict(vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                   num_attention_heads=4, image_size=32, patch_size=8),
                text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
