@@ -911,6 +911,16 @@ def encodec():
         hidden_size=32, num_filters=4, num_residual_layers=1, upsampling_ratios=[4, 2],
         codebook_size=64, codebook_dim=32, num_lstm_layers=1))
 
+def mimi():
+    # (frame_rate below the codec's own rate: at equal rates MimiModel has no downsample
+    # layer and its forward fails; upsample_groups at most hidden_size)
+    return tr.MimiModel(tr.MimiConfig(
+        hidden_size=32, num_filters=4, num_residual_layers=1, upsampling_ratios=[4, 2],
+        codebook_size=64, codebook_dim=32, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=4, head_dim=8, intermediate_size=64, num_semantic_quantizers=1,
+        num_quantizers=2, vector_quantization_hidden_dimension=32, sliding_window=16,
+        frame_rate=25, sampling_rate=400, upsample_groups=32))
+
 def llama(layers=2):
     return tr.LlamaForCausalLM(tr.LlamaConfig(
         vocab_size=100, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
@@ -1139,6 +1149,33 @@ def test_hf_encodec_weight_normed_convs_prune_exactly_and_reload(tmp_path):
         torch.testing.assert_close(load_pruned(out)(x).audio_values, want, rtol=0, atol=0)
         hf = transformers.EncodecModel.from_pretrained(out).eval()
         torch.testing.assert_close(hf(x).audio_values, want)
+
+
+def test_hf_mimi_codec_prunes_and_reloads(tmp_path):
+    """Mimi: SEANet convs with their own padding modules, a transformer between them, a
+    grouped transposed conv to upsample, split residual vector quantizers (functional
+    embeddings, which stay)."""
+    from viewer.core.spec import load_model
+
+    (tmp_path / "hf_models.py").write_text(HF_SPEC_FILE)
+    lm = load_model(f"{tmp_path / 'hf_models.py'}:mimi", inputs=["1x1x800"])
+    p = Pruner(lm.model, lm.inputs)
+    plan = p.plan(0.5)
+    assert len(plan.removed) >= 12
+    reasons = " ".join(p.reason(g) for g in p.groups)
+    assert "functional embedding" in reasons and "groups=32" in reasons
+    pruned = p.apply(plan)
+    v = p.verify(pruned, plan)
+    me = v["masked_equivalence"]
+    assert v["forward"] and me.get("ok", True) and me["exact_groups"]["ok"], v
+    assert me["exact_groups"]["groups"] >= 12
+    assert sum(t.numel() for t in pruned.parameters()) < \
+        0.5 * sum(t.numel() for t in lm.model.parameters())
+    out = export_dir(p, plan, pruned, tmp_path / "out", lm.source, pt2=False)
+    x = lm.inputs[0]
+    with torch.no_grad():
+        want = pruned(x).audio_values
+        torch.testing.assert_close(load_pruned(out)(x).audio_values, want, rtol=0, atol=0)
 
 
 def test_hf_config_is_fitted_again_in_a_second_round_and_from_pretrained_builds_both(tmp_path):
