@@ -1,3 +1,4 @@
+import copy
 import math
 
 import numpy as np
@@ -1195,6 +1196,191 @@ def test_a_depthwise_conv_with_a_multiplier_loses_whole_groups(tmp_path, monkeyp
     assert reloaded.dw.groups == 4
     with torch.no_grad():
         assert torch.equal(reloaded(*lm.inputs), pruned(*lm.inputs))
+
+
+UPSAMPLER = '''
+from torch import nn
+
+
+class Net(nn.Module):
+    """A per-channel learned upsampler: a transposed conv with one input channel per group
+    (and ``mult`` outputs per group)."""
+
+    def __init__(self, mult=1):
+        super().__init__()
+        self.a = nn.Conv1d(2, 8, 3, padding=1)
+        self.up = nn.ConvTranspose1d(8, 8 * mult, 4, stride=2, padding=1, groups=8)
+        self.b = nn.Conv1d(8 * mult, 3, 3, padding=1)
+
+    def forward(self, x):
+        return self.b(self.up(self.a(x).relu()).relu())
+'''
+
+
+@pytest.mark.parametrize("mult", [1, 2])
+def test_a_transposed_conv_with_one_input_channel_per_group_loses_whole_groups(
+        mult, tmp_path, monkeypatch):
+    # it was "one output channel per group: removing one would remove a group" (blocked)
+    from viewer.core.export import export_dir, load_pruned
+    from viewer.core.prune import Plan, Pruner
+    from viewer.core.spec import load_model
+
+    (tmp_path / "up.py").write_text(UPSAMPLER)
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    lm = load_model("up.py:Net", inputs=["1x2x10"], kwargs={"mult": mult})
+    model, x = lm.model, lm.inputs[0]
+    p = Pruner(model, (x,))
+    a = next(g for g in p.groups if g.root == "a")
+    assert not p.reason(a) and a.n_units == 8
+    assert a.member("up", "out").indices([3]).tolist() == list(range(3 * mult, 4 * mult))
+    drop = [1, 3, 4, 6]
+    keep = torch.tensor([0, 2, 5, 7])
+    keep_out = torch.cat([k * mult + torch.arange(mult) for k in keep])
+    plan = Plan({a.id: drop})
+    pruned = p.apply(plan)
+    up = pruned.up
+    assert (up.groups, up.in_channels, up.out_channels) == (4, 4, 4 * mult)
+    # oracle: the same network built by hand from the kept tensors
+    ref = nn.ConvTranspose1d(4, 4 * mult, 4, stride=2, padding=1, groups=4)
+    with torch.no_grad():
+        ref.weight.copy_(model.up.weight[keep])
+        ref.bias.copy_(model.up.bias[keep_out])
+        h = F.conv1d(x, model.a.weight[keep], model.a.bias[keep], padding=1).relu()
+        want = F.conv1d(ref(h).relu(), model.b.weight[:, keep_out], model.b.bias, padding=1)
+        torch.testing.assert_close(pruned(x), want)
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+    out = export_dir(p, plan, pruned, tmp_path / "out", lm.source, pt2=False)
+    again = load_pruned(out)
+    assert again.up.groups == 4
+    with torch.no_grad():
+        assert torch.equal(again(x), pruned(x))
+
+
+FUNCTIONAL_EMBEDDING = '''
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Table(nn.Module):
+    """A bare table read by F.embedding (or F.embedding_bag), and with ``tied`` by F.linear
+    as the vocabulary head (nanoGPT-style)."""
+
+    def __init__(self, bag=False, tied=False):
+        super().__init__()
+        self.bag, self.tied = bag, tied
+        self.wte = nn.Parameter(torch.randn(50, 16) / 4)
+        self.fc1, self.fc2 = nn.Linear(16, 32), nn.Linear(32, 16)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, ids):
+        if self.bag:
+            x = F.embedding_bag(ids, self.wte, mode="mean")
+        else:
+            x = F.embedding(ids, self.wte, padding_idx=0, max_norm=1.0)
+        x = x + self.fc2(self.fc1(x).relu())
+        return F.linear(x, self.wte) if self.tied else self.head(x)
+'''
+
+
+@pytest.mark.parametrize("bag, tied", [(False, False), (True, False), (False, True)])
+def test_a_functional_embedding_hands_its_width_to_the_table_columns(bag, tied, tmp_path,
+                                                                      monkeypatch):
+    # it was "a functional embedding call; DepView prunes layers called as modules"
+    from viewer.core.export import export_dir, load_pruned
+    from viewer.core.prune import Plan, Pruner
+    from viewer.core.spec import load_model
+
+    (tmp_path / "table.py").write_text(FUNCTIONAL_EMBEDDING)
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    lm = load_model("table.py:Table", inputs=["2x7:int64"], kwargs={"bag": bag, "tied": tied})
+    model, ids = lm.model, lm.inputs[0]
+    p = Pruner(model, (ids,))
+    g = next(grp for grp in p.groups if grp.root == "wte")
+    assert not p.reason(g) and g.n_units == 16
+    assert g.member("wte", "param").dim == 1
+    assert g.member("fc1", "in").indices([3]).tolist() == [3]
+    # the rows (tokens) are never a group
+    assert not any(grp.n_units == 50 and not p.reason(grp) for grp in p.groups)
+    drop = [0, 2, 3, 9, 10, 15]
+    keep = torch.tensor([i for i in range(16) if i not in drop])
+    plan = Plan({g.id: drop})
+    pruned = p.apply(plan)
+    assert torch.equal(pruned.wte, model.wte[:, keep].detach())
+    assert torch.equal(pruned.fc1.weight, model.fc1.weight[:, keep])
+    # oracle: the original with the dropped columns zeroed in every tensor that holds them
+    masked = copy.deepcopy(model)
+    with torch.no_grad():
+        masked.wte[:, drop] = 0
+        masked.fc1.weight[:, drop] = 0
+        masked.fc2.weight[drop] = 0
+        masked.fc2.bias[drop] = 0
+        masked.head.weight[:, drop] = 0
+        torch.testing.assert_close(pruned(ids), masked(ids))
+        assert not torch.allclose(pruned(ids), model(ids), atol=1e-4)
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+    out = export_dir(p, plan, pruned, tmp_path / "out", lm.source, pt2=False)
+    with torch.no_grad():
+        assert torch.equal(load_pruned(out)(ids), pruned(ids))
+
+
+CODEBOOK = '''
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class VQ(nn.Module):
+    """An EMA vector quantizer as codecs keep one: ``embed`` is read (distances, F.embedding);
+    ``embed_avg`` and ``cluster_size`` only by training updates."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc = nn.Conv1d(2, 8, 3, padding=1)
+        self.register_buffer("embed", torch.randn(16, 8))
+        self.register_buffer("embed_avg", torch.randn(16, 8))
+        self.register_buffer("cluster_size", torch.ones(16))
+        self.register_buffer("other", torch.randn(16, 8))  # read: not a twin
+        self.dec = nn.Conv1d(8, 2, 3, padding=1)
+
+    def forward(self, x):
+        z = self.enc(x).transpose(1, 2)  # (B, T, 8)
+        codes = torch.cdist(z, (self.embed + 0 * self.other)[None]).argmin(-1)
+        return self.dec(F.embedding(codes, self.embed).transpose(1, 2))
+'''
+
+
+def test_an_unread_buffer_beside_a_cut_one_of_its_shape_is_cut_with_it(tmp_path, monkeypatch):
+    # embed_avg (training's running average) was left at the old width beside the pruned
+    # embed: from_pretrained of such a checkpoint refuses it, a training step fails
+    from viewer.core.export import export_dir, load_pruned
+    from viewer.core.prune import Plan, Pruner
+    from viewer.core.spec import load_model
+
+    (tmp_path / "vq.py").write_text(CODEBOOK)
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    lm = load_model("vq.py:VQ", inputs=["1x2x6"])
+    model, x = lm.model, lm.inputs[0]
+    p = Pruner(model, (x,))
+    g = next(grp for grp in p.groups if grp.root == "enc")
+    assert {m.node_name for m in g.members} >= {"enc", "embed", "other", "dec"}
+    keys = {c.key for c in p.cuts(g, [1, 5])}
+    assert {"embed", "embed_avg", "other"} <= keys and "cluster_size" not in keys
+    plan = Plan({g.id: [1, 5]})
+    pruned = p.apply(plan)
+    keep = [0, 2, 3, 4, 6, 7]
+    assert torch.equal(pruned.embed_avg, model.embed_avg[:, keep])
+    assert pruned.cluster_size.shape == (16,)
+    out = export_dir(p, plan, pruned, tmp_path / "out", lm.source, pt2=False)
+    again = load_pruned(out)
+    assert torch.equal(again.embed_avg, pruned.embed_avg)
+    with torch.no_grad():
+        assert torch.equal(again(x), pruned(x))
 
 
 def test_index_add_keeps_the_channels_of_what_it_adds():

@@ -351,16 +351,16 @@ def _conv_in(node: Node) -> int:
 def _grouped_conv_rule(base: Rule) -> Rule:
     """Grouped convolutions: every group must keep the same width, so a unit removes the
     channel at the same offset of every group (channels c and c + k*C/groups merge). With one
-    input channel per group (a depthwise conv with a channel multiplier) a unit is a whole
-    group instead: input channel g and its outputs, and ``groups`` shrinks."""
+    input channel per group (a depthwise conv with a channel multiplier, or a transposed
+    conv upsampling each channel alone) a unit is a whole group instead: input channel g and
+    its outputs, and ``groups`` shrinks."""
 
     def rule(g, node, side, port, dim, units, pos, ctx):
         groups = int(node.attrs.get("groups", 1))
         c = _conv_channel(node, len(node.in_shapes[0])) if node.in_shapes else 1
         if groups == 1 or port != 0 or dim != c:
             return base(g, node, side, port, dim, units, pos, ctx)
-        if node.op_type is OpType.CONV and conv_prunes_whole_groups(conv_width(node, "in"),
-                                                                    groups):
+        if conv_prunes_whole_groups(conv_width(node, "in"), groups):
             co = conv_width(node, "out") // groups
             grp = pos if side == "in" else pos // co
             out_pos = (grp[:, None] * co + np.arange(co)[None, :]).reshape(-1)
@@ -1828,6 +1828,33 @@ def _functional_conv(base: Rule) -> Rule:
     return rule
 
 
+def _functional_embedding_rule(node, side, port, dim, units, pos, ctx):
+    """``F.embedding(ids, weight)`` / ``F.embedding_bag(ids, weight, ...)`` with a weight of
+    the model's own (a bare table, or one computed from buffers: a codebook): the output's
+    last dim is the table's columns (a bag's sum, mean or max keeps each column apart; so
+    does ``max_norm``, whose row norms see zeroed columns as the pruned ones). The rows are
+    picked by token ids: never pruned."""
+    out_d = len(node.out_shapes[0]) - 1
+    if side == "out" and port == 0 and dim == out_d:
+        return [Flow("in", 1, 1, units, pos)]
+    if side == "in" and port == 1 and dim == 1:
+        return [Flow("out", 0, out_d, units, pos)]
+    if side == "in" and port == 1:
+        ctx.block(f"'{node.name}' picks rows of its table by token ids: the vocabulary is "
+                  "never pruned")
+    elif side == "in" and port > 1:  # a bag's offsets or per-sample weights
+        ctx.block(f"'{node.name}' reads input {port} as bag offsets or weights, not channels")
+    elif side == "out" or port == 0:
+        # ids dims (batch, sequence) are the output's leading dims
+        other = ("in", 0, dim) if side == "out" else ("out", 0, dim)
+        shapes = node.in_shapes[0] if side == "out" else node.out_shapes[0]
+        if dim < len(shapes) and (side == "in" or dim < out_d) and \
+                node.in_shapes[0] == node.out_shapes[0][:-1]:
+            return [Flow(*other, units, pos)]
+        ctx.block(f"'{node.name}' ({node.target}) mixes positions along dim {dim}")
+    return []
+
+
 def _functional_depthwise(node: Node) -> bool:
     """A functional conv with one input channel per group and one output per group."""
     ins, outs = node.in_shapes, node.out_shapes
@@ -1844,6 +1871,8 @@ def _modules_only(rule: Rule) -> Rule:
     def wrapped(g, node, side, port, dim, units, pos, ctx):
         if not node.is_module and node.op_type is OpType.CONV:
             return functional(g, node, side, port, dim, units, pos, ctx)
+        if not node.is_module and node.op_type is OpType.EMBED:
+            return _functional_embedding_rule(node, side, port, dim, units, pos, ctx)
         if not node.is_module:
             ctx.block(f"'{node.name}' is a functional {node.target} call; DepView prunes "
                       "layers called as modules")

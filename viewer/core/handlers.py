@@ -116,6 +116,8 @@ def _conv(node, side, dim, pos):
 def _conv_transpose(node, side, dim, pos):
     # weight is (in, out/groups, ...)
     if side == "out":
+        if conv_prunes_whole_groups(conv_width(node, "in"), int(node.attrs.get("groups", 1))):
+            return _cuts(node, [("bias", 0)], pos)  # its weight rows go with its inputs
         return (_cuts(node, [("weight", 1)], _group_local(node, "out", pos))
                 + _cuts(node, [("bias", 0)], pos))
     return _cuts(node, [("weight", 0)], pos)
@@ -367,6 +369,8 @@ Widths = dict[str, int]  # {"in": new input channels, "out": new output channels
 
 def _refresh_conv(m: nn.Module, w: Widths) -> None:
     if isinstance(m, nn.modules.conv._ConvTransposeNd):
+        if conv_prunes_whole_groups(m.in_channels, m.groups) and "in" in w:  # groups went
+            m.groups = w["in"]
         m.in_channels = m.weight.shape[0]
         m.out_channels = m.weight.shape[1] * m.groups
     else:

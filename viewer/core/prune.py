@@ -297,6 +297,7 @@ class Pruner:
         # rejects what the real one takes): previews and validation then use real tensors
         self._meta_ok = True
         self._untraced: list[str] | None = None
+        self._read_keys: set[str] | None = None  # state_dict keys the traced ops read
         self._table: dict[str, tuple[nn.Module, str, torch.Tensor]] | None = None
         # Taylor scores of the last batch: ((its tensors, their versions, the weights'
         # versions), {id(group): (group, scores)})
@@ -322,6 +323,31 @@ class Pruner:
             if len(pos):
                 out += node_cuts(self.graph.nodes[m.node], m.side, m.dim, pos,
                                   lambda k: table[k][2] if k in table else None, m.port)
+        return out + self._unread_twin_cuts(out)
+
+    def _unread_twin_cuts(self, cuts: list[Cut]) -> list[Cut]:
+        """Cuts of the buffers no traced op reads that sit beside a cut buffer in the same
+        module with the same shape: a vector quantizer's codebook ``embed`` and its running
+        average ``embed_avg``, which only training reads. Left whole, the checkpoint holds
+        both widths (``from_pretrained`` refuses it, and a training step would fail)."""
+        table = self._tensor_table()
+        if self._read_keys is None:
+            self._read_keys = {k for n in self.graph.nodes
+                               for k in (*n.params.values(), *n.buffers.values())}
+        out, done = [], {(c.key, c.dim) for c in cuts}
+        for cut in cuts:
+            entry = table.get(cut.key)
+            if entry is None or entry[1] not in entry[0]._buffers:
+                continue
+            mod, name, t = entry
+            prefix = cut.key[:len(cut.key) - len(name)]
+            for other, b in mod._buffers.items():
+                key = prefix + other
+                if b is None or (key, cut.dim) in done or key in self._read_keys or \
+                        b.shape != t.shape or key not in table:
+                    continue
+                done.add((key, cut.dim))
+                out.append(dataclasses.replace(cut, key=key))
         return out
 
     def reason(self, group: Group, ignore: set[tuple[str, str]] = frozenset()) -> str:
