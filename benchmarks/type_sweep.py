@@ -100,6 +100,13 @@ OWN = {
     "switch_transformers": dict(SMALL, **SEQ2SEQ, num_decoder_layers=2,
                                 num_sparse_encoder_layers=1, num_sparse_decoder_layers=1,
                                 num_experts=4),
+    # (axial position embeddings whose factors make hidden_size and the length; chunks no
+    # longer than the 8 tokens)
+    "reformer": dict(hidden_size=32, num_attention_heads=4, attention_head_size=8,
+                     feed_forward_size=64, vocab_size=120, axial_pos_embds_dim=[16, 16],
+                     axial_pos_shape=[8, 8], max_position_embeddings=64,
+                     attn_layers=["local", "lsh"], local_attn_chunk_length=4,
+                     lsh_attn_chunk_length=4, num_buckets=2),
     # (its config refuses num_hidden_layers, which num_layers sets)
     "prophetnet": dict(hidden_size=32, vocab_size=120, max_position_embeddings=64,
                        encoder_ffn_dim=64, decoder_ffn_dim=64, encoder_attention_heads=4,
@@ -111,6 +118,9 @@ OWN = {
                                 num_attention_heads=4, vocab_size=120))
        for t in ("clip", "metaclip_2", "siglip")},
 }
+
+#: what a type's config needs for one task only
+TASK_OWN = {("reformer", "causal-lm"): dict(is_decoder=True)}
 
 
 def example_inputs(model, torch) -> dict:
@@ -173,6 +183,7 @@ def run_one(model_type: str, tf, torch, seconds: int, task: str = "causal-lm") -
     try:
         mapping, auto, extra = TASKS[task]
         small = OWN[model_type] if model_type in OWN else {**SMALL, **extra}
+        small = {**small, **TASK_OWN.get((model_type, task), {})}
         try:
             cfg = tf.AutoConfig.for_model(model_type, **small)
         except Exception:  # noqa: BLE001 (head_dim a property: Falcon, ...)
