@@ -455,8 +455,10 @@ def _recurrent_rule(g, node, side, port, dim, units, pos, ctx):
     if (side, port) in cell:  # the cell units: every gate's rows, weight_hr's columns
         c_out = cell[0][1]
         ctx.member(node, "out", len(node.out_shapes[c_out]) - 1, units, pos, port=c_out)
-        return [Flow(s, p, len(shape) - 1, units, pos) for s, p in cell if (s, p) != (side, port)
-                for shape in [node.out_shapes[p] if s == "out" else node.in_shapes[p]]]
+        ends = {("out", p): s for p, s in enumerate(node.out_shapes)} | \
+            {("in", p): s for p, s in enumerate(node.in_shapes)}
+        return [Flow(s, p, len(ends[s, p]) - 1, units, pos) for s, p in cell
+                if (s, p) != (side, port)]
     if side == "in" and port == 0:
         ctx.member(node, "in", dim, units, pos)
         return []
@@ -1844,13 +1846,10 @@ def _functional_embedding_rule(node, side, port, dim, units, pos, ctx):
                   "never pruned")
     elif side == "in" and port > 1:  # a bag's offsets or per-sample weights
         ctx.block(f"'{node.name}' reads input {port} as bag offsets or weights, not channels")
-    elif side == "out" or port == 0:
-        # ids dims (batch, sequence) are the output's leading dims
-        other = ("in", 0, dim) if side == "out" else ("out", 0, dim)
-        shapes = node.in_shapes[0] if side == "out" else node.out_shapes[0]
-        if dim < len(shapes) and (side == "in" or dim < out_d) and \
-                node.in_shapes[0] == node.out_shapes[0][:-1]:
-            return [Flow(*other, units, pos)]
+    elif node.in_shapes[0] == node.out_shapes[0][:-1]:
+        # the ids' dims (batch, sequence) are the output's leading dims, one for one
+        return [Flow("in" if side == "out" else "out", 0, dim, units, pos)]
+    else:  # a bag: its ids' positions are summed into one row
         ctx.block(f"'{node.name}' ({node.target}) mixes positions along dim {dim}")
     return []
 
@@ -2592,17 +2591,16 @@ def _search_or_unfollowed(graph: Graph, root: Node, dim: int, pos: IntArray, gid
                           link_cache: dict, trail: list | None = None,
                           blocked: list | None = None, inner_if_blocked: bool = False,
                           port: int = 0) -> Group:
-    """The group of ``pos`` on ``root``'s output ``dim`` (of output ``port``; or, if a rule
-    fails, the root alone,
-    saying why). A group of one unit from several channels is searched again with every
-    ambiguous reshape split at its inner dim (:func:`_map_reshape`'s ``inner``), which is
-    kept when it has more units: multi-query attention views q with ``-1`` heads over one
-    shared k, whose head dims meet q's in every head. Whole q heads (the ``-1``) and head
-    dims (the contraction with k) cross, and merge every unit; q's head dims alone do not.
-    ``inner_if_blocked`` (a weight's contracted dim, :func:`_contracted_weight_dims`): a
-    blocked group is searched so too, and kept if nothing blocks it: DBRX stacks its experts'
-    weights as ``(experts * ffn, hidden)`` and views them ``(-1, ffn, hidden)``, whose ``-1``
-    would make the experts the units (each one picked by a tensor index: blocked)."""
+    """The group of ``pos`` on ``dim`` of ``root``'s output ``port`` (or, if a rule fails, the root
+    alone, saying why). A group of one unit from several channels is searched again with every
+    ambiguous reshape split at its inner dim (:func:`_map_reshape`'s ``inner``), which is kept
+    when it has more units: multi-query attention views q with ``-1`` heads over one shared k,
+    whose head dims meet q's in every head. Whole q heads (the ``-1``) and head dims (the
+    contraction with k) cross, and merge every unit; q's head dims alone do not.
+    ``inner_if_blocked`` (a weight's contracted dim, :func:`_contracted_weight_dims`): a blocked
+    group is searched so too, and kept if nothing blocks it: DBRX stacks its experts' weights as
+    ``(experts * ffn, hidden)`` and views them ``(-1, ffn, hidden)``, whose ``-1`` would make
+    the experts the units (each one picked by a tensor index: blocked)."""
     key = (root.id, port, dim)
     try:
         found, seen = [], []
