@@ -120,7 +120,18 @@ OWN = {
 }
 
 #: what a type's config needs for one task only
-TASK_OWN = {("reformer", "causal-lm"): dict(is_decoder=True)}
+TASK_OWN = {
+    ("reformer", "causal-lm"): dict(is_decoder=True),
+    # (its latents otherwise keep their defaults, 256 x 1280 in 26 self-attention layers:
+    # minutes a type; its image classifier's preprocessor makes d_model 512)
+    ("perceiver", "masked-lm"): dict(num_latents=16, d_latents=32, d_model=32, num_blocks=1,
+                                     num_self_attends_per_block=2, num_self_attention_heads=4,
+                                     num_cross_attention_heads=4),
+    ("perceiver", "image-classification"): dict(num_latents=16, d_latents=32, d_model=512,
+                                                num_blocks=1, num_self_attends_per_block=2,
+                                                num_self_attention_heads=4,
+                                                num_cross_attention_heads=4),
+}
 
 
 def example_inputs(model, torch) -> dict:
@@ -196,6 +207,8 @@ def run_one(model_type: str, tf, torch, seconds: int, task: str = "causal-lm") -
             cfg.architectures = [classes[0]]
         torch.manual_seed(0)
         model = getattr(tf, auto).from_config(cfg).eval()
+        if getattr(cfg, "languages", None) and hasattr(model, "set_default_language"):
+            model.set_default_language(cfg.languages[0])  # (X-MOD's adapters: one language)
         p = Pruner(model, example_inputs(model, torch))
         p.validate_groups()
         row["groups"] = len(p.groups)

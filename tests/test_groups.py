@@ -1346,6 +1346,10 @@ class VQ(nn.Module):
         self.register_buffer("cluster_size", torch.ones(16))
         self.register_buffer("other", torch.randn(16, 8))  # read: not a twin
         self.dec = nn.Conv1d(8, 2, 3, padding=1)
+        # integer copies a quantized mode would read (I-BERT's QuantLinear keeps them)
+        for conv in (self.enc, self.dec):
+            conv.register_buffer("weight_integer", torch.randn_like(conv.weight))
+            conv.register_buffer("bias_integer", torch.randn_like(conv.bias))
 
     def forward(self, x):
         z = self.enc(x).transpose(1, 2)  # (B, T, 8)
@@ -1354,9 +1358,11 @@ class VQ(nn.Module):
 '''
 
 
-def test_an_unread_buffer_beside_a_cut_one_of_its_shape_is_cut_with_it(tmp_path, monkeypatch):
+def test_an_unread_buffer_beside_a_cut_tensor_of_its_shape_is_cut_with_it(tmp_path,
+                                                                          monkeypatch):
     # embed_avg (training's running average) was left at the old width beside the pruned
-    # embed: from_pretrained of such a checkpoint refuses it, a training step fails
+    # embed, and I-BERT's weight_integer beside its weight: from_pretrained of such a
+    # checkpoint refuses it, the code that reads them fails
     from viewer.core.export import export_dir, load_pruned
     from viewer.core.prune import Plan, Pruner
     from viewer.core.spec import load_model
@@ -1369,13 +1375,17 @@ def test_an_unread_buffer_beside_a_cut_one_of_its_shape_is_cut_with_it(tmp_path,
     p = Pruner(model, (x,))
     g = next(grp for grp in p.groups if grp.root == "enc")
     assert {m.node_name for m in g.members} >= {"enc", "embed", "other", "dec"}
-    keys = {c.key for c in p.cuts(g, [1, 5])}
-    assert {"embed", "embed_avg", "other"} <= keys and "cluster_size" not in keys
+    cuts = {(c.key, c.dim) for c in p.cuts(g, [1, 5])}
+    assert {("embed", 1), ("embed_avg", 1), ("other", 1)} <= cuts
+    assert {("enc.weight_integer", 0), ("enc.bias_integer", 0), ("dec.weight_integer", 1)} <= cuts
+    assert not any(k in ("cluster_size", "dec.bias_integer") for k, _ in cuts)
     plan = Plan({g.id: [1, 5]})
     pruned = p.apply(plan)
     keep = [0, 2, 3, 4, 6, 7]
     assert torch.equal(pruned.embed_avg, model.embed_avg[:, keep])
-    assert pruned.cluster_size.shape == (16,)
+    assert torch.equal(pruned.enc.weight_integer, model.enc.weight_integer[keep])
+    assert torch.equal(pruned.dec.weight_integer, model.dec.weight_integer[:, keep])
+    assert pruned.cluster_size.shape == (16,) and pruned.dec.bias_integer.shape == (2,)
     out = export_dir(p, plan, pruned, tmp_path / "out", lm.source, pt2=False)
     again = load_pruned(out)
     assert torch.equal(again.embed_avg, pruned.embed_avg)

@@ -297,7 +297,7 @@ class Pruner:
         # rejects what the real one takes): previews and validation then use real tensors
         self._meta_ok = True
         self._untraced: list[str] | None = None
-        self._read_keys: set[str] | None = None  # state_dict keys the traced ops read
+        self._read_keys: set[str] | None = None  # tensors traced ops read as such
         self._table: dict[str, tuple[nn.Module, str, torch.Tensor]] | None = None
         # Taylor scores of the last batch: ((its tensors, their versions, the weights'
         # versions), {id(group): (group, scores)})
@@ -326,18 +326,21 @@ class Pruner:
         return out + self._unread_twin_cuts(out)
 
     def _unread_twin_cuts(self, cuts: list[Cut]) -> list[Cut]:
-        """Cuts of the buffers no traced op reads that sit beside a cut buffer in the same
-        module with the same shape: a vector quantizer's codebook ``embed`` and its running
-        average ``embed_avg``, which only training reads. Left whole, the checkpoint holds
-        both widths (``from_pretrained`` refuses it, and a training step would fail)."""
+        """Cuts of the buffers that sit beside a cut tensor in the same module with the same
+        shape, which no cut holds and no traced op reads as a bare tensor: a vector
+        quantizer's running average ``embed_avg`` beside its codebook ``embed``, which only
+        training reads; I-BERT's ``weight_integer`` beside its ``weight``, which only its
+        quantized mode reads. Left whole, the checkpoint holds both widths
+        (``from_pretrained`` refuses it, and the code that reads them fails)."""
         table = self._tensor_table()
-        if self._read_keys is None:
-            self._read_keys = {k for n in self.graph.nodes
+        if self._read_keys is None:  # (an atomic layer lists all its buffers, read or not:
+            # what its handler does not cut, and matches a cut tensor, is stale all the same)
+            self._read_keys = {k for n in self.graph.nodes if n.op_type in _SOURCE_TENSORS
                                for k in (*n.params.values(), *n.buffers.values())}
         out, done = [], {(c.key, c.dim) for c in cuts}
         for cut in cuts:
             entry = table.get(cut.key)
-            if entry is None or entry[1] not in entry[0]._buffers:
+            if entry is None:
                 continue
             mod, name, t = entry
             prefix = cut.key[:len(cut.key) - len(name)]
@@ -2997,6 +3000,10 @@ def _overlap(a: Group, b: Group) -> bool:
     """Do two groups claim a position of the same tensor dim?"""
     return any(np.intersect1d(a.tensors[k][0], b.tensors[k][0]).size
                for k in a.tensors.keys() & b.tensors.keys())
+
+
+#: the node types that read a tensor of the model as it is (a bare parameter or buffer)
+_SOURCE_TENSORS = frozenset((OpType.PARAMETER, OpType.BUFFER))
 
 
 #: validation may probe a model of at most this many bytes of tensors on real tensors (a
