@@ -621,6 +621,35 @@ def test_a_failed_probe_names_a_slice_with_fixed_bounds():
                         "follow the kept channels")
 
 
+class CachedTable(nn.Module):
+    """A table divided out of buffers on the first forward and kept in a plain attribute
+    (as Mimi keeps its codebook)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.head = nn.Linear(3, 4), nn.Linear(5, 2)
+        self.register_buffer("table", torch.randn(5, 4))
+        self._cache = None
+
+    def forward(self, x):
+        if self._cache is None:
+            self._cache = self.table * 2
+        return self.head(self.fc(x) @ self._cache.t())
+
+
+def test_a_failed_probe_names_a_tensor_cached_in_a_plain_attribute():
+    # it said only "mat1 and mat2 shapes cannot be multiplied": nothing said that a cache
+    # made before pruning kept the old width
+    p = Pruner(CachedTable().eval(), (torch.randn(2, 3),))
+    fc = next(g for g in p.groups if g.root == "fc")
+    assert {m.node_name for m in fc.members} >= {"fc", "table"}
+    why = p.reason(fc)
+    assert "forward fails when this group shrinks" in why
+    assert why.endswith("; '_cache' keeps a tensor of the width before pruning in a plain "
+                        "attribute, no parameter or buffer (a value an earlier forward "
+                        "computed and cached?): the pruned model reads it unchanged")
+
+
 class SharedConfigAttention(nn.Module):
     """Phi-3's attention in plain torch: a fused qkv cut at bounds computed from a config
     object every layer holds (``self.config``), heads of ``head_dim`` 4, 3 heads."""

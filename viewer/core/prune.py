@@ -1695,6 +1695,7 @@ class Pruner:
                 self._raised_in = _raising_modules(exc, made[-1])
             msg = (str(exc).strip().splitlines() or [""])[0][:160] or _raised_at(exc)
             hint = _VIEW_HINT if "is invalid for input of size" in msg else \
+                (made and _stale_cache_hint(made[-1], self._tensor_table(), changes)) or \
                 _slice_hint(self.graph, gs)
             return (f"the model's forward fails when this group shrinks "
                     f"({type(exc).__name__}: {msg}){hint}")
@@ -2731,6 +2732,27 @@ def _aligned_names(first: Graph, later: Graph) -> dict[str, str]:
             out[nodes[j].name] = b.name
         i = j + 1
     return out
+
+
+def _stale_cache_hint(pruned: nn.Module, table: dict, changes: dict) -> str:
+    """A likely cause of a failed probe: a module of the pruned copy holds, in a plain
+    attribute (not a parameter or buffer, so no cut reaches it), a tensor of the shape one
+    of its own cut tensors had before: a value its forward computed once and keeps (Mimi's
+    codebook, divided out of its buffers on the first call). "" when none does."""
+    old: dict[str, set[tuple[int, ...]]] = defaultdict(set)
+    for key in changes:
+        if key in table:
+            path, _, _name = key.rpartition(".")
+            old[path].add(tuple(table[key][2].shape))
+    for path, mod in pruned.named_modules():
+        shapes = old.get(path)
+        for attr, v in vars(mod).items() if shapes else ():
+            if isinstance(v, torch.Tensor) and tuple(v.shape) in shapes:
+                name = f"{path}.{attr}" if path else attr
+                return (f"; '{name}' keeps a tensor of the width before pruning in a plain "
+                        "attribute, no parameter or buffer (a value an earlier forward "
+                        "computed and cached?): the pruned model reads it unchanged")
+    return ""
 
 
 def _slice_hint(graph: Graph, gs: list[Group]) -> str:
