@@ -58,6 +58,13 @@ TASKS = {
                              "AutoModelForAudioClassification", dict(num_labels=10)),
 }
 
+#: multi-head latent attention (DeepSeek-V2/V3 and kin): small ranks and rope dims, a few
+#: small experts; ``head_dim`` is the rope part's, as their configs set it
+MLA = dict(SMALL, kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=4,
+           v_head_dim=8, head_dim=4, n_routed_experts=4, num_experts_per_tok=2,
+           moe_intermediate_size=16, n_shared_experts=1, first_k_dense_replace=1, n_group=1,
+           topk_group=1)
+
 #: types whose config takes other keys (lists per stage, a sub-config): their own small
 #: config, in place of SMALL and the task's keys
 OWN = {
@@ -107,6 +114,10 @@ OWN = {
                      axial_pos_shape=[8, 8], max_position_embeddings=64,
                      attn_layers=["local", "lsh"], local_attn_chunk_length=4,
                      lsh_attn_chunk_length=4, num_buckets=2),
+    **{t: MLA for t in ("deepseek_v2", "deepseek_v3", "glm4_moe_lite", "longcat_flash",
+                        "minicpm3", "sarvam_mla", "youtu", "axk1")},
+    # (a rotary part wider than the heads by default)
+    **{t: dict(SMALL, rotary_dim=4) for t in ("codegen", "gptj")},
     # (its config refuses num_hidden_layers, which num_layers sets)
     "prophetnet": dict(hidden_size=32, vocab_size=120, max_position_embeddings=64,
                        encoder_ffn_dim=64, decoder_ffn_dim=64, encoder_attention_heads=4,
