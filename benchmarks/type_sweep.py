@@ -133,6 +133,10 @@ OWN = {
 #: what a type's config needs for one task only
 TASK_OWN = {
     ("reformer", "causal-lm"): dict(is_decoder=True),
+    # (the decoder of an encoder-decoder: its layer count is decoder_layers, 12 by default)
+    **{(t, "causal-lm"): SEQ2SEQ for t in ("bart", "bigbird_pegasus", "blenderbot",
+                                           "blenderbot-small", "mbart", "mvp", "pegasus",
+                                           "plbart", "whisper")},
     # (its latents otherwise keep their defaults, 256 x 1280 in 26 self-attention layers:
     # minutes a type; its image classifier's preprocessor makes d_model 512)
     ("perceiver", "masked-lm"): dict(num_latents=16, d_latents=32, d_model=32, num_blocks=1,
