@@ -1386,6 +1386,11 @@ def test_an_unread_buffer_beside_a_cut_tensor_of_its_shape_is_cut_with_it(tmp_pa
     assert torch.equal(pruned.enc.weight_integer, model.enc.weight_integer[keep])
     assert torch.equal(pruned.dec.weight_integer, model.dec.weight_integer[:, keep])
     assert pruned.cluster_size.shape == (16,) and pruned.dec.bias_integer.shape == (2,)
+    # the codebook is data its distances read: the masked model zeroes it too (left whole,
+    # the removed features still counted in the distances and masked equivalence failed)
+    me = p.verify(pruned, plan)["masked_equivalence"]
+    assert me["ok"] and "buffers_zeroed" in me, me
+    assert "buffers_zeroed" not in p.verify(p.apply(Plan({})), Plan({}))["masked_equivalence"]
     out = export_dir(p, plan, pruned, tmp_path / "out", lm.source, pt2=False)
     again = load_pruned(out)
     assert torch.equal(again.embed_avg, pruned.embed_avg)

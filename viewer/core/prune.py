@@ -333,10 +333,7 @@ class Pruner:
         quantized mode reads. Left whole, the checkpoint holds both widths
         (``from_pretrained`` refuses it, and the code that reads them fails)."""
         table = self._tensor_table()
-        if self._read_keys is None:  # (an atomic layer lists all its buffers, read or not:
-            # what its handler does not cut, and matches a cut tensor, is stale all the same)
-            self._read_keys = {k for n in self.graph.nodes if n.op_type in _SOURCE_TENSORS
-                               for k in (*n.params.values(), *n.buffers.values())}
+        read = self._read_keys_now()
         out, done = [], {(c.key, c.dim) for c in cuts}
         for cut in cuts:
             entry = table.get(cut.key)
@@ -346,12 +343,20 @@ class Pruner:
             prefix = cut.key[:len(cut.key) - len(name)]
             for other, b in mod._buffers.items():
                 key = prefix + other
-                if b is None or (key, cut.dim) in done or key in self._read_keys or \
+                if b is None or (key, cut.dim) in done or key in read or \
                         b.shape != t.shape or key not in table:
                     continue
                 done.add((key, cut.dim))
                 out.append(dataclasses.replace(cut, key=key))
         return out
+
+    def _read_keys_now(self) -> set[str]:
+        """The state_dict keys of the tensors traced ops read as bare tensors (parameters and
+        buffers a module does not hide: an atomic layer lists all its buffers, read or not)."""
+        if self._read_keys is None:
+            self._read_keys = {k for n in self.graph.nodes if n.op_type in _SOURCE_TENSORS
+                               for k in (*n.params.values(), *n.buffers.values())}
+        return self._read_keys
 
     def reason(self, group: Group, ignore: set[tuple[str, str]] = frozenset()) -> str:
         """Why a group cannot be pruned ("" if it can). The first call validates every group
@@ -2000,11 +2005,14 @@ class Pruner:
         make the removed channel NaN, which a zeroed reader does not hide."""
         return self._masked(plan, share=False)
 
-    def _masked(self, plan: Plan, share: bool = True, float32: bool = False) -> nn.Module:
+    def _masked(self, plan: Plan, share: bool = True, float32: bool = False,
+                buffers: bool = False) -> nn.Module:
         """:meth:`masked_model`; ``share``: the parameters no cut touches are the original's
         own (read-only use: the checks run it), so a check of a plan that leaves the
         embeddings alone does not copy them. ``float32``: a float32 copy (of a model run in
-        half precision), sharing nothing."""
+        half precision), sharing nothing. ``buffers``: the buffers that ops read as bare
+        tensors are zeroed too (a vector quantizer's codebook, whose removed features would
+        otherwise still count in its distances)."""
         cuts = self._masked_cuts(plan)
         memo = _float32_memo(self.model) if float32 else \
             self._shared_params(cuts) if share else {}
@@ -2012,9 +2020,10 @@ class Pruner:
         masked = _tree_copy(self.model, memo)
         table = _tensor_lookup(masked)
         with torch.no_grad():
+            read = self._read_keys_now() if buffers else ()
             for cut in cuts:
                 mod, name, t = table[cut.key]
-                if name not in mod._buffers:
+                if name not in mod._buffers or cut.key in read:
                     if id(t) in shared:  # (never: a shared parameter is one no cut touches)
                         raise AssertionError(f"masked copy would zero the original {cut.key}")
                     t.index_fill_(cut.dim, torch.as_tensor(cut.positions), 0)
@@ -2044,6 +2053,12 @@ class Pruner:
                 for w in where:
                     at[key] = _common_module(at.get(key, w), w)
         return at
+
+    def _cuts_read_buffers(self, plan: Plan) -> bool:
+        """Does the plan cut a buffer that ops read as a bare tensor?"""
+        read, table = self._read_keys_now(), self._tensor_table()
+        return any(c.key in read and table[c.key][1] in table[c.key][0]._buffers
+                   for c in self._masked_cuts(plan))
 
     def _masked_cuts(self, plan: Plan) -> list[Cut]:
         """The cuts of a plan, as the masked model zeroes them: all but a weight-normalised
@@ -2277,6 +2292,15 @@ class Pruner:
         else:
             out_m = flatten(run(self._masked(plan), self.inputs))
         res, pairs = _compared(out_m, pruned_out)
+        if not res["ok"] and not short and self._cuts_read_buffers(plan):
+            # buffers stay unzeroed (a zeroed variance under rsqrt is NaN), but a codebook
+            # read by a distance is data: the removed features count there unless zeroed
+            out_b = flatten(run(self._masked(plan, buffers=True), self.inputs))
+            res_b, pairs_b = _compared(out_b, pruned_out)
+            if res_b["ok"]:
+                res, pairs, out_m = res_b, pairs_b, out_b
+                res["buffers_zeroed"] = ("the masked model zeroes the buffers the model reads "
+                                         "as data too (with them unzeroed it differed)")
         if short:
             res["by_layer"] = f"{short}: each layer's weights were masked as it ran"
         half = next((a.dtype for a, _ in pairs if a.dtype in HALF_DTYPES), None)
