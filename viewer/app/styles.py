@@ -22,6 +22,7 @@ import numpy as np
 
 from viewer.core.graph import Graph
 from viewer.core.groups import Group
+from viewer.core.handlers import cell_width
 
 from .viewmodel import View, channels
 
@@ -259,7 +260,7 @@ def preview_rules(view: View, graph: Graph, widths: dict[str, dict[str, int]]) -
             continue
         label = view.data[eid]["label"] + f"\n⇒ {new_in}→{new_out}"
         if "cell" in w:  # an LSTM with proj_size: its hidden_size too
-            label += f"\ncell {n.out_shapes[-1][-1]}→{w['cell']}"
+            label += f"\ncell {cell_width(n)}→{w['cell']}"
         rules.append({"selector": f"#{eid}", "style": {
             "label": label, "height": 50 + 12 * ("cell" in w), "border-width": 3,
             "border-color": PRUNED}})

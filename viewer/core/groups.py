@@ -33,6 +33,7 @@ from .graph import Graph, Node
 from .handlers import (
     CUTS,
     cell_port,
+    cell_width,
     conv_width,
     mha_separate,
     node_cuts,
@@ -492,7 +493,7 @@ def _cell_state_ports(node: Node) -> tuple:
     c_out = cell_port(node)
     if c_out is None:
         return ()
-    full = node.param_shapes["weight_hr_l0"][1]
+    full = cell_width(node)
     ports = [("out", c_out)]
     ins = node.in_shapes
     if len(ins) >= 3 and len(ins[-1]) in (2, 3) and ins[-1][:-1] == ins[-2][:-1] and \

@@ -185,6 +185,12 @@ def cell_port(node: Node) -> int | None:
         else None
 
 
+def cell_width(node: Node) -> int:
+    """An LSTM with ``proj_size``: its cell units' count (``hidden_size``, ``weight_hr``'s
+    columns; see :func:`cell_port`)."""
+    return node.param_shapes[rnn_key(node, "weight_hr")][1]
+
+
 def _recurrent(gates: int):
     def cuts(node, side, dim, pos, port=0):
         hidden = rnn_hidden(node)
@@ -201,8 +207,7 @@ def _recurrent(gates: int):
             return out
         if port:  # an LSTM with proj_size: its cell units (c_n's port), see cell_port
             h, first = np.unique(pos, return_index=True)
-            cell = node.param_shapes[key("weight_hr", 0, "")][1]
-            rows = (np.arange(gates)[:, None] * cell + h[None, :]).reshape(-1)
+            rows = (np.arange(gates)[:, None] * cell_width(node) + h[None, :]).reshape(-1)
             row_of = np.tile(first, gates)
             for layer in range(layers):
                 for s in sfxs:

@@ -47,7 +47,7 @@ from .groups import (
     split_blocked,
     split_sizes,
 )
-from .handlers import REFRESH, Cut, cell_port, node_cuts
+from .handlers import REFRESH, Cut, cell_port, cell_width, node_cuts
 from .memory import (
     MemoryShortError,
     check_room,
@@ -999,8 +999,8 @@ class Pruner:
             w_out = n.out_shapes[0][d] if d is not None else 0
             layers.append({"name": n.name, "op_type": n.op_type.value, "before": int(w_out),
                            "after": int(widths.get(n.module, {}).get("out", w_out))})
-            if (c := cell_port(n)) is not None:  # an LSTM's hidden_size beside its proj_size
-                w_cell = n.out_shapes[c][-1]
+            if cell_port(n) is not None:  # an LSTM's hidden_size beside its proj_size
+                w_cell = cell_width(n)
                 layers.append({"name": f"{n.name} (cell)", "op_type": n.op_type.value,
                                "before": int(w_cell),
                                "after": int(widths.get(n.module, {}).get("cell", w_cell))})
