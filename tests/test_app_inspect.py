@@ -14,7 +14,9 @@ from viewer.app import styles
 from viewer.app.callbacks import inspect as cb
 from viewer.app.callbacks.graph import render
 from viewer.app.callbacks.model import load_entry
+from viewer.app.callbacks.prune import set_ignore
 from viewer.app.state import SessionStore
+from viewer.core.errors import DepViewError
 from viewer.core.optypes import STYLES
 
 
@@ -490,6 +492,20 @@ def test_an_lstm_with_proj_size_offers_its_cell_units_group(tmp_path):
     picked = cb.inspect(store, "sid", _op("lstm"), pick=cell["value"])
     text = _text(picked.group_panel)
     assert "lstm (cell)" in text and "out (cell)" in text
+    # its cell units can be ignored apart from its outputs; a Linear offers no such box
+    assert [o["value"] for o in cb.ignore_options(store, "sid", _op("lstm"))] == \
+        ["out", "in", "cell"]
+    assert [o["value"] for o in cb.ignore_options(store, "sid", _op("fc"))] == ["out", "in"]
+    assert set_ignore(store, "sid", "lstm", ["cell"]) == \
+        "Ignoring lstm's cell units: groups that would prune them are left alone."
+    assert cb.control_values(store, "sid", _op("lstm")) == (["cell"], None)
+    pruner = store.session("sid").stage.pruner
+    ignored = store.session("sid").ignored()
+    assert pruner.reason(pruner.groups[cell["value"]], ignored) == "'lstm' cell units are ignored"
+    assert not pruner.reason(pruner.groups[0], ignored)  # the projection's units still go
+    with pytest.raises(DepViewError, match="fc has no cell units of their own"):
+        set_ignore(store, "sid", "fc", ["out", "cell"])
+    assert store.session("sid").ignore == {"lstm:cell"}
 
 
 def test_the_group_panel_explains_the_edge_labels(store):

@@ -59,7 +59,8 @@ def test_groups_prune_check(tmp_path):
      "ignore names no layer of this model: 'fc9'"),
     (["groups", "demo:cnn", "--ignore", "nosuch:in", "--json", "-"], "names no layer"),
     (["groups", "demo:cnn", "--ignore", "fc:sideways", "--json", "-"],
-     "ignore 'fc:sideways': unknown side 'sideways' (use fc:in or fc:out, or fc for both)"),
+     "ignore 'fc:sideways': unknown side 'sideways' (use fc:in, fc:out, fc:cell for an "
+     "LSTM's cell units, or fc for all)"),
     (["graph", "demo:cnn", "--input", "100000x100000x100000", "--json", "-"],
      "cannot make an example input of shape 100000x100000x100000 (float32)"),
     (["prune", "demo:cnn", "--ratio", "0.5", "--override", "99=0.2", "--out", "x"],

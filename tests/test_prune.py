@@ -405,7 +405,8 @@ def test_global_ranking_uses_one_budget(demo_pruner):
 
 def test_overrides_and_ignore_in_vs_out(demo_pruner):
     _, p = demo_pruner("resnet")
-    assert parse_ignore(["fc", "conv1:out"]) == {("fc", "in"), ("fc", "out"), ("conv1", "out")}
+    assert parse_ignore(["fc", "conv1:out"]) == {("fc", "in"), ("fc", "out"), ("fc", "cell"),
+                                                 ("conv1", "out")}
     plan = p.plan(0.5, overrides={1: 0.25})
     assert len(plan.removed[1]) == p.groups[1].n_units // 4
     # ignoring layer1.0.conv2's inputs blocks the group feeding it, not the group it feeds
@@ -1968,6 +1969,54 @@ def test_an_lstm_with_proj_size_loses_cell_units(layers, bidirectional, state, r
     assert g.id in both.removed
     v = p.verify(p.apply(both), both)
     assert v["forward"] and v["masked_equivalence"]["ok"], v
+
+
+@pytest.mark.filterwarnings("ignore:LSTM with projections")
+def test_an_lstmp_ignores_its_outputs_and_its_cell_units_apart(tmp_path, monkeypatch):
+    # "lstm:out" kept both groups (the projection's and the cell units'); one could not be
+    # kept without the other but by a per-group ratio of 0
+    (tmp_path / "lstmp.py").write_text("import torch\n\n\n" + inspect.getsource(ProjectedLSTM))
+    monkeypatch.chdir(tmp_path)
+    lm = load_model("lstmp.py:ProjectedLSTM", inputs=["1x5x6"],
+                    kwargs=dict(layers=2, bidirectional=False, state=False))
+    p = Pruner(lm.model, lm.inputs)
+    proj = next(g for g in p.groups if g.root == "lstm" and g.root_side == "out")
+    cell = next(g for g in p.groups if g.root == "lstm" and g.root_side == "cell")
+    both = {proj.id, cell.id}
+    assert both <= set(p.plan(0.5).removed)
+    for ignore, kept in (["lstm:out"], {proj.id}), (["lstm:cell"], {cell.id}), \
+            (["lstm"], both), (["lstm:out", "lstm:cell"], both), (["lstm:in"], set()):
+        plan = p.plan(0.5, ignore=ignore)
+        assert both - set(plan.removed) == kept, ignore
+        assert "planned width" not in str(plan.skipped), ignore
+        assert plan.settings["ignore"] == sorted(ignore)  # as parse_ignore reads it back
+        assert parse_ignore(plan.settings["ignore"]) == parse_ignore(ignore)
+    assert p.reason(cell, parse_ignore(["lstm:cell"])) == "'lstm' cell units are ignored"
+    assert p.reason(proj, parse_ignore(["lstm:out"])) == "'lstm' outputs are ignored"
+    assert p.plan(0.5, ignore=["lstm", "inp"]).settings["ignore"] == ["inp", "lstm"]
+    with pytest.raises(DepViewError, match="ignore 'inp:cell': it has no cell units of their "
+                                           "own .*; use inp:out"):
+        p.plan(0.5, ignore=["inp:cell"])
+    # torch's LSTM needs hidden_size > proj_size (equal, its kernel reads the weights as an
+    # LSTM's without projection: "ArrayRef size 10 not divisible by stride 4"): with the
+    # projection kept, the cell group was skipped with that error; it keeps 17 cell units now
+    plan = p.plan(0.5, ignore=["lstm:out"])
+    assert len(plan.removed[cell.id]) == 32 - 17 and not plan.skipped.get(cell.id)
+    assert len(p.plan(0.5, overrides={proj.id: 0}).removed[cell.id]) == 32 - 17
+    assert len(p.plan(0.5, ignore=["lstm:out"], round_to=8).removed[cell.id]) == 32 - 24
+    assert len(p.plan(0.9).removed[cell.id]) == 32 - 4  # (above the projection's 2: kept)
+    pruned = p.apply(plan)
+    assert (pruned.lstm.hidden_size, pruned.lstm.proj_size) == (17, 16)
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+    with pytest.raises(DepViewError, match="plan keeps 16 cell units of 'lstm' and 16 "
+                                           "projection units: an LSTM needs hidden_size > "
+                                           "proj_size"):
+        p.apply(Plan({cell.id: list(range(16))}))
+    # a plan stored with the cell side ignored is refused when it prunes them anyway
+    bad = Plan({cell.id: [0]}, settings={"ignore": ["lstm:cell"]})
+    with pytest.raises(DepViewError, match="cannot be pruned: 'lstm' cell units are ignored"):
+        p.apply(bad)
 
 
 def test_rnn_initial_states_made_with_zeros_follow_the_hidden_units(tmp_path, monkeypatch):

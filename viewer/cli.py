@@ -285,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("groups", help="compute every pruning group and write them as JSON")
     _add_model_options(p)
     p.add_argument("--json", required=True, metavar="PATH|-")
-    p.add_argument("--ignore", action="append", default=[], metavar="NAME[:in|:out]")
+    p.add_argument("--ignore", action="append", default=[], metavar="NAME[:in|:out|:cell]")
     p.add_argument("--no-indices", action="store_true", help="omit per-member index lists")
     p.add_argument("--no-validate", action="store_true",
                    help="skip the meta-device check that each group's pruned model still runs")
@@ -298,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--importance", default="l1", choices=["l1", "l2", "bn", "random", "taylor"])
     p.add_argument("--global", dest="global_", action="store_true",
                    help="rank units across all groups instead of a uniform ratio per group")
-    p.add_argument("--ignore", action="append", default=[], metavar="NAME[:in|:out]")
+    p.add_argument("--ignore", action="append", default=[], metavar="NAME[:in|:out|:cell]")
     p.add_argument("--round-to", type=int, default=1, metavar="N",
                    help="keep a multiple of N units per group")
     p.add_argument("--override", action="append", default=[], metavar="GROUP_ID=RATIO")

@@ -47,7 +47,7 @@ from .groups import (
     split_blocked,
     split_sizes,
 )
-from .handlers import REFRESH, Cut, cell_port, cell_width, node_cuts
+from .handlers import REFRESH, Cut, cell_port, cell_width, node_cuts, rnn_hidden
 from .memory import (
     MemoryShortError,
     check_room,
@@ -176,9 +176,14 @@ def _group_ids(overrides) -> dict[int, float]:
 
 
 
+IGNORE_SIDES = ("in", "out", "cell")  # what an ignore protects: NAME:in, NAME:out, NAME:cell
+SIDE_WORDS = {"in": "inputs", "out": "outputs", "cell": "cell units"}
+
+
 def parse_ignore(items) -> set[tuple[str, str]]:
-    """``["fc", "layer1.0.conv1:out"]`` -> {("fc", "in"), ("fc", "out"), ("layer1.0.conv1",
-    "out")}: a bare name ignores both sides."""
+    """``["fc", "layer1.0.conv1:out"]`` -> {("fc", "in"), ("fc", "out"), ("fc", "cell"),
+    ("layer1.0.conv1", "out")}: a bare name ignores every side (``cell``: the cell units of an
+    LSTM with ``proj_size``, see :func:`ignore_side`)."""
     out: set[tuple[str, str]] = set()
     if isinstance(items, str):
         items = [items]  # one name, not its letters
@@ -187,11 +192,32 @@ def parse_ignore(items) -> set[tuple[str, str]]:
     for it in items or ():
         if not isinstance(it, str):
             raise DepViewError(f"ignore is a list of layer names, got {it!r} in it")
-        name, _, side = str(it).rpartition(":") if str(it).endswith((":in", ":out")) else \
-            (str(it), "", "")
-        sides = [side] if side else ["in", "out"]
-        out |= {(name, s) for s in sides}
+        name, sep, side = it.rpartition(":")
+        if not sep or side not in IGNORE_SIDES:  # (a reused layer's calls are "fc:1")
+            name, side = it, ""
+        out |= {(name, s) for s in ([side] if side else IGNORE_SIDES)}
     return out
+
+
+def ignore_strings(ignore: set[tuple[str, str]]) -> list[str]:
+    """The ignores as :func:`parse_ignore` reads them back, sorted: a name ignored on every
+    side is written bare (``plan.json``'s ``settings.ignore``)."""
+    sides: dict[str, set[str]] = defaultdict(set)
+    for name, side in ignore:
+        sides[name].add(side)
+    out: list[str] = []
+    for name, s in sides.items():
+        out += [name] if s >= set(IGNORE_SIDES) else [f"{name}:{side}" for side in s]
+    return sorted(out)
+
+
+def ignore_side(m: Member, node: Node) -> str:
+    """The side of member ``m`` (of ``node``) an ignore names: "in" for its input channels,
+    "cell" for an LSTM's cell units (``c_n``'s port, :func:`handlers.cell_port`: an LSTM with
+    ``proj_size``), "out" for its other outputs and for a bare parameter."""
+    if m.side == "in":
+        return "in"
+    return "cell" if m.port and m.port == cell_port(node) else "out"
 
 
 def _tensor_lookup(model: nn.Module) -> dict[str, tuple[nn.Module, str, torch.Tensor]]:
@@ -369,9 +395,9 @@ class Pruner:
         if group.reason:
             return group.reason
         for m in group.members:
-            side = "out" if m.side in ("out", "param") else "in"
+            side = ignore_side(m, self.graph.nodes[m.node])
             if ignore and _ignored(m, side, ignore):
-                return f"'{m.node_name}' {'outputs' if side == 'out' else 'inputs'} are ignored"
+                return f"'{m.node_name}' {SIDE_WORDS[side]} are ignored"
             if m.side == "out" and m.module in self.output_layers:
                 return f"'{m.module}' is the model's output layer"
         return self._validated.get(group.id, "")
@@ -491,7 +517,7 @@ class Pruner:
             isinstance(i, tuple) for i in ignore) else parse_ignore(ignore)
         self.check_names(ignore_set, overrides)
         settings = {"ratio": ratio, "importance": importance, "global": global_,
-                    "round_to": round_to, "ignore": sorted(f"{a}:{b}" for a, b in ignore_set),
+                    "round_to": round_to, "ignore": ignore_strings(ignore_set),
                     "overrides": {str(k): v for k, v in overrides.items()}, "seed": seed}
         if importance == "taylor":  # which inputs the scores came from
             settings["batch"] = "example inputs" if batch is None else batch_shapes(batch)
@@ -537,11 +563,59 @@ class Pruner:
             if k:
                 order = np.argsort(scores[g.id], kind="stable")
                 removed[g.id] = self._keep_every_part(g, order, k)
+        self._cells_above_projections(removed, scores, round_to)
         plan = Plan(removed, settings, {k: [float(x) for x in v] for k, v in scores.items()},
                     skipped)
         if validate:
             self._check_widths(plan)
         return plan
+
+    def _lstmp_widths(self, removed: dict[int, list[int]]
+                      ) -> dict[str, tuple[int, int, list[int]]]:
+        """module -> (projection units kept, cell units kept, ids of the groups that cut its
+        cell units) for every LSTM with ``proj_size`` that ``removed`` shrinks."""
+        by_id = {g.id: g for g in self.groups}
+        gone: dict[str, tuple[int, int, set[int], set[int], list[int]]] = {}
+        for gid, units in removed.items():
+            for m in by_id[gid].members:
+                node = self.graph.nodes[m.node]
+                c = cell_port(node) if node.op_type is OpType.LSTM else None
+                if c is None or m.side != "out":
+                    continue
+                proj, hidden = rnn_hidden(node), cell_width(node)
+                entry = gone.setdefault(node.module, (proj, hidden, set(), set(), []))
+                # (both directions' h side by side in the output: unit = position % proj)
+                if m.port == c:
+                    entry[3].update((m.indices(units) % hidden).tolist())
+                    entry[4].append(gid)
+                else:
+                    entry[2].update((m.indices(units) % proj).tolist())
+        return {mod: (p - len(a), h - len(b), list(dict.fromkeys(gids)))
+                for mod, (p, h, a, b, gids) in gone.items()}
+
+    def _cells_above_projections(self, removed: dict[int, list[int]],
+                                 scores: dict[int, np.ndarray], round_to: int) -> None:
+        """An LSTM needs ``hidden_size > proj_size`` (torch's kernel tells the two apart by
+        the widths of h and c: equal, it reads the weights as an LSTM's without projection,
+        and the forward fails). Where ``removed`` would keep no more cell units than
+        projection units (the projection's group ignored, or at a lower ratio), its cell
+        groups give units back, most important first, till one more cell unit than
+        projection units is kept (a multiple of ``round_to``); in place."""
+        by_id = {g.id: g for g in self.groups}
+        for module, (_, _, gids) in self._lstmp_widths(removed).items():
+            for gid in gids:
+                proj, cell, _ = self._lstmp_widths(removed)[module]
+                if cell > proj or gid not in removed:
+                    break
+                g = by_id[gid]
+                k = len(removed[gid]) - (proj + 1 - cell)
+                while k > 0 and (g.n_units - k) % round_to:
+                    k -= 1
+                order = np.argsort(scores[gid], kind="stable")
+                if k > 0:
+                    removed[gid] = self._keep_every_part(g, order, k)
+                else:
+                    del removed[gid]
 
     def _check_widths(self, plan: Plan) -> None:
         """Validation shrinks each group by one unit; a plan shrinks it further, and a width
@@ -668,19 +742,27 @@ class Pruner:
             base, _, side = name.rpartition(":")
             if base and base in known and not side.isdigit():  # (a reused layer's calls are "fc:1")
                 raise DepViewError(f"ignore {name!r}: unknown side {side!r} (use "
-                                   f"{base}:in or {base}:out, or {base} for both)")
+                                   f"{base}:in, {base}:out, {base}:cell for an LSTM's cell "
+                                   f"units, or {base} for all)")
             close = [k for k in sorted(known) if len(k) >= 3 and (name in k or k in name)]
             close = list(dict.fromkeys(close + difflib.get_close_matches(
                 name, sorted(k for k in known if k), n=3)))[:3]
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise DepViewError(f"ignore names no layer of this model: {name!r}{hint}")
-        for name in sorted({n for n, _ in ignore}):
+        sides: dict[str, set[str]] = defaultdict(set)
+        for name, side in ignore:
+            sides[name].add(side)
+        for name in sorted(sides):
             if not name:
                 raise DepViewError("ignore needs a layer or module name, got an empty one")
             if not self.holds_channels(name):
                 raise DepViewError(f"ignore {name!r}: it holds no channels a group prunes (an "
                                    "activation or other op without weights); name the layers "
                                    "around it, or the module that holds them")
+            if sides[name] == {"cell"} and not self.holds_channels(name, ("cell",)):
+                raise DepViewError(f"ignore '{name}:cell': it has no cell units of their own "
+                                   "(only an LSTM with proj_size has: its hidden_size, beside "
+                                   f"the outputs' proj_size); use {name}:out")
         ids = {g.id for g in self.groups}
         for gid in sorted(set(overrides) - ids):
             raise DepViewError(f"override names no group: {gid} (group ids are 0 to "
@@ -691,11 +773,12 @@ class Pruner:
                 raise DepViewError(f"override names group {g.id} ('{g.root}'), which is not "
                                    f"pruned: {why}")
 
-    def holds_channels(self, name: str) -> bool:
-        """Does the layer or module ``name`` hold channels some group prunes (so that ignoring
-        it protects something)? An activation does not."""
-        return any(_ignored(m, side, {(name, side)}) for g in self.groups
-                   for m in g.members for side in ("in", "out"))
+    def holds_channels(self, name: str, sides: Iterable[str] = IGNORE_SIDES) -> bool:
+        """Does the layer or module ``name`` hold channels some group prunes on one of
+        ``sides`` (so that ignoring it protects something)? An activation does not."""
+        sides = set(sides)
+        return any(_ignored(m, side, {(name, side)}) for g in self.groups for m in g.members
+                   if (side := ignore_side(m, self.graph.nodes[m.node])) in sides)
 
     def plan_from_dict(self, d: dict) -> Plan:
         """A plan from its JSON form (``plan.json``'s ``removed``), checked against this model's
@@ -762,6 +845,11 @@ class Pruner:
             if why:
                 raise DepViewError(f"plan prunes group {gid} ('{g.root}'), which cannot be "
                                    f"pruned: {why}")
+        for module, (proj, cell, _) in self._lstmp_widths(plan.removed).items():
+            if cell <= proj:
+                raise DepViewError(f"plan keeps {cell} cell units of '{module}' and "
+                                   f"{proj} projection units: an LSTM needs hidden_size > "
+                                   "proj_size")
 
     # -- applying -------------------------------------------------------------------------
     def changes(self, plan: Plan) -> dict[str, dict[int, np.ndarray]]:
@@ -790,7 +878,7 @@ class Pruner:
                     continue  # its first input's)
                 node = self.graph.nodes[m.node]
                 shape = node.in_shapes[0] if m.side == "in" else node.out_shapes[m.port]
-                side = "cell" if m.port else m.side  # (an LSTM's c_n, see handlers.cell_port)
+                side = ignore_side(m, node)  # (an LSTM's c_n: "cell")
                 entry = lost.setdefault((node.module, side), (shape[m.dim], set()))
                 entry[1].update(m.indices(units).tolist())
         out: dict[str, dict[str, int]] = defaultdict(dict)

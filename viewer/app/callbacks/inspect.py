@@ -20,7 +20,7 @@ from dash import ClientsideFunction, Input, Output, State, ctx, dcc, html, no_up
 from viewer.core.errors import DepViewError
 from viewer.core.graph import Graph, Node
 from viewer.core.groups import Group, group_of, units_are_heads
-from viewer.core.handlers import INPUT_NAMES, OUTPUT_NAMES
+from viewer.core.handlers import INPUT_NAMES, OUTPUT_NAMES, cell_port
 from viewer.core.meta import (
     WRITE,
     ConcatMeta,
@@ -41,7 +41,7 @@ from viewer.core.meta import (
     meta_to_dict,
 )
 from viewer.core.optypes import STYLES, OpType
-from viewer.core.prune import Pruner
+from viewer.core.prune import IGNORE_SIDES, Pruner
 
 from .. import ids, styles
 from ..state import Session, SessionStore
@@ -612,8 +612,23 @@ def control_values(store: SessionStore, sid: str,
         return [], None
     session = store.session(sid)
     with session.lock:
-        ignore = [s for s in ("out", "in") if f"{sel.get('name')}:{s}" in session.ignore]
+        ignore = [s for s in IGNORE_SIDES if f"{sel.get('name')}:{s}" in session.ignore]
         return ignore, session.overrides.get(sel.get("gid"))
+
+
+def ignore_options(store: SessionStore, sid: str, selection: dict | None) -> list[dict]:
+    """The ignore checkboxes for a selection: outputs and inputs, and the cell units of an
+    LSTM with ``proj_size`` (a group of their own)."""
+    options = [{"label": "ignore outputs", "value": "out"},
+               {"label": "ignore inputs", "value": "in"}]
+    sel = selection or {}
+    if sel.get("kind") == "op":
+        session = store.session(sid)
+        with session.lock:
+            node = session.stage.graph.by_name.get(sel.get("name"))
+        if node is not None and cell_port(node) is not None:
+            options.append({"label": "ignore cell units", "value": "cell"})
+    return options
 
 
 def register(app, store: SessionStore) -> None:
@@ -681,6 +696,7 @@ def register(app, store: SessionStore) -> None:
         return details, r.group_panel, no_update
 
     @app.callback(
+        Output(ids.IGNORE_TOGGLE, "options"),
         Output(ids.IGNORE_TOGGLE, "value"),
         Output(ids.OVERRIDE_RATIO, "value"),
         Input(ids.SHOWN, "data"),
@@ -689,6 +705,7 @@ def register(app, store: SessionStore) -> None:
     )
     def on_selection(selection, sid):
         try:
-            return control_values(store, sid, selection)
+            return (ignore_options(store, sid, selection),
+                    *control_values(store, sid, selection))
         except Exception:
-            return [], None
+            return no_update, [], None

@@ -18,7 +18,9 @@ from viewer.core.groups import units_are_heads
 from viewer.core.memory import MemoryShortError
 from viewer.core.modelconfig import config_note
 from viewer.core.prune import (
+    IGNORE_SIDES,
     IMPORTANCE,
+    SIDE_WORDS,
     Plan,
     batch_shapes,
     blind_note,
@@ -329,7 +331,8 @@ def set_override(store: SessionStore, sid: str, gid: int | None, ratio) -> str:
 
 
 def set_ignore(store: SessionStore, sid: str, name: str | None, sides: list[str]) -> str:
-    """Ignore (keep intact) a layer's outputs and/or inputs: ``sides`` ⊆ {"out", "in"}."""
+    """Ignore (keep intact) a layer's outputs, inputs and/or (an LSTM with ``proj_size``) cell
+    units: ``sides`` ⊆ {"out", "in", "cell"}."""
     session = store.session(sid)
     with session.lock:
         if not name or name not in session.stage.graph.by_name:
@@ -337,15 +340,17 @@ def set_ignore(store: SessionStore, sid: str, name: str | None, sides: list[str]
         if sides and not session.stage.pruner.holds_channels(name):
             raise DepViewError(f"{name} holds no channels a group prunes (an activation or "
                                "another op without weights): ignore the layers around it")
-        for s in ("out", "in"):
+        if "cell" in (sides or []) and not session.stage.pruner.holds_channels(name, ["cell"]):
+            raise DepViewError(f"{name} has no cell units of their own (only an LSTM with "
+                               "proj_size has)")
+        for s in IGNORE_SIDES:
             key = f"{name}:{s}"
             if s in (sides or []):
                 session.ignore.add(key)
             else:
                 session.ignore.discard(key)
         dropped = _void_overrides(session)
-        kept = [{"out": "outputs", "in": "inputs"}[s] for s in ("out", "in")
-                if s in (sides or [])]
+        kept = [SIDE_WORDS[s] for s in ("out", "in", "cell") if s in (sides or [])]
         if not kept:
             return f"{name} is no longer ignored."
         text = f"Ignoring {name}'s {' and '.join(kept)}: groups that would prune them are " \
@@ -775,7 +780,7 @@ def register(app, store: SessionStore) -> None:
             elif trig == ids.IGNORE_TOGGLE:
                 if sel.get("kind") != "op":
                     return no_update, no_update, no_update
-                current = [s for s in ("out", "in")
+                current = [s for s in IGNORE_SIDES
                            if f"{sel.get('name')}:{s}" in session.ignore]
                 if sorted(current) == sorted(ignore_sides or []):
                     return no_update, no_update, no_update  # just showing the stored value
