@@ -2,8 +2,9 @@
 
 Run from the repository root::
 
-    python benchmarks/bench_core.py                    # all demos + Llama 7B shape on meta
-    python benchmarks/bench_core.py --quick            # skip resnet50
+    python benchmarks/bench_core.py                    # all demos, GPT-2, BERT, ViT-B and
+                                                       # the Llama 7B shape on meta
+    python benchmarks/bench_core.py --quick            # skip resnet50 and the HF models
     python benchmarks/bench_core.py --json out.json    # also write the results as JSON
     python benchmarks/bench_core.py --reps 5 --models cnn,vit --no-7b
 
@@ -180,8 +181,36 @@ def _rounds(res: dict, m, x: tuple, reps: int, budget: float = 90.0, min_time: f
 
 
 # -- child processes ------------------------------------------------------------------------
+#: Hugging Face models at their default (full) sizes, randomly initialised from the config
+#: (nothing downloaded): real-sized models beside the sub-millisecond demos
+HF_MODELS = {
+    "hf-gpt2": ("GPT2LMHeadModel", "GPT2Config", "tokens"),  # GPT-2 small, 124M
+    "hf-bert": ("BertModel", "BertConfig", "tokens"),  # BERT-base, 110M
+    "hf-vit": ("ViTModel", "ViTConfig", "image"),  # ViT-B/16 at 224, 86M
+}
+
+
+def _hf_model(name: str):
+    """An :data:`HF_MODELS` model in eval mode and its inputs (128 tokens, one 224 image)."""
+    import torch
+    import transformers
+
+    cls, cfg, kind = HF_MODELS[name]
+    m = getattr(transformers, cls)(getattr(transformers, cfg)()).eval()
+    x = (torch.randint(0, 1000, (1, 128)),) if kind == "tokens" else \
+        (torch.randn(1, 3, 224, 224),)
+    return m, x
+
+
+def _has_transformers() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("transformers") is not None
+
+
 def run_one(name: str, reps: int, threads: int | None = None) -> dict:
     _setup_path()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
     if threads:
@@ -191,12 +220,16 @@ def run_one(name: str, reps: int, threads: int | None = None) -> dict:
     from viewer.core.prune import Pruner
 
     base_rss = _rss_now()
-    demo = demo_models.DEMOS[name]
     torch.manual_seed(0)
-    m = demo.build().eval()
-    x = demo.make_inputs("cpu")
+    if name in HF_MODELS:
+        m, x = _hf_model(name)
+        out_layers = []  # (their outputs' groups reach the model output: never pruned)
+    else:
+        demo = demo_models.DEMOS[name]
+        m = demo.build().eval()
+        x = demo.make_inputs("cpu")
+        out_layers = [demo.output_layer] if demo.output_layer else []
     n_params = sum(p.numel() for p in m.parameters())
-    out_layers = [demo.output_layer] if demo.output_layer else []
     res: dict = {"name": name, "params": n_params, "times": {}, "all_times": {}}
 
     def record(stage, fn, setup=None):
@@ -218,7 +251,8 @@ def run_one(name: str, reps: int, threads: int | None = None) -> dict:
     plan = record("plan_cached", lambda _: p.plan(0.5, "l1"))
     res["n_prunable"] = len(plan.removed)
     pruned = record("apply", lambda _: p.apply(plan))
-    source = {"spec": f"demo:{name}", "kwargs": {}, "inputs": [], "seed": 0}
+    spec = f"transformers:{HF_MODELS[name][0]}" if name in HF_MODELS else f"demo:{name}"
+    source = {"spec": spec, "kwargs": {}, "inputs": [], "seed": 0}
     with tempfile.TemporaryDirectory() as tmp:
         counter = iter(range(10**6))
         record("export",
@@ -395,9 +429,11 @@ def report(models: list[dict], meta: dict | None) -> tuple[str, int]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
-    ap.add_argument("--quick", action="store_true", help="skip resnet50")
+    ap.add_argument("--quick", action="store_true", help="skip resnet50 and the HF models")
+    ap.add_argument("--no-hf", action="store_true", help="skip the Hugging Face models "
+                    f"({', '.join(HF_MODELS)}; run when transformers is installed)")
     ap.add_argument("--reps", type=int, default=3, help="timed repetitions per stage")
-    ap.add_argument("--models", help="comma-separated demo names (default: all)")
+    ap.add_argument("--models", help="comma-separated demo or HF model names (default: all)")
     ap.add_argument("--no-7b", action="store_true", help="skip the 7B-on-meta benchmark")
     ap.add_argument("--threads", type=int, help="torch.set_num_threads in the children "
                     "(default: torch's default)")
@@ -414,9 +450,14 @@ def main(argv=None) -> int:
     _setup_path()
     import demo_models
 
-    names = args.models.split(",") if args.models else list(demo_models.DEMOS)
+    names = args.models.split(",") if args.models else list(demo_models.DEMOS) + (
+        list(HF_MODELS) if _has_transformers() and not args.no_hf else [])
+    unknown = [n for n in names if n not in demo_models.DEMOS and n not in HF_MODELS]
+    if unknown:
+        ap.error(f"unknown model(s) {', '.join(unknown)}; choose from "
+                 f"{', '.join([*demo_models.DEMOS, *HF_MODELS])}")
     if args.quick:
-        names = [n for n in names if n != "resnet50"]
+        names = [n for n in names if n != "resnet50" and n not in HF_MODELS]
     import torch
 
     rev = _git_rev()

@@ -27,6 +27,13 @@ def test_bench_core_runs_on_a_tiny_demo(tmp_path):
     assert len(model["all_times"]["forward"]) == len(model["all_times"]["build"]) >= 1
 
 
+def test_bench_core_refuses_an_unknown_model():
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_core.py"),
+                          "--models", "cnn,nope", "--no-7b"],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert res.returncode == 2 and "unknown model(s) nope; choose from cnn," in res.stderr
+
+
 def test_bench_browser_has_a_working_cli():
     res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_browser.py"), "--help"],
                          capture_output=True, text=True, timeout=60, cwd=ROOT)
