@@ -430,7 +430,7 @@ def test_long_names_wrap_and_numbers_stay_whole(store):
     assert cb.breakable("a<b>.c") == "a&lt;b&gt;.<wbr/>c"
 
 
-def test_a_weight_normalised_layer_says_how_its_weight_is_made():
+def test_a_weight_or_spectral_normalised_layer_says_how_its_weight_is_made():
     from torch import nn
     from torch.nn.utils import parametrizations
 
@@ -441,6 +441,9 @@ def test_a_weight_normalised_layer_says_how_its_weight_is_made():
     text = _text(cb.node_details(graph.by_name["0"], {}))
     assert "weight = g · v / ‖v‖ (weight_norm): g is parametrizations.weight.original0" in text
     assert "weight_norm" not in _text(cb.node_details(graph.by_name["1"], {}))
+    sn = nn.Sequential(parametrizations.spectral_norm(nn.Conv1d(2, 4, 3)), nn.Conv1d(4, 2, 1))
+    text = _text(cb.node_details(build_graph(sn.eval(), torch.randn(1, 2, 8)).by_name["0"], {}))
+    assert "weight = W / σ (spectral_norm)" in text and "rescales u" in text
 
 
 def test_members_read_by_a_key_or_value_weight_say_which_input():

@@ -678,16 +678,22 @@ def test_max_of_two_tensors_couples_their_channels(op):
 
 
 def test_parametrized_weights_block_with_the_way_out():
-    """A parametrization other than weight_norm (which prunes: test_weightnorm.py) computes
-    a weight DepView cannot cut: the group says so and what to call."""
-    from torch.nn.utils import parametrizations, parametrize
+    """A parametrization other than weight_norm and spectral_norm (which prune:
+    test_weightnorm.py, test_spectralnorm.py) computes a weight DepView cannot cut: the group
+    says so and what to call."""
+    from torch.nn.utils import parametrize
 
     from viewer.core.prune import Pruner
+
+    class Symmetric(nn.Module):  # (a user's parametrization)
+        def forward(self, w):
+            return (w + w.flip(0)) / 2
 
     class SN(nn.Module):
         def __init__(self):
             super().__init__()
-            self.a = parametrizations.spectral_norm(nn.Conv1d(4, 16, 3, padding=1))
+            self.a = nn.Conv1d(4, 16, 3, padding=1)
+            parametrize.register_parametrization(self.a, "weight", Symmetric())
             self.b = nn.Conv1d(16, 4, 3, padding=1)
 
         def forward(self, x):

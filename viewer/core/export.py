@@ -62,6 +62,8 @@ from .spec import (
     read_state_dict,
     spell_input,
 )
+from .spectralnorm import v_of
+from .spectralnorm import weight_of as sn_weight_of
 from .text import error_line
 from .trace import flatten
 from .weightnorm import refresh_hooked_weights, weight_of
@@ -811,7 +813,10 @@ def rebuild(path: str | Path, search: bool = True, originals: dict | None = None
                           if k in table})
         # (a g rescaled but not cut keeps its tensor, which the weights are loaded into:
         # a copy, of a vector)
-        originals.update({k: table[k][2].detach().clone() for k in _renormalized(plan)
+        # (and a spectral norm's v, which its rescaled u is checked with)
+        renorm = list(_renormalized(plan))
+        originals.update({k: table[k][2].detach().clone()
+                          for k in renorm + [v_of(k) for k in renorm if v_of(k)]
                           if k in table and k not in originals})
     # the example inputs were drawn before reshaping, so they match the original model's
     model = reshape_like_plan(lm.model, plan)
@@ -1047,11 +1052,25 @@ def _renormalized(plan: dict) -> dict[str, str]:
 
 def _same_weight(g: str, v: str, originals: dict, now: dict, plan: dict) -> bool:
     """Is the weight ``g * v / ||v||`` of a rescaled layer the original's at plan.json's
-    kept indices of ``v``, to ``g``'s precision (``g`` was rescaled, then rounded)?"""
-    if g not in originals or v not in originals or g not in now or v not in now:
+    kept indices of ``v``, to ``g``'s precision (``g`` was rescaled, then rounded)? For a
+    spectral norm (``g`` its ``u``, ``v`` its ``W``): is ``W / sigma`` (spectralnorm.py)?"""
+    sv = v_of(g)
+    if sv is not None:
+        keys = (v, g, sv)  # W, u, v
+        if not all(k in originals and k in now for k in keys):
+            return False
+        dim = getattr(now[g][0], "dim", None)
+        if not isinstance(dim, int):
+            return False
+        want = _kept_of(sn_weight_of(*(originals[k] for k in keys), dim),
+                        plan.get("tensors", {}).get(v, {}))
+        have = sn_weight_of(*(now[k][2] for k in keys), dim)
+    elif g not in originals or v not in originals or g not in now or v not in now:
         return False
-    want = _kept_of(weight_of(originals[g], originals[v]), plan.get("tensors", {}).get(v, {}))
-    have = weight_of(now[g][2], now[v][2])
+    else:
+        want = _kept_of(weight_of(originals[g], originals[v]),
+                        plan.get("tensors", {}).get(v, {}))
+        have = weight_of(now[g][2], now[v][2])
     if want.shape != have.shape:
         return False
     eps = torch.finfo(now[g][2].dtype).eps if now[g][2].is_floating_point() else 0.0

@@ -61,6 +61,9 @@ class Node:
     #: ``(g, v)``, the local names of the magnitude and direction of a weight that weight
     #: normalisation computes (``weight = g * v / ||v||``), or None
     weight_norm: tuple[str, str] | None = None
+    #: ``(W, u, v, dim)``: the local names of a spectral-normalised weight and its singular
+    #: vectors, and the dim its matrix has as rows (``weight = W / u.(W v)``), or None
+    spectral_norm: tuple[str, str, str, int] | None = None
 
     @property
     def is_module(self) -> bool:
@@ -84,6 +87,7 @@ class Node:
             "attrs": self.attrs,
             "own_forward": self.own_forward,
             "weight_norm": list(self.weight_norm) if self.weight_norm else None,
+            "spectral_norm": list(self.spectral_norm) if self.spectral_norm else None,
         }
 
 
@@ -105,6 +109,17 @@ class Graph:
         ``g``'s (see :mod:`viewer.core.weightnorm`)."""
         return {n.params[n.weight_norm[1]]: n.params[n.weight_norm[0]]
                 for n in self.nodes if n.weight_norm}
+
+    @cached_property
+    def spectral_norms(self) -> dict[str, tuple[str, str, int]]:
+        """state_dict key of each spectral-normalised layer's weight ``W`` -> the keys of its
+        ``u`` and ``v`` and its row dim (see :mod:`viewer.core.spectralnorm`)."""
+        out = {}
+        for n in self.nodes:
+            if n.spectral_norm:
+                w, u, v, dim = n.spectral_norm
+                out[n.params[w]] = (n.buffers[u], n.buffers[v], dim)
+        return out
 
     @cached_property
     def in_edges(self) -> dict[int, list[Edge]]:

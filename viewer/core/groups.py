@@ -2468,8 +2468,9 @@ def _search(graph: Graph, root: Node, side: str, dim: int, pos: IntArray,
     if bent:  # spectral_norm, a user's: the weight is computed, not stored
         names = ", ".join(f"'{n}'" for n in dict.fromkeys(bent))
         grp.reasons.append(f"{names} compute{'s' if len(set(bent)) == 1 else ''} a weight "
-                           "through a parametrization other than weight_norm (spectral_norm, "
-                           "...): remove it first with "
+                           "through a parametrization other than weight_norm and "
+                           "spectral_norm (orthogonal, a user's, spectral_norm of a 1-D "
+                           "weight, ...): remove it first with "
                            "torch.nn.utils.parametrize.remove_parametrizations")
     for nid in dict.fromkeys(m.node for m in members):
         why = _hooked_weight(graph.nodes[nid])
@@ -2652,9 +2653,10 @@ def _lumped(grp: Group, key: TensorKey) -> bool:
 
 
 def _parametrized(node: Node) -> bool:
-    """Does a parametrization other than weight normalisation (which the cuts follow, see
-    weightnorm.py) compute one of ``node``'s tensors?"""
-    return not node.weight_norm and any(k.startswith("parametrizations.") for k in node.params)
+    """Does a parametrization other than weight or spectral normalisation (which the cuts
+    follow, see weightnorm.py and spectralnorm.py) compute one of ``node``'s tensors?"""
+    return not node.weight_norm and not node.spectral_norm and \
+        any(k.startswith("parametrizations.") for k in node.params)
 
 
 def _hooked_weight(node: Node) -> str | None:

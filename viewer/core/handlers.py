@@ -20,6 +20,7 @@ from torch import nn
 
 from .graph import Node
 from .optypes import OpGroup, OpType, conv_prunes_whole_groups, gn_prunes_whole_groups
+from .spectralnorm import columns
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,22 @@ def _cuts(node: Node, spec: list[tuple[str, int]], pos, origin=None) -> list[Cut
             out.append(Cut(_key(node, k), d, pos, True, origin))
         elif k == "weight" and node.weight_norm:
             out += _weight_norm_cuts(node, d, pos, origin)
+        elif k == "weight" and node.spectral_norm:
+            out += _spectral_norm_cuts(node, d, pos, origin)
+    return out
+
+
+def _spectral_norm_cuts(node: Node, dim: int, pos, origin) -> list[Cut]:
+    # weight = W / u.(W_mat v): W loses the positions, and u the rows or v the columns they
+    # are of W's matrix (spectralnorm.py; u is rescaled after, which a Cut does not say).
+    # Neither is a channel's weight: not scored (aligned False)
+    w, u, v, rows = node.spectral_norm
+    out = [Cut(node.params[w], dim, pos, True, origin)]
+    if dim == rows:
+        out.append(Cut(node.buffers[u], 0, pos, False))
+    else:
+        cols = columns(node.param_shapes[w], rows, dim, pos)
+        out.append(Cut(node.buffers[v], 0, cols, False))
     return out
 
 
@@ -67,6 +84,8 @@ def weight_shape(node: Node) -> tuple[int, ...] | None:
     w = node.param_shapes.get("weight")
     if w is None and node.weight_norm:
         return node.param_shapes[node.weight_norm[1]]
+    if w is None and node.spectral_norm:
+        return node.param_shapes[node.spectral_norm[0]]
     return w
 
 

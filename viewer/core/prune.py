@@ -58,6 +58,8 @@ from .memory import (
 )
 from .modelconfig import build_from_config, fit_config, held_config
 from .optypes import OpGroup, OpType, classify
+from .spectralnorm import sigma, spectral_norms, u_keeping
+from .spectralnorm import weight_of as sn_weight_of
 from .text import counted, error_line
 from .trace import (
     MAX_LISTED,
@@ -360,6 +362,9 @@ class Pruner:
         (``from_pretrained`` refuses it, and the code that reads them fails)."""
         table = self._tensor_table()
         read = self._read_keys_now()
+        # (a spectral norm's u and v are cut by their own rule: of a square weight they have
+        # one shape, but v's entries are columns)
+        read = read | {k for u, v, _ in self.graph.spectral_norms.values() for k in (u, v)}
         out, done = [], {(c.key, c.dim) for c in cuts}
         for cut in cuts:
             entry = table.get(cut.key)
@@ -436,7 +441,7 @@ class Pruner:
         # (tensor, dim) -> its positions already scored: a tensor two members cut (tied
         # weights, a module called twice) counts once, as it is removed once
         counted: dict[tuple[int, int], np.ndarray] = {}
-        norms = self.graph.weight_norms
+        norms, spectral = self.graph.weight_norms, self.graph.spectral_norms
         magnitudes = set(norms.values())
         for m in group.members:
             if bn_only and m.op_type not in OpGroup.NORMS:
@@ -455,6 +460,9 @@ class Pruner:
                     continue
                 if criterion != "taylor" and cut.key in norms:  # weight-normalised: the
                     t = weight_of(table[norms[cut.key]][2], t)  # weight it computes...
+                elif criterion != "taylor" and cut.key in spectral:  # (W / sigma)
+                    u_key, v_key, rows = spectral[cut.key]
+                    t = sn_weight_of(t, table[u_key][2], table[v_key][2], rows)
                 elif criterion != "taylor" and cut.key in magnitudes:
                     continue  # ... holds g's magnitudes
                 if criterion == "taylor":
@@ -1059,13 +1067,16 @@ class Pruner:
         return out
 
     def renormalized(self, plan: Plan) -> dict[str, str]:
-        """The magnitudes ``g`` a plan rescales (weightnorm.py), each -> its direction ``v``:
+        """The magnitudes ``g`` a plan rescales (weightnorm.py), each -> its direction ``v``,
+        and the ``u`` of spectral norms (spectralnorm.py), each -> its weight ``W``:
         state_dict keys. Not index-selects of the original: plan.json lists them apart."""
         changes = self.changes(plan)
         table = self._tensor_table()
-        return {g: v for v, g in self.graph.weight_norms.items()
-                if v in changes and renormalizes(table[g][2].shape, table[v][2].ndim,
-                                                 changes[v])}
+        out = {g: v for v, g in self.graph.weight_norms.items()
+               if v in changes and renormalizes(table[g][2].shape, table[v][2].ndim,
+                                                changes[v])}
+        out.update({u: w for w, (u, _, _) in self.graph.spectral_norms.items() if w in changes})
+        return out
 
     # -- preview and verification ---------------------------------------------------------
     def preview(self, plan: Plan) -> dict:
@@ -2119,6 +2130,12 @@ class Pruner:
             for v_key, g_key in _zeroed_norms(self.graph.weight_norms, cuts).items():
                 g, v = table[g_key][2], table[v_key][2]
                 g.copy_(rescaled(g, original[v_key][2], v, normed_dims(g.shape, v.ndim)))
+            cut_keys = {c.key for c in cuts}
+            for w_key, (u_key, v_key, dim) in self.graph.spectral_norms.items():
+                if w_key in cut_keys:  # (its sigma, as the pruned copy keeps it)
+                    u = table[u_key][2]
+                    u.copy_(u_keeping(sigma(*(original[k][2] for k in (w_key, u_key, v_key)),
+                                            dim), table[w_key][2], u, table[v_key][2], dim))
         return masked
 
     def _made_at(self) -> dict[str, str]:
@@ -2679,6 +2696,16 @@ def layer_by_layer(model: nn.Module, cuts: Iterable[Cut] = (),
             memo[id(t)] = t
     copy = _tree_copy(model, memo)
     modules = dict(copy.named_modules(remove_duplicate=False))
+    for w_key, (u_key, v_key, dim) in spectral_norms(model).items():
+        w_cuts = zeroed.get(id(table[w_key][2]))
+        if w_cuts:  # its u (the copy's own buffer) keeps its sigma, as in the masked copy
+            w, u, v = (table[k][2] for k in (w_key, u_key, v_key))
+            w_zeroed = w.detach().clone()
+            for cut in w_cuts:
+                w_zeroed.index_fill_(cut.dim, torch.as_tensor(cut.positions, device=w.device), 0)
+            holder, name = modules[u_key.rpartition(".")[0]], u_key.rpartition(".")[2]
+            setattr(holder, name, u_keeping(sigma(w, u, v, dim), w_zeroed, u, v, dim)
+                    .to(getattr(holder, name).dtype))
     # module that makes them -> [(holder, name, original, its NaN, dtype, cuts)]
     makes: dict[str, list[tuple]] = defaultdict(list)
     for key, (mod, name, t) in table.items():
@@ -3343,18 +3370,21 @@ def materialize(model: nn.Module, graph: Graph, changes: dict[str, dict[int, np.
     mods = dict(pruned.named_modules())
     touched = {key.rpartition(".")[0] for key in changes} | set(widths)
     seen = set()
-    for node in graph.nodes:
-        if node.module in touched and node.is_module and node.module not in seen:
-            seen.add(node.module)
-            mod = mods.get(node.module)
-            if mod is not None:
-                REFRESH[node.op_type](mod, widths.get(node.module, {}))
-    for path in sorted(touched - seen):
-        # a layer whose weight the forward used without calling it (F.conv1d(x,
-        # self.conv1d.weight, ...)): its attributes follow its tensors all the same
-        mod = mods.get(path)
-        if mod is not None and path:
-            REFRESH[classify(mod)](mod, widths.get(path, {}))
+    # (in eval mode: reading a spectral-normalised weight in training mode runs a power
+    # iteration, which would change the u and v just cut and rescaled)
+    with eval_mode(pruned):
+        for node in graph.nodes:
+            if node.module in touched and node.is_module and node.module not in seen:
+                seen.add(node.module)
+                mod = mods.get(node.module)
+                if mod is not None:
+                    REFRESH[node.op_type](mod, widths.get(node.module, {}))
+        for path in sorted(touched - seen):
+            # a layer whose weight the forward used without calling it (F.conv1d(x,
+            # self.conv1d.weight, ...)): its attributes follow its tensors all the same
+            mod = mods.get(path)
+            if mod is not None and path:
+                REFRESH[classify(mod)](mod, widths.get(path, {}))
     for path, values in (attrs or {}).items():
         for k, v in values.items():
             set_attr(mods[path], k, v)
@@ -3364,7 +3394,16 @@ def materialize(model: nn.Module, graph: Graph, changes: dict[str, dict[int, np.
 def _renormalize(table: dict, memo: dict, graph: Graph,
                  changes: dict[str, dict[int, np.ndarray]]) -> None:
     """Give each weight-normalised layer whose ``v`` lost a normed dim's positions the
-    rescaled ``g`` that keeps its weight the original's at the kept indices (weightnorm.py)."""
+    rescaled ``g`` that keeps its weight the original's at the kept indices (weightnorm.py),
+    and each spectral-normalised layer whose weight was cut the rescaled ``u`` that keeps its
+    sigma (spectralnorm.py)."""
+    for w_key, (u_key, v_key, dim) in graph.spectral_norms.items():
+        if not changes.get(w_key) or not {w_key, u_key, v_key} <= table.keys():
+            continue
+        w, u, v = table[w_key][2], table[u_key][2], table[v_key][2]
+        with torch.no_grad():
+            memo[id(u)] = u_keeping(sigma(w, u, v, dim), memo[id(w)], memo[id(u)],
+                                    memo[id(v)], dim)
     for v_key, g_key in graph.weight_norms.items():
         removed = changes.get(v_key)
         if not removed or g_key not in table or v_key not in table:

@@ -64,6 +64,7 @@ from .optypes import (
     function_name,
     match_module,
 )
+from .spectralnorm import ORIGINAL, spectral_norm_names
 from .weightnorm import MAGNITUDE_NAMES, weight_norm_names
 
 Path = str
@@ -603,6 +604,7 @@ class _Tracer(TorchFunctionMode):
             custom=custom,
             own_forward=_own_forward(cls) if op_type is not OpType.CUSTOMIZED else None,
             weight_norm=weight_norm_names(module) if MAGNITUDE_NAMES & params.keys() else None,
+            spectral_norm=spectral_norm_names(module) if ORIGINAL in params else None,
         )
         if written is not None:
             node.attrs = {"inplace": True}  # its result is its input, read through that

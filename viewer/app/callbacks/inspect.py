@@ -307,6 +307,11 @@ def node_details(node: Node, stage_classes: dict[str, str], hit: np.ndarray | No
                               "Where pruning cuts v along a dim its norm is taken over, g "
                               "is rescaled, so the kept weights keep their values.",
                               className="hint"))
+        if node.spectral_norm:
+            out.append(html.P("weight = W / σ (spectral_norm), σ = u · (W v) with the "
+                              "stored singular vectors u, v (re-estimated at each training "
+                              "forward). Pruning cuts W and u or v, and rescales u so that σ "
+                              "and the kept weights keep their values.", className="hint"))
     if node.attrs:
         out += [html.Details([html.Summary(f"Attributes ({len(node.attrs)})"),
                               _kv([(k, str(v)) for k, v in node.attrs.items()])])]
