@@ -712,14 +712,13 @@ def test_parametrized_weights_block_with_the_way_out():
     assert v["masked_equivalence"]["ok"], v
 
 
-@pytest.mark.parametrize("how", ["prune mask", "old spectral_norm"])
+@pytest.mark.parametrize("how", ["prune mask"])
 def test_weights_computed_by_torchs_older_pre_hooks_block_with_the_way_out(how):
-    """torch.nn.utils.prune and the old spectral_norm keep the real tensors as
-    weight_orig/weight_mask (/u/v) and recompute ``weight`` in a pre-hook: the group says
-    what to call (it was 'prunable' until validation failed). (The old weight_norm prunes:
-    test_weightnorm.py.)"""
+    """torch.nn.utils.prune keeps the real tensors as weight_orig/weight_mask and recomputes
+    ``weight`` in a pre-hook: the group says what to call (it was 'prunable' until
+    validation failed). (The old weight_norm and spectral_norm prune: test_weightnorm.py,
+    test_spectralnorm.py.)"""
     import torch.nn.utils.prune as tprune
-    from torch.nn.utils import remove_spectral_norm, spectral_norm
 
     from viewer.core.prune import Pruner
 
@@ -728,7 +727,6 @@ def test_weights_computed_by_torchs_older_pre_hooks_block_with_the_way_out(how):
     hook, undo, says = {
         "prune mask": (lambda m: tprune.l1_unstructured(m, "weight", amount=0.3),
                        lambda m: tprune.remove(m, "weight"), "torch.nn.utils.prune.remove"),
-        "old spectral_norm": (spectral_norm, remove_spectral_norm, "remove_spectral_norm"),
     }[how]
     x = torch.randn(1, 3, 6, 6)
     hook(model[0])

@@ -25,9 +25,11 @@ class Disc(nn.Module):
     """A GAN discriminator, every layer spectral-normalised, with a transposed conv (whose
     spectral norm takes its dim 1 as rows)."""
 
-    def __init__(self):
+    def __init__(self, old: bool = False):
         super().__init__()
-        sn = torch.nn.utils.parametrizations.spectral_norm
+        # (old: torch.nn.utils.spectral_norm, a forward pre-hook, as HiFi-GAN's discriminators
+        # and older GAN code use it)
+        sn = torch.nn.utils.spectral_norm if old else torch.nn.utils.parametrizations.spectral_norm
         self.c1 = sn(nn.Conv2d(3, 16, 3, padding=1))
         self.c2 = sn(nn.Conv2d(16, 32, 3, 2, 1))
         self.up = sn(nn.ConvTranspose2d(32, 8, 2, 2))
@@ -47,8 +49,10 @@ class Disc(nn.Module):
 LAYERS = ("c1", "c2", "up", "c3", "fc", "out")
 
 
-def _fn(layer: nn.Module):
-    return layer.parametrizations.weight[0]
+def _wuv(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """A spectral-normalised layer's W, u, v and row dim, either API."""
+    w, u, v, dim = spectral_norm_names(layer)
+    return layer.get_parameter(w), layer.get_buffer(u), layer.get_buffer(v), dim
 
 
 def test_names_and_the_columns_a_cut_meets():
@@ -57,6 +61,8 @@ def test_names_and_the_columns_a_cut_meets():
         "parametrizations.weight.0._v", 0)
     assert spectral_norm_names(spectral_norm(nn.ConvTranspose1d(2, 4, 3)))[3] == 1
     assert spectral_norm_names(nn.Conv2d(2, 4, 3)) is None
+    assert spectral_norm_names(torch.nn.utils.spectral_norm(nn.ConvTranspose2d(2, 4, 3))) == (
+        "weight_orig", "weight_u", "weight_v", 1)  # (the older pre-hook)
     # oracle: mark the positions in a tensor of W's shape, lay it out as spectral_norm does
     for shape, rows, d, pos in (((6, 4, 3, 3), 0, 1, [1, 3]), ((4, 6, 2, 2), 1, 0, [0, 2]),
                                 ((4, 6, 2, 2), 1, 3, [1]), ((5, 7), 0, 1, [0, 6])):
@@ -66,9 +72,12 @@ def test_names_and_the_columns_a_cut_meets():
         assert np.array_equal(columns(shape, rows, d, pos), want), (shape, d)
 
 
-def test_a_discriminator_prunes_with_its_weights_kept_exactly(tmp_path):
+@pytest.mark.parametrize("old", [False, True])
+def test_a_discriminator_prunes_with_its_weights_kept_exactly(old):
     torch.manual_seed(0)
-    model, x = Disc(), torch.randn(2, 3, 8, 8)
+    model, x = Disc(old), torch.randn(2, 3, 8, 8)
+    w_name = "weight_orig" if old else "parametrizations.weight.original"
+    u_name = "weight_u" if old else "parametrizations.weight.0._u"
     p = Pruner(model, (x,))
     # every group was blocked ("a parametrization other than weight_norm"); now only the
     # output's
@@ -80,14 +89,12 @@ def test_a_discriminator_prunes_with_its_weights_kept_exactly(tmp_path):
     for name in LAYERS:
         before, after = getattr(model, name), getattr(pruned, name)
         want = before.weight.detach()
-        for d, rem in changes.get(f"{name}.parametrizations.weight.original", {}).items():
+        for d, rem in changes.get(f"{name}.{w_name}", {}).items():
             keep = np.setdiff1d(np.arange(want.shape[d]), rem)
             want = want.index_select(d, torch.as_tensor(keep))
         # the weight it computes is the original's at the kept indices: sigma is kept
         assert torch.allclose(after.weight, want, atol=1e-6), name
-        fb, fa = _fn(before), _fn(after)
-        w0, w1 = before.parametrizations.weight.original, after.parametrizations.weight.original
-        assert torch.isclose(sigma(w1, fa._u, fa._v, fa.dim), sigma(w0, fb._u, fb._v, fb.dim))
+        assert torch.isclose(sigma(*_wuv(after)), sigma(*_wuv(before)))
     assert (pruned.up.in_channels, pruned.up.out_channels, pruned.fc.in_features) == (16, 4, 8)
     assert model.c1.out_channels == 16  # the model given is untouched
     # oracle of the masked equivalence, by hand: the original with the removed channels'
@@ -95,12 +102,11 @@ def test_a_discriminator_prunes_with_its_weights_kept_exactly(tmp_path):
     masked = copy.deepcopy(model)
     with torch.no_grad():
         for name in LAYERS:
-            layer = getattr(masked, name)
-            w, fn = layer.parametrizations.weight.original, _fn(layer)
-            target = sigma(w, fn._u, fn._v, fn.dim)
-            for d, rem in changes.get(f"{name}.parametrizations.weight.original", {}).items():
+            w, u, v, dim = _wuv(getattr(masked, name))
+            target = sigma(w, u, v, dim)
+            for d, rem in changes.get(f"{name}.{w_name}", {}).items():
                 w.index_fill_(d, torch.as_tensor(rem), 0)
-            fn._u.mul_((target / sigma(w, fn._u, fn._v, fn.dim)).float())
+            u.mul_((target / sigma(w, u, v, dim)).float())
         assert torch.allclose(pruned(x), masked(x), atol=1e-6)
         assert not torch.allclose(pruned(x), model(x), atol=1e-4)  # (the test can fail)
     v = p.verify(pruned, plan)
@@ -111,26 +117,27 @@ def test_a_discriminator_prunes_with_its_weights_kept_exactly(tmp_path):
     with torch.no_grad():
         assert torch.allclose(run(lbl.model, (x,)), masked(x), atol=1e-6)
     # u is rescaled, not an index-select: plan.json lists it apart
-    assert set(p.renormalized(plan)) == {f"{n}.parametrizations.weight.0._u"
+    assert set(p.renormalized(plan)) == {f"{n}.{u_name}"
                                          for n in LAYERS}  # (out: its input columns)
     # training re-estimates u and v from the smaller weights
     pruned.train()
     pruned(torch.randn(4, 3, 8, 8))
 
 
-def test_a_model_in_training_mode_is_not_iterated_by_pruning():
+@pytest.mark.parametrize("old", [False, True])
+def test_a_model_in_training_mode_is_not_iterated_by_pruning(old):
     # a spectral-normalised weight read in training mode runs a power iteration: reading the
     # pruned layers' widths did, changing the u just rescaled (masked equivalence failed)
     torch.manual_seed(0)
-    model, x = Disc().train(), torch.randn(2, 3, 8, 8)
-    u = {n: _fn(getattr(model, n))._u.clone() for n in LAYERS}
+    model, x = Disc(old).train(), torch.randn(2, 3, 8, 8)
+    u = {n: _wuv(getattr(model, n))[1].clone() for n in LAYERS}
     p = Pruner(model, (x,))
     plan = p.plan(0.5)
     pruned = p.apply(plan)
     assert pruned.training and model.training  # (the flags are the model's)
     v = p.verify(pruned, plan)
     assert v["forward"] and v["masked_equivalence"]["ok"], v
-    assert all(torch.equal(u[n], _fn(getattr(model, n))._u) for n in LAYERS)
+    assert all(torch.equal(u[n], _wuv(getattr(model, n))[1]) for n in LAYERS)
 
 
 def test_a_square_weight_cuts_u_and_v_by_their_own_rule():
@@ -143,20 +150,20 @@ def test_a_square_weight_cuts_u_and_v_by_their_own_rule():
     plan = p.plan(0.5)
     assert len(plan.removed) == 2 and len(plan.skipped) == 1, plan.skipped
     pruned = p.apply(plan)
-    fn = _fn(pruned[2])
     assert pruned[2].parametrizations.weight.original.shape == (8, 8)
     keep = [i for i in range(16) if i not in plan.removed[0]]  # (the input group's)
-    assert torch.allclose(fn._v, _fn(model[2])._v[keep])
+    assert torch.allclose(_wuv(pruned[2])[2], _wuv(model[2])[2][keep])
     v = p.verify(pruned, plan)
     assert v["forward"] and v["masked_equivalence"]["ok"], v
 
 
-def test_a_spectral_norm_export_reloads_and_checks(tmp_path, monkeypatch):
+@pytest.mark.parametrize("old", [False, True])
+def test_a_spectral_norm_export_reloads_and_checks(old, tmp_path, monkeypatch):
     (tmp_path / "disc.py").write_text("import torch\nimport torch.nn.functional as F\n"
                                       "from torch import nn\n\n\n" + inspect.getsource(Disc))
     monkeypatch.chdir(tmp_path)
     torch.manual_seed(0)
-    lm = load_model("disc.py:Disc", inputs=["2x3x8x8"])
+    lm = load_model("disc.py:Disc", inputs=["2x3x8x8"], kwargs={"old": old})
     p = Pruner(lm.model, lm.inputs)
     plan = p.plan(0.5)
     pruned = p.apply(plan)
@@ -166,8 +173,9 @@ def test_a_spectral_norm_export_reloads_and_checks(tmp_path, monkeypatch):
         assert torch.equal(again(lm.inputs[0]), pruned(lm.inputs[0]))
     res = check_dir(out)
     assert res["ok"] and res["tensors_match_original"], res
-    assert set(spectral_norms(again)) == {f"{n}.parametrizations.weight.original"
-                                          for n in LAYERS}
+    assert set(spectral_norms(again)) == {
+        f"{n}.{'weight_orig' if old else 'parametrizations.weight.original'}" for n in LAYERS}
+    assert again.fc.weight.shape == pruned.fc.weight.shape  # (the old hook's, recomputed)
 
 
 @pytest.mark.parametrize("how", ["a user's", "spectral_norm of a 1-D weight"])

@@ -62,7 +62,7 @@ from .spec import (
     read_state_dict,
     spell_input,
 )
-from .spectralnorm import v_of
+from .spectralnorm import refresh_hooked, row_dim, v_of
 from .spectralnorm import weight_of as sn_weight_of
 from .text import error_line
 from .trace import flatten
@@ -709,6 +709,7 @@ def reshape_like_plan(model: nn.Module, plan: dict) -> nn.Module:
             if id(t) in done and getattr(mod, attr) is not done[id(t)]:
                 setattr(mod, attr, done[id(t)])
     refresh_hooked_weights(model)  # (the attributes are checked against the weights)
+    refresh_hooked(model)
     mods = dict(model.named_modules())
     for name, attrs in plan.get("attrs", {}).items():
         mod = mods.get(name)
@@ -1059,8 +1060,8 @@ def _same_weight(g: str, v: str, originals: dict, now: dict, plan: dict) -> bool
         keys = (v, g, sv)  # W, u, v
         if not all(k in originals and k in now for k in keys):
             return False
-        dim = getattr(now[g][0], "dim", None)
-        if not isinstance(dim, int):
+        dim = row_dim(now[g][0])
+        if dim is None:
             return False
         want = _kept_of(sn_weight_of(*(originals[k] for k in keys), dim),
                         plan.get("tensors", {}).get(v, {}))

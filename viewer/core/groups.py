@@ -2662,7 +2662,7 @@ def _parametrized(node: Node) -> bool:
 def _hooked_weight(node: Node) -> str | None:
     """How ``node``'s weight is computed by one of torch's older forward pre-hooks, which
     keep the real tensors under other names: what to call first, or None."""
-    if not node.params or "weight" in node.params:
+    if not node.params or "weight" in node.params or node.spectral_norm:
         return None
     if "weight_orig" in node.params:
         return ("a torch.nn.utils.prune mask or spectral_norm: make it permanent first with "

@@ -58,7 +58,7 @@ from .memory import (
 )
 from .modelconfig import build_from_config, fit_config, held_config
 from .optypes import OpGroup, OpType, classify
-from .spectralnorm import sigma, spectral_norms, u_keeping
+from .spectralnorm import refresh_hooked, sigma, spectral_norms, u_keeping
 from .spectralnorm import weight_of as sn_weight_of
 from .text import counted, error_line
 from .trace import (
@@ -3367,6 +3367,8 @@ def materialize(model: nn.Module, graph: Graph, changes: dict[str, dict[int, np.
         pruned = _tree_copy(model, memo)
     if graph.weight_norms:
         refresh_hooked_weights(pruned)  # (the attributes below are read from the weight)
+    if graph.spectral_norms:
+        refresh_hooked(pruned)
     mods = dict(pruned.named_modules())
     touched = {key.rpartition(".")[0] for key in changes} | set(widths)
     seen = set()

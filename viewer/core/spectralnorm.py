@@ -18,7 +18,9 @@ and the pruned layer's weight is the original's weight at the kept indices, as f
 layer (a submatrix's spectral norm is at most the matrix's: the layer stays 1-Lipschitz).
 ``u'`` is then not an index-select of ``u``: plan.json lists it under ``renormalized`` (with
 its ``W``). The masked model rescales its ``u`` the same way after zeroing. Training the
-pruned model re-estimates ``u`` and ``v`` from the smaller weight, as it would have.
+pruned model re-estimates ``u`` and ``v`` from the smaller weight, as it would have. The
+older ``torch.nn.utils.spectral_norm`` (a pre-hook; ``weight_orig``, ``weight_u``,
+``weight_v``) is the same computation and is pruned the same way.
 A 1-D weight (normalised by its norm, not this way) is not handled: its groups are blocked.
 """
 
@@ -28,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils.parametrizations import _SpectralNorm
+from torch.nn.utils.spectral_norm import SpectralNorm as _SpectralNormHook
 
 #: the local names of W, u and v under the parametrization
 ORIGINAL = "parametrizations.weight.original"
@@ -36,12 +39,20 @@ U, V = "parametrizations.weight.0._u", "parametrizations.weight.0._v"
 
 def spectral_norm_names(module: nn.Module) -> tuple[str, str, str, int] | None:
     """``(W, u, v, dim)`` local names and the row dim when ``module.weight`` is computed by
-    spectral normalisation alone, of a weight with 2 or more dims; else None.
+    spectral normalisation alone, of a weight with 2 or more dims; else None. The older
+    ``torch.nn.utils.spectral_norm`` (a forward pre-hook) keeps them as ``weight_orig``,
+    ``weight_u`` and ``weight_v``.
 
     >>> sn = torch.nn.utils.parametrizations.spectral_norm
     >>> spectral_norm_names(sn(nn.Conv2d(2, 4, 3)))[3]
     0
     """
+    hooks = [h for h in module._forward_pre_hooks.values() if isinstance(h, _SpectralNormHook)]
+    if hooks:
+        ok = len(hooks) == 1 and hooks[0].name == "weight" and \
+            {"weight_u", "weight_v"} <= module._buffers.keys() and \
+            "weight_orig" in module._parameters and not hasattr(module, "parametrizations")
+        return ("weight_orig", "weight_u", "weight_v", int(hooks[0].dim)) if ok else None
     plist = getattr(module, "parametrizations", None)
     if plist is None or len(plist) != 1 or "weight" not in plist:
         return None
@@ -67,7 +78,30 @@ def spectral_norms(model: nn.Module) -> dict[str, tuple[str, str, int]]:
 
 def v_of(u_key: str) -> str | None:
     """The state_dict key of ``v`` beside a spectral norm's ``u`` key (None: not one)."""
-    return u_key[: -len(U)] + V if u_key == U or u_key.endswith("." + U) else None
+    for u, v in ((U, V), ("weight_u", "weight_v")):
+        if u_key == u or u_key.endswith("." + u):
+            return u_key[: -len(u)] + v
+    return None
+
+
+def row_dim(holder: nn.Module) -> int | None:
+    """The row dim of the spectral norm whose ``u`` ``holder`` keeps (the parametrization,
+    or the layer the older hook wraps), or None."""
+    if isinstance(holder, _SpectralNorm):
+        return int(holder.dim)
+    names = spectral_norm_names(holder)
+    return names[3] if names else None
+
+
+def refresh_hooked(model: nn.Module) -> None:
+    """Recompute ``weight`` of each layer the older ``torch.nn.utils.spectral_norm`` wraps,
+    as eval mode computes it (no power iteration): its pre-hook sets it at every call, so
+    between calls it is the last call's (the full-size weight, after a prune)."""
+    for mod in model.modules():
+        for hook in mod._forward_pre_hooks.values():
+            if isinstance(hook, _SpectralNormHook) and spectral_norm_names(mod):
+                with torch.no_grad():
+                    setattr(mod, hook.name, hook.compute_weight(mod, do_power_iteration=False))
 
 
 def columns(shape: tuple[int, ...], dim: int, d: int, pos) -> np.ndarray:

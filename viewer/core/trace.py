@@ -604,7 +604,8 @@ class _Tracer(TorchFunctionMode):
             custom=custom,
             own_forward=_own_forward(cls) if op_type is not OpType.CUSTOMIZED else None,
             weight_norm=weight_norm_names(module) if MAGNITUDE_NAMES & params.keys() else None,
-            spectral_norm=spectral_norm_names(module) if ORIGINAL in params else None,
+            spectral_norm=spectral_norm_names(module) if ORIGINAL in params or
+            "weight_orig" in params else None,
         )
         if written is not None:
             node.attrs = {"inplace": True}  # its result is its input, read through that
