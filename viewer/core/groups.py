@@ -2465,7 +2465,7 @@ def _search(graph: Graph, root: Node, side: str, dim: int, pos: IntArray,
     if unseen:
         grp.reasons.append(unseen)
     bent = [graph.nodes[m.node].name for m in members if _parametrized(graph.nodes[m.node])]
-    if bent:  # spectral_norm, a user's: the weight is computed, not stored
+    if bent:  # a user's parametrization: the weight is computed, not stored
         names = ", ".join(f"'{n}'" for n in dict.fromkeys(bent))
         grp.reasons.append(f"{names} compute{'s' if len(set(bent)) == 1 else ''} a weight "
                            "through a parametrization other than weight_norm and "
