@@ -98,6 +98,16 @@ def test_module_selection_shows_a_summary(store):
     text = _text(r.details)
     assert "BasicBlock" in text and "ops inside" in text
     assert r.selection == {"kind": "module", "name": "layer1.0"} and not r.show_group
+    # its ignore boxes (every layer inside, as --ignore layer1.0:out): shown, filled from the
+    # session; no cell box where no LSTM with proj_size is inside
+    assert r.show_module_ignore
+    assert [o["value"] for o in cb.ignore_options(store, "resnet", r.selection)] == \
+        ["out", "in"]
+    store.session("resnet").ignore.add("layer1.0:in")
+    try:
+        assert cb.control_values(store, "resnet", r.selection) == (["in"], None)
+    finally:
+        store.session("resnet").ignore.clear()
 
 
 def test_unknown_or_empty_selection_shows_nothing(store):
@@ -509,6 +519,9 @@ def test_an_lstm_with_proj_size_offers_its_cell_units_group(tmp_path):
     with pytest.raises(DepViewError, match="fc has no cell units of their own"):
         set_ignore(store, "sid", "fc", ["out", "cell"])
     assert store.session("sid").ignore == {"lstm:cell"}
+    # a module holding it offers the cell box too
+    assert "cell" in [o["value"] for o in cb.ignore_options(store, "sid", {"kind": "module",
+                                                                          "name": "lstm"})]
 
 
 def test_the_group_panel_explains_the_edge_labels(store):

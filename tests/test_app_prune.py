@@ -197,6 +197,24 @@ def test_ignoring_an_op_without_channels_is_refused_and_changes_nothing(store):
     assert cb.set_ignore(store, "sid", "layer1.0.relu", []).endswith("no longer ignored.")
 
 
+def test_a_module_is_ignored_as_every_layer_inside(store):
+    # the app ignored one layer at a time; a module (a collapsed block, a stage) had no boxes
+    session = store.session("sid")
+    pruner = session.stage.pruner
+    inside = {g.id for g in pruner.groups if any(
+        m.module.startswith("layer2.") and m.side == "out" for m in g.members)}
+    assert inside and inside <= set(cb.make_plan(session, SETTINGS).removed)
+    assert cb.set_ignore(store, "sid", "layer2", ["out"]) == \
+        "Ignoring layer2's outputs: groups that would prune them are left alone."
+    plan = cb.make_plan(session, SETTINGS)
+    assert not inside & set(plan.removed) and plan.removed  # the others still prune
+    assert all(plan.skipped[g].endswith("outputs are ignored") for g in inside)
+    assert plan.settings["ignore"] == ["layer2:out"]
+    assert cb.set_ignore(store, "sid", "layer2", []) == "layer2 is no longer ignored."
+    with pytest.raises(DepViewError, match="select a node first"):
+        cb.set_ignore(store, "sid", "layer9", ["out"])
+
+
 def test_overrides_and_ignores_change_the_plan(store):
     session = store.session("sid")
     pruner = session.stage.pruner

@@ -51,6 +51,8 @@ OVERRIDE_RATIO = "override-ratio"
 OVERRIDE_SET = "override-set"
 OVERRIDE_CLEAR = "override-clear"
 IGNORE_TOGGLE = "ignore-toggle"
+MODULE_CONTROLS = "module-controls"  #: shown for a module: ignore every layer inside
+MODULE_IGNORE = "module-ignore"
 
 # -- pruning --------------------------------------------------------------------------------------
 IMPORTANCE = "importance"

@@ -93,6 +93,14 @@ def inspector_card() -> html.Section:
         html.H2("Inspector"),
         html.Div([html.P("Click a node to inspect it.", className="hint")], id=ids.INSPECTOR),
         html.Div([
+            dcc.Checklist(id=ids.MODULE_IGNORE, value=[], inline=True,
+                          options=[{"label": "ignore outputs", "value": "out"},
+                                   {"label": "ignore inputs", "value": "in"}],
+                          className="ignore"),
+            html.P("Every layer inside keeps these channels (as --ignore MODULE:out/:in).",
+                   className="hint"),
+        ], id=ids.MODULE_CONTROLS, style={"display": "none"}),
+        html.Div([
             html.Div([
                 html.H4("Pruning group", className="inline"),
                 dcc.RadioItems(id=ids.GROUP_SIDE, value="out", inline=True,

@@ -60,6 +60,7 @@ class Inspection:
     group_options: list[dict] = field(default_factory=list)
     group_value: int | None = None
     show_group: bool = False
+    show_module_ignore: bool = False  #: a module holding channels: its ignore boxes
 
 
 # --------------------------------------------------------------------------------------------
@@ -551,6 +552,7 @@ def inspect(store: SessionStore, sid: str, selection: dict | None, side: str = "
             res.highlight = styles.group_highlight(view, graph, None,
                                                    eid if eid in view.data else None)
             res.selection = {"kind": "module", "name": path}
+            res.show_module_ignore = bool(path) and stage.pruner.holds_channels(path)
             return res
         node = graph.by_name.get(selection.get("name", ""))
         if node is None:  # gone after a pruning round or another model
@@ -613,7 +615,7 @@ def control_values(store: SessionStore, sid: str,
                    selection: dict | None) -> tuple[list[str], float | None]:
     """The ignore checkboxes and override ratio to show for a selection."""
     sel = selection or {}
-    if sel.get("kind") != "op":
+    if sel.get("kind") not in ("op", "module"):
         return [], None
     session = store.session(sid)
     with session.lock:
@@ -622,16 +624,21 @@ def control_values(store: SessionStore, sid: str,
 
 
 def ignore_options(store: SessionStore, sid: str, selection: dict | None) -> list[dict]:
-    """The ignore checkboxes for a selection: outputs and inputs, and the cell units of an
-    LSTM with ``proj_size`` (a group of their own)."""
+    """The ignore checkboxes for a selection (a layer, or a module: every layer inside):
+    outputs and inputs, and the cell units of an LSTM with ``proj_size`` (a group of their
+    own)."""
     options = [{"label": "ignore outputs", "value": "out"},
                {"label": "ignore inputs", "value": "in"}]
     sel = selection or {}
-    if sel.get("kind") == "op":
+    if sel.get("kind") in ("op", "module"):
         session = store.session(sid)
         with session.lock:
-            node = session.stage.graph.by_name.get(sel.get("name"))
-        if node is not None and cell_port(node) is not None:
+            stage = session.stage
+            node = stage.graph.by_name.get(sel.get("name")) if sel["kind"] == "op" else None
+            cells = cell_port(node) is not None if node is not None else \
+                sel["kind"] == "module" and bool(sel.get("name")) and \
+                stage.pruner.holds_channels(sel["name"], ["cell"])
+        if cells:
             options.append({"label": "ignore cell units", "value": "cell"})
     return options
 
@@ -649,6 +656,7 @@ def register(app, store: SessionStore) -> None:
         Output(ids.GROUP_PICK, "value"),
         Output(ids.GROUP_PICK, "style"),
         Output(ids.GROUP_CONTROLS, "style"),
+        Output(ids.MODULE_CONTROLS, "style"),
         Output(ids.MESSAGE, "children", allow_duplicate=True),
         Input(ids.GRAPH, "tapNodeData"),
         Input(ids.GROUP_SIDE, "value"),
@@ -669,11 +677,12 @@ def register(app, store: SessionStore) -> None:
         try:
             r = inspect(store, sid, selection, side or "out", pick, details=False)
         except Exception as exc:
-            return (no_update,) * 6 + (error_message(exc),)
+            return (no_update,) * 7 + (error_message(exc),)
         # several groups share this tensor (a concat's output): offer the choice
         pick_style = {"display": "block" if len(r.group_options) > 1 else "none"}
         return (r.highlight, r.selection, r.group_options, r.group_value, pick_style,
-                {"display": "block" if r.show_group else "none"}, no_update)
+                {"display": "block" if r.show_group else "none"},
+                {"display": "block" if r.show_module_ignore else "none"}, no_update)
 
     app.clientside_callback(
         ClientsideFunction("depview", "highlight"),
@@ -704,13 +713,18 @@ def register(app, store: SessionStore) -> None:
         Output(ids.IGNORE_TOGGLE, "options"),
         Output(ids.IGNORE_TOGGLE, "value"),
         Output(ids.OVERRIDE_RATIO, "value"),
+        Output(ids.MODULE_IGNORE, "options"),
+        Output(ids.MODULE_IGNORE, "value"),
         Input(ids.SHOWN, "data"),
         State(ids.SESSION, "data"),
         prevent_initial_call=True,
     )
     def on_selection(selection, sid):
         try:
-            return (ignore_options(store, sid, selection),
-                    *control_values(store, sid, selection))
+            options = ignore_options(store, sid, selection)
+            ignore, ratio = control_values(store, sid, selection)
         except Exception:
-            return no_update, [], None
+            return no_update, [], None, no_update, []
+        if (selection or {}).get("kind") == "module":  # (the layer boxes are hidden)
+            return no_update, [], None, options, ignore
+        return options, ignore, ratio, no_update, []

@@ -332,10 +332,12 @@ def set_override(store: SessionStore, sid: str, gid: int | None, ratio) -> str:
 
 def set_ignore(store: SessionStore, sid: str, name: str | None, sides: list[str]) -> str:
     """Ignore (keep intact) a layer's outputs, inputs and/or (an LSTM with ``proj_size``) cell
-    units: ``sides`` ⊆ {"out", "in", "cell"}."""
+    units: ``sides`` ⊆ {"out", "in", "cell"}. ``name`` may be a module: every layer inside."""
     session = store.session(sid)
     with session.lock:
-        if not name or name not in session.stage.graph.by_name:
+        graph = session.stage.graph
+        if not name or name not in graph.by_name and not any(
+                n.module == name or n.module.startswith(name + ".") for n in graph.nodes):
             raise DepViewError("select a node first")
         if sides and not session.stage.pruner.holds_channels(name):
             raise DepViewError(f"{name} holds no channels a group prunes (an activation or "
@@ -759,6 +761,7 @@ def register(app, store: SessionStore) -> None:
         Input(ids.OVERRIDE_SET, "n_clicks"),
         Input(ids.OVERRIDE_CLEAR, "n_clicks"),
         Input(ids.IGNORE_TOGGLE, "value"),
+        Input(ids.MODULE_IGNORE, "value"),
         Input(ids.GRAPH_REV, "data"),
         State(ids.OVERRIDE_RATIO, "value"),
         State(ids.SELECTION, "data"),
@@ -767,7 +770,8 @@ def register(app, store: SessionStore) -> None:
         State(ids.SESSION, "data"),
         prevent_initial_call=True,
     )
-    def on_plan_edit(_s, _c, ignore_sides, _rev, ratio, selection, side, pick, sid):
+    def on_plan_edit(_s, _c, ignore_sides, module_sides, _rev, ratio, selection, side, pick,
+                     sid):
         trig = ctx.triggered_id
         sel = selection or {}
         try:
@@ -777,14 +781,16 @@ def register(app, store: SessionStore) -> None:
                 text = set_override(store, sid, sel.get("gid"), "" if ratio is None else ratio)
             elif trig == ids.OVERRIDE_CLEAR:
                 text = set_override(store, sid, sel.get("gid"), None)
-            elif trig == ids.IGNORE_TOGGLE:
-                if sel.get("kind") != "op":
+            elif trig in (ids.IGNORE_TOGGLE, ids.MODULE_IGNORE):
+                kind, sides = ("op", ignore_sides) if trig == ids.IGNORE_TOGGLE else \
+                    ("module", module_sides)
+                if sel.get("kind") != kind:
                     return no_update, no_update, no_update
                 current = [s for s in IGNORE_SIDES
                            if f"{sel.get('name')}:{s}" in session.ignore]
-                if sorted(current) == sorted(ignore_sides or []):
+                if sorted(current) == sorted(sides or []):
                     return no_update, no_update, no_update  # just showing the stored value
-                text = set_ignore(store, sid, sel.get("name"), ignore_sides or [])
+                text = set_ignore(store, sid, sel.get("name"), sides or [])
             panel = no_update
             if trig == ids.GRAPH_REV and sel.get("kind") == "op":
                 # the new model's group comes with the selection once its graph is drawn
