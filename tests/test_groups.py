@@ -712,29 +712,31 @@ def test_parametrized_weights_block_with_the_way_out():
     assert v["masked_equivalence"]["ok"], v
 
 
-@pytest.mark.parametrize("how", ["prune mask"])
-def test_weights_computed_by_torchs_older_pre_hooks_block_with_the_way_out(how):
-    """torch.nn.utils.prune keeps the real tensors as weight_orig/weight_mask and recomputes
-    ``weight`` in a pre-hook: the group says what to call (it was 'prunable' until
-    validation failed). (The old weight_norm and spectral_norm prune: test_weightnorm.py,
-    test_spectralnorm.py.)"""
-    import torch.nn.utils.prune as tprune
-
+def test_a_weight_a_pre_hook_computes_from_weight_orig_blocks_with_the_way_out():
+    """A forward pre-hook computing ``weight`` from ``weight_orig`` in a way DepView does not
+    follow (it follows torch.nn.utils.prune's masks and spectral_norm: test_prunemask.py,
+    test_spectralnorm.py): the group says what to do (it was 'prunable' until validation
+    failed)."""
     from viewer.core.prune import Pruner
+
+    def doubled(module, _inputs):
+        module.weight = module.weight_orig * 2
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
-    hook, undo, says = {
-        "prune mask": (lambda m: tprune.l1_unstructured(m, "weight", amount=0.3),
-                       lambda m: tprune.remove(m, "weight"), "torch.nn.utils.prune.remove"),
-    }[how]
+    conv = model[0]
+    conv.weight_orig = nn.Parameter(conv.weight.detach().clone())
+    del conv._parameters["weight"]
+    handle = conv.register_forward_pre_hook(doubled)
     x = torch.randn(1, 3, 6, 6)
-    hook(model[0])
     with torch.no_grad():
         p = Pruner(model, (x,))
     g = next(g for g in p.groups if g.root == "0")
-    assert "'0' computes its weight in a forward pre-hook" in g.reason and says in g.reason
-    undo(model[0])  # what the reason says to do
+    assert "'0' computes its weight in a forward pre-hook (from weight_orig" in g.reason
+    assert "make the weight a plain parameter first" in g.reason
+    handle.remove()  # what the reason says to do
+    conv.weight = nn.Parameter(conv.weight_orig.detach() * 2)
+    del conv._parameters["weight_orig"]
     p = Pruner(model, (x,))
     plan = p.plan(0.5)
     assert plan.removed

@@ -52,6 +52,7 @@ from .prune import (
     run,
     set_attr,
 )
+from .prunemask import refresh_masked
 from .spec import (
     HALF_DTYPES,
     LoadedModel,
@@ -710,6 +711,7 @@ def reshape_like_plan(model: nn.Module, plan: dict) -> nn.Module:
                 setattr(mod, attr, done[id(t)])
     refresh_hooked_weights(model)  # (the attributes are checked against the weights)
     refresh_hooked(model)
+    refresh_masked(model)
     mods = dict(model.named_modules())
     for name, attrs in plan.get("attrs", {}).items():
         mod = mods.get(name)

@@ -64,6 +64,9 @@ class Node:
     #: ``(W, u, v, dim)``: the local names of a spectral-normalised weight and its singular
     #: vectors, and the dim its matrix has as rows (``weight = W / u.(W v)``), or None
     spectral_norm: tuple[str, str, str, int] | None = None
+    #: the tensors (``"weight"``, ``"bias"``) a ``torch.nn.utils.prune`` mask computes as
+    #: ``NAME_orig * NAME_mask`` (see :mod:`viewer.core.prunemask`)
+    prune_masked: tuple[str, ...] = ()
 
     @property
     def is_module(self) -> bool:
@@ -88,6 +91,7 @@ class Node:
             "own_forward": self.own_forward,
             "weight_norm": list(self.weight_norm) if self.weight_norm else None,
             "spectral_norm": list(self.spectral_norm) if self.spectral_norm else None,
+            "prune_masked": list(self.prune_masked),
         }
 
 
@@ -120,6 +124,13 @@ class Graph:
                 w, u, v, dim = n.spectral_norm
                 out[n.params[w]] = (n.buffers[u], n.buffers[v], dim)
         return out
+
+    @cached_property
+    def prune_masks(self) -> dict[str, str]:
+        """state_dict key of each ``torch.nn.utils.prune``-masked tensor's ``_orig`` -> its
+        ``_mask``'s (see :mod:`viewer.core.prunemask`)."""
+        return {n.params[f"{k}_orig"]: n.buffers[f"{k}_mask"]
+                for n in self.nodes for k in n.prune_masked}
 
     @cached_property
     def in_edges(self) -> dict[int, list[Edge]]:

@@ -2660,13 +2660,16 @@ def _parametrized(node: Node) -> bool:
 
 
 def _hooked_weight(node: Node) -> str | None:
-    """How ``node``'s weight is computed by one of torch's older forward pre-hooks, which
-    keep the real tensors under other names: what to call first, or None."""
-    if not node.params or "weight" in node.params or node.spectral_norm:
+    """How ``node``'s weight is computed by a forward pre-hook that keeps the real tensor
+    under another name, one DepView does not follow (it follows torch.nn.utils.prune's masks
+    and the old spectral_norm and weight_norm): what to do first, or None."""
+    if not node.params or "weight" in node.params or node.spectral_norm or \
+            "weight" in node.prune_masked:
         return None
     if "weight_orig" in node.params:
-        return ("a torch.nn.utils.prune mask or spectral_norm: make it permanent first with "
-                "torch.nn.utils.prune.remove(module, 'weight') or remove_spectral_norm")
+        return ("from weight_orig, in a way DepView does not follow: make the weight a plain "
+                "parameter first (torch.nn.utils.prune.remove(module, 'weight') for stacked "
+                "pruning hooks, remove_spectral_norm)")
     return None
 
 

@@ -50,6 +50,9 @@ def _cuts(node: Node, spec: list[tuple[str, int]], pos, origin=None) -> list[Cut
             out += _weight_norm_cuts(node, d, pos, origin)
         elif k == "weight" and node.spectral_norm:
             out += _spectral_norm_cuts(node, d, pos, origin)
+        elif k in node.prune_masked:  # (torch.nn.utils.prune: NAME_orig * NAME_mask)
+            out += [Cut(node.params[f"{k}_orig"], d, pos, True, origin),
+                    Cut(node.buffers[f"{k}_mask"], d, pos, False, origin)]
     return out
 
 
@@ -86,6 +89,8 @@ def weight_shape(node: Node) -> tuple[int, ...] | None:
         return node.param_shapes[node.weight_norm[1]]
     if w is None and node.spectral_norm:
         return node.param_shapes[node.spectral_norm[0]]
+    if w is None and "weight" in node.prune_masked:
+        return node.param_shapes["weight_orig"]
     return w
 
 

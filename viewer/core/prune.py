@@ -58,6 +58,7 @@ from .memory import (
 )
 from .modelconfig import build_from_config, fit_config, held_config
 from .optypes import OpGroup, OpType, classify
+from .prunemask import refresh_masked
 from .spectralnorm import refresh_hooked, sigma, spectral_norms, u_keeping
 from .spectralnorm import weight_of as sn_weight_of
 from .text import counted, error_line
@@ -442,6 +443,7 @@ class Pruner:
         # weights, a module called twice) counts once, as it is removed once
         counted: dict[tuple[int, int], np.ndarray] = {}
         norms, spectral = self.graph.weight_norms, self.graph.spectral_norms
+        masks = self.graph.prune_masks
         magnitudes = set(norms.values())
         for m in group.members:
             if bn_only and m.op_type not in OpGroup.NORMS:
@@ -463,6 +465,8 @@ class Pruner:
                 elif criterion != "taylor" and cut.key in spectral:  # (W / sigma)
                     u_key, v_key, rows = spectral[cut.key]
                     t = sn_weight_of(t, table[u_key][2], table[v_key][2], rows)
+                elif cut.key in masks:  # (torch.nn.utils.prune: what the mask leaves)
+                    t = t * table[masks[cut.key]][2].to(t.dtype)
                 elif criterion != "taylor" and cut.key in magnitudes:
                     continue  # ... holds g's magnitudes
                 if criterion == "taylor":
@@ -3369,6 +3373,8 @@ def materialize(model: nn.Module, graph: Graph, changes: dict[str, dict[int, np.
         refresh_hooked_weights(pruned)  # (the attributes below are read from the weight)
     if graph.spectral_norms:
         refresh_hooked(pruned)
+    if graph.prune_masks:
+        refresh_masked(pruned)
     mods = dict(pruned.named_modules())
     touched = {key.rpartition(".")[0] for key in changes} | set(widths)
     seen = set()

@@ -64,6 +64,7 @@ from .optypes import (
     function_name,
     match_module,
 )
+from .prunemask import masked_names
 from .spectralnorm import ORIGINAL, spectral_norm_names
 from .weightnorm import MAGNITUDE_NAMES, weight_norm_names
 
@@ -606,6 +607,8 @@ class _Tracer(TorchFunctionMode):
             weight_norm=weight_norm_names(module) if MAGNITUDE_NAMES & params.keys() else None,
             spectral_norm=spectral_norm_names(module) if ORIGINAL in params or
             "weight_orig" in params else None,
+            prune_masked=masked_names(module) if any(k.endswith("_orig") for k in params)
+            else (),
         )
         if written is not None:
             node.attrs = {"inplace": True}  # its result is its input, read through that
