@@ -454,6 +454,12 @@ def test_a_weight_or_spectral_normalised_layer_says_how_its_weight_is_made():
     sn = nn.Sequential(parametrizations.spectral_norm(nn.Conv1d(2, 4, 3)), nn.Conv1d(4, 2, 1))
     text = _text(cb.node_details(build_graph(sn.eval(), torch.randn(1, 2, 8)).by_name["0"], {}))
     assert "weight = W / σ (spectral_norm)" in text and "rescales u" in text
+    import torch.nn.utils.prune as tp
+
+    masked = nn.Sequential(tp.l1_unstructured(nn.Conv1d(2, 4, 3), "weight", 0.5))
+    text = _text(cb.node_details(build_graph(masked.eval(), torch.randn(1, 2, 8)).by_name["0"],
+                                 {}))
+    assert "weight = weight_orig · weight_mask (torch.nn.utils.prune)" in text
 
 
 def test_members_read_by_a_key_or_value_weight_say_which_input():

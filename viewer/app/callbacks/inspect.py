@@ -313,6 +313,10 @@ def node_details(node: Node, stage_classes: dict[str, str], hit: np.ndarray | No
                               "stored singular vectors u, v (re-estimated at each training "
                               "forward). Pruning cuts W and u or v, and rescales u so that σ "
                               "and the kept weights keep their values.", className="hint"))
+        for name in node.prune_masked:
+            out.append(html.P(f"{name} = {name}_orig · {name}_mask (torch.nn.utils.prune): "
+                              "pruning cuts both alike, and importance reads the masked "
+                              f"{name}.", className="hint"))
     if node.attrs:
         out += [html.Details([html.Summary(f"Attributes ({len(node.attrs)})"),
                               _kv([(k, str(v)) for k, v in node.attrs.items()])])]
