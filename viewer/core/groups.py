@@ -2668,8 +2668,7 @@ def _hooked_weight(node: Node) -> str | None:
         return None
     if "weight_orig" in node.params:
         return ("from weight_orig, in a way DepView does not follow: make the weight a plain "
-                "parameter first (torch.nn.utils.prune.remove(module, 'weight') for stacked "
-                "pruning hooks, remove_spectral_norm)")
+                "parameter first (remove the hook and keep what it computes)")
     return None
 
 
