@@ -526,3 +526,13 @@ def test_a_new_round_clears_the_score_chart_until_the_selection_is_shown_again(m
     nothing = on_scores(None, 1, "l1", "0.5", "uniform", "1", "sid")  # no layer selected
     assert nothing.children == charts.SCORE_HINT
     app._depview_downloads.close()
+
+
+def test_the_preview_says_when_an_lstm_keeps_more_cell_units_than_asked():
+    preview = {"params": {"before": 10, "after": 8}, "macs": {"before": 10, "after": 8},
+               "removed_units": 3, "groups_pruned": 1,
+               "floor": "cell units kept above the projection's width, as an LSTM needs: "
+                        "'lstm' 17"}
+    assert cb.summary_lines(preview)[2].endswith("; cell units kept above the projection's "
+                                                 "width, as an LSTM needs: 'lstm' 17")
+

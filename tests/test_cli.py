@@ -607,3 +607,31 @@ def test_no_room_to_run_the_pruned_model_is_said_as_memory_not_as_a_failure(tmp_
     assert line.startswith("NOT CHECKED: demo:cnn reloaded, forward could not run") and \
         "(there was not enough memory to run it (RuntimeError: DefaultCPUAllocator" in line
     assert "FAILED" not in line
+
+
+LSTMP = '''import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(6, 32, batch_first=True, proj_size=16)
+        self.fc = nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.fc(self.lstm(x)[0][:, -1])
+'''
+
+
+def test_prune_ignores_an_lstms_outputs_and_says_its_cell_units_stayed_above_them(tmp_path):
+    (tmp_path / "net.py").write_text(LSTMP)
+    res = subprocess.run([sys.executable, "-m", "viewer", "prune", "net.py:Net", "--input",
+                          "1x5x6", "--ratio", "0.5", "--ignore", "lstm:out", "--out", "out"],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert len(res.stdout.strip().splitlines()) == 1
+    assert "(cell units kept above the projection's width, as an LSTM needs: 'lstm' 17)" \
+        in res.stdout
+    plan = json.loads((tmp_path / "out" / "plan.json").read_text())
+    assert plan["rounds"][0]["plan"]["settings"]["ignore"] == ["lstm:out"]

@@ -26,6 +26,7 @@ from viewer.core.prune import (
     attr_changes,
     blind_note,
     flatten,
+    floor_note,
     layer_by_layer,
     masked_note,
     parse_ignore,
@@ -2002,6 +2003,11 @@ def test_an_lstmp_ignores_its_outputs_and_its_cell_units_apart(tmp_path, monkeyp
     # projection kept, the cell group was skipped with that error; it keeps 17 cell units now
     plan = p.plan(0.5, ignore=["lstm:out"])
     assert len(plan.removed[cell.id]) == 32 - 17 and not plan.skipped.get(cell.id)
+    # and says so (the prune line and the app's preview show this note)
+    assert plan.settings["cells_above_projection"] == {"lstm": 17}
+    assert floor_note(plan) == ("cell units kept above the projection's width, as an LSTM "
+                                "needs: 'lstm' 17")
+    assert "cells_above_projection" not in p.plan(0.5).settings and not floor_note(p.plan(0.5))
     assert len(p.plan(0.5, overrides={proj.id: 0}).removed[cell.id]) == 32 - 17
     assert len(p.plan(0.5, ignore=["lstm:out"], round_to=8).removed[cell.id]) == 32 - 24
     assert len(p.plan(0.9).removed[cell.id]) == 32 - 4  # (above the projection's 2: kept)

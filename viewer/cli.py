@@ -114,7 +114,14 @@ def cmd_groups(args) -> int:
 def cmd_prune(args) -> int:
     from .core.export import check_out_dir, export_dir
     from .core.modelconfig import config_note
-    from .core.prune import blind_note, masked_note, memory_note, run_failure, untraced_note
+    from .core.prune import (
+        blind_note,
+        floor_note,
+        masked_note,
+        memory_note,
+        run_failure,
+        untraced_note,
+    )
 
     if args.device == "meta":
         raise DepViewError("prune needs real weights: use --device cpu")
@@ -157,7 +164,8 @@ def cmd_prune(args) -> int:
     failed = masked_note(verification)
     notes = [n for n in (failed, memory_note(verification), blind_note(verification),
                          untraced_note(verification),
-                         _bn_note(plan), config_note(report.get("config"))) if n]
+                         _bn_note(plan), floor_note(plan), config_note(report.get("config")))
+             if n]
     print(f"pruned {counted(report['units_removed'], 'unit')} in "
           f"{counted(report['groups_pruned'], 'group')}: "
           f"params {p['before']:,} -> {p['after']:,}, MACs {m['before']:,} -> {m['after']:,}"

@@ -575,7 +575,9 @@ class Pruner:
             if k:
                 order = np.argsort(scores[g.id], kind="stable")
                 removed[g.id] = self._keep_every_part(g, order, k)
-        self._cells_above_projections(removed, scores, round_to)
+        floors = self._cells_above_projections(removed, scores, round_to)
+        if floors:  # (the ratio asked for fewer: say so)
+            settings["cells_above_projection"] = floors
         plan = Plan(removed, settings, {k: [float(x) for x in v] for k, v in scores.items()},
                     skipped)
         if validate:
@@ -606,14 +608,17 @@ class Pruner:
                 for mod, (p, h, a, b, gids) in gone.items()}
 
     def _cells_above_projections(self, removed: dict[int, list[int]],
-                                 scores: dict[int, np.ndarray], round_to: int) -> None:
+                                 scores: dict[int, np.ndarray], round_to: int
+                                 ) -> dict[str, int]:
         """An LSTM needs ``hidden_size > proj_size`` (torch's kernel tells the two apart by
         the widths of h and c: equal, it reads the weights as an LSTM's without projection,
         and the forward fails). Where ``removed`` would keep no more cell units than
         projection units (the projection's group ignored, or at a lower ratio), its cell
         groups give units back, most important first, till one more cell unit than
-        projection units is kept (a multiple of ``round_to``); in place."""
+        projection units is kept (a multiple of ``round_to``); in place. Returns the modules
+        that kept more this way, each with the cell units it keeps."""
         by_id = {g.id: g for g in self.groups}
+        floors: dict[str, int] = {}
         for module, (_, _, gids) in self._lstmp_widths(removed).items():
             for gid in gids:
                 proj, cell, _ = self._lstmp_widths(removed)[module]
@@ -628,6 +633,9 @@ class Pruner:
                     removed[gid] = self._keep_every_part(g, order, k)
                 else:
                     del removed[gid]
+                floors[module] = self._lstmp_widths(removed).get(
+                    module, (0, cell_width(self.graph.by_name[module]), []))[1]
+        return floors
 
     def _check_widths(self, plan: Plan) -> None:
         """Validation shrinks each group by one unit; a plan shrinks it further, and a width
@@ -2808,6 +2816,16 @@ def run_failure(verification: dict) -> DepViewError:
         return MemoryShortError(f"not enough memory to run the pruned model "
                                 f"({verification.get('error')}); free memory and try again")
     return DepViewError(f"the pruned model fails to run: {verification.get('error')}")
+
+
+def floor_note(plan: Plan) -> str:
+    """Says which LSTMs with ``proj_size`` kept more cell units than the ratio asked ("" for
+    none): ``hidden_size`` stays above ``proj_size``."""
+    floors = plan.settings.get("cells_above_projection") or {}
+    if not isinstance(floors, dict) or not floors:
+        return ""
+    kept = ", ".join(f"'{m}' {n}" for m, n in sorted(floors.items()))
+    return (f"cell units kept above the projection's width, as an LSTM needs: {kept}")
 
 
 def masked_note(verification: dict) -> str:

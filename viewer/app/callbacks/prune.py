@@ -24,6 +24,7 @@ from viewer.core.prune import (
     Plan,
     batch_shapes,
     blind_note,
+    floor_note,
     run_failure,
     untraced_note,
 )
@@ -178,6 +179,7 @@ def run_preview(store: SessionStore, sid: str, settings: dict) -> dict:
     preview["settings"] = dict(settings)
     # the 'bn' criterion scores groups without a norm layer by L1 instead: say which
     preview["scored_by_l1"] = list(plan.settings.get("scored_by_l1") or [])
+    preview["floor"] = floor_note(plan)  # (an LSTM kept more cell units than the ratio asked)
     preview["n_scored"] = len(plan.scores)
     with session.lock:
         _still_current(session, snap)
@@ -553,6 +555,8 @@ def summary_lines(preview: dict) -> tuple[str, str, str]:
     fell = l1_fallback_text(preview.get("scored_by_l1"), preview.get("n_scored"))
     if fell:
         extra += f"; {fell}"
+    if preview.get("floor"):
+        extra += f"; {preview['floor']}"
     return change(p["before"], p["after"]), change(m["before"], m["after"]), extra
 
 
