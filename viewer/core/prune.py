@@ -633,8 +633,10 @@ class Pruner:
                     removed[gid] = self._keep_every_part(g, order, k)
                 else:
                     del removed[gid]
+                node = next(n for n in self.graph.nodes if n.module == module and
+                            n.op_type is OpType.LSTM)
                 floors[module] = self._lstmp_widths(removed).get(
-                    module, (0, cell_width(self.graph.by_name[module]), []))[1]
+                    module, (0, cell_width(node), []))[1]
         return floors
 
     def _check_widths(self, plan: Plan) -> None:
