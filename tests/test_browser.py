@@ -257,6 +257,26 @@ def test_a_collapsed_module_expands_on_double_click(dash_duo):
     dash_duo.wait_for_contains_text(f"#{ids.VIEW_INFO}", "collapsed", timeout=TIMEOUT)
 
 
+def test_a_collapsed_module_is_ignored_from_its_inspector(dash_duo):
+    # a module had no ignore boxes: protecting a block meant ticking each layer inside
+    _start(dash_duo, create_app(max_visible=30))  # resnet's blocks start collapsed
+    _wait_graph(dash_duo, "layer1.0")
+    _click_node(dash_duo, "layer1.0")
+    dash_duo.wait_for_contains_text(f"#{ids.INSPECTOR}", "BasicBlock", timeout=TIMEOUT)
+    _until(dash_duo, lambda d: d.find_element("id", ids.MODULE_CONTROLS).is_displayed(),
+           "the module's ignore boxes never showed")
+    box = next(e for e in dash_duo.find_elements(f"#{ids.MODULE_IGNORE} label")
+               if "outputs" in e.text)
+    box.click()
+    dash_duo.wait_for_contains_text(f"#{ids.MESSAGE}", "Ignoring layer1.0's outputs",
+                                    timeout=TIMEOUT)
+    dash_duo.wait_for_contains_text(f"#{ids.PLAN_INFO}", "ignore layer1.0:out",
+                                    timeout=TIMEOUT)
+    _click_node(dash_duo, "conv1")  # a layer: its own boxes, the module's hidden
+    _until(dash_duo, lambda d: not d.find_element("id", ids.MODULE_CONTROLS).is_displayed(),
+           "the module's ignore boxes stayed for a layer")
+
+
 def test_preview_changes_the_numbers(dash_duo):
     _start(dash_duo, create_app([ModelEntry("demo:cnn")]))
     _wait_graph(dash_duo, "features.0")
