@@ -13,8 +13,9 @@ from torch import nn
 from viewer import load_pruned
 from viewer.core.export import check_dir, export_dir
 from viewer.core.prune import Plan, Pruner
-from viewer.core.prunemask import masked_names, prune_masks
+from viewer.core.prunemask import masked_names
 from viewer.core.spec import load_model
+from viewer.core.trace import build_graph
 
 
 class Masked(nn.Module):
@@ -44,8 +45,9 @@ def test_names():
     tp.l1_unstructured(conv, "weight", amount=0.2)  # (stacked: one PruningContainer)
     assert masked_names(conv) == ("bias", "weight")
     assert masked_names(nn.Conv2d(2, 4, 3)) == ()
-    assert prune_masks(nn.Sequential(conv)) == {"0.bias_orig": "0.bias_mask",
-                                                "0.weight_orig": "0.weight_mask"}
+    graph = build_graph(nn.Sequential(conv).eval(), torch.randn(1, 2, 5, 5))
+    assert graph.prune_masks == {"0.bias_orig": "0.bias_mask",
+                                 "0.weight_orig": "0.weight_mask"}
 
 
 def test_torchs_structured_masks_become_real_cuts():

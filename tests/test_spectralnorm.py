@@ -121,7 +121,9 @@ def test_a_discriminator_prunes_with_its_weights_kept_exactly(old):
                                          for n in LAYERS}  # (out: its input columns)
     # training re-estimates u and v from the smaller weights
     pruned.train()
+    u_before = _wuv(pruned.c2)[1].clone()
     pruned(torch.randn(4, 3, 8, 8))
+    assert not torch.equal(_wuv(pruned.c2)[1], u_before)
 
 
 @pytest.mark.parametrize("old", [False, True])

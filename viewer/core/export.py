@@ -49,10 +49,10 @@ from .prune import (
     attr_changes,
     get_attr,
     held_config,
+    refresh_computed_weights,
     run,
     set_attr,
 )
-from .prunemask import refresh_masked
 from .spec import (
     HALF_DTYPES,
     LoadedModel,
@@ -63,11 +63,11 @@ from .spec import (
     read_state_dict,
     spell_input,
 )
-from .spectralnorm import refresh_hooked, row_dim, v_of
+from .spectralnorm import row_dim, v_of
 from .spectralnorm import weight_of as sn_weight_of
 from .text import error_line
 from .trace import flatten
-from .weightnorm import refresh_hooked_weights, weight_of
+from .weightnorm import weight_of
 
 FORMAT = "depview-pruned/1"
 FILES = ("model.safetensors", "plan.json", "report.json")
@@ -709,9 +709,7 @@ def reshape_like_plan(model: nn.Module, plan: dict) -> nn.Module:
         for mod, attr, t in table.values():
             if id(t) in done and getattr(mod, attr) is not done[id(t)]:
                 setattr(mod, attr, done[id(t)])
-    refresh_hooked_weights(model)  # (the attributes are checked against the weights)
-    refresh_hooked(model)
-    refresh_masked(model)
+    refresh_computed_weights(model)  # (the attributes are checked against the weights)
     mods = dict(model.named_modules())
     for name, attrs in plan.get("attrs", {}).items():
         mod = mods.get(name)

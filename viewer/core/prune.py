@@ -47,7 +47,7 @@ from .groups import (
     split_blocked,
     split_sizes,
 )
-from .handlers import REFRESH, Cut, cell_port, cell_width, node_cuts, rnn_hidden
+from .handlers import REFRESH, Cut, cell_port, cell_width, node_cuts, rnn_key
 from .memory import (
     MemoryShortError,
     check_room,
@@ -363,9 +363,10 @@ class Pruner:
         (``from_pretrained`` refuses it, and the code that reads them fails)."""
         table = self._tensor_table()
         read = self._read_keys_now()
-        # (a spectral norm's u and v are cut by their own rule: of a square weight they have
-        # one shape, but v's entries are columns)
-        read = read | {k for u, v, _ in self.graph.spectral_norms.values() for k in (u, v)}
+        if self.graph.spectral_norms:  # (not a copy of the read keys per call otherwise)
+            # (a spectral norm's u and v are cut by their own rule: of a square weight they
+            # have one shape, but v's entries are columns)
+            read = read | {k for u, v, _ in self.graph.spectral_norms.values() for k in (u, v)}
         out, done = [], {(c.key, c.dim) for c in cuts}
         for cut in cuts:
             entry = table.get(cut.key)
@@ -587,25 +588,26 @@ class Pruner:
     def _lstmp_widths(self, removed: dict[int, list[int]]
                       ) -> dict[str, tuple[int, int, list[int]]]:
         """module -> (projection units kept, cell units kept, ids of the groups that cut its
-        cell units) for every LSTM with ``proj_size`` that ``removed`` shrinks."""
+        cell units) for every LSTM with ``proj_size`` that ``removed`` shrinks: read from the
+        cuts of its layer-0 ``weight_hr`` (rows: projection units, columns: cell units), as
+        the LSTM's handler makes them."""
+        hr = {n.params[rnn_key(n, "weight_hr")]: n for n in self.graph.nodes
+              if n.op_type is OpType.LSTM and cell_port(n) is not None}
+        if not hr:
+            return {}
         by_id = {g.id: g for g in self.groups}
-        gone: dict[str, tuple[int, int, set[int], set[int], list[int]]] = {}
+        gone: dict[str, tuple[set[int], set[int], list[int]]] = {}
         for gid, units in removed.items():
-            for m in by_id[gid].members:
-                node = self.graph.nodes[m.node]
-                c = cell_port(node) if node.op_type is OpType.LSTM else None
-                if c is None or m.side != "out":
-                    continue
-                proj, hidden = rnn_hidden(node), cell_width(node)
-                entry = gone.setdefault(node.module, (proj, hidden, set(), set(), []))
-                # (both directions' h side by side in the output: unit = position % proj)
-                if m.port == c:
-                    entry[3].update((m.indices(units) % hidden).tolist())
-                    entry[4].append(gid)
-                else:
-                    entry[2].update((m.indices(units) % proj).tolist())
-        return {mod: (p - len(a), h - len(b), list(dict.fromkeys(gids)))
-                for mod, (p, h, a, b, gids) in gone.items()}
+            for cut in self.cuts(by_id[gid], units):
+                node = hr.get(cut.key)
+                if node is not None:
+                    rows, cols, gids = gone.setdefault(node.module, (set(), set(), []))
+                    (rows if cut.dim == 0 else cols).update(int(p) for p in cut.positions)
+                    if cut.dim == 1:
+                        gids.append(gid)
+        shapes = {n.module: n.param_shapes[rnn_key(n, "weight_hr")] for n in hr.values()}
+        return {mod: (shapes[mod][0] - len(rows), shapes[mod][1] - len(cols),
+                      list(dict.fromkeys(gids))) for mod, (rows, cols, gids) in gone.items()}
 
     def _cells_above_projections(self, removed: dict[int, list[int]],
                                  scores: dict[int, np.ndarray], round_to: int
@@ -3389,12 +3391,8 @@ def materialize(model: nn.Module, graph: Graph, changes: dict[str, dict[int, np.
                 p.requires_grad_(flags[k])
     else:
         pruned = _tree_copy(model, memo)
-    if graph.weight_norms:
-        refresh_hooked_weights(pruned)  # (the attributes below are read from the weight)
-    if graph.spectral_norms:
-        refresh_hooked(pruned)
-    if graph.prune_masks:
-        refresh_masked(pruned)
+    if graph.weight_norms or graph.spectral_norms or graph.prune_masks:
+        refresh_computed_weights(pruned)  # (the attributes below are read from the weight)
     mods = dict(pruned.named_modules())
     touched = {key.rpartition(".")[0] for key in changes} | set(widths)
     seen = set()
@@ -3417,6 +3415,16 @@ def materialize(model: nn.Module, graph: Graph, changes: dict[str, dict[int, np.
         for k, v in values.items():
             set_attr(mods[path], k, v)
     return pruned
+
+
+def refresh_computed_weights(model: nn.Module) -> None:
+    """Recompute each weight a forward pre-hook keeps in a plain attribute (the older
+    ``weight_norm`` and ``spectral_norm``, ``torch.nn.utils.prune``'s masks): between calls it
+    is the last call's, the full-size one after a cut, and layers' attributes are read from
+    it."""
+    refresh_hooked_weights(model)
+    refresh_hooked(model)
+    refresh_masked(model)
 
 
 def _renormalize(table: dict, memo: dict, graph: Graph,

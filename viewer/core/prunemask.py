@@ -31,17 +31,6 @@ def masked_names(module: nn.Module) -> tuple[str, ...]:
                  and f"{n}_mask" in module._buffers)
 
 
-def prune_masks(model: nn.Module) -> dict[str, str]:
-    """Every masked tensor of ``model``: the state_dict key of its ``_orig`` -> its
-    ``_mask``'s."""
-    out = {}
-    for path, mod in model.named_modules():
-        prefix = f"{path}." if path else ""
-        for n in masked_names(mod):
-            out[f"{prefix}{n}_orig"] = f"{prefix}{n}_mask"
-    return out
-
-
 def refresh_masked(model: nn.Module) -> None:
     """Recompute each masked tensor (``weight = weight_orig * weight_mask``): the hook sets it
     at every call, so between calls it is the last call's (the full-size one, after a

@@ -637,11 +637,12 @@ def ignore_options(store: SessionStore, sid: str, selection: dict | None) -> lis
     if sel.get("kind") in ("op", "module"):
         session = store.session(sid)
         with session.lock:
-            stage = session.stage
-            node = stage.graph.by_name.get(sel.get("name")) if sel["kind"] == "op" else None
-            cells = cell_port(node) is not None if node is not None else \
-                sel["kind"] == "module" and bool(sel.get("name")) and \
-                stage.pruner.holds_channels(sel["name"], ["cell"])
+            stage, name = session.stage, sel.get("name")
+            if sel["kind"] == "op":
+                node = stage.graph.by_name.get(name)
+                cells = node is not None and cell_port(node) is not None
+            else:  # (a module: any LSTM with proj_size inside)
+                cells = bool(name) and stage.pruner.holds_channels(name, ["cell"])
         if cells:
             options.append({"label": "ignore cell units", "value": "cell"})
     return options
