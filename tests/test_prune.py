@@ -2896,6 +2896,127 @@ def test_a_stored_size_two_groups_read_is_named_in_their_reasons():
                                "may read the same attribute"), reason
 
 
+class ShapeReadHeadsAttention(nn.Module):
+    """Table Transformer's attention: q·k and v viewed by the stored ``num_heads`` and
+    ``head_dim``, the output reshaped to a width read from the input's shape: neither the
+    head dims (one ``head_dim`` for both groups) nor whole heads (the output's width) prune."""
+
+    def __init__(self):
+        super().__init__()
+        self.q, self.k, self.v, self.o = (nn.Linear(8, 8) for _ in range(4))
+        self.num_heads, self.head_dim = 2, 4
+
+    def forward(self, x):
+        b, t, c = x.shape
+        q, k, v = (f(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+                   for f in (self.q, self.k, self.v))
+        a = torch.softmax(q @ k.transpose(-1, -2), -1) @ v
+        return self.o(a.transpose(1, 2).reshape(b, t, c))
+
+
+def test_the_reason_names_the_size_of_the_group_as_found_not_of_its_retry():
+    # the whole-heads retry (num_heads) failed too; the reason named its attribute, while
+    # the group it describes prunes head dims (and a join of two groups reads it)
+    model = SharedHeadDimNet()
+    model.attn = ShapeReadHeadsAttention()
+    torch.manual_seed(0)
+    p = Pruner(model.eval(), (torch.randn(2, 5, 8),), output_layers=["head"])
+    p.validate_groups()
+    for root in ("attn.q", "attn.v"):
+        g = next(grp for grp in p.groups if grp.root == root)
+        assert g.n_units == 4  # (the head dims)
+        assert p.reason(g).endswith("(attn: head_dim) to the new size did not make it run "
+                                    "either: another group may read the same attribute")
+
+
+class QuotientHeadsAttention(nn.Module):
+    """Deformable DETR's ``value.view(b, n, self.n_heads, self.d_model // self.n_heads)``:
+    the head width is computed from the whole width the module stores, not stored."""
+
+    def __init__(self, d: int = 16, heads: int = 4):
+        super().__init__()
+        self.d_model, self.n_heads = d, heads
+        self.value_proj, self.score, self.out = nn.Linear(d, d), nn.Linear(d, heads), \
+            nn.Linear(d, d)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        v = self.value_proj(x).view(b, n, self.n_heads, self.d_model // self.n_heads)
+        w = torch.softmax(self.score(x), 1).unsqueeze(-1)  # (one weight per token and head)
+        return x + self.out((v * w).sum(1, keepdim=True).expand(b, n, -1, -1).flatten(2))
+
+
+class QuotientNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn, self.head = QuotientHeadsAttention(), nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.head(self.attn(x))
+
+
+def test_a_width_a_view_splits_may_be_the_stored_size_it_follows():
+    # before, the group failed ("shape '[2, 5, 4, 4]' is invalid"): no attribute equals 4
+    torch.manual_seed(0)
+    model, x = QuotientNet().eval(), torch.randn(2, 5, 16)
+    p = Pruner(model, (x,))
+    p.validate_groups()
+    g = p.groups[0]
+    assert g.root == "attn.value_proj" and not p.reason(g)
+    assert sorted(p.sets(g)) == ["attn.d_model", "attn.n_heads"]  # (whole heads, with score)
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+    attn = pruned.attn
+    assert attn.d_model == attn.value_proj.out_features == attn.out.in_features == 8
+    assert attn.n_heads == attn.score.out_features == 2
+    assert model.attn.d_model == 16  # (the loaded model is untouched)
+
+
+class LinearAttention(nn.Module):
+    """MobileViTV2's linear self-attention: one conv makes a query channel, keys and values
+    (``split([1, self.embed_dim, self.embed_dim])``); key i and value i multiply."""
+
+    def __init__(self, d: int = 8):
+        super().__init__()
+        self.embed_dim = d
+        self.qkv, self.out = nn.Conv2d(d, 1 + 2 * d, 1), nn.Conv2d(d, d, 1)
+
+    def forward(self, x):
+        q, k, v = torch.split(self.qkv(x), [1, self.embed_dim, self.embed_dim], dim=1)
+        ctx = (k * torch.softmax(q, -1)).sum(-1, keepdim=True)
+        return x + self.out(torch.relu(v) * ctx.expand_as(v))
+
+
+class LinearAttentionNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.attn, self.head = nn.Conv2d(3, 8, 1), LinearAttention(), \
+            nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        return self.head(self.attn(self.stem(x)))
+
+
+def test_a_split_part_that_cannot_go_stays_while_the_parts_it_joins_prune():
+    # the qkv conv's group had the query's one channel for a unit: removing it broke the
+    # split (and a query of none is no attention); its key/value pairs alone prune
+    torch.manual_seed(0)
+    model, x = LinearAttentionNet().eval(), torch.randn(1, 3, 4, 6)
+    p = Pruner(model, (x,))
+    p.validate_groups()
+    g = next(grp for grp in p.groups if grp.root == "attn.qkv")
+    assert not p.reason(g) and g.n_units == 8 and p.sets(g) == ["attn.embed_dim"]
+    rows = np.concatenate([g.member("attn.qkv", "out").indices([u]) for u in range(8)])
+    assert sorted(rows.tolist()) == list(range(1, 17))  # (every key and value, no query)
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+    assert pruned.attn.qkv.out_channels == 1 + 2 * pruned.attn.embed_dim == 9
+
+
 class NonLocal(nn.Module):
     """A non-local block: ``inter_channels`` is read by the views of g and of theta/phi,
     whose channels are two groups (theta and phi are contracted together, g is carried)."""

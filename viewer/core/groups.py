@@ -2745,6 +2745,22 @@ def fixed_sizes(graph: Graph, group: Group) -> list[tuple[Node, TensorKey, int, 
     return out
 
 
+def split_width(graph: Graph, node: Node, dim: int) -> tuple[TensorKey, int] | None:
+    """For a ``view``/``reshape`` output ``dim`` that one input dim was split into, with the
+    dims beside it (``view(b, n, self.heads, self.dim // self.heads)``): that input dim's key
+    and width, which code may hold and divide itself. None for any other regrouping."""
+    meta, edges = node.meta, graph.in_edges.get(node.id)
+    if not isinstance(meta, ReshapeMeta) or not edges:
+        return None
+    a, b = meta.in_shape, meta.out_shape
+    k = len(b) - len(a) + 1
+    for d in range(len(a)):
+        if k > 1 and d <= dim < d + k and b[:d] == a[:d] and b[d + k:] == a[d + 1:] \
+                and math.prod(b[d:d + k]) == a[d]:
+            return (edges[0].source, edges[0].source_port, d), a[d]
+    return None
+
+
 def _unflattened_dims(meta: ReshapeMeta) -> list[int]:
     """The output dims an ``unflatten`` call wrote sizes for: those that one input dim
     became, found from the shapes (every split point that fits, when several do)."""
@@ -2905,7 +2921,9 @@ def part_alternative(graph: Graph, group: Group) -> Group | None:
     d = root_dim(root)
     if group.root_side != "out" or d is None:
         return None
-    for part in sorted(_root_parts(graph, root, d), key=len, reverse=True):
+    parts = sorted(_root_parts(graph, root, d), key=len, reverse=True)
+    wider = None  # the first that reaches other parts whole, but not all of them
+    for part in parts:
         if len(part) < 2:
             continue
         for outer in (False, True):
@@ -2914,10 +2932,19 @@ def part_alternative(graph: Graph, group: Group) -> Group | None:
             except (DepViewError, IndexError, ValueError):
                 continue
             got = found.tensors.get((root.id, 0, d))
-            if not found.reasons and found.n_units > 1 and got is not None and \
-                    np.array_equal(np.unique(got[0]), part):
+            if found.reasons or found.n_units <= 1 or got is None:
+                continue
+            held = np.unique(got[0])
+            if np.array_equal(held, part):
                 return found
-    return None
+            # MobileViTV2's linear attention: split [1, d, d], its keys times its values;
+            # the query's one channel (a score) cannot go, the key/value pairs can
+            covered = [q for q in parts if np.isin(q, held).any()]
+            if wider is None and len(covered) < len(parts) and \
+                    sum(len(q) for q in covered) == len(held) and \
+                    all(np.isin(q, held).all() for q in covered):
+                wider = found
+    return wider
 
 
 class _Template:

@@ -46,6 +46,7 @@ from .groups import (
     slice_spans,
     split_blocked,
     split_sizes,
+    split_width,
 )
 from .handlers import REFRESH, Cut, cell_port, cell_width, node_cuts, rnn_key
 from .memory import (
@@ -1271,6 +1272,7 @@ class Pruner:
                 return False
             i = self.groups.index(g)
             self.groups[i] = alt
+            had = not_run.get(g.id)  # (the alternative's own repair may overwrite it)
             if any(o.id in swapped and o.id < alt.id and not self._validated.get(o.id)
                    and _overlap(alt, o) for o in self.groups):
                 # whole heads an earlier group's retry prunes (an attention's v after its
@@ -1288,6 +1290,13 @@ class Pruner:
                 swapped[alt.id] = (g, err)
                 return True
             self.groups[i] = g
+            # what the group as found failed with, not its alternative: a join of two
+            # groups that share a stored size reads it (Table Transformer's head_dim, which
+            # its q/k and its v both view by, where the whole-heads retry sets num_heads)
+            if had is None:
+                not_run.pop(g.id, None)
+            else:
+                not_run[g.id] = had
             return False
 
         raised_failed: list[list[SizeAttr]] = []  # what repair_raised tried in vain
@@ -1878,10 +1887,20 @@ class Pruner:
         canon = self._canonical_paths()
         out = []
         for node, key, size, parts in fixed_sizes(self.graph, group):
+            # the width a view splits, held whole where the code divides it itself:
+            # Deformable DETR's view(b, n, self.n_heads, self.d_model // self.n_heads)
+            whole = split_width(self.graph, node, key[2]) \
+                if node.op_type is OpType.RESHAPE and key[0] == node.id else None
+            if whole is not None and (whole[0] not in group.tensors or whole[1] == size):
+                whole = None
             for path in dict.fromkeys(canon.get(p) for p in [node.module, *self._callees(node)]):
                 if path is not None:
                     out += self._stored_size(path, mods[path], node, key, size, parts)
                     out += self._config_items(mods[path], node, key, size, parts)
+                    if whole is not None:
+                        out += [SizeAttr(path, k, node.id, whole[0], whole[1])
+                                for k, v in vars(mods[path]).items()
+                                if not k.startswith("_") and type(v) is int and v == whole[1]]
         for node, key, lo, hi in slice_spans(self.graph, group):
             # a bound of a slice: Phi-3's qkv[..., :query_pos], with query_pos =
             # config.num_attention_heads * head_dim, and [query_pos:query_pos + kv * head_dim]
