@@ -352,6 +352,37 @@ def test_a_pruned_table_made_at_init_is_sliced_again_on_reload(tmp_path, monkeyp
     assert res["ok"] and res["tensors_match_original"], res
 
 
+def test_a_table_kept_as_a_plain_attribute_is_cut_and_cut_again_on_reload(tmp_path,
+                                                                          monkeypatch):
+    # VideoMAE keeps its sinusoid table as a plain attribute (no buffer at all): it was a
+    # constant "computed inside forward", which blocked the stream; it is cut as the
+    # non-persistent buffer above is
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "net.py").write_text(SINUSOID_FILE.replace(
+        'self.register_buffer("pe", pe, persistent=False)', "self.pe = pe"))
+    lm = load_model("net.py:Net", inputs=["2x5x3"])
+    assert "pe" not in lm.model._buffers
+    p = Pruner(lm.model, lm.inputs)
+    g = p.groups[0]
+    assert g.root == "embed" and not p.reason(g)
+    assert "pe" in {m.node_name for m in g.members}
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    v = p.verify(pruned, plan)
+    assert v["masked_equivalence"]["ok"], v
+    assert pruned.pe.shape == (16, 4) and lm.model.pe.shape == (16, 8)
+    out = export_dir(p, plan, pruned, tmp_path / "out", lm.source)
+    tensors = json.loads((out / "plan.json").read_text())["tensors"]
+    kept = tensors["pe"]["1"]
+    assert len(kept) == 4 and kept == tensors["embed.weight"]["0"]
+    again = load_pruned(out)
+    assert torch.equal(again.pe, lm.model.pe[:, kept]) and "pe" not in again._buffers
+    with torch.no_grad():
+        assert torch.equal(again(*lm.inputs), pruned(*lm.inputs))
+    res = check_dir(out)
+    assert res["ok"] and res["tensors_match_original"], res
+
+
 def test_an_uploaded_plan_cannot_point_the_server_at_another_file(tmp_path, monkeypatch):
     # plan.json from a browser is untrusted: its recorded absolute path is never followed
     lm, p = _file_pruner(tmp_path, monkeypatch, MODEL_FILE)

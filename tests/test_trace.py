@@ -386,6 +386,29 @@ def test_leaf_named_members_match_named_parameters_and_buffers():
         assert list(_named(m, "_buffers")) == list(m.named_buffers())
 
 
+class PlainTables(nn.Module):
+    """Tensors kept as plain attributes: a public table (a source of its own, named by its
+    path, as a non-persistent buffer is) and a private cache (a constant, as before)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.lin.table = torch.arange(4.0)
+        self._cache = torch.ones(4)
+
+    def forward(self, x):
+        return self.lin(x) + self.lin.table * self._cache
+
+
+def test_a_plain_tensor_attribute_is_a_buffer_node_named_by_its_path():
+    g = build_graph(PlainTables(), (torch.randn(2, 4),))
+    table = g.by_name["lin.table"]
+    assert table.op_type is OpType.BUFFER and table.buffers == {"": "lin.table"}
+    assert table.module == "lin" and not table.params
+    consts = [n for n in g.nodes if n.op_type is OpType.CONSTANT]
+    assert [n.out_shapes[0] for n in consts] == [(4,)]  # (the private cache)
+
+
 def test_plain_perm_agrees_with_the_stride_probe():
     import itertools
 

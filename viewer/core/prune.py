@@ -71,6 +71,7 @@ from .trace import (
     floats_as,
     module_attrs,
     plain_module,
+    plain_tensors,
 )
 from .weightnorm import (
     g_after_cut,
@@ -225,7 +226,9 @@ def ignore_side(m: Member, node: Node) -> str:
 
 
 def _tensor_lookup(model: nn.Module) -> dict[str, tuple[nn.Module, str, torch.Tensor]]:
-    """state_dict key -> (owning module, attribute name, tensor), aliases included."""
+    """state_dict key -> (owning module, attribute name, tensor), aliases included; and
+    the public plain tensor attributes (:func:`plain_tensors`), which no state_dict holds,
+    under the same kind of name."""
     table = {}
     for mname, mod in model.named_modules(remove_duplicate=False):
         prefix = f"{mname}." if mname else ""
@@ -235,7 +238,14 @@ def _tensor_lookup(model: nn.Module) -> dict[str, tuple[nn.Module, str, torch.Te
         for n, b in mod._buffers.items():
             if b is not None:
                 table[prefix + n] = (mod, n, b)
+        for n, t in plain_tensors(mod):
+            table[prefix + n] = (mod, n, t)
     return table
+
+
+def _plain(mod: nn.Module, name: str) -> bool:
+    """Is ``mod``'s tensor ``name`` a plain attribute, neither parameter nor buffer?"""
+    return name not in mod._parameters and name not in mod._buffers
 
 
 def _check_graph_fits(model: nn.Module, graph: Graph) -> None:
@@ -2157,7 +2167,7 @@ class Pruner:
             read = self._read_keys_now() if buffers else ()
             for cut in cuts:
                 mod, name, t = table[cut.key]
-                if name not in mod._buffers or cut.key in read:
+                if name in mod._parameters or cut.key in read:
                     if id(t) in shared:  # (never: a shared parameter is one no cut touches)
                         raise AssertionError(f"masked copy would zero the original {cut.key}")
                     t.index_fill_(cut.dim, torch.as_tensor(cut.positions), 0)
@@ -2701,7 +2711,7 @@ def layer_by_layer(model: nn.Module, cuts: Iterable[Cut] = (),
     cuts = list(cuts)
     for cut in cuts:
         mod, name, t = table[cut.key]
-        if name in mod._buffers:  # (left as they are, as in :meth:`Pruner.masked_model`)
+        if name not in mod._parameters:  # (left as they are, as in Pruner.masked_model)
             continue
         if not t.is_floating_point():
             return None
@@ -3378,11 +3388,13 @@ def materialize(model: nn.Module, graph: Graph, changes: dict[str, dict[int, np.
     """
     table = _tensor_lookup(model)
     memo: dict[int, object] = {}
-    for key, (_, _, t) in table.items():
+    for key, (mod, name, t) in table.items():
         if id(t) in memo:
             continue
         dims = changes.get(key, {})
-        if device == "meta":
+        if not dims and _plain(mod, name):
+            continue  # (copied as it was: a plain attribute keeps its data on meta too)
+        if device == "meta" and not (dims and _plain(mod, name)):
             shape = list(t.shape)
             for d, rem in dims.items():
                 shape[d] -= len(rem)

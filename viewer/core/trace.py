@@ -211,6 +211,10 @@ class _Tracer(TorchFunctionMode):
         self.param_names: dict[int, str] = {}
         self.buffer_names: dict[int, str] = {}
         self.persistent: set[int] = set()  # buffers the state_dict holds
+        self.model = model
+        # id -> (tensor, name) of the modules' plain tensor attributes, found when a tensor
+        # no op made is first read (see plain_tensors)
+        self._plain: dict[int, tuple[torch.Tensor, str]] | None = None
         for path, m in model.named_modules(remove_duplicate=False):
             self.module_names[id(m)] = path
             prefix = f"{path}." if path else ""
@@ -467,6 +471,12 @@ class _Tracer(TorchFunctionMode):
                 if id(t) in self.persistent else {"buffers": {"": key}}
             node = self.add_node([], [t], self.unique(key), OpType.BUFFER,
                                  key.rpartition(".")[0], "buffer", **state)
+        elif (plain := self.plain_attribute(t)) is not None:
+            # a table a module keeps as a plain attribute (VideoMAE's sinusoid positions):
+            # made at init as a non-persistent buffer is, and cut as one (no state_dict
+            # holds either)
+            node = self.add_node([], [t], self.unique(plain), OpType.BUFFER,
+                                 plain.rpartition(".")[0], "buffer", buffers={"": plain})
         else:
             mod, what = self.mod, "constant"
             fill = self.fills.get(id(t))
@@ -481,6 +491,17 @@ class _Tracer(TorchFunctionMode):
                 self.fill_nodes.append((t, node, fill[3]))
         self.sources.append(t)  # an in-place op may tag it: untagged again at the end
         return self.token, node.id, 0
+
+    def plain_attribute(self, t: torch.Tensor) -> str | None:
+        """The name (``path.attr``, its first) of the module attribute that holds ``t``
+        itself as a plain tensor, else None."""
+        if self._plain is None:
+            self._plain = {}
+            for path, m in self.model.named_modules(remove_duplicate=False):
+                for k, v in plain_tensors(m):
+                    self._plain.setdefault(id(v), (v, f"{path}.{k}" if path else k))
+        hit = self._plain.get(id(t))
+        return hit[1] if hit is not None and hit[0] is t else None
 
     # -- module hooks ---------------------------------------------------------------------
     def module_type(self, module: nn.Module) -> OpType | None:
@@ -935,6 +956,13 @@ def _named(module: nn.Module, members: str):
             seen.add(id(v))
             out.append((k, v))
     return out
+
+
+def plain_tensors(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """``module``'s public attributes that hold a plain tensor, neither parameter nor buffer
+    (VideoMAE's ``position_embeddings``, a sinusoid table set in ``__init__``)."""
+    return [(k, v) for k, v in vars(module).items()
+            if type(v) is torch.Tensor and not k.startswith("_")]
 
 
 def module_attrs(module: nn.Module) -> dict:
