@@ -123,3 +123,21 @@ def save_tiny_llama(folder, dtype=torch.float32, **save_kwargs):
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
     )).to(dtype).save_pretrained(folder, **save_kwargs)
     return folder
+
+
+#: a model file (``net.py:Net``) that returns its feature map beside its logits: the group of
+#: its one conv reaches both outputs (blocked, unless ``features`` is made free)
+TWO_OUTPUTS_FILE = """
+import torch
+from torch import nn
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        f = torch.relu(self.stem(x))
+        return {"logits": self.head(f.mean((2, 3))), "features": f}
+"""

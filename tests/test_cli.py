@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from conftest import MaskedLogits
+from conftest import TWO_OUTPUTS_FILE, MaskedLogits
 
 
 def cli(*args, check=True):
@@ -635,3 +635,31 @@ def test_prune_ignores_an_lstms_outputs_and_says_its_cell_units_stayed_above_the
         in res.stdout
     plan = json.loads((tmp_path / "out" / "plan.json").read_text())
     assert plan["rounds"][0]["plan"]["settings"]["ignore"] == ["lstm:out"]
+
+
+def test_prune_frees_an_output_by_name_and_check_reloads_it(tmp_path):
+    (tmp_path / "net.py").write_text(TWO_OUTPUTS_FILE)
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "viewer", *args], capture_output=True,
+                              text=True, timeout=300, cwd=tmp_path)
+
+    res = run("prune", "net.py:Net", "--input", "1x3x6x6", "--ratio", "0.5", "--out", "a")
+    assert res.returncode == 0 and "nothing" in res.stdout.lower(), res.stdout + res.stderr
+    res = run("prune", "net.py:Net", "--input", "1x3x6x6", "--ratio", "0.5",
+              "--free-output", "features", "--out", "b")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("pruned 4 units in 1 group")
+    plan = json.loads((tmp_path / "b" / "plan.json").read_text())
+    assert plan["rounds"][0]["plan"]["settings"]["free_outputs"] == ["features"]
+    report = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert report["output_shapes"] == {"logits": [1, 4], "features": [1, 4, 6, 6]}
+    assert run("check", "b").returncode == 0
+    groups = json.loads(run("groups", "net.py:Net", "--input", "1x3x6x6", "--free-output",
+                            "features", "--json", "-").stdout)["groups"]
+    assert groups[0]["prunable"] and not groups[1]["prunable"]
+    bad = run("prune", "net.py:Net", "--input", "1x3x6x6", "--ratio", "0.5",
+              "--free-output", "feats", "--out", "c")
+    assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1
+    assert "free output 'feats' is not an output of this model" in bad.stderr
+    assert not (tmp_path / "c").exists()

@@ -3017,6 +3017,68 @@ def test_a_split_part_that_cannot_go_stays_while_the_parts_it_joins_prune():
     assert pruned.attn.qkv.out_channels == 1 + 2 * pruned.attn.embed_dim == 9
 
 
+class FeaturesAndLogits(nn.Module):
+    """A backbone that returns its feature map beside its logits (as a detector returns
+    its hidden states beside its boxes)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.block = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
+                                   nn.Conv2d(16, 8, 1))
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        f = self.stem(x)
+        f = f + self.block(f)
+        return {"logits": self.head(f.mean((2, 3))), "features": f}
+
+
+def test_a_free_output_lets_the_groups_that_reach_it_prune_and_is_checked_at_kept_indices():
+    torch.manual_seed(0)
+    model, x = FeaturesAndLogits().eval(), torch.randn(2, 3, 6, 6)
+    p = Pruner(model, (x,))
+    assert p.reason(p.groups[0]) == "it reaches the model output 'output.features'"
+    p = Pruner(model, (x,), free_outputs=["features"])
+    stream = p.groups[0]
+    assert stream.root == "stem" and not p.reason(stream)
+    assert p.reason(p.groups[2]) == "it reaches the model output 'output.logits'"
+    plan = p.plan(0.5)
+    assert plan.settings["free_outputs"] == ["features"] and plan.removed[stream.id]
+    pruned = p.apply(plan)
+    v = p.verify(pruned, plan)
+    assert v["shapes_kept"] and v["free_outputs"] == ["features"]
+    assert v["output_shapes"] == {"logits": [2, 4], "features": [2, 4, 6, 6]}
+    assert v["masked_equivalence"]["ok"], v
+    # the oracle, by hand: the original with the removed channels' readers zeroed gives
+    # the pruned outputs, the freed one at the channels kept
+    gone = stream.member("stem", "out").indices(plan.removed[stream.id])
+    hidden = p.groups[1].member("block.0", "out").indices(plan.removed[1])
+    masked = copy.deepcopy(model)
+    with torch.no_grad():
+        masked.block[0].weight[:, gone] = 0
+        masked.head.weight[:, gone] = 0
+        masked.block[2].weight[:, hidden] = 0
+        want, got = masked(x), pruned(x)
+        kept = np.setdiff1d(np.arange(8), gone)
+        assert torch.allclose(got["features"], want["features"][:, kept], atol=1e-6)
+        assert torch.allclose(got["logits"], want["logits"], atol=1e-6)
+        # and the check fails when a kept channel of the freed output is wrong
+        pruned.stem.bias[0] += 1
+    assert not p.verify(pruned, plan)["masked_equivalence"]["ok"]
+    assert model.stem.out_channels == 8  # (the loaded model is untouched)
+
+
+def test_free_outputs_are_named_by_path_or_node_and_never_all_of_them():
+    model, x = FeaturesAndLogits().eval(), torch.randn(1, 3, 6, 6)
+    assert Pruner(model, (x,), free_outputs=["output.features"]).free_outputs == ["features"]
+    with pytest.raises(DepViewError, match=r"free output 'feats' is not an output of this "
+                                           r"model \(its outputs: logits, features\)"):
+        Pruner(model, (x,), free_outputs=["feats"])
+    with pytest.raises(DepViewError, match="every output of the model would be free"):
+        Pruner(model, (x,), free_outputs=["features", "logits"])
+
+
 class NonLocal(nn.Module):
     """A non-local block: ``inter_channels`` is read by the views of g and of theta/phi,
     whose channels are two groups (theta and phi are contracted together, g is carried)."""

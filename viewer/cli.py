@@ -84,13 +84,18 @@ def cmd_graph(args) -> int:
     return 0
 
 
+FREE_OUTPUT_HELP = ("an output whose width may change (e.g. last_hidden_state beside a "
+                    "detector's logits): groups that reach it are not blocked there; the "
+                    "other outputs keep their shapes")
+
+
 def _pruner(args, lm, validate: bool = True):
     from .core.prune import Pruner
     from .core.trace import build_graph
 
     graph = build_graph(lm.model, lm.inputs)
     return Pruner(lm.model, lm.inputs, graph=graph, output_layers=lm.output_layers,
-                  validate=validate)
+                  validate=validate, free_outputs=args.free_output)
 
 
 def cmd_groups(args) -> int:
@@ -294,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     p.add_argument("--json", required=True, metavar="PATH|-")
     p.add_argument("--ignore", action="append", default=[], metavar="NAME[:in|:out|:cell]")
+    p.add_argument("--free-output", action="append", default=[], metavar="NAME",
+                   help=FREE_OUTPUT_HELP)
     p.add_argument("--no-indices", action="store_true", help="omit per-member index lists")
     p.add_argument("--no-validate", action="store_true",
                    help="skip the meta-device check that each group's pruned model still runs")
@@ -307,6 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--global", dest="global_", action="store_true",
                    help="rank units across all groups instead of a uniform ratio per group")
     p.add_argument("--ignore", action="append", default=[], metavar="NAME[:in|:out|:cell]")
+    p.add_argument("--free-output", action="append", default=[], metavar="NAME",
+                   help=FREE_OUTPUT_HELP)
     p.add_argument("--round-to", type=int, default=1, metavar="N",
                    help="keep a multiple of N units per group")
     p.add_argument("--override", action="append", default=[], metavar="GROUP_ID=RATIO")

@@ -102,6 +102,9 @@ class Graph:
     nodes: list[Node]
     edges: list[Edge]
     info: dict = field(default_factory=dict)
+    #: ids of the OUTPUT nodes whose width may change (``Pruner(free_outputs=...)``): a
+    #: group that reaches one is not blocked there
+    free_outputs: frozenset[int] = frozenset()
 
     @cached_property
     def by_name(self) -> dict[str, Node]:

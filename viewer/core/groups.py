@@ -236,6 +236,14 @@ def _source_block(what: str) -> Rule:
     return rule
 
 
+def _output_rule(g, node, side, port, dim, units, pos, ctx):
+    """A model output blocks the group, unless the user let its width change (a detector's
+    hidden states beside its logits and boxes: see ``Pruner(free_outputs=...)``)."""
+    if node.id not in g.free_outputs:
+        ctx.block(f"it reaches the model output '{node.name}'")
+    return []
+
+
 def _constant_rule(g, node, side, port, dim, units, pos, ctx):
     """A tensor made inside forward blocks the group, unless a fill (``torch.zeros(b,
     self.hidden)``) made it: the same value everywhere fits any width, and the size it was
@@ -1918,7 +1926,7 @@ def _mha_rule(g, node, side, port, dim, units, pos, ctx):
 #: else: the reuse of groups across repeated blocks relies on it.
 RULES: dict[OpType, Rule] = {
     OpType.INPUT: _source_block("the model input"),
-    OpType.OUTPUT: _source_block("the model output"),
+    OpType.OUTPUT: _output_rule,
     OpType.BUFFER: _buffer_rule,
     OpType.CONSTANT: _constant_rule,
     OpType.PARAMETER: _parameter_rule,

@@ -243,6 +243,43 @@ def _tensor_lookup(model: nn.Module) -> dict[str, tuple[nn.Module, str, torch.Te
     return table
 
 
+def output_nodes(graph: Graph) -> list[Node]:
+    """The graph's OUTPUT nodes, in the order of the flattened outputs."""
+    return [n for n in graph.nodes if n.op_type is OpType.OUTPUT]
+
+
+def output_path(node: Node) -> str:
+    """An OUTPUT node's path in the flattened outputs (``logits``; "" for a lone tensor)."""
+    return node.name.removeprefix("output").removeprefix(".")
+
+
+def free_output_paths(graph: Graph, names: Iterable[str]) -> list[str]:
+    """The output paths ``names`` give (each a path, ``logits``, or a node name,
+    ``output.logits``), in output order. A name that is no output, or freeing every output
+    (nothing would be left to check the pruned model against), is an error."""
+    names = [names] if isinstance(names, str) else list(names)
+    if not names:
+        return []
+    paths = [output_path(n) for n in output_nodes(graph)]
+    shown = ", ".join(p or "output" for p in paths[:MAX_LISTED])
+    chosen = set()
+    for name in names:
+        if not isinstance(name, str):
+            raise DepViewError(f"a free output is named by a string, got {name!r}")
+        path = name if name in paths else output_path(graph.by_name[name]) \
+            if name in graph.by_name and graph.by_name[name].op_type is OpType.OUTPUT \
+            else None
+        if path is None:
+            raise DepViewError(f"free output {name!r} is not an output of this model "
+                               f"(its outputs: {shown}"
+                               f"{', ...' if len(paths) > MAX_LISTED else ''})")
+        chosen.add(path)
+    if len(chosen) == len(paths):
+        raise DepViewError("every output of the model would be free: at least one must keep "
+                           "its shape (the pruned model is checked against it)")
+    return [p for p in paths if p in chosen]
+
+
 def _plain(mod: nn.Module, name: str) -> bool:
     """Is ``mod``'s tensor ``name`` a plain attribute, neither parameter nor buffer?"""
     return name not in mod._parameters and name not in mod._buffers
@@ -293,7 +330,7 @@ class Pruner:
 
     def __init__(self, model: nn.Module, inputs, graph: Graph | None = None,
                  groups: list[Group] | None = None, output_layers: list[str] = (),
-                 validate: bool = True):
+                 validate: bool = True, free_outputs: Iterable[str] = ()):
         self.model = plain_module(model)  # a torch.compile'd model: the module it wraps
         if isinstance(inputs, dict):
             self.inputs = dict(inputs)  # keyword inputs (e.g. input_ids, attention_mask)
@@ -302,6 +339,12 @@ class Pruner:
         self.graph = graph if graph is not None else build_graph(self.model, self.inputs)
         if graph is not None:
             _check_graph_fits(self.model, graph)
+        #: the outputs (their paths: ``logits``, ``encoder_last_hidden_state``) whose width
+        #: may change, as the user asked; the others keep their shapes
+        self.free_outputs = free_output_paths(self.graph, free_outputs)
+        if self.free_outputs:  # (a graph of its own: the caller's may be shared)
+            self.graph = dataclasses.replace(self.graph, free_outputs=frozenset(
+                n.id for n in output_nodes(self.graph) if output_path(n) in self.free_outputs))
         # a list of its own: validation may put a group's whole-heads alternative in its place
         self.groups = list(groups) if groups is not None else all_groups(self.graph)
         self.output_layers = list(output_layers)
@@ -543,6 +586,8 @@ class Pruner:
         settings = {"ratio": ratio, "importance": importance, "global": global_,
                     "round_to": round_to, "ignore": ignore_strings(ignore_set),
                     "overrides": {str(k): v for k, v in overrides.items()}, "seed": seed}
+        if self.free_outputs:
+            settings["free_outputs"] = list(self.free_outputs)
         if importance == "taylor":  # which inputs the scores came from
             settings["batch"] = "example inputs" if batch is None else batch_shapes(batch)
         validate = validate and self.validate
@@ -2267,7 +2312,7 @@ class Pruner:
                         "rel_diff": res["rel_diff"]}
             masked = self._masked(plan, float32=True)
             ours = _tree_copy(pruned, _float32_memo(pruned))
-            out_m = flatten(run(masked, inputs))
+            out_m = self._kept_of_free(plan, flatten(run(masked, inputs)))
             out_p = flatten(run(ours, inputs))
             del masked, ours
             how = "on float32 copies"
@@ -2326,7 +2371,12 @@ class Pruner:
             return res
         fo, fp = self._original_outputs(), flatten(out_p)
         res["output_shapes"] = {p or "output": list(t.shape) for p, t in fp}
-        res["shapes_kept"] = [t.shape for _, t in fo] == [t.shape for _, t in fp]
+        free = set(self.free_outputs)
+        res["shapes_kept"] = len(fo) == len(fp) and all(
+            a.shape == b.shape for (path, a), (_, b) in zip(fo, fp, strict=True)
+            if path not in free)
+        if free:  # (the masked check compares them at the positions the plan keeps)
+            res["free_outputs"] = list(self.free_outputs)
         by_id = {g.id: g for g in self.groups}
         inexact = [gid for gid in plan.removed if not by_id[gid].exact]
         # inexact only through a layer's own forward (timm's BatchNormAct2d): the outputs
@@ -2425,6 +2475,29 @@ class Pruner:
             self._outputs = flatten(run(self.model, self.inputs))
         return self._outputs
 
+    def _kept_of_free(self, plan: Plan, outs: list) -> list:
+        """``outs`` (flattened outputs at the unpruned widths: the original's, a masked
+        copy's) with each free output cut to the positions ``plan`` keeps, as the pruned
+        model makes it."""
+        if not self.free_outputs:
+            return outs
+        by_id = {g.id: g for g in self.groups}
+        got = []
+        for (path, t), node in zip(outs, output_nodes(self.graph), strict=True):
+            if node.id in self.graph.free_outputs and plan.removed:
+                e = self.graph.in_edges[node.id][0]
+                for d in range(t.dim()):
+                    key, gone = (e.source, e.source_port, d), set()
+                    for gid, units in plan.removed.items():
+                        hit = by_id[gid].tensors.get(key)
+                        if hit is not None:
+                            gone.update(hit[0][np.isin(hit[1], units)].tolist())
+                    if gone:
+                        keep = np.setdiff1d(np.arange(t.shape[d]), sorted(gone))
+                        t = t.index_select(d, torch.as_tensor(keep, device=t.device))
+            got.append((path, t))
+        return got
+
     def _masked_equivalence(self, plan: Plan, pruned_out: list,
                             pruned: nn.Module | None = None, short: str = "") -> dict:
         """The outputs ``pruned_out`` (flattened) of the model pruned by ``plan`` against
@@ -2441,11 +2514,13 @@ class Pruner:
                 return {"skipped": f"{short}{why}", "memory": True}
         else:
             out_m = flatten(run(self._masked(plan), self.inputs))
+        out_m = self._kept_of_free(plan, out_m)
         res, pairs = _compared(out_m, pruned_out)
         if not res["ok"] and not short and self._cuts_read_buffers(plan):
             # buffers stay unzeroed (a zeroed variance under rsqrt is NaN), but a codebook
             # read by a distance is data: the removed features count there unless zeroed
-            out_b = flatten(run(self._masked(plan, buffers=True), self.inputs))
+            out_b = self._kept_of_free(
+                plan, flatten(run(self._masked(plan, buffers=True), self.inputs)))
             res_b, pairs_b = _compared(out_b, pruned_out)
             if res_b["ok"]:
                 res, pairs, out_m = res_b, pairs_b, out_b
@@ -2462,8 +2537,8 @@ class Pruner:
             # (0.7-0.95%): no tolerance tells them apart, float32 does
             return self._masked_in_float32(plan, pruned, half, res, pruned_out)
         if plan.removed and pairs and all(
-                torch.equal(a, o) for (_, a), (_, o) in zip(out_m, self._original_outputs(),
-                                                           strict=True)
+                torch.equal(a, o) for (_, a), (_, o) in zip(
+                    out_m, self._kept_of_free(plan, self._original_outputs()), strict=True)
                 if a.is_floating_point()):
             res["blind"] = ("zeroing the removed channels left the outputs exactly as they "
                             "were, so this check could not fail (a layer initialised to "
