@@ -5,12 +5,14 @@ from __future__ import annotations
 import sys
 
 import pytest
+from conftest import TWO_OUTPUTS_FILE
 
 from viewer.app import charts
 from viewer.app.callbacks import prune as cb
 from viewer.app.callbacks.graph import render
+from viewer.app.callbacks.inspect import inspect, is_free_output
 from viewer.app.callbacks.model import load_entry
-from viewer.app.state import SessionStore
+from viewer.app.state import ModelEntry, SessionStore
 from viewer.core.errors import DepViewError
 
 SETTINGS = {"importance": "l1", "ratio": 0.5, "global_": False, "round_to": 1}
@@ -536,3 +538,44 @@ def test_the_preview_says_when_an_lstm_keeps_more_cell_units_than_asked():
     assert cb.summary_lines(preview)[2].endswith("; cell units kept above the projection's "
                                                  "width, as an LSTM needs: 'lstm' 17")
 
+
+
+def test_a_model_output_set_free_lets_its_groups_prune(tmp_path):
+    # the stem's group reaches the feature map the model returns: blocked, until the user
+    # lets that output change width (the other keeps its shape)
+    (tmp_path / "net.py").write_text(TWO_OUTPUTS_FILE)
+    spec = f"{tmp_path / 'net.py'}:Net"
+    store = SessionStore([ModelEntry(spec, inputs=("1x3x6x6",))])
+    load_entry(store, "sid", spec)
+    session = store.session("sid")
+    base = session.stage
+    with pytest.raises(DepViewError, match="no group of this model can be pruned"):
+        cb.apply_round(store, "sid", SETTINGS)
+    assert cb.set_free_output(store, "sid", "output.features", True) == \
+        "Output 'features' may now change width: 1 of 2 groups prunable (before: 0)."
+    assert session.stage is not base and base.pruner.free_outputs == []  # (shared: kept)
+    assert [li.children for li in cb.plan_info(session)[0].children] == \
+        ["free output features"]
+    assert cb.set_free_output(store, "sid", "output.features", True) == ""  # (no change)
+    # the inspector shows the box for an output (of a model with several), checked
+    render(store, "sid", "new")
+    sel = {"kind": "op", "name": "output.features"}
+    assert inspect(store, "sid", sel, "out", None, details=False).show_free_output
+    assert is_free_output(store, "sid", sel)
+    assert not is_free_output(store, "sid", {"kind": "op", "name": "output.logits"})
+    assert not inspect(store, "sid", {"kind": "op", "name": "stem"}, "out", None,
+                       details=False).show_free_output
+    with pytest.raises(DepViewError, match="select a model output first"):
+        cb.set_free_output(store, "sid", "stem", True)
+    with pytest.raises(DepViewError, match="every output of the model would be free"):
+        cb.set_free_output(store, "sid", "output.logits", True)
+    text = cb.apply_round(store, "sid", SETTINGS)
+    assert text.startswith("Round 1 applied: 4 units removed from 1 group"), text
+    assert "masked equivalence ok" in text
+    line = cb.history(session)[0].children[1].children[1]
+    assert "free outputs features" in line
+    assert session.stage.pruner.free_outputs == []  # (a new round starts with none)
+    assert cb.undo(store, "sid") == "Undone: back to the original model."
+    assert session.stage.pruner.free_outputs == ["features"]
+    assert cb.set_free_output(store, "sid", "output.features", False) == \
+        "Output 'features' keeps its shape again: 0 of 2 groups prunable (before: 1)."

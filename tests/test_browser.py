@@ -16,6 +16,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import TWO_OUTPUTS_FILE
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver") or ("/usr/bin/chromedriver"
@@ -275,6 +276,32 @@ def test_a_collapsed_module_is_ignored_from_its_inspector(dash_duo):
     _click_node(dash_duo, "conv1")  # a layer: its own boxes, the module's hidden
     _until(dash_duo, lambda d: not d.find_element("id", ids.MODULE_CONTROLS).is_displayed(),
            "the module's ignore boxes stayed for a layer")
+
+
+def test_a_model_output_is_made_free_from_its_inspector(dash_duo, tmp_path):
+    # a model that returns its feature map beside its logits: the conv's group reaches both,
+    # and nothing pruned until the feature map may change width
+    (tmp_path / "net.py").write_text(TWO_OUTPUTS_FILE)
+    _start(dash_duo, create_app([ModelEntry(f"{tmp_path / 'net.py'}:Net",
+                                             inputs=("1x3x6x6",))]))
+    _wait_graph(dash_duo, "output.features")
+    _click_node(dash_duo, "stem")
+    dash_duo.wait_for_contains_text(f"#{ids.GROUP_PANEL}", "reaches the model output",
+                                    timeout=TIMEOUT)
+    assert not dash_duo.find_element(f"#{ids.OUTPUT_CONTROLS}").is_displayed()
+    _click_node(dash_duo, "output.features")
+    _until(dash_duo, lambda d: d.find_element("id", ids.OUTPUT_CONTROLS).is_displayed(),
+           "the output's free box never showed")
+    dash_duo.find_element(f"#{ids.FREE_OUTPUT} label").click()
+    dash_duo.wait_for_contains_text(f"#{ids.MESSAGE}", "Output 'features' may now change "
+                                    "width: 1 of 2 groups prunable", timeout=TIMEOUT)
+    dash_duo.wait_for_contains_text(f"#{ids.PLAN_INFO}", "free output features",
+                                    timeout=TIMEOUT)
+    dash_duo.wait_for_contains_text(f"#{ids.MODEL_INFO}", "2 groups (1 prunable)",
+                                    timeout=TIMEOUT)  # (the header's count follows)
+    dash_duo.find_element(f"#{ids.APPLY}").click()
+    dash_duo.wait_for_contains_text(f"#{ids.MESSAGE}", "masked equivalence ok",
+                                    timeout=TIMEOUT)
 
 
 def test_preview_changes_the_numbers(dash_duo):

@@ -53,6 +53,8 @@ OVERRIDE_CLEAR = "override-clear"
 IGNORE_TOGGLE = "ignore-toggle"
 MODULE_CONTROLS = "module-controls"  #: shown for a module: ignore every layer inside
 MODULE_IGNORE = "module-ignore"
+OUTPUT_CONTROLS = "output-controls"  #: shown for a model output: let its width change
+FREE_OUTPUT = "free-output"
 
 # -- pruning --------------------------------------------------------------------------------------
 IMPORTANCE = "importance"

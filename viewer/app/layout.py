@@ -101,6 +101,13 @@ def inspector_card() -> html.Section:
                    className="hint"),
         ], id=ids.MODULE_CONTROLS, style={"display": "none"}),
         html.Div([
+            dcc.Checklist(id=ids.FREE_OUTPUT, value=[], inline=True,
+                          options=[{"label": "free: its width may change", "value": "free"}],
+                          className="ignore"),
+            html.P("Groups that reach a free output are not blocked there; the other outputs "
+                   "keep their shapes (as --free-output NAME).", className="hint"),
+        ], id=ids.OUTPUT_CONTROLS, style={"display": "none"}),
+        html.Div([
             html.Div([
                 html.H4("Pruning group", className="inline"),
                 dcc.RadioItems(id=ids.GROUP_SIDE, value="out", inline=True,

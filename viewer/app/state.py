@@ -18,7 +18,7 @@ import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from torch import nn
@@ -186,6 +186,21 @@ def make_stage(model: nn.Module, inputs, output_layers: list[str], plan: Plan | 
                "prunable": sum(1 for g in pruner.groups if not pruner.reason(g))}
     return Stage(uuid.uuid4().hex, model, graph, pruner, classes, plan, verification, round_,
                  summary, config)
+
+
+def with_free_outputs(stage: Stage, free: list[str]) -> Stage:
+    """``stage`` with its groups found again, the outputs ``free`` (paths) free to change
+    width (see ``Pruner(free_outputs=...)``); the model and its graph are the same."""
+    old = stage.pruner
+    pruner = Pruner(stage.model, old.inputs, graph=stage.graph, output_layers=old.output_layers,
+                    free_outputs=free)
+    try:
+        pruner.validate_groups()
+    except Exception:  # (as make_stage: without validation the groups stay as found)
+        pass
+    summary = {**stage.summary, "groups": len(pruner.groups),
+               "prunable": sum(1 for g in pruner.groups if not pruner.reason(g))}
+    return replace(stage, pruner=pruner, summary=summary)
 
 
 class SessionStore:

@@ -41,7 +41,7 @@ from viewer.core.meta import (
     meta_to_dict,
 )
 from viewer.core.optypes import STYLES, OpType
-from viewer.core.prune import IGNORE_SIDES, Pruner
+from viewer.core.prune import IGNORE_SIDES, Pruner, output_nodes, output_path
 
 from .. import ids, styles
 from ..state import Session, SessionStore
@@ -61,6 +61,7 @@ class Inspection:
     group_value: int | None = None
     show_group: bool = False
     show_module_ignore: bool = False  #: a module holding channels: its ignore boxes
+    show_free_output: bool = False  #: an output of a model with several: its "free" box
 
 
 # --------------------------------------------------------------------------------------------
@@ -572,6 +573,8 @@ def inspect(store: SessionStore, sid: str, selection: dict | None, side: str = "
             res.details = node_details(node, stage.module_classes, hit, cut)
         res.selection = {"kind": "op", "name": node.name, "side": side,
                          "gid": group.id if (group is not None and model_group) else None}
+        res.show_free_output = node.op_type is OpType.OUTPUT and \
+            len(output_nodes(graph)) > 1
         res.highlight = styles.group_highlight(view, graph, group, view.rep.get(node.id),
                                                removed or ())
         res.show_group = True
@@ -627,6 +630,19 @@ def control_values(store: SessionStore, sid: str,
         return ignore, session.overrides.get(sel.get("gid"))
 
 
+def is_free_output(store: SessionStore, sid: str, selection: dict | None) -> bool:
+    """Is the selection a model output the current stage lets change width?"""
+    sel = selection or {}
+    if sel.get("kind") != "op":
+        return False
+    session = store.session(sid)
+    with session.lock:
+        stage = session.stage
+        node = stage.graph.by_name.get(sel.get("name", ""))
+        return node is not None and node.op_type is OpType.OUTPUT and \
+            output_path(node) in stage.pruner.free_outputs
+
+
 def ignore_options(store: SessionStore, sid: str, selection: dict | None) -> list[dict]:
     """The ignore checkboxes for a selection (a layer, or a module: every layer inside):
     outputs and inputs, and the cell units of an LSTM with ``proj_size`` (a group of their
@@ -662,6 +678,7 @@ def register(app, store: SessionStore) -> None:
         Output(ids.GROUP_PICK, "style"),
         Output(ids.GROUP_CONTROLS, "style"),
         Output(ids.MODULE_CONTROLS, "style"),
+        Output(ids.OUTPUT_CONTROLS, "style"),
         Output(ids.MESSAGE, "children", allow_duplicate=True),
         Input(ids.GRAPH, "tapNodeData"),
         Input(ids.GROUP_SIDE, "value"),
@@ -682,12 +699,13 @@ def register(app, store: SessionStore) -> None:
         try:
             r = inspect(store, sid, selection, side or "out", pick, details=False)
         except Exception as exc:
-            return (no_update,) * 7 + (error_message(exc),)
+            return (no_update,) * 8 + (error_message(exc),)
         # several groups share this tensor (a concat's output): offer the choice
         pick_style = {"display": "block" if len(r.group_options) > 1 else "none"}
         return (r.highlight, r.selection, r.group_options, r.group_value, pick_style,
                 {"display": "block" if r.show_group else "none"},
-                {"display": "block" if r.show_module_ignore else "none"}, no_update)
+                {"display": "block" if r.show_module_ignore else "none"},
+                {"display": "block" if r.show_free_output else "none"}, no_update)
 
     app.clientside_callback(
         ClientsideFunction("depview", "highlight"),
@@ -720,6 +738,7 @@ def register(app, store: SessionStore) -> None:
         Output(ids.OVERRIDE_RATIO, "value"),
         Output(ids.MODULE_IGNORE, "options"),
         Output(ids.MODULE_IGNORE, "value"),
+        Output(ids.FREE_OUTPUT, "value"),
         Input(ids.SHOWN, "data"),
         State(ids.SESSION, "data"),
         prevent_initial_call=True,
@@ -728,8 +747,9 @@ def register(app, store: SessionStore) -> None:
         try:
             options = ignore_options(store, sid, selection)
             ignore, ratio = control_values(store, sid, selection)
+            free = ["free"] if is_free_output(store, sid, selection) else []
         except Exception:
-            return no_update, [], None, no_update, []
+            return no_update, [], None, no_update, [], []
         if (selection or {}).get("kind") == "module":  # (the layer boxes are hidden)
-            return no_update, [], None, options, ignore
-        return options, ignore, ratio, no_update, []
+            return no_update, [], None, options, ignore, free
+        return options, ignore, ratio, no_update, [], free

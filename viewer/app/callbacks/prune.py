@@ -17,6 +17,7 @@ from viewer.core.export import round_entry
 from viewer.core.groups import units_are_heads
 from viewer.core.memory import MemoryShortError
 from viewer.core.modelconfig import config_note
+from viewer.core.optypes import OpType
 from viewer.core.prune import (
     IGNORE_SIDES,
     IMPORTANCE,
@@ -25,6 +26,7 @@ from viewer.core.prune import (
     batch_shapes,
     blind_note,
     floor_note,
+    output_path,
     run_failure,
     untraced_note,
 )
@@ -32,10 +34,10 @@ from viewer.core.text import counted
 
 from .. import charts, ids, styles
 from ..layout import OVERRIDE_SET_TITLE
-from ..state import Session, SessionStore, make_stage
+from ..state import Session, SessionStore, make_stage, with_free_outputs
 from .common import change, decode_upload, error_message, fmt_count, message
 from .inspect import inspect
-from .model import graph_rev, weightless
+from .model import graph_rev, model_info, weightless
 
 
 def _blank(value) -> bool:
@@ -368,6 +370,41 @@ def set_ignore(store: SessionStore, sid: str, name: str | None, sides: list[str]
         return text
 
 
+def set_free_output(store: SessionStore, sid: str, name: str | None, free: bool) -> str:
+    """Let model output ``name`` (its node) change width, or keep its shape again: the
+    current stage's groups are found again (overrides, which name groups by id, are
+    dropped)."""
+    session = store.session(sid)
+    with session.lock:
+        stage = session.stage
+        node = stage.graph.by_name.get(name or "")
+        if node is None or node.op_type is not OpType.OUTPUT:
+            raise DepViewError("select a model output first")
+        path = output_path(node)
+        was = stage.pruner.free_outputs
+        frees = [p for p in was if p != path] + ([path] if free else [])
+        if sorted(frees) == sorted(was):
+            return ""
+    new = with_free_outputs(stage, frees)  # (groups found and checked again: not locked)
+    with session.lock:
+        if session.stage is not stage:
+            raise DepViewError("the model changed meanwhile: set it again")
+        session.stages[-1] = new
+        dropped = sorted(session.overrides)
+        session.overrides.clear()
+        session.reset_pruning_inputs()
+    shown = path or "output"
+    text = (f"Output '{shown}' may now change width" if free else
+            f"Output '{shown}' keeps its shape again") + \
+        f": {new.summary['prunable']} of {counted(new.summary['groups'], 'group')} prunable " \
+        f"(before: {stage.summary['prunable']})."
+    if dropped:
+        text += (f" The groups were found again, so the override{'s' if len(dropped) > 1 else ''}"
+                 f" of {', '.join(f'group #{g}' for g in dropped)} "
+                 f"{'were' if len(dropped) > 1 else 'was'} removed.")
+    return text
+
+
 def _void_overrides(session: Session) -> list[int]:
     """Drop the overrides of groups the ignores now keep whole (the plan refuses a ratio for
     a group it does not prune); returns their ids. Called under the session lock."""
@@ -400,6 +437,9 @@ def plan_info(session: Session) -> list:
     """Overrides and ignores in force, for the prune panel."""
     items = [html.Li(f"group #{gid}: ratio {r}") for gid, r in sorted(session.overrides.items())]
     items += [html.Li(f"ignore {x}") for x in sorted(session.ignore)]
+    if session.stages:
+        items += [html.Li(f"free output {p or 'output'}")
+                  for p in session.stage.pruner.free_outputs]
     if not items:
         return [html.Span("No overrides or ignores (set them from the inspector).",
                           className="hint")]
@@ -436,6 +476,8 @@ def settings_text(st_set: dict) -> str:
     parts += [f"group #{gid} at {r:.0%}" for gid, r in (st_set.get("overrides") or {}).items()]
     if st_set.get("ignore"):
         parts.append("ignoring " + ", ".join(st_set["ignore"]))
+    if st_set.get("free_outputs"):
+        parts.append("free outputs " + ", ".join(st_set["free_outputs"]))
     fell = st_set.get("scored_by_l1")
     if fell:
         parts.append(f"{counted(len(fell), 'group')} without a norm layer scored by L1")
@@ -762,10 +804,12 @@ def register(app, store: SessionStore) -> None:
         Output(ids.PLAN_INFO, "children"),
         Output(ids.GROUP_PANEL, "children", allow_duplicate=True),
         Output(ids.MESSAGE, "children", allow_duplicate=True),
+        Output(ids.MODEL_INFO, "children", allow_duplicate=True),
         Input(ids.OVERRIDE_SET, "n_clicks"),
         Input(ids.OVERRIDE_CLEAR, "n_clicks"),
         Input(ids.IGNORE_TOGGLE, "value"),
         Input(ids.MODULE_IGNORE, "value"),
+        Input(ids.FREE_OUTPUT, "value"),
         Input(ids.GRAPH_REV, "data"),
         State(ids.OVERRIDE_RATIO, "value"),
         State(ids.SELECTION, "data"),
@@ -774,8 +818,19 @@ def register(app, store: SessionStore) -> None:
         State(ids.SESSION, "data"),
         prevent_initial_call=True,
     )
-    def on_plan_edit(_s, _c, ignore_sides, module_sides, _rev, ratio, selection, side, pick,
-                     sid):
+    def on_plan_edit(*args):
+        got = plan_edit(*args)
+        sid = args[-1]
+        # a free output finds the groups again: the header's prunable count follows
+        if ctx.triggered_id == ids.FREE_OUTPUT and got[2] is not no_update:
+            try:
+                return (*got, model_info(store, sid))
+            except Exception:  # (the message already says what happened)
+                pass
+        return (*got, no_update)
+
+    def plan_edit(_s, _c, ignore_sides, module_sides, free, _rev, ratio, selection, side,
+                  pick, sid):
         trig = ctx.triggered_id
         sel = selection or {}
         try:
@@ -795,6 +850,12 @@ def register(app, store: SessionStore) -> None:
                 if sorted(current) == sorted(sides or []):
                     return no_update, no_update, no_update  # just showing the stored value
                 text = set_ignore(store, sid, sel.get("name"), sides or [])
+            elif trig == ids.FREE_OUTPUT:
+                if sel.get("kind") != "op":
+                    return no_update, no_update, no_update
+                text = set_free_output(store, sid, sel.get("name"), "free" in (free or []))
+                if not text:  # just showing the stored value
+                    return no_update, no_update, no_update
             panel = no_update
             if trig == ids.GRAPH_REV and sel.get("kind") == "op":
                 # the new model's group comes with the selection once its graph is drawn
