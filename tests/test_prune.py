@@ -3079,6 +3079,37 @@ def test_free_outputs_are_named_by_path_or_node_and_never_all_of_them():
         Pruner(model, (x,), free_outputs=["features", "logits"])
 
 
+class NestedOutputs(nn.Module):
+    """Outputs nested as CLIP's are (``vision_model_output.last_hidden_state``) and a tuple
+    of hidden states as ``output_hidden_states`` gives."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.head = nn.Linear(4, 6), nn.Linear(6, 6), nn.Linear(6, 2)
+
+    def forward(self, x):
+        h1 = self.a(x)
+        h2 = self.b(torch.relu(h1))
+        return {"logits": self.head(h2), "vision": {"last": h2, "pooled": h2.mean(1)},
+                "hidden_states": (h1, h2)}
+
+
+def test_a_free_output_name_may_hold_several_outputs():
+    from viewer.core.prune import free_output_paths
+    from viewer.core.trace import build_graph
+
+    graph = build_graph(NestedOutputs(), (torch.randn(2, 3, 4),))
+    assert free_output_paths(graph, ["vision"]) == ["vision.last", "vision.pooled"]
+    assert free_output_paths(graph, ["output.hidden_states", "vision.last"]) == \
+        ["vision.last", "hidden_states[0]", "hidden_states[1]"]
+    with pytest.raises(DepViewError, match="free output 'vis' is not an output"):
+        free_output_paths(graph, ["vis"])  # (a prefix of a name is no holder of it)
+    p = Pruner(NestedOutputs().eval(), (torch.randn(2, 3, 4),),
+               free_outputs=["vision", "hidden_states"])
+    assert [p.reason(g) for g in p.groups] == ["", "", "it reaches the model output "
+                                               "'output.logits'"]
+
+
 class NonLocal(nn.Module):
     """A non-local block: ``inter_channels`` is read by the views of g and of theta/phi,
     whose channels are two groups (theta and phi are contracted together, g is carried)."""

@@ -254,9 +254,11 @@ def output_path(node: Node) -> str:
 
 
 def free_output_paths(graph: Graph, names: Iterable[str]) -> list[str]:
-    """The output paths ``names`` give (each a path, ``logits``, or a node name,
-    ``output.logits``), in output order. A name that is no output, or freeing every output
-    (nothing would be left to check the pruned model against), is an error."""
+    """The output paths ``names`` give, in output order: each a path (``logits``), a node
+    name (``output.logits``), or what holds several (``vision_model_output``: every output
+    under it; ``hidden_states``: each ``hidden_states[i]``). A name that is no output, or
+    freeing every output (nothing would be left to check the pruned model against), is an
+    error."""
     names = [names] if isinstance(names, str) else list(names)
     if not names:
         return []
@@ -266,14 +268,19 @@ def free_output_paths(graph: Graph, names: Iterable[str]) -> list[str]:
     for name in names:
         if not isinstance(name, str):
             raise DepViewError(f"a free output is named by a string, got {name!r}")
-        path = name if name in paths else output_path(graph.by_name[name]) \
-            if name in graph.by_name and graph.by_name[name].op_type is OpType.OUTPUT \
-            else None
-        if path is None:
+        node = graph.by_name.get(name)
+        if name in paths:
+            hits = [name]
+        elif node is not None and node.op_type is OpType.OUTPUT:
+            hits = [output_path(node)]
+        else:
+            key = name.removeprefix("output.")
+            hits = [p for p in paths if key and p.startswith((f"{key}.", f"{key}["))]
+        if not hits:
             raise DepViewError(f"free output {name!r} is not an output of this model "
                                f"(its outputs: {shown}"
                                f"{', ...' if len(paths) > MAX_LISTED else ''})")
-        chosen.add(path)
+        chosen.update(hits)
     if len(chosen) == len(paths):
         raise DepViewError("every output of the model would be free: at least one must keep "
                            "its shape (the pruned model is checked against it)")
