@@ -3069,6 +3069,28 @@ def test_a_free_output_lets_the_groups_that_reach_it_prune_and_is_checked_at_kep
     assert model.stem.out_channels == 8  # (the loaded model is untouched)
 
 
+def test_a_free_output_is_checked_at_kept_indices_layer_by_layer_and_in_float32(monkeypatch):
+    # the checks that mask the model as it runs (short of memory) or again in float32 (a
+    # model run in half precision) compare a free output at the kept positions too
+    from viewer.core import prune as prune_module
+
+    torch.manual_seed(0)
+    model = FeaturesAndLogits().eval()
+    x = torch.randn(2, 3, 6, 6)
+    p = Pruner(model, (x,), free_outputs=["features"])
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    out = flatten(run(pruned, (x,)))
+    by_layer = p._masked_equivalence(plan, out, pruned, short="no room for a masked copy")
+    assert by_layer["ok"] and "by_layer" in by_layer, by_layer
+    half = {"rel_diff": 0.01, "max_abs_diff": 0.05}
+    res = p._masked_in_float32(plan, pruned, torch.bfloat16, half, out)
+    assert res["ok"] and "each layer made as it ran" in res["in_float32"], res
+    monkeypatch.setattr(prune_module, "layer_by_layer", lambda *a, **k: None)
+    res = p._masked_in_float32(plan, pruned, torch.bfloat16, half, out)
+    assert res["ok"] and res["in_float32"].endswith("on float32 copies"), res
+
+
 def test_free_outputs_are_named_by_path_or_node_and_never_all_of_them():
     model, x = FeaturesAndLogits().eval(), torch.randn(1, 3, 6, 6)
     assert Pruner(model, (x,), free_outputs=["output.features"]).free_outputs == ["features"]

@@ -2307,6 +2307,8 @@ class Pruner:
         if out_p is not None:
             out_m, why = self._run_by_layer(self.model, self._masked_cuts(plan),
                                             torch.float32, inputs, out_p)
+            if out_m is not None:
+                out_m = self._kept_of_free(plan, out_m)
         how = "in float32, each layer made as it ran"
         if out_m is None:
             need = 2 * (tensor_bytes(self.model) + tensor_bytes(pruned))  # (as float32)
