@@ -3985,6 +3985,33 @@ def test_a_model_masked_layer_by_layer_computes_what_its_masked_copy_does(name):
     assert not any(m._forward_pre_hooks or m._forward_hooks for m in lm.model.modules())
 
 
+class HalfTable(nn.Module):
+    """A position table kept as a plain bfloat16 attribute, cast where it is read."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb, self.head = nn.Linear(4, 8), nn.Linear(8, 3)
+        self.table = torch.randn(5, 8).to(torch.bfloat16)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.emb(x) + self.table.to(x.dtype)))
+
+
+def test_a_plain_tensor_attribute_is_copied_layer_by_layer_as_a_buffer_is():
+    # cast to float32 it was made a NaN placeholder, as a parameter is, which nothing made
+    torch.manual_seed(0)
+    model, x = HalfTable().eval(), torch.randn(2, 5, 4)
+    p = Pruner(model, (x,))
+    plan = p.plan(0.5)
+    assert plan.removed[0]  # (the table's group: emb's outputs)
+    lbl = layer_by_layer(model, p._masked_cuts(plan), torch.float32, made_at=p._made_at())
+    got = flatten(run(lbl.model, (x,)))
+    want = flatten(run(p.masked_model(plan), (x,)))
+    assert torch.allclose(got[0][1], want[0][1], atol=1e-6)
+    assert lbl.model.table.dtype is torch.float32 and model.table.dtype is torch.bfloat16
+    assert lbl.model.table is not model.table
+
+
 def test_a_weight_read_outside_its_layer_is_made_where_the_graph_reads_it_or_said():
     class ReadsWeights(nn.Module):
         def __init__(self):

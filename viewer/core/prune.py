@@ -2783,7 +2783,8 @@ def layer_by_layer(model: nn.Module, cuts: Iterable[Cut] = (),
     forward (:meth:`Pruner._made_at` gives them from the graph). Outside the call that makes
     it, such a parameter is NaN of the right shape, dtype and device (one number, expanded):
     code that reads its values elsewhere gets NaN outputs, which :func:`_read_unmade` tells.
-    Buffers are copied (as ``dtype`` when floating) and never zeroed, as in
+    Buffers (and plain tensor attributes) are copied (as ``dtype`` when floating) and never
+    zeroed, as in
     :meth:`Pruner.masked_model`. None when a cut touches a parameter that is not floating (no
     NaN to mark it).
 
@@ -2813,7 +2814,7 @@ def layer_by_layer(model: nn.Module, cuts: Iterable[Cut] = (),
         if id(t) in memo:
             continue
         want = dtype if dtype is not None and t.is_floating_point() else t.dtype
-        if name in mod._buffers:
+        if name not in mod._parameters:  # (a buffer, or a plain tensor attribute)
             if want != t.dtype:  # (buffers stay copies: a forward may write its own)
                 memo[id(t)] = t.detach().to(want, copy=True)
                 copied += memo[id(t)].numel() * memo[id(t)].element_size()
