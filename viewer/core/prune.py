@@ -2784,9 +2784,8 @@ def layer_by_layer(model: nn.Module, cuts: Iterable[Cut] = (),
     it, such a parameter is NaN of the right shape, dtype and device (one number, expanded):
     code that reads its values elsewhere gets NaN outputs, which :func:`_read_unmade` tells.
     Buffers (and plain tensor attributes) are copied (as ``dtype`` when floating) and never
-    zeroed, as in
-    :meth:`Pruner.masked_model`. None when a cut touches a parameter that is not floating (no
-    NaN to mark it).
+    zeroed, as in :meth:`Pruner.masked_model`. None when a cut touches a parameter that is not
+    floating (no NaN to mark it).
 
     >>> copy = layer_by_layer(model, pruner._masked_cuts(plan), made_at=pruner._made_at())
     >>> run(copy.model, inputs)  # == run(pruner.masked_model(plan), inputs)
