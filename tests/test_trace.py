@@ -397,16 +397,20 @@ class PlainTables(nn.Module):
         self._cache = torch.ones(4)
 
     def forward(self, x):
-        return self.lin(x) + self.lin.table * self._cache
+        self.state = torch.zeros(x.shape[0], 4)  # (made by this forward: a fill, no table)
+        return self.lin(x) + self.lin.table * self._cache + self.state
 
 
 def test_a_plain_tensor_attribute_is_a_buffer_node_named_by_its_path():
-    g = build_graph(PlainTables(), (torch.randn(2, 4),))
-    table = g.by_name["lin.table"]
-    assert table.op_type is OpType.BUFFER and table.buffers == {"": "lin.table"}
-    assert table.module == "lin" and not table.params
-    consts = [n for n in g.nodes if n.op_type is OpType.CONSTANT]
-    assert [n.out_shapes[0] for n in consts] == [(4,)]  # (the private cache)
+    model = PlainTables()
+    for _ in range(2):  # (the second time, the forward's own state is an attribute already)
+        g = build_graph(model, (torch.randn(2, 4),))
+        table = g.by_name["lin.table"]
+        assert table.op_type is OpType.BUFFER and table.buffers == {"": "lin.table"}
+        assert table.module == "lin" and not table.params
+        consts = sorted((n.target, n.out_shapes[0]) for n in g.nodes
+                        if n.op_type is OpType.CONSTANT)
+        assert consts == [("constant", (4,)), ("zeros", (2, 4))]  # (the cache; the state)
 
 
 def test_plain_perm_agrees_with_the_stride_probe():

@@ -211,10 +211,10 @@ class _Tracer(TorchFunctionMode):
         self.param_names: dict[int, str] = {}
         self.buffer_names: dict[int, str] = {}
         self.persistent: set[int] = set()  # buffers the state_dict holds
-        self.model = model
-        # id -> (tensor, name) of the modules' plain tensor attributes, found when a tensor
-        # no op made is first read (see plain_tensors)
-        self._plain: dict[int, tuple[torch.Tensor, str]] | None = None
+        # id -> (tensor, name) of the modules' public plain tensor attributes (see
+        # plain_tensors), as they are before the forward: one the forward sets itself
+        # (self.state = torch.zeros(b, self.hidden)) is what it made, not a table
+        self.plain_names: dict[int, tuple[torch.Tensor, str]] = {}
         for path, m in model.named_modules(remove_duplicate=False):
             self.module_names[id(m)] = path
             prefix = f"{path}." if path else ""
@@ -226,6 +226,9 @@ class _Tracer(TorchFunctionMode):
                     self.buffer_names.setdefault(id(b), prefix + k)
                     if k not in m._non_persistent_buffers_set:
                         self.persistent.add(id(b))
+            for k, v in m.__dict__.items():
+                if type(v) is torch.Tensor and k[0] != "_":
+                    self.plain_names.setdefault(id(v), (v, prefix + k))
         # Per-trace lookups: a module's table type is looked up once, not on every call
         # (a function's, once per process: see _FUNCTIONS).
         self.module_types: dict[int, OpType | None] = {}
@@ -493,14 +496,9 @@ class _Tracer(TorchFunctionMode):
         return self.token, node.id, 0
 
     def plain_attribute(self, t: torch.Tensor) -> str | None:
-        """The name (``path.attr``, its first) of the module attribute that holds ``t``
-        itself as a plain tensor, else None."""
-        if self._plain is None:
-            self._plain = {}
-            for path, m in self.model.named_modules(remove_duplicate=False):
-                for k, v in plain_tensors(m):
-                    self._plain.setdefault(id(v), (v, f"{path}.{k}" if path else k))
-        hit = self._plain.get(id(t))
+        """The name (``path.attr``, its first) of the module attribute that held ``t``
+        itself as a plain tensor before the forward, else None."""
+        hit = self.plain_names.get(id(t))
         return hit[1] if hit is not None and hit[0] is t else None
 
     # -- module hooks ---------------------------------------------------------------------
@@ -960,7 +958,8 @@ def _named(module: nn.Module, members: str):
 
 def plain_tensors(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
     """``module``'s public attributes that hold a plain tensor, neither parameter nor buffer
-    (VideoMAE's ``position_embeddings``, a sinusoid table set in ``__init__``)."""
+    (VideoMAE's ``position_embeddings``, a sinusoid table set in ``__init__``). (The tracer
+    reads them so too, in its walk over the modules.)"""
     return [(k, v) for k, v in vars(module).items()
             if type(v) is torch.Tensor and not k.startswith("_")]
 
