@@ -2929,6 +2929,44 @@ def test_the_reason_names_the_size_of_the_group_as_found_not_of_its_retry():
                                     "either: another group may read the same attribute")
 
 
+class HeadsFromVAttention(nn.Module):
+    """XGLM's attention: q viewed by the stored ``num_heads`` and ``head_dim``, k and v by
+    ``(-1, head_dim)``, the output reshaped with ``-1``. q/k's head dims cannot go alone
+    (v's view reads the same ``head_dim``); whole heads of q, k and v can."""
+
+    def __init__(self):
+        super().__init__()
+        self.q, self.k, self.v, self.o = (nn.Linear(8, 8) for _ in range(4))
+        self.num_heads, self.head_dim = 2, 4
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        q = self.q(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+        k, v = (f(x).view(b, t, -1, self.head_dim).transpose(1, 2) for f in (self.k, self.v))
+        a = torch.softmax(q @ k.transpose(-1, -2), -1) @ v
+        return self.o(a.transpose(1, 2).reshape(b, t, -1))
+
+
+def test_a_failing_group_whose_channels_another_group_prunes_says_so():
+    model = SharedHeadDimNet()
+    model.attn = HeadsFromVAttention()
+    torch.manual_seed(0)
+    p = Pruner(model.eval(), (torch.randn(2, 5, 8),), output_layers=["head"])
+    p.validate_groups()
+    qk, heads = p.groups[0], p.groups[1]
+    assert (qk.root, qk.n_units, heads.root, heads.n_units) == ("attn.q", 4, "attn.v", 2)
+    assert not p.reason(heads) and p.sets(heads) == ["attn.num_heads"]
+    assert p.reason(qk).startswith("the model's forward fails when this group shrinks")
+    assert p.reason(qk).endswith("; its channels are pruned all the same, by group #1 "
+                                 "('attn.v') as whole heads")
+    p.validate_groups()  # (again, as a plan does: said once)
+    assert p.reason(qk).count("all the same") == 1
+    plan = p.plan(0.5)
+    assert 1 in plan.removed and 0 not in plan.removed  # (the heads, not the head dims)
+    v = p.verify(p.apply(plan), plan)
+    assert v["masked_equivalence"]["ok"], v
+
+
 class QuotientHeadsAttention(nn.Module):
     """Deformable DETR's ``value.view(b, n, self.n_heads, self.d_model // self.n_heads)``:
     the head width is computed from the whole width the module stores, not stored."""

@@ -47,6 +47,7 @@ from .groups import (
     split_blocked,
     split_sizes,
     split_width,
+    units_are_heads,
 )
 from .handlers import REFRESH, Cut, cell_port, cell_width, node_cuts, rnn_key
 from .memory import (
@@ -1493,7 +1494,23 @@ class Pruner:
                 self.groups[i] = blocked[g.id]
                 del self._validated[g.id]
                 self._sets.pop(g.id, None)
+        self._note_pruned_elsewhere()
         return {k: v for k, v in self._validated.items() if v}
+
+    def _note_pruned_elsewhere(self) -> None:
+        """A group that failed validation whose channels a prunable group holds says so:
+        XGLM's q/k head dims fail (v's view reads the same ``head_dim``), while whole heads
+        of q, k and v prune as one group; the reason alone read as if those channels could
+        not go at all."""
+        ok = [g for g in self.groups if not g.reasons and not self._validated.get(g.id)]
+        for g in self.groups:
+            err = self._validated.get(g.id)
+            if not err or err.startswith((_JOINED, _TAKEN)) or _ELSEWHERE in err:
+                continue
+            o = next((o for o in ok if _overlap(g, o)), None)
+            if o is not None:
+                heads = " as whole heads" if units_are_heads(self.graph, o) else ""
+                self._validated[g.id] = f"{err}; {_ELSEWHERE} #{o.id} ('{o.root}'){heads}"
 
     def _outer_instead_of_blocked(self) -> dict[int, Group]:
         """Put in the place (and id) of each group the search found blocked its outer
@@ -3195,6 +3212,8 @@ def _raised_at(exc: BaseException) -> str:
 #: other parts, a whole-heads retry that found another group's heads
 _JOINED = "pruned with group "
 _TAKEN = "as whole heads, its channels are group "
+#: said of a group that fails whose channels a prunable group holds
+_ELSEWHERE = "its channels are pruned all the same, by group"
 
 
 def _scope(layer: str) -> str:
