@@ -2929,15 +2929,10 @@ def test_the_reason_names_the_size_of_the_group_as_found_not_of_its_retry():
                                     "either: another group may read the same attribute")
 
 
-class HeadsFromVAttention(nn.Module):
+class HeadsFromVAttention(ShapeReadHeadsAttention):
     """XGLM's attention: q viewed by the stored ``num_heads`` and ``head_dim``, k and v by
     ``(-1, head_dim)``, the output reshaped with ``-1``. q/k's head dims cannot go alone
     (v's view reads the same ``head_dim``); whole heads of q, k and v can."""
-
-    def __init__(self):
-        super().__init__()
-        self.q, self.k, self.v, self.o = (nn.Linear(8, 8) for _ in range(4))
-        self.num_heads, self.head_dim = 2, 4
 
     def forward(self, x):
         b, t, _ = x.shape
