@@ -10,7 +10,7 @@ from conftest import TWO_OUTPUTS_FILE
 from viewer.app import charts
 from viewer.app.callbacks import prune as cb
 from viewer.app.callbacks.graph import render
-from viewer.app.callbacks.inspect import inspect, is_free_output
+from viewer.app.callbacks.inspect import ignore_options, inspect, is_free_output
 from viewer.app.callbacks.model import load_entry
 from viewer.app.state import ModelEntry, SessionStore
 from viewer.core.errors import DepViewError
@@ -563,6 +563,8 @@ def test_a_model_output_set_free_lets_its_groups_prune(tmp_path):
     assert inspect(store, "sid", sel, "out", None, details=False).show_free_output
     assert is_free_output(store, "sid", sel)
     assert not is_free_output(store, "sid", {"kind": "op", "name": "output.logits"})
+    assert ignore_options(store, "sid", sel) == []  # (an output: no ignore boxes)
+    assert ignore_options(store, "sid", {"kind": "op", "name": "x"}) == []  # (nor the input)
     assert not inspect(store, "sid", {"kind": "op", "name": "stem"}, "out", None,
                        details=False).show_free_output
     with pytest.raises(DepViewError, match="select a model output first"):

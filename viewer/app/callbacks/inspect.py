@@ -646,7 +646,8 @@ def is_free_output(store: SessionStore, sid: str, selection: dict | None) -> boo
 def ignore_options(store: SessionStore, sid: str, selection: dict | None) -> list[dict]:
     """The ignore checkboxes for a selection (a layer, or a module: every layer inside):
     outputs and inputs, and the cell units of an LSTM with ``proj_size`` (a group of their
-    own)."""
+    own). None for a model input or output: it holds no channels of its own (an output has
+    its "free" box instead)."""
     options = [{"label": "ignore outputs", "value": "out"},
                {"label": "ignore inputs", "value": "in"}]
     sel = selection or {}
@@ -656,6 +657,8 @@ def ignore_options(store: SessionStore, sid: str, selection: dict | None) -> lis
             stage, name = session.stage, sel.get("name")
             if sel["kind"] == "op":
                 node = stage.graph.by_name.get(name)
+                if node is not None and node.op_type in (OpType.INPUT, OpType.OUTPUT):
+                    return []
                 cells = node is not None and cell_port(node) is not None
             else:  # (a module: any LSTM with proj_size inside)
                 cells = bool(name) and stage.pruner.holds_channels(name, ["cell"])
