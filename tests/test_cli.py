@@ -655,9 +655,10 @@ def test_prune_frees_an_output_by_name_and_check_reloads_it(tmp_path):
     report = json.loads((tmp_path / "b" / "report.json").read_text())
     assert report["output_shapes"] == {"logits": [1, 4], "features": [1, 4, 6, 6]}
     assert run("check", "b").returncode == 0
-    groups = json.loads(run("groups", "net.py:Net", "--input", "1x3x6x6", "--free-output",
-                            "features", "--json", "-").stdout)["groups"]
-    assert groups[0]["prunable"] and not groups[1]["prunable"]
+    out = json.loads(run("groups", "net.py:Net", "--input", "1x3x6x6", "--free-output",
+                         "features", "--json", "-").stdout)
+    assert out["free_outputs"] == ["features"]
+    assert out["groups"][0]["prunable"] and not out["groups"][1]["prunable"]
     bad = run("prune", "net.py:Net", "--input", "1x3x6x6", "--ratio", "0.5",
               "--free-output", "feats", "--out", "c")
     assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1

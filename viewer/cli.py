@@ -109,7 +109,10 @@ def cmd_groups(args) -> int:
     pruner.check_names(ignore, {})
     rows = [pruner.group_dict(g, ignore, with_indices=not args.no_indices)
             for g in pruner.groups]
-    _write_json({"spec": args.spec, "groups": rows}, args.json)
+    out = {"spec": args.spec, "groups": rows}
+    if pruner.free_outputs:
+        out["free_outputs"] = pruner.free_outputs
+    _write_json(out, args.json)
     if args.json != "-":
         n_ok = sum(r["prunable"] for r in rows)
         print(f"{counted(len(rows), 'group')}, {n_ok} prunable -> {args.json}")
