@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 import pytest
@@ -9,6 +10,7 @@ from conftest import TWO_OUTPUTS_FILE
 
 from viewer.app import charts
 from viewer.app.callbacks import prune as cb
+from viewer.app.callbacks.export import groups_json
 from viewer.app.callbacks.graph import render
 from viewer.app.callbacks.inspect import ignore_options, inspect, is_free_output
 from viewer.app.callbacks.model import load_entry
@@ -557,6 +559,8 @@ def test_a_model_output_set_free_lets_its_groups_prune(tmp_path):
     assert [li.children for li in cb.plan_info(session)[0].children] == \
         ["free output features"]
     assert cb.set_free_output(store, "sid", "output.features", True) == ""  # (no change)
+    text, _ = groups_json(store, "sid")  # (the groups JSON download names them too)
+    assert json.loads(text)["free_outputs"] == ["features"]
     # the inspector shows the box for an output (of a model with several), checked
     render(store, "sid", "new")
     sel = {"kind": "op", "name": "output.features"}

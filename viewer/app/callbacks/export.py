@@ -196,7 +196,10 @@ def groups_json(store: SessionStore, sid: str) -> tuple[str, str]:
         ignore = session.ignored()
         rows = [pruner.group_dict(g, ignore) for g in pruner.groups]
         spec = session.base.source.get("spec") if session.base else None
-        text = dumps({"spec": spec, "groups": rows}, indent=1)
+        out = {"spec": spec, "groups": rows}
+        if pruner.free_outputs:  # (as groups --json writes them)
+            out["free_outputs"] = pruner.free_outputs
+        text = dumps(out, indent=1)
         return text, f"{_stage_slug(session)}-groups.json"
 
 
