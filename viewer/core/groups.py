@@ -2995,7 +2995,8 @@ class _Repeats:
             n = self.g.nodes[nid]
             f = self.fps[nid] = (n.op_type, n.target, n.meta, n.in_shapes, n.out_shapes,
                                  n.attrs, n.param_shapes, tuple(n.params), n.custom,
-                                 n.own_forward, nid in self.g.sharing)
+                                 n.own_forward, nid in self.g.sharing,
+                                 nid in self.g.free_outputs)
         return f
 
     @staticmethod
