@@ -2532,6 +2532,8 @@ def test_a_graph_or_output_layer_of_another_model_is_refused(demo_pruner):
     ({"removed": {"0": [1]}, "settings": "x"}, "'settings' is a dict"),
     ({"removed": {"0": [1]}, "settings": {"ignore": 5}}, "ignore is a list of layer names"),
     ({"removed": {"0": [1]}, "settings": {"ignore": ["nope"]}}, "ignore names no layer"),
+    ({"removed": {"0": [1]}, "settings": {"free_outputs": 5}}, "free_outputs is a list"),
+    ({"removed": {"0": [1]}, "settings": {"free_outputs": ["x"]}}, "made with free outputs"),
 ])
 def test_a_hand_made_plan_with_odd_units_is_refused(demo_pruner, d, said):
     # duplicates were accepted (report.json said 3 units removed where 2 were), strings,
@@ -3100,6 +3102,13 @@ def test_a_free_output_lets_the_groups_that_reach_it_prune_and_is_checked_at_kep
         pruned.stem.bias[0] += 1
     assert not p.verify(pruned, plan)["masked_equivalence"]["ok"]
     assert model.stem.out_channels == 8  # (the loaded model is untouched)
+    # its plan.json form reads back only where the same outputs are free (group ids follow)
+    d = {"removed": {str(k): v for k, v in plan.removed.items()}, "settings": plan.settings}
+    assert p.plan_from_dict(d).removed == plan.removed
+    with pytest.raises(DepViewError, match=r"the plan was made with free outputs "
+                                           r"\['features'\], this pruner has \[\]"):
+        Pruner(model, (x,)).plan_from_dict(d)
+    assert Pruner(model, (x,)).plan_from_dict({"removed": {"1": [0]}}).removed == {1: [0]}
 
 
 def test_a_free_output_is_checked_at_kept_indices_layer_by_layer_and_in_float32(monkeypatch):

@@ -888,6 +888,17 @@ class Pruner:
                                    f"group; group {k} has {v!r}"[:200])
             if v:  # (an empty list removes nothing: not a pruned group)
                 removed[int(k)] = [int(u) for u in v]
+        settings = d.get("settings", {})
+        made_with = settings.get("free_outputs", []) if settings else self.free_outputs
+        if not isinstance(made_with, (list, tuple)) or \
+                not all(isinstance(n, str) for n in made_with):
+            raise DepViewError("a plan's settings.free_outputs is a list of output names, got "
+                               f"{made_with!r}"[:200])
+        if sorted(made_with) != sorted(self.free_outputs):
+            # (group ids follow the free outputs: the same id may name another group)
+            raise DepViewError(f"the plan was made with free outputs {list(made_with)}, "
+                               f"this pruner has {self.free_outputs}: make it with the same "
+                               "(free_outputs=..., --free-output)")
         try:
             plan = Plan(removed, d.get("settings", {}), {},
                         {int(k): v for k, v in d.get("skipped", {}).items()})
