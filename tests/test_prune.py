@@ -3109,6 +3109,8 @@ def test_a_free_output_lets_the_groups_that_reach_it_prune_and_is_checked_at_kep
                                            r"\['features'\], this pruner has \[\]"):
         Pruner(model, (x,)).plan_from_dict(d)
     assert Pruner(model, (x,)).plan_from_dict({"removed": {"1": [0]}}).removed == {1: [0]}
+    with pytest.raises(DepViewError, match="this pruner has \\['features'\\]"):
+        p.apply(Pruner(model, (x,)).plan(0.5))  # (a Plan made without them, as such)
 
 
 def test_a_free_output_is_checked_at_kept_indices_layer_by_layer_and_in_float32(monkeypatch):

@@ -888,17 +888,6 @@ class Pruner:
                                    f"group; group {k} has {v!r}"[:200])
             if v:  # (an empty list removes nothing: not a pruned group)
                 removed[int(k)] = [int(u) for u in v]
-        settings = d.get("settings", {})
-        made_with = settings.get("free_outputs", []) if settings else self.free_outputs
-        if not isinstance(made_with, (list, tuple)) or \
-                not all(isinstance(n, str) for n in made_with):
-            raise DepViewError("a plan's settings.free_outputs is a list of output names, got "
-                               f"{made_with!r}"[:200])
-        if sorted(made_with) != sorted(self.free_outputs):
-            # (group ids follow the free outputs: the same id may name another group)
-            raise DepViewError(f"the plan was made with free outputs {list(made_with)}, "
-                               f"this pruner has {self.free_outputs}: make it with the same "
-                               "(free_outputs=..., --free-output)")
         try:
             plan = Plan(removed, d.get("settings", {}), {},
                         {int(k): v for k, v in d.get("skipped", {}).items()})
@@ -906,6 +895,21 @@ class Pruner:
             raise DepViewError(f"a plan's group ids are integers: {exc}") from exc
         self.check_plan(plan)
         return plan
+
+    def _check_free_outputs(self, settings: dict) -> None:
+        """Refuse a plan made with other free outputs than this pruner's: group ids follow
+        them (the same id may name another group). A plan that says nothing of how it was
+        made (a hand-written one, no ``ratio``) is taken as made here."""
+        if "free_outputs" not in settings and "ratio" not in settings:
+            return
+        made = settings.get("free_outputs", [])
+        if not isinstance(made, (list, tuple)) or not all(isinstance(n, str) for n in made):
+            raise DepViewError("a plan's settings.free_outputs is a list of output names, got "
+                               f"{made!r}"[:200])
+        if sorted(made) != sorted(self.free_outputs):
+            raise DepViewError(f"the plan was made with free outputs {list(made)}, this "
+                               f"pruner has {self.free_outputs}: make it with the same "
+                               "(free_outputs=..., --free-output)")
 
     def check_plan(self, plan: Plan) -> None:
         """Refuse a plan that names no group of this model, a unit a group does not have,
@@ -916,6 +920,7 @@ class Pruner:
                                "goes through plan_from_dict)")
         if self.validate and not self._validation_ran:  # (it may put groups in others' place)
             self.validate_groups()
+        self._check_free_outputs(plan.settings)
         by_id = {g.id: g for g in self.groups}
         ignore = parse_ignore(plan.settings.get("ignore", ()))
         self.check_names(ignore, {})
