@@ -914,7 +914,8 @@ class Pruner:
     def check_plan(self, plan: Plan) -> None:
         """Refuse a plan that names no group of this model, a unit a group does not have,
         every unit of a group (a layer with no channels), or a group that cannot be pruned
-        (the reason is given; a plan made by :meth:`plan` never does any of these)."""
+        (the reason is given; a plan made by :meth:`plan` never does any of these), or one
+        made with other free outputs (:meth:`_check_free_outputs`)."""
         if not isinstance(plan, Plan):
             raise DepViewError(f"expected a Plan, got {type(plan).__name__} (a plan.json dict "
                                "goes through plan_from_dict)")
