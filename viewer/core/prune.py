@@ -71,6 +71,8 @@ from .trace import (
     flatten,
     floats_as,
     module_attrs,
+    output_nodes,
+    output_path,
     plain_module,
     plain_tensors,
 )
@@ -242,16 +244,6 @@ def _tensor_lookup(model: nn.Module) -> dict[str, tuple[nn.Module, str, torch.Te
         for n, t in plain_tensors(mod):
             table[prefix + n] = (mod, n, t)
     return table
-
-
-def output_nodes(graph: Graph) -> list[Node]:
-    """The graph's OUTPUT nodes, in the order of the flattened outputs."""
-    return [n for n in graph.nodes if n.op_type is OpType.OUTPUT]
-
-
-def output_path(node: Node) -> str:
-    """An OUTPUT node's path in the flattened outputs (``logits``; "" for a lone tensor)."""
-    return node.name.removeprefix("output").removeprefix(".")
 
 
 def free_output_paths(graph: Graph, names: Iterable[str]) -> list[str]:
@@ -1082,18 +1074,11 @@ class Pruner:
         """module path -> {attribute: new value} for the :class:`SizeAttr` of the plan's
         groups (``extra`` adds candidates being tried): each one's tensor dim's new size
         divided by its number of parts."""
-        by_id = {g.id: g for g in self.groups}
         sets = {**self._sets, **(extra or {})}
         wanted = [r for gid in plan.removed for r in sets.get(gid, [])]
         if not wanted:
             return {}
-        keys = {r.tensor for r in wanted}
-        removed: dict[tuple[int, int, int], set[int]] = defaultdict(set)
-        for gid, units in plan.removed.items():
-            tensors = by_id[gid].tensors
-            for key in keys & tensors.keys():
-                pos, unit = tensors[key]
-                removed[key].update(pos[np.isin(unit, units)].tolist())
+        removed = self._removed_at(plan, {r.tensor for r in wanted})
         out: dict[str, dict[str, int]] = defaultdict(dict)
         items: dict[tuple[str, str, int], int] = {}  # (module, attribute, item) -> value
         for r in wanted:
@@ -1125,6 +1110,19 @@ class Pruner:
                                    f"{out[r.module][r.attr]} and {value}")
             out[r.module][r.attr] = value
         return dict(out)
+
+    def _removed_at(self, plan: Plan, keys: set[tuple[int, int, int]]
+                    ) -> defaultdict[tuple[int, int, int], set[int]]:
+        """Tensor dim (node, port, dim) -> the positions ``plan`` removes there, for
+        ``keys``, over all its groups."""
+        by_id = {g.id: g for g in self.groups}
+        removed: defaultdict[tuple[int, int, int], set[int]] = defaultdict(set)
+        for gid, units in plan.removed.items():
+            tensors = by_id[gid].tensors
+            for key in keys & tensors.keys():
+                pos, unit = tensors[key]
+                removed[key].update(pos[np.isin(unit, units)].tolist())
+        return removed
 
     def _stored(self, r: SizeAttr):
         """The value the model's module holds in ``r``'s attribute."""
@@ -2524,19 +2522,15 @@ class Pruner:
         model makes it."""
         if not self.free_outputs:
             return outs
-        by_id = {g.id: g for g in self.groups}
         got = []
         for (path, t), node in zip(outs, output_nodes(self.graph), strict=True):
             if node.id in self.graph.free_outputs and plan.removed:
                 e = self.graph.in_edges[node.id][0]
-                for d in range(t.dim()):
-                    key, gone = (e.source, e.source_port, d), set()
-                    for gid, units in plan.removed.items():
-                        hit = by_id[gid].tensors.get(key)
-                        if hit is not None:
-                            gone.update(hit[0][np.isin(hit[1], units)].tolist())
-                    if gone:
-                        keep = np.setdiff1d(np.arange(t.shape[d]), sorted(gone))
+                keys = [(e.source, e.source_port, d) for d in range(t.dim())]
+                removed = self._removed_at(plan, set(keys))
+                for d, key in enumerate(keys):
+                    if removed.get(key):
+                        keep = np.setdiff1d(np.arange(t.shape[d]), sorted(removed[key]))
                         t = t.index_select(d, torch.as_tensor(keep, device=t.device))
             got.append((path, t))
         return got

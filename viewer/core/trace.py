@@ -956,6 +956,17 @@ def _named(module: nn.Module, members: str):
     return out
 
 
+def output_nodes(graph: Graph) -> list[Node]:
+    """The graph's OUTPUT nodes, in the order of the flattened outputs."""
+    return [n for n in graph.nodes if n.op_type is OpType.OUTPUT]
+
+
+def output_path(node: Node) -> str:
+    """An OUTPUT node's path in the flattened outputs (``logits``; "" for a lone tensor),
+    from the name :func:`build_graph` gave it."""
+    return node.name.removeprefix("output").removeprefix(".")
+
+
 def plain_tensors(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
     """``module``'s public attributes that hold a plain tensor, neither parameter nor buffer
     (VideoMAE's ``position_embeddings``, a sinusoid table set in ``__init__``). (The tracer
@@ -1692,7 +1703,7 @@ def build_graph(model: nn.Module, example_inputs=(), example_kwargs: dict | None
     outs = flatten(output)
     if not outs:
         raise DepViewError(f"{type(model).__name__}.forward returned no tensors")
-    for path, t in outs:
+    for path, t in outs:  # (named so that output_path gives the path back)
         tracer.add_node([t], [], tracer.unique(f"output.{path}" if path else "output"),
                         OpType.OUTPUT, "", "output")
     # read again, not reused: the forward may have changed its input containers

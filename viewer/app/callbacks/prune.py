@@ -26,11 +26,11 @@ from viewer.core.prune import (
     batch_shapes,
     blind_note,
     floor_note,
-    output_path,
     run_failure,
     untraced_note,
 )
 from viewer.core.text import counted
+from viewer.core.trace import output_path
 
 from .. import charts, ids, styles
 from ..layout import OVERRIDE_SET_TITLE
