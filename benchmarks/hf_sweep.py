@@ -146,7 +146,9 @@ def _from_dir(model, dtype: str, folder: Path, torch, run: str | None = None):
 def run_one(name: str, factory, ratio: float, tf, torch, from_dir: str | None = None,
             run_dtype: str | None = None) -> dict:
     from viewer.core.export import check_dir, export_dir, load_pruned
-    from viewer.core.prune import Pruner, flatten, run
+    from viewer.core.forward import run
+    from viewer.core.prune import Pruner
+    from viewer.core.trace import flatten
 
     row: dict = {"model": name}
     torch.manual_seed(0)

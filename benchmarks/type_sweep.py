@@ -180,7 +180,7 @@ class _TimeoutError(BaseException):
 
 
 def _verdict(verification: dict) -> str:
-    from viewer.core.prune import masked_note
+    from viewer.core.verify import masked_note
 
     if masked_note(verification):  # (what makes prune and check exit 1)
         return "FAILED"

@@ -8,6 +8,7 @@ from functools import cache
 
 import pytest
 import torch
+from torch import nn
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -141,3 +142,56 @@ class Net(nn.Module):
         f = torch.relu(self.stem(x))
         return {"logits": self.head(f.mean((2, 3))), "features": f}
 """
+
+
+def validated(cls, *shape):
+    """A model of ``cls`` (seeded), an input of ``shape`` and its Pruner, validated."""
+    torch.manual_seed(0)
+    model, x = cls().eval(), torch.randn(*shape)
+    from viewer.core.prune import Pruner
+
+    p = Pruner(model, (x,))
+    p.validate_groups()
+    return model, x, p
+
+
+def tiny_pruner():
+    """Linear(4, 8), ReLU, Linear(8, 5) and its Pruner: one prunable group of 8 units."""
+    from viewer.core.prune import Pruner
+
+    m = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 5))
+    return Pruner(m.eval(), (torch.randn(2, 4),))
+
+
+class FeaturesAndLogits(nn.Module):
+    """A backbone that returns its feature map beside its logits (as a detector returns
+    its hidden states beside its boxes)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.block = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
+                                   nn.Conv2d(16, 8, 1))
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        f = self.stem(x)
+        f = f + self.block(f)
+        return {"logits": self.head(f.mean((2, 3))), "features": f}
+
+
+class TiedWidthNet(nn.Module):
+    def __init__(self, attention: type, c: int, layers: int = 2):
+        super().__init__()
+        self.embed = nn.Linear(5, c)
+        self.blocks = nn.ModuleList(attention(c) for _ in range(layers))
+        self.mlps = nn.ModuleList(nn.Sequential(nn.Linear(c, 2 * c), nn.ReLU(),
+                                                nn.Linear(2 * c, c)) for _ in range(layers))
+        self.head = nn.Linear(c, 3)
+
+    def forward(self, x):
+        x = self.embed(x)
+        for attn, mlp in zip(self.blocks, self.mlps, strict=True):
+            x = x + attn(x)
+            x = x + mlp(x)
+        return self.head(x)

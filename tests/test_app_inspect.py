@@ -389,7 +389,7 @@ def test_a_unit_span_that_differs_between_units_is_given_as_a_range():
 
 
 def test_a_group_the_preview_left_at_its_width_says_why(store):
-    from viewer.core.prune import Plan
+    from viewer.core.plan import Plan
 
     session = store.session("resnet")
     gid = cb.inspect(store, "resnet", _op("layer1.0.conv1")).group_value
@@ -558,7 +558,7 @@ def test_repeated_inexact_notes_collapse_into_one_line_per_kind():
 
 
 def test_the_units_a_preview_removes_are_a_short_line_with_every_unit_on_hover():
-    from viewer.core.prune import Plan
+    from viewer.core.plan import Plan
 
     s = SessionStore()
     load_entry(s, "vit", "demo:vit")

@@ -119,7 +119,7 @@ def test_apply_short_of_memory_refuses_or_masks_layer_by_layer_and_says_so(store
                                            r"[^;]*$"):  # (no round held: nothing to free)
         cb.apply_round(store, "sid", SETTINGS)
     assert len(session.stages) == 1
-    from viewer.core.prune import pruned_bytes
+    from viewer.core.materialize import pruned_bytes
 
     p = session.stage.pruner
     need = pruned_bytes(p.model, p.changes(p.plan(0.5, "l1")))  # (the plan Apply makes)
@@ -153,10 +153,10 @@ def test_no_room_to_run_the_applied_model_is_a_memory_line_with_the_pages_hint(s
                                                                               monkeypatch):
     # it said "the pruned model fails to run: RuntimeError: DefaultCPUAllocator: ...", as
     # if the pruning were wrong, and named nothing that frees memory
-    import viewer.core.prune as prune_mod
+    import viewer.core.verify as verify_mod
 
     cb.apply_round(store, "sid", SETTINGS)
-    real_run = prune_mod.run
+    real_run = verify_mod.run
 
     def run(model, inputs):
         if sys._getframe(1).f_code.co_name == "verify":
@@ -164,7 +164,7 @@ def test_no_room_to_run_the_applied_model_is_a_memory_line_with_the_pages_hint(s
                                "allocate 1024 bytes.")
         return real_run(model, inputs)
 
-    monkeypatch.setattr(prune_mod, "run", run)
+    monkeypatch.setattr(verify_mod, "run", run)
     with pytest.raises(DepViewError) as err:
         cb.apply_round(store, "sid", SETTINGS)
     assert str(err.value).startswith(

@@ -579,7 +579,7 @@ def test_no_room_to_run_the_pruned_model_is_said_as_memory_not_as_a_failure(tmp_
     # it said "the pruned model fails to run: RuntimeError: DefaultCPUAllocator: ..." and
     # check "FAILED: ... forward failed": read as a pruning bug
     import viewer.core.export as export_mod
-    import viewer.core.prune as prune_mod
+    import viewer.core.verify as verify_mod
     from viewer.cli import main
 
     def no_room_in(caller, real_run):
@@ -591,7 +591,7 @@ def test_no_room_to_run_the_pruned_model_is_said_as_memory_not_as_a_failure(tmp_
         return run
 
     out = tmp_path / "out"
-    monkeypatch.setattr(prune_mod, "run", no_room_in("verify", prune_mod.run))
+    monkeypatch.setattr(verify_mod, "run", no_room_in("verify", verify_mod.run))
     assert main(["prune", "demo:cnn", "--ratio", "0.5", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert err == ("error: not enough memory to run the pruned model (RuntimeError: "

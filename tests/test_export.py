@@ -15,7 +15,8 @@ from viewer.core.export import (
     write_zip,
     zip_dir,
 )
-from viewer.core.prune import Plan, Pruner
+from viewer.core.plan import Plan
+from viewer.core.prune import Pruner
 from viewer.core.spec import load_model
 
 

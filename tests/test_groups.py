@@ -531,7 +531,8 @@ class DimOps(nn.Module):
 ])
 def test_ops_that_mix_or_move_positions_along_a_dim(op, dim, expect):
     # They keep shapes, so the broadcasting rule alone would call them channel-preserving.
-    from viewer.core.prune import Plan, Pruner
+    from viewer.core.plan import Plan
+    from viewer.core.prune import Pruner
 
     torch.manual_seed(0)
     model, x = DimOps(op, dim).eval(), torch.randn(1, 3, 4, 4)
@@ -573,7 +574,8 @@ class Shuffled(nn.Module):
 def test_channel_shuffle_keeps_its_groups_equal_as_the_same_shuffle_by_hand_does():
     # was blocked ("moves positions along the pruned dim"); the oracle is the view/transpose
     # form, which the reshape and permute rules already followed
-    from viewer.core.prune import Plan, Pruner
+    from viewer.core.plan import Plan
+    from viewer.core.prune import Pruner
 
     torch.manual_seed(0)
     x = torch.randn(1, 3, 4, 4)
@@ -632,7 +634,8 @@ class Positions(nn.Module):
 def test_ops_that_return_positions_along_the_pruned_dim_block_it(op, dim, expect):
     # A wrapper returning net(x).argmax(-1) had its classes cut from 10 to 7: the class ids
     # it returned named other classes, silently.
-    from viewer.core.prune import Plan, Pruner
+    from viewer.core.plan import Plan
+    from viewer.core.prune import Pruner
 
     torch.manual_seed(0)
     model, x = Positions(op, dim).eval(), torch.randn(5, 3)
@@ -658,7 +661,8 @@ def test_ops_that_return_positions_along_the_pruned_dim_block_it(op, dim, expect
 def test_max_of_two_tensors_couples_their_channels(op):
     # torch.max(a, b) was taken for a reduction of a alone: b's layer was another group, and
     # either group pruned alone failed ("The size of tensor a (5) must match ... (6)")
-    from viewer.core.prune import Plan, Pruner
+    from viewer.core.plan import Plan
+    from viewer.core.prune import Pruner
 
     class TwoBranch(nn.Module):
         def __init__(self):
@@ -771,7 +775,8 @@ class Copies(nn.Module):
 
 
 def test_repeat_and_repeat_interleave_copy_channels_exactly():
-    from viewer.core.prune import Plan, Pruner
+    from viewer.core.plan import Plan
+    from viewer.core.prune import Pruner
 
     torch.manual_seed(0)
     model, x = Copies().eval(), (torch.randn(1, 3, 4, 4), torch.randn(2, 5, 16))
@@ -813,7 +818,8 @@ def test_repeat_interleave_of_one_group_broadcasts_and_heads_stay_units():
     # It broadcasts now, as expand does. And the view split at the head dims (the default:
     # the larger) met dt's whole heads, which merged every head into one unit beside the
     # state dims: such a lumped group is searched again split at whole heads
-    from viewer.core.prune import Plan, Pruner
+    from viewer.core.plan import Plan
+    from viewer.core.prune import Pruner
 
     torch.manual_seed(0)
     model, t = OneGroupScan().eval(), torch.randn(1, 3, 8)
@@ -862,7 +868,8 @@ def test_stacked_expert_weights_prune_their_hidden_units_in_every_expert():
     # the contracted dim reached the matmul through a view and an index, which the search
     # for such dims did not follow; and the view's -1 made the experts the units, which the
     # tensor index blocks: the hidden units (the inner dim) prune instead
-    from viewer.core.prune import Plan, Pruner
+    from viewer.core.plan import Plan
+    from viewer.core.prune import Pruner
 
     torch.manual_seed(0)
     model, x = StackedExperts().eval(), torch.randn(5, 8)
@@ -902,7 +909,8 @@ class TinyVLM(nn.Module):
 def test_masked_scatter_couples_the_written_rows_hidden_dim():
     # it was an unknown elementwise op that blocked the text stream of every VLM: "changes
     # shape in a way DepView does not model"
-    from viewer.core.prune import Plan, Pruner
+    from viewer.core.plan import Plan
+    from viewer.core.prune import Pruner
 
     torch.manual_seed(0)
     ids, patches = torch.tensor([[9, 9, 1, 2, 3, 4]]), torch.randn(2, 6)
@@ -952,7 +960,8 @@ class Solved(nn.Module):
 def test_solve_triangular_keeps_the_dim_it_solves_position_by_position(how):
     # it was an unknown elementwise op that blocked: "changes shape in a way DepView does
     # not model"
-    from viewer.core.prune import Plan, Pruner
+    from viewer.core.plan import Plan
+    from viewer.core.prune import Pruner
 
     torch.manual_seed(0)
     p = Pruner(Solved(how).eval(), (torch.randn(1, 6, 5),))
@@ -1228,7 +1237,8 @@ def test_a_transposed_conv_with_one_input_channel_per_group_loses_whole_groups(
         mult, tmp_path, monkeypatch):
     # it was "one output channel per group: removing one would remove a group" (blocked)
     from viewer.core.export import export_dir, load_pruned
-    from viewer.core.prune import Plan, Pruner
+    from viewer.core.plan import Plan
+    from viewer.core.prune import Pruner
     from viewer.core.spec import load_model
 
     (tmp_path / "up.py").write_text(UPSAMPLER)
@@ -1296,7 +1306,8 @@ def test_a_functional_embedding_hands_its_width_to_the_table_columns(bag, tied, 
                                                                       monkeypatch):
     # it was "a functional embedding call; DepView prunes layers called as modules"
     from viewer.core.export import export_dir, load_pruned
-    from viewer.core.prune import Plan, Pruner
+    from viewer.core.plan import Plan
+    from viewer.core.prune import Pruner
     from viewer.core.spec import load_model
 
     (tmp_path / "table.py").write_text(FUNCTIONAL_EMBEDDING)
@@ -1370,7 +1381,8 @@ def test_an_unread_buffer_beside_a_cut_tensor_of_its_shape_is_cut_with_it(tmp_pa
     # embed, and I-BERT's weight_integer beside its weight: from_pretrained of such a
     # checkpoint refuses it, the code that reads them fails
     from viewer.core.export import export_dir, load_pruned
-    from viewer.core.prune import Plan, Pruner
+    from viewer.core.plan import Plan
+    from viewer.core.prune import Pruner
     from viewer.core.spec import load_model
 
     (tmp_path / "vq.py").write_text(CODEBOOK)
@@ -1724,7 +1736,8 @@ class Seq2Seq(nn.Module):
 
 
 def test_an_rnn_initial_state_from_another_rnn_couples_their_hidden_units():
-    from viewer.core.prune import Plan, Pruner
+    from viewer.core.plan import Plan
+    from viewer.core.prune import Pruner
 
     torch.manual_seed(0)
     model = Seq2Seq().eval()
@@ -1761,7 +1774,8 @@ class FunctionalNorms(nn.Module):
 
 
 def test_functional_layer_norm_weights_join_the_group_of_their_input():
-    from viewer.core.prune import Plan, Pruner
+    from viewer.core.plan import Plan
+    from viewer.core.prune import Pruner
 
     torch.manual_seed(0)
     model, x = FunctionalNorms().eval(), torch.randn(3, 8)
@@ -1790,7 +1804,8 @@ _NO_AFFINE = {
 def test_a_norm_without_weights_shrinks_its_normalized_shape(norm):
     # A weight-less LayerNorm was no member of its group: its normalized_shape kept the old
     # width and the group was blocked ("Given normalized_shape=[32] ... got [2, 31]")
-    from viewer.core.prune import Plan, Pruner
+    from viewer.core.plan import Plan
+    from viewer.core.prune import Pruner
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 32), _NO_AFFINE[norm](32), nn.Linear(32, 4)).eval()
@@ -1836,7 +1851,8 @@ class FunctionalConvs(nn.Module):
 
 
 def test_a_functional_conv_prunes_the_tensors_it_is_given():
-    from viewer.core.prune import Plan, Pruner
+    from viewer.core.plan import Plan
+    from viewer.core.prune import Pruner
 
     torch.manual_seed(0)
     model, x = FunctionalConvs().eval(), torch.randn(2, 3, 6, 6)
@@ -2105,7 +2121,8 @@ class ChunkReachedFromItsParts(nn.Module):
 
 
 def test_a_chunk_reached_from_a_later_part_keeps_that_parts_positions():
-    from viewer.core.prune import Plan, Pruner
+    from viewer.core.plan import Plan
+    from viewer.core.prune import Pruner
 
     torch.manual_seed(0)
     m, x = ChunkReachedFromItsParts().eval(), torch.randn(2, 4)
@@ -2143,7 +2160,8 @@ class CrossAttention(nn.Module):
 def test_mha_with_its_own_key_width_prunes_the_memory_through_its_key_and_value_weights():
     # was blocked ("kdim/vdim different from embed_dim: not supported"), and so was every
     # group reaching the attention
-    from viewer.core.prune import Plan, Pruner
+    from viewer.core.plan import Plan
+    from viewer.core.prune import Pruner
 
     torch.manual_seed(0)
     model, inputs = CrossAttention().eval(), (torch.randn(2, 7, 6), torch.randn(2, 3, 6))
@@ -2168,7 +2186,8 @@ def test_mha_with_its_own_key_width_prunes_the_memory_through_its_key_and_value_
 
 
 def test_mha_with_its_own_key_width_loses_query_heads_dims_with_its_stream():
-    from viewer.core.prune import Plan, Pruner
+    from viewer.core.plan import Plan
+    from viewer.core.prune import Pruner
 
     torch.manual_seed(0)
     model = CrossAttention(residual=True).eval()
@@ -2219,7 +2238,8 @@ class KANLayer(nn.Module):
 
 @pytest.mark.parametrize("cls, weight, dim", [(OutInWeight, "W", 0), (KANLayer, "coeffs", 1)])
 def test_a_bare_weight_creates_channels_along_a_dim_that_is_not_its_last(cls, weight, dim):
-    from viewer.core.prune import Plan, Pruner
+    from viewer.core.plan import Plan
+    from viewer.core.prune import Pruner
 
     torch.manual_seed(0)
     m, x = cls().eval(), torch.randn(3, 4)
@@ -2284,7 +2304,8 @@ class FunctionalDepthwise(nn.Module):
 
 
 def test_a_functional_depthwise_conv_prunes_its_channels_and_its_layer_follows():
-    from viewer.core.prune import Plan, Pruner
+    from viewer.core.plan import Plan
+    from viewer.core.prune import Pruner
 
     torch.manual_seed(0)
     p = Pruner(FunctionalDepthwise().eval(), (torch.randn(2, 6, 4),))
@@ -2370,7 +2391,8 @@ class SegNet(nn.Module):
 def test_max_unpool_indices_keep_the_channels_of_the_pooled_values(how):
     # The encoder's group was blocked by its own probe: "Expected shape of indices to be same
     # as that of the input tensor"; the indices are positions within each channel's plane
-    from viewer.core.prune import Plan, Pruner
+    from viewer.core.plan import Plan
+    from viewer.core.prune import Pruner
 
     torch.manual_seed(0)
     model, x = SegNet(how).eval(), torch.randn(2, 3, 8, 8)
@@ -2473,7 +2495,8 @@ class AddmmMLP(nn.Module):
 def test_an_addmm_bias_is_one_group_with_the_matrix_columns_and_the_output(how):
     # The group rooted at b1 of addmm(b1, x, w1) held b1 and w2's rows but not w1's columns:
     # listed prunable, and its pruned model failed
-    from viewer.core.prune import Plan, Pruner
+    from viewer.core.plan import Plan
+    from viewer.core.prune import Pruner
 
     torch.manual_seed(0)
     x = torch.randn(2, 6, 5) if how == "conv1d" else torch.randn(2, 10)
@@ -2519,7 +2542,8 @@ class UnseenSlice(nn.Module):
 
 @pytest.mark.parametrize("how", ["prehook", "script", "numpy"])
 def test_channels_read_by_code_the_trace_cannot_see_block_their_group(how):
-    from viewer.core.prune import Plan, Pruner
+    from viewer.core.plan import Plan
+    from viewer.core.prune import Pruner
 
     torch.manual_seed(0)
     m = UnseenSlice(how).eval()
@@ -2654,7 +2678,8 @@ class PatchNet(nn.Module):
 
 def test_unfold_and_fold_map_each_channel_to_its_k_by_k_patch_rows():
     # F.unfold was an unknown op: every group through it was blocked ("changes shape")
-    from viewer.core.prune import Plan, Pruner
+    from viewer.core.plan import Plan
+    from viewer.core.prune import Pruner
 
     torch.manual_seed(0)
     m, x = PatchNet().eval(), torch.randn(2, 3, 8, 8)

@@ -10,7 +10,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 transformers = pytest.importorskip("transformers")
 
 from viewer.core.export import export_dir, load_pruned  # noqa: E402
-from viewer.core.prune import Plan, Pruner  # noqa: E402
+from viewer.core.plan import Plan  # noqa: E402
+from viewer.core.prune import Pruner  # noqa: E402
 from viewer.core.trace import build_graph  # noqa: E402
 
 pytestmark = pytest.mark.hf
@@ -373,7 +374,9 @@ def test_hf_masked_layer_by_layer_computes_what_the_masked_copy_does(factory):
     # masked equivalence of a model too large for a masked copy makes each layer's masked
     # weights as it runs: on real architectures (a tied LM head, fused 3-D experts, rotary
     # tables, attention masks built from the weights' dtype) the same outputs, bit for bit
-    from viewer.core.prune import _read_unmade, flatten, layer_by_layer, run
+    from viewer.core.forward import run
+    from viewer.core.trace import flatten
+    from viewer.core.verify import _read_unmade, layer_by_layer
 
     torch.manual_seed(0)
     model, inputs = factory()
@@ -569,10 +572,10 @@ def test_hf_falcon_new_decoder_architecture_prunes_whole_kv_groups(monkeypatch):
             diff = (pruned(**inputs).logits - p.masked_model(plan)(**inputs).logits).abs()
         assert diff.max() < 1e-6
     # plan() validates again: the blocked groups' alternatives are not searched again
-    import viewer.core.prune as prune_mod
+    import viewer.core.validate as validate_mod
 
     searched = []
-    monkeypatch.setattr(prune_mod, "outer_alternative",
+    monkeypatch.setattr(validate_mod, "outer_alternative",
                         lambda *a, **k: searched.append(a) or None)
     p.plan(0.3)
     assert not searched
@@ -1106,11 +1109,11 @@ def test_hf_validation_on_meta_finds_what_real_probes_find(factory, monkeypatch)
     """Models above 16 MB validate on meta, where one validation's traces share their calls'
     results (also inside atomic layers): the same groups must come out blocked, with the
     same reasons, and the same stored sizes found, as when every probe runs for real."""
-    import viewer.core.prune as prune_mod
+    import viewer.core.validate as validate_mod
 
     found = []
-    for limit in (prune_mod.REAL_PROBE_BYTES, 0):  # these small configs: real, then meta
-        monkeypatch.setattr(prune_mod, "REAL_PROBE_BYTES", limit)
+    for limit in (validate_mod.REAL_PROBE_BYTES, 0):  # these small configs: real, then meta
+        monkeypatch.setattr(validate_mod, "REAL_PROBE_BYTES", limit)
         torch.manual_seed(0)  # a fresh model: LeViT caches its attention biases on a run
         model, inputs = factory()
         p = Pruner(model.eval(), inputs)

@@ -97,7 +97,7 @@ def _cnn():
 
 
 def test_apply_without_room_for_the_pruned_copy_is_one_line_and_changes_nothing(monkeypatch):
-    from viewer.core.prune import pruned_bytes
+    from viewer.core.materialize import pruned_bytes
 
     lm, p = _cnn()
     plan = p.plan(0.5, "l1")
@@ -113,7 +113,7 @@ def test_apply_without_room_for_the_pruned_copy_is_one_line_and_changes_nothing(
 
 
 def test_masked_equivalence_without_room_for_its_copy_masks_layer_by_layer(monkeypatch):
-    from viewer.core.prune import layer_by_layer, masked_note, memory_note
+    from viewer.core.verify import layer_by_layer, masked_note, memory_note
 
     lm, p = _cnn()
     plan = p.plan(0.5, "l1")
@@ -137,7 +137,7 @@ def test_masked_equivalence_without_room_for_its_copy_masks_layer_by_layer(monke
 
 def test_masked_equivalence_without_room_even_layer_by_layer_is_skipped_and_said(
         monkeypatch):
-    from viewer.core.prune import layer_by_layer, masked_note, memory_note
+    from viewer.core.verify import layer_by_layer, masked_note, memory_note
 
     lm, p = _cnn()
     plan = p.plan(0.5, "l1")
@@ -159,8 +159,11 @@ def test_masked_equivalence_without_room_even_layer_by_layer_is_skipped_and_said
 def test_the_exact_groups_alone_check_masks_by_layer_or_is_skipped_without_room(monkeypatch):
     # a transformer's residual stream is inexact: its exact groups are checked pruned alone,
     # which needs a pruned copy and a masked copy (or room to mask it layer by layer)
-    from viewer.core.prune import Plan, Pruner, masked_note, memory_note, pruned_bytes
+    from viewer.core.materialize import pruned_bytes
+    from viewer.core.plan import Plan
+    from viewer.core.prune import Pruner
     from viewer.core.spec import load_model
+    from viewer.core.verify import masked_note, memory_note
 
     lm = load_model("demo:llama")
     p = Pruner(lm.model, lm.inputs, output_layers=lm.output_layers)
@@ -229,7 +232,7 @@ def test_a_config_is_left_unfitted_without_room_to_check_it(monkeypatch):
 def test_prune_says_on_its_line_that_masked_equivalence_was_not_checked(tmp_path,
                                                                        monkeypatch, capsys):
     from viewer.cli import main
-    from viewer.core.prune import pruned_bytes
+    from viewer.core.materialize import pruned_bytes
 
     lm, p = _cnn()  # the CLI's plan, computed here for its size
     need = pruned_bytes(lm.model, p.changes(p.plan(0.5, "l1")))
@@ -246,7 +249,8 @@ def test_the_masked_check_shares_the_parameters_no_cut_touches_and_changes_none(
     # a plan that leaves the embeddings alone (only the MLPs' hidden units): the masked copy
     # the check runs shares them with the original instead of copying them, and needs less
     transformers = pytest.importorskip("transformers")
-    from viewer.core.prune import Plan, Pruner
+    from viewer.core.plan import Plan
+    from viewer.core.prune import Pruner
 
     torch.manual_seed(0)
     model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
@@ -284,9 +288,9 @@ def test_out_of_memory_is_an_allocation_the_machine_could_make_with_more_room():
 
 def _real_probes_out_of_memory(monkeypatch):
     """Every validation probe that runs the pruned copy on real tensors fails to allocate."""
-    import viewer.core.prune as prune_mod
+    import viewer.core.validate as validate_mod
 
-    real_build = prune_mod.build_graph
+    real_build = validate_mod.build_graph
 
     def build(model, inputs, *a, **k):
         flat = inputs.values() if isinstance(inputs, dict) else inputs
@@ -295,7 +299,7 @@ def _real_probes_out_of_memory(monkeypatch):
                 "DefaultCPUAllocator: can't allocate memory: you tried to allocate 1024 bytes.")
         return real_build(model, inputs, *a, **k)
 
-    monkeypatch.setattr(prune_mod, "build_graph", build)
+    monkeypatch.setattr(validate_mod, "build_graph", build)
 
 
 def test_a_validation_probe_short_of_memory_runs_on_meta_or_stops_with_one_line(monkeypatch):

@@ -7,8 +7,11 @@ import torch
 from torch import nn
 
 from viewer.core.export import export_dir
+from viewer.core.forward import run
+from viewer.core.materialize import attr_changes
 from viewer.core.modelconfig import build_from_config, config_note, fit_config
-from viewer.core.prune import Pruner, attr_changes, flatten, run
+from viewer.core.prune import Pruner
+from viewer.core.trace import flatten
 
 
 class Config:

@@ -12,7 +12,8 @@ from torch import nn
 
 from viewer import load_pruned
 from viewer.core.export import check_dir, export_dir
-from viewer.core.prune import Plan, Pruner
+from viewer.core.plan import Plan
+from viewer.core.prune import Pruner
 from viewer.core.prunemask import masked_names
 from viewer.core.spec import load_model
 from viewer.core.trace import build_graph

@@ -16,9 +16,11 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from viewer import load_pruned
 from viewer.core.export import check_dir, export_dir
-from viewer.core.prune import Pruner, layer_by_layer, run
+from viewer.core.forward import run
+from viewer.core.prune import Pruner
 from viewer.core.spec import load_model
 from viewer.core.spectralnorm import columns, sigma, spectral_norm_names, spectral_norms
+from viewer.core.verify import layer_by_layer
 
 
 class Disc(nn.Module):

@@ -8,9 +8,11 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrizations, parametrize
 
-from viewer.core.prune import Pruner, layer_by_layer, run
+from viewer.core.forward import run
+from viewer.core.prune import Pruner
 from viewer.core.spec import load_model
 from viewer.core.trace import flatten
+from viewer.core.verify import layer_by_layer
 from viewer.core.weightnorm import g_after_cut, weight_norm_names, weight_norms, weight_of
 
 old_weight_norm = pytest.mark.filterwarnings(

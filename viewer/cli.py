@@ -103,7 +103,7 @@ def cmd_groups(args) -> int:
     pruner = _pruner(args, lm, validate=not args.no_validate)
     if not args.no_validate:  # on meta too: validation runs its forwards on meta
         pruner.validate_groups()
-    from .core.prune import parse_ignore
+    from .core.plan import parse_ignore
 
     ignore = parse_ignore(args.ignore)
     pruner.check_names(ignore, {})
@@ -122,14 +122,8 @@ def cmd_groups(args) -> int:
 def cmd_prune(args) -> int:
     from .core.export import check_out_dir, export_dir
     from .core.modelconfig import config_note
-    from .core.prune import (
-        blind_note,
-        floor_note,
-        masked_note,
-        memory_note,
-        run_failure,
-        untraced_note,
-    )
+    from .core.prune import floor_note
+    from .core.verify import blind_note, masked_note, memory_note, run_failure, untraced_note
 
     if args.device == "meta":
         raise DepViewError("prune needs real weights: use --device cpu")
@@ -221,7 +215,7 @@ def _bn_note(plan) -> str:
 
 def cmd_check(args) -> int:
     from .core.export import check_dir
-    from .core.prune import blind_note, masked_note, memory_note, untraced_note
+    from .core.verify import blind_note, masked_note, memory_note, untraced_note
 
     if not args.dir.strip():  # an unset $VAR: not the current directory
         raise DepViewError("check needs an export directory, got an empty path")

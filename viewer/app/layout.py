@@ -9,7 +9,7 @@ from __future__ import annotations
 import dash_cytoscape as cyto
 from dash import dcc, html
 
-from viewer.core.prune import IMPORTANCE
+from viewer.core.plan import IMPORTANCE
 
 from . import charts, ids
 from .callbacks.common import MAX_UPLOAD

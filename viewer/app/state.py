@@ -26,7 +26,8 @@ from torch import nn
 from viewer.core.errors import DepViewError
 from viewer.core.graph import Graph
 from viewer.core.memory import gigabytes, tensor_bytes
-from viewer.core.prune import Plan, Pruner
+from viewer.core.plan import Plan
+from viewer.core.prune import Pruner
 from viewer.core.text import counted
 from viewer.core.trace import build_graph
 

@@ -5,7 +5,8 @@ from .export import check_dir, export_dir, load_pruned
 from .graph import Edge, Graph, Node
 from .groups import Group, all_groups, group_of
 from .optypes import OpGroup, OpType, classify, register_layer, unregister_layer
-from .prune import Plan, Pruner
+from .plan import Plan
+from .prune import Pruner
 from .spec import LoadedModel, load_model
 from .trace import build_graph
 

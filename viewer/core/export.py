@@ -38,21 +38,14 @@ import torch
 from torch import nn
 
 from .errors import DepViewError
+from .forward import run
 from .handlers import REFRESH, SELF_DESCRIBING
+from .materialize import attr_changes, get_attr, refresh_computed_weights, set_attr, tensor_lookup
 from .memory import out_of_memory
-from .modelconfig import build_from_config, state_shapes
+from .modelconfig import build_from_config, held_config, state_shapes
 from .optypes import classify
-from .prune import (
-    Plan,
-    Pruner,
-    _tensor_lookup,
-    attr_changes,
-    get_attr,
-    held_config,
-    refresh_computed_weights,
-    run,
-    set_attr,
-)
+from .plan import Plan
+from .prune import Pruner
 from .spec import (
     HALF_DTYPES,
     LoadedModel,
@@ -689,7 +682,7 @@ def _check_kept(key: str, d, kept, shape) -> None:
 def reshape_like_plan(model: nn.Module, plan: dict) -> nn.Module:
     """Slice a freshly built original model's tensors as plan.json says and set the changed
     attributes, in place. Weights are loaded afterwards."""
-    table = _tensor_lookup(model)
+    table = tensor_lookup(model)
     done: dict[int, torch.Tensor] = {}
     with torch.no_grad():
         for key, dims in plan.get("tensors", {}).items():
@@ -809,7 +802,7 @@ def rebuild(path: str | Path, search: bool = True, originals: dict | None = None
     if originals is not None and "unavailable" not in originals:
         # (no copies: reshape_like_plan puts new tensors in the model and leaves these be; a
         # copy of a 7B model's cut tensors took 13 GB more)
-        table = _tensor_lookup(lm.model)
+        table = tensor_lookup(lm.model)
         originals.update({k: table[k][2].detach() for k in plan.get("tensors", {})
                           if k in table})
         # (a g rescaled but not cut keeps its tensor, which the weights are loaded into:
@@ -1025,7 +1018,7 @@ def check_dir(path: str | Path, spec: str | None = None) -> dict:
         notes.append(f"{originals['unavailable']}: kept indices not checked")
     else:
         # (by name, not by state_dict: a non-persistent buffer read once is cut too)
-        now = _tensor_lookup(model)
+        now = tensor_lookup(model)
         renorm = _renormalized(plan)
         bad = [k for k, dims in plan.get("tensors", {}).items() if k in originals and
                k not in renorm and not torch.equal(_kept_of(originals[k], dims), now[k][2])]

@@ -41,7 +41,8 @@ from viewer.core.meta import (
     meta_to_dict,
 )
 from viewer.core.optypes import STYLES, OpType
-from viewer.core.prune import IGNORE_SIDES, Pruner
+from viewer.core.plan import IGNORE_SIDES
+from viewer.core.prune import Pruner
 from viewer.core.trace import output_nodes, output_path
 
 from .. import ids, styles

@@ -14,23 +14,16 @@ from dash import Input, Output, State, ctx, html, no_update
 
 from viewer.core.errors import DepViewError
 from viewer.core.export import round_entry
+from viewer.core.forward import batch_shapes
 from viewer.core.groups import units_are_heads
 from viewer.core.memory import MemoryShortError
 from viewer.core.modelconfig import config_note
 from viewer.core.optypes import OpType
-from viewer.core.prune import (
-    IGNORE_SIDES,
-    IMPORTANCE,
-    SIDE_WORDS,
-    Plan,
-    batch_shapes,
-    blind_note,
-    floor_note,
-    run_failure,
-    untraced_note,
-)
+from viewer.core.plan import IGNORE_SIDES, IMPORTANCE, SIDE_WORDS, Plan
+from viewer.core.prune import floor_note
 from viewer.core.text import counted
 from viewer.core.trace import output_path
+from viewer.core.verify import blind_note, run_failure, untraced_note
 
 from .. import charts, ids, styles
 from ..layout import OVERRIDE_SET_TITLE
@@ -97,7 +90,7 @@ def make_plan(session: Session, settings: dict) -> Plan:
 def load_batch(store: SessionStore, sid: str, contents: str, filename: str | None) -> str:
     """Keep an uploaded ``.safetensors`` batch for the Taylor importance, after checking that
     the current model runs on it. A batch that does not fit leaves the previous one in use."""
-    from viewer.core.prune import run
+    from viewer.core.forward import run
     from viewer.core.spec import batch_from_safetensors
 
     name = filename or "the upload"

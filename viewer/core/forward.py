@@ -1,0 +1,140 @@
+"""Running a model on its example inputs: input copies, meta stand-ins, FLOPs
+(``FlopCounterMode``) and first-order Taylor gradients."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from .errors import DepViewError
+from .materialize import tree_copy
+from .memory import check_room, tensor_bytes
+from .trace import eval_mode, flatten
+
+
+def is_real(model: nn.Module) -> bool:
+    """Does ``model`` hold data (its parameters are not on the meta device)?"""
+    p = next(iter(model.parameters()), None)
+    return p is None or p.device.type != "meta"
+
+
+def _each_tensor(inputs, fn):
+    """``inputs`` (a tuple, or a dict of keyword inputs) with ``fn`` applied to each tensor."""
+    def conv(t):
+        return fn(t) if isinstance(t, torch.Tensor) else t
+    if isinstance(inputs, dict):
+        return {k: conv(v) for k, v in inputs.items()}
+    return tuple(conv(t) for t in inputs)
+
+
+def copy_inputs(inputs):
+    """The example inputs cloned: a probe's forward may change its inputs in place."""
+    return _each_tensor(inputs, torch.Tensor.clone)
+
+
+def inputs_on_meta(inputs):
+    """Meta stand-ins of the example inputs: same shapes and dtypes, no data."""
+    return _each_tensor(inputs, lambda t: torch.empty_like(t, device="meta"))
+
+
+def run(model: nn.Module, inputs):
+    """``model`` on (a copy of) ``inputs``, in eval mode: a forward that changes its input in
+    place must not change what the next run is compared on. Random numbers drawn inside the
+    forward (ViT-MAE's masking noise) are drawn from one fixed seed, so the original, pruned
+    and masked models draw the same ones; the caller's random state is left as it was."""
+    inputs = copy_inputs(inputs)
+    with torch.no_grad(), eval_mode(model), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        if isinstance(inputs, dict):
+            return model(**inputs)
+        return model(*inputs)
+
+
+def _grouped_mm_flops(a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of ``aten._grouped_mm``, which FlopCounterMode does not count: each output
+    element is a dot product over K, except that a 2-D @ 2-D product split along K by
+    ``offs`` (one output slab per group) spends K on all its slabs together."""
+    flops = 2 * a_shape[-1] * math.prod(out_shape)
+    return flops // out_shape[0] if len(a_shape) == 2 and len(b_shape) == 2 else flops
+
+
+#: Ops FlopCounterMode has no formula for (mixture-of-experts layers call grouped_mm).
+_EXTRA_FLOPS = {op: fn for op, fn in
+                [(getattr(torch.ops.aten, "_grouped_mm", None), _grouped_mm_flops)] if op}
+
+
+def count(model: nn.Module, inputs) -> dict:
+    """Parameters (unique tensors) and MACs of one forward (FlopCounterMode FLOPs / 2).
+    ``model`` is a copy: its parameters stop requiring grad (FlopCounterMode's module tracker
+    hooks every tensor that requires grad, and a view of a parameter made under no_grad, as
+    ``latents.expand(b, -1, -1)``, requires grad without a grad_fn: it asserts)."""
+    model.requires_grad_(False)
+    params = sum(p.numel() for p in model.parameters())
+    counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOPS)
+    with counter:
+        run(model, inputs)
+    return {"params": int(params), "macs": int(counter.get_total_flops() // 2)}
+
+
+def batch_shapes(inputs) -> list | dict:
+    """Input shapes, to record (and show) which batch a plan was scored on."""
+    if isinstance(inputs, torch.Tensor):
+        inputs = (inputs,)
+    if isinstance(inputs, dict):
+        return {k: list(getattr(v, "shape", ())) for k, v in inputs.items()}
+    return [list(getattr(v, "shape", ())) for v in inputs]
+
+
+def _own_loss(out) -> torch.Tensor | None:
+    """A scalar ``loss`` the model returned (attribute or key), if it has a gradient."""
+    loss = out.get("loss") if isinstance(out, Mapping) else getattr(out, "loss", None)
+    if isinstance(loss, torch.Tensor) and loss.ndim == 0 and loss.requires_grad:
+        return loss
+    return None
+
+
+def taylor_grads(model: nn.Module, inputs) -> dict[str, torch.Tensor]:
+    """Gradients of a loss for first-order Taylor scores: the model's own ``loss`` output
+    when it returns one (a Hugging Face model given ``labels``), else a surrogate, the mean
+    of the squared outputs.
+
+    The model itself is not changed (a copy runs the backward pass)."""
+    need = 2 * tensor_bytes(model)
+    check_room(need, "Taylor importance (a copy of the model and its gradients)",
+               "use l1, l2 or bn, which need no copy")
+    m = tree_copy(model, {})
+    m.zero_grad(set_to_none=True)
+    for p in m.parameters():  # frozen weights (fine-tuning a head) are scored too
+        if p.is_floating_point():
+            p.requires_grad_(True)
+    if isinstance(inputs, torch.Tensor):
+        inputs = (inputs,)
+    given = inputs.values() if isinstance(inputs, dict) else inputs
+    if any(isinstance(t, torch.Tensor) and t.numel() == 0 for t in given):
+        raise DepViewError("Taylor importance: the batch is empty (a tensor with 0 elements)")
+    try:
+        with torch.enable_grad(), eval_mode(m):  # no dropout: the same batch, the same plan
+            out = m(*inputs) if not isinstance(inputs, dict) else m(**inputs)
+            loss = _own_loss(out)
+            if loss is None:
+                loss = sum(t.float().pow(2).mean() for _, t in flatten(out)
+                           if t.is_floating_point())
+            if not isinstance(loss, torch.Tensor) or not loss.requires_grad:
+                raise DepViewError("the model's outputs have no gradient to score units with")
+            loss.backward()
+    except DepViewError:
+        raise
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise DepViewError(f"Taylor importance: the model's forward and backward on the batch "
+                           f"failed: {type(exc).__name__}: {first}") from exc
+    grads = {k: p.grad.detach() for k, p in m.named_parameters() if p.grad is not None}
+    bad = next((k for k, g in grads.items() if not bool(g.isfinite().all())), None)
+    if bad is not None:
+        raise DepViewError(f"Taylor importance: the gradient of {bad} holds nan or inf (is the "
+                           "batch empty, or does it hold nan or inf?)")
+    return grads

@@ -1,0 +1,120 @@
+"""What a plan is: the units each group loses, the stored sizes that follow, and the
+names a user ignores (``NAME``, ``NAME:in``, ``NAME:out``, ``NAME:cell``)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from .errors import DepViewError
+from .graph import Node
+from .groups import Member
+from .handlers import cell_port
+
+IMPORTANCE = ("l1", "l2", "bn", "random", "taylor")
+
+
+@dataclass
+class Plan:
+    """Which units of which groups go. ``removed[group_id] = sorted unit ids``."""
+
+    removed: dict[int, list[int]]
+    settings: dict = field(default_factory=dict)
+    scores: dict[int, list[float]] = field(default_factory=dict)
+    skipped: dict[int, str] = field(default_factory=dict)  # group id -> why it was left alone
+
+    def to_dict(self) -> dict:
+        return {"settings": self.settings,
+                "removed": {str(k): v for k, v in self.removed.items()},
+                "skipped": {str(k): v for k, v in self.skipped.items()}}
+
+    @property
+    def n_removed(self) -> int:
+        return sum(len(v) for v in self.removed.values())
+
+
+@dataclass(frozen=True)
+class SizeAttr:
+    """A module attribute that a traced shape op read a fixed size from: GPT-2's
+    ``split_size`` (``split(self.split_size)``), BLOOM's ``head_dim`` (``view(b, s,
+    self.num_heads, 3, self.head_dim)``). Pruning that dim must set the attribute to the new size,
+    or the pruned model splits or reshapes by the old one. Found by validation, never guessed:
+    see :meth:`Pruner.validate_groups`. The new value is the new size of ``tensor`` (``size``
+    before pruning) divided by ``parts``. With ``sizes``, the attribute is a list (or tuple)
+    of a split's part sizes, ``torch.split(x, self.splits, 1)``: each becomes its part's kept
+    width."""
+
+    module: str  #: module path
+    attr: str
+    node: int  #: the split or reshape node
+    tensor: tuple[int, int, int]  #: the tensor dim whose size it is: (node, port, dim)
+    size: int
+    parts: int = 1
+    sizes: tuple[int, ...] = ()  #: a split's part sizes, when the attribute holds them all
+    #: the attribute is a list or tuple holding the size as its item ``index``
+    #: (``normalized_shape = (hidden,)``, ``nn.Unflatten``'s ``unflattened_size = (C, H, W)``)
+    boxed: bool = False
+    index: int = 0
+    #: the size is that of positions ``[lo, hi)`` of ``tensor``'s dim (a slice's bound or
+    #: width, Phi-3's ``qkv[..., :query_pos]``), not the whole dim: the new value counts the
+    #: kept ones there
+    span: tuple[int, int] | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.module}.{self.attr}" if self.module else self.attr
+
+
+IGNORE_SIDES = ("in", "out", "cell")  # what an ignore protects: NAME:in, NAME:out, NAME:cell
+
+SIDE_WORDS = {"in": "inputs", "out": "outputs", "cell": "cell units"}
+
+
+def parse_ignore(items) -> set[tuple[str, str]]:
+    """``["fc", "layer1.0.conv1:out"]`` -> {("fc", "in"), ("fc", "out"), ("fc", "cell"),
+    ("layer1.0.conv1", "out")}: a bare name ignores every side (``cell``: the cell units of an
+    LSTM with ``proj_size``, see :func:`ignore_side`)."""
+    out: set[tuple[str, str]] = set()
+    if isinstance(items, str):
+        items = [items]  # one name, not its letters
+    if items is not None and not isinstance(items, Iterable):
+        raise DepViewError(f"ignore is a list of layer names, got {items!r}")
+    for it in items or ():
+        if not isinstance(it, str):
+            raise DepViewError(f"ignore is a list of layer names, got {it!r} in it")
+        name, sep, side = it.rpartition(":")
+        if not sep or side not in IGNORE_SIDES:  # (a reused layer's calls are "fc:1")
+            name, side = it, ""
+        out |= {(name, s) for s in ([side] if side else IGNORE_SIDES)}
+    return out
+
+
+def ignore_strings(ignore: set[tuple[str, str]]) -> list[str]:
+    """The ignores as :func:`parse_ignore` reads them back, sorted: a name ignored on every
+    side is written bare (``plan.json``'s ``settings.ignore``)."""
+    sides: dict[str, set[str]] = defaultdict(set)
+    for name, side in ignore:
+        sides[name].add(side)
+    out: list[str] = []
+    for name, s in sides.items():
+        out += [name] if s >= set(IGNORE_SIDES) else [f"{name}:{side}" for side in s]
+    return sorted(out)
+
+
+def ignore_side(m: Member, node: Node) -> str:
+    """The side of member ``m`` (of ``node``) an ignore names: "in" for its input channels,
+    "cell" for an LSTM's cell units (``c_n``'s port, :func:`handlers.cell_port`: an LSTM with
+    ``proj_size``), "out" for its other outputs and for a bare parameter."""
+    if m.side == "in":
+        return "in"
+    return "cell" if m.port and m.port == cell_port(node) else "out"
+
+
+def is_ignored(m: Member, side: str, ignore: set[tuple[str, str]]) -> bool:
+    """Is ``side`` of member ``m`` ignored: its node or module named, or a module holding it
+    (``layer1.0`` protects ``layer1.0.conv1``)?"""
+    if (m.node_name, side) in ignore or (m.module, side) in ignore:
+        return True
+    parts = m.module.split(".")
+    return any((".".join(parts[:i]), side) in ignore for i in range(1, len(parts)))
