@@ -8,28 +8,9 @@ from conftest import ALL_DEMOS
 from torch import nn
 from torch.nn import functional as F
 
-from viewer.core.groups import all_groups, dim_groups, group_of, map_reshape, split_blocked
+from viewer.core.groups import all_groups, group_of, split_blocked
 from viewer.core.optypes import OpType
 from viewer.core.trace import build_graph
-
-
-def test_dim_groups():
-    assert dim_groups((2, 12, 5), (2, 3, 4, 5)) == [([0], [0]), ([1], [1, 2]), ([2], [3])]
-    assert dim_groups((1, 64, 4, 4), (1, 1024)) == [([0], [0]), ([1, 2, 3], [1])]
-
-
-def test_map_reshape_flatten_gives_hw_blocks():
-    d, u, p = map_reshape((1, 4, 2, 3), (1, 24), 1, np.array([0, 2]), np.array([1, 3]))
-    assert d == 1
-    assert p.tolist() == [6, 7, 8, 9, 10, 11, 18, 19, 20, 21, 22, 23]
-    assert u.tolist() == [0] * 6 + [2] * 6
-
-
-def test_map_reshape_head_split_uses_inferred_dim():
-    # D=8 -> (H=2, d=4) with H left to torch (-1): channels of one head land on one unit slot
-    d, u, p = map_reshape((1, 5, 8), (1, 5, 2, 4), 2, np.arange(8), np.arange(8), inferred=2)
-    assert d == 2 and p.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
-
 
 
 class _Parts(nn.Module):
@@ -1119,7 +1100,7 @@ def test_reshape_as_reads_only_the_shape_of_its_second_operand():
 
 
 def test_a_rule_that_fails_leaves_one_group_unprunable_and_the_others_standing(monkeypatch):
-    from viewer.core import groups as G
+    from viewer.core import rules as G
     from viewer.core.optypes import OpType
 
     g = build_graph(ReshapeAs().eval(), torch.randn(2, 3, 6))

@@ -3,7 +3,6 @@ import torch
 from torch import nn
 
 from viewer.core import optypes
-from viewer.core.groups import RULES
 from viewer.core.handlers import CUTS, REFRESH
 from viewer.core.optypes import (
     STYLES,
@@ -13,6 +12,7 @@ from viewer.core.optypes import (
     register_layer,
     unregister_layer,
 )
+from viewer.core.rules import RULES
 
 
 @pytest.mark.parametrize("module, expected", [

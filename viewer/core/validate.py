@@ -30,7 +30,6 @@ from .groups import (
     Member,
     fixed_sizes,
     fixed_slices,
-    mha_call_query,
     outer_alternative,
     part_alternative,
     slice_spans,
@@ -44,6 +43,7 @@ from .memory import MemoryShortError, out_of_memory, tensor_bytes
 from .modelconfig import held_config
 from .optypes import OpGroup, OpType
 from .plan import Plan, SizeAttr
+from .rules import mha_call_query
 from .text import error_line
 from .trace import MAX_LISTED, build_graph
 
