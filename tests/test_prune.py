@@ -525,6 +525,70 @@ class MHABlock(nn.Module):
         return self.out(h + self.mha(h, h, h)[0])
 
 
+class TextEncoder(nn.Module):
+    """torch's own transformer encoder (MultiheadAttention, LayerNorms, the FFN) over token
+    embeddings with a learned position table, as a user writes a text classifier."""
+
+    def __init__(self, d: int = 32, heads: int = 4):
+        super().__init__()
+        self.embed = nn.Embedding(50, d)
+        self.pos = nn.Parameter(torch.randn(1, 16, d))
+        layer = nn.TransformerEncoderLayer(d, heads, dim_feedforward=64, batch_first=True,
+                                           dropout=0.0)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(d, 3)
+
+    def forward(self, ids):
+        return self.head(self.encoder(self.embed(ids) + self.pos[:, :ids.shape[1]]).mean(1))
+
+
+class Translator(nn.Module):
+    """``nn.Transformer``: encoder and decoder, cross-attention from the decoder."""
+
+    def __init__(self, d: int = 32):
+        super().__init__()
+        self.src, self.tgt = nn.Linear(8, d), nn.Linear(8, d)
+        self.tf = nn.Transformer(d, 4, 2, 2, dim_feedforward=64, batch_first=True,
+                                 dropout=0.0)
+        self.out = nn.Linear(d, 8)
+
+    def forward(self, s, t):
+        return self.out(self.tf(self.src(s), self.tgt(t)))
+
+
+def test_torch_transformer_layers_prune_and_run_on_their_fast_path():
+    torch.manual_seed(0)
+    model, ids = TextEncoder().eval(), torch.randint(0, 50, (2, 16))
+    p = Pruner(model, (ids,), output_layers=["head"])
+    plan = p.plan(0.5)
+    stream = next(g for g in p.groups if g.root == "embed")
+    assert stream.prunable and stream.multiple_of == 4  # the 4 heads keep equal dims
+    assert len(plan.removed) == 3  # the stream and each layer's FFN
+    pruned = p.apply(plan)
+    layer = pruned.encoder.layers[1]
+    attn = layer.self_attn
+    assert (attn.embed_dim, attn.num_heads, attn.head_dim) == (16, 4, 4)
+    assert attn.in_proj_weight.shape == (48, 16) and layer.linear1.out_features == 32
+    assert layer.norm2.normalized_shape == (16,) and pruned.pos.shape == (1, 16, 16)
+    v = p.verify(pruned, plan)
+    assert v["shapes_kept"] and v["masked_equivalence"]["exact_groups"]["ok"], v
+    # without grad torch runs each encoder layer as one fused op, which checks the widths
+    with torch.no_grad(), torch.profiler.profile() as prof:
+        fused = pruned(ids)
+    assert any(e.name == "aten::_transformer_encoder_layer_fwd" for e in prof.events())
+    assert torch.allclose(fused, pruned(ids), atol=1e-5)
+
+    torch.manual_seed(0)
+    model = Translator().eval()
+    s, t = torch.randn(2, 5, 8), torch.randn(2, 7, 8)
+    p = Pruner(model, (s, t), output_layers=["out"])
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    assert pruned.tf.decoder.layers[0].multihead_attn.embed_dim == 16
+    v = p.verify(pruned, plan)
+    assert v["shapes_kept"] and v["masked_equivalence"]["exact_groups"]["ok"], v
+
+
 @pytest.mark.parametrize("add_bias_kv", [True, False])
 def test_mha_bias_kv_loses_the_inner_dims_of_keys_and_values(add_bias_kv):
     # bias_k/bias_v were not cut: the residual group was blocked by a raw torch size error
