@@ -181,7 +181,17 @@ def test_apply_of_a_model_nothing_can_be_pruned_in_says_why(tmp_path):
     store = file_session(tmp_path, "import torch\nclass M(torch.nn.Module):\n"
                                    "    def forward(self, x):\n        return x * 2\n",
                          ("1x4",))
-    with pytest.raises(DepViewError, match="^this model has no layer with channels to prune$"):
+    with pytest.raises(DepViewError, match="^nothing can be pruned: the model has no layer with "
+                                           "channels to prune$"):
+        cb.apply_round(store, "sid", SETTINGS)
+    # its weights in a TorchScript submodule: that is why, not a lack of layers
+    store = file_session(tmp_path, "import torch\nclass M(torch.nn.Module):\n"
+                                   "    def __init__(self):\n        super().__init__()\n"
+                                   "        self.inner = torch.jit.script(torch.nn.Linear(4, 2))\n"
+                                   "    def forward(self, x):\n        return self.inner(x)\n",
+                         ("1x4",))
+    with pytest.raises(DepViewError, match="^nothing can be pruned: 'inner' is a TorchScript "
+                                           "module, whose ops DepView cannot see"):
         cb.apply_round(store, "sid", SETTINGS)
     store = file_session(tmp_path, "import torch\nM = lambda: torch.nn.Linear(4, 2)\n",
                          ("1x4",))

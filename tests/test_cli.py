@@ -150,6 +150,15 @@ def test_a_prune_that_removes_nothing_says_why(tmp_path):
               str(tmp_path / "c"))  # (no groups at all: it said "0 groups left alone")
     assert res.stdout.strip().endswith("(nothing could be pruned: the model has no layer with "
                                        "channels to prune)")
+    f = tmp_path / "scripted.py"  # the weights in a TorchScript submodule, which hides them
+    f.write_text("import torch\nclass M(torch.nn.Module):\n    def __init__(self):\n"
+                 "        super().__init__()\n"
+                 "        self.inner = torch.jit.script(torch.nn.Linear(4, 2))\n"
+                 "    def forward(self, x):\n        return self.inner(x)\n")
+    res = cli("prune", f"{f}:M", "--input", "1x4", "--ratio", "0.5", "--out", str(tmp_path / "d"))
+    assert res.stdout.strip().endswith("(nothing could be pruned: 'inner' is a TorchScript module,"
+                                       " whose ops DepView cannot see: prune the eager module and "
+                                       "script it afterwards)"), res.stdout
 
 
 def test_unexpected_errors_are_one_line_too(tmp_path):

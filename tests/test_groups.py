@@ -3613,3 +3613,23 @@ def test_as_strided_keeps_a_dim_it_reads_position_for_position():
     node = next(n for n in g.nodes if n.target == "as_strided")
     assert node.meta == StridedMeta(((0, 0), (1, 1)))
     assert any("as_strided" in r and "does not model" in r for r in group_of(g, "q").reasons)
+
+
+def test_no_groups_reason_names_a_torchscript_layer_that_hides_the_weights():
+    from viewer.core.groups import no_groups_reason
+
+    class Wrapper(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = torch.jit.script(nn.Sequential(nn.Linear(4, 8), nn.ReLU()))
+
+        def forward(self, x):
+            return self.inner(x)
+
+    x = torch.randn(2, 4)
+    g = build_graph(Wrapper().eval(), (x,))
+    assert not all_groups(g)
+    assert no_groups_reason(g).startswith("'inner' is a TorchScript module, whose ops DepView "
+                                          "cannot see")
+    g = build_graph(nn.ReLU(), (x,))
+    assert no_groups_reason(g) == "the model has no layer with channels to prune"

@@ -181,7 +181,9 @@ def _nothing_pruned(args, pruner, plan, overrides: dict) -> str:
     if args.ratio == 0 and not overrides:
         return "ratio 0"
     if not pruner.groups:
-        return "nothing could be pruned: the model has no layer with channels to prune"
+        from .core.groups import no_groups_reason
+
+        return f"nothing could be pruned: {no_groups_reason(pruner.graph)}"
     n_prunable = len(pruner.groups) - len(plan.skipped)
     if n_prunable <= 0:
         first = next(iter(plan.skipped.values()), "")

@@ -859,6 +859,20 @@ def _hooked_weight(node: Node) -> str | None:
     return None
 
 
+def no_groups_reason(graph: Graph) -> str:
+    """Why a graph has no pruning group at all, in words: the weights sit in a layer DepView
+    cannot look into (a TorchScript submodule), or no layer makes channels.
+
+        >>> no_groups_reason(build_graph(Wrapper(torch.jit.script(mlp)), x))
+        "'inner' is a TorchScript module, whose ops DepView cannot see: ..."
+    """
+    for n in graph.nodes:
+        custom = n.custom if n.op_type is OpType.CUSTOMIZED else None
+        if custom is not None and custom.opaque and n.params:
+            return f"'{n.name}' {custom.opaque}"
+    return "the model has no layer with channels to prune"
+
+
 def group_of(graph: Graph, node: str | int, side: str = "out") -> Group:
     """The pruning group of a node's output (``side="out"``) or input (``"in"``) channels,
     computed on the spot from this node (its id is -1: it is not one of :func:`all_groups`).

@@ -15,7 +15,7 @@ from dash import Input, Output, State, ctx, html, no_update
 from viewer.core.errors import DepViewError
 from viewer.core.export import round_entry
 from viewer.core.forward import batch_shapes
-from viewer.core.groups import units_are_heads
+from viewer.core.groups import no_groups_reason, units_are_heads
 from viewer.core.memory import MemoryShortError
 from viewer.core.modelconfig import config_note
 from viewer.core.optypes import OpType
@@ -210,7 +210,7 @@ def apply_round(store: SessionStore, sid: str, settings: dict) -> str:
     plan = _plan(snap, settings)
     if not plan.removed:
         if not stage.pruner.groups:
-            raise DepViewError("this model has no layer with channels to prune")
+            raise DepViewError(f"nothing can be pruned: {no_groups_reason(stage.pruner.graph)}")
         if len(plan.skipped) == len(stage.pruner.groups):
             first = next(iter(plan.skipped.values()), "")
             raise DepViewError("no group of this model can be pruned"
