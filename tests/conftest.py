@@ -195,3 +195,18 @@ class TiedWidthNet(nn.Module):
             x = x + attn(x)
             x = x + mlp(x)
         return self.head(x)
+
+
+#: a model of lazy layers, whose weights take their shapes at the first forward
+LAZY_FILE = """
+import torch
+from torch import nn
+
+class M(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.LazyLinear(16), nn.LazyLinear(4)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+"""

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from conftest import TWO_OUTPUTS_FILE, MaskedLogits
+from conftest import LAZY_FILE, TWO_OUTPUTS_FILE, MaskedLogits
 
 
 def cli(*args, check=True):
@@ -673,3 +673,13 @@ def test_prune_frees_an_output_by_name_and_check_reloads_it(tmp_path):
     assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1
     assert "free output 'feats' is not an output of this model" in bad.stderr
     assert not (tmp_path / "c").exists()
+
+
+def test_a_model_of_lazy_layers_prunes_and_checks(tmp_path):
+    f = tmp_path / "lazy.py"
+    f.write_text(LAZY_FILE)
+    out = tmp_path / "out"
+    res = cli("prune", f"{f}:M", "--input", "2x10", "--ratio", "0.5", "--out", str(out))
+    assert res.stdout.startswith("pruned 8 units in 1 group: params 244 -> 124"), res.stdout
+    res = cli("check", str(out))
+    assert res.stdout.startswith("OK:"), res.stdout

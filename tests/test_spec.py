@@ -2,6 +2,7 @@ import pickle
 
 import pytest
 import torch
+from conftest import LAZY_FILE
 from torch import nn
 
 from viewer.core.errors import DepViewError
@@ -557,3 +558,18 @@ def test_a_directory_too_large_as_float32_suggests_half_precision(tmp_path, monk
                                            r"--dtype bfloat16 to hold it in half the memory"):
         load_model(str(folder))
     load_model(str(folder), dtype="bfloat16")
+
+
+def test_lazy_layers_are_initialised_by_one_seeded_forward(tmp_path):
+    # a lazy model's weights were drawn at its first forward, outside the seeded build, so a
+    # rebuild from the spec (check, load_pruned) drew others, and the rebuilt original read
+    # uninitialised parameters ("Attempted to use an uninitialized parameter")
+    f = tmp_path / "lazy.py"
+    f.write_text(LAZY_FILE)
+    one, two = (load_model(f"{f}:M", inputs=["2x10"]) for _ in range(2))
+    assert type(one.model.a) is torch.nn.Linear and one.model.a.weight.shape == (16, 10)
+    assert torch.equal(one.model.a.weight, two.model.a.weight)
+    assert torch.equal(one.model.b.bias, two.model.b.bias)
+    with pytest.raises(DepViewError, match=r"^model forward failed \(it is run once to "
+                                           r"initialise the model's lazy layers\): "):
+        load_model(f"{f}:M", inputs=["2x3x4:int64"])

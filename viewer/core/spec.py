@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn.modules.lazy import LazyModuleMixin
 
 from . import memory
 from .errors import DepViewError
@@ -290,6 +291,29 @@ def describe_inputs(inputs: tuple | dict) -> list[str]:
     return [spell_input(t.shape, str(t.dtype).removeprefix("torch."), k) for k, t in items]
 
 
+def _initialize_lazy(model: nn.Module, example) -> None:
+    """Lazy layers (``nn.LazyLinear``, ``nn.LazyConv2d``, ...) take their weights' shapes from
+    their first forward: run it here, on (copies of) the example inputs and with the seeded
+    generator of the build, so that a rebuild from the same spec (``load_pruned``, ``check``)
+    draws the same weights, and everything after sees a model with real shapes."""
+    if not any(isinstance(m, LazyModuleMixin) and m.has_uninitialized_params()
+               for m in model.modules()):
+        return
+
+    def copied(t):  # (a forward may change its inputs in place)
+        return t.clone() if isinstance(t, torch.Tensor) else t
+
+    try:
+        with torch.no_grad():
+            if isinstance(example, dict):
+                model(**{k: copied(v) for k, v in example.items()})
+            else:
+                model(*(copied(t) for t in example))
+    except Exception as exc:
+        raise DepViewError("model forward failed (it is run once to initialise the model's "
+                           f"lazy layers): {error_line(exc)}") from exc
+
+
 def _load_model(spec: str, kwargs: dict, weights: str | None, device: str, seed: int,
                 input_specs: list, recorded: bool, given=None, names=None,
                 run_dtype: torch.dtype = torch.float32) -> LoadedModel:
@@ -346,6 +370,7 @@ def _load_model(spec: str, kwargs: dict, weights: str | None, device: str, seed:
                            "e.g. --input 1x3x224x224")
     if run_dtype != torch.float32:  # (a float32 image fed to a bfloat16 conv fails)
         example = floats_as(example, run_dtype)
+    _initialize_lazy(model, example)
     source = {
         "spec": spec,
         "kwargs": kwargs,
