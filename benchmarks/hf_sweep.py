@@ -148,7 +148,7 @@ def run_one(name: str, factory, ratio: float, tf, torch, from_dir: str | None = 
     from viewer.core.export import check_dir, export_dir, load_pruned
     from viewer.core.forward import run
     from viewer.core.prune import Pruner
-    from viewer.core.trace import flatten
+    from viewer.core.trees import flatten
 
     row: dict = {"model": name}
     torch.manual_seed(0)

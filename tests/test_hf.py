@@ -375,7 +375,7 @@ def test_hf_masked_layer_by_layer_computes_what_the_masked_copy_does(factory):
     # weights as it runs: on real architectures (a tied LM head, fused 3-D experts, rotary
     # tables, attention masks built from the weights' dtype) the same outputs, bit for bit
     from viewer.core.forward import run
-    from viewer.core.trace import flatten
+    from viewer.core.trees import flatten
     from viewer.core.verify import _read_unmade, layer_by_layer
 
     torch.manual_seed(0)

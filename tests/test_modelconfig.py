@@ -11,7 +11,7 @@ from viewer.core.forward import run
 from viewer.core.materialize import attr_changes
 from viewer.core.modelconfig import build_from_config, config_note, fit_config
 from viewer.core.prune import Pruner
-from viewer.core.trace import flatten
+from viewer.core.trees import flatten
 
 
 class Config:

@@ -352,28 +352,6 @@ def test_module_types_cached_per_class_except_where_the_instance_decides():
     assert types == ["DEPTHWISE_CONV", "CONV", "DEPTHWISE_CONV"]
 
 
-def test_tensors_finds_what_flatten_finds_in_the_same_order():
-    from collections import OrderedDict, namedtuple
-    from dataclasses import dataclass
-
-    from viewer.core.trace import _tensors, flatten
-
-    @dataclass
-    class Out:
-        logits: torch.Tensor
-        extra: object = None
-
-    pair = namedtuple("pair", "a b")
-    t = [torch.randn(i + 1) for i in range(8)]
-    cases = [
-        t[0], None, 3, torch.Size([2, 3]), (t[0], 1, None, slice(0, 2), Ellipsis, torch.float32),
-        [t[1], (t[2], [t[3]]), {"k": t[4], "j": (t[5],)}], pair(t[6], [t[7]]),
-        OrderedDict(b=t[2], a=t[1]), Out(t[3], {"h": [t[4], t[5]]}), ((), [], {}),
-    ]
-    for obj in cases:
-        assert [id(x) for x in _tensors(obj, [])] == [id(x) for _, x in flatten(obj)]
-
-
 def test_leaf_named_members_match_named_parameters_and_buffers():
     from viewer.core.trace import _named
 
@@ -411,26 +389,6 @@ def test_a_plain_tensor_attribute_is_a_buffer_node_named_by_its_path():
         consts = sorted((n.target, n.out_shapes[0]) for n in g.nodes
                         if n.op_type is OpType.CONSTANT)
         assert consts == [("constant", (4,)), ("zeros", (2, 4))]  # (the cache; the state)
-
-
-def test_plain_perm_agrees_with_the_stride_probe():
-    import itertools
-
-    from viewer.core.trace import _perm, _plain_perm
-
-    x = torch.randn(2, 3, 4, 5)
-    calls = [(fn, (x, a, b)) for fn in (torch.transpose, torch.Tensor.transpose,
-                                        torch.swapaxes, torch.Tensor.swapdims)
-             for a in range(-4, 4) for b in range(-4, 4)]
-    for dims in itertools.permutations(range(4)):
-        dims = tuple(d - 4 if d % 2 else d for d in dims)  # some negative
-        calls += [(torch.Tensor.permute, (x, *dims)), (torch.Tensor.permute, (x, dims)),
-                  (torch.permute, (x, list(dims)))]
-    for fn, args in calls:
-        plain = _plain_perm(fn.__name__, args, {}, x.dim())
-        assert plain == _perm(fn, args, {}, x), (fn.__name__, args[1:])
-    assert _plain_perm("transpose", (x, 0, 1), {"dim0": 0}, 4) is None  # unusual: probe
-    assert _plain_perm("permute", (torch.tensor(1.0), ()), {}, 0) is None
 
 
 class Einsum(nn.Module):

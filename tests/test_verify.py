@@ -12,7 +12,7 @@ from viewer.core.forward import run
 from viewer.core.plan import Plan
 from viewer.core.prune import Pruner
 from viewer.core.spec import load_model
-from viewer.core.trace import flatten
+from viewer.core.trees import flatten
 from viewer.core.verify import _read_unmade, blind_note, layer_by_layer, masked_note
 
 

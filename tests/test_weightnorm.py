@@ -11,7 +11,7 @@ from torch.nn.utils import parametrizations, parametrize
 from viewer.core.forward import run
 from viewer.core.prune import Pruner
 from viewer.core.spec import load_model
-from viewer.core.trace import flatten
+from viewer.core.trees import flatten
 from viewer.core.verify import layer_by_layer
 from viewer.core.weightnorm import g_after_cut, weight_norm_names, weight_norms, weight_of
 

@@ -59,7 +59,7 @@ from .spec import (
 from .spectralnorm import row_dim, v_of
 from .spectralnorm import weight_of as sn_weight_of
 from .text import error_line
-from .trace import flatten
+from .trees import flatten
 from .weightnorm import weight_of
 
 FORMAT = "depview-pruned/1"

@@ -13,7 +13,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from .errors import DepViewError
 from .materialize import tree_copy
 from .memory import check_room, tensor_bytes
-from .trace import eval_mode, flatten
+from .trace import eval_mode
+from .trees import flatten
 
 
 def is_real(model: nn.Module) -> bool:

@@ -47,15 +47,8 @@ from .plan import (
 )
 from .spectralnorm import weight_of as sn_weight_of
 from .text import counted, error_line
-from .trace import (
-    MAX_LISTED,
-    build_graph,
-    eval_mode,
-    flatten,
-    output_nodes,
-    output_path,
-    plain_module,
-)
+from .trace import MAX_LISTED, build_graph, eval_mode, output_nodes, output_path, plain_module
+from .trees import flatten
 from .validate import GroupValidation
 from .verify import Verification
 from .weightnorm import renormalizes, weight_of

@@ -29,7 +29,8 @@ from torch.nn.modules.lazy import LazyModuleMixin
 from . import memory
 from .errors import DepViewError
 from .text import error_line
-from .trace import floats_as, plain_module
+from .trace import plain_module
+from .trees import floats_as
 
 DTYPES = {
     "float32": torch.float32, "float": torch.float32, "float16": torch.float16,

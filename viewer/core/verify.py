@@ -23,7 +23,8 @@ from .optypes import OpType
 from .plan import Plan
 from .spectralnorm import sigma, spectral_norms, u_keeping
 from .text import counted, error_line
-from .trace import flatten, floats_as, output_nodes
+from .trace import output_nodes
+from .trees import flatten, floats_as
 from .weightnorm import normed_dims, rescaled, weight_norms
 
 

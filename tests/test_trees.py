@@ -1,0 +1,34 @@
+"""Tensors in nested inputs and outputs (viewer/core/trees.py)."""
+
+import torch
+
+from viewer.core.trees import flatten, floats_as, tensors_in
+
+
+def test_tensors_in_finds_what_flatten_finds_in_the_same_order():
+    from collections import OrderedDict, namedtuple
+    from dataclasses import dataclass
+
+
+    @dataclass
+    class Out:
+        logits: torch.Tensor
+        extra: object = None
+
+    pair = namedtuple("pair", "a b")
+    t = [torch.randn(i + 1) for i in range(8)]
+    cases = [
+        t[0], None, 3, torch.Size([2, 3]), (t[0], 1, None, slice(0, 2), Ellipsis, torch.float32),
+        [t[1], (t[2], [t[3]]), {"k": t[4], "j": (t[5],)}], pair(t[6], [t[7]]),
+        OrderedDict(b=t[2], a=t[1]), Out(t[3], {"h": [t[4], t[5]]}), ((), [], {}),
+    ]
+    for obj in cases:
+        assert [id(x) for x in tensors_in(obj, [])] == [id(x) for _, x in flatten(obj)]
+
+
+def test_floats_as_casts_floating_tensors_only():
+    x, ids = torch.randn(2, 3), torch.arange(3)
+    a, b = floats_as((x, ids), torch.bfloat16)
+    assert a.dtype is torch.bfloat16 and b is ids
+    d = floats_as({"x": x, "ids": ids}, torch.float16)
+    assert d["x"].dtype is torch.float16 and d["ids"] is ids

@@ -1,0 +1,66 @@
+"""Tensors inside nested inputs and outputs (tuples, lists, dicts, dataclasses, Hugging
+Face ``ModelOutput``): found, named by key path, cast."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import fields, is_dataclass
+
+import torch
+
+
+def floats_as(inputs, dtype: torch.dtype):
+    """``inputs`` (a tensor, tuple or dict of them) with every floating tensor cast to
+    ``dtype``: example inputs for a model run in another precision."""
+    def cast(t):
+        return t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+    if isinstance(inputs, dict):
+        return {k: cast(t) for k, t in inputs.items()}
+    if isinstance(inputs, (tuple, list)):
+        return type(inputs)(cast(t) for t in inputs)
+    return cast(inputs)
+
+
+def flatten(obj, path: str = "") -> list[tuple[str, torch.Tensor]]:
+    """Tensors inside nested tuples/lists/dicts/dataclasses (HF ``ModelOutput`` is a dict),
+    with readable key paths: ``[("logits", t), ("hidden_states[0]", t2)]``."""
+    if isinstance(obj, torch.Tensor):
+        return [(path, obj)]
+    out: list[tuple[str, torch.Tensor]] = []
+    if isinstance(obj, Mapping):
+        for k, v in obj.items():
+            out += flatten(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            out += flatten(v, f"{path}[{i}]")
+    elif is_dataclass(obj) and not isinstance(obj, type):
+        for f in fields(obj):
+            out += flatten(getattr(obj, f.name), f"{path}.{f.name}" if path else f.name)
+    return out
+
+
+#: Argument types that never hold a tensor (a ``torch.Size`` is a tuple of ints).
+LEAVES = frozenset({int, float, bool, complex, str, type(None), type(Ellipsis), slice,
+                    torch.dtype, torch.device, torch.Size, torch.layout, torch.memory_format})
+
+
+def tensors_in(obj, out: list) -> list:
+    """Append the tensors :func:`flatten` finds in ``obj`` to ``out``, in the same order.
+
+    The tracer calls this on every op's arguments and results, so the common shapes (a tensor,
+    a tuple/list/dict of tensors and scalars) skip building key paths and the ABC checks."""
+    if isinstance(obj, torch.Tensor):
+        out.append(obj)
+    elif type(obj) in LEAVES:
+        pass
+    elif type(obj) is tuple or type(obj) is list:
+        for v in obj:
+            if isinstance(v, torch.Tensor):
+                out.append(v)
+            elif type(v) not in LEAVES:
+                tensors_in(v, out)
+    elif type(obj) is dict:
+        tensors_in(tuple(obj.values()), out)
+    else:
+        out += [t for _, t in flatten(obj)]
+    return out
