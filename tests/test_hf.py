@@ -188,6 +188,37 @@ def test_hf_focalnet_stream_prunes_with_its_modulations_q_and_context():
     assert stage.downsample.num_channels == 8
 
 
+def test_hf_whisper_encoder_prunes_with_its_last_hidden_state_free():
+    # Seq2SeqLMOutput returns the encoder's last hidden state beside the logits: it blocked
+    # the encoder's stream, and the reason did not say that the output may be set free
+    torch.manual_seed(0)
+    cfg = transformers.WhisperConfig(vocab_size=100, d_model=32, encoder_layers=2,
+                                     decoder_layers=2, encoder_attention_heads=4,
+                                     decoder_attention_heads=4, encoder_ffn_dim=64,
+                                     decoder_ffn_dim=64, num_mel_bins=16,
+                                     max_source_positions=30, max_target_positions=20,
+                                     pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                                     decoder_start_token_id=1)
+    model = transformers.WhisperForConditionalGeneration(cfg).eval()
+    inputs = {"input_features": torch.randn(1, 16, 60),
+              "decoder_input_ids": torch.tensor([[1, 5, 7, 9]])}
+    p = Pruner(model, inputs)
+    stream = _group(p, "model.encoder.conv2")
+    assert p.reason(stream).endswith("(if its width may change, set it free: --free-output "
+                                     "encoder_last_hidden_state, or its 'free' box in the app)")
+    p = Pruner(model, inputs, free_outputs=["encoder_last_hidden_state"])
+    stream = _group(p, "model.encoder.conv2")
+    assert not p.reason(stream)
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    v = p.verify(pruned, plan)
+    assert v["shapes_kept"] and v["masked_equivalence"]["exact_groups"]["ok"], v
+    assert pruned.model.encoder.layers[0].self_attn.k_proj.in_features == 16
+    assert p.config_fit["changed"]["d_model"] == 16, p.config_fit  # rebuilt from its config
+    out = pruned(**inputs)
+    assert out.logits.shape == (1, 4, 100) and out.encoder_last_hidden_state.shape[-1] == 16
+
+
 def test_hf_detr_backbone_with_frozen_batchnorm_prunes():
     # DETR swaps its backbone's BatchNorms for DetrFrozenBatchNorm2d (persistent buffers):
     # before, every backbone group reached a buffer and was blocked

@@ -1870,7 +1870,11 @@ def test_a_free_output_lets_the_groups_that_reach_it_prune_and_is_checked_at_kep
     torch.manual_seed(0)
     model, x = FeaturesAndLogits().eval(), torch.randn(2, 3, 6, 6)
     p = Pruner(model, (x,))
-    assert p.reason(p.groups[0]) == "it reaches the model output 'output.features'"
+    # an output after the first says how to free it; the first (the prediction) does not
+    assert p.reason(p.groups[0]) == ("it reaches the model output 'output.features' (if its "
+                                     "width may change, set it free: --free-output features, "
+                                     "or its 'free' box in the app)")
+    assert p.reason(p.groups[2]) == "it reaches the model output 'output.logits'"
     p = Pruner(model, (x,), free_outputs=["features"])
     stream = p.groups[0]
     assert stream.root == "stem" and not p.reason(stream)

@@ -111,6 +111,11 @@ class Graph:
         return {n.name: n for n in self.nodes}
 
     @cached_property
+    def output_ids(self) -> tuple[int, ...]:
+        """The OUTPUT nodes' ids, in the order of the flattened outputs."""
+        return tuple(n.id for n in self.nodes if n.op_type is OpType.OUTPUT)
+
+    @cached_property
     def weight_norms(self) -> dict[str, str]:
         """state_dict key of each weight-normalised layer's direction ``v`` -> its magnitude
         ``g``'s (see :mod:`viewer.core.weightnorm`)."""

@@ -51,6 +51,7 @@ from .optypes import (
     conv_prunes_whole_groups,
     gn_prunes_whole_groups,
 )
+from .trace import output_path
 
 if TYPE_CHECKING:
     from .groups import _Search
@@ -128,9 +129,17 @@ def _source_block(what: str) -> Rule:
 
 def _output_rule(g, node, side, port, dim, units, pos, ctx):
     """A model output blocks the group, unless the user let its width change (a detector's
-    hidden states beside its logits and boxes: see ``Pruner(free_outputs=...)``)."""
-    if node.id not in g.free_outputs:
-        ctx.block(f"it reaches the model output '{node.name}'")
+    hidden states beside its logits and boxes: see ``Pruner(free_outputs=...)``). The reason
+    says how, for an output after the first (the prediction, by convention: ``logits``) while
+    another would stay kept (Whisper's ``encoder_last_hidden_state`` holds its encoder)."""
+    if node.id in g.free_outputs:
+        return []
+    why = f"it reaches the model output '{node.name}'"
+    outs = g.output_ids
+    if node.id != outs[0] and len(outs) - len(g.free_outputs) > 1:
+        why += (f" (if its width may change, set it free: --free-output {output_path(node)}, "
+                "or its 'free' box in the app)")
+    ctx.block(why)
     return []
 
 
@@ -1817,7 +1826,9 @@ def _mha_rule(g, node, side, port, dim, units, pos, ctx):
 #: How units cross each op type. One entry per OpType (a test checks it is complete).
 #: Rules read a node's fields listed in ``_Repeats.fp``, the graph's ``in_edges`` and
 #: ``consumers`` (and, for :data:`READS_INPUT_PRODUCER`, input 0's producer), and nothing
-#: else: the reuse of groups across repeated blocks relies on it.
+#: else: the reuse of groups across repeated blocks relies on it. (The OUTPUT rule also
+#: reads which outputs there are and which are free: OUTPUT nodes end the graph, where no
+#: repeated block reaches two of them at one offset.)
 RULES: dict[OpType, Rule] = {
     OpType.INPUT: _source_block("the model input"),
     OpType.OUTPUT: _output_rule,
