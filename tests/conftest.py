@@ -210,3 +210,29 @@ class M(nn.Module):
     def forward(self, x):
         return self.b(torch.relu(self.a(x)))
 """
+
+
+class PositionsFromLength(nn.Embedding):
+    """BART's learned position embedding: its own forward reads its input's length only."""
+
+    def forward(self, x):
+        return super().forward(torch.arange(x.shape[1]).expand(x.shape[0], -1))
+
+
+class PositionsFromValues(nn.Embedding):
+    """An embedding whose own forward reads its input's values (rounded to indices)."""
+
+    def forward(self, x):
+        return super().forward(x.abs().long() % self.num_embeddings)
+
+
+class EmbedsThenPositions(nn.Module):
+    def __init__(self, positions: type):
+        super().__init__()
+        self.tok, self.pos = nn.Embedding(20, 8), positions(6, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, ids):
+        emb = self.tok(ids)
+        return self.head(emb + self.pos(emb[:, :, -1]))  # (as BART's encoder calls it)
+

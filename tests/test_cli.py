@@ -655,6 +655,9 @@ def test_prune_frees_an_output_by_name_and_check_reloads_it(tmp_path):
 
     res = run("prune", "net.py:Net", "--input", "1x3x6x6", "--ratio", "0.5", "--out", "a")
     assert res.returncode == 0 and "nothing" in res.stdout.lower(), res.stdout + res.stderr
+    assert res.stdout.rstrip().endswith("(1 group is held only by the output features: "
+                                        "--free-output NAME lets it prune, if its width may "
+                                        "change)"), res.stdout
     res = run("prune", "net.py:Net", "--input", "1x3x6x6", "--ratio", "0.5",
               "--free-output", "features", "--out", "b")
     assert res.returncode == 0, res.stderr

@@ -3633,3 +3633,26 @@ def test_no_groups_reason_names_a_torchscript_layer_that_hides_the_weights():
                                           "cannot see")
     g = build_graph(nn.ReLU(), (x,))
     assert no_groups_reason(g) == "the model has no layer with channels to prune"
+
+
+def test_a_view_read_for_its_shape_only_does_not_block_the_stream():
+    # BART's encoder gives its position embedding inputs_embeds[:, :, -1], for the length:
+    # the select of one channel blocked the whole embedding stream
+    from conftest import EmbedsThenPositions, PositionsFromLength, PositionsFromValues
+
+    from viewer.core.prune import Pruner
+
+    torch.manual_seed(0)
+    ids = torch.randint(0, 20, (2, 6))
+    model = EmbedsThenPositions(PositionsFromLength).eval()
+    p = Pruner(model, (ids,), output_layers=["head"])
+    stream = next(g for g in p.groups if g.root == "tok")
+    assert not p.reason(stream) and "getitem" not in {m.node_name for m in stream.members}
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    assert pruned.pos.weight.shape == (6, 4)
+    assert p.verify(pruned, plan)["masked_equivalence"]["ok"]
+    # one that reads the values it is given stays blocked at the select
+    p = Pruner(EmbedsThenPositions(PositionsFromValues).eval(), (ids,), output_layers=["head"])
+    stream = next(g for g in p.groups if g.root == "tok")
+    assert "'getitem' selects one index of the tracked dim" in p.reason(stream)

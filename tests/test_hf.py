@@ -219,6 +219,28 @@ def test_hf_whisper_encoder_prunes_with_its_last_hidden_state_free():
     assert out.logits.shape == (1, 4, 100) and out.encoder_last_hidden_state.shape[-1] == 16
 
 
+def test_hf_bart_stream_prunes_past_the_select_its_positions_read_for_the_length():
+    # BartEncoder calls embed_positions(inputs_embeds[:, :, -1]) "for the shape only": the
+    # select of one channel blocked the stream even with the encoder's output free
+    torch.manual_seed(0)
+    cfg = transformers.BartConfig(vocab_size=100, d_model=32, encoder_layers=1,
+                                  decoder_layers=1, encoder_attention_heads=4,
+                                  decoder_attention_heads=4, encoder_ffn_dim=64,
+                                  decoder_ffn_dim=64, max_position_embeddings=32)
+    model = transformers.BartForConditionalGeneration(cfg).eval()
+    inputs = {"input_ids": torch.tensor([[5, 6, 7, 8, 2]]),
+              "decoder_input_ids": torch.tensor([[2, 5, 6]])}
+    p = Pruner(model, inputs, free_outputs=["encoder_last_hidden_state"])
+    stream = _group(p, "model.encoder.embed_tokens")
+    assert not p.reason(stream), p.reason(stream)
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    v = p.verify(pruned, plan)
+    assert v["shapes_kept"] and v["masked_equivalence"]["exact_groups"]["ok"], v
+    assert pruned.model.encoder.embed_positions.weight.shape == (34, 16)
+    assert p.config_fit["changed"]["d_model"] == 16, p.config_fit
+
+
 def test_hf_detr_backbone_with_frozen_batchnorm_prunes():
     # DETR swaps its backbone's BatchNorms for DetrFrozenBatchNorm2d (persistent buffers):
     # before, every backbone group reached a buffer and was blocked

@@ -2,6 +2,7 @@ import json
 
 import pytest
 import torch
+from conftest import EmbedsThenPositions, PositionsFromLength, PositionsFromValues
 from torch import nn
 from torch.nn import functional as F
 
@@ -867,3 +868,12 @@ def test_an_elementwise_op_keeps_the_plain_numbers_it_computes_with():
     assert scalars == {"div": (2.5,), "clamp": (-1.0,), "mul": (3,), "add": None}
     div = next(n for n in json.loads(json.dumps(g.to_dict()))["nodes"] if n["target"] == "div")
     assert div["attrs"] == {"scalars": [2.5]}  # (the graph JSON carries them)
+
+
+def test_a_layer_input_read_for_its_shape_only_is_marked_and_its_view_passed_by():
+    ids = torch.randint(0, 20, (2, 6))
+    g = build_graph(EmbedsThenPositions(PositionsFromLength).eval(), (ids,))
+    assert g.by_name["pos"].shape_only == (0,) and g.by_name["tok"].shape_only == ()
+    assert g.shape_read == {g.by_name["getitem"].id}
+    g = build_graph(EmbedsThenPositions(PositionsFromValues).eval(), (ids,))
+    assert g.by_name["pos"].shape_only == () and not g.shape_read

@@ -166,7 +166,8 @@ def cmd_prune(args) -> int:
     failed = masked_note(verification)
     notes = [n for n in (failed, memory_note(verification), blind_note(verification),
                          untraced_note(verification),
-                         _bn_note(plan), floor_note(plan), config_note(report.get("config")))
+                         _bn_note(plan), floor_note(plan), config_note(report.get("config")),
+                         _outputs_note(pruner))
              if n]
     print(f"pruned {counted(report['units_removed'], 'unit')} in "
           f"{counted(report['groups_pruned'], 'group')}: "
@@ -203,6 +204,21 @@ def _nothing_pruned(args, pruner, plan, overrides: dict) -> str:
         "units (an attention group's units are heads)" if heads else "units"
     return (f"nothing pruned: every prunable group's share rounds to 0 {units} at ratio "
             f"{args.ratio:g} ({'; '.join(detail)}): {fix}")
+
+
+def _outputs_note(pruner) -> str:
+    """Says which outputs after the first alone keep groups from pruning: ``--free-output``
+    lets those groups prune, if the outputs' widths may change."""
+    from .core.groups import held_by_outputs
+
+    held = held_by_outputs(pruner.graph, pruner.groups)
+    if not held:
+        return ""
+    n = len({gid for ids in held.values() for gid in ids})
+    return (f"{counted(n, 'group')} {'is' if n == 1 else 'are'} held only by the output"
+            f"{'s' if len(held) > 1 else ''} {', '.join(held)}: --free-output NAME lets "
+            f"{'it' if n == 1 else 'them'} prune, if {'its' if len(held) == 1 else 'their'} "
+            "width may change")
 
 
 def _bn_note(plan) -> str:

@@ -18,6 +18,10 @@ from .optypes import STYLES, OpType
 Shape = tuple[int, ...]
 
 
+#: ops that give a view of their input and compute nothing
+_VIEWS = frozenset((OpType.SLICE, OpType.RESHAPE, OpType.PERMUTE))
+
+
 class Edge(NamedTuple):
     """A tensor flowing from ``source``'s output ``source_port`` into ``target``'s input
     ``target_port``. (A named tuple: a trace makes one per op input.)"""
@@ -67,6 +71,9 @@ class Node:
     #: the tensors (``"weight"``, ``"bias"``) a ``torch.nn.utils.prune`` mask computes as
     #: ``NAME_orig * NAME_mask`` (see :mod:`viewer.core.prunemask`)
     prune_masked: tuple[str, ...] = ()
+    #: the inputs (by port) a layer's own forward reads for their shape only, never their
+    #: values (BART's position embedding is given ``inputs_embeds[:, :, -1]`` for its length)
+    shape_only: tuple[int, ...] = ()
 
     @property
     def is_module(self) -> bool:
@@ -92,6 +99,7 @@ class Node:
             "weight_norm": list(self.weight_norm) if self.weight_norm else None,
             "spectral_norm": list(self.spectral_norm) if self.spectral_norm else None,
             "prune_masked": list(self.prune_masked),
+            "shape_only": list(self.shape_only),
         }
 
 
@@ -157,6 +165,21 @@ class Graph:
         for e in self.edges:
             d[(e.source, e.source_port)].append(e)
         return d
+
+    @cached_property
+    def shape_read(self) -> frozenset[int]:
+        """Views (slice, select, reshape, permute) whose result is read for its shape only,
+        by layers' own forwards (:attr:`Node.shape_only`): a pruned width changes nothing
+        they give, so groups pass them by (BART's ``inputs_embeds[:, :, -1]``, which its
+        position embedding reads for the sequence length)."""
+        out = set()
+        for n in self.nodes:
+            if n.op_type in _VIEWS:
+                es = [e for p in range(len(n.out_shapes))
+                      for e in self.consumers.get((n.id, p), ())]
+                if es and all(e.target_port in self.nodes[e.target].shape_only for e in es):
+                    out.add(n.id)
+        return frozenset(out)
 
     @cached_property
     def unknown_sources(self) -> list[Node]:

@@ -50,9 +50,12 @@ from .rules import (
     TensorKey,
     conv_in_dim,
     conv_out_dim,
+    freeable,
     mha_call_query,
     norm_dim,
+    output_of_reason,
 )
+from .trace import output_path
 
 
 @dataclass
@@ -406,7 +409,10 @@ class _Search:
             nodes = self.g.nodes
             node = nodes[nid]
             got = [(node, "out", port, RULES[node.op_type], (nid, "out", port))]
+            skip = self.g.shape_read
             for e in self.g.consumers.get((nid, port), ()):
+                if e.target in skip:
+                    continue  # its result is read for its shape only
                 t = nodes[e.target]
                 got.append((t, "in", e.target_port, RULES[t.op_type],
                             (e.target, "in", e.target_port)))
@@ -859,6 +865,26 @@ def _hooked_weight(node: Node) -> str | None:
     return None
 
 
+def held_by_outputs(graph: Graph, groups: list[Group]) -> dict[str, list[int]]:
+    """The outputs that alone keep groups from pruning, each an output that may be set free
+    (:func:`rules.freeable`): output path -> ids of the groups whose every reason is such an
+    output (a group two outputs hold is listed under both).
+
+        >>> held_by_outputs(graph, all_groups(graph))   # a small Whisper
+        {'encoder_last_hidden_state': [1]}
+    """
+    out: dict[str, list[int]] = {}
+    for g in groups:
+        names = [output_of_reason(r) for r in g.reasons]
+        if not names or None in names:
+            continue
+        nodes = [graph.by_name[n] for n in dict.fromkeys(names)]
+        if all(freeable(graph, n) for n in nodes):
+            for n in nodes:
+                out.setdefault(output_path(n), []).append(g.id)
+    return out
+
+
 def no_groups_reason(graph: Graph) -> str:
     """Why a graph has no pruning group at all, in words: the weights sit in a layer DepView
     cannot look into (a TorchScript submodule), or no layer makes channels.
@@ -1184,7 +1210,8 @@ class _Repeats:
             f = self.fps[nid] = (n.op_type, n.target, n.meta, n.in_shapes, n.out_shapes,
                                  n.attrs, n.param_shapes, tuple(n.params), n.custom,
                                  n.own_forward, nid in self.g.sharing,
-                                 nid in self.g.free_outputs)
+                                 nid in self.g.free_outputs, nid in self.g.shape_read,
+                                 n.shape_only)
         return f
 
     @staticmethod

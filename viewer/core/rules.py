@@ -127,6 +127,29 @@ def _source_block(what: str) -> Rule:
     return rule
 
 
+#: how the OUTPUT rule's reason begins (:func:`output_of_reason` reads the name back)
+OUTPUT_BLOCK = "it reaches the model output '"
+
+
+def output_of_reason(reason: str) -> str | None:
+    """The OUTPUT node a reason of the OUTPUT rule names (None for another reason).
+
+        >>> output_of_reason("it reaches the model output 'output.logits'")
+        'output.logits'
+    """
+    if not reason.startswith(OUTPUT_BLOCK):
+        return None
+    return reason[len(OUTPUT_BLOCK):].split("'", 1)[0]
+
+
+def freeable(g: Graph, node: Node) -> bool:
+    """May this output be offered as free: an output after the first (the prediction, by
+    convention: ``logits``), not free yet, while another would stay kept."""
+    outs = g.output_ids
+    return node.id != outs[0] and node.id not in g.free_outputs and \
+        len(outs) - len(g.free_outputs) > 1
+
+
 def _output_rule(g, node, side, port, dim, units, pos, ctx):
     """A model output blocks the group, unless the user let its width change (a detector's
     hidden states beside its logits and boxes: see ``Pruner(free_outputs=...)``). The reason
@@ -134,9 +157,8 @@ def _output_rule(g, node, side, port, dim, units, pos, ctx):
     another would stay kept (Whisper's ``encoder_last_hidden_state`` holds its encoder)."""
     if node.id in g.free_outputs:
         return []
-    why = f"it reaches the model output '{node.name}'"
-    outs = g.output_ids
-    if node.id != outs[0] and len(outs) - len(g.free_outputs) > 1:
+    why = f"{OUTPUT_BLOCK}{node.name}'"
+    if freeable(g, node):
         why += (f" (if its width may change, set it free: --free-output {output_path(node)}, "
                 "or its 'free' box in the app)")
     ctx.block(why)

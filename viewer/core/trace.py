@@ -42,6 +42,7 @@ from torch.nn.modules.module import (
     register_module_forward_pre_hook,
 )
 from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_map
 
 from . import meta as M
 from .describe import DESCRIBERS, NAMED_DESCRIBERS, describe
@@ -528,8 +529,11 @@ class _Tracer(TorchFunctionMode):
                         args, hooked = in_args, True
                     # flushed while the mode is still paused: reading shapes and grad_fn
                     # does not come back through __torch_function__
+                    shape_only = _shape_only_inputs(module, args, kwargs) if \
+                        self.module_type(module) is OpType.EMBED and \
+                        _own_forward(type(module)) else ()
                     self.pending.append((None, module, args, kwargs, output, hooked,
-                                         self.current_module()))
+                                         shape_only, self.current_module()))
                     if len(self.pending) >= self.limit:
                         self.flush()
             finally:
@@ -540,7 +544,7 @@ class _Tracer(TorchFunctionMode):
         return None
 
     def record_module(self, module: nn.Module, args, kwargs, output,
-                      hooked: bool = False) -> None:
+                      hooked: bool = False, shape_only: tuple[int, ...] = ()) -> None:
         path = self.module_names.get(id(module), type(module).__name__)
         call = self.calls.get(id(module), 0)
         self.calls[id(module)] = call + 1
@@ -577,6 +581,7 @@ class _Tracer(TorchFunctionMode):
             "weight_orig" in params else None,
             prune_masked=masked_names(module) if any(k.endswith("_orig") for k in params)
             else (),
+            shape_only=shape_only,
         )
         if written is not None:
             node.attrs = {"inplace": True}  # its result is its input, read through that
@@ -721,6 +726,52 @@ class _Tracer(TorchFunctionMode):
             self.view_written(view, tag, node)
         if self.autograd:
             node.grad_fn = _grad_fn(outs)
+
+
+#: tensor queries that read no values
+_METADATA = frozenset({
+    "shape", "size", "dim", "ndim", "ndimension", "numel", "nelement", "dtype", "device",
+    "layout", "is_floating_point", "is_complex", "is_contiguous", "stride", "storage_offset",
+    "element_size", "requires_grad", "is_cuda", "is_meta", "get_device", "__len__"})
+
+
+class _ValueReads(TorchFunctionMode):
+    """Notes which of the watched tensors (by id -> input position) a call reads beyond
+    their shape, dtype and device."""
+
+    def __init__(self, watch: dict[int, int]):
+        super().__init__()
+        self.watch, self.read = watch, set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if function_name(func) not in _METADATA:
+            for t in tensors_in((args, kwargs), []):
+                if id(t) in self.watch:
+                    self.read.add(self.watch[id(t)])
+        return func(*args, **kwargs)
+
+
+def _shape_only_inputs(module: nn.Module, args, kwargs) -> tuple[int, ...]:
+    """The floating inputs of an ``nn.Embedding`` subclass that its own forward reads for
+    their shape only. An embedding reads integer indices: given floats, its own forward
+    does something else with them (BART's position embedding, given
+    ``inputs_embeds[:, :, -1]``, takes their length). Found by running that forward again,
+    on copies, under a mode that notes which of them its calls read; () if it fails."""
+    ins = tensors_in(args, []) + (tensors_in(kwargs, []) if kwargs else [])
+    if not any(t.is_floating_point() for t in ins):
+        return ()
+    args, kwargs = tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t,
+                            (args, dict(kwargs or {})))
+    copies = tensors_in(args, []) + (tensors_in(kwargs, []) if kwargs else [])
+    spy = _ValueReads({id(t): i for i, t in enumerate(copies)})
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad(), spy:
+            module(*args, **kwargs)
+    except Exception:
+        return ()
+    return tuple(i for i, t in enumerate(copies)
+                 if t.is_floating_point() and i not in spy.read)
 
 
 def _own_forward(cls: type) -> str | None:
