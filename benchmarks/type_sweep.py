@@ -189,9 +189,11 @@ def _verdict(verification: dict) -> str:
         "exact ok" if (me.get("exact_groups") or {}).get("ok") else "skip"
 
 
-def run_one(model_type: str, tf, torch, seconds: int, task: str = "causal-lm") -> dict:
+def run_one(model_type: str, tf, torch, seconds: int, task: str = "causal-lm",
+            free: tuple[str, ...] = ()) -> dict:
     from transformers.models.auto import modeling_auto
 
+    from viewer.core.errors import DepViewError
     from viewer.core.prune import Pruner
 
     row: dict = {}
@@ -231,7 +233,13 @@ def run_one(model_type: str, tf, torch, seconds: int, task: str = "causal-lm") -
             model = getattr(tf, auto).from_config(cfg).eval()
         if getattr(cfg, "languages", None) and hasattr(model, "set_default_language"):
             model.set_default_language(cfg.languages[0])  # (X-MOD's adapters: one language)
-        p = Pruner(model, example_inputs(model, torch))
+        inputs = example_inputs(model, torch)
+        try:
+            p = Pruner(model, inputs, free_outputs=free)
+        except DepViewError as exc:  # (a type without those outputs: none free)
+            if "is not an output" not in str(exc):
+                raise
+            p = Pruner(model, inputs)
         p.validate_groups()
         row["groups"] = len(p.groups)
         row["prunable"] = sum(1 for g in p.groups if not p.reason(g))
@@ -272,6 +280,9 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="write the rows to this file")
     ap.add_argument("--compare", help="an earlier --json file: print the rows that differ")
     ap.add_argument("--limit-gb", type=int, default=8, help="address-space limit (0: none)")
+    ap.add_argument("--free-output", action="append", default=[], metavar="NAME",
+                    help="an output whose width may change, where a type has it (as "
+                         "prune's --free-output)")
     ap.add_argument("--seconds", type=int, default=300,
                     help="time limit per type (a type still running then is a timeout row)")
     args = ap.parse_args(argv)
@@ -296,7 +307,7 @@ def main(argv=None) -> int:
           flush=True)
     rows = {}
     for name in types:
-        rows[name] = run_one(name, tf, torch, args.seconds, args.task)
+        rows[name] = run_one(name, tf, torch, args.seconds, args.task, tuple(args.free_output))
         print(_line(name, rows[name]), flush=True)
     pruned = [r for r in rows.values() if "error" not in r]
     verdicts = {v: sum(r["masked"] == v for r in pruned) for v in ("ok", "exact ok", "skip",
