@@ -8,7 +8,7 @@ import sys
 import pytest
 from conftest import TWO_OUTPUTS_FILE
 
-from viewer.app import charts
+from viewer.app import charts, ids
 from viewer.app.callbacks import prune as cb
 from viewer.app.callbacks.export import groups_json
 from viewer.app.callbacks.graph import render
@@ -550,6 +550,45 @@ def test_the_preview_says_when_an_lstm_keeps_more_cell_units_than_asked():
     assert cb.summary_lines(preview)[2].endswith("; cell units kept above the projection's "
                                                  "width, as an LSTM needs: 'lstm' 17")
 
+
+
+def _buttons(tree) -> list:
+    """The components with a dict id in a Dash component tree (a group panel)."""
+    found = []
+
+    def walk(c):
+        if isinstance(c, (list, tuple)):
+            for x in c:
+                walk(x)
+        elif hasattr(c, "to_plotly_json"):
+            if isinstance(getattr(c, "id", None), dict):
+                found.append(c)
+            walk(getattr(c, "children", None))
+
+    walk(tree)
+    return found
+
+
+def test_a_group_held_only_by_an_output_offers_to_free_it(tmp_path):
+    # the stem's group says it reaches the feature map; its panel has a button that frees
+    # that output, the first (the logits) never gets one
+    (tmp_path / "net.py").write_text(TWO_OUTPUTS_FILE)
+    spec = f"{tmp_path / 'net.py'}:Net"
+    store = SessionStore([ModelEntry(spec, inputs=("1x3x6x6",))])
+    load_entry(store, "sid", spec)
+    render(store, "sid", "new")
+    panel = inspect(store, "sid", {"kind": "op", "name": "stem"}, "out", None).group_panel
+    [button] = _buttons(panel)
+    assert button.id == {"type": ids.FREE_HELD, "output": "features"}
+    assert button.children == "Let 'features' change width"
+    head = inspect(store, "sid", {"kind": "op", "name": "head"}, "out", None).group_panel
+    assert not _buttons(head)  # (held by the logits)
+    assert cb.free_held_output(store, "sid", "features") == \
+        "Output 'features' may now change width: 1 of 2 groups prunable (before: 0)."
+    panel = inspect(store, "sid", {"kind": "op", "name": "stem"}, "out", None).group_panel
+    assert not _buttons(panel)  # prunable now
+    with pytest.raises(DepViewError, match="'feats' is not an output of this model"):
+        cb.free_held_output(store, "sid", "feats")
 
 
 def test_a_model_output_set_free_lets_its_groups_prune(tmp_path):

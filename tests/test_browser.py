@@ -278,9 +278,9 @@ def test_a_collapsed_module_is_ignored_from_its_inspector(dash_duo):
            "the module's ignore boxes stayed for a layer")
 
 
-def test_a_model_output_is_made_free_from_its_inspector(dash_duo, tmp_path):
-    # a model that returns its feature map beside its logits: the conv's group reaches both,
-    # and nothing pruned until the feature map may change width
+def _two_outputs_stem(dash_duo, tmp_path) -> None:
+    """The app on a model that returns its feature map beside its logits, its conv's group
+    shown: the feature map holds it."""
     (tmp_path / "net.py").write_text(TWO_OUTPUTS_FILE)
     _start(dash_duo, create_app([ModelEntry(f"{tmp_path / 'net.py'}:Net",
                                              inputs=("1x3x6x6",))]))
@@ -288,6 +288,11 @@ def test_a_model_output_is_made_free_from_its_inspector(dash_duo, tmp_path):
     _click_node(dash_duo, "stem")
     dash_duo.wait_for_contains_text(f"#{ids.GROUP_PANEL}", "reaches the model output",
                                     timeout=TIMEOUT)
+
+
+def test_a_model_output_is_made_free_from_its_inspector(dash_duo, tmp_path):
+    # the conv's group reaches the feature map: nothing pruned until it may change width
+    _two_outputs_stem(dash_duo, tmp_path)
     assert not dash_duo.find_element(f"#{ids.OUTPUT_CONTROLS}").is_displayed()
     _click_node(dash_duo, "output.features")
     _until(dash_duo, lambda d: d.find_element("id", ids.OUTPUT_CONTROLS).is_displayed(),
@@ -301,6 +306,23 @@ def test_a_model_output_is_made_free_from_its_inspector(dash_duo, tmp_path):
                                     timeout=TIMEOUT)  # (the header's count follows)
     dash_duo.find_element(f"#{ids.APPLY}").click()
     dash_duo.wait_for_contains_text(f"#{ids.MESSAGE}", "masked equivalence ok",
+                                    timeout=TIMEOUT)
+
+
+def test_a_group_held_by_an_output_frees_it_from_its_panel(dash_duo, tmp_path):
+    # the group's panel says what holds it and offers the way out: one click, no hunt for
+    # the output node at the graph's end
+    _two_outputs_stem(dash_duo, tmp_path)
+    dash_duo.wait_for_contains_text(f"#{ids.GROUP_PANEL}", "Let 'features' change width",
+                                    timeout=TIMEOUT)
+    dash_duo.find_element(f"#{ids.GROUP_PANEL} .free-held button").click()
+    dash_duo.wait_for_contains_text(f"#{ids.MESSAGE}", "Output 'features' may now change "
+                                    "width: 1 of 2 groups prunable", timeout=TIMEOUT)
+    dash_duo.wait_for_contains_text(f"#{ids.GROUP_PANEL}", "prunable", timeout=TIMEOUT)
+    _until(dash_duo, lambda d: "not prunable" not in d.find_element("id", ids.GROUP_PANEL).text
+           and not d.find_elements("css selector", f"#{ids.GROUP_PANEL} .free-held"),
+           "the panel never showed the group prunable")
+    dash_duo.wait_for_contains_text(f"#{ids.MODEL_INFO}", "2 groups (1 prunable)",
                                     timeout=TIMEOUT)
 
 

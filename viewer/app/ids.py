@@ -55,6 +55,9 @@ MODULE_CONTROLS = "module-controls"  #: shown for a module: ignore every layer i
 MODULE_IGNORE = "module-ignore"
 OUTPUT_CONTROLS = "output-controls"  #: shown for a model output: let its width change
 FREE_OUTPUT = "free-output"
+#: in a group panel, for each output that alone holds the group: {"type": FREE_HELD,
+#: "output": its path}, a button that lets it change width
+FREE_HELD = "free-held"
 
 # -- pruning --------------------------------------------------------------------------------------
 IMPORTANCE = "importance"

@@ -19,7 +19,7 @@ from dash import ClientsideFunction, Input, Output, State, ctx, dcc, html, no_up
 
 from viewer.core.errors import DepViewError
 from viewer.core.graph import Graph, Node
-from viewer.core.groups import Group, group_of, units_are_heads
+from viewer.core.groups import Group, group_of, held_by_outputs, units_are_heads
 from viewer.core.handlers import INPUT_NAMES, OUTPUT_NAMES, cell_port
 from viewer.core.meta import (
     WRITE,
@@ -407,6 +407,14 @@ def group_panel(pruner: Pruner, group: Group, model_group: bool, note: str,
     if left:  # prunable, but not at the width the preview's ratio gives it
         rows.append(("preview leaves it", left))
     out = [html.H4(head), status, _kv(rows)]
+    held = held_by_outputs(pruner.graph, [group]) if model_group and reason else {}
+    if held:  # only outputs after the first hold it: one click lets each change width
+        out.append(html.Div([html.Button(f"Let '{path or 'output'}' change width",
+                                         id={"type": ids.FREE_HELD, "output": path},
+                                         className="btn small")
+                             for path in held] +
+                            [html.Span(" the groups are found again", className="hint")],
+                            className="free-held"))
     spans = unit_spans(group)
     if spans:
         out.append(html.P(spans, className="hint"))

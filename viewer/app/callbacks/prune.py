@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from dash import Input, Output, State, ctx, html, no_update
+from dash import ALL, Input, Output, State, ctx, html, no_update
 
 from viewer.core.errors import DepViewError
 from viewer.core.export import round_entry
@@ -22,7 +22,7 @@ from viewer.core.optypes import OpType
 from viewer.core.plan import IGNORE_SIDES, IMPORTANCE, SIDE_WORDS, Plan
 from viewer.core.prune import floor_note
 from viewer.core.text import counted
-from viewer.core.trace import output_path
+from viewer.core.trace import output_nodes, output_path
 from viewer.core.verify import blind_note, run_failure, untraced_note
 
 from .. import charts, ids, styles
@@ -396,6 +396,18 @@ def set_free_output(store: SessionStore, sid: str, name: str | None, free: bool)
                  f" of {', '.join(f'group #{g}' for g in dropped)} "
                  f"{'were' if len(dropped) > 1 else 'was'} removed.")
     return text
+
+
+def free_held_output(store: SessionStore, sid: str, path: str) -> str:
+    """The group panel's "let OUTPUT change width": :func:`set_free_output` for the output
+    at ``path`` in the flattened outputs (the group shown is held only by it)."""
+    session = store.session(sid)
+    with session.lock:
+        graph = session.stage.graph
+    node = next((n for n in output_nodes(graph) if output_path(n) == path), None)
+    if node is None:
+        raise DepViewError(f"'{path}' is not an output of this model")
+    return set_free_output(store, sid, node.name, True)
 
 
 def _void_overrides(session: Session) -> list[int]:
@@ -803,6 +815,7 @@ def register(app, store: SessionStore) -> None:
         Input(ids.IGNORE_TOGGLE, "value"),
         Input(ids.MODULE_IGNORE, "value"),
         Input(ids.FREE_OUTPUT, "value"),
+        Input({"type": ids.FREE_HELD, "output": ALL}, "n_clicks"),
         Input(ids.GRAPH_REV, "data"),
         State(ids.OVERRIDE_RATIO, "value"),
         State(ids.SELECTION, "data"),
@@ -815,14 +828,17 @@ def register(app, store: SessionStore) -> None:
         got = plan_edit(*args)
         sid = args[-1]
         # a free output finds the groups again: the header's prunable count follows
-        if ctx.triggered_id == ids.FREE_OUTPUT and got[2] is not no_update:
+        trig = ctx.triggered_id
+        freed = trig == ids.FREE_OUTPUT or isinstance(trig, dict) and \
+            trig.get("type") == ids.FREE_HELD
+        if freed and got[2] is not no_update:
             try:
                 return (*got, model_info(store, sid))
             except Exception:  # (the message already says what happened)
                 pass
         return (*got, no_update)
 
-    def plan_edit(_s, _c, ignore_sides, module_sides, free, _rev, ratio, selection, side,
+    def plan_edit(_s, _c, ignore_sides, module_sides, free, _held, _rev, ratio, selection, side,
                   pick, sid):
         trig = ctx.triggered_id
         sel = selection or {}
@@ -849,6 +865,10 @@ def register(app, store: SessionStore) -> None:
                 text = set_free_output(store, sid, sel.get("name"), "free" in (free or []))
                 if not text:  # just showing the stored value
                     return no_update, no_update, no_update
+            elif isinstance(trig, dict) and trig.get("type") == ids.FREE_HELD:
+                if not ctx.triggered[0]["value"]:  # the button was drawn, not clicked
+                    return no_update, no_update, no_update
+                text = free_held_output(store, sid, trig["output"])
             panel = no_update
             if trig == ids.GRAPH_REV and sel.get("kind") == "op":
                 # the new model's group comes with the selection once its graph is drawn
