@@ -10,6 +10,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 transformers = pytest.importorskip("transformers")
 
 from viewer.core.export import export_dir, load_pruned  # noqa: E402
+from viewer.core.groups import held_by_outputs  # noqa: E402
 from viewer.core.plan import Plan  # noqa: E402
 from viewer.core.prune import Pruner  # noqa: E402
 from viewer.core.trace import build_graph  # noqa: E402
@@ -204,8 +205,9 @@ def test_hf_whisper_encoder_prunes_with_its_last_hidden_state_free():
               "decoder_input_ids": torch.tensor([[1, 5, 7, 9]])}
     p = Pruner(model, inputs)
     stream = _group(p, "model.encoder.conv2")
-    assert p.reason(stream).endswith("(if its width may change, set it free: --free-output "
-                                     "encoder_last_hidden_state, or its 'free' box in the app)")
+    assert p.reason(stream) == ("it reaches the model output "
+                                "'output.encoder_last_hidden_state'")
+    assert held_by_outputs(p.graph, p.groups) == {"encoder_last_hidden_state": [stream.id]}
     p = Pruner(model, inputs, free_outputs=["encoder_last_hidden_state"])
     stream = _group(p, "model.encoder.conv2")
     assert not p.reason(stream)

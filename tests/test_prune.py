@@ -22,6 +22,7 @@ from torch import nn
 
 from viewer.core.errors import DepViewError
 from viewer.core.export import export_dir, load_pruned
+from viewer.core.groups import held_by_outputs
 from viewer.core.optypes import OpType
 from viewer.core.plan import IMPORTANCE, Plan, parse_ignore
 from viewer.core.prune import Pruner, floor_note
@@ -1870,11 +1871,10 @@ def test_a_free_output_lets_the_groups_that_reach_it_prune_and_is_checked_at_kep
     torch.manual_seed(0)
     model, x = FeaturesAndLogits().eval(), torch.randn(2, 3, 6, 6)
     p = Pruner(model, (x,))
-    # an output after the first says how to free it; the first (the prediction) does not
-    assert p.reason(p.groups[0]) == ("it reaches the model output 'output.features' (if its "
-                                     "width may change, set it free: --free-output features, "
-                                     "or its 'free' box in the app)")
+    assert p.reason(p.groups[0]) == "it reaches the model output 'output.features'"
     assert p.reason(p.groups[2]) == "it reaches the model output 'output.logits'"
+    # an output after the first may be offered as free; the first (the prediction) is not
+    assert held_by_outputs(p.graph, p.groups) == {"features": [p.groups[0].id]}
     p = Pruner(model, (x,), free_outputs=["features"])
     stream = p.groups[0]
     assert stream.root == "stem" and not p.reason(stream)

@@ -50,7 +50,6 @@ from .rules import (
     TensorKey,
     conv_in_dim,
     conv_out_dim,
-    freeable,
     mha_call_query,
     norm_dim,
     output_of_reason,
@@ -865,10 +864,19 @@ def _hooked_weight(node: Node) -> str | None:
     return None
 
 
+def freeable(graph: Graph, node: Node) -> bool:
+    """May this output be offered as free: an output after the first (the prediction, by
+    convention: ``logits``), not free yet, while another would stay kept."""
+    outs = graph.output_ids
+    return node.id != outs[0] and node.id not in graph.free_outputs and \
+        len(outs) - len(graph.free_outputs) > 1
+
+
 def held_by_outputs(graph: Graph, groups: list[Group]) -> dict[str, list[int]]:
     """The outputs that alone keep groups from pruning, each an output that may be set free
-    (:func:`rules.freeable`): output path -> ids of the groups whose every reason is such an
-    output (a group two outputs hold is listed under both).
+    (:func:`freeable`): output path -> ids of the groups whose every reason is such an
+    output (a group two outputs hold is listed under both). The CLI's prune line names them
+    and the app's group panel offers to free them.
 
         >>> held_by_outputs(graph, all_groups(graph))   # a small Whisper
         {'encoder_last_hidden_state': [1]}

@@ -51,7 +51,6 @@ from .optypes import (
     conv_prunes_whole_groups,
     gn_prunes_whole_groups,
 )
-from .trace import output_path
 
 if TYPE_CHECKING:
     from .groups import _Search
@@ -142,26 +141,12 @@ def output_of_reason(reason: str) -> str | None:
     return reason[len(OUTPUT_BLOCK):].split("'", 1)[0]
 
 
-def freeable(g: Graph, node: Node) -> bool:
-    """May this output be offered as free: an output after the first (the prediction, by
-    convention: ``logits``), not free yet, while another would stay kept."""
-    outs = g.output_ids
-    return node.id != outs[0] and node.id not in g.free_outputs and \
-        len(outs) - len(g.free_outputs) > 1
-
-
 def _output_rule(g, node, side, port, dim, units, pos, ctx):
     """A model output blocks the group, unless the user let its width change (a detector's
-    hidden states beside its logits and boxes: see ``Pruner(free_outputs=...)``). The reason
-    says how, for an output after the first (the prediction, by convention: ``logits``) while
-    another would stay kept (Whisper's ``encoder_last_hidden_state`` holds its encoder)."""
-    if node.id in g.free_outputs:
-        return []
-    why = f"{OUTPUT_BLOCK}{node.name}'"
-    if freeable(g, node):
-        why += (f" (if its width may change, set it free: --free-output {output_path(node)}, "
-                "or its 'free' box in the app)")
-    ctx.block(why)
+    hidden states beside its logits and boxes: see ``Pruner(free_outputs=...)``; which
+    outputs could be: :func:`groups.held_by_outputs`)."""
+    if node.id not in g.free_outputs:
+        ctx.block(f"{OUTPUT_BLOCK}{node.name}'")
     return []
 
 
@@ -1848,9 +1833,7 @@ def _mha_rule(g, node, side, port, dim, units, pos, ctx):
 #: How units cross each op type. One entry per OpType (a test checks it is complete).
 #: Rules read a node's fields listed in ``_Repeats.fp``, the graph's ``in_edges`` and
 #: ``consumers`` (and, for :data:`READS_INPUT_PRODUCER`, input 0's producer), and nothing
-#: else: the reuse of groups across repeated blocks relies on it. (The OUTPUT rule also
-#: reads which outputs there are and which are free: OUTPUT nodes end the graph, where no
-#: repeated block reaches two of them at one offset.)
+#: else: the reuse of groups across repeated blocks relies on it.
 RULES: dict[OpType, Rule] = {
     OpType.INPUT: _source_block("the model input"),
     OpType.OUTPUT: _output_rule,
