@@ -1,8 +1,9 @@
 """Cutting tensors: a plan's kept indices made real in a copy of the model.
 
-``materialize(model, graph, changes)`` index-selects every changed tensor (parameters,
-buffers, plain tensor attributes) and sets the module attributes that follow; ``tree_copy``
-is the deep copy it works on (shared tensors stay shared).
+``materialize(model, graph, changes, widths)`` index-selects every changed tensor
+(parameters, buffers, plain tensor attributes) of a copy and sets the module attributes that
+follow the new widths; ``tree_copy`` is the deep copy it works on (shared tensors stay
+shared).
 """
 
 from __future__ import annotations
