@@ -667,6 +667,10 @@ def test_prune_frees_an_output_by_name_and_check_reloads_it(tmp_path):
     report = json.loads((tmp_path / "b" / "report.json").read_text())
     assert report["output_shapes"] == {"logits": [1, 4], "features": [1, 4, 6, 6]}
     assert run("check", "b").returncode == 0
+    res = run("groups", "net.py:Net", "--input", "1x3x6x6", "--json", "g.json")
+    assert res.stdout.strip() == ("2 groups, 0 prunable -> g.json (1 group is held only by the "
+                                  "output features: --free-output NAME lets it prune, if its "
+                                  "width may change)"), res.stdout
     out = json.loads(run("groups", "net.py:Net", "--input", "1x3x6x6", "--free-output",
                          "features", "--json", "-").stdout)
     assert out["free_outputs"] == ["features"]

@@ -115,7 +115,9 @@ def cmd_groups(args) -> int:
     _write_json(out, args.json)
     if args.json != "-":
         n_ok = sum(r["prunable"] for r in rows)
-        print(f"{counted(len(rows), 'group')}, {n_ok} prunable -> {args.json}")
+        note = _outputs_note(pruner)
+        print(f"{counted(len(rows), 'group')}, {n_ok} prunable -> {args.json}"
+              + (f" ({note})" if note else ""))
     return 0
 
 
