@@ -28,6 +28,7 @@ from torch.nn.modules.lazy import LazyModuleMixin
 
 from . import memory
 from .errors import DepViewError
+from .forward import run
 from .text import error_line
 from .trace import plain_module
 from .trees import floats_as
@@ -294,22 +295,14 @@ def describe_inputs(inputs: tuple | dict) -> list[str]:
 
 def _initialize_lazy(model: nn.Module, example) -> None:
     """Lazy layers (``nn.LazyLinear``, ``nn.LazyConv2d``, ...) take their weights' shapes from
-    their first forward: run it here, on (copies of) the example inputs and with the seeded
-    generator of the build, so that a rebuild from the same spec (``load_pruned``, ``check``)
+    their first forward: run it here, on copies of the example inputs and from a fixed seed
+    (:func:`forward.run`), so that a rebuild from the same spec (``load_pruned``, ``check``)
     draws the same weights, and everything after sees a model with real shapes."""
     if not any(isinstance(m, LazyModuleMixin) and m.has_uninitialized_params()
                for m in model.modules()):
         return
-
-    def copied(t):  # (a forward may change its inputs in place)
-        return t.clone() if isinstance(t, torch.Tensor) else t
-
     try:
-        with torch.no_grad():
-            if isinstance(example, dict):
-                model(**{k: copied(v) for k, v in example.items()})
-            else:
-                model(*(copied(t) for t in example))
+        run(model, example)
     except Exception as exc:
         raise DepViewError("model forward failed (it is run once to initialise the model's "
                            f"lazy layers): {error_line(exc)}") from exc
