@@ -82,6 +82,43 @@ def test_preview_widths_are_the_applied_models(demo_pruner, name):
     assert shown > 5
 
 
+class BareMatrices(nn.Module):
+    # weights kept as bare parameters and read by matmuls: w2 is in two groups, one per dim
+    def __init__(self):
+        super().__init__()
+        self.w1 = nn.Parameter(torch.randn(6, 16))
+        self.w2 = nn.Parameter(torch.randn(16, 12))
+        self.fc = nn.Linear(12, 2)
+
+    def forward(self, x):
+        return self.fc(torch.relu(torch.relu(x @ self.w1) @ self.w2))
+
+
+@pytest.mark.parametrize("name", ["vit", "llama", "bare"])
+def test_preview_rows_of_bare_parameters_are_the_applied_tensors(demo_pruner, name):
+    # oracle: the pruned copy's own tensors, along the dim the row names
+    if name == "bare":
+        torch.manual_seed(0)
+        p = Pruner(BareMatrices(), [torch.randn(3, 6)])
+    else:
+        p = demo_pruner(name)[1]
+    plan = p.plan(0.5)
+    pruned = p.apply(plan).state_dict()
+    keys = {n.name: n.params[""] for n in p.graph.nodes if n.op_type is OpType.PARAMETER}
+    rows = [r for r in p.preview(plan)["layers"] if r["op_type"] == "parameter"]
+    for r in rows:
+        name, _, dim = r["name"].partition(" (dim ")
+        dims = [int(dim.rstrip(")"))] if dim else \
+            [d for d, w in enumerate(p.graph.by_name[name].out_shapes[0]) if w == r["before"]]
+        assert any(pruned[keys[name]].shape[d] == r["after"] for d in dims), r
+    assert sum(r["after"] < r["before"] for r in rows) >= 2
+    if name == "vit":  # the class token and the position table shrink with the stream
+        assert {"cls_token", "pos_embed"} <= {r["name"] for r in rows}
+    if name == "bare":
+        assert {r["name"] for r in rows} == {"w1", "w2 (dim 0)", "w2 (dim 1)"}
+        assert all(r["after"] < r["before"] for r in rows)
+
+
 @pytest.mark.parametrize("name", ALL_DEMOS)
 def test_every_pruned_tensor_is_an_index_select_of_the_original(demo_pruner, name):
     lm, p = demo_pruner(name)

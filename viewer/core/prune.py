@@ -829,6 +829,23 @@ class Pruner(GroupValidation, Verification):
             out[module][side] = width - len(gone)
         return out
 
+    def param_widths(self, plan: Plan) -> dict[int, dict[int, tuple[int, int]]]:
+        """node id -> {dim: (width before, after)} for the bare parameters and persistent
+        buffers of every group (a class token, a position table, a layer scale read as a
+        tensor), whether or not the plan cuts them: the rows beside the layers' in
+        :meth:`preview`."""
+        lost: dict[int, dict[int, tuple[int, set[int]]]] = defaultdict(dict)
+        for g in self.groups:
+            for m in g.members:
+                if m.side != "param":
+                    continue
+                width = int(self.graph.nodes[m.node].out_shapes[0][m.dim])
+                entry = lost[m.node].setdefault(m.dim, (width, set()))
+                if g.id in plan.removed:
+                    entry[1].update(m.indices(plan.removed[g.id]).tolist())
+        return {nid: {d: (w, w - len(gone)) for d, (w, gone) in sorted(dims.items())}
+                for nid, dims in lost.items()}
+
     def apply(self, plan: Plan, device: str | None = None, config: bool = True) -> nn.Module:
         """A pruned copy of the model. ``device="meta"`` builds it without memory (for
         previews); otherwise tensors are index-selected from the original.
@@ -1030,9 +1047,15 @@ class Pruner(GroupValidation, Verification):
             after = self._count(plan)
         except Exception as exc:
             raise DepViewError(f"the pruned model does not run: {error_line(exc)}") from exc
-        widths = self.widths(plan)
+        widths, bare = self.widths(plan), self.param_widths(plan)
         layers = []
         for n in self.graph.nodes:
+            for dim, (w, w_new) in bare.get(n.id, {}).items():
+                # a bare parameter (a class token, a position table): its width along each
+                # coupled dim, named with the dim when it has several
+                layers.append({"name": n.name + (f" (dim {dim})" if len(bare[n.id]) > 1
+                                                 else ""),
+                               "op_type": n.op_type.value, "before": w, "after": w_new})
             if not n.is_module or n.call or not n.params:
                 continue
             d = out_channel_dim(n)
