@@ -11,6 +11,7 @@ import torch
 from viewer.app import charts, ids, styles
 from viewer.app.viewmodel import build_view
 from viewer.core.groups import group_of
+from viewer.core.prune import Pruner
 from viewer.core.spec import load_model
 from viewer.core.trace import build_graph
 
@@ -150,6 +151,21 @@ def test_preview_rules_annotate_new_widths(densenet):
     (rule,) = rules
     assert rule["selector"] == "#" + view.rep[graph.by_name["stem"].id]
     assert rule["style"]["label"].endswith("⇒ 3→12")
+
+
+def test_preview_rules_annotate_cut_bare_parameters():
+    # oracle: the applied copy's class token; an uncut parameter keeps its label
+    lm = load_model("demo:vit")
+    pruner = Pruner(lm.model, lm.inputs, output_layers=lm.output_layers)
+    view = build_view(pruner.graph)
+    plan = pruner.plan(0.5)
+    token = pruner.graph.by_name["cls_token"]
+    width = pruner.apply(plan).cls_token.shape[-1]
+    rules = styles.preview_rules(view, pruner.graph, {}, pruner.param_widths(plan))
+    (rule,) = [r for r in rules if r["selector"] == "#" + view.rep[token.id]]
+    assert rule["style"]["label"] == view.data[view.rep[token.id]]["label"] + f"\n⇒ 32→{width}"
+    assert width < 32
+    assert styles.preview_rules(view, pruner.graph, {}, {token.id: {2: (32, 32)}}) == []
 
 
 @pytest.mark.filterwarnings("ignore:LSTM with projections")

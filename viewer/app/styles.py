@@ -236,9 +236,20 @@ def search_rules(ids: Iterable[str]) -> list[dict]:
         "border-width": 5, "border-color": SEARCH_HIT, "border-style": "solid", "opacity": 1}}]
 
 
-def preview_rules(view: View, graph: Graph, widths: dict[str, dict[str, int]]) -> list[dict]:
-    """Annotate each drawn layer a plan shrinks with its new width (``⇒ 3→8``)."""
+def preview_rules(view: View, graph: Graph, widths: dict[str, dict[str, int]],
+                  params: dict[int, dict[int, tuple[int, int]]] | None = None) -> list[dict]:
+    """Annotate each drawn layer a plan shrinks with its new width (``⇒ 3→8``), and each
+    drawn bare parameter it cuts (``params``: :meth:`Pruner.param_widths`) with its width
+    before → after along each cut dim (``⇒ 32→16``)."""
     rules = []
+    for nid, dims in (params or {}).items():
+        eid = view.rep.get(nid)
+        cut = [f"{w}→{new}" for w, new in dims.values() if new != w]
+        if eid is None or not cut or view.data[eid].get("kind") != "op":
+            continue  # (inside a collapsed module: its box counts layers)
+        rules.append({"selector": f"#{eid}", "style": {
+            "label": view.data[eid]["label"] + "\n⇒ " + ", ".join(cut), "height": 50,
+            "border-width": 3, "border-color": PRUNED}})
     # collapsed module -> [layers narrowed, their output channels before, after]
     boxes: dict[str, list[int]] = {}
     for n in graph.nodes:

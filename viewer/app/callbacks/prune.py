@@ -577,7 +577,9 @@ def preview_rules(store: SessionStore, sid: str) -> list[dict]:
         if session.preview_plan is None or session.view is None:
             return []
         st = session.stage
-        return styles.preview_rules(session.view, st.graph, st.pruner.widths(session.preview_plan))
+        plan = session.preview_plan
+        return styles.preview_rules(session.view, st.graph, st.pruner.widths(plan),
+                                    st.pruner.param_widths(plan))
 
 
 def summary_lines(preview: dict) -> tuple[str, str, str]:
