@@ -2152,10 +2152,22 @@ def test_mha_with_its_own_key_width_prunes_the_memory_through_its_key_and_value_
     att = [m for m in kv.members if m.node_name == "att"]
     assert [(m.side, m.port) for m in att] == [("in", 1), ("in", 2)]
     assert [d.get("port") for d in kv.to_dict()["members"] if d["node"] == "att"] == [1, 2]
-    # the queries' width and the output's are coupled by count only: without a residual
-    # they are in two groups, which cannot shrink together (as with a packed in_proj)
-    assert "input and output widths in different groups" in p.reason(
-        next(grp for grp in p.groups if grp.root == "q"))
+    # the queries' width and the output's are coupled by count; paired by index, they are
+    # one group without a residual too (were two, each blocked: "input and output widths in
+    # different groups"), and no channel is in two groups
+    q = next(grp for grp in p.groups if grp.root == "q")
+    assert not p.reason(q) and q.multiple_of == 4
+    assert {(m.node_name, m.side) for m in q.members} >= {("att", "in"), ("att", "out"),
+                                                           ("o", "in")}
+    assert [grp.root for grp in p.groups] == ["kv", "q", "o"]
+    plan = Plan({q.id: [0, 9, 18, 27]})  # one inner dim of each head
+    pruned = p.apply(plan)
+    assert (pruned.att.embed_dim, pruned.att.head_dim, pruned.o.in_features) == (28, 7, 28)
+    masked = p.masked_model(plan)  # (scaled as the pruned model's 1/sqrt(head_dim) is)
+    with torch.no_grad():
+        masked.att.q_proj_weight *= math.sqrt(8 / 7)
+        masked.att.in_proj_bias[:32] *= math.sqrt(8 / 7)
+        torch.testing.assert_close(pruned(*inputs), masked(*inputs), atol=1e-5, rtol=1e-5)
     plan = Plan({kv.id: [0, 3, 4, 10]})
     pruned = p.apply(plan)
     keep = [1, 2, 5, 6, 7, 8, 9, 11]

@@ -1825,9 +1825,18 @@ def _mha_rule(g, node, side, port, dim, units, pos, ctx):
     mside = "in" if side == "in" else "out"
     ctx.member(node, mside, dim, units, pos)
     ctx.search.mha_sides.setdefault(node.id, set()).add(mside)
-    return [Flow("in", p, len(node.in_shapes[p]) - 1, units, pos) for p in range(3)
-            if p < len(node.in_shapes) and node.in_shapes[p] and node.in_shapes[p][-1] == e
-            and not (side == "in" and p == port) and not (separate and p)]
+    flows = [Flow("in", p, len(node.in_shapes[p]) - 1, units, pos) for p in range(3)
+             if p < len(node.in_shapes) and node.in_shapes[p] and node.in_shapes[p][-1] == e
+             and not (side == "in" and p == port) and not (separate and p)]
+    if side == "in" and node.out_shapes and node.out_shapes[0] and \
+            node.out_shapes[0][-1] == e:  # (count coupling, paired by index as the
+        # output's own search pairs them: a learned query pooling the stream, SigLIP's head,
+        # has the output in the stream's group, not in one of its own that holds both)
+        od = len(node.out_shapes[0]) - 1
+        ctx.member(node, "out", od, units, pos)
+        ctx.search.mha_sides[node.id].add("out")
+        flows.append(Flow("out", 0, od, units, pos))
+    return flows
 
 
 #: How units cross each op type. One entry per OpType (a test checks it is complete).
