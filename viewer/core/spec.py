@@ -728,7 +728,8 @@ def _hf_inputs(model: nn.Module, folder: Path, device: str
                      for cand, _ in tried)
     raise DepViewError(f"{folder}: its {type(model).__name__} did not run on the inputs "
                        f"DepView tried ({said}): {tried[0][1][:200]}; pass its inputs with "
-                       "--input NAME=SHAPE[:DTYPE]")
+                       "--input NAME=SHAPE[:DTYPE], or with --input-file FILE where their "
+                       "values matter (Siglip2's spatial_shapes)")
 
 
 def locate_spec(spec: str, candidates: list[str | Path]) -> str:
