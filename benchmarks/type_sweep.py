@@ -7,6 +7,8 @@ Run from the repository root (needs ``transformers``; nothing is downloaded)::
     python benchmarks/type_sweep.py --json after.json                 # every causal LM (~7 min)
     python benchmarks/type_sweep.py --types llama,falcon,inkling_text   # some of them
     python benchmarks/type_sweep.py --task image-classification       # another auto class
+    python benchmarks/type_sweep.py --task object-detection           # (also semantic-
+                                                  # segmentation, depth-estimation)
     python benchmarks/type_sweep.py --json after.json --compare before.json
 
 Each type in the task's mapping (``MODEL_FOR_CAUSAL_LM_MAPPING_NAMES``, ...) is built with
@@ -56,6 +58,18 @@ TASKS = {
                              dict(image_size=32, patch_size=8, num_channels=3, num_labels=10)),
     "audio-classification": ("MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES",
                              "AutoModelForAudioClassification", dict(num_labels=10)),
+    "semantic-segmentation": ("MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES",
+                              "AutoModelForSemanticSegmentation",
+                              dict(image_size=32, patch_size=8, num_channels=3, num_labels=10)),
+    "depth-estimation": ("MODEL_FOR_DEPTH_ESTIMATION_MAPPING_NAMES",
+                         "AutoModelForDepthEstimation",
+                         dict(image_size=32, patch_size=8, num_channels=3)),
+    "object-detection": ("MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES",
+                         "AutoModelForObjectDetection",
+                         dict(image_size=32, patch_size=8, num_channels=3, num_labels=10,
+                              d_model=32, encoder_layers=1, decoder_layers=1,
+                              encoder_attention_heads=4, decoder_attention_heads=4,
+                              encoder_ffn_dim=64, decoder_ffn_dim=64, num_queries=10)),
 }
 
 #: multi-head latent attention (DeepSeek-V2/V3 and kin): small ranks and rope dims, a few
@@ -65,9 +79,35 @@ MLA = dict(SMALL, kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=4, qk_nope_h
            moe_intermediate_size=16, n_shared_experts=1, first_k_dense_replace=1, n_group=1,
            topk_group=1)
 
+#: a small ResNet backbone given as a sub-config (not timm's, which is not installed)
+RESNET = dict(model_type="resnet", embedding_size=16, hidden_sizes=[16, 32, 64, 128],
+              depths=[1, 1, 1, 1], layer_type="basic", out_features=["stage4"])
+#: DETR and kin: the ResNet above, one encoder and one decoder layer, 10 queries
+DETR = dict(use_timm_backbone=False, use_pretrained_backbone=False, backbone_config=RESNET,
+            d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4,
+            decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, num_queries=10)
+#: a ViT of 4 layers, each of whose outputs a dense-prediction neck reads
+VIT4 = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+            image_size=32, patch_size=8)
+
 #: types whose config takes other keys (lists per stage, a sub-config): their own small
 #: config, in place of SMALL and the task's keys
 OWN = {
+    **{t: DETR for t in ("detr", "conditional_detr", "dab-detr", "table-transformer")},
+    "yolos": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, image_size=[32, 32], patch_size=8,
+                  num_detection_tokens=5),
+    "dpt": dict(VIT4, backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[16, 16, 32, 32],
+                fusion_hidden_size=16, reassemble_factors=[4, 2, 1, 0.5], head_hidden_size=16,
+                use_auxiliary_head=False),
+    "glpn": dict(num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[16, 32],
+                 num_attention_heads=[1, 2], patch_sizes=[7, 3], strides=[4, 2],
+                 mlp_ratios=[2, 2], decoder_hidden_size=16),
+    "depth_anything": dict(backbone_config=dict(VIT4, model_type="dinov2",
+                                                out_indices=[1, 2, 3, 4],
+                                                reshape_hidden_states=False),
+                           reassemble_hidden_size=32, neck_hidden_sizes=[16, 16, 32, 32],
+                           fusion_hidden_size=16, head_hidden_size=16, patch_size=8),
     "bit": dict(embedding_size=16, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1],
                 num_groups=8),
     "regnet": dict(embedding_size=16, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1],
@@ -132,6 +172,10 @@ OWN = {
 
 #: what a type's config needs for one task only
 TASK_OWN = {
+    # (the UPerNet head reads 4 layers' outputs)
+    **{(t, "semantic-segmentation"): dict(VIT4, out_indices=[1, 2, 3, 4],
+                                          use_auxiliary_head=False, pool_scales=[1, 2])
+       for t in ("beit", "data2vec-vision")},
     ("reformer", "causal-lm"): dict(is_decoder=True),
     # (the decoder of an encoder-decoder: its layer count is decoder_layers, 12 by default)
     **{(t, "causal-lm"): SEQ2SEQ for t in ("bart", "bigbird_pegasus", "blenderbot",
