@@ -1122,6 +1122,52 @@ def _release_eval(held: list[nn.Module]) -> None:
                 m.__dict__["training"] = True
 
 
+#: module class -> the functools caches its methods keep (see :func:`clear_method_caches`)
+_METHOD_CACHES: dict[type, tuple] = {}
+
+
+def _method_caches(cls: type) -> tuple:
+    """The ``functools.lru_cache`` objects of a module class's methods and static methods:
+    the method itself, or one its wrapper closes over (Hugging Face's
+    ``compile_compatible_method_lru_cache``). torch's own classes keep none."""
+    found = []
+    for klass in cls.__mro__:
+        if klass.__module__.split(".")[0] in ("torch", "builtins"):
+            continue
+        for value in vars(klass).values():
+            func = value.__func__ if isinstance(value, (staticmethod, classmethod)) else value
+            if not callable(func):
+                continue
+            cells = getattr(func, "__closure__", None) or ()
+            for obj in [func, *(_cell(c) for c in cells)]:
+                if callable(getattr(obj, "cache_clear", None)) and \
+                        callable(getattr(obj, "cache_info", None)):
+                    found.append(obj)
+    return tuple(dict.fromkeys(found))
+
+
+def _cell(cell) -> object:
+    try:
+        return cell.cell_contents
+    except ValueError:  # (a cell not filled yet)
+        return None
+
+
+def clear_method_caches(model: nn.Module) -> None:
+    """Empty the caches of the model's methods, so that every trace computes what a first
+    forward computes. A table a method caches class-wide (RT-DETR's and DETR's sine position
+    embeddings, anchors: ``compile_compatible_method_lru_cache``) is computed by the first
+    trace and handed back to the next from the cache: a probe's trace then runs other ops
+    than the first trace, which validation takes for control flow that reads sizes. Caches
+    are what they are for speed: emptying one changes no result."""
+    for cls in {type(m) for m in model.modules()}:
+        caches = _METHOD_CACHES.get(cls)
+        if caches is None:
+            caches = _METHOD_CACHES[cls] = _method_caches(cls)
+        for cache in caches:
+            cache.cache_clear()
+
+
 def build_graph(model: nn.Module, example_inputs=(), example_kwargs: dict | None = None,
                 autograd: bool = False, meta_results: dict | None = None) -> Graph:
     """Run ``model`` once on the example inputs and return its typed graph.
@@ -1157,6 +1203,7 @@ def build_graph(model: nn.Module, example_inputs=(), example_kwargs: dict | None
             f"the model is a TorchScript module ({type(model).__name__}), whose ops run where "
             "DepView cannot see them: give the eager nn.Module (script it after pruning)")
 
+    clear_method_caches(model)
     tracer = _Tracer(model, autograd and torch.is_grad_enabled())
     arg_names = _arg_names(model)
     named = _name_inputs(arg_names, args, kwargs)
