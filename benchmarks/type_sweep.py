@@ -86,6 +86,15 @@ RESNET = dict(model_type="resnet", embedding_size=16, hidden_sizes=[16, 32, 64, 
 DETR = dict(use_timm_backbone=False, use_pretrained_backbone=False, backbone_config=RESNET,
             d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4,
             decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, num_queries=10)
+#: RT-DETR (v1, v2) on its own small ResNet, three feature levels; v2 with two decoder layers
+#: (with one, its config ties the box heads of layers that do not exist)
+RT_DETR = dict(backbone_config=dict(RESNET, model_type="rt_detr_resnet",
+                                    out_features=["stage2", "stage3", "stage4"]),
+               use_pretrained_backbone=False, d_model=32, encoder_hidden_dim=32,
+               encoder_in_channels=[32, 64, 128], decoder_in_channels=[32, 32, 32],
+               encoder_ffn_dim=64, decoder_ffn_dim=64, encoder_layers=1, decoder_layers=1,
+               encoder_attention_heads=4, decoder_attention_heads=4, num_queries=10,
+               decoder_n_points=2, hidden_expansion=0.5)
 #: a ViT of 4 layers, each of whose outputs a dense-prediction neck reads
 VIT4 = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
             image_size=32, patch_size=8)
@@ -94,6 +103,13 @@ VIT4 = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_atten
 #: config, in place of SMALL and the task's keys
 OWN = {
     **{t: DETR for t in ("detr", "conditional_detr", "dab-detr", "table-transformer")},
+    "rt_detr": RT_DETR,
+    "rt_detr_v2": dict(RT_DETR, decoder_layers=2),
+    # (three feature levels; a 64x64 image, as GroupNorm needs more than one value per
+    # channel at the smallest)
+    "deformable_detr": dict(DETR, backbone_config=dict(RESNET, out_features=[
+        "stage2", "stage3", "stage4"]), decoder_layers=2, encoder_n_points=2,
+        decoder_n_points=2, num_feature_levels=3, image_size=64),
     "yolos": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                   num_attention_heads=4, image_size=[32, 32], patch_size=8,
                   num_detection_tokens=5),
