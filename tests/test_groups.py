@@ -3062,6 +3062,36 @@ def test_cdist_sums_over_the_features_of_both_sets():
     assert pruned.emb.out_features == 8
 
 
+class OuterScaled(nn.Module):
+    """A weight scaled by the outer product of a row and a column gain (``torch.outer``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(5, 8)
+        self.w = nn.Parameter(torch.randn(16, 8))
+        self.g_out, self.g_in = nn.Parameter(torch.rand(16)), nn.Parameter(torch.rand(8))
+        self.out = nn.Linear(16, 3)
+
+    def forward(self, x):
+        w = self.w * torch.outer(self.g_out, self.g_in)
+        return self.out(torch.relu(F.linear(torch.relu(self.inp(x)), w)))
+
+
+def test_outer_couples_each_vector_with_its_dim_of_the_product():
+    # torch.outer was an unknown op that changes shape: both groups through it were blocked
+    torch.manual_seed(0)
+    p = _pruner(OuterScaled(), torch.randn(4, 5))
+    rows, cols = (next(grp for grp in p.groups if grp.root == r) for r in ("g_out", "g_in"))
+    assert {(m.node_name, m.side, m.dim) for m in rows.members} == {
+        ("g_out", "param", 0), ("w", "param", 0), ("out", "in", 1)}
+    assert {(m.node_name, m.side, m.dim) for m in cols.members} == {
+        ("g_in", "param", 0), ("w", "param", 1), ("inp", "out", 1)}
+    assert not p.reason(rows) and not p.reason(cols) and rows.exact and cols.exact
+    pruned = _half_pruned(p, cols, 4)
+    assert pruned.w.shape == (8, 4) and pruned.g_out.shape == (8,) and \
+        pruned.g_in.shape == (4,) and pruned.out.in_features == 8
+
+
 class BilinearHead(nn.Module):
     """``nn.Bilinear`` over two embeddings (a neural tensor network's relation score)."""
 

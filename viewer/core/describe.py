@@ -197,6 +197,8 @@ def _matmul_meta(name, func, args, kwargs, ins, outs) -> M.MatmulMeta | M.Einsum
         return _tensordot_meta(*pairs, ins[0].dim(), ins[1].dim())
     if name == "cdist":  # distances between rows: a sum over the features of both
         return _einsum_meta("...pm,...rm->...pr", [t.dim() for t in ins[:2]], outs[0].dim())
+    if name in ("outer", "ger"):  # two vectors: every pair of their entries
+        return _einsum_meta("i,j->ij", [t.dim() for t in ins[:2]], outs[0].dim())
     if name == "bilinear":  # nn.Bilinear: y_k = x1 W_k x2 (+ b_k)
         eq = "...i,...j,kij" + (",k" if len(ins) > 3 else "") + "->...k"
         return _einsum_meta(eq, [t.dim() for t in ins], outs[0].dim())

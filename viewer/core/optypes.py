@@ -414,7 +414,8 @@ _FUNCTION_NAMES: dict[OpType, str] = {
     "Tensor.__rmatmul__ torch.bmm "
     "Tensor.bmm torch.mm Tensor.mm F.linear torch.addmm Tensor.addmm torch.baddbmm Tensor.baddbmm "
     "torch.einsum torch.tensordot F.grouped_mm torch._grouped_mm torch.sparse.mm torch.spmm "
-    "torch.sparse.addmm torch.smm Tensor.smm torch.cdist F.bilinear",
+    "torch.sparse.addmm torch.smm Tensor.smm torch.cdist F.bilinear torch.outer Tensor.outer "
+    "torch.ger Tensor.ger",
     OpType.ATTENTION: "F.scaled_dot_product_attention F.multi_head_attention_forward",
     OpType.REDUCTION: "torch.sum Tensor.sum torch.mean Tensor.mean torch.amax Tensor.amax "
     "torch.amin Tensor.amin torch.var Tensor.var torch.std Tensor.std torch.norm Tensor.norm "

@@ -1297,8 +1297,9 @@ def _matmul_dims(node: Node):
 #: Ops whose metadata spells them out as an einsum (:class:`EinsumMeta`): ``tensordot(a, b,
 #: ([1], [0]))`` is ``abc,bd->acd``; ``cdist(a, b)`` sums over the features of both
 #: (``...pm,...rm->...pr``: a feature removed from both adds nothing to any distance);
-#: ``F.bilinear(x1, x2, w, b)`` is ``...i,...j,kij,k->...k`` (the bias shares the outputs')
-_EINSUMS = frozenset({"einsum", "tensordot", "cdist", "bilinear"})
+#: ``F.bilinear(x1, x2, w, b)`` is ``...i,...j,kij,k->...k`` (the bias shares the outputs');
+#: ``torch.outer(a, b)`` (``ger``) is ``i,j->ij``
+_EINSUMS = frozenset({"einsum", "tensordot", "cdist", "bilinear", "outer", "ger"})
 
 
 def _einsum_rule(node, side, port, dim, units, pos, ctx):

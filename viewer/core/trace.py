@@ -1139,11 +1139,8 @@ def _method_caches(cls: type) -> tuple:
             if not callable(func):
                 continue
             cells = getattr(func, "__closure__", None) or ()
-            for obj in [func, *(_cell(c) for c in cells)]:
-                if callable(getattr(obj, "cache_clear", None)) and \
-                        callable(getattr(obj, "cache_info", None)):
-                    found.append(obj)
-    return tuple(dict.fromkeys(found))
+            found += [obj for obj in [func, *(_cell(c) for c in cells)] if _is_cache(obj)]
+    return tuple({id(c): c for c in found}.values())
 
 
 def _cell(cell) -> object:
@@ -1151,6 +1148,15 @@ def _cell(cell) -> object:
         return cell.cell_contents
     except ValueError:  # (a cell not filled yet)
         return None
+
+
+def _is_cache(obj: object) -> bool:
+    """Is ``obj`` a functools cache (``cache_clear`` and ``cache_info``)?"""
+    try:
+        return callable(getattr(obj, "cache_clear", None)) and \
+            callable(getattr(obj, "cache_info", None))
+    except Exception:  # noqa: BLE001 (an object whose __getattr__ raises something else)
+        return False
 
 
 def clear_method_caches(model: nn.Module) -> None:
