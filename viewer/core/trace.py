@@ -1126,21 +1126,44 @@ def _release_eval(held: list[nn.Module]) -> None:
 _METHOD_CACHES: dict[type, tuple] = {}
 
 
+#: module name -> the functools caches of the functions it defines
+_MODULE_CACHES: dict[str, list] = {}
+
+
 def _method_caches(cls: type) -> tuple:
-    """The ``functools.lru_cache`` objects of a module class's methods and static methods:
-    the method itself, or one its wrapper closes over (Hugging Face's
-    ``compile_compatible_method_lru_cache``). torch's own classes keep none."""
+    """The ``functools.lru_cache`` objects of a module class's methods and static methods,
+    and of the functions the Python module that defines it (or a base class) defines: the
+    function itself, or one its wrapper closes over (Hugging Face's
+    ``compile_compatible_method_lru_cache``, which DINOv3 puts on a module-level function).
+    torch's own classes keep none."""
     found = []
     for klass in cls.__mro__:
         if klass.__module__.split(".")[0] in ("torch", "builtins"):
             continue
-        for value in vars(klass).values():
-            func = value.__func__ if isinstance(value, (staticmethod, classmethod)) else value
-            if not callable(func):
-                continue
-            cells = getattr(func, "__closure__", None) or ()
-            found += [obj for obj in [func, *(_cell(c) for c in cells)] if _is_cache(obj)]
+        found += _caches_in(vars(klass).values())
+        name = klass.__module__
+        if name not in _MODULE_CACHES:
+            module = vars(sys.modules[name]) if name in sys.modules else {}
+            # (its own functions only: a cache imported from elsewhere, as an "is X
+            # installed" check, is not the model's)
+            _MODULE_CACHES[name] = _caches_in(
+                v for v in list(module.values()) if getattr(v, "__module__", None) == name
+                and not isinstance(v, type))
+        found += _MODULE_CACHES[name]
     return tuple({id(c): c for c in found}.values())
+
+
+def _caches_in(values) -> list:
+    """The functools caches among ``values`` (functions, static and class methods), or
+    closed over by one of them."""
+    found = []
+    for value in values:
+        func = value.__func__ if isinstance(value, (staticmethod, classmethod)) else value
+        if not callable(func):
+            continue
+        cells = getattr(func, "__closure__", None) or ()
+        found += [obj for obj in [func, *(_cell(c) for c in cells)] if _is_cache(obj)]
+    return found
 
 
 def _cell(cell) -> object:
@@ -1160,9 +1183,10 @@ def _is_cache(obj: object) -> bool:
 
 
 def clear_method_caches(model: nn.Module) -> None:
-    """Empty the caches of the model's methods, so that every trace computes what a first
-    forward computes. A table a method caches class-wide (RT-DETR's and DETR's sine position
-    embeddings, anchors: ``compile_compatible_method_lru_cache``) is computed by the first
+    """Empty the caches of the model's methods (and of the functions their Python modules
+    define), so that every trace computes what a first forward computes. A table a method
+    caches class-wide (RT-DETR's and DETR's sine position embeddings, anchors, DINOv3's patch
+    coordinates: ``compile_compatible_method_lru_cache``) is computed by the first
     trace and handed back to the next from the cache: a probe's trace then runs other ops
     than the first trace, which validation takes for control flow that reads sizes. Caches
     are what they are for speed: emptying one changes no result."""
