@@ -26,6 +26,7 @@ import gc
 import inspect
 import sys
 import threading
+import types
 import warnings
 import weakref
 from collections import defaultdict
@@ -1147,10 +1148,20 @@ def _method_caches(cls: type) -> tuple:
             # (its own functions only: a cache imported from elsewhere, as an "is X
             # installed" check, is not the model's)
             _MODULE_CACHES[name] = _caches_in(
-                v for v in list(module.values()) if getattr(v, "__module__", None) == name
-                and not isinstance(v, type))
+                v for v in list(module.values()) if _defined_in(v, name))
         found += _MODULE_CACHES[name]
     return tuple({id(c): c for c in found}.values())
+
+
+def _defined_in(value: object, module: str) -> bool:
+    """Is ``value`` a function (not a class, not a module) the Python module ``module``
+    defines? (A lazy module proxy's ``__getattr__`` may import or raise: not asked.)"""
+    if isinstance(value, (type, types.ModuleType)):
+        return False
+    try:
+        return getattr(value, "__module__", None) == module
+    except Exception:  # noqa: BLE001
+        return False
 
 
 def _caches_in(values) -> list:
