@@ -1124,7 +1124,7 @@ def _release_eval(held: list[nn.Module]) -> None:
 
 
 #: module class -> the functools caches its methods keep (see :func:`clear_method_caches`)
-_METHOD_CACHES: dict[type, tuple] = {}
+_METHOD_CACHES: weakref.WeakKeyDictionary[type, tuple] = weakref.WeakKeyDictionary()
 
 
 #: module name -> the functools caches of the functions it defines
