@@ -30,7 +30,7 @@ import types
 import warnings
 import weakref
 from collections import defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from threading import get_ident
 
@@ -166,8 +166,10 @@ class _Tracer(TorchFunctionMode):
         # plain_tensors), as they are before the forward: one the forward sets itself
         # (self.state = torch.zeros(b, self.hidden)) is what it made, not a table
         self.plain_names: dict[int, tuple[torch.Tensor, str]] = {}
+        self.classes: set[type] = set()  # (whose caches clear_method_caches empties)
         for path, m in model.named_modules(remove_duplicate=False):
             self.module_names[id(m)] = path
+            self.classes.add(type(m))
             prefix = f"{path}." if path else ""
             for k, p in m._parameters.items():
                 if p is not None:
@@ -1193,15 +1195,15 @@ def _is_cache(obj: object) -> bool:
         return False
 
 
-def clear_method_caches(model: nn.Module) -> None:
-    """Empty the caches of the model's methods (and of the functions their Python modules
-    define), so that every trace computes what a first forward computes. A table a method
-    caches class-wide (RT-DETR's and DETR's sine position embeddings, anchors, DINOv3's patch
-    coordinates: ``compile_compatible_method_lru_cache``) is computed by the first
-    trace and handed back to the next from the cache: a probe's trace then runs other ops
-    than the first trace, which validation takes for control flow that reads sizes. Caches
-    are what they are for speed: emptying one changes no result."""
-    for cls in {type(m) for m in model.modules()}:
+def clear_method_caches(classes: Iterable[type]) -> None:
+    """Empty the caches of the methods of these module classes (and of the functions their
+    Python modules define), so that every trace computes what a first forward computes. A
+    table a method caches class-wide (RT-DETR's and DETR's sine position embeddings,
+    anchors, DINOv3's patch coordinates: ``compile_compatible_method_lru_cache``) is
+    computed by the first trace and handed back to the next from the cache: a probe's trace
+    then runs other ops than the first trace, which validation takes for control flow that
+    reads sizes. Caches are what they are for speed: emptying one changes no result."""
+    for cls in classes:
         caches = _METHOD_CACHES.get(cls)
         if caches is None:
             caches = _METHOD_CACHES[cls] = _method_caches(cls)
@@ -1244,8 +1246,8 @@ def build_graph(model: nn.Module, example_inputs=(), example_kwargs: dict | None
             f"the model is a TorchScript module ({type(model).__name__}), whose ops run where "
             "DepView cannot see them: give the eager nn.Module (script it after pruning)")
 
-    clear_method_caches(model)
     tracer = _Tracer(model, autograd and torch.is_grad_enabled())
+    clear_method_caches(tracer.classes)  # (the classes of the tracer's walk of the modules)
     arg_names = _arg_names(model)
     named = _name_inputs(arg_names, args, kwargs)
     for name, t in named:
