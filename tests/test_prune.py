@@ -107,10 +107,10 @@ def test_preview_rows_of_bare_parameters_are_the_applied_tensors(demo_pruner, na
     keys = {n.name: n.params[""] for n in p.graph.nodes if n.op_type is OpType.PARAMETER}
     rows = [r for r in p.preview(plan)["layers"] if r["op_type"] == "parameter"]
     for r in rows:
-        name, _, dim = r["name"].partition(" (dim ")
+        param, _, dim = r["name"].partition(" (dim ")
         dims = [int(dim.rstrip(")"))] if dim else \
-            [d for d, w in enumerate(p.graph.by_name[name].out_shapes[0]) if w == r["before"]]
-        assert any(pruned[keys[name]].shape[d] == r["after"] for d in dims), r
+            [d for d, w in enumerate(p.graph.by_name[param].out_shapes[0]) if w == r["before"]]
+        assert any(pruned[keys[param]].shape[d] == r["after"] for d in dims), r
     assert sum(r["after"] < r["before"] for r in rows) >= 2
     if name == "vit":  # the class token and the position table shrink with the stream
         assert {"cls_token", "pos_embed"} <= {r["name"] for r in rows}
