@@ -174,9 +174,17 @@
             '% is too small to read: Collapse all draws one box per top-level module; ' +
             'scroll to zoom in.';
           hint.style.display = 'block';
-          setTimeout(function () {
-            cy.one('viewport', function () { hint.style.display = 'none'; });
-          }, 50);
+          // hidden when the view next moves from where the fit left it (the animation's own
+          // last viewport event leaves it there; a listener added later would miss a move
+          // made at once)
+          var pan = cy.pan();
+          var moved = function () {
+            var p = cy.pan();
+            if (cy.zoom() === z && p.x === pan.x && p.y === pan.y) { return; }
+            hint.style.display = 'none';
+            cy.off('viewport', moved);
+          };
+          cy.on('viewport', moved);
         }});
         return window.dash_clientside.no_update;
       },
