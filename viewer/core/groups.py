@@ -189,7 +189,6 @@ class _Search:
         self.opaque_notes: set[str] = set()  # those of them that only a run can settle
         self.multiple = 1
         self.multiple_why: list[str] = []
-        self.mha_sides: dict[int, set[str]] = {}
         # member -> batch ids it holds whole, and other (units, pos) chunks
         self.members: dict[tuple[int, str, int, int], tuple[list[int], list]] = {}
         self.queue: deque = deque()
@@ -674,11 +673,6 @@ def _search(graph: Graph, root: Node, side: str, dim: int, pos: IntArray,
     grp.opaque_only = not grp.exact and set(grp.stats_notes) <= s.opaque_notes
     grp.multiple_of = s.multiple
     grp.multiple_why = s.multiple_why
-    for nid, sides in s.mha_sides.items():
-        if len(sides) == 1:  # width in and out must change together: both in this group
-            grp.reasons.append(f"'{graph.nodes[nid].name}' (nn.MultiheadAttention) has its "
-                               "input and output widths in different groups; they must shrink "
-                               "together")
     _check_multiple(grp)
     if blocked is not None and s.blocked and not s.whole_blocked and \
             len(grp.reasons) == len(dict.fromkeys(s.reasons)):  # no reason for all units

@@ -1806,8 +1806,10 @@ def _modules_only(rule: Rule) -> Rule:
 def _mha_rule(g, node, side, port, dim, units, pos, ctx):
     """nn.MultiheadAttention: the query width, the key/value widths (packed in_proj) and the
     inner q/k/v width are all ``embed_dim``. Input column i is coupled to the same column for
-    q, k and v inputs; the output width is coupled to the inputs by count only: removing k
-    channels removes k / num_heads inner dims from every head (chosen by their own weights).
+    q, k and v inputs; the output width must follow: removing k channels removes
+    k / num_heads inner dims from every head (chosen by their own weights) and output
+    channels paired with the input's by index, as a residual pairs them (so a query that
+    pools the stream without one, SigLIP's head, is in the stream's group too).
     With ``kdim``/``vdim`` (cross-attention on a memory of another width) the key and value
     are read by weights of their own (``k_proj_weight``/``v_proj_weight`` columns): their
     widths are groups of their own, which end there; the query and output are as above."""
@@ -1823,19 +1825,13 @@ def _mha_rule(g, node, side, port, dim, units, pos, ctx):
     heads = int(node.attrs.get("num_heads", 1))
     ctx.multiple_of(heads, "attention heads")
     ctx.inexact(f"'{node.name}' attention scale 1/sqrt(head_dim) changes with the width")
-    mside = "in" if side == "in" else "out"
-    ctx.member(node, mside, dim, units, pos)
-    ctx.search.mha_sides.setdefault(node.id, set()).add(mside)
+    ctx.member(node, side, dim, units, pos)
     flows = [Flow("in", p, len(node.in_shapes[p]) - 1, units, pos) for p in range(3)
              if p < len(node.in_shapes) and node.in_shapes[p] and node.in_shapes[p][-1] == e
              and not (side == "in" and p == port) and not (separate and p)]
-    if side == "in" and node.out_shapes and node.out_shapes[0] and \
-            node.out_shapes[0][-1] == e:  # (count coupling, paired by index as the
-        # output's own search pairs them: a learned query pooling the stream, SigLIP's head,
-        # has the output in the stream's group, not in one of its own that holds both)
+    if side == "in":  # (arriving at the output, the inputs' search comes back in here)
         od = len(node.out_shapes[0]) - 1
         ctx.member(node, "out", od, units, pos)
-        ctx.search.mha_sides[node.id].add("out")
         flows.append(Flow("out", 0, od, units, pos))
     return flows
 
