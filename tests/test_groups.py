@@ -3217,27 +3217,33 @@ def test_linalg_matmul_contracts_as_matmul_does():
 
 
 class Siamese(nn.Module):
-    """One encoder on two inputs, scored by the cosine similarity of the embeddings."""
+    """One encoder on two inputs, scored by the cosine similarity of the embeddings, or by
+    their distance (``F.pairwise_distance``, its reduced dim kept with ``keepdim``)."""
 
-    def __init__(self):
+    def __init__(self, score: str = "cosine"):
         super().__init__()
         self.enc = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 12))
+        self.score = score
 
     def forward(self, x, y):
-        return F.cosine_similarity(self.enc(x), self.enc(y), dim=-1)
+        a, b = self.enc(x), self.enc(y)
+        if self.score == "cosine":
+            return F.cosine_similarity(a, b, dim=-1)
+        return F.pairwise_distance(a, b, keepdim=self.score == "distance_keepdim")
 
 
-def test_cosine_similarity_couples_both_embeddings_inexactly():
-    # it was an op that changes shape: the embedding's group was blocked
+@pytest.mark.parametrize("score", ["cosine", "distance", "distance_keepdim"])
+def test_pair_reductions_couple_both_embeddings_inexactly(score):
+    # each was an op that changes shape: the embedding's group was blocked
     torch.manual_seed(0)
     from viewer.core.prune import Pruner
-    p = Pruner(Siamese().eval(), (torch.randn(4, 8), torch.randn(4, 8)))
+    p = Pruner(Siamese(score).eval(), (torch.randn(4, 8), torch.randn(4, 8)))
+    op = "cosine_similarity" if score == "cosine" else "pairwise_distance"
     emb = next(grp for grp in p.groups if grp.root == "enc.2")
     assert {(m.node_name, m.side, m.dim) for m in emb.members} == {
         ("enc.2", "out", 1), ("enc.2:1", "out", 1)}
     assert not p.reason(emb) and not emb.exact
-    assert "'cosine_similarity' (cosine_similarity) reduces over pruned channels" \
-        in emb.stats_notes
+    assert f"'{op}' ({op}) reduces over pruned channels" in emb.stats_notes
     plan = p.plan(0.5)
     assert len(plan.removed[emb.id]) == 6
     pruned = p.apply(plan)
@@ -3248,6 +3254,85 @@ def test_cosine_similarity_couples_both_embeddings_inexactly():
     exact = p.plan_from_dict({"removed": {str(hidden.id): [0, 3, 5]}})
     v = p.verify(p.apply(exact), exact)
     assert v["masked_equivalence"]["ok"], v
+
+
+class VectorQuantizer(nn.Module):
+    """A VQ-VAE bottleneck: the nearest code by ``torch.cdist``, a commitment loss
+    (``F.mse_loss``, or another pointwise loss reduced as ``reduction`` says) computed inside
+    forward and returned beside the reconstruction, the straight-through estimator."""
+
+    def __init__(self, loss: str = "mse_loss", reduction: str = "mean"):
+        super().__init__()
+        self.enc, self.dec = nn.Linear(8, 16), nn.Linear(16, 8)
+        self.code = nn.Parameter(torch.randn(10, 16))
+        self.loss, self.reduction = getattr(F, loss), reduction
+
+    def forward(self, x):
+        z = self.enc(x)
+        q = self.code[torch.cdist(z, self.code).argmin(-1)]
+        loss = self.loss(z, q.detach(), reduction=self.reduction)
+        return self.dec(z + (q - z).detach()), loss
+
+
+@pytest.mark.parametrize("loss,reduction", [("mse_loss", "mean"), ("l1_loss", "sum"),
+                                            ("smooth_l1_loss", "mean"), ("mse_loss", "none")])
+def test_loss_in_forward_couples_its_two_tensors(loss, reduction):
+    # a loss reduced to one value was an op that changes shape: the codes' group was blocked
+    torch.manual_seed(0)
+    x = torch.randn(4, 8)
+    p = _pruner(VectorQuantizer(loss, reduction), x)
+    g = next(grp for grp in p.groups if grp.root == "enc")
+    assert {(m.node_name, m.side, m.dim) for m in g.members} == {
+        ("enc", "out", 1), ("code", "param", 1), ("dec", "in", 1)}
+    if reduction == "none":  # the loss keeps the codes' width, and it is an output
+        assert p.reason(g) == "it reaches the model output 'output.[1]'"
+        return
+    assert not p.reason(g) and not g.exact
+    assert f"'{loss}' ({loss}) reduces over pruned channels" in g.stats_notes
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    assert pruned.code.shape == (10, 8) and pruned.enc.out_features == 8
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["shapes_kept"], v
+    kept = [i for i in range(16) if i not in plan.removed[g.id]]  # the codes' kept columns
+    assert torch.equal(pruned.code, p.model.code[:, kept])
+    assert torch.equal(pruned.enc.weight, p.model.enc.weight[kept])
+
+
+class Differences(nn.Module):
+    """``torch.diff`` of a linear's features along the sequence (``prepend`` another linear's
+    first step: both share the feature dim), or along the features themselves."""
+
+    def __init__(self, along: str):
+        super().__init__()
+        self.a, self.p = nn.Linear(8, 16), nn.Linear(8, 16)
+        self.out = nn.Linear(16 if along == "steps" else 15, 2)
+        self.along = along
+
+    def forward(self, x):
+        if self.along == "steps":
+            d = torch.diff(self.a(x), n=2, dim=1, prepend=self.p(x[:, :1]))
+            return self.out(d.sum(1))
+        return self.out(torch.diff(self.a(x)))
+
+
+def test_diff_keeps_other_dims_and_blocks_its_own():
+    # torch.diff was an unknown op that changes shape: every group through it was blocked
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 8)
+    p = _pruner(Differences("steps"), x)
+    g = next(grp for grp in p.groups if grp.root == "a")
+    assert {(m.node_name, m.side, m.dim) for m in g.members} == {
+        ("a", "out", 2), ("p", "out", 2), ("out", "in", 1)}
+    assert not p.reason(g) and g.exact
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    assert pruned.a.out_features == pruned.p.out_features == pruned.out.in_features == 8
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+    p = _pruner(Differences("features"), x)
+    g = next(grp for grp in p.groups if grp.root == "a")
+    assert p.reason(g) == "'diff' (diff) moves positions along the pruned dim"
 
 
 class PartlyBlocked(nn.Module):

@@ -17,6 +17,7 @@ import torch
 from . import meta as M
 from .optypes import (
     DIM_ARGS,
+    POINTWISE_LOSSES,
     REDUCE_DIMS,
     SHAPE_NORMS,
     OpType,
@@ -493,8 +494,18 @@ def _mha_call_meta(name, func, args, kwargs) -> M.MhaCallMeta:
                          bool(_arg(args, kwargs, 17, "use_separate_proj_weight", False)))
 
 
+def _loss_meta(name, func, args, kwargs, ins, outs) -> M.ElementwiseMeta:
+    """A loss of two tensors (:data:`POINTWISE_LOSSES`) reduces every dim unless its result
+    keeps the input's shape (``reduction="none"``): read from the result, not the arguments
+    (``reduction``, or the older ``size_average``/``reduce``, at several positions)."""
+    if not ins or not outs or outs[0].dim() >= ins[0].dim():
+        return M.ElementwiseMeta(name)
+    return M.ElementwiseMeta(name, mixes=tuple(range(ins[0].dim())))
+
+
 #: Elementwise ops whose metadata comes from their arguments (each call), by name.
 NAMED_DESCRIBERS = {
+    **{loss: _loss_meta for loss in POINTWISE_LOSSES},
     "setitem": _setitem_meta,
     "as_strided": _strided_meta,
     "linalg_solve_triangular": _solve_meta,

@@ -479,6 +479,9 @@ DIM_ARGS: dict[str, DimArgs] = {
     # reduces its dim of two same-shaped tensors to one similarity (a siamese net's score):
     # a group there couples both inputs, inexactly; see groups' _pair_reduction_rule
     "cosine_similarity": ("mixes", 2, "dim", 1, ()),
+    "pairwise_distance": ("mixes", None, None, None, (-1,)),  # ||a - b + eps|| over the last dim
+    # x[i + 1] - x[i] along dim (n times, after prepend/append): a position is two inputs'
+    "diff": ("moves", 2, "dim", -1, ()),
     "triu": ("moves", None, None, None, (-2, -1)),
     # Fourier transforms: every frequency reads every position of the dims transformed, whose
     # size is the transform's length, so a group there is blocked (FNet's FFT over the hidden
@@ -523,7 +526,16 @@ SEQUENCE_PACKING: frozenset[str] = frozenset({"pack_padded_sequence", "pad_packe
 #: Reductions of one dim of two same-shaped tensors to one value per position (a siamese
 #: net's score), by function name. Elementwise by type (their ``DIM_ARGS`` entry says which
 #: dim they mix); their rule couples both inputs position by position, inexactly there.
-PAIR_REDUCTIONS: frozenset[str] = frozenset({"cosine_similarity"})
+#: Losses of two same-shaped tensors taken position by position and then (``reduction=
+#: "mean"`` or ``"sum"``) reduced over every dim, by function name: a VQ-VAE's commitment
+#: loss, a distillation term computed inside forward. With ``reduction="none"`` they are
+#: elementwise; reduced, they are pair reductions over every dim (see ``describe``).
+POINTWISE_LOSSES: frozenset[str] = frozenset(
+    {"mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss", "kl_div", "binary_cross_entropy",
+     "binary_cross_entropy_with_logits", "soft_margin_loss"})
+
+PAIR_REDUCTIONS: frozenset[str] = frozenset(
+    {"cosine_similarity", "pairwise_distance"}) | POINTWISE_LOSSES
 
 #: ``channel_shuffle(x, groups)`` by function name (``nn.ChannelShuffle``, ShuffleNet): channels
 #: regrouped as ``x.view(b, groups, n, ...).transpose(1, 2)``. Elementwise by type, moving

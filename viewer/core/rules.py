@@ -476,7 +476,8 @@ def _elementwise_rule(g, node, side, port, dim, units, pos, ctx):
         return _features_last_rule(node, side, port, dim, units, pos, ctx)
     if node.target in COMPLEX_VIEWS:
         return _complex_view_rule(node, side, port, dim, units, pos, ctx)
-    if node.target in PAIR_REDUCTIONS:
+    if node.target in PAIR_REDUCTIONS and (
+            not isinstance(meta, ElementwiseMeta) or meta.mixes):  # (a loss, unreduced: below)
         return _pair_reduction_rule(node, side, port, dim, units, pos, ctx)
     if node.target in MASKED_SCATTERS:
         return _masked_scatter_rule(node, side, port, dim, units, pos, ctx)
@@ -576,25 +577,35 @@ def _complex_view_rule(node, side, port, dim, units, pos, ctx):
 
 
 def _pair_reduction_rule(node, side, port, dim, units, pos, ctx):
-    """``optypes.PAIR_REDUCTIONS``: ``F.cosine_similarity(a, b, dim)`` on two tensors of one
-    shape: position i of a is position i of b; the dim it reduces (``meta.mixes``) is gone
-    from the output, and a group there is inexact (the norms change); every other dim is the
+    """``optypes.PAIR_REDUCTIONS``: ``F.cosine_similarity(a, b, dim)``,
+    ``F.pairwise_distance(a, b)`` or a reduced loss (``F.mse_loss(a, b)``) on two tensors of
+    one shape: position i of a is position i of b; the dims it reduces (``meta.mixes``: one,
+    or every dim for a loss) are gone from the output (or kept with size 1: ``keepdim=True``),
+    and a group there is inexact (the norms, the mean change); every other dim is the
     output's, in order."""
     a, out = node.in_shapes[0], node.out_shapes[0]
     meta = node.meta
-    if len(node.in_shapes) != 2 or node.in_shapes[1] != a or len(out) != len(a) - 1 \
-            or not isinstance(meta, ElementwiseMeta) or len(meta.mixes) != 1:
+    reduced = meta.mixes if isinstance(meta, ElementwiseMeta) else ()
+    kept = len(out) == len(a) and all(out[r] == 1 for r in reduced)  # keepdim=True
+    if len(node.in_shapes) != 2 or node.in_shapes[1] != a or not reduced \
+            or not (kept or len(out) == len(a) - len(reduced)):
         ctx.block(f"'{node.name}' ({node.target}) changes shape in a way DepView does not model")
         return []
-    r = meta.mixes[0]
+
+    def out_dim(d):  # the output's dim of input dim d (d not reduced)
+        return d if kept else d - sum(r < d for r in reduced)
+
     if side == "out":
-        d = dim + (dim >= r)
+        if kept and dim in reduced:
+            ctx.block(f"'{node.name}' ({node.target}) reduces the pruned dim to one value")
+            return []
+        d = next(d for d in range(len(a)) if d not in reduced and out_dim(d) == dim)
         return [Flow("in", 0, d, units, pos), Flow("in", 1, d, units, pos)]
     flows = [Flow("in", 1 - port, dim, units, pos)]
-    if dim == r:
+    if dim in reduced:
         ctx.inexact(f"'{node.name}' ({node.target}) reduces over pruned channels")
         return flows
-    return flows + [Flow("out", 0, dim - (dim > r), units, pos)]
+    return flows + [Flow("out", 0, out_dim(dim), units, pos)]
 
 
 def _masked_scatter_rule(node, side, port, dim, units, pos, ctx):
