@@ -95,9 +95,49 @@ RT_DETR = dict(backbone_config=dict(RESNET, model_type="rt_detr_resnet",
                encoder_ffn_dim=64, decoder_ffn_dim=64, encoder_layers=1, decoder_layers=1,
                encoder_attention_heads=4, decoder_attention_heads=4, num_queries=10,
                decoder_n_points=2, hidden_expansion=0.5)
+#: D-FINE and DEIMv2 on a small HGNetV2, two decoder layers, 10 queries; a 64x64 image (the
+#: queries are chosen among the anchors of its feature levels: 84 there). The generic keys
+#: make their configs fail a layer-type check
+HGNET = dict(model_type="hgnet_v2", stem_channels=[3, 16, 16], embedding_size=16,
+             stage_in_channels=[16, 32, 64, 128], stage_mid_channels=[16, 16, 32, 32],
+             stage_out_channels=[32, 64, 128, 128], stage_num_blocks=[1, 1, 1, 1],
+             stage_numb_of_layers=[2, 2, 2, 2], hidden_sizes=[32, 64, 128, 128],
+             depths=[1, 1, 1, 1], out_features=["stage2", "stage3", "stage4"])
+D_FINE = dict(backbone_config=HGNET, encoder_in_channels=[64, 128, 128], encoder_hidden_dim=32,
+              encoder_ffn_dim=64, encoder_attention_heads=4, d_model=32, num_queries=10,
+              decoder_in_channels=[32, 32, 32], decoder_ffn_dim=64, decoder_layers=2,
+              decoder_attention_heads=4, decoder_n_points=2, lqe_hidden_dim=16, num_labels=10,
+              image_size=64)
+#: PP-DocLayout V2 (a small reading-order encoder) and V3 (four feature levels: its masks read
+#: the first), on D-FINE's small sizes, each class with a threshold
+PP_DOCLAYOUT = dict({k: v for k, v in D_FINE.items() if k != "lqe_hidden_dim"},
+                    class_thresholds=[0.5] * 10, class_order=list(range(10)),
+                    global_pointer_head_size=16)
+#: the PP-OCRv5 server detector's intra-class blocks (their config has no default): 1x1
+#: convs around 7/5/3-long vertical, horizontal and square kernels that keep the size
+INTRACLASS = dict(reduce_channel=[1, 1, 0], return_channel=[1, 1, 0], **{
+    f"{shape}_{kind}ratio": [k, 1, p] for kind, n in (("long", 7), ("mid", 5), ("short", 3))
+    for shape, k, p in (("vertical_long_to_small_conv", [n, 1], [n // 2, 0]),
+                        ("horizontal_small_to_long_conv", [1, n], [0, n // 2]),
+                        ("symmetric_conv_long", [n, n], [n // 2, n // 2]))})
+#: LW-DETR and RF-DETR: a windowed ViT (DINOv2 for RF-DETR) of 4 layers at 64x64, its 8x8
+#: patches in 2x2 windows; their default configs leave the projector empty (LW-DETR) or
+#: want a 560x560 image (RF-DETR: both prune at their defaults too, by hand)
+WINDOWED = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, image_size=64,
+                patch_size=8, out_features=["stage1", "stage2", "stage3", "stage4"])
+XDETR = dict(d_model=32, decoder_ffn_dim=64, decoder_layers=2, decoder_self_attention_heads=4,
+             decoder_cross_attention_heads=4, decoder_n_points=2, num_queries=10, group_detr=2,
+             num_labels=10, image_size=64)
 #: a ViT of 4 layers, each of whose outputs a dense-prediction neck reads
 VIT4 = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
             image_size=32, patch_size=8)
+
+#: Depth Anything (and its prompted kin) on the ViT above as a DINOv2 backbone
+DEPTH_ANYTHING = dict(backbone_config=dict(VIT4, model_type="dinov2",
+                                            out_indices=[1, 2, 3, 4],
+                                            reshape_hidden_states=False),
+                       reassemble_hidden_size=32, neck_hidden_sizes=[16, 16, 32, 32],
+                       fusion_hidden_size=16, head_hidden_size=16, patch_size=8)
 
 #: types whose config takes other keys (lists per stage, a sub-config): their own small
 #: config, in place of SMALL and the task's keys
@@ -105,6 +145,24 @@ OWN = {
     **{t: DETR for t in ("detr", "conditional_detr", "dab-detr", "table-transformer")},
     "rt_detr": RT_DETR,
     "rt_detr_v2": dict(RT_DETR, decoder_layers=2),
+    "d_fine": D_FINE,
+    "deimv2": D_FINE,
+    "pp_doclayout_v2": dict(PP_DOCLAYOUT, reading_order_config=dict(
+        hidden_size=32, num_attention_heads=4, intermediate_size=64, num_hidden_layers=2,
+        coordinate_size=11, shape_size=10, num_classes=10)),
+    "pp_doclayout_v3": dict(PP_DOCLAYOUT, backbone_config=dict(
+        HGNET, out_features=["stage1", "stage2", "stage3", "stage4"]), x4_feat_dim=32,
+        mask_feature_channels=[16, 16], num_prototypes=8),
+    "pp_ocrv5_server_det": dict(intraclass_block_config=INTRACLASS,
+                                scale_factor_list=[1, 2, 4, 8], kernel_list=[3, 2, 2],
+                                image_size=64),
+    "lw_detr": dict(XDETR, backbone_config=dict(
+        WINDOWED, model_type="lw_detr_vit", pretrain_image_size=64, window_block_indices=[0, 2],
+        num_windows=4, num_windows_side=2), projector_scale_factors=[1.0],
+        projector_in_channels=[32, 32, 32, 32], projector_out_channels=32, num_feature_levels=1),
+    "rf_detr": dict(XDETR, backbone_config=dict(
+        WINDOWED, model_type="rf_detr_dinov2", num_windows=2, window_block_indexes=[0, 2]),
+        intermediate_size=64),
     # (three feature levels; a 64x64 image, as GroupNorm needs more than one value per
     # channel at the smallest)
     "deformable_detr": dict(DETR, backbone_config=dict(RESNET, out_features=[
@@ -119,11 +177,13 @@ OWN = {
     "glpn": dict(num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[16, 32],
                  num_attention_heads=[1, 2], patch_sizes=[7, 3], strides=[4, 2],
                  mlp_ratios=[2, 2], decoder_hidden_size=16),
-    "depth_anything": dict(backbone_config=dict(VIT4, model_type="dinov2",
-                                                out_indices=[1, 2, 3, 4],
-                                                reshape_hidden_states=False),
-                           reassemble_hidden_size=32, neck_hidden_sizes=[16, 16, 32, 32],
-                           fusion_hidden_size=16, head_hidden_size=16, patch_size=8),
+    **{t: DEPTH_ANYTHING for t in ("depth_anything", "prompt_depth_anything")},
+    # (its patches are crops of the image, 16x16 of a 64x64 one, each read by a small DINOv2)
+    "depth_pro": dict(patch_size=16, image_size=64, intermediate_hook_ids=[3, 1],
+                      intermediate_feature_dims=[16, 16], scaled_images_feature_dims=[32, 32, 16],
+                      fusion_hidden_size=16, **{f"{k}_model_config": dict(
+                          VIT4, model_type="dinov2", image_size=16, patch_size=4)
+                          for k in ("image", "patch", "fov")}),
     "bit": dict(embedding_size=16, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1],
                 num_groups=8),
     "regnet": dict(embedding_size=16, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1],
@@ -193,6 +253,9 @@ TASK_OWN = {
                                           use_auxiliary_head=False, pool_scales=[1, 2])
        for t in ("beit", "data2vec-vision")},
     ("reformer", "causal-lm"): dict(is_decoder=True),
+    # (its head's sizes have no defaults)
+    ("sapiens2", "semantic-segmentation"): dict(head_config=dict(upsample_out_channels=[16, 16],
+                                                                 conv_out_channels=[16])),
     # (the decoder of an encoder-decoder: its layer count is decoder_layers, 12 by default)
     **{(t, "causal-lm"): SEQ2SEQ for t in ("bart", "bigbird_pegasus", "blenderbot",
                                            "blenderbot-small", "mbart", "mvp", "pegasus",
