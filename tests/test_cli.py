@@ -161,6 +161,24 @@ def test_a_prune_that_removes_nothing_says_why(tmp_path):
                                        "script it afterwards)"), res.stdout
 
 
+def test_a_quantized_model_is_a_one_line_error(tmp_path):
+    # its export failed on the dtypes in its state_dict: "unexpected AttributeError"
+    f = tmp_path / "quantized.py"
+    f.write_text("import torch, warnings\nwarnings.simplefilter('ignore')\n"
+                 "def make():\n    net = torch.nn.Sequential(torch.nn.Linear(8, 16), "
+                 "torch.nn.ReLU(), torch.nn.Linear(16, 4))\n"
+                 "    return torch.ao.quantization.quantize_dynamic(net.eval(), "
+                 "{torch.nn.Linear}, dtype=torch.qint8)\n")
+    res = cli("prune", f"{f}:make", "--input", "2x8", "--ratio", "0.5", "--out",
+              str(tmp_path / "out"), check=False)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert res.stderr.strip().splitlines()[-1] == (
+        "error: '0' (Linear of torch.ao quantization) is quantized (int8 tensors, weights "
+        "packed for int8 kernels), which DepView cannot prune: give the float model, and "
+        "quantize it after pruning")
+    assert not (tmp_path / "out").exists()
+
+
 def test_unexpected_errors_are_one_line_too(tmp_path):
     f = tmp_path / "odd.py"
     f.write_text("import torch\nclass M(torch.nn.Module):\n    def forward(self, x):\n"

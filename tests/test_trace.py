@@ -1,4 +1,5 @@
 import json
+import warnings
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ import demo_models
 from viewer.core.errors import DepViewError
 from viewer.core.meta import ConcatMeta, SliceMeta, SplitMeta, meta_to_dict
 from viewer.core.optypes import OpType
-from viewer.core.trace import build_graph
+from viewer.core.trace import build_graph, quantized_layer
 
 
 def _only(g, op_type):
@@ -480,6 +481,49 @@ def test_a_torchscript_submodule_is_opaque_not_a_crash():
     assert all(q.is_leaf and q.requires_grad for q in copied.parameters())
     with pytest.raises(DepViewError, match="the model is a TorchScript module"):
         build_graph(torch.jit.script(model), x)
+
+
+def _quantized(kind: str) -> nn.Module:
+    """A small conv net quantized by torch.ao: dynamically (its Linear only), statically
+    (``prepare`` + ``convert``: int8 convs and a Quantize stub), or prepared for QAT (float
+    layers with fake quantization, not quantized)."""
+    import torch.ao.quantization as Q
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q, self.dq = Q.QuantStub(), Q.DeQuantStub()
+            self.conv, self.relu = nn.Conv2d(3, 8, 3), nn.ReLU()
+            self.fc = nn.Linear(8, 4)
+
+        def forward(self, x):
+            return self.fc(self.dq(self.relu(self.conv(self.q(x)))).mean((2, 3)))
+
+    net, x = Net().eval(), torch.randn(2, 3, 8, 8)
+    with warnings.catch_warnings():  # (torch.ao.quantization is deprecated in favour of torchao)
+        warnings.simplefilter("ignore")
+        if kind == "dynamic":
+            return Q.quantize_dynamic(net, {nn.Linear}, dtype=torch.qint8)
+        net.qconfig = Q.get_default_qconfig("fbgemm") if kind == "static" \
+            else Q.get_default_qat_qconfig("fbgemm")
+        if kind == "qat":
+            return Q.prepare_qat(net.train()).eval()
+        prepared = Q.prepare(net)
+        prepared(x)
+        return Q.convert(prepared)
+
+
+@pytest.mark.parametrize("kind,layer", [("dynamic", "'fc' (Linear"), ("static", "'q' (Quantize")])
+def test_a_quantized_model_is_refused_in_one_line(kind, layer):
+    # its packed weights are no parameters: the library found no groups and said nothing, and
+    # the CLI's export failed on the dtypes in its state_dict ("unexpected AttributeError")
+    with pytest.raises(DepViewError) as err:
+        build_graph(_quantized(kind), torch.randn(2, 3, 8, 8))
+    assert str(err.value).startswith(f"{layer} of torch.ao quantization) is quantized")
+    assert "give the float model, and quantize it after pruning" in str(err.value)
+    qat = _quantized("qat")  # fake quantization on float layers: traced as usual
+    assert quantized_layer(qat) is None
+    assert any(n.name == "conv" for n in build_graph(qat, torch.randn(2, 3, 8, 8)).nodes)
 
 
 def test_tracing_inside_an_except_block_records_every_module():

@@ -1211,6 +1211,27 @@ def clear_method_caches(classes: Iterable[type]) -> None:
             cache.cache_clear()
 
 
+#: Where torch keeps its quantized layers (``quantize_dynamic``, ``convert``): their weights
+#: are packed for int8 kernels, no parameters. (QAT layers, ``torch.ao.nn.qat``, are float
+#: layers with fake quantization, and reference layers keep float weights: not these.)
+_QUANTIZED_PACKAGES = ("torch.ao.nn.quantized.", "torch.nn.quantized.",
+                       "torch.ao.nn.intrinsic.quantized.", "torch.nn.intrinsic.quantized.")
+
+
+def quantized_layer(model: nn.Module) -> str | None:
+    """Which of the model's layers is quantized, in words (``"'fc' (Linear of torch.ao
+    quantization)"``): the first module of torch's quantized packages other than a reference
+    layer, or holding a quantized tensor. None when no layer is."""
+    for name, mod in model.named_modules():
+        where = type(mod).__module__ + "."
+        if where.startswith(_QUANTIZED_PACKAGES) and ".reference." not in where or any(
+                t.is_quantized for t in [*mod.parameters(recurse=False),
+                                         *mod.buffers(recurse=False)]):
+            what = f"'{name}'" if name else "the model"
+            return f"{what} ({type(mod).__name__} of torch.ao quantization)"
+    return None
+
+
 def build_graph(model: nn.Module, example_inputs=(), example_kwargs: dict | None = None,
                 autograd: bool = False, meta_results: dict | None = None) -> Graph:
     """Run ``model`` once on the example inputs and return its typed graph.
@@ -1245,6 +1266,12 @@ def build_graph(model: nn.Module, example_inputs=(), example_kwargs: dict | None
         raise DepViewError(
             f"the model is a TorchScript module ({type(model).__name__}), whose ops run where "
             "DepView cannot see them: give the eager nn.Module (script it after pruning)")
+
+    quantized = quantized_layer(model)
+    if quantized is not None:
+        raise DepViewError(
+            f"{quantized} is quantized (int8 tensors, weights packed for int8 kernels), "
+            "which DepView cannot prune: give the float model, and quantize it after pruning")
 
     tracer = _Tracer(model, autograd and torch.is_grad_enabled())
     clear_method_caches(tracer.classes)  # (the classes of the tracer's walk of the modules)
