@@ -684,6 +684,22 @@ def test_taylor_scores_frozen_weights_too_and_refuses_a_nan_or_empty_batch():
             p.plan(0.5, "taylor", batch=batch)
 
 
+def test_complex_weights_plan_without_a_warning():
+    # the weights' fingerprint summed complex tensors as float64: "Casting complex values to
+    # real discards the imaginary part" on every Taylor plan
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8, dtype=torch.cfloat), nn.Linear(8, 2, dtype=torch.cfloat))
+    x = (torch.randn(3, 4, dtype=torch.cfloat),)
+    p = Pruner(net.eval(), x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plan = p.plan(0.5, "taylor")
+    pruned = p.apply(plan)
+    assert pruned[0].out_features == 4 and pruned[0].weight.dtype == torch.cfloat
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+
+
 class GN(torch.nn.Module):
     def __init__(self, groups: int, c: int = 16):
         super().__init__()

@@ -70,6 +70,26 @@ def test_needs_inputs_and_good_kwargs():
         load_model("demo:cnn", kwargs="{width: 3")
 
 
+def test_a_factory_missing_arguments_says_how_to_give_them(tmp_path):
+    f = tmp_path / "nets.py"
+    f.write_text("import torch\ndef mlp(width, depth, *, act):\n"
+                 "    return torch.nn.Linear(4, width)\n")
+    with pytest.raises(DepViewError) as err:
+        load_model("torch.nn:Linear", inputs=["1x4"], kwargs={"in_features": 4})
+    assert str(err.value) == (
+        "building torch.nn:Linear failed: TypeError: Linear.__init__() missing 1 required "
+        "positional argument: 'out_features' (give it with --kwargs '{\"out_features\": ...}')")
+    with pytest.raises(DepViewError, match=r"""'width' and 'depth' \(give them with --kwargs """
+                       r"""'\{"width": \.\.\., "depth": \.\.\.\}'\)$"""):
+        load_model(f"{f}:mlp", inputs=["1x4"])
+    with pytest.raises(DepViewError, match=r"""keyword-only argument: 'act' \(give it with """
+                       r"""--kwargs '\{"act": \.\.\.\}'\)$"""):
+        load_model(f"{f}:mlp", inputs=["1x4"], kwargs={"width": 2, "depth": 1})
+    with pytest.raises(DepViewError) as err:  # another TypeError: no hint
+        load_model(f"{f}:mlp", inputs=["1x4"], kwargs={"width": "2", "depth": 1, "act": 0})
+    assert "--kwargs" not in str(err.value)
+
+
 def test_weights_safetensors_and_weights_only_pt(tmp_path):
     from safetensors.torch import save_file
 

@@ -290,6 +290,25 @@ def test_an_input_that_is_not_a_tensor_is_named_in_one_line(given, said):
     assert not msg.endswith("expected one of:")
 
 
+def test_inputs_given_in_order_to_a_forward_that_takes_them_by_name_say_so():
+    class ByName(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, **inputs):
+            return self.fc(inputs["x"])
+
+    with pytest.raises(DepViewError) as err:
+        build_graph(ByName(), torch.randn(1, 4))
+    assert str(err.value).endswith("(its forward takes its inputs by name: give them as a "
+                                   "dict, or as --input NAME=SHAPE)")
+    assert any(n.name == "fc" for n in build_graph(ByName(), {"x": torch.randn(1, 4)}).nodes)
+    with pytest.raises(DepViewError) as err:  # a forward that takes inputs in order: no hint
+        build_graph(nn.Linear(4, 2), torch.randn(1, 5))
+    assert "by name" not in str(err.value)
+
+
 def test_a_failing_module_called_by_keyword_says_so():
     with pytest.raises(DepViewError, match=r"'inner' \(Linear\) with its inputs given by keyword"):
         build_graph(KwBroken(), torch.randn(1, 4))

@@ -101,7 +101,7 @@ def _own_loss(out) -> torch.Tensor | None:
 def taylor_grads(model: nn.Module, inputs) -> dict[str, torch.Tensor]:
     """Gradients of a loss for first-order Taylor scores: the model's own ``loss`` output
     when it returns one (a Hugging Face model given ``labels``), else a surrogate, the mean
-    of the squared outputs.
+    of the squared outputs (of their magnitudes, for complex outputs).
 
     The model itself is not changed (a copy runs the backward pass)."""
     need = 2 * tensor_bytes(model)
@@ -110,7 +110,7 @@ def taylor_grads(model: nn.Module, inputs) -> dict[str, torch.Tensor]:
     m = tree_copy(model, {})
     m.zero_grad(set_to_none=True)
     for p in m.parameters():  # frozen weights (fine-tuning a head) are scored too
-        if p.is_floating_point():
+        if p.is_floating_point() or p.is_complex():
             p.requires_grad_(True)
     if isinstance(inputs, torch.Tensor):
         inputs = (inputs,)
@@ -122,8 +122,9 @@ def taylor_grads(model: nn.Module, inputs) -> dict[str, torch.Tensor]:
             out = m(*inputs) if not isinstance(inputs, dict) else m(**inputs)
             loss = _own_loss(out)
             if loss is None:
-                loss = sum(t.float().pow(2).mean() for _, t in flatten(out)
-                           if t.is_floating_point())
+                loss = sum(t.float().pow(2).mean() if t.is_floating_point() else
+                           t.abs().pow(2).mean() for _, t in flatten(out)
+                           if t.is_floating_point() or t.is_complex())
             if not isinstance(loss, torch.Tensor) or not loss.requires_grad:
                 raise DepViewError("the model's outputs have no gradient to score units with")
             loss.backward()

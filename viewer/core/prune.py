@@ -63,7 +63,9 @@ def _fingerprint(model: nn.Module) -> tuple:
             t = t.detach()
             norm = float(torch.linalg.vector_norm(t, dtype=torch.float64)) \
                 if t.is_floating_point() and t.numel() else 0.0
-            out.append((t.data_ptr(), t._version, float(t.sum(dtype=torch.float64)), norm))
+            total = complex(t.sum(dtype=torch.complex128)) if t.is_complex() \
+                else float(t.sum(dtype=torch.float64))
+            out.append((t.data_ptr(), t._version, total, norm))
     return tuple(out)
 
 

@@ -402,10 +402,23 @@ def _build(spec: str, factory, kwargs: dict, device: str) -> nn.Module:
     except DepViewError:
         raise
     except Exception as exc:
-        raise DepViewError(f"building {spec} failed: {error_line(exc)}") from exc
+        raise DepViewError(f"building {spec} failed: {error_line(exc)}{_kwargs_hint(exc)}"
+                           ) from exc
     if not isinstance(model, nn.Module):
         raise DepViewError(f"{spec} returned {type(model).__name__}, not an nn.Module")
     return model
+
+
+def _kwargs_hint(exc: BaseException) -> str:
+    """How to give the arguments a factory says it misses (Python's ``TypeError: f()
+    missing 1 required positional argument: 'width'``), else ""."""
+    found = re.search(r"missing \d+ required (?:positional|keyword-only) arguments?: (.+)$",
+                      str(exc)) if isinstance(exc, TypeError) else None
+    if found is None:
+        return ""
+    names = re.findall(r"'(\w+)'", found.group(1))
+    example = ", ".join(f'"{n}": ...' for n in names)
+    return f" (give {'it' if len(names) == 1 else 'them'} with --kwargs '{{{example}}}')"
 
 
 def hf_folder(spec: str) -> Path | None:

@@ -1025,6 +1025,17 @@ def _arg_names(model: nn.Module) -> list[str]:
         return []
 
 
+def _takes_keywords_only(model: nn.Module) -> bool:
+    """Whether ``model.forward`` takes no input by position (``def forward(self, **inputs)``,
+    or keyword-only parameters), so inputs given in order cannot reach it."""
+    try:
+        params = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return not any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
+                   for p in params)
+
+
 def _name_inputs(names: list[str], args: tuple, kwargs: dict) -> list[tuple[str, torch.Tensor]]:
     """The model's input tensors named after ``forward``'s parameters (``names``)."""
     named = []
@@ -1315,6 +1326,9 @@ def build_graph(model: nn.Module, example_inputs=(), example_kwargs: dict | None
                   and (v is not None or not shapes)]
         if others:  # a numpy array or a nested list given where a tensor was meant
             given += f"; input {others[0]}, not a tensor"
+        if args and isinstance(exc, TypeError) and _takes_keywords_only(model):
+            first += (" (its forward takes its inputs by name: give them as a dict, or as "
+                      "--input NAME=SHAPE)")
         raise DepViewError(
             f"model forward failed {where} ({given}): {type(exc).__name__}: {first}"
         ) from exc
