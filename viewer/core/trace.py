@@ -1229,15 +1229,20 @@ _QUANTIZED_PACKAGES = ("torch.ao.nn.quantized.", "torch.nn.quantized.",
                        "torch.ao.nn.intrinsic.quantized.", "torch.nn.intrinsic.quantized.")
 
 
-def quantized_layer(model: nn.Module) -> str | None:
+def _quantized_class(cls: type) -> bool:
+    where = cls.__module__ + "."
+    return where.startswith(_QUANTIZED_PACKAGES) and ".reference." not in where
+
+
+def quantized_layer(model: nn.Module, classes: Iterable[type] | None = None) -> str | None:
     """Which of the model's layers is quantized, in words (``"'fc' (Linear of torch.ao
     quantization)"``): the first module of torch's quantized packages other than a reference
-    layer, or holding a quantized tensor. None when no layer is."""
+    layer. None when no layer is. ``classes``: the model's module classes, when known (the
+    tracer's walk collects them), so that a model without any is not walked again."""
+    if classes is not None and not any(_quantized_class(c) for c in classes):
+        return None
     for name, mod in model.named_modules():
-        where = type(mod).__module__ + "."
-        if where.startswith(_QUANTIZED_PACKAGES) and ".reference." not in where or any(
-                t.is_quantized for t in [*mod.parameters(recurse=False),
-                                         *mod.buffers(recurse=False)]):
+        if _quantized_class(type(mod)):
             what = f"'{name}'" if name else "the model"
             return f"{what} ({type(mod).__name__} of torch.ao quantization)"
     return None
@@ -1278,13 +1283,12 @@ def build_graph(model: nn.Module, example_inputs=(), example_kwargs: dict | None
             f"the model is a TorchScript module ({type(model).__name__}), whose ops run where "
             "DepView cannot see them: give the eager nn.Module (script it after pruning)")
 
-    quantized = quantized_layer(model)
+    tracer = _Tracer(model, autograd and torch.is_grad_enabled())
+    quantized = quantized_layer(model, tracer.classes)
     if quantized is not None:
         raise DepViewError(
             f"{quantized} is quantized (int8 tensors, weights packed for int8 kernels), "
             "which DepView cannot prune: give the float model, and quantize it after pruning")
-
-    tracer = _Tracer(model, autograd and torch.is_grad_enabled())
     clear_method_caches(tracer.classes)  # (the classes of the tracer's walk of the modules)
     arg_names = _arg_names(model)
     named = _name_inputs(arg_names, args, kwargs)
