@@ -79,6 +79,11 @@ MLA = dict(SMALL, kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=4, qk_nope_h
            moe_intermediate_size=16, n_shared_experts=1, first_k_dense_replace=1, n_group=1,
            topk_group=1)
 
+#: hybrid linear- and full-attention decoders (Qwen3-Next, Qwen3.5, Kimi Linear, Ling): one
+#: layer of each, small linear-attention heads
+HYBRID = dict(layer_types=["linear_attention", "full_attention"], linear_num_value_heads=4,
+              linear_num_key_heads=2, linear_key_head_dim=8, linear_value_head_dim=8)
+
 #: a small ResNet backbone given as a sub-config (not timm's, which is not installed)
 RESNET = dict(model_type="resnet", embedding_size=16, hidden_sizes=[16, 32, 64, 128],
               depths=[1, 1, 1, 1], layer_type="basic", out_features=["stage4"])
@@ -234,6 +239,33 @@ OWN = {
                         "minicpm3", "sarvam_mla", "youtu", "axk1")},
     # (a rotary part wider than the heads by default)
     **{t: dict(SMALL, rotary_dim=4) for t in ("codegen", "gptj")},
+    # (one global and one local attention layer: its list of types is per pair of layers)
+    "gpt_neo": dict(SMALL, attention_types=[[["global", "local"], 1]], num_layers=2),
+    # state-space mixers: heads x head dim = expand x hidden size, one group, a small state
+    "mamba2": dict(SMALL, num_heads=8, head_dim=8, n_groups=1, state_size=8),
+    **{t: dict(SMALL, mamba_n_heads=8, mamba_d_head=8, mamba_n_groups=1, mamba_d_state=8,
+               **kw) for t, kw in (("bamba", dict(attn_layer_indices=[1])),
+                                   ("granitemoehybrid", dict(layer_types=["mamba",
+                                                                          "attention"])))},
+    "zamba2": dict(SMALL, layers_block_type=["mamba", "hybrid"], mamba_d_state=8,
+                   mamba_headdim=8, n_mamba_heads=8, mamba_ngroups=1, num_mem_blocks=1),
+    "jamba": dict(SMALL, attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2,
+                  expert_layer_offset=1, mamba_d_state=8, mamba_dt_rank=4, num_experts=4),
+    "recurrent_gemma": dict(SMALL, block_types=["recurrent", "attention"], lru_width=32,
+                            attention_window_size=8),
+    # hybrids of linear and full attention: with two layers, both were linear, and the causal
+    # mask of the full-attention layers they build found no such layer
+    "qwen3_5_text": dict(SMALL, **HYBRID),
+    **{t: dict(SMALL, **HYBRID, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
+               shared_expert_intermediate_size=16) for t in ("qwen3_5_moe_text", "qwen3_next")},
+    **{t: dict(MLA, **HYBRID, pad_token_id=0, mlp_layer_types=["dense", "sparse"],
+               num_experts=4, num_experts_per_token=2, linear_head_dim=8, linear_num_heads=4,
+               **kw)
+       for t, kw in (("kimi_linear", {}),
+                     ("bailing_hybrid", dict(layer_group_size=2, num_expert_group=1,
+                                             expert_swiglu_limit_list=[0, 0],
+                                             share_expert_swiglu_limit_list=[0, 0],
+                                             num_nextn_predict_layers=0)))},
     # (its config refuses num_hidden_layers, which num_layers sets)
     "prophetnet": dict(hidden_size=32, vocab_size=120, max_position_embeddings=64,
                        encoder_ffn_dim=64, decoder_ffn_dim=64, encoder_attention_heads=4,
