@@ -84,6 +84,14 @@ MLA = dict(SMALL, kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=4, qk_nope_h
 HYBRID = dict(layer_types=["linear_attention", "full_attention"], linear_num_value_heads=4,
               linear_num_key_heads=2, linear_key_head_dim=8, linear_value_head_dim=8)
 
+#: vision-language models built for causal LM: a small vision tower beside a small text
+#: model (their defaults are full-size towers, over the sweep's memory limit); the sweep's
+#: token ids hold no image token, so the vision tower is built but not run
+VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+              image_size=32, patch_size=8)
+TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=8, vocab_size=120, max_position_embeddings=64)
+
 #: a small ResNet backbone given as a sub-config (not timm's, which is not installed)
 RESNET = dict(model_type="resnet", embedding_size=16, hidden_sizes=[16, 32, 64, 128],
               depths=[1, 1, 1, 1], layer_type="basic", out_features=["stage4"])
@@ -253,6 +261,19 @@ OWN = {
                   expert_layer_offset=1, mamba_d_state=8, mamba_dt_rank=4, num_experts=4),
     "recurrent_gemma": dict(SMALL, block_types=["recurrent", "attention"], lru_width=32,
                             attention_window_size=8),
+    "gemma3": dict(vision_config=VISION, text_config=TEXT, mm_tokens_per_image=4),
+    "llama4": dict(vision_config=dict(VISION, vision_output_dim=32, projector_input_dim=32,
+                                      projector_output_dim=32),
+                   text_config=dict(TEXT, intermediate_size_mlp=64, num_local_experts=2)),
+    "mllama": dict(vision_config=dict(VISION, num_global_layers=1, intermediate_layers_indices=[0],
+                                      vision_output_dim=64),
+                   text_config=dict(TEXT, cross_attention_layers=[1], pad_token_id=0)),
+    "qwen3_5": dict(vision_config=dict(VISION, depth=2, out_hidden_size=32),
+                    text_config=dict(TEXT, **HYBRID)),
+    # (its attention and experts take sub-configs; qkv clipping left unset fails a clamp)
+    "dbrx": dict(d_model=32, n_heads=4, n_layers=2, max_seq_len=64, vocab_size=120,
+                 attn_config=dict(kv_n_heads=2, rope_theta=10000.0, clip_qkv=8.0),
+                 ffn_config=dict(ffn_hidden_size=64, moe_num_experts=4, moe_top_k=2)),
     # hybrids of linear and full attention: with two layers, both were linear, and the causal
     # mask of the full-attention layers they build found no such layer
     "qwen3_5_text": dict(SMALL, **HYBRID),
