@@ -92,6 +92,11 @@ VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_att
 TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, head_dim=8, vocab_size=120, max_position_embeddings=64)
 
+#: a speech encoder's sub-config (Whisper-style keys, and the others' names for the same sizes)
+AUDIO = dict(d_model=32, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=64,
+             hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=4, head_dim=8)
+
 #: a small ResNet backbone given as a sub-config (not timm's, which is not installed)
 RESNET = dict(model_type="resnet", embedding_size=16, hidden_sizes=[16, 32, 64, 128],
               depths=[1, 1, 1, 1], layer_type="basic", out_features=["stage4"])
@@ -274,6 +279,16 @@ OWN = {
     "dbrx": dict(d_model=32, n_heads=4, n_layers=2, max_seq_len=64, vocab_size=120,
                  attn_config=dict(kv_n_heads=2, rope_theta=10000.0, clip_qkv=8.0),
                  ffn_config=dict(ffn_hidden_size=64, moe_num_experts=4, moe_top_k=2)),
+    # encoder-decoders of two Gemma configs (T5Gemma 2's encoder also reads images)
+    "t5gemma": dict(encoder=dict(TEXT, pad_token_id=0), decoder=dict(TEXT, pad_token_id=0),
+                    vocab_size=120, pad_token_id=0),
+    "t5gemma2": dict(encoder=dict(text_config=dict(TEXT, pad_token_id=0), vision_config=VISION,
+                                  mm_tokens_per_image=4),
+                     decoder=dict(TEXT, pad_token_id=0), vocab_size=120, pad_token_id=0),
+    # speech LLMs built for seq2seq LM: a small audio encoder beside a small text model (built
+    # but not run: the sweep gives token ids only)
+    **{t: dict(audio_config=AUDIO, text_config=dict(TEXT, pad_token_id=0))
+       for t in ("qwen2_audio", "voxtral", "audioflamingo3", "glmasr", "qwen3_asr")},
     # hybrids of linear and full attention: with two layers, both were linear, and the causal
     # mask of the full-attention layers they build found no such layer
     "qwen3_5_text": dict(SMALL, **HYBRID),
