@@ -81,11 +81,16 @@ def test_bad_input_is_one_line_exit_2(args, msg):
 def test_taylor_scores_come_from_the_batch_file(tmp_path):
     from safetensors.torch import save_file
 
-    def kept(batch=None):
+    note = "(taylor: scored on the example inputs, not real data: give --batch FILE for " \
+        "meaningful scores)"
+
+    def kept(batch=None, inputs=()):
         out = tmp_path / f"out{len(list(tmp_path.iterdir()))}"
         extra = ["--batch", str(batch)] if batch else []
-        cli("prune", "demo:cnn", "--ratio", "0.5", "--importance", "taylor", *extra,
-            "--out", str(out))
+        res = cli("prune", "demo:cnn", "--ratio", "0.5", "--importance", "taylor", *extra,
+                  *inputs, "--out", str(out))
+        # the line says when the scores came from made-up inputs (not a batch, not a file)
+        assert (note in res.stdout) == (not batch and not inputs), res.stdout
         plan = json.loads((out / "plan.json").read_text())
         return plan["tensors"], plan["rounds"][0]["plan"]["settings"]["batch"]
 
@@ -97,6 +102,7 @@ def test_taylor_scores_come_from_the_batch_file(tmp_path):
     ta, sa = kept(tmp_path / "a.safetensors")
     tb, sb = kept(tmp_path / "b.safetensors")
     assert s0 == "example inputs" and sa == sb == [[8, 3, 32, 32]]
+    kept(inputs=["--input-file", str(tmp_path / "a.safetensors")])  # real inputs: no note
     assert len({json.dumps(t, sort_keys=True) for t in (t0, ta, tb)}) == 3  # different scores
     save_file({"0": torch.randn(2, 5)}, str(tmp_path / "bad.safetensors"))
     res = cli("prune", "demo:cnn", "--ratio", "0.5", "--importance", "taylor", "--batch",

@@ -168,7 +168,8 @@ def cmd_prune(args) -> int:
     failed = masked_note(verification)
     notes = [n for n in (failed, memory_note(verification), blind_note(verification),
                          untraced_note(verification),
-                         _bn_note(plan), floor_note(plan), config_note(report.get("config")),
+                         _bn_note(plan), _taylor_note(args, lm, plan), floor_note(plan),
+                         config_note(report.get("config")),
                          _outputs_note(pruner))
              if n]
     print(f"pruned {counted(report['units_removed'], 'unit')} in "
@@ -221,6 +222,16 @@ def _outputs_note(pruner) -> str:
             f"{'s' if len(held) > 1 else ''} {', '.join(held)}: --free-output NAME lets "
             f"{'it' if n == 1 else 'them'} prune, if {'its' if len(held) == 1 else 'their'} "
             "width may change")
+
+
+def _taylor_note(args, lm, plan) -> str:
+    """Says that Taylor scores came from the example inputs, made up unless they were read
+    from a file (``--input-file``): ``--batch`` gives real data to score on."""
+    if args.importance != "taylor" or args.batch or lm.source.get("input_file") \
+            or not plan.removed:
+        return ""
+    return ("taylor: scored on the example inputs, not real data: give --batch FILE for "
+            "meaningful scores")
 
 
 def _bn_note(plan) -> str:
