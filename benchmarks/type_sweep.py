@@ -275,6 +275,9 @@ OWN = {
                          vocab_size_per_layer_input=120, laurel_rank=4,
                          activation_sparsity_pattern=[0.0] * 4, altup_num_inputs=2,
                          intermediate_size=[64] * 4),
+    # (its expert count has no default: the router's weight could not be made)
+    "dots1": dict(SMALL, n_routed_experts=4, n_shared_experts=1, moe_intermediate_size=16,
+                  num_experts_per_tok=2, first_k_dense_replace=1, n_group=1, topk_group=1),
     "lfm2_moe": dict(SMALL, layer_types=["conv", "full_attention"], num_dense_layers=1,
                      num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16),
     "llama4": dict(vision_config=dict(VISION, vision_output_dim=32, projector_input_dim=32,
