@@ -118,6 +118,12 @@ def test_fit_config_leaves_a_config_that_cannot_describe_layers_of_different_wid
     assert reason.startswith("no values of Config's sizes rebuild the pruned model: with the "
                              "closest (")
     assert "blocks.0.fc1.weight would be" in reason or "blocks.1.fc1.weight would be" in reason
+    # a long closest config is cut after 4 sizes (D-FINE's changed 24: a wall of text)
+    from viewer.core.modelconfig import _listed
+
+    sizes = {f"s{i}": i for i in range(6)}
+    assert _listed(sizes, 4) == "s0=0, s1=1, s2=2, s3=3, and 2 more"
+    assert _listed(sizes) == _listed(sizes, 6) == "s0=0, s1=1, s2=2, s3=3, s4=4, s5=5"
     assert (pruned.config.width, pruned.config.hidden) == (16, 32)  # left as it was
     assert [b.hidden_size for b in pruned.blocks] == [32, 32]
 

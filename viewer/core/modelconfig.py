@@ -336,7 +336,7 @@ def fit_config(original: nn.Module, pruned: nn.Module,
             set_size(cfg, k, before[k])
         spent = f"; {MAX_BUILDS} configs tried" if len(scores) >= MAX_BUILDS else ""
         return {"reason": f"no values of {type(cfg).__name__}'s sizes rebuild the pruned "
-                          f"model: with the closest ({_listed(chosen)}) {example}, and "
+                          f"model: with the closest ({_listed(chosen, 4)}) {example}, and "
                           f"{best[0] - 1} more differ (layers pruned to different widths, or "
                           "sizes the config ties together, as head size = hidden size / "
                           f"heads{spent})"}
@@ -424,5 +424,10 @@ def _shape(s) -> str:
     return "missing" if s is None else "(" + ", ".join(map(str, s)) + ")"
 
 
-def _listed(values: dict[str, int]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in values.items()) or "unchanged"
+def _listed(values: dict[str, int], most: int | None = None) -> str:
+    """``k=v`` pairs, the first ``most`` of them and how many more (a reason stays one
+    readable line: D-FINE's closest config changes 24 sizes)."""
+    pairs = [f"{k}={v}" for k, v in values.items()]
+    if most is not None and len(pairs) > most:
+        pairs = pairs[:most] + [f"and {len(pairs) - most} more"]
+    return ", ".join(pairs) or "unchanged"
