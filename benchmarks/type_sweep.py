@@ -9,6 +9,7 @@ Run from the repository root (needs ``transformers``; nothing is downloaded)::
     python benchmarks/type_sweep.py --task image-classification       # another auto class
     python benchmarks/type_sweep.py --task object-detection           # (also semantic-
                                                   # segmentation, depth-estimation)
+    python benchmarks/type_sweep.py --task image-text-to-text         # VLMs, with an image
     python benchmarks/type_sweep.py --json after.json --compare before.json
 
 Each type in the task's mapping (``MODEL_FOR_CAUSAL_LM_MAPPING_NAMES``, ...) is built with
@@ -29,9 +30,11 @@ defaults are huge fails to allocate instead of taking the machine down.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import os
+import re
 import resource
 import signal
 import sys
@@ -46,6 +49,20 @@ SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_atte
 SEQ2SEQ = dict(d_model=32, d_ff=64, d_kv=8, num_layers=2, num_heads=4, encoder_layers=2,
                decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
                encoder_ffn_dim=64, decoder_ffn_dim=64)
+#: vision-language models: a small vision tower beside a small text model (their defaults
+#: are full-size towers, over the sweep's memory limit). Built for causal LM, their token
+#: ids hold no image token, so the tower is built but not run; the image-text-to-text task
+#: gives them an image
+VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+              image_size=32, patch_size=8)
+TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=8, vocab_size=120, max_position_embeddings=64)
+
+#: a speech encoder's sub-config (Whisper-style keys, and the others' names for the same sizes)
+AUDIO = dict(d_model=32, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=64,
+             hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=4, head_dim=8)
+
 #: the task's mapping of model types (in transformers' modeling_auto), its Auto class, and
 #: what its config adds to SMALL
 TASKS = {
@@ -64,6 +81,12 @@ TASKS = {
     "depth-estimation": ("MODEL_FOR_DEPTH_ESTIMATION_MAPPING_NAMES",
                          "AutoModelForDepthEstimation",
                          dict(image_size=32, patch_size=8, num_channels=3)),
+    # vision-language models given an image (its tokens in the ids, see vlm_inputs): a small
+    # vision tower and text model, the image token inside the small vocabulary
+    "image-text-to-text": ("MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES",
+                           "AutoModelForImageTextToText",
+                           dict(vision_config=VISION, text_config=TEXT, image_token_id=110,
+                                image_token_index=110, projection_dim=32)),
     "object-detection": ("MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES",
                          "AutoModelForObjectDetection",
                          dict(image_size=32, patch_size=8, num_channels=3, num_labels=10,
@@ -83,19 +106,6 @@ MLA = dict(SMALL, kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=4, qk_nope_h
 #: layer of each, small linear-attention heads
 HYBRID = dict(layer_types=["linear_attention", "full_attention"], linear_num_value_heads=4,
               linear_num_key_heads=2, linear_key_head_dim=8, linear_value_head_dim=8)
-
-#: vision-language models built for causal LM: a small vision tower beside a small text
-#: model (their defaults are full-size towers, over the sweep's memory limit); the sweep's
-#: token ids hold no image token, so the vision tower is built but not run
-VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-              image_size=32, patch_size=8)
-TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, head_dim=8, vocab_size=120, max_position_embeddings=64)
-
-#: a speech encoder's sub-config (Whisper-style keys, and the others' names for the same sizes)
-AUDIO = dict(d_model=32, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=64,
-             hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=4, head_dim=8)
 
 #: a small ResNet backbone given as a sub-config (not timm's, which is not installed)
 RESNET = dict(model_type="resnet", embedding_size=16, hidden_sizes=[16, 32, 64, 128],
@@ -353,6 +363,47 @@ TASK_OWN = {
 }
 
 
+def vlm_inputs(model, torch) -> dict:
+    """Token ids with one image's tokens in them, and the image (noise, of the vision
+    tower's size; and that size, when the forward fails without its ``image_sizes``): as
+    many image tokens as the model makes features of it, found by asking (Hugging Face says
+    "... tokens: 32, features: 512" when they do not match, both counted in the same units);
+    a model that wants images per sample (``(batch, images, C, H, W)``) gets them so."""
+    import inspect
+
+    cfg = model.config
+    token = next((v for k in ("image_token_id", "image_token_index")
+                  if isinstance(v := getattr(cfg, k, None), int)), None)
+    if token is None:
+        raise ValueError("no image token id in its config")
+    vision = getattr(cfg, "vision_config", None)
+    size = getattr(vision, "image_size", 32)
+    size = size[0] if isinstance(size, (list, tuple)) else size
+    pixels = torch.randn(1, getattr(vision, "num_channels", 3), size, size)
+    extra: dict = {}
+    n = getattr(cfg, "mm_tokens_per_image", None) or getattr(cfg, "image_seq_length", None) or 1
+    for _ in range(4):
+        x = {"input_ids": torch.tensor([[5, 6] + [token] * n + [7, 8]]), "pixel_values": pixels,
+             **extra}
+        try:
+            with torch.no_grad():
+                model(**x)
+            return x
+        except Exception as exc:  # noqa: BLE001 (the count is in the message, or it fails)
+            counts = re.search(r"tokens:?\s*(\d+),?\s*features:?\s*(\d+)", str(exc))
+            if "expected 5, got 4" in str(exc) and pixels.dim() == 4:
+                pixels = pixels[:, None]
+            elif not extra and "image_sizes" in inspect.signature(model.forward).parameters \
+                    and isinstance(exc, TypeError):  # (None where the sizes were wanted)
+                extra = {"image_sizes": torch.tensor([[size, size]])}
+            elif counts and int(counts.group(1)) and int(counts.group(2)) * n % int(
+                    counts.group(1)) == 0 and int(counts.group(2)) * n // int(counts.group(1)) != n:
+                n = int(counts.group(2)) * n // int(counts.group(1))
+            else:
+                raise
+    raise ValueError("no count of image tokens matched the image's features")
+
+
 def example_inputs(model, torch) -> dict:
     """Inputs for the model's main input name: 8 token ids (and 4 decoder ids for an
     encoder-decoder), a 3x32x32 image (the config's size when it has a small one), or the
@@ -415,7 +466,9 @@ def run_one(model_type: str, tf, torch, seconds: int, task: str = "causal-lm",
     try:
         mapping, auto, extra = TASKS[task]
         small = OWN[model_type] if model_type in OWN else {**SMALL, **extra}
-        small = {**small, **TASK_OWN.get((model_type, task), {})}
+        # (a copy: a config may write into the sub-config dicts it is given, and those are
+        # shared: Qwen3-VL's left its vision model type in VISION for Gemma 3 after it)
+        small = copy.deepcopy({**small, **TASK_OWN.get((model_type, task), {})})
         try:
             cfg = tf.AutoConfig.for_model(model_type, **small)
         except Exception:  # noqa: BLE001 (head_dim a property: Falcon, ...)
@@ -437,7 +490,8 @@ def run_one(model_type: str, tf, torch, seconds: int, task: str = "causal-lm",
             model = getattr(tf, auto).from_config(cfg).eval()
         if getattr(cfg, "languages", None) and hasattr(model, "set_default_language"):
             model.set_default_language(cfg.languages[0])  # (X-MOD's adapters: one language)
-        inputs = example_inputs(model, torch)
+        inputs = vlm_inputs(model, torch) if task == "image-text-to-text" else \
+            example_inputs(model, torch)
         try:
             p = Pruner(model, inputs, free_outputs=free)
         except DepViewError as exc:  # (a type without those outputs: none free)
