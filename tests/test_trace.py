@@ -545,6 +545,31 @@ def test_a_quantized_model_is_refused_in_one_line(kind, layer):
     assert any(n.name == "conv" for n in build_graph(qat, torch.randn(2, 3, 8, 8)).nodes)
 
 
+def test_a_float_model_made_ready_for_quantization_is_traced():
+    # FloatFunctional (a residual add a quantizable ResNet keeps as a module) lives among
+    # torch's quantized modules but computes in float: it was refused as quantized
+    import torch.ao.nn.quantized as nnq
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.conv = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 3, padding=1)
+            self.skip, self.head = nnq.FloatFunctional(), nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            y = self.stem(x)
+            return self.head(self.skip.add(y, self.conv(y)))
+
+    x = torch.randn(1, 3, 6, 6)
+    assert quantized_layer(Block()) is None
+    from viewer.core.prune import Pruner
+
+    p = Pruner(Block().eval(), (x,))
+    stream = next(g for g in p.groups if g.root == "stem")  # the add couples both branches
+    assert {m.node_name for m in stream.members} >= {"stem", "conv", "head"}
+    assert not p.reason(stream)
+
+
 def test_tracing_inside_an_except_block_records_every_module():
     # the hooks tell a failing forward by a new exception, not by "an exception is being
     # handled": a caller's except block (and a forward's own) must not look like a failure

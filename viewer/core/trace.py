@@ -1224,14 +1224,16 @@ def clear_method_caches(classes: Iterable[type]) -> None:
 
 #: Where torch keeps its quantized layers (``quantize_dynamic``, ``convert``): their weights
 #: are packed for int8 kernels, no parameters. (QAT layers, ``torch.ao.nn.qat``, are float
-#: layers with fake quantization, and reference layers keep float weights: not these.)
+#: layers with fake quantization, and reference layers keep float weights: not these; nor is
+#: ``FloatFunctional``, the float adds and cats of a model made ready to be quantized.)
 _QUANTIZED_PACKAGES = ("torch.ao.nn.quantized.", "torch.nn.quantized.",
                        "torch.ao.nn.intrinsic.quantized.", "torch.nn.intrinsic.quantized.")
 
 
 def _quantized_class(cls: type) -> bool:
     where = cls.__module__ + "."
-    return where.startswith(_QUANTIZED_PACKAGES) and ".reference." not in where
+    return where.startswith(_QUANTIZED_PACKAGES) and ".reference." not in where \
+        and cls.__name__ != "FloatFunctional"
 
 
 def quantized_layer(model: nn.Module, classes: Iterable[type] | None = None) -> str | None:
