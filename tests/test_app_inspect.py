@@ -555,6 +555,11 @@ def test_repeated_inexact_notes_collapse_into_one_line_per_kind():
     assert cb.collapse_notes(["'norm' normalises over pruned channels", "odd note",
                               "odd note"], graph) == [
         "'norm' normalises over pruned channels", "odd note"]
+    # validation's note for a scale Python derives from a width (one per attention)
+    moved = "computes with a number the forward derives from the pruned width (1/sqrt(d)?)"
+    assert cb.collapse_notes([f"'a.div' {moved}", f"'b.div' {moved}"], graph) == [
+        "2 ops compute with a number the forward derives from the pruned width (1/sqrt(d)?): "
+        "a.div, b.div"]
 
 
 def test_the_units_a_preview_removes_are_a_short_line_with_every_unit_on_hover():

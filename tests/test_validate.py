@@ -630,14 +630,15 @@ class ScaleInPython(torch.nn.Module):
 
     def __init__(self, how):
         super().__init__()
-        self.how, self.h, self.head_dim = how, 2, 8
+        self.how, self.h, self.head_dim, self.fixed_scale = how, 2, 8, None
         self.qkv, self.o = torch.nn.Linear(16, 48), torch.nn.Linear(16, 16)
 
     def forward(self, x):
         b, t, _ = x.shape
         hd = -1 if self.how == "shape" else self.head_dim
         q, k, v = (y.view(b, t, self.h, hd).transpose(1, 2) for y in self.qkv(x).chunk(3, -1))
-        scale = math.sqrt(q.size(-1) if self.how == "shape" else self.head_dim)
+        scale = self.fixed_scale or math.sqrt(q.size(-1) if self.how == "shape"
+                                              else self.head_dim)
         a = (q @ k.transpose(-1, -2) / scale).softmax(-1)
         return self.o((a @ v).transpose(1, 2).reshape(b, t, hd if hd < 0 else self.h * hd))
 
@@ -651,9 +652,24 @@ def test_a_number_computed_from_a_pruned_width_is_caught(how):
     p = Pruner(model, (x,))
     plan = p.plan(0.5)
     g = next(grp for grp in p.groups if grp.root == "qkv")
-    if how == "shape":  # head dims: blocked, saying which number moved
-        assert "'div' computes with 2.646 instead of 2.828" in p.reason(g)
-        assert g.id not in plan.removed
+    if how == "shape":
+        # no whole heads to take (the view's -1 is the head dim): the head dims prune, as
+        # an inexact group that says which number moved (it was blocked for it)
+        assert not p.reason(g) and not g.exact and g.n_units == 8
+        assert g.stats_notes == ["'div' computes with a number the forward derives from the "
+                                 "pruned width (an attention scale 1/sqrt(head_dim)?)"]
+        assert len(plan.removed[g.id]) == 4
+        pruned = p.apply(plan)
+        check = p.verify(pruned, plan)
+        assert check["forward"] and check["shapes_kept"]
+        assert "'div' computes with a number" in check["masked_equivalence"]["skipped"]
+        # the oracle: the masked original scaled by 1/sqrt(8), the pruned one by
+        # 1/sqrt(4); undo that and they agree
+        masked = p.masked_model(plan)
+        with torch.no_grad():
+            assert not torch.allclose(masked(x), pruned(x), atol=1e-3)
+            masked.fixed_scale = pruned.fixed_scale = 8 ** 0.5
+            assert torch.allclose(masked(x), pruned(x), atol=1e-5)
         return
     # whole heads instead: the attribute set is the head count, and the scale stays
     assert not p.reason(g) and g.n_units == 2 and p.sets(g) == ["h"]

@@ -248,6 +248,10 @@ def _slice_hint(graph: Graph, gs: list[Group]) -> str:
 
 
 _NUMBER_MOVED = "a number the forward derives from a width"
+#: a probe's error that says only a number moved (see :func:`_moved`): the op that moved it
+_ONLY_NUMBER_MOVED = re.compile(
+    r"when this group shrinks, '(?P<name>[^']+)' computes with [^:]* instead of [^:]*: "
+    + re.escape(_NUMBER_MOVED))
 
 
 def _moved_why(node: Node) -> str:
@@ -824,8 +828,29 @@ class GroupValidation:
                 self.groups[i] = blocked[g.id]
                 del self._validated[g.id]
                 self._sets.pop(g.id, None)
+        self._inexact_where_a_number_moved(attempt)
         self._note_pruned_elsewhere()
         return {k: v for k, v in self._validated.items() if v}
+
+    def _inexact_where_a_number_moved(self, attempt: Callable) -> None:
+        """A group still blocked only because a number its forward derives from the width
+        moved, once every retry above failed (a one-head attention's ``/ math.sqrt(
+        k.size(-1))``, whose whole-heads retry has nothing to take), prunes as an inexact
+        group, as the same default scale of ``F.scaled_dot_product_attention`` or
+        ``nn.MultiheadAttention`` does: the pruned model runs, and differs from the masked
+        original by that number. Only if it then runs with nothing else moved."""
+        for i, g in enumerate(self.groups):
+            m = _ONLY_NUMBER_MOVED.match(self._validated.get(g.id) or "")
+            if m is None or not g.exact:
+                continue
+            note = (f"'{m['name']}' computes with a number the forward derives from the pruned "
+                    "width (an attention scale 1/sqrt(head_dim)?)")
+            self.groups[i] = dataclasses.replace(g, exact=False,
+                                                 stats_notes=[*g.stats_notes, note])
+            if attempt([self.groups[i]]):
+                self.groups[i] = g
+            else:
+                self._validated[g.id] = ""
 
     def _note_pruned_elsewhere(self) -> None:
         """A group that failed validation whose channels a prunable group holds says so:

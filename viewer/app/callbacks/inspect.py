@@ -443,7 +443,8 @@ REMOVED_RUNS = 12
 NOTE_EXAMPLES = 3
 #: a note's verb as its plural subject needs it ("25 LayerNorms normalise ...")
 _PLURAL_VERBS = {"normalises": "normalise", "reduces": "reduce", "mixes": "mix",
-                 "slides": "slide", "replaces": "replace"}
+                 "slides": "slide", "replaces": "replace",
+                 "computes": "compute"}
 _NOTE = re.compile(r"'(?P<name>[^']+)' (?:\((?P<tag>[^()]*)\) )?(?P<rest>.+)", re.S)
 
 
