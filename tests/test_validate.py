@@ -628,9 +628,9 @@ class ScaleInPython(torch.nn.Module):
     (``math.sqrt(q.size(-1))``, the Annotated Transformer) or from the attribute its view
     reads (``math.sqrt(self.head_dim)``, Transformer-XL): the trace sees one number."""
 
-    def __init__(self, how):
+    def __init__(self, how, heads=2):
         super().__init__()
-        self.how, self.h, self.head_dim, self.fixed_scale = how, 2, 8, None
+        self.how, self.h, self.head_dim, self.fixed_scale = how, heads, 16 // heads, None
         self.qkv, self.o = torch.nn.Linear(16, 48), torch.nn.Linear(16, 16)
 
     def forward(self, x):
@@ -644,37 +644,45 @@ class ScaleInPython(torch.nn.Module):
 
 
 @pytest.mark.parametrize("how", ["shape", "attribute"])
-def test_a_number_computed_from_a_pruned_width_is_caught(how):
+def test_a_number_computed_from_a_pruned_width_takes_whole_heads_instead(how):
     # head dims: the pruned model divided by sqrt(7), the masked original by sqrt(8), and
-    # both groups were called exact (masked equivalence failed, rel. diff ~3e-2)
+    # both groups were called exact (masked equivalence failed, rel. diff ~3e-2). Whole heads
+    # keep the scale: the attribute set is the head count. With "shape" the view's -1 is
+    # the head dim, and the retry splits there too (head dims were blocked, then inexact)
     torch.manual_seed(0)
     model, x = ScaleInPython(how).eval(), torch.randn(2, 5, 16) * 3
     p = Pruner(model, (x,))
     plan = p.plan(0.5)
     g = next(grp for grp in p.groups if grp.root == "qkv")
-    if how == "shape":
-        # no whole heads to take (the view's -1 is the head dim): the head dims prune, as
-        # an inexact group that says which number moved (it was blocked for it)
-        assert not p.reason(g) and not g.exact and g.n_units == 8
-        assert g.stats_notes == ["'div' computes with a number the forward derives from the "
-                                 "pruned width (an attention scale 1/sqrt(head_dim)?)"]
-        assert len(plan.removed[g.id]) == 4
-        pruned = p.apply(plan)
-        check = p.verify(pruned, plan)
-        assert check["forward"] and check["shapes_kept"]
-        assert "'div' computes with a number" in check["masked_equivalence"]["skipped"]
-        # the oracle: the masked original scaled by 1/sqrt(8), the pruned one by
-        # 1/sqrt(4); undo that and they agree
-        masked = p.masked_model(plan)
-        with torch.no_grad():
-            assert not torch.allclose(masked(x), pruned(x), atol=1e-3)
-            masked.fixed_scale = pruned.fixed_scale = 8 ** 0.5
-            assert torch.allclose(masked(x), pruned(x), atol=1e-5)
-        return
-    # whole heads instead: the attribute set is the head count, and the scale stays
-    assert not p.reason(g) and g.n_units == 2 and p.sets(g) == ["h"]
+    assert not p.reason(g) and g.exact and g.n_units == 2 and p.sets(g) == ["h"]
     pruned = p.apply(plan)
-    assert plan.removed[g.id] and p.verify(pruned, plan)["masked_equivalence"]["ok"]
+    assert plan.removed[g.id] and pruned.h == 1
+    assert p.verify(pruned, plan)["masked_equivalence"]["ok"]
+
+
+def test_a_number_computed_from_the_width_of_one_head_makes_its_group_inexact():
+    # one head (a Perceiver's latent attention): no whole heads to take. The head dims
+    # prune as an inexact group that says which number moved (they were blocked for it)
+    torch.manual_seed(0)
+    model, x = ScaleInPython("shape", heads=1).eval(), torch.randn(2, 5, 16) * 3
+    p = Pruner(model, (x,))
+    plan = p.plan(0.5)
+    g = next(grp for grp in p.groups if grp.root == "qkv")
+    assert not p.reason(g) and not g.exact and g.n_units == 16
+    assert g.stats_notes == ["'div' computes with a number the forward derives from the "
+                             "pruned width (an attention scale 1/sqrt(head_dim)?)"]
+    assert len(plan.removed[g.id]) == 8
+    pruned = p.apply(plan)
+    check = p.verify(pruned, plan)
+    assert check["forward"] and check["shapes_kept"]
+    assert "'div' computes with a number" in check["masked_equivalence"]["skipped"]
+    # the oracle: the masked original scales by 1/sqrt(16), the pruned one by 1/sqrt(8);
+    # with one scale for both they agree
+    masked = p.masked_model(plan)
+    with torch.no_grad():
+        assert not torch.allclose(masked(x), pruned(x), atol=1e-3)
+        masked.fixed_scale = pruned.fixed_scale = 4.0
+        assert torch.allclose(masked(x), pruned(x), atol=1e-5)
 
 
 def test_a_layer_norm_shape_stored_on_the_module_is_updated():

@@ -1055,6 +1055,12 @@ def split_sizes(graph: Graph, group: Group) -> list[tuple[Node, TensorKey, tuple
     return out
 
 
+def same_members(a: Group, b: Group) -> bool:
+    """Whether two groups take the same units of the same tensors' dims."""
+    return a.n_units == b.n_units and [(m.node, m.side, m.dim) for m in a.members] == \
+        [(m.node, m.side, m.dim) for m in b.members]
+
+
 def outer_alternative(graph: Graph, group: Group, over_inferred: bool = False) -> Group | None:
     """The same root's group when every reshape whose split the shapes leave open takes its
     outer dim (whole heads instead of head dims: ``view(b, -1, self.num_heads,
@@ -1080,10 +1086,7 @@ def outer_alternative(graph: Graph, group: Group, over_inferred: bool = False) -
             found = _search(graph, root, "out", d, pos, group.id, outer=outer)
         except (DepViewError, IndexError, ValueError):  # a rule failed: no alternative
             continue
-        same = found.n_units == group.n_units and \
-            [(m.node, m.side, m.dim) for m in found.members] == \
-            [(m.node, m.side, m.dim) for m in group.members]
-        if not same:
+        if not same_members(found, group):
             alt = found
             if not found.reasons:
                 break

@@ -32,6 +32,7 @@ from .groups import (
     fixed_slices,
     outer_alternative,
     part_alternative,
+    same_members,
     slice_spans,
     split_blocked,
     split_sizes,
@@ -663,9 +664,20 @@ class GroupValidation:
 
         def try_outer(g: Group, err: str) -> bool:
             """A group that stays broken: try, in its place, the same root's group with the
-            reshapes the shapes leave open split at their outer dim (whole heads)."""
-            alt = outer_alternative(self.graph, g)
-            if alt is None or alt.reasons or alt.n_units <= 1:
+            reshapes the shapes leave open split at their outer dim (whole heads); then, if
+            that gives none or it fails, with the ``-1`` of a reshape split there too:
+            ``view(b, t, self.h, -1)`` leaves the head dim to its ``-1``, and whole heads
+            run once ``h`` follows (their scale ``1/sqrt(q.size(-1))`` stays)."""
+            first = outer_alternative(self.graph, g)
+            if first is not None and try_alt(g, err, first):
+                return True
+            alt = outer_alternative(self.graph, g, over_inferred=True)
+            if alt is None or first is not None and same_members(alt, first):
+                return False
+            return try_alt(g, err, alt)
+
+        def try_alt(g: Group, err: str, alt: Group) -> bool:
+            if alt.reasons or alt.n_units <= 1:
                 return False
             i = self.groups.index(g)
             self.groups[i] = alt
