@@ -93,6 +93,67 @@ def test_a_failed_probe_names_a_tensor_cached_in_a_plain_attribute():
                         "computed and cached?): the pruned model reads it unchanged")
 
 
+class EvalCachedBiases(nn.Module):
+    """LeViT's attention (Hugging Face's and timm's): per-head biases gathered by an index,
+    kept in a dict per device once run in eval mode, emptied by its own ``train``; heads
+    viewed ``(b, n, self.heads, -1)`` and scaled by ``1/sqrt(q.size(-1))``. Its ``train``
+    also freezes ``frozen`` (as detectors freeze their first stages)."""
+
+    def __init__(self, d: int = 16, heads: int = 4, n: int = 5):
+        super().__init__()
+        self.heads = heads
+        self.frozen = nn.Linear(d, d)
+        self.qkv, self.o = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.biases = nn.Parameter(torch.randn(heads, n))
+        r = torch.arange(n)
+        self.register_buffer("idx", (r[:, None] - r[None, :]).abs(), persistent=False)
+        self.cache: dict = {}
+
+    def train(self, mode=True):
+        super().train(mode)
+        if mode:
+            self.frozen.weight.requires_grad_(False)
+            self.cache = {}
+        return self
+
+    def bias(self, device):
+        if self.training:
+            return self.biases[:, self.idx]
+        if str(device) not in self.cache:
+            self.cache[str(device)] = self.biases[:, self.idx]
+        return self.cache[str(device)]
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q, k, v = (y.view(b, n, self.heads, -1).transpose(1, 2)
+                   for y in self.qkv(self.frozen(x)).chunk(3, -1))
+        a = (q @ k.transpose(-1, -2) / math.sqrt(q.size(-1)) + self.bias(x.device))
+        return self.o((a.softmax(-1) @ v).transpose(1, 2).reshape(b, n, -1))
+
+
+@pytest.mark.parametrize("real", [True, False])
+def test_a_cache_a_module_empties_in_train_is_emptied_in_every_pruned_copy(real, monkeypatch):
+    # whole heads were found on meta (no cache for the meta device) and not on real
+    # tensors (the copy read the old heads' biases): a pruned copy runs its module's train
+    import viewer.core.validate as validate_mod
+
+    if not real:
+        monkeypatch.setattr(validate_mod, "REAL_PROBE_BYTES", 0)
+    torch.manual_seed(0)
+    model, x = EvalCachedBiases().eval(), torch.randn(2, 5, 16)
+    p = Pruner(model, (x,))
+    assert "cpu" in model.cache  # (the traces ran it in eval mode)
+    g = next(grp for grp in p.groups if grp.root == "qkv")
+    assert not p.reason(g) and g.exact and g.n_units == 4 and p.sets(g) == ["heads"]
+    plan = Plan({g.id: [1, 2]})
+    pruned = p.apply(plan)
+    assert not pruned.training and pruned.frozen.weight.requires_grad  # flags as they were
+    assert pruned.cache == {} and pruned.biases.shape == (2, 5) and pruned.heads == 2
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+    assert model.cache["cpu"].shape == (4, 5, 5) and model.heads == 4  # the original's own
+
+
 class SharedConfigAttention(nn.Module):
     """Phi-3's attention in plain torch: a fused qkv cut at bounds computed from a config
     object every layer holds (``self.config``), heads of ``head_dim`` 4, 3 heads."""

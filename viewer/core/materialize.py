@@ -132,7 +132,48 @@ def materialize(model: nn.Module, graph: Graph, changes: dict[str, dict[int, np.
     for path, values in (attrs or {}).items():
         for k, v in values.items():
             set_attr(mods[path], k, v)
+    drop_train_caches(pruned)  # (the unpruned copies validation compares with too)
     return pruned
+
+
+def drop_train_caches(model: nn.Module) -> None:
+    """Let each module whose class has its own ``train`` empty what it caches for eval:
+    Hugging Face's and timm's LeViT and EfficientFormer keep their attention biases in a
+    dict per device once run in eval mode, and empty it when set to train. A pruned copy
+    would read the biases of the old head count. Not torch's own ``train``s, nor a Hugging
+    Face model's (``PreTrainedModel.train`` swaps in hub kernels), nor any module holding
+    one; a ``train`` that fails is left be. Every module's flag and every parameter's
+    ``requires_grad`` are then given back (a ``train`` may freeze stages)."""
+    own = [m for m in model.modules() if _caching_train(type(m))]
+    if not own:
+        return
+    modes = [(m, m.training) for m in model.modules()]
+    grads = [(p, p.requires_grad) for p in model.parameters()]
+    for m in own:
+        if all(not _unsafe_train(type(c)) for c in m.modules()):
+            try:
+                with torch.no_grad():
+                    m.train(True)
+            except Exception:  # noqa: BLE001, S110 (a cache left is what we had)
+                pass
+    for m, mode in modes:
+        m.training = mode
+    for p, grad in grads:
+        if p.requires_grad != grad:
+            p.requires_grad_(grad)
+
+
+def _caching_train(cls: type) -> bool:
+    """Whether ``cls`` has a ``train`` of its own that may empty a cache."""
+    return cls.train is not nn.Module.train and not _unsafe_train(cls)
+
+
+def _unsafe_train(cls: type) -> bool:
+    """Whether ``cls`` overrides ``train`` with torch's or Hugging Face's models' own (never
+    a cache's)."""
+    where = getattr(cls.train, "__module__", None) or ""
+    return cls.train is not nn.Module.train and (
+        where.startswith("torch.") or where == "transformers.modeling_utils")
 
 
 def refresh_computed_weights(model: nn.Module) -> None:
