@@ -97,7 +97,7 @@ class EvalCachedBiases(nn.Module):
     """LeViT's attention (Hugging Face's and timm's): per-head biases gathered by an index,
     kept in a dict per device once run in eval mode, emptied by its own ``train``; heads
     viewed ``(b, n, self.heads, -1)`` and scaled by ``1/sqrt(q.size(-1))``. Its ``train``
-    also freezes ``frozen`` (as detectors freeze their first stages)."""
+    also freezes ``frozen`` (as detectors freeze their first stages) and marks the mode."""
 
     def __init__(self, d: int = 16, heads: int = 4, n: int = 5):
         super().__init__()
@@ -111,6 +111,7 @@ class EvalCachedBiases(nn.Module):
 
     def train(self, mode=True):
         super().train(mode)
+        self.deployed = not mode  # (as a block that fuses its branches for eval)
         if mode:
             self.frozen.weight.requires_grad_(False)
             self.cache = {}
@@ -148,6 +149,7 @@ def test_a_cache_a_module_empties_in_train_is_emptied_in_every_pruned_copy(real,
     plan = Plan({g.id: [1, 2]})
     pruned = p.apply(plan)
     assert not pruned.training and pruned.frozen.weight.requires_grad  # flags as they were
+    assert pruned.deployed  # its train for eval mode ran last
     assert pruned.cache == {} and pruned.biases.shape == (2, 5) and pruned.heads == 2
     v = p.verify(pruned, plan)
     assert v["forward"] and v["masked_equivalence"]["ok"], v

@@ -142,18 +142,22 @@ def drop_train_caches(model: nn.Module) -> None:
     dict per device once run in eval mode, and empty it when set to train. A pruned copy
     would read the biases of the old head count. Not torch's own ``train``s, nor a Hugging
     Face model's (``PreTrainedModel.train`` swaps in hub kernels), nor any module holding
-    one; a ``train`` that fails is left be. Every module's flag and every parameter's
-    ``requires_grad`` are then given back (a ``train`` may freeze stages)."""
+    one; a ``train`` that fails is left be. Each is then set back to the mode it was in
+    (what its ``train`` does for that mode, such as fusing branches for eval, is done
+    again), and every module's flag and every parameter's ``requires_grad`` are given back
+    (a ``train`` may freeze stages)."""
     own = [m for m in model.modules() if _caching_train(type(m))]
     if not own:
         return
     modes = [(m, m.training) for m in model.modules()]
     grads = [(p, p.requires_grad) for p in model.parameters()]
+    was = dict(modes)
     for m in own:
         if all(not _unsafe_train(type(c)) for c in m.modules()):
             try:
                 with torch.no_grad():
                     m.train(True)
+                    m.train(was[m])  # (what its train does for the mode it was in, again)
             except Exception:  # noqa: BLE001, S110 (a cache left is what we had)
                 pass
     for m, mode in modes:
