@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import copyreg
+import functools
 import math
 from collections import OrderedDict
 
@@ -138,8 +139,9 @@ def materialize(model: nn.Module, graph: Graph, changes: dict[str, dict[int, np.
 
 def drop_train_caches(model: nn.Module) -> None:
     """Let each module whose class has its own ``train`` empty what it caches for eval:
-    Hugging Face's and timm's LeViT and EfficientFormer keep their attention biases in a
-    dict per device once run in eval mode, and empty it when set to train. A pruned copy
+    Hugging Face's LeViT (and timm's LeViT, EfficientFormer and EfficientViT, by their code)
+    keep their attention biases in a dict per device once run in eval mode, and empty it
+    when set to train. A pruned copy
     would read the biases of the old head count. Not torch's own ``train``s, nor a Hugging
     Face model's (``PreTrainedModel.train`` swaps in hub kernels), nor any module holding
     one; a ``train`` that fails is left be. Each is then set back to the mode it was in
@@ -167,11 +169,13 @@ def drop_train_caches(model: nn.Module) -> None:
             p.requires_grad_(grad)
 
 
+@functools.cache  # (per class: every copy validation makes walks every module)
 def _caching_train(cls: type) -> bool:
     """Whether ``cls`` has a ``train`` of its own that may empty a cache."""
     return cls.train is not nn.Module.train and not _unsafe_train(cls)
 
 
+@functools.cache
 def _unsafe_train(cls: type) -> bool:
     """Whether ``cls`` overrides ``train`` with torch's or Hugging Face's models' own (never
     a cache's)."""
