@@ -998,6 +998,63 @@ def test_a_model_in_train_mode_is_traced_and_verified_in_eval_mode_and_left_as_i
     assert [m.training for m in pruned.modules()] == flags  # the copy keeps the user's modes
 
 
+class RunningNorm(nn.Module):
+    """An RL policy's observation normaliser: it updates its statistics on every forward,
+    in eval mode too (in place, and by assigning a new count)."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(n))
+        self.register_buffer("count", torch.tensor(0.0))
+
+    def forward(self, x):
+        self.mean.mul_(0.5).add_(0.5 * x.mean(0))
+        self.count = self.count + 1
+        return x - self.mean
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _same_state(model, state):
+    now = model.state_dict()
+    return now.keys() == state.keys() and all(torch.equal(state[k], now[k]) for k in now)
+
+
+@pytest.mark.parametrize("kind", ["running-normaliser", "qat"])
+def test_a_model_that_writes_its_buffers_in_eval_mode_is_left_as_it_was(kind):
+    # each forward DepView ran wrote the buffers: the user's model changed, and the original
+    # verification compared with was not the model the pruned copy came from
+    torch.manual_seed(0)
+    if kind == "qat":  # torch.ao's observers record activation ranges, in eval mode too
+        import torch.ao.quantization as q
+        model = nn.Sequential(q.QuantStub(), nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16),
+                              nn.ReLU(), nn.Linear(16, 3), q.DeQuantStub())
+        model.train()
+        model.qconfig = q.get_default_qat_qconfig("fbgemm")
+        model = q.prepare_qat(model)
+        model(torch.randn(8, 6))
+        model.eval()
+    else:
+        model = nn.Sequential(RunningNorm(6), nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 16),
+                              nn.Tanh(), nn.Linear(16, 3)).eval()
+    x = torch.randn(4, 6) * 3 + 1
+    state = _state(model)
+    expected = model(x.clone())
+    model.load_state_dict(state)
+    p = Pruner(model, (x,))
+    plan = p.plan(0.5)
+    p.preview(plan)
+    pruned = p.apply(plan)
+    v = p.verify(pruned, plan)
+    assert _same_state(model, state)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+    assert torch.equal(model(x.clone()), expected)  # (the first forward from that state)
+    if kind != "qat":  # (QAT: a layer faking per-channel quantization blocks its group)
+        assert plan.n_removed > 0
+
+
 RNN_FILE = """
 import torch
 from torch import nn

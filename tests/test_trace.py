@@ -876,6 +876,41 @@ def test_build_graph_runs_in_eval_mode_and_restores_the_flags_even_on_error():
     assert torch.equal(bn.running_mean, before)
 
 
+class WritesBuffers(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("seen", torch.zeros(3))
+        self.register_buffer("ranges", torch.zeros(1))
+        self.register_buffer("count", torch.tensor(0))
+
+    def forward(self, x):
+        self.seen.add_(x.sum())  # in place
+        self.ranges.resize_(2).fill_(7.0)  # a new shape, as fake quantization's scales take
+        self.count = self.count + 1  # a new tensor
+        return x * self.seen.sum()
+
+
+def test_eval_mode_puts_back_the_buffers_a_forward_wrote():
+    from viewer.core.trace import eval_mode
+
+    m = WritesBuffers()
+    objects = [m.seen, m.ranges, m.count]
+    with eval_mode(m):
+        m(torch.ones(2))
+        m(torch.ones(2))
+        assert m.seen.tolist() == [4.0] * 3 and int(m.count) == 2
+    assert all(a is b for a, b in zip([m.seen, m.ranges, m.count], objects, strict=True))
+    assert m.seen.tolist() == [0.0] * 3 and m.ranges.tolist() == [0.0] and int(m.count) == 0
+    build_graph(m, (torch.ones(2),))
+    assert m.seen.tolist() == [0.0] * 3 and int(m.count) == 0
+    # a lazy layer's buffers are made by its first forward, which DepView runs: they stay
+    lazy = nn.Sequential(nn.LazyConv2d(4, 3), nn.LazyBatchNorm2d()).eval()
+    with eval_mode(lazy):
+        lazy(torch.randn(1, 3, 8, 8))
+    assert lazy[1].running_var.shape == (4,) and torch.equal(lazy[1].running_var,
+                                                              torch.ones(4))
+
+
 def test_eval_mode_from_two_threads_keeps_the_model_in_eval_until_the_last_leaves():
     # before, the second call found the flags the first had cleared and held nothing; the
     # first, leaving while the second still ran, set train mode back under it

@@ -22,6 +22,7 @@ decoder's 32 layers repeat the same calls (views and in-place ops always run).
 
 from __future__ import annotations
 
+import functools
 import gc
 import inspect
 import sys
@@ -42,7 +43,9 @@ from torch.nn.modules.module import (
     register_module_forward_hook,
     register_module_forward_pre_hook,
 )
+from torch.nn.parameter import UninitializedTensorMixin
 from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import _disable_current_modes
 from torch.utils._pytree import tree_map
 
 from . import meta as M
@@ -1085,6 +1088,7 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
     compiled = any(_compiled(m) for m in modules)
     if training or _EVAL_HELD:  # (flags first: a holder registers before it clears them)
         training = _hold_eval(modules)
+    kept = _hold_buffers(modules)
     try:
         if compiled:
             with torch.compiler.set_stance("force_eager"), warnings.catch_warnings():
@@ -1094,6 +1098,7 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
         else:
             yield
     finally:
+        _release_buffers(kept)
         if training:
             _release_eval(training)
 
@@ -1134,6 +1139,90 @@ def _release_eval(held: list[nn.Module]) -> None:
             else:
                 del _EVAL_HELD[id(m)]
                 m.__dict__["training"] = True
+
+
+#: id(module) -> [how many eval_mode calls hold it, {name: (buffer, its version, its values)}]
+#: as the first of them found it (see :func:`_hold_buffers`)
+_BUFFERS_HELD: dict[int, list] = {}
+
+
+def _hold_buffers(modules: list[nn.Module]) -> list[nn.Module]:
+    """Keep the buffers of ``modules`` as they are, for :func:`_release_buffers` to put back:
+    some modules write theirs in eval mode too (``torch.ao`` observers and fake quantization
+    record the ranges they see, an RL policy's running normaliser its mean), so every forward
+    DepView ran would change the user's model, and the original would not be the model the
+    pruned copy is compared with. A buffer not yet initialised (``nn.LazyBatchNorm2d``) is
+    left to its first forward."""
+    held = []
+    with _EVAL_LOCK:
+        for m in modules:
+            buffers = m._buffers
+            if not buffers or _torch_layer(type(m)):
+                continue
+            entry = _BUFFERS_HELD.get(id(m))
+            if entry is None:
+                with _unseen():
+                    kept = {k: (t, _version(t), t.detach().clone())
+                            for k, t in buffers.items()
+                            if t is not None and t.device.type != "meta"
+                            and not isinstance(t, UninitializedTensorMixin)}
+                if not kept:
+                    continue
+                entry = _BUFFERS_HELD[id(m)] = [0, kept]
+            entry[0] += 1
+            held.append(m)
+    return held
+
+
+@contextmanager
+def _unseen() -> Iterator[None]:
+    """Torch ops that no mode sees: keeping the buffers is not part of the forward that a
+    tracer or ``FlopCounterMode`` around ``eval_mode`` records."""
+    with torch._C.DisableTorchFunction(), _disable_current_modes():
+        yield
+
+
+@functools.cache
+def _torch_layer(cls: type) -> bool:
+    """Whether ``cls`` is one of torch's own layers (``torch.nn.modules``): none of them writes
+    a buffer in eval mode (BatchNorm's statistics, most of a CNN's buffers, only in train
+    mode), so theirs need not be kept; a subclass defined elsewhere may."""
+    return cls.__module__.startswith("torch.nn.modules.")
+
+
+def _release_buffers(held: list[nn.Module]) -> None:
+    """Undo :func:`_hold_buffers`: the last call holding a module puts each buffer object back
+    in its place, with the values (and shape) it had."""
+    if not held:
+        return
+    with _EVAL_LOCK, _unseen(), torch.no_grad():
+        for m in held:
+            entry = _BUFFERS_HELD[id(m)]
+            entry[0] -= 1
+            if entry[0]:
+                continue
+            del _BUFFERS_HELD[id(m)]
+            for k, (t, version, values) in entry[1].items():
+                if m._buffers.get(k) is not t:  # (``self.buf = new`` in the forward)
+                    m._buffers[k] = t
+                # (the version counter alone misses writes: ``torch.ao``'s fused observer
+                # kernel writes its ranges without counting up)
+                if _version(t) == version and t.shape == values.shape \
+                        and torch.equal(t, values):
+                    continue
+                if t.shape == values.shape:
+                    t.copy_(values)  # (views of the buffer see it too)
+                else:
+                    t.set_(values)
+
+
+def _version(t: torch.Tensor) -> int:
+    """``t``'s version counter (in-place writes count up), or -1 for an inference tensor,
+    which has none and cannot be written outside inference mode."""
+    try:
+        return t._version
+    except RuntimeError:
+        return -1
 
 
 #: module class -> the functools caches its methods keep (see :func:`clear_method_caches`)
@@ -1315,8 +1404,9 @@ def build_graph(model: nn.Module, example_inputs=(), example_kwargs: dict | None
     collect = gc.isenabled()
     gc.disable()
     try:
-        with tracer, torch.set_grad_enabled(autograd and torch.is_grad_enabled()), \
-                eval_mode(model):
+        # (eval mode outside the tracer: it keeps the buffers with torch ops of its own)
+        with eval_mode(model), tracer, \
+                torch.set_grad_enabled(autograd and torch.is_grad_enabled()):
             output = model(*args, **kwargs)
         tracer.flush()
     except Exception as exc:
