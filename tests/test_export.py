@@ -1,5 +1,6 @@
 import io
 import json
+import warnings
 import zipfile
 
 import pytest
@@ -162,6 +163,34 @@ def test_an_export_never_overwrites_what_it_did_not_write(demo_pruner, tmp_path)
     assert [f.name for f in theirs.iterdir()] == ["report.json"]
     assert (theirs / "report.json").read_text() == '{"quarterly": true}'
     assert a_file.read_text() == "mine"
+
+
+class _HoldsQuantized(torch.nn.Module):
+    # a custom layer keeping its weight quantized (per tensor), dequantized in its forward
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Linear(8, 16)
+        with warnings.catch_warnings():  # (torch deprecates quantized tensors)
+            warnings.simplefilter("ignore")
+            self.register_buffer("wq", torch.quantize_per_tensor(
+                torch.randn(4, 16), 0.05, 0, torch.qint8))
+
+    def forward(self, x):
+        return torch.nn.functional.linear(torch.relu(self.a(x)), self.wq.dequantize())
+
+
+def test_a_quantized_tensor_is_pruned_but_its_export_is_one_error_line(tmp_path):
+    # safetensors has no quantized dtypes: the export failed with "unexpected KeyError:
+    # torch.qint8" and no word of which tensor
+    p = Pruner(_HoldsQuantized().eval(), (torch.randn(3, 8),))
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    assert pruned.wq.shape == (4, 8) and pruned.wq.is_quantized
+    assert p.verify(pruned, plan)["masked_equivalence"]["ok"]
+    with pytest.raises(DepViewError, match=r"^'wq' is a quantized tensor \(qint8\), which "
+                                           r"safetensors cannot hold: export the float model"):
+        export_dir(p, plan, pruned, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_exporting_again_into_an_export_replaces_it_whole(demo_pruner, tmp_path):

@@ -184,6 +184,12 @@ def export_dir(pruner: Pruner, plan: Plan, pruned: nn.Module, out_dir: str | Pat
     if any(t.device.type == "meta" for t in pruned.state_dict().values()):
         raise DepViewError("this model is on the meta device: it has no weights to export; "
                            "load it on cpu to export a checkpoint")
+    quantized = next(((k, t.dtype) for k, t in pruned.state_dict().items() if t.is_quantized),
+                     None)
+    if quantized is not None:
+        raise DepViewError(f"'{quantized[0]}' is a quantized tensor "
+                           f"({str(quantized[1]).removeprefix('torch.')}), which safetensors "
+                           "cannot hold: export the float model, and quantize the pruned one")
     out = _prepare_out(Path(out_dir))
     # (a later round's pruner holds a pruned model: its config is not the original's)
     source = _recorded_source(source, pruner.inputs, None if history else pruner.model)
