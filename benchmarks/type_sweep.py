@@ -8,7 +8,7 @@ Run from the repository root (needs ``transformers``; nothing is downloaded)::
     python benchmarks/type_sweep.py --types llama,falcon,inkling_text   # some of them
     python benchmarks/type_sweep.py --task image-classification       # another auto class
     python benchmarks/type_sweep.py --task object-detection           # (also semantic-
-                                                  # segmentation, depth-estimation)
+                                  # segmentation, depth-estimation, video-classification)
     python benchmarks/type_sweep.py --task image-text-to-text         # VLMs, with an image
     python benchmarks/type_sweep.py --json after.json --compare before.json
 
@@ -87,6 +87,10 @@ TASKS = {
                            "AutoModelForImageTextToText",
                            dict(vision_config=VISION, text_config=TEXT, image_token_id=110,
                                 image_token_index=110, projection_dim=32)),
+    "video-classification": ("MODEL_FOR_VIDEO_CLASSIFICATION_MAPPING_NAMES",
+                             "AutoModelForVideoClassification",
+                             dict(image_size=32, crop_size=32, patch_size=8, num_frames=4,
+                                  frames_per_clip=4, tubelet_size=2, num_labels=10)),
     "object-detection": ("MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES",
                          "AutoModelForObjectDetection",
                          dict(image_size=32, patch_size=8, num_channels=3, num_labels=10,
@@ -344,6 +348,9 @@ TASK_OWN = {
                                           use_auxiliary_head=False, pool_scales=[1, 2])
        for t in ("beit", "data2vec-vision")},
     ("reformer", "causal-lm"): dict(is_decoder=True),
+    # (a tubelet's frames, height and width; VideoPrism's temporal embeddings take one a frame)
+    ("vivit", "video-classification"): dict(tubelet_size=[2, 8, 8]),
+    ("videoprism_vision_model", "video-classification"): dict(tubelet_size=[1, 8, 8]),
     # (its head's sizes have no defaults)
     ("sapiens2", "semantic-segmentation"): dict(head_config=dict(upsample_out_channels=[16, 16],
                                                                  conv_out_channels=[16])),
@@ -415,13 +422,15 @@ def example_inputs(model, torch) -> dict:
         if cfg.is_encoder_decoder:
             x["decoder_input_ids"] = torch.randint(3, 100, (1, 4))
         return x
+    from viewer.core.spec import _hf_input_candidates, _video_input
+
+    if name in ("pixel_values", "pixel_values_videos") and (video := _video_input(cfg, name)):
+        return {name: torch.randn(video[1])}  # one clip, as DepView guesses for a directory
     if name in ("pixel_values", "inputs"):  # ("inputs": Perceiver's)
         size = getattr(cfg, "image_size", 32)
         size = size[0] if isinstance(size, (list, tuple)) else size
         size = size if isinstance(size, int) and size <= 64 else 32
         return {name: torch.randn(1, getattr(cfg, "num_channels", 3), size, size)}
-    from viewer.core.spec import _hf_input_candidates
-
     # audio: what DepView guesses for a model directory given no inputs
     first = next(iter(_hf_input_candidates(model)), None)
     if name in ("input_values", "input_features") and first:

@@ -446,6 +446,19 @@ def test_a_directory_models_inputs_are_guessed_from_its_main_input_and_tried(tmp
     assert load_model(str(tmp_path / "bert"), inputs=["1x8:int64"]).inputs[0].shape == (1, 8)
 
 
+def test_a_video_models_directory_gets_one_clip_of_its_frames(tmp_path):
+    # VideoMAE reads (batch, frames, channels, height, width): the one image DepView tried
+    # failed, and the user had to find the clip's shape in the config
+    tf = pytest.importorskip("transformers")
+    tf.VideoMAEForVideoClassification(tf.VideoMAEConfig(
+        image_size=16, patch_size=8, num_frames=4, tubelet_size=2, hidden_size=16,
+        num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, num_labels=3,
+    )).save_pretrained(tmp_path / "videomae")
+    lm = load_model(str(tmp_path / "videomae"))
+    assert lm.source["inputs"] == ["1x4x3x16x16:float32"]
+    assert lm.model(*lm.inputs).logits.shape == (1, 3)
+
+
 def test_named_inputs_are_keyword_inputs_and_are_recorded_so(tmp_path):
     f = tmp_path / "two.py"
     f.write_text("import torch\nclass Two(torch.nn.Module):\n"

@@ -669,11 +669,28 @@ def _image_input(cfg, any_size: bool = False) -> tuple[str, tuple[int, ...], str
     return None
 
 
+def _video_input(cfg, name: str) -> tuple[str, tuple[int, ...], str] | None:
+    """``name`` as one clip of the frames and size a video model's config says, (1, frames,
+    channels, height, width); None when it names no frame count."""
+    frames = next((v for k in ("num_frames", "frames_per_clip")
+                   if isinstance(v := getattr(cfg, k, None), int) and v > 0), None)
+    size = next((v for k in ("image_size", "crop_size")
+                 if isinstance(v := getattr(cfg, k, None), (int, list, tuple))), None)
+    size = (size, size) if isinstance(size, int) else size
+    if frames is None or not (isinstance(size, (list, tuple)) and len(size) == 2 and all(
+            isinstance(v, int) and v > 0 for v in size)):
+        return None
+    channels = next((v for k in ("num_channels", "in_chans")
+                     if isinstance(v := getattr(cfg, k, None), int)), 3)
+    return name, (1, frames, channels, *size), "float32"
+
+
 def _hf_input_candidates(model: nn.Module) -> list[list[tuple[str, tuple[int, ...], str]]]:
     """The example inputs to try, in order, for a Hugging Face model given none, each a list
     of (name, shape, dtype): its main input (16 token ids; one image of the config's size;
     a Whisper-style spectrogram of the length its encoder takes, an AST one of its
-    ``max_length``, wav2vec2-BERT's 50 stacked frames; one second of 16 kHz audio),
+    ``max_length``, wav2vec2-BERT's 50 stacked frames; one second of 16 kHz audio; a video
+    model's clip of the frames its config says, then one image),
     with 16 ``decoder_input_ids`` for an encoder-decoder; for a model that reads text and
     images (CLIP), the tokens alone, then with an image."""
     cfg = getattr(model, "config", None)
@@ -685,6 +702,10 @@ def _hf_input_candidates(model: nn.Module) -> list[list[tuple[str, tuple[int, ..
     first = None
     if main == "input_ids":
         first = ("input_ids", (1, 16), "int64")
+    elif main in ("pixel_values", "pixel_values_videos") and (video := _video_input(cfg, main)):
+        # a video model (VideoMAE, TimeSformer, ViViT, V-JEPA 2): one clip; then one image
+        image = _image_input(cfg, any_size=True) if main == "pixel_values" else None
+        return [[video], *([[image]] if image else [])]
     elif main == "pixel_values":
         first = _image_input(cfg, any_size=True)
     elif main == "input_features" and isinstance(getattr(cfg, "num_mel_bins", None), int) \
