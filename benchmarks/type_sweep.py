@@ -91,6 +91,10 @@ TASKS = {
                              "AutoModelForVideoClassification",
                              dict(image_size=32, crop_size=32, patch_size=8, num_frames=4,
                                   frames_per_clip=4, tubelet_size=2, num_labels=10)),
+    "zero-shot-image-classification": ("MODEL_FOR_ZERO_SHOT_IMAGE_CLASSIFICATION_MAPPING_NAMES",
+                                       "AutoModel",
+                                       dict(vision_config=VISION, text_config=TEXT,
+                                            projection_dim=32)),
     "object-detection": ("MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES",
                          "AutoModelForObjectDetection",
                          dict(image_size=32, patch_size=8, num_channels=3, num_labels=10,
@@ -370,6 +374,15 @@ TASK_OWN = {
 }
 
 
+def text_image_inputs(model, torch) -> dict:
+    """8 token ids and one image of the vision tower's size (noise): a CLIP-style model
+    scores the image against the text."""
+    from viewer.core.spec import _image_input
+
+    image = _image_input(model.config, any_size=True)
+    return {"input_ids": torch.randint(3, 100, (1, 8)), image[0]: torch.randn(image[1])}
+
+
 def vlm_inputs(model, torch) -> dict:
     """Token ids with one image's tokens in them, and the image (noise, of the vision
     tower's size; and that size, when the forward fails without its ``image_sizes``): as
@@ -500,6 +513,7 @@ def run_one(model_type: str, tf, torch, seconds: int, task: str = "causal-lm",
         if getattr(cfg, "languages", None) and hasattr(model, "set_default_language"):
             model.set_default_language(cfg.languages[0])  # (X-MOD's adapters: one language)
         inputs = vlm_inputs(model, torch) if task == "image-text-to-text" else \
+            text_image_inputs(model, torch) if task == "zero-shot-image-classification" else \
             example_inputs(model, torch)
         try:
             p = Pruner(model, inputs, free_outputs=free)
