@@ -95,6 +95,12 @@ TASKS = {
                                        "AutoModel",
                                        dict(vision_config=VISION, text_config=TEXT,
                                             projection_dim=32)),
+    "time-series-classification": ("MODEL_FOR_TIME_SERIES_CLASSIFICATION_MAPPING_NAMES", None,
+                                   dict(context_length=32, patch_length=8, patch_stride=8,
+                                        num_input_channels=3, d_model=32, ffn_dim=64,
+                                        num_layers=2, num_targets=10)),
+    "image-to-image": ("MODEL_FOR_IMAGE_TO_IMAGE_MAPPING_NAMES", "AutoModelForImageToImage",
+                       dict(image_size=32)),
     "object-detection": ("MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES",
                          "AutoModelForObjectDetection",
                          dict(image_size=32, patch_size=8, num_channels=3, num_labels=10,
@@ -333,6 +339,9 @@ OWN = {
                                              expert_swiglu_limit_list=[0, 0],
                                              share_expert_swiglu_limit_list=[0, 0],
                                              num_nextn_predict_layers=0)))},
+    # (heads per stage: num_attention_heads would set them all to one int)
+    "swin2sr": dict(image_size=32, patch_size=1, embed_dim=32, depths=[2, 2], num_heads=[4, 4],
+                    window_size=4, mlp_ratio=2.0),
     # (its config refuses num_hidden_layers, which num_layers sets)
     "prophetnet": dict(hidden_size=32, vocab_size=120, max_position_embeddings=64,
                        encoder_ffn_dim=64, decoder_ffn_dim=64, encoder_attention_heads=4,
@@ -439,6 +448,8 @@ def example_inputs(model, torch) -> dict:
 
     if name in ("pixel_values", "pixel_values_videos") and (video := _video_input(cfg, name)):
         return {name: torch.randn(video[1])}  # one clip, as DepView guesses for a directory
+    if name == "past_values":  # a time series: (batch, steps, channels)
+        return {name: torch.randn(1, cfg.context_length, cfg.num_input_channels)}
     if name in ("pixel_values", "inputs"):  # ("inputs": Perceiver's)
         size = getattr(cfg, "image_size", 32)
         size = size[0] if isinstance(size, (list, tuple)) else size
@@ -501,15 +512,20 @@ def run_one(model_type: str, tf, torch, seconds: int, task: str = "causal-lm",
         classes = getattr(modeling_auto, mapping)[model_type]
         if isinstance(classes, tuple) and not cfg.architectures:  # (from_config needs one)
             cfg.architectures = [classes[0]]
+
+        def build(cfg):  # (no auto class for time series: the mapping's class itself)
+            return (getattr(tf, auto).from_config(cfg) if auto else
+                    getattr(tf, classes)(cfg)).eval()
+
         torch.manual_seed(0)
         try:
-            model = getattr(tf, auto).from_config(cfg).eval()
+            model = build(cfg)
         except AssertionError as exc:  # a pad id of the full-size vocabulary
             if "Padding_idx" not in str(exc):
                 raise
             cfg.pad_token_id = 0
             torch.manual_seed(0)
-            model = getattr(tf, auto).from_config(cfg).eval()
+            model = build(cfg)
         if getattr(cfg, "languages", None) and hasattr(model, "set_default_language"):
             model.set_default_language(cfg.languages[0])  # (X-MOD's adapters: one language)
         inputs = vlm_inputs(model, torch) if task == "image-text-to-text" else \
