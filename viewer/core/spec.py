@@ -690,7 +690,8 @@ def _hf_input_candidates(model: nn.Module) -> list[list[tuple[str, tuple[int, ..
     of (name, shape, dtype): its main input (16 token ids; one image of the config's size;
     a Whisper-style spectrogram of the length its encoder takes, an AST one of its
     ``max_length``, wav2vec2-BERT's 50 stacked frames; one second of 16 kHz audio; a video
-    model's clip of the frames its config says, then one image),
+    model's clip of the frames its config says, then one image; a time series of its
+    ``context_length`` steps of its ``num_input_channels``),
     with 16 ``decoder_input_ids`` for an encoder-decoder; for a model that reads text and
     images (CLIP), the tokens alone, then with an image."""
     cfg = getattr(model, "config", None)
@@ -708,6 +709,9 @@ def _hf_input_candidates(model: nn.Module) -> list[list[tuple[str, tuple[int, ..
         return [[video], *([[image]] if image else [])]
     elif main == "pixel_values":
         first = _image_input(cfg, any_size=True)
+    elif main == "past_values" and all(isinstance(getattr(cfg, k, None), int) for k in (
+            "context_length", "num_input_channels")):  # PatchTST, PatchTSMixer
+        first = ("past_values", (1, cfg.context_length, cfg.num_input_channels), "float32")
     elif main == "input_features" and isinstance(getattr(cfg, "num_mel_bins", None), int) \
             and isinstance(getattr(cfg, "max_source_positions", None), int):
         first = ("input_features", (1, cfg.num_mel_bins, 2 * cfg.max_source_positions),
