@@ -7,6 +7,7 @@ from torch import nn
 
 from viewer.core.errors import DepViewError
 from viewer.core.spec import load_model, parse_input, read_batch, read_state_dict
+from viewer.core.trees import flatten
 
 
 def test_parse_input():
@@ -446,25 +447,26 @@ def test_a_directory_models_inputs_are_guessed_from_its_main_input_and_tried(tmp
     assert load_model(str(tmp_path / "bert"), inputs=["1x8:int64"]).inputs[0].shape == (1, 8)
 
 
-def test_a_video_or_time_series_models_directory_gets_a_clip_or_a_series(tmp_path):
+@pytest.mark.parametrize("kind", ["video", "time-series"])
+def test_a_video_or_time_series_models_directory_gets_a_clip_or_a_series(tmp_path, kind):
     # VideoMAE reads (batch, frames, channels, height, width): the one image DepView tried
-    # failed, and the user had to find the clip's shape in the config
+    # failed; PatchTST reads (batch, context_length steps, channels): nothing was tried. The
+    # user had to find the shape in the config
     tf = pytest.importorskip("transformers")
-    tf.VideoMAEForVideoClassification(tf.VideoMAEConfig(
-        image_size=16, patch_size=8, num_frames=4, tubelet_size=2, hidden_size=16,
-        num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, num_labels=3,
-    )).save_pretrained(tmp_path / "videomae")
-    lm = load_model(str(tmp_path / "videomae"))
-    assert lm.source["inputs"] == ["1x4x3x16x16:float32"]
-    assert lm.model(*lm.inputs).logits.shape == (1, 3)
-    # a time series: (batch, context_length steps, channels)
-    tf.PatchTSTForClassification(tf.PatchTSTConfig(
-        context_length=16, patch_length=4, patch_stride=4, num_input_channels=2, d_model=16,
-        num_hidden_layers=1, num_attention_heads=2, ffn_dim=32, num_targets=3,
-    )).save_pretrained(tmp_path / "patchtst")
-    lm = load_model(str(tmp_path / "patchtst"))
-    assert lm.source["inputs"] == ["1x16x2:float32"]
-    assert lm.model(*lm.inputs).prediction_logits.shape == (1, 3)
+    if kind == "video":
+        model, expected = tf.VideoMAEForVideoClassification(tf.VideoMAEConfig(
+            image_size=16, patch_size=8, num_frames=4, tubelet_size=2, hidden_size=16,
+            num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, num_labels=3,
+        )), "1x4x3x16x16:float32"
+    else:
+        model, expected = tf.PatchTSTForClassification(tf.PatchTSTConfig(
+            context_length=16, patch_length=4, patch_stride=4, num_input_channels=2,
+            d_model=16, num_hidden_layers=1, num_attention_heads=2, ffn_dim=32, num_targets=3,
+        )), "1x16x2:float32"
+    model.save_pretrained(tmp_path / kind)
+    lm = load_model(str(tmp_path / kind))
+    assert lm.source["inputs"] == [expected]
+    assert [t.shape for _, t in flatten(lm.model(*lm.inputs))] == [(1, 3)]
 
 
 def test_named_inputs_are_keyword_inputs_and_are_recorded_so(tmp_path):
