@@ -1,5 +1,6 @@
 import json
 import warnings
+import weakref
 
 import pytest
 import torch
@@ -909,6 +910,38 @@ def test_eval_mode_puts_back_the_buffers_a_forward_wrote():
         lazy(torch.randn(1, 3, 8, 8))
     assert lazy[1].running_var.shape == (4,) and torch.equal(lazy[1].running_var,
                                                               torch.ones(4))
+
+
+class ExtendsItsTable(nn.Module):
+    """Replaces its position table in the forward, as SeamlessM4T's conformer extends its
+    ``pe``: the old tensor is freed at once unless something holds it."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("pe", torch.zeros(1, 2, 8), persistent=False)
+        self.lin = nn.Linear(8, 8)
+        self.old_alive: list[bool] = []
+
+    def forward(self, x):
+        old = weakref.ref(self.pe)
+        self.pe = torch.zeros(1, x.shape[1], 8, device=x.device)
+        self.old_alive.append(old() is not None)
+        # (a tensor made after the old table may take its id: validation of SeamlessM4T saw
+        # a decoder's constant named "speech_encoder.encoder.embed_positions.pe" in one trace
+        # of five, and blocked a group for "the model runs other ops")
+        return torch.cat([torch.zeros(1, 1, 8, device=x.device), self.lin(x) + self.pe], 1)
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_a_buffer_the_forward_replaces_keeps_its_id_for_the_trace(device):
+    # (on meta no buffer is kept by eval mode, which puts real ones back: the tracer's hold
+    # is all there is)
+    m = ExtendsItsTable().to(device).eval()
+    m(torch.randn(1, 5, 8, device=device))
+    g = build_graph(m, (torch.randn(1, 5, 8, device=device),))
+    # the tracer holds the tensors it knows by id, so no other takes an id it knows
+    assert m.old_alive == [False, True]
+    assert [n.name for n in g.nodes] == ["x", "lin", "zeros", "add", "zeros_1", "cat", "output"]
 
 
 def test_eval_mode_from_two_threads_keeps_the_model_in_eval_until_the_last_leaves():

@@ -165,6 +165,11 @@ class _Tracer(TorchFunctionMode):
         self.param_names: dict[int, str] = {}
         self.buffer_names: dict[int, str] = {}
         self.persistent: set[int] = set()  # buffers the state_dict holds
+        # the tensors those ids are of, held for the trace: a buffer the forward replaces
+        # (SeamlessM4T's conformer extends its position table: ``self.pe = ...``) would be
+        # freed, and a tensor made later under its id taken for it (a decoder's empty cache
+        # named ``speech_encoder.encoder.embed_positions.pe``, now and then)
+        self.held: list[torch.Tensor] = []
         # id -> (tensor, name) of the modules' public plain tensor attributes (see
         # plain_tensors), as they are before the forward: one the forward sets itself
         # (self.state = torch.zeros(b, self.hidden)) is what it made, not a table
@@ -177,9 +182,11 @@ class _Tracer(TorchFunctionMode):
             for k, p in m._parameters.items():
                 if p is not None:
                     self.param_names.setdefault(id(p), prefix + k)
+                    self.held.append(p)
             for k, b in m._buffers.items():
                 if b is not None:
                     self.buffer_names.setdefault(id(b), prefix + k)
+                    self.held.append(b)
                     if k not in m._non_persistent_buffers_set:
                         self.persistent.add(id(b))
             for k, v in m.__dict__.items():
