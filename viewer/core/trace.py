@@ -165,10 +165,10 @@ class _Tracer(TorchFunctionMode):
         self.param_names: dict[int, str] = {}
         self.buffer_names: dict[int, str] = {}
         self.persistent: set[int] = set()  # buffers the state_dict holds
-        # the tensors those ids are of, held for the trace: a buffer the forward replaces
-        # (SeamlessM4T's conformer extends its position table: ``self.pe = ...``) would be
-        # freed, and a tensor made later under its id taken for it (a decoder's empty cache
-        # named ``speech_encoder.encoder.embed_positions.pe``, now and then)
+        # the modules and tensors those ids are of, held for the trace: a buffer the forward
+        # replaces (SeamlessM4T's conformer extends its position table: ``self.pe = ...``)
+        # would be freed, and a tensor made later under its id taken for it (a decoder's
+        # empty cache named ``speech_encoder.encoder.embed_positions.pe``, now and then)
         self.held: list[torch.Tensor] = []
         # id -> (tensor, name) of the modules' public plain tensor attributes (see
         # plain_tensors), as they are before the forward: one the forward sets itself
@@ -177,6 +177,7 @@ class _Tracer(TorchFunctionMode):
         self.classes: set[type] = set()  # (whose caches clear_method_caches empties)
         for path, m in model.named_modules(remove_duplicate=False):
             self.module_names[id(m)] = path
+            self.held.append(m)  # (a module the forward swaps out, as a tensor)
             self.classes.add(type(m))
             prefix = f"{path}." if path else ""
             for k, p in m._parameters.items():
