@@ -95,6 +95,9 @@ TASKS = {
                                        "AutoModel",
                                        dict(vision_config=VISION, text_config=TEXT,
                                             projection_dim=32)),
+    "speech-seq2seq": ("MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES", "AutoModelForSpeechSeq2Seq",
+                       dict(SEQ2SEQ, num_mel_bins=16, max_source_positions=32,
+                            max_target_positions=64)),
     "time-series-classification": ("MODEL_FOR_TIME_SERIES_CLASSIFICATION_MAPPING_NAMES", None,
                                    dict(context_length=32, patch_length=8, patch_stride=8,
                                         num_input_channels=3, d_model=32, ffn_dim=64,
@@ -361,6 +364,9 @@ TASK_OWN = {
                                           use_auxiliary_head=False, pool_scales=[1, 2])
        for t in ("beit", "data2vec-vision")},
     ("reformer", "causal-lm"): dict(is_decoder=True),
+    # (their speech encoder reads stacked frames, as wav2vec2-BERT's: no Whisper spectrogram)
+    **{(t, "speech-seq2seq"): dict(num_mel_bins=None) for t in ("seamless_m4t",
+                                                                "seamless_m4t_v2")},
     # (a tubelet's frames, height and width; VideoPrism's temporal embeddings take one a frame)
     ("vivit", "video-classification"): dict(tubelet_size=[2, 8, 8]),
     ("videoprism_vision_model", "video-classification"): dict(tubelet_size=[1, 8, 8]),
@@ -458,7 +464,8 @@ def example_inputs(model, torch) -> dict:
     # audio: what DepView guesses for a model directory given no inputs
     first = next(iter(_hf_input_candidates(model)), None)
     if name in ("input_values", "input_features") and first:
-        return {n: torch.randn(shape) for n, shape, _dtype in first}
+        return {n: torch.randint(3, 100, shape) if dtype == "int64" else torch.randn(shape)
+                for n, shape, dtype in first}  # (decoder ids: an encoder-decoder's)
     raise ValueError(f"no example inputs for main input {name!r}")
 
 
