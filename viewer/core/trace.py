@@ -169,7 +169,7 @@ class _Tracer(TorchFunctionMode):
         # replaces (SeamlessM4T's conformer extends its position table: ``self.pe = ...``)
         # would be freed, and a tensor made later under its id taken for it (a decoder's
         # empty cache named ``speech_encoder.encoder.embed_positions.pe``, now and then)
-        self.held: list[torch.Tensor] = []
+        self.held: list[nn.Module | torch.Tensor] = []
         # id -> (tensor, name) of the modules' public plain tensor attributes (see
         # plain_tensors), as they are before the forward: one the forward sets itself
         # (self.state = torch.zeros(b, self.hidden)) is what it made, not a table
@@ -1149,7 +1149,7 @@ def _release_eval(held: list[nn.Module]) -> None:
                 m.__dict__["training"] = True
 
 
-#: id(module) -> [how many eval_mode calls hold it, {name: (buffer, its version, its values)}]
+#: id(module) -> [how many eval_mode calls hold it, {name: (buffer, a copy of its values)}]
 #: as the first of them found it (see :func:`_hold_buffers`)
 _BUFFERS_HELD: dict[int, list] = {}
 
@@ -1170,10 +1170,10 @@ def _hold_buffers(modules: list[nn.Module]) -> list[nn.Module]:
             entry = _BUFFERS_HELD.get(id(m))
             if entry is None:
                 with _unseen():
-                    kept = {k: (t, _version(t), t.detach().clone())
-                            for k, t in buffers.items()
+                    kept = {k: (t, copy) for k, t in buffers.items()
                             if t is not None and t.device.type != "meta"
-                            and not isinstance(t, UninitializedTensorMixin)}
+                            and not isinstance(t, UninitializedTensorMixin)
+                            and (copy := _copy(t)) is not None}
                 if not kept:
                     continue
                 entry = _BUFFERS_HELD[id(m)] = [0, kept]
@@ -1210,27 +1210,29 @@ def _release_buffers(held: list[nn.Module]) -> None:
             if entry[0]:
                 continue
             del _BUFFERS_HELD[id(m)]
-            for k, (t, version, values) in entry[1].items():
+            for k, (t, values) in entry[1].items():
                 if m._buffers.get(k) is not t:  # (``self.buf = new`` in the forward)
                     m._buffers[k] = t
-                # (the version counter alone misses writes: ``torch.ao``'s fused observer
+                # (values compared, not version counters: ``torch.ao``'s fused observer
                 # kernel writes its ranges without counting up)
-                if _version(t) == version and t.shape == values.shape \
-                        and torch.equal(t, values):
+                try:
+                    if t.shape == values.shape and torch.equal(t, values):
+                        continue
+                    if t.shape == values.shape:
+                        t.copy_(values)  # (views of the buffer see it too)
+                    else:
+                        t.set_(values)
+                except RuntimeError:  # (a layout that cannot: left as the forward left it)
                     continue
-                if t.shape == values.shape:
-                    t.copy_(values)  # (views of the buffer see it too)
-                else:
-                    t.set_(values)
 
 
-def _version(t: torch.Tensor) -> int:
-    """``t``'s version counter (in-place writes count up), or -1 for an inference tensor,
-    which has none and cannot be written outside inference mode."""
+def _copy(t: torch.Tensor) -> torch.Tensor | None:
+    """A copy of ``t``'s values, or None for a tensor that cannot be copied (a subclass
+    whose clone fails)."""
     try:
-        return t._version
-    except RuntimeError:
-        return -1
+        return t.detach().clone()
+    except (RuntimeError, NotImplementedError, TypeError):
+        return None
 
 
 #: module class -> the functools caches its methods keep (see :func:`clear_method_caches`)
