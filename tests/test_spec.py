@@ -447,13 +447,20 @@ def test_a_directory_models_inputs_are_guessed_from_its_main_input_and_tried(tmp
     assert load_model(str(tmp_path / "bert"), inputs=["1x8:int64"]).inputs[0].shape == (1, 8)
 
 
-@pytest.mark.parametrize("kind", ["video", "time-series"])
-def test_a_video_or_time_series_models_directory_gets_a_clip_or_a_series(tmp_path, kind):
+@pytest.mark.parametrize("kind", ["video", "time-series", "speech2text"])
+def test_a_video_time_series_or_filterbank_models_directory_gets_inputs_of_its_layout(
+        tmp_path, kind):
     # VideoMAE reads (batch, frames, channels, height, width): the one image DepView tried
-    # failed; PatchTST reads (batch, context_length steps, channels): nothing was tried. The
-    # user had to find the shape in the config
+    # failed; PatchTST reads (batch, context_length steps, channels), Speech2Text (batch,
+    # frames, features x channels): nothing was tried. The user had to find the shape
     tf = pytest.importorskip("transformers")
-    if kind == "video":
+    if kind == "speech2text":
+        model, expected = tf.Speech2TextForConditionalGeneration(tf.Speech2TextConfig(
+            vocab_size=50, d_model=16, encoder_layers=1, decoder_layers=1,
+            encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
+            decoder_ffn_dim=32, input_feat_per_channel=20, max_source_positions=200,
+        )), "input_features=1x64x20:float32"
+    elif kind == "video":
         model, expected = tf.VideoMAEForVideoClassification(tf.VideoMAEConfig(
             image_size=16, patch_size=8, num_frames=4, tubelet_size=2, hidden_size=16,
             num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, num_labels=3,
@@ -465,6 +472,10 @@ def test_a_video_or_time_series_models_directory_gets_a_clip_or_a_series(tmp_pat
         )), "1x16x2:float32"
     model.save_pretrained(tmp_path / kind)
     lm = load_model(str(tmp_path / kind))
+    if kind == "speech2text":  # (an encoder-decoder: decoder ids too, by name)
+        assert lm.source["inputs"] == [expected, "decoder_input_ids=1x16:int64"]
+        assert lm.model(**lm.inputs).logits.shape == (1, 16, 50)
+        return
     assert lm.source["inputs"] == [expected]
     assert [t.shape for _, t in flatten(lm.model(*lm.inputs))] == [(1, 3)]
 

@@ -689,7 +689,8 @@ def _hf_input_candidates(model: nn.Module) -> list[list[tuple[str, tuple[int, ..
     """The example inputs to try, in order, for a Hugging Face model given none, each a list
     of (name, shape, dtype): its main input (16 token ids; one image of the config's size;
     a Whisper-style spectrogram of the length its encoder takes, an AST one of its
-    ``max_length``, wav2vec2-BERT's 50 stacked frames; one second of 16 kHz audio; a video
+    ``max_length``, wav2vec2-BERT's 50 stacked frames, Speech2Text's 64 filterbank frames;
+    one second of 16 kHz audio; a video
     model's clip of the frames its config says, then one image; a time series of its
     ``context_length`` steps of its ``num_input_channels``),
     with 16 ``decoder_input_ids`` for an encoder-decoder; for a model that reads text and
@@ -720,6 +721,12 @@ def _hf_input_candidates(model: nn.Module) -> list[list[tuple[str, tuple[int, ..
             isinstance(getattr(cfg, "feature_projection_input_dim", None), int):
         # wav2vec2-BERT: stacked filterbank frames, (batch, frames, features)
         first = ("input_features", (1, 50, cfg.feature_projection_input_dim), "float32")
+    elif main == "input_features" and \
+            isinstance(getattr(cfg, "input_feat_per_channel", None), int):
+        # Speech2Text: filterbank frames, (batch, frames, features x channels); 64 frames
+        channels = getattr(cfg, "input_channels", 1)
+        first = ("input_features", (1, 64, cfg.input_feat_per_channel * (
+            channels if isinstance(channels, int) else 1)), "float32")
     elif main == "input_values" and isinstance(getattr(cfg, "num_mel_bins", None), int) \
             and isinstance(getattr(cfg, "max_length", None), int):
         # the Audio Spectrogram Transformer: a spectrogram, (batch, max_length, mel bins)
