@@ -454,16 +454,14 @@ def example_inputs(model, torch) -> dict:
 
     if name in ("pixel_values", "pixel_values_videos") and (video := _video_input(cfg, name)):
         return {name: torch.randn(video[1])}  # one clip, as DepView guesses for a directory
-    if name == "past_values":  # a time series: (batch, steps, channels)
-        return {name: torch.randn(1, cfg.context_length, cfg.num_input_channels)}
     if name in ("pixel_values", "inputs"):  # ("inputs": Perceiver's)
         size = getattr(cfg, "image_size", 32)
         size = size[0] if isinstance(size, (list, tuple)) else size
         size = size if isinstance(size, int) and size <= 64 else 32
         return {name: torch.randn(1, getattr(cfg, "num_channels", 3), size, size)}
-    # audio: what DepView guesses for a model directory given no inputs
+    # audio and time series: what DepView guesses for a model directory given no inputs
     first = next(iter(_hf_input_candidates(model)), None)
-    if name in ("input_values", "input_features") and first:
+    if name in ("input_values", "input_features", "past_values") and first:
         return {n: torch.randint(3, 100, shape) if dtype == "int64" else torch.randn(shape)
                 for n, shape, dtype in first}  # (decoder ids: an encoder-decoder's)
     raise ValueError(f"no example inputs for main input {name!r}")

@@ -181,15 +181,16 @@ def export_dir(pruner: Pruner, plan: Plan, pruned: nn.Module, out_dir: str | Pat
     """
     from safetensors.torch import save_file
 
-    if any(t.device.type == "meta" for t in pruned.state_dict().values()):
+    state = pruned.state_dict()
+    if any(t.device.type == "meta" for t in state.values()):
         raise DepViewError("this model is on the meta device: it has no weights to export; "
                            "load it on cpu to export a checkpoint")
-    quantized = next(((k, t.dtype) for k, t in pruned.state_dict().items() if t.is_quantized),
-                     None)
+    quantized = next((k for k, t in state.items() if t.is_quantized), None)
     if quantized is not None:
-        raise DepViewError(f"'{quantized[0]}' is a quantized tensor "
-                           f"({str(quantized[1]).removeprefix('torch.')}), which safetensors "
-                           "cannot hold: export the float model, and quantize the pruned one")
+        raise DepViewError(f"'{quantized}' is a quantized tensor "
+                           f"({str(state[quantized].dtype).removeprefix('torch.')}), which "
+                           "safetensors cannot hold: export the float model, and quantize "
+                           "the pruned one")
     out = _prepare_out(Path(out_dir))
     # (a later round's pruner holds a pruned model: its config is not the original's)
     source = _recorded_source(source, pruner.inputs, None if history else pruner.model)

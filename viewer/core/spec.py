@@ -655,17 +655,11 @@ def _image_input(cfg, any_size: bool = False) -> tuple[str, tuple[int, ...], str
     """``pixel_values`` of one image of the size a config (or its ``vision_config``) says;
     ``any_size``: 224x224 when it says none (a convnet's takes any)."""
     for c in (cfg, getattr(cfg, "vision_config", None)):
-        size = getattr(c, "image_size", None)
-        size = (size, size) if isinstance(size, int) else size
-        if isinstance(size, (list, tuple)) and len(size) == 2 and \
-                all(isinstance(v, int) and v > 0 for v in size):
-            channels = getattr(c, "num_channels", 3)
-            return "pixel_values", (1, channels if isinstance(channels, int) else 3, *size), \
-                "float32"
+        size = _height_width(c, ("image_size",))
+        if size is not None:
+            return "pixel_values", (1, _channels(c), *size), "float32"
     if any_size and cfg is not None:
-        channels = getattr(cfg, "num_channels", 3)
-        return "pixel_values", (1, channels if isinstance(channels, int) else 3, 224, 224), \
-            "float32"
+        return "pixel_values", (1, _channels(cfg), 224, 224), "float32"
     return None
 
 
@@ -674,15 +668,27 @@ def _video_input(cfg, name: str) -> tuple[str, tuple[int, ...], str] | None:
     channels, height, width); None when it names no frame count."""
     frames = next((v for k in ("num_frames", "frames_per_clip")
                    if isinstance(v := getattr(cfg, k, None), int) and v > 0), None)
-    size = next((v for k in ("image_size", "crop_size")
-                 if isinstance(v := getattr(cfg, k, None), (int, list, tuple))), None)
-    size = (size, size) if isinstance(size, int) else size
-    if frames is None or not (isinstance(size, (list, tuple)) and len(size) == 2 and all(
-            isinstance(v, int) and v > 0 for v in size)):
+    size = _height_width(cfg, ("image_size", "crop_size"))
+    if frames is None or size is None:
         return None
-    channels = next((v for k in ("num_channels", "in_chans")
-                     if isinstance(v := getattr(cfg, k, None), int)), 3)
-    return name, (1, frames, channels, *size), "float32"
+    return name, (1, frames, _channels(cfg), *size), "float32"
+
+
+def _height_width(cfg, keys: tuple[str, ...]) -> tuple[int, int] | None:
+    """The first of ``keys`` a config sets to a size (an int, or [height, width])."""
+    for k in keys:
+        size = getattr(cfg, k, None)
+        size = (size, size) if isinstance(size, int) else size
+        if isinstance(size, (list, tuple)) and len(size) == 2 and \
+                all(isinstance(v, int) and v > 0 for v in size):
+            return tuple(size)
+    return None
+
+
+def _channels(cfg) -> int:
+    """A config's image channels (``num_channels``, or timm-style ``in_chans``), else 3."""
+    return next((v for k in ("num_channels", "in_chans")
+                 if isinstance(v := getattr(cfg, k, None), int)), 3)
 
 
 def _hf_input_candidates(model: nn.Module) -> list[list[tuple[str, tuple[int, ...], str]]]:
@@ -690,9 +696,8 @@ def _hf_input_candidates(model: nn.Module) -> list[list[tuple[str, tuple[int, ..
     of (name, shape, dtype): its main input (16 token ids; one image of the config's size;
     a Whisper-style spectrogram of the length its encoder takes, an AST one of its
     ``max_length``, wav2vec2-BERT's 50 stacked frames, Speech2Text's 64 filterbank frames;
-    one second of 16 kHz audio; a video
-    model's clip of the frames its config says, then one image; a time series of its
-    ``context_length`` steps of its ``num_input_channels``),
+    one second of 16 kHz audio; a video model's clip of the frames its config says, then one
+    image; a time series of its ``context_length`` steps of its ``num_input_channels``),
     with 16 ``decoder_input_ids`` for an encoder-decoder; for a model that reads text and
     images (CLIP), the tokens alone, then with an image."""
     cfg = getattr(model, "config", None)
