@@ -193,6 +193,28 @@ def test_a_quantized_tensor_is_pruned_but_its_export_is_one_error_line(tmp_path)
     assert not (tmp_path / "out").exists()
 
 
+def test_a_per_channel_quantized_weight_blocks_its_group_with_the_reason():
+    # (the README's known limit: index_select refuses per-channel quantized tensors)
+    class PerChannel(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Linear(8, 16)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self.wq = torch.nn.Parameter(torch.quantize_per_channel(
+                    torch.randn(4, 16), torch.full((4,), 0.05), torch.zeros(4, dtype=torch.long),
+                    0, torch.qint8), requires_grad=False)
+
+        def forward(self, x):
+            return torch.nn.functional.linear(torch.relu(self.a(x)), self.wq.dequantize())
+
+    p = Pruner(PerChannel().eval(), (torch.randn(3, 8),))
+    p.validate_groups()
+    (hidden,) = [g for g in p.groups if g.n_units == 16]
+    assert "Only per_tensor quantized" in p.reason(hidden)
+    assert p.plan(0.5).n_removed == 0
+
+
 def test_exporting_again_into_an_export_replaces_it_whole(demo_pruner, tmp_path):
     lm, p = demo_pruner("cnn")
     out = tmp_path / "e"
