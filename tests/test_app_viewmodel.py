@@ -316,3 +316,73 @@ def test_a_side_chain_a_layer_computes_gets_rows_of_its_own_so_layers_stack():
     xs = [e["position"]["x"] for e in ops]
     assert max(xs) - min(xs) < 1000
     assert _sibling_overlaps(view) == []
+
+
+class TableBlock(nn.Module):
+    """A decoder layer that reads a table its model computed once (a rotary table)."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.norm = nn.LayerNorm(d)
+        self.q = nn.Linear(d, d)
+        self.k = nn.Linear(d, d)
+        self.o = nn.Linear(d, d)
+        self.ff = nn.Linear(d, d)
+
+    def forward(self, x, cos, sin):
+        h = self.norm(x)
+        a = self.q(h) * cos + self.k(h) * sin
+        x = x + self.o(torch.relu(a))
+        return x + self.ff(torch.relu(x))
+
+
+class TableDecoder(nn.Module):
+    def __init__(self, d=16, layers=8):
+        super().__init__()
+        self.embed = nn.Embedding(50, d)
+        self.register_buffer("inv_freq", torch.arange(d // 2) / d)
+        self.layers = nn.ModuleList(TableBlock(d) for _ in range(layers))
+        self.head = nn.Linear(d, 50)
+
+    def forward(self, ids):
+        t = torch.arange(ids.shape[1])[:, None] * self.inv_freq
+        emb = torch.cat([t, t], dim=-1)
+        cos, sin = emb.cos(), emb.sin()
+        x = self.embed(ids)
+        for layer in self.layers:
+            x = layer(x, cos, sin)
+        return self.head(x)
+
+
+def test_layout_edges_leave_out_the_long_edges_of_a_shared_tensor_but_not_a_skip():
+    chain = [(i, i + 1) for i in range(19)]  # vertices 0..19 on layers 0..19
+    skip = (0, 19)  # one long edge from a tensor: a residual, kept (it keeps its lane)
+    table = [(20, 10), (20, 15), (20, 19)]  # vertex 20 on layer 0, read far below
+    kept = vm.layout_edges(21, chain + [skip] + table, list(range(20)) + [0])
+    assert set(chain) | {skip} <= set(kept)
+    assert [e for e in kept if e[0] == 20] == [(20, 10)]  # one joins it to the rest
+    assert vm.layout_edges(3, [(0, 1), (1, 2)], None) == [(0, 1), (1, 2)]
+
+
+def test_layers_reading_a_table_computed_once_stack_in_one_column():
+    # two long edges per layer from the table: each was a lane of Sugiyama's dummy
+    # vertices, each layer a lane further right than the last (a 32-layer Llama 14,500 px
+    # wide, its first screen empty but for the embedding)
+    graph = build_graph(TableDecoder(), torch.randint(0, 50, (1, 8)))
+    view = vm.build_view(graph)
+    els = {e["data"]["id"]: e for e in view.elements if "source" not in e["data"]}
+    centres: dict = {}
+    for e in els.values():
+        d = e["data"]
+        if d.get("kind") != "op" or "parent" not in d:
+            continue
+        p = d["parent"]
+        while els[p]["data"].get("parent") and els[p]["data"]["path"].count(".") > 1:
+            p = els[p]["data"]["parent"]
+        if els[p]["data"]["path"].startswith("layers."):
+            centres.setdefault(els[p]["data"]["path"], []).append(e["position"]["x"])
+    assert len(centres) == 8
+    mids = [(min(xs) + max(xs)) / 2 for xs in centres.values()]
+    assert max(mids) - min(mids) < 300, mids
+    xs = [e["position"]["x"] for e in els.values() if "position" in e]
+    assert max(xs) - min(xs) < 1500

@@ -308,6 +308,45 @@ def layers_of(n: int, edges: list[tuple[int, int]], anchors: Iterable[int] = (),
     return layer
 
 
+FAN_SPAN = 8  #: an edge over more layers than this is long
+FAN_OUT = 2  #: a tensor with this many long edges or more is shared (a rotary table)
+
+
+def layout_edges(n: int, edges: list[tuple[int, int]],
+                 layers: list[int] | None) -> list[tuple[int, int]]:
+    """The edges Sugiyama places vertices by: all but the long edges of a shared tensor.
+
+    A decoder computes its rotary table (or a mask, or an encoder's output) once and every
+    layer reads it. Each long edge becomes a column of Sugiyama's dummy vertices that keeps
+    a lane free down the page: with two per layer, each layer sat one lane further right
+    than the one before, its box stretched to meet its lane (a 32-layer Llama 14,500 px
+    wide, its first screen empty but for the embedding). Without them the layers stack in
+    one column; the edges are still drawn. A long edge that alone joins two parts of the
+    graph is kept: Sugiyama lays parts side by side.
+
+        >>> layout_edges(4, [(0, 1), (1, 2), (2, 3)], [0, 1, 2, 3])
+        [(0, 1), (1, 2), (2, 3)]
+    """
+    if layers is None:
+        return list(edges)
+    long = Counter(a for a, b in edges if layers[b] - layers[a] > FAN_SPAN)
+    root = list(range(n))
+
+    def find(v: int) -> int:
+        while root[v] != v:
+            root[v] = root[root[v]]
+            v = root[v]
+        return v
+
+    kept = []
+    for a, b in sorted(edges, key=lambda e: layers[e[1]] - layers[e[0]]):
+        ra, rb = find(a), find(b)
+        if layers[b] - layers[a] <= FAN_SPAN or long[a] < FAN_OUT or ra != rb:
+            kept.append((a, b))
+            root[ra] = rb
+    return kept
+
+
 NODE_GAP = 24  #: px at least between two things drawn side by side in one box
 BOX_SIDE = 16  #: px a module box adds left and right of what it holds (its padding, border)
 DEFAULT_WIDTH = 120  #: px of a vertex whose width is not given
@@ -339,8 +378,8 @@ def layered_positions(n: int, edges: list[tuple[int, int]],
         return []
     import igraph
 
-    g = igraph.Graph(n=n, edges=edges, directed=True)
     given = layers_of(n, edges, anchors, boxes)
+    g = igraph.Graph(n=n, edges=layout_edges(n, edges, given), directed=True)
     coords = g.layout_sugiyama(layers=given, hgap=1, vgap=1, maxiter=60).coords[:n]
     layers = [int(round(y)) for _, y in coords]  # rows past n are dummy vertices
     n_layers = max(layers) + 1
