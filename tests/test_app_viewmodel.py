@@ -386,3 +386,55 @@ def test_layers_reading_a_table_computed_once_stack_in_one_column():
     assert max(mids) - min(mids) < 300, mids
     xs = [e["position"]["x"] for e in els.values() if "position" in e]
     assert max(xs) - min(xs) < 1500
+
+
+class CrossBlock(nn.Module):
+    """A decoder layer: self mixing, then attention to the encoder's output (``mem``)."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.mix = nn.Linear(d, d)
+        self.q = nn.Linear(d, d)
+        self.k = nn.Linear(d, d)
+        self.v = nn.Linear(d, d)
+        self.o = nn.Linear(d, d)
+
+    def forward(self, x, mem):
+        x = x + torch.relu(self.mix(x))
+        att = torch.softmax(self.q(x) @ self.k(mem).transpose(1, 2), dim=-1)
+        return x + self.o(att @ self.v(mem))
+
+
+class EncDec(nn.Module):
+    def __init__(self, d=16, layers=3):
+        super().__init__()
+        self.encoder = nn.Sequential(*[nn.Sequential(nn.Linear(d, d), nn.ReLU(),
+                                                     nn.Linear(d, d), nn.ReLU())
+                                       for _ in range(layers)])
+        self.decoder = nn.ModuleList(CrossBlock(d) for _ in range(layers))
+
+    def forward(self, src, tgt):
+        mem = self.encoder(src)
+        for layer in self.decoder:
+            tgt = layer(tgt, mem)
+        return tgt
+
+
+def test_a_cross_attention_projects_the_encoders_output_where_it_reads_it():
+    # each decoder layer's key/value projections sat right below the encoder's output: every
+    # decoder layer's box spanned the rows of those before it, and they were packed side by
+    # side (BART 9,100 px wide)
+    graph = build_graph(EncDec(), (torch.randn(1, 8, 16), torch.randn(1, 4, 16)))
+    view = vm.build_view(graph)
+    rows: dict = {}
+    for e in view.elements:
+        name = e["data"].get("name") or ""
+        if e["data"].get("kind") == "op" and name.startswith("decoder."):
+            rows.setdefault(name.split(".")[1], []).append(e["position"]["y"])
+    spans = [(min(rows[str(i)]), max(rows[str(i)])) for i in range(3)]
+    for (_, bottom), (top, _) in zip(spans, spans[1:], strict=False):
+        assert bottom < top  # each decoder layer below the one before it
+    y = {e["data"]["name"]: e["position"]["y"] for e in view.elements
+         if e["data"].get("kind") == "op"}
+    assert y["decoder.2.q"] - y["decoder.2.k"] <= 2 * vm.Y_GAP  # k is read two rows on
+    assert y["decoder.2.k"] > y["encoder.2.3"] + 10 * vm.Y_GAP  # not where mem is made

@@ -254,7 +254,12 @@ def layers_of(n: int, edges: list[tuple[int, int]], anchors: Iterable[int] = (),
     before it, it made every layer's box span its predecessors' rows, and the boxes were
     packed side by side (a 10-layer codec 80,000 px wide). One that nothing drawn consumes
     (a check Python reads) ends beside the next reached vertex in vertex order (graph
-    order: what ran after it). None if the graph has a cycle."""
+    order: what ran after it). A vertex that computes only from what comes from outside
+    its layer (:func:`_entries`), and that only its own module box reads, sits right above
+    its first consumer: a decoder layer's cross-attention projects the encoder's output
+    where it attends to it, not beside the encoder's last layer (each decoder layer's box
+    spanned the rows of those before it, and they were packed side by side: BART 9,100 px
+    wide, 3,500 now). None if the graph has a cycle."""
     preds: list[list[int]] = [[] for _ in range(n)]
     succs: list[list[int]] = [[] for _ in range(n)]
     for a, b in edges:
@@ -302,10 +307,31 @@ def layers_of(n: int, edges: list[tuple[int, int]], anchors: Iterable[int] = (),
             after = layer[v]
         elif not succs[v] and preds[v] and after is not None:
             layer[v] = after
+    sinks = _entries(order, preds, reached, boxes) if boxes else [False] * n
     for v in reversed(order):
-        if not reached[v] and succs[v]:
-            layer[v] = max(0, min(layer[w] for w in succs[v]) - 1)
+        if not succs[v]:
+            continue
+        low = min(layer[w] for w in succs[v]) - 1
+        if not reached[v]:
+            layer[v] = max(0, low)
+        elif sinks[v] and all(boxes[w][:len(boxes[v])] == boxes[v] for w in succs[v]):
+            layer[v] = max(layer[v], low)
     return layer
+
+
+def _entries(order: list[int], preds: list[list[int]], reached: list[bool],
+             boxes: list[tuple[str, ...]]) -> list[bool]:
+    """Which vertices compute only from what comes from outside their layer: each input is
+    made outside the box around their own box (the encoder's output, for a decoder layer's
+    cross-attention), or is such a vertex of their own box (its key projection, for the
+    transpose after it). ``order`` is topological."""
+    out = [False] * len(boxes)
+    for v in order:
+        own = boxes[v]
+        if reached[v] and own and preds[v]:
+            out[v] = all(boxes[p][:len(own) - 1] != own[:-1] or (out[p] and boxes[p] == own)
+                         for p in preds[v] if reached[p])
+    return out
 
 
 FAN_SPAN = 8  #: an edge over more layers than this is long
