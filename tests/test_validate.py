@@ -1718,3 +1718,44 @@ def test_a_width_read_from_an_item_of_a_config_list_is_set_with_the_group():
     assert pruned.config.hidden_sizes == [8, 8] and m.config.hidden_sizes == [8, 16]
     v = p.verify(pruned, plan)
     assert v["forward"] and v["shapes_kept"] and v["masked_equivalence"]["ok"]
+
+
+class WrittenViewBlock(nn.Module):
+    """A layer whose value projection is viewed by sizes written in the code (its group
+    cannot shrink) beside an MLP that prunes."""
+
+    def __init__(self, d=16):
+        super().__init__()
+        self.v = nn.Linear(d, d)
+        self.o = nn.Linear(d, d)
+        self.up = nn.Linear(d, 32)
+        self.down = nn.Linear(32, d)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        h = self.v(x).view(b, t, 2, 8).flip(2).reshape(b, t, 16)
+        x = x + self.o(h)
+        return x + self.down(torch.relu(self.up(x)))
+
+
+def test_a_group_one_layer_on_from_one_that_failed_is_probed_alone(monkeypatch):
+    # every layer's v group fails: each batch that held one failed and was halved down to
+    # groups run one by one, the MLP groups that run beside them too (56 runs here; a
+    # 32-layer one-kv-head Llama's v head dims: 19 s of validation, 5 s now)
+    model = nn.Sequential(*[WrittenViewBlock() for _ in range(16)]).eval()
+    runs = []
+    real = Pruner._run_probe
+
+    def counting(self, plan, gs, sets=None):
+        runs.append(len(gs))
+        return real(self, plan, gs, sets)
+
+    monkeypatch.setattr(Pruner, "_run_probe", counting)
+    p = Pruner(model, torch.randn(1, 4, 16))
+    p.validate_groups()
+    reasons = {g.root: p.reason(g) for g in p.groups}
+    for i in range(16):
+        assert "shape '[1, 4, 2, 8]' is invalid" in reasons[f"{i}.v"]
+        assert reasons[f"{i}.up"] == ""
+    assert len(runs) <= 40  # one run for each v group alone, a few batches for the rest
+
