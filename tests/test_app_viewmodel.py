@@ -438,3 +438,41 @@ def test_a_cross_attention_projects_the_encoders_output_where_it_reads_it():
          if e["data"].get("kind") == "op"}
     assert y["decoder.2.q"] - y["decoder.2.k"] <= 2 * vm.Y_GAP  # k is read two rows on
     assert y["decoder.2.k"] > y["encoder.2.3"] + 10 * vm.Y_GAP  # not where mem is made
+
+
+class Scaled(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.lin = nn.Linear(d, d)
+
+    def forward(self, x, s):
+        return self.lin(x * s)
+
+
+class TableFirst(nn.Module):
+    """A model that computes a table from a buffer in a chain of its own ops (a mask, a
+    rotary table) and hands it to its first layer."""
+
+    def __init__(self, d=8):
+        super().__init__()
+        self.register_buffer("freq", torch.linspace(0.1, 1.0, d))
+        self.layers = nn.ModuleList(Scaled(d) for _ in range(2))
+
+    def forward(self, x):
+        s = (self.freq * 2 + 1).exp().sqrt().unsqueeze(0).clamp(max=3.0)
+        for layer in self.layers:
+            x = layer(x, s)
+        return x
+
+
+def test_a_chain_another_box_reads_first_gets_rows_of_its_own():
+    # the chain sat above its first reader, which was too close to the top: every op that
+    # did not fit was put in the first row, one beside the next (Gemma 2: 26 ops wide)
+    view = vm.build_view(build_graph(TableFirst(), torch.randn(1, 8)))
+    ys = {e["data"]["name"]: e["position"]["y"] for e in view.elements
+          if e["data"].get("kind") == "op"}
+    chain = [n for n in ys if n.split(".")[0] in ("freq", "mul", "add", "exp", "sqrt",
+                                                   "unsqueeze", "clamp")]
+    assert len(chain) == 7, chain
+    assert len({ys[n] for n in chain}) == len(chain)  # one row each
+    assert max(ys[n] for n in chain) < ys["layers.0.mul"]

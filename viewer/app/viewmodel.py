@@ -284,20 +284,24 @@ def layers_of(n: int, edges: list[tuple[int, int]], anchors: Iterable[int] = (),
     # a reached vertex sits below its reached inputs, and below room for the longest
     # chain of unreached ones it is the first to consume, computed in its own box, when
     # that is two or more (a bare parameter sits beside the input it meets; the rotary
-    # table a decoder's model computes once keeps to its own rows)
+    # table a decoder's model computes once keeps to its own rows); a chain from another
+    # box gets room only as far as it needs above the top row: it sat there whole, one
+    # vertex beside the next (Gemma 2's masks and rotary table, 26 ops in its first row)
     layer = [0] * n
     chain = [0] * n  # unreached: the longest run of unreached vertices ending here
     homed = [False] * n  # unreached: a consumer has made room for it
     for v in order:
         if reached[v]:
-            run = 0
+            run = fit = 0
             for p in preds[v]:
                 if not reached[p] and not homed[p]:
                     homed[p] = True
                     if boxes is None or boxes[p] == boxes[v]:
                         run = max(run, chain[p])
-            layer[v] = max((layer[p] + 1 for p in preds[v] if reached[p]), default=0) + \
-                (run if run >= 2 else 0)
+                    else:
+                        fit = max(fit, chain[p])
+            layer[v] = max(max((layer[p] + 1 for p in preds[v] if reached[p]), default=0) +
+                           (run if run >= 2 else 0), fit)
         else:
             chain[v] = 1 + max((chain[p] for p in preds[v]), default=0)
             layer[v] = chain[v] - 1
