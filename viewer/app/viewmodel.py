@@ -286,13 +286,17 @@ def layers_of(n: int, edges: list[tuple[int, int]], anchors: Iterable[int] = (),
     # that is two or more (a bare parameter sits beside the input it meets; the rotary
     # table a decoder's model computes once keeps to its own rows); a chain from another
     # box gets room only as far as it needs above the top row: it sat there whole, one
-    # vertex beside the next (Gemma 2's masks and rotary table, 26 ops in its first row)
+    # vertex beside the next (Gemma 2's masks and rotary table, 26 ops in its first row);
+    # and a chain of its own box's submodules, even one parameter, gets room when the
+    # vertex's other inputs come from another box: in the row above it sat in the last row
+    # of the layer before, and the two layers' boxes were drawn side by side
+    # (GPT-NeoX-Japanese's attention dense_bias, read by its layer's first op)
     layer = [0] * n
     chain = [0] * n  # unreached: the longest run of unreached vertices ending here
     homed = [False] * n  # unreached: a consumer has made room for it
     for v in order:
         if reached[v]:
-            run = fit = 0
+            run = fit = own = 0
             for p in preds[v]:
                 if not reached[p] and not homed[p]:
                     homed[p] = True
@@ -300,8 +304,13 @@ def layers_of(n: int, edges: list[tuple[int, int]], anchors: Iterable[int] = (),
                         run = max(run, chain[p])
                     else:
                         fit = max(fit, chain[p])
+                    if boxes is not None and boxes[v] and \
+                            boxes[p][:len(boxes[v])] == boxes[v] and \
+                            all(boxes[q] != boxes[p] for q in preds[v] if reached[q]):
+                        own = max(own, chain[p])
+            run = max(run if run >= 2 else 0, own)
             layer[v] = max(max((layer[p] + 1 for p in preds[v] if reached[p]), default=0) +
-                           (run if run >= 2 else 0), fit)
+                           run, fit)
         else:
             chain[v] = 1 + max((chain[p] for p in preds[v]), default=0)
             layer[v] = chain[v] - 1
@@ -377,6 +386,32 @@ def layout_edges(n: int, edges: list[tuple[int, int]],
     return kept
 
 
+def one_layer_edges(n: int, edges: list[tuple[int, int]],
+                    layers: list[int]) -> tuple[int, list[tuple[int, int]], list[int]]:
+    """``edges`` with each one over more than one layer split into a chain through vertices
+    of its own on the layers between: (vertex count, edges, layers). python-igraph 1.0's
+    Sugiyama corrupts its memory on some graphs whose given layers leave long edges to it
+    (a 13-vertex graph, run 300 times, killed the process; a layout sweep of the causal LMs
+    died in it twice); it places these vertices as its own dummies, and the same graphs run
+    clean.
+
+        >>> one_layer_edges(3, [(0, 2), (1, 2)], [0, 1, 3])
+        (6, [(0, 3), (3, 4), (4, 2), (1, 5), (5, 2)], [0, 1, 3, 1, 2, 2])
+    """
+    rows = list(layers)
+    out: list[tuple[int, int]] = []
+    total = n
+    for a, b in edges:
+        prev = a
+        for lay in range(layers[a] + 1, layers[b]):
+            rows.append(lay)
+            out.append((prev, total))
+            prev = total
+            total += 1
+        out.append((prev, b))
+    return total, out, rows
+
+
 NODE_GAP = 24  #: px at least between two things drawn side by side in one box
 BOX_SIDE = 16  #: px a module box adds left and right of what it holds (its padding, border)
 DEFAULT_WIDTH = 120  #: px of a vertex whose width is not given
@@ -409,8 +444,12 @@ def layered_positions(n: int, edges: list[tuple[int, int]],
     import igraph
 
     given = layers_of(n, edges, anchors, boxes)
-    g = igraph.Graph(n=n, edges=layout_edges(n, edges, given), directed=True)
-    coords = g.layout_sugiyama(layers=given, hgap=1, vgap=1, maxiter=60).coords[:n]
+    if given is None:  # a cycle (through collapsed modules): placed without what closes it
+        given = layers_of(n, [(a, b) for a, b in edges if a < b], anchors, boxes)
+        edges = [(a, b) for a, b in edges if given[a] < given[b]]
+    total, chains, rows = one_layer_edges(n, layout_edges(n, edges, given), given)
+    g = igraph.Graph(n=total, edges=chains, directed=True)
+    coords = g.layout_sugiyama(layers=rows, hgap=1, vgap=1, maxiter=60).coords[:n]
     layers = [int(round(y)) for _, y in coords]  # rows past n are dummy vertices
     n_layers = max(layers) + 1
     opens = [0] * (n_layers + 1)
