@@ -514,6 +514,7 @@ def test_one_layer_edges_split_each_long_edge_into_a_chain():
     assert total == 6 and rows == [0, 1, 3, 1, 2, 2]
     assert edges == [(0, 3), (3, 4), (4, 2), (1, 5), (5, 2)]
     assert all(rows[b] - rows[a] == 1 for a, b in edges)
+    assert vm.one_layer_edges(2, [(0, 1)], [0, 0]) == (2, [], [0, 0])  # not down: left out
 
 
 def test_igraph_is_given_only_edges_over_one_layer(monkeypatch):

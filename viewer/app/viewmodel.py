@@ -389,7 +389,8 @@ def layout_edges(n: int, edges: list[tuple[int, int]],
 def one_layer_edges(n: int, edges: list[tuple[int, int]],
                     layers: list[int]) -> tuple[int, list[tuple[int, int]], list[int]]:
     """``edges`` with each one over more than one layer split into a chain through vertices
-    of its own on the layers between: (vertex count, edges, layers). python-igraph 1.0's
+    of its own on the layers between: (vertex count, edges, layers); an edge that does not
+    go down (a clamped chain's, in the top row) is left out. python-igraph 1.0's
     Sugiyama corrupts its memory on some graphs whose given layers leave long edges to it
     (a 13-vertex graph, run 300 times, killed the process; a layout sweep of the causal LMs
     died in it twice); it places these vertices as its own dummies, and the same graphs run
@@ -402,6 +403,8 @@ def one_layer_edges(n: int, edges: list[tuple[int, int]],
     out: list[tuple[int, int]] = []
     total = n
     for a, b in edges:
+        if layers[b] <= layers[a]:
+            continue
         prev = a
         for lay in range(layers[a] + 1, layers[b]):
             rows.append(lay)
