@@ -517,6 +517,12 @@ def test_one_layer_edges_split_each_long_edge_into_a_chain():
     assert vm.one_layer_edges(2, [(0, 1)], [0, 0]) == (2, [], [0, 0])  # not down: left out
 
 
+def test_a_cycle_through_collapsed_modules_is_laid_out_without_the_edge_that_closes_it():
+    # (a collapsed module read by an op it feeds: M -> op -> M)
+    pos = vm.layered_positions(4, [(0, 1), (1, 2), (2, 1), (2, 3)])
+    assert len(pos) == 4 and pos[0][1] < pos[1][1] < pos[2][1] < pos[3][1]
+
+
 def test_igraph_is_given_only_edges_over_one_layer(monkeypatch):
     import igraph
 

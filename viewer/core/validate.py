@@ -781,7 +781,7 @@ class GroupValidation:
                 # the same block one layer on as a group that failed alone (the v head dims
                 # of every layer of a one-kv-head decoder): checked alone first, and the
                 # rest as one batch, instead of failing every batch they are in until it is
-                # halved down to groups run one by one (a 32-layer MQA Llama: 270 probes)
+                # halved down to groups run one by one (a 32-layer MQA Llama: 19 s, 5 s now)
                 like = [g for g in gs if any(_mirrored(f, g) for f in failed)]
                 if like and len(like) < len(gs):
                     for g in like:
