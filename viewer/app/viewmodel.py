@@ -304,8 +304,7 @@ def layers_of(n: int, edges: list[tuple[int, int]], anchors: Iterable[int] = (),
                         run = max(run, chain[p])
                     else:
                         fit = max(fit, chain[p])
-                    if boxes is not None and boxes[v] and \
-                            boxes[p][:len(boxes[v])] == boxes[v] and \
+                    if boxes is not None and boxes[v] and _within(boxes[p], boxes[v]) and \
                             all(boxes[q] != boxes[p] for q in preds[v] if reached[q]):
                         own = max(own, chain[p])
             run = max(run if run >= 2 else 0, own)
@@ -327,9 +326,14 @@ def layers_of(n: int, edges: list[tuple[int, int]], anchors: Iterable[int] = (),
         low = min(layer[w] for w in succs[v]) - 1
         if not reached[v]:
             layer[v] = max(0, low)
-        elif sinks[v] and all(boxes[w][:len(boxes[v])] == boxes[v] for w in succs[v]):
+        elif sinks[v] and all(_within(boxes[w], boxes[v]) for w in succs[v]):
             layer[v] = max(layer[v], low)
     return layer
+
+
+def _within(chain: tuple[str, ...], box: tuple[str, ...]) -> bool:
+    """Is what is drawn in the boxes ``chain`` (outermost first) inside ``box``'s chain?"""
+    return chain[:len(box)] == box
 
 
 def _entries(order: list[int], preds: list[list[int]], reached: list[bool],
@@ -449,11 +453,10 @@ def layered_positions(n: int, edges: list[tuple[int, int]],
     given = layers_of(n, edges, anchors, boxes)
     if given is None:  # a cycle (through collapsed modules): placed without what closes it
         given = layers_of(n, [(a, b) for a, b in edges if a < b], anchors, boxes)
-        edges = [(a, b) for a, b in edges if given[a] < given[b]]
     total, chains, rows = one_layer_edges(n, layout_edges(n, edges, given), given)
     g = igraph.Graph(n=total, edges=chains, directed=True)
     coords = g.layout_sugiyama(layers=rows, hgap=1, vgap=1, maxiter=60).coords[:n]
-    layers = [int(round(y)) for _, y in coords]  # rows past n are dummy vertices
+    layers = given  # (the y igraph gives each vertex is its given layer)
     n_layers = max(layers) + 1
     opens = [0] * (n_layers + 1)
     closes = [0] * (n_layers + 1)
