@@ -1315,3 +1315,54 @@ def test_a_bfloat16_hugging_face_directory_exports_bfloat16_for_from_pretrained(
     mine = load_pruned(out).to(torch.bfloat16).state_dict()
     assert all(torch.equal(v, mine[k]) for k, v in again.state_dict().items())
     assert check_dir(out)["ok"]
+
+
+NAMED_OUT = """
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+class Out(NamedTuple):
+    logits: torch.Tensor
+    features: torch.Tensor
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.body = nn.Conv2d(8, 8, 3, padding=1)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        f = self.body(torch.relu(self.stem(x)))
+        return Out(self.head(f.mean((2, 3))), f)
+"""
+
+
+def test_check_reads_an_older_report_that_named_named_tuple_outputs_by_index(
+        tmp_path, monkeypatch):
+    # report.json names outputs as DepView did when it wrote it: before NamedTuple items were
+    # named by field, check of such an export would say its output shapes differ
+    lm, p = _file_pruner(tmp_path, monkeypatch, NAMED_OUT)
+    plan = p.plan(0.5)
+    out = export_dir(p, plan, p.apply(plan), tmp_path / "n", lm.source, pt2=False)
+    report = json.loads((out / "report.json").read_text())
+    assert list(report["output_shapes"]) == ["logits", "features"]
+    assert list(report["output_digest"]["outputs"]) == ["logits", "features"]
+    res = check_dir(out)
+    assert res["ok"] and list(res["output_shapes"]) == ["logits", "features"], res
+
+    def older(d: dict) -> dict:
+        return {{"logits": "[0]", "features": "[1]"}[k]: v for k, v in d.items()}
+
+    report["output_shapes"] = older(report["output_shapes"])
+    report["output_digest"]["outputs"] = older(report["output_digest"]["outputs"])
+    (out / "report.json").write_text(json.dumps(report))
+    res = check_dir(out)
+    assert res["ok"] and res["shapes_match_report"] and res["outputs_match_report"], res
+    # and what it recorded is still compared: a wrong shape under an older name is caught
+    report["output_shapes"]["[1]"] = [1, 7, 8, 8]
+    (out / "report.json").write_text(json.dumps(report))
+    res = check_dir(out)
+    assert not res["ok"] and res["shapes_match_report"] is False, res

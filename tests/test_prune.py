@@ -6,6 +6,7 @@ import math
 import re
 import warnings
 import weakref
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -27,6 +28,7 @@ from viewer.core.optypes import OpType
 from viewer.core.plan import IMPORTANCE, Plan, parse_ignore
 from viewer.core.prune import Pruner, floor_note
 from viewer.core.spec import load_model
+from viewer.core.trace import output_nodes
 
 
 def _state(model):
@@ -2032,6 +2034,39 @@ def test_free_outputs_are_named_by_path_or_node_and_never_all_of_them():
         Pruner(model, (x,), free_outputs=["feats"])
     with pytest.raises(DepViewError, match="every output of the model would be free"):
         Pruner(model, (x,), free_outputs=["features", "logits"])
+
+
+class TupleFeaturesAndLogits(FeaturesAndLogits):
+    """:class:`FeaturesAndLogits` returning a NamedTuple (as torchvision's GoogLeNet does)."""
+
+    class Out(NamedTuple):
+        logits: torch.Tensor
+        features: torch.Tensor
+
+    def forward(self, x):
+        return self.Out(**super().forward(x))
+
+
+def test_named_tuple_outputs_are_named_by_field_and_take_their_older_names():
+    # they were output.[0] and output.[1]: "--free-output [1]" was how to free the features
+    model, x = TupleFeaturesAndLogits().eval(), torch.randn(1, 3, 6, 6)
+    p = Pruner(model, (x,), free_outputs=["features"])
+    assert [n.name for n in output_nodes(p.graph)] == ["output.logits", "output.features"]
+    assert p.graph.info["renamed_outputs"] == {"[0]": "logits", "[1]": "features"}
+    assert "renamed_outputs" not in Pruner(FeaturesAndLogits().eval(), (x,)).graph.info
+    for older in ("[1]", "output.[1]"):  # an older export's names of it
+        assert Pruner(model, (x,), free_outputs=[older]).free_outputs == ["features"]
+    plan = p.plan(0.5)
+    assert plan.settings["free_outputs"] == ["features"]
+    made_before = dict(plan.to_dict(), settings={**plan.settings, "free_outputs": ["[1]"]})
+    assert p.plan_from_dict(made_before).removed == plan.removed
+    with pytest.raises(DepViewError, match="made with free outputs"):
+        p.plan_from_dict(dict(made_before, settings={**plan.settings,
+                                                     "free_outputs": ["[0]"]}))
+    v = p.verify(p.apply(plan), plan)
+    assert v["shapes_kept"] and v["masked_equivalence"]["ok"], v
+    assert v["free_outputs"] == ["features"] and list(v["output_shapes"]) == ["logits",
+                                                                             "features"]
 
 
 class NestedOutputs(nn.Module):

@@ -32,3 +32,25 @@ def test_floats_as_casts_floating_tensors_only():
     assert a.dtype is torch.bfloat16 and b is ids
     d = floats_as({"x": x, "ids": ids}, torch.float16)
     assert d["x"].dtype is torch.float16 and d["ids"] is ids
+
+
+def test_named_tuple_items_are_named_by_field_and_older_names_map_to_them():
+    from typing import NamedTuple
+
+    from viewer.core.trees import renamed_outputs
+
+    class Out(NamedTuple):
+        logits: torch.Tensor
+        features: tuple
+
+    a, b, c = torch.randn(2), torch.randn(3), torch.randn(4)
+    out = Out(a, (b, c))
+    assert [p for p, _ in flatten(out)] == ["logits", "features[0]", "features[1]"]
+    assert [p for p, _ in flatten({"head": out})] == ["head.logits", "head.features[0]",
+                                                      "head.features[1]"]
+    assert [p for p, _ in flatten(out, named=False)] == ["[0]", "[1][0]", "[1][1]"]
+    assert renamed_outputs(out) == {"[0]": "logits", "[1][0]": "features[0]",
+                                    "[1][1]": "features[1]"}
+    # plain tuples and lists keep their indices: nothing renamed
+    assert [p for p, _ in flatten((a, [b]))] == ["[0]", "[1][0]"]
+    assert renamed_outputs((a, [b])) == {} and renamed_outputs(a) == {}

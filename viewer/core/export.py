@@ -59,7 +59,7 @@ from .spec import (
 from .spectralnorm import row_dim, v_of
 from .spectralnorm import weight_of as sn_weight_of
 from .text import error_line
-from .trees import flatten
+from .trees import flatten, renamed_outputs
 from .weightnorm import weight_of
 
 FORMAT = "depview-pruned/1"
@@ -990,7 +990,9 @@ def check_dir(path: str | Path, spec: str | None = None) -> dict:
     if report is None:
         problems.append("report.json is missing: nothing to compare the model with")
     else:
-        res["shapes_match_report"] = report.get("output_shapes") == res["output_shapes"]
+        renamed = renamed_outputs(out)  # (an older report names NamedTuple items by index)
+        res["shapes_match_report"] = _renamed(report.get("output_shapes"), renamed) == \
+            res["output_shapes"]
         if not res["shapes_match_report"]:
             problems.append(f"output shapes differ from report.json's "
                             f"{report.get('output_shapes')}")
@@ -1012,7 +1014,8 @@ def check_dir(path: str | Path, spec: str | None = None) -> dict:
                              "not compared")
             else:
                 res["outputs_match_report"] = _same_outputs(
-                    digest["outputs"], output_digest(out, lm.inputs)["outputs"])
+                    _renamed(digest["outputs"], renamed),
+                    output_digest(out, lm.inputs)["outputs"])
                 if not res["outputs_match_report"]:
                     problems.append("its outputs differ from those recorded at export")
         res["verification"] = report.get("verification")
@@ -1087,7 +1090,8 @@ def _kept_of(t: torch.Tensor, dims: dict) -> torch.Tensor:
 def _inputs_sha256(inputs) -> str:
     """SHA-256 of the example inputs' shapes, dtypes and bytes."""
     h = hashlib.sha256()
-    for name, t in flatten(inputs):
+    # (by index, as before NamedTuple items were named: older reports' hashes stay right)
+    for name, t in flatten(inputs, named=False):
         t = t.detach().cpu().contiguous()
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
@@ -1134,6 +1138,14 @@ def _legacy_sums(entry: dict) -> list[float]:
     elif pos or neg:
         a = float("inf")
     return [s, a]
+
+
+def _renamed(recorded, renamed: dict[str, str]):
+    """A report's dict by output name with each name an older DepView gave a NamedTuple's
+    item (``[1]``) changed to today's (``features``): see :func:`renamed_outputs`."""
+    if not renamed or not isinstance(recorded, dict):
+        return recorded
+    return {renamed.get(k, k): v for k, v in recorded.items()}
 
 
 def _same_outputs(want: dict, got: dict) -> bool:

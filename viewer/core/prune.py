@@ -115,6 +115,10 @@ def free_output_paths(graph: Graph, names: Iterable[str]) -> list[str]:
         if not isinstance(name, str):
             raise DepViewError(f"a free output is named by a string, got {name!r}")
         node = graph.by_name.get(name)
+        # (an older export's name of a NamedTuple output: ``[1]`` for ``features``)
+        renamed = graph.info.get("renamed_outputs", {})
+        if name.removeprefix("output.") in renamed:
+            name = renamed[name.removeprefix("output.")]
         if name in paths:
             hits = [name]
         elif node is not None and node.op_type is OpType.OUTPUT:
@@ -746,7 +750,8 @@ class Pruner(GroupValidation, Verification):
         if not isinstance(made, (list, tuple)) or not all(isinstance(n, str) for n in made):
             raise DepViewError("a plan's settings.free_outputs is a list of output names, got "
                                f"{made!r}"[:200])
-        if sorted(made) != sorted(self.free_outputs):
+        renamed = self.graph.info.get("renamed_outputs", {})  # (an older plan's names)
+        if sorted(renamed.get(n, n) for n in made) != sorted(self.free_outputs):
             raise DepViewError(f"the plan was made with free outputs {list(made)}, this "
                                f"pruner has {self.free_outputs}: make it with the same "
                                "(free_outputs=..., --free-output)")

@@ -68,7 +68,7 @@ from .optypes import (
 )
 from .prunemask import masked_names
 from .spectralnorm import ORIGINAL, spectral_norm_names
-from .trees import LEAVES, flatten, tensors_in
+from .trees import LEAVES, flatten, renamed_outputs, tensors_in
 from .weightnorm import MAGNITUDE_NAMES, weight_norm_names
 
 Path = str
@@ -1466,5 +1466,7 @@ def build_graph(model: nn.Module, example_inputs=(), example_kwargs: dict | None
         info={"model": type(model).__name__,
               "inputs": [list(t.shape) for _, t in inputs],
               "outputs": {p or "output": list(t.shape) for p, t in outs},
-              "device": str(next(iter(model.parameters()), torch.empty(0)).device)},
+              "device": str(next(iter(model.parameters()), torch.empty(0)).device),
+              # (only for NamedTuple outputs: what older exports called them)
+              **({"renamed_outputs": renamed} if (renamed := renamed_outputs(output)) else {})},
     )

@@ -21,22 +21,48 @@ def floats_as(inputs, dtype: torch.dtype):
     return cast(inputs)
 
 
-def flatten(obj, path: str = "") -> list[tuple[str, torch.Tensor]]:
+def flatten(obj, path: str = "", named: bool = True) -> list[tuple[str, torch.Tensor]]:
     """Tensors inside nested tuples/lists/dicts/dataclasses (HF ``ModelOutput`` is a dict),
-    with readable key paths: ``[("logits", t), ("hidden_states[0]", t2)]``."""
+    with readable key paths: ``[("logits", t), ("hidden_states[0]", t2)]``. A NamedTuple's
+    items are named by field (``features``), as a dataclass's are; ``named=False`` gives
+    them by index (``[1]``), as DepView named them before (records of older exports)."""
     if isinstance(obj, torch.Tensor):
         return [(path, obj)]
     out: list[tuple[str, torch.Tensor]] = []
     if isinstance(obj, Mapping):
         for k, v in obj.items():
-            out += flatten(v, f"{path}.{k}" if path else str(k))
+            out += flatten(v, f"{path}.{k}" if path else str(k), named)
+    elif named and isinstance(obj, tuple) and _fields(obj):
+        for k, v in zip(_fields(obj), obj, strict=True):
+            out += flatten(v, f"{path}.{k}" if path else k, named)
     elif isinstance(obj, (list, tuple)):
         for i, v in enumerate(obj):
-            out += flatten(v, f"{path}[{i}]")
+            out += flatten(v, f"{path}[{i}]", named)
     elif is_dataclass(obj) and not isinstance(obj, type):
         for f in fields(obj):
-            out += flatten(getattr(obj, f.name), f"{path}.{f.name}" if path else f.name)
+            out += flatten(getattr(obj, f.name), f"{path}.{f.name}" if path else f.name,
+                           named)
     return out
+
+
+def _fields(obj: tuple) -> tuple[str, ...] | None:
+    """A NamedTuple's (or ``collections.namedtuple``'s) field names, one per item; None for
+    any other tuple."""
+    names = getattr(type(obj), "_fields", None)
+    if isinstance(names, tuple) and len(names) == len(obj) and \
+            all(isinstance(k, str) for k in names):
+        return names
+    return None
+
+
+def renamed_outputs(out) -> dict[str, str]:
+    """``{name before: name now}`` for the outputs in ``out`` whose key path :func:`flatten`
+    spells otherwise than DepView did before NamedTuple fields were named (``[1]`` ->
+    ``features``): what reads an older export's records maps its names by this. Empty for
+    most models."""
+    return {(a or "output"): (b or "output")
+            for (a, _), (b, _) in zip(flatten(out, named=False), flatten(out), strict=True)
+            if a != b}
 
 
 #: Argument types that never hold a tensor (a ``torch.Size`` is a tuple of ints).
