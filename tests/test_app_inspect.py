@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import html as html_text
 import json
+import re
 
 import numpy as np
 import pytest
@@ -706,3 +707,62 @@ def test_a_table_made_at_init_is_shown_as_such_and_pruned_when_read_once(tmp_pat
     assert "Buffer (made at init, not in the state_dict)" in text and "[8×1×1]" in text
     conv = _text(cb.inspect(s, "sid", _op("conv")).group_panel)
     assert "table" in conv and "not prunable" not in conv
+
+
+SHARED_NORM = """
+import torch
+from torch import nn
+
+class ScaleNorm(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d))
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * self.weight
+
+class M(nn.Module):
+    def __init__(self, d=16):
+        super().__init__()
+        self.emb = nn.Embedding(50, d)
+        self.norm = ScaleNorm(d)
+        self.fc1, self.fc2 = nn.Linear(d, 32), nn.Linear(32, d)
+        self.head = nn.Linear(d, 50)
+
+    def forward(self, ids):
+        h = self.norm(self.emb(ids))
+        h = h + self.fc2(torch.relu(self.fc1(h)))
+        return self.head(self.norm(h))
+"""
+
+
+def test_each_call_of_a_module_is_a_box_to_inspect_collapse_and_ignore(tmp_path):
+    from conftest import file_session
+
+    from viewer.app.callbacks.graph import module_to_toggle
+    from viewer.app.viewmodel import drawn_boxes, selected_layer
+
+    store = file_session(tmp_path, SHARED_NORM, ("1x8:int64",))
+    view, _ = render(store, "sid", "new")
+    session = store.session("sid")
+    graph = session.stage.graph
+    assert {"norm", "norm:1"} <= set(view.module_ids)
+    assert module_to_toggle(view, graph, _op("norm.mul_2")) == "norm:1"
+    assert module_to_toggle(view, graph, _op("norm.mul")) == "norm"
+    view, zoom = render(store, "sid", "toggle", "norm:1")
+    assert view.collapsed == {"norm:1"} and zoom == view.module_ids["norm:1"]
+    assert view.rep[graph.by_name["norm.mul"].id] != view.module_ids["norm:1"]
+
+    sel = {"kind": "module", "name": "norm:1"}
+    r = cb.inspect(store, "sid", sel)
+    text = _text(r.details)
+    assert "ScaleNorm" in text and r.show_module_ignore, text
+    ops = sum(1 for b in drawn_boxes(graph) if b == "norm:1")
+    assert ops == 6 and re.search(r'ops inside"\}.{0,120}"children": 6\}', text), text
+    assert '"Elementwise ×5, Reduction ×1"' in text  # its own ops, not the first call's too
+    # its ignore boxes act on the module, every call of it
+    assert selected_layer(sel) == "norm" and selected_layer(_op("norm.mul_2")) == "norm.mul_2"
+    set_ignore(store, "sid", selected_layer(sel), ["out"])
+    assert session.ignore == {"norm:out"}
+    assert cb.control_values(store, "sid", sel) == (["out"], None)
+    assert cb.control_values(store, "sid", {"kind": "module", "name": "norm"}) == (["out"], None)

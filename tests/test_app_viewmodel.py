@@ -580,3 +580,110 @@ def test_layerings_igraph_crashes_on_are_laid_out_without_crashing(tmp_path):
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                           timeout=300, env={**os.environ, "PYTHONPATH": root})
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-500:]
+
+
+class ScaleNorm(nn.Module):
+    """A norm of the model's own (not a torch layer: its ops are drawn in its box), with a
+    fill it makes on each call."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d))
+
+    def forward(self, x):
+        eps = torch.full((1,), 1e-6)
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * self.weight
+
+
+class MlpBlock(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.norm = ScaleNorm(d)
+        self.fc1, self.fc2 = nn.Linear(d, 2 * d), nn.Linear(2 * d, d)
+
+    def forward(self, x):
+        return x + self.fc2(torch.relu(self.fc1(self.norm(x))))
+
+
+class SharedNormNet(nn.Module):
+    """nanochat's shape: one norm after the embedding and again after the last block; and a
+    block the loop calls twice, at depths 0 and 3 (a recurrent-depth model)."""
+
+    def __init__(self, d=16, depth=4):
+        super().__init__()
+        self.emb = nn.Embedding(50, d)
+        self.norm = ScaleNorm(d)
+        self.shared = MlpBlock(d)
+        self.blocks = nn.ModuleList(MlpBlock(d) for _ in range(depth - 2))
+        self.head = nn.Linear(d, 50)
+
+    def forward(self, ids):
+        h = self.shared(self.norm(self.emb(ids)))
+        for b in self.blocks:
+            h = b(h)
+        return self.head(self.norm(self.shared(h)))
+
+
+def _box_rows(view) -> dict[str, tuple[float, float]]:
+    """Module path -> (top, bottom) y of the ops drawn in its box, at any depth."""
+    data = view.data
+    rows: dict[str, list[float]] = {}
+    for e in view.elements:
+        d = e["data"]
+        if d.get("kind") != "op" or "position" not in e:
+            continue
+        p = d.get("parent")
+        while p:
+            rows.setdefault(data[p]["path"], []).append(e["position"]["y"])
+            p = data[p].get("parent")
+    return {k: (min(v), max(v)) for k, v in rows.items()}
+
+
+def test_a_module_called_at_two_times_gets_a_box_per_call():
+    # one box held both calls of the norm, from the top of the page to the bottom, and the
+    # blocks were packed beside it
+    graph = build_graph(SharedNormNet().eval(), torch.randint(0, 50, (1, 8)))
+    boxes = vm.drawn_boxes(graph)
+    box = {n.name: boxes[n.id] for n in graph.nodes}
+    assert box["norm.mul"] == "norm" and box["norm.mul_2"] == "norm:1"
+    assert box["norm.weight"] == "norm"  # a parameter: its first reader's box
+    assert box["norm.full"] == "norm" and box["norm.full_1"] == "norm:1"  # each call's fill
+    assert box["shared.fc1"] == "shared" and box["shared.fc1:1"] == "shared:1"
+    assert box["shared.norm.mul"] == "shared.norm"
+    assert box["shared.norm.mul_2"] == "shared:1.norm"  # inside the second call's box
+    assert box["blocks.0.fc1"] == "blocks.0" and box["emb"] == "" and box["head"] == ""
+    assert {p: vm.module_path(p) for p in ("norm:1", "shared:1.norm", "blocks.0")} == \
+        {"norm:1": "norm", "shared:1.norm": "shared.norm", "blocks.0": "blocks.0"}
+
+    classes = {n: type(m).__name__ for n, m in SharedNormNet().named_modules() if n}
+    view = vm.build_view(graph, (), classes)
+    labels = {e["data"]["path"]: e["data"]["label"] for e in view.elements
+              if e["data"].get("compound")}
+    assert labels["norm:1"] == "norm:1 · ScaleNorm" and labels["shared:1"] == \
+        "shared:1 · MlpBlock"
+    rows = _box_rows(view)
+    top, bottom = rows["blocks"]
+    for call in ("norm", "norm:1", "shared", "shared:1"):  # each clear of the blocks' rows
+        assert rows[call][1] < top or rows[call][0] > bottom, (call, rows)
+    assert _sibling_overlaps(view) == []
+    # collapsing one call leaves the other drawn
+    col = vm.build_view(graph, {"norm:1"}, classes)
+    assert col.rep[graph.by_name["norm.mul_2"].id] == col.module_ids["norm:1"]
+    assert col.rep[graph.by_name["norm.mul"].id] != col.module_ids["norm:1"]
+
+
+def test_calls_with_nothing_between_them_stay_one_box():
+    # ALBERT's shared layer, called once per depth: one box, its calls one below the other
+    class Looped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = MlpBlock(8)
+
+        def forward(self, x):
+            for _ in range(3):
+                x = self.layer(x)
+            return x
+
+    graph = build_graph(Looped().eval(), torch.randn(2, 8))
+    assert set(vm.drawn_boxes(graph)) == {"", "layer", "layer.norm", "layer.norm:1",
+                                          "layer.norm:2"}

@@ -90,6 +90,79 @@ def container_of(node: Node) -> str:
     return node.module
 
 
+def drawn_boxes(graph: Graph) -> list[str]:
+    """The module box each node is drawn in, by node id: :func:`container_of`, except that
+    a module whose ops run at separate times (a norm called after the embedding and again
+    at the end, a block a loop calls at two depths) gets a box per call: ``norm`` and
+    ``norm:1``, ``blocks.0:1.attn`` inside the second. One box held both calls, stretched
+    from the first to the last, and every module beside it was pushed aside: a shared norm's
+    box spanned the page.
+
+    A call ends where an op outside the module runs; nodes are in the order the ops ran, so
+    calls with nothing in between (ALBERT's shared layer, called once per depth) stay one
+    box. A source (parameter, buffer, constant) breaks no call: it joins the box of the next
+    op of its module (made when first read, it comes right before its reader), else the
+    last one before it.
+
+        >>> [drawn_boxes(graph)[graph.node(n).id] for n in ("norm.mul", "norm.mul_2")]
+        ['norm', 'norm:1']
+    """
+    nodes = graph.nodes
+    out = [""] * len(nodes)
+    calls: dict[str, int] = {}  # box without its own call -> index of its current call
+    open_: list[str] = []  # the ancestors of the last op's container, outermost first
+    last: dict[str, str] = {}  # module path -> its box at the last op
+    before: dict[int, str] = {}  # source -> its module's box at the last op before it
+    for n in nodes:
+        if n.op_type in OpGroup.SOURCES:
+            before[n.id] = last.get(container_of(n), "")
+            continue
+        box, chain = "", ancestors(container_of(n))
+        for depth, path in enumerate(chain):
+            part = path.rpartition(".")[2]
+            base = f"{box}.{part}" if box else part  # (calls counted within the parent's)
+            if depth >= len(open_) or open_[depth] != path:
+                calls[base] = calls[base] + 1 if base in calls else 0
+                del open_[depth:]
+                open_.append(path)
+            box = f"{base}:{calls[base]}" if calls[base] else base
+            last[path] = box
+        del open_[len(chain):]
+        out[n.id] = box
+    if before:
+        nxt: dict[str, str] = {}  # module path -> its box at the next op (scanning back)
+        for n in reversed(nodes):
+            path = container_of(n)
+            if n.id in before:
+                out[n.id] = nxt.get(path) or before[n.id] or path
+            elif out[n.id]:
+                for p, b in zip(ancestors(path), ancestors(out[n.id]), strict=True):
+                    nxt[p] = b
+    return out
+
+
+def module_path(box: str) -> str:
+    """The module a box of :func:`drawn_boxes` draws: ``blocks.0:1.attn`` -> ``blocks.0.attn``.
+
+        >>> module_path("blocks.0:1.attn")
+        'blocks.0.attn'
+    """
+    if ":" not in box:
+        return box
+    return ".".join(part.rpartition(":")[0] if part.rpartition(":")[2].isdigit() else part
+                    for part in box.split("."))
+
+
+def selected_layer(selection: dict | None) -> str | None:
+    """The name a selection's ignore boxes act on: an op's name, or the module a selected
+    box draws (every call of it: ``norm`` for the box ``norm:1``)."""
+    sel = selection or {}
+    name = sel.get("name")
+    if sel.get("kind") == "module" and isinstance(name, str):
+        return module_path(name)
+    return name
+
+
 def ancestors(path: str) -> list[str]:
     """``"a.b.c"`` -> ``["a", "a.b", "a.b.c"]`` (outermost first); ``""`` -> ``[]``."""
     if not path:
@@ -98,17 +171,18 @@ def ancestors(path: str) -> list[str]:
     return [".".join(parts[: i + 1]) for i in range(len(parts))]
 
 
-def module_tree(graph: Graph) -> dict[str, list[int]]:
-    """Every module that contains drawn nodes -> ids of all nodes inside it (at any depth),
-    sorted by path."""
+def module_tree(graph: Graph, boxes: list[str] | None = None) -> dict[str, list[int]]:
+    """Every module box (:func:`drawn_boxes`) that contains drawn nodes -> ids of all nodes
+    inside it (at any depth), sorted by path."""
+    boxes = drawn_boxes(graph) if boxes is None else boxes
     inside: dict[str, list[int]] = defaultdict(list)
     for n in graph.nodes:
-        for p in ancestors(container_of(n)):
+        for p in ancestors(boxes[n.id]):
             inside[p].append(n.id)
     return dict(sorted(inside.items()))
 
 
-def structure_tag(graph: Graph) -> str:
+def structure_tag(graph: Graph, boxes: list[str] | None = None) -> str:
     """A short tag of what decides the drawing's elements: the ops (name, type, the module
     drawn around them) and the edges, not the tensor shapes. Graphs that differ in any of these
     get different tags; a pruned copy of a model (only widths change) gets the same one.
@@ -117,8 +191,9 @@ def structure_tag(graph: Graph) -> str:
         'g5c1d09e2'
     """
     h = hashlib.blake2b(digest_size=4)
+    boxes = drawn_boxes(graph) if boxes is None else boxes
     for n in graph.nodes:
-        h.update(f"{n.id}|{n.name}|{n.op_type.value}|{container_of(n)}\n".encode())
+        h.update(f"{n.id}|{n.name}|{n.op_type.value}|{boxes[n.id]}\n".encode())
     for e in graph.edges:
         h.update(f"{e.source}>{e.target}\n".encode())
     return "g" + h.hexdigest()
@@ -134,11 +209,11 @@ def _op_id(node_id: int, tag: str) -> str:
 
 
 def _reps(graph: Graph, collapsed: frozenset[str], module_ids: dict[str, str],
-          tag: str) -> dict[int, str]:
+          tag: str, boxes: list[str]) -> dict[int, str]:
     rep = {}
     for n in graph.nodes:
         rep[n.id] = _op_id(n.id, tag)
-        for p in ancestors(container_of(n)):  # outermost collapsed ancestor wins
+        for p in ancestors(boxes[n.id]):  # outermost collapsed ancestor wins
             if p in collapsed:
                 rep[n.id] = module_ids[p]
                 break
@@ -147,9 +222,14 @@ def _reps(graph: Graph, collapsed: frozenset[str], module_ids: dict[str, str],
 
 def visible_count(graph: Graph, collapsed: Iterable[str]) -> int:
     """How many nodes are drawn (ops plus collapsed modules) for a collapse set."""
-    tree = module_tree(graph)
+    boxes = drawn_boxes(graph)
+    return _visible(graph, collapsed, module_tree(graph, boxes), boxes)
+
+
+def _visible(graph: Graph, collapsed: Iterable[str], tree: dict[str, list[int]],
+             boxes: list[str]) -> int:
     col = frozenset(p for p in collapsed if p in tree)
-    return len(set(_reps(graph, col, module_element_ids(tree, "g"), "g").values()))
+    return len(set(_reps(graph, col, module_element_ids(tree, "g"), "g", boxes).values()))
 
 
 def default_collapsed(graph: Graph, max_visible: int = DEFAULT_MAX_VISIBLE) -> frozenset[str]:
@@ -157,11 +237,12 @@ def default_collapsed(graph: Graph, max_visible: int = DEFAULT_MAX_VISIBLE) -> f
     most ``max_visible`` nodes drawn (depth 1 if none does)."""
     if len(graph.nodes) <= max_visible:
         return frozenset()
-    tree = module_tree(graph)
+    boxes = drawn_boxes(graph)
+    tree = module_tree(graph, boxes)
     depth = max((p.count(".") + 1 for p in tree), default=0)
     for d in range(depth, 0, -1):
         col = frozenset(p for p in tree if p.count(".") + 1 == d)
-        if visible_count(graph, col) <= max_visible:
+        if _visible(graph, col, tree, boxes) <= max_visible:
             return col
     return frozenset(p for p in tree if "." not in p)
 
@@ -558,11 +639,12 @@ def build_view(graph: Graph, collapsed: Iterable[str] = (),
     ``module_classes`` maps module paths to class names (``"BasicBlock"``) for compound labels.
     """
     classes = module_classes or {}
-    tree = module_tree(graph)
-    tag = structure_tag(graph)
+    boxes = drawn_boxes(graph)
+    tree = module_tree(graph, boxes)
+    tag = structure_tag(graph, boxes)
     module_ids = module_element_ids(tree, tag)
     col = frozenset(p for p in collapsed if p in tree)
-    rep = _reps(graph, col, module_ids, tag)
+    rep = _reps(graph, col, module_ids, tag, boxes)
 
     def hidden(path: str) -> bool:  # inside a collapsed module (not the module itself)
         return any(a in col for a in ancestors(path)[:-1])
@@ -582,7 +664,7 @@ def build_view(graph: Graph, collapsed: Iterable[str] = (),
         if hidden(path):
             continue
         parent = path.rpartition(".")[0]
-        cls = classes.get(path, "")
+        cls = classes.get(module_path(path), "")
         data = {"id": module_ids[path], "path": path, "kind": "module", "cls": cls}
         if parent:
             data["parent"] = module_ids[parent]
@@ -596,9 +678,9 @@ def build_view(graph: Graph, collapsed: Iterable[str] = (),
     for n in graph.nodes:
         if rep[n.id] != _op_id(n.id, tag):
             continue
-        parent = container_of(n)
+        parent = boxes[n.id]
         style = STYLES[n.op_type]
-        label = f"{short_name(n.name, parent)}\n{width_line(n)}"
+        label = f"{short_name(n.name, container_of(n))}\n{width_line(n)}"
         data = {"id": rep[n.id], "label": label, "name": n.name, "op_type": n.op_type.value,
                 "type_label": style.label, "color": style.color, "fg": text_color(style.color),
                 "kind": "op", "w": _box_width(label)}

@@ -9,7 +9,7 @@ from viewer.core.text import counted
 
 from .. import ids, styles
 from ..state import SessionStore
-from ..viewmodel import View, ancestors, container_of
+from ..viewmodel import View, ancestors, drawn_boxes, module_path
 from .common import error_message, message, spec_slug
 
 MAX_HITS = 200  #: search hits highlighted at most
@@ -30,7 +30,7 @@ def module_to_toggle(view: View, graph, selection: dict | None) -> str | None:
     node = graph.by_name.get(selection.get("name", ""))
     if node is None:
         return None
-    path = container_of(node)
+    path = drawn_boxes(graph)[node.id]
     return path or None
 
 
@@ -127,7 +127,7 @@ def search(store: SessionStore, sid: str, query: str | None) -> tuple[list[str],
     els = view.elements_of(hits)
     classes = stage.module_classes
     mods = [eid for p, eid in view.module_ids.items()
-            if q in p.lower() or q in classes.get(p, "").lower()]
+            if q in p.lower() or q in classes.get(module_path(p), "").lower()]
     els = list(dict.fromkeys(els + [eid for eid in mods if eid in view.data]))
     if not els:
         return [], f"no match for {query.strip()!r}"

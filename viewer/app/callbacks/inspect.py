@@ -47,7 +47,16 @@ from viewer.core.trace import output_nodes, output_path
 
 from .. import ids, styles
 from ..state import Session, SessionStore
-from ..viewmodel import View, container_of, node_params, shape_text, text_color
+from ..viewmodel import (
+    View,
+    container_of,
+    drawn_boxes,
+    module_path,
+    node_params,
+    selected_layer,
+    shape_text,
+    text_color,
+)
 from .common import error_message, error_text, fmt_count
 
 
@@ -330,9 +339,10 @@ def node_details(node: Node, stage_classes: dict[str, str], hit: np.ndarray | No
 def module_details(session: Session, view: View, path: str) -> list:
     """Summary of a module (compound box or collapsed node)."""
     graph = session.stage.graph
-    inside = [n for n in graph.nodes if container_of(n) == path
-              or container_of(n).startswith(path + ".")]
-    cls = session.stage.module_classes.get(path, "")
+    boxes = drawn_boxes(graph)
+    inside = [n for n in graph.nodes if boxes[n.id] == path
+              or boxes[n.id].startswith(path + ".")]
+    cls = session.stage.module_classes.get(module_path(path), "")
     kinds: dict[str, int] = {}
     for n in inside:
         kinds[STYLES[n.op_type].label] = kinds.get(STYLES[n.op_type].label, 0) + 1
@@ -568,7 +578,8 @@ def inspect(store: SessionStore, sid: str, selection: dict | None, side: str = "
             res.highlight = styles.group_highlight(view, graph, None,
                                                    eid if eid in view.data else None)
             res.selection = {"kind": "module", "name": path}
-            res.show_module_ignore = bool(path) and stage.pruner.holds_channels(path)
+            res.show_module_ignore = bool(path) and \
+                stage.pruner.holds_channels(module_path(path))
             return res
         node = graph.by_name.get(selection.get("name", ""))
         if node is None:  # gone after a pruning round or another model
@@ -637,7 +648,8 @@ def control_values(store: SessionStore, sid: str,
         return [], None
     session = store.session(sid)
     with session.lock:
-        ignore = [s for s in IGNORE_SIDES if f"{sel.get('name')}:{s}" in session.ignore]
+        name = selected_layer(sel)
+        ignore = [s for s in IGNORE_SIDES if f"{name}:{s}" in session.ignore]
         return ignore, session.overrides.get(sel.get("gid"))
 
 
@@ -665,7 +677,7 @@ def ignore_options(store: SessionStore, sid: str, selection: dict | None) -> lis
     if sel.get("kind") in ("op", "module"):
         session = store.session(sid)
         with session.lock:
-            stage, name = session.stage, sel.get("name")
+            stage, name = session.stage, selected_layer(sel)
             if sel["kind"] == "op":
                 node = stage.graph.by_name.get(name)
                 if node is not None and node.op_type in (OpType.INPUT, OpType.OUTPUT):

@@ -28,6 +28,7 @@ from viewer.core.verify import blind_note, run_failure, untraced_note
 from .. import charts, ids, styles
 from ..layout import OVERRIDE_SET_TITLE
 from ..state import Session, SessionStore, make_stage, with_free_outputs
+from ..viewmodel import selected_layer
 from .common import change, decode_upload, error_message, fmt_count, message
 from .inspect import inspect
 from .model import graph_rev, model_info, weightless
@@ -856,11 +857,11 @@ def register(app, store: SessionStore) -> None:
                     ("module", module_sides)
                 if sel.get("kind") != kind:
                     return no_update, no_update, no_update
-                current = [s for s in IGNORE_SIDES
-                           if f"{sel.get('name')}:{s}" in session.ignore]
+                name = selected_layer(sel)
+                current = [s for s in IGNORE_SIDES if f"{name}:{s}" in session.ignore]
                 if sorted(current) == sorted(sides or []):
                     return no_update, no_update, no_update  # just showing the stored value
-                text = set_ignore(store, sid, sel.get("name"), sides or [])
+                text = set_ignore(store, sid, name, sides or [])
             elif trig == ids.FREE_OUTPUT:
                 if sel.get("kind") != "op":
                     return no_update, no_update, no_update
