@@ -1,5 +1,6 @@
 import io
 import json
+import sys
 import warnings
 import zipfile
 
@@ -309,6 +310,87 @@ def test_a_file_spec_export_reloads_from_another_directory_and_after_a_move(tmp_
     (moved / "net.py").unlink()
     with pytest.raises(DepViewError, match=r"model file not found: net.py \(looked in"):
         load_pruned(moved / "out")
+
+
+BLOCK_FILE = """
+from torch import nn
+
+class Block(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        return x + self.bn(self.conv(x)).relu()
+"""
+
+PACKAGED_NET = """
+from torch import nn
+
+from .blocks import Block
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.block, self.head = nn.Conv2d(3, 8, 3), Block(8), nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.head(self.block(self.stem(x)).mean((2, 3)))
+"""
+
+
+def _project(root):
+    """A user's project: the package ``dvproj_models`` whose ``net.py`` imports a block
+    relatively, as code in a package does."""
+    pkg = root / "dvproj_models"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "blocks.py").write_text(BLOCK_FILE)
+    (pkg / "net.py").write_text(PACKAGED_NET)
+    return pkg
+
+
+def test_a_model_file_in_a_package_may_import_relatively(tmp_path, monkeypatch):
+    # it failed: "importing dvproj_models/net.py failed: ImportError: attempted relative
+    # import with no known parent package"
+    pkg = _project(tmp_path / "work")
+    monkeypatch.chdir(tmp_path / "work")
+    lm = load_model("dvproj_models/net.py:Net", inputs=["1x3x8x8"])
+    assert type(lm.model).__name__ == "Net" and "dvproj_models" not in sys.modules
+    p = Pruner(lm.model, lm.inputs)
+    plan = p.plan(0.5)
+    out = export_dir(p, plan, p.apply(plan), tmp_path / "out", lm.source, pt2=False)
+    monkeypatch.chdir(tmp_path)
+    assert check_dir(out)["ok"]
+    # what it imports relatively must be there: one line that says what failed
+    (pkg / "blocks.py").unlink()
+    monkeypatch.chdir(tmp_path / "work")
+    with pytest.raises(DepViewError, match=r"^importing dvproj_models/net.py \(as "
+                                           r"dvproj_models.net, in the package at .*\) failed: "
+                                           r"ModuleNotFoundError"):
+        load_model("dvproj_models/net.py:Net", inputs=["1x3x8x8"])
+
+
+def test_a_module_spec_of_the_users_own_reloads_from_another_directory(tmp_path, monkeypatch):
+    # check and load_pruned ran from elsewhere: "cannot import module 'dvproj_models.net'"
+    _project(tmp_path / "work")
+    monkeypatch.syspath_prepend(str(tmp_path / "work"))  # (python -m runs from there so)
+    lm = load_model("dvproj_models.net:Net", inputs=["1x3x8x8"])
+    assert lm.source["module_dir"] == str(tmp_path / "work")
+    assert "module_dir" not in load_model("demo:cnn").source  # (no user's module)
+    assert "module_dir" not in load_model("torch.nn:Identity", inputs=["1x4"]).source
+    p = Pruner(lm.model, lm.inputs)
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    out = export_dir(p, plan, pruned, tmp_path / "out", lm.source, pt2=False)
+    sys.path.remove(str(tmp_path / "work"))
+    for name in [k for k in sys.modules if k.startswith("dvproj_models")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.chdir(tmp_path)
+    with torch.no_grad():
+        assert torch.equal(load_pruned(out)(*lm.inputs), pruned(*lm.inputs))
+    assert check_dir(out)["ok"]
+    assert "dvproj_models" not in sys.modules  # (found as a file, under a name of its own)
 
 
 FROZEN_FILE = """

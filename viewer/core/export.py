@@ -778,7 +778,8 @@ def rebuild(path: str | Path, search: bool = True, originals: dict | None = None
         return _rebuild_in_process(path, plan, search, originals)
     if search and recorded:
         spec = locate_spec(spec, [path, path.parent,
-                                  *(src[k] for k in ("file", "dir") if src.get(k))])
+                                  *(src[k] for k in ("file", "dir", "module_dir")
+                                    if src.get(k))])
     weights = None
     example = None
     inputs = src.get("inputs") or None

@@ -18,6 +18,7 @@ import json
 import os
 import re
 import sys
+import sysconfig
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,6 +149,11 @@ def _resolve_attr(spec: str):
         sys.path.insert(0, folder)
         try:
             mod_spec.loader.exec_module(module)
+        except ImportError as exc:
+            if "relative import" not in str(exc) or package_of(path) is None:
+                raise DepViewError(f"importing {target} failed: {type(exc).__name__}: "
+                                   f"{exc}") from exc
+            module = _import_in_package(path, target)  # (``from .blocks import Block``)
         except Exception as exc:
             raise DepViewError(f"importing {target} failed: {type(exc).__name__}: {exc}") from exc
         finally:
@@ -165,6 +171,45 @@ def _resolve_attr(spec: str):
             raise DepViewError(f"{target} has no attribute {attr!r}")
         obj = getattr(obj, part)
     return obj
+
+
+def package_of(path: Path) -> tuple[Path, list[str]] | None:
+    """``(root, dotted parts)`` of a Python file inside a package (its folder, and each one
+    above up to ``root``, holds an ``__init__.py``): ``models/vit/net.py`` ->
+    ``(<dir above models>, ["models", "vit", "net"])``. None for a file in no package."""
+    path = path.resolve()
+    parts = [] if path.stem == "__init__" else [path.stem]
+    folder = path.parent
+    while (folder / "__init__.py").is_file():
+        parts.insert(0, folder.name)
+        folder = folder.parent
+    return (folder, parts) if len(parts) > 1 or path.stem == "__init__" and parts else None
+
+
+def _import_in_package(path: Path, target: str):
+    """The module of ``path`` imported as a submodule of its package (see :func:`package_of`),
+    so that its relative imports resolve. The package is imported under a name of its own
+    (not its real one: an installed package of the same name, or another project's, would
+    be taken for it), afresh each time, as a model file is."""
+    root, parts = package_of(path)
+    top = root / parts[0]
+    alias = f"_depview_pkg_{abs(hash(str(top)))}"
+    for key in [k for k in sys.modules if k == alias or k.startswith(alias + ".")]:
+        del sys.modules[key]
+    sys.path.insert(0, str(root))  # (its absolute imports of itself: ``from models import x``)
+    try:
+        spec = importlib.util.spec_from_file_location(
+            alias, top / "__init__.py", submodule_search_locations=[str(top)])
+        package = importlib.util.module_from_spec(spec)
+        sys.modules[alias] = package
+        spec.loader.exec_module(package)
+        return importlib.import_module(".".join([alias, *parts[1:]]))
+    except Exception as exc:
+        raise DepViewError(f"importing {target} (as {'.'.join(parts)}, in the package at "
+                           f"{top}) failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        if str(root) in sys.path:
+            sys.path.remove(str(root))
 
 
 #: Packages whose functions read files as pickles or run code (``torch.load``,
@@ -376,6 +421,8 @@ def _load_model(spec: str, kwargs: dict, weights: str | None, device: str, seed:
     target = spec.rpartition(":")[0]
     if target.endswith(".py"):  # where the file was, for a reload from another directory
         source["file"] = str(Path(target).resolve())
+    elif demo is None and folder is None and (where := _module_dir(target)) is not None:
+        source["module_dir"] = where  # (the same, for a module of the user's own)
     if folder is not None:  # (the same, for a model directory)
         source["dir"] = str(folder.resolve())
     if stored:
@@ -782,6 +829,32 @@ def _hf_inputs(model: nn.Module, folder: Path, device: str
                        "values matter (Siglip2's spatial_shapes)")
 
 
+def _module_dir(target: str) -> str | None:
+    """The folder the top package of module ``target`` was imported from (``models.net`` ->
+    the folder holding ``models/``) when it is the user's code, not an installed package:
+    ``check`` and ``load_pruned`` look there when they run from another directory."""
+    top = sys.modules.get(target.partition(".")[0])
+    where = getattr(top, "__file__", None)
+    if not where:
+        return None
+    where = Path(where).resolve()
+    folder = where.parent.parent if where.name == "__init__.py" else where.parent
+    installed = {"site-packages", "dist-packages"} & set(folder.parts)
+    stdlib = Path(sysconfig.get_paths()["stdlib"]).resolve()
+    if installed or folder == stdlib or stdlib in folder.parents:
+        return None
+    return str(folder)
+
+
+def _module_file(target: str, folder: Path) -> Path | None:
+    """The file of module ``target`` (``models.net``) under ``folder``, if it is there."""
+    parts = target.split(".")
+    for f in (folder.joinpath(*parts).with_suffix(".py"), folder.joinpath(*parts, "__init__.py")):
+        if f.is_file():
+            return f
+    return None
+
+
 def locate_spec(spec: str, candidates: list[str | Path]) -> str:
     """``spec`` itself when it names a module, or a file that exists from here; otherwise the
     spec rewritten to the first existing file among ``candidates`` (each a file, or a
@@ -804,7 +877,18 @@ def locate_spec(spec: str, candidates: list[str | Path]) -> str:
         raise DepViewError(f"model directory not found: {spec} (looked in "
                            f"{', '.join(looked)})")
     target, _, attr = spec.rpartition(":")
-    if not target.endswith(".py") or Path(target).is_file():
+    if not target.endswith(".py"):
+        try:  # (finds its top package without importing anything)
+            found = importlib.util.find_spec(target.partition(".")[0]) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:  # a module of the user's own, run from another directory
+            for c in candidates:
+                f = _module_file(target, Path(c)) if Path(c).is_dir() else None
+                if f is not None:
+                    return f"{f}:{attr}"
+        return spec
+    if Path(target).is_file():
         return spec
     looked = [str(Path(target).resolve())]
     for c in candidates:
