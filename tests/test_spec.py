@@ -103,6 +103,33 @@ def test_weights_safetensors_and_weights_only_pt(tmp_path):
         assert all(torch.equal(sd[k], v) for k, v in lm2.model.state_dict().items())
 
 
+def test_weights_saved_from_a_wrapper_of_the_model_load(tmp_path):
+    # DataParallel/DDP (module.), a Lightning checkpoint (state_dict -> model.), a compiled
+    # model (_orig_mod.): each was "do not fit the model: missing [...], unexpected [...]"
+    lm = load_model("demo:cnn", seed=1)
+    sd = lm.model.state_dict()
+    saved = {
+        "ddp.pt": {f"module.{k}": v for k, v in sd.items()},
+        "lightning.pt": {"state_dict": {f"model.{k}": v for k, v in sd.items()}, "epoch": 3},
+        "compiled.pt": {f"module._orig_mod.{k}": v for k, v in sd.items()},
+    }
+    for name, obj in saved.items():
+        torch.save(obj, tmp_path / name)
+        lm2 = load_model("demo:cnn", weights=str(tmp_path / name), seed=2)
+        assert all(torch.equal(sd[k], v) for k, v in lm2.model.state_dict().items()), name
+    # a prefix is taken off only when what is left is exactly the model's: beside other
+    # tensors, the error says where the model's are
+    torch.save({**saved["ddp.pt"], "loss.weight": torch.ones(3)}, tmp_path / "more.pt")
+    with pytest.raises(DepViewError, match=r"do not fit the model: .* \(its tensors under "
+                                           r"'module\.' are this model's, beside others"):
+        load_model("demo:cnn", weights=str(tmp_path / "more.pt"))
+    half = dict(list(saved["ddp.pt"].items())[:-1])  # one tensor short: no guess
+    torch.save(half, tmp_path / "half.pt")
+    with pytest.raises(DepViewError, match=r"do not fit the model: missing \[") as err:
+        load_model("demo:cnn", weights=str(tmp_path / "half.pt"))
+    assert "its tensors under" not in str(err.value)
+
+
 class Evil:
     def __reduce__(self):
         return (print, ("pwned",))

@@ -1086,10 +1086,27 @@ def _check_fits_in_memory(folder: Path, tensors: list[tuple[str, int]],
                       f"{folder} as {str(run_dtype).removeprefix('torch.')}", hint)
 
 
+def _unwrapped(sd: dict[str, torch.Tensor], keys: set[str]) -> dict[str, torch.Tensor]:
+    """``sd`` with the prefix its every key shares taken off when the model's own ``keys``
+    are what is left: a state_dict saved from a wrapper of the model, as
+    ``nn.DataParallel`` and DDP save it (``module.``), a Lightning checkpoint of a module
+    that holds it (``model.``) or a ``torch.compile``'d model (``_orig_mod.``). Otherwise
+    ``sd`` as it is."""
+    out = sd
+    for _ in range(3):  # (DDP of a compiled model: module._orig_mod.)
+        if set(out) == keys or not out:
+            break
+        first = next(iter(out)).split(".", 1)[0] + "."
+        if not all(k.startswith(first) for k in out):
+            break
+        out = {k[len(first):]: v for k, v in out.items()}
+    return out if set(out) == keys else sd
+
+
 def load_weights(model: nn.Module, path: str | Path) -> str | None:
     """Load a state_dict into ``model`` strictly, with a one-line error on mismatch; the
     file's half-precision dtype (:func:`stored_dtype`), if it has one."""
-    sd = read_state_dict(path)
+    sd = _unwrapped(read_state_dict(path), set(model.state_dict()))
     try:
         model.load_state_dict(sd, strict=True)
     except RuntimeError as exc:
@@ -1097,7 +1114,12 @@ def load_weights(model: nn.Module, path: str | Path) -> str | None:
         unexpected = sorted(set(sd) - set(model.state_dict()))
         detail = str(exc).splitlines()
         shape_err = next((ln.strip() for ln in detail if "size mismatch" in ln), "")
+        part = next((first for first in {k.split(".", 1)[0] + "." for k in unexpected}
+                     if {k[len(first):] for k in sd if k.startswith(first)} ==
+                     set(model.state_dict())), None)
+        hint = (f" (its tensors under '{part}' are this model's, beside others: save "
+                "that part alone)") if part and not shape_err else ""
         raise DepViewError(
             f"weights {path} do not fit the model: missing {missing[:3]}, unexpected "
-            f"{unexpected[:3]}{'; ' + shape_err if shape_err else ''}") from exc
+            f"{unexpected[:3]}{'; ' + shape_err if shape_err else ''}{hint}") from exc
     return stored_dtype(t.dtype for t in sd.values())
