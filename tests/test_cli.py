@@ -714,3 +714,60 @@ def test_a_model_of_lazy_layers_prunes_and_checks(tmp_path):
     assert res.stdout.startswith("pruned 8 units in 1 group: params 244 -> 124"), res.stdout
     res = cli("check", str(out))
     assert res.stdout.startswith("OK:"), res.stdout
+
+
+DICT_ARG_FILE = """
+import torch
+from torch import nn
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.meta = nn.Conv2d(3, 8, 3), nn.Linear(6, 4)
+        self.head = nn.Linear(12, 5)
+
+    def forward(self, batch):
+        f = self.conv(batch["image"]).mean((2, 3))
+        return self.head(torch.cat([f, self.meta(batch["meta"])], 1))
+"""
+
+
+def test_a_forward_that_takes_a_dict_gets_its_keys_as_dotted_inputs(tmp_path):
+    # forward(self, batch) reading batch["image"]: no --input could give it (NAME had to be
+    # an identifier; a dict in a batch file was "does not hold a batch")
+    from safetensors.torch import save_file
+
+    (tmp_path / "net.py").write_text(DICT_ARG_FILE)
+    save_file({"batch.image": torch.randn(2, 3, 8, 8), "batch.meta": torch.randn(2, 6)},
+              str(tmp_path / "b.safetensors"))
+    torch.save({"batch": {"image": torch.randn(2, 3, 8, 8), "meta": torch.randn(2, 6)}},
+               tmp_path / "b.pt")
+    (tmp_path / "elsewhere").mkdir()
+
+    def run(*args, cwd=tmp_path):
+        return subprocess.run([sys.executable, "-m", "viewer", *args], capture_output=True,
+                              text=True, timeout=300, cwd=cwd)
+
+    shapes = ["--input", "batch.image=1x3x8x8", "--input", "batch.meta=1x6"]
+    for out, given in (("a", shapes), ("b", ["--input-file", "b.safetensors"]),
+                       ("c", ["--input-file", "b.pt", "--importance", "taylor"]),
+                       ("d", [*shapes, "--importance", "taylor", "--batch", "b.pt"])):
+        res = run("prune", "net.py:Net", *given, "--ratio", "0.5", "--out", out)
+        assert res.returncode == 0 and res.stdout.startswith("pruned 6 units in 2 groups"), \
+            res.stdout + res.stderr
+        res = run("check", str(tmp_path / out), cwd=tmp_path / "elsewhere")
+        assert res.returncode == 0 and res.stdout.startswith("OK"), res.stdout + res.stderr
+    plan = json.loads((tmp_path / "a" / "plan.json").read_text())
+    assert plan["source"]["inputs"] == ["batch.image=1x3x8x8:float32",
+                                        "batch.meta=1x6:float32"]
+    graph = json.loads(run("graph", "net.py:Net", *shapes, "--json", "-").stdout)
+    assert [n["name"] for n in graph["nodes"] if n["op_type"] == "input"] == \
+        ["batch.image", "batch.meta"]
+    res = run("graph", "net.py:Net", "--input", "batch=1x6", "--input", "batch.image=1x3x8x8",
+              "--json", "-")
+    assert res.returncode == 2 and res.stderr.strip() == (
+        "error: --input names 'batch' and 'batch.image': one input cannot be a tensor and "
+        "hold another"), res.stderr
+    torch.save({"batch": {"image": torch.zeros(0, 3, 8, 8)}}, tmp_path / "e.pt")
+    res = run("graph", "net.py:Net", "--input-file", "e.pt", "--json", "-")
+    assert "input batch.image is empty" in res.stderr, res.stderr

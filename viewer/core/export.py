@@ -313,13 +313,26 @@ def _rebuilds(model: nn.Module, data: dict) -> bool:
     return state_shapes(built) == state_shapes(model)
 
 
+def _dotted(inputs: dict) -> dict:
+    """Keyword inputs with a dict argument's tensors under dotted names (``batch.image``, as
+    ``--input`` names them), when the dicts hold tensors only; else ``inputs`` as given."""
+    out = {}
+    for k, v in inputs.items():
+        if isinstance(v, dict) and v and all(isinstance(x, (torch.Tensor, dict))
+                                             for x in v.values()):
+            out.update({f"{k}.{sub}": t for sub, t in _dotted(v).items()})
+        else:
+            out[k] = v
+    return out
+
+
 def _write_inputs(inputs, path: Path) -> dict:
     """Write the example inputs of a model built in-process as a batch file (positional
     inputs named 0, 1, ...; keyword inputs by name: :func:`~viewer.core.spec.read_batch`
     reads it), for ``check`` to run the reloaded model on; what report.json says of it."""
     from safetensors.torch import save_file
 
-    named = (dict(inputs) if isinstance(inputs, dict) else
+    named = (_dotted(inputs) if isinstance(inputs, dict) else
              {str(i): t for i, t in enumerate(inputs)} if isinstance(inputs, (tuple, list))
              else {})
     if not named or not all(isinstance(k, str) and isinstance(t, torch.Tensor)

@@ -24,11 +24,14 @@ def is_real(model: nn.Module) -> bool:
 
 
 def _each_tensor(inputs, fn):
-    """``inputs`` (a tuple, or a dict of keyword inputs) with ``fn`` applied to each tensor."""
+    """``inputs`` (a tuple, or a dict of keyword inputs) with ``fn`` applied to each tensor,
+    also inside a dict argument (``--input batch.image=...``)."""
     def conv(t):
+        if isinstance(t, dict):
+            return {k: conv(v) for k, v in t.items()}
         return fn(t) if isinstance(t, torch.Tensor) else t
     if isinstance(inputs, dict):
-        return {k: conv(v) for k, v in inputs.items()}
+        return conv(inputs)
     return tuple(conv(t) for t in inputs)
 
 
@@ -86,7 +89,8 @@ def batch_shapes(inputs) -> list | dict:
     if isinstance(inputs, torch.Tensor):
         inputs = (inputs,)
     if isinstance(inputs, dict):
-        return {k: list(getattr(v, "shape", ())) for k, v in inputs.items()}
+        return {k: batch_shapes(v) if isinstance(v, dict) else list(getattr(v, "shape", ()))
+                for k, v in inputs.items()}
     return [list(getattr(v, "shape", ())) for v in inputs]
 
 

@@ -32,7 +32,7 @@ from .errors import DepViewError
 from .forward import run
 from .text import error_line
 from .trace import plain_module
-from .trees import floats_as
+from .trees import flatten, floats_as
 
 DTYPES = {
     "float32": torch.float32, "float": torch.float32, "float16": torch.float16,
@@ -49,10 +49,31 @@ def input_name(text: str) -> tuple[str | None, str]:
     name, eq, rest = text.strip().partition("=")
     if not eq:
         return None, text
-    if not name.strip().isidentifier():
+    if not all(part.isidentifier() for part in name.strip().split(".")):
         raise DepViewError(f"bad --input {text!r}: {name.strip()!r} is not an argument name "
-                           "(use NAME=SHAPE[:DTYPE], e.g. decoder_input_ids=1x8:int64)")
+                           "(use NAME=SHAPE[:DTYPE], e.g. decoder_input_ids=1x8:int64, or "
+                           "NAME.KEY=SHAPE for a dict argument)")
     return name.strip(), rest
+
+
+def nested_inputs(names: list[str], tensors) -> dict:
+    """Keyword inputs by name, a dotted name filling a dict argument: ``batch.image`` and
+    ``batch.meta`` give ``{"batch": {"image": ..., "meta": ...}}`` (``forward(self,
+    batch)`` reads ``batch["image"]``)."""
+    out: dict = {}
+    for name, t in zip(names, tensors, strict=True):
+        *outer, last = name.split(".")
+        at = out
+        for depth, key in enumerate(outer):
+            at = at.setdefault(key, {})
+            if not isinstance(at, dict):
+                raise DepViewError(f"--input names {'.'.join(outer[:depth + 1])!r} and "
+                                   f"{name!r}: one input cannot be a tensor and hold another")
+        if last in at:
+            raise DepViewError(f"--input names {name!r} and what it holds: one input cannot "
+                               "be a tensor and hold another")
+        at[last] = t
+    return out
 
 
 def parse_input(text: str) -> tuple[tuple[int, ...], str]:
@@ -319,11 +340,13 @@ def read_inputs(path: str | Path, device: str = "cpu") -> tuple | dict:
     model run in half precision then casts them to its own dtype)."""
     inputs = batch_from(_read_tensors(path, "input"), str(path))
 
-    def move(t: torch.Tensor) -> torch.Tensor:
+    def move(t):
+        if isinstance(t, dict):  # (a dict argument's tensors)
+            return {k: move(v) for k, v in t.items()}
         return t.to(device, torch.float32 if t.dtype in HALF_DTYPES.values() else t.dtype)
 
     if isinstance(inputs, dict):
-        return {k: move(t) for k, t in inputs.items()}
+        return move(inputs)
     return tuple(move(t) for t in inputs)
 
 
@@ -334,7 +357,7 @@ def spell_input(shape, dtype: str, name: str | None = None) -> str:
 
 def describe_inputs(inputs: tuple | dict) -> list[str]:
     """``["input_ids=1x16:int64", ...]``: example inputs as ``--input`` spells shapes."""
-    items = inputs.items() if isinstance(inputs, dict) else ((None, t) for t in inputs)
+    items = flatten(inputs) if isinstance(inputs, dict) else ((None, t) for t in inputs)
     return [spell_input(t.shape, str(t.dtype).removeprefix("torch."), k) for k, t in items]
 
 
@@ -400,7 +423,7 @@ def _load_model(spec: str, kwargs: dict, weights: str | None, device: str, seed:
     elif input_specs:
         example = tuple(make_tensor(s, d, device, gen) for s, d in input_specs)
         if names:  # keyword inputs, in the order given
-            example = dict(zip(names, example, strict=True))
+            example = nested_inputs(names, example)
     elif demo is not None:
         example = tuple(demo.make_inputs(device))
         input_specs = [(tuple(s), d) for s, d in demo.input_specs]
@@ -999,6 +1022,10 @@ def batch_from_safetensors(data: bytes, name: str = "the batch") -> tuple | dict
 def batch_from(obj, name: str) -> tuple[torch.Tensor, ...] | dict[str, torch.Tensor]:
     """Model inputs from loaded tensors: see :func:`read_batch`. A tensor with no elements
     (a batch of 0 rows) is refused: scores on it would all be 0."""
+    if isinstance(obj, dict) and any(isinstance(v, dict) for v in obj.values()) and all(
+            isinstance(k, str) for k in _keys(obj)):
+        # a dict argument: torch.save({"batch": {"image": x, "meta": y}})
+        obj = dict(flatten(obj))
     tensors = list(obj.items()) if isinstance(obj, dict) else list(enumerate(
         obj if isinstance(obj, (list, tuple)) else [obj]))
     for key, t in tensors:
@@ -1024,7 +1051,20 @@ def batch_from(obj, name: str) -> tuple[torch.Tensor, ...] | dict[str, torch.Ten
         return tuple(obj[k] for k in order)
     if any(k.isdigit() for k in obj):
         raise DepViewError(f"{name} mixes positional (0, 1, ...) and named inputs; use one kind")
+    if any("." in k for k in obj):  # ``batch.image``: a key of the dict argument ``batch``
+        if not all(part.isidentifier() for k in obj for part in k.split(".")):
+            raise DepViewError(f"{name}: input names are argument names, or NAME.KEY for a "
+                               f"key of a dict argument; got {', '.join(obj)}"[:300])
+        return nested_inputs(list(obj), list(obj.values()))
     return dict(obj)
+
+
+def _keys(obj: dict):
+    """Every key of nested dicts."""
+    for k, v in obj.items():
+        yield k
+        if isinstance(v, dict):
+            yield from _keys(v)
 
 
 #: what a model may run in (``--dtype``): float32, or half precision to hold one twice as

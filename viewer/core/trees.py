@@ -13,6 +13,8 @@ def floats_as(inputs, dtype: torch.dtype):
     """``inputs`` (a tensor, tuple or dict of them) with every floating tensor cast to
     ``dtype``: example inputs for a model run in another precision."""
     def cast(t):
+        if isinstance(t, dict):  # (a dict argument: ``--input batch.image=...``)
+            return floats_as(t, dtype)
         return t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
     if isinstance(inputs, dict):
         return {k: cast(t) for k, t in inputs.items()}
