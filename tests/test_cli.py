@@ -634,7 +634,7 @@ def test_no_room_to_run_the_pruned_model_is_said_as_memory_not_as_a_failure(tmp_
     monkeypatch.undo()
     assert main(["prune", "demo:cnn", "--ratio", "0.5", "--out", str(out)]) == 0
     capsys.readouterr()
-    monkeypatch.setattr(export_mod, "run", no_room_in("check_dir", export_mod.run))
+    monkeypatch.setattr(export_mod, "run", no_room_in("_check", export_mod.run))
     assert main(["check", str(out)]) == 1
     line = capsys.readouterr().out
     assert line.startswith("NOT CHECKED: demo:cnn reloaded, forward could not run") and \

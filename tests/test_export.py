@@ -1,5 +1,6 @@
 import io
 import json
+import shutil
 import sys
 import warnings
 import zipfile
@@ -1448,3 +1449,44 @@ def test_check_reads_an_older_report_that_named_named_tuple_outputs_by_index(
     (out / "report.json").write_text(json.dumps(report))
     res = check_dir(out)
     assert not res["ok"] and res["shapes_match_report"] is False, res
+
+
+def test_the_apps_checkpoint_zip_loads_and_checks_as_it_is(tmp_path, monkeypatch):
+    # load_pruned("checkpoint.zip") and check of it said "is a file, not a DepView export
+    # directory": the zip had to be unzipped by hand first
+    from viewer.core.export import zip_dir
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "net.py").write_text(MODEL_FILE)
+    monkeypatch.chdir(work)
+    lm = load_model("net.py:Net", inputs=["1x3x8x8"])
+    p = Pruner(lm.model, lm.inputs)
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    out = export_dir(p, plan, pruned, work / "out", lm.source, pt2=False)
+    moved = tmp_path / "elsewhere"  # another machine: the zip, and the model file beside it
+    moved.mkdir()
+    (moved / "checkpoint.zip").write_bytes(zip_dir(out))
+    (moved / "net.py").write_text(MODEL_FILE)
+    shutil.rmtree(work)
+    monkeypatch.chdir(tmp_path)
+    with torch.no_grad():
+        assert torch.equal(load_pruned(moved / "checkpoint.zip")(*lm.inputs),
+                           pruned(*lm.inputs))
+    res = check_dir(moved / "checkpoint.zip")
+    assert res["ok"] and res["dir"] == str(moved / "checkpoint.zip"), res
+    # its errors name the zip, never the temporary directory it was read from
+    (moved / "net.py").unlink()
+    with pytest.raises(DepViewError) as err:
+        load_pruned(moved / "checkpoint.zip")
+    assert "model file not found: net.py" in str(err.value)
+    assert "tmp" not in str(err.value).replace(str(tmp_path), ""), err.value
+    (moved / "bad.zip").write_bytes(b"not a zip")
+    with pytest.raises(DepViewError, match=r"bad.zip is not a readable zip file"):
+        load_pruned(moved / "bad.zip")
+    with zipfile.ZipFile(moved / "other.zip", "w") as zf:
+        zf.writestr("readme.txt", "hello")
+    with pytest.raises(DepViewError, match=r"other.zip is not a DepView export \(needs "
+                                           r"plan.json and model.safetensors\)"):
+        check_dir(moved / "other.zip")

@@ -537,6 +537,40 @@ def _torch_logs_caught():
             h.removeFilter(keep)
 
 
+@contextlib.contextmanager
+def unzipped(path: str | Path):
+    """``(directory, (folder of the zip,))`` for an export given as a zip (what the app's
+    Checkpoint button downloads), its files in a temporary directory while the block runs:
+    only those an export is read from (no code, no pickle: see :func:`read_export_zip`),
+    and a model file the spec names is looked for beside the zip too. Any other path:
+    ``(path, ())``. Errors name the zip, not the temporary directory."""
+    p = Path(path)
+    if not (p.is_file() and p.suffix.lower() == ".zip"):
+        yield p, ()
+        return
+    try:
+        zf = zipfile.ZipFile(p)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise DepViewError(f"{path} is not a readable zip file ({error_line(exc)})") from None
+    with zf, tempfile.TemporaryDirectory() as tmp:
+        names = {Path(n).name: n for n in zf.namelist() if not n.endswith("/")}
+        if "plan.json" not in names or "model.safetensors" not in names:
+            raise DepViewError(f"{path} is not a DepView export (needs plan.json and "
+                               "model.safetensors)")
+        try:
+            for fname in (*FILES, INPUTS_FILE):  # (inputs: safetensors, never a pickle)
+                if fname in names:
+                    with zf.open(names[fname]) as src, open(Path(tmp) / fname, "wb") as dst:
+                        shutil.copyfileobj(src, dst, 16 << 20)
+        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            raise DepViewError(f"{path} is damaged: {error_line(exc)}") from None
+        try:
+            yield Path(tmp), (p.resolve().parent,)
+        except DepViewError as exc:  # name the zip, not a directory that is about to go
+            text = str(exc).replace(f"{tmp}{os.sep}", f"{path}'s ").replace(tmp, str(path))
+            raise DepViewError(text) from None
+
+
 def export_path(path: str | Path) -> Path:
     """An export directory, also when given as its plan.json."""
     p = Path(path)
@@ -766,7 +800,8 @@ def _check_attrs(name: str, mod: nn.Module, attrs: dict) -> None:
 
 
 def rebuild(path: str | Path, search: bool = True, originals: dict | None = None,
-            spec: str | None = None) -> tuple[nn.Module, LoadedModel]:
+            spec: str | None = None, near: tuple[Path, ...] = ()
+            ) -> tuple[nn.Module, LoadedModel]:
     """The pruned model of an export directory, plus the original's :class:`LoadedModel`
     (example inputs, output layers), building the original only once.
 
@@ -790,7 +825,8 @@ def rebuild(path: str | Path, search: bool = True, originals: dict | None = None
     if spec is None:
         return _rebuild_in_process(path, plan, search, originals)
     if search and recorded:
-        spec = locate_spec(spec, [path, path.parent,
+        # (an unzipped export's temporary directory holds no code: beside the zip instead)
+        spec = locate_spec(spec, [*(near or (path, path.parent)),
                                   *(src[k] for k in ("file", "dir", "module_dir")
                                     if src.get(k))])
     weights = None
@@ -955,7 +991,8 @@ def load_pruned(path: str | Path, device: str = "cpu", spec: str | None = None) 
             hasattr(available, "is_available") and available.is_available()):
         raise DepViewError(f"device {device!r} is not available on this machine "
                            "(torch sees none): load on cpu")
-    model = rebuild(path, spec=spec)[0]
+    with unzipped(path) as (folder, near):
+        model = rebuild(folder, spec=spec, near=near)[0]
     try:
         return model.to(dev)
     except (AssertionError, RuntimeError) as exc:
@@ -968,12 +1005,21 @@ def check_dir(path: str | Path, spec: str | None = None) -> dict:
     (output shapes, parameter count, the weights file's SHA-256, and the outputs recorded at
     export), and the pruned tensors with the original's at plan.json's kept indices when the
     original's values can be rebuilt. ``problems`` lists what failed, in words. ``spec``
-    names the model's code instead of the recorded spec (see :func:`rebuild`)."""
+    names the model's code instead of the recorded spec (see :func:`rebuild`). ``path`` may
+    be the zip the app's Checkpoint button gives (see :func:`unzipped`)."""
+    with unzipped(path) as (folder, near):
+        res = _check(folder, spec, near)
+    if near:
+        res["dir"] = str(path)
+    return res
+
+
+def _check(path: Path, spec: str | None, near: tuple[Path, ...]) -> dict:
     path = export_path(path)
     plan = read_plan(path)
     report = read_report(path)
     originals: dict = {}
-    model, lm = rebuild(path, originals=originals, spec=spec)
+    model, lm = rebuild(path, originals=originals, spec=spec, near=near)
     src_spec = spec or plan["source"]["spec"]
     res: dict = {"dir": str(path), "spec": src_spec, "reload": True,
                  "problems": [], "notes": []}

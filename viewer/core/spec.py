@@ -148,6 +148,10 @@ def _resolve_attr(spec: str):
             raise DepViewError(
                 f"{spec} is a directory but neither a Hugging Face model (no config.json) nor "
                 "a DepView export (no plan.json)")
+        if folder.is_file() and spec.lower().endswith(".zip"):
+            raise DepViewError(f"{spec} is a zip: unzip it and give its directory (an export "
+                               "directory is a SPEC); check and load_pruned read the zip as "
+                               "it is, and the app opens it with Open export (.zip)")
         if folder.is_file() and spec.endswith(".py"):
             raise DepViewError(f"{spec} is model code: name the model in it, e.g. "
                                f"{spec}:MyModel (a class, or a function that returns one)")
