@@ -178,6 +178,7 @@ def _resolve_attr(spec: str):
             if "relative import" not in str(exc) or package_of(path) is None:
                 raise DepViewError(f"importing {target} failed: {type(exc).__name__}: "
                                    f"{exc}") from exc
+            sys.modules.pop(name, None)  # (half run: its package's import replaces it)
             module = _import_in_package(path, target)  # (``from .blocks import Block``)
         except Exception as exc:
             raise DepViewError(f"importing {target} failed: {type(exc).__name__}: {exc}") from exc
