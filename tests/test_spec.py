@@ -13,7 +13,12 @@ from viewer.core.trees import flatten
 def test_parse_input():
     assert parse_input("1x3x224x224") == ((1, 3, 224, 224), "float32")
     assert parse_input("1x16:int64") == ((1, 16), "int64")
-    for bad in ("1x", "axb", "1x3:complex", ""):
+    # as Python prints a shape (it was "expected a shape like 1x3x224x224")
+    assert parse_input("1,3,224,224") == parse_input("(1, 3, 224, 224)") == \
+        parse_input("[1,3,224,224]") == ((1, 3, 224, 224), "float32")
+    assert parse_input("ids=(2, 8):int64") == ((2, 8), "int64") and parse_input("(4,)") == \
+        ((4,), "float32")
+    for bad in ("1x", "axb", "1x3:complex", "", "1,,3", "1, 3, x", "(1 3)"):
         with pytest.raises(DepViewError, match="--input"):
             parse_input(bad)
 

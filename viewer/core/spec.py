@@ -81,6 +81,8 @@ def parse_input(text: str) -> tuple[tuple[int, ...], str]:
     keyword input's name (``input_ids=1x16:int64``) is left to :func:`input_name`."""
     shape_s, _, dtype = input_name(text)[1].strip().partition(":")
     dtype = dtype or "float32"
+    # (as Python prints a shape: ``1,3,224,224`` or ``(1, 3, 224, 224)``)
+    shape_s = re.sub(r"\s*,\s*", "x", shape_s.strip().strip("()[]").strip().rstrip(","))
     if not _SHAPE.match(shape_s):
         raise DepViewError(f"bad --input {text!r}: expected a shape like 1x3x224x224[:int64]")
     if any(int(s) == 0 for s in shape_s.split("x")):
