@@ -237,6 +237,24 @@
               } else if (readers.nonempty()) {
                 first = both;
               }
+              // and what runs next, down the first screen, while it fits beside them: a
+              // language model's input and embedding alone showed none of its first layer
+              // (the rotary table beside them took the screen)
+              var shown = first, frontier = first;
+              for (var step = 0; step < 12 && frontier.nonempty(); step++) {
+                var next = cy.collection();
+                frontier.outgoers('node').forEach(function (n) {
+                  if (!n.isChildless() || n.position('y') >= limit || shown.contains(n)) {
+                    return;
+                  }
+                  if (shown.union(n).boundingBox().w * z <= cy.width() - 40) {
+                    shown = shown.union(n);
+                    next = next.union(n);
+                  }
+                });
+                frontier = next;
+              }
+              first = shown;
               if (first.nonempty()) { tb = first.boundingBox(); }
             }
             cy.pan({x: cy.width() / 2 - (tb.x1 + tb.w / 2) * z, y: 20 - bb.y1 * z});

@@ -173,6 +173,25 @@ def test_a_new_graph_opens_on_its_first_layer_when_the_input_is_far_from_it(dash
     assert on_screen[0], on_screen
 
 
+def test_a_language_model_opens_on_its_input_embedding_and_first_layer(dash_duo):
+    """The page opened on the input and the embedding that reads it, centred on them: the
+    rotary table's ops beside them took the rest of the screen, and none of the first
+    layer was in view. It shows the first layer's first ops with them."""
+    _start(dash_duo, create_app([ModelEntry("demo:llama")]))
+    _wait_graph(dash_duo, "layers.0.attn_norm.pow")
+
+    def shown(_d) -> bool:
+        return all(_js(dash_duo, """
+            var cy = window.cy;
+            return ['tokens', 'embed_tokens', 'layers.0.attn_norm.pow'].map(function (q) {
+                var p = cy.nodes().filter(function (n) { return n.data('name') === q; })[0]
+                    .renderedPosition();
+                return p.x >= 0 && p.x <= cy.width() && p.y >= 0 && p.y <= cy.height();
+            });"""))
+
+    _until(dash_duo, shown, "the input, the embedding and the first layer are not all in view")
+
+
 def test_fit_says_when_the_whole_graph_is_too_small_to_read(dash_duo):
     _start(dash_duo, create_app())
     _wait_graph(dash_duo, "layer1.0.conv1")
