@@ -51,6 +51,10 @@ def test_named_tuple_items_are_named_by_field_and_older_names_map_to_them():
     assert [p for p, _ in flatten(out, named=False)] == ["[0]", "[1][0]", "[1][1]"]
     assert renamed_outputs(out) == {"[0]": "logits", "[1][0]": "features[0]",
                                     "[1][1]": "features[1]"}
+    # torch's struct sequences too (a model that returns torch.max(x, 1))
+    top = torch.randn(3, 4).max(1)
+    assert [p for p, _ in flatten({"best": top})] == ["best.values", "best.indices"]
+    assert renamed_outputs(top) == {"[0]": "values", "[1]": "indices"}
     # plain tuples and lists keep their indices: nothing renamed
     assert [p for p, _ in flatten((a, [b]))] == ["[0]", "[1][0]"]
     assert renamed_outputs((a, [b])) == {} and renamed_outputs(a) == {}

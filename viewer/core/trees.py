@@ -48,9 +48,10 @@ def flatten(obj, path: str = "", named: bool = True) -> list[tuple[str, torch.Te
 
 
 def _fields(obj: tuple) -> tuple[str, ...] | None:
-    """A NamedTuple's (or ``collections.namedtuple``'s) field names, one per item; None for
-    any other tuple."""
-    names = getattr(type(obj), "_fields", None)
+    """A NamedTuple's (or ``collections.namedtuple``'s) field names, one per item, or a
+    struct sequence's (``torch.return_types.max``: ``values``, ``indices``); None for any
+    other tuple."""
+    names = getattr(type(obj), "_fields", None) or getattr(type(obj), "__match_args__", None)
     if isinstance(names, tuple) and len(names) == len(obj) and \
             all(isinstance(k, str) for k in names):
         return names
