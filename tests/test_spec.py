@@ -122,6 +122,14 @@ def test_weights_saved_from_a_wrapper_of_the_model_load(tmp_path):
         torch.save(obj, tmp_path / name)
         lm2 = load_model("demo:cnn", weights=str(tmp_path / name), seed=2)
         assert all(torch.equal(sd[k], v) for k, v in lm2.model.state_dict().items()), name
+    # the other way: a model that wraps what was saved
+    wrapped = nn.Sequential()
+    wrapped.add_module("net", load_model("demo:cnn", seed=3).model)
+    from viewer.core.spec import _unwrapped
+
+    fitted = _unwrapped(sd, set(wrapped.state_dict()))
+    wrapped.load_state_dict(fitted, strict=True)
+    assert all(torch.equal(sd[k], wrapped.state_dict()[f"net.{k}"]) for k in sd)
     # a prefix is taken off only when what is left is exactly the model's: beside other
     # tensors, the error says where the model's are
     torch.save({**saved["ddp.pt"], "loss.weight": torch.ones(3)}, tmp_path / "more.pt")

@@ -1137,8 +1137,9 @@ def _unwrapped(sd: dict[str, torch.Tensor], keys: set[str]) -> dict[str, torch.T
     """``sd`` with the prefix its every key shares taken off when the model's own ``keys``
     are what is left: a state_dict saved from a wrapper of the model, as
     ``nn.DataParallel`` and DDP save it (``module.``), a Lightning checkpoint of a module
-    that holds it (``model.``) or a ``torch.compile``'d model (``_orig_mod.``). Otherwise
-    ``sd`` as it is."""
+    that holds it (``model.``) or a ``torch.compile``'d model (``_orig_mod.``); or with the
+    prefix every model key has put on, when the model wraps what was saved (a factory that
+    returns ``Wrapper(net)`` given ``net``'s state_dict). Otherwise ``sd`` as it is."""
     out = sd
     for _ in range(3):  # (DDP of a compiled model: module._orig_mod.)
         if set(out) == keys or not out:
@@ -1147,6 +1148,10 @@ def _unwrapped(sd: dict[str, torch.Tensor], keys: set[str]) -> dict[str, torch.T
         if not all(k.startswith(first) for k in out):
             break
         out = {k[len(first):]: v for k, v in out.items()}
+    if set(out) != keys and keys and sd:  # the other way: the model wraps what was saved
+        first = next(iter(keys)).split(".", 1)[0] + "."
+        if all(k.startswith(first) for k in keys) and {first + k for k in sd} == keys:
+            return {first + k: v for k, v in sd.items()}
     return out if set(out) == keys else sd
 
 
