@@ -687,3 +687,12 @@ def test_calls_with_nothing_between_them_stay_one_box():
     graph = build_graph(Looped().eval(), torch.randn(2, 8))
     assert set(vm.drawn_boxes(graph)) == {"", "layer", "layer.norm", "layer.norm:1",
                                           "layer.norm:2"}
+
+
+@pytest.mark.parametrize("name", ["resnet", "densenet", "llama", "swin"])
+def test_a_model_that_calls_each_module_once_keeps_its_boxes(name):
+    # boxes per call change nothing where no module's ops run at two times: the same boxes,
+    # so the same element ids as before
+    lm = load_model(f"demo:{name}")
+    graph = build_graph(lm.model, lm.inputs)
+    assert vm.drawn_boxes(graph) == [vm.container_of(n) for n in graph.nodes]
