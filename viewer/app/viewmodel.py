@@ -56,6 +56,7 @@ class View:
     module_ids: dict[str, str]
     collapsed: frozenset[str]
     types: dict[str, int] = field(default_factory=dict)  #: op type value -> node count
+    boxes: tuple[str, ...] = ()  #: the box each graph node is drawn in (:func:`drawn_boxes`)
 
     @cached_property
     def data(self) -> dict[str, dict]:
@@ -639,12 +640,12 @@ def build_view(graph: Graph, collapsed: Iterable[str] = (),
     ``module_classes`` maps module paths to class names (``"BasicBlock"``) for compound labels.
     """
     classes = module_classes or {}
-    boxes = drawn_boxes(graph)
-    tree = module_tree(graph, boxes)
-    tag = structure_tag(graph, boxes)
+    drawn = drawn_boxes(graph)
+    tree = module_tree(graph, drawn)
+    tag = structure_tag(graph, drawn)
     module_ids = module_element_ids(tree, tag)
     col = frozenset(p for p in collapsed if p in tree)
-    rep = _reps(graph, col, module_ids, tag, boxes)
+    rep = _reps(graph, col, module_ids, tag, drawn)
 
     def hidden(path: str) -> bool:  # inside a collapsed module (not the module itself)
         return any(a in col for a in ancestors(path)[:-1])
@@ -678,7 +679,7 @@ def build_view(graph: Graph, collapsed: Iterable[str] = (),
     for n in graph.nodes:
         if rep[n.id] != _op_id(n.id, tag):
             continue
-        parent = boxes[n.id]
+        parent = drawn[n.id]
         style = STYLES[n.op_type]
         label = f"{short_name(n.name, container_of(n))}\n{width_line(n)}"
         data = {"id": rep[n.id], "label": label, "name": n.name, "op_type": n.op_type.value,
@@ -726,7 +727,8 @@ def build_view(graph: Graph, collapsed: Iterable[str] = (),
 
     types = Counter(n.op_type.value for n in graph.nodes)
     return View(compounds + node_els + edge_els, rep,
-                {k: tuple(v) for k, v in tensor_edges.items()}, module_ids, col, dict(types))
+                {k: tuple(v) for k, v in tensor_edges.items()}, module_ids, col, dict(types),
+                tuple(drawn))
 
 
 def _summary(path: str, cls: str, nodes: list[Node], graph: Graph, rep: dict[int, str]) -> dict:

@@ -540,34 +540,47 @@ def _torch_logs_caught():
 @contextlib.contextmanager
 def unzipped(path: str | Path):
     """``(directory, (folder of the zip,))`` for an export given as a zip (what the app's
-    Checkpoint button downloads), its files in a temporary directory while the block runs:
-    only those an export is read from (no code, no pickle: see :func:`read_export_zip`),
-    and a model file the spec names is looked for beside the zip too. Any other path:
-    ``(path, ())``. Errors name the zip, not the temporary directory."""
+    Checkpoint button downloads), its files in a temporary directory while the block runs
+    (see :func:`_export_files`), and a model file the spec names looked for beside the zip.
+    Any other path: ``(path, ())``."""
     p = Path(path)
     if not (p.is_file() and p.suffix.lower() == ".zip"):
         yield p, ()
         return
+    with _export_files(p, str(path), f"{path} is not a readable zip file") as tmp:
+        yield tmp, (p.resolve().parent,)
+
+
+@contextlib.contextmanager
+def _export_files(source, name: str, not_zip: str, max_bytes: int | None = None):
+    """The files of an export zip (``source``: a path or a file object) that an export is
+    read from (plan.json, report.json, model.safetensors, inputs.safetensors: no code, no
+    pickle), streamed into a temporary directory that lives while the block runs. A
+    DepViewError raised in the block names the zip (``name``), not that directory."""
     try:
-        zf = zipfile.ZipFile(p)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise DepViewError(f"{path} is not a readable zip file ({error_line(exc)})") from None
+        zf = zipfile.ZipFile(source)
+    except zipfile.BadZipFile:
+        raise DepViewError(not_zip) from None
+    except OSError as exc:
+        raise DepViewError(f"{not_zip} ({error_line(exc)})") from None
     with zf, tempfile.TemporaryDirectory() as tmp:
         names = {Path(n).name: n for n in zf.namelist() if not n.endswith("/")}
         if "plan.json" not in names or "model.safetensors" not in names:
-            raise DepViewError(f"{path} is not a DepView export (needs plan.json and "
+            raise DepViewError(f"{name} is not a DepView export (needs plan.json and "
                                "model.safetensors)")
+        if max_bytes is not None and sum(i.file_size for i in zf.infolist()) > max_bytes:
+            raise DepViewError(f"{name} is too large")
         try:
             for fname in (*FILES, INPUTS_FILE):  # (inputs: safetensors, never a pickle)
                 if fname in names:
                     with zf.open(names[fname]) as src, open(Path(tmp) / fname, "wb") as dst:
                         shutil.copyfileobj(src, dst, 16 << 20)
         except (zipfile.BadZipFile, OSError, EOFError) as exc:
-            raise DepViewError(f"{path} is damaged: {error_line(exc)}") from None
+            raise DepViewError(f"{name} is damaged: {error_line(exc)}") from None
         try:
-            yield Path(tmp), (p.resolve().parent,)
+            yield Path(tmp)
         except DepViewError as exc:  # name the zip, not a directory that is about to go
-            text = str(exc).replace(f"{tmp}{os.sep}", f"{path}'s ").replace(tmp, str(path))
+            text = str(exc).replace(f"{tmp}{os.sep}", f"{name}'s ").replace(tmp, name)
             raise DepViewError(text) from None
 
 
@@ -1307,24 +1320,8 @@ def read_export_zip(data: bytes, max_bytes: int = 2 << 30
     """Load an uploaded export zip: only plan.json, report.json, model.safetensors and
     inputs.safetensors are read (no pickle, no code from the zip). Returns (model,
     plan.json, the original's LoadedModel with its example inputs)."""
-    try:
-        zf = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile as exc:
-        raise DepViewError("the upload is not a zip file") from exc
-    names = {Path(n).name: n for n in zf.namelist() if not n.endswith("/")}
-    if "plan.json" not in names or "model.safetensors" not in names:
-        raise DepViewError("the zip is not a DepView export (needs plan.json and "
-                           "model.safetensors)")
-    if sum(i.file_size for i in zf.infolist()) > max_bytes:
-        raise DepViewError("the zip is too large")
-    with tempfile.TemporaryDirectory() as tmp:
-        for fname in (*FILES, INPUTS_FILE):  # (inputs: safetensors, never a pickle)
-            if fname in names:
-                (Path(tmp) / fname).write_bytes(zf.read(names[fname]))
-        try:
-            plan = read_plan(tmp)
-            model, lm = rebuild(tmp, search=False)
-        except DepViewError as exc:  # name the zip, not a temporary directory that is gone
-            text = str(exc).replace(f"{tmp}{os.sep}", "the zip's ").replace(tmp, "the zip")
-            raise DepViewError(text) from None
+    with _export_files(io.BytesIO(data), "the zip", "the upload is not a zip file",
+                       max_bytes) as tmp:
+        plan = read_plan(tmp)
+        model, lm = rebuild(tmp, search=False)
         return model, plan, lm

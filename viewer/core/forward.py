@@ -14,7 +14,7 @@ from .errors import DepViewError
 from .materialize import tree_copy
 from .memory import check_room, tensor_bytes
 from .trace import eval_mode
-from .trees import flatten
+from .trees import flatten, map_tensors
 
 
 def is_real(model: nn.Module) -> bool:
@@ -23,26 +23,14 @@ def is_real(model: nn.Module) -> bool:
     return p is None or p.device.type != "meta"
 
 
-def _each_tensor(inputs, fn):
-    """``inputs`` (a tuple, or a dict of keyword inputs) with ``fn`` applied to each tensor,
-    also inside a dict argument (``--input batch.image=...``)."""
-    def conv(t):
-        if isinstance(t, dict):
-            return {k: conv(v) for k, v in t.items()}
-        return fn(t) if isinstance(t, torch.Tensor) else t
-    if isinstance(inputs, dict):
-        return conv(inputs)
-    return tuple(conv(t) for t in inputs)
-
-
 def copy_inputs(inputs):
     """The example inputs cloned: a probe's forward may change its inputs in place."""
-    return _each_tensor(inputs, torch.Tensor.clone)
+    return map_tensors(inputs, torch.Tensor.clone)
 
 
 def inputs_on_meta(inputs):
     """Meta stand-ins of the example inputs: same shapes and dtypes, no data."""
-    return _each_tensor(inputs, lambda t: torch.empty_like(t, device="meta"))
+    return map_tensors(inputs, lambda t: torch.empty_like(t, device="meta"))
 
 
 def run(model: nn.Module, inputs):

@@ -32,7 +32,7 @@ from .errors import DepViewError
 from .forward import run
 from .text import error_line
 from .trace import plain_module
-from .trees import flatten, floats_as
+from .trees import flatten, floats_as, map_tensors
 
 DTYPES = {
     "float32": torch.float32, "float": torch.float32, "float16": torch.float16,
@@ -211,7 +211,7 @@ def package_of(path: Path) -> tuple[Path, list[str]] | None:
     while (folder / "__init__.py").is_file():
         parts.insert(0, folder.name)
         folder = folder.parent
-    return (folder, parts) if len(parts) > 1 or path.stem == "__init__" and parts else None
+    return (folder, parts) if folder != path.parent else None
 
 
 def _import_in_package(path: Path, target: str):
@@ -347,14 +347,8 @@ def read_inputs(path: str | Path, device: str = "cpu") -> tuple | dict:
     model run in half precision then casts them to its own dtype)."""
     inputs = batch_from(_read_tensors(path, "input"), str(path))
 
-    def move(t):
-        if isinstance(t, dict):  # (a dict argument's tensors)
-            return {k: move(v) for k, v in t.items()}
-        return t.to(device, torch.float32 if t.dtype in HALF_DTYPES.values() else t.dtype)
-
-    if isinstance(inputs, dict):
-        return move(inputs)
-    return tuple(move(t) for t in inputs)
+    return map_tensors(inputs, lambda t: t.to(
+        device, torch.float32 if t.dtype in HALF_DTYPES.values() else t.dtype))
 
 
 def spell_input(shape, dtype: str, name: str | None = None) -> str:
@@ -1029,9 +1023,9 @@ def batch_from_safetensors(data: bytes, name: str = "the batch") -> tuple | dict
 def batch_from(obj, name: str) -> tuple[torch.Tensor, ...] | dict[str, torch.Tensor]:
     """Model inputs from loaded tensors: see :func:`read_batch`. A tensor with no elements
     (a batch of 0 rows) is refused: scores on it would all be 0."""
-    if isinstance(obj, dict) and any(isinstance(v, dict) for v in obj.values()) and all(
-            isinstance(k, str) for k in _keys(obj)):
-        # a dict argument: torch.save({"batch": {"image": x, "meta": y}})
+    if isinstance(obj, dict) and any(isinstance(v, dict) for v in obj.values()):
+        # a dict argument: torch.save({"batch": {"image": x, "meta": y}}) (its names are
+        # checked as flat ones are, below)
         obj = dict(flatten(obj))
     tensors = list(obj.items()) if isinstance(obj, dict) else list(enumerate(
         obj if isinstance(obj, (list, tuple)) else [obj]))
@@ -1065,13 +1059,6 @@ def batch_from(obj, name: str) -> tuple[torch.Tensor, ...] | dict[str, torch.Ten
         return nested_inputs(list(obj), list(obj.values()))
     return dict(obj)
 
-
-def _keys(obj: dict):
-    """Every key of nested dicts."""
-    for k, v in obj.items():
-        yield k
-        if isinstance(v, dict):
-            yield from _keys(v)
 
 
 #: what a model may run in (``--dtype``): float32, or half precision to hold one twice as

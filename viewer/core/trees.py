@@ -9,18 +9,24 @@ from dataclasses import fields, is_dataclass
 import torch
 
 
-def floats_as(inputs, dtype: torch.dtype):
-    """``inputs`` (a tensor, tuple or dict of them) with every floating tensor cast to
-    ``dtype``: example inputs for a model run in another precision."""
-    def cast(t):
-        if isinstance(t, dict):  # (a dict argument: ``--input batch.image=...``)
-            return floats_as(t, dtype)
-        return t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
-    if isinstance(inputs, dict):
-        return {k: cast(t) for k, t in inputs.items()}
+def map_tensors(inputs, fn):
+    """``inputs`` (a tensor, a tuple or list of positional inputs, or a dict of keyword
+    inputs) with ``fn`` applied to each tensor, also inside a dict argument (``--input
+    batch.image=...`` gives ``{"batch": {"image": ...}}``); anything else as it is."""
+    def conv(t):
+        if isinstance(t, dict):
+            return {k: conv(v) for k, v in t.items()}
+        return fn(t) if isinstance(t, torch.Tensor) else t
     if isinstance(inputs, (tuple, list)):
-        return type(inputs)(cast(t) for t in inputs)
-    return cast(inputs)
+        return type(inputs)(conv(t) for t in inputs) if type(inputs) in (tuple, list) \
+            else tuple(conv(t) for t in inputs)
+    return conv(inputs)
+
+
+def floats_as(inputs, dtype: torch.dtype):
+    """``inputs`` (see :func:`map_tensors`) with every floating tensor cast to ``dtype``:
+    example inputs for a model run in another precision."""
+    return map_tensors(inputs, lambda t: t.to(dtype) if t.is_floating_point() else t)
 
 
 def flatten(obj, path: str = "", named: bool = True) -> list[tuple[str, torch.Tensor]]:

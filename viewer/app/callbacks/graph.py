@@ -9,7 +9,7 @@ from viewer.core.text import counted
 
 from .. import ids, styles
 from ..state import SessionStore
-from ..viewmodel import View, ancestors, drawn_boxes, module_path
+from ..viewmodel import View, ancestors, module_path
 from .common import error_message, message, spec_slug
 
 MAX_HITS = 200  #: search hits highlighted at most
@@ -30,7 +30,7 @@ def module_to_toggle(view: View, graph, selection: dict | None) -> str | None:
     node = graph.by_name.get(selection.get("name", ""))
     if node is None:
         return None
-    path = drawn_boxes(graph)[node.id]
+    path = view.boxes[node.id]
     return path or None
 
 

@@ -50,7 +50,6 @@ from ..state import Session, SessionStore
 from ..viewmodel import (
     View,
     container_of,
-    drawn_boxes,
     module_path,
     node_params,
     selected_layer,
@@ -339,9 +338,8 @@ def node_details(node: Node, stage_classes: dict[str, str], hit: np.ndarray | No
 def module_details(session: Session, view: View, path: str) -> list:
     """Summary of a module (compound box or collapsed node)."""
     graph = session.stage.graph
-    boxes = drawn_boxes(graph)
-    inside = [n for n in graph.nodes if boxes[n.id] == path
-              or boxes[n.id].startswith(path + ".")]
+    inside = [n for n in graph.nodes if view.boxes[n.id] == path
+              or view.boxes[n.id].startswith(path + ".")]
     cls = session.stage.module_classes.get(module_path(path), "")
     kinds: dict[str, int] = {}
     for n in inside:
