@@ -65,6 +65,12 @@ def test_groups_prune_check(tmp_path):
      "cannot make an example input of shape 100000x100000x100000 (float32)"),
     (["prune", "demo:cnn", "--ratio", "0.5", "--override", "99=0.2", "--out", "x"],
      "override names no group: 99"),
+    (["prune", "demo:cnn", "--ratio", "0.5", "--override", "features.99=0.2", "--out", "x"],
+     "override names no layer of this model: 'features.99'"),
+    (["prune", "demo:cnn", "--ratio", "0.5", "--override", "=0.2", "--out", "x"],
+     "bad --override '=0.2': give a group id or a layer name before '='"),
+    (["prune", "demo:cnn", "--ratio", "0.5", "--override", "features=half", "--out", "x"],
+     "bad --override 'features=half': use GROUP_ID=RATIO or NAME=RATIO"),
     (["prune", "demo:cnn", "--ratio", "0.5", "--batch", "b.pt", "--out", "x"],
      "--batch feeds the Taylor importance"),
     (["prune", "demo:cnn", "--ratio", "0.5", "--importance", "taylor", "--batch", "none.pt",
@@ -401,6 +407,36 @@ def test_an_override_given_twice_for_one_group_is_refused(tmp_path):
     assert res.stderr.strip() == "error: --override gives group 0 twice (0=0.2 and 0=0.3): " \
                                  "give each group once"
     assert list(tmp_path.iterdir()) == []
+    res = run_in(tmp_path, "prune", "demo:cnn", "--ratio", "0.5", "--override", "features=0.2",
+                 "--override", " features=0.3", "--out", "out")
+    assert res.stderr.strip() == "error: --override gives 'features' twice (features=0.2 and  " \
+                                 "features=0.3): give each name once"
+
+
+def test_overrides_and_ignores_by_name_and_pattern_reach_plan_json(tmp_path):
+    res = run_in(tmp_path, "prune", "demo:resnet", "--ratio", "0.25", "--override", "layer2=0.75",
+                 "--override", "layer2.0.conv1=0.5", "--ignore", "*.downsample", "--out", "out")
+    assert res.returncode == 0, res.stderr
+    plan = json.loads((tmp_path / "out" / "plan.json").read_text())["rounds"][0]["plan"]
+    st = plan["settings"]
+    assert st["ignore"] == ["layer2.0.downsample", "layer3.0.downsample"]
+    assert st["override_names"] == {"layer2": 0.75, "layer2.0.conv1": 0.5}
+    groups = json.loads(run_in(tmp_path, "groups", "demo:resnet", "--no-indices", "--ignore",
+                               "*.downsample", "--json", "-").stdout)["groups"]
+    by_root = {g["root"]: g for g in groups}
+    assert st["overrides"] == {str(by_root["layer2.0.conv1"]["id"]): 0.5,
+                               str(by_root["layer2.1.conv1"]["id"]): 0.75}
+    # the streams the downsample layers read (the stem's) and write (layer2.0.conv2's) are
+    # ignored: not overridden
+    for root in ("conv1", "layer2.0.conv2"):
+        assert "downsample" in by_root[root]["reason"] and not by_root[root]["prunable"]
+    n = {g["id"]: g["channels"] for g in groups}
+    assert {int(k): len(v) / n[int(k)] for k, v in plan["removed"].items()} == {
+        by_root["layer1.0.conv1"]["id"]: 0.25,
+        by_root["layer1.1.conv1"]["id"]: 0.25, by_root["layer2.0.conv1"]["id"]: 0.5,
+        by_root["layer2.1.conv1"]["id"]: 0.75, by_root["layer3.0.conv1"]["id"]: 0.25,
+        by_root["layer3.1.conv1"]["id"]: 0.25}
+    assert json.loads(cli("check", str(tmp_path / "out"), "--json", "-").stdout)["ok"]
 
 
 BRANCHY = '''

@@ -288,12 +288,97 @@ def test_ignores_and_overrides_take_the_forms_plans_store(demo_pruner):
     assert p.plan(0.5, ignore={"features.4:out"}).settings["ignore"] == ["features.4:out"]
     # settings.overrides stores its keys as strings: they were "no group"
     assert p.plan(0.5, overrides={"1": 0.25}).removed == p.plan(0.5, overrides={1: 0.25}).removed
-    for key in (True, 1.0, "x"):
+    for key in (True, 1.0, "", " "):
         with pytest.raises(DepViewError, match="override keys are group ids"):
             p.plan(0.5, overrides={key: 0.25})
     blocked = next(g for g in p.groups if p.reason(g))
     with pytest.raises(DepViewError, match=f"override names group {blocked.id} .* not pruned: "):
         p.plan(0.5, overrides={blocked.id: 0.25})  # was silently ignored
+
+
+def _ratios(p, plan) -> dict[int, float]:
+    """The share of each group's units a plan removes."""
+    return {g.id: len(plan.removed.get(g.id, [])) / g.n_units for g in p.groups}
+
+
+def test_an_override_by_name_sets_the_groups_rooted_in_it(demo_pruner):
+    _, p = demo_pruner("resnet")
+    in_layer2 = {g.id for g in p.groups if g.root.startswith("layer2.")}
+    assert len(in_layer2) == 3  # layer2.0.conv1, its stream (layer2.0.conv2), layer2.1.conv1
+    plan = p.plan(0.25, overrides={"layer2": 0.75})
+    r = _ratios(p, plan)
+    assert {g for g, x in r.items() if x == 0.75} == in_layer2
+    assert all(r[g.id] == 0.25 for g in p.groups if g.id not in in_layer2 and not p.reason(g))
+    assert plan.settings["overrides"] == {str(g): 0.75 for g in sorted(in_layer2)}
+    assert plan.settings["override_names"] == {"layer2": 0.75}
+    # the same as naming the ids; the more specific name wins, and an id wins over any name
+    assert plan.removed == p.plan(0.25, overrides=dict.fromkeys(in_layer2, 0.75)).removed
+    conv1 = next(g.id for g in p.groups if g.root == "layer2.0.conv1")
+    r = _ratios(p, p.plan(0.25, overrides={"layer2": 0.75, "layer2.0.conv1": 0.5}))
+    assert r[conv1] == 0.5 and all(r[g] == 0.75 for g in in_layer2 - {conv1})
+    r = _ratios(p, p.plan(0.25, overrides={"layer2.0.conv1": 0.5, conv1: 0.125}))
+    assert r[conv1] == 0.125
+    # a layer that roots no group sets the group of its outputs (layer1.0.conv2 writes the
+    # stem's residual stream)
+    stream = next(g for g in p.groups if any(m.node_name == "layer1.0.conv2" and m.side == "out"
+                                             for m in g.members))
+    assert stream.root == "conv1"
+    assert _ratios(p, p.plan(0.25, overrides={"layer1.0.conv2": 0.5}))[stream.id] == 0.5
+
+
+def test_an_override_pattern_sets_every_match_and_conflicts_are_named(demo_pruner):
+    _, p = demo_pruner("llama")
+    mlps = {g.id for g in p.groups if g.root.endswith(".mlp.gate_proj")}
+    heads = {g.id for g in p.groups if g.root.endswith(".attn.q_proj")}
+    assert len(mlps) == len(heads) == 2
+    plan = p.plan(0.25, overrides={"*.mlp": 0.5, "layers.*.attn": 0.5})
+    r = _ratios(p, plan)
+    assert all(r[g] == 0.5 for g in mlps | heads) and r[0] == 0.25
+    assert plan.settings["override_names"] == {"*.mlp": 0.5, "layers.*.attn": 0.5}
+    # a plain name beats a pattern as specific as it; more dots beat fewer
+    r = _ratios(p, p.plan(0.25, overrides={"layers.*": 0.5, "layers.1": 0.75}))
+    one = {g.id for g in p.groups if g.root.startswith("layers.1.")}
+    assert all(r[g] == (0.75 if g in one else 0.5) for g in mlps | heads)
+    with pytest.raises(DepViewError, match=r"override gives group \d+ \('layers.0.mlp.gate_proj'"
+                                           r"\) two ratios, \*.mlp=0.5 and layers.\*=0.75: "):
+        p.plan(0.25, overrides={"*.mlp": 0.5, "layers.*": 0.75})
+    with pytest.raises(DepViewError, match="override 'nothing.*' matches no layer or module"):
+        p.plan(0.25, overrides={"nothing.*": 0.5})
+
+
+@pytest.mark.parametrize("name, msg", [
+    ("layer9", "override names no layer of this model: 'layer9'; did you mean"),
+    ("layer1.0.relu", "override 'layer1.0.relu': it holds no channels a group prunes"),
+    ("fc", "override 'fc' names group 9 ('fc'), which is not pruned: it reaches the model "
+           "output"),
+])
+def test_an_override_name_that_sets_nothing_is_refused(demo_pruner, name, msg):
+    _, p = demo_pruner("resnet")
+    with pytest.raises(DepViewError, match=re.escape(msg)):
+        p.plan(0.5, overrides={name: 0.25})
+    with pytest.raises(DepViewError, match="override ratio for layer1 must be"):
+        p.plan(0.5, overrides={"layer1": 1.5})
+
+
+def test_a_wildcard_ignore_protects_what_it_matches(demo_pruner):
+    _, p = demo_pruner("resnet")
+    plan = p.plan(0.5, ignore=["*.downsample"])
+    named = p.plan(0.5, ignore=["layer2.0.downsample", "layer3.0.downsample"])
+    assert plan.removed == named.removed and plan.settings == named.settings
+    assert plan.removed != p.plan(0.5).removed
+    # the outermost matches, on the side given
+    plan = p.plan(0.5, ignore=["layer*.0:in"])
+    assert plan.settings["ignore"] == ["layer1.0:in", "layer2.0:in", "layer3.0:in"]
+    with pytest.raises(DepViewError, match=r"ignore '\*.gelu\*' matches no layer or module"):
+        p.plan(0.5, ignore=["*.gelu*"])
+    with pytest.raises(DepViewError, match=r"ignore '\*relu\*': what it matches \(layer1.0.relu, "
+                                           r".*, \.\.\.\) holds no channels a group prunes"):
+        p.plan(0.5, ignore=["*relu*"])
+    with pytest.raises(DepViewError, match=r"ignore '\*.downsample:cell': .* holds no cell "):
+        p.plan(0.5, ignore=["*.downsample:cell"])
+    # the groups command's JSON sees the same ignores
+    assert p.resolve_ignore(["*.downsample"]) == p.resolve_ignore(
+        ["layer2.0.downsample", "layer3.0.downsample"])
 
 
 def test_the_bn_importance_says_which_groups_it_scored_by_l1(demo_pruner):

@@ -98,15 +98,16 @@ def _pruner(args, lm, validate: bool = True):
                   validate=validate, free_outputs=args.free_output)
 
 
+IGNORE_HELP = ("protect a layer's or module's channels (NAME:in its inputs, NAME:out its "
+               "outputs; NAME may be a wildcard pattern like '*.attn'); repeatable")
+
+
 def cmd_groups(args) -> int:
     lm = _load(args)
     pruner = _pruner(args, lm, validate=not args.no_validate)
     if not args.no_validate:  # on meta too: validation runs its forwards on meta
         pruner.validate_groups()
-    from .core.plan import parse_ignore
-
-    ignore = parse_ignore(args.ignore)
-    pruner.check_names(ignore, {})
+    ignore = pruner.resolve_ignore(args.ignore)
     rows = [pruner.group_dict(g, ignore, with_indices=not args.no_indices)
             for g in pruner.groups]
     out = {"spec": args.spec, "groups": rows}
@@ -132,17 +133,25 @@ def cmd_prune(args) -> int:
     if not args.out.strip():  # an unset $OUT would write the export into this directory
         raise DepViewError("--out is empty: give the export directory")
     check_out_dir(args.out)  # before the model is built and pruned
-    overrides: dict[int, float] = {}
+    overrides: dict[int | str, float] = {}
     for item in args.override:
-        gid, _, r = item.partition("=")
+        key, _, r = item.partition("=")
+        key = key.strip()
         try:
-            g, ratio = int(gid), float(r)
+            ratio = float(r)
         except ValueError:
-            raise DepViewError(f"bad --override {item!r}: use GROUP_ID=RATIO") from None
-        if g in overrides:
-            raise DepViewError(f"--override gives group {g} twice ({g}={overrides[g]:g} and "
-                               f"{item}): give each group once")
-        overrides[g] = ratio
+            raise DepViewError(f"bad --override {item!r}: use GROUP_ID=RATIO or "
+                               "NAME=RATIO") from None
+        if not key:
+            raise DepViewError(f"bad --override {item!r}: give a group id or a layer name "
+                               "before '='")
+        k = int(key) if key.isdigit() else key
+        if k in overrides:
+            what = f"group {k}" if isinstance(k, int) else repr(k)
+            raise DepViewError(f"--override gives {what} twice ({k}={overrides[k]:g} and "
+                               f"{item}): give each {'group' if isinstance(k, int) else 'name'}"
+                               " once")
+        overrides[k] = ratio
     lm = _load(args)
     pruner = _pruner(args, lm)
     batch = None
@@ -326,7 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("groups", help="compute every pruning group and write them as JSON")
     _add_model_options(p)
     p.add_argument("--json", required=True, metavar="PATH|-")
-    p.add_argument("--ignore", action="append", default=[], metavar="NAME[:in|:out|:cell]")
+    p.add_argument("--ignore", action="append", default=[], metavar="NAME[:in|:out|:cell]",
+                   help=IGNORE_HELP)
     p.add_argument("--free-output", action="append", default=[], metavar="NAME",
                    help=FREE_OUTPUT_HELP)
     p.add_argument("--no-indices", action="store_true", help="omit per-member index lists")
@@ -341,12 +351,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--importance", default="l1", choices=["l1", "l2", "bn", "random", "taylor"])
     p.add_argument("--global", dest="global_", action="store_true",
                    help="rank units across all groups instead of a uniform ratio per group")
-    p.add_argument("--ignore", action="append", default=[], metavar="NAME[:in|:out|:cell]")
+    p.add_argument("--ignore", action="append", default=[], metavar="NAME[:in|:out|:cell]",
+                   help=IGNORE_HELP)
     p.add_argument("--free-output", action="append", default=[], metavar="NAME",
                    help=FREE_OUTPUT_HELP)
     p.add_argument("--round-to", type=int, default=1, metavar="N",
                    help="keep a multiple of N units per group")
-    p.add_argument("--override", action="append", default=[], metavar="GROUP_ID=RATIO")
+    p.add_argument("--override", action="append", default=[], metavar="GROUP_ID=RATIO",
+                   help="one group's ratio (ids as the groups command lists them), or "
+                        "NAME=RATIO: the groups rooted in a layer or module (a wildcard "
+                        "pattern like '*.mlp' too); repeatable")
     p.add_argument("--batch", default=None, metavar="FILE",
                    help="inputs for --importance taylor (.safetensors, or a weights-only .pt): "
                         "keys 0, 1, ... are positional inputs, other keys keyword inputs; "

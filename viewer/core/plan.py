@@ -1,11 +1,13 @@
 """What a plan is: the units each group loses, the stored sizes that follow, and the
-names a user ignores (``NAME``, ``NAME:in``, ``NAME:out``, ``NAME:cell``)."""
+names a user ignores (``NAME``, ``NAME:in``, ``NAME:out``, ``NAME:cell``; a NAME may be a
+wildcard pattern, ``*.attn``)."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 
 from .errors import DepViewError
 from .graph import Node
@@ -118,3 +120,23 @@ def is_ignored(m: Member, side: str, ignore: set[tuple[str, str]]) -> bool:
         return True
     parts = m.module.split(".")
     return any((".".join(parts[:i]), side) in ignore for i in range(1, len(parts)))
+
+
+def is_pattern(name: str) -> bool:
+    """Does a layer name hold a wildcard (``*.mlp``, ``layer?.0``)?"""
+    return "*" in name or "?" in name
+
+
+def match_pattern(pattern: str, names: Iterable[str]) -> list[str]:
+    """The outermost of ``names`` that ``pattern`` matches, sorted (``*`` spans dots, as in
+    :func:`fnmatch.fnmatchcase`; a module holding a match already covers it):
+    ``*.attn*`` over {h.0.attn, h.0.attn.c_attn, h.1.attn} -> [h.0.attn, h.1.attn]."""
+    hits = {n for n in names if n and fnmatchcase(n, pattern)}
+    return sorted(n for n in hits if not any(".".join(n.split(".")[:i]) in hits
+                                             for i in range(1, n.count(".") + 1)))
+
+
+def within(path: str, names: set[str]) -> bool:
+    """Is ``path`` one of ``names``, or inside one (``layer1.0.conv1`` within {"layer1"})?"""
+    parts = path.split(".")
+    return any(".".join(parts[:i]) in names for i in range(1, len(parts) + 1))

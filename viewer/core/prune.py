@@ -43,7 +43,10 @@ from .plan import (
     ignore_side,
     ignore_strings,
     is_ignored,
+    is_pattern,
+    match_pattern,
     parse_ignore,
+    within,
 )
 from .spectralnorm import weight_of as sn_weight_of
 from .text import counted, error_line
@@ -78,25 +81,6 @@ def _kept(n: int, keep: int, round_to: int, multiple_of: int) -> int:
         if k % round_to == 0 and (n - k) % multiple_of == 0:
             return k
     return n
-
-
-def _group_ids(overrides) -> dict[int, float]:
-    """Override keys as group ids: ints, or their decimal strings (``plan.json``'s
-    ``settings.overrides`` stores them so); anything else is refused."""
-    if overrides is None:
-        return {}
-    if not isinstance(overrides, Mapping):
-        raise DepViewError("overrides must be a dict {group id: ratio}, got "
-                           f"{type(overrides).__name__}")
-    out = {}
-    for k, r in overrides.items():
-        if isinstance(k, str) and k.strip().isdigit():
-            out[int(k)] = r
-        elif type(k) is int or isinstance(k, np.integer):
-            out[int(k)] = r
-        else:
-            raise DepViewError(f"override keys are group ids (whole numbers), got {k!r}")
-    return out
 
 
 def free_output_paths(graph: Graph, names: Iterable[str]) -> list[str]:
@@ -421,6 +405,9 @@ class Pruner(GroupValidation, Verification):
              seed: int = 0, validate: bool = True, batch=None) -> Plan:
         """Choose units to remove: ``ratio`` of every prunable group (or of all units ranked
         together with ``global_``), keeping a multiple of ``round_to`` and at least one.
+        ``ignore``: layer or module names (``fc:in``, ``layer1.0``, ``*.attn``) whose channels
+        stay (:meth:`resolve_ignore`). ``overrides``: a ratio per group id or per layer or
+        module name (``{"*.mlp": 0.5, 3: 0.2}``, :meth:`resolve_overrides`).
         ``batch`` (positional inputs as a tuple, or a dict) feeds the Taylor criterion; the
         example inputs are used when it is None."""
         _fraction("ratio", ratio)
@@ -429,15 +416,16 @@ class Pruner(GroupValidation, Verification):
         round_to = int(round_to)
         if type(seed) is not int and not isinstance(seed, np.integer):
             raise DepViewError(f"seed must be a whole number, got {seed!r}")
-        overrides = _group_ids(overrides)
-        for gid, r in overrides.items():
-            _fraction(f"override ratio for group {gid}", r)
-        ignore_set = ignore if isinstance(ignore, set) and all(
-            isinstance(i, tuple) for i in ignore) else parse_ignore(ignore)
-        self.check_names(ignore_set, overrides)
+        ignore_set = self.resolve_ignore(ignore)
+        given = overrides
+        overrides = self.resolve_overrides(overrides, ignore_set)
         settings = {"ratio": ratio, "importance": importance, "global": global_,
                     "round_to": round_to, "ignore": ignore_strings(ignore_set),
-                    "overrides": {str(k): v for k, v in overrides.items()}, "seed": seed}
+                    "overrides": {str(k): v for k, v in sorted(overrides.items())}, "seed": seed}
+        named = {k.strip(): v for k, v in (given or {}).items()
+                 if isinstance(k, str) and not k.strip().isdigit()}
+        if named:  # as the user gave them; "overrides" has the groups they set
+            settings["override_names"] = named
         if self.free_outputs:
             settings["free_outputs"] = list(self.free_outputs)
         if importance == "taylor":  # which inputs the scores came from
@@ -664,23 +652,142 @@ class Pruner(GroupValidation, Verification):
                 cache[id(g)] = (g, self.importance(g, "taylor", grads=grads))
         return {g.id: cache[id(g)][1] for g in groups}
 
-    def check_names(self, ignore: set[tuple[str, str]], overrides: dict[int, float]) -> None:
-        """An ignore or override that names nothing would silently do nothing: refuse it."""
+    def _names(self) -> set[str]:
+        """Every name an ignore or override may give: nodes, modules and the modules holding
+        them (``layer1`` holds ``layer1.0``)."""
         known = set(self.graph.by_name) | {n.module for n in self.graph.nodes}
-        for path in list(known):  # and the modules holding them (``layer1`` holds layer1.0)
+        for path in list(known):
             parts = path.split(".")
             known.update(".".join(parts[:i]) for i in range(1, len(parts)))
+        return known
+
+    @staticmethod
+    def _no_such_name(what: str, name: str, known: set[str]) -> DepViewError:
+        close = [k for k in sorted(known) if len(k) >= 3 and (name in k or k in name)]
+        close = list(dict.fromkeys(close + difflib.get_close_matches(
+            name, sorted(k for k in known if k), n=3)))[:3]
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        return DepViewError(f"{what} names no layer of this model: {name!r}{hint}")
+
+    def resolve_ignore(self, ignore) -> set[tuple[str, str]]:
+        """Ignores as (name, side) pairs (:func:`parse_ignore`), each wildcard pattern
+        replaced by the outermost layers and modules it matches that hold channels a group
+        prunes (``*.attn`` -> every block's ``attn``), then checked (:meth:`check_names`)."""
+        pairs = ignore if isinstance(ignore, set) and all(
+            isinstance(i, tuple) for i in ignore) else parse_ignore(ignore)
+        out: set[tuple[str, str]] = set()
+        patterns: dict[str, set[str]] = defaultdict(set)
+        for name, side in pairs:
+            if is_pattern(name):
+                patterns[name].add(side)
+            else:
+                out.add((name, side))
+        known = self._names() if patterns else set()
+        for name, sides in sorted(patterns.items()):
+            hits = match_pattern(name, known)
+            if not hits:
+                raise DepViewError(f"ignore {name!r} matches no layer or module of this model")
+            kept = [h for h in hits if self.holds_channels(h, sides)]
+            if not kept:
+                shown = ", ".join(hits[:MAX_LISTED]) + (", ..." if len(hits) > MAX_LISTED
+                                                        else "")
+                given = ignore_strings({(name, s) for s in sides})
+                what = " or ".join(SIDE_WORDS[s] for s in IGNORE_SIDES if s in sides) \
+                    if len(sides) < len(IGNORE_SIDES) else "channels"
+                raise DepViewError(f"ignore {', '.join(given)!r}: what it matches ({shown}) "
+                                   f"holds no {what} a group prunes")
+            out |= {(h, s) for h in kept for s in sides}
+        self.check_names(out, {})
+        return out
+
+    def resolve_overrides(self, overrides, ignore: set[tuple[str, str]] = frozenset()
+                          ) -> dict[int, float]:
+        """Override keys as group ids. A key is a group id (an int, or its decimal string as
+        ``settings.overrides`` stores it) or a layer or module name, which may be a wildcard
+        pattern (:meth:`groups_named`). A group named by several keys takes the ratio of its
+        id, else of the most specific name (more dots; a plain name before a pattern); two
+        equally specific names giving it different ratios are an error."""
+        if overrides is None:
+            return {}
+        if not isinstance(overrides, Mapping):
+            raise DepViewError("overrides must be a dict {group id or layer name: ratio}, got "
+                               f"{type(overrides).__name__}")
+        ids: dict[int, float] = {}
+        claims: dict[int, list[tuple[tuple[int, bool], str, float]]] = defaultdict(list)
+        for k, r in overrides.items():
+            if isinstance(k, str) and k.strip().isdigit() or \
+                    type(k) is int or isinstance(k, np.integer):
+                ids[int(k)] = r
+                _fraction(f"override ratio for group {int(k)}", r)
+            elif isinstance(k, str) and k.strip():
+                name = k.strip()
+                _fraction(f"override ratio for {name}", r)
+                for gid in self.groups_named(name, ignore):
+                    claims[gid].append(((name.count("."), not is_pattern(name)), name, r))
+            else:
+                raise DepViewError("override keys are group ids (whole numbers) or layer "
+                                   f"names, got {k!r}")
+        out: dict[int, float] = {}
+        for gid, named in sorted(claims.items()):
+            if gid in ids:
+                continue
+            top = max(rank for rank, _, _ in named)
+            best = {(n, r) for rank, n, r in named if rank == top}
+            if len({r for _, r in best}) > 1:
+                given = " and ".join(f"{n}={r:g}" for n, r in sorted(best))
+                root = next(g.root for g in self.groups if g.id == gid)
+                raise DepViewError(f"override gives group {gid} ('{root}') two ratios, "
+                                   f"{given}: give it one with {gid}=R")
+            out[gid] = next(iter(best))[1]
+        out.update(ids)
+        self._check_override_ids(out, ignore)
+        return out
+
+    def groups_named(self, name: str, ignore: set[tuple[str, str]] = frozenset()) -> list[int]:
+        """The ids of the pruned groups a layer or module name sets the ratio of: those rooted
+        at it or inside it (``layer2`` -> the groups the groups command lists with a root in
+        layer2; ``h.0.mlp`` -> its hidden units), else, for a layer that roots no group,
+        the group of its output channels (``layer1.0.conv2`` -> the residual stream it
+        writes). ``name`` may be a wildcard pattern (``*.mlp``: every block's MLP).
+        Groups that are not pruned are left out; naming only such groups is an error."""
+        known = self._names()
+        if is_pattern(name):
+            hits = set(match_pattern(name, known))
+            if not hits:
+                raise DepViewError(f"override {name!r} matches no layer or module of this model")
+        elif name in known and name:
+            hits = {name}
+        else:
+            raise self._no_such_name("override", name, known)
+        nodes = self.graph.by_name
+        chosen = [g for g in self.groups
+                  if within(g.root, hits) or within(nodes[g.root].module, hits)] or \
+            [g for g in self.groups if any(m.side != "in" and (
+                within(m.node_name, hits) or within(m.module, hits)) for m in g.members)]
+        if not chosen:
+            raise DepViewError(f"override {name!r}: it holds no channels a group prunes (an "
+                               "activation or other op without weights); name the layers "
+                               "around it, or the module that holds them")
+        why = {g.id: self.reason(g, ignore) for g in chosen}
+        ok = [g.id for g in chosen if not why[g.id] and g.n_units > 1]
+        if not ok:
+            g = chosen[0]
+            what = f"group {g.id} ('{g.root}'), which is not" if len(chosen) == 1 else \
+                f"{counted(len(chosen), 'group')}, none of them"
+            raise DepViewError(f"override {name!r} names {what} pruned: "
+                               f"{why[g.id] or g.reason}")
+        return ok
+
+    def check_names(self, ignore: set[tuple[str, str]], overrides: dict[int, float]) -> None:
+        """An ignore or override that names nothing would silently do nothing: refuse it."""
+        known = self._names()
         for name in sorted({n for n, _ in ignore} - known):
             base, _, side = name.rpartition(":")
             if base and base in known and not side.isdigit():  # (a reused layer's calls are "fc:1")
                 raise DepViewError(f"ignore {name!r}: unknown side {side!r} (use "
                                    f"{base}:in, {base}:out, {base}:cell for an LSTM's cell "
                                    f"units, or {base} for all)")
-            close = [k for k in sorted(known) if len(k) >= 3 and (name in k or k in name)]
-            close = list(dict.fromkeys(close + difflib.get_close_matches(
-                name, sorted(k for k in known if k), n=3)))[:3]
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise DepViewError(f"ignore names no layer of this model: {name!r}{hint}")
+            raise self._no_such_name("ignore", name, known)
         sides: dict[str, set[str]] = defaultdict(set)
         for name, side in ignore:
             sides[name].add(side)
@@ -695,6 +802,10 @@ class Pruner(GroupValidation, Verification):
                 raise DepViewError(f"ignore '{name}:cell': it has no cell units of their own "
                                    "(only an LSTM with proj_size has: its hidden_size, beside "
                                    f"the outputs' proj_size); use {name}:out")
+        self._check_override_ids(overrides, ignore)
+
+    def _check_override_ids(self, overrides: dict[int, float],
+                            ignore: set[tuple[str, str]]) -> None:
         ids = {g.id for g in self.groups}
         for gid in sorted(set(overrides) - ids):
             raise DepViewError(f"override names no group: {gid} (group ids are 0 to "
