@@ -400,6 +400,31 @@ def test_check_of_a_missing_or_plain_directory_says_which(tmp_path):
         "not a DepView export directory"
 
 
+def test_graph_and_groups_without_json_print_tables_of_what_the_json_holds():
+    graph = json.loads(cli("graph", "demo:vit", "--json", "-").stdout)
+    lines = cli("graph", "demo:vit").stdout.splitlines()
+    assert lines[0] == f"VisionTransformer: {len(graph['nodes'])} ops, {len(graph['edges'])} edges"
+    rows = [line.split() for line in lines[2:-1]]
+    assert [(int(r[0]), r[1], r[2]) for r in rows] == [
+        (n["id"], n["name"], n["op_type"]) for n in graph["nodes"]]
+    conv = next(r for r in rows if r[1] == "patch_embed")
+    assert conv[3:] == ["Conv2d", "1x32x8x8"]
+    types = dict(t.rsplit(" ", 1) for t in lines[-1].removeprefix("types: ").split(", "))
+    assert sum(map(int, types.values())) == len(graph["nodes"]) and types["mha"] == "2"
+    groups = json.loads(cli("groups", "demo:vit", "--json", "-").stdout)["groups"]
+    lines = cli("groups", "demo:vit").stdout.splitlines()
+    assert lines[0].split() == ["id", "root", "units", "prunable", "members", "note"]
+    assert lines[-1] == f"{len(groups)} groups, {sum(g['prunable'] for g in groups)} prunable"
+    for g, line in zip(groups, lines[1:-1], strict=True):
+        cells = line.split(None, 5)
+        assert cells[:5] == [str(g["id"]), g["root"], str(g["channels"]),
+                             "yes" if g["prunable"] else "no",
+                             str(len({m["node"] for m in g["members"]}))]
+        assert (g["reason"] or "") in (cells[5:] or [""])[0]
+    assert "in multiples of 4 (attention heads)" in lines[1]
+    assert "it reaches the model output 'output'" in lines[-2]
+
+
 def test_an_override_given_twice_for_one_group_is_refused(tmp_path):
     res = run_in(tmp_path, "prune", "demo:cnn", "--ratio", "0.5", "--override", "0=0.2",
                  "--override", "0=0.3", "--out", "out")

@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 
 from .app.args import add_model_options, add_serve_arguments, check_seeds
@@ -73,11 +74,69 @@ def _load(args):
                       dtype=args.dtype)
 
 
+def _table(header: list[str], rows: list[list], right: set[int] = frozenset()) -> str:
+    """Rows as aligned text columns (``right``: columns aligned right); the last column is
+    not padded."""
+    cells = [header] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = []
+    for r in cells:
+        parts = [c.rjust(w) if i in right else c.ljust(w)
+                 for i, (c, w) in enumerate(zip(r, widths, strict=True))]
+        parts[-1] = r[-1].rjust(widths[-1]) if len(r) - 1 in right else r[-1]
+        lines.append("  ".join(parts).rstrip())
+    return "\n".join(lines)
+
+
+def _shapes(shapes: list) -> str:
+    return ", ".join("x".join(map(str, s)) if s else "scalar" for s in shapes)
+
+
+def graph_table(graph) -> str:
+    """The graph as text: one line per op (its name, type, layer class and output shapes),
+    then the count of each type."""
+    rows = []
+    for n in graph.nodes:
+        target = n.target.partition(":")[2] if n.target.startswith("module:") else ""
+        rows.append([n.id, n.name, n.op_type.value, target.rsplit(".", 1)[-1],
+                     _shapes(n.out_shapes)])
+    counts = Counter(n.op_type.value for n in graph.nodes)
+    info = graph.info
+    head = (f"{info.get('model', 'model')}: {counted(len(graph.nodes), 'op')}, "
+            f"{counted(len(graph.edges), 'edge')}")
+    return "\n".join([head, _table(["#", "name", "type", "layer", "output"], rows, {0}),
+                      "types: " + ", ".join(f"{t} {c}" for t, c in counts.most_common())])
+
+
+def groups_table(rows: list[dict]) -> str:
+    """Groups as text: id, root, units, whether prunable, how many nodes it touches, and why
+    not (or in what multiples its units go, and what else pruning it sets)."""
+    out = []
+    for g in rows:
+        nodes = len({m["node"] for m in g["members"]})
+        notes = [g["reason"]] if g["reason"] else []
+        if not g["reason"] and g.get("multiple_of", 1) > 1:
+            notes.append(f"in multiples of {g['multiple_of']} ({g['multiple_why']})")
+        if not g["reason"] and not g.get("exact", True):
+            notes.append("inexact: changes statistics over its channels")
+        if g.get("sets"):
+            notes.append("sets " + ", ".join(g["sets"]))
+        out.append([g["id"], g["root"], g["channels"], "yes" if g["prunable"] else "no",
+                    nodes, "; ".join(notes)])
+    n_ok = sum(g["prunable"] for g in rows)
+    return "\n".join([_table(["id", "root", "units", "prunable", "members", "note"], out,
+                             {0, 2, 4}),
+                      f"{counted(len(rows), 'group')}, {n_ok} prunable"])
+
+
 def cmd_graph(args) -> int:
     from .core.trace import build_graph
 
     lm = _load(args)
     graph = build_graph(lm.model, lm.inputs, autograd=not args.no_autograd)
+    if args.json is None:
+        print(graph_table(graph))
+        return 0
     _write_json(graph.to_dict(), args.json)
     if args.json != "-":
         print(f"{len(graph.nodes)} nodes, {len(graph.edges)} edges -> {args.json}")
@@ -108,8 +167,12 @@ def cmd_groups(args) -> int:
     if not args.no_validate:  # on meta too: validation runs its forwards on meta
         pruner.validate_groups()
     ignore = pruner.resolve_ignore(args.ignore)
-    rows = [pruner.group_dict(g, ignore, with_indices=not args.no_indices)
+    rows = [pruner.group_dict(g, ignore, with_indices=not args.no_indices and bool(args.json))
             for g in pruner.groups]
+    if args.json is None:
+        note = _outputs_note(pruner)
+        print(groups_table(rows) + (f" ({note})" if note else ""))
+        return 0
     out = {"spec": args.spec, "groups": rows}
     if pruner.free_outputs:
         out["free_outputs"] = pruner.free_outputs
@@ -329,12 +392,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     p.add_argument("--no-autograd", action="store_true",
                    help="trace under no_grad: faster, but no autograd node names")
-    p.add_argument("--json", required=True, metavar="PATH|-")
+    p.add_argument("--json", default=None, metavar="PATH|-",
+                   help="write the graph as JSON (- for stdout); without it, a table of ops")
     p.set_defaults(func=cmd_graph)
 
     p = sub.add_parser("groups", help="compute every pruning group and write them as JSON")
     _add_model_options(p)
-    p.add_argument("--json", required=True, metavar="PATH|-")
+    p.add_argument("--json", default=None, metavar="PATH|-",
+                   help="write the groups as JSON (- for stdout); without it, a table")
     p.add_argument("--ignore", action="append", default=[], metavar="NAME[:in|:out|:cell]",
                    help=IGNORE_HELP)
     p.add_argument("--free-output", action="append", default=[], metavar="NAME",
@@ -405,6 +470,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `... | head` stopped reading: stop quietly, as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (no second error
+        return 1                                                         # when Python exits)
     except Exception as exc:  # a bug or an unforeseen input: still one line, unless asked
         if os.environ.get("DEPVIEW_TRACEBACK"):
             raise
