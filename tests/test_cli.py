@@ -425,6 +425,22 @@ def test_graph_and_groups_without_json_print_tables_of_what_the_json_holds():
     assert "it reaches the model output 'output'" in lines[-2]
 
 
+def test_prune_with_time_puts_the_speed_up_in_its_line_and_report(tmp_path):
+    res = run_in(tmp_path, "prune", "demo:cnn", "--ratio", "0.5", "--time", "--out", "out")
+    assert res.returncode == 0, res.stderr
+    t = json.loads((tmp_path / "out" / "report.json").read_text())["timing"]
+    assert set(t) == {"before_ms", "after_ms", "speedup", "rounds", "runs_per_round",
+                      "threads", "device"}
+    assert t["before_ms"] > 0 and t["after_ms"] > 0 and t["rounds"] == 7
+    assert f"(forward {t['before_ms']:.3g} ms -> {t['after_ms']:.3g} ms on " \
+           f"{t['threads']} thread" in res.stdout
+    assert f"{t['speedup']:.2f}x as fast)" in res.stdout
+    # without it, nothing is timed
+    res = run_in(tmp_path, "prune", "demo:cnn", "--ratio", "0.5", "--out", "out2")
+    assert "timing" not in json.loads((tmp_path / "out2" / "report.json").read_text())
+    assert "as fast" not in res.stdout
+
+
 def test_an_override_given_twice_for_one_group_is_refused(tmp_path):
     res = run_in(tmp_path, "prune", "demo:cnn", "--ratio", "0.5", "--override", "0=0.2",
                  "--override", "0=0.3", "--out", "out")

@@ -230,8 +230,13 @@ def cmd_prune(args) -> int:
     verification = pruner.verify(pruned, plan)
     if not verification.get("forward"):
         raise run_failure(verification)
+    timing = None
+    if args.time:
+        from .core.timing import compare_speed
+
+        timing = compare_speed(lm.model, pruned, lm.inputs)
     out = export_dir(pruner, plan, pruned, args.out, lm.source, verification,
-                     history=args.history)
+                     history=args.history, timing=timing)
     report = json.loads((out / "report.json").read_text())
     p, m = report["params"], report["macs"]
     why = ""
@@ -242,13 +247,20 @@ def cmd_prune(args) -> int:
                          untraced_note(verification),
                          _bn_note(plan), _taylor_note(args, lm, plan), floor_note(plan),
                          config_note(report.get("config")),
-                         _outputs_note(pruner))
+                         _outputs_note(pruner), timing and speed_note(timing))
              if n]
     print(f"pruned {counted(report['units_removed'], 'unit')} in "
           f"{counted(report['groups_pruned'], 'group')}: "
           f"params {p['before']:,} -> {p['after']:,}, MACs {m['before']:,} -> {m['after']:,}"
           f" -> {out}{why}" + "".join(f" ({n})" for n in notes))
     return 1 if failed else 0
+
+
+def speed_note(t: dict) -> str:
+    """``compare_speed``'s figures in words: "forward 2.07 ms -> 1.35 ms on 2 threads,
+    1.53x as fast"."""
+    return (f"forward {t['before_ms']:.3g} ms -> {t['after_ms']:.3g} ms on "
+            f"{counted(t['threads'], 'thread')}, {t['speedup']:.2f}x as fast")
 
 
 def _nothing_pruned(args, pruner, plan, overrides: dict) -> str:
@@ -430,6 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="inputs for --importance taylor (.safetensors, or a weights-only .pt): "
                         "keys 0, 1, ... are positional inputs, other keys keyword inputs; "
                         "the example inputs are used without it")
+    p.add_argument("--time", action="store_true",
+                   help="time a forward of the model and of the pruned one, side by side, "
+                        "and put the speed-up in the output line and report.json")
     p.add_argument("--out", required=True, metavar="DIR")
     p.set_defaults(func=cmd_prune)
 

@@ -162,7 +162,7 @@ def _in_stored_dtype(weights: dict[str, torch.Tensor], dtype: str | None, tuned:
 def export_dir(pruner: Pruner, plan: Plan, pruned: nn.Module, out_dir: str | Path,
                source: dict | None = None, verification: dict | None = None,
                history: list[dict] | None = None, pt2: bool = True,
-               tuned: bool = False) -> Path:
+               tuned: bool = False, timing: dict | None = None) -> Path:
     """Write the export directory for ``pruned`` (made by ``pruner.apply(plan)``).
 
     ``source`` is :attr:`LoadedModel.source`; None (or no ``"spec"`` in it) for a model built
@@ -178,6 +178,8 @@ def export_dir(pruner: Pruner, plan: Plan, pruned: nn.Module, out_dir: str | Pat
     so its weights are no longer the original's at the kept indices: masked equivalence is
     skipped, the round says ``"tuned": true``, and ``check`` does not compare the tensors with
     the original's (the shapes, the reload and the recorded outputs are still checked).
+    ``timing`` (:func:`timing.compare_speed` of the model pruned and ``pruned``) goes in
+    ``report.json`` as it is.
     """
     from safetensors.torch import save_file
 
@@ -239,6 +241,8 @@ def export_dir(pruner: Pruner, plan: Plan, pruned: nn.Module, out_dir: str | Pat
             report["config"] = config
         if stored is not None:
             report["dtype"] = stored
+        if timing is not None:
+            report["timing"] = timing
         if source["spec"] is None or source.get("input_file"):  # (nothing to remake them from)
             report["inputs"] = _write_inputs(pruner.inputs, stage / INPUTS_FILE)
         report["weights_sha256"] = _sha256(stage / "model.safetensors")
