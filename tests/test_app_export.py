@@ -92,6 +92,19 @@ def test_checkpoint_zip_reloads_to_the_pruned_model(store, downloads, tmp_path):
     assert not any(downloads.root.iterdir())  # no file left behind
 
 
+def test_a_timed_rounds_checkpoint_reports_its_timing(store, downloads, monkeypatch):
+    from viewer.app.callbacks import prune
+
+    apply_round(store, "sid", SETTINGS)
+    figures = {"before_ms": 2.0, "after_ms": 1.0, "speedup": 2.0, "rounds": 7,
+               "runs_per_round": 25, "threads": 2, "device": "cpu"}
+    monkeypatch.setattr(prune, "compare_speed", lambda before, after, inputs: dict(figures))
+    assert "2.00× as fast" in prune.time_round(store, "sid")
+    ck = cb.prepare_checkpoint(store, downloads, "sid")
+    with zipfile.ZipFile(io.BytesIO(_fetch(downloads, ck.token))) as zf:
+        assert json.loads(zf.read("report.json"))["timing"] == figures
+
+
 def test_the_pt2_checkpoint_holds_the_torch_export_program(store, downloads, tmp_path):
     apply_round(store, "sid", SETTINGS)
     stage = store.session("sid").stage.key

@@ -16,8 +16,15 @@ from viewer.app.callbacks.inspect import ignore_options, inspect, is_free_output
 from viewer.app.callbacks.model import load_entry
 from viewer.app.state import ModelEntry, SessionStore
 from viewer.core.errors import DepViewError
+from viewer.core.timing import speed_text
 
 SETTINGS = {"importance": "l1", "ratio": 0.5, "global_": False, "round_to": 1}
+
+
+def _text(component) -> str:
+    """All text inside a Dash component tree."""
+    return json.dumps(component, ensure_ascii=False, default=lambda c: c.to_plotly_json()
+                      if hasattr(c, "to_plotly_json") else str(c))
 
 
 @pytest.fixture
@@ -76,6 +83,41 @@ def test_preview_reports_params_macs_and_widths_without_touching_the_model(store
     assert one.startswith("1 unit removed from 1 group") and "groups" not in one
     rules = cb.preview_rules(store, "sid")
     assert rules and any("⇒" in r["style"].get("label", "") for r in rules)
+
+
+def test_time_forward_times_the_last_round_against_the_model_it_pruned(store, monkeypatch):
+    with pytest.raises(DepViewError, match="nothing to time yet: apply a pruning round first"):
+        cb.time_round(store, "sid")
+    cb.apply_round(store, "sid", SETTINGS)
+    session = store.session("sid")
+    seen, real = [], cb.compare_speed
+
+    def spy(before, after, inputs):
+        seen.append((before, after, inputs))
+        return real(before, after, inputs, rounds=3)
+
+    monkeypatch.setattr(cb, "compare_speed", spy)
+    text = cb.time_round(store, "sid")
+    assert seen == [(session.stages[0].model, session.stages[1].model, session.base.inputs)]
+    t = session.stage.timing
+    assert t["rounds"] == 3 and t["before_ms"] > 0 and t["after_ms"] > 0
+    assert text == f"Round 1: {speed_text(t, unicode=True)} as the model it pruned (3 rounds " \
+                   "side by side)."
+    assert "×" in text and "→" in text
+    assert speed_text(t, unicode=True) in _text(cb.history(session))
+    # the next round is not timed until asked; the first keeps its figures
+    cb.apply_round(store, "sid", {**SETTINGS, "ratio": 0.2})
+    assert session.stage.timing is None and session.stages[1].timing is t
+    assert _text(cb.history(session)).count(" as fast") == 1
+
+    def undo_meanwhile(before, after, inputs):  # the user pressed Undo while it ran
+        cb.undo(store, "sid")
+        return real(before, after, inputs, rounds=1)
+
+    monkeypatch.setattr(cb, "compare_speed", undo_meanwhile)
+    with pytest.raises(DepViewError, match="the model changed while it was timed"):
+        cb.time_round(store, "sid")
+    assert session.stages[1].timing is t
 
 
 def test_apply_pushes_a_verified_stage_and_undo_reset_go_back(store):

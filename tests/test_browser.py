@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import threading
 import time
@@ -574,6 +575,26 @@ def test_apply_then_download_gives_a_checkpoint_load_pruned_reloads(dash_duo, tm
     dash_duo.wait_for_contains_text(f"#{ids.MODEL_INFO}", "uploaded", timeout=TIMEOUT)
     dash_duo.wait_for_contains_text(f"#{ids.HISTORY}", "uploaded export", timeout=TIMEOUT)
     assert sorted(p.name for p in download.iterdir()) == [with_pt2.name, zpath.name]
+
+
+def test_time_forward_after_apply_shows_the_speed_up_in_the_history(dash_duo):
+    _start(dash_duo, create_app([ModelEntry("demo:cnn")]))
+    _wait_graph(dash_duo, "features.0")
+    button = dash_duo.find_element(f"#{ids.TIME_FORWARD}")
+    assert not button.is_enabled()  # nothing to time before a round
+    dash_duo.find_element(f"#{ids.APPLY}").click()
+    dash_duo.wait_for_contains_text(f"#{ids.HISTORY}", "round 1", timeout=TIMEOUT)
+    _until(dash_duo, lambda d: d.find_element("id", ids.TIME_FORWARD).is_enabled(),
+           "Time forward stayed disabled after a round")
+    dash_duo.find_element(f"#{ids.TIME_FORWARD}").click()
+    dash_duo.wait_for_contains_text(f"#{ids.MESSAGE}", "as the model it pruned",
+                                    timeout=TIMEOUT)
+    assert re.search(r"Round 1: forward [\d.]+ ms → [\d.]+ ms on \d+ threads?, [\d.]+× as fast",
+                     dash_duo.find_element(f"#{ids.MESSAGE}").text)
+    dash_duo.wait_for_contains_text(f"#{ids.HISTORY}", "× as fast", timeout=TIMEOUT)
+    _until(dash_duo, lambda d: d.find_element("id", ids.TIME_FORWARD).text == "Time forward"
+           and d.find_element("id", ids.TIME_FORWARD).is_enabled(),
+           "the button did not come back after timing")
 
 
 def test_a_taylor_batch_is_uploaded_and_used_by_the_preview(dash_duo, tmp_path):

@@ -189,6 +189,7 @@ def cmd_prune(args) -> int:
     from .core.export import check_out_dir, export_dir
     from .core.modelconfig import config_note
     from .core.prune import floor_note
+    from .core.timing import compare_speed, speed_text
     from .core.verify import blind_note, masked_note, memory_note, run_failure, untraced_note
 
     if args.device == "meta":
@@ -230,11 +231,7 @@ def cmd_prune(args) -> int:
     verification = pruner.verify(pruned, plan)
     if not verification.get("forward"):
         raise run_failure(verification)
-    timing = None
-    if args.time:
-        from .core.timing import compare_speed
-
-        timing = compare_speed(lm.model, pruned, lm.inputs)
+    timing = compare_speed(lm.model, pruned, lm.inputs) if args.time else None
     out = export_dir(pruner, plan, pruned, args.out, lm.source, verification,
                      history=args.history, timing=timing)
     report = json.loads((out / "report.json").read_text())
@@ -247,20 +244,13 @@ def cmd_prune(args) -> int:
                          untraced_note(verification),
                          _bn_note(plan), _taylor_note(args, lm, plan), floor_note(plan),
                          config_note(report.get("config")),
-                         _outputs_note(pruner), timing and speed_note(timing))
+                         _outputs_note(pruner), timing and speed_text(timing))
              if n]
     print(f"pruned {counted(report['units_removed'], 'unit')} in "
           f"{counted(report['groups_pruned'], 'group')}: "
           f"params {p['before']:,} -> {p['after']:,}, MACs {m['before']:,} -> {m['after']:,}"
           f" -> {out}{why}" + "".join(f" ({n})" for n in notes))
     return 1 if failed else 0
-
-
-def speed_note(t: dict) -> str:
-    """``compare_speed``'s figures in words: "forward 2.07 ms -> 1.35 ms on 2 threads,
-    1.53x as fast"."""
-    return (f"forward {t['before_ms']:.3g} ms -> {t['after_ms']:.3g} ms on "
-            f"{counted(t['threads'], 'thread')}, {t['speedup']:.2f}x as fast")
 
 
 def _nothing_pruned(args, pruner, plan, overrides: dict) -> str:

@@ -86,6 +86,7 @@ HISTORY = "history"
 
 # -- export ---------------------------------------------------------------------------------------
 DOWNLOAD = "download"  #: the checkpoint (.zip) button
+TIME_FORWARD = "time-forward"  #: times the last round's model against the one before it
 DOWNLOAD_GRAPH = "download-graph"
 DOWNLOAD_GROUPS = "download-groups"
 DOWNLOAD_FILE = "download-file"  #: the dcc.Download component

@@ -201,6 +201,8 @@ def history_card() -> html.Section:
             _button("Checkpoint (.zip)", ids.DOWNLOAD, "the pruned model as an export "
                     "directory: model.safetensors + plan.json + report.json", "btn primary",
                     disabled=True),
+            _button("Time forward", ids.TIME_FORWARD, "time a forward of the last round's "
+                    "model against the model it pruned, side by side", disabled=True),
             _button("Graph JSON", ids.DOWNLOAD_GRAPH, "the current typed graph"),
             _button("Groups JSON", ids.DOWNLOAD_GROUPS, "every pruning group with members"),
             dcc.Download(id=ids.DOWNLOAD_FILE),

@@ -96,6 +96,9 @@ class Stage:
     summary: dict = field(default_factory=dict)
     #: what the round did to the model's config (:attr:`Pruner.config_fit`)
     config: dict | None = None
+    #: the round's forward timed against the stage before (:func:`timing.compare_speed`),
+    #: once the user asked for it
+    timing: dict | None = None
 
 
 @dataclass

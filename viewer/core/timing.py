@@ -71,3 +71,12 @@ def compare_speed(before: nn.Module, after: nn.Module, inputs, rounds: int = ROU
             "rounds": len(means[0]), "runs_per_round": runs,
             "threads": torch.get_num_threads(),
             "device": str(next(iter(after.parameters()), torch.empty(0)).device)}
+
+
+def speed_text(t: dict, unicode: bool = False) -> str:
+    """:func:`compare_speed`'s figures in words: ``"forward 2.07 ms -> 1.35 ms on 2 threads,
+    1.53x as fast"`` (``unicode``: with → and ×, as the app writes)."""
+    arrow, times = ("→", "×") if unicode else ("->", "x")
+    n = t["threads"]
+    return (f"forward {t['before_ms']:.3g} ms {arrow} {t['after_ms']:.3g} ms on {n} "
+            f"thread{'' if n == 1 else 's'}, {t['speedup']:.2f}{times} as fast")

@@ -105,7 +105,7 @@ def prepare_checkpoint(store: SessionStore, downloads: Downloads, sid: str, pt2:
     name += "-pt2.zip" if pt2 else ".zip"
     with tempfile.TemporaryDirectory(dir=downloads.root) as tmp:  # same disk: a rename
         out = export_dir(prev.pruner, cur.plan, cur.model, Path(tmp) / "export", source,
-                         cur.verification, history=history, pt2=pt2)
+                         cur.verification, history=history, pt2=pt2, timing=cur.timing)
         report = json.loads((out / "report.json").read_text())
         files = tuple(sorted(f.name for f in out.iterdir()))
         path = write_zip(out, Path(tmp) / name)

@@ -22,6 +22,7 @@ from viewer.core.optypes import OpType
 from viewer.core.plan import IGNORE_SIDES, IMPORTANCE, SIDE_WORDS, Plan
 from viewer.core.prune import floor_note
 from viewer.core.text import counted
+from viewer.core.timing import compare_speed, speed_text
 from viewer.core.trace import output_nodes, output_path
 from viewer.core.verify import blind_note, run_failure, untraced_note
 
@@ -242,6 +243,27 @@ def apply_round(store: SessionStore, sid: str, settings: dict) -> str:
             f"{counted(len(plan.removed), 'group')}; params {change(before, after)}; "
             f"{verification_text(verification)}{f'; {fell}' if fell else ''}"
             f"{f'; {config}' if config else ''}.")
+
+
+def time_round(store: SessionStore, sid: str) -> str:
+    """Time a forward of the last round's model against the model that round pruned, side
+    by side (:func:`compare_speed`), and keep the figures on its stage (the history shows
+    them; its checkpoint's report.json holds them). Runs without the session lock; dropped
+    if the session moved on meanwhile."""
+    session = store.session(sid)
+    with session.lock:
+        if len(session.stages) < 2:
+            raise DepViewError("nothing to time yet: apply a pruning round first")
+        prev, cur = session.stages[-2], session.stages[-1]
+        inputs = session.base.inputs
+    t = compare_speed(prev.model, cur.model, inputs)
+    with session.lock:
+        if not session.stages or session.stages[-1] is not cur:
+            raise DepViewError("the model changed while it was timed: press Time forward "
+                               "again")
+        cur.timing = t
+        return f"Round {round_number(session)}: {speed_text(t, unicode=True)} as the model " \
+               f"it pruned ({counted(t['rounds'], 'round')} side by side)."
 
 
 def _how_checked(me: dict) -> str:
@@ -516,7 +538,9 @@ def history(session: Session) -> list:
             f"{how} → {fmt_count(s['params'])} params, "
             f"{st.plan.n_removed if st.plan else 0} units removed",
             html.Div(verification_text(st.verification), className="hint"),
-            *([html.Div(note, className="hint")] if (note := config_note(st.config)) else [])],
+            *([html.Div(note, className="hint")] if (note := config_note(st.config)) else []),
+            *([html.Div(speed_text(st.timing, unicode=True), className="hint timing")]
+              if st.timing else [])],
             className="hist-item"))
     return [html.Ol(rows, className="history-list")]
 
@@ -780,6 +804,7 @@ def register(app, store: SessionStore) -> None:
         Output(ids.UNDO, "disabled"),
         Output(ids.RESET, "disabled"),
         Output(ids.DOWNLOAD, "disabled"),
+        Output(ids.TIME_FORWARD, "disabled"),
         Input(ids.GRAPH_REV, "data"),
         State(ids.SESSION, "data"),
         prevent_initial_call=True,
@@ -788,9 +813,25 @@ def register(app, store: SessionStore) -> None:
         try:
             session = store.session(sid)
             none = len(session.stages) < 2
-            return history(session), none, none, none
+            return history(session), none, none, none, none
         except Exception:
-            return no_update, no_update, no_update, no_update
+            return no_update, no_update, no_update, no_update, no_update
+
+    @app.callback(
+        Output(ids.HISTORY, "children", allow_duplicate=True),
+        Output(ids.MESSAGE, "children", allow_duplicate=True),
+        Input(ids.TIME_FORWARD, "n_clicks"),
+        State(ids.SESSION, "data"),
+        running=[(Output(ids.TIME_FORWARD, "disabled"), True, False),
+                 (Output(ids.TIME_FORWARD, "children"), "Timing…", "Time forward")],
+        prevent_initial_call=True,
+    )
+    def on_time(_n, sid):
+        try:
+            text = time_round(store, sid)
+            return history(store.session(sid)), message(text, "ok")
+        except Exception as exc:
+            return no_update, error_message(exc)
 
     @app.callback(
         Output(ids.OVERRIDE_RATIO, "disabled"),
