@@ -313,8 +313,25 @@ def test_an_export_directory_given_at_start_up_opens_for_another_round(tmp_path,
     for entry in (ModelEntry(str(folder), inputs=("1x3x8x8",)),
                   ModelEntry(str(folder), device="meta")):
         with pytest.raises(DepViewError, match="is an export directory: it brings its own "
-                                               "model, inputs and weights"):
+                                               "model and inputs"):
             SessionStore([entry]).base(str(folder))
+    # but it may be given its weights tuned since (fine-tuning between rounds)
+    from safetensors.torch import save_file
+
+    with torch.no_grad():
+        tuned = {k: v + 0.01 if v.is_floating_point() else v
+                 for k, v in pruned.state_dict().items()}
+    save_file(tuned, str(tmp_path / "tuned.safetensors"))
+    store = SessionStore([ModelEntry(str(folder), weights=str(tmp_path / "tuned.safetensors"))])
+    assert load_entry(store, "t", str(folder)) == ""
+    session = store.session("t")
+    assert torch.equal(session.stage.model.state_dict()["fc1.weight"], tuned["fc1.weight"])
+    assert session.base.history[-1]["tuned"] is True
+    assert pcb.first_stage(session) == "the export (after round 1, its weights tuned since)"
+    apply_round(store, "t", {**SETTINGS, "ratio": 0.3})
+    data = _fetch(downloads, cb.prepare_checkpoint(store, downloads, "t").token)
+    rounds = json.loads(zipfile.ZipFile(io.BytesIO(data)).read("plan.json"))["rounds"]
+    assert [r.get("tuned") for r in rounds] == [True, None]
 
 
 TIED_LM = """

@@ -652,6 +652,52 @@ def test_input_file_prunes_on_real_data_and_the_export_keeps_it(tmp_path):
     assert res.returncode == 2 and "(--input-file cannot apply)" in res.stderr
 
 
+def test_a_second_round_prunes_the_weights_tuned_since_the_first(tmp_path):
+    # prune, fine-tune the pruned model in your own loop, prune again from the export with
+    # the tuned weights: the usual iterative pruning (it said "--weights cannot apply")
+    from safetensors.torch import load_file, save_file
+
+    from viewer import load_pruned
+
+    cli("prune", "demo:resnet", "--ratio", "0.5", "--out", str(tmp_path / "r1"))
+    model = load_pruned(tmp_path / "r1")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    tuned = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(tuned, str(tmp_path / "tuned.safetensors"))
+    res = run_in(tmp_path, "prune", "r1", "--weights", "tuned.safetensors", "--ratio", "0.3",
+                 "--out", "r2")
+    assert res.returncode == 0 and res.stdout.startswith("pruned "), res.stderr
+    rounds = json.loads((tmp_path / "r2" / "plan.json").read_text())["rounds"]
+    assert rounds[0]["tuned"] is True
+    assert rounds[0]["tuned_weights"] == str(tmp_path / "tuned.safetensors")
+    assert "tuned" not in rounds[1]
+    # round 2's tensors are the tuned ones at its kept indices
+    now = load_file(str(tmp_path / "r2" / "model.safetensors"))
+    for key, dims in rounds[1]["tensors"].items():
+        t = tuned[key]
+        for dim, kept in dims.items():
+            t = t.index_select(int(dim), torch.tensor(kept))
+        assert torch.equal(now[key], t), key
+    res = cli("check", str(tmp_path / "r2"))
+    assert res.stdout.startswith("OK: ") and "tuned after pruning (round 1)" in res.stdout
+    # the export's own weights are not tuned ones: the rounds stay checkable
+    res = run_in(tmp_path, "prune", "r1", "--weights", "r1/model.safetensors", "--ratio",
+                 "0.3", "--out", "same")
+    rounds = json.loads((tmp_path / "same" / "plan.json").read_text())["rounds"]
+    assert not any("tuned" in r for r in rounds)
+    assert json.loads(cli("check", str(tmp_path / "same"), "--json", "-").stdout)[
+        "tensors_match_original"]
+    # weights of another model are one line
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
+    res = run_in(tmp_path, "prune", "r1", "--weights", "other.safetensors", "--ratio", "0.3",
+                 "--out", "bad")
+    assert res.returncode == 2 and res.stderr.startswith(
+        "error: weights other.safetensors do not fit the model: missing [")
+    assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
+
+
 def test_prune_in_bfloat16_writes_it_and_reloads_bit_exact(tmp_path):
     # a float32 checkpoint run in bfloat16 (half the memory): the export's weights and its
     # config.json are bfloat16, and load_pruned and from_pretrained give the same model

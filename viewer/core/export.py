@@ -1304,19 +1304,35 @@ def open_export(folder: str | Path, device: str = "cpu", *, inputs=None, input_f
     original's :class:`LoadedModel` (the example inputs: the widths in and out are the
     original's) and plan.json (its ``rounds`` so far). The model options the caller was
     also given (``inputs`` ... ``dtype``, as :func:`load_model` takes them) are refused: the
-    export brings its own."""
+    export brings its own; except ``weights``, a state_dict of the pruned model tuned since
+    (fine-tuning between rounds): it is loaded into the pruned model, and when any tensor
+    differs from the export's, the last round is marked ``"tuned": true`` (with
+    ``tuned_weights``, the file's absolute path) in the plan returned, so that the next
+    export records it and ``check`` does not compare its tensors with the original's."""
     given = [o for o, v in (("--input", inputs), ("--input-file", input_file),
-                            ("--kwargs", kwargs), ("--weights", weights),
+                            ("--kwargs", kwargs),
                             ("--dtype", (dtype or "float32") != "float32"),
                             ("--device", device != "cpu")) if v]
     if given:  # (its weights load on cpu)
-        raise DepViewError(f"{folder} is an export directory: it brings its own model, "
-                           f"inputs and weights ({', '.join(given)} cannot apply)")
+        raise DepViewError(f"{folder} is an export directory: it brings its own model and "
+                           f"inputs ({', '.join(given)} cannot apply)")
     model, lm = rebuild(folder)
     if lm.inputs is None:
         raise DepViewError(f"{folder} recorded no example inputs ({INPUTS_FILE}): its model "
                            "cannot be traced")
-    return model, lm, read_plan(folder)
+    plan = read_plan(folder)
+    if weights is not None:
+        from .spec import load_weights
+
+        exported = {k: t.clone() for k, t in model.state_dict().items()}
+        load_weights(model, weights)
+        now = model.state_dict()
+        rounds = list(plan.get("rounds") or [])
+        if rounds and any(not torch.equal(t, now[k]) for k, t in exported.items()):
+            rounds[-1] = {**rounds[-1], "tuned": True,
+                          "tuned_weights": str(Path(weights).resolve())}
+            plan = {**plan, "rounds": rounds}
+    return model, lm, plan
 
 
 def read_export_zip(data: bytes, max_bytes: int = 2 << 30

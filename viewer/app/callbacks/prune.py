@@ -518,7 +518,8 @@ def first_stage(session: Session, short: bool = False) -> str:
     done = len(session.base.history) if session.base else 0
     if done:
         what = "uploaded export" if session.base.entry_key.startswith("upload:") else "export"
-        return f"{'' if short else 'the '}{what} (after round {done})"
+        tuned = ", its weights tuned since" if session.base.history[-1].get("tuned") else ""
+        return f"{'' if short else 'the '}{what} (after round {done}{tuned})"
     return "original" if short else "the original model"
 
 
