@@ -682,6 +682,14 @@ def test_a_second_round_prunes_the_weights_tuned_since_the_first(tmp_path):
         assert torch.equal(now[key], t), key
     res = cli("check", str(tmp_path / "r2"))
     assert res.stdout.startswith("OK: ") and "tuned after pruning (round 1)" in res.stdout
+    # --ratio 0: the tuned model as an export, pruned no further
+    res = run_in(tmp_path, "prune", "r1", "--weights", "tuned.safetensors", "--ratio", "0",
+                 "--out", "r1t")
+    assert res.stdout.startswith("pruned 0 units") and "(ratio 0)" in res.stdout
+    assert load_file(str(tmp_path / "r1t" / "model.safetensors")).keys() == tuned.keys()
+    assert all(torch.equal(t, tuned[k]) for k, t in
+               load_file(str(tmp_path / "r1t" / "model.safetensors")).items())
+    assert cli("check", str(tmp_path / "r1t")).stdout.startswith("OK: ")
     # the export's own weights are not tuned ones: the rounds stay checkable
     res = run_in(tmp_path, "prune", "r1", "--weights", "r1/model.safetensors", "--ratio",
                  "0.3", "--out", "same")
