@@ -108,6 +108,36 @@ def test_weights_safetensors_and_weights_only_pt(tmp_path):
         assert all(torch.equal(sd[k], v) for k, v in lm2.model.state_dict().items())
 
 
+def test_weights_that_store_a_tied_tensor_once_load(tmp_path):
+    # safetensors' save_model and Hugging Face's save_pretrained keep one name of a tied
+    # tensor: it was "do not fit the model: missing ['lm_head.weight']"
+    from safetensors.torch import save_file, save_model
+
+    from viewer.core.spec import load_weights
+
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(10, 4)
+            self.mid = nn.Linear(4, 4)
+            self.head = nn.Linear(4, 10, bias=False)
+            self.head.weight = self.emb.weight
+
+        def forward(self, x):
+            return self.head(self.mid(self.emb(x)))
+
+    src, dst = Tied(), Tied()
+    save_model(src, str(tmp_path / "tied.safetensors"))
+    load_weights(dst, tmp_path / "tied.safetensors")
+    assert all(torch.equal(v, src.state_dict()[k]) for k, v in dst.state_dict().items())
+    assert dst.head.weight is dst.emb.weight  # still tied
+    # a tensor no other name holds is still missing
+    sd = {k: v for k, v in src.state_dict().items() if k not in ("head.weight", "mid.bias")}
+    save_file(sd, str(tmp_path / "short.safetensors"))
+    with pytest.raises(DepViewError, match=r"missing \['mid.bias'\], unexpected \[\]"):
+        load_weights(dst, tmp_path / "short.safetensors")
+
+
 def test_weights_saved_from_a_wrapper_of_the_model_load(tmp_path):
     # DataParallel/DDP (module.), a Lightning checkpoint (state_dict -> model.), a compiled
     # model (_orig_mod.): each was "do not fit the model: missing [...], unexpected [...]"

@@ -1142,10 +1142,27 @@ def _unwrapped(sd: dict[str, torch.Tensor], keys: set[str]) -> dict[str, torch.T
     return out if set(out) == keys else sd
 
 
+def _with_tied(sd: dict, model: nn.Module) -> dict:
+    """``sd`` with the names it lacks of tensors ``model`` ties to a name it has (GPT-2's
+    ``lm_head.weight`` is ``transformer.wte.weight``): ``save_model`` and ``save_pretrained``
+    store a tied tensor once, under one of its names."""
+    names: dict[int, list[str]] = {}
+    for name, t in (*model.named_parameters(remove_duplicate=False),
+                    *model.named_buffers(remove_duplicate=False)):
+        names.setdefault(id(t), []).append(name)
+    filled = dict(sd)
+    for tied in names.values():
+        held = next((n for n in tied if n in sd), None)
+        if held is not None:
+            filled.update({n: sd[held] for n in tied if n not in sd})
+    return filled
+
+
 def load_weights(model: nn.Module, path: str | Path) -> str | None:
     """Load a state_dict into ``model`` strictly, with a one-line error on mismatch; the
-    file's half-precision dtype (:func:`stored_dtype`), if it has one."""
-    sd = _unwrapped(read_state_dict(path), set(model.state_dict()))
+    file's half-precision dtype (:func:`stored_dtype`), if it has one. A tensor the model
+    ties under several names may be stored under one of them."""
+    sd = _with_tied(_unwrapped(read_state_dict(path), set(model.state_dict())), model)
     try:
         model.load_state_dict(sd, strict=True)
     except RuntimeError as exc:
