@@ -180,6 +180,20 @@ class FeaturesAndLogits(nn.Module):
         return {"logits": self.head(f.mean((2, 3))), "features": f}
 
 
+class TiedLM(nn.Module):
+    """An embedding and an LM head sharing one weight (GPT-2's wte and lm_head)."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(20, 8)
+        self.mid = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 20, bias=False)
+        self.head.weight = self.emb.weight
+
+    def forward(self, ids):
+        return self.head(torch.relu(self.mid(self.emb(ids))))
+
+
 class TiedWidthNet(nn.Module):
     def __init__(self, attention: type, c: int, layers: int = 2):
         super().__init__()

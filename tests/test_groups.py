@@ -141,21 +141,12 @@ def test_all_groups_partition_and_are_deterministic(demo_pruner):
 
 
 def test_tied_embedding_and_lm_head_share_one_group():
-    class Tied(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.emb = nn.Embedding(20, 8)
-            self.mid = nn.Linear(8, 8)
-            self.head = nn.Linear(8, 20, bias=False)
-            self.head.weight = self.emb.weight
-
-        def forward(self, ids):
-            return self.head(torch.relu(self.mid(self.emb(ids))))
+    from conftest import TiedLM
 
     from viewer.core.prune import Pruner
 
     torch.manual_seed(0)
-    model, ids = Tied().eval(), torch.randint(0, 20, (1, 4))
+    model, ids = TiedLM().eval(), torch.randint(0, 20, (1, 4))
     p = Pruner(model, (ids,))
     assert p.graph.node("head").params["weight"] == "emb.weight"
     # head's input columns are emb's embedding dim (one tensor): cutting them shrinks emb's

@@ -111,22 +111,12 @@ def test_weights_safetensors_and_weights_only_pt(tmp_path):
 def test_weights_that_store_a_tied_tensor_once_load(tmp_path):
     # safetensors' save_model and Hugging Face's save_pretrained keep one name of a tied
     # tensor: it was "do not fit the model: missing ['lm_head.weight']"
+    from conftest import TiedLM
     from safetensors.torch import save_file, save_model
 
     from viewer.core.spec import load_weights
 
-    class Tied(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.emb = nn.Embedding(10, 4)
-            self.mid = nn.Linear(4, 4)
-            self.head = nn.Linear(4, 10, bias=False)
-            self.head.weight = self.emb.weight
-
-        def forward(self, x):
-            return self.head(self.mid(self.emb(x)))
-
-    src, dst = Tied(), Tied()
+    src, dst = TiedLM(), TiedLM()
     save_model(src, str(tmp_path / "tied.safetensors"))
     load_weights(dst, tmp_path / "tied.safetensors")
     assert all(torch.equal(v, src.state_dict()[k]) for k, v in dst.state_dict().items())
