@@ -120,6 +120,40 @@ def test_time_forward_times_the_last_round_against_the_model_it_pruned(store, mo
     assert session.stages[1].timing is t
 
 
+def test_a_modules_ratio_sets_every_group_rooted_in_it(store):
+    from viewer.app.callbacks.inspect import control_values
+
+    session = store.session("sid")
+    pruner = session.stage.pruner
+    inside = pruner.groups_named("layer2")
+    assert [pruner.groups[g].root for g in inside] == \
+        ["layer2.0.conv1", "layer2.0.conv2", "layer2.1.conv1"]
+    module = {"kind": "module", "name": "layer2"}
+    text = cb.set_module_override(store, "sid", "layer2", " 0.75 ")
+    assert text == f"3 groups in layer2 will lose 75% of their units " \
+                   f"({', '.join(f'#{g}' for g in inside)})."
+    assert session.overrides == dict.fromkeys(inside, 0.75)
+    assert control_values(store, "sid", module) == ([], 0.75)
+    plan = cb.make_plan(session, {**SETTINGS, "ratio": 0.25})
+    assert {g: len(u) / pruner.groups[g].n_units for g, u in plan.removed.items()
+            if g in inside} == dict.fromkeys(inside, 0.75)
+    assert plan.removed == pruner.plan(0.25, overrides={"layer2": 0.75}).removed
+    # one group set apart: the module's box shows no single ratio
+    cb.set_override(store, "sid", inside[0], "0.5")
+    assert control_values(store, "sid", module) == ([], None)
+    assert cb.set_module_override(store, "sid", "layer2", None).startswith(
+        "Overrides of the groups in layer2 removed")
+    assert session.overrides == {}
+    for name, ratio, msg in (("layer1.0.relu", "0.5", "holds no channels a group prunes"),
+                             ("fc", "0.5", "which is not pruned"),
+                             ("layer2", "1.5", r"ratio inside must be in \[0, 1\)"),
+                             ("layer2", "", "ratio inside must be a number"),
+                             (None, "0.5", "select a module first")):
+        with pytest.raises(DepViewError, match=msg):
+            cb.set_module_override(store, "sid", name, ratio)
+    assert session.overrides == {}
+
+
 def test_apply_pushes_a_verified_stage_and_undo_reset_go_back(store):
     session = store.session("sid")
     original = session.stage

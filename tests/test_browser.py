@@ -307,6 +307,15 @@ def test_a_collapsed_module_is_ignored_from_its_inspector(dash_duo):
                                     timeout=TIMEOUT)
     dash_duo.wait_for_contains_text(f"#{ids.PLAN_INFO}", "ignore layer1.0:out",
                                     timeout=TIMEOUT)
+    # another block gets a ratio of its own: every group that starts in it
+    _click_node(dash_duo, "layer2.0")
+    dash_duo.wait_for_contains_text(f"#{ids.INSPECTOR}", "layer2.0", timeout=TIMEOUT)
+    dash_duo.find_element(f"#{ids.MODULE_RATIO}").send_keys("0.6")
+    dash_duo.find_element(f"#{ids.MODULE_RATIO_SET}").click()
+    dash_duo.wait_for_contains_text(f"#{ids.MESSAGE}", "2 groups in layer2.0 will lose 60% "
+                                    "of their units", timeout=TIMEOUT)
+    _until(dash_duo, lambda d: d.find_element("id", ids.PLAN_INFO).text.count("ratio 0.6")
+           == 2, "the module's groups' ratios were not listed")
     _click_node(dash_duo, "conv1")  # a layer: its own boxes, the module's hidden
     _until(dash_duo, lambda d: not d.find_element("id", ids.MODULE_CONTROLS).is_displayed(),
            "the module's ignore boxes stayed for a layer")

@@ -53,6 +53,10 @@ OVERRIDE_CLEAR = "override-clear"
 IGNORE_TOGGLE = "ignore-toggle"
 MODULE_CONTROLS = "module-controls"  #: shown for a module: ignore every layer inside
 MODULE_IGNORE = "module-ignore"
+#: a module's ratio: every group rooted inside it (as ``prune --override NAME=R``)
+MODULE_RATIO = "module-ratio"
+MODULE_RATIO_SET = "module-ratio-set"
+MODULE_RATIO_CLEAR = "module-ratio-clear"
 OUTPUT_CONTROLS = "output-controls"  #: shown for a model output: let its width change
 FREE_OUTPUT = "free-output"
 #: in a group panel, for each output that alone holds the group: {"type": FREE_HELD,

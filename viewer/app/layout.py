@@ -99,6 +99,17 @@ def inspector_card() -> html.Section:
                           className="ignore"),
             html.P("Every layer inside keeps these channels (as --ignore MODULE:out/:in).",
                    className="hint"),
+            html.Div([
+                html.Label("ratio inside"),
+                dcc.Input(id=ids.MODULE_RATIO, type="text", inputMode="decimal",
+                          placeholder="0–1", className="num"),
+                _button("set", ids.MODULE_RATIO_SET, "prune every group rooted in this "
+                        "module by its own ratio (as --override MODULE=R)", "btn small"),
+                _button("clear", ids.MODULE_RATIO_CLEAR, "use the global ratio for the groups "
+                        "rooted in this module", "btn small"),
+            ], className="group-edit"),
+            html.P("The groups that start inside prune by this ratio (as --override MODULE=R).",
+                   className="hint"),
         ], id=ids.MODULE_CONTROLS, style={"display": "none"}),
         html.Div([
             dcc.Checklist(id=ids.FREE_OUTPUT, value=[], inline=True,

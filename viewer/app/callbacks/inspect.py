@@ -640,7 +640,8 @@ def _bar_marks(graph: Graph, node: Node, group: Group | None,
 
 def control_values(store: SessionStore, sid: str,
                    selection: dict | None) -> tuple[list[str], float | None]:
-    """The ignore checkboxes and override ratio to show for a selection."""
+    """The ignore checkboxes and override ratio to show for a selection: a layer's group's,
+    or the ratio every group rooted in a module has (None if they differ or have none)."""
     sel = selection or {}
     if sel.get("kind") not in ("op", "module"):
         return [], None
@@ -648,7 +649,14 @@ def control_values(store: SessionStore, sid: str,
     with session.lock:
         name = selected_layer(sel)
         ignore = [s for s in IGNORE_SIDES if f"{name}:{s}" in session.ignore]
-        return ignore, session.overrides.get(sel.get("gid"))
+        if sel.get("kind") == "op":
+            return ignore, session.overrides.get(sel.get("gid"))
+        try:
+            gids = session.stage.pruner.groups_named(name, session.ignored())
+        except DepViewError:  # no pruned group starts in it
+            return ignore, None
+        ratios = {session.overrides.get(g) for g in gids}
+        return ignore, ratios.pop() if len(ratios) == 1 else None
 
 
 def is_free_output(store: SessionStore, sid: str, selection: dict | None) -> bool:
@@ -762,6 +770,7 @@ def register(app, store: SessionStore) -> None:
         Output(ids.OVERRIDE_RATIO, "value"),
         Output(ids.MODULE_IGNORE, "options"),
         Output(ids.MODULE_IGNORE, "value"),
+        Output(ids.MODULE_RATIO, "value"),
         Output(ids.FREE_OUTPUT, "value"),
         Input(ids.SHOWN, "data"),
         State(ids.SESSION, "data"),
@@ -773,7 +782,7 @@ def register(app, store: SessionStore) -> None:
             ignore, ratio = control_values(store, sid, selection)
             free = ["free"] if is_free_output(store, sid, selection) else []
         except Exception:
-            return no_update, [], None, no_update, [], []
+            return no_update, [], None, no_update, [], None, []
         if (selection or {}).get("kind") == "module":  # (the layer boxes are hidden)
-            return no_update, [], None, options, ignore, free
-        return options, ignore, ratio, no_update, [], free
+            return no_update, [], None, options, ignore, ratio, free
+        return options, ignore, ratio, no_update, [], None, free

@@ -350,6 +350,26 @@ def set_override(store: SessionStore, sid: str, gid: int | None, ratio) -> str:
         return f"Group #{gid} will lose {r:.0%} of its units."
 
 
+def set_module_override(store: SessionStore, sid: str, name: str | None, ratio) -> str:
+    """Give every pruned group rooted in module ``name`` its own ratio (as ``prune
+    --override NAME=R``: :meth:`Pruner.groups_named`); ``ratio=None`` removes their
+    overrides."""
+    session = store.session(sid)
+    with session.lock:
+        if not name:
+            raise DepViewError("select a module first")
+        gids = session.stage.pruner.groups_named(name, session.ignored())
+        listed = ", ".join(f"#{g}" for g in gids)
+        if ratio is None:
+            for g in gids:
+                session.overrides.pop(g, None)
+            return f"Overrides of the groups in {name} removed ({listed})."
+        r = parse_ratio(ratio, "ratio inside")
+        session.overrides.update(dict.fromkeys(gids, r))
+        return (f"{counted(len(gids), 'group')} in {name} will lose {r:.0%} of "
+                f"{'their' if len(gids) > 1 else 'its'} units ({listed}).")
+
+
 def set_ignore(store: SessionStore, sid: str, name: str | None, sides: list[str]) -> str:
     """Ignore (keep intact) a layer's outputs, inputs and/or (an LSTM with ``proj_size``) cell
     units: ``sides`` ⊆ {"out", "in", "cell"}. ``name`` may be a module: every layer inside."""
@@ -857,12 +877,15 @@ def register(app, store: SessionStore) -> None:
         Output(ids.MODEL_INFO, "children", allow_duplicate=True),
         Input(ids.OVERRIDE_SET, "n_clicks"),
         Input(ids.OVERRIDE_CLEAR, "n_clicks"),
+        Input(ids.MODULE_RATIO_SET, "n_clicks"),
+        Input(ids.MODULE_RATIO_CLEAR, "n_clicks"),
         Input(ids.IGNORE_TOGGLE, "value"),
         Input(ids.MODULE_IGNORE, "value"),
         Input(ids.FREE_OUTPUT, "value"),
         Input({"type": ids.FREE_HELD, "output": ALL}, "n_clicks"),
         Input(ids.GRAPH_REV, "data"),
         State(ids.OVERRIDE_RATIO, "value"),
+        State(ids.MODULE_RATIO, "value"),
         State(ids.SELECTION, "data"),
         State(ids.GROUP_SIDE, "value"),
         State(ids.GROUP_PICK, "value"),
@@ -883,8 +906,8 @@ def register(app, store: SessionStore) -> None:
                 pass
         return (*got, no_update)
 
-    def plan_edit(_s, _c, ignore_sides, module_sides, free, _held, _rev, ratio, selection, side,
-                  pick, sid):
+    def plan_edit(_s, _c, _ms, _mc, ignore_sides, module_sides, free, _held, _rev, ratio,
+                  module_ratio, selection, side, pick, sid):
         trig = ctx.triggered_id
         sel = selection or {}
         try:
@@ -894,6 +917,13 @@ def register(app, store: SessionStore) -> None:
                 text = set_override(store, sid, sel.get("gid"), "" if ratio is None else ratio)
             elif trig == ids.OVERRIDE_CLEAR:
                 text = set_override(store, sid, sel.get("gid"), None)
+            elif trig in (ids.MODULE_RATIO_SET, ids.MODULE_RATIO_CLEAR):
+                if sel.get("kind") != "module":
+                    return no_update, no_update, no_update
+                text = set_module_override(
+                    store, sid, selected_layer(sel),
+                    None if trig == ids.MODULE_RATIO_CLEAR else
+                    "" if module_ratio is None else module_ratio)
             elif trig in (ids.IGNORE_TOGGLE, ids.MODULE_IGNORE):
                 kind, sides = ("op", ignore_sides) if trig == ids.IGNORE_TOGGLE else \
                     ("module", module_sides)
