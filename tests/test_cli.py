@@ -425,6 +425,17 @@ def test_graph_and_groups_without_json_print_tables_of_what_the_json_holds():
     assert "it reaches the model output 'output'" in lines[-2]
 
 
+def test_the_groups_table_names_a_groups_side_when_it_is_not_the_outputs():
+    from viewer.cli import groups_table
+
+    row = {"id": 1, "root": "lstm", "root_side": "cell", "channels": 16, "prunable": True,
+           "reason": "", "members": [{"node": "lstm"}], "multiple_of": 1, "exact": True,
+           "sets": []}
+    lines = groups_table([{**row, "id": 0, "root_side": "out", "channels": 6}, row])
+    assert lines.splitlines()[1].split()[:2] == ["0", "lstm"]
+    assert lines.splitlines()[2].split()[:4] == ["1", "lstm", "(cell)", "16"]
+
+
 def test_prune_with_time_puts_the_speed_up_in_its_line_and_report(tmp_path):
     res = run_in(tmp_path, "prune", "demo:cnn", "--ratio", "0.5", "--time", "--out", "out")
     assert res.returncode == 0, res.stderr

@@ -121,7 +121,9 @@ def groups_table(rows: list[dict]) -> str:
             notes.append("inexact: changes statistics over its channels")
         if g.get("sets"):
             notes.append("sets " + ", ".join(g["sets"]))
-        out.append([g["id"], g["root"], g["channels"], "yes" if g["prunable"] else "no",
+        root = g["root"] if g.get("root_side", "out") == "out" else \
+            f"{g['root']} ({g['root_side']})"  # (an LSTM's cell units beside its outputs)
+        out.append([g["id"], root, g["channels"], "yes" if g["prunable"] else "no",
                     nodes, "; ".join(notes)])
     n_ok = sum(g["prunable"] for g in rows)
     return "\n".join([_table(["id", "root", "units", "prunable", "members", "note"], out,
