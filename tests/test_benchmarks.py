@@ -27,6 +27,18 @@ def test_bench_core_runs_on_a_tiny_demo(tmp_path):
     assert len(model["all_times"]["forward"]) == len(model["all_times"]["build"]) >= 1
 
 
+def test_bench_speedup_runs_on_a_tiny_demo(tmp_path):
+    out = tmp_path / "speed.json"
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_speedup.py"),
+                          "--models", "cnn", "--json", str(out)],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "| cnn | 89.9k → " in res.stdout and "×** |" in res.stdout
+    (row,) = json.loads(out.read_text())["models"]
+    assert row["params"]["after"] < row["params"]["before"]
+    assert set(row["timing"]) >= {"before_ms", "after_ms", "speedup"}
+
+
 def test_bench_core_refuses_an_unknown_model():
     res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_core.py"),
                           "--models", "cnn,nope", "--no-7b"],
