@@ -208,6 +208,38 @@ def _has_transformers() -> bool:
     return importlib.util.find_spec("transformers") is not None
 
 
+def build_model(name: str):
+    """A demo or :data:`HF_MODELS` model in eval mode, its inputs and its output layers."""
+    import torch
+
+    import demo_models
+
+    torch.manual_seed(0)
+    if name in HF_MODELS:
+        m, x = _hf_model(name)
+        return m, x, []  # (their outputs' groups reach the model output: never pruned)
+    demo = demo_models.DEMOS[name]
+    return demo.build().eval(), demo.make_inputs("cpu"), \
+        [demo.output_layer] if demo.output_layer else []
+
+
+def model_names(ap: argparse.ArgumentParser, models: str | None, quick: bool,
+                hf: bool = True) -> list[str]:
+    """The models ``--models`` names (default: every demo, and the HF models when
+    transformers is installed and ``hf``); ``quick`` drops resnet50 and the HF models; an
+    unknown name is an argparse error."""
+    _setup_path()
+    import demo_models
+
+    names = models.split(",") if models else list(demo_models.DEMOS) + (
+        list(HF_MODELS) if _has_transformers() and hf else [])
+    unknown = [n for n in names if n not in demo_models.DEMOS and n not in HF_MODELS]
+    if unknown:
+        ap.error(f"unknown model(s) {', '.join(unknown)}; choose from "
+                 f"{', '.join([*demo_models.DEMOS, *HF_MODELS])}")
+    return [n for n in names if n != "resnet50" and n not in HF_MODELS] if quick else names
+
+
 def run_one(name: str, reps: int, threads: int | None = None) -> dict:
     _setup_path()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -215,20 +247,11 @@ def run_one(name: str, reps: int, threads: int | None = None) -> dict:
 
     if threads:
         torch.set_num_threads(threads)
-    import demo_models
     from viewer.core.export import export_dir
     from viewer.core.prune import Pruner
 
     base_rss = _rss_now()
-    torch.manual_seed(0)
-    if name in HF_MODELS:
-        m, x = _hf_model(name)
-        out_layers = []  # (their outputs' groups reach the model output: never pruned)
-    else:
-        demo = demo_models.DEMOS[name]
-        m = demo.build().eval()
-        x = demo.make_inputs("cpu")
-        out_layers = [demo.output_layer] if demo.output_layer else []
+    m, x, out_layers = build_model(name)
     n_params = sum(p.numel() for p in m.parameters())
     res: dict = {"name": name, "params": n_params, "times": {}, "all_times": {}}
 
@@ -447,17 +470,7 @@ def main(argv=None) -> int:
         print(MARK + json.dumps(res), flush=True)
         return 0
 
-    _setup_path()
-    import demo_models
-
-    names = args.models.split(",") if args.models else list(demo_models.DEMOS) + (
-        list(HF_MODELS) if _has_transformers() and not args.no_hf else [])
-    unknown = [n for n in names if n not in demo_models.DEMOS and n not in HF_MODELS]
-    if unknown:
-        ap.error(f"unknown model(s) {', '.join(unknown)}; choose from "
-                 f"{', '.join([*demo_models.DEMOS, *HF_MODELS])}")
-    if args.quick:
-        names = [n for n in names if n != "resnet50" and n not in HF_MODELS]
+    names = model_names(ap, args.models, args.quick, hf=not args.no_hf)
     import torch
 
     rev = _git_rev()

@@ -20,25 +20,15 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_core import HF_MODELS, _git_rev, _has_transformers, _hf_model, _setup_path  # noqa: E402
+from bench_core import _git_rev, build_model, model_names  # noqa: E402
 
 
 def measure(name: str, ratio: float, round_to: int) -> dict:
     """Prune ``name`` at ``ratio`` (L1, uniform, ``round_to``) and time both forwards."""
-    import torch
-
-    import demo_models
     from viewer.core.prune import Pruner
     from viewer.core.timing import compare_speed
 
-    torch.manual_seed(0)
-    if name in HF_MODELS:
-        m, x = _hf_model(name)
-        out_layers = []
-    else:
-        demo = demo_models.DEMOS[name]
-        m, x = demo.build().eval(), demo.make_inputs("cpu")
-        out_layers = [demo.output_layer] if demo.output_layer else []
+    m, x, out_layers = build_model(name)
     p = Pruner(m, x, output_layers=out_layers)
     plan = p.plan(ratio, "l1", round_to=round_to)
     pruned = p.apply(plan)
@@ -77,20 +67,10 @@ def main(argv=None) -> int:
     ap.add_argument("--round-to", type=int, default=8)
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = ap.parse_args(argv)
-    _setup_path()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    names = model_names(ap, args.models, args.quick)
     import torch
 
-    import demo_models
-
-    names = args.models.split(",") if args.models else list(demo_models.DEMOS) + (
-        list(HF_MODELS) if _has_transformers() else [])
-    unknown = [n for n in names if n not in demo_models.DEMOS and n not in HF_MODELS]
-    if unknown:
-        ap.error(f"unknown model(s) {', '.join(unknown)}; choose from "
-                 f"{', '.join([*demo_models.DEMOS, *HF_MODELS])}")
-    if args.quick:
-        names = [n for n in names if n != "resnet50" and n not in HF_MODELS]
     print(f"depview {_git_rev()}, torch {torch.__version__}, {torch.get_num_threads()} "
           f"threads, {os.cpu_count()} cpus", flush=True)
     rows = []
