@@ -1322,13 +1322,18 @@ def open_export(folder: str | Path, device: str = "cpu", *, inputs=None, input_f
                            "cannot be traced")
     plan = read_plan(folder)
     if weights is not None:
+        from safetensors import safe_open
+
         from .spec import load_weights
 
-        exported = {k: t.clone() for k, t in model.state_dict().items()}
         load_weights(model, weights)
         now = model.state_dict()
         rounds = list(plan.get("rounds") or [])
-        if rounds and any(not torch.equal(t, now[k]) for k, t in exported.items()):
+        # compared with the export's file a tensor at a time (no copy of the whole model)
+        with safe_open(str(export_path(folder) / "model.safetensors"), "pt") as f:
+            tuned = any(k in now and not torch.equal(f.get_tensor(k).to(now[k].dtype), now[k])
+                        for k in f.keys())
+        if rounds and tuned:
             rounds[-1] = {**rounds[-1], "tuned": True,
                           "tuned_weights": str(Path(weights).resolve())}
             plan = {**plan, "rounds": rounds}
