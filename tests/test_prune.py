@@ -344,6 +344,8 @@ def test_an_override_pattern_sets_every_match_and_conflicts_are_named(demo_prune
         p.plan(0.25, overrides={"*.mlp": 0.5, "layers.*": 0.75})
     with pytest.raises(DepViewError, match="override 'nothing.*' matches no layer or module"):
         p.plan(0.25, overrides={"nothing.*": 0.5})
+    # the groups JSON says which units are heads (what --round-to counts)
+    assert {g.id for g in p.groups if p.group_dict(g, with_indices=False)["heads"]} == heads
 
 
 @pytest.mark.parametrize("name, msg", [

@@ -123,7 +123,8 @@ def groups_table(rows: list[dict]) -> str:
             notes.append("sets " + ", ".join(g["sets"]))
         root = g["root"] if g.get("root_side", "out") == "out" else \
             f"{g['root']} ({g['root_side']})"  # (an LSTM's cell units beside its outputs)
-        out.append([g["id"], root, g["channels"], "yes" if g["prunable"] else "no",
+        units = f"{g['channels']} heads" if g.get("heads") else g["channels"]
+        out.append([g["id"], root, units, "yes" if g["prunable"] else "no",
                     nodes, "; ".join(notes)])
     n_ok = sum(g["prunable"] for g in rows)
     return "\n".join([_table(["id", "root", "units", "prunable", "members", "note"], out,

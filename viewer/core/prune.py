@@ -28,7 +28,7 @@ from torch import nn
 from .errors import DepViewError
 from .forward import batch_shapes, copy_inputs, count, inputs_on_meta, is_real, run, taylor_grads
 from .graph import Graph
-from .groups import Group, all_groups, out_channel_dim
+from .groups import Group, all_groups, out_channel_dim, units_are_heads
 from .handlers import Cut, cell_port, cell_width, node_cuts, rnn_key
 from .materialize import get_attr, materialize, pruned_bytes, tensor_lookup
 from .memory import check_room, gigabytes, room_for, tensor_bytes
@@ -310,6 +310,7 @@ class Pruner(GroupValidation, Verification):
         d["reason"] = self.reason(group, ignore)
         d["prunable"] = not d["reason"] and group.n_units > 1
         d["sets"] = self.sets(group)
+        d["heads"] = units_are_heads(self.graph, group)  # what --round-to counts
         return d
 
     # -- importance -----------------------------------------------------------------------
