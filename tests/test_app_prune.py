@@ -144,6 +144,11 @@ def test_a_modules_ratio_sets_every_group_rooted_in_it(store):
     assert cb.set_module_override(store, "sid", "layer2", None).startswith(
         "Overrides of the groups in layer2 removed")
     assert session.overrides == {}
+    # a module where no pruned group starts: its set button is disabled and says why
+    assert cb.module_override_block(store, "sid", module) == ""
+    assert "which is not pruned: it reaches the model output" in cb.module_override_block(
+        store, "sid", {"kind": "module", "name": "fc"})
+    assert cb.module_override_block(store, "sid", {"kind": "op", "name": "fc"}) == ""
     for name, ratio, msg in (("layer1.0.relu", "0.5", "holds no channels a group prunes"),
                              ("fc", "0.5", "which is not pruned"),
                              ("layer2", "1.5", r"ratio inside must be in \[0, 1\)"),

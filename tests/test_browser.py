@@ -307,6 +307,11 @@ def test_a_collapsed_module_is_ignored_from_its_inspector(dash_duo):
                                     timeout=TIMEOUT)
     dash_duo.wait_for_contains_text(f"#{ids.PLAN_INFO}", "ignore layer1.0:out",
                                     timeout=TIMEOUT)
+    # its groups are kept whole now: no ratio for them, and the button says why
+    _until(dash_duo, lambda d: not d.find_element("id", ids.MODULE_RATIO_SET).is_enabled(),
+           "a ratio stayed offered for a module whose groups are all ignored")
+    assert "outputs are ignored" in dash_duo.find_element(
+        f"#{ids.MODULE_RATIO_SET}").get_attribute("title")
     # another block gets a ratio of its own: every group that starts in it
     _click_node(dash_duo, "layer2.0")
     dash_duo.wait_for_contains_text(f"#{ids.INSPECTOR}", "layer2.0", timeout=TIMEOUT)

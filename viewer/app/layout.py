@@ -22,6 +22,9 @@ KEPT = {"persistence": True, "persistence_type": "session"}
 
 #: the override "set" button's tooltip (a group that is not pruned shows why instead)
 OVERRIDE_SET_TITLE = "prune this group by its own ratio"
+#: a module's "set" button's tooltip (a module where no pruned group starts shows why)
+MODULE_RATIO_TITLE = "prune every group that starts in this module by its own ratio (as " \
+    "--override MODULE=R)"
 
 IMPORTANCE_LABELS = {"l1": "L1 magnitude", "l2": "L2 magnitude", "bn": "BatchNorm scale",
                      "random": "random", "taylor": "Taylor (1st order)"}
@@ -103,8 +106,7 @@ def inspector_card() -> html.Section:
                 html.Label("ratio inside"),
                 dcc.Input(id=ids.MODULE_RATIO, type="text", inputMode="decimal",
                           placeholder="0–1", className="num"),
-                _button("set", ids.MODULE_RATIO_SET, "prune every group rooted in this "
-                        "module by its own ratio (as --override MODULE=R)", "btn small"),
+                _button("set", ids.MODULE_RATIO_SET, MODULE_RATIO_TITLE, "btn small"),
                 _button("clear", ids.MODULE_RATIO_CLEAR, "use the global ratio for the groups "
                         "rooted in this module", "btn small"),
             ], className="group-edit"),

@@ -27,7 +27,7 @@ from viewer.core.trace import output_nodes, output_path
 from viewer.core.verify import blind_note, run_failure, untraced_note
 
 from .. import charts, ids, styles
-from ..layout import OVERRIDE_SET_TITLE
+from ..layout import MODULE_RATIO_TITLE, OVERRIDE_SET_TITLE
 from ..state import Session, SessionStore, make_stage, with_free_outputs
 from ..viewmodel import selected_layer
 from .common import change, decode_upload, error_message, fmt_count, message
@@ -481,6 +481,21 @@ def override_block(store: SessionStore, sid: str, selection: dict | None) -> str
     return f"group #{group.id} is not pruned: {why}" if why else ""
 
 
+def module_override_block(store: SessionStore, sid: str, selection: dict | None) -> str:
+    """Why the selected module takes no ratio ("" when it does): no pruned group starts in
+    it (its "set" button is disabled and says why)."""
+    sel = selection or {}
+    if sel.get("kind") != "module":
+        return ""
+    session = store.session(sid)
+    with session.lock:
+        try:
+            session.stage.pruner.groups_named(selected_layer(sel), session.ignored())
+        except DepViewError as exc:
+            return str(exc)
+    return ""
+
+
 def plan_info(session: Session) -> list:
     """Overrides and ignores in force, for the prune panel."""
     items = [html.Li(f"group #{gid}: ratio {r}") for gid, r in sorted(session.overrides.items())]
@@ -858,6 +873,9 @@ def register(app, store: SessionStore) -> None:
         Output(ids.OVERRIDE_RATIO, "disabled"),
         Output(ids.OVERRIDE_SET, "disabled"),
         Output(ids.OVERRIDE_SET, "title"),
+        Output(ids.MODULE_RATIO, "disabled"),
+        Output(ids.MODULE_RATIO_SET, "disabled"),
+        Output(ids.MODULE_RATIO_SET, "title"),
         Input(ids.SHOWN, "data"),
         Input(ids.PLAN_INFO, "children"),  # an ignore can make the group unprunable
         State(ids.SESSION, "data"),
@@ -866,9 +884,11 @@ def register(app, store: SessionStore) -> None:
     def on_override_lock(selection, _info, sid):
         try:
             why = override_block(store, sid, selection)
+            mod = module_override_block(store, sid, selection)
         except Exception:
-            why = ""
-        return bool(why), bool(why), why or OVERRIDE_SET_TITLE
+            why = mod = ""
+        return (bool(why), bool(why), why or OVERRIDE_SET_TITLE,
+                bool(mod), bool(mod), mod or MODULE_RATIO_TITLE)
 
     @app.callback(
         Output(ids.PLAN_INFO, "children"),
