@@ -427,6 +427,21 @@ def test_graph_and_groups_without_json_print_tables_of_what_the_json_holds():
     assert "it reaches the model output 'output'" in lines[-2]
 
 
+def test_groups_layer_keeps_the_groups_that_hold_its_channels():
+    every = json.loads(cli("groups", "demo:resnet", "--no-indices", "--json", "-").stdout)[
+        "groups"]
+    got = json.loads(cli("groups", "demo:resnet", "--no-indices", "--layer", "fc", "--json",
+                         "-").stdout)["groups"]
+    assert got == [g for g in every if any(m["module"] == "fc" for m in g["members"])]
+    lines = cli("groups", "demo:resnet", "--layer", "fc").stdout.splitlines()
+    assert [line.split()[1] for line in lines[1:-1]] == [g["root"] for g in got]
+    assert lines[-2].endswith("holds fc out; it reaches the model output 'output'")
+    assert lines[1].endswith("holds fc in")
+    res = cli("groups", "demo:resnet", "--layer", "fc9", check=False)
+    assert res.returncode == 2 and res.stderr.startswith(
+        "error: --layer names no layer of this model: 'fc9'")
+
+
 def test_the_groups_table_names_a_groups_side_when_it_is_not_the_outputs():
     from viewer.cli import groups_table
 

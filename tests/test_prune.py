@@ -348,6 +348,26 @@ def test_an_override_pattern_sets_every_match_and_conflicts_are_named(demo_prune
     assert {g.id for g in p.groups if p.group_dict(g, with_indices=False)["heads"]} == heads
 
 
+def test_groups_holding_a_layer_say_which_of_its_channels_each_holds(demo_pruner):
+    _, p = demo_pruner("resnet")
+    stem = next(g.id for g in p.groups if g.root == "conv1")
+    stream2 = next(g.id for g in p.groups if g.root == "layer2.0.conv2")
+    # the downsample reads the stem's stream and writes stage 2's (its BN's inputs too)
+    assert p.groups_holding("layer2.0.downsample") == {stem: ["in"], stream2: ["out", "in"]}
+    assert p.groups_holding("layer2.0.downsample.0") == {stem: ["in"], stream2: ["out"]}
+    # the oracle: every group with a member in the module, none without
+    for name in ("layer3", "layer1.0.conv2", "fc"):
+        assert set(p.groups_holding(name)) == {
+            g.id for g in p.groups
+            if any(m.module == name or m.module.startswith(name + ".") for m in g.members)}
+    both = [p.groups_holding(f"layer{i}.0.downsample") for i in (2, 3)]
+    assert p.groups_holding("layer*.0.downsample") == {
+        g: sorted(set(both[0].get(g, [])) | set(both[1].get(g, [])), key=["out", "in"].index)
+        for g in sorted({*both[0], *both[1]})}
+    with pytest.raises(DepViewError, match="--layer names no layer of this model: 'layer9'"):
+        p.groups_holding("layer9", "--layer")
+
+
 @pytest.mark.parametrize("name, msg", [
     ("layer9", "override names no layer of this model: 'layer9'; did you mean"),
     ("layer1.0.relu", "override 'layer1.0.relu': it holds no channels a group prunes"),

@@ -114,7 +114,8 @@ def groups_table(rows: list[dict]) -> str:
     out = []
     for g in rows:
         nodes = len({m["node"] for m in g["members"]})
-        notes = [g["reason"]] if g["reason"] else []
+        notes = [f"holds {g['holds']}"] if g.get("holds") else []
+        notes += [g["reason"]] if g["reason"] else []
         if not g["reason"] and g.get("multiple_of", 1) > 1:
             notes.append(f"in multiples of {g['multiple_of']} ({g['multiple_why']})")
         if not g["reason"] and not g.get("exact", True):
@@ -170,10 +171,14 @@ def cmd_groups(args) -> int:
     if not args.no_validate:  # on meta too: validation runs its forwards on meta
         pruner.validate_groups()
     ignore = pruner.resolve_ignore(args.ignore)
+    holding = pruner.groups_holding(args.layer, "--layer") if args.layer else None
     rows = [pruner.group_dict(g, ignore, with_indices=not args.no_indices and bool(args.json))
-            for g in pruner.groups]
+            for g in pruner.groups if holding is None or g.id in holding]
     if args.json is None:
         note = _outputs_note(pruner)
+        if holding is not None:
+            for r in rows:  # which of its channels each group holds
+                r["holds"] = f"{args.layer} {'+'.join(holding[r['id']])}"
         print(groups_table(rows) + (f" ({note})" if note else ""))
         return 0
     out = {"spec": args.spec, "groups": rows}
@@ -409,6 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=IGNORE_HELP)
     p.add_argument("--free-output", action="append", default=[], metavar="NAME",
                    help=FREE_OUTPUT_HELP)
+    p.add_argument("--layer", default=None, metavar="NAME",
+                   help="only the groups that hold this layer's or module's channels (a "
+                        "wildcard pattern too): why it is, or is not, pruned")
     p.add_argument("--no-indices", action="store_true", help="omit per-member index lists")
     p.add_argument("--no-validate", action="store_true",
                    help="skip the meta-device check that each group's pruned model still runs")

@@ -751,15 +751,7 @@ class Pruner(GroupValidation, Verification):
         the group of its output channels (``layer1.0.conv2`` -> the residual stream it
         writes). ``name`` may be a wildcard pattern (``*.mlp``: every block's MLP).
         Groups that are not pruned are left out; naming only such groups is an error."""
-        known = self._names()
-        if is_pattern(name):
-            hits = set(match_pattern(name, known))
-            if not hits:
-                raise DepViewError(f"override {name!r} matches no layer or module of this model")
-        elif name in known and name:
-            hits = {name}
-        else:
-            raise self._no_such_name("override", name, known)
+        hits = self._hits("override", name)
         nodes = self.graph.by_name
         chosen = [g for g in self.groups
                   if within(g.root, hits) or within(nodes[g.root].module, hits)] or \
@@ -778,6 +770,33 @@ class Pruner(GroupValidation, Verification):
             raise DepViewError(f"override {name!r} names {what} pruned: "
                                f"{why[g.id] or g.reason}")
         return ok
+
+    def _hits(self, what: str, name: str) -> set[str]:
+        """The layers and modules ``name`` gives: itself, or what a pattern matches (the
+        outermost); one that names nothing is an error that says ``what`` gave it."""
+        known = self._names()
+        if is_pattern(name):
+            hits = set(match_pattern(name, known))
+            if not hits:
+                raise DepViewError(f"{what} {name!r} matches no layer or module of this model")
+            return hits
+        if name in known and name:
+            return {name}
+        raise self._no_such_name(what, name, known)
+
+    def groups_holding(self, name: str, what: str = "layer") -> dict[int, list[str]]:
+        """Every group that holds channels of the layer or module ``name`` (or of what a
+        pattern matches), with the sides it holds there, in group order:
+        ``{0: ["in", "out"], 4: ["out"]}``. Answers "why is this layer (not) pruned": each
+        group's reason says."""
+        hits = self._hits(what, name)
+        out: dict[int, list[str]] = {}
+        for g in self.groups:
+            sides = {m.side for m in g.members
+                     if within(m.node_name, hits) or within(m.module, hits)}
+            if sides:
+                out[g.id] = sorted(sides, key=("out", "param", "in").index)
+        return out
 
     def check_names(self, ignore: set[tuple[str, str]], overrides: dict[int, float]) -> None:
         """An ignore or override that names nothing would silently do nothing: refuse it."""
