@@ -713,6 +713,13 @@ def test_a_second_round_prunes_the_weights_tuned_since_the_first(tmp_path):
         assert torch.equal(now[key], t), key
     res = cli("check", str(tmp_path / "r2"))
     assert res.stdout.startswith("OK: ") and "tuned after pruning (round 1)" in res.stdout
+    # --time: against the original, over both rounds, on this machine
+    res = cli("check", str(tmp_path / "r2"), "--time", "--json", "-")
+    t = json.loads(res.stdout)["timing"]
+    assert t["rounds"] == 7 and t["before_ms"] > 0 and t["after_ms"] > 0
+    res = cli("check", str(tmp_path / "r2"), "--time")
+    assert res.stdout.startswith("OK: ") and "x as fast as the original)" in res.stdout
+    assert "timing" not in json.loads(cli("check", str(tmp_path / "r2"), "--json", "-").stdout)
     # --ratio 0: the tuned model as an export, pruned no further
     res = run_in(tmp_path, "prune", "r1", "--weights", "tuned.safetensors", "--ratio", "0",
                  "--out", "r1t")

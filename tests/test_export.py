@@ -809,6 +809,30 @@ def test_layer_norms_of_a_given_shape_follow_and_reload(tmp_path):
         assert torch.equal(again(*lm.inputs), pruned(*lm.inputs))
 
 
+def test_check_times_the_pruned_model_against_the_original(tmp_path, monkeypatch):
+    from viewer.core import timing
+    from viewer.core.export import check_dir
+
+    lm = load_model("demo:cnn")
+    n_original = sum(t.numel() for t in lm.model.parameters())
+    p = Pruner(lm.model, lm.inputs, output_layers=lm.output_layers)
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    out = export_dir(p, plan, pruned, tmp_path / "e", lm.source)
+    seen = []
+
+    def spy(before, after, inputs):
+        seen.append((sum(t.numel() for t in before.parameters()),
+                     sum(t.numel() for t in after.parameters()), before.training))
+        return {"speedup": 2.0}
+
+    monkeypatch.setattr(timing, "compare_speed", spy)
+    res = check_dir(out, time=True)
+    assert res["ok"] and res["timing"] == {"speedup": 2.0}
+    assert seen == [(n_original, sum(t.numel() for t in pruned.parameters()), False)]
+    assert "timing" not in check_dir(out) and len(seen) == 1  # only when asked
+
+
 def test_check_tells_changed_weights_and_damaged_reports_and_takes_plan_json(tmp_path):
     from viewer.core.export import check_dir
 
@@ -1173,10 +1197,12 @@ def test_an_in_process_hf_model_exports_and_reloads_without_a_spec(tmp_path, kin
         {k: v.shape for k, v in pruned.state_dict().items()}
     if kind == "gpt2":  # tied as from_pretrained ties them
         assert again.lm_head.weight is again.transformer.wte.weight
-    res = check_dir(out)
+    res = check_dir(out, time=True)
     assert res["ok"] and res["forward"] and res["outputs_match_report"], res
     assert res["spec"] is None and res["model"] == f"{type(model).__name__} (built in-process)"
     assert any("not recorded" in n for n in res["notes"])
+    assert "timing" not in res and "not timed: the export holds no original to time " \
+        "against (its model was built in-process)" in res["notes"]
     # (a fitted config.json builds the pruned model; without one, the original's config in
     # plan.json builds the original, which the plan reshapes)
     assert (out / "config.json").is_file() == (kind != "mamba2")

@@ -328,11 +328,12 @@ def _bn_note(plan) -> str:
 
 def cmd_check(args) -> int:
     from .core.export import check_dir
+    from .core.timing import speed_text
     from .core.verify import blind_note, masked_note, memory_note, untraced_note
 
     if not args.dir.strip():  # an unset $VAR: not the current directory
         raise DepViewError("check needs an export directory, got an empty path")
-    res = check_dir(args.dir, spec=args.spec)
+    res = check_dir(args.dir, spec=args.spec, time=args.time)
     if args.json:
         _write_json(res, args.json)
     else:
@@ -341,7 +342,8 @@ def cmd_check(args) -> int:
         ran = "could not run" if res.get("memory") else ran
         v = res.get("verification") or {}
         notes = [*res.get("problems", []), masked_note(v), memory_note(v), blind_note(v),
-                 untraced_note(v), *res.get("notes", [])]
+                 untraced_note(v), *res.get("notes", []),
+                 res.get("timing") and f"{speed_text(res['timing'])} as the original"]
         print(f"{status}: {res.get('model') or res['spec']} reloaded, forward {ran}"
               f", output shapes {res.get('output_shapes')}"
               + "".join(f" ({n})" for n in notes if n))
@@ -453,6 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir")
     p.add_argument("--spec", default=None, metavar="SPEC",
                    help="the model's code, instead of the spec plan.json records")
+    p.add_argument("--time", action="store_true",
+                   help="also time its forward against the original model's, here")
     p.add_argument("--json", default=None, metavar="PATH|-")
     p.set_defaults(func=cmd_check)
 

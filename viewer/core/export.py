@@ -40,8 +40,15 @@ from torch import nn
 from .errors import DepViewError
 from .forward import run
 from .handlers import REFRESH, SELF_DESCRIBING
-from .materialize import attr_changes, get_attr, refresh_computed_weights, set_attr, tensor_lookup
-from .memory import out_of_memory
+from .materialize import (
+    attr_changes,
+    get_attr,
+    refresh_computed_weights,
+    set_attr,
+    tensor_lookup,
+    tree_copy,
+)
+from .memory import check_room, out_of_memory, tensor_bytes
 from .modelconfig import build_from_config, held_config, state_shapes
 from .optypes import classify
 from .plan import Plan
@@ -817,8 +824,8 @@ def _check_attrs(name: str, mod: nn.Module, attrs: dict) -> None:
 
 
 def rebuild(path: str | Path, search: bool = True, originals: dict | None = None,
-            spec: str | None = None, near: tuple[Path, ...] = ()
-            ) -> tuple[nn.Module, LoadedModel]:
+            spec: str | None = None, near: tuple[Path, ...] = (),
+            unpruned: list | None = None) -> tuple[nn.Module, LoadedModel]:
     """The pruned model of an export directory, plus the original's :class:`LoadedModel`
     (example inputs, output layers), building the original only once.
 
@@ -833,7 +840,11 @@ def rebuild(path: str | Path, search: bool = True, originals: dict | None = None
 
     The recorded spec must look like model code (:func:`viewer.core.spec.recorded_refusal`):
     plan.json can be edited. ``spec`` builds the original from code you name instead (with the
-    recorded kwargs and inputs)."""
+    recorded kwargs and inputs).
+
+    ``unpruned``, a list, receives a copy of the original model before it is reshaped (``check
+    --time`` times the pruned model against it); it stays empty for a model built in-process,
+    whose export holds no original to build."""
     path = export_path(path)
     plan = read_plan(path)
     src = plan["source"]
@@ -886,6 +897,10 @@ def rebuild(path: str | Path, search: bool = True, originals: dict | None = None
         originals.update({k: table[k][2].detach().clone()
                           for k in renorm + [v_of(k) for k in renorm if v_of(k)]
                           if k in table and k not in originals})
+    if unpruned is not None:
+        check_room(tensor_bytes(lm.model), "a copy of the original model to time against",
+                   "check without --time")
+        unpruned.append(tree_copy(lm.model, {}).eval())
     # the example inputs were drawn before reshaping, so they match the original model's
     model = reshape_like_plan(lm.model, plan)
     sd = read_state_dict(path / "model.safetensors")
@@ -1017,26 +1032,29 @@ def load_pruned(path: str | Path, device: str = "cpu", spec: str | None = None) 
                            f"{(str(exc).strip().splitlines() or [''])[0]}") from None
 
 
-def check_dir(path: str | Path, spec: str | None = None) -> dict:
+def check_dir(path: str | Path, spec: str | None = None, time: bool = False) -> dict:
     """Reload an export, run forward on the recorded inputs and compare with report.json
     (output shapes, parameter count, the weights file's SHA-256, and the outputs recorded at
     export), and the pruned tensors with the original's at plan.json's kept indices when the
     original's values can be rebuilt. ``problems`` lists what failed, in words. ``spec``
     names the model's code instead of the recorded spec (see :func:`rebuild`). ``path`` may
-    be the zip the app's Checkpoint button gives (see :func:`unzipped`)."""
+    be the zip the app's Checkpoint button gives (see :func:`unzipped`). ``time``: also time
+    its forward against the original's on this machine (``timing``, as
+    :func:`timing.compare_speed` gives it; over every round of a several-round export)."""
     with unzipped(path) as (folder, near):
-        res = _check(folder, spec, near)
+        res = _check(folder, spec, near, time)
     if near:
         res["dir"] = str(path)
     return res
 
 
-def _check(path: Path, spec: str | None, near: tuple[Path, ...]) -> dict:
+def _check(path: Path, spec: str | None, near: tuple[Path, ...], time: bool = False) -> dict:
     path = export_path(path)
     plan = read_plan(path)
     report = read_report(path)
     originals: dict = {}
-    model, lm = rebuild(path, originals=originals, spec=spec, near=near)
+    unpruned: list | None = [] if time else None
+    model, lm = rebuild(path, originals=originals, spec=spec, near=near, unpruned=unpruned)
     src_spec = spec or plan["source"]["spec"]
     res: dict = {"dir": str(path), "spec": src_spec, "reload": True,
                  "problems": [], "notes": []}
@@ -1117,6 +1135,13 @@ def _check(path: Path, spec: str | None, near: tuple[Path, ...]) -> dict:
             problems.append(f"'{bad[0]}' is not the original's tensor at plan.json's kept "
                             f"indices{f' (and {len(bad) - 1} more)' if len(bad) > 1 else ''}"
                             f"{since}")
+    if unpruned:
+        from .timing import compare_speed
+
+        res["timing"] = compare_speed(unpruned.pop(), model, lm.inputs)
+    elif time:
+        notes.append("not timed: the export holds no original to time against (its model "
+                     "was built in-process)")
     masked = (res.get("verification") or {}).get("masked_equivalence") or {}
     part = masked.get("exact_groups") or {}  # the exact groups pruned alone (see verify)
     res["ok"] = not problems and masked.get("ok", True) and part.get("ok", True)
