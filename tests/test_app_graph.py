@@ -73,6 +73,18 @@ def test_search_by_name_and_by_type(store):
     assert len(hits) == view.types["bn"]
     assert cb.search(store, "sid", "  ") == ([], "")
     assert cb.search(store, "sid", "nothing-like-this")[1].startswith("no match")
+    # a wildcard pattern matches whole names, as --override and --ignore read it
+    graph = store.session("sid").stage.graph
+    hits, info = cb.search(store, "sid", "LAYER*.0.CONV1")
+    assert hits == [view.rep[graph.by_name[f"layer{i}.0.conv1"].id] for i in (1, 2, 3)]
+    assert info.startswith("3 ops")
+    hits, info = cb.search(store, "sid", "*.downsample")
+    assert hits == [view.module_ids[f"layer{i}.0.downsample"] for i in (2, 3)]
+    assert info.startswith("2 modules")
+    assert cb.search(store, "sid", "conv*")[0] == [view.rep[n.id] for n in graph.nodes
+                                                    if n.name == "conv1" or
+                                                    n.target.endswith(".Conv2d")]
+    assert cb.search(store, "sid", "*.conv9")[1] == "no match for '*.conv9'"
 
 
 def test_search_hits_inside_collapsed_modules_point_at_the_module(store):

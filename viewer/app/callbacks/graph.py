@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from fnmatch import fnmatchcase
+
 from dash import ALL, ClientsideFunction, Input, Output, State, ctx, html, no_update
 
 from viewer.core.optypes import STYLES, OpType
+from viewer.core.plan import is_pattern
 from viewer.core.text import counted
 
 from .. import ids, styles
@@ -112,8 +115,10 @@ def search(store: SessionStore, sid: str, query: str | None) -> tuple[list[str],
     """Element ids matching ``query``, case-insensitively: a substring of a node name, module
     path or module class (``"Conv2d"``, ``"GPT2Attention"``), or an op type by its name or
     any alternative of its label (``"LayerNorm"`` and ``"RMSNorm"`` both find
-    ``LayerNorm/RMSNorm``); and a one-line summary. One pass over the nodes and one over the
-    modules: ~10 ms on a 5000-node graph."""
+    ``LayerNorm/RMSNorm``); a query with ``*`` or ``?`` is a wildcard pattern that must match
+    a whole name, path or class (``*.mlp``: every block's MLP, as ``--override`` reads it);
+    and a one-line summary. One pass over the nodes and one over the modules: ~10 ms on a
+    5000-node graph."""
     q = (query or "").strip().lower()
     if not q:
         return [], ""
@@ -121,13 +126,20 @@ def search(store: SessionStore, sid: str, query: str | None) -> tuple[list[str],
     view, stage = session.view, session.stage
     if view is None:
         return [], ""
-    types = {t for t in OpType if q in type_names(t)}
+    if is_pattern(q):
+        def found(*texts: str) -> bool:
+            return any(fnmatchcase(t.lower(), q) for t in texts)
+        types = set()
+    else:
+        def found(*texts: str) -> bool:
+            return any(q in t.lower() for t in texts)
+        types = {t for t in OpType if q in type_names(t)}
     hits = [n.id for n in stage.graph.nodes
-            if n.op_type in types or q in n.name.lower() or q in node_class(n)]
+            if n.op_type in types or found(n.name, node_class(n))]
     els = view.elements_of(hits)
     classes = stage.module_classes
     mods = [eid for p, eid in view.module_ids.items()
-            if q in p.lower() or q in classes.get(module_path(p), "").lower()]
+            if found(p, module_path(p), classes.get(module_path(p), ""))]
     els = list(dict.fromkeys(els + [eid for eid in mods if eid in view.data]))
     if not els:
         return [], f"no match for {query.strip()!r}"
