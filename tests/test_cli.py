@@ -430,9 +430,13 @@ def test_graph_and_groups_without_json_print_tables_of_what_the_json_holds():
 def test_groups_layer_keeps_the_groups_that_hold_its_channels():
     every = json.loads(cli("groups", "demo:resnet", "--no-indices", "--json", "-").stdout)[
         "groups"]
-    got = json.loads(cli("groups", "demo:resnet", "--no-indices", "--layer", "fc", "--json",
-                         "-").stdout)["groups"]
+    out = json.loads(cli("groups", "demo:resnet", "--no-indices", "--layer", "fc", "--json",
+                         "-").stdout)
+    got = out["groups"]
+    assert out["layer"] == "fc" and [g.pop("holds") for g in got] == [["in"], ["out"]]
     assert got == [g for g in every if any(m["module"] == "fc" for m in g["members"])]
+    assert "layer" not in json.loads(cli("groups", "demo:resnet", "--no-indices", "--json",
+                                         "-").stdout)
     lines = cli("groups", "demo:resnet", "--layer", "fc").stdout.splitlines()
     assert [line.split()[1] for line in lines[1:-1]] == [g["root"] for g in got]
     assert lines[-2].endswith("holds fc out; it reaches the model output 'output'")

@@ -108,13 +108,13 @@ def graph_table(graph) -> str:
                       "types: " + ", ".join(f"{t} {c}" for t, c in counts.most_common())])
 
 
-def groups_table(rows: list[dict]) -> str:
+def groups_table(rows: list[dict], layer: str | None = None) -> str:
     """Groups as text: id, root, units, whether prunable, how many nodes it touches, and why
     not (or in what multiples its units go, and what else pruning it sets)."""
     out = []
     for g in rows:
         nodes = len({m["node"] for m in g["members"]})
-        notes = [f"holds {g['holds']}"] if g.get("holds") else []
+        notes = [f"holds {layer} {'+'.join(g['holds'])}"] if g.get("holds") else []
         notes += [g["reason"]] if g["reason"] else []
         if not g["reason"] and g.get("multiple_of", 1) > 1:
             notes.append(f"in multiples of {g['multiple_of']} ({g['multiple_why']})")
@@ -174,14 +174,16 @@ def cmd_groups(args) -> int:
     holding = pruner.groups_holding(args.layer, "--layer") if args.layer else None
     rows = [pruner.group_dict(g, ignore, with_indices=not args.no_indices and bool(args.json))
             for g in pruner.groups if holding is None or g.id in holding]
+    if holding is not None:
+        for r in rows:  # which of its channels each group holds
+            r["holds"] = holding[r["id"]]
     if args.json is None:
         note = _outputs_note(pruner)
-        if holding is not None:
-            for r in rows:  # which of its channels each group holds
-                r["holds"] = f"{args.layer} {'+'.join(holding[r['id']])}"
-        print(groups_table(rows) + (f" ({note})" if note else ""))
+        print(groups_table(rows, args.layer) + (f" ({note})" if note else ""))
         return 0
     out = {"spec": args.spec, "groups": rows}
+    if holding is not None:
+        out["layer"] = args.layer
     if pruner.free_outputs:
         out["free_outputs"] = pruner.free_outputs
     _write_json(out, args.json)
