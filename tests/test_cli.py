@@ -444,6 +444,9 @@ def test_groups_layer_keeps_the_groups_that_hold_its_channels():
     res = cli("groups", "demo:resnet", "--layer", "fc9", check=False)
     assert res.returncode == 2 and res.stderr.startswith(
         "error: --layer names no layer of this model: 'fc9'")
+    res = cli("groups", "demo:resnet", "--layer", " ", check=False)
+    assert res.returncode == 2 and res.stderr.strip() == \
+        "error: --layer is empty: give a layer or module name"
 
 
 def test_the_groups_table_names_a_groups_side_when_it_is_not_the_outputs():

@@ -171,7 +171,9 @@ def cmd_groups(args) -> int:
     if not args.no_validate:  # on meta too: validation runs its forwards on meta
         pruner.validate_groups()
     ignore = pruner.resolve_ignore(args.ignore)
-    holding = pruner.groups_holding(args.layer, "--layer") if args.layer else None
+    if args.layer is not None and not args.layer.strip():  # (an unset $VAR)
+        raise DepViewError("--layer is empty: give a layer or module name")
+    holding = pruner.groups_holding(args.layer.strip(), "--layer") if args.layer else None
     rows = [pruner.group_dict(g, ignore, with_indices=not args.no_indices and bool(args.json))
             for g in pruner.groups if holding is None or g.id in holding]
     if holding is not None:
