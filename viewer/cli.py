@@ -166,13 +166,13 @@ IGNORE_HELP = ("protect a layer's or module's channels (NAME:in its inputs, NAME
 
 
 def cmd_groups(args) -> int:
+    if args.layer is not None and not args.layer.strip():  # (an unset $VAR), before the load
+        raise DepViewError("--layer is empty: give a layer or module name")
     lm = _load(args)
     pruner = _pruner(args, lm, validate=not args.no_validate)
     if not args.no_validate:  # on meta too: validation runs its forwards on meta
         pruner.validate_groups()
     ignore = pruner.resolve_ignore(args.ignore)
-    if args.layer is not None and not args.layer.strip():  # (an unset $VAR)
-        raise DepViewError("--layer is empty: give a layer or module name")
     holding = pruner.groups_holding(args.layer.strip(), "--layer") if args.layer else None
     rows = [pruner.group_dict(g, ignore, with_indices=not args.no_indices and bool(args.json))
             for g in pruner.groups if holding is None or g.id in holding]
