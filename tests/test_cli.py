@@ -449,6 +449,31 @@ def test_groups_layer_keeps_the_groups_that_hold_its_channels():
         "error: --layer is empty: give a layer or module name"
 
 
+def test_sensitivity_lists_each_group_pruned_alone_least_sensitive_first(tmp_path):
+    out = json.loads(cli("sensitivity", "demo:cnn", "--ratio", "0.25", "--json", "-").stdout)
+    assert (out["ratio"], out["importance"], out["inputs"]) == (0.25, "l1", "example inputs")
+    groups = json.loads(cli("groups", "demo:cnn", "--no-indices", "--json", "-").stdout)[
+        "groups"]
+    assert [r["id"] for r in out["groups"]] == [g["id"] for g in groups if g["prunable"]]
+    assert all(r["removed"] == r["units"] // 4 and r["output_change"] > 0
+               for r in out["groups"])
+    lines = cli("sensitivity", "demo:cnn", "--ratio", "0.25").stdout.splitlines()
+    assert lines[0].split() == ["id", "root", "units", "removed", "params", "removed", "output",
+                                "change"]
+    changes = [float(line.split()[-1]) for line in lines[1:-1]]
+    assert changes == sorted(changes) and len(changes) == len(out["groups"])
+    assert lines[-1].startswith("each group pruned alone at 0.25 (l1)")
+    res = cli("sensitivity", "demo:cnn", "--device", "meta", check=False)
+    assert res.returncode == 2 and "sensitivity needs real weights" in res.stderr
+    from safetensors.torch import save_file
+
+    save_file({"0": torch.zeros(1, 5)}, str(tmp_path / "b.safetensors"))
+    res = cli("sensitivity", "demo:cnn", "--batch", str(tmp_path / "b.safetensors"),
+              check=False)
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
+    assert res.stderr.startswith("error: the model's forward on the batch failed: ")
+
+
 def test_the_groups_table_names_a_groups_side_when_it_is_not_the_outputs():
     from viewer.cli import groups_table
 

@@ -1,4 +1,4 @@
-"""Command line: ``python -m viewer [serve|graph|groups|prune|check|demos] ...``.
+"""Command line: ``python -m viewer [serve|graph|groups|prune|sensitivity|check|demos] ...``.
 
 Every command prints one clear line on bad input and exits with code 2; JSON goes to ``--json``
 (a path, or ``-`` for stdout).
@@ -165,6 +165,14 @@ IGNORE_HELP = ("protect a layer's or module's channels (NAME:in its inputs, NAME
                "outputs; NAME may be a wildcard pattern like '*.attn'); repeatable")
 
 
+def _add_keep_options(p: argparse.ArgumentParser) -> None:
+    """--ignore and --free-output: what stays, as groups, prune and sensitivity take them."""
+    p.add_argument("--ignore", action="append", default=[], metavar="NAME[:in|:out|:cell]",
+                   help=IGNORE_HELP)
+    p.add_argument("--free-output", action="append", default=[], metavar="NAME",
+                   help=FREE_OUTPUT_HELP)
+
+
 def cmd_groups(args) -> int:
     if args.layer is not None and not args.layer.strip():  # (an unset $VAR), before the load
         raise DepViewError("--layer is empty: give a layer or module name")
@@ -194,6 +202,39 @@ def cmd_groups(args) -> int:
         note = _outputs_note(pruner)
         print(f"{counted(len(rows), 'group')}, {n_ok} prunable -> {args.json}"
               + (f" ({note})" if note else ""))
+    return 0
+
+
+def cmd_sensitivity(args) -> int:
+    from .core.sensitivity import sensitivity
+
+    if args.device == "meta":
+        raise DepViewError("sensitivity needs real weights: use --device cpu")
+    batch = None
+    if args.batch:
+        from .core.spec import read_batch
+
+        batch = read_batch(args.batch)
+    lm = _load(args)
+    pruner = _pruner(args, lm)
+    rows = sensitivity(pruner, args.ratio, args.importance, ignore=args.ignore, batch=batch,
+                       seed=args.seed)
+    if args.json is not None:
+        _write_json({"spec": args.spec, "ratio": args.ratio, "importance": args.importance,
+                     "inputs": "batch" if batch is not None else "example inputs",
+                     "groups": rows}, args.json)
+        if args.json != "-":
+            print(f"{counted(len(rows), 'group')} pruned one at a time -> {args.json}")
+        return 0
+    table = [[r["id"], r["root"], r["units"], r["removed"], f"{r['params_removed']:,}",
+              f"{r['output_change']:.3g}"]
+             for r in sorted(rows, key=lambda r: (r["removed"] == 0, r["output_change"]))]
+    on = "the batch" if batch is not None else "the example inputs (made up, not real data)"
+    print(_table(["id", "root", "units", "removed", "params removed", "output change"],
+                 table, {0, 2, 3, 4, 5}))
+    print(f"each group pruned alone at {args.ratio:g} ({args.importance}); output change = "
+          f"||y' - y|| / ||y|| on {on}; least sensitive first: give groups their own ratio "
+          "with prune --override ID=R or NAME=R")
     return 0
 
 
@@ -395,7 +436,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see '{self.prog} --help')\n")
 
 
-COMMANDS = ("graph", "groups", "prune", "check", "demos", "serve")
+COMMANDS = ("graph", "groups", "prune", "sensitivity", "check", "demos", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -416,10 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     p.add_argument("--json", default=None, metavar="PATH|-",
                    help="write the groups as JSON (- for stdout); without it, a table")
-    p.add_argument("--ignore", action="append", default=[], metavar="NAME[:in|:out|:cell]",
-                   help=IGNORE_HELP)
-    p.add_argument("--free-output", action="append", default=[], metavar="NAME",
-                   help=FREE_OUTPUT_HELP)
+    _add_keep_options(p)
     p.add_argument("--layer", default=None, metavar="NAME",
                    help="only the groups that hold this layer's or module's channels (a "
                         "wildcard pattern too): why it is, or is not, pruned")
@@ -435,10 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--importance", default="l1", choices=["l1", "l2", "bn", "random", "taylor"])
     p.add_argument("--global", dest="global_", action="store_true",
                    help="rank units across all groups instead of a uniform ratio per group")
-    p.add_argument("--ignore", action="append", default=[], metavar="NAME[:in|:out|:cell]",
-                   help=IGNORE_HELP)
-    p.add_argument("--free-output", action="append", default=[], metavar="NAME",
-                   help=FREE_OUTPUT_HELP)
+    _add_keep_options(p)
     p.add_argument("--round-to", type=int, default=1, metavar="N",
                    help="keep a multiple of N units per group")
     p.add_argument("--override", action="append", default=[], metavar="GROUP_ID=RATIO",
@@ -454,6 +489,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "and put the speed-up in the output line and report.json")
     p.add_argument("--out", required=True, metavar="DIR")
     p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("sensitivity", help="prune each group alone and measure how much "
+                       "the outputs change")
+    _add_model_options(p)
+    p.add_argument("--ratio", type=_ratio, default=0.5,
+                   help="fraction of each group's units to remove (default 0.5)")
+    p.add_argument("--importance", default="l1", choices=["l1", "l2", "bn", "random", "taylor"])
+    _add_keep_options(p)
+    p.add_argument("--batch", default=None, metavar="FILE",
+                   help="real inputs to measure the change on (.safetensors, or a "
+                        "weights-only .pt; as prune --batch); the example inputs without it")
+    p.add_argument("--json", default=None, metavar="PATH|-",
+                   help="write the rows as JSON (- for stdout); without it, a table")
+    p.set_defaults(func=cmd_sensitivity)
 
     p = sub.add_parser("check", help="reload an export directory and run it")
     p.add_argument("dir")
