@@ -115,3 +115,19 @@ def test_a_long_score_chart_title_wraps_instead_of_running_off_the_panel():
     assert (fig.layout.height, fig.layout.margin.t) == (215, 43)  # room for the second line
     short = charts.score_figure(np.arange(8.0), [], "group #3")
     assert (short.layout.title.text, short.layout.height) == ("group #3", 200)
+
+
+def test_sensitivity_figure_puts_the_least_sensitive_group_first():
+    rows = [{"id": 0, "root": "conv1", "units": 16, "removed": 8, "params_removed": 10,
+             "output_change": 0.3},
+            {"id": 1, "root": "fc1", "units": 4, "removed": 0, "params_removed": 0,
+             "output_change": 0.0},
+            {"id": 2, "root": "conv2", "units": 16, "removed": 8, "params_removed": 20,
+             "output_change": 0.1}]
+    fig = charts.sensitivity_figure(rows, 0.5)
+    (bar,) = fig.data
+    assert list(bar.y) == ["#2 conv2", "#0 conv1"] and list(bar.x) == [0.1, 0.3]
+    assert fig.layout.yaxis.autorange == "reversed"  # the first row on top
+    assert "at 0.5" in fig.layout.title.text
+    assert "no group loses a unit" in charts.sensitivity_figure(rows[1:2], 0.1).layout[
+        "annotations"][0]["text"]

@@ -159,6 +159,25 @@ def test_a_modules_ratio_sets_every_group_rooted_in_it(store):
     assert session.overrides == {}
 
 
+def test_sensitivity_prunes_each_group_alone_with_the_sessions_ignores(store):
+    session = store.session("sid")
+    pruner = session.stage.pruner
+    rows, text = cb.run_sensitivity(store, "sid", {**SETTINGS, "ratio": 0.5})
+    assert [r["id"] for r in rows] == [g.id for g in pruner.groups if not pruner.reason(g)]
+    ran = sorted(rows, key=lambda r: r["output_change"])
+    assert text == (f"Sensitivity at 0.5 on the example inputs: {len(rows)} groups pruned one "
+                    f"at a time; least #{ran[0]['id']} {ran[0]['root']} "
+                    f"({ran[0]['output_change']:.3g}), most #{ran[-1]['id']} "
+                    f"{ran[-1]['root']} ({ran[-1]['output_change']:.3g}).")
+    cb.set_ignore(store, "sid", "layer1", ["out"])
+    rows, _ = cb.run_sensitivity(store, "sid", {**SETTINGS, "ratio": 0.5})
+    assert [r["id"] for r in rows] == [g.id for g in pruner.groups
+                                       if not pruner.reason(g, session.ignored())]
+    assert len(rows) < len(ran)
+    rows, text = cb.run_sensitivity(store, "sid", {**SETTINGS, "ratio": 0.01})
+    assert text == "At 0.01 no group loses a unit: raise the ratio."
+
+
 def test_apply_pushes_a_verified_stage_and_undo_reset_go_back(store):
     session = store.session("sid")
     original = session.stage

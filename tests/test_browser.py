@@ -381,6 +381,13 @@ def test_preview_changes_the_numbers(dash_duo):
     dash_duo.find_element(f"#{ids.PREVIEW}").click()
     dash_duo.wait_for_contains_text(f"#{ids.PREVIEW_PARAMS}", "→", timeout=TIMEOUT)
     dash_duo.wait_for_contains_text(f"#{ids.PREVIEW_MACS}", "%", timeout=TIMEOUT)
+    # each group pruned alone: a chart of how far the outputs move
+    dash_duo.find_element(f"#{ids.SENSITIVITY}").click()
+    dash_duo.wait_for_contains_text(f"#{ids.MESSAGE}", "Sensitivity at 0.3 on the example "
+                                    "inputs: 4 groups pruned one at a time", timeout=TIMEOUT)
+    _until(dash_duo, lambda d: len(d.find_elements(
+        "css selector", f"#{ids.SENSITIVITY_CHART} .bars path")) == 4,
+        "the sensitivity chart did not draw a bar per group")
 
 
 def test_preview_annotates_the_inspected_group_and_its_edges(dash_duo):

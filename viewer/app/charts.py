@@ -105,3 +105,30 @@ def score_figure(scores: Iterable[float] | None, removed: Iterable[int] = (),
                       xaxis={"title": None, "showticklabels": False}, yaxis={"title": None},
                       bargap=0 if len(order) > DENSE_BARS else None)
     return fig
+
+
+SENSITIVITY_HINT = "Sensitivity prunes each group alone at the ratio and charts how far the " \
+    "outputs move"
+
+
+def sensitivity_figure(rows: list[dict], ratio: float) -> go.Figure:
+    """Each group's output change when pruned alone (:func:`sensitivity`), least first, one
+    horizontal bar a group, labelled ``#id root``; groups whose share rounds to no unit are
+    left out."""
+    rows = sorted((r for r in rows if r["removed"]), key=lambda r: r["output_change"])
+    if not rows:
+        return placeholder(f"at {ratio:g} no group loses a unit", 70)
+    labels = [f"#{r['id']} {r['root']}" for r in rows]
+    fig = go.Figure()
+    fig.add_bar(x=[r["output_change"] for r in rows], y=labels, orientation="h",
+                marker_color=PRUNED, showlegend=False,
+                hovertext=[f"{r['removed']} of {r['units']} units, {r['params_removed']:,} "
+                           "parameters" for r in rows])
+    fig.update_layout(height=60 + 18 * len(rows), margin={"l": 8, "r": 8, "t": 28, "b": 20},
+                      title={"text": f"output change, each group pruned alone at {ratio:g}",
+                             "font": {"size": 12}},
+                      template="plotly_white", bargap=0.2,
+                      yaxis={"autorange": "reversed", "automargin": True,
+                             "tickfont": {"size": 10}},
+                      xaxis={"title": None})
+    return fig

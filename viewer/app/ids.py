@@ -85,6 +85,9 @@ WIDTH_CHART = "width-chart"
 SCORE_CHART = "score-chart"
 WIDTH_CHART_BOX = "width-chart-box"  #: holds WIDTH_CHART once a preview exists
 SCORE_CHART_BOX = "score-chart-box"  #: holds SCORE_CHART once a group is selected
+SENSITIVITY = "sensitivity"  #: prunes each group alone and charts how far the outputs move
+SENSITIVITY_CHART = "sensitivity-chart"
+SENSITIVITY_BOX = "sensitivity-box"  #: holds SENSITIVITY_CHART once measured
 STYLE_BASE = "style-base"  #: base stylesheet + highlight class rules, composed in the browser
 HISTORY = "history"
 

@@ -183,6 +183,9 @@ def prune_card() -> html.Section:
                 "btn danger"),
         _button("Undo", ids.UNDO, "drop the last round", disabled=True),
         _button("Reset", ids.RESET, "back to the original model", disabled=True),
+        _button("Sensitivity", ids.SENSITIVITY, "prune each group alone at this ratio and "
+                "chart how far the outputs move: where to prune harder (a ratio per group "
+                "from the inspector)"),
         html.Span(id=ids.BUSY, className="busy", role="status"),
     ], className="buttons")
     numbers = html.Div([
@@ -203,6 +206,8 @@ def prune_card() -> html.Section:
         buttons,
         dcc.Loading(html.Div([numbers] + figs, id=ids.PREVIEW_PANEL), type="dot",
                     delay_show=250, overlay_style={"visibility": "visible", "opacity": 0.5}),
+        html.Div(charts.mount(ids.SENSITIVITY_CHART, None, charts.SENSITIVITY_HINT),
+                 id=ids.SENSITIVITY_BOX),
     ], className="card")
 
 

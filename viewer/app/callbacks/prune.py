@@ -266,6 +266,28 @@ def time_round(store: SessionStore, sid: str) -> str:
                f"it pruned ({counted(t['rounds'], 'round')} side by side)."
 
 
+def run_sensitivity(store: SessionStore, sid: str, settings: dict) -> tuple[list[dict], str]:
+    """Each prunable group of the current stage pruned alone at the settings' ratio (with the
+    session's ignores; measured on the uploaded batch when there is one), and a message naming
+    the least and the most sensitive. Runs without the session lock."""
+    from viewer.core.sensitivity import sensitivity
+
+    session = store.session(sid)
+    with session.lock:
+        stage, ignore, batch = session.stage, sorted(session.ignore), session.batch
+    ratio = settings["ratio"]
+    rows = sensitivity(stage.pruner, ratio, settings["importance"], ignore=ignore,
+                       batch=batch)
+    ran = sorted((r for r in rows if r["removed"]), key=lambda r: r["output_change"])
+    on = "the uploaded batch" if batch is not None else "the example inputs"
+    if not ran:
+        return rows, f"At {ratio:g} no group loses a unit: raise the ratio."
+    lo, hi = ran[0], ran[-1]
+    return rows, (f"Sensitivity at {ratio:g} on {on}: {counted(len(ran), 'group')} pruned one "
+                  f"at a time; least #{lo['id']} {lo['root']} ({lo['output_change']:.3g}), "
+                  f"most #{hi['id']} {hi['root']} ({hi['output_change']:.3g}).")
+
+
 def _how_checked(me: dict) -> str:
     """How a masked equivalence check ran when not on a masked copy, as the app says it."""
     return (", checked in float32" if me.get("in_float32") else "") + \
@@ -674,10 +696,17 @@ def summary_lines(preview: dict) -> tuple[str, str, str]:
 #: takes seconds: GPT-2 small's apply ~7 s here, verifying and re-tracing the result)
 BUSY_PREVIEW = "Previewing: planning, scoring and checking each group…"
 BUSY_ROUND = "Working: pruning a copy, verifying it and tracing the result…"
+BUSY_SENSITIVITY = "Measuring: pruning each group alone and running it…"
 
 STALE_HINT = "Settings changed since the last preview: press Preview to see their effect."
 SCORES_REDRAWN = "The model changed: the scores follow once its graph is drawn…"
 GROUP_REDRAWN = "The model changed: its group follows once its graph is drawn…"
+
+
+def _busy(button: str, text: str) -> list:
+    """A long callback's ``running`` outputs: ``button`` disabled, ``text`` beside the
+    buttons, while it runs."""
+    return [(Output(button, "disabled"), True, False), (Output(ids.BUSY, "children"), text, "")]
 
 
 def register(app, store: SessionStore) -> None:
@@ -702,8 +731,7 @@ def register(app, store: SessionStore) -> None:
         *edits,
         State(ids.PREVIEW_REV, "data"),
         State(ids.SESSION, "data"),
-        running=[(Output(ids.PREVIEW, "disabled"), True, False),
-                 (Output(ids.BUSY, "children"), BUSY_PREVIEW, "")],
+        running=_busy(ids.PREVIEW, BUSY_PREVIEW),
         prevent_initial_call=True,
     )
     def on_preview(_n, _rev, importance, ratio, mode, round_to, _plan_info, _batch, prev_rev,
@@ -816,8 +844,7 @@ def register(app, store: SessionStore) -> None:
         *settings_state,
         State(ids.SESSION, "data"),
         running=[(Output(ids.APPLY, "disabled"), True, False),
-                 (Output(ids.PREVIEW, "disabled"), True, False),
-                 (Output(ids.BUSY, "children"), BUSY_ROUND, "")],
+                 *_busy(ids.PREVIEW, BUSY_ROUND)],
         prevent_initial_call=True,
     )
     def on_round(_a, _u, _r, importance, ratio, mode, round_to, sid):
@@ -852,6 +879,28 @@ def register(app, store: SessionStore) -> None:
             return history(session), none, none, none, none
         except Exception:
             return no_update, no_update, no_update, no_update, no_update
+
+    @app.callback(
+        Output(ids.SENSITIVITY_BOX, "children"),
+        Output(ids.MESSAGE, "children", allow_duplicate=True),
+        Input(ids.SENSITIVITY, "n_clicks"),
+        Input(ids.GRAPH_REV, "data"),
+        *settings_state,
+        State(ids.SESSION, "data"),
+        running=_busy(ids.SENSITIVITY, BUSY_SENSITIVITY),
+        prevent_initial_call=True,
+    )
+    def on_sensitivity(_n, _rev, importance, ratio, mode, round_to, sid):
+        hint = charts.mount(ids.SENSITIVITY_CHART, None, charts.SENSITIVITY_HINT)
+        if ctx.triggered_id == ids.GRAPH_REV:  # another model or round: its groups differ
+            return hint, no_update
+        try:
+            settings = parse_settings(importance, ratio, mode, round_to)
+            rows, text = run_sensitivity(store, sid, settings)
+            fig = charts.sensitivity_figure(rows, settings["ratio"])
+            return charts.mount(ids.SENSITIVITY_CHART, fig, ""), message(text, "info")
+        except Exception as exc:
+            return no_update, error_message(exc)
 
     @app.callback(
         Output(ids.HISTORY, "children", allow_duplicate=True),
