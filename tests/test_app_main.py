@@ -42,8 +42,8 @@ def test_create_app_has_every_id_and_a_session_per_page_load():
     # the model.pt2 offer is part of the message that hands over a checkpoint; the button
     # that frees an output is part of the panel of a group it holds
     wanted = {v for k, v in vars(ids).items() if k.isupper() and isinstance(v, str)
-              and k not in ("LEGEND_ITEM", "WIDTH_CHART", "SCORE_CHART", "DOWNLOAD_PT2",
-                            "FREE_HELD")}
+              and k not in ("LEGEND_ITEM", "WIDTH_CHART", "SCORE_CHART", "SENSITIVITY_CHART",
+                            "DOWNLOAD_PT2", "FREE_HELD")}
     assert wanted <= found, wanted - found
     assert _sid(page) != _sid(app.layout())
     picker = _picker(page)
