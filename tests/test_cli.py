@@ -450,6 +450,8 @@ def test_groups_layer_keeps_the_groups_that_hold_its_channels():
 
 
 def test_sensitivity_lists_each_group_pruned_alone_least_sensitive_first(tmp_path):
+    from safetensors.torch import save_file
+
     out = json.loads(cli("sensitivity", "demo:cnn", "--ratio", "0.25", "--json", "-").stdout)
     assert (out["ratio"], out["importance"], out["inputs"]) == (0.25, "l1", "example inputs")
     groups = json.loads(cli("groups", "demo:cnn", "--no-indices", "--json", "-").stdout)[
@@ -463,10 +465,11 @@ def test_sensitivity_lists_each_group_pruned_alone_least_sensitive_first(tmp_pat
     changes = [float(line.split()[-1]) for line in lines[1:-1]]
     assert changes == sorted(changes) and len(changes) == len(out["groups"])
     assert lines[-1].startswith("each group pruned alone at 0.25 (l1)")
+    save_file({"0": torch.randn(1, 3, 32, 32)}, str(tmp_path / "x.safetensors"))
+    res = cli("sensitivity", "demo:cnn", "--input-file", str(tmp_path / "x.safetensors"))
+    assert "on the --input-file inputs;" in res.stdout.splitlines()[-1]
     res = cli("sensitivity", "demo:cnn", "--device", "meta", check=False)
     assert res.returncode == 2 and "sensitivity needs real weights" in res.stderr
-    from safetensors.torch import save_file
-
     save_file({"0": torch.zeros(1, 5)}, str(tmp_path / "b.safetensors"))
     res = cli("sensitivity", "demo:cnn", "--batch", str(tmp_path / "b.safetensors"),
               check=False)

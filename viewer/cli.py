@@ -219,17 +219,20 @@ def cmd_sensitivity(args) -> int:
     pruner = _pruner(args, lm)
     rows = sensitivity(pruner, args.ratio, args.importance, ignore=args.ignore, batch=batch,
                        seed=args.seed)
+    # (--input-file gives real data as the example inputs; shapes give made-up values)
+    inputs = "batch" if batch is not None else "input file" if args.input_file else \
+        "example inputs"
     if args.json is not None:
         _write_json({"spec": args.spec, "ratio": args.ratio, "importance": args.importance,
-                     "inputs": "batch" if batch is not None else "example inputs",
-                     "groups": rows}, args.json)
+                     "inputs": inputs, "groups": rows}, args.json)
         if args.json != "-":
             print(f"{counted(len(rows), 'group')} pruned one at a time -> {args.json}")
         return 0
     table = [[r["id"], r["root"], r["units"], r["removed"], f"{r['params_removed']:,}",
               f"{r['output_change']:.3g}"]
              for r in sorted(rows, key=lambda r: (r["removed"] == 0, r["output_change"]))]
-    on = "the batch" if batch is not None else "the example inputs (made up, not real data)"
+    on = {"batch": "the batch", "input file": "the --input-file inputs"}.get(
+        inputs, "the example inputs (made up, not real data)")
     print(_table(["id", "root", "units", "removed", "params removed", "output change"],
                  table, {0, 2, 3, 4, 5}))
     print(f"each group pruned alone at {args.ratio:g} ({args.importance}); output change = "
