@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .app.args import add_model_options, add_serve_arguments, check_seeds
 from .core.errors import DepViewError
+from .core.plan import IMPORTANCE
 from .core.text import counted
 
 
@@ -473,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     p.add_argument("--ratio", type=_ratio, required=True, help="fraction of units to remove, "
                    "in [0, 1)")
-    p.add_argument("--importance", default="l1", choices=["l1", "l2", "bn", "random", "taylor"])
+    p.add_argument("--importance", default="l1", choices=IMPORTANCE)
     p.add_argument("--global", dest="global_", action="store_true",
                    help="rank units across all groups instead of a uniform ratio per group")
     _add_keep_options(p)
@@ -498,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     p.add_argument("--ratio", type=_ratio, default=0.5,
                    help="fraction of each group's units to remove (default 0.5)")
-    p.add_argument("--importance", default="l1", choices=["l1", "l2", "bn", "random", "taylor"])
+    p.add_argument("--importance", default="l1", choices=IMPORTANCE)
     _add_keep_options(p)
     p.add_argument("--batch", default=None, metavar="FILE",
                    help="real inputs to measure the change on (.safetensors, or a "

@@ -15,6 +15,7 @@ import torch
 from .errors import DepViewError
 from .forward import run
 from .prune import Pruner
+from .text import error_line
 from .trees import flatten
 
 
@@ -42,8 +43,8 @@ def sensitivity(pruner: Pruner, ratio: float = 0.5, importance: str = "l1", igno
     try:
         reference = run(pruner.model, inputs)
     except Exception as exc:
-        raise DepViewError(f"the model's forward on the batch failed: "
-                           f"{type(exc).__name__}: {exc}".splitlines()[0]) from exc
+        raise DepViewError(f"the model's forward on the batch failed: {error_line(exc)}"
+                           ) from exc
     before = sum(p.numel() for p in pruner.model.parameters())
     ignore_set = pruner.resolve_ignore(ignore)
     rows = []
