@@ -21,6 +21,7 @@ from .cnn import build_cnn
 from .densenet import build_densenet
 from .llama import build_llama
 from .mobilenet import build_mobilenet
+from .moe import build_moe
 from .norms import build_norms
 from .resnet import build_resnet, build_resnet50
 from .rnn import build_rnn
@@ -187,6 +188,14 @@ DEMOS: dict[str, Demo] = {
             (((1, 16), "int64"),),
             "lm_head",
             high=256,
+        ),
+        _demo(
+            "moe",
+            "Mixture of experts: a router's top-2 of 8 experts, histc counts, grouped_mm.",
+            build_moe,
+            (((1, 16), "int64"),),
+            "lm_head",
+            high=128,
         ),
         _demo(
             "swin",

@@ -15,7 +15,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 CNN_DEMOS = ["cnn", "resnet", "densenet", "shufflenet", "mobilenet", "unet", "norms", "slicing",
              "yolo"]
-ALL_DEMOS = CNN_DEMOS + ["vit", "rnn", "llama", "swin"]
+ALL_DEMOS = CNN_DEMOS + ["vit", "rnn", "llama", "moe", "swin"]
 
 
 @cache

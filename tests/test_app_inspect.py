@@ -340,6 +340,20 @@ def test_after_a_preview_the_group_panel_says_which_units_go(store):
         store.session("resnet").preview_plan = None
 
 
+def test_a_router_group_says_how_many_experts_must_stay():
+    s = SessionStore()
+    load_entry(s, "moe", "demo:moe")
+    render(s, "moe", "new")
+    r = cb.inspect(s, "moe", _op("layers.0.mlp.router"))
+    text = _text(r.group_panel)
+    assert "keeps at least" in text and \
+        "2 units ('layers.0.mlp.topk' (topk) picks 2 of them)" in text
+    group = s.session("moe").stage.pruner.groups[r.group_value]
+    assert {m.node_name for m in group.members} == {
+        "layers.0.mlp.router", "layers.0.mlp.experts.gate_up", "layers.0.mlp.experts.down"}
+    assert "keeps at least" not in _text(cb.inspect(s, "moe", _op("lm_head")).group_panel)
+
+
 def test_a_group_removed_in_steps_says_how_many_and_why():
     s = SessionStore()
     load_entry(s, "vit", "demo:vit")

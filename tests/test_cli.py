@@ -427,6 +427,19 @@ def test_graph_and_groups_without_json_print_tables_of_what_the_json_holds():
     assert "it reaches the model output 'output'" in lines[-2]
 
 
+def test_groups_of_a_router_say_how_many_experts_stay():
+    res = cli("groups", "demo:moe", "--layer", "layers.1.mlp.router", "--json", "-")
+    stream, g = json.loads(res.stdout)["groups"]  # its inputs' group, its outputs'
+    assert stream["holds"] == ["in"] and g["holds"] == ["out"]
+    assert g["root"] == "layers.1.mlp.router" and g["channels"] == 8 and g["prunable"]
+    assert (g["min_kept"], g["min_kept_why"]) == (2, "'layers.1.mlp.topk' (topk) picks 2 of them")
+    assert g["sets"] == ["layers.1.mlp.experts.n_experts"]
+    assert {(m["node"], m["dim"]) for m in g["members"]} >= {
+        ("layers.1.mlp.experts.gate_up", 0), ("layers.1.mlp.experts.down", 0)}
+    line = cli("groups", "demo:moe", "--layer", "layers.1.mlp.router").stdout.splitlines()[2]
+    assert "keeps at least 2 ('layers.1.mlp.topk' (topk) picks 2 of them)" in line
+
+
 def test_groups_layer_keeps_the_groups_that_hold_its_channels():
     every = json.loads(cli("groups", "demo:resnet", "--no-indices", "--json", "-").stdout)[
         "groups"]

@@ -34,3 +34,28 @@ def test_describe_reads_concat_and_split_sizes_from_the_real_call():
     meta = describe(OpType.SPLIT, "split", torch.split, (y, [7, 3]), {"dim": 1}, [y], parts)
     assert isinstance(meta, SplitMeta) and (meta.dim, meta.sizes) == (1, (7, 3))
     assert meta.offsets == (0, 7) and not meta.computed
+
+
+def test_counts_say_where_value_v_lands():
+    # histc(ids, bins=n, min=0, max=n - 1) puts id v in bin v (a router's experts); other
+    # ranges spread values over bins, and bincount is as wide as its minlength only if no
+    # value is larger
+    from viewer.core.meta import CountsMeta
+
+    ids = torch.tensor([0.0, 3.0, 1.0, 1.0])
+
+    def counts(name, func, args, kwargs):
+        out = func(*args, **kwargs)
+        assert name != "histc" or kwargs.get("min") != 0 or \
+            out.tolist() == [1, 2, 0, 1]  # (bin v holds value v's count)
+        return describe(OpType.ELEMENTWISE, name, func, args, kwargs, [args[0]], [out])
+
+    assert counts("histc", torch.histc, (ids,), {"bins": 4, "min": 0, "max": 3}) == \
+        CountsMeta("histc", 0, True)
+    assert not counts("histc", torch.histc, (ids, 4, 0, 4), {}).exact  # bins 1.25 wide
+    assert not counts("histc", torch.histc, (ids,), {"bins": 4}).exact  # min/max from data
+    long = ids.long()
+    assert counts("bincount", torch.bincount, (long,), {"minlength": 4}).exact
+    assert not counts("bincount", torch.bincount, (long,), {"minlength": 2}).exact
+    assert counts("one_hot", torch.nn.functional.one_hot, (long, 5), {}) == \
+        CountsMeta("one_hot", 1, True)

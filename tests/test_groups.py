@@ -8,6 +8,7 @@ from conftest import ALL_DEMOS
 from torch import nn
 from torch.nn import functional as F
 
+from viewer.core.errors import DepViewError
 from viewer.core.groups import all_groups, group_of, split_blocked
 from viewer.core.optypes import OpType
 from viewer.core.trace import build_graph
@@ -596,7 +597,7 @@ class Positions(nn.Module):
 
 @pytest.mark.parametrize("op, dim, expect", [
     ("argmax", 1, "blocked"), ("argmin", 1, "blocked"), ("max", 1, "blocked"),
-    ("cummax", 1, "blocked"), ("topk", 1, "moves"), ("max values", 1, "inexact"),
+    ("cummax", 1, "blocked"), ("topk", 1, "kept"), ("max values", 1, "inexact"),
     ("argmax", 0, "exact"), ("max", 0, "exact"),
     # median/mode/kthvalue were unknown ops that change shape: every group through them blocked
     ("median", 1, "blocked"), ("mode", 1, "blocked"), ("kthvalue", 1, "blocked"),
@@ -616,8 +617,8 @@ def test_ops_that_return_positions_along_the_pruned_dim_block_it(op, dim, expect
     if expect == "blocked":
         assert f"'{op}' ({op}) returns positions along the pruned dim" in g.reason
         return
-    if expect == "moves":
-        assert "'topk' (topk) moves positions along the pruned dim" in g.reason
+    if expect == "kept":  # its top 8 values of 8 channels (positions unread): all stay
+        assert g.reason == "all 8 units must stay: 'topk' (topk) picks 8 of them"
         return
     assert g.prunable and g.exact == (expect == "exact"), g.reason
     plan = Plan({g.id: [1, 4]})
@@ -1000,7 +1001,7 @@ class Experts(nn.Module):
         return self.proj_out(y.view(len(x), self.top_k, -1).sum(1) + h)
 
 
-def test_grouped_mm_experts_prune_their_width_in_16_byte_steps_and_keep_every_expert():
+def test_grouped_mm_experts_prune_their_width_in_16_byte_steps():
     from viewer.core.prune import Pruner
 
     torch.manual_seed(0)
@@ -1020,7 +1021,7 @@ def test_grouped_mm_experts_prune_their_width_in_16_byte_steps_and_keep_every_ex
     assert not any(m.dim == 0 for g in (hidden, width) for m in g.members)  # experts stay
     # torch's meta kernel of grouped_mm takes bf16 only: traces on meta use a stand-in, and
     # a preview (which runs the model, not a trace) counts on real tensors
-    plan = p.plan(0.3)
+    plan = p.plan(0.3, overrides={"router": 0})  # every expert stays (see the next test)
     assert {len(v) for v in plan.removed.values()} == {8, 4}  # 9.6 -> 8 of 32, 4.8 -> 4 of 16
     fresh = Pruner(model, (x,), graph=p.graph)  # a preview before any validation
     preview = fresh.preview(plan)
@@ -1037,13 +1038,134 @@ def test_grouped_mm_experts_prune_their_width_in_16_byte_steps_and_keep_every_ex
     assert v["forward"] and v["masked_equivalence"]["ok"], v
 
 
-def test_grouped_mm_blocks_its_expert_dim_and_layouts_it_does_not_model():
-    from viewer.core.groups import _search
+def _without_experts(model: nn.Module, router: nn.Module, removed: list[int]):
+    """The oracle of expert pruning: ``model`` whose ``router`` can never pick the experts
+    ``removed`` (their logits -inf: no softmax weight, never in the top k)."""
+    def hook(_m, _args, out):
+        out = out.clone()
+        out[..., removed] = float("-inf")
+        return out
+    return router.register_forward_hook(hook)
 
-    g = build_graph(Experts().eval(), torch.randn(6, 8))
-    experts = _search(g, g.node("gate_up"), "out", 0, np.arange(4), -1)  # dim 0: the experts
-    assert "grouped_mm) has the pruned channels on the expert dim; DepView does not remove " \
-        "experts" in experts.reason
+
+def _router_group(model: nn.Module, x: torch.Tensor):
+    """A Pruner of ``model`` on ``x`` and the group rooted at its ``router``."""
+    from viewer.core.prune import Pruner
+
+    torch.manual_seed(0)
+    p = Pruner(model.eval(), (x,))
+    return p, next(g for g in p.groups if g.root == "router")
+
+
+def test_grouped_mm_experts_are_removed_with_the_router_rows_that_pick_them():
+    # the router's topk returns positions along its logits, which the layer reads as expert
+    # ids (histc counts per expert -> grouped_mm offsets): expert e's router row and its
+    # weights go together. Was "DepView does not remove experts"
+    from viewer.core.groups import _search
+    from viewer.core.plan import Plan
+    from viewer.core.prune import Pruner
+
+    torch.manual_seed(0)
+    model, x = Experts(), torch.randn(6, 8)
+    p, experts = _router_group(model, x)
+    assert {(m.node_name, m.side, m.dim) for m in experts.members} == {
+        ("router", "out", 1), ("gate_up", "param", 0), ("down", "param", 0)}
+    assert experts.n_units == 4 and not p.reason(experts) and not experts.exact
+    assert (experts.min_kept, experts.min_kept_why) == (2, "'topk' (topk) picks 2 of them")
+    # from the experts' side the same group
+    again = _search(p.graph, p.graph.node("gate_up"), "out", 0, np.arange(4), -1)
+    assert {(m.node_name, m.dim) for m in again.members} == \
+        {(m.node_name, m.dim) for m in experts.members}
+    assert p.sets(experts) == ["n_experts"]  # histc(bins=self.n_experts) follows
+    plan = Plan({experts.id: [0, 2]})
+    pruned = p.apply(plan)
+    assert pruned.router.out_features == pruned.n_experts == 2 and model.n_experts == 4
+    assert pruned.gate_up.shape == (2, 64, 16) and pruned.down.shape == (2, 16, 32)
+    assert torch.equal(pruned.gate_up, model.gate_up[[1, 3]])
+    assert p.verify(pruned, plan)["forward"]
+    with torch.no_grad():
+        handle = _without_experts(model, model.router, [0, 2])
+        want = model(x)
+        handle.remove()
+        assert not torch.equal(want, model(x))  # (the oracle masks something)
+        torch.testing.assert_close(pruned(x), want, rtol=0, atol=1e-6)
+    # the top 2 must stay: a ratio keeps them, a plan that would not is refused
+    assert len(p.plan(0.9).removed[experts.id]) == 2
+    with pytest.raises(DepViewError, match=r"plan keeps 1 of the 4 units of group \d+ "
+                       r"\('router'\), which needs 2: 'topk' \(topk\) picks 2 of them"):
+        p.apply(Plan({experts.id: [0, 1, 2]}))
+    one = Pruner(Experts(n_experts=2).eval(), (x,))  # as many experts as it picks
+    assert one.reason(group_of(one.graph, "router")) == \
+        "all 2 units must stay: 'topk' (topk) picks 2 of them"
+
+
+class RoutedByNumber(Experts):
+    """Experts whose router's ids are also compared with a number: expert 0 is special."""
+
+    def forward(self, x):
+        h = self.proj_in(x)
+        _, experts = self.router(h).softmax(-1).topk(self.top_k, dim=-1)
+        first = (experts == 0).any(-1, keepdim=True)  # renumbering would change which
+        counts = torch.histc(experts.reshape(-1).float(), bins=self.n_experts, min=0,
+                             max=self.n_experts - 1)
+        return self.proj_out(h * first + counts.sum())
+
+
+def test_picked_positions_read_as_numbers_block_the_experts():
+    g = build_graph(RoutedByNumber().eval(), torch.randn(6, 8))
+    assert "'topk' (topk) returns positions along the pruned dim that 'eq' (eq) reads as " \
+        "numbers: pruning would change what they point to" in group_of(g, "router").reason
+
+    class Returned(nn.Module):  # the ids are an output: the user reads them
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 2)
+
+        def forward(self, x):
+            h = self.a(x)
+            return self.b(h), h.topk(2, -1)[1]
+
+    g = build_graph(Returned().eval(), torch.randn(3, 4))
+    assert group_of(g, "a").reason == "'topk' (topk) returns positions along the pruned dim " \
+        "that the model returns ('output.[1]'): pruning would change what they point to"
+
+
+class SwitchExperts(nn.Module):
+    """Top-1 routing as Switch Transformers: the argmax expert, one-hot, every expert
+    computed densely (an einsum over the stacked weights) and the picked one kept."""
+
+    def __init__(self, dim=8, hidden=12, n_experts=4):
+        super().__init__()
+        self.n_experts = n_experts
+        self.router = nn.Linear(dim, n_experts)
+        self.w = nn.Parameter(torch.randn(n_experts, dim, hidden) * 0.3)
+        self.out = nn.Linear(hidden, 3)
+
+    def forward(self, x):
+        logits = self.router(x)
+        pick = F.one_hot(logits.argmax(-1), num_classes=self.n_experts).unsqueeze(-1)
+        every = torch.einsum("td,edh->teh", x, self.w)
+        return self.out((every * pick).sum(1) * logits.softmax(-1).max(-1, keepdim=True)[0])
+
+
+def test_top1_router_with_one_hot_removes_experts_exactly_as_masked_logits():
+    from viewer.core.plan import Plan
+
+    torch.manual_seed(0)
+    model, x = SwitchExperts(), torch.randn(10, 8)
+    p, experts = _router_group(model, x)
+    assert {(m.node_name, m.side, m.dim) for m in experts.members} == {
+        ("router", "out", 1), ("w", "param", 0)}
+    assert experts.min_kept == 1 and not p.reason(experts)
+    assert p.sets(experts) == ["n_experts"]  # one_hot(num_classes=self.n_experts)
+    plan = Plan({experts.id: [1, 2]})
+    pruned = p.apply(plan)
+    assert pruned.w.shape == (2, 8, 12) and pruned.n_experts == 2
+    with torch.no_grad():
+        handle = _without_experts(model, model.router, [1, 2])
+        want = model(x)
+        handle.remove()
+        torch.testing.assert_close(pruned(x), want, rtol=0, atol=1e-6)
 
     class ByColumns(nn.Module):  # (M, K) @ (K, N) split along K: one product per expert
         def __init__(self):
@@ -3280,13 +3402,19 @@ def test_loss_in_forward_couples_its_two_tensors(loss, reduction):
         return
     assert not p.reason(g) and not g.exact
     assert f"'{loss}' ({loss}) reduces over pruned channels" in g.stats_notes
+    # the codebook's entries are a group too: argmin's positions pick rows of the codebook
+    # (``code[ids]``), so a code's distance and its row go together
+    codes = next(grp for grp in p.groups if grp.root == "code")
+    assert {(m.node_name, m.dim) for m in codes.members} == {("code", 0)} and codes.prunable
+    assert "'argmin' (argmin) picks among the pruned channels" in codes.stats_notes
     plan = p.plan(0.5)
     pruned = p.apply(plan)
-    assert pruned.code.shape == (10, 8) and pruned.enc.out_features == 8
+    assert pruned.code.shape == (5, 8) and pruned.enc.out_features == 8
     v = p.verify(pruned, plan)
     assert v["forward"] and v["shapes_kept"], v
     kept = [i for i in range(16) if i not in plan.removed[g.id]]  # the codes' kept columns
-    assert torch.equal(pruned.code, p.model.code[:, kept])
+    rows = [i for i in range(10) if i not in plan.removed[codes.id]]
+    assert torch.equal(pruned.code, p.model.code[rows][:, kept])
     assert torch.equal(pruned.enc.weight, p.model.enc.weight[kept])
 
 

@@ -828,9 +828,11 @@ def test_hf_mixtral_experts_lose_the_same_hidden_units_and_the_router_its_stored
     plan = p.plan(0.5)
     pruned = p.apply(plan)
     moe = pruned.model.layers[0].mlp
-    assert moe.experts.gate_up_proj.shape == (4, 64, 16)  # 2 x 32 expert units, 16 wide
-    assert moe.experts.down_proj.shape == (4, 16, 32)
-    assert moe.gate.weight.shape == (4, 16) and moe.gate.hidden_dim == 16  # read by its view
+    # 2 of 4 experts (the router picks 2), 2 x 32 expert units, 16 wide
+    assert moe.experts.gate_up_proj.shape == (2, 64, 16)
+    assert moe.experts.down_proj.shape == (2, 16, 32)
+    assert moe.gate.weight.shape == (2, 16) and moe.gate.hidden_dim == 16  # read by its view
+    assert moe.experts.num_experts == pruned.config.num_local_experts == 2
     v = p.verify(pruned, plan)
     assert v["forward"] and v["shapes_kept"], v
     experts = _group(p, "model.layers.0.mlp.experts.down_proj")
@@ -842,6 +844,105 @@ def test_hf_mixtral_experts_lose_the_same_hidden_units_and_the_router_its_stored
         on_meta = build_graph(mixtral()[0].eval(), {"input_ids": inputs["input_ids"].to("meta")})
     mm = [n.out_shapes for n in on_meta.nodes if n.target == "grouped_mm"]
     assert mm == [n.out_shapes for n in p.graph.nodes if n.target == "grouped_mm"] and len(mm) == 4
+
+
+class _RouterMask(torch.overrides.TorchFunctionMode):
+    """The oracle of expert pruning in a Hugging Face router (``F.linear(h, self.weight)``
+    inside its forward): the logits of ``removed`` experts are -inf, so the router never
+    picks them and they take no share of the softmax."""
+
+    def __init__(self, weight: torch.Tensor, removed: list[int]):
+        super().__init__()
+        self.weight, self.removed = weight, removed
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func is torch.nn.functional.linear and args[1] is self.weight:
+            out = out.clone()
+            out[..., self.removed] = float("-inf")
+        return out
+
+
+def test_hf_mixtral_whole_experts_prune_as_if_the_router_never_picked_them(tmp_path):
+    from viewer.core.export import check_dir
+
+    torch.manual_seed(0)
+    model, inputs = mixtral()
+    p = Pruner(model.eval(), inputs)
+    experts = _group(p, "model.layers.0.mlp.gate.weight")
+    assert {(m.node_name, m.dim) for m in experts.members} == {
+        ("model.layers.0.mlp.gate.weight", 0), ("model.layers.0.mlp.experts.gate_up_proj", 0),
+        ("model.layers.0.mlp.experts.down_proj", 0)}
+    assert experts.n_units == 4 and experts.min_kept == 2 and not p.reason(experts)
+    assert p.sets(experts) == ["model.layers.0.mlp.experts.num_experts"]  # histc's bins
+    plan = Plan({experts.id: [1, 3]})
+    pruned = p.apply(plan)
+    moe = pruned.model.layers[0].mlp
+    assert moe.experts.num_experts == 2 and moe.gate.weight.shape == (2, 32)
+    assert torch.equal(moe.experts.down_proj, model.model.layers[0].mlp.experts.down_proj[[0, 2]])
+    assert pruned.model.layers[1].mlp.experts.num_experts == 4  # the other layer's stay
+    with torch.no_grad():
+        with _RouterMask(model.model.layers[0].mlp.gate.weight, [1, 3]):
+            want = model(**inputs).logits
+        assert not torch.equal(want, model(**inputs).logits)  # (the oracle masks something)
+        torch.testing.assert_close(pruned(**inputs).logits, want, rtol=0, atol=1e-5)
+    # every layer alike: the config says 2 experts, and the export reloads bit-exact
+    both = Plan({g.id: [1, 3] for g in p.groups if g.min_kept == 2})
+    assert len(both.removed) == 2
+    pruned = p.apply(both)
+    assert pruned.config.num_local_experts == 2 and model.config.num_local_experts == 4
+    out = export_dir(p, both, pruned, tmp_path / "out", pt2=False)
+    assert json.loads((out / "config.json").read_text())["num_local_experts"] == 2
+    res = check_dir(out)
+    assert res["ok"], res
+    with torch.no_grad():
+        want = pruned(**inputs).logits
+        assert torch.equal(load_pruned(out)(**inputs).logits, want)
+        again = type(model).from_pretrained(out).eval()
+        torch.testing.assert_close(again(**inputs).logits, want, rtol=0, atol=0)
+
+
+_MOE = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=32)
+
+
+@pytest.mark.parametrize("name, cfg, router, count", [
+    # a shared expert beside the routed ones, top-k weights not renormalised
+    ("qwen2_moe", lambda: transformers.Qwen2MoeConfig(
+        **_MOE, intermediate_size=64, moe_intermediate_size=32,
+        shared_expert_intermediate_size=32, num_experts=4, num_experts_per_tok=2,
+        norm_topk_prob=False), "gate.weight", "num_experts"),
+    ("olmoe", lambda: transformers.OlmoeConfig(
+        **_MOE, intermediate_size=32, num_experts=4, num_experts_per_tok=2),
+     "gate.weight", "num_experts"),
+    # a router bias, and expert biases taken by bias[expert_ids]
+    ("gpt_oss", lambda: transformers.GptOssConfig(
+        **_MOE, intermediate_size=32, num_local_experts=4, num_experts_per_tok=2, head_dim=8,
+        layer_types=["full_attention"] * 2), "router.weight", "num_local_experts"),
+])
+def test_hf_moe_families_remove_whole_experts(name, cfg, router, count):
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(cfg()).eval()
+    inputs = {"input_ids": torch.randint(0, 100, (1, 8))}
+    p = Pruner(model, inputs)
+    weight = f"model.layers.0.mlp.{router}"
+    (experts,) = [g for g in p.groups if g.min_kept == 2 and any(
+        m.node_name == weight for m in g.members)]
+    assert experts.n_units == 4 and not p.reason(experts)
+    plan = Plan({experts.id: [0, 3]})
+    pruned = p.apply(plan)
+    assert p.verify(pruned, plan)["forward"]
+    mlp = pruned.model.layers[0].mlp
+    assert all(t.shape[0] == 2 for t in mlp.experts.parameters())  # biases too (GPT-OSS)
+    # the router never picking experts 0 and 3 is the pruned model (Qwen2-MoE's top-k
+    # weights are shares of the softmax over every expert: -inf logits take none, as there)
+    with torch.no_grad():
+        with _RouterMask(model.get_submodule(weight.rsplit(".", 1)[0]).weight, [0, 3]):
+            want = model(**inputs).logits
+        torch.testing.assert_close(pruned(**inputs).logits, want, rtol=0, atol=1e-5)
+    whole = p.plan(0.5)  # every layer's experts halved (and their hidden units)
+    pruned = p.apply(whole)
+    assert p.verify(pruned, whole)["forward"] and getattr(pruned.config, count) == 2
 
 
 def test_hf_gpt2_tied_embedding_and_heads_by_its_stored_split_size():

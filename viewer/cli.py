@@ -119,6 +119,8 @@ def groups_table(rows: list[dict], layer: str | None = None) -> str:
         notes += [g["reason"]] if g["reason"] else []
         if not g["reason"] and g.get("multiple_of", 1) > 1:
             notes.append(f"in multiples of {g['multiple_of']} ({g['multiple_why']})")
+        if not g["reason"] and g.get("min_kept", 1) > 1:
+            notes.append(f"keeps at least {g['min_kept']} ({g['min_kept_why']})")
         if not g["reason"] and not g.get("exact", True):
             notes.append("inexact: changes statistics over its channels")
         if g.get("sets"):

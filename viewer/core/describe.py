@@ -503,6 +503,20 @@ def _loss_meta(name, func, args, kwargs, ins, outs) -> M.ElementwiseMeta:
     return M.ElementwiseMeta(name, mixes=tuple(range(ins[0].dim())))
 
 
+def _counts_meta(name, func, args, kwargs, ins, outs) -> M.CountsMeta | M.ElementwiseMeta:
+    """Where ``histc``/``bincount``/``one_hot`` put value ``v`` (see :class:`CountsMeta`)."""
+    if not ins or not outs:
+        return M.ElementwiseMeta(name)
+    y = outs[0]
+    if name == "one_hot":
+        return M.CountsMeta(name, y.dim() - 1, True)
+    if name == "bincount":
+        return M.CountsMeta(name, 0, int(_arg(args, kwargs, 2, "minlength", 0)) == y.shape[0])
+    bins = int(_arg(args, kwargs, 1, "bins", 100))
+    lo, hi = _arg(args, kwargs, 2, "min", 0), _arg(args, kwargs, 3, "max", 0)
+    return M.CountsMeta(name, 0, bins > 1 and float(lo) == 0 and float(hi) == bins - 1)
+
+
 #: Elementwise ops whose metadata comes from their arguments (each call), by name.
 NAMED_DESCRIBERS = {
     **{loss: _loss_meta for loss in POINTWISE_LOSSES},
@@ -510,6 +524,7 @@ NAMED_DESCRIBERS = {
     "as_strided": _strided_meta,
     "linalg_solve_triangular": _solve_meta,
     "linalg_solve": _solve_meta,
+    **{op: _counts_meta for op in ("histc", "bincount", "one_hot")},
 }
 
 

@@ -31,6 +31,7 @@ from .graph import Graph, Node
 from .handlers import CUTS, cell_port, node_cuts, rnn_cell
 from .meta import (
     ConcatMeta,
+    CountsMeta,
     DimSlice,
     ReduceMeta,
     ReshapeMeta,
@@ -108,10 +109,13 @@ class Group:
     #: (timm's BatchNormAct2d): no rule knows what it computes, but masked equivalence can
     #: tell whether it keeps channels apart (see Pruner.verify)
     opaque_only: bool = False
+    #: at least this many units must stay (a router's ``topk`` picks that many experts)
+    min_kept: int = 1
+    min_kept_why: str = ""
 
     @property
     def prunable(self) -> bool:
-        return not self.reasons and self.n_units > 1
+        return not self.reasons and self.n_units > max(1, self.min_kept)
 
     @property
     def reason(self) -> str:
@@ -119,6 +123,8 @@ class Group:
             return "; ".join(dict.fromkeys(self.reasons))
         if self.n_units <= 1:
             return "only one unit: removing it would remove the whole tensor"
+        if self.n_units <= self.min_kept:
+            return f"all {self.n_units} units must stay: {self.min_kept_why}"
         return ""
 
     def member(self, node_name: str, side: str | None = None) -> Member:
@@ -140,7 +146,8 @@ class Group:
         return {"id": self.id, "root": self.root, "root_side": self.root_side,
                 "channels": self.n_units, "members": members, "prunable": self.prunable,
                 "reason": self.reason, "exact": self.exact, "multiple_of": self.multiple_of,
-                "multiple_why": "; ".join(self.multiple_why)}
+                "multiple_why": "; ".join(self.multiple_why), "min_kept": self.min_kept,
+                "min_kept_why": self.min_kept_why}
 
 
 # --------------------------------------------------------------------------------------------
@@ -189,6 +196,7 @@ class _Search:
         self.opaque_notes: set[str] = set()  # those of them that only a run can settle
         self.multiple = 1
         self.multiple_why: list[str] = []
+        self.min_kept, self.min_kept_why = 1, ""  # see RuleContext.keep_at_least
         # member -> batch ids it holds whole, and other (units, pos) chunks
         self.members: dict[tuple[int, str, int, int], tuple[list[int], list]] = {}
         self.queue: deque = deque()
@@ -673,6 +681,7 @@ def _search(graph: Graph, root: Node, side: str, dim: int, pos: IntArray,
     grp.opaque_only = not grp.exact and set(grp.stats_notes) <= s.opaque_notes
     grp.multiple_of = s.multiple
     grp.multiple_why = s.multiple_why
+    grp.min_kept, grp.min_kept_why = s.min_kept, s.min_kept_why
     _check_multiple(grp)
     if blocked is not None and s.blocked and not s.whole_blocked and \
             len(grp.reasons) == len(dict.fromkeys(s.reasons)):  # no reason for all units
@@ -724,7 +733,8 @@ def split_blocked(grp: Group, bad: IntArray, free_id: int, blocked_id: int
                 tensors[k] = (p, u)
         part = Group(gid, grp.root, grp.root_side, int(keep.sum()), members, tensors,
                      list(grp.reasons) if want else [], grp.exact, list(grp.stats_notes),
-                     grp.multiple_of, list(grp.multiple_why), grp.opaque_only)
+                     grp.multiple_of, list(grp.multiple_why), grp.opaque_only, grp.min_kept,
+                     grp.min_kept_why)
         if not want:
             _check_multiple(part)
         parts.append(part)
@@ -968,6 +978,9 @@ def fixed_sizes(graph: Graph, group: Group) -> list[tuple[Node, TensorKey, int, 
                 out += [(node, key, width, 1)]
                 if heads > 1:
                     out += [(node, key, width, width // heads)]
+        elif isinstance(meta, CountsMeta) and (node.id, 0, meta.dim) in group.tensors:
+            # histc(ids, bins=self.num_experts): the experts a router can pick
+            out.append((node, (node.id, 0, meta.dim), node.out_shapes[0][meta.dim], 1))
         elif node.op_type is OpType.CONSTANT and node.target in FILLS:
             out += [(node, (node.id, 0, d), size, 1) for d, size in enumerate(node.out_shapes[0])
                     if (node.id, 0, d) in group.tensors]
@@ -1310,7 +1323,8 @@ class _Repeats:
                                   m.unit, m.port))
         tensors = {(k[0] + delta, k[1], k[2]): v for k, v in src.tensors.items()}
         grp = Group(gid, root.name, src.root_side, src.n_units, members, tensors, [],
-                    src.exact, [], src.multiple_of, src.multiple_why)
+                    src.exact, [], src.multiple_of, src.multiple_why, False, src.min_kept,
+                    src.min_kept_why)
         return grp
 
 

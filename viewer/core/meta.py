@@ -223,6 +223,19 @@ class ElementwiseMeta:
 
 
 @dataclass(frozen=True)
+class CountsMeta:
+    """An op that turns values into positions: ``histc``, ``bincount`` and ``one_hot`` give
+    position ``v`` along output ``dim`` to the value ``v`` (a mixture-of-experts layer counts
+    the tokens each expert got, the ids a router's ``topk`` picked). ``exact`` when value
+    ``v`` lands on position ``v`` for every value the output has room for (``histc`` with
+    ``min=0`` and ``max=bins - 1``, ``bincount`` whose ``minlength`` is its width)."""
+
+    op: str
+    dim: int
+    exact: bool
+
+
+@dataclass(frozen=True)
 class EinsumMeta:
     """``torch.einsum``: one letter per dim of every operand (``terms``) and of the output
     (``out``), with ``...`` spelled out as ``0``, ``1``, ... and an implicit output made
@@ -317,7 +330,7 @@ class OpMeta:
 Meta = (
     ConcatMeta | SplitMeta | UnbindMeta | SliceMeta | ReshapeMeta | PermuteMeta | ExpandMeta
     | PixelShuffleMeta | WindowsMeta | MatmulMeta | ReduceMeta | EinsumMeta | PadMeta
-    | ElementwiseMeta | AttentionMeta | SetItemMeta | StridedMeta | SolveMeta | OpMeta
+    | ElementwiseMeta | CountsMeta | AttentionMeta | SetItemMeta | StridedMeta | SolveMeta | OpMeta
 )
 
 

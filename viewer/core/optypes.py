@@ -507,6 +507,18 @@ INDEX_OUTPUTS: dict[str, int] = {"argmax": 0, "argmin": 0, "max": 1, "min": 1, "
                                  "cummin": 1, "median": 1, "nanmedian": 1, "mode": 1,
                                  "kthvalue": 1}
 
+#: Ops whose output holds positions along their input's dim, as :data:`INDEX_OUTPUTS`, and
+#: ``topk``'s indices: a router's choice of experts. Where those positions go decides what a
+#: group along that dim does (:mod:`viewer.core.positions`).
+PICKS: dict[str, int] = {"topk": 1, **INDEX_OUTPUTS}
+
+#: Functions that hand on the values of their (first) input as they are, only retyped,
+#: reshaped or reordered: positions stay positions through them (``ids.reshape(-1)``,
+#: ``ids.float()``, ``sort``'s values).
+KEEPS_VALUES: frozenset[str] = frozenset(
+    {"to", "float", "double", "half", "bfloat16", "int", "long", "type", "clone", "contiguous",
+     "detach", "sort", "msort"})
+
 #: Factories whose result holds the same value everywhere (``torch.zeros(b, self.hidden)``, an
 #: RNN's initial state): no op of the graph, but a CONSTANT source named after them whose width
 #: a group may shrink, when the size it was given can follow (see ``groups.fixed_sizes``).

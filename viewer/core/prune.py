@@ -72,11 +72,12 @@ def _fingerprint(model: nn.Module) -> tuple:
     return tuple(out)
 
 
-def _kept(n: int, keep: int, round_to: int, multiple_of: int) -> int:
-    """How many of ``n`` units a group keeps when a ratio would keep ``keep``: at least one,
-    a multiple of ``round_to``, and a multiple of ``multiple_of`` removed (whole rounds of
-    attention heads); rounded up, and ``n`` (nothing removed) when no count fits."""
-    keep = max(1, keep)
+def _kept(n: int, keep: int, round_to: int, multiple_of: int, least: int = 1) -> int:
+    """How many of ``n`` units a group keeps when a ratio would keep ``keep``: at least one
+    (at least ``least``: the experts a router picks), a multiple of ``round_to``, and a
+    multiple of ``multiple_of`` removed (whole rounds of attention heads); rounded up, and
+    ``n`` (nothing removed) when no count fits."""
+    keep = max(1, least, keep)
     for k in range(keep, n):
         if k % round_to == 0 and (n - k) % multiple_of == 0:
             return k
@@ -466,7 +467,7 @@ class Pruner(GroupValidation, Verification):
             if g.id in overrides:
                 n_remove[g.id] = int(math.floor(g.n_units * overrides[g.id]))
             n_remove[g.id] = g.n_units - _kept(g.n_units, g.n_units - n_remove[g.id],
-                                               round_to, g.multiple_of)
+                                               round_to, g.multiple_of, g.min_kept)
         removed = {}
         for g in prunable:
             k = n_remove[g.id]
@@ -922,6 +923,10 @@ class Pruner(GroupValidation, Verification):
             if len(set(units)) >= g.n_units:
                 raise DepViewError(f"plan removes all {g.n_units} units of group {gid} "
                                    f"('{g.root}'): its layers would have no channels left")
+            if g.n_units - len(set(units)) < g.min_kept:
+                raise DepViewError(f"plan keeps {g.n_units - len(set(units))} of the "
+                                   f"{g.n_units} units of group {gid} ('{g.root}'), which "
+                                   f"needs {g.min_kept}: {g.min_kept_why}")
             why = self.reason(g, ignore) if units else ""
             if why:
                 raise DepViewError(f"plan prunes group {gid} ('{g.root}'), which cannot be "

@@ -23,6 +23,7 @@ from .handlers import cell_port, cell_width, conv_width, mha_separate, rnn_hidde
 from .meta import (
     WRITE,
     ConcatMeta,
+    CountsMeta,
     EinsumMeta,
     ElementwiseMeta,
     ExpandMeta,
@@ -45,12 +46,14 @@ from .optypes import (
     INDEX_OUTPUTS,
     MASKED_SCATTERS,
     PAIR_REDUCTIONS,
+    PICKS,
     SEQUENCE_PACKING,
     SHAPE_NORMS,
     OpType,
     conv_prunes_whole_groups,
     gn_prunes_whole_groups,
 )
+from .positions import GATHERS, pick_dim, picked_at, picked_key, position_reads
 
 if TYPE_CHECKING:
     from .groups import _Search
@@ -114,6 +117,17 @@ class RuleContext:
 
     def merge(self, units: IntArray) -> None:
         self.search.union_all(units)
+
+    def jump(self, key: TensorKey, units: IntArray, pos: IntArray) -> None:
+        """The pairs go on at tensor dim ``key`` of another node, which values couple to
+        this one, not a tensor of the graph (:mod:`viewer.core.positions`)."""
+        self.search.arrive(*key, units, pos)
+
+    def keep_at_least(self, n: int, why: str) -> None:
+        """At least ``n`` units must stay (``topk`` picks ``n``); ``why`` says so in words."""
+        s = self.search
+        if n > s.min_kept:
+            s.min_kept, s.min_kept_why = int(n), why
 
 
 Rule = Callable[[Graph, Node, str, int, int, IntArray, IntArray, RuleContext], list[Flow]]
@@ -483,6 +497,16 @@ def _elementwise_rule(g, node, side, port, dim, units, pos, ctx):
         return _masked_scatter_rule(node, side, port, dim, units, pos, ctx)
     if node.target in CHANNEL_SHUFFLES:
         return _channel_shuffle_rule(node, side, dim, units, pos, ctx)
+    if isinstance(meta, CountsMeta):
+        return _counts_rule(g, node, side, port, dim, units, pos, ctx)
+    if node.target in PICKS and side == "in" and port == 0 and \
+            _picked(g, node, dim, units, pos, ctx):
+        return []
+    if node.target in GATHERS and side == "in" and port == 0 and isinstance(
+            meta, ElementwiseMeta) and meta.moves == (dim,):  # scores.gather(1, picked ids)
+        e = g.in_edges[node.id][0]
+        if _to_pick(g, node, 1, (e.source, e.source_port, dim), units, pos, ctx):
+            return []
     if isinstance(meta, ElementwiseMeta) and meta.moves and any(
             0 < len(s) < len(out) for s in node.in_shapes) and _indexed_along(node, out):
         # a 1-D index (index_add, index_select) is not broadcast onto the output's last dim
@@ -504,7 +528,7 @@ def _elementwise_rule(g, node, side, port, dim, units, pos, ctx):
         ctx.block(f"'{node.name}' ({node.target}) moves positions along the pruned dim")
         return []
     if isinstance(meta, ElementwiseMeta) and od in meta.mixes:
-        if _returns_positions(g, node, ctx):
+        if _returns_positions(g, node, ctx, units, pos):
             return []
         ctx.inexact(f"'{node.name}' ({node.target}) mixes positions along the pruned dim")
     if side == "in":
@@ -523,6 +547,68 @@ def _elementwise_rule(g, node, side, port, dim, units, pos, ctx):
             continue  # broadcast along this dim: nothing of this input is coupled
         flows.append(Flow("in", p, d, units, pos))
     return flows
+
+
+def _picked(g, node, dim, units, pos, ctx) -> bool:
+    """The group reached the dim whose positions ``node`` returns (``topk`` over a router's
+    expert logits): when every op that reads them reads position v as value v (counts per
+    expert, ``bias[ids]``; see :mod:`viewer.core.positions`), the units go on to those
+    dims, and at least as many as the op picks must stay; when another op reads them as
+    numbers, the group is blocked. Top k values alone are a reduction to k of them (the
+    positions unread). False (the caller decides) when nothing reads an argmax's positions."""
+    if dim is None or pick_dim(node) != dim:
+        return False
+    reads = position_reads(g, node)
+    if not reads.readers and not reads.other and node.target != "topk":
+        return False
+    width = node.in_shapes[0][dim]
+    odd = [g.nodes[k[0]] for k in reads.readers if g.nodes[k[0]].out_shapes[k[1]][k[2]] != width]
+    if reads.other or odd:
+        first = reads.other[0] if reads.other else None
+        what = f"the model returns ('{first.name}')" if first is not None and \
+            first.op_type is OpType.OUTPUT else \
+            f"'{first.name}' ({first.target}) reads as numbers" if first is not None else \
+            f"'{odd[0].name}' ({odd[0].target}) reads with room for another count of them"
+        ctx.block(f"'{node.name}' ({node.target}) returns positions along the pruned dim that "
+                  f"{what}: pruning would change what they point to")
+        return True
+    k = node.out_shapes[0][dim] if node.target == "topk" else 1
+    ctx.keep_at_least(k, f"'{node.name}' ({node.target}) picks {k} of them")
+    ctx.inexact(f"'{node.name}' ({node.target}) picks among the pruned channels")
+    for key in reads.readers:
+        ctx.jump(key, units, pos)
+    return True
+
+
+def _to_pick(g, node, port, key, units, pos, ctx) -> bool:
+    """The group reached tensor dim ``key``, which ``node`` reads as the values of its input
+    ``port``: positions an op picked (:func:`positions.picked_at`). The units go back to
+    the dim it picked them from (which sends them on to every reader, :func:`_picked`);
+    False if no such op is found."""
+    edges = g.in_edges.get(node.id, ())
+    if port >= len(edges):
+        return False
+    pick = picked_at(g, edges[port].source, edges[port].source_port)
+    if pick is None or key not in position_reads(g, pick).readers:
+        return False
+    ctx.jump(picked_key(g, pick), units, pos)
+    return True
+
+
+def _counts_rule(g, node, side, port, dim, units, pos, ctx):
+    """``histc``/``bincount``/``one_hot`` (:class:`CountsMeta`): position v of the output's
+    counted dim is value v of the input, positions an op picked (a router's experts); the
+    other dims of ``one_hot`` are its input's."""
+    meta = node.meta
+    if side == "out" and dim == meta.dim:
+        if not _to_pick(g, node, 0, (node.id, 0, dim), units, pos, ctx):
+            ctx.block(f"'{node.name}' ({node.target}) counts values along the pruned dim that "
+                      "are not positions DepView can follow")
+        return []
+    if meta.op == "one_hot" and port == 0:
+        return [Flow("out" if side == "in" else "in", 0, dim, units, pos)]
+    ctx.block(f"'{node.name}' ({node.target}) reads the pruned dim's values as numbers")
+    return []
 
 
 def _channel_shuffle_rule(node, side, dim, units, pos, ctx):
@@ -895,7 +981,9 @@ def _slice_rule(g, node, side, port, dim, units, pos, ctx):
     sel = dict(meta.selects)
     if side == "in":
         if dim in meta.gathered:
-            ctx.block(f"'{node.name}' gathers along the tracked dim with a tensor index")
+            e = g.in_edges[node.id][0]
+            if not _to_pick(g, node, 1, (e.source, e.source_port, dim), units, pos, ctx):
+                ctx.block(f"'{node.name}' gathers along the tracked dim with a tensor index")
             return []
         if dim in sel:
             if (pos == sel[dim]).any():
@@ -1335,7 +1423,8 @@ def _einsum_rule(node, side, port, dim, units, pos, ctx):
 #: K, N) -> (rows, N): which (side, port, dim) each (side, port, dim) is coupled to.
 _GROUPED_MM = {("in", 0, 1): ("in", 1, 1), ("in", 1, 1): ("in", 0, 1),
                ("in", 1, 2): ("out", 0, 1), ("out", 0, 1): ("in", 1, 2),
-               ("in", 0, 0): ("out", 0, 0), ("out", 0, 0): ("in", 0, 0)}
+               ("in", 0, 0): ("out", 0, 0), ("out", 0, 0): ("in", 0, 0),
+               ("in", 1, 0): ("in", 2, 0), ("in", 2, 0): ("in", 1, 0)}
 
 
 def _grouped_mm_rule(node, side, port, dim, units, pos, ctx):
@@ -1661,13 +1750,18 @@ def _affine_ports(node: Node, meta) -> list[int]:
     return [p for p in range(1, len(node.in_shapes)) if node.in_shapes[p] == norm]
 
 
-def _returns_positions(g: Graph, node: Node, ctx: RuleContext) -> bool:
+def _returns_positions(g: Graph, node: Node, ctx: RuleContext, units: IntArray,
+                       pos: IntArray) -> bool:
     """Blocks the group when ``node`` returns positions along the pruned dim that something
     reads (:data:`optypes.INDEX_OUTPUTS`: ``x.argmax(-1)``, the indices of ``x.max(1)``):
-    pruning renumbers them, so a predicted class id would silently name another class."""
+    pruning renumbers them, so a predicted class id would silently name another class.
+    Positions read only as positions of another tensor's dim (:func:`_picked`) carry the
+    group there instead."""
     p = INDEX_OUTPUTS.get(node.target)
     if p is None or p >= len(node.out_shapes) or not g.consumers.get((node.id, p)):
         return False
+    if _picked(g, node, pick_dim(node), units, pos, ctx):
+        return True  # read as positions (a router's top-1 expert): carried to their readers
     ctx.block(f"'{node.name}' ({node.target}) returns positions along the pruned dim: pruning "
               "would change what they point to")
     return True
@@ -1698,7 +1792,7 @@ def _reduction_rule(g, node, side, port, dim, units, pos, ctx):
         return []
     if side == "in":
         if dim in meta.dims:
-            if _returns_positions(g, node, ctx):
+            if _returns_positions(g, node, ctx, units, pos):
                 return []
             ctx.inexact(f"'{node.name}' ({node.target}) reduces over pruned channels")
             flows = [Flow("in", p, dim - (len(a) - len(meta.dims)), units, pos)

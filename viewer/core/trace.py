@@ -809,6 +809,10 @@ def _grouped_mm_standin(func):
         except RuntimeError:
             names = ("mat_a", "mat_b", "offs")
             a, b, offs = (args[i] if i < len(args) else kwargs.get(n) for i, n in enumerate(names))
+            grouped = b if b.dim() == 3 else a if a.dim() == 3 else None
+            if offs is not None and grouped is not None and offs.shape[0] != grouped.shape[0]:
+                # as the real kernel: an expert count that did not follow the experts
+                raise RuntimeError("matrix batch sizes have to match") from None
             if a.dim() == 2 and b.dim() == 3:
                 shape = (a.shape[0], b.shape[2])
             elif a.dim() == 3 and b.dim() == 3:

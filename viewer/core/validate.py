@@ -503,7 +503,8 @@ def _joined(a: Group, b: Group) -> Group:
                  sorted(members.values(), key=lambda m: (m.node, m.side, m.port)), tensors, [],
                  exact, a.stats_notes + b.stats_notes, a.multiple_of,
                  list(dict.fromkeys(a.multiple_why + b.multiple_why)),
-                 not exact and (a.exact or a.opaque_only) and (b.exact or b.opaque_only))
+                 not exact and (a.exact or a.opaque_only) and (b.exact or b.opaque_only),
+                 *max((a.min_kept, a.min_kept_why), (b.min_kept, b.min_kept_why)))
 
 
 def _overlap(a: Group, b: Group) -> bool:

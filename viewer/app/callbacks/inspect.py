@@ -400,6 +400,8 @@ def group_panel(pruner: Pruner, group: Group, model_group: bool, note: str,
     if group.multiple_of > 1:
         rows.append(("removed in steps of", f"{group.multiple_of} units "
                                             f"({'; '.join(group.multiple_why)})"))
+    if group.min_kept > 1:
+        rows.append(("keeps at least", f"{group.min_kept} units ({group.min_kept_why})"))
     if model_group and group.id in session.overrides:
         rows.append(("override ratio", session.overrides[group.id]))
     if removed:
