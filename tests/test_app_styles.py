@@ -122,6 +122,27 @@ def test_group_highlight_marks_members_and_labels_edges_with_ranges(densenet):
     assert [e["data"] for e in view.elements] == before  # elements untouched
 
 
+def test_group_highlight_draws_the_picked_ids_a_router_group_crosses():
+    # the experts' group reaches them from the router's logits through the ids topk picks,
+    # which hold none of its channels: drawn, labelled "picked ids", or the highlight broke
+    # off at topk and resumed at histc
+    lm = load_model("demo:moe")
+    graph = build_graph(lm.model, lm.inputs)
+    view = build_view(graph)
+    group = group_of(graph, "layers.0.mlp.router")
+    hl = styles.group_highlight(view, graph, group, None)
+    picked = [view.data[e]["source"] for e, text in hl["edges"] if text == "picked ids"]
+    names = {view.data[n]["name"] for n in picked}
+    assert names == {"layers.0.mlp.topk", "layers.0.mlp.experts.reshape",
+                     "layers.0.mlp.experts.sort", "layers.0.mlp.experts.float"}
+    path = {view.data[e]["name"] for e in hl["path"]}
+    assert {"layers.0.mlp.topk", "layers.0.mlp.experts.sort",
+            "layers.0.mlp.experts.histc"} <= path
+    other = styles.group_highlight(view, graph, group_of(graph, "layers.0.mlp.experts.down"),
+                                   None)
+    assert "picked ids" not in {text for _e, text in other["edges"]}
+
+
 def test_group_highlight_without_group_only_marks_the_selection(densenet):
     graph, view = densenet
     assert styles.group_highlight(view, graph, None, None) == styles.no_highlight()

@@ -23,6 +23,8 @@ import numpy as np
 from viewer.core.graph import Graph
 from viewer.core.groups import Group
 from viewer.core.handlers import cell_width
+from viewer.core.optypes import PICKS
+from viewer.core.positions import pick_dim, position_reads
 
 from .viewmodel import View, channels
 
@@ -38,10 +40,16 @@ FADED_CLASS, MEMBER_CLASS, PATH_CLASS, TENSOR_CLASS, SELECTED_CLASS = \
     "dv-faded", "dv-member", "dv-path", "dv-tensor", "dv-selected"
 EDGE_RUNS = 6  #: index runs an edge label spells out; the rest it counts ("… and 40 more")
 TENSOR_LABEL = "hl"  #: edge data field holding a highlighted edge's index ranges
+#: the label of a highlighted edge that carries positions the group's channels picked
+POSITIONS_LABEL = "picked ids"
 #: what the labels of a highlighted group's edges mean, for the inspector
 EDGE_LABELS = ("Orange edges carry this group's channels: \"all 64\" means it owns all 64 "
                "of the tensor, \"[0–15] of 24\" the indices it owns of 24; after a preview, "
                "\"64 → 20\" is the tensor's width before → after the cut.")
+#: added when the group crosses picked ids (a router's experts)
+PICKED_LEGEND = (" \"picked ids\" edges carry the positions an op picked (the experts a "
+                 "router's topk chose): position e is expert e wherever they are read, so "
+                 "its channels go on there.")
 
 
 def base_stylesheet() -> list[dict]:
@@ -202,13 +210,34 @@ def group_highlight(view: View, graph: Graph, group: Group | None, selected: str
                 f"{text} → {width - lost}"
         for eid in view.tensor_edges.get((nid, port), ()):
             edges.setdefault(eid, []).append(text)
+    ids = picked_ids(graph, group)
+    for key in ids:  # no channels of the group, but what joins its picked dim to the readers
+        for eid in view.tensor_edges.get(key, ()):
+            edges.setdefault(eid, []).append(POSITIONS_LABEL)
     out["fade"] = FADE_SELECTOR
     out["nodes"] = list(dict.fromkeys(view.elements_of(m.node for m in group.members)))
     members = set(out["nodes"])
-    carriers = view.elements_of(nid for (nid, _port, _dim), (pos, _) in group.tensors.items()
-                                if len(pos))
+    carriers = view.elements_of([nid for (nid, _port, _dim), (pos, _) in group.tensors.items()
+                                 if len(pos)] + [nid for nid, _ in ids])
     out["path"] = [e for e in dict.fromkeys(carriers) if e not in members]
     out["edges"] = [[eid, " | ".join(dict.fromkeys(texts))] for eid, texts in edges.items()]
+    return out
+
+
+def picked_ids(graph: Graph, group: Group) -> list[tuple[int, int]]:
+    """The tensors carrying positions that ops of the group picked (a router's expert ids,
+    from its ``topk`` to the ``histc`` that counts them): the group crosses them by value
+    (see :mod:`viewer.core.positions`), so they are drawn with it."""
+    out: list[tuple[int, int]] = []
+    for nid, port, dim in group.tensors:
+        for e in graph.consumers.get((nid, port), ()):
+            node = graph.nodes[e.target]
+            if node.target in PICKS and e.target_port == 0 and pick_dim(node) == dim:
+                carriers: list[tuple[int, int]] = []
+                reads = position_reads(graph, node, carriers)
+                if reads.readers and not reads.other and \
+                        all(k in group.tensors for k in reads.readers):
+                    out += [k for k in carriers if k not in out]
     return out
 
 

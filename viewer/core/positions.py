@@ -84,14 +84,17 @@ def _reader(g: Graph, node: Node, port: int) -> TensorKey | None:
     return None
 
 
-def position_reads(g: Graph, node: Node) -> Reads:
+def position_reads(g: Graph, node: Node, carriers: list | None = None) -> Reads:
     """Where the positions ``node`` (an op of :data:`optypes.PICKS`) returns are read,
-    through ops that keep values (:func:`_keeps`)."""
+    through ops that keep values (:func:`_keeps`). ``carriers``, if given, receives the
+    tensors ``(node id, port)`` that carry them there (the app draws them)."""
     readers: list[TensorKey] = []
     other: list[Node] = []
     todo, seen = [(node.id, PICKS[node.target])], set()
     while todo:
         key = todo.pop()
+        if carriers is not None:
+            carriers.append(key)
         for e in g.consumers.get(key, ()):
             if e.target in g.shape_read or (e.target, e.target_port) in seen:
                 continue

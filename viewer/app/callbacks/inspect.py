@@ -443,7 +443,8 @@ def group_panel(pruner: Pruner, group: Group, model_group: bool, note: str,
                              if group.opaque_only else ""),
                           className="hint warn", title="\n".join(group.stats_notes)))
     out += [html.H4(f"Members ({len(group.members)})"), members_table(group),
-            html.P(styles.EDGE_LABELS, className="hint edge-legend")]
+            html.P(styles.EDGE_LABELS + (styles.PICKED_LEGEND if styles.picked_ids(
+                pruner.graph, group) else ""), className="hint edge-legend")]
     return out
 
 
