@@ -1091,6 +1091,10 @@ def test_grouped_mm_experts_are_removed_with_the_router_rows_that_pick_them():
         torch.testing.assert_close(pruned(x), want, rtol=0, atol=1e-6)
     # the top 2 must stay: a ratio keeps them, a plan that would not is refused
     assert len(p.plan(0.9).removed[experts.id]) == 2
+    # --round-to counts channels: an expert count has nothing to align (it kept all 4)
+    rounded = p.plan(0.5, round_to=8)
+    assert len(rounded.removed[experts.id]) == 2
+    assert all(len(u) % 8 == 0 for gid, u in rounded.removed.items() if gid != experts.id)
     with pytest.raises(DepViewError, match=r"plan keeps 1 of the 4 units of group \d+ "
                        r"\('router'\), which needs 2: 'topk' \(topk\) picks 2 of them"):
         p.apply(Plan({experts.id: [0, 1, 2]}))
@@ -1156,7 +1160,8 @@ def test_top1_router_with_one_hot_removes_experts_exactly_as_masked_logits():
     p, experts = _router_group(model, x)
     assert {(m.node_name, m.side, m.dim) for m in experts.members} == {
         ("router", "out", 1), ("w", "param", 0)}
-    assert experts.min_kept == 1 and not p.reason(experts)
+    assert (experts.min_kept, experts.min_kept_why) == (1, "'argmax' (argmax) picks 1 of them")
+    assert not p.reason(experts)
     assert p.sets(experts) == ["n_experts"]  # one_hot(num_classes=self.n_experts)
     plan = Plan({experts.id: [1, 2]})
     pruned = p.apply(plan)

@@ -109,7 +109,8 @@ class Group:
     #: (timm's BatchNormAct2d): no rule knows what it computes, but masked equivalence can
     #: tell whether it keeps channels apart (see Pruner.verify)
     opaque_only: bool = False
-    #: at least this many units must stay (a router's ``topk`` picks that many experts)
+    #: at least this many units must stay (a router's ``topk`` picks that many experts);
+    #: ``min_kept_why`` says so, and is set whenever an op picks the units (an argmax: 1)
     min_kept: int = 1
     min_kept_why: str = ""
 

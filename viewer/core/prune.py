@@ -406,7 +406,9 @@ class Pruner(GroupValidation, Verification):
              round_to: int = 1, ignore=(), overrides: dict[int, float] | None = None,
              seed: int = 0, validate: bool = True, batch=None) -> Plan:
         """Choose units to remove: ``ratio`` of every prunable group (or of all units ranked
-        together with ``global_``), keeping a multiple of ``round_to`` and at least one.
+        together with ``global_``), keeping a multiple of ``round_to`` (of channels or heads;
+        not of experts, which a router picks: their count has no alignment to keep) and at
+        least one.
         ``ignore``: layer or module names (``fc:in``, ``layer1.0``, ``*.attn``) whose channels
         stay (:meth:`resolve_ignore`). ``overrides``: a ratio per group id or per layer or
         module name (``{"*.mlp": 0.5, 3: 0.2}``, :meth:`resolve_overrides`).
@@ -467,7 +469,8 @@ class Pruner(GroupValidation, Verification):
             if g.id in overrides:
                 n_remove[g.id] = int(math.floor(g.n_units * overrides[g.id]))
             n_remove[g.id] = g.n_units - _kept(g.n_units, g.n_units - n_remove[g.id],
-                                               round_to, g.multiple_of, g.min_kept)
+                                               1 if g.min_kept_why else round_to,
+                                               g.multiple_of, g.min_kept)
         removed = {}
         for g in prunable:
             k = n_remove[g.id]

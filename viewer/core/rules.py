@@ -126,8 +126,8 @@ class RuleContext:
     def keep_at_least(self, n: int, why: str) -> None:
         """At least ``n`` units must stay (``topk`` picks ``n``); ``why`` says so in words."""
         s = self.search
-        if n > s.min_kept:
-            s.min_kept, s.min_kept_why = int(n), why
+        if n > s.min_kept or not s.min_kept_why:  # (why even for 1: the units are picked)
+            s.min_kept, s.min_kept_why = max(int(n), s.min_kept), why
 
 
 Rule = Callable[[Graph, Node, str, int, int, IntArray, IntArray, RuleContext], list[Flow]]
