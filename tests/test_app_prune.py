@@ -544,9 +544,9 @@ def test_the_bn_importance_says_which_groups_it_scored_by_l1():
     assert text.endswith("; BN scale: 1 group has no norm layer and was scored by L1.")
     history = str(cb.history(s.session("sid")))
     assert "bn 50% uniform, 1 group without a norm layer scored by L1" in history
-    assert cb.l1_fallback_text([4, 7], n_scored=2) == \
+    assert cb.l1_fallback_text("bn", [4, 7], n_scored=2) == \
         "BN scale: no group has a norm layer: all 2 were scored by L1"
-    assert cb.l1_fallback_text([]) == "" and cb.l1_fallback_text(None) == ""
+    assert cb.l1_fallback_text("bn", []) == "" and cb.l1_fallback_text("bn", None) == ""
 
 
 def test_one_group_that_loses_nothing_is_named_in_the_singular(store):

@@ -637,7 +637,7 @@ def test_a_taylor_batch_is_uploaded_and_used_by_the_preview(dash_duo, tmp_path):
     dash_duo.wait_for_contains_text(f"#{ids.MESSAGE}", "does not fit the model",
                                     timeout=TIMEOUT)
     upload.send_keys(str(good))
-    dash_duo.wait_for_contains_text(f"#{ids.MESSAGE}", "Taylor scores now come from",
+    dash_duo.wait_for_contains_text(f"#{ids.MESSAGE}", "Taylor and usage scores now come from",
                                     timeout=TIMEOUT)
     dash_duo.wait_for_contains_text(f"#{ids.BATCH_INFO}", "real.safetensors 0: 4x3x32x32",
                                     timeout=TIMEOUT)

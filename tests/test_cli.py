@@ -72,7 +72,7 @@ def test_groups_prune_check(tmp_path):
     (["prune", "demo:cnn", "--ratio", "0.5", "--override", "features=half", "--out", "x"],
      "bad --override 'features=half': use GROUP_ID=RATIO or NAME=RATIO"),
     (["prune", "demo:cnn", "--ratio", "0.5", "--batch", "b.pt", "--out", "x"],
-     "--batch feeds the Taylor importance"),
+     "--batch feeds the Taylor and usage importances"),
     (["prune", "demo:cnn", "--ratio", "0.5", "--importance", "taylor", "--batch", "none.pt",
       "--out", "x"], "batch file not found"),
 ])
@@ -82,6 +82,33 @@ def test_bad_input_is_one_line_exit_2(args, msg):
     assert msg in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
     assert "Traceback" not in res.stderr
+
+
+def test_usage_scores_count_the_experts_a_batch_picks(tmp_path):
+    from safetensors.torch import save_file
+
+    batch = tmp_path / "tokens.safetensors"
+    save_file({"0": torch.randint(0, 128, (4, 16), generator=torch.Generator().manual_seed(3))},
+              str(batch))
+    made_up = cli("prune", "demo:moe", "--ratio", "0.5", "--importance", "usage", "--out",
+                  str(tmp_path / "a")).stdout
+    assert "(usage: 5 groups have no router picking their units and were scored by L1)" \
+        in made_up and "(usage: scored on the example inputs, not real data" in made_up
+    real = cli("prune", "demo:moe", "--ratio", "0.5", "--importance", "usage", "--batch",
+               str(batch), "--out", str(tmp_path / "b")).stdout
+    assert "not real data" not in real
+    plans = [json.loads((tmp_path / d / "plan.json").read_text())["rounds"][0]["plan"]
+             for d in "ab"]
+    assert plans[0]["settings"]["batch"] == "example inputs"
+    assert plans[1]["settings"]["batch"] == [[4, 16]]
+    from safetensors.torch import load_file
+
+    from viewer.core.prune import Pruner
+    from viewer.core.spec import load_model
+
+    lm = load_model("demo:moe")  # the same plan in process, on the same tokens
+    want = Pruner(lm.model, lm.inputs).plan(0.5, "usage", batch=(load_file(batch)["0"],))
+    assert plans[1]["removed"] == {str(k): v for k, v in want.removed.items()}
 
 
 def test_taylor_scores_come_from_the_batch_file(tmp_path):

@@ -2440,3 +2440,53 @@ def test_yolo_demo_prunes_all_but_its_head_outputs_to_a_quarter_of_its_parameter
     assert 0.24 < kept < 0.26
     v = p.verify(pruned, plan)
     assert v["masked_equivalence"]["ok"] and v["masked_equivalence"]["max_abs_diff"] < 1e-5
+
+
+def test_usage_importance_counts_how_often_the_router_picks_each_expert(monkeypatch):
+    # the expert groups are scored by how many tokens pick each expert on the batch (one
+    # trace, kept while the batch and the weights stay); groups nothing picks fall to L1
+    import viewer.core.prune as prune_mod
+
+    lm = load_model("demo:moe")
+    p = Pruner(lm.model, lm.inputs)
+    routers = {g.id: g.root for g in p.groups if g.root.endswith("mlp.router")}
+    assert len(routers) == 2
+
+    def picks(tokens) -> dict[str, list[int]]:  # the oracle: the routers' top 2, by hand
+        logits = []
+        hooks = [lm.model.get_submodule(r).register_forward_hook(
+            lambda _m, _a, out: logits.append(out)) for r in routers.values()]
+        with torch.no_grad():
+            lm.model(tokens)
+        for h in hooks:
+            h.remove()
+        return [torch.bincount(x.softmax(-1).topk(2, -1)[1].flatten(), minlength=8).tolist()
+                for x in logits]
+
+    traces = []
+    real = prune_mod.build_graph
+    monkeypatch.setattr(prune_mod, "build_graph",
+                        lambda *a, **k: traces.append(1) or real(*a, **k))
+    plan = p.plan(0.5, "usage")
+    assert [plan.scores[gid] for gid in routers] == picks(*lm.inputs)
+    assert sorted(plan.settings["scored_by_l1"]) == sorted(
+        g.id for g in p.groups if g.id in plan.scores and g.id not in routers)
+    for gid in routers:  # the least picked experts go
+        order = np.argsort(plan.scores[gid], kind="stable")
+        assert plan.removed[gid] == sorted(order[:4].tolist())
+    assert plan.settings["batch"] == "example inputs"
+    p.plan(0.3, "usage")
+    assert len(traces) == 1  # (the picks of that batch were kept)
+    other = (torch.randint(0, 128, (2, 24), generator=torch.Generator().manual_seed(1)),)
+    by_batch = p.plan(0.5, "usage", batch=other)
+    assert [by_batch.scores[gid] for gid in routers] == picks(*other) and len(traces) == 2
+    assert by_batch.settings["batch"] == [[2, 24]]
+    gid = next(iter(routers))
+    assert p.importance(p.groups[gid], "usage").tolist() == plan.scores[gid]
+    stream = p.groups[0]  # nothing picks its units: L1, as the plan scored it
+    assert p.importance(stream, "usage").tolist() == p.importance(stream, "l1").tolist()
+    with torch.device("meta"):
+        empty = load_model("demo:moe", device="meta")
+    with pytest.raises(DepViewError, match="importance 'usage' runs the model, and this "
+                       "model is on the meta device"):
+        Pruner(empty.model, empty.inputs, validate=False).plan(0.5, "usage")

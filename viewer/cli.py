@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .app.args import add_model_options, add_serve_arguments, check_seeds
 from .core.errors import DepViewError
-from .core.plan import IMPORTANCE
+from .core.plan import IMPORTANCE, READS_BATCH, l1_fallback_text
 from .core.text import counted
 
 
@@ -281,8 +281,9 @@ def cmd_prune(args) -> int:
     if args.batch:
         from .core.spec import read_batch
 
-        if args.importance != "taylor":
-            raise DepViewError("--batch feeds the Taylor importance: add --importance taylor")
+        if args.importance not in READS_BATCH:
+            raise DepViewError("--batch feeds the Taylor and usage importances: add "
+                               "--importance taylor or usage")
         batch = read_batch(args.batch)
     plan = pruner.plan(args.ratio, args.importance, global_=args.global_, round_to=args.round_to,
                        ignore=args.ignore, overrides=overrides, seed=args.seed, batch=batch)
@@ -301,7 +302,7 @@ def cmd_prune(args) -> int:
     failed = masked_note(verification)
     notes = [n for n in (failed, memory_note(verification), blind_note(verification),
                          untraced_note(verification),
-                         _bn_note(plan), _taylor_note(args, lm, plan), floor_note(plan),
+                         _l1_note(plan), _taylor_note(args, lm, plan), floor_note(plan),
                          config_note(report.get("config")),
                          _outputs_note(pruner), timing and speed_text(timing))
              if n]
@@ -358,23 +359,20 @@ def _outputs_note(pruner) -> str:
 
 
 def _taylor_note(args, lm, plan) -> str:
-    """Says that Taylor scores came from the example inputs, made up unless they were read
+    """Says that Taylor or usage scores came from the example inputs, made up unless read
     from a file (``--input-file``): ``--batch`` gives real data to score on."""
-    if args.importance != "taylor" or args.batch or lm.source.get("input_file") \
+    if args.importance not in READS_BATCH or args.batch or lm.source.get("input_file") \
             or not plan.removed:
         return ""
-    return ("taylor: scored on the example inputs, not real data: give --batch FILE for "
-            "meaningful scores")
+    return (f"{args.importance}: scored on the example inputs, not real data: give --batch "
+            "FILE for meaningful scores")
 
 
-def _bn_note(plan) -> str:
-    """Says which groups ``--importance bn`` scored by L1: they have no norm layer."""
-    fell = plan.settings.get("scored_by_l1") or []
-    if not fell:
-        return ""
-    return (f"bn: {counted(len(fell), 'group')} "
-            f"{'has' if len(fell) == 1 else 'have'} no norm layer and "
-            f"{'was' if len(fell) == 1 else 'were'} scored by L1")
+def _l1_note(plan) -> str:
+    """Says which groups ``--importance bn`` or ``usage`` scored by L1: they have no norm
+    layer, or no router picking their units."""
+    imp = plan.settings.get("importance", "")
+    return l1_fallback_text(imp, plan.settings.get("scored_by_l1"), label=imp)
 
 
 def cmd_check(args) -> int:
@@ -487,7 +485,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "NAME=RATIO: the groups rooted in a layer or module (a wildcard "
                         "pattern like '*.mlp' too); repeatable")
     p.add_argument("--batch", default=None, metavar="FILE",
-                   help="inputs for --importance taylor (.safetensors, or a weights-only .pt): "
+                   help="inputs for --importance taylor or usage (.safetensors, or a "
+                        "weights-only .pt): "
                         "keys 0, 1, ... are positional inputs, other keys keyword inputs; "
                         "the example inputs are used without it")
     p.add_argument("--time", action="store_true",

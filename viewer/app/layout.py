@@ -27,7 +27,8 @@ MODULE_RATIO_TITLE = "prune every group that starts in this module by its own ra
     "--override MODULE=R)"
 
 IMPORTANCE_LABELS = {"l1": "L1 magnitude", "l2": "L2 magnitude", "bn": "BatchNorm scale",
-                     "random": "random", "taylor": "Taylor (1st order)"}
+                     "random": "random", "taylor": "Taylor (1st order)",
+                     "usage": "usage (how often a router picks)"}
 
 
 def _button(label: str, id_: str, title: str, cls: str = "btn", **kw) -> html.Button:
@@ -168,7 +169,7 @@ def prune_card() -> html.Section:
     batch = html.Div([
         dcc.Upload(id=ids.BATCH_UPLOAD, max_size=MAX_UPLOAD,  # any type: the server says why
                    className="batch-upload", children=html.Button(
-                       "Taylor batch (.safetensors)", className="btn small",
+                       "Batch (.safetensors)", className="btn small",
                        title="inputs to score units on: tensors named 0, 1, ... (positional) "
                              "or by argument name")),
         _button("example inputs", ids.BATCH_CLEAR, "score on the example inputs again",

@@ -23,8 +23,7 @@ import numpy as np
 from viewer.core.graph import Graph
 from viewer.core.groups import Group
 from viewer.core.handlers import cell_width
-from viewer.core.optypes import PICKS
-from viewer.core.positions import pick_dim, position_reads
+from viewer.core.positions import group_picks
 
 from .viewmodel import View, channels
 
@@ -229,15 +228,8 @@ def picked_ids(graph: Graph, group: Group) -> list[tuple[int, int]]:
     from its ``topk`` to the ``histc`` that counts them): the group crosses them by value
     (see :mod:`viewer.core.positions`), so they are drawn with it."""
     out: list[tuple[int, int]] = []
-    for nid, port, dim in group.tensors:
-        for e in graph.consumers.get((nid, port), ()):
-            node = graph.nodes[e.target]
-            if node.target in PICKS and e.target_port == 0 and pick_dim(node) == dim:
-                carriers: list[tuple[int, int]] = []
-                reads = position_reads(graph, node, carriers)
-                if reads.readers and not reads.other and \
-                        all(k in group.tensors for k in reads.readers):
-                    out += [k for k in carriers if k not in out]
+    for _pick, carriers in group_picks(graph, group):
+        out += [k for k in carriers if k not in out]
     return out
 
 

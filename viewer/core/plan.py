@@ -14,7 +14,36 @@ from .graph import Node
 from .groups import Member
 from .handlers import cell_port
 
-IMPORTANCE = ("l1", "l2", "bn", "random", "taylor")
+IMPORTANCE = ("l1", "l2", "bn", "random", "taylor", "usage")
+#: criteria that run the model on a batch (the example inputs unless one is given)
+READS_BATCH = ("taylor", "usage")
+#: criteria that score some groups by L1 instead (``plan.settings["scored_by_l1"]`` lists
+#: them): the criterion's name in words, and what such a group has not (one, several)
+FALLS_BACK = {"bn": ("BN scale", "a norm layer", "a norm layer"),
+              "usage": ("usage", "a router picking its units", "a router picking their units")}
+
+
+def l1_fallback_text(importance: str, fell: list | None, n_scored: int | None = None,
+                     label: str | None = None) -> str:
+    """What the ``bn`` or ``usage`` importance did for the groups it cannot score (``fell``):
+    it scored them by L1 magnitude. ``n_scored``: how many groups were scored in all;
+    ``label``: how the criterion is named (its words in :data:`FALLS_BACK` by default).
+
+    >>> l1_fallback_text("bn", [3, 5, 8])
+    'BN scale: 3 groups have no norm layer and were scored by L1'
+    >>> l1_fallback_text("usage", [1, 2], n_scored=2)
+    'usage: no group has a router picking its units: all 2 were scored by L1'
+    """
+    n = len(fell or [])
+    if not n or importance not in FALLS_BACK:
+        return ""
+    words, one, many = FALLS_BACK[importance]
+    label = words if label is None else label
+    if n == n_scored:
+        return (f"{label}: the group has no {one[2:]} and was scored by L1" if n == 1 else
+                f"{label}: no group has {one}: all {n} were scored by L1")
+    return f"{label}: {n} group{'s' if n > 1 else ''} {'has' if n == 1 else 'have'} " \
+           f"no {(one if n == 1 else many)[2:]} and {'was' if n == 1 else 'were'} scored by L1"
 
 
 @dataclass

@@ -130,3 +130,19 @@ def picked_key(g: Graph, pick: Node) -> TensorKey:
     """The tensor dim whose positions ``pick`` returns: its input's picked dim."""
     e = g.in_edges[pick.id][0]
     return e.source, e.source_port, pick_dim(pick)
+
+
+def group_picks(g: Graph, group) -> list[tuple[Node, list[tuple[int, int]]]]:
+    """The ops that pick ``group``'s units (a router's ``topk`` over its experts): each with
+    the tensors ``(node id, port)`` that carry its positions to the group's readers."""
+    out = []
+    for nid, port, dim in group.tensors:
+        for e in g.consumers.get((nid, port), ()):
+            node = g.nodes[e.target]
+            if node.target in PICKS and e.target_port == 0 and pick_dim(node) == dim:
+                carriers: list[tuple[int, int]] = []
+                reads = position_reads(g, node, carriers)
+                if reads.readers and not reads.other and \
+                        all(k in group.tensors for k in reads.readers):
+                    out.append((node, carriers))
+    return out

@@ -33,10 +33,11 @@ from .handlers import Cut, cell_port, cell_width, node_cuts, rnn_key
 from .materialize import get_attr, materialize, pruned_bytes, tensor_lookup
 from .memory import check_room, gigabytes, room_for, tensor_bytes
 from .modelconfig import build_from_config, fit_config, held_config
-from .optypes import OpGroup, OpType
+from .optypes import PICKS, OpGroup, OpType
 from .plan import (
     IGNORE_SIDES,
     IMPORTANCE,
+    READS_BATCH,
     SIDE_WORDS,
     Plan,
     SizeAttr,
@@ -48,6 +49,7 @@ from .plan import (
     parse_ignore,
     within,
 )
+from .positions import group_picks, picked_key
 from .spectralnorm import weight_of as sn_weight_of
 from .text import counted, error_line
 from .trace import MAX_LISTED, build_graph, eval_mode, output_nodes, output_path, plain_module
@@ -222,6 +224,7 @@ class Pruner(GroupValidation, Verification):
         # Taylor scores of the last batch: ((its tensors, their versions, the weights'
         # versions), {id(group): (group, scores)})
         self._taylor: tuple[tuple, dict[int, tuple[Group, np.ndarray]]] | None = None
+        self._usage: tuple[tuple, dict[str, list | None]] | None = None  # picks' outputs
 
     # -- cuts -----------------------------------------------------------------------------
     def _tensor_table(self) -> dict[str, tuple[nn.Module, str, torch.Tensor]]:
@@ -324,6 +327,9 @@ class Pruner(GroupValidation, Verification):
         n = group.n_units
         if criterion == "random":
             return np.random.default_rng(seed * 100003 + group.id).random(n)
+        if criterion == "usage":  # how often its units are picked; by L1 if nothing picks them
+            used = self.usage_scores([group])
+            return used[group.id] if group.id in used else self.importance(group, "l1", seed)
         self._needs_weights(criterion)
         if criterion == "taylor" and grads is None:  # the gradients of the example inputs
             return self.taylor_scores([group])[group.id]
@@ -432,7 +438,7 @@ class Pruner(GroupValidation, Verification):
             settings["override_names"] = named
         if self.free_outputs:
             settings["free_outputs"] = list(self.free_outputs)
-        if importance == "taylor":  # which inputs the scores came from
+        if importance in READS_BATCH:  # which inputs the scores came from
             settings["batch"] = "example inputs" if batch is None else batch_shapes(batch)
         validate = validate and self.validate
         if validate:
@@ -444,10 +450,16 @@ class Pruner(GroupValidation, Verification):
         if importance == "bn":  # say which groups had no norm scale to score by
             table = self._tensor_table()
             fell = [g.id for g in prunable if not self._bn_scale(g, table)]
-            if fell:
-                settings["scored_by_l1"] = fell
+        used = self.usage_scores(prunable, batch) if importance == "usage" else {}
+        if importance == "usage":  # ... or no op picking their units
+            fell = [g.id for g in prunable if g.id not in used]
+        if fell:
+            settings["scored_by_l1"] = fell
         if importance == "taylor":
             scores = self.taylor_scores(prunable, batch)
+        elif importance == "usage":
+            scores = {g.id: used[g.id] if g.id in used else self.importance(g, "l1", seed)
+                      for g in prunable}
         else:
             scores = {g.id: self.importance(g, "l1" if g.id in fell else importance, seed)
                       for g in prunable}
@@ -632,6 +644,20 @@ class Pruner(GroupValidation, Verification):
                                "the meta device (no values): use 'random' to preview it, or "
                                "load it on cpu")
 
+    def _batch_cache(self, attr: str, inputs) -> dict:
+        """The dict kept in ``self.<attr>`` for results computed on ``inputs``, emptied
+        when the inputs (or a weight or buffer) changed since: its key holds the input tensors
+        themselves, compared by identity and kept alive so that another batch can never reuse
+        their ids, their in-place version counters, and the model's :func:`_fingerprint`."""
+        held = tuple(t for _, t in flatten(inputs))
+        key = (held, tuple(t._version for t in held), _fingerprint(self.model))
+        got = getattr(self, attr)
+        old = got[0] if got is not None else None
+        if old is None or len(old[0]) != len(held) or \
+                any(a is not b for a, b in zip(old[0], held, strict=True)) or old[1:] != key[1:]:
+            setattr(self, attr, (key, {}))
+        return getattr(self, attr)[1]  # this call's own dict, even if another thread replaces it
+
     def taylor_scores(self, groups: list[Group], batch=None) -> dict[int, np.ndarray]:
         """Taylor scores of ``groups`` on ``batch`` (None: the example inputs). The gradients
         take a forward and a backward pass on a copy of the model, so the scores are kept
@@ -641,21 +667,50 @@ class Pruner(GroupValidation, Verification):
         version counter as it was)."""
         self._needs_weights("taylor")
         inputs = self.inputs if batch is None else batch
-        held = tuple(t for _, t in flatten(inputs))
-        key = (held, tuple(t._version for t in held), _fingerprint(self.model))
-        old = self._taylor[0] if self._taylor is not None else None
-        # the key holds the tensors themselves: compared by identity, and kept alive so that
-        # another batch can never reuse their ids
-        if old is None or len(old[0]) != len(held) or \
-                any(a is not b for a, b in zip(old[0], held, strict=True)) or old[1:] != key[1:]:
-            self._taylor = (key, {})
-        cache = self._taylor[1]  # this call's own dict, even if another thread replaces it
+        cache = self._batch_cache("_taylor", inputs)
         missing = [g for g in groups if id(g) not in cache or cache[id(g)][0] is not g]
         if missing:
             grads = taylor_grads(self.model, inputs)
             for g in missing:
                 cache[id(g)] = (g, self.importance(g, "taylor", grads=grads))
         return {g.id: cache[id(g)][1] for g in groups}
+
+    def usage_scores(self, groups: list[Group], batch=None) -> dict[int, np.ndarray]:
+        """For the groups whose units an op picks (a router's ``topk`` over its experts,
+        :func:`positions.group_picks`), how many times each unit is picked on ``batch``
+        (None: the example inputs), over every token and every such op: one trace of the
+        model. Groups nothing picks are left out."""
+        picks = {g.id: group_picks(self.graph, g) for g in groups}
+        names = {p.name for ps in picks.values() for p, _ in ps}
+        if not names:
+            return {}
+        if not is_real(self.model):
+            raise DepViewError("importance 'usage' runs the model, and this model is on the "
+                               "meta device (no values): load it on cpu")
+        inputs = self.inputs if batch is None else batch
+        keep = self._batch_cache("_usage", inputs)  # (one trace per batch: a sensitivity
+        if not names <= set(keep):  # run plans once per group)
+            got: dict[str, list | None] = dict.fromkeys(names)
+            build_graph(self.model, inputs, keep=got)
+            keep.update(got)
+        out = {}
+        for g in groups:
+            if not picks[g.id]:
+                continue
+            score = np.zeros(g.n_units)
+            for pick, _ in picks[g.id]:
+                got = keep[pick.name]
+                if got is None:
+                    raise DepViewError(f"'{pick.name}' did not run on the batch: it takes "
+                                       "another path through the model than the example inputs")
+                key = picked_key(self.graph, pick)
+                width = self.graph.nodes[key[0]].out_shapes[key[1]][key[2]]
+                ids = got[PICKS[pick.target]].flatten().long()
+                counts = torch.bincount(ids.clamp(0, width), minlength=width + 1).numpy()
+                pos, unit = g.tensors[key]
+                np.add.at(score, unit, counts[pos])
+            out[g.id] = score
+        return out
 
     def _names(self) -> set[str]:
         """Every name an ignore or override may give: nodes, modules and the modules holding

@@ -14,6 +14,7 @@ import torch
 
 from .errors import DepViewError
 from .forward import run
+from .plan import READS_BATCH
 from .prune import Pruner
 from .text import error_line
 from .trees import flatten
@@ -52,7 +53,7 @@ def sensitivity(pruner: Pruner, ratio: float = 0.5, importance: str = "l1", igno
         if pruner.reason(g, ignore_set) or g.n_units < 2:
             continue
         plan = pruner.plan(0.0, importance, ignore=ignore_set, overrides={g.id: ratio},
-                           seed=seed, batch=batch if importance == "taylor" else None)
+                           seed=seed, batch=batch if importance in READS_BATCH else None)
         row = {"id": g.id, "root": g.root, "units": g.n_units,
                "removed": len(plan.removed.get(g.id, [])), "params_removed": 0,
                "output_change": 0.0}

@@ -148,6 +148,9 @@ class _Tracer(TorchFunctionMode):
         # activation is kept alive by the tracer (holding them all would make tracing allocate
         # afresh), and the token tells this trace's tags from a stale one or another thread's.
         self.token = object()
+        # node name -> copies of its outputs, for the names a caller asks for (build_graph's
+        # ``keep``: the expert ids a router picks, for the ``usage`` importance)
+        self.keep: dict[str, list[torch.Tensor] | None] | None = None
         # Sources (inputs, parameters, buffers, constants) are found by id instead, holding
         # the tensor so the id stays its own: another trace in another thread may share them,
         # and its tag would hide this one's. So are tensors that take no attributes.
@@ -331,6 +334,8 @@ class _Tracer(TorchFunctionMode):
                 t._depview_src = (token, nid, port)
             except (AttributeError, RuntimeError):  # exotic tensor types without a __dict__
                 self.by_id[id(t)] = (t, nid, port)
+        if self.keep is not None and name in self.keep:
+            self.keep[name] = [t.detach().clone() for t in outputs]
         return node
 
     def view_written(self, w: torch.Tensor, tag: tuple, node: Node) -> None:
@@ -1354,7 +1359,8 @@ def quantized_layer(model: nn.Module, classes: Iterable[type] | None = None) -> 
 
 
 def build_graph(model: nn.Module, example_inputs=(), example_kwargs: dict | None = None,
-                autograd: bool = False, meta_results: dict | None = None) -> Graph:
+                autograd: bool = False, meta_results: dict | None = None,
+                keep: dict | None = None) -> Graph:
     """Run ``model`` once on the example inputs and return its typed graph.
 
     ``example_inputs`` is a tensor, a tuple of positional arguments (which may nest lists and
@@ -1370,6 +1376,9 @@ def build_graph(model: nn.Module, example_inputs=(), example_kwargs: dict | None
     kernel, many of which are Python. ``meta_results`` is a dict to keep those results in
     across traces (validation traces one model many times, each pruned a little differently);
     by default each trace starts empty.
+
+    ``keep`` maps node names to None: each named node's outputs are stored there (detached
+    copies), as the trace runs.
 
     Raises :class:`DepViewError` with one line naming the failing module and its input shapes
     when the forward raises.
@@ -1389,6 +1398,7 @@ def build_graph(model: nn.Module, example_inputs=(), example_kwargs: dict | None
             "DepView cannot see them: give the eager nn.Module (script it after pruning)")
 
     tracer = _Tracer(model, autograd and torch.is_grad_enabled())
+    tracer.keep = keep
     quantized = quantized_layer(model, tracer.classes)
     if quantized is not None:
         raise DepViewError(

@@ -19,7 +19,15 @@ from viewer.core.groups import no_groups_reason, units_are_heads
 from viewer.core.memory import MemoryShortError
 from viewer.core.modelconfig import config_note
 from viewer.core.optypes import OpType
-from viewer.core.plan import IGNORE_SIDES, IMPORTANCE, SIDE_WORDS, Plan
+from viewer.core.plan import (
+    FALLS_BACK,
+    IGNORE_SIDES,
+    IMPORTANCE,
+    READS_BATCH,
+    SIDE_WORDS,
+    Plan,
+    l1_fallback_text,
+)
 from viewer.core.prune import floor_note
 from viewer.core.text import counted
 from viewer.core.timing import compare_speed, speed_text
@@ -90,8 +98,9 @@ def make_plan(session: Session, settings: dict) -> Plan:
 
 
 def load_batch(store: SessionStore, sid: str, contents: str, filename: str | None) -> str:
-    """Keep an uploaded ``.safetensors`` batch for the Taylor importance, after checking that
-    the current model runs on it. A batch that does not fit leaves the previous one in use."""
+    """Keep an uploaded ``.safetensors`` batch for the Taylor and usage importances
+    (:data:`READS_BATCH`), after checking that the current model runs on it. A batch that
+    does not fit leaves the previous one in use."""
     from viewer.core.forward import run
     from viewer.core.spec import batch_from_safetensors
 
@@ -104,8 +113,8 @@ def load_batch(store: SessionStore, sid: str, contents: str, filename: str | Non
     with session.lock:
         model = session.stage.model  # read-only: the forward below need not hold the session
     if weightless(model):
-        raise DepViewError("the Taylor importance needs real weights; this model is on the "
-                           "meta device")
+        raise DepViewError("the Taylor and usage importances need real weights; this model "
+                           "is on the meta device")
     try:
         run(model, batch)
     except Exception as exc:
@@ -115,7 +124,7 @@ def load_batch(store: SessionStore, sid: str, contents: str, filename: str | Non
     label = f"{name} {_shapes_text(batch)}"
     with session.lock:
         session.batch, session.batch_label = batch, label
-    return f"Taylor scores now come from {label}; Preview to use it."
+    return f"Taylor and usage scores now come from {label}; Preview to use it."
 
 
 def _shapes_text(batch) -> str:
@@ -125,7 +134,7 @@ def _shapes_text(batch) -> str:
 
 
 def clear_batch(store: SessionStore, sid: str) -> None:
-    """Taylor scores from the example inputs again."""
+    """Taylor and usage scores from the example inputs again."""
     session = store.session(sid)
     with session.lock:
         session.batch, session.batch_label = None, ""
@@ -176,6 +185,7 @@ def run_preview(store: SessionStore, sid: str, settings: dict) -> dict:
     preview["settings"] = dict(settings)
     # the 'bn' criterion scores groups without a norm layer by L1 instead: say which
     preview["scored_by_l1"] = list(plan.settings.get("scored_by_l1") or [])
+    preview["importance"] = plan.settings.get("importance", "")
     preview["floor"] = floor_note(plan)  # (an LSTM kept more cell units than the ratio asked)
     preview["n_scored"] = len(plan.scores)
     with session.lock:
@@ -237,7 +247,8 @@ def apply_round(store: SessionStore, sid: str, settings: dict) -> str:
         session.reset_pruning_inputs()
         n = round_number(session)
     before, after = stage.summary["params"], new.summary["params"]
-    fell = l1_fallback_text(plan.settings.get("scored_by_l1"), len(plan.scores))
+    fell = l1_fallback_text(plan.settings.get("importance", ""),
+                            plan.settings.get("scored_by_l1"), len(plan.scores))
     config = config_note(config)
     return (f"Round {n} applied: {counted(plan.n_removed, 'unit')} removed from "
             f"{counted(len(plan.removed), 'group')}; params {change(before, after)}; "
@@ -531,25 +542,6 @@ def plan_info(session: Session) -> list:
     return [html.Ul(items, className="plan-list")]
 
 
-def l1_fallback_text(fell: list | None, n_scored: int | None = None) -> str:
-    """What the 'bn' importance (BatchNorm scale) did for groups without a norm layer: it
-    scored them by L1 magnitude. ``n_scored``: how many groups were scored in all.
-
-    >>> l1_fallback_text([3, 5, 8])
-    'BN scale: 3 groups have no norm layer and were scored by L1'
-    >>> l1_fallback_text([1, 2], n_scored=2)
-    'BN scale: no group has a norm layer: all 2 were scored by L1'
-    """
-    n = len(fell or [])
-    if not n:
-        return ""
-    if n == n_scored:
-        return ("BN scale: the group has no norm layer and was scored by L1" if n == 1 else
-                f"BN scale: no group has a norm layer: all {n} were scored by L1")
-    return f"BN scale: {counted(n, 'group')} {'has' if n == 1 else 'have'} no norm layer " \
-           f"and {'was' if n == 1 else 'were'} scored by L1"
-
-
 def settings_text(st_set: dict) -> str:
     """A round's settings as the history lists them: ``l1 30% uniform, round to 8,
     group #3 at 75%, ignoring fc:in`` (and, for the 'bn' importance, which groups it
@@ -565,7 +557,8 @@ def settings_text(st_set: dict) -> str:
         parts.append("free outputs " + ", ".join(st_set["free_outputs"]))
     fell = st_set.get("scored_by_l1")
     if fell:
-        parts.append(f"{counted(len(fell), 'group')} without a norm layer scored by L1")
+        lacks = FALLS_BACK.get(st_set.get("importance"), ("", "a norm layer", ""))[1]
+        parts.append(f"{counted(len(fell), 'group')} without {lacks} scored by L1")
     return ", ".join(parts)
 
 
@@ -641,7 +634,10 @@ def group_scores(store: SessionStore, sid: str, selection: dict | None,
         try:  # Taylor: a forward and backward once per batch (not holding the session), then
             # kept by the pruner, which stages share read-only
             scores = pruner.taylor_scores([group], batch)[gid] \
-                if crit == "taylor" else pruner.importance(group, crit)
+                if crit == "taylor" else pruner.usage_scores([group], batch).get(gid) \
+                if crit == "usage" else None
+            if scores is None:  # (nothing picks the group's units: L1, as a plan scores it)
+                scores = pruner.importance(group, "l1" if crit == "usage" else crit)
         except DepViewError as exc:
             return None, [], str(exc)
         k = int(math.floor(group.n_units * ratio))
@@ -684,7 +680,8 @@ def summary_lines(preview: dict) -> tuple[str, str, str]:
                + ("; an attention group's units are heads" if 0 < heads < whole else ""))
         extra += (f"; {whole} prunable group{'s lose' if whole != 1 else ' loses'} nothing "
                   f"({why})")
-    fell = l1_fallback_text(preview.get("scored_by_l1"), preview.get("n_scored"))
+    fell = l1_fallback_text(preview.get("importance", ""), preview.get("scored_by_l1"),
+                            preview.get("n_scored"))
     if fell:
         extra += f"; {fell}"
     if preview.get("floor"):
@@ -767,7 +764,7 @@ def register(app, store: SessionStore) -> None:
         Input(ids.IMPORTANCE, "value"),
     )
     def on_importance(importance):
-        return {"display": "flex" if importance == "taylor" else "none"}
+        return {"display": "flex" if importance in READS_BATCH else "none"}
 
     @app.callback(
         Output(ids.BATCH_INFO, "children"),
