@@ -503,8 +503,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--importance", default="l1", choices=IMPORTANCE)
     _add_keep_options(p)
     p.add_argument("--batch", default=None, metavar="FILE",
-                   help="real inputs to measure the change on (.safetensors, or a "
-                        "weights-only .pt; as prune --batch); the example inputs without it")
+                   help="real inputs to measure the change on, and to score taylor and "
+                        "usage by (.safetensors, or a weights-only .pt; as prune --batch); "
+                        "the example inputs without it")
     p.add_argument("--json", default=None, metavar="PATH|-",
                    help="write the rows as JSON (- for stdout); without it, a table")
     p.set_defaults(func=cmd_sensitivity)

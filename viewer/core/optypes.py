@@ -519,6 +519,14 @@ KEEPS_VALUES: frozenset[str] = frozenset(
     {"to", "float", "double", "half", "bfloat16", "int", "long", "type", "clone", "contiguous",
      "detach", "sort", "msort"})
 
+#: Functions that read values for their order only (``argsort``; ``sort``'s values are
+#: kept, :data:`KEEPS_VALUES`): the positions they return (of the tokens, ordered by the
+#: expert each picked) do not change when pruning renumbers positions, in order.
+ORDERS: frozenset[str] = frozenset({"argsort"})
+
+#: Functions that take ``input``'s entries at the positions ``index`` holds along one dim.
+GATHERS: frozenset[str] = frozenset({"gather", "take_along_dim"})
+
 #: Factories whose result holds the same value everywhere (``torch.zeros(b, self.hidden)``, an
 #: RNN's initial state): no op of the graph, but a CONSTANT source named after them whose width
 #: a group may shrink, when the size it was given can follow (see ``groups.fixed_sizes``).

@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 from .graph import Graph, Node
 from .meta import CountsMeta, ElementwiseMeta, ReduceMeta, SliceMeta
-from .optypes import KEEPS_VALUES, PICKS, OpType
+from .optypes import GATHERS, KEEPS_VALUES, ORDERS, PICKS, OpType
 
 TensorKey = tuple[int, int, int]  # (node id, output port, dim)
 
@@ -30,16 +30,6 @@ class Reads(NamedTuple):
 
     readers: list[TensorKey]
     other: list[Node]
-
-
-#: Functions that read values for their order only: the positions they return (of the
-#: tokens, sorted by the expert each picked) do not change when positions are renumbered in
-#: order, as pruning renumbers them.
-ORDERS = frozenset({"argsort", "sort", "msort"})
-
-
-#: Functions that take ``input``'s entries at the positions ``index`` holds along one dim.
-GATHERS = frozenset({"gather", "take_along_dim"})
 
 
 def _keeps(node: Node, port: int) -> bool:

@@ -43,6 +43,7 @@ from .optypes import (
     CHANNEL_SHUFFLES,
     COMPLEX_VIEWS,
     FILLS,
+    GATHERS,
     INDEX_OUTPUTS,
     MASKED_SCATTERS,
     PAIR_REDUCTIONS,
@@ -53,7 +54,7 @@ from .optypes import (
     conv_prunes_whole_groups,
     gn_prunes_whole_groups,
 )
-from .positions import GATHERS, pick_dim, picked_at, picked_key, position_reads
+from .positions import pick_dim, picked_at, picked_key, position_reads
 
 if TYPE_CHECKING:
     from .groups import _Search
