@@ -902,6 +902,44 @@ def test_hf_mixtral_whole_experts_prune_as_if_the_router_never_picked_them(tmp_p
         torch.testing.assert_close(again(**inputs).logits, want, rtol=0, atol=0)
 
 
+def test_hf_deepseek_v3_group_limited_routing_removes_whole_routing_groups(tmp_path):
+    # n_group=2: the router scores each group of 4 experts, picks topk_group=1 of them
+    # (mask.scatter_(1, group_idx, 1)) and then its top 2 experts there. The group mask,
+    # broadcast over a group's experts, makes each routing group one unit; was one unit for
+    # all 8 experts ("only one unit"), and before that blocked at the scatter
+    torch.manual_seed(0)
+    cfg = transformers.DeepseekV3Config(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=4, intermediate_size=64, moe_intermediate_size=32,
+        n_routed_experts=8, num_experts_per_tok=2, n_group=2, topk_group=1, q_lora_rank=8,
+        kv_lora_rank=8, qk_rope_head_dim=4, qk_nope_head_dim=4, v_head_dim=8,
+        first_k_dense_replace=0, max_position_embeddings=32)
+    model = transformers.DeepseekV3ForCausalLM(cfg).eval()
+    inputs = {"input_ids": torch.randint(0, 100, (1, 8))}
+    p = Pruner(model, inputs)
+    gate = "model.layers.0.mlp.gate"
+    (groups,) = [g for g in p.groups if any(m.node_name == f"{gate}.weight" and m.dim == 0
+                                           for m in g.members)]
+    assert groups.n_units == 2 and not p.reason(groups)
+    rows = groups.member(f"{gate}.weight").unit.tolist()
+    assert rows == [0, 0, 0, 0, 1, 1, 1, 1]  # experts 0-3 and 4-7
+    assert groups.min_kept == 1  # topk_group picks 1 group, top_k 2 experts of one group
+    assert {f"{gate}.num_group", "model.layers.0.mlp.experts.num_experts"} <= \
+        set(p.sets(groups))
+    plan = Plan({groups.id: [1]})
+    pruned = p.apply(plan)
+    assert pruned.model.layers[0].mlp.experts.gate_up_proj.shape[0] == 4
+    assert pruned.model.layers[0].mlp.gate.num_group == 1
+    with torch.no_grad():  # never picking experts 4-7 is the pruned model
+        with _RouterMask(model.get_submodule(gate).weight, [4, 5, 6, 7]):
+            want = model(**inputs).logits
+        torch.testing.assert_close(pruned(**inputs).logits, want, rtol=0, atol=1e-5)
+    whole = p.plan(0.5)
+    pruned = p.apply(whole)
+    assert p.verify(pruned, whole)["forward"]
+    assert (pruned.config.n_routed_experts, pruned.config.n_group) == (4, 1)
+
+
 _MOE = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=32)
 

@@ -197,7 +197,7 @@ class _Search:
         self.opaque_notes: set[str] = set()  # those of them that only a run can settle
         self.multiple = 1
         self.multiple_why: list[str] = []
-        self.min_kept, self.min_kept_why = 1, ""  # see RuleContext.keep_at_least
+        self.min_kept: list[tuple[TensorKey, int, str]] = []  # RuleContext.keep_at_least
         # member -> batch ids it holds whole, and other (units, pos) chunks
         self.members: dict[tuple[int, str, int, int], tuple[list[int], list]] = {}
         self.queue: deque = deque()
@@ -682,7 +682,7 @@ def _search(graph: Graph, root: Node, side: str, dim: int, pos: IntArray,
     grp.opaque_only = not grp.exact and set(grp.stats_notes) <= s.opaque_notes
     grp.multiple_of = s.multiple
     grp.multiple_why = s.multiple_why
-    grp.min_kept, grp.min_kept_why = s.min_kept, s.min_kept_why
+    grp.min_kept, grp.min_kept_why = _least_units(s.min_kept, grp)
     _check_multiple(grp)
     if blocked is not None and s.blocked and not s.whole_blocked and \
             len(grp.reasons) == len(dict.fromkeys(s.reasons)):  # no reason for all units
@@ -693,6 +693,25 @@ def _search(graph: Graph, root: Node, side: str, dim: int, pos: IntArray,
         trail.extend(s.cls)
         trail.extend(s.invalid)
     return grp
+
+
+def _least_units(picks: list[tuple[TensorKey, int, str]], grp: Group) -> tuple[int, str]:
+    """How many units of ``grp`` must stay so that every op that picks ``k`` positions of a
+    tensor of it (``(key, k, why)``, :meth:`RuleContext.keep_at_least`) keeps ``k`` to pick
+    from, whichever units go: a unit may hold several of its positions (DeepSeek's routing
+    groups, each several experts), so the fewest units whose positions reach ``k`` counting
+    the smallest first, plus every unit that holds none there. 1 and "" without picks."""
+    least, why = 1, ""
+    for key, k, w in picks:
+        got = grp.tensors.get(key)
+        if got is None:
+            continue
+        per = np.bincount(got[1], minlength=grp.n_units)
+        held = np.sort(per[per > 0])
+        need = int(np.searchsorted(np.cumsum(held), k)) + 1 + int((per == 0).sum())
+        if need > least or not why:
+            least, why = max(need, least), w
+    return min(least, max(grp.n_units, 1)), why
 
 
 def _check_multiple(grp: Group) -> None:
@@ -828,6 +847,16 @@ def _search_or_unfollowed(graph: Graph, root: Node, dim: int, pos: IntArray, gid
             found += found2
             if better:
                 grp, seen = alt, seen2
+            elif "inner" in retry and grp.n_units == 1 and not grp.reasons:
+                # nor at the inner dim: at the outer one (DeepSeek's routing groups view the
+                # experts (groups, experts per group), and its group mask, broadcast over each
+                # group, merges a group's experts: whole groups are the units)
+                found3, seen3 = [], []
+                alt = _search(graph, root, "out", dim, pos, gid, link_cache, found3,
+                              blocked=seen3, port=port, outer=True)
+                found += found3
+                if alt.n_units > 1 and not alt.reasons:
+                    grp, seen = alt, seen3
     except (DepViewError, IndexError, ValueError) as exc:
         return _unfollowed(graph, root, dim, pos, gid, exc, port)
     if trail is not None:

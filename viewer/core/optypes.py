@@ -527,6 +527,12 @@ ORDERS: frozenset[str] = frozenset({"argsort"})
 #: Functions that take ``input``'s entries at the positions ``index`` holds along one dim.
 GATHERS: frozenset[str] = frozenset({"gather", "take_along_dim"})
 
+#: Functions that write into ``input`` at the positions ``index`` (their second tensor)
+#: holds along one dim (DeepSeek's router marks the routing groups it picked:
+#: ``mask.scatter_(1, group_idx, 1)``); along that dim the output is the input.
+SCATTERS: frozenset[str] = frozenset(
+    {"scatter", "scatter_add", "scatter_reduce", "index_add", "index_copy", "index_fill"})
+
 #: Factories whose result holds the same value everywhere (``torch.zeros(b, self.hidden)``, an
 #: RNN's initial state): no op of the graph, but a CONSTANT source named after them whose width
 #: a group may shrink, when the size it was given can follow (see ``groups.fixed_sizes``).

@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 from .graph import Graph, Node
 from .meta import CountsMeta, ElementwiseMeta, ReduceMeta, SliceMeta
-from .optypes import GATHERS, KEEPS_VALUES, ORDERS, PICKS, OpType
+from .optypes import GATHERS, KEEPS_VALUES, ORDERS, PICKS, SCATTERS, OpType
 
 TensorKey = tuple[int, int, int]  # (node id, output port, dim)
 
@@ -57,8 +57,9 @@ def pick_dim(node: Node) -> int | None:
 def _reader(g: Graph, node: Node, port: int) -> TensorKey | None:
     """The tensor dim of ``node`` whose position v stands for value v of its input ``port``,
     if it reads that input so: counts (``histc``, ``bincount``, ``one_hot``) along their
-    output dim, or an index (``bias[ids]``, ``scores.gather(1, ids)``) along the dim it
-    gathers of the tensor it indexes."""
+    output dim, an index (``bias[ids]``, ``scores.gather(1, ids)``) along the dim it gathers
+    of the tensor it indexes, or along the dim a scatter writes (``mask.scatter_(1, ids,
+    1)``)."""
     meta = node.meta
     if isinstance(meta, CountsMeta) and port == 0 and meta.exact:
         return node.id, 0, meta.dim
@@ -71,6 +72,9 @@ def _reader(g: Graph, node: Node, port: int) -> TensorKey | None:
             and len(meta.moves) == 1 and len(edges) == 2:  # scores.gather(1, ids)
         e = edges[0]
         return e.source, e.source_port, meta.moves[0]
+    if node.target in SCATTERS and port == 1 and isinstance(meta, ElementwiseMeta) \
+            and len(meta.moves) == 1:  # mask.scatter_(1, ids, 1): its output's dim
+        return node.id, 0, meta.moves[0]
     return None
 
 

@@ -48,6 +48,7 @@ from .optypes import (
     MASKED_SCATTERS,
     PAIR_REDUCTIONS,
     PICKS,
+    SCATTERS,
     SEQUENCE_PACKING,
     SHAPE_NORMS,
     OpType,
@@ -124,11 +125,10 @@ class RuleContext:
         this one, not a tensor of the graph (:mod:`viewer.core.positions`)."""
         self.search.arrive(*key, units, pos)
 
-    def keep_at_least(self, n: int, why: str) -> None:
-        """At least ``n`` units must stay (``topk`` picks ``n``); ``why`` says so in words."""
-        s = self.search
-        if n > s.min_kept or not s.min_kept_why:  # (why even for 1: the units are picked)
-            s.min_kept, s.min_kept_why = max(int(n), s.min_kept), why
+    def keep_at_least(self, key: TensorKey, n: int, why: str) -> None:
+        """At least ``n`` positions of tensor dim ``key`` must stay (``topk`` picks ``n``);
+        ``why`` says so in words. The group turns it into units (``groups._least_units``)."""
+        self.search.min_kept.append((key, int(n), why))
 
 
 Rule = Callable[[Graph, Node, str, int, int, IntArray, IntArray, RuleContext], list[Flow]]
@@ -508,6 +508,13 @@ def _elementwise_rule(g, node, side, port, dim, units, pos, ctx):
         e = g.in_edges[node.id][0]
         if _to_pick(g, node, 1, (e.source, e.source_port, dim), units, pos, ctx):
             return []
+    if node.target in SCATTERS and (side == "out" or port == 0) and isinstance(
+            meta, ElementwiseMeta) and meta.moves == (dim,) and len(node.out_shapes) == 1 \
+            and _to_pick(g, node, 1, (node.id, 0, dim), units, pos, ctx):
+        # written at picked positions (mask.scatter_(1, picked ids, 1)): along that dim the
+        # output is the input, position for position
+        return [Flow("in", 0, dim, units, pos)] if side == "out" else \
+            [Flow("out", 0, dim, units, pos)]
     if isinstance(meta, ElementwiseMeta) and meta.moves and any(
             0 < len(s) < len(out) for s in node.in_shapes) and _indexed_along(node, out):
         # a 1-D index (index_add, index_select) is not broadcast onto the output's last dim
@@ -574,7 +581,9 @@ def _picked(g, node, dim, units, pos, ctx) -> bool:
                   f"{what}: pruning would change what they point to")
         return True
     k = node.out_shapes[0][dim] if node.target == "topk" else 1
-    ctx.keep_at_least(k, f"'{node.name}' ({node.target}) picks {k} of them")
+    e = g.in_edges[node.id][0]
+    ctx.keep_at_least((e.source, e.source_port, dim), k,
+                      f"'{node.name}' ({node.target}) picks {k} of them")
     ctx.inexact(f"'{node.name}' ({node.target}) picks among the pruned channels")
     for key in reads.readers:
         ctx.jump(key, units, pos)
