@@ -1268,7 +1268,8 @@ class _Repeats:
 
     def add(self, node: Node, port: int, dim: int, grp: Group, trail: list[TensorKey]) -> None:
         sharing = self.g.sharing
-        if grp.reasons or grp.stats_notes or any(m.node in sharing for m in grp.members):
+        if grp.reasons or grp.stats_notes or grp.min_kept_why or \
+                any(m.node in sharing for m in grp.members):
             return  # texts name nodes; ties reach nodes at no fixed offset
         self.templates.setdefault(self.key(node, port, dim), []).append(
             _Template(node.id, grp, trail, port))
@@ -1353,8 +1354,7 @@ class _Repeats:
                                   m.unit, m.port))
         tensors = {(k[0] + delta, k[1], k[2]): v for k, v in src.tensors.items()}
         grp = Group(gid, root.name, src.root_side, src.n_units, members, tensors, [],
-                    src.exact, [], src.multiple_of, src.multiple_why, False, src.min_kept,
-                    src.min_kept_why)
+                    src.exact, [], src.multiple_of, src.multiple_why)
         return grp
 
 
