@@ -544,8 +544,8 @@ def plan_info(session: Session) -> list:
 
 def settings_text(st_set: dict) -> str:
     """A round's settings as the history lists them: ``l1 30% uniform, round to 8,
-    group #3 at 75%, ignoring fc:in`` (and, for the 'bn' importance, which groups it
-    scored by L1)."""
+    group #3 at 75%, ignoring fc:in`` (and, for the 'bn' and 'usage' importances, which groups
+    they scored by L1)."""
     parts = [f"{st_set.get('importance', '?')} {st_set.get('ratio', 0):.0%} "
              f"{'global' if st_set.get('global') else 'uniform'}"]
     if (st_set.get("round_to") or 1) > 1:
@@ -557,8 +557,9 @@ def settings_text(st_set: dict) -> str:
         parts.append("free outputs " + ", ".join(st_set["free_outputs"]))
     fell = st_set.get("scored_by_l1")
     if fell:
-        lacks = FALLS_BACK.get(st_set.get("importance"), ("", "a norm layer", ""))[1]
-        parts.append(f"{counted(len(fell), 'group')} without {lacks} scored by L1")
+        _, one, many = FALLS_BACK.get(st_set.get("importance"), FALLS_BACK["bn"])
+        parts.append(f"{counted(len(fell), 'group')} without {one if len(fell) == 1 else many}"
+                     " scored by L1")
     return ", ".join(parts)
 
 
