@@ -930,6 +930,8 @@ def test_hf_deepseek_v3_group_limited_routing_removes_whole_routing_groups(tmp_p
     pruned = p.apply(plan)
     assert pruned.model.layers[0].mlp.experts.gate_up_proj.shape[0] == 4
     assert pruned.model.layers[0].mlp.gate.num_group == 1
+    bias = model.get_submodule(gate).e_score_correction_bias  # (a buffer: cut with its rows)
+    assert torch.equal(pruned.get_submodule(gate).e_score_correction_bias, bias[:4])
     with torch.no_grad():  # never picking experts 4-7 is the pruned model
         with _RouterMask(model.get_submodule(gate).weight, [4, 5, 6, 7]):
             want = model(**inputs).logits
@@ -981,6 +983,9 @@ def test_hf_moe_families_remove_whole_experts(name, cfg, router, count):
     whole = p.plan(0.5)  # every layer's experts halved (and their hidden units)
     pruned = p.apply(whole)
     assert p.verify(pruned, whole)["forward"] and getattr(pruned.config, count) == 2
+    # the README's way to keep every expert: a ratio of 0 for the groups the routers root
+    kept = p.plan(0.5, overrides={f"*.mlp.{router.split('.')[0]}": 0})
+    assert experts.id not in kept.removed and kept.removed.keys() < whole.removed.keys()
 
 
 def test_hf_gpt2_tied_embedding_and_heads_by_its_stored_split_size():

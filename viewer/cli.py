@@ -302,7 +302,7 @@ def cmd_prune(args) -> int:
     failed = masked_note(verification)
     notes = [n for n in (failed, memory_note(verification), blind_note(verification),
                          untraced_note(verification),
-                         _l1_note(plan), _taylor_note(args, lm, plan), floor_note(plan),
+                         _l1_note(plan), _batch_note(args, lm, plan), floor_note(plan),
                          config_note(report.get("config")),
                          _outputs_note(pruner), timing and speed_text(timing))
              if n]
@@ -358,7 +358,7 @@ def _outputs_note(pruner) -> str:
             "width may change")
 
 
-def _taylor_note(args, lm, plan) -> str:
+def _batch_note(args, lm, plan) -> str:
     """Says that Taylor or usage scores came from the example inputs, made up unless read
     from a file (``--input-file``): ``--batch`` gives real data to score on."""
     if args.importance not in READS_BATCH or args.batch or lm.source.get("input_file") \

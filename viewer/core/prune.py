@@ -319,8 +319,9 @@ class Pruner(GroupValidation, Verification):
 
     # -- importance -----------------------------------------------------------------------
     def importance(self, group: Group, criterion: str = "l1", seed: int = 0,
-                   grads: dict[str, torch.Tensor] | None = None) -> np.ndarray:
-        """One score per unit (higher = more important), aggregated over the whole group."""
+                   grads: dict[str, torch.Tensor] | None = None, batch=None) -> np.ndarray:
+        """One score per unit (higher = more important), aggregated over the whole group.
+        ``batch`` (None: the example inputs) is what Taylor and usage run the model on."""
         if criterion not in IMPORTANCE:
             raise DepViewError(f"unknown importance {criterion!r}; use one of "
                                f"{', '.join(IMPORTANCE)}")
@@ -328,11 +329,11 @@ class Pruner(GroupValidation, Verification):
         if criterion == "random":
             return np.random.default_rng(seed * 100003 + group.id).random(n)
         if criterion == "usage":  # how often its units are picked; by L1 if nothing picks them
-            used = self.usage_scores([group])
+            used = self.usage_scores([group], batch)
             return used[group.id] if group.id in used else self.importance(group, "l1", seed)
         self._needs_weights(criterion)
-        if criterion == "taylor" and grads is None:  # the gradients of the example inputs
-            return self.taylor_scores([group])[group.id]
+        if criterion == "taylor" and grads is None:  # the gradients of the batch
+            return self.taylor_scores([group], batch)[group.id]
         table = self._tensor_table()
         if criterion == "bn" and not self._bn_scale(group, table):
             return self.importance(group, "l1", seed)

@@ -632,13 +632,9 @@ def group_scores(store: SessionStore, sid: str, selection: dict | None,
         return None, [], "fix the prune settings to see scores"
     else:
         crit = settings["importance"]
-        try:  # Taylor: a forward and backward once per batch (not holding the session), then
-            # kept by the pruner, which stages share read-only
-            scores = pruner.taylor_scores([group], batch)[gid] \
-                if crit == "taylor" else pruner.usage_scores([group], batch).get(gid) \
-                if crit == "usage" else None
-            if scores is None:  # (nothing picks the group's units: L1, as a plan scores it)
-                scores = pruner.importance(group, "l1" if crit == "usage" else crit)
+        try:  # Taylor, usage: a run once per batch (not holding the session), then kept by
+            # the pruner, which stages share read-only
+            scores = pruner.importance(group, crit, batch=batch)
         except DepViewError as exc:
             return None, [], str(exc)
         k = int(math.floor(group.n_units * ratio))
