@@ -987,9 +987,12 @@ class Experts(nn.Module):
         self.down = nn.Parameter(torch.randn(n_experts, dim, hidden) * 0.2)
         self.proj_out = nn.Linear(dim, 8)
 
+    def route(self, h):
+        return self.router(h).softmax(-1).topk(self.top_k, dim=-1)
+
     def forward(self, x):  # x: (tokens, 8)
         h = self.proj_in(x)
-        weights, experts = self.router(h).softmax(-1).topk(self.top_k, dim=-1)
+        weights, experts = self.route(h)
         order = torch.argsort(experts.reshape(-1), stable=True)
         rows = h[order // self.top_k]
         counts = torch.histc(experts.reshape(-1).float(), bins=self.n_experts, min=0,
@@ -1101,6 +1104,65 @@ def test_grouped_mm_experts_are_removed_with_the_router_rows_that_pick_them():
     one = Pruner(Experts(n_experts=2).eval(), (x,))  # as many experts as it picks
     assert one.reason(group_of(one.graph, "router")) == \
         "all 2 units must stay: 'topk' (topk) picks 2 of them"
+
+
+class SparseMixer(nn.Linear):
+    """PhiMoE's router: an ``nn.Linear`` whose own forward also picks two experts with two
+    ``max`` calls, the second after writing -inf at the first (``torch.scatter``), and joins
+    their ids with ``torch.cat``."""
+
+    def forward(self, h):
+        scores = super().forward(h)
+        top1, first = scores.max(-1, keepdim=True)
+        top2, second = torch.scatter(scores, -1, first, float("-inf")).max(-1, keepdim=True)
+        return torch.cat([top1, top2], -1).softmax(-1), torch.cat([first, second], -1)
+
+
+class MixedExperts(Experts):
+    def __init__(self):
+        super().__init__()
+        self.router = SparseMixer(16, self.n_experts)
+
+    def route(self, h):
+        return self.router(h)
+
+
+def test_a_router_extending_nn_linear_is_looked_into_and_its_two_picks_keep_two_experts():
+    # an nn.Linear subclass returning more than a Linear does was one LINEAR node: its
+    # rows were a group of their own (pruning them left every expert in place, and the
+    # ids it returned pointing elsewhere). Traced again looking into it, its two max
+    # calls, joined by cat, pick among the experts, the second among what the first left
+    from viewer.core.plan import Plan
+    from viewer.core.prune import Pruner
+
+    torch.manual_seed(0)
+    model, x = MixedExperts().eval(), torch.randn(6, 8)
+    p = Pruner(model, (x,))
+    assert "router" not in p.graph.by_name  # (no module node: the ops inside it)
+    assert p.graph.node("router.linear").op_type is OpType.MATMUL
+    (experts,) = [g for g in p.groups if g.min_kept > 1]
+    assert {(m.node_name, m.dim) for m in experts.members} == {
+        ("router.weight", 0), ("router.bias", 0), ("gate_up", 0), ("down", 0)}
+    assert experts.n_units == 4 and not p.reason(experts)
+    assert experts.min_kept_why == \
+        "'router.max_1' (max) picks 1 of them besides the 1 that 'router.max' (max) picked"
+    plan = Plan({experts.id: [0, 2]})
+    pruned = p.apply(plan)
+    assert pruned.router.out_features == 2 and model.router.out_features == 4
+    never = copy.deepcopy(model)  # the oracle: a router bias of -inf never picks them
+    never.router.bias.data[[0, 2]] = float("-inf")
+    with torch.no_grad():
+        assert not torch.equal(never(x), model(x))
+        torch.testing.assert_close(pruned(x), never(x), rtol=0, atol=1e-6)
+    with pytest.raises(DepViewError, match="which needs 2: 'router.max_1'"):
+        p.apply(Plan({experts.id: [0, 1, 2]}))
+    ids = []  # usage counts both picks: the ids the router returns, per expert
+    handle = model.router.register_forward_hook(lambda _m, _a, out: ids.append(out[1]))
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    assert p.importance(experts, "usage").tolist() == \
+        torch.bincount(ids[0].flatten(), minlength=4).tolist()
 
 
 class RoutedByNumber(Experts):

@@ -959,6 +959,11 @@ _MOE = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_h
     ("gpt_oss", lambda: transformers.GptOssConfig(
         **_MOE, intermediate_size=32, num_local_experts=4, num_experts_per_tok=2, head_dim=8,
         layer_types=["full_attention"] * 2), "router.weight", "num_local_experts"),
+    # a router extending nn.Linear that picks its two experts in its own forward (two max
+    # calls, the second after scattering -inf at the first): looked into
+    ("phimoe", lambda: transformers.PhimoeConfig(
+        **_MOE, intermediate_size=32, num_local_experts=4, num_experts_per_tok=2),
+     "router.weight", "num_local_experts"),
 ])
 def test_hf_moe_families_remove_whole_experts(name, cfg, router, count):
     torch.manual_seed(0)

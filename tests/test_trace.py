@@ -1093,3 +1093,37 @@ def test_a_table_a_method_caches_is_traced_alike_every_time(model):
     table_ops = {"div", "mul", "sub"} if isinstance(model, CachedCentres) else {"sin", "cat"}
     assert table_ops <= {name for name, _ in traces[0]}
     assert torch.equal(model(x), model(x))  # (and the cache still works for the model)
+
+
+def test_a_torch_layer_subclass_returning_more_than_its_layer_is_looked_into_once_found():
+    # its own forward returns (scores, ids): no LINEAR rule says where the ids' values go.
+    # The trace that meets it builds again looking into it; later traces look at once
+    calls = []
+
+    class Picker(nn.Linear):
+        def forward(self, x):
+            calls.append(1)
+            scores = super().forward(x)
+            return scores, scores.argmax(-1)
+
+    class Plain(nn.Linear):  # returns one tensor, as its layer: stays one node
+        def forward(self, x):
+            return super().forward(x) * 2
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pick, self.plain = Picker(4, 3), Plain(4, 4)
+
+        def forward(self, x):
+            scores, ids = self.pick(self.plain(x))
+            return scores, ids
+
+    model, x = Model().eval(), torch.randn(2, 4)
+    g = build_graph(model, x)
+    assert len(calls) == 2
+    assert "pick" not in g.by_name and g.node("pick.linear").op_type is OpType.MATMUL
+    assert g.node("pick.argmax").module == "pick"
+    assert g.node("plain").op_type is OpType.LINEAR and g.node("plain").own_forward == "Plain"
+    build_graph(model, x)
+    assert len(calls) == 3

@@ -540,6 +540,12 @@ SCATTERS: frozenset[str] = frozenset(
 FILLS: frozenset[str] = frozenset(
     {"zeros", "ones", "full", "new_zeros", "new_ones", "new_full", "empty", "new_empty"})
 
+#: Factories shaped like their tensor, reading nothing of its values: picked positions
+#: given to one stay unread (``torch.empty_like(ids)``).
+LIKE_FILLS: frozenset[str] = frozenset(
+    {"zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like",
+     "randint_like"})
+
 #: Normalisers over the trailing ``normalized_shape`` dims, by function name: their weight and
 #: bias are shaped like those dims, and the shape is written into the call.
 SHAPE_NORMS: frozenset[str] = frozenset({"layer_norm", "rms_norm"})

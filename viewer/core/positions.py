@@ -7,7 +7,7 @@ offsets split ``grouped_mm``'s rows among the stacked expert weights; ``bias[ids
 token's expert bias. Removing expert ``e`` from the router's logits must remove it from
 those weights too, though no tensor of the graph joins the two dims: they are coupled through
 values. :func:`position_reads` follows the positions an op picks to the dims that read them (a
-*reader*: position ``v`` of its dim stands for value ``v``), and :func:`picked_at` goes back
+*reader*: position ``v`` of its dim stands for value ``v``), and :func:`picks_at` goes back
 from such a reader to the op that picked them. The rules (:mod:`viewer.core.rules`) use both
 to carry a group from the picked dim to its readers and back.
 """
@@ -17,8 +17,8 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from .graph import Graph, Node
-from .meta import CountsMeta, ElementwiseMeta, ReduceMeta, SliceMeta
-from .optypes import GATHERS, KEEPS_VALUES, ORDERS, PICKS, SCATTERS, OpType
+from .meta import ConcatMeta, CountsMeta, ElementwiseMeta, ReduceMeta, SliceMeta
+from .optypes import GATHERS, KEEPS_VALUES, LIKE_FILLS, ORDERS, PICKS, SCATTERS, OpType
 
 TensorKey = tuple[int, int, int]  # (node id, output port, dim)
 
@@ -78,10 +78,31 @@ def _reader(g: Graph, node: Node, port: int) -> TensorKey | None:
     return None
 
 
+def _joins_picks(g: Graph, node: Node) -> bool:
+    """Is ``node`` a ``torch.cat``/``stack`` of positions along one and the same dim, each
+    part picked (PhiMoE's router picks its two experts with two ``max`` calls and joins
+    their indices)? Then its values are positions too."""
+    if not isinstance(node.meta, ConcatMeta):
+        return False
+    widths = set()
+    for e in g.in_edges.get(node.id, ()):
+        picks = picks_at(g, e.source, e.source_port)
+        if not picks:
+            return False
+        widths.update(_picked_width(g, p) for p in picks)
+    return len(widths) == 1
+
+
+def _picked_width(g: Graph, pick: Node) -> int:
+    nid, port, dim = picked_key(g, pick)
+    return g.nodes[nid].out_shapes[port][dim]
+
+
 def position_reads(g: Graph, node: Node, carriers: list | None = None) -> Reads:
     """Where the positions ``node`` (an op of :data:`optypes.PICKS`) returns are read,
-    through ops that keep values (:func:`_keeps`). ``carriers``, if given, receives the
-    tensors ``(node id, port)`` that carry them there (the app draws them)."""
+    through ops that keep values (:func:`_keeps`) and joins of picked positions
+    (:func:`_joins_picks`). ``carriers``, if given, receives the tensors ``(node id, port)``
+    that carry them there (the app draws them)."""
     readers: list[TensorKey] = []
     other: list[Node] = []
     todo, seen = [(node.id, PICKS[node.target])], set()
@@ -97,27 +118,38 @@ def position_reads(g: Graph, node: Node, carriers: list | None = None) -> Reads:
             r = _reader(g, t, e.target_port)
             if r is not None:
                 readers.append(r)
-            elif _keeps(t, e.target_port):
+            elif _keeps(t, e.target_port) or _joins_picks(g, t):
                 todo.append((t.id, 0))
-            elif not (t.target in ORDERS and e.target_port == 0):
+            elif not (t.target in ORDERS and e.target_port == 0 or t.target in LIKE_FILLS):
                 other.append(t)
     return Reads(readers, other)
 
 
-def picked_at(g: Graph, nid: int, port: int) -> Node | None:
-    """The op of :data:`optypes.PICKS` whose positions tensor ``(nid, port)`` holds, through
-    ops that keep values, or None."""
-    seen = set()
-    while nid not in seen:
-        seen.add(nid)
+def picks_at(g: Graph, nid: int, port: int) -> list[Node]:
+    """The ops of :data:`optypes.PICKS` whose positions tensor ``(nid, port)`` holds, through
+    ops that keep values and joins of such positions (every part picked), or [] when some of
+    its values are not picked positions."""
+    found: list[Node] = []
+    todo, seen = [(nid, port)], set()
+    while todo:
+        nid, port = todo.pop()
+        if (nid, port) in seen:
+            continue
+        seen.add((nid, port))
         node = g.nodes[nid]
         if node.target in PICKS and PICKS[node.target] == port and pick_dim(node) is not None:
-            return node
+            found.append(node)
+            continue
         edges = g.in_edges.get(nid, ())
-        if port != 0 or not edges or not _keeps(node, 0):
-            return None
-        nid, port = edges[0].source, edges[0].source_port
-    return None
+        if port != 0 or not edges:
+            return []
+        if isinstance(node.meta, ConcatMeta):
+            todo += [(e.source, e.source_port) for e in edges]
+        elif _keeps(node, 0):
+            todo.append((edges[0].source, edges[0].source_port))
+        else:
+            return []
+    return sorted(found, key=lambda n: n.id)
 
 
 def picked_key(g: Graph, pick: Node) -> TensorKey:

@@ -55,7 +55,7 @@ from .optypes import (
     conv_prunes_whole_groups,
     gn_prunes_whole_groups,
 )
-from .positions import pick_dim, picked_at, picked_key, position_reads
+from .positions import pick_dim, picked_key, picks_at, position_reads
 
 if TYPE_CHECKING:
     from .groups import _Search
@@ -580,28 +580,57 @@ def _picked(g, node, dim, units, pos, ctx) -> bool:
         ctx.block(f"'{node.name}' ({node.target}) returns positions along the pruned dim that "
                   f"{what}: pruning would change what they point to")
         return True
-    k = node.out_shapes[0][dim] if node.target == "topk" else 1
+    k, before, taken = _picks_count(node), _picked_before(g, node), _picked_before_count(g, node)
     e = g.in_edges[node.id][0]
-    ctx.keep_at_least((e.source, e.source_port, dim), k,
-                      f"'{node.name}' ({node.target}) picks {k} of them")
+    ctx.keep_at_least((e.source, e.source_port, dim), k + taken,
+                      f"'{node.name}' ({node.target}) picks {k} of them" +
+                      (f" besides the {taken} that {_names(before)} picked"
+                       if before else ""))
     ctx.inexact(f"'{node.name}' ({node.target}) picks among the pruned channels")
     for key in reads.readers:
         ctx.jump(key, units, pos)
     return True
 
 
+def _picks_count(pick: Node) -> int:
+    """How many positions ``pick`` returns per row: ``topk``'s k, one for an argmax."""
+    return pick.out_shapes[0][pick_dim(pick)] if pick.target == "topk" else 1
+
+
+def _picked_before(g: Graph, pick: Node) -> list[Node]:
+    """The picks whose positions were written into ``pick``'s input just before it (PhiMoE's
+    router writes ``-inf`` at its first expert, ``torch.scatter(scores, -1, ids, -inf)``,
+    and picks its second among the rest): those positions are taken, so ``pick`` needs as
+    many more to pick from."""
+    e = g.in_edges[pick.id][0]
+    src = g.nodes[e.source]
+    edges = g.in_edges.get(src.id, ())
+    if src.target not in SCATTERS or e.source_port != 0 or len(edges) < 2:
+        return []
+    return picks_at(g, edges[1].source, edges[1].source_port)
+
+
+def _picked_before_count(g: Graph, pick: Node) -> int:
+    return sum(_picks_count(p) + _picked_before_count(g, p) for p in _picked_before(g, pick))
+
+
+def _names(nodes: list[Node]) -> str:
+    return " and ".join(f"'{n.name}' ({n.target})" for n in nodes)
+
+
 def _to_pick(g, node, port, key, units, pos, ctx) -> bool:
     """The group reached tensor dim ``key``, which ``node`` reads as the values of its input
-    ``port``: positions an op picked (:func:`positions.picked_at`). The units go back to
-    the dim it picked them from (which sends them on to every reader, :func:`_picked`);
+    ``port``: positions ops picked (:func:`positions.picks_at`). The units go back to the
+    dims they picked them from (which sends them on to every reader, :func:`_picked`);
     False if no such op is found."""
     edges = g.in_edges.get(node.id, ())
     if port >= len(edges):
         return False
-    pick = picked_at(g, edges[port].source, edges[port].source_port)
-    if pick is None or key not in position_reads(g, pick).readers:
+    picks = picks_at(g, edges[port].source, edges[port].source_port)
+    if not picks or any(key not in position_reads(g, p).readers for p in picks):
         return False
-    ctx.jump(picked_key(g, pick), units, pos)
+    for pick in picks:
+        ctx.jump(picked_key(g, pick), units, pos)
     return True
 
 

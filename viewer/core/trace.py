@@ -200,6 +200,7 @@ class _Tracer(TorchFunctionMode):
         # (a function's, once per process: see _FUNCTIONS).
         self.module_types: dict[int, OpType | None] = {}
         self.class_types: dict[type, OpType | None] = {}  # where the class alone decides
+        self.reopen: set[type] = set()  # classes to look into (see _OPENED)
         # (module, path, atomic, args, exception being handled at the call): the
         # arguments are kept (the caller holds them anyway) so input shapes are only read when
         # a forward fails
@@ -477,7 +478,7 @@ class _Tracer(TorchFunctionMode):
             cls = type(module)
             found = self.class_types.get(cls, _UNSET)
             if found is _UNSET:
-                found = match_module(module)
+                found = None if cls in _OPENED else match_module(module)
                 if class_decides(module):
                     self.class_types[cls] = found
             self.module_types[id(module)] = found
@@ -541,6 +542,13 @@ class _Tracer(TorchFunctionMode):
                         self.failure = (f"in module '{path or '<root>'}' "
                                         f"({type(module).__name__}) {given}")
                 elif atomic:
+                    if not isinstance(output, torch.Tensor) and \
+                            self.module_type(module) in _ONE_TENSOR and \
+                            _own_forward(type(module)):
+                        # a layer that returns more than the torch layer it extends does
+                        # (PhiMoE's router, an nn.Linear, also picks experts): build_graph
+                        # traces again, looking into it
+                        self.reopen.add(type(module))
                     hooked = False
                     if module._forward_pre_hooks and not _same_tensors(args, in_args):
                         # its own pre-hook (run after DepView's, while DepView steps aside)
@@ -802,6 +810,16 @@ def _own_forward(cls: type) -> str | None:
         if base.__module__.startswith("torch.nn.") and base is not nn.Module:
             return cls.__name__ if cls.forward is not base.forward else None
     return None
+
+
+#: Torch layer types whose layer returns one tensor.
+_ONE_TENSOR = OpGroup.CONVS | OpGroup.NORMS | {OpType.LINEAR, OpType.PRELU, OpType.EMBED}
+
+#: Subclasses of torch layers (:func:`_own_forward`) whose own forward returned more than
+#: the one tensor their layer returns, in this process: a rule for the layer cannot say
+#: where its other outputs' channels go, so the tracer records the ops inside them instead.
+#: Found by a trace, which :func:`build_graph` then runs again.
+_OPENED: weakref.WeakSet[type] = weakref.WeakSet()
 
 
 def _grouped_mm_standin(func):
@@ -1475,6 +1493,9 @@ def build_graph(model: nn.Module, example_inputs=(), example_kwargs: dict | None
         t.__dict__.pop("_depview_src", None)
     tracer.by_id.clear()
     tracer.fills.clear()
+    if tracer.reopen - set(_OPENED):
+        _OPENED.update(tracer.reopen)
+        return build_graph(model, example_inputs, example_kwargs, autograd, meta_results, keep)
     return Graph(
         tracer.nodes, tracer.edges,
         info={"model": type(model).__name__,

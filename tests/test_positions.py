@@ -1,0 +1,81 @@
+"""Positions an op picks and the dims that read them (viewer/core/positions.py), on small
+graphs: which picks a tensor holds, where their positions are read, and how many positions a
+chain of picks needs."""
+
+import torch
+from torch import nn
+
+from viewer.core.groups import group_of
+from viewer.core.positions import picks_at, position_reads
+from viewer.core.trace import build_graph
+
+
+class TwoPicks(nn.Module):
+    """Two picks along one expert dim joined by ``torch.cat``, counted per expert by
+    ``histc``; ``extra`` joins a third part that is not picked (a padding id, here 0)."""
+
+    def __init__(self, extra: bool = False, experts: int = 4):
+        super().__init__()
+        self.extra, self.experts = extra, experts
+        self.router = nn.Linear(6, experts)
+        self.out = nn.Linear(experts, 3)
+
+    def forward(self, x):
+        scores = self.router(x)
+        first = scores.argmax(-1, keepdim=True)
+        second = torch.scatter(scores, -1, first, float("-inf")).argmax(-1, keepdim=True)
+        parts = [first, second] + ([torch.zeros_like(first)] if self.extra else [])
+        ids = torch.cat(parts, -1)
+        counts = torch.histc(ids.float(), bins=self.experts, min=0, max=self.experts - 1)
+        return self.out(scores * counts)
+
+
+def _node(g, name):
+    return g.node(name)
+
+
+def test_picks_at_goes_back_through_a_cat_of_picked_positions_to_every_pick():
+    g = build_graph(TwoPicks().eval(), torch.randn(5, 6))
+    cat = _node(g, "cat")
+    assert [n.name for n in picks_at(g, cat.id, 0)] == ["argmax", "argmax_1"]
+    float_ = _node(g, "float")  # (through a cast too)
+    assert [n.name for n in picks_at(g, float_.id, 0)] == ["argmax", "argmax_1"]
+    # the first pick's positions reach histc through the cat, as the second's do (the
+    # scatter writes at the first's)
+    for name, readers in (("argmax", ["scatter", "histc"]), ("argmax_1", ["histc"])):
+        reads = position_reads(g, _node(g, name))
+        assert [g.nodes[k[0]].name for k in reads.readers] == readers, name
+        assert not reads.other
+
+
+def test_a_cat_with_a_part_that_was_not_picked_holds_no_positions():
+    g = build_graph(TwoPicks(extra=True).eval(), torch.randn(5, 6))
+    assert picks_at(g, _node(g, "cat").id, 0) == []
+    reads = position_reads(g, _node(g, "argmax"))
+    # read as numbers: blocks (zeros_like reads only their shape)
+    assert [n.name for n in reads.other] == ["cat"]
+    assert "'cat' (cat) reads as numbers" in group_of(g, "router").reason
+
+
+def test_a_pick_among_what_earlier_picks_left_keeps_as_many_more():
+    g = build_graph(TwoPicks().eval(), torch.randn(5, 6))
+    grp = group_of(g, "router")
+    assert not grp.reason and grp.n_units == 4
+    assert (grp.min_kept, grp.min_kept_why) == (
+        2, "'argmax_1' (argmax) picks 1 of them besides the 1 that 'argmax' (argmax) picked")
+
+    class ThenTop2(TwoPicks):  # topk(2), then one more among the rest: 3 stay
+        def forward(self, x):
+            scores = self.router(x)
+            top = scores.topk(2, -1).indices
+            third = torch.scatter(scores, -1, top, float("-inf")).argmax(-1, keepdim=True)
+            ids = torch.cat([top, third], -1)
+            counts = torch.histc(ids.float(), bins=self.experts, min=0, max=self.experts - 1)
+            return self.out(scores * counts)
+
+    g = build_graph(ThenTop2(experts=5).eval(), torch.randn(5, 6))
+    grp = group_of(g, "router")
+    assert (grp.min_kept, grp.min_kept_why) == (
+        3, "'argmax' (argmax) picks 1 of them besides the 2 that 'topk' (topk) picked")
+    g = build_graph(ThenTop2(experts=3).eval(), torch.randn(5, 6))
+    assert group_of(g, "router").reason.startswith("all 3 units must stay")
