@@ -459,6 +459,9 @@ def test_verification_text():
     assert cb.verification_text(v).endswith("masked equivalence of the 2 exact groups alone ok "
                                             "(max |Δ| 0, masked layer by layer for want of "
                                             "memory)")
+    v["masked_equivalence"] = {"ok": True, "max_abs_diff": 0.0, "never_picked": "2 ..."}
+    assert cb.verification_text(v).endswith("masked equivalence ok (max |Δ| 0, removed experts "
+                                            "as if their router never picked them)")
 
 
 def _upload(tensors: dict) -> str:

@@ -1085,7 +1085,17 @@ def test_grouped_mm_experts_are_removed_with_the_router_rows_that_pick_them():
     assert pruned.router.out_features == pruned.n_experts == 2 and model.n_experts == 4
     assert pruned.gate_up.shape == (2, 64, 16) and pruned.down.shape == (2, 16, 32)
     assert torch.equal(pruned.gate_up, model.gate_up[[1, 3]])
-    assert p.verify(pruned, plan)["forward"]
+    # verification's oracle: the masked model run with the router's scores -inf at the
+    # removed experts; it tells a model pruned of the wrong experts (checked all the same,
+    # reported skipped: such a difference may be a router doing more than pick)
+    before = copy.deepcopy(model.state_dict())
+    me = p.verify(pruned, plan)["masked_equivalence"]
+    assert me["ok"] and me["max_abs_diff"] < 1e-6 and me["never_picked"].startswith(
+        "1 pruned group removes units a router picks (experts)"), me
+    me = p.verify(p.apply(Plan({experts.id: [1, 3]})), plan)["masked_equivalence"]
+    assert "ok" not in me and "(checked all the same: max |diff|" in me["skipped"] and \
+        "so the router does more with them than pick among them" in me["skipped"], me
+    assert all(torch.equal(t, before[k]) for k, t in model.state_dict().items())
     with torch.no_grad():
         handle = _without_experts(model, model.router, [0, 2])
         want = model(x)
@@ -1156,6 +1166,8 @@ def test_a_router_extending_nn_linear_is_looked_into_and_its_two_picks_keep_two_
         torch.testing.assert_close(pruned(x), never(x), rtol=0, atol=1e-6)
     with pytest.raises(DepViewError, match="which needs 2: 'router.max_1'"):
         p.apply(Plan({experts.id: [0, 1, 2]}))
+    me = p.verify(pruned, plan)["masked_equivalence"]
+    assert me["ok"] and "never_picked" in me, me
     ids = []  # usage counts both picks: the ids the router returns, per expert
     handle = model.router.register_forward_hook(lambda _m, _a, out: ids.append(out[1]))
     with torch.no_grad():
@@ -1228,6 +1240,7 @@ def test_top1_router_with_one_hot_removes_experts_exactly_as_masked_logits():
     plan = Plan({experts.id: [1, 2]})
     pruned = p.apply(plan)
     assert pruned.w.shape == (2, 8, 12) and pruned.n_experts == 2
+    assert p.verify(pruned, plan)["masked_equivalence"]["ok"]  # (argmax: -inf never picked)
     with torch.no_grad():
         handle = _without_experts(model, model.router, [1, 2])
         want = model(x)

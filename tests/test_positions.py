@@ -2,11 +2,13 @@
 graphs: which picks a tensor holds, where their positions are read, and how many positions a
 chain of picks needs."""
 
+import math
+
 import torch
 from torch import nn
 
-from viewer.core.groups import group_of
-from viewer.core.positions import picks_at, position_reads
+from viewer.core.groups import all_groups, group_of
+from viewer.core.positions import picks_at, position_reads, score_keys
 from viewer.core.trace import build_graph
 
 
@@ -79,3 +81,48 @@ def test_a_pick_among_what_earlier_picks_left_keeps_as_many_more():
         3, "'argmax' (argmax) picks 1 of them besides the 2 that 'topk' (topk) picked")
     g = build_graph(ThenTop2(experts=3).eval(), torch.randn(5, 6))
     assert group_of(g, "router").reason.startswith("all 3 units must stay")
+
+
+class Biased(TwoPicks):
+    """A router with a learned prior per expert (a weight, viewed ``unsqueeze(0)``) and a
+    0/1 mask made from its first pick (``scatter`` into zeros), as DeepSeek-V3's router
+    masks the routing groups it did not pick."""
+
+    def __init__(self):
+        super().__init__()
+        self.prior = nn.Parameter(torch.randn(self.experts))
+
+    def forward(self, x):
+        scores = self.router(x).sigmoid() + self.prior.unsqueeze(0)
+        first = scores.argmax(-1, keepdim=True)
+        mask = torch.zeros_like(scores).scatter(-1, first, 1.0)
+        second = scores.masked_fill(mask.bool(), float("-inf")).argmax(-1, keepdim=True)
+        ids = torch.cat([first, second], -1)
+        counts = torch.histc(ids.float(), bins=self.experts, min=0, max=self.experts - 1)
+        return self.out(scores * counts)
+
+
+def test_score_keys_are_the_scores_on_the_way_to_the_picks_never_a_weight_or_a_mask():
+    # the verification oracle sets these to -inf at the removed experts: a weight's memory
+    # would change the model (and the loaded one, whose untouched weights a masked copy
+    # shares); a mask made from the picks holds no scores
+    g = build_graph(Biased().eval(), torch.randn(5, 6))
+    grp = group_of(g, "router")
+    assert not grp.reason
+    assert [(g.nodes[nid].name, dim, fill) for (nid, _, dim), fill in score_keys(g, grp)] == [
+        ("router", 1, -math.inf), ("sigmoid", 1, -math.inf), ("add", 1, -math.inf),
+        ("masked_fill", 1, -math.inf)]
+    assert {g.nodes[k[0]].name for k in grp.tensors} >= {"prior", "unsqueeze", "scatter"}
+
+    class Nearest(nn.Module):  # a codebook read by argmin: its removed entries +inf
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(6, 4)
+            self.code = nn.Parameter(torch.randn(5, 4))
+
+        def forward(self, x):
+            return self.code[torch.cdist(self.proj(x), self.code).argmin(-1)]
+
+    g = build_graph(Nearest().eval(), torch.randn(3, 6))
+    keys = score_keys(g, next(x for x in all_groups(g) if x.min_kept_why))
+    assert [(g.nodes[nid].name, fill) for (nid, _, _), fill in keys] == [("cdist", math.inf)]

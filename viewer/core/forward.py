@@ -13,7 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from .errors import DepViewError
 from .materialize import tree_copy
 from .memory import check_room, tensor_bytes
-from .trace import eval_mode
+from .trace import build_graph, eval_mode
 from .trees import flatten, map_tensors
 
 
@@ -44,6 +44,18 @@ def run(model: nn.Module, inputs):
         if isinstance(inputs, dict):
             return model(**inputs)
         return model(*inputs)
+
+
+def run_edited(model: nn.Module, inputs, edit: dict):
+    """:func:`run`, traced, with the outputs of the graph nodes ``edit`` names changed in
+    place by its functions as each op returns (:func:`build_graph`'s ``edit``): the
+    original model that never picks the removed experts, their router scores set to -inf
+    (:mod:`viewer.core.verify`). As slow as a graph build."""
+    got: list = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        build_graph(model, copy_inputs(inputs), edit=edit, result=got)
+    return got[0]
 
 
 def _grouped_mm_flops(a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:

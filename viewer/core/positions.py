@@ -14,11 +14,21 @@ to carry a group from the picked dim to its readers and back.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 from .graph import Graph, Node
 from .meta import ConcatMeta, CountsMeta, ElementwiseMeta, ReduceMeta, SliceMeta
-from .optypes import GATHERS, KEEPS_VALUES, LIKE_FILLS, ORDERS, PICKS, SCATTERS, OpType
+from .optypes import (
+    GATHERS,
+    KEEPS_VALUES,
+    LIKE_FILLS,
+    ORDERS,
+    PICKS,
+    SCATTERS,
+    OpGroup,
+    OpType,
+)
 
 TensorKey = tuple[int, int, int]  # (node id, output port, dim)
 
@@ -172,3 +182,57 @@ def group_picks(g: Graph, group) -> list[tuple[Node, list[tuple[int, int]]]]:
                         all(k in group.tensors for k in reads.readers):
                     out.append((node, carriers))
     return out
+
+
+#: Picks of the smallest value: the oracle gives the positions they must never pick +inf.
+_SMALLEST = frozenset({"argmin", "min"})
+
+
+def score_keys(g: Graph, group) -> list[tuple[TensorKey, float]]:
+    """The oracle of removing the units a router picks: the tensors of ``group`` on the way
+    to its picks (:func:`group_picks`), from the op that makes the router's scores (a
+    linear, a matmul) on, each with the value that keeps a position from being picked:
+    -inf (+inf before an ``argmin``). With the removed positions set so, the original model
+    never picks them and they take no share of a softmax, as in the pruned model. Tensors
+    that are, or view, the model's own weights are never among them. [] when the group
+    has no picks, or a tensor would need both values."""
+    within: dict[tuple[int, int], list[TensorKey]] = {}
+    for key in group.tensors:
+        within.setdefault(key[:2], []).append(key)
+    fills: dict[TensorKey, float] = {}
+    for pick, _ in group_picks(g, group):
+        fill = math.inf if pick.target in _SMALLEST else -math.inf
+        todo = [picked_key(g, pick)]
+        while todo:
+            key = todo.pop()
+            if key not in group.tensors or _of_source(g, key[0]):
+                continue
+            if key in fills:
+                if fills[key] != fill:
+                    return []
+                continue
+            fills[key] = fill
+            node = g.nodes[key[0]]
+            if node.op_type in (OpType.MATMUL, OpType.LINEAR):
+                continue  # the scores are made here
+            for e in g.in_edges.get(node.id, ()):
+                if e.dtype in _FLOATING:  # (not a mask made from the picks: a bool, 0/1)
+                    todo += within.get((e.source, e.source_port), ())
+    return sorted(fills.items())
+
+
+_FLOATING = frozenset({"float32", "float64", "float16", "bfloat16"})
+
+
+def _of_source(g: Graph, nid: int) -> bool:
+    """Is node ``nid``'s output a source (a weight, a buffer, an input), or a view or copy
+    of one that may share its memory (``bias.unsqueeze(0)``, ``weight.float()``)?"""
+    while True:
+        node = g.nodes[nid]
+        if node.op_type in OpGroup.SOURCES:
+            return True
+        edges = g.in_edges.get(nid, ())
+        if len(edges) != 1 or not (node.op_type in OpGroup.VIEWS or
+                                   node.target in KEEPS_VALUES):
+            return False
+        nid = edges[0].source

@@ -31,7 +31,7 @@ import types
 import warnings
 import weakref
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from threading import get_ident
 
@@ -151,6 +151,9 @@ class _Tracer(TorchFunctionMode):
         # node name -> copies of its outputs, for the names a caller asks for (build_graph's
         # ``keep``: the expert ids a router picks, for the ``usage`` importance)
         self.keep: dict[str, list[torch.Tensor] | None] | None = None
+        # node name -> a function changing its outputs in place as the op returns, before
+        # anything reads them (build_graph's ``edit``: an oracle's router scores)
+        self.edit: dict[str, Callable[[list[torch.Tensor]], None]] | None = None
         # Sources (inputs, parameters, buffers, constants) are found by id instead, holding
         # the tensor so the id stays its own: another trace in another thread may share them,
         # and its tag would hide this one's. So are tensors that take no attributes.
@@ -337,6 +340,8 @@ class _Tracer(TorchFunctionMode):
                 self.by_id[id(t)] = (t, nid, port)
         if self.keep is not None and name in self.keep:
             self.keep[name] = [t.detach().clone() for t in outputs]
+        if self.edit is not None and name in self.edit:
+            self.edit[name](outputs)
         return node
 
     def view_written(self, w: torch.Tensor, tag: tuple, node: Node) -> None:
@@ -1378,7 +1383,8 @@ def quantized_layer(model: nn.Module, classes: Iterable[type] | None = None) -> 
 
 def build_graph(model: nn.Module, example_inputs=(), example_kwargs: dict | None = None,
                 autograd: bool = False, meta_results: dict | None = None,
-                keep: dict | None = None) -> Graph:
+                keep: dict | None = None, edit: dict | None = None,
+                result: list | None = None) -> Graph:
     """Run ``model`` once on the example inputs and return its typed graph.
 
     ``example_inputs`` is a tensor, a tuple of positional arguments (which may nest lists and
@@ -1396,7 +1402,10 @@ def build_graph(model: nn.Module, example_inputs=(), example_kwargs: dict | None
     by default each trace starts empty.
 
     ``keep`` maps node names to None: each named node's outputs are stored there (detached
-    copies), as the trace runs.
+    copies), as the trace runs. ``edit`` maps node names to functions that change the named
+    node's outputs (a list of tensors) in place as the op returns, before any later op
+    reads them (on a real device, where each op is recorded as it returns); ``result``, if
+    given, receives what the forward returned.
 
     Raises :class:`DepViewError` with one line naming the failing module and its input shapes
     when the forward raises.
@@ -1416,7 +1425,7 @@ def build_graph(model: nn.Module, example_inputs=(), example_kwargs: dict | None
             "DepView cannot see them: give the eager nn.Module (script it after pruning)")
 
     tracer = _Tracer(model, autograd and torch.is_grad_enabled())
-    tracer.keep = keep
+    tracer.keep, tracer.edit = keep, edit
     quantized = quantized_layer(model, tracer.classes)
     if quantized is not None:
         raise DepViewError(
@@ -1495,7 +1504,10 @@ def build_graph(model: nn.Module, example_inputs=(), example_kwargs: dict | None
     tracer.fills.clear()
     if tracer.reopen - set(_OPENED):
         _OPENED.update(tracer.reopen)
-        return build_graph(model, example_inputs, example_kwargs, autograd, meta_results, keep)
+        return build_graph(model, example_inputs, example_kwargs, autograd, meta_results, keep,
+                           edit, result)
+    if result is not None:
+        result.append(output)
     return Graph(
         tracer.nodes, tracer.edges,
         info={"model": type(model).__name__,

@@ -15,12 +15,13 @@ import torch
 from torch import nn
 
 from .errors import DepViewError
-from .forward import is_real, run
+from .forward import is_real, run, run_edited
 from .handlers import Cut
 from .materialize import pruned_bytes, tensor_lookup, tree_copy
 from .memory import MemoryShortError, gigabytes, out_of_memory, room_for, tensor_bytes
 from .optypes import OpType
 from .plan import Plan
+from .positions import score_keys
 from .spectralnorm import sigma, spectral_norms, u_keeping
 from .text import counted, error_line
 from .trace import output_nodes
@@ -237,6 +238,33 @@ def _read_unmade(out_copy: list, out_other: list) -> bool:
                if a.shape == b.shape)
 
 
+def _never_picked_note(n: int) -> str:
+    return (f"{counted(n, 'pruned group')} {'removes' if n == 1 else 'remove'} units a "
+            "router picks (experts): compared with the original model never picking them "
+            "(their router scores -inf)")
+
+
+def _guarded(model: nn.Module, edits: dict) -> dict[str, Callable]:
+    """:meth:`Verification._never_picked`'s edits as :func:`run_edited` takes them. An
+    output sharing memory with one of ``model``'s tensors (which a masked copy may share
+    with the loaded model) is left alone: the oracle may change what the model computes,
+    never what it holds."""
+    held = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
+
+    def edit(entries):
+        def run(outs: list[torch.Tensor]) -> None:
+            for port, dim, positions, fill in entries:
+                t = outs[port] if port < len(outs) else None
+                if t is None or not t.is_floating_point() or \
+                        t.untyped_storage().data_ptr() in held or \
+                        any(st == 0 and n > 1 for st, n in zip(t.stride(), t.shape, strict=True)):
+                    continue  # (an expanded tensor: one write would land in many places)
+                t.index_fill_(dim, torch.as_tensor(positions, device=t.device), fill)
+        return run
+
+    return {name: edit(entries) for name, entries in edits.items()}
+
+
 def _no_room_for(what: str, need: int) -> str:
     """Why a check that needs ``need`` bytes more is skipped ("" when they fit)."""
     room, free = room_for(need)
@@ -350,6 +378,22 @@ class Verification:
                                             dim), table[w_key][2], u, table[v_key][2], dim))
         return masked
 
+    def _never_picked(self, plan: Plan) -> dict[str, list[tuple[int, int, list[int], float]]]:
+        """The oracle of removed experts, for the plan's groups whose units a router picks:
+        node name -> ``(port, dim, positions, value)`` to set in its output as the masked
+        model runs (:func:`positions.score_keys`: the router's scores at the removed experts
+        -inf, so it never picks them). Empty when the plan removes no such units."""
+        by_id = {g.id: g for g in self.groups}
+        keys = [kf for gid in plan.removed if by_id[gid].min_kept_why
+                for kf in score_keys(self.graph, by_id[gid])]
+        removed = self._removed_at(plan, {k for k, _ in keys})
+        edits: dict[str, list[tuple[int, int, list[int], float]]] = defaultdict(list)
+        for (nid, port, dim), fill in keys:
+            if removed.get((nid, port, dim)):
+                edits[self.graph.nodes[nid].name].append(
+                    (port, dim, sorted(removed[(nid, port, dim)]), fill))
+        return dict(edits)
+
     def _made_at(self) -> dict[str, str]:
         """For :func:`layer_by_layer`: each parameter the graph sees read, by its
         state_dict key, with the module whose call holds every read of it: the atomic layer
@@ -417,7 +461,10 @@ class Verification:
         # layer by layer first: float32 copies of both models hold four times a bfloat16
         # model's bytes (the 688M Llama peaked at 6.9 GB with them, 3.95 GB without, in the
         # same 11.5 s); the pruned model first (its outputs tell a NaN read in the masked one)
-        out_p, why = self._run_by_layer(pruned, [], torch.float32, inputs, pruned_out)
+        edit = self._never_picked(plan)
+        out_p, why = (None, "; nor layer by layer: the oracle of removed experts edits the "
+                      "router's scores") if edit else \
+            self._run_by_layer(pruned, [], torch.float32, inputs, pruned_out)
         out_m = None
         if out_p is not None:
             out_m, why = self._run_by_layer(self.model, self._masked_cuts(plan),
@@ -436,7 +483,9 @@ class Verification:
                         "rel_diff": res["rel_diff"]}
             masked = self._masked(plan, float32=True)
             ours = tree_copy(pruned, _float32_memo(pruned))
-            out_m = self._kept_of_free(plan, flatten(run(masked, inputs)))
+            out_m = self._kept_of_free(plan, flatten(
+                run_edited(masked, inputs, _guarded(masked, edit)) if edit
+                else run(masked, inputs)))
             out_p = flatten(run(ours, inputs))
             del masked, ours
             how = "on float32 copies"
@@ -507,6 +556,13 @@ class Verification:
         # can tell whether it keeps channels apart, so those groups are checked as exact
         # ones are, and a difference there only says the check cannot be made
         opaque = {gid for gid in inexact if by_id[gid].opaque_only}
+        # groups of experts (units a router picks): inexact, since another expert is picked
+        # in a removed one's place, but the original model that never picks them is an
+        # oracle (:meth:`_never_picked`): checked as exact ones are, and a difference there
+        # only says the check cannot be made, as above
+        picked = {gid for gid in inexact if gid not in opaque and by_id[gid].min_kept_why
+                  and score_keys(self.graph, by_id[gid])}
+        checkable = opaque | picked
         if not res["shapes_kept"]:
             res["masked_equivalence"] = {"skipped": "the output shapes changed"}
             return res
@@ -515,37 +571,41 @@ class Verification:
             return res
         checks = is_real(self.model)
         tried = None
-        if checks and set(inexact) <= opaque:
+        if checks and set(inexact) <= checkable:
             short = _no_room_for("a masked copy of the model", self._masked_bytes(plan))
             check = self._masked_equivalence(plan, fp, pruned, short)
             if "ok" not in check:  # (no room for it, even layer by layer)
                 res["masked_equivalence"] = check
                 return res
-            if check["ok"] or not opaque:
+            if check["ok"] or not checkable:
                 if opaque:
                     check["own_forward"] = (
                         f"{counted(len(opaque), 'pruned group')} "
                         f"{'holds' if len(opaque) == 1 else 'hold'} a layer with its own "
                         "forward, which these outputs show keeps the channels apart")
+                if picked:
+                    check["never_picked"] = _never_picked_note(len(picked))
                 res["masked_equivalence"] = check
                 return res
             tried = check
 
         def skipped(named: list[int]) -> str:
             first = by_id[named[0]]
+            why = ("the router does more with them than pick among them" if
+                   set(named) <= picked else
+                   "such a layer's forward mixes channels, or normalises over them")
             return (f"{counted(len(named), 'pruned group')} "
                     f"{'is' if len(named) == 1 else 'are'} inexact: "
                     f"{first.stats_notes[0] if first.stats_notes else ''}"
                     f"{' (and more)' if len(named) > 1 else ''}"
                     + (f" (checked all the same: max |diff| {tried['max_abs_diff']:.3g}, so "
-                       "such a layer's forward mixes channels, or normalises over them)"
-                       if tried else ""))
+                       f"{why})" if tried else ""))
 
         # the groups inexact only through a layer's own forward are checked with the exact
         # ones below (unless the whole plan's check just failed on them): counted there when
         # that check passes
         res["masked_equivalence"] = {
-            "skipped": skipped([gid for gid in inexact if gid not in opaque or not checks
+            "skipped": skipped([gid for gid in inexact if gid not in checkable or not checks
                                 or tried is not None] or inexact)
             if inexact else "model has no real weights"}
         if not (checks and inexact):
@@ -556,17 +616,21 @@ class Verification:
         # their own forward first, unless the whole plan's check just failed on them
         exact = {gid: u for gid, u in plan.removed.items() if by_id[gid].exact}
         wider = {gid: u for gid, u in plan.removed.items() if by_id[gid].exact or
-                 gid in opaque and tried is None}
-        part = None
+                 gid in checkable and tried is None}
+        part, joined = None, False
         if len(wider) > len(exact):
             part = self._alone(plan, wider)
             if part.get("ok"):  # (counted among the exact ones, which they proved to be)
-                part["own_forward"] = len(wider) - len(exact)
+                joined = True
+                if n := len(opaque & wider.keys()):
+                    part["own_forward"] = n
+                if n := len(picked & wider.keys()):
+                    part["never_picked"] = n
             else:
                 part = None
         if part is None and exact:
             part = self._alone(plan, exact)
-        if opaque and (part is None or not part.get("own_forward")):
+        if checkable and not joined:
             res["masked_equivalence"]["skipped"] = skipped(inexact)
         if part is not None:
             res["masked_equivalence"]["exact_groups"] = part
@@ -627,13 +691,20 @@ class Verification:
         ``short``: why a masked copy of the model does not fit: the weights are masked
         layer by layer as the model runs (:func:`layer_by_layer`; ``by_layer`` says so), or
         the check is skipped (``memory``) when that cannot be done either."""
+        edit = self._never_picked(plan)
+        if short and edit:
+            return {"skipped": f"{short}; nor can it be masked layer by layer as it runs: "
+                               "the oracle of removed experts edits the router's scores",
+                    "memory": True}
         if short:
             out_m, why = self._run_by_layer(self.model, self._masked_cuts(plan), None,
                                             self.inputs, pruned_out)
             if out_m is None:
                 return {"skipped": f"{short}{why}", "memory": True}
         else:
-            out_m = flatten(run(self._masked(plan), self.inputs))
+            masked = self._masked(plan)
+            out_m = flatten(run_edited(masked, self.inputs, _guarded(masked, edit))
+                            if edit else run(masked, self.inputs))
         out_m = self._kept_of_free(plan, out_m)
         res, pairs = _compared(out_m, pruned_out)
         if not res["ok"] and not short and self._cuts_read_buffers(plan):

@@ -302,7 +302,9 @@ def run_sensitivity(store: SessionStore, sid: str, settings: dict) -> tuple[list
 def _how_checked(me: dict) -> str:
     """How a masked equivalence check ran when not on a masked copy, as the app says it."""
     return (", checked in float32" if me.get("in_float32") else "") + \
-        (", masked layer by layer for want of memory" if me.get("by_layer") else "")
+        (", masked layer by layer for want of memory" if me.get("by_layer") else "") + \
+        (", removed experts as if their router never picked them"
+         if me.get("never_picked") else "")
 
 
 def verification_text(v: dict | None) -> str:
