@@ -537,7 +537,8 @@ def test_prune_with_time_puts_the_speed_up_in_its_line_and_report(tmp_path):
     t = json.loads((tmp_path / "out" / "report.json").read_text())["timing"]
     assert set(t) == {"before_ms", "after_ms", "speedup", "rounds", "runs_per_round",
                       "threads", "device"}
-    assert t["before_ms"] > 0 and t["after_ms"] > 0 and t["rounds"] == 7
+    # (fewer rounds than 7 when the machine is slow: timing.BUDGET_S)
+    assert t["before_ms"] > 0 and t["after_ms"] > 0 and 3 <= t["rounds"] <= 7
     assert f"(forward {t['before_ms']:.3g} ms -> {t['after_ms']:.3g} ms on " \
            f"{t['threads']} thread" in res.stdout
     assert f"{t['speedup']:.2f}x as fast)" in res.stdout
@@ -791,7 +792,7 @@ def test_a_second_round_prunes_the_weights_tuned_since_the_first(tmp_path):
     # --time: against the original, over both rounds, on this machine
     res = cli("check", str(tmp_path / "r2"), "--time", "--json", "-")
     t = json.loads(res.stdout)["timing"]
-    assert t["rounds"] == 7 and t["before_ms"] > 0 and t["after_ms"] > 0
+    assert 3 <= t["rounds"] <= 7 and t["before_ms"] > 0 and t["after_ms"] > 0
     res = cli("check", str(tmp_path / "r2"), "--time")
     assert res.stdout.startswith("OK: ") and "x as fast as the original)" in res.stdout
     assert "timing" not in json.loads(cli("check", str(tmp_path / "r2"), "--json", "-").stdout)

@@ -766,6 +766,43 @@ def test_repeat_and_repeat_interleave_copy_channels_exactly():
     assert v["forward"] and v["masked_equivalence"]["ok"], v
 
 
+class DenseExperts(nn.Module):
+    """Llama 4's experts in miniature: every expert runs on its own copy of the tokens
+    (``x.repeat(n_experts, 1)``), weighed by its score, and their outputs are summed."""
+
+    def __init__(self, d=6, hidden=5, n_experts=3):
+        super().__init__()
+        self.scorer = nn.Linear(d, n_experts)
+        self.w = nn.Parameter(torch.randn(n_experts, d, hidden))
+        self.out = nn.Linear(hidden, 2)
+
+    def forward(self, x):  # x: (tokens, d)
+        scores = self.scorer(x).sigmoid()
+        copies = x.repeat(scores.shape[1], 1) * scores.t().reshape(-1, 1)
+        y = torch.bmm(copies.view(self.w.shape[0], -1, x.shape[1]), self.w)
+        return self.out(y.sum(0))
+
+
+def test_a_tiled_dim_whose_copies_a_group_owns_whole_loses_copies_not_positions():
+    # each expert weighs whole copies of the tokens: removing it removes its copy, and the
+    # tokens stay (was: the copies mapped back to the tokens, merging every expert with
+    # the model's input)
+    from viewer.core.plan import Plan
+    from viewer.core.prune import Pruner
+
+    torch.manual_seed(0)
+    model, x = DenseExperts().eval(), torch.randn(4, 6)
+    p = Pruner(model, (x,))
+    experts = next(g for g in p.groups if any(m.node_name == "w" for m in g.members))
+    assert {(m.node_name, m.dim) for m in experts.members} == {
+        ("scorer", 1), ("w", 0)} and experts.n_units == 3 and not p.reason(experts)
+    plan = Plan({experts.id: [1]})
+    pruned = p.apply(plan)
+    assert pruned.w.shape == (2, 6, 5) and pruned.scorer.out_features == 2
+    with torch.no_grad():  # the masked model: expert 1's weights and score row zeroed
+        torch.testing.assert_close(pruned(x), p.masked_model(plan)(x), rtol=0, atol=1e-6)
+
+
 class OneGroupScan(nn.Module):
     """HF Mamba2's mixer in miniature: one projection split into the heads ``x``, one
     group's state ``b`` and a per-head step ``dt``; ``dt`` scales the heads of ``x``, and

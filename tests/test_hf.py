@@ -943,6 +943,51 @@ def test_hf_deepseek_v3_group_limited_routing_removes_whole_routing_groups(tmp_p
     assert (pruned.config.n_routed_experts, pruned.config.n_group) == (4, 1)
 
 
+def test_hf_llama4_experts_run_densely_on_repeated_tokens_and_remove_whole(tmp_path):
+    # Llama 4 routes with an nn.Linear subclass (looked into) and runs every expert on its
+    # own copy of the tokens, x.repeat(n_experts, 1), weighed by sigmoid scores that are 0
+    # where the router did not pick: the copies an expert's scores weigh go with it (they
+    # were copies of the tokens: every expert merged with the stream, blocked)
+    from viewer.core.export import check_dir
+
+    torch.manual_seed(0)
+    cfg = transformers.Llama4TextConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, intermediate_size=32, intermediate_size_mlp=64,
+        num_local_experts=4, num_experts_per_tok=1, max_position_embeddings=32,
+        interleave_moe_layer_step=1)
+    model = transformers.Llama4ForCausalLM(cfg).eval()
+    inputs = {"input_ids": torch.randint(0, 100, (1, 8))}
+    p = Pruner(model, inputs)
+    gate = "model.layers.0.feed_forward.router.weight"
+    (experts,) = [g for g in p.groups if g.root == gate]
+    assert {(m.node_name, m.dim) for m in experts.members} == {
+        (gate, 0), ("model.layers.0.feed_forward.experts.gate_up_proj", 0),
+        ("model.layers.0.feed_forward.experts.down_proj", 0)}
+    assert experts.n_units == 4 and experts.min_kept == 1 and not p.reason(experts)
+    plan = Plan({experts.id: [1, 2]})
+    pruned = p.apply(plan)
+    assert pruned.model.layers[0].feed_forward.router.out_features == 2
+    with torch.no_grad():
+        with _RouterMask(model.get_submodule(gate.rsplit(".", 1)[0]).weight, [1, 2]):
+            want = model(**inputs).logits
+        torch.testing.assert_close(pruned(**inputs).logits, want, rtol=0, atol=1e-5)
+    me = p.verify(pruned, plan)["masked_equivalence"]
+    assert me["ok"] and "never_picked" in me, me
+    # the README's way to keep every expert
+    assert experts.id not in p.plan(0.5, overrides={"*.feed_forward.router": 0}).removed
+    both = Plan({g.id: [0, 3] for g in p.groups if g.min_kept_why})
+    assert len(both.removed) == 2
+    pruned = p.apply(both)
+    assert pruned.config.num_local_experts == 2
+    out = export_dir(p, both, pruned, tmp_path / "out", pt2=False)
+    assert check_dir(out)["ok"]
+    with torch.no_grad():
+        want = pruned(**inputs).logits
+        assert torch.equal(load_pruned(out)(**inputs).logits, want)
+        assert torch.equal(type(model).from_pretrained(out).eval()(**inputs).logits, want)
+
+
 _MOE = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=32)
 

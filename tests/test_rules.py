@@ -67,3 +67,13 @@ def test_split_rule_takes_each_part_its_own_range():
                                                    ("out", 1, 1, [1], [0])]
     # backward from part 1: its channel 2 is input channel 9
     assert _flows(split, "out", 1, 1, [2]) == [("in", 0, 1, [0], [9])]
+
+
+def test_whole_copies_of_a_tiled_dim():
+    from viewer.core.rules import _whole_copies
+
+    a = np.array
+    assert _whole_copies(a([0, 0, 1, 1]), a([0, 1, 2, 3]), 2)  # copy 0 unit 0, copy 1 unit 1
+    assert _whole_copies(a([5, 5]), a([4, 5]), 2)  # copy 2 only
+    assert not _whole_copies(a([0, 1, 0, 1]), a([0, 1, 2, 3]), 2)  # copies split
+    assert not _whole_copies(a([0]), a([0]), 2)  # half a copy

@@ -1287,7 +1287,22 @@ def _copies_rule(node, side, dim, units, pos):
     if d < 0:
         return []  # a new leading dim holds whole copies, no position of the input
     r = b[dim] // a[d]
+    if not interleave and _whole_copies(units, pos, a[d]):
+        # each unit holds whole copies (Llama 4 repeats its tokens once per expert,
+        # ``x.repeat(n_experts, 1)``, and an expert's scores weigh its copy): fewer copies
+        # lose no position of the input
+        return []
     return [Flow("in", 0, d, units, pos // r if interleave else pos % a[d])]
+
+
+def _whole_copies(units: IntArray, pos: IntArray, n: int) -> bool:
+    """Do ``pos`` (positions of a tiled dim, copy k holding ``k * n .. k * n + n - 1``)
+    cover whole copies, each copy in one unit only?"""
+    copy = pos // n
+    pairs = np.unique(np.stack([copy, units]), axis=1)
+    if len(np.unique(pairs[0])) != pairs.shape[1]:
+        return False  # a copy split between units
+    return len(np.unique(np.stack([pos, units]), axis=1)[0]) == pairs.shape[1] * n
 
 
 def _pixel_shuffle_rule(g, node, side, port, dim, units, pos, ctx):
