@@ -460,8 +460,13 @@ def test_verification_text():
                                             "(max |Δ| 0, masked layer by layer for want of "
                                             "memory)")
     v["masked_equivalence"] = {"ok": True, "max_abs_diff": 0.0, "never_picked": "2 ..."}
-    assert cb.verification_text(v).endswith("masked equivalence ok (max |Δ| 0, removed experts "
-                                            "as if their router never picked them)")
+    assert cb.verification_text(v).endswith("masked equivalence ok (max |Δ| 0, removing "
+                                            "experts as if their router never picked them)")
+    v["masked_equivalence"] = {"skipped": "1 pruned group is inexact", "exact_groups": {
+        "groups": 6, "ok": True, "max_abs_diff": 0.0, "never_picked": 2}}
+    assert cb.verification_text(v).endswith("masked equivalence of the 6 exact groups alone ok "
+                                            "(max |Δ| 0, 2 of them removing experts as if "
+                                            "their router never picked them)")
 
 
 def _upload(tensors: dict) -> str:

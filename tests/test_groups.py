@@ -3533,6 +3533,12 @@ def test_loss_in_forward_couples_its_two_tensors(loss, reduction):
     rows = [i for i in range(10) if i not in plan.removed[codes.id]]
     assert torch.equal(pruned.code, p.model.code[rows][:, kept])
     assert torch.equal(pruned.enc.weight, p.model.enc.weight[kept])
+    # codes removed alone: the original whose distances to them are +inf never picks them
+    from viewer.core.plan import Plan
+
+    alone = Plan({codes.id: plan.removed[codes.id]})
+    me = p.verify(p.apply(alone), alone)["masked_equivalence"]
+    assert me["ok"] and "never_picked" in me, me
 
 
 class Differences(nn.Module):

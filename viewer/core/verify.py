@@ -528,7 +528,9 @@ class Verification:
 
     def verify(self, pruned: nn.Module, plan: Plan, masked: bool = True) -> dict:
         """Forward on the example inputs, output shapes kept, and masked equivalence (when
-        every pruned group is exact: no norm or softmax over pruned channels). ``untraced``
+        every pruned group is exact: no norm or softmax over pruned channels; groups of
+        experts are compared with the original never picking the removed ones, see
+        :meth:`_never_picked`). ``untraced``
         lists parameters the example inputs never reached (see :meth:`untraced`)."""
         self.check_plan(plan)
         res: dict = {"forward": False, "shapes_kept": False}
@@ -710,8 +712,10 @@ class Verification:
         if not res["ok"] and not short and self._cuts_read_buffers(plan):
             # buffers stay unzeroed (a zeroed variance under rsqrt is NaN), but a codebook
             # read by a distance is data: the removed features count there unless zeroed
-            out_b = self._kept_of_free(
-                plan, flatten(run(self._masked(plan, buffers=True), self.inputs)))
+            masked = self._masked(plan, buffers=True)
+            out_b = self._kept_of_free(plan, flatten(
+                run_edited(masked, self.inputs, _guarded(masked, edit)) if edit
+                else run(masked, self.inputs)))
             res_b, pairs_b = _compared(out_b, pruned_out)
             if res_b["ok"]:
                 res, pairs, out_m = res_b, pairs_b, out_b

@@ -303,8 +303,16 @@ def _how_checked(me: dict) -> str:
     """How a masked equivalence check ran when not on a masked copy, as the app says it."""
     return (", checked in float32" if me.get("in_float32") else "") + \
         (", masked layer by layer for want of memory" if me.get("by_layer") else "") + \
-        (", removed experts as if their router never picked them"
-         if me.get("never_picked") else "")
+        _experts_text(me.get("never_picked"))
+
+
+def _experts_text(never_picked) -> str:
+    """How groups of experts were checked (verify's ``never_picked``: a note, or in
+    ``exact_groups`` how many of the groups checked remove experts)."""
+    if not never_picked:
+        return ""
+    some = f" {never_picked} of them" if isinstance(never_picked, int) else ""
+    return f",{some} removing experts as if their router never picked them"
 
 
 def verification_text(v: dict | None) -> str:
