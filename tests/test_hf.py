@@ -988,6 +988,36 @@ def test_hf_llama4_experts_run_densely_on_repeated_tokens_and_remove_whole(tmp_p
         assert torch.equal(type(model).from_pretrained(out).eval()(**inputs).logits, want)
 
 
+def test_hf_ergo_experts_past_a_clamped_guard_remove_whole():
+    # Ergo clamps the expert ids before they index each expert's norm scale
+    # (ids.clamp_max(num_experts - 1)): a guard that cuts no valid id keeps them positions
+    # (it read them as numbers: every expert stayed)
+    torch.manual_seed(0)
+    cfg = transformers.ErgoConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, first_dense_intermediate_size=64, moe_intermediate_size=16,
+        shared_intermediate_size=32, num_experts=8, num_experts_per_tok=2,
+        max_position_embeddings=64, sliding_window=8)
+    model = transformers.AutoModelForCausalLM.from_config(cfg).eval()
+    inputs = {"input_ids": torch.randint(0, 100, (1, 8))}
+    p = Pruner(model, inputs)
+    (experts,) = [g for g in p.groups if g.min_kept_why]
+    assert experts.n_units == 8 and experts.min_kept == 2 and not p.reason(experts)
+    assert "model.layers.1.mlp.experts.post_expert_norm.weight" in \
+        {m.node_name for m in experts.members}
+    plan = Plan({experts.id: [0, 5, 6]})
+    pruned = p.apply(plan)
+    assert pruned.model.layers[1].mlp.experts.up_proj.shape[0] == 5
+    me = p.verify(pruned, plan)["masked_equivalence"]
+    assert me["ok"] and "never_picked" in me, me
+    gate = [m for m in model.model.layers[1].mlp.gate.modules()
+            if isinstance(m, torch.nn.Linear)][0]
+    with torch.no_grad(), _RouterMask(gate.weight, [0, 5, 6]):
+        want = model(**inputs).logits
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(**inputs).logits, want, rtol=0, atol=1e-5)
+
+
 _MOE = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=32)
 

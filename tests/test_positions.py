@@ -126,3 +126,29 @@ def test_score_keys_are_the_scores_on_the_way_to_the_picks_never_a_weight_or_a_m
     g = build_graph(Nearest().eval(), torch.randn(3, 6))
     keys = score_keys(g, next(x for x in all_groups(g) if x.min_kept_why))
     assert [(g.nodes[nid].name, fill) for (nid, _, _), fill in keys] == [("cdist", math.inf)]
+
+
+class Guarded(nn.Module):
+    """Expert ids clamped before they index per-expert scales, as Ergo guards them
+    (``ids.clamp_max(self.num_experts - 1)``); ``bound`` sets the clamp's bound."""
+
+    def __init__(self, bound: int, experts: int = 4):
+        super().__init__()
+        self.bound = bound
+        self.router = nn.Linear(6, experts)
+        self.scale = nn.Parameter(torch.randn(experts, 6))
+
+    def forward(self, x):
+        ids = self.router(x).topk(2, -1).indices
+        return x[:, None] * self.scale[ids.clamp_max(self.bound)]
+
+
+def test_a_clamp_that_cuts_no_valid_position_keeps_positions_and_one_that_does_blocks():
+    g = build_graph(Guarded(bound=3).eval(), torch.randn(5, 6))
+    grp = group_of(g, "router")
+    assert not grp.reason and {(m.node_name, m.dim) for m in grp.members} == {
+        ("router", 1), ("scale", 0)}
+    assert [n.name for n in picks_at(g, g.node("clamp_max").id, 0)] == ["topk"]
+    g = build_graph(Guarded(bound=2).eval(), torch.randn(5, 6))  # expert 3 read as 2
+    assert picks_at(g, g.node("clamp_max").id, 0) == []
+    assert "'clamp_max' (clamp_max) reads as numbers" in group_of(g, "router").reason

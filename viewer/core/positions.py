@@ -52,6 +52,26 @@ def _keeps(node: Node, port: int) -> bool:
     return node.op_type is OpType.ELEMENTWISE and node.target in KEEPS_VALUES
 
 
+def _clamp_keeps(g: Graph, node: Node, port: int, width: int) -> bool:
+    """Is ``node`` a clamp of positions that cuts none of the ``width`` valid ones (Ergo's
+    ``ids.clamp_max(self.num_experts - 1)``, a guard)? Then it keeps them: the pruned ids
+    are fewer, and the bound, followed or not, still cuts none."""
+    if port != 0 or node.target not in _CLAMPS or len(g.in_edges.get(node.id, ())) != 1:
+        return False
+    sc = tuple(node.attrs.get("scalars") or ())
+    if not all(isinstance(v, (int, float)) for v in sc):
+        return False
+    lo, hi = (None, sc[0]) if node.target == "clamp_max" and len(sc) == 1 else \
+        (sc[0], None) if node.target == "clamp_min" and len(sc) == 1 else \
+        sc if node.target == "clamp" and len(sc) == 2 else (1, 0)
+    return (lo is None or lo <= 0) and (hi is None or hi >= width - 1)
+
+
+#: Clamps whose plain bounds DepView reads (``clamp(max=n)`` alone is not told from
+#: ``clamp(min=n)``: only with both bounds).
+_CLAMPS = frozenset({"clamp_max", "clamp_min", "clamp"})
+
+
 def pick_dim(node: Node) -> int | None:
     """The input dim whose positions ``node`` returns (:data:`optypes.PICKS`), or None."""
     meta = node.meta
@@ -115,6 +135,7 @@ def position_reads(g: Graph, node: Node, carriers: list | None = None) -> Reads:
     that carry them there (the app draws them)."""
     readers: list[TensorKey] = []
     other: list[Node] = []
+    width = node.in_shapes[0][pick_dim(node)]
     todo, seen = [(node.id, PICKS[node.target])], set()
     while todo:
         key = todo.pop()
@@ -128,7 +149,8 @@ def position_reads(g: Graph, node: Node, carriers: list | None = None) -> Reads:
             r = _reader(g, t, e.target_port)
             if r is not None:
                 readers.append(r)
-            elif _keeps(t, e.target_port) or _joins_picks(g, t):
+            elif _keeps(t, e.target_port) or _joins_picks(g, t) or \
+                    _clamp_keeps(g, t, e.target_port, width):
                 todo.append((t.id, 0))
             elif not (t.target in ORDERS and e.target_port == 0 or t.target in LIKE_FILLS):
                 other.append(t)
@@ -140,6 +162,7 @@ def picks_at(g: Graph, nid: int, port: int) -> list[Node]:
     ops that keep values and joins of such positions (every part picked), or [] when some of
     its values are not picked positions."""
     found: list[Node] = []
+    clamps: list[Node] = []  # (checked against the picks' widths once they are found)
     todo, seen = [(nid, port)], set()
     while todo:
         nid, port = todo.pop()
@@ -155,10 +178,14 @@ def picks_at(g: Graph, nid: int, port: int) -> list[Node]:
             return []
         if isinstance(node.meta, ConcatMeta):
             todo += [(e.source, e.source_port) for e in edges]
-        elif _keeps(node, 0):
+        elif _keeps(node, 0) or node.target in _CLAMPS:
+            if node.target in _CLAMPS:
+                clamps.append(node)
             todo.append((edges[0].source, edges[0].source_port))
         else:
             return []
+    if any(not _clamp_keeps(g, c, 0, _picked_width(g, p)) for c in clamps for p in found):
+        return []
     return sorted(found, key=lambda n: n.id)
 
 
