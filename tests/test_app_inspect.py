@@ -782,3 +782,23 @@ def test_each_call_of_a_module_is_a_box_to_inspect_collapse_and_ignore(tmp_path)
     assert session.ignore == {"norm:out"}
     assert cb.control_values(store, "sid", sel) == (["out"], None)
     assert cb.control_values(store, "sid", {"kind": "module", "name": "norm"}) == (["out"], None)
+
+
+def test_clicking_a_router_weight_shows_its_experts_not_the_stream_it_reads():
+    # a bare router weight (E, hidden) is in two groups: the stream (its columns) and the
+    # experts it roots (its rows); the one rooted at it is shown first
+    transformers = pytest.importorskip("transformers")
+    from viewer.core.prune import Pruner
+
+    torch.manual_seed(0)
+    cfg = transformers.MixtralConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1,
+                                     num_attention_heads=4, num_key_value_heads=2,
+                                     intermediate_size=64, num_local_experts=4,
+                                     num_experts_per_tok=2, max_position_embeddings=32)
+    p = Pruner(transformers.MixtralForCausalLM(cfg).eval(),
+               {"input_ids": torch.randint(0, 100, (1, 8))})
+    node = p.graph.node("model.layers.0.mlp.gate.weight")
+    shown, cands, _ = cb.resolve_group(p, node, "out", None)
+    assert shown.root == node.name and shown.min_kept == 2
+    assert [g.root for g in cands] == ["model.embed_tokens", node.name]
+    assert cb.resolve_group(p, node, "out", cands[0].id)[0] is cands[0]  # (a pick wins)

@@ -97,11 +97,14 @@ def groups_at(pruner: Pruner, node: Node, side: str) -> list[Group]:
 
 def resolve_group(pruner: Pruner, node: Node, side: str,
                   pick: int | None) -> tuple[Group | None, list[Group], str]:
-    """(shown group, all candidate groups, note). With no model group touching the node, a
-    group is computed for it on the spot (it is then not one the plan can prune)."""
+    """(shown group, all candidate groups, note): the one picked, else the one rooted at the
+    node (a router's weight: its experts, not the stream its columns read), else the first.
+    With no model group touching the node, a group is computed for it on the spot (it is
+    then not one the plan can prune)."""
     cands = groups_at(pruner, node, side)
     if cands:
-        chosen = next((g for g in cands if g.id == pick), cands[0])
+        chosen = next((g for g in cands if g.id == pick), None) or \
+            next((g for g in cands if g.root == node.name), cands[0])
         return chosen, cands, ""
     try:
         g = group_of(pruner.graph, node.name, side)
