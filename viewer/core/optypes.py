@@ -104,6 +104,9 @@ class OpGroup:
     CHANNEL_FIRST = frozenset({OpType.CONV, OpType.CONV_TRANSPOSE, OpType.DEPTHWISE_CONV,
                                OpType.BN, OpType.GN, OpType.IN})
     CHANNEL_LAST = frozenset({OpType.LINEAR, OpType.LN, OpType.EMBED, OpType.MHA})
+    #: Torch layer types whose layer returns one tensor (a subclass returning more is looked
+    #: into by the tracer).
+    ONE_TENSOR = CONVS | NORMS | frozenset({OpType.LINEAR, OpType.PRELU, OpType.EMBED})
     #: Module types whose parameters a pruning plan can shrink.
     PARAMETRIC = (
         CONVS | NORMS | RECURRENT
@@ -511,6 +514,15 @@ INDEX_OUTPUTS: dict[str, int] = {"argmax": 0, "argmin": 0, "max": 1, "min": 1, "
 #: ``topk``'s indices: a router's choice of experts. Where those positions go decides what a
 #: group along that dim does (:mod:`viewer.core.positions`).
 PICKS: dict[str, int] = {"topk": 1, **INDEX_OUTPUTS}
+
+#: Picks of the smallest value (the rest pick the largest): a position they must never pick
+#: is one whose value is +inf (verification's oracle of removed experts, -inf for the rest).
+PICKS_SMALLEST: frozenset[str] = frozenset({"argmin", "min"})
+
+#: Clamps whose plain bounds the graph holds in ``attrs.scalars``; ``clamp`` only with both
+#: bounds (``clamp(max=n)`` alone is not told from ``clamp(min=n)``). A clamp that cuts no
+#: valid position keeps positions (:mod:`viewer.core.positions`).
+CLAMPS: frozenset[str] = frozenset({"clamp_max", "clamp_min", "clamp"})
 
 #: Functions that hand on the values of their (first) input as they are, only retyped,
 #: reshaped or reordered: positions stay positions through them (``ids.reshape(-1)``,

@@ -20,11 +20,13 @@ from typing import NamedTuple
 from .graph import Graph, Node
 from .meta import ConcatMeta, CountsMeta, ElementwiseMeta, ReduceMeta, SliceMeta
 from .optypes import (
+    CLAMPS,
     GATHERS,
     KEEPS_VALUES,
     LIKE_FILLS,
     ORDERS,
     PICKS,
+    PICKS_SMALLEST,
     SCATTERS,
     OpGroup,
     OpType,
@@ -56,7 +58,7 @@ def _clamp_keeps(g: Graph, node: Node, port: int, width: int) -> bool:
     """Is ``node`` a clamp of positions that cuts none of the ``width`` valid ones (Ergo's
     ``ids.clamp_max(self.num_experts - 1)``, a guard)? Then it keeps them: the pruned ids
     are fewer, and the bound, followed or not, still cuts none."""
-    if port != 0 or node.target not in _CLAMPS or len(g.in_edges.get(node.id, ())) != 1:
+    if port != 0 or node.target not in CLAMPS or len(g.in_edges.get(node.id, ())) != 1:
         return False
     sc = tuple(node.attrs.get("scalars") or ())
     if not all(isinstance(v, (int, float)) for v in sc):
@@ -65,11 +67,6 @@ def _clamp_keeps(g: Graph, node: Node, port: int, width: int) -> bool:
         (sc[0], None) if node.target == "clamp_min" and len(sc) == 1 else \
         sc if node.target == "clamp" and len(sc) == 2 else (1, 0)
     return (lo is None or lo <= 0) and (hi is None or hi >= width - 1)
-
-
-#: Clamps whose plain bounds DepView reads (``clamp(max=n)`` alone is not told from
-#: ``clamp(min=n)``: only with both bounds).
-_CLAMPS = frozenset({"clamp_max", "clamp_min", "clamp"})
 
 
 def pick_dim(node: Node) -> int | None:
@@ -119,11 +116,12 @@ def _joins_picks(g: Graph, node: Node) -> bool:
         picks = picks_at(g, e.source, e.source_port)
         if not picks:
             return False
-        widths.update(_picked_width(g, p) for p in picks)
+        widths.update(picked_width(g, p) for p in picks)
     return len(widths) == 1
 
 
-def _picked_width(g: Graph, pick: Node) -> int:
+def picked_width(g: Graph, pick: Node) -> int:
+    """How many positions ``pick`` picks among: the size of its picked dim."""
     nid, port, dim = picked_key(g, pick)
     return g.nodes[nid].out_shapes[port][dim]
 
@@ -178,13 +176,13 @@ def picks_at(g: Graph, nid: int, port: int) -> list[Node]:
             return []
         if isinstance(node.meta, ConcatMeta):
             todo += [(e.source, e.source_port) for e in edges]
-        elif _keeps(node, 0) or node.target in _CLAMPS:
-            if node.target in _CLAMPS:
+        elif _keeps(node, 0) or node.target in CLAMPS:
+            if node.target in CLAMPS:
                 clamps.append(node)
             todo.append((edges[0].source, edges[0].source_port))
         else:
             return []
-    if any(not _clamp_keeps(g, c, 0, _picked_width(g, p)) for c in clamps for p in found):
+    if any(not _clamp_keeps(g, c, 0, picked_width(g, p)) for c in clamps for p in found):
         return []
     return sorted(found, key=lambda n: n.id)
 
@@ -211,10 +209,6 @@ def group_picks(g: Graph, group) -> list[tuple[Node, list[tuple[int, int]]]]:
     return out
 
 
-#: Picks of the smallest value: the oracle gives the positions they must never pick +inf.
-_SMALLEST = frozenset({"argmin", "min"})
-
-
 def score_keys(g: Graph, group) -> list[tuple[TensorKey, float]]:
     """The oracle of removing the units a router picks: the tensors of ``group`` on the way
     to its picks (:func:`group_picks`), from the op that makes the router's scores (a
@@ -228,7 +222,7 @@ def score_keys(g: Graph, group) -> list[tuple[TensorKey, float]]:
         within.setdefault(key[:2], []).append(key)
     fills: dict[TensorKey, float] = {}
     for pick, _ in group_picks(g, group):
-        fill = math.inf if pick.target in _SMALLEST else -math.inf
+        fill = math.inf if pick.target in PICKS_SMALLEST else -math.inf
         todo = [picked_key(g, pick)]
         while todo:
             key = todo.pop()
@@ -243,12 +237,10 @@ def score_keys(g: Graph, group) -> list[tuple[TensorKey, float]]:
             if node.op_type in (OpType.MATMUL, OpType.LINEAR):
                 continue  # the scores are made here
             for e in g.in_edges.get(node.id, ()):
-                if e.dtype in _FLOATING:  # (not a mask made from the picks: a bool, 0/1)
+                # (not a mask made from the picks: a bool, or 0/1 as integers)
+                if e.dtype.startswith(("float", "bfloat")):
                     todo += within.get((e.source, e.source_port), ())
     return sorted(fills.items())
-
-
-_FLOATING = frozenset({"float32", "float64", "float16", "bfloat16"})
 
 
 def _of_source(g: Graph, nid: int) -> bool:

@@ -49,7 +49,7 @@ from .plan import (
     parse_ignore,
     within,
 )
-from .positions import group_picks, picked_key
+from .positions import group_picks, picked_key, picked_width
 from .spectralnorm import weight_of as sn_weight_of
 from .text import counted, error_line
 from .trace import MAX_LISTED, build_graph, eval_mode, output_nodes, output_path, plain_module
@@ -704,8 +704,7 @@ class Pruner(GroupValidation, Verification):
                 if got is None:
                     raise DepViewError(f"'{pick.name}' did not run on the batch: it takes "
                                        "another path through the model than the example inputs")
-                key = picked_key(self.graph, pick)
-                width = self.graph.nodes[key[0]].out_shapes[key[1]][key[2]]
+                key, width = picked_key(self.graph, pick), picked_width(self.graph, pick)
                 ids = got[PICKS[pick.target]].flatten().long()
                 counts = torch.bincount(ids.clamp(0, width), minlength=width + 1).numpy()
                 pos, unit = g.tensors[key]

@@ -548,7 +548,7 @@ class _Tracer(TorchFunctionMode):
                                         f"({type(module).__name__}) {given}")
                 elif atomic:
                     if not isinstance(output, torch.Tensor) and \
-                            self.module_type(module) in _ONE_TENSOR and \
+                            self.module_type(module) in OpGroup.ONE_TENSOR and \
                             _own_forward(type(module)):
                         # a layer that returns more than the torch layer it extends does
                         # (PhiMoE's router, an nn.Linear, also picks experts): build_graph
@@ -816,9 +816,6 @@ def _own_forward(cls: type) -> str | None:
             return cls.__name__ if cls.forward is not base.forward else None
     return None
 
-
-#: Torch layer types whose layer returns one tensor.
-_ONE_TENSOR = OpGroup.CONVS | OpGroup.NORMS | {OpType.LINEAR, OpType.PRELU, OpType.EMBED}
 
 #: Subclasses of torch layers (:func:`_own_forward`) whose own forward returned more than
 #: the one tensor their layer returns, in this process: a rule for the layer cannot say

@@ -244,6 +244,12 @@ def _never_picked_note(n: int) -> str:
             "(their router scores -inf)")
 
 
+def _run_masked(masked: nn.Module, inputs, edits: dict):
+    """The masked model's output on ``inputs``: :func:`run`, or with
+    :meth:`Verification._never_picked`'s edits, :func:`run_edited`."""
+    return run_edited(masked, inputs, _guarded(masked, edits)) if edits else run(masked, inputs)
+
+
 def _guarded(model: nn.Module, edits: dict) -> dict[str, Callable]:
     """:meth:`Verification._never_picked`'s edits as :func:`run_edited` takes them. An
     output sharing memory with one of ``model``'s tensors (which a masked copy may share
@@ -483,9 +489,7 @@ class Verification:
                         "rel_diff": res["rel_diff"]}
             masked = self._masked(plan, float32=True)
             ours = tree_copy(pruned, _float32_memo(pruned))
-            out_m = self._kept_of_free(plan, flatten(
-                run_edited(masked, inputs, _guarded(masked, edit)) if edit
-                else run(masked, inputs)))
+            out_m = self._kept_of_free(plan, flatten(_run_masked(masked, inputs, edit)))
             out_p = flatten(run(ours, inputs))
             del masked, ours
             how = "on float32 copies"
@@ -704,18 +708,14 @@ class Verification:
             if out_m is None:
                 return {"skipped": f"{short}{why}", "memory": True}
         else:
-            masked = self._masked(plan)
-            out_m = flatten(run_edited(masked, self.inputs, _guarded(masked, edit))
-                            if edit else run(masked, self.inputs))
+            out_m = flatten(_run_masked(self._masked(plan), self.inputs, edit))
         out_m = self._kept_of_free(plan, out_m)
         res, pairs = _compared(out_m, pruned_out)
         if not res["ok"] and not short and self._cuts_read_buffers(plan):
             # buffers stay unzeroed (a zeroed variance under rsqrt is NaN), but a codebook
             # read by a distance is data: the removed features count there unless zeroed
-            masked = self._masked(plan, buffers=True)
             out_b = self._kept_of_free(plan, flatten(
-                run_edited(masked, self.inputs, _guarded(masked, edit)) if edit
-                else run(masked, self.inputs)))
+                _run_masked(self._masked(plan, buffers=True), self.inputs, edit)))
             res_b, pairs_b = _compared(out_b, pruned_out)
             if res_b["ok"]:
                 res, pairs, out_m = res_b, pairs_b, out_b
