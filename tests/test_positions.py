@@ -152,3 +152,38 @@ def test_a_clamp_that_cuts_no_valid_position_keeps_positions_and_one_that_does_b
     g = build_graph(Guarded(bound=2).eval(), torch.randn(5, 6))  # expert 3 read as 2
     assert picks_at(g, g.node("clamp_max").id, 0) == []
     assert "'clamp_max' (clamp_max) reads as numbers" in group_of(g, "router").reason
+
+
+def test_a_pick_of_the_smallest_is_oracled_with_plus_inf():
+    # topk(largest=False) (a bool, not among the recorded scalars) and kthvalue pick the
+    # smallest: the removed experts must be +inf to be never picked; plain topk gets -inf
+    class Smallest(nn.Module):
+        def __init__(self, how: str):
+            super().__init__()
+            self.how = how
+            self.router = nn.Linear(6, 4)
+            self.scale = nn.Parameter(torch.randn(4, 6))
+
+        def forward(self, x):
+            s = self.router(x)
+            ids = s.topk(2, -1, False).indices if self.how == "positional" else \
+                torch.topk(s, 2, dim=-1, largest=False).indices if self.how == "kw" else \
+                s.kthvalue(2, -1).indices[:, None] if self.how == "kth" else \
+                s.topk(2, -1).indices
+            return x[:, None] * self.scale[ids]
+
+    for how, fill in (("positional", math.inf), ("kw", math.inf), ("kth", math.inf),
+                      ("largest", -math.inf)):
+        g = build_graph(Smallest(how).eval(), torch.randn(3, 6))
+        keys = score_keys(g, group_of(g, "router"))
+        assert [(g.nodes[nid].name, f) for (nid, _, _), f in keys] == [("router", fill)], how
+    # and verification checks such a model pruned of experts with it: ok as masked
+    from viewer.core.plan import Plan
+    from viewer.core.prune import Pruner
+
+    torch.manual_seed(0)
+    p = Pruner(Smallest("kw").eval(), (torch.randn(5, 6),))
+    experts = next(x for x in p.groups if x.root == "router")
+    plan = Plan({experts.id: [1, 2]})
+    me = p.verify(p.apply(plan), plan)["masked_equivalence"]
+    assert me["ok"] and me["max_abs_diff"] < 1e-6 and "never_picked" in me, me

@@ -515,9 +515,10 @@ INDEX_OUTPUTS: dict[str, int] = {"argmax": 0, "argmin": 0, "max": 1, "min": 1, "
 #: group along that dim does (:mod:`viewer.core.positions`).
 PICKS: dict[str, int] = {"topk": 1, **INDEX_OUTPUTS}
 
-#: Picks of the smallest value (the rest pick the largest): a position they must never pick
-#: is one whose value is +inf (verification's oracle of removed experts, -inf for the rest).
-PICKS_SMALLEST: frozenset[str] = frozenset({"argmin", "min"})
+#: Picks of the smallest value (the rest pick the largest; ``topk(largest=False)`` is told by
+#: its node's ``attrs["smallest"]``): a position they must never pick is one whose value is
+#: +inf (verification's oracle of removed experts, -inf for the rest).
+PICKS_SMALLEST: frozenset[str] = frozenset({"argmin", "min", "kthvalue"})
 
 #: Clamps whose plain bounds the graph holds in ``attrs.scalars``; ``clamp`` only with both
 #: bounds (``clamp(max=n)`` alone is not told from ``clamp(min=n)``). A clamp that cuts no

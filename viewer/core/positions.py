@@ -193,6 +193,11 @@ def picked_key(g: Graph, pick: Node) -> TensorKey:
     return e.source, e.source_port, pick_dim(pick)
 
 
+def picks_smallest(pick: Node) -> bool:
+    """Does ``pick`` pick the smallest values (``argmin``, ``min``, ``topk(largest=False)``)?"""
+    return pick.target in PICKS_SMALLEST or bool(pick.attrs.get("smallest"))
+
+
 def group_picks(g: Graph, group) -> list[tuple[Node, list[tuple[int, int]]]]:
     """The ops that pick ``group``'s units (a router's ``topk`` over its experts): each with
     the tensors ``(node id, port)`` that carry its positions to the group's readers."""
@@ -222,7 +227,7 @@ def score_keys(g: Graph, group) -> list[tuple[TensorKey, float]]:
         within.setdefault(key[:2], []).append(key)
     fills: dict[TensorKey, float] = {}
     for pick, _ in group_picks(g, group):
-        fill = math.inf if pick.target in PICKS_SMALLEST else -math.inf
+        fill = math.inf if picks_smallest(pick) else -math.inf
         todo = [picked_key(g, pick)]
         while todo:
             key = todo.pop()
