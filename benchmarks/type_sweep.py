@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import inspect
 import json
 import logging
 import os
@@ -358,12 +359,43 @@ OWN = {
 }
 
 #: what a type's config needs for one task only
+#: vision-language models on a patch grid (their forward takes ``image_grid_thw``): a small
+#: vision tower under each of their names for its sizes, its merger's output the text
+#: model's width, and a multimodal RoPE that fits the text model's 8-wide heads
+GRID = dict(vision_config=dict(VISION, embed_dim=32, depth=2, num_heads=4, out_hidden_size=32,
+                               mlp_ratio=2, temporal_patch_size=2, spatial_merge_size=2,
+                               deepstack_visual_indexes=[1]),
+            text_config=dict(TEXT, rope_parameters=dict(rope_type="default", rope_theta=1e4,
+                                                        mrope_section=[2, 1, 1],
+                                                        mrope_interleaved=True)))
+
 TASK_OWN = {
     # (the UPerNet head reads 4 layers' outputs)
     **{(t, "semantic-segmentation"): dict(VIT4, out_indices=[1, 2, 3, 4],
                                           use_auxiliary_head=False, pool_scales=[1, 2])
        for t in ("beit", "data2vec-vision")},
     ("reformer", "causal-lm"): dict(is_decoder=True),
+    # (one tile of one aspect ratio; its cross-attention layer among the two; a pad id of
+    # the full-size vocabulary otherwise)
+    ("mllama", "image-text-to-text"): dict(
+        image_token_index=110,
+        vision_config=dict(VISION, max_num_tiles=1, supported_aspect_ratios=[[1, 1]],
+                           intermediate_layers_indices=[1], num_global_layers=1,
+                           vision_output_dim=64),
+        text_config=dict(TEXT, cross_attention_layers=[1], pad_token_id=0)),
+    # (their own configs above, for causal LMs, keep the full-size vocabulary's image token)
+    ("qwen3_5", "image-text-to-text"): dict(image_token_id=110),
+    # (and Llama 4's pixel shuffle makes 4 x 32 wide tokens, which its adapter's MLP reads
+    # at the vision tower's intermediate size)
+    ("llama4", "image-text-to-text"): dict(
+        image_token_index=110, vision_config=dict(OWN["llama4"]["vision_config"],
+                                                  intermediate_size=128)),
+    ("qwen3_5_moe", "image-text-to-text"): dict(text_config=dict(
+        GRID["text_config"], **HYBRID, num_experts=4, num_experts_per_tok=2,
+        moe_intermediate_size=16, shared_expert_intermediate_size=16)),
+    # (an image's grid of patches: the one 32x32 resolution, not the 336-pixel defaults)
+    **{(t, "image-text-to-text"): dict(image_grid_pinpoints=[[32, 32]])
+       for t in ("llava_next", "llava_next_video", "llava_onevision")},
     # (their speech encoder reads stacked frames, as wav2vec2-BERT's: no Whisper spectrogram)
     **{(t, "speech-seq2seq"): dict(num_mel_bins=None) for t in ("seamless_m4t",
                                                                 "seamless_m4t_v2")},
@@ -402,10 +434,9 @@ def vlm_inputs(model, torch) -> dict:
     """Token ids with one image's tokens in them, and the image (noise, of the vision
     tower's size; and that size, when the forward fails without its ``image_sizes``): as
     many image tokens as the model makes features of it, found by asking (Hugging Face says
-    "... tokens: 32, features: 512" when they do not match, both counted in the same units);
+    "... tokens: 32, features: 512" when they do not match, both counted in the same units,
+    or the features in numbers: LLaVA's "tokens: 512, features: 512" means 16 tokens);
     a model that wants images per sample (``(batch, images, C, H, W)``) gets them so."""
-    import inspect
-
     cfg = model.config
     token = next((v for k in ("image_token_id", "image_token_index")
                   if isinstance(v := getattr(cfg, k, None), int)), None)
@@ -416,24 +447,50 @@ def vlm_inputs(model, torch) -> dict:
     size = size[0] if isinstance(size, (list, tuple)) else size
     pixels = torch.randn(1, getattr(vision, "num_channels", 3), size, size)
     extra: dict = {}
+    hidden = getattr(getattr(cfg, "text_config", cfg), "hidden_size", 0) or 1
     n = getattr(cfg, "mm_tokens_per_image", None) or getattr(cfg, "image_seq_length", None) or 1
+    params = inspect.signature(model.forward).parameters
+    if "image_grid_thw" in params:  # Qwen-VL's flattened patches on a (frames, h, w) grid
+        merge = getattr(vision, "spatial_merge_size", 1) or 1
+        frames = getattr(vision, "temporal_patch_size", 1) or 1
+        channels = getattr(vision, "in_channels", None) or getattr(vision, "num_channels", 3)
+        side, patch = 2 * merge, vision.patch_size
+        pixels = torch.randn(side * side, channels * frames * patch * patch)
+        extra, n = {"image_grid_thw": torch.tensor([[1, side, side]])}, 4
+    if "aspect_ratio_ids" in params:  # Mllama's tiles: one image of one tile, one token
+        pixels = pixels[:, None, None]
+        extra = {"aspect_ratio_ids": torch.tensor([[1]]),
+                 "aspect_ratio_mask": torch.tensor([[[1]]])}
     for _ in range(4):
         x = {"input_ids": torch.tensor([[5, 6] + [token] * n + [7, 8]]), "pixel_values": pixels,
              **extra}
+        if "aspect_ratio_ids" in params:  # (every token attends to the image's one tile)
+            x["cross_attention_mask"] = torch.ones(1, n + 4, 1, 1, dtype=torch.long)
+        if "mm_token_type_ids" in params:  # (multimodal RoPE: 1 at image tokens)
+            x["mm_token_type_ids"] = (x["input_ids"] == token).long()
         try:
             with torch.no_grad():
                 model(**x)
             return x
         except Exception as exc:  # noqa: BLE001 (the count is in the message, or it fails)
             counts = re.search(r"tokens:?\s*(\d+),?\s*features:?\s*(\d+)", str(exc))
+            patches = re.search(r"split_sizes to sum exactly to (\d+) \(input tensor's size "
+                                r"at dimension 0\), but got split_sizes=\[(\d+)\]", str(exc))
             if "expected 5, got 4" in str(exc) and pixels.dim() == 4:
                 pixels = pixels[:, None]
-            elif not extra and "image_sizes" in inspect.signature(model.forward).parameters \
+            elif patches and pixels.dim() in (4, 5):
+                # LLaVA-NeXT's image as the patches of its grid: as many as it asks for
+                pixels = torch.randn(1, int(patches.group(2)), *pixels.shape[-3:])
+            elif not extra and "image_sizes" in params \
                     and isinstance(exc, TypeError):  # (None where the sizes were wanted)
                 extra = {"image_sizes": torch.tensor([[size, size]])}
             elif counts and int(counts.group(1)) and int(counts.group(2)) * n % int(
                     counts.group(1)) == 0 and int(counts.group(2)) * n // int(counts.group(1)) != n:
                 n = int(counts.group(2)) * n // int(counts.group(1))
+            elif counts and counts.group(1) == counts.group(2) and n % hidden == 0:
+                # equal and still wrong: the features were counted as numbers (LLaVA counts
+                # its 2-D features' numel), the tokens as tokens
+                n //= hidden
             else:
                 raise
     raise ValueError("no count of image tokens matched the image's features")
@@ -491,6 +548,7 @@ def run_one(model_type: str, tf, torch, seconds: int, task: str = "causal-lm",
 
     row: dict = {}
     late = []
+    stage = "config"  # where it stopped: the sweep's config, its inputs, or DepView
 
     def alarm(*_args):
         late.append(True)
@@ -506,6 +564,11 @@ def run_one(model_type: str, tf, torch, seconds: int, task: str = "causal-lm",
         small = OWN[model_type] if model_type in OWN else {**SMALL, **extra}
         # (a copy: a config may write into the sub-config dicts it is given, and those are
         # shared: Qwen3-VL's left its vision model type in VISION for Gemma 3 after it)
+        classes = getattr(modeling_auto, mapping)[model_type]
+        if task == "image-text-to-text" and "image_grid_thw" in inspect.signature(getattr(
+                tf, classes[0] if isinstance(classes, tuple) else classes).forward).parameters:
+            # (a type's own sub-config keys win: Qwen3.5's hybrid text layers)
+            small = {**small, **{k: {**v, **small.get(k, {})} for k, v in GRID.items()}}
         small = copy.deepcopy({**small, **TASK_OWN.get((model_type, task), {})})
         try:
             cfg = tf.AutoConfig.for_model(model_type, **small)
@@ -514,7 +577,6 @@ def run_one(model_type: str, tf, torch, seconds: int, task: str = "causal-lm",
                                                          if k != "head_dim"})
         if getattr(cfg, "num_labels", 10) != 10:
             cfg.num_labels = 10
-        classes = getattr(modeling_auto, mapping)[model_type]
         if isinstance(classes, tuple) and not cfg.architectures:  # (from_config needs one)
             cfg.architectures = [classes[0]]
 
@@ -533,9 +595,14 @@ def run_one(model_type: str, tf, torch, seconds: int, task: str = "causal-lm",
             model = build(cfg)
         if getattr(cfg, "languages", None) and hasattr(model, "set_default_language"):
             model.set_default_language(cfg.languages[0])  # (X-MOD's adapters: one language)
+        stage = "inputs"  # (a plain forward: these fail without DepView)
         inputs = vlm_inputs(model, torch) if task == "image-text-to-text" else \
             text_image_inputs(model, torch) if task == "zero-shot-image-classification" else \
             example_inputs(model, torch)
+        if task != "image-text-to-text":  # (that task's inputs were found by running it)
+            with torch.no_grad():
+                model(**inputs)
+        stage = "DepView"
         try:
             p = Pruner(model, inputs, free_outputs=free)
         except DepViewError as exc:  # (a type without those outputs: none free)
@@ -560,16 +627,18 @@ def run_one(model_type: str, tf, torch, seconds: int, task: str = "causal-lm",
         short = any(out_of_memory(e) for e in (exc, exc.__cause__) if e is not None)
         row["error"] = "out of memory under the address limit" if short else \
             f"{type(exc).__name__}: {first[:160]}"
+        row["stage"] = stage
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
     if late:  # (whatever it finished with ran past a swallowed timeout)
-        row = {"error": f"timeout after {seconds} s"}
+        row = {"error": f"timeout after {seconds} s", "stage": stage}
     return row
 
 
 def _line(name: str, row: dict) -> str:
     if "error" in row:
-        return f"{name:<28} error: {row['error']}"
+        where = f" ({row['stage']})" if "stage" in row else ""
+        return f"{name:<28} error{where}: {row['error']}"
     return (f"{name:<28} groups {row['prunable']:>3}/{row['groups']:<3} removed "
             f"{row['removed']:>6}  params after {row['params']:>10,}  masked {row['masked']}")
 
@@ -614,12 +683,20 @@ def main(argv=None) -> int:
     pruned = [r for r in rows.values() if "error" not in r]
     verdicts = {v: sum(r["masked"] == v for r in pruned) for v in ("ok", "exact ok", "skip",
                                                                  "FAILED")}
+    stages = {s: sum(r.get("stage") == s for r in rows.values())
+              for s in ("config", "inputs", "DepView")}
     print(f"{len(pruned)}/{len(rows)} built and pruned; masked equivalence: "
-          + ", ".join(f"{n} {v}" for v, n in verdicts.items()))
+          + ", ".join(f"{n} {v}" for v, n in verdicts.items())
+          + "; stopped at the sweep's config " + str(stages["config"]) + ", its inputs "
+          + str(stages["inputs"]) + ", in DepView " + str(stages["DepView"]))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     if before is not None:
-        changed = [n for n in rows if n in before and before[n] != rows[n]]
+        def same(a, b):  # (earlier runs did not say where a row stopped)
+            return {k: v for k, v in a.items() if k != "stage"} == \
+                {k: v for k, v in b.items() if k != "stage"}
+
+        changed = [n for n in rows if n in before and not same(before[n], rows[n])]
         for n in changed:
             print(f"changed {n}:\n  before {_line(n, before[n])}\n  after  {_line(n, rows[n])}")
         print(f"{len(changed)} of {sum(n in before for n in rows)} compared rows changed")
