@@ -132,4 +132,26 @@ def test_type_sweep_runs_on_two_types_compares_and_refuses_an_unknown_one(tmp_pa
                           "perceiver", "--seconds", "2", "--json", str(first)],
                          capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert json.loads(first.read_text())["perceiver"] == {"error": "timeout after 2 s"}
+    row = json.loads(first.read_text())["perceiver"]
+    assert row["error"] == "timeout after 2 s" and row["stage"] in ("config", "inputs",
+                                                                    "DepView"), row
+    # a vision-language model given an image and its tokens: LLaVA counts its features in
+    # numbers ("tokens: 512, features: 512" for 16 image tokens of a 32-wide model)
+    res = subprocess.run([sys.executable, script, "--task", "image-text-to-text", "--types",
+                          "llava", "--json", str(first)], capture_output=True, text=True,
+                         timeout=300, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-2000:]
+    llava = json.loads(first.read_text())["llava"]
+    assert llava.get("prunable", 0) > 0 and llava["masked"] in ("ok", "exact ok"), llava
+    assert "in DepView 0" in res.stdout
+
+
+def test_type_sweep_rows_say_where_a_type_stopped():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import type_sweep
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    assert type_sweep._line("x", {"error": "E: no", "stage": "inputs"}).endswith(
+        "error (inputs): E: no")
+    assert type_sweep._line("x", {"error": "E: no"}).endswith("error: E: no")  # (older runs)
