@@ -393,6 +393,9 @@ TASK_OWN = {
     ("qwen3_5_moe", "image-text-to-text"): dict(text_config=dict(
         GRID["text_config"], **HYBRID, num_experts=4, num_experts_per_tok=2,
         moe_intermediate_size=16, shared_expert_intermediate_size=16)),
+    # (their audio encoders, not run here, otherwise keep their 640M-parameter defaults)
+    **{(t, "image-text-to-text"): dict(audio_config=dict(AUDIO, output_dim=32))
+       for t in ("qwen2_5_omni_thinker", "qwen3_omni_moe_thinker")},
     # (an image's grid of patches: the one 32x32 resolution, not the 336-pixel defaults)
     **{(t, "image-text-to-text"): dict(image_grid_pinpoints=[[32, 32]])
        for t in ("llava_next", "llava_next_video", "llava_onevision")},
