@@ -35,7 +35,6 @@ import inspect
 import json
 import logging
 import os
-import re
 import resource
 import signal
 import sys
@@ -434,69 +433,14 @@ def text_image_inputs(model, torch) -> dict:
 
 
 def vlm_inputs(model, torch) -> dict:
-    """Token ids with one image's tokens in them, and the image (noise, of the vision
-    tower's size; and that size, when the forward fails without its ``image_sizes``): as
-    many image tokens as the model makes features of it, found by asking (Hugging Face says
-    "... tokens: 32, features: 512" when they do not match, both counted in the same units,
-    or the features in numbers: LLaVA's "tokens: 512, features: 512" means 16 tokens);
-    a model that wants images per sample (``(batch, images, C, H, W)``) gets them so."""
-    cfg = model.config
-    token = next((v for k in ("image_token_id", "image_token_index")
-                  if isinstance(v := getattr(cfg, k, None), int)), None)
-    if token is None:
-        raise ValueError("no image token id in its config")
-    vision = getattr(cfg, "vision_config", None)
-    size = getattr(vision, "image_size", 32)
-    size = size[0] if isinstance(size, (list, tuple)) else size
-    pixels = torch.randn(1, getattr(vision, "num_channels", 3), size, size)
-    extra: dict = {}
-    hidden = getattr(getattr(cfg, "text_config", cfg), "hidden_size", 0) or 1
-    n = getattr(cfg, "mm_tokens_per_image", None) or getattr(cfg, "image_seq_length", None) or 1
-    params = inspect.signature(model.forward).parameters
-    if "image_grid_thw" in params:  # Qwen-VL's flattened patches on a (frames, h, w) grid
-        merge = getattr(vision, "spatial_merge_size", 1) or 1
-        frames = getattr(vision, "temporal_patch_size", 1) or 1
-        channels = getattr(vision, "in_channels", None) or getattr(vision, "num_channels", 3)
-        side, patch = 2 * merge, vision.patch_size
-        pixels = torch.randn(side * side, channels * frames * patch * patch)
-        extra, n = {"image_grid_thw": torch.tensor([[1, side, side]])}, 4
-    if "aspect_ratio_ids" in params:  # Mllama's tiles: one image of one tile, one token
-        pixels = pixels[:, None, None]
-        extra = {"aspect_ratio_ids": torch.tensor([[1]]),
-                 "aspect_ratio_mask": torch.tensor([[[1]]])}
-    for _ in range(4):
-        x = {"input_ids": torch.tensor([[5, 6] + [token] * n + [7, 8]]), "pixel_values": pixels,
-             **extra}
-        if "aspect_ratio_ids" in params:  # (every token attends to the image's one tile)
-            x["cross_attention_mask"] = torch.ones(1, n + 4, 1, 1, dtype=torch.long)
-        if "mm_token_type_ids" in params:  # (multimodal RoPE: 1 at image tokens)
-            x["mm_token_type_ids"] = (x["input_ids"] == token).long()
-        try:
-            with torch.no_grad():
-                model(**x)
-            return x
-        except Exception as exc:  # noqa: BLE001 (the count is in the message, or it fails)
-            counts = re.search(r"tokens:?\s*(\d+),?\s*features:?\s*(\d+)", str(exc))
-            patches = re.search(r"split_sizes to sum exactly to (\d+) \(input tensor's size "
-                                r"at dimension 0\), but got split_sizes=\[(\d+)\]", str(exc))
-            if "expected 5, got 4" in str(exc) and pixels.dim() == 4:
-                pixels = pixels[:, None]
-            elif patches and pixels.dim() in (4, 5):
-                # LLaVA-NeXT's image as the patches of its grid: as many as it asks for
-                pixels = torch.randn(1, int(patches.group(2)), *pixels.shape[-3:])
-            elif not extra and "image_sizes" in params \
-                    and isinstance(exc, TypeError):  # (None where the sizes were wanted)
-                extra = {"image_sizes": torch.tensor([[size, size]])}
-            elif counts and int(counts.group(1)) and int(counts.group(2)) * n % int(
-                    counts.group(1)) == 0 and int(counts.group(2)) * n // int(counts.group(1)) != n:
-                n = int(counts.group(2)) * n // int(counts.group(1))
-            elif counts and counts.group(1) == counts.group(2) and n % hidden == 0:
-                # equal and still wrong: the features were counted as numbers (LLaVA counts
-                # its 2-D features' numel), the tokens as tokens
-                n //= hidden
-            else:
-                raise
-    raise ValueError("no count of image tokens matched the image's features")
+    """Token ids with one image's tokens in them, and the image, as DepView makes them for a
+    vision-language model directory given no inputs (:mod:`viewer.core.vlminputs`)."""
+    from viewer.core.vlminputs import NoImageInputsError, image_text_inputs
+
+    try:
+        return image_text_inputs(model, torch.Generator().manual_seed(0))
+    except NoImageInputsError as exc:
+        raise ValueError(f"no image it runs on: {exc}") from None
 
 
 def example_inputs(model, torch) -> dict:

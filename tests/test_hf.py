@@ -1532,12 +1532,15 @@ def test_hf_config_is_fitted_again_in_a_second_round_and_from_pretrained_builds_
         torch.testing.assert_close(hf(input_ids=ids)[0], want)
 
 
-def test_a_llava_directory_with_an_input_file_prunes_its_vision_tower_too(tmp_path):
-    # guessed inputs are text only, so the vision tower never runs and is left whole (43
-    # parameters "never ran"); an input file with the image and its image tokens prunes it
+def test_a_llava_directory_prunes_its_vision_tower_on_guessed_or_given_images(tmp_path):
+    # given no inputs, DepView makes an image and puts its 16 image tokens among the ids
+    # (token ids alone never ran the vision tower: it was left whole); an input file with
+    # the image and its tokens does the same with real data. The guessed inputs' values
+    # matter, so the export keeps them (inputs.safetensors), and check reloads on them
     from safetensors.torch import save_file
 
     from viewer.cli import main
+    from viewer.core.spec import load_model
 
     torch.manual_seed(0)
     transformers.LlavaForConditionalGeneration(_tiny_llava_config(1)).save_pretrained(
@@ -1546,12 +1549,40 @@ def test_a_llava_directory_with_an_input_file_prunes_its_vision_tower_too(tmp_pa
     ids[:, :16] = 99  # one image: 16 patches
     save_file({"input_ids": ids, "pixel_values": torch.randn(1, 3, 32, 32)},
               str(tmp_path / "x.safetensors"))
+    lm = load_model(str(tmp_path / "llava"))
+    assert lm.source["guessed_inputs"] == "an image and its 16 image tokens, made up"
+    assert lm.source["inputs"] == ["input_ids=1x20:int64", "pixel_values=1x3x32x32:float32"]
+    assert int((lm.inputs["input_ids"] == 99).sum()) == 16
+    assert lm.description == ("LlavaForConditionalGeneration from llava (on an image and its "
+                              "16 image tokens, made up)")
     for out, extra in (("guessed", []), ("given", ["--input-file",
                                                    str(tmp_path / "x.safetensors")])):
         assert main(["prune", str(tmp_path / "llava"), "--ratio", "0.5", "--out",
                      str(tmp_path / out), *extra]) == 0
-    cut = {out: [k for k in json.loads((tmp_path / out / "plan.json").read_text())["tensors"]
-                 if "vision_tower" in k] for out in ("guessed", "given")}
-    assert cut["guessed"] == [] and "model.vision_tower.encoder.layers.0.mlp.fc1.weight" in \
-        cut["given"]
-    assert main(["check", str(tmp_path / "given")]) == 0
+        cut = [k for k in json.loads((tmp_path / out / "plan.json").read_text())["tensors"]
+               if "vision_tower" in k]
+        assert "model.vision_tower.encoder.layers.0.mlp.fc1.weight" in cut, out
+        assert (tmp_path / out / "inputs.safetensors").is_file()
+        assert main(["check", str(tmp_path / out)]) == 0
+    reloaded = load_pruned(tmp_path / "guessed")
+    assert reloaded.model.vision_tower.encoder.layers[0].mlp.fc1.out_features == 32
+
+
+def test_a_vision_language_directory_that_runs_on_no_made_image_runs_on_text(
+        tmp_path, monkeypatch):
+    # when no image DepView makes runs, the ids alone do, and the header says so
+    from viewer.core import vlminputs
+    from viewer.core.spec import load_model
+
+    torch.manual_seed(0)
+    transformers.LlavaForConditionalGeneration(_tiny_llava_config(1)).save_pretrained(
+        tmp_path / "llava")
+
+    def fail(*_args, **_kwargs):
+        raise vlminputs.NoImageInputsError("ValueError: no")
+
+    monkeypatch.setattr(vlminputs, "image_text_inputs", fail)
+    lm = load_model(str(tmp_path / "llava"))
+    assert "guessed_inputs" not in lm.source and lm.source["inputs"] == ["1x16:int64"]
+    assert lm.description.endswith("(text only: it ran on no image DepView made (ValueError: "
+                                   "no); give one with --input-file)"), lm.description

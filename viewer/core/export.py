@@ -250,7 +250,8 @@ def export_dir(pruner: Pruner, plan: Plan, pruned: nn.Module, out_dir: str | Pat
             report["dtype"] = stored
         if timing is not None:
             report["timing"] = timing
-        if source["spec"] is None or source.get("input_file"):  # (nothing to remake them from)
+        if source["spec"] is None or source.get("input_file") or source.get("guessed_inputs"):
+            # (nothing to remake them from, or their values matter: an image's tokens)
             report["inputs"] = _write_inputs(pruner.inputs, stage / INPUTS_FILE)
         report["weights_sha256"] = _sha256(stage / "model.safetensors")
         report["output_digest"] = output_digest(run(pruned, pruner.inputs), pruner.inputs)
@@ -860,11 +861,15 @@ def rebuild(path: str | Path, search: bool = True, originals: dict | None = None
     weights = None
     example = None
     inputs = src.get("inputs") or None
-    if src.get("input_file"):  # given as a file (real data): the copy the export holds
+    if src.get("input_file") or src.get("guessed_inputs"):
+        # given as a file (real data), or made with values that matter (an image's tokens
+        # among the ids): the copy the export holds
         example, inputs = _recorded_inputs(path), None
         if example is None:
+            made = f"from {src['input_file']}" if src.get("input_file") else \
+                src["guessed_inputs"]
             raise DepViewError(f"{path} lacks {INPUTS_FILE}, the example inputs its model was "
-                               f"pruned on (from {src['input_file']})")
+                               f"pruned on ({made})")
     if src["spec"] is None:  # built in-process, its code named now: its recorded inputs
         example = _recorded_inputs(path)
         if originals is not None:

@@ -385,6 +385,7 @@ def _load_model(spec: str, kwargs: dict, weights: str | None, device: str, seed:
     output_layers: list[str] = []
     description = ""
     folder = None
+    guessed = None
     if spec.startswith("demo:"):
         import demo_models
 
@@ -402,7 +403,13 @@ def _load_model(spec: str, kwargs: dict, weights: str | None, device: str, seed:
             folder.resolve().name
         description = f"{type(model).__name__} from {where}"
         if not input_specs and given is None:
-            input_specs, names = _hf_inputs(model, folder, device)
+            given, guessed = _hf_image_text(model, device, seed)
+            if given is not None:  # (a vision-language model)
+                description += f" (on {guessed})"
+            else:
+                input_specs, names = _hf_inputs(model, folder, device)
+                if guessed:  # (a vision-language model run on token ids alone)
+                    description += f" (text only: {guessed})"
     else:
         factory = _resolve_attr(spec)
         if recorded and (why := recorded_refusal(spec, factory)):
@@ -449,6 +456,9 @@ def _load_model(spec: str, kwargs: dict, weights: str | None, device: str, seed:
         source["module_dir"] = where  # (the same, for a module of the user's own)
     if folder is not None:  # (the same, for a model directory)
         source["dir"] = str(folder.resolve())
+    if guessed and given is not None:  # (values that matter: an export keeps them whole)
+        source["inputs"] = describe_inputs(example)
+        source["guessed_inputs"] = guessed
     if stored:
         source["dtype"] = stored
     if run_dtype != torch.float32:
@@ -817,6 +827,29 @@ def _hf_input_candidates(model: nn.Module) -> list[list[tuple[str, tuple[int, ..
     if main == "input_ids" and "pixel_values" in params and (image := _image_input(cfg)):
         out.append([first, image, *extra])
     return out
+
+
+def _hf_image_text(model: nn.Module, device: str, seed: int) -> tuple[dict | None, str | None]:
+    """For a vision-language model given no inputs: token ids holding an image's tokens and
+    the image (:mod:`viewer.core.vlminputs`), and what they are ("an image and its 16 image
+    tokens"); or None and why it ran on no image (None, None: not such a model, or on
+    ``meta``, where nothing can count its image features)."""
+    from .vlminputs import NoImageInputsError, image_text_inputs, wants_image
+
+    if device == "meta" or not wants_image(model):
+        return None, None
+    own = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+
+    def run_once(m, x):
+        with torch.no_grad(), torch.random.fork_rng(devices=[]), _quiet_hf():
+            m(**floats_as(x, own))
+
+    try:
+        example = image_text_inputs(model, torch.Generator().manual_seed(seed), run_once)
+    except NoImageInputsError as exc:
+        return None, f"it ran on no image DepView made ({exc}); give one with --input-file"
+    n = int((example["input_ids"] == example["input_ids"][0, 2]).sum())
+    return example, f"an image and its {n} image tokens, made up"
 
 
 def _hf_inputs(model: nn.Module, folder: Path, device: str
