@@ -68,6 +68,10 @@ def test_only_offered_specs_can_be_loaded():
     why = store.source_refusal({"spec": "llava", "inputs": ["input_ids=1x24:int64"],
                                 "input_file": "/data/x.safetensors"})
     assert why.endswith("start it with --model llava --input-file /data/x.safetensors"), why
+    # an image and its tokens made for a vision-language model are made again, not shapes
+    why = store.source_refusal({"spec": "llava", "inputs": ["input_ids=1x20:int64"],
+                                "guessed_inputs": "an image and its 16 image tokens"})
+    assert why.endswith("start it with --model llava"), why
     store2 = SessionStore([ModelEntry("pkg.mod:Net", kwargs='{"width": 4}')])
     assert store2.source_refusal({"spec": "pkg.mod:Net", "kwargs": {"width": 4}}) is None
     # the spec is offered, only its kwargs differ: say so, and how to start the server

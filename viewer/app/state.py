@@ -343,6 +343,8 @@ class SessionStore:
                 f" --input {x}" for x in source.get("inputs") or [] if isinstance(x, str))
             if isinstance(source.get("input_file"), str):  # (the zip holds a copy of it)
                 inputs = f" --input-file {source['input_file']}"
+            elif source.get("guessed_inputs"):  # (made again: an image and its tokens)
+                inputs = ""
             kw = f" --kwargs '{json.dumps(kwargs)}'" if kwargs else ""
             return (f"this export was pruned from {spec!r}, which this server does not offer: "
                     f"start it with --model {spec}{inputs}{kw}")
