@@ -396,6 +396,9 @@ TASK_OWN = {
     # (their audio encoders, not run here, otherwise keep their 640M-parameter defaults)
     **{(t, "image-text-to-text"): dict(audio_config=dict(AUDIO, output_dim=32))
        for t in ("qwen2_5_omni_thinker", "qwen3_omni_moe_thinker")},
+    # (its vision attention's kv heads and head size have defaults of their own)
+    ("gemma4", "image-text-to-text"): dict(vision_config=dict(VISION, num_key_value_heads=4,
+                                                              head_dim=8)),
     # (an image's grid of patches: the one 32x32 resolution, not the 336-pixel defaults)
     **{(t, "image-text-to-text"): dict(image_grid_pinpoints=[[32, 32]])
        for t in ("llava_next", "llava_next_video", "llava_onevision")},

@@ -84,3 +84,18 @@ def test_a_model_that_runs_on_no_image_says_why_and_a_text_model_wants_none():
     assert wants_image(model) and not wants_image(text)
     with pytest.raises(NoImageInputsError, match="reads no image"):
         image_text_inputs(text, torch.Generator())
+
+
+def test_gemma4_gets_patches_with_their_places():
+    torch.manual_seed(0)
+    vis = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+               num_attention_heads=4, num_key_value_heads=4, head_dim=8, image_size=32,
+               patch_size=8)
+    cfg = transformers.AutoConfig.for_model("gemma4", text_config=TEXT, vision_config=vis,
+                                            image_token_id=110)
+    model = transformers.AutoModelForImageTextToText.from_config(cfg).eval()
+    x = image_text_inputs(model, torch.Generator().manual_seed(0))
+    k = cfg.vision_config.pooling_kernel_size  # (3: 3 x 3 patches pool to one token)
+    assert x["pixel_values"].shape == (1, 4 * k * k, 3 * 8 * 8)
+    assert x["image_position_ids"][0, :3].tolist() == [[0, 0], [1, 0], [2, 0]]
+    assert int((x["input_ids"] == 110).sum()) == 4

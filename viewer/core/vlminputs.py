@@ -5,8 +5,9 @@ the text model only, leaving the vision tower unseen, so unpruned.
 The image takes the form the model's forward asks for: ``pixel_values`` of one image
 (LLaVA, Gemma 3, PaliGemma, InternVL), the patches of an image grid with ``image_sizes``
 (LLaVA-NeXT), flattened patches on a ``(frames, h, w)`` grid with ``image_grid_thw``
-(Qwen2-VL and its kin, GLM-4V) and ``mm_token_type_ids`` where the forward reads them, or
-one tile with its aspect ratio (Mllama). The image token count is what the model makes
+(Qwen2-VL and its kin, GLM-4V) and ``mm_token_type_ids`` where the forward reads them, patches
+with their places in ``image_position_ids`` (Gemma 4), or one tile with its aspect ratio
+(Mllama). The image token count is what the model makes
 features of: asked of its ``get_image_features``, and corrected from the error Hugging Face
 raises when tokens and features do not match ("tokens: 16, features: 4").
 """
@@ -121,6 +122,14 @@ def _image(vision, params: set[str], gen: torch.Generator) -> tuple[torch.Tensor
         side, patch = 2 * merge, vision.patch_size
         return (torch.randn(side * side, channels * frames * patch * patch, generator=gen),
                 {"image_grid_thw": torch.tensor([[1, side, side]])})
+    if "image_position_ids" in params and isinstance(getattr(vision, "patch_size", None), int):
+        # Gemma 4: the patches of one image and their (x, y) places, a 2 x 2 grid of what
+        # its pooler makes one token of
+        pool = getattr(vision, "pooling_kernel_size", 1) or 1
+        side, patch = 2 * pool, vision.patch_size
+        ys, xs = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+        return (torch.randn(1, side * side, channels * patch * patch, generator=gen),
+                {"image_position_ids": torch.stack([xs.flatten(), ys.flatten()], -1)[None]})
     size = getattr(vision, "image_size", None)
     size = size[0] if isinstance(size, (list, tuple)) and size else size
     size = size if isinstance(size, int) and size > 0 else 224
