@@ -99,3 +99,16 @@ def test_gemma4_gets_patches_with_their_places():
     assert x["pixel_values"].shape == (1, 4 * k * k, 3 * 8 * 8)
     assert x["image_position_ids"][0, :3].tolist() == [[0, 0], [1, 0], [2, 0]]
     assert int((x["input_ids"] == 110).sum()) == 4
+
+
+def test_instructblip_gets_text_for_its_q_former_too():
+    torch.manual_seed(0)
+    cfg = transformers.InstructBlipConfig(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                           num_attention_heads=4, image_size=32, patch_size=8),
+        qformer_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                            num_attention_heads=4, encoder_hidden_size=32, vocab_size=120),
+        text_config=dict(TEXT, model_type="llama"), num_query_tokens=4, image_token_index=110)
+    model = transformers.InstructBlipForConditionalGeneration(cfg).eval()
+    x = image_text_inputs(model, torch.Generator().manual_seed(0))
+    assert x["qformer_input_ids"].shape == (1, 4) and int((x["input_ids"] == 110).sum()) == 4

@@ -3,11 +3,11 @@ image's tokens in them, and the image (noise of the vision tower's size). Token 
 the text model only, leaving the vision tower unseen, so unpruned.
 
 The image takes the form the model's forward asks for: ``pixel_values`` of one image
-(LLaVA, Gemma 3, PaliGemma, InternVL), the patches of an image grid with ``image_sizes``
-(LLaVA-NeXT), flattened patches on a ``(frames, h, w)`` grid with ``image_grid_thw``
-(Qwen2-VL and its kin, GLM-4V) and ``mm_token_type_ids`` where the forward reads them, patches
-with their places in ``image_position_ids`` (Gemma 4), or one tile with its aspect ratio
-(Mllama). The image token count is what the model makes
+(LLaVA, Gemma 3, PaliGemma, InternVL; InstructBLIP with ``qformer_input_ids``), the patches
+of an image grid with ``image_sizes`` (LLaVA-NeXT), flattened patches on a ``(frames, h, w)``
+grid with ``image_grid_thw`` (Qwen2-VL and its kin, GLM-4V) and ``mm_token_type_ids`` where
+the forward reads them, patches with their places in ``image_position_ids`` (Gemma 4), or
+one tile with its aspect ratio (Mllama). The image token count is what the model makes
 features of: asked of its ``get_image_features``, and corrected from the error Hugging Face
 raises when tokens and features do not match ("tokens: 16, features: 4").
 """
@@ -57,9 +57,12 @@ def image_text_inputs(model: nn.Module, gen: torch.Generator, run=None) -> dict:
     cfg, params = model.config, _params(model)
     token, vision = image_token(cfg), cfg.vision_config
     pixels, extra = _image(vision, params, gen)
+    if "qformer_input_ids" in params:  # (InstructBLIP's Q-Former reads text too)
+        extra["qformer_input_ids"] = torch.ones(1, 4, dtype=torch.long)
     hidden = getattr(getattr(cfg, "text_config", cfg), "hidden_size", 0) or 1
-    n = _feature_count(model, pixels, extra) or getattr(cfg, "mm_tokens_per_image", None) \
-        or getattr(cfg, "image_seq_length", None) or 1
+    n = _feature_count(model, pixels, extra) or next(
+        (v for k in ("mm_tokens_per_image", "image_seq_length", "num_query_tokens")
+         if isinstance(v := getattr(cfg, k, None), int) and v > 0), 1)
     run = run or _run
     failure = "no try"
     for _ in range(TRIES):
