@@ -329,7 +329,8 @@ OWN = {
     # speech LLMs built for seq2seq LM: a small audio encoder beside a small text model (built
     # but not run: the sweep gives token ids only)
     **{t: dict(audio_config=AUDIO, text_config=dict(TEXT, pad_token_id=0))
-       for t in ("qwen2_audio", "voxtral", "audioflamingo3", "glmasr", "qwen3_asr")},
+       for t in ("qwen2_audio", "voxtral", "audioflamingo3", "glmasr", "qwen3_asr",
+                 "omniasr")},
     # hybrids of linear and full attention: with two layers, both were linear, and the causal
     # mask of the full-attention layers they build found no such layer
     "qwen3_5_text": dict(SMALL, **HYBRID),
