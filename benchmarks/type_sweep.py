@@ -394,6 +394,13 @@ TASK_OWN = {
     ("qwen3_5_moe", "image-text-to-text"): dict(text_config=dict(
         GRID["text_config"], **HYBRID, num_experts=4, num_experts_per_tok=2,
         moe_intermediate_size=16, shared_expert_intermediate_size=16)),
+    # (its image and audio embedders, not run on token ids, otherwise keep their defaults:
+    # 870M parameters, at the edge of the 8 GB limit)
+    ("phi4_multimodal", "causal-lm"): dict(
+        SMALL, pad_token_id=0, vision_config=VISION,
+        audio_config=dict(hidden_size=32, intermediate_size=64, num_blocks=2,
+                          num_attention_heads=4, ext_pw_out_channel=32,
+                          depthwise_separable_out_channel=32, nemo_conv_channels=32)),
     # (their audio encoders, not run here, otherwise keep their 640M-parameter defaults)
     **{(t, "image-text-to-text"): dict(audio_config=dict(AUDIO, output_dim=32))
        for t in ("qwen2_5_omni_thinker", "qwen3_omni_moe_thinker")},
