@@ -834,7 +834,7 @@ def _hf_image_text(model: nn.Module, device: str, seed: int) -> tuple[dict | Non
     the image (:mod:`viewer.core.vlminputs`), and what they are ("an image and its 16 image
     tokens"); or None and why it ran on no image (None, None: not such a model, or on
     ``meta``, where nothing can count its image features)."""
-    from .vlminputs import NoImageInputsError, image_text_inputs, wants_image
+    from .vlminputs import NoImageInputsError, image_text_inputs, image_token, wants_image
 
     if device == "meta" or not wants_image(model):
         return None, None
@@ -848,7 +848,7 @@ def _hf_image_text(model: nn.Module, device: str, seed: int) -> tuple[dict | Non
         example = image_text_inputs(model, torch.Generator().manual_seed(seed), run_once)
     except NoImageInputsError as exc:
         return None, f"it ran on no image DepView made ({exc}); give one with --input-file"
-    n = int((example["input_ids"] == example["input_ids"][0, 2]).sum())
+    n = int((example["input_ids"] == image_token(model.config)).sum())
     return example, f"an image and its {n} image tokens, made up"
 
 

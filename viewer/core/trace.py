@@ -751,8 +751,7 @@ class _Tracer(TorchFunctionMode):
                 nums += [v for v in kwargs.values() if type(v) in _NUMBERS]
             if nums:
                 node.attrs = {"scalars": tuple(nums)}
-        if name == "topk" and (args[3] if len(args) > 3 else (kwargs or {}).get("largest",
-                                                                               True)) is False:
+        if name == "topk" and (args[3] if len(args) > 3 else kwargs.get("largest")) is False:
             # ``topk(k, largest=False)`` picks the smallest (a bool: not among the scalars)
             node.attrs = {**node.attrs, "smallest": True}
         if written is not None:

@@ -150,10 +150,12 @@ def _feature_count(model: nn.Module, pixels: torch.Tensor, extra: dict) -> int |
         getattr(getattr(model, "model", None), "get_image_features", None)
     if get is None:
         return None
+    own = next((p.dtype for p in model.parameters() if p.is_floating_point()), pixels.dtype)
     try:
         takes = set(inspect.signature(get).parameters)
-        with torch.no_grad():
-            out = get(pixel_values=pixels, **{k: v for k, v in extra.items() if k in takes})
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            out = get(pixel_values=pixels.to(own),  # (a model run in bfloat16)
+                      **{k: v for k, v in extra.items() if k in takes})
     except Exception:  # (a guess to start from: the forward's error corrects it)
         return None
     out = getattr(out, "pooler_output", None) if not isinstance(
