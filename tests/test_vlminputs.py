@@ -112,3 +112,28 @@ def test_instructblip_gets_text_for_its_q_former_too():
     model = transformers.InstructBlipForConditionalGeneration(cfg).eval()
     x = image_text_inputs(model, torch.Generator().manual_seed(0))
     assert x["qformer_input_ids"].shape == (1, 4) and int((x["input_ids"] == 110).sum()) == 4
+
+
+def test_flattened_patches_take_the_width_their_patch_embedding_reads():
+    # Cosmos 3 edge's (and ERNIE 4.5 VL's) patches have no frames: 3 x 8 x 8 numbers, not
+    # the 2 x 3 x 8 x 8 its config's temporal_patch_size says; torch's error names the width
+    from types import SimpleNamespace
+
+    class Grid(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            vision = SimpleNamespace(patch_size=8, temporal_patch_size=2, spatial_merge_size=2,
+                                     in_channels=3)
+            self.config = SimpleNamespace(image_token_id=7, vision_config=vision)
+            self.embed = torch.nn.Linear(3 * 8 * 8, 4)
+
+        def forward(self, input_ids, pixel_values, image_grid_thw):
+            features = self.embed(pixel_values).reshape(-1, 16)  # 2 x 2 patches to a token
+            tokens = int((input_ids == 7).sum())
+            if tokens != len(features):  # (as Hugging Face says it)
+                raise ValueError(f"Image features and image tokens do not match, tokens: "
+                                 f"{tokens}, features: {len(features)}")
+            return features
+
+    x = image_text_inputs(Grid().eval(), torch.Generator().manual_seed(0))
+    assert x["pixel_values"].shape == (16, 192) and int((x["input_ids"] == 7).sum()) == 4

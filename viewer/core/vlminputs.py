@@ -9,7 +9,8 @@ grid with ``image_grid_thw`` (Qwen2-VL and its kin, GLM-4V) and ``mm_token_type_
 the forward reads them, patches with their places in ``image_position_ids`` (Gemma 4), or
 one tile with its aspect ratio (Mllama). The image token count is what the model makes
 features of: asked of its ``get_image_features``, and corrected from the error Hugging Face
-raises when tokens and features do not match ("tokens: 16, features: 4").
+raises when tokens and features do not match ("tokens: 16, features: 4"); a flattened
+patch's width, from torch's error when the patch embedding reads another.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from torch import nn
 TRIES = 5
 #: "Image features and image tokens do not match, tokens: 512, features: 16"
 _COUNTS = re.compile(r"tokens:?\s*(\d+),?\s*features:?\s*(\d+)")
+#: a flattened patch of another width than the patch embedding's (ERNIE 4.5 VL's patches
+#: have no frames: 3 x 8 x 8 numbers, not 2 x 3 x 8 x 8)
+_WIDTH = re.compile(r"mat1 and mat2 shapes cannot be multiplied \((\d+)x(\d+) and (\d+)x")
 #: LLaVA-NeXT splitting its pixel values into each image's grid patches
 _PATCHES = re.compile(r"split_sizes to sum exactly to (\d+) \(input tensor's size at "
                       r"dimension 0\), but got split_sizes=\[(\d+)\]")
@@ -78,12 +82,16 @@ def image_text_inputs(model: nn.Module, gen: torch.Generator, run=None) -> dict:
         except Exception as exc:  # (its error names what to change, or it is the last)
             failure = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
             text = str(exc)
-            counts, patches = _COUNTS.search(text), _PATCHES.search(text)
+            counts, patches, width = (r.search(text) for r in (_COUNTS, _PATCHES, _WIDTH))
             if "expected 5, got 4" in text and pixels.dim() == 4:  # images per sample
                 pixels = pixels[:, None]
             elif patches and pixels.dim() in (4, 5):  # as many grid patches as it asks for
                 pixels = torch.randn(1, int(patches.group(2)), *pixels.shape[-3:],
                                      generator=gen)
+            elif width and pixels.dim() == 2 and [int(width.group(1)), int(
+                    width.group(2))] == list(pixels.shape) and int(width.group(3)) and \
+                    pixels.shape[1] % int(width.group(3)) == 0:  # flattened patches
+                pixels = torch.randn(pixels.shape[0], int(width.group(3)), generator=gen)
             elif isinstance(exc, TypeError) and "image_sizes" in params and \
                     "image_sizes" not in extra:  # (None where the sizes were wanted)
                 extra = {**extra, "image_sizes": torch.tensor([list(pixels.shape[-2:])])}
