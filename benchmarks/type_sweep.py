@@ -359,7 +359,6 @@ OWN = {
        for t in ("clip", "metaclip_2", "siglip")},
 }
 
-#: what a type's config needs for one task only
 #: vision-language models on a patch grid (their forward takes ``image_grid_thw``): a small
 #: vision tower under each of their names for its sizes, its merger's output the text
 #: model's width, and a multimodal RoPE that fits the text model's 8-wide heads
@@ -370,6 +369,7 @@ GRID = dict(vision_config=dict(VISION, embed_dim=32, depth=2, num_heads=4, out_h
                                                         mrope_section=[2, 1, 1],
                                                         mrope_interleaved=True)))
 
+#: what a type's config needs for one task only
 TASK_OWN = {
     # (the UPerNet head reads 4 layers' outputs)
     **{(t, "semantic-segmentation"): dict(VIT4, out_indices=[1, 2, 3, 4],
@@ -521,13 +521,13 @@ def run_one(model_type: str, tf, torch, seconds: int, task: str = "causal-lm",
     try:
         mapping, auto, extra = TASKS[task]
         small = OWN[model_type] if model_type in OWN else {**SMALL, **extra}
-        # (a copy: a config may write into the sub-config dicts it is given, and those are
-        # shared: Qwen3-VL's left its vision model type in VISION for Gemma 3 after it)
         classes = getattr(modeling_auto, mapping)[model_type]
         if task == "image-text-to-text" and "image_grid_thw" in inspect.signature(getattr(
                 tf, classes[0] if isinstance(classes, tuple) else classes).forward).parameters:
             # (a type's own sub-config keys win: Qwen3.5's hybrid text layers)
             small = {**small, **{k: {**v, **small.get(k, {})} for k, v in GRID.items()}}
+        # (a copy: a config may write into the sub-config dicts it is given, and those are
+        # shared: Qwen3-VL's left its vision model type in VISION for Gemma 3 after it)
         small = copy.deepcopy({**small, **TASK_OWN.get((model_type, task), {})})
         try:
             cfg = tf.AutoConfig.for_model(model_type, **small)
@@ -649,8 +649,8 @@ def main(argv=None) -> int:
               for s in ("config", "inputs", "DepView")}
     print(f"{len(pruned)}/{len(rows)} built and pruned; masked equivalence: "
           + ", ".join(f"{n} {v}" for v, n in verdicts.items())
-          + "; stopped at the sweep's config " + str(stages["config"]) + ", its inputs "
-          + str(stages["inputs"]) + ", in DepView " + str(stages["DepView"]))
+          + f"; stopped at the sweep's config {stages['config']}, its inputs "
+            f"{stages['inputs']}, in DepView {stages['DepView']}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     if before is not None:

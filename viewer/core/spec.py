@@ -31,7 +31,7 @@ from . import memory
 from .errors import DepViewError
 from .forward import run
 from .text import error_line
-from .trace import plain_module
+from .trace import arg_names, plain_module
 from .trees import flatten, floats_as, map_tensors
 
 DTYPES = {
@@ -783,10 +783,7 @@ def _hf_input_candidates(model: nn.Module) -> list[list[tuple[str, tuple[int, ..
     images (CLIP), the tokens alone, then with an image."""
     cfg = getattr(model, "config", None)
     main = getattr(model, "main_input_name", None)
-    try:
-        params = set(inspect.signature(model.forward).parameters)
-    except (TypeError, ValueError):
-        params = set()
+    params = set(arg_names(model))
     first = None
     if main == "input_ids":
         first = ("input_ids", (1, 16), "int64")

@@ -1061,7 +1061,8 @@ def _grad_fn(outs) -> str | None:
 # Inputs, eval mode and the entry point.
 
 
-def _arg_names(model: nn.Module) -> list[str]:
+def arg_names(model: nn.Module) -> list[str]:
+    """The names ``model.forward`` takes, in order ([] when it has no signature)."""
     try:
         return list(inspect.signature(model.forward).parameters)
     except (TypeError, ValueError):
@@ -1432,8 +1433,8 @@ def build_graph(model: nn.Module, example_inputs=(), example_kwargs: dict | None
             f"{quantized} is quantized (int8 tensors, weights packed for int8 kernels), "
             "which DepView cannot prune: give the float model, and quantize it after pruning")
     clear_method_caches(tracer.classes)  # (the classes of the tracer's walk of the modules)
-    arg_names = _arg_names(model)
-    named = _name_inputs(arg_names, args, kwargs)
+    params = arg_names(model)
+    named = _name_inputs(params, args, kwargs)
     for name, t in named:
         tracer.add_node([], [t], tracer.unique(name or "input"), OpType.INPUT, "", "input")
     # on meta nothing is allocated: record in long batches (with autograd, one by one: an
@@ -1465,7 +1466,7 @@ def build_graph(model: nn.Module, example_inputs=(), example_kwargs: dict | None
         # torch's "... got (NoneType, ...), but expected one of:" lists the signatures below
         first = (str(exc).strip().splitlines() or [""])[0].removesuffix(
             ", but expected one of:")
-        shapes = [list(t.shape) for _, t in _name_inputs(arg_names, args, kwargs)]
+        shapes = [list(t.shape) for _, t in _name_inputs(params, args, kwargs)]
         given = f"model inputs {shapes}"
         # (None is an ordinary value of an optional input: named only when no tensor came)
         others = [f"{k} is {_type_name(v)}" for k, v in enumerate(args)
@@ -1495,7 +1496,7 @@ def build_graph(model: nn.Module, example_inputs=(), example_kwargs: dict | None
         tracer.add_node([t], [], tracer.unique(f"output.{path}" if path else "output"),
                         OpType.OUTPUT, "", "output")
     # read again, not reused: the forward may have changed its input containers
-    inputs = _name_inputs(arg_names, args, kwargs)
+    inputs = _name_inputs(params, args, kwargs)
     tracer.seal_fills()
     kept = [t for _, t in outs + inputs] + tracer.sources
     for t in kept:  # tensors the caller keeps: leave no attribute behind

@@ -21,6 +21,8 @@ import re
 import torch
 from torch import nn
 
+from .trace import arg_names
+
 #: tries of the model on an image before giving up (each fixes one thing its error names)
 TRIES = 5
 #: "Image features and image tokens do not match, tokens: 512, features: 16"
@@ -47,7 +49,7 @@ def image_token(cfg) -> int | None:
 def wants_image(model: nn.Module) -> bool:
     """Does ``model`` read token ids and an image, with an image token in its config?"""
     cfg = getattr(model, "config", None)
-    return {"input_ids", "pixel_values"} <= _params(model) and \
+    return {"input_ids", "pixel_values"} <= set(arg_names(model)) and \
         image_token(cfg) is not None and getattr(cfg, "vision_config", None) is not None
 
 
@@ -58,7 +60,7 @@ def image_text_inputs(model: nn.Module, gen: torch.Generator, run=None) -> dict:
     :class:`NoImageInputsError` when it runs on none of what is tried."""
     if not wants_image(model):
         raise NoImageInputsError("it reads no image with image tokens")
-    cfg, params = model.config, _params(model)
+    cfg, params = model.config, set(arg_names(model))
     token, vision = image_token(cfg), cfg.vision_config
     pixels, extra = _image(vision, params, gen)
     if "qformer_input_ids" in params:  # (InstructBLIP's Q-Former reads text too)
@@ -113,13 +115,6 @@ def _recount(n: int, tokens: int, features: int, hidden: int) -> int | None:
     if tokens == features and n % hidden == 0 and n // hidden:
         return n // hidden
     return None
-
-
-def _params(model: nn.Module) -> set[str]:
-    try:
-        return set(inspect.signature(model.forward).parameters)
-    except (TypeError, ValueError):
-        return set()
 
 
 def _image(vision, params: set[str], gen: torch.Generator) -> tuple[torch.Tensor, dict]:
