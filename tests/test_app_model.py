@@ -103,6 +103,29 @@ def test_upload_of_a_real_export_loads_the_pruned_model(tmp_path):
     assert pcb.undo(store, "s") == "Undone: back to the uploaded export (after round 1)."
 
 
+def test_upload_refuses_a_bigger_demo_and_rounds_that_do_not_add_up(tmp_path):
+    """A zip is data: its kwargs may not make the server build a demo bigger than it offers,
+    and a round edited by hand is refused when opened (a later export is made from it)."""
+    store = SessionStore()
+    export, out = _cnn_export(store, tmp_path)
+    doc = json.loads((out / "plan.json").read_text())
+
+    def upload(edit) -> str:
+        d = json.loads(json.dumps(doc))
+        edit(d)
+        (out / "plan.json").write_text(json.dumps(d))
+        with pytest.raises(DepViewError) as err:
+            cb.load_upload(store, "s", _contents(export.zip_dir(out)), "x.zip")
+        return str(err.value)
+
+    why = upload(lambda d: d["source"].update(kwargs={"width": 512}))
+    assert why.startswith("x.zip: ") and "with kwargs {\"width\": 512}" in why
+    key = next(iter(doc["tensors"]))
+    why = upload(lambda d: d["rounds"][0]["tensors"][key].update({"0": [0, 999]}))
+    assert why.startswith("x.zip: plan.json's kept indices in round 1") and "\n" not in why
+    assert store.session("s", create=True).base is None  # nothing loaded
+
+
 def test_a_failed_load_puts_the_picker_back_on_the_model_still_drawn():
     store = SessionStore()
     assert cb.picker_after_failure(store, "new") == (None, "pick a model")
@@ -236,12 +259,8 @@ def test_a_session_keeps_the_rounds_of_a_few_models_and_says_which_it_drops():
 
 
 def test_rounds_applied_to_an_upload_are_dropped_with_a_note(tmp_path):
-    export = pytest.importorskip("viewer.core.export")
     store = SessionStore()
-    base = store.base("demo:cnn")
-    plan = base.stage.pruner.plan(0.5, "l1")
-    out = export.export_dir(base.stage.pruner, plan, base.stage.pruner.apply(plan),
-                            tmp_path / "e", base.source)
+    export, out = _cnn_export(store, tmp_path)
     cb.load_upload(store, "s", _contents(export.zip_dir(out)), "cnn.zip")
     _round(store, "s")
     assert cb.load_entry(store, "s", "demo:cnn") == (

@@ -60,24 +60,29 @@ def test_only_offered_specs_can_be_loaded():
         store.base("os:system")
     assert store.source_refusal({"spec": "demo:resnet"}) is None
     assert "does not offer" in store.source_refusal({"spec": "evil.module:attr"})
-    # the hint is a command that works: with the inputs the export recorded
+    # the hint is the command the export recorded (with its inputs), not an order to run it
+    # (the file names the code)
     why = store.source_refusal({"spec": "specs.py:llama", "inputs": ["1x64:int64"],
                                 "kwargs": {"layers": 2}})
-    assert why.endswith("start it with --model specs.py:llama --input 1x64:int64 "
-                        "--kwargs '{\"layers\": 2}'"), why
+    assert "built with --model specs.py:llama --input 1x64:int64 --kwargs " \
+        "'{\"layers\": 2}' (start a server with that only if you trust" in why, why
     why = store.source_refusal({"spec": "llava", "inputs": ["input_ids=1x24:int64"],
                                 "input_file": "/data/x.safetensors"})
-    assert why.endswith("start it with --model llava --input-file /data/x.safetensors"), why
+    assert "built with --model llava --input-file /data/x.safetensors (" in why, why
     # an image and its tokens made for a vision-language model are made again, not shapes
     why = store.source_refusal({"spec": "llava", "inputs": ["input_ids=1x20:int64"],
                                 "guessed_inputs": "an image and its 16 image tokens"})
-    assert why.endswith("start it with --model llava"), why
+    assert "built with --model llava (" in why, why
     store2 = SessionStore([ModelEntry("pkg.mod:Net", kwargs='{"width": 4}')])
     assert store2.source_refusal({"spec": "pkg.mod:Net", "kwargs": {"width": 4}}) is None
     # the spec is offered, only its kwargs differ: say so, and how to start the server
     why = store2.source_refusal({"spec": "pkg.mod:Net", "kwargs": {"width": 4000}})
     assert "with kwargs {\"width\": 4000}" in why and "builds it with {\"width\": 4}" in why
     assert "--kwargs '{\"width\": 4000}'" in why
+    # a demo's kwargs set its size: an upload may not ask for a bigger one than is offered
+    why = store.source_refusal({"spec": "demo:cnn", "kwargs": {"width": 512}})
+    assert why and "with kwargs {\"width\": 512}" in why and "builds it with {}" in why
+    assert store.source_refusal({"spec": "demo:cnn", "kwargs": {}}) is None
 
 
 def test_views_are_cached_per_stage_and_collapse_set():

@@ -1,5 +1,6 @@
 import io
 import json
+import re
 import shutil
 import sys
 import warnings
@@ -579,9 +580,36 @@ def test_damaged_kept_indices_are_one_clear_error(demo_pruner, tmp_path, kept):
     doc = json.loads((out / "plan.json").read_text())
     key = next(iter(doc["tensors"]))
     doc["tensors"][key]["0"] = kept
+    doc["rounds"][0]["tensors"][key]["0"] = kept  # (the round it came from, edited alike)
     (out / "plan.json").write_text(json.dumps(doc))
     with pytest.raises(DepViewError, match="kept indices .* do not fit|plan.json is damaged: "
                                            "'tensors' must map each tensor"):
+        load_pruned(out)
+
+
+@pytest.mark.parametrize("edit", ["round", "top", "dup"])
+def test_rounds_that_do_not_add_up_are_refused_on_reload(demo_pruner, tmp_path, edit):
+    """A later round's export is made from plan.json's rounds (an uploaded zip goes on from
+    them): a round edited out of its tensor's range, or apart from the kept indices it adds up
+    to, is refused when the export is read, not in the next export."""
+    lm, p = demo_pruner("cnn")
+    plan = p.plan(0.5)
+    out = export_dir(p, plan, p.apply(plan), tmp_path / "d", lm.source)
+    load_pruned(out)  # as written: fine
+    doc = json.loads((out / "plan.json").read_text())
+    key = next(iter(doc["tensors"]))
+    kept = doc["tensors"][key]["0"]
+    if edit == "round":
+        doc["rounds"][0]["tensors"][key]["0"] = kept[:-1] + [999]
+    elif edit == "top":
+        doc["tensors"][key]["0"] = kept[:-1] + [kept[-1] + 1]
+    else:  # the same channel twice, in the round and the composed indices alike
+        doc["rounds"][0]["tensors"][key]["0"] = doc["tensors"][key]["0"] = [kept[0]] + kept[:-1]
+    (out / "plan.json").write_text(json.dumps(doc))
+    match = {"round": f"kept indices in round 1 for '{key}' dim 0 do not fit",
+             "top": "rounds do not add up to its kept indices",
+             "dup": f"kept indices in round 1 for '{key}' dim 0 do not fit"}[edit]
+    with pytest.raises(DepViewError, match=re.escape(match)):
         load_pruned(out)
 
 

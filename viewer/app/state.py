@@ -346,16 +346,18 @@ class SessionStore:
             elif source.get("guessed_inputs"):  # (made again: an image and its tokens)
                 inputs = ""
             kw = f" --kwargs '{json.dumps(kwargs)}'" if kwargs else ""
-            return (f"this export was pruned from {spec!r}, which this server does not offer: "
-                    f"start it with --model {spec}{inputs}{kw}")
-        if spec.startswith("demo:"):
-            return None
+            # (the command comes from the file: the user is told so, not told to run it)
+            return (f"this export was pruned from {spec!r}, which this server does not offer; "
+                    f"its plan.json says it was built with --model {spec}{inputs}{kw} "
+                    "(start a server with that only if you trust the code it names)")
+        # a demo too: its kwargs set its size (a zip must not make the server build a bigger
+        # model than it offers)
         want = json.loads(entry.kwargs) if entry.kwargs else {}
         if kwargs == want:
             return None
         return (f"this export was pruned from {spec} with kwargs {json.dumps(kwargs)}, but "
-                f"this server builds it with {json.dumps(want)}: start it with --model {spec} "
-                f"--kwargs '{json.dumps(kwargs)}'")
+                f"this server builds it with {json.dumps(want)}: a server started with "
+                f"--model {spec} --kwargs '{json.dumps(kwargs)}' would load it")
 
     # -- layouts ----------------------------------------------------------------------------
     def view(self, stage: Stage, collapsed: Iterable[str] | None) -> View:

@@ -744,8 +744,9 @@ def _plain_attr(mod: nn.Module, key: str, value) -> bool:
     return isinstance(old, str) == isinstance(value, str)
 
 
-def _check_kept(key: str, d, kept, shape) -> None:
-    """plan.json's kept indices must be increasing positions inside the tensor's dim."""
+def _check_kept(key: str, d, kept, shape, where: str = "") -> None:
+    """plan.json's kept indices must be increasing positions inside the tensor's dim
+    (``where``: which round's, when not the composed ones)."""
     try:
         dim = int(d)
         ok = 0 <= dim < len(shape) and all(type(i) is int for i in kept) and \
@@ -754,14 +755,42 @@ def _check_kept(key: str, d, kept, shape) -> None:
     except (TypeError, ValueError):
         ok = False
     if not ok:
-        raise DepViewError(f"plan.json's kept indices for {key!r} dim {d} do not fit its "
-                           f"shape {list(shape)}: the plan is damaged or from another model")
+        raise DepViewError(f"plan.json's kept indices{where} for {key!r} dim {d} do not fit "
+                           f"its shape {list(shape)}: the plan is damaged or from another model")
+
+
+def _check_rounds(plan: dict, table: dict) -> None:
+    """Each round's kept indices fit the tensor as the rounds before left it, and together the
+    rounds give plan.json's own ``tensors`` and ``attrs``. A later round's export is made from
+    the rounds (an uploaded zip goes on from them), so a damaged round is refused here, not
+    in the next export."""
+    rounds = plan.get("rounds") or []
+    shapes = {key: list(t.shape) for key, (_, _, t) in table.items()}
+    for i, rnd in enumerate(rounds, 1):
+        tensors, attrs = rnd.get("tensors"), rnd.get("attrs", {})
+        if not isinstance(tensors, dict) or not all(isinstance(v, dict) for v in tensors.values()) \
+                or not isinstance(attrs, dict) or \
+                not all(isinstance(a, dict) for a in attrs.values()):
+            raise DepViewError(f"plan.json's round {i} must map tensors to {{dim: [kept indices]}} "
+                               "and modules to {attribute: value}")
+        for key, dims in tensors.items():
+            if key not in shapes:
+                raise DepViewError(f"plan.json's round {i} names tensor {key!r}, which the "
+                                   "model lacks")
+            for d, kept in dims.items():
+                _check_kept(key, d, kept, shapes[key], f" in round {i}")
+                shapes[key][int(d)] = len(kept)
+    if rounds and (_compose(rounds) != plan.get("tensors", {})
+                   or _merge_attrs(rounds) != plan.get("attrs", {})):
+        raise DepViewError("plan.json's rounds do not add up to its kept indices and "
+                           "attributes: the plan is damaged")
 
 
 def reshape_like_plan(model: nn.Module, plan: dict) -> nn.Module:
     """Slice a freshly built original model's tensors as plan.json says and set the changed
     attributes, in place. Weights are loaded afterwards."""
     table = tensor_lookup(model)
+    _check_rounds(plan, table)
     done: dict[int, torch.Tensor] = {}
     with torch.no_grad():
         for key, dims in plan.get("tensors", {}).items():
