@@ -59,6 +59,30 @@ def test_compare_speed_reports_each_models_time_and_their_ratio(clock):
     assert all(torch.equal(v, state[k]) for k, v in after.state_dict().items())
 
 
+class Scheduled(Ticking):
+    """Takes the next of ``costs`` seconds each forward: a machine whose speed drifts."""
+
+    def __init__(self, clock, costs):
+        super().__init__(clock, 0.0)
+        self.costs = list(costs)
+
+    def forward(self, x):
+        self.clock.now += self.costs.pop(0)
+        return self.lin(x)
+
+
+def test_the_times_reported_divide_to_the_speed_up(clock):
+    """The speed-up is the median round's ratio, and the times are that round's: medians of
+    each model's times taken apart (2 s and 0.5 s here) would say 4x beside a 2x speed-up."""
+    before = Scheduled(clock, [1, 1] + [1, 1, 2, 2, 2])  # two untimed runs, then 5 rounds
+    after = Scheduled(clock, [1, 1] + [0.5, 0.25, 2, 1, 0.5])  # ratios 2, 4, 1, 2, 4
+    t = compare_speed(before, after, (torch.zeros(1, 3),), rounds=5, budget_s=100.0)
+    assert (t["rounds"], t["runs_per_round"]) == (5, 1)
+    assert t["speedup"] == pytest.approx(2.0)
+    assert t["before_ms"] / t["after_ms"] == pytest.approx(t["speedup"])
+    assert (t["before_ms"], t["after_ms"]) == (pytest.approx(2000.0), pytest.approx(1000.0))
+
+
 def test_compare_speed_stops_adding_rounds_past_its_budget(clock):
     before, after = Ticking(clock, 2.0), Ticking(clock, 1.0)
     t = compare_speed(before, after, (torch.zeros(1, 3),), rounds=7, budget_s=10.0)

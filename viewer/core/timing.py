@@ -2,7 +2,8 @@
 
 A machine's speed drifts (other processes, turbo, a shared VM), so the two models are timed
 in interleaved rounds, each round running both (in alternating order), and the speed-up is
-the median of the per-round ratios: drift that slows both within a round cancels out.
+the median of the per-round ratios: drift that slows both within a round cancels out. The
+times reported are that median round's, so they divide to the speed-up a reader is shown.
 
     >>> t = compare_speed(lm.model, pruned, lm.inputs)
     >>> t["speedup"], t["before_ms"], t["after_ms"]
@@ -41,9 +42,11 @@ def _call(model: nn.Module, inputs) -> float:
 def compare_speed(before: nn.Module, after: nn.Module, inputs, rounds: int = ROUNDS,
                   min_round_s: float = MIN_ROUND_S, budget_s: float = BUDGET_S) -> dict:
     """Time one forward of ``before`` and of ``after`` (eval mode, no autograd, the
-    threads torch uses now) on ``inputs``: ``{"before_ms", "after_ms"}`` are medians over the
-    rounds of each round's mean, ``speedup`` the median of the rounds' before/after ratios
-    (2.0: the pruned model runs in half the time). Each model first runs twice untimed
+    threads torch uses now) on ``inputs``: ``speedup`` is the median of the rounds'
+    before/after ratios (2.0: the pruned model runs in half the time; the lower middle one
+    when the rounds are even), ``{"before_ms", "after_ms"}`` the mean forward of each model in
+    that round (medians taken apart would not divide to it: a round slow for both would set
+    one and not the other). Each model first runs twice untimed
     (allocations, lazy kernels). Neither model is changed."""
     if rounds < 1:
         raise DepViewError(f"rounds must be at least 1, got {rounds!r}")
@@ -64,10 +67,11 @@ def compare_speed(before: nn.Module, after: nn.Module, inputs, rounds: int = ROU
                     break
     except Exception as exc:
         raise DepViewError(f"timing the forward failed: {error_line(exc)}") from exc
-    ratios = [b / a for b, a in zip(means[0], means[1], strict=True) if a > 0]
-    return {"before_ms": statistics.median(means[0]) * 1e3,
-            "after_ms": statistics.median(means[1]) * 1e3,
-            "speedup": statistics.median(ratios) if ratios else float("nan"),
+    ratios = [(b / a, i) for i, (b, a) in enumerate(zip(means[0], means[1], strict=True))
+              if a > 0]
+    ratio, mid = statistics.median_low(ratios) if ratios else (float("nan"), 0)
+    return {"before_ms": means[0][mid] * 1e3, "after_ms": means[1][mid] * 1e3,
+            "speedup": ratio,
             "rounds": len(means[0]), "runs_per_round": runs,
             "threads": torch.get_num_threads(),
             "device": str(next(iter(after.parameters()), torch.empty(0)).device)}
