@@ -9,6 +9,7 @@
   var FADED = 'dv-faded', MEMBER = 'dv-member', PATH = 'dv-path', TENSOR = 'dv-tensor',
     SELECTED = 'dv-selected', LABEL = 'hl';
   var SHOWN = 'selection-shown';  // viewer/app/ids.py SHOWN
+  var DESELECT = 'deselect';  // viewer/app/ids.py DESELECT
   var DOWNLOAD = 'dv-download';  // viewer/app/callbacks/export.py AUTO_LINK
   var FIT_HINT = 'fit-hint';  // viewer/app/ids.py FIT_HINT
   var READABLE_ZOOM = 0.3;  // below it a node's label is a few pixels high
@@ -72,6 +73,21 @@
     showHit();
   }, true);
 
+  // A click on the graph's background, or Escape outside a text field, clears the selection:
+  // the server answers with an empty inspector and no highlight.
+  function deselect() {
+    var cy = window.cy;
+    if (cy) { cy.elements('.' + SELECTED).removeClass(SELECTED); }
+    window.dash_clientside.set_props(DESELECT, {data: Date.now()});
+  }
+  document.addEventListener('keydown', function (e) {
+    var t = e.target, tag = t && t.tagName;
+    if (e.key !== 'Escape' || tag === 'INPUT' || tag === 'TEXTAREA' || tag === 'SELECT') {
+      return;
+    }
+    deselect();
+  });
+
   window.dash_clientside = Object.assign({}, window.dash_clientside, {
     depview: {
       /* Called whenever the elements change: hook the tap and double-click handlers once. */
@@ -91,6 +107,9 @@
               cy.elements('.' + SELECTED).not(evt.target).removeClass(SELECTED);
               evt.target.addClass(SELECTED);
             });
+          });
+          cy.on('tap', function (evt) {
+            if (evt.target === cy) { deselect(); }
           });
           cy.on('dbltap', 'node', function (evt) {
             var d = evt.target.data();

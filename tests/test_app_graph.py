@@ -60,6 +60,25 @@ def test_legend_lists_present_types_with_counts(store):
     assert "conv" in ops and "concat" not in ops
     conv = items[ops.index("conv")]
     assert conv.children[-1].children == str(view.types["conv"])
+    # the type the legend highlights shows as pressed
+    assert [i.className for i in cb.legend(view, "conv")].count("legend-item active") == 1
+    assert cb.legend(view, "conv")[ops.index("conv")].className == "legend-item active"
+
+
+def test_a_legend_highlight_ends_with_its_model_or_its_type(store):
+    """Kept while the same model is drawn again (a round, a collapse); cleared for another
+    model, or when its type is no longer drawn (no button would be left to clear it)."""
+    from viewer.app import ids
+
+    view, _ = cb.render(store, "sid", "new")
+    on = {"op": "conv", "rules": [{"selector": "x"}]}
+    assert cb.legend_after(view, ids.GRAPH_REV, {"keep_view": True}, on) == ("conv", None)
+    assert cb.legend_after(view, ids.COLLAPSE_ALL, None, on) == ("conv", None)
+    assert cb.legend_after(view, ids.GRAPH_REV, {"keep_view": False}, on) == \
+        (None, {"op": None, "rules": []})
+    assert cb.legend_after(view, ids.DBLTAP, None, {"op": "concat"}) == \
+        (None, {"op": None, "rules": []})  # (this model draws no concat)
+    assert cb.legend_after(view, ids.GRAPH_REV, None, None) == (None, None)
 
 
 def test_search_by_name_and_by_type(store):

@@ -239,6 +239,67 @@ def test_clicking_a_conv_highlights_its_group_and_inspects_it(dash_duo):
     assert _style(dash_duo, relu, "border-color") == HIGHLIGHT_RGB
 
 
+def _click_background(dash_duo) -> None:
+    """A real click on a point of the graph that no element covers."""
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder
+
+    x, y = _js(dash_duo, """
+        var cy = window.cy, r = document.getElementById(arguments[0]).getBoundingClientRect();
+        var boxes = cy.elements().map(function (e) { return e.renderedBoundingBox(); });
+        for (var py = 20; py < r.height - 20; py += 15) {
+          for (var px = 20; px < r.width - 20; px += 15) {
+            var hit = boxes.some(function (b) {
+              return px >= b.x1 - 5 && px <= b.x2 + 5 && py >= b.y1 - 5 && py <= b.y2 + 5; });
+            if (!hit) { return [Math.round(r.left + px), Math.round(r.top + py)]; }
+          }
+        }
+        return null;""", ids.GRAPH)
+    actions = ActionBuilder(dash_duo.driver)
+    actions.pointer_action.move_to_location(int(x), int(y))
+    actions.pointer_action.click()
+    actions.perform()
+
+
+def test_a_selection_clears_and_a_legend_highlight_ends_with_its_model(dash_duo):
+    from selenium.webdriver.common.keys import Keys
+
+    _start(dash_duo, create_app([ModelEntry("demo:resnet"), ModelEntry("demo:cnn")]))
+    _wait_graph(dash_duo, "layer1.0.conv1")
+    outsider = _node_id(dash_duo, "layer3.0.conv1")
+
+    def faded() -> bool:
+        return float(_style(dash_duo, outsider, "opacity")) < 0.5
+
+    for clear in ("background", "escape"):
+        _click_node(dash_duo, "layer1.0.conv1")  # (again after a clear: the same node)
+        dash_duo.wait_for_contains_text(f"#{ids.GROUP_PANEL}", "layer1.0.conv2",
+                                        timeout=TIMEOUT)
+        _until(dash_duo, lambda d: faded(), "the click faded nothing")
+        if clear == "background":
+            _click_background(dash_duo)
+        else:
+            dash_duo.find_element("body").send_keys(Keys.ESCAPE)
+        _until(dash_duo, lambda d: not faded(), f"a {clear} click left the graph faded")
+        dash_duo.wait_for_contains_text(f"#{ids.INSPECTOR}", "Click a node to inspect it",
+                                        timeout=TIMEOUT)
+    # a legend type: shown as pressed; picking it clears a selection (whose fade would hide
+    # it); another model drawn ends it
+    _click_node(dash_duo, "layer1.0.conv1")
+    _until(dash_duo, lambda d: faded(), "the click faded nothing")
+    chip = dash_duo.find_element(f"#{ids.LEGEND} .legend-item[id*='\\\"conv\\\"']")
+    chip.click()
+    _until(dash_duo, lambda d: "active" in chip.get_attribute("class"),
+           "the legend type picked does not show as pressed")
+    bn = _node_id(dash_duo, "layer1.0.bn1")
+    _until(dash_duo, lambda d: not faded() and float(_style(dash_duo, bn, "opacity")) < 0.5,
+           "the legend's convs are not the only ones drawn in full")
+    dash_duo.select_dcc_dropdown(f"#{ids.MODEL_PICKER}", value="demo:cnn")
+    _wait_graph(dash_duo, "features.0")
+    _until(dash_duo, lambda d: not d.find_elements("css selector", ".legend-item.active")
+           and float(_style(dash_duo, _node_id(dash_duo, "fc"), "opacity")) == 1,
+           "the legend highlight outlived its model")
+
+
 def test_search_answers_while_typing_and_never_moves_the_buttons(dash_duo):
     _start(dash_duo, create_app([ModelEntry("demo:cnn")]))
     _wait_graph(dash_duo, "features.0")

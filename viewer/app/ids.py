@@ -12,6 +12,7 @@ SELECTION = "selection"  #: {"kind": "op"|"module", "name": ...} of the inspecte
 SHOWN = "selection-shown"  #: SELECTION again, set by the client once its highlight is drawn
 PREVIEW_REV = "preview-rev"  #: bumped when a preview is computed or cleared
 DBLTAP = "dbltap"  #: written by the client on a double-click on a node
+DESELECT = "deselect"  #: written by the client on a click on the background or Escape
 ZOOM_TARGET = "zoom-target"  #: element ids the client should zoom to
 FIT_DONE = "fit-done"  #: dummy output of client-side callbacks
 FIT_HINT = "fit-hint"  #: shown by the client when Fit leaves the graph too small to read

@@ -240,6 +240,7 @@ def stores(sid: str) -> list:
         dcc.Store(id=ids.SHOWN),
         dcc.Store(id=ids.PREVIEW_REV, data=0),
         dcc.Store(id=ids.DBLTAP),
+        dcc.Store(id=ids.DESELECT),
         dcc.Store(id=ids.ZOOM_TARGET),
         dcc.Store(id=ids.FIT_DONE),
         dcc.Store(id=ids.STYLE_GROUP),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from fnmatch import fnmatchcase
 
 from dash import ALL, ClientsideFunction, Input, Output, State, ctx, html, no_update
@@ -74,8 +75,9 @@ def render(store: SessionStore, sid: str, action: str = "new",
         return view, zoom
 
 
-def legend(view: View) -> list:
-    """One button per op type present (swatch, label, count), in the enum's order."""
+def legend(view: View, active: str | None = None) -> list:
+    """One button per op type present (swatch, label, count), in the enum's order; the one
+    the legend highlights (``active``) marked as pressed."""
     items = []
     for t in OpType:
         n = view.types.get(t.value)
@@ -85,9 +87,27 @@ def legend(view: View) -> list:
         items.append(html.Button(
             [html.Span(className="swatch", style={"background": st.color}),
              html.Span(st.label), html.Span(f"{n}", className="count")],
-            id={"type": ids.LEGEND_ITEM, "op": t.value}, className="legend-item",
+            id={"type": ids.LEGEND_ITEM, "op": t.value}, className=legend_class(t.value, active),
             title=f"highlight every {st.label} node ({t.value})", n_clicks=0))
     return items
+
+
+def legend_class(op: str, active: str | None) -> str:
+    return "legend-item active" if op == active else "legend-item"
+
+
+def legend_after(view: View, trig, round_rev: dict | None, current: dict | None):
+    """The legend highlight a new drawing keeps: none for another model (a type picked on the
+    last one would fade the new graph for no visible reason) or when the type is not drawn
+    any more (no button would be left to clear it); else the same. Returns (the op type
+    highlighted, the store's new value or None to leave it)."""
+    op = (current or {}).get("op")
+    if not op:
+        return None, None
+    other_model = trig == ids.GRAPH_REV and not (round_rev or {}).get("keep_view")
+    if other_model or not view.types.get(op):
+        return None, {"op": None, "rules": []}
+    return op, None
 
 
 def view_info(view: View) -> str:
@@ -166,6 +186,7 @@ def register(app, store: SessionStore) -> None:
         Output(ids.VIEW_REV, "data"),
         Output(ids.ZOOM_TARGET, "data"),
         Output(ids.MESSAGE, "children", allow_duplicate=True),
+        Output(ids.STYLE_LEGEND, "data", allow_duplicate=True),
         Input(ids.GRAPH_REV, "data"),
         Input(ids.DBLTAP, "data"),
         Input(ids.TOGGLE_MODULE, "n_clicks"),
@@ -173,10 +194,11 @@ def register(app, store: SessionStore) -> None:
         Input(ids.COLLAPSE_ALL, "n_clicks"),
         State(ids.SELECTION, "data"),
         State(ids.VIEW_REV, "data"),
+        State(ids.STYLE_LEGEND, "data"),
         State(ids.SESSION, "data"),
         prevent_initial_call=True,
     )
-    def on_view(round_rev, dbl, _t, _e, _c, selection, view_rev, sid):
+    def on_view(round_rev, dbl, _t, _e, _c, selection, view_rev, legend_style, sid):
         trig = ctx.triggered_id
         try:
             path = None
@@ -187,12 +209,12 @@ def register(app, store: SessionStore) -> None:
                 sel = {"kind": dbl.get("kind"), "name": dbl.get("name")} \
                     if trig == ids.DBLTAP and dbl else selection
                 if session.view is None:
-                    return (no_update,) * 6
+                    return (no_update,) * 7
                 path = module_to_toggle(session.view, session.stage.graph, sel)
                 if not path:
                     return (no_update,) * 5 + (message(
                         "Select a module (or a node inside one) to collapse or expand.",
-                        "warn"),)
+                        "warn"), no_update)
                 action = "toggle"
             else:
                 action = trig
@@ -208,24 +230,31 @@ def register(app, store: SessionStore) -> None:
             if action == "expand-all" and view.n_nodes > store.max_visible:
                 note = message(f"Drawing all {view.n_nodes} ops: the page may be slow; "
                                "'Collapse all' brings it back.", "warn")
-            return view.elements, legend(view), view_info(view), rev, target, note
+            active, reset = legend_after(view, trig, round_rev, legend_style)
+            return (view.elements, legend(view, active), view_info(view), rev, target, note,
+                    no_update if reset is None else reset)
         except Exception as exc:
-            return (no_update,) * 5 + (error_message(exc),)
+            return (no_update,) * 5 + (error_message(exc), no_update)
 
     @app.callback(
         Output(ids.STYLE_LEGEND, "data"),
+        Output({"type": ids.LEGEND_ITEM, "op": ALL}, "className"),
+        Output(ids.DESELECT, "data", allow_duplicate=True),
         Input({"type": ids.LEGEND_ITEM, "op": ALL}, "n_clicks"),
         State(ids.STYLE_LEGEND, "data"),
         prevent_initial_call=True,
     )
     def on_legend(clicks, current):
         trig = ctx.triggered_id
+        items = [o["id"]["op"] for o in ctx.outputs_list[1]]
         if not isinstance(trig, dict) or not any(clicks or []):
-            return no_update
+            return no_update, [no_update] * len(items), no_update
         op = trig.get("op")
         if current and current.get("op") == op:
             op = None  # a second click clears
-        return {"op": op, "rules": styles.type_rules(op)}
+        # a selection's fade would hide the type picked: picking one clears the selection
+        return ({"op": op, "rules": styles.type_rules(op)},
+                [legend_class(o, op) for o in items], time.time() if op else no_update)
 
     @app.callback(
         Output(ids.STYLE_SEARCH, "data"),

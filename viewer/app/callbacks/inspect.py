@@ -723,15 +723,18 @@ def register(app, store: SessionStore) -> None:
         Input(ids.GROUP_PICK, "value"),
         Input(ids.VIEW_REV, "data"),
         Input(ids.PREVIEW_REV, "data"),
+        Input(ids.DESELECT, "data"),
         State(ids.SELECTION, "data"),
         State(ids.SESSION, "data"),
         prevent_initial_call=True,
     )
-    def on_select(tap, side, pick, _view_rev, _prev_rev, selection, sid):
+    def on_select(tap, side, pick, _view_rev, _prev_rev, _deselect, selection, sid):
         trig = ctx.triggered_id
         if trig == ids.GRAPH:
             selection = selection_from_tap(tap)
             pick = None
+        elif trig == ids.DESELECT:  # the background clicked, or Escape: nothing inspected
+            selection = None
         elif trig == ids.GROUP_SIDE:
             pick = None
         try:
