@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 import pytest
@@ -181,12 +182,17 @@ def test_sensitivity_prunes_each_group_alone_with_the_sessions_ignores(store):
 def test_apply_pushes_a_verified_stage_and_undo_reset_go_back(store):
     session = store.session("sid")
     original = session.stage
+    preview = cb.run_preview(store, "sid", SETTINGS)
     text = cb.apply_round(store, "sid", SETTINGS)
     assert text.startswith("Round 1 applied") and "forward ok" in text
+    # the MACs the preview showed, as the preview showed them
+    _, macs, _ = cb.summary_lines(preview)
+    assert f"MACs {macs};" in text and preview["macs"]["after"] < preview["macs"]["before"]
     assert len(session.stages) == 2 and session.stage.verification["shapes_kept"]
     assert session.stage.summary["params"] < original.summary["params"]
     # round 2 is planned on the pruned model's own pruner
-    cb.apply_round(store, "sid", {**SETTINGS, "ratio": 0.2})
+    text = cb.apply_round(store, "sid", {**SETTINGS, "ratio": 0.2})  # (no preview first)
+    assert re.search(r"MACs [\d.]+[kMG]? → [\d.]+[kMG]? \(−\d", text), text
     assert len(session.stages) == 3
     assert session.stage.summary["params"] < session.stages[1].summary["params"]
     hist = cb.history(session)
@@ -564,6 +570,18 @@ def test_one_group_that_loses_nothing_is_named_in_the_singular(store):
            "cut)" in one
     two = cb.summary_lines({**pv, "kept_whole": 2})[2]
     assert "2 prunable groups lose nothing (none of their units ranks" in two
+    # in multiples of 8 a group with 7 units below the cut loses none: the rounding says why
+    pv = cb.run_preview(store, "sid", {**SETTINGS, "global_": True, "round_to": 8})
+    eight = cb.summary_lines({**pv, "kept_whole": 2})[2]
+    assert "(fewer than 8 of their units rank below the global cut, and cuts are made in " \
+           "multiples of 8)" in eight
+
+
+def test_a_count_that_does_not_move_says_unchanged():
+    from viewer.app.callbacks.common import change
+
+    assert change(1200, 1200) == "1.20k (unchanged)"
+    assert change(1200, 600) == "1.20k → 600 (−50.0%)"
 
 
 def test_an_override_on_a_group_that_is_not_pruned_is_refused(store):

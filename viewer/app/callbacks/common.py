@@ -64,7 +64,9 @@ def fmt_count(n: int | float | None) -> str:
 
 
 def change(before: float, after: float) -> str:
-    """``"25.56M → 13.01M (−49.1%)"``."""
+    """``"25.56M → 13.01M (−49.1%)"``; ``"25.56M (unchanged)"``."""
+    if after == before:
+        return f"{fmt_count(before)} (unchanged)"
     pct = (after - before) / before * 100 if before else 0.0
     return f"{fmt_count(before)} → {fmt_count(after)} ({pct:+.1f}%)".replace("-", "−")
 

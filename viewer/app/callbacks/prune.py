@@ -228,7 +228,11 @@ def apply_round(store: SessionStore, sid: str, settings: dict) -> str:
             raise DepViewError("no group of this model can be pruned"
                                + (f"; the first: {first}" if first else ""))
         raise DepViewError("this plan removes nothing: raise the ratio, or un-ignore layers")
+    with session.lock:  # the preview of this very plan, if it was shown: its MACs
+        shown = session.preview if session.preview_plan is not None and \
+            session.preview_plan.removed == plan.removed else None
     try:
+        macs = (shown or stage.pruner.preview(plan))["macs"]
         pruned = stage.pruner.apply(plan)
         config = stage.pruner.config_fit_of(pruned)
         verification = stage.pruner.verify(pruned, plan)
@@ -251,7 +255,8 @@ def apply_round(store: SessionStore, sid: str, settings: dict) -> str:
                             plan.settings.get("scored_by_l1"), len(plan.scores))
     config = config_note(config)
     return (f"Round {n} applied: {counted(plan.n_removed, 'unit')} removed from "
-            f"{counted(len(plan.removed), 'group')}; params {change(before, after)}; "
+            f"{counted(len(plan.removed), 'group')}; params {change(before, after)}, "
+            f"MACs {change(macs['before'], macs['after'])}; "
             f"{verification_text(verification)}{f'; {fell}' if fell else ''}"
             f"{f'; {config}' if config else ''}.")
 
@@ -682,7 +687,9 @@ def summary_lines(preview: dict) -> tuple[str, str, str]:
         their = "their" if whole != 1 else "its"
         heads = preview.get("kept_whole_heads") or 0  # an attention group's units are heads
         units = "heads" if heads == whole else "units"
-        why = (f"none of {their} units ranks below the global cut" if st.get("global_") else
+        why = ((f"fewer than {rt} of {their} units rank below the global cut, and cuts are "
+                f"made in multiples of {rt}" if rt > 1 else
+                f"none of {their} units ranks below the global cut") if st.get("global_") else
                f"the ratio rounds down to 0 {units}{f' in multiples of {rt}' if rt > 1 else ''}"
                + ("; an attention group's units are heads" if 0 < heads < whole else ""))
         extra += (f"; {whole} prunable group{'s lose' if whole != 1 else ' loses'} nothing "
