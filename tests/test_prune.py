@@ -1131,7 +1131,7 @@ def _same_state(model, state):
     return now.keys() == state.keys() and all(torch.equal(state[k], now[k]) for k in now)
 
 
-@pytest.mark.parametrize("kind", ["running-normaliser", "qat"])
+@pytest.mark.parametrize("kind", ["running-normaliser", "qat", "embedding-max-norm"])
 def test_a_model_that_writes_its_buffers_in_eval_mode_is_left_as_it_was(kind):
     # each forward DepView ran wrote the buffers: the user's model changed, and the original
     # verification compared with was not the model the pruned copy came from
@@ -1145,10 +1145,14 @@ def test_a_model_that_writes_its_buffers_in_eval_mode_is_left_as_it_was(kind):
         model = q.prepare_qat(model)
         model(torch.randn(8, 6))
         model.eval()
+    elif kind == "embedding-max-norm":  # renormalises the rows it looks up, in place
+        model = nn.Sequential(nn.Embedding(20, 16, max_norm=1.0), nn.Linear(16, 16),
+                              nn.Tanh(), nn.Linear(16, 3)).eval()
     else:
         model = nn.Sequential(RunningNorm(6), nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 16),
                               nn.Tanh(), nn.Linear(16, 3)).eval()
-    x = torch.randn(4, 6) * 3 + 1
+    x = torch.randint(0, 20, (4, 6)) if kind == "embedding-max-norm" else \
+        torch.randn(4, 6) * 3 + 1
     state = _state(model)
     expected = model(x.clone())
     model.load_state_dict(state)
@@ -1160,6 +1164,9 @@ def test_a_model_that_writes_its_buffers_in_eval_mode_is_left_as_it_was(kind):
     assert _same_state(model, state)
     assert v["forward"] and v["masked_equivalence"]["ok"], v
     assert torch.equal(model(x.clone()), expected)  # (the first forward from that state)
+    model.load_state_dict(state)
+    if kind == "embedding-max-norm":  # the pruned copy's rows are the original's, kept
+        assert torch.equal(pruned[0].weight, state["0.weight"][:, p.kept(plan)["0.weight"]["1"]])
     if kind != "qat":  # (QAT: a layer faking per-channel quantization blocks its group)
         assert plan.n_removed > 0
 

@@ -1182,8 +1182,9 @@ def _release_eval(held: list[nn.Module]) -> None:
                 m.__dict__["training"] = True
 
 
-#: id(module) -> [how many eval_mode calls hold it, {name: (buffer, a copy of its values)}]
-#: as the first of them found it (see :func:`_hold_buffers`)
+#: id(module) -> [how many eval_mode calls hold it, {name: (the dict holding it (_buffers or
+#: _parameters), the tensor, a copy of its values)}] as the first of them found it (see
+#: :func:`_hold_buffers`)
 _BUFFERS_HELD: dict[int, list] = {}
 
 
@@ -1193,18 +1194,19 @@ def _hold_buffers(modules: list[nn.Module]) -> list[nn.Module]:
     record the ranges they see, an RL policy's running normaliser its mean), so every forward
     DepView ran would change the user's model, and the original would not be the model the
     pruned copy is compared with. A buffer not yet initialised (``nn.LazyBatchNorm2d``) is
-    left to its first forward."""
+    left to its first forward. So is an embedding's weight when it has ``max_norm``: its
+    looked-up rows are renormalised in place on every forward, eval mode too."""
     held = []
     with _EVAL_LOCK:
         for m in modules:
-            buffers = m._buffers
-            if not buffers or _torch_layer(type(m)):
+            written = _written_in_eval(m)
+            if not written:
                 continue
             entry = _BUFFERS_HELD.get(id(m))
             if entry is None:
                 with _unseen():
-                    kept = {k: (t, copy) for k, t in buffers.items()
-                            if t is not None and t.device.type != "meta"
+                    kept = {k: (where, t, copy) for where, k in written
+                            if (t := where[k]) is not None and t.device.type != "meta"
                             and not isinstance(t, UninitializedTensorMixin)
                             and (copy := _copy(t)) is not None}
                 if not kept:
@@ -1231,6 +1233,16 @@ def _torch_layer(cls: type) -> bool:
     return cls.__module__.startswith("torch.nn.modules.")
 
 
+def _written_in_eval(m: nn.Module) -> list[tuple[dict, str]]:
+    """(the dict holding it, its name) of each tensor ``m`` may write in eval mode: the
+    buffers of a module that is not one of torch's own, and the weight of an
+    ``nn.Embedding`` or ``nn.EmbeddingBag`` with ``max_norm``."""
+    out = [] if _torch_layer(type(m)) else [(m._buffers, k) for k in m._buffers]
+    if isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and m.max_norm is not None:
+        out.append((m._parameters, "weight"))
+    return out
+
+
 def _release_buffers(held: list[nn.Module]) -> None:
     """Undo :func:`_hold_buffers`: the last call holding a module puts each buffer object back
     in its place, with the values (and shape) it had."""
@@ -1243,9 +1255,9 @@ def _release_buffers(held: list[nn.Module]) -> None:
             if entry[0]:
                 continue
             del _BUFFERS_HELD[id(m)]
-            for k, (t, values) in entry[1].items():
-                if m._buffers.get(k) is not t:  # (``self.buf = new`` in the forward)
-                    m._buffers[k] = t
+            for k, (where, t, values) in entry[1].items():
+                if where.get(k) is not t:  # (``self.buf = new`` in the forward)
+                    where[k] = t
                 # (values compared, not version counters: ``torch.ao``'s fused observer
                 # kernel writes its ranges without counting up)
                 try:
