@@ -166,6 +166,16 @@ def test_an_export_never_overwrites_what_it_did_not_write(demo_pruner, tmp_path)
     assert [f.name for f in theirs.iterdir()] == ["report.json"]
     assert (theirs / "report.json").read_text() == '{"quarterly": true}'
     assert a_file.read_text() == "mine"
+    # nor the files an export writes only sometimes (this one writes neither: an earlier
+    # export's would be removed)
+    for name in ("config.json", "inputs.safetensors"):
+        other = tmp_path / name.split(".")[0]
+        other.mkdir()
+        (other / name).write_text("mine")
+        with pytest.raises(DepViewError, match=f"holds {name} that DepView did not write"):
+            export_dir(p, plan, pruned, other, lm.source)
+        assert [f.name for f in other.iterdir()] == [name]
+        assert (other / name).read_text() == "mine"
 
 
 class _HoldsQuantized(torch.nn.Module):

@@ -431,7 +431,8 @@ def _prepare_out(out: Path) -> Path:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DepViewError(f"cannot create {out}: {exc.strerror or exc}") from None
-    ours = [f for f in (*FILES, "model.pt2") if (out / f).exists()]
+    # (every file an export may write: an earlier export's extra ones are removed)
+    ours = [f for f in (*FILES, "model.pt2", "config.json", INPUTS_FILE) if (out / f).exists()]
     if ours:
         try:
             fmt = json.loads((out / "plan.json").read_text()).get("format")
