@@ -5,15 +5,20 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import LAZY_FILE, TWO_OUTPUTS_FILE, MaskedLogits
 
 
-def cli(*args, check=True):
+def cli(*args, check=True, cwd=None):
+    """``python -m viewer ARGS`` (from ``cwd``: the package found from the repository)."""
+    env = None if cwd is None else {
+        **os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [
+            str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")]))}
     res = subprocess.run([sys.executable, "-m", "viewer", *args], capture_output=True, text=True,
-                         timeout=300)
+                         timeout=300, cwd=cwd, env=env)
     if check:
         assert res.returncode == 0, res.stderr
     return res
@@ -198,6 +203,30 @@ def test_a_prune_that_removes_nothing_says_why(tmp_path):
     assert res.stdout.strip().endswith("(nothing could be pruned: 'inner' is a TorchScript module,"
                                        " whose ops DepView cannot see: prune the eager module and "
                                        "script it afterwards)"), res.stdout
+
+
+def test_an_empty_spec_is_bad_input_not_the_current_directory(tmp_path):
+    out = tmp_path / "e"  # run from inside an export directory, "" opened it
+    cli("prune", "demo:cnn", "--ratio", "0.3", "--out", str(out))
+    for command in (["graph", ""], ["groups", "  "], ["prune", "", "--ratio", "0.3", "--out",
+                                                       str(tmp_path / "x")]):
+        res = cli(*command, check=False, cwd=out)
+        assert res.returncode == 2 and res.stderr.strip() == (
+            "error: the model SPEC is empty: give demo:NAME, package.module:attr, "
+            "path/file.py:attr or a model directory"), res.stderr
+
+
+def test_json_on_stdout_is_json_alone_when_the_model_prints(tmp_path):
+    f = tmp_path / "chatty.py"
+    f.write_text("import torch\nclass M(torch.nn.Sequential):\n    def __init__(self):\n"
+                 "        print('hello from init')\n"
+                 "        super().__init__(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))\n"
+                 "    def forward(self, x):\n        print('hello from forward')\n"
+                 "        return super().forward(x)\n")
+    for command in ("graph", "groups"):
+        res = cli(command, f"{f}:M", "--input", "1x4", "--json", "-")
+        assert json.loads(res.stdout), res.stdout  # (it began with the model's hellos)
+        assert "hello from init" in res.stderr and "hello from forward" in res.stderr
 
 
 def test_a_quantized_model_is_a_one_line_error(tmp_path):

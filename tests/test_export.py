@@ -252,6 +252,7 @@ def test_exporting_again_into_an_export_replaces_it_whole(demo_pruner, tmp_path)
     ({"source": "x"}, "'source' must be an object"),
     ({"rounds": "x"}, "'rounds' must be a list"),
     ({"source": {"spec": "demo:cnn", "seed": "0"}}, "'source.seed' must be an integer"),
+    ({"source": {"spec": "demo:cnn", "seed": -5}}, "'source.seed' must be an integer of 0"),
     ({"source": {"spec": "demo:cnn", "inputs": [5]}}, "'source' must hold 'kwargs' as an"),
     ({"tensors": {"features.0.weight": {"x": [0]}}}, "'tensors' must map each tensor"),
 ])
@@ -597,7 +598,7 @@ def test_damaged_kept_indices_are_one_clear_error(demo_pruner, tmp_path, kept):
         load_pruned(out)
 
 
-@pytest.mark.parametrize("edit", ["round", "top", "dup"])
+@pytest.mark.parametrize("edit", ["round", "top", "dup", "none"])
 def test_rounds_that_do_not_add_up_are_refused_on_reload(demo_pruner, tmp_path, edit):
     """A later round's export is made from plan.json's rounds (an uploaded zip goes on from
     them): a round edited out of its tensor's range, or apart from the kept indices it adds up
@@ -613,12 +614,15 @@ def test_rounds_that_do_not_add_up_are_refused_on_reload(demo_pruner, tmp_path, 
         doc["rounds"][0]["tensors"][key]["0"] = kept[:-1] + [999]
     elif edit == "top":
         doc["tensors"][key]["0"] = kept[:-1] + [kept[-1] + 1]
-    else:  # the same channel twice, in the round and the composed indices alike
+    elif edit == "dup":  # the same channel twice, in the round and the composed indices alike
         doc["rounds"][0]["tensors"][key]["0"] = doc["tensors"][key]["0"] = [kept[0]] + kept[:-1]
+    else:  # (a later round would start from none)
+        doc["rounds"] = []
     (out / "plan.json").write_text(json.dumps(doc))
     match = {"round": f"kept indices in round 1 for '{key}' dim 0 do not fit",
              "top": "rounds do not add up to its kept indices",
-             "dup": f"kept indices in round 1 for '{key}' dim 0 do not fit"}[edit]
+             "dup": f"kept indices in round 1 for '{key}' dim 0 do not fit",
+             "none": "plan.json lists no rounds for its kept indices"}[edit]
     with pytest.raises(DepViewError, match=re.escape(match)):
         load_pruned(out)
 
@@ -649,7 +653,7 @@ def test_plan_attrs_set_only_public_scalar_attributes(demo_pruner, tmp_path, att
     out = export_dir(p, plan, p.apply(plan), tmp_path / "a", lm.source)
     doc = json.loads((out / "plan.json").read_text())
     doc["attrs"]["features.0"] = attrs
-    (out / "plan.json").write_text(json.dumps(doc))
+    _write_plan(out, doc)
     with pytest.raises(DepViewError, match="not a public scalar attribute"):
         load_pruned(out)
 
@@ -668,9 +672,9 @@ def test_plan_attrs_reach_only_public_scalars_of_a_held_config(attrs):
             self.config = types.SimpleNamespace(heads=3, _secret=0)
 
     with pytest.raises(DepViewError, match="not a public scalar attribute"):
-        reshape_like_plan(Holder(), {"attrs": {"": attrs}})
+        reshape_like_plan(Holder(), _attrs_plan({"": attrs}))
     model = Holder()
-    reshape_like_plan(model, {"attrs": {"": {"config.heads": 2}}})
+    reshape_like_plan(model, _attrs_plan({"": {"config.heads": 2}}))
     assert model.config.heads == 2
 
 
@@ -903,7 +907,7 @@ def test_plan_json_attrs_keep_their_kind(demo_pruner, tmp_path):
     module, attrs = next(iter(data["attrs"].items()))
     key = next(k for k, v in attrs.items() if type(v) is int)
     data["attrs"][module][key] = [1, 2]  # a number turned list: was set, and check said OK
-    (out / "plan.json").write_text(json.dumps(data))
+    _write_plan(out, data)
     with pytest.raises(DepViewError, match=key):
         load_pruned(out)
 
@@ -911,7 +915,19 @@ def test_plan_json_attrs_keep_their_kind(demo_pruner, tmp_path):
 def _tamper(out, edit):
     data = json.loads((out / "plan.json").read_text())
     edit(data)
+    _write_plan(out, data)
+
+
+def _write_plan(out, data) -> None:
+    """Write an edited plan.json of a one-round export, its round edited alike (a round apart
+    from the kept indices and attributes it adds up to is refused first)."""
+    data["rounds"][0].update(tensors=data["tensors"], attrs=data["attrs"])
     (out / "plan.json").write_text(json.dumps(data))
+
+
+def _attrs_plan(attrs: dict) -> dict:
+    """A plan.json that only sets attributes (in one round)."""
+    return {"attrs": attrs, "rounds": [{"tensors": {}, "attrs": attrs}]}
 
 
 def test_check_says_which_check_failed_and_catches_a_plan_that_computes_otherwise(tmp_path):

@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from collections import Counter
+from contextlib import contextmanager, nullcontext, redirect_stdout
 from pathlib import Path
 
 from .app.args import add_model_options, add_serve_arguments, check_seeds
@@ -26,12 +27,29 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     add_model_options(p)
 
 
+#: the real stdout while a command with ``--json -`` runs (see :func:`_json_on_stdout`)
+_JSON_STDOUT = None
+
+
+@contextmanager
+def _json_on_stdout():
+    """With ``--json -`` stdout carries the JSON alone: what else is printed meanwhile (a
+    model's own ``print`` in its ``__init__`` or forward) goes to stderr."""
+    global _JSON_STDOUT
+    _JSON_STDOUT = sys.stdout
+    try:
+        with redirect_stdout(sys.stderr):
+            yield
+    finally:
+        _JSON_STDOUT = None
+
+
 def _write_json(obj, dest: str) -> None:
     from .core.export import dumps
 
     text = dumps(obj, indent=1)  # strict JSON: inf and nan spelled "Infinity", "NaN"
     if dest == "-":
-        sys.stdout.write(text + "\n")
+        (_JSON_STDOUT or sys.stdout).write(text + "\n")
         return
     try:
         Path(dest).parent.mkdir(parents=True, exist_ok=True)
@@ -543,7 +561,8 @@ def main(argv: list[str] | None = None) -> int:
         check_seeds(args)
         if getattr(args, "json", None) not in (None, "-"):
             _check_json_dest(args.json)
-        return args.func(args)
+        with _json_on_stdout() if getattr(args, "json", None) == "-" else nullcontext():
+            return args.func(args)
     except DepViewError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

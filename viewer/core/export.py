@@ -705,8 +705,8 @@ def plan_problem(plan: dict) -> str:
             not isinstance(src.get("inputs") or [], list) or \
             not all(isinstance(i, str) for i in src.get("inputs") or []):
         return "'source' must hold 'kwargs' as an object and 'inputs' as a list of shapes"
-    if type(src.get("seed", 0)) is not int:
-        return "'source.seed' must be an integer"
+    if type(src.get("seed", 0)) is not int or src.get("seed", 0) < 0:
+        return "'source.seed' must be an integer of 0 or more"
     tensors = plan.get("tensors", {})
     if not isinstance(tensors, dict) or not all(
             isinstance(dims, dict) and all(isinstance(k, list) and d.lstrip("-").isdigit()
@@ -766,6 +766,9 @@ def _check_rounds(plan: dict, table: dict) -> None:
     the rounds (an uploaded zip goes on from them), so a damaged round is refused here, not
     in the next export."""
     rounds = plan.get("rounds") or []
+    if not rounds and (plan.get("tensors") or plan.get("attrs")):
+        raise DepViewError("plan.json lists no rounds for its kept indices: the plan is "
+                           "damaged")
     shapes = {key: list(t.shape) for key, (_, _, t) in table.items()}
     for i, rnd in enumerate(rounds, 1):
         tensors, attrs = rnd.get("tensors"), rnd.get("attrs", {})
@@ -1352,7 +1355,8 @@ def export_folder(spec: str) -> Path | None:
     """``spec`` as an export directory (``prune --out`` wrote it: it holds plan.json), or
     None for any other SPEC (``demo:NAME``, ``module:attr``, ``file.py:attr``)."""
     folder = Path(spec)
-    if ":" in spec or not folder.is_dir() or not (folder / "plan.json").is_file():
+    if ":" in spec or not spec.strip() or not folder.is_dir() or \
+            not (folder / "plan.json").is_file():
         return None
     return folder
 

@@ -301,6 +301,9 @@ def load_model(
     ``dtype``: what the model runs in, ``"float32"`` (the default) or, to hold a model twice
     as large, ``"bfloat16"``/``"float16"``; floating example inputs follow it.
     """
+    if not str(spec).strip():  # (not the current directory, which Path("") names)
+        raise DepViewError("the model SPEC is empty: give demo:NAME, package.module:attr, "
+                           "path/file.py:attr or a model directory")
     if recorded and (why := recorded_refusal(spec)):
         raise DepViewError(why)
     if isinstance(kwargs, str):
