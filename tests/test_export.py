@@ -627,6 +627,20 @@ def test_rounds_that_do_not_add_up_are_refused_on_reload(demo_pruner, tmp_path, 
         load_pruned(out)
 
 
+def test_a_demo_export_reloads_from_the_code_named_with_its_recorded_inputs(demo_pruner,
+                                                                          tmp_path):
+    """``spec=`` (``check --spec``) names other code for a demo's export: it gets the inputs
+    plan.json recorded (it asked for --input, which check does not take)."""
+    lm, p = demo_pruner("cnn")
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    out = export_dir(p, plan, pruned, tmp_path / "e", lm.source)
+    again = load_pruned(out, spec="demo_models.cnn:build_cnn")
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(),
+                                                 pruned.state_dict().values(), strict=True))
+    assert check_dir(out, spec="demo_models.cnn:build_cnn")["ok"]
+
+
 def test_two_rounds_of_a_stored_split_size_reload(tmp_path, fused_spec):
     lm = load_model(fused_spec, inputs=["2x8"])
     p1 = Pruner(lm.model, lm.inputs)

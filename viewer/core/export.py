@@ -917,8 +917,8 @@ def rebuild(path: str | Path, search: bool = True, originals: dict | None = None
         else:
             originals["unavailable"] = (f"the original's weights file {src['weights']} is not "
                                         "here")
-    if _own_demo_inputs(src):
-        inputs = None  # load_model gives a demo its own inputs
+    if _own_demo_inputs(src) and spec.startswith("demo:"):
+        inputs = None  # load_model gives a demo its own inputs (other code named: recorded)
     lm = load_model(spec, inputs=inputs, kwargs=src.get("kwargs"),
                     weights=weights, device="cpu", seed=src.get("seed", 0), recorded=recorded,
                     example=example, dtype=src.get("run_dtype"))
