@@ -686,9 +686,9 @@ def test_plan_attrs_reach_only_public_scalars_of_a_held_config(attrs):
             self.config = types.SimpleNamespace(heads=3, _secret=0)
 
     with pytest.raises(DepViewError, match="not a public scalar attribute"):
-        reshape_like_plan(Holder(), _attrs_plan({"": attrs}))
+        reshape_like_plan(Holder(), {"attrs": {"": attrs}})
     model = Holder()
-    reshape_like_plan(model, _attrs_plan({"": {"config.heads": 2}}))
+    reshape_like_plan(model, {"attrs": {"": {"config.heads": 2}}})
     assert model.config.heads == 2
 
 
@@ -937,11 +937,6 @@ def _write_plan(out, data) -> None:
     from the kept indices and attributes it adds up to is refused first)."""
     data["rounds"][0].update(tensors=data["tensors"], attrs=data["attrs"])
     (out / "plan.json").write_text(json.dumps(data))
-
-
-def _attrs_plan(attrs: dict) -> dict:
-    """A plan.json that only sets attributes (in one round)."""
-    return {"attrs": attrs, "rounds": [{"tensors": {}, "attrs": attrs}]}
 
 
 def test_check_says_which_check_failed_and_catches_a_plan_that_computes_otherwise(tmp_path):

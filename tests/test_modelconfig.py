@@ -1,5 +1,6 @@
 """A pruned copy's config describes it: built from it, the model is the pruned one."""
 
+import copy
 import os
 
 import pytest
@@ -238,6 +239,40 @@ def test_hf_gpt2_heads_are_told_apart_by_running_the_rebuilt_model():
     assert torch.equal(_outputs(_built_from_config(pruned), inputs)[0], want)
     pruned.config.n_head = 4  # the shapes-only answer
     assert not torch.equal(_outputs(_built_from_config(pruned), inputs)[0], want)
+
+
+def test_a_config_its_own_class_refuses_is_not_written_and_the_export_reloads(tmp_path):
+    """Llama with head_dim 8 pruned to hidden_size 23 rebuilds from a config saying so, but
+    LlamaConfig refuses it (23 is no multiple of 4 heads): from_pretrained of that config.json
+    failed, and so did load_pruned of an in-process export. Now no config.json, the reason
+    said, and the export reloads from the original's config and the plan."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    tr = pytest.importorskip("transformers")
+    from viewer.core.export import load_pruned
+    from viewer.core.modelconfig import refusal
+
+    torch.manual_seed(0)
+    model = tr.LlamaForCausalLM(tr.LlamaConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64)).eval()
+    odd = copy.deepcopy(model.config)
+    odd.hidden_size = 30
+    if not refusal(odd):
+        pytest.skip("this transformers does not validate a config's sizes")
+    inputs = (torch.randint(0, 100, (1, 16)),)
+    p = Pruner(model, inputs)
+    plan = p.plan(0.3, "l1")
+    pruned = p.apply(plan)
+    assert pruned.model.norm.weight.shape[0] % 4  # (a width no count of heads divides)
+    why = p.config_fit["reason"]
+    assert why.startswith("LlamaConfig refuses the sizes that rebuild the pruned model (") \
+        and "is not a multiple of the number of attention heads" in why, why
+    assert "\n" not in why and pruned.config.hidden_size == 32  # (left as it was)
+    out = export_dir(p, plan, pruned, tmp_path / "e")
+    assert not (out / "config.json").exists()
+    again = load_pruned(out)
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(),
+                                                 pruned.state_dict().values(), strict=True))
 
 
 def _staged() -> Config:

@@ -17,7 +17,7 @@ from pathlib import Path
 from .app.args import add_model_options, add_serve_arguments, check_seeds
 from .core.errors import DepViewError
 from .core.plan import IMPORTANCE, READS_BATCH, l1_fallback_text
-from .core.text import counted
+from .core.text import counted, first_line
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
@@ -574,7 +574,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug or an unforeseen input: still one line, unless asked
         if os.environ.get("DEPVIEW_TRACEBACK"):
             raise
-        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        first = first_line(str(exc))[:300]
         print(f"error: unexpected {type(exc).__name__}: {first} (set DEPVIEW_TRACEBACK=1 for "
               "the traceback)", file=sys.stderr)
         return 1

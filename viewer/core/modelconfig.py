@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from .text import first_line
 from .trace import MAX_LISTED, module_attrs
 
 #: candidate values tried one key at a time, then combined (each try is one meta build)
@@ -349,13 +350,17 @@ def fit_config(original: nn.Module, pruned: nn.Module,
                 yield other
 
     tried: list[dict[str, int]] = []
+    refused = ""  # (what the config class said of sizes that rebuild the pruned model)
+    validated = not refusal(cfg0)  # (an original its own class refuses: not asked again)
     for values in attempts():
         if values in tried:
             continue
         for k in keys:
             set_size(cfg, k, values.get(k, before[k]))
         built = build_from_config(cls, cfg)
-        if same is None or same(built):
+        if validated and (why := refusal(cfg)):
+            refused = refused or f"({_listed(values)}): {why}"
+        elif same is None or same(built):
             if search:
                 _sync_stale(pruned, built, old_attrs, noise)
             return {"changed": _changed(cfg, cfg0)}
@@ -364,8 +369,26 @@ def fit_config(original: nn.Module, pruned: nn.Module,
             break
     for k in keys:
         set_size(cfg, k, before[k])
+    if refused:  # (from_pretrained of such a config.json fails)
+        return {"reason": f"{type(cfg).__name__} refuses the sizes that rebuild the pruned "
+                          f"model {refused.removesuffix('.')} (--round-to can keep sizes to "
+                          "multiples it accepts)"}
     return {"reason": f"a model built from {type(cfg).__name__} with the pruned sizes "
                       f"({_listed(tried[0])}) does not compute what the pruned model does"}
+
+
+def refusal(cfg) -> str:
+    """Why a Hugging Face config's own validation refuses its values now ("" if it does
+    not, or has none): transformers' configs check that ``hidden_size`` is a multiple of the
+    heads when one is made or loaded (``from_pretrained``), not when a size is set."""
+    check = getattr(cfg, "validate", None)
+    if not callable(check) or not type(cfg).__module__.startswith("transformers"):
+        return ""
+    try:
+        check()
+    except Exception as exc:  # (a strict dataclass's validation error, a ValueError)
+        return first_line(str(exc))
+    return ""
 
 
 def _alternatives(chosen: dict[str, int], single: dict, score, most: int = 4):

@@ -10,6 +10,7 @@ from pathlib import PurePath
 from dash import html
 
 from viewer.core.errors import DepViewError
+from viewer.core.text import first_line
 
 log = logging.getLogger("viewer.app")
 
@@ -22,7 +23,7 @@ def error_text(exc: BaseException) -> str:
     """One line for the page: a DepViewError's own message, else the type and first line."""
     if isinstance(exc, DepViewError):
         return str(exc)
-    first = (str(exc).strip().splitlines() or [""])[0][:300]
+    first = first_line(str(exc))[:300]
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
