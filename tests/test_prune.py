@@ -184,6 +184,39 @@ def test_macs_come_from_flop_counter(demo_pruner):
     assert pv["macs"]["before"] == pv["macs"]["after"] >= 16 * 3 * 9 * 32 * 32
 
 
+class _MaskedEncoder(nn.Module):
+    """nn.TransformerEncoder as its docs show it: nested tensors on (the default) and a
+    padding mask, which puts its layers on nested tensors in eval mode."""
+
+    def __init__(self, nested: bool = True):
+        super().__init__()
+        self.emb = nn.Embedding(40, 32)
+        layer = nn.TransformerEncoderLayer(32, 4, 64, batch_first=True)
+        self.enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=nested)
+        self.fc = nn.Linear(32, 3)
+
+    def forward(self, ids):
+        return self.fc(self.enc(self.emb(ids), src_key_padding_mask=ids == 0).mean(1))
+
+
+def test_macs_of_a_transformer_encoder_with_a_padding_mask_count_its_layers():
+    # its layers ran on nested tensors, which FlopCounterMode does not see: 192 MACs, the
+    # last Linear's alone
+    ids = torch.randint(1, 40, (2, 9))
+    ids[0, -3:] = 0
+    by_hand = 2 * (2 * 9 * 32 * 96 + 2 * 9 * 32 * 32      # in and out projections
+                   + 2 * (2 * 4 * 9 * 9 * 8)             # scores and their values
+                   + 2 * (2 * 9 * 32 * 64)) + 2 * 32 * 3  # feed-forward; head
+    previews = []
+    for nested in (True, False):
+        torch.manual_seed(0)
+        p = Pruner(_MaskedEncoder(nested).eval(), (ids,))
+        previews.append(p.preview(p.plan(0.5)))
+    assert previews[0]["macs"]["before"] == by_hand
+    assert previews[0]["macs"] == previews[1]["macs"]  # (no nested tensors there at all)
+    assert previews[0]["macs"]["after"] < by_hand
+
+
 def test_plan_is_deterministic(demo_pruner):
     _, p = demo_pruner("mobilenet")
     for crit in IMPORTANCE:
