@@ -428,6 +428,42 @@ def test_a_split_size_stored_on_the_module_is_updated_and_nothing_else_is(tmp_pa
                                            "out": {"in_features": 5}}
 
 
+class C2f(nn.Module):
+    """ultralytics' C2f: ``split((self.c, self.c), 1)`` of one conv's output, one stored size
+    for both parts (``equal``), or one size each that happen to be equal."""
+
+    def __init__(self, equal: bool = True):
+        super().__init__()
+        self.equal = equal
+        self.c = self.a = self.b = 8
+        self.cv1 = nn.Conv2d(3, 16, 1)
+        self.m = nn.Conv2d(8, 8, 3, padding=1)
+        self.cv2 = nn.Conv2d(24, 4, 1)
+
+    def forward(self, x):
+        y = list(self.cv1(x).split((self.c, self.c) if self.equal else (self.a, self.b), 1))
+        y.append(self.m(y[-1]))
+        return self.cv2(torch.cat(y, 1))
+
+
+@pytest.mark.parametrize("equal", [True, False])
+def test_split_sizes_given_one_by_one_and_equal_follow_their_attributes(equal):
+    # blocked: "split_with_sizes expects split_sizes to sum exactly to 15 ..., but got
+    # split_sizes=[8, 8]" (only unequal sizes given one by one were looked for)
+    torch.manual_seed(0)
+    model, x = C2f(equal).eval(), torch.randn(1, 3, 8, 8)
+    p = Pruner(model, (x,))
+    assert not p.validate_groups()
+    g = next(g for g in p.groups if g.root == "cv1")
+    assert not p.reason(g) and p.sets(g) == (["c"] if equal else ["a", "b"])
+    assert g.n_units == 8  # (channel i of each part, paired: both parts keep one size)
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    assert (pruned.c, pruned.a, pruned.b) == ((4, 8, 8) if equal else (8, 4, 4))
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+
+
 class Down(nn.Module):
     """diffusers' ``Downsample2D``: its own forward checks the width against a size it
     stores (``channels``); ``out_channels`` equals it and is never read. ``how`` picks what

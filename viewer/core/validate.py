@@ -1411,10 +1411,12 @@ class GroupValidation:
             for k, v in attrs:
                 if type(v) in (list, tuple) and tuple(v) == sizes:
                     out.append(SizeAttr(path, k, node.id, key, sum(sizes), len(sizes), sizes))
-            if len(set(sizes)) > 1:
+            if len(sizes) > 1:
                 # sizes given one by one, split((self.embed_dim, self.kv_dim, self.kv_dim)):
                 # an int attribute equal to a part's size may be that part's width (a part
-                # of the group's tensors: the split's output ``i``)
+                # of the group's tensors: the split's output ``i``); equal ones too, as
+                # ultralytics' C2f splits (self.c, self.c): one attribute for both parts
+                # holds once their units pair (:meth:`_pair_unit_kinds`)
                 for i, size in enumerate(sizes):
                     part = (node.id, i, key[2])
                     if part not in group.tensors:
