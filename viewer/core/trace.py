@@ -1237,7 +1237,8 @@ def _written_in_eval(m: nn.Module) -> list[tuple[dict, str]]:
     """(the dict holding it, its name) of each tensor ``m`` may write in eval mode: the
     buffers of a module that is not one of torch's own, and the weight of an
     ``nn.Embedding`` or ``nn.EmbeddingBag`` with ``max_norm``."""
-    out = [] if _torch_layer(type(m)) else [(m._buffers, k) for k in m._buffers]
+    # (keys(): a TorchScript module's BufferDict iterates otherwise)
+    out = [] if _torch_layer(type(m)) else [(m._buffers, k) for k in m._buffers.keys()]
     if isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and m.max_norm is not None:
         out.append((m._parameters, "weight"))
     return out
