@@ -166,6 +166,43 @@ def test_parameters_the_example_inputs_never_reach_are_named_in_the_verification
     assert every.untraced() == []
 
 
+class VAE(nn.Module):
+    """A VAE's reparameterisation, taken in train mode only: it pairs mu's channel i with
+    logvar's channel i, which an eval-mode trace never sees."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc = nn.Sequential(nn.Linear(12, 32), nn.ReLU())
+        self.mu, self.lv = nn.Linear(32, 8), nn.Linear(32, 8)
+        self.dec = nn.Linear(8, 12)
+
+    def forward(self, x):
+        h = self.enc(x)
+        mu, lv = self.mu(h), self.lv(h)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * lv) if self.training else mu
+        return self.dec(z)
+
+
+def test_a_forward_that_branches_on_self_training_is_warned_about():
+    from viewer.app.callbacks.prune import verification_text
+
+    torch.manual_seed(0)
+    p = Pruner(VAE().eval(), (torch.randn(2, 12),))
+    plan = p.plan(0.5)
+    mu = next(g for g in p.groups if g.root == "mu")
+    assert "lv" not in {m.module for m in mu.members}  # (what the warning is about)
+    v = p.verify(p.apply(plan), plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"] and v["train_branches"] == \
+        ["VAE.forward"]
+    assert "warning: VAE.forward branches on self.training: only the eval-mode branch was " \
+        "traced and checked" in verification_text(v)
+    # torch's own layers (dropout, batch norm) and a forward without such a branch: nothing
+    p = Pruner(nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Dropout(),
+                             nn.Linear(8, 2)).eval(), (torch.randn(3, 4),))
+    plan = p.plan(0.5)
+    assert p.train_branches() == [] and "train_branches" not in p.verify(p.apply(plan), plan)
+
+
 def test_verification_draws_the_same_random_numbers_for_every_model():
     # ViT-MAE shuffles its patches by random noise even in eval: the original, pruned and
     # masked models drew different noise, and masked equivalence "failed" on a right prune

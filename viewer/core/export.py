@@ -660,6 +660,10 @@ def _verification_problem(v: dict) -> str:
     if untraced is not None and not (isinstance(untraced, list)
                                      and all(isinstance(n, str) for n in untraced)):
         return "'verification.untraced' must be a list of parameter names"
+    branches = v.get("train_branches")
+    if branches is not None and not (isinstance(branches, list)
+                                     and all(isinstance(n, str) for n in branches)):
+        return "'verification.train_branches' must be a list of names"
     return ""
 
 

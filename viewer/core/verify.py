@@ -6,6 +6,10 @@ two models side by side when one does not fit beside the other.
 
 from __future__ import annotations
 
+import ast
+import functools
+import inspect
+import textwrap
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from typing import NamedTuple
@@ -326,13 +330,44 @@ def blind_note(verification: dict) -> str:
 
 
 def untraced_note(verification: dict) -> str:
-    """A warning about parameters the example inputs never reached ("" when none)."""
+    """Warnings about code the checks never ran ("" when none): parameters the example
+    inputs never reached, and forwards that branch on ``self.training`` (traced and checked
+    in eval mode only)."""
     names = verification.get("untraced") or []
-    if not names:
-        return ""
-    shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
-    return (f"warning: {len(names)} parameter(s) never ran on the example inputs ({shown}) and "
-            "were not pruned: inputs that reach them may fail")
+    notes = []
+    if names:
+        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        notes.append(f"warning: {len(names)} parameter(s) never ran on the example inputs "
+                     f"({shown}) and were not pruned: inputs that reach them may fail")
+    branches = verification.get("train_branches") or []
+    if branches:
+        shown = ", ".join(branches[:3]) + (", ..." if len(branches) > 3 else "")
+        notes.append(f"warning: {shown} branch{'es' if len(branches) == 1 else ''} on "
+                     "self.training: only the eval-mode branch was traced and checked; in "
+                     "train mode the pruned model may pair channels the trace never coupled")
+    return "; ".join(notes)
+
+
+#: the packages whose modules branch on ``self.training`` only for dropout, noise or
+#: gradient checkpointing (every Hugging Face attention does): not warned about
+_LIBRARIES = ("torch", "transformers", "diffusers", "timm", "torchvision", "torchaudio")
+
+
+@functools.cache
+def _branches_on_training(cls: type) -> bool:
+    """Whether ``cls.forward``'s own code has an ``if`` (or ``x if c else y``) on
+    ``self.training``, as a VAE's reparameterisation does."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls.forward)))
+    except (OSError, TypeError, SyntaxError):
+        return False
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.If, ast.IfExp)) and any(
+                isinstance(n, ast.Attribute) and n.attr == "training" and
+                isinstance(n.value, ast.Name) and n.value.id == "self"
+                for n in ast.walk(node.test)):
+            return True
+    return False
 
 
 class Verification:
@@ -530,6 +565,18 @@ class Verification:
                               if name not in held]
         return self._untraced
 
+    def train_branches(self) -> list[str]:
+        """``Class.forward`` of the model's own modules that branch on ``self.training``
+        (:func:`_branches_on_training`; not those of torch and the libraries in
+        :data:`_LIBRARIES`): DepView traces and checks eval mode only, so what the train-mode
+        branch couples (a VAE's ``mu`` and ``logvar`` in ``mu + eps * exp(logvar / 2)``) is
+        neither grouped nor checked."""
+        out = []
+        for cls in dict.fromkeys(type(m) for m in self.model.modules()):
+            if cls.__module__.split(".")[0] not in _LIBRARIES and _branches_on_training(cls):
+                out.append(f"{cls.__name__}.forward")
+        return out
+
     def verify(self, pruned: nn.Module, plan: Plan, masked: bool = True) -> dict:
         """Forward on the example inputs, output shapes kept, and masked equivalence (when
         every pruned group is exact: no norm or softmax over pruned channels; groups of
@@ -540,6 +587,8 @@ class Verification:
         res: dict = {"forward": False, "shapes_kept": False}
         if plan.removed and self.untraced():
             res["untraced"] = list(self.untraced())
+        if plan.removed and (branches := self.train_branches()):
+            res["train_branches"] = branches
         try:
             out_p = run(pruned, self.inputs)
             res["forward"] = True
