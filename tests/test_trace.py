@@ -413,6 +413,26 @@ def test_a_plain_tensor_attribute_is_a_buffer_node_named_by_its_path():
         assert consts == [("constant", (4,)), ("zeros", (2, 4))]  # (the cache; the state)
 
 
+class SameNames(nn.Module):
+    """A layer named as the forward's argument (nn.Transformer tutorials' ``self.src`` beside
+    ``forward(src, tgt)``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.x, self.fc = nn.Embedding(10, 16), nn.Linear(16, 2)
+
+    def forward(self, x):
+        return self.fc(self.x(x))
+
+
+def test_an_input_named_as_a_layer_is_the_one_renamed():
+    # the layer was the node "x_1", so groups were rooted at a name no module has, and
+    # --override x_1=... was taken
+    g = build_graph(SameNames(), (torch.randint(0, 10, (1, 5)),))
+    assert g.by_name["input.x"].op_type is OpType.INPUT
+    assert g.by_name["x"].module == "x" and "x_1" not in g.by_name
+
+
 class Einsum(nn.Module):
     def __init__(self, equation: str):
         super().__init__()

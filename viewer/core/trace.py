@@ -1448,8 +1448,14 @@ def build_graph(model: nn.Module, example_inputs=(), example_kwargs: dict | None
     clear_method_caches(tracer.classes)  # (the classes of the tracer's walk of the modules)
     params = arg_names(model)
     named = _name_inputs(params, args, kwargs)
+    # an input named as a module or a parameter (``self.x`` beside ``forward(x)``) is the one
+    # renamed: a layer keeps the name --override, --ignore and plan.json know it by
+    # (an argument's name has no dot: only the model's own attributes can be it)
     for name, t in named:
-        tracer.add_node([], [t], tracer.unique(name or "input"), OpType.INPUT, "", "input")
+        name = name or "input"
+        held = name in model._modules or name in model._parameters or name in model._buffers
+        tracer.add_node([], [t], tracer.unique(f"input.{name}" if held else name),
+                        OpType.INPUT, "", "input")
     # on meta nothing is allocated: record in long batches (with autograd, one by one: an
     # in-place op changes its input's grad_fn)
     probe = next(iter(model.parameters()), named[0][1] if named else None)
