@@ -4025,3 +4025,37 @@ def test_a_view_read_for_its_shape_only_does_not_block_the_stream():
     p = Pruner(EmbedsThenPositions(PositionsFromValues).eval(), (ids,), output_layers=["head"])
     stream = next(g for g in p.groups if g.root == "tok")
     assert "'getitem' selects one index of the tracked dim" in p.reason(stream)
+
+
+class ShuffleV1(nn.Module):
+    """ShuffleNet V1's unit: grouped 1x1 conv -> channel shuffle -> grouped 1x1 conv."""
+
+    def __init__(self, g: int):
+        super().__init__()
+        self.g = g
+        self.gc1 = nn.Conv2d(32, 16, 1, groups=g, bias=False)
+        self.gc2 = nn.Conv2d(16, 32, 1, groups=g, bias=False)
+
+    def forward(self, x):
+        out = F.relu(self.gc1(x))
+        b, c, h, w = out.shape
+        out = out.reshape(b, self.g, c // self.g, h, w).permute(0, 2, 1, 3, 4).reshape(
+            b, c, h, w)
+        return self.gc2(out)
+
+
+@pytest.mark.parametrize("g, units", [(2, 4), (4, 1)])
+def test_shufflenet_v1_units_keep_every_group_balanced_or_say_why_they_cannot(g, units):
+    # with 4 groups the reason was "only one unit" for a 16-channel group
+    from viewer.core.prune import Pruner
+
+    p = Pruner(ShuffleV1(g).eval(), (torch.randn(1, 32, 4, 4),))
+    grp = next(x for x in p.groups if x.root == "gc1")
+    assert grp.n_units == units
+    if units > 1:
+        plan = p.plan(0.5)
+        v = p.verify(p.apply(plan), plan)
+        assert plan.removed[grp.id] and v["masked_equivalence"]["ok"], v
+    else:
+        assert grp.reason.startswith("its 16 channels make one unit: the ops it reaches tie "
+                                     "each to all the others (grouped convolutions")
