@@ -261,6 +261,7 @@ def _click_background(dash_duo) -> None:
 
 
 def test_a_selection_clears_and_a_legend_highlight_ends_with_its_model(dash_duo):
+    # (and the override controls show only for a node with a group)
     from selenium.webdriver.common.keys import Keys
 
     _start(dash_duo, create_app([ModelEntry("demo:resnet"), ModelEntry("demo:cnn")]))
@@ -270,11 +271,13 @@ def test_a_selection_clears_and_a_legend_highlight_ends_with_its_model(dash_duo)
     def faded() -> bool:
         return float(_style(dash_duo, outsider, "opacity")) < 0.5
 
+    edit = dash_duo.find_element(f"#{ids.GROUP_EDIT}")
     for clear in ("background", "escape"):
         _click_node(dash_duo, "layer1.0.conv1")  # (again after a clear: the same node)
         dash_duo.wait_for_contains_text(f"#{ids.GROUP_PANEL}", "layer1.0.conv2",
                                         timeout=TIMEOUT)
         _until(dash_duo, lambda d: faded(), "the click faded nothing")
+        assert edit.is_displayed()  # (the override and ignore controls: there is a group)
         if clear == "background":
             _click_background(dash_duo)
         else:
@@ -282,6 +285,10 @@ def test_a_selection_clears_and_a_legend_highlight_ends_with_its_model(dash_duo)
         _until(dash_duo, lambda d: not faded(), f"a {clear} click left the graph faded")
         dash_duo.wait_for_contains_text(f"#{ids.INSPECTOR}", "Click a node to inspect it",
                                         timeout=TIMEOUT)
+    # the output holds no group: nothing to override or ignore is offered
+    _click_node(dash_duo, "output")
+    _until(dash_duo, lambda d: not edit.is_displayed(),
+           "the override controls stayed for a node without a group")
     # a legend type: shown as pressed; picking it clears a selection (whose fade would hide
     # it); another model drawn ends it
     _click_node(dash_duo, "layer1.0.conv1")

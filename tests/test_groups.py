@@ -212,6 +212,17 @@ def test_group_of_bad_side_and_name(demo_pruner, side):
         group_of(p.graph, "fc1", "sideways")
 
 
+def test_an_embeddings_input_has_no_channels_to_group(demo_pruner):
+    # its ids' positions were offered as 16 "units" of a group with no members
+    from viewer.core.errors import DepViewError
+
+    _, p = demo_pruner("llama")
+    with pytest.raises(DepViewError, match="^'embed_tokens' reads ids .rows of its table., not "
+                                           "channels: its input has none to group$"):
+        group_of(p.graph, "embed_tokens", "in")
+    assert group_of(p.graph, "embed_tokens", "out").n_units > 1
+
+
 @pytest.mark.parametrize("name", ["swin", "llama", "shufflenet", "vit", "slicing", "rnn"])
 def test_group_of_any_node_never_crashes(demo_pruner, name):
     """Every node, both sides: a group or a one-line DepViewError, never another exception."""

@@ -18,6 +18,7 @@ FIT_DONE = "fit-done"  #: dummy output of client-side callbacks
 FIT_HINT = "fit-hint"  #: shown by the client when Fit leaves the graph too small to read
 STYLE_GROUP = "style-group"  #: selection + its pruning group (element ids the client marks)
 STYLE_PREVIEW = "style-preview"  #: stylesheet rules: new widths after a preview
+GROUP_EDIT = "group-edit"  #: the override and ignore controls (shown when there is a group)
 STYLE_LEGEND = "style-legend"  #: stylesheet rules: the op type picked in the legend
 STYLE_SEARCH = "style-search"  #: stylesheet rules: search matches
 

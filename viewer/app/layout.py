@@ -145,7 +145,7 @@ def inspector_card() -> html.Section:
                               options=[{"label": "ignore outputs", "value": "out"},
                                        {"label": "ignore inputs", "value": "in"}],
                               className="ignore"),
-            ], className="group-edit"),
+            ], id=ids.GROUP_EDIT, className="group-edit"),
         ], id=ids.GROUP_CONTROLS, style={"display": "none"}),
     ], className="card")
 

@@ -967,6 +967,9 @@ def group_of(graph: Graph, node: str | int, side: str = "out") -> Group:
         d = in_channel_dim(n)
         if d is None or not graph.in_edges.get(n.id):
             raise DepViewError(f"'{n.name}' has no inputs")
+        if n.op_type is OpType.EMBED:  # (its dim 1 was taken for channels: token positions)
+            raise DepViewError(f"'{n.name}' reads ids (rows of its table), not channels: its "
+                               "input has none to group")
         width = n.in_shapes[0][d]
     try:
         return _search(graph, n, side, d, np.arange(width, dtype=np.int64), -1)

@@ -715,6 +715,7 @@ def register(app, store: SessionStore) -> None:
         Output(ids.GROUP_PICK, "value"),
         Output(ids.GROUP_PICK, "style"),
         Output(ids.GROUP_CONTROLS, "style"),
+        Output(ids.GROUP_EDIT, "style"),
         Output(ids.MODULE_CONTROLS, "style"),
         Output(ids.OUTPUT_CONTROLS, "style"),
         Output(ids.MESSAGE, "children", allow_duplicate=True),
@@ -740,11 +741,14 @@ def register(app, store: SessionStore) -> None:
         try:
             r = inspect(store, sid, selection, side or "out", pick, details=False)
         except Exception as exc:
-            return (no_update,) * 8 + (error_message(exc),)
+            return (no_update,) * 9 + (error_message(exc),)
         # several groups share this tensor (a concat's output): offer the choice
         pick_style = {"display": "block" if len(r.group_options) > 1 else "none"}
+        # (an override or an ignore needs a group: an output, a layer's side without one)
+        has_group = bool(r.selection and r.selection.get("gid") is not None)
         return (r.highlight, r.selection, r.group_options, r.group_value, pick_style,
                 {"display": "block" if r.show_group else "none"},
+                {"display": "block" if has_group else "none"},
                 {"display": "block" if r.show_module_ignore else "none"},
                 {"display": "block" if r.show_free_output else "none"}, no_update)
 
