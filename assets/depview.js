@@ -331,6 +331,23 @@
           document.body.appendChild(a);
           a.click();
           a.remove();
+          // the link is used now: the one in the message would answer 404, so it stops
+          // being one (once React has drawn it)
+          var tries = 0;
+          (function spend() {
+            var shown = document.querySelectorAll('a.' + DOWNLOAD);
+            for (var i = 0; i < shown.length; i++) {
+              if (shown[i].getAttribute('href') === link.href) {
+                shown[i].dataset.spent = link.href;
+                shown[i].removeAttribute('href');
+                shown[i].classList.add('used');
+                shown[i].title = 'downloaded: the link worked once; press Checkpoint again ' +
+                  'for another copy';
+                return;
+              }
+            }
+            if (tries++ < 20) { setTimeout(spend, 50); }
+          })();
         }
         return window.dash_clientside.no_update;
       }

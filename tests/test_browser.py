@@ -640,7 +640,11 @@ def test_apply_then_download_gives_a_checkpoint_load_pruned_reloads(dash_duo, tm
     _until(dash_duo, lambda d: zpath.is_file() and zipfile.is_zipfile(zpath),
            "no complete zip was downloaded")
     dash_duo.wait_for_contains_text(f"#{ids.MESSAGE}", "Checkpoint ready", timeout=TIMEOUT)
-    link = dash_duo.find_element(f"#{ids.MESSAGE} a[download]").get_attribute("href")
+    # the link in the message is spent too: no longer a link (it would answer 404)
+    shown = dash_duo.find_element(f"#{ids.MESSAGE} a[download]")
+    _until(dash_duo, lambda d: "used" in shown.get_attribute("class")
+           and shown.get_attribute("href") is None, "the spent link stayed a link")
+    link = shown.get_attribute("data-spent")
     assert "/_depview/download/" in link
     assert _js(dash_duo, "var r = new XMLHttpRequest(); r.open('GET', arguments[0], false);"
                          " r.send(); return r.status;", link) == 404  # it worked once
