@@ -425,6 +425,12 @@ class SameNames(nn.Module):
         return self.fc(self.x(x))
 
 
+def test_float_ids_are_told_to_be_integers():
+    with pytest.raises(DepViewError, match=r"'indices' .* \(ids need an integer dtype: "
+                                           r"--input SHAPE:int64\)$"):
+        build_graph(SameNames(), (torch.zeros(1, 5),))
+
+
 def test_an_input_named_as_a_layer_is_the_one_renamed():
     # the layer was the node "x_1", so groups were rooted at a name no module has, and
     # --override x_1=... was taken

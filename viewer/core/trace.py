@@ -1496,6 +1496,9 @@ def build_graph(model: nn.Module, example_inputs=(), example_kwargs: dict | None
         if args and isinstance(exc, TypeError) and _takes_keywords_only(model):
             first += (" (its forward takes its inputs by name: give them as a dict, or as "
                       "--input NAME=SHAPE)")
+        if "'indices'" in first and any(t.is_floating_point() for _, t in
+                                        _name_inputs(params, args, kwargs)):
+            first += " (ids need an integer dtype: --input SHAPE:int64)"
         raise DepViewError(
             f"model forward failed {where} ({given}): {type(exc).__name__}: {first}"
         ) from exc
