@@ -511,6 +511,39 @@ def test_overrides_and_ignore_in_vs_out(demo_pruner):
     assert g_in.id in plan.removed and g_out.id not in plan.removed
 
 
+class _OwnWeights(nn.Module):
+    """Layers that call F.linear, F.bilinear and F.conv1d on their own weights."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(12, 24), nn.Linear(12, 20)
+        self.w = nn.Parameter(torch.randn(16, 24) / 5)  # F.linear: (out, in)
+        self.bil = nn.Bilinear(16, 20, 8)  # (out, in1, in2)
+        self.c = nn.Parameter(torch.randn(6, 8, 1) / 3)  # F.conv1d: (out, in, k)
+        self.out = nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = F.relu(F.linear(F.relu(self.a(x)), self.w))
+        y = F.relu(self.bil(h, F.relu(self.b(x))))
+        y = F.relu(F.conv1d(y[:, :, None], self.c))[:, :, 0]
+        return self.out(y)
+
+
+@pytest.mark.parametrize("name, reads, writes", [("w", ["a"], ["w"]),
+                                                 ("bil", ["w", "b"], ["bil.bias"]),
+                                                 ("c", ["bil.bias"], ["conv1d"])])
+def test_ignoring_a_functional_layers_inputs_or_outputs_takes_its_weights_dims_apart(
+        name, reads, writes):
+    # its weight's every dim was "out": --ignore w:in protected nothing, and w:out also
+    # blocked the group its columns read
+    p = Pruner(_OwnWeights().eval(), (torch.randn(2, 12),))
+    roots = {g.root: g.id for g in p.groups}
+    for side, blocked in (("in", reads), ("out", writes)):
+        plan = p.plan(0.5, ignore=[f"{name}:{side}"])
+        assert {g for g in roots if roots[g] in plan.skipped and "ignored" in
+                plan.skipped[roots[g]]} == set(blocked), (side, plan.skipped)
+
+
 def test_ignoring_a_block_protects_every_layer_in_it(demo_pruner):
     # `--ignore layer1.0` was accepted and protected nothing (only members whose own module
     # was named matched); naming an activation or "" was accepted too

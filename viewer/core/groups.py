@@ -124,11 +124,9 @@ class Group:
             return "; ".join(dict.fromkeys(self.reasons))
         if self.n_units <= 1:
             width = max((len(np.unique(m.pos)) for m in self.members), default=1)
-            if width > 1:  # (ShuffleNet V1: grouped 1x1 convs with a shuffle between them)
+            if width > 1:  # (ShuffleNet V1's grouped convs across a shuffle, a feature cross)
                 return (f"its {width} channels make one unit: the ops it reaches tie each "
-                        "to all the others (grouped convolutions whose groups must keep one "
-                        "width, on both sides of a channel shuffle; a feature cross), so "
-                        "removing one would remove the whole tensor")
+                        "to all the others, so removing one would remove the whole tensor")
             return "only one unit: removing it would remove the whole tensor"
         if self.n_units <= self.min_kept:
             return f"all {self.n_units} units must stay: {self.min_kept_why}"

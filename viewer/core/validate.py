@@ -901,7 +901,7 @@ class GroupValidation:
         XGLM's q/k head dims fail (v's view reads the same ``head_dim``), while whole heads
         of q, k and v prune as one group; the reason alone read as if those channels could
         not go at all."""
-        ok = [g for g in self.groups if not g.reasons and not self._validated.get(g.id)]
+        ok = [g for g in self.groups if g.prunable and not self._validated.get(g.id)]
         for g in self.groups:
             err = self._validated.get(g.id)
             if not err or err.startswith((_JOINED, _TAKEN)) or _ELSEWHERE in err:
