@@ -25,7 +25,7 @@ from viewer.core.errors import DepViewError
 from viewer.core.export import export_dir, load_pruned
 from viewer.core.groups import held_by_outputs
 from viewer.core.optypes import OpType
-from viewer.core.plan import IMPORTANCE, Plan, parse_ignore
+from viewer.core.plan import IMPORTANCE, Plan, l1_fallback_text, parse_ignore
 from viewer.core.prune import Pruner, floor_note
 from viewer.core.spec import load_model
 from viewer.core.trace import output_nodes
@@ -924,6 +924,46 @@ class WithLoss(torch.nn.Module):
         if labels is not None:
             out["loss"] = torch.nn.functional.cross_entropy(logits, labels)
         return out
+
+
+class _NoGradStem(nn.Module):
+    """Layers whose weights get no gradient in a plain backward: a reentrant checkpoint on
+    the raw input (``reentrant``), or code run under ``torch.no_grad()``."""
+
+    def __init__(self, reentrant: bool):
+        super().__init__()
+        self.reentrant = reentrant
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(),
+                                  nn.Conv2d(16, 16, 3, padding=1), nn.ReLU())
+        self.fc1, self.fc = nn.Linear(16, 24), nn.Linear(24, 4)
+
+    def forward(self, x):
+        if self.reentrant:
+            from torch.utils.checkpoint import checkpoint
+
+            h = checkpoint(self.stem, x, use_reentrant=True)
+        else:
+            with torch.no_grad():
+                h = self.stem(x)
+        return self.fc(F.relu(self.fc1(h.mean((2, 3)))))
+
+
+@pytest.mark.filterwarnings("ignore:None of the inputs have requires_grad")
+def test_taylor_scores_layers_a_plain_backward_misses_or_says_it_fell_back_to_l1():
+    # all-zero scores tied, and the group lost its first units, silently
+    torch.manual_seed(0)
+    x = (torch.randn(2, 3, 8, 8),)
+    p = Pruner(_NoGradStem(True).eval(), x)
+    plan = p.plan(0.5, "taylor")
+    stem = next(g for g in p.groups if g.root == "stem.0")
+    assert np.asarray(plan.scores[stem.id]).any() and "scored_by_l1" not in plan.settings
+    p = Pruner(_NoGradStem(False).eval(), x)
+    plan = p.plan(0.5, "taylor")
+    stem = next(g for g in p.groups if g.root == "stem.0")
+    assert plan.settings["scored_by_l1"] == [stem.id]
+    assert plan.scores[stem.id] == p.plan(0.5, "l1").scores[stem.id]
+    assert l1_fallback_text("taylor", plan.settings["scored_by_l1"]) == \
+        "Taylor: 1 group has no gradient reaching it and was scored by L1"
 
 
 def test_taylor_uses_the_models_own_loss_when_it_returns_one():

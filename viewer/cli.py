@@ -387,8 +387,8 @@ def _batch_note(args, lm, plan) -> str:
 
 
 def _l1_note(plan) -> str:
-    """Says which groups ``--importance bn`` or ``usage`` scored by L1: they have no norm
-    layer, or no router picking their units."""
+    """Says which groups ``--importance bn``, ``taylor`` or ``usage`` scored by L1: they have
+    no norm layer, no gradient reaching them, or no router picking their units."""
     imp = plan.settings.get("importance", "")
     return l1_fallback_text(imp, plan.settings.get("scored_by_l1"), label=imp)
 

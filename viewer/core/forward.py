@@ -123,6 +123,11 @@ def taylor_grads(model: nn.Module, inputs) -> dict[str, torch.Tensor]:
             p.requires_grad_(True)
     if isinstance(inputs, torch.Tensor):
         inputs = (inputs,)
+    # floating inputs require grad (a clone of a leaf that does: changing it in place is
+    # allowed): torch.utils.checkpoint's reentrant mode runs its layers without autograd
+    # unless one of its inputs requires grad, and their weights got no gradient at all
+    inputs = map_tensors(inputs, lambda t: t.detach().requires_grad_(True).clone()
+                         if t.is_floating_point() else t)
     given = inputs.values() if isinstance(inputs, dict) else inputs
     if any(isinstance(t, torch.Tensor) and t.numel() == 0 for t in given):
         raise DepViewError("Taylor importance: the batch is empty (a tensor with 0 elements)")

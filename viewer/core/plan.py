@@ -20,6 +20,7 @@ READS_BATCH = ("taylor", "usage")
 #: criteria that score some groups by L1 instead (``plan.settings["scored_by_l1"]`` lists
 #: them): the criterion's name in words, and what such a group has not (one, several)
 FALLS_BACK = {"bn": ("BN scale", "a norm layer", "a norm layer"),
+              "taylor": ("Taylor", "a gradient reaching it", "a gradient reaching them"),
               "usage": ("usage", "a router picking its units", "a router picking their units")}
 
 

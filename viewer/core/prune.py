@@ -458,6 +458,13 @@ class Pruner(GroupValidation, Verification):
             settings["scored_by_l1"] = fell
         if importance == "taylor":
             scores = self.taylor_scores(prunable, batch)
+            # no gradient reached them (code run without autograd), or only zeros: every
+            # cut would tie, and the first units would go; their weights' L1 decides instead
+            fell = [g.id for g in prunable if not scores[g.id].any()]
+            if fell:
+                settings["scored_by_l1"] = fell
+                scores = {**scores, **{g.id: self.importance(g, "l1", seed)
+                                       for g in prunable if g.id in fell}}
         elif importance == "usage":
             scores = {g.id: used[g.id] if g.id in used else self.importance(g, "l1", seed)
                       for g in prunable}
