@@ -200,9 +200,10 @@ def test_a_prune_that_removes_nothing_says_why(tmp_path):
                  "        self.inner = torch.jit.script(torch.nn.Linear(4, 2))\n"
                  "    def forward(self, x):\n        return self.inner(x)\n")
     res = cli("prune", f"{f}:M", "--input", "1x4", "--ratio", "0.5", "--out", str(tmp_path / "d"))
-    assert res.stdout.strip().endswith("(nothing could be pruned: 'inner' is a TorchScript module,"
-                                       " whose ops DepView cannot see: prune the eager module and "
-                                       "script it afterwards)"), res.stdout
+    assert res.stdout.strip().endswith("(nothing could be pruned: 1 group left alone; the first: "
+                                       "'inner' is a TorchScript module, whose ops DepView cannot "
+                                       "see: prune the eager module and script it afterwards; it "
+                                       "reaches the model output 'output')"), res.stdout
 
 
 def test_an_empty_spec_is_bad_input_not_the_current_directory(tmp_path):

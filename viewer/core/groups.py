@@ -502,6 +502,8 @@ def root_dim(node: Node) -> int | None:
         return len(node.out_shapes[0]) - 1
     if t is OpType.CUSTOMIZED and not node.custom.opaque:
         return norm_dim(node.custom.out_channel_dim, len(node.out_shapes[0]))
+    if t is OpType.CUSTOMIZED:  # (opaque: its group is blocked, and says why; without one
+        return _guess_dim(node, node.out_shapes[0])  # its readers' inputs were in none)
     return None
 
 
