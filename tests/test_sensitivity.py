@@ -53,3 +53,29 @@ def test_each_group_alone_and_a_dead_half_changes_nothing():
     assert math.isfinite(sensitivity(p, 0.5, batch=(torch.randn(2, 6),))[1]["output_change"])
     with pytest.raises(DepViewError, match="the model's forward on the batch failed"):
         sensitivity(p, 0.5, batch=(torch.randn(2, 5),))
+
+
+def test_a_free_output_is_compared_at_the_positions_it_keeps():
+    # it is narrower after the prune: "The size of tensor a (32) must match the size of
+    # tensor b (64)", a crash of the CLI and the app's Sensitivity button
+    from conftest import FeaturesAndLogits
+
+    from viewer.core.forward import run
+    from viewer.core.trees import flatten
+
+    torch.manual_seed(0)
+    x = (torch.randn(2, 3, 8, 8),)
+    p = Pruner(FeaturesAndLogits().eval(), x, free_outputs=["features"])
+    rows = {r["root"]: r for r in sensitivity(p, 0.5)}
+    stem = next(g for g in p.groups if g.root == "stem")
+    assert rows["stem"]["removed"] == 4
+    # the oracle: the pruned model's outputs against the original's at the kept features
+    plan = p.plan(0.0, overrides={stem.id: 0.5})
+    before = flatten(run(p.model, x))
+    keep = sorted(set(range(8)) - set(plan.removed[stem.id]))
+    before = [(k, t[:, keep] if k == "features" else t) for k, t in before]
+    after = flatten(run(p.apply(plan), x))
+    num = sum(float((b - a).double().pow(2).sum())
+              for (_, a), (_, b) in zip(before, after, strict=True))
+    den = sum(float(a.double().pow(2).sum()) for _, a in before)
+    assert rows["stem"]["output_change"] == pytest.approx(math.sqrt(num / den))

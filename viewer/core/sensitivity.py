@@ -23,8 +23,13 @@ from .trees import flatten
 def output_change(before, after) -> float:
     """Relative L2 change between two runs' floating outputs, all outputs together:
     ``||after - before|| / ||before||`` (0: the same outputs; 1: as large as the outputs)."""
+    return _change(flatten(before), flatten(after))
+
+
+def _change(before: list, after: list) -> float:
+    """:func:`output_change` of flattened outputs."""
     num = den = 0.0
-    for (_, a), (_, b) in zip(flatten(before), flatten(after), strict=True):
+    for (_, a), (_, b) in zip(before, after, strict=True):
         if a.is_floating_point() or a.is_complex():
             a, b = a.detach().double(), b.detach().double()
             num += float((b - a).abs().pow(2).sum())
@@ -60,8 +65,9 @@ def sensitivity(pruner: Pruner, ratio: float = 0.5, importance: str = "l1", igno
         if row["removed"]:
             pruned = pruner.apply(plan, config=False)
             row["params_removed"] = before - sum(p.numel() for p in pruned.parameters())
-            with torch.no_grad():
-                row["output_change"] = output_change(reference, run(pruned, inputs))
+            with torch.no_grad():  # (a free output, narrower: at the positions it keeps)
+                row["output_change"] = _change(pruner._kept_of_free(plan, flatten(reference)),
+                                               flatten(run(pruned, inputs)))
             del pruned
         rows.append(row)
     return rows
