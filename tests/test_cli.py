@@ -787,6 +787,12 @@ def test_input_file_prunes_on_real_data_and_the_export_keeps_it(tmp_path):
     res = cli("prune", str(out), "--input-file", "x.pt", "--ratio", "0.5", "--out",
               str(tmp_path / "b"), check=False)
     assert res.returncode == 2 and "(--input-file cannot apply)" in res.stderr
+    # a second round from the export keeps the copy too (it recorded no inputs, and neither
+    # check nor load_pruned could rebuild it)
+    cli("prune", str(out), "--ratio", "0.3", "--out", str(tmp_path / "r2"))
+    assert torch.equal(load_file(str(tmp_path / "r2" / "inputs.safetensors"))["0"], ids)
+    res = run_in(tmp_path.parent, "check", str(tmp_path / "r2"))
+    assert res.stdout.startswith("OK: ") and "[2, 7, 5]" in res.stdout, res.stderr
 
 
 def test_a_second_round_prunes_the_weights_tuned_since_the_first(tmp_path):

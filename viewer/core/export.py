@@ -928,6 +928,11 @@ def rebuild(path: str | Path, search: bool = True, originals: dict | None = None
     lm = load_model(spec, inputs=inputs, kwargs=src.get("kwargs"),
                     weights=weights, device="cpu", seed=src.get("seed", 0), recorded=recorded,
                     example=example, dtype=src.get("run_dtype"))
+    if example is not None and src["spec"] is not None:
+        # inputs read from the export's copy: where they came from, so that an export of a
+        # later round keeps a copy too (it recorded no inputs, and could not be reloaded)
+        lm.source.update({k: src[k] for k in ("input_file", "guessed_inputs", "inputs")
+                          if src.get(k)})
     if originals is not None and "unavailable" not in originals:
         # (no copies: reshape_like_plan puts new tensors in the model and leaves these be; a
         # copy of a 7B model's cut tensors took 13 GB more)
