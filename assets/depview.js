@@ -63,7 +63,9 @@
   }
   document.addEventListener('keydown', function (e) {
     if (e.key !== 'Enter' || !e.target || e.target.id !== SEARCH || !hits) { return; }
-    if (!e.target.value.trim()) {  // the search was cleared: nothing to step through
+    if (e.target.value.trim() !== hits.query) {
+      // the search was cleared, or holds another query since (one without matches leaves
+      // the last one's hits): nothing of it to step through
       hits = null;
       var hint = document.getElementById(FIT_HINT);
       if (hint) { hint.style.display = 'none'; }
@@ -298,9 +300,10 @@
           }
           // fitted together they would be too small to read (25 LayerNorms down GPT-2): show
           // them one at a time, in graph order; Enter in the search box steps to the next
+          var box = document.getElementById(SEARCH);
           hits = {ids: target.ids.filter(function (id) {
             return cy.getElementById(id).nonempty();
-          }), i: 0};
+          }), i: 0, query: box ? box.value.trim() : ''};
           showHit();
         });
         return window.dash_clientside.no_update;

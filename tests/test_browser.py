@@ -339,6 +339,14 @@ def test_search_hits_too_far_apart_to_read_are_shown_one_at_a_time(dash_duo):
     _type(box, "layer1.0.conv1")  # one hit: zoomed to, no stepping
     _until(dash_duo, lambda d: not d.find_element("id", ids.FIT_HINT).is_displayed(),
            "the hint stayed for a single match")
+    # a query without matches: Enter stepped through the last hits of another query
+    _type(box, "BatchNorm")
+    dash_duo.wait_for_contains_text(f"#{ids.FIT_HINT}", "Match 1 of 15", timeout=TIMEOUT)
+    _type(box, "nosuch")
+    dash_duo.wait_for_contains_text(f"#{ids.SEARCH_INFO}", "no match", timeout=TIMEOUT)
+    box.send_keys(Keys.ENTER)
+    _until(dash_duo, lambda d: not d.find_element("id", ids.FIT_HINT).is_displayed(),
+           "Enter stepped through another query's matches")
 
 
 def test_clicking_a_concat_shows_its_offsets(dash_duo):
