@@ -627,9 +627,16 @@ def test_an_attention_group_says_its_units_are_heads():
     load_entry(s, "llama", "demo:llama")
     render(s, "llama", "new")
     text = _text(cb.inspect(s, "llama", _op("layers.0.attn.q_proj")).group_panel)
-    assert "4 (attention heads: round to counts heads)" in text
-    assert "attention heads" not in _text(
+    # 8 query heads over 4 key/value heads: a unit is a kv head and its 2 query heads (it
+    # read "4 attention heads" beside the model's 8)
+    assert "4 (key/value heads, each with its 2 query heads: round to counts them)" in text
+    assert "heads" not in _text(
         cb.inspect(s, "llama", _op("layers.0.mlp.gate_proj")).group_panel)
+    load_entry(s, "swin", "demo:swin")  # plain heads
+    render(s, "swin", "new")
+    text = _text(cb.inspect(s, "swin", _op("features.0.0.attn.relative_position_bias_table"))
+                 .group_panel)
+    assert "2 (attention heads: round to counts heads)" in text
 
 
 def test_a_layer_whose_units_are_partly_blocked_offers_both_groups(tmp_path):

@@ -1386,6 +1386,22 @@ def units_are_heads(graph: Graph, group: Group) -> bool:
     return False
 
 
+def query_heads_per_unit(graph: Graph, group: Group) -> int:
+    """Of a group whose units are heads (:func:`units_are_heads`), how many positions a unit
+    holds on a heads dim at most: 1 for plain heads, n_rep with grouped-query attention (a
+    kv head and its query heads), 0 if its units are not heads."""
+    if not units_are_heads(graph, group):
+        return 0
+    most = 1
+    for (nid, port, dim), (pos, unit) in group.tensors.items():
+        shapes = graph.nodes[nid].out_shapes
+        if port < len(shapes) and 0 < dim < len(shapes[port]) - 2 and len(pos) and any(
+                graph.nodes[e.target].op_type in (OpType.ATTENTION, OpType.MATMUL)
+                for e in graph.consumers.get((nid, port), ())):
+            most = max(most, int(np.bincount(unit).max()))
+    return most
+
+
 def all_groups(graph: Graph, reuse: bool = True) -> list[Group]:
     """Every group of the model, each once, in the order of their root layers.
 

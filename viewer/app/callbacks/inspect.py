@@ -19,7 +19,7 @@ from dash import ClientsideFunction, Input, Output, State, ctx, dcc, html, no_up
 
 from viewer.core.errors import DepViewError
 from viewer.core.graph import Graph, Node
-from viewer.core.groups import Group, group_of, held_by_outputs, units_are_heads
+from viewer.core.groups import Group, group_of, held_by_outputs, query_heads_per_unit
 from viewer.core.handlers import INPUT_NAMES, OUTPUT_NAMES, cell_port
 from viewer.core.meta import (
     WRITE,
@@ -397,7 +397,11 @@ def group_panel(pruner: Pruner, group: Group, model_group: bool, note: str,
                    className="ok" if not reason else "bad"),
          html.Span(f" — {reason}" if reason else "")], className="group-status")
     units = group.n_units
-    if units_are_heads(pruner.graph, group):  # what round_to counts here
+    per = query_heads_per_unit(pruner.graph, group)  # what round_to counts here
+    if per > 1:  # grouped-query attention: a unit is a kv head with its query heads
+        units = f"{units} (key/value heads, each with its {per} query heads: round to " \
+                "counts them)"
+    elif per:
         units = f"{units} (attention heads: round to counts heads)"
     rows = [("root", f"{group.root} ({group.root_side})"), ("units", units)]
     if group.multiple_of > 1:
