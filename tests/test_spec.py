@@ -50,6 +50,9 @@ def test_package_and_file_specs(tmp_path):
     ("missing/llama-dir", "^no such directory: missing/llama-dir$"),  # (a mistyped path)
     ("resnet50.pth", "is a saved file, not model code: .* weights with --weights"),
     ("ckpt/model.safetensors", "is a saved file"),
+    ("", "^the model SPEC is empty"),
+    (nn.Linear(4, 2), "^load_model takes a SPEC string .*, not Linear: for a model object, "
+                      r"call build_graph\(model, inputs\) or Pruner\(model, inputs\)$"),
 ])
 def test_bad_specs_are_one_line(spec, msg):
     with pytest.raises(DepViewError, match=msg) as err:

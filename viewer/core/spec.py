@@ -301,6 +301,10 @@ def load_model(
     ``dtype``: what the model runs in, ``"float32"`` (the default) or, to hold a model twice
     as large, ``"bfloat16"``/``"float16"``; floating example inputs follow it.
     """
+    if not isinstance(spec, str):
+        raise DepViewError(f"load_model takes a SPEC string (demo:NAME, path/file.py:attr, a "
+                           f"model directory), not {type(spec).__name__}: for a model object, "
+                           "call build_graph(model, inputs) or Pruner(model, inputs)")
     if not str(spec).strip():  # (not the current directory, which Path("") names)
         raise DepViewError("the model SPEC is empty: give demo:NAME, package.module:attr, "
                            "path/file.py:attr or a model directory")
