@@ -150,8 +150,10 @@ def test_fit_config_says_when_the_class_does_not_rebuild_from_its_config():
     model.out = nn.Linear(16, 5)  # a head swapped after building: the config does not say so
     p = Pruner(model, (torch.randn(2, 8),))
     pruned = p.apply(p.plan(0.5))
-    assert p.config_fit["reason"] == ("ConfigNet(Config) does not rebuild the model it was "
-                                      "pruned from, so no config can describe the pruned one")
+    assert p.config_fit["reason"] == (
+        "ConfigNet(Config) does not rebuild the model it was pruned from, so no config can "
+        "describe the pruned one (a layer changed after it was built, or an earlier round "
+        "whose config was left as it was)")
     assert pruned.config.width == 16
 
 

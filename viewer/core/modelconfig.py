@@ -254,7 +254,9 @@ def fit_config(original: nn.Module, pruned: nn.Module,
         return None
     if state_shapes(ref) != state_shapes(original):
         return {"reason": f"{cls.__name__}({type(cfg0).__name__}) does not rebuild the model "
-                          "it was pruned from, so no config can describe the pruned one"}
+                          "it was pruned from, so no config can describe the pruned one (a "
+                          "layer changed after it was built, or an earlier round whose "
+                          "config was left as it was)"}
     old_attrs = _attrs(original)
     noise = {k for k, v in old_attrs.items() if _attrs(ref).get(k, v) != v}
     shapes, now = state_shapes(pruned), _attrs(pruned)
