@@ -675,6 +675,10 @@ def test_the_preview_says_when_an_lstm_keeps_more_cell_units_than_asked():
                         "'lstm' 17"}
     assert cb.summary_lines(preview)[2].endswith("; cell units kept above the projection's "
                                                  "width, as an LSTM needs: 'lstm' 17")
+    # so does a group the plan left whole at its planned width
+    preview["width"] = "1 prunable group left whole: 'inp', at the planned width (16 of 32)"
+    assert cb.summary_lines(preview)[2].endswith("'lstm' 17; 1 prunable group left whole: "
+                                                 "'inp', at the planned width (16 of 32)")
 
 
 

@@ -916,6 +916,12 @@ def test_a_plan_is_checked_at_its_own_widths_not_only_at_validations_probe():
     assert wide.id not in plan.removed
     assert plan.skipped[wide.id].startswith("at the planned width (8 of 16 units kept) the "
                                             "model runs other ops")
+    # and says so on prune's line and in the app's preview (only plan.json held it)
+    from viewer.core.prune import width_note
+
+    assert width_note(plan, p.groups).startswith(
+        f"1 prunable group left whole: '{wide.root}', at the planned width (8 of 16 units "
+        "kept) the model runs other ops")
     v = p.verify(p.apply(plan), plan)
     assert v["forward"] and v["masked_equivalence"]["ok"]
     # other widths keep the branch and stay in the plan, exactly

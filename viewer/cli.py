@@ -265,7 +265,7 @@ def cmd_sensitivity(args) -> int:
 def cmd_prune(args) -> int:
     from .core.export import check_out_dir, export_dir
     from .core.modelconfig import config_note
-    from .core.prune import floor_note
+    from .core.prune import floor_note, width_note
     from .core.timing import compare_speed, speed_text
     from .core.verify import blind_note, masked_note, memory_note, run_failure, untraced_note
 
@@ -321,6 +321,7 @@ def cmd_prune(args) -> int:
     notes = [n for n in (failed, memory_note(verification), blind_note(verification),
                          untraced_note(verification),
                          _l1_note(plan), _batch_note(args, lm, plan), floor_note(plan),
+                         width_note(plan, pruner.groups),
                          config_note(report.get("config")),
                          _outputs_note(pruner), timing and speed_text(timing))
              if n]

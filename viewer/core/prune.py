@@ -579,7 +579,7 @@ class Pruner(GroupValidation, Verification):
             kept = g.n_units - len(plan.removed.pop(gid))
             err = err.replace("when this group shrinks, ", "").replace(
                 " when this group shrinks", "")
-            plan.skipped[gid] = f"at the planned width ({kept} of {g.n_units} units kept) {err}"
+            plan.skipped[gid] = f"{AT_PLANNED_WIDTH} ({kept} of {g.n_units} units kept) {err}"
 
     def _failing_widths(self, plan: Plan, by_id: dict[int, Group]) -> dict[int, str]:
         bad: dict[int, str] = {}
@@ -1296,6 +1296,25 @@ class Pruner(GroupValidation, Verification):
                     self._meta_ok = False
                 return result
         return count(self.apply(plan, config=False), self.inputs)
+
+
+#: how ``plan.skipped`` says a group left the plan because the model broke at its planned width
+AT_PLANNED_WIDTH = "at the planned width"
+
+
+def width_note(plan: Plan, groups: list[Group]) -> str:
+    """Says which prunable groups the plan left whole because the model broke at their
+    planned width ("" for none): validation shrinks a group by one unit, and a size that
+    moves only further on (a router's token counts) shows only there."""
+    hits = sorted((gid, why) for gid, why in plan.skipped.items()
+                  if why.startswith(AT_PLANNED_WIDTH))
+    if not hits:
+        return ""
+    roots = {g.id: g.root for g in groups}
+    gid, why = hits[0]
+    many = len(hits) > 1
+    return (f"{counted(len(hits), 'prunable group')} left whole{'; the first,' if many else ':'}"
+            f" '{roots.get(gid, gid)}', {why}")
 
 
 def floor_note(plan: Plan) -> str:

@@ -28,7 +28,7 @@ from viewer.core.plan import (
     Plan,
     l1_fallback_text,
 )
-from viewer.core.prune import floor_note
+from viewer.core.prune import floor_note, width_note
 from viewer.core.text import counted
 from viewer.core.timing import compare_speed, speed_text
 from viewer.core.trace import output_nodes, output_path
@@ -187,6 +187,7 @@ def run_preview(store: SessionStore, sid: str, settings: dict) -> dict:
     preview["scored_by_l1"] = list(plan.settings.get("scored_by_l1") or [])
     preview["importance"] = plan.settings.get("importance", "")
     preview["floor"] = floor_note(plan)  # (an LSTM kept more cell units than the ratio asked)
+    preview["width"] = width_note(plan, snap[0].pruner.groups)  # (broke at its planned width)
     preview["n_scored"] = len(plan.scores)
     with session.lock:
         _still_current(session, snap)
@@ -698,8 +699,9 @@ def summary_lines(preview: dict) -> tuple[str, str, str]:
                             preview.get("n_scored"))
     if fell:
         extra += f"; {fell}"
-    if preview.get("floor"):
-        extra += f"; {preview['floor']}"
+    for note in ("floor", "width"):
+        if preview.get(note):
+            extra += f"; {preview[note]}"
     return change(p["before"], p["after"]), change(m["before"], m["after"]), extra
 
 
