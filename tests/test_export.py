@@ -641,6 +641,23 @@ def test_a_demo_export_reloads_from_the_code_named_with_its_recorded_inputs(demo
     assert check_dir(out, spec="demo_models.cnn:build_cnn")["ok"]
 
 
+def test_a_channels_last_model_reloads_channels_last(tmp_path):
+    # its export reloaded with contiguous conv weights (index_select's), as apply once did
+    f = tmp_path / "cl.py"
+    f.write_text("import torch\nfrom torch import nn\n"
+                 "def make():\n    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), "
+                 "nn.Conv2d(8, 4, 3)).to(memory_format=torch.channels_last)\n")
+    lm = load_model(f"{f}:make", inputs=["1x3x8x8"])
+    p = Pruner(lm.model, lm.inputs)
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    again = load_pruned(export_dir(p, plan, pruned, tmp_path / "e", lm.source))
+    for k, t in again.state_dict().items():
+        assert torch.equal(t, pruned.state_dict()[k])
+        if t.dim() == 4:
+            assert t.is_contiguous(memory_format=torch.channels_last), (k, t.stride())
+
+
 def test_two_rounds_of_a_stored_split_size_reload(tmp_path, fused_spec):
     lm = load_model(fused_spec, inputs=["2x8"])
     p1 = Pruner(lm.model, lm.inputs)

@@ -43,6 +43,7 @@ from .handlers import REFRESH, SELF_DESCRIBING
 from .materialize import (
     attr_changes,
     get_attr,
+    laid_out_like,
     refresh_computed_weights,
     set_attr,
     tensor_lookup,
@@ -812,6 +813,7 @@ def reshape_like_plan(model: nn.Module, plan: dict, rounds: bool = False) -> nn.
                 for d, kept in sorted(dims.items(), key=lambda kv: int(kv[0])):
                     _check_kept(key, d, kept, new.shape)
                     new = new.index_select(int(d), torch.as_tensor(kept, dtype=torch.long))
+                new = laid_out_like(new, t)  # (a channels_last model's weights stay so)
                 if isinstance(t, nn.Parameter):
                     new = nn.Parameter(new.clone(), requires_grad=t.requires_grad)
                 done[id(t)] = new

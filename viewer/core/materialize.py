@@ -92,7 +92,7 @@ def materialize(model: nn.Module, graph: Graph, changes: dict[str, dict[int, np.
             for d, rem in dims.items():
                 keep = np.setdiff1d(np.arange(t.shape[d]), rem)
                 new = new.index_select(d, torch.as_tensor(keep, device=t.device))
-            new = _laid_out_like(new, t) if dims else new.clone()
+            new = laid_out_like(new, t) if dims else new.clone()
         if isinstance(t, nn.Parameter):
             new = nn.Parameter(new, requires_grad=t.requires_grad)
         memo[id(t)] = new
@@ -288,7 +288,7 @@ def tree_copy(obj, memo: dict):
     return copy.deepcopy(obj, memo)
 
 
-def _laid_out_like(new: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+def laid_out_like(new: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """``new``, cut from ``t``, in ``t``'s memory layout: ``index_select`` returns a
     contiguous tensor, so a model converted with ``.to(memory_format=torch.channels_last)``
     came back with contiguous weights (its convs then convert them on every call). The dims
