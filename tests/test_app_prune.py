@@ -296,8 +296,9 @@ def test_apply_of_a_model_nothing_can_be_pruned_in_says_why(tmp_path):
                                    "        self.inner = torch.jit.script(torch.nn.Linear(4, 2))\n"
                                    "    def forward(self, x):\n        return self.inner(x)\n",
                          ("1x4",))
-    with pytest.raises(DepViewError, match="^nothing can be pruned: 'inner' is a TorchScript "
-                                           "module, whose ops DepView cannot see"):
+    with pytest.raises(DepViewError, match="^no group of this model can be pruned; the first: "
+                                           "'inner' is a TorchScript module, whose ops DepView "
+                                           "cannot see"):
         cb.apply_round(store, "sid", SETTINGS)
     store = file_session(tmp_path, "import torch\nM = lambda: torch.nn.Linear(4, 2)\n",
                          ("1x4",))

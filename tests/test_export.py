@@ -598,7 +598,7 @@ def test_damaged_kept_indices_are_one_clear_error(demo_pruner, tmp_path, kept):
         load_pruned(out)
 
 
-@pytest.mark.parametrize("edit", ["round", "top", "dup", "none"])
+@pytest.mark.parametrize("edit", ["round", "top", "dup", "none", "no-attrs"])
 def test_rounds_that_do_not_add_up_are_refused_on_reload(demo_pruner, tmp_path, edit):
     """A later round's export is made from plan.json's rounds (an uploaded zip goes on from
     them): a round edited out of its tensor's range, or apart from the kept indices it adds up
@@ -616,13 +616,16 @@ def test_rounds_that_do_not_add_up_are_refused_on_reload(demo_pruner, tmp_path, 
         doc["tensors"][key]["0"] = kept[:-1] + [kept[-1] + 1]
     elif edit == "dup":  # the same channel twice, in the round and the composed indices alike
         doc["rounds"][0]["tensors"][key]["0"] = doc["tensors"][key]["0"] = [kept[0]] + kept[:-1]
-    else:  # (a later round would start from none)
+    elif edit == "none":  # (a later round would start from none)
         doc["rounds"] = []
+    else:  # (an unexpected KeyError)
+        del doc["rounds"][0]["attrs"]
     (out / "plan.json").write_text(json.dumps(doc))
     match = {"round": f"kept indices in round 1 for '{key}' dim 0 do not fit",
              "top": "rounds do not add up to its kept indices",
              "dup": f"kept indices in round 1 for '{key}' dim 0 do not fit",
-             "none": "plan.json lists no rounds for its kept indices"}[edit]
+             "none": "plan.json lists no rounds for its kept indices",
+             "no-attrs": "rounds do not add up to its kept indices and attributes"}[edit]
     with pytest.raises(DepViewError, match=re.escape(match)):
         load_pruned(out)
 

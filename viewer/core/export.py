@@ -476,7 +476,7 @@ def _compose(rounds: list[dict]) -> dict:
 def _merge_attrs(rounds: list[dict]) -> dict:
     out: dict[str, dict] = {}
     for rnd in rounds:
-        for mod, attrs in rnd["attrs"].items():
+        for mod, attrs in rnd.get("attrs", {}).items():
             out.setdefault(mod, {}).update(attrs)
     return out
 
