@@ -93,6 +93,7 @@ def legend(view: View, active: str | None = None) -> list:
 
 
 def legend_class(op: str, active: str | None) -> str:
+    """A legend button's class: pressed (``active``) while its type is highlighted."""
     return "legend-item active" if op == active else "legend-item"
 
 
