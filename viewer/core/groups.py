@@ -1374,15 +1374,10 @@ def units_are_heads(graph: Graph, group: Group) -> bool:
     heads, L, head_dim)``. A plan's ``round_to`` then counts heads. (HF Mamba2's mixer group
     holds whole heads and state dims: its units are not all heads.)"""
     seen = np.zeros(group.n_units, dtype=bool)
-    for (nid, port, dim), (pos, unit) in group.tensors.items():
-        shapes = graph.nodes[nid].out_shapes
-        if port >= len(shapes) or not 0 < dim < len(shapes[port]) - 2 or not len(pos):
-            continue
-        if any(graph.nodes[e.target].op_type in (OpType.ATTENTION, OpType.MATMUL)
-               for e in graph.consumers.get((nid, port), ())):
-            seen[unit] = True
-            if seen.all():
-                return True
+    for unit in _head_dim_units(graph, group):
+        seen[unit] = True
+        if seen.all():
+            return True
     return False
 
 
@@ -1392,14 +1387,19 @@ def query_heads_per_unit(graph: Graph, group: Group) -> int:
     kv head and its query heads), 0 if its units are not heads."""
     if not units_are_heads(graph, group):
         return 0
-    most = 1
+    return max(int(np.bincount(unit).max()) for unit in _head_dim_units(graph, group))
+
+
+def _head_dim_units(graph: Graph, group: Group):
+    """The units of the group's positions on each tensor it reaches on a heads dim: a dim
+    of an attention or matmul operand that is neither of the two the op works on."""
     for (nid, port, dim), (pos, unit) in group.tensors.items():
         shapes = graph.nodes[nid].out_shapes
-        if port < len(shapes) and 0 < dim < len(shapes[port]) - 2 and len(pos) and any(
-                graph.nodes[e.target].op_type in (OpType.ATTENTION, OpType.MATMUL)
-                for e in graph.consumers.get((nid, port), ())):
-            most = max(most, int(np.bincount(unit).max()))
-    return most
+        if port >= len(shapes) or not 0 < dim < len(shapes[port]) - 2 or not len(pos):
+            continue
+        if any(graph.nodes[e.target].op_type in (OpType.ATTENTION, OpType.MATMUL)
+               for e in graph.consumers.get((nid, port), ())):
+            yield unit
 
 
 def all_groups(graph: Graph, reuse: bool = True) -> list[Group]:

@@ -11,7 +11,7 @@ from fnmatch import fnmatchcase
 
 from .errors import DepViewError
 from .graph import Graph, Node
-from .groups import Member
+from .groups import Group, Member
 from .handlers import cell_port
 
 IMPORTANCE = ("l1", "l2", "bn", "random", "taylor", "usage")
@@ -134,34 +134,23 @@ def ignore_strings(ignore: set[tuple[str, str]]) -> list[str]:
     return sorted(out)
 
 
-def ignore_side(m: Member, node: Node, graph: Graph | None = None) -> str:
-    """The side of member ``m`` (of ``node``) an ignore names: "in" for its input channels,
-    "cell" for an LSTM's cell units (``c_n``'s port, :func:`handlers.cell_port`: an LSTM with
-    ``proj_size``), "out" for its other outputs. A bare parameter's (given the ``graph``):
-    "in" where the functional layer reading it reads its inputs' channels (the columns of
-    ``F.linear``'s weight, ``F.bilinear``'s last two dims, ``F.conv2d``'s dim 1,
-    ``F.conv_transpose2d``'s dim 0), else "out"."""
+def ignore_side(m: Member, node: Node, group: Group | None = None,
+                graph: Graph | None = None) -> str:
+    """The side of member ``m`` (of ``node``, in ``group``) an ignore names: "in" for its input
+    channels, "cell" for an LSTM's cell units (``c_n``'s port, :func:`handlers.cell_port`: an
+    LSTM with ``proj_size``), "out" for its other outputs. A bare parameter's (given its
+    ``group`` and the ``graph``): "out" when the group holds the output of an op reading it
+    (a weight's rows through ``F.linear``, a bias, a table, a layer scale), else "in" (its
+    columns, which read the op's inputs)."""
     if m.side == "in":
         return "in"
     if m.side == "param":
-        return _param_side(m, graph) if graph is not None else "out"
+        if group is None or graph is None:
+            return "out"
+        readers = {e.target for e in graph.consumers.get((m.node, 0), ())}
+        return "out" if not readers or any(nid in readers for nid, _, _ in group.tensors) \
+            else "in"
     return "cell" if m.port and m.port == cell_port(node) else "out"
-
-
-def _param_side(m: Member, graph: Graph) -> str:
-    """See :func:`ignore_side`: the first op reading the parameter decides (a weight an
-    embedding and an LM head share: the embedding's)."""
-    edges = graph.consumers.get((m.node, 0))
-    if not edges:
-        return "out"
-    reader, port = graph.nodes[edges[0].target], edges[0].target_port
-    target = str(reader.target)
-    weight = {"linear": 1, "bilinear": 2}.get(target, 1 if target.startswith("conv") else None)
-    if port != weight:  # (a bias, a table, a layer scale: output channels)
-        return "out"
-    if target.startswith("conv_transpose"):
-        return "in" if m.dim == 0 else "out"
-    return "out" if m.dim == 0 else "in"
 
 
 def is_ignored(m: Member, side: str, ignore: set[tuple[str, str]]) -> bool:

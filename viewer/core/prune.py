@@ -296,7 +296,7 @@ class Pruner(GroupValidation, Verification):
         if group.reason:
             return group.reason
         for m in group.members:
-            side = ignore_side(m, self.graph.nodes[m.node], self.graph)
+            side = ignore_side(m, self.graph.nodes[m.node], group, self.graph)
             if ignore and is_ignored(m, side, ignore):
                 return f"'{m.node_name}' {SIDE_WORDS[side]} are ignored"
             if m.side == "out" and m.module in self.output_layers:
@@ -907,7 +907,7 @@ class Pruner(GroupValidation, Verification):
         ``sides`` (so that ignoring it protects something)? An activation does not."""
         sides = set(sides)
         return any(is_ignored(m, side, {(name, side)}) for g in self.groups for m in g.members
-                   if (side := ignore_side(m, self.graph.nodes[m.node], self.graph)) in sides)
+                   if (side := ignore_side(m, self.graph.nodes[m.node], g, self.graph)) in sides)
 
     def plan_from_dict(self, d: dict) -> Plan:
         """A plan from its JSON form (``plan.json``'s ``removed``), checked against this model's

@@ -66,7 +66,7 @@ def sensitivity(pruner: Pruner, ratio: float = 0.5, importance: str = "l1", igno
             pruned = pruner.apply(plan, config=False)
             row["params_removed"] = before - sum(p.numel() for p in pruned.parameters())
             with torch.no_grad():  # (a free output, narrower: at the positions it keeps)
-                row["output_change"] = _change(pruner._kept_of_free(plan, flatten(reference)),
+                row["output_change"] = _change(pruner.kept_of_free(plan, flatten(reference)),
                                                flatten(run(pruned, inputs)))
             del pruned
         rows.append(row)

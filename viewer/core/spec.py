@@ -305,7 +305,7 @@ def load_model(
         raise DepViewError(f"load_model takes a SPEC string (demo:NAME, path/file.py:attr, a "
                            f"model directory), not {type(spec).__name__}: for a model object, "
                            "call build_graph(model, inputs) or Pruner(model, inputs)")
-    if not str(spec).strip():  # (not the current directory, which Path("") names)
+    if not spec.strip():  # (not the current directory, which Path("") names)
         raise DepViewError("the model SPEC is empty: give demo:NAME, package.module:attr, "
                            "path/file.py:attr or a model directory")
     if recorded and (why := recorded_refusal(spec)):
@@ -872,7 +872,7 @@ def _hf_inputs(model: nn.Module, folder: Path, device: str
             with torch.no_grad(), torch.random.fork_rng(devices=[]), _quiet_hf():
                 model(**example) if len(cand) > 1 else model(*example.values())
         except Exception as exc:
-            failure = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
+            failure = error_line(exc)
         if failure is None:
             return [(s, d) for _, s, d in cand], [n for n, _, _ in cand] if len(cand) > 1 \
                 else None

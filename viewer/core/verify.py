@@ -511,7 +511,7 @@ class Verification:
             out_m, why = self._run_by_layer(self.model, self._masked_cuts(plan),
                                             torch.float32, inputs, out_p)
             if out_m is not None:
-                out_m = self._kept_of_free(plan, out_m)
+                out_m = self.kept_of_free(plan, out_m)
         how = "in float32, each layer made as it ran"
         if out_m is None:
             need = 2 * (tensor_bytes(self.model) + tensor_bytes(pruned))  # (as float32)
@@ -524,7 +524,7 @@ class Verification:
                         "rel_diff": res["rel_diff"]}
             masked = self._masked(plan, float32=True)
             ours = tree_copy(pruned, _float32_memo(pruned))
-            out_m = self._kept_of_free(plan, flatten(_run_masked(masked, inputs, edit)))
+            out_m = self.kept_of_free(plan, flatten(_run_masked(masked, inputs, edit)))
             out_p = flatten(run(ours, inputs))
             del masked, ours
             how = "on float32 copies"
@@ -718,7 +718,7 @@ class Verification:
             self._outputs = flatten(run(self.model, self.inputs))
         return self._outputs
 
-    def _kept_of_free(self, plan: Plan, outs: list) -> list:
+    def kept_of_free(self, plan: Plan, outs: list) -> list:
         """``outs`` (flattened outputs at the unpruned widths: the original's, a masked
         copy's) with each free output cut to the positions ``plan`` keeps, as the pruned
         model makes it."""
@@ -758,12 +758,12 @@ class Verification:
                 return {"skipped": f"{short}{why}", "memory": True}
         else:
             out_m = flatten(_run_masked(self._masked(plan), self.inputs, edit))
-        out_m = self._kept_of_free(plan, out_m)
+        out_m = self.kept_of_free(plan, out_m)
         res, pairs = _compared(out_m, pruned_out)
         if not res["ok"] and not short and self._cuts_read_buffers(plan):
             # buffers stay unzeroed (a zeroed variance under rsqrt is NaN), but a codebook
             # read by a distance is data: the removed features count there unless zeroed
-            out_b = self._kept_of_free(plan, flatten(
+            out_b = self.kept_of_free(plan, flatten(
                 _run_masked(self._masked(plan, buffers=True), self.inputs, edit)))
             res_b, pairs_b = _compared(out_b, pruned_out)
             if res_b["ok"]:
@@ -782,7 +782,7 @@ class Verification:
             return self._masked_in_float32(plan, pruned, half, res, pruned_out)
         if plan.removed and pairs and all(
                 torch.equal(a, o) for (_, a), (_, o) in zip(
-                    out_m, self._kept_of_free(plan, self._original_outputs()), strict=True)
+                    out_m, self.kept_of_free(plan, self._original_outputs()), strict=True)
                 if a.is_floating_point()):
             res["blind"] = ("zeroing the removed channels left the outputs exactly as they "
                             "were, so this check could not fail (a layer initialised to "

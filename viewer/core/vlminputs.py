@@ -21,6 +21,7 @@ import re
 import torch
 from torch import nn
 
+from .text import error_line
 from .trace import arg_names
 
 #: tries of the model on an image before giving up (each fixes one thing its error names)
@@ -82,7 +83,7 @@ def image_text_inputs(model: nn.Module, gen: torch.Generator, run=None) -> dict:
             run(model, x)
             return x
         except Exception as exc:  # (its error names what to change, or it is the last)
-            failure = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
+            failure = error_line(exc)
             text = str(exc)
             counts, patches, width = (r.search(text) for r in (_COUNTS, _PATCHES, _WIDTH))
             if "expected 5, got 4" in text and pixels.dim() == 4:  # images per sample
