@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import copyreg
-import functools
 import math
 from collections import OrderedDict
 
@@ -25,6 +24,7 @@ from .optypes import classify
 from .prunemask import refresh_masked
 from .spectralnorm import refresh_hooked, sigma, u_keeping
 from .trace import eval_mode, module_attrs, plain_tensors
+from .weakcache import per_class
 from .weightnorm import g_after_cut, refresh_hooked_weights, renormalizes
 
 
@@ -169,13 +169,13 @@ def drop_train_caches(model: nn.Module) -> None:
             p.requires_grad_(grad)
 
 
-@functools.cache  # (per class: every copy validation makes walks every module)
+@per_class  # (every copy validation makes walks every module)
 def _caching_train(cls: type) -> bool:
     """Whether ``cls`` has a ``train`` of its own that may empty a cache."""
     return cls.train is not nn.Module.train and not _unsafe_train(cls)
 
 
-@functools.cache
+@per_class
 def _unsafe_train(cls: type) -> bool:
     """Whether ``cls`` overrides ``train`` with torch's or Hugging Face's models' own (never
     a cache's)."""

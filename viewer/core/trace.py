@@ -22,7 +22,6 @@ decoder's 32 layers repeat the same calls (views and in-place ops always run).
 
 from __future__ import annotations
 
-import functools
 import gc
 import inspect
 import sys
@@ -69,6 +68,7 @@ from .optypes import (
 from .prunemask import masked_names
 from .spectralnorm import ORIGINAL, spectral_norm_names
 from .trees import LEAVES, flatten, renamed_outputs, tensors_in
+from .weakcache import per_class
 from .weightnorm import MAGNITUDE_NAMES, weight_norm_names
 
 Path = str
@@ -1225,7 +1225,7 @@ def _unseen() -> Iterator[None]:
         yield
 
 
-@functools.cache
+@per_class
 def _torch_layer(cls: type) -> bool:
     """Whether ``cls`` is one of torch's own layers (``torch.nn.modules``): none of them writes
     a buffer in eval mode (BatchNorm's statistics, most of a CNN's buffers, only in train

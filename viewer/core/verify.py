@@ -7,7 +7,6 @@ two models side by side when one does not fit beside the other.
 from __future__ import annotations
 
 import ast
-import functools
 import inspect
 import textwrap
 from collections import defaultdict
@@ -30,6 +29,7 @@ from .spectralnorm import sigma, spectral_norms, u_keeping
 from .text import counted, error_line
 from .trace import output_nodes
 from .trees import flatten, floats_as
+from .weakcache import per_class
 from .weightnorm import normed_dims, rescaled, weight_norms
 
 
@@ -353,7 +353,7 @@ def untraced_note(verification: dict) -> str:
 _LIBRARIES = ("torch", "transformers", "diffusers", "timm", "torchvision", "torchaudio")
 
 
-@functools.cache
+@per_class
 def _branches_on_training(cls: type) -> bool:
     """Whether ``cls.forward``'s own code has an ``if`` (or ``x if c else y``) on
     ``self.training``, as a VAE's reparameterisation does."""
