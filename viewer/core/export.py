@@ -66,7 +66,7 @@ from .spec import (
 )
 from .spectralnorm import row_dim, v_of
 from .spectralnorm import weight_of as sn_weight_of
-from .text import error_line
+from .text import error_line, first_line
 from .trees import flatten, renamed_outputs
 from .weightnorm import weight_of
 
@@ -500,14 +500,14 @@ def _try_export_pt2(model: nn.Module, inputs, path: Path) -> dict:
             torch.export.save(ep, str(path))
             res = {"written": True, "file": path.name}
         except Exception as exc:
-            first = (str(exc).strip().splitlines() or [""])[0]
+            first = first_line(exc)
             first = first if len(first) <= 200 else first[:199] + "…"
             res = {"written": False,
                    "reason": f"torch.export failed: {type(exc).__name__}: {first}"}
             if "cache_utils" in first:  # a Hugging Face LM returning its KV cache
                 res["reason"] += (" (a Hugging Face model returns its KV cache unless built "
                                   "with use_cache=False in its config; that one exports)")
-    notes = list(dict.fromkeys((str(w.message).strip().splitlines() or [""])[0][:200]
+    notes = list(dict.fromkeys(first_line(w.message)[:200]
                                for w in caught))
     notes += [n for n in dict.fromkeys(logged) if n not in notes]
     if notes:
@@ -536,7 +536,7 @@ def _torch_logs_caught():
                 text = record.getMessage()
             except Exception:
                 text = str(record.msg)
-            logged.append((text.strip().splitlines() or [""])[0][:200])
+            logged.append(first_line(text)[:200])
         return False
 
     loggers = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)
@@ -1067,7 +1067,7 @@ def load_pruned(path: str | Path, device: str = "cpu", spec: str | None = None) 
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError) as exc:
-        raise DepViewError(f"bad device {device!r}: {(str(exc).splitlines() or [''])[0]}"
+        raise DepViewError(f"bad device {device!r}: {first_line(exc)}"
                            ) from None
     available = getattr(torch, dev.type, None)
     if dev.type not in ("cpu", "meta") and not (
@@ -1080,7 +1080,7 @@ def load_pruned(path: str | Path, device: str = "cpu", spec: str | None = None) 
         return model.to(dev)
     except (AssertionError, RuntimeError) as exc:
         raise DepViewError(f"cannot move the pruned model to {device!r}: "
-                           f"{(str(exc).strip().splitlines() or [''])[0]}") from None
+                           f"{first_line(exc)}") from None
 
 
 def check_dir(path: str | Path, spec: str | None = None, time: bool = False) -> dict:

@@ -13,6 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from .errors import DepViewError
 from .materialize import tree_copy
 from .memory import check_room, tensor_bytes
+from .text import first_line
 from .trace import build_graph, eval_mode
 from .trees import flatten, map_tensors
 
@@ -145,7 +146,7 @@ def taylor_grads(model: nn.Module, inputs) -> dict[str, torch.Tensor]:
     except DepViewError:
         raise
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        first = first_line(exc)[:300]
         raise DepViewError(f"Taylor importance: the model's forward and backward on the batch "
                            f"failed: {type(exc).__name__}: {first}") from exc
     grads = {k: p.grad.detach() for k, p in m.named_parameters() if p.grad is not None}

@@ -55,6 +55,7 @@ from .rules import (
     norm_dim,
     output_of_reason,
 )
+from .text import first_line
 from .trace import output_path
 
 
@@ -805,7 +806,7 @@ def _unfollowed(graph: Graph, root: Node, dim: int, pos: IntArray, gid: int,
         a.flags.writeable = False
     side = "param" if root.op_type is OpType.PARAMETER else "out"
     member = Member(root.id, root.name, root.module, root.op_type, side, dim, pos, units, port)
-    msg = (str(exc).splitlines() or [""])[0]
+    msg = first_line(exc)
     return Group(gid, root.name, "cell" if port else "out", len(pos), [member],
                  {(root.id, port, dim): (pos, units)},
                  [f"DepView could not follow these channels ({type(exc).__name__}: {msg})"])

@@ -30,7 +30,7 @@ from torch.nn.modules.lazy import LazyModuleMixin
 from . import memory
 from .errors import DepViewError
 from .forward import run
-from .text import error_line
+from .text import error_line, first_line
 from .trace import arg_names, plain_module
 from .trees import flatten, floats_as, map_tensors
 
@@ -192,7 +192,7 @@ def _resolve_attr(spec: str):
             module = importlib.import_module(target)
         except Exception as exc:
             raise DepViewError(f"cannot import module {target!r}: {type(exc).__name__}: "
-                               f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+                               f"{first_line(exc)}") from exc
     obj = module
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -700,7 +700,7 @@ def _hf_folder_model(folder: Path, kwargs: dict, weights: str | None, device: st
         except Exception as exc:  # (diffusers raises load_state_dict's error on a mismatch)
             text = str(exc).strip()
             detail = load_error_detail(exc) if text.startswith("Error(s) in loading") else \
-                (text.splitlines() or [""])[0]
+                first_line(text)
             raise DepViewError(f"loading {folder} failed: {type(exc).__name__}: "
                                f"{detail}") from exc
     # what from_pretrained would fill with random values: refused, as --weights is strict
@@ -1052,7 +1052,7 @@ def batch_from_safetensors(data: bytes, name: str = "the batch") -> tuple | dict
     try:
         obj = load(data)
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        first = first_line(exc)[:200]
         raise DepViewError(f"{name} is not a valid safetensors file: {first}") from exc
     return batch_from(obj, name)
 

@@ -46,7 +46,7 @@ from .modelconfig import held_config
 from .optypes import OpGroup, OpType
 from .plan import Plan, SizeAttr
 from .rules import mha_call_query
-from .text import error_line
+from .text import error_line, first_line
 from .trace import MAX_LISTED, build_graph
 
 
@@ -1317,7 +1317,7 @@ class GroupValidation:
                 return short_of_memory(exc)
             if made:
                 self._raised_in = _raising_modules(exc, made[-1])
-            msg = (str(exc).strip().splitlines() or [""])[0][:160] or _raised_at(exc)
+            msg = first_line(exc)[:160] or _raised_at(exc)
             hint = _VIEW_HINT if "is invalid for input of size" in msg else \
                 (made and _stale_cache_hint(made[-1], self._tensor_table(), changes)) or \
                 _slice_hint(self.graph, gs)

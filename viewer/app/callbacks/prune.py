@@ -29,7 +29,7 @@ from viewer.core.plan import (
     l1_fallback_text,
 )
 from viewer.core.prune import floor_note, width_note
-from viewer.core.text import counted
+from viewer.core.text import counted, first_line
 from viewer.core.timing import compare_speed, speed_text
 from viewer.core.trace import output_nodes, output_path
 from viewer.core.verify import blind_note, run_failure, untraced_note
@@ -118,7 +118,7 @@ def load_batch(store: SessionStore, sid: str, contents: str, filename: str | Non
     try:
         run(model, batch)
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        first = first_line(exc)[:200]
         raise DepViewError(f"{name} does not fit the model: {type(exc).__name__}: "
                            f"{first}") from None
     label = f"{name} {_shapes_text(batch)}"
