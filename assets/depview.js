@@ -46,15 +46,52 @@
     checkSizes(e.target, e.dataTransfer && e.dataTransfer.files);
   }, true);
 
-  // Search hits too far apart to read when fitted together: shown one at a time
+  // A callback request the server never answered (it stopped, or the network dropped):
+  // Dash says so only in the console and leaves the buttons it disabled for the call
+  // disabled, so the page looks busy for good. Say so in the message bar and free them
+  // (their ids: viewer/app/ids.py PREVIEW, APPLY, SENSITIVITY, MODEL_PICKER, UPLOAD,
+  // TIME_FORWARD, BUSY; a button disabled for another reason is disabled again by the
+  // server's next answer).
+  var UNREACHABLE = 'The server did not answer (is it still running?): once it is back, ' +
+    'reload the page.';
+  var RUNNING = ['preview', 'apply', 'sensitivity', 'model-picker', 'upload'];
+  function unreachable() {
+    var set = window.dash_clientside.set_props;
+    set(MESSAGE, {children: {type: 'Div', namespace: 'dash_html_components',
+                             props: {className: 'msg msg-error', role: 'status',
+                                     children: UNREACHABLE}}});
+    RUNNING.forEach(function (id) {
+      if (document.getElementById(id)) { set(id, {disabled: false}); }
+    });
+    set('busy', {children: ''});
+    var timing = document.getElementById('time-forward');
+    if (timing && timing.textContent === 'Timing…') {  // (its running text)
+      set('time-forward', {disabled: false, children: 'Time forward'});
+    }
+  }
+  var nativeFetch = window.fetch;
+  window.fetch = function (resource) {
+    var url = typeof resource === 'string' ? resource : (resource && resource.url) || '';
+    var sent = nativeFetch.apply(this, arguments);
+    if (url.indexOf('_dash-update-component') < 0) { return sent; }
+    return sent.catch(function (err) { unreachable(); throw err; });
+  };
+
+  // Search hits: Enter in the search box picks the first hit (it is selected, as a click
+  // would select it: the keyboard's way to the inspector), then steps to the next one
+  // (Shift+Enter: the previous). Hits too far apart to read when fitted together are shown
+  // one at a time from the start.
   var SEARCH = 'search';  // viewer/app/ids.py SEARCH
-  var hits = null;  // {ids, i}: the hits and the one on screen
-  function showHit() {
+  // {ids, i, query, picked}: the hits, the one on screen alone (-1: none, they are fitted
+  // together), and whether Enter has selected it
+  var hits = null;
+  function showHit(pick) {
     var cy = window.cy, hint = document.getElementById(FIT_HINT);
-    if (!cy || !hits || !hits.ids.length) { return; }
+    if (!cy || !hits || !hits.ids.length || hits.i < 0) { return; }
     var n = cy.getElementById(hits.ids[hits.i]);
     cy.stop();
     cy.animate({zoom: Math.max(cy.zoom(), 1.0), center: {eles: n}}, {duration: 300});
+    if (pick) { n.emit('tap'); }  // (the server answers a tap: the inspector and group)
     if (hint) {
       hint.textContent = 'Match ' + (hits.i + 1) + ' of ' + hits.ids.length + ': ' +
         (n.data('name') || n.data('path') || '') + ' · Enter: next, Shift+Enter: previous';
@@ -62,7 +99,9 @@
     }
   }
   document.addEventListener('keydown', function (e) {
-    if (e.key !== 'Enter' || !e.target || e.target.id !== SEARCH || !hits) { return; }
+    if (e.key !== 'Enter' || !e.target || e.target.id !== SEARCH || !hits || !hits.ids.length) {
+      return;
+    }
     if (e.target.value.trim() !== hits.query) {
       // the search was cleared, or holds another query since (one without matches leaves
       // the last one's hits): nothing of it to step through
@@ -71,8 +110,14 @@
       if (hint) { hint.style.display = 'none'; }
       return;
     }
-    hits.i = (hits.i + (e.shiftKey ? hits.ids.length - 1 : 1)) % hits.ids.length;
-    showHit();
+    var len = hits.ids.length;
+    if (hits.i < 0) {
+      hits.i = e.shiftKey ? len - 1 : 0;
+    } else if (hits.picked) {
+      hits.i = (hits.i + (e.shiftKey ? len - 1 : 1)) % len;
+    }
+    hits.picked = true;
+    showHit(true);
   }, true);
 
   // A click on the graph's background, or Escape outside a text field, clears the selection:
@@ -291,20 +336,21 @@
           cy.stop();
           var bb = eles.boundingBox();
           var z = Math.min(1.6, Math.min(cy.width() / (bb.w + 160), cy.height() / (bb.h + 160)));
-          hits = null;
+          var box = document.getElementById(SEARCH);
+          // (a module collapsed or expanded is zoomed to as well: no hits of a search)
+          hits = target.search ? {ids: target.ids.filter(function (id) {
+            return cy.getElementById(id).nonempty();
+          }), i: -1, query: box ? box.value.trim() : '', picked: false} : null;
           var hint = document.getElementById(FIT_HINT);
           if (hint) { hint.style.display = 'none'; }
-          if (z >= READABLE_ZOOM || eles.length === 1) {
+          if (z >= READABLE_ZOOM || eles.length === 1 || !hits) {
             cy.animate({zoom: z, center: {eles: eles}}, {duration: 300});
             return;
           }
           // fitted together they would be too small to read (25 LayerNorms down GPT-2): show
-          // them one at a time, in graph order; Enter in the search box steps to the next
-          var box = document.getElementById(SEARCH);
-          hits = {ids: target.ids.filter(function (id) {
-            return cy.getElementById(id).nonempty();
-          }), i: 0, query: box ? box.value.trim() : ''};
-          showHit();
+          // them one at a time, in graph order; Enter in the search box picks one
+          hits.i = 0;
+          showHit(false);
         });
         return window.dash_clientside.no_update;
       },

@@ -63,6 +63,8 @@ def test_legend_lists_present_types_with_counts(store):
     # the type the legend highlights shows as pressed
     assert [i.className for i in cb.legend(view, "conv")].count("legend-item active") == 1
     assert cb.legend(view, "conv")[ops.index("conv")].className == "legend-item active"
+    pressed = [i.to_plotly_json()["props"]["aria-pressed"] for i in cb.legend(view, "conv")]
+    assert pressed.count("true") == 1 and pressed[ops.index("conv")] == "true"
 
 
 def test_a_legend_highlight_ends_with_its_model_or_its_type(store):

@@ -297,3 +297,14 @@ def test_a_hugging_face_model_directory_is_offered_and_pruned(tmp_path):
     assert cb.model_info(store, "s")[0].children == "GPT2LMHeadModel from tiny-gpt2"
     text = pcb.apply_round(store, "s", pcb.parse_settings("l1", "0.5", "uniform", "1"))
     assert text.startswith("Round 1 applied") and "config sizes set to n_embd=8" in text
+
+
+def test_a_page_reloaded_while_an_apply_runs_says_so():
+    # the round landed in the session after the reload, unseen: the page showed the round
+    # before it with nothing running
+    store = SessionStore()
+    cb.load_entry(store, "s", "demo:cnn")
+    store.session("s").applying = 1
+    _rev, note, *_ = cb.choose_model(store, "s", "demo:resnet", None, None, upload=False,
+                                     initial=True)
+    assert note.children == cb.APPLY_RUNNING and "msg-warn" in note.className

@@ -405,9 +405,28 @@ def test_preview_and_apply_plan_without_holding_the_session(store, monkeypatch):
     assert seen["free"] is True and session.preview_plan is not None
     session.reset_pruning_inputs()
     seen["meddle"] = True
-    with pytest.raises(DepViewError, match="changed meanwhile"):
+    with pytest.raises(DepViewError, match="the preview was dropped: its pruning settings "
+                                           "changed meanwhile"):
         cb.run_preview(store, "sid", SETTINGS)
     assert session.preview_plan is None
+
+
+def test_an_apply_dropped_because_another_model_was_picked_says_which(store, monkeypatch):
+    # "press the button again" after a pick meanwhile would have pruned the new model
+    session = store.session("sid")
+    pruner = session.stage.pruner
+    real = type(pruner).apply
+
+    def apply(self, plan, **kw):
+        load_entry(store, "sid", "demo:cnn")  # picked while the Apply runs
+        return real(self, plan, **kw)
+
+    monkeypatch.setattr(type(pruner), "apply", apply)
+    with pytest.raises(DepViewError, match=r"the Apply was dropped: another model was picked "
+                                           r"meanwhile \(demo:resnet is no longer shown\)"):
+        cb.apply_round(store, "sid", SETTINGS)
+    assert session.base.entry_key == "demo:cnn" and len(session.stages) == 1
+    assert session.applying == 0
 
 
 def test_group_scores_follow_the_preview_plan(store):

@@ -122,3 +122,30 @@ def test_concurrent_sessions_keep_the_lru_consistent():
         t.join()
     assert len(store) == 8
     assert sum(store.was_evicted(s) for s in ids) == 56
+
+
+def test_a_session_the_server_never_made_says_the_server_restarted():
+    # after a restart every page's id is unknown: "it keeps the 16 most recent" blamed
+    # other pages for it
+    with pytest.raises(SessionExpiredError, match="restarted") as caught:
+        SessionStore().session("from-before-the-restart")
+    assert "16 most recent" not in str(caught.value)
+
+
+def test_an_action_of_a_page_showing_another_stage_than_its_session_is_refused():
+    # a duplicated tab shares its page's session: after the other tab picked a model, this
+    # tab's Apply pruned that model while this tab showed its own
+    from viewer.app.callbacks.model import graph_rev, load_entry
+    from viewer.app.state import StalePageError
+
+    store = SessionStore()
+    load_entry(store, "s", "demo:cnn")
+    session = store.session("s")
+    shown = graph_rev(session)  # what this tab drew
+    assert session.shown(shown, "the Apply") is session
+    assert session.shown(None, "the Apply") is session  # (nothing drawn yet)
+    load_entry(store, "s", "demo:norms")  # the other tab
+    with pytest.raises(StalePageError, match="out of date .*: the Apply was not done; "
+                                             "reload the page"):
+        session.shown(shown, "the Apply")
+    assert session.shown(graph_rev(session), "the Apply") is session

@@ -297,6 +297,7 @@ def test_a_selection_clears_and_a_legend_highlight_ends_with_its_model(dash_duo)
     chip.click()
     _until(dash_duo, lambda d: "active" in chip.get_attribute("class"),
            "the legend type picked does not show as pressed")
+    assert chip.get_attribute("aria-pressed") == "true"  # (to a screen reader too)
     bn = _node_id(dash_duo, "layer1.0.bn1")
     _until(dash_duo, lambda d: not faded() and float(_style(dash_duo, bn, "opacity")) < 0.5,
            "the legend's convs are not the only ones drawn in full")
@@ -329,9 +330,15 @@ def test_search_hits_too_far_apart_to_read_are_shown_one_at_a_time(dash_duo):
     centred = "var cy = window.cy, p = cy.getElementById(arguments[0]).renderedPosition(); " \
               "return Math.abs(p.x - cy.width() / 2) < 40 && Math.abs(p.y - cy.height() / 2) " \
               "< 40 && cy.zoom() >= 1;"
+    # Enter picks the match on screen (selected, as a click selects: the keyboard's way to
+    # the inspector), then steps
+    box.send_keys(Keys.ENTER)
+    dash_duo.wait_for_contains_text(f"#{ids.INSPECTOR}", "bn1", timeout=TIMEOUT)
+    assert "Match 1 of 15: bn1" in dash_duo.find_element(f"#{ids.FIT_HINT}").text
     box.send_keys(Keys.ENTER)
     dash_duo.wait_for_contains_text(f"#{ids.FIT_HINT}", "Match 2 of 15: layer1.0.bn1",
                                     timeout=TIMEOUT)
+    dash_duo.wait_for_contains_text(f"#{ids.INSPECTOR}", "layer1.0.bn1", timeout=TIMEOUT)
     bn = _node_id(dash_duo, "layer1.0.bn1")
     _until(dash_duo, lambda d: _js(dash_duo, centred, bn), "the second match is not on screen")
     box.send_keys(Keys.SHIFT, Keys.ENTER)
@@ -339,6 +346,9 @@ def test_search_hits_too_far_apart_to_read_are_shown_one_at_a_time(dash_duo):
     _type(box, "layer1.0.conv1")  # one hit: zoomed to, no stepping
     _until(dash_duo, lambda d: not d.find_element("id", ids.FIT_HINT).is_displayed(),
            "the hint stayed for a single match")
+    box.send_keys(Keys.ENTER)  # picked from the keyboard: its group is shown
+    dash_duo.wait_for_contains_text(f"#{ids.INSPECTOR}", "layer1.0.conv1", timeout=TIMEOUT)
+    dash_duo.wait_for_contains_text(f"#{ids.GROUP_PANEL}", "layer1.0.bn1", timeout=TIMEOUT)
     # a query without matches: Enter stepped through the last hits of another query
     _type(box, "BatchNorm")
     dash_duo.wait_for_contains_text(f"#{ids.FIT_HINT}", "Match 1 of 15", timeout=TIMEOUT)
@@ -498,9 +508,76 @@ def test_a_running_apply_says_what_it_does_until_it_ends(dash_duo, monkeypatch):
     dash_duo.wait_for_contains_text(f"#{ids.BUSY}", "pruning a copy, verifying it",
                                     timeout=TIMEOUT)
     assert dash_duo.find_element(f"#{ids.PREVIEW}").get_property("disabled")
+    # (another model picked meanwhile would drop the Apply)
+    assert dash_duo.find_element(f"#{ids.UPLOAD} input[type=file]").get_property("disabled")
     release.set()
     dash_duo.wait_for_contains_text(f"#{ids.MESSAGE}", "Round 1 applied", timeout=TIMEOUT)
     dash_duo.wait_for_text_to_equal(f"#{ids.BUSY}", "", timeout=TIMEOUT)
+
+
+def test_a_second_tab_cannot_act_on_a_model_it_does_not_show(dash_duo, monkeypatch):
+    # a duplicated tab (or window.open) copies the page's session id: after the other tab
+    # picked another model, Preview and Apply here acted on that model while this tab
+    # showed its own
+    from viewer.app.callbacks import prune
+
+    ran = []
+
+    def recorded(name):
+        real = getattr(prune, name)
+
+        def call(*args, **kwargs):
+            ran.append(name)
+            return real(*args, **kwargs)
+        return call
+
+    for name in ("run_preview", "apply_round"):
+        monkeypatch.setattr(prune, name, recorded(name))
+    _start(dash_duo, create_app([ModelEntry("demo:cnn"), ModelEntry("demo:norms")]))
+    _wait_graph(dash_duo, "features.0")
+    driver = dash_duo.driver
+    first = driver.current_window_handle
+    driver.execute_script("window.open(window.location.href)")
+    second = next(h for h in driver.window_handles if h != first)
+    driver.switch_to.window(second)
+    _wait_graph(dash_duo, "features.0")
+    dash_duo.select_dcc_dropdown(f"#{ids.MODEL_PICKER}", value="demo:norms")
+    _wait_graph(dash_duo, "gn1")
+    driver.switch_to.window(first)  # still drawing demo:cnn
+    for button, action in ((ids.PREVIEW, "the preview"), (ids.APPLY, "the Apply")):
+        dash_duo.find_element(f"#{button}").click()
+        dash_duo.wait_for_contains_text(f"#{ids.MESSAGE}", "this page is out of date",
+                                        timeout=TIMEOUT)
+        dash_duo.wait_for_contains_text(f"#{ids.MESSAGE}", f"{action} was not done; reload "
+                                        "the page", timeout=TIMEOUT)
+    assert ran == []  # (each answer came after its check: nothing ran on demo:norms)
+    assert dash_duo.find_element(f"#{ids.PREVIEW_PARAMS}").text == "—"
+    driver.refresh()  # the session's model, with no round applied
+    _wait_graph(dash_duo, "gn1")
+    assert "round 1" not in dash_duo.find_element(f"#{ids.HISTORY}").text
+
+
+def test_a_server_that_does_not_answer_is_said_and_frees_the_buttons(dash_duo):
+    # with the server gone, Preview spun "Previewing…" for good, disabled, and said nothing
+    _start(dash_duo, create_app([ModelEntry("demo:cnn")]))
+    _wait_graph(dash_duo, "features.0")
+    driver = dash_duo.driver
+    driver.execute_cdp_cmd("Network.enable", {})
+    offline = {"offline": True, "latency": 0, "downloadThroughput": -1,
+               "uploadThroughput": -1}
+    driver.execute_cdp_cmd("Network.emulateNetworkConditions", offline)
+    try:
+        dash_duo.find_element(f"#{ids.PREVIEW}").click()
+        dash_duo.wait_for_contains_text(f"#{ids.MESSAGE}", "The server did not answer",
+                                        timeout=TIMEOUT)
+        _until(dash_duo, lambda d: not d.find_element("id", ids.PREVIEW).get_property(
+            "disabled"), "Preview stayed disabled")
+        dash_duo.wait_for_text_to_equal(f"#{ids.BUSY}", "", timeout=TIMEOUT)
+    finally:
+        driver.execute_cdp_cmd("Network.emulateNetworkConditions",
+                               {**offline, "offline": False})
+    dash_duo.find_element(f"#{ids.PREVIEW}").click()  # back: the page works again
+    dash_duo.wait_for_contains_text(f"#{ids.MESSAGE}", "Preview: params", timeout=TIMEOUT)
 
 
 def test_a_loading_model_says_so_until_it_is_drawn(dash_duo, monkeypatch):

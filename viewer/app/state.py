@@ -79,6 +79,10 @@ class SessionExpiredError(DepViewError):
     """The page's session was evicted (or the server restarted)."""
 
 
+class StalePageError(DepViewError):
+    """The page shows a model or round its session has left (see :meth:`Session.shown`)."""
+
+
 @dataclass
 class Stage:
     """One model in a session's history: the original (or uploaded) model, or the result of
@@ -152,12 +156,32 @@ class Session:
     #: picker entry -> the stages of a model left with applied rounds (picking it again
     #: brings them back), least recently left first
     shelf: OrderedDict[str, list[Stage]] = field(default_factory=OrderedDict)
+    #: Applies running on this session now: they work without the session lock, and a page
+    #: reloaded meanwhile says that one is still running
+    applying: int = 0
 
     @property
     def stage(self) -> Stage:
         if not self.stages:
             raise DepViewError("no model loaded: pick one in the model list")
         return self.stages[-1]
+
+    def shown(self, rev: dict | None, what: str) -> Session:
+        """This session, for ``what`` (an action: "the Apply") of a page whose graph-rev store
+        holds ``rev``: raises :class:`StalePageError` when the page shows another stage than
+        the session's current one (a second tab of the page, which shares its session, picked
+        a model or applied a round; or a round landed after the page reloaded), so that
+        nothing acts on a model the page does not show. ``rev`` None: the page has drawn no
+        model yet."""
+        if rev is None:
+            return self
+        with self.lock:
+            current = self.stages[-1].key if self.stages else None
+        if current != rev["stage"]:
+            raise StalePageError(f"this page is out of date (its session changed in another "
+                                 f"tab, or a round finished after the page reloaded): {what} "
+                                 "was not done; reload the page to see the session's model")
+        return self
 
     def ignored(self) -> set[tuple[str, str]]:
         """The ignores as the pruner takes them: ``{("layer1.0.conv1", "out"), ...}``."""
@@ -240,10 +264,14 @@ class SessionStore:
             if s is not None:
                 self._sessions.move_to_end(sid)
                 return s
-            if not create:
+            if not create and sid in self._evicted:
                 raise SessionExpiredError(
                     f"this page's session expired on the server (it keeps the "
                     f"{self.max_sessions} most recent): pick a model or reload the page")
+            if not create:  # (never made here: the server restarted since the page loaded)
+                raise SessionExpiredError(
+                    "the server does not know this page's session (it was restarted since "
+                    "the page loaded?): reload the page")
             s = self._sessions[sid] = Session(sid)
             self._evicted.pop(sid, None)
             while len(self._sessions) > self.max_sessions:

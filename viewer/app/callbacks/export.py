@@ -211,12 +211,15 @@ def register(app, store: SessionStore, downloads: Downloads) -> None:
         Input({"type": ids.DOWNLOAD_PT2, "stage": ALL}, "n_clicks"),
         Input(ids.DOWNLOAD_GRAPH, "n_clicks"),
         Input(ids.DOWNLOAD_GROUPS, "n_clicks"),
+        State(ids.GRAPH_REV, "data"),
         State(ids.SESSION, "data"),
         prevent_initial_call=True,
     )
-    def on_download(_z, _pt2, _g, _r, sid):
+    def on_download(_z, _pt2, _g, _r, rev, sid):
         trig = ctx.triggered_id
         try:
+            if not isinstance(trig, dict) or ctx.triggered[0]["value"]:  # (a click)
+                store.session(sid).shown(rev, "the download")
             if trig in (ids.DOWNLOAD_GRAPH, ids.DOWNLOAD_GROUPS):
                 make = graph_json if trig == ids.DOWNLOAD_GRAPH else groups_json
                 text, name = make(store, sid)

@@ -88,13 +88,19 @@ def legend(view: View, active: str | None = None) -> list:
             [html.Span(className="swatch", style={"background": st.color}),
              html.Span(st.label), html.Span(f"{n}", className="count")],
             id={"type": ids.LEGEND_ITEM, "op": t.value}, className=legend_class(t.value, active),
-            title=f"highlight every {st.label} node ({t.value})", n_clicks=0))
+            title=f"highlight every {st.label} node ({t.value})", n_clicks=0,
+            **{"aria-pressed": legend_pressed(t.value, active)}))
     return items
 
 
 def legend_class(op: str, active: str | None) -> str:
     """A legend button's class: pressed (``active``) while its type is highlighted."""
     return "legend-item active" if op == active else "legend-item"
+
+
+def legend_pressed(op: str, active: str | None) -> str:
+    """A legend button's ``aria-pressed``: what its class shows, for screen readers."""
+    return "true" if op == active else "false"
 
 
 def legend_after(view: View, trig, round_rev: dict | None, current: dict | None):
@@ -240,6 +246,7 @@ def register(app, store: SessionStore) -> None:
     @app.callback(
         Output(ids.STYLE_LEGEND, "data"),
         Output({"type": ids.LEGEND_ITEM, "op": ALL}, "className"),
+        Output({"type": ids.LEGEND_ITEM, "op": ALL}, "aria-pressed"),
         Output(ids.DESELECT, "data", allow_duplicate=True),
         Input({"type": ids.LEGEND_ITEM, "op": ALL}, "n_clicks"),
         State(ids.STYLE_LEGEND, "data"),
@@ -249,13 +256,14 @@ def register(app, store: SessionStore) -> None:
         trig = ctx.triggered_id
         items = [o["id"]["op"] for o in ctx.outputs_list[1]]
         if not isinstance(trig, dict) or not any(clicks or []):
-            return no_update, [no_update] * len(items), no_update
+            return no_update, [no_update] * len(items), [no_update] * len(items), no_update
         op = trig.get("op")
         if current and current.get("op") == op:
             op = None  # a second click clears
         # a selection's fade would hide the type picked: picking one clears the selection
         return ({"op": op, "rules": styles.type_rules(op)},
-                [legend_class(o, op) for o in items], time.time() if op else no_update)
+                [legend_class(o, op) for o in items], [legend_pressed(o, op) for o in items],
+                time.time() if op else no_update)
 
     @app.callback(
         Output(ids.STYLE_SEARCH, "data"),
@@ -271,7 +279,9 @@ def register(app, store: SessionStore) -> None:
             hits, info = search(store, sid, query)
         except Exception as exc:
             return {"rules": []}, error_message(exc), no_update
-        zoom = {"ids": hits} if hits and ctx.triggered_id == ids.SEARCH else no_update
+        # (search: Enter in the box then picks a hit, assets/depview.js)
+        zoom = {"ids": hits, "search": True} if hits and ctx.triggered_id == ids.SEARCH \
+            else no_update
         return {"rules": styles.search_rules(hits)}, info, zoom
 
     # composed in the browser (the inspected group is drawn by toggling classes: see inspect)

@@ -730,10 +730,11 @@ def register(app, store: SessionStore) -> None:
         Input(ids.PREVIEW_REV, "data"),
         Input(ids.DESELECT, "data"),
         State(ids.SELECTION, "data"),
+        State(ids.GRAPH_REV, "data"),
         State(ids.SESSION, "data"),
         prevent_initial_call=True,
     )
-    def on_select(tap, side, pick, _view_rev, _prev_rev, _deselect, selection, sid):
+    def on_select(tap, side, pick, _view_rev, _prev_rev, _deselect, selection, rev, sid):
         trig = ctx.triggered_id
         if trig == ids.GRAPH:
             selection = selection_from_tap(tap)
@@ -743,6 +744,8 @@ def register(app, store: SessionStore) -> None:
         elif trig == ids.GROUP_SIDE:
             pick = None
         try:
+            if trig in (ids.GRAPH, ids.GROUP_SIDE, ids.GROUP_PICK):  # (the user's, not a redraw)
+                store.session(sid).shown(rev, "the selection")
             r = inspect(store, sid, selection, side or "out", pick, details=False)
         except Exception as exc:
             return (no_update,) * 9 + (error_message(exc),)

@@ -23,6 +23,11 @@ SHELF_SIZE = 3
 BUSY_LOADING = "Loading the model: tracing it and checking its groups…"
 
 
+#: what a page reloaded while an Apply of its session runs says
+APPLY_RUNNING = ("An Apply started before the page reloaded is still running: reload again "
+                 "in a moment to see its round.")
+
+
 def _fresh(session: Session, base: Base, stages: list | None = None) -> None:
     session.base = base
     session.stages = stages or [base.stage]
@@ -244,12 +249,14 @@ def _reloaded(store: SessionStore, sid: str) -> tuple | None:
     except DepViewError:
         return None
     with session.lock:
-        base, rounds = session.base, len(session.stages) - 1
+        base, rounds, applying = session.base, len(session.stages) - 1, session.applying
     if base is None:
         return None
     picker = _picker_for(store, base)
-    note = message(f"Reloaded: {_label(base)} with its {_rounds(rounds)}.", "info") \
-        if rounds else None
+    text = f"Reloaded: {_label(base)} with its {_rounds(rounds)}." if rounds else ""
+    if applying:  # (its round lands in the session, unseen by this page till a reload)
+        text = " ".join(filter(None, [text, APPLY_RUNNING]))
+    note = message(text, "warn" if applying else "info") if text else None
     return graph_rev(session), note, *picker, None
 
 

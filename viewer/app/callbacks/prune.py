@@ -150,23 +150,33 @@ def _snapshot(session: Session) -> tuple:
     """What a plan depends on, taken under the session lock so that the (slow) planning can
     run without it: clicks on the graph are not kept waiting by a preview or an apply."""
     with session.lock:
-        return (session.stage, sorted(session.ignore), dict(session.overrides), session.batch)
+        return (session.stage, sorted(session.ignore), dict(session.overrides), session.batch,
+                session.base)
 
 
 def _plan(snap: tuple, settings: dict) -> Plan:
-    stage, ignore, overrides, batch = snap
+    stage, ignore, overrides, batch, _base = snap
     return stage.pruner.plan(settings["ratio"], settings["importance"],
                              global_=settings["global_"], round_to=settings["round_to"],
                              ignore=ignore, overrides=overrides, batch=batch)
 
 
-def _still_current(session: Session, snap: tuple) -> None:
+def _still_current(session: Session, snap: tuple, what: str) -> None:
     """Raise when the session moved on (another round, undo, a new model, a changed
-    override) while a plan computed from ``snap`` was being made: its result is void."""
-    stage, ignore, overrides, batch = _snapshot(session)
-    if stage is not snap[0] or batch is not snap[3] or (ignore, overrides) != snap[1:3]:
-        raise DepViewError("the model or its pruning settings changed meanwhile: "
-                           "press the button again")
+    override) while ``what`` (a preview, an Apply) computed from ``snap`` was being made: its
+    result is void, and the message says why (pressing the button again acts on the model
+    then shown, which may be another one)."""
+    stage, ignore, overrides, batch, base = _snapshot(session)
+    if stage is snap[0] and batch is snap[3] and (ignore, overrides) == snap[1:3]:
+        return
+    if base is not snap[4]:
+        name = snap[4].entry_key if snap[4] is not None else "the model"
+        why = f"another model was picked meanwhile ({name} is no longer shown)"
+    elif stage is not snap[0]:
+        why = "the model changed meanwhile (another round, Undo or Reset)"
+    else:
+        why = "its pruning settings changed meanwhile"
+    raise DepViewError(f"{what} was dropped: {why}; nothing was changed")
 
 
 def run_preview(store: SessionStore, sid: str, settings: dict) -> dict:
@@ -190,7 +200,7 @@ def run_preview(store: SessionStore, sid: str, settings: dict) -> dict:
     preview["width"] = width_note(plan, snap[0].pruner.groups)  # (broke at its planned width)
     preview["n_scored"] = len(plan.scores)
     with session.lock:
-        _still_current(session, snap)
+        _still_current(session, snap, "the preview")
         session.preview_plan, session.preview = plan, preview
     return preview
 
@@ -214,8 +224,19 @@ def round_number(session: Session, stage: int | None = None) -> int:
 def apply_round(store: SessionStore, sid: str, settings: dict) -> str:
     """Prune a copy with the current settings, verify it, trace it and push it as the next
     stage. Overrides and ignores (which name this stage's groups) are cleared. The work runs
-    without the session lock; the result is dropped if the session moved on meanwhile."""
+    without the session lock (``session.applying`` counts it meanwhile: a page reloaded then
+    says so); the result is dropped if the session moved on meanwhile."""
     session = store.session(sid)
+    with session.lock:
+        session.applying += 1
+    try:
+        return _applied(store, sid, session, settings)
+    finally:
+        with session.lock:
+            session.applying -= 1
+
+
+def _applied(store: SessionStore, sid: str, session: Session, settings: dict) -> str:
     snap = _snapshot(session)
     with session.lock:
         base = session.base
@@ -245,7 +266,7 @@ def apply_round(store: SessionStore, sid: str, settings: dict) -> str:
     new = make_stage(pruned, base.inputs, base.output_layers, plan, verification,
                      round_entry(stage.pruner, plan, pruned), config)
     with session.lock:
-        _still_current(session, snap)
+        _still_current(session, snap, "the Apply")
         session.stages.append(new)
         session.overrides.clear()
         session.ignore.clear()
@@ -716,6 +737,10 @@ SCORES_REDRAWN = "The model changed: the scores follow once its graph is drawn�
 GROUP_REDRAWN = "The model changed: its group follows once its graph is drawn…"
 
 
+#: the buttons of the round callback, as its messages name them
+ROUND_ACTIONS = {ids.APPLY: "Apply", ids.UNDO: "Undo", ids.RESET: "Reset"}
+
+
 def _busy(button: str, text: str) -> list:
     """A long callback's ``running`` outputs: ``button`` disabled, ``text`` beside the
     buttons, while it runs."""
@@ -747,7 +772,7 @@ def register(app, store: SessionStore) -> None:
         running=_busy(ids.PREVIEW, BUSY_PREVIEW),
         prevent_initial_call=True,
     )
-    def on_preview(_n, _rev, importance, ratio, mode, round_to, _plan_info, _batch, prev_rev,
+    def on_preview(_n, graph, importance, ratio, mode, round_to, _plan_info, _batch, prev_rev,
                    sid):
         rev = (prev_rev or 0) + 1
         cleared = ("—", "—", "", charts.mount(ids.WIDTH_CHART, None, charts.WIDTH_HINT), rev)
@@ -766,6 +791,7 @@ def register(app, store: SessionStore) -> None:
             return "—", "—", STALE_HINT, stale, rev, message(STALE_HINT, "info")
         try:
             settings = parse_settings(importance, ratio, mode, round_to)
+            store.session(sid).shown(graph, "the preview")
             pv = run_preview(store, sid, settings)
         except Exception as exc:
             return no_update, no_update, no_update, no_update, no_update, error_message(exc)
@@ -793,12 +819,14 @@ def register(app, store: SessionStore) -> None:
         State(ids.SESSION, "data"),
         prevent_initial_call=True,
     )
-    def on_batch(contents, _clear, _rev, filename, sid):
+    def on_batch(contents, _clear, rev, filename, sid):
         trig = ctx.triggered_id
         if trig == ids.BATCH_UPLOAD and not contents:
             return no_update, no_update, no_update  # the reset below
         note = no_update
         try:
+            if trig != ids.GRAPH_REV:
+                store.session(sid).shown(rev, "the batch change")
             if trig == ids.BATCH_UPLOAD:
                 note = message(load_batch(store, sid, contents, filename), "ok")
             elif trig == ids.BATCH_CLEAR:
@@ -855,14 +883,19 @@ def register(app, store: SessionStore) -> None:
         Input(ids.UNDO, "n_clicks"),
         Input(ids.RESET, "n_clicks"),
         *settings_state,
+        State(ids.GRAPH_REV, "data"),
         State(ids.SESSION, "data"),
+        # (picking another model meanwhile would drop the Apply; a second click makes none)
         running=[(Output(ids.APPLY, "disabled"), True, False),
+                 (Output(ids.MODEL_PICKER, "disabled"), True, False),
+                 (Output(ids.UPLOAD, "disabled"), True, False),
                  *_busy(ids.PREVIEW, BUSY_ROUND)],
         prevent_initial_call=True,
     )
-    def on_round(_a, _u, _r, importance, ratio, mode, round_to, sid):
+    def on_round(_a, _u, _r, importance, ratio, mode, round_to, rev, sid):
         trig = ctx.triggered_id
         try:
+            store.session(sid).shown(rev, f"the {ROUND_ACTIONS[trig]}")
             if trig == ids.APPLY:
                 text = apply_round(store, sid, parse_settings(importance, ratio, mode,
                                                               round_to))
@@ -903,12 +936,13 @@ def register(app, store: SessionStore) -> None:
         running=_busy(ids.SENSITIVITY, BUSY_SENSITIVITY),
         prevent_initial_call=True,
     )
-    def on_sensitivity(_n, _rev, importance, ratio, mode, round_to, sid):
+    def on_sensitivity(_n, rev, importance, ratio, mode, round_to, sid):
         hint = charts.mount(ids.SENSITIVITY_CHART, None, charts.SENSITIVITY_HINT)
         if ctx.triggered_id == ids.GRAPH_REV:  # another model or round: its groups differ
             return hint, no_update
         try:
             settings = parse_settings(importance, ratio, mode, round_to)
+            store.session(sid).shown(rev, "the sensitivity run")
             rows, text = run_sensitivity(store, sid, settings)
             fig = charts.sensitivity_figure(rows, settings["ratio"])
             return charts.mount(ids.SENSITIVITY_CHART, fig, ""), message(text, "info")
@@ -919,13 +953,15 @@ def register(app, store: SessionStore) -> None:
         Output(ids.HISTORY, "children", allow_duplicate=True),
         Output(ids.MESSAGE, "children", allow_duplicate=True),
         Input(ids.TIME_FORWARD, "n_clicks"),
+        State(ids.GRAPH_REV, "data"),
         State(ids.SESSION, "data"),
         running=[(Output(ids.TIME_FORWARD, "disabled"), True, False),
                  (Output(ids.TIME_FORWARD, "children"), "Timing…", "Time forward")],
         prevent_initial_call=True,
     )
-    def on_time(_n, sid):
+    def on_time(_n, rev, sid):
         try:
+            store.session(sid).shown(rev, "the timing")
             text = time_round(store, sid)
             return history(store.session(sid)), message(text, "ok")
         except Exception as exc:
@@ -988,13 +1024,15 @@ def register(app, store: SessionStore) -> None:
                 pass
         return (*got, no_update)
 
-    def plan_edit(_s, _c, _ms, _mc, ignore_sides, module_sides, free, _held, _rev, ratio,
+    def plan_edit(_s, _c, _ms, _mc, ignore_sides, module_sides, free, _held, rev, ratio,
                   module_ratio, selection, side, pick, sid):
         trig = ctx.triggered_id
         sel = selection or {}
         try:
             text = ""
             session = store.session(sid)
+            if trig != ids.GRAPH_REV:
+                session.shown(rev, "the change")
             if trig == ids.OVERRIDE_SET:
                 text = set_override(store, sid, sel.get("gid"), "" if ratio is None else ratio)
             elif trig == ids.OVERRIDE_CLEAR:
