@@ -18,7 +18,7 @@
   // base64 string (a 300 MB zip crashed the tab; 200 MB arrived in ~20 s), and dcc.Upload
   // drops a file above its max_size without a word. Say so instead (viewer/app/callbacks/
   // common.py MAX_UPLOAD; the ids are viewer/app/ids.py UPLOAD, BATCH_UPLOAD and MESSAGE).
-  var MAX_UPLOAD = 200000000, MESSAGE = 'message';
+  var MAX_UPLOAD = 200000000, MESSAGE = 'message', BIG_UPLOAD = 20000000;
   var TOO_LARGE = {
     'upload': 'unzip it and start the app with --model DIR (the server reads it from disk)',
     'batch-upload': 'use a smaller batch'
@@ -27,6 +27,12 @@
     var box = target && target.closest ? target.closest('#upload, #batch-upload') : null;
     if (!box || !files) { return; }
     for (var i = 0; i < files.length; i++) {
+      if (box.id === 'upload' && files[i].size > BIG_UPLOAD && files[i].size <= MAX_UPLOAD) {
+        // seconds pass before the server sees it (150 MB: ~18 s here): say what happens
+        // (the model callback's own status replaces it once the file arrives)
+        window.dash_clientside.set_props('busy', {children: 'Sending ' + files[i].name +
+          ' (' + Math.round(files[i].size / 1e6) + ' MB) to the server…'});
+      }
       if (files[i].size > MAX_UPLOAD) {
         var mb = function (n) { return Math.round(n / 1e6) + ' MB'; };
         window.dash_clientside.set_props(MESSAGE, {children: {

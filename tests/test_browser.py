@@ -602,6 +602,27 @@ def test_a_loading_model_says_so_until_it_is_drawn(dash_duo, monkeypatch):
     dash_duo.wait_for_text_to_equal(f"#{ids.BUSY}", "", timeout=TIMEOUT)
 
 
+def test_a_large_upload_says_it_is_being_sent_until_the_server_answers(dash_duo, tmp_path):
+    # a 150 MB file took ~18 s to reach the server, with nothing on the page meanwhile
+    big = tmp_path / "big.zip"
+    with big.open("wb") as f:
+        f.truncate(30_000_000)  # sparse, and not a zip
+    _start(dash_duo, create_app([ModelEntry("demo:cnn")]))
+    _wait_graph(dash_duo, "features.0")
+    # every status shown, however briefly (the model callback's own replaces it once the
+    # file arrives: a poll can miss it)
+    _js(dash_duo, "var box = document.getElementById(arguments[0]); window.__seen = [];"
+                  "new MutationObserver(function () { window.__seen.push(box.textContent); })"
+                  ".observe(box, {childList: true, subtree: true, characterData: true});",
+        ids.BUSY)
+    dash_duo.find_element(f"#{ids.UPLOAD} input[type=file]").send_keys(str(big))
+    dash_duo.wait_for_contains_text(f"#{ids.MESSAGE}", "big.zip: the upload is not a zip file",
+                                    timeout=TIMEOUT)
+    dash_duo.wait_for_text_to_equal(f"#{ids.BUSY}", "", timeout=TIMEOUT)
+    seen = _js(dash_duo, "return window.__seen;")
+    assert "Sending big.zip (30 MB) to the server…" in seen, seen
+
+
 def test_a_file_too_large_for_the_browser_is_refused_with_a_message(dash_duo, tmp_path):
     # a 414 MB export zip did nothing at all (the tab cannot hold it as base64); the page now
     # says so and where to go instead, without reading the file
