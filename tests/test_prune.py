@@ -217,6 +217,24 @@ def test_macs_of_a_transformer_encoder_with_a_padding_mask_count_its_layers():
     assert previews[0]["macs"]["after"] < by_hand
 
 
+def test_attention_on_cpu_tensors_counts_its_macs_as_on_meta():
+    # F.scaled_dot_product_attention on CPU runs a kernel FlopCounterMode has no formula
+    # for: q @ k^T and the weights @ v counted 0 on real tensors, but counted on meta (a
+    # Mixtral's MACs moved with --dtype)
+    from viewer.core.forward import count
+
+    class Attend(nn.Module):
+        def forward(self, q, k, v, mask):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+    q, k, v = torch.randn(2, 4, 6, 8), torch.randn(2, 4, 10, 8), torch.randn(2, 4, 10, 5)
+    mask = torch.zeros(6, 10)
+    by_hand = 2 * 4 * 6 * 10 * 8 + 2 * 4 * 6 * 10 * 5  # scores, then their values
+    real = count(Attend(), (q, k, v, mask))["macs"]
+    meta = count(Attend(), tuple(t.to("meta") for t in (q, k, v, mask)))["macs"]
+    assert real == meta == by_hand
+
+
 def test_plan_is_deterministic(demo_pruner):
     _, p = demo_pruner("mobilenet")
     for crit in IMPORTANCE:

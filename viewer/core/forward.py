@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from .errors import DepViewError
 from .materialize import tree_copy
@@ -67,9 +67,21 @@ def _grouped_mm_flops(a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
     return flops // out_shape[0] if len(a_shape) == 2 and len(b_shape) == 2 else flops
 
 
-#: Ops FlopCounterMode has no formula for (mixture-of-experts layers call grouped_mm).
+def _cpu_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None,
+                         **kwargs) -> int:
+    """FLOPs of ``aten._scaled_dot_product_flash_attention_for_cpu``, the kernel
+    ``F.scaled_dot_product_attention`` runs on CPU tensors, which FlopCounterMode does not
+    count (it counts the same attention on the meta device): q @ k^T and the weights @ v,
+    by torch's own formula for the other attention kernels."""
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+#: Ops FlopCounterMode has no formula for (mixture-of-experts layers call grouped_mm;
+#: attention on CPU tensors runs a kernel of its own)
 _EXTRA_FLOPS = {op: fn for op, fn in
-                [(getattr(torch.ops.aten, "_grouped_mm", None), _grouped_mm_flops)] if op}
+                [(getattr(torch.ops.aten, "_grouped_mm", None), _grouped_mm_flops),
+                 (getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None),
+                  _cpu_attention_flops)] if op}
 
 
 def count(model: nn.Module, inputs) -> dict:
