@@ -561,6 +561,26 @@ def test_the_groups_table_names_a_groups_side_when_it_is_not_the_outputs():
     assert lines.splitlines()[3].split()[:4] == ["2", "attn.q", "4", "heads"]
 
 
+def test_the_groups_table_says_why_a_group_is_inexact():
+    # it printed "changes statistics over its channels" for any cause: a softmax, an
+    # attention scale, a LocalResponseNorm
+    from viewer.cli import groups_table
+    from viewer.core.prune import Pruner
+    from viewer.core.spec import load_model
+
+    lm = load_model("demo:vit")
+    p = Pruner(lm.model, lm.inputs, output_layers=lm.output_layers)
+    rows = [g.to_dict(with_indices=False) | {"prunable": not p.reason(g), "reason": p.reason(g)}
+            for g in p.groups]
+    stream = next(r for r in rows if r["root"] == "patch_embed")
+    assert not stream["exact"] and "'blocks.0.norm1' normalises over pruned channels" in \
+        stream["inexact_why"]
+    line = next(ln for ln in groups_table(rows).splitlines() if "patch_embed" in ln)
+    assert f"inexact: {stream['inexact_why'][0]} (+{len(stream['inexact_why']) - 1} more)" \
+        in line
+    assert all(r["inexact_why"] == [] for r in rows if r["exact"])
+
+
 def test_prune_with_time_puts_the_speed_up_in_its_line_and_report(tmp_path):
     res = run_in(tmp_path, "prune", "demo:cnn", "--ratio", "0.5", "--time", "--out", "out")
     assert res.returncode == 0, res.stderr

@@ -140,7 +140,9 @@ def groups_table(rows: list[dict], layer: str | None = None) -> str:
         if not g["reason"] and g.get("min_kept", 1) > 1:
             notes.append(f"keeps at least {g['min_kept']} ({g['min_kept_why']})")
         if not g["reason"] and not g.get("exact", True):
-            notes.append("inexact: changes statistics over its channels")
+            why = g.get("inexact_why") or ["changes statistics over its channels"]
+            more = f" (+{len(why) - 1} more)" if len(why) > 1 else ""
+            notes.append(f"inexact: {why[0]}{more}")
         if g.get("sets"):
             notes.append("sets " + ", ".join(g["sets"]))
         root = g["root"] if g.get("root_side", "out") == "out" else \

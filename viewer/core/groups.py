@@ -151,7 +151,8 @@ class Group:
             members.append(d)
         return {"id": self.id, "root": self.root, "root_side": self.root_side,
                 "channels": self.n_units, "members": members, "prunable": self.prunable,
-                "reason": self.reason, "exact": self.exact, "multiple_of": self.multiple_of,
+                "reason": self.reason, "exact": self.exact,
+                "inexact_why": list(self.stats_notes), "multiple_of": self.multiple_of,
                 "multiple_why": "; ".join(self.multiple_why), "min_kept": self.min_kept,
                 "min_kept_why": self.min_kept_why}
 
