@@ -243,6 +243,32 @@ def test_hf_gpt2_heads_are_told_apart_by_running_the_rebuilt_model():
     assert not torch.equal(_outputs(_built_from_config(pruned), inputs)[0], want)
 
 
+def test_a_head_dim_the_config_leaves_implied_is_set_when_the_stream_loses_channels():
+    # MixtralConfig's head_dim is None (hidden_size / heads): a stream pruned 16 -> 12 with
+    # its 2 heads of 8 kept whole had "no values of MixtralConfig's sizes" (hidden_size=12
+    # alone makes heads of 6), though head_dim=8 rebuilds it
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    tr = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = tr.MixtralConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                           num_attention_heads=2, num_key_value_heads=1, vocab_size=60,
+                           num_local_experts=2, num_experts_per_tok=1)
+    assert cfg.head_dim is None
+    model = tr.MixtralForCausalLM(cfg).eval()
+    inputs = {"input_ids": torch.randint(1, 60, (1, 8))}
+    p = Pruner(model, inputs)
+    gid = {g.root: g.id for g in p.groups}
+    pruned = p.apply(p.plan(0.0, overrides={gid["model.embed_tokens"]: 0.25}))
+    assert p.config_fit == {"changed": {"hidden_size": 12, "head_dim": 8}}
+    assert model.config.head_dim is None  # (the original's config is not touched)
+    want = _outputs(pruned, inputs)[0]
+    assert torch.equal(_outputs(_built_from_config(pruned), inputs)[0], want)
+    # a search that finds nothing (one layer's experts narrower than the other's) puts the
+    # head_dim it tried back as it was
+    uneven = p.apply(p.plan(0.0, overrides={gid["model.layers.0.mlp.experts.down_proj"]: 0.5}))
+    assert "reason" in p.config_fit and uneven.config.head_dim is None
+
+
 def test_a_config_its_own_class_refuses_is_not_written_and_the_export_reloads(tmp_path):
     """Llama with head_dim 8 pruned to hidden_size 23 rebuilds from a config saying so, but
     LlamaConfig refuses it (23 is no multiple of 4 heads): from_pretrained of that config.json

@@ -75,6 +75,23 @@ def size_keys(cfg, prefix: str = "", depth: int = 0) -> dict[str, int]:
 MAX_NESTED = 2
 
 
+def implied_head_dims(cfg, prefix: str = "", depth: int = 0) -> dict[str, int]:
+    """``head_dim`` of the config (and of the configs it holds, as :func:`size_keys` names
+    them) where it gives none (unset or None) but has ``hidden_size`` and
+    ``num_attention_heads``: the value the model's attention then uses, hidden_size /
+    heads. A size the search may set (Mixtral, Phi, Cohere, Granite read
+    ``config.head_dim`` when given): a pruned stream whose heads kept their size needs it."""
+    out = {}
+    hidden, heads = getattr(cfg, "hidden_size", None), getattr(cfg, "num_attention_heads", None)
+    if getattr(cfg, "head_dim", None) is None and type(hidden) is int and type(heads) is int \
+            and heads > 0 and hidden % heads == 0:
+        out[f"{prefix}head_dim"] = hidden // heads
+    for k, v in vars(cfg).items():
+        if not k.startswith("_") and depth < MAX_NESTED and _sub_config(cfg, v):
+            out.update(implied_head_dims(v, f"{prefix}{k}.", depth + 1))
+    return out
+
+
 def _sub_config(cfg, v) -> bool:
     """Whether ``v``, an attribute of config ``cfg``, is a config itself: an instance of a
     class ``cfg``'s class derives from (Hugging Face's ``PreTrainedConfig``)."""
@@ -105,6 +122,17 @@ def set_size(cfg, key: str, value: int) -> None:
     new = list(old)
     new[item] = value
     setattr(obj, name, type(old)(new))
+
+
+#: an attribute the config does not have (an implied ``head_dim`` is put back as that)
+_ABSENT = object()
+
+
+def _raw(cfg, key: str):
+    """What the config holds at ``key`` (a path), ``_ABSENT`` when it has no such attribute
+    of its own."""
+    names, _ = _path(key)
+    return vars(_owner(cfg, names)).get(names[-1], _ABSENT)
 
 
 def _changed(cfg, cfg0) -> dict:
@@ -262,8 +290,18 @@ def fit_config(original: nn.Module, pruned: nn.Module,
     shapes, now = state_shapes(pruned), _attrs(pruned)
     attrs = {k: v for k, v in now.items() if old_attrs.get(k) != v}
     kept = {k: v for k, v in now.items() if k not in attrs}
-    keys = size_keys(cfg)
-    before = dict(keys)
+    implied = implied_head_dims(cfg)  # (sizes it may set that it does not give)
+    keys = {**size_keys(cfg), **implied}
+    # what each key holds now: an implied one its raw value (None, or no attribute at all)
+    before: dict = {**keys, **{k: _raw(cfg, k) for k in implied}}
+
+    def put(key: str, value) -> None:
+        if value is _ABSENT:
+            names, _ = _path(key)
+            vars(_owner(cfg, names)).pop(names[-1], None)
+        else:
+            set_size(cfg, key, value)
+
     scores: dict[frozenset, tuple[int, int]] = {}
 
     def score(values: dict[str, int]) -> tuple[int, int]:
@@ -278,7 +316,7 @@ def fit_config(original: nn.Module, pruned: nn.Module,
                                             noise)
             finally:
                 for k in values:
-                    set_size(cfg, k, before[k])
+                    put(k, before[k])
         return scores[memo]
 
     start = score({})
@@ -292,7 +330,9 @@ def fit_config(original: nn.Module, pruned: nn.Module,
                  for a, b in zip(old[k], s, strict=True) if a != b}
         pairs |= {(old_attrs[k], v) for k, v in attrs.items()
                   if type(v) is int and type(old_attrs.get(k)) is int}
-        single = {c: score(dict([c])) for c in _candidates(keys, pairs)[:MAX_CANDIDATES]}
+        # (and each implied head_dim kept as it is: a stream pruned with whole heads kept)
+        found = _candidates(keys, pairs)[:MAX_CANDIDATES] + list(implied.items())
+        single = {c: score(dict([c])) for c in found}
     # each change that brings some shapes closer alone, those that upset the fewest
     # attributes first: fewer heads of the same head_dim before a narrower head_dim (both
     # shrink LLaMA's q_proj, only one leaves its head_dim as pruning did); passes repeat
@@ -336,7 +376,7 @@ def fit_config(original: nn.Module, pruned: nn.Module,
             set_size(cfg, k, v)
         example = _first_difference(build_from_config(cls, cfg), shapes, attrs, noise)
         for k in chosen:
-            set_size(cfg, k, before[k])
+            put(k, before[k])
         spent = f"; {MAX_BUILDS} configs tried" if len(scores) >= MAX_BUILDS else ""
         return {"reason": f"no values of {type(cfg).__name__}'s sizes rebuild the pruned "
                           f"model: with the closest ({_listed(chosen, 4)}) {example}, and "
@@ -358,7 +398,7 @@ def fit_config(original: nn.Module, pruned: nn.Module,
         if values in tried:
             continue
         for k in keys:
-            set_size(cfg, k, values.get(k, before[k]))
+            put(k, values.get(k, before[k]))
         built = build_from_config(cls, cfg)
         if validated and (why := refusal(cfg)):
             refused = refused or f"({_listed(values)}): {why}"
@@ -370,7 +410,7 @@ def fit_config(original: nn.Module, pruned: nn.Module,
         if len(tried) >= MAX_CHECKS:
             break
     for k in keys:
-        set_size(cfg, k, before[k])
+        put(k, before[k])
     if refused:  # (from_pretrained of such a config.json fails)
         return {"reason": f"{type(cfg).__name__} refuses the sizes that rebuild the pruned "
                           f"model {refused.removesuffix('.')} (--round-to can keep sizes to "
