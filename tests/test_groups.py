@@ -535,6 +535,54 @@ def test_ops_that_mix_or_move_positions_along_a_dim(op, dim, expect):
         assert "cumsum" in v["masked_equivalence"]["skipped"]
 
 
+class Reduced(nn.Module):
+    """A reduction over the channels beside the channels themselves: ``op`` of y added to a
+    conv of y (a normalisation feeds the conv)."""
+
+    def __init__(self, op):
+        super().__init__()
+        self.op, self.a, self.b = op, nn.Conv2d(3, 8, 1), nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        if self.op.startswith("normalize"):
+            p = float(self.op.removeprefix("normalize") or 2)
+            return self.b(F.normalize(y, p=p, dim=1))
+        reduce = {"sum": lambda: y.sum(1, keepdim=True),
+                  "vector_norm": lambda: torch.linalg.vector_norm(y, dim=1, keepdim=True),
+                  "norm1": lambda: y.norm(p=1, dim=1, keepdim=True),
+                  "norm-1": lambda: torch.linalg.vector_norm(y, ord=-1, dim=1, keepdim=True),
+                  "mean": lambda: y.mean(1, keepdim=True),
+                  "amax": lambda: y.amax(1, keepdim=True),
+                  "logsumexp": lambda: y.logsumexp(1, keepdim=True)}[self.op]
+        return self.b(y) + reduce()
+
+
+@pytest.mark.parametrize("op, exact", [
+    ("sum", True), ("vector_norm", True), ("norm1", True), ("normalize", True),
+    ("normalize1", True), ("normalizeinf", True),
+    ("norm-1", False), ("normalize-inf", False), ("mean", False), ("amax", False),
+    ("logsumexp", False),
+])
+def test_a_reduction_a_zero_adds_nothing_to_is_exact(op, exact):
+    # a sum or a p-norm (p >= 0) over the channels: the removed channels, zeroed, add
+    # nothing, so masked equivalence holds and is checked; a mean, a max, a negative order
+    # are changed by a zero (inexact: checked only by running)
+    from viewer.core.plan import Plan
+    from viewer.core.prune import Pruner
+
+    torch.manual_seed(0)
+    p = Pruner(Reduced(op).eval(), (torch.randn(2, 3, 4, 4),))
+    g = next(grp for grp in p.groups if grp.root == "a")
+    assert g.prunable and g.exact == exact, g.stats_notes
+    plan = Plan({g.id: [1, 4, 6]})
+    v = p.verify(p.apply(plan), plan)
+    if exact:
+        assert v["masked_equivalence"]["ok"], v
+    else:
+        assert "reduces over pruned channels" in v["masked_equivalence"]["skipped"]
+
+
 class Shuffled(nn.Module):
     """ShuffleNet's channel shuffle between two convs: ``nn.ChannelShuffle`` (torch's
     channel_shuffle op), or the same written by hand as views and a transpose."""

@@ -288,7 +288,30 @@ def _reduce_meta(name, func, args, kwargs, ins, outs) -> M.ReduceMeta:
         dims = tuple(sorted(_norm(d, x.dim()) for d in
                             (dim if isinstance(dim, (list, tuple)) else (dim,))))
     return M.ReduceMeta(name, dims, tuple(y.shape)[: x.dim()] == tuple(x.shape)[: y.dim()]
-                        and y.dim() == x.dim())
+                        and y.dim() == x.dim(), _zero_adds_nothing(name, args, kwargs, dims))
+
+
+#: reductions a zero term leaves as they are; the p-norms (name -> position and keyword of
+#: their order, and its default) only for an order p >= 0 (p = 0 counts the nonzeros, inf
+#: takes the largest magnitude; a negative order, or -inf, the smallest: a zero changes it)
+_ZERO_FREE = frozenset(("sum", "nansum"))
+_P_NORMS = {"normalize": (1, "p", 2.0), "norm": (1, "p", 2.0),
+            "linalg_vector_norm": (1, "ord", 2.0)}
+
+
+def _zero_adds_nothing(name: str, args, kwargs, dims: tuple[int, ...]) -> bool:
+    """Whether a zero along ``dims`` leaves the reduction ``name`` as it is (its
+    :class:`ReduceMeta` is exact). ``torch.norm``'s matrix orders ("fro" over two dims is
+    the 2-norm of all of them; "nuc" is not elementwise) count only as a 2-norm."""
+    if name in _ZERO_FREE:
+        return True
+    if name not in _P_NORMS:
+        return False
+    pos, key, default = _P_NORMS[name]
+    order = _arg(args, kwargs, pos, key, default)
+    if order is None or order == "fro":
+        order = 2.0
+    return isinstance(order, (int, float)) and not isinstance(order, bool) and order >= 0
 
 
 def _inferred(name: str, args, y: torch.Tensor) -> int | None:

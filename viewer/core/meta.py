@@ -203,11 +203,14 @@ class MatmulMeta:
 
 @dataclass(frozen=True)
 class ReduceMeta:
-    """A reduction or a normaliser along ``dims``; ``keepdim`` when the output keeps them."""
+    """A reduction or a normaliser along ``dims``; ``keepdim`` when the output keeps them;
+    ``exact`` when a zero along them adds nothing (a sum, a p-norm with p >= 0, a tensor
+    divided by one): channels zeroed there and channels removed give the same result."""
 
     op: str
     dims: tuple[int, ...]
     keepdim: bool
+    exact: bool = False
 
 
 @dataclass(frozen=True)

@@ -1848,7 +1848,8 @@ def _reduction_rule(g, node, side, port, dim, units, pos, ctx):
         if dim in meta.dims:
             if _returns_positions(g, node, ctx, units, pos):
                 return []
-            ctx.inexact(f"'{node.name}' ({node.target}) reduces over pruned channels")
+            if not meta.exact:  # (a sum or a p-norm: the zeroed channels add nothing)
+                ctx.inexact(f"'{node.name}' ({node.target}) reduces over pruned channels")
             flows = [Flow("in", p, dim - (len(a) - len(meta.dims)), units, pos)
                      for p in affine]
             if meta.keepdim and len(b) == len(a) and b[dim] == a[dim]:
