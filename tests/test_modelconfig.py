@@ -269,6 +269,38 @@ def test_a_head_dim_the_config_leaves_implied_is_set_when_the_stream_loses_chann
     assert "reason" in p.config_fit and uneven.config.head_dim is None
 
 
+def test_a_head_dim_a_config_never_had_is_written_and_its_export_reloads(tmp_path):
+    # Phi3Config has no head_dim attribute at all: the fit set one, and plan.json's
+    # "config.head_dim" was refused on reload as "not a public scalar attribute"
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    tr = pytest.importorskip("transformers")
+    from viewer.core.export import load_pruned
+
+    torch.manual_seed(0)
+    model = tr.Phi3ForCausalLM(tr.Phi3Config(
+        vocab_size=60, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, intermediate_size=32, max_position_embeddings=32,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2)).eval()
+    assert "head_dim" not in vars(model.config)
+    inputs = {"input_ids": torch.randint(3, 60, (1, 8))}
+    p = Pruner(model, inputs)
+    stream = next(g for g in p.groups if g.root == "model.embed_tokens")
+    plan = p.plan(0.0, overrides={stream.id: 0.25})
+    pruned = p.apply(plan)
+    assert p.config_fit == {"changed": {"hidden_size": 12, "head_dim": 8}}
+    out = export_dir(p, plan, pruned, tmp_path / "out", pt2=False)
+    assert torch.equal(_outputs(load_pruned(out), inputs)[0], _outputs(pruned, inputs)[0])
+    # a fit whose head_dim is what hidden_size / heads gives anyway leaves it out
+    wide = tr.Phi3ForCausalLM(tr.Phi3Config(
+        vocab_size=60, hidden_size=64, num_hidden_layers=1, num_attention_heads=8,
+        num_key_value_heads=4, intermediate_size=64, max_position_embeddings=32,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2)).eval()
+    p = Pruner(wide, inputs)
+    p.apply(p.plan(0.5))
+    assert p.config_fit == {"changed": {"hidden_size": 32, "intermediate_size": 32,
+                                        "num_attention_heads": 4, "num_key_value_heads": 2}}
+
+
 def test_a_config_its_own_class_refuses_is_not_written_and_the_export_reloads(tmp_path):
     """Llama with head_dim 8 pruned to hidden_size 23 rebuilds from a config saying so, but
     LlamaConfig refuses it (23 is no multiple of 4 heads): from_pretrained of that config.json

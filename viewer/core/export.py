@@ -737,6 +737,10 @@ def _plain_attr(mod: nn.Module, key: str, value) -> bool:
         mod, key = held_config(mod), key.removeprefix("config.")
         if mod is None:
             return False
+        if key == "head_dim" and getattr(mod, key, None) is None:
+            # a head size the config left to hidden_size / heads (Phi3: no such attribute),
+            # which the fit set (modelconfig.implied_head_dims)
+            return type(value) is int and value > 0
     if not (ok_value and isinstance(key, str) and not key.startswith("_") and key in vars(mod)):
         return False
     old = getattr(mod, key)
@@ -834,7 +838,8 @@ def reshape_like_plan(model: nn.Module, plan: dict, rounds: bool = False) -> nn.
                                    "a public scalar attribute of that module, or not of "
                                    "the kind it holds")
             # (a list as JSON: a tuple again unless the module held a list)
-            old = get_attr(mod, k)
+            old = getattr(held_config(mod), "head_dim", None) if k == "config.head_dim" \
+                else get_attr(mod, k)
             set_attr(mod, k, v if not isinstance(v, list) or isinstance(old, list) else tuple(v))
         if hasattr(mod, "_init_flat_weights"):
             mod._init_flat_weights()

@@ -403,6 +403,11 @@ def fit_config(original: nn.Module, pruned: nn.Module,
         if validated and (why := refusal(cfg)):
             refused = refused or f"({_listed(values)}): {why}"
         elif same is None or same(built):
+            for k in implied:  # (a head_dim hidden_size / heads gives anyway: left unset)
+                if k in values:
+                    put(k, before[k])
+                    if implied_head_dims(cfg).get(k) != values[k]:
+                        put(k, values[k])
             if search:
                 _sync_stale(pruned, built, old_attrs, noise)
             return {"changed": _changed(cfg, cfg0)}
