@@ -257,6 +257,26 @@ def test_a_functional_conv_call_hands_its_channels_to_the_tensors_it_is_given():
     assert not own.prunable and "model output" in own.reason
 
 
+def test_a_parameter_is_never_rooted_on_a_dim_it_is_broadcast_along():
+    # ConvNeXt V2's GRN gamma and beta are (1, 1, 1, C) on a channels-last map: each got a
+    # group of its dim 1, "1 unit, not prunable: only one unit", in every block
+    class Grn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.head = nn.Conv2d(3, 8, 1), nn.Linear(8, 4)
+            # channels last, broadcast along the rest; and a scalar gain
+            self.gamma, self.scale = nn.Parameter(torch.randn(1, 1, 1, 8)), \
+                nn.Parameter(torch.ones(1))
+
+        def forward(self, x):
+            y = self.conv(x).permute(0, 2, 3, 1) * self.gamma * self.scale
+            return self.head(y.mean((1, 2)))
+
+    groups = all_groups(build_graph(Grn(), torch.randn(1, 3, 4, 4)))
+    assert [grp.root for grp in groups] == ["conv", "head"]
+    assert groups[0].prunable and groups[0].member("gamma", "param").dim == 3
+
+
 def test_a_4d_parameter_is_rooted_at_its_channels_not_at_a_spatial_or_kernel_dim():
     from viewer.core.prune import Pruner
 

@@ -291,14 +291,35 @@ def test_a_head_dim_a_config_never_had_is_written_and_its_export_reloads(tmp_pat
     out = export_dir(p, plan, pruned, tmp_path / "out", pt2=False)
     assert torch.equal(_outputs(load_pruned(out), inputs)[0], _outputs(pruned, inputs)[0])
     # a fit whose head_dim is what hidden_size / heads gives anyway leaves it out
-    wide = tr.Phi3ForCausalLM(tr.Phi3Config(
+    p = _tiny_lm(tr.Phi3ForCausalLM, tr.Phi3Config(
         vocab_size=60, hidden_size=64, num_hidden_layers=1, num_attention_heads=8,
         num_key_value_heads=4, intermediate_size=64, max_position_embeddings=32,
-        pad_token_id=0, bos_token_id=1, eos_token_id=2)).eval()
-    p = Pruner(wide, inputs)
+        pad_token_id=0, bos_token_id=1, eos_token_id=2))
     p.apply(p.plan(0.5))
     assert p.config_fit == {"changed": {"hidden_size": 32, "intermediate_size": 32,
                                         "num_attention_heads": 4, "num_key_value_heads": 2}}
+
+
+def test_heads_and_kv_heads_that_only_fit_together_are_found_together():
+    # StableLM's head size is hidden_size / heads: hidden_size=16 alone rebuilt every shape
+    # (4 heads of 4), fewer heads alone or fewer kv heads alone upset the k/v shapes, and
+    # the search stopped at "no values of StableLmConfig's sizes" (2 heads of 8, 1 kv head)
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    tr = pytest.importorskip("transformers")
+    p = _tiny_lm(tr.StableLmForCausalLM, tr.StableLmConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=60, partial_rotary_factor=0.5))
+    pruned = p.apply(p.plan(0.5))
+    assert p.config_fit["changed"] == {"hidden_size": 16, "intermediate_size": 32,
+                                       "num_attention_heads": 2, "num_key_value_heads": 1}
+    want = _outputs(pruned, p.inputs)[0]
+    assert torch.equal(_outputs(_built_from_config(pruned), p.inputs)[0], want)
+
+
+def _tiny_lm(cls, config) -> Pruner:
+    """The pruner of ``cls(config)`` (seeded weights, eval mode) on 8 token ids."""
+    torch.manual_seed(0)
+    return Pruner(cls(config).eval(), {"input_ids": torch.randint(3, 60, (1, 8))})
 
 
 def test_a_config_its_own_class_refuses_is_not_written_and_the_export_reloads(tmp_path):

@@ -417,6 +417,27 @@ def test_a_vision_model_directory_gets_an_image_of_its_configs_size(tmp_path):
     assert load_model(str(tmp_path / "resnet")).source["inputs"] == ["1x1x224x224:float32"]
 
 
+def test_the_forward_that_guessed_a_directorys_inputs_leaves_no_eval_cache(tmp_path):
+    # LeViT keeps attention_biases[:, idxs] per device once run in eval mode: the guessing
+    # forward filled it, the trace read the cache, not the parameter, and every head group
+    # was blocked ("the model's forward fails when this group shrinks")
+    tf = pytest.importorskip("transformers")
+    from viewer.core.prune import Pruner
+
+    tf.LevitForImageClassification(tf.LevitConfig(
+        image_size=32, hidden_sizes=[32, 48, 64], num_attention_heads=[2, 3, 4],
+        depths=[1, 1, 1], key_dim=[8, 8, 8], num_labels=4, patch_size=16,
+    )).save_pretrained(tmp_path / "levit")
+    lm = load_model(str(tmp_path / "levit"))
+    attention = lm.model.levit.encoder.stages[0].layers[0].module
+    assert type(attention).__name__ == "LevitAttention" and attention.attention_bias_cache == {}
+    p = Pruner(lm.model, lm.inputs, output_layers=lm.output_layers)
+    heads = [g for g in p.groups if g.root.endswith("queries_keys_values.linear")]
+    assert heads and all(not p.reason(g) for g in heads), [p.reason(g) for g in heads]
+    plan = p.plan(0.5)
+    assert p.verify(p.apply(plan), plan)["masked_equivalence"]["ok"]
+
+
 def _edit_config(folder, **changes):
     import json
 

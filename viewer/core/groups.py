@@ -495,11 +495,8 @@ def root_dim(node: Node) -> int | None:
     t = node.op_type
     if t is OpType.CONV or t is OpType.CONV_TRANSPOSE:
         return conv_out_dim(node)
-    if t is OpType.PARAMETER and len(node.out_shapes[0]) in (4, 5):
-        # a 4-D/5-D parameter is laid out channels-first, as the maps it meets: a position
-        # table added to a feature map, a weight given to F.conv2d (its last dim is a
-        # kernel's width, not channels)
-        return 1
+    if t is OpType.PARAMETER:
+        return _parameter_dim(node.out_shapes[0])
     if t in _ROOT_LAST_DIM:
         return len(node.out_shapes[0]) - 1
     if t is OpType.CUSTOMIZED and not node.custom.opaque:
@@ -507,6 +504,18 @@ def root_dim(node: Node) -> int | None:
     if t is OpType.CUSTOMIZED:  # (opaque: its group is blocked, and says why; without one
         return _guess_dim(node, node.out_shapes[0])  # its readers' inputs were in none)
     return None
+
+
+def _parameter_dim(shape: tuple[int, ...]) -> int | None:
+    """The dim of a bare parameter whose channels it creates: dim 1 of a 4-D/5-D one, laid
+    out channels-first as the maps it meets (a position table added to a feature map, a
+    weight given to F.conv2d, whose last dim is a kernel's width), else the last; None when
+    that dim has size 1 (ConvNeXt V2's GRN gamma, (1, 1, 1, C), is broadcast along it: its
+    group said only "only one unit"; its C are its block's channels, which that group
+    holds). Not another dim instead: LeViT's (heads, 1) attention biases would root a group
+    of heads beside the attention's own."""
+    d = 1 if len(shape) in (4, 5) else len(shape) - 1
+    return d if shape[d] > 1 else None
 
 
 _ROOT_LAST_DIM = tuple(OpGroup.RECURRENT) + (OpType.LINEAR, OpType.EMBED, OpType.MHA,

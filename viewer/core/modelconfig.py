@@ -21,6 +21,7 @@ constructor takes as its one argument).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import sys
 import warnings
@@ -40,6 +41,8 @@ MAX_CANDIDATES = 64
 MAX_BUILDS = 160
 #: configs at most checked by running the model built from them (two forwards each)
 MAX_CHECKS = 6
+#: pairs of changes by one factor a stuck search tries at most (each one meta build)
+MAX_PAIRS = 24
 
 
 def held_config(mod: nn.Module):
@@ -343,6 +346,16 @@ def fit_config(original: nn.Module, pruned: nn.Module,
     order = [c for c, s in ranked if s[0] < start[0]] + [c for c, s in ranked
                                                         if s[0] >= start[0]]
 
+    def pairs(chosen: dict, banned: frozenset):
+        """Two changes by one factor, neither of which helps alone: fewer heads and fewer kv
+        heads (StableLM: its head size follows hidden_size / heads, so a smaller hidden_size
+        alone gave every shape, as 4 heads of 4 where the pruned model runs 2 of 8)."""
+        moves = [(k, v) for k, v in order if k not in chosen and k not in banned]
+        for i, (k1, v1) in enumerate(moves):
+            for k2, v2 in moves[i + 1:]:
+                if k1 != k2 and v1 * keys[k2] == v2 * keys[k1]:
+                    yield {k1: v1, k2: v2}
+
     def greedy(banned: frozenset = frozenset()) -> tuple[dict[str, int], tuple[int, int]]:
         chosen: dict[str, int] = {}
         best, more = start, bool(start[0])
@@ -354,6 +367,13 @@ def fit_config(original: nn.Module, pruned: nn.Module,
                 trial = score({**chosen, key: value})
                 if trial < best:
                     chosen[key], best, more = value, trial, True
+            for pair in itertools.islice(pairs(chosen, banned), MAX_PAIRS) \
+                    if best[0] and not more else ():
+                trial = score({**chosen, **pair})
+                if trial < best:
+                    chosen.update(pair)
+                    best, more = trial, True
+                    break
             # a change taken early that a later one made wrong goes again: PVT v2's
             # mlp_ratios.1 = 4 halved its MLP before hidden_sizes.1 = 32 did, and with both
             # the MLP was a quarter (its ratio stays 8 when both widths halve)

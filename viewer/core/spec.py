@@ -30,6 +30,7 @@ from torch.nn.modules.lazy import LazyModuleMixin
 from . import memory
 from .errors import DepViewError
 from .forward import run
+from .materialize import drop_train_caches
 from .text import error_line, first_line
 from .trace import arg_names, plain_module
 from .trees import flatten, floats_as, map_tensors
@@ -448,6 +449,10 @@ def _load_model(spec: str, kwargs: dict, weights: str | None, device: str, seed:
     if run_dtype != torch.float32:  # (a float32 image fed to a bfloat16 conv fails)
         example = floats_as(example, run_dtype)
     _initialize_lazy(model, example)
+    # the forwards run here (inputs guessed for a model directory, lazy layers) leave what a
+    # layer caches for eval (LeViT's attention biases per device): the trace would read the
+    # cache, not the parameter, and miss the link (its biases "never ran on the inputs")
+    drop_train_caches(model)
     source = {
         "spec": spec,
         "kwargs": kwargs,
