@@ -98,7 +98,7 @@
     cy.stop();
     cy.animate({zoom: Math.max(cy.zoom(), 1.0), center: {eles: n}}, {duration: 300});
     if (pick) { n.emit('tap'); }  // (the server answers a tap: the inspector and group)
-    if (hint) {
+    if (hint && hits.ids.length > 1) {  // (one match: nothing to step to)
       hint.textContent = 'Match ' + (hits.i + 1) + ' of ' + hits.ids.length + ': ' +
         (n.data('name') || n.data('path') || '') + ' · Enter: next, Shift+Enter: previous';
       hint.style.display = 'block';

@@ -349,6 +349,7 @@ def test_search_hits_too_far_apart_to_read_are_shown_one_at_a_time(dash_duo):
     box.send_keys(Keys.ENTER)  # picked from the keyboard: its group is shown
     dash_duo.wait_for_contains_text(f"#{ids.INSPECTOR}", "layer1.0.conv1", timeout=TIMEOUT)
     dash_duo.wait_for_contains_text(f"#{ids.GROUP_PANEL}", "layer1.0.bn1", timeout=TIMEOUT)
+    assert not dash_duo.find_element(f"#{ids.FIT_HINT}").is_displayed()  # (no "1 of 1")
     # a query without matches: Enter stepped through the last hits of another query
     _type(box, "BatchNorm")
     dash_duo.wait_for_contains_text(f"#{ids.FIT_HINT}", "Match 1 of 15", timeout=TIMEOUT)
