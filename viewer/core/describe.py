@@ -288,7 +288,7 @@ def _reduce_meta(name, func, args, kwargs, ins, outs) -> M.ReduceMeta:
         dims = tuple(sorted(_norm(d, x.dim()) for d in
                             (dim if isinstance(dim, (list, tuple)) else (dim,))))
     return M.ReduceMeta(name, dims, tuple(y.shape)[: x.dim()] == tuple(x.shape)[: y.dim()]
-                        and y.dim() == x.dim(), _zero_adds_nothing(name, args, kwargs, dims))
+                        and y.dim() == x.dim(), _zero_adds_nothing(name, args, kwargs))
 
 
 #: reductions a zero term leaves as they are; the p-norms (name -> position and keyword of
@@ -299,8 +299,8 @@ _P_NORMS = {"normalize": (1, "p", 2.0), "norm": (1, "p", 2.0),
             "linalg_vector_norm": (1, "ord", 2.0)}
 
 
-def _zero_adds_nothing(name: str, args, kwargs, dims: tuple[int, ...]) -> bool:
-    """Whether a zero along ``dims`` leaves the reduction ``name`` as it is (its
+def _zero_adds_nothing(name: str, args, kwargs) -> bool:
+    """Whether a zero along its dims leaves the reduction ``name`` as it is (its
     :class:`ReduceMeta` is exact). ``torch.norm``'s matrix orders ("fro" over two dims is
     the 2-norm of all of them; "nuc" is not elementwise) count only as a 2-norm."""
     if name in _ZERO_FREE:
