@@ -140,7 +140,7 @@ def groups_table(rows: list[dict], layer: str | None = None) -> str:
         if not g["reason"] and g.get("min_kept", 1) > 1:
             notes.append(f"keeps at least {g['min_kept']} ({g['min_kept_why']})")
         if not g["reason"] and not g.get("exact", True):
-            why = g.get("inexact_why") or ["changes statistics over its channels"]
+            why = g["inexact_why"]  # (an inexact group has its notes)
             more = f" (+{len(why) - 1} more)" if len(why) > 1 else ""
             notes.append(f"inexact: {why[0]}{more}")
         if g.get("sets"):

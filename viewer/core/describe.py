@@ -17,9 +17,11 @@ import torch
 from . import meta as M
 from .optypes import (
     DIM_ARGS,
+    NORM_ORDERS,
     POINTWISE_LOSSES,
     REDUCE_DIMS,
     SHAPE_NORMS,
+    ZERO_FREE_REDUCTIONS,
     OpType,
     function_name,
 )
@@ -291,23 +293,15 @@ def _reduce_meta(name, func, args, kwargs, ins, outs) -> M.ReduceMeta:
                         and y.dim() == x.dim(), _zero_adds_nothing(name, args, kwargs))
 
 
-#: reductions a zero term leaves as they are; the p-norms (name -> position and keyword of
-#: their order, and its default) only for an order p >= 0 (p = 0 counts the nonzeros, inf
-#: takes the largest magnitude; a negative order, or -inf, the smallest: a zero changes it)
-_ZERO_FREE = frozenset(("sum", "nansum"))
-_P_NORMS = {"normalize": (1, "p", 2.0), "norm": (1, "p", 2.0),
-            "linalg_vector_norm": (1, "ord", 2.0)}
-
-
 def _zero_adds_nothing(name: str, args, kwargs) -> bool:
     """Whether a zero along its dims leaves the reduction ``name`` as it is (its
     :class:`ReduceMeta` is exact). ``torch.norm``'s matrix orders ("fro" over two dims is
     the 2-norm of all of them; "nuc" is not elementwise) count only as a 2-norm."""
-    if name in _ZERO_FREE:
+    if name in ZERO_FREE_REDUCTIONS:
         return True
-    if name not in _P_NORMS:
+    if name not in NORM_ORDERS:
         return False
-    pos, key, default = _P_NORMS[name]
+    pos, key, default = NORM_ORDERS[name]
     order = _arg(args, kwargs, pos, key, default)
     if order is None or order == "fro":
         order = 2.0

@@ -50,7 +50,7 @@ from .materialize import (
     tree_copy,
 )
 from .memory import check_room, out_of_memory, tensor_bytes
-from .modelconfig import build_from_config, held_config, state_shapes
+from .modelconfig import build_from_config, head_dim_settable, held_config, state_shapes
 from .optypes import classify
 from .plan import Plan
 from .prune import Pruner
@@ -737,9 +737,7 @@ def _plain_attr(mod: nn.Module, key: str, value) -> bool:
         mod, key = held_config(mod), key.removeprefix("config.")
         if mod is None:
             return False
-        if key == "head_dim" and getattr(mod, key, None) is None:
-            # a head size the config left to hidden_size / heads (Phi3: no such attribute),
-            # which the fit set (modelconfig.implied_head_dims)
+        if key == "head_dim" and head_dim_settable(mod):  # (Phi3 has no such attribute)
             return type(value) is int and value > 0
     if not (ok_value and isinstance(key, str) and not key.startswith("_") and key in vars(mod)):
         return False
@@ -838,8 +836,7 @@ def reshape_like_plan(model: nn.Module, plan: dict, rounds: bool = False) -> nn.
                                    "a public scalar attribute of that module, or not of "
                                    "the kind it holds")
             # (a list as JSON: a tuple again unless the module held a list)
-            old = getattr(held_config(mod), "head_dim", None) if k == "config.head_dim" \
-                else get_attr(mod, k)
+            old = get_attr(mod, k, None)  # (None: a config's head_dim it never had)
             set_attr(mod, k, v if not isinstance(v, list) or isinstance(old, list) else tuple(v))
         if hasattr(mod, "_init_flat_weights"):
             mod._init_flat_weights()

@@ -220,10 +220,11 @@ def _renormalize(table: dict, memo: dict, graph: Graph,
             if isinstance(g, nn.Parameter) else new
 
 
-def get_attr(mod: nn.Module, attr: str):
-    """``mod.attr``, or for ``config.name`` the attribute of the config object it holds."""
+def get_attr(mod: nn.Module, attr: str, *default):
+    """``mod.attr``, or for ``config.name`` the attribute of the config object it holds
+    (``default``, when given, for one it does not have)."""
     owner, _, name = attr.rpartition(".")
-    return getattr(getattr(mod, owner) if owner else mod, name)
+    return getattr(getattr(mod, owner) if owner else mod, name, *default)
 
 
 def set_attr(mod: nn.Module, attr: str, value) -> None:

@@ -86,13 +86,20 @@ def implied_head_dims(cfg, prefix: str = "", depth: int = 0) -> dict[str, int]:
     ``config.head_dim`` when given): a pruned stream whose heads kept their size needs it."""
     out = {}
     hidden, heads = getattr(cfg, "hidden_size", None), getattr(cfg, "num_attention_heads", None)
-    if getattr(cfg, "head_dim", None) is None and type(hidden) is int and type(heads) is int \
-            and heads > 0 and hidden % heads == 0:
+    if head_dim_settable(cfg) and heads > 0 and hidden % heads == 0:
         out[f"{prefix}head_dim"] = hidden // heads
     for k, v in vars(cfg).items():
         if not k.startswith("_") and depth < MAX_NESTED and _sub_config(cfg, v):
             out.update(implied_head_dims(v, f"{prefix}{k}.", depth + 1))
     return out
+
+
+def head_dim_settable(cfg) -> bool:
+    """Whether the config leaves its ``head_dim`` to hidden_size / heads (unset, or None),
+    having both: a size a fit may set (:func:`implied_head_dims`), so a plan.json may too."""
+    return getattr(cfg, "head_dim", None) is None and \
+        type(getattr(cfg, "hidden_size", None)) is int and \
+        type(getattr(cfg, "num_attention_heads", None)) is int
 
 
 def _sub_config(cfg, v) -> bool:

@@ -607,6 +607,14 @@ REDUCE_DIMS: dict[str, tuple[int, int | None]] = {
     "norm": (2, None), "linalg_vector_norm": (2, None), "linalg_norm": (2, None),
     "kthvalue": (2, -1), "mode": (1, -1), "gumbel_softmax": (4, -1)}
 
+#: Reductions a zero term leaves as they are (exact over pruned channels), by function name.
+ZERO_FREE_REDUCTIONS = frozenset(("sum", "nansum"))
+#: The p-norms, by function name: (position, keyword, default) of their order; exact only
+#: for an order p >= 0 (p = 0 counts the nonzeros, inf takes the largest magnitude; a
+#: negative order, or -inf, the smallest: a zero changes it).
+NORM_ORDERS: dict[str, tuple[int, str, float]] = {
+    "normalize": (1, "p", 2.0), "norm": (1, "p", 2.0), "linalg_vector_norm": (1, "ord", 2.0)}
+
 #: Tensor methods/functions that never produce a new graph value worth a node.
 IGNORED_FUNCTIONS: frozenset = frozenset(
     _resolve(
