@@ -56,8 +56,9 @@
   // Dash says so only in the console and leaves the buttons it disabled for the call
   // disabled, so the page looks busy for good. Say so in the message bar and free them
   // (their ids: viewer/app/ids.py PREVIEW, APPLY, SENSITIVITY, MODEL_PICKER, UPLOAD,
-  // TIME_FORWARD, BUSY; a button disabled for another reason is disabled again by the
-  // server's next answer).
+  // TIME_FORWARD, BUSY; tests/test_app_main.py checks that these name every output a
+  // callback's `running=` sets; a button disabled for another reason is disabled again by
+  // the server's next answer).
   var UNREACHABLE = 'The server did not answer (is it still running?): once it is back, ' +
     'reload the page.';
   var RUNNING = ['preview', 'apply', 'sensitivity', 'model-picker', 'upload'];

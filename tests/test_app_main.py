@@ -152,3 +152,19 @@ def test_the_page_and_the_server_agree_on_the_largest_upload():
 
     js = (Path(__file__).parents[1] / "assets" / "depview.js").read_text()
     assert int(re.search(r"var MAX_UPLOAD = (\d+)", js).group(1)) == MAX_UPLOAD
+
+
+def test_the_page_frees_every_button_a_running_callback_disables():
+    """assets/depview.js frees, when the server never answers, what the callbacks' ``running``
+    outputs set while they run: its list of disabled buttons must name every one of them."""
+    from pathlib import Path
+
+    js = (Path(__file__).parents[1] / "assets" / "depview.js").read_text()
+    freed = set(re.findall(r"'([\w-]+)'", re.search(r"var RUNNING = \[([^\]]*)\]", js).group(1)))
+    reset = set(re.findall(r"set\('([\w-]+)', \{", js))  # set back one by one (busy, timing)
+    app = main.create_app()
+    running = {key for cb in app._callback_list for key in cb.get("running", {}).get("running", {})}
+    assert running  # (the app's long callbacks do disable buttons)
+    for key in running:
+        cid, prop = key.rsplit(".", 1)
+        assert cid in reset or (prop == "disabled" and cid in freed), key
