@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from .arrays import unique
 from .errors import DepViewError
 from .graph import Graph, Node
 from .handlers import CUTS, cell_port, node_cuts, rnn_cell
@@ -88,7 +89,7 @@ class Member:
         # cuts make one per member of every group, once per validation probe)
         hit = np.zeros(max(int(self.unit.max()), int(units.max())) + 1, dtype=bool)
         hit[units] = True
-        return np.unique(self.pos[hit[self.unit]])
+        return unique(self.pos[hit[self.unit]])
 
 
 @dataclass
@@ -124,7 +125,7 @@ class Group:
         if self.reasons:
             return "; ".join(dict.fromkeys(self.reasons))
         if self.n_units <= 1:
-            width = max((len(np.unique(m.pos)) for m in self.members), default=1)
+            width = max((len(unique(m.pos)) for m in self.members), default=1)
             if width > 1:  # (ShuffleNet V1's grouped convs across a shuffle, a feature cross)
                 return (f"its {width} channels make one unit: the ops it reaches tie each "
                         "to all the others, so removing one would remove the whole tensor")
@@ -143,11 +144,11 @@ class Group:
         members = []
         for m in self.members:
             d = {"node": m.node_name, "module": m.module, "op_type": m.op_type.value,
-                 "side": m.side, "dim": m.dim, "width": int(len(np.unique(m.pos)))}
+                 "side": m.side, "dim": m.dim, "width": int(len(unique(m.pos)))}
             if m.port:
                 d["port"] = m.port
             if with_indices:
-                d["indices"] = [int(i) for i in np.unique(m.pos)]
+                d["indices"] = [int(i) for i in unique(m.pos)]
             members.append(d)
         return {"id": self.id, "root": self.root, "root_side": self.root_side,
                 "channels": self.n_units, "members": members, "prunable": self.prunable,
@@ -664,7 +665,7 @@ def _search(graph: Graph, root: Node, side: str, dim: int, pos: IntArray,
             u = np.concatenate([c[0] for c in chunks])
             p = np.concatenate([c[1] for c in chunks])
             # unique (position, unit) pairs via one 1-D key: far faster than unique(axis=1)
-            code = np.unique(p.astype(np.int64) * (n + 1) + label[u])
+            code = unique(p.astype(np.int64) * (n + 1) + label[u])
             p, lab = code // (n + 1), code % (n + 1)
         members.append(Member(nid, node.name, node.module, node.op_type, mside, mdim, p, lab,
                               mport))
@@ -703,7 +704,7 @@ def _search(graph: Graph, root: Node, side: str, dim: int, pos: IntArray,
     _check_multiple(grp)
     if blocked is not None and s.blocked and not s.whole_blocked and \
             len(grp.reasons) == len(dict.fromkeys(s.reasons)):  # no reason for all units
-        bad = np.unique(label[np.concatenate(s.blocked)])
+        bad = unique(label[np.concatenate(s.blocked)])
         if len(bad) < grp.n_units:
             blocked.append(bad)
     if trail is not None:
@@ -1141,7 +1142,7 @@ def outer_alternative(graph: Graph, group: Group, over_inferred: bool = False) -
     key = (root.id, 0, d)
     if key not in group.tensors:
         return None
-    pos = np.unique(group.tensors[key][0])
+    pos = unique(group.tensors[key][0])
     modes = (OVER_INFERRED, PAST_OUTERMOST) if over_inferred else (True,)
     alt = None
     for outer in modes:
@@ -1192,7 +1193,7 @@ def _root_parts(graph: Graph, root: Node, dim: int) -> list[IntArray]:
             parts = [np.take(idx, [k], axis=meta.dim) for k in range(meta.n)]
         else:
             return []
-        found = [np.unique(p).astype(np.int64) for p in parts]
+        found = [unique(p).astype(np.int64) for p in parts]
         if len(found) < 2 or sum(len(p) for p in found) != n:  # (a part reads every unit)
             return []
         return found
@@ -1224,7 +1225,7 @@ def part_alternative(graph: Graph, group: Group) -> Group | None:
             got = found.tensors.get((root.id, 0, d))
             if found.reasons or found.n_units <= 1 or got is None:
                 continue
-            held = np.unique(got[0])
+            held = unique(got[0])
             if np.array_equal(held, part):
                 return found
             # MobileViTV2's linear attention: split [1, d, d], its keys times its values;

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from torch import nn
 
+from .arrays import unique
 from .graph import Node
 from .optypes import OpGroup, OpType, conv_prunes_whole_groups, gn_prunes_whole_groups
 from .spectralnorm import columns
@@ -100,7 +101,7 @@ def _group_local(node: Node, side: str, pos: np.ndarray) -> np.ndarray:
     groups = int(node.attrs.get("groups", 1))
     if groups == 1:
         return pos
-    return np.unique(pos % (conv_width(node, side) // groups))
+    return unique(pos % (conv_width(node, side) // groups))
 
 
 def conv_width(node: Node, side: str) -> int:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .arrays import unique
 from .errors import DepViewError
 from .forward import batch_shapes, copy_inputs, count, inputs_on_meta, is_real, run, taylor_grads
 from .graph import Graph
@@ -631,7 +632,7 @@ class Pruner(GroupValidation, Verification):
         if g.multiple_of == 1:  # (whole rounds of heads cannot give one unit back)
             # a layer that holds only some of the units (one input of a concat) keeps one
             parts += [held for m in g.members
-                      if len(held := set(np.unique(m.unit).tolist())) < g.n_units]
+                      if len(held := set(unique(m.unit).tolist())) < g.n_units]
         for part in parts:
             if part and part <= set(chosen):
                 best = next(int(u) for u in order[::-1] if int(u) in part)

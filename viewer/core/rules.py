@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
+from .arrays import unique
 from .errors import DepViewError
 from .graph import Graph, Node
 from .handlers import cell_port, cell_width, conv_width, mha_separate, rnn_hidden
@@ -1173,13 +1174,13 @@ def _regathering_dim(big: list[int], gb: list[int], flats: np.ndarray,
     (ShuffleNetV2's ``reshape(b * c // 2, 2, h * w)``, then ``reshape(2, -1, c // 2, h, w)``)
     come back to their own dim there; the ``-1`` dim is the batch."""
     u = np.repeat(units, flats.shape[1])
-    if len(u) == 0 or flats.shape[1] == 1 and len(np.unique(units)) == len(units):
+    if len(u) == 0 or flats.shape[1] == 1 and len(unique(units)) == len(units):
         return None  # one position per unit already: no copies to meet (a heads split)
     span = int(u.max()) + 1
     for t in big:
         coords = ((flats // math.prod(gb[t + 1:])) % gb[t]).reshape(-1)
-        pairs = np.unique(coords * span + u)  # (position, unit), encoded
-        if len(pairs) < len(coords) and len(np.unique(pairs // span)) == len(pairs):
+        pairs = unique(coords * span + u)  # (position, unit), encoded
+        if len(pairs) < len(coords) and len(unique(pairs // span)) == len(pairs):
             return t
     return None
 

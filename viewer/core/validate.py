@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .arrays import unique
 from .errors import DepViewError
 from .forward import copy_inputs, inputs_on_meta, is_real, run
 from .graph import Graph, Node
@@ -180,7 +181,7 @@ def _probe_units(group: Group, end: str) -> list[int]:
         return list(range(m)) if end == "first" else \
             list(range(group.n_units - m, group.n_units))
     sole = {int(held[0]) for mem in group.members
-            if len(held := np.unique(mem.unit)) == 1 and group.n_units > 1}
+            if len(held := unique(mem.unit)) == 1 and group.n_units > 1}
     order = range(group.n_units) if end == "first" else range(group.n_units - 1, -1, -1)
     return [next((u for u in order if u not in sole), order[0])]
 
@@ -434,7 +435,7 @@ def _unit_kinds(g: Group) -> tuple[np.ndarray, np.ndarray] | None:
     tensors it reaches."""
     reach: list[set] = [set() for _ in range(g.n_units)]
     for key, (_, unit) in g.tensors.items():
-        for u in np.unique(unit):
+        for u in unique(unit):
             reach[int(u)].add(key)
     kinds: dict[frozenset, list[int]] = {}
     for u, keys in enumerate(reach):
