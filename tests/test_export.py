@@ -77,6 +77,11 @@ def test_two_rounds_compose(tmp_path):
     with torch.no_grad():
         assert torch.equal(again(*lm.inputs), m2(*lm.inputs))
     assert again.features[0].out_channels == 4  # 16 -> 8 -> 4
+    # without history= the export holds round 2 alone, relative to the round-1 model: its
+    # check fails, and says what may be missing
+    forgot = export_dir(p2, plan2, m2, tmp_path / "forgot", lm.source, pt2=False)
+    res = check_dir(forgot)
+    assert not res["ok"] and "export_dir then needs history=" in res["problems"][0], res
 
 
 def test_zip_roundtrip_and_bad_uploads(demo_pruner, tmp_path):
@@ -1383,25 +1388,99 @@ def test_an_in_process_torch_model_reloads_from_the_code_you_name(tmp_path):
     assert any("not recorded" in n for n in res["notes"])  # not the demo's seeded weights
 
 
-def test_an_in_process_export_says_why_inputs_that_are_not_tensors_were_not_written(tmp_path):
-    class Scaled(torch.nn.Module):
+SCALED_FILE = """
+import torch
+
+class Scaled(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(4, 8), torch.nn.Linear(8, 2)
+
+    def forward(self, x, scale: float, relu: bool = True):
+        h = self.a(x)
+        return self.b(torch.relu(h) if relu else h) * scale
+"""
+
+
+@pytest.mark.parametrize("inputs", [(torch.randn(3, 4), 2.0),
+                                    {"x": torch.randn(3, 4), "scale": 2.0, "relu": False}],
+                         ids=["positional", "keyword"])
+def test_plain_values_beside_the_inputs_are_recorded_and_reload(tmp_path, inputs):
+    # a number or flag among the example inputs (scale=2.0, use_cache=False): the inputs
+    # were not written, and load_pruned(DIR, spec=...) asked for --input, which it has not
+    (tmp_path / "scaled.py").write_text(SCALED_FILE)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        from scaled import Scaled
+    finally:
+        sys.path.remove(str(tmp_path))
+    torch.manual_seed(0)
+    p = Pruner(Scaled().eval(), inputs)
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    out = export_dir(p, plan, pruned, tmp_path / "s", pt2=False)
+    report = json.loads((out / "report.json").read_text())
+    assert report["inputs"]["written"] is True
+    spec = f"{tmp_path / 'scaled.py'}:Scaled"
+    again = load_pruned(out, spec=spec)
+    args, kwargs = (inputs, {}) if isinstance(inputs, tuple) else ((), inputs)
+    with torch.no_grad():
+        assert torch.equal(again(*args, **kwargs), pruned(*args, **kwargs))
+    res = check_dir(out, spec=spec)  # run on the recorded inputs, scale and flag included
+    assert res["ok"] and res["outputs_match_report"], res
+
+
+def test_inputs_that_are_not_tensors_or_plain_values_are_not_written_and_it_says_why(
+        tmp_path):
+    class Listed(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.a, self.b = torch.nn.Linear(4, 8), torch.nn.Linear(8, 2)
 
-        def forward(self, x, scale: float):
-            return self.b(torch.relu(self.a(x))) * scale
+        def forward(self, x, scales: list):
+            return self.b(torch.relu(self.a(x))) * scales[0]
 
     torch.manual_seed(0)
-    p = Pruner(Scaled().eval(), (torch.randn(3, 4), 2.0))
+    p = Pruner(Listed().eval(), (torch.randn(3, 4), [2.0]))
     plan = p.plan(0.5)
-    out = export_dir(p, plan, p.apply(plan), tmp_path / "s")
+    out = export_dir(p, plan, p.apply(plan), tmp_path / "s", pt2=False)
     report = json.loads((out / "report.json").read_text())
-    assert report["inputs"]["written"] is False and "not a tuple or dict of tensors" in \
+    assert report["inputs"]["written"] is False and "tensors and plain values" in \
         report["inputs"]["reason"]
     assert not (out / "inputs.safetensors").exists()
     with pytest.raises(DepViewError, match="records no model spec"):
         check_dir(out)
+
+
+def test_an_export_of_a_model_apply_did_not_make_is_refused_before_anything_is_written(
+        demo_pruner, tmp_path):
+    # the original, or a copy pruned by another plan: plan.json would describe tensors the
+    # weights file does not hold ("plan.json is damaged" on reload, of a sound plan.json)
+    _, p = demo_pruner("cnn")
+    plan, other = p.plan(0.5), p.plan(0.25)
+    for model, has in ((p.model, "[16, 3, 3, 3]"), (p.apply(other), "[12, 3, 3, 3]")):
+        with pytest.raises(DepViewError, match=re.escape(
+                f"not the one pruner.apply(plan) makes: its 'features.0.weight' is {has}, the "
+                "plan makes it [8, 3, 3, 3]")):
+            export_dir(p, plan, model, tmp_path / "out")
+        assert not (tmp_path / "out").exists()
+
+
+def test_an_export_of_a_copy_that_does_not_run_is_one_error_and_leaves_nothing(
+        demo_pruner, tmp_path):
+    _, p = demo_pruner("cnn")
+    plan = p.plan(0.5)
+    pruned = p.apply(plan).to(torch.bfloat16)  # (cast after tuning: the inputs are float32)
+    with pytest.raises(DepViewError, match="the pruned model does not run on the example "
+                                           "inputs: RuntimeError: "):
+        export_dir(p, plan, pruned, tmp_path / "new" / "out", tuned=True)
+    assert not (tmp_path / "new" / "out").exists()
+    mine = tmp_path / "mine"  # a directory the user had stays, with what it held
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    with pytest.raises(DepViewError, match="does not run"):
+        export_dir(p, plan, pruned, mine, tuned=True)
+    assert [f.name for f in mine.iterdir()] == ["notes.txt"]
 
 
 def test_plan_json_spec_may_be_null_but_hf_config_must_be_an_object():

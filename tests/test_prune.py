@@ -600,6 +600,7 @@ def test_bad_ratio_is_one_clear_error(demo_pruner, ratio):
                                       ({"overrides": {0: "0.3"}}, "override ratio for group 0 "
                                                                   "must be a number"),
                                       ({"seed": "a"}, "seed must be a whole number"),
+                                      ({"seed": -1}, "seed must be a whole number >= 0"),
                                       ({"ignore": 5}, "ignore is a list of layer names"),
                                       ({"ignore": [5]}, "ignore is a list of layer names")])
 def test_a_setting_of_the_wrong_type_is_one_clear_error(demo_pruner, kw, said):

@@ -77,3 +77,38 @@ def test_whole_copies_of_a_tiled_dim():
     assert _whole_copies(a([5, 5]), a([4, 5]), 2)  # copy 2 only
     assert not _whole_copies(a([0, 1, 0, 1]), a([0, 1, 2, 3]), 2)  # copies split
     assert not _whole_copies(a([0]), a([0]), 2)  # half a copy
+
+
+class _MyLinear(nn.Module):
+    def __init__(self, i, o):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(o, i))
+
+    def forward(self, x):
+        return x @ self.weight.t()
+
+
+class _TwoOfThem(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.w, self.b = _MyLinear(8, 32), nn.Parameter(torch.ones(32)), _MyLinear(32, 4)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x) * self.w))
+
+
+def test_a_custom_layer_wrongly_registered_as_passthrough_blocks_its_groups_saying_so():
+    # passthrough=True says output channel i is input channel i: of an 8 -> 32 layer that
+    # cannot be, and its groups ran past the widths (IndexError inside all_groups)
+    from viewer.core.groups import all_groups
+    from viewer.core.optypes import register_layer, unregister_layer
+
+    register_layer(_MyLinear, in_dims={"weight": 1}, out_dims={"weight": 0},
+                   in_channel_dim=-1, out_channel_dim=-1, passthrough=True)
+    try:
+        groups = all_groups(build_graph(_TwoOfThem(), (torch.randn(3, 8),)))
+    finally:
+        unregister_layer(_MyLinear)
+    a = next(g for g in groups if g.root == "a")
+    assert "'a' is registered with passthrough=True (its output channel i is its input " \
+           "channel i), but its input has 8 channels and its output 32" in a.reason

@@ -175,9 +175,10 @@ def export_dir(pruner: Pruner, plan: Plan, pruned: nn.Module, out_dir: str | Pat
 
     ``source`` is :attr:`LoadedModel.source`; None (or no ``"spec"`` in it) for a model built
     in-process: plan.json then records ``"spec": null`` and the example inputs are written to
-    ``inputs.safetensors`` (when they are tensors); a Hugging Face model's config goes in
-    ``source.hf_config``, which :func:`load_pruned` builds it from (or from a fitted
-    ``config.json``); any other model reloads from the code you name (``spec=``).
+    ``inputs.safetensors`` (tensors, and plain values beside them in its metadata); a
+    Hugging Face model's config goes in ``source.hf_config``, which :func:`load_pruned` builds
+    it from (or from a fitted ``config.json``); any other model reloads from the code you
+    name (``spec=``).
     ``history`` lists earlier rounds' plan.json entries when the pruner's model was itself a
     pruned model (several rounds).
     ``pt2=False`` skips ``model.pt2``: ``torch.export`` is most of the time an export takes,
@@ -187,10 +188,10 @@ def export_dir(pruner: Pruner, plan: Plan, pruned: nn.Module, out_dir: str | Pat
     skipped, the round says ``"tuned": true``, and ``check`` does not compare the tensors with
     the original's (the shapes, the reload and the recorded outputs are still checked).
     ``timing`` (:func:`timing.compare_speed` of the model pruned and ``pruned``) goes in
-    ``report.json`` as it is.
+    ``report.json`` as it is. A model of other shapes than ``apply`` gives, or one that
+    does not run, is refused before anything is written; a directory made for the export
+    is removed again when it fails.
     """
-    from safetensors.torch import save_file
-
     state = pruned.state_dict()
     if any(t.device.type == "meta" for t in state.values()):
         raise DepViewError("this model is on the meta device: it has no weights to export; "
@@ -201,11 +202,51 @@ def export_dir(pruner: Pruner, plan: Plan, pruned: nn.Module, out_dir: str | Pat
                            f"({str(state[quantized].dtype).removeprefix('torch.')}), which "
                            "safetensors cannot hold: export the float model, and quantize "
                            "the pruned one")
+    _check_applied(pruner, plan, state)
+    made = not Path(out_dir).exists()
     out = _prepare_out(Path(out_dir))
+    try:
+        return _write_export(pruner, plan, pruned, out, source, verification, history, pt2,
+                             tuned, timing)
+    except BaseException:
+        if made:  # (a directory this call made, left empty: nothing was written)
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
+
+
+def _check_applied(pruner: Pruner, plan: Plan, state: dict[str, torch.Tensor]) -> None:
+    """Refuse, before anything is written, a model whose tensors are not the shapes
+    ``pruner.apply(plan)`` gives (the original, a copy pruned by another plan): plan.json
+    would describe tensors the weights file does not hold, and the export would not
+    reload."""
+    pruner.check_plan(plan)  # (a plan it cannot have made: its one-line error)
+    kept = pruner.kept(plan)
+    for key, t in pruner.model.state_dict().items():
+        want = list(t.shape)
+        for d, idx in kept.get(key, {}).items():
+            want[int(d)] = len(idx)
+        got = state.get(key)
+        if got is None or list(got.shape) != want:
+            have = "missing" if got is None else f"{list(got.shape)}"
+            raise DepViewError(f"the model given is not the one pruner.apply(plan) makes: its "
+                               f"'{key}' is {have}, the plan makes it {want} (export the copy "
+                               "apply returned for this plan)")
+
+
+def _write_export(pruner: Pruner, plan: Plan, pruned: nn.Module, out: Path,
+                  source: dict | None, verification: dict | None, history: list[dict] | None,
+                  pt2: bool, tuned: bool, timing: dict | None) -> Path:
+    """:func:`export_dir` once its arguments are checked and ``out`` exists."""
+    from safetensors.torch import save_file
+
     # (a later round's pruner holds a pruned model: its config is not the original's)
     source = _recorded_source(source, pruner.inputs, None if history else pruner.model)
     if verification is None:
         verification = pruner.verify(pruned, plan, masked=not tuned)
+    if verification.get("forward") is False:  # (no outputs to record, nothing to reload)
+        raise DepViewError("the pruned model does not run on the example inputs: "
+                           f"{verification.get('error') or 'its forward failed'}")
     if tuned:
         verification = {**verification, "masked_equivalence": {
             "skipped": "the weights were tuned after pruning"}}
@@ -348,14 +389,21 @@ def _write_inputs(inputs, path: Path) -> dict:
     named = (_dotted(inputs) if isinstance(inputs, dict) else
              {str(i): t for i, t in enumerate(inputs)} if isinstance(inputs, (tuple, list))
              else {})
-    if not named or not all(isinstance(k, str) and isinstance(t, torch.Tensor)
-                            for k, t in named.items()):
+    tensors = {k: t for k, t in named.items() if isinstance(t, torch.Tensor)}
+    # plain values beside the tensors (``scale=2.0``, ``use_cache=False``) go in the metadata
+    values = {k: v for k, v in named.items() if k not in tensors}
+    if not tensors or not all(isinstance(k, str) for k in named) or not all(
+            v is None or isinstance(v, (bool, int, float, str)) for v in values.values()):
         return {"written": False, "reason": "the example inputs are not a tuple or dict of "
-                                            "tensors: check cannot run the model"}
+                                            "tensors and plain values (numbers, strings, "
+                                            "booleans, None): check cannot run the model"}
     # (safetensors keeps keys sorted: the order, which keyword inputs are passed and hashed
     # in, goes in the metadata)
-    save_file({k: t.detach().cpu().clone() for k, t in named.items()}, str(path),
-              metadata={"order": json.dumps(list(named))})
+    meta = {"order": json.dumps(list(named))}
+    if values:
+        meta["values"] = json.dumps(values)
+    save_file({k: t.detach().cpu().clone() for k, t in tensors.items()}, str(path),
+              metadata=meta)
     shutil.copymode(path.parent / "plan.json", path)
     return {"written": True, "file": path.name}
 
@@ -969,20 +1017,30 @@ def _recorded_inputs(path: Path) -> tuple | dict | None:
     """The example inputs an export of an in-process model recorded (None: none were)."""
     from safetensors import safe_open
 
-    from .spec import read_batch
+    from .spec import batch_from, read_batch
 
     f = path / INPUTS_FILE
     if not f.is_file():
         return None
-    batch = read_batch(f)
-    if isinstance(batch, dict):
-        try:
-            with safe_open(str(f), "pt") as sf:
-                order = json.loads((sf.metadata() or {}).get("order", "[]"))
-        except Exception:  # (read_batch read it: only the metadata is odd)
-            order = []
-        if isinstance(order, list) and sorted(map(str, order)) == sorted(batch):
-            batch = {k: batch[k] for k in order}
+    try:
+        with safe_open(str(f), "pt") as sf:
+            meta = sf.metadata() or {}
+            values = json.loads(meta.get("values", "{}"))
+            order = json.loads(meta.get("order", "[]"))
+            tensors = {k: sf.get_tensor(k) for k in sf.keys()} if values else None
+    except Exception:  # (read_batch below says what is wrong with the file itself)
+        values, order, tensors = {}, [], None
+    if not isinstance(values, dict) or not values or tensors is None:
+        batch = read_batch(f)
+    else:  # plain values recorded beside the tensors
+        batch = batch_from({**tensors, **{k: torch.zeros(1) for k in values}}, str(f))
+        if isinstance(batch, tuple):
+            batch = tuple(values.get(str(i), t) for i, t in enumerate(batch))
+        else:
+            batch = {k: values.get(k, t) for k, t in batch.items()}
+    if isinstance(batch, dict) and isinstance(order, list) and \
+            sorted(map(str, order)) == sorted(batch):
+        batch = {k: batch[k] for k in order}
     return batch
 
 
@@ -1184,7 +1242,10 @@ def _check(path: Path, spec: str | None, near: tuple[Path, ...], time: bool = Fa
         res["tensors_match_original"] = not bad
         if bad:
             since = (" (or the original's weights file changed since the export)"
-                     if plan["source"].get("weights") else "")
+                     if plan["source"].get("weights") else
+                     " (was the model it pruned a pruned model already? export_dir then "
+                     "needs history=, the earlier rounds)"
+                     if len(plan.get("rounds") or []) == 1 else "")
             problems.append(f"'{bad[0]}' is not the original's tensor at plan.json's kept "
                             f"indices{f' (and {len(bad) - 1} more)' if len(bad) > 1 else ''}"
                             f"{since}")

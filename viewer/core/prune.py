@@ -426,8 +426,8 @@ class Pruner(GroupValidation, Verification):
         if not _number(round_to) or round_to != int(round_to) or round_to < 1:
             raise DepViewError(f"round_to must be a whole number >= 1, got {round_to!r}")
         round_to = int(round_to)
-        if type(seed) is not int and not isinstance(seed, np.integer):
-            raise DepViewError(f"seed must be a whole number, got {seed!r}")
+        if type(seed) is not int and not isinstance(seed, np.integer) or seed < 0:
+            raise DepViewError(f"seed must be a whole number >= 0, got {seed!r}")
         ignore_set = self.resolve_ignore(ignore)
         given = overrides
         overrides = self.resolve_overrides(overrides, ignore_set)

@@ -449,6 +449,12 @@ def _custom_rule(g, node, side, port, dim, units, pos, ctx):
         other = "out" if side == "in" else "in"
         oshape = node.out_shapes[0] if side == "in" else node.in_shapes[0]
         od = norm_dim(entry.out_channel_dim if side == "in" else entry.in_channel_dim, len(oshape))
+        if oshape[od] != shape[dim]:  # a wrong registration: channel i cannot be channel i
+            widths = (shape[dim], oshape[od]) if side == "in" else (oshape[od], shape[dim])
+            ctx.block(f"'{node.name}' is registered with passthrough=True (its output channel "
+                      f"i is its input channel i), but its input has {widths[0]} channels "
+                      f"and its output {widths[1]}")
+            return []
         ctx.member(node, other, od, units, pos)
         return [Flow(other, 0, od, units, pos)]
     return []
