@@ -1302,6 +1302,33 @@ def test_an_in_process_hf_model_exports_and_reloads_without_a_spec(tmp_path, kin
     assert torch.equal(_logits(model, inputs), _logits(p.model, inputs))  # (untouched)
 
 
+def test_a_second_in_process_round_reloads_given_the_first_rounds_source(tmp_path):
+    # a BERT classifier tuned with labels after round 1 (which sets config.problem_type),
+    # then pruned again: round 2's widths are not a config's, so only round 1's source
+    # (the original's config) can rebuild it; plan.json recorded the problem_type Hugging
+    # Face's forward wrote, which the reload could not set ("not of the kind it holds")
+    model, inputs, p = _hf_in_process("bert")
+    plan = p.plan(0.5)
+    tuned = p.apply(plan)
+    tuned(**inputs, labels=torch.tensor([1])).loss.backward()
+    assert tuned.config.problem_type == "single_label_classification"
+    out1 = export_dir(p, plan, tuned, tmp_path / "r1", tuned=True, pt2=False)
+    first = load_pruned(out1)
+    p2 = Pruner(first, inputs)
+    plan2 = p2.plan(0.3)
+    second = p2.apply(plan2)
+    r1 = json.loads((out1 / "plan.json").read_text())
+    out2 = export_dir(p2, plan2, second, tmp_path / "r2", r1["source"], history=r1["rounds"],
+                      pt2=False)
+    (out2 / "config.json").unlink(missing_ok=True)  # (the original's config, reshaped)
+    assert torch.equal(_logits(load_pruned(out2), inputs), _logits(second, inputs))
+    assert check_dir(out2)["ok"]
+    alone = export_dir(p2, plan2, second, tmp_path / "alone", history=r1["rounds"], pt2=False)
+    (alone / "config.json").unlink(missing_ok=True)
+    with pytest.raises(DepViewError, match="needs the first round's source"):
+        load_pruned(alone)
+
+
 def test_an_in_process_hf_export_whose_config_cannot_be_fitted_still_reloads(tmp_path, capsys):
     """Layers pruned to different widths: no config.json (no config describes them), but the
     original's config in plan.json rebuilds the original, which the plan reshapes; a second

@@ -203,6 +203,10 @@ def test_slice_bounds_from_a_shared_config_prune_every_layer_at_once():
     assert v["masked_equivalence"]["ok"] and v["masked_equivalence"]["max_abs_diff"] < 1e-6
     # plan.json records the config's attribute under the first module holding it
     assert attr_changes(model, pruned)[""] == {"config.heads": 2}
+    # text a forward wrote after pruning (Hugging Face's config.problem_type, set by a
+    # tuning step given labels) is not pruning's: a reload could not set it on a None
+    pruned.config.problem_type = "single_label_classification"
+    assert attr_changes(model, pruned)[""] == {"config.heads": 2}
 
 
 class OneBadGroup(torch.nn.Module):

@@ -1071,7 +1071,10 @@ def _rebuild_in_process(path: Path, plan: dict, search: bool, originals: dict | 
         model = reshape_like_plan(_hf_model(src["hf_config"], "plan.json's hf_config", named),
                                   plan, rounds=True)
     else:
-        raise DepViewError(f"{why} and holds no config to build it from: {named}")
+        later = (" (a later round's export made in Python needs the first round's source: "
+                 "export_dir(..., source=<round 1's plan.json>['source'], history=...))"
+                 if len(plan.get("rounds") or []) > 1 else "")
+        raise DepViewError(f"{why} and holds no config to build it from: {named}{later}")
     sd = read_state_dict(path / "model.safetensors")
     dtypes = {t.dtype for t in sd.values() if t.is_floating_point()}
     if len(dtypes) == 1:  # (from_pretrained keeps the saved dtype too)

@@ -305,7 +305,10 @@ def laid_out_like(new: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 
 def attr_changes(original: nn.Module, pruned: nn.Module) -> dict[str, dict]:
-    """module path -> {attribute: new value} for public scalar attributes that changed."""
+    """module path -> {attribute: new value} for public scalar attributes that changed.
+    Text is left out: pruning changes sizes, never text, and a model tuned after pruning may
+    have changed some (Hugging Face sets ``config.problem_type`` on the first forward given
+    labels), which a reload could not set on the model it rebuilds."""
     out = {}
     owners = config_owners(original)
     pm = dict(pruned.named_modules())
@@ -313,16 +316,20 @@ def attr_changes(original: nn.Module, pruned: nn.Module) -> dict[str, dict]:
         if name not in pm:
             continue
         a, b = module_attrs(mod), module_attrs(pm[name])
-        diff = {k: v for k, v in b.items() if a.get(k) != v}
+        diff = {k: v for k, v in b.items() if a.get(k) != v and not _text(v)}
         ca, cb = held_config(mod), held_config(pm[name])
         if ca is not None and cb is not None and owners[id(ca)] == name:
             # a config object the layers share (Hugging Face's): under its first holder
             was = module_attrs(ca)  # (any object's public values, lists as lists)
             diff.update({f"config.{k}": v for k, v in module_attrs(cb).items()
-                         if was.get(k) != v})
+                         if was.get(k) != v and not _text(v)})
         if diff:
             out[name] = diff
     return out
+
+
+def _text(v) -> bool:
+    return isinstance(v, str) or isinstance(v, list) and any(isinstance(x, str) for x in v)
 
 
 def config_owners(model: nn.Module) -> dict[int, str]:
