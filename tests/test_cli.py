@@ -219,8 +219,11 @@ def test_an_empty_spec_is_bad_input_not_the_current_directory(tmp_path):
 
 def test_json_on_stdout_is_json_alone_when_the_model_prints(tmp_path):
     f = tmp_path / "chatty.py"
-    f.write_text("import torch\nclass M(torch.nn.Sequential):\n    def __init__(self):\n"
-                 "        print('hello from init')\n"
+    # (a subprocess the model runs, or C code's printf, writes to file descriptor 1, which
+    # Python's redirect of sys.stdout does not reach)
+    f.write_text("import os, torch\nclass M(torch.nn.Sequential):\n    def __init__(self):\n"
+                 "        print('hello from init')\n        os.system('echo from a shell')\n"
+                 "        os.write(1, b'a raw write\\n')\n"
                  "        super().__init__(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))\n"
                  "    def forward(self, x):\n        print('hello from forward')\n"
                  "        return super().forward(x)\n")
@@ -228,18 +231,57 @@ def test_json_on_stdout_is_json_alone_when_the_model_prints(tmp_path):
         res = cli(command, f"{f}:M", "--input", "1x4", "--json", "-")
         assert json.loads(res.stdout), res.stdout  # (it began with the model's hellos)
         assert "hello from init" in res.stderr and "hello from forward" in res.stderr
+        assert "from a shell" in res.stderr and "a raw write" in res.stderr
+
+
+def _prune_file(tmp_path, text: str):
+    """``prune model.py:make --input 2x8 --ratio 0.5 --out tmp_path/out`` of ``text``."""
+    f = tmp_path / "model.py"
+    f.write_text(text)
+    return cli("prune", f"{f}:make", "--input", "2x8", "--ratio", "0.5", "--out",
+               str(tmp_path / "out"), check=False)
+
+
+def test_sigterm_ends_a_command_as_ctrl_c_does(tmp_path):
+    # a job's time limit sends SIGTERM, which skipped the export's clean-up (its staging
+    # directory stayed in --out); it now unwinds, exit status 128 + 15
+    res = _prune_file(tmp_path, "import os, signal, torch\nclass M(torch.nn.Sequential):\n"
+                      "    def __init__(self):\n        super().__init__(torch.nn.Linear(8, 16),"
+                      " torch.nn.Linear(16, 4))\n    def forward(self, x):\n"
+                      "        os.kill(os.getpid(), signal.SIGTERM)\n"
+                      "        return super().forward(x)\nmake = M\n")
+    assert res.returncode == 143, res.stderr
+
+
+def test_json_never_overwrites_a_file_that_is_not_json(tmp_path):
+    # `graph net.py:Net --json net.py` replaced the model's code; `check DIR --json
+    # DIR/report.json` the export's report
+    code = tmp_path / "net.py"
+    code.write_text("print('mine')\n")
+    res = cli("graph", "demo:cnn", "--json", str(code), check=False)
+    assert res.returncode == 2 and "exists and is not a JSON file" in res.stderr
+    assert code.read_text() == "print('mine')\n"
+    out = tmp_path / "out"
+    cli("prune", "demo:cnn", "--ratio", "0.5", "--out", str(out))
+    report = (out / "report.json").read_text()
+    res = cli("check", str(out), "--json", str(out / "report.json"), check=False)
+    assert res.returncode == 2 and "is a file of the export" in res.stderr
+    assert (out / "report.json").read_text() == report
+    again = tmp_path / "check.json"  # a JSON file of its own: written, and written again
+    for _ in range(2):
+        res = cli("check", str(out), "--json", str(again))
+        assert res.stdout.startswith("OK: demo:cnn reloaded") and \
+            res.stdout.strip().endswith(f"-> {again}")  # (it printed nothing)
+        assert json.loads(again.read_text())["ok"]
 
 
 def test_a_quantized_model_is_a_one_line_error(tmp_path):
     # its export failed on the dtypes in its state_dict: "unexpected AttributeError"
-    f = tmp_path / "quantized.py"
-    f.write_text("import torch, warnings\nwarnings.simplefilter('ignore')\n"
-                 "def make():\n    net = torch.nn.Sequential(torch.nn.Linear(8, 16), "
-                 "torch.nn.ReLU(), torch.nn.Linear(16, 4))\n"
-                 "    return torch.ao.quantization.quantize_dynamic(net.eval(), "
-                 "{torch.nn.Linear}, dtype=torch.qint8)\n")
-    res = cli("prune", f"{f}:make", "--input", "2x8", "--ratio", "0.5", "--out",
-              str(tmp_path / "out"), check=False)
+    res = _prune_file(tmp_path, "import torch, warnings\nwarnings.simplefilter('ignore')\n"
+                      "def make():\n    net = torch.nn.Sequential(torch.nn.Linear(8, 16), "
+                      "torch.nn.ReLU(), torch.nn.Linear(16, 4))\n"
+                      "    return torch.ao.quantization.quantize_dynamic(net.eval(), "
+                      "{torch.nn.Linear}, dtype=torch.qint8)\n")
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
     assert res.stderr.strip().splitlines()[-1] == (
         "error: '0' (Linear of torch.ao quantization) is quantized (int8 tensors, weights "

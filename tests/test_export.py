@@ -1705,3 +1705,31 @@ def test_the_apps_checkpoint_zip_loads_and_checks_as_it_is(tmp_path, monkeypatch
     with pytest.raises(DepViewError, match=r"other.zip is not a DepView export \(needs "
                                            r"plan.json and model.safetensors\)"):
         check_dir(moved / "other.zip")
+
+
+def test_a_ctrl_c_waits_until_the_exports_files_are_all_moved():
+    # a Ctrl-C between two moves left the new model.pt2 beside the old weights and
+    # plan.json, a mix of two exports that check passed
+    import signal
+
+    from viewer.core.export import _signals_held
+
+    moved = []
+    with pytest.raises(KeyboardInterrupt):
+        with _signals_held():
+            signal.raise_signal(signal.SIGINT)
+            moved.append("all")
+    assert moved == ["all"]
+
+
+def test_check_says_what_a_report_without_digests_leaves_uncompared(demo_pruner, tmp_path):
+    lm, p = demo_pruner("cnn")
+    plan = p.plan(0.5)
+    out = export_dir(p, plan, p.apply(plan), tmp_path / "out", lm.source, pt2=False)
+    report = json.loads((out / "report.json").read_text())
+    del report["output_digest"], report["weights_sha256"]
+    (out / "report.json").write_text(json.dumps(report))
+    res = check_dir(out)
+    assert res["ok"] and "outputs_match_report" not in res  # (nothing to compare with)
+    assert "report.json records no outputs: they were not compared" in res["notes"]
+    assert "report.json records no SHA-256 of the weights: not compared" in res["notes"]

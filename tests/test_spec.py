@@ -297,6 +297,8 @@ def test_an_instance_spec_is_copied_not_changed(tmp_path, monkeypatch):
     ("torch.hub:load", {"repo_or_dir": "{marker}", "model": "x"}),  # would fetch code
     ("numpy:load", {"file": "{marker}", "allow_pickle": True}),
     ("torch.nn:functional.relu", {}),  # a function, but torch's
+    # an installed package's function that evaluates its argument (a deny-list missed it)
+    ("sympy:sympify", {"a": "__import__('os').system('touch {marker}')"}),
 ])
 def test_an_edited_plan_json_cannot_name_code_that_is_not_a_model(tmp_path, spec, kwargs):
     # load_pruned/check import and call the spec plan.json records: `os:system` with
@@ -347,6 +349,13 @@ def test_a_recorded_spec_may_be_a_model_class_instance_or_factory(tmp_path):
     assert recorded_refusal("demo_models:SmallCNN", nn.Linear(2, 2)) is None
     assert recorded_refusal("json:loads", __import__("json").loads)  # the standard library
     assert recorded_refusal("torch:load", torch.load)
+    # an installed package's function is not called from plan.json, but a model zoo's is
+    # (and DepView's demos' factories, wherever they are installed)
+    sympy = pytest.importorskip("sympy")
+    assert "not model code: refused" in recorded_refusal("sympy:sympify", sympy.sympify)
+    from demo_models.cnn import build_cnn
+
+    assert recorded_refusal("demo_models.cnn:build_cnn", build_cnn) is None
 
 
 def test_a_model_file_that_imports_a_module_beside_it_loads_from_anywhere(tmp_path,
@@ -711,3 +720,40 @@ def test_lazy_layers_are_initialised_by_one_seeded_forward(tmp_path):
     with pytest.raises(DepViewError, match=r"^model forward failed \(it is run once to "
                                            r"initialise the model's lazy layers\): "):
         load_model(f"{f}:M", inputs=["2x3x4:int64"])
+
+
+def test_an_example_input_too_large_to_run_is_refused_before_it_is_made(monkeypatch):
+    # 1x3x30000x30000 took a minute and 21 GB before the forward failed; one in a plan.json
+    # got check killed for want of memory
+    from viewer.core import memory
+
+    with pytest.raises(DepViewError, match="more elements than a tensor can hold"):
+        load_model("demo:cnn", inputs=["99999999999999999999x3"])
+    monkeypatch.setattr(memory, "available_memory", lambda: 2**30)  # 1 GB free
+    with pytest.raises(DepViewError, match=r"input of shape 1x3x8000x8000 \(float32\): it "
+                                           r"takes 0\.7 GB, .* this machine has 1\.0 GB free"):
+        load_model("demo:cnn", inputs=["1x3x8000x8000"])
+    assert load_model("demo:cnn", inputs=["1x3x32x32"]).inputs[0].shape == (1, 3, 32, 32)
+
+
+def test_a_weights_index_naming_a_missing_shard_says_which(tmp_path):
+    # from_pretrained failed with "KeyError: 'metadata'"
+    import json
+
+    transformers = pytest.importorskip("transformers")
+    d = tmp_path / "gpt2"
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        n_layer=1, n_embd=16, n_head=2, vocab_size=50, n_positions=32)).save_pretrained(d)
+    (d / "model.safetensors").unlink()
+    (d / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {"transformer.wte.weight": "model-00001-of-00002.safetensors"}}))
+    with pytest.raises(DepViewError, match="weights index names model-00001-of-00002."
+                                           "safetensors, which is not in the directory"):
+        load_model(str(d))
+
+
+def test_a_directory_given_as_a_weights_or_batch_file_is_said_to_be_one(tmp_path):
+    with pytest.raises(DepViewError, match=f"weights file {tmp_path} is a directory"):
+        read_state_dict(tmp_path)
+    with pytest.raises(DepViewError, match=f"batch file {tmp_path} is a directory"):
+        read_batch(tmp_path)

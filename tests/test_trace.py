@@ -1155,3 +1155,21 @@ def test_a_torch_layer_subclass_returning_more_than_its_layer_is_looked_into_onc
     assert g.node("plain").op_type is OpType.LINEAR and g.node("plain").own_forward == "Plain"
     build_graph(model, x)
     assert len(calls) == 3
+
+
+class _InterruptedInDispatch(nn.Module):
+    """What a Ctrl-C inside torch's dispatch looks like: the interrupt unwinds, and torch's
+    mode stack fails on the way out with an error of its own."""
+
+    def forward(self, x):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise RuntimeError("trying to pop from empty mode stack") from None
+
+
+def test_a_ctrl_c_during_the_trace_is_an_interrupt_not_a_model_error():
+    # it was "model forward failed in ...: RuntimeError: trying to pop from empty mode
+    # stack", exit 2, as if the model were broken
+    with pytest.raises(KeyboardInterrupt):
+        build_graph(_InterruptedInDispatch(), (torch.randn(1, 2),))

@@ -7,9 +7,12 @@ Every command prints one clear line on bad input and exits with code 2; JSON goe
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
+import signal
 import sys
+import threading
 from collections import Counter
 from contextlib import contextmanager, nullcontext, redirect_stdout
 from pathlib import Path
@@ -37,10 +40,28 @@ def _json_on_stdout():
     model's own ``print`` in its ``__init__`` or forward) goes to stderr."""
     global _JSON_STDOUT
     _JSON_STDOUT = sys.stdout
+    if sys.stdout is not None:
+        sys.stdout.flush()
+    saved = None
+    # file descriptor 1 too (a C extension's printf, a subprocess the model runs), when
+    # stdout is the process's own (not a caller's replacement, as a test's capture)
+    if sys.stdout is not None and sys.stdout is sys.__stdout__:
+        try:
+            if sys.stdout.fileno() == 1:
+                saved = os.dup(1)
+                os.dup2(2, 1)
+        except (OSError, ValueError, io.UnsupportedOperation):  # (no real stdout)
+            saved = None
+    if saved is not None:
+        encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+        _JSON_STDOUT = os.fdopen(saved, "w", encoding=encoding, closefd=False)
     try:
         with redirect_stdout(sys.stderr):
             yield
     finally:
+        if saved is not None:
+            os.dup2(saved, 1)
+            os.close(saved)
         _JSON_STDOUT = None
 
 
@@ -49,7 +70,9 @@ def _write_json(obj, dest: str) -> None:
 
     text = dumps(obj, indent=1)  # strict JSON: inf and nan spelled "Infinity", "NaN"
     if dest == "-":
-        (_JSON_STDOUT or sys.stdout).write(text + "\n")
+        out = _JSON_STDOUT or sys.stdout
+        out.write(text + "\n")
+        out.flush()
         return
     try:
         Path(dest).parent.mkdir(parents=True, exist_ok=True)
@@ -70,6 +93,20 @@ def _check_json_dest(dest: str) -> None:
         raise DepViewError(f"--json {dest} is a directory: give a file name (or - for stdout)")
     if not path.exists():
         check_creatable(path)
+        return
+    # an existing file is overwritten only when it is JSON, and none of an export's
+    # (`graph net.py:Net --json net.py` replaced the model's own code)
+    if path.name in ("plan.json", "report.json") and (path.parent / "model.safetensors").exists():
+        raise DepViewError(f"--json {dest} is a file of the export in {path.parent}: give "
+                           "another file name (it would be overwritten)")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096).lstrip()
+    except OSError as exc:
+        raise DepViewError(f"cannot read --json {dest}: {exc.strerror or exc}") from None
+    if head and head[:1] not in (b"{", b"["):
+        raise DepViewError(f"--json {dest} exists and is not a JSON file: give another file "
+                           "name (it would be overwritten)")
 
 
 def _load(args):
@@ -406,7 +443,7 @@ def cmd_check(args) -> int:
     res = check_dir(args.dir, spec=args.spec, time=args.time)
     if args.json:
         _write_json(res, args.json)
-    else:
+    if args.json != "-":  # (a JSON file: the line too, saying where it went)
         status = "OK" if res.get("ok") else "NOT CHECKED" if res.get("memory") else "FAILED"
         ran = {True: "ran", None: "not run"}.get(res.get("forward"), "failed")
         ran = "could not run" if res.get("memory") else ran
@@ -416,7 +453,8 @@ def cmd_check(args) -> int:
                  res.get("timing") and f"{speed_text(res['timing'])} as the original"]
         print(f"{status}: {res.get('model') or res['spec']} reloaded, forward {ran}"
               f", output shapes {res.get('output_shapes')}"
-              + "".join(f" ({n})" for n in notes if n))
+              + "".join(f" ({n})" for n in notes if n)
+              + (f" -> {args.json}" if args.json else ""))
     return 0 if res.get("ok") else 1
 
 
@@ -550,6 +588,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminated(signum, frame):
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -560,6 +602,10 @@ def main(argv: list[str] | None = None) -> int:
         # `python -m viewer demo:vit` (or a model or export directory) opens that model
         argv = ["serve", "--model", *argv]
     args = parser.parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM (a job's timeout, kill) unwinds as Ctrl-C does, so a half-written
+        # export's staging directory is removed instead of left behind
+        signal.signal(signal.SIGTERM, _terminated)
     try:
         check_seeds(args)
         if getattr(args, "json", None) not in (None, "-"):

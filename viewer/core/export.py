@@ -27,8 +27,10 @@ import json
 import os
 import platform
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import warnings
 import zipfile
 from pathlib import Path
@@ -298,16 +300,37 @@ def _write_export(pruner: Pruner, plan: Plan, pruned: nn.Module, out: Path,
         report["weights_sha256"] = _sha256(stage / "model.safetensors")
         report["output_digest"] = output_digest(run(pruned, pruner.inputs), pruner.inputs)
         (stage / "report.json").write_text(dumps(report, indent=1, default=str))
-        for name in ("model.pt2", "config.json", INPUTS_FILE):  # an earlier export's are not
-            if not (stage / name).exists():
-                (out / name).unlink(missing_ok=True)
-        for f in sorted(stage.iterdir()):
-            os.replace(f, out / f.name)
+        with _signals_held():  # (a Ctrl-C now would leave a mix of two exports)
+            for name in ("model.pt2", "config.json", INPUTS_FILE):  # an earlier export's
+                if not (stage / name).exists():                    # are not kept
+                    (out / name).unlink(missing_ok=True)
+            for f in sorted(stage.iterdir()):
+                os.replace(f, out / f.name)
     except OSError as exc:
         raise DepViewError(f"writing the export to {out} failed: {exc.strerror or exc}") from None
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return out
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """Ctrl-C (SIGINT) and SIGTERM wait while the block runs, then act: the files of an
+    export are moved over an earlier one together or not at all. (Only the main thread
+    sets signal handlers; elsewhere, the app's, nothing changes.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    old = {s: signal.signal(s, lambda n, _frame: got.append(n)) for s in held}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        if got:
+            signal.raise_signal(got[0])
 
 
 def _write_config(pruner: Pruner, pruned: nn.Module, path: Path, dtype: str | None = None
@@ -1216,6 +1239,8 @@ def _check(path: Path, spec: str | None, near: tuple[Path, ...], time: bool = Fa
             if not res["weights_match_report"]:
                 problems.append("model.safetensors is not the file report.json describes "
                                 "(its SHA-256 differs)")
+        else:
+            notes.append("report.json records no SHA-256 of the weights: not compared")
         digest = report.get("output_digest")
         if isinstance(digest, dict) and isinstance(digest.get("outputs"), dict):
             if digest.get("inputs_sha256") != _inputs_sha256(lm.inputs):
@@ -1227,6 +1252,8 @@ def _check(path: Path, spec: str | None, near: tuple[Path, ...], time: bool = Fa
                     output_digest(out, lm.inputs)["outputs"])
                 if not res["outputs_match_report"]:
                     problems.append("its outputs differ from those recorded at export")
+        else:
+            notes.append("report.json records no outputs: they were not compared")
         res["verification"] = report.get("verification")
     tuned = [i + 1 for i, r in enumerate(plan.get("rounds") or [])
              if isinstance(r, dict) and r.get("tuned") is True]

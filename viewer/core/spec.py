@@ -15,6 +15,7 @@ import importlib
 import importlib.util
 import inspect
 import json
+import math
 import os
 import re
 import sys
@@ -98,8 +99,24 @@ def parse_input(text: str) -> tuple[tuple[int, ...], str]:
 def make_tensor(shape, dtype: str, device, gen: torch.Generator) -> torch.Tensor:
     """A deterministic example tensor: normal floats, ints in [0, 2), bools all True."""
     dt = DTYPES[dtype]
+    size = "x".join(map(str, shape))
+    numel = math.prod(shape)
+    if numel >= 2 ** 63:  # (torch counts elements in int64: an overflow TypeError else)
+        raise DepViewError(f"cannot make an example input of shape {size}: it has more "
+                           "elements than a tensor can hold")
     if str(device) == "meta":
         return torch.empty(shape, dtype=dt, device="meta")
+    # (floats are drawn as float32, then cast) a forward needs several times its inputs:
+    # one that takes over a quarter of the free memory is refused before it is made, where
+    # making it took a minute and 21 GB before the forward failed
+    need = numel * (4 + dt.itemsize if dt.is_floating_point and dt != torch.float32 else
+                    dt.itemsize)
+    fits, free = memory.room_for(4 * need)
+    if not fits:
+        raise DepViewError(f"cannot make an example input of shape {size} ({dtype}): it "
+                           f"takes {memory.gigabytes(need)}, and a forward on it several "
+                           f"times that; this machine has {memory.gigabytes(free)} free: "
+                           "give a smaller --input shape")
     try:
         if dt.is_floating_point:
             return torch.randn(shape, generator=gen).to(dt).to(device)
@@ -107,7 +124,6 @@ def make_tensor(shape, dtype: str, device, gen: torch.Generator) -> torch.Tensor
             return torch.ones(shape, dtype=dt, device=device)
         return torch.randint(0, 2, shape, generator=gen, dtype=dt).to(device)
     except (RuntimeError, MemoryError) as exc:  # a shape too large for this machine
-        size = "x".join(map(str, shape))
         raise DepViewError(f"cannot make an example input of shape {size} ({dtype}): "
                            f"{error_line(exc)}") from None
 
@@ -241,12 +257,34 @@ def _import_in_package(path: Path, target: str):
             sys.path.remove(str(root))
 
 
-#: Packages whose functions read files as pickles or run code (``torch.load``,
-#: ``torch.hub.load``, ``numpy.load(allow_pickle=True)``, ``pandas.read_pickle``, ...): a
-#: spec recorded in a plan.json may not name a function of theirs (see :func:`recorded_refusal`)
-_NOT_FACTORIES = frozenset({"torch", "numpy", "pandas", "joblib", "dill", "cloudpickle",
-                            "yaml", "scipy", "IPython", "setuptools", "pip", "_pytest",
-                            "pytest"})
+#: Installed packages whose functions build models (torchvision's ``resnet50``, timm's
+#: ``create_model``): a spec recorded in a plan.json may name them (see
+#: :func:`recorded_refusal`); DepView's own demos too, wherever they are installed
+_MODEL_ZOOS = frozenset({"torchvision", "timm", "torchaudio", "demo_models"})
+
+
+def _installed_dirs() -> list[Path]:
+    """The standard library's and the installed packages' folders."""
+    import site
+
+    paths = sysconfig.get_paths()
+    found = [paths.get(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")]
+    with contextlib.suppress(AttributeError):  # (a virtualenv's old site module lacks them)
+        found += [*site.getsitepackages(), site.getusersitepackages()]
+    return [Path(p).resolve() for p in dict.fromkeys(found) if p]
+
+
+def _own_code(func) -> bool:
+    """Whether ``func`` is defined in the user's own code: a file outside the standard
+    library and the installed packages (an editable install of one's own package is)."""
+    try:
+        where = inspect.getsourcefile(func) or inspect.getfile(func)
+    except TypeError:  # (built in: no file)
+        return False
+    if not where:
+        return False
+    path = Path(where).resolve()
+    return not any(path.is_relative_to(d) for d in _installed_dirs())
 
 
 def recorded_refusal(spec: str, obj: object = None) -> str | None:
@@ -254,8 +292,10 @@ def recorded_refusal(spec: str, obj: object = None) -> str | None:
     (None: it may). Loading an export imports the model code its plan.json names, so the spec
     must look like model code: a demo, a model file, or a module outside the standard library
     whose attribute is an ``nn.Module`` class or instance, or a Python function (a factory)
-    outside the packages that unpickle or run code (``os:system``, ``torch:load`` and
-    ``subprocess:run`` are refused). ``obj`` is what the spec resolved to, once imported."""
+    of the user's own code (not of the standard library or an installed package, whose
+    functions may unpickle, evaluate or run what their arguments say: ``os:system``,
+    ``torch:load``, ``sympy:sympify``) or of a model zoo (torchvision, timm, torchaudio).
+    ``obj`` is what the spec resolved to, once imported."""
     if spec.startswith("demo:"):
         return None
     target = spec.rpartition(":")[0]
@@ -268,10 +308,14 @@ def recorded_refusal(spec: str, obj: object = None) -> str | None:
             (isinstance(obj, type) and issubclass(obj, nn.Module)):
         return None
     func = getattr(obj, "__func__", obj)  # a classmethod factory: its function
-    if not inspect.isfunction(func) or \
-            (getattr(func, "__module__", "") or "").split(".")[0] in _NOT_FACTORIES:
+    if not inspect.isfunction(func):
         return why
-    return None
+    if (getattr(func, "__module__", "") or "").split(".")[0] in _MODEL_ZOOS or _own_code(func):
+        return None
+    return (f"plan.json names {spec!r} as the model's code, which is not model code: refused "
+            "(a function of an installed package, which may load, evaluate or run what its "
+            "arguments say, is not called from a file anyone can edit; an edited or untrusted "
+            "export?); pass the model's spec yourself to load it")
 
 
 def load_model(
@@ -674,6 +718,12 @@ def _hf_folder_model(folder: Path, kwargs: dict, weights: str | None, device: st
                 "model yourself, then model.save_pretrained(DIR)), or use --device meta")
         raise DepViewError(f"{folder} holds no weights ({_WEIGHT_NAMES[library]}.safetensors);"
                            " use --device meta to see the architecture without them")
+    if device != "meta":
+        missing = [n for n in _weight_files(folder, library) if not (folder / n).is_file()]
+        if missing:  # (an index naming shards not there: from_pretrained's KeyError 'metadata')
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise DepViewError(f"{folder}'s weights index names {missing[0]}, which is not in "
+                               f"the directory{more}: copy every shard beside it")
     tensors = _folder_tensors(folder, library) if device != "meta" else None
     if tensors:
         _check_fits_in_memory(folder, tensors, run_dtype)
@@ -971,6 +1021,8 @@ def _read_tensors(path: str | Path, what: str):
     """What a ``.safetensors`` file (a dict) or a weights-only ``.pt``/``.pth`` holds; never
     pickle. ``what`` names the file in errors ("weights", "batch")."""
     path = Path(path)
+    if path.is_dir():
+        raise DepViewError(f"{what} file {path} is a directory: give the file in it")
     if not path.is_file():
         raise DepViewError(f"{what} file not found: {path}")
     with path.open("rb") as fh:

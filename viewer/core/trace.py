@@ -1395,6 +1395,18 @@ def quantized_layer(model: nn.Module, classes: Iterable[type] | None = None) -> 
     return None
 
 
+def _interrupted(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised while a KeyboardInterrupt unwound (its context chain holds
+    one): a Ctrl-C that landed inside torch's dispatch, whose mode stack then fails."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def build_graph(model: nn.Module, example_inputs=(), example_kwargs: dict | None = None,
                 autograd: bool = False, meta_results: dict | None = None,
                 keep: dict | None = None, edit: dict | None = None,
@@ -1481,6 +1493,8 @@ def build_graph(model: nn.Module, example_inputs=(), example_kwargs: dict | None
             output = model(*args, **kwargs)
         tracer.flush()
     except Exception as exc:
+        if _interrupted(exc):  # (Ctrl-C inside a dispatch: torch's mode stack then fails)
+            raise KeyboardInterrupt from exc
         where = tracer.failure or f"in {type(model).__name__}.forward"
         # torch's "... got (NoneType, ...), but expected one of:" lists the signatures below
         first = (str(exc).strip().splitlines() or [""])[0].removesuffix(
