@@ -2,6 +2,7 @@
 functions they are, on nodes of real traces."""
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -112,3 +113,99 @@ def test_a_custom_layer_wrongly_registered_as_passthrough_blocks_its_groups_sayi
     a = next(g for g in groups if g.root == "a")
     assert "'a' is registered with passthrough=True (its output channel i is its input " \
            "channel i), but its input has 8 channels and its output 32" in a.reason
+
+
+class _SumAfter(nn.Module):
+    """A conv's channels, summed over after an op: the sum is exact only if the op keeps a
+    channel the masked original zeroes at zero."""
+
+    OPS = {"relu": torch.relu, "sigmoid": torch.sigmoid, "exp": torch.exp,
+           "square": lambda y: y ** 2, "two_to_the": lambda y: 2 ** y,
+           "plus_one": lambda y: y + 1, "times_param": None, "linear_on_w": None,
+           "linear_on_w_no_bias": None,
+           "pad_one": lambda y: nn.functional.pad(y, (1, 1), value=1.0)}
+
+    def __init__(self, op):
+        super().__init__()
+        self.op = op
+        self.c, self.d = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 4, 1)
+        self.lw = nn.Linear(5, 5, bias=op != "linear_on_w_no_bias")
+        self.s = nn.Parameter(torch.randn(8, 1, 1))
+
+    def forward(self, x):
+        y = self.c(x)
+        if self.op == "times_param":
+            y = y * self.s
+        elif self.op.startswith("linear_on_w"):  # a Linear over W: its bias reaches every channel
+            y = self.lw(y)
+        else:
+            y = self.OPS[self.op](y)
+        return self.d(y).mean((2, 3), keepdim=True) * y.sum(1, keepdim=True).mean(
+            (2, 3), keepdim=True)
+
+
+@pytest.mark.parametrize("op, culprit", [
+    ("relu", None), ("square", None), ("times_param", None), ("linear_on_w_no_bias", None),
+    ("sigmoid", "sigmoid"), ("exp", "exp"), ("two_to_the", "pow"), ("plus_one", "add"),
+    ("linear_on_w", "lw"), ("pad_one", "pad"),
+])
+def test_a_sum_over_channels_is_exact_only_if_the_ops_before_it_keep_zero(op, culprit):
+    # the masked original zeroes the producer's weights, not its activations: sigmoid(0) =
+    # 0.5 (a Linear's bias over W, 2 ** 0, 0 + 1, a pad filled with 1) left each removed
+    # channel adding to the sum, the group said exact and masked equivalence failed
+    from viewer.core.plan import Plan
+    from viewer.core.prune import Pruner
+
+    torch.manual_seed(0)
+    p = Pruner(_SumAfter(op).eval(), (torch.randn(2, 3, 4, 5),))
+    g = next(grp for grp in p.groups if grp.root == "c")
+    assert g.prunable and g.exact == (culprit is None), g.stats_notes
+    plan = Plan({g.id: [0, 2, 5]})
+    v = p.verify(p.apply(plan), plan)["masked_equivalence"]
+    if culprit is None:
+        assert v["ok"], v
+    else:
+        assert g.stats_notes == [f"'sum' (sum) reduces over pruned channels that '{culprit}' "
+                                 "does not keep at zero (it maps 0 to another value), so a "
+                                 "removed channel still counts there"]
+        assert "does not keep at zero" in v["skipped"], v
+
+
+class _KeyTokens(nn.Module):
+    """Tokens made by a Linear over the sequence (a token mixer), then attended to: pruning
+    its outputs prunes the key positions a softmax normalises over."""
+
+    def __init__(self, mode):
+        super().__init__()
+        self.mode = mode
+        self.tok = nn.Linear(5, 4)
+        self.q, self.k, self.v = nn.Linear(6, 6), nn.Linear(6, 6), nn.Linear(6, 6)
+        self.head = nn.Linear(24, 3)
+
+    def forward(self, x):  # (N, D, L)
+        t = self.tok(x).transpose(1, 2)
+        q, k, v = self.q(t), self.k(t), self.v(t)
+        if self.mode == "sdpa":
+            o = nn.functional.scaled_dot_product_attention(q, k, v, scale=0.5)
+        else:
+            o = torch.softmax(q @ k.transpose(-2, -1) * 0.5, -1) @ v
+        return self.head((t + o).flatten(1))
+
+
+@pytest.mark.parametrize("mode, note", [
+    ("sdpa", "'scaled_dot_product_attention' normalises its attention softmax over the key "
+             "positions, which are pruned"),
+    ("matmul", "'softmax' (softmax) reduces over pruned channels"),
+])
+def test_pruning_the_keys_a_softmax_normalises_over_is_inexact(mode, note):
+    # sdpa's rule took k/v's sequence dim as exact, and the softmax reached from its output
+    # (probs @ v) never said it normalises over the pruned positions: masked equivalence
+    # failed on a group marked exact
+    from viewer.core.prune import Pruner
+
+    torch.manual_seed(0)
+    p = Pruner(_KeyTokens(mode).eval(), (torch.randn(2, 6, 5),))
+    g = next(grp for grp in p.groups if grp.root == "tok")
+    assert not g.exact and note in g.stats_notes, g.stats_notes
+    # the query projection's channels (the softmax's other dims) stay exact
+    assert next(grp for grp in p.groups if grp.root == "v").exact

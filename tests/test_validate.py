@@ -1848,3 +1848,33 @@ def test_probes_free_their_copies_held_by_reference_cycles(monkeypatch):
             gc.enable()
     assert made and all(r() is None for r in made), \
         f"{sum(r() is not None for r in made)} of {len(made)} copies alive"
+
+
+class _ScaleFromWidth(nn.Module):
+    """One head whose scale is read from the width, 1/sqrt(q.size(-1)): validation finds the
+    number moving and makes q's group inexact."""
+
+    def __init__(self):
+        super().__init__()
+        self.q, self.k, self.v, self.o = (nn.Linear(6, 4), nn.Linear(6, 4), nn.Linear(6, 4),
+                                          nn.Linear(4, 6))
+
+    def forward(self, x):
+        q, k, v = self.q(x), self.k(x), self.v(x)
+        a = torch.softmax(q @ k.transpose(-2, -1) / q.size(-1) ** 0.5, -1)
+        return x + self.o(a @ v)
+
+
+def test_a_group_held_before_validation_reads_what_validation_found():
+    # README's `for g in pruner.groups: print(..., pruner.reason(g))`: the first reason()
+    # validates, which replaced the group in pruner.groups by a copy (exact=False): the g
+    # held still said exact, while the plans pruned the copy as inexact
+    torch.manual_seed(0)
+    p = Pruner(_ScaleFromWidth().eval(), (torch.randn(2, 5, 6),))
+    held = list(p.groups)
+    q = next(g for g in held if g.root == "q")
+    assert q.exact
+    assert p.reason(q) == ""
+    assert all(a is b for a, b in zip(held, p.groups, strict=True))
+    assert not q.exact and "derives from the pruned width" in q.stats_notes[-1]
+    assert p.group_dict(q)["exact"] is False

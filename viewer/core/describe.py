@@ -184,7 +184,12 @@ def _spatial_meta(name, func, args, kwargs, ins, outs) -> M.PadMeta | M.OpMeta:
     if name != "pad":
         return M.OpMeta(name)
     pads = tuple(int(p) for p in _arg(args, kwargs, 1, "pad", ()))
-    return M.PadMeta(name, pads, str(_arg(args, kwargs, 2, "mode", "constant")))
+    mode = str(_arg(args, kwargs, 2, "mode", "constant"))
+    value = _arg(args, kwargs, 3, "value")
+    # (a non-zero fill puts values into a channel the masked original zeroes: rules.nonzero_by)
+    value = float(value) if mode == "constant" and isinstance(value, (int, float)) and value \
+        else None
+    return M.PadMeta(name, pads, mode, value)
 
 
 def _matmul_meta(name, func, args, kwargs, ins, outs) -> M.MatmulMeta | M.EinsumMeta | M.OpMeta:

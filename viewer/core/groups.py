@@ -53,6 +53,7 @@ from .rules import (
     conv_in_dim,
     conv_out_dim,
     mha_call_query,
+    nonzero_by,
     norm_dim,
     output_of_reason,
 )
@@ -205,6 +206,7 @@ class _Search:
         self.multiple = 1
         self.multiple_why: list[str] = []
         self.min_kept: list[tuple[TensorKey, int, str]] = []  # RuleContext.keep_at_least
+        self.zero_checks: list[tuple[TensorKey, str]] = []  # RuleContext.exact_if_zero
         # member -> batch ids it holds whole, and other (units, pos) chunks
         self.members: dict[tuple[int, str, int, int], tuple[list[int], list]] = {}
         self.queue: deque = deque()
@@ -695,6 +697,8 @@ def _search(graph: Graph, root: Node, side: str, dim: int, pos: IntArray,
         if why:
             grp.reasons.append(f"'{graph.nodes[nid].name}' computes its weight in a forward "
                                f"pre-hook ({why})")
+    if s.zero_checks:
+        s.stats_notes += _nonzero_notes(graph, s)
     grp.stats_notes = list(dict.fromkeys(s.stats_notes))
     grp.exact = not grp.stats_notes
     grp.opaque_only = not grp.exact and set(grp.stats_notes) <= s.opaque_notes
@@ -711,6 +715,28 @@ def _search(graph: Graph, root: Node, side: str, dim: int, pos: IntArray,
         trail.extend(s.cls)
         trail.extend(s.invalid)
     return grp
+
+
+def _nonzero_notes(graph: Graph, s: _Search) -> list[str]:
+    """The notes of the zero-free reductions (a sum, a p-norm over the group's dim: see
+    :meth:`RuleContext.exact_if_zero`) whose input is not zero at the group's positions in
+    the masked original, which zeroes the members' weights only: an op on the way that
+    maps 0 to something else (a sigmoid, a bias added along another dim) leaves the removed
+    channels there to count in the reduction, and the pruned model lacks them."""
+    # outputs whose writers the masked original zeroes: a layer's (its rows, its bias), a
+    # bare parameter's; a member without weights (a norm without an affine one) zeroes none
+    zeroed = {(nid, dim) for nid, side, dim, _ in s.members
+              if side == "param" or side == "out" and graph.nodes[nid].params}
+    why = nonzero_by(graph, s.cls, zeroed)
+    notes = []
+    for key, note in s.zero_checks:
+        op = why.get(key)  # ("": zero there; None: a tensor the group does not hold)
+        if op:
+            notes.append(f"{note} that '{op}' does not keep at zero (it maps 0 to another "
+                         "value), so a removed channel still counts there")
+        elif op is None:
+            notes.append(f"{note}, which DepView cannot tell are zero there")
+    return notes
 
 
 def _least_units(picks: list[tuple[TensorKey, int, str]], grp: Group) -> tuple[int, str]:

@@ -251,11 +251,13 @@ class EinsumMeta:
 
 @dataclass(frozen=True)
 class PadMeta:
-    """``F.pad``: ``pads`` as passed, (left, right) pairs from the last dim backwards."""
+    """``F.pad``: ``pads`` as passed, (left, right) pairs from the last dim backwards;
+    ``value``: what a constant pad fills with when it is not 0 (None: 0)."""
 
     op: str
     pads: tuple[int, ...]
     mode: str = "constant"
+    value: float | None = None
 
 
 @dataclass(frozen=True)

@@ -609,6 +609,26 @@ REDUCE_DIMS: dict[str, tuple[int, int | None]] = {
 
 #: Reductions a zero term leaves as they are (exact over pruned channels), by function name.
 ZERO_FREE_REDUCTIONS = frozenset(("sum", "nansum"))
+#: Elementwise functions (by function name) and activation modules (by lower-cased class name)
+#: that map 0 to 0, reading their first input position by position or moving its values: a
+#: channel the masked original zeroes stays zero through them, so a sum over it after them
+#: still adds nothing (``rules.nonzero_by``). Not ``sigmoid`` (0.5), ``exp``, ``cos``,
+#: ``softplus``, ``hardsigmoid``, ``threshold``: a zero-free reduction after them is inexact.
+#: Binary ops and those whose number arguments decide (``mul``, ``add``, ``div``, ``pow``,
+#: ``clamp``, ``masked_fill``) are read there.
+KEEPS_ZERO: frozenset[str] = frozenset(
+    {"relu", "relu6", "leaky_relu", "leakyrelu", "gelu", "silu", "tanh", "hardtanh", "hardswish",
+     "elu", "selu", "celu", "mish", "softsign", "tanhshrink", "hardshrink", "softshrink",
+     "prelu", "rrelu", "neg", "negative", "positive", "abs", "absolute", "sign", "sgn", "sin",
+     "sinh", "tan", "atan", "arctan", "asin", "arcsin", "asinh", "arcsinh", "atanh", "arctanh",
+     "erf", "erfinv", "expm1", "log1p", "sqrt", "square", "round", "floor", "ceil", "trunc",
+     "fix", "frac", "nan_to_num", "deg2rad", "rad2deg", "conj", "identity", "dropout",
+     "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "alphadropout",
+     "feature_alpha_dropout", "featurealphadropout", "cumsum", "cumprod", "cummax", "cummin",
+     "flip", "fliplr", "flipud", "roll", "tril", "triu", "gather", "index_select",
+     "take_along_dim", "channel_shuffle", "native_channel_shuffle", "glu",
+     "view_as_real", "view_as_complex", "type_as"}) | KEEPS_VALUES
+
 #: The p-norms, by function name: (position, keyword, default) of their order; exact only
 #: for an order p >= 0 (p = 0 counts the nonzeros, inf takes the largest magnitude; a
 #: negative order, or -inf, the smallest: a zero changes it).

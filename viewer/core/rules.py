@@ -12,7 +12,7 @@ that drives the rules and makes groups of what they record is in :mod:`groups`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
@@ -46,6 +46,7 @@ from .optypes import (
     FILLS,
     GATHERS,
     INDEX_OUTPUTS,
+    KEEPS_ZERO,
     MASKED_SCATTERS,
     PAIR_REDUCTIONS,
     PICKS,
@@ -112,6 +113,13 @@ class RuleContext:
 
     def inexact(self, note: str) -> None:
         self.search.stats_notes.append(note)
+
+    def exact_if_zero(self, key: TensorKey, note: str) -> None:
+        """Exact only if the group's positions of tensor dim ``key`` are zero in the masked
+        original (a sum over them: a zeroed channel adds nothing, but one a sigmoid made 0.5
+        adds 0.5); else inexact with ``note``. Decided when the search is done, by
+        :func:`nonzero_by`: the ops that made the tensor are known only then."""
+        self.search.zero_checks.append((key, note))
 
     def opaque(self, note: str) -> None:
         """Inexact for all DepView knows: a layer's own forward, which no rule reads."""
@@ -1629,8 +1637,12 @@ def _attention_rule(g, node, side, port, dim, units, pos, ctx):
     if dim == second:
         if side == "out":
             return [Flow("in", 0, len(q) - 2, units, pos)]
-        if port == 0:
+        if port == 0:  # (a query's row is its own: fewer queries, the same rows)
             return [Flow("out", 0, nd - 2, units, pos)]
+        # fewer keys: every query's softmax normalises over fewer scores (a removed key's,
+        # zeroed in the masked original, still has exp(0) there)
+        ctx.inexact(f"'{node.name}' normalises its attention softmax over the key "
+                    "positions, which are pruned")
         return [Flow("in", 3 - port, len(shapes[3 - port]) - 2, units, pos)]  # k <-> v
     # batch dims (heads): with grouped-query attention q has n_rep heads per kv head
     od = dim + nd - len(shape)
@@ -1855,8 +1867,12 @@ def _reduction_rule(g, node, side, port, dim, units, pos, ctx):
         if dim in meta.dims:
             if _returns_positions(g, node, ctx, units, pos):
                 return []
-            if not meta.exact:  # (a sum or a p-norm: the zeroed channels add nothing)
-                ctx.inexact(f"'{node.name}' ({node.target}) reduces over pruned channels")
+            note = f"'{node.name}' ({node.target}) reduces over pruned channels"
+            if not meta.exact:
+                ctx.inexact(note)
+            elif g.in_edges.get(node.id):  # (a sum or a p-norm: zeroed channels add nothing)
+                e = g.in_edges[node.id][0]
+                ctx.exact_if_zero((e.source, e.source_port, dim), note)
             flows = [Flow("in", p, dim - (len(a) - len(meta.dims)), units, pos)
                      for p in affine]
             if meta.keepdim and len(b) == len(a) and b[dim] == a[dim]:
@@ -1872,9 +1888,126 @@ def _reduction_rule(g, node, side, port, dim, units, pos, ctx):
         d = kept[dim]
     if d in meta.dims and not (len(b) == len(a) and b[dim] == a[dim]):
         return []
+    if d in meta.dims:
+        # reached from its output (a softmax's probabilities contracted with v over the
+        # pruned key positions): the pairs go on to the input, whose rule is not called for
+        # them (nothing goes back through the op it came by), so it is decided here
+        note = f"'{node.name}' ({node.target}) reduces over pruned channels"
+        if not meta.exact:
+            ctx.inexact(note)
+        elif g.in_edges.get(node.id):
+            ctx.exact_if_zero((g.in_edges[node.id][0].source,
+                               g.in_edges[node.id][0].source_port, d), note)
     flows = [Flow("in", 0, d, units, pos)]
     flows += [Flow("out", p, dim, units, pos) for p in range(len(node.out_shapes)) if p != port]
     return flows
+
+
+# --- which of a group's tensors the masked original zeroes ------------------------------------
+
+
+def nonzero_by(g: Graph, keys: Iterable[TensorKey], zeroed: set[tuple[int, int]]
+               ) -> dict[TensorKey, str]:
+    """For each tensor dim ``keys`` of a group: "" when the masked original (see
+    ``Pruner.masked_model``) holds zeros at the group's positions of it, else the name of the
+    op that made them non-zero. The masked original zeroes the *weights* of the members
+    (``zeroed``: ``(node id, dim)`` of their outputs whose writers are zeroed: a layer's
+    rows and bias, a bare parameter), not activations, so a tensor further on is zero only
+    if every op on the way keeps 0 at 0: ``relu``, a product, a move, a sum (not a sigmoid,
+    an ``exp``, a constant or a bias added). Ops are visited in node order (the order they
+    ran), each from what its inputs in the group gave."""
+    held: dict[tuple[int, int], list[TensorKey]] = {}
+    for k in keys:
+        held.setdefault(k[:2], []).append(k)
+    why: dict[TensorKey, str] = {}
+    for key in sorted(k for ks in held.values() for k in ks):
+        nid, _, dim = key
+        node = g.nodes[nid]
+        if (nid, dim) in zeroed:
+            why[key] = ""
+            continue
+        ins: dict[int, str] = {}  # input port in the group -> why it is not zero ("": it is)
+        for p, e in enumerate(g.in_edges.get(nid, ())):
+            ks = held.get((e.source, e.source_port))
+            if ks:  # (a tensor met later in the order: not known, so not zero)
+                ins[p] = next((why.get(k, node.name) for k in ks if why.get(k, node.name)), "")
+        zero = {p for p, w in ins.items() if not w}
+        if _keeps_zero(node, dim, zero, set(ins)):
+            why[key] = ""
+        elif zero != set(ins) and _keeps_zero(node, dim, set(ins), set(ins)):
+            why[key] = next(w for w in ins.values() if w)  # (an input was not zero already)
+        else:
+            why[key] = node.name
+    return why
+
+
+#: Types whose output at a position is input values moved there (or averaged, or a max)
+_MOVES_VALUES = frozenset((OpType.CONCAT, OpType.SPLIT, OpType.UNBIND, OpType.SLICE,
+                           OpType.RESHAPE, OpType.PERMUTE, OpType.EXPAND, OpType.PIXEL_SHUFFLE,
+                           OpType.UNFOLD, OpType.SPATIAL))
+#: Reductions that give 0 on zeros (along other dims; ``normalize`` along its own too)
+_ZERO_REDUCTIONS = frozenset(("sum", "nansum", "mean", "nanmean", "amax", "amin", "max", "min",
+                              "var", "std", "norm", "linalg_vector_norm", "linalg_norm", "prod",
+                              "median", "nanmedian", "mode", "kthvalue", "normalize"))
+#: A matmul's input added to the product (per function name): a bias, zero only if cut
+_MATMUL_BIAS = {"addmm": 0, "baddbmm": 0, "linear": 2, "bilinear": 3}
+
+
+def _keeps_zero(node: Node, dim: int, zero: set[int], held: set[int]) -> bool:
+    """Is ``node``'s output dim ``dim`` zero at the group's positions when its inputs at the
+    ports ``zero`` are (``held``: the ports whose tensors are in the group at all; the other
+    inputs are broadcast along ``dim`` or not tensors of the group: taken as non-zero)?"""
+    t, n_in = node.op_type, len(node.in_shapes)
+    if t is OpType.CONSTANT:  # (a fill: torch.zeros(b, self.hidden))
+        return node.target in ("zeros", "new_zeros")
+    if not held:
+        return False
+    if t in _MOVES_VALUES:
+        return zero == held and getattr(node.meta, "value", None) is None
+    if t is OpType.ELEMENTWISE:
+        return _elementwise_keeps_zero(node, zero, n_in)
+    if t is OpType.MATMUL:
+        bias = _MATMUL_BIAS.get(node.target)
+        if node.target == "cdist" or bias is not None and bias < n_in and bias not in zero:
+            return False  # (a distance to a zero row is the other row's norm)
+        return bool(zero - {bias})
+    if t is OpType.ATTENTION:  # its output's last dim is v's
+        return not isinstance(node.meta, MhaCallMeta) and 2 in zero and \
+            dim == len(node.out_shapes[0]) - 1
+    if t is OpType.REDUCTION:
+        if node.target in ("max", "min") and n_in > 1:  # torch.maximum
+            return zero == set(range(n_in))
+        return node.target in _ZERO_REDUCTIONS and 0 in zero
+    if t in (OpType.LINEAR, OpType.CONV, OpType.CONV_TRANSPOSE, OpType.DEPTHWISE_CONV):
+        if n_in > 1:  # F.conv2d(x, w, b) on the model's own tensors: w's rows, b
+            return bool(zero & {0, 1}) and (n_in < 3 or 2 in zero)
+        return 0 in zero and "bias" not in node.params  # (along a dim it does not mix)
+    return False
+
+
+def _elementwise_keeps_zero(node: Node, zero: set[int], n_in: int) -> bool:
+    """:func:`_keeps_zero` of an elementwise op, by name and number arguments."""
+    name = node.target.rpartition(".")[2].lower() if node.is_module else node.target
+    nums = node.attrs.get("scalars", ())
+    first = 0 in zero and not node.attrs.get("number_first")
+    if name in ("mul", "multiply"):
+        return bool(zero)
+    if name in ("div", "truediv", "true_divide", "divide", "floordiv", "floor_divide"):
+        return first  # (not 1 / x)
+    if name in ("pow", "float_power"):  # x ** 2, not 2 ** x nor x ** 0
+        return first and bool(nums) and all(s > 0 for s in nums)
+    if name in ("add", "sub", "subtract"):
+        return zero == set(range(n_in)) and all(s == 0 for s in nums)
+    if name == "masked_fill":  # (x, mask): filled with 0
+        return 0 in zero and n_in == 2 and nums == (0,)
+    if name in ("clamp", "clip", "clamp_min", "clamp_max") and n_in == 1 and 0 in zero:
+        if name == "clamp_min" or name == "clamp_max":
+            return len(nums) == 1 and (nums[0] <= 0 if name == "clamp_min" else nums[0] >= 0)
+        # (one bound alone is not told min from max: only 0 is safe either way)
+        return len(nums) == 2 and nums[0] <= 0 <= nums[1] or nums == (0,)
+    if name == "hardtanh" and node.is_module:
+        return 0 in zero and node.attrs.get("min_val", -1) <= 0 <= node.attrs.get("max_val", 1)
+    return 0 in zero and name in KEEPS_ZERO
 
 
 def _functional_conv(base: Rule) -> Rule:

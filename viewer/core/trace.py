@@ -751,6 +751,11 @@ class _Tracer(TorchFunctionMode):
                 nums += [v for v in kwargs.values() if type(v) in _NUMBERS]
             if nums:
                 node.attrs = {"scalars": tuple(nums)}
+                if args and type(args[0]) in _NUMBERS or \
+                        getattr(func, "__name__", "").startswith("__r"):
+                    # ``2 ** x``, ``1 / x`` (``__rpow__``, named ``pow`` as ``x ** 2`` is): a
+                    # zero input gives 1 or inf there (see rules.nonzero_by)
+                    node.attrs["number_first"] = True
         if name == "topk" and (args[3] if len(args) > 3 else kwargs.get("largest")) is False:
             # ``topk(k, largest=False)`` picks the smallest (a bool: not among the scalars)
             node.attrs = {**node.attrs, "smallest": True}

@@ -588,7 +588,14 @@ class GroupValidation:
         in its trace runs every probe for real; larger ones run on meta. The choice depends on the
         model alone, never on timings, so validation stays deterministic; a real run checks
         at least what a meta one does. (Previews still count MACs on meta: torch's fused CPU
-        kernels for LSTM and attention hide their matmuls from the flop counter.)"""
+        kernels for LSTM and attention hide their matmuls from the flop counter.)
+
+        A group the validation changes (made inexact, swapped for its retry, joined with
+        another) stays the object that was in ``groups`` before, updated in place
+        (:meth:`_keep_held`): a caller holding it (``for g in pruner.groups: pruner.reason(g)``,
+        whose first call validates) reads what the plans use."""
+        held = {g.id: g for g in self.groups}
+
         def attempt(gs: list[Group], sets: dict[int, list[SizeAttr]] | None = None) -> str:
             """The groups shrunk by their first units, then by their last ("" if both run)."""
             return probe(gs, sets, "first") or probe(gs, sets, "last")
@@ -875,7 +882,21 @@ class GroupValidation:
                 self._sets.pop(g.id, None)
         self._inexact_where_a_number_moved(attempt)
         self._note_pruned_elsewhere()
+        self._keep_held(held)
         return {k: v for k, v in self._validated.items() if v}
+
+    def _keep_held(self, held: dict[int, Group]) -> None:
+        """Put back in ``groups`` the objects ``held`` (id -> the group there before
+        validation), each given the fields of the group now in its place. Validation swaps
+        groups by ``dataclasses.replace`` and restores the one it had when a try fails, so
+        it keeps working on copies; only its outcome is copied into the object callers may
+        hold. The fields are shared, not copied: index arrays stay read-only and shared."""
+        for i, g in enumerate(self.groups):
+            old = held.get(g.id)
+            if old is not None and old is not g:
+                for f in dataclasses.fields(old):
+                    setattr(old, f.name, getattr(g, f.name))
+                self.groups[i] = old
 
     def _inexact_where_a_number_moved(self, attempt: Callable) -> None:
         """A group still blocked only because a number its forward derives from the width
