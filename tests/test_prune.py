@@ -634,6 +634,66 @@ def test_a_plan_the_model_cannot_take_is_refused_in_one_line(removed, said):
         p.verify(p.model, None)
 
 
+class SizedParts(nn.Module):
+    """Six channels in two parts, 2 and 4, whose size a module attribute holds: an int
+    (``split([self.s0, C - self.s0])``), a list (``split(self.sizes)``), a slice bound read
+    by a conv (``cat([conv(x[:, :self.k]), x[:, self.k:]])``) or read by no layer
+    (``cat([x[:, :self.k] * 2, x[:, self.k:]])``)."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how, self.s0, self.sizes, self.k = how, 2, [2, 4], 2
+        self.c = nn.Conv2d(3, 6, 1)
+        self.fa, self.fb = nn.Conv2d(2, 4, 1), nn.Conv2d(4, 4, 1)
+        self.o = nn.Conv2d({"int": 4, "list": 4, "slice": 8}.get(how, 6), 3, 1)
+
+    def forward(self, x):
+        y = self.c(x)
+        if self.how in ("int", "list"):
+            sizes = [self.s0, y.shape[1] - self.s0] if self.how == "int" else self.sizes
+            a, b = y.split(sizes, 1)
+            y = self.fa(a) * torch.sigmoid(self.fb(b))
+        elif self.how == "slice":
+            y = torch.cat([self.fa(y[:, :self.k]), y[:, self.k:]], 1)
+        else:
+            y = torch.cat([y[:, :self.k] * 2, y[:, self.k:]], 1)
+        return self.o(y)
+
+
+@pytest.mark.parametrize("how, attr, part0, part1", [
+    ("int", "s0", "part 0 of 'split'", "part 1 of 'split'"),
+    ("list", "sizes", "part 0 of 'split'", "part 1 of 'split'"),
+    ("slice", "k", "slice [0:2] of 'getitem'", "slice [2:6] of 'getitem_1'"),
+    ("scaled", "k", "slice [0:2] of 'getitem'", "slice [2:6] of 'getitem_1'")])
+def test_a_plan_that_empties_a_part_sized_by_an_attribute_is_refused(how, attr, part0, part1):
+    """A hand-made plan removing all of part 0 was taken by plan_from_dict and apply, which
+    set an int attribute to 0 and left ``Conv2d(0, 4)``: a raw RuntimeError in the pruned
+    forward (a list of sizes was refused by apply alone). check_plan refuses it in one line
+    naming the part and the attribute, and plan() keeps a unit of every part."""
+    model, x = SizedParts(how).eval(), torch.randn(2, 3, 5, 5)
+    with torch.no_grad():  # part 0's channels the least important: plan() would take them
+        model.c.weight[:2] *= 0.01
+    p = Pruner(model, (x,))
+    g = next(g for g in p.groups if g.root == "c")
+    assert not p.reason(g) and p.sets(g) == [attr]
+    for units, part in (([0, 1], part0), ([2, 3, 4, 5], part1)):
+        said = re.escape(f"plan removes all of {part} in group {g.id} ('c')")
+        for check in (lambda u=units: p.plan_from_dict({"removed": {str(g.id): u}}),
+                      lambda u=units: p.check_plan(Plan({g.id: u})),
+                      lambda u=units: p.apply(Plan({g.id: u}))):
+            with pytest.raises(DepViewError, match=said) as err:
+                check()
+            assert "\n" not in str(err.value)
+        if part == part0:
+            assert f"(sized by {attr})" in str(err.value)
+    for ratio in (0.5, 0.7, 0.9):
+        plan = p.plan(ratio)
+        left = set(range(6)) - set(plan.removed.get(g.id, []))
+        assert left & {0, 1} and left & {2, 3, 4, 5}, plan.removed
+        pruned = p.apply(plan)
+        assert p.verify(pruned, plan)["masked_equivalence"]["ok"]
+
+
 def test_unknown_importance(demo_pruner):
     _, p = demo_pruner("cnn")
     with pytest.raises(DepViewError, match="unknown importance"):

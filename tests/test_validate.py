@@ -726,6 +726,65 @@ def test_a_fixed_channel_slice_is_found_whichever_units_a_plan_would_take(window
     assert not plan.removed
 
 
+class InnerSlice(nn.Module):
+    """A conv's 8 channels of which a second conv reads ``[3:5]``, strictly inside them:
+    bounds from attributes (``x[:, self.a:self.b]``), or written in the code."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how, self.a, self.b = how, 3, 5
+        self.c, self.d = nn.Conv2d(3, 8, 1), nn.Conv2d(2, 4, 1)
+
+    def forward(self, x):
+        y = self.c(x)
+        if self.how == "attrs":
+            y = y[:, self.a:self.b]
+        elif self.how == "literal":
+            y = y[:, 3:5]
+        else:  # a start that follows, a width that does not
+            y = y[:, self.a:self.a + 2]
+        return self.d(y)
+
+
+@pytest.mark.parametrize("units", [[0, 1], [2], [3], [0, 4], [2, 4, 6], [6, 7], [0, 5, 7]])
+def test_a_slice_inside_the_channels_follows_bounds_stored_in_attributes(units):
+    """Neither the first nor the last unit is inside ``[3:5]``: both probes ran with its
+    width unchanged, and the group passed with no attribute set. Removing a unit before the
+    slice then made it read channels 4 and 5 (a wrong model only verify() noticed), one
+    inside it broke the pruned forward. Its bounds now follow: each is set to the kept
+    channels below it."""
+    x = torch.randn(2, 3, 4, 4)
+    p = Pruner(InnerSlice("attrs").eval(), (x,))
+    g = next(g for g in p.groups if g.root == "c")
+    assert not p.reason(g) and p.sets(g) == ["a", "b"]
+    plan = p.plan_from_dict({"removed": {str(g.id): units}})
+    pruned = p.apply(plan)
+    kept = [i for i in range(8) if i not in units]
+    assert (pruned.a, pruned.b) == (sum(i < 3 for i in kept), sum(i < 5 for i in kept))
+    assert pruned.d.in_channels == sum(3 <= i < 5 for i in kept)
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+
+
+@pytest.mark.parametrize("how", ["literal", "width"])
+def test_a_slice_inside_the_channels_with_a_bound_in_the_code_blocks(how):
+    """``x[:, 3:5]`` cannot follow the kept channels: it ran with both probes (its width
+    unchanged) and was prunable and exact, reading other channels once pruned. A width in
+    the code, ``[self.a:self.a + 2]``, follows a unit removed before it and not one inside,
+    which a third probe (a unit inside the slice) finds."""
+    p = Pruner(InnerSlice(how).eval(), (torch.randn(2, 3, 4, 4),))
+    g = next(g for g in p.groups if g.root == "c")
+    why = p.reason(g)
+    if how == "literal":  # (the first unit gone, its bounds had to be [2:4])
+        assert "'getitem' slices [3:5] of the pruned dim instead of [2:4]: its bounds do not " \
+               "follow the kept channels" in why, why
+    else:  # with a set, the first and the last unit run; one inside does not
+        assert "of the pruned dim instead of [2:4]" in why, why
+        assert "setting the attributes equal to that size (<root>: a) to the new size did " \
+               "not make it run either" in why, why
+    assert not p.plan(0.5).removed
+
+
 class ScaleInPython(torch.nn.Module):
     """Attention whose score scale Python computes from a width: from the runtime shape
     (``math.sqrt(q.size(-1))``, the Annotated Transformer) or from the attribute its view

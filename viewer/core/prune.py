@@ -207,6 +207,8 @@ class Pruner(GroupValidation, Verification):
         self._attr_reads: dict[str, set[str]] | None = None
         self._outputs: list | None = None  # the unpruned outputs (see _original_outputs)
         self._canon: dict[str, str] | None = None  # module path -> its named_modules path
+        self._slice_list: list | None = None  # the graph's slices (see _slices)
+        self._part_list: list | None = None  # ... and its slices' and splits' parts (_parts)
         self._sets: dict[int, list[SizeAttr]] = {}  # group id -> attributes it must update
         self._config_owner: dict[int, str] | None = None  # id(config) -> first module path
         self._outer_tried: set[int] = set()  # blocked groups whose outer alternative was tried
@@ -615,20 +617,19 @@ class Pruner(GroupValidation, Verification):
         return bad
 
     def _keep_every_part(self, g: Group, order: np.ndarray, k: int) -> list[int]:
-        """The ``k`` least important units of ``g`` (``order``), except that a split whose part
-        sizes a module stores (:attr:`SizeAttr.sizes`) keeps its most important unit of each
-        part, and so does a layer that holds only some of the group's units (one input of a
-        concat): a part of width 0 would give a layer no channels."""
+        """The ``k`` least important units of ``g`` (``order``), except that each part whose
+        size a module stores (:meth:`_sized_parts`: a split's part, a slice's range) keeps its
+        most important unit, and so does a layer that holds only some of the group's units
+        (one input of a concat): a part of width 0 would give a layer no channels, and
+        :meth:`check_plan` refuses it."""
         chosen = [int(u) for u in order[:k]]
         parts: list[set[int]] = []
-        for r in self._sets.get(g.id, []):
-            if not r.sizes:
-                continue
-            pos, unit = g.tensors[r.tensor]
-            start = 0
-            for size in r.sizes:
-                parts.append(set(unit[(pos >= start) & (pos < start + size)].tolist()))
-                start += size
+        for _what, key, at in self._sized_parts(g):
+            pos, unit = g.tensors.get(key, (np.empty(0, dtype=np.int64),) * 2)
+            inside = np.isin(pos, at)
+            if inside.sum() == len(at):  # (one that other groups' positions keep from empty
+                # is left to check_plan: they may keep it whatever this group removes)
+                parts.append(set(unit[inside].tolist()))
         if g.multiple_of == 1:  # (whole rounds of heads cannot give one unit back)
             # a layer that holds only some of the units (one input of a concat) keeps one
             parts += [held for m in g.members
@@ -646,6 +647,55 @@ class Pruner(GroupValidation, Verification):
             if all(not part or not part <= {*chosen, int(u)} for part in parts):
                 chosen.append(int(u))
         return sorted(chosen)
+
+    def _sized_parts(self, g: Group) -> dict[tuple[str, tuple[int, int, int], range],
+                                             list[str]]:
+        """The parts of the dims ``g`` shrinks that a layer may read alone, each as ``(what
+        it is, its tensor dim, its positions there)`` -> the attributes that hold its size
+        (:meth:`sets`): every part of a split into given sizes (a list may store them all,
+        an int one of them, or a product: DBRX's ``num_key_value_heads * head_dim``) and
+        every slice that does not span the dim (``x[:, :self.k]``: a bound's attribute
+        counts the positions below it, a width's those inside). Their sizes follow as
+        stored sizes, or the group is blocked. Emptied by a plan, such a part is 0 wide: an
+        attribute set to 0, and a layer reading it with no channels."""
+        out: dict[tuple[str, tuple[int, int, int], range], list[str]] = {}
+        sets = self._sets.get(g.id, [])
+        for node, key, at, k in self._parts():
+            if key not in g.tensors:
+                continue
+            if k is None:
+                step = f":{at.step}" if at.step != 1 else ""
+                what = f"slice [{at.start}:{at.stop}{step}] of '{node.name}'"
+            else:
+                what = f"part {k} of '{node.name}'"
+            labels = out.setdefault((what, key, at), [])
+            for r in sets:
+                if r.node != node.id and r.tensor != key:
+                    continue
+                if r.sizes and r.node == node.id or r.tensor == (node.id, k, key[2]) or \
+                        r.span is not None and r.tensor == key and at.step == 1 and \
+                        r.span[1] in (at.start, at.stop) and r.span[0] in (0, at.start):
+                    if r.label not in labels:
+                        labels.append(r.label)
+        return out
+
+    def _check_parts(self, plan: Plan, by_id: dict[int, Group]) -> None:
+        """Refuse a plan that removes every position of a split's part or a slice's range
+        (:meth:`_sized_parts`), named with the attributes that hold its size: one would be
+        set to 0 (a list of sizes could not be set at all), and a layer that reads the part
+        would have no channels (``Conv2d(0, 4)``, whose forward fails)."""
+        for gid in plan.removed:
+            g = by_id[gid]
+            parts = self._sized_parts(g)
+            if not parts:
+                continue
+            removed = self._removed_at(plan, {key for _, key, _ in parts})
+            for (what, key, at), labels in parts.items():
+                if at and removed[key] >= set(at):
+                    held = f" (sized by {', '.join(labels)})" if labels else ""
+                    raise DepViewError(f"plan removes all of {what} in group {gid} "
+                                       f"('{g.root}'){held}: it would have no channels left "
+                                       "(keep one of its units)")
 
     def _needs_weights(self, criterion: str) -> None:
         if not is_real(self.model):
@@ -956,9 +1006,10 @@ class Pruner(GroupValidation, Verification):
 
     def check_plan(self, plan: Plan) -> None:
         """Refuse a plan that names no group of this model, a unit a group does not have,
-        every unit of a group (a layer with no channels), or a group that cannot be pruned
-        (the reason is given; a plan made by :meth:`plan` never does any of these), or one
-        made with other free outputs (:meth:`_check_free_outputs`)."""
+        every unit of a group (a layer with no channels), every unit of a split's part or a
+        slice's range (:meth:`_check_parts`, naming the attributes that size it), or a group
+        that cannot be pruned (the reason is given; a plan made by :meth:`plan` never does
+        any of these), or one made with other free outputs (:meth:`_check_free_outputs`)."""
         if not isinstance(plan, Plan):
             raise DepViewError(f"expected a Plan, got {type(plan).__name__} (a plan.json dict "
                                "goes through plan_from_dict)")
@@ -997,6 +1048,7 @@ class Pruner(GroupValidation, Verification):
             if why:
                 raise DepViewError(f"plan prunes group {gid} ('{g.root}'), which cannot be "
                                    f"pruned: {why}")
+        self._check_parts(plan, by_id)
         for module, (proj, cell, _) in self._lstmp_widths(plan.removed).items():
             if cell <= proj:
                 raise DepViewError(f"plan keeps {cell} cell units of '{module}' and "

@@ -43,6 +43,7 @@ from .groups import (
 )
 from .materialize import config_owners, materialize
 from .memory import MemoryShortError, out_of_memory, tensor_bytes
+from .meta import DimSlice, SliceMeta, SplitMeta
 from .modelconfig import held_config
 from .optypes import OpGroup, OpType
 from .plan import Plan, SizeAttr
@@ -180,10 +181,43 @@ def _probe_units(group: Group, end: str) -> list[int]:
     if m != 1:
         return list(range(m)) if end == "first" else \
             list(range(group.n_units - m, group.n_units))
-    sole = {int(held[0]) for mem in group.members
-            if len(held := unique(mem.unit)) == 1 and group.n_units > 1}
+    sole = _sole_units(group)
     order = range(group.n_units) if end == "first" else range(group.n_units - 1, -1, -1)
     return [next((u for u in order if u not in sole), order[0])]
+
+
+def _sole_units(group: Group) -> set[int]:
+    """The units that are all a layer holds of the group (see :func:`_probe_units`)."""
+    return {int(held[0]) for mem in group.members
+            if len(held := unique(mem.unit)) == 1 and group.n_units > 1}
+
+
+#: a slice of a dim a group may shrink: ``(the slice node, its slice of that dim, the sliced
+#: tensor dim)``
+SliceAt = tuple[Node, DimSlice, tuple[int, int, int]]
+
+
+def _inner_units(group: Group, slices: list[SliceAt]) -> list[int]:
+    """The units a third probe removes when the group passes through a slice strictly
+    inside a dim it shrinks (``x[:, a:b]`` with 0 < a and b < C; ``slices``: the graph's,
+    see :meth:`GroupValidation._slices`): its first and last units lie outside such a
+    slice, so the first two probes leave its width alone and only move the positions it
+    reads (which :func:`_moved` checks). A unit inside it is what must shrink it: without
+    this probe, ``x[:, self.a:self.a + 2]`` passed (``a`` set right for the first unit) and a
+    plan removing a unit inside broke the pruned forward. The first such unit (its run of
+    ``multiple_of``), never one a layer holds alone; [] when there is none."""
+    sole, m = _sole_units(group), group.multiple_of
+    for node, s, key in slices:
+        if key not in group.tensors or not 0 < s.start or s.stop >= node.meta.in_shape[s.dim]:
+            continue
+        pos, unit = group.tensors[key]
+        inside = (pos >= s.start) & (pos < s.stop) & ((pos - s.start) % s.step == 0)
+        for u in sorted(set(unit[inside].tolist())):
+            if m != 1:
+                return list(range(u - u % m, min(u - u % m + m, group.n_units)))
+            if u not in sole:
+                return [u]
+    return []
 
 
 def _aligned_names(first: Graph, later: Graph) -> dict[str, str]:
@@ -268,7 +302,9 @@ def _moved_why(node: Node) -> str:
 
 
 def _moved(before: Graph, after: Graph, owned: dict[tuple[str, int, int], int | None],
-           numbers: bool = True) -> str:
+           numbers: bool = True,
+           reads: dict[str, list[tuple[int, np.ndarray, list[int], DimSlice]]] | None = None
+           ) -> str:
     """Why the pruned model's trace ``after`` is not ``before`` shrunk only where the groups
     own positions, ``owned`` as (node name, port, dim) ("" when it is): a ``view(b, -1,
     heads, head_dim)`` that still runs can hand the lost channels to its ``-1`` dim, mixing
@@ -279,7 +315,9 @@ def _moved(before: Graph, after: Graph, owned: dict[tuple[str, int, int], int | 
     plain numbers elementwise ops compute with (and an attention's ``scale=``) must not move
     either: ``scores / math.sqrt(q.size(-1))``, or a ``math.sqrt(self.head_dim)`` whose
     attribute pruning sets, would rescale what the removed channels leave (not checked for
-    groups already marked inexact, whose changes are known)."""
+    groups already marked inexact, whose changes are known). ``reads``
+    (:meth:`GroupValidation._slice_reads`, by node name): the positions each slice of a
+    pruned dim must read, which its width alone does not show (:func:`_slice_moved`)."""
     if [n.name for n in after.nodes] != [n.name for n in before.nodes]:
         return "when this group shrinks, the model runs other ops (its control flow reads sizes)"
     for a, b in zip(before.nodes, after.nodes, strict=True):
@@ -295,6 +333,11 @@ def _moved(before: Graph, after: Graph, owned: dict[tuple[str, int, int], int | 
                             f"{d} instead of {x - lost}: its forward does not follow its "
                             "pruned weight (it slices the weight by a fixed size, "
                             "weight[:n]?)")
+        for dim, kept, want, s in (reads or {}).get(a.name, ()):
+            # (after its sizes: a slice whose width moved says so, as it did before)
+            why = _slice_moved(b, dim, kept, want, s)
+            if why:
+                return why
     for a, b in zip(before.nodes, after.nodes, strict=True):
         was, now = _head_dim(a), _head_dim(b)
         if was and now != was:
@@ -314,6 +357,28 @@ def _moved(before: Graph, after: Graph, owned: dict[tuple[str, int, int], int | 
                         f"{was}: {_NUMBER_MOVED} (an attention scale 1/sqrt(head_dim)?) "
                         "changes, so pruning would change more than these channels")
     return ""
+
+
+def _slice_moved(node: Node, dim: int, kept: np.ndarray, want: list[int], was: DimSlice) -> str:
+    """Why ``node``, a slice in the pruned model's trace, does not read ``want`` on ``dim``
+    (positions before pruning; ``kept``: those the pruned dim holds, in order), "" when it
+    does, or when its input's width is not ``kept``'s (the sizes check says why)."""
+    meta = node.meta
+    if not isinstance(meta, SliceMeta) or len(meta.in_shape) <= dim or \
+            meta.in_shape[dim] != len(kept):
+        return ""
+    s = next((s for s in meta.slices if s.dim == dim), DimSlice(dim, 0, len(kept), 1))
+    if [int(kept[i]) for i in range(s.start, s.stop, s.step)] == want:
+        return ""
+    step = f":{s.step}" if s.step != 1 else ""
+    if was.step == 1:  # the bounds that read them: the kept positions below each old bound
+        lo, hi = (int(np.searchsorted(kept, b)) for b in (was.start, was.stop))
+        should = f"[{lo}:{hi}]"
+    else:
+        should = f"the kept channels of [{was.start}:{was.stop}:{was.step}]"
+    return (f"when this group shrinks, '{node.name}' slices [{s.start}:{s.stop}{step}] of the "
+            f"pruned dim instead of {should}: its bounds do not follow the kept channels "
+            "(numbers written in the code, or computed from a config every layer shares?)")
 
 
 def _head_dim(node: Node) -> float | None:
@@ -559,9 +624,11 @@ class GroupValidation:
     ``changes``, ``widths`` and ``size_attrs``."""
 
     def validate_groups(self) -> dict[int, str]:
-        """Shrink each structurally prunable group by its first unit, then by its last, on
-        the meta device and run the model; a group whose pruned model fails (a hard-coded
-        view/split size or slice, ...) is marked not prunable with the error. Cached.
+        """Shrink each structurally prunable group by its first unit, then by its last (and,
+        through a slice strictly inside its dim, by a unit inside it: :func:`_inner_units`),
+        on the meta device and run the model; a group whose pruned model fails or reads
+        other positions (a hard-coded view/split size or slice, ...: :func:`_moved`) is
+        marked not prunable with the error. Cached.
 
         A failing group that shrinks a ``split(size)`` or an explicit ``view``/``reshape`` size
         gets one more chance: the size may be a module attribute (GPT-2's ``split_size``,
@@ -597,11 +664,16 @@ class GroupValidation:
         held = {g.id: g for g in self.groups}
 
         def attempt(gs: list[Group], sets: dict[int, list[SizeAttr]] | None = None) -> str:
-            """The groups shrunk by their first units, then by their last ("" if both run)."""
-            return probe(gs, sets, "first") or probe(gs, sets, "last")
+            """The groups shrunk by their first units, then by their last, then those with a
+            slice strictly inside their dim by a unit inside it (:func:`_inner_units`); ""
+            if all run."""
+            return probe(gs, sets, "first") or probe(gs, sets, "last") or \
+                probe(gs, sets, "inside")
 
         def probe(gs: list[Group], sets: dict[int, list[SizeAttr]] | None, end: str) -> str:
-            return self._probe(Plan({g.id: _probe_units(g, end) for g in gs}), gs, sets)
+            units = {g.id: u for g in gs if (u := self._probe_units(g, end))}
+            return self._probe(Plan(units), [g for g in gs if g.id in units], sets) \
+                if units else ""
 
         repaired: list[tuple[list[SizeAttr], list[SizeAttr]]] = []  # (candidates, choice)
         unrepaired: list[list[SizeAttr]] = []  # candidates none of which made a group run
@@ -1348,7 +1420,9 @@ class GroupValidation:
         if id(before) not in st["names"]:
             st["names"][id(before)] = _aligned_names(self.graph, before)
         exact = any(g.exact for g in gs)  # (an inexact group's numbers may move)
-        moved = _moved(before, after, self._owned(gs, st["names"][id(before)], plan), exact)
+        names = st["names"][id(before)]
+        moved = _moved(before, after, self._owned(gs, names, plan), exact,
+                       self._slice_reads(gs, names, plan))
         if moved and before is not traced_meta and is_real(self.model):
             # a size that moved on real tensors may be the data's: pruning the channels a
             # top-1 router reads changes which tokens ``x[mask]`` picks (and a loop over the
@@ -1365,9 +1439,74 @@ class GroupValidation:
                 if isinstance(exc, DepViewError):
                     return moved
                 raise
-            moved = _moved(masked, after,
-                           self._owned(gs, _aligned_names(self.graph, masked), plan), exact)
+            names = _aligned_names(self.graph, masked)
+            moved = _moved(masked, after, self._owned(gs, names, plan), exact,
+                           self._slice_reads(gs, names, plan))
         return moved
+
+    def _slices(self) -> list[SliceAt]:
+        """Every slice of the graph that does not span its dim (what :func:`fixed_slices`
+        finds for one group), made once: probes look them up for every group they run."""
+        if self._slice_list is None:
+            self._slice_list = []
+            for node in self.graph.nodes:
+                edges = self.graph.in_edges.get(node.id)
+                if node.op_type is OpType.SLICE and isinstance(node.meta, SliceMeta) and edges:
+                    e = edges[0]
+                    self._slice_list += [(node, s, (e.source, e.source_port, s.dim))
+                                         for s in node.meta.slices]
+        return self._slice_list
+
+    def _parts(self) -> list[tuple[Node, tuple[int, int, int], range, int | None]]:
+        """The parts of tensor dims that slices (:meth:`_slices`) and splits into given
+        sizes (:func:`split_sizes`) read, as ``(the slice or split, the tensor dim, its
+        positions there, the split's output it is, None for a slice)``, made once."""
+        if self._part_list is None:
+            self._part_list = [(node, key, range(s.start, s.stop, s.step), None)
+                               for node, s, key in self._slices()]
+            for node in self.graph.nodes:
+                meta, edges = node.meta, self.graph.in_edges.get(node.id)
+                if node.op_type is OpType.SPLIT and node.target == "split" and edges and \
+                        isinstance(meta, SplitMeta) and not meta.computed and \
+                        len(meta.sizes) > 1:
+                    key = (edges[0].source, edges[0].source_port, meta.dim)
+                    ends = np.cumsum((0, *meta.sizes)).tolist()
+                    self._part_list += [(node, key, range(ends[k], ends[k + 1]), k)
+                                        for k in range(len(meta.sizes))]
+        return self._part_list
+
+    def _probe_units(self, group: Group, end: str) -> list[int]:
+        """The units a probe removes: ``end`` "first" or "last" (:func:`_probe_units`), or
+        "inside" (:func:`_inner_units`: [] for a group without a slice strictly inside its
+        dim, which that probe leaves out)."""
+        if end == "inside":
+            return _inner_units(group, self._slices())
+        return _probe_units(group, end)
+
+    def _slice_reads(self, gs: list[Group], name: dict[str, str], plan: Plan
+                     ) -> dict[str, list[tuple[int, np.ndarray, list[int], DimSlice]]]:
+        """What each slice of a dim ``gs`` shrink must read once ``plan`` pruned them, by
+        node name in another trace: ``(dim, the positions of the sliced dim that stay, as
+        indices before pruning; those of them the slice read; the slice)``. Its width alone
+        says too little: ``x[:, 3:5]`` keeps its two channels when a unit before it goes, and
+        then reads channels 4 and 5; a bound stored in an attribute must move by the kept
+        positions below it, which a wrong stored size or a number in the code does not."""
+        gone: dict[tuple[int, int, int], set[int]] = defaultdict(set)
+        mine = [(node, s, key) for node, s, key in self._slices()
+                if any(key in g.tensors for g in gs)]
+        for g in gs:
+            units = plan.removed.get(g.id)
+            for _node, _s, key in mine:
+                if units is not None and key in g.tensors:
+                    pos, unit = g.tensors[key]
+                    gone[key].update(pos[np.isin(unit, units)].tolist())
+        out: dict[str, list[tuple[int, np.ndarray, list[int], DimSlice]]] = defaultdict(list)
+        for node, s, key in mine:
+            lost = gone.get(key, set())
+            kept = np.setdiff1d(np.arange(node.meta.in_shape[s.dim]), sorted(lost))
+            want = [p for p in range(s.start, s.stop, s.step) if p not in lost]
+            out[name.get(node.name, node.name)].append((s.dim, kept, want, s))
+        return dict(out)
 
     def _owned(self, gs: list[Group], name: dict[str, str], plan: Plan
                ) -> dict[tuple[str, int, int], int | None]:
@@ -1609,12 +1748,13 @@ class GroupValidation:
         """Int attributes (:meth:`_int_attrs`) that divide the size of positions ``[lo, hi)``
         of tensor dim ``key``, a count of equal parts of it (``num_key_value_heads`` of
         ``num_key_value_heads * head_dim``), each scaled by the range's kept share: only those
-        that come out whole for both probes (the group's first unit, then its last)."""
+        that come out whole for every probe (the group's first unit, its last, and one
+        inside a slice strictly within the dim: :meth:`_probe_units`)."""
         width = hi - lo
         pos, unit = group.tensors[key]
         inside = (pos >= lo) & (pos < hi)
-        lost = [int(np.isin(unit[inside], _probe_units(group, end)).sum())
-                for end in ("first", "last")]
+        lost = [int(np.isin(unit[inside], units).sum())
+                for end in ("first", "last", "inside") if (units := self._probe_units(group, end))]
         label = np.full(width, -1)
         label[pos[inside] - lo] = unit[inside]
 
