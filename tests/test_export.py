@@ -1715,10 +1715,15 @@ def test_a_ctrl_c_waits_until_the_exports_files_are_all_moved():
     from viewer.core.export import _signals_held
 
     moved = []
-    with pytest.raises(KeyboardInterrupt):
-        with _signals_held():
-            signal.raise_signal(signal.SIGINT)
-            moved.append("all")
+    # (Python's own handler: a test run before this one may have set another)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with _signals_held():
+                signal.raise_signal(signal.SIGINT)
+                moved.append("all")
+    finally:
+        signal.signal(signal.SIGINT, before)
     assert moved == ["all"]
 
 
