@@ -2333,6 +2333,10 @@ def test_free_outputs_are_named_by_path_or_node_and_never_all_of_them():
         Pruner(model, (x,), free_outputs=["feats"])
     with pytest.raises(DepViewError, match="every output of the model would be free"):
         Pruner(model, (x,), free_outputs=["features", "logits"])
+    # an empty name (an unset $VAR) named a one-output model's only output, whose path is ""
+    with pytest.raises(DepViewError, match=r"a free output's name is empty: name one of the "
+                                           r"model's outputs \(logits, features\)"):
+        Pruner(model, (x,), free_outputs=[""])
 
 
 class TupleFeaturesAndLogits(FeaturesAndLogits):

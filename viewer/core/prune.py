@@ -102,6 +102,9 @@ def free_output_paths(graph: Graph, names: Iterable[str]) -> list[str]:
     for name in names:
         if not isinstance(name, str):
             raise DepViewError(f"a free output is named by a string, got {name!r}")
+        if not name.strip():  # (the path of a model's one output is "": not a name to give)
+            raise DepViewError(f"a free output's name is empty: name one of the model's "
+                               f"outputs ({shown}{', ...' if len(paths) > MAX_LISTED else ''})")
         node = graph.by_name.get(name)
         # (an older export's name of a NamedTuple output: ``[1]`` for ``features``)
         renamed = graph.info.get("renamed_outputs", {})
