@@ -1949,8 +1949,17 @@ _MOVES_VALUES = frozenset((OpType.CONCAT, OpType.SPLIT, OpType.UNBIND, OpType.SL
 _ZERO_REDUCTIONS = frozenset(("sum", "nansum", "mean", "nanmean", "amax", "amin", "max", "min",
                               "var", "std", "norm", "linalg_vector_norm", "linalg_norm", "prod",
                               "median", "nanmedian", "mode", "kthvalue", "normalize"))
-#: A matmul's input added to the product (per function name): a bias, zero only if cut
-_MATMUL_BIAS = {"addmm": 0, "baddbmm": 0, "linear": 2, "bilinear": 3}
+
+
+def _matmul_bias(node: Node) -> int | None:
+    """The port of what a matmul-family node adds to its product (addmm's input, linear's
+    and bilinear's bias; None: nothing), from the operand ports :func:`_matmul_dims` and
+    :data:`_EINSUMS` give."""
+    if node.target in _EINSUMS:
+        return 3 if node.target == "bilinear" else None
+    pa, pb, *_, linear = _matmul_dims(node)
+    rest = [p for p in range(len(node.in_shapes)) if p not in (pa, pb)]
+    return 2 if linear else rest[0] if rest else None
 
 
 def _keeps_zero(node: Node, dim: int, zero: set[int], held: set[int]) -> bool:
@@ -1967,7 +1976,7 @@ def _keeps_zero(node: Node, dim: int, zero: set[int], held: set[int]) -> bool:
     if t is OpType.ELEMENTWISE:
         return _elementwise_keeps_zero(node, zero, n_in)
     if t is OpType.MATMUL:
-        bias = _MATMUL_BIAS.get(node.target)
+        bias = _matmul_bias(node)
         if node.target == "cdist" or bias is not None and bias < n_in and bias not in zero:
             return False  # (a distance to a zero row is the other row's norm)
         return bool(zero - {bias})
