@@ -115,6 +115,21 @@ def test_a_custom_layer_wrongly_registered_as_passthrough_blocks_its_groups_sayi
            "channel i), but its input has 8 channels and its output 32" in a.reason
 
 
+def _prune_units_025(model, inputs, root, exact, output_layers=()):
+    """The group rooted at ``root`` of ``model`` (seeded, eval), checked prunable with the
+    ``exact`` flag expected, and the masked-equivalence verdict of removing its units 0, 2
+    and 5."""
+    from viewer.core.plan import Plan
+    from viewer.core.prune import Pruner
+
+    torch.manual_seed(0)
+    p = Pruner(model.eval(), inputs, output_layers=list(output_layers))
+    g = next(grp for grp in p.groups if grp.root == root)
+    assert g.prunable and g.exact == exact, g.stats_notes
+    plan = Plan({g.id: [0, 2, 5]})
+    return g, p.verify(p.apply(plan), plan)["masked_equivalence"]
+
+
 class _SumAfter(nn.Module):
     """A conv's channels, summed over after an op: the sum is exact only if the op keeps a
     channel the masked original zeroes at zero."""
@@ -153,15 +168,7 @@ def test_a_sum_over_channels_is_exact_only_if_the_ops_before_it_keep_zero(op, cu
     # the masked original zeroes the producer's weights, not its activations: sigmoid(0) =
     # 0.5 (a Linear's bias over W, 2 ** 0, 0 + 1, a pad filled with 1) left each removed
     # channel adding to the sum, the group said exact and masked equivalence failed
-    from viewer.core.plan import Plan
-    from viewer.core.prune import Pruner
-
-    torch.manual_seed(0)
-    p = Pruner(_SumAfter(op).eval(), (torch.randn(2, 3, 4, 5),))
-    g = next(grp for grp in p.groups if grp.root == "c")
-    assert g.prunable and g.exact == (culprit is None), g.stats_notes
-    plan = Plan({g.id: [0, 2, 5]})
-    v = p.verify(p.apply(plan), plan)["masked_equivalence"]
+    g, v = _prune_units_025(_SumAfter(op), (torch.randn(2, 3, 4, 5),), "c", culprit is None)
     if culprit is None:
         assert v["ok"], v
     else:
@@ -169,6 +176,61 @@ def test_a_sum_over_channels_is_exact_only_if_the_ops_before_it_keep_zero(op, cu
                                  "does not keep at zero (it maps 0 to another value), so a "
                                  "removed channel still counts there"]
         assert "does not keep at zero" in v["skipped"], v
+
+
+class _Contraction(nn.Module):
+    """Two activations made from one input, contracted over their channels: a matmul, an
+    einsum, sdpa's scores (scale given), a distance. The sum of products is exact only if a
+    factor the masked original zeroes is zero (both, for a distance)."""
+
+    def __init__(self, form, left, right):
+        super().__init__()
+        self.form, self.left, self.right = form, left, right
+        self.q, self.k, self.v = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 4)
+        self.o = nn.Linear(4, 3)
+
+    def forward(self, x):  # (N, L, 8)
+        f = {"relu": torch.relu, "sigmoid": torch.sigmoid, "id": lambda y: y}
+        q, k = f[self.left](self.q(x)), f[self.right](self.k(x))
+        if self.form == "matmul":
+            a = q @ k.transpose(-1, -2)
+        elif self.form == "einsum":
+            a = torch.einsum("nld,nmd->nlm", q, k)
+        elif self.form == "cdist":
+            a = torch.cdist(q, k)
+        else:
+            a = nn.functional.scaled_dot_product_attention(q, k, self.v(x), scale=0.3)
+        return self.o(a)
+
+
+@pytest.mark.parametrize("form, left, right, culprits", [
+    ("matmul", "id", "id", None), ("matmul", "relu", "sigmoid", None),
+    ("matmul", "sigmoid", "sigmoid", ["sigmoid", "sigmoid_1"]),
+    ("einsum", "sigmoid", "relu", None),
+    ("einsum", "sigmoid", "sigmoid", ["sigmoid", "sigmoid_1"]),
+    ("sdpa", "id", "id", None), ("sdpa", "sigmoid", "sigmoid", ["sigmoid", "sigmoid_1"]),
+    ("cdist", "relu", "id", None), ("cdist", "relu", "sigmoid", ["sigmoid"]),
+])
+def test_a_contraction_of_two_activations_is_exact_only_if_one_factor_keeps_zero(
+        form, left, right, culprits):
+    # sigmoid(q) @ sigmoid(k).T over removed channels adds 0.5 * 0.5 per removed channel in
+    # the masked original, which zeroes the producers' weights: the group said exact and
+    # masked equivalence failed (a distance needs both sides zero: |0 - 0.5| counts)
+    g, v = _prune_units_025(_Contraction(form, left, right), (torch.randn(2, 4, 8),), "q",
+                            culprits is None, ["o"])
+    if culprits is None:
+        assert v["ok"], v
+        return
+    target = {"matmul": "matmul", "einsum": "einsum", "cdist": "cdist",
+              "sdpa": "scaled_dot_product_attention"}[form]
+    names = " and ".join(f"'{c}'" for c in culprits)
+    verb = "do not keep at zero (they map" if len(culprits) > 1 else \
+        "does not keep at zero (it maps"
+    sums = "sums over" if form == "cdist" else "sums products over"
+    assert g.stats_notes == [f"'{target}' ({target}) {sums} pruned channels that "
+                             f"{names} {verb} 0 to another value), so a removed channel "
+                             "still counts there"], g.stats_notes
+    assert "keep at zero" in v["skipped"], v
 
 
 class _KeyTokens(nn.Module):

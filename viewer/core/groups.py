@@ -206,7 +206,9 @@ class _Search:
         self.multiple = 1
         self.multiple_why: list[str] = []
         self.min_kept: list[tuple[TensorKey, int, str]] = []  # RuleContext.keep_at_least
-        self.zero_checks: list[tuple[TensorKey, str]] = []  # RuleContext.exact_if_zero
+        # RuleContext.exact_if_zero/exact_if_one_zero: (tensor dims one of which must be
+        # zero at the group's positions, note)
+        self.zero_checks: list[tuple[tuple[TensorKey, ...], str]] = []
         # member -> batch ids it holds whole, and other (units, pos) chunks
         self.members: dict[tuple[int, str, int, int], tuple[list[int], list]] = {}
         self.queue: deque = deque()
@@ -729,12 +731,19 @@ def _nonzero_notes(graph: Graph, s: _Search) -> list[str]:
               if side == "param" or side == "out" and graph.nodes[nid].params}
     why = nonzero_by(graph, s.cls, zeroed)
     notes = []
-    for key, note in s.zero_checks:
-        op = why.get(key)  # ("": zero there; None: a tensor the group does not hold)
-        if op:
-            notes.append(f"{note} that '{op}' does not keep at zero (it maps 0 to another "
+    for keys, note in s.zero_checks:
+        ops = [why.get(k) for k in keys]  # ("": zero there; None: a tensor the group does
+        if "" in ops:                     # not hold)
+            continue
+        made = list(dict.fromkeys(op for op in ops if op))
+        if len(made) == 1:
+            notes.append(f"{note} that '{made[0]}' does not keep at zero (it maps 0 to "
+                         "another value), so a removed channel still counts there")
+        elif made:
+            names = " and ".join(f"'{op}'" for op in made)
+            notes.append(f"{note} that {names} do not keep at zero (they map 0 to another "
                          "value), so a removed channel still counts there")
-        elif op is None:
+        else:
             notes.append(f"{note}, which DepView cannot tell are zero there")
     return notes
 

@@ -627,7 +627,7 @@ KEEPS_ZERO: frozenset[str] = frozenset(
      "feature_alpha_dropout", "featurealphadropout", "cumsum", "cumprod", "cummax", "cummin",
      "flip", "fliplr", "flipud", "roll", "tril", "triu", "gather", "index_select",
      "take_along_dim", "channel_shuffle", "native_channel_shuffle", "glu",
-     "view_as_real", "view_as_complex", "type_as"}) | KEEPS_VALUES
+     "view_as_real", "view_as_complex", "type_as", "as_strided"}) | KEEPS_VALUES
 
 #: The p-norms, by function name: (position, keyword, default) of their order; exact only
 #: for an order p >= 0 (p = 0 counts the nonzeros, inf takes the largest magnitude; a

@@ -119,7 +119,16 @@ class RuleContext:
         original (a sum over them: a zeroed channel adds nothing, but one a sigmoid made 0.5
         adds 0.5); else inexact with ``note``. Decided when the search is done, by
         :func:`nonzero_by`: the ops that made the tensor are known only then."""
-        self.search.zero_checks.append((key, note))
+        self.search.zero_checks.append(((key,), note))
+
+    def exact_if_one_zero(self, keys: Iterable[TensorKey], note: str) -> None:
+        """Exact only if at least one of the tensor dims ``keys`` is zero at the group's
+        positions in the masked original: a contraction of two tensors over them (``q @
+        k.T`` over removed head dims) adds a product per position, which one zero factor
+        makes 0, and two activations that do not keep 0 at 0 (sigmoids) do not; else
+        inexact with ``note``. (For a sum that needs every operand zero, a distance, call
+        :meth:`exact_if_zero` once per operand.)"""
+        self.search.zero_checks.append((tuple(keys), note))
 
     def opaque(self, note: str) -> None:
         """Inexact for all DepView knows: a layer's own forward, which no rule reads."""
@@ -1462,6 +1471,30 @@ def _matmul_dims(node: Node):
     return 0, 1, ins[0], ins[1], node.out_shapes[0], name == "linear"
 
 
+def _in_key(g: Graph, node: Node, port: int, dim: int) -> TensorKey | None:
+    """The tensor dim that input ``port`` of ``node`` reads at its dim ``dim``."""
+    e = next((e for e in g.in_edges.get(node.id, ()) if e.target_port == port), None)
+    return None if e is None else (e.source, e.source_port, dim)
+
+
+def _contracts(g: Graph, node: Node, ctx: RuleContext, places: list[tuple[int, int]],
+               every: bool = False) -> None:
+    """The group's positions of the inputs ``places`` (``(port, dim)``) are summed over in
+    products (a matmul's inner dim): exact only if one of them is zero there in the masked
+    original (``every``: all of them, as in a distance, where a zero row counts against the
+    other's value)."""
+    keys = [k for p, d in places if (k := _in_key(g, node, p, d)) is not None]
+    note = f"'{node.name}' ({node.target}) sums {'' if every else 'products '}over pruned " \
+        "channels"
+    if len(keys) < len(places):
+        ctx.inexact(note)
+    elif every:
+        for k in keys:
+            ctx.exact_if_zero(k, note)
+    else:
+        ctx.exact_if_one_zero(keys, note)
+
+
 #: Ops whose metadata spells them out as an einsum (:class:`EinsumMeta`): ``tensordot(a, b,
 #: ([1], [0]))`` is ``abc,bd->acd``; ``cdist(a, b)`` sums over the features of both
 #: (``...pm,...rm->...pr``: a feature removed from both adds nothing to any distance);
@@ -1470,9 +1503,11 @@ def _matmul_dims(node: Node):
 _EINSUMS = frozenset({"einsum", "tensordot", "cdist", "bilinear", "outer", "ger"})
 
 
-def _einsum_rule(node, side, port, dim, units, pos, ctx):
+def _einsum_rule(g, node, side, port, dim, units, pos, ctx):
     """Every dim that carries the tracked dim's letter is coupled to it: in the other
-    operands (a contracted letter: both sides of the sum) and in the output."""
+    operands (a contracted letter: both sides of the sum) and in the output. A letter the
+    output lacks is summed over: exact only if an operand holding it is zero there (every
+    one, for ``cdist``)."""
     if _unreadable(node, ctx, EinsumMeta):
         return []
     meta = node.meta
@@ -1484,6 +1519,9 @@ def _einsum_rule(node, side, port, dim, units, pos, ctx):
         ctx.block(f"'{node.name}' ({meta.equation}) takes a diagonal of the pruned dim")
         return []
     size = (node.out_shapes[0] if side == "out" else node.in_shapes[port])[dim]
+    if letter not in meta.out:
+        _contracts(g, node, ctx, [(p, d) for _, p, d, shape in places if shape[d] == size],
+                   every=node.target == "cdist")
     return [Flow(s, p, d, units, pos) for s, p, d, shape in places
             if (s, p) != (side, port) and shape[d] == size]  # size-1 dims broadcast
 
@@ -1518,7 +1556,7 @@ def _grouped_mm_rule(node, side, port, dim, units, pos, ctx):
 
 def _matmul_rule(g, node, side, port, dim, units, pos, ctx):
     if node.target in _EINSUMS:
-        return _einsum_rule(node, side, port, dim, units, pos, ctx)
+        return _einsum_rule(g, node, side, port, dim, units, pos, ctx)
     if node.target == "grouped_mm" and len(node.in_shapes) != 2:  # (E,M,K) @ (E,K,N): a bmm
         return _grouped_mm_rule(node, side, port, dim, units, pos, ctx)
     pa, pb, a, b, out, linear = _matmul_dims(node)
@@ -1562,10 +1600,12 @@ def _matmul_rule(g, node, side, port, dim, units, pos, ctx):
         bias_port = 2 if len(node.in_shapes) > 2 else None
         if side == "in" and port == pa:
             if dim == len(a) - 1:
+                _contracts(g, node, ctx, [(pa, dim), (pb, 1)])
                 return [Flow("in", pb, 1, units, pos)]
             return [Flow("out", 0, dim + no - len(a), units, pos)]
         if side == "in" and port == pb:
             if dim == 1:
+                _contracts(g, node, ctx, [(pa, len(a) - 1), (pb, 1)])
                 return [Flow("in", pa, len(a) - 1, units, pos)]
             flows = [Flow("out", 0, no - 1, units, pos)]
             if bias_port is not None:
@@ -1591,12 +1631,14 @@ def _matmul_rule(g, node, side, port, dim, units, pos, ctx):
             [f for f in from_out(od) if (f.side, f.port) != ("in", port)]
     if side == "in" and port == pa:
         if dim == len(a) - 1:
+            _contracts(g, node, ctx, [(pa, dim), (pb, len(b) - 2)])
             return [Flow("in", pb, len(b) - 2, units, pos)]
         if dim == len(a) - 2:
             return [Flow("out", 0, no - 2, units, pos)] + to_bias(no - 2)
         return batch(a, dim, pa)
     if side == "in" and port == pb:
         if dim == len(b) - 2:
+            _contracts(g, node, ctx, [(pa, len(a) - 1), (pb, dim)])
             return [Flow("in", pa, len(a) - 1, units, pos)]
         if dim == len(b) - 1:
             return [Flow("out", 0, no - 1, units, pos)] + to_bias(no - 1)
@@ -1627,9 +1669,12 @@ def _attention_rule(g, node, side, port, dim, units, pos, ctx):
     shape = shapes[port] if side == "in" else out
     last, second = len(shape) - 1, len(shape) - 2
     if dim == last:
-        if side == "in" and port < 2 and getattr(node.meta, "scale", 0) is None:
-            ctx.inexact(f"'{node.name}' attention scale 1/sqrt(head_dim) changes with the "
-                        "width (no scale= passed)")
+        if side == "in" and port < 2:
+            if getattr(node.meta, "scale", 0) is None:
+                ctx.inexact(f"'{node.name}' attention scale 1/sqrt(head_dim) changes with "
+                            "the width (no scale= passed)")
+            else:  # (the scores: q·k over the pruned dims)
+                _contracts(g, node, ctx, [(0, len(q) - 1), (1, len(k) - 1)])
         if side == "out" or port == 2:
             return [Flow("in", 2, len(v) - 1, units, pos)] if side == "out" else \
                 [Flow("out", 0, nd - 1, units, pos)]
