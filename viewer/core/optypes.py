@@ -609,6 +609,15 @@ REDUCE_DIMS: dict[str, tuple[int, int | None]] = {
 
 #: Reductions a zero term leaves as they are (exact over pruned channels), by function name.
 ZERO_FREE_REDUCTIONS = frozenset(("sum", "nansum"))
+#: Types whose output at a position is input values moved there (or averaged, or a max): a
+#: channel the masked original zeroes stays zero through them (``rules.nonzero_by``)
+MOVES_VALUES = frozenset((OpType.CONCAT, OpType.SPLIT, OpType.UNBIND, OpType.SLICE,
+                          OpType.RESHAPE, OpType.PERMUTE, OpType.EXPAND, OpType.PIXEL_SHUFFLE,
+                          OpType.UNFOLD, OpType.SPATIAL))
+#: Reductions that give 0 on zeros (along other dims; ``normalize`` along its own too)
+ZERO_REDUCTIONS = frozenset(("sum", "nansum", "mean", "nanmean", "amax", "amin", "max", "min",
+                             "var", "std", "norm", "linalg_vector_norm", "linalg_norm", "prod",
+                             "median", "nanmedian", "mode", "kthvalue", "normalize"))
 #: Elementwise functions (by function name) and activation modules (by lower-cased class name)
 #: that map 0 to 0, reading their first input position by position or moving its values: a
 #: channel the masked original zeroes stays zero through them, so a sum over it after them

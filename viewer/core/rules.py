@@ -48,11 +48,13 @@ from .optypes import (
     INDEX_OUTPUTS,
     KEEPS_ZERO,
     MASKED_SCATTERS,
+    MOVES_VALUES,
     PAIR_REDUCTIONS,
     PICKS,
     SCATTERS,
     SEQUENCE_PACKING,
     SHAPE_NORMS,
+    ZERO_REDUCTIONS,
     OpType,
     conv_prunes_whole_groups,
     gn_prunes_whole_groups,
@@ -1986,16 +1988,6 @@ def nonzero_by(g: Graph, keys: Iterable[TensorKey], zeroed: set[tuple[int, int]]
     return why
 
 
-#: Types whose output at a position is input values moved there (or averaged, or a max)
-_MOVES_VALUES = frozenset((OpType.CONCAT, OpType.SPLIT, OpType.UNBIND, OpType.SLICE,
-                           OpType.RESHAPE, OpType.PERMUTE, OpType.EXPAND, OpType.PIXEL_SHUFFLE,
-                           OpType.UNFOLD, OpType.SPATIAL))
-#: Reductions that give 0 on zeros (along other dims; ``normalize`` along its own too)
-_ZERO_REDUCTIONS = frozenset(("sum", "nansum", "mean", "nanmean", "amax", "amin", "max", "min",
-                              "var", "std", "norm", "linalg_vector_norm", "linalg_norm", "prod",
-                              "median", "nanmedian", "mode", "kthvalue", "normalize"))
-
-
 def _matmul_bias(node: Node) -> int | None:
     """The port of what a matmul-family node adds to its product (addmm's input, linear's
     and bilinear's bias; None: nothing), from the operand ports :func:`_matmul_dims` and
@@ -2016,7 +2008,7 @@ def _keeps_zero(node: Node, dim: int, zero: set[int], held: set[int]) -> bool:
         return node.target in ("zeros", "new_zeros")
     if not held:
         return False
-    if t in _MOVES_VALUES:
+    if t in MOVES_VALUES:
         return zero == held and getattr(node.meta, "value", None) is None
     if t is OpType.ELEMENTWISE:
         return _elementwise_keeps_zero(node, zero, n_in)
@@ -2031,7 +2023,7 @@ def _keeps_zero(node: Node, dim: int, zero: set[int], held: set[int]) -> bool:
     if t is OpType.REDUCTION:
         if node.target in ("max", "min") and n_in > 1:  # torch.maximum
             return zero == set(range(n_in))
-        return node.target in _ZERO_REDUCTIONS and 0 in zero
+        return node.target in ZERO_REDUCTIONS and 0 in zero
     if t in (OpType.LINEAR, OpType.CONV, OpType.CONV_TRANSPOSE, OpType.DEPTHWISE_CONV):
         if n_in > 1:  # F.conv2d(x, w, b) on the model's own tensors: w's rows, b
             return bool(zero & {0, 1}) and (n_in < 3 or 2 in zero)
