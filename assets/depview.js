@@ -92,6 +92,9 @@
   // {ids, i, query, picked}: the hits, the one on screen alone (-1: none, they are fitted
   // together), and whether Enter has selected it
   var hits = null;
+  // Enter pressed before the search's hits came back (typed and pressed at once: the search
+  // waits for typing to pause, then for the server): {query, back}, picked when they come
+  var pending = null;
   function showHit(pick) {
     var cy = window.cy, hint = document.getElementById(FIT_HINT);
     if (!cy || !hits || !hits.ids.length || hits.i < 0) { return; }
@@ -106,17 +109,20 @@
     }
   }
   document.addEventListener('keydown', function (e) {
-    if (e.key !== 'Enter' || !e.target || e.target.id !== SEARCH || !hits || !hits.ids.length) {
-      return;
-    }
-    if (e.target.value.trim() !== hits.query) {
+    if (e.key !== 'Enter' || !e.target || e.target.id !== SEARCH) { return; }
+    var query = e.target.value.trim();
+    if (!hits || query !== hits.query) {
       // the search was cleared, or holds another query since (one without matches leaves
-      // the last one's hits): nothing of it to step through
+      // the last one's hits): nothing of it to step through; its hits, if any come, are
+      // picked as they arrive
       hits = null;
+      pending = query ? {query: query, back: e.shiftKey} : null;
       var hint = document.getElementById(FIT_HINT);
       if (hint) { hint.style.display = 'none'; }
       return;
     }
+    pending = null;
+    if (!hits.ids.length) { return; }
     var len = hits.ids.length;
     if (hits.i < 0) {
       hits.i = e.shiftKey ? len - 1 : 0;
@@ -350,6 +356,14 @@
           }), i: -1, query: box ? box.value.trim() : '', picked: false} : null;
           var hint = document.getElementById(FIT_HINT);
           if (hint) { hint.style.display = 'none'; }
+          if (hits && pending && pending.query === hits.query && hits.ids.length) {
+            hits.i = pending.back ? hits.ids.length - 1 : 0;  // (Enter came first: pick now)
+            hits.picked = true;
+            pending = null;
+            showHit(true);
+            return;
+          }
+          pending = null;
           if (z >= READABLE_ZOOM || eles.length === 1 || !hits) {
             cy.animate({zoom: z, center: {eles: eles}}, {duration: 300});
             return;

@@ -360,6 +360,23 @@ def test_search_hits_too_far_apart_to_read_are_shown_one_at_a_time(dash_duo):
            "Enter stepped through another query's matches")
 
 
+def test_enter_pressed_before_the_search_answers_picks_its_first_match(dash_duo):
+    # typed and Enter at once (as one types a name one knows): the search waits for typing
+    # to pause and for the server, and Enter, with no hits yet, did nothing
+    from selenium.webdriver.common.keys import Keys
+
+    _start(dash_duo, create_app())
+    _wait_graph(dash_duo, "layer1.0.conv1")
+    box = dash_duo.find_element(f"#{ids.SEARCH}")
+    box.send_keys("layer2.0.conv1", Keys.ENTER)
+    dash_duo.wait_for_contains_text(f"#{ids.INSPECTOR}", "layer2.0.conv1", timeout=TIMEOUT)
+    dash_duo.wait_for_contains_text(f"#{ids.GROUP_PANEL}", "layer2.0.bn1", timeout=TIMEOUT)
+    box.send_keys(Keys.CONTROL, "a")  # (hits shown one at a time; Shift+Enter: the last)
+    box.send_keys("BatchNorm", Keys.SHIFT, Keys.ENTER)
+    dash_duo.wait_for_contains_text(f"#{ids.FIT_HINT}", "Match 15 of 15", timeout=TIMEOUT)
+    dash_duo.wait_for_contains_text(f"#{ids.INSPECTOR}", "layer3.1.bn2", timeout=TIMEOUT)
+
+
 def test_clicking_a_concat_shows_its_offsets(dash_duo):
     _start(dash_duo, create_app([ModelEntry("demo:densenet")]))
     _wait_graph(dash_duo, "features.0.0.cat")
