@@ -233,6 +233,62 @@ def test_a_contraction_of_two_activations_is_exact_only_if_one_factor_keeps_zero
     assert "keep at zero" in v["skipped"], v
 
 
+class _TokensOf(nn.Module):
+    """A conv's 16 channels made 16 tokens of width 8, then read by a GRU as its time steps
+    or by an nn.MultiheadAttention as its queries or keys (the other side: 2 learnt
+    tokens), with or without a key padding mask."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.gru = nn.GRU(8, 8, batch_first=True)
+        self.mha = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.other = nn.Parameter(torch.randn(1, 2, 8))
+        self.head = nn.Linear(16 * 8 if how in ("gru", "query") else 2 * 8, 3)
+
+    def forward(self, x):
+        t = self.conv(x).sum(3)  # (N, 16, 8)
+        o = self.other.expand(x.shape[0], -1, -1)
+        if self.how == "gru":
+            y = self.gru(t)[0]
+        elif self.how == "query":
+            y = self.mha(t, o, o, need_weights=False)[0]
+        elif self.how == "key":
+            y = self.mha(o, t, t, need_weights=False)[0]
+        else:  # (a mask over the keys)
+            y = self.mha(o, t, t, key_padding_mask=t[:, :, 0] > 5, need_weights=False)[0]
+        return self.head(y.flatten(1))
+
+
+@pytest.mark.parametrize("how, note", [
+    ("gru", "'gru' carries its state across pruned time steps"),
+    ("query", None),
+    ("key", "'mha' normalises its attention softmax over the key positions, which are "
+            "pruned"),
+])
+def test_channels_made_time_steps_or_tokens_follow_through_the_rnn_or_attention(how, note):
+    # the group ended at the GRU's or the MHA's input (their rules looked at the features
+    # only): the GRU's outputs kept 16 steps for a head reading 16 (the pruned copy failed),
+    # and keys made of removed channels were exact (masked equivalence failed)
+    g, v = _prune_units_025(_TokensOf(how), (torch.randn(2, 3, 8, 8),), "conv", note is None)
+    assert ("head", "in", 1) in {(m.node_name, m.side, m.dim) for m in g.members} or \
+        how == "key"
+    if note is None:
+        assert v["ok"], v
+    else:
+        assert g.stats_notes == [note] and "inexact" in v["skipped"], (g.stats_notes, v)
+
+
+def test_a_mask_over_tokens_the_group_prunes_blocks_it():
+    from viewer.core.groups import all_groups
+
+    groups = all_groups(build_graph(_TokensOf("masked").eval(), (torch.randn(2, 3, 8, 8),)))
+    g = next(grp for grp in groups if grp.root == "conv")
+    assert "'mha' takes an attention mask coupled to the group" in g.reasons or \
+        "'mha' takes an attention mask over the pruned positions" in g.reasons, g.reasons
+
+
 class _KeyTokens(nn.Module):
     """Tokens made by a Linear over the sequence (a token mixer), then attended to: pruning
     its outputs prunes the key positions a softmax normalises over."""

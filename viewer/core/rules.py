@@ -393,10 +393,58 @@ def _ln_rule(g, node, side, port, dim, units, pos, ctx):
     return [Flow(other, 0, dim, units, pos)]
 
 
+def _rnn_places(node: Node) -> dict[tuple[str, int, int], str] | None:
+    """What each dim but the features of an RNN's (or cell's) tensors is: ``"time"`` (input
+    0's and output 0's steps), ``"batch"`` (theirs and the states'), ``"layers"`` (the
+    states' layers times directions), by ``(side, port, dim)``; None for a packed sequence
+    (its data's rows are every sequence's steps, counted by its batch sizes)."""
+    ends = [("in", p, s) for p, s in enumerate(node.in_shapes)] + \
+        [("out", p, s) for p, s in enumerate(node.out_shapes)]
+    if any(len(s) == 1 for _, p, s in ends if p) and len(node.in_shapes[0]) == 2 and \
+            not node.target.endswith("Cell"):
+        return None
+    places = {}
+    for side, p, s in ends:
+        nd = len(s)
+        if node.target.endswith("Cell"):  # (N, H_in) -> (N, H), states (N, H)
+            if nd == 2:
+                places[side, p, 0] = "batch"
+        elif p == 0:  # (L, N, H_in), (N, L, H_in) with batch_first, (L, H_in) unbatched
+            if nd == 3:
+                t, b = (1, 0) if node.attrs.get("batch_first") else (0, 1)
+                places[side, p, t], places[side, p, b] = "time", "batch"
+            elif nd == 2:
+                places[side, p, 0] = "time"
+        elif nd >= 2:  # h0/c0, h_n/c_n: (layers * directions, N, H) or (layers * dirs, H)
+            places[side, p, 0] = "layers"
+            if nd == 3:
+                places[side, p, 1] = "batch"
+    return places
+
+
+def _rnn_positions(node, side, port, dim, units, pos, ctx):
+    """An RNN's time steps (input 0's and output 0's: fewer steps, a state carried across
+    fewer of them: inexact) and batch (every tensor's: exact) are coupled by index."""
+    places = _rnn_places(node)
+    if places is None:
+        ctx.block(f"'{node.name}' runs a packed sequence over the pruned dim; DepView does not "
+                  "prune its steps")
+        return []
+    role = places.get((side, port, dim))
+    if role is None:
+        return []
+    if role == "layers":
+        ctx.block(f"'{node.name}' holds its layers' states along the pruned dim")
+        return []
+    if role == "time":
+        ctx.inexact(f"'{node.name}' carries its state across pruned time steps")
+    return _same_role(node, places, side, port, dim, units, pos)
+
+
 def _recurrent_rule(g, node, side, port, dim, units, pos, ctx):
     shape = node.in_shapes[port] if side == "in" else node.out_shapes[port]
     if dim != len(shape) - 1:
-        return []
+        return _rnn_positions(node, side, port, dim, units, pos, ctx)
     # with proj_size, h (outputs, h_n, h0) is the projection's proj_size wide, while the
     # cell state c (c_n, c0) is hidden_size wide: two kinds of units, two groups
     hidden = rnn_hidden(node)
@@ -2161,6 +2209,9 @@ def _mha_rule(g, node, side, port, dim, units, pos, ctx):
     widths are groups of their own, which end there; the query and output are as above."""
     shape = node.in_shapes[port] if side == "in" else node.out_shapes[port]
     e = int(node.attrs.get("embed_dim", 0))
+    if side == "in" and port > 2 or side == "out" and port == 1 or \
+            shape and dim != len(shape) - 1:
+        return _mha_positions(node, side, port, dim, units, pos, ctx)
     separate = mha_separate(node)
     if separate and side == "in" and port in (1, 2):
         if dim == len(shape) - 1:
@@ -2180,6 +2231,67 @@ def _mha_rule(g, node, side, port, dim, units, pos, ctx):
         ctx.member(node, "out", od, units, pos)
         flows.append(Flow("out", 0, od, units, pos))
     return flows
+
+
+def _mha_places(node: Node) -> dict[tuple[str, int, int], str]:
+    """What each dim but the features of an ``nn.MultiheadAttention``'s tensors is, by
+    ``(side, port, dim)``: ``"query"`` (the query's positions, the output's, the attention
+    weights' rows), ``"key"`` (the key's and value's positions, the weights' columns) or
+    ``"batch"``; ``"heads"``: the weights' heads (``average_attn_weights=False``)."""
+    ins, outs = node.in_shapes, node.out_shapes
+    batched = len(ins[0]) == 3
+    seq, batch = (1, 0) if node.attrs.get("batch_first") else (0, 1)
+    if not batched:
+        seq, batch = 0, None
+    places = {}
+    for p, role in ((0, "query"), (1, "key"), (2, "key")):
+        if p < len(ins):
+            places["in", p, seq] = role
+            if batch is not None:
+                places["in", p, batch] = "batch"
+    places["out", 0, seq] = "query"
+    if batch is not None:
+        places["out", 0, batch] = "batch"
+    if len(outs) > 1 and len(outs[1]) >= 2:  # the attention weights: (N, [heads,] L, S)
+        w = outs[1]
+        places["out", 1, len(w) - 2], places["out", 1, len(w) - 1] = "query", "key"
+        if batched:
+            places["out", 1, 0] = "batch"
+        if len(w) - batched == 3:
+            places["out", 1, len(w) - 3] = "heads"
+    return places
+
+
+def _mha_positions(node, side, port, dim, units, pos, ctx):
+    """An ``nn.MultiheadAttention``'s query positions go with the output's (each query's row
+    is its own: exact), its key and value positions together (the softmax normalises over
+    them: inexact), its batch with every tensor's; a mask over them (``attn_mask``,
+    ``key_padding_mask``) blocks the group."""
+    role = _mha_places(node).get((side, port, dim))
+    if side == "in" and port > 2:
+        ctx.block(f"'{node.name}' takes an attention mask coupled to the group")
+        return []
+    if role in (None, "heads"):
+        ctx.block(f"'{node.name}' has the pruned channels on "
+                  + ("its attention weights' heads" if role else "a dim DepView does not model"))
+        return []
+    if len(node.in_shapes) > 3:
+        ctx.block(f"'{node.name}' takes an attention mask over the pruned positions")
+        return []
+    if role == "key":
+        ctx.inexact(f"'{node.name}' normalises its attention softmax over the key positions, "
+                    "which are pruned")
+    return _same_role(node, _mha_places(node), side, port, dim, units, pos)
+
+
+def _same_role(node, places, side, port, dim, units, pos) -> list[Flow]:
+    """Flows to every other place of ``places`` with the role of ``(side, port, dim)`` and
+    its size (a size-1 dim broadcasts)."""
+    role = places[side, port, dim]
+    shapes = {"in": node.in_shapes, "out": node.out_shapes}
+    size = shapes[side][port][dim]
+    return [Flow(s, p, d, units, pos) for (s, p, d), r in places.items()
+            if r == role and (s, p, d) != (side, port, dim) and shapes[s][p][d] == size]
 
 
 #: How units cross each op type. One entry per OpType (a test checks it is complete).
