@@ -562,6 +562,64 @@ def test_ignoring_a_functional_layers_inputs_or_outputs_takes_its_weights_dims_a
                 plan.skipped[roots[g]]} == set(blocked), (side, plan.skipped)
 
 
+def test_a_looked_into_bilinear_layers_sizes_follow_its_weight(tmp_path):
+    # nn.Bilinear is run as F.bilinear on its weight: the weight was pruned, but
+    # in1_features/in2_features/out_features kept their old values (its repr lied, and code
+    # reading them, a new nn.Bilinear(m.in1_features, ...), built the old size)
+    import viewer
+
+    torch.manual_seed(0)
+    model = _OwnWeights().eval()
+    p = Pruner(model, (torch.randn(2, 12),))
+    plan = p.plan(0.5)
+    pruned = p.apply(plan)
+    b = pruned.bil
+    assert (b.out_features, b.in1_features, b.in2_features) == tuple(b.weight.shape) != \
+        (8, 16, 20)
+    assert model.bil.in1_features == 16  # (the loaded model is not changed)
+    out = viewer.export_dir(p, plan, pruned, tmp_path / "out", pt2=False)
+    back = viewer.load_pruned(out, spec=f"{__file__}:_OwnWeights")
+    assert (back.bil.out_features, back.bil.in1_features, back.bil.in2_features) == \
+        tuple(b.weight.shape)
+
+
+class _TwoIntoAttention(nn.Module):
+    """An nn.MultiheadAttention whose query is two layers' channels side by side: two
+    groups, each holding some of its query channels."""
+
+    def __init__(self, heads):
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 4), nn.Linear(8, 6)
+        self.mha = nn.MultiheadAttention(10, heads, batch_first=True, kdim=8, vdim=8)
+        self.head = nn.Linear(10, 4)
+
+    def forward(self, x):
+        q = torch.cat([self.a(x), self.b(x)], dim=2)
+        return self.head(self.mha(q, x, x, need_weights=False)[0])
+
+
+@pytest.mark.parametrize("heads, units", [(1, [0]), (1, [1, 3]), (2, [0, 2])])
+def test_two_groups_sharing_an_attention_cut_different_inner_dims(heads, units):
+    # each group cut "the least important inner dims of each head" on its own: both picked
+    # the same ones, and a plan of both cut 1 q_proj row for 2 query channels (the pruned
+    # copy failed: "expecting query weights shape of (8, 8), but got (9, 8)")
+    torch.manual_seed(0)
+    p = Pruner(_TwoIntoAttention(heads).eval(), (torch.randn(2, 5, 8),))
+    ga, gb = (next(g for g in p.groups if g.root == r) for r in ("a", "b"))
+    assert not p.reason(ga) and not p.reason(gb)
+    rows = [[c.positions.tolist() for c in p.cuts(g, units)  # (each alone picks the same
+             if c.key == "mha.q_proj_weight" and c.dim == 0] for g in (ga, gb)]  # least
+    assert rows[0] == rows[1]                                                    # important)
+    plan = Plan({ga.id: units, gb.id: units})
+    pruned = p.apply(plan)
+    e = 10 - 2 * len(units)
+    assert tuple(pruned.mha.q_proj_weight.shape) == (e, e) and pruned.mha.embed_dim == e
+    assert tuple(pruned.mha.k_proj_weight.shape) == (e, 8)
+    assert p.changes(plan)["mha.q_proj_weight"][0].size == 2 * len(units)
+    v = p.verify(pruned, plan)
+    assert v["forward"] and v["shapes_kept"], v
+
+
 def test_ignoring_a_block_protects_every_layer_in_it(demo_pruner):
     # `--ignore layer1.0` was accepted and protected nothing (only members whose own module
     # was named matched); naming an activation or "" was accepted too

@@ -362,6 +362,14 @@ def node_cuts(node: Node, side: str, dim: int, pos, tensors=None, port: int = 0)
         return fn(node, side, dim, pos, port)
     return fn(node, side, dim, pos)
 
+def picks_by_weight(node: Node, side: str) -> bool:
+    """Does this member's cut pick positions by weight rather than take the channels' own
+    (nn.MultiheadAttention's output channels: the least important inner dims of each head)?
+    Several groups holding channels of it must be cut at once, so that they pick different
+    ones (:meth:`Pruner.plan_cuts`)."""
+    return node.op_type is OpType.MHA and side == "out"
+
+
 #: OpType -> which tensors lose which indices. Virtual ops own no tensors.
 CUTS: dict[OpType, CutFn] = {
     OpType.INPUT: _unsupported,
@@ -509,6 +517,17 @@ REFRESH: dict[OpType, Callable[[nn.Module, Widths], None]] = {
         OpType.CONV, OpType.CONV_TRANSPOSE, OpType.DEPTHWISE_CONV, OpType.BN, OpType.IN,
         OpType.GN, OpType.LN, OpType.LINEAR, OpType.PRELU, OpType.EMBED, OpType.LSTM,
         OpType.GRU, OpType.RNN, OpType.CUSTOMIZED)},
+}
+
+def _refresh_bilinear(m: nn.Module, w: Widths) -> None:
+    m.out_features, m.in1_features, m.in2_features = m.weight.shape
+
+
+#: torch modules DepView looks into (their ops are the graph's nodes) whose size attributes
+#: follow their tensors all the same, by class: ``nn.Bilinear`` calls ``F.bilinear`` on its
+#: weight (out, in1, in2).
+REFRESH_LOOKED_INTO: dict[type, Callable[[nn.Module, Widths], None]] = {
+    nn.Bilinear: _refresh_bilinear,
 }
 
 #: Layer types whose attributes follow from their tensors alone: all with a refresh of their

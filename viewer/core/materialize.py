@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .graph import Graph
-from .handlers import REFRESH
+from .handlers import REFRESH, REFRESH_LOOKED_INTO
 from .modelconfig import held_config
 from .optypes import classify
 from .prunemask import refresh_masked
@@ -129,7 +129,8 @@ def materialize(model: nn.Module, graph: Graph, changes: dict[str, dict[int, np.
             # self.conv1d.weight, ...)): its attributes follow its tensors all the same
             mod = mods.get(path)
             if mod is not None and path:
-                REFRESH[classify(mod)](mod, widths.get(path, {}))
+                refresh = REFRESH_LOOKED_INTO.get(type(mod)) or REFRESH[classify(mod)]
+                refresh(mod, widths.get(path, {}))
     for path, values in (attrs or {}).items():
         for k, v in values.items():
             set_attr(mods[path], k, v)

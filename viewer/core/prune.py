@@ -30,7 +30,7 @@ from .errors import DepViewError
 from .forward import batch_shapes, copy_inputs, count, inputs_on_meta, is_real, run, taylor_grads
 from .graph import Graph
 from .groups import Group, all_groups, out_channel_dim, units_are_heads
-from .handlers import Cut, cell_port, cell_width, node_cuts, rnn_key
+from .handlers import Cut, cell_port, cell_width, node_cuts, picks_by_weight, rnn_key
 from .materialize import get_attr, materialize, pruned_bytes, tensor_lookup
 from .memory import check_room, gigabytes, room_for, tensor_bytes
 from .modelconfig import build_from_config, fit_config, held_config
@@ -242,17 +242,44 @@ class Pruner(GroupValidation, Verification):
             self._table = tensor_lookup(self.model)
         return self._table
 
-    def cuts(self, group: Group, units) -> list[Cut]:
-        """Tensor cuts for removing ``units`` of ``group``."""
+    def cuts(self, group: Group, units, joint: dict | None = None) -> list[Cut]:
+        """Tensor cuts for removing ``units`` of ``group``. ``joint``: the members whose cuts
+        pick positions by weight (:func:`picks_by_weight`) are not cut but their positions
+        added to it, ``(node, side, dim, port) -> [positions, ...]``, for
+        :meth:`plan_cuts` to cut once for every group of a plan."""
         units = np.asarray(sorted(units), dtype=np.int64)
         out: list[Cut] = []
         table = self._tensor_table()
         for m in group.members:
             pos = m.indices(units)
-            if len(pos):
-                out += node_cuts(self.graph.nodes[m.node], m.side, m.dim, pos,
-                                  lambda k: table[k][2] if k in table else None, m.port)
+            if not len(pos):
+                continue
+            node = self.graph.nodes[m.node]
+            if joint is not None and picks_by_weight(node, m.side):
+                joint.setdefault((m.node, m.side, m.dim, m.port), []).append(pos)
+                continue
+            out += node_cuts(node, m.side, m.dim, pos,
+                             lambda k: table[k][2] if k in table else None, m.port)
         return out + self._unread_twin_cuts(out)
+
+    def plan_cuts(self, plan: Plan) -> list[Cut]:
+        """The tensor cuts of every group of ``plan``. A layer that picks what to cut by
+        weight (an nn.MultiheadAttention's inner dims, for the channels of its query) is cut
+        once for the channels of all the groups that hold some: cut per group, two groups
+        would each pick its least important dims, the same ones, and cut too few."""
+        by_id = {g.id: g for g in self.groups}
+        joint: dict[tuple[int, str, int, int], list[np.ndarray]] = {}
+        out = []
+        for gid, units in plan.removed.items():
+            if gid not in by_id:
+                raise DepViewError(f"plan names group {gid}, which this model does not have")
+            out += self.cuts(by_id[gid], units, joint)
+        table = self._tensor_table()
+        picked = [cut for (nid, side, dim, port), parts in joint.items()
+                  for cut in node_cuts(self.graph.nodes[nid], side, dim,
+                                       np.sort(np.concatenate(parts)),
+                                       lambda k: table[k][2] if k in table else None, port)]
+        return out + picked + self._unread_twin_cuts(picked)
 
     def _unread_twin_cuts(self, cuts: list[Cut]) -> list[Cut]:
         """Cuts of the buffers that sit beside a cut tensor in the same module with the same
@@ -1061,13 +1088,9 @@ class Pruner(GroupValidation, Verification):
     # -- applying -------------------------------------------------------------------------
     def changes(self, plan: Plan) -> dict[str, dict[int, np.ndarray]]:
         """state_dict key -> {dim: removed positions}, over all groups of the plan."""
-        by_id = {g.id: g for g in self.groups}
         acc: dict[str, dict[int, set]] = defaultdict(lambda: defaultdict(set))
-        for gid, units in plan.removed.items():
-            if gid not in by_id:
-                raise DepViewError(f"plan names group {gid}, which this model does not have")
-            for cut in self.cuts(by_id[gid], units):
-                acc[cut.key][cut.dim].update(int(p) for p in cut.positions)
+        for cut in self.plan_cuts(plan):
+            acc[cut.key][cut.dim].update(int(p) for p in cut.positions)
         return {k: {d: np.asarray(sorted(v), dtype=np.int64) for d, v in dims.items()}
                 for k, dims in acc.items()}
 

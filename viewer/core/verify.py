@@ -467,8 +467,7 @@ class Verification:
         layer's ``v`` along ``g``'s own dim (zeroing ``g`` there zeroes those weights; zeroing
         ``v`` too would make them 0/0). Its ``g`` is rescaled after ``v``'s other cuts, as
         :func:`materialize` does (:func:`_zeroed_norms`)."""
-        by_id = {g.id: g for g in self.groups}
-        cuts = [cut for gid, units in plan.removed.items() for cut in self.cuts(by_id[gid], units)]
+        cuts = self.plan_cuts(plan)
         norms = self.graph.weight_norms
         if not norms:
             return cuts
