@@ -155,3 +155,27 @@ def test_type_sweep_rows_say_where_a_type_stopped():
     assert type_sweep._line("x", {"error": "E: no", "stage": "inputs"}).endswith(
         "error (inputs): E: no")
     assert type_sweep._line("x", {"error": "E: no"}).endswith("error: E: no")  # (older runs)
+
+
+def test_fuzz_checks_a_few_random_nets(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import fuzz
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    out = tmp_path / "fuzz.json"
+    # (every net exported and reloaded, and pruned a second time: those paths run too)
+    assert fuzz.main(["--seeds", "1-3", "--quiet", "--export-p", "1", "--second-p", "1",
+                      "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["seeds"] == [1, 2, 3] and isinstance(data["findings"], list)
+    counts = data["counts"]
+    assert counts["nets"] + counts["discarded"] == 3 and counts["nets"] >= 2, counts
+    assert counts["prunable"] > 0 and counts["plans"] > 0 and counts["exact_checked"] > 0
+    assert counts["exports"] > 0
+    for f in data["findings"]:  # (what a finding holds, whatever was found)
+        assert {"seed", "what", "ops", "group", "plan", "detail"} <= set(f), f
+    # the same seed gives the same net; the vocabulary can be narrowed
+    assert fuzz.generate(5).lines == fuzz.generate(5).lines
+    net = fuzz.generate(5, "conv,relu,add")
+    assert set(net.ops_used) <= {"conv", "relu", "add", "branch"}, net.ops_used
