@@ -71,6 +71,29 @@ def test_upload_rejects_junk_with_one_line_errors():
         cb.load_upload(store, "s", "data:application/zip;base64,", "x.zip")
 
 
+def test_an_uploaded_plan_json_that_unpacks_to_more_than_an_export_holds_is_refused(
+        monkeypatch):
+    # the page sends up to 200 MB: its plan.json, deflated a thousand times, was unpacked
+    # whole into memory before anything was checked
+    from viewer.core import export
+
+    monkeypatch.setattr(export, "JSON_MIN_LIMIT", 1 << 20)
+    plan = {"format": "depview-pruned/1", "source": {"spec": "demo:cnn", "kwargs": {}}}
+    padded = json.dumps(plan).encode() + b" " * (2 << 20)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("plan.json", padded)
+        zf.writestr("model.safetensors", b"")
+    data = buf.getvalue()
+    assert len(data) < len(padded) // 100
+    with pytest.raises(DepViewError) as err:
+        cb.load_upload(SessionStore(), "s", _contents(data), "bomb.zip")
+    assert str(err.value).startswith("bomb.zip: the zip's plan.json is 2.0 MB: more than the "
+                                     "1.0 MB a JSON file of this export may hold")
+    monkeypatch.undo()  # (the same plan.json, within the bound, is read)
+    assert cb.peek_source(data)["spec"] == "demo:cnn"
+
+
 def test_upload_never_imports_a_spec_the_server_was_not_started_with():
     plan = {"format": "depview-pruned/1", "source": {"spec": "os:system", "kwargs": {}}}
     data = _zip({"plan.json": json.dumps(plan).encode(), "model.safetensors": b""})

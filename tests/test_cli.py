@@ -68,6 +68,10 @@ def test_groups_prune_check(tmp_path):
      "LSTM's cell units, or fc for all)"),
     (["graph", "demo:cnn", "--input", "100000x100000x100000", "--json", "-"],
      "cannot make an example input of shape 100000x100000x100000 (float32)"),
+    (["graph", "demo:cnn", "--input", "(1,3,32,32", "--json", "-"],
+     "bad --input '(1,3,32,32': expected a shape like 1x3x224x224"),
+    (["graph", "demo:cnn", "--input", "1x3x32x32:", "--json", "-"],
+     "bad --input '1x3x32x32:': nothing after ':'"),
     (["prune", "demo:cnn", "--ratio", "0.5", "--override", "99=0.2", "--out", "x"],
      "override names no group: 99"),
     (["prune", "demo:cnn", "--ratio", "0.5", "--override", "features.99=0.2", "--out", "x"],
@@ -488,6 +492,27 @@ def test_check_of_a_report_with_a_damaged_verification_is_one_line_exit_2(tmp_pa
     assert res.returncode == 2 and "report.json is damaged: 'verification.masked_equivalence' " \
         "must be an object" in res.stderr, res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_check_says_when_model_pt2_is_not_the_exports_and_refuses_a_huge_plan_json(tmp_path):
+    out = tmp_path / "out"
+    cli("prune", "demo:cnn", "--ratio", "0.5", "--out", str(out))
+    assert json.loads((out / "report.json").read_text())["pt2"]["sha256"]
+    pt2 = (out / "model.pt2").read_bytes()
+    (out / "model.pt2").write_bytes(pt2[:100] + bytes([pt2[100] ^ 1]) + pt2[101:])
+    res = cli("check", str(out), check=False)
+    assert res.returncode == 1 and res.stdout.startswith("FAILED: demo:cnn reloaded") and \
+        "(model.pt2 is not the file report.json describes (its SHA-256 differs))" in res.stdout
+    res = json.loads(cli("check", str(out), "--json", "-", check=False).stdout)
+    assert res["pt2_match_report"] is False and not res["ok"]
+    # a plan.json of 2 GB (it took 4.4 GB of memory to read): one line, unread
+    with open(out / "plan.json", "r+b") as f:  # (sparse: no disk, no time)
+        f.truncate(2 << 30)
+    res = cli("check", str(out), check=False)
+    assert res.returncode == 2 and res.stderr.strip() == (
+        f"error: {out / 'plan.json'} is 2.0 GB: more than the 256 MB a JSON file of this "
+        "export may hold (the larger of 256 MB and the size of its model.safetensors); "
+        "refused unread"), res.stderr
 
 
 def test_check_of_a_missing_or_plain_directory_says_which(tmp_path):

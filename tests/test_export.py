@@ -1738,3 +1738,148 @@ def test_check_says_what_a_report_without_digests_leaves_uncompared(demo_pruner,
     assert res["ok"] and "outputs_match_report" not in res  # (nothing to compare with)
     assert "report.json records no outputs: they were not compared" in res["notes"]
     assert "report.json records no SHA-256 of the weights: not compared" in res["notes"]
+
+
+def _pt2_export(demo_pruner, tmp_path):
+    lm, p = demo_pruner("cnn")
+    plan = p.plan(0.5)
+    return export_dir(p, plan, p.apply(plan), tmp_path / "out", lm.source)
+
+
+def test_check_compares_model_pt2_with_its_sha256_and_never_loads_it(demo_pruner, tmp_path,
+                                                                    monkeypatch):
+    # check looked at model.safetensors only: a model.pt2 swapped for another program (which
+    # torch.export.load would unpickle) passed
+    import hashlib
+
+    def never(*args, **kwargs):
+        raise AssertionError("model.pt2 was loaded")
+
+    monkeypatch.setattr(torch.export, "load", never)
+    out = _pt2_export(demo_pruner, tmp_path)
+    pt2 = out / "model.pt2"
+    report = json.loads((out / "report.json").read_text())
+    assert report["pt2"]["written"] and \
+        report["pt2"]["sha256"] == hashlib.sha256(pt2.read_bytes()).hexdigest()
+    res = check_dir(out)
+    assert res["ok"] and res["pt2_match_report"] is True and not res["notes"], res
+    zipped = tmp_path / "out.zip"
+    write_zip(out, zipped)  # (the zip's model.pt2 is hashed as it is read, not unpacked)
+    assert check_dir(zipped)["pt2_match_report"] is True
+    good = pt2.read_bytes()
+    pt2.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+    write_zip(out, zipped)
+    for where in (out, zipped):
+        res = check_dir(where)
+        assert not res["ok"] and res["pt2_match_report"] is False
+        assert res["problems"] == ["model.pt2 is not the file report.json describes (its "
+                                   "SHA-256 differs)"], res
+    pt2.unlink()  # (a copy without the program: the rest is still the export)
+    res = check_dir(out)
+    assert res["ok"] and "pt2_match_report" not in res
+    assert res["notes"] == ["report.json says model.pt2 was written, but it is not here: not "
+                            "compared"]
+    pt2.write_bytes(good)  # an export from before the SHA-256 was recorded
+    del report["pt2"]["sha256"]
+    (out / "report.json").write_text(json.dumps(report))
+    assert check_dir(out)["notes"] == ["report.json records no SHA-256 of model.pt2: not "
+                                       "compared"]
+    report["pt2"] = {"written": False, "reason": "not requested"}  # a program put beside it
+    (out / "report.json").write_text(json.dumps(report))
+    res = check_dir(out)
+    assert not res["ok"] and res["problems"] == ["model.pt2 is not this export's: report.json "
+                                                 "says none was written"]
+    report["pt2"] = {"written": True, "sha256": 5}
+    (out / "report.json").write_text(json.dumps(report))
+    with pytest.raises(DepViewError, match="report.json is damaged: 'pt2' must be an object"):
+        check_dir(out)
+
+
+def test_a_json_file_larger_than_an_export_may_hold_is_refused_unread(demo_pruner, tmp_path):
+    # a 2 GB plan.json (padded) took 4.4 GB of memory to read before anything was checked
+    from viewer.core.export import JSON_MIN_LIMIT
+
+    lm, p = demo_pruner("cnn")
+    plan = p.plan(0.5)
+    out = export_dir(p, plan, p.apply(plan), tmp_path / "out", lm.source, pt2=False)
+    assert (out / "model.safetensors").stat().st_size < JSON_MIN_LIMIT
+    for name in ("plan.json", "report.json"):
+        keep = (out / name).read_bytes()
+        with open(out / name, "r+b") as f:  # (sparse: no disk, no time)
+            f.truncate(2 << 30)
+        for call in (check_dir, load_pruned):
+            if call is load_pruned and name == "report.json":
+                continue  # (load_pruned does not read the report)
+            with pytest.raises(DepViewError) as err:
+                call(out)
+            assert str(err.value) == (
+                f"{out / name} is 2.0 GB: more than the 256 MB a JSON file of this export "
+                "may hold (the larger of 256 MB and the size of its model.safetensors); "
+                "refused unread")
+        (out / name).write_bytes(keep)
+    # one at the limit is read (whitespace is JSON): the size is what is bounded
+    from viewer.core import export as export_mod
+
+    limit = export_mod.json_limit(0)
+    text = (out / "plan.json").read_bytes()
+    assert export_mod.read_json(out / "plan.json", limit=len(text)) == json.loads(text)
+    with pytest.raises(DepViewError, match=r"plan.json is .*: more than the 12 bytes"):
+        export_mod.read_json(out / "plan.json", limit=12)
+    assert limit == JSON_MIN_LIMIT and export_mod.json_limit(3 << 30) == 3 << 30
+
+
+def test_a_zip_bomb_is_refused_from_what_the_zip_declares_before_it_is_unpacked(
+        demo_pruner, tmp_path, monkeypatch):
+    import zlib
+
+    from viewer.core import export as export_mod
+
+    lm, p = demo_pruner("cnn")
+    plan = p.plan(0.5)
+    out = export_dir(p, plan, p.apply(plan), tmp_path / "out", lm.source, pt2=False)
+
+    def rezip(dest, **swap):
+        with zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED) as zf:
+            for f in sorted(out.iterdir()):
+                zf.writestr(f.name, swap.get(f.name.replace(".", "_"), f.read_bytes()))
+        return dest
+
+    # plan.json deflated from 300 MB of spaces (valid JSON) to 300 kB: its size is refused
+    # from the zip's directory, unpacked
+    spaces = (out / "plan.json").read_bytes() + b" " * (300 << 20)
+    bomb = rezip(tmp_path / "plan-bomb.zip", plan_json=spaces)
+    del spaces
+    assert bomb.stat().st_size < 2 << 20
+    inflated = []
+    real_open = zipfile.ZipFile.open
+
+    def spy(self, name, mode="r", *args, **kwargs):
+        if mode == "r":  # (a member read, not one written)
+            inflated.append(getattr(name, "filename", name))
+        return real_open(self, name, mode, *args, **kwargs)
+
+    monkeypatch.setattr(zipfile.ZipFile, "open", spy)
+    for call in (check_dir, load_pruned, lambda z: read_export_zip(z.read_bytes())):
+        with pytest.raises(DepViewError, match=r"plan-bomb.zip's plan.json is 300 MB: more "
+                                               r"than the 256 MB a JSON file|^the zip's "
+                                               r"plan.json is 300 MB: more than the 256 MB"):
+            call(bomb)
+    assert inflated == []  # nothing was unpacked
+    # weights deflated 1000 times (runs of one byte): no export's file packs so tightly
+    monkeypatch.setattr(export_mod, "ZIP_RATIO_FROM", 1 << 20)
+    zeros = rezip(tmp_path / "zeros.zip", model_safetensors=bytes(8 << 20))
+    with pytest.raises(DepViewError, match=r"zeros.zip's model.safetensors would unpack to "
+                                           r"8.0 MB from [\d.]+ kB \(\d+ times as large: .* a "
+                                           "zip bomb\\?\\); refused unpacked"):
+        check_dir(zeros)
+    assert inflated == [] and len(zlib.compress(bytes(8 << 20))) < 16 << 10
+    # more than the temporary directory has free
+    monkeypatch.setattr(export_mod.shutil, "disk_usage",
+                        lambda _: type("U", (), {"free": 1000})())
+    write_zip(out, tmp_path / "ok.zip")
+    with pytest.raises(DepViewError, match=r"ok.zip unpacks to \d+ kB, and the temporary "
+                                           r"directory .* has 1000 bytes free"):
+        check_dir(tmp_path / "ok.zip")
+    assert inflated == []
+    monkeypatch.undo()
+    assert check_dir(tmp_path / "ok.zip")["ok"]  # (the export itself is fine)

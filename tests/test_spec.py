@@ -23,6 +23,33 @@ def test_parse_input():
             parse_input(bad)
 
 
+@pytest.mark.parametrize("text", [
+    "1x3x8x8", "1,3,8,8", "1, 3, 8, 8", "(1, 3, 8, 8)", "(1,3,8,8)", "[1, 3, 8, 8]",
+    "( 1, 3, 8, 8 )", "(1, 3, 8, 8,)", " 1x3x8x8 ", "x=1x3x8x8", "x = (1, 3, 8, 8)",
+    "batch.image=[1,3,8,8]"])
+def test_parse_input_takes_every_documented_spelling_of_a_shape(text):
+    assert parse_input(text) == ((1, 3, 8, 8), "float32")
+    assert parse_input(text.rstrip() + ":int64") == ((1, 3, 8, 8), "int64")
+
+
+@pytest.mark.parametrize("text, says", [
+    # '1x3x8x8:' and '(1,3,8,8' were taken as 1x3x8x8 float32: a typo ran on made-up inputs
+    ("1x3x8x8:", r"nothing after ':' \(give a dtype, as in 1x16:int64"),
+    ("(1,3,8,8", "expected a shape like 1x3x224x224, 1,3,224,224 or \\(1, 3, 224, 224\\)"),
+    ("1,3,8,8)", "expected a shape like"), ("[1,3,8,8)", "expected a shape like"),
+    ("((1,3,8,8))", "expected a shape like"), ("(1x3x8x8)", "expected a shape like"),
+    ("1x3x8x8,", "expected a shape like"), ("1X3", "expected a shape like"),
+    ("1 x 3", "expected a shape like"), ("1x3 :int64", "expected a shape like"),
+    ("1x3: int64", "unknown dtype ' int64'"), ("1x3:int64:", "unknown dtype 'int64:'"),
+    ("\u0661x3", "expected a shape like"), ("()", "expected a shape like"),
+    ("x=", "expected a shape like"), ("1x0x8", "every size must be at least 1"),
+])
+def test_parse_input_refuses_any_other_spelling_in_one_line(text, says):
+    with pytest.raises(DepViewError, match=says) as err:
+        parse_input(text)
+    assert str(err.value).startswith(f"bad --input {text!r}: ") and "\n" not in str(err.value)
+
+
 def test_demo_spec_knows_its_inputs():
     lm = load_model("demo:rnn")
     assert lm.inputs[0].dtype == torch.int64 and lm.source["inputs"] == ["1x12:int64"]
@@ -757,3 +784,55 @@ def test_a_directory_given_as_a_weights_or_batch_file_is_said_to_be_one(tmp_path
         read_state_dict(tmp_path)
     with pytest.raises(DepViewError, match=f"batch file {tmp_path} is a directory"):
         read_batch(tmp_path)
+
+
+@pytest.mark.parametrize("changes, says", [
+    # n_layer 100000 beside one layer's weights built for minutes, then failed for the
+    # tensors the weights lack
+    ({"n_layer": 100000}, r"config.json asks for n_layer=100000, but the weights beside it "
+                          r"hold 1 numbered block \(4,624 parameters\): it would build far "
+                          r"more than they hold \(is n_layer a typo"),
+    # as wide: a real model of 200M parameters allocated before its sizes were compared
+    ({"n_embd": 4096}, r"config.json describes a GPT2LMHeadModel of 201,723,904 parameters, "
+                       r"but the weights beside it hold 4,624: it would build far more"),
+])
+def test_a_config_that_would_build_far_more_than_its_weights_is_refused_unbuilt(
+        tmp_path, monkeypatch, changes, says):
+    tf = pytest.importorskip("transformers")
+    _, folder = _hf_dir(tmp_path)
+    _edit_config(folder, **changes)
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was built")
+
+    monkeypatch.setattr(tf.GPT2LMHeadModel, "from_pretrained", never)
+    with pytest.raises(DepViewError, match=says) as err:
+        load_model(str(folder))
+    assert "\n" not in str(err.value)
+    if "n_embd" in changes:  # without weights to compare with it builds as it says (on meta)
+        meta = load_model(str(folder), device="meta", inputs=["1x4:int64"]).model
+        assert meta.transformer.wte.weight.shape == (50, 4096)
+
+
+def test_sharded_tied_and_shared_weights_are_not_taken_for_a_config_too_large(tmp_path):
+    tf = pytest.importorskip("transformers")
+    from viewer.core.spec import numbered_blocks
+
+    assert numbered_blocks(["h.0.w", "h.1.w", "h.1.mlp.0.w", "wte"]) == 2
+    assert numbered_blocks(["h.99999.w"]) == 1  # (one block, whatever its number)
+    torch.manual_seed(0)
+    # GPT-2's head is its embedding (stored once), its causal mask a buffer not stored,
+    # and its weights in shards with their index
+    gpt2 = tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=50, n_embd=16, n_layer=3, n_head=2,
+                                            n_positions=32, bos_token_id=0, eos_token_id=0))
+    gpt2.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+    assert len(list((tmp_path / "sharded").glob("model-*.safetensors"))) > 1
+    # ALBERT's 12 layers share the weights of one
+    albert = tf.AlbertModel(tf.AlbertConfig(vocab_size=50, embedding_size=8, hidden_size=16,
+                                            num_hidden_layers=12, num_attention_heads=2,
+                                            intermediate_size=32, max_position_embeddings=32))
+    albert.save_pretrained(tmp_path / "albert")
+    for model, name in ((gpt2, "sharded"), (albert, "albert")):
+        sd = model.state_dict()
+        lm = load_model(str(tmp_path / name))
+        assert all(torch.equal(v, sd[k]) for k, v in lm.model.state_dict().items())

@@ -76,6 +76,16 @@ FORMAT = "depview-pruned/1"
 FILES = ("model.safetensors", "plan.json", "report.json")
 #: the example inputs of an export of a model built in-process (no spec to make them from)
 INPUTS_FILE = "inputs.safetensors"
+#: the most a JSON file of an export (plan.json, report.json, config.json) may hold, read
+#: whole: 256 MiB, or the size of its weights file when that is larger. plan.json holds
+#: about 10 bytes per kept index (one a line), a few for each weight: ResNet-50's is 2.3
+#: MB beside 100 MB of weights. A 2 GB plan.json took 4.4 GB to read
+JSON_MIN_LIMIT = 256 << 20
+#: a zip member that unpacks to more than this many times its packed size, and to more than
+#: :data:`ZIP_RATIO_FROM` bytes, is refused unpacked (a zip bomb): float weights deflate by
+#: about 11%, JSON about 25 times; runs of one byte deflate 1000 times
+ZIP_MAX_RATIO = 200
+ZIP_RATIO_FROM = 64 << 20
 
 
 def _versions() -> dict:
@@ -285,6 +295,8 @@ def _write_export(pruner: Pruner, plan: Plan, pruned: nn.Module, out: Path,
             "pt2": (_try_export_pt2(pruned, pruner.inputs, stage / "model.pt2") if pt2 else
                     {"written": False, "reason": "not requested"}),
         }
+        if report["pt2"].get("written"):  # (check compares it; never loads it: pickle)
+            report["pt2"]["sha256"] = _sha256(stage / "model.pt2")
         config = _write_config(pruner, pruned, stage / "config.json",
                                None if stored is None or "reason" in stored else
                                stored["written"])
@@ -507,7 +519,7 @@ def _prepare_out(out: Path) -> Path:
     ours = [f for f in (*FILES, "model.pt2", "config.json", INPUTS_FILE) if (out / f).exists()]
     if ours:
         try:
-            fmt = json.loads((out / "plan.json").read_text()).get("format")
+            fmt = read_json(out / "plan.json").get("format")
         except (OSError, ValueError, AttributeError):
             fmt = None
         if fmt != FORMAT:
@@ -623,25 +635,33 @@ def _torch_logs_caught():
 
 
 @contextlib.contextmanager
-def unzipped(path: str | Path):
+def unzipped(path: str | Path, digests: dict | None = None):
     """``(directory, (folder of the zip,))`` for an export given as a zip (what the app's
     Checkpoint button downloads), its files in a temporary directory while the block runs
     (see :func:`_export_files`), and a model file the spec names looked for beside the zip.
-    Any other path: ``(path, ())``."""
+    Any other path: ``(path, ())``. ``digests``, a dict, receives the SHA-256 of the zip's
+    ``model.pt2`` (hashed as it is read, never unpacked to disk nor loaded)."""
     p = Path(path)
     if not (p.is_file() and p.suffix.lower() == ".zip"):
         yield p, ()
         return
-    with _export_files(p, str(path), f"{path} is not a readable zip file") as tmp:
+    with _export_files(p, str(path), f"{path} is not a readable zip file",
+                       digests=digests) as tmp:
         yield tmp, (p.resolve().parent,)
 
 
 @contextlib.contextmanager
-def _export_files(source, name: str, not_zip: str, max_bytes: int | None = None):
+def _export_files(source, name: str, not_zip: str, max_bytes: int | None = None,
+                  digests: dict | None = None):
     """The files of an export zip (``source``: a path or a file object) that an export is
     read from (plan.json, report.json, model.safetensors, inputs.safetensors: no code, no
     pickle), streamed into a temporary directory that lives while the block runs. A
-    DepViewError raised in the block names the zip (``name``), not that directory."""
+    DepViewError raised in the block names the zip (``name``), not that directory.
+    Before a byte is unpacked, what the zip declares is checked: a JSON file above
+    :func:`json_limit` of its weights, a member packed like a zip bomb
+    (:func:`zip_member_problem`), more than ``max_bytes`` in all, or more than the
+    temporary directory has free, is refused in one line; then each member is read no
+    further than the size it declared. ``digests``: see :func:`unzipped`."""
     try:
         zf = zipfile.ZipFile(source)
     except zipfile.BadZipFile:
@@ -649,17 +669,35 @@ def _export_files(source, name: str, not_zip: str, max_bytes: int | None = None)
     except OSError as exc:
         raise DepViewError(f"{not_zip} ({error_line(exc)})") from None
     with zf, tempfile.TemporaryDirectory() as tmp:
-        names = {Path(n).name: n for n in zf.namelist() if not n.endswith("/")}
-        if "plan.json" not in names or "model.safetensors" not in names:
+        infos = {Path(i.filename).name: i for i in zf.infolist() if not i.is_dir()}
+        if "plan.json" not in infos or "model.safetensors" not in infos:
             raise DepViewError(f"{name} is not a DepView export (needs plan.json and "
                                "model.safetensors)")
         if max_bytes is not None and sum(i.file_size for i in zf.infolist()) > max_bytes:
             raise DepViewError(f"{name} is too large")
+        limit = json_limit(infos["model.safetensors"].file_size)
+        wanted = [f for f in (*FILES, INPUTS_FILE) if f in infos]
+        hashed = ["model.pt2"] if digests is not None and "model.pt2" in infos else []
+        for fname in wanted + hashed:
+            problem = zip_member_problem(infos[fname], name,
+                                         limit if fname.endswith(".json") else None)
+            if problem:
+                raise DepViewError(problem)
+        need = sum(infos[f].file_size for f in wanted)
+        free = shutil.disk_usage(tmp).free
+        if need > free:
+            raise DepViewError(f"{name} unpacks to {size_text(need)}, and the temporary "
+                               f"directory {Path(tmp).parent} has {size_text(free)} free: "
+                               "free space there (or set TMPDIR), or unzip it yourself")
         try:
-            for fname in (*FILES, INPUTS_FILE):  # (inputs: safetensors, never a pickle)
-                if fname in names:
-                    with zf.open(names[fname]) as src, open(Path(tmp) / fname, "wb") as dst:
-                        shutil.copyfileobj(src, dst, 16 << 20)
+            for fname in wanted:  # (inputs: safetensors, never a pickle)
+                with zf.open(infos[fname]) as src, open(Path(tmp) / fname, "wb") as dst:
+                    _read_bounded(src, infos[fname], name, dst.write)
+            for fname in hashed:  # (a program torch.export.load would unpickle: hashed only)
+                h = hashlib.sha256()
+                with zf.open(infos[fname]) as src:
+                    _read_bounded(src, infos[fname], name, h.update)
+                digests[fname] = h.hexdigest()
         except (zipfile.BadZipFile, OSError, EOFError) as exc:
             raise DepViewError(f"{name} is damaged: {error_line(exc)}") from None
         try:
@@ -667,6 +705,91 @@ def _export_files(source, name: str, not_zip: str, max_bytes: int | None = None)
         except DepViewError as exc:  # name the zip, not a directory that is about to go
             text = str(exc).replace(f"{tmp}{os.sep}", f"{name}'s ").replace(tmp, name)
             raise DepViewError(text) from None
+
+
+def json_limit(weights_bytes: int) -> int:
+    """The most an export's JSON file may hold, beside weights of ``weights_bytes``: see
+    :data:`JSON_MIN_LIMIT`."""
+    return max(JSON_MIN_LIMIT, weights_bytes)
+
+
+def size_text(n: int) -> str:
+    """``n`` bytes in words: ``"2.0 GB"``, ``"256 MB"``, ``"12 kB"``, ``"10 bytes"``."""
+    for unit, scale in (("GB", 2**30), ("MB", 2**20), ("kB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}" if n < 10 * scale else f"{n // scale} {unit}"
+    return f"{n} bytes"
+
+
+def too_large(what: str, size: int, limit: int) -> DepViewError:
+    """The one-line refusal of a JSON file of an export larger than ``limit``."""
+    return DepViewError(f"{what} is {size_text(size)}: more than the {size_text(limit)} a "
+                        "JSON file of this export may hold (the larger of 256 MB and the size "
+                        "of its model.safetensors); refused unread")
+
+
+def read_json(path: Path, limit: int | None = None):
+    """The JSON in the file ``path``, refused (one line, naming it and its size) before it is
+    read when it holds more than ``limit`` bytes (by default :func:`json_limit` of the
+    ``model.safetensors`` beside it). Raises what :func:`json.loads` raises on bad JSON."""
+    if limit is None:
+        try:
+            limit = json_limit((path.parent / "model.safetensors").stat().st_size)
+        except OSError:
+            limit = json_limit(0)
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > limit:
+            raise too_large(str(path), size, limit)
+        data = f.read(limit + 1)  # (one that grows meanwhile is read no further)
+    if len(data) > limit:
+        raise too_large(str(path), len(data), limit)
+    return json.loads(data)
+
+
+def zip_member_problem(info: zipfile.ZipInfo, name: str, limit: int | None) -> str:
+    """Why the zip member ``info`` of the zip ``name`` may not be unpacked ("" if it may),
+    from what the zip declares, before a byte is decompressed: a JSON file (``limit``: its
+    most, see :func:`json_limit`; None for another file) that unpacks to more, or any member
+    that unpacks to more than :data:`ZIP_MAX_RATIO` times its packed size (a zip bomb)."""
+    what = f"{name}'s {Path(info.filename).name}"
+    if limit is not None and info.file_size > limit:
+        return str(too_large(what, info.file_size, limit))
+    if info.file_size > ZIP_RATIO_FROM and \
+            info.file_size > ZIP_MAX_RATIO * max(info.compress_size, 1):
+        return (f"{what} would unpack to {size_text(info.file_size)} from "
+                f"{size_text(info.compress_size)} ({info.file_size // max(info.compress_size, 1)}"
+                " times as large: no export's file packs so tightly, a zip bomb?); refused "
+                "unpacked")
+    return ""
+
+
+def read_zip_json(zf: zipfile.ZipFile, member: str, name: str, limit: int):
+    """The JSON of the zip member ``member`` of the zip ``name``, refused before it is
+    unpacked (see :func:`zip_member_problem`) and read no further than it says it holds."""
+    info = zf.getinfo(member)
+    problem = zip_member_problem(info, name, limit)
+    if problem:
+        raise DepViewError(problem)
+    with zf.open(info) as src:
+        return json.loads(_read_bounded(src, info, name, None))
+
+
+def _read_bounded(src, info: zipfile.ZipInfo, name: str, sink) -> bytes:
+    """Read the zip member ``src`` (``info``) in blocks into ``sink`` (a callable; None:
+    return the bytes), stopping with a one-line error past the size it declared (zipfile
+    stops there too, and checks the CRC: this says so in words)."""
+    parts, got = [], 0
+    while block := src.read(16 << 20):
+        got += len(block)
+        if got > info.file_size:
+            raise DepViewError(f"{name}'s {Path(info.filename).name} holds more than the "
+                               f"{size_text(info.file_size)} the zip declares: it is damaged")
+        if sink is None:
+            parts.append(block)
+        else:
+            sink(block)
+    return b"".join(parts)
 
 
 def export_path(path: str | Path) -> Path:
@@ -685,13 +808,19 @@ def read_report(path: Path) -> dict | None:
     if not p.is_file():
         return None
     try:
-        report = json.loads(p.read_text())
+        report = read_json(p)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DepViewError(f"{p} is not valid JSON: {exc}") from exc
     if not isinstance(report, dict) or not isinstance(report.get("params", {}), dict) or \
             not isinstance(report.get("verification") or {}, dict) or \
             not isinstance(report.get("weights_sha256") or "", str):
         raise DepViewError(f"{p} is damaged: 'params' and 'verification' must be objects")
+    pt2 = report.get("pt2")
+    if pt2 is not None and not (isinstance(pt2, dict) and
+                                isinstance(pt2.get("written", False), bool) and
+                                isinstance(pt2.get("sha256") or "", str)):
+        raise DepViewError(f"{p} is damaged: 'pt2' must be an object whose 'written' is true "
+                           "or false and whose 'sha256' is a string")
     problem = _verification_problem(report.get("verification") or {})
     if problem:
         raise DepViewError(f"{p} is damaged: {problem}")
@@ -756,8 +885,8 @@ def read_plan(path: str | Path) -> dict:
     if not p.is_file():
         raise DepViewError(f"no plan.json in {path}: not a DepView export directory")
     try:
-        plan = json.loads(p.read_text())
-    except json.JSONDecodeError as exc:
+        plan = read_json(p)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DepViewError(f"{p} is not valid JSON: {exc}") from exc
     if not isinstance(plan, dict) or plan.get("format") != FORMAT:
         fmt = plan.get("format") if isinstance(plan, dict) else None
@@ -1086,7 +1215,7 @@ def _rebuild_in_process(path: Path, plan: dict, search: bool, originals: dict | 
     cfg_file = path / "config.json"
     if cfg_file.is_file():  # the pruned model itself: no full-size original in memory
         try:
-            data = json.loads(cfg_file.read_text())
+            data = read_json(cfg_file)
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise DepViewError(f"{cfg_file} is not readable JSON: {exc}") from None
         model = _hf_model(data, str(cfg_file), named)
@@ -1171,21 +1300,26 @@ def load_pruned(path: str | Path, device: str = "cpu", spec: str | None = None) 
 
 def check_dir(path: str | Path, spec: str | None = None, time: bool = False) -> dict:
     """Reload an export, run forward on the recorded inputs and compare with report.json
-    (output shapes, parameter count, the weights file's SHA-256, and the outputs recorded at
-    export), and the pruned tensors with the original's at plan.json's kept indices when the
-    original's values can be rebuilt. ``problems`` lists what failed, in words. ``spec``
-    names the model's code instead of the recorded spec (see :func:`rebuild`). ``path`` may
+    (output shapes, parameter count, the SHA-256s of the weights file and of ``model.pt2``,
+    which is never loaded, and the outputs recorded at export), and the pruned tensors with
+    the original's at plan.json's kept indices when the original's values can be rebuilt.
+    ``problems`` lists what failed, in words. ``spec`` names the model's code instead of the
+    recorded spec (see :func:`rebuild`). ``path`` may
     be the zip the app's Checkpoint button gives (see :func:`unzipped`). ``time``: also time
     its forward against the original's on this machine (``timing``, as
     :func:`timing.compare_speed` gives it; over every round of a several-round export)."""
-    with unzipped(path) as (folder, near):
-        res = _check(folder, spec, near, time)
+    digests: dict = {}
+    with unzipped(path, digests) as (folder, near):
+        res = _check(folder, spec, near, time, digests if near else None)
     if near:
         res["dir"] = str(path)
     return res
 
 
-def _check(path: Path, spec: str | None, near: tuple[Path, ...], time: bool = False) -> dict:
+def _check(path: Path, spec: str | None, near: tuple[Path, ...], time: bool = False,
+           zipped: dict | None = None) -> dict:
+    """:func:`check_dir` of the directory ``path``; ``zipped``: the SHA-256s of files read
+    from the zip it was unpacked from (see :func:`unzipped`), None for a directory."""
     path = export_path(path)
     plan = read_plan(path)
     report = read_report(path)
@@ -1241,6 +1375,7 @@ def _check(path: Path, spec: str | None, near: tuple[Path, ...], time: bool = Fa
                                 "(its SHA-256 differs)")
         else:
             notes.append("report.json records no SHA-256 of the weights: not compared")
+        _check_pt2(report, path, zipped, res)
         digest = report.get("output_digest")
         if isinstance(digest, dict) and isinstance(digest.get("outputs"), dict):
             if digest.get("inputs_sha256") != _inputs_sha256(lm.inputs):
@@ -1290,6 +1425,36 @@ def _check(path: Path, spec: str | None, near: tuple[Path, ...], time: bool = Fa
     part = masked.get("exact_groups") or {}  # the exact groups pruned alone (see verify)
     res["ok"] = not problems and masked.get("ok", True) and part.get("ok", True)
     return res
+
+
+def _check_pt2(report: dict, path: Path, zipped: dict | None, res: dict) -> None:
+    """Compare ``model.pt2`` with the SHA-256 report.json records of it (``pt2.sha256``),
+    into ``res`` (``pt2_match_report``, a problem or a note). It is never loaded:
+    ``torch.export.load`` unpickles what the program holds (``torch.load(...,
+    weights_only=False)`` of pickled weights and constants, ``pickle.loads`` of opaque
+    objects), and a hash needs no trust in the file."""
+    rec = report.get("pt2") or {}
+    want = rec.get("sha256")
+    written = rec.get("written") is True or bool(want)
+    if zipped is not None:
+        have = zipped.get("model.pt2")
+    else:
+        have = _sha256(path / "model.pt2") if (path / "model.pt2").is_file() else None
+    if have is None:
+        if written:
+            res["notes"].append("report.json says model.pt2 was written, but it is not here: "
+                                "not compared")
+    elif not written:
+        res["pt2_match_report"] = False
+        res["problems"].append("model.pt2 is not this export's: report.json says none was "
+                               "written")
+    elif not want:  # (exports before it was recorded)
+        res["notes"].append("report.json records no SHA-256 of model.pt2: not compared")
+    else:
+        res["pt2_match_report"] = have == want
+        if have != want:
+            res["problems"].append("model.pt2 is not the file report.json describes (its "
+                                   "SHA-256 differs)")
 
 
 def _renormalized(plan: dict) -> dict[str, str]:

@@ -42,7 +42,13 @@ DTYPES = {
     "int64": torch.int64, "long": torch.int64, "int32": torch.int32, "int": torch.int32,
     "bool": torch.bool,
 }
-_SHAPE = re.compile(r"^\d+(x\d+)*$")
+#: the spellings of a shape ``--input`` takes: ``1x3x224x224``, and as Python prints one,
+#: ``1,3,224,224``, ``(1, 3, 224, 224)`` (``(4,)`` for one dim) or ``[1, 3, 224, 224]``
+_DIMS = r"[0-9]+(?:[ \t]*,[ \t]*[0-9]+)*"
+_SHAPE = re.compile(rf"[0-9]+(?:x[0-9]+)*|{_DIMS}|\([ \t]*{_DIMS}[ \t]*,?[ \t]*\)"
+                    rf"|\[[ \t]*{_DIMS}[ \t]*,?[ \t]*\]")
+_EXPECTED_SHAPE = ("expected a shape like 1x3x224x224, 1,3,224,224 or (1, 3, 224, 224), "
+                   "then :DTYPE if not float32 (1x16:int64)")
 
 
 def input_name(text: str) -> tuple[str | None, str]:
@@ -79,21 +85,30 @@ def nested_inputs(names: list[str], tensors) -> dict:
 
 
 def parse_input(text: str) -> tuple[tuple[int, ...], str]:
-    """``"1x3x224x224"`` -> ((1, 3, 224, 224), "float32"); ``"1x16:int64"`` -> int64. A
-    keyword input's name (``input_ids=1x16:int64``) is left to :func:`input_name`."""
-    shape_s, _, dtype = input_name(text)[1].strip().partition(":")
+    """``"1x3x224x224"`` -> ((1, 3, 224, 224), "float32"); ``"1x16:int64"`` -> int64. The
+    shape may be spelled as Python prints one (``1,3,224,224``, ``(1, 3, 224, 224)``,
+    ``(4,)``, ``[1, 3]``); anything else (``1x3:``, ``(1,3``, ``1x3 :int64``) is refused
+    with what was expected. A keyword input's name (``input_ids=1x16:int64``) is left to
+    :func:`input_name`.
+
+    >>> parse_input("ids=(2, 8):int64")
+    ((2, 8), 'int64')
+    """
+    shape_s, colon, dtype = input_name(text)[1].strip().partition(":")
+    if not _SHAPE.fullmatch(shape_s):
+        raise DepViewError(f"bad --input {text!r}: {_EXPECTED_SHAPE}")
+    if colon and not dtype:
+        raise DepViewError(f"bad --input {text!r}: nothing after ':' (give a dtype, as in "
+                           "1x16:int64, or leave out the ':' for float32)")
     dtype = dtype or "float32"
-    # (as Python prints a shape: ``1,3,224,224`` or ``(1, 3, 224, 224)``)
-    shape_s = re.sub(r"\s*,\s*", "x", shape_s.strip().strip("()[]").strip().rstrip(","))
-    if not _SHAPE.match(shape_s):
-        raise DepViewError(f"bad --input {text!r}: expected a shape like 1x3x224x224[:int64]")
-    if any(int(s) == 0 for s in shape_s.split("x")):
+    dims = [int(d) for d in re.findall(r"[0-9]+", shape_s)]
+    if 0 in dims:
         raise DepViewError(f"bad --input {text!r}: every size must be at least 1 (an empty "
                            "tensor cannot show how channels flow)")
     if dtype not in DTYPES:
         raise DepViewError(f"bad --input {text!r}: unknown dtype {dtype!r}; "
                            f"use one of {', '.join(sorted(DTYPES))}")
-    return tuple(int(s) for s in shape_s.split("x")), dtype
+    return tuple(dims), dtype
 
 
 def make_tensor(shape, dtype: str, device, gen: torch.Generator) -> torch.Tensor:
@@ -731,6 +746,8 @@ def _hf_folder_model(folder: Path, kwargs: dict, weights: str | None, device: st
         cls, cfg = hf_class_and_config(data, where, (
             'add "architectures": ["<the transformers model class>"] to it'
             if library == "transformers" else "its _class_name must be a diffusers model"))
+        if tensors is not None:  # (weights to compare with: a config alone builds as it says)
+            _check_config_fits_weights(where, data, cls, cfg, tensors)
         try:
             if device == "meta" and cfg is None:
                 with torch.device("meta"):
@@ -770,7 +787,7 @@ def _hf_folder_model(folder: Path, kwargs: dict, weights: str | None, device: st
         listed = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
         raise DepViewError(f"the weights in {folder} lack {len(missing)} of {cls.__name__}'s "
                            f"tensors ({listed}): they would be random")
-    return model, stored_dtype(d for d, _ in tensors or [])
+    return model, stored_dtype(d for d, _, _ in tensors or [])
 
 
 @contextlib.contextmanager
@@ -1180,9 +1197,9 @@ def stored_dtype(dtypes) -> str | None:
 _MAX_HEADER = 100_000_000
 
 
-def _folder_tensors(folder: Path, library: str) -> list[tuple[str, int]] | None:
-    """(dtype, element count) of every tensor in a model directory's safetensors files, read
-    from their headers (no tensor is loaded); None when they cannot be read that way."""
+def _folder_tensors(folder: Path, library: str) -> list[tuple[str, int, str]] | None:
+    """(dtype, element count, name) of every tensor in a model directory's safetensors files,
+    read from their headers (no tensor is loaded); None when they cannot be read that way."""
     out = []
     try:
         for name in _weight_files(folder, library) or []:
@@ -1196,13 +1213,14 @@ def _folder_tensors(folder: Path, library: str) -> list[tuple[str, int]] | None:
                     numel = 1
                     for n in v["shape"]:
                         numel *= int(n)
-                    out.append((_SAFETENSORS_DTYPES.get(v.get("dtype"), "other"), numel))
+                    out.append((_SAFETENSORS_DTYPES.get(v.get("dtype"), "other"), numel,
+                                str(k)))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None  # (from_pretrained reads them: an unusual layout only loses these)
     return out
 
 
-def _check_fits_in_memory(folder: Path, tensors: list[tuple[str, int]],
+def _check_fits_in_memory(folder: Path, tensors: list[tuple[str, int, str]],
                           run_dtype: torch.dtype = torch.float32) -> None:
     """Refuse, before loading, a model directory whose weights (``tensors``: see
     :func:`_folder_tensors`) as ``run_dtype`` would not fit in the memory this machine has
@@ -1210,8 +1228,87 @@ def _check_fits_in_memory(folder: Path, tensors: list[tuple[str, int]],
     size = run_dtype.itemsize
     hint = "use --device meta to see its graph and groups without the weights" + (
         ", or --dtype bfloat16 to hold it in half the memory" if size == 4 else "")
-    memory.check_room(sum(n * (size if "float" in d else 8) for d, n in tensors),
+    memory.check_room(sum(n * (size if "float" in d else 8) for d, n, _ in tensors),
                       f"{folder} as {str(run_dtype).removeprefix('torch.')}", hint)
+
+
+#: config.json fields that count the blocks a model builds, each with weights of its own
+_LAYER_FIELDS = frozenset({"num_hidden_layers", "n_layer", "n_layers", "num_layers",
+                           "encoder_layers", "decoder_layers", "num_encoder_layers",
+                           "num_decoder_layers", "layers_per_block"})
+#: a config may ask for up to 4 times the blocks its weights number, plus 64 (ALBERT's 12
+#: layers share one block's weights), and describe up to 4 times the parameters they hold,
+#: plus 2**20 (a head tied to the embedding, parameters a class leaves out of its file)
+_MORE_BLOCKS, _MORE_PARAMS = (4, 64), (4, 1 << 20)
+
+
+def _layer_fields(data, prefix: str = "") -> list[tuple[str, int]]:
+    """``(dotted name, value)`` of every :data:`_LAYER_FIELDS` field of a config's JSON,
+    its sub-configs' (``text_config.num_hidden_layers``) too."""
+    out = []
+    for key, value in (data.items() if isinstance(data, dict) else ()):
+        if key in _LAYER_FIELDS and type(value) is int:
+            out.append((f"{prefix}{key}", value))
+        elif isinstance(value, dict):
+            out += _layer_fields(value, f"{prefix}{key}.")
+    return out
+
+
+def numbered_blocks(names) -> int:
+    """How many blocks the longest numbered list among tensor names holds (the distinct
+    numbers after one prefix: a list's blocks are numbered 0, 1, ...).
+
+    >>> numbered_blocks(["h.0.attn.weight", "h.1.attn.weight", "h.1.mlp.0.weight", "wte"])
+    2
+    """
+    seen: dict[str, set[str]] = {}
+    for name in names:
+        parts = name.split(".")
+        for i, part in enumerate(parts):
+            if re.fullmatch(r"[0-9]+", part):
+                seen.setdefault(".".join(parts[:i]), set()).add(part.lstrip("0") or "0")
+    return max((len(v) for v in seen.values()), default=0)
+
+
+def _check_config_fits_weights(where: str, data: dict, cls, cfg,
+                               tensors: list[tuple[str, int, str]]) -> None:
+    """Refuse, before the model is built, a config.json that would build far more than the
+    weights beside it hold (``n_layer: 100000`` beside a one-layer model built for
+    minutes, then failed for the tensors the weights lack). First, for nothing but the
+    headers' names: a layer count (:data:`_LAYER_FIELDS`) far above the blocks the weights
+    number (:func:`numbered_blocks`), named; then the parameters of the model built on meta
+    (no memory, 40 ms for a 7B LLaMA's shape) against those the weights hold (a
+    quantized checkpoint, whose tensors pack several values each, is not counted)."""
+    held = sum(n for _, n, _ in tensors)
+    blocks = numbered_blocks(name for _, _, name in tensors)
+    most = _MORE_BLOCKS[0] * blocks + _MORE_BLOCKS[1]
+    over = [(f, v) for f, v in _layer_fields(data) if v > most]
+    if over:
+        field_, value = over[0]
+        raise DepViewError(f"{where} asks for {field_}={value}, but the weights beside it "
+                           f"hold {blocks} numbered block{'s' if blocks != 1 else ''} "
+                           f"({held:,} parameters): it would build far more than they hold "
+                           f"(is {field_} a typo, or the config of another model?)")
+    if isinstance(data, dict) and "quantization_config" in data:
+        return
+    try:
+        if cfg is None:  # (diffusers: its class reads the config's JSON)
+            with torch.device("meta"), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model = cls.from_config(data)
+        else:  # (a copy: a constructor may set things on the config it is given)
+            from .modelconfig import build_from_config
+
+            model = build_from_config(cls, copy.deepcopy(cfg), "meta")
+    except Exception:  # (from_pretrained says what is wrong with it)
+        return
+    if model is None:
+        return
+    built = sum(p.numel() for p in model.parameters())
+    if built > _MORE_PARAMS[0] * held + _MORE_PARAMS[1]:
+        raise DepViewError(f"{where} describes a {cls.__name__} of {built:,} parameters, "
+                           f"but the weights beside it hold {held:,}: it would build far "
+                           "more than they hold (is it the config of another model?)")
 
 
 def _unwrapped(sd: dict[str, torch.Tensor], keys: set[str]) -> dict[str, torch.Tensor]:

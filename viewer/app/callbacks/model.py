@@ -106,10 +106,16 @@ def peek_source(data: bytes) -> dict:
     names = [n for n in zf.namelist() if n.rsplit("/", 1)[-1] == "plan.json"]
     if not names:
         raise DepViewError("the zip is not a DepView export (no plan.json)")
-    try:
-        plan = json.loads(zf.read(names[0]))
+    from viewer.core.export import json_limit, read_zip_json
+
+    weights = [i.file_size for i in zf.infolist()
+               if i.filename.rsplit("/", 1)[-1] == "model.safetensors"]
+    try:  # (bounded: a plan.json that unpacks to gigabytes is refused unpacked)
+        plan = read_zip_json(zf, names[0], "the zip", json_limit(max(weights, default=0)))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DepViewError("plan.json in the zip is not valid JSON") from exc
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise DepViewError(f"the zip is damaged: {exc}") from None
     source = plan.get("source") if isinstance(plan, dict) else None
     if not isinstance(source, dict) or "spec" not in source:
         raise DepViewError("plan.json in the zip names no source model")
