@@ -736,20 +736,164 @@ def test_a_plan_that_empties_a_part_sized_by_an_attribute_is_refused(how, attr, 
     assert not p.reason(g) and p.sets(g) == [attr]
     for units, part in (([0, 1], part0), ([2, 3, 4, 5], part1)):
         said = re.escape(f"plan removes all of {part} in group {g.id} ('c')")
-        for check in (lambda u=units: p.plan_from_dict({"removed": {str(g.id): u}}),
-                      lambda u=units: p.check_plan(Plan({g.id: u})),
-                      lambda u=units: p.apply(Plan({g.id: u}))):
-            with pytest.raises(DepViewError, match=said) as err:
-                check()
-            assert "\n" not in str(err.value)
+        err = _refused_everywhere(p, g.id, units, said)
         if part == part0:
-            assert f"(sized by {attr})" in str(err.value)
+            assert f"(sized by {attr})" in err
     for ratio in (0.5, 0.7, 0.9):
         plan = p.plan(ratio)
         left = set(range(6)) - set(plan.removed.get(g.id, []))
         assert left & {0, 1} and left & {2, 3, 4, 5}, plan.removed
         pruned = p.apply(plan)
         assert p.verify(pruned, plan)["masked_equivalence"]["ok"]
+
+
+def _refused_everywhere(p, gid: int, units: list[int], said: str) -> str:
+    """Removing ``units`` of group ``gid`` is refused in one line matching ``said`` by
+    plan_from_dict, check_plan and apply alike; the message."""
+    for check in (lambda: p.plan_from_dict({"removed": {str(gid): units}}),
+                  lambda: p.check_plan(Plan({gid: units})),
+                  lambda: p.apply(Plan({gid: units}))):
+        with pytest.raises(DepViewError, match=said) as err:
+            check()
+        assert "\n" not in str(err.value)
+    return str(err.value)
+
+
+class HeadsOnTheStream(nn.Module):
+    """A Linear's stream read by an ``nn.MultiheadAttention`` with 2 heads: its group loses
+    units in multiples of 2 (``embed_dim`` must stay divisible by ``num_heads``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 8)
+        self.mha = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.fc(x)
+        return self.head(h + self.mha(h, h, h, need_weights=False)[0])
+
+
+def test_a_plan_that_removes_part_of_a_round_of_heads_is_refused():
+    """A hand-made plan removing 1 unit of the stream of a 2-head attention was taken by
+    check_plan and apply, and the pruned copy failed (``embed_dim`` 7 for 2 heads). A count
+    that is not a multiple of the group's ``multiple_of`` is refused in one line naming the
+    group and why; every other count runs, and plans made with ratios and overrides (as the
+    app and the CLI make them) remove whole rounds."""
+    torch.manual_seed(0)
+    p = Pruner(HeadsOnTheStream().eval(), (torch.randn(2, 5, 4),), output_layers=["head"])
+    g = next(g for g in p.groups if g.root == "fc")
+    assert not p.reason(g) and g.multiple_of == 2
+    for k in range(1, g.n_units):
+        units = list(range(k))
+        if k % 2:
+            _refused_everywhere(p, g.id, units, re.escape(
+                f"plan removes {k} unit{'s' * (k > 1)} of group {g.id} ('fc'), which loses "
+                "units in multiples of 2 (attention heads)"))
+        else:
+            plan = Plan({g.id: units})
+            v = p.verify(p.apply(plan), plan)
+            assert v["forward"] and v["shapes_kept"], v
+    for ratio, overrides in ((0.3, None), (0.5, None), (0.9, None), (0.5, {"fc": 0.3}),
+                             (0.5, {g.id: 0.4}), (0.2, {"fc": 0.7})):
+        plan = p.plan(ratio, overrides=overrides)
+        assert plan.removed[g.id] and len(plan.removed[g.id]) % 2 == 0, (ratio, overrides)
+        p.check_plan(plan)
+
+
+class ThreeParts(nn.Module):
+    """A conv's 6 channels split into three parts of 2 (``y.split(self.sizes, 1)``), each
+    read by a conv of its own."""
+
+    def __init__(self):
+        super().__init__()
+        self.sizes = [2, 2, 2]
+        self.c = nn.Conv2d(3, 6, 1)
+        self.a, self.b, self.d = (nn.Conv2d(2, 4, 1) for _ in range(3))
+
+    def forward(self, x):
+        p, q, r = self.c(x).split(self.sizes, 1)
+        return self.a(p) + self.b(q) + self.d(r)
+
+
+def test_a_plan_that_keeps_a_unit_of_every_part_still_removes_whole_rounds():
+    """A plan keeps the most important unit of a part it would empty and makes the count
+    up from units that empty no part; when each unit left would empty one, it fell one
+    short: an odd count for a group removed in steps of 2 (as attention heads are), which
+    check_plan refuses. It now gives back the rest of a round instead."""
+    torch.manual_seed(0)
+    model = ThreeParts().eval()
+    with torch.no_grad():  # channel 1 (of part 0) and 3 (of part 1) the most important
+        model.c.weight[[1, 3]] *= 100
+    p = Pruner(model, (torch.randn(2, 3, 4, 4),))
+    g = next(g for g in p.groups if g.root == "c")
+    assert not p.reason(g) and p.sets(g) == ["sizes"]
+    assert len(p.plan(0.9).removed[g.id]) == 3  # (one unit of each part stays)
+    g.multiple_of, g.multiple_why = 2, ["rounds of 2"]
+    plan = p.plan(0.9)
+    removed = plan.removed[g.id]
+    assert len(removed) == 2, removed
+    assert all(set(range(2 * i, 2 * i + 2)) - set(removed) for i in range(3)), removed
+    p.check_plan(plan)
+    v = p.verify(p.apply(plan), plan)
+    assert v["forward"] and v["masked_equivalence"]["ok"], v
+
+
+class WindowOverTwoLayers(nn.Module):
+    """Two layers' channels joined, a window of 2 over them read by one layer: a's channel 3
+    and b's channel 0, each all that layer holds of its group. The window's bounds are
+    written in the code or held as attributes; the layer reading it is a Linear, or a
+    LayerNorm before it (emptied, a ``LayerNorm(1)`` of the other group's channel alone)."""
+
+    def __init__(self, bounds: str, reader: str):
+        super().__init__()
+        self.bounds, self.lo, self.hi = bounds, 3, 5
+        self.a, self.b = nn.Linear(8, 4), nn.Linear(8, 4)
+        self.norm = nn.LayerNorm(2) if reader == "norm" else nn.Identity()
+        self.head = nn.Linear(2, 3)
+
+    def forward(self, x):
+        t = torch.cat([self.a(x), self.b(x)], dim=1)
+        window = t[:, 3:5] if self.bounds == "literal" else t[:, self.lo:self.hi]
+        return self.head(self.norm(window))
+
+
+@pytest.mark.parametrize("bounds", ["literal", "attributes"])
+@pytest.mark.parametrize("reader", ["linear", "norm"])
+def test_a_unit_a_layer_holds_alone_is_refused_by_check_plan(bounds, reader):
+    """Validation never removes a unit that is all a layer holds of its group, and plan()
+    keeps it, yet check_plan and apply took a hand-made plan removing it: the window read a
+    channel of b that should have gone with it, and the pruned forward failed. Every unit
+    removed alone and in pairs is now either refused in one line naming the layer, or
+    gives a copy that runs with masked equivalence."""
+    torch.manual_seed(0)
+    p = Pruner(WindowOverTwoLayers(bounds, reader).eval(), (torch.randn(2, 8),),
+               output_layers=["head"])
+    g = next(g for g in p.groups if g.root == "b")
+    assert not p.reason(g)
+    holder = "norm" if reader == "norm" else "head"
+    refused = []
+    for units in [[u] for u in range(4)] + [[u, v] for u in range(4) for v in range(u + 1, 4)]:
+        plan = Plan({g.id: units})
+        try:
+            p.check_plan(plan)
+        except DepViewError as exc:
+            assert "\n" not in str(exc)
+            assert str(exc) == (f"plan removes unit 0 of group {g.id} ('b'), the only one of it "
+                                f"'{holder}' holds: that layer would keep none of the group's "
+                                "channels, which validation never tries (a plan made by "
+                                "plan() keeps such a unit)")
+            refused.append(units)
+            continue
+        v = p.verify(p.apply(plan), plan)
+        assert v["forward"], (units, v)
+        if g.exact:
+            assert v["masked_equivalence"]["ok"], (units, v)
+    assert refused == [[0], [0, 1], [0, 2], [0, 3]]
+    for ratio in (0.3, 0.5, 0.9):
+        plan = p.plan(ratio)
+        assert 0 not in plan.removed.get(g.id, [])
+        p.check_plan(plan)
 
 
 def test_unknown_importance(demo_pruner):

@@ -785,6 +785,127 @@ def test_a_slice_inside_the_channels_with_a_bound_in_the_code_blocks(how):
     assert not p.plan(0.5).removed
 
 
+def _refused_or_runs(p: Pruner, g) -> list[list[int]]:
+    """Every unit of ``g`` removed alone and in pairs: check_plan refuses it in one line, or
+    the pruned copy runs with masked equivalence (where the group is exact). Returns the
+    refused removals."""
+    refused = []
+    for units in [[u] for u in range(g.n_units)] + \
+            [[u, v] for u in range(g.n_units) for v in range(u + 1, g.n_units)]:
+        plan = Plan({g.id: units})
+        try:
+            p.check_plan(plan)
+        except DepViewError as exc:
+            assert "\n" not in str(exc) and f"group {g.id} ('{g.root}')" in str(exc), exc
+            refused.append(units)
+            continue
+        v = p.verify(p.apply(plan), plan)
+        assert v["forward"] and v["shapes_kept"], (units, v)
+        if g.exact:
+            assert v["masked_equivalence"]["ok"], (units, v)
+    return refused
+
+
+class ComputedHalves(nn.Module):
+    """CSPNet's halves, ``c = y.shape[1] // 2; y[:, :c], y[:, c:]`` (the trace sees numbers,
+    the model computes ``c`` anew): the first half read by a conv, the second added to the
+    model's input (only the first prunes) or read by a conv of its own (both prune)."""
+
+    def __init__(self, second: str):
+        super().__init__()
+        self.second = second
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 3, 1)
+        self.head = nn.Conv2d(7, 2, 1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        c = y.shape[1] // 2
+        first, second = y[:, :c], y[:, c:]
+        second = second + x if self.second == "input" else self.b(second)
+        return self.head(torch.cat([self.a(first), second], 1))
+
+
+@pytest.mark.parametrize("second", ["input", "conv"])
+def test_a_split_at_a_point_the_forward_computes_is_probed_with_several_units(
+        second, monkeypatch):
+    """Only the first half prunable: removing its first or its last unit runs (6 channels
+    less one leave 5 // 2 = 2 = 3 - 1, by luck), and a plan removing two read a channel of
+    the other half. Its bounds moved though no stored size was set, so validation also
+    removes the most units a plan may (2 of 3): the group is blocked, saying why. With both
+    halves prunable, their units pair and prune. Only such groups get that probe: bounds
+    held as attributes (``InnerSlice``) never take more than one unit at once."""
+    removed: list[int] = []
+    real = Pruner._run_probe
+
+    def recording(self, plan, gs, sets=None):
+        removed.extend(len(u) for u in plan.removed.values())
+        return real(self, plan, gs, sets)
+
+    monkeypatch.setattr(Pruner, "_run_probe", recording)
+    torch.manual_seed(0)
+    p = Pruner(ComputedHalves(second).eval(), (torch.randn(2, 3, 8, 8),),
+               output_layers=["head"])
+    g = next(g for g in p.groups if g.root == "conv" and "model input" not in p.reason(g))
+    why = p.reason(g)
+    if second == "input":
+        assert g.n_units == 3
+        assert "that is with 2 units removed at once (with one removed it ran): the bounds " \
+               "of 'getitem' are computed by the forward from the width (c = x.shape[1] // " \
+               "2?) and follow one unit removed, not more" in why, why
+        assert "bounds written in the code" not in why  # (they are not: they follow one)
+        assert len(_refused_or_runs(p, g)) == 6  # (every removal: the group is blocked)
+    else:  # channel i of each half is one unit
+        assert not why and g.n_units == 3
+        assert _refused_or_runs(p, g) == []
+    assert max(removed) == 2
+    removed.clear()
+    p = Pruner(InnerSlice("attrs").eval(), (torch.randn(2, 3, 4, 4),))
+    p.validate_groups()
+    assert removed and max(removed) == 1
+
+
+class SliceOfASlice(nn.Module):
+    """A Linear's channels 5, 6, 7 (``narrow(1, self.start, self.length)``, read by ``mid``)
+    of which the head reads 6 and 7: ``w[:, self.a:self.b]``, ``w[:, self.a:]`` or
+    ``w[:, 1:3]``."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+        self.fc = nn.Linear(6, 8)
+        self.start, self.length = 5, 3
+        self.a, self.b = 1, 3
+        self.mid, self.head = nn.Linear(3, 4), nn.Linear(6, 3)
+
+    def forward(self, x):
+        w = self.fc(x).narrow(1, self.start, self.length)
+        inner = w[:, self.a:self.b] if self.how == "attrs" else \
+            w[:, self.a:] if self.how == "open" else w[:, 1:3]
+        return self.head(torch.cat([self.mid(w), inner], 1))
+
+
+@pytest.mark.parametrize("how", ["attrs", "open", "literal"])
+def test_a_unit_inside_a_slice_but_before_a_slice_of_it_is_probed(how):
+    """Channel 5 is inside the outer window and before the inner one: no probe removed it
+    (the first unit is outside both, the last inside both), so the inner slice's start
+    was never seen to move, and a plan removing channel 5 broke the pruned copy. Each part
+    of every slice the first and last units miss now gets a probe of its own: the inner
+    start follows (``a`` set: 1 is one of its sizes), or, written in the code, blocks."""
+    torch.manual_seed(0)
+    p = Pruner(SliceOfASlice(how).eval(), (torch.randn(2, 6),), output_layers=["head"])
+    g = next(g for g in p.groups if g.root == "fc")
+    if how == "literal":
+        assert p.reason(g)
+        assert len(_refused_or_runs(p, g)) == 8 + 28
+    else:
+        assert not p.reason(g) and p.sets(g) == ["start", "length", "a"]
+        assert _refused_or_runs(p, g) == [[6, 7]]  # (all the head reads: check_plan says so)
+        plan = Plan({g.id: [5]})
+        pruned = p.apply(plan)
+        assert (pruned.start, pruned.length, pruned.a) == (5, 2, 0)
+
+
 class ScaleInPython(torch.nn.Module):
     """Attention whose score scale Python computes from a width: from the runtime shape
     (``math.sqrt(q.size(-1))``, the Annotated Transformer) or from the attribute its view

@@ -55,7 +55,7 @@ from .spectralnorm import weight_of as sn_weight_of
 from .text import counted, error_line
 from .trace import MAX_LISTED, build_graph, eval_mode, output_nodes, output_path, plain_module
 from .trees import flatten
-from .validate import GroupValidation
+from .validate import GroupValidation, sole_holders
 from .verify import Verification
 from .weightnorm import renormalizes, weight_of
 
@@ -212,6 +212,9 @@ class Pruner(GroupValidation, Verification):
         self._canon: dict[str, str] | None = None  # module path -> its named_modules path
         self._slice_list: list | None = None  # the graph's slices (see _slices)
         self._part_list: list | None = None  # ... and its slices' and splits' parts (_parts)
+        #: tensor dim -> a slice or split of it whose bounds the forward computes from the
+        #: width, as probes found (see _note_computed_bounds)
+        self._computed_bounds: dict[tuple[int, int, int], str] = {}
         self._sets: dict[int, list[SizeAttr]] = {}  # group id -> attributes it must update
         self._config_owner: dict[int, str] | None = None  # id(config) -> first module path
         self._outer_tried: set[int] = set()  # blocked groups whose outer alternative was tried
@@ -582,7 +585,7 @@ class Pruner(GroupValidation, Verification):
                     break
                 g = by_id[gid]
                 k = len(removed[gid]) - (proj + 1 - cell)
-                while k > 0 and (g.n_units - k) % round_to:
+                while k > 0 and ((g.n_units - k) % round_to or k % g.multiple_of):
                     k -= 1
                 order = np.argsort(scores[gid], kind="stable")
                 if k > 0:
@@ -676,6 +679,10 @@ class Pruner(GroupValidation, Verification):
                 break
             if all(not part or not part <= {*chosen, int(u)} for part in parts):
                 chosen.append(int(u))
+        # whole rounds only (a part given back may leave one short): the most important go
+        # back, which empties no part
+        while len(chosen) % g.multiple_of:
+            chosen.remove(next(int(u) for u in order[::-1] if int(u) in chosen))
         return sorted(chosen)
 
     def _sized_parts(self, g: Group) -> dict[tuple[str, tuple[int, int, int], range],
@@ -1036,10 +1043,15 @@ class Pruner(GroupValidation, Verification):
 
     def check_plan(self, plan: Plan) -> None:
         """Refuse a plan that names no group of this model, a unit a group does not have,
-        every unit of a group (a layer with no channels), every unit of a split's part or a
-        slice's range (:meth:`_check_parts`, naming the attributes that size it), or a group
-        that cannot be pruned (the reason is given; a plan made by :meth:`plan` never does
-        any of these), or one made with other free outputs (:meth:`_check_free_outputs`)."""
+        every unit of a group (a layer with no channels), fewer units kept than the group's
+        ``min_kept``, a count that is not a multiple of its ``multiple_of`` (attention heads:
+        ``embed_dim`` must stay divisible by ``num_heads``), a unit that is all a layer holds
+        of the group (:func:`sole_holders`: validation never removes one, and the layer would
+        keep none of its channels; groups removed one unit at a time), every unit of a
+        split's part or a slice's range (:meth:`_check_parts`, naming the attributes that size
+        it), or a group that cannot be pruned (the reason is given; a plan made by
+        :meth:`plan` never does any of these), or one made with other free outputs
+        (:meth:`_check_free_outputs`)."""
         if not isinstance(plan, Plan):
             raise DepViewError(f"expected a Plan, got {type(plan).__name__} (a plan.json dict "
                                "goes through plan_from_dict)")
@@ -1078,6 +1090,17 @@ class Pruner(GroupValidation, Verification):
             if why:
                 raise DepViewError(f"plan prunes group {gid} ('{g.root}'), which cannot be "
                                    f"pruned: {why}")
+            if len(set(units)) % g.multiple_of:
+                raise DepViewError(f"plan removes {counted(len(set(units)), 'unit')} of group "
+                                   f"{gid} ('{g.root}'), which loses units in multiples of "
+                                   f"{g.multiple_of} ({'; '.join(g.multiple_why)})")
+            alone = sole_holders(g) if g.multiple_of == 1 else {}
+            u = next((u for u in sorted(set(units)) if u in alone), None)
+            if u is not None:
+                raise DepViewError(f"plan removes unit {u} of group {gid} ('{g.root}'), the "
+                                   f"only one of it '{alone[u]}' holds: that layer would keep "
+                                   "none of the group's channels, which validation never "
+                                   "tries (a plan made by plan() keeps such a unit)")
         self._check_parts(plan, by_id)
         for module, (proj, cell, _) in self._lstmp_widths(plan.removed).items():
             if cell <= proj:

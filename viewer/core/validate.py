@@ -175,8 +175,9 @@ def _probe_units(group: Group, end: str) -> list[int]:
     one run can hide either (the sizes happen to agree again).
 
     A unit that is all a layer holds of the group (the one channel left to one part of a
-    split after an earlier round) is never removed by a plan (see
-    :meth:`Pruner._keep_every_part`), so the probe takes the next unit from that end."""
+    split after an earlier round) is never removed by a plan (see :func:`sole_holders`,
+    :meth:`Pruner._keep_every_part`, :meth:`Pruner.check_plan`), so the probe takes the next
+    unit from that end."""
     m = group.multiple_of
     if m != 1:
         return list(range(m)) if end == "first" else \
@@ -188,8 +189,22 @@ def _probe_units(group: Group, end: str) -> list[int]:
 
 def _sole_units(group: Group) -> set[int]:
     """The units that are all a layer holds of the group (see :func:`_probe_units`)."""
-    return {int(held[0]) for mem in group.members
-            if len(held := unique(mem.unit)) == 1 and group.n_units > 1}
+    return set(sole_holders(group))
+
+
+def sole_holders(group: Group) -> dict[int, str]:
+    """Unit -> the name of a layer that holds that unit of the group and no other (the
+    head that reads one channel of a window over two layers' channels, the one channel an
+    earlier round left to a split's part): validation never removes such a unit, as it
+    would leave that layer none of the group's channels (``Conv2d(0, 4)``, an empty
+    ``LayerNorm``), and a plan may not (:meth:`Pruner.check_plan`). Empty for a group of
+    one unit."""
+    out: dict[int, str] = {}
+    if group.n_units > 1:
+        for mem in group.members:
+            if len(held := unique(mem.unit)) == 1:
+                out.setdefault(int(held[0]), mem.node_name)
+    return out
 
 
 #: a slice of a dim a group may shrink: ``(the slice node, its slice of that dim, the sliced
@@ -197,27 +212,40 @@ def _sole_units(group: Group) -> set[int]:
 SliceAt = tuple[Node, DimSlice, tuple[int, int, int]]
 
 
-def _inner_units(group: Group, slices: list[SliceAt]) -> list[int]:
-    """The units a third probe removes when the group passes through a slice strictly
-    inside a dim it shrinks (``x[:, a:b]`` with 0 < a and b < C; ``slices``: the graph's,
-    see :meth:`GroupValidation._slices`): its first and last units lie outside such a
-    slice, so the first two probes leave its width alone and only move the positions it
-    reads (which :func:`_moved` checks). A unit inside it is what must shrink it: without
-    this probe, ``x[:, self.a:self.a + 2]`` passed (``a`` set right for the first unit) and a
-    plan removing a unit inside broke the pruned forward. The first such unit (its run of
-    ``multiple_of``), never one a layer holds alone; [] when there is none."""
-    sole, m = _sole_units(group), group.multiple_of
-    for node, s, key in slices:
-        if key not in group.tensors or not 0 < s.start or s.stop >= node.meta.in_shape[s.dim]:
+def _inner_runs(group: Group, slices: list[SliceAt]) -> list[list[int]]:
+    """The units of the probes validation runs after the first and the last unit's
+    (:func:`_probe_units`) when the group passes through slices of a dim it shrinks
+    (``slices``: the graph's, see :meth:`GroupValidation._slices`), one run each: for every
+    such slice, a unit before its start, one it reads, one its step skips and one past its
+    stop, wherever the group has one there that no earlier probe removed. Those two need
+    not reach a slice's parts at all: a slice strictly inside the dim (``x[:, a:b]``, 0 < a,
+    b < C) has neither unit inside it (``x[:, self.a:self.a + 2]`` passed, ``a`` set right for
+    the first unit, and a plan removing a unit inside broke the pruned forward), and a slice
+    of a slice (``x.narrow(1, self.start, 3)[:, self.a:self.b]``) holds neither the first
+    unit of the dim nor a unit before its own start, so a plan removing one broke the
+    inner slice's start, which no probe had moved. Each run is one unit (its run of
+    ``multiple_of``), never one a layer holds alone; [] when every part is reached."""
+    m, n = group.multiple_of, group.n_units
+    sole = _sole_units(group) if m == 1 else set()
+    covered = {*_probe_units(group, "first"), *_probe_units(group, "last")}
+    runs: list[list[int]] = []
+    for _node, s, key in slices:
+        if key not in group.tensors:
             continue
         pos, unit = group.tensors[key]
-        inside = (pos >= s.start) & (pos < s.stop) & ((pos - s.start) % s.step == 0)
-        for u in sorted(set(unit[inside].tolist())):
-            if m != 1:
-                return list(range(u - u % m, min(u - u % m + m, group.n_units)))
-            if u not in sole:
-                return [u]
-    return []
+        within = (pos >= s.start) & (pos < s.stop)
+        read = within & ((pos - s.start) % s.step == 0)
+        for part in (pos < s.start, read, within & ~read, pos >= s.stop):
+            units = unique(unit[part]).tolist()
+            if not units or covered.intersection(units):
+                continue
+            u = next((u for u in units if u not in sole), None)
+            if u is None:
+                continue
+            run = list(range(u - u % m, min(u - u % m + m, n))) if m != 1 else [u]
+            runs.append(run)
+            covered.update(run)
+    return runs
 
 
 def _aligned_names(first: Graph, later: Graph) -> dict[str, str]:
@@ -271,12 +299,16 @@ def _stale_cache_hint(pruned: nn.Module, table: dict, changes: dict) -> str:
     return ""
 
 
-def _slice_hint(graph: Graph, gs: list[Group]) -> str:
+def _slice_hint(graph: Graph, gs: list[Group], computed: dict | None = None) -> str:
     """A likely cause of a failed probe: a slice of the pruned dim whose bounds stay numbers
     (Phi-3's ``qkv[..., :query_pos]`` with ``query_pos`` from the config every layer shares),
-    while the positions it should cut moved. "" when the groups pass through no such slice."""
+    while the positions it should cut moved. "" when the groups pass through no such slice
+    but those of tensor dims in ``computed`` (bounds a probe saw follow the width)."""
     for g in gs:
         for node, s in fixed_slices(graph, g):
+            e = graph.in_edges[node.id][0]
+            if (e.source, e.source_port, s.dim) in (computed or {}):
+                continue
             step = f":{s.step}" if s.step != 1 else ""
             return (f"; '{node.name}' slices [{s.start}:{s.stop}{step}] of the pruned dim: "
                     "bounds written in the code or computed from a config (one every layer "
@@ -625,8 +657,10 @@ class GroupValidation:
 
     def validate_groups(self) -> dict[int, str]:
         """Shrink each structurally prunable group by its first unit, then by its last (and,
-        through a slice strictly inside its dim, by a unit inside it: :func:`_inner_units`),
-        on the meta device and run the model; a group whose pruned model fails or reads
+        through slices of its dim, by a unit in each part of them those two did not reach:
+        :func:`_inner_runs`; through a slice or split whose bounds the forward computes from
+        the width, by the most units a plan may remove: :meth:`_several_units`), on the meta
+        device and run the model; a group whose pruned model fails or reads
         other positions (a hard-coded view/split size or slice, ...: :func:`_moved`) is
         marked not prunable with the error. Cached.
 
@@ -664,16 +698,22 @@ class GroupValidation:
         held = {g.id: g for g in self.groups}
 
         def attempt(gs: list[Group], sets: dict[int, list[SizeAttr]] | None = None) -> str:
-            """The groups shrunk by their first units, then by their last, then those with a
-            slice strictly inside their dim by a unit inside it (:func:`_inner_units`); ""
-            if all run."""
-            return probe(gs, sets, "first") or probe(gs, sets, "last") or \
-                probe(gs, sets, "inside")
+            """The groups shrunk by their first units, then by their last, then those through
+            slices by a unit in each part of them not reached yet (:func:`_inner_runs`), then
+            those through computed bounds by the most units a plan may remove
+            (:meth:`_several_units`: known once a probe above moved them); "" if all run."""
+            for end in self._probe_ends(gs):
+                err = probe(gs, sets, end)
+                if err:
+                    return err
+            return ""
 
         def probe(gs: list[Group], sets: dict[int, list[SizeAttr]] | None, end: str) -> str:
             units = {g.id: u for g in gs if (u := self._probe_units(g, end))}
-            return self._probe(Plan(units), [g for g in gs if g.id in units], sets) \
-                if units else ""
+            if not units:
+                return ""
+            err = self._probe(Plan(units), [g for g in gs if g.id in units], sets)
+            return err + self._several_hint(gs, units) if err and end == "several" else err
 
         repaired: list[tuple[list[SizeAttr], list[SizeAttr]]] = []  # (candidates, choice)
         unrepaired: list[list[SizeAttr]] = []  # candidates none of which made a group run
@@ -1414,7 +1454,7 @@ class GroupValidation:
             msg = first_line(exc)[:160] or _raised_at(exc)
             hint = _VIEW_HINT if "is invalid for input of size" in msg else \
                 (made and _stale_cache_hint(made[-1], self._tensor_table(), changes)) or \
-                _slice_hint(self.graph, gs)
+                _slice_hint(self.graph, gs, self._computed_bounds)
             return (f"the model's forward fails when this group shrinks "
                     f"({type(exc).__name__}: {msg}){hint}")
         if id(before) not in st["names"]:
@@ -1423,6 +1463,8 @@ class GroupValidation:
         names = st["names"][id(before)]
         moved = _moved(before, after, self._owned(gs, names, plan), exact,
                        self._slice_reads(gs, names, plan))
+        if not moved:
+            self._note_computed_bounds(before, after, gs, names, plan, sets)
         if moved and before is not traced_meta and is_real(self.model):
             # a size that moved on real tensors may be the data's: pruning the channels a
             # top-1 router reads changes which tokens ``x[mask]`` picks (and a loop over the
@@ -1475,13 +1517,91 @@ class GroupValidation:
                                         for k in range(len(meta.sizes))]
         return self._part_list
 
+    def _probe_ends(self, gs: list[Group]) -> list[str]:
+        """The probes a group of ``gs`` may run, in order: "first", "last", "inside<k>" (the
+        k-th of :func:`_inner_runs`), "several" (:meth:`_several_units`)."""
+        inner = max((len(_inner_runs(g, self._slices())) for g in gs), default=0)
+        return ["first", "last", *(f"inside{k}" for k in range(inner)), "several"]
+
     def _probe_units(self, group: Group, end: str) -> list[int]:
-        """The units a probe removes: ``end`` "first" or "last" (:func:`_probe_units`), or
-        "inside" (:func:`_inner_units`: [] for a group without a slice strictly inside its
-        dim, which that probe leaves out)."""
-        if end == "inside":
-            return _inner_units(group, self._slices())
+        """The units a probe removes: ``end`` "first" or "last" (:func:`_probe_units`),
+        "inside<k>" (the k-th run of :func:`_inner_runs`) or "several"
+        (:meth:`_several_units`); [] for a probe the group leaves out."""
+        if end.startswith("inside"):
+            runs = _inner_runs(group, self._slices())
+            k = int(end[len("inside"):])
+            return runs[k] if k < len(runs) else []
+        if end == "several":
+            return self._several_units(group)
         return _probe_units(group, end)
+
+    def _several_units(self, group: Group) -> list[int]:
+        """The most units a plan may remove from ``group`` (all but ``min_kept``, in steps of
+        ``multiple_of``, keeping a unit of each part a layer reads alone: as
+        :meth:`Pruner.plan` chooses them, the first units going first), when it passes
+        through a slice or a split whose bounds the forward computed from the width
+        (:meth:`_note_computed_bounds`: a probe moved them though no stored size was set);
+        else []. CSPNet's ``c = x.shape[1] // 2; x[:, :c], x[:, c:]`` with only the first
+        half prunable: 6 channels less one leave 5 // 2 = 2 = 3 - 1 by luck, both ends' probes
+        run, and a plan removing two units read a channel of the other half."""
+        if not self._computed_bounds or \
+                not any(key in group.tensors for key in self._computed_bounds):
+            return []
+        n, m = group.n_units, group.multiple_of
+        k = n - max(1, group.min_kept)
+        k -= k % m
+        if k <= m:  # (no more than the first probe removed)
+            return []
+        return self._keep_every_part(group, np.arange(n), k)
+
+    def _several_hint(self, gs: list[Group], units: dict[int, list[int]]) -> str:
+        """What a failed "several" probe adds to its error: which bounds are computed, and
+        that one unit removed ran."""
+        names = [name for key, name in self._computed_bounds.items()
+                 if any(key in g.tensors for g in gs)]
+        most = max(len(u) for u in units.values())
+        return (f"; that is with {most} units removed at once (with one removed it ran): the "
+                f"bounds of '{names[0]}' are computed by the forward from the width (c = "
+                "x.shape[1] // 2?) and follow one unit removed, not more")
+
+    def _note_computed_bounds(self, before: Graph, after: Graph, gs: list[Group],
+                              names: dict[str, str], plan: Plan,
+                              sets: dict[int, list[SizeAttr]] | None) -> None:
+        """Note (in ``_computed_bounds``, tensor dim -> the slice or split) each slice or split
+        into given sizes of a dim ``gs`` shrink whose bounds moved from ``before`` (the
+        unpruned trace) to ``after`` (the model pruned by ``plan``, which ran as it should)
+        though no stored size of the plan sets them: the forward computed them from the width
+        (``x[:, :x.shape[1] // 2]``), and one unit removed says little of what more removed
+        do. A bound at the dim's end, which moves with it, is not one."""
+        chosen = {**self._sets, **(sets or {})}
+        set_at = {r.node for gid in plan.removed for r in chosen.get(gid, [])}
+        parts = [(node, key, k) for node, key, _at, k in self._parts()
+                 if key not in self._computed_bounds and node.id not in set_at
+                 and any(key in g.tensors for g in gs)]
+        for node, key, k in parts:
+            if key in self._computed_bounds:  # (another slice of it moved)
+                continue
+            name = names.get(node.name, node.name)
+            a, b = before.by_name.get(name), after.by_name.get(name)
+            kind = SliceMeta if k is None else SplitMeta
+            if a is None or b is None or not isinstance(a.meta, kind) or \
+                    not isinstance(b.meta, kind):
+                continue
+            if k is None:
+                dim = key[2]
+                was = next((s for s in a.meta.slices if s.dim == dim), None)
+                now = next((s for s in b.meta.slices if s.dim == dim),
+                           DimSlice(dim, 0, b.meta.in_shape[dim], 1)) \
+                    if len(b.meta.in_shape) > dim else None
+                if was is None or now is None:
+                    continue
+                width = b.meta.in_shape[dim]
+                moved = 0 < was.start and now.start != min(was.start, width) or \
+                    was.stop < a.meta.in_shape[dim] and now.stop != min(was.stop, width)
+            else:
+                moved = a.meta.sizes != b.meta.sizes
+            if moved:
+                self._computed_bounds[key] = node.name
 
     def _slice_reads(self, gs: list[Group], name: dict[str, str], plan: Plan
                      ) -> dict[str, list[tuple[int, np.ndarray, list[int], DimSlice]]]:
@@ -1563,7 +1683,8 @@ class GroupValidation:
             # config.num_attention_heads * head_dim, and [query_pos:query_pos + kv * head_dim]
             if node.module in canon:
                 node = dataclasses.replace(node, module=canon[node.module])
-                out += self._span_candidates(group, node, key, lo, hi, mods)
+                out += self._span_candidates(group, node, key, lo, hi, mods,
+                                             self._inside_a_window(key))
         for node, key, sizes in split_sizes(self.graph, group):
             path = canon.get(node.module)
             if path is None:
@@ -1743,18 +1864,34 @@ class GroupValidation:
                  for owner, k, v in self._int_attrs(path, mods) if v in width]
         return [r for r in found if self._read(r)]
 
+    def _inside_a_window(self, key: tuple[int, int, int]) -> bool:
+        """Is tensor dim ``key`` a slice's output whose window starts past 0 on that dim
+        (``x.narrow(1, self.start, 3)``)? A slice of it may start at 1 (``[:, self.a:]``, a
+        unit of the window before it), which an attribute equal to 1 may hold."""
+        src = self.graph.nodes[key[0]]
+        meta = src.meta
+        if src.op_type is not OpType.SLICE or not isinstance(meta, SliceMeta) or key[1]:
+            return False
+        return any(s.start > 0 and s.dim < len(meta.dim_map) and meta.dim_map[s.dim] == key[2]
+                   for s in meta.slices)
+
     def _span_candidates(self, group: Group, node: Node, key: tuple[int, int, int], lo: int,
-                         hi: int, mods: dict[str, nn.Module]) -> list[SizeAttr]:
+                         hi: int, mods: dict[str, nn.Module], ones: bool = False
+                         ) -> list[SizeAttr]:
         """Int attributes (:meth:`_int_attrs`) that divide the size of positions ``[lo, hi)``
         of tensor dim ``key``, a count of equal parts of it (``num_key_value_heads`` of
         ``num_key_value_heads * head_dim``), each scaled by the range's kept share: only those
-        that come out whole for every probe (the group's first unit, its last, and one
-        inside a slice strictly within the dim: :meth:`_probe_units`)."""
+        that come out whole for every probe (the group's first unit, its last, and those
+        in slices' parts: :meth:`_probe_units`). With ``ones``, a start of 1 may be an
+        attribute equal to it (the module's own: a config holds many ones): the inner start
+        of a slice of a slice (:meth:`_inside_a_window`). Elsewhere a bound of 1 is far more
+        often computed (a rotary ``rotate_half``'s ``x[..., :d // 2]`` of 2 head dims) or
+        written, and an attribute equal to 1 (``layer_idx``) cost probes in vain."""
         width = hi - lo
         pos, unit = group.tensors[key]
         inside = (pos >= lo) & (pos < hi)
         lost = [int(np.isin(unit[inside], units).sum())
-                for end in ("first", "last", "inside") if (units := self._probe_units(group, end))]
+                for end in self._probe_ends([group]) if (units := self._probe_units(group, end))]
         label = np.full(width, -1)
         label[pos[inside] - lo] = unit[inside]
 
@@ -1769,7 +1906,8 @@ class GroupValidation:
 
         return [SizeAttr(owner, k, node.id, key, width, width // v, span=(lo, hi))
                 for owner, k, v in self._int_attrs(node.module, mods)
-                if 1 < v <= width and width % v == 0
+                if (1 < v <= width or ones and v == width == 1 and lo == 0
+                    and not k.startswith("config.")) and width % v == 0
                 and all((width - n) % (width // v) == 0 for n in lost) and whole(v)]
 
     def _int_attrs(self, path: str, mods: dict[str, nn.Module]
