@@ -327,18 +327,3 @@ def test_pruning_the_keys_a_softmax_normalises_over_is_inexact(mode, note):
     assert not g.exact and note in g.stats_notes, g.stats_notes
     # the query projection's channels (the softmax's other dims) stay exact
     assert next(grp for grp in p.groups if grp.root == "v").exact
-
-
-class _OneChannelSum(nn.Module):
-    def forward(self, x):
-        return x[:, :1] + x[:, 1:2]  # (N, 1, H, W) + (N, 1, H, W)
-
-
-def test_inputs_as_narrow_as_the_output_are_coupled_not_broadcast():
-    # dim 1 is size 1 in the inputs and in the output too: the output's one channel is each
-    # input's one channel (not a broadcast), so pruning it reaches both (fuzz seed 80574: a
-    # grouped conv tied such a channel, cat next to a conv's, to the conv's channels)
-    g = build_graph(_OneChannelSum().eval(), (torch.randn(1, 3, 2, 2),))
-    add = next(n for n in g.nodes if n.op_type is OpType.ELEMENTWISE)
-    assert _flows(add, "out", 0, 1, [0]) == [("in", 0, 1, [0], [0]), ("in", 1, 1, [0], [0])]
-    assert _flows(add, "in", 0, 1, [0]) == [("out", 0, 1, [0], [0]), ("in", 1, 1, [0], [0])]

@@ -625,7 +625,7 @@ def _elementwise_rule(g, node, side, port, dim, units, pos, ctx):
         if side == "in" and p == port:
             continue
         d = od - (len(out) - len(s))
-        if d < 0 or (s[d] == 1 and out[od] != 1):
+        if d < 0 or s[d] == 1:
             continue  # broadcast along this dim: nothing of this input is coupled
         flows.append(Flow("in", p, d, units, pos))
     return flows
