@@ -2267,7 +2267,8 @@ def _mha_positions(node, side, port, dim, units, pos, ctx):
     is its own: exact), its key and value positions together (the softmax normalises over
     them: inexact), its batch with every tensor's; a mask over them (``attn_mask``,
     ``key_padding_mask``) blocks the group."""
-    role = _mha_places(node).get((side, port, dim))
+    places = _mha_places(node)
+    role = places.get((side, port, dim))
     if side == "in" and port > 2:
         ctx.block(f"'{node.name}' takes an attention mask coupled to the group")
         return []
@@ -2281,7 +2282,7 @@ def _mha_positions(node, side, port, dim, units, pos, ctx):
     if role == "key":
         ctx.inexact(f"'{node.name}' normalises its attention softmax over the key positions, "
                     "which are pruned")
-    return _same_role(node, _mha_places(node), side, port, dim, units, pos)
+    return _same_role(node, places, side, port, dim, units, pos)
 
 
 def _same_role(node, places, side, port, dim, units, pos) -> list[Flow]:
